@@ -1,0 +1,34 @@
+"""SciLLM clients: typed async clients over gRPC, a sync facade, and LiteLLM-style helpers.
+
+    from scillm.clients import ScillmClient, completion
+"""
+
+from . import openai_wire
+from ._client import (
+    AgentClient,
+    CodeWorldClient,
+    CompletionClient,
+    ProveClient,
+    ScillmClient,
+    SyncScillmClient,
+    channel_target,
+)
+from ._litellm import acompletion, completion, parallel_acompletions
+from .errors import InvalidRequestError, RPCError, ScillmError
+
+__all__ = [
+    "AgentClient",
+    "CodeWorldClient",
+    "CompletionClient",
+    "InvalidRequestError",
+    "ProveClient",
+    "RPCError",
+    "ScillmClient",
+    "ScillmError",
+    "SyncScillmClient",
+    "acompletion",
+    "channel_target",
+    "completion",
+    "openai_wire",
+    "parallel_acompletions",
+]

@@ -1,0 +1,1 @@
+"""The SciLLM server process: gRPC services, interceptors, health, reflection, CLI."""

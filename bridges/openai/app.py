@@ -1,0 +1,218 @@
+"""The OpenAI-compatible HTTP shim: request in, gRPC call, response out.
+
+    POST /v1/chat/completions   JSON, or SSE ending in `data: [DONE]` with "stream": true
+    GET  /v1/models             configured model names
+    GET  /healthz               the process is up
+    GET  /readyz                every served service is SERVING (asks gRPC health)
+
+Every response carries `x-request-id` (the caller's, or a new one), which is also the
+gRPC call's request id. Errors use OpenAI's body; once a stream has started, an error
+goes in-band as `data: {"error": ...}` followed by `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scillm.clients import ScillmClient, openai_wire
+from scillm.clients.errors import InvalidRequestError, RPCError
+from scillm.completion.v1 import completion_pb2 as pb
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import sse
+from .errors import error_body, from_exception
+
+__all__ = ["create_app"]
+
+_SERVICES = (
+    "scillm.completion.v1.CompletionService",
+    "scillm.prove.v1.ProveService",
+    "scillm.codeworld.v1.CodeWorldService",
+    "scillm.agent.v1.AgentService",
+)
+
+
+class RequestIdMiddleware:
+    """Plain ASGI: give every request an id and send it back as `x-request-id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _error(exc: Exception) -> JSONResponse:
+    status, body, headers = from_exception(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _duration_ms(d: Any) -> float:
+    return float(d.seconds * 1000 + d.nanos / 1e6)
+
+
+def _extras(resp: pb.CompletionResponse) -> dict[str, Any]:
+    r = resp.routing
+    extra: dict[str, Any] = {
+        "routing": {"deployment": r.deployment, "provider": r.provider,
+                    "fallback_used": r.fallback_used, "fallback_model": r.fallback_model,
+                    "attempts": r.attempts, "total_sleep_ms": _duration_ms(r.total_sleep),
+                    "last_retry_after_ms": (_duration_ms(r.last_retry_after)
+                                            if r.HasField("last_retry_after") else None),
+                    "strategy": r.strategy, "cache_hit": r.cache_hit},
+        "run_id": resp.manifest.run_id,
+    }
+    if resp.HasField("json_valid"):
+        extra["json_valid"] = resp.json_valid
+    return extra
+
+
+class _Shim:
+    def __init__(self, client: ScillmClient, max_request_bytes: int) -> None:
+        self.client = client
+        self.max_request_bytes = max_request_bytes
+        self._health = health_pb2_grpc.HealthStub(client.channel)
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
+            raise _TooLarge(int(length))
+        raw = await request.body()
+        if len(raw) > self.max_request_bytes:
+            raise _TooLarge(len(raw))
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidRequestError("request body must be a JSON object")
+        return body
+
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id: str = request.scope["state"]["request_id"]
+        try:
+            body = await self._json_body(request)
+            proto = openai_wire.request_to_proto(body)
+            stream = body.get("stream") is True
+            if stream:
+                options = body.get("stream_options") or {}
+                include_usage = isinstance(options, dict) and options.get("include_usage") is True
+                events = self.client.completion.stream(proto, include_usage=True,
+                                                       request_id=request_id)
+                first = await anext(events)
+                return StreamingResponse(self._sse(first, events, include_usage),
+                                         media_type="text/event-stream",
+                                         headers={"cache-control": "no-cache"})
+            resp = await self.client.completion.create(proto, request_id=request_id)
+        except _TooLarge as exc:
+            return JSONResponse(error_body(
+                f"request body of {exc.size} bytes exceeds the limit of "
+                f"{self.max_request_bytes} bytes", "invalid_request_error",
+                code="request_too_large"), status_code=413)
+        except (InvalidRequestError, RPCError) as exc:
+            return _error(exc)
+        except StopAsyncIteration:
+            return _error(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
+        out = openai_wire.response_from_proto(resp)
+        out["scillm"] = _extras(resp)
+        upstream = (time.perf_counter() - started) * 1000 - _duration_ms(resp.routing.overhead)
+        return JSONResponse(out, headers={
+            "x-scillm-overhead-ms": f"{_duration_ms(resp.routing.overhead):.3f}",
+            "x-scillm-total-ms": f"{upstream + _duration_ms(resp.routing.overhead):.3f}"})
+
+    async def _sse(self, first: pb.CompletionStreamResponse,
+                   events: AsyncIterator[pb.CompletionStreamResponse],
+                   include_usage: bool) -> AsyncIterator[bytes]:
+        try:
+            event: pb.CompletionStreamResponse | None = first
+            while event is not None:
+                if event.HasField("chunk"):
+                    yield sse.event(openai_wire.chunk_from_proto(event.chunk))
+                elif include_usage:
+                    end = event.end
+                    yield sse.event({"id": end.id, "object": "chat.completion.chunk",
+                                     "created": int(time.time()), "model": end.manifest.model,
+                                     "choices": [],
+                                     "usage": openai_wire.usage_from_proto(end.usage)})
+                event = await anext(events, None)
+        except RPCError as exc:
+            _, body, _ = from_exception(exc)
+            yield sse.event(body)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        yield sse.DONE
+
+    async def models(self, request: Request) -> Response:
+        try:
+            names = await self.client.completion.list_models()
+        except RPCError as exc:
+            return _error(exc)
+        created = 0
+        return JSONResponse({"object": "list", "data": [
+            {"id": n, "object": "model", "created": created, "owned_by": "scillm"}
+            for n in names]})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        statuses: dict[str, str] = {}
+        for name in _SERVICES:
+            try:
+                reply = await self._health.Check(health_pb2.HealthCheckRequest(service=name),
+                                                 timeout=2.0)
+                statuses[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    continue  # not served by this mesh
+                statuses[name] = err.code().name
+        ready = bool(statuses) and all(s == "SERVING" for s in statuses.values())
+        return JSONResponse({"ready": ready, "services": statuses},
+                            status_code=200 if ready else 503)
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024) -> ASGIApp:
+    """The shim as an ASGI app calling the mesh through `client`."""
+    shim = _Shim(client, max_request_bytes)
+    routes = [
+        Route("/v1/chat/completions", shim.chat_completions, methods=["POST"]),
+        Route("/chat/completions", shim.chat_completions, methods=["POST"]),
+        Route("/v1/models", shim.models, methods=["GET"]),
+        Route("/models", shim.models, methods=["GET"]),
+        Route("/healthz", shim.healthz, methods=["GET"]),
+        Route("/readyz", shim.readyz, methods=["GET"]),
+    ]
+    return RequestIdMiddleware(Starlette(routes=routes))

@@ -1,0 +1,272 @@
+"""Typed async clients over one `grpc.aio.Channel`, and a small sync facade.
+
+    async with ScillmClient("127.0.0.1:50051") as client:
+        reply = await client.completion.create({"model": "echo/x", "messages": [...]})
+        async for event in client.completion.stream(request): ...
+
+A target may be one address, a comma-separated list of addresses, or a `dns:///`
+name; lists and DNS names are balanced with gRPC's `round_robin` policy. Failed calls
+raise `RPCError` (with the status code, details and request id); UNAVAILABLE is retried
+by the channel's retry policy for calls that have not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from scillm.agent.v1 import agent_pb2, agent_pb2_grpc
+from scillm.codeworld.v1 import codeworld_pb2, codeworld_pb2_grpc
+from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
+from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
+
+from . import openai_wire
+from .errors import RPCError
+
+__all__ = ["ScillmClient", "SyncScillmClient", "channel_target"]
+
+T = TypeVar("T")
+
+_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+
+
+def channel_target(target: str) -> str:
+    """A gRPC target for one address, a comma-separated list, or a `dns:///` name."""
+    target = target.strip()
+    if "," in target and "://" not in target and not target.startswith(("ipv4:", "ipv6:")):
+        return "ipv4:" + ",".join(a.strip() for a in target.split(","))
+    return target
+
+
+Metadata = Sequence[tuple[str, str]]
+
+
+def _metadata(request_id: str | None, extra: Metadata | None) -> list[tuple[str, str]]:
+    md = [("x-request-id", request_id or uuid.uuid4().hex)]
+    if extra:
+        md.extend(extra)
+    return md
+
+
+class CompletionClient:
+    """CompletionService: `create`, `stream`, `list_models`."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = completion_pb2_grpc.CompletionServiceStub(channel)
+
+    async def create(self, request: completion_pb2.CompletionRequest | Mapping[str, Any], *,
+                     timeout: float | None = 600.0, request_id: str | None = None,
+                     metadata: Metadata | None = None) -> completion_pb2.CompletionResponse:
+        """One completion. A dict is OpenAI's request JSON."""
+        if not isinstance(request, completion_pb2.CompletionRequest):
+            request = openai_wire.request_to_proto(request)
+        try:
+            reply: completion_pb2.CompletionResponse = await self._stub.Completion(
+                request, timeout=timeout, metadata=_metadata(request_id, metadata))
+            return reply
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+
+    async def stream(self, request: completion_pb2.CompletionRequest | Mapping[str, Any], *,
+                     include_usage: bool = True, timeout: float | None = 3600.0,
+                     request_id: str | None = None, metadata: Metadata | None = None,
+                     ) -> AsyncIterator[completion_pb2.CompletionStreamResponse]:
+        """A streamed completion: chunks, then one `end` event. Closing the iterator
+        cancels the call."""
+        if not isinstance(request, completion_pb2.CompletionRequest):
+            request = openai_wire.request_to_proto(request)
+        call = self._stub.CompletionStream(
+            completion_pb2.CompletionStreamRequest(request=request, include_usage=include_usage),
+            timeout=timeout, metadata=_metadata(request_id, metadata))
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+        finally:
+            call.cancel()
+
+    async def list_models(self, *, timeout: float | None = 10.0) -> list[str]:
+        """Configured model names."""
+        try:
+            reply = await self._stub.ListModels(completion_pb2.ListModelsRequest(),
+                                                timeout=timeout, metadata=_metadata(None, None))
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+        return [m.id for m in reply.models]
+
+
+async def _stream(call: Any) -> AsyncIterator[Any]:
+    try:
+        async for event in call:
+            yield event
+    except grpc.aio.AioRpcError as err:
+        raise RPCError.from_aio(err) from None
+    finally:
+        call.cancel()
+
+
+class ProveClient:
+    """ProveService: `prove` (a stream of results, then the summary), `backends`."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = prove_pb2_grpc.ProveServiceStub(channel)
+
+    def prove(self, request: prove_pb2.ProveRequest, *, timeout: float | None = 3600.0,
+              request_id: str | None = None) -> AsyncIterator[prove_pb2.ProveResponse]:
+        """Check a batch; yields per-item results as they finish, then the summary."""
+        return _stream(self._stub.Prove(request, timeout=timeout,
+                                        metadata=_metadata(request_id, None)))
+
+    async def backends(self, *, timeout: float | None = 10.0) -> prove_pb2.ListBackendsResponse:
+        """Backend readiness."""
+        try:
+            reply: prove_pb2.ListBackendsResponse = await self._stub.ListBackends(
+                prove_pb2.ListBackendsRequest(), timeout=timeout, metadata=_metadata(None, None))
+            return reply
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+
+
+class CodeWorldClient:
+    """CodeWorldService: `run` (runs, progress, then the summary)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = codeworld_pb2_grpc.CodeWorldServiceStub(channel)
+
+    def run(self, request: codeworld_pb2.CodeWorldRunRequest, *,
+            timeout: float | None = 3600.0, request_id: str | None = None,
+            ) -> AsyncIterator[codeworld_pb2.CodeWorldRunResponse]:
+        """Run strategies; yields events, the summary last."""
+        return _stream(self._stub.CodeWorldRun(request, timeout=timeout,
+                                               metadata=_metadata(request_id, None)))
+
+
+class AgentClient:
+    """AgentService: `step` and `run`."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = agent_pb2_grpc.AgentServiceStub(channel)
+
+    async def step(self, request: agent_pb2.AgentStepRequest, *,
+                   timeout: float | None = 600.0,
+                   request_id: str | None = None) -> agent_pb2.AgentStepResponse:
+        """One model turn and its tool calls."""
+        try:
+            reply: agent_pb2.AgentStepResponse = await self._stub.AgentStep(
+                request, timeout=timeout, metadata=_metadata(request_id, None))
+            return reply
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+
+    def run(self, request: agent_pb2.AgentRunRequest, *, timeout: float | None = 3600.0,
+            request_id: str | None = None) -> AsyncIterator[agent_pb2.AgentRunResponse]:
+        """A whole run; yields turns, tool calls and results, the final answer last."""
+        return _stream(self._stub.AgentRun(request, timeout=timeout,
+                                           metadata=_metadata(request_id, None)))
+
+
+class ScillmClient:
+    """One channel to a SciLLM mesh, with a typed client per service."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *,
+                 options: Sequence[tuple[str, Any]] = (),
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None) -> None:
+        opts = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        self.target = channel_target(target)
+        self.channel = grpc.aio.insecure_channel(self.target, options=opts,
+                                                 interceptors=interceptors)
+        self.completion = CompletionClient(self.channel)
+        self.prove = ProveClient(self.channel)
+        self.codeworld = CodeWorldClient(self.channel)
+        self.agent = AgentClient(self.channel)
+
+    async def close(self) -> None:
+        """Close the channel, cancelling calls in flight."""
+        await self.channel.close()
+
+    async def __aenter__(self) -> ScillmClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, for the sync facade."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="scillm-client",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+class SyncScillmClient:
+    """Blocking facade over `ScillmClient` for scripts and notebooks."""
+
+    def __init__(self, target: str = "127.0.0.1:50051") -> None:
+        self._loop = _LoopThread()
+        self._client: ScillmClient = self._loop.run(self._make(target))
+
+    @staticmethod
+    async def _make(target: str) -> ScillmClient:
+        return ScillmClient(target)
+
+    def complete(self, request: Mapping[str, Any], **kwargs: Any,
+                 ) -> completion_pb2.CompletionResponse:
+        """One completion (see CompletionClient.create)."""
+        return self._loop.run(self._client.completion.create(request, **kwargs))
+
+    def stream(self, request: Mapping[str, Any], **kwargs: Any,
+               ) -> list[completion_pb2.CompletionStreamResponse]:
+        """A streamed completion, collected."""
+        async def collect() -> list[completion_pb2.CompletionStreamResponse]:
+            return [e async for e in self._client.completion.stream(request, **kwargs)]
+        return self._loop.run(collect())
+
+    def list_models(self) -> list[str]:
+        """Configured model names."""
+        return self._loop.run(self._client.completion.list_models())
+
+    def call(self, awaitable: Awaitable[T]) -> T:
+        """Run any coroutine of the async client (`client.async_client`) to completion."""
+        async def wrap() -> T:
+            return await awaitable
+        return self._loop.run(wrap())
+
+    @property
+    def async_client(self) -> ScillmClient:
+        """The async client underneath (use with `call`)."""
+        return self._client
+
+    def close(self) -> None:
+        """Close the channel and stop the loop thread."""
+        self._loop.run(self._client.close())
+        self._loop.stop()
+
+    def __enter__(self) -> SyncScillmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

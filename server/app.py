@@ -1,0 +1,191 @@
+"""The SciLLM process: one grpc.aio server (services, health, reflection) and the HTTP shim.
+
+    mesh = Mesh(settings)
+    await mesh.start()          # binds ports, starts engines, marks services SERVING
+    ...                         # mesh.grpc_port / mesh.http_port are the bound ports
+    await mesh.stop()           # NOT_SERVING, then in-flight calls get grace_period_s
+
+`serve(settings)` runs a mesh until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from .errors import ErrorTable
+from .interceptors import build_interceptors
+from .services import ServiceParts, build_service
+from .settings import Settings
+from .telemetry import configure_tracing
+
+__all__ = ["Mesh", "serve"]
+
+log = logging.getLogger("scillm.server")
+
+
+@dataclass
+class _Running:
+    parts: dict[str, ServiceParts] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class Mesh:
+    """A running SciLLM process (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.health = HealthServicer()
+        self.grpc_port = 0
+        self.http_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._http: Any = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._running = _Running()
+        self._client_channel: grpc.aio.Channel | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        """Address clients of this process dial."""
+        host = self.settings.grpc_host
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{self.grpc_port}"
+
+    async def start(self) -> None:
+        """Build the services, bind the ports and mark what is ready as SERVING."""
+        settings = self.settings
+        tracing = configure_tracing()
+        # Mark every service NOT_SERVING until its engine has started.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        tables: dict[type[BaseException], grpc.StatusCode] = {}
+        for name in settings.services:
+            parts = build_service(name, settings, lambda: self.completion_target)
+            self._running.parts[name] = parts
+            tables.update(parts.errors)
+            await self.health.set(parts.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        options = [
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        table: ErrorTable = tables
+        server = grpc.aio.server(interceptors=build_interceptors(settings, table, tracing),
+                                 options=options)
+        for parts in self._running.parts.values():
+            parts.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [p.full_name for p in self._running.parts.values()]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+        self.grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC on {settings.grpc_host}:{settings.grpc_port}")
+        await server.start()
+        self._server = server
+        for name, parts in self._running.parts.items():
+            ready = await parts.start()
+            status = (health_pb2.HealthCheckResponse.SERVING if ready
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(parts.full_name, status)
+            log.info("service %s: %s", name, "SERVING" if ready else "NOT_SERVING")
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if settings.http_enabled:
+            await self._start_http()
+        log.info("scillm listening: grpc %s, http %s", self.grpc_target,
+                 f"{settings.http_host}:{self.http_port}" if settings.http_enabled else "off")
+
+    @property
+    def completion_target(self) -> str:
+        """Where other services reach CompletionService: configured, else this process."""
+        return self.settings.completion_target or f"127.0.0.1:{self.grpc_port or 0}"
+
+    async def _start_http(self) -> None:
+        import uvicorn
+        from scillm.bridges.openai import create_app
+        from scillm.clients import ScillmClient
+
+        settings = self.settings
+        client = ScillmClient(self.grpc_target)
+        self._running.closers.append(client.close)
+        app = create_app(client, max_request_bytes=settings.max_request_bytes)
+        sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.http_host, settings.http_port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=int(settings.grace_period_s) or None,
+                                backlog=2048)
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task
+                raise OSError("HTTP shim failed to start")
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING first, then let in-flight calls finish."""
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, timeout=grace + 1)
+        if self._server is not None:
+            await self._server.stop(grace)
+        for closer in reversed(self._running.closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        for parts in self._running.parts.values():
+            with contextlib.suppress(Exception):
+                await parts.close()
+
+    async def wait(self) -> None:
+        """Until the gRPC server terminates."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+class _EmbeddedUvicorn:
+    """uvicorn.Server that leaves signal handling to the mesh."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                yield
+
+        return Server(config)
+
+
+async def serve(settings: Settings) -> None:
+    """Run a mesh until SIGTERM/SIGINT, then shut down gracefully."""
+    mesh = Mesh(settings)
+    await mesh.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"scillm: gRPC on {mesh.grpc_target}"
+          + (f", HTTP on http://{settings.http_host}:{mesh.http_port}"
+             if settings.http_enabled else "")
+          + f" ({', '.join(settings.services)})", flush=True)
+    await stop.wait()
+    print(f"scillm: shutting down (grace {settings.grace_period_s:g}s)", flush=True)
+    await mesh.stop()
+

@@ -1,0 +1,76 @@
+"""The `scillm` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .settings import SERVICES, Settings
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .app import serve
+
+    try:
+        settings = Settings.from_env(
+            grpc_host=args.host, grpc_port=args.grpc_port, http_host=args.http_host,
+            http_port=args.http_port, config_path=args.config,
+            services=tuple(args.service) if args.service else None,
+            http_enabled=False if args.no_http else None,
+            grace_period_s=args.grace)
+    except ValueError as exc:
+        print(f"scillm serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        uvloop.run(serve(settings))
+    except OSError as exc:
+        print(f"scillm serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `scillm`."""
+    parser = argparse.ArgumentParser(
+        prog="scillm",
+        description="SciLLM: a typed gRPC gateway for scientific LLM work "
+                    "(Completion, Prove, CodeWorld, Agent).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve", help="serve the mesh: gRPC (default 127.0.0.1:50051) and the OpenAI HTTP "
+                      "shim (default 127.0.0.1:4000)",
+        description="Start the services in one grpc.aio process on uvloop, with health, "
+                    "reflection and the OpenAI-compatible HTTP shim. Settings also come "
+                    "from SCILLM_* environment variables (SCILLM_GRPC_PORT, ...).")
+    serve.add_argument("--host", help="gRPC bind address (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 = any)")
+    serve.add_argument("--http-host", help="HTTP bind address (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 4000; 0 = any)")
+    serve.add_argument("--no-http", action="store_true", help="serve gRPC only")
+    serve.add_argument("--service", action="append", choices=SERVICES, metavar="NAME",
+                       help=f"serve only this service (repeatable): {', '.join(SERVICES)}")
+    serve.add_argument("--config", type=Path,
+                       help="model configuration in LiteLLM's proxy YAML format")
+    serve.add_argument("--grace", type=float,
+                       help="seconds in-flight calls get after SIGTERM (default 10)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `scillm` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""CompletionService over gRPC: validate, call the engine, translate, map errors."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from scillm.clients import openai_wire as wire
+from scillm.completion.v1 import completion_pb2 as pb
+from scillm.completion.v1 import completion_pb2_grpc
+
+from ..errors import ErrorTable, StatusError
+from ..interceptors import current_request_id
+from ..manifests import ManifestClock
+from . import CompletionEngine, Routing, StreamEnd, errors
+
+__all__ = ["ERRORS", "CompletionServicer", "validate_request"]
+
+ERRORS: ErrorTable = {
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ContextWindowExceeded: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ProviderUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.UpstreamError: grpc.StatusCode.UNAVAILABLE,
+    errors.CompletionError: grpc.StatusCode.UNKNOWN,
+}
+
+_MAX_N = 128
+
+
+def _invalid(message: str, param: str) -> StatusError:
+    return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
+
+
+def validate_request(req: pb.CompletionRequest) -> None:
+    """Refuse what the contract forbids, naming the field."""
+    if not req.model:
+        raise _invalid("model is required", "model")
+    if not req.messages:
+        raise _invalid("messages must not be empty", "messages")
+    for i, message in enumerate(req.messages):
+        if message.role == pb.ROLE_UNSPECIFIED:
+            raise _invalid(f"messages[{i}].role is ROLE_UNSPECIFIED", f"messages[{i}].role")
+    if req.HasField("n") and not 1 <= req.n <= _MAX_N:
+        raise _invalid(f"n must be between 1 and {_MAX_N}", "n")
+    if req.HasField("temperature") and not 0.0 <= req.temperature <= 2.0:
+        raise _invalid("temperature must be between 0 and 2", "temperature")
+    if req.HasField("top_p") and not 0.0 <= req.top_p <= 1.0:
+        raise _invalid("top_p must be between 0 and 1", "top_p")
+    for name in ("max_tokens", "max_completion_tokens"):
+        if req.HasField(name) and getattr(req, name) < 1:
+            raise _invalid(f"{name} must be at least 1", name)
+    if req.HasField("top_logprobs") and not 0 <= req.top_logprobs <= 20:
+        raise _invalid("top_logprobs must be between 0 and 20", "top_logprobs")
+
+
+def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) -> pb.Routing:
+    """The engine's routing record as a `Routing` message."""
+    out = pb.Routing(deployment=routing.deployment, provider=routing.provider,
+                     fallback_used=routing.fallback_used, fallback_model=routing.fallback_model,
+                     attempts=routing.attempts, strategy=routing.strategy, cache_hit=cache_hit)
+    out.total_sleep.FromNanoseconds(int(routing.total_sleep_s * 1e9))
+    if routing.last_retry_after_s is not None:
+        out.last_retry_after.FromNanoseconds(int(routing.last_retry_after_s * 1e9))
+    out.overhead.FromNanoseconds(int(max(overhead_s, 0.0) * 1e9))
+    return out
+
+
+class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
+    """Thin gRPC edge of the completion engine."""
+
+    def __init__(self, engine: CompletionEngine) -> None:
+        self._engine = engine
+
+    async def Completion(self, request: pb.CompletionRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:
+        validate_request(request)
+        clock = ManifestClock("completion", request.context, request_id=current_request_id(),
+                              model=request.model)
+        started = time.perf_counter()
+        done = await self._engine.complete(wire.request_from_proto(request))
+        response = wire.response_to_proto(done.response)
+        elapsed = time.perf_counter() - started
+        upstream_s = getattr(done, "upstream_s", None)
+        response.routing.CopyFrom(routing_to_proto(
+            done.routing, cache_hit=done.cache_hit,
+            overhead_s=elapsed - upstream_s if upstream_s else 0.0))
+        if done.json_valid is not None:
+            response.json_valid = done.json_valid
+        response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
+        return response
+
+    async def CompletionStream(
+        self, request: pb.CompletionStreamRequest, context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.CompletionStreamResponse]:
+        inner = request.request
+        validate_request(inner)
+        clock = ManifestClock("completion", inner.context, request_id=current_request_id(),
+                              model=inner.model)
+        body = wire.request_from_proto(inner)
+        body["stream"] = True
+        if request.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        last_id = ""
+        async with contextlib.aclosing(self._engine.stream(body)) as events:
+            async for event in events:
+                if isinstance(event, StreamEnd):
+                    end = pb.CompletionStreamEnd(
+                        id=last_id, usage=wire.usage_to_proto(event.usage),
+                        routing=routing_to_proto(event.routing, cache_hit=event.cache_hit,
+                                                 overhead_s=0.0),
+                        manifest=clock.finish(provider=event.routing.provider))
+                    yield pb.CompletionStreamResponse(end=end)
+                    return
+                chunk = wire.chunk_to_proto(event.chunk)
+                last_id = chunk.id
+                yield pb.CompletionStreamResponse(chunk=chunk)
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[
+            pb.Model(id=name, owned_by="scillm") for name in self._engine.model_names()])

@@ -1,0 +1,131 @@
+"""The server interceptors, built in one place and applied in one explicit order.
+
+    1. OpenTelemetry (opentelemetry-instrumentation-grpc), only when OTEL_* is configured
+    2. CallContext: request id (accepted from `x-request-id` or created, sent back in the
+       initial metadata), a default deadline for calls that carry none, and error mapping
+       (domain errors -> canonical status codes with google.rpc.Status details)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from .errors import BASE_TABLE, ErrorTable, status_for, to_status
+from .settings import Settings
+
+__all__ = ["CallContext", "build_interceptors", "current_request_id"]
+
+log = logging.getLogger("scillm.server")
+
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scillm_request_id",
+                                                                  default="")
+
+
+def current_request_id() -> str:
+    """The request id of the call being served (empty outside a call)."""
+    return _request_id.get()
+
+
+def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex
+
+
+class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Request id, default deadline and error mapping for every RPC."""
+
+    def __init__(self, settings: Settings, table: ErrorTable) -> None:
+        self._unary_timeout = settings.default_unary_timeout_s
+        self._stream_timeout = settings.default_stream_timeout_s
+        self._table = {**BASE_TABLE, **table}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any], default: float) -> float:
+        remaining = context.time_remaining()
+        return default if remaining is None else min(remaining, default)
+
+    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any],
+                    request_id: str) -> None:
+        if isinstance(exc, TimeoutError):
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the call ran past its deadline"
+        else:
+            maybe = status_for(exc, self._table)
+            if maybe is None:
+                log.exception("request %s failed unexpectedly", request_id, exc_info=exc)
+                code = grpc.StatusCode.INTERNAL
+                message = f"internal error (request id {request_id})"
+            else:
+                code, message = maybe, str(exc) or type(exc).__name__
+        message, details = to_status(code, message, exc, request_id)
+        await context.abort(code, message, trailing_metadata=(
+            ("grpc-status-details-bin", details), ("x-request-id", request_id)))
+
+    def _wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            request_id = _incoming_request_id(context)
+            _request_id.set(request_id)  # each RPC runs in its own task and context
+            try:
+                await context.send_initial_metadata((("x-request-id", request_id),))
+                async with asyncio.timeout(self._timeout(context, self._unary_timeout)):
+                    return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._fail(exc, context, request_id)
+        return unary
+
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+        async def stream(request: Any,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            request_id = _incoming_request_id(context)
+            _request_id.set(request_id)  # each RPC runs in its own task and context
+            try:
+                await context.send_initial_metadata((("x-request-id", request_id),))
+                async with asyncio.timeout(self._timeout(context, self._stream_timeout)):
+                    async for item in behavior(request, context):
+                        yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._fail(exc, context, request_id)
+        return stream
+
+
+def build_interceptors(settings: Settings, table: ErrorTable,
+                       tracing: bool) -> list[grpc.aio.ServerInterceptor]:
+    """The server's interceptors, outermost first."""
+    chain: list[grpc.aio.ServerInterceptor] = []
+    if tracing:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        chain.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
+    chain.append(CallContext(settings, table))
+    return chain

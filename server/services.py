@@ -1,0 +1,110 @@
+"""How each service is built: its engine, its servicer, its error table, its readiness.
+
+Each builder imports its domain lazily, so `--service completion` never loads the
+prover or sandbox code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from scillm.agent.v1 import agent_pb2, agent_pb2_grpc
+from scillm.codeworld.v1 import codeworld_pb2, codeworld_pb2_grpc
+from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
+from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
+
+from .errors import ErrorTable
+from .settings import Settings
+
+__all__ = ["SERVICE_NAMES", "ServiceParts", "build_service"]
+
+SERVICE_NAMES: dict[str, str] = {
+    "completion": completion_pb2.DESCRIPTOR.services_by_name["CompletionService"].full_name,
+    "prove": prove_pb2.DESCRIPTOR.services_by_name["ProveService"].full_name,
+    "codeworld": codeworld_pb2.DESCRIPTOR.services_by_name["CodeWorldService"].full_name,
+    "agent": agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+}
+
+
+async def _ready() -> bool:
+    return True
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class ServiceParts:
+    """One service, ready to be registered on a server."""
+
+    name: str
+    full_name: str
+    register: Callable[[grpc.aio.Server], None]
+    errors: ErrorTable = field(default_factory=dict)
+    #: Start the engine; True when the service can serve.
+    start: Callable[[], Awaitable[bool]] = _ready
+    close: Callable[[], Awaitable[None]] = _nothing
+
+
+def _completion(settings: Settings, completion_target: Callable[[], str]) -> ServiceParts:
+    from .completion import CompletionEngine, CompletionSettings
+    from .completion.servicer import ERRORS, CompletionServicer
+
+    config = (CompletionSettings.from_yaml(settings.config_path)
+              if settings.config_path else CompletionSettings.default())
+    engine = CompletionEngine(config)
+
+    async def start() -> bool:
+        await engine.start()
+        return True
+
+    servicer = CompletionServicer(engine)
+    return ServiceParts(
+        "completion", SERVICE_NAMES["completion"],
+        lambda server: completion_pb2_grpc.add_CompletionServiceServicer_to_server(
+            servicer, server),
+        ERRORS, start, engine.close)
+
+
+def _unimplemented(name: str, issue: str, what: str) -> ServiceParts:
+    """A service whose domain is not built yet: every RPC answers UNIMPLEMENTED."""
+    adders: dict[str, tuple[Any, Callable[[Any, grpc.aio.Server], None]]] = {
+        "prove": (prove_pb2_grpc.ProveServiceServicer,
+                  prove_pb2_grpc.add_ProveServiceServicer_to_server),
+        "codeworld": (codeworld_pb2_grpc.CodeWorldServiceServicer,
+                      codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server),
+        "agent": (agent_pb2_grpc.AgentServiceServicer,
+                  agent_pb2_grpc.add_AgentServiceServicer_to_server),
+    }
+    base, add = adders[name]
+    message = f"{SERVICE_NAMES[name]} is not built yet: {what} ({issue})"
+
+    async def unimplemented(self: Any, request: Any,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    methods = {m: unimplemented for m in vars(base) if not m.startswith("_")}
+    servicer = type(f"Unimplemented{base.__name__}", (base,), methods)()
+
+    async def not_ready() -> bool:
+        return False
+
+    return ServiceParts(name, SERVICE_NAMES[name], lambda server: add(servicer, server),
+                        start=not_ready)
+
+
+def build_service(name: str, settings: Settings,
+                  completion_target: Callable[[], str]) -> ServiceParts:
+    """The parts of service `name` (one of settings.SERVICES)."""
+    if name == "completion":
+        return _completion(settings, completion_target)
+    if name == "prove":
+        return _unimplemented("prove", "issue #4",
+                              "real provers, batches and the formalize loop")
+    if name == "codeworld":
+        return _unimplemented("codeworld", "issue #5", "the sandboxed runner, judge and MCTS")
+    return _unimplemented("agent", "issue #6", "the tool-use loop with code and MCP tools")

@@ -1,0 +1,99 @@
+"""Settings of a SciLLM process: read once at start-up into a frozen object.
+
+Sources, later ones winning: defaults below, environment variables `SCILLM_*`,
+command-line flags. The model configuration (LiteLLM's `model_list` YAML) is a
+separate file named by `config_path`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SERVICES", "Settings"]
+
+#: Service names as used by `--service`, in start-up order.
+SERVICES: tuple[str, ...] = ("completion", "prove", "codeworld", "agent")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a SciLLM process needs to know before it starts."""
+
+    #: Address the gRPC server binds.
+    grpc_host: str = "127.0.0.1"
+    #: gRPC port; 0 picks a free one.
+    grpc_port: int = 50051
+    #: Address the OpenAI-compatible HTTP shim binds.
+    http_host: str = "127.0.0.1"
+    #: HTTP port; 0 picks a free one.
+    http_port: int = 4000
+    #: Serve the HTTP shim beside gRPC.
+    http_enabled: bool = True
+    #: Services this process serves.
+    services: tuple[str, ...] = SERVICES
+    #: LiteLLM-format model configuration (YAML); the embedded defaults when unset.
+    config_path: Path | None = None
+    #: Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    grace_period_s: float = 10.0
+    #: Largest request message accepted, bytes (gRPC and HTTP).
+    max_request_bytes: int = 8 * 1024 * 1024
+    #: Deadline applied to unary calls that carry none, seconds.
+    default_unary_timeout_s: float = 600.0
+    #: Deadline applied to streaming calls that carry none, seconds.
+    default_stream_timeout_s: float = 3600.0
+    #: Address(es) other services use to reach CompletionService; this process when empty.
+    #: A comma-separated list or `dns:///name:port` (balanced with round_robin).
+    completion_target: str = ""
+    #: Run store (SQLite file).
+    store_path: Path = field(default_factory=lambda: Path.home() / ".scillm" / "runs.sqlite3")
+    #: Log level.
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `SCILLM_<FIELD>` variables, then non-None keyword overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"SCILLM_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = replace(cls(), **values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that is out of range."""
+        unknown = [s for s in self.services if s not in SERVICES]
+        if unknown or not self.services:
+            raise ValueError(f"unknown service(s) {unknown}; choose from {', '.join(SERVICES)}")
+        for name in ("grpc_port", "http_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be 0..65535, got {port}")
+        if self.grace_period_s < 0:
+            raise ValueError("grace_period_s must be >= 0")
+        if self.max_request_bytes < 1024:
+            raise ValueError("max_request_bytes must be >= 1024")
+        if self.config_path is not None and not self.config_path.is_file():
+            raise ValueError(f"config file {self.config_path} does not exist")
+
+
+def _parse(name: str, raw: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind in ("int",):
+        return int(raw)
+    if kind in ("float",):
+        return float(raw)
+    if kind in ("bool",):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if name == "services":
+        return tuple(s.strip() for s in raw.split(",") if s.strip())
+    if "Path" in str(kind):
+        return Path(raw)
+    return raw

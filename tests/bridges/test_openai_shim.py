@@ -1,0 +1,105 @@
+"""The OpenAI HTTP door, driven by the official openai SDK and plain HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import RunningMesh
+
+
+@pytest.fixture
+def sdk(mesh: RunningMesh) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{mesh.http_url}/v1", api_key="unused", max_retries=0,
+                         timeout=30)
+
+
+def test_sdk_gets_the_echo_back(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(
+        model="echo/x", messages=[{"role": "user", "content": "hello shim"}])
+    assert reply.choices[0].message.content == "hello shim"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.completion_tokens == 2
+    extra = reply.model_extra or {}
+    assert extra["scillm"]["routing"]["provider"] == "echo"
+
+
+def test_sdk_streams_the_echo(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model="echo/x", messages=[{"role": "user", "content": "one two three four"}],
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three four"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 4
+    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+
+
+def test_sse_ends_with_done_and_carries_request_id(mesh: RunningMesh) -> None:
+    with httpx.Client(timeout=30) as http, http.stream(
+            "POST", f"{mesh.http_url}/v1/chat/completions",
+            headers={"x-request-id": "trace-me"},
+            json={"model": "echo/x", "stream": True,
+                  "messages": [{"role": "user", "content": "a b"}]}) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["x-request-id"] == "trace-me"
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in resp.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+
+
+def test_models_lists_configured_names(sdk: openai.OpenAI) -> None:
+    names = [m.id for m in sdk.models.list()]
+    assert any(n.startswith("echo/") for n in names)
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"model": "nosuch/thing", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+    ({"model": "echo/x", "messages": []}, 400, "messages"),
+    ({"model": "echo/x", "messages": [{"role": "wizard", "content": "x"}]}, 400,
+     "messages[0].role"),
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}], "n": "two"}, 400, "n"),
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}],
+      "temperature": 9}, 400, "temperature"),
+])
+def test_errors_use_openais_body(mesh: RunningMesh, body: dict[str, object], status: int,
+                                 param: str) -> None:
+    resp = httpx.post(f"{mesh.http_url}/v1/chat/completions", json=body, timeout=30)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param
+    assert resp.headers["x-request-id"]
+
+
+def test_sdk_raises_typed_errors(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="nosuch/x",
+                                    messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="echo/x", messages=[])
+
+
+def test_invalid_json_and_oversized_bodies(mesh: RunningMesh) -> None:
+    url = f"{mesh.http_url}/v1/chat/completions"
+    bad = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    huge = json.dumps({"model": "echo/x", "messages": [
+        {"role": "user", "content": "x" * (mesh.mesh.settings.max_request_bytes + 1)}]})
+    big = httpx.post(url, content=huge, headers={"content-type": "application/json"},
+                     timeout=30)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
+def test_health_endpoints(mesh: RunningMesh) -> None:
+    assert httpx.get(f"{mesh.http_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{mesh.http_url}/readyz", timeout=10)
+    body = ready.json()
+    assert body["services"]["scillm.completion.v1.CompletionService"] == "SERVING"
+    assert ready.status_code == (200 if body["ready"] else 503)
+    assert body["ready"] == all(v == "SERVING" for v in body["services"].values())

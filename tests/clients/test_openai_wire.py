@@ -1,0 +1,92 @@
+"""Round trips between OpenAI's JSON and the CompletionService protos."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from scillm.clients import InvalidRequestError, openai_wire
+
+FULL_REQUEST: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "sys"},
+        {"role": "developer", "content": "dev"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA",
+                                                "detail": "low"}},
+            {"type": "input_audio", "input_audio": {"data": "QQ==", "format": "wav"}},
+            {"type": "file", "file": {"file_id": "f1", "filename": "a.pdf"}},
+        ], "name": "ann"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "add", "arguments": "{\"a\":1}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "2"},
+    ],
+    "tools": [{"type": "function", "function": {
+        "name": "add", "description": "adds", "strict": True,
+        "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}],
+    "tool_choice": {"type": "function", "function": {"name": "add"}},
+    "response_format": {"type": "json_schema", "json_schema": {
+        "name": "out", "schema": {"type": "object"}, "strict": True}},
+    "n": 2, "stop": ["END"], "seed": 7, "temperature": 0.5, "top_p": 0.9,
+    "max_completion_tokens": 50, "max_tokens": 60, "logprobs": True, "top_logprobs": 3,
+    "reasoning_effort": "low", "user": "u1", "metadata": {"k": "v"},
+    "presence_penalty": 0.1, "frequency_penalty": 0.2, "parallel_tool_calls": False,
+    "top_k": 40,
+    "scillm": {"fallbacks": ["b"], "timeout_s": 1.5, "num_retries": 2, "deterministic": True,
+               "cache": {"bypass": True, "no_store": False, "ttl_s": 60.0, "namespace": "ns"}},
+}
+
+
+def test_request_round_trip_keeps_every_field() -> None:
+    back = openai_wire.request_from_proto(openai_wire.request_to_proto(FULL_REQUEST))
+    assert back == FULL_REQUEST
+
+
+@pytest.mark.parametrize("choice", ["auto", "none", "required"])
+def test_tool_choice_modes(choice: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": choice}
+    assert openai_wire.request_from_proto(openai_wire.request_to_proto(body))["tool_choice"] \
+        == choice
+
+
+def test_response_and_chunk_round_trip() -> None:
+    response = {
+        "id": "c1", "object": "chat.completion", "created": 5, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": {"content": [
+            {"token": "a", "logprob": -0.5, "bytes": [97],
+             "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}]},
+            "message": {"role": "assistant", "content": "hi", "tool_calls": [
+                {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
+                  "prompt_tokens_details": {"cached_tokens": 2},
+                  "completion_tokens_details": {"reasoning_tokens": 1}},
+        "system_fingerprint": "fp",
+    }
+    assert openai_wire.response_from_proto(openai_wire.response_to_proto(response)) == response
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 5, "model": "m",
+             "choices": [{"index": 0, "finish_reason": None, "delta": {
+                 "role": "assistant", "content": "h", "tool_calls": [
+                     {"index": 0, "id": "t", "type": "function",
+                      "function": {"name": "f", "arguments": "{"}}]}}]}
+    assert openai_wire.chunk_from_proto(openai_wire.chunk_to_proto(chunk)) == chunk
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({"model": "m", "messages": "hi"}, "messages"),
+    ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 1.5}, "seed"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "maybe"},
+     "tool_choice"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "video"}]}]},
+     "messages[0].content[0].type"),
+])
+def test_bad_requests_name_the_parameter(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        openai_wire.request_to_proto(body)
+    assert info.value.param == param

@@ -1,0 +1,235 @@
+"""The mesh as users meet it: grpcurl, health, reflection, echo completions, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scillm.clients import RPCError, ScillmClient
+from scillm.completion.v1 import completion_pb2 as pb
+
+from ..conftest import RunningMesh, mesh_settings, start_mesh
+
+SERVICES = [
+    "scillm.completion.v1.CompletionService",
+    "scillm.prove.v1.ProveService",
+    "scillm.codeworld.v1.CodeWorldService",
+    "scillm.agent.v1.AgentService",
+]
+
+
+def _grpcurl(grpcurl: str, mesh: RunningMesh, *args: str, data: str | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    cmd = [grpcurl, "-plaintext", "-max-time", "20"]
+    if data is not None:
+        cmd += ["-d", data]
+    return subprocess.run([*cmd, mesh.grpc_target, *args], capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+def test_grpcurl_lists_services_health_and_reflection(grpcurl: str, mesh: RunningMesh) -> None:
+    out = _grpcurl(grpcurl, mesh, "list")
+    assert out.returncode == 0, out.stderr
+    listed = set(out.stdout.split())
+    assert set(SERVICES) <= listed
+    assert "grpc.health.v1.Health" in listed
+    assert "grpc.reflection.v1alpha.ServerReflection" in listed
+
+
+def test_grpcurl_calls_echo_completion(grpcurl: str, mesh: RunningMesh) -> None:
+    body = json.dumps({"model": "echo/x", "messages": [
+        {"role": "ROLE_USER", "content": [{"text": "hello from grpcurl"}]}]})
+    out = _grpcurl(grpcurl, mesh, "scillm.completion.v1.CompletionService/Completion",
+                   data=body)
+    assert out.returncode == 0, out.stderr
+    reply = json.loads(out.stdout)
+    assert reply["choices"][0]["message"]["content"][0]["text"] == "hello from grpcurl"
+    assert reply["choices"][0]["finishReason"] == "FINISH_REASON_STOP"
+    assert int(reply["usage"]["completionTokens"]) == 3
+    assert reply["manifest"]["runId"]
+
+
+def test_grpcurl_streams_echo(grpcurl: str, mesh: RunningMesh) -> None:
+    body = json.dumps({"request": {"model": "echo/x", "messages": [
+        {"role": "ROLE_USER", "content": [{"text": "one two three"}]}]}, "includeUsage": True})
+    out = _grpcurl(grpcurl, mesh, "scillm.completion.v1.CompletionService/CompletionStream",
+                   data=body)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(e) for e in out.stdout.replace("}\n{", "}\x00{").split("\x00")]
+    assert "end" in events[-1]
+    text = "".join(c["choices"][0]["delta"].get("content", "")
+                   for e in events[:-1] for c in [e["chunk"]] if c.get("choices"))
+    assert text.split() == ["one", "two", "three"]
+    assert len(events) >= 4
+
+
+async def test_health_reports_every_service(mesh: RunningMesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+        completion = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICES[0]))
+        assert completion.status == health_pb2.HealthCheckResponse.SERVING
+        for name in SERVICES[1:]:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status in (health_pb2.HealthCheckResponse.SERVING,
+                                    health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+async def test_echo_unary_honours_n_stop_and_max_tokens(mesh: RunningMesh) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        reply = await client.completion.create({
+            "model": "echo/test", "n": 2, "max_tokens": 3,
+            "messages": [{"role": "system", "content": "be brief"},
+                         {"role": "user", "content": "a b c d e"}]})
+        assert [c.message.content[0].text for c in reply.choices] == ["a b c", "a b c"]
+        assert reply.choices[0].finish_reason == pb.FINISH_REASON_LENGTH
+        assert reply.usage.completion_tokens > 0
+        stopped = await client.completion.create({
+            "model": "echo/test", "stop": ["STOP"],
+            "messages": [{"role": "user", "content": "keep this STOP not this"}]})
+        assert stopped.choices[0].message.content[0].text.strip() == "keep this"
+        assert stopped.choices[0].finish_reason == pb.FINISH_REASON_STOP
+        assert reply.routing.provider == "echo"
+
+
+async def test_request_id_is_accepted_and_returned(mesh: RunningMesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.grpc_target) as channel:
+        call = pb_stub(channel).Completion(
+            pb.CompletionRequest(model="echo/x", messages=[
+                pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])]),
+            metadata=(("x-request-id", "req-123"),))
+        reply = await call
+        assert ("x-request-id", "req-123") in list(await call.initial_metadata())
+        assert reply.manifest.request_id == "req-123"
+        fresh = pb_stub(channel).Completion(pb.CompletionRequest(model="echo/x", messages=[
+            pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])]))
+        await fresh
+        ids = [v for k, v in await fresh.initial_metadata() if k == "x-request-id"]
+        assert ids and len(ids[0]) == 32
+
+
+def pb_stub(channel: grpc.aio.Channel) -> object:
+    from scillm.completion.v1 import completion_pb2_grpc
+
+    return completion_pb2_grpc.CompletionServiceStub(channel)
+
+
+@pytest.mark.parametrize(("request_", "code"), [
+    (pb.CompletionRequest(model="nosuch/model", messages=[
+        pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="x")])]),
+     grpc.StatusCode.NOT_FOUND),
+    (pb.CompletionRequest(model="echo/x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.CompletionRequest(model="echo/x", messages=[pb.Message(content=[
+        pb.ContentPart(text="x")])]), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.CompletionRequest(model="", messages=[
+        pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="x")])]),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.CompletionRequest(model="echo/x", n=0, messages=[
+        pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="x")])]),
+     grpc.StatusCode.INVALID_ARGUMENT),
+])
+async def test_bad_input_gets_canonical_codes(mesh: RunningMesh, request_: pb.CompletionRequest,
+                                              code: grpc.StatusCode) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create(request_, timeout=10)
+        assert info.value.code == code
+        assert info.value.request_id
+        assert "Traceback" not in info.value.message
+
+
+async def test_unknown_model_names_close_ones(mesh: RunningMesh) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create({"model": "ech/x", "messages": [
+                {"role": "user", "content": "x"}]})
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        assert "echo" in info.value.message
+
+
+async def test_oversized_request_is_resource_exhausted(mesh: RunningMesh) -> None:
+    big = "x " * (mesh.mesh.settings.max_request_bytes // 2 + 10)
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create({"model": "echo/x", "messages": [
+                {"role": "user", "content": big}]}, timeout=20)
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_stream_cancelled_midway_leaves_server_healthy(mesh: RunningMesh) -> None:
+    words = " ".join(f"w{i}" for i in range(2000))
+    async with ScillmClient(mesh.grpc_target) as client:
+        stream = client.completion.stream({"model": "echo/x", "messages": [
+            {"role": "user", "content": words}]})
+        seen = 0
+        async for _event in stream:
+            seen += 1
+            if seen == 5:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert seen == 5
+        reply = await client.completion.create({"model": "echo/x", "messages": [
+            {"role": "user", "content": "still here"}]})
+        assert reply.choices[0].message.content[0].text == "still here"
+
+
+async def test_unbuilt_services_answer_unimplemented_with_a_reason(mesh: RunningMesh) -> None:
+    built = mesh.mesh.settings.services
+    async with ScillmClient(mesh.grpc_target) as client:
+        try:
+            reply = await client.prove.backends()
+        except RPCError as err:
+            assert err.code == grpc.StatusCode.UNIMPLEMENTED
+            assert "issue" in err.message and "not built yet" in err.message
+        else:
+            assert "prove" in built and reply.backends
+
+
+def test_single_service_mode_serves_only_that_service(tmp_path: Path, grpcurl: str) -> None:
+    running = start_mesh(mesh_settings(tmp_path, services=("completion",), http_enabled=False))
+    try:
+        out = _grpcurl(grpcurl, running, "list")
+        listed = set(out.stdout.split())
+        assert "scillm.completion.v1.CompletionService" in listed
+        assert "scillm.prove.v1.ProveService" not in listed
+    finally:
+        running.stop()
+
+
+def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
+    running = start_mesh(mesh_settings(tmp_path, http_enabled=False, grace_period_s=5.0))
+    # Large enough that gRPC flow control holds most of it server-side while we read.
+    words = " ".join(f"w{i}" for i in range(20000))
+
+    async def scenario() -> tuple[int, int]:
+        async with ScillmClient(running.grpc_target) as client, \
+                grpc.aio.insecure_channel(running.grpc_target) as side:
+            health = health_pb2_grpc.HealthStub(side)
+            stream = client.completion.stream({"model": "echo/x", "messages": [
+                {"role": "user", "content": words}]})
+            first = await anext(stream)
+            assert first.HasField("chunk")
+            stopping = asyncio.get_running_loop().run_in_executor(None, running.stop, 5.0)
+            status = None
+            for _ in range(100):
+                try:
+                    status = (await health.Check(health_pb2.HealthCheckRequest(),
+                                                 timeout=1)).status
+                except grpc.aio.AioRpcError:
+                    break
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.01)
+            rest = [e async for e in stream]
+            await stopping
+            return len(rest), int(status or 0)
+
+    count, status = asyncio.run(scenario())
+    assert count > 1  # the stream ran to its end event after SIGTERM-equivalent stop
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
