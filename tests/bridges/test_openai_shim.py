@@ -7,8 +7,7 @@ import json
 import httpx
 import openai
 import pytest
-
-from ..conftest import RunningMesh
+from meshutil import RunningMesh
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from meshutil import RunningMesh, mesh_settings, start_mesh
 from scillm.clients import RPCError, ScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
-
-from ..conftest import RunningMesh, mesh_settings, start_mesh
 
 SERVICES = [
     "scillm.completion.v1.CompletionService",
@@ -49,9 +48,9 @@ def test_grpcurl_calls_echo_completion(grpcurl: str, mesh: RunningMesh) -> None:
     assert out.returncode == 0, out.stderr
     reply = json.loads(out.stdout)
     assert reply["choices"][0]["message"]["content"][0]["text"] == "hello from grpcurl"
-    assert reply["choices"][0]["finishReason"] == "FINISH_REASON_STOP"
-    assert int(reply["usage"]["completionTokens"]) == 3
-    assert reply["manifest"]["runId"]
+    assert reply["choices"][0]["finish_reason"] == "FINISH_REASON_STOP"
+    assert int(reply["usage"]["completion_tokens"]) == 3
+    assert reply["manifest"]["run_id"]
 
 
 def test_grpcurl_streams_echo(grpcurl: str, mesh: RunningMesh) -> None:
