@@ -1,0 +1,53 @@
+"""Completion domain: route OpenAI chat completion requests to upstream providers.
+
+Plain typed Python, no gRPC or HTTP server knowledge. Build a `CompletionEngine` from
+`CompletionSettings`, `await engine.start()`, then `complete(request)` or iterate
+`stream(request)`; `await engine.close()` at shutdown. Errors are in `errors`.
+"""
+
+from ._engine import CompletionEngine
+from ._retry import RetryHooks
+from ._settings import (
+    CacheSettings,
+    CompletionSettings,
+    DeploymentSettings,
+    RouterSettings,
+    Secret,
+)
+from ._types import CacheStats, Completed, Routing, StreamChunk, StreamEnd, StreamEvent
+from .errors import (
+    AuthenticationError,
+    CompletionError,
+    ContextWindowExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ProviderUnavailable,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "CacheSettings",
+    "CacheStats",
+    "Completed",
+    "CompletionEngine",
+    "CompletionError",
+    "CompletionSettings",
+    "ContextWindowExceeded",
+    "DeploymentSettings",
+    "InvalidRequest",
+    "ModelNotFound",
+    "ProviderUnavailable",
+    "RateLimited",
+    "RetryHooks",
+    "RouterSettings",
+    "Routing",
+    "Secret",
+    "StreamChunk",
+    "StreamEnd",
+    "StreamEvent",
+    "UpstreamError",
+    "UpstreamTimeout",
+]

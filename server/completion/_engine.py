@@ -1,0 +1,344 @@
+"""The Completion engine: cache, router, retries, fallbacks and output checks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import httpx
+
+from . import _output, _request
+from ._cache import MemoryCache, RedisCache, ResponseCache, assemble, replay
+from ._provider import Provider, ProviderCall
+from ._retry import RetryHooks, backoff_delay, is_retryable
+from ._router import DeploymentState, Group, Router
+from ._settings import CompletionSettings
+from ._types import CacheStats, Completed, Routing, StreamChunk, StreamEnd, StreamEvent
+from .errors import (
+    AuthenticationError,
+    CompletionError,
+    ContextWindowExceeded,
+    ModelNotFound,
+    ProviderUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+__all__ = ["CompletionEngine"]
+
+T = TypeVar("T")
+_NO_HOOKS = RetryHooks()
+
+
+class CompletionEngine:
+    """Serves OpenAI chat completion requests over the configured deployments.
+
+    `rng`, `clock` and `sleep` are injectable so routing and backoff are deterministic
+    in tests; `transport` replaces the network of the HTTP providers.
+    """
+
+    def __init__(self, settings: CompletionSettings, *, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 hooks: RetryHooks = _NO_HOOKS,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._sleep = sleep
+        self._hooks = hooks
+        self._transport = transport
+        self._rng = rng or random.Random()
+        self._router = Router(settings.model_list, settings.router, self._rng, clock)
+        self._providers: dict[str, Provider] = {}
+        self._cache: ResponseCache | None = None
+        self._strategy = settings.router.routing_strategy
+
+    async def start(self) -> None:
+        """Open the cache backend. Providers start lazily on first use."""
+        cs = self.settings.cache
+        if cs.enabled and self._cache is None:
+            backend = RedisCache(cs) if cs.backend == "redis" else MemoryCache(cs.max_entries)
+            self._cache = ResponseCache(cs, backend)
+
+    async def close(self) -> None:
+        """Close pooled connections, worker threads and the cache."""
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            await provider.close()
+        if self._cache is not None:
+            cache, self._cache = self._cache, None
+            await cache.close()
+
+    def model_names(self) -> list[str]:
+        """The configured `model_name` values (wildcards included), for /v1/models."""
+        return self._router.model_names()
+
+    def cache_stats(self) -> CacheStats | None:
+        """Hit/miss/store counters, or None when caching is off."""
+        return self._cache.stats() if self._cache is not None else None
+
+    async def complete(self, request: dict[str, Any]) -> Completed:
+        """Serve a non-streaming request; returns a `chat.completion` and its routing."""
+        model = _request.check(request)
+        opts = _request.options(request)
+        body = _request.upstream_body(request, opts)
+        fmt = body.get("response_format")
+        self._router.group(model)  # ModelNotFound before touching the cache
+        key = None
+        if self._cache is not None:
+            key = self._cache.key(model, body, opts.cache_namespace)
+            if not opts.cache_bypass:
+                hit = await self._cache.get(key)
+                if hit is not None:
+                    return Completed(hit, self._cache_routing(), True,
+                                     _output.json_validity(hit, fmt))
+        routing = Routing(strategy=self._strategy)
+        response = await self._with_fallbacks(model, body, opts, routing, self._call_complete)
+        valid = _output.json_validity(response, fmt)
+        if key is not None and self._cache is not None and not opts.cache_no_store \
+                and valid is not False:
+            await self._cache.set(key, response, opts.cache_ttl_s)
+        return Completed(response, routing, False, valid)
+
+    async def stream(self, request: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
+        """Serve a streaming request: `StreamChunk`s, then one `StreamEnd`.
+
+        Retries and fallbacks happen only before the first chunk; after it, an upstream
+        failure is raised from the iterator. Closing the iterator (or cancelling its
+        consumer) closes the upstream request at once.
+        """
+        model = _request.check(request)
+        opts = _request.options(request)
+        body = _request.upstream_body(request, opts)
+        fmt = body.get("response_format")
+        self._router.group(model)
+        key = None
+        if self._cache is not None:
+            key = self._cache.key(model, body, opts.cache_namespace)
+            if not opts.cache_bypass:
+                hit = await self._cache.get(key)
+                if hit is not None:
+                    for chunk in replay(hit):
+                        yield StreamChunk(chunk)
+                    yield StreamEnd(hit.get("usage"), self._cache_routing(), True,
+                                    _output.json_validity(hit, fmt))
+                    return
+        routing = Routing(strategy=self._strategy)
+        opened = await self._with_fallbacks(model, body, opts, routing, self._open_stream)
+        first, chunks, state, started = opened
+        keep: list[dict[str, Any]] | None = [] if key is not None else None
+        usage: dict[str, Any] | None = None
+        settled = False
+        try:
+            async with aclosing(chunks):
+                item: dict[str, Any] | None = first
+                while item is not None:
+                    chunk = item
+                    if chunk.get("usage") is not None and not chunk.get("choices"):
+                        usage = chunk["usage"]
+                    else:
+                        if keep is not None:
+                            keep.append(chunk)
+                        yield StreamChunk(chunk)
+                    item = await anext(chunks, None)
+            settled = True
+            self._router.succeeded(state, started, int((usage or {}).get("total_tokens") or 0))
+        except CompletionError as exc:
+            settled = True
+            self._router.failed(state, exc)
+            raise
+        finally:
+            if not settled:  # cancelled by the consumer: neither success nor failure
+                self._router.release(state)
+        valid = None
+        if keep is not None and self._cache is not None:
+            whole = assemble(keep, usage)
+            valid = _output.json_validity(whole, fmt)
+            if key is not None and not opts.cache_no_store and valid is not False:
+                await self._cache.set(key, whole, opts.cache_ttl_s)
+        elif fmt is not None:
+            valid = _output.json_validity(assemble(keep or [], usage), fmt)
+        yield StreamEnd(usage, routing, False, valid)
+
+    def _cache_routing(self) -> Routing:
+        return Routing(deployment="cache", provider="cache", strategy=self._strategy)
+
+    # Fallbacks, then retries within one model name.
+
+    async def _with_fallbacks(
+        self, model: str, body: dict[str, Any], opts: _request.Options, routing: Routing,
+        call: Callable[[Provider, ProviderCall, DeploymentState], Awaitable[T]],
+    ) -> T:
+        rs = self.settings.router
+        deadline = self._clock() + rs.retry_budget_s
+        queue, seen = [model], {model}
+        error: CompletionError | None = None
+        while queue:
+            name = queue.pop(0)
+            try:
+                group = self._router.group(name)
+                result = await self._with_retries(group, body, opts, routing, deadline, call)
+            except ContextWindowExceeded as exc:
+                error, more = exc, rs.context_window_fallbacks.get(model, ())
+            except (UpstreamError, ProviderUnavailable, AuthenticationError) as exc:
+                if isinstance(exc, UpstreamError) and exc.status in (400, 404, 422):
+                    raise
+                error = exc
+                more = opts.fallbacks if opts.fallbacks is not None else (
+                    rs.fallbacks.get(model) or rs.fallbacks.get("*", ()))
+            except ModelNotFound:
+                if name == model:
+                    raise
+                continue  # a misconfigured fallback: skip it
+            else:
+                if name != model:
+                    routing.fallback_used, routing.fallback_model = True, name
+                return result
+            if name == model:  # fallbacks are not nested: no loops, bounded work
+                queue.extend(m for m in more if m not in seen)
+                seen.update(more)
+        assert error is not None
+        raise error
+
+    async def _with_retries(
+        self, group: Group, body: dict[str, Any], opts: _request.Options, routing: Routing,
+        deadline: float, call: Callable[[Provider, ProviderCall, DeploymentState], Awaitable[T]],
+    ) -> T:
+        rs = self.settings.router
+        retries = opts.num_retries if opts.num_retries is not None else rs.num_retries
+        hooks = self._hooks
+        attempt = 0
+        while True:
+            state: DeploymentState | None = None
+            begun = False
+            try:
+                state = self._router.pick(group)
+                dep = state.settings
+                provider = self._provider(dep.provider)
+                timeout = opts.timeout_s or dep.timeout_s or rs.timeout_s
+                pcall = ProviderCall(dep, group.upstream_model(dep), body, timeout)
+                routing.attempts += 1
+                routing.deployment, routing.provider = dep.id, provider.name
+                self._router.begin(state)
+                begun = True
+                return await call(provider, pcall, state)
+            except CompletionError as exc:
+                if begun and state is not None:
+                    self._router.failed(state, exc)
+                if isinstance(exc, UpstreamError) and exc.retry_after_s is not None:
+                    routing.last_retry_after_s = exc.retry_after_s
+                if hooks.on_failure is not None and state is not None:
+                    hooks.on_failure(state.settings.id, exc)
+                if attempt >= retries or not is_retryable(exc):
+                    raise
+                delay = backoff_delay(
+                    attempt, self._rng, base_s=rs.backoff_base_s, max_s=rs.backoff_max_s,
+                    retry_after_s=exc.retry_after_s if isinstance(exc, UpstreamError) else None,
+                    min_s=rs.retry_after_s)
+                if self._clock() + delay > deadline:
+                    raise
+                if hooks.on_retry is not None:
+                    hooks.on_retry(state.settings.id if state else group.name, attempt + 1,
+                                   delay, exc)
+                routing.total_sleep_s += delay
+                attempt += 1
+                await self._sleep(delay)
+            except BaseException:
+                if begun and state is not None:
+                    self._router.release(state)
+                raise
+
+    async def _call_complete(self, provider: Provider, call: ProviderCall,
+                             state: DeploymentState) -> dict[str, Any]:
+        started = self._clock()
+        try:
+            async with asyncio.timeout(call.timeout_s):
+                try:
+                    response = await provider.complete(call)
+                except UpstreamError as exc:
+                    if not _schema_rejected(exc, call):
+                        raise
+                    response = await provider.complete(
+                        replace(call, body=_output.json_object_body(call.body)))
+        except TimeoutError:
+            raise UpstreamTimeout(f"{call.deployment.id} did not answer within "
+                                  f"{call.timeout_s:g}s") from None
+        latency = self._clock() - started
+        tokens = int((response.get("usage") or {}).get("total_tokens") or 0)
+        self._router.succeeded(state, latency, tokens)
+        if self._hooks.on_success is not None:
+            self._hooks.on_success(call.deployment.id, latency)
+        return response
+
+    async def _open_stream(
+        self, provider: Provider, call: ProviderCall, state: DeploymentState,
+    ) -> tuple[dict[str, Any] | None, AsyncGenerator[dict[str, Any], None], DeploymentState, float]:
+        started = self._clock()
+        chunks = provider.stream(call)
+        try:
+            async with asyncio.timeout(call.timeout_s):
+                try:
+                    first = await anext(chunks, None)
+                except UpstreamError as exc:
+                    if not _schema_rejected(exc, call):
+                        raise
+                    await _aclose(chunks)
+                    chunks = provider.stream(
+                        replace(call, body=_output.json_object_body(call.body)))
+                    first = await anext(chunks, None)
+        except TimeoutError:
+            await _aclose(chunks)
+            raise UpstreamTimeout(f"{call.deployment.id} sent nothing within "
+                                  f"{call.timeout_s:g}s") from None
+        except BaseException:
+            await _aclose(chunks)
+            raise
+        latency = self._clock() - started
+        if self._hooks.on_success is not None:
+            self._hooks.on_success(call.deployment.id, latency)
+        return first, chunks, state, latency
+
+    def _provider(self, kind: str) -> Provider:
+        provider = self._providers.get(kind)
+        if provider is None:
+            provider = _make_provider(kind, self._transport)
+            self._providers[kind] = provider
+        return provider
+
+
+def _schema_rejected(exc: UpstreamError, call: ProviderCall) -> bool:
+    return (exc.status == 400 and not isinstance(exc, ContextWindowExceeded)
+            and _output.wants_json_schema(call.body))
+
+
+async def _aclose(chunks: AsyncGenerator[dict[str, Any], None]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _make_provider(kind: str, transport: httpx.AsyncBaseTransport | None) -> Provider:
+    if kind == "echo":
+        from ._echo import EchoProvider
+
+        return EchoProvider()
+    if kind == "openai":
+        from ._openai import OpenAIProvider
+
+        return OpenAIProvider(transport)
+    if kind == "anthropic":
+        from ._anthropic import AnthropicProvider
+
+        return AnthropicProvider(transport)
+    if kind == "local":
+        from ._local import LocalProvider
+
+        return LocalProvider()
+    from ._litellm import LiteLLMProvider
+
+    return LiteLLMProvider(kind)

@@ -1,0 +1,130 @@
+"""Shared HTTP plumbing of the HTTP providers: pooled clients, SSE, error mapping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from ._provider import ProviderCall
+from ._retry import parse_retry_after
+from ._settings import DeploymentSettings
+from .errors import (
+    AuthenticationError,
+    CompletionError,
+    ContextWindowExceeded,
+    ProviderUnavailable,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+__all__ = ["ClientPool", "api_key", "error_from_response", "sse_events", "transport_error"]
+
+_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
+
+
+class ClientPool:
+    """One pooled `httpx.AsyncClient` per base URL, created on first use."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._transport = transport
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def get(self, base_url: str) -> httpx.AsyncClient:
+        client = self._clients.get(base_url)
+        if client is None:
+            client = httpx.AsyncClient(transport=self._transport, limits=_LIMITS,
+                                       timeout=httpx.Timeout(60.0), trust_env=False)
+            self._clients[base_url] = client
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def api_key(dep: DeploymentSettings) -> str | None:
+    """The deployment's API key; ProviderUnavailable if its variable is unset."""
+    secret = dep.api_key
+    if secret is None:
+        return None
+    if secret.value is None:
+        raise ProviderUnavailable(
+            f"deployment {dep.id} ({dep.model}) needs an API key: set the environment "
+            f"variable {secret.env or '?'}")
+    return secret.value
+
+
+def transport_error(exc: httpx.HTTPError, call: ProviderCall) -> UpstreamError:
+    """A connection-level failure as an UpstreamError (status None) or UpstreamTimeout."""
+    where = call.deployment.id
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{where}: timed out after {call.timeout_s:g}s "
+                               f"({type(exc).__name__})")
+    return UpstreamError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def error_from_response(response: httpx.Response, call: ProviderCall,
+                        context_markers: tuple[str, ...] = ()) -> CompletionError:
+    """An error status as the matching CompletionError.
+
+    A context-window overflow is recognised by OpenAI's structured error code
+    `context_length_exceeded`, or by a provider's documented message prefixes.
+    """
+    status = response.status_code
+    text = response.text[:2000]
+    retry_after = parse_retry_after(response.headers)
+    message = _error_message(text)
+    where = f"{call.deployment.id}: HTTP {status}: {message}"
+    if status in (401, 403):
+        return AuthenticationError(where)
+    if status == 429:
+        return RateLimited(where, status=status, retry_after_s=retry_after, body=text)
+    if status == 408:
+        return UpstreamTimeout(where, status=status, retry_after_s=retry_after, body=text)
+    if status in (400, 413) and (_error_code(text) == "context_length_exceeded" or any(
+            message.startswith(m) for m in context_markers)):
+        return ContextWindowExceeded(where, status=status, body=text)
+    return UpstreamError(where, status=status, retry_after_s=retry_after, body=text)
+
+
+def _error_object(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _error_message(text: str) -> str:
+    return str(_error_object(text).get("message") or text[:200])
+
+
+def _error_code(text: str) -> str:
+    return str(_error_object(text).get("code") or "")
+
+
+async def sse_events(response: httpx.Response) -> AsyncGenerator[tuple[str, str], None]:
+    """Server-sent events as (event, data) pairs; `event` is "" when not named."""
+    event, data = "", list[str]()
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "", list[str]()
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+    if data:
+        yield event, "\n".join(data)

@@ -1,0 +1,136 @@
+"""Output control: schema-first JSON replies and their validation.
+
+A `json_schema` response format is sent as is; an upstream that rejects it with 400 is
+asked once more with `json_object` and the schema spelled out in a system message.
+Replies are checked with `jsonschema` when it is installed, else with a small
+validator covering the subset structured outputs use (type, properties, required,
+additionalProperties, items, enum, const, anyOf/oneOf/allOf, bounds).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["json_object_body", "json_validity", "schema_of", "wants_json_schema"]
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+    or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def wants_json_schema(body: dict[str, Any]) -> bool:
+    """Whether the body asks for `response_format: json_schema`."""
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+
+
+def schema_of(fmt: Any) -> dict[str, Any] | None:
+    """The JSON schema inside an OpenAI `json_schema` response format."""
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    spec = fmt.get("json_schema") or {}
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def json_object_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The fallback body: `json_object` plus the schema as a leading system message."""
+    schema = schema_of(body.get("response_format")) or {}
+    note = {"role": "system", "content": "Reply with a single JSON object matching this "
+            f"JSON schema, and nothing else: {json.dumps(schema, sort_keys=True)}"}
+    return {**body, "response_format": {"type": "json_object"},
+            "messages": [note, *body.get("messages", ())]}
+
+
+def json_validity(response: dict[str, Any], fmt: Any) -> bool | None:
+    """None unless JSON was asked for; else whether every choice is valid JSON
+    (an object for `json_object`) matching the schema, if any."""
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
+        return None
+    schema = schema_of(fmt)
+    choices = response.get("choices") or ()
+    if not choices:
+        return False
+    for choice in choices:
+        content = (choice.get("message") or {}).get("content")
+        try:
+            value = json.loads(content) if isinstance(content, str) else None
+        except ValueError:
+            return False
+        if schema is None:
+            if not isinstance(value, dict):
+                return False
+        elif not validate(value, schema):
+            return False
+    return True
+
+
+def validate(value: Any, schema: dict[str, Any]) -> bool:
+    """Whether `value` matches `schema` (jsonschema if installed, else the subset)."""
+    try:
+        jsonschema: Any = importlib.import_module("jsonschema")
+    except ImportError:
+        return _valid(value, schema, schema)
+    return not any(True for _ in jsonschema.Draft202012Validator(schema).iter_errors(value))
+
+
+def _valid(value: Any, schema: Any, root: dict[str, Any]) -> bool:
+    if not isinstance(schema, dict):
+        return schema is not False
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _valid(value, target, root)
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if not any(_TYPES.get(k, lambda _v: True)(value) for k in kinds):
+            return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    if "const" in schema and value != schema["const"]:
+        return False
+    if "allOf" in schema and not all(_valid(value, s, root) for s in schema["allOf"]):
+        return False
+    if "anyOf" in schema and not any(_valid(value, s, root) for s in schema["anyOf"]):
+        return False
+    if "oneOf" in schema and sum(_valid(value, s, root) for s in schema["oneOf"]) != 1:
+        return False
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        if any(name not in value for name in schema.get("required") or ()):
+            return False
+        extra = schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name in props:
+                if not _valid(item, props[name], root):
+                    return False
+            elif extra is False or (isinstance(extra, dict) and not _valid(item, extra, root)):
+                return False
+    if isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, dict) and not all(_valid(v, items, root) for v in value):
+            return False
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", 1e18):
+            return False
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 1e18):
+            return False
+    if _TYPES["number"](value):
+        if "minimum" in schema and value < schema["minimum"]:
+            return False
+        if "maximum" in schema and value > schema["maximum"]:
+            return False
+    return True

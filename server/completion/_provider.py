@@ -1,0 +1,63 @@
+"""The Provider protocol: how the router talks to one kind of upstream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ._settings import DeploymentSettings
+
+__all__ = ["Provider", "ProviderCall", "completion_id", "text_of"]
+
+
+@dataclass(frozen=True)
+class ProviderCall:
+    """One upstream call: the deployment, the upstream model name and the request body.
+
+    `body` is the caller's OpenAI request without `model`, `stream` and `scillm`; it is
+    shared, never mutated (providers copy the top level when they change it).
+    """
+
+    deployment: DeploymentSettings
+    model: str
+    body: dict[str, Any]
+    timeout_s: float
+
+
+class Provider(Protocol):
+    """One kind of upstream. Errors are raised as `CompletionError` subclasses."""
+
+    name: str
+
+    async def complete(self, call: ProviderCall) -> dict[str, Any]:
+        """Return an OpenAI `chat.completion` object."""
+        ...
+
+    def stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
+        """Yield OpenAI `chat.completion.chunk` objects; usage may come in a last chunk
+        with empty `choices`. Closing the iterator closes the upstream request."""
+        ...
+
+    async def close(self) -> None:
+        """Release pooled connections, threads and models."""
+        ...
+
+
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message `content`: a string or a list of content parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "text":
+            parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+def completion_id(prefix: str = "chatcmpl") -> str:
+    """A fresh id for a locally made completion."""
+    return f"{prefix}-{time.time_ns():x}"

@@ -1,0 +1,121 @@
+"""Checking a caller's OpenAI request and splitting off SciLLM's routing options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidRequest
+
+__all__ = ["DETERMINISTIC_SEED", "Options", "check", "options", "upstream_body"]
+
+DETERMINISTIC_SEED = 0
+_NOT_UPSTREAM = frozenset({"model", "stream", "stream_options", "scillm"})
+_SCILLM_KEYS = frozenset({"fallbacks", "timeout_s", "num_retries", "cache", "deterministic"})
+_CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace"})
+
+
+@dataclass(frozen=True)
+class Options:
+    """The request's `scillm` routing options (None means: use the settings)."""
+
+    fallbacks: tuple[str, ...] | None = None
+    timeout_s: float | None = None
+    num_retries: int | None = None
+    cache_bypass: bool = False
+    cache_no_store: bool = False
+    cache_ttl_s: float | None = None
+    cache_namespace: str | None = None
+    deterministic: bool = False
+
+
+_NO_OPTIONS = Options()
+
+
+def check(request: Mapping[str, Any]) -> str:
+    """Validate the fields the gateway relies on; return the model name."""
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model must be a non-empty string", param="model")
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty list", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"messages[{i}] must be an object with a role",
+                                 param=f"messages[{i}]")
+    n = request.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
+        raise InvalidRequest("n must be an integer from 1 to 128", param="n")
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = request.get(key)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise InvalidRequest(f"{key} must be a non-negative integer", param=key)
+    stop = request.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise InvalidRequest("stop must be a string or a list of strings", param="stop")
+    fmt = request.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in (
+            "text", "json_object", "json_schema")):
+        raise InvalidRequest("response_format.type must be text, json_object or json_schema",
+                             param="response_format")
+    return model
+
+
+def options(request: Mapping[str, Any]) -> Options:
+    """Parse the optional `scillm` key."""
+    raw = request.get("scillm")
+    if raw is None:
+        return _NO_OPTIONS
+    if not isinstance(raw, dict):
+        raise InvalidRequest("scillm must be an object", param="scillm")
+    unknown = set(raw) - _SCILLM_KEYS
+    if unknown:
+        raise InvalidRequest(f"unknown scillm option(s): {', '.join(sorted(unknown))}",
+                             param="scillm")
+    cache = raw.get("cache") or {}
+    if not isinstance(cache, dict) or set(cache) - _CACHE_KEYS:
+        raise InvalidRequest(f"scillm.cache takes {', '.join(sorted(_CACHE_KEYS))}",
+                             param="scillm.cache")
+    fallbacks = raw.get("fallbacks")
+    if fallbacks is not None and not (
+            isinstance(fallbacks, list) and all(isinstance(f, str) for f in fallbacks)):
+        raise InvalidRequest("scillm.fallbacks must be a list of model names",
+                             param="scillm.fallbacks")
+    try:
+        return Options(
+            fallbacks=tuple(fallbacks) if fallbacks is not None else None,
+            timeout_s=_positive(raw.get("timeout_s")),
+            num_retries=int(raw["num_retries"]) if raw.get("num_retries") is not None else None,
+            cache_bypass=bool(cache.get("bypass", False)),
+            cache_no_store=bool(cache.get("no_store", False)),
+            cache_ttl_s=_positive(cache.get("ttl_s")),
+            cache_namespace=str(cache["namespace"]) if cache.get("namespace") else None,
+            deterministic=bool(raw.get("deterministic", False)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"bad scillm option: {exc}", param="scillm") from None
+
+
+def _positive(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"{value!r} is not positive")
+    return number
+
+
+def upstream_body(request: Mapping[str, Any], opts: Options) -> dict[str, Any]:
+    """The request as sent upstream: routing keys dropped, deterministic mode applied.
+
+    A shallow copy: nested values are shared with the caller's request and never mutated.
+    """
+    body = {k: v for k, v in request.items() if k not in _NOT_UPSTREAM}
+    if opts.deterministic:
+        body["temperature"] = 0
+        body["top_p"] = 1
+        body.setdefault("seed", DETERMINISTIC_SEED)
+    return body

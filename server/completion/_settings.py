@@ -1,0 +1,281 @@
+"""Completion settings: a LiteLLM proxy YAML, read once into frozen dataclasses.
+
+A LiteLLM proxy config works unchanged::
+
+    model_list:
+      - model_name: gpt-4o                  # the name callers use
+        litellm_params:
+          model: openai/gpt-4o              # provider/upstream-model
+          api_base: http://127.0.0.1:8000/v1
+          api_key: os.environ/OPENAI_API_KEY
+          rpm: 600
+          weight: 2
+          timeout: 30
+    router_settings: {routing_strategy: least-busy, num_retries: 2, fallbacks: [...]}
+    litellm_settings: {cache: true, cache_params: {type: redis, host: ..., ttl: 600}}
+
+`os.environ/NAME` strings are resolved at load; API keys are held in `Secret`, which
+never shows its value in repr or logs. Keys we do not use are kept in `ignored_keys`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InvalidRequest
+
+__all__ = [
+    "STRATEGIES",
+    "CacheSettings",
+    "CompletionSettings",
+    "DeploymentSettings",
+    "RouterSettings",
+    "Secret",
+]
+
+STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
+_ENV_PREFIX = "os.environ/"
+_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value (API key, password). `env` names the variable it came from."""
+
+    value: str | None = field(repr=False)
+    env: str | None = None
+
+    def __repr__(self) -> str:
+        source = f", env={self.env!r}" if self.env else ""
+        return f"Secret('***'{source})" if self.value else f"Secret(None{source})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """One upstream deployment serving `model_name` (a LiteLLM `model_list` entry).
+
+    `model` is `provider/upstream-model` (`openai/`, `anthropic/`, `echo/`, `local/`,
+    or any LiteLLM provider); a bare name means OpenAI. A `model_name` ending in `*`
+    is a wildcard; the matched part replaces the `*` in `model`.
+    """
+
+    model_name: str
+    model: str
+    id: str
+    api_base: str | None = None
+    api_key: Secret | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float = 1.0
+    timeout_s: float | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    max_tokens_default: int | None = None
+
+    @property
+    def provider(self) -> str:
+        """The provider kind: the prefix of `model` (or `openai` for a bare name)."""
+        head, sep, _ = self.model.partition("/")
+        return head if sep else "openai"
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """LiteLLM `router_settings`, plus the retry budget (`retry_budget_s`)."""
+
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int = 2
+    timeout_s: float = 60.0
+    retry_after_s: float = 0.0
+    allowed_fails: int = 3
+    cooldown_time_s: float = 5.0
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 8.0
+    retry_budget_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Response cache: `memory` (LRU, default) or `redis` (when a host is configured)."""
+
+    enabled: bool = True
+    backend: str = "memory"
+    max_entries: int = 1024
+    ttl_s: float | None = None
+    namespace: str = "default"
+    redis_host: str | None = None
+    redis_port: int = 6379
+    redis_password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """Everything the Completion engine reads at start-up; see the module docstring."""
+
+    model_list: tuple[DeploymentSettings, ...]
+    router: RouterSettings = field(default_factory=RouterSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    ignored_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def default(cls) -> CompletionSettings:
+        """The embedded default: `echo/*` for tests and a lazily loaded `local/gemma`."""
+        return cls.from_mapping({"model_list": [
+            {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}},
+            {"model_name": "local/gemma", "litellm_params": {"model": "local/gemma3-270m"}},
+        ]})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path,
+                  environ: Mapping[str, str] | None = None) -> CompletionSettings:
+        """Read a LiteLLM proxy YAML file."""
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise InvalidRequest(f"{path}: the top level must be a mapping")
+        return cls.from_mapping(data, environ)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any],
+                     environ: Mapping[str, str] | None = None) -> CompletionSettings:
+        """Build settings from an already parsed config mapping."""
+        env = os.environ if environ is None else environ
+        ignored: list[str] = []
+        for key in data:
+            if key not in ("model_list", "router_settings", "litellm_settings"):
+                ignored.append(str(key))
+        models = tuple(_deployment(entry, i, env, ignored)
+                       for i, entry in enumerate(data.get("model_list") or ()))
+        if not models:
+            raise InvalidRequest("model_list is empty", param="model_list")
+        rs = dict(data.get("router_settings") or {})
+        ls = dict(data.get("litellm_settings") or {})
+        return cls(models, _router(rs, ignored), _cache(ls, rs, env, ignored), tuple(ignored))
+
+
+def _resolve(value: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith(_ENV_PREFIX):
+        return env.get(value[len(_ENV_PREFIX):])
+    return value
+
+
+def _secret(value: Any, env: Mapping[str, str]) -> Secret | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith(_ENV_PREFIX):
+        name = value[len(_ENV_PREFIX):]
+        return Secret(env.get(name), name)
+    return Secret(str(value))
+
+
+_PARAMS = {"model", "api_base", "base_url", "api_key", "rpm", "tpm", "weight", "timeout",
+           "stream_timeout", "extra_headers", "headers", "max_tokens", "custom_llm_provider"}
+
+
+def _deployment(entry: Any, index: int, env: Mapping[str, str],
+                ignored: list[str]) -> DeploymentSettings:
+    if not isinstance(entry, Mapping) or "model_name" not in entry:
+        raise InvalidRequest(f"model_list[{index}] needs model_name", param="model_list")
+    params = dict(entry.get("litellm_params") or {})
+    model = str(_resolve(params.get("model") or entry["model_name"], env))
+    custom = params.get("custom_llm_provider")
+    if custom and not model.startswith(f"{custom}/"):
+        model = f"{custom}/{model}"
+    ignored.extend(f"model_list[{index}].litellm_params.{k}" for k in params if k not in _PARAMS)
+    api_base = _resolve(params.get("api_base") or params.get("base_url"), env)
+    dep = DeploymentSettings(model_name=str(entry["model_name"]), model=model, id="")
+    key = _secret(params.get("api_key"), env)
+    if key is None and api_base is None and dep.provider in _DEFAULT_KEY_ENV:
+        name = _DEFAULT_KEY_ENV[dep.provider]
+        key = Secret(env.get(name), name)
+    headers = params.get("extra_headers") or params.get("headers") or {}
+    info = entry.get("model_info") or {}
+    dep_id = str(info.get("id") or f"{dep.model_name}#{index}")
+    timeout = _resolve(params.get("timeout"), env)
+    return DeploymentSettings(
+        model_name=dep.model_name, model=model, id=dep_id,
+        api_base=str(api_base).rstrip("/") if api_base else None, api_key=key,
+        rpm=_int(_resolve(params.get("rpm"), env)), tpm=_int(_resolve(params.get("tpm"), env)),
+        weight=float(_resolve(params.get("weight"), env) or 1.0),
+        timeout_s=float(timeout) if timeout is not None else None,
+        headers=tuple((str(k), str(_resolve(v, env))) for k, v in dict(headers).items()),
+        max_tokens_default=_int(params.get("max_tokens")),
+    )
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _fallback_map(value: Any) -> dict[str, tuple[str, ...]]:
+    # LiteLLM writes fallbacks as a list of one-key mappings: [{"gpt-4o": ["gpt-4o-mini"]}].
+    out: dict[str, tuple[str, ...]] = {}
+    items = value.items() if isinstance(value, Mapping) else (
+        kv for item in (value or ()) for kv in dict(item).items())
+    for name, targets in items:
+        out[str(name)] = tuple(str(t) for t in ([targets] if isinstance(targets, str)
+                                                else targets))
+    return out
+
+
+_ROUTER_KEYS = {"routing_strategy", "num_retries", "timeout", "retry_after", "allowed_fails",
+                "cooldown_time", "fallbacks", "context_window_fallbacks", "redis_host",
+                "redis_port", "redis_password", "backoff_base_s", "backoff_max_s",
+                "retry_budget_s"}
+
+
+def _router(rs: dict[str, Any], ignored: list[str]) -> RouterSettings:
+    ignored.extend(f"router_settings.{k}" for k in rs if k not in _ROUTER_KEYS)
+    strategy = str(rs.get("routing_strategy") or "simple-shuffle")
+    if strategy == "usage-based-routing-v2":
+        strategy = "usage-based-routing"
+    if strategy not in STRATEGIES:
+        raise InvalidRequest(f"unknown routing_strategy {strategy!r}; use one of "
+                             f"{', '.join(STRATEGIES)}", param="router_settings.routing_strategy")
+    base = RouterSettings()
+    return RouterSettings(
+        routing_strategy=strategy,
+        num_retries=int(rs.get("num_retries", base.num_retries)),
+        timeout_s=float(rs.get("timeout", base.timeout_s)),
+        retry_after_s=float(rs.get("retry_after", base.retry_after_s)),
+        allowed_fails=int(rs.get("allowed_fails", base.allowed_fails)),
+        cooldown_time_s=float(rs.get("cooldown_time", base.cooldown_time_s)),
+        fallbacks=_fallback_map(rs.get("fallbacks")),
+        context_window_fallbacks=_fallback_map(rs.get("context_window_fallbacks")),
+        backoff_base_s=float(rs.get("backoff_base_s", base.backoff_base_s)),
+        backoff_max_s=float(rs.get("backoff_max_s", base.backoff_max_s)),
+        retry_budget_s=float(rs.get("retry_budget_s", base.retry_budget_s)),
+    )
+
+
+def _cache(ls: dict[str, Any], rs: dict[str, Any], env: Mapping[str, str],
+           ignored: list[str]) -> CacheSettings:
+    params = dict(ls.get("cache_params") or {})
+    ignored.extend(f"litellm_settings.{k}" for k in ls if k not in ("cache", "cache_params"))
+    kind = str(params.get("type") or ("redis" if params.get("host") else "memory"))
+    if kind == "local":
+        kind = "memory"
+    if kind not in ("memory", "redis"):
+        raise InvalidRequest(f"unsupported cache type {kind!r}; use local or redis",
+                             param="litellm_settings.cache_params.type")
+    host = _resolve(params.get("host") or rs.get("redis_host"), env)
+    port = _resolve(params.get("port") or rs.get("redis_port") or 6379, env)
+    ttl = _resolve(params.get("ttl"), env)
+    return CacheSettings(
+        enabled=bool(ls.get("cache", True)),
+        backend=kind,
+        max_entries=int(params.get("max_entries", 1024)),
+        ttl_s=float(ttl) if ttl is not None else None,
+        namespace=str(params.get("namespace") or "default"),
+        redis_host=str(host) if host else None,
+        redis_port=int(port),
+        redis_password=_secret(params.get("password") or rs.get("redis_password"), env),
+    )

@@ -1,0 +1,147 @@
+"""The engine with the echo provider: the contract the servicer relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import scillm.server.completion as completion
+from scillm.server.completion import (
+    CompletionEngine,
+    CompletionSettings,
+    InvalidRequest,
+    ModelNotFound,
+    StreamChunk,
+    StreamEnd,
+)
+
+
+def msg(text: str) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+
+
+@pytest.fixture
+async def engine() -> Any:
+    e = CompletionEngine(CompletionSettings.default())
+    await e.start()
+    yield e
+    await e.close()
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(completion.__all__) == [
+        "AuthenticationError", "CacheSettings", "CacheStats", "Completed", "CompletionEngine",
+        "CompletionError", "CompletionSettings", "ContextWindowExceeded", "DeploymentSettings",
+        "InvalidRequest", "ModelNotFound", "ProviderUnavailable", "RateLimited", "RetryHooks",
+        "RouterSettings", "Routing", "Secret", "StreamChunk", "StreamEnd", "StreamEvent",
+        "UpstreamError", "UpstreamTimeout"]
+
+
+async def test_echo_complete(engine: CompletionEngine) -> None:
+    done = await engine.complete({"model": "echo/test", "messages": msg("hello big world")})
+    assert done.response["object"] == "chat.completion"
+    choice = done.response["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "hello big world"}
+    assert choice["finish_reason"] == "stop"
+    assert done.response["usage"] == {"prompt_tokens": 5, "completion_tokens": 3,
+                                      "total_tokens": 8}
+    assert done.routing.provider == "echo" and done.routing.attempts == 1
+    assert not done.cache_hit and done.json_valid is None
+
+
+async def test_echo_max_tokens_stop_and_n(engine: CompletionEngine) -> None:
+    done = await engine.complete({"model": "echo/a", "messages": msg("one two three four"),
+                                  "max_completion_tokens": 2, "n": 3})
+    assert [c["message"]["content"] for c in done.response["choices"]] == ["one two"] * 3
+    assert {c["finish_reason"] for c in done.response["choices"]} == {"length"}
+    done = await engine.complete({"model": "echo/a", "messages": msg("one two. three"),
+                                  "stop": ["."]})
+    assert done.response["choices"][0]["message"]["content"] == "one two"
+    assert done.response["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_echo_content_parts(engine: CompletionEngine) -> None:
+    parts = [{"type": "text", "text": "alpha "}, {"type": "image_url", "image_url": {"url": "x"}},
+             {"type": "text", "text": "beta"}]
+    done = await engine.complete({"model": "echo/p", "messages": [
+        {"role": "user", "content": parts}]})
+    assert done.response["choices"][0]["message"]["content"] == "alpha beta"
+
+
+async def test_echo_stream_then_cached_replay(engine: CompletionEngine) -> None:
+    request = {"model": "echo/s", "messages": msg("a b c")}
+    events = [e async for e in engine.stream(request)]
+    chunks = [e.chunk for e in events if isinstance(e, StreamChunk)]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "a b c" and len(chunks) == 5
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    end = events[-1]
+    assert isinstance(end, StreamEnd) and not end.cache_hit
+    assert end.usage == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    again = [e async for e in engine.stream(request)]
+    assert isinstance(again[-1], StreamEnd) and again[-1].cache_hit
+    replayed = "".join(e.chunk["choices"][0]["delta"].get("content") or ""
+                       for e in again if isinstance(e, StreamChunk))
+    assert replayed == "a b c"
+    done = await engine.complete(request)  # a stored stream serves a plain call too
+    assert done.cache_hit and done.response["choices"][0]["message"]["content"] == "a b c"
+    stats = engine.cache_stats()
+    assert stats is not None and (stats.hits, stats.misses, stats.stores) == (2, 1, 1)
+
+
+async def test_cache_bypass_no_store_and_namespace(engine: CompletionEngine) -> None:
+    base = {"model": "echo/c", "messages": msg("x y")}
+    await engine.complete({**base, "scillm": {"cache": {"no_store": True}}})
+    assert not (await engine.complete(base)).cache_hit
+    assert (await engine.complete({**base, "user": "u1", "stream_options": {}})).cache_hit
+    assert not (await engine.complete({**base, "scillm": {"cache": {"bypass": True}}})).cache_hit
+    assert not (await engine.complete({**base, "scillm": {"cache": {"namespace": "n2"}}})
+                ).cache_hit
+
+
+async def test_deterministic_mode_sets_sampling(engine: CompletionEngine) -> None:
+    done = await engine.complete({"model": "echo/d", "messages": msg("z"), "temperature": 1.3,
+                                  "scillm": {"deterministic": True}})
+    assert done.response["choices"][0]["message"]["content"] == "z"
+
+
+async def test_json_valid_reported(engine: CompletionEngine) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+        "additionalProperties": False}}}
+    good = await engine.complete({"model": "echo/j", "messages": msg('{"a": 1}'),
+                                  "response_format": fmt})
+    assert good.json_valid is True
+    bad = await engine.complete({"model": "echo/j", "messages": msg('{"a": "x"}'),
+                                 "response_format": fmt})
+    assert bad.json_valid is False
+    obj = await engine.complete({"model": "echo/j", "messages": msg("[1]"),
+                                 "response_format": {"type": "json_object"}})
+    assert obj.json_valid is False
+
+
+async def test_unknown_model_suggests(engine: CompletionEngine) -> None:
+    with pytest.raises(ModelNotFound) as info:
+        await engine.complete({"model": "local/gema", "messages": msg("x")})
+    assert info.value.suggestions == ["local/gemma"]
+    assert "did you mean local/gemma" in str(info.value)
+
+
+@pytest.mark.parametrize("request_, param", [
+    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({"model": "echo/x", "messages": []}, "messages"),
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}],
+      "scillm": {"nope": 1}}, "scillm"),
+])
+async def test_invalid_requests(engine: CompletionEngine, request_: dict[str, Any],
+                                param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await engine.complete(request_)
+    assert info.value.param == param
+
+
+def test_model_names() -> None:
+    engine = CompletionEngine(CompletionSettings.default())
+    assert set(engine.model_names()) == {"echo/*", "local/gemma"}

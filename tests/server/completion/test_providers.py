@@ -1,0 +1,75 @@
+"""Optional providers: LiteLLM and llama.cpp are extras, reported by name when missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from completion_upstream import EngineFactory
+from scillm.server.completion import ProviderUnavailable, StreamChunk, StreamEnd
+from scillm.server.completion._local import LocalProvider
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("litellm") is not None,
+                    reason="litellm is installed")
+async def test_missing_litellm_extra(make_engine: EngineFactory) -> None:
+    engine = await make_engine({"model_list": [{"model_name": "g", "litellm_params": {
+        "model": "gemini/gemini-pro"}}]})
+    with pytest.raises(ProviderUnavailable, match=r"scillm\[litellm\]"):
+        await engine.complete({"model": "g", "messages": MSG})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None,
+                    reason="llama_cpp is installed")
+async def test_missing_local_extra(make_engine: EngineFactory) -> None:
+    engine = await make_engine({"model_list": [{"model_name": "local/gemma", "litellm_params": {
+        "model": "local/gemma3-270m"}}]})
+    with pytest.raises(ProviderUnavailable, match=r"scillm\[local\]"):
+        await engine.complete({"model": "local/gemma", "messages": MSG})
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama; records the thread it runs on."""
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+
+    def create_chat_completion(self, messages: list[dict[str, Any]], stream: bool = False,
+                               **kwargs: Any) -> Any:
+        self.threads.add(threading.current_thread().name)
+        if not stream:
+            return {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "local hi"}}], "usage": None}
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[dict[str, Any]]:
+        for word, finish in (("local", None), (" hi", "stop")):
+            yield {"object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": {"content": word}, "finish_reason": finish}]}
+
+
+async def test_local_runs_in_one_worker_thread_and_loads_once(
+        make_engine: EngineFactory) -> None:
+    llama = FakeLlama()
+    loads: list[str] = []
+
+    def loader(name: str) -> FakeLlama:
+        loads.append(name)
+        return llama
+
+    engine = await make_engine({"model_list": [{"model_name": "local/gemma", "litellm_params": {
+        "model": "local/gemma3-270m"}}]})
+    engine._providers["local"] = LocalProvider(loader)
+    done = await engine.complete({"model": "local/gemma", "messages": MSG})
+    assert done.response["choices"][0]["message"]["content"] == "local hi"
+    events = [e async for e in engine.stream({"model": "local/gemma", "messages": MSG})]
+    text = "".join(e.chunk["choices"][0]["delta"].get("content") or ""
+                   for e in events if isinstance(e, StreamChunk))
+    assert text == "local hi" and isinstance(events[-1], StreamEnd)
+    assert loads == ["gemma3-270m"]
+    assert len(llama.threads) == 1 and next(iter(llama.threads)).startswith("scillm-local")
