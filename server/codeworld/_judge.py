@@ -1,0 +1,42 @@
+"""The judge: per-item rankings, weighted or lexicographic, with deterministic ties."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ._events import Ranked
+from ._model import JudgeSpec
+from ._scoring import aggregate
+from .errors import InvalidRequest
+
+
+def check_judge(spec: JudgeSpec) -> None:
+    """Raise ``InvalidRequest`` for negative weights, an unknown mode or an empty order."""
+    if spec.mode not in ("weighted", "lexicographic"):
+        raise InvalidRequest(f"unknown judge mode {spec.mode!r}")
+    if any(w < 0 or w != w for w in spec.weights.values()):
+        raise InvalidRequest("judge weights must be non-negative numbers")
+    if spec.mode == "lexicographic" and not spec.order:
+        raise InvalidRequest("a lexicographic judge needs an order of metrics")
+
+
+def rank(entries: Sequence[tuple[str, Mapping[str, float]]], spec: JudgeSpec) -> tuple[Ranked, ...]:
+    """Rank (strategy, metrics) pairs, best first.
+
+    The score is the weighted mean over the metrics any entry has (a metric an entry
+    lacks counts 0). Weighted mode sorts by score; lexicographic mode by the metrics in
+    ``spec.order`` (missing: worst), then score. Ties break by strategy name.
+    """
+    names = sorted({m for _, metrics in entries for m in metrics})
+    scored = []
+    for strategy, metrics in entries:
+        full = {m: metrics.get(m, 0.0) for m in names}
+        score = aggregate(full, spec.weights)
+        if spec.mode == "lexicographic":
+            key = tuple(-metrics.get(m, float("-inf")) for m in spec.order)
+        else:
+            key = ()
+        scored.append(((*key, -score, strategy), strategy, score, dict(metrics)))
+    scored.sort(key=lambda row: row[0])
+    return tuple(Ranked(rank=i + 1, strategy=s, score=score, metrics=m)
+                 for i, (_, s, score, m) in enumerate(scored))

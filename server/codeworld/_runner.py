@@ -1,0 +1,189 @@
+"""Running strategies on items in the sandbox, concurrently, and scoring each run."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._events import RunResult
+from ._model import Item, Strategy
+from ._scoring import Rubric, aggregate, lines_of_code, user_metrics
+from .errors import InvalidSource, WorkerCrashed
+from .sandbox import (
+    Execution,
+    JsonValue,
+    Language,
+    Limits,
+    Sandbox,
+    Status,
+    check_policy,
+)
+
+_JS_FUNCTION = re.compile(
+    r"(?:function\s*\*?\s*([A-Za-z_$][\w$]*)|(?:const|let|var)\s+([A-Za-z_$][\w$]*)\s*=)")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A strategy checked once before it runs on every item.
+
+    ``problem`` is empty when it can run; otherwise each of its runs reports it.
+    """
+
+    strategy: Strategy
+    lines_of_code: int
+    functions: frozenset[str] = frozenset()
+    problem: str = ""
+    problem_type: str = ""
+
+
+def prepare(strategy: Strategy, *, strict: bool, languages: Sequence[Language]) -> Prepared:
+    """Check language, syntax and (strict mode) policy of a strategy."""
+    loc = lines_of_code(strategy.source)
+    if strategy.language not in [lang.value for lang in languages]:
+        return Prepared(strategy, loc, problem=f"language {strategy.language!r} unavailable",
+                        problem_type="InvalidSource")
+    if strategy.language == Language.JAVASCRIPT.value:
+        names = {a or b for a, b in _JS_FUNCTION.findall(strategy.source)}
+        return Prepared(strategy, loc, frozenset(names))
+    try:
+        tree = ast.parse(strategy.source)
+    except SyntaxError as exc:
+        return Prepared(strategy, loc, problem=f"syntax error: {exc}", problem_type="SyntaxError")
+    if strict:
+        try:
+            check_policy(strategy.source, strategy=strategy.name)
+        except InvalidSource as exc:
+            return Prepared(strategy, loc, problem=str(exc), problem_type=type(exc).__name__)
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    return Prepared(strategy, loc, frozenset(names))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    entry: str | None
+    args: list[JsonValue] = field(default_factory=list)
+    stdin: str = ""
+    tests: str | None = None
+    via_main: bool = False
+
+
+def task_of(item: Item) -> dict[str, Any]:
+    """The ``task`` argument handed to strategies and scorers."""
+    return {"task_id": item.task_id, "description": item.description}
+
+
+def _plan(prepared: Prepared, item: Item) -> _Plan | str:
+    strategy = prepared.strategy
+    context = {k: v for k, v in item.context.items() if k != "tests"}
+    if item.tests is not None:
+        entry = strategy.entry or item.entry_point
+        if entry is None:
+            return "the item has tests but no entry_point"
+        return _Plan(entry, tests=item.tests)
+    entry = strategy.entry or next((n for n in ("solve", "main") if n in prepared.functions),
+                                   None)
+    if entry is None:
+        return "defines neither solve(task, context) nor main()"
+    if entry == "main":
+        return _Plan("main", stdin=json.dumps(item.context.get("input")), via_main=True)
+    return _Plan(entry, args=[task_of(item), context])
+
+
+@dataclass(slots=True)
+class Runner:
+    """Runs and scores strategies on items with at most ``concurrency`` runs at once."""
+
+    sandbox: Sandbox
+    rubric: Rubric
+    weights: Mapping[str, float]
+    limits: Limits | None = None
+    scorer: str | None = None
+    concurrency: int = 1
+    _gate: asyncio.Semaphore | None = None
+
+    async def run_one(self, prepared: Prepared, item: Item) -> RunResult:
+        """One strategy on one item, scored; failures become a status, never an exception."""
+        strategy = prepared.strategy
+        plan = prepared.problem or _plan(prepared, item)
+        if isinstance(plan, str):
+            execution = Execution(Status.ERROR, reason="invalid", error_message=plan,
+                                  error_type=prepared.problem_type or "EntryMissing")
+        else:
+            execution = await self._execute(strategy, plan)
+        correct = _correct(item, execution)
+        metrics = self.rubric.metrics(execution, correct, prepared.lines_of_code)
+        score_error = ""
+        if self.scorer is not None:
+            found, score_error = await user_metrics(
+                self.sandbox, self.scorer, task_of(item), item.context, execution, correct,
+                self.limits)
+            metrics = found if found is not None else metrics
+        return RunResult(
+            strategy=strategy.name, task_id=item.task_id, language=strategy.language,
+            status=execution.status, result=execution.result, stdout=execution.stdout,
+            stderr=execution.stderr, truncated=execution.truncated, wall=execution.wall,
+            cpu=execution.cpu, peak_memory=execution.peak_memory,
+            lines_of_code=prepared.lines_of_code, correct=correct, metrics=metrics,
+            aggregate=aggregate(metrics, self.weights), reason=execution.reason,
+            error_type=execution.error_type, error_message=execution.error_message,
+            score_error=score_error)
+
+    async def run_many(self, prepared: Sequence[Prepared], items: Sequence[Item]
+                       ) -> AsyncIterator[RunResult]:
+        """Every strategy on every item; results are yielded as they complete."""
+        tasks = [asyncio.ensure_future(self._gated(p, item)) for p in prepared for item in items]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _gated(self, prepared: Prepared, item: Item) -> RunResult:
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(max(1, self.concurrency))
+        async with self._gate:
+            return await self.run_one(prepared, item)
+
+    async def _execute(self, strategy: Strategy, plan: _Plan) -> Execution:
+        try:
+            execution = await self.sandbox.run(
+                strategy.language, strategy.source, entry=plan.entry, args=plan.args,
+                stdin=plan.stdin, tests=plan.tests, limits=self.limits)
+        except WorkerCrashed as exc:
+            return Execution(Status.KILLED, reason="worker_crashed", error_type="WorkerCrashed",
+                             error_message=str(exc))
+        except InvalidSource as exc:
+            return Execution(Status.ERROR, reason="invalid", error_type=type(exc).__name__,
+                             error_message=str(exc))
+        if plan.via_main and execution.ok and execution.result is None:
+            return _with_result(execution, _parse_stdout(execution.stdout))
+        return execution
+
+
+def _with_result(execution: Execution, result: JsonValue) -> Execution:
+    from dataclasses import replace
+
+    return replace(execution, result=result)
+
+
+def _parse_stdout(stdout: str) -> JsonValue:
+    text = stdout.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _correct(item: Item, execution: Execution) -> bool | None:
+    if item.tests is not None:
+        return execution.ok and execution.result is True
+    if "expected" in item.context:
+        return execution.ok and bool(execution.result == item.context["expected"])
+    return None

@@ -1,0 +1,113 @@
+"""Scoring a run: the user's ``score()`` in the sandbox, or the default rubric."""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._model import DEFAULT_WEIGHTS
+from .errors import InvalidScorer, SandboxError
+from .sandbox import Execution, JsonValue, Limits, Sandbox
+
+TIMING_METRICS = frozenset({"speed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rubric:
+    """The default rubric.
+
+    correctness: 1.0 or 0.0 when the item has tests or an expected value (else absent).
+    speed: ``speed_reference / (speed_reference + wall)`` for a successful run, else 0.
+    brevity: ``brevity_reference / (brevity_reference + lines_of_code)``.
+    """
+
+    speed_reference: float = 0.05
+    brevity_reference: float = 20.0
+
+    def metrics(self, execution: Execution, correct: bool | None, loc: int) -> dict[str, float]:
+        """The rubric's metrics of one run."""
+        found: dict[str, float] = {}
+        if correct is not None:
+            found["correctness"] = 1.0 if correct else 0.0
+        found["speed"] = (self.speed_reference / (self.speed_reference + execution.wall)
+                          if execution.ok else 0.0)
+        found["brevity"] = self.brevity_reference / (self.brevity_reference + loc)
+        return found
+
+
+def aggregate(metrics: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
+    """Weighted mean of ``metrics``, weights renormalised over the metrics present.
+
+    A metric without a weight weighs its default (0.7/0.2/0.1 for the rubric) or 1.0.
+    """
+    table = DEFAULT_WEIGHTS if weights is None else weights
+    total = 0.0
+    weight_sum = 0.0
+    for name, value in metrics.items():
+        weight = table.get(name, DEFAULT_WEIGHTS.get(name, 1.0))
+        total += weight * value
+        weight_sum += weight
+    return total / weight_sum if weight_sum > 0 else 0.0
+
+
+def lines_of_code(source: str) -> int:
+    """Lines that are neither blank nor comments."""
+    return sum(1 for line in source.splitlines()
+               if line.strip() and not line.strip().startswith(("#", "//")))
+
+
+def check_scorer(source: str) -> None:
+    """Raise ``InvalidScorer`` unless ``source`` parses and defines ``score``."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise InvalidScorer(f"score source does not parse: {exc}") from exc
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    if "score" not in names:
+        raise InvalidScorer("score source defines no score(task, context, outputs, timings)")
+
+
+def validate_metrics(value: JsonValue) -> dict[str, float]:
+    """``value`` as ``{metric: float}``; raises ``ValueError`` otherwise."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"score() must return a non-empty {{metric: float}}, got {value!r}"[:300])
+    found: dict[str, float] = {}
+    for name, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ValueError(f"metric {name!r} is not a number: {number!r}"[:300])
+        if not math.isfinite(number):
+            raise ValueError(f"metric {name!r} is not finite: {number!r}")
+        found[str(name)] = float(number)
+    return found
+
+
+async def user_metrics(
+    sandbox: Sandbox,
+    scorer: str,
+    task: Mapping[str, Any],
+    context: Mapping[str, JsonValue],
+    execution: Execution,
+    correct: bool | None,
+    limits: Limits | None,
+) -> tuple[dict[str, float] | None, str]:
+    """Run ``score()`` in the sandbox; (metrics, "") or (None, why it failed)."""
+    outputs = {"result": execution.result, "stdout": execution.stdout,
+               "stderr": execution.stderr, "status": execution.status.value,
+               "correct": correct}
+    timings = {"wall": execution.wall, "cpu": execution.cpu,
+               "peak_memory": execution.peak_memory}
+    try:
+        ran = await sandbox.run("python", scorer, entry="score",
+                                args=[dict(task), dict(context), outputs, timings],
+                                limits=limits)
+    except SandboxError as exc:
+        return None, f"scorer could not run: {exc}"
+    if not ran.ok:
+        return None, f"score() failed ({ran.status.value}): {ran.error_type}: {ran.error_message}"
+    try:
+        return validate_metrics(ran.result), ""
+    except ValueError as exc:
+        return None, str(exc)

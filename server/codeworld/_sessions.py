@@ -1,0 +1,85 @@
+"""Sessions: each run's mean aggregate per (session, track), and a plateau signal."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import defaultdict
+
+from ._events import SessionInfo
+from .errors import SessionStoreError
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS codeworld_runs (
+    session_id TEXT NOT NULL, track TEXT NOT NULL, idx INTEGER NOT NULL,
+    mean_aggregate REAL NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (session_id, track, idx))"""
+
+
+class SessionStore:
+    """Keeps run means in memory and in SQLite (``path``; ``":memory:"`` keeps none).
+
+    ``record`` reports a plateau when at least ``window`` earlier runs exist and the gain
+    of this run over the mean of the previous ``window`` is below ``threshold``.
+    """
+
+    def __init__(self, path: str = ":memory:", *, window: int = 5,
+                 threshold: float = 0.01) -> None:
+        self._path = path
+        self._window = window
+        self._threshold = threshold
+        self._db: sqlite3.Connection | None = None
+        self._history: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self._loaded: set[tuple[str, str]] = set()
+        self._lock = asyncio.Lock()
+
+    def open(self) -> None:
+        """Open the database and create the table."""
+        try:
+            self._db = sqlite3.connect(self._path, check_same_thread=False)
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except sqlite3.Error as exc:
+            raise SessionStoreError(f"cannot open {self._path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def record(self, session_id: str, track: str, mean_aggregate: float) -> SessionInfo:
+        """Append a run's mean and say whether the track has plateaued."""
+        async with self._lock:
+            return await asyncio.to_thread(self._record, session_id, track, mean_aggregate)
+
+    def history(self, session_id: str, track: str) -> list[float]:
+        """The means recorded so far (loaded from SQLite on first use)."""
+        key = (session_id, track)
+        if key not in self._loaded and self._db is not None:
+            try:
+                rows = self._db.execute(
+                    "SELECT mean_aggregate FROM codeworld_runs WHERE session_id=? AND track=?"
+                    " ORDER BY idx", key).fetchall()
+            except sqlite3.Error as exc:
+                raise SessionStoreError(str(exc)) from exc
+            self._history[key] = [float(r[0]) for r in rows]
+        self._loaded.add(key)
+        return list(self._history[key])
+
+    def _record(self, session_id: str, track: str, value: float) -> SessionInfo:
+        previous = self.history(session_id, track)
+        recent = previous[-self._window:]
+        previous_mean = sum(recent) / len(recent) if recent else None
+        gain = None if previous_mean is None else value - previous_mean
+        plateau = gain is not None and len(recent) >= self._window and gain < self._threshold
+        index = len(previous)
+        if self._db is not None:
+            try:
+                self._db.execute("INSERT INTO codeworld_runs VALUES (?, ?, ?, ?, ?)",
+                                 (session_id, track, index, value, time.time()))
+                self._db.commit()
+            except sqlite3.Error as exc:
+                raise SessionStoreError(str(exc)) from exc
+        self._history[(session_id, track)].append(value)
+        return SessionInfo(session_id, track, index, value, previous_mean, gain, plateau)

@@ -1,0 +1,64 @@
+"""The CodeWorld sandbox: run untrusted Python or JavaScript, cheaply and contained.
+
+API::
+
+    async with Sandbox(SandboxSettings(workers=2)) as sandbox:
+        sandbox.isolation                      # "bubblewrap" | "rlimits+unshare" | "rlimits"
+        ex = await sandbox.run("python", "def solve(t, c):\\n    return c['x'] * 2",
+                               entry="solve", args=[{}, {"x": 21}],
+                               limits=Limits(wall_time=2.0))
+        ex.status, ex.result, ex.stdout, ex.wall, ex.cpu, ex.peak_memory
+
+How it contains code
+--------------------
+* **bubblewrap** (preferred): each worker is a long-lived ``python -I -S`` fork server in
+  ``bwrap --ro-bind / / --unshare-net --unshare-pid --unshare-ipc --unshare-uts
+  --die-with-parent --new-session --clearenv --cap-drop ALL`` with a private tmpfs
+  ``/tmp``, a fresh ``/proc`` and ``/dev``, and the host homes (``hidden_paths``) hidden.
+  The root file system is read-only, so writes succeed only under ``/tmp``.
+* Per execution the worker forks a child (milliseconds, no interpreter or bwrap start)
+  that sets a new session, drops to the worker's private uid, and applies RLIMIT_CPU,
+  RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE and RLIMIT_CORE = 0.
+* **Processes.** RLIMIT_NPROC counts per uid and root ignores it, so when the host is root
+  each worker's runs execute as their own unprivileged uid (``base_uid + slot``): the limit
+  then counts only that run's processes and threads, and the run cannot signal the
+  worker. After every run a helper holding that uid calls ``kill(-1, SIGKILL)``, which
+  kills every process of the uid atomically with respect to fork: fork bombs and
+  daemonised children (even after ``setsid``) do not outlive their run. The pid namespace
+  bounds what is visible; no cgroups are needed. When the host is *not* root there is no
+  spare uid: RLIMIT_NPROC is not set, the run's process group is killed, and the pid
+  namespace (bubblewrap) reaps the rest when the worker is replaced.
+* The wall-clock limit is enforced by the worker (pidfd + select) and kills the whole
+  process group; the host adds ``grace`` and replaces a worker that overruns it.
+* **Fallback** without bubblewrap: the same worker under rlimits, with ``unshare --net``
+  when permitted (``"rlimits+unshare"``) or without (``"rlimits"``); the file system is
+  then only protected by the unprivileged uid (root only), and the environment is still
+  cleared. ``isolation`` reports which level is in force.
+* **Strict mode** (opt-in, Python): an AST deny-list (``check_policy``) rejects imports of
+  os/subprocess/socket/ctypes and kin, eval/exec/__import__, and open() for writing.
+
+Python code runs with the standard library only (``-I -S``). JavaScript runs on node
+(when installed) with a V8 heap of ``Limits.memory``.
+"""
+
+from ._execution import Execution, JsonValue, Language, Status
+from ._launch import BUBBLEWRAP, RLIMITS, RLIMITS_UNSHARE
+from ._limits import Limits
+from ._policy import check_policy
+from ._sandbox import Sandbox
+from ._settings import IsolationMode, SandboxSettings
+
+__all__ = [
+    "BUBBLEWRAP",
+    "RLIMITS",
+    "RLIMITS_UNSHARE",
+    "Execution",
+    "IsolationMode",
+    "JsonValue",
+    "Language",
+    "Limits",
+    "Sandbox",
+    "SandboxSettings",
+    "Status",
+    "check_policy",
+]

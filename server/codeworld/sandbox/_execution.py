@@ -1,0 +1,76 @@
+"""The outcome of one execution in the sandbox."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+JsonValue = Any
+"""A value that survived ``json.loads`` (None, bool, int, float, str, list, dict)."""
+
+
+class Status(enum.StrEnum):
+    """How an execution ended.
+
+    OK: the code ran to completion (and, with tests, the tests passed).
+    ERROR: the code raised, exited non-zero, lacked its entry point or returned a value
+        that is not JSON.
+    TIMEOUT: the wall-clock or CPU limit was reached; the whole run was killed.
+    KILLED: a resource limit (memory, file size, processes) or a signal ended the run.
+    """
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    KILLED = "killed"
+
+
+class Language(enum.StrEnum):
+    """Languages the sandbox runs."""
+
+    PYTHON = "python"
+    JAVASCRIPT = "javascript"
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """What one execution produced.
+
+    Attributes:
+        status: how it ended (see ``Status``).
+        result: the entry point's return value (JSON); ``True`` when tests passed;
+            ``None`` for a script or on failure.
+        stdout, stderr: captured output, each capped at ``Limits.output`` bytes.
+        truncated: whether stdout or stderr was cut.
+        wall: seconds from fork to exit, measured inside the sandbox.
+        cpu: user + system CPU seconds of the run.
+        peak_memory: peak resident set size in bytes (ru_maxrss).
+        reason: a short machine-readable cause when not OK (``"wall_time"``,
+            ``"cpu_time"``, ``"memory"``, ``"file_size"``, ``"exception"``,
+            ``"exit 1"``, ``"signal SIGSEGV"``, ``"entry_missing"``, ...).
+        error_type, error_message: the exception raised by the code, if any.
+        exit_code: the process exit code, or ``-signal`` when killed by a signal.
+        isolation: the isolation level the run had (see ``Sandbox.isolation``).
+        overhead: host-side seconds spent beyond ``wall`` (dispatch, IPC, cleanup).
+    """
+
+    status: Status
+    result: JsonValue = None
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    wall: float = 0.0
+    cpu: float = 0.0
+    peak_memory: int = 0
+    reason: str = ""
+    error_type: str = ""
+    error_message: str = ""
+    exit_code: int = 0
+    isolation: str = ""
+    overhead: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the status is OK."""
+        return self.status is Status.OK

@@ -1,0 +1,130 @@
+"""How a worker process is launched: the bubblewrap command line and the fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SandboxUnavailable
+from ._settings import SandboxSettings
+
+BUBBLEWRAP = "bubblewrap"
+RLIMITS_UNSHARE = "rlimits+unshare"
+RLIMITS = "rlimits"
+_WORKER_SOURCE = Path(__file__).with_name("_worker_main.py")
+_SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+@dataclass(frozen=True, slots=True)
+class Launcher:
+    """Everything needed to start workers at one isolation level."""
+
+    isolation: str
+    python: str
+    node: str | None
+    bwrap: str | None
+    hidden: tuple[str, ...]
+    tmp_size: int
+    base_uid: int | None
+
+    def command(self, slot: int, tmp: str) -> list[str]:
+        """The argv of worker ``slot`` whose private temporary directory is ``tmp``."""
+        uid = None if self.base_uid is None else self.base_uid + slot
+        cfg = json.dumps({"uid": uid, "node": self.node, "tmp": tmp})
+        return self.wrap([self.python, "-I", "-S", "-B", "-c", _WORKER_SOURCE.read_text(), cfg])
+
+    def wrap(self, inner: list[str]) -> list[str]:
+        """``inner`` prefixed with the isolation wrapper of this level."""
+        if self.isolation == BUBBLEWRAP:
+            assert self.bwrap is not None
+            return [self.bwrap, *self._bwrap_args(), "--", *inner]
+        if self.isolation == RLIMITS_UNSHARE:
+            return ["unshare", "--net", "--", *inner]
+        return inner
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment a worker starts with (nothing of the server's)."""
+        return dict(_SAFE_ENV)
+
+    def _bwrap_args(self) -> list[str]:
+        args = ["--ro-bind", "/", "/"]
+        for path in self.hidden:
+            args += ["--tmpfs", path]
+        for keep in _prefixes(self.python, self.node):
+            root = next((h for h in self.hidden if _under(keep, h)), None)
+            if root is None:
+                continue
+            # bwrap would create the directories leading to ``keep`` with mode 0700,
+            # which the run's unprivileged uid could not traverse.
+            for parent in reversed(Path(keep).parents):
+                if parent != Path(root) and parent.is_relative_to(root):
+                    args += ["--perms", "0755", "--dir", str(parent)]
+            args += ["--ro-bind", keep, keep]
+        args += [
+            "--dev", "/dev", "--proc", "/proc",
+            "--size", str(self.tmp_size), "--tmpfs", "/tmp",
+            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--hostname", "sandbox", "--chdir", "/tmp",
+            "--die-with-parent", "--new-session", "--clearenv",
+        ]
+        for key, value in _SAFE_ENV.items():
+            args += ["--setenv", key, value]
+        args += ["--cap-drop", "ALL"]
+        if self.base_uid is not None:
+            for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN",
+                        "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
+                args += ["--cap-add", cap]
+        return args
+
+
+def _prefixes(python: str, node: str | None) -> list[str]:
+    found = [sys.base_prefix if Path(python).resolve().is_relative_to(sys.base_prefix)
+             else str(Path(python).resolve().parent.parent)]
+    if node is not None:
+        found.append(str(Path(node).resolve().parent.parent))
+    return found
+
+
+def _under(path: str, root: str) -> bool:
+    return Path(path).resolve().is_relative_to(Path(root))
+
+
+async def _works(argv: list[str]) -> bool:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, env=dict(_SAFE_ENV))
+        return await asyncio.wait_for(proc.wait(), 10) == 0
+    except (OSError, TimeoutError):
+        return False
+
+
+def _locate(settings: SandboxSettings) -> tuple[str, str | None, str | None, tuple[str, ...]]:
+    python = settings.python_path or os.path.realpath(sys.executable)
+    node = settings.node_path or shutil.which("node")
+    bwrap = settings.bwrap_path or shutil.which("bwrap")
+    hidden = tuple(p for p in settings.hidden_paths if os.path.isdir(p))
+    return python, node, bwrap, hidden
+
+
+async def make_launcher(settings: SandboxSettings) -> Launcher:
+    """Probe the host and pick the strongest isolation the settings allow."""
+    python, node, bwrap, hidden = _locate(settings)
+    base_uid = settings.base_uid if os.geteuid() == 0 else None
+    launcher = Launcher(BUBBLEWRAP, python, node, bwrap, hidden, settings.tmp_size, base_uid)
+    if settings.isolation != "rlimits" and bwrap is not None:
+        if await _works(launcher.wrap([python, "-I", "-S", "-c", "0"])):
+            return launcher
+    if settings.isolation == "bubblewrap":
+        raise SandboxUnavailable(f"bubblewrap requested but not usable (bwrap={bwrap!r})")
+    unshare = shutil.which("unshare")
+    level = RLIMITS
+    if unshare is not None and await _works([unshare, "--net", "--", python, "-c", "0"]):
+        level = RLIMITS_UNSHARE
+    return Launcher(level, python, node, None, (), settings.tmp_size, base_uid)

@@ -1,0 +1,48 @@
+"""Settings of the sandbox, read once at start-up and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._limits import Limits
+
+IsolationMode = Literal["auto", "bubblewrap", "rlimits"]
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    """How the sandbox isolates and runs code.
+
+    Attributes:
+        isolation: ``"auto"`` uses bubblewrap when it works, else rlimits (+ ``unshare -n``
+            when allowed); ``"bubblewrap"`` fails to start without it; ``"rlimits"``
+            forces the weaker fallback.
+        workers: warm workers (concurrent executions); 0 means ``os.cpu_count()``.
+        limits: limits used when a call gives none.
+        strict: apply the AST deny-list policy to Python sources (see ``check_policy``).
+        bwrap_path, node_path, python_path: executables; ``None`` means look them up
+            (``python_path`` defaults to the real path of the running interpreter, which
+            runs with ``-I -S``: standard library only).
+        hidden_paths: host directories replaced by an empty tmpfs inside bubblewrap
+            (skipped when absent); the interpreter's and node's prefixes are bound back.
+        base_uid: worker *i* runs code as uid/gid ``base_uid + i`` when the host is root,
+            which makes RLIMIT_NPROC effective and isolates runs from the worker.
+        tmp_size: bytes of the private ``/tmp`` tmpfs of each worker.
+        grace: seconds the host waits past ``wall_time`` before it declares a worker
+            dead, kills it and starts a new one.
+        start_timeout: seconds a worker may take to report ready.
+    """
+
+    isolation: IsolationMode = "auto"
+    workers: int = 0
+    limits: Limits = field(default_factory=Limits)
+    strict: bool = False
+    bwrap_path: str | None = None
+    node_path: str | None = None
+    python_path: str | None = None
+    hidden_paths: tuple[str, ...] = ("/home", "/root", "/mnt", "/media", "/srv", "/work")
+    base_uid: int = 61000
+    tmp_size: int = 256 << 20
+    grace: float = 2.0
+    start_timeout: float = 15.0

@@ -1,0 +1,412 @@
+"""The fork server that lives inside the sandbox (stdlib only; never imported by the host).
+
+The host starts it once per worker as ``python -I -S -c <this file's text> <config JSON>``
+inside bubblewrap (or the fallback) and then speaks JSON lines on stdin/stdout: one
+request line in, one response line out. For every request the server forks a child that
+
+1. starts a new session (its own process group) and takes fds 0-3 only
+   (stdin file, stdout pipe, stderr pipe, result pipe); everything else is closed;
+2. drops to the worker's private uid (when the server is root), so that RLIMIT_NPROC
+   counts only this run's processes and the run cannot signal the server;
+3. applies rlimits (CPU, address space, processes, file size, open files, core = 0);
+4. runs the code (Python in-process, so a run costs a fork; JavaScript by exec'ing node)
+   and writes one JSON outcome on fd 3.
+
+The server enforces the wall-clock limit, caps output, and after every run kills every
+process left with the run's uid (``kill(-1, SIGKILL)`` from a helper holding that uid,
+atomic with respect to fork), so nothing outlives its run.
+"""
+
+from __future__ import annotations
+
+# Warm imports: the modules user code most often needs are loaded once, before forking.
+import bisect  # noqa: F401
+import builtins
+import collections  # noqa: F401
+import fcntl
+import functools  # noqa: F401
+import hashlib  # noqa: F401
+import heapq  # noqa: F401
+import io
+import itertools  # noqa: F401
+import json
+import math  # noqa: F401
+import os
+import random  # noqa: F401
+import re  # noqa: F401
+import resource
+import select
+import shutil
+import signal
+import string  # noqa: F401
+import sys
+import time
+import traceback
+import typing  # noqa: F401
+from typing import Any
+
+_RESULT_FD = 3
+_CHUNK = 65536
+_NO_RESULT = b'{"ok": false, "reason": "unserialisable", "error": {"type": "MemoryError"}}'
+
+_JS_HARNESS = r"""
+const fs = require('fs');
+const req = JSON.parse(fs.readFileSync('.request.json', 'utf8'));
+function done(o) { let s; try { s = JSON.stringify(o); } catch (e) {
+  s = JSON.stringify({ok: false, reason: 'unserialisable',
+                      error: {type: 'TypeError', message: String(e)}}); }
+  fs.writeSync(3, s === undefined ? '{"ok": true, "result": null}' : s); }
+(async () => {
+  try {
+    const module = {exports: {}};
+    const name = req.entry;
+    const tail = name ? `\n;return [typeof ${name} === 'function' ? ${name}` +
+      ` : module.exports[${JSON.stringify(name)}],` +
+      ` typeof check === 'function' ? check : null];` : '\n;return [null, null];';
+    const body = req.source + '\n;' + (req.tests || '') + tail;
+    const [fn, check] = new Function('require', 'module', 'exports', body)(
+      require, module, module.exports);
+    if (req.entry && typeof fn !== 'function') {
+      done({ok: false, reason: 'entry_missing',
+            error: {type: 'EntryMissing', message: `no function ${req.entry}`}});
+      return;
+    }
+    if (req.tests) {
+      if (typeof check !== 'function') {
+        done({ok: false, reason: 'entry_missing',
+              error: {type: 'EntryMissing', message: 'tests define no check()'}});
+        return;
+      }
+      await check(fn);
+      done({ok: true, result: true});
+    } else if (req.entry) {
+      let v = await fn(...req.args);
+      done({ok: true, result: v === undefined ? null : v});
+    } else {
+      done({ok: true, result: null});
+    }
+  } catch (e) {
+    process.stderr.write(String(e && e.stack || e) + '\n');
+    done({ok: false, reason: 'exception', error: {type: (e && e.name) || 'Error',
+          message: String(e && e.message || e).slice(0, 2000)}});
+  }
+})();
+"""
+
+
+class _EntryMissing(Exception):
+    pass
+
+
+def _send(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _high(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_DUPFD, 100)
+
+
+def _set_limits(limits: dict[str, Any], language: str, drop_uid: bool) -> None:
+    cpu = int(limits["cpu_time"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    memory = int(limits["memory"])
+    if language == "javascript":
+        memory += 1 << 30
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    if drop_uid:
+        nproc = int(limits["processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    size = int(limits["file_size"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    files = int(limits["open_files"])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _child(req: dict[str, Any], run_dir: str, fds: list[int], cfg: dict[str, Any]) -> None:
+    """Runs in the forked child; never returns."""
+    os.setsid()
+    stdin_fd = os.open(os.path.join(run_dir, ".stdin"), os.O_RDONLY)
+    high = [_high(fd) for fd in (stdin_fd, *fds)]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)
+    os.closerange(4, 1 << 16)
+    uid = cfg.get("uid")
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    os.chdir(run_dir)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": run_dir, "TMPDIR": run_dir,
+           "LANG": "C.UTF-8"}
+    os.environ.clear()
+    os.environ.update(env)
+    language = str(req["language"])
+    limits: dict[str, Any] = req["limits"]
+    if language == "javascript":
+        with open(".request.json", "w", encoding="utf-8") as f:
+            json.dump({k: req.get(k) for k in ("source", "entry", "args", "tests")}, f)
+        _set_limits(limits, language, uid is not None)
+        heap = max(16, int(limits["memory"]) >> 20)
+        node = str(cfg["node"])
+        os.execve(node, [node, f"--max-old-space-size={heap}", "-e", _JS_HARNESS], env)
+    _set_limits(limits, language, uid is not None)
+    _run_python(req)
+
+
+def _run_python(req: dict[str, Any]) -> None:
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    entry = req.get("entry")
+    tests = req.get("tests")
+    outcome: dict[str, Any]
+    try:
+        ns: dict[str, Any] = {"__name__": "__main__" if entry is None else "__candidate__",
+                              "__builtins__": builtins}
+        exec(compile(str(req["source"]), "<strategy>", "exec"), ns)
+        value: Any = None
+        if entry is not None:
+            fn = ns.get(entry)
+            if not callable(fn):
+                raise _EntryMissing(f"no function {entry}()")
+            if tests:
+                exec(compile(str(tests), "<tests>", "exec"), ns)
+                check = ns.get("check")
+                if not callable(check):
+                    raise _EntryMissing("tests define no check(candidate)")
+                check(fn)
+                value = True
+            else:
+                value = fn(*req.get("args", []))
+        outcome = {"ok": True, "result": value}
+    except SystemExit as exc:
+        code = exc.code
+        if entry is None and (code is None or code == 0):
+            outcome = {"ok": True, "result": None}
+        else:
+            outcome = {"ok": False, "reason": f"exit {code}",
+                       "error": {"type": "SystemExit", "message": str(code)}}
+    except MemoryError:
+        outcome = {"ok": False, "reason": "memory",
+                   "error": {"type": "MemoryError", "message": "memory limit reached"}}
+    except _EntryMissing as exc:
+        outcome = {"ok": False, "reason": "entry_missing",
+                   "error": {"type": "EntryMissing", "message": str(exc)}}
+    except BaseException as exc:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+        outcome = {"ok": False, "reason": "exception",
+                   "error": {"type": type(exc).__name__, "message": str(exc)[:2000]}}
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    try:
+        data = json.dumps(outcome, allow_nan=False).encode()
+    except MemoryError:
+        data = _NO_RESULT
+    except (TypeError, ValueError) as exc:
+        data = json.dumps({"ok": False, "reason": "unserialisable",
+                           "error": {"type": type(exc).__name__,
+                                     "message": f"result is not JSON: {exc}"}}).encode()
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(_RESULT_FD, view):]
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _sweep(uid: int | None, pgid: int | None) -> None:
+    """Kill whatever the run left behind: its process group, and every process of its uid."""
+    if pgid is not None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+    if uid is None:
+        return
+    for _ in range(500):  # SIGKILL is delivered asynchronously: wait until all are dead
+        helper = os.fork()
+        if helper == 0:
+            try:
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(helper, 0)
+        if not _alive(uid):
+            return
+        time.sleep(0.001)
+
+
+def _alive(uid: int) -> bool:
+    """Whether a process of ``uid`` is still running (zombies do not count)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _collect(pid: int, pipes: dict[int, bytearray], cap: dict[int, int],
+             deadline: float) -> tuple[bool, bool]:
+    """Read the pipes until the child exits or the deadline passes.
+
+    Returns (timed_out, truncated).
+    """
+    pidfd = os.pidfd_open(pid)
+    open_fds = set(pipes)
+    truncated = False
+    exited = False
+    try:
+        while True:
+            wait = 0.0 if exited else deadline - time.monotonic()
+            if wait < 0:
+                return True, truncated
+            ready, _, _ = select.select([pidfd, *open_fds], [], [], wait)
+            if pidfd in ready:
+                exited = True
+            got = False
+            for fd in ready:
+                if fd == pidfd:
+                    continue
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    open_fds.discard(fd)
+                    continue
+                got = True
+                room = cap[fd] - len(pipes[fd])
+                if room > 0:
+                    pipes[fd] += chunk[:room]
+                if len(chunk) > max(room, 0):
+                    truncated = True
+            if exited and (not got or not open_fds):
+                return False, truncated
+    finally:
+        os.close(pidfd)
+
+
+def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, Any]:
+    limits: dict[str, Any] = req["limits"]
+    uid: int | None = cfg.get("uid")
+    run_dir = os.path.join(str(cfg["tmp"]), f"run-{seq}")
+    os.mkdir(run_dir, 0o700)
+    with open(os.path.join(run_dir, ".stdin"), "w", encoding="utf-8") as f:
+        f.write(str(req.get("stdin") or ""))
+    if uid is not None:
+        os.chown(run_dir, uid, uid)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    res_r, res_w = os.pipe()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _child(req, run_dir, [out_w, err_w, res_w], cfg)
+        finally:
+            os._exit(112)
+    for fd in (out_w, err_w, res_w):
+        os.close(fd)
+    pipes = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
+    output = int(limits["output"])
+    cap = {out_r: output, err_r: output, res_r: int(limits["result_size"]) + 1}
+    timed_out, truncated = _collect(pid, pipes, cap, start + float(limits["wall_time"]))
+    _sweep(uid, pid)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - start
+    for fd in pipes:
+        os.close(fd)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _reap()
+    resp: dict[str, Any] = {
+        "id": req.get("id"),
+        "stdout": pipes[out_r].decode("utf-8", "replace"),
+        "stderr": pipes[err_r].decode("utf-8", "replace"),
+        "truncated": truncated,
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "peak_memory": usage.ru_maxrss * 1024,
+        "exit_code": os.waitstatus_to_exitcode(status),
+    }
+    resp.update(_classify(timed_out, status, bytes(pipes[res_r]), limits))
+    return resp
+
+
+def _classify(timed_out: bool, status: int, raw: bytes, limits: dict[str, Any]
+              ) -> dict[str, Any]:
+    if timed_out:
+        return {"status": "timeout", "reason": "wall_time"}
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return {"status": "timeout", "reason": "cpu_time"}
+        if sig == signal.SIGXFSZ:
+            return {"status": "killed", "reason": "file_size"}
+        return {"status": "killed", "reason": f"signal {signal.Signals(sig).name}"}
+    if len(raw) > int(limits["result_size"]):
+        return {"status": "error", "reason": "result_size",
+                "error": {"type": "ResultTooLarge", "message": "result exceeds result_size"}}
+    try:
+        outcome = json.loads(raw) if raw else None
+    except ValueError:
+        outcome = None
+    if not isinstance(outcome, dict):
+        code = os.waitstatus_to_exitcode(status)
+        reason = "memory" if code == 134 else f"exit {code}"
+        return {"status": "error" if reason != "memory" else "killed", "reason": reason,
+                "error": {"type": "NoResult", "message": f"no result reported ({reason})"}}
+    if outcome.get("ok") is True:
+        return {"status": "ok", "result": outcome.get("result")}
+    reason = str(outcome.get("reason") or "exception")
+    error = outcome.get("error") if isinstance(outcome.get("error"), dict) else {}
+    return {"status": "killed" if reason == "memory" else "error", "reason": reason,
+            "error": error}
+
+
+def main() -> None:
+    cfg: dict[str, Any] = json.loads(sys.argv[1])
+    _sweep(cfg.get("uid"), None)  # clear leftovers of a predecessor
+    _send({"ready": True, "pid": os.getpid(), "uid": cfg.get("uid")})
+    seq = 0
+    for line in sys.stdin.buffer:
+        seq += 1
+        req: dict[str, Any] = {}
+        try:
+            req = json.loads(line)
+            resp = _execute(req, cfg, seq)
+        except Exception as exc:
+            resp = {"id": req.get("id"), "status": "error", "reason": "worker",
+                    "error": {"type": type(exc).__name__, "message": str(exc)}}
+        _send(resp)
+
+
+if __name__ == "__main__":
+    main()

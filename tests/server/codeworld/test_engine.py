@@ -1,0 +1,111 @@
+"""The engine end to end: runs, scoring, errors per run, typed errors, sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import scillm.server.codeworld as codeworld
+from scillm.server.codeworld import (
+    CodeWorldEngine,
+    CodeWorldSettings,
+    Event,
+    Item,
+    RunRequest,
+    RunResult,
+    SandboxSettings,
+    Status,
+    Strategy,
+    Summary,
+)
+from scillm.server.codeworld.errors import (
+    InvalidRequest,
+    InvalidScorer,
+    TooManyItems,
+    TooManyStrategies,
+)
+
+ITEMS = (Item("double-2", "double it", {"input": 2, "expected": 4}),
+         Item("double-5", "double it", {"input": 5, "expected": 10}))
+GOOD = Strategy("good", "def solve(task, context):\n    return context['input'] * 2\n")
+WRONG = Strategy("wrong", "def solve(task, context):\n    return context['input'] + 1\n")
+
+
+async def _events(engine: CodeWorldEngine, request: RunRequest) -> list[Event]:
+    return [event async for event in engine.run(request)]
+
+
+def _split(events: list[Event]) -> tuple[list[RunResult], Summary]:
+    assert isinstance(events[-1], Summary)
+    return [e for e in events if isinstance(e, RunResult)], events[-1]
+
+
+def test_public_api_is_pinned() -> None:
+    assert "CodeWorldEngine" in codeworld.__all__ and "RunRequest" in codeworld.__all__
+    assert all(hasattr(codeworld, name) for name in codeworld.__all__)
+
+
+async def test_every_strategy_on_every_item(engine: CodeWorldEngine) -> None:
+    main = Strategy("main", "import json, sys\ndef main():\n"
+                            "    print(json.dumps(json.load(sys.stdin) * 2))\n")
+    runs, summary = _split(await _events(engine, RunRequest(ITEMS, (GOOD, WRONG, main))))
+    assert len(runs) == 6
+    assert {(r.strategy, r.correct) for r in runs} == {("good", True), ("wrong", False),
+                                                       ("main", True)}
+    assert summary.rankings["double-2"][-1].strategy == "wrong"
+    assert summary.counts["runs"] == 6 and summary.counts["correct"] == 4
+    assert summary.isolation == engine.sandbox.isolation
+    assert engine.health()["status"] == "serving"
+
+
+async def test_bad_strategies_become_per_run_errors(engine: CodeWorldEngine) -> None:
+    bad = (Strategy("syntax", "def solve(:\n"), Strategy("noentry", "x = 1\n"),
+           Strategy("raises", "def solve(t, c):\n    raise ValueError('boom')\n"),
+           Strategy("cobol", "DISPLAY", language="cobol"))
+    runs, summary = _split(await _events(engine, RunRequest(ITEMS[:1], (GOOD, *bad))))
+    status = {r.strategy: (r.status, r.error_type) for r in runs}
+    assert status["syntax"] == (Status.ERROR, "SyntaxError")
+    assert status["noentry"] == (Status.ERROR, "EntryMissing")
+    assert status["raises"] == (Status.ERROR, "ValueError")
+    assert status["cobol"] == (Status.ERROR, "InvalidSource")
+    assert summary.rankings["double-2"][0].strategy == "good"
+
+
+async def test_user_scorer_and_its_failures(engine: CodeWorldEngine) -> None:
+    scorer = ("def score(task, context, outputs, timings):\n"
+              "    return {'exact': float(outputs['result'] == context['expected'])}\n")
+    runs, _ = _split(await _events(engine, RunRequest(ITEMS[:1], (GOOD,), scorer=scorer)))
+    assert runs[0].metrics == {"exact": 1.0} and runs[0].aggregate == 1.0
+    for broken in ("def score(t, c, o, ti):\n    raise RuntimeError('x')\n",
+                   "def score(t, c, o, ti):\n    return {'a': 'high'}\n"):
+        runs, _ = _split(await _events(engine, RunRequest(ITEMS[:1], (GOOD,), scorer=broken)))
+        assert runs[0].score_error and "correctness" in runs[0].metrics
+    with pytest.raises(InvalidScorer):
+        await _events(engine, RunRequest(ITEMS, (GOOD,), scorer="def score(:"))
+
+
+async def test_invalid_requests_are_typed(engine: CodeWorldEngine) -> None:
+    with pytest.raises(TooManyStrategies):
+        many = tuple(Strategy(f"s{i}", GOOD.source) for i in range(100))
+        await _events(engine, RunRequest(ITEMS, many))
+    with pytest.raises(TooManyItems):
+        await _events(engine, RunRequest(tuple(Item(str(i)) for i in range(2000)), (GOOD,)))
+    with pytest.raises(InvalidRequest):
+        await _events(engine, RunRequest(ITEMS, (GOOD, GOOD)))
+    with pytest.raises(InvalidRequest):
+        await _events(engine, RunRequest((), (GOOD,)))
+
+
+async def test_session_plateau_persists(tmp_path: Path) -> None:
+    db = str(tmp_path / "sessions.sqlite")
+    settings = CodeWorldSettings(sandbox=SandboxSettings(workers=1), session_db=db)
+    request = RunRequest(ITEMS[:1], (Strategy("fixed", GOOD.source),), session_id="s1",
+                         scorer="def score(t, c, o, ti):\n    return {'m': 0.5}\n")
+    infos = []
+    for _ in range(3):
+        async with CodeWorldEngine(settings) as engine:  # reopened: history from SQLite
+            for _ in range(2):
+                _, summary = _split(await _events(engine, request))
+                infos.append(summary.session)
+    assert [i.index for i in infos if i] == list(range(6))
+    assert [bool(i and i.plateau) for i in infos] == [False] * 5 + [True]

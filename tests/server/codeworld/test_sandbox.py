@@ -1,0 +1,223 @@
+"""The sandbox runs code and contains it; after every escape attempt it still works."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from scillm.server.codeworld.errors import InvalidLimits, InvalidSource, PolicyViolation
+from scillm.server.codeworld.sandbox import (
+    BUBBLEWRAP,
+    Limits,
+    Sandbox,
+    SandboxSettings,
+    Status,
+)
+
+LIVE = ("import os\n"
+        "def live():\n"
+        "    found = []\n"
+        "    for p in os.listdir('/proc'):\n"
+        "        try:\n"
+        "            if p.isdigit() and open(f'/proc/{p}/stat').read().split()[2] != 'Z':\n"
+        "                found.append(p)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return found\n")
+ECHO = "def solve(task, context):\n    return context['x'] * 2\n"
+
+
+async def _still_works(box: Sandbox) -> None:
+    ran = await box.run("python", ECHO, entry="solve", args=[{}, {"x": 21}])
+    assert ran.status is Status.OK and ran.result == 42
+
+
+@pytest.fixture
+async def single() -> AsyncIterator[Sandbox]:
+    """One worker, so consecutive runs share a sandbox (and its pid namespace)."""
+    async with Sandbox(SandboxSettings(workers=1, limits=Limits(wall_time=3.0))) as box:
+        yield box
+
+
+async def test_runs_a_function_with_output_and_timings(sandbox: Sandbox) -> None:
+    source = "def solve(task, context):\n    print('hello')\n    return [context['x'], 'y']\n"
+    ran = await sandbox.run("python", source, entry="solve", args=[{}, {"x": 1}])
+    assert (ran.status, ran.result, ran.stdout) == (Status.OK, [1, "y"], "hello\n")
+    assert ran.wall > 0 and ran.peak_memory > 0 and ran.isolation == sandbox.isolation
+
+
+async def test_bubblewrap_is_used_when_present(sandbox: Sandbox) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    assert sandbox.isolation == BUBBLEWRAP
+
+
+async def test_script_reads_stdin(sandbox: Sandbox) -> None:
+    ran = await sandbox.run("python", "import sys\nprint(sys.stdin.read().upper())", stdin="abc")
+    assert ran.status is Status.OK and ran.stdout == "ABC\n"
+
+
+async def test_exception_is_an_error_status(sandbox: Sandbox) -> None:
+    ran = await sandbox.run("python", "def f():\n    raise KeyError('k')\n", entry="f")
+    assert (ran.status, ran.error_type, ran.reason) == (Status.ERROR, "KeyError", "exception")
+    assert "KeyError" in ran.stderr
+
+
+async def test_missing_entry_point(sandbox: Sandbox) -> None:
+    ran = await sandbox.run("python", "x = 1\n", entry="solve")
+    assert ran.status is Status.ERROR and ran.reason == "entry_missing"
+
+
+async def test_unserialisable_result(sandbox: Sandbox) -> None:
+    ran = await sandbox.run("python", "def f():\n    return object()\n", entry="f")
+    assert ran.status is Status.ERROR and ran.reason == "unserialisable"
+
+
+async def test_output_is_capped(sandbox: Sandbox) -> None:
+    ran = await sandbox.run("python", "print('x' * 10**6)", limits=Limits(output=1000))
+    assert ran.status is Status.OK and ran.truncated and len(ran.stdout) == 1000
+
+
+async def test_javascript(sandbox: Sandbox) -> None:
+    if "javascript" not in sandbox.languages:
+        pytest.skip("node is not installed")
+    ran = await sandbox.run("javascript", "function solve(t, c) { return c.x * 2; }",
+                            entry="solve", args=[{}, {"x": 21}])
+    assert ran.status is Status.OK and ran.result == 42
+    bad = await sandbox.run("javascript", "function solve() { throw new Error('no'); }",
+                            entry="solve")
+    assert bad.status is Status.ERROR and bad.error_message == "no"
+
+
+async def test_network_is_unreachable(sandbox: Sandbox) -> None:
+    source = ("import socket\n"
+              "socket.create_connection(('1.1.1.1', 53), timeout=2)\n")
+    ran = await sandbox.run("python", source)
+    assert ran.status is Status.ERROR and ran.error_type in {"OSError", "TimeoutError"}
+    await _still_works(sandbox)
+
+
+async def test_writes_outside_tmp_fail(sandbox: Sandbox) -> None:
+    source = ("import os\n"
+              "open('scratch.txt', 'w').write('ok')\n"
+              "open('/usr/codeworld-escape', 'w').write('x')\n")
+    ran = await sandbox.run("python", source)
+    assert ran.status is Status.ERROR and ran.error_type in {"OSError", "PermissionError"}
+    assert not Path("/usr/codeworld-escape").exists()  # noqa: ASYNC240
+    await _still_works(sandbox)
+
+
+async def test_fork_bomb_is_contained(single: Sandbox) -> None:
+    source = ("import os\n"
+              "while True:\n"
+              "    try:\n"
+              "        os.fork()\n"
+              "    except OSError:\n"
+              "        pass\n")
+    ran = await single.run("python", source, limits=Limits(wall_time=1.5))
+    assert ran.status in {Status.TIMEOUT, Status.KILLED}
+    count = LIVE + "print(len(live()))"
+    after = await single.run("python", count)
+    assert after.status is Status.OK
+    if single.isolation == BUBBLEWRAP:  # init, worker, run child (own pid namespace)
+        assert int(after.stdout) <= 4
+    await _still_works(single)
+
+
+async def test_memory_bomb_is_killed(sandbox: Sandbox) -> None:
+    source = "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 2**20))\n"
+    ran = await sandbox.run("python", source, limits=Limits(memory=256 << 20))
+    assert ran.status is Status.KILLED and ran.reason == "memory"
+    await _still_works(sandbox)
+
+
+async def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
+    ran = await sandbox.run("python", "import time\nwhile True:\n    time.sleep(0.01)\n",
+                            limits=Limits(wall_time=0.5))
+    assert ran.status is Status.TIMEOUT and ran.reason == "wall_time"
+    assert ran.wall < 2
+    await _still_works(sandbox)
+
+
+async def test_background_process_does_not_outlive_its_run(single: Sandbox) -> None:
+    source = (LIVE + "import time\n"
+              "if os.fork() == 0:\n"
+              "    os.setsid()\n"
+              "    if os.fork() == 0:\n"
+              "        time.sleep(30)\n"
+              "    os._exit(0)\n"
+              "time.sleep(0.2)\n"
+              "print(' '.join(live()))\n")
+    ran = await single.run("python", source)
+    assert ran.status is Status.OK
+    before = set(ran.stdout.split())
+    check = LIVE + "print(' '.join(live()))"
+    after = await single.run("python", check)
+    survivors = before & set(after.stdout.split()) - {"1", "2"}
+    assert not survivors, (before, after.stdout)
+    await _still_works(single)
+
+
+async def test_server_environment_is_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODEWORLD_TEST_SECRET", "hunter2-secret")
+    async with Sandbox(SandboxSettings(workers=1)) as box:
+        source = ("import os\n"
+                  "seen = str(dict(os.environ))\n"
+                  "for p in os.listdir('/proc'):\n"
+                  "    try:\n"
+                  "        seen += open(f'/proc/{p}/environ', 'rb').read().decode('latin1')\n"
+                  "    except OSError:\n"
+                  "        pass\n"
+                  "print(seen)\n")
+        ran = await box.run("python", source)
+        assert ran.status is Status.OK and "hunter2-secret" not in ran.stdout
+        home = await box.run("python", "import os\nprint(os.path.exists('/root/.bashrc'))")
+        assert home.stdout.strip() == "False" or box.isolation != BUBBLEWRAP
+        await _still_works(box)
+
+
+async def test_rlimits_fallback_still_runs_and_says_so() -> None:
+    async with Sandbox(SandboxSettings(workers=1, isolation="rlimits")) as box:
+        assert box.isolation in {"rlimits", "rlimits+unshare"}
+        await _still_works(box)
+        ran = await box.run("python", "while True: pass", limits=Limits(wall_time=0.5))
+        assert ran.status is Status.TIMEOUT
+
+
+async def test_strict_mode_rejects_denied_constructs(sandbox: Sandbox) -> None:
+    with pytest.raises(PolicyViolation):
+        await sandbox.run("python", "import os\n", strict=True)
+    with pytest.raises(PolicyViolation):
+        await sandbox.run("python", "open('x', 'w')\n", strict=True)
+    with pytest.raises(PolicyViolation):
+        await sandbox.run("python", "eval('1')\n", strict=True)
+    ran = await sandbox.run("python", "import math\nprint(math.pi)", strict=True)
+    assert ran.status is Status.OK
+
+
+async def test_bad_calls_are_typed_errors(sandbox: Sandbox) -> None:
+    with pytest.raises(InvalidSource):
+        await sandbox.run("cobol", "DISPLAY 'HI'")
+    with pytest.raises(InvalidSource):
+        await sandbox.run("python", "x", entry="not an identifier")
+    with pytest.raises(InvalidLimits):
+        Limits(wall_time=0)
+    with pytest.raises(InvalidLimits):
+        Limits(memory=1)
+
+
+async def test_concurrent_runs(sandbox: Sandbox) -> None:
+    import asyncio
+
+    runs = await asyncio.gather(*(sandbox.run("python", ECHO, entry="solve",
+                                              args=[{}, {"x": i}]) for i in range(10)))
+    assert [r.result for r in runs] == [2 * i for i in range(10)]
+
+
+async def test_dead_worker_is_replaced(single: Sandbox) -> None:
+    worker = single._slots[0]
+    assert worker is not None
+    await worker.kill()
+    await _still_works(single)
