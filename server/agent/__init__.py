@@ -1,0 +1,75 @@
+"""The Agent domain: a deterministic tool-use loop with sandboxed code tools and MCP tools.
+
+Plain typed Python; knows nothing of gRPC or HTTP. Typical use::
+
+    engine = AgentEngine(AgentSettings(mcp_servers=(...,)), complete, SandboxExecutor(sandbox))
+    await engine.start()
+    async for event in engine.run(messages, RunConfig(seed=7)):
+        ...                       # ModelTurnEvent | ToolCallEvent | ToolResultEvent | FinalEvent
+    await engine.close()
+
+`complete` is the model: an async callable taking an OpenAI chat-completions request dict
+and returning a `chat.completion` dict. Errors are in `scillm.server.agent.errors`.
+"""
+
+from ._code import PROFILES, CodeExecutor, CodeOutcome, LanguageProfile, check_bash
+from ._engine import AgentEngine
+from ._history import estimate_tokens, prune_history
+from ._loop import CompleteFn
+from ._records import (
+    AgentEvent,
+    FinalEvent,
+    Message,
+    Metrics,
+    ModelTurnEvent,
+    RunResult,
+    StepResult,
+    StopReason,
+    ToolCall,
+    ToolCallEvent,
+    ToolResult,
+    ToolResultEvent,
+    Usage,
+)
+from ._replay import Difference, ReplayReport, StoredRun, replay
+from ._sandbox import SandboxExecutor
+from ._scripted import ScriptedModel
+from ._settings import DEFAULT_BASH_ALLOWLIST, AgentSettings, McpServerConfig, RunConfig
+from ._tools import Tool, ToolOutput
+
+__all__ = [
+    "DEFAULT_BASH_ALLOWLIST",
+    "PROFILES",
+    "AgentEngine",
+    "AgentEvent",
+    "AgentSettings",
+    "CodeExecutor",
+    "CodeOutcome",
+    "CompleteFn",
+    "Difference",
+    "FinalEvent",
+    "LanguageProfile",
+    "McpServerConfig",
+    "Message",
+    "Metrics",
+    "ModelTurnEvent",
+    "ReplayReport",
+    "RunConfig",
+    "RunResult",
+    "SandboxExecutor",
+    "ScriptedModel",
+    "StepResult",
+    "StopReason",
+    "StoredRun",
+    "Tool",
+    "ToolCall",
+    "ToolCallEvent",
+    "ToolOutput",
+    "ToolResult",
+    "ToolResultEvent",
+    "Usage",
+    "check_bash",
+    "estimate_tokens",
+    "prune_history",
+    "replay",
+]

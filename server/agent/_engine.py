@@ -1,0 +1,154 @@
+"""`AgentEngine`: the facade a servicer holds — tools set up once, steps and runs on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from types import TracebackType
+from typing import Any
+
+from ._code import PROFILES, CodeExecutor, CodeTool
+from ._loop import CompleteFn, LoopContext, run_events, step_events
+from ._mcp import McpConnection
+from ._records import AgentEvent, FinalEvent, Message, RunResult, StepResult
+from ._settings import AgentSettings, RunConfig, resolve
+from ._tools import Tool, Toolbox
+from .errors import AgentConfigError, CodeExecutorUnavailableError, McpServerError
+
+__all__ = ["AgentEngine"]
+
+log = logging.getLogger("scillm.agent")
+
+
+class AgentEngine:
+    """Runs the agent loop with code tools (through `executor`) and MCP tools.
+
+    `start()` validates the settings and connects the MCP servers (an unreachable one
+    raises McpUnavailableError when `mcp_required`, else it is skipped and listed in
+    `mcp_errors`); `close()` disconnects them. `step()` and `run()` may be called
+    concurrently; each takes a `RunConfig` narrowing the settings.
+    """
+
+    def __init__(self, settings: AgentSettings, complete: CompleteFn,
+                 executor: CodeExecutor | None = None) -> None:
+        self.settings = settings
+        self._complete = complete
+        self._executor = executor
+        self._connections: dict[str, McpConnection] = {}
+        self._mcp_errors: dict[str, str] = {}
+        self._code_tools: dict[str, CodeTool] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        """Validate settings, set up code tools and connect MCP servers."""
+        if self._started:
+            return
+        self.settings.validate()
+        if self._executor is not None:
+            for lang in self.settings.languages:
+                if self._executor.supports(lang):
+                    self._code_tools[lang] = CodeTool(PROFILES[lang], self._executor,
+                                                      bash_allowlist=self.settings.bash_allowlist)
+        connections = [McpConnection(c, connect_timeout_s=self.settings.mcp_connect_timeout_seconds)
+                       for c in self.settings.mcp_servers]
+        outcomes = await asyncio.gather(*(c.start() for c in connections), return_exceptions=True)
+        self._started = True
+        failure: BaseException | None = None
+        for connection, outcome in zip(connections, outcomes, strict=True):
+            if isinstance(outcome, McpServerError):
+                self._mcp_errors[connection.name] = str(outcome)
+                log.warning("MCP server %s skipped: %s", connection.name, outcome)
+                failure = failure or outcome
+            elif isinstance(outcome, BaseException):
+                failure = failure or outcome
+            else:
+                self._connections[connection.name] = connection
+        if failure is not None and (self.settings.mcp_required
+                                    or not isinstance(failure, McpServerError)):
+            await self.close()
+            raise failure
+
+    async def close(self) -> None:
+        """Disconnect MCP servers. Idempotent."""
+        connections, self._connections = list(self._connections.values()), {}
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+        self._started = False
+
+    async def __aenter__(self) -> AgentEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Code tool languages available (enabled, supported by the executor)."""
+        return tuple(self._code_tools)
+
+    @property
+    def mcp_errors(self) -> dict[str, str]:
+        """MCP servers skipped at start, with why."""
+        return dict(self._mcp_errors)
+
+    def tools(self, config: RunConfig | None = None) -> list[dict[str, Any]]:
+        """The OpenAI `tools` offered to the model under `config`."""
+        return self._context(config).toolbox.specs()
+
+    def _context(self, config: RunConfig | None) -> LoopContext:
+        if not self._started:
+            raise AgentConfigError("the engine is not started; call start() first")
+        options = resolve(self.settings, config)
+        tools: list[Tool] = []
+        if options.use_tools or options.auto_run_code:
+            wanted_code = [lang for lang in options.languages if lang in self._code_tools]
+            if config is not None and config.languages and self._executor is None:
+                raise CodeExecutorUnavailableError("code tools need a code executor (sandbox)")
+            tools.extend(self._code_tools[lang] for lang in wanted_code)
+        if options.use_tools:
+            for name in options.mcp_servers:
+                connection = self._connections.get(name)
+                if connection is not None:
+                    tools.extend(connection.tools)
+        toolbox = Toolbox(tools, timeout_s=self.settings.tool_timeout_seconds,
+                          max_output_chars=self.settings.max_tool_output_chars)
+        return LoopContext(self._complete, toolbox, options, self.settings.history_token_budget)
+
+    async def step(self, messages: Sequence[Message], config: RunConfig | None = None, *,
+                   iteration: int | None = None) -> StepResult:
+        """One model turn on `messages` and the tool calls it made.
+
+        `iteration` (1-based) names derived tool call ids; by default it is one more
+        than the number of assistant turns in `messages`. Raises ModelError.
+        """
+        ctx = self._context(config)
+        if iteration is None:
+            iteration = 1 + sum(1 for m in messages if m.get("role") == "assistant")
+        result: StepResult | None = None
+        async for item in step_events(ctx, messages, iteration):
+            if isinstance(item, StepResult):
+                result = item
+        assert result is not None
+        return result
+
+    def run(self, messages: Sequence[Message], config: RunConfig | None = None
+            ) -> AsyncGenerator[AgentEvent, None]:
+        """The loop as events: ModelTurnEvent, ToolCallEvent, ToolResultEvent, FinalEvent.
+
+        The last event is always a FinalEvent. Raises AgentConfigError at once if
+        `config` asks for what is not configured.
+        """
+        ctx = self._context(config)
+        return run_events(ctx, messages)
+
+    async def run_to_end(self, messages: Sequence[Message],
+                         config: RunConfig | None = None) -> RunResult:
+        """Run and return only the final result."""
+        final: RunResult | None = None
+        async for event in self.run(messages, config):
+            if isinstance(event, FinalEvent):
+                final = event.result
+        assert final is not None
+        return final

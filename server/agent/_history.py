@@ -1,0 +1,90 @@
+"""Conversation history: token estimates, pruning to a budget, fenced code blocks."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from ._records import Message
+
+__all__ = ["estimate_tokens", "find_code_block", "prune_history"]
+
+#: Rough characters per token of English text and code.
+_CHARS_PER_TOKEN = 4
+#: Per-message overhead (role, separators).
+_MESSAGE_OVERHEAD = 4
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def estimate_tokens(message: Message) -> int:
+    """An estimate of the tokens a message takes (deterministic, model-independent)."""
+    size = len(str(message.get("content") or ""))
+    if message.get("tool_calls"):
+        size += len(json.dumps(message["tool_calls"], sort_keys=True))
+    return _MESSAGE_OVERHEAD + (size + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
+
+
+def _units(messages: Sequence[Message]) -> list[list[int]]:
+    """Indices grouped so an assistant tool-call turn stays with its tool results."""
+    units: list[list[int]] = []
+    for i, message in enumerate(messages):
+        if message.get("role") == "tool" and units and _is_tool_unit(messages, units[-1]):
+            units[-1].append(i)
+        else:
+            units.append([i])
+    return units
+
+
+def _is_tool_unit(messages: Sequence[Message], unit: list[int]) -> bool:
+    head = messages[unit[0]]
+    return head.get("role") == "assistant" and bool(head.get("tool_calls"))
+
+
+def prune_history(messages: Sequence[Message], budget: int) -> list[Message]:
+    """The messages to send within about `budget` tokens.
+
+    Always kept, even past the budget: system messages, the first user message (the task)
+    and the last assistant tool-call turn with its tool results (and what follows it).
+    Other turns are kept newest first while they fit; an assistant tool-call turn and its
+    tool results are kept or dropped together, so no tool result loses its call. The
+    order of the kept messages is unchanged.
+    """
+    if sum(estimate_tokens(m) for m in messages) <= budget:
+        return list(messages)
+    units = _units(messages)
+    keep: set[int] = set()
+    first_user = next((i for i, u in enumerate(units)
+                       if messages[u[0]].get("role") == "user"), None)
+    last_tool = next((i for i in range(len(units) - 1, -1, -1)
+                      if _is_tool_unit(messages, units[i])), None)
+    for i, unit in enumerate(units):
+        if messages[unit[0]].get("role") == "system" or i == first_user:
+            keep.add(i)
+    if last_tool is not None:
+        keep.update(range(last_tool, len(units)))
+    elif units:
+        keep.add(len(units) - 1)
+
+    def cost(i: int) -> int:
+        return sum(estimate_tokens(messages[j]) for j in units[i])
+
+    used = sum(cost(i) for i in keep)
+    for i in range(len(units) - 1, -1, -1):
+        if i in keep:
+            continue
+        if used + cost(i) > budget:
+            break
+        keep.add(i)
+        used += cost(i)
+    return [messages[j] for i in sorted(keep) for j in units[i]]
+
+
+def find_code_block(text: str, tags: dict[str, str]) -> tuple[str, str] | None:
+    """The first fenced block whose tag maps to a language in `tags`: (language, source)."""
+    for match in _FENCE.finditer(text):
+        language = tags.get(match.group(1).lower())
+        if language is not None and match.group(2).strip():
+            return language, match.group(2)
+    return None

@@ -1,0 +1,245 @@
+"""The tool-use loop: one step (a model turn and its tool calls) and a whole run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._code import PROFILES
+from ._history import estimate_tokens, find_code_block, prune_history
+from ._records import (
+    AgentEvent,
+    FinalEvent,
+    Message,
+    Metrics,
+    ModelTurnEvent,
+    RunResult,
+    StepResult,
+    StopReason,
+    ToolCall,
+    ToolCallEvent,
+    ToolResult,
+    ToolResultEvent,
+    Usage,
+    usage_from,
+)
+from ._settings import Resolved
+from ._tools import Toolbox
+from .errors import ModelError
+
+__all__ = ["CompleteFn", "LoopContext", "run_events", "step_events"]
+
+#: The model: an OpenAI chat-completions request dict in, a `chat.completion` dict out.
+CompleteFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+_JSON_FORMATS = ("json_object", "json_schema")
+
+
+@dataclass(frozen=True)
+class LoopContext:
+    """What a step needs: the model, the tools offered, and the resolved options."""
+
+    complete: CompleteFn
+    toolbox: Toolbox
+    options: Resolved
+    history_token_budget: int
+
+
+class OutOfTime(Exception):
+    """The run's wall-clock budget ran out during a model call (internal)."""
+
+
+def build_request(ctx: LoopContext, messages: Sequence[Message]) -> dict[str, Any]:
+    """The chat-completions request for `messages` (already pruned)."""
+    o = ctx.options
+    request: dict[str, Any] = {"model": o.model, "messages": [dict(m) for m in messages]}
+    specs = ctx.toolbox.specs() if o.use_tools else []
+    if specs:
+        request["tools"] = specs
+        request["tool_choice"] = "auto"
+    optional = {"response_format": dict(o.response_format) if o.response_format else None,
+                "reasoning_effort": o.reasoning_effort, "seed": o.seed,
+                "temperature": o.temperature}
+    request.update({k: v for k, v in optional.items() if v is not None})
+    return request
+
+
+def _assistant(response: Mapping[str, Any], iteration: int) -> tuple[Message, list[ToolCall]]:
+    """The normalised assistant message and its tool calls (ids derived when missing)."""
+    try:
+        raw = response["choices"][0]["message"]
+        if not isinstance(raw, Mapping):
+            raise TypeError("message is not an object")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ModelError(f"the model's reply is not a chat.completion: {exc!r}") from exc
+    content = raw.get("content")
+    calls: list[ToolCall] = []
+    wire: list[dict[str, Any]] = []
+    for index, raw_item in enumerate(raw.get("tool_calls") or ()):
+        item: Mapping[str, Any] = raw_item if isinstance(raw_item, Mapping) else {}
+        function = item.get("function")
+        function = function if isinstance(function, Mapping) else {}
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, sort_keys=True)
+        call_id = item.get("id")
+        call = ToolCall(id=str(call_id or f"call_{iteration}_{index}"),
+                        name=str(function.get("name") or ""), arguments=arguments)
+        calls.append(call)
+        wire.append({"id": call.id, "type": "function",
+                     "function": {"name": call.name, "arguments": call.arguments}})
+    message: Message = {"role": "assistant", "content": content if content is not None else ""}
+    if wire:
+        message["tool_calls"] = wire
+    return message, calls
+
+
+async def _call_model(ctx: LoopContext, request: dict[str, Any],
+                      deadline: float | None) -> dict[str, Any]:
+    try:
+        if deadline is None:
+            return await ctx.complete(request)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise OutOfTime
+        async with asyncio.timeout(remaining):
+            return await ctx.complete(request)
+    except TimeoutError as exc:
+        raise OutOfTime from exc
+    except (ModelError, OutOfTime):
+        raise
+    except Exception as exc:  # whatever the injected model raises ends the run as an error
+        raise ModelError(f"the model call failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _repair_note(failed: Sequence[ToolResult]) -> Message:
+    lines = [f"- {r.name} ({r.tool_call_id}): {r.output.splitlines()[0] if r.output else ''}"
+             for r in failed]
+    return {"role": "user", "content": "The following tool call(s) failed:\n" + "\n".join(lines)
+            + "\nRead the error, fix the arguments or the code, and call the tool again; "
+              "or answer without it."}
+
+
+def _json_valid(options: Resolved, answer: str) -> bool | None:
+    if not options.response_format or options.response_format.get("type") not in _JSON_FORMATS:
+        return None
+    try:
+        json.loads(answer)
+    except ValueError:
+        return False
+    return True
+
+
+async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: int,
+                      deadline: float | None = None
+                      ) -> AsyncIterator[ModelTurnEvent | ToolCallEvent | ToolResultEvent
+                                         | StepResult]:
+    """One step as it happens: the model turn, each call and result, then the StepResult.
+
+    Raises ModelError (the model failed) or OutOfTime (the deadline passed mid-call).
+    """
+    pruned = prune_history(history, ctx.history_token_budget)
+    request = build_request(ctx, pruned)
+    started = time.monotonic()
+    response = await _call_model(ctx, request, deadline)
+    model_seconds = time.monotonic() - started
+    message, calls = _assistant(response, iteration)
+    usage = usage_from(response) or Usage(
+        sum(estimate_tokens(m) for m in pruned), estimate_tokens(message),
+        sum(estimate_tokens(m) for m in pruned) + estimate_tokens(message))
+    yield ModelTurnEvent(iteration, message, usage, model_seconds)
+    new: list[Message] = [message]
+    results: list[ToolResult] = []
+    if not calls and ctx.options.auto_run_code:
+        auto = _auto_call(ctx, str(message.get("content") or ""), iteration)
+        if auto is not None:
+            yield ToolCallEvent(iteration, auto)
+            result = await ctx.toolbox.dispatch(auto)
+            yield ToolResultEvent(iteration, result)
+            new.append({"role": "user", "content": f"Output of the code block ({auto.name}):\n"
+                                                    f"{result.output}"})
+            yield StepResult(tuple(new), (auto,), (result,), False, None, usage,
+                             model_seconds=model_seconds)
+            return
+    for call in calls:
+        yield ToolCallEvent(iteration, call)
+        result = await ctx.toolbox.dispatch(call)
+        results.append(result)
+        new.append({"role": "tool", "tool_call_id": call.id, "content": result.output})
+        yield ToolResultEvent(iteration, result)
+    if calls:
+        failed = [r for r in results if r.is_error]
+        if failed and ctx.options.enable_repair:
+            new.append(_repair_note(failed))
+        yield StepResult(tuple(new), tuple(calls), tuple(results), False, None, usage,
+                         model_seconds=model_seconds)
+        return
+    answer = str(message.get("content") or "")
+    yield StepResult(tuple(new), (), (), True, answer, usage, _json_valid(ctx.options, answer),
+                     model_seconds=model_seconds)
+
+
+def _auto_call(ctx: LoopContext, text: str, iteration: int) -> ToolCall | None:
+    tags = {tag: lang for lang in ctx.options.languages
+            if ctx.toolbox.get(PROFILES[lang].tool_name) is not None
+            for tag in PROFILES[lang].fence_tags}
+    found = find_code_block(text, tags)
+    if found is None:
+        return None
+    language, source = found
+    return ToolCall(id=f"auto_{iteration}", name=PROFILES[language].tool_name,
+                    arguments=json.dumps({"code": source}), auto=True)
+
+
+async def run_events(ctx: LoopContext, messages: Sequence[Message]
+                     ) -> AsyncGenerator[AgentEvent, None]:
+    """A whole run: steps until a final answer, a budget or max_iterations; then FinalEvent."""
+    o = ctx.options
+    started = time.monotonic()
+    deadline = started + o.max_total_seconds
+    transcript: list[Message] = [dict(m) for m in messages]
+    usage, iterations, calls = Usage(), 0, 0
+    step_seconds: list[float] = []
+    tool_io: list[tuple[ToolCall, ToolResult]] = []
+    stop, answer, error, json_valid = StopReason.MAX_ITERATIONS, "", None, None
+    while True:
+        if iterations >= o.max_iterations:
+            stop = StopReason.MAX_ITERATIONS
+            break
+        if usage.total_tokens >= o.max_total_tokens or time.monotonic() >= deadline:
+            stop = StopReason.BUDGET
+            break
+        iterations += 1
+        step_started = time.monotonic()
+        step: StepResult | None = None
+        try:
+            async for item in step_events(ctx, transcript, iterations, deadline):
+                if isinstance(item, StepResult):
+                    step = item
+                else:
+                    yield item
+        except OutOfTime:
+            stop = StopReason.BUDGET
+            break
+        except ModelError as exc:
+            stop, error = StopReason.ERROR, str(exc)
+            break
+        assert step is not None
+        step_seconds.append(time.monotonic() - step_started)
+        transcript.extend(step.new_messages)
+        usage += step.usage
+        calls += len(step.tool_calls)
+        tool_io.extend(zip(step.tool_calls, step.tool_results, strict=True))
+        if step.done:
+            stop, answer, json_valid = StopReason.SUCCESS, step.final_answer or "", step.json_valid
+            break
+    if stop is not StopReason.SUCCESS:
+        answer = next((str(m.get("content") or "") for m in reversed(transcript)
+                       if m.get("role") == "assistant"), "")
+    metrics = Metrics(iterations, calls, usage, tuple(step_seconds), time.monotonic() - started)
+    yield FinalEvent(RunResult(answer, stop, metrics, tuple(transcript), tuple(tool_io),
+                               error, json_valid, initial_count=len(messages)))

@@ -1,0 +1,204 @@
+"""MCP tools: connections to configured MCP servers (stdio or streamable HTTP).
+
+Each connection is owned by one background task that enters the SDK's context managers
+(`stdio_client` / `streamable_http_client`, then `ClientSession`) and leaves them on
+`close()`: the SDK's anyio scopes must be left by the task that entered them, and the
+engine's `start()` and `close()` may run in different tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import IO, Any
+
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import REQUEST_TIMEOUT, CallToolResult, TextContent
+from mcp_types import Tool as McpToolSpec
+
+from ._settings import McpServerConfig
+from ._tools import ToolOutput
+from .errors import McpServerError, McpUnavailableError, ToolExecutionError, ToolTimeoutError
+
+__all__ = ["McpConnection", "McpTool"]
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class McpTool:
+    """One tool of an MCP server, offered as `<server>__<tool>`."""
+
+    def __init__(self, connection: McpConnection, spec: McpToolSpec) -> None:
+        self._connection = connection
+        self.remote_name = spec.name
+        self._name = _NAME_UNSAFE.sub("_", f"{connection.name}__{spec.name}")[:64]
+        self._description = spec.description or spec.title or spec.name
+        self._parameters: dict[str, Any] = dict(spec.input_schema or {"type": "object"})
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @property
+    def parameters(self) -> Mapping[str, Any]:
+        return self._parameters
+
+    async def call(self, arguments: Mapping[str, Any], *, timeout_s: float) -> ToolOutput:
+        return await self._connection.call(self.remote_name, dict(arguments),
+                                           timeout_s=timeout_s, tool=self._name)
+
+
+class McpConnection:
+    """A live session with one MCP server."""
+
+    def __init__(self, config: McpServerConfig, *, connect_timeout_s: float) -> None:
+        self.config = config
+        self._connect_timeout_s = connect_timeout_s
+        self._session: ClientSession | None = None
+        self._owner: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._tools: tuple[McpTool, ...] = ()
+        self._errlog: IO[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def tools(self) -> tuple[McpTool, ...]:
+        """Tools listed at start."""
+        return self._tools
+
+    async def start(self) -> None:
+        """Start or reach the server, initialise and list its tools.
+
+        Raises McpUnavailableError (cannot reach / start it) or McpServerError.
+        """
+        ready: asyncio.Future[list[McpToolSpec]] = asyncio.get_running_loop().create_future()
+        self._owner = asyncio.create_task(self._own(ready), name=f"mcp:{self.name}")
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                specs = await asyncio.shield(ready)
+        except TimeoutError as exc:
+            await self.close()
+            raise McpUnavailableError(
+                f"MCP server {self.name!r} did not answer within {self._connect_timeout_s:g} s",
+                server=self.name) from exc
+        except McpServerError:
+            await self.close()
+            raise
+        self._tools = tuple(McpTool(self, spec) for spec in specs)
+
+    async def _own(self, ready: asyncio.Future[list[McpToolSpec]]) -> None:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                streams = await stack.enter_async_context(self._transport())
+                session = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
+                await session.initialize()
+                specs: list[McpToolSpec] = []
+                cursor: str | None = None
+                while True:
+                    params = None if cursor is None else {"cursor": cursor}
+                    listed = await session.list_tools(params=params)  # type: ignore[arg-type]
+                    specs.extend(listed.tools)
+                    cursor = listed.next_cursor
+                    if not cursor:
+                        break
+                self._session = session
+                ready.set_result(specs)
+                await self._closing.wait()
+        except Exception as exc:  # reported through `ready` or on the next call
+            if not ready.done():
+                ready.set_exception(self._unavailable(exc))
+        finally:
+            self._session = None
+            if not ready.done():
+                ready.set_exception(McpUnavailableError(
+                    f"MCP server {self.name!r}: connection cancelled", server=self.name))
+
+    def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        if self.config.command is not None:
+            self._errlog = open(os.devnull, "w")
+            params = StdioServerParameters(command=self.config.command,
+                                           args=list(self.config.args),
+                                           env=dict(self.config.env) or None)
+            return stdio_client(params, errlog=self._errlog)
+        assert self.config.url is not None
+        return streamable_http_client(self.config.url)
+
+    def _unavailable(self, exc: BaseException) -> McpServerError:
+        leaves = _leaves(exc)
+        text = "; ".join(f"{type(e).__name__}: {e}" for e in leaves) or type(exc).__name__
+        where = self.config.command or self.config.url
+        if any(isinstance(e, OSError | ConnectionError) or "Connect" in type(e).__name__
+               or isinstance(e, MCPError) for e in leaves):
+            return McpUnavailableError(f"MCP server {self.name!r} ({where}) is unreachable: "
+                                       f"{text}", server=self.name)
+        return McpServerError(f"MCP server {self.name!r} ({where}) failed: {text}",
+                              server=self.name)
+
+    async def call(self, remote: str, arguments: dict[str, Any], *, timeout_s: float,
+                   tool: str) -> ToolOutput:
+        """Call a tool; ToolTimeoutError or ToolExecutionError on failure."""
+        session = self._session
+        if session is None:
+            raise ToolExecutionError(f"MCP server {self.name!r} is not connected", tool=tool)
+        try:
+            async with asyncio.timeout(timeout_s + 0.5):
+                result = await session.call_tool(remote, arguments, read_timeout_seconds=timeout_s)
+        except TimeoutError as exc:
+            raise ToolTimeoutError(f"MCP tool {tool!r} timed out after {timeout_s:g} s",
+                                   tool=tool, timeout_s=timeout_s) from exc
+        except MCPError as exc:
+            if exc.code == REQUEST_TIMEOUT:
+                raise ToolTimeoutError(f"MCP tool {tool!r} timed out after {timeout_s:g} s",
+                                       tool=tool, timeout_s=timeout_s) from exc
+            raise ToolExecutionError(f"MCP tool {tool!r}: {exc}", tool=tool) from exc
+        except Exception as exc:  # transport failures: the server went away
+            raise ToolExecutionError(f"MCP server {self.name!r} failed during {tool!r}: "
+                                     f"{type(exc).__name__}: {exc}", tool=tool) from exc
+        return ToolOutput(_text_of(result), is_error=bool(result.is_error))
+
+    async def close(self) -> None:
+        """Leave the session and stop the server process. Idempotent."""
+        self._closing.set()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            try:
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(owner)
+            except (TimeoutError, Exception):
+                owner.cancel()
+                with contextlib.suppress(BaseException):
+                    await owner
+        if self._errlog is not None:
+            self._errlog.close()
+            self._errlog = None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _text_of(result: CallToolResult) -> str:
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, TextContent):
+            parts.append(block.text)
+        else:
+            parts.append(f"[{block.type} content]")
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, sort_keys=True))
+    return "\n".join(parts)

@@ -1,0 +1,225 @@
+"""Configuration of the agent: engine settings (start-up) and per-run options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import AgentConfigError
+
+__all__ = ["DEFAULT_BASH_ALLOWLIST", "AgentSettings", "McpServerConfig", "RunConfig"]
+
+#: Commands a bash code tool may run. Shell keywords and builtins like `cd` are not listed.
+DEFAULT_BASH_ALLOWLIST: tuple[str, ...] = (
+    "awk", "basename", "bc", "cat", "cut", "dirname", "echo", "expr", "false", "grep",
+    "head", "ls", "printf", "pwd", "sed", "seq", "sort", "tail", "test", "tr", "true",
+    "uniq", "wc", "[",
+)
+
+
+@dataclass(frozen=True)
+class McpServerConfig:
+    """One MCP server whose tools the agent may offer: a stdio command or an HTTP url."""
+
+    #: Name used in tool names (`<name>__<tool>`) and in `RunConfig.mcp_servers`.
+    name: str
+    #: Executable started for the stdio transport.
+    command: str | None = None
+    #: Its arguments.
+    args: tuple[str, ...] = ()
+    #: Extra environment variables for the process.
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Streamable HTTP endpoint (e.g. `http://127.0.0.1:8000/mcp`), instead of `command`.
+    url: str | None = None
+
+    @property
+    def transport(self) -> str:
+        """`stdio` or `http`."""
+        return "stdio" if self.command is not None else "http"
+
+    def validate(self) -> None:
+        """Raise AgentConfigError if the entry is unusable."""
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise AgentConfigError(f"MCP server name {self.name!r} must be alphanumeric, "
+                                   "'_' or '-'", param="mcp_servers.name")
+        if (self.command is None) == (self.url is None):
+            raise AgentConfigError(f"MCP server {self.name!r} needs exactly one of command "
+                                   "or url", param="mcp_servers")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Engine settings, read once at start-up; `RunConfig` may narrow them per run."""
+
+    #: Model named in requests when a run names none.
+    model: str = ""
+    #: Maximum model turns in a run.
+    max_iterations: int = 10
+    #: Wall-clock budget of a run, seconds.
+    max_total_seconds: float = 300.0
+    #: Token budget of a run (prompt + completion, as reported by the model).
+    max_total_tokens: int = 200_000
+    #: After a failed tool call, add a repair observation and go on.
+    enable_repair: bool = True
+    #: Offer tools to the model.
+    use_tools: bool = True
+    #: Run a fenced code block found in a reply that has no tool calls.
+    auto_run_code: bool = False
+    #: Code tool languages: python, javascript, bash, go, rust (go/rust need toolchains).
+    languages: tuple[str, ...] = ("python", "javascript", "bash")
+    #: Commands a bash code tool may run.
+    bash_allowlist: tuple[str, ...] = DEFAULT_BASH_ALLOWLIST
+    #: Estimated tokens of history sent to the model; older turns are pruned beyond it.
+    history_token_budget: int = 16_000
+    #: Timeout of one tool call, seconds.
+    tool_timeout_seconds: float = 30.0
+    #: Timeout for starting and listing one MCP server, seconds.
+    mcp_connect_timeout_seconds: float = 15.0
+    #: MCP servers whose tools may be offered.
+    mcp_servers: tuple[McpServerConfig, ...] = ()
+    #: Fail `start()` when an MCP server is unreachable (else it is skipped and reported).
+    mcp_required: bool = False
+    #: Largest tool output given back to the model, characters (the rest is cut).
+    max_tool_output_chars: int = 20_000
+
+    def validate(self) -> None:
+        """Raise AgentConfigError naming the first setting that is out of range."""
+        _check_limits(self.max_iterations, self.max_total_seconds, self.max_total_tokens)
+        for name in ("history_token_budget", "max_tool_output_chars"):
+            if getattr(self, name) < 1:
+                raise AgentConfigError(f"{name} must be >= 1", param=name)
+        for name in ("tool_timeout_seconds", "mcp_connect_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise AgentConfigError(f"{name} must be > 0", param=name)
+        unknown = [lang for lang in self.languages if lang not in KNOWN_LANGUAGES]
+        if unknown:
+            raise AgentConfigError(f"unknown language(s) {unknown}; choose from "
+                                   f"{', '.join(KNOWN_LANGUAGES)}", param="languages")
+        names = [s.name for s in self.mcp_servers]
+        if len(set(names)) != len(names):
+            raise AgentConfigError("MCP server names must be unique", param="mcp_servers")
+        for server in self.mcp_servers:
+            server.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for stored runs)."""
+        data = asdict(self)
+        data["mcp_servers"] = [dict(s, env=dict(s["env"])) for s in data["mcp_servers"]]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AgentSettings:
+        """The inverse of `to_dict`."""
+        values = dict(data)
+        values["mcp_servers"] = tuple(
+            McpServerConfig(**{**s, "args": tuple(s.get("args", ()))})
+            for s in values.get("mcp_servers", ()))
+        for name in ("languages", "bash_allowlist"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+#: Languages with a code tool profile.
+KNOWN_LANGUAGES: tuple[str, ...] = ("python", "javascript", "bash", "go", "rust")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of one step or run; None takes the engine's `AgentSettings` value."""
+
+    model: str | None = None
+    max_iterations: int | None = None
+    max_total_seconds: float | None = None
+    max_total_tokens: int | None = None
+    enable_repair: bool | None = None
+    use_tools: bool | None = None
+    auto_run_code: bool | None = None
+    #: Subset of the engine's languages to offer; None offers all.
+    languages: tuple[str, ...] | None = None
+    #: Names of configured MCP servers whose tools are offered; None offers all.
+    mcp_servers: tuple[str, ...] | None = None
+    #: OpenAI `response_format`, passed through (`{"type": "json_object"}` validates JSON).
+    response_format: Mapping[str, Any] | None = None
+    #: Passed through to the model.
+    reasoning_effort: str | None = None
+    #: Sampling seed, passed through.
+    seed: int | None = None
+    #: Sampling temperature, passed through.
+    temperature: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for stored runs)."""
+        data = asdict(self)
+        if self.response_format is not None:
+            data["response_format"] = dict(self.response_format)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """The inverse of `to_dict`."""
+        values = dict(data)
+        for name in ("languages", "mcp_servers"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def _check_limits(max_iterations: int, max_total_seconds: float, max_total_tokens: int) -> None:
+    if max_iterations < 1:
+        raise AgentConfigError("max_iterations must be >= 1", param="max_iterations")
+    if max_total_seconds <= 0:
+        raise AgentConfigError("max_total_seconds must be > 0", param="max_total_seconds")
+    if max_total_tokens < 1:
+        raise AgentConfigError("max_total_tokens must be >= 1", param="max_total_tokens")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Settings merged with a RunConfig: what one run actually uses (internal)."""
+
+    model: str
+    max_iterations: int
+    max_total_seconds: float
+    max_total_tokens: int
+    enable_repair: bool
+    use_tools: bool
+    auto_run_code: bool
+    languages: tuple[str, ...]
+    mcp_servers: tuple[str, ...]
+    response_format: Mapping[str, Any] | None
+    reasoning_effort: str | None
+    seed: int | None
+    temperature: float | None
+
+
+def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
+    """Merge `config` over `settings`; raise AgentConfigError if it asks for what is not there."""
+    c = config or RunConfig()
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    configured = tuple(s.name for s in settings.mcp_servers)
+    languages = settings.languages if c.languages is None else c.languages
+    servers = configured if c.mcp_servers is None else c.mcp_servers
+    bad = [lang for lang in languages if lang not in settings.languages]
+    if bad:
+        raise AgentConfigError(f"language(s) {bad} are not enabled", param="languages")
+    bad = [name for name in servers if name not in configured]
+    if bad:
+        raise AgentConfigError(f"MCP server(s) {bad} are not configured", param="mcp_servers")
+    resolved = Resolved(
+        model=pick(c.model, settings.model),
+        max_iterations=pick(c.max_iterations, settings.max_iterations),
+        max_total_seconds=pick(c.max_total_seconds, settings.max_total_seconds),
+        max_total_tokens=pick(c.max_total_tokens, settings.max_total_tokens),
+        enable_repair=pick(c.enable_repair, settings.enable_repair),
+        use_tools=pick(c.use_tools, settings.use_tools),
+        auto_run_code=pick(c.auto_run_code, settings.auto_run_code),
+        languages=tuple(languages), mcp_servers=tuple(servers),
+        response_format=c.response_format, reasoning_effort=c.reasoning_effort,
+        seed=c.seed, temperature=c.temperature)
+    _check_limits(resolved.max_iterations, resolved.max_total_seconds, resolved.max_total_tokens)
+    return resolved

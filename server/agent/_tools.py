@@ -1,0 +1,123 @@
+"""Tools the agent offers: the `Tool` protocol and the `Toolbox` that dispatches calls.
+
+A tool never raises into the loop: every failure (unknown name, malformed arguments,
+timeout, execution error) becomes a `ToolResult` with `is_error=True` whose output says
+what went wrong, so the model can see it and repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ._records import ToolCall, ToolResult
+from .errors import (
+    ToolArgumentsError,
+    ToolError,
+    ToolTimeoutError,
+    UnknownToolError,
+)
+
+__all__ = ["Tool", "ToolOutput", "Toolbox"]
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """What a tool returns: text for the model, and whether it is a failure."""
+
+    text: str
+    is_error: bool = False
+
+
+@runtime_checkable
+class Tool(Protocol):
+    """A callable offered to the model as an OpenAI function tool."""
+
+    @property
+    def name(self) -> str:
+        """Name as offered (`^[a-zA-Z0-9_-]{1,64}$`)."""
+
+    @property
+    def description(self) -> str:
+        """What the tool does, for the model."""
+
+    @property
+    def parameters(self) -> Mapping[str, Any]:
+        """JSON schema of the arguments object."""
+
+    async def call(self, arguments: Mapping[str, Any], *, timeout_s: float) -> ToolOutput:
+        """Run the tool. Raise a ToolError (or return is_error) on failure."""
+
+
+def openai_tool(tool: Tool) -> dict[str, Any]:
+    """The tool as an OpenAI chat-completions `tools` entry."""
+    return {"type": "function", "function": {
+        "name": tool.name, "description": tool.description, "parameters": dict(tool.parameters)}}
+
+
+class Toolbox:
+    """The tools of one step, by name; dispatches calls with timeouts."""
+
+    def __init__(self, tools: Iterable[Tool], *, timeout_s: float, max_output_chars: int) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self._tools.setdefault(tool.name, tool)
+        self._timeout_s = timeout_s
+        self._max_output_chars = max_output_chars
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._tools)
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def specs(self) -> list[dict[str, Any]]:
+        """The OpenAI `tools` list, in a stable order."""
+        return [openai_tool(self._tools[name]) for name in sorted(self._tools)]
+
+    async def dispatch(self, call: ToolCall) -> ToolResult:
+        """Run one call; every failure becomes an error result."""
+        started = time.monotonic()
+        try:
+            output = await self._run(call)
+        except ToolError as exc:
+            output = ToolOutput(f"error ({type(exc).__name__}): {exc}", is_error=True)
+        text = output.text
+        if len(text) > self._max_output_chars:
+            cut = len(text) - self._max_output_chars
+            text = f"{text[:self._max_output_chars]}\n[... {cut} characters cut]"
+        return ToolResult(call.id, call.name, text, output.is_error,
+                          duration_s=time.monotonic() - started)
+
+    async def _run(self, call: ToolCall) -> ToolOutput:
+        tool = self._tools.get(call.name)
+        if tool is None:
+            offered = ", ".join(sorted(self._tools)) or "none"
+            raise UnknownToolError(f"unknown tool {call.name!r}; tools offered: {offered}",
+                                   tool=call.name)
+        arguments = parse_arguments(call)
+        try:
+            async with asyncio.timeout(self._timeout_s + 1.0):
+                return await tool.call(arguments, timeout_s=self._timeout_s)
+        except TimeoutError as exc:
+            raise ToolTimeoutError(f"tool {call.name!r} timed out after {self._timeout_s:g} s",
+                                   tool=call.name, timeout_s=self._timeout_s) from exc
+
+
+def parse_arguments(call: ToolCall) -> dict[str, Any]:
+    """The call's arguments as a dict; ToolArgumentsError if they are not a JSON object."""
+    text = call.arguments.strip() or "{}"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolArgumentsError(f"arguments of {call.name!r} are not valid JSON ({exc.msg} at "
+                                 f"position {exc.pos}): {text[:200]!r}", tool=call.name) from exc
+    if not isinstance(value, dict):
+        raise ToolArgumentsError(f"arguments of {call.name!r} must be a JSON object, got "
+                                 f"{type(value).__name__}", tool=call.name)
+    return value

@@ -1,0 +1,196 @@
+"""The loop driven by scripted models: determinism, repair, stops and observations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from scillm.server.agent import (
+    AgentEngine,
+    AgentSettings,
+    FinalEvent,
+    ModelTurnEvent,
+    RunConfig,
+    ScriptedModel,
+    StopReason,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+
+from .conftest import FIXTURES, SubprocessExecutor, mcp_settings
+
+USER = [{"role": "system", "content": "You are careful."},
+        {"role": "user", "content": "Add 2 and 3, then multiply by 7."}]
+
+
+async def _run(engine: AgentEngine, config: RunConfig | None = None) -> list[Any]:
+    return [event async for event in engine.run(USER, config)]
+
+
+async def test_scripted_run_is_deterministic(executor: SubprocessExecutor) -> None:
+    transcripts = []
+    for _ in range(2):
+        model = ScriptedModel.from_file(FIXTURES / "add_then_answer.json")
+        async with AgentEngine(mcp_settings(), model, executor) as engine:
+            events = await _run(engine, RunConfig(seed=7, temperature=0.0))
+        final = events[-1]
+        assert isinstance(final, FinalEvent)
+        result = final.result
+        assert result.stop_reason is StopReason.SUCCESS
+        assert result.answer == "2 + 3 = 5 and 5 * 7 = 35."
+        assert [type(e).__name__ for e in events] == [
+            "ModelTurnEvent", "ToolCallEvent", "ToolResultEvent",
+            "ModelTurnEvent", "ToolCallEvent", "ToolResultEvent",
+            "ModelTurnEvent", "FinalEvent"]
+        assert result.metrics.iterations == 3 and result.metrics.tool_calls == 2
+        assert len(result.metrics.step_seconds) == 3
+        assert result.metrics.usage.total_tokens > 0
+        # ids derived deterministically, tool I/O recorded, seed passed through
+        call, output = result.tool_io[0]
+        assert (call.id, call.name, output.output, output.is_error) == (
+            "call_1_0", "demo__add", "5", False)
+        assert "35" in result.tool_io[1][1].output
+        assert model.requests[0]["seed"] == 7
+        assert {t["function"]["name"] for t in model.requests[0]["tools"]} >= {
+            "demo__add", "demo__fail", "run_python"}
+        transcripts.append(json.dumps(result.transcript, sort_keys=True))
+        transcripts.append(json.dumps([(c.to_dict(), r.to_dict()) for c, r in result.tool_io]))
+    assert transcripts[0] == transcripts[2] and transcripts[1] == transcripts[3]
+
+
+async def test_failing_tool_then_repair(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel.from_file(FIXTURES / "repair.json")
+    async with AgentEngine(mcp_settings(), model, executor) as engine:
+        result = (await _run(engine))[-1].result
+    assert result.stop_reason is StopReason.SUCCESS and result.answer == "The answer is 42."
+    failed, ok = result.tool_io[0][1], result.tool_io[1][1]
+    assert failed.is_error and "bad input" in failed.output
+    assert not ok.is_error and ok.output == "42"
+    repair = [m for m in result.transcript if m["role"] == "user"][-1]
+    assert "failed" in repair["content"] and "demo__fail" in repair["content"]
+    # the repair note follows the tool result in what the model saw next
+    assert model.requests[1]["messages"][-1] == repair
+
+
+async def test_repair_disabled_adds_no_note(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel.from_file(FIXTURES / "repair.json")
+    async with AgentEngine(mcp_settings(enable_repair=False), model, executor) as engine:
+        result = (await _run(engine))[-1].result
+    assert [m["role"] for m in result.transcript].count("user") == 1
+
+
+async def test_unknown_tool_and_malformed_arguments(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel.from_file(FIXTURES / "bad_calls.json")
+    settings = AgentSettings(languages=("python",))
+    async with AgentEngine(settings, model, executor) as engine:
+        result = (await _run(engine, RunConfig(response_format={"type": "json_object"})))[-1]
+    result = result.result
+    unknown, malformed = (r for _, r in result.tool_io)
+    assert unknown.is_error and "unknown tool 'no_such_tool'" in unknown.output
+    assert malformed.is_error and "not valid JSON" in malformed.output
+    assert executor.sources == []  # nothing ran
+    assert result.stop_reason is StopReason.SUCCESS and result.json_valid is True
+
+
+async def test_json_mode_invalid_answer() -> None:
+    model = ScriptedModel([{"content": "not json"}])
+    async with AgentEngine(AgentSettings(), model) as engine:
+        result = (await _run(engine, RunConfig(response_format={"type": "json_object"})))[-1]
+    assert result.result.json_valid is False
+    assert model.requests[0]["response_format"] == {"type": "json_object"}
+
+
+async def test_model_that_never_stops_hits_max_iterations(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel.from_file(FIXTURES / "loop_forever.json")
+    settings = AgentSettings(languages=("python",), max_iterations=4)
+    async with AgentEngine(settings, model, executor) as engine:
+        events = await _run(engine)
+    result = events[-1].result
+    assert result.stop_reason is StopReason.MAX_ITERATIONS
+    assert result.metrics.iterations == 4 and result.metrics.tool_calls == 4
+    assert sum(isinstance(e, ModelTurnEvent) for e in events) == 4
+    assert sum(isinstance(e, ToolCallEvent) for e in events) == 4
+    assert sum(isinstance(e, ToolResultEvent) for e in events) == 4
+
+
+async def test_token_budget_stops_the_run(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel.from_file(FIXTURES / "loop_forever.json")  # 110 tokens a turn
+    settings = AgentSettings(languages=("python",), max_iterations=50)
+    async with AgentEngine(settings, model, executor) as engine:
+        result = (await _run(engine, RunConfig(max_total_tokens=300)))[-1].result
+    assert result.stop_reason is StopReason.BUDGET
+    assert result.metrics.iterations == 3 and result.metrics.usage.total_tokens == 330
+
+
+async def test_time_budget_stops_a_slow_model() -> None:
+    async def slow(request: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(30)
+        raise AssertionError("not reached")
+
+    async with AgentEngine(AgentSettings(max_total_seconds=0.3), slow) as engine:
+        result = (await _run(engine))[-1].result
+    assert result.stop_reason is StopReason.BUDGET and result.metrics.total_seconds < 5
+
+
+async def test_model_error_ends_the_run() -> None:
+    async def broken(request: dict[str, Any]) -> dict[str, Any]:
+        return {"object": "chat.completion", "choices": []}
+
+    async with AgentEngine(AgentSettings(), broken) as engine:
+        result = (await _run(engine))[-1].result
+    assert result.stop_reason is StopReason.ERROR and "chat.completion" in (result.error or "")
+
+
+async def test_auto_run_of_fenced_code(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel([{"content": "Compute:\n```python\nprint(6 * 7)\n```"},
+                           {"content": "It is 42."}])
+    settings = AgentSettings(languages=("python",), auto_run_code=True)
+    async with AgentEngine(settings, model, executor) as engine:
+        result = (await _run(engine))[-1].result
+    assert result.answer == "It is 42."
+    call, output = result.tool_io[0]
+    assert call.auto and call.id == "auto_1" and "42" in output.output
+    observation = result.transcript[-2]
+    assert observation["role"] == "user" and "42" in observation["content"]
+
+
+async def test_step_returns_messages_calls_and_results(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel.from_file(FIXTURES / "add_then_answer.json")
+    async with AgentEngine(mcp_settings(), model, executor) as engine:
+        step = await engine.step(USER)
+        assert not step.done and step.final_answer is None
+        assert [c.name for c in step.tool_calls] == ["demo__add"]
+        assert [r.output for r in step.tool_results] == ["5"]
+        assert [m["role"] for m in step.new_messages] == ["assistant", "tool"]
+        assert step.new_messages[1]["tool_call_id"] == "call_1_0"
+        history = [*USER, *step.new_messages]
+        step2 = await engine.step(history)
+        assert step2.tool_calls[0].id == "call_2_0"
+        step3 = await engine.step([*history, *step2.new_messages])
+        assert step3.done and step3.final_answer == "2 + 3 = 5 and 5 * 7 = 35."
+
+
+async def test_use_tools_false_offers_no_tools(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel([{"content": "done"}])
+    async with AgentEngine(AgentSettings(languages=("python",)), model, executor) as engine:
+        assert [t["function"]["name"] for t in engine.tools()] == ["run_python"]
+        await _run(engine, RunConfig(use_tools=False, reasoning_effort="low"))
+    assert "tools" not in model.requests[0]
+    assert model.requests[0]["reasoning_effort"] == "low"
+
+
+async def test_leaving_a_run_mid_stream_cancels_it(executor: SubprocessExecutor) -> None:
+    model = ScriptedModel.from_file(FIXTURES / "add_then_answer.json")
+    async with AgentEngine(mcp_settings(), model, executor) as engine:
+        stream = engine.run(USER)
+        seen = []
+        async for event in stream:
+            seen.append(event)
+            if isinstance(event, ToolCallEvent):
+                break
+        await stream.aclose()
+        assert len(model.requests) == 1
+        # the engine (and its MCP session) is still usable afterwards
+        step = await engine.step(USER)
+        assert step.tool_calls[0].name == "run_python"

@@ -1,0 +1,123 @@
+"""MCP tools against a real MCP server (the SDK's MCPServer) over stdio and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from scillm.server.agent import (
+    AgentEngine,
+    AgentSettings,
+    McpServerConfig,
+    ScriptedModel,
+    StopReason,
+)
+from scillm.server.agent.errors import AgentConfigError, McpUnavailableError
+
+from .conftest import HERE, demo_server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_stdio_tools_are_discovered_and_called() -> None:
+    model = ScriptedModel([{"content": "", "tool_calls": [
+        {"name": "demo__add", "arguments": {"a": 20, "b": 22}}]}, {"content": "42"}])
+    settings = AgentSettings(languages=(), mcp_servers=(demo_server(),))
+    async with AgentEngine(settings, model) as engine:
+        names = [t["function"]["name"] for t in engine.tools()]
+        assert names == ["demo__add", "demo__fail", "demo__hang"]
+        add = next(t for t in engine.tools() if t["function"]["name"] == "demo__add")
+        assert add["function"]["parameters"]["required"] == ["a", "b"]
+        result = await engine.run_to_end([{"role": "user", "content": "20+22?"}])
+    assert result.stop_reason is StopReason.SUCCESS
+    assert result.tool_io[0][1].output == "42"
+
+
+async def test_hanging_tool_times_out_as_an_observation() -> None:
+    model = ScriptedModel([{"content": "", "tool_calls": [{"name": "demo__hang"}]},
+                           {"content": "", "tool_calls": [
+                               {"name": "demo__add", "arguments": {"a": 1, "b": 1}}]},
+                           {"content": "gave up"}])
+    settings = AgentSettings(languages=(), mcp_servers=(demo_server(),),
+                             tool_timeout_seconds=0.5)
+    async with AgentEngine(settings, model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "hang"}])
+    assert result.stop_reason is StopReason.SUCCESS and result.answer == "gave up"
+    timed_out = result.tool_io[0][1]
+    assert timed_out.is_error and "timed out after 0.5 s" in timed_out.output
+    assert "ToolTimeoutError" in timed_out.output
+    # the server still answers after a timed-out call
+    assert result.tool_io[1][1].output == "2"
+
+
+async def test_unreachable_http_server_is_skipped_with_an_error() -> None:
+    url = f"http://127.0.0.1:{_free_port()}/mcp"
+    settings = AgentSettings(languages=(), mcp_servers=(McpServerConfig("gone", url=url),))
+    async with AgentEngine(settings, ScriptedModel([{"content": "ok"}])) as engine:
+        assert "gone" in engine.mcp_errors and "unreachable" in engine.mcp_errors["gone"]
+        assert engine.tools() == []
+        result = await engine.run_to_end([{"role": "user", "content": "hi"}])
+    assert result.stop_reason is StopReason.SUCCESS
+
+
+async def test_unreachable_server_fails_start_when_required() -> None:
+    bad = McpServerConfig("nope", command=sys.executable, args=("-c", "import sys; sys.exit(3)"))
+    settings = AgentSettings(languages=(), mcp_servers=(bad,), mcp_required=True,
+                             mcp_connect_timeout_seconds=5.0)
+    engine = AgentEngine(settings, ScriptedModel([{"content": "ok"}]))
+    with pytest.raises(McpUnavailableError) as info:
+        await engine.start()
+    assert info.value.server == "nope"
+    await engine.close()
+
+
+async def test_unconfigured_server_in_run_config_is_a_config_error() -> None:
+    from scillm.server.agent import RunConfig
+
+    async with AgentEngine(AgentSettings(languages=()), ScriptedModel([{"content": "x"}])) as e:
+        with pytest.raises(AgentConfigError):
+            e.run([], RunConfig(mcp_servers=("missing",)))
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "mcp_server.py"), "http", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("MCP HTTP test server exited")
+                import time
+
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_streamable_http_tools(http_server: str) -> None:
+    model = ScriptedModel([{"content": "", "tool_calls": [
+        {"name": "web__add", "arguments": {"a": 1, "b": 2}},
+        {"name": "web__fail", "arguments": {}}]}, {"content": "3"}])
+    settings = AgentSettings(languages=(), mcp_servers=(McpServerConfig("web", url=http_server),))
+    async with AgentEngine(settings, model) as engine:
+        result = await asyncio.wait_for(
+            engine.run_to_end([{"role": "user", "content": "1+2"}]), 30)
+    (_, added), (_, failed) = result.tool_io
+    assert added.output == "3" and not added.is_error
+    assert failed.is_error and "always fails" in failed.output
