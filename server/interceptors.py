@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,8 +63,12 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
+            behavior = handler.unary_stream
+            # A streaming behavior is an async generator, or a coroutine using context.write
+            wrapped = (self._wrap_stream(behavior) if inspect.isasyncgenfunction(behavior)
+                       else self._wrap_unary(behavior, self._stream_timeout))
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
+                wrapped,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
@@ -88,13 +93,16 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         await context.abort(code, message, trailing_metadata=(
             ("grpc-status-details-bin", details), ("x-request-id", request_id)))
 
-    def _wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_unary(self, behavior: Callable[..., Any],
+                    default_timeout: float | None = None) -> Callable[..., Any]:
+        limit = self._unary_timeout if default_timeout is None else default_timeout
+
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = _incoming_request_id(context)
             _request_id.set(request_id)  # each RPC runs in its own task and context
             try:
                 await context.send_initial_metadata((("x-request-id", request_id),))
-                async with asyncio.timeout(self._timeout(context, self._unary_timeout)):
+                async with asyncio.timeout(self._timeout(context, limit)):
                     return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise

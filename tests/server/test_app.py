@@ -209,25 +209,18 @@ def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, int]:
         async with ScillmClient(running.grpc_target) as client, \
                 grpc.aio.insecure_channel(running.grpc_target) as side:
-            health = health_pb2_grpc.HealthStub(side)
+            watch = health_pb2_grpc.HealthStub(side).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
             stream = client.completion.stream({"model": "echo/x", "messages": [
                 {"role": "user", "content": words}]})
             first = await anext(stream)
             assert first.HasField("chunk")
             stopping = asyncio.get_running_loop().run_in_executor(None, running.stop, 5.0)
-            status = None
-            for _ in range(100):
-                try:
-                    status = (await health.Check(health_pb2.HealthCheckRequest(),
-                                                 timeout=1)).status
-                except grpc.aio.AioRpcError:
-                    break
-                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
-                    break
-                await asyncio.sleep(0.01)
+            status = (await watch.read()).status  # the health watch sees the shutdown
             rest = [e async for e in stream]
             await stopping
-            return len(rest), int(status or 0)
+            assert rest[-1].HasField("end")
+            return len(rest), int(status)
 
     count, status = asyncio.run(scenario())
     assert count > 1  # the stream ran to its end event after SIGTERM-equivalent stop
