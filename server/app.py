@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .interceptors import build_interceptors
 from .services import ServiceParts, build_service
@@ -68,8 +69,11 @@ class Mesh:
         # Mark every service NOT_SERVING until its engine has started.
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         tables: dict[type[BaseException], grpc.StatusCode] = {}
+        link = CompletionLink(lambda: self.completion_target)
+        self._running.closers.append(link.close)
+        shared: dict[str, Any] = {}
         for name in settings.services:
-            parts = build_service(name, settings, lambda: self.completion_target)
+            parts = build_service(name, settings, link, shared)
             self._running.parts[name] = parts
             tables.update(parts.errors)
             await self.health.set(parts.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from scillm.clients.errors import InvalidRequestError
+from scillm.clients.errors import InvalidRequestError, RPCError
 
 __all__ = ["ErrorTable", "StatusError", "status_for", "to_status"]
 
@@ -48,8 +48,8 @@ BASE_TABLE: dict[type[BaseException], grpc.StatusCode] = {
 
 def status_for(exc: BaseException, table: ErrorTable) -> grpc.StatusCode | None:
     """The status code for `exc` by its most specific class in `table`, else None."""
-    if isinstance(exc, StatusError):
-        return exc.code
+    if isinstance(exc, StatusError | RPCError):
+        return exc.code  # RPCError: a call to another service failed; keep its code
     for cls in type(exc).__mro__:
         code = table.get(cls)  # type: ignore[arg-type]
         if code is not None:

@@ -16,6 +16,7 @@ from scillm.codeworld.v1 import codeworld_pb2, codeworld_pb2_grpc
 from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
 from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
+from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .settings import Settings
 
@@ -50,7 +51,7 @@ class ServiceParts:
     close: Callable[[], Awaitable[None]] = _nothing
 
 
-def _completion(settings: Settings, completion_target: Callable[[], str]) -> ServiceParts:
+def _completion(settings: Settings) -> ServiceParts:
     from .completion import CompletionEngine, CompletionSettings
     from .completion.servicer import ERRORS, CompletionServicer
 
@@ -68,6 +69,58 @@ def _completion(settings: Settings, completion_target: Callable[[], str]) -> Ser
         lambda server: completion_pb2_grpc.add_CompletionServiceServicer_to_server(
             servicer, server),
         ERRORS, start, engine.close)
+
+
+def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
+               ) -> ServiceParts:
+    from .codeworld import CodeWorldEngine, CodeWorldSettings
+    from .codeworld.servicer import ERRORS, CodeWorldServicer
+
+    settings.store_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = CodeWorldEngine(
+        CodeWorldSettings(session_db=str(settings.store_path.with_name("codeworld.sqlite3"))),
+        complete=link.text)
+    shared["sandbox"] = engine.sandbox
+
+    async def start() -> bool:
+        await engine.start()
+        return True
+
+    servicer = CodeWorldServicer(engine)
+    return ServiceParts(
+        "codeworld", SERVICE_NAMES["codeworld"],
+        lambda server: codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server(
+            servicer, server),
+        ERRORS, start, engine.close)
+
+
+def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
+    from .agent import AgentEngine, AgentSettings, SandboxExecutor
+    from .agent.servicer import ERRORS, AgentServicer
+    from .codeworld.sandbox import Sandbox
+
+    sandbox = shared.get("sandbox")
+    own_sandbox = sandbox is None
+    if sandbox is None:  # served without CodeWorld: the agent starts its own sandbox
+        sandbox = Sandbox()
+    engine = AgentEngine(AgentSettings(), link.chat, SandboxExecutor(sandbox))
+
+    async def start() -> bool:
+        if own_sandbox:
+            await sandbox.start()
+        await engine.start()
+        return True
+
+    async def close() -> None:
+        await engine.close()
+        if own_sandbox:
+            await sandbox.close()
+
+    servicer = AgentServicer(engine)
+    return ServiceParts(
+        "agent", SERVICE_NAMES["agent"],
+        lambda server: agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server),
+        ERRORS, start, close)
 
 
 def _unimplemented(name: str, issue: str, what: str) -> ServiceParts:
@@ -97,14 +150,18 @@ def _unimplemented(name: str, issue: str, what: str) -> ServiceParts:
                         start=not_ready)
 
 
-def build_service(name: str, settings: Settings,
-                  completion_target: Callable[[], str]) -> ServiceParts:
-    """The parts of service `name` (one of settings.SERVICES)."""
+def build_service(name: str, settings: Settings, link: CompletionLink,
+                  shared: dict[str, Any]) -> ServiceParts:
+    """The parts of service `name` (one of settings.SERVICES).
+
+    `link` reaches CompletionService for the services that call a model; `shared` holds
+    what services of one process share (the code sandbox of CodeWorld and Agent).
+    """
     if name == "completion":
-        return _completion(settings, completion_target)
+        return _completion(settings)
     if name == "prove":
         return _unimplemented("prove", "issue #4",
                               "real provers, batches and the formalize loop")
     if name == "codeworld":
-        return _unimplemented("codeworld", "issue #5", "the sandboxed runner, judge and MCTS")
-    return _unimplemented("agent", "issue #6", "the tool-use loop with code and MCP tools")
+        return _codeworld(settings, link, shared)
+    return _agent(settings, link, shared)

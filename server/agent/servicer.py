@@ -1,0 +1,160 @@
+"""AgentService over gRPC: translate messages and config, stream the loop's events."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from scillm.agent.v1 import agent_pb2 as pb
+from scillm.agent.v1 import agent_pb2_grpc
+from scillm.clients import openai_wire as wire
+from scillm.completion.v1 import completion_pb2 as cpb
+
+from ..errors import ErrorTable, StatusError
+from ..interceptors import current_request_id
+from ..manifests import ManifestClock
+from . import errors
+from ._engine import AgentEngine
+from ._records import (
+    FinalEvent,
+    ModelTurnEvent,
+    RunResult,
+    StopReason,
+    ToolCall,
+    ToolCallEvent,
+    ToolResult,
+    ToolResultEvent,
+    Usage,
+)
+from ._settings import RunConfig
+
+__all__ = ["ERRORS", "AgentServicer", "config_from_proto"]
+
+ERRORS: ErrorTable = {
+    errors.AgentConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelError: grpc.StatusCode.UNAVAILABLE,
+    errors.McpServerError: grpc.StatusCode.UNAVAILABLE,
+    errors.CodeExecutorUnavailableError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.AgentError: grpc.StatusCode.INTERNAL,
+}
+
+_STOP = {StopReason.SUCCESS: pb.STOP_REASON_SUCCESS, StopReason.BUDGET: pb.STOP_REASON_BUDGET,
+         StopReason.MAX_ITERATIONS: pb.STOP_REASON_MAX_ITERATIONS,
+         StopReason.ERROR: pb.STOP_REASON_ERROR}
+
+
+def config_from_proto(config: pb.AgentConfig) -> RunConfig:
+    """The loop's per-run options; zero values mean the engine's defaults."""
+    response_format = None
+    if config.response_format.type:
+        probe = cpb.CompletionRequest(model="x", response_format=config.response_format)
+        response_format = wire.request_from_proto(probe).get("response_format")
+    return RunConfig(
+        model=config.model or None,
+        max_iterations=config.max_iterations or None,
+        max_total_seconds=(config.max_total_time.ToNanoseconds() / 1e9
+                           if config.HasField("max_total_time") else None),
+        max_total_tokens=config.max_total_tokens or None,
+        enable_repair=config.enable_repair if config.HasField("enable_repair") else None,
+        use_tools=config.use_tools if config.HasField("use_tools") else None,
+        auto_run_code=config.auto_run_code or None,
+        languages=tuple(config.languages) or None,
+        mcp_servers=tuple(config.mcp_servers) or None,
+        response_format=response_format,
+        reasoning_effort=config.reasoning_effort or None,
+        seed=config.seed if config.HasField("seed") else None,
+        temperature=config.temperature if config.HasField("temperature") else None)
+
+
+def _messages(messages: Sequence[cpb.Message]) -> list[dict[str, Any]]:
+    if not messages:
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "messages must not be empty",
+                          param="messages")
+    for i, m in enumerate(messages):
+        if m.role == cpb.ROLE_UNSPECIFIED:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"messages[{i}].role is ROLE_UNSPECIFIED",
+                              param=f"messages[{i}].role")
+    return [wire.message_from_proto(m) for m in messages]
+
+
+def _usage(usage: Usage) -> Any:
+    return wire.usage_to_proto({"prompt_tokens": usage.prompt_tokens,
+                                "completion_tokens": usage.completion_tokens,
+                                "total_tokens": usage.total_tokens})
+
+
+def _tool_call(call: ToolCall) -> cpb.ToolCall:
+    return cpb.ToolCall(id=call.id, function=cpb.FunctionCall(name=call.name,
+                                                              arguments=call.arguments))
+
+
+def _tool_result(result: ToolResult) -> pb.ToolResult:
+    out = pb.ToolResult(tool_call_id=result.tool_call_id, name=result.name,
+                        output=result.output, is_error=result.is_error)
+    out.duration.FromNanoseconds(int(result.duration_s * 1e9))
+    return out
+
+
+def final_to_proto(result: RunResult) -> pb.AgentFinal:
+    """The terminal event of a run (manifest added by the caller)."""
+    final = pb.AgentFinal(answer=result.answer or "", stop_reason=_STOP[result.stop_reason],
+                          error=result.error or "",
+                          transcript=[wire.message_to_proto(m, "transcript")
+                                      for m in result.transcript])
+    metrics = result.metrics
+    final.metrics.iterations = metrics.iterations
+    final.metrics.tool_calls = metrics.tool_calls
+    final.metrics.usage.CopyFrom(_usage(metrics.usage))
+    for seconds in metrics.step_seconds:
+        final.metrics.step_times.add().FromNanoseconds(int(seconds * 1e9))
+    final.metrics.total_time.FromNanoseconds(int(metrics.total_seconds * 1e9))
+    if result.json_valid is not None:
+        final.json_valid = result.json_valid
+    return final
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """Thin gRPC edge of the agent loop."""
+
+    def __init__(self, engine: AgentEngine) -> None:
+        self._engine = engine
+
+    async def AgentStep(self, request: pb.AgentStepRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.AgentStepResponse:
+        messages = _messages(request.messages)
+        step = await self._engine.step(messages, config_from_proto(request.config))
+        return pb.AgentStepResponse(
+            new_messages=[wire.message_to_proto(m, "new_messages") for m in step.new_messages],
+            tool_calls=[_tool_call(c) for c in step.tool_calls],
+            tool_results=[_tool_result(r) for r in step.tool_results],
+            done=step.done, final_answer=step.final_answer or "", usage=_usage(step.usage))
+
+    async def AgentRun(self, request: pb.AgentRunRequest,
+                       context: grpc.aio.ServicerContext[Any, Any],
+                       ) -> AsyncIterator[pb.AgentRunResponse]:
+        messages = _messages(request.messages)
+        config = config_from_proto(request.config)
+        clock = ManifestClock("agent", request.context, request_id=current_request_id(),
+                              model=config.model or "")
+        async with contextlib.aclosing(self._engine.run(messages, config)) as events:
+            async for event in events:
+                if isinstance(event, ModelTurnEvent):
+                    turn = pb.ModelTurn(iteration=event.iteration,
+                                        message=wire.message_to_proto(event.message, "message"),
+                                        usage=_usage(event.usage))
+                    turn.duration.FromNanoseconds(int(event.seconds * 1e9))
+                    yield pb.AgentRunResponse(model_turn=turn)
+                elif isinstance(event, ToolCallEvent):
+                    yield pb.AgentRunResponse(tool_call=pb.ToolCallEvent(
+                        iteration=event.iteration, tool_call=_tool_call(event.tool_call)))
+                elif isinstance(event, ToolResultEvent):
+                    yield pb.AgentRunResponse(tool_result=pb.ToolResultEvent(
+                        iteration=event.iteration, result=_tool_result(event.result)))
+                elif isinstance(event, FinalEvent):
+                    final = final_to_proto(event.result)
+                    final.manifest.CopyFrom(clock.finish(backend="agent"))
+                    yield pb.AgentRunResponse(final=final)

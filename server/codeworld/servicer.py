@@ -1,0 +1,210 @@
+"""CodeWorldService over gRPC: translate the request, stream the engine's events."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from scillm.codeworld.v1 import codeworld_pb2 as pb
+from scillm.codeworld.v1 import codeworld_pb2_grpc
+
+from ..errors import ErrorTable, StatusError
+from ..interceptors import current_request_id
+from ..manifests import ManifestClock
+from . import errors
+from ._engine import CodeWorldEngine
+from ._events import Generation, MctsProgress, RunResult, Summary
+from ._model import AutogenSpec, Item, JudgeSpec, MctsSettings, RunRequest, Strategy
+from .sandbox import Limits
+
+__all__ = ["ERRORS", "CodeWorldServicer", "request_from_proto"]
+
+ERRORS: ErrorTable = {
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.SandboxError: grpc.StatusCode.UNAVAILABLE,
+    errors.GenerationFailed: grpc.StatusCode.UNAVAILABLE,
+    errors.CodeWorldError: grpc.StatusCode.INTERNAL,
+}
+
+_LANGUAGES = {pb.LANGUAGE_UNSPECIFIED: "python", pb.LANGUAGE_PYTHON: "python",
+              pb.LANGUAGE_JAVASCRIPT: "javascript"}
+_STATUS = {"ok": pb.RUN_STATUS_OK, "error": pb.RUN_STATUS_ERROR,
+           "timeout": pb.RUN_STATUS_TIMEOUT, "killed": pb.RUN_STATUS_KILLED}
+
+
+def _seconds(d: Any) -> float:
+    return float(d.seconds + d.nanos / 1e9)
+
+
+def _invalid(message: str, param: str) -> StatusError:
+    return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
+
+
+def _limits(limits: pb.Limits) -> tuple[Limits | None, int | None]:
+    if not limits.ByteSize():
+        return None, None
+    values: dict[str, Any] = {}
+    if limits.HasField("timeout"):
+        values["wall_time"] = _seconds(limits.timeout)
+    if limits.HasField("cpu_time"):
+        values["cpu_time"] = _seconds(limits.cpu_time)
+    if limits.memory_bytes:
+        values["memory"] = limits.memory_bytes
+    if limits.max_file_bytes:
+        values["file_size"] = limits.max_file_bytes
+    if limits.max_open_files:
+        values["open_files"] = limits.max_open_files
+    if limits.max_output_bytes:
+        values["output"] = limits.max_output_bytes
+    try:
+        built = Limits(**values) if values else None
+    except ValueError as exc:
+        raise _invalid(f"limits: {exc}", "limits") from None
+    return built, (limits.concurrency or None)
+
+
+def request_from_proto(req: pb.CodeWorldRunRequest) -> RunRequest:
+    """The engine's request for a `CodeWorldRunRequest`."""
+    if not req.items:
+        raise _invalid("items must not be empty", "items")
+    items = []
+    for i, task in enumerate(req.items):
+        context = json_format.MessageToDict(task.context) if task.HasField("context") else {}
+        if task.tests:
+            context["tests"] = task.tests
+        if task.entry_point:
+            context["entry_point"] = task.entry_point
+        items.append(Item(task_id=task.task_id or f"item-{i}", description=task.description,
+                          context=context))
+    strategies = tuple(
+        Strategy(name=s.name or f"strategy-{i}", source=s.source,
+                 language=_LANGUAGES.get(s.language, "python"))
+        for i, s in enumerate(req.strategies))
+    limits, concurrency = _limits(req.limits)
+    judge = req.scoring.judge
+    weights = dict(judge.weights)
+    spec = JudgeSpec(
+        mode="lexicographic" if judge.mode == pb.JUDGE_MODE_LEXICOGRAPHIC else "weighted",
+        **({"weights": weights} if weights else {}),
+        **({"order": tuple(judge.order)} if judge.order else {}))
+    mcts = autogen = None
+    if req.mode == pb.SEARCH_MODE_MCTS:
+        m = req.mcts
+        mcts = MctsSettings(
+            rollouts=m.rollouts or 16, depth=m.depth or 1, uct_c=m.uct_c or 1.4, seed=m.seed,
+            time_budget=_seconds(m.time_budget) if m.HasField("time_budget") else None,
+            model=m.model, temperature=m.temperature if m.HasField("temperature") else 0.0)
+        if m.autogenerate:
+            autogen = AutogenSpec(
+                n=m.num_variants or 3, model=m.model, seed=m.seed,
+                temperature=m.temperature if m.HasField("temperature") else 0.7)
+    if not strategies and autogen is None:
+        raise _invalid("strategies must not be empty (or set mcts.autogenerate)", "strategies")
+    return RunRequest(
+        items=tuple(items), strategies=strategies, scorer=req.scoring.score_source or None,
+        judge=spec, limits=limits, concurrency=concurrency,
+        strict=True if req.limits.strict else None, mcts=mcts, autogenerate=autogen,
+        session_id=req.context.session_id or None, track=req.context.track or "default")
+
+
+def _value(value: Any) -> struct_pb2.Value:
+    out = struct_pb2.Value()
+    try:
+        json_format.ParseDict(value, out)
+    except (json_format.ParseError, TypeError, ValueError):
+        out.string_value = repr(value)
+    return out
+
+
+def _finite(metrics: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+
+
+def run_to_proto(run: RunResult, variant_id: str = "") -> pb.RunResult:
+    """One run as a `RunResult` message."""
+    error = ""
+    if run.status.value != "ok":
+        error = ": ".join(p for p in (run.reason, run.error_type, run.error_message) if p)
+    out = pb.RunResult(task_id=run.task_id, strategy=run.strategy,
+                       status=_STATUS.get(run.status.value, pb.RUN_STATUS_ERROR),
+                       result=_value(run.result), stdout=run.stdout, stderr=run.stderr,
+                       error=error, lines_of_code=run.lines_of_code,
+                       metrics=_finite(run.metrics), score_error=run.score_error,
+                       variant_id=variant_id)
+    out.timings.wall.FromNanoseconds(int(run.wall * 1e9))
+    out.timings.cpu.FromNanoseconds(int(run.cpu * 1e9))
+    out.timings.peak_memory_bytes = run.peak_memory
+    if run.correct is not None:
+        out.tests_passed = run.correct
+    return out
+
+
+def _generation(gen: Generation) -> pb.GenerationInfo:
+    return pb.GenerationInfo(model=gen.model, n=gen.n, temperature=gen.temperature,
+                             prompt_sha256=gen.prompt_sha256,
+                             response_sha256=gen.response_sha256, error=gen.error,
+                             accepted=len(gen.variant_ids))
+
+
+def summary_to_proto(summary: Summary, items: int) -> pb.CodeWorldRunSummary:
+    """The terminal summary (manifest added by the caller)."""
+    out = pb.CodeWorldRunSummary(items=items, succeeded=summary.counts.get("ok", 0),
+                                 failed=summary.counts.get("runs", 0)
+                                 - summary.counts.get("ok", 0))
+    for task_id, ranked in summary.rankings.items():
+        out.rankings.add(task_id=task_id, entries=[
+            pb.RankedStrategy(strategy=r.strategy, rank=r.rank, score=r.score,
+                              metrics=_finite(r.metrics)) for r in ranked])
+    if summary.mcts_stats is not None:
+        s = summary.mcts_stats
+        out.mcts_stats.rollouts = s.rollouts
+        out.mcts_stats.explored = s.explored
+        out.mcts_stats.best_variant_id = s.best_variant_id
+        for node in s.children:
+            out.mcts_stats.children.add(
+                variant_id=node.variant_id, parent_id=node.parent_id, depth=node.depth,
+                visits=node.visits, value=node.value,
+                mean=node.value / node.visits if node.visits else 0.0)
+    if summary.generation is not None:
+        out.mcts_stats.generation.CopyFrom(_generation(summary.generation))
+    if summary.session is not None:
+        si = summary.session
+        out.session.CopyFrom(pb.SessionInfo(
+            session_id=si.session_id, track=si.track, mean_aggregate=si.mean_aggregate,
+            previous_mean=si.previous_mean or 0.0, plateau=si.plateau, runs=si.index + 1))
+    return out
+
+
+class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
+    """Thin gRPC edge of the CodeWorld engine."""
+
+    def __init__(self, engine: CodeWorldEngine) -> None:
+        self._engine = engine
+
+    async def CodeWorldRun(self, request: pb.CodeWorldRunRequest,
+                           context: grpc.aio.ServicerContext[Any, Any],
+                           ) -> AsyncIterator[pb.CodeWorldRunResponse]:
+        run_request = request_from_proto(request)
+        self._engine.validate(run_request)
+        clock = ManifestClock("codeworld", request.context, request_id=current_request_id(),
+                              model=request.mcts.model,
+                              item_ids=[i.task_id for i in run_request.items])
+        async with contextlib.aclosing(self._engine.run(run_request)) as events:  # type: ignore[type-var]
+            async for event in events:
+                if isinstance(event, RunResult):
+                    yield pb.CodeWorldRunResponse(run=run_to_proto(event))
+                elif isinstance(event, MctsProgress):
+                    yield pb.CodeWorldRunResponse(mcts_progress=pb.MctsProgress(
+                        rollout=event.rollout, variant_id=event.variant_id,
+                        reward=event.reward, best_variant_id=event.best_variant_id,
+                        best_value=event.best_reward))
+                elif isinstance(event, Summary):
+                    summary = summary_to_proto(event, len(run_request.items))
+                    summary.manifest.CopyFrom(clock.finish(backend="sandbox",
+                                                           isolation=event.isolation))
+                    yield pb.CodeWorldRunResponse(summary=summary)

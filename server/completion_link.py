@@ -1,0 +1,60 @@
+"""How Prove, CodeWorld and Agent reach CompletionService: through the gRPC client,
+like any other caller, so routing, retries, cache, tracing and manifests apply to them
+too, and a service can run in another process (`Settings.completion_target`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from scillm.clients import ScillmClient, openai_wire
+
+__all__ = ["CompletionLink"]
+
+
+class CompletionLink:
+    """A lazily opened client to CompletionService, with the call shapes domains use."""
+
+    def __init__(self, target: Callable[[], str]) -> None:
+        self._target = target
+        self._client: ScillmClient | None = None
+
+    def _get(self) -> ScillmClient:
+        if self._client is None:
+            self._client = ScillmClient(self._target())
+        return self._client
+
+    async def chat(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """OpenAI request dict in, OpenAI `chat.completion` dict out."""
+        reply = await self._get().completion.create(request)
+        return openai_wire.response_from_proto(reply)
+
+    async def text(self, messages: Sequence[Mapping[str, Any]], *, model: str,
+                   temperature: float | None = None, seed: int | None = None) -> str:
+        """The first choice's text."""
+        text, _ = await self.text_and_usage(messages, model=model, temperature=temperature,
+                                            seed=seed)
+        return text
+
+    async def text_and_usage(self, messages: Sequence[Mapping[str, Any]], *, model: str,
+                             temperature: float | None = None, seed: int | None = None,
+                             ) -> tuple[str, dict[str, Any]]:
+        """The first choice's text and the usage."""
+        request: dict[str, Any] = {"model": model, "messages": list(messages)}
+        if temperature is not None:
+            request["temperature"] = temperature
+        if seed is not None:
+            request["seed"] = seed
+        reply = await self.chat(request)
+        choices = reply.get("choices") or [{}]
+        content = (choices[0].get("message") or {}).get("content") or ""
+        if not isinstance(content, str):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return content, reply.get("usage") or {}
+
+    async def close(self) -> None:
+        """Close the channel, if one was opened."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
