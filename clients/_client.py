@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequen
 from typing import Any, TypeVar
 
 import grpc
+
 from scillm.agent.v1 import agent_pb2, agent_pb2_grpc
 from scillm.codeworld.v1 import codeworld_pb2, codeworld_pb2_grpc
 from scillm.completion.v1 import completion_pb2, completion_pb2_grpc

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+
 from scillm.common.v1 import common_pb2
 from scillm.completion.v1 import completion_pb2 as pb
 

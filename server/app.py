@@ -116,6 +116,7 @@ class Mesh:
 
     async def _start_http(self) -> None:
         import uvicorn
+
         from scillm.bridges.openai import create_app
         from scillm.clients import ScillmClient
 

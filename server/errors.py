@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from scillm.clients.errors import InvalidRequestError, RPCError
 
 __all__ = ["ErrorTable", "StatusError", "status_for", "to_status"]

@@ -4,6 +4,11 @@
     GET  /v1/models             configured model names
     GET  /healthz               the process is up
     GET  /readyz                every served service is SERVING (asks gRPC health)
+    POST /agent/run             the seed's agent envelope
+    POST /bridge/complete       the seed's {messages, items, provider, options} envelope
+
+Model names `codeworld/...`, `agent/<model>`, `certainly/...` and `lean4/...` reach the
+other services (see runs.py).
 
 Every response carries `x-request-id` (the caller's, or a new one), which is also the
 gRPC call's request id. Errors use OpenAI's body; once a stream has started, an error
@@ -20,16 +25,17 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scillm.clients import ScillmClient, openai_wire
-from scillm.clients.errors import InvalidRequestError, RPCError
-from scillm.completion.v1 import completion_pb2 as pb
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import sse
+from scillm.clients import ScillmClient, openai_wire
+from scillm.clients.errors import InvalidRequestError, RPCError
+from scillm.completion.v1 import completion_pb2 as pb
+
+from . import runs, sse
 from .errors import error_body, from_exception
 
 __all__ = ["create_app"]
@@ -120,6 +126,9 @@ class _Shim:
         request_id: str = request.scope["state"]["request_id"]
         try:
             body = await self._json_body(request)
+            routed = runs.route(self.client, body, request_id)
+            if routed is not None:
+                return await self._routed(routed, stream=body.get("stream") is True)
             proto = openai_wire.request_to_proto(body)
             stream = body.get("stream") is True
             if stream:
@@ -133,10 +142,7 @@ class _Shim:
                                          headers={"cache-control": "no-cache"})
             resp = await self.client.completion.create(proto, request_id=request_id)
         except _TooLarge as exc:
-            return JSONResponse(error_body(
-                f"request body of {exc.size} bytes exceeds the limit of "
-                f"{self.max_request_bytes} bytes", "invalid_request_error",
-                code="request_too_large"), status_code=413)
+            return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
             return _error(exc)
         except StopAsyncIteration:
@@ -147,6 +153,83 @@ class _Shim:
         return JSONResponse(out, headers={
             "x-scillm-overhead-ms": f"{_duration_ms(resp.routing.overhead):.3f}",
             "x-scillm-total-ms": f"{upstream + _duration_ms(resp.routing.overhead):.3f}"})
+
+    async def _routed(self, run: runs.RoutedRun, *, stream: bool) -> Response:
+        """A run of another service behind a model name (see runs.py)."""
+        completion_id = runs.new_completion_id()
+        if stream:
+            chunks = run.chunks(completion_id)
+            first = await anext(chunks)
+            return StreamingResponse(self._routed_sse(first, chunks),
+                                     media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        text, payload = await run.collect()
+        return JSONResponse({
+            "id": completion_id, "object": "chat.completion", "created": int(time.time()),
+            "model": run.model, "choices": [{"index": 0, "finish_reason": "stop",
+                                             "logprobs": None, "message": {
+                                                 "role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "scillm": payload})
+
+    async def _routed_sse(self, first: dict[str, Any],
+                          chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+        yield sse.event(first)
+        try:
+            async for chunk in chunks:
+                yield sse.event(chunk)
+        except (RPCError, InvalidRequestError) as exc:
+            _, body, _ = from_exception(exc)
+            yield sse.event(body)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        yield sse.DONE
+
+    async def agent_run(self, request: Request) -> Response:
+        """The seed's `POST /agent/run` envelope; the final event as JSON."""
+        request_id: str = request.scope["state"]["request_id"]
+        try:
+            body = await self._json_body(request)
+            run = runs.route(self.client, {**body, "model": f"agent/{body.get('model', '')}"},
+                             request_id)
+            assert run is not None
+            _, payload = await run.collect()
+        except _TooLarge as exc:
+            return self._too_large(exc)
+        except (InvalidRequestError, RPCError) as exc:
+            return _error(exc)
+        return JSONResponse(payload["result"])
+
+    async def bridge_complete(self, request: Request) -> Response:
+        """The seed's `POST /bridge/complete` envelope: {messages, items, provider, options}.
+
+        The model picks the service; without one, items with strategies go to CodeWorld
+        and other items to Certainly (Prove).
+        """
+        request_id: str = request.scope["state"]["request_id"]
+        try:
+            body = await self._json_body(request)
+            if not body.get("model"):
+                args = ((body.get("provider") or {}).get("args") or {}) \
+                    if isinstance(body.get("provider"), dict) else {}
+                body["model"] = "codeworld" if (args.get("strategies")
+                                                or body.get("strategies")) else "certainly"
+            run = runs.route(self.client, body, request_id)
+            if run is None:
+                raise InvalidRequestError(
+                    "/bridge/complete serves codeworld/..., certainly/..., lean4/... and "
+                    "agent/... models", param="model")
+            return await self._routed(run, stream=body.get("stream") is True)
+        except _TooLarge as exc:
+            return self._too_large(exc)
+        except (InvalidRequestError, RPCError) as exc:
+            return _error(exc)
+
+    def _too_large(self, exc: _TooLarge) -> JSONResponse:
+        return JSONResponse(error_body(
+            f"request body of {exc.size} bytes exceeds the limit of "
+            f"{self.max_request_bytes} bytes", "invalid_request_error",
+            code="request_too_large"), status_code=413)
 
     async def _sse(self, first: pb.CompletionStreamResponse,
                    events: AsyncIterator[pb.CompletionStreamResponse],
@@ -212,6 +295,8 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/chat/completions", shim.chat_completions, methods=["POST"]),
         Route("/v1/models", shim.models, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),
+        Route("/agent/run", shim.agent_run, methods=["POST"]),
+        Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
         Route("/readyz", shim.readyz, methods=["GET"]),
     ]

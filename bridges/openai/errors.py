@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from scillm.clients.errors import InvalidRequestError, RPCError
 
 __all__ = ["STATUS_TABLE", "error_body", "from_exception"]

@@ -1,0 +1,1 @@
+"""Translators for the seed's HTTP envelopes (CodeWorld, Agent, Certainly) into protos."""

