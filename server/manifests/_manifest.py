@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from functools import cache
 
 from google.protobuf import timestamp_pb2
+
 from scillm.common.v1 import common_pb2
 
 __all__ = ["ManifestClock", "versions"]

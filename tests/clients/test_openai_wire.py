@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from scillm.clients import InvalidRequestError, openai_wire
 
 FULL_REQUEST: dict[str, Any] = {

@@ -28,6 +28,7 @@ def test_error_hierarchy() -> None:
 
 def test_settings_validation() -> None:
     import pytest
+
     from scillm.server.agent import AgentSettings, McpServerConfig
 
     with pytest.raises(errors.AgentConfigError) as info:

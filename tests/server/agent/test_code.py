@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from scillm.server.agent import (
     DEFAULT_BASH_ALLOWLIST,
     AgentEngine,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from scillm.server.codeworld import CodeWorldEngine, CodeWorldSettings, Limits, SandboxSettings
 from scillm.server.codeworld.sandbox import Sandbox
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 import scillm.server.codeworld as codeworld
 from scillm.server.codeworld import (
     CodeWorldEngine,

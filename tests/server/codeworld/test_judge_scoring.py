@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from scillm.server.codeworld import JudgeSpec, Rubric, aggregate, rank
 from scillm.server.codeworld._scoring import lines_of_code, validate_metrics
 from scillm.server.codeworld.sandbox import Execution, Status

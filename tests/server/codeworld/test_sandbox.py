@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from scillm.server.codeworld.errors import InvalidLimits, InvalidSource, PolicyViolation
 from scillm.server.codeworld.sandbox import (
     BUBBLEWRAP,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from completion_upstream import EngineFactory, FakeTime, Upstream
+
 from scillm.server.completion import CompletionEngine, CompletionSettings, RetryHooks
 
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from completion_upstream import EngineFactory, Upstream, anthropic, status
+
 from scillm.server.completion import ContextWindowExceeded, StreamChunk, StreamEnd
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from completion_upstream import EngineFactory, Upstream
+
 from scillm.server.completion import CompletionSettings, StreamChunk, StreamEnd
 from scillm.server.completion._cache import MemoryCache, ResponseCache, assemble, replay
 

@@ -22,6 +22,7 @@ from completion_upstream import (
     slow,
     status,
 )
+
 from scillm.server.completion import (
     AuthenticationError,
     ContextWindowExceeded,

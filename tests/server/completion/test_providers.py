@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from completion_upstream import EngineFactory
+
 from scillm.server.completion import ProviderUnavailable, StreamChunk, StreamEnd
 from scillm.server.completion._local import LocalProvider
 

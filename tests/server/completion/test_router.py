@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from completion_upstream import FakeTime
+
 from scillm.server.completion import CompletionSettings, RateLimited, UpstreamError
 from scillm.server.completion._retry import backoff_delay, is_retryable, parse_retry_after
 from scillm.server.completion._router import Router

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from scillm.server.completion import CompletionSettings, InvalidRequest, Secret
 
 YAML = """
