@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshutil import RunningMesh, mesh_settings, start_mesh
+
 from scillm.clients import RPCError, ScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
 
