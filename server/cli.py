@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codeworld_run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .commands.codeworld import load_spec, run_codeworld
+
+    try:
+        raw = load_spec(args.spec)
+    except OSError as exc:
+        print(f"scillm codeworld: cannot read {args.spec}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return uvloop.run(run_codeworld(args.spec, raw, args.target))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `scillm`."""
     parser = argparse.ArgumentParser(
@@ -63,11 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", type=float,
                        help="seconds in-flight calls get after SIGTERM (default 10)")
     serve.set_defaults(func=_serve)
+
+    target_help = ("mesh to use (default $SCILLM_TARGET or 127.0.0.1:50051); when none "
+                   "answers, a private mesh is started in this process")
+    codeworld = sub.add_parser("codeworld", help="run competing code strategies")
+    cw_sub = codeworld.add_subparsers(dest="action", required=True)
+    cw_run = cw_sub.add_parser(
+        "run", help="run SPEC.json: every strategy on every item, in the sandbox",
+        description="Print each run and the summary as JSON lines on stdout, a progress "
+                    "bar on stderr. Exit 0 when the run completed, whatever the scores.")
+    cw_run.add_argument("spec", type=Path, metavar="SPEC.json",
+                        help="the seed's envelope: items, strategies, ...")
+    cw_run.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
+                        help=target_help)
+    cw_run.set_defaults(func=_codeworld_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `scillm` console script."""
+    # The sandbox and provers start subprocesses; gRPC's fork handlers are not needed
+    # (no child uses gRPC) and would log a line per fork. Read by grpc at import.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,1 @@
+"""Client-side subcommands of `scillm` (prove, codeworld): they talk to a mesh over gRPC."""

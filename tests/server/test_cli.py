@@ -1,0 +1,52 @@
+"""The `scillm` command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from meshutil import RunningMesh
+
+SCILLM = str(Path(sys.executable).parent / "scillm")
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCILLM, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_help_texts() -> None:
+    assert "serve" in _run("--help").stdout
+    serve = _run("serve", "--help").stdout
+    assert "--service" in serve and "--config" in serve
+    assert "SPEC.json" in _run("codeworld", "run", "--help").stdout
+
+
+def test_serve_rejects_an_unknown_service() -> None:
+    out = _run("serve", "--service", "nope")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_codeworld_run_against_a_running_mesh(tmp_path: Path, mesh: RunningMesh) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "items": [{"task_id": "a", "context": {"input": [2, 3], "expected": 5}}],
+        "strategies": [{"name": "s", "source": "def solve(t, c):\n    return sum(c['input'])\n"}],
+    }))
+    out = _run("codeworld", "run", str(spec), "--target", mesh.grpc_target)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines[0]["run"]["result"] == 5
+    assert "summary" in lines[-1]
+    assert "CodeWorld: 1 items, 1 succeeded, 0 failed" in out.stderr
+
+
+def test_codeworld_run_with_a_bad_spec(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"items": []}))
+    out = _run("codeworld", "run", str(spec))
+    assert out.returncode == 2 and "items" in out.stderr
+    missing = _run("codeworld", "run", str(tmp_path / "absent.json"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
