@@ -33,8 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         uvloop.run(serve(settings))
-    except OSError as exc:
-        print(f"scillm serve: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - start-up failure: a message, not a traceback
+        logging.getLogger("scillm.server").debug("start-up failed", exc_info=exc)
+        print(f"scillm serve: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

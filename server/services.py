@@ -96,7 +96,8 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
 
 
 def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
-    from .agent import AgentEngine, AgentSettings, SandboxExecutor
+    from .agent import AgentEngine, SandboxExecutor
+    from .agent._config_file import agent_settings_from_file
     from .agent.servicer import ERRORS, AgentServicer
     from .codeworld.sandbox import Sandbox
 
@@ -104,7 +105,8 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
     own_sandbox = sandbox is None
     if sandbox is None:  # served without CodeWorld: the agent starts its own sandbox
         sandbox = Sandbox()
-    engine = AgentEngine(AgentSettings(), link.chat, SandboxExecutor(sandbox))
+    engine = AgentEngine(agent_settings_from_file(settings.config_path), link.chat,
+                         SandboxExecutor(sandbox))
 
     async def start() -> bool:
         if own_sandbox:

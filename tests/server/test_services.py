@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,36 @@ async def test_agent_max_iterations_stops_a_model_that_never_stops(
             events = [e async for e in client.agent.run(request)]
         assert events[-1].final.stop_reason == agent_pb2.STOP_REASON_MAX_ITERATIONS
         assert events[-1].final.metrics.iterations == 3
+    finally:
+        running.stop()
+        upstream.stop()
+
+
+async def test_agent_calls_a_configured_mcp_server(tmp_path: Path) -> None:
+    server = Path(__file__).parent / "agent" / "mcp_server.py"
+    upstream = ScriptedUpstream([
+        {"content": None, "tool_calls": [{"id": "m1", "type": "function", "function": {
+            "name": "demo__add", "arguments": json.dumps({"a": 20, "b": 22})}}]},
+        {"content": "20 + 22 = 42"}]).start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": "scripted", "litellm_params": {
+            "model": "openai/scripted", "api_base": upstream.url, "api_key": "x"}}],
+        "litellm_settings": {"cache": False},
+        "mcp_servers": {"demo": {"command": sys.executable, "args": [str(server), "stdio"]}}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config,
+                                       services=("completion", "agent"), http_enabled=False))
+    try:
+        request = _agent_request()
+        request.config.model = "scripted"
+        async with ScillmClient(running.grpc_target) as client:
+            events = [e async for e in client.agent.run(request)]
+        results = [e.tool_result.result for e in events if e.HasField("tool_result")]
+        assert results and results[0].name == "demo__add"
+        assert results[0].output.strip() == "42" and not results[0].is_error
+        assert events[-1].final.answer == "20 + 22 = 42"
+        offered = [t["function"]["name"] for t in upstream.requests[0]["tools"]]
+        assert "demo__add" in offered
     finally:
         running.stop()
         upstream.stop()
