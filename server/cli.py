@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvloop.run(serve(settings))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - start-up failure: a message, not a traceback
+    except Exception as exc:  # start-up failure: a message, not a traceback
         logging.getLogger("scillm.server").debug("start-up failed", exc_info=exc)
         print(f"scillm serve: cannot start: {exc}", file=sys.stderr)
         return 1

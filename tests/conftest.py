@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Sandboxes and provers fork; no child uses gRPC, so gRPC's fork handlers (and their log
+# lines) are not wanted. Must be set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import shutil
 import sys
 from collections.abc import Iterator

@@ -266,3 +266,59 @@ async def test_agent_calls_a_configured_mcp_server(tmp_path: Path) -> None:
     finally:
         running.stop()
         upstream.stop()
+
+
+def test_codeworld_mcts_auto_generates_and_searches(
+        scripted_mesh: tuple[RunningMesh, ScriptedUpstream], tmp_path: Path) -> None:
+    variants = {"variants": [
+        {"id": "v_sum", "title": "builtin", "rationale": "sum()", "code": GOOD},
+        {"id": "v_zero", "title": "wrong", "rationale": "zero", "code": BAD}]}
+    upstream = ScriptedUpstream([{"content": json.dumps(variants)}]).start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "gen", "litellm_params": {
+        "model": "openai/gen", "api_base": upstream.url, "api_key": "x"}}],
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config,
+                                       services=("completion", "codeworld")))
+    try:
+        body = {"model": "codeworld/mcts:auto", "messages": [
+                    {"role": "user", "content": "return the sum of the input list"}],
+                "items": [{"task_id": "a", "context": {"input": [1, 2], "expected": 3}}],
+                "rollouts": 6, "seed": 3, "uct_c": 1.0, "num_variants": 2,
+                "provider": {"args": {"generator_model": "gen"}}}
+        first = httpx.post(f"{running.http_url}/v1/chat/completions", json=body, timeout=120)
+        assert first.status_code == 200, first.text
+        result = first.json()["scillm"]["result"]
+        stats = result["mcts_stats"]
+        assert stats["best_variant_id"] == "v_sum"
+        assert stats["generation"]["model"] == "gen" and stats["generation"]["accepted"] == 2
+        assert len(stats["generation"]["prompt_sha256"]) == 64
+        progress = [e for e in first.json()["scillm"]["events"] if "mcts_progress" in e]
+        assert len(progress) == 6
+        second = httpx.post(f"{running.http_url}/v1/chat/completions", json=body, timeout=120)
+        assert second.json()["scillm"]["result"]["mcts_stats"]["children"] == stats["children"]
+    finally:
+        running.stop()
+        upstream.stop()
+
+
+def test_codeworld_failed_generation_is_reported(tmp_path: Path) -> None:
+    upstream = ScriptedUpstream([{"content": "no json here"}]).start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "gen", "litellm_params": {
+        "model": "openai/gen", "api_base": upstream.url, "api_key": "x"}}],
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config,
+                                       services=("completion", "codeworld")))
+    try:
+        body = {"model": "codeworld/mcts:auto", "messages": [{"role": "user", "content": "x"}],
+                "items": [{"task_id": "a", "context": {"input": [1], "expected": 1}}],
+                "provider": {"args": {"generator_model": "gen"}}}
+        resp = httpx.post(f"{running.http_url}/v1/chat/completions", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        result = resp.json()["scillm"]["result"]
+        assert result["mcts_stats"]["generation"]["error"]  # reported, never stubbed
+        assert result.get("succeeded", 0) == 0 and not result.get("rankings")
+    finally:
+        running.stop()
+        upstream.stop()
