@@ -55,6 +55,20 @@ def _codeworld_run(args: argparse.Namespace) -> int:
     return uvloop.run(run_codeworld(args.spec, raw, args.target))
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from .commands import runs
+
+    path = args.store or Settings.from_env().store_path
+    if args.action == "list":
+        return runs.list_runs(path, session=args.session, track=args.track,
+                              service=args.service, limit=args.limit)
+    if args.action == "show":
+        return runs.show_run(path, args.run_id)
+    import uvloop
+
+    return uvloop.run(runs.replay_run(path, args.run_id, args.target))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `scillm`."""
     parser = argparse.ArgumentParser(
@@ -94,6 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     cw_run.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                         help=target_help)
     cw_run.set_defaults(func=_codeworld_run)
+
+    runs = sub.add_parser("runs", help="list, show and replay stored runs (manifests)")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    store_help = "run store (default $SCILLM_STORE_PATH or ~/.scillm/runs.sqlite3)"
+    runs_list = runs_sub.add_parser("list", help="stored runs, newest first")
+    runs_list.add_argument("--session", help="only this session")
+    runs_list.add_argument("--track", help="only this track")
+    runs_list.add_argument("--service", choices=SERVICES, help="only this service")
+    runs_list.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    runs_show = runs_sub.add_parser("show", help="manifest, request and result of a run")
+    runs_show.add_argument("run_id", help="run id (a unique prefix is enough)")
+    runs_replay = runs_sub.add_parser(
+        "replay", help="re-execute a run with its stored inputs and report what differs",
+        description="Exit 0 when the replay matches, 3 when something differs.")
+    runs_replay.add_argument("run_id", help="run id (a unique prefix is enough)")
+    runs_replay.add_argument("--target",
+                             default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
+                             help=target_help)
+    for p in (runs_list, runs_show, runs_replay):
+        p.add_argument("--store", type=Path, help=store_help)
+        p.set_defaults(func=_runs)
     return parser
 
 

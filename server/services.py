@@ -19,6 +19,7 @@ from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
 from .completion_link import CompletionLink
 from .errors import ErrorTable
+from .manifests import RunStore
 from .settings import Settings
 
 __all__ = ["SERVICE_NAMES", "ServiceParts", "build_service"]
@@ -50,6 +51,15 @@ class ServiceParts:
     #: Start the engine; True when the service can serve.
     start: Callable[[], Awaitable[bool]] = _ready
     close: Callable[[], Awaitable[None]] = _nothing
+
+
+def _store(settings: Settings, shared: dict[str, Any]) -> RunStore:
+    """The process's one run store."""
+    store = shared.get("store")
+    if store is None:
+        store = shared["store"] = RunStore(settings.store_path)
+    assert isinstance(store, RunStore)
+    return store
 
 
 def _completion(settings: Settings) -> ServiceParts:
@@ -87,7 +97,7 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
         await engine.start()
         return True
 
-    servicer = CodeWorldServicer(engine)
+    servicer = CodeWorldServicer(engine, _store(settings, shared))
     return ServiceParts(
         "codeworld", SERVICE_NAMES["codeworld"],
         lambda server: codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server(
@@ -119,7 +129,7 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
         if own_sandbox:
             await sandbox.close()
 
-    servicer = AgentServicer(engine)
+    servicer = AgentServicer(engine, _store(settings, shared))
     return ServiceParts(
         "agent", SERVICE_NAMES["agent"],
         lambda server: agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server),

@@ -15,7 +15,7 @@ from scillm.completion.v1 import completion_pb2 as cpb
 
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock
+from ..manifests import ManifestClock, RunStore
 from . import errors
 from ._engine import AgentEngine
 from ._records import (
@@ -120,8 +120,9 @@ def final_to_proto(result: RunResult) -> pb.AgentFinal:
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Thin gRPC edge of the agent loop."""
 
-    def __init__(self, engine: AgentEngine) -> None:
+    def __init__(self, engine: AgentEngine, store: RunStore | None = None) -> None:
         self._engine = engine
+        self._store = store
 
     async def AgentStep(self, request: pb.AgentStepRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.AgentStepResponse:
@@ -157,4 +158,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 elif isinstance(event, FinalEvent):
                     final = final_to_proto(event.result)
                     final.manifest.CopyFrom(clock.finish(backend="agent"))
+                    if self._store is not None:
+                        await self._store.put(final.manifest, request, final)
                     yield pb.AgentRunResponse(final=final)

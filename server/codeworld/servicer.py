@@ -15,7 +15,7 @@ from scillm.codeworld.v1 import codeworld_pb2_grpc
 
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock
+from ..manifests import ManifestClock, RunStore
 from . import errors
 from ._engine import CodeWorldEngine
 from ._events import Generation, MctsProgress, RunResult, Summary
@@ -183,8 +183,9 @@ def summary_to_proto(summary: Summary, items: int) -> pb.CodeWorldRunSummary:
 class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
     """Thin gRPC edge of the CodeWorld engine."""
 
-    def __init__(self, engine: CodeWorldEngine) -> None:
+    def __init__(self, engine: CodeWorldEngine, store: RunStore | None = None) -> None:
         self._engine = engine
+        self._store = store
 
     async def CodeWorldRun(self, request: pb.CodeWorldRunRequest,
                            context: grpc.aio.ServicerContext[Any, Any],
@@ -207,4 +208,6 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
                     summary = summary_to_proto(event, len(run_request.items))
                     summary.manifest.CopyFrom(clock.finish(backend="sandbox",
                                                            isolation=event.isolation))
+                    if self._store is not None:
+                        await self._store.put(summary.manifest, request, summary)
                     yield pb.CodeWorldRunResponse(summary=summary)

@@ -50,3 +50,28 @@ def test_codeworld_run_with_a_bad_spec(tmp_path: Path) -> None:
     assert out.returncode == 2 and "items" in out.stderr
     missing = _run("codeworld", "run", str(tmp_path / "absent.json"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_runs_list_show_and_replay(tmp_path: Path, mesh: RunningMesh) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "items": [{"task_id": "a", "context": {"input": [2, 3], "expected": 5}}],
+        "strategies": [{"name": "s", "source": "def solve(t, c):\n    return sum(c['input'])\n"}],
+        "options": {"session_id": "cli-session", "track_id": "t1"}}))
+    assert _run("codeworld", "run", str(spec), "--target", mesh.grpc_target).returncode == 0
+    store = str(mesh.mesh.settings.store_path)
+    listed = _run("runs", "list", "--store", store, "--session", "cli-session")
+    assert listed.returncode == 0 and "codeworld" in listed.stdout
+    run_id = listed.stdout.split()[0]
+    shown = json.loads(_run("runs", "show", run_id[:12], "--store", store).stdout)
+    assert shown["manifest"]["run_id"] == run_id
+    assert shown["request"]["items"][0]["task_id"] == "a"
+    replayed = _run("runs", "replay", run_id, "--store", store, "--target", mesh.grpc_target)
+    report = json.loads(replayed.stdout)
+    assert replayed.returncode in (0, 3), replayed.stderr
+    assert report["run_id"] == run_id and report["replay_run_id"] != run_id
+    # Speed metrics come from wall time; everything else must match.
+    assert all(("speed" in d or "score" in d) and "correctness" not in d
+               for d in report["differences"]), report
+    missing = _run("runs", "show", "nope", "--store", store)
+    assert missing.returncode == 1 and "no single run" in missing.stderr

@@ -1,0 +1,81 @@
+"""Replay a stored run: execute its stored request again and report what differs.
+
+Volatile fields (ids, times, durations, timings, the manifest itself) are left out of
+the comparison; everything else (verdicts, outputs, rankings, transcripts) must match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from scillm.clients import ScillmClient
+
+from ._store import StoredRun
+
+__all__ = ["comparable", "differences", "replay"]
+
+# `session` is the session's history, not an outcome of the inputs: a replay runs outside
+# the session (it must not count as one more run of it) and is not compared on it.
+_VOLATILE = {"manifest", "session", "duration", "timings", "step_times", "total_time", "id",
+             "created", "run_id", "request_id", "start_time", "end_time", "overhead",
+             "total_sleep"}
+
+
+def comparable(message: Message) -> Any:
+    """The message as a dict without its volatile fields."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in _VOLATILE}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return strip(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def differences(stored: Any, replayed: Any, path: str = "") -> list[str]:
+    """Paths where the two values differ, each with both values."""
+    if isinstance(stored, dict) and isinstance(replayed, dict):
+        out: list[str] = []
+        for key in sorted(set(stored) | set(replayed)):
+            out += differences(stored.get(key), replayed.get(key), f"{path}.{key}".lstrip("."))
+        return out
+    if isinstance(stored, list) and isinstance(replayed, list) and len(stored) == len(replayed):
+        out = []
+        for i, (a, b) in enumerate(zip(stored, replayed, strict=True)):
+            out += differences(a, b, f"{path}[{i}]")
+        return out
+    return [] if stored == replayed else [f"{path}: {stored!r} -> {replayed!r}"]
+
+
+async def _terminal(events: Any, field: str) -> Message:
+    last: Message | None = None
+    async for event in events:
+        if event.WhichOneof("event") == field:
+            last = getattr(event, field)
+    if last is None:
+        raise RuntimeError(f"the replayed stream ended without its {field}")
+    return last
+
+
+async def replay(stored: StoredRun, client: ScillmClient) -> tuple[Message, list[str]]:
+    """Re-execute `stored` through `client`; the new result and the differences."""
+    service = stored.manifest.service
+    request: Any = type(stored.request)()
+    request.CopyFrom(stored.request)
+    if service in ("codeworld", "agent", "prove"):
+        request.ClearField("context")
+    result: Message
+    if service == "codeworld":
+        result = await _terminal(client.codeworld.run(request), "summary")
+    elif service == "agent":
+        result = await _terminal(client.agent.run(request), "final")
+    elif service == "prove":
+        result = await _terminal(client.prove.prove(request), "summary")
+    elif service == "completion":
+        result = await client.completion.create(request)
+    else:
+        raise ValueError(f"cannot replay a run of service {service!r}")
+    return result, differences(comparable(stored.result), comparable(result))
