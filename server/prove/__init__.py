@@ -1,0 +1,90 @@
+"""Prove: check formal obligations with Z3, Coq and Lean 4, in warm worker pools.
+
+Domain code only: nothing here knows gRPC or HTTP. The servicer builds one engine::
+
+    engine = ProveEngine(ProveSettings(coq_pool_size=2))
+    await engine.start()                      # probes backends, optional prewarm
+    engine.backends()                         # [BackendInfo(name, available, version, reason)]
+    run = engine.run_batch(items, defaults=Limits(timeout_s=10, memory_mb=2048),
+                           formalize=FormalizeOptions(model="m"), complete=complete)
+    async with run:                           # leaving the block kills unfinished provers
+        async for result in run:              # ItemResult, in completion order
+            ...
+    run.summary                               # BatchSummary
+    await engine.close()                      # kills every prover process
+
+`run_batch` validates eagerly and raises the typed errors of `errors` (each naming its
+item); prover outcomes are verdicts (`Verdict`), never exceptions. Backends:
+
+* `smt` – Z3 (`z3 -in`, warm): the statement is a goal term whose negation must be
+  unsat, or a refutation script (see `_smtlib`); sat gives a counterexample model.
+* `coq` – Coq (`coqtop`, warm; `coqc` to locate errors): PROVED only when the file
+  loads and `Print Assumptions <theorem>` is closed (no axiom, admit, Admitted).
+* `lean4` – `lean --json` per item: PROVED only without error or `sorry`.
+
+Every prover runs in a child process under RLIMIT_AS, killed at its wall-clock limit
+(TIMEOUT), on cancellation, or with the engine; a killed warm worker is replaced.
+"""
+
+from __future__ import annotations
+
+from ._backend import Backend
+from ._batch import BatchRun
+from ._cache import MemoryCache, VerdictCache, cache_key
+from ._engine import ProveEngine
+from ._formalize import Complete, extract_code
+from ._lean import parse_lean_messages
+from ._settings import ProveSettings
+from ._types import (
+    Attempt,
+    BackendInfo,
+    BatchSummary,
+    CheckOutcome,
+    Diagnostic,
+    FormalizeOptions,
+    ItemResult,
+    Limits,
+    Obligation,
+    Verdict,
+)
+from .errors import (
+    BackendUnavailable,
+    BatchTooLarge,
+    EngineClosed,
+    FormalizeUnavailable,
+    InvalidBatch,
+    InvalidObligation,
+    ProveError,
+    SourceTooLarge,
+)
+
+__all__ = [
+    "Attempt",
+    "Backend",
+    "BackendInfo",
+    "BackendUnavailable",
+    "BatchRun",
+    "BatchSummary",
+    "BatchTooLarge",
+    "CheckOutcome",
+    "Complete",
+    "Diagnostic",
+    "EngineClosed",
+    "FormalizeOptions",
+    "FormalizeUnavailable",
+    "InvalidBatch",
+    "InvalidObligation",
+    "ItemResult",
+    "Limits",
+    "MemoryCache",
+    "Obligation",
+    "ProveEngine",
+    "ProveError",
+    "ProveSettings",
+    "SourceTooLarge",
+    "Verdict",
+    "VerdictCache",
+    "cache_key",
+    "extract_code",
+    "parse_lean_messages",
+]

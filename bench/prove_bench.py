@@ -1,0 +1,100 @@
+"""Prove bench: warm worker pools vs one prover process per obligation.
+
+Run: .venv/bin/python bench/prove_bench.py [--smt N] [--coq N] [--lia N]
+
+For each backend it checks N small, distinct obligations (cache disabled) through a
+`ProveEngine` with prewarmed pools, then the same sources with one `z3`/`coqc`
+process per obligation, sequentially (coqc also runs `Print Assumptions`, the check
+the pool does). It prints obligations/s for both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from scillm.server.prove import Limits, Obligation, ProveEngine, ProveSettings, Verdict
+
+
+def smt_items(n: int) -> list[Obligation]:
+    return [Obligation(f"s{i}", "smt", preamble="(declare-const x Int)\n(declare-const y Int)\n"
+                       f"(assert (> x {i}))", statement=f"(> (+ x y {i}) y)") for i in range(n)]
+
+
+def coq_items(n: int) -> list[Obligation]:
+    shapes = [("Theorem t{i} : {i} + 0 = {i}.", "Proof. reflexivity. Qed."),
+              ("Lemma l{i} : forall n : nat, 0 + n + {i} = n + {i}.", "Proof. intros. simpl. "
+               "reflexivity. Qed."),
+              ("Theorem a{i} : forall P Q : Prop, P /\\ Q -> Q /\\ P.",
+               "Proof. intros P Q [p q]. split; assumption. Qed.")]
+    return [Obligation(f"c{i}", "coq", statement=shapes[i % 3][0].format(i=i),
+                       proof=shapes[i % 3][1]) for i in range(n)]
+
+
+def lia_items(n: int) -> list[Obligation]:
+    return [Obligation(f"l{i}", "coq", imports=("Lia",),
+                       statement=f"Lemma l{i} : forall n : nat, n + {i} >= {i}.",
+                       proof="Proof. intros. lia. Qed.") for i in range(n)]
+
+
+async def pooled(items: list[Obligation], settings: ProveSettings) -> tuple[float, Counter[str]]:
+    async with ProveEngine(settings) as engine:
+        started = time.perf_counter()
+        verdicts = Counter([r.verdict.value async for r in
+                            engine.run_batch(items, defaults=Limits(timeout_s=60))])
+        return time.perf_counter() - started, verdicts
+
+
+def cold(items: list[Obligation], engine: ProveEngine, scratch: Path) -> float:
+    started = time.perf_counter()
+    for item in items:
+        backend = engine.backend(item.backend)
+        if item.backend == "smt":
+            path = scratch / "item.smt2"
+            path.write_text(backend.source_of(item))
+            argv = ["z3", str(path)]
+        else:
+            name = item.statement.split()[1]
+            path = scratch / "Item.v"
+            path.write_text(backend.source_of(item) + f"Print Assumptions {name}.\n")
+            argv = ["coqc", "-q", path.name]
+        out = subprocess.run(argv, cwd=scratch, capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return time.perf_counter() - started
+
+
+def report(label: str, n: int, warm: float, verdicts: Counter[str], cold_s: float) -> None:
+    print(f"{label:<28} n={n:<4} pool {n / warm:8.1f} obl/s ({warm:6.2f} s)   "
+          f"cold {n / cold_s:7.1f} obl/s ({cold_s:6.2f} s)   ratio {cold_s / warm:6.1f}x   "
+          f"{dict(verdicts)}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smt", type=int, default=400)
+    parser.add_argument("--coq", type=int, default=200)
+    parser.add_argument("--lia", type=int, default=20)
+    parser.add_argument("--pool", type=int, default=2, help="workers per backend")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        settings = ProveSettings(smt_pool_size=args.pool, coq_pool_size=args.pool, prewarm=True,
+                                 cache_size=0, scratch_dir=scratch)
+        probe = ProveEngine(settings)
+        for label, items in (("smt (z3)", smt_items(args.smt)),
+                             ("coq (trivial tactics)", coq_items(args.coq)),
+                             ("coq (Require Lia + lia)", lia_items(args.lia))):
+            if not items:
+                continue
+            warm, verdicts = await pooled(items, settings)
+            assert set(verdicts) == {Verdict.PROVED.value}, verdicts
+            report(label, len(items), warm, verdicts, cold(items, probe, scratch))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

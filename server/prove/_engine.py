@@ -1,0 +1,146 @@
+"""`ProveEngine`: the facade the Prove servicer calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from types import TracebackType
+
+from ._backend import Backend
+from ._batch import BatchRun
+from ._cache import CACHEABLE, MemoryCache, VerdictCache, cache_key
+from ._coq import CoqBackend
+from ._formalize import Complete, formalize
+from ._lean import LeanBackend
+from ._settings import ProveSettings
+from ._smt import SmtBackend
+from ._types import BackendInfo, CheckOutcome, FormalizeOptions, ItemResult, Limits, Obligation
+from ._validate import validate_batch
+from .errors import EngineClosed
+
+__all__ = ["ProveEngine"]
+
+
+class ProveEngine:
+    """Checks batches of obligations on warm prover pools.
+
+    Use as `async with ProveEngine(settings) as engine:` (or `start()`/`close()`).
+    `backends` and `cache` may be replaced (tests, a shared Redis cache).
+    """
+
+    def __init__(self, settings: ProveSettings | None = None, *,
+                 cache: VerdictCache | None = None,
+                 backends: Mapping[str, Backend] | None = None) -> None:
+        self.settings = settings or ProveSettings()
+        self._cache: VerdictCache = cache or MemoryCache(self.settings.cache_size)
+        if backends is None:
+            made: list[Backend] = [SmtBackend(self.settings), CoqBackend(self.settings),
+                                   LeanBackend(self.settings)]
+            backends = {b.name: b for b in made}
+        self._backends: dict[str, Backend] = dict(backends)
+        self._infos: dict[str, BackendInfo] = {}
+        self._running = False
+
+    async def start(self) -> None:
+        """Probe every backend (versions, availability); prewarm pools if configured."""
+        names = list(self._backends)
+        infos = await asyncio.gather(*(self._backends[n].info() for n in names))
+        self._infos = dict(zip(names, infos, strict=True))
+        await asyncio.gather(*(b.start(prewarm=self.settings.prewarm)
+                               for b in self._backends.values()))
+        self._running = True
+
+    async def close(self) -> None:
+        """Kill every prover process."""
+        self._running = False
+        await asyncio.gather(*(b.close() for b in self._backends.values()))
+
+    async def __aenter__(self) -> ProveEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    def backends(self) -> list[BackendInfo]:
+        """What each backend is, in registration order (probed by `start()`)."""
+        self._require_running()
+        return [self._infos[name] for name in self._backends]
+
+    def backend(self, name: str) -> Backend:
+        """The backend called `name` (KeyError when unknown)."""
+        return self._backends[name]
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise EngineClosed("the prove engine is not started (or already closed)")
+
+    def run_batch(self, items: Sequence[Obligation], *, defaults: Limits | None = None,
+                  formalize: FormalizeOptions | None = None,
+                  complete: Complete | None = None) -> BatchRun:
+        """Validate `items` now (typed errors), then check them as the run is iterated.
+
+        Items without `limits` take `defaults` (else the settings' defaults); items with
+        only `requirement_text` are formalised with `formalize` options and `complete`.
+        """
+        self._require_running()
+        limits = defaults or self.settings.default_limits
+        validate_batch(items, settings=self.settings, backends=self._infos, defaults=limits,
+                       formalize=formalize, can_complete=complete is not None)
+
+        async def run(item: Obligation) -> ItemResult:
+            return await self._run_item(item, item.limits or limits, formalize, complete)
+
+        return BatchRun(items, run, self.settings.max_concurrency)
+
+    async def check(self, item: Obligation, *, limits: Limits | None = None) -> ItemResult:
+        """Check one item with formal text (a batch of one, without the iterator)."""
+        async with self.run_batch([item], defaults=limits) as run:
+            async for result in run:
+                return result
+        raise AssertionError("a batch of one yields one result")
+
+    async def _check_cached(self, item: Obligation, limits: Limits
+                            ) -> tuple[CheckOutcome, bool]:
+        key = cache_key(item, self._infos[item.backend].version)
+        hit = await self._cache.get(key)
+        if hit is not None:
+            return hit, True
+        outcome = await self._backends[item.backend].check(item, limits)
+        if outcome.verdict in CACHEABLE:
+            await self._cache.put(key, outcome)
+        return outcome, False
+
+    async def _run_item(self, item: Obligation, limits: Limits,
+                        options: FormalizeOptions | None, complete: Complete | None
+                        ) -> ItemResult:
+        started = time.monotonic()
+        if not item.needs_formalization:
+            outcome, cached = await self._check_cached(item, limits)
+            return ItemResult(item.item_id, item.backend, outcome.verdict, outcome.source,
+                              outcome.diagnostics, outcome.counterexample, outcome.message,
+                              time.monotonic() - started, cached)
+        assert options is not None and complete is not None  # validated
+        hits = 0
+
+        async def check(candidate: Obligation) -> CheckOutcome:
+            nonlocal hits
+            outcome, cached = await self._check_cached(candidate, limits)
+            hits += cached
+            return outcome
+
+        done = await formalize(item, instructions=_join(
+            self._backends[item.backend].instructions(), options.instructions),
+            options=options, complete=complete, check=check)
+        out = done.outcome
+        result = ItemResult(item.item_id, item.backend, out.verdict, out.source,
+                            out.diagnostics, out.counterexample, out.message,
+                            time.monotonic() - started, False, done.attempts)
+        return replace(result, cached=hits == len(done.attempts) and hits > 0)
+
+
+def _join(*parts: str) -> str:
+    return "\n\n".join(p.strip() for p in parts if p.strip())

@@ -1,0 +1,117 @@
+"""Generate -> check -> repair: a model writes the formal text, the prover judges it.
+
+An item with only `requirement_text` is sent to the injected `complete` callable with
+the backend's instructions. The first fenced code block of the reply is checked; on
+failure the verdict and diagnostics go back to the model, up to `max_attempts`
+rounds. The loop stops at the first decisive verdict (PROVED, or REFUTED: the claim as
+formalised is false). Every round is recorded as an `Attempt`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from ._types import Attempt, CheckOutcome, FormalizeOptions, Obligation, Verdict
+
+__all__ = ["Complete", "Formalized", "extract_code", "formalize", "split_reply"]
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_SMT_GOAL = re.compile(r"^[ \t]*;+[ \t]*goal\b.*$", re.MULTILINE | re.IGNORECASE)
+_DECISIVE = frozenset({Verdict.PROVED, Verdict.REFUTED})
+
+
+class Complete(Protocol):
+    """A chat completion: OpenAI-shaped messages in, (text, usage) out."""
+
+    async def __call__(self, messages: list[dict[str, str]], *, model: str,
+                       temperature: float | None) -> tuple[str, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Formalized:
+    """The last obligation tried, its outcome, and every round."""
+
+    obligation: Obligation
+    outcome: CheckOutcome
+    attempts: tuple[Attempt, ...]
+
+
+def extract_code(reply: str) -> str | None:
+    """The body of the first fenced code block of `reply`, or None."""
+    m = _FENCE.search(reply)
+    return m.group(2).strip("\n") if m else None
+
+
+def split_reply(obligation: Obligation, code: str) -> Obligation:
+    """`obligation` completed with the model's code.
+
+    smt: declarations before a `; goal` line join the preamble and the term after it
+    is the statement (no marker: the whole block is a refutation script). Coq and
+    Lean: the block is a full source, given as the proof.
+    """
+    if obligation.backend == "smt":
+        m = _SMT_GOAL.search(code)
+        if m is None:
+            return replace(obligation, statement=code, proof="")
+        preamble = "\n".join(p for p in (obligation.preamble.strip(), code[:m.start()].strip())
+                             if p)
+        return replace(obligation, preamble=preamble, statement=code[m.end():].strip(),
+                       proof="")
+    return replace(obligation, statement="", proof=code)
+
+
+def _first_prompt(obligation: Obligation, instructions: str) -> list[dict[str, str]]:
+    user = f"Requirement:\n{obligation.requirement_text.strip()}\n"
+    if obligation.preamble.strip():
+        user += f"\nThis context is already in place before your code:\n{obligation.preamble}\n"
+    if obligation.imports:
+        user += f"\nThese modules are already imported: {', '.join(obligation.imports)}\n"
+    return [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
+
+
+def _feedback(outcome: CheckOutcome) -> str:
+    lines = [f"The checker answered {outcome.verdict.value.upper()}: {outcome.message}"]
+    for d in outcome.diagnostics:
+        where = f"line {d.line}, column {d.column}: " if d.line is not None else ""
+        lines.append(f"- {d.severity}: {where}{d.message}")
+    numbered = "\n".join(f"{i:4d} | {text}"
+                         for i, text in enumerate(outcome.source.splitlines(), 1))
+    lines += ["", "The checked source, with line numbers:", numbered, "",
+              "Fix the problem and reply with the whole corrected code block."]
+    return "\n".join(lines)
+
+
+async def formalize(obligation: Obligation, *, instructions: str, options: FormalizeOptions,
+                    complete: Complete,
+                    check: Callable[[Obligation], Awaitable[CheckOutcome]]) -> Formalized:
+    """Run the generate -> check -> repair loop for one item."""
+    messages = _first_prompt(obligation, instructions)
+    attempts: list[Attempt] = []
+    current = obligation
+    outcome = CheckOutcome(Verdict.ERROR, "", message="no attempt was made")
+    for index in range(max(1, options.max_attempts)):
+        started = time.monotonic()
+        reply, usage = await complete(messages, model=options.model,
+                                      temperature=options.temperature)
+        code = extract_code(reply)
+        if code is None:
+            outcome = CheckOutcome(Verdict.FAILED, reply,
+                                   message="the reply holds no fenced code block")
+        else:
+            current = split_reply(obligation, code)
+            outcome = await check(current)
+        attempts.append(Attempt(
+            index=index, source=outcome.source, verdict=outcome.verdict,
+            diagnostics=outcome.diagnostics, message=outcome.message,
+            prompt_tokens=int(usage.get("prompt_tokens", 0) or 0),
+            completion_tokens=int(usage.get("completion_tokens", 0) or 0),
+            duration_s=time.monotonic() - started))
+        if outcome.verdict in _DECISIVE:
+            break
+        messages = [*messages, {"role": "assistant", "content": reply},
+                    {"role": "user", "content": _feedback(outcome)}]
+    return Formalized(current, outcome, tuple(attempts))

@@ -1,0 +1,50 @@
+"""Settings of the Prove engine: read once at start-up into a frozen object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._types import Limits
+
+__all__ = ["ProveSettings"]
+
+
+@dataclass(frozen=True)
+class ProveSettings:
+    """Everything a `ProveEngine` needs to know before it starts."""
+
+    #: Warm `z3 -in` processes kept by the smt backend.
+    smt_pool_size: int = 2
+    #: Warm `coqtop` processes kept by the coq backend.
+    coq_pool_size: int = 2
+    #: Concurrent `lean` processes (Lean runs one process per item).
+    lean_pool_size: int = 2
+    #: Start the warm pools in `start()` rather than on first use.
+    prewarm: bool = False
+    #: Items of one batch checked at the same time (across backends).
+    max_concurrency: int = 8
+    #: Limits applied to items that carry none.
+    default_limits: Limits = field(default_factory=Limits)
+    #: Largest batch accepted, items.
+    max_batch_items: int = 10_000
+    #: Largest formal text (preamble + imports + statement + proof) accepted, bytes.
+    max_source_bytes: int = 256 * 1024
+    #: Verdicts kept by the in-memory cache; 0 disables caching.
+    cache_size: int = 10_000
+    #: z3 executable.
+    z3_path: str = "z3"
+    #: coqtop executable (warm workers) and coqc (diagnostics of failed items).
+    coqtop_path: str = "coqtop"
+    coqc_path: str = "coqc"
+    #: Libraries `Require`d (not imported) once per warm coqtop, so items that
+    #: `Require Import` them do not pay the load each time.
+    coq_warm_libraries: tuple[str, ...] = ("Coq.micromega.Lia", "Coq.Arith.Arith")
+    #: lean executable; with `lean_project_dir`, `lake env lean` runs in that directory.
+    lean_path: str = "lean"
+    lake_path: str = "lake"
+    lean_project_dir: Path | None = None
+    #: Directory for per-worker scratch files; the system temp dir when None.
+    scratch_dir: Path | None = None
+    #: Seconds a warm prover gets to start (load its prelude) before it is ERROR.
+    start_timeout_s: float = 30.0

@@ -1,0 +1,163 @@
+"""ProveService over gRPC: translate obligations, stream per-item results, then the summary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from scillm.prove.v1 import prove_pb2 as pb
+from scillm.prove.v1 import prove_pb2_grpc
+
+from ..completion_link import CompletionLink
+from ..errors import ErrorTable, StatusError
+from ..interceptors import current_request_id
+from ..manifests import ManifestClock, RunStore
+from ..metrics import Metrics
+from . import errors
+from ._engine import ProveEngine
+from ._types import Diagnostic, FormalizeOptions, ItemResult, Limits, Obligation, Verdict
+
+__all__ = ["BACKENDS", "ERRORS", "ProveServicer", "obligations_from_proto"]
+
+ERRORS: ErrorTable = {
+    errors.BatchTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.SourceTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.InvalidObligation: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidBatch: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.FormalizeUnavailable: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.BackendUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.EngineClosed: grpc.StatusCode.UNAVAILABLE,
+    errors.ProveError: grpc.StatusCode.INTERNAL,
+}
+
+#: Backend enum <-> the engine's backend names, in priority order.
+BACKENDS: dict[int, str] = {pb.BACKEND_SMT: "smt", pb.BACKEND_COQ: "coq",
+                            pb.BACKEND_LEAN4: "lean4"}
+_BACKEND_ENUM = {v: k for k, v in BACKENDS.items()}
+_VERDICTS = {Verdict.PROVED: pb.VERDICT_PROVED, Verdict.REFUTED: pb.VERDICT_REFUTED,
+             Verdict.FAILED: pb.VERDICT_FAILED, Verdict.UNKNOWN: pb.VERDICT_UNKNOWN,
+             Verdict.TIMEOUT: pb.VERDICT_TIMEOUT, Verdict.ERROR: pb.VERDICT_ERROR}
+_SEVERITY = {"error": pb.SEVERITY_ERROR, "warning": pb.SEVERITY_WARNING,
+             "info": pb.SEVERITY_INFO, "information": pb.SEVERITY_INFO}
+
+
+def _seconds(d: Any) -> float:
+    return float(d.seconds + d.nanos / 1e9)
+
+
+def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
+                           ) -> tuple[list[Obligation], Limits | None]:
+    """The engine's obligations and default limits for a `ProveRequest`."""
+    if not req.items:
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "items must not be empty",
+                          param="items")
+    default = BACKENDS.get(req.default_backend, default_backend)
+    limits = None
+    if req.limits.HasField("timeout") or req.limits.memory_bytes:
+        values: dict[str, float] = {}
+        if req.limits.HasField("timeout"):
+            values["timeout_s"] = _seconds(req.limits.timeout)
+        if req.limits.memory_bytes:
+            values["memory_mb"] = max(1, req.limits.memory_bytes // (1024 * 1024))
+        try:
+            limits = Limits(**values)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"limits: {exc}",
+                              param="limits") from None
+    items = []
+    for i, o in enumerate(req.items):
+        items.append(Obligation(
+            item_id=o.item_id or f"item-{i}", backend=BACKENDS.get(o.backend, default),
+            requirement_text=o.requirement_text, statement=o.statement, proof=o.proof,
+            preamble=o.preamble, imports=tuple(o.imports)))
+    return items, limits
+
+
+def _diagnostic(d: Diagnostic) -> pb.Diagnostic:
+    # The engine counts columns from 0 (LSP); the contract counts them from 1.
+    return pb.Diagnostic(severity=_SEVERITY.get(str(d.severity).lower(), pb.SEVERITY_ERROR),
+                         message=d.message, line=d.line, column=d.column + 1,
+                         end_line=d.end_line, end_column=d.end_column + 1)
+
+
+def result_to_proto(r: ItemResult, version: str, metadata: dict[str, str]) -> pb.ItemResult:
+    """One item's result as an `ItemResult` message."""
+    out = pb.ItemResult(item_id=r.item_id, backend=_BACKEND_ENUM.get(r.backend, 0),
+                        verdict=_VERDICTS[r.verdict],
+                        diagnostics=[_diagnostic(d) for d in r.diagnostics],
+                        counterexample=r.counterexample or "", source=r.source,
+                        cached=r.cached, backend_version=version, metadata=metadata,
+                        error=r.message if r.verdict in (Verdict.ERROR, Verdict.TIMEOUT,
+                                                         Verdict.UNKNOWN) else "")
+    out.duration.FromNanoseconds(int(r.duration_s * 1e9))
+    for a in r.attempts:
+        attempt = out.attempts.add(number=a.index, source=a.source,
+                                   verdict=_VERDICTS[a.verdict],
+                                   diagnostics=[_diagnostic(d) for d in a.diagnostics])
+        attempt.usage.prompt_tokens = a.prompt_tokens
+        attempt.usage.completion_tokens = a.completion_tokens
+        attempt.usage.total_tokens = a.prompt_tokens + a.completion_tokens
+        attempt.duration.FromNanoseconds(int(a.duration_s * 1e9))
+    return out
+
+
+class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
+    """Thin gRPC edge of the prove engine."""
+
+    def __init__(self, engine: ProveEngine, link: CompletionLink,
+                 store: RunStore | None = None, metrics: Metrics | None = None,
+                 default_model: str = "") -> None:
+        self._engine = engine
+        self._link = link
+        self._store = store
+        self._metrics = metrics
+        self._default_model = default_model
+
+    def _default_backend(self) -> str:
+        ready = [b.name for b in self._engine.backends() if b.available]
+        return ready[0] if ready else "smt"
+
+    async def Prove(self, request: pb.ProveRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.ProveResponse]:
+        items, limits = obligations_from_proto(request, self._default_backend())
+        f = request.formalize
+        model = f.model or self._default_model
+        formalize = FormalizeOptions(
+            model=model, max_attempts=f.max_attempts or 3,
+            temperature=f.temperature if f.HasField("temperature") else None) if model else None
+        clock = ManifestClock("prove", request.context, request_id=current_request_id(),
+                              model=model, item_ids=[o.item_id for o in items])
+        versions = {b.name: b.version for b in self._engine.backends()}
+        metadata = {o.item_id or f"item-{i}": dict(o.metadata)
+                    for i, o in enumerate(request.items)}
+        run = self._engine.run_batch(items, defaults=limits, formalize=formalize,
+                                     complete=self._link.text_and_usage if formalize else None)
+        async with run:
+            async for result in run:
+                if self._metrics is not None:
+                    self._metrics.verdicts.labels(result.backend, str(result.verdict)).inc()
+                yield pb.ProveResponse(result=result_to_proto(
+                    result, versions.get(result.backend, ""), metadata.get(result.item_id, {})))
+        counts = run.summary.counts
+        summary = pb.ProveSummary(
+            items=len(items), proved=counts.get(Verdict.PROVED, 0),
+            refuted=counts.get(Verdict.REFUTED, 0), failed=counts.get(Verdict.FAILED, 0),
+            unknown=sum(counts.get(v, 0) for v in (Verdict.UNKNOWN, Verdict.TIMEOUT,
+                                                   Verdict.ERROR)))
+        summary.duration.FromNanoseconds(int(run.summary.duration_s * 1e9))
+        backends = sorted({o.backend for o in items})
+        summary.manifest.CopyFrom(clock.finish(backend=",".join(backends)))
+        summary.manifest.versions.update({f"{b}": versions.get(b, "") for b in backends})
+        if self._store is not None:
+            await self._store.put(summary.manifest, request, summary)
+        yield pb.ProveResponse(summary=summary)
+
+    async def ListBackends(self, request: pb.ListBackendsRequest,
+                           context: grpc.aio.ServicerContext[Any, Any],
+                           ) -> pb.ListBackendsResponse:
+        return pb.ListBackendsResponse(backends=[
+            pb.BackendInfo(backend=_BACKEND_ENUM.get(b.name, 0), available=b.available,
+                           version=b.version, reason=b.reason)
+            for b in self._engine.backends()])

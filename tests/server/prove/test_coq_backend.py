@@ -1,0 +1,104 @@
+"""The coq backend on the real coqtop/coqc."""
+
+from __future__ import annotations
+
+import time
+
+from scillm.server.prove import Limits, Obligation, ProveEngine, Verdict
+
+ADD0 = "Theorem t : forall n : nat, n + 0 = n."
+SPIN = """\
+Fixpoint spin (n : nat) (b : bool) : bool := match n with 0 => b | S m => spin m (negb b) end.
+Fixpoint spin2 (n : nat) (b : bool) : bool :=
+  match n with 0 => b | S m => spin2 m (spin 1000 b) end.
+Fixpoint spin3 (n : nat) (b : bool) : bool :=
+  match n with 0 => b | S m => spin3 m (spin2 1000 b) end.
+Definition r := Eval vm_compute in spin3 1000 true."""
+
+
+def coq(item_id: str, statement: str, proof: str, **kw: object) -> Obligation:
+    return Obligation(item_id, "coq", statement=statement, proof=proof, **kw)  # type: ignore[arg-type]
+
+
+async def test_true_theorem_is_proved(engine: ProveEngine) -> None:
+    result = await engine.check(coq("a", ADD0, "Proof. intros. lia. Qed.", imports=("Lia",)))
+    assert result.verdict is Verdict.PROVED, result.message
+    assert result.source.startswith("Require Import Lia.\n")
+
+
+async def test_false_theorem_fails(engine: ProveEngine) -> None:
+    result = await engine.check(coq("a", "Theorem t : 1 = 2.", "Proof. reflexivity. Qed."))
+    assert result.verdict is Verdict.FAILED
+    assert result.diagnostics[0].line == 2
+
+
+async def test_full_source_as_proof(engine: ProveEngine) -> None:
+    source = "Require Import Lia.\nLemma helper : 2 = 2. Proof. reflexivity. Qed.\n" \
+             "Theorem main : 1 + 1 = 2. Proof. lia. Qed."
+    result = await engine.check(coq("a", "", source))
+    assert result.verdict is Verdict.PROVED
+
+
+async def test_admitted_is_rejected(engine: ProveEngine) -> None:
+    result = await engine.check(coq("a", ADD0, "Proof.\nAdmitted."))
+    assert result.verdict is Verdict.FAILED
+    assert "admitted" in result.message
+
+
+async def test_admit_is_rejected(engine: ProveEngine) -> None:
+    result = await engine.check(coq("a", ADD0, "Proof. intros. admit. Qed."))
+    assert result.verdict is Verdict.FAILED
+    assert "given up goals" in result.message
+
+
+async def test_added_axiom_is_rejected(engine: ProveEngine) -> None:
+    statement = "Axiom cheat : forall P : Prop, P.\nTheorem t : 1 = 2."
+    result = await engine.check(coq("a", statement, "Proof. apply cheat. Qed."))
+    assert result.verdict is Verdict.FAILED
+    assert "cheat" in result.message
+    d = result.diagnostics[0]
+    assert (d.line, d.column, d.end_column) == (2, 8, 9)
+
+
+async def test_admitted_helper_lemma_is_rejected(engine: ProveEngine) -> None:
+    proof = "Proof. apply helper. Qed."
+    statement = "Lemma helper : 1 = 2. Admitted.\nTheorem t : 1 = 2."
+    result = await engine.check(coq("a", statement, proof))
+    assert result.verdict is Verdict.FAILED
+    assert "helper" in result.message
+
+
+async def test_malformed_source_is_located(engine: ProveEngine) -> None:
+    result = await engine.check(coq("a", ADD0, "Proof.\n  intros. foo bar.\nQed."))
+    assert result.verdict is Verdict.FAILED
+    d = result.diagnostics[0]
+    assert "foo" in d.message
+    assert (d.line, d.column, d.end_line, d.end_column) == (3, 10, 3, 13)
+
+
+async def test_unicode_columns_are_characters(engine: ProveEngine) -> None:
+    statement = "Definition α := 1.\nTheorem t : α = 1."
+    result = await engine.check(coq("a", statement, "Proof. (* é *) bogus. Qed."))
+    d = result.diagnostics[0]
+    assert (d.line, d.column, d.end_column) == (3, 15, 20)
+    assert result.source.splitlines()[2][15:20] == "bogus"
+
+
+async def test_state_does_not_leak_between_items(engine: ProveEngine) -> None:
+    first = await engine.check(coq("a", "Definition leak := 3.\nTheorem t : leak = 3.",
+                                   "Proof. reflexivity. Qed."))
+    assert first.verdict is Verdict.PROVED
+    for i in range(3):
+        later = await engine.check(coq(f"b{i}", f"Theorem u{i} : leak = 3.",
+                                       "Proof. reflexivity. Qed."))
+        assert later.verdict is Verdict.FAILED
+
+
+async def test_timeout_kills_and_replaces_worker(engine: ProveEngine) -> None:
+    started = time.monotonic()
+    result = await engine.check(coq("spin", SPIN + "\nTheorem t : True.", "Proof. exact I. Qed."),
+                                limits=Limits(timeout_s=1.0))
+    assert result.verdict is Verdict.TIMEOUT
+    assert time.monotonic() - started < 4
+    again = await engine.check(coq("a", "Theorem t : True.", "Proof. exact I. Qed."))
+    assert again.verdict is Verdict.PROVED

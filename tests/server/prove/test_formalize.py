@@ -1,0 +1,94 @@
+"""Generate -> check -> repair with a scripted model and the real provers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scillm.server.prove import (
+    FormalizeOptions,
+    FormalizeUnavailable,
+    Obligation,
+    ProveEngine,
+    Verdict,
+    extract_code,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class ScriptedModel:
+    """Replies from a JSON fixture, in order; records what it was asked."""
+
+    def __init__(self, fixture: str) -> None:
+        data = json.loads((FIXTURES / fixture).read_text())
+        self.requirement: str = data["requirement"]
+        self._replies: list[dict[str, Any]] = data["replies"]
+        self.calls: list[tuple[list[dict[str, str]], str, float | None]] = []
+
+    async def __call__(self, messages: list[dict[str, str]], *, model: str,
+                       temperature: float | None) -> tuple[str, dict[str, Any]]:
+        reply = self._replies[len(self.calls)]
+        self.calls.append((messages, model, temperature))
+        return reply["text"], reply["usage"]
+
+
+async def test_coq_fails_then_repairs_then_proves(engine: ProveEngine) -> None:
+    model = ScriptedModel("formalize_coq.json")
+    items = [Obligation("req-1", "coq", requirement_text=model.requirement)]
+    run = engine.run_batch(items, formalize=FormalizeOptions(model="scripted", max_attempts=3,
+                                                             temperature=0.2), complete=model)
+    results = [r async for r in run]
+    (result,) = results
+    assert result.verdict is Verdict.PROVED
+    assert [a.verdict for a in result.attempts] == [Verdict.FAILED] * 2 + [Verdict.PROVED]
+    first = result.attempts[0]
+    assert first.diagnostics[0].line == 3 and "lia" in first.diagnostics[0].message
+    assert "admitted" in result.attempts[1].message
+    assert [a.prompt_tokens for a in result.attempts] == [120, 260, 400]
+    assert result.source.startswith("Require Import Lia.\nTheorem add_zero")
+    # the diagnostics went back to the model, with the backend's instructions first
+    system = model.calls[0][0][0]
+    assert system["role"] == "system" and "Coq" in system["content"]
+    feedback = model.calls[1][0][-1]["content"]
+    assert "line 3, column 12" in feedback and "lia" in feedback
+    assert model.calls[0][1:] == ("scripted", 0.2)
+    summary = run.summary
+    assert summary.prompt_tokens == 780 and summary.completion_tokens == 119
+    assert summary.counts[Verdict.PROVED] == 1
+
+
+async def test_smt_reply_without_code_is_retried(engine: ProveEngine) -> None:
+    model = ScriptedModel("formalize_smt.json")
+    items = [Obligation("req-2", "smt", requirement_text=model.requirement)]
+    run = engine.run_batch(items, formalize=FormalizeOptions(model="m"), complete=model)
+    (result,) = [r async for r in run]
+    assert [a.verdict for a in result.attempts] == [Verdict.FAILED, Verdict.PROVED]
+    assert "no fenced code block" in result.attempts[0].message
+    assert result.source == "(declare-const x Int)\n(assert (not (> (+ x 1) x)))\n(check-sat)\n"
+
+
+async def test_attempts_are_bounded(engine: ProveEngine) -> None:
+    model = ScriptedModel("formalize_coq.json")
+    items = [Obligation("req-3", "coq", requirement_text=model.requirement)]
+    run = engine.run_batch(items, formalize=FormalizeOptions(model="m", max_attempts=2),
+                           complete=model)
+    (result,) = [r async for r in run]
+    assert result.verdict is Verdict.FAILED
+    assert len(result.attempts) == len(model.calls) == 2
+
+
+async def test_requirement_without_model_is_refused(engine: ProveEngine) -> None:
+    items = [Obligation("req-4", "coq", requirement_text="anything")]
+    with pytest.raises(FormalizeUnavailable) as info:
+        engine.run_batch(items)
+    assert info.value.item_id == "req-4"
+
+
+def test_extract_code_takes_first_fenced_block() -> None:
+    assert extract_code("a\n```lean\ntheorem x : True := trivial\n```\n```\nb\n```") == \
+        "theorem x : True := trivial"
+    assert extract_code("no code") is None
