@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .interceptors import build_interceptors
+from .metrics import Metrics
 from .services import ServiceParts, build_service
 from .settings import Settings
 from .telemetry import configure_tracing
@@ -54,7 +55,8 @@ class Mesh:
         self._http: Any = None
         self._http_task: asyncio.Task[None] | None = None
         self._running = _Running()
-        self._client_channel: grpc.aio.Channel | None = None
+        self.metrics = Metrics()
+        self._metrics_server: Any = None
 
     @property
     def grpc_target(self) -> str:
@@ -71,7 +73,7 @@ class Mesh:
         tables: dict[type[BaseException], grpc.StatusCode] = {}
         link = CompletionLink(lambda: self.completion_target)
         self._running.closers.append(link.close)
-        shared: dict[str, Any] = {}
+        shared: dict[str, Any] = {"metrics": self.metrics}
         for name in settings.services:
             parts = build_service(name, settings, link, shared)
             self._running.parts[name] = parts
@@ -83,8 +85,9 @@ class Mesh:
             ("grpc.so_reuseport", 0),
         ]
         table: ErrorTable = tables
-        server = grpc.aio.server(interceptors=build_interceptors(settings, table, tracing),
-                                 options=options)
+        server = grpc.aio.server(
+            interceptors=build_interceptors(settings, table, tracing, self.metrics),
+            options=options)
         for parts in self._running.parts.values():
             parts.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -106,6 +109,11 @@ class Mesh:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if settings.http_enabled:
             await self._start_http()
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            self._metrics_server, _ = start_http_server(
+                settings.metrics_port, settings.grpc_host, registry=self.metrics.registry)
         log.info("scillm listening: grpc %s, http %s", self.grpc_target,
                  f"{settings.http_host}:{self.http_port}" if settings.http_enabled else "off")
 
@@ -123,7 +131,8 @@ class Mesh:
         settings = self.settings
         client = ScillmClient(self.grpc_target)
         self._running.closers.append(client.close)
-        app = create_app(client, max_request_bytes=settings.max_request_bytes)
+        app = create_app(client, max_request_bytes=settings.max_request_bytes,
+                         metrics_registry=self.metrics.registry)
         sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.http_host, settings.http_port))
@@ -151,6 +160,8 @@ class Mesh:
                 await asyncio.wait_for(self._http_task, timeout=grace + 1)
         if self._server is not None:
             await self._server.stop(grace)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         for closer in reversed(self._running.closers):
             with contextlib.suppress(Exception):
                 await closer()

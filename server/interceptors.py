@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import grpc
 
 from .errors import BASE_TABLE, ErrorTable, status_for, to_status
+from .metrics import Metrics
 from .settings import Settings
 
 __all__ = ["CallContext", "build_interceptors", "current_request_id"]
@@ -44,10 +46,12 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Request id, default deadline and error mapping for every RPC."""
 
-    def __init__(self, settings: Settings, table: ErrorTable) -> None:
+    def __init__(self, settings: Settings, table: ErrorTable,
+                 metrics: Metrics | None = None) -> None:
         self._unary_timeout = settings.default_unary_timeout_s
         self._stream_timeout = settings.default_stream_timeout_s
         self._table = {**BASE_TABLE, **table}
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -57,16 +61,18 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        method = handler_call_details.method.rsplit(".", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary),
+                self._wrap_unary(handler.unary_unary, method=method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             # A streaming behavior is an async generator, or a coroutine using context.write
-            wrapped = (self._wrap_stream(behavior) if inspect.isasyncgenfunction(behavior)
-                       else self._wrap_unary(behavior, self._stream_timeout))
+            wrapped = (self._wrap_stream(behavior, method)
+                       if inspect.isasyncgenfunction(behavior)
+                       else self._wrap_unary(behavior, self._stream_timeout, method=method))
             return grpc.unary_stream_rpc_method_handler(
                 wrapped,
                 request_deserializer=handler.request_deserializer,
@@ -77,8 +83,9 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         remaining = context.time_remaining()
         return default if remaining is None else min(remaining, default)
 
-    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any],
-                    request_id: str) -> None:
+    def _map(self, exc: BaseException,
+             request_id: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+        """Status code, message and trailing metadata (google.rpc.Status) for `exc`."""
         if isinstance(exc, TimeoutError):
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the call ran past its deadline"
         else:
@@ -90,29 +97,51 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             else:
                 code, message = maybe, str(exc) or type(exc).__name__
         message, details = to_status(code, message, exc, request_id)
-        await context.abort(code, message, trailing_metadata=(
-            ("grpc-status-details-bin", details), ("x-request-id", request_id)))
+        return code, message, (("grpc-status-details-bin", details),
+                               ("x-request-id", request_id))
 
-    def _wrap_unary(self, behavior: Callable[..., Any],
-                    default_timeout: float | None = None) -> Callable[..., Any]:
+    def _record(self, method: str, started: float, code: grpc.StatusCode) -> None:
+        if self._metrics is not None:
+            self._metrics.requests.labels(method, code.name).inc()
+            self._metrics.latency.labels(method).observe(time.perf_counter() - started)
+            self._metrics.in_flight.labels(method).dec()
+
+    def _wrap_unary(self, behavior: Callable[..., Any], default_timeout: float | None = None,
+                    *, method: str = "") -> Callable[..., Any]:
         limit = self._unary_timeout if default_timeout is None else default_timeout
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            if self._metrics is not None:
+                self._metrics.in_flight.labels(method).inc()
             request_id = _incoming_request_id(context)
             _request_id.set(request_id)  # each RPC runs in its own task and context
             try:
                 await context.send_initial_metadata((("x-request-id", request_id),))
                 async with asyncio.timeout(self._timeout(context, limit)):
                     return await behavior(request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception as exc:
-                await self._fail(exc, context, request_id)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:  # mapped to a status code
+                code, message, trailers = self._map(exc, request_id)
+                await context.abort(code, message, trailing_metadata=trailers)
+            finally:
+                self._record(method, started, code)
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]],
+                     method: str = "") -> Callable[..., Any]:
         async def stream(request: Any,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            if self._metrics is not None:
+                self._metrics.in_flight.labels(method).inc()
             request_id = _incoming_request_id(context)
             _request_id.set(request_id)  # each RPC runs in its own task and context
             try:
@@ -120,20 +149,27 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 async with asyncio.timeout(self._timeout(context, self._stream_timeout)):
                     async for item in behavior(request, context):
                         yield item
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception as exc:
-                await self._fail(exc, context, request_id)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:  # mapped to a status code
+                code, message, trailers = self._map(exc, request_id)
+                await context.abort(code, message, trailing_metadata=trailers)
+            finally:
+                self._record(method, started, code)
         return stream
 
 
-def build_interceptors(settings: Settings, table: ErrorTable,
-                       tracing: bool) -> list[grpc.aio.ServerInterceptor]:
+def build_interceptors(settings: Settings, table: ErrorTable, tracing: bool,
+                       metrics: Metrics | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors, outermost first."""
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         chain.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
-    chain.append(CallContext(settings, table))
+    chain.append(CallContext(settings, table, metrics))
     return chain

@@ -82,6 +82,25 @@ def _completion(settings: Settings) -> ServiceParts:
         ERRORS, start, engine.close)
 
 
+def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
+    from .prove import ProveEngine, ProveSettings
+    from .prove.servicer import ERRORS, ProveServicer
+
+    engine = ProveEngine(ProveSettings())
+
+    async def start() -> bool:
+        await engine.start()
+        # Ready when at least one prover can check obligations (z3 always can).
+        return any(b.available for b in engine.backends())
+
+    servicer = ProveServicer(engine, link, _store(settings, shared), shared.get("metrics"),
+                             default_model=settings.prove_model)
+    return ServiceParts(
+        "prove", SERVICE_NAMES["prove"],
+        lambda server: prove_pb2_grpc.add_ProveServiceServicer_to_server(servicer, server),
+        ERRORS, start, engine.close)
+
+
 def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
                ) -> ServiceParts:
     from .codeworld import CodeWorldEngine, CodeWorldSettings
@@ -173,8 +192,7 @@ def build_service(name: str, settings: Settings, link: CompletionLink,
     if name == "completion":
         return _completion(settings)
     if name == "prove":
-        return _unimplemented("prove", "issue #4",
-                              "real provers, batches and the formalize loop")
+        return _prove(settings, link, shared)
     if name == "codeworld":
         return _codeworld(settings, link, shared)
     return _agent(settings, link, shared)

@@ -48,6 +48,10 @@ class Settings:
     #: Address(es) other services use to reach CompletionService; this process when empty.
     #: A comma-separated list or `dns:///name:port` (balanced with round_robin).
     completion_target: str = ""
+    #: Completion model that formalizes natural-language requirements for Prove.
+    prove_model: str = ""
+    #: Port serving Prometheus metrics beside gRPC; 0 = off (the HTTP shim has /metrics).
+    metrics_port: int = 0
     #: Run store (SQLite file).
     store_path: Path = field(default_factory=lambda: Path.home() / ".scillm" / "runs.sqlite3")
     #: Log level.

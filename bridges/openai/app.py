@@ -4,6 +4,7 @@
     GET  /v1/models             configured model names
     GET  /healthz               the process is up
     GET  /readyz                every served service is SERVING (asks gRPC health)
+    GET  /metrics               Prometheus metrics of the mesh
     POST /agent/run             the seed's agent envelope
     POST /bridge/complete       the seed's {messages, items, provider, options} envelope
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -287,9 +289,18 @@ class _TooLarge(Exception):
         self.size = size
 
 
-def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024) -> ASGIApp:
-    """The shim as an ASGI app calling the mesh through `client`."""
+def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024,
+               metrics_registry: CollectorRegistry | None = None) -> ASGIApp:
+    """The shim as an ASGI app calling the mesh through `client`.
+
+    `/metrics` renders `metrics_registry` (the mesh's, when the shim runs inside it).
+    """
     shim = _Shim(client, max_request_bytes)
+    registry = metrics_registry or CollectorRegistry()
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
         Route("/v1/chat/completions", shim.chat_completions, methods=["POST"]),
         Route("/chat/completions", shim.chat_completions, methods=["POST"]),
@@ -298,6 +309,7 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/agent/run", shim.agent_run, methods=["POST"]),
         Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/readyz", shim.readyz, methods=["GET"]),
     ]
     return RequestIdMiddleware(Starlette(routes=routes))

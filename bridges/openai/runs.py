@@ -21,10 +21,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from scillm.clients import ScillmClient
-from scillm.clients.errors import InvalidRequestError
 
 from ..seed import agent as agent_seed
 from ..seed import codeworld as codeworld_seed
+from ..seed import prove as prove_seed
 
 __all__ = ["RoutedRun", "route"]
 
@@ -87,7 +87,6 @@ def _agent_text(final: Any) -> str:
 
 
 def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
-          prove: Callable[[ScillmClient, Mapping[str, Any], str], RoutedRun] | None = None,
           ) -> RoutedRun | None:
     """The run a model name routes to, or None for an ordinary completion model."""
     model = body.get("model")
@@ -103,9 +102,9 @@ def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
         return RoutedRun("agent", model, client.agent.run(request, request_id=request_id),
                          "final", _agent_text)
     if model.startswith(("certainly/", "lean4/")) or model in ("certainly", "lean4"):
-        if prove is None:
-            raise InvalidRequestError("the prove door is not available", param="model")
-        return prove(client, body, request_id)
+        request = prove_seed.request_from_envelope(body)
+        return RoutedRun("prove", model, client.prove.prove(request, request_id=request_id),
+                         "summary", prove_seed.summary_text)
     return None
 
 

@@ -1,0 +1,91 @@
+"""The seed's Certainly envelope <-> ProveRequest, and its reply line.
+
+Accepted through `/v1/chat/completions` with a `certainly/<backend>` or `lean4/...` model,
+or through `/bridge/complete`:
+
+    {"model": "certainly/coq",
+     "messages": [...],                                   # context for the formalizer
+     "items": [{"item_id"?, "requirement_text"?, "statement"?, "proof"?, "preamble"?,
+                "imports"?: [...], "backend"?: "smt" | "coq" | "lean4",
+                "context"?: {...}, "metadata"?: {...}}],
+     "lean4_requirements"?: ["requirement text", ...],    # legacy: items of text only
+     "options": {"session_id", "track_id", "max_seconds", "model", "max_attempts"}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+
+from scillm.clients.errors import InvalidRequestError
+from scillm.prove.v1 import prove_pb2 as pb
+
+__all__ = ["BACKENDS", "request_from_envelope", "summary_text"]
+
+BACKENDS = {"smt": pb.BACKEND_SMT, "z3": pb.BACKEND_SMT, "coq": pb.BACKEND_COQ,
+            "lean4": pb.BACKEND_LEAN4, "lean": pb.BACKEND_LEAN4}
+
+
+def _backend(name: Any, param: str) -> int:
+    if name in (None, "", "auto", "default"):
+        return pb.BACKEND_UNSPECIFIED
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise InvalidRequestError(f"unknown backend {name!r}; choose from smt, coq, lean4",
+                                  param=param)
+    return BACKENDS[name.lower()]
+
+
+def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
+    """A ProveRequest from the seed's envelope (see the module docstring)."""
+    model = str(body.get("model") or "certainly")
+    prefix, _, rest = model.partition("/")
+    req = pb.ProveRequest()
+    if prefix == "lean4":
+        req.default_backend = pb.BACKEND_LEAN4
+    else:
+        req.default_backend = _backend(rest or None, "model")  # type: ignore[assignment]
+    items = body.get("items")
+    if items is None:
+        items = [{"requirement_text": str(t)} for t in body.get("lean4_requirements") or []]
+    if not isinstance(items, list) or not items:
+        raise InvalidRequestError("'items' (or 'lean4_requirements') must be a non-empty array",
+                                  param="items")
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"requirement_text": item}
+        if not isinstance(item, Mapping):
+            raise InvalidRequestError(f"items[{i}] must be an object", param=f"items[{i}]")
+        o = req.items.add(
+            item_id=str(item.get("item_id") or item.get("id") or f"item-{i}"),
+            requirement_text=str(item.get("requirement_text") or ""),
+            statement=str(item.get("statement") or ""), proof=str(item.get("proof") or ""),
+            preamble=str(item.get("preamble") or ""),
+            imports=[str(x) for x in item.get("imports") or []],
+            backend=_backend(item.get("backend"), f"items[{i}].backend"),  # type: ignore[arg-type]
+            metadata={str(k): str(v) for k, v in (item.get("metadata") or {}).items()})
+        if isinstance(item.get("context"), Mapping):
+            json_format.ParseDict(item["context"], o.context)
+    options = body.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise InvalidRequestError("'options' must be an object", param="options")
+    if options.get("max_seconds") is not None:
+        seconds = options["max_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+            raise InvalidRequestError("'options.max_seconds' must be a positive number",
+                                      param="options.max_seconds")
+        req.limits.timeout.FromNanoseconds(int(seconds * 1e9))
+    if options.get("model"):
+        req.formalize.model = str(options["model"])
+    if options.get("max_attempts"):
+        req.formalize.max_attempts = int(options["max_attempts"])
+    req.context.session_id = str(options.get("session_id") or "")
+    req.context.track = str(options.get("track_id") or options.get("track") or "")
+    return req
+
+
+def summary_text(summary: pb.ProveSummary) -> str:
+    """The seed's reply line: proved, failed (checked and rejected), unproved (undecided)."""
+    return (f"Certainly: {summary.items} items, {summary.proved} proved, "
+            f"{summary.failed + summary.refuted} failed, {summary.unknown} unproved")

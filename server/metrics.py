@@ -1,0 +1,43 @@
+"""Prometheus metrics of a SciLLM process, in one registry owned by the Mesh.
+
+    scillm_rpc_requests_total{method, code}         RPCs finished, by status code
+    scillm_rpc_latency_seconds{method}              RPC latency (streams: until the last event)
+    scillm_rpc_in_flight{method}                    RPCs running now (streams included)
+    scillm_tokens_total{model, kind}                prompt / completion tokens served
+    scillm_cache_events_total{result}               completion cache hits and misses
+    scillm_retries_total{model}                     upstream attempts beyond the first
+    scillm_prove_verdicts_total{backend, verdict}   prover verdicts
+    scillm_sandbox_runs_total{status}               sandboxed executions by outcome
+
+Exposed on the HTTP shim's `/metrics` and, when `metrics_port` is set, on a port of its own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+            30, 60, 300)
+
+
+class Metrics:
+    """The process's metrics (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("scillm_rpc_requests", "RPCs finished", ["method", "code"],
+                                registry=r)
+        self.latency = Histogram("scillm_rpc_latency_seconds", "RPC latency", ["method"],
+                                 buckets=_BUCKETS, registry=r)
+        self.in_flight = Gauge("scillm_rpc_in_flight", "RPCs running", ["method"], registry=r)
+        self.tokens = Counter("scillm_tokens", "Tokens served", ["model", "kind"], registry=r)
+        self.cache = Counter("scillm_cache_events", "Completion cache lookups", ["result"],
+                             registry=r)
+        self.retries = Counter("scillm_retries", "Upstream retries", ["model"], registry=r)
+        self.verdicts = Counter("scillm_prove_verdicts", "Prover verdicts",
+                                ["backend", "verdict"], registry=r)
+        self.sandbox_runs = Counter("scillm_sandbox_runs", "Sandboxed executions", ["status"],
+                                    registry=r)

@@ -1,0 +1,148 @@
+"""Prove through its doors: gRPC batches with real z3 and coqc, the certainly/ model name,
+the seed envelope, and the formalize loop driven by a scripted model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import httpx
+import openai
+import pytest
+from meshutil import RunningMesh, mesh_settings, start_mesh
+from scripted_upstream import ScriptedUpstream
+
+from scillm.clients import RPCError, ScillmClient
+from scillm.prove.v1 import prove_pb2 as pb
+
+COQ_TRUE = ("Theorem add_0 : forall n : nat, n + 0 = n.",
+            "Proof. intros n. induction n; simpl; auto. Qed.")
+
+
+def _batch() -> pb.ProveRequest:
+    req = pb.ProveRequest(items=[
+        pb.Obligation(item_id="smt-true", backend=pb.BACKEND_SMT,
+                      preamble="(declare-const x Int)", statement="(> (+ x 1) x)"),
+        pb.Obligation(item_id="smt-false", backend=pb.BACKEND_SMT,
+                      preamble="(declare-const x Int)", statement="(> x 5)"),
+        pb.Obligation(item_id="coq-true", backend=pb.BACKEND_COQ, statement=COQ_TRUE[0],
+                      proof=COQ_TRUE[1], metadata={"k": "v"}),
+        pb.Obligation(item_id="coq-admitted", backend=pb.BACKEND_COQ,
+                      statement="Theorem bad : 1 = 2.", proof="Proof. Admitted."),
+        pb.Obligation(item_id="coq-broken", backend=pb.BACKEND_COQ,
+                      statement="Theorem t : True.", proof="Proof.\n  exact I I.\nQed."),
+    ])
+    req.context.session_id = "proofs"
+    return req
+
+
+async def test_batch_streams_verdicts_then_summary(mesh: RunningMesh) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        events = [e async for e in client.prove.prove(_batch())]
+    assert events[-1].HasField("summary")
+    results = {e.result.item_id: e.result for e in events[:-1]}
+    assert set(results) == {"smt-true", "smt-false", "coq-true", "coq-admitted", "coq-broken"}
+    assert results["smt-true"].verdict == pb.VERDICT_PROVED
+    assert results["smt-false"].verdict == pb.VERDICT_REFUTED
+    assert "x" in results["smt-false"].counterexample
+    assert results["coq-true"].verdict == pb.VERDICT_PROVED
+    assert results["coq-true"].metadata["k"] == "v"
+    assert results["coq-true"].backend_version
+    assert results["coq-admitted"].verdict == pb.VERDICT_FAILED
+    broken = results["coq-broken"]
+    assert broken.verdict == pb.VERDICT_FAILED and broken.diagnostics
+    d = broken.diagnostics[0]
+    line = broken.source.splitlines()[d.line - 1]
+    assert "exact I I" in line and d.column >= 1
+    summary = events[-1].summary
+    assert (summary.items, summary.proved, summary.refuted, summary.failed) == (5, 2, 1, 2)
+    assert summary.manifest.service == "prove" and summary.manifest.session_id == "proofs"
+    assert set(summary.manifest.item_ids) == set(results)
+
+
+async def test_backends_report_lean_unavailable(mesh: RunningMesh) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        reply = await client.prove.backends()
+    info = {b.backend: b for b in reply.backends}
+    assert info[pb.BACKEND_SMT].available and info[pb.BACKEND_COQ].available
+    assert not info[pb.BACKEND_LEAN4].available and info[pb.BACKEND_LEAN4].reason
+
+
+@pytest.mark.parametrize(("request_", "code"), [
+    (pb.ProveRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.ProveRequest(items=[pb.Obligation(item_id="e", backend=pb.BACKEND_SMT)]),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.ProveRequest(items=[pb.Obligation(item_id="big", backend=pb.BACKEND_SMT,
+                                          statement="(> 1 0)" + " " * 2_000_000)]),
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (pb.ProveRequest(items=[pb.Obligation(item_id="l", backend=pb.BACKEND_LEAN4,
+                                          statement="theorem t : True := trivial")]),
+     grpc.StatusCode.FAILED_PRECONDITION),
+])
+async def test_bad_batches_get_typed_errors(mesh: RunningMesh, request_: pb.ProveRequest,
+                                            code: grpc.StatusCode) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.prove.prove(request_)]
+    assert info.value.code == code, info.value.message
+
+
+def test_certainly_model_through_the_shim(mesh: RunningMesh) -> None:
+    sdk = openai.OpenAI(base_url=f"{mesh.http_url}/v1", api_key="x", max_retries=0)
+    reply = sdk.chat.completions.create(
+        model="certainly/smt", messages=[{"role": "user", "content": "check these"}],
+        extra_body={"items": [
+            {"item_id": "a", "preamble": "(declare-const y Int)", "statement": "(= y y)"},
+            {"item_id": "b", "preamble": "(declare-const y Int)", "statement": "(= y 1)"}],
+            "options": {"session_id": "s", "track_id": "t", "max_seconds": 10}})
+    assert reply.choices[0].message.content == \
+        "Certainly: 2 items, 1 proved, 1 failed, 0 unproved"
+    result = (reply.model_extra or {})["scillm"]["result"]
+    assert result["manifest"]["track"] == "t"
+
+
+def test_bridge_complete_and_unknown_backend(mesh: RunningMesh) -> None:
+    ok = httpx.post(f"{mesh.http_url}/bridge/complete", timeout=60, json={
+        "messages": [], "items": [{"backend": "coq", "statement": COQ_TRUE[0],
+                                   "proof": COQ_TRUE[1]}]})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["choices"][0]["message"]["content"].startswith("Certainly: 1 items, 1 proved")
+    bad = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=30, json={
+        "model": "certainly/isabelle", "messages": [{"role": "user", "content": "x"}],
+        "items": [{"statement": "x"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
+
+
+def test_formalize_loop_repairs_with_a_scripted_model(tmp_path: Path) -> None:
+    wrong = "```coq\nTheorem add_0 : forall n : nat, n + 0 = n.\nProof. reflexivity. Qed.\n```"
+    right = "```coq\n" + "\n".join(COQ_TRUE) + "\n```"
+    upstream = ScriptedUpstream([{"content": wrong}, {"content": right}]).start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "prover", "litellm_params": {
+        "model": "openai/prover", "api_base": upstream.url, "api_key": "x"}}],
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, http_enabled=False,
+                                       services=("completion", "prove")))
+    try:
+        request = pb.ProveRequest(
+            items=[pb.Obligation(item_id="r1", backend=pb.BACKEND_COQ,
+                                 requirement_text="Adding zero to a natural changes nothing")],
+            formalize=pb.FormalizeOptions(model="prover", max_attempts=3))
+
+        async def go() -> list[pb.ProveResponse]:
+            async with ScillmClient(running.grpc_target) as client:
+                return [e async for e in client.prove.prove(request)]
+
+        import asyncio
+
+        events = asyncio.run(go())
+        result = events[0].result
+        assert result.verdict == pb.VERDICT_PROVED
+        assert [a.verdict for a in result.attempts] == [pb.VERDICT_FAILED, pb.VERDICT_PROVED]
+        assert result.attempts[0].diagnostics and result.attempts[1].usage.total_tokens == 15
+        second_prompt = json.dumps(upstream.requests[1]["messages"])
+        assert "reflexivity" in second_prompt  # the failed attempt went back to the model
+    finally:
+        running.stop()
+        upstream.stop()
