@@ -55,6 +55,25 @@ def _codeworld_run(args: argparse.Namespace) -> int:
     return uvloop.run(run_codeworld(args.spec, raw, args.target))
 
 
+def _prove(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .commands import prove
+
+    try:
+        if args.action == "batch":
+            envelope = prove.batch_envelope(args.file.read_text(), backend=args.backend,
+                                            model=args.model, max_seconds=args.max_seconds)
+        else:
+            envelope = prove.run_envelope(args.statement, backend=args.backend,
+                                          proof=args.proof, preamble=args.preamble,
+                                          model=args.model, max_seconds=args.max_seconds)
+    except (OSError, ValueError) as exc:
+        print(f"scillm prove: {exc}", file=sys.stderr)
+        return 2
+    return uvloop.run(prove.run_prove(envelope, args.target, single=args.action == "run"))
+
+
 def _runs(args: argparse.Namespace) -> int:
     from .commands import runs
 
@@ -108,6 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     cw_run.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                         help=target_help)
     cw_run.set_defaults(func=_codeworld_run)
+
+    prove = sub.add_parser("prove", help="check formal obligations (Certainly)")
+    prove_sub = prove.add_subparsers(dest="action", required=True)
+    batch = prove_sub.add_parser(
+        "batch", help="check FILE.jsonl (one item per line)",
+        description="Print each item's result as it finishes and the summary as JSON lines, "
+                    "a progress bar on stderr. Exit 0 when every item was checked, whatever "
+                    "the verdicts; 1 on errors.")
+    batch.add_argument("file", type=Path, metavar="FILE.jsonl",
+                       help='items: {"item_id", "backend", "statement", "proof", "preamble", '
+                            '"requirement_text"}')
+    one = prove_sub.add_parser(
+        "run", help='check one statement, or a .v / .smt2 / .lean file',
+        description="Exit 0 when proved, 3 when checked and not proved, 1 on errors.")
+    one.add_argument("statement", help="an SMT-LIB2 goal, a Coq theorem, or a file path")
+    one.add_argument("--proof", default="", help="the proof (Coq/Lean), with a statement")
+    one.add_argument("--preamble", default="", help="declarations placed before it")
+    for p in (batch, one):
+        p.add_argument("--backend", choices=("smt", "coq", "lean4"),
+                       help="prover (default: per item, else the first ready one)")
+        p.add_argument("--model", help="completion model formalizing requirement_text items")
+        p.add_argument("--max-seconds", type=float, help="time limit per item")
+        p.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
+                       help=target_help)
+        p.set_defaults(func=_prove)
 
     runs = sub.add_parser("runs", help="list, show and replay stored runs (manifests)")
     runs_sub = runs.add_subparsers(dest="action", required=True)

@@ -75,3 +75,27 @@ def test_runs_list_show_and_replay(tmp_path: Path, mesh: RunningMesh) -> None:
                for d in report["differences"]), report
     missing = _run("runs", "show", "nope", "--store", store)
     assert missing.returncode == 1 and "no single run" in missing.stderr
+
+
+def test_prove_batch_and_run(tmp_path: Path, mesh: RunningMesh) -> None:
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps(i) for i in [
+        {"item_id": "t", "backend": "smt", "preamble": "(declare-const a Int)",
+         "statement": "(= (+ a 0) a)"},
+        {"item_id": "f", "backend": "smt", "preamble": "(declare-const a Int)",
+         "statement": "(> a a)"}]) + "\n")
+    out = _run("prove", "batch", str(batch), "--target", mesh.grpc_target)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    verdicts = {x["result"]["item_id"]: x["result"]["verdict"] for x in lines if "result" in x}
+    assert verdicts == {"t": "VERDICT_PROVED", "f": "VERDICT_REFUTED"}
+    assert "Certainly: 2 items, 1 proved, 1 failed, 0 unproved" in out.stderr
+    source = tmp_path / "zero.v"
+    source.write_text("Theorem z : forall n : nat, 0 + n = n.\nProof. reflexivity. Qed.\n")
+    proved = _run("prove", "run", str(source), "--target", mesh.grpc_target)
+    assert proved.returncode == 0, proved.stdout + proved.stderr
+    refuted = _run("prove", "run", "(> 1 2)", "--backend", "smt", "--target", mesh.grpc_target)
+    assert refuted.returncode == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json}\n")
+    assert _run("prove", "batch", str(bad)).returncode == 2

@@ -1,0 +1,92 @@
+"""`scillm prove batch FILE.jsonl` and `scillm prove run "<statement or file>"`.
+
+A batch file holds one item per line in the seed's form (see scillm.bridges.seed.prove):
+`{"item_id", "backend", "statement", "proof", "preamble", "requirement_text", ...}`.
+Results are printed as JSON lines as they finish, then the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from scillm.bridges.seed.prove import request_from_envelope, summary_text
+from scillm.clients import InvalidRequestError, RPCError
+from scillm.prove.v1 import prove_pb2 as pb
+
+from ._mesh import mesh_client
+from ._progress import Progress
+
+__all__ = ["SUFFIX_BACKENDS", "batch_envelope", "run_envelope", "run_prove"]
+
+SUFFIX_BACKENDS = {".smt2": "smt", ".smt": "smt", ".v": "coq", ".lean": "lean4"}
+
+
+def batch_envelope(raw: str, *, backend: str | None, model: str | None,
+                   max_seconds: float | None) -> dict[str, Any]:
+    """The envelope of a JSONL batch; ValueError names the bad line."""
+    items = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except ValueError as exc:
+            raise ValueError(f"line {number}: not JSON ({exc})") from None
+    return {"model": f"certainly/{backend or ''}".rstrip("/"), "items": items,
+            "options": {k: v for k, v in (("model", model), ("max_seconds", max_seconds)) if v}}
+
+
+def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
+                 model: str | None, max_seconds: float | None) -> dict[str, Any]:
+    """The envelope of one statement, or of a source file (backend from its suffix)."""
+    path = Path(target)
+    item: dict[str, Any] = {"item_id": path.name if path.is_file() else "statement"}
+    if path.is_file():
+        backend = backend or SUFFIX_BACKENDS.get(path.suffix)
+        text = path.read_text()
+        item["proof" if backend in ("coq", "lean4") else "statement"] = text
+    else:
+        item["statement"] = target
+        item["proof"] = proof
+    item["preamble"] = preamble
+    return {"model": f"certainly/{backend or ''}".rstrip("/"), "items": [item],
+            "options": {k: v for k, v in (("model", model), ("max_seconds", max_seconds)) if v}}
+
+
+async def run_prove(envelope: dict[str, Any], target: str | None, *, single: bool) -> int:
+    """Batch: exit 0 when every item was checked, 1 on errors. Single: 0 when proved,
+    3 when checked and not proved, 1 on errors."""
+    try:
+        request = request_from_envelope(envelope)
+    except InvalidRequestError as exc:
+        print(f"scillm prove: {exc.message}", file=sys.stderr)
+        return 2
+    progress = Progress(len(request.items), "items")
+    errors = 0
+    proved = 0
+    try:
+        async with mesh_client(target, ("prove",)) as client:
+            async for event in client.prove.prove(request):
+                kind = event.WhichOneof("event")
+                body = getattr(event, kind)
+                print(json.dumps({kind: json_format.MessageToDict(
+                    body, preserving_proto_field_name=True)}), flush=True)
+                if kind == "result":
+                    errors += body.verdict == pb.VERDICT_ERROR
+                    proved += body.verdict == pb.VERDICT_PROVED
+                    progress.advance(f"{body.item_id}: {pb.Verdict.Name(body.verdict)[8:]}")
+                else:
+                    progress.close()
+                    print(summary_text(body), file=sys.stderr)
+    except RPCError as exc:
+        progress.close()
+        print(f"scillm prove: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    if single:
+        return 1 if errors else (0 if proved else 3)
+    return 1 if errors else 0
