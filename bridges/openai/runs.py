@@ -93,17 +93,17 @@ def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
     if not isinstance(model, str):
         return None
     if model == "codeworld" or model.startswith("codeworld/"):
-        request = codeworld_seed.request_from_envelope(body)
+        codeworld = codeworld_seed.request_from_envelope(body)
         return RoutedRun("codeworld", model,
-                         client.codeworld.run(request, request_id=request_id),
+                         client.codeworld.run(codeworld, request_id=request_id),
                          "summary", codeworld_seed.summary_text)
     if model.startswith("agent/"):
-        request = agent_seed.request_from_envelope(body, model.removeprefix("agent/"))
-        return RoutedRun("agent", model, client.agent.run(request, request_id=request_id),
+        agent = agent_seed.request_from_envelope(body, model.removeprefix("agent/"))
+        return RoutedRun("agent", model, client.agent.run(agent, request_id=request_id),
                          "final", _agent_text)
     if model.startswith(("certainly/", "lean4/")) or model in ("certainly", "lean4"):
-        request = prove_seed.request_from_envelope(body)
-        return RoutedRun("prove", model, client.prove.prove(request, request_id=request_id),
+        prove = prove_seed.request_from_envelope(body)
+        return RoutedRun("prove", model, client.prove.prove(prove, request_id=request_id),
                          "summary", prove_seed.summary_text)
     return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -87,11 +88,12 @@ def request_from_proto(req: pb.CodeWorldRunRequest) -> RunRequest:
         for i, s in enumerate(req.strategies))
     limits, concurrency = _limits(req.limits)
     judge = req.scoring.judge
-    weights = dict(judge.weights)
     spec = JudgeSpec(
-        mode="lexicographic" if judge.mode == pb.JUDGE_MODE_LEXICOGRAPHIC else "weighted",
-        **({"weights": weights} if weights else {}),
-        **({"order": tuple(judge.order)} if judge.order else {}))
+        mode="lexicographic" if judge.mode == pb.JUDGE_MODE_LEXICOGRAPHIC else "weighted")
+    if judge.weights:
+        spec = replace(spec, weights=dict(judge.weights))
+    if judge.order:
+        spec = replace(spec, order=tuple(judge.order))
     mcts = autogen = None
     if req.mode == pb.SEARCH_MODE_MCTS:
         m = req.mcts

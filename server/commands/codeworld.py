@@ -43,7 +43,7 @@ async def run_codeworld(spec: Path, raw: bytes, target: str | None) -> int:
     try:
         async with mesh_client(target, ("codeworld",)) as client:
             async for event in client.codeworld.run(request):
-                kind = event.WhichOneof("event")
+                kind = str(event.WhichOneof("event"))
                 payload = json_format.MessageToDict(getattr(event, kind),
                                                     preserving_proto_field_name=True)
                 print(json.dumps({kind: payload}), flush=True)

@@ -72,7 +72,7 @@ async def run_prove(envelope: dict[str, Any], target: str | None, *, single: boo
     try:
         async with mesh_client(target, ("prove",)) as client:
             async for event in client.prove.prove(request):
-                kind = event.WhichOneof("event")
+                kind = str(event.WhichOneof("event"))
                 body = getattr(event, kind)
                 print(json.dumps({kind: json_format.MessageToDict(
                     body, preserving_proto_field_name=True)}), flush=True)

@@ -35,7 +35,7 @@ ERRORS: ErrorTable = {
 #: Backend enum <-> the engine's backend names, in priority order.
 BACKENDS: dict[int, str] = {pb.BACKEND_SMT: "smt", pb.BACKEND_COQ: "coq",
                             pb.BACKEND_LEAN4: "lean4"}
-_BACKEND_ENUM = {v: k for k, v in BACKENDS.items()}
+_BACKEND_ENUM: dict[str, Any] = {v: k for k, v in BACKENDS.items()}
 _VERDICTS = {Verdict.PROVED: pb.VERDICT_PROVED, Verdict.REFUTED: pb.VERDICT_REFUTED,
              Verdict.FAILED: pb.VERDICT_FAILED, Verdict.UNKNOWN: pb.VERDICT_UNKNOWN,
              Verdict.TIMEOUT: pb.VERDICT_TIMEOUT, Verdict.ERROR: pb.VERDICT_ERROR}
@@ -77,9 +77,12 @@ def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
 
 def _diagnostic(d: Diagnostic) -> pb.Diagnostic:
     # The engine counts columns from 0 (LSP); the contract counts them from 1.
+    # Unknown positions stay 0 ("not set").
+    def one_based(column: int | None) -> int:
+        return 0 if column is None else column + 1
     return pb.Diagnostic(severity=_SEVERITY.get(str(d.severity).lower(), pb.SEVERITY_ERROR),
-                         message=d.message, line=d.line, column=d.column + 1,
-                         end_line=d.end_line, end_column=d.end_column + 1)
+                         message=d.message, line=d.line or 0, column=one_based(d.column),
+                         end_line=d.end_line or 0, end_column=one_based(d.end_column))
 
 
 def result_to_proto(r: ItemResult, version: str, metadata: dict[str, str]) -> pb.ItemResult:
