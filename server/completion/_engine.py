@@ -98,7 +98,16 @@ class CompletionEngine:
                     return Completed(hit, self._cache_routing(), True,
                                      _output.json_validity(hit, fmt))
         routing = Routing(strategy=self._strategy)
-        response = await self._with_fallbacks(model, body, opts, routing, self._call_complete)
+
+        async def timed(provider: Provider, call: ProviderCall,
+                        state: DeploymentState) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                return await self._call_complete(provider, call, state)
+            finally:
+                routing.upstream_s += time.perf_counter() - started
+
+        response = await self._with_fallbacks(model, body, opts, routing, timed)
         valid = _output.json_validity(response, fmt)
         if key is not None and self._cache is not None and not opts.cache_no_store \
                 and valid is not False:

@@ -27,6 +27,8 @@ class Routing:
     total_sleep_s: float = 0.0
     last_retry_after_s: float | None = None
     strategy: str = ""
+    #: Seconds spent waiting on upstream calls (retry sleeps excluded), for the overhead.
+    upstream_s: float = 0.0
 
 
 @dataclass

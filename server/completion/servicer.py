@@ -88,10 +88,10 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         done = await self._engine.complete(wire.request_from_proto(request))
         response = wire.response_to_proto(done.response)
         elapsed = time.perf_counter() - started
-        upstream_s = getattr(done, "upstream_s", None)
-        response.routing.CopyFrom(routing_to_proto(
-            done.routing, cache_hit=done.cache_hit,
-            overhead_s=elapsed - upstream_s if upstream_s else 0.0))
+        # What the mesh itself added: all but the upstream calls and the retry sleeps.
+        overhead = elapsed - done.routing.upstream_s - done.routing.total_sleep_s
+        response.routing.CopyFrom(routing_to_proto(done.routing, cache_hit=done.cache_hit,
+                                                   overhead_s=overhead))
         if done.json_valid is not None:
             response.json_valid = done.json_valid
         response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))

@@ -102,3 +102,13 @@ def test_health_endpoints(mesh: RunningMesh) -> None:
     assert body["services"]["scillm.completion.v1.CompletionService"] == "SERVING"
     assert ready.status_code == (200 if body["ready"] else 503)
     assert body["ready"] == all(v == "SERVING" for v in body["services"].values())
+
+
+def test_overhead_header_and_metrics(mesh: RunningMesh) -> None:
+    resp = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=30, json={
+        "model": "echo/x", "messages": [{"role": "user", "content": "measure me"}]})
+    overhead = float(resp.headers["x-scillm-overhead-ms"])
+    assert 0.0 <= overhead < float(resp.headers["x-scillm-total-ms"]) + 1.0
+    metrics = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
+    assert 'scillm_rpc_requests_total{code="OK",method="Completion"}' in metrics
+    assert "scillm_rpc_latency_seconds_bucket" in metrics
