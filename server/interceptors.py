@@ -61,7 +61,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method.rsplit(".", 1)[-1]
+        method = handler_call_details.method.rsplit(".", 1)[-1]  # Service/Method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method=method),

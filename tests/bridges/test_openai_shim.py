@@ -110,5 +110,5 @@ def test_overhead_header_and_metrics(mesh: RunningMesh) -> None:
     overhead = float(resp.headers["x-scillm-overhead-ms"])
     assert 0.0 <= overhead < float(resp.headers["x-scillm-total-ms"]) + 1.0
     metrics = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
-    assert 'scillm_rpc_requests_total{code="OK",method="Completion"}' in metrics
+    assert 'scillm_rpc_requests_total{code="OK",method="CompletionService/Completion"}' in metrics
     assert "scillm_rpc_latency_seconds_bucket" in metrics
