@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python bench/prove_bench.py [--smt N] [--coq N] [--lia N]
 
+Targets: through the service, >= 20x one z3 per obligation and >= 5x one coqc per obligation.
+
 For each backend it checks N small, distinct obligations (cache disabled) through a
 `ProveEngine` with prewarmed pools, then the same sources with one `z3`/`coqc`
 process per obligation, sequentially (coqc also runs `Print Assumptions`, the check
@@ -9,6 +11,10 @@ the pool does). It prints obligations/s for both and their ratio.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # before grpc is imported
 
 import argparse
 import asyncio
@@ -74,6 +80,36 @@ def report(label: str, n: int, warm: float, verdicts: Counter[str], cold_s: floa
           f"{dict(verdicts)}")
 
 
+async def through_service(items: list[Obligation], scratch: Path) -> tuple[float, Counter[str]]:
+    """The same obligations as one batch through ProveService over gRPC."""
+    from dataclasses import replace
+
+    from scillm.clients import ScillmClient
+    from scillm.prove.v1 import prove_pb2 as pb
+    from scillm.server.app import Mesh
+    from scillm.server.settings import Settings
+
+    backends = {"smt": pb.BACKEND_SMT, "coq": pb.BACKEND_COQ}
+    request = pb.ProveRequest(no_cache=True, items=[
+        pb.Obligation(item_id=o.item_id, backend=backends[o.backend],  # type: ignore[arg-type]
+                      statement=o.statement, proof=o.proof, preamble=o.preamble,
+                      imports=list(o.imports)) for o in items])
+    request.limits.timeout.FromSeconds(60)
+    mesh = Mesh(replace(Settings(), grpc_port=0, http_enabled=False,
+                        services=("completion", "prove"), store_path=scratch / "runs.sqlite3"))
+    await mesh.start()
+    try:
+        async with ScillmClient(mesh.grpc_target) as client:
+            started = time.perf_counter()
+            verdicts: Counter[str] = Counter()
+            async for event in client.prove.prove(request):
+                if event.HasField("result"):
+                    verdicts[pb.Verdict.Name(event.result.verdict)] += 1
+            return time.perf_counter() - started, verdicts
+    finally:
+        await mesh.stop(1.0)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smt", type=int, default=400)
@@ -93,7 +129,10 @@ async def main() -> None:
                 continue
             warm, verdicts = await pooled(items, settings)
             assert set(verdicts) == {Verdict.PROVED.value}, verdicts
-            report(label, len(items), warm, verdicts, cold(items, probe, scratch))
+            cold_s = cold(items, probe, scratch)
+            report(label, len(items), warm, verdicts, cold_s)
+            served, served_verdicts = await through_service(items, scratch)
+            report("  through ProveService", len(items), served, served_verdicts, cold_s)
 
 
 if __name__ == "__main__":
