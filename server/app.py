@@ -140,6 +140,7 @@ class Mesh:
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                http="httptools",
                                 timeout_graceful_shutdown=int(settings.grace_period_s) or None,
                                 backlog=2048)
         self._http = _EmbeddedUvicorn(config)

@@ -23,7 +23,9 @@ from .errors import (
 
 __all__ = ["ClientPool", "api_key", "error_from_response", "sse_events", "transport_error"]
 
-_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
+# Enough connections for many concurrent streams per base URL (each holds one open).
+_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=128,
+                       keepalive_expiry=30)
 
 
 class ClientPool:
