@@ -112,3 +112,28 @@ def test_overhead_header_and_metrics(mesh: RunningMesh) -> None:
     metrics = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
     assert 'scillm_rpc_requests_total{code="OK",method="CompletionService/Completion"}' in metrics
     assert "scillm_rpc_latency_seconds_bucket" in metrics
+
+
+def test_client_disconnect_cancels_the_grpc_stream(mesh: RunningMesh) -> None:
+    def cancelled() -> float:
+        for line in httpx.get(f"{mesh.http_url}/metrics", timeout=10).text.splitlines():
+            if line.startswith('scillm_rpc_requests_total{code="CANCELLED",'
+                               'method="CompletionService/CompletionStream"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = cancelled()
+    words = " ".join(f"w{i}" for i in range(200_000))  # far more than flow control buffers
+    with httpx.Client(timeout=30) as http, http.stream(
+            "POST", f"{mesh.http_url}/v1/chat/completions",
+            json={"model": "echo/x", "stream": True, "scillm": {"cache": {"bypass": True}},
+                  "messages": [{"role": "user", "content": words}]}) as resp:
+        lines = resp.iter_lines()
+        assert next(lines).startswith("data: ")
+    # The response is closed after one event: the shim must cancel its gRPC call.
+    import time
+
+    deadline = time.monotonic() + 10
+    while cancelled() <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == before + 1
