@@ -106,6 +106,12 @@ class Mesh:
                       else health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.health.set(parts.full_name, status)
             log.info("service %s: %s", name, "SERVING" if ready else "NOT_SERVING")
+            for part, part_ready in parts.parts_ready().items():
+                await self.health.set(f"{parts.full_name}/{part}",
+                                      health_pb2.HealthCheckResponse.SERVING if part_ready
+                                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+                log.info("service %s/%s: %s", name, part,
+                         "SERVING" if part_ready else "NOT_SERVING")
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if settings.http_enabled:
             await self._start_http()

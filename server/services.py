@@ -51,6 +51,9 @@ class ServiceParts:
     #: Start the engine; True when the service can serve.
     start: Callable[[], Awaitable[bool]] = _ready
     close: Callable[[], Awaitable[None]] = _nothing
+    #: Readiness of the service's parts after start, as health entries `<service>/<part>`
+    #: (for example each prover backend).
+    parts_ready: Callable[[], dict[str, bool]] = dict
 
 
 def _store(settings: Settings, shared: dict[str, Any]) -> RunStore:
@@ -98,7 +101,8 @@ def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
     return ServiceParts(
         "prove", SERVICE_NAMES["prove"],
         lambda server: prove_pb2_grpc.add_ProveServiceServicer_to_server(servicer, server),
-        ERRORS, start, engine.close)
+        ERRORS, start, engine.close,
+        parts_ready=lambda: {b.name: b.available for b in engine.backends()})
 
 
 def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
@@ -116,7 +120,7 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
         await engine.start()
         return True
 
-    servicer = CodeWorldServicer(engine, _store(settings, shared))
+    servicer = CodeWorldServicer(engine, _store(settings, shared), shared.get("metrics"))
     return ServiceParts(
         "codeworld", SERVICE_NAMES["codeworld"],
         lambda server: codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server(

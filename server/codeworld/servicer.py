@@ -17,6 +17,7 @@ from scillm.codeworld.v1 import codeworld_pb2_grpc
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
 from ..manifests import ManifestClock, RunStore
+from ..metrics import Metrics
 from . import errors
 from ._engine import CodeWorldEngine
 from ._events import Generation, MctsProgress, RunResult, Summary
@@ -185,9 +186,11 @@ def summary_to_proto(summary: Summary, items: int) -> pb.CodeWorldRunSummary:
 class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
     """Thin gRPC edge of the CodeWorld engine."""
 
-    def __init__(self, engine: CodeWorldEngine, store: RunStore | None = None) -> None:
+    def __init__(self, engine: CodeWorldEngine, store: RunStore | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._engine = engine
         self._store = store
+        self._metrics = metrics
 
     async def CodeWorldRun(self, request: pb.CodeWorldRunRequest,
                            context: grpc.aio.ServicerContext[Any, Any],
@@ -197,10 +200,15 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
         clock = ManifestClock("codeworld", request.context, request_id=current_request_id(),
                               model=request.mcts.model,
                               item_ids=[i.task_id for i in run_request.items])
+        recorded: list[pb.RunResult] = []
         async with contextlib.aclosing(self._engine.run(run_request)) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, RunResult):
-                    yield pb.CodeWorldRunResponse(run=run_to_proto(event))
+                    run = run_to_proto(event)
+                    recorded.append(run)
+                    if self._metrics is not None:
+                        self._metrics.sandbox_runs.labels(event.status.value).inc()
+                    yield pb.CodeWorldRunResponse(run=run)
                 elif isinstance(event, MctsProgress):
                     yield pb.CodeWorldRunResponse(mcts_progress=pb.MctsProgress(
                         rollout=event.rollout, variant_id=event.variant_id,
@@ -211,5 +219,5 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
                     summary.manifest.CopyFrom(clock.finish(backend="sandbox",
                                                            isolation=event.isolation))
                     if self._store is not None:
-                        await self._store.put(summary.manifest, request, summary)
+                        await self._store.put(summary.manifest, request, summary, recorded)
                     yield pb.CodeWorldRunResponse(summary=summary)

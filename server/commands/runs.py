@@ -43,9 +43,12 @@ def show_run(path: Path, run_id: str) -> int:
     if run is None:
         print(f"scillm runs: no single run matches {run_id!r}", file=sys.stderr)
         return 1
-    print(json.dumps({name: json_format.MessageToDict(m, preserving_proto_field_name=True)
-                      for name, m in (("manifest", run.manifest), ("request", run.request),
-                                      ("result", run.result))}, indent=2))
+    shown: dict[str, object] = {
+        name: json_format.MessageToDict(m, preserving_proto_field_name=True)
+        for name, m in (("manifest", run.manifest), ("request", run.request),
+                        ("result", run.result))}
+    shown["events"] = list(run.events)
+    print(json.dumps(shown, indent=2))
     return 0
 
 

@@ -1,19 +1,24 @@
 """The run store: every run's manifest, request and result, in SQLite, replayable by id.
 
 One table, `runs`; the request and the terminal result are stored as serialized protos
-with their full type names, so a run can be re-executed exactly as it was asked.
+with their full type names, so a run can be re-executed exactly as it was asked, and the
+stream's other events (per-item verdicts with every formalization attempt, per-run
+outputs, model turns and tool I/O) as JSON for audit.
 Writes go through a worker thread so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from google.protobuf import symbol_database
+from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
 # The request and result types of every service, registered for _decode.
@@ -38,7 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     request_type TEXT NOT NULL,
     request      BLOB NOT NULL,
     result_type  TEXT NOT NULL,
-    result       BLOB NOT NULL
+    result       BLOB NOT NULL,
+    events       TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS runs_session ON runs (session_id, track, start_time);
 """
@@ -58,6 +64,8 @@ class StoredRun:
     manifest: common_pb2.RunManifest
     request: Message
     result: Message
+    #: The stream's other events (per-item results, runs, tool calls), as JSON objects.
+    events: tuple[dict[str, Any], ...] = ()
 
 
 class RunStore:
@@ -71,21 +79,24 @@ class RunStore:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
-    def put_sync(self, manifest: common_pb2.RunManifest, request: Message,
-                 result: Message) -> None:
+    def put_sync(self, manifest: common_pb2.RunManifest, request: Message, result: Message,
+                 events: Sequence[Message] = ()) -> None:
         """Store a run (replaces a run with the same id)."""
+        recorded = json.dumps([json_format.MessageToDict(e, preserving_proto_field_name=True)
+                               for e in events])
         row = (manifest.run_id, manifest.service, manifest.session_id, manifest.track,
                manifest.model, manifest.request_id, manifest.start_time.ToJsonString(),
                manifest.SerializeToString(), request.DESCRIPTOR.full_name,
                request.SerializeToString(), result.DESCRIPTOR.full_name,
-               result.SerializeToString())
+               result.SerializeToString(), recorded)
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
 
-    async def put(self, manifest: common_pb2.RunManifest, request: Message,
-                  result: Message) -> None:
+    async def put(self, manifest: common_pb2.RunManifest, request: Message, result: Message,
+                  events: Sequence[Message] = ()) -> None:
         """`put_sync` on a worker thread."""
-        await asyncio.to_thread(self.put_sync, manifest, request, result)
+        await asyncio.to_thread(self.put_sync, manifest, request, result, events)
 
     def list(self, *, session_id: str | None = None, track: str | None = None,
              service: str | None = None, limit: int = 50) -> list[common_pb2.RunManifest]:
@@ -108,13 +119,14 @@ class RunStore:
         """The run with this id (a unique prefix works too), or None."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT manifest, request_type, request, result_type, result FROM runs "
+                "SELECT manifest, request_type, request, result_type, result, events FROM runs "
                 "WHERE run_id = ? OR run_id LIKE ? LIMIT 2", (run_id, run_id + "%")).fetchall()
         if len(rows) != 1:
             return None
-        manifest, request_type, request, result_type, result = rows[0]
+        manifest, request_type, request, result_type, result, events = rows[0]
         return StoredRun(common_pb2.RunManifest.FromString(manifest),
-                         _decode(request_type, request), _decode(result_type, result))
+                         _decode(request_type, request), _decode(result_type, result),
+                         tuple(json.loads(events)))
 
     def close(self) -> None:
         """Close the database."""

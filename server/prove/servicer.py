@@ -53,6 +53,10 @@ def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
     if not req.items:
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "items must not be empty",
                           param="items")
+    if req.default_backend not in (pb.BACKEND_UNSPECIFIED, *BACKENDS):
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown default_backend {req.default_backend}",
+                          param="default_backend")
     default = BACKENDS.get(req.default_backend, default_backend)
     limits = None
     if req.limits.HasField("timeout") or req.limits.memory_bytes:
@@ -68,6 +72,10 @@ def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
                               param="limits") from None
     items = []
     for i, o in enumerate(req.items):
+        if o.backend not in (pb.BACKEND_UNSPECIFIED, *BACKENDS):
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"items[{i}] ({o.item_id or 'no id'}): unknown backend {o.backend}",
+                              param=f"items[{i}].backend")
         items.append(Obligation(
             item_id=o.item_id or f"item-{i}", backend=BACKENDS.get(o.backend, default),
             requirement_text=o.requirement_text, statement=o.statement, proof=o.proof,
@@ -137,12 +145,15 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
                     for i, o in enumerate(request.items)}
         run = self._engine.run_batch(items, defaults=limits, formalize=formalize,
                                      complete=self._link.text_and_usage if formalize else None)
+        recorded: list[pb.ItemResult] = []
         async with run:
             async for result in run:
                 if self._metrics is not None:
                     self._metrics.verdicts.labels(result.backend, str(result.verdict)).inc()
-                yield pb.ProveResponse(result=result_to_proto(
-                    result, versions.get(result.backend, ""), metadata.get(result.item_id, {})))
+                message = result_to_proto(result, versions.get(result.backend, ""),
+                                          metadata.get(result.item_id, {}))
+                recorded.append(message)
+                yield pb.ProveResponse(result=message)
         counts = run.summary.counts
         summary = pb.ProveSummary(
             items=len(items), proved=counts.get(Verdict.PROVED, 0),
@@ -154,7 +165,7 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
         summary.manifest.CopyFrom(clock.finish(backend=",".join(backends)))
         summary.manifest.versions.update({f"{b}": versions.get(b, "") for b in backends})
         if self._store is not None:
-            await self._store.put(summary.manifest, request, summary)
+            await self._store.put(summary.manifest, request, summary, recorded)
         yield pb.ProveResponse(summary=summary)
 
     async def ListBackends(self, request: pb.ListBackendsRequest,

@@ -10,6 +10,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshutil import RunningMesh, mesh_settings, start_mesh
 from scripted_upstream import ScriptedUpstream
 
@@ -67,6 +68,35 @@ async def test_backends_report_lean_unavailable(mesh: RunningMesh) -> None:
     info = {b.backend: b for b in reply.backends}
     assert info[pb.BACKEND_SMT].available and info[pb.BACKEND_COQ].available
     assert not info[pb.BACKEND_LEAN4].available and info[pb.BACKEND_LEAN4].reason
+    async with grpc.aio.insecure_channel(mesh.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for backend, expected in (("smt", health_pb2.HealthCheckResponse.SERVING),
+                                  ("coq", health_pb2.HealthCheckResponse.SERVING),
+                                  ("lean4", health_pb2.HealthCheckResponse.NOT_SERVING)):
+            reply = await health.Check(health_pb2.HealthCheckRequest(
+                service=f"scillm.prove.v1.ProveService/{backend}"))
+            assert reply.status == expected, backend
+
+
+async def test_unknown_backend_number_is_invalid(mesh: RunningMesh) -> None:
+    request = pb.ProveRequest(items=[pb.Obligation(item_id="x", statement="(> 1 0)")])
+    request.items[0].backend = 42  # type: ignore[assignment]
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.prove.prove(request)]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == "items[0].backend"
+
+
+async def test_stored_run_keeps_every_item_result(mesh: RunningMesh) -> None:
+    from scillm.server.manifests import RunStore
+
+    async with ScillmClient(mesh.grpc_target) as client:
+        events = [e async for e in client.prove.prove(_batch())]
+    store = RunStore(mesh.mesh.settings.store_path)
+    stored = store.get(events[-1].summary.manifest.run_id)
+    assert stored is not None and len(stored.events) == 5
+    assert {e["item_id"] for e in stored.events} == {r.result.item_id for r in events[:-1]}
 
 
 @pytest.mark.parametrize(("request_", "code"), [
