@@ -125,7 +125,9 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
         "codeworld", SERVICE_NAMES["codeworld"],
         lambda server: codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server(
             servicer, server),
-        ERRORS, start, engine.close)
+        ERRORS, start, engine.close,
+        # `<service>/bubblewrap` NOT_SERVING says code runs with weaker isolation (rlimits).
+        parts_ready=lambda: {"bubblewrap": engine.sandbox.isolation == "bubblewrap"})
 
 
 def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:

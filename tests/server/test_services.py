@@ -322,3 +322,54 @@ def test_codeworld_failed_generation_is_reported(tmp_path: Path) -> None:
     finally:
         running.stop()
         upstream.stop()
+
+
+CONTAINMENT = {
+    "network": ("import socket\ndef solve(t, c):\n"
+                "    socket.create_connection(('1.1.1.1', 80), timeout=2)\n"
+                "    return 'escaped'\n"),
+    "write_outside_tmp": ("def solve(t, c):\n    open('/usr/escaped', 'w').write('x')\n"
+                          "    return 'escaped'\n"),
+    "fork_bomb": "import os\ndef solve(t, c):\n    while True:\n        os.fork()\n",
+    "memory_bomb": ("def solve(t, c):\n    x = []\n"
+                    "    while True:\n        x.append(' ' * 10_000_000)\n"),
+    "infinite_loop": "def solve(t, c):\n    while True:\n        pass\n",
+    "read_environment": ("import os\ndef solve(t, c):\n"
+                         "    return os.environ.get('SCILLM_CANARY', 'hidden')\n"),
+}
+
+
+async def test_containment_through_the_service(mesh: RunningMesh) -> None:
+    import os
+
+    os.environ["SCILLM_CANARY"] = "leaked"  # in the server's (this process's) environment
+    try:
+        req = cw.CodeWorldRunRequest(strategies=[
+            cw.Strategy(name=name, source=source) for name, source in CONTAINMENT.items()])
+        req.items.add(task_id="t")
+        req.limits.timeout.FromSeconds(2)
+        req.limits.memory_bytes = 256 * 1024 * 1024
+        async with ScillmClient(mesh.grpc_target) as client:
+            events = [e async for e in client.codeworld.run(req)]
+            runs = {e.run.strategy: e.run for e in events if e.HasField("run")}
+            assert set(runs) == set(CONTAINMENT)
+            for name, run in runs.items():
+                assert run.result.string_value not in ("escaped", "leaked"), name
+            assert runs["read_environment"].result.string_value == "hidden"
+            assert runs["infinite_loop"].status in (cw.RUN_STATUS_TIMEOUT, cw.RUN_STATUS_KILLED)
+            assert runs["network"].status == cw.RUN_STATUS_ERROR
+            assert not os.path.exists("/usr/escaped")
+            after = [e async for e in client.codeworld.run(_codeworld_request())]
+            assert after[-1].summary.succeeded == 4  # good and bad ran; broken does not parse
+        async with grpc.aio.insecure_channel(mesh.grpc_target) as channel:
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(
+                service="scillm.codeworld.v1.CodeWorldService"))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            isolation = await health.Check(health_pb2.HealthCheckRequest(
+                service="scillm.codeworld.v1.CodeWorldService/bubblewrap"))
+            assert isolation.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        os.environ.pop("SCILLM_CANARY", None)
