@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Iterator
@@ -358,7 +359,7 @@ async def test_containment_through_the_service(mesh: RunningMesh) -> None:
             assert runs["read_environment"].result.string_value == "hidden"
             assert runs["infinite_loop"].status in (cw.RUN_STATUS_TIMEOUT, cw.RUN_STATUS_KILLED)
             assert runs["network"].status == cw.RUN_STATUS_ERROR
-            assert not os.path.exists("/usr/escaped")
+            assert not await asyncio.to_thread(os.path.exists, "/usr/escaped")
             after = [e async for e in client.codeworld.run(_codeworld_request())]
             assert after[-1].summary.succeeded == 4  # good and bad ran; broken does not parse
         async with grpc.aio.insecure_channel(mesh.grpc_target) as channel:
