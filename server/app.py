@@ -30,7 +30,7 @@ from .interceptors import build_interceptors
 from .metrics import Metrics
 from .services import ServiceParts, build_service
 from .settings import Settings
-from .telemetry import configure_tracing
+from .telemetry import client_interceptors, configure_tracing, wrap_asgi
 
 __all__ = ["Mesh", "serve"]
 
@@ -56,6 +56,7 @@ class Mesh:
         self._http_task: asyncio.Task[None] | None = None
         self._running = _Running()
         self.metrics = Metrics()
+        self._tracing = False
         self._metrics_server: Any = None
 
     @property
@@ -67,11 +68,12 @@ class Mesh:
     async def start(self) -> None:
         """Build the services, bind the ports and mark what is ready as SERVING."""
         settings = self.settings
-        tracing = configure_tracing()
+        tracing = self._tracing = configure_tracing()
         # Mark every service NOT_SERVING until its engine has started.
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         tables: dict[type[BaseException], grpc.StatusCode] = {}
-        link = CompletionLink(lambda: self.completion_target)
+        link = CompletionLink(lambda: self.completion_target,
+                              interceptors=client_interceptors(tracing))
         self._running.closers.append(link.close)
         shared: dict[str, Any] = {"metrics": self.metrics}
         for name in settings.services:
@@ -135,10 +137,11 @@ class Mesh:
         from scillm.clients import ScillmClient
 
         settings = self.settings
-        client = ScillmClient(self.grpc_target)
+        client = ScillmClient(self.grpc_target,
+                              interceptors=client_interceptors(self._tracing) or None)
         self._running.closers.append(client.close)
-        app = create_app(client, max_request_bytes=settings.max_request_bytes,
-                         metrics_registry=self.metrics.registry)
+        app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
+                                   metrics_registry=self.metrics.registry), self._tracing)
         sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.http_host, settings.http_port))

@@ -16,13 +16,15 @@ __all__ = ["CompletionLink"]
 class CompletionLink:
     """A lazily opened client to CompletionService, with the call shapes domains use."""
 
-    def __init__(self, target: Callable[[], str]) -> None:
+    def __init__(self, target: Callable[[], str], *, interceptors: Sequence[Any] = ()) -> None:
         self._target = target
+        self._interceptors = list(interceptors)
         self._client: ScillmClient | None = None
 
     def _get(self) -> ScillmClient:
         if self._client is None:
-            self._client = ScillmClient(self._target())
+            self._client = ScillmClient(self._target(),
+                                        interceptors=self._interceptors or None)
         return self._client
 
     async def chat(self, request: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["configure_tracing", "tracing_requested"]
+__all__ = ["client_interceptors", "configure_tracing", "tracing_requested", "wrap_asgi"]
 
 
 def tracing_requested(environ: Mapping[str, str] | None = None) -> bool:
@@ -40,4 +41,26 @@ def configure_tracing(service_name: str = "scillm") -> bool:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    # Outbound provider calls get client spans (and traceparent headers) too.
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor().instrument()
     return True
+
+
+def client_interceptors(tracing: bool) -> list[Any]:
+    """gRPC client interceptors carrying the trace context to the next service."""
+    if not tracing:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+
+
+def wrap_asgi(app: Any, tracing: bool) -> Any:
+    """The HTTP shim with a server span per request, when tracing."""
+    if not tracing:
+        return app
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware(app)
