@@ -65,7 +65,7 @@ def _store(settings: Settings, shared: dict[str, Any]) -> RunStore:
     return store
 
 
-def _completion(settings: Settings) -> ServiceParts:
+def _completion(settings: Settings, shared: dict[str, Any]) -> ServiceParts:
     from .completion import CompletionEngine, CompletionSettings
     from .completion.servicer import ERRORS, CompletionServicer
 
@@ -77,7 +77,7 @@ def _completion(settings: Settings) -> ServiceParts:
         await engine.start()
         return True
 
-    servicer = CompletionServicer(engine)
+    servicer = CompletionServicer(engine, shared.get("metrics"))
     return ServiceParts(
         "completion", SERVICE_NAMES["completion"],
         lambda server: completion_pb2_grpc.add_CompletionServiceServicer_to_server(
@@ -196,7 +196,7 @@ def build_service(name: str, settings: Settings, link: CompletionLink,
     what services of one process share (the code sandbox of CodeWorld and Agent).
     """
     if name == "completion":
-        return _completion(settings)
+        return _completion(settings, shared)
     if name == "prove":
         return _prove(settings, link, shared)
     if name == "codeworld":

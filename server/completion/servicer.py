@@ -16,6 +16,7 @@ from scillm.completion.v1 import completion_pb2_grpc
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
 from ..manifests import ManifestClock
+from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
 
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
@@ -76,8 +77,20 @@ def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) ->
 class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
     """Thin gRPC edge of the completion engine."""
 
-    def __init__(self, engine: CompletionEngine) -> None:
+    def __init__(self, engine: CompletionEngine, metrics: Metrics | None = None) -> None:
         self._engine = engine
+        self._metrics = metrics
+
+    def _count(self, model: str, usage: Any, routing: Routing, cache_hit: bool) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        if usage is not None:
+            m.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+            m.tokens.labels(model, "completion").inc(usage.completion_tokens)
+        m.cache.labels("hit" if cache_hit else "miss").inc()
+        if routing.attempts > 1:
+            m.retries.labels(model).inc(routing.attempts - 1)
 
     async def Completion(self, request: pb.CompletionRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:
@@ -94,6 +107,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                                                    overhead_s=overhead))
         if done.json_valid is not None:
             response.json_valid = done.json_valid
+        self._count(request.model, response.usage, done.routing, done.cache_hit)
         response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
         return response
 
@@ -112,6 +126,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         async with contextlib.aclosing(self._engine.stream(body)) as events:
             async for event in events:
                 if isinstance(event, StreamEnd):
+                    self._count(inner.model, wire.usage_to_proto(event.usage), event.routing,
+                                event.cache_hit)
                     end = pb.CompletionStreamEnd(
                         id=last_id, usage=wire.usage_to_proto(event.usage),
                         routing=routing_to_proto(event.routing, cache_hit=event.cache_hit,

@@ -112,6 +112,8 @@ def test_overhead_header_and_metrics(mesh: RunningMesh) -> None:
     metrics = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
     assert 'scillm_rpc_requests_total{code="OK",method="CompletionService/Completion"}' in metrics
     assert "scillm_rpc_latency_seconds_bucket" in metrics
+    assert 'scillm_tokens_total{kind="completion",model="echo/x"}' in metrics
+    assert 'scillm_cache_events_total{result=' in metrics
 
 
 def test_client_disconnect_cancels_the_grpc_stream(mesh: RunningMesh) -> None:
