@@ -5,6 +5,11 @@ joins its chunk packages into one GGUF file and returns the path. The model load
 on the first request; generation runs in one worker thread fed by a queue, so the event
 loop never blocks. Without the packages the provider raises ProviderUnavailable naming
 the `scillm[local]` extra.
+
+The embedded Gemma 3 270M is a *base* model: it continues text and has no chat template.
+The prompt is therefore plain text, the messages' texts joined by newlines with no role
+labels, and the reply is the model's continuation of it ("The capital of France is" ->
+" Paris, ..."). The result is returned in OpenAI's chat shape.
 """
 
 from __future__ import annotations
@@ -16,14 +21,13 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ._provider import ProviderCall
+from ._provider import ProviderCall, completion_id, text_of
 from .errors import ProviderUnavailable, UpstreamError
 
 __all__ = ["LocalProvider", "load_gemma"]
 
 EXTRA = "scillm[local]"
-_PASSED = ("max_tokens", "temperature", "top_p", "stop", "seed", "tools", "tool_choice",
-           "response_format", "logprobs", "top_logprobs")
+_PASSED = ("max_tokens", "temperature", "top_p", "stop", "seed")
 _DONE = object()
 
 
@@ -65,31 +69,50 @@ class LocalProvider:
 
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
         kwargs = self._kwargs(call)
-        messages = call.body.get("messages")
+        prompt = continuation_prompt(call.body.get("messages") or [])
 
         def run() -> Any:
-            return self._model(call.model).create_chat_completion(messages=messages, **kwargs)
+            return self._model(call.model).create_completion(prompt=prompt, **kwargs)
 
         result = await asyncio.get_running_loop().run_in_executor(self._worker, run)
         if not isinstance(result, dict):
             raise UpstreamError(f"{call.deployment.id}: llama.cpp returned {type(result)}")
-        return result
+        choices = [{"index": c.get("index", i), "logprobs": None,
+                    "finish_reason": c.get("finish_reason") or "stop",
+                    "message": {"role": "assistant", "content": c.get("text", "")}}
+                   for i, c in enumerate(result.get("choices") or [])]
+        return {"id": completion_id(), "object": "chat.completion",
+                "created": int(result.get("created") or 0), "model": call.model,
+                "choices": choices, "usage": result.get("usage")}
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
         kwargs = self._kwargs(call)
-        messages = call.body.get("messages")
+        prompt = continuation_prompt(call.body.get("messages") or [])
+        cid = completion_id()
+
+        def chunk(delta: dict[str, Any], finish: str | None, created: int) -> dict[str, Any]:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created,
+                    "model": call.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         def run() -> None:
             try:
-                chunks: Iterator[Any] = self._model(call.model).create_chat_completion(
-                    messages=messages, stream=True, **kwargs)
-                for chunk in chunks:
+                pieces: Iterator[Any] = self._model(call.model).create_completion(
+                    prompt=prompt, stream=True, **kwargs)
+                first = True
+                for piece in pieces:
                     if stop.is_set():
                         break
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    c = (piece.get("choices") or [{}])[0]
+                    delta: dict[str, Any] = {"content": c.get("text", "")}
+                    if first:
+                        delta["role"] = "assistant"
+                        first = False
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk(
+                        delta, c.get("finish_reason"), int(piece.get("created") or 0)))
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
             except BaseException as exc:  # handed to the consumer, not lost in the thread
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -106,3 +129,8 @@ class LocalProvider:
     async def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._models.clear()
+
+
+def continuation_prompt(messages: list[dict[str, Any]]) -> str:
+    """The plain-text prompt a base model continues: the messages' texts, one per line."""
+    return "\n".join(t for m in messages if (t := text_of(m.get("content"))))

@@ -39,19 +39,21 @@ class FakeLlama:
 
     def __init__(self) -> None:
         self.threads: set[str] = set()
+        self.prompts: list[str] = []
 
-    def create_chat_completion(self, messages: list[dict[str, Any]], stream: bool = False,
-                               **kwargs: Any) -> Any:
+    def create_completion(self, prompt: str, stream: bool = False, **kwargs: Any) -> Any:
+        """llama_cpp's text-completion shape (a base model continues `prompt`)."""
         self.threads.add(threading.current_thread().name)
+        self.prompts.append(prompt)
         if not stream:
-            return {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": "local hi"}}], "usage": None}
+            return {"object": "text_completion", "created": 1, "choices": [
+                {"index": 0, "text": "local hi", "finish_reason": "stop"}], "usage": None}
         return self._chunks()
 
     def _chunks(self) -> Iterator[dict[str, Any]]:
         for word, finish in (("local", None), (" hi", "stop")):
-            yield {"object": "chat.completion.chunk", "choices": [
-                {"index": 0, "delta": {"content": word}, "finish_reason": finish}]}
+            yield {"object": "text_completion", "created": 1, "choices": [
+                {"index": 0, "text": word, "finish_reason": finish}]}
 
 
 async def test_local_runs_in_one_worker_thread_and_loads_once(
