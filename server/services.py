@@ -7,7 +7,7 @@ prover or sandbox code.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -85,6 +85,15 @@ def _completion(settings: Settings, shared: dict[str, Any]) -> ServiceParts:
         ERRORS, start, engine.close)
 
 
+def _sandbox_settings() -> Any:
+    """One sandbox configuration: installed compiler toolchains are bound in read-only."""
+    from .agent import find_toolchains
+    from .codeworld.sandbox import SandboxSettings
+
+    roots = tuple(t.root for t in find_toolchains().values() if t.found and t.root)
+    return SandboxSettings(extra_ro_binds=roots)
+
+
 def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
     from .prove import ProveEngine, ProveSettings
     from .prove.servicer import ERRORS, ProveServicer
@@ -112,7 +121,8 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
 
     settings.store_path.parent.mkdir(parents=True, exist_ok=True)
     engine = CodeWorldEngine(
-        CodeWorldSettings(session_db=str(settings.store_path.with_name("codeworld.sqlite3"))),
+        CodeWorldSettings(sandbox=_sandbox_settings(),
+                          session_db=str(settings.store_path.with_name("codeworld.sqlite3"))),
         complete=link.text)
     shared["sandbox"] = engine.sandbox
 
@@ -139,9 +149,13 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
     sandbox = shared.get("sandbox")
     own_sandbox = sandbox is None
     if sandbox is None:  # served without CodeWorld: the agent starts its own sandbox
-        sandbox = Sandbox()
-    engine = AgentEngine(agent_settings_from_file(settings.config_path), link.chat,
-                         SandboxExecutor(sandbox))
+        sandbox = Sandbox(_sandbox_settings())
+    executor = SandboxExecutor(sandbox)
+    base = agent_settings_from_file(settings.config_path)
+    # Compiled languages are offered when their toolchain is installed (and visible).
+    extra = tuple(lang for lang in ("rust", "go")
+                  if lang not in base.languages and executor.unavailable(lang) is None)
+    engine = AgentEngine(replace(base, languages=base.languages + extra), link.chat, executor)
 
     async def start() -> bool:
         if own_sandbox:

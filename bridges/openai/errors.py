@@ -44,7 +44,9 @@ def from_exception(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]
         return 400, error_body(exc.message, "invalid_request_error", param=exc.param), headers
     if isinstance(exc, RPCError):
         status, type_ = STATUS_TABLE.get(exc.code, (500, "api_error"))
-        if exc.code == grpc.StatusCode.UNAVAILABLE and exc.upstream_status is not None:
+        if exc.code == grpc.StatusCode.UNAVAILABLE and (
+                exc.upstream_status is not None or exc.reason == "UpstreamError"):
+            # The provider failed, answered garbage or could not be reached: bad gateway.
             status, type_ = 502, "upstream_error"
         if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and exc.reason == "RequestTooLarge":
             status, type_ = 413, "invalid_request_error"

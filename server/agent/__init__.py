@@ -35,6 +35,7 @@ from ._replay import Difference, ReplayReport, StoredRun, replay
 from ._sandbox import SandboxExecutor
 from ._scripted import ScriptedModel
 from ._settings import DEFAULT_BASH_ALLOWLIST, AgentSettings, McpServerConfig, RunConfig
+from ._toolchains import Toolchain, find_toolchains
 from ._tools import Tool, ToolOutput
 
 __all__ = [
@@ -67,9 +68,11 @@ __all__ = [
     "ToolOutput",
     "ToolResult",
     "ToolResultEvent",
+    "Toolchain",
     "Usage",
     "check_bash",
     "estimate_tokens",
+    "find_toolchains",
     "prune_history",
     "replay",
 ]

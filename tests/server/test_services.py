@@ -374,3 +374,32 @@ async def test_containment_through_the_service(mesh: RunningMesh) -> None:
             assert isolation.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         os.environ.pop("SCILLM_CANARY", None)
+
+
+async def test_agent_offers_rust_when_the_toolchain_is_installed(
+        scripted_mesh: tuple[RunningMesh, ScriptedUpstream]) -> None:
+    import shutil
+
+    from scillm.server.agent import find_toolchains
+
+    if not find_toolchains()["rust"].found:
+        pytest.skip(f"no Rust toolchain: {find_toolchains()['rust'].reason}")
+    running, upstream = scripted_mesh
+    script = upstream.replies
+    upstream.replies = [
+        {"content": None, "tool_calls": [{"id": "r1", "type": "function", "function": {
+            "name": "run_rust", "arguments": json.dumps({
+                "code": 'fn main() { println!("{}", (1..=10).sum::<u32>()); }'})}}]},
+        {"content": "55"}]
+    upstream._index = 0
+    try:
+        request = _agent_request()
+        request.config.ClearField("languages")
+        async with ScillmClient(running.grpc_target) as client:
+            events = [e async for e in client.agent.run(request)]
+        result = next(e.tool_result.result for e in events if e.HasField("tool_result"))
+        assert result.name == "run_rust" and not result.is_error, result.output
+        assert result.output.strip().endswith("55"), result.output
+        assert shutil.which("cc") is not None
+    finally:
+        upstream.replies = script

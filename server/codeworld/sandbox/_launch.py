@@ -31,6 +31,8 @@ class Launcher:
     hidden: tuple[str, ...]
     tmp_size: int
     base_uid: int | None
+    #: Extra host directories bound read-only (real paths).
+    binds: tuple[str, ...] = ()
 
     def command(self, slot: int, tmp: str) -> list[str]:
         """The argv of worker ``slot`` whose private temporary directory is ``tmp``."""
@@ -56,14 +58,16 @@ class Launcher:
         args = ["--ro-bind", "/", "/"]
         for path in self.hidden:
             args += ["--tmpfs", path]
-        for keep in _prefixes(self.python, self.node):
+        made: set[Path] = set()
+        for keep in dict.fromkeys([*_prefixes(self.python, self.node), *self.binds]):
             root = next((h for h in self.hidden if _under(keep, h)), None)
             if root is None:
                 continue
             # bwrap would create the directories leading to ``keep`` with mode 0700,
             # which the run's unprivileged uid could not traverse.
             for parent in reversed(Path(keep).parents):
-                if parent != Path(root) and parent.is_relative_to(root):
+                if parent != Path(root) and parent.is_relative_to(root) and parent not in made:
+                    made.add(parent)
                     args += ["--perms", "0755", "--dir", str(parent)]
             args += ["--ro-bind", keep, keep]
         args += [
@@ -113,11 +117,17 @@ def _locate(settings: SandboxSettings) -> tuple[str, str | None, str | None, tup
     return python, node, bwrap, hidden
 
 
+def _binds(settings: SandboxSettings) -> tuple[str, ...]:
+    real = (os.path.realpath(p) for p in settings.extra_ro_binds)
+    return tuple(dict.fromkeys(p for p in real if os.path.isdir(p)))
+
+
 async def make_launcher(settings: SandboxSettings) -> Launcher:
     """Probe the host and pick the strongest isolation the settings allow."""
     python, node, bwrap, hidden = _locate(settings)
     base_uid = settings.base_uid if os.geteuid() == 0 else None
-    launcher = Launcher(BUBBLEWRAP, python, node, bwrap, hidden, settings.tmp_size, base_uid)
+    launcher = Launcher(BUBBLEWRAP, python, node, bwrap, hidden, settings.tmp_size, base_uid,
+                        _binds(settings))
     if settings.isolation != "rlimits" and bwrap is not None:
         if await _works(launcher.wrap([python, "-I", "-S", "-c", "0"])):
             return launcher

@@ -26,6 +26,10 @@ class SandboxSettings:
             runs with ``-I -S``: standard library only).
         hidden_paths: host directories replaced by an empty tmpfs inside bubblewrap
             (skipped when absent); the interpreter's and node's prefixes are bound back.
+        extra_ro_binds: host directories bound read-only at the same path inside
+            bubblewrap, even under a hidden path (e.g. a compiler's toolchain directory
+            under ``/root``; only that directory is exposed, not its hidden parent).
+            Skipped when absent; the fallback isolation hides nothing, so needs none.
         base_uid: worker *i* runs code as uid/gid ``base_uid + i`` when the host is root,
             which makes RLIMIT_NPROC effective and isolates runs from the worker.
         tmp_size: bytes of the private ``/tmp`` tmpfs of each worker.
@@ -42,6 +46,7 @@ class SandboxSettings:
     node_path: str | None = None
     python_path: str | None = None
     hidden_paths: tuple[str, ...] = ("/home", "/root", "/mnt", "/media", "/srv", "/work")
+    extra_ro_binds: tuple[str, ...] = ()
     base_uid: int = 61000
     tmp_size: int = 256 << 20
     grace: float = 2.0

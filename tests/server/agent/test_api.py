@@ -13,8 +13,8 @@ def test_public_names() -> None:
         "LanguageProfile", "McpServerConfig", "Message", "Metrics", "ModelTurnEvent",
         "ReplayReport", "RunConfig", "RunResult", "SandboxExecutor", "ScriptedModel",
         "StepResult", "StopReason", "StoredRun", "Tool", "ToolCall", "ToolCallEvent",
-        "ToolOutput", "ToolResult", "ToolResultEvent", "Usage", "check_bash",
-        "estimate_tokens", "prune_history", "replay"])
+        "ToolOutput", "ToolResult", "ToolResultEvent", "Toolchain", "Usage", "check_bash",
+        "estimate_tokens", "find_toolchains", "prune_history", "replay"])
     for name in agent.__all__:
         assert hasattr(agent, name), name
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -222,3 +224,33 @@ async def test_dead_worker_is_replaced(single: Sandbox) -> None:
     assert worker is not None
     await worker.kill()
     await _still_works(single)
+
+
+async def test_extra_ro_binds_expose_one_directory_of_a_hidden_path() -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    hidden = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        keep = hidden / "tools" / "chain"
+        keep.mkdir(parents=True)
+        (keep / "tool.txt").write_text("visible")
+        (hidden / "secret.txt").write_text("hunter2")
+        for path in (hidden, keep.parent, keep):
+            path.chmod(0o755)
+        settings = SandboxSettings(workers=1, hidden_paths=(str(hidden),),
+                                   extra_ro_binds=(str(keep), str(hidden / "absent")))
+        async with Sandbox(settings) as box:
+            assert box.isolation == BUBBLEWRAP
+            source = (f"import os\n"
+                      f"print(open({str(keep / 'tool.txt')!r}).read())\n"
+                      f"print(sorted(os.listdir({str(hidden)!r})))\n"
+                      f"try:\n"
+                      f"    open({str(keep / 'new.txt')!r}, 'w')\n"
+                      f"except OSError as exc:\n"
+                      f"    print('refused', exc.errno)\n")
+            ran = await box.run("python", source)
+            assert ran.status is Status.OK, ran
+            assert ran.stdout.split("\n")[:3] == ["visible", "['tools']", f"refused {errno.EROFS}"]
+            await _still_works(box)
+    finally:
+        shutil.rmtree(hidden)

@@ -1,0 +1,147 @@
+"""Upstream failures as a user of the OpenAI door sees them: typed errors with OpenAI's body,
+the upstream status where there is one, Retry-After passed on, in-band errors in streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from meshutil import RunningMesh, mesh_settings, start_mesh
+
+
+class FaultyUpstream:
+    """An OpenAI-compatible server whose behaviour is chosen by the requested model name."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def start(self) -> FaultyUpstream:
+        self.thread.start()
+        server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop).result(10)
+        self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            body = json.loads(await reader.readexactly(length))
+            model = body["model"]
+            if model == "rate-limited":
+                payload = b'{"error": {"message": "slow down"}}'
+                writer.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json"
+                             b"\r\nretry-after: 7\r\ncontent-length: " + str(len(payload)).encode()
+                             + b"\r\n\r\n" + payload)
+            elif model == "broken":
+                payload = b"<html>not json</html>"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n"
+                             + payload)
+            elif model == "dropping":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1,
+                         "model": model, "choices": [{"index": 0, "finish_reason": None,
+                                                      "delta": {"role": "assistant",
+                                                                "content": "partial"}}]}
+                writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.transport.abort()  # the stream dies midway
+                return
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    upstream = FaultyUpstream().start()
+    tmp = tmp_path_factory.mktemp("faults")
+    base = f"http://127.0.0.1:{upstream.port}/v1"
+
+    def entry(name: str, api_base: str) -> dict[str, object]:
+        return {"model_name": name, "litellm_params": {
+            "model": f"openai/{name}", "api_base": api_base, "api_key": "x", "timeout": 5}}
+
+    config = tmp / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [entry("rate-limited", base), entry("broken", base),
+                       entry("dropping", base),
+                       entry("unreachable", f"http://127.0.0.1:{_closed_port()}/v1"),
+                       {"model_name": "keyless", "litellm_params": {
+                           "model": "openai/keyless", "api_base": base,
+                           "api_key": "os.environ/SCILLM_TEST_ABSENT_KEY"}}],
+        "router_settings": {"num_retries": 1, "retry_after": 0},
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp, config_path=config, services=("completion",)))
+    yield running
+    running.stop()
+    upstream.stop()
+
+
+def _post(mesh: RunningMesh, model: str) -> httpx.Response:
+    return httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=60, json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_upstream_429_keeps_status_and_retry_after(faulty: RunningMesh) -> None:
+    resp = _post(faulty, "rate-limited")
+    assert resp.status_code == 429, resp.text
+    assert resp.json()["error"]["type"] == "rate_limit_error"
+    assert int(resp.headers["retry-after"]) >= 1
+
+
+def test_invalid_json_from_upstream_is_a_bad_gateway(faulty: RunningMesh) -> None:
+    resp = _post(faulty, "broken")
+    assert resp.status_code == 502, resp.text
+    assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_unreachable_upstream_is_unavailable(faulty: RunningMesh) -> None:
+    resp = _post(faulty, "unreachable")
+    assert resp.status_code == 502, resp.text
+    assert "Traceback" not in resp.text
+
+
+def test_missing_api_key_names_the_variable(faulty: RunningMesh) -> None:
+    resp = _post(faulty, "keyless")
+    assert resp.status_code in (400, 401), resp.text
+    assert "SCILLM_TEST_ABSENT_KEY" in resp.json()["error"]["message"]
+
+
+def test_stream_dropped_midway_ends_with_an_in_band_error(faulty: RunningMesh) -> None:
+    sdk = openai.OpenAI(base_url=f"{faulty.http_url}/v1", api_key="x", max_retries=0)
+    with httpx.stream("POST", f"{faulty.http_url}/v1/chat/completions", timeout=60, json={
+            "model": "dropping", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        lines = [line for line in resp.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert "error" in json.loads(lines[-2][6:])
+    assert any("partial" in line for line in lines)
+    with pytest.raises(openai.APIError):
+        list(sdk.chat.completions.create(model="dropping", stream=True,
+                                         messages=[{"role": "user", "content": "hi"}]))
+
+
