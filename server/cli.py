@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .commands.doctor import add_arguments as add_doctor_arguments
 from .settings import SERVICES, Settings
 
 __all__ = ["main"]
@@ -75,6 +76,12 @@ def _prove(args: argparse.Namespace) -> int:
         print(f"scillm prove: {exc}", file=sys.stderr)
         return 2
     return uvloop.run(prove.run_prove(envelope, args.target, single=args.action == "run"))
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .commands.doctor import run_doctor
+
+    return run_doctor(args)
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -176,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (runs_list, runs_show, runs_replay):
         p.add_argument("--store", type=Path, help=store_help)
         p.set_defaults(func=_runs)
+
+    doctor = sub.add_parser(
+        "doctor", help="is every part ready? providers, z3, coqc, lean, bubblewrap, redis, OTLP",
+        description="List every part (configured providers, z3, coqc, coqtop, lean, "
+                    "bubblewrap, node, redis, the OTLP endpoint, and with --target the mesh's "
+                    "gRPC health entries) as OK, MISSING, FAILED or SKIPPED, with a hint. "
+                    "Exit 0; with --strict, 1 when an expected part is not OK; 2 on an "
+                    "unknown --expect name.")
+    add_doctor_arguments(doctor)
+    doctor.set_defaults(func=_doctor)
     return parser
 
 

@@ -44,6 +44,8 @@ class StatusError(Exception):
 
 BASE_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    # generated servicer bases raise it for RPCs a servicer does not override
+    NotImplementedError: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
