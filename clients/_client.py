@@ -4,7 +4,8 @@
         reply = await client.completion.create({"model": "echo/x", "messages": [...]})
         async for event in client.completion.stream(request): ...
 
-A target may be one address, a comma-separated list of addresses, or a `dns:///`
+`api_key=` sends `authorization: Bearer <key>` on every call (a mesh with a master key
+needs it). A target may be one address, a comma-separated list of addresses, or a `dns:///`
 name; lists and DNS names are balanced with gRPC's `round_robin` policy. Failed calls
 raise `RPCError` (with the status code, details and request id); UNAVAILABLE is retried
 by the channel's retry policy for calls that have not started.
@@ -24,12 +25,13 @@ import grpc
 from scillm.agent.v1 import agent_pb2, agent_pb2_grpc
 from scillm.codeworld.v1 import codeworld_pb2, codeworld_pb2_grpc
 from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
+from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
 from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
 from . import openai_wire
 from .errors import RPCError
 
-__all__ = ["ScillmClient", "SyncScillmClient", "channel_target"]
+__all__ = ["KeyClient", "ScillmClient", "SyncScillmClient", "channel_target"]
 
 T = TypeVar("T")
 
@@ -54,8 +56,9 @@ def channel_target(target: str) -> str:
 Metadata = Sequence[tuple[str, str]]
 
 
-def _metadata(request_id: str | None, extra: Metadata | None) -> list[tuple[str, str]]:
-    md = [("x-request-id", request_id or uuid.uuid4().hex)]
+def _metadata(request_id: str | None, extra: Metadata | None,
+              default: Metadata = ()) -> list[tuple[str, str]]:
+    md = [("x-request-id", request_id or uuid.uuid4().hex), *default]
     if extra:
         md.extend(extra)
     return md
@@ -64,8 +67,9 @@ def _metadata(request_id: str | None, extra: Metadata | None) -> list[tuple[str,
 class CompletionClient:
     """CompletionService: `create`, `stream`, `list_models`."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = completion_pb2_grpc.CompletionServiceStub(channel)
+        self._default = default
 
     async def create(self, request: completion_pb2.CompletionRequest | Mapping[str, Any], *,
                      timeout: float | None = 600.0, request_id: str | None = None,
@@ -75,7 +79,7 @@ class CompletionClient:
             request = openai_wire.request_to_proto(request)
         try:
             reply: completion_pb2.CompletionResponse = await self._stub.Completion(
-                request, timeout=timeout, metadata=_metadata(request_id, metadata))
+                request, timeout=timeout, metadata=_metadata(request_id, metadata, self._default))
             return reply
         except grpc.aio.AioRpcError as err:
             raise RPCError.from_aio(err) from None
@@ -90,7 +94,7 @@ class CompletionClient:
             request = openai_wire.request_to_proto(request)
         call = self._stub.CompletionStream(
             completion_pb2.CompletionStreamRequest(request=request, include_usage=include_usage),
-            timeout=timeout, metadata=_metadata(request_id, metadata))
+            timeout=timeout, metadata=_metadata(request_id, metadata, self._default))
         try:
             async for event in call:
                 yield event
@@ -99,11 +103,13 @@ class CompletionClient:
         finally:
             call.cancel()
 
-    async def list_models(self, *, timeout: float | None = 10.0) -> list[str]:
+    async def list_models(self, *, timeout: float | None = 10.0,
+                          metadata: Metadata | None = None) -> list[str]:
         """Configured model names."""
         try:
-            reply = await self._stub.ListModels(completion_pb2.ListModelsRequest(),
-                                                timeout=timeout, metadata=_metadata(None, None))
+            reply = await self._stub.ListModels(
+                completion_pb2.ListModelsRequest(), timeout=timeout,
+                metadata=_metadata(None, metadata, self._default))
         except grpc.aio.AioRpcError as err:
             raise RPCError.from_aio(err) from None
         return [m.id for m in reply.models]
@@ -122,20 +128,23 @@ async def _stream(call: Any) -> AsyncIterator[Any]:
 class ProveClient:
     """ProveService: `prove` (a stream of results, then the summary), `backends`."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = prove_pb2_grpc.ProveServiceStub(channel)
+        self._default = default
 
     def prove(self, request: prove_pb2.ProveRequest, *, timeout: float | None = 3600.0,
-              request_id: str | None = None) -> AsyncIterator[prove_pb2.ProveResponse]:
+              request_id: str | None = None, metadata: Metadata | None = None,
+              ) -> AsyncIterator[prove_pb2.ProveResponse]:
         """Check a batch; yields per-item results as they finish, then the summary."""
-        return _stream(self._stub.Prove(request, timeout=timeout,
-                                        metadata=_metadata(request_id, None)))
+        return _stream(self._stub.Prove(request, timeout=timeout, metadata=_metadata(
+            request_id, metadata, self._default)))
 
     async def backends(self, *, timeout: float | None = 10.0) -> prove_pb2.ListBackendsResponse:
         """Backend readiness."""
         try:
             reply: prove_pb2.ListBackendsResponse = await self._stub.ListBackends(
-                prove_pb2.ListBackendsRequest(), timeout=timeout, metadata=_metadata(None, None))
+                prove_pb2.ListBackendsRequest(), timeout=timeout,
+                metadata=_metadata(None, None, self._default))
             return reply
         except grpc.aio.AioRpcError as err:
             raise RPCError.from_aio(err) from None
@@ -144,39 +153,79 @@ class ProveClient:
 class CodeWorldClient:
     """CodeWorldService: `run` (runs, progress, then the summary)."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = codeworld_pb2_grpc.CodeWorldServiceStub(channel)
+        self._default = default
 
     def run(self, request: codeworld_pb2.CodeWorldRunRequest, *,
             timeout: float | None = 3600.0, request_id: str | None = None,
+            metadata: Metadata | None = None,
             ) -> AsyncIterator[codeworld_pb2.CodeWorldRunResponse]:
         """Run strategies; yields events, the summary last."""
-        return _stream(self._stub.CodeWorldRun(request, timeout=timeout,
-                                               metadata=_metadata(request_id, None)))
+        return _stream(self._stub.CodeWorldRun(request, timeout=timeout, metadata=_metadata(
+            request_id, metadata, self._default)))
 
 
 class AgentClient:
     """AgentService: `step` and `run`."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = agent_pb2_grpc.AgentServiceStub(channel)
+        self._default = default
 
     async def step(self, request: agent_pb2.AgentStepRequest, *,
-                   timeout: float | None = 600.0,
-                   request_id: str | None = None) -> agent_pb2.AgentStepResponse:
+                   timeout: float | None = 600.0, request_id: str | None = None,
+                   metadata: Metadata | None = None) -> agent_pb2.AgentStepResponse:
         """One model turn and its tool calls."""
         try:
             reply: agent_pb2.AgentStepResponse = await self._stub.AgentStep(
-                request, timeout=timeout, metadata=_metadata(request_id, None))
+                request, timeout=timeout,
+                metadata=_metadata(request_id, metadata, self._default))
             return reply
         except grpc.aio.AioRpcError as err:
             raise RPCError.from_aio(err) from None
 
     def run(self, request: agent_pb2.AgentRunRequest, *, timeout: float | None = 3600.0,
-            request_id: str | None = None) -> AsyncIterator[agent_pb2.AgentRunResponse]:
+            request_id: str | None = None, metadata: Metadata | None = None,
+            ) -> AsyncIterator[agent_pb2.AgentRunResponse]:
         """A whole run; yields turns, tool calls and results, the final answer last."""
-        return _stream(self._stub.AgentRun(request, timeout=timeout,
-                                           metadata=_metadata(request_id, None)))
+        return _stream(self._stub.AgentRun(request, timeout=timeout, metadata=_metadata(
+            request_id, metadata, self._default)))
+
+
+class KeyClient:
+    """KeyService: `generate`, `get`, `delete` (the master key is needed)."""
+
+    def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
+        self._stub = keys_pb2_grpc.KeyServiceStub(channel)
+        self._default = default
+
+    async def _call(self, method: Any, request: Any, metadata: Metadata | None) -> Any:
+        try:
+            return await method(request, timeout=30.0,
+                                metadata=_metadata(None, metadata, self._default))
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+
+    async def generate(self, request: keys_pb2.GenerateKeyRequest, *,
+                       metadata: Metadata | None = None) -> keys_pb2.GenerateKeyResponse:
+        """A new virtual key (its secret is in the reply, once)."""
+        reply: keys_pb2.GenerateKeyResponse = await self._call(
+            self._stub.GenerateKey, request, metadata)
+        return reply
+
+    async def get(self, key: str, *, metadata: Metadata | None = None) -> keys_pb2.VirtualKey:
+        """A key's description, by secret or key_id."""
+        reply: keys_pb2.GetKeyResponse = await self._call(
+            self._stub.GetKey, keys_pb2.GetKeyRequest(key=key), metadata)
+        return reply.info
+
+    async def delete(self, keys: Sequence[str], *,
+                     metadata: Metadata | None = None) -> list[str]:
+        """Revoke keys; the key_ids revoked."""
+        reply: keys_pb2.DeleteKeyResponse = await self._call(
+            self._stub.DeleteKey, keys_pb2.DeleteKeyRequest(keys=list(keys)), metadata)
+        return list(reply.deleted_key_ids)
 
 
 class ScillmClient:
@@ -184,16 +233,19 @@ class ScillmClient:
 
     def __init__(self, target: str = "127.0.0.1:50051", *,
                  options: Sequence[tuple[str, Any]] = (),
-                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None) -> None:
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+                 api_key: str | None = None) -> None:
         opts = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
         self.target = channel_target(target)
         self.channel = grpc.aio.insecure_channel(self.target, options=opts,
                                                  interceptors=interceptors)
-        self.completion = CompletionClient(self.channel)
-        self.prove = ProveClient(self.channel)
-        self.codeworld = CodeWorldClient(self.channel)
-        self.agent = AgentClient(self.channel)
+        default: Metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.completion = CompletionClient(self.channel, default)
+        self.prove = ProveClient(self.channel, default)
+        self.codeworld = CodeWorldClient(self.channel, default)
+        self.agent = AgentClient(self.channel, default)
+        self.keys = KeyClient(self.channel, default)
 
     async def close(self) -> None:
         """Close the channel, cancelling calls in flight."""

@@ -24,11 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
+
 from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .interceptors import build_interceptors
+from .keys.servicer import ERRORS as KEY_ERRORS
+from .keys.servicer import KeyServicer
 from .metrics import Metrics
-from .services import ServiceParts, build_service
+from .services import ServiceParts, build_authenticator, build_service
 from .settings import Settings
 from .telemetry import client_interceptors, configure_tracing, wrap_asgi
 
@@ -87,13 +91,18 @@ class Mesh:
             ("grpc.so_reuseport", 0),
         ]
         table: ErrorTable = tables
+        auth = self.auth = build_authenticator(settings)
+        tables.update(KEY_ERRORS)
+        link.api_key = auth.master_key  # services calling Completion act as the mesh
         server = grpc.aio.server(
-            interceptors=build_interceptors(settings, table, tracing, self.metrics),
+            interceptors=build_interceptors(settings, table, tracing, self.metrics, auth),
             options=options)
         for parts in self._running.parts.values():
             parts.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(auth), server)
         names = [p.full_name for p in self._running.parts.values()]
+        names.append(keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)

@@ -20,11 +20,14 @@ class CompletionLink:
         self._target = target
         self._interceptors = list(interceptors)
         self._client: ScillmClient | None = None
+        #: Key the services present to Completion (the mesh's master key, when keys are on).
+        self.api_key: str | None = None
 
     def _get(self) -> ScillmClient:
         if self._client is None:
             self._client = ScillmClient(self._target(),
-                                        interceptors=self._interceptors or None)
+                                        interceptors=self._interceptors or None,
+                                        api_key=self.api_key)
         return self._client
 
     async def chat(self, request: Mapping[str, Any]) -> dict[str, Any]:

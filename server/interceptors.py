@@ -2,7 +2,8 @@
 
     1. OpenTelemetry (opentelemetry-instrumentation-grpc), only when OTEL_* is configured
     2. CallContext: request id (accepted from `x-request-id` or created, sent back in the
-       initial metadata), a default deadline for calls that carry none, and error mapping
+       initial metadata), keys (authorization metadata checked, token usage accounted),
+       a default deadline for calls that carry none, metrics, and error mapping
        (domain errors -> canonical status codes with google.rpc.Status details)
 """
 
@@ -20,12 +21,16 @@ from typing import Any
 import grpc
 
 from .errors import BASE_TABLE, ErrorTable, status_for, to_status
+from .keys import Authenticator, Principal, token_from_metadata
 from .metrics import Metrics
 from .settings import Settings
 
 __all__ = ["CallContext", "build_interceptors", "current_request_id"]
 
 log = logging.getLogger("scillm.server")
+
+#: RPCs that need no key: health checks and reflection.
+_OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scillm_request_id",
                                                                   default="")
@@ -47,11 +52,32 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Request id, default deadline and error mapping for every RPC."""
 
     def __init__(self, settings: Settings, table: ErrorTable,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, auth: Authenticator | None = None) -> None:
         self._unary_timeout = settings.default_unary_timeout_s
         self._stream_timeout = settings.default_stream_timeout_s
         self._table = {**BASE_TABLE, **table}
         self._metrics = metrics
+        self._auth = auth if auth is not None and auth.enabled else None
+
+    def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], full_method: str,
+                   request: Any) -> Principal | None:
+        """The caller, checked for this call; None when keys are off or for open RPCs."""
+        if self._auth is None or full_method.startswith(_OPEN_PREFIXES):
+            return None
+        principal = self._auth.authenticate(token_from_metadata(context.invocation_metadata()))
+        self._auth.authorize(principal, model=model_of(request),
+                             management=full_method.startswith("/scillm.keys."))
+        return principal
+
+    def _account(self, principal: Principal | None, request: Any, reply: Any) -> None:
+        if principal is None or self._auth is None or principal.master:
+            return
+        usage = getattr(reply, "usage", None)
+        if usage is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
+            usage = reply.end.usage
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            self._auth.account(principal, model_of(request), usage.prompt_tokens,
+                               usage.completion_tokens)
 
     async def intercept_service(
         self,
@@ -61,18 +87,20 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method.rsplit(".", 1)[-1]  # Service/Method
+        full = handler_call_details.method
+        method = full.rsplit(".", 1)[-1]  # Service/Method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method=method),
+                self._wrap_unary(handler.unary_unary, method=method, full=full),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             # A streaming behavior is an async generator, or a coroutine using context.write
-            wrapped = (self._wrap_stream(behavior, method)
+            wrapped = (self._wrap_stream(behavior, method, full)
                        if inspect.isasyncgenfunction(behavior)
-                       else self._wrap_unary(behavior, self._stream_timeout, method=method))
+                       else self._wrap_unary(behavior, self._stream_timeout, method=method,
+                                             full=full))
             return grpc.unary_stream_rpc_method_handler(
                 wrapped,
                 request_deserializer=handler.request_deserializer,
@@ -107,7 +135,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self._metrics.in_flight.labels(method).dec()
 
     def _wrap_unary(self, behavior: Callable[..., Any], default_timeout: float | None = None,
-                    *, method: str = "") -> Callable[..., Any]:
+                    *, method: str = "", full: str = "") -> Callable[..., Any]:
         limit = self._unary_timeout if default_timeout is None else default_timeout
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -118,9 +146,14 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             request_id = _incoming_request_id(context)
             _request_id.set(request_id)  # each RPC runs in its own task and context
             try:
-                await context.send_initial_metadata((("x-request-id", request_id),))
+                # In the trailers, not early headers: headers would commit the call, and
+                # gRPC then could not retry it on another replica if this one died.
+                context.set_trailing_metadata((("x-request-id", request_id),))
+                principal = self._authorize(context, full, request)
                 async with asyncio.timeout(self._timeout(context, limit)):
-                    return await behavior(request, context)
+                    reply = await behavior(request, context)
+                self._account(principal, request, reply)
+                return reply
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -135,7 +168,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]],
-                     method: str = "") -> Callable[..., Any]:
+                     method: str = "", full: str = "") -> Callable[..., Any]:
         async def stream(request: Any,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = time.perf_counter()
@@ -145,9 +178,13 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             request_id = _incoming_request_id(context)
             _request_id.set(request_id)  # each RPC runs in its own task and context
             try:
-                await context.send_initial_metadata((("x-request-id", request_id),))
+                # In the trailers, not early headers: headers would commit the call, and
+                # gRPC then could not retry it on another replica if this one died.
+                context.set_trailing_metadata((("x-request-id", request_id),))
+                principal = self._authorize(context, full, request)
                 async with asyncio.timeout(self._timeout(context, self._stream_timeout)):
                     async for item in behavior(request, context):
+                        self._account(principal, request, item)
                         yield item
             except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED
@@ -163,13 +200,28 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return stream
 
 
+def model_of(request: Any) -> str:
+    """The model a request asks for, wherever its service keeps it ("" when none)."""
+    for path in (("model",), ("request", "model"), ("config", "model"),
+                 ("formalize", "model"), ("mcts", "model")):
+        value: Any = request
+        for name in path:
+            value = getattr(value, name, None)
+            if value is None:
+                break
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def build_interceptors(settings: Settings, table: ErrorTable, tracing: bool,
-                       metrics: Metrics | None = None) -> list[grpc.aio.ServerInterceptor]:
+                       metrics: Metrics | None = None,
+                       auth: Authenticator | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors, outermost first."""
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         chain.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
-    chain.append(CallContext(settings, table, metrics))
+    chain.append(CallContext(settings, table, metrics, auth))
     return chain

@@ -19,6 +19,7 @@ from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
 from .completion_link import CompletionLink
 from .errors import ErrorTable
+from .keys import Authenticator, KeyStore
 from .manifests import RunStore
 from .settings import Settings
 
@@ -83,6 +84,32 @@ def _completion(settings: Settings, shared: dict[str, Any]) -> ServiceParts:
         lambda server: completion_pb2_grpc.add_CompletionServiceServicer_to_server(
             servicer, server),
         ERRORS, start, engine.close)
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """Keys: the master key (settings, else the config's general_settings.master_key), the
+    key store beside the run store, and per-model prices from the config's model_list."""
+    import os
+
+    import yaml
+
+    master = settings.master_key
+    prices: dict[str, tuple[float, float]] = {}
+    if settings.config_path is not None:
+        data = yaml.safe_load(settings.config_path.read_text()) or {}
+        general = data.get("general_settings") or {}
+        configured = str(general.get("master_key") or "")
+        if configured.startswith("os.environ/"):
+            configured = os.environ.get(configured.removeprefix("os.environ/"), "")
+        master = master or configured
+        for entry in data.get("model_list") or []:
+            params = {**(entry.get("model_info") or {}), **(entry.get("litellm_params") or {})}
+            cost_in = float(params.get("input_cost_per_token") or 0.0)
+            cost_out = float(params.get("output_cost_per_token") or 0.0)
+            if cost_in or cost_out:
+                prices[str(entry.get("model_name"))] = (cost_in, cost_out)
+    store = KeyStore(settings.store_path.with_name("keys.sqlite3"))
+    return Authenticator(master or None, store, prices)
 
 
 def _sandbox_settings() -> Any:

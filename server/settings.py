@@ -54,6 +54,9 @@ class Settings:
     metrics_port: int = 0
     #: Run store (SQLite file).
     store_path: Path = field(default_factory=lambda: Path.home() / ".scillm" / "runs.sqlite3")
+    #: Master key; when set, every call needs a key (the master key or a virtual key).
+    #: Also read from the config file's `general_settings.master_key`. Never logged.
+    master_key: str = field(default="", repr=False)
     #: Log level.
     log_level: str = "INFO"
 

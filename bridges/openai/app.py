@@ -7,6 +7,10 @@
     GET  /metrics               Prometheus metrics of the mesh
     POST /agent/run             the seed's agent envelope
     POST /bridge/complete       the seed's {messages, items, provider, options} envelope
+    POST /key/generate, GET /key/info, POST /key/delete   virtual keys (LiteLLM's shape)
+
+The caller's `Authorization: Bearer <key>` (or `x-api-key`) goes to the mesh as gRPC
+metadata, so both doors enforce the same keys.
 
 Model names `codeworld/...`, `agent/<model>`, `certainly/...` and `lean4/...` reach the
 other services (see runs.py).
@@ -37,6 +41,7 @@ from scillm.clients import ScillmClient, openai_wire
 from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
+from ..seed import keys as keys_seed
 from . import runs, sse
 from .errors import error_body, from_exception
 
@@ -75,6 +80,15 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def _credentials(request: Request) -> list[tuple[str, str]]:
+    """The caller's key, passed on to the mesh as gRPC metadata."""
+    value = request.headers.get("authorization")
+    if value:
+        return [("authorization", value)]
+    key = request.headers.get("x-api-key") or request.headers.get("api-key")
+    return [("authorization", f"Bearer {key}")] if key else []
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -128,7 +142,8 @@ class _Shim:
         request_id: str = request.scope["state"]["request_id"]
         try:
             body = await self._json_body(request)
-            routed = runs.route(self.client, body, request_id)
+            creds = _credentials(request)
+            routed = runs.route(self.client, body, request_id, creds)
             if routed is not None:
                 return await self._routed(routed, stream=body.get("stream") is True)
             proto = openai_wire.request_to_proto(body)
@@ -137,12 +152,13 @@ class _Shim:
                 options = body.get("stream_options") or {}
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
                 events = self.client.completion.stream(proto, include_usage=True,
-                                                       request_id=request_id)
+                                                       request_id=request_id, metadata=creds)
                 first = await anext(events)
                 return StreamingResponse(self._sse(first, events, include_usage),
                                          media_type="text/event-stream",
                                          headers={"cache-control": "no-cache"})
-            resp = await self.client.completion.create(proto, request_id=request_id)
+            resp = await self.client.completion.create(proto, request_id=request_id,
+                                                       metadata=creds)
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
@@ -193,7 +209,7 @@ class _Shim:
         try:
             body = await self._json_body(request)
             run = runs.route(self.client, {**body, "model": f"agent/{body.get('model', '')}"},
-                             request_id)
+                             request_id, _credentials(request))
             assert run is not None
             _, payload = await run.collect()
         except _TooLarge as exc:
@@ -216,7 +232,7 @@ class _Shim:
                     if isinstance(body.get("provider"), dict) else {}
                 body["model"] = "codeworld" if (args.get("strategies")
                                                 or body.get("strategies")) else "certainly"
-            run = runs.route(self.client, body, request_id)
+            run = runs.route(self.client, body, request_id, _credentials(request))
             if run is None:
                 raise InvalidRequestError(
                     "/bridge/complete serves codeworld/..., certainly/..., lean4/... and "
@@ -226,6 +242,46 @@ class _Shim:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
             return _error(exc)
+
+    async def key_generate(self, request: Request) -> Response:
+        """LiteLLM's `POST /key/generate`: models, duration, max_budget, rpm/tpm limits."""
+        try:
+            body = await self._json_body(request)
+            reply = await self.client.keys.generate(keys_seed.generate_request(body),
+                                                    metadata=_credentials(request))
+        except _TooLarge as exc:
+            return self._too_large(exc)
+        except (InvalidRequestError, RPCError) as exc:
+            return _error(exc)
+        return JSONResponse({"key": reply.key, **keys_seed.info_json(reply.info)})
+
+    async def key_info(self, request: Request) -> Response:
+        """LiteLLM's `GET /key/info?key=...` (without `key`: the caller's own key)."""
+        key = request.query_params.get("key")
+        if not key:
+            creds = _credentials(request)
+            key = creds[0][1].removeprefix("Bearer ").strip() if creds else ""
+        try:
+            info = await self.client.keys.get(key, metadata=_credentials(request))
+        except RPCError as exc:
+            return _error(exc)
+        return JSONResponse({"key": info.key_id, "info": keys_seed.info_json(info)})
+
+    async def key_delete(self, request: Request) -> Response:
+        """LiteLLM's `POST /key/delete` with `{"keys": [...]}`."""
+        try:
+            body = await self._json_body(request)
+            keys = body.get("keys")
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) \
+                    or not keys:
+                raise InvalidRequestError("'keys' must be a non-empty array of strings",
+                                          param="keys")
+            deleted = await self.client.keys.delete(keys, metadata=_credentials(request))
+        except _TooLarge as exc:
+            return self._too_large(exc)
+        except (InvalidRequestError, RPCError) as exc:
+            return _error(exc)
+        return JSONResponse({"deleted_keys": deleted})
 
     def _too_large(self, exc: _TooLarge) -> JSONResponse:
         return JSONResponse(error_body(
@@ -257,7 +313,7 @@ class _Shim:
 
     async def models(self, request: Request) -> Response:
         try:
-            names = await self.client.completion.list_models()
+            names = await self.client.completion.list_models(metadata=_credentials(request))
         except RPCError as exc:
             return _error(exc)
         created = 0
@@ -307,6 +363,9 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/v1/models", shim.models, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),
         Route("/agent/run", shim.agent_run, methods=["POST"]),
+        Route("/key/generate", shim.key_generate, methods=["POST"]),
+        Route("/key/info", shim.key_info, methods=["GET"]),
+        Route("/key/delete", shim.key_delete, methods=["POST"]),
         Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +87,7 @@ def _agent_text(final: Any) -> str:
 
 
 def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
-          ) -> RoutedRun | None:
+          metadata: Sequence[tuple[str, str]] = ()) -> RoutedRun | None:
     """The run a model name routes to, or None for an ordinary completion model."""
     model = body.get("model")
     if not isinstance(model, str):
@@ -95,15 +95,18 @@ def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
     if model == "codeworld" or model.startswith("codeworld/"):
         codeworld = codeworld_seed.request_from_envelope(body)
         return RoutedRun("codeworld", model,
-                         client.codeworld.run(codeworld, request_id=request_id),
+                         client.codeworld.run(codeworld, request_id=request_id,
+                                              metadata=metadata),
                          "summary", codeworld_seed.summary_text)
     if model.startswith("agent/"):
         agent = agent_seed.request_from_envelope(body, model.removeprefix("agent/"))
-        return RoutedRun("agent", model, client.agent.run(agent, request_id=request_id),
+        return RoutedRun("agent", model,
+                         client.agent.run(agent, request_id=request_id, metadata=metadata),
                          "final", _agent_text)
     if model.startswith(("certainly/", "lean4/")) or model in ("certainly", "lean4"):
         prove = prove_seed.request_from_envelope(body)
-        return RoutedRun("prove", model, client.prove.prove(prove, request_id=request_id),
+        return RoutedRun("prove", model, client.prove.prove(prove, request_id=request_id,
+                                                             metadata=metadata),
                          "summary", prove_seed.summary_text)
     return None
 

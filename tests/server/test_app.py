@@ -105,12 +105,12 @@ async def test_request_id_is_accepted_and_returned(mesh: RunningMesh) -> None:
                 pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])]),
             metadata=(("x-request-id", "req-123"),))
         reply = await call
-        assert ("x-request-id", "req-123") in list(await call.initial_metadata())
+        assert ("x-request-id", "req-123") in list(await call.trailing_metadata())
         assert reply.manifest.request_id == "req-123"
         fresh = pb_stub(channel).Completion(pb.CompletionRequest(model="echo/x", messages=[
             pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])]))
         await fresh
-        ids = [v for k, v in await fresh.initial_metadata() if k == "x-request-id"]
+        ids = [v for k, v in await fresh.trailing_metadata() if k == "x-request-id"]
         assert ids and len(ids[0]) == 32
 
 

@@ -1,0 +1,73 @@
+"""LiteLLM's key-management bodies <-> KeyService messages.
+
+    POST /key/generate {"key_alias", "models": [...], "duration": "30d" | "1h" | seconds,
+                        "max_budget", "rpm_limit", "tpm_limit", "metadata": {...}}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from scillm.clients.errors import InvalidRequestError
+from scillm.keys.v1 import keys_pb2 as pb
+
+__all__ = ["generate_request", "info_json", "parse_duration"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from `30d`, `1h`, `15m`, `45s` or a number; None for no expiry."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*",
+                                                        value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise InvalidRequestError(f"duration {value!r}: use e.g. 30d, 12h, 15m or seconds",
+                                  param="duration")
+    if seconds <= 0:
+        raise InvalidRequestError("duration must be positive", param="duration")
+    return seconds
+
+
+def _number(body: Mapping[str, Any], key: str) -> float:
+    value = body.get(key)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidRequestError(f"'{key}' must be a non-negative number", param=key)
+    return float(value)
+
+
+def generate_request(body: Mapping[str, Any]) -> pb.GenerateKeyRequest:
+    """A GenerateKeyRequest from LiteLLM's `/key/generate` body."""
+    models = body.get("models") or []
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise InvalidRequestError("'models' must be an array of model names", param="models")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidRequestError("'metadata' must be an object", param="metadata")
+    req = pb.GenerateKeyRequest(
+        key_alias=str(body.get("key_alias") or ""), models=models,
+        max_budget=_number(body, "max_budget"), rpm_limit=int(_number(body, "rpm_limit")),
+        tpm_limit=int(_number(body, "tpm_limit")),
+        metadata={str(k): str(v) for k, v in metadata.items()})
+    seconds = parse_duration(body.get("duration"))
+    if seconds is not None:
+        req.duration.FromNanoseconds(int(seconds * 1e9))
+    return req
+
+
+def info_json(info: pb.VirtualKey) -> dict[str, Any]:
+    """A key's description in LiteLLM's field names."""
+    return {"key_id": info.key_id, "key_alias": info.key_alias, "models": list(info.models),
+            "expires": info.expire_time.ToJsonString() if info.HasField("expire_time") else None,
+            "max_budget": info.max_budget or None, "spend": info.spend,
+            "rpm_limit": info.rpm_limit or None, "tpm_limit": info.tpm_limit or None,
+            "metadata": dict(info.metadata),
+            "created_at": info.create_time.ToJsonString()}

@@ -1,0 +1,18 @@
+"""Virtual keys: the master key, generated keys stored hashed, their models, expiry,
+budget and rate limits; the KeyService servicer lives in `servicer`."""
+
+from ._auth import Authenticator, Principal, token_from_metadata
+from ._store import KeyRecord, KeyStore, hash_key
+from .errors import (
+    BudgetExceeded,
+    Forbidden,
+    KeyError_,
+    KeyRateLimited,
+    KeysDisabled,
+    Unauthenticated,
+    UnknownKey,
+)
+
+__all__ = ["Authenticator", "BudgetExceeded", "Forbidden", "KeyError_", "KeyRateLimited",
+           "KeyRecord", "KeyStore", "KeysDisabled", "Principal", "Unauthenticated",
+           "UnknownKey", "hash_key", "token_from_metadata"]

@@ -1,0 +1,133 @@
+"""Who may call what: the master key, virtual keys, their models, budgets and rate limits.
+
+With no master key configured every call is allowed (as LiteLLM's proxy without one).
+With one, every RPC but health and reflection needs `authorization: Bearer <key>`:
+the master key may do anything; a virtual key may call its models while it is unexpired,
+under budget and under its requests and tokens per minute. Token usage is accounted after
+each completion: it moves the tokens-per-minute window and adds cost (per-model prices
+from the configuration) to the key's spend.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ._store import KeyRecord, KeyStore
+from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated
+
+__all__ = ["Authenticator", "Principal", "token_from_metadata"]
+
+_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: the master key, or a virtual key's record."""
+
+    master: bool
+    record: KeyRecord | None = None
+
+    @property
+    def key_id(self) -> str:
+        return "master" if self.master else (self.record.key_id if self.record else "")
+
+
+def token_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """The bearer token of `authorization` (or `x-api-key`), if any."""
+    for key, value in metadata or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == "authorization":
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else text.strip()
+        if key == "x-api-key":
+            return text.strip()
+    return None
+
+
+class Authenticator:
+    """Checks callers against the master key and the key store (see the module docstring)."""
+
+    def __init__(self, master_key: str | None, store: KeyStore,
+                 prices: Mapping[str, tuple[float, float]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.master_key = master_key or None
+        self.store = store
+        self._prices = dict(prices or {})
+        self._clock = clock
+        # key_hash -> the last minute's requests (times) and tokens (time, count)
+        self._requests: dict[str, deque[tuple[float, int]]] = {}
+        self._tokens: dict[str, deque[tuple[float, int]]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether keys are enforced (a master key is configured)."""
+        return self.master_key is not None
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The caller behind `token`; Unauthenticated when it is missing or unknown."""
+        if self.master_key is None:
+            return Principal(master=True)
+        if not token:
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        if hmac.compare_digest(token.encode(), self.master_key.encode()):
+            return Principal(master=True)
+        record = self.store.find(token) if token.startswith("sk-") else None
+        if record is None:
+            raise Unauthenticated("invalid API key")
+        return Principal(master=False, record=record)
+
+    def _window(self, windows: dict[str, deque[tuple[float, int]]],
+                record: KeyRecord) -> deque[tuple[float, int]]:
+        window = windows.setdefault(record.key_hash, deque())
+        horizon = self._clock() - _WINDOW_S
+        while window and window[0][0] <= horizon:
+            window.popleft()
+        return window
+
+    def authorize(self, principal: Principal, *, model: str = "",
+                  management: bool = False) -> None:
+        """Raise unless `principal` may make this call; counts the request when it may."""
+        if principal.master:
+            return
+        record = principal.record
+        assert record is not None
+        if management:
+            raise Forbidden("key management needs the master key")
+        if record.expired(time.time()):
+            raise Forbidden(f"key {record.key_id} has expired")
+        if model and record.models and model not in record.models:
+            raise Forbidden(f"key {record.key_id} may not call model {model!r}; "
+                            f"allowed: {', '.join(record.models)}")
+        if record.max_budget and record.spend >= record.max_budget:
+            raise BudgetExceeded(f"key {record.key_id} has spent {record.spend:.6g} of its "
+                                 f"budget {record.max_budget:.6g}")
+        requests = self._window(self._requests, record)
+        tokens = self._window(self._tokens, record)
+        now = self._clock()
+        if record.rpm_limit and len(requests) >= record.rpm_limit:
+            raise KeyRateLimited(f"key {record.key_id} is over {record.rpm_limit} requests "
+                                 "per minute",
+                                 retry_after_s=max(requests[0][0] + _WINDOW_S - now, 0.001))
+        if record.tpm_limit and sum(t for _, t in tokens) >= record.tpm_limit:
+            raise KeyRateLimited(f"key {record.key_id} is over {record.tpm_limit} tokens "
+                                 "per minute",
+                                 retry_after_s=max(tokens[0][0] + _WINDOW_S - now, 0.001))
+        requests.append((now, 1))
+
+    def account(self, principal: Principal, model: str, prompt_tokens: int,
+                completion_tokens: int) -> float:
+        """Record a completion's tokens; returns its cost (added to the key's spend)."""
+        record = principal.record
+        if principal.master or record is None:
+            return 0.0
+        self._window(self._tokens, record).append(
+            (self._clock(), prompt_tokens + completion_tokens))
+        price_in, price_out = self._prices.get(model, (0.0, 0.0))
+        cost = prompt_tokens * price_in + completion_tokens * price_out
+        if cost:
+            self.store.add_spend(record.key_hash, cost)
+        return cost

@@ -1,0 +1,47 @@
+"""Errors of key checks and key management.
+
+    KeyError_ (base, named to leave the builtin alone)
+     ├── Unauthenticated      no key, or a key that is not known      -> UNAUTHENTICATED (401)
+     ├── Forbidden            known key, but not for this             -> PERMISSION_DENIED (403)
+     │   └── BudgetExceeded   its spend reached max_budget
+     ├── KeyRateLimited       over its rpm/tpm; retry_after_s says when -> RESOURCE_EXHAUSTED (429)
+     ├── KeysDisabled         no master key configured                -> FAILED_PRECONDITION
+     └── UnknownKey           management call naming no key           -> NOT_FOUND
+"""
+
+from __future__ import annotations
+
+__all__ = ["BudgetExceeded", "Forbidden", "KeyError_", "KeyRateLimited", "KeysDisabled",
+           "Unauthenticated", "UnknownKey"]
+
+
+class KeyError_(Exception):
+    """Base of key errors."""
+
+
+class Unauthenticated(KeyError_):
+    """Missing or unknown key."""
+
+
+class Forbidden(KeyError_):
+    """The key may not do this (model not allowed, expired, management without master key)."""
+
+
+class BudgetExceeded(Forbidden):
+    """The key's spend reached its budget."""
+
+
+class KeyRateLimited(KeyError_):
+    """The key is over its requests or tokens per minute."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class KeysDisabled(KeyError_):
+    """Key management needs a master key (SCILLM_MASTER_KEY or general_settings.master_key)."""
+
+
+class UnknownKey(KeyError_):
+    """No key matches."""

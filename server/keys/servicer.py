@@ -1,0 +1,96 @@
+"""KeyService over gRPC (the interceptor has already required the master key)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from scillm.keys.v1 import keys_pb2 as pb
+from scillm.keys.v1 import keys_pb2_grpc
+
+from ..errors import ErrorTable, StatusError
+from ._auth import Authenticator
+from ._store import KeyRecord
+from .errors import (
+    Forbidden,
+    KeyRateLimited,
+    KeysDisabled,
+    Unauthenticated,
+    UnknownKey,
+)
+
+__all__ = ["ERRORS", "KeyServicer", "record_to_proto"]
+
+ERRORS: ErrorTable = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
+    KeyRateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    KeysDisabled: grpc.StatusCode.FAILED_PRECONDITION,
+    UnknownKey: grpc.StatusCode.NOT_FOUND,
+}
+
+
+def record_to_proto(record: KeyRecord) -> pb.VirtualKey:
+    """A key's description, without its secret."""
+    out = pb.VirtualKey(key_id=record.key_id, key_alias=record.key_alias,
+                        models=list(record.models), max_budget=record.max_budget,
+                        spend=record.spend, rpm_limit=record.rpm_limit,
+                        tpm_limit=record.tpm_limit, metadata=record.metadata)
+    out.create_time.FromNanoseconds(int(record.created_at * 1e9))
+    if record.expires_at is not None:
+        out.expire_time.FromNanoseconds(int(record.expires_at * 1e9))
+    return out
+
+
+class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
+    """Generate, describe and revoke virtual keys."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+
+    def _require_keys(self) -> None:
+        if not self._auth.enabled:
+            raise KeysDisabled("virtual keys need a master key: set SCILLM_MASTER_KEY or "
+                               "general_settings.master_key in the config")
+
+    async def GenerateKey(self, request: pb.GenerateKeyRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.GenerateKeyResponse:
+        self._require_keys()
+        for name in ("max_budget", "rpm_limit", "tpm_limit"):
+            if getattr(request, name) < 0:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be >= 0",
+                                  param=name)
+        expires = None
+        if request.HasField("duration"):
+            seconds = request.duration.ToNanoseconds() / 1e9
+            if seconds <= 0:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "duration must be positive", param="duration")
+            expires = time.time() + seconds
+        secret, record = self._auth.store.create(
+            key_alias=request.key_alias, models=tuple(request.models), expires_at=expires,
+            max_budget=request.max_budget, rpm_limit=request.rpm_limit,
+            tpm_limit=request.tpm_limit, metadata=dict(request.metadata))
+        return pb.GenerateKeyResponse(key=secret, info=record_to_proto(record))
+
+    async def GetKey(self, request: pb.GetKeyRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetKeyResponse:
+        self._require_keys()
+        record = self._auth.store.find(request.key)
+        if record is None:
+            raise UnknownKey("no such key")
+        return pb.GetKeyResponse(info=record_to_proto(record))
+
+    async def DeleteKey(self, request: pb.DeleteKeyRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteKeyResponse:
+        self._require_keys()
+        deleted = []
+        for key in request.keys:
+            record = self._auth.store.find(key)
+            if record is None:
+                raise UnknownKey(f"no such key: {key[:6]}...")
+            self._auth.store.delete(record.key_hash)
+            deleted.append(record.key_id)
+        return pb.DeleteKeyResponse(deleted_key_ids=deleted)

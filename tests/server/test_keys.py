@@ -1,0 +1,168 @@
+"""Keys through both doors: master key, virtual keys with models, expiry, budget and
+rate limits; 401/403/429 with OpenAI's body and Retry-After; management in LiteLLM's shape."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import openai
+import pytest
+from meshutil import RunningMesh, mesh_settings, start_mesh
+
+from scillm.clients import RPCError, ScillmClient
+from scillm.keys.v1 import keys_pb2
+from scillm.server.keys import Authenticator, KeyStore, Principal
+from scillm.server.keys.errors import BudgetExceeded, Forbidden, KeyRateLimited
+
+MASTER = "sk-master-test"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    tmp = tmp_path_factory.mktemp("keys")
+    config = tmp / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [
+            {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}},
+            {"model_name": "priced", "litellm_params": {
+                "model": "echo/priced", "input_cost_per_token": 0.5,
+                "output_cost_per_token": 1.0}}],
+        "general_settings": {"master_key": MASTER},
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp, config_path=config,
+                                       services=("completion", "codeworld")))
+    yield running
+    running.stop()
+
+
+def _chat(mesh: RunningMesh, key: str | None, model: str = "echo/x") -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{mesh.http_url}/v1/chat/completions", headers=headers, timeout=30,
+                      json={"model": model, "messages": [{"role": "user", "content": "a b"}]})
+
+
+def _generate(mesh: RunningMesh, **body: object) -> dict[str, object]:
+    resp = httpx.post(f"{mesh.http_url}/key/generate", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def test_no_key_and_a_wrong_key_are_401(keyed: RunningMesh) -> None:
+    for key in (None, "sk-not-a-key"):
+        resp = _chat(keyed, key)
+        assert resp.status_code == 401, resp.text
+        assert resp.json()["error"]["type"] == "authentication_error"
+    assert _chat(keyed, MASTER).status_code == 200
+    assert httpx.get(f"{keyed.http_url}/healthz").status_code == 200  # health stays open
+
+
+async def test_grpc_reads_the_authorization_metadata(keyed: RunningMesh) -> None:
+    async with ScillmClient(keyed.grpc_target) as anonymous:
+        with pytest.raises(RPCError) as info:
+            await anonymous.completion.create({"model": "echo/x", "messages": [
+                {"role": "user", "content": "x"}]})
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    async with ScillmClient(keyed.grpc_target, api_key=MASTER) as client:
+        reply = await client.completion.create({"model": "echo/x", "messages": [
+            {"role": "user", "content": "x"}]})
+        assert reply.choices[0].message.content[0].text == "x"
+        generated = await client.keys.generate(keys_pb2.GenerateKeyRequest(models=["echo/x"]))
+    async with ScillmClient(keyed.grpc_target, api_key=generated.key) as virtual:
+        await virtual.completion.create({"model": "echo/x", "messages": [
+            {"role": "user", "content": "x"}]})
+        with pytest.raises(RPCError) as denied:
+            await virtual.keys.get(generated.key)
+        assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_virtual_key_models_and_management(keyed: RunningMesh) -> None:
+    made = _generate(keyed, models=["echo/allowed"], key_alias="team-a", duration="1h",
+                     metadata={"team": "a"})
+    key = str(made["key"])
+    assert key.startswith("sk-") and made["key_alias"] == "team-a" and made["expires"]
+    assert _chat(keyed, key, "echo/allowed").status_code == 200
+    denied = _chat(keyed, key, "echo/other")
+    assert denied.status_code == 403 and "echo/allowed" in denied.json()["error"]["message"]
+    sdk = openai.OpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk.chat.completions.create(model="echo/other", messages=[{"role": "user",
+                                                                   "content": "x"}])
+    info = httpx.get(f"{keyed.http_url}/key/info", params={"key": key}, timeout=30,
+                     headers={"authorization": f"Bearer {MASTER}"}).json()
+    assert info["info"]["models"] == ["echo/allowed"] and info["info"]["metadata"] == {
+        "team": "a"}
+    assert key not in json.dumps(info)  # the secret is never returned again
+    not_master = httpx.post(f"{keyed.http_url}/key/generate", json={}, timeout=30,
+                            headers={"authorization": f"Bearer {key}"})
+    assert not_master.status_code == 403
+    deleted = httpx.post(f"{keyed.http_url}/key/delete", json={"keys": [key]}, timeout=30,
+                         headers={"authorization": f"Bearer {MASTER}"})
+    assert deleted.json() == {"deleted_keys": [info["info"]["key_id"]]}
+    assert _chat(keyed, key, "echo/allowed").status_code == 401
+
+
+def test_rate_limit_is_429_with_retry_after(keyed: RunningMesh) -> None:
+    key = str(_generate(keyed, rpm_limit=2)["key"])
+    assert [_chat(keyed, key).status_code for _ in range(2)] == [200, 200]
+    limited = _chat(keyed, key)
+    assert limited.status_code == 429, limited.text
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_budget_from_token_prices(keyed: RunningMesh) -> None:
+    key = str(_generate(keyed, max_budget=3.0)["key"])
+    # 2 prompt words * 0.5 + 2 completion words * 1.0 = 3.0 per call
+    assert _chat(keyed, key, "priced").status_code == 200
+    over = _chat(keyed, key, "priced")
+    assert over.status_code == 403 and "budget" in over.json()["error"]["message"]
+    info = httpx.get(f"{keyed.http_url}/key/info", params={"key": key}, timeout=30,
+                     headers={"authorization": f"Bearer {MASTER}"}).json()
+    assert info["info"]["spend"] == pytest.approx(3.0)
+
+
+def test_other_doors_need_a_key_too(keyed: RunningMesh) -> None:
+    body = {"model": "codeworld", "messages": [{"role": "user", "content": "x"}],
+            "items": [{"task_id": "a", "context": {"input": [1], "expected": 1}}],
+            "strategies": [{"name": "s", "source": "def solve(t, c):\n    return 1\n"}]}
+    anonymous = httpx.post(f"{keyed.http_url}/v1/chat/completions", json=body, timeout=60)
+    assert anonymous.status_code == 401
+    ok = httpx.post(f"{keyed.http_url}/v1/chat/completions", json=body, timeout=60,
+                    headers={"authorization": f"Bearer {MASTER}"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_bad_generate_bodies(keyed: RunningMesh) -> None:
+    for body, param in (({"duration": "soon"}, "duration"), ({"rpm_limit": -1}, "rpm_limit"),
+                        ({"models": "all"}, "models")):
+        resp = httpx.post(f"{keyed.http_url}/key/generate", json=body, timeout=30,
+                          headers={"authorization": f"Bearer {MASTER}"})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param
+
+
+def test_authenticator_rules_without_a_server(tmp_path: Path) -> None:
+    clock = [1000.0]
+    auth = Authenticator("m", KeyStore(tmp_path / "k.sqlite3"), {"p": (1.0, 1.0)},
+                         clock=lambda: clock[0])
+    _, expired = auth.store.create(expires_at=time.time() - 1)
+    with pytest.raises(Forbidden):
+        auth.authorize(Principal(False, expired))
+    _, limited = auth.store.create(tpm_limit=10)
+    principal = Principal(False, limited)
+    auth.authorize(principal)
+    auth.account(principal, "p", 6, 6)
+    with pytest.raises(KeyRateLimited) as info:
+        auth.authorize(principal)
+    assert 0 < info.value.retry_after_s <= 60
+    clock[0] += 61  # the window moved on
+    auth.authorize(principal)
+    _, budgeted = auth.store.create(max_budget=1.0)
+    auth.account(Principal(False, budgeted), "p", 1, 0)
+    with pytest.raises(BudgetExceeded):
+        auth.authorize(Principal(False, auth.store.find(budgeted.key_id)))
