@@ -11,6 +11,7 @@ from ._client import (
     ProveClient,
     ScillmClient,
     SyncScillmClient,
+    TlsConfig,
     channel_target,
 )
 from ._litellm import acompletion, completion, parallel_acompletions
@@ -26,6 +27,7 @@ __all__ = [
     "ScillmClient",
     "ScillmError",
     "SyncScillmClient",
+    "TlsConfig",
     "acompletion",
     "channel_target",
     "completion",

@@ -18,6 +18,7 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -31,7 +32,7 @@ from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 from . import openai_wire
 from .errors import RPCError
 
-__all__ = ["KeyClient", "ScillmClient", "SyncScillmClient", "channel_target"]
+__all__ = ["KeyClient", "ScillmClient", "SyncScillmClient", "TlsConfig", "channel_target"]
 
 T = TypeVar("T")
 
@@ -228,18 +229,48 @@ class KeyClient:
         return list(reply.deleted_key_ids)
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS for the channel: the CA to trust, and a client certificate for mutual TLS."""
+
+    #: PEM of the CA (or self-signed certificate) the server's certificate chains to;
+    #: None trusts the system's roots.
+    root_certificates: bytes | None = None
+    #: PEM private key of the client certificate (mutual TLS).
+    private_key: bytes | None = None
+    #: PEM client certificate chain (mutual TLS).
+    certificate_chain: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca: str | None = None, key: str | None = None,
+                   cert: str | None = None) -> TlsConfig:
+        """Read the PEM files (any may be None)."""
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+        return cls(read(ca), read(key), read(cert))
+
+
 class ScillmClient:
     """One channel to a SciLLM mesh, with a typed client per service."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *,
                  options: Sequence[tuple[str, Any]] = (),
                  interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, tls: TlsConfig | None = None) -> None:
         opts = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
         self.target = channel_target(target)
-        self.channel = grpc.aio.insecure_channel(self.target, options=opts,
-                                                 interceptors=interceptors)
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(self.target, options=opts,
+                                                     interceptors=interceptors)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                tls.root_certificates, tls.private_key, tls.certificate_chain)
+            self.channel = grpc.aio.secure_channel(self.target, credentials, options=opts,
+                                                   interceptors=interceptors)
         default: Metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.completion = CompletionClient(self.channel, default)
         self.prove = ProveClient(self.channel, default)
@@ -278,13 +309,14 @@ class _LoopThread:
 class SyncScillmClient:
     """Blocking facade over `ScillmClient` for scripts and notebooks."""
 
-    def __init__(self, target: str = "127.0.0.1:50051") -> None:
+    def __init__(self, target: str = "127.0.0.1:50051", **kwargs: Any) -> None:
+        """`kwargs` as for ScillmClient (api_key, tls, ...)."""
         self._loop = _LoopThread()
-        self._client: ScillmClient = self._loop.run(self._make(target))
+        self._client: ScillmClient = self._loop.run(self._make(target, kwargs))
 
     @staticmethod
-    async def _make(target: str) -> ScillmClient:
-        return ScillmClient(target)
+    async def _make(target: str, kwargs: dict[str, Any]) -> ScillmClient:
+        return ScillmClient(target, **kwargs)
 
     def complete(self, request: Mapping[str, Any], **kwargs: Any,
                  ) -> completion_pb2.CompletionResponse:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from scillm.clients import TlsConfig
 from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
 
 from .completion_link import CompletionLink
@@ -77,7 +78,7 @@ class Mesh:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         tables: dict[type[BaseException], grpc.StatusCode] = {}
         link = CompletionLink(lambda: self.completion_target,
-                              interceptors=client_interceptors(tracing))
+                              interceptors=client_interceptors(tracing), tls=self.client_tls())
         self._running.closers.append(link.close)
         shared: dict[str, Any] = {"metrics": self.metrics}
         for name in settings.services:
@@ -106,7 +107,16 @@ class Mesh:
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
-        self.grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        if settings.tls:
+            assert settings.tls_cert is not None and settings.tls_key is not None
+            ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None)
+            self.grpc_port = server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = server.add_insecure_port(address)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC on {settings.grpc_host}:{settings.grpc_port}")
         await server.start()
@@ -134,6 +144,19 @@ class Mesh:
         log.info("scillm listening: grpc %s, http %s", self.grpc_target,
                  f"{settings.http_host}:{self.http_port}" if settings.http_enabled else "off")
 
+    def client_tls(self) -> TlsConfig | None:
+        """How this process's own clients (the shim, CompletionLink) dial the mesh: they
+        trust the client CA (mutual TLS) or the certificate chain file, and present the
+        process's certificate when client certificates are required."""
+        s = self.settings
+        if s.tls_cert is None or s.tls_key is None:
+            return None
+        mutual = s.tls_client_ca is not None
+        return TlsConfig(
+            root_certificates=(s.tls_client_ca or s.tls_cert).read_bytes(),
+            private_key=s.tls_key.read_bytes() if mutual else None,
+            certificate_chain=s.tls_cert.read_bytes() if mutual else None)
+
     @property
     def completion_target(self) -> str:
         """Where other services reach CompletionService: configured, else this process."""
@@ -147,7 +170,8 @@ class Mesh:
 
         settings = self.settings
         client = ScillmClient(self.grpc_target,
-                              interceptors=client_interceptors(self._tracing) or None)
+                              interceptors=client_interceptors(self._tracing) or None,
+                              tls=self.client_tls())
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
                                    metrics_registry=self.metrics.registry), self._tracing)
@@ -157,8 +181,16 @@ class Mesh:
         sock.listen(2048)
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
+        tls: dict[str, Any] = {}
+        if settings.tls:
+            tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+            if settings.tls_client_ca is not None:
+                import ssl
+
+                tls |= {"ssl_ca_certs": str(settings.tls_client_ca),
+                        "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                http="httptools",
+                                http="httptools", **tls,
                                 timeout_graceful_shutdown=int(settings.grace_period_s) or None,
                                 backlog=2048)
         self._http = _EmbeddedUvicorn(config)
@@ -216,8 +248,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"scillm: gRPC on {mesh.grpc_target}"
-          + (f", HTTP on http://{settings.http_host}:{mesh.http_port}"
+    scheme = "https" if settings.tls else "http"
+    print(f"scillm: gRPC{' (TLS)' if settings.tls else ''} on {mesh.grpc_target}"
+          + (f", HTTP on {scheme}://{settings.http_host}:{mesh.http_port}"
              if settings.http_enabled else "")
           + f" ({', '.join(settings.services)})", flush=True)
     await stop.wait()

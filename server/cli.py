@@ -26,7 +26,8 @@ def _serve(args: argparse.Namespace) -> int:
             http_port=args.http_port, config_path=args.config,
             services=tuple(args.service) if args.service else None,
             http_enabled=False if args.no_http else None,
-            grace_period_s=args.grace)
+            grace_period_s=args.grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca)
     except ValueError as exc:
         print(f"scillm serve: {exc}", file=sys.stderr)
         return 2
@@ -122,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model configuration in LiteLLM's proxy YAML format")
     serve.add_argument("--grace", type=float,
                        help="seconds in-flight calls get after SIGTERM (default 10)")
+    serve.add_argument("--tls-cert", type=Path,
+                       help="PEM certificate chain: gRPC and HTTP use TLS (with --tls-key); "
+                            "it must name the bind host (127.0.0.1 by default)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path,
+                       help="PEM CA that client certificates must chain to (mutual TLS)")
     serve.set_defaults(func=_serve)
 
     target_help = ("mesh to use (default $SCILLM_TARGET or 127.0.0.1:50051); when none "

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from scillm.clients import ScillmClient, openai_wire
+from scillm.clients import ScillmClient, TlsConfig, openai_wire
 
 __all__ = ["CompletionLink"]
 
@@ -16,8 +16,10 @@ __all__ = ["CompletionLink"]
 class CompletionLink:
     """A lazily opened client to CompletionService, with the call shapes domains use."""
 
-    def __init__(self, target: Callable[[], str], *, interceptors: Sequence[Any] = ()) -> None:
+    def __init__(self, target: Callable[[], str], *, interceptors: Sequence[Any] = (),
+                 tls: TlsConfig | None = None) -> None:
         self._target = target
+        self._tls = tls
         self._interceptors = list(interceptors)
         self._client: ScillmClient | None = None
         #: Key the services present to Completion (the mesh's master key, when keys are on).
@@ -27,7 +29,7 @@ class CompletionLink:
         if self._client is None:
             self._client = ScillmClient(self._target(),
                                         interceptors=self._interceptors or None,
-                                        api_key=self.api_key)
+                                        api_key=self.api_key, tls=self._tls)
         return self._client
 
     async def chat(self, request: Mapping[str, Any]) -> dict[str, Any]:

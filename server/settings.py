@@ -57,6 +57,13 @@ class Settings:
     #: Master key; when set, every call needs a key (the master key or a virtual key).
     #: Also read from the config file's `general_settings.master_key`. Never logged.
     master_key: str = field(default="", repr=False)
+    #: TLS certificate chain (PEM) for gRPC and HTTP; with `tls_key`, both doors use TLS.
+    tls_cert: Path | None = None
+    #: TLS private key (PEM).
+    tls_key: Path | None = None
+    #: CA bundle (PEM) that client certificates must chain to: mutual TLS when set.
+    #: Services of the mesh present `tls_cert` to each other as their client certificate.
+    tls_client_ca: Path | None = None
     #: Log level.
     log_level: str = "INFO"
 
@@ -89,6 +96,19 @@ class Settings:
             raise ValueError("max_request_bytes must be >= 1024")
         if self.config_path is not None and not self.config_path.is_file():
             raise ValueError(f"config file {self.config_path} does not exist")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the doors use TLS."""
+        return self.tls_cert is not None
 
 
 def _parse(name: str, raw: str) -> Any:
