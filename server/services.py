@@ -78,7 +78,9 @@ def _completion(settings: Settings, shared: dict[str, Any]) -> ServiceParts:
         await engine.start()
         return True
 
-    servicer = CompletionServicer(engine, shared.get("metrics"))
+    servicer = CompletionServicer(
+        engine, shared.get("metrics"),
+        _store(settings, shared) if settings.store_completions else None)
     return ServiceParts(
         "completion", SERVICE_NAMES["completion"],
         lambda server: completion_pb2_grpc.add_CompletionServiceServicer_to_server(

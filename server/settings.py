@@ -50,6 +50,8 @@ class Settings:
     completion_target: str = ""
     #: Completion model that formalizes natural-language requirements for Prove.
     prove_model: str = ""
+    #: Also keep a manifest of every routed completion in the run store (off: hot path).
+    store_completions: bool = False
     #: Port serving Prometheus metrics beside gRPC; 0 = off (the HTTP shim has /metrics).
     metrics_port: int = 0
     #: Run store (SQLite file).

@@ -15,7 +15,7 @@ from scillm.completion.v1 import completion_pb2_grpc
 
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock
+from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
 
@@ -77,9 +77,11 @@ def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) ->
 class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
     """Thin gRPC edge of the completion engine."""
 
-    def __init__(self, engine: CompletionEngine, metrics: Metrics | None = None) -> None:
+    def __init__(self, engine: CompletionEngine, metrics: Metrics | None = None,
+                 store: RunStore | None = None) -> None:
         self._engine = engine
         self._metrics = metrics
+        self._store = store  # set to keep a manifest of every completion
 
     def _count(self, model: str, usage: Any, routing: Routing, cache_hit: bool) -> None:
         m = self._metrics
@@ -109,6 +111,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
             response.json_valid = done.json_valid
         self._count(request.model, response.usage, done.routing, done.cache_hit)
         response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
+        if self._store is not None:
+            await self._store.put(response.manifest, request, response)
         return response
 
     async def CompletionStream(
@@ -133,6 +137,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                         routing=routing_to_proto(event.routing, cache_hit=event.cache_hit,
                                                  overhead_s=0.0),
                         manifest=clock.finish(provider=event.routing.provider))
+                    if self._store is not None:
+                        await self._store.put(end.manifest, request, end)
                     yield pb.CompletionStreamResponse(end=end)
                     return
                 chunk = wire.chunk_to_proto(event.chunk)

@@ -12,16 +12,18 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from scillm.clients import ScillmClient
+from scillm.completion.v1 import completion_pb2
 
 from ._store import StoredRun
 
 __all__ = ["comparable", "differences", "replay"]
 
 # `session` is the session's history, not an outcome of the inputs: a replay runs outside
-# the session (it must not count as one more run of it) and is not compared on it.
-_VOLATILE = {"manifest", "session", "duration", "timings", "step_times", "total_time", "id",
-             "created", "run_id", "request_id", "start_time", "end_time", "overhead",
-             "total_sleep"}
+# the session (it must not count as one more run of it) and is not compared on it; nor is
+# `routing` (how a completion was served: a replay may be a cache hit).
+_VOLATILE = {"manifest", "session", "routing", "duration", "timings", "step_times",
+             "total_time", "id", "created", "run_id", "request_id", "start_time", "end_time",
+             "overhead", "total_sleep"}
 
 
 def comparable(message: Message) -> Any:
@@ -74,8 +76,10 @@ async def replay(stored: StoredRun, client: ScillmClient) -> tuple[Message, list
         result = await _terminal(client.agent.run(request), "final")
     elif service == "prove":
         result = await _terminal(client.prove.prove(request), "summary")
-    elif service == "completion":
+    elif service == "completion" and isinstance(request, completion_pb2.CompletionRequest):
         result = await client.completion.create(request)
+    elif service == "completion":  # a stored stream: replay it as a stream
+        result = await _terminal(client.completion.stream(request.request), "end")
     else:
         raise ValueError(f"cannot replay a run of service {service!r}")
     return result, differences(comparable(stored.result), comparable(result))

@@ -99,3 +99,25 @@ def test_prove_batch_and_run(tmp_path: Path, mesh: RunningMesh) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json}\n")
     assert _run("prove", "batch", str(bad)).returncode == 2
+
+
+def test_completions_are_stored_and_replayed_when_asked(tmp_path: Path) -> None:
+    from meshutil import mesh_settings, start_mesh
+
+    from scillm.clients import SyncScillmClient
+
+    running = start_mesh(mesh_settings(tmp_path, services=("completion",),
+                                       http_enabled=False, store_completions=True))
+    try:
+        with SyncScillmClient(running.grpc_target) as client:
+            reply = client.complete({"model": "echo/x", "messages": [
+                {"role": "user", "content": "keep me"}]})
+        store = str(running.mesh.settings.store_path)
+        listed = _run("runs", "list", "--store", store, "--service", "completion")
+        assert reply.manifest.run_id in listed.stdout
+        replayed = _run("runs", "replay", reply.manifest.run_id, "--store", store,
+                        "--target", running.grpc_target)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert json.loads(replayed.stdout)["identical"] is True
+    finally:
+        running.stop()
