@@ -59,25 +59,25 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._metrics = metrics
         self._auth = auth if auth is not None and auth.enabled else None
 
-    def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], full_method: str,
-                   request: Any) -> Principal | None:
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], full_method: str,
+                         request: Any) -> Principal | None:
         """The caller, checked for this call; None when keys are off or for open RPCs."""
         if self._auth is None or full_method.startswith(_OPEN_PREFIXES):
             return None
         principal = self._auth.authenticate(token_from_metadata(context.invocation_metadata()))
-        self._auth.authorize(principal, model=model_of(request),
-                             management=full_method.startswith("/scillm.keys."))
+        await self._auth.authorize(principal, model=model_of(request),
+                                   management=full_method.startswith("/scillm.keys."))
         return principal
 
-    def _account(self, principal: Principal | None, request: Any, reply: Any) -> None:
+    async def _account(self, principal: Principal | None, request: Any, reply: Any) -> None:
         if principal is None or self._auth is None or principal.master:
             return
         usage = getattr(reply, "usage", None)
         if usage is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
             usage = reply.end.usage
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-            self._auth.account(principal, model_of(request), usage.prompt_tokens,
-                               usage.completion_tokens)
+            await self._auth.account(principal, model_of(request), usage.prompt_tokens,
+                                     usage.completion_tokens)
 
     async def intercept_service(
         self,
@@ -149,10 +149,10 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 # In the trailers, not early headers: headers would commit the call, and
                 # gRPC then could not retry it on another replica if this one died.
                 context.set_trailing_metadata((("x-request-id", request_id),))
-                principal = self._authorize(context, full, request)
+                principal = await self._authorize(context, full, request)
                 async with asyncio.timeout(self._timeout(context, limit)):
                     reply = await behavior(request, context)
-                self._account(principal, request, reply)
+                await self._account(principal, request, reply)
                 return reply
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -181,10 +181,10 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 # In the trailers, not early headers: headers would commit the call, and
                 # gRPC then could not retry it on another replica if this one died.
                 context.set_trailing_metadata((("x-request-id", request_id),))
-                principal = self._authorize(context, full, request)
+                principal = await self._authorize(context, full, request)
                 async with asyncio.timeout(self._timeout(context, self._stream_timeout)):
                     async for item in behavior(request, context):
-                        self._account(principal, request, item)
+                        await self._account(principal, request, item)
                         yield item
             except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED

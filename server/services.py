@@ -20,6 +20,7 @@ from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .keys import Authenticator, KeyStore
+from .keys._windows import RedisWindows
 from .manifests import RunStore
 from .settings import Settings
 
@@ -97,6 +98,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
 
     master = settings.master_key
     prices: dict[str, tuple[float, float]] = {}
+    data: dict[str, Any] = {}
     if settings.config_path is not None:
         data = yaml.safe_load(settings.config_path.read_text()) or {}
         general = data.get("general_settings") or {}
@@ -111,7 +113,13 @@ def build_authenticator(settings: Settings) -> Authenticator:
             if cost_in or cost_out:
                 prices[str(entry.get("model_name"))] = (cost_in, cost_out)
     store = KeyStore(settings.store_path.with_name("keys.sqlite3"))
-    return Authenticator(master or None, store, prices)
+    redis_url = settings.redis_url
+    if not redis_url and settings.config_path is not None:
+        router = data.get("router_settings") or {}
+        if router.get("redis_host"):
+            redis_url = f"redis://{router['redis_host']}:{router.get('redis_port', 6379)}"
+    windows = RedisWindows(redis_url) if redis_url else None
+    return Authenticator(master or None, store, prices, windows)
 
 
 def _sandbox_settings() -> Any:

@@ -50,6 +50,9 @@ class Settings:
     completion_target: str = ""
     #: Completion model that formalizes natural-language requirements for Prove.
     prove_model: str = ""
+    #: Redis for state shared by replicas (key rate windows); also taken from the config's
+    #: router_settings.redis_host/redis_port. Empty: in-process state.
+    redis_url: str = ""
     #: Also keep a manifest of every routed completion in the run store (off: hot path).
     store_completions: bool = False
     #: Port serving Prometheus metrics beside gRPC; 0 = off (the HTTP shim has /metrics).

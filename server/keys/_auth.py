@@ -5,23 +5,22 @@ With one, every RPC but health and reflection needs `authorization: Bearer <key>
 the master key may do anything; a virtual key may call its models while it is unexpired,
 under budget and under its requests and tokens per minute. Token usage is accounted after
 each completion: it moves the tokens-per-minute window and adds cost (per-model prices
-from the configuration) to the key's spend.
+from the configuration) to the key's spend. The windows live in memory, or in Redis when
+configured so that replicas share them.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._store import KeyRecord, KeyStore
+from ._windows import MemoryWindows, Windows
 from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated
 
 __all__ = ["Authenticator", "Principal", "token_from_metadata"]
-
-_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,11 @@ class Authenticator:
 
     def __init__(self, master_key: str | None, store: KeyStore,
                  prices: Mapping[str, tuple[float, float]] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 windows: Windows | None = None) -> None:
         self.master_key = master_key or None
         self.store = store
         self._prices = dict(prices or {})
-        self._clock = clock
-        # key_hash -> the last minute's requests (times) and tokens (time, count)
-        self._requests: dict[str, deque[tuple[float, int]]] = {}
-        self._tokens: dict[str, deque[tuple[float, int]]] = {}
+        self.windows: Windows = windows or MemoryWindows()
 
     @property
     def enabled(self) -> bool:
@@ -80,16 +76,8 @@ class Authenticator:
             raise Unauthenticated("invalid API key")
         return Principal(master=False, record=record)
 
-    def _window(self, windows: dict[str, deque[tuple[float, int]]],
-                record: KeyRecord) -> deque[tuple[float, int]]:
-        window = windows.setdefault(record.key_hash, deque())
-        horizon = self._clock() - _WINDOW_S
-        while window and window[0][0] <= horizon:
-            window.popleft()
-        return window
-
-    def authorize(self, principal: Principal, *, model: str = "",
-                  management: bool = False) -> None:
+    async def authorize(self, principal: Principal, *, model: str = "",
+                        management: bool = False) -> None:
         """Raise unless `principal` may make this call; counts the request when it may."""
         if principal.master:
             return
@@ -105,27 +93,24 @@ class Authenticator:
         if record.max_budget and record.spend >= record.max_budget:
             raise BudgetExceeded(f"key {record.key_id} has spent {record.spend:.6g} of its "
                                  f"budget {record.max_budget:.6g}")
-        requests = self._window(self._requests, record)
-        tokens = self._window(self._tokens, record)
-        now = self._clock()
-        if record.rpm_limit and len(requests) >= record.rpm_limit:
-            raise KeyRateLimited(f"key {record.key_id} is over {record.rpm_limit} requests "
-                                 "per minute",
-                                 retry_after_s=max(requests[0][0] + _WINDOW_S - now, 0.001))
-        if record.tpm_limit and sum(t for _, t in tokens) >= record.tpm_limit:
-            raise KeyRateLimited(f"key {record.key_id} is over {record.tpm_limit} tokens "
-                                 "per minute",
-                                 retry_after_s=max(tokens[0][0] + _WINDOW_S - now, 0.001))
-        requests.append((now, 1))
+        for kind, limit in (("requests", record.rpm_limit), ("tokens", record.tpm_limit)):
+            if not limit:
+                continue
+            total, leaves = await self.windows.total(record.key_hash, kind)
+            if total >= limit:
+                raise KeyRateLimited(f"key {record.key_id} is over {limit} {kind} per minute",
+                                     retry_after_s=max(leaves or 0.0, 0.001))
+        if record.rpm_limit:
+            await self.windows.add(record.key_hash, "requests", 1)
 
-    def account(self, principal: Principal, model: str, prompt_tokens: int,
-                completion_tokens: int) -> float:
+    async def account(self, principal: Principal, model: str, prompt_tokens: int,
+                      completion_tokens: int) -> float:
         """Record a completion's tokens; returns its cost (added to the key's spend)."""
         record = principal.record
         if principal.master or record is None:
             return 0.0
-        self._window(self._tokens, record).append(
-            (self._clock(), prompt_tokens + completion_tokens))
+        if record.tpm_limit:
+            await self.windows.add(record.key_hash, "tokens", prompt_tokens + completion_tokens)
         price_in, price_out = self._prices.get(model, (0.0, 0.0))
         cost = prompt_tokens * price_in + completion_tokens * price_out
         if cost:

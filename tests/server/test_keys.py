@@ -16,7 +16,13 @@ from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient
 from scillm.keys.v1 import keys_pb2
-from scillm.server.keys import Authenticator, KeyStore, Principal
+from scillm.server.keys import (
+    Authenticator,
+    KeyStore,
+    MemoryWindows,
+    Principal,
+    RedisWindows,
+)
 from scillm.server.keys.errors import BudgetExceeded, Forbidden, KeyRateLimited
 
 MASTER = "sk-master-test"
@@ -146,23 +152,40 @@ def test_bad_generate_bodies(keyed: RunningMesh) -> None:
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param
 
 
-def test_authenticator_rules_without_a_server(tmp_path: Path) -> None:
+async def test_authenticator_rules_without_a_server(tmp_path: Path) -> None:
     clock = [1000.0]
     auth = Authenticator("m", KeyStore(tmp_path / "k.sqlite3"), {"p": (1.0, 1.0)},
-                         clock=lambda: clock[0])
+                         MemoryWindows(clock=lambda: clock[0]))
     _, expired = auth.store.create(expires_at=time.time() - 1)
     with pytest.raises(Forbidden):
-        auth.authorize(Principal(False, expired))
+        await auth.authorize(Principal(False, expired))
     _, limited = auth.store.create(tpm_limit=10)
     principal = Principal(False, limited)
-    auth.authorize(principal)
-    auth.account(principal, "p", 6, 6)
+    await auth.authorize(principal)
+    await auth.account(principal, "p", 6, 6)
     with pytest.raises(KeyRateLimited) as info:
-        auth.authorize(principal)
+        await auth.authorize(principal)
     assert 0 < info.value.retry_after_s <= 60
     clock[0] += 61  # the window moved on
-    auth.authorize(principal)
+    await auth.authorize(principal)
     _, budgeted = auth.store.create(max_budget=1.0)
-    auth.account(Principal(False, budgeted), "p", 1, 0)
+    await auth.account(Principal(False, budgeted), "p", 1, 0)
     with pytest.raises(BudgetExceeded):
-        auth.authorize(Principal(False, auth.store.find(budgeted.key_id)))
+        await auth.authorize(Principal(False, auth.store.find(budgeted.key_id)))
+
+
+async def test_replicas_share_rate_windows_in_redis(tmp_path: Path, redis_port: int) -> None:
+    store = KeyStore(tmp_path / "k.sqlite3")
+    _, record = store.create(rpm_limit=3)
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    replicas = [Authenticator("m", store, windows=RedisWindows(url)) for _ in range(2)]
+    principal = Principal(False, record)
+    await replicas[0].authorize(principal)
+    await replicas[1].authorize(principal)
+    await replicas[0].authorize(principal)
+    with pytest.raises(KeyRateLimited) as info:
+        await replicas[1].authorize(principal)  # the fourth request, counted across both
+    assert 0 < info.value.retry_after_s <= 60
+    for auth in replicas:
+        assert isinstance(auth.windows, RedisWindows)
+        await auth.windows.close()
