@@ -159,7 +159,8 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
     settings.store_path.parent.mkdir(parents=True, exist_ok=True)
     engine = CodeWorldEngine(
         CodeWorldSettings(sandbox=_sandbox_settings(),
-                          session_db=str(settings.store_path.with_name("codeworld.sqlite3"))),
+                          session_db=str(settings.store_path.with_name("codeworld.sqlite3")),
+                          session_redis_url=settings.redis_url),
         complete=link.text)
     shared["sandbox"] = engine.sandbox
 

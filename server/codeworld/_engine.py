@@ -12,7 +12,7 @@ from ._mcts import Search, check_mcts
 from ._model import RunRequest, Strategy
 from ._runner import Prepared, Runner, prepare
 from ._scoring import TIMING_METRICS, aggregate, check_scorer
-from ._sessions import SessionStore
+from ._sessions import RedisSessionStore, SessionStore
 from ._settings import CodeWorldSettings
 from .errors import InvalidRequest, TooManyItems, TooManyStrategies
 from .sandbox import Sandbox
@@ -29,9 +29,12 @@ class CodeWorldEngine:
         self._settings = settings or CodeWorldSettings()
         self._complete = complete
         self._sandbox = Sandbox(self._settings.sandbox)
-        self._sessions = SessionStore(self._settings.session_db,
-                                      window=self._settings.plateau_window,
-                                      threshold=self._settings.plateau_threshold)
+        window, threshold = self._settings.plateau_window, self._settings.plateau_threshold
+        self._sessions: SessionStore | RedisSessionStore = (
+            RedisSessionStore(self._settings.session_redis_url, window=window,
+                              threshold=threshold)
+            if self._settings.session_redis_url else
+            SessionStore(self._settings.session_db, window=window, threshold=threshold))
 
     @property
     def sandbox(self) -> Sandbox:

@@ -1,4 +1,7 @@
-"""Sessions: each run's mean aggregate per (session, track), and a plateau signal."""
+"""Sessions: each run's mean aggregate per (session, track), and a plateau signal.
+
+Kept in memory and SQLite (SessionStore), or in Redis (RedisSessionStore) when the
+service runs as several replicas."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import asyncio
 import sqlite3
 import time
 from collections import defaultdict
+from typing import Any
 
 from ._events import SessionInfo
 from .errors import SessionStoreError
@@ -69,10 +73,7 @@ class SessionStore:
 
     def _record(self, session_id: str, track: str, value: float) -> SessionInfo:
         previous = self.history(session_id, track)
-        recent = previous[-self._window:]
-        previous_mean = sum(recent) / len(recent) if recent else None
-        gain = None if previous_mean is None else value - previous_mean
-        plateau = gain is not None and len(recent) >= self._window and gain < self._threshold
+        info = plateau_info(session_id, track, previous, value, self._window, self._threshold)
         index = len(previous)
         if self._db is not None:
             try:
@@ -82,4 +83,50 @@ class SessionStore:
             except sqlite3.Error as exc:
                 raise SessionStoreError(str(exc)) from exc
         self._history[(session_id, track)].append(value)
-        return SessionInfo(session_id, track, index, value, previous_mean, gain, plateau)
+        return info
+
+
+def plateau_info(session_id: str, track: str, previous: list[float], value: float,
+                 window: int, threshold: float) -> SessionInfo:
+    """This run's place in its track: the gain over the mean of the previous `window`."""
+    recent = previous[-window:]
+    previous_mean = sum(recent) / len(recent) if recent else None
+    gain = None if previous_mean is None else value - previous_mean
+    plateau = gain is not None and len(recent) >= window and gain < threshold
+    return SessionInfo(session_id, track, len(previous), value, previous_mean, gain, plateau)
+
+
+class RedisSessionStore:
+    """Session history in Redis lists (`scillm:codeworld:<session>:<track>`), shared by
+    replicas; the same plateau rule as SessionStore."""
+
+    def __init__(self, url: str, *, window: int = 5, threshold: float = 0.01) -> None:
+        self._url = url
+        self._window = window
+        self._threshold = threshold
+        self._redis: Any = None
+
+    def open(self) -> None:
+        """Create the client (connections open on first use)."""
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(self._url)
+
+    def close(self) -> None:
+        """Drop the client (its pool closes with the loop)."""
+        self._redis = None
+
+    async def record(self, session_id: str, track: str, mean_aggregate: float) -> SessionInfo:
+        """Append a run's mean atomically and say whether the track has plateaued."""
+        if self._redis is None:
+            raise SessionStoreError("the Redis session store is not open")
+        name = f"scillm:codeworld:{session_id}:{track}"
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lrange(name, 0, -1)
+                pipe.rpush(name, repr(float(mean_aggregate)))
+                previous, _ = await pipe.execute()
+        except Exception as exc:  # any redis failure is the store's failure
+            raise SessionStoreError(f"redis session store: {exc}") from exc
+        return plateau_info(session_id, track, [float(v) for v in previous], mean_aggregate,
+                            self._window, self._threshold)

@@ -26,5 +26,7 @@ class CodeWorldSettings:
     max_items: int = 1000
     rubric: Rubric = field(default_factory=Rubric)
     session_db: str = ":memory:"
+    #: Redis URL for session history shared by replicas; overrides session_db when set.
+    session_redis_url: str = ""
     plateau_window: int = 5
     plateau_threshold: float = 0.01

@@ -110,3 +110,18 @@ async def test_session_plateau_persists(tmp_path: Path) -> None:
                 infos.append(summary.session)
     assert [i.index for i in infos if i] == list(range(6))
     assert [bool(i and i.plateau) for i in infos] == [False] * 5 + [True]
+
+
+async def test_sessions_in_redis_are_shared(redis_port: int) -> None:
+    from scillm.server.codeworld._sessions import RedisSessionStore
+
+    url = f"redis://127.0.0.1:{redis_port}/1"
+    replicas = [RedisSessionStore(url, window=2, threshold=0.05) for _ in range(2)]
+    for store in replicas:
+        store.open()
+    first = await replicas[0].record("s-redis", "t", 0.50)
+    second = await replicas[1].record("s-redis", "t", 0.70)
+    third = await replicas[0].record("s-redis", "t", 0.61)
+    assert (first.index, second.index, third.index) == (0, 1, 2)
+    assert second.previous_mean == 0.50 and not second.plateau
+    assert third.previous_mean == pytest.approx(0.60) and third.plateau
