@@ -50,7 +50,7 @@ class AnthropicProvider:
             body["stream"] = True
         client = self._pool.get(base)
         return client, client.build_request(
-            "POST", url, headers=headers, timeout=httpx.Timeout(call.timeout_s),
+            "POST", self._pool.url(url), headers=headers, timeout=httpx.Timeout(call.timeout_s),
             content=json.dumps(body, separators=(",", ":")).encode())
 
     async def complete(self, call: ProviderCall) -> dict[str, Any]:

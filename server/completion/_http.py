@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 from ._provider import ProviderCall
 from ._retry import parse_retry_after
 from ._settings import DeploymentSettings
+from ._transport import AiohttpTransport
 from .errors import (
     AuthenticationError,
     CompletionError,
@@ -24,22 +26,66 @@ from .errors import (
 __all__ = ["ClientPool", "api_key", "error_from_response", "sse_events", "transport_error"]
 
 # Enough connections for many concurrent streams per base URL (each holds one open).
-_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=128,
-                       keepalive_expiry=30)
+_MAX_CONNECTIONS = 1024
+_KEEPALIVE_EXPIRY_S = 30.0
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that stays empty: `extract_cookies` costs ~10 % of a request's client CPU."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class _Client(httpx.AsyncClient):
+    """An `httpx.AsyncClient` that keeps no cookies.
+
+    The mesh is a stateless proxy for many callers: an upstream's cookie must not be
+    carried from one caller's request to the next.
+    """
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        pass
+
+
+_NO_COOKIES = _NoCookies()
 
 
 class ClientPool:
-    """One pooled `httpx.AsyncClient` per base URL, created on first use."""
+    """One pooled `httpx.AsyncClient` per base URL, created on first use.
+
+    Each client sends over its own `AiohttpTransport` (one aiohttp connection pool per
+    base URL) unless a transport is injected, which all clients then share.
+    """
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._transport = transport
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._urls: dict[str, httpx.URL] = {}
+
+    def url(self, url: str) -> httpx.URL:
+        """`url` parsed once: parsing costs more than the rest of building a request."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 1024:  # deployments are few; bound it anyway
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
 
     def get(self, base_url: str) -> httpx.AsyncClient:
         client = self._clients.get(base_url)
         if client is None:
-            client = httpx.AsyncClient(transport=self._transport, limits=_LIMITS,
-                                       timeout=httpx.Timeout(60.0), trust_env=False)
+            transport = self._transport or AiohttpTransport(
+                max_connections=_MAX_CONNECTIONS, keepalive_expiry_s=_KEEPALIVE_EXPIRY_S)
+            client = _Client(transport=transport, timeout=httpx.Timeout(60.0),
+                             trust_env=False)
+            if self._transport is None:
+                _trace(client)
             self._clients[base_url] = client
         return client
 
@@ -47,6 +93,20 @@ class ClientPool:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
+
+
+def _trace(client: httpx.AsyncClient) -> None:
+    """Client spans for upstream calls when tracing is on.
+
+    `HTTPXClientInstrumentor().instrument()` (see `server.telemetry`) wraps only httpx's
+    own transports, class-wide; an `AiohttpTransport` is wrapped client by client.
+    """
+    module = sys.modules.get("opentelemetry.instrumentation.httpx")  # imported if tracing
+    if module is None:
+        return
+    instrumentor = module.HTTPXClientInstrumentor
+    if instrumentor().is_instrumented_by_opentelemetry:
+        instrumentor.instrument_client(client)
 
 
 def api_key(dep: DeploymentSettings) -> str | None:

@@ -40,7 +40,7 @@ class OpenAIProvider:
             headers["accept"] = "text/event-stream"
         client = self._pool.get(base)
         request = client.build_request(
-            "POST", f"{base}/chat/completions", headers=headers,
+            "POST", self._pool.url(f"{base}/chat/completions"), headers=headers,
             content=json.dumps(body, separators=(",", ":")).encode(),
             timeout=httpx.Timeout(call.timeout_s))
         return client, request
