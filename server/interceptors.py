@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from .errors import BASE_TABLE, ErrorTable, status_for, to_status
+from .errors import BASE_TABLE, ErrorTable, StatusError, status_for, to_status
 from .keys import Authenticator, Principal, token_from_metadata
 from .metrics import Metrics
 from .settings import Settings
@@ -58,6 +58,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._table = {**BASE_TABLE, **table}
         self._metrics = metrics
         self._auth = auth if auth is not None and auth.enabled else None
+        self._max_streams = settings.max_streams_per_key
+        self._open_streams: dict[str, int] = {}
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], full_method: str,
                          request: Any) -> Principal | None:
@@ -182,10 +184,20 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 # gRPC then could not retry it on another replica if this one died.
                 context.set_trailing_metadata((("x-request-id", request_id),))
                 principal = await self._authorize(context, full, request)
-                async with asyncio.timeout(self._timeout(context, self._stream_timeout)):
-                    async for item in behavior(request, context):
-                        await self._account(principal, request, item)
-                        yield item
+                key = principal.key_id if principal is not None else ""
+                if key and self._max_streams and \
+                        self._open_streams.get(key, 0) >= self._max_streams:
+                    raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"key {key} already has {self._max_streams} streams open",
+                                      retry_after_s=1.0)
+                self._open_streams[key] = self._open_streams.get(key, 0) + 1
+                try:
+                    async with asyncio.timeout(self._timeout(context, self._stream_timeout)):
+                        async for item in behavior(request, context):
+                            await self._account(principal, request, item)
+                            yield item
+                finally:
+                    self._open_streams[key] -= 1
             except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED
                 raise

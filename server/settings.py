@@ -50,6 +50,9 @@ class Settings:
     completion_target: str = ""
     #: Completion model that formalizes natural-language requirements for Prove.
     prove_model: str = ""
+    #: Streams one key may have open at once (virtual keys and the master key alike, when
+    #: keys are on); 0 = no limit. Over it: RESOURCE_EXHAUSTED (HTTP 429).
+    max_streams_per_key: int = 64
     #: Redis for state shared by replicas (key rate windows); also taken from the config's
     #: router_settings.redis_host/redis_port. Empty: in-process state.
     redis_url: str = ""

@@ -3,6 +3,7 @@ rate limits; 401/403/429 with OpenAI's body and Retry-After; management in LiteL
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -189,3 +190,27 @@ async def test_replicas_share_rate_windows_in_redis(tmp_path: Path, redis_port: 
     for auth in replicas:
         assert isinstance(auth.windows, RedisWindows)
         await auth.windows.close()
+
+
+async def test_concurrent_streams_per_key_are_limited(tmp_path: Path) -> None:
+    running = start_mesh(mesh_settings(tmp_path, services=("completion",), http_enabled=False,
+                                       master_key=MASTER, max_streams_per_key=2))
+    words = " ".join(f"w{i}" for i in range(50_000))  # held open by flow control
+    try:
+        async with ScillmClient(running.grpc_target, api_key=MASTER) as client:
+            request = {"model": "echo/x", "messages": [{"role": "user", "content": words}]}
+            open_streams = [client.completion.stream(request) for _ in range(2)]
+            for stream in open_streams:
+                assert (await anext(stream)).HasField("chunk")
+            with pytest.raises(RPCError) as info:
+                await anext(client.completion.stream(request))
+            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.retry_after_s is not None
+            for stream in open_streams:
+                await stream.aclose()  # type: ignore[attr-defined]
+            await asyncio.sleep(0.2)
+            again = client.completion.stream(request)
+            assert (await anext(again)).HasField("chunk")  # a slot is free again
+            await again.aclose()  # type: ignore[attr-defined]
+    finally:
+        running.stop()
