@@ -22,13 +22,13 @@ goes in-band as `data: {"error": ...}` followed by `[DONE]`.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -130,7 +130,7 @@ class _Shim:
         if len(raw) > self.max_request_bytes:
             raise _TooLarge(len(raw))
         try:
-            body = json.loads(raw)
+            body = orjson.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -168,7 +168,7 @@ class _Shim:
         out = openai_wire.response_from_proto(resp)
         out["scillm"] = _extras(resp)
         upstream = (time.perf_counter() - started) * 1000 - _duration_ms(resp.routing.overhead)
-        return JSONResponse(out, headers={
+        return Response(orjson.dumps(out), media_type="application/json", headers={
             "x-scillm-overhead-ms": f"{_duration_ms(resp.routing.overhead):.3f}",
             "x-scillm-total-ms": f"{upstream + _duration_ms(resp.routing.overhead):.3f}"})
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 __all__ = ["DONE", "event"]
 
@@ -13,5 +14,4 @@ DONE = b"data: [DONE]\n\n"
 
 def event(payload: Any) -> bytes:
     """One `data:` event carrying `payload` as compact JSON."""
-    return b"data: " + json.dumps(payload, separators=(",", ":"),
-                                  ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
