@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -136,53 +137,52 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self._metrics.latency.labels(method).observe(time.perf_counter() - started)
             self._metrics.in_flight.labels(method).dec()
 
+    @contextlib.asynccontextmanager
+    async def _served(self, context: grpc.aio.ServicerContext[Any, Any],
+                      method: str) -> AsyncIterator[str]:
+        """One RPC: its request id, its metrics, and its errors mapped to a status."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        if self._metrics is not None:
+            self._metrics.in_flight.labels(method).inc()
+        request_id = _incoming_request_id(context)
+        _request_id.set(request_id)  # each RPC runs in its own task and context
+        # In the trailers, not early headers: headers would commit the call, and gRPC
+        # then could not retry it on another replica if this one died.
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        try:
+            yield request_id
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:  # mapped to a status code
+            code, message, trailers = self._map(exc, request_id)
+            await context.abort(code, message, trailing_metadata=trailers)
+        finally:
+            self._record(method, started, code)
+
     def _wrap_unary(self, behavior: Callable[..., Any], default_timeout: float | None = None,
                     *, method: str = "", full: str = "") -> Callable[..., Any]:
         limit = self._unary_timeout if default_timeout is None else default_timeout
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            if self._metrics is not None:
-                self._metrics.in_flight.labels(method).inc()
-            request_id = _incoming_request_id(context)
-            _request_id.set(request_id)  # each RPC runs in its own task and context
-            try:
-                # In the trailers, not early headers: headers would commit the call, and
-                # gRPC then could not retry it on another replica if this one died.
-                context.set_trailing_metadata((("x-request-id", request_id),))
+            reply: Any = None
+            async with self._served(context, method):
                 principal = await self._authorize(context, full, request)
                 async with asyncio.timeout(self._timeout(context, limit)):
                     reply = await behavior(request, context)
                 await self._account(principal, request, reply)
-                return reply
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:  # mapped to a status code
-                code, message, trailers = self._map(exc, request_id)
-                await context.abort(code, message, trailing_metadata=trailers)
-            finally:
-                self._record(method, started, code)
+            return reply
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]],
                      method: str = "", full: str = "") -> Callable[..., Any]:
         async def stream(request: Any,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            if self._metrics is not None:
-                self._metrics.in_flight.labels(method).inc()
-            request_id = _incoming_request_id(context)
-            _request_id.set(request_id)  # each RPC runs in its own task and context
-            try:
-                # In the trailers, not early headers: headers would commit the call, and
-                # gRPC then could not retry it on another replica if this one died.
-                context.set_trailing_metadata((("x-request-id", request_id),))
+            async with self._served(context, method):
                 principal = await self._authorize(context, full, request)
                 key = principal.key_id if principal is not None else ""
                 if key and self._max_streams and \
@@ -198,17 +198,6 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             yield item
                 finally:
                     self._open_streams[key] -= 1
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:  # mapped to a status code
-                code, message, trailers = self._map(exc, request_id)
-                await context.abort(code, message, trailing_metadata=trailers)
-            finally:
-                self._record(method, started, code)
         return stream
 
 
