@@ -12,6 +12,7 @@ Unknown top-level request keys travel in `extra_body` to the provider unchanged.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,6 +83,15 @@ _OPTIONAL_NUMBERS = {
     "presence_penalty": float,
     "frequency_penalty": float,
 }
+#: Integer fields wider than int32.
+_INT64 = {"seed"}
+_INT_BOUNDS = {32: 2**31, 64: 2**63}
+#: The `scillm` routing options (and `cache` keys) the proto carries; others are refused.
+_SCILLM_KEYS = frozenset({"fallbacks", "timeout_s", "num_retries", "deterministic", "cache",
+                          "session_id", "track"})
+_CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace"})
+#: google.protobuf.Duration's range, in seconds.
+_MAX_DURATION_S = 315_576_000_000
 _HANDLED = {
     "model", "messages", "tools", "tool_choice", "response_format", "stop", "logprobs",
     "reasoning_effort", "user", "metadata", "parallel_tool_calls", "stream",
@@ -92,13 +102,32 @@ _HANDLED = {
 # --------------------------------------------------------------------------- helpers
 
 
+def _check_json(value: Any, param: str) -> None:
+    """Refuse what a `Struct` cannot hold: NaN, infinities, integers beyond a double."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequestError(f"'{param}' holds a non-finite number", param=param)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise InvalidRequestError(f"'{param}' holds a number too large for a double",
+                                      param=param) from None
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _check_json(item, param)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json(item, param)
+
+
 def _struct(value: Any, param: str) -> struct_pb2.Struct:
     if not isinstance(value, Mapping):
         raise InvalidRequestError(f"'{param}' must be a JSON object", param=param)
+    _check_json(value, param)
     out = struct_pb2.Struct()
     try:
         out.update(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidRequestError(f"'{param}' is not valid JSON: {exc}", param=param) from exc
     return out
 
@@ -114,12 +143,31 @@ def _expect(value: Any, kind: type | tuple[type, ...], param: str) -> Any:
     return value
 
 
-def _number(value: Any, kind: type, param: str) -> Any:
+def _number(value: Any, kind: type, param: str, *, bits: int = 32) -> Any:
+    """A finite number; an integer (`kind` int) must fit a signed `bits`-bit field."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequestError(f"'{param}' must be a number", param=param)
-    if kind is int and not float(value).is_integer():
-        raise InvalidRequestError(f"'{param}' must be an integer", param=param)
-    return kind(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequestError(f"'{param}' must be a finite number", param=param)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidRequestError(f"'{param}' must be an integer", param=param)
+        number = int(value)
+        if not -_INT_BOUNDS[bits] <= number < _INT_BOUNDS[bits]:
+            raise InvalidRequestError(f"'{param}' is out of range", param=param)
+        return number
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidRequestError(f"'{param}' is out of range", param=param) from None
+
+
+def _seconds(value: Any, param: str) -> int:
+    """Seconds (a finite number within a Duration's range) as whole milliseconds."""
+    seconds = _number(value, float, param)
+    if abs(seconds) > _MAX_DURATION_S:
+        raise InvalidRequestError(f"'{param}' is out of range", param=param)
+    return int(seconds * 1000)
 
 
 # --------------------------------------------------------------------------- request
@@ -178,7 +226,7 @@ def message_to_proto(message: Any, param: str = "messages[0]") -> pb.Message:
     """One OpenAI message dict as a `Message`."""
     _expect(message, dict, param)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequestError(
             f"'{param}.role' must be one of {sorted(ROLES)}, got {role!r}", param=f"{param}.role")
     out = pb.Message(
@@ -197,23 +245,29 @@ def message_to_proto(message: Any, param: str = "messages[0]") -> pb.Message:
 
 def _routing_to_proto(options: Any) -> pb.RoutingOptions:
     _expect(options, dict, "scillm")
+    unknown = set(options) - _SCILLM_KEYS
+    if unknown:
+        raise InvalidRequestError(f"unknown scillm option(s): {', '.join(sorted(unknown))}",
+                                  param="scillm")
     out = pb.RoutingOptions(deterministic=bool(options.get("deterministic", False)))
     fallbacks = options.get("fallbacks") or []
-    out.fallbacks.extend(str(f) for f in _expect(fallbacks, list, "scillm.fallbacks"))
+    out.fallbacks.extend(_expect(f, str, "scillm.fallbacks")
+                         for f in _expect(fallbacks, list, "scillm.fallbacks"))
     if options.get("timeout_s") is not None:
-        out.timeout.FromMilliseconds(int(_number(options["timeout_s"], float, "scillm.timeout_s")
-                                         * 1000))
+        out.timeout.FromMilliseconds(_seconds(options["timeout_s"], "scillm.timeout_s"))
     if options.get("num_retries") is not None:
         out.num_retries = _number(options["num_retries"], int, "scillm.num_retries")
     cache = options.get("cache")
     if cache is not None:
         _expect(cache, dict, "scillm.cache")
+        if set(cache) - _CACHE_KEYS:
+            raise InvalidRequestError(f"scillm.cache takes {', '.join(sorted(_CACHE_KEYS))}",
+                                      param="scillm.cache")
         out.cache.bypass = bool(cache.get("bypass", False))
         out.cache.no_store = bool(cache.get("no_store", False))
         out.cache.namespace = str(cache.get("namespace", ""))
         if cache.get("ttl_s") is not None:
-            out.cache.ttl.FromMilliseconds(int(_number(cache["ttl_s"], float, "scillm.cache.ttl_s")
-                                               * 1000))
+            out.cache.ttl.FromMilliseconds(_seconds(cache["ttl_s"], "scillm.cache.ttl_s"))
     return out
 
 
@@ -222,6 +276,15 @@ def request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
 
     Raises InvalidRequestError naming the offending parameter.
     """
+    try:
+        return _request_to_proto(body)
+    except UnicodeEncodeError:
+        # JSON may escape a lone surrogate ("\ud800"); proto strings must be valid UTF-8.
+        raise InvalidRequestError("the request holds a string that is not valid Unicode "
+                                  "(a lone surrogate)") from None
+
+
+def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("'model' is required and must be a non-empty string",
@@ -234,7 +297,7 @@ def request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     for key, kind in _OPTIONAL_NUMBERS.items():
         value = body.get(key)
         if value is not None:
-            setattr(req, key, _number(value, kind, key))
+            setattr(req, key, _number(value, kind, key, bits=64 if key in _INT64 else 32))
     if body.get("logprobs") is not None:
         req.logprobs = bool(_expect(body["logprobs"], bool, "logprobs"))
     if body.get("parallel_tool_calls") is not None:
@@ -243,7 +306,7 @@ def request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     if stop is not None:
         req.stop.extend([stop] if isinstance(stop, str) else
                         [_expect(s, str, "stop") for s in _expect(stop, list, "stop")])
-    for i, tool in enumerate(body.get("tools") or []):
+    for i, tool in enumerate(_expect(body.get("tools") or [], list, "tools")):
         _expect(tool, dict, f"tools[{i}]")
         if tool.get("type", "function") != "function":
             raise InvalidRequestError("only function tools are supported", param=f"tools[{i}].type")
@@ -263,15 +326,15 @@ def request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
             raise InvalidRequestError(f"unknown tool_choice {choice!r}", param="tool_choice")
         req.tool_choice.mode = _TOOL_CHOICE[choice]  # type: ignore[assignment]
     elif isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        req.tool_choice.function_name = _expect(name, str, "tool_choice.function.name")
+        fn = _expect(choice.get("function"), dict, "tool_choice.function")
+        req.tool_choice.function_name = _expect(fn.get("name"), str, "tool_choice.function.name")
     elif choice is not None:
         raise InvalidRequestError("'tool_choice' must be a string or an object",
                                   param="tool_choice")
     fmt = body.get("response_format")
     if fmt is not None:
         _expect(fmt, dict, "response_format")
-        if fmt.get("type") not in _FORMATS:
+        if not isinstance(fmt.get("type"), str) or fmt["type"] not in _FORMATS:
             raise InvalidRequestError(f"unknown response_format type {fmt.get('type')!r}",
                                       param="response_format.type")
         req.response_format.type = _FORMATS[fmt["type"]]  # type: ignore[assignment]

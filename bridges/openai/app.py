@@ -5,6 +5,7 @@
     GET  /healthz               the process is up
     GET  /readyz                every served service is SERVING (asks gRPC health)
     GET  /metrics               Prometheus metrics of the mesh
+    GET  /openapi.json          this interface as an OpenAPI 3.1 document
     POST /agent/run             the seed's agent envelope
     POST /bridge/complete       the seed's {messages, items, provider, options} envelope
     POST /key/generate, GET /key/info, POST /key/delete   virtual keys (LiteLLM's shape)
@@ -44,6 +45,7 @@ from scillm.completion.v1 import completion_pb2 as pb
 from ..seed import keys as keys_seed
 from . import runs, sse
 from .errors import error_body, from_exception
+from .openapi import OPENAPI
 
 __all__ = ["create_app"]
 
@@ -354,6 +356,9 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
     shim = _Shim(client, max_request_bytes)
     registry = metrics_registry or CollectorRegistry()
 
+    async def openapi(request: Request) -> Response:
+        return Response(orjson.dumps(OPENAPI), media_type="application/json")
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -369,6 +374,7 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/readyz", shim.readyz, methods=["GET"]),
     ]
     return RequestIdMiddleware(Starlette(routes=routes))

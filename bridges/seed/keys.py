@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,9 @@ from scillm.keys.v1 import keys_pb2 as pb
 __all__ = ["generate_request", "info_json", "parse_duration"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The longest Duration a proto can carry (10,000 years).
+_MAX_SECONDS = 315_576_000_000
+_MAX_INT = 2**63 - 1
 
 
 def parse_duration(value: Any) -> float | None:
@@ -30,8 +34,9 @@ def parse_duration(value: Any) -> float | None:
     else:
         raise InvalidRequestError(f"duration {value!r}: use e.g. 30d, 12h, 15m or seconds",
                                   param="duration")
-    if seconds <= 0:
-        raise InvalidRequestError("duration must be positive", param="duration")
+    if not math.isfinite(seconds) or not 0 < seconds <= _MAX_SECONDS:
+        raise InvalidRequestError(f"duration must be positive and at most {_MAX_SECONDS} s",
+                                  param="duration")
     return seconds
 
 
@@ -39,8 +44,10 @@ def _number(body: Mapping[str, Any], key: str) -> float:
     value = body.get(key)
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidRequestError(f"'{key}' must be a non-negative number", param=key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+            or not math.isfinite(value) or value > _MAX_INT:
+        raise InvalidRequestError(f"'{key}' must be a non-negative number below 2**63",
+                                  param=key)
     return float(value)
 
 
