@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list, show and replay stored runs (manifests)")
     runs_sub = runs.add_subparsers(dest="action", required=True)
-    store_help = "run store (default $SCILLM_STORE_PATH or ~/.scillm/runs.sqlite3)"
+    store_help = ("run store: a SQLite file or a postgresql://user:pass@host:port/db URL "
+                  "(default $SCILLM_STORE_URL, else $SCILLM_STORE_PATH or "
+                  "~/.scillm/runs.sqlite3)")
     runs_list = runs_sub.add_parser("list", help="stored runs, newest first")
     runs_list.add_argument("--session", help="only this session")
     runs_list.add_argument("--track", help="only this track")
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                              default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                              help=target_help)
     for p in (runs_list, runs_show, runs_replay):
-        p.add_argument("--store", type=Path, help=store_help)
+        p.add_argument("--store", default=os.environ.get("SCILLM_STORE_URL") or None,
+                       help=store_help)
         p.set_defaults(func=_runs)
 
     doctor = sub.add_parser(

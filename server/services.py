@@ -21,7 +21,7 @@ from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .keys import Authenticator, KeyStore
 from .keys._windows import RedisWindows
-from .manifests import RunStore
+from .manifests import RunStore, open_run_store
 from .settings import Settings
 
 __all__ = ["SERVICE_NAMES", "ServiceParts", "build_service"]
@@ -59,10 +59,10 @@ class ServiceParts:
 
 
 def _store(settings: Settings, shared: dict[str, Any]) -> RunStore:
-    """The process's one run store."""
+    """The process's one run store: PostgreSQL when `store_url` is set, else SQLite."""
     store = shared.get("store")
     if store is None:
-        store = shared["store"] = RunStore(settings.store_path)
+        store = shared["store"] = open_run_store(settings)
     assert isinstance(store, RunStore)
     return store
 

@@ -62,6 +62,10 @@ class Settings:
     metrics_port: int = 0
     #: Run store (SQLite file).
     store_path: Path = field(default_factory=lambda: Path.home() / ".scillm" / "runs.sqlite3")
+    #: Run store in PostgreSQL instead, as `postgresql://user:pass@host:port/db`; when set
+    #: it wins over `store_path` for runs (keys and CodeWorld sessions stay beside
+    #: `store_path`). Needs the `postgres` extra. Never logged (it may hold a password).
+    store_url: str = field(default="", repr=False)
     #: Master key; when set, every call needs a key (the master key or a virtual key).
     #: Also read from the config file's `general_settings.master_key`. Never logged.
     master_key: str = field(default="", repr=False)

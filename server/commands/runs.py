@@ -1,45 +1,59 @@
-"""`scillm runs list | show ID | replay ID`: the run store, read directly; replay via a mesh."""
+"""`scillm runs list | show ID | replay ID`: the run store (a SQLite file or a postgresql://
+URL), read directly; replay via a mesh."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from google.protobuf import json_format
 
-from ..manifests import RunStore, replay
+from ..manifests import RunStore, RunStoreError, open_run_store, replay
 from ._mesh import mesh_client
 
 __all__ = ["list_runs", "replay_run", "show_run"]
 
 
-def _store(path: Path) -> RunStore | None:
-    if not path.exists():
-        print(f"scillm runs: no run store at {path} (set SCILLM_STORE_PATH)", file=sys.stderr)
-        return None
-    return RunStore(path)
+@contextmanager
+def _store(location: str | Path) -> Iterator[RunStore | None]:
+    """The store at a path or postgresql:// URL, closed after use; None (said on stderr)
+    when there is none there."""
+    try:
+        store = open_run_store(location, create=False)
+    except RunStoreError as err:
+        print(f"scillm runs: {err} (set SCILLM_STORE_URL or SCILLM_STORE_PATH, or pass "
+              "--store)", file=sys.stderr)
+        yield None
+        return
+    try:
+        yield store
+    finally:
+        store.close()
 
 
-def list_runs(path: Path, *, session: str | None, track: str | None, service: str | None,
-              limit: int) -> int:
+def list_runs(location: str | Path, *, session: str | None, track: str | None,
+              service: str | None, limit: int) -> int:
     """One line per run, newest first."""
-    store = _store(path)
-    if store is None:
-        return 1
-    for m in store.list(session_id=session, track=track, service=service, limit=limit):
+    with _store(location) as store:
+        if store is None:
+            return 1
+        manifests = store.list(session_id=session, track=track, service=service, limit=limit)
+    for m in manifests:
         print(f"{m.run_id}  {m.start_time.ToJsonString()}  {m.service:<9}  "
               f"session={m.session_id or '-'}  track={m.track or '-'}  "
               f"items={len(m.item_ids)}  model={m.model or '-'}")
     return 0
 
 
-def show_run(path: Path, run_id: str) -> int:
+def show_run(location: str | Path, run_id: str) -> int:
     """The manifest, request and result as one JSON document."""
-    store = _store(path)
-    if store is None:
-        return 1
-    run = store.get(run_id)
+    with _store(location) as store:
+        if store is None:
+            return 1
+        run = store.get(run_id)
     if run is None:
         print(f"scillm runs: no single run matches {run_id!r}", file=sys.stderr)
         return 1
@@ -52,12 +66,12 @@ def show_run(path: Path, run_id: str) -> int:
     return 0
 
 
-async def replay_run(path: Path, run_id: str, target: str | None) -> int:
+async def replay_run(location: str | Path, run_id: str, target: str | None) -> int:
     """Re-execute a stored run; exit 0 when nothing differs, 3 when something does."""
-    store = _store(path)
-    if store is None:
-        return 1
-    run = store.get(run_id)
+    with _store(location) as store:
+        if store is None:
+            return 1
+        run = store.get(run_id)
     if run is None:
         print(f"scillm runs: no single run matches {run_id!r}", file=sys.stderr)
         return 1

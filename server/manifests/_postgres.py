@@ -1,0 +1,120 @@
+"""The run store in PostgreSQL, named by a postgresql:// URL: one store for many processes.
+
+The same table as SQLite's: BYTEA for the serialized protos, TEXT for the events' JSON
+(JSONB would refuse the \\u0000 that tool output may hold, and reorder keys); `start_time`
+and `run_id` compare byte by byte (collation "C") so ordering and prefixes match SQLite.
+psycopg 3 (the `postgres` extra) is imported when a store is opened, not before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ._store import COLUMNS, RunStore, RunStoreError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresRunStore", "redact_url"]
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       TEXT COLLATE "C" PRIMARY KEY,
+    service      TEXT NOT NULL,
+    session_id   TEXT NOT NULL,
+    track        TEXT NOT NULL,
+    model        TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    start_time   TEXT COLLATE "C" NOT NULL,
+    manifest     BYTEA NOT NULL,
+    request_type TEXT NOT NULL,
+    request      BYTEA NOT NULL,
+    result_type  TEXT NOT NULL,
+    result       BYTEA NOT NULL,
+    events       TEXT NOT NULL DEFAULT '[]'
+)"""
+_INDEX = "CREATE INDEX IF NOT EXISTS runs_session ON runs (session_id, track, start_time)"
+#: Advisory lock key serializing schema creation when several processes start at once.
+_SCHEMA_LOCK = 0x5C1_11A
+#: Seconds to wait for the server when the URL sets no connect_timeout.
+_CONNECT_TIMEOUT = 10
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked, fit for messages and logs."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class PostgresRunStore(RunStore):
+    """PostgreSQL-backed run store; one connection, statements serialized, reconnected
+    once when the server has dropped it."""
+
+    _PARAM = "%s"
+    _ILIKE = "ILIKE"
+    _UPSERT = (f"INSERT INTO runs ({', '.join(COLUMNS)}) "
+               f"VALUES ({', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (run_id) DO UPDATE SET "
+               + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:]))
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        super().__init__()
+        self._url = url
+        self.location = redact_url(url)
+        self._conn = self._connect()
+        try:
+            if create:
+                with self._conn.transaction():
+                    self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    self._conn.execute(_TABLE)
+                    self._conn.execute(_INDEX)
+            elif self._conn.execute("SELECT to_regclass('runs')").fetchone() in (None, (None,)):
+                raise RunStoreError(f"no run store at {self.location} (no table `runs`)")
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            import psycopg
+        except ImportError as err:
+            raise RunStoreError("a postgresql:// run store needs psycopg: "
+                                "pip install 'scillm[postgres]'") from err
+        timeout: dict[str, Any] = (
+            {} if "connect_timeout" in self._url else {"connect_timeout": _CONNECT_TIMEOUT})
+        try:
+            return psycopg.connect(self._url, autocommit=True, **timeout)
+        except psycopg.Error as err:
+            raise RunStoreError(f"cannot open the run store at {self.location}: "
+                                f"{str(err).strip()}") from err
+
+    def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn.closed:
+                    self._conn = self._connect()
+                try:
+                    with self._conn.cursor() as cur:
+                        cur.execute(sql, args)
+                        return cur.fetchall() if cur.description else []
+                except psycopg.OperationalError:
+                    # Every statement here is idempotent (an upsert, a select), so one retry
+                    # on a fresh connection is safe when the old one broke (server restart,
+                    # idle timeout); any other failure is raised.
+                    if attempt == 2 or not self._conn.broken:
+                        raise
+                    self._conn.close()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,336 @@
+"""The run store in PostgreSQL, on a real server started here: the same semantics as
+SQLite (each semantic test runs on both), a mesh writing to it, `scillm runs` reading it.
+
+Skips when PostgreSQL's binaries (Debian's `postgresql` package: initdb, pg_ctl under
+/usr/lib/postgresql/*/bin) or psycopg (the `postgres` extra) are missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+from meshutil import mesh_settings, start_mesh
+
+from scillm.clients import ScillmClient
+from scillm.codeworld.v1 import codeworld_pb2 as cw
+from scillm.common.v1 import common_pb2
+from scillm.server.manifests import (
+    PostgresRunStore,
+    RunStore,
+    RunStoreError,
+    SQLiteRunStore,
+    open_run_store,
+)
+from scillm.server.settings import Settings
+
+SCILLM = str(Path(sys.executable).parent / "scillm")
+USER, PASSWORD = "scillm", "s3cret-pw"
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """A running PostgreSQL server on a loopback port."""
+
+    port: int
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+
+def _bindir() -> Path | None:
+    """The newest /usr/lib/postgresql/<version>/bin holding initdb and pg_ctl."""
+    found = [d for d in Path("/usr/lib/postgresql").glob("*/bin")
+             if (d / "initdb").is_file() and (d / "pg_ctl").is_file()]
+    return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
+               default=None)
+
+
+def _unprivileged() -> tuple[list[str], tuple[int, int] | None]:
+    """The command prefix running a program as an unprivileged user (PostgreSQL refuses
+    root), and that user's uid and gid; no prefix when we are not root."""
+    if os.geteuid() != 0:
+        return [], None
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
+    if runuser := shutil.which("runuser"):
+        return [runuser, "-u", "postgres", "--"], (user.pw_uid, user.pw_gid)
+    if setpriv := shutil.which("setpriv"):
+        return ([setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+                 "--"], (user.pw_uid, user.pw_gid))
+    pytest.skip("running as root without runuser or setpriv to drop to `postgres`")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PgServer]:
+    """initdb into a temp dir, pg_ctl start on a free loopback port, stop and remove."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (the `postgres` extra)")
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    as_user, owner = _unprivileged()
+    root = Path(tempfile.mkdtemp(prefix="scillm-pg-"))
+    data, sockets, log, pwfile = root / "data", root / "sockets", root / "log", root / "pw"
+    sockets.mkdir()
+    pwfile.write_text(PASSWORD + "\n")
+    if owner is not None:
+        for path in (root, sockets, pwfile):
+            os.chown(path, *owner)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120,
+                              check=False, cwd=root)
+
+    port = _free_port()
+    started = False
+    try:
+        init = run(str(bindir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}",
+                   "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                   "--locale=C.UTF-8", "--no-sync")
+        if init.returncode != 0:
+            pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
+        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off "
+                   "-c full_page_writes=off -c synchronous_commit=off")
+        start = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                    "-o", options, "start")
+        started = start.returncode == 0
+        if not started:
+            tail = log.read_text()[-500:] if log.exists() else start.stderr
+            pytest.skip(f"PostgreSQL did not start: {tail.strip()}")
+        yield PgServer(port)
+    finally:
+        if started:
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database on the server, dropped afterwards."""
+    import psycopg
+
+    name = f"runs_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield pg_server.url(name)
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store is: a SQLite file, or a PostgreSQL database (same tests, same answers)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.sqlite3")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def _run(run_id: str, service: str, session: str, track: str, seconds: int,
+         ) -> tuple[common_pb2.RunManifest, cw.CodeWorldRunRequest, cw.CodeWorldRunSummary,
+                    list[cw.CodeWorldRunResponse]]:
+    manifest = common_pb2.RunManifest(run_id=run_id, service=service, session_id=session,
+                                      track=track, model="m", request_id=f"req-{run_id}",
+                                      item_ids=["t0"])
+    manifest.start_time.FromSeconds(1_700_000_000 + seconds)
+    request = cw.CodeWorldRunRequest(strategies=[cw.Strategy(name="s", source="x = 1\n")])
+    request.items.add(task_id="t0").context.update({"input": [1, 2], "expected": 3})
+    result = cw.CodeWorldRunSummary(items=1, succeeded=1, manifest=manifest)
+    events = [cw.CodeWorldRunResponse(run=cw.RunResult(
+        task_id="t0", strategy="s", status=cw.RUN_STATUS_OK, stdout="out\x00put\n"))]
+    return manifest, request, result, events
+
+
+RUNS = [("aaaa1111", "codeworld", "s1", "t1", 10), ("aaaa2222", "prove", "s1", "t2", 20),
+        ("bbbb3333", "codeworld", "s2", "t1", 30)]
+
+
+def _ids(manifests: list[common_pb2.RunManifest]) -> list[str]:
+    return [m.run_id for m in manifests]
+
+
+def test_put_list_get_round_trip(location: str) -> None:
+    store = open_run_store(location)
+    assert isinstance(store, PostgresRunStore if "://" in location else SQLiteRunStore)
+    try:
+        for run in RUNS:
+            store.put_sync(*_run(*run))
+        assert _ids(store.list()) == ["bbbb3333", "aaaa2222", "aaaa1111"]  # newest first
+        assert _ids(store.list(session_id="s1")) == ["aaaa2222", "aaaa1111"]
+        assert _ids(store.list(track="t1")) == ["bbbb3333", "aaaa1111"]
+        assert _ids(store.list(service="codeworld")) == ["bbbb3333", "aaaa1111"]
+        assert _ids(store.list(session_id="s1", service="codeworld")) == ["aaaa1111"]
+        assert _ids(store.list(session_id="nope")) == []
+        assert _ids(store.list(limit=1)) == ["bbbb3333"]
+        assert len(store.list(limit=-1)) == 3
+
+        manifest, request, result, events = _run(*RUNS[0])
+        got = store.get("aaaa1111")
+        assert got is not None
+        assert (got.manifest, got.request, got.result) == (manifest, request, result)
+        assert got.events == tuple(json_format.MessageToDict(e, preserving_proto_field_name=True)
+                                   for e in events)
+        assert got.events[0]["run"]["stdout"] == "out\x00put\n"
+        # A unique prefix, in any ASCII case; an ambiguous or absent one is None, and LIKE's
+        # wildcards are plain characters.
+        for prefix in ("bbbb", "BBBB3", "bbbb3333"):
+            found = store.get(prefix)
+            assert found is not None and found.manifest.run_id == "bbbb3333", prefix
+        for absent in ("aaaa", "zz", "%", "aaaa11_1", "aaaa1%"):
+            assert store.get(absent) is None, absent
+
+        # The same id again replaces the run.
+        manifest, request, result, events = _run(*RUNS[0])
+        manifest.model = "m2"
+        store.put_sync(manifest, request, result, [])
+        replaced = store.get("aaaa1111")
+        assert replaced is not None and replaced.manifest.model == "m2" and replaced.events == ()
+        assert len(store.list()) == 3
+    finally:
+        store.close()
+    # Reopened (as `scillm runs` does, without creating), everything is still there.
+    reopened = open_run_store(location, create=False)
+    try:
+        assert _ids(reopened.list()) == ["bbbb3333", "aaaa2222", "aaaa1111"]
+    finally:
+        reopened.close()
+
+
+async def test_put_from_the_event_loop(location: str) -> None:
+    store = RunStore(location)  # picks the implementation from the location
+    try:
+        await asyncio.gather(*(store.put(*_run(f"run{i}", "agent", "s", "", i))
+                               for i in range(8)))
+        assert _ids(store.list()) == [f"run{i}" for i in reversed(range(8))]
+    finally:
+        store.close()
+
+
+def test_opening_errors_are_run_store_errors(pg_url: str,
+                                             tmp_path: Path) -> None:
+    with pytest.raises(RunStoreError, match="unsupported run store URL"):
+        open_run_store("mysql://u:p@h/db")
+    with pytest.raises(RunStoreError, match="no run store"):
+        open_run_store(tmp_path / "absent.sqlite3", create=False)
+    with pytest.raises(RunStoreError, match="no table") as empty:
+        open_run_store(pg_url, create=False)
+    assert PASSWORD not in str(empty.value) and ":***@" in str(empty.value)
+    closed = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{_free_port()}/x?connect_timeout=2"
+    with pytest.raises(RunStoreError, match="cannot open") as unreachable:
+        open_run_store(closed)
+    assert PASSWORD not in str(unreachable.value)
+    wrong = pg_url.replace(PASSWORD, "wrong")
+    with pytest.raises(RunStoreError, match="password authentication failed"):
+        open_run_store(wrong)
+
+
+def test_settings_store_url_wins_over_store_path(pg_url: str, tmp_path: Path) -> None:
+    settings = Settings.from_env({"SCILLM_STORE_URL": pg_url,
+                                  "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3")})
+    assert PASSWORD not in repr(settings)
+    store = open_run_store(settings)
+    try:
+        assert isinstance(store, PostgresRunStore) and PASSWORD not in store.location
+    finally:
+        store.close()
+    assert not (tmp_path / "runs.sqlite3").exists()
+
+
+def test_reconnects_when_the_server_drops_the_connection(pg_url: str) -> None:
+    import psycopg
+
+    store = open_run_store(pg_url)
+    try:
+        store.put_sync(*_run(*RUNS[0]))
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'").fetchone()
+        assert killed == (1,)
+        assert _ids(store.list()) == ["aaaa1111"]
+    finally:
+        store.close()
+
+
+def _ids_of(listing: str) -> set[str]:
+    return {line.split()[0] for line in listing.splitlines()}
+
+
+def _scillm(*args: str, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCILLM, *args], capture_output=True, text=True, timeout=120,
+                          check=False, env=env)
+
+
+async def _codeworld_run(target: str) -> cw.CodeWorldRunSummary:
+    request = cw.CodeWorldRunRequest(strategies=[cw.Strategy(
+        name="s", source="def solve(t, c):\n    return sum(c['input'])\n")])
+    request.items.add(task_id="a").context.update({"input": [2, 3], "expected": 5})
+    request.context.session_id, request.context.track = "pg-session", "pg-track"
+    async with ScillmClient(target) as client:
+        events = [e async for e in client.codeworld.run(request)]
+    assert events[-1].HasField("summary")
+    return events[-1].summary
+
+
+def test_a_mesh_keeps_its_runs_in_postgresql(tmp_path: Path, pg_url: str) -> None:
+    running = start_mesh(mesh_settings(tmp_path, store_url=pg_url, http_enabled=False,
+                                       services=("completion", "codeworld")))
+    try:
+        summary = asyncio.run(_codeworld_run(running.grpc_target))
+        run_id = summary.manifest.run_id
+
+        store = open_run_store(pg_url, create=False)
+        try:
+            assert _ids(store.list(session_id="pg-session")) == [run_id]
+            stored = store.get(run_id)
+            assert stored is not None and stored.result == summary
+            assert [e["result"] for e in stored.events] == [5]
+        finally:
+            store.close()
+        assert not (tmp_path / "runs.sqlite3").exists()  # store_url won over store_path
+
+        listed = _scillm("runs", "list", "--store", pg_url, "--session", "pg-session")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split()[0] == run_id and "codeworld" in listed.stdout
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCILLM_STORE")}
+        from_env = _scillm("runs", "show", run_id[:10], env={**env, "SCILLM_STORE_URL": pg_url})
+        assert from_env.returncode == 0, from_env.stderr
+        assert json.loads(from_env.stdout)["manifest"]["run_id"] == run_id
+        replayed = _scillm("runs", "replay", run_id, "--store", pg_url,
+                           "--target", running.grpc_target)
+        assert replayed.returncode in (0, 3), replayed.stderr
+        report = json.loads(replayed.stdout)
+        assert report["run_id"] == run_id and report["replay_run_id"] != run_id
+        # The replay is a run of its own (outside the session), kept in the same store.
+        relisted = _scillm("runs", "list", "--store", pg_url, "--service", "codeworld")
+        assert _ids_of(relisted.stdout) == {run_id, report["replay_run_id"]}
+
+        missing = _scillm("runs", "list", "--store", pg_url.rsplit("/", 1)[0] + "/nosuchdb")
+        assert missing.returncode == 1 and "does not exist" in missing.stderr
+        assert PASSWORD not in missing.stderr
+    finally:
+        with contextlib.suppress(Exception):
+            running.stop()
