@@ -131,15 +131,15 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return code, message, (("grpc-status-details-bin", details),
                                ("x-request-id", request_id))
 
-    def _record(self, method: str, started: float, code: grpc.StatusCode) -> None:
+    def _record(self, method: str, model: str, started: float, code: grpc.StatusCode) -> None:
         if self._metrics is not None:
-            self._metrics.requests.labels(method, code.name).inc()
-            self._metrics.latency.labels(method).observe(time.perf_counter() - started)
+            self._metrics.requests.labels(method, model, code.name).inc()
+            self._metrics.latency.labels(method, model).observe(time.perf_counter() - started)
             self._metrics.in_flight.labels(method).dec()
 
     @contextlib.asynccontextmanager
-    async def _served(self, context: grpc.aio.ServicerContext[Any, Any],
-                      method: str) -> AsyncIterator[str]:
+    async def _served(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+                      request: Any) -> AsyncIterator[str]:
         """One RPC: its request id, its metrics, and its errors mapped to a status."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -162,7 +162,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code, message, trailers = self._map(exc, request_id)
             await context.abort(code, message, trailing_metadata=trailers)
         finally:
-            self._record(method, started, code)
+            self._record(method, model_of(request), started, code)
 
     def _wrap_unary(self, behavior: Callable[..., Any], default_timeout: float | None = None,
                     *, method: str = "", full: str = "") -> Callable[..., Any]:
@@ -170,7 +170,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             reply: Any = None
-            async with self._served(context, method):
+            async with self._served(context, method, request):
                 principal = await self._authorize(context, full, request)
                 async with asyncio.timeout(self._timeout(context, limit)):
                     reply = await behavior(request, context)
@@ -182,7 +182,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                      method: str = "", full: str = "") -> Callable[..., Any]:
         async def stream(request: Any,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            async with self._served(context, method):
+            async with self._served(context, method, request):
                 principal = await self._authorize(context, full, request)
                 key = principal.key_id if principal is not None else ""
                 if key and self._max_streams and \

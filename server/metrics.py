@@ -1,7 +1,7 @@
 """Prometheus metrics of a SciLLM process, in one registry owned by the Mesh.
 
-    scillm_rpc_requests_total{method, code}         RPCs finished, by status code
-    scillm_rpc_latency_seconds{method}              RPC latency (streams: until the last event)
+    scillm_rpc_requests_total{method, model, code}  RPCs finished, by model and status code
+    scillm_rpc_latency_seconds{method, model}       RPC latency (streams: until the last event)
     scillm_rpc_in_flight{method}                    RPCs running now (streams included)
     scillm_tokens_total{model, kind}                prompt / completion tokens served
     scillm_cache_events_total{result}               completion cache hits and misses
@@ -28,10 +28,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("scillm_rpc_requests", "RPCs finished", ["method", "code"],
-                                registry=r)
-        self.latency = Histogram("scillm_rpc_latency_seconds", "RPC latency", ["method"],
-                                 buckets=_BUCKETS, registry=r)
+        self.requests = Counter("scillm_rpc_requests", "RPCs finished",
+                                ["method", "model", "code"], registry=r)
+        self.latency = Histogram("scillm_rpc_latency_seconds", "RPC latency",
+                                 ["method", "model"], buckets=_BUCKETS, registry=r)
         self.in_flight = Gauge("scillm_rpc_in_flight", "RPCs running", ["method"], registry=r)
         self.tokens = Counter("scillm_tokens", "Tokens served", ["model", "kind"], registry=r)
         self.cache = Counter("scillm_cache_events", "Completion cache lookups", ["result"],

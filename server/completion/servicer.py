@@ -90,7 +90,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         if usage is not None:
             m.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
             m.tokens.labels(model, "completion").inc(usage.completion_tokens)
-        m.cache.labels("hit" if cache_hit else "miss").inc()
+        if self._engine.cache_stats() is not None:  # no cache configured: no lookups
+            m.cache.labels("hit" if cache_hit else "miss").inc()
         if routing.attempts > 1:
             m.retries.labels(model).inc(routing.attempts - 1)
 

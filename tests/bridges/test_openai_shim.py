@@ -110,7 +110,8 @@ def test_overhead_header_and_metrics(mesh: RunningMesh) -> None:
     overhead = float(resp.headers["x-scillm-overhead-ms"])
     assert 0.0 <= overhead < float(resp.headers["x-scillm-total-ms"]) + 1.0
     metrics = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
-    assert 'scillm_rpc_requests_total{code="OK",method="CompletionService/Completion"}' in metrics
+    assert ('scillm_rpc_requests_total{code="OK",method="CompletionService/Completion",'
+            'model="echo/x"}') in metrics
     assert "scillm_rpc_latency_seconds_bucket" in metrics
     assert 'scillm_tokens_total{kind="completion",model="echo/x"}' in metrics
     assert 'scillm_cache_events_total{result=' in metrics
@@ -120,7 +121,7 @@ def test_client_disconnect_cancels_the_grpc_stream(mesh: RunningMesh) -> None:
     def cancelled() -> float:
         for line in httpx.get(f"{mesh.http_url}/metrics", timeout=10).text.splitlines():
             if line.startswith('scillm_rpc_requests_total{code="CANCELLED",'
-                               'method="CompletionService/CompletionStream"}'):
+                               'method="CompletionService/CompletionStream",model="echo/x"}'):
                 return float(line.split()[-1])
         return 0.0
 

@@ -226,3 +226,20 @@ def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
     count, status = asyncio.run(scenario())
     assert count > 1  # the stream ran to its end event after SIGTERM-equivalent stop
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    running = start_mesh(mesh_settings(tmp_path, services=("completion",), http_enabled=False,
+                                       metrics_port=port))
+    try:
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "scillm_rpc_latency_seconds" in body
+    finally:
+        running.stop()
