@@ -61,6 +61,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._auth = auth if auth is not None and auth.enabled else None
         self._max_streams = settings.max_streams_per_key
         self._open_streams: dict[str, int] = {}
+        # The wrapped handler by full method name, with the handler it wraps.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], full_method: str,
                          request: Any) -> Principal | None:
@@ -91,6 +93,17 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         full = handler_call_details.method
+        # A service's handler is one object per method: wrap it once, not on every call.
+        cached = self._wrapped.get(full)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, full)
+        if len(self._wrapped) >= 1024:  # methods are few; bound it anyway
+            self._wrapped.clear()
+        self._wrapped[full] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full: str) -> grpc.RpcMethodHandler:
         method = full.rsplit(".", 1)[-1]  # Service/Method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -132,10 +145,11 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                ("x-request-id", request_id))
 
     def _record(self, method: str, model: str, started: float, code: grpc.StatusCode) -> None:
-        if self._metrics is not None:
-            self._metrics.requests.labels(method, model, code.name).inc()
-            self._metrics.latency.labels(method, model).observe(time.perf_counter() - started)
-            self._metrics.in_flight.labels(method).dec()
+        m = self._metrics
+        if m is not None:
+            m.child(m.requests, method, model, code.name).inc()
+            m.child(m.latency, method, model).observe(time.perf_counter() - started)
+            m.child(m.in_flight, method).dec()
 
     @contextlib.asynccontextmanager
     async def _served(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
@@ -144,7 +158,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         if self._metrics is not None:
-            self._metrics.in_flight.labels(method).inc()
+            self._metrics.child(self._metrics.in_flight, method).inc()
         request_id = _incoming_request_id(context)
         _request_id.set(request_id)  # each RPC runs in its own task and context
         # In the trailers, not early headers: headers would commit the call, and gRPC

@@ -14,9 +14,17 @@ Exposed on the HTTP shim's `/metrics` and, when `metrics_port` is set, on a port
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["Metrics"]
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+#: Label sets whose child metrics are kept at hand; past it the cache starts over.
+_MAX_CHILDREN = 4096
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
             30, 60, 300)
@@ -41,3 +49,18 @@ class Metrics:
                                 ["backend", "verdict"], registry=r)
         self.sandbox_runs = Counter("scillm_sandbox_runs", "Sandboxed executions", ["status"],
                                     registry=r)
+        self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+
+    def child(self, metric: M, *labels: str) -> M:
+        """`metric.labels(*labels)`, looked up once: `labels()` costs microseconds a call.
+
+        The RPC path records 5-7 metrics per request; the children are cached by metric
+        and label values (prometheus_client keeps every child anyway).
+        """
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]

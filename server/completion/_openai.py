@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import orjson
 
 from ._http import ClientPool, api_key, error_from_response, sse_events, transport_error
 from ._provider import ProviderCall
+from ._settings import DeploymentSettings
 from .errors import UpstreamError
 
 __all__ = ["OpenAIProvider"]
 
 DEFAULT_BASE = "https://api.openai.com/v1"
+
+
+class _Prepared(NamedTuple):
+    """A deployment's request headers, ready but for `Content-Length` (see `_prepare`)."""
+
+    deployment: DeploymentSettings
+    client: httpx.AsyncClient
+    headers: list[tuple[bytes, bytes]]
+    add_length: bool
 
 
 class OpenAIProvider:
@@ -24,25 +35,60 @@ class OpenAIProvider:
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._pool = ClientPool(transport)
+        self._prepared: dict[tuple[int, bool], _Prepared] = {}
 
-    def _build(self, call: ProviderCall, stream: bool) -> tuple[httpx.AsyncClient, httpx.Request]:
-        dep = call.deployment
-        base = dep.api_base or DEFAULT_BASE
+    def _prepare(self, dep: DeploymentSettings, client: httpx.AsyncClient, url: httpx.URL,
+                 stream: bool) -> _Prepared:
+        """The headers `client.build_request` would send but `Content-Length`, once.
+
+        Merging the client's headers, then normalising every header twice, costs more
+        than the rest of building a request, and gives the same list each time for one
+        deployment. An entry names the deployment and client it was made for, so a
+        recycled `id()` or a new client never reuses it.
+        """
+        prepared = self._prepared.get((id(dep), stream))
+        if prepared is not None and prepared.deployment is dep and prepared.client is client:
+            return prepared
         headers = {"content-type": "application/json", "accept": "application/json"}
         key = api_key(dep)
         if key:
             headers["authorization"] = f"Bearer {key}"
         headers.update(dep.headers)
+        if stream:
+            headers["accept"] = "text/event-stream"
+        merged = httpx.Headers(client.headers)
+        merged.update(headers)
+        # As `Request._prepare`: Host first (unless set), Content-Length last (unless set).
+        host = [] if "Host" in merged or not url.host else [(b"Host", url.netloc)]
+        prepared = _Prepared(dep, client, host + merged.raw,
+                             "Content-Length" not in merged and "Transfer-Encoding" not in merged)
+        if len(self._prepared) >= 1024:  # deployments are few; bound it anyway
+            self._prepared.clear()
+        self._prepared[(id(dep), stream)] = prepared
+        return prepared
+
+    def _build(self, call: ProviderCall, stream: bool) -> tuple[httpx.AsyncClient, httpx.Request]:
+        dep = call.deployment
+        base = dep.api_base or DEFAULT_BASE
+        client = self._pool.get(base)
+        url = self._pool.url(f"{base}/chat/completions")
+        prepared = self._prepare(dep, client, url, stream)
         body: dict[str, Any] = {**call.body, "model": call.model}
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-            headers["accept"] = "text/event-stream"
-        client = self._pool.get(base)
-        request = client.build_request(
-            "POST", self._pool.url(f"{base}/chat/completions"), headers=headers,
-            content=json.dumps(body, separators=(",", ":")).encode(),
-            timeout=httpx.Timeout(call.timeout_s))
+        content = json.dumps(body, separators=(",", ":")).encode()
+        headers = prepared.headers
+        if prepared.add_length:
+            headers = [*headers, (b"Content-Length", str(len(content)).encode())]
+        # The request `client.build_request(..., content=content, timeout=timeout_s)` makes
+        # (the client has no base_url, params or cookies to merge), built for less.
+        timeout = call.timeout_s
+        request = httpx.Request(
+            "POST", url, headers=headers, stream=httpx.ByteStream(content),
+            extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout,
+                                    "pool": timeout}})
+        request.read()
         return client, request
 
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
@@ -60,7 +106,7 @@ class OpenAIProvider:
         if response.status_code >= 400:
             raise error_from_response(response, call)
         try:
-            data = json.loads(raw)
+            data = _loads(raw)
         except ValueError:
             raise UpstreamError(f"{call.deployment.id}: invalid JSON in the reply "
                                 f"(HTTP {response.status_code})", body=raw[:2000].decode(
@@ -84,7 +130,7 @@ class OpenAIProvider:
                 if data == "[DONE]":
                     return
                 try:
-                    chunk = json.loads(data)
+                    chunk = _loads(data)
                 except ValueError:
                     raise UpstreamError(f"{call.deployment.id}: malformed SSE data: "
                                         f"{data[:100]!r}") from None
@@ -106,3 +152,11 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _loads(raw: bytes | str) -> Any:
+    """`json.loads`, by orjson when it can (NaN, huge integers, ... fall back to json)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)

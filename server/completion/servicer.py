@@ -88,12 +88,12 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         if m is None:
             return
         if usage is not None:
-            m.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-            m.tokens.labels(model, "completion").inc(usage.completion_tokens)
+            m.child(m.tokens, model, "prompt").inc(usage.prompt_tokens)
+            m.child(m.tokens, model, "completion").inc(usage.completion_tokens)
         if self._engine.cache_stats() is not None:  # no cache configured: no lookups
-            m.cache.labels("hit" if cache_hit else "miss").inc()
+            m.child(m.cache, "hit" if cache_hit else "miss").inc()
         if routing.attempts > 1:
-            m.retries.labels(model).inc(routing.attempts - 1)
+            m.child(m.retries, model).inc(routing.attempts - 1)
 
     async def Completion(self, request: pb.CompletionRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:

@@ -8,8 +8,6 @@ import uuid
 from collections.abc import Iterable
 from functools import cache
 
-from google.protobuf import timestamp_pb2
-
 from scillm.common.v1 import common_pb2
 
 __all__ = ["ManifestClock", "versions"]
@@ -29,23 +27,41 @@ def versions() -> dict[str, str]:
     return out
 
 
+@cache
+def _blank() -> common_pb2.RunManifest:
+    """A manifest holding only `versions()`: copying it costs less than filling the map."""
+    return common_pb2.RunManifest(versions=versions())
+
+
+def _now_us() -> int:
+    """Wall-clock time in whole microseconds, the precision of `GetCurrentTime`."""
+    return time.time_ns() // 1000
+
+
 class ManifestClock:
     """Starts a manifest when a run starts and completes it when the run ends."""
 
     def __init__(self, service: str, context: common_pb2.RunContext, *, request_id: str,
                  model: str = "", item_ids: Iterable[str] = ()) -> None:
         self._t0 = time.perf_counter()
-        self.manifest = common_pb2.RunManifest(
-            run_id=context.run_id or uuid.uuid4().hex, request_id=request_id,
-            item_ids=list(item_ids), session_id=context.session_id, track=context.track,
-            service=service, model=model, versions=versions(), labels=dict(context.labels))
-        self.manifest.start_time.GetCurrentTime()
+        m = self.manifest = common_pb2.RunManifest()
+        m.CopyFrom(_blank())
+        m.run_id = context.run_id or uuid.uuid4().hex
+        m.request_id = request_id
+        m.item_ids.extend(item_ids)
+        m.session_id = context.session_id
+        m.track = context.track
+        m.service = service
+        m.model = model
+        if context.labels:
+            m.labels.update(context.labels)
+        m.start_time.FromMicroseconds(_now_us())
 
     def finish(self, *, provider: str = "", backend: str = "",
                isolation: str = "") -> common_pb2.RunManifest:
         """Stamp end time and duration, and return the manifest."""
         m = self.manifest
-        m.end_time.CopyFrom(_now())
+        m.end_time.FromMicroseconds(_now_us())
         m.duration.FromNanoseconds(int((time.perf_counter() - self._t0) * 1e9))
         if provider:
             m.provider = provider
@@ -55,8 +71,3 @@ class ManifestClock:
             m.isolation = isolation
         return m
 
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
