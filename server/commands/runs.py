@@ -11,7 +11,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from ..manifests import RunStore, RunStoreError, open_run_store, replay
+from ..manifests import RunStore, RunStoreError, StoredRun, open_run_store, replay
 from ._mesh import mesh_client
 
 __all__ = ["list_runs", "replay_run", "show_run"]
@@ -48,14 +48,19 @@ def list_runs(location: str | Path, *, session: str | None, track: str | None,
     return 0
 
 
+def _find(location: str | Path, run_id: str) -> StoredRun | None:
+    """The stored run, or None after saying why on stderr."""
+    with _store(location) as store:
+        run = store.get(run_id) if store is not None else None
+        if store is not None and run is None:
+            print(f"scillm runs: no single run matches {run_id!r}", file=sys.stderr)
+    return run
+
+
 def show_run(location: str | Path, run_id: str) -> int:
     """The manifest, request and result as one JSON document."""
-    with _store(location) as store:
-        if store is None:
-            return 1
-        run = store.get(run_id)
+    run = _find(location, run_id)
     if run is None:
-        print(f"scillm runs: no single run matches {run_id!r}", file=sys.stderr)
         return 1
     shown: dict[str, object] = {
         name: json_format.MessageToDict(m, preserving_proto_field_name=True)
@@ -68,12 +73,8 @@ def show_run(location: str | Path, run_id: str) -> int:
 
 async def replay_run(location: str | Path, run_id: str, target: str | None) -> int:
     """Re-execute a stored run; exit 0 when nothing differs, 3 when something does."""
-    with _store(location) as store:
-        if store is None:
-            return 1
-        run = store.get(run_id)
+    run = _find(location, run_id)
     if run is None:
-        print(f"scillm runs: no single run matches {run_id!r}", file=sys.stderr)
         return 1
     async with mesh_client(target, (run.manifest.service,)) as client:
         result, diffs = await replay(run, client)
