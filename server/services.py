@@ -213,33 +213,6 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
         ERRORS, start, close)
 
 
-def _unimplemented(name: str, issue: str, what: str) -> ServiceParts:
-    """A service whose domain is not built yet: every RPC answers UNIMPLEMENTED."""
-    adders: dict[str, tuple[Any, Callable[[Any, grpc.aio.Server], None]]] = {
-        "prove": (prove_pb2_grpc.ProveServiceServicer,
-                  prove_pb2_grpc.add_ProveServiceServicer_to_server),
-        "codeworld": (codeworld_pb2_grpc.CodeWorldServiceServicer,
-                      codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server),
-        "agent": (agent_pb2_grpc.AgentServiceServicer,
-                  agent_pb2_grpc.add_AgentServiceServicer_to_server),
-    }
-    base, add = adders[name]
-    message = f"{SERVICE_NAMES[name]} is not built yet: {what} ({issue})"
-
-    async def unimplemented(self: Any, request: Any,
-                            context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-
-    methods = {m: unimplemented for m in vars(base) if not m.startswith("_")}
-    servicer = type(f"Unimplemented{base.__name__}", (base,), methods)()
-
-    async def not_ready() -> bool:
-        return False
-
-    return ServiceParts(name, SERVICE_NAMES[name], lambda server: add(servicer, server),
-                        start=not_ready)
-
-
 def build_service(name: str, settings: Settings, link: CompletionLink,
                   shared: dict[str, Any]) -> ServiceParts:
     """The parts of service `name` (one of settings.SERVICES).

@@ -93,6 +93,31 @@ def _credentials(request: Request) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")] if key else []
 
 
+async def _sse(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """The shim's one SSE writer: a `data:` event per payload; an error once the stream
+    has started goes in-band as OpenAI's error body; `data: [DONE]` always ends it."""
+    try:
+        async for payload in payloads:
+            yield sse.event(payload)
+    except (RPCError, InvalidRequestError) as exc:
+        _, body, _ = from_exception(exc)
+        yield sse.event(body)
+    finally:
+        await payloads.aclose()  # type: ignore[attr-defined]
+    yield sse.DONE
+
+
+async def _prepend(first: dict[str, Any],
+                   rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """`first`, then `rest` (closing `rest` when closed early)."""
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
 def _error(exc: Exception) -> JSONResponse:
     status, body, headers = from_exception(exc)
     return JSONResponse(body, status_code=status, headers=headers)
@@ -156,9 +181,9 @@ class _Shim:
                 events = self.client.completion.stream(proto, include_usage=True,
                                                        request_id=request_id, metadata=creds)
                 first = await anext(events)
-                return StreamingResponse(self._sse(first, events, include_usage),
-                                         media_type="text/event-stream",
-                                         headers={"cache-control": "no-cache"})
+                return StreamingResponse(
+                    _sse(self._completion_payloads(first, events, include_usage)),
+                    media_type="text/event-stream", headers={"cache-control": "no-cache"})
             resp = await self.client.completion.create(proto, request_id=request_id,
                                                        metadata=creds)
         except _TooLarge as exc:
@@ -180,7 +205,7 @@ class _Shim:
         if stream:
             chunks = run.chunks(completion_id)
             first = await anext(chunks)
-            return StreamingResponse(self._routed_sse(first, chunks),
+            return StreamingResponse(_sse(_prepend(first, chunks)),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
         text, payload = await run.collect()
@@ -191,19 +216,6 @@ class _Shim:
                                                  "role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
             "scillm": payload})
-
-    async def _routed_sse(self, first: dict[str, Any],
-                          chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-        yield sse.event(first)
-        try:
-            async for chunk in chunks:
-                yield sse.event(chunk)
-        except (RPCError, InvalidRequestError) as exc:
-            _, body, _ = from_exception(exc)
-            yield sse.event(body)
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
-        yield sse.DONE
 
     async def agent_run(self, request: Request) -> Response:
         """The seed's `POST /agent/run` envelope; the final event as JSON."""
@@ -291,27 +303,24 @@ class _Shim:
             f"{self.max_request_bytes} bytes", "invalid_request_error",
             code="request_too_large"), status_code=413)
 
-    async def _sse(self, first: pb.CompletionStreamResponse,
-                   events: AsyncIterator[pb.CompletionStreamResponse],
-                   include_usage: bool) -> AsyncIterator[bytes]:
+    @staticmethod
+    async def _completion_payloads(first: pb.CompletionStreamResponse,
+                                   events: AsyncIterator[pb.CompletionStreamResponse],
+                                   include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+        """A completion stream as OpenAI chunks (the usage-only chunk when asked for)."""
         try:
             event: pb.CompletionStreamResponse | None = first
             while event is not None:
                 if event.HasField("chunk"):
-                    yield sse.event(openai_wire.chunk_from_proto(event.chunk))
+                    yield openai_wire.chunk_from_proto(event.chunk)
                 elif include_usage:
                     end = event.end
-                    yield sse.event({"id": end.id, "object": "chat.completion.chunk",
-                                     "created": int(time.time()), "model": end.manifest.model,
-                                     "choices": [],
-                                     "usage": openai_wire.usage_from_proto(end.usage)})
+                    yield {"id": end.id, "object": "chat.completion.chunk",
+                           "created": int(time.time()), "model": end.manifest.model,
+                           "choices": [], "usage": openai_wire.usage_from_proto(end.usage)}
                 event = await anext(events, None)
-        except RPCError as exc:
-            _, body, _ = from_exception(exc)
-            yield sse.event(body)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        yield sse.DONE
 
     async def models(self, request: Request) -> Response:
         try:

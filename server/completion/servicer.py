@@ -82,6 +82,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         self._engine = engine
         self._metrics = metrics
         self._store = store  # set to keep a manifest of every completion
+        self._caching = engine.settings.cache.enabled
 
     def _count(self, model: str, usage: Any, routing: Routing, cache_hit: bool) -> None:
         m = self._metrics
@@ -90,7 +91,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         if usage is not None:
             m.child(m.tokens, model, "prompt").inc(usage.prompt_tokens)
             m.child(m.tokens, model, "completion").inc(usage.completion_tokens)
-        if self._engine.cache_stats() is not None:  # no cache configured: no lookups
+        if self._caching:  # no cache configured: no lookups to count
             m.child(m.cache, "hit" if cache_hit else "miss").inc()
         if routing.attempts > 1:
             m.child(m.retries, model).inc(routing.attempts - 1)
