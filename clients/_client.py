@@ -259,11 +259,17 @@ class ScillmClient:
     def __init__(self, target: str = "127.0.0.1:50051", *,
                  options: Sequence[tuple[str, Any]] = (),
                  interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
-                 api_key: str | None = None, tls: TlsConfig | None = None) -> None:
+                 api_key: str | None = None, tls: TlsConfig | None = None,
+                 channel: grpc.aio.Channel | None = None) -> None:
+        """`channel`, when given, is used instead of dialing `target` (the mesh passes
+        its in-process channel to its own clients); `options`, `interceptors` and `tls`
+        then do not apply."""
         opts = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
         self.target = channel_target(target)
-        if tls is None:
+        if channel is not None:
+            self.channel = channel
+        elif tls is None:
             self.channel = grpc.aio.insecure_channel(self.target, options=opts,
                                                      interceptors=interceptors)
         else:

@@ -6,6 +6,11 @@
     await mesh.stop()           # NOT_SERVING, then in-flight calls get grace_period_s
 
 `serve(settings)` runs a mesh until SIGTERM or SIGINT.
+
+The process's own clients (the HTTP shim, and CompletionLink when Completion is served
+here) call the services through a `LocalChannel`: the same handlers behind the same
+interceptors, without gRPC's transport. With tracing on they dial over gRPC instead, so
+every hop has its client and server spans.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .errors import ErrorTable
 from .interceptors import build_interceptors
 from .keys.servicer import ERRORS as KEY_ERRORS
 from .keys.servicer import KeyServicer
+from .local_channel import HandlerRegistry, LocalChannel
 from .metrics import Metrics
 from .services import ServiceParts, build_authenticator, build_service
 from .settings import Settings
@@ -63,6 +69,8 @@ class Mesh:
         self.metrics = Metrics()
         self._tracing = False
         self._metrics_server: Any = None
+        #: In-process channel to this process's services (None with tracing on).
+        self.local_channel: LocalChannel | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -100,13 +108,18 @@ class Mesh:
         auth = self.auth = build_authenticator(settings)
         tables.update(KEY_ERRORS)
         link.api_key = auth.master_key  # services calling Completion act as the mesh
-        server = grpc.aio.server(
-            interceptors=build_interceptors(settings, table, tracing, self.metrics, auth),
-            options=options)
+        interceptors = build_interceptors(settings, table, tracing, self.metrics, auth)
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        registry = HandlerRegistry()
+        recording = registry.recording(server)
         for parts in self._running.parts.values():
-            parts.register(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(auth), server)
+            parts.register(recording)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, recording)
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(auth), recording)
+        if not tracing:
+            self.local_channel = LocalChannel(registry, interceptors)
+            if "completion" in self._running.parts and not settings.completion_target:
+                link.channel = self.local_channel
         names = [p.full_name for p in self._running.parts.values()]
         names.append(keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name)
         reflection.enable_server_reflection(
@@ -176,7 +189,7 @@ class Mesh:
         settings = self.settings
         client = ScillmClient(self.grpc_target,
                               interceptors=client_interceptors(self._tracing) or None,
-                              tls=self.client_tls())
+                              tls=self.client_tls(), channel=self.local_channel)
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
                                    metrics_registry=self.metrics.registry), self._tracing)

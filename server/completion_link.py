@@ -1,6 +1,8 @@
 """How Prove, CodeWorld and Agent reach CompletionService: through the gRPC client,
 like any other caller, so routing, retries, cache, tracing and manifests apply to them
-too, and a service can run in another process (`Settings.completion_target`).
+too, and a service can run in another process (`Settings.completion_target`). When
+Completion is served in the same process, the mesh gives the link its in-process channel
+(see `server.local_channel`): the same contract without the transport.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ class CompletionLink:
         self._client: ScillmClient | None = None
         #: Key the services present to Completion (the mesh's master key, when keys are on).
         self.api_key: str | None = None
+        #: A channel to use instead of dialing the target (the mesh's in-process channel).
+        self.channel: Any = None
 
     def _get(self) -> ScillmClient:
         if self._client is None:
             self._client = ScillmClient(self._target(),
                                         interceptors=self._interceptors or None,
-                                        api_key=self.api_key, tls=self._tls)
+                                        api_key=self.api_key, tls=self._tls,
+                                        channel=self.channel)
         return self._client
 
     async def chat(self, request: Mapping[str, Any]) -> dict[str, Any]:
