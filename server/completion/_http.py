@@ -12,7 +12,7 @@ import httpx
 from ._provider import ProviderCall
 from ._retry import parse_retry_after
 from ._settings import DeploymentSettings
-from ._transport import AiohttpTransport
+from ._transport import PooledTransport
 from .errors import (
     AuthenticationError,
     CompletionError,
@@ -59,8 +59,8 @@ _NO_COOKIES = _NoCookies()
 class ClientPool:
     """One pooled `httpx.AsyncClient` per base URL, created on first use.
 
-    Each client sends over its own `AiohttpTransport` (one aiohttp connection pool per
-    base URL) unless a transport is injected, which all clients then share.
+    Each client sends over its own `PooledTransport` (one connection pool per base URL)
+    unless a transport is injected, which all clients then share.
     """
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -80,7 +80,7 @@ class ClientPool:
     def get(self, base_url: str) -> httpx.AsyncClient:
         client = self._clients.get(base_url)
         if client is None:
-            transport = self._transport or AiohttpTransport(
+            transport = self._transport or PooledTransport(
                 max_connections=_MAX_CONNECTIONS, keepalive_expiry_s=_KEEPALIVE_EXPIRY_S)
             client = _Client(transport=transport, timeout=httpx.Timeout(60.0),
                              trust_env=False)
@@ -99,7 +99,7 @@ def _trace(client: httpx.AsyncClient) -> None:
     """Client spans for upstream calls when tracing is on.
 
     `HTTPXClientInstrumentor().instrument()` (see `server.telemetry`) wraps only httpx's
-    own transports, class-wide; an `AiohttpTransport` is wrapped client by client.
+    own transports, class-wide; a `PooledTransport` is wrapped client by client.
     """
     module = sys.modules.get("opentelemetry.instrumentation.httpx")  # imported if tracing
     if module is None:

@@ -1,17 +1,22 @@
-"""AiohttpTransport under httpx.AsyncClient against raw loopback servers: incremental
-bodies, keep-alive, early close, timeouts and the httpx errors the providers catch."""
+"""PooledTransport under httpx.AsyncClient against raw loopback servers: incremental
+bodies, keep-alive and the pool, early close, flow control, timeouts, TLS and the httpx
+errors the providers catch. The tests taking only `client` run under uvloop too."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
-from scillm.server.completion._transport import AiohttpTransport
+from scillm.server.completion._transport import PooledTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -19,8 +24,9 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 class Server:
     """A loopback server running `handler` per connection; counts connections."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.connections = 0
         self.closed = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -36,8 +42,9 @@ class Server:
             self.closed.set()
 
     async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
@@ -62,7 +69,7 @@ def chunk(data: bytes) -> bytes:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5.0) as c:
+    async with httpx.AsyncClient(transport=PooledTransport(), timeout=5.0) as c:
         yield c
 
 
@@ -89,7 +96,7 @@ async def test_request_as_sent_and_keep_alive(client: httpx.AsyncClient) -> None
     assert body == b'{"m":1}' and headers["content-length"] == "7"
     assert headers["authorization"] == "Bearer k"
     assert headers["host"] == url.removeprefix("http://")
-    assert headers["user-agent"].startswith("python-httpx/")  # httpx's, not aiohttp's
+    assert headers["user-agent"].startswith("python-httpx/")  # httpx's, sent as given
 
 
 async def test_body_is_streamed_incrementally(client: httpx.AsyncClient) -> None:
@@ -207,6 +214,283 @@ async def test_broken_replies_are_protocol_errors(client: httpx.AsyncClient,
             await client.post(url, content=b"{}")
 
 
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+async def serve_ok(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    while True:
+        await read_request(r)
+        w.write(OK)
+
+
+def pooled_client(max_connections: int = 1024, keepalive_expiry_s: float = 30.0,
+                  verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+    transport = PooledTransport(max_connections=max_connections,
+                                keepalive_expiry_s=keepalive_expiry_s, verify=verify)
+    return httpx.AsyncClient(transport=transport, timeout=5.0)
+
+
+async def test_bodiless_responses(client: httpx.AsyncClient) -> None:
+    replies = iter([
+        b"HTTP/1.1 100 Continue\r\n\r\n" + OK,  # informational: skipped
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"])  # to HEAD
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(r)
+            w.write(next(replies))
+
+    server = Server(handler)
+    async with server as url:
+        resp = await client.post(url, content=b"{}")
+        assert (resp.status_code, resp.content) == (200, b"ok")
+        for status in (204, 304):
+            resp = await client.get(url)
+            assert (resp.status_code, resp.content) == (status, b"")
+        resp = await asyncio.wait_for(client.head(url), 2)
+        assert (resp.status_code, resp.content) == (200, b"")
+        assert resp.headers["content-length"] == "10"
+        await asyncio.wait_for(server.closed.wait(), 2)  # not kept after HEAD
+    assert server.connections == 1
+
+
+async def test_body_until_close(client: httpx.AsyncClient) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"part two")
+
+    async with Server(handler) as url:
+        assert (await client.post(url, content=b"{}")).content == b"part one, part two"
+
+
+async def test_streamed_request_body_is_chunked(client: httpx.AsyncClient) -> None:
+    seen: list[object] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        _, headers, _ = await read_request(r)
+        body = b""
+        while size := int(await r.readline(), 16):
+            body += (await r.readexactly(size + 2))[:-2]
+        await r.readline()
+        seen.extend((headers.get("transfer-encoding"), "content-length" in headers, body))
+        w.write(OK)
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b'{"a":'
+        yield b""
+        yield b"1}"
+
+    async with Server(handler) as url:
+        assert (await client.post(url, content=parts())).content == b"ok"
+    assert seen == ["chunked", False, b'{"a":1}']
+
+
+async def test_connection_close_is_honoured(client: httpx.AsyncClient) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:  # says close, but leaves the connection open
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+
+    server = Server(handler)
+    async with server as url:
+        for _ in range(2):
+            assert (await client.post(url, content=b"{}")).content == b"ok"
+    assert server.connections == 2
+
+
+async def test_connection_closed_while_idle_is_not_reused(client: httpx.AsyncClient) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(OK)
+
+    server = Server(handler)
+    async with server as url:
+        assert (await client.post(url, content=b"{}")).content == b"ok"
+        await asyncio.wait_for(server.closed.wait(), 2)
+        await asyncio.sleep(0.05)
+        assert (await client.post(url, content=b"{}")).content == b"ok"
+    assert server.connections == 2
+
+
+async def test_bytes_while_idle_drop_the_connection(client: httpx.AsyncClient) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(OK + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")  # one reply too many
+        await serve_ok(r, w)
+
+    server = Server(handler)
+    async with server as url:
+        for _ in range(2):
+            assert (await client.post(url, content=b"{}")).content == b"ok"
+    assert server.connections == 2
+
+
+def closes_the_second_request() -> Handler:
+    """Answers the first request on the first connection and closes it on the second
+    (a keep-alive race lost); answers everything on later connections."""
+    connections = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if connections > 1:
+            return await serve_ok(r, w)
+        await read_request(r)
+        w.write(OK)
+        await read_request(r)
+
+    return handler
+
+
+async def test_reused_connection_closed_before_reply_is_retried(
+        client: httpx.AsyncClient) -> None:
+    server = Server(closes_the_second_request())
+    async with server as url:
+        for _ in range(2):
+            assert (await client.post(url, content=b"{}")).content == b"ok"
+    assert server.connections == 2
+
+
+async def test_streamed_body_is_not_replayed(client: httpx.AsyncClient) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"{}"
+
+    async with Server(closes_the_second_request()) as url:
+        assert (await client.post(url, content=b"{}")).content == b"ok"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(url, content=body())
+
+
+async def test_pool_limit_and_pool_timeout() -> None:
+    release = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"x"))
+            await w.drain()
+            await release.wait()
+            w.write(b"0\r\n\r\n")
+
+    server = Server(handler)
+    async with server as url, pooled_client(max_connections=1) as client:
+        async with client.stream("POST", url, content=b"{}") as held:
+            with pytest.raises(httpx.PoolTimeout):
+                await client.post(url, content=b"{}", timeout=httpx.Timeout(5.0, pool=0.1))
+            waiting = asyncio.create_task(client.post(url, content=b"{}"))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            release.set()
+            assert await held.aread() == b"x"
+        assert (await asyncio.wait_for(waiting, 2)).content == b"x"
+    assert server.connections == 1
+
+
+async def test_concurrent_requests_share_a_small_pool() -> None:
+    server = Server(serve_ok)
+    async with server as url, pooled_client(max_connections=2) as client:
+        replies = await asyncio.gather(*(client.post(url, content=b"{}") for _ in range(20)))
+    assert {r.content for r in replies} == {b"ok"}
+    assert server.connections == 2
+
+
+async def test_idle_connections_expire() -> None:
+    server = Server(serve_ok)
+    async with server as url, pooled_client(keepalive_expiry_s=0.1) as client:
+        assert (await client.post(url, content=b"{}")).content == b"ok"
+        await asyncio.wait_for(server.closed.wait(), 2)  # closed by the client
+        assert (await client.post(url, content=b"{}")).content == b"ok"
+    assert server.connections == 2
+
+
+async def test_aclose_closes_every_connection() -> None:
+    server = Server(serve_ok)
+    async with server as url:
+        async with pooled_client() as client:
+            assert (await client.post(url, content=b"{}")).content == b"ok"
+        await asyncio.wait_for(server.closed.wait(), 2)
+
+
+async def test_reading_pauses_while_the_body_is_unread(client: httpx.AsyncClient) -> None:
+    size, block = 32 << 20, b"x" * 65536  # far more than the sockets' buffers hold
+    sent = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(f"HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n".encode())
+        for _ in range(size // len(block)):
+            w.write(block)
+            await w.drain()
+        sent.set()
+
+    async with Server(handler) as url, client.stream("POST", url, content=b"{}") as resp:
+        chunks = resp.aiter_raw()
+        received = len(await anext(chunks))
+        await asyncio.sleep(0.3)
+        assert not sent.is_set()  # the unread body holds the server back
+        async for data in chunks:
+            received += len(data)
+    assert received == size and sent.is_set()
+
+
+async def test_slow_connect_is_connect_timeout(client: httpx.AsyncClient) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]  # the backlog full: SYNs go unanswered
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            with pytest.raises(httpx.ConnectTimeout):
+                await client.post(f"http://127.0.0.1:{port}/", content=b"{}",
+                                  timeout=httpx.Timeout(5.0, connect=0.2))
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_line_break_in_a_header_is_refused(client: httpx.AsyncClient) -> None:
+    with pytest.raises(httpx.LocalProtocolError):
+        await client.post("http://127.0.0.1:9/", content=b"{}",
+                          headers={"x-a": "a\r\nx-b: smuggled"})
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+async def test_tls(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = Server(serve_ok, tls=server_context)
+    async with server as url:
+        for verify in (ssl.create_default_context(cafile=str(cert)), False):
+            async with pooled_client(verify=verify) as client:
+                for _ in range(2):
+                    assert (await client.post(url, content=b"{}")).content == b"ok"
+        async with pooled_client() as client:  # httpx's CA bundle does not know it
+            with pytest.raises(httpx.ConnectError):
+                await client.post(url, content=b"{}")
+    assert server.connections == 2  # one per verifying client, each kept alive
+
+
 async def test_upstream_calls_are_traced_when_tracing_is_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from opentelemetry import trace
@@ -239,3 +523,27 @@ async def test_upstream_calls_are_traced_when_tracing_is_on(
         instrumentor.uninstrument()
     assert [s.name for s in exporter.get_finished_spans()] == ["POST"]
     assert "traceparent" in seen[0]
+
+
+UVLOOP_CASES = [test_request_as_sent_and_keep_alive, test_body_is_streamed_incrementally,
+                test_early_close_drops_the_connection, test_cancelled_read_drops_the_connection,
+                test_body_until_close, test_streamed_request_body_is_chunked,
+                test_reused_connection_closed_before_reply_is_retried,
+                test_reading_pauses_while_the_body_is_unread,
+                test_slow_connect_is_connect_timeout]
+
+
+@pytest.mark.parametrize("case", UVLOOP_CASES, ids=lambda case: case.__name__)
+def test_under_uvloop(case: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
+    """The mesh runs on uvloop, whose transports differ from asyncio's."""
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=PooledTransport(), timeout=5.0) as client:
+            await case(client)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
+
+
+def test_tls_under_uvloop(certificate: tuple[Path, Path]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(test_tls(certificate))
