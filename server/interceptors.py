@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import inspect
 import logging
@@ -151,32 +150,10 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             m.child(m.latency, method, model).observe(time.perf_counter() - started)
             m.child(m.in_flight, method).dec()
 
-    @contextlib.asynccontextmanager
-    async def _served(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
-                      request: Any) -> AsyncIterator[str]:
+    def _served(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+                request: Any) -> _Served:
         """One RPC: its request id, its metrics, and its errors mapped to a status."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        if self._metrics is not None:
-            self._metrics.child(self._metrics.in_flight, method).inc()
-        request_id = _incoming_request_id(context)
-        _request_id.set(request_id)  # each RPC runs in its own task and context
-        # In the trailers, not early headers: headers would commit the call, and gRPC
-        # then could not retry it on another replica if this one died.
-        context.set_trailing_metadata((("x-request-id", request_id),))
-        try:
-            yield request_id
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception as exc:  # mapped to a status code
-            code, message, trailers = self._map(exc, request_id)
-            await context.abort(code, message, trailing_metadata=trailers)
-        finally:
-            self._record(method, model_of(request), started, code)
+        return _Served(self, context, method, request)
 
     def _wrap_unary(self, behavior: Callable[..., Any], default_timeout: float | None = None,
                     *, method: str = "", full: str = "") -> Callable[..., Any]:
@@ -213,6 +190,55 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     self._open_streams[key] -= 1
         return stream
+
+
+class _Served:
+    """`CallContext._served`: a plain class, as `asynccontextmanager` costs a generator and
+    two extra frames per RPC on the hot path."""
+
+    __slots__ = ("_call", "_code", "_context", "_method", "_request", "_request_id",
+                 "_started")
+
+    def __init__(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any],
+                 method: str, request: Any) -> None:
+        self._call = call
+        self._context = context
+        self._method = method
+        self._request = request
+
+    async def __aenter__(self) -> str:
+        self._started = time.perf_counter()
+        self._code = grpc.StatusCode.OK
+        metrics = self._call._metrics
+        if metrics is not None:
+            metrics.child(metrics.in_flight, self._method).inc()
+        request_id = self._request_id = _incoming_request_id(self._context)
+        _request_id.set(request_id)  # each RPC runs in its own task and context
+        # In the trailers, not early headers: headers would commit the call, and gRPC
+        # then could not retry it on another replica if this one died.
+        self._context.set_trailing_metadata((("x-request-id", request_id),))
+        return request_id
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> bool:
+        call, context = self._call, self._context
+        try:
+            if exc is None:
+                return False
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                self._code = grpc.StatusCode.CANCELLED
+                return False
+            if isinstance(exc, grpc.aio.AbortError):
+                self._code = context.code() or grpc.StatusCode.UNKNOWN
+                return False
+            if not isinstance(exc, Exception):
+                return False
+            # A mapped status: abort raises AbortError in place of `exc`.
+            self._code, message, trailers = call._map(exc, self._request_id)
+            await context.abort(self._code, message, trailing_metadata=trailers)
+            return False
+        finally:
+            call._record(self._method, model_of(self._request), self._started, self._code)
 
 
 def model_of(request: Any) -> str:

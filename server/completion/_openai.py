@@ -77,7 +77,7 @@ class OpenAIProvider:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        content = json.dumps(body, separators=(",", ":")).encode()
+        content = _dumps(body)
         headers = prepared.headers
         if prepared.add_length:
             headers = [*headers, (b"Content-Length", str(len(content)).encode())]
@@ -152,6 +152,14 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """Compact JSON, by orjson when it can (integers past 64 bits fall back to json)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _loads(raw: bytes | str) -> Any:
