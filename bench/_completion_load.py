@@ -175,6 +175,28 @@ async def _op_grpc_load(op: dict[str, Any]) -> dict[str, Any]:
             "error_sample": sorted(set(errors))[:3]}
 
 
+async def _op_grpc_health(op: dict[str, Any]) -> dict[str, Any]:
+    """gRPC's own round trip through the mesh: Health/Check does no work, so its p50 is
+    the Python gRPC client and server (and the mesh's interceptors) with nothing else."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from scillm.clients import ScillmClient
+
+    request = health_pb2.HealthCheckRequest()
+    latencies: list[float] = []
+    async with ScillmClient(op["target"]) as client:
+        stub = health_pb2_grpc.HealthStub(client.channel)
+        for _ in range(op.get("warmup", 50)):
+            await stub.Check(request, timeout=10)
+        stop = time.perf_counter() + op["duration"]
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            await stub.Check(request, timeout=10, metadata=[("x-request-id", "bench")])
+            latencies.append(time.perf_counter() - t0)
+    return {"n": len(latencies), "p50_ms": _pct(latencies, .5) * 1e3,
+            "p99_ms": _pct(latencies, .99) * 1e3}
+
+
 async def _grpc_stream_once(client: Any, request: Any) -> tuple[float, int, bool]:
     t0 = time.perf_counter()
     first, events, ended = 0.0, 0, False
@@ -232,7 +254,7 @@ async def _op_grpc_streams(op: dict[str, Any]) -> dict[str, Any]:
 
 
 _OPS = {"http_latency": _op_http_latency, "http_streams": _op_http_streams,
-        "grpc_load": _op_grpc_load, "grpc_ttfb": _op_grpc_ttfb,
+        "grpc_load": _op_grpc_load, "grpc_ttfb": _op_grpc_ttfb, "grpc_health": _op_grpc_health,
         "grpc_streams": _op_grpc_streams}
 
 

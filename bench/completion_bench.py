@@ -463,8 +463,13 @@ def run(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp
             report.add(f"mesh HTTP, c={c} (wrk)", load.row())
         grpc_res = client([{"op": "grpc_load", "target": target, "body": CHAT,
                             "concurrency": c, "duration": secs, "server": mesh.pid}
-                           for c in (1, 16, 64)],
-                          timeout=3 * secs + 60)
+                           for c in (1, 16, 64)]
+                          + [{"op": "grpc_health", "target": target, "duration": secs / 2}],
+                          timeout=4 * secs + 60)
+        health = grpc_res.pop()
+        if "error" not in health:
+            report.add("mesh gRPC Health/Check, c=1 (gRPC's own round trip, no work)",
+                       f"p50 {health['p50_ms']:.3f} ms, p99 {health['p99_ms']:.3f} ms")
         mesh_grpc: dict[int, Load] = {}
         for c, res in zip((1, 16, 64), grpc_res, strict=True):
             if "error" in res:
