@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -262,6 +263,12 @@ async def serve(settings: Settings) -> None:
     """Run a mesh until SIGTERM/SIGINT, then shut down gracefully."""
     mesh = Mesh(settings)
     await mesh.start()
+    # Everything built so far (modules, descriptors, engines, pools) lives as long as
+    # the process: move it out of the collector's sight, so a full collection scans only
+    # what requests allocate. On the bench it cut the HTTP door's p99 at c=16 from ~20 ms
+    # to ~8 ms (`gc.freeze`, as pre-forking servers do).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
