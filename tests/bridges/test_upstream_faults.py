@@ -22,6 +22,8 @@ class FaultyUpstream:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
+        #: Requests for "silent" whose client hung up while it waited for a reply.
+        self.hung_up = threading.Semaphore(0)
 
     def start(self) -> FaultyUpstream:
         self.thread.start()
@@ -51,6 +53,11 @@ class FaultyUpstream:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n"
                              + payload)
+            elif model == "silent":  # never answers; notes when the client hangs up
+                while await reader.read(4096):
+                    pass
+                self.hung_up.release()
+                return
             elif model == "dropping":
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
                 chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1,
@@ -76,8 +83,15 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    upstream = FaultyUpstream().start()
+def upstream() -> Iterator[FaultyUpstream]:
+    running = FaultyUpstream().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory,
+           upstream: FaultyUpstream) -> Iterator[RunningMesh]:
     tmp = tmp_path_factory.mktemp("faults")
     base = f"http://127.0.0.1:{upstream.port}/v1"
 
@@ -88,7 +102,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     config = tmp / "models.yaml"
     config.write_text(json.dumps({
         "model_list": [entry("rate-limited", base), entry("broken", base),
-                       entry("dropping", base),
+                       entry("dropping", base), entry("silent", base),
                        entry("unreachable", f"http://127.0.0.1:{_closed_port()}/v1"),
                        {"model_name": "keyless", "litellm_params": {
                            "model": "openai/keyless", "api_base": base,
@@ -98,12 +112,31 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     running = start_mesh(mesh_settings(tmp, config_path=config, services=("completion",)))
     yield running
     running.stop()
-    upstream.stop()
 
 
 def _post(mesh: RunningMesh, model: str) -> httpx.Response:
     return httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=60, json={
         "model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def _cancelled(mesh: RunningMesh, model: str) -> float:
+    text = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
+    prefix = (f'scillm_rpc_requests_total{{code="CANCELLED",'
+              f'method="CompletionService/Completion",model="{model}"}}')
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def test_a_caller_hanging_up_closes_the_upstream_request(faulty: RunningMesh,
+                                                          upstream: FaultyUpstream) -> None:
+    """Non-streamed: the caller gives up after 0.5 s; the upstream (which would wait 5 s
+    more) sees its connection closed at once, and the call is counted as CANCELLED."""
+    before = _cancelled(faulty, "silent")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{faulty.http_url}/v1/chat/completions", timeout=0.5, json={
+            "model": "silent", "messages": [{"role": "user", "content": "hi"}]})
+    assert upstream.hung_up.acquire(timeout=3), "the upstream request stayed open"
+    assert _cancelled(faulty, "silent") == before + 1
 
 
 def test_upstream_429_keeps_status_and_retry_after(faulty: RunningMesh) -> None:
