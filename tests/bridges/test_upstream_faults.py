@@ -14,6 +14,8 @@ import openai
 import pytest
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
+from scillm.clients import RPCError, ScillmClient
+
 
 class FaultyUpstream:
     """An OpenAI-compatible server whose behaviour is chosen by the requested model name."""
@@ -137,6 +139,26 @@ def test_a_caller_hanging_up_closes_the_upstream_request(faulty: RunningMesh,
             "model": "silent", "messages": [{"role": "user", "content": "hi"}]})
     assert upstream.hung_up.acquire(timeout=3), "the upstream request stayed open"
     assert _cancelled(faulty, "silent") == before + 1
+
+
+async def test_a_grpc_caller_cancelling_or_timing_out_closes_the_upstream_request(
+        faulty: RunningMesh, upstream: FaultyUpstream) -> None:
+    """The gRPC door, non-streamed: a cancelled call and a call past its deadline each
+    close their upstream request at once."""
+    request = {"model": "silent", "messages": [{"role": "user", "content": "hi"}]}
+    async with ScillmClient(faulty.grpc_target) as client:
+        call = asyncio.ensure_future(client.completion.create(request))
+        await asyncio.sleep(0.5)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await asyncio.to_thread(upstream.hung_up.acquire, timeout=3), \
+            "the cancelled call's upstream request stayed open"
+        with pytest.raises(RPCError) as info:
+            await client.completion.create(request, timeout=0.5)
+        assert info.value.code.name == "DEADLINE_EXCEEDED"
+        assert await asyncio.to_thread(upstream.hung_up.acquire, timeout=3), \
+            "the timed-out call's upstream request stayed open"
 
 
 def test_upstream_429_keeps_status_and_retry_after(faulty: RunningMesh) -> None:
