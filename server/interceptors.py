@@ -122,9 +122,13 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 response_serializer=handler.response_serializer)
         return handler
 
-    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any], default: float) -> float:
+    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any],
+                 default: float) -> float | None:
+        """The timer a call needs: `default` when the caller set no deadline or a later
+        one; None when the caller's deadline comes first, since gRPC cancels the call
+        then (a timer of our own would only cost, ~30 µs per call)."""
         remaining = context.time_remaining()
-        return default if remaining is None else min(remaining, default)
+        return None if remaining is not None and remaining <= default else default
 
     def _map(self, exc: BaseException,
              request_id: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
@@ -163,8 +167,12 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             reply: Any = None
             async with self._served(context, method, request):
                 principal = await self._authorize(context, full, request)
-                async with asyncio.timeout(self._timeout(context, limit)):
+                timeout = self._timeout(context, limit)
+                if timeout is None:
                     reply = await behavior(request, context)
+                else:
+                    async with asyncio.timeout(timeout):
+                        reply = await behavior(request, context)
                 await self._account(principal, request, reply)
             return reply
         return unary
@@ -226,7 +234,11 @@ class _Served:
             if exc is None:
                 return False
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                self._code = grpc.StatusCode.CANCELLED
+                # gRPC cancels a call whose deadline passed: count it as such.
+                remaining = context.time_remaining()
+                self._code = (grpc.StatusCode.DEADLINE_EXCEEDED
+                              if remaining is not None and remaining <= 0
+                              else grpc.StatusCode.CANCELLED)
                 return False
             if isinstance(exc, grpc.aio.AbortError):
                 self._code = context.code() or grpc.StatusCode.UNKNOWN

@@ -121,9 +121,9 @@ def _post(mesh: RunningMesh, model: str) -> httpx.Response:
         "model": model, "messages": [{"role": "user", "content": "hi"}]})
 
 
-def _cancelled(mesh: RunningMesh, model: str) -> float:
+def _cancelled(mesh: RunningMesh, model: str, code: str = "CANCELLED") -> float:
     text = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
-    prefix = (f'scillm_rpc_requests_total{{code="CANCELLED",'
+    prefix = (f'scillm_rpc_requests_total{{code="{code}",'
               f'method="CompletionService/Completion",model="{model}"}}')
     return sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith(prefix))
@@ -146,6 +146,8 @@ async def test_a_grpc_caller_cancelling_or_timing_out_closes_the_upstream_reques
     """The gRPC door, non-streamed: a cancelled call and a call past its deadline each
     close their upstream request at once."""
     request = {"model": "silent", "messages": [{"role": "user", "content": "hi"}]}
+    cancelled = await asyncio.to_thread(_cancelled, faulty, "silent")
+    expired = await asyncio.to_thread(_cancelled, faulty, "silent", "DEADLINE_EXCEEDED")
     async with ScillmClient(faulty.grpc_target) as client:
         call = asyncio.ensure_future(client.completion.create(request))
         await asyncio.sleep(0.5)
@@ -159,6 +161,9 @@ async def test_a_grpc_caller_cancelling_or_timing_out_closes_the_upstream_reques
         assert info.value.code.name == "DEADLINE_EXCEEDED"
         assert await asyncio.to_thread(upstream.hung_up.acquire, timeout=3), \
             "the timed-out call's upstream request stayed open"
+    assert await asyncio.to_thread(_cancelled, faulty, "silent") == cancelled + 1
+    assert await asyncio.to_thread(_cancelled, faulty, "silent",
+                                   "DEADLINE_EXCEEDED") == expired + 1
 
 
 def test_upstream_429_keeps_status_and_retry_after(faulty: RunningMesh) -> None:
