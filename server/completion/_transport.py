@@ -16,17 +16,22 @@ Contract:
   the `pool` timeout (`PoolTimeout`). Idle connections are closed after
   `keepalive_expiry_s`; one the server closed, or that received bytes while idle, is never
   reused.
-- A request on a reused connection that meets EOF or a reset before any response byte is
-  sent once more on a new connection (the server closed the idle connection as the request
-  went out). A streamed request body cannot be replayed: that request fails instead.
+- A request with an idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE: RFC 9110
+  §9.2.2) on a reused connection that meets EOF or a reset before any response byte is sent
+  once more on a new connection (the server closed the idle connection as the request went
+  out). Any other request (POST, PATCH: the upstream may have acted on it, e.g. run and
+  billed a completion) fails instead, as does one with a streamed body (it cannot be
+  replayed); whether to retry those is the caller's decision.
 - The request goes out as given: method, `url.raw_path`, `headers.raw` (httpx adds Host and
   Content-Length or Transfer-Encoding). A read body is written with the head in one
   `transport.write`; a streamed body as it comes, chunked when it has no Content-Length.
   A CR or LF inside the head is refused (`LocalProtocolError`).
 - The response body is streamed as it arrives, never buffered whole: reading pauses while
-  more than 256 KiB is unread. Content-Length, chunked and read-until-close bodies; HEAD,
-  1xx, 204 and 304 responses have none (informational 1xx responses are skipped). Content
-  decoding is left to httpx, as are redirects (not followed by default) and cookies.
+  more than 256 KiB is unread. Content-Length, chunked and read-until-close bodies (only
+  the server's close ends the last one: closed on this side, e.g. by `aclose()`, the read
+  fails); HEAD, 1xx, 204 and 304 responses have none (informational 1xx responses are
+  skipped). Content decoding is left to httpx, as are redirects (not followed by default)
+  and cookies.
 - `aclose()` of the response before the body's end closes the connection at once, so the
   upstream sees the disconnect; so does a cancelled or timed-out read. A response read to
   its end gives its connection back to the pool unless the server asked to close it (or
@@ -42,7 +47,8 @@ Contract:
   name (SNI and the name checked) is the URL's host.
 
 The transport is created outside an event loop and binds to the loop of its first request;
-`aclose()` closes every connection (the pool may be used again afterwards).
+`aclose()` closes every connection, failing the exchanges under way (the pool may be used
+again afterwards).
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NO_TIMEOUTS: dict[str, float | None] = {}
 _HIGH_WATER = 256 * 1024  # unread response bytes above which reading pauses
 _UNCONNECTED = asyncio.Transport()  # a connection's transport until connection_made
+# Methods whose request may be sent twice (RFC 9110 §9.2.2): the only ones retried.
+_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
@@ -115,7 +123,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
             await connection.receive_head(read)
         except httpx.TransportError:
             connection.close()
-            if stream is not None or not connection.closed_before_reply_on_reuse():
+            if (stream is not None or request.method not in _IDEMPOTENT
+                    or not connection.closed_before_reply_on_reuse()):
                 raise
             # The server closed the idle connection as the request went out: once more.
             connection = await self._checkout(origin, request, timeout, fresh=True)
@@ -470,8 +479,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._lost_exc = exc
-        if self.head_done and not self._chunked_or_sized and exc is None:
-            self.complete = True  # a body read until the connection closes
+        if self.head_done and not self._chunked_or_sized and exc is None and not self.closed:
+            self.complete = True  # a body read until the server closes the connection
         self.close()
 
     def pause_writing(self) -> None:

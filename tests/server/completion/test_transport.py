@@ -330,29 +330,70 @@ async def test_bytes_while_idle_drop_the_connection(client: httpx.AsyncClient) -
     assert server.connections == 2
 
 
-def closes_the_second_request() -> Handler:
+async def test_bytes_arriving_on_an_idle_connection_drop_it(
+        client: httpx.AsyncClient) -> None:
+    stray_sent = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if server.connections == 1:
+            await read_request(r)
+            w.write(OK)
+            await w.drain()
+            await asyncio.sleep(0.05)  # the connection is in the pool by now
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale")
+            await w.drain()
+            stray_sent.set()
+        await serve_ok(r, w)
+
+    server = Server(handler)
+    async with server as url:
+        assert (await client.post(url, content=b"{}")).content == b"ok"
+        await asyncio.wait_for(stray_sent.wait(), 2)
+        await asyncio.wait_for(server.closed.wait(), 2)  # dropped while idle
+        assert (await client.post(url, content=b"{}")).content == b"ok"
+    assert server.connections == 2
+
+
+def closes_the_second_request(seen: list[tuple[str, bytes]] | None = None) -> Handler:
     """Answers the first request on the first connection and closes it on the second
-    (a keep-alive race lost); answers everything on later connections."""
+    (a keep-alive race lost); answers everything on later connections. Each request's
+    method and body are added to `seen`."""
     connections = 0
+    seen = [] if seen is None else seen
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        if connections > 1:
-            return await serve_ok(r, w)
-        await read_request(r)
-        w.write(OK)
-        await read_request(r)
+        while True:
+            line, _, body = await read_request(r)
+            seen.append((line.split()[0], body))
+            if connections == 1 and len(seen) > 1:
+                return  # closed with the request unanswered
+            w.write(OK)
 
     return handler
 
 
-async def test_reused_connection_closed_before_reply_is_retried(
+async def test_post_on_a_reused_connection_closed_before_reply_is_not_retried(
         client: httpx.AsyncClient) -> None:
-    server = Server(closes_the_second_request())
+    seen: list[tuple[str, bytes]] = []
+    server = Server(closes_the_second_request(seen))
+    async with server as url:
+        assert (await client.post(url, content=b"1")).content == b"ok"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(url, content=b"2")  # the upstream may have acted on it
+    assert seen == [("POST", b"1"), ("POST", b"2")]  # sent once
+    assert server.connections == 1
+
+
+async def test_get_on_a_reused_connection_closed_before_reply_is_retried(
+        client: httpx.AsyncClient) -> None:
+    seen: list[tuple[str, bytes]] = []
+    server = Server(closes_the_second_request(seen))
     async with server as url:
         for _ in range(2):
-            assert (await client.post(url, content=b"{}")).content == b"ok"
+            assert (await client.get(url)).content == b"ok"
+    assert seen == [("GET", b"")] * 3  # the second once more, on a new connection
     assert server.connections == 2
 
 
@@ -364,6 +405,16 @@ async def test_streamed_body_is_not_replayed(client: httpx.AsyncClient) -> None:
         assert (await client.post(url, content=b"{}")).content == b"ok"
         with pytest.raises(httpx.RemoteProtocolError):
             await client.post(url, content=body())
+
+
+async def test_an_idle_connection_of_another_origin_makes_room() -> None:
+    a, b = Server(serve_ok), Server(serve_ok)
+    async with a as url_a, b as url_b, pooled_client(max_connections=1) as client:
+        assert (await client.post(url_a, content=b"{}")).content == b"ok"  # A's is idle
+        reply = await client.post(url_b, content=b"{}", timeout=httpx.Timeout(5.0, pool=0.5))
+        assert reply.content == b"ok"
+        await asyncio.wait_for(a.closed.wait(), 2)  # A's connection was closed for it
+    assert (a.connections, b.connections) == (1, 1)
 
 
 async def test_pool_limit_and_pool_timeout() -> None:
@@ -406,6 +457,30 @@ async def test_idle_connections_expire() -> None:
         await asyncio.wait_for(server.closed.wait(), 2)  # closed by the client
         assert (await client.post(url, content=b"{}")).content == b"ok"
     assert server.connections == 2
+
+
+async def test_aclose_fails_a_body_read_until_close() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\n\r\npart one")  # no length: the body ends at close
+        await w.drain()
+        assert await r.read(1) == b""  # stalls until the client goes away
+
+    transport = PooledTransport()
+    async with Server(handler) as url, httpx.AsyncClient(transport=transport,
+                                                         timeout=5.0) as client:
+        async with client.stream("POST", url, content=b"{}") as resp:
+            chunks = resp.aiter_raw()
+            assert await anext(chunks) == b"part one"
+
+            async def rest() -> bytes:
+                return b"".join([data async for data in chunks])
+
+            reading = asyncio.create_task(rest())
+            await asyncio.sleep(0.05)  # waiting for more of the body
+            await transport.aclose()
+            with pytest.raises(httpx.RemoteProtocolError):  # not a clean, truncated end
+                await asyncio.wait_for(reading, 2)
 
 
 async def test_aclose_closes_every_connection() -> None:
@@ -528,7 +603,9 @@ async def test_upstream_calls_are_traced_when_tracing_is_on(
 UVLOOP_CASES = [test_request_as_sent_and_keep_alive, test_body_is_streamed_incrementally,
                 test_early_close_drops_the_connection, test_cancelled_read_drops_the_connection,
                 test_body_until_close, test_streamed_request_body_is_chunked,
-                test_reused_connection_closed_before_reply_is_retried,
+                test_bytes_arriving_on_an_idle_connection_drop_it,
+                test_post_on_a_reused_connection_closed_before_reply_is_not_retried,
+                test_get_on_a_reused_connection_closed_before_reply_is_retried,
                 test_reading_pauses_while_the_body_is_unread,
                 test_slow_connect_is_connect_timeout]
 
@@ -542,6 +619,14 @@ def test_under_uvloop(case: Callable[[httpx.AsyncClient], Awaitable[None]]) -> N
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run())
+
+
+@pytest.mark.parametrize("case", [test_an_idle_connection_of_another_origin_makes_room,
+                                  test_aclose_fails_a_body_read_until_close],
+                         ids=lambda case: case.__name__)
+def test_own_client_under_uvloop(case: Callable[[], Awaitable[None]]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case())
 
 
 def test_tls_under_uvloop(certificate: tuple[Path, Path]) -> None:
