@@ -118,7 +118,8 @@ class Mesh:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, recording)
         keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(auth), recording)
         if not tracing:
-            self.local_channel = LocalChannel(registry, interceptors)
+            self.local_channel = LocalChannel(registry, interceptors,
+                                              max_receive_bytes=settings.max_request_bytes)
             if "completion" in self._running.parts and not settings.completion_target:
                 link.channel = self.local_channel
         names = [p.full_name for p in self._running.parts.values()]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -80,8 +81,10 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if usage is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
             usage = reply.end.usage
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-            await self._auth.account(principal, model_of(request), usage.prompt_tokens,
-                                     usage.completion_tokens)
+            # Shielded: tokens spent upstream are counted even if the caller leaves now.
+            await asyncio.shield(self._auth.account(principal, model_of(request),
+                                                    usage.prompt_tokens,
+                                                    usage.completion_tokens))
 
     async def intercept_service(
         self,
@@ -205,7 +208,7 @@ class _Served:
     two extra frames per RPC on the hot path."""
 
     __slots__ = ("_call", "_code", "_context", "_method", "_request", "_request_id",
-                 "_started")
+                 "_started", "_token")
 
     def __init__(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any],
                  method: str, request: Any) -> None:
@@ -221,7 +224,8 @@ class _Served:
         if metrics is not None:
             metrics.child(metrics.in_flight, self._method).inc()
         request_id = self._request_id = _incoming_request_id(self._context)
-        _request_id.set(request_id)  # each RPC runs in its own task and context
+        # Reset on exit: an in-process call runs in its caller's task and context.
+        self._token = _request_id.set(request_id)
         # In the trailers, not early headers: headers would commit the call, and gRPC
         # then could not retry it on another replica if this one died.
         self._context.set_trailing_metadata((("x-request-id", request_id),))
@@ -251,6 +255,8 @@ class _Served:
             return False
         finally:
             call._record(self._method, model_of(self._request), self._started, self._code)
+            with contextlib.suppress(ValueError):  # exited in another context (finalizer)
+                _request_id.reset(self._token)
 
 
 def model_of(request: Any) -> str:

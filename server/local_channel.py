@@ -13,11 +13,15 @@ InProcessChannel does:
 - value semantics: requests and replies are copied, as serialization would;
 - a status other than OK raises `grpc.aio.AioRpcError` with the code, details and trailing
   metadata (google.rpc.Status, x-request-id) a remote call carries;
-- the caller's timeout is the call's deadline (`time_remaining`, and enforced);
+- the caller's timeout is the call's deadline: `time_remaining`, and the handler is
+  cancelled when it passes (DEADLINE_EXCEEDED, counted as such by the interceptors); a
+  call already past it, or a request over the server's receive limit, is refused;
 - a unary call runs in the caller's task, so cancelling the caller cancels it; a stream's
-  handler runs in a task of its own (as on a server) feeding a bounded queue, and
-  `cancel()` or closing the iterator cancels it;
-- a method nobody registered is UNIMPLEMENTED.
+  handler runs in a task of its own (as on a server), at most 32 replies ahead of its
+  consumer, and `cancel()`, closing the iterator or dropping the call cancels it;
+- a handler that raises or returns something that is not a message answers UNKNOWN, one
+  that is cancelled for no caller's reason CANCELLED; a method nobody registered is
+  UNIMPLEMENTED.
 
 It speaks the part of `grpc.aio.Channel` the generated stubs use for unary and
 server-streaming methods, which are all the mesh has.
@@ -26,7 +30,6 @@ server-streaming methods, which are all the mesh has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
@@ -101,19 +104,60 @@ def _error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc
                                 details=details)
 
 
+def _unexpected(exc: BaseException) -> grpc.aio.AioRpcError:
+    # What a grpc.aio server answers for an exception its handler did not map.
+    return _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+
+
+_DEADLINE = "Deadline Exceeded"
+
+
+class _End(NamedTuple):
+    """The last item of a stream: how it ended."""
+
+    error: grpc.aio.AioRpcError | None
+
+
+class _Outbox:
+    """A stream's replies on their way to the consumer: at most `_STREAM_WINDOW` unread
+    (gRPC's flow control, counted in messages); the end goes in without waiting."""
+
+    __slots__ = ("_queue", "_window")
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._window = asyncio.Semaphore(_STREAM_WINDOW)
+
+    async def put(self, reply: Any) -> None:
+        await self._window.acquire()
+        self._queue.put_nowait(reply)
+
+    def end(self, error: grpc.aio.AioRpcError | None) -> None:
+        self._queue.put_nowait(_End(error))
+
+    async def get(self) -> Any:
+        item = await self._queue.get()
+        if not isinstance(item, _End):
+            self._window.release()
+        return item
+
+
 class _Context:
     """The `grpc.aio.ServicerContext` of one in-process call."""
 
-    __slots__ = ("_code", "_deadline", "_details", "_metadata", "_queue", "_trailing")
+    __slots__ = ("_code", "_deadline", "_details", "_metadata", "_outbox", "_trailing",
+                 "expired")
 
     def __init__(self, metadata: Metadata, deadline: float | None,
-                 queue: asyncio.Queue[Any] | None = None) -> None:
+                 outbox: _Outbox | None = None) -> None:
         self._metadata = metadata
         self._deadline = deadline
-        self._queue = queue
+        self._outbox = outbox
         self._trailing: Metadata = ()
         self._code: grpc.StatusCode | None = None
         self._details = ""
+        #: The deadline passed (set before the call is cancelled for it).
+        self.expired = False
 
     def invocation_metadata(self) -> Metadata:
         return self._metadata
@@ -121,6 +165,8 @@ class _Context:
     def time_remaining(self) -> float | None:
         if self._deadline is None:
             return None
+        if self.expired:
+            return 0.0
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     def peer(self) -> str:
@@ -151,15 +197,17 @@ class _Context:
                     trailing_metadata: Sequence[tuple[str, Any]] = ()) -> None:
         if code == grpc.StatusCode.OK:
             raise ValueError("abort() needs a status other than OK")
-        self._code, self._details = code, details
+        self._code = code
+        if details:
+            self._details = details
         if trailing_metadata:
             self._trailing = tuple(trailing_metadata)
         raise grpc.aio.AbortError()
 
     async def write(self, message: Any) -> None:
-        if self._queue is None:
+        if self._outbox is None:
             raise RuntimeError("write() is for server-streaming calls")
-        await self._queue.put(_copy(message))
+        await self._outbox.put(_copy(message))
 
     def failed(self) -> grpc.aio.AioRpcError | None:
         """The call's error, when a status other than OK was set."""
@@ -167,22 +215,42 @@ class _Context:
             return None
         return _error(self._code, self._details, self._trailing)
 
+    def arm(self) -> asyncio.TimerHandle | None:
+        """Cancel the running task at the deadline, marking the call expired first."""
+        if self._deadline is None:
+            return None
+        return asyncio.get_running_loop().call_at(self._deadline, _expire, self,
+                                                  asyncio.current_task())
 
-def _unexpected(exc: BaseException) -> grpc.aio.AioRpcError:
-    # What a grpc.aio server answers for an exception its handler did not map.
-    return _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+    def cancelled_error(self, task: asyncio.Task[Any]) -> grpc.aio.AioRpcError | None:
+        """For a CancelledError out of a handler: the error to answer with, or None when
+        `task` itself was cancelled from outside (the caller, or shutdown)."""
+        if self.expired and task.uncancel() == 0:
+            return _error(grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE)
+        if task.cancelling():
+            return None
+        # The handler raised a CancelledError that was not for it.
+        return _error(grpc.StatusCode.CANCELLED, "the handler was cancelled")
 
 
-_DEADLINE = "Deadline Exceeded"
+def _expire(context: _Context, task: asyncio.Task[Any] | None) -> None:
+    context.expired = True
+    if task is not None:
+        task.cancel()
 
 
 class LocalChannel:
-    """Calls the handlers of `registry` through `interceptors`, in this process."""
+    """Calls the handlers of `registry` through `interceptors`, in this process.
+
+    `max_receive_bytes` is the server's limit on a request message, as for a remote call.
+    """
 
     def __init__(self, registry: HandlerRegistry,
-                 interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = (), *,
+                 max_receive_bytes: int | None = None) -> None:
         self._registry = registry
         self._interceptors = tuple(interceptors)
+        self._max_receive_bytes = max_receive_bytes
 
     async def _resolve(self, details: _CallDetails) -> grpc.RpcMethodHandler | None:
         """The handler as the server would run it: through every interceptor."""
@@ -197,6 +265,15 @@ class LocalChannel:
                 nxt, current)
             return handler
         return await step(0, details)  # type: ignore[arg-type]
+
+    def _admit(self, request: Any, timeout: float | None) -> None:
+        """Refuse, as a server would, a call already past its deadline or too large."""
+        if timeout is not None and timeout <= 0:
+            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE)
+        limit = self._max_receive_bytes
+        if limit is not None and (size := request.ByteSize()) > limit:
+            raise _error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"Received message larger than max ({size} vs. {limit})")
 
     def unary_unary(self, method: str, request_serializer: Any = None,
                     response_deserializer: Any = None, _registered_method: bool = False,
@@ -223,7 +300,7 @@ class LocalChannel:
         await self.close()
 
 
-def _start(channel: LocalChannel, method: str, timeout: float | None,
+def _start(method: str, timeout: float | None,
            metadata: Sequence[tuple[str, Any]] | None) -> tuple[_CallDetails, float | None]:
     md = tuple(metadata) if metadata else ()
     deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
@@ -243,30 +320,37 @@ class _UnaryUnary:
 
     async def _call(self, request: Any, timeout: float | None,
                     metadata: Sequence[tuple[str, Any]] | None) -> Any:
-        details, deadline = _start(self._channel, self._method, timeout, metadata)
-        handler = await self._channel._resolve(details)
+        channel = self._channel
+        channel._admit(request, timeout)
+        details, deadline = _start(self._method, timeout, metadata)
+        handler = await channel._resolve(details)
         if handler is None or handler.unary_unary is None:
             raise _error(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {self._method}")
         context = _Context(details.invocation_metadata, deadline)
+        timer = context.arm()
         try:
-            async with asyncio.timeout_at(deadline):
-                reply = await handler.unary_unary(_copy(request), context)
+            reply = await handler.unary_unary(_copy(request), context)
         except grpc.aio.AbortError:
             raise context.failed() or _unexpected(RuntimeError("aborted")) from None
-        except TimeoutError:
-            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            error = context.cancelled_error(task)
+            if error is None:
+                raise
+            raise error from None
         except Exception as exc:
             raise _unexpected(exc) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
         error = context.failed()
         if error is not None:
             raise error
-        return _copy(reply)
-
-
-class _End(NamedTuple):
-    """The last item of a stream's queue: how it ended."""
-
-    error: grpc.aio.AioRpcError | None
+        try:
+            return _copy(reply)
+        except Exception as exc:  # not a message (None, ...): gRPC could not send it
+            raise _unexpected(exc) from None
 
 
 class _UnaryStream:
@@ -278,46 +362,57 @@ class _UnaryStream:
 
     def __call__(self, request: Any, *, timeout: float | None = None,
                  metadata: Sequence[tuple[str, Any]] | None = None, **_: Any) -> _StreamCall:
-        details, deadline = _start(self._channel, self._method, timeout, metadata)
+        self._channel._admit(request, timeout)
+        details, deadline = _start(self._method, timeout, metadata)
         return _StreamCall(self._channel, details, deadline, request)
 
 
+async def _serve(channel: LocalChannel, details: _CallDetails, request: Any,
+                 context: _Context, outbox: _Outbox) -> None:
+    """Run a stream's handler into `outbox`, then its end (not when cancelled from outside:
+    nobody listens then). A module function, not a method: the task must not keep its
+    `_StreamCall` alive, or dropping the call could not cancel it."""
+    error: grpc.aio.AioRpcError | None = None
+    timer = context.arm()
+    try:
+        handler = await channel._resolve(details)
+        behavior = None if handler is None else handler.unary_stream
+        if behavior is None:
+            error = _error(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {details.method}")
+        elif inspect.isasyncgenfunction(behavior):
+            async for reply in behavior(request, context):
+                await outbox.put(_copy(reply))
+            error = context.failed()
+        else:  # a coroutine that calls context.write
+            await behavior(request, context)
+            error = context.failed()
+    except grpc.aio.AbortError:
+        error = context.failed() or _unexpected(RuntimeError("aborted"))
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        assert task is not None
+        error = context.cancelled_error(task)
+        if error is None:
+            raise
+    except Exception as exc:
+        error = _unexpected(exc)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    outbox.end(error)
+
+
 class _StreamCall:
-    """One server-streaming call: async-iterable replies; `cancel()` stops the handler."""
+    """One server-streaming call: async-iterable replies; `cancel()` stops the handler,
+    as does dropping the call."""
 
     def __init__(self, channel: LocalChannel, details: _CallDetails, deadline: float | None,
                  request: Any) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(_STREAM_WINDOW)
-        self._context = _Context(details.invocation_metadata, deadline, self._queue)
-        self._task = asyncio.create_task(self._serve(channel, details, _copy(request)))
+        self._outbox = _Outbox()
+        self._context = _Context(details.invocation_metadata, deadline, self._outbox)
+        self._task = asyncio.create_task(
+            _serve(channel, details, _copy(request), self._context, self._outbox))
         self._done = False
-
-    async def _serve(self, channel: LocalChannel, details: _CallDetails, request: Any) -> None:
-        context, queue = self._context, self._queue
-        error: grpc.aio.AioRpcError | None = None
-        try:
-            handler = await channel._resolve(details)
-            behavior = None if handler is None else handler.unary_stream
-            if behavior is None:
-                error = _error(grpc.StatusCode.UNIMPLEMENTED,
-                               f"Method not found: {details.method}")
-                return
-            async with asyncio.timeout_at(context._deadline):
-                if inspect.isasyncgenfunction(behavior):
-                    async for reply in behavior(request, context):
-                        await queue.put(_copy(reply))
-                else:  # a coroutine that calls context.write
-                    await behavior(request, context)
-            error = context.failed()
-        except grpc.aio.AbortError:
-            error = context.failed() or _unexpected(RuntimeError("aborted"))
-        except TimeoutError:
-            error = _error(grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE)
-        except Exception as exc:
-            error = _unexpected(exc)
-        finally:
-            if not asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                await queue.put(_End(error))
 
     def __aiter__(self) -> _StreamCall:
         return self
@@ -326,7 +421,7 @@ class _StreamCall:
         if self._done:
             raise StopAsyncIteration
         try:
-            item = await self._queue.get()
+            item = await self._outbox.get()
         except BaseException:
             self.cancel()
             raise
@@ -349,6 +444,6 @@ class _StreamCall:
         return self._context.trailing_metadata()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if not self._task.done():
-                self._task.cancel()
+        task = getattr(self, "_task", None)
+        if task is not None and not task.done():
+            task.cancel()

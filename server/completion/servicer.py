@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -114,7 +115,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         self._count(request.model, response.usage, done.routing, done.cache_hit)
         response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
         if self._store is not None:
-            await self._store.put(response.manifest, request, response)
+            # Shielded: a caller leaving now must not lose the run's record.
+            await asyncio.shield(self._store.put(response.manifest, request, response))
         return response
 
     async def CompletionStream(
@@ -140,7 +142,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                                                  overhead_s=0.0),
                         manifest=clock.finish(provider=event.routing.provider))
                     if self._store is not None:
-                        await self._store.put(end.manifest, request, end)
+                        await asyncio.shield(self._store.put(end.manifest, request, end))
                     yield pb.CompletionStreamResponse(end=end)
                     return
                 chunk = wire.chunk_to_proto(event.chunk)

@@ -7,17 +7,23 @@ The shim's suites (tests/bridges) run through it too: every HTTP call in them ta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+import gc
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pytest
+import uvloop
+from grpc_health.v1 import health_pb2
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient, openai_wire
 from scillm.completion.v1 import completion_pb2 as pb
-from scillm.server.local_channel import LocalChannel
+from scillm.server.interceptors import CallContext
+from scillm.server.local_channel import HandlerRegistry, LocalChannel
+from scillm.server.metrics import Metrics
+from scillm.server.settings import Settings
 
 T = TypeVar("T")
 
@@ -205,3 +211,164 @@ def test_cancelling_a_stream_closes_the_upstream(
         return silent.disconnects - before
 
     assert run(mesh, open_then_cancel()) == 1
+
+
+# -- semantics, against handlers written for the purpose -----------------------------------
+
+Req, Rep = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+SERVICE = "scillm.test.v1.Probe"
+
+
+class Probe:
+    """Handlers that misbehave on purpose, and what they saw."""
+
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+        self.reply = Rep(status=Rep.SERVING)
+        self.stopped: list[str] = []
+
+    async def keep(self, request: Any, context: Any) -> Any:
+        self.kept.append(request)
+        request.service = "changed by the handler"
+        return self.reply
+
+    async def sleep(self, request: Any, context: Any) -> Any:
+        await asyncio.sleep(5)
+        return self.reply
+
+    async def nothing(self, request: Any, context: Any) -> Any:
+        return None
+
+    async def stray_cancel(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        yield self.reply
+        raise asyncio.CancelledError  # not a cancellation of this call
+
+    async def forever(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            while True:
+                yield self.reply
+                await asyncio.sleep(0.01)
+        except BaseException as exc:
+            self.stopped.append(type(exc).__name__)
+            raise
+
+
+def probe_channel(**kwargs: Any) -> tuple[LocalChannel, Probe, Metrics]:
+    probe, metrics = Probe(), Metrics()
+    unary = {name: grpc.unary_unary_rpc_method_handler(getattr(probe, name))
+             for name in ("keep", "sleep", "nothing")}
+    stream = {name: grpc.unary_stream_rpc_method_handler(getattr(probe, name))
+              for name in ("stray_cancel", "forever")}
+    registry = HandlerRegistry()
+    registry.recording(_NoServer()).add_registered_method_handlers(  # type: ignore[arg-type]
+        SERVICE, {**unary, **stream})
+    chain = [CallContext(Settings(), {}, metrics)]
+    return LocalChannel(registry, chain, **kwargs), probe, metrics
+
+
+class _NoServer:
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        pass
+
+
+def method(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+def test_messages_are_copied_both_ways() -> None:
+    async def go() -> None:
+        channel, probe, _ = probe_channel()
+        request = Req(service="the caller's")
+        reply = await channel.unary_unary(method("keep"))(request)
+        assert request.service == "the caller's"  # the handler changed its own copy
+        request.service = "changed by the caller"
+        reply.status = Rep.NOT_SERVING
+        assert probe.kept[0].service == "changed by the handler"
+        assert probe.reply.status == Rep.SERVING
+
+    uvloop.run(go())
+
+
+def test_expired_deadlines_are_deadline_exceeded_and_counted_so() -> None:
+    """Under uvloop, whose timers may fire a little early: every expiry counts."""
+    async def go() -> Metrics:
+        channel, _, metrics = probe_channel()
+        call = channel.unary_unary(method("sleep"))
+        for _ in range(20):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(Req(), timeout=0.01)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        return metrics
+
+    metrics = uvloop.run(go())
+    counted = metrics.registry.get_sample_value(
+        "scillm_rpc_requests_total",
+        {"method": "Probe/sleep", "model": "", "code": "DEADLINE_EXCEEDED"})
+    assert counted == 20
+
+
+def test_refusals_before_the_handler_runs() -> None:
+    async def go() -> tuple[grpc.StatusCode, grpc.StatusCode, list[Any]]:
+        channel, probe, _ = probe_channel(max_receive_bytes=10)
+        keep = channel.unary_unary(method("keep"))
+        with pytest.raises(grpc.aio.AioRpcError) as big:
+            await keep(Req(service="x" * 100))
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await keep(Req(), timeout=0)
+        return big.value.code(), late.value.code(), probe.kept
+
+    too_big, too_late, kept = uvloop.run(go())
+    assert too_big == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert too_late == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert kept == []
+
+
+def test_a_reply_that_is_not_a_message_is_unknown() -> None:
+    async def go() -> grpc.StatusCode:
+        channel, _, _ = probe_channel()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(method("nothing"))(Req())
+        return info.value.code()
+
+    assert uvloop.run(go()) == grpc.StatusCode.UNKNOWN
+
+
+def test_a_stray_cancellation_does_not_end_a_stream_cleanly() -> None:
+    async def go() -> tuple[int, grpc.StatusCode]:
+        channel, _, _ = probe_channel()
+        got = 0
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async with asyncio.timeout(5):  # a stream that never ends fails the test
+                async for _ in channel.unary_stream(method("stray_cancel"))(Req()):
+                    got += 1
+        return got, info.value.code()
+
+    assert uvloop.run(go()) == (1, grpc.StatusCode.CANCELLED)
+
+
+def test_dropping_a_stream_cancels_its_handler() -> None:
+    async def go() -> list[str]:
+        channel, probe, _ = probe_channel()
+        call = channel.unary_stream(method("forever"))(Req())
+        await call.__anext__()
+        del call
+        gc.collect()
+        for _ in range(100):
+            if probe.stopped:
+                break
+            await asyncio.sleep(0.01)
+        return probe.stopped
+
+    assert uvloop.run(go()) == ["CancelledError"]
+
+
+def test_a_local_call_leaves_the_callers_request_id_alone() -> None:
+    from scillm.server.interceptors import _request_id, current_request_id
+
+    async def go() -> str:
+        channel, _, _ = probe_channel()
+        _request_id.set("the caller's id")
+        await channel.unary_unary(method("keep"))(Req(), metadata=(("x-request-id", "inner"),))
+        return current_request_id()
+
+    assert uvloop.run(go()) == "the caller's id"
