@@ -95,18 +95,18 @@ class Mesh:
             self._running.parts[name] = parts
             tables.update(parts.errors)
             await self.health.set(parts.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        store = shared.get("store")
-        if store is not None:
-            async def close_store() -> None:
-                await asyncio.to_thread(store.close)
-            self._running.closers.append(close_store)
         options = [
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
         table: ErrorTable = tables
-        auth = self.auth = build_authenticator(settings)
+        auth = self.auth = build_authenticator(settings, shared)
+        store = shared.get("store")  # opened by a service, or for the keys
+        if store is not None:
+            async def close_store() -> None:
+                await asyncio.to_thread(store.close)
+            self._running.closers.append(close_store)
         tables.update(KEY_ERRORS)
         link.api_key = auth.master_key  # services calling Completion act as the mesh
         interceptors = build_interceptors(settings, table, tracing, self.metrics, auth)

@@ -69,7 +69,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """The caller, checked for this call; None when keys are off or for open RPCs."""
         if self._auth is None or full_method.startswith(_OPEN_PREFIXES):
             return None
-        principal = self._auth.authenticate(token_from_metadata(context.invocation_metadata()))
+        principal = await self._auth.authenticate(
+            token_from_metadata(context.invocation_metadata()))
         await self._auth.authorize(principal, model=model_of(request),
                                    management=full_method.startswith("/scillm.keys."))
         return principal

@@ -19,7 +19,7 @@ from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
 from .completion_link import CompletionLink
 from .errors import ErrorTable
-from .keys import Authenticator, KeyStore
+from .keys import Authenticator, KeyStore, PostgresKeyStore, SQLiteKeyStore
 from .keys._windows import RedisWindows
 from .manifests import RunStore, open_run_store
 from .settings import Settings
@@ -89,9 +89,10 @@ def _completion(settings: Settings, shared: dict[str, Any]) -> ServiceParts:
         ERRORS, start, engine.close)
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
+def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authenticator:
     """Keys: the master key (settings, else the config's general_settings.master_key), the
-    key store beside the run store, and per-model prices from the config's model_list."""
+    key store (in the run store's PostgreSQL database when `store_url` is set, else a
+    SQLite file beside the run store), and per-model prices from the config's model_list."""
     import os
 
     import yaml
@@ -112,7 +113,8 @@ def build_authenticator(settings: Settings) -> Authenticator:
             cost_out = float(params.get("output_cost_per_token") or 0.0)
             if cost_in or cost_out:
                 prices[str(entry.get("model_name"))] = (cost_in, cost_out)
-    store = KeyStore(settings.store_path.with_name("keys.sqlite3"))
+    store: KeyStore = (PostgresKeyStore(_store(settings, shared)) if settings.store_url
+                       else SQLiteKeyStore(settings.store_path.with_name("keys.sqlite3")))
     redis_url = settings.redis_url
     if not redis_url and settings.config_path is not None:
         router = data.get("router_settings") or {}

@@ -2,7 +2,7 @@
 budget and rate limits; the KeyService servicer lives in `servicer`."""
 
 from ._auth import Authenticator, Principal, token_from_metadata
-from ._store import KeyRecord, KeyStore, hash_key
+from ._store import KeyRecord, KeyStore, PostgresKeyStore, SQLiteKeyStore, hash_key
 from ._windows import MemoryWindows, RedisWindows, Windows
 from .errors import (
     BudgetExceeded,
@@ -15,6 +15,6 @@ from .errors import (
 )
 
 __all__ = ["Authenticator", "BudgetExceeded", "Forbidden", "KeyError_", "KeyRateLimited",
-           "KeyRecord", "KeyStore", "KeysDisabled", "MemoryWindows", "Principal",
-           "RedisWindows", "Unauthenticated", "UnknownKey", "Windows", "hash_key",
-           "token_from_metadata"]
+           "KeyRecord", "KeyStore", "KeysDisabled", "MemoryWindows", "PostgresKeyStore",
+           "Principal", "RedisWindows", "SQLiteKeyStore", "Unauthenticated", "UnknownKey",
+           "Windows", "hash_key", "token_from_metadata"]

@@ -63,7 +63,7 @@ class Authenticator:
         """Whether keys are enforced (a master key is configured)."""
         return self.master_key is not None
 
-    def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None) -> Principal:
         """The caller behind `token`; Unauthenticated when it is missing or unknown."""
         if self.master_key is None:
             return Principal(master=True)
@@ -71,7 +71,7 @@ class Authenticator:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
         if hmac.compare_digest(token.encode(), self.master_key.encode()):
             return Principal(master=True)
-        record = self.store.find(token) if token.startswith("sk-") else None
+        record = await self.store.find(token) if token.startswith("sk-") else None
         if record is None:
             raise Unauthenticated("invalid API key")
         return Principal(master=False, record=record)
@@ -114,5 +114,5 @@ class Authenticator:
         price_in, price_out = self._prices.get(model, (0.0, 0.0))
         cost = prompt_tokens * price_in + completion_tokens * price_out
         if cost:
-            self.store.add_spend(record.key_hash, cost)
+            await self.store.add_spend(record.key_hash, cost)
         return cost

@@ -69,7 +69,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
                 raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                   "duration must be positive", param="duration")
             expires = time.time() + seconds
-        secret, record = self._auth.store.create(
+        secret, record = await self._auth.store.create(
             key_alias=request.key_alias, models=tuple(request.models), expires_at=expires,
             max_budget=request.max_budget, rpm_limit=request.rpm_limit,
             tpm_limit=request.tpm_limit, metadata=dict(request.metadata))
@@ -78,7 +78,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def GetKey(self, request: pb.GetKeyRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetKeyResponse:
         self._require_keys()
-        record = self._auth.store.find(request.key)
+        record = await self._auth.store.find(request.key)
         if record is None:
             raise UnknownKey("no such key")
         return pb.GetKeyResponse(info=record_to_proto(record))
@@ -88,9 +88,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self._require_keys()
         deleted = []
         for key in request.keys:
-            record = self._auth.store.find(key)
+            record = await self._auth.store.find(key)
             if record is None:
                 raise UnknownKey(f"no such key: {key[:6]}...")
-            self._auth.store.delete(record.key_hash)
+            await self._auth.store.delete(record.key_hash)
             deleted.append(record.key_id)
         return pb.DeleteKeyResponse(deleted_key_ids=deleted)

@@ -19,10 +19,10 @@ from scillm.clients import RPCError, ScillmClient
 from scillm.keys.v1 import keys_pb2
 from scillm.server.keys import (
     Authenticator,
-    KeyStore,
     MemoryWindows,
     Principal,
     RedisWindows,
+    SQLiteKeyStore,
 )
 from scillm.server.keys.errors import BudgetExceeded, Forbidden, KeyRateLimited
 
@@ -155,12 +155,12 @@ def test_bad_generate_bodies(keyed: RunningMesh) -> None:
 
 async def test_authenticator_rules_without_a_server(tmp_path: Path) -> None:
     clock = [1000.0]
-    auth = Authenticator("m", KeyStore(tmp_path / "k.sqlite3"), {"p": (1.0, 1.0)},
+    auth = Authenticator("m", SQLiteKeyStore(tmp_path / "k.sqlite3"), {"p": (1.0, 1.0)},
                          MemoryWindows(clock=lambda: clock[0]))
-    _, expired = auth.store.create(expires_at=time.time() - 1)
+    _, expired = await auth.store.create(expires_at=time.time() - 1)
     with pytest.raises(Forbidden):
         await auth.authorize(Principal(False, expired))
-    _, limited = auth.store.create(tpm_limit=10)
+    _, limited = await auth.store.create(tpm_limit=10)
     principal = Principal(False, limited)
     await auth.authorize(principal)
     await auth.account(principal, "p", 6, 6)
@@ -169,15 +169,15 @@ async def test_authenticator_rules_without_a_server(tmp_path: Path) -> None:
     assert 0 < info.value.retry_after_s <= 60
     clock[0] += 61  # the window moved on
     await auth.authorize(principal)
-    _, budgeted = auth.store.create(max_budget=1.0)
+    _, budgeted = await auth.store.create(max_budget=1.0)
     await auth.account(Principal(False, budgeted), "p", 1, 0)
     with pytest.raises(BudgetExceeded):
-        await auth.authorize(Principal(False, auth.store.find(budgeted.key_id)))
+        await auth.authorize(Principal(False, await auth.store.find(budgeted.key_id)))
 
 
 async def test_replicas_share_rate_windows_in_redis(tmp_path: Path, redis_port: int) -> None:
-    store = KeyStore(tmp_path / "k.sqlite3")
-    _, record = store.create(rpm_limit=3)
+    store = SQLiteKeyStore(tmp_path / "k.sqlite3")
+    _, record = await store.create(rpm_limit=3)
     url = f"redis://127.0.0.1:{redis_port}/0"
     replicas = [Authenticator("m", store, windows=RedisWindows(url)) for _ in range(2)]
     principal = Principal(False, record)

@@ -334,3 +334,44 @@ def test_a_mesh_keeps_its_runs_in_postgresql(tmp_path: Path, pg_url: str) -> Non
     finally:
         with contextlib.suppress(Exception):
             running.stop()
+
+
+def test_virtual_keys_are_shared_by_every_process_on_one_database(
+        pg_url: str, tmp_path: Path) -> None:
+    """A key made through one process works on another using the same database, and its
+    deletion reaches the other within the lookup cache's time."""
+    import time
+
+    import httpx
+
+    from scillm.server.keys import PostgresKeyStore
+
+    master = "sk-master-shared"
+    meshes = [start_mesh(mesh_settings(tmp_path / name, store_url=pg_url, master_key=master,
+                                       services=("completion",)))
+              for name in ("a", "b")]
+    chat = {"model": "echo/x", "messages": [{"role": "user", "content": "hi"}],
+            "scillm": {"cache": {"bypass": True}}}
+    try:
+        a, b = (f"{m.http_url}" for m in meshes)
+        made = httpx.post(f"{a}/key/generate", json={"models": ["echo/x"]}, timeout=30,
+                          headers={"authorization": f"Bearer {master}"})
+        assert made.status_code == 200, made.text
+        key = made.json()["key"]
+        used = httpx.post(f"{b}/v1/chat/completions", json=chat, timeout=30,
+                          headers={"authorization": f"Bearer {key}"})
+        assert used.status_code == 200, used.text
+        gone = httpx.post(f"{a}/key/delete", json={"keys": [key]}, timeout=30,
+                          headers={"authorization": f"Bearer {master}"})
+        assert gone.status_code == 200, gone.text
+        deadline = time.monotonic() + PostgresKeyStore.CACHE_S + 5
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            status = httpx.post(f"{b}/v1/chat/completions", json=chat, timeout=30,
+                                headers={"authorization": f"Bearer {key}"}).status_code
+            time.sleep(0.2)
+        assert status == 401
+        assert not (tmp_path / "b" / "keys.sqlite3").exists()  # nothing kept locally
+    finally:
+        for m in meshes:
+            m.stop()
