@@ -55,6 +55,13 @@ class HandlerRegistry:
         """`server`, recording every handler added through it."""
         return _RecordingServer(server, self)  # type: ignore[return-value]
 
+    def add_generic(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
+
+    def add_methods(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        for name, handler in handlers.items():
+            self._methods[f"/{service}/{name}"] = handler
+
     def lookup(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._methods.get(details.method)
         if handler is None:
@@ -73,13 +80,12 @@ class _RecordingServer:
         self._registry = registry
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._registry._generic.extend(handlers)
+        self._registry.add_generic(handlers)
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service: str,
                                        handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        for name, handler in handlers.items():
-            self._registry._methods[f"/{service}/{name}"] = handler
+        self._registry.add_methods(service, handlers)
         self._server.add_registered_method_handlers(service, handlers)
 
     def __getattr__(self, name: str) -> Any:

@@ -172,10 +172,10 @@ class PostgresKeyStore(KeyStore):
         self._runs = runs
         #: sha256 of the secret or key_id looked up -> (valid until, record or None)
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
-        runs._run(_PG_SCHEMA, ())
+        runs.execute(_PG_SCHEMA)
 
     async def _sql(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(self._runs._run, sql, args)
+        return await asyncio.to_thread(self._runs.execute, sql, args)
 
     async def create(self, **fields: Any) -> tuple[str, KeyRecord]:
         secret, rec = _new_record(**fields)

@@ -135,6 +135,11 @@ class RunStore:
         """Execute one statement (committed at once); its rows, if it returns any."""
         raise NotImplementedError
 
+    def execute(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """One statement of the caller's on the store's connection (for other tables in the
+        same database, such as the keys'), committed at once; its rows, if any. Blocking."""
+        return self._run(sql, args)
+
     def close(self) -> None:
         """Close the connection."""
         raise NotImplementedError

@@ -260,15 +260,9 @@ def probe_channel(**kwargs: Any) -> tuple[LocalChannel, Probe, Metrics]:
     stream = {name: grpc.unary_stream_rpc_method_handler(getattr(probe, name))
               for name in ("stray_cancel", "forever")}
     registry = HandlerRegistry()
-    registry.recording(_NoServer()).add_registered_method_handlers(  # type: ignore[arg-type]
-        SERVICE, {**unary, **stream})
+    registry.add_methods(SERVICE, {**unary, **stream})
     chain = [CallContext(Settings(), {}, metrics)]
     return LocalChannel(registry, chain, **kwargs), probe, metrics
-
-
-class _NoServer:
-    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
-        pass
 
 
 def method(name: str) -> str:
