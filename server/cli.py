@@ -68,11 +68,13 @@ def _prove(args: argparse.Namespace) -> int:
     try:
         if args.action == "batch":
             envelope = prove.batch_envelope(args.file.read_text(), backend=args.backend,
-                                            model=args.model, max_seconds=args.max_seconds)
+                                            model=args.model, max_seconds=args.max_seconds,
+                                            no_cache=args.no_cache)
         else:
             envelope = prove.run_envelope(args.statement, backend=args.backend,
                                           proof=args.proof, preamble=args.preamble,
-                                          model=args.model, max_seconds=args.max_seconds)
+                                          model=args.model, max_seconds=args.max_seconds,
+                                          no_cache=args.no_cache)
     except (OSError, ValueError) as exc:
         print(f"scillm prove: {exc}", file=sys.stderr)
         return 2
@@ -166,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prover (default: per item, else the first ready one)")
         p.add_argument("--model", help="completion model formalizing requirement_text items")
         p.add_argument("--max-seconds", type=float, help="time limit per item")
+        p.add_argument("--no-cache", action="store_true",
+                       help="check every item again instead of answering from the verdict cache")
         p.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                        help=target_help)
         p.set_defaults(func=_prove)

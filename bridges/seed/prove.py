@@ -9,7 +9,10 @@ or through `/bridge/complete`:
                 "imports"?: [...], "backend"?: "smt" | "coq" | "lean4",
                 "context"?: {...}, "metadata"?: {...}}],
      "lean4_requirements"?: ["requirement text", ...],    # legacy: items of text only
-     "options": {"session_id", "track_id", "max_seconds", "model", "max_attempts"}}
+     "options": {"session_id", "track_id", "max_seconds", "model", "max_attempts",
+                 "no_cache"}}
+
+`no_cache: true` checks every item again instead of answering from the verdict cache.
 """
 
 from __future__ import annotations
@@ -80,12 +83,19 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
         req.formalize.model = str(options["model"])
     if options.get("max_attempts"):
         req.formalize.max_attempts = int(options["max_attempts"])
+    no_cache = options.get("no_cache", False)
+    if not isinstance(no_cache, bool):
+        raise InvalidRequestError("'options.no_cache' must be true or false",
+                                  param="options.no_cache")
+    req.no_cache = no_cache
     req.context.session_id = str(options.get("session_id") or "")
     req.context.track = str(options.get("track_id") or options.get("track") or "")
     return req
 
 
 def summary_text(summary: pb.ProveSummary) -> str:
-    """The seed's reply line: proved, failed (checked and rejected), unproved (undecided)."""
-    return (f"Certainly: {summary.items} items, {summary.proved} proved, "
+    """The seed's reply line: proved, failed (checked and rejected), unproved (undecided);
+    proofs that hold only because the assumptions are inconsistent are counted apart."""
+    vacuous = f" ({summary.vacuous} vacuously)" if summary.vacuous else ""
+    return (f"Certainly: {summary.items} items, {summary.proved} proved{vacuous}, "
             f"{summary.failed + summary.refuted} failed, {summary.unknown} unproved")

@@ -26,8 +26,13 @@ __all__ = ["SUFFIX_BACKENDS", "batch_envelope", "run_envelope", "run_prove"]
 SUFFIX_BACKENDS = {".smt2": "smt", ".smt": "smt", ".v": "coq", ".lean": "lean4"}
 
 
+def _options(model: str | None, max_seconds: float | None, no_cache: bool) -> dict[str, Any]:
+    found = {"model": model, "max_seconds": max_seconds, "no_cache": no_cache}
+    return {k: v for k, v in found.items() if v}
+
+
 def batch_envelope(raw: str, *, backend: str | None, model: str | None,
-                   max_seconds: float | None) -> dict[str, Any]:
+                   max_seconds: float | None, no_cache: bool = False) -> dict[str, Any]:
     """The envelope of a JSONL batch; ValueError names the bad line."""
     items = []
     for number, line in enumerate(raw.splitlines(), 1):
@@ -38,11 +43,12 @@ def batch_envelope(raw: str, *, backend: str | None, model: str | None,
         except ValueError as exc:
             raise ValueError(f"line {number}: not JSON ({exc})") from None
     return {"model": f"certainly/{backend or ''}".rstrip("/"), "items": items,
-            "options": {k: v for k, v in (("model", model), ("max_seconds", max_seconds)) if v}}
+            "options": _options(model, max_seconds, no_cache)}
 
 
 def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
-                 model: str | None, max_seconds: float | None) -> dict[str, Any]:
+                 model: str | None, max_seconds: float | None,
+                 no_cache: bool = False) -> dict[str, Any]:
     """The envelope of one statement, or of a source file (backend from its suffix)."""
     path = Path(target)
     item: dict[str, Any] = {"item_id": path.name if path.is_file() else "statement"}
@@ -55,7 +61,7 @@ def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
         item["proof"] = proof
     item["preamble"] = preamble
     return {"model": f"certainly/{backend or ''}".rstrip("/"), "items": [item],
-            "options": {k: v for k, v in (("model", model), ("max_seconds", max_seconds)) if v}}
+            "options": _options(model, max_seconds, no_cache)}
 
 
 async def run_prove(envelope: dict[str, Any], target: str | None, *, single: bool) -> int:
@@ -79,7 +85,9 @@ async def run_prove(envelope: dict[str, Any], target: str | None, *, single: boo
                 if kind == "result":
                     errors += body.verdict == pb.VERDICT_ERROR
                     proved += body.verdict == pb.VERDICT_PROVED
-                    progress.advance(f"{body.item_id}: {pb.Verdict.Name(body.verdict)[8:]}")
+                    vacuous = " (vacuous)" if body.vacuous else ""
+                    progress.advance(
+                        f"{body.item_id}: {pb.Verdict.Name(body.verdict)[8:]}{vacuous}")
                 else:
                     progress.close()
                     print(summary_text(body), file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import Protocol
 
+from ..jail import Jail
 from ._process import run_once
 from ._types import BackendInfo, CheckOutcome, Limits, Obligation
 
@@ -33,8 +34,9 @@ class Backend(Protocol):
         """Check one obligation within `limits`; prover failures are verdicts."""
         ...
 
-    async def start(self, *, prewarm: bool) -> None:
-        """Get ready; with `prewarm`, start the warm workers now."""
+    async def start(self, *, prewarm: bool, jail: Jail) -> None:
+        """Get ready to run provers in `jail`; with `prewarm`, start the warm workers now.
+        Called before `info`."""
         ...
 
     async def close(self) -> None:
@@ -42,12 +44,13 @@ class Backend(Protocol):
         ...
 
 
-async def probe_version(name: str, argv: list[str]) -> BackendInfo:
-    """BackendInfo from running `argv` (a `--version` call); unavailable when it fails."""
+async def probe_version(name: str, argv: list[str], jail: Jail) -> BackendInfo:
+    """BackendInfo from running `argv` (a `--version` call) in `jail`; unavailable when it
+    fails, in which case the reason says so (a prover that cannot run jailed is not used)."""
     if shutil.which(argv[0]) is None:
         return BackendInfo(name, False, reason=f"{argv[0]!r} is not on PATH")
     try:
-        result = await run_once(argv, timeout_s=30.0, memory_mb=4096)
+        result = await run_once(argv, jail=jail, timeout_s=30.0, memory_mb=4096)
     except (TimeoutError, OSError) as exc:
         return BackendInfo(name, False, reason=f"{argv[0]} --version failed: {exc}")
     text = result.output.strip()

@@ -94,6 +94,7 @@ class BatchRun:
             total=len(self._items), completed=len(self._results),
             counts={v: counts.get(v, 0) for v in Verdict},
             cache_hits=sum(r.cached for r in self._results),
+            vacuous=sum(r.vacuous for r in self._results if r.verdict is Verdict.PROVED),
             prompt_tokens=sum(a.prompt_tokens for r in self._results for a in r.attempts),
             completion_tokens=sum(a.completion_tokens for r in self._results
                                   for a in r.attempts),

@@ -1,4 +1,5 @@
-"""Verdict cache: sha256 of (backend, version, imports, preamble, statement, proof).
+"""Verdict cache: sha256 of (checker rules, backend, version, imports, preamble, statement,
+proof).
 
 The engine stores only verdicts the prover decided on its own (`CACHEABLE`: PROVED,
 REFUTED, FAILED); UNKNOWN, TIMEOUT and ERROR depend on limits and load, so they are
@@ -17,6 +18,10 @@ from ._types import CheckOutcome, Obligation, Verdict
 
 __all__ = ["CACHEABLE", "MemoryCache", "VerdictCache", "cache_key"]
 
+#: The checking rules' version: bumped whenever what a verdict means changes, so that no
+#: verdict reached under older rules (in a shared Redis cache, say) is served again.
+RULES = "2026-12-04"
+
 #: Verdicts worth remembering.
 CACHEABLE = frozenset({Verdict.PROVED, Verdict.REFUTED, Verdict.FAILED})
 
@@ -24,7 +29,7 @@ CACHEABLE = frozenset({Verdict.PROVED, Verdict.REFUTED, Verdict.FAILED})
 def cache_key(obligation: Obligation, backend_version: str) -> str:
     """Hex sha256 identifying what the prover would check, and with which prover."""
     ob = obligation
-    payload = json.dumps([ob.backend, backend_version, list(ob.imports), ob.preamble,
+    payload = json.dumps([RULES, ob.backend, backend_version, list(ob.imports), ob.preamble,
                           ob.statement, ob.proof], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -1,46 +1,199 @@
-"""Coq text: composing the source, finding the theorem, reading coqc's messages."""
+"""Coq text: composing the source, finding sentences and declarations, reading messages.
+
+Nothing here decides a verdict: Coq does (see `_coq`). This module only finds where
+things are, so that the checker can copy the stated theorem's sentence and place
+diagnostics on the right declaration. Its lexer knows Coq's nested comments and its
+strings (``""`` escapes a quote, and strings are lexed inside comments too); a sentence
+ends at a ``.`` followed by a blank or the end of the text.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ._types import Diagnostic
 
-__all__ = ["axioms_of", "compose", "locate", "parse_messages", "theorem_name"]
+__all__ = [
+    "THEOREM_KINDS",
+    "Composed",
+    "Declaration",
+    "blank",
+    "compose",
+    "declarations",
+    "locate",
+    "parse_messages",
+    "sentences",
+    "stated_theorem",
+]
 
-_COMMENT = re.compile(r"\(\*.*?\*\)", re.DOTALL)
-_DECL = re.compile(
-    r"(?<![\w'.])(?:Theorem|Lemma|Fact|Remark|Corollary|Proposition|Property|Example|"
-    r"Definition|Fixpoint|Instance)\s+([A-Za-z_][\w']*)")
+#: Declarations that state a theorem (the kinds an item's statement may use).
+THEOREM_KINDS = frozenset({"Theorem", "Lemma", "Fact", "Remark", "Corollary", "Proposition",
+                           "Property", "Example"})
+_OTHER_KINDS = frozenset({
+    "Definition", "Fixpoint", "CoFixpoint", "Instance", "Axiom", "Axioms", "Parameter",
+    "Parameters", "Conjecture", "Conjectures", "Hypothesis", "Hypotheses", "Variable",
+    "Variables", "Inductive", "CoInductive", "Variant", "Record", "Structure", "Class", "Let",
+    "Function", "Coercion", "Canonical", "Declare"})
+_MODIFIERS = frozenset({"Local", "Global", "Polymorphic", "Monomorphic", "Cumulative",
+                        "NonCumulative", "Private", "Program", "Export", "Equations"})
+_WORD = re.compile(r"[^\W\d][\w']*")
 _HEADER = re.compile(r'^File "[^"]*", line (\d+), characters (\d+)-(\d+):\s*$')
 _SEVERITY = re.compile(r"^(Error|Warning|Info):\s?(.*)$", re.DOTALL)
 
 
-def compose(imports: Sequence[str], preamble: str, statement: str, proof: str) -> str:
+@dataclass(frozen=True)
+class Composed:
+    """The checked file and where each part of the obligation sits in it."""
+
+    text: str
+    #: [start, end) of the statement and of the proof in `text` (empty when absent).
+    statement: tuple[int, int]
+    proof: tuple[int, int]
+
+
+def compose(imports: Sequence[str], preamble: str, statement: str, proof: str) -> Composed:
     """The file checked for an obligation: imports, preamble, statement, proof."""
-    parts = [f"Require Import {name}." for name in imports]
-    parts += [p.strip("\n") for p in (preamble, statement, proof) if p.strip()]
-    return "\n".join(parts) + "\n"
+    text = "".join(f"Require Import {name}.\n" for name in imports)
+    spans: dict[str, tuple[int, int]] = {}
+    for key, part in (("preamble", preamble), ("statement", statement), ("proof", proof)):
+        part = part.strip("\n")
+        if part.strip():
+            spans[key] = (len(text), len(text) + len(part))
+            text += part + "\n"
+        else:
+            spans[key] = (len(text), len(text))
+    return Composed(text, spans["statement"], spans["proof"])
 
 
-def theorem_name(statement: str, source: str) -> tuple[str, int] | None:
-    """The theorem to check and its offset in `source`.
+def blank(text: str) -> str:
+    """`text` with comments and string literals replaced by spaces (newlines kept), so
+    that offsets stay valid. An unterminated comment or string blanks to the end."""
+    out = list(text)
+    i, n, depth = 0, len(text), 0
 
-    The first declaration of `statement`; when the statement is empty (a full source
-    given as proof), the last declaration of `source`.
-    """
-    blanked = _COMMENT.sub(lambda m: " " * len(m.group(0)), source)
-    found = list(_DECL.finditer(blanked))
-    if not found:
-        return None
-    if statement.strip():
-        first = _DECL.search(_COMMENT.sub(" ", statement))
-        if first is not None:
-            for m in found:
-                if m.group(1) == first.group(1):
-                    return m.group(1), m.start(1)
-    return found[-1].group(1), found[-1].start(1)
+    def wipe(start: int, end: int) -> None:
+        for k in range(start, end):
+            if out[k] != "\n":
+                out[k] = " "
+
+    while i < n:
+        if text.startswith("(*", i):
+            depth, start = 1, i
+            i += 2
+            while i < n and depth:
+                if text.startswith("(*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*)", i):
+                    depth, i = depth - 1, i + 2
+                elif text[i] == '"':
+                    i = _string_end(text, i)
+                else:
+                    i += 1
+            wipe(start, i)
+        elif text[i] == '"':
+            end = _string_end(text, i)
+            wipe(i, end)
+            i = end
+        else:
+            i += 1
+    return "".join(out)
+
+
+def _string_end(text: str, start: int) -> int:
+    """Offset just past the string literal opening at `start`."""
+    i = start + 1
+    while True:
+        close = text.find('"', i)
+        if close < 0:
+            return len(text)
+        if text.startswith('""', close):
+            i = close + 2
+            continue
+        return close + 1
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each sentence of `text` (end is just past its dot), from the first
+    non-blank character. Text after the last dot is not a sentence."""
+    plain = blank(text)
+    found: list[tuple[int, int]] = []
+    start = 0
+    for i, c in enumerate(plain):
+        if c != ".":
+            continue
+        if i + 1 < len(plain) and not plain[i + 1].isspace():
+            continue
+        if i > 0 and plain[i - 1] == ".":
+            continue
+        begin = start
+        while begin < i and plain[begin].isspace():
+            begin += 1
+        found.append((begin, i + 1))
+        start = i + 1
+    return found
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """A sentence that declares a name."""
+
+    kind: str
+    name: str
+    #: Offset of the name, and the sentence's [start, end).
+    name_at: int
+    sentence: tuple[int, int]
+
+
+def declarations(text: str) -> list[Declaration]:
+    """Every declaration of `text` whose name the lexer can see, in order."""
+    plain = blank(text)
+    found: list[Declaration] = []
+    for start, end in sentences(text):
+        i = start
+        while i < end and (plain[i].isspace() or plain[i] in "-+*{}"):
+            i += 1
+        kind = ""
+        while i < end:
+            if plain.startswith("#[", i):
+                close = plain.find("]", i)
+                i = end if close < 0 else close + 1
+            else:
+                m = _WORD.match(plain, i)
+                if m is None:
+                    break
+                i = m.end()
+                if m.group(0) in _MODIFIERS:
+                    pass
+                elif m.group(0) in THEOREM_KINDS or m.group(0) in _OTHER_KINDS:
+                    kind = m.group(0)
+                    if kind not in ("Declare", "Canonical"):
+                        break
+                else:
+                    break
+            while i < end and plain[i].isspace():
+                i += 1
+        if not kind:
+            continue
+        while i < end and (plain[i].isspace() or plain[i] == "("):
+            i += 1
+        m = _WORD.match(plain, i)
+        if m is not None and m.group(0) not in ("Structure", "Instance", "Module"):
+            found.append(Declaration(kind, m.group(0), m.start(), (start, end)))
+    return found
+
+
+def stated_theorem(composed: Composed) -> Declaration | None:
+    """The theorem an obligation states: the first theorem-kind declaration of its
+    statement, or of its proof when the statement is empty (a whole file as proof)."""
+    start, end = composed.statement
+    if not composed.text[start:end].strip():
+        start, end = composed.proof
+    for decl in declarations(composed.text):
+        if decl.kind in THEOREM_KINDS and start <= decl.sentence[0] < end:
+            return decl
+    return None
 
 
 def locate(source: str, offset: int) -> tuple[int, int]:
@@ -97,13 +250,3 @@ def parse_messages(output: str, source: str) -> list[Diagnostic]:
     if where is not None or "".join(body).strip():
         flush()
     return diagnostics
-
-
-def axioms_of(printed: str) -> list[str]:
-    """Names listed by `Print Assumptions` (axioms, parameters, admitted lemmas)."""
-    names: list[str] = []
-    for line in printed.splitlines():
-        m = re.match(r"^([A-Za-z_][\w'.]*) :", line)
-        if m is not None:
-            names.append(m.group(1))
-    return names

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 
+from ..jail import Jail
 from ._backend import Backend
 from ._batch import BatchRun
 from ._cache import CACHEABLE, MemoryCache, VerdictCache, cache_key
@@ -41,16 +42,26 @@ class ProveEngine:
             backends = {b.name: b for b in made}
         self._backends: dict[str, Backend] = dict(backends)
         self._infos: dict[str, BackendInfo] = {}
+        self._jail: Jail | None = None
         self._running = False
 
     async def start(self) -> None:
-        """Probe every backend (versions, availability); prewarm pools if configured."""
+        """Probe the jail and every backend (versions, availability); prewarm pools if
+        configured. Raises `JailUnavailable` when bubblewrap is required and missing."""
+        self._jail = await Jail.probe(self.settings.jail)
+        await asyncio.gather(*(b.start(prewarm=self.settings.prewarm, jail=self._jail)
+                               for b in self._backends.values()))
         names = list(self._backends)
         infos = await asyncio.gather(*(self._backends[n].info() for n in names))
         self._infos = dict(zip(names, infos, strict=True))
-        await asyncio.gather(*(b.start(prewarm=self.settings.prewarm)
-                               for b in self._backends.values()))
         self._running = True
+
+    @property
+    def isolation(self) -> str:
+        """How provers are isolated: "bubblewrap", or "rlimits" (weaker; see the jail)."""
+        self._require_running()
+        assert self._jail is not None
+        return self._jail.isolation
 
     async def close(self) -> None:
         """Kill every prover process."""
@@ -80,11 +91,13 @@ class ProveEngine:
 
     def run_batch(self, items: Sequence[Obligation], *, defaults: Limits | None = None,
                   formalize: FormalizeOptions | None = None,
-                  complete: Complete | None = None) -> BatchRun:
+                  complete: Complete | None = None, no_cache: bool = False) -> BatchRun:
         """Validate `items` now (typed errors), then check them as the run is iterated.
 
         Items without `limits` take `defaults` (else the settings' defaults); items with
         only `requirement_text` are formalised with `formalize` options and `complete`.
+        With `no_cache` every item is checked again (fresh verdicts still refresh the
+        cache).
         """
         self._require_running()
         limits = defaults or self.settings.default_limits
@@ -92,7 +105,8 @@ class ProveEngine:
                        formalize=formalize, can_complete=complete is not None)
 
         async def run(item: Obligation) -> ItemResult:
-            return await self._run_item(item, item.limits or limits, formalize, complete)
+            return await self._run_item(item, item.limits or limits, formalize, complete,
+                                        no_cache)
 
         return BatchRun(items, run, self.settings.max_concurrency)
 
@@ -103,10 +117,10 @@ class ProveEngine:
                 return result
         raise AssertionError("a batch of one yields one result")
 
-    async def _check_cached(self, item: Obligation, limits: Limits
+    async def _check_cached(self, item: Obligation, limits: Limits, no_cache: bool
                             ) -> tuple[CheckOutcome, bool]:
         key = cache_key(item, self._infos[item.backend].version)
-        hit = await self._cache.get(key)
+        hit = None if no_cache else await self._cache.get(key)
         if hit is not None:
             return hit, True
         outcome = await self._backends[item.backend].check(item, limits)
@@ -115,20 +129,20 @@ class ProveEngine:
         return outcome, False
 
     async def _run_item(self, item: Obligation, limits: Limits,
-                        options: FormalizeOptions | None, complete: Complete | None
-                        ) -> ItemResult:
+                        options: FormalizeOptions | None, complete: Complete | None,
+                        no_cache: bool) -> ItemResult:
         started = time.monotonic()
         if not item.needs_formalization:
-            outcome, cached = await self._check_cached(item, limits)
+            outcome, cached = await self._check_cached(item, limits, no_cache)
             return ItemResult(item.item_id, item.backend, outcome.verdict, outcome.source,
                               outcome.diagnostics, outcome.counterexample, outcome.message,
-                              time.monotonic() - started, cached)
+                              time.monotonic() - started, cached, vacuous=outcome.vacuous)
         assert options is not None and complete is not None  # validated
         hits = 0
 
         async def check(candidate: Obligation) -> CheckOutcome:
             nonlocal hits
-            outcome, cached = await self._check_cached(candidate, limits)
+            outcome, cached = await self._check_cached(candidate, limits, no_cache)
             hits += cached
             return outcome
 
@@ -138,7 +152,8 @@ class ProveEngine:
         out = done.outcome
         result = ItemResult(item.item_id, item.backend, out.verdict, out.source,
                             out.diagnostics, out.counterexample, out.message,
-                            time.monotonic() - started, False, done.attempts)
+                            time.monotonic() - started, False, done.attempts,
+                            vacuous=out.vacuous)
         return replace(result, cached=hits == len(done.attempts) and hits > 0)
 
 

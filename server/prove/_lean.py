@@ -1,25 +1,53 @@
-"""The `lean4` backend: `lean --json FILE` per item (`lake env lean` in a project).
+"""The `lean4` backend: `lean --json FILE` per item (`lake env lean` in a project), jailed.
 
 Lean prints one JSON object per message::
 
     {"severity": "error", "pos": {"line": 3, "column": 2},
      "endPos": {"line": 3, "column": 7}, "data": "unknown identifier 'foo'", ...}
 
-PROVED only when lean exits 0 with no error and no "declaration uses 'sorry'" warning.
+The checker appends its audit to the item (`_leantext.audit`): a type check of the stated
+theorem, and `#print axioms` of every named declaration. PROVED only when all hold:
+
+* no error and no "declaration uses 'sorry'" in the item's own lines, lean exits 0;
+* every declaration's `#print axioms` answer was given, once, at the checker's line, and
+  lists only Lean's foundational axioms (propext, Classical.choice, Quot.sound):
+  `sorryAx`, an `axiom` of the item, `Lean.ofReduceBool`/`Lean.trustCompiler`
+  (native_decide) all fail it;
+* the stated theorem has the stated type (the type check raised no error);
+* the item holds no command that runs code or extends the syntax (`#eval`, `macro`,
+  `elab`, `syntax`, `notation`, `set_option debug.skipKernelTC`, ...), which could
+  change or forge the audit's answers; and no anonymous declaration (an `example` or
+  an unnamed `instance`), whose axioms cannot be asked for.
+
+No Lean toolchain can be installed on the machines this was built on: these rules are
+tested against Lean's documented output by a stand-in `lean` (tests/server/prove).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..jail import Jail
 from ._backend import probe_version
-from ._process import run_once
+from ._coqtext import locate
+from ._leantext import (
+    ALLOWED_AXIOMS,
+    Audit,
+    audit,
+    declarations,
+    parse_axioms_reply,
+    refused,
+    theorems,
+)
+from ._process import make_inbox, put_item, run_once
 from ._settings import ProveSettings
 from ._types import BackendInfo, CheckOutcome, Diagnostic, Limits, Obligation, Verdict
 
@@ -30,8 +58,9 @@ _SORRY = "declaration uses 'sorry'"
 INSTRUCTIONS = """\
 You write Lean 4 proofs checked by `lean`.
 Reply with one fenced code block (```lean ... ```) holding a complete Lean 4 file: the
-imports you need, then `theorem <name> : <statement> := by ...`. No `sorry`, `admit`
-or `axiom`: the checker rejects them."""
+imports you need, then `theorem <name> : <statement> := by ...`. No `sorry`, `admit`,
+`axiom`, `native_decide`, `#eval`, `macro` or `notation`: the checker rejects them, and
+every declaration must rest only on propext, Classical.choice and Quot.sound."""
 
 
 def _position(value: Any) -> tuple[int | None, int | None]:
@@ -86,13 +115,31 @@ class LeanBackend:
     def __init__(self, settings: ProveSettings) -> None:
         self._settings = settings
         self._info: BackendInfo | None = None
+        self._jail: Jail | None = None
         self._slots = asyncio.Semaphore(settings.lean_pool_size)
 
-    def _argv(self, path: Path) -> list[str]:
+    @property
+    def jail(self) -> Jail:
+        if self._jail is None:
+            raise RuntimeError("the lean4 backend is not started")
+        return self._jail
+
+    def _argv(self, path: str) -> list[str]:
         s = self._settings
+        lean = shutil.which(s.lean_path) or s.lean_path
         if s.lean_project_dir is not None:
-            return [s.lake_path, "env", s.lean_path, "--json", str(path)]
-        return [s.lean_path, "--json", str(path)]
+            return [shutil.which(s.lake_path) or s.lake_path, "env", lean, "--json", path]
+        return [lean, "--json", path]
+
+    def _binds(self) -> list[str]:
+        """Host directories the jail must show: the toolchain (lean and lake live in
+        `<prefix>/bin`, the library in `<prefix>/lib`) and the project."""
+        s = self._settings
+        binds = [str(Path(os.path.realpath(found)).parent.parent)
+                 for found in (shutil.which(s.lean_path), shutil.which(s.lake_path)) if found]
+        if s.lean_project_dir is not None:
+            binds.append(str(s.lean_project_dir))
+        return binds
 
     async def info(self) -> BackendInfo:
         if self._info is None:
@@ -100,9 +147,19 @@ class LeanBackend:
             if s.lean_project_dir is not None and shutil.which(s.lake_path) is None:
                 self._info = BackendInfo(self.name, False,
                                          reason=f"{s.lake_path!r} is not on PATH")
+            elif shutil.which(s.lean_path) is None:
+                self._info = BackendInfo(self.name, False,
+                                         reason=f"{s.lean_path!r} is not on PATH")
             else:
-                self._info = await probe_version(self.name, [s.lean_path, "--version"])
+                self._info = await probe_version(self.name, [*self._argv("")[:-2],
+                                                             "--version"], self._jail_for_lean)
         return self._info
+
+    @property
+    def _jail_for_lean(self) -> Jail:
+        base = self.jail
+        binds = tuple(dict.fromkeys([*base.settings.ro_binds, *self._binds()]))
+        return replace(base, settings=replace(base.settings, ro_binds=binds))
 
     def source_of(self, obligation: Obligation) -> str:
         ob = obligation
@@ -115,15 +172,28 @@ class LeanBackend:
 
     async def check(self, obligation: Obligation, limits: Limits) -> CheckOutcome:
         source = self.source_of(obligation)
+        problem = _policy(source)
+        if problem is not None:
+            return CheckOutcome(Verdict.FAILED, source, (problem,), message=problem.message)
+        decls = declarations(source)
+        statement = self._stated_region(obligation, source)
+        stated = next((d for d in theorems(decls) if statement[0] <= d.at < statement[1]),
+                      None)
+        if stated is None:
+            message = "no theorem (or lemma) with a name found in the statement to check"
+            return CheckOutcome(Verdict.FAILED, source, (Diagnostic("error", message),),
+                                message=message)
+        checked = audit(source, stated)
+        jail = self._jail_for_lean
         async with self._slots:
             with tempfile.TemporaryDirectory(prefix="scillm-lean-",
                                              dir=self._settings.scratch_dir) as tmp:
-                path = Path(tmp) / "Item.lean"
-                path.write_text(source)
+                inbox = make_inbox("item-", Path(tmp))
+                put_item(inbox, "Item.lean", checked.text)
                 try:
-                    result = await run_once(self._argv(path), timeout_s=limits.timeout_s,
-                                            memory_mb=limits.memory_mb,
-                                            cwd=self._settings.lean_project_dir)
+                    result = await run_once(
+                        self._argv(f"{jail.inbox_path(inbox)}/Item.lean"), jail=jail,
+                        timeout_s=limits.timeout_s, memory_mb=limits.memory_mb, inbox=inbox)
                 except TimeoutError:
                     return CheckOutcome(Verdict.TIMEOUT, source,
                                         message=f"lean killed after {limits.timeout_s:g} s")
@@ -131,11 +201,72 @@ class LeanBackend:
         if result.returncode < 0 or any("out of memory" in d.message for d in diagnostics):
             return CheckOutcome(Verdict.ERROR, source, tuple(diagnostics), message=(
                 f"lean crashed (exit {result.returncode}, memory limit {limits.memory_mb} MiB)"))
-        verdict, message = verdict_of(result.returncode, diagnostics)
-        return CheckOutcome(verdict, source, tuple(diagnostics), message=message)
+        return judge(source, checked, stated.name, result.returncode, diagnostics)
 
-    async def start(self, *, prewarm: bool) -> None:
+    @staticmethod
+    def _stated_region(obligation: Obligation, source: str) -> tuple[int, int]:
+        """Where the statement sits in `source` (the proof, when the statement is empty)."""
+        text = obligation.statement.strip("\n") if obligation.statement.strip() else \
+            obligation.proof.strip("\n")
+        at = source.rfind(text) if text else -1
+        return (at, at + len(text)) if at >= 0 else (0, len(source))
+
+    async def start(self, *, prewarm: bool, jail: Jail) -> None:
         del prewarm  # nothing to keep warm
+        self._jail = jail
 
     async def close(self) -> None:
         """Nothing to close: each check's process is reaped (or killed) by the check."""
+
+
+def _policy(source: str) -> Diagnostic | None:
+    """A diagnostic for a command the Lean path refuses, or for an anonymous declaration."""
+    found = refused(source)
+    if found is not None:
+        word, at = found
+        line, col = locate(source, at)
+        return Diagnostic("error", f"`{word}` is refused: commands that run code or extend the "
+                          "syntax could change or forge the checker's audit", line, col, line,
+                          col + len(word))
+    for decl in declarations(source):
+        if not decl.name and decl.kind in ("example", "instance"):
+            line, col = locate(source, decl.at)
+            return Diagnostic("error", f"an anonymous `{decl.kind}` cannot be audited for "
+                              "axioms: give it a name (theorem <name> : ...)", line, col, line,
+                              col + len(decl.kind))
+    return None
+
+
+def judge(source: str, checked: Audit, stated: str, returncode: int,
+          diagnostics: Sequence[Diagnostic]) -> CheckOutcome:
+    """The verdict from Lean's messages on the audited file (see the module docstring)."""
+    audit_lines = set(checked.axiom_lines) | ({checked.type_line} if checked.type_line else set())
+    mine = [d for d in diagnostics if d.line is None or d.line not in audit_lines]
+    theirs = [d for d in diagnostics if d.line is not None and d.line in audit_lines]
+    # An error on the audit's own lines also makes lean exit non-zero; it is judged below.
+    ours_failed = any(d.severity == "error" for d in theirs)
+    verdict, message = verdict_of(0 if ours_failed else returncode, mine)
+    if verdict is not Verdict.PROVED:
+        return CheckOutcome(verdict, source, tuple(mine), message=message)
+    problems: list[Diagnostic] = []
+    if checked.type_line is None:
+        problems.append(Diagnostic("error", f"the stated type of {stated} could not be read"))
+    elif any(d.severity == "error" for d in theirs if d.line == checked.type_line):
+        problems.append(Diagnostic("error", f"{stated} does not have the stated type at the "
+                                   "end of its declaration (a section variable it used?)"))
+    for line, name in checked.axiom_lines.items():
+        replies = [parse_axioms_reply(d.message) for d in theirs
+                   if d.line == line and d.severity == "info"]
+        if len(replies) != 1 or replies[0] is None:
+            problems.append(Diagnostic("error", f"Lean gave no single answer to `#print "
+                                       f"axioms {name}`"))
+            continue
+        extra = [a for a in replies[0][1] if a not in ALLOWED_AXIOMS]
+        if extra:
+            problems.append(Diagnostic("error", f"{name} depends on axioms: {', '.join(extra)}"))
+    if problems:
+        return CheckOutcome(Verdict.FAILED, source, (*mine, *problems),
+                            message=problems[0].message)
+    return CheckOutcome(Verdict.PROVED, source, tuple(mine), message=(
+        f"{stated} has the stated type; every declaration rests only on Lean's foundational "
+        "axioms"))

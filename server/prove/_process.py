@@ -1,9 +1,10 @@
-"""Prover processes: spawned in their own session, limited, killed as a group.
+"""Prover processes: started inside the jail, limited, killed as a group.
 
-Every prover runs as a child of the server process, never inside it. Each is started
-through `setpriv --pdeathsig KILL` (dies with the server) and `prlimit --as=...`
-(RLIMIT_AS set before the prover's first instruction), in a new session so a kill
-reaches its whole process group. No `preexec_fn`: the server is multi-threaded.
+Every prover runs as a child of the server process, never inside it, and inside the
+jail (`scillm.server.jail`: bubblewrap with a minimal read-only root, a private /tmp,
+no network, its own pid namespace, an unprivileged uid, rlimits), in a new session so
+that a kill reaches its whole process group. No `preexec_fn`: the server is
+multi-threaded.
 """
 
 from __future__ import annotations
@@ -12,53 +13,72 @@ import asyncio
 import contextlib
 import os
 import resource
-import shutil
 import signal
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProverProcess", "RunResult", "mib", "run_once"]
+from ..jail import Jail, mib
+
+__all__ = ["ProverProcess", "RunResult", "make_inbox", "put_item", "run_once"]
 
 #: Largest line or block read from a prover's output, bytes.
 STREAM_LIMIT = 32 * 1024 * 1024
 
 
-def mib(megabytes: int) -> int:
-    """Bytes in `megabytes` MiB."""
-    return megabytes * 1024 * 1024
+def make_inbox(prefix: str, scratch: Path | None) -> Path:
+    """A new host directory for handing items to a prover: only the server writes in it;
+    the jail's unprivileged uid may read it."""
+    inbox = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch))
+    inbox.chmod(0o755)
+    return inbox
 
 
-def _wrapped(argv: Sequence[str], memory_mb: int) -> list[str]:
-    """`argv` behind setpriv/prlimit when those util-linux tools are installed."""
-    prefix: list[str] = []
-    setpriv = shutil.which("setpriv")
-    if setpriv is not None:
-        prefix += [setpriv, "--pdeathsig", "KILL", "--"]
-    prlimit = shutil.which("prlimit")
-    if prlimit is not None:
-        prefix += [prlimit, f"--as={mib(memory_mb)}:unlimited", "--"]
-    return [*prefix, *argv]
+def put_item(inbox: Path, name: str, text: str) -> None:
+    """Write `text` as `inbox/name`, readable by the jail."""
+    path = inbox / name
+    path.write_text(text)
+    path.chmod(0o644)
+
+
+def _innermost(pid: int) -> int:
+    """The process at the end of `pid`'s chain of children (the prover inside bubblewrap
+    and its pid-namespace init), or `pid` itself when it has none."""
+    for _ in range(8):
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return pid
+        if not children:
+            return pid
+        pid = int(children[-1])
+    return pid
 
 
 class ProverProcess:
     """One running prover with piped stdin and merged stdout/stderr."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, jail: Jail, memory_mb: int) -> None:
         self._proc = proc
-        self._memory_mb: int | None = None
+        self._jail = jail
+        self._memory_mb = memory_mb
 
     @classmethod
-    async def spawn(cls, argv: Sequence[str], *, memory_mb: int,
-                    cwd: Path | None = None) -> ProverProcess:
-        """Start `argv` limited to `memory_mb` MiB of address space."""
+    async def spawn(cls, argv: Sequence[str], *, jail: Jail, memory_mb: int,
+                    inbox: Path | None = None) -> ProverProcess:
+        """Start `argv` in `jail`, limited to `memory_mb` MiB of address space.
+
+        `inbox` is the host directory the prover reads its items from (read-only inside
+        bubblewrap; see `Jail.inbox_path`). Without bubblewrap the prover works in it.
+        """
         proc = await asyncio.create_subprocess_exec(
-            *_wrapped(argv, memory_mb), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=cwd, start_new_session=True, limit=STREAM_LIMIT)
-        self = cls(proc)
-        self._memory_mb = memory_mb
-        return self
+            *jail.command(argv, memory_mb=memory_mb, inbox=inbox),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=jail.env,
+            cwd=inbox if jail.isolation != "bubblewrap" else None,
+            start_new_session=True, limit=STREAM_LIMIT)
+        return cls(proc, jail, memory_mb)
 
     @property
     def pid(self) -> int:
@@ -72,9 +92,10 @@ class ProverProcess:
         """Change the soft RLIMIT_AS of the running prover (next item's limit)."""
         if memory_mb == self._memory_mb or not self.alive:
             return
+        limit = mib(memory_mb)
+        hard = limit if self._jail.drop_uid else resource.RLIM_INFINITY
         with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            resource.prlimit(self.pid, resource.RLIMIT_AS,
-                             (mib(memory_mb), resource.RLIM_INFINITY))
+            resource.prlimit(_innermost(self.pid), resource.RLIMIT_AS, (limit, hard))
             self._memory_mb = memory_mb
 
     async def send(self, text: str) -> None:
@@ -130,13 +151,13 @@ class RunResult:
     output: str
 
 
-async def run_once(argv: Sequence[str], *, timeout_s: float, memory_mb: int,
-                   cwd: Path | None = None) -> RunResult:
-    """Run `argv` to completion; TimeoutError (prover killed) past `timeout_s`.
+async def run_once(argv: Sequence[str], *, jail: Jail, timeout_s: float, memory_mb: int,
+                   inbox: Path | None = None) -> RunResult:
+    """Run `argv` in `jail` to completion; TimeoutError (prover killed) past `timeout_s`.
 
     Cancellation kills the prover too.
     """
-    proc = await ProverProcess.spawn(argv, memory_mb=memory_mb, cwd=cwd)
+    proc = await ProverProcess.spawn(argv, jail=jail, memory_mb=memory_mb, inbox=inbox)
     try:
         async with asyncio.timeout(timeout_s):
             return await proc.finish()

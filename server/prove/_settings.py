@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..jail import JailSettings
 from ._types import Limits
 
 __all__ = ["ProveSettings"]
@@ -48,3 +49,7 @@ class ProveSettings:
     scratch_dir: Path | None = None
     #: Seconds a warm prover gets to start (load its prelude) before it is ERROR.
     start_timeout_s: float = 30.0
+    #: Items a warm coqtop checks before it is replaced (bounds memory growth).
+    coq_worker_items: int = 500
+    #: How provers are jailed (bubblewrap when it works; see `scillm.server.jail`).
+    jail: JailSettings = field(default_factory=JailSettings)

@@ -1,10 +1,22 @@
-"""The `smt` backend: warm `z3 -in` processes, one obligation after another.
+"""The `smt` backend: warm `z3 -in` processes in the jail, one obligation after another.
 
-Each obligation runs inside `(push)`/`(pop)` (about 0.2 ms, where `(reset)` costs
-about 8 ms), so nothing leaks between items; a stateful script gets `(reset)` before
-and after instead. Its verdict follows the rule in `_smtlib`. z3 numbers lines over
-its whole input stream, so each worker counts the lines it sent to locate errors in
-the obligation's own source.
+An obligation is posed by the rule in `_smtlib` (a preamble of declarations, definitions
+and assertions; one goal term). Each runs in its own scope::
+
+    (push 1) <preamble> (push 1) (assert (not <goal>)) (check-sat)
+
+`unsat` proves the goal; the inner scope is then popped and `(check-sat)` asked of the
+preamble alone: `unsat` there means the assumptions are inconsistent and the proof is
+*vacuous* (PROVED, `vacuous`, and a warning diagnostic starting with "vacuous:"); an
+answer of `unknown`, or no answer within the item's time limit, adds an info diagnostic
+instead. `sat` on the goal refutes it with z3's model; `unknown` is UNKNOWN. The outer
+scopes are popped before the next item, so nothing leaks between items.
+
+z3's replies are read between sentinels named with a fresh nonce, and must be exactly
+one answer (`sat`, `unsat` or `unknown`) or z3's own errors: nothing of the item's text
+is printed by z3 except inside an error, and an error makes the item FAILED. z3 numbers
+lines over its whole input stream, so each worker counts the lines it sent to locate
+errors in the obligation's own source.
 """
 
 from __future__ import annotations
@@ -12,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from pathlib import Path
 
+from ..jail import Jail
 from ._backend import probe_version
 from ._pool import WorkerPool
 from ._process import ProverProcess
@@ -31,23 +43,36 @@ You write SMT-LIB2 obligations checked by Z3.
 Reply with one fenced code block (```smt2 ... ```) holding, in order:
 the declarations (declare-const / declare-fun / define-fun), then the assumptions as
 (assert ...), then a line `; goal` followed by ONE term: the claim to prove.
-Do not assert the goal yourself and do not write (check-sat): the checker asserts the
-negated goal and proves the claim when that is unsatisfiable."""
+Do not assert the goal yourself and do not write (check-sat) or any other command: the
+checker asserts the negated goal and proves the claim when that is unsatisfiable."""
+
+
+class _Reply:
+    """z3's output between two sentinels, split into answers, errors and the rest."""
+
+    def __init__(self, lines: list[str], to_source: dict[int, int]) -> None:
+        self.errors = [_error(text, to_source) for text in _join_errors(lines)]
+        self.answers = [ln for ln in lines if ln in _ANSWERS]
+        self.other = [ln for ln in lines if ln not in _ANSWERS and ln.strip()]
+
+    def answer(self) -> str | None:
+        """The one answer, when z3 said exactly that and nothing else."""
+        if self.errors or len(self.answers) != 1:
+            return None
+        return self.answers[0]
 
 
 class Z3Worker:
-    """One long-lived `z3 -in` process."""
+    """One long-lived `z3 -in` process in the jail."""
 
     def __init__(self, proc: ProverProcess) -> None:
         self._proc = proc
-        self._nonce = f"scillm-done-{secrets.token_hex(8)}"
         self._lines = 0  # lines sent so far; z3 numbers them from 1
-        self._dirty = False  # a stateful script ran: reset before the next one
-        self._scoped = False  # the last script's (push) still awaits its (pop)
+        self._depth = 0  # scopes the last item left open; popped before the next one
 
     @classmethod
-    async def start(cls, z3_path: str, memory_mb: int, cwd: Path | None) -> Z3Worker:
-        return cls(await ProverProcess.spawn([z3_path, "-in"], memory_mb=memory_mb, cwd=cwd))
+    async def start(cls, z3_path: str, memory_mb: int, jail: Jail) -> Z3Worker:
+        return cls(await ProverProcess.spawn([z3_path, "-in"], jail=jail, memory_mb=memory_mb))
 
     @property
     def alive(self) -> bool:
@@ -57,43 +82,91 @@ class Z3Worker:
         await self._proc.kill()
 
     async def _ask(self, text: str) -> list[str]:
-        """Send `text`, then the sentinel; the output lines before the sentinel."""
-        text += f'(echo "{self._nonce}")\n'
+        """Send `text`, then a fresh sentinel; the output lines before the sentinel."""
+        nonce = f"scillm-done-{secrets.token_hex(8)}"
+        text += f'(echo "{nonce}")\n'
         self._lines += text.count("\n")
         await self._proc.send(text)
         lines: list[str] = []
-        while (line := await self._proc.read_line()) != self._nonce:
+        while (line := await self._proc.read_line()) != nonce:
             lines.append(line)
         return lines
 
-    async def run(self, script: SmtScript, memory_mb: int) -> CheckOutcome:
-        """Check a posed script; EOFError when z3 dies."""
-        self._proc.set_memory_limit(memory_mb)
+    async def run(self, script: SmtScript, limits: Limits) -> CheckOutcome:
+        """Check a posed script within `limits`; TimeoutError past the limit on the goal,
+        EOFError when z3 dies."""
+        self._proc.set_memory_limit(limits.memory_mb)
+        deadline = asyncio.get_running_loop().time() + limits.timeout_s
         source = script.source
-        head = "(pop)\n" if self._scoped else ""
-        head += "(reset)\n" if self._dirty or script.stateful else ""
-        head += "" if script.stateful else "(push)\n"
+        head = (f"(pop {self._depth})\n" if self._depth else "") + "(push 1)\n"
         base = self._lines + head.count("\n")
-        self._dirty, self._scoped = True, False
-        lines = await self._ask(head + source)
-        self._dirty, self._scoped = script.stateful, not script.stateful
-        answers = [ln for ln in lines if ln in _ANSWERS]
-        errors = [_error(ln, base) for ln in _join_errors(lines)]
-        if any("out of memory" in d.message for d in errors):
-            return CheckOutcome(Verdict.ERROR, source, tuple(errors),
-                                message=f"z3 ran out of memory (limit {memory_mb} MiB)")
-        if errors:
-            return CheckOutcome(Verdict.FAILED, source, tuple(errors), message=errors[0].message)
-        if not answers:
-            return CheckOutcome(Verdict.FAILED, source, message="z3 gave no check-sat answer")
-        if answers[-1] == "unsat":
-            return CheckOutcome(Verdict.PROVED, source, message="negated goal is unsat")
-        if answers[-1] == "sat":
-            model = "\n".join(await self._ask("(get-model)\n"))
-            return CheckOutcome(Verdict.REFUTED, source, counterexample=model,
+        pre_lines = script.preamble.count("\n")
+        # Stream line -> source line: the preamble's lines, then (after our inner push)
+        # the query's.
+        to_source = {base + i: i for i in range(1, pre_lines + 1)}
+        to_source.update({base + pre_lines + 1 + i: pre_lines + i
+                          for i in range(1, script.query.count("\n") + 1)})
+        self._depth = 2
+        async with asyncio.timeout_at(deadline):
+            reply = _Reply(await self._ask(head + script.preamble + "(push 1)\n" + script.query),
+                           to_source)
+        if any("out of memory" in d.message for d in reply.errors):
+            return CheckOutcome(Verdict.ERROR, source, tuple(reply.errors),
+                                message=f"z3 ran out of memory (limit {limits.memory_mb} MiB)")
+        if reply.errors:
+            return CheckOutcome(Verdict.FAILED, source, tuple(reply.errors),
+                                message=reply.errors[0].message)
+        answer = reply.answer()
+        warnings = tuple(Diagnostic("warning", ln) for ln in reply.other)
+        if answer is None:
+            return CheckOutcome(Verdict.ERROR, source, warnings, message=(
+                f"z3 did not give one answer: {' | '.join(reply.answers + reply.other)[:300]}"))
+        if answer == "sat":
+            async with asyncio.timeout_at(deadline):
+                model = "\n".join(await self._ask("(get-model)\n"))
+            return CheckOutcome(Verdict.REFUTED, source, warnings, counterexample=model,
                                 message="negated goal is sat: counterexample found")
-        reason = " ".join(await self._ask("(get-info :reason-unknown)\n"))
-        return CheckOutcome(Verdict.UNKNOWN, source, message=f"z3 answered unknown {reason}")
+        if answer == "unknown":
+            async with asyncio.timeout_at(deadline):
+                reason = " ".join(await self._ask("(get-info :reason-unknown)\n"))
+            return CheckOutcome(Verdict.UNKNOWN, source, warnings,
+                                message=f"z3 answered unknown {reason}")
+        if not script.preamble.strip():
+            return CheckOutcome(Verdict.PROVED, source, warnings, message="negated goal is unsat")
+        return await self._consistency(script, warnings, deadline)
+
+    async def _consistency(self, script: SmtScript, warnings: tuple[Diagnostic, ...],
+                           deadline: float) -> CheckOutcome:
+        """PROVED, told apart from a proof that only holds because the preamble is
+        inconsistent (the preamble alone checked in the same solver)."""
+        source = script.source
+        end = _end_of(script.preamble)
+        try:
+            async with asyncio.timeout_at(deadline):
+                self._depth = 1
+                answer = _Reply(await self._ask("(pop 1)\n(check-sat)\n"), {}).answer()
+        except TimeoutError:
+            await self.kill()
+            answer = "timeout"
+        if answer == "unsat":
+            return CheckOutcome(Verdict.PROVED, source, (*warnings, Diagnostic(
+                "warning", "vacuous: the preamble's assumptions are inconsistent (unsat "
+                "without the goal), so every goal follows from them", 1, 0, *end)),
+                message="negated goal is unsat, but vacuously: the assumptions are "
+                "inconsistent", vacuous=True)
+        if answer == "sat":
+            return CheckOutcome(Verdict.PROVED, source, warnings,
+                                message="negated goal is unsat; the assumptions are consistent")
+        said = "did not answer in time" if answer == "timeout" else f"answered {answer}"
+        return CheckOutcome(Verdict.PROVED, source, (*warnings, Diagnostic(
+            "info", f"whether the preamble's assumptions are consistent is not known: z3 "
+            f"{said} on them alone", 1, 0, *end)), message="negated goal is unsat")
+
+
+def _end_of(text: str) -> tuple[int, int]:
+    """1-based line and 0-based column just past the last character of `text`."""
+    body = text.rstrip("\n")
+    return body.count("\n") + 1, len(body) - (body.rfind("\n") + 1)
 
 
 def _join_errors(lines: list[str]) -> list[str]:
@@ -109,16 +182,18 @@ def _join_errors(lines: list[str]) -> list[str]:
     return out
 
 
-def _error(text: str, base: int) -> Diagnostic:
+def _error(text: str, to_source: dict[int, int]) -> Diagnostic:
+    """z3's `(error "line L column C: msg")`, located in the obligation's source when L
+    is one of its lines (`to_source` maps z3's stream lines to source lines)."""
     m = _ERROR.match(text)
     if m is None:
         return Diagnostic("error", text)
     message = m.group(3).replace('""', '"')
     if m.group(1) is None:
         return Diagnostic("error", message)
-    line = int(m.group(1)) - base
+    line = to_source.get(int(m.group(1)))
     column = int(m.group(2))
-    if line < 1:
+    if line is None:
         return Diagnostic("error", message)
     return Diagnostic("error", message, line, column, line, column + 1)
 
@@ -131,15 +206,23 @@ class SmtBackend:
     def __init__(self, settings: ProveSettings) -> None:
         self._settings = settings
         self._info: BackendInfo | None = None
+        self._jail: Jail | None = None
         self._pool = WorkerPool(self._new_worker, settings.smt_pool_size)
+
+    @property
+    def jail(self) -> Jail:
+        if self._jail is None:
+            raise RuntimeError("the smt backend is not started")
+        return self._jail
 
     async def _new_worker(self) -> Z3Worker:
         s = self._settings
-        return await Z3Worker.start(s.z3_path, s.default_limits.memory_mb, s.scratch_dir)
+        return await Z3Worker.start(s.z3_path, s.default_limits.memory_mb, self.jail)
 
     async def info(self) -> BackendInfo:
         if self._info is None:
-            self._info = await probe_version(self.name, [self._settings.z3_path, "--version"])
+            self._info = await probe_version(self.name, [self._settings.z3_path, "--version"],
+                                             self.jail)
         return self._info
 
     def source_of(self, obligation: Obligation) -> str:
@@ -155,8 +238,7 @@ class SmtBackend:
                                 message=script.diagnostics[0].message)
         async with self._pool.lease() as worker:
             try:
-                async with asyncio.timeout(limits.timeout_s):
-                    return await worker.run(script, limits.memory_mb)
+                return await worker.run(script, limits)
             except TimeoutError:
                 await worker.kill()
                 return CheckOutcome(Verdict.TIMEOUT, script.source,
@@ -166,7 +248,8 @@ class SmtBackend:
                 return CheckOutcome(Verdict.ERROR, script.source, message=(
                     f"z3 exited (memory limit {limits.memory_mb} MiB?): {str(exc)[-300:]}"))
 
-    async def start(self, *, prewarm: bool) -> None:
+    async def start(self, *, prewarm: bool, jail: Jail) -> None:
+        self._jail = jail
         if prewarm and (await self.info()).available:
             await self._pool.prewarm()
 

@@ -23,7 +23,8 @@ __all__ = [
 class Verdict(StrEnum):
     """What a backend concluded about one obligation."""
 
-    #: The statement holds: the prover accepted it with no axiom, admit or sorry.
+    #: The statement holds: the prover accepted a proof of exactly the stated theorem,
+    #: resting on no axiom, admit or sorry (see the README for what each backend checks).
     PROVED = "proved"
     #: The statement is false: the prover found a counterexample (SMT model).
     REFUTED = "refuted"
@@ -101,6 +102,8 @@ class CheckOutcome:
     diagnostics: tuple[Diagnostic, ...] = ()
     counterexample: str | None = None
     message: str = ""
+    #: PROVED only because the assumptions are inconsistent (see `ItemResult.vacuous`).
+    vacuous: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,9 @@ class ItemResult:
     cached: bool = False
     #: Formalisation rounds, empty when the item came with formal text.
     attempts: tuple[Attempt, ...] = ()
+    #: PROVED only because the assumptions (an SMT preamble) are inconsistent: the goal
+    #: follows from anything. Such a result also carries a "vacuous:" warning diagnostic.
+    vacuous: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,8 @@ class BatchSummary:
     completed: int
     counts: Mapping[Verdict, int]
     cache_hits: int
+    #: PROVED results that are vacuous.
+    vacuous: int
     prompt_tokens: int
     completion_tokens: int
     duration_s: float

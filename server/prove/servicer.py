@@ -100,6 +100,7 @@ def result_to_proto(r: ItemResult, version: str, metadata: dict[str, str]) -> pb
                         diagnostics=[_diagnostic(d) for d in r.diagnostics],
                         counterexample=r.counterexample or "", source=r.source,
                         cached=r.cached, backend_version=version, metadata=metadata,
+                        vacuous=r.vacuous,
                         error=r.message if r.verdict in (Verdict.ERROR, Verdict.TIMEOUT,
                                                          Verdict.UNKNOWN) else "")
     out.duration.FromNanoseconds(int(r.duration_s * 1e9))
@@ -144,7 +145,8 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
         metadata = {o.item_id or f"item-{i}": dict(o.metadata)
                     for i, o in enumerate(request.items)}
         run = self._engine.run_batch(items, defaults=limits, formalize=formalize,
-                                     complete=self._link.text_and_usage if formalize else None)
+                                     complete=self._link.text_and_usage if formalize else None,
+                                     no_cache=request.no_cache)
         recorded: list[pb.ItemResult] = []
         async with run:
             async for result in run:
@@ -158,6 +160,7 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
         summary = pb.ProveSummary(
             items=len(items), proved=counts.get(Verdict.PROVED, 0),
             refuted=counts.get(Verdict.REFUTED, 0), failed=counts.get(Verdict.FAILED, 0),
+            vacuous=run.summary.vacuous,
             unknown=sum(counts.get(v, 0) for v in (Verdict.UNKNOWN, Verdict.TIMEOUT,
                                                    Verdict.ERROR)))
         summary.duration.FromNanoseconds(int(run.summary.duration_s * 1e9))
@@ -173,5 +176,6 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
                            ) -> pb.ListBackendsResponse:
         return pb.ListBackendsResponse(backends=[
             pb.BackendInfo(backend=_BACKEND_ENUM.get(b.name, 0), available=b.available,
-                           version=b.version, reason=b.reason)
+                           version=b.version, reason=b.reason,
+                           isolation=self._engine.isolation)
             for b in self._engine.backends()])

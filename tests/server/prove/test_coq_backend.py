@@ -56,8 +56,11 @@ async def test_added_axiom_is_rejected(engine: ProveEngine) -> None:
     result = await engine.check(coq("a", statement, "Proof. apply cheat. Qed."))
     assert result.verdict is Verdict.FAILED
     assert "cheat" in result.message
-    d = result.diagnostics[0]
-    assert (d.line, d.column, d.end_column) == (2, 8, 9)
+    axiom, theorem = result.diagnostics
+    assert (axiom.line, axiom.column, axiom.end_column) == (1, 6, 11)
+    assert "cheat is assumed" in axiom.message
+    assert (theorem.line, theorem.column, theorem.end_column) == (2, 8, 9)
+    assert theorem.message == "t depends on assumptions: cheat"
 
 
 async def test_admitted_helper_lemma_is_rejected(engine: ProveEngine) -> None:

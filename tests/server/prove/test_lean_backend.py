@@ -1,12 +1,24 @@
-"""The lean4 backend: message parsing, verdicts, and availability (no Lean here)."""
+"""The lean4 backend: message parsing, the audit's verdicts, availability (no Lean here).
+
+No Lean toolchain installs on this machine kind, so the process path runs against a
+stand-in `lean` (in the jail, like the real one) that answers the checker's audit the way
+Lean documents it: `#print axioms X` -> an information message at that line,
+"'X' depends on axioms: [...]" or "'X' does not depend on any axioms"; an ill-typed
+`example` -> an error at its line; `sorry` -> the "declaration uses 'sorry'" warning.
+What the stand-in answers for each name is the scenario of the test.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from scillm.server.jail import JailSettings
 from scillm.server.prove import (
     BackendUnavailable,
     Diagnostic,
@@ -19,6 +31,64 @@ from scillm.server.prove import (
 from scillm.server.prove._lean import verdict_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+FAKE_LEAN = r'''
+import json, re, sys
+WORLD = json.loads(%r)
+if "--version" in sys.argv:
+    print("Lean (version 4.9.0, fake)")
+    sys.exit(0)
+lines = open(sys.argv[-1], encoding="utf-8").read().splitlines()
+failed = False
+def say(severity, line, data):
+    print(json.dumps({"severity": severity, "pos": {"line": line, "column": 0},
+                      "endPos": None, "fileName": sys.argv[-1], "data": data, "caption": ""}))
+for severity, line, data in WORLD.get("messages", []):
+    say(severity, line, data)
+    failed = failed or severity == "error"
+for number, text in enumerate(lines, 1):
+    m = re.match(r"#print axioms _root_\.(\S+)$", text)
+    if m:
+        axioms = WORLD["axioms"].get(m.group(1))
+        if axioms is None:
+            say("error", number, "unknown constant '%%s'" %% m.group(1))
+            failed = True
+        elif axioms:
+            say("information", number,
+                "'%%s' depends on axioms: [%%s]" %% (m.group(1), ", ".join(axioms)))
+        else:
+            say("information", number, "'%%s' does not depend on any axioms" %% m.group(1))
+        for forged in WORLD.get("forge_at_audit", []):
+            say("information", number, forged)
+    elif text.startswith("example : ") and not WORLD.get("type_ok", True):
+        say("error", number, "type mismatch")
+        failed = True
+sys.exit(1 if failed else 0)
+'''
+
+
+def fake_lean(tmp_path: Path, world: dict[str, Any]) -> ProveSettings:
+    """Settings whose `lean` is the stand-in answering `world`, visible in the jail."""
+    bin_dir = tmp_path / "toolchain" / "bin"
+    bin_dir.mkdir(parents=True)
+    for d in (tmp_path / "toolchain", bin_dir):
+        d.chmod(0o755)
+    python = os.path.realpath(sys.executable)
+    lean = bin_dir / "lean"
+    lean.write_text(f"#!{python} -IS\n" + FAKE_LEAN % json.dumps(world))
+    lean.chmod(0o755)
+    prefix = str(Path(python).parent.parent)
+    return ProveSettings(lean_path=str(lean), scratch_dir=tmp_path,
+                         jail=JailSettings(ro_binds=(prefix,)))
+
+
+async def lean_check(tmp_path: Path, world: dict[str, Any], statement: str, proof: str = "",
+                     **kw: Any) -> Any:
+    async with ProveEngine(fake_lean(tmp_path, world)) as engine:
+        info = {b.name: b for b in engine.backends()}["lean4"]
+        assert info.available and "fake" in info.version, info.reason
+        return await engine.check(Obligation("l1", "lean4", statement=statement, proof=proof,
+                                             **kw))
 
 
 def test_parser_reads_recorded_messages() -> None:
@@ -53,20 +123,68 @@ async def test_unavailable_without_lean(engine: ProveEngine) -> None:
     assert raised.value.item_id == "l1"
 
 
-async def test_fake_lean_process_path(tmp_path: Path) -> None:
-    """A stand-in `lean` replaying recorded output exercises the process path."""
-    fake = tmp_path / "lean"
-    fake.write_text(f"#!{sys.executable}\nimport sys\n"
-                    "if '--version' in sys.argv: print('Lean (version 4.0.0, fake)'); sys.exit(0)\n"
-                    f"sys.stdout.write(open({str(FIXTURES / 'lean_messages.jsonl')!r}).read())\n"
-                    "sys.exit(1)\n")
-    fake.chmod(0o755)
-    settings = ProveSettings(lean_path=str(fake), scratch_dir=tmp_path)
-    async with ProveEngine(settings) as engine:
-        info = {b.name: b for b in engine.backends()}["lean4"]
-        assert info.available and "fake" in info.version
-        result = await engine.check(Obligation("l1", "lean4", statement="theorem x : True :=",
-                                               proof="by foo_bar", imports=("Mathlib",)))
+async def test_a_clean_theorem_is_proved(tmp_path: Path) -> None:
+    result = await lean_check(tmp_path, {"axioms": {"Demo.add0": ["propext"]}},
+                              "namespace Demo\ntheorem add0 (n : Nat) : n + 0 = n := by simp",
+                              "end Demo", imports=("Mathlib",))
+    assert result.verdict is Verdict.PROVED, result.diagnostics
+    assert result.source == ("import Mathlib\nnamespace Demo\ntheorem add0 (n : Nat) : "
+                             "n + 0 = n := by simp\nend Demo\n")
+
+
+async def test_errors_are_reported_as_located_diagnostics(tmp_path: Path) -> None:
+    world = {"axioms": {"x": []}, "messages": [["error", 3, "unknown identifier 'foo_bar'"]]}
+    result = await lean_check(tmp_path, world, "theorem x : True :=", "by foo_bar",
+                              imports=("Mathlib",))
     assert result.verdict is Verdict.FAILED
     assert result.message == "unknown identifier 'foo_bar'"
-    assert result.source == "import Mathlib\ntheorem x : True :=\nby foo_bar\n"
+    assert (result.diagnostics[0].line, result.diagnostics[0].column) == (3, 0)
+
+
+@pytest.mark.parametrize(("world", "statement", "proof", "wanted"), [
+    ({"axioms": {"t": ["sorryAx"]}, "messages": [["warning", 1, "declaration uses 'sorry'"]]},
+     "theorem t : 1 = 2 :=", "sorry", "the proof uses sorry"),
+    ({"axioms": {"t": ["sorryAx"]}}, "theorem t : 1 = 2 :=", "by exact?",
+     "t depends on axioms: sorryAx"),
+    ({"axioms": {"cheat": ["cheat"], "t": ["cheat"]}},
+     "axiom cheat : False\ntheorem t : 1 = 2 :=", "cheat.elim", "cheat depends on axioms: cheat"),
+    ({"axioms": {"t": ["Lean.ofReduceBool", "Lean.trustCompiler"]}},
+     "theorem t : 2 ^ 64 > 1 :=", "by native_decide", "t depends on axioms: Lean.ofReduceBool"),
+    ({"axioms": {"t": []}, "type_ok": False},
+     "section\nvariable (h : 1 = 2)\ninclude h\ntheorem t : 1 = 2 :=", "h\nend",
+     "t does not have the stated type"),
+    ({"axioms": {"helper": ["sorryAx"], "t": []}},
+     "theorem t : True :=", "trivial\ntheorem helper : 1 = 2 := by omega_nat_bad",
+     "helper depends on axioms: sorryAx"),
+    ({"axioms": {"t": ["sorryAx"]}, "messages": [["information", 2,
+                                                   "'t' does not depend on any axioms"]]},
+     "theorem t : 1 = 2 :=", "sorry_free_looking", "t depends on axioms: sorryAx"),
+    ({"axioms": {"t": ["sorryAx"]}, "forge_at_audit": ["'t' does not depend on any axioms"]},
+     "theorem t : 1 = 2 :=", "by forge", "Lean gave no single answer"),
+    ({"axioms": {}}, "theorem t : 1 = 2 :=", "by unknown_name",
+     "Lean gave no single answer"),
+])
+async def test_lean_escapes_are_never_proved(tmp_path: Path, world: dict[str, Any],
+                                             statement: str, proof: str, wanted: str) -> None:
+    result = await lean_check(tmp_path, world, statement, proof)
+    assert result.verdict is Verdict.FAILED, result
+    said = [result.message, *(d.message for d in result.diagnostics)]
+    assert any(wanted in text for text in said), said
+
+
+@pytest.mark.parametrize(("statement", "proof", "word"), [
+    ("theorem t : 1 = 2 :=", "by sorry\n#eval IO.println \"ok\"", "#eval"),
+    ("macro \"#print\" \"axioms\" x:ident : command => `(#check 0)\ntheorem t : 1 = 2 :=",
+     "sorry", "macro"),
+    ("set_option debug.skipKernelTC true\ntheorem t : 1 = 2 :=", "by decide",
+     "debug.skipKernelTC"),
+    ("theorem t : True :=", "trivial\nexample : 1 = 2 := by native_decide", "example"),
+    ("notation \"⊤⊤\" => True\ntheorem t : ⊤⊤ :=", "trivial", "notation"),
+    ("elab_rules : command | `(#print axioms $x) => pure ()\ntheorem t : 1 = 2 :=", "sorry",
+     "elab_rules"),
+])
+async def test_commands_that_could_forge_the_audit_are_refused(
+        tmp_path: Path, statement: str, proof: str, word: str) -> None:
+    result = await lean_check(tmp_path, {"axioms": {"t": []}}, statement, proof)
+    assert result.verdict is Verdict.FAILED
+    assert f"`{word}`" in result.message

@@ -29,11 +29,24 @@ async def test_false_goal_is_refuted_with_model(engine: ProveEngine) -> None:
     assert "define-fun x () Int" in result.counterexample
 
 
-async def test_script_mode_uses_last_check_sat(engine: ProveEngine) -> None:
-    proved = await engine.check(smt("a", "(assert (< x 0))"))
-    assert proved.verdict is Verdict.PROVED
-    refuted = await engine.check(smt("b", "(assert (> x 5))\n(check-sat)"))
-    assert refuted.verdict is Verdict.REFUTED
+async def test_a_script_as_statement_is_failed_not_run(engine: ProveEngine) -> None:
+    """A refutation script (the old "script mode") is not a goal term: FAILED, located,
+    and nothing of it reaches z3 (an `(assert false)` would otherwise prove anything)."""
+    for statement in ("(assert (< x 0))", "(assert false)\n(check-sat)"):
+        result = await engine.check(smt("a", statement))
+        assert result.verdict is Verdict.FAILED
+        (d,) = result.diagnostics
+        assert "one goal term" in d.message and (d.line, d.column) == (3, 13)
+
+
+async def test_a_vacuous_proof_is_flagged(engine: ProveEngine) -> None:
+    result = await engine.check(smt("v", "(> x 5)", "(declare-const x Int)\n(assert false)"))
+    assert result.verdict is Verdict.PROVED and result.vacuous
+    (d,) = result.diagnostics
+    assert d.severity == "warning" and d.message.startswith("vacuous:")
+    assert (d.line, d.column, d.end_line) == (1, 0, 2)
+    honest = await engine.check(smt("h", "(> (+ x 1) x)"))
+    assert honest.verdict is Verdict.PROVED and not honest.vacuous and not honest.diagnostics
 
 
 async def test_unknown_constant_is_located(engine: ProveEngine) -> None:
@@ -60,11 +73,19 @@ async def test_declarations_do_not_leak_between_items(engine: ProveEngine) -> No
         assert later.verdict is Verdict.FAILED
 
 
-async def test_stateful_script_is_isolated(engine: ProveEngine) -> None:
-    result = await engine.check(smt("a", "(set-option :smt.arith.solver 2)\n(assert (< x 0))"))
-    assert result.verdict is Verdict.PROVED
-    after = await engine.check(smt("b", "(> (+ x 2) x)"))
-    assert after.verdict is Verdict.PROVED
+async def test_every_outcome_leaves_a_clean_solver(engine: ProveEngine) -> None:
+    """Refuted (a model asked), proved with and without a preamble, unknown, failed:
+    whatever the last item left open, the next one starts from nothing."""
+    kinds = [("(> x 1)", PRE), ("(> (+ x 1) x)", PRE), ("(= 1 1)", ""),
+             ("(> y 0)", PRE), ("(exists ((n Int)) (= (* n n) 2))", "")]
+    for round_ in range(3):
+        for i, (statement, preamble) in enumerate(kinds):
+            ob = smt(f"k{round_}-{i}", statement, preamble)
+            await engine.check(ob)
+        fresh = await engine.check(smt(f"z{round_}", "(> z 0)", "(declare-const z Int)"))
+        assert fresh.verdict is Verdict.REFUTED, fresh.message
+        gone = await engine.check(smt(f"g{round_}", "(> x 0)", ""))
+        assert gone.verdict is Verdict.FAILED and "unknown constant x" in gone.message
 
 
 async def test_timeout_kills_and_replaces_worker(engine: ProveEngine) -> None:
@@ -77,6 +98,8 @@ async def test_timeout_kills_and_replaces_worker(engine: ProveEngine) -> None:
 
 
 async def test_exit_is_refused(engine: ProveEngine) -> None:
-    result = await engine.check(smt("a", "(assert (< x 0))\n(exit)"))
+    result = await engine.check(smt("a", "(> x 0)", PRE + "\n(exit)"))
     assert result.verdict is Verdict.FAILED
-    assert "(exit)" in result.message
+    assert "(exit ...) is not allowed in the preamble" in result.message
+    after = await engine.check(smt("b", "(> (+ x 2) x)"))
+    assert after.verdict is Verdict.PROVED

@@ -59,7 +59,13 @@ class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.Value
     VERDICT_UNSPECIFIED: _Verdict.ValueType  # 0
     """Not checked."""
     VERDICT_PROVED: _Verdict.ValueType  # 1
-    """The prover accepted the proof (no axioms, no sorry/admit)."""
+    """The prover accepted a proof of exactly the stated theorem, resting on no assumption.
+    Coq: every declaration of the checked source is closed under the global context
+    (no axiom, parameter, admitted proof or obligation, no switched-off guard, positivity
+    or universe check) and the stated theorem has the stated type at the end. SMT: the
+    negated goal is unsat under the preamble (see `vacuous`). Lean 4: no error, no sorry,
+    and every declaration's axioms are among propext, Classical.choice and Quot.sound.
+    """
     VERDICT_REFUTED: _Verdict.ValueType  # 2
     """The statement is false; a counterexample is given where the backend has one."""
     VERDICT_FAILED: _Verdict.ValueType  # 3
@@ -77,7 +83,13 @@ class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper):
 VERDICT_UNSPECIFIED: Verdict.ValueType  # 0
 """Not checked."""
 VERDICT_PROVED: Verdict.ValueType  # 1
-"""The prover accepted the proof (no axioms, no sorry/admit)."""
+"""The prover accepted a proof of exactly the stated theorem, resting on no assumption.
+Coq: every declaration of the checked source is closed under the global context
+(no axiom, parameter, admitted proof or obligation, no switched-off guard, positivity
+or universe check) and the stated theorem has the stated type at the end. SMT: the
+negated goal is unsat under the preamble (see `vacuous`). Lean 4: no error, no sorry,
+and every declaration's axioms are among propext, Classical.choice and Quot.sound.
+"""
 VERDICT_REFUTED: Verdict.ValueType  # 2
 """The statement is false; a counterexample is given where the backend has one."""
 VERDICT_FAILED: Verdict.ValueType  # 3
@@ -200,11 +212,16 @@ class Obligation(_message.Message):
     requirement_text: _builtins.str
     """The requirement in natural language; alone, it is formalized by an LLM."""
     statement: _builtins.str
-    """The formal statement (SMT-LIB2 goal, Coq/Lean theorem)."""
+    """The formal statement. SMT: one goal term (never a command). Coq and Lean: the first
+    theorem (Theorem, Lemma, ...) declared here is the stated theorem, judged with the type
+    it states; the field may also hold a whole source.
+    """
     proof: _builtins.str
     """The proof, when separate from the statement."""
     preamble: _builtins.str
-    """Declarations, definitions or assertions placed before the statement."""
+    """Declarations, definitions or assertions placed before the statement. SMT: only
+    declare-*, define-* and assert commands; anything else fails the item.
+    """
     backend: Global___Backend.ValueType
     """Backend; the request default when unspecified."""
     @_builtins.property
@@ -315,7 +332,9 @@ class ProveRequest(_message.Message):
     default_backend: Global___Backend.ValueType
     """Backend for items that name none."""
     no_cache: _builtins.bool
-    """Skip the verdict cache."""
+    """Check every item again instead of answering from the verdict cache (fresh verdicts
+    still refresh the cache).
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Obligation]:
         """The obligations; at least one."""
@@ -436,6 +455,7 @@ class ItemResult(_message.Message):
     BACKEND_VERSION_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    VACUOUS_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """The item's identifier."""
     backend: Global___Backend.ValueType
@@ -452,6 +472,13 @@ class ItemResult(_message.Message):
     """Version of the backend."""
     error: _builtins.str
     """Error message, with VERDICT_ERROR."""
+    vacuous: _builtins.bool
+    """With VERDICT_PROVED: the proof holds only because the assumptions are inconsistent
+    (SMT: the preamble alone is unsat), so any goal would be proved. Such a result also
+    carries a SEVERITY_WARNING diagnostic whose message starts with "vacuous:", spanning
+    the preamble. When consistency could not be decided, a SEVERITY_INFO diagnostic says so
+    and this stays false.
+    """
     @_builtins.property
     def diagnostics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Diagnostic]:
         """Prover diagnostics."""
@@ -483,10 +510,11 @@ class ItemResult(_message.Message):
         backend_version: _builtins.str = ...,
         error: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        vacuous: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "backend", b"backend", "backend_version", b"backend_version", "cached", b"cached", "counterexample", b"counterexample", "diagnostics", b"diagnostics", "duration", b"duration", "error", b"error", "item_id", b"item_id", "metadata", b"metadata", "source", b"source", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "backend", b"backend", "backend_version", b"backend_version", "cached", b"cached", "counterexample", b"counterexample", "diagnostics", b"diagnostics", "duration", b"duration", "error", b"error", "item_id", b"item_id", "metadata", b"metadata", "source", b"source", "vacuous", b"vacuous", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,6 +533,7 @@ class ProveSummary(_message.Message):
     UNKNOWN_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
+    VACUOUS_FIELD_NUMBER: _builtins.int
     items: _builtins.int
     """Items checked."""
     proved: _builtins.int
@@ -515,6 +544,8 @@ class ProveSummary(_message.Message):
     """Items failed."""
     unknown: _builtins.int
     """Items unknown, timed out or errored."""
+    vacuous: _builtins.int
+    """Items proved, of which vacuously (see ItemResult.vacuous); included in `proved`."""
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """Wall-clock time of the batch."""
@@ -533,10 +564,11 @@ class ProveSummary(_message.Message):
         unknown: _builtins.int = ...,
         duration: _duration_pb2.Duration | None = ...,
         manifest: _common_pb2.RunManifest | None = ...,
+        vacuous: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "manifest", b"manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "failed", b"failed", "items", b"items", "manifest", b"manifest", "proved", b"proved", "refuted", b"refuted", "unknown", b"unknown"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "failed", b"failed", "items", b"items", "manifest", b"manifest", "proved", b"proved", "refuted", b"refuted", "unknown", b"unknown", "vacuous", b"vacuous"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,6 +633,7 @@ class BackendInfo(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     backend: Global___Backend.ValueType
     """The backend."""
     available: _builtins.bool
@@ -609,6 +642,11 @@ class BackendInfo(_message.Message):
     """Its version."""
     reason: _builtins.str
     """Why it is not available."""
+    isolation: _builtins.str
+    """How its provers are isolated: "bubblewrap" (no network, minimal read-only root, a
+    private writable /tmp, own pid namespace, an unprivileged uid, rlimits) or "rlimits"
+    (weaker: resource limits only).
+    """
     def __init__(
         self,
         *,
@@ -616,10 +654,11 @@ class BackendInfo(_message.Message):
         available: _builtins.bool = ...,
         version: _builtins.str = ...,
         reason: _builtins.str = ...,
+        isolation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "backend", b"backend", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "backend", b"backend", "isolation", b"isolation", "reason", b"reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,220 @@
+"""The jail: how a trusted program runs over untrusted text (provers today).
+
+z3, coqtop, coqc and lean read text that a model or a stranger wrote, and that text can ask
+them to write files (Coq's ``Redirect`` and ``Extraction``, SMT-LIB's output channels),
+read files (Coq's ``Load``), or run code (Lean's ``#eval``). So they run in a jail::
+
+    jail = await Jail.probe(JailSettings())          # "bubblewrap", else "rlimits"
+    argv = jail.command(["coqtop", "-emacs", "-q"], memory_mb=2048, inbox=Path(...))
+
+Inside bubblewrap a program sees, and may do, only this:
+
+* a minimal read-only root: ``/usr`` with the merged-/usr links (``/bin``, ``/lib``,
+  ``/lib64``, ``/sbin``), the few ``/etc`` files programs need (``etc_files``: the loader
+  cache, findlib's configuration), and ``ro_binds`` (a toolchain prefix); nothing else of
+  the host: no ``/etc/passwd``, ``/home``, ``/root``, ``/work``, ``/var``, host ``/tmp``;
+* ``inbox``: one host directory bound read-only at ``/scillm/in``, through which the host
+  hands over the text to check (the jail cannot change it, so the host never writes
+  where the jail can);
+* a private tmpfs ``/tmp`` of ``tmp_size`` bytes, its working directory: the only
+  writable place, gone when the program ends;
+* its own network (none), pid, ipc, uts and cgroup namespaces; a new session; it dies
+  with its parent; a cleared environment; every capability dropped and, when the host is
+  root, an unprivileged uid and gid (``uid``), so root-only files stay unreadable;
+* rlimits set before its first instruction (``prlimit``): address space, file size, open
+  files, processes of its uid, no core dumps.
+
+Killing the process group of the returned command kills bubblewrap, whose pid namespace
+takes every process of the jail with it.
+
+Without a working bubblewrap (or with ``isolation="rlimits"``) the program runs as a
+plain child under the same rlimits and ``setpriv --pdeathsig``; ``Jail.isolation`` says
+which level is in force, so health and ``ListBackends`` can report weaker isolation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["BUBBLEWRAP", "INBOX", "RLIMITS", "Jail", "JailSettings", "mib"]
+
+BUBBLEWRAP = "bubblewrap"
+RLIMITS = "rlimits"
+#: Where the inbox appears inside the jail.
+INBOX = "/scillm/in"
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+JailMode = Literal["auto", "bubblewrap", "rlimits"]
+
+
+def mib(megabytes: int) -> int:
+    """Bytes in `megabytes` MiB."""
+    return megabytes * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JailSettings:
+    """How provers are jailed.
+
+    Attributes:
+        isolation: ``"auto"`` uses bubblewrap when it works, else rlimits only;
+            ``"bubblewrap"`` refuses to run without it; ``"rlimits"`` forces the fallback.
+        bwrap_path: the bubblewrap executable; looked up on PATH when None.
+        etc_files: host files under /etc bound read-only (skipped when absent).
+        ro_binds: host directories bound read-only at their own path (a toolchain).
+        uid: the unprivileged uid/gid programs run as when the host is root.
+        tmp_size: bytes of the private /tmp.
+        file_size_mb: largest file a program may write (RLIMIT_FSIZE), MiB.
+        open_files: open descriptors (RLIMIT_NOFILE).
+        processes: processes and threads of `uid` (RLIMIT_NPROC); only with the uid drop.
+    """
+
+    isolation: JailMode = "auto"
+    bwrap_path: str | None = None
+    etc_files: tuple[str, ...] = ("/etc/ld.so.cache", "/etc/ocamlfind.conf",
+                                  "/etc/findlib.conf", "/etc/localtime")
+    ro_binds: tuple[str, ...] = ()
+    uid: int = 62000
+    tmp_size: int = 64 << 20
+    file_size_mb: int = 64
+    open_files: int = 256
+    processes: int = 128
+
+
+class JailUnavailable(RuntimeError):
+    """``isolation="bubblewrap"`` was asked for and bubblewrap does not work here."""
+
+
+@dataclass(frozen=True)
+class Jail:
+    """A probed jail: build command lines with `command`."""
+
+    settings: JailSettings
+    #: ``"bubblewrap"`` or ``"rlimits"``.
+    isolation: str
+    bwrap: str | None
+    #: Drop to ``settings.uid`` (the host is root).
+    drop_uid: bool
+
+    @classmethod
+    async def probe(cls, settings: JailSettings | None = None) -> Jail:
+        """The strongest jail the settings allow on this host."""
+        settings = settings or JailSettings()
+        bwrap = settings.bwrap_path or shutil.which("bwrap")
+        root = os.geteuid() == 0
+        if settings.isolation != "rlimits" and bwrap is not None:
+            jail = cls(settings, BUBBLEWRAP, bwrap, root)
+            if await _works(jail.command(["true"], memory_mb=256)):
+                return jail
+        if settings.isolation == "bubblewrap":
+            raise JailUnavailable(f"bubblewrap was asked for but does not work (bwrap={bwrap!r})")
+        return cls(settings, RLIMITS, None, False)
+
+    def command(self, argv: Sequence[str], *, memory_mb: int, inbox: Path | None = None,
+                ro_binds: Sequence[str] = ()) -> list[str]:
+        """`argv` inside the jail, limited to `memory_mb` MiB of address space.
+
+        `inbox` (bubblewrap only) is bound read-only at `INBOX`; `ro_binds` adds host
+        directories for this command. Without bubblewrap the program sees the host and
+        should be given host paths instead (see `inbox_path`).
+        """
+        limits = _rlimits(self.settings, memory_mb, strict=self.drop_uid)
+        if self.isolation != BUBBLEWRAP:
+            setpriv = shutil.which("setpriv")
+            prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+            return [*prefix, *limits, *argv]
+        assert self.bwrap is not None
+        inner = [*limits, *argv]
+        if self.drop_uid:
+            uid = str(self.settings.uid)
+            setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+            inner = [setpriv, "--reuid", uid, "--regid", uid, "--clear-groups",
+                     "--no-new-privs", "--", *inner]
+        return [self.bwrap, *self._bwrap_args(inbox, ro_binds), "--", *inner]
+
+    def inbox_path(self, inbox: Path) -> str:
+        """Where a program in this jail finds the host directory `inbox`."""
+        return INBOX if self.isolation == BUBBLEWRAP else str(inbox)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for the fallback (bubblewrap clears and sets its own)."""
+        return {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+
+    def _bwrap_args(self, inbox: Path | None, extra: Sequence[str]) -> list[str]:
+        args: list[str] = ["--ro-bind", "/usr", "/usr"]
+        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            top = Path("/") / name
+            if top.is_symlink():
+                args += ["--symlink", os.readlink(top), str(top)]
+            elif top.is_dir():
+                args += ["--ro-bind", str(top), str(top)]
+        args += ["--dev", "/dev", "--proc", "/proc",
+                 "--perms", "1777", "--size", str(self.settings.tmp_size), "--tmpfs", "/tmp"]
+        # Directories bwrap creates for a bind are 0700 unless told otherwise, which an
+        # unprivileged uid could not traverse.
+        made: set[str] = {"/", "/tmp", "/usr"}
+
+        def parents(target: str) -> list[str]:
+            out: list[str] = []
+            for parent in reversed(Path(target).parents):
+                p = str(parent)
+                if p not in made and not p.startswith("/usr/"):
+                    made.add(p)
+                    out += ["--perms", "0755", "--dir", p]
+            return out
+
+        for file in self.settings.etc_files:
+            if os.path.isfile(file):
+                args += [*parents(file), "--ro-bind", file, file]
+        for path in dict.fromkeys([*self.settings.ro_binds, *extra]):
+            real = os.path.realpath(path)
+            if os.path.isdir(real) and not real.startswith("/usr/"):
+                args += [*parents(real), "--ro-bind", real, real]
+        if inbox is not None:
+            args += [*parents(INBOX), "--ro-bind", str(inbox), INBOX]
+        args += [
+            "--chdir", "/tmp",
+            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--hostname", "jail",
+            "--die-with-parent", "--new-session", "--clearenv",
+            "--setenv", "PATH", _PATH, "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "HOME", "/tmp",
+            "--cap-drop", "ALL",
+        ]
+        if self.drop_uid:
+            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        return args
+
+
+def _rlimits(settings: JailSettings, memory_mb: int, *, strict: bool) -> list[str]:
+    """The prlimit prefix. `strict` (the program drops to an unprivileged uid, the host is
+    root): hard limits equal the soft ones, and RLIMIT_NPROC counts the jail's uid. Else
+    the address space's hard limit stays unlimited, so that a host without privileges can
+    still raise the soft limit for the next item (`ProverProcess.set_memory_limit`)."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        return []
+    memory = mib(memory_mb)
+    limits = [f"--as={memory}:{memory if strict else 'unlimited'}",
+              f"--fsize={mib(settings.file_size_mb)}", f"--nofile={settings.open_files}",
+              "--core=0"]
+    if strict:
+        limits.append(f"--nproc={settings.processes}")
+    return [prlimit, *limits, "--"]
+
+
+async def _works(argv: list[str]) -> bool:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        return await asyncio.wait_for(proc.wait(), 10) == 0
+    except (OSError, TimeoutError):
+        return False
