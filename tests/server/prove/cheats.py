@@ -1,0 +1,164 @@
+"""The cheat corpus: attempts to get a clean PROVED without a proof, for the real provers.
+
+Each entry is one obligation (backend, statement, preamble, proof) and a fragment the
+result's message or a diagnostic must contain. None may ever come back as a clean
+PROVED: either not PROVED, or PROVED with `vacuous` set (SMT assumptions that are
+inconsistent). Used by test_cheats.py through the engine, gRPC, the CLI and the door.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Cheat:
+    item_id: str
+    backend: str
+    statement: str
+    proof: str = ""
+    preamble: str = ""
+    #: A fragment of the message or of a diagnostic that explains the refusal.
+    says: str = ""
+
+
+COQ: list[Cheat] = [
+    Cheat("coq-admitted-then-trivial-lemma", "coq",
+          "Theorem bad : 1 = 2. Proof. Admitted.\nLemma fine : True. Proof. exact I. Qed.",
+          says="bad is assumed"),
+    Cheat("coq-definition-first", "coq",
+          "Definition two := 2. Theorem bad : two = 3. Proof. Admitted.", says="bad is assumed"),
+    Cheat("coq-section-hypothesis", "coq",
+          "Section S. Hypothesis h : 1 = 2. Theorem bad : 1 = 2. Proof. exact h. Qed. End S.",
+          says="does not have the stated type"),
+    Cheat("coq-section-variable-false", "coq", "Theorem bad : 1 = 2.",
+          "Proof. destruct f. Qed. End S.", "Section S. Variable f : False.",
+          says="does not have the stated type"),
+    Cheat("coq-section-left-open", "coq",
+          "Section S. Hypothesis h : 1 = 2. Theorem bad : 1 = 2. Proof. exact h. Qed.",
+          says="closed"),
+    Cheat("coq-axiom-in-module", "coq",
+          "Module M. Axiom cheat : False. End M.\nTheorem bad : 1 = 2. Proof. destruct M.cheat. "
+          "Qed.", says="cheat is assumed"),
+    Cheat("coq-parameter-in-section", "coq",
+          "Section S. Parameter cheat : False. End S.\nTheorem bad : 1 = 2. Proof. destruct "
+          "cheat. Qed.", says="cheat is assumed"),
+    Cheat("coq-conjecture", "coq",
+          "Conjecture cheat : False.\nTheorem bad : 1 = 2. Proof. destruct cheat. Qed.",
+          says="cheat is assumed"),
+    Cheat("coq-declared-module", "coq",
+          "Module Type T. Axiom c : False. End T. Declare Module D : T.\n"
+          "Theorem bad : 1 = 2. Proof. destruct D.c. Qed.", says="depends on assumptions"),
+    Cheat("coq-nested-admit-admitted", "coq", "Theorem bad : 1 = 2 /\\ True.",
+          "Proof. split. - admit. - exact I. Admitted.", says="bad is assumed"),
+    Cheat("coq-admit-qed", "coq", "Theorem bad : 1 = 2.", "Proof. admit. Qed.",
+          says="given up"),
+    Cheat("coq-abstract-admit", "coq", "Theorem bad : 1 = 2.", "Proof. abstract admit. Qed.",
+          says="bad"),
+    Cheat("coq-opaque-admitted-helper", "coq", "Theorem bad : 1 = 2.",
+          "Proof. exact H.helper. Qed.", "Module H. Lemma helper : 1 = 2. Admitted. End H.",
+          says="helper is assumed"),
+    Cheat("coq-admit-obligations", "coq",
+          "Theorem bad : exists n : nat, n = 1 /\\ n = 2.",
+          "Proof. exists (proj1_sig f). exact (proj2_sig f). Qed.",
+          "Require Import Program.\nProgram Definition f : {n : nat | n = 1 /\\ n = 2} := 1.\n"
+          "Admit Obligations.", says="f_obligation"),
+    Cheat("coq-obligation-admitted", "coq",
+          "Theorem bad : exists n : nat, n = 1 /\\ n = 2.",
+          "Proof. exists (proj1_sig f). exact (proj2_sig f). Qed.",
+          "Require Import Program.\nProgram Definition f : {n : nat | n = 1 /\\ n = 2} := 1.\n"
+          "Next Obligation. Admitted.", says="f_obligation"),
+    Cheat("coq-unset-guard-checking", "coq", "Theorem bad : 1 = 2.",
+          "Proof. destruct (loop 0). Qed.",
+          "Unset Guard Checking.\nFixpoint loop (n : nat) : False := loop n.\n"
+          "Set Guard Checking.", says="guarded"),
+    Cheat("coq-bypass-guard-attribute", "coq", "Theorem bad : 1 = 2.",
+          "Proof. destruct (loop 0). Qed.",
+          "#[bypass_check(guard)] Fixpoint loop (n : nat) : False := loop n.", says="guarded"),
+    Cheat("coq-unset-positivity-checking", "coq", "Theorem bad : 1 = 2.",
+          "Proof. destruct (notB (mkB notB)). Qed.",
+          "Unset Positivity Checking.\nInductive B := mkB : (B -> False) -> B.\n"
+          "Set Positivity Checking.\n"
+          "Definition notB (b : B) : False := match b with mkB f => f b end.",
+          says="positiv"),
+    Cheat("coq-unset-universe-checking", "coq", "Theorem bad : True.",
+          "Proof. exact (let _ := u in I). Qed.",
+          "Unset Universe Checking.\nDefinition U := Type.\nDefinition u : U := U.\n"
+          "Set Universe Checking.", says="bad"),
+    Cheat("coq-notation-forges-closed", "coq",
+          "Notation \"'Closed' 'under' 'the' 'global' 'context'\" := False.\n"
+          "Axiom cheat : Closed under the global context.\n"
+          "Theorem bad : 1 = 2. Proof. destruct cheat. Qed.", says="cheat is assumed"),
+    Cheat("coq-notation-forges-prompt", "coq",
+          "Notation \"'</prompt>'\" := True.\nCheck </prompt>.\n"
+          "Theorem bad : 1 = 2. Proof. Admitted.", says="bad is assumed"),
+    Cheat("coq-ltac-alias-of-admit", "coq", "Theorem bad : 1 = 2.", "Proof. done_. Qed.",
+          "Ltac done_ := admit.", says="given up"),
+    Cheat("coq-tactic-notation-admit", "coq", "Theorem bad : 1 = 2.",
+          "Proof. trivially. Qed.", "Tactic Notation \"trivially\" := admit.", says="given up"),
+    Cheat("coq-restated-after-abort", "coq", "Theorem bad : 1 = 2.",
+          "Proof. Abort.\nTheorem bad : True. Proof. exact I. Qed.",
+          says="does not have the stated type"),
+    Cheat("coq-module-type-only", "coq",
+          "Module Type T. Theorem bad : 1 = 2. Admitted. End T.",
+          says="not in the environment"),
+    Cheat("coq-admitted-goal-elsewhere", "coq", "Theorem bad : True.",
+          "Proof. exact I. Qed.\nGoal 1 = 2. Admitted.", says="Unnamed_thm"),
+    Cheat("coq-admitted-instance", "coq", "Theorem bad : 1 = 2.", "Proof. exact c. Qed.",
+          "Class C := { c : 1 = 2 }.\n#[export] Instance i : C. Admitted.",
+          says="i is assumed"),
+    Cheat("coq-section-let-admitted", "coq", "Theorem bad : 1 = 2.",
+          "Proof. exact h. Qed. End S.", "Section S. Let h : 1 = 2. Admitted.",
+          says="bad"),
+    Cheat("coq-hypothesis-outside-section", "coq",
+          "Hypothesis h : 1 = 2.\nTheorem bad : 1 = 2. Proof. exact h. Qed.",
+          says="h is assumed"),
+    Cheat("coq-quit-midway", "coq", "Theorem bad : 1 = 2.", "Quit."),
+    Cheat("coq-proof-mode-left-open", "coq", "Theorem bad : 1 = 2.", "Proof.",
+          says="pending proofs"),
+    Cheat("coq-trailing-lemma-in-proof", "coq", "Theorem bad : 1 = 2.",
+          "Proof. Admitted.\nLemma fine : True. Proof. exact I. Qed.", says="bad is assumed"),
+]
+
+SMT: list[Cheat] = [
+    Cheat("smt-assert-false", "smt", "(> x 0)", preamble="(declare-const x Int)\n(assert false)",
+          says="vacuous"),
+    Cheat("smt-hidden-contradiction", "smt", "(= x 42)",
+          preamble="(declare-const x Int)\n(declare-const y Int)\n(assert (> x 5))\n"
+                   "(assert (= y (+ x 1)))\n(assert (< y 3))", says="vacuous"),
+    Cheat("smt-named-false", "smt", "(= 1 2)", preamble="(assert (! false :named nothing))",
+          says="vacuous"),
+    Cheat("smt-inconsistent-quantifier", "smt", "(= 1 2)",
+          preamble="(declare-fun f (Int) Int)\n(assert (forall ((y Int)) (> (f y) (f y))))",
+          says="vacuous"),
+    Cheat("smt-one-value-datatype", "smt", "(= 1 2)",
+          preamble="(declare-datatypes ((Unit 0)) (((unit))))\n(declare-const a Unit)\n"
+                   "(declare-const b Unit)\n(assert (distinct a b))", says="vacuous"),
+    Cheat("smt-injection-closing-the-assert", "smt",
+          "(> x 0)) (pop 1) (assert false) (push 1) (assert (not true)",
+          preamble="(declare-const x Int)", says="unexpected ')'"),
+    Cheat("smt-refutation-script", "smt", "(assert false)\n(check-sat)",
+          preamble="(declare-const x Int)", says="one goal term"),
+    Cheat("smt-check-sat-in-preamble", "smt", "(> x 0)",
+          preamble="(declare-const x Int)\n(check-sat)", says="not allowed in the preamble"),
+    Cheat("smt-push-in-preamble", "smt", "(> x 0)",
+          preamble="(declare-const x Int)\n(push 1)\n(assert false)",
+          says="not allowed in the preamble"),
+    Cheat("smt-reset-in-preamble", "smt", "true", preamble="(reset)",
+          says="not allowed in the preamble"),
+    Cheat("smt-exit-in-preamble", "smt", "true", preamble="(exit)",
+          says="not allowed in the preamble"),
+    Cheat("smt-set-option-in-preamble", "smt", "(> x 0)",
+          preamble="(set-option :regular-output-channel \"/tmp/out\")\n(declare-const x Int)",
+          says="not allowed in the preamble"),
+    Cheat("smt-echo-forges-unsat", "smt", "(> x 0)",
+          preamble="(declare-const x Int)\n(echo \"unsat\")", says="not allowed in the preamble"),
+    Cheat("smt-unbalanced-preamble", "smt", "(> x 0)",
+          preamble="(declare-const x Int)\n(assert (> x 0)", says="unbalanced"),
+    Cheat("smt-comment-swallows-parens", "smt", "(> x 0) ; ))\n(assert false",
+          preamble="(declare-const x Int)", says="unbalanced"),
+    Cheat("smt-quoted-symbol-newline", "smt", "(> |x\n(assert false)| 0)",
+          preamble="(declare-const x Int)", says="unknown constant"),
+]
+
+ALL: list[Cheat] = COQ + SMT
