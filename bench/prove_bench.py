@@ -5,9 +5,14 @@ Run: .venv/bin/python bench/prove_bench.py [--smt N] [--coq N] [--lia N]
 Targets: through the service, >= 20x one z3 per obligation and >= 5x one coqc per obligation.
 
 For each backend it checks N small, distinct obligations (cache disabled) through a
-`ProveEngine` with prewarmed pools, then the same sources with one `z3`/`coqc`
-process per obligation, sequentially (coqc also runs `Print Assumptions`, the check
-the pool does). It prints obligations/s for both and their ratio.
+`ProveEngine` with prewarmed pools (provers jailed in bubblewrap, every declaration's
+assumptions and the stated type checked), then the same sources with one `z3`/`coqc`
+process per obligation, sequentially and unjailed (coqc also runs `Print Assumptions`
+of the theorem). It prints obligations/s for both and their ratio.
+
+`--coqchk N` also times the other way to judge a Coq item that the issue weighed: compile
+it to a .vo with coqc and run the independent kernel checker `coqchk -o` on it (the
+standard library admitted, not re-checked), one pair of processes per obligation.
 """
 
 from __future__ import annotations
@@ -74,6 +79,20 @@ def cold(items: list[Obligation], engine: ProveEngine, scratch: Path) -> float:
     return time.perf_counter() - started
 
 
+def kernel_checked(items: list[Obligation], engine: ProveEngine, scratch: Path) -> float:
+    """coqc to a .vo, then `coqchk -o` of that library (stdlib admitted), per obligation."""
+    started = time.perf_counter()
+    for item in items:
+        path = scratch / "Item.v"
+        path.write_text(engine.backend("coq").source_of(item))
+        for argv in (["coqc", "-q", path.name],
+                     ["coqchk", "-silent", "-o", "-admit", "Coq.Init.Prelude", "-admit",
+                      "Coq.micromega.Lia", "-norec", "Item"]):
+            out = subprocess.run(argv, cwd=scratch, capture_output=True, text=True, check=False)
+            assert out.returncode == 0, out.stdout + out.stderr
+    return time.perf_counter() - started
+
+
 def report(label: str, n: int, warm: float, verdicts: Counter[str], cold_s: float) -> None:
     print(f"{label:<28} n={n:<4} pool {n / warm:8.1f} obl/s ({warm:6.2f} s)   "
           f"cold {n / cold_s:7.1f} obl/s ({cold_s:6.2f} s)   ratio {cold_s / warm:6.1f}x   "
@@ -115,6 +134,8 @@ async def main() -> None:
     parser.add_argument("--smt", type=int, default=400)
     parser.add_argument("--coq", type=int, default=200)
     parser.add_argument("--lia", type=int, default=20)
+    parser.add_argument("--coqchk", type=int, default=10,
+                        help="obligations timed as coqc + coqchk per obligation")
     parser.add_argument("--pool", type=int, default=2, help="workers per backend")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,6 +154,11 @@ async def main() -> None:
             report(label, len(items), warm, verdicts, cold_s)
             served, served_verdicts = await through_service(items, scratch)
             report("  through ProveService", len(items), served, served_verdicts, cold_s)
+        if args.coqchk:
+            items = coq_items(args.coqchk)
+            warm, verdicts = await pooled(items, settings)
+            kernel = kernel_checked(items, probe, scratch)
+            report("coq: coqc + coqchk each", len(items), warm, verdicts, kernel)
 
 
 if __name__ == "__main__":
