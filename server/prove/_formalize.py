@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from ._smtlib import is_command, top_level
 from ._types import Attempt, CheckOutcome, FormalizeOptions, Obligation, Verdict
 
 __all__ = ["Complete", "Formalized", "extract_code", "formalize", "split_reply"]
@@ -50,13 +51,22 @@ def split_reply(obligation: Obligation, code: str) -> Obligation:
     """`obligation` completed with the model's code.
 
     smt: declarations before a `; goal` line join the preamble and the term after it
-    is the statement (no marker: the whole block is a refutation script). Coq and
-    Lean: the block is a full source, given as the proof.
+    is the statement; without the marker, a block whose last top-level item is a term
+    is split the same way before that term (otherwise the whole block is the statement,
+    which the checker refuses with a located diagnostic the model sees). Coq and Lean:
+    the block is a full source, given as the proof.
     """
     if obligation.backend == "smt":
         m = _SMT_GOAL.search(code)
         if m is None:
-            return replace(obligation, statement=code, proof="")
+            items, problem = top_level(code)
+            if problem is not None or not items or is_command(items[-1]):
+                return replace(obligation, statement=code, proof="")
+            cut = items[-1].start
+            preamble = "\n".join(p for p in (obligation.preamble.strip(),
+                                               code[:cut].strip()) if p)
+            return replace(obligation, preamble=preamble, statement=code[cut:].strip(),
+                           proof="")
         preamble = "\n".join(p for p in (obligation.preamble.strip(), code[:m.start()].strip())
                              if p)
         return replace(obligation, preamble=preamble, statement=code[m.end():].strip(),

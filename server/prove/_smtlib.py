@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from ._types import Diagnostic
 
-__all__ = ["PREAMBLE_COMMANDS", "SmtScript", "TopLevel", "line_col", "pose", "top_level"]
+__all__ = ["PREAMBLE_COMMANDS", "SmtScript", "TopLevel", "is_command", "line_col", "pose",
+           "top_level"]
 
 #: What a preamble may hold.
 PREAMBLE_COMMANDS = frozenset({
@@ -44,6 +45,7 @@ _COMMANDS = PREAMBLE_COMMANDS | frozenset({
 _SYMBOL_END = frozenset("();\"|")
 
 
+
 @dataclass(frozen=True)
 class TopLevel:
     """A top-level s-expression or atom: its text span and head symbol ("" for atoms)."""
@@ -51,6 +53,11 @@ class TopLevel:
     start: int
     end: int
     head: str
+
+
+def is_command(item: TopLevel) -> bool:
+    """Whether a top-level item is an SMT-LIB (or z3) command rather than a term."""
+    return item.head in _COMMANDS
 
 
 def line_col(text: str, offset: int) -> tuple[int, int]:

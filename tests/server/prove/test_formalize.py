@@ -92,3 +92,15 @@ def test_extract_code_takes_first_fenced_block() -> None:
     assert extract_code("a\n```lean\ntheorem x : True := trivial\n```\n```\nb\n```") == \
         "theorem x : True := trivial"
     assert extract_code("no code") is None
+
+
+def test_an_smt_block_without_the_goal_marker_is_split_before_its_last_term() -> None:
+    from scillm.server.prove._formalize import split_reply
+
+    item = Obligation("r", "smt", requirement_text="x + 1 > x",
+                      preamble="(declare-fun f (Int) Int)")
+    split = split_reply(item, "(declare-const x Int)\n(assert (> x 0))\n(> (+ x 1) x)")
+    assert split.preamble == "(declare-fun f (Int) Int)\n(declare-const x Int)\n(assert (> x 0))"
+    assert split.statement == "(> (+ x 1) x)"
+    script = split_reply(item, "(declare-const x Int)\n(assert (not (> x 0)))\n(check-sat)")
+    assert script.statement.startswith("(declare-const")  # refused by the checker, with a reason
