@@ -68,10 +68,12 @@ async def test_backends_report_lean_unavailable(mesh: RunningMesh) -> None:
     info = {b.backend: b for b in reply.backends}
     assert info[pb.BACKEND_SMT].available and info[pb.BACKEND_COQ].available
     assert not info[pb.BACKEND_LEAN4].available and info[pb.BACKEND_LEAN4].reason
+    assert {b.isolation for b in reply.backends} == {"bubblewrap"}
     async with grpc.aio.insecure_channel(mesh.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for backend, expected in (("smt", health_pb2.HealthCheckResponse.SERVING),
                                   ("coq", health_pb2.HealthCheckResponse.SERVING),
+                                  ("bubblewrap", health_pb2.HealthCheckResponse.SERVING),
                                   ("lean4", health_pb2.HealthCheckResponse.NOT_SERVING)):
             reply = await health.Check(health_pb2.HealthCheckRequest(
                 service=f"scillm.prove.v1.ProveService/{backend}"))

@@ -1,0 +1,81 @@
+"""The jail provers run in, asked from inside with real programs (sh, id, cat)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from scillm.server.jail import INBOX, Jail, JailSettings, JailUnavailable
+from scillm.server.prove import Obligation, ProveEngine, ProveSettings, Verdict
+
+
+async def _run(jail: Jail, script: str, inbox: Path | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *jail.command(["/bin/sh", "-c", script], memory_mb=256, inbox=inbox),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=jail.env)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_what_a_jailed_program_sees(tmp_path: Path) -> None:
+    jail = await Jail.probe(JailSettings(isolation="bubblewrap"))
+    assert jail.isolation == "bubblewrap"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir(mode=0o755)
+    (inbox / "item.txt").write_text("hello")
+    (inbox / "item.txt").chmod(0o644)
+    host_secret = tmp_path / "secret"
+    host_secret.write_text("s3cret")
+    code, out = await _run(jail, f"""
+        id -u; cat {INBOX}/item.txt; echo
+        test -e /etc/passwd && echo passwd-visible
+        test -e {host_secret} && echo host-file-visible
+        test -e /root && ls /root
+        echo x > {INBOX}/new 2>/dev/null && echo inbox-writable
+        echo x > /usr/x 2>/dev/null && echo usr-writable
+        echo x > /tmp/scratch && cat /tmp/scratch
+        echo interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1) :end
+        ls /proc | grep -c '^[0-9]'
+    """, inbox)
+    lines = out.split()
+    if os.geteuid() == 0:
+        assert lines[0] == str(jail.settings.uid)
+    assert "hello" in lines
+    for leak in ("passwd-visible", "host-file-visible", "inbox-writable", "usr-writable"):
+        assert leak not in lines, out
+    assert "x" in lines  # /tmp is writable inside
+    interfaces = lines[lines.index("interfaces:") + 1:lines.index(":end")]
+    assert interfaces == ["lo"], out  # its own network namespace: no way out
+    assert int(lines[-1]) <= 5  # its own pid namespace: bwrap's init, sh, ls, grep
+    assert not (inbox / "new").exists()
+    assert not Path("/tmp/scratch").exists() or Path("/tmp/scratch").read_text() != "x\n"
+
+
+async def test_memory_is_limited() -> None:
+    jail = await Jail.probe(JailSettings(isolation="bubblewrap"))
+    proc = await asyncio.create_subprocess_exec(
+        *jail.command(["/bin/sh", "-c", "ulimit -v"], memory_mb=300),
+        stdout=asyncio.subprocess.PIPE, env=jail.env)
+    out, _ = await proc.communicate()
+    assert int(out) == 300 * 1024
+
+
+async def test_a_required_bubblewrap_that_does_not_work_is_an_error() -> None:
+    with pytest.raises(JailUnavailable):
+        await Jail.probe(JailSettings(isolation="bubblewrap", bwrap_path="/bin/false"))
+
+
+async def test_provers_without_bubblewrap_still_check_and_say_so(tmp_path: Path) -> None:
+    settings = ProveSettings(scratch_dir=tmp_path, jail=JailSettings(isolation="rlimits"))
+    async with ProveEngine(settings) as engine:
+        assert engine.isolation == "rlimits"
+        coq = await engine.check(Obligation("c", "coq", statement="Theorem t : 1 + 1 = 2.",
+                                            proof="Proof. reflexivity. Qed."))
+        smt = await engine.check(Obligation("s", "smt", statement="(> 2 1)"))
+        bad = await engine.check(Obligation("b", "coq", statement="Theorem t : 1 = 2.",
+                                            proof="Proof. Admitted."))
+    assert coq.verdict is Verdict.PROVED and smt.verdict is Verdict.PROVED
+    assert bad.verdict is Verdict.FAILED
