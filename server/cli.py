@@ -230,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser(
         "doctor", help="is every part ready? providers, z3, coqc, lean, bubblewrap, redis, OTLP",
         description="List every part (configured providers, z3, coqc, coqtop, lean, "
-                    "bubblewrap, node, redis, the OTLP endpoint, and with --target the mesh's "
-                    "gRPC health entries) as OK, MISSING, FAILED or SKIPPED, with a hint. "
+                    "bubblewrap, node, redis, where traces go (the OTLP endpoint of "
+                    "OTEL_EXPORTER_OTLP_ENDPOINT) and whether its TraceService answers, and "
+                    "with --target the mesh's gRPC health entries) as OK, MISSING, FAILED "
+                    "or SKIPPED, with a hint. "
                     "Exit 0; with --strict, 1 when an expected part is not OK; 2 on an "
                     "unknown --expect name.")
     add_doctor_arguments(doctor)
