@@ -213,9 +213,12 @@ def check_k8s_shim(deployments: dict[str, tuple[str, dict[str, Any]]],
             problem(where, f"SCILLM_{svc.upper()}_TARGET should be {want}")
     if 4000 not in [p.get("containerPort") for p in c.get("ports", [])]:
         problem(where, "container does not expose the HTTP port 4000")
-    ready = (c.get("readinessProbe") or {}).get("httpGet") or {}
-    if ready.get("path") != "/readyz":
-        problem(where, "readinessProbe should be GET /readyz (ready while what it fronts is)")
+    for probe in ("readinessProbe", "livenessProbe"):
+        if not c.get(probe):
+            problem(where, f"no {probe}")
+    if ((c.get("readinessProbe") or {}).get("httpGet") or {}).get("path") == "/readyz":
+        problem(where, "readinessProbe should not be /readyz: one service down would take "
+                "every door of the shim out of the Service")
 
 
 # ---------------------------------------------------------------- compose
