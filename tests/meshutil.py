@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -87,10 +90,13 @@ class ServedProcess:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """SIGTERM (a graceful shutdown); if it is not over within 20 s, SIGKILL to its
+        process group (it, sandbox workers, provers) while it still holds the group."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
