@@ -6,9 +6,11 @@
 
 `api_key=` sends `authorization: Bearer <key>` on every call (a mesh with a master key
 needs it). A target may be one address, a comma-separated list of addresses, or a `dns:///`
-name; lists and DNS names are balanced with gRPC's `round_robin` policy. Failed calls
-raise `RPCError` (with the status code, details and request id); UNAVAILABLE is retried
-by the channel's retry policy for calls that have not started.
+name; lists and DNS names are balanced with gRPC's `round_robin` policy. A mesh split
+over processes is one client too: `targets={"completion": "dns:///completion:50051"}`
+sends that service's calls to its own target (one channel per distinct target). Failed
+calls raise `RPCError` (with the status code, details and request id); UNAVAILABLE is
+retried by the channel's retry policy for calls that have not started.
 """
 
 from __future__ import annotations
@@ -253,40 +255,64 @@ class TlsConfig:
         return cls(read(ca), read(key), read(cert))
 
 
+#: The services a client calls, as named in `ScillmClient(targets=...)`.
+SERVICES: tuple[str, ...] = ("completion", "prove", "codeworld", "agent", "keys")
+
+
 class ScillmClient:
-    """One channel to a SciLLM mesh, with a typed client per service."""
+    """A typed client per service over one channel, or one channel per service's target."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *,
                  options: Sequence[tuple[str, Any]] = (),
                  interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
                  api_key: str | None = None, tls: TlsConfig | None = None,
-                 channel: grpc.aio.Channel | None = None) -> None:
-        """`channel`, when given, is used instead of dialing `target` (the mesh passes
-        its in-process channel to its own clients); `options`, `interceptors` and `tls`
-        then do not apply."""
+                 channel: grpc.aio.Channel | None = None,
+                 targets: Mapping[str, str] | None = None) -> None:
+        """`targets` maps a service (completion, prove, codeworld, agent, keys) to the
+        target its calls go to; the others use `target`. `channel`, when given, is used
+        instead of dialing `target` (the mesh passes its in-process channel to its own
+        clients); `options`, `interceptors` and `tls` then apply to `targets` only."""
+        unknown = sorted(set(targets or ()) - set(SERVICES))
+        if unknown:
+            raise ValueError(f"unknown service(s) in targets: {unknown}; "
+                             f"use {', '.join(SERVICES)}")
         opts = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
-        self.target = channel_target(target)
-        if channel is not None:
-            self.channel = channel
-        elif tls is None:
-            self.channel = grpc.aio.insecure_channel(self.target, options=opts,
-                                                     interceptors=interceptors)
-        else:
+
+        def dial(address: str) -> grpc.aio.Channel:
+            if tls is None:
+                return grpc.aio.insecure_channel(address, options=opts,
+                                                 interceptors=interceptors)
             credentials = grpc.ssl_channel_credentials(
                 tls.root_certificates, tls.private_key, tls.certificate_chain)
-            self.channel = grpc.aio.secure_channel(self.target, credentials, options=opts,
-                                                   interceptors=interceptors)
+            return grpc.aio.secure_channel(address, credentials, options=opts,
+                                           interceptors=interceptors)
+
+        self.target = channel_target(target)
+        self.channel = channel if channel is not None else dial(self.target)
+        dialed: dict[str, grpc.aio.Channel] = {}
+        #: The channel each service's calls use (see `targets`).
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        for name in SERVICES:
+            own = (targets or {}).get(name, "").strip()
+            if not own:
+                self.channels[name] = self.channel
+                continue
+            address = channel_target(own)
+            if address not in dialed:
+                dialed[address] = dial(address)
+            self.channels[name] = dialed[address]
         default: Metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self.completion = CompletionClient(self.channel, default)
-        self.prove = ProveClient(self.channel, default)
-        self.codeworld = CodeWorldClient(self.channel, default)
-        self.agent = AgentClient(self.channel, default)
-        self.keys = KeyClient(self.channel, default)
+        self.completion = CompletionClient(self.channels["completion"], default)
+        self.prove = ProveClient(self.channels["prove"], default)
+        self.codeworld = CodeWorldClient(self.channels["codeworld"], default)
+        self.agent = AgentClient(self.channels["agent"], default)
+        self.keys = KeyClient(self.channels["keys"], default)
 
     async def close(self) -> None:
-        """Close the channel, cancelling calls in flight."""
-        await self.channel.close()
+        """Close every channel, cancelling calls in flight."""
+        for channel in {id(c): c for c in (self.channel, *self.channels.values())}.values():
+            await channel.close()
 
     async def __aenter__(self) -> ScillmClient:
         return self

@@ -7,10 +7,15 @@
 
 `serve(settings)` runs a mesh until SIGTERM or SIGINT.
 
-The process's own clients (the HTTP shim, and CompletionLink when Completion is served
-here) call the services through a `LocalChannel`: the same handlers behind the same
-interceptors, without gRPC's transport. With tracing on they dial over gRPC instead, so
-every hop has its client and server spans.
+The process's own clients (the HTTP shim, and CompletionLink: Prove, CodeWorld and Agent
+calling Completion) reach each service where `Settings.targets()` says: a configured
+target (`--completion-target`, `SCILLM_PROVE_TARGET`, ...) over gRPC, balanced round_robin;
+otherwise this process, through a `LocalChannel` (the same handlers behind the same
+interceptors, without gRPC's transport). With tracing on they dial this process over gRPC
+instead, so every hop has its client and server spans. So any layout serves every door:
+one process with everything, or one process per service and a shim-only process
+(`--service none`) pointing at them. A service neither served here nor targeted answers
+UNIMPLEMENTED, naming the setting that would reach it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from scillm.clients import TlsConfig
+from scillm.clients import ScillmClient, TlsConfig
 from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
 
 from .completion_link import CompletionLink
@@ -40,7 +45,7 @@ from .keys.servicer import ERRORS as KEY_ERRORS
 from .keys.servicer import KeyServicer
 from .local_channel import HandlerRegistry, LocalChannel
 from .metrics import Metrics
-from .services import ServiceParts, build_authenticator, build_service
+from .services import ServiceParts, build_authenticator, build_service, unserved_handler
 from .settings import Settings
 from .telemetry import client_interceptors, configure_tracing, wrap_asgi
 
@@ -72,6 +77,8 @@ class Mesh:
         self._metrics_server: Any = None
         #: In-process channel to this process's services (None with tracing on).
         self.local_channel: LocalChannel | None = None
+        #: The HTTP shim's client (None without HTTP): one channel per service's target.
+        self.shim_client: ScillmClient | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -117,10 +124,11 @@ class Mesh:
             parts.register(recording)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, recording)
         keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(auth), recording)
+        recording.add_generic_rpc_handlers((unserved_handler(tuple(self._running.parts)),))
         if not tracing:
             self.local_channel = LocalChannel(registry, interceptors,
                                               max_receive_bytes=settings.max_request_bytes)
-            if "completion" in self._running.parts and not settings.completion_target:
+            if not settings.completion_target:
                 link.channel = self.local_channel
         names = [p.full_name for p in self._running.parts.values()]
         names.append(keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name)
@@ -180,18 +188,20 @@ class Mesh:
     @property
     def completion_target(self) -> str:
         """Where other services reach CompletionService: configured, else this process."""
-        return self.settings.completion_target or f"127.0.0.1:{self.grpc_port or 0}"
+        return self.settings.completion_target or self.grpc_target
 
     async def _start_http(self) -> None:
         import uvicorn
 
         from scillm.bridges.openai import create_app
-        from scillm.clients import ScillmClient
 
         settings = self.settings
-        client = ScillmClient(self.grpc_target,
-                              interceptors=client_interceptors(self._tracing) or None,
-                              tls=self.client_tls(), channel=self.local_channel)
+        targets = {door: target for door, target in settings.targets().items() if target}
+        for door, target in targets.items():
+            log.info("HTTP shim: %s calls go to %s", door, target)
+        client = self.shim_client = ScillmClient(
+            self.grpc_target, interceptors=client_interceptors(self._tracing) or None,
+            tls=self.client_tls(), channel=self.local_channel, targets=targets)
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
                                    metrics_registry=self.metrics.registry), self._tracing)
@@ -278,7 +288,7 @@ async def serve(settings: Settings) -> None:
     print(f"scillm: gRPC{' (TLS)' if settings.tls else ''} on {mesh.grpc_target}"
           + (f", HTTP on {scheme}://{settings.http_host}:{mesh.http_port}"
              if settings.http_enabled else "")
-          + f" ({', '.join(settings.services)})", flush=True)
+          + f" ({', '.join(settings.services) or 'no service: HTTP shim only'})", flush=True)
     await stop.wait()
     print(f"scillm: shutting down (grace {settings.grace_period_s:g}s)", flush=True)
     await mesh.stop()

@@ -10,9 +10,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .commands.doctor import add_arguments as add_doctor_arguments
-from .settings import SERVICES, Settings
+from .settings import DOORS, SERVICES, Settings
 
 __all__ = ["main"]
+
+
+def _services(names: list[str] | None) -> tuple[str, ...] | None:
+    """`--service` values: None when not given, () for `none` (a shim-only process)."""
+    if not names:
+        return None
+    if "none" in names:
+        if len(names) > 1:
+            raise ValueError("--service none cannot be combined with other services")
+        return ()
+    return tuple(names)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -24,8 +35,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings.from_env(
             grpc_host=args.host, grpc_port=args.grpc_port, http_host=args.http_host,
             http_port=args.http_port, config_path=args.config,
-            services=tuple(args.service) if args.service else None,
-            http_enabled=False if args.no_http else None,
+            services=_services(args.service), http_enabled=False if args.no_http else None,
+            **{f"{door}_target": getattr(args, f"{door}_target") for door in DOORS},
             grace_period_s=args.grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca)
     except ValueError as exc:
@@ -112,15 +123,37 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve the mesh: gRPC (default 127.0.0.1:50051) and the OpenAI HTTP "
                       "shim (default 127.0.0.1:4000)",
         description="Start the services in one grpc.aio process on uvloop, with health, "
-                    "reflection and the OpenAI-compatible HTTP shim. Settings also come "
-                    "from SCILLM_* environment variables (SCILLM_GRPC_PORT, ...).")
+                    "reflection and the OpenAI-compatible HTTP shim. Each service can run "
+                    "in its own process (--service NAME) and the shim in one of its own "
+                    "(--service none); the --*-target flags say where this process's "
+                    "callers (the shim; Prove, CodeWorld and Agent calling Completion) "
+                    "reach a service living elsewhere. Settings also come from SCILLM_* "
+                    "environment variables (SCILLM_GRPC_PORT, SCILLM_COMPLETION_TARGET, "
+                    "...).")
     serve.add_argument("--host", help="gRPC bind address (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 = any)")
     serve.add_argument("--http-host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="HTTP port (default 4000; 0 = any)")
     serve.add_argument("--no-http", action="store_true", help="serve gRPC only")
-    serve.add_argument("--service", action="append", choices=SERVICES, metavar="NAME",
-                       help=f"serve only this service (repeatable): {', '.join(SERVICES)}")
+    serve.add_argument("--service", action="append", choices=(*SERVICES, "none"),
+                       metavar="NAME",
+                       help=f"serve only this service (repeatable): {', '.join(SERVICES)}; "
+                            "`none` serves no service: an HTTP shim in front of services "
+                            "in other processes (give their --*-target)")
+    here = "this process"
+    for door, callers, default in (
+            ("completion", "the shim's completions and the model calls of Prove, "
+                           "CodeWorld and Agent", here),
+            ("prove", "the shim's certainly/... and lean4/... models and /bridge/complete",
+             here),
+            ("codeworld", "the shim's codeworld/... models and /bridge/complete", here),
+            ("agent", "the shim's agent/<model> models and /agent/run", here),
+            ("keys", "the shim's /key/generate, /key/info and /key/delete",
+             "where completions go")):
+        serve.add_argument(f"--{door}-target", metavar="TARGET",
+                           help=f"where {callers} go: host:port, a comma-separated list, "
+                                f"or dns:///name:port, balanced round_robin (default "
+                                f"{default}; env SCILLM_{door.upper()}_TARGET)")
     serve.add_argument("--config", type=Path,
                        help="model configuration in LiteLLM's proxy YAML format")
     serve.add_argument("--grace", type=float,
@@ -201,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser(
         "doctor", help="is every part ready? providers, z3, coqc, lean, bubblewrap, redis, OTLP",
         description="List every part (configured providers, z3, coqc, coqtop, lean, "
-                    "bubblewrap, node, redis, the OTLP endpoint, and with --target the mesh's "
-                    "gRPC health entries) as OK, MISSING, FAILED or SKIPPED, with a hint. "
+                    "bubblewrap, node, redis, where traces go (the OTLP endpoint of "
+                    "OTEL_EXPORTER_OTLP_ENDPOINT) and whether its TraceService answers, and "
+                    "with --target the mesh's gRPC health entries) as OK, MISSING, FAILED "
+                    "or SKIPPED, with a hint. "
                     "Exit 0; with --strict, 1 when an expected part is not OK; 2 on an "
                     "unknown --expect name.")
     add_doctor_arguments(doctor)

@@ -6,7 +6,7 @@ prover or sandbox code.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from .keys._windows import RedisWindows
 from .manifests import RunStore, open_run_store
 from .settings import Settings
 
-__all__ = ["SERVICE_NAMES", "ServiceParts", "build_service"]
+__all__ = ["SERVICE_NAMES", "ServiceParts", "build_service", "unserved_handler"]
 
 SERVICE_NAMES: dict[str, str] = {
     "completion": completion_pb2.DESCRIPTOR.services_by_name["CompletionService"].full_name,
@@ -32,6 +32,54 @@ SERVICE_NAMES: dict[str, str] = {
     "codeworld": codeworld_pb2.DESCRIPTOR.services_by_name["CodeWorldService"].full_name,
     "agent": agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
 }
+
+
+_DESCRIPTORS = {
+    "completion": completion_pb2.DESCRIPTOR.services_by_name["CompletionService"],
+    "prove": prove_pb2.DESCRIPTOR.services_by_name["ProveService"],
+    "codeworld": codeworld_pb2.DESCRIPTOR.services_by_name["CodeWorldService"],
+    "agent": agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+}
+
+
+class _Unserved(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Methods of services this process does not serve: UNIMPLEMENTED, saying where the
+    service lives instead of gRPC's bare "Method not found!"."""
+
+    def __init__(self, served: tuple[str, ...]) -> None:
+        here = ", ".join(served) or "no service (HTTP shim only)"
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for name, descriptor in _DESCRIPTORS.items():
+            if name in served:
+                continue
+            message = (f"{descriptor.full_name} is not served by this process (it serves "
+                       f"{here}); run it with `scillm serve --service {name}` and point "
+                       f"callers at it (SCILLM_{name.upper()}_TARGET, --{name}-target)")
+
+            async def refuse(request: bytes, context: grpc.aio.ServicerContext,
+                             message: str = message) -> None:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+            async def refuse_stream(request: bytes, context: grpc.aio.ServicerContext,
+                                    message: str = message) -> AsyncIterator[bytes]:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+                yield b""  # never reached: a stream handler is an async generator
+
+            for method in descriptor.methods:
+                path = f"/{descriptor.full_name}/{method.name}"
+                self._handlers[path] = (
+                    grpc.unary_stream_rpc_method_handler(refuse_stream)
+                    if method.server_streaming else grpc.unary_unary_rpc_method_handler(refuse))
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails,
+                ) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(handler_call_details.method)
+
+
+def unserved_handler(served: tuple[str, ...]) -> grpc.GenericRpcHandler:
+    """A handler answering every method of the services not in `served` with
+    UNIMPLEMENTED and a message naming the process that should serve it."""
+    return _Unserved(served)
 
 
 async def _ready() -> bool:

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SERVICES", "Settings"]
+__all__ = ["DOORS", "SERVICES", "Settings"]
 
 #: Service names as used by `--service`, in start-up order.
 SERVICES: tuple[str, ...] = ("completion", "prove", "codeworld", "agent")
+
+#: Services a process's own clients call, each with a `<name>_target` setting: the four
+#: above and KeyService (served by every process; see `Settings.targets`).
+DOORS: tuple[str, ...] = (*SERVICES, "keys")
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class Settings:
     http_port: int = 4000
     #: Serve the HTTP shim beside gRPC.
     http_enabled: bool = True
-    #: Services this process serves.
+    #: Services this process serves; empty (`--service none`) for a process that only
+    #: fronts services living elsewhere with the HTTP shim (see the `*_target` settings).
     services: tuple[str, ...] = SERVICES
     #: LiteLLM-format model configuration (YAML); the embedded defaults when unset.
     config_path: Path | None = None
@@ -45,9 +50,20 @@ class Settings:
     default_unary_timeout_s: float = 600.0
     #: Deadline applied to streaming calls that carry none, seconds.
     default_stream_timeout_s: float = 3600.0
-    #: Address(es) other services use to reach CompletionService; this process when empty.
-    #: A comma-separated list or `dns:///name:port` (balanced with round_robin).
+    #: Where this process's callers of CompletionService (the HTTP shim, and Prove,
+    #: CodeWorld and Agent) reach it; this process when empty. `host:port`, a
+    #: comma-separated list of them, or `dns:///name:port`, balanced with round_robin.
     completion_target: str = ""
+    #: Where the HTTP shim reaches ProveService (`certainly/...`, `lean4/...`,
+    #: /bridge/complete); this process when empty. Same forms as `completion_target`.
+    prove_target: str = ""
+    #: Where the HTTP shim reaches CodeWorldService (`codeworld/...`, /bridge/complete).
+    codeworld_target: str = ""
+    #: Where the HTTP shim reaches AgentService (`agent/<model>`, /agent/run).
+    agent_target: str = ""
+    #: Where the HTTP shim's key routes (/key/generate, /key/info, /key/delete) go; when
+    #: empty, wherever completions go (keys live with Completion, which meters them).
+    keys_target: str = ""
     #: Completion model that formalizes natural-language requirements for Prove.
     prove_model: str = ""
     #: Streams one key may have open at once (virtual keys and the master key alike, when
@@ -96,8 +112,15 @@ class Settings:
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
         unknown = [s for s in self.services if s not in SERVICES]
-        if unknown or not self.services:
-            raise ValueError(f"unknown service(s) {unknown}; choose from {', '.join(SERVICES)}")
+        if unknown:
+            raise ValueError(f"unknown service(s) {unknown}; choose from "
+                             f"{', '.join(SERVICES)}, or none")
+        if not self.services and not self.http_enabled:
+            raise ValueError("nothing to serve: no service and no HTTP shim")
+        for door in DOORS:
+            problem = _target_problem(getattr(self, f"{door}_target"))
+            if problem:
+                raise ValueError(f"{door}_target: {problem}")
         for name in ("grpc_port", "http_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
@@ -117,6 +140,16 @@ class Settings:
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} does not exist")
 
+    def targets(self) -> dict[str, str]:
+        """Where this process's own clients reach each of `DOORS` ("" = this process).
+
+        KeyService is served by every process, but a key is checked by the process that
+        serves the call it pays for: the key routes follow `completion_target` unless
+        `keys_target` says otherwise (share keys between processes with `store_url`)."""
+        out = {door: getattr(self, f"{door}_target").strip() for door in DOORS}
+        out["keys"] = out["keys"] or out["completion"]
+        return out
+
     @property
     def tls(self) -> bool:
         """Whether the doors use TLS."""
@@ -132,7 +165,21 @@ def _parse(name: str, raw: str) -> Any:
     if kind in ("bool",):
         return raw.lower() in ("1", "true", "yes", "on")
     if name == "services":
-        return tuple(s.strip() for s in raw.split(",") if s.strip())
+        names = tuple(s.strip() for s in raw.split(",") if s.strip())
+        return () if names == ("none",) else names
     if "Path" in str(kind):
         return Path(raw)
     return raw
+
+
+def _target_problem(target: str) -> str:
+    """Why `target` is not a gRPC target this process can dial ("" when it is)."""
+    target = target.strip()
+    if not target or "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")):
+        return ""
+    for address in target.split(","):
+        host, sep, port = address.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            return (f"{address.strip()!r} is not host:port (use host:port, a comma-separated "
+                    "list of them, or dns:///name:port)")
+    return ""

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,3 +59,44 @@ def mesh_settings(tmp_path: Path, **overrides: object) -> Settings:
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
+
+class ServedProcess:
+    """`scillm serve ARGS` as a child process, its output in a log file; `start` returns
+    once it prints its ready line, and knows the ports it bound (pass port 0)."""
+
+    READY = re.compile(r"scillm: gRPC(?: \(TLS\))? on (\S+?)(?:, HTTP on (\S+))? \(")
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self.grpc_target = ""
+        self.http_url = ""
+        scillm = str(Path(sys.executable).parent / "scillm")
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([scillm, "serve", *args], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 90.0) -> ServedProcess:
+        deadline = time.monotonic() + timeout
+        while True:
+            match = self.READY.search(self.log.read_text(errors="replace"))
+            if match:
+                self.grpc_target, self.http_url = match.group(1), match.group(2) or ""
+                return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"scillm serve ({self.name}) did not start:\n"
+                                     + self.log.read_text(errors="replace")[-3000:])
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful shutdown); if it is not over within 20 s, SIGKILL to its
+        process group (it, sandbox workers, provers) while it still holds the group."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)

@@ -1,6 +1,7 @@
 """A scripted OpenAI-compatible upstream on 127.0.0.1:0: replies come from a list, in order.
 
-It speaks the real wire format (JSON `chat.completion`), so a mesh configured with
+It speaks the real wire format (JSON `chat.completion`, or with `"stream": true` an SSE
+stream of `chat.completion.chunk`s ending in `data: [DONE]`), so a mesh configured with
 `api_base: <url>` treats it as any OpenAI-compatible server. Every request it received
 is kept in `requests`.
 """
@@ -55,6 +56,10 @@ class ScriptedUpstream:
                 message = self.replies[self._index % len(self.replies)]
                 self._index += 1
                 finish = "tool_calls" if message.get("tool_calls") else "stop"
+                if request.get("stream") is True:
+                    writer.write(self._sse(request, message, finish))
+                    await writer.drain()
+                    continue
                 body = json.dumps({
                     "id": f"chatcmpl-{self._index}", "object": "chat.completion",
                     "created": 1, "model": request.get("model", ""),
@@ -69,3 +74,21 @@ class ScriptedUpstream:
             pass
         finally:
             writer.close()
+
+    def _sse(self, request: dict[str, Any], message: dict[str, Any], finish: str) -> bytes:
+        """The reply as a chunked SSE response: role, the content word by word, finish."""
+        base = {"id": f"chatcmpl-{self._index}", "object": "chat.completion.chunk",
+                "created": 1, "model": request.get("model", "")}
+        words = str(message.get("content") or "").split(" ")
+        deltas = [{"role": "assistant", "content": ""},
+                  *({"content": (" " if i else "") + w} for i, w in enumerate(words))]
+        events = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+                  for d in deltas]
+        events.append({**base, "choices": [{"index": 0, "delta": {},
+                                            "finish_reason": finish}]})
+        out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n" \
+              b"transfer-encoding: chunked\r\n\r\n"
+        for data in [*(json.dumps(e) for e in events), "[DONE]"]:
+            raw = f"data: {data}\n\n".encode()
+            out += f"{len(raw):x}\r\n".encode() + raw + b"\r\n"
+        return out + b"0\r\n\r\n"

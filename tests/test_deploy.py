@@ -48,6 +48,13 @@ def test_deploy_files_validate() -> None:
     ("compose.yaml", '    expose: ["6379"]', '    exposes: ["6379"]', "compose-spec schema"),
     ("k8s/completion.yaml", "  clusterIP: None\n", "", "cross-file checks"),
     ("Dockerfile", "USER 10001:10001", "USER root", "cross-file checks"),
+    # The split layout: the shim reaches each service, every Service is headless.
+    ("k8s/shim.yaml", "value: dns:///scillm-agent:50051", "value: dns:///scillm-agnt:50051",
+     "cross-file checks"),
+    ("k8s/prove.yaml", "  clusterIP: None\n", "", "cross-file checks"),
+    ("compose.yaml", "SCILLM_CODEWORLD_TARGET: dns:///codeworld:50051",
+     "SCILLM_CODEWORLD_TARGET: dns:///prove:50051", "cross-file checks"),
+    ("compose.yaml", 'command: ["--service", "none"]', "command: []", "cross-file checks"),
 ])
 def test_validate_catches_breakage(tmp_path: Path, path: str, old: str, new: str,
                                    reported: str) -> None:

@@ -14,7 +14,8 @@ The caller's `Authorization: Bearer <key>` (or `x-api-key`) goes to the mesh as 
 metadata, so both doors enforce the same keys.
 
 Model names `codeworld/...`, `agent/<model>`, `certainly/...` and `lean4/...` reach the
-other services (see runs.py).
+other services (the table is `runs.ROUTES`). Each service's calls use the client's channel
+for it, so a shim-only process fronts services living in other processes.
 
 Every response carries `x-request-id` (the caller's, or a new one), which is also the
 gRPC call's request id. Errors use OpenAI's body; once a stream has started, an error
@@ -51,12 +52,13 @@ from .openapi import OPENAPI
 
 __all__ = ["create_app"]
 
-_SERVICES = (
-    "scillm.completion.v1.CompletionService",
-    "scillm.prove.v1.ProveService",
-    "scillm.codeworld.v1.CodeWorldService",
-    "scillm.agent.v1.AgentService",
-)
+#: Health entries /readyz asks, each on the channel its service's calls use.
+_SERVICES = {
+    "completion": "scillm.completion.v1.CompletionService",
+    "prove": "scillm.prove.v1.ProveService",
+    "codeworld": "scillm.codeworld.v1.CodeWorldService",
+    "agent": "scillm.agent.v1.AgentService",
+}
 
 
 class RequestIdMiddleware:
@@ -217,7 +219,8 @@ class _Shim:
     def __init__(self, client: ScillmClient, max_request_bytes: int) -> None:
         self.client = client
         self.max_request_bytes = max_request_bytes
-        self._health = health_pb2_grpc.HealthStub(client.channel)
+        self._health = {service: health_pb2_grpc.HealthStub(client.channels[service])
+                        for service in _SERVICES}
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
@@ -407,10 +410,10 @@ class _Shim:
 
     async def readyz(self, request: Request) -> Response:
         statuses: dict[str, str] = {}
-        for name in _SERVICES:
+        for service, name in _SERVICES.items():
             try:
-                reply = await self._health.Check(health_pb2.HealthCheckRequest(service=name),
-                                                 timeout=2.0)
+                reply = await self._health[service].Check(
+                    health_pb2.HealthCheckRequest(service=name), timeout=2.0)
                 statuses[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:

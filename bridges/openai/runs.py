@@ -1,19 +1,31 @@
-"""Model names that reach other services through `/v1/chat/completions`, as the seed did:
+"""Which service a model name reaches through `/v1/chat/completions`, as the seed did.
 
-    codeworld, codeworld/...      -> CodeWorldService.CodeWorldRun
-    agent/<model>                 -> AgentService.AgentRun (driven by <model>)
-    certainly/<backend>, lean4/.. -> ProveService.Prove
+`ROUTES` is the whole table, read top to bottom; a model name matching no row is an
+ordinary completion model (CompletionService.Completion / CompletionStream):
+
+    model name                      service     client call                    terminal
+    codeworld, codeworld/...        codeworld   client.codeworld.run           summary
+    agent/<model>                   agent       client.agent.run (<model>)     final
+    certainly[/...], lean4[/...]    prove       client.prove.prove             summary
+
+`/bridge/complete` and `/agent/run` use the same table. Each service's calls go to the
+channel the client holds for it (its own target when the mesh is split over processes).
 
 The reply is a `chat.completion` whose content is the run's one-line outcome (the agent's
 final answer), with the structured result in the extra field `scillm`. Streamed, every
 event becomes a chunk carrying it in `scillm.event` (no content), then the outcome.
+
+A run reads its stream to the end, past the terminal event (the server ends the stream
+right after it): a call left open would never finish, and neither would its client span
+when tracing (OpenTelemetry ends a streaming call's span when the stream ends).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +38,9 @@ from ..seed import agent as agent_seed
 from ..seed import codeworld as codeworld_seed
 from ..seed import prove as prove_seed
 
-__all__ = ["RoutedRun", "route"]
+__all__ = ["ROUTES", "Route", "RoutedRun", "route"]
+
+Metadata = Sequence[tuple[str, str]]
 
 
 def _to_dict(message: Message) -> dict[str, Any]:
@@ -45,16 +59,34 @@ class RoutedRun:
     #: Outcome text from the terminal message.
     text: Callable[[Any], str]
 
+    async def _until_terminal(self) -> AsyncGenerator[tuple[str, Any], None]:
+        """(kind, body) of every event up to the terminal one. Once the terminal event is
+        taken, the rest of the stream (its end) is read, so the call ends OK; closed
+        earlier, the call is cancelled. Use it with `aclosing`."""
+        try:
+            async for event in self.events:
+                kind = event.WhichOneof("event")
+                if kind != self.terminal:
+                    yield kind, getattr(event, kind)
+                    continue
+                try:
+                    yield kind, getattr(event, kind)
+                finally:
+                    async for _ in self.events:  # only the end of the stream is left
+                        pass
+                return
+        finally:
+            await self.events.aclose()  # type: ignore[attr-defined]
+
     async def collect(self) -> tuple[str, dict[str, Any]]:
         """Run to the end; the reply text and the structured result."""
         seen: list[dict[str, Any]] = []
-        async for event in self.events:
-            kind = event.WhichOneof("event")
-            if kind == self.terminal:
-                body = getattr(event, kind)
-                return self.text(body), {"service": self.service, "result": _to_dict(body),
-                                         "events": seen}
-            seen.append({kind: _to_dict(getattr(event, kind))})
+        async with aclosing(self._until_terminal()) as events:
+            async for kind, body in events:
+                if kind == self.terminal:
+                    return self.text(body), {"service": self.service,
+                                             "result": _to_dict(body), "events": seen}
+                seen.append({kind: _to_dict(body)})
         raise RuntimeError(f"{self.service} stream ended without its {self.terminal} event")
 
     async def chunks(self, completion_id: str) -> AsyncIterator[dict[str, Any]]:
@@ -72,42 +104,76 @@ class RoutedRun:
             return out
 
         yield chunk({"role": "assistant", "content": ""})
-        async for event in self.events:
-            kind = event.WhichOneof("event")
-            body = getattr(event, kind)
-            if kind == self.terminal:
-                yield chunk({"content": self.text(body)})
-                yield chunk({}, "stop", {"service": self.service, "result": _to_dict(body)})
-                return
-            yield chunk({}, None, {"event": {kind: _to_dict(body)}})
+        async with aclosing(self._until_terminal()) as events:
+            async for kind, body in events:
+                if kind == self.terminal:
+                    yield chunk({"content": self.text(body)})
+                    yield chunk({}, "stop", {"service": self.service,
+                                             "result": _to_dict(body)})
+                else:
+                    yield chunk({}, None, {"event": {kind: _to_dict(body)}})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of `ROUTES`: model names `names` (exactly, or followed by `/...`) reach
+    `service` through `call`, whose stream ends with the `terminal` event."""
+
+    names: tuple[str, ...]
+    service: str
+    #: (client, request body, model name, request id, metadata) -> the call's events.
+    call: Callable[[ScillmClient, Mapping[str, Any], str, str, Metadata], AsyncIterator[Any]]
+    terminal: str
+    #: The reply's one-line outcome, from the terminal message.
+    text: Callable[[Any], str]
+    #: Whether the bare name (without `/...`) routes too.
+    bare: bool = True
+
+    def matches(self, model: str) -> bool:
+        return any((self.bare and model == name) or model.startswith(f"{name}/")
+                   for name in self.names)
+
+
+def _codeworld(client: ScillmClient, body: Mapping[str, Any], model: str, request_id: str,
+               metadata: Metadata) -> AsyncIterator[Any]:
+    return client.codeworld.run(codeworld_seed.request_from_envelope(body),
+                                request_id=request_id, metadata=metadata)
+
+
+def _agent(client: ScillmClient, body: Mapping[str, Any], model: str, request_id: str,
+           metadata: Metadata) -> AsyncIterator[Any]:
+    request = agent_seed.request_from_envelope(body, model.removeprefix("agent/"))
+    return client.agent.run(request, request_id=request_id, metadata=metadata)
+
+
+def _prove(client: ScillmClient, body: Mapping[str, Any], model: str, request_id: str,
+           metadata: Metadata) -> AsyncIterator[Any]:
+    return client.prove.prove(prove_seed.request_from_envelope(body),
+                              request_id=request_id, metadata=metadata)
 
 
 def _agent_text(final: Any) -> str:
     return str(final.answer or final.error)
 
 
+#: Model name -> service and client call (see the module docstring); first match wins.
+ROUTES: tuple[Route, ...] = (
+    Route(("codeworld",), "codeworld", _codeworld, "summary", codeworld_seed.summary_text),
+    Route(("agent",), "agent", _agent, "final", _agent_text, bare=False),
+    Route(("certainly", "lean4"), "prove", _prove, "summary", prove_seed.summary_text),
+)
+
+
 def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
-          metadata: Sequence[tuple[str, str]] = ()) -> RoutedRun | None:
+          metadata: Metadata = ()) -> RoutedRun | None:
     """The run a model name routes to, or None for an ordinary completion model."""
     model = body.get("model")
     if not isinstance(model, str):
         return None
-    if model == "codeworld" or model.startswith("codeworld/"):
-        codeworld = codeworld_seed.request_from_envelope(body)
-        return RoutedRun("codeworld", model,
-                         client.codeworld.run(codeworld, request_id=request_id,
-                                              metadata=metadata),
-                         "summary", codeworld_seed.summary_text)
-    if model.startswith("agent/"):
-        agent = agent_seed.request_from_envelope(body, model.removeprefix("agent/"))
-        return RoutedRun("agent", model,
-                         client.agent.run(agent, request_id=request_id, metadata=metadata),
-                         "final", _agent_text)
-    if model.startswith(("certainly/", "lean4/")) or model in ("certainly", "lean4"):
-        prove = prove_seed.request_from_envelope(body)
-        return RoutedRun("prove", model, client.prove.prove(prove, request_id=request_id,
-                                                             metadata=metadata),
-                         "summary", prove_seed.summary_text)
+    for row in ROUTES:
+        if row.matches(model):
+            events = row.call(client, body, model, request_id, metadata)
+            return RoutedRun(row.service, model, events, row.terminal, row.text)
     return None
 
 

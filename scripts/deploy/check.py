@@ -40,9 +40,17 @@ def health_names() -> dict[str, str]:
 
 
 def served(args: list[str]) -> list[str]:
-    """Services named by `--service NAME` arguments (all four when none)."""
+    """Services named by `--service NAME` arguments (all four when none; [] for the
+    shim-only `--service none`)."""
     out = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--service"]
+    if out == ["none"]:
+        return []
     return out or list(SERVICES)
+
+
+def target_host(target: str) -> str:
+    """The host a `dns:///host:port` or `host:port` target names."""
+    return re.sub(r"^dns:///", "", target).split(":")[0]
 
 
 # ---------------------------------------------------------------- Kubernetes
@@ -83,12 +91,13 @@ def check_k8s(names: dict[str, str], models: Any) -> None:
     elif yaml.safe_load(cm[1].get("data", {}).get("models.yaml", "")) != models:
         problem(cm[0], "data['models.yaml'] differs from scripts/deploy/models.yaml")
 
-    completion_svc = services.get("scillm-completion")
-    if completion_svc is None:
-        problem("k8s", "no Service scillm-completion")
-    elif completion_svc[1]["spec"].get("clusterIP") != "None":
-        problem(completion_svc[0], "Service scillm-completion must be headless "
-                "(clusterIP: None) so dns:/// round_robin sees every pod")
+    # Callers dial every service as dns:///scillm-<name>:50051 and balance round_robin
+    # over the pods DNS returns: only a headless Service returns them all.
+    for svc in SERVICES:
+        found = services.get(f"scillm-{svc}")
+        if found is not None and found[1]["spec"].get("clusterIP") != "None":
+            problem(found[0], f"Service scillm-{svc} must be headless (clusterIP: None) so "
+                    "dns:/// round_robin sees every pod")
     want_target = f"dns:///scillm-completion:{GRPC_PORT}"
 
     for svc in SERVICES:
@@ -134,6 +143,16 @@ def check_k8s(names: dict[str, str], models: Any) -> None:
         host = re.sub(r"^https?://", "", otel).split(":")[0]
         if otel and host not in services:
             problem(where, f"OTEL_EXPORTER_OTLP_ENDPOINT {otel}: no Service {host}")
+        scrape = d["spec"]["template"]["metadata"].get("annotations", {})
+        if scrape.get("prometheus.io/scrape") == "true":
+            port = int(scrape.get("prometheus.io/port", 0))
+            if port not in [p.get("containerPort") for p in c.get("ports", [])]:
+                problem(where, f"prometheus.io/port {port} is no container port")
+            if "--no-http" in args and env.get("SCILLM_METRICS_PORT") != str(port):
+                problem(where, f"with --no-http, metrics come from SCILLM_METRICS_PORT, "
+                        f"which should be {port}")
+
+    check_k8s_shim(deployments, services)
 
     # Every Service selects the pods of some Deployment, on ports they expose.
     for name, (where, s) in services.items():
@@ -173,18 +192,50 @@ def check_k8s(names: dict[str, str], models: Any) -> None:
         problem("k8s", "no HorizontalPodAutoscaler for scillm-completion")
 
 
+def check_k8s_shim(deployments: dict[str, tuple[str, dict[str, Any]]],
+                   services: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    """The shim-only Deployment fronts every service through its headless Service."""
+    found = deployments.get("scillm-shim")
+    if found is None:
+        problem("k8s", "no Deployment scillm-shim (the HTTP door, --service none)")
+        return
+    where, d = found
+    if "scillm-shim" not in services:
+        problem("k8s", "no Service scillm-shim")
+    (c,) = [c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "scillm"]
+    args = list(c.get("args") or [])
+    if served(args) != [] or "--no-http" in args:
+        problem(where, f"container args {args} should be --service none, HTTP on")
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    for svc in SERVICES:
+        want = f"dns:///scillm-{svc}:{GRPC_PORT}"
+        if env.get(f"SCILLM_{svc.upper()}_TARGET") != want:
+            problem(where, f"SCILLM_{svc.upper()}_TARGET should be {want}")
+    if 4000 not in [p.get("containerPort") for p in c.get("ports", [])]:
+        problem(where, "container does not expose the HTTP port 4000")
+    for probe in ("readinessProbe", "livenessProbe"):
+        if not c.get(probe):
+            problem(where, f"no {probe}")
+    if ((c.get("readinessProbe") or {}).get("httpGet") or {}).get("path") == "/readyz":
+        problem(where, "readinessProbe should not be /readyz: one service down would take "
+                "every door of the shim out of the Service")
+
+
 # ---------------------------------------------------------------- compose
 
 def check_compose(names: dict[str, str]) -> None:
     where = "compose.yaml"
     doc = yaml.safe_load((HERE / where).read_text(encoding="utf-8"))
     services: dict[str, Any] = doc["services"]
-    completion_hosts = []
     scillm = {n: s for n, s in services.items() if str(s.get("image", "")).startswith("scillm")}
+    hosts: dict[str, list[str]] = {svc: [] for svc in SERVICES}
+    for name, s in scillm.items():
+        for svc in served(list(s.get("command") or [])):
+            hosts[svc].append(name)
+    completion_hosts = hosts["completion"]
+    shims = [n for n, s in scillm.items() if served(list(s.get("command") or [])) == []]
     for name, s in scillm.items():
         serves = served(list(s.get("command") or []))
-        if "completion" in serves:
-            completion_hosts.append(name)
         env = s.get("environment") or {}
         test = (s.get("healthcheck") or {}).get("test") or []
         if test[:2] != ["CMD", "scillm-healthcheck"] or \
@@ -201,9 +252,17 @@ def check_compose(names: dict[str, str]) -> None:
                 problem(where, f"{name}: mounts {b[0]}, which does not exist")
         if set(serves) & {"prove", "codeworld", "agent"}:
             target = str(env.get("SCILLM_COMPLETION_TARGET", ""))
-            host = re.sub(r"^dns:///", "", target).split(":")[0]
-            if host not in services:
-                problem(where, f"{name}: SCILLM_COMPLETION_TARGET {target!r} names no service")
+            if target_host(target) not in completion_hosts:
+                problem(where, f"{name}: SCILLM_COMPLETION_TARGET {target!r} names no "
+                        "service serving completion")
+        if not serves:  # the shim: every door reaches the service that serves it
+            for svc in SERVICES:
+                target = str(env.get(f"SCILLM_{svc.upper()}_TARGET", ""))
+                if target_host(target) not in hosts[svc]:
+                    problem(where, f"{name}: SCILLM_{svc.upper()}_TARGET {target!r} names "
+                            f"no service serving {svc}")
+            if not any(str(p).endswith(":4000") for p in s.get("ports") or []):
+                problem(where, f"{name}: the shim should publish its HTTP port 4000")
         if set(serves) & {"codeworld", "agent"}:
             opts = set(s.get("security_opt") or [])
             if not {"seccomp=unconfined", "apparmor=unconfined"} <= opts:
@@ -212,11 +271,13 @@ def check_compose(names: dict[str, str]) -> None:
         build = s.get("build") or {}
         if build and not (HERE / build["context"] / build["dockerfile"]).is_file():
             problem(where, f"{name}: build.dockerfile does not exist")
-    if not completion_hosts:
-        problem(where, "no service serves completion")
-    if any(served(list(scillm[n].get("command") or [])) != ["completion"]
-           for n in completion_hosts):
-        problem(where, "completion should run in its own service, so it scales alone")
+    for svc, names_ in hosts.items():
+        if len(names_) != 1:
+            problem(where, f"{svc} should be served by exactly one service, not {names_}")
+        elif served(list(scillm[names_[0]].get("command") or [])) != [svc]:
+            problem(where, f"{svc} should run in its own service, so it scales alone")
+    if len(shims) != 1:
+        problem(where, f"want one shim-only service (--service none), not {shims}")
     for n in ("redis", "jaeger"):
         if n not in services:
             problem(where, f"no {n} service")

@@ -14,8 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from meshutil import RunningMesh
+from otlp_receiver import OtlpReceiver
 
 from scillm.server.commands.doctor import (
     Check,
@@ -142,7 +146,8 @@ async def test_tools_on_this_host() -> None:
         lean = checks["lean"]
         assert lean.status is Status.MISSING
         assert lean.hint == "install elan/lean4; Lean checks are optional"
-    assert checks["otlp"] == Check("otlp", Status.SKIPPED, "tracing off")
+    assert checks["otlp"] == Check("otlp", Status.SKIPPED, "tracing off: "
+                                   "OTEL_EXPORTER_OTLP_ENDPOINT is unset, spans go nowhere")
     assert checks["redis"].status is Status.SKIPPED
     assert checks["config"].status is Status.OK
     assert checks["provider:echo/*"].status is Status.OK
@@ -266,13 +271,53 @@ async def test_a_bad_config_is_a_failed_part(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- redis, otlp
 
 
+async def test_otlp_says_where_traces_go_and_that_the_receiver_answers() -> None:
+    with OtlpReceiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+        check = _by_part(await collect(environ=env))["otlp"]
+        assert check == Check("otlp", Status.OK, f"traces go to {receiver.endpoint} "
+                              "(OTEL_EXPORTER_OTLP_ENDPOINT, plaintext): the OTLP "
+                              "TraceService answers"), check
+        # The traces-only variable wins; without a scheme, INSECURE says plaintext.
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+               "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"127.0.0.1:{receiver.port}",
+               "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+        check = _by_part(await collect(environ=env))["otlp"]
+        assert check.status is Status.OK, check
+        assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, plaintext" in check.detail
+        off = _by_part(await collect(environ={**env, "OTEL_SDK_DISABLED": "true"}))["otlp"]
+        assert off.status is Status.SKIPPED and "OTEL_SDK_DISABLED" in off.detail
+
+
 async def test_otlp_endpoint_on_a_closed_port() -> None:
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    port = _closed_port()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
     check = _by_part(await collect(environ=env))["otlp"]
-    assert check.status is Status.FAILED and "OTEL_EXPORTER_OTLP_ENDPOINT" in check.hint
-    async with _http_server(None) as port:
-        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"127.0.0.1:{port}"}
-        assert _by_part(await collect(environ=env))["otlp"].status is Status.OK
+    assert check.status is Status.FAILED, check
+    assert check.detail.startswith(f"traces go to http://127.0.0.1:{port} "
+                                   "(OTEL_EXPORTER_OTLP_ENDPOINT, plaintext): UNAVAILABLE")
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in check.hint
+
+
+async def test_otlp_endpoint_that_is_no_trace_receiver() -> None:
+    # A gRPC server without TraceService: it answers, but not as a collector.
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
+        check = _by_part(await collect(environ=env))["otlp"]
+    finally:
+        await server.stop(0)
+    assert check.status is Status.FAILED and "no OTLP trace receiver" in check.detail
+    # A port that accepts connections and never speaks: the deadline, not a hang.
+    async with _http_server(None) as silent:
+        started = time.monotonic()
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent}"}
+        check = _by_part(await collect(environ=env, timeout_s=1.0))["otlp"]
+    assert time.monotonic() - started < 5
+    assert check.status is Status.FAILED, check
 
 
 # `redis_port` (a real redis-server) comes from tests/conftest.py.

@@ -1,142 +1,90 @@
 """Traces leave the process over OTLP/gRPC when OTEL_* says so: a real OTLP TraceService
-receiver (from opentelemetry-proto) collects the spans of a mesh run as `scillm serve`."""
+receiver (from opentelemetry-proto) collects the spans of meshes run as `scillm serve`.
+Every door's trace through the five-process layout is checked in tests/test_split_layout.py.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import (
-    trace_service_pb2,
-    trace_service_pb2_grpc,
-)
+import httpx
+from meshutil import ServedProcess
+from otlp_receiver import OtlpReceiver, Span, broken_links, new_traceparent
 
 from scillm.clients import SyncScillmClient
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        # (service.name, span name, trace id, parent span id, span id)
-        self.spans: list[tuple[str, str, bytes, bytes, bytes]] = []
-
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
-               context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
-        for rs in request.resource_spans:
-            service = next((a.value.string_value for a in rs.resource.attributes
-                            if a.key == "service.name"), "")
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    self.spans.append((service, span.name, span.trace_id, span.parent_span_id,
-                                       span.span_id))
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _env(tmp_path: Path, receiver: OtlpReceiver, name: str) -> dict[str, str]:
+    return {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_SERVICE_NAME": name,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "SCILLM_STORE_PATH": str(tmp_path / name / "runs.sqlite3")}
 
 
 def test_spans_reach_an_otlp_receiver(tmp_path: Path) -> None:
-    receiver = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    otlp_port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    port = _free_port()
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
-           "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_SERVICE_NAME": "scillm-test",
-           "OTEL_BSP_SCHEDULE_DELAY": "100", "SCILLM_STORE_PATH": str(tmp_path / "r.sqlite3")}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "scillm"), "serve", "--service", "completion",
-         "--grpc-port", str(port), "--no-http", "--grace", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # log lines, then the ready line
-            if "scillm: gRPC on" in line:
-                break
-        with SyncScillmClient(f"127.0.0.1:{port}") as client:
-            client.complete({"model": "echo/x", "messages": [{"role": "user", "content": "t"}]})
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not receiver.spans:
-            time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        server.stop(0)
-    names = [(service, name) for service, name, *_ in receiver.spans]
+    with OtlpReceiver() as receiver:
+        proc = ServedProcess("completion", [
+            "--service", "completion", "--grpc-port", "0", "--no-http", "--grace", "1"],
+            _env(tmp_path, receiver, "scillm-test"), tmp_path / "completion.log").wait_ready()
+        try:
+            with SyncScillmClient(proc.grpc_target) as client:
+                client.complete({"model": "echo/x",
+                                 "messages": [{"role": "user", "content": "t"}]})
+            spans = receiver.wait_for(lambda spans: bool(spans))
+        finally:
+            proc.stop()
+    names = [(s.service, s.name) for s in spans]
     assert ("scillm-test", "/scillm.completion.v1.CompletionService/Completion") in names, names
 
 
-def _serve(port: int, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "scillm"), "serve", "--grpc-port", str(port),
-         "--grace", "1", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "scillm: gRPC on" in line:
-            return proc
-    raise AssertionError(f"scillm serve {args} did not start")
+def test_one_whole_trace_across_the_shim_and_two_processes(tmp_path: Path) -> None:
+    """HTTP shim and Agent in process A; Completion in process B. `/agent/run` is one
+    trace, every span's parent exported, the shim's client span of the AgentRun stream
+    among them (it ends only when the shim reads the stream to its end)."""
+    with OtlpReceiver() as receiver:
+        b = ServedProcess("completion-b", [
+            "--service", "completion", "--grpc-port", "0", "--no-http", "--grace", "1"],
+            _env(tmp_path, receiver, "completion-b"), tmp_path / "b.log").wait_ready()
+        a = ServedProcess("agent-a", [
+            "--service", "agent", "--grpc-port", "0", "--http-port", "0", "--grace", "1",
+            "--completion-target", b.grpc_target],
+            _env(tmp_path, receiver, "agent-a"), tmp_path / "a.log")
+        traceparent, trace_id, caller = new_traceparent()
+        try:
+            a.wait_ready()
+            reply = httpx.post(f"{a.http_url}/agent/run", timeout=60, json={
+                "model": "echo/x", "messages": [{"role": "user", "content": "just answer"}],
+                "max_iterations": 2}, headers={"traceparent": traceparent})
+            assert reply.status_code == 200, reply.text
+            wanted = {("agent-a", "SERVER", "POST /agent/run"),
+                      ("agent-a", "CLIENT", "/scillm.agent.v1.AgentService/AgentRun"),
+                      ("agent-a", "SERVER", "/scillm.agent.v1.AgentService/AgentRun"),
+                      ("agent-a", "CLIENT", "/scillm.completion.v1.CompletionService/Completion"),
+                      ("completion-b", "SERVER",
+                       "/scillm.completion.v1.CompletionService/Completion")}
 
+            def whole(spans: list[Span]) -> bool:
+                seen = {(s.service, s.kind, s.name) for s in spans if s.trace_id == trace_id}
+                return wanted <= seen and not broken_links(spans, trace_id, caller)
 
-def test_one_trace_across_the_shim_and_two_processes(tmp_path: Path) -> None:
-    """HTTP shim and Agent in process A; Completion in process B: one trace, parents chained."""
-    import httpx
-
-    receiver = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    otlp_port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    base = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "SCILLM_STORE_PATH": str(tmp_path / "r.sqlite3")}
-    b_port, a_port, http_port = _free_port(), _free_port(), _free_port()
-    b = _serve(b_port, {**base, "OTEL_SERVICE_NAME": "completion-b"},
-               "--service", "completion", "--no-http")
-    a = _serve(a_port, {**base, "OTEL_SERVICE_NAME": "agent-a",
-                        "SCILLM_COMPLETION_TARGET": f"127.0.0.1:{b_port}"},
-               "--service", "agent", "--http-port", str(http_port))
-    try:
-        reply = httpx.post(f"http://127.0.0.1:{http_port}/agent/run", timeout=60, json={
-            "model": "echo/x", "messages": [{"role": "user", "content": "just answer"}],
-            "max_iterations": 2})
-        assert reply.status_code == 200, reply.text
-        deadline = time.monotonic() + 15
-        wanted = {"agent-a", "completion-b"}
-        while time.monotonic() < deadline:
-            services = {s[0] for s in receiver.spans
-                        if s[1].endswith("CompletionService/Completion")}
-            if wanted <= services:
-                break
-            time.sleep(0.1)
-    finally:
-        for proc in (a, b):
-            proc.terminate()
-            proc.wait(timeout=15)
-        server.stop(0)
-    spans = receiver.spans
-    http_root = [s for s in spans if s[0] == "agent-a" and s[1].startswith("POST")]
-    assert http_root, [s[:2] for s in spans]
-    trace_id = http_root[0][2]
-    in_trace = [s for s in spans if s[2] == trace_id]
-    by_id = {s[4]: s for s in in_trace}
-    served = [s for s in in_trace if s[0] == "completion-b"
-              and s[1] == "/scillm.completion.v1.CompletionService/Completion"]
-    assert served, "the Completion call in process B is not in the shim's trace"
-    client_span = by_id[served[0][3]]  # B's server span's parent: A's client span
-    assert client_span[0] == "agent-a"
+            spans = receiver.wait_for(whole)
+        finally:
+            a.stop()
+            b.stop()
+    in_trace = [s for s in spans if s.trace_id == trace_id]
+    seen = {(s.service, s.kind, s.name) for s in in_trace}
+    assert wanted <= seen, sorted(wanted - seen)
+    assert broken_links(spans, trace_id, caller) == []
+    roots = [s for s in in_trace if s.parent_span_id == caller]
+    assert [(r.service, r.kind) for r in roots] == [("agent-a", "SERVER")]
+    # B's server span hangs from A's client span, which hangs from A's AgentRun.
+    by_id = {s.span_id: s for s in in_trace}
+    served = next(s for s in in_trace if s.service == "completion-b" and s.kind == "SERVER")
     chain = []
-    span = client_span
-    while span[3] in by_id:
-        span = by_id[span[3]]
-        chain.append((span[0], span[1]))
-    assert ("agent-a", "/scillm.agent.v1.AgentService/AgentRun") in chain
+    span = served
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        chain.append((span.service, span.kind, span.name))
+    assert chain[0] == ("agent-a", "CLIENT", "/scillm.completion.v1.CompletionService/Completion")
+    assert ("agent-a", "CLIENT", "/scillm.agent.v1.AgentService/AgentRun") in chain

@@ -1,0 +1,72 @@
+"""Local tools: `z3`, `coqc`, `coqtop`, `lean`, `bubblewrap` (its version *and* a namespace
+probe), `node`."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Awaitable
+from dataclasses import replace
+
+from ._check import Check, Status, installed, one_line, run_command
+
+__all__ = ["PART_HINTS", "tool_checks"]
+
+_HINT_Z3 = "apt-get install z3"
+_HINT_Z3 = "apt-get install z3"
+_HINT_COQ = "apt-get install coq"
+_HINT_LEAN = "install elan/lean4; Lean checks are optional"
+_HINT_BWRAP = "apt-get install bubblewrap; CodeWorld falls back to rlimits (weaker isolation)"
+_HINT_NODE = "apt-get install nodejs (JavaScript strategies only)"
+PART_HINTS = {"smt": _HINT_Z3, "coq": _HINT_COQ, "lean4": _HINT_LEAN,
+               "bubblewrap": _HINT_BWRAP}
+
+
+async def _version(part: str, exe: str, hint: str) -> Check:
+    path = shutil.which(exe)
+    if path is None:
+        return Check(part, Status.MISSING, f"{exe} not on PATH", hint)
+    code, out = await run_command([path, "--version"])
+    if code != 0:
+        return Check(part, Status.FAILED,
+                     f"{exe} --version exited {code}: {one_line(out, last=True)}", hint)
+    return Check(part, Status.OK, one_line(out) or path)
+
+
+async def _z3(exe: str) -> Check:
+    check = await _version("z3", exe, _HINT_Z3)
+    module = "z3-solver module present" if installed("z3") else "z3-solver module absent"
+    if check.status is Status.OK:
+        return replace(check, detail=f"{check.detail}; {module}")
+    return replace(check, detail=f"{check.detail} ({module}; the smt backend runs the binary)")
+
+
+async def _bubblewrap() -> Check:
+    check = await _version("bubblewrap", "bwrap", _HINT_BWRAP)
+    if check.status is not Status.OK:
+        return check
+    bwrap = shutil.which("bwrap") or "bwrap"
+    true = shutil.which("true") or "/bin/true"
+    code, out = await run_command([bwrap, "--ro-bind", "/", "/", "--unshare-all", true])
+    if code != 0:
+        return Check("bubblewrap", Status.FAILED,
+                     f"{check.detail}, but it cannot create namespaces: "
+                     f"{one_line(out, last=True) or f'exit {code}'}",
+                     "allow unprivileged user namespaces (sysctl "
+                     "kernel.unprivileged_userns_clone=1) or run with privileges; CodeWorld "
+                     "falls back to rlimits (weaker isolation)")
+    return replace(check, detail=f"{check.detail}; namespaces work")
+
+
+def tool_checks() -> list[tuple[str, Awaitable[Check]]]:
+    from ...prove import ProveSettings
+
+    prove = ProveSettings()
+    return [
+        ("z3", _z3(prove.z3_path)),
+        ("coqc", _version("coqc", prove.coqc_path, _HINT_COQ)),
+        ("coqtop", _version("coqtop", prove.coqtop_path, _HINT_COQ)),
+        ("lean", _version("lean", prove.lean_path, _HINT_LEAN)),
+        ("bubblewrap", _bubblewrap()),
+        ("node", _version("node", "node", _HINT_NODE)),
+    ]
+
