@@ -43,15 +43,17 @@ Python code runs with the standard library only (``-I -S``). JavaScript runs on 
 (when installed) with a V8 heap of ``Limits.memory``.
 """
 
-from ._execution import Execution, JsonValue, Language, Status
+from ._execution import Execution, JsonValue, Language, Status, describe_failure
 from ._launch import BUBBLEWRAP, RLIMITS, RLIMITS_UNSHARE
 from ._limits import Limits
 from ._policy import check_policy
 from ._sandbox import Sandbox
 from ._settings import IsolationMode, SandboxSettings
+from ._toolchains import COMPILED, Toolchain
 
 __all__ = [
     "BUBBLEWRAP",
+    "COMPILED",
     "RLIMITS",
     "RLIMITS_UNSHARE",
     "Execution",
@@ -62,5 +64,7 @@ __all__ = [
     "Sandbox",
     "SandboxSettings",
     "Status",
+    "Toolchain",
     "check_policy",
+    "describe_failure",
 ]
