@@ -51,7 +51,8 @@ class Language(_Language, metaclass=_LanguageEnumTypeWrapper):
     """Language of a strategy's source. Every language gets the task's JSON context and
     returns the result as JSON: Python, JavaScript and TypeScript as the function
     `solve(task, context)`; the compiled languages as a program reading the context as
-    JSON on stdin and printing the result as JSON on stdout. Compiled languages compile
+    JSON on stdin (whole numbers without a fraction) and printing the result as JSON on
+    stdout. Compiled languages compile
     once per distinct source (a content-addressed cache); a compile error is a run with
     RUN_STATUS_ERROR whose stderr holds the compiler's message.
     """
