@@ -1,4 +1,4 @@
-"""The CodeWorld sandbox: run untrusted Python or JavaScript, cheaply and contained.
+"""The CodeWorld sandbox: run untrusted code in eight languages, cheaply and contained.
 
 API::
 
@@ -8,6 +8,8 @@ API::
                                entry="solve", args=[{}, {"x": 21}],
                                limits=Limits(wall_time=2.0))
         ex.status, ex.result, ex.stdout, ex.wall, ex.cpu, ex.peak_memory
+        ex = await sandbox.run("rust", 'fn main() { println!("42"); }')   # a program
+        sandbox.toolchains()                   # every language: available, version, reason
 
 How it contains code
 --------------------
@@ -41,6 +43,19 @@ How it contains code
 
 Python code runs with the standard library only (``-I -S``). JavaScript runs on node
 (when installed) with a V8 heap of ``Limits.memory``.
+
+Compiled languages
+------------------
+TypeScript (tsc on node), C (gcc), C++ (g++), Java (javac), Rust (rustc) and Go (go build)
+are compiled **inside the same sandbox**, as the run's private uid, under
+``SandboxSettings.compile_limits`` (60 s, 4 GiB, 256 processes by default), once per
+distinct (toolchain, source): the artifact goes to a content-addressed cache on the host
+(``_compile.py``), read-only inside the sandbox, and compile errors are remembered. A
+compiled C/C++/Java/Rust/Go strategy then runs as a program under the run's limits (the
+JVM and Go's runtime, like node, get ``Limits.memory`` as heap and 1 GiB more address
+space); TypeScript runs as JavaScript. Toolchains are found when the sandbox starts
+(``_toolchains.py``); a language whose toolchain is missing is listed with the reason by
+``Sandbox.toolchains()`` and refused by ``run``.
 """
 
 from ._execution import Execution, JsonValue, Language, Status, describe_failure

@@ -205,41 +205,39 @@ def _java(which: Which) -> Toolchain:
                      root=str(home))
 
 
+def _rooted(language: Language, name: str, which: Which, fallbacks: tuple[str, ...],
+            query: tuple[str, ...], version_args: tuple[str, ...], hint: str) -> Toolchain:
+    """A toolchain whose driver names its real directory (``query``), whose compiler is
+    ``<root>/bin/<name>``: rustup's sysroot, Go's GOROOT."""
+    driver = _locate(name, which, fallbacks, real=False)
+    if driver is None:
+        return Toolchain(language, reason=f"{name} not found on PATH or in "
+                                          f"{', '.join(fallbacks)} ({hint})")
+    code, found, err = _run([driver, *query])
+    if code != 0 or not found or not os.access(os.path.join(found, "bin", name), os.X_OK):
+        return Toolchain(language, reason=f"{name} {' '.join(query)} gave no usable "
+                                          f"toolchain: {_first_line(err) or found}")
+    root = os.path.realpath(found)
+    compiler = os.path.join(root, "bin", name)
+    code, version, err = _run([compiler, *version_args])
+    if code != 0:
+        return Toolchain(language, reason=f"{name} {' '.join(version_args)} failed: "
+                                          f"{_first_line(err)}")
+    return Toolchain(language, version.removeprefix("go version "), compiler=compiler,
+                     root=root)
+
+
 def _rust(which: Which) -> Toolchain:
     if shutil.which("cc", path=_SYSTEM_PATH) is None:
         return Toolchain(Language.RUST, reason=f"cc (rustc's linker) not found in {_SYSTEM_PATH}")
-    driver = _locate("rustc", which, ("~/.cargo/bin",), real=False)
-    if driver is None:
-        return Toolchain(Language.RUST, reason="rustc not found on PATH or in ~/.cargo/bin")
-    code, sysroot, err = _run([driver, "--print", "sysroot"])
-    compiler = os.path.join(sysroot, "bin", "rustc")
-    if code != 0 or not sysroot or not os.access(compiler, os.X_OK):
-        return Toolchain(Language.RUST, reason=f"rustc --print sysroot gave no usable "
-                                               f"toolchain: {_first_line(err) or compiler}")
-    root = os.path.realpath(sysroot)
-    compiler = os.path.join(root, "bin", "rustc")
-    code, version, err = _run([compiler, "--version"])
-    if code != 0:
-        return Toolchain(Language.RUST, reason=f"rustc --version failed: {_first_line(err)}")
-    return Toolchain(Language.RUST, version, compiler=compiler, root=root)
+    return _rooted(Language.RUST, "rustc", which, ("~/.cargo/bin",), ("--print", "sysroot"),
+                   ("--version",), "Debian: rustc")
 
 
 def _go(which: Which) -> Toolchain:
-    driver = _locate("go", which, ("/usr/local/go/bin", "~/go/bin", "~/.local/go/bin"),
-                     real=False)
-    if driver is None:
-        return Toolchain(Language.GO, reason="go not found on PATH (Debian: golang-go)")
-    code, goroot, err = _run([driver, "env", "GOROOT"])
-    compiler = os.path.join(goroot, "bin", "go")
-    if code != 0 or not goroot or not os.access(compiler, os.X_OK):
-        return Toolchain(Language.GO, reason=f"go env GOROOT gave no usable toolchain: "
-                                             f"{_first_line(err) or compiler}")
-    root = os.path.realpath(goroot)
-    code, version, err = _run([os.path.join(root, "bin", "go"), "version"])
-    if code != 0:
-        return Toolchain(Language.GO, reason=f"go version failed: {_first_line(err)}")
-    return Toolchain(Language.GO, version.removeprefix("go version "),
-                     compiler=os.path.join(root, "bin", "go"), root=root)
+    return _rooted(Language.GO, "go", which, ("/usr/local/go/bin", "~/go/bin",
+                                              "~/.local/go/bin"), ("env", "GOROOT"),
+                   ("version",), "Debian: golang-go")
 
 
 def _typescript(node: str | None, package: str | None) -> Toolchain:
