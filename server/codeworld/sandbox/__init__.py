@@ -24,7 +24,8 @@ How it contains code
   that sets a new session, drops to the worker's private uid, and applies RLIMIT_CPU,
   RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE and RLIMIT_CORE = 0.
 * **Processes.** RLIMIT_NPROC counts per uid and root ignores it, so when the host is root
-  each worker's runs execute as their own unprivileged uid (``base_uid + slot``): the limit
+  each worker's runs execute as their own unprivileged uid (``base + slot``, from a range
+  of uids this sandbox claims for itself on the host, see ``_uids.py``): the limit
   then counts only that run's processes and threads, and the run cannot signal the
   worker. After every run a helper holding that uid calls ``kill(-1, SIGKILL)``, which
   kills every process of the uid atomically with respect to fork: fork bombs and

@@ -123,14 +123,14 @@ def _binds(paths: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for p in real if os.path.isdir(p)))
 
 
-async def make_launcher(settings: SandboxSettings, binds: tuple[str, ...] = ()) -> Launcher:
+async def make_launcher(settings: SandboxSettings, binds: tuple[str, ...] = (),
+                        base_uid: int | None = None) -> Launcher:
     """Probe the host and pick the strongest isolation the settings allow.
 
     ``binds`` are directories bound read-only besides ``settings.extra_ro_binds``
-    (toolchains, the compile cache).
+    (toolchains, the compile cache); ``base_uid`` (root only) is the first private uid.
     """
     python, node, bwrap, hidden = locate(settings)
-    base_uid = settings.base_uid if os.geteuid() == 0 else None
     launcher = Launcher(BUBBLEWRAP, python, node, bwrap, hidden, settings.tmp_size, base_uid,
                         _binds((*settings.extra_ro_binds, *binds)))
     if settings.isolation != "rlimits" and bwrap is not None:

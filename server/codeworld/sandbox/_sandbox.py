@@ -18,6 +18,7 @@ from ._limits import Limits
 from ._policy import check_policy
 from ._settings import SandboxSettings
 from ._toolchains import COMPILED, Toolchain, find_toolchain
+from ._uids import UidRange
 from ._worker import Worker
 
 _GIB = 1 << 30
@@ -47,6 +48,7 @@ class Sandbox:
         self._toolchains: dict[Language, Toolchain] | None = None
         self._cache = CompileCache(self._settings.compile_cache_dir,
                                    max_entries=self._settings.compile_cache_entries)
+        self._uids: UidRange | None = None
 
     @property
     def settings(self) -> SandboxSettings:
@@ -101,8 +103,16 @@ class Sandbox:
         chains = await asyncio.to_thread(self.toolchains)
         self._cache.open()
         roots = tuple(t.root for t in chains if t.available and t.root)
-        self._launcher = await make_launcher(self._settings, (*roots, self._cache.directory))
         count = self._settings.workers or os.cpu_count() or 1
+        if os.geteuid() == 0:
+            self._uids = UidRange.claim(self._settings.base_uid, count)
+        try:
+            self._launcher = await make_launcher(
+                self._settings, (*roots, self._cache.directory),
+                self._uids.first if self._uids else None)
+        except BaseException:
+            await self.close()
+            raise
         self._slots = [None] * count
         spawned = await asyncio.gather(*(self._spawn(i) for i in range(count)),
                                        return_exceptions=True)
@@ -119,6 +129,8 @@ class Sandbox:
         slots, self._slots = self._slots, []
         await asyncio.gather(*(w.kill() for w in slots if w is not None))
         self._cache.close()
+        if self._uids is not None:
+            self._uids.release()
 
     async def __aenter__(self) -> Sandbox:
         await self.start()

@@ -32,8 +32,10 @@ class SandboxSettings:
             bubblewrap, even under a hidden path (e.g. a compiler's toolchain directory
             under ``/root``; only that directory is exposed, not its hidden parent).
             Skipped when absent; the fallback isolation hides nothing, so needs none.
-        base_uid: worker *i* runs code as uid/gid ``base_uid + i`` when the host is root,
-            which makes RLIMIT_NPROC effective and isolates runs from the worker.
+        base_uid: worker *i* runs code as uid/gid ``base + i`` when the host is root,
+            which makes RLIMIT_NPROC effective and isolates runs from the worker; ``base``
+            is the first range from ``base_uid`` (in steps of 256) that no other sandbox
+            on the host holds (a lock file per range), so sandboxes never share uids.
         tmp_size: bytes of the private ``/tmp`` tmpfs of each worker.
         grace: seconds the host waits past ``wall_time`` before it declares a worker
             dead, kills it and starts a new one.
