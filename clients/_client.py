@@ -154,7 +154,7 @@ class ProveClient:
 
 
 class CodeWorldClient:
-    """CodeWorldService: `run` (runs, progress, then the summary)."""
+    """CodeWorldService: `run` (runs, progress, then the summary), `languages`."""
 
     def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = codeworld_pb2_grpc.CodeWorldServiceStub(channel)
@@ -167,6 +167,17 @@ class CodeWorldClient:
         """Run strategies; yields events, the summary last."""
         return _stream(self._stub.CodeWorldRun(request, timeout=timeout, metadata=_metadata(
             request_id, metadata, self._default)))
+
+    async def languages(self, *, timeout: float | None = 10.0
+                        ) -> codeworld_pb2.ListLanguagesResponse:
+        """Strategy languages: available or not (with why), versions."""
+        try:
+            reply: codeworld_pb2.ListLanguagesResponse = await self._stub.ListLanguages(
+                codeworld_pb2.ListLanguagesRequest(), timeout=timeout,
+                metadata=_metadata(None, None, self._default))
+            return reply
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
 
 
 class AgentClient:

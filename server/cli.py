@@ -221,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs_show.add_argument("run_id", help="run id (a unique prefix is enough)")
     runs_replay = runs_sub.add_parser(
         "replay", help="re-execute a run with its stored inputs and report what differs",
-        description="Exit 0 when the replay matches, 3 when something differs.")
+        description="Exit 0 when the replay matches, 3 when something differs. Outcomes "
+                    "derived from wall time (CodeWorld's speed metric, and the ranks and "
+                    "scores built on it) are listed apart under \"volatile\" and do not "
+                    "count as differences.")
     runs_replay.add_argument("run_id", help="run id (a unique prefix is enough)")
     runs_replay.add_argument("--target",
                              default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),

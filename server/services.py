@@ -173,12 +173,10 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
 
 
 def _sandbox_settings() -> Any:
-    """One sandbox configuration: installed compiler toolchains are bound in read-only."""
-    from .agent import find_toolchains
+    """One sandbox configuration (it finds the compilers and binds their trees itself)."""
     from .codeworld.sandbox import SandboxSettings
 
-    roots = tuple(t.root for t in find_toolchains().values() if t.found and t.root)
-    return SandboxSettings(extra_ro_binds=roots)
+    return SandboxSettings()
 
 
 def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
@@ -227,15 +225,17 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
         lambda server: codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server(
             servicer, server),
         ERRORS, start, engine.close,
-        # `<service>/bubblewrap` NOT_SERVING says code runs with weaker isolation (rlimits).
-        parts_ready=lambda: {"bubblewrap": engine.sandbox.isolation == "bubblewrap"})
+        # `<service>/bubblewrap` NOT_SERVING says code runs with weaker isolation (rlimits);
+        # `<service>/<language>` NOT_SERVING, that the language's toolchain is missing.
+        parts_ready=lambda: {"bubblewrap": engine.sandbox.isolation == "bubblewrap",
+                             **{t.language.value: t.available for t in engine.languages()}})
 
 
 def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
     from .agent import AgentEngine, SandboxExecutor
     from .agent._config_file import agent_settings_from_file
     from .agent.servicer import ERRORS, AgentServicer
-    from .codeworld.sandbox import Sandbox
+    from .codeworld.sandbox import COMPILED, Language, Sandbox
 
     sandbox = shared.get("sandbox")
     own_sandbox = sandbox is None
@@ -243,9 +243,9 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
         sandbox = Sandbox(_sandbox_settings())
     executor = SandboxExecutor(sandbox)
     base = agent_settings_from_file(settings.config_path)
-    # Compiled languages are offered when their toolchain is installed (and visible).
-    extra = tuple(lang for lang in ("rust", "go")
-                  if lang not in base.languages and executor.unavailable(lang) is None)
+    # Compiled languages are offered when their toolchain is installed.
+    extra = tuple(lang.value for lang in Language if lang in COMPILED
+                  and lang.value not in base.languages and executor.unavailable(lang) is None)
     engine = AgentEngine(replace(base, languages=base.languages + extra), link.chat, executor)
 
     async def start() -> bool:

@@ -6,7 +6,8 @@ Accepted (through `/v1/chat/completions` with a `codeworld/...` model, or `/brid
      "messages": [...],                          # the first user message describes the task
      "items": [{"task_id", "description"?, "context": {input, expected, tests, entry_point}}],
      "provider": {"args": {"strategies": [{name, language?, source | code}],
-                           "score_source"?, "judge"?: {mode, weights, order},
+                           "score_source"?, "volatile_metrics"?: [metric],
+                           "judge"?: {mode, weights, order},
                            "limits"?: {timeout_s, memory_bytes, concurrency, strict},
                            "rollouts", "depth", "uct_c" | "exploration_constant", "seed",
                            "num_variants", "generator_model", "temperature"}},
@@ -28,7 +29,11 @@ from scillm.codeworld.v1 import codeworld_pb2 as pb
 __all__ = ["request_from_envelope", "summary_text"]
 
 _LANG = {"python": pb.LANGUAGE_PYTHON, "py": pb.LANGUAGE_PYTHON,
-         "javascript": pb.LANGUAGE_JAVASCRIPT, "js": pb.LANGUAGE_JAVASCRIPT}
+         "javascript": pb.LANGUAGE_JAVASCRIPT, "js": pb.LANGUAGE_JAVASCRIPT,
+         "typescript": pb.LANGUAGE_TYPESCRIPT, "ts": pb.LANGUAGE_TYPESCRIPT,
+         "c": pb.LANGUAGE_C, "cpp": pb.LANGUAGE_CPP, "c++": pb.LANGUAGE_CPP,
+         "java": pb.LANGUAGE_JAVA, "rust": pb.LANGUAGE_RUST, "rs": pb.LANGUAGE_RUST,
+         "go": pb.LANGUAGE_GO, "golang": pb.LANGUAGE_GO}
 _MCTS_KEYS = ("rollouts", "depth", "uct_c", "exploration_constant", "seed", "num_variants",
               "generator_model", "temperature", "time_budget_s")
 
@@ -91,6 +96,7 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.CodeWorldRunRequest:
                            language=_LANG[lang])
     if args.get("score_source"):
         req.scoring.score_source = str(args["score_source"])
+    req.scoring.volatile_metrics.extend(str(m) for m in args.get("volatile_metrics") or [])
     judge = _dict(args.get("judge"), "provider.args.judge")
     if judge.get("mode") == "lexicographic":
         req.scoring.judge.mode = pb.JUDGE_MODE_LEXICOGRAPHIC

@@ -66,7 +66,8 @@ class AgentSettings:
     use_tools: bool = True
     #: Run a fenced code block found in a reply that has no tool calls.
     auto_run_code: bool = False
-    #: Code tool languages: python, javascript, bash, go, rust (go/rust need toolchains).
+    #: Code tool languages: python, javascript, bash, typescript, c, cpp, java, go, rust
+    #: (the last six need their toolchains).
     languages: tuple[str, ...] = ("python", "javascript", "bash")
     #: Commands a bash code tool may run.
     bash_allowlist: tuple[str, ...] = DEFAULT_BASH_ALLOWLIST
@@ -122,7 +123,8 @@ class AgentSettings:
 
 
 #: Languages with a code tool profile.
-KNOWN_LANGUAGES: tuple[str, ...] = ("python", "javascript", "bash", "go", "rust")
+KNOWN_LANGUAGES: tuple[str, ...] = ("python", "javascript", "bash", "typescript", "c", "cpp",
+                                    "java", "go", "rust")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from ._scoring import TIMING_METRICS, aggregate, check_scorer
 from ._sessions import RedisSessionStore, SessionStore
 from ._settings import CodeWorldSettings
 from .errors import InvalidRequest, TooManyItems, TooManyStrategies
-from .sandbox import Sandbox
+from .sandbox import Language, Sandbox, Toolchain
 
 
 class CodeWorldEngine:
@@ -65,6 +65,10 @@ class CodeWorldEngine:
                 "isolation": self._sandbox.isolation,
                 "languages": ",".join(lang.value for lang in self._sandbox.languages)}
 
+    def languages(self) -> tuple[Toolchain, ...]:
+        """Every strategy language: available or not (with why), its version."""
+        return self._sandbox.toolchains()
+
     def validate(self, request: RunRequest) -> None:
         """Raise an ``InvalidRequest`` subclass for a request that cannot run."""
         if not request.items:
@@ -77,6 +81,12 @@ class CodeWorldEngine:
                 f"{len(request.strategies) + extra} strategies > {self._settings.max_strategies}")
         if not request.strategies and request.autogenerate is None:
             raise InvalidRequest("a run needs strategies or autogenerate")
+        known = {lang.value for lang in Language}
+        for strategy in request.strategies:
+            if strategy.language not in known:
+                raise InvalidRequest(f"strategy {strategy.name!r}: unknown language "
+                                     f"{strategy.language!r}; choose from "
+                                     f"{', '.join(sorted(known))}")
         for kind, names in (("task_id", [i.task_id for i in request.items]),
                             ("strategy name", [s.name for s in request.strategies])):
             repeated = sorted(n for n, c in Counter(names).items() if c > 1)
@@ -136,7 +146,9 @@ class CodeWorldEngine:
         yield await self._summary(request, results, stats, generation)
 
     def _prepare(self, strategy: Strategy, strict: bool) -> Prepared:
-        return prepare(strategy, strict=strict, languages=self._sandbox.languages)
+        unavailable = {t.language.value: t.reason for t in self._sandbox.toolchains()
+                       if not t.available}
+        return prepare(strategy, strict=strict, unavailable=unavailable)
 
     async def _evaluate(self, runner: Runner, strategy: Strategy, strict: bool,
                         request: RunRequest) -> list[RunResult]:
@@ -170,17 +182,24 @@ class CodeWorldEngine:
             rankings=rankings,
             overall=tuple(Ranked(i + 1, name, score) for i, (score, name) in enumerate(overall)),
             counts=dict(counts), isolation=self._sandbox.isolation, mcts_stats=stats,
-            session=session, generation=generation)
+            session=session, generation=generation,
+            volatile_metrics=_volatile(request) & {m for r in results for m in r.metrics})
+
+
+def _volatile(request: RunRequest) -> frozenset[str]:
+    """Metrics of this request that are derived from wall time."""
+    return TIMING_METRICS | frozenset(request.volatile_metrics)
 
 
 def _reward(runs: Sequence[RunResult], request: RunRequest) -> float:
     if not runs:
         return 0.0
     keep_timing = request.mcts is not None and request.mcts.timing_in_reward
+    volatile = _volatile(request)
     total = 0.0
     for run in runs:
         metrics = {k: v for k, v in run.metrics.items()
-                   if keep_timing or k not in TIMING_METRICS}
+                   if keep_timing or k not in volatile}
         total += aggregate(metrics, request.judge.weights)
     return total / len(runs)
 

@@ -37,6 +37,8 @@ class RunResult:
     error_type: str = ""
     error_message: str = ""
     score_error: str = ""
+    #: The search tree node this run evaluated (MCTS only; empty otherwise).
+    variant_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,9 @@ class MctsProgress:
 class Generation:
     """The record of one request for variants from a model.
 
-    ``error`` is empty on success; a failed generation yields no variants.
+    ``error`` is empty on success; a failed generation yields no variants. ``rejected``
+    says why proposed variants were refused. ``parent_id`` is the MCTS node an expansion
+    improved (empty for autogeneration).
     """
 
     model: str
@@ -65,6 +69,7 @@ class Generation:
     variant_ids: tuple[str, ...] = ()
     rejected: tuple[str, ...] = ()
     error: str = ""
+    parent_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,11 @@ class Ranked:
 
 @dataclass(frozen=True, slots=True)
 class NodeStats:
-    """One node of the search tree."""
+    """One node of the search tree.
+
+    ``value`` is the total reward backed up through the node, ``mean`` (value / visits)
+    its average; ``reward`` is the node's own evaluation.
+    """
 
     variant_id: str
     parent_id: str
@@ -88,10 +97,19 @@ class NodeStats:
     value: float
     reward: float
 
+    @property
+    def mean(self) -> float:
+        """The mean reward of the rollouts through this node (0 when never visited)."""
+        return self.value / self.visits if self.visits else 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class MctsStats:
-    """The search after it stopped."""
+    """The search after it stopped.
+
+    ``values`` maps each visited node to its mean reward; ``expansions`` records every
+    model call that tried to add a variant (successful or not).
+    """
 
     visits: int
     values: Mapping[str, float]
@@ -101,6 +119,7 @@ class MctsStats:
     rollouts: int
     stopped: str
     children: tuple[NodeStats, ...] = ()
+    expansions: tuple[Generation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +137,11 @@ class SessionInfo:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """The terminal event: rankings and counts of the whole run."""
+    """The terminal event: rankings and counts of the whole run.
+
+    ``volatile_metrics`` are the metrics derived from wall time: scores and ranks built
+    on them may change from one run of the same request to the next.
+    """
 
     rankings: Mapping[str, tuple[Ranked, ...]]
     overall: tuple[Ranked, ...]
@@ -127,6 +150,7 @@ class Summary:
     mcts_stats: MctsStats | None = None
     session: SessionInfo | None = None
     generation: Generation | None = None
+    volatile_metrics: frozenset[str] = frozenset()
 
 
 Event = RunResult | MctsProgress | Generation | Summary

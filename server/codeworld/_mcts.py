@@ -15,10 +15,10 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ._autogen import Complete, generate, variants_prompt
-from ._events import Event, MctsProgress, MctsStats, NodeStats, RunResult
+from ._events import Event, Generation, MctsProgress, MctsStats, NodeStats, RunResult
 from ._model import Item, MctsSettings, Strategy
 from .errors import InvalidRequest
 
@@ -68,6 +68,7 @@ class Search:
         self._rng = random.Random(settings.seed)
         self._rollouts = 0
         self._stopped = "not started"
+        self._expansions: list[Generation] = []
 
     async def run(self, initial: Sequence[Strategy]) -> AsyncIterator[Event]:
         """Search, yielding every event; ``stats()`` describes the result afterwards."""
@@ -108,7 +109,8 @@ class Search:
                 path.append(node)
             if node.reward is None:
                 assert node.strategy is not None
-                node.runs = await self._evaluate(node.strategy)
+                node.runs = [replace(run, variant_id=node.id)
+                             for run in await self._evaluate(node.strategy)]
                 for run in node.runs:
                     yield run
                 node.reward = self._reward(node.runs)
@@ -130,8 +132,9 @@ class Search:
             explored=sum(1 for n in nodes if n.reward is not None), rollouts=self._rollouts,
             stopped=self._stopped,
             children=tuple(NodeStats(n.id, n.parent.id if n.parent else "", n.depth, n.visits,
-                                     n.value / n.visits if n.visits else 0.0, n.reward or 0.0)
-                           for n in nodes))
+                                     n.value, n.reward or 0.0)
+                           for n in nodes),
+            expansions=tuple(self._expansions))
 
     def _expandable(self, node: _Node) -> bool:
         return (node is not self._root and self._complete is not None
@@ -157,6 +160,8 @@ class Search:
             temperature=self._settings.temperature, seed=self._settings.seed + rollout,
             language=self._language)
         name = f"{node.id}>{node.expansions}"
+        record = replace(record, parent_id=node.id)
+        self._expansions.append(record)
         yield record
         if strategies:
             strategy = Strategy(name, strategies[0].source, self._language)

@@ -132,6 +132,8 @@ class RunRequest:
         mcts: search over variants instead of a single pass.
         autogenerate: ask the model for variants first (needs an injected ``complete``).
         session_id, track: keep this run's mean aggregate and report a plateau.
+        volatile_metrics: metrics ``scorer`` derives from timings; with the rubric's
+            ``speed`` they are left out of MCTS rewards and reported apart by replay.
     """
 
     items: tuple[Item, ...]
@@ -145,3 +147,4 @@ class RunRequest:
     autogenerate: AutogenSpec | None = None
     session_id: str | None = None
     track: str = "default"
+    volatile_metrics: tuple[str, ...] = ()

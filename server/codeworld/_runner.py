@@ -15,6 +15,7 @@ from ._model import Item, Strategy
 from ._scoring import Rubric, aggregate, lines_of_code, user_metrics
 from .errors import InvalidSource, WorkerCrashed
 from .sandbox import (
+    COMPILED,
     Execution,
     JsonValue,
     Language,
@@ -24,6 +25,9 @@ from .sandbox import (
     check_policy,
 )
 
+#: Languages whose strategies are programs: context JSON on stdin, result JSON on stdout.
+PROGRAMS = frozenset(lang.value for lang in COMPILED - {Language.TYPESCRIPT})
+_JS_LIKE = frozenset({Language.JAVASCRIPT.value, Language.TYPESCRIPT.value})
 _JS_FUNCTION = re.compile(
     r"(?:function\s*\*?\s*([A-Za-z_$][\w$]*)|(?:const|let|var)\s+([A-Za-z_$][\w$]*)\s*=)")
 
@@ -42,13 +46,22 @@ class Prepared:
     problem_type: str = ""
 
 
-def prepare(strategy: Strategy, *, strict: bool, languages: Sequence[Language]) -> Prepared:
-    """Check language, syntax and (strict mode) policy of a strategy."""
+def prepare(strategy: Strategy, *, strict: bool, unavailable: Mapping[str, str]) -> Prepared:
+    """Check language, syntax and (strict mode) policy of a strategy.
+
+    ``unavailable`` maps each language that cannot run here to why.
+    """
     loc = lines_of_code(strategy.source)
-    if strategy.language not in [lang.value for lang in languages]:
-        return Prepared(strategy, loc, problem=f"language {strategy.language!r} unavailable",
-                        problem_type="InvalidSource")
-    if strategy.language == Language.JAVASCRIPT.value:
+    if strategy.language in unavailable:
+        return Prepared(strategy, loc, problem=f"language {strategy.language!r} is "
+                        f"unavailable here: {unavailable[strategy.language]}",
+                        problem_type="LanguageUnavailable")
+    if strategy.language in PROGRAMS:
+        if strategy.entry is not None:
+            return Prepared(strategy, loc, problem=f"{strategy.language} strategies are "
+                            "programs: no entry function", problem_type="InvalidSource")
+        return Prepared(strategy, loc)
+    if strategy.language in _JS_LIKE:
         names = {a or b for a, b in _JS_FUNCTION.findall(strategy.source)}
         return Prepared(strategy, loc, frozenset(names))
     try:
@@ -73,6 +86,21 @@ class _Plan:
     via_main: bool = False
 
 
+def _whole(value: JsonValue) -> JsonValue:
+    """``value`` with whole floats as integers (``1.0`` -> ``1``).
+
+    A context that came through protobuf's Struct holds every number as a double; JSON
+    does not tell 1 from 1.0, but a C or Rust program parsing integers does.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
+
+
 def task_of(item: Item) -> dict[str, Any]:
     """The ``task`` argument handed to strategies and scorers."""
     return {"task_id": item.task_id, "description": item.description}
@@ -81,6 +109,12 @@ def task_of(item: Item) -> dict[str, Any]:
 def _plan(prepared: Prepared, item: Item) -> _Plan | str:
     strategy = prepared.strategy
     context = {k: v for k, v in item.context.items() if k != "tests"}
+    if strategy.language in PROGRAMS:
+        if item.tests is not None:
+            return (f"the item has check(candidate) tests, which run Python, JavaScript or "
+                    f"TypeScript functions; a {strategy.language} program needs an expected "
+                    "value instead")
+        return _Plan(None, stdin=json.dumps(_whole(context)), via_main=True)
     if item.tests is not None:
         entry = strategy.entry or item.entry_point
         if entry is None:

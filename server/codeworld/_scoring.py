@@ -10,7 +10,7 @@ from typing import Any
 
 from ._model import DEFAULT_WEIGHTS
 from .errors import InvalidScorer, SandboxError
-from .sandbox import Execution, JsonValue, Limits, Sandbox
+from .sandbox import Execution, JsonValue, Limits, Sandbox, describe_failure
 
 TIMING_METRICS = frozenset({"speed"})
 
@@ -106,7 +106,9 @@ async def user_metrics(
     except SandboxError as exc:
         return None, f"scorer could not run: {exc}"
     if not ran.ok:
-        return None, f"score() failed ({ran.status.value}): {ran.error_type}: {ran.error_message}"
+        why = describe_failure(ran.reason, ran.error_type, ran.error_message,
+                               status=ran.status.value)
+        return None, f"score() failed: {why}"
     try:
         return validate_metrics(ran.result), ""
     except ValueError as exc:

@@ -22,9 +22,10 @@ from . import errors
 from ._engine import CodeWorldEngine
 from ._events import Generation, MctsProgress, RunResult, Summary
 from ._model import AutogenSpec, Item, JudgeSpec, MctsSettings, RunRequest, Strategy
-from .sandbox import Limits
+from .sandbox import Limits, describe_failure
 
-__all__ = ["ERRORS", "CodeWorldServicer", "request_from_proto"]
+__all__ = ["ERRORS", "CodeWorldServicer", "request_from_proto", "run_to_proto",
+           "summary_to_proto"]
 
 ERRORS: ErrorTable = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -34,7 +35,11 @@ ERRORS: ErrorTable = {
 }
 
 _LANGUAGES = {pb.LANGUAGE_UNSPECIFIED: "python", pb.LANGUAGE_PYTHON: "python",
-              pb.LANGUAGE_JAVASCRIPT: "javascript"}
+              pb.LANGUAGE_JAVASCRIPT: "javascript", pb.LANGUAGE_TYPESCRIPT: "typescript",
+              pb.LANGUAGE_C: "c", pb.LANGUAGE_CPP: "cpp", pb.LANGUAGE_JAVA: "java",
+              pb.LANGUAGE_RUST: "rust", pb.LANGUAGE_GO: "go"}
+_LANGUAGE_ENUM = {name: value for value, name in _LANGUAGES.items()
+                  if value != pb.LANGUAGE_UNSPECIFIED}
 _STATUS = {"ok": pb.RUN_STATUS_OK, "error": pb.RUN_STATUS_ERROR,
            "timeout": pb.RUN_STATUS_TIMEOUT, "killed": pb.RUN_STATUS_KILLED}
 
@@ -70,6 +75,14 @@ def _limits(limits: pb.Limits) -> tuple[Limits | None, int | None]:
     return built, (limits.concurrency or None)
 
 
+def _language(strategy: pb.Strategy, index: int) -> str:
+    name = _LANGUAGES.get(strategy.language)
+    if name is None:
+        raise _invalid(f"strategies[{index}].language: unknown language {strategy.language}",
+                       f"strategies[{index}].language")
+    return name
+
+
 def request_from_proto(req: pb.CodeWorldRunRequest) -> RunRequest:
     """The engine's request for a `CodeWorldRunRequest`."""
     if not req.items:
@@ -84,8 +97,7 @@ def request_from_proto(req: pb.CodeWorldRunRequest) -> RunRequest:
         items.append(Item(task_id=task.task_id or f"item-{i}", description=task.description,
                           context=context))
     strategies = tuple(
-        Strategy(name=s.name or f"strategy-{i}", source=s.source,
-                 language=_LANGUAGES.get(s.language, "python"))
+        Strategy(name=s.name or f"strategy-{i}", source=s.source, language=_language(s, i))
         for i, s in enumerate(req.strategies))
     limits, concurrency = _limits(req.limits)
     judge = req.scoring.judge
@@ -110,6 +122,7 @@ def request_from_proto(req: pb.CodeWorldRunRequest) -> RunRequest:
         raise _invalid("strategies must not be empty (or set mcts.autogenerate)", "strategies")
     return RunRequest(
         items=tuple(items), strategies=strategies, scorer=req.scoring.score_source or None,
+        volatile_metrics=tuple(req.scoring.volatile_metrics),
         judge=spec, limits=limits, concurrency=concurrency,
         strict=True if req.limits.strict else None, mcts=mcts, autogenerate=autogen,
         session_id=req.context.session_id or None, track=req.context.track or "default")
@@ -128,17 +141,16 @@ def _finite(metrics: Any) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
 
 
-def run_to_proto(run: RunResult, variant_id: str = "") -> pb.RunResult:
+def run_to_proto(run: RunResult) -> pb.RunResult:
     """One run as a `RunResult` message."""
-    error = ""
-    if run.status.value != "ok":
-        error = ": ".join(p for p in (run.reason, run.error_type, run.error_message) if p)
+    error = "" if run.status.value == "ok" else describe_failure(
+        run.reason, run.error_type, run.error_message)
     out = pb.RunResult(task_id=run.task_id, strategy=run.strategy,
                        status=_STATUS.get(run.status.value, pb.RUN_STATUS_ERROR),
                        result=_value(run.result), stdout=run.stdout, stderr=run.stderr,
                        error=error, lines_of_code=run.lines_of_code,
                        metrics=_finite(run.metrics), score_error=run.score_error,
-                       variant_id=variant_id)
+                       variant_id=run.variant_id)
     out.timings.wall.FromNanoseconds(int(run.wall * 1e9))
     out.timings.cpu.FromNanoseconds(int(run.cpu * 1e9))
     out.timings.peak_memory_bytes = run.peak_memory
@@ -147,18 +159,21 @@ def run_to_proto(run: RunResult, variant_id: str = "") -> pb.RunResult:
     return out
 
 
-def _generation(gen: Generation) -> pb.GenerationInfo:
+def generation_to_proto(gen: Generation) -> pb.GenerationInfo:
+    """One model generation of variants as a `GenerationInfo` message."""
     return pb.GenerationInfo(model=gen.model, n=gen.n, temperature=gen.temperature,
                              prompt_sha256=gen.prompt_sha256,
                              response_sha256=gen.response_sha256, error=gen.error,
-                             accepted=len(gen.variant_ids))
+                             accepted=len(gen.variant_ids), variant_ids=gen.variant_ids,
+                             rejected=gen.rejected, parent_id=gen.parent_id)
 
 
 def summary_to_proto(summary: Summary, items: int) -> pb.CodeWorldRunSummary:
     """The terminal summary (manifest added by the caller)."""
     out = pb.CodeWorldRunSummary(items=items, succeeded=summary.counts.get("ok", 0),
                                  failed=summary.counts.get("runs", 0)
-                                 - summary.counts.get("ok", 0))
+                                 - summary.counts.get("ok", 0),
+                                 volatile_metrics=sorted(summary.volatile_metrics))
     for task_id, ranked in summary.rankings.items():
         out.rankings.add(task_id=task_id, entries=[
             pb.RankedStrategy(strategy=r.strategy, rank=r.rank, score=r.score,
@@ -171,10 +186,10 @@ def summary_to_proto(summary: Summary, items: int) -> pb.CodeWorldRunSummary:
         for node in s.children:
             out.mcts_stats.children.add(
                 variant_id=node.variant_id, parent_id=node.parent_id, depth=node.depth,
-                visits=node.visits, value=node.value,
-                mean=node.value / node.visits if node.visits else 0.0)
+                visits=node.visits, value=node.value, mean=node.mean)
+        out.mcts_stats.expansions.extend(generation_to_proto(g) for g in s.expansions)
     if summary.generation is not None:
-        out.mcts_stats.generation.CopyFrom(_generation(summary.generation))
+        out.mcts_stats.generation.CopyFrom(generation_to_proto(summary.generation))
     if summary.session is not None:
         si = summary.session
         out.session.CopyFrom(pb.SessionInfo(
@@ -209,6 +224,8 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
                     if self._metrics is not None:
                         self._metrics.sandbox_runs.labels(event.status.value).inc()
                     yield pb.CodeWorldRunResponse(run=run)
+                elif isinstance(event, Generation):
+                    yield pb.CodeWorldRunResponse(generation=generation_to_proto(event))
                 elif isinstance(event, MctsProgress):
                     yield pb.CodeWorldRunResponse(mcts_progress=pb.MctsProgress(
                         rollout=event.rollout, variant_id=event.variant_id,
@@ -221,3 +238,11 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
                     if self._store is not None:
                         await self._store.put(summary.manifest, request, summary, recorded)
                     yield pb.CodeWorldRunResponse(summary=summary)
+
+    async def ListLanguages(self, request: pb.ListLanguagesRequest,
+                            context: grpc.aio.ServicerContext[Any, Any],
+                            ) -> pb.ListLanguagesResponse:
+        return pb.ListLanguagesResponse(languages=[
+            pb.LanguageInfo(language=_LANGUAGE_ENUM[t.language.value], available=t.available,
+                            version=t.version, reason=t.reason, compiled=t.compiled)
+            for t in self._engine.languages()])

@@ -77,8 +77,9 @@ async def replay_run(location: str | Path, run_id: str, target: str | None) -> i
     if run is None:
         return 1
     async with mesh_client(target, (run.manifest.service,)) as client:
-        result, diffs = await replay(run, client)
+        result, diffs, volatile = await replay(run, client)
     new_id = getattr(getattr(result, "manifest", None), "run_id", "")
     print(json.dumps({"run_id": run.manifest.run_id, "replay_run_id": new_id,
-                      "identical": not diffs, "differences": diffs}, indent=2))
+                      "identical": not diffs, "differences": diffs,
+                      "volatile": volatile}, indent=2))
     return 0 if not diffs else 3

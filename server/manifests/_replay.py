@@ -2,6 +2,16 @@
 
 Volatile fields (ids, times, durations, timings, the manifest itself) are left out of
 the comparison; everything else (verdicts, outputs, rankings, transcripts) must match.
+
+CodeWorld metrics derived from wall time (the rubric's ``speed``, and whatever the
+request's ``Scoring.volatile_metrics`` names; the summary lists them in
+``volatile_metrics``) differ from one execution to the next, and so do the scores and
+ranks built on them: two correct strategies of equal length can swap places on timing
+alone. Replay therefore compares each ranking as strategy → deterministic metrics
+(correctness, brevity, ...), and reports ranks, scores and volatile metrics apart, as
+``volatile``: a rank can only change without a deterministic metric changing when timing
+moved it, so a replay whose deterministic metrics match is identical, and a real change
+(a wrong result, a failed test, a longer source) still differs.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from scillm.completion.v1 import completion_pb2
 
 from ._store import StoredRun
 
-__all__ = ["comparable", "differences", "replay"]
+__all__ = ["comparable", "differences", "replay", "split"]
 
 # `session` is the session's history, not an outcome of the inputs: a replay runs outside
 # the session (it must not count as one more run of it) and is not compared on it; nor is
@@ -26,15 +36,50 @@ _VOLATILE = {"manifest", "session", "routing", "duration", "timings", "step_time
              "overhead", "total_sleep"}
 
 
+#: CodeWorld's wall-time metric, for summaries stored before they listed their own.
+_TIMING_METRICS = ("speed",)
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def split(message: Message) -> tuple[Any, Any]:
+    """The message as a dict without its volatile fields, and its volatile outcomes
+    (CodeWorld's ranks, scores and wall-time metrics) apart."""
+    data = _strip(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    volatile: dict[str, Any] = {}
+    if isinstance(data.get("rankings"), list):
+        timing = set(data.get("volatile_metrics") or _TIMING_METRICS)
+        data["rankings"], volatile["rankings"] = _split_rankings(data["rankings"], timing)
+    return data, volatile
+
+
+def _split_rankings(rankings: list[Any], timing: set[str]
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per task: strategy → deterministic metrics; and strategy → rank, score and the
+    wall-time metrics."""
+    fixed: dict[str, Any] = {}
+    moving: dict[str, Any] = {}
+    for ranking in rankings:
+        task = str(ranking.get("task_id", ""))
+        fixed[task], moving[task] = {}, {}
+        for entry in ranking.get("entries", []):
+            name = str(entry.get("strategy", ""))
+            metrics = entry.get("metrics", {})
+            fixed[task][name] = {k: v for k, v in metrics.items() if k not in timing}
+            moving[task][name] = {"rank": entry.get("rank"), "score": entry.get("score"),
+                                  **{k: v for k, v in metrics.items() if k in timing}}
+    return fixed, moving
+
+
 def comparable(message: Message) -> Any:
-    """The message as a dict without its volatile fields."""
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in _VOLATILE}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-    return strip(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    """The message as a dict without its volatile fields (see ``split``)."""
+    return split(message)[0]
 
 
 def differences(stored: Any, replayed: Any, path: str = "") -> list[str]:
@@ -62,8 +107,10 @@ async def _terminal(events: Any, field: str) -> Message:
     return last
 
 
-async def replay(stored: StoredRun, client: ScillmClient) -> tuple[Message, list[str]]:
-    """Re-execute `stored` through `client`; the new result and the differences."""
+async def replay(stored: StoredRun, client: ScillmClient
+                 ) -> tuple[Message, list[str], list[str]]:
+    """Re-execute `stored` through `client`: the new result, the differences, and the
+    differences in volatile outcomes (reported, not counted; see the module docstring)."""
     service = stored.manifest.service
     request: Any = type(stored.request)()
     request.CopyFrom(stored.request)
@@ -82,4 +129,7 @@ async def replay(stored: StoredRun, client: ScillmClient) -> tuple[Message, list
         result = await _terminal(client.completion.stream(request.request), "end")
     else:
         raise ValueError(f"cannot replay a run of service {service!r}")
-    return result, differences(comparable(stored.result), comparable(result))
+    before, before_volatile = split(stored.result)
+    after, after_volatile = split(result)
+    return (result, differences(before, after),
+            differences(before_volatile, after_volatile))

@@ -1,4 +1,4 @@
-"""The CodeWorld sandbox: run untrusted Python or JavaScript, cheaply and contained.
+"""The CodeWorld sandbox: run untrusted code in eight languages, cheaply and contained.
 
 API::
 
@@ -8,6 +8,8 @@ API::
                                entry="solve", args=[{}, {"x": 21}],
                                limits=Limits(wall_time=2.0))
         ex.status, ex.result, ex.stdout, ex.wall, ex.cpu, ex.peak_memory
+        ex = await sandbox.run("rust", 'fn main() { println!("42"); }')   # a program
+        sandbox.toolchains()                   # every language: available, version, reason
 
 How it contains code
 --------------------
@@ -22,7 +24,8 @@ How it contains code
   that sets a new session, drops to the worker's private uid, and applies RLIMIT_CPU,
   RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE and RLIMIT_CORE = 0.
 * **Processes.** RLIMIT_NPROC counts per uid and root ignores it, so when the host is root
-  each worker's runs execute as their own unprivileged uid (``base_uid + slot``): the limit
+  each worker's runs execute as their own unprivileged uid (``base + slot``, from a range
+  of uids this sandbox claims for itself on the host, see ``_uids.py``): the limit
   then counts only that run's processes and threads, and the run cannot signal the
   worker. After every run a helper holding that uid calls ``kill(-1, SIGKILL)``, which
   kills every process of the uid atomically with respect to fork: fork bombs and
@@ -41,17 +44,32 @@ How it contains code
 
 Python code runs with the standard library only (``-I -S``). JavaScript runs on node
 (when installed) with a V8 heap of ``Limits.memory``.
+
+Compiled languages
+------------------
+TypeScript (tsc on node), C (gcc), C++ (g++), Java (javac), Rust (rustc) and Go (go build)
+are compiled **inside the same sandbox**, as the run's private uid, under
+``SandboxSettings.compile_limits`` (60 s, 4 GiB, 256 processes by default), once per
+distinct (toolchain, source): the artifact goes to a content-addressed cache on the host
+(``_compile.py``), read-only inside the sandbox, and compile errors are remembered. A
+compiled C/C++/Java/Rust/Go strategy then runs as a program under the run's limits (the
+JVM and Go's runtime, like node, get ``Limits.memory`` as heap and 1 GiB more address
+space); TypeScript runs as JavaScript. Toolchains are found when the sandbox starts
+(``_toolchains.py``); a language whose toolchain is missing is listed with the reason by
+``Sandbox.toolchains()`` and refused by ``run``.
 """
 
-from ._execution import Execution, JsonValue, Language, Status
+from ._execution import Execution, JsonValue, Language, Status, describe_failure
 from ._launch import BUBBLEWRAP, RLIMITS, RLIMITS_UNSHARE
 from ._limits import Limits
 from ._policy import check_policy
 from ._sandbox import Sandbox
 from ._settings import IsolationMode, SandboxSettings
+from ._toolchains import COMPILED, Toolchain
 
 __all__ = [
     "BUBBLEWRAP",
+    "COMPILED",
     "RLIMITS",
     "RLIMITS_UNSHARE",
     "Execution",
@@ -62,5 +80,7 @@ __all__ = [
     "Sandbox",
     "SandboxSettings",
     "Status",
+    "Toolchain",
     "check_policy",
+    "describe_failure",
 ]

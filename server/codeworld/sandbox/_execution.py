@@ -27,10 +27,29 @@ class Status(enum.StrEnum):
 
 
 class Language(enum.StrEnum):
-    """Languages the sandbox runs."""
+    """Languages the sandbox runs (each when its toolchain is found; see ``Toolchain``)."""
 
     PYTHON = "python"
     JAVASCRIPT = "javascript"
+    TYPESCRIPT = "typescript"
+    C = "c"
+    CPP = "cpp"
+    JAVA = "java"
+    RUST = "rust"
+    GO = "go"
+
+
+def describe_failure(reason: str, error_type: str, error_message: str, *,
+                     status: str = "") -> str:
+    """One line saying why an execution failed, without empty parts.
+
+    ``describe_failure("wall_time", "", "", status="timeout")`` is
+    ``"timeout (wall_time)"``; ``("exception", "KeyError", "'k'")`` is
+    ``"exception: KeyError: 'k'"``.
+    """
+    head = f"{status} ({reason})" if status and reason and reason != status else (
+        status or reason)
+    return ": ".join(p for p in (head, error_type, error_message) if p) or "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,10 @@ class Execution:
         exit_code: the process exit code, or ``-signal`` when killed by a signal.
         isolation: the isolation level the run had (see ``Sandbox.isolation``).
         overhead: host-side seconds spent beyond ``wall`` (dispatch, IPC, cleanup).
+        compile_wall: seconds this call spent compiling (0 on a compile-cache hit and
+            for interpreted languages).
+        compiled: whether this call compiled the source (False on a compile-cache hit
+            and for interpreted languages).
     """
 
     status: Status
@@ -69,6 +92,8 @@ class Execution:
     exit_code: int = 0
     isolation: str = ""
     overhead: float = 0.0
+    compile_wall: float = 0.0
+    compiled: bool = False
 
     @property
     def ok(self) -> bool:

@@ -109,7 +109,8 @@ async def _works(argv: list[str]) -> bool:
         return False
 
 
-def _locate(settings: SandboxSettings) -> tuple[str, str | None, str | None, tuple[str, ...]]:
+def locate(settings: SandboxSettings) -> tuple[str, str | None, str | None, tuple[str, ...]]:
+    """The python, node and bwrap executables, and the hidden paths that exist."""
     python = settings.python_path or os.path.realpath(sys.executable)
     node = settings.node_path or shutil.which("node")
     bwrap = settings.bwrap_path or shutil.which("bwrap")
@@ -117,17 +118,21 @@ def _locate(settings: SandboxSettings) -> tuple[str, str | None, str | None, tup
     return python, node, bwrap, hidden
 
 
-def _binds(settings: SandboxSettings) -> tuple[str, ...]:
-    real = (os.path.realpath(p) for p in settings.extra_ro_binds)
+def _binds(paths: tuple[str, ...]) -> tuple[str, ...]:
+    real = (os.path.realpath(p) for p in paths)
     return tuple(dict.fromkeys(p for p in real if os.path.isdir(p)))
 
 
-async def make_launcher(settings: SandboxSettings) -> Launcher:
-    """Probe the host and pick the strongest isolation the settings allow."""
-    python, node, bwrap, hidden = _locate(settings)
-    base_uid = settings.base_uid if os.geteuid() == 0 else None
+async def make_launcher(settings: SandboxSettings, binds: tuple[str, ...] = (),
+                        base_uid: int | None = None) -> Launcher:
+    """Probe the host and pick the strongest isolation the settings allow.
+
+    ``binds`` are directories bound read-only besides ``settings.extra_ro_binds``
+    (toolchains, the compile cache); ``base_uid`` (root only) is the first private uid.
+    """
+    python, node, bwrap, hidden = locate(settings)
     launcher = Launcher(BUBBLEWRAP, python, node, bwrap, hidden, settings.tmp_size, base_uid,
-                        _binds(settings))
+                        _binds((*settings.extra_ro_binds, *binds)))
     if settings.isolation != "rlimits" and bwrap is not None:
         if await _works(launcher.wrap([python, "-I", "-S", "-c", "0"])):
             return launcher

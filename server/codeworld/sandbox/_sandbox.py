@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidSource, SandboxUnavailable, WorkerCrashed
+from ._compile import Built, CompileCache, decode_files
 from ._execution import Execution, JsonValue, Language, Status
-from ._launch import Launcher, make_launcher
+from ._launch import Launcher, locate, make_launcher
 from ._limits import Limits
 from ._policy import check_policy
 from ._settings import SandboxSettings
+from ._toolchains import COMPILED, Toolchain, find_toolchain
+from ._uids import UidRange
 from ._worker import Worker
+
+_GIB = 1 << 30
+#: Languages whose runtime reserves address space up front (node's V8, the JVM, Go's
+#: page allocator): they get ``Limits.memory`` as heap limit and ``memory + 1 GiB`` of
+#: address space.
+_RESERVING = frozenset({Language.JAVASCRIPT, Language.TYPESCRIPT, Language.JAVA,
+                        Language.GO})
 
 
 class Sandbox:
-    """Runs Python or JavaScript under isolation, a worker per concurrent execution.
+    """Runs code in every available language under isolation, a worker per concurrent
+    execution.
 
     Use ``async with Sandbox(settings) as sandbox:`` or ``start()``/``close()``.
     ``run`` is safe to call concurrently; at most ``workers`` executions run at once and
@@ -32,6 +45,10 @@ class Sandbox:
         self._slots: list[Worker | None] = []
         self._idle: asyncio.Queue[int] = asyncio.Queue()
         self._closed = False
+        self._toolchains: dict[Language, Toolchain] | None = None
+        self._cache = CompileCache(self._settings.compile_cache_dir,
+                                   max_entries=self._settings.compile_cache_entries)
+        self._uids: UidRange | None = None
 
     @property
     def settings(self) -> SandboxSettings:
@@ -50,17 +67,52 @@ class Sandbox:
 
     @property
     def languages(self) -> tuple[Language, ...]:
-        """Languages available on this host (JavaScript needs node)."""
-        if self._launcher is not None and self._launcher.node is None:
-            return (Language.PYTHON,)
-        return (Language.PYTHON, Language.JAVASCRIPT)
+        """Languages that can run here: enabled, and their toolchain found."""
+        return tuple(t.language for t in self.toolchains() if t.available)
+
+    def toolchains(self) -> tuple[Toolchain, ...]:
+        """Every language's toolchain (found or not, with why), in ``Language`` order.
+
+        Looked up once (each compiler is run for its version); ``start`` does it off the
+        event loop.
+        """
+        if self._toolchains is None:
+            self._toolchains = self._find_toolchains()
+        return tuple(self._toolchains.values())
+
+    def compile_stats(self) -> dict[str, int]:
+        """``{"builds": compiles run, "hits": compile-cache hits}`` since start."""
+        return {"builds": self._cache.builds, "hits": self._cache.hits}
+
+    def _find_toolchains(self) -> dict[Language, Toolchain]:
+        python, node, _, _ = locate(self._settings)
+        enabled = self._settings.languages
+        found: dict[Language, Toolchain] = {}
+        for language in Language:
+            if enabled is not None and language.value not in enabled:
+                found[language] = Toolchain(language, reason="not enabled in the settings")
+            else:
+                found[language] = find_toolchain(language, python=python, node=node,
+                                                 typescript=self._settings.typescript_path)
+        return found
 
     async def start(self) -> None:
         """Probe isolation and start the workers. Raises ``SandboxUnavailable``."""
         if self._launcher is not None:
             return
-        self._launcher = await make_launcher(self._settings)
+        chains = await asyncio.to_thread(self.toolchains)
+        self._cache.open()
+        roots = tuple(t.root for t in chains if t.available and t.root)
         count = self._settings.workers or os.cpu_count() or 1
+        if os.geteuid() == 0:
+            self._uids = UidRange.claim(self._settings.base_uid, count)
+        try:
+            self._launcher = await make_launcher(
+                self._settings, (*roots, self._cache.directory),
+                self._uids.first if self._uids else None)
+        except BaseException:
+            await self.close()
+            raise
         self._slots = [None] * count
         spawned = await asyncio.gather(*(self._spawn(i) for i in range(count)),
                                        return_exceptions=True)
@@ -76,6 +128,9 @@ class Sandbox:
         self._closed = True
         slots, self._slots = self._slots, []
         await asyncio.gather(*(w.kill() for w in slots if w is not None))
+        self._cache.close()
+        if self._uids is not None:
+            self._uids.release()
 
     async def __aenter__(self) -> Sandbox:
         await self.start()
@@ -99,10 +154,15 @@ class Sandbox:
         """Run ``source`` once and report what happened.
 
         Args:
-            language: ``"python"`` or ``"javascript"``.
+            language: a ``Language`` (``"python"``, ``"javascript"``, ``"typescript"``,
+                ``"c"``, ``"cpp"``, ``"java"``, ``"rust"``, ``"go"``) available here.
+                Compiled languages are built once per distinct source (a compile error
+                is an ERROR execution with reason ``"compile"`` and the compiler's
+                message in ``stderr``); C, C++, Java, Rust and Go then run as programs
+                (no ``entry`` or ``tests``).
             source: the program text.
             entry: a function to call after the source ran (``None``: run as a script,
-                with ``__name__ == "__main__"``).
+                with ``__name__ == "__main__"``). Python, JavaScript, TypeScript.
             args: JSON arguments of ``entry``.
             stdin: text on the program's standard input.
             tests: HumanEval-style tests defining ``check(candidate)``; run after the
@@ -114,8 +174,9 @@ class Sandbox:
         (bad language, entry or policy), ``SandboxUnavailable`` or ``WorkerCrashed``.
         """
         lang = _language(language)
-        if lang not in self.languages:
-            raise InvalidSource(f"{lang} is not available on this host")
+        chain = self._chain(lang)
+        if not chain.available:
+            raise InvalidSource(f"{lang} is not available on this host: {chain.reason}")
         if entry is not None and not entry.isidentifier():
             raise InvalidSource(f"entry {entry!r} is not an identifier")
         if tests is not None and entry is None:
@@ -125,10 +186,72 @@ class Sandbox:
             if tests is not None:
                 check_policy(tests)
         limits = limits or self._settings.limits
+        wire = {**limits.to_wire(), "address_space": limits.memory
+                + (_GIB if lang in _RESERVING else 0)}
         request: dict[str, Any] = {
             "language": lang.value, "source": source, "entry": entry, "args": list(args),
-            "stdin": stdin, "tests": tests, "limits": limits.to_wire(),
+            "stdin": stdin, "tests": tests, "limits": wire,
         }
+        if lang not in COMPILED:
+            response, elapsed = await self._exchange(request, limits.wall_time)
+            return self._execution(response, elapsed)
+        if lang is not Language.TYPESCRIPT and (entry is not None or tests is not None):
+            raise InvalidSource(f"{lang} strategies are programs: the context comes as JSON "
+                                "on stdin and the result goes as JSON to stdout (no entry "
+                                "function or tests)")
+        compiled = await self._cache.artifact(self._cache.key(chain.identity, lang.value, source),
+                                              lambda: self._compile(chain, source))
+        if compiled.path is None:
+            assert compiled.failure is not None
+            return dataclasses.replace(compiled.failure, compile_wall=compiled.wall,
+                                       compiled=compiled.built)
+        if lang is Language.TYPESCRIPT:
+            script = await asyncio.to_thread(
+                Path(compiled.path, "out", "main.js").read_text, encoding="utf-8")
+            request.update(language=Language.JAVASCRIPT.value, source=script)
+        else:
+            request.update(argv=chain.command(compiled.path, source, limits.memory),
+                           env=chain.environment(limits.memory))
+        response, elapsed = await self._exchange(request, limits.wall_time)
+        return dataclasses.replace(self._execution(response, elapsed),
+                                   compile_wall=compiled.wall, compiled=compiled.built)
+
+    def _chain(self, language: Language) -> Toolchain:
+        self.toolchains()
+        assert self._toolchains is not None
+        return self._toolchains[language]
+
+    async def _compile(self, chain: Toolchain, source: str) -> Built:
+        """Build ``source`` in a worker under the compile limits."""
+        build = chain.build(source)
+        limits = self._settings.compile_limits
+        request: dict[str, Any] = {
+            "language": chain.language.value, "source": "", "argv": list(build.argv),
+            "env": dict(build.env), "files": {build.file: source},
+            "outputs": list(build.outputs),
+            "limits": {**limits.to_wire(), "address_space": limits.memory}}
+        response, elapsed = await self._exchange(request, limits.wall_time)
+        encoded = response.get("artifact")
+        if response.get("status") == "ok" and isinstance(encoded, dict):
+            try:
+                return Built(decode_files(encoded), None, elapsed)
+            except ValueError as exc:
+                raise WorkerCrashed(f"bad artifact from the compiler: {exc}") from exc
+        ran = self._execution(response, elapsed)
+        message = "\n".join(p for p in (ran.stderr, ran.stdout) if p.strip())
+        reason = {Status.TIMEOUT: "compile_timeout", Status.KILLED: f"compile: {ran.reason}"}
+        first = next((line for line in message.splitlines() if "error" in line.lower()),
+                     (message.splitlines() or [ran.error_message or ran.reason])[0])
+        failure = Execution(
+            Status.ERROR if ran.status is Status.OK else ran.status,
+            stderr=message[-64 * 1024:], reason=reason.get(ran.status, "compile"),
+            error_type="CompileError", error_message=first[:500], exit_code=ran.exit_code,
+            isolation=self.isolation, wall=0.0)
+        return Built(None, failure, elapsed)
+
+    async def _exchange(self, request: dict[str, Any], wall_time: float
+                        ) -> tuple[dict[str, Any], float]:
+        """Send one request to a free worker; its response and the time it took."""
         slot = await self._checkout()
         began = time.perf_counter()
         try:
@@ -136,14 +259,14 @@ class Sandbox:
             if worker is None or not worker.alive:
                 worker = await self._replace(slot)
             try:
-                response = await worker.execute(request, limits.wall_time + self._settings.grace)
+                response = await worker.execute(request, wall_time + self._settings.grace)
             except WorkerCrashed:
                 await self._replace(slot)
                 raise
         finally:
             if not self._closed:
                 self._idle.put_nowait(slot)
-        return self._execution(response, time.perf_counter() - began)
+        return response, time.perf_counter() - began
 
     async def _checkout(self) -> int:
         if self._launcher is None or self._closed:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from ._limits import Limits
 
+_GIB = 1 << 30
+
 IsolationMode = Literal["auto", "bubblewrap", "rlimits"]
 
 
@@ -30,12 +32,23 @@ class SandboxSettings:
             bubblewrap, even under a hidden path (e.g. a compiler's toolchain directory
             under ``/root``; only that directory is exposed, not its hidden parent).
             Skipped when absent; the fallback isolation hides nothing, so needs none.
-        base_uid: worker *i* runs code as uid/gid ``base_uid + i`` when the host is root,
-            which makes RLIMIT_NPROC effective and isolates runs from the worker.
+        base_uid: worker *i* runs code as uid/gid ``base + i`` when the host is root,
+            which makes RLIMIT_NPROC effective and isolates runs from the worker; ``base``
+            is the first range from ``base_uid`` (in steps of 256) that no other sandbox
+            on the host holds (a lock file per range), so sandboxes never share uids.
         tmp_size: bytes of the private ``/tmp`` tmpfs of each worker.
         grace: seconds the host waits past ``wall_time`` before it declares a worker
             dead, kills it and starts a new one.
         start_timeout: seconds a worker may take to report ready.
+        languages: the languages to offer (names of ``Language``); ``None`` offers every
+            language whose toolchain is found on the host.
+        typescript_path: the ``typescript`` npm package directory; ``None`` looks in
+            ``.tools/node_modules`` beside the virtualenv, then the global node_modules.
+        compile_limits: limits of one compile (compilers need far more memory, processes
+            and time than the programs they build).
+        compile_cache_dir: where compiled artifacts are kept (content-addressed); ``None``
+            makes a private directory under /var/tmp, removed when the sandbox closes.
+        compile_cache_entries: artifacts kept; the least recently used go first.
     """
 
     isolation: IsolationMode = "auto"
@@ -51,3 +64,10 @@ class SandboxSettings:
     tmp_size: int = 256 << 20
     grace: float = 2.0
     start_timeout: float = 15.0
+    languages: tuple[str, ...] | None = None
+    typescript_path: str | None = None
+    compile_limits: Limits = field(default_factory=lambda: Limits(
+        wall_time=60.0, cpu_time=60.0, memory=4 * _GIB, processes=256,
+        file_size=256 << 20, open_files=1024, output=256 << 10))
+    compile_cache_dir: str | None = None
+    compile_cache_entries: int = 512

@@ -10,7 +10,11 @@ request line in, one response line out. For every request the server forks a chi
    counts only this run's processes and the run cannot signal the server;
 3. applies rlimits (CPU, address space, processes, file size, open files, core = 0);
 4. runs the code (Python in-process, so a run costs a fork; JavaScript by exec'ing node)
-   and writes one JSON outcome on fd 3.
+   and writes one JSON outcome on fd 3; or exec's a program (``argv``: a compiled
+   strategy, or a compiler), whose exit status is the outcome.
+
+A compile is a program run whose ``outputs`` (files or directories of the run directory)
+are sent back, base64-encoded, when it exits 0; the host keeps them in its compile cache.
 
 The server enforces the wall-clock limit, caps output, and after every run kills every
 process left with the run's uid (``kill(-1, SIGKILL)`` from a helper holding that uid,
@@ -18,6 +22,8 @@ atomic with respect to fork), so nothing outlives its run.
 """
 
 from __future__ import annotations
+
+import base64
 
 # Warm imports: the modules user code most often needs are loaded once, before forking.
 import bisect  # noqa: F401
@@ -48,6 +54,7 @@ from typing import Any
 _RESULT_FD = 3
 _CHUNK = 65536
 _NO_RESULT = b'{"ok": false, "reason": "unserialisable", "error": {"type": "MemoryError"}}'
+_MAX_ARTIFACT = 128 << 20
 
 _JS_HARNESS = r"""
 const fs = require('fs');
@@ -110,8 +117,8 @@ def _high(fd: int) -> int:
 def _set_limits(limits: dict[str, Any], language: str, drop_uid: bool) -> None:
     cpu = int(limits["cpu_time"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    memory = int(limits["memory"])
-    if language == "javascript":
+    memory = int(limits.get("address_space") or limits["memory"])
+    if language == "javascript" and not limits.get("address_space"):
         memory += 1 << 30
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     if drop_uid:
@@ -146,6 +153,12 @@ def _child(req: dict[str, Any], run_dir: str, fds: list[int], cfg: dict[str, Any
     os.environ.update(env)
     language = str(req["language"])
     limits: dict[str, Any] = req["limits"]
+    argv = req.get("argv")
+    if argv:
+        for key, value in (req.get("env") or {}).items():
+            env[str(key)] = str(value).replace("{dir}", run_dir)
+        _set_limits(limits, language, uid is not None)
+        os.execve(str(argv[0]), [str(a) for a in argv], env)
     if language == "javascript":
         with open(".request.json", "w", encoding="utf-8") as f:
             json.dump({k: req.get(k) for k in ("source", "entry", "args", "tests")}, f)
@@ -321,6 +334,10 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, An
     os.mkdir(run_dir, 0o700)
     with open(os.path.join(run_dir, ".stdin"), "w", encoding="utf-8") as f:
         f.write(str(req.get("stdin") or ""))
+    for name, text in (req.get("files") or {}).items():
+        with open(os.path.join(run_dir, os.path.basename(str(name))), "w",
+                  encoding="utf-8") as f:
+            f.write(str(text))
     if uid is not None:
         os.chown(run_dir, uid, uid)
     out_r, out_w = os.pipe()
@@ -344,6 +361,14 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, An
     wall = time.monotonic() - start
     for fd in pipes:
         os.close(fd)
+    outcome = _classify(timed_out, status, bytes(pipes[res_r]), limits,
+                        program=bool(req.get("argv")))
+    if req.get("outputs") and outcome["status"] == "ok":
+        try:
+            outcome["artifact"] = _artifact(run_dir, [str(p) for p in req["outputs"]])
+        except (OSError, ValueError) as exc:
+            outcome = {"status": "error", "reason": "artifact",
+                       "error": {"type": type(exc).__name__, "message": str(exc)}}
     shutil.rmtree(run_dir, ignore_errors=True)
     _reap()
     resp: dict[str, Any] = {
@@ -356,12 +381,37 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, An
         "peak_memory": usage.ru_maxrss * 1024,
         "exit_code": os.waitstatus_to_exitcode(status),
     }
-    resp.update(_classify(timed_out, status, bytes(pipes[res_r]), limits))
+    resp.update(outcome)
     return resp
 
 
-def _classify(timed_out: bool, status: int, raw: bytes, limits: dict[str, Any]
-              ) -> dict[str, Any]:
+def _artifact(run_dir: str, outputs: list[str]) -> dict[str, list[Any]]:
+    """The files of ``outputs`` (files or directories under ``run_dir``), base64-encoded."""
+    found: dict[str, list[Any]] = {}
+    total = 0
+    for output in outputs:
+        path = os.path.join(run_dir, output)
+        if os.path.isdir(path) and not os.path.islink(path):
+            names = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        elif os.path.isfile(path) and not os.path.islink(path):
+            names = [path]
+        else:
+            raise ValueError(f"the build made no {output}")
+        for name in names:
+            if os.path.islink(name):
+                continue
+            with open(name, "rb") as f:
+                data = f.read(_MAX_ARTIFACT + 1 - total)
+            total += len(data)
+            if total > _MAX_ARTIFACT:
+                raise ValueError(f"the artifact exceeds {_MAX_ARTIFACT} bytes")
+            found[os.path.relpath(name, run_dir)] = [os.stat(name).st_mode & 0o777,
+                                                     base64.b64encode(data).decode()]
+    return found
+
+
+def _classify(timed_out: bool, status: int, raw: bytes, limits: dict[str, Any], *,
+              program: bool = False) -> dict[str, Any]:
     if timed_out:
         return {"status": "timeout", "reason": "wall_time"}
     if os.WIFSIGNALED(status):
@@ -371,6 +421,12 @@ def _classify(timed_out: bool, status: int, raw: bytes, limits: dict[str, Any]
         if sig == signal.SIGXFSZ:
             return {"status": "killed", "reason": "file_size"}
         return {"status": "killed", "reason": f"signal {signal.Signals(sig).name}"}
+    if program:
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            return {"status": "ok"}
+        return {"status": "error", "reason": f"exit {code}",
+                "error": {"type": "ExitStatus", "message": f"exit status {code}"}}
     if len(raw) > int(limits["result_size"]):
         return {"status": "error", "reason": "result_size",
                 "error": {"type": "ResultTooLarge", "message": "result exceeds result_size"}}

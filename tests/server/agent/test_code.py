@@ -86,111 +86,97 @@ async def test_code_tools_in_the_real_sandbox(sandbox: Any) -> None:
         assert out["x"].is_error and "not allowed" in out["x"].output
 
 
-RUST_SUM = 'fn main() { let s: u64 = (1..=100).map(|x| x * x).sum(); println!("sum={s}"); }'
-RUST_BAD = 'fn main() { let x: u32 = "seven"; println!("{x}"); }'
+HELLO = {
+    "typescript": "const n: number = 6 * 7;\nconsole.log(`sum=${n}`);\n",
+    "c": '#include <stdio.h>\nint main(void) { printf("sum=%d\\n", 6 * 7); return 0; }\n',
+    "cpp": '#include <iostream>\nint main() { std::cout << "sum=" << 6 * 7 << std::endl; }\n',
+    "java": 'public class Hello {\n  public static void main(String[] a) {\n'
+            '    System.out.println("sum=" + 6 * 7);\n  }\n}\n',
+    "rust": 'fn main() { let s: u64 = (1..=100).map(|x| x * x).sum(); '
+            'println!("sum={}", s / 338350 * 42); }',
+    "go": 'package main\nimport "fmt"\nfunc main() { fmt.Println("sum=42") }\n',
+}
+BROKEN = {
+    "typescript": 'const x: number = "seven";\n',
+    "c": "int main(void) { return x; }\n",
+    "cpp": "int main() { return y; }\n",
+    "java": "public class Main { public static void main(String[] a) { int x = \"s\"; } }\n",
+    "rust": 'fn main() { let x: u32 = "seven"; println!("{x}"); }',
+    "go": "package main\nfunc main() { x := }\n",
+}
+# The program sees neither the hidden homes nor the repository, and cannot write next to
+# its own binary (the compile cache is read-only in the sandbox); its exit status comes back.
 RUST_PEEK = """\
 use std::path::Path;
 fn main() {
     let exe = std::env::current_exe().unwrap();
-    println!("{} {} {}", Path::new("/root/.cargo").exists(),
-             Path::new("/work/main").exists(), exe.starts_with("/tmp"));
-    let path = std::env::var("PATH").unwrap();
-    let bin = path.split(':').next().unwrap();
-    println!("{} {}", Path::new(bin).join("rustc").exists(),
-             std::fs::write(Path::new(bin).join("x"), "x").is_err());
+    println!("{} {} {}", Path::new("/root/.cargo").exists(), Path::new("/work/main").exists(),
+             std::fs::write(exe.with_file_name("x"), "x").is_err());
     std::process::exit(3);
 }
 """
 
 
-@pytest.fixture
-async def rust_sandbox() -> AsyncIterator[Any]:
-    """A sandbox that binds the host's Rust toolchain (the real one: it is under /root)."""
-    from scillm.server.agent import find_toolchains
-    from scillm.server.codeworld.sandbox import Sandbox, SandboxSettings
-
-    rust = find_toolchains(("rust",))["rust"]
-    if not rust.found or rust.root is None:
-        pytest.skip(f"no Rust toolchain: {rust.reason}")
-    box = Sandbox(SandboxSettings(workers=1, base_uid=62110, extra_ro_binds=(rust.root,)))
-    try:
-        await box.start()
-    except Exception as exc:
-        pytest.skip(f"CodeWorld's sandbox cannot start here: {exc}")
-    try:
-        yield box
-    finally:
-        await box.close()
-
-
-async def test_rust_compiles_and_runs_in_the_real_sandbox(rust_sandbox: Any) -> None:
+@pytest.mark.parametrize("language", sorted(HELLO))
+async def test_compiled_languages_in_the_real_sandbox(sandbox: Any, language: str) -> None:
     from scillm.server.agent import SandboxExecutor
 
-    executor = SandboxExecutor(rust_sandbox)
-    assert executor.unavailable("rust") is None
-    calls = [{"id": "ok", "name": "run_rust", "arguments": {"code": RUST_SUM}},
-             {"id": "bad", "name": "run_rust", "arguments": {"code": RUST_BAD}},
-             {"id": "peek", "name": "run_rust", "arguments": {"code": RUST_PEEK}}]
+    executor = SandboxExecutor(sandbox)
+    if not executor.supports(language):
+        pytest.skip(f"{language}: {executor.unavailable(language)}")
+    calls = [{"id": "ok", "name": f"run_{language}", "arguments": {"code": HELLO[language]}},
+             {"id": "bad", "name": f"run_{language}",
+              "arguments": {"code": BROKEN[language]}}]
     model = ScriptedModel([{"content": "", "tool_calls": calls}, {"content": "done"}])
-    settings = AgentSettings(languages=("python", "rust"), tool_timeout_seconds=60.0,
+    settings = AgentSettings(languages=("python", language), tool_timeout_seconds=60.0,
                              max_total_seconds=300)
     async with AgentEngine(settings, model, executor) as engine:
-        assert "rust" in engine.languages
-        assert "run_rust" in {t["function"]["name"] for t in engine.tools()}
+        assert language in engine.languages
+        assert f"run_{language}" in {t["function"]["name"] for t in engine.tools()}
         result = await engine.run_to_end([{"role": "user", "content": "run"}])
     assert result.stop_reason is StopReason.SUCCESS
     out = {c.id: r for c, r in result.tool_io}
-    assert not out["ok"].is_error and "sum=338350" in out["ok"].output
-    assert out["bad"].is_error and "mismatched types" in out["bad"].output
-    assert "compilation failed" in out["bad"].output
-    # The run sees neither the toolchain's hidden parent nor the repo, builds under the
-    # private /tmp, cannot write into the toolchain, and its exit status comes back.
-    if rust_sandbox.isolation == "bubblewrap":
-        assert "false false true\ntrue true" in out["peek"].output, out["peek"].output
-    assert out["peek"].is_error and "exit_code: 3" in out["peek"].output
+    assert not out["ok"].is_error and "sum=42" in out["ok"].output, out["ok"].output
+    assert out["bad"].is_error and "compilation failed" in out["bad"].output
+    assert "error" in out["bad"].output.split("compilation failed", 1)[1]
 
 
-async def test_rust_is_refused_while_the_sandbox_hides_its_toolchain() -> None:
-    from scillm.server.agent import SandboxExecutor, Toolchain
-    from scillm.server.codeworld.sandbox import Sandbox, SandboxSettings
+async def test_a_compiled_program_is_contained_and_its_exit_status_returned(
+        sandbox: Any) -> None:
+    from scillm.server.agent import SandboxExecutor
 
-    chain = {"rust": Toolchain("rust", "/root/.rustup/toolchains/x",
-                               "/root/.rustup/toolchains/x/bin/rustc")}
-    hidden = SandboxExecutor(Sandbox(SandboxSettings()), toolchains=chain)
-    reason = hidden.unavailable("rust")
-    assert not hidden.supports("rust") and reason is not None and "extra_ro_binds" in reason
-    bound = SandboxSettings(extra_ro_binds=("/root/.rustup/toolchains/x",))
-    assert SandboxExecutor(Sandbox(bound), toolchains=chain).supports("rust")
-
-
-async def test_go_is_not_offered_without_a_toolchain(sandbox: Any) -> None:
-    from scillm.server.agent import SandboxExecutor, find_toolchains
-
-    go = find_toolchains(("go",))["go"]
-    if go.found:
-        pytest.skip(f"go is installed at {go.root}")
     executor = SandboxExecutor(sandbox)
-    reason = executor.unavailable("go")
-    assert reason is not None and "go not found" in reason
-    settings = AgentSettings(languages=("python", "go"))
-    async with AgentEngine(settings, ScriptedModel([{"content": "x"}]), executor) as engine:
-        assert engine.languages == ("python",)
-        assert "run_go" not in {t["function"]["name"] for t in engine.tools()}
+    if not executor.supports("rust"):
+        pytest.skip(f"rust: {executor.unavailable('rust')}")
+    outcome = await executor.execute("rust", RUST_PEEK, timeout_s=60.0)
+    if sandbox.isolation == "bubblewrap":
+        assert outcome.stdout.strip() == "false false true", outcome
+    assert not outcome.ok and outcome.exit_code == 3 and outcome.status == "error"
 
 
-async def test_go_compiles_and_runs_in_the_real_sandbox() -> None:
-    from scillm.server.agent import SandboxExecutor, find_toolchains
+async def test_a_language_without_its_toolchain_is_not_offered() -> None:
+    from scillm.server.agent import SandboxExecutor
     from scillm.server.codeworld.sandbox import Sandbox, SandboxSettings
 
-    go = find_toolchains(("go",))["go"]
-    if not go.found or go.root is None:
-        pytest.skip(f"no Go toolchain: {go.reason}")
-    settings = SandboxSettings(workers=1, base_uid=62120, extra_ro_binds=(go.root,))
-    async with Sandbox(settings) as box:
+    async with Sandbox(SandboxSettings(workers=1, base_uid=62120,
+                                       languages=("python",))) as box:
         executor = SandboxExecutor(box)
-        source = 'package main\nimport "fmt"\nfunc main() { fmt.Println("sum", 6*7) }\n'
-        outcome = await executor.execute("go", source, timeout_s=120.0)
-        assert outcome.ok and "sum 42" in outcome.stdout, outcome
-        bad = await executor.execute("go", "package main\nfunc main() { x := }\n",
-                                     timeout_s=120.0)
-        assert not bad.ok and "compilation failed" in bad.stderr
+        reason = executor.unavailable("go")
+        assert reason is not None and "not enabled" in reason
+        settings = AgentSettings(languages=("python", "go", "rust"))
+        async with AgentEngine(settings, ScriptedModel([{"content": "x"}]), executor) as engine:
+            assert engine.languages == ("python",)
+            assert "run_go" not in {t["function"]["name"] for t in engine.tools()}
+
+
+@pytest.mark.parametrize(("language", "needs"), [
+    ("c", "gcc"), ("cpp", "g++"), ("java", "javac"), ("go", "go"), ("rust", "rustc")])
+def test_a_missing_compiler_is_reported_with_its_name(language: str, needs: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from scillm.server.codeworld.sandbox import Language
+    from scillm.server.codeworld.sandbox._toolchains import find_toolchain
+
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.cargo/bin fallback either
+    chain = find_toolchain(Language(language), python="/usr/bin/python3", node=None,
+                           which=lambda name: None)
+    assert not chain.available and needs in chain.reason

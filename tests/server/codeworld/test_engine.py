@@ -61,15 +61,28 @@ async def test_every_strategy_on_every_item(engine: CodeWorldEngine) -> None:
 
 async def test_bad_strategies_become_per_run_errors(engine: CodeWorldEngine) -> None:
     bad = (Strategy("syntax", "def solve(:\n"), Strategy("noentry", "x = 1\n"),
-           Strategy("raises", "def solve(t, c):\n    raise ValueError('boom')\n"),
-           Strategy("cobol", "DISPLAY", language="cobol"))
+           Strategy("raises", "def solve(t, c):\n    raise ValueError('boom')\n"))
     runs, summary = _split(await _events(engine, RunRequest(ITEMS[:1], (GOOD, *bad))))
     status = {r.strategy: (r.status, r.error_type) for r in runs}
     assert status["syntax"] == (Status.ERROR, "SyntaxError")
     assert status["noentry"] == (Status.ERROR, "EntryMissing")
     assert status["raises"] == (Status.ERROR, "ValueError")
-    assert status["cobol"] == (Status.ERROR, "InvalidSource")
     assert summary.rankings["double-2"][0].strategy == "good"
+
+
+async def test_an_unknown_language_is_refused_and_an_unavailable_one_reported() -> None:
+    settings = CodeWorldSettings(sandbox=SandboxSettings(workers=1, languages=("python",)))
+    async with CodeWorldEngine(settings) as engine:
+        with pytest.raises(InvalidRequest, match="unknown language 'cobol'"):
+            await _events(engine, RunRequest(ITEMS[:1], (Strategy("x", "D", "cobol"),)))
+        c = Strategy("c", "int main(void) { return 0; }", "c")
+        runs, summary = _split(await _events(engine, RunRequest(ITEMS[:1], (GOOD, c))))
+        failed = next(r for r in runs if r.strategy == "c")
+        assert (failed.status, failed.error_type) == (Status.ERROR, "LanguageUnavailable")
+        assert "not enabled" in failed.error_message
+        assert summary.rankings["double-2"][0].strategy == "good"
+        listed = {t.language.value: t for t in engine.languages()}
+        assert listed["python"].available and not listed["c"].available
 
 
 async def test_user_scorer_and_its_failures(engine: CodeWorldEngine) -> None:

@@ -254,3 +254,21 @@ async def test_extra_ro_binds_expose_one_directory_of_a_hidden_path() -> None:
             await _still_works(box)
     finally:
         shutil.rmtree(hidden)
+
+
+async def test_sandboxes_on_one_host_never_share_uids() -> None:
+    """RLIMIT_NPROC and the sweep after each run act per uid, host-wide: two sandboxes
+    with the same settings must claim different uid ranges."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("private uids need root")
+    settings = SandboxSettings(workers=1, base_uid=64000)
+    async with Sandbox(settings) as first, Sandbox(settings) as second:
+        uids = [int((await box.run("python", "import os\nprint(os.getuid())")).stdout)
+                for box in (first, second)]
+        assert uids[0] != uids[1] and min(uids) >= 64000, uids
+        await _still_works(first)
+    async with Sandbox(settings) as again:  # the ranges were released
+        ran = await again.run("python", "import os\nprint(os.getuid())")
+        assert int(ran.stdout) == 64000

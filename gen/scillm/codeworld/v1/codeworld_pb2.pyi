@@ -34,9 +34,28 @@ class _LanguageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Language.Val
     """Python 3, entry `solve(task, context)` or `main()`."""
     LANGUAGE_JAVASCRIPT: _Language.ValueType  # 2
     """JavaScript through node, entry `solve(task, context)`."""
+    LANGUAGE_TYPESCRIPT: _Language.ValueType  # 3
+    """TypeScript, type-checked and compiled by tsc, then run like JavaScript."""
+    LANGUAGE_C: _Language.ValueType  # 4
+    """C (gcc, C17), a program `int main(void)`."""
+    LANGUAGE_CPP: _Language.ValueType  # 5
+    """C++ (g++, C++17), a program `int main()`."""
+    LANGUAGE_JAVA: _Language.ValueType  # 6
+    """Java (javac + java), a class with `public static void main(String[])`."""
+    LANGUAGE_RUST: _Language.ValueType  # 7
+    """Rust (rustc, edition 2021), `fn main()`."""
+    LANGUAGE_GO: _Language.ValueType  # 8
+    """Go (go build), `package main` with `func main()`."""
 
 class Language(_Language, metaclass=_LanguageEnumTypeWrapper):
-    """Language of a strategy's source."""
+    """Language of a strategy's source. Every language gets the task's JSON context and
+    returns the result as JSON: Python, JavaScript and TypeScript as the function
+    `solve(task, context)`; the compiled languages as a program reading the context as
+    JSON on stdin (whole numbers without a fraction) and printing the result as JSON on
+    stdout. Compiled languages compile
+    once per distinct source (a content-addressed cache); a compile error is a run with
+    RUN_STATUS_ERROR whose stderr holds the compiler's message.
+    """
 
 LANGUAGE_UNSPECIFIED: Language.ValueType  # 0
 """Not set: Python."""
@@ -44,6 +63,18 @@ LANGUAGE_PYTHON: Language.ValueType  # 1
 """Python 3, entry `solve(task, context)` or `main()`."""
 LANGUAGE_JAVASCRIPT: Language.ValueType  # 2
 """JavaScript through node, entry `solve(task, context)`."""
+LANGUAGE_TYPESCRIPT: Language.ValueType  # 3
+"""TypeScript, type-checked and compiled by tsc, then run like JavaScript."""
+LANGUAGE_C: Language.ValueType  # 4
+"""C (gcc, C17), a program `int main(void)`."""
+LANGUAGE_CPP: Language.ValueType  # 5
+"""C++ (g++, C++17), a program `int main()`."""
+LANGUAGE_JAVA: Language.ValueType  # 6
+"""Java (javac + java), a class with `public static void main(String[])`."""
+LANGUAGE_RUST: Language.ValueType  # 7
+"""Rust (rustc, edition 2021), `fn main()`."""
+LANGUAGE_GO: Language.ValueType  # 8
+"""Go (go build), `package main` with `func main()`."""
 Global___Language: _TypeAlias = Language  # noqa: Y015
 
 class _JudgeMode:
@@ -312,6 +343,7 @@ class Scoring(_message.Message):
 
     SCORE_SOURCE_FIELD_NUMBER: _builtins.int
     JUDGE_FIELD_NUMBER: _builtins.int
+    VOLATILE_METRICS_FIELD_NUMBER: _builtins.int
     score_source: _builtins.str
     """Python source defining `score(task, context, outputs, timings) -> {metric: float}`;
     the default rubric applies when empty or when it fails.
@@ -320,15 +352,22 @@ class Scoring(_message.Message):
     def judge(self) -> Global___Judge:
         """The judge."""
 
+    @_builtins.property
+    def volatile_metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Metrics your score() derives from timings: like the rubric's `speed` they differ
+        from run to run, so replay reports them apart and MCTS leaves them out of its reward.
+        """
+
     def __init__(
         self,
         *,
         score_source: _builtins.str = ...,
         judge: Global___Judge | None = ...,
+        volatile_metrics: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["judge", b"judge"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["judge", b"judge", "score_source", b"score_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["judge", b"judge", "score_source", b"score_source", "volatile_metrics", b"volatile_metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -759,6 +798,9 @@ class GenerationInfo(_message.Message):
     RESPONSE_SHA256_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    VARIANT_IDS_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model."""
     n: _builtins.int
@@ -773,6 +815,16 @@ class GenerationInfo(_message.Message):
     """Error, when generation failed."""
     accepted: _builtins.int
     """Variants accepted."""
+    parent_id: _builtins.str
+    """The MCTS node an expansion set out to improve; empty for autogeneration."""
+    @_builtins.property
+    def variant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identifiers of the accepted variants."""
+
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why proposed variants were refused, one line each."""
+
     def __init__(
         self,
         *,
@@ -783,10 +835,13 @@ class GenerationInfo(_message.Message):
         response_sha256: _builtins.str = ...,
         error: _builtins.str = ...,
         accepted: _builtins.int = ...,
+        variant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        rejected: _abc.Iterable[_builtins.str] | None = ...,
+        parent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "model", b"model", "n", b"n", "prompt_sha256", b"prompt_sha256", "response_sha256", b"response_sha256", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "model", b"model", "n", b"n", "parent_id", b"parent_id", "prompt_sha256", b"prompt_sha256", "rejected", b"rejected", "response_sha256", b"response_sha256", "temperature", b"temperature", "variant_ids", b"variant_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -803,6 +858,7 @@ class MctsStats(_message.Message):
     BEST_VARIANT_ID_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    EXPANSIONS_FIELD_NUMBER: _builtins.int
     rollouts: _builtins.int
     """Rollouts performed."""
     explored: _builtins.int
@@ -817,6 +873,10 @@ class MctsStats(_message.Message):
     def generation(self) -> Global___GenerationInfo:
         """Initial generation, with autogenerate."""
 
+    @_builtins.property
+    def expansions(self) -> _containers.RepeatedCompositeFieldContainer[Global___GenerationInfo]:
+        """Every expansion's model call, in order, whether or not it added a variant."""
+
     def __init__(
         self,
         *,
@@ -825,10 +885,11 @@ class MctsStats(_message.Message):
         best_variant_id: _builtins.str = ...,
         children: _abc.Iterable[Global___MctsChild] | None = ...,
         generation: Global___GenerationInfo | None = ...,
+        expansions: _abc.Iterable[Global___GenerationInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_variant_id", b"best_variant_id", "children", b"children", "explored", b"explored", "generation", b"generation", "rollouts", b"rollouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_variant_id", b"best_variant_id", "children", b"children", "expansions", b"expansions", "explored", b"explored", "generation", b"generation", "rollouts", b"rollouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -889,6 +950,7 @@ class CodeWorldRunSummary(_message.Message):
     MCTS_STATS_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
+    VOLATILE_METRICS_FIELD_NUMBER: _builtins.int
     items: _builtins.int
     """Tasks."""
     succeeded: _builtins.int
@@ -911,6 +973,13 @@ class CodeWorldRunSummary(_message.Message):
     def manifest(self) -> _common_pb2.RunManifest:
         """The run manifest (its isolation field says how code was contained)."""
 
+    @_builtins.property
+    def volatile_metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Metrics derived from wall time (the rubric's `speed`, and Scoring.volatile_metrics):
+        the scores and ranks built on them can change from one run to the next; replay
+        compares everything else and reports these apart.
+        """
+
     def __init__(
         self,
         *,
@@ -921,10 +990,11 @@ class CodeWorldRunSummary(_message.Message):
         mcts_stats: Global___MctsStats | None = ...,
         session: Global___SessionInfo | None = ...,
         manifest: _common_pb2.RunManifest | None = ...,
+        volatile_metrics: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "mcts_stats", b"mcts_stats", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "items", b"items", "manifest", b"manifest", "mcts_stats", b"mcts_stats", "rankings", b"rankings", "session", b"session", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "items", b"items", "manifest", b"manifest", "mcts_stats", b"mcts_stats", "rankings", b"rankings", "session", b"session", "succeeded", b"succeeded", "volatile_metrics", b"volatile_metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -939,6 +1009,7 @@ class CodeWorldRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     MCTS_PROGRESS_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> Global___RunResult:
         """One execution."""
@@ -951,19 +1022,103 @@ class CodeWorldRunResponse(_message.Message):
     def summary(self) -> Global___CodeWorldRunSummary:
         """Terminal summary, always last."""
 
+    @_builtins.property
+    def generation(self) -> Global___GenerationInfo:
+        """One model generation of variants (autogenerate, or an MCTS expansion)."""
+
     def __init__(
         self,
         *,
         run: Global___RunResult | None = ...,
         mcts_progress: Global___MctsProgress | None = ...,
         summary: Global___CodeWorldRunSummary | None = ...,
+        generation: Global___GenerationInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "mcts_progress", b"mcts_progress", "run", b"run", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "generation", b"generation", "mcts_progress", b"mcts_progress", "run", b"run", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "mcts_progress", b"mcts_progress", "run", b"run", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "generation", b"generation", "mcts_progress", b"mcts_progress", "run", b"run", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run", "mcts_progress", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run", "mcts_progress", "summary", "generation"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___CodeWorldRunResponse: _TypeAlias = CodeWorldRunResponse  # noqa: Y015
+
+@_typing.final
+class ListLanguagesRequest(_message.Message):
+    """ListLanguagesRequest asks which strategy languages can run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLanguagesRequest: _TypeAlias = ListLanguagesRequest  # noqa: Y015
+
+@_typing.final
+class LanguageInfo(_message.Message):
+    """LanguageInfo describes one strategy language."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    COMPILED_FIELD_NUMBER: _builtins.int
+    language: Global___Language.ValueType
+    """The language."""
+    available: _builtins.bool
+    """Whether strategies in it can run now."""
+    version: _builtins.str
+    """The toolchain's version (compiler or runtime)."""
+    reason: _builtins.str
+    """Why it is not available."""
+    compiled: _builtins.bool
+    """Whether a source is compiled (once per distinct source) before it runs."""
+    def __init__(
+        self,
+        *,
+        language: Global___Language.ValueType = ...,
+        available: _builtins.bool = ...,
+        version: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        compiled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "compiled", b"compiled", "language", b"language", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LanguageInfo: _TypeAlias = LanguageInfo  # noqa: Y015
+
+@_typing.final
+class ListLanguagesResponse(_message.Message):
+    """ListLanguagesResponse lists strategy languages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedCompositeFieldContainer[Global___LanguageInfo]:
+        """Every language, in enum order."""
+
+    def __init__(
+        self,
+        *,
+        languages: _abc.Iterable[Global___LanguageInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["languages", b"languages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLanguagesResponse: _TypeAlias = ListLanguagesResponse  # noqa: Y015

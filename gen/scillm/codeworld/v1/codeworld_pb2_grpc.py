@@ -41,6 +41,11 @@ class CodeWorldServiceStub:
                 request_serializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.CodeWorldRunRequest.SerializeToString,
                 response_deserializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.CodeWorldRunResponse.FromString,
                 _registered_method=True)
+        self.ListLanguages = channel.unary_unary(
+                '/scillm.codeworld.v1.CodeWorldService/ListLanguages',
+                request_serializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.ListLanguagesRequest.SerializeToString,
+                response_deserializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.ListLanguagesResponse.FromString,
+                _registered_method=True)
 
 
 class CodeWorldServiceServicer:
@@ -57,6 +62,13 @@ class CodeWorldServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLanguages(self, request, context):
+        """ListLanguages reports every strategy language and whether its toolchain is here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CodeWorldServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +76,11 @@ def add_CodeWorldServiceServicer_to_server(servicer, server):
                     servicer.CodeWorldRun,
                     request_deserializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.CodeWorldRunRequest.FromString,
                     response_serializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.CodeWorldRunResponse.SerializeToString,
+            ),
+            'ListLanguages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLanguages,
+                    request_deserializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.ListLanguagesRequest.FromString,
+                    response_serializer=scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.ListLanguagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,6 +112,33 @@ class CodeWorldService:
             '/scillm.codeworld.v1.CodeWorldService/CodeWorldRun',
             scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.CodeWorldRunRequest.SerializeToString,
             scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.CodeWorldRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLanguages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scillm.codeworld.v1.CodeWorldService/ListLanguages',
+            scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.ListLanguagesRequest.SerializeToString,
+            scillm_dot_codeworld_dot_v1_dot_codeworld__pb2.ListLanguagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,8 @@ class CodeWorldServiceStub:
     one `run` per (task, strategy) execution and `mcts_progress` per rollout as they
     happen, then one terminal `summary` with rankings, search stats and the manifest.
     """
+    ListLanguages: _grpc.UnaryUnaryMultiCallable[_codeworld_pb2.ListLanguagesRequest, _codeworld_pb2.ListLanguagesResponse]
+    """ListLanguages reports every strategy language and whether its toolchain is here."""
 
 @_typing.type_check_only
 class CodeWorldServiceAsyncStub(CodeWorldServiceStub):
@@ -53,6 +55,8 @@ class CodeWorldServiceAsyncStub(CodeWorldServiceStub):
     one `run` per (task, strategy) execution and `mcts_progress` per rollout as they
     happen, then one terminal `summary` with rankings, search stats and the manifest.
     """
+    ListLanguages: _aio.UnaryUnaryMultiCallable[_codeworld_pb2.ListLanguagesRequest, _codeworld_pb2.ListLanguagesResponse]  # type: ignore[assignment]
+    """ListLanguages reports every strategy language and whether its toolchain is here."""
 
 class CodeWorldServiceServicer(metaclass=_abc_1.ABCMeta):
     """CodeWorldService runs every strategy on every task in a real sandbox, scores the
@@ -69,5 +73,13 @@ class CodeWorldServiceServicer(metaclass=_abc_1.ABCMeta):
         one `run` per (task, strategy) execution and `mcts_progress` per rollout as they
         happen, then one terminal `summary` with rankings, search stats and the manifest.
         """
+
+    @_abc_1.abstractmethod
+    def ListLanguages(
+        self,
+        request: _codeworld_pb2.ListLanguagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_codeworld_pb2.ListLanguagesResponse, _abc.Awaitable[_codeworld_pb2.ListLanguagesResponse]]:
+        """ListLanguages reports every strategy language and whether its toolchain is here."""
 
 def add_CodeWorldServiceServicer_to_server(servicer: CodeWorldServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

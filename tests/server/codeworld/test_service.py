@@ -1,0 +1,95 @@
+"""What a CodeWorld caller reads over gRPC: MCTS numbers, variants, typed errors."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+from meshutil import RunningMesh
+
+from scillm.clients import RPCError, ScillmClient
+from scillm.codeworld.v1 import codeworld_pb2 as cw
+
+TESTS = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(4, 4) == 8\n"
+
+
+def _add_request() -> cw.CodeWorldRunRequest:
+    req = cw.CodeWorldRunRequest(mode=cw.SEARCH_MODE_MCTS)
+    req.items.add(task_id="add", tests=TESTS, entry_point="f")
+    for name, op in (("plus", "+"), ("minus", "-"), ("times", "*")):
+        req.strategies.add(name=name, source=f"def f(x, y):\n    return x {op} y\n")
+    return req
+
+
+async def _events(mesh: RunningMesh, req: cw.CodeWorldRunRequest
+                  ) -> list[cw.CodeWorldRunResponse]:
+    async with ScillmClient(mesh.grpc_target) as client:
+        return [e async for e in client.codeworld.run(req)]
+
+
+async def test_mcts_summary_reads_value_as_total_and_mean_as_mean(mesh: RunningMesh) -> None:
+    req = _add_request()
+    req.mcts.rollouts, req.mcts.depth, req.mcts.seed = 9, 1, 1
+    events = await _events(mesh, req)
+    progress = [e.mcts_progress for e in events if e.HasField("mcts_progress")]
+    stats = events[-1].summary.mcts_stats
+    assert stats.best_variant_id == "plus" and len(progress) == 9
+    rewards = [p.reward for p in progress if p.variant_id == "plus"]
+    plus = next(c for c in stats.children if c.variant_id == "plus")
+    assert plus.visits == len(rewards) > 1
+    assert math.isclose(plus.mean, sum(rewards) / len(rewards))
+    assert math.isclose(plus.value, plus.mean * plus.visits)
+    assert plus.mean > 0.9  # correct, short and quick: the rubric without speed
+    # Every run says which variant it evaluated.
+    runs = [e.run for e in events if e.HasField("run")]
+    assert runs and {r.variant_id for r in runs} == {"plus", "minus", "times"}
+    assert all(r.variant_id == r.strategy for r in runs)
+
+
+async def test_mcts_expansions_are_reported_even_when_they_add_nothing(
+        mesh: RunningMesh) -> None:
+    """depth 2 with a model whose answer is not the JSON asked for (echo): each
+    expansion's record says why no variant was added."""
+    req = _add_request()
+    req.mcts.rollouts, req.mcts.depth, req.mcts.seed, req.mcts.model = 6, 2, 3, "echo/x"
+    events = await _events(mesh, req)
+    streamed = [e.generation for e in events if e.HasField("generation")]
+    expansions = events[-1].summary.mcts_stats.expansions
+    assert streamed and list(expansions) == streamed
+    for record in expansions:
+        assert record.parent_id in {"plus", "minus", "times"}
+        assert record.model == "echo/x" and record.accepted == 0 and not record.variant_ids
+        assert "not JSON" in record.error
+    assert {c.variant_id for c in events[-1].summary.mcts_stats.children} == {
+        "plus", "minus", "times"}
+
+
+@pytest.mark.parametrize("language", [99, -1])
+async def test_an_unknown_language_is_invalid_argument_naming_the_field(
+        mesh: RunningMesh, language: int) -> None:
+    req = _add_request()
+    req.mode = cw.SEARCH_MODE_ALL
+    req.strategies.add(name="cobol", source="DISPLAY 'HI'", language=language)  # type: ignore[arg-type]
+    with pytest.raises(RPCError) as info:
+        await _events(mesh, req)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == "strategies[3].language"
+    assert "unknown language" in info.value.message
+
+
+async def test_a_score_that_times_out_says_so(mesh: RunningMesh) -> None:
+    req = _add_request()
+    req.mode = cw.SEARCH_MODE_ALL
+    del req.strategies[1:]
+    req.scoring.score_source = "def score(task, context, outputs, timings):\n    while True: pass\n"
+    req.limits.timeout.FromMilliseconds(500)
+    events = await _events(mesh, req)
+    run = next(e.run for e in events if e.HasField("run"))
+    assert run.status == cw.RUN_STATUS_OK and run.tests_passed
+    assert run.score_error == "score() failed: timeout (wall_time)"
+    raised = "def score(task, context, outputs, timings):\n    raise KeyError('speed')\n"
+    req.scoring.score_source = raised
+    events = await _events(mesh, req)
+    run = next(e.run for e in events if e.HasField("run"))
+    assert run.score_error == "score() failed: error (exception): KeyError: 'speed'"
