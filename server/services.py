@@ -259,7 +259,9 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
         if own_sandbox:
             await sandbox.close()
 
-    servicer = AgentServicer(engine, _store(settings, shared))
+    # JSONL run traces (AgentConfig.trace) live beside the run store.
+    servicer = AgentServicer(engine, _store(settings, shared),
+                             trace_dir=settings.store_path.parent / "agent-traces")
     return ServiceParts(
         "agent", SERVICE_NAMES["agent"],
         lambda server: agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server),
