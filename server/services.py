@@ -219,7 +219,8 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
         await engine.start()
         return True
 
-    servicer = CodeWorldServicer(engine, _store(settings, shared), shared.get("metrics"))
+    servicer = CodeWorldServicer(engine, _store(settings, shared), shared.get("metrics"),
+                                 default_model=settings.codeworld_model)
     return ServiceParts(
         "codeworld", SERVICE_NAMES["codeworld"],
         lambda server: codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server(

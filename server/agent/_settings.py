@@ -293,6 +293,24 @@ class Resolved:
     http_tool_headers: Mapping[str, str]
 
 
+def _http_servers(settings: AgentSettings, wanted: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Names of the HTTP tool servers a run offers; an entry may be a configured server's
+    name or its base URL (the seed's `tool_http_base_url`)."""
+    names = tuple(s.name for s in settings.http_tool_servers)
+    if wanted is None:
+        return names
+    by_url = {s.url.rstrip("/"): s.name for s in settings.http_tool_servers}
+    out = [entry if entry in names else by_url.get(entry.rstrip("/"), "") for entry in wanted]
+    bad = [entry for entry, name in zip(wanted, out, strict=True) if not name]
+    if bad:
+        raise AgentConfigError(
+            f"HTTP tool server(s) {bad} are not configured (configured: "
+            f"{', '.join(f'{s.name} at {s.url}' for s in settings.http_tool_servers) or 'none'});"
+            " add them under http_tool_servers in the model configuration",
+            param="http_tool_servers")
+    return tuple(dict.fromkeys(out))
+
+
 def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
     """Merge `config` over `settings`; raise AgentConfigError if it asks for what is not there."""
     c = config or RunConfig()
@@ -309,13 +327,7 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
     bad = [name for name in servers if name not in configured]
     if bad:
         raise AgentConfigError(f"MCP server(s) {bad} are not configured", param="mcp_servers")
-    http_configured = tuple(s.name for s in settings.http_tool_servers)
-    http = http_configured if c.http_tool_servers is None else c.http_tool_servers
-    bad = [name for name in http if name not in http_configured]
-    if bad:
-        raise AgentConfigError(f"HTTP tool server(s) {bad} are not configured; configured: "
-                               f"{', '.join(http_configured) or 'none'}",
-                               param="http_tool_servers")
+    http = _http_servers(settings, c.http_tool_servers)
     resolved = Resolved(
         model=pick(c.model, settings.model),
         max_iterations=pick(c.max_iterations, settings.max_iterations),

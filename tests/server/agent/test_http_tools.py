@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+from http_tools_server import HttpToolServer
 
 from scillm.server.agent import (
     AgentEngine,
@@ -19,8 +20,6 @@ from scillm.server.agent import (
     retry_after_seconds,
 )
 from scillm.server.agent.errors import AgentConfigError, HttpToolServerError
-
-from .http_tools_server import HttpToolServer
 
 
 @pytest.fixture
