@@ -110,6 +110,18 @@ def _tool_result(result: ToolResult) -> pb.ToolResult:
     return out
 
 
+def _storable(request: pb.AgentRunRequest) -> pb.AgentRunRequest:
+    """The request as the run store keeps it: a run's HTTP tool header values (tokens)
+    are not kept."""
+    if not request.config.http_tool_headers:
+        return request
+    kept = pb.AgentRunRequest()
+    kept.CopyFrom(request)
+    for key in kept.config.http_tool_headers:
+        kept.config.http_tool_headers[key] = "[redacted]"
+    return kept
+
+
 def final_to_proto(result: RunResult) -> pb.AgentFinal:
     """The terminal event of a run (manifest added by the caller)."""
     final = pb.AgentFinal(answer=result.answer or "", stop_reason=_STOP[result.stop_reason],
@@ -190,7 +202,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     if trace is not None:
                         final.trace_path = str(trace.path)
                     if self._store is not None:
-                        await self._store.put(final.manifest, request, final)
+                        await self._store.put(final.manifest, _storable(request), final)
                     yield pb.AgentRunResponse(final=final)
 
     def _trace(self, wanted: bool, run_id: str) -> JsonlTrace | None:

@@ -168,13 +168,15 @@ class AgentConfig(_message.Message):
 
     @_builtins.property
     def http_tool_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of configured HTTP tool servers (`GET /tools`, `POST /invoke`) whose tools
-        are offered; empty offers all.
+        """Configured HTTP tool servers (`GET /tools`, `POST /invoke`) whose tools are
+        offered, by name or by base URL; empty offers all.
         """
 
     @_builtins.property
     def http_tool_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Headers added to this run's HTTP tool calls (e.g. authorization)."""
+        """Headers added to this run's HTTP tool calls (e.g. authorization). Their values are
+        not kept in the run store (a replay sends them as "[redacted]").
+        """
 
     def __init__(
         self,
