@@ -224,3 +224,19 @@ def test_the_seed_agent_escalates_on_budget_exceeded(mesh: Mesh) -> None:
     ours = mesh.post("/agent/run", {"messages": [{"role": "user", "content": "hi"}],
                                     "model": "weak"})
     assert ours.json()["answer"] == "ok" and "final_answer" not in ours.json()
+
+
+def test_lean4_requirements_become_requirement_items() -> None:
+    from scillm.bridges.seed.prove import request_from_envelope
+    from scillm.prove.v1 import prove_pb2 as pv
+
+    req = request_from_envelope({
+        "messages": [], "lean4_requirements": [
+            {"requirement_text": "0 + n = n", "metadata": {"source": "q1"}},
+            {"requirement": "n + 0 = n"}, "1 = 1"],
+        "lean4_flags": ["--deterministic"], "model": "lean4", "max_seconds": 180})
+    assert [i.requirement_text for i in req.items] == ["0 + n = n", "n + 0 = n", "1 = 1"]
+    assert req.items[0].metadata["source"] == "q1"
+    assert req.default_backend == pv.BACKEND_LEAN4
+    assert req.formalize.HasField("temperature") and req.formalize.temperature == 0.0
+    assert req.limits.timeout.seconds == 180

@@ -15,8 +15,11 @@ SEED_TOOL_FIELDS = {"call_index", "tool_name", "tool_call_id", "arguments_raw", 
 
 async def test_a_run_leaves_one_line_per_turn_and_tool_call(
         executor: SubprocessExecutor, tmp_path: Path) -> None:
-    """Tools of the real stdio MCP test server: one fails, one answers."""
+    """Tools of the real stdio MCP test server: one fails, two answer."""
     model = ScriptedModel.from_file(FIXTURES / "repair.json")
+    model._replies.insert(2, {"content": "", "tool_calls": [
+        {"id": "c3", "name": "demo__add", "arguments": {"a": 1, "b": 1}},
+        {"id": "c4", "name": "demo__add", "arguments": {"a": 40, "b": 2}}]})
     trace = JsonlTrace(tmp_path / "traces" / "r1.jsonl", "r1")
     async with AgentEngine(mcp_settings(model="m"), model, executor) as engine:
         async for event in engine.run([{"role": "user", "content": "go"}]):
@@ -31,6 +34,8 @@ async def test_a_run_leaves_one_line_per_turn_and_tool_call(
     tools = [line for line in lines if line["type"] == "tool_invocation"]
     assert all(SEED_TOOL_FIELDS <= set(t) for t in tools)
     failed, ok = tools[0], tools[-1]
+    assert [(t["iteration"], t["call_index"]) for t in tools] == [(1, 0), (2, 0), (3, 0),
+                                                                  (3, 1)]
     assert failed["ok"] is False and failed["error"] and failed["rc"] is None
     assert ok["ok"] is True and ok["model"] == "m" and ok["result"] == "42"
     assert ok["arguments"] == json.loads(ok["arguments_raw"])
