@@ -101,9 +101,14 @@ def test_the_turn_budget_escalates_through_the_openai_door(mesh: Mesh) -> None:
     mesh.script(_call("c1", "run_python", {"code": "print(1)"}), {"content": "done"})
     reply = _openai(mesh).chat.completions.create(
         model="agent/weak", messages=[{"role": "user", "content": "go"}],
-        extra_body={"max_iterations": 1, "escalation_model": "strong", "languages": ["python"]})
+        extra_body={"max_iterations": 1, "escalation_model": "strong", "languages": ["python"],
+                    "shell_presets": ["go"], "trace": True})
     assert reply.choices[0].message.content == "done"
-    metrics = (reply.model_extra or {})["scillm"]["result"]["metrics"]
+    result = (reply.model_extra or {})["scillm"]["result"]
+    assert Path(result["trace_path"]).parent == mesh.store / "agent-traces"
+    offered = {t["function"]["name"] for t in mesh.upstream.requests[0]["tools"]}
+    assert {"run_python", "run_shell"} <= offered
+    metrics = result["metrics"]
     assert metrics["escalated"] is True and metrics["used_model"] == "strong"
     assert metrics["escalation_reason"] == "max_iterations"
     assert mesh.models() == ["weak", "strong"]
