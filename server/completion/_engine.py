@@ -222,11 +222,12 @@ class CompletionEngine:
         retries = opts.num_retries if opts.num_retries is not None else rs.num_retries
         hooks = self._hooks
         attempt = 0
+        tried: list[DeploymentState] = []  # deployments this request called, in order
         while True:
             state: DeploymentState | None = None
             begun = False
             try:
-                state = self._router.pick(group)
+                state = self._router.pick(group, tried)
                 dep = state.settings
                 provider = self._provider(dep.provider)
                 timeout = opts.timeout_s or dep.timeout_s or rs.timeout_s
@@ -245,18 +246,24 @@ class CompletionEngine:
                     hooks.on_failure(state.settings.id, exc)
                 if attempt >= retries or not is_retryable(exc):
                     raise
-                delay = backoff_delay(
-                    attempt, self._rng, base_s=rs.backoff_base_s, max_s=rs.backoff_max_s,
-                    retry_after_s=exc.retry_after_s if isinstance(exc, UpstreamError) else None,
-                    min_s=rs.retry_after_s)
+                if state is not None:
+                    tried.append(state)
+                if self._router.untried_ready(group, tried):
+                    delay = 0.0  # another deployment is free: go there now
+                else:  # only a deployment already called (or none) is left: back off
+                    delay = backoff_delay(
+                        attempt, self._rng, base_s=rs.backoff_base_s, max_s=rs.backoff_max_s,
+                        retry_after_s=exc.retry_after_s if isinstance(exc, UpstreamError)
+                        else None, min_s=rs.retry_after_s)
                 if self._clock() + delay > deadline:
                     raise
                 if hooks.on_retry is not None:
                     hooks.on_retry(state.settings.id if state else group.name, attempt + 1,
                                    delay, exc)
-                routing.total_sleep_s += delay
                 attempt += 1
-                await self._sleep(delay)
+                if delay > 0:
+                    routing.total_sleep_s += delay
+                    await self._sleep(delay)
             except BaseException:
                 if begun and state is not None:
                     self._router.release(state)
