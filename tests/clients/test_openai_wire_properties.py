@@ -105,7 +105,7 @@ scillm_options = _optional(
     fallbacks=st.lists(word, max_size=2), timeout_s=millis, num_retries=int32,
     deterministic=st.booleans(), session_id=text, track=text,
     cache=_optional(bypass=st.booleans(), no_store=st.booleans(), ttl_s=millis,
-                    namespace=text))
+                    namespace=text, max_age_s=millis | st.just(0.0), enabled=st.booleans()))
 _HANDLED = openai_wire._HANDLED
 extra = st.dictionaries(text.filter(lambda k: k not in _HANDLED), json_value, max_size=2)
 
@@ -240,6 +240,10 @@ def norm_request(x: dict[str, Any]) -> dict[str, Any]:
                 cache["namespace"] = c["namespace"]
             if "ttl_s" in c:
                 cache["ttl_s"] = _ms(c["ttl_s"])
+            if "max_age_s" in c:
+                cache["max_age_s"] = _ms(c["max_age_s"])
+            if "enabled" in c:
+                cache["enabled"] = c["enabled"]
             routing["cache"] = cache
         out["scillm"] = routing
     return out
