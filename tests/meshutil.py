@@ -14,6 +14,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
+
+from scillm.completion.v1 import completion_pb2 as pb
+from scillm.completion.v1 import completion_pb2_grpc
 from scillm.server.app import Mesh
 from scillm.server.settings import Settings
 
@@ -100,3 +104,23 @@ class ServedProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+
+
+async def refused_code(target: str) -> grpc.StatusCode:
+    """The status a new `echo/x` call gets once a stopping server takes no more work.
+
+    Asked again (on a new channel each time) while calls are still answered, i.e. while
+    the shutdown has not reached that point yet; fails after 60 s.
+    """
+    request = pb.CompletionRequest(model="echo/x", messages=[pb.Message(
+        role=pb.ROLE_USER, content=[pb.ContentPart(text="late")])])
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        async with grpc.aio.insecure_channel(target) as channel:
+            try:
+                await completion_pb2_grpc.CompletionServiceStub(channel).Completion(
+                    request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+        assert asyncio.get_running_loop().time() < deadline, "new calls were never refused"
+        await asyncio.sleep(0.05)
