@@ -133,16 +133,16 @@ def _cancelled(mesh: RunningMesh, model: str, code: str = "CANCELLED") -> float:
                if line.startswith(prefix))
 
 
-async def _counted(mesh: RunningMesh, model: str, count: float, code: str = "CANCELLED",
-                   ) -> float:
-    """The metric once it reaches `count` (the call's record lands as it unwinds), or its
-    value after 30 s."""
+async def _ended(mesh: RunningMesh, model: str, at_least: float,
+                 codes: tuple[str, ...] = ("CANCELLED",)) -> float:
+    """How many calls to `model` ended with one of `codes`, read once the count reaches
+    `at_least` (a call's record lands as it unwinds), or after 30 s."""
     for _ in range(600):
-        value = await asyncio.to_thread(_cancelled, mesh, model, code)
-        if value >= count:
-            return value
+        total = sum([await asyncio.to_thread(_cancelled, mesh, model, code) for code in codes])
+        if total >= at_least:
+            break
         await asyncio.sleep(0.05)
-    return value
+    return total
 
 
 async def _arrived(upstream: FaultyUpstream) -> bool:
@@ -168,7 +168,7 @@ async def test_a_caller_hanging_up_closes_the_upstream_request(faulty: RunningMe
         with pytest.raises(asyncio.CancelledError):
             await call
     assert await _hung_up(upstream), "the upstream request stayed open"
-    assert await _counted(faulty, "silent", before + 1) == before + 1
+    assert await _ended(faulty, "silent", before + 1) == before + 1
 
 
 async def test_a_grpc_caller_cancelling_or_timing_out_closes_the_upstream_request(
@@ -191,9 +191,13 @@ async def test_a_grpc_caller_cancelling_or_timing_out_closes_the_upstream_reques
         assert info.value.code.name == "DEADLINE_EXCEEDED"
         assert await _arrived(upstream)
         assert await _hung_up(upstream), "the timed-out call's upstream request stayed open"
-    assert await _counted(faulty, "silent", cancelled + 1) == cancelled + 1
-    assert await _counted(faulty, "silent", expired + 1,
-                          "DEADLINE_EXCEEDED") == expired + 1
+    # The timed-out call counts as DEADLINE_EXCEEDED, or as CANCELLED when the caller's
+    # cancel (sent as its own deadline passes) reaches the server before the server's
+    # deadline passes: on a busy machine it often does.
+    both = ("CANCELLED", "DEADLINE_EXCEEDED")
+    assert await _ended(faulty, "silent", cancelled + expired + 2, both) \
+        == cancelled + expired + 2
+    assert await _ended(faulty, "silent", cancelled + 1) >= cancelled + 1
 
 
 def test_upstream_429_keeps_status_and_retry_after(faulty: RunningMesh) -> None:
