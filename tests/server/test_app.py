@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from held_upstream import HeldUpstream
-from meshutil import RunningMesh, mesh_settings, refused_code, start_mesh
+from meshutil import RunningMesh, mesh_settings, start_mesh, stop_with_a_stream_in_flight
 
 from scillm.clients import RPCError, ScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
@@ -203,10 +203,8 @@ def test_single_service_mode_serves_only_that_service(tmp_path: Path, grpcurl: s
 
 
 def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
-    """Stop with a stream in flight (its upstream holds it after the first chunk): health
-    turns NOT_SERVING, new calls are refused, and once the upstream lets go the stream
-    runs to its end event, well inside the (generous) grace. Nothing depends on speed: the
-    test releases the stream only after it has seen all of that."""
+    """Stop with a stream in flight: health NOT_SERVING, new calls refused, the stream
+    finished inside the (generous) grace (see `stop_with_a_stream_in_flight`)."""
     upstream = HeldUpstream().start()
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"model_list": [
@@ -215,40 +213,11 @@ def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
         {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
     running = start_mesh(mesh_settings(tmp_path, http_enabled=False, grace_period_s=120.0,
                                        config_path=config, services=("completion",)))
-    words = [f"w{i}" for i in range(50)]
-
-    async def scenario() -> tuple[list[str], int, grpc.StatusCode]:
-        loop = asyncio.get_running_loop()
-        async with ScillmClient(running.grpc_target) as client, \
-                grpc.aio.insecure_channel(running.grpc_target) as side:
-            watch = health_pb2_grpc.HealthStub(side).Watch(health_pb2.HealthCheckRequest())
-            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-            upstream.hold()
-            stream = client.completion.stream({"model": "held", "messages": [
-                {"role": "user", "content": " ".join(words)}]})
-            first = await anext(stream)
-            assert first.HasField("chunk")
-            assert await loop.run_in_executor(None, upstream.arrived, 1)
-            stopping = loop.run_in_executor(None, running.stop, 120.0)
-            status = (await watch.read()).status  # the health watch sees the shutdown
-            watch.cancel()  # an open watch is in-flight work too
-            refused = await refused_code(running.grpc_target)
-            upstream.release()
-            rest = [e async for e in stream]
-            await stopping
-            assert rest[-1].HasField("end")
-            said = [c.delta.content for e in [first, *rest] if e.HasField("chunk")
-                    for c in e.chunk.choices]
-            return "".join(said).split(), int(status), refused
-
     try:
-        said, status, refused = asyncio.run(scenario())
+        asyncio.run(stop_with_a_stream_in_flight(
+            running.grpc_target, upstream, lambda: asyncio.to_thread(running.stop, 120.0)))
     finally:
         upstream.stop()
-    assert said == words  # the whole stream, after the stop began
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert refused == grpc.StatusCode.UNAVAILABLE
-
 
 
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:

@@ -17,11 +17,9 @@ import sys
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from held_upstream import HeldUpstream
-from meshutil import refused_code
+from meshutil import stop_with_a_stream_in_flight
 
 from scillm.clients import ScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
@@ -98,28 +96,14 @@ async def test_a_killed_replica_loses_no_request(
 
 async def test_sigterm_lets_an_in_flight_stream_finish(
         replicas: list[tuple[subprocess.Popen[str], int]], upstream: HeldUpstream) -> None:
-    """SIGTERM with a stream in flight (held by the upstream after its first chunk): the
-    health watch turns NOT_SERVING, new calls are refused, and once the upstream lets go
-    the stream ends whole and the process exits 0 inside its 120 s grace."""
+    """SIGTERM with a stream in flight: health NOT_SERVING, new calls refused, the stream
+    finished, and the process exits 0 inside its 120 s grace (see
+    `stop_with_a_stream_in_flight`)."""
     proc, port = replicas[0]
-    target = f"127.0.0.1:{port}"
-    words = [f"w{i}" for i in range(50)]
-    async with ScillmClient(target) as client, grpc.aio.insecure_channel(target) as side:
-        watch = health_pb2_grpc.HealthStub(side).Watch(health_pb2.HealthCheckRequest())
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-        upstream.hold()
-        stream = client.completion.stream({"model": "held", "messages": [
-            {"role": "user", "content": " ".join(words)}]})
-        first = await anext(stream)
-        assert await asyncio.to_thread(upstream.arrived, 1)
+
+    def terminate() -> int:
         proc.send_signal(signal.SIGTERM)
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        watch.cancel()  # an open watch is in-flight work too
-        assert await refused_code(target) == grpc.StatusCode.UNAVAILABLE
-        upstream.release()
-        rest = [event async for event in stream]
-    assert rest[-1].HasField("end")
-    said = "".join(c.delta.content for e in [first, *rest] if e.HasField("chunk")
-                   for c in e.chunk.choices)
-    assert said.split() == words
-    assert await asyncio.to_thread(proc.wait, 60) == 0
+        return proc.wait(timeout=150)
+
+    assert await stop_with_a_stream_in_flight(
+        f"127.0.0.1:{port}", upstream, lambda: asyncio.to_thread(terminate)) == 0
