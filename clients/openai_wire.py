@@ -461,7 +461,7 @@ def message_from_proto(message: pb.Message) -> dict[str, Any]:
         out["tool_call_id"] = message.tool_call_id
     if message.reasoning_content:
         out["reasoning_content"] = message.reasoning_content
-    if message.role == pb.ROLE_ASSISTANT and refusal:
+    if message.role == pb.ROLE_ASSISTANT and "".join(refusal):  # an empty one is dropped
         out["refusal"] = "".join(refusal)
     return out
 

@@ -13,7 +13,8 @@ requests
 - `json_schema.name` "" or missing -> "response"; empty `description` dropped;
 - message `content`: [] -> null, a single text part -> its string, an image_url string
   -> {"url": ...}; `refusal` on a non-assistant message becomes a trailing refusal
-  part; on an assistant message every refusal part is joined into `refusal`;
+  part; on an assistant message every refusal part is joined into `refusal` (dropped
+  when that is empty);
 - a tool call's object `arguments` is JSON-encoded; every tool call gets `"type"`;
 - `scillm.timeout_s` / `cache.ttl_s` keep whole milliseconds; `deterministic: false`,
   empty `fallbacks` / `namespace` are dropped; `cache.bypass` / `no_store` always appear;
@@ -34,7 +35,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from scillm.clients import InvalidRequestError, openai_wire
@@ -171,7 +172,7 @@ def norm_message(m: dict[str, Any]) -> dict[str, Any]:
     for key in ("tool_call_id", "reasoning_content"):
         if m.get(key):
             out[key] = m[key]
-    if m["role"] == "assistant" and refusals:
+    if m["role"] == "assistant" and "".join(refusals):
         out["refusal"] = "".join(refusals)
     return out
 
@@ -265,6 +266,8 @@ def test_request_round_trip(body: dict[str, Any]) -> None:
 
 @PROPS
 @given(request())
+@example({"model": "0", "messages": [{"role": "assistant", "content": [
+    {"type": "refusal", "refusal": ""}]}]})
 def test_request_translation_is_idempotent(body: dict[str, Any]) -> None:
     once = openai_wire.request_from_proto(openai_wire.request_to_proto(body))
     twice = openai_wire.request_from_proto(openai_wire.request_to_proto(once))
