@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import json
 import threading
 from abc import ABC, abstractmethod
@@ -210,7 +211,7 @@ class RunStore(ABC):
         last = rows[query.limit - 1] if more else None
         return RunPage(runs, _page_token(last[3], last[4]) if last is not None else "")
 
-    def distinct(self, column: str, limit: int = 200) -> list[str]:
+    def distinct(self, column: str, limit: int = 200) -> builtins.list[str]:
         """The non-empty values of one filter column (`FILTERS`), sorted, at most `limit`."""
         if column not in FILTERS:
             raise ValueError(f"not a filter column: {column!r}")
@@ -218,12 +219,12 @@ class RunStore(ABC):
                          f"ORDER BY {column} LIMIT {self._PARAM}", (limit,))
         return [str(r[0]) for r in rows]
 
-    def _select(self, columns: str, query: RunQuery) -> tuple[str, list[object]]:
+    def _select(self, columns: str, query: RunQuery) -> tuple[str, builtins.list[object]]:
         """`SELECT columns FROM runs WHERE <query> ORDER BY <newest first>`, and its
         arguments; ties on start_time are broken by run_id so pages never overlap."""
         p = self._PARAM
-        where: list[str] = []
-        args: list[object] = []
+        where: builtins.list[str] = []
+        args: builtins.list[object] = []
         for column in FILTERS:
             value = getattr(query, column)
             if value:
