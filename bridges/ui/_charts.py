@@ -27,7 +27,7 @@ def _layout(height: int, **extra: Any) -> dict[str, Any]:
     return {"height": height, "margin": {"l": 48, "r": 16, "t": 44, "b": 40},
             "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
             "font": {"family": "system-ui, sans-serif", "size": 12},
-            "legend": {"orientation": "h", "y": 1.12, "x": 0}, **extra}
+            "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}, **extra}
 
 
 def ranking_bars(ranking: codeworld_pb2.Ranking) -> Figure:

@@ -353,7 +353,7 @@ def test_a_mesh_keeps_its_runs_in_postgresql(tmp_path: Path, pg_url: str) -> Non
             assert _ids(store.list(session_id="pg-session")) == [run_id]
             stored = store.get(run_id)
             assert stored is not None and stored.result == summary
-            assert [e["result"] for e in stored.events] == [5]
+            assert [e["run"]["result"] for e in stored.events] == [5]  # the stream's envelopes
         finally:
             store.close()
         assert not (tmp_path / "runs.sqlite3").exists()  # store_url won over store_path

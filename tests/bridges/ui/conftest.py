@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from meshutil import RunningMesh, mesh_settings, start_mesh
+from scripted_upstream import ScriptedUpstream
 
 TESTS = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(TESTS))
-
-from meshutil import RunningMesh, mesh_settings, start_mesh  # noqa: E402
-from scripted_upstream import ScriptedUpstream  # noqa: E402
 
 MASTER = "sk-master-ui-test"
 TRACE_TEMPLATE = "http://jaeger.test:16686/trace/{trace_id}"

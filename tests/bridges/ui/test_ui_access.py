@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import MASTER, UiMesh, artifacts
 from meshutil import mesh_settings, start_mesh
+
+from .conftest import MASTER, UiMesh, artifacts
 
 
 def _key(ui_mesh: UiMesh, **metadata: str) -> str:

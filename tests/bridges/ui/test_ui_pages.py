@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import MASTER, TRACE_TEMPLATE, UiMesh, artifacts
 
 from scillm.server.manifests import open_run_store
+
+from .conftest import MASTER, TRACE_TEMPLATE, UiMesh, artifacts
 
 
 @pytest.fixture
