@@ -233,7 +233,7 @@ class Mesh:
                 raise OSError("HTTP shim failed to start")
             await asyncio.sleep(0.01)
 
-    async def _runs_ui(self, client: Any) -> Any:
+    async def _runs_ui(self, client: ScillmClient) -> Any:
         """The runs UI over this process's run store (opened for it when no service here
         keeps runs), with this process's keys."""
         from scillm.bridges.ui import create_ui
