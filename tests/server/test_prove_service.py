@@ -91,11 +91,11 @@ async def test_unknown_backend_number_is_invalid(mesh: RunningMesh) -> None:
 
 
 async def test_stored_run_keeps_every_item_result(mesh: RunningMesh) -> None:
-    from scillm.server.manifests import RunStore
+    from scillm.server.manifests import open_run_store
 
     async with ScillmClient(mesh.grpc_target) as client:
         events = [e async for e in client.prove.prove(_batch())]
-    store = RunStore(mesh.mesh.settings.store_path)
+    store = open_run_store(mesh.mesh.settings.store_path)
     stored = store.get(events[-1].summary.manifest.run_id)
     assert stored is not None and len(stored.events) == 5
     assert {e["item_id"] for e in stored.events} == {r.result.item_id for r in events[:-1]}
