@@ -624,6 +624,7 @@ def response_from_proto(resp: pb.CompletionResponse) -> dict[str, Any]:
     for c in resp.choices:
         message = message_from_proto(c.message)
         message.setdefault("content", None)
+        message.setdefault("refusal", None)  # OpenAI's schema requires it; null when none
         choice: dict[str, Any] = {"index": c.index, "message": message,
                                   "finish_reason": _FINISH_NAMES.get(c.finish_reason),
                                   "logprobs": None}

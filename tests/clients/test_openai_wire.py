@@ -90,7 +90,7 @@ def test_response_and_chunk_round_trip() -> None:
         "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": {"content": [
             {"token": "a", "logprob": -0.5, "bytes": [97],
              "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}]},
-            "message": {"role": "assistant", "content": "hi", "tool_calls": [
+            "message": {"role": "assistant", "content": "hi", "refusal": None, "tool_calls": [
                 {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
                   "prompt_tokens_details": {"cached_tokens": 2},

@@ -388,7 +388,7 @@ def _norm_logprobs(lp: dict[str, Any] | None) -> dict[str, Any] | None:
 @given(response)
 def test_response_round_trip(body: dict[str, Any]) -> None:
     expected = {**body, "usage": _norm_usage(body["usage"]), "choices": [
-        {"index": c["index"], "message": norm_message(c["message"]),
+        {"index": c["index"], "message": {"refusal": None, **norm_message(c["message"])},
          "finish_reason": _norm_finish(c["finish_reason"]),
          "logprobs": _norm_logprobs(c["logprobs"])} for c in body["choices"]]}
     if not body.get("system_fingerprint"):
