@@ -139,7 +139,10 @@ class CompletionSettings:
         """The embedded default: `echo/*` for tests and a lazily loaded `local/gemma`."""
         return cls.from_mapping({"model_list": [
             {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}},
-            {"model_name": "local/gemma", "litellm_params": {"model": "local/gemma3-270m"}},
+            # A base model rarely stops by itself: without max_tokens it writes until this
+            # cap (about 10 s at 50 tokens/s), unless the caller's max_tokens says otherwise.
+            {"model_name": "local/gemma", "litellm_params": {"model": "local/gemma3-270m",
+                                                             "max_tokens": 512}},
         ]})
 
     @classmethod
