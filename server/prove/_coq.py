@@ -453,7 +453,8 @@ def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> 
             full.rsplit(".", 1)[-1] == stated for full in judgement.open):
         line, col = locate(source, stated_at)
         message = (f"{stated} does not have the stated type at the end of the source (a "
-                   "section hypothesis or variable it used was discharged into it)"
+                   "section hypothesis it used was discharged into it, or it was stated "
+                   "again)"
                    if judgement.stated_found else
                    f"{stated} is not in the environment at the end of the source (stated "
                    "inside a module type or functor, or removed)")
