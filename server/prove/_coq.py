@@ -132,6 +132,10 @@ class CoqJob:
         return f"Scillm_item_{self.nonce}"
 
     @property
+    def file(self) -> str:
+        return f"Item_{self.nonce}.v"
+
+    @property
     def witness(self) -> str:
         return f"scillm_stated_{self.nonce}"
 
@@ -198,15 +202,18 @@ class CoqWorker:
         await self._proc.kill()
         shutil.rmtree(self._inbox, ignore_errors=True)
 
-    async def ask(self, commands: Sequence[str]) -> list[str]:
-        """Run `commands`; the reply of each, framed by a fresh nonce.
+    async def ask(self, frames: Sequence[str | tuple[str, ...]]) -> list[str]:
+        """Run the commands of `frames`; the reply of each frame, framed by a fresh nonce.
 
-        Everything is written at once while replies are read, so a long batch cannot
-        deadlock on full pipes.
+        A frame is one command, or several whose replies may share a frame because no
+        text of the item can appear in them but their last one's (the replies of a tuple
+        come back together, separated by Coq's prompts). Everything is written at once
+        while replies are read, so a long batch cannot deadlock on full pipes.
         """
         nonce = secrets.token_hex(8)
-        tags = [f"scillm_sync_{nonce}_{i}_" for i in range(len(commands))]
-        text = "".join(f"{c}\nFail Check {t}.\n" for c, t in zip(commands, tags, strict=True))
+        tags = [f"scillm_sync_{nonce}_{i}_" for i in range(len(frames))]
+        text = "".join(f"{c if isinstance(c, str) else chr(10).join(c)}\nFail Check {t}.\n"
+                       for c, t in zip(frames, tags, strict=True))
         writer = asyncio.ensure_future(self._proc.send(text))
         # A prover that dies mid-write fails the reads too; that error is the one raised.
         writer.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -232,7 +239,11 @@ class CoqWorker:
         """
         self._proc.set_memory_limit(memory_mb)
         self.items += 1
-        put_item(self._inbox, "Item.v", job.text)
+        # A new file per item: rewriting one that a jail's mount namespace also holds
+        # costs about a millisecond, a new one a tenth of that.
+        for old in self._inbox.iterdir():
+            old.unlink()
+        put_item(self._inbox, job.file, job.text)
         judgement, found = await self._load(job)
         if not judgement.loaded:
             await self._reset()
@@ -255,12 +266,14 @@ class CoqWorker:
     async def _load(self, job: CoqJob) -> tuple[Judgement, list[str]]:
         """Load the item into its module; whether it loaded whole, and its names."""
         m = job.module
-        where = f"{self._jail.inbox_path(self._inbox)}/Item.v"
-        _, load, end, _, listing = await self.ask(
-            [f"Module {m}.", f'Load "{where}".', f"End {m}.", "Set Short Module Printing.",
-             f"Print Module {m}."])
+        where = f"{self._jail.inbox_path(self._inbox)}/{job.file}"
+        load, end = await self.ask(
+            [(f"Module {m}.", f'Load "{where}".'),
+             (f"End {m}.", "Set Short Module Printing.", f"Print Module {m}.")])
         judgement = Judgement(load_reply=load)
-        found = flat_listing(listing, m)
+        # The listing is what follows the frame's last prompt (names are its only text
+        # that comes from the item, and no name holds a prompt).
+        found = flat_listing(end[end.rfind("</prompt>") + len("</prompt>"):], m)
         if found is None:  # nested modules, or an unexpected listing: ask Search
             search = (await self.ask([f"Search _ inside {m}."]))[0]
             found = [n for n in _NAME.findall(search) if n.startswith(m + ".")]
@@ -278,9 +291,9 @@ class CoqWorker:
         check = f"scillm_all_{job.nonce}"
         uses = [f"let _ := (@{s} : ltac:(let t := type of @{w} in exact t)) in "
                 for w, s in stated] + [f"let _ := @{n} in " for n in names]
-        defined, assumptions, *cleanup = await self.ask(
+        defined, assumptions, cleanup = await self.ask(
             [f"Definition {check} : unit := {''.join(uses)}tt.",
-             f"Print Assumptions {check}.", *self._cleanup()])
+             f"Print Assumptions {check}.", self._cleanup()])
         self._check_cleanup(cleanup)
         return f"<infomsg>{check} is defined</infomsg>" in defined and is_closed(assumptions)
 
@@ -301,18 +314,18 @@ class CoqWorker:
         same = replies[len(names) + 1::2]
         judgement.stated_ok = bool(same) and all(is_closed(r) for r in same)
 
-    def _cleanup(self) -> list[str]:
-        return ["Abort All.", f"Reset {self._mark}.", f"Definition {self._mark} := tt."]
+    def _cleanup(self) -> tuple[str, ...]:
+        return ("Abort All.", f"Reset {self._mark}.", f"Definition {self._mark} := tt.")
 
-    def _check_cleanup(self, replies: Sequence[str]) -> None:
+    def _check_cleanup(self, reply: str) -> None:
         """A worker that could not return to its mark is not reused."""
-        if any("Error" in r for r in replies) or any(s in r for r in replies for s in _OOM):
+        if "Error" in reply or any(s in reply for s in _OOM):
             self._proc.kill_now()
 
     async def _reset(self) -> None:
         """Back to the mark; a worker that cannot get there is killed."""
         if self.alive:
-            self._check_cleanup(await self.ask(self._cleanup()))
+            self._check_cleanup((await self.ask([self._cleanup()]))[0])
 
 
 class CoqBackend:
@@ -440,7 +453,8 @@ def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> 
             full.rsplit(".", 1)[-1] == stated for full in judgement.open):
         line, col = locate(source, stated_at)
         message = (f"{stated} does not have the stated type at the end of the source (a "
-                   "section hypothesis or variable it used was discharged into it)"
+                   "section hypothesis it used was discharged into it, or it was stated "
+                   "again)"
                    if judgement.stated_found else
                    f"{stated} is not in the environment at the end of the source (stated "
                    "inside a module type or functor, or removed)")

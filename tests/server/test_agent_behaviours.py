@@ -23,7 +23,7 @@ from scripted_upstream import ScriptedUpstream
 from scillm.agent.v1 import agent_pb2
 from scillm.clients import RPCError, ScillmClient
 from scillm.completion.v1 import completion_pb2 as cpb
-from scillm.server.manifests import RunStore
+from scillm.server.manifests import open_run_store
 
 HERE = Path(__file__).parent
 
@@ -222,7 +222,7 @@ async def test_http_tools_are_called_and_a_429_waits_its_retry_after(mesh: Mesh)
     (first, _, _), (second, headers, _) = mesh.tools.invokes("busy")
     assert second - first >= 1.0
     assert headers["authorization"] == "Bearer lab" and headers["x-run"] == "r7"
-    stored = RunStore(mesh.store / "runs.sqlite3").get(events[-1].final.manifest.run_id)
+    stored = open_run_store(mesh.store / "runs.sqlite3").get(events[-1].final.manifest.run_id)
     assert stored is not None
     assert dict(stored.request.config.http_tool_headers) == {"x-run": "[redacted]"}
     async with ScillmClient(mesh.running.grpc_target) as client:
