@@ -22,10 +22,7 @@ def _target(target: str | None) -> str:
 
 
 def _with_extras(body: dict[str, Any], routing: Any, json_valid: bool | None) -> dict[str, Any]:
-    body["scillm"] = {"routing": {
-        "deployment": routing.deployment, "provider": routing.provider,
-        "fallback_used": routing.fallback_used, "attempts": routing.attempts,
-        "cache_hit": routing.cache_hit}}
+    body["scillm"] = {"routing": openai_wire.routing_from_proto(routing)}
     if json_valid is not None:
         body["scillm"]["json_valid"] = json_valid
     return body
@@ -39,7 +36,8 @@ async def _stream_dicts(client: ScillmClient, body: Mapping[str, Any], owned: bo
                 yield openai_wire.chunk_from_proto(event.chunk)
             else:
                 yield {"id": event.end.id, "object": "chat.completion.chunk", "choices": [],
-                       "usage": openai_wire.usage_from_proto(event.end.usage)}
+                       "usage": openai_wire.usage_from_proto(event.end.usage),
+                       "scillm": {"routing": openai_wire.routing_from_proto(event.end.routing)}}
     finally:
         if owned:
             await client.close()

@@ -72,6 +72,12 @@ def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) ->
     if routing.last_retry_after_s is not None:
         out.last_retry_after.FromNanoseconds(int(routing.last_retry_after_s * 1e9))
     out.overhead.FromNanoseconds(int(max(overhead_s, 0.0) * 1e9))
+    stats = routing.retry_stats
+    if stats is not None:
+        out.retry_stats.CopyFrom(pb.RetryStats(
+            attempts=stats.attempts, failures=stats.failures, final_status=stats.final_status,
+            first_failure_status=stats.first_failure_status, statuses=stats.statuses))
+        out.retry_stats.total_sleep.FromNanoseconds(int(stats.total_sleep_s * 1e9))
     return out
 
 
