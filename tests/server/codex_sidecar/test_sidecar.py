@@ -300,13 +300,25 @@ def test_concurrency_is_capped(codex: Path) -> None:
         sidecar.stop()
 
 
-def test_a_missing_cli_stops_start_up(tmp_path: Path) -> None:
+def _scillm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     scillm = str(Path(sys.executable).parent / "scillm")
-    done = subprocess.run([scillm, "codex-sidecar", "--mode", "cli", "--codex-bin",
-                           str(tmp_path / "no-codex")], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 2
-    assert "was not found" in done.stderr and "Traceback" not in done.stderr
+    return subprocess.run([scillm, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_and_bad_settings_at_start_up(tmp_path: Path) -> None:
+    assert "codex-sidecar" in _scillm("--help").stdout
+    text = " ".join(_scillm("codex-sidecar", "--help").stdout.split())
+    for word in ("echo", "forward", "cli", "X-Codex-Force-Local", "--max-concurrency",
+                 "--transient-exit-code", "CODEX_FORWARD_TOKEN", "process group"):
+        assert word in text, word
+    missing = _scillm("codex-sidecar", "--mode", "cli", "--codex-bin", str(tmp_path / "none"))
+    assert missing.returncode == 2
+    assert "was not found" in missing.stderr and "Traceback" not in missing.stderr
+    no_base = _scillm("codex-sidecar", "--mode", "forward", env={"CODEX_FORWARD_BASE": ""})
+    assert no_base.returncode == 2 and "--forward-base" in no_base.stderr
+    bad_port = _scillm("codex-sidecar", env={"CODEX_SIDECAR_PORT": "http"})
+    assert bad_port.returncode == 2 and "CODEX_SIDECAR_PORT" in bad_port.stderr
 
 
 # --------------------------------------------------------------------------- forward mode
