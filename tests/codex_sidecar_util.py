@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from meshutil import ServedProcess
 
 FAKE_CODEX = Path(__file__).parent / "server" / "codex_sidecar" / "fake_codex.py"
 
@@ -62,13 +62,5 @@ class SidecarProcess:
                                      + self.log.read_text(errors="replace")[-3000:])
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        """SIGTERM; SIGKILL to its process group if it is still there after 20 s."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+    #: SIGTERM, then SIGKILL to its process group after 20 s: as for `scillm serve`.
+    stop = ServedProcess.stop

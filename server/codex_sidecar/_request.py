@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..completion import InvalidRequest
+from ..completion import _request as completion_request
 from ..completion._provider import text_of
 from ._cli import CodexJob
 from .errors import BadRequest
@@ -20,20 +22,15 @@ _DEFAULT_MODELS = ("", "default", "codex")
 
 
 def check(body: Any) -> tuple[str, list[dict[str, Any]]]:
-    """The model name and messages of an OpenAI chat request, or BadRequest."""
+    """The model name and messages of an OpenAI chat request (checked as the Completion
+    engine checks one), or BadRequest."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise BadRequest("model must be a string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a role",
-                             param=f"messages[{i}]")
-    return model, messages
+    try:
+        model = completion_request.check(body)
+    except InvalidRequest as exc:
+        raise BadRequest(exc.message, param=exc.param) from None
+    return model, body["messages"]
 
 
 def plain_model(model: str) -> str:

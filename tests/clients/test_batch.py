@@ -1,15 +1,12 @@
 """Client batch helpers and model preflight against a real mesh: `parallel_as_completed`,
 a per-batch `Budget`, and `ModelCatalog` over gRPC ListModels and GET /v1/models.
 
-The mesh's `gpt-4o` is an OpenAI-compatible upstream on loopback that holds any request
-whose text contains "wait" until the test opens its gate, so "results as they finish" is
-shown by order, never by timing."""
+The mesh's `gpt-4o` is a scripted OpenAI-compatible upstream on loopback that holds any
+request whose text contains "wait" until the test releases it, so "results as they
+finish" is shown by order, never by timing."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
 from collections.abc import Iterator
 from contextlib import aclosing
 from typing import Any
@@ -17,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from meshutil import RunningMesh, mesh_settings, start_mesh
+from scripted_upstream import ScriptedUpstream
 
 from scillm.clients import (
     BatchResult,
@@ -34,64 +32,13 @@ from scillm.clients import (
 )
 
 
-class GatedUpstream:
-    """OpenAI's `chat.completion` on 127.0.0.1:0, echoing the last user message; a request
-    whose text contains "wait" is held until `open_gate()`. Usage is 3 + 3 tokens."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.gate = asyncio.Event()
-        self.models: list[str] = []
-        self.port = 0
-
-    def start(self) -> GatedUpstream:
-        self.thread.start()
-        server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop).result(10)
-        self.port = server.sockets[0].getsockname()[1]
-        return self
-
-    def open_gate(self) -> None:
-        self.loop.call_soon_threadsafe(self.gate.set)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
-                request = json.loads(await reader.readexactly(length))
-                self.models.append(request["model"])
-                text = request["messages"][-1]["content"]
-                if "wait" in text:
-                    await self.gate.wait()
-                body = json.dumps({
-                    "id": "up", "object": "chat.completion", "created": 1,
-                    "model": request["model"], "choices": [{
-                        "index": 0, "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 3,
-                              "total_tokens": 6}}).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningMesh,
-                                                                       GatedUpstream]]:
+                                                                       ScriptedUpstream]]:
     root = tmp_path_factory.mktemp("batch")
-    upstream = GatedUpstream().start()
-    base = f"http://127.0.0.1:{upstream.port}/v1"
+    upstream = ScriptedUpstream([{"content": "fine"}], hold=lambda request: "wait" in str(
+        request["messages"][-1]["content"])).start()
+    base = upstream.url
     config = root / "models.yaml"
     config.write_text(yaml.safe_dump({"model_list": [
         {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o",
@@ -106,7 +53,7 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningMes
     try:
         yield running, upstream
     finally:
-        upstream.open_gate()
+        upstream.release()
         running.stop()
         upstream.stop()
 
@@ -118,7 +65,7 @@ def _req(model: str, text: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- as completed
 
 
-async def test_results_come_as_they_finish(gated: tuple[RunningMesh, GatedUpstream]) -> None:
+async def test_results_come_as_they_finish(gated: tuple[RunningMesh, ScriptedUpstream]) -> None:
     running, upstream = gated
     requests = [_req("gpt-4o", "wait for me"), _req("gpt-4o", "quick one"),
                 _req("nosuch/model", "fails")]
@@ -127,11 +74,11 @@ async def test_results_come_as_they_finish(gated: tuple[RunningMesh, GatedUpstre
         first, second = await anext(results), await anext(results)
         assert {first.index, second.index} == {1, 2}  # the held request is still going
         done = {r.index: r for r in (first, second)}
-        assert done[1].content == "quick one" and done[1].ok
+        assert done[1].content == "fine" and done[1].ok
         assert isinstance(done[2].error, RPCError) and not done[2].ok
-        upstream.open_gate()
+        upstream.release()
         last = await anext(results)
-        assert last.index == 0 and last.content == "wait for me"
+        assert last.index == 0 and last.content == "fine"
         assert last.response is not None
         assert last.response["scillm"]["routing"]["provider"] == "openai"
         with pytest.raises(StopAsyncIteration):
@@ -163,9 +110,9 @@ async def test_a_cost_budget_needs_prices_and_stops_sending(mesh: RunningMesh) -
 
 
 async def test_preflight_resolves_each_model_before_sending(
-        gated: tuple[RunningMesh, GatedUpstream]) -> None:
+        gated: tuple[RunningMesh, ScriptedUpstream]) -> None:
     running, upstream = gated
-    sent_before = len(upstream.models)
+    sent_before = len(upstream.requests)
     async with ScillmClient(running.grpc_target) as client:
         catalog = ModelCatalog(client)
         results: list[BatchResult] = [r async for r in parallel_as_completed(
@@ -180,7 +127,8 @@ async def test_preflight_resolves_each_model_before_sending(
     assert str(by_index[0].resolved) == "'gpt4o' resolved to 'gpt-4o' (alias)"
     assert isinstance(by_index[2].error, ModelNotAvailable) and not by_index[2].ok
     assert "did you mean" in str(by_index[2].error)
-    assert upstream.models[sent_before:] == ["gpt-4o", "gpt-4o"]  # "gpt5" was never sent
+    sent = [r["model"] for r in upstream.requests[sent_before:]]
+    assert sent == ["gpt-4o", "gpt-4o"]  # "gpt5" was never sent
     assert catalog.fetches == 1  # one list for the whole batch
 
 
@@ -211,7 +159,7 @@ def test_resolve_model_refuses_ambiguity_and_unknown_names() -> None:
 
 
 async def test_the_catalog_is_cached_over_grpc_and_http(
-        gated: tuple[RunningMesh, GatedUpstream]) -> None:
+        gated: tuple[RunningMesh, ScriptedUpstream]) -> None:
     running, _ = gated
     now = [0.0]
     async with ScillmClient(running.grpc_target) as client:
