@@ -102,6 +102,9 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
             m.child(m.cache, "hit" if cache_hit else "miss").inc()
         if routing.attempts > 1:
             m.child(m.retries, model).inc(routing.attempts - 1)
+        stats = routing.retry_stats  # a provider's own retries (codex-agent)
+        if stats is not None and stats.attempts > 1:
+            m.child(m.retries, model).inc(stats.attempts - 1)
 
     async def Completion(self, request: pb.CompletionRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:

@@ -174,9 +174,13 @@ async def test_retry_stats_reach_grpc_and_the_openai_door(upstream: Upstream,
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(f"{running.http_url}/v1/chat/completions", json={
                 "model": "cx", "seed": 11, "messages": [{"role": "user", "content": "http"}]})
-        http_stats = resp.json()["scillm"]["routing"]["retry_stats"]
-        assert http_stats["statuses"] == [0, 200] and http_stats["first_failure_status"] == 0
-        assert http_stats["total_sleep_ms"] == pytest.approx(expected_sleep(11, 1) * 1000,
-                                                             abs=1e-3)
+            http_stats = resp.json()["scillm"]["routing"]["retry_stats"]
+            assert http_stats["statuses"] == [0, 200]
+            assert http_stats["first_failure_status"] == 0
+            assert http_stats["total_sleep_ms"] == pytest.approx(
+                expected_sleep(11, 1) * 1000, abs=1e-3)
+            metrics = (await http.get(f"{running.http_url}/metrics")).text
+        # The provider's own retries count as upstream retries: 2 over gRPC, 1 over HTTP.
+        assert 'scillm_retries_total{model="cx"} 3.0' in metrics
     finally:
         await asyncio.to_thread(running.stop)
