@@ -13,11 +13,13 @@ gets its own status; after that it goes in-band, then `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -42,6 +44,7 @@ _MAX_BODY = 8 * 1024 * 1024
 _NOT_CHAT = ("embed", "rerank", "tts", "whisper", "transcribe", "moderation", "dall-e",
              "image")
 _SSE_HEADERS = {"cache-control": "no-cache"}
+T = TypeVar("T")
 
 
 def _error(exc: SidecarError) -> JSONResponse:
@@ -96,8 +99,8 @@ class Sidecar:
                        codex=shutil.which(s.codex_cmd[0]) or s.codex_cmd[0],
                        auth_present=auth_present())
         if s.forward_base:
-            out["forward_base"] = httpx.URL(s.forward_base).copy_with(
-                username=None, password=None).__str__()
+            out["forward_base"] = str(httpx.URL(s.forward_base).copy_with(
+                username=None, password=None))
         return JSONResponse(out)
 
     async def models(self, request: Request) -> Response:
@@ -145,8 +148,8 @@ class Sidecar:
                 return self._echo(model, messages, stream, include_usage)
             if mode == "forward":
                 return await self._forward(body, stream)
-            return await self._cli(_request.job_of(body, model, messages), model, stream,
-                                   include_usage)
+            return await self._cli(request, _request.job_of(body, model, messages), model,
+                                   stream, include_usage)
         except SidecarError as exc:
             return _error(exc)
 
@@ -160,12 +163,14 @@ class Sidecar:
                             media_type="text/event-stream", headers=_SSE_HEADERS)
         return JSONResponse(reply.completion(text, usage))
 
-    async def _cli(self, job: CodexJob, model: str, stream: bool,
+    async def _cli(self, request: Request, job: CodexJob, model: str, stream: bool,
                    include_usage: bool) -> Response:
         assert self.runner is not None
         reply = Reply(model)
         if not stream:
-            turn = await self.runner.run(job)
+            turn = await _unless_gone(request, self.runner.run(job))
+            if turn is None:  # the caller hung up: the run was killed
+                return Response(status_code=499)
             return JSONResponse(reply.completion(turn.answer or "", turn.usage, turn.reasoning))
         events = self.runner.events(job)
         try:
@@ -200,6 +205,25 @@ class Sidecar:
                 await upstream.aclose()
             return Response(content, status_code=upstream.status_code, media_type=media)
         return StreamingResponse(_relay(upstream), media_type=media, headers=_SSE_HEADERS)
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None when the caller hangs up first (`work` is then cancelled,
+    which kills a CLI run's process group and frees its slot)."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return None if task.cancelled() else task.result()
 
 
 async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:

@@ -271,6 +271,23 @@ def test_a_timeout_after_streaming_began_goes_in_band(short: tuple[SidecarProces
     assert chunks[-1]["error"]["code"] == "codex_timeout"
 
 
+def test_a_caller_who_hangs_up_frees_the_slot(cli: tuple[SidecarProcess, Path]) -> None:
+    sidecar, log = cli
+    nonce = uuid.uuid4().hex
+    with pytest.raises(httpx.ReadTimeout):  # held until a release that never comes
+        _ask_with_timeout(sidecar.url, f"[fake:hold] {nonce}", timeout=1.0)
+    assert len(_mine(log, nonce)) == 1
+    deadline = time.monotonic() + 30
+    while (health := httpx.get(f"{sidecar.url}/healthz", timeout=10).json())["running"]:
+        assert time.monotonic() < deadline, f"the run outlived its caller: {health}"
+        time.sleep(0.05)
+
+
+def _ask_with_timeout(url: str, text: str, timeout: float) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", timeout=timeout, json={
+        "model": "gpt-5", "messages": [{"role": "user", "content": text}]})
+
+
 def test_concurrency_is_capped(codex: Path) -> None:
     sidecar, log = _sidecar(codex, "capped", "--max-concurrency", "2", "--timeout", "120")
     results: list[int] = []
@@ -357,6 +374,8 @@ def test_forward_mode_without_an_upstream_is_502(codex: Path) -> None:
     sidecar = SidecarProcess(["--mode", "forward", "--forward-base", "http://127.0.0.1:9/v1"],
                              codex / "fwd-dead.out").wait_ready()
     try:
+        health = httpx.get(f"{sidecar.url}/healthz", timeout=10).json()
+        assert health["forward_base"] == "http://127.0.0.1:9/v1" and "running" not in health
         resp = _ask(sidecar.url, "anyone?")
         assert resp.status_code == 502
         assert resp.json()["error"]["code"] == "upstream_unreachable"
