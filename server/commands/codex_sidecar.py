@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,7 +115,19 @@ async def _serve(settings: SidecarSettings) -> None:
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             http="httptools", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        """Signals are ours: uvicorn would re-raise SIGTERM once it stops, ending the
+        process before the CLI runs still going are killed."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, setattr, server, "should_exit", True)
     print(f"scillm codex-sidecar: {settings.mode} on http://{settings.host}:{port}",
           flush=True)
     try:

@@ -20,7 +20,7 @@ The variant comes from a `[fake:NAME]` marker in the prompt (else $FAKE_CODEX_VA
     malformed    noise, a partial line, a JSON array and odd items around a valid answer
     silent       turn.completed without an agent message
 
-Each run appends {argv, prompt} as a JSON line to $FAKE_CODEX_LOG/calls.jsonl.
+Each run appends {argv, prompt, pid, schema} as a JSON line to $FAKE_CODEX_LOG/calls.jsonl.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
         prompt = sys.stdin.read()
     log = Path(os.environ.get("FAKE_CODEX_LOG", "."))
     with (log / "calls.jsonl").open("a") as f:
-        f.write(json.dumps({"argv": sys.argv[1:], "prompt": prompt,
+        f.write(json.dumps({"argv": sys.argv[1:], "prompt": prompt, "pid": os.getpid(),
                             "schema": _schema(flags)}) + "\n")
     marker = re.search(r"\[fake:([a-z]+)\]", prompt)
     variant = marker.group(1) if marker else os.environ.get("FAKE_CODEX_VARIANT", "ok")

@@ -3,6 +3,7 @@ that prints the CLI's documented JSONL events (fake_codex.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -281,6 +282,24 @@ def test_a_caller_who_hangs_up_frees_the_slot(cli: tuple[SidecarProcess, Path]) 
     while (health := httpx.get(f"{sidecar.url}/healthz", timeout=10).json())["running"]:
         assert time.monotonic() < deadline, f"the run outlived its caller: {health}"
         time.sleep(0.05)
+
+
+def test_stopping_the_sidecar_kills_its_runs(codex: Path) -> None:
+    sidecar, log = _sidecar(codex, "stopping", "--timeout", "120")
+    def ask() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the sidecar goes away mid-request
+            _ask_with_timeout(sidecar.url, "[fake:hold] until stopped", timeout=60)
+
+    caller = threading.Thread(target=ask, daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 30
+    while not fake_calls(log):
+        assert time.monotonic() < deadline, "the CLI run did not start"
+        time.sleep(0.05)
+    sidecar.stop()
+    assert sidecar.proc.returncode == 0
+    assert _gone(fake_calls(log)[0]["pid"]), "the CLI run outlived the sidecar"
+    caller.join(timeout=30)
 
 
 def _ask_with_timeout(url: str, text: str, timeout: float) -> httpx.Response:
