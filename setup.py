@@ -21,6 +21,10 @@ ROOTS = {
 }
 
 
+#: Folders of package data (no Python in them) that ship inside the package beside them.
+DATA_FOLDERS = ("templates", "static")
+
+
 def _packages() -> list[str]:
     found: list[str] = []
     for name, root in ROOTS.items():
@@ -28,7 +32,8 @@ def _packages() -> list[str]:
         for folder in sorted([base, *base.rglob("*")]):
             if not folder.is_dir() or "__pycache__" in folder.parts:
                 continue
-            if folder == base or any(folder.glob("*.py")) or any(folder.glob("*.pyi")):
+            if (folder == base or any(folder.glob("*.py")) or any(folder.glob("*.pyi"))
+                    or folder.name in DATA_FOLDERS):
                 found.append(".".join([name, *folder.relative_to(base).parts]))
     return found
 
@@ -36,5 +41,6 @@ def _packages() -> list[str]:
 setup(
     package_dir=ROOTS,
     packages=_packages(),
-    package_data={"": ["py.typed", "*.pyi", "*.proto", "*.json", "*.yaml"]},
+    package_data={"": ["py.typed", "*.pyi", "*.proto", "*.json", "*.yaml", "*.html", "*.css",
+                      "*.js"]},
 )

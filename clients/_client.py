@@ -16,6 +16,7 @@ retried by the channel's retry policy for calls that have not started.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import threading
 import uuid
@@ -313,12 +314,22 @@ class ScillmClient:
             if address not in dialed:
                 dialed[address] = dial(address)
             self.channels[name] = dialed[address]
+        self._bind(api_key)
+
+    def _bind(self, api_key: str | None) -> None:
         default: Metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.completion = CompletionClient(self.channels["completion"], default)
         self.prove = ProveClient(self.channels["prove"], default)
         self.codeworld = CodeWorldClient(self.channels["codeworld"], default)
         self.agent = AgentClient(self.channels["agent"], default)
         self.keys = KeyClient(self.channels["keys"], default)
+
+    def with_api_key(self, api_key: str | None) -> ScillmClient:
+        """A client over this one's channels whose calls carry `api_key` instead (the
+        shim acting for one caller). It shares the channels: close only this one."""
+        other = copy.copy(self)
+        other._bind(api_key)
+        return other
 
     async def close(self) -> None:
         """Close every channel, cancelling calls in flight."""

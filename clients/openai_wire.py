@@ -90,13 +90,18 @@ _INT_BOUNDS = {32: 2**31, 64: 2**63}
 #: The `scillm` routing options (and `cache` keys) the proto carries; others are refused.
 _SCILLM_KEYS = frozenset({"fallbacks", "timeout_s", "num_retries", "deterministic", "cache",
                           "session_id", "track"})
-_CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace"})
+_CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace", "max_age_s", "enabled"})
+#: LiteLLM's per-request cache controls (the top-level `cache` object), each a CacheOptions
+#: field: no-cache → bypass, no-store → no_store, ttl, s-maxage → max_age, namespace,
+#: use-cache → enabled (as is the top-level `caching` flag).
+_LITELLM_CACHE_KEYS = frozenset({"no-cache", "no-store", "ttl", "s-maxage", "s-max-age",
+                                 "namespace", "use-cache"})
 #: google.protobuf.Duration's range, in seconds.
 _MAX_DURATION_S = 315_576_000_000
 _HANDLED = {
     "model", "messages", "tools", "tool_choice", "response_format", "stop", "logprobs",
     "reasoning_effort", "user", "metadata", "parallel_tool_calls", "stream",
-    "stream_options", "scillm", *_OPTIONAL_NUMBERS,
+    "stream_options", "scillm", "cache", "caching", *_OPTIONAL_NUMBERS,
 }
 
 
@@ -269,7 +274,48 @@ def _routing_to_proto(options: Any) -> pb.RoutingOptions:
         out.cache.namespace = str(cache.get("namespace", ""))
         if cache.get("ttl_s") is not None:
             out.cache.ttl.FromMilliseconds(_seconds(cache["ttl_s"], "scillm.cache.ttl_s"))
+        if cache.get("max_age_s") is not None:
+            out.cache.max_age.FromMilliseconds(
+                _seconds(cache["max_age_s"], "scillm.cache.max_age_s"))
+        if cache.get("enabled") is not None:
+            out.cache.enabled = bool(cache["enabled"])
     return out
+
+
+def _litellm_cache_to_proto(body: Mapping[str, Any], out: pb.CacheOptions) -> None:
+    """LiteLLM's top-level `cache` controls and `caching` flag into `out`."""
+    out.SetInParent()
+    cache = body.get("cache")
+    if cache is not None:
+        _expect(cache, dict, "cache")
+        unknown = set(cache) - _LITELLM_CACHE_KEYS
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown cache control(s) {', '.join(sorted(map(str, unknown)))}; cache takes "
+                f"{', '.join(sorted(_LITELLM_CACHE_KEYS))}", param="cache")
+        if cache.get("no-cache") is not None:
+            out.bypass = _expect(cache["no-cache"], bool, "cache.no-cache")
+        if cache.get("no-store") is not None:
+            out.no_store = _expect(cache["no-store"], bool, "cache.no-store")
+        if cache.get("namespace") is not None:
+            out.namespace = _expect(cache["namespace"], str, "cache.namespace")
+        if cache.get("use-cache") is not None:
+            out.enabled = _expect(cache["use-cache"], bool, "cache.use-cache")
+        if cache.get("ttl") is not None:
+            out.ttl.FromMilliseconds(_duration(cache["ttl"], "cache.ttl", positive=True))
+        age = "s-maxage" if cache.get("s-maxage") is not None else "s-max-age"
+        if cache.get(age) is not None:
+            out.max_age.FromMilliseconds(_duration(cache[age], f"cache.{age}", positive=False))
+    if body.get("caching") is not None:
+        out.enabled = _expect(body["caching"], bool, "caching")
+
+
+def _duration(value: Any, param: str, *, positive: bool) -> int:
+    ms = _seconds(value, param)
+    if ms < 0 or (positive and ms == 0):
+        kind = "positive" if positive else "non-negative"
+        raise InvalidRequestError(f"'{param}' must be a {kind} number of seconds", param=param)
+    return ms
 
 
 def request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
@@ -360,6 +406,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
         ctx = body["scillm"]
         req.context.session_id = str(ctx.get("session_id", ""))
         req.context.track = str(ctx.get("track", ""))
+    if body.get("cache") is not None or body.get("caching") is not None:
+        _litellm_cache_to_proto(body, req.routing.cache)
     extra = {k: v for k, v in body.items() if k not in _HANDLED}
     if extra:
         req.extra_body.CopyFrom(_struct(extra, "extra_body"))
@@ -414,7 +462,7 @@ def message_from_proto(message: pb.Message) -> dict[str, Any]:
         out["tool_call_id"] = message.tool_call_id
     if message.reasoning_content:
         out["reasoning_content"] = message.reasoning_content
-    if message.role == pb.ROLE_ASSISTANT and refusal:
+    if message.role == pb.ROLE_ASSISTANT and "".join(refusal):  # an empty one is dropped
         out["refusal"] = "".join(refusal)
     return out
 
@@ -489,6 +537,10 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
                 cache["namespace"] = r.cache.namespace
             if r.cache.HasField("ttl"):
                 cache["ttl_s"] = r.cache.ttl.ToMilliseconds() / 1000
+            if r.cache.HasField("max_age"):
+                cache["max_age_s"] = r.cache.max_age.ToMilliseconds() / 1000
+            if r.cache.HasField("enabled"):
+                cache["enabled"] = r.cache.enabled
             routing["cache"] = cache
         body["scillm"] = routing
     return body
@@ -573,6 +625,7 @@ def response_from_proto(resp: pb.CompletionResponse) -> dict[str, Any]:
     for c in resp.choices:
         message = message_from_proto(c.message)
         message.setdefault("content", None)
+        message.setdefault("refusal", None)  # OpenAI's schema requires it; null when none
         choice: dict[str, Any] = {"index": c.index, "message": message,
                                   "finish_reason": _FINISH_NAMES.get(c.finish_reason),
                                   "logprobs": None}

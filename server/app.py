@@ -79,6 +79,7 @@ class Mesh:
         self.local_channel: LocalChannel | None = None
         #: The HTTP shim's client (None without HTTP): one channel per service's target.
         self.shim_client: ScillmClient | None = None
+        self._store: Any = None  # the run store, when one is open
 
     @property
     def grpc_target(self) -> str:
@@ -109,7 +110,7 @@ class Mesh:
         ]
         table: ErrorTable = tables
         auth = self.auth = build_authenticator(settings, shared)
-        store = shared.get("store")  # opened by a service, or for the keys
+        store = self._store = shared.get("store")  # opened by a service, or for the keys
         if store is not None:
             async def close_store() -> None:
                 await asyncio.to_thread(store.close)
@@ -204,7 +205,8 @@ class Mesh:
             tls=self.client_tls(), channel=self.local_channel, targets=targets)
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
-                                   metrics_registry=self.metrics.registry), self._tracing)
+                                   metrics_registry=self.metrics.registry,
+                                   ui=await self._runs_ui(client)), self._tracing)
         sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.http_host, settings.http_port))
@@ -230,6 +232,20 @@ class Mesh:
                 await self._http_task
                 raise OSError("HTTP shim failed to start")
             await asyncio.sleep(0.01)
+
+    async def _runs_ui(self, client: ScillmClient) -> Any:
+        """The runs UI over this process's run store (opened for it when no service here
+        keeps runs), with this process's keys."""
+        from scillm.bridges.ui import create_ui
+
+        from .manifests import open_run_store
+
+        store = self._store
+        if store is None:
+            store = self._store = await asyncio.to_thread(open_run_store, self.settings)
+            self._running.closers.append(lambda: asyncio.to_thread(store.close))
+        return create_ui(store, self.auth, client,
+                         trace_url_template=self.settings.trace_url_template)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING first, then let in-flight calls finish."""

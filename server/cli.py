@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 f"or dns:///name:port, balanced round_robin (default "
                                 f"{default}; env SCILLM_{door.upper()}_TARGET)")
     serve.add_argument("--config", type=Path,
-                       help="model configuration in LiteLLM's proxy YAML format")
+                       help="model configuration in LiteLLM's proxy YAML format (the "
+                            "response cache is off unless it sets litellm_settings.cache: "
+                            "true)")
     serve.add_argument("--grace", type=float,
                        help="seconds in-flight calls get after SIGTERM (default 10)")
     serve.add_argument("--tls-cert", type=Path,

@@ -92,6 +92,9 @@ class Settings:
     #: CA bundle (PEM) that client certificates must chain to: mutual TLS when set.
     #: Services of the mesh present `tls_cert` to each other as their client certificate.
     tls_client_ca: Path | None = None
+    #: Where the runs UI links a run's trace: a URL holding `{trace_id}`, for Jaeger
+    #: `http://127.0.0.1:16686/trace/{trace_id}`. Empty: the UI shows the id, no link.
+    trace_url_template: str = ""
     #: Log level.
     log_level: str = "INFO"
 
@@ -139,6 +142,14 @@ class Settings:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} does not exist")
+        if self.trace_url_template:
+            try:
+                self.trace_url_template.format(trace_id="0" * 32)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"trace_url_template may hold only {{trace_id}}: {exc!r}"
+                                 ) from None
+            if "{trace_id}" not in self.trace_url_template:
+                raise ValueError("trace_url_template must hold {trace_id}")
 
     def targets(self) -> dict[str, str]:
         """Where this process's own clients reach each of `DOORS` ("" = this process).

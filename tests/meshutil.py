@@ -11,9 +11,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from held_upstream import HeldUpstream
+
+from scillm.clients import ScillmClient
+from scillm.completion.v1 import completion_pb2 as pb
+from scillm.completion.v1 import completion_pb2_grpc
 from scillm.server.app import Mesh
 from scillm.server.settings import Settings
 
@@ -100,3 +109,54 @@ class ServedProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+
+
+async def refused_code(target: str) -> grpc.StatusCode:
+    """The status a new `echo/x` call gets once a stopping server takes no more work.
+
+    Asked again (on a new channel each time) while calls are still answered, i.e. while
+    the shutdown has not reached that point yet; fails after 60 s.
+    """
+    request = pb.CompletionRequest(model="echo/x", messages=[pb.Message(
+        role=pb.ROLE_USER, content=[pb.ContentPart(text="late")])])
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        async with grpc.aio.insecure_channel(target) as channel:
+            try:
+                await completion_pb2_grpc.CompletionServiceStub(channel).Completion(
+                    request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+        assert asyncio.get_running_loop().time() < deadline, "new calls were never refused"
+        await asyncio.sleep(0.05)
+
+
+async def stop_with_a_stream_in_flight(target: str, upstream: HeldUpstream,
+                                       begin_stop: Callable[[], Awaitable[Any]]) -> Any:
+    """The graceful-shutdown contract, whatever the machine's speed.
+
+    A stream of model `held` (served by `upstream`) is in flight, held after its first
+    chunk, when `begin_stop()` starts the shutdown. Then the health watch turns
+    NOT_SERVING, a new call is refused, and only then does the upstream let go: the stream
+    must run to its end event with every word. Returns what `begin_stop()` gave.
+    """
+    words = [f"w{i}" for i in range(50)]
+    async with ScillmClient(target) as client, grpc.aio.insecure_channel(target) as side:
+        watch = health_pb2_grpc.HealthStub(side).Watch(health_pb2.HealthCheckRequest())
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        upstream.hold()
+        stream = client.completion.stream({"model": "held", "messages": [
+            {"role": "user", "content": " ".join(words)}]})
+        first = await anext(stream)
+        assert await asyncio.to_thread(upstream.arrived, 1)
+        stopped = asyncio.ensure_future(begin_stop())
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()  # an open watch is in-flight work too
+        assert await refused_code(target) == grpc.StatusCode.UNAVAILABLE
+        upstream.release()
+        rest = [event async for event in stream]
+    assert rest[-1].HasField("end")
+    said = "".join(c.delta.content for e in [first, *rest] if e.HasField("chunk")
+                   for c in e.chunk.choices)
+    assert said.split() == words  # the whole stream, after the stop began
+    return await stopped

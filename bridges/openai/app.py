@@ -9,6 +9,7 @@
     POST /agent/run             the seed's agent envelope
     POST /bridge/complete       the seed's {messages, items, provider, options} envelope
     POST /key/generate, GET /key/info, POST /key/delete   virtual keys (LiteLLM's shape)
+    /ui/...                     the runs UI, when the mesh passes one (scillm.bridges.ui)
 
 The caller's `Authorization: Bearer <key>` (or `x-api-key`) goes to the mesh as gRPC
 metadata, so both doors enforce the same keys.
@@ -38,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scillm.clients import ScillmClient, openai_wire
@@ -426,10 +427,12 @@ class _TooLarge(Exception):
 
 
 def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024,
-               metrics_registry: CollectorRegistry | None = None) -> ASGIApp:
+               metrics_registry: CollectorRegistry | None = None,
+               ui: ASGIApp | None = None) -> ASGIApp:
     """The shim as an ASGI app calling the mesh through `client`.
 
-    `/metrics` renders `metrics_registry` (the mesh's, when the shim runs inside it).
+    `/metrics` renders `metrics_registry` (the mesh's, when the shim runs inside it);
+    `ui`, when given, is served at `/ui` (the runs UI, scillm.bridges.ui).
     """
     shim = _Shim(client, max_request_bytes)
     registry = metrics_registry or CollectorRegistry()
@@ -454,5 +457,6 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/readyz", shim.readyz, methods=["GET"]),
+        *([Mount("/ui", ui)] if ui is not None else []),
     ]
     return RequestIdMiddleware(CancelOnDisconnect(Starlette(routes=routes)))

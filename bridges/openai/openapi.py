@@ -144,6 +144,19 @@ _RESPONSE_FORMAT = {"oneOf": [
 ]}
 
 _SECONDS = {"type": "number", "exclusiveMinimum": 0, "maximum": 315576000000}
+_AGE = {"type": "number", "minimum": 0, "maximum": 315576000000}
+
+#: LiteLLM's per-request cache controls; they act only where a cache is configured.
+_CACHE_CONTROLS = _object({
+    "no-cache": {"type": "boolean", "description": "skip the lookup (still stored)"},
+    "no-store": {"type": "boolean", "description": "do not store the response"},
+    "ttl": {**_SECONDS, "description": "seconds the stored response lives"},
+    "s-maxage": {**_AGE, "description": "accept only a stored response this many seconds old"},
+    "s-max-age": _AGE,
+    "namespace": {"type": "string"},
+    "use-cache": {"type": "boolean",
+                  "description": "opt in (cache_params.mode: default_off) or out"},
+}, additional=False, description="LiteLLM's per-request cache controls")
 
 _ROUTING_OPTIONS = _object({
     "fallbacks": {"type": "array", "items": {"type": "string"},
@@ -152,7 +165,8 @@ _ROUTING_OPTIONS = _object({
     "num_retries": {"type": "integer", "minimum": 0, "maximum": 2147483647},
     "deterministic": {"type": "boolean"},
     "cache": _object({"bypass": {"type": "boolean"}, "no_store": {"type": "boolean"},
-                      "ttl_s": _SECONDS, "namespace": {"type": "string"}}, additional=False),
+                      "ttl_s": _SECONDS, "namespace": {"type": "string"},
+                      "max_age_s": _AGE, "enabled": {"type": "boolean"}}, additional=False),
     "session_id": {"type": "string", "description": "run context: session"},
     "track": {"type": "string", "description": "run context: track inside the session"},
 }, additional=False, description="SciLLM's routing options; unknown keys are refused")
@@ -185,6 +199,9 @@ _CHAT_REQUEST = _object({
     "stream": {"type": "boolean"},
     "stream_options": _object({"include_usage": {"type": "boolean"}}),
     "scillm": _ref("RoutingOptions"),
+    "cache": _CACHE_CONTROLS,
+    "caching": {"type": "boolean",
+                "description": "use the response cache for this call (true) or not (false)"},
 }, ("model", "messages"),
     description="OpenAI's chat request; other keys go to the provider unchanged")
 

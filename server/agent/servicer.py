@@ -141,6 +141,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         config = config_from_proto(request.config)
         clock = ManifestClock("agent", request.context, request_id=current_request_id(),
                               model=config.model or "")
+        # The stream's events are stored with the run (model turns and tool I/O, timed).
+        recorded: list[pb.AgentRunResponse] = []
         async with contextlib.aclosing(self._engine.run(messages, config)) as events:
             async for event in events:
                 if isinstance(event, ModelTurnEvent):
@@ -148,16 +150,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                                         message=wire.message_to_proto(event.message, "message"),
                                         usage=_usage(event.usage))
                     turn.duration.FromNanoseconds(int(event.seconds * 1e9))
-                    yield pb.AgentRunResponse(model_turn=turn)
+                    recorded.append(pb.AgentRunResponse(model_turn=turn))
+                    yield recorded[-1]
                 elif isinstance(event, ToolCallEvent):
-                    yield pb.AgentRunResponse(tool_call=pb.ToolCallEvent(
-                        iteration=event.iteration, tool_call=_tool_call(event.tool_call)))
+                    recorded.append(pb.AgentRunResponse(tool_call=pb.ToolCallEvent(
+                        iteration=event.iteration, tool_call=_tool_call(event.tool_call))))
+                    yield recorded[-1]
                 elif isinstance(event, ToolResultEvent):
-                    yield pb.AgentRunResponse(tool_result=pb.ToolResultEvent(
-                        iteration=event.iteration, result=_tool_result(event.result)))
+                    recorded.append(pb.AgentRunResponse(tool_result=pb.ToolResultEvent(
+                        iteration=event.iteration, result=_tool_result(event.result))))
+                    yield recorded[-1]
                 elif isinstance(event, FinalEvent):
                     final = final_to_proto(event.result)
                     final.manifest.CopyFrom(clock.finish(backend="agent"))
                     if self._store is not None:
-                        await self._store.put(final.manifest, request, final)
+                        await self._store.put(final.manifest, request, final, recorded)
                     yield pb.AgentRunResponse(final=final)

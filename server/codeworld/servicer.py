@@ -215,22 +215,26 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
         clock = ManifestClock("codeworld", request.context, request_id=current_request_id(),
                               model=request.mcts.model,
                               item_ids=[i.task_id for i in run_request.items])
-        recorded: list[pb.RunResult] = []
+        # Stored with the run as the stream's envelopes: each run's result and, for MCTS,
+        # each rollout's reward (the runs UI draws them).
+        recorded: list[pb.CodeWorldRunResponse] = []
         async with contextlib.aclosing(self._engine.run(run_request)) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, RunResult):
-                    run = run_to_proto(event)
-                    recorded.append(run)
+                    response = pb.CodeWorldRunResponse(run=run_to_proto(event))
+                    recorded.append(response)
                     if self._metrics is not None:
                         self._metrics.sandbox_runs.labels(event.status.value).inc()
-                    yield pb.CodeWorldRunResponse(run=run)
+                    yield response
                 elif isinstance(event, Generation):
                     yield pb.CodeWorldRunResponse(generation=generation_to_proto(event))
                 elif isinstance(event, MctsProgress):
-                    yield pb.CodeWorldRunResponse(mcts_progress=pb.MctsProgress(
+                    response = pb.CodeWorldRunResponse(mcts_progress=pb.MctsProgress(
                         rollout=event.rollout, variant_id=event.variant_id,
                         reward=event.reward, best_variant_id=event.best_variant_id,
                         best_value=event.best_reward))
+                    recorded.append(response)
+                    yield response
                 elif isinstance(event, Summary):
                     summary = summary_to_proto(event, len(run_request.items))
                     summary.manifest.CopyFrom(clock.finish(backend="sandbox",

@@ -1,9 +1,12 @@
 """Exact-match response cache: an in-memory LRU, or Redis when configured.
 
 The key is the sha256 of the request as sent upstream (sorted keys, JSON), plus the
-model name and a namespace; routing-only keys (`scillm`, `stream`, `stream_options`,
-`user`, `metadata`) never reach it. Values are `chat.completion` objects; a stream is
-stored assembled and replayed as chunks.
+model name, a namespace, and whether the request streams; routing-only keys (`scillm`,
+`stream_options`, `user`, `metadata`) never reach it. A non-streamed request is answered
+only by an earlier non-streamed reply (a `chat.completion`), a streamed one only by an
+earlier stream, replayed chunk by chunk as it first came: a stream is never answered by
+a unary reply squeezed into one chunk. Entries carry the wall time they were stored at,
+for a caller's `max_age`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Protocol
 from ._settings import CacheSettings
 from ._types import CacheStats
 
-__all__ = ["CacheBackend", "MemoryCache", "RedisCache", "ResponseCache", "assemble", "replay"]
+__all__ = ["CacheBackend", "MemoryCache", "RedisCache", "ResponseCache", "assemble"]
 
 _NOT_KEYED = frozenset({"user", "metadata"})
 
@@ -92,32 +95,43 @@ class RedisCache:
 
 
 class ResponseCache:
-    """Keys, (de)serialises and counts; the backend only stores bytes."""
+    """Keys, (de)serialises and counts; the backend only stores bytes.
 
-    def __init__(self, settings: CacheSettings, backend: CacheBackend) -> None:
+    A stored value is `{"at": <wall time>, "value": ...}`: a `chat.completion`, or for a
+    stream `{"chunks": [...], "usage": ...}`. `clock` gives the wall time (injectable).
+    """
+
+    def __init__(self, settings: CacheSettings, backend: CacheBackend,
+                 clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._backend = backend
+        self._clock = clock
         self.hits = self.misses = self.stores = 0
 
-    def key(self, model: str, body: dict[str, Any], namespace: str | None) -> str:
+    def key(self, model: str, body: dict[str, Any], namespace: str | None, *,
+            stream: bool = False) -> str:
         keyed = {k: v for k, v in body.items() if k not in _NOT_KEYED}
         raw = json.dumps([model, keyed], sort_keys=True, separators=(",", ":"),
                          ensure_ascii=False, default=str)
         digest = hashlib.sha256(raw.encode()).hexdigest()
-        return f"scillm:completion:{namespace or self._settings.namespace}:{digest}"
+        kind = "completion-stream" if stream else "completion"
+        return f"scillm:{kind}:{namespace or self._settings.namespace}:{digest}"
 
-    async def get(self, key: str) -> dict[str, Any] | None:
+    async def get(self, key: str, max_age_s: float | None = None) -> dict[str, Any] | None:
+        """The stored value, or None (a miss) when absent or older than `max_age_s`."""
         raw = await self._backend.get(key)
-        if raw is None:
+        entry = _entry(raw) if raw is not None else None
+        if entry is None or (max_age_s is not None
+                             and self._clock() - entry[0] > max_age_s):
             self.misses += 1
             return None
         self.hits += 1
-        value: dict[str, Any] = json.loads(raw)
-        return value
+        return entry[1]
 
-    async def set(self, key: str, response: dict[str, Any], ttl_s: float | None) -> None:
+    async def set(self, key: str, value: dict[str, Any], ttl_s: float | None) -> None:
         ttl = ttl_s if ttl_s is not None else self._settings.ttl_s
-        await self._backend.set(key, json.dumps(response, separators=(",", ":")).encode(), ttl)
+        raw = json.dumps({"at": self._clock(), "value": value}, separators=(",", ":"))
+        await self._backend.set(key, raw.encode(), ttl)
         self.stores += 1
 
     def stats(self) -> CacheStats:
@@ -127,23 +141,16 @@ class ResponseCache:
         await self._backend.close()
 
 
-def replay(response: dict[str, Any]) -> list[dict[str, Any]]:
-    """A `chat.completion` as chunks: role, content, tool calls, then finish, per choice."""
-    base = {"id": response.get("id", ""), "object": "chat.completion.chunk",
-            "created": response.get("created", 0), "model": response.get("model", "")}
-    chunks: list[dict[str, Any]] = []
-    for choice in response.get("choices") or ():
-        index, message = choice.get("index", 0), choice.get("message") or {}
-        delta: dict[str, Any] = {"role": message.get("role", "assistant"),
-                                 "content": message.get("content")}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [{"index": i, **call}
-                                   for i, call in enumerate(message["tool_calls"])]
-        chunks.append({**base, "choices": [{"index": index, "delta": delta,
-                                            "finish_reason": None}]})
-        chunks.append({**base, "choices": [{"index": index, "delta": {},
-                                            "finish_reason": choice.get("finish_reason")}]})
-    return chunks
+def _entry(raw: bytes) -> tuple[float, dict[str, Any]] | None:
+    """(stored at, value) of a stored entry; None for anything else (an older format)."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("value"), dict):
+        return None
+    at = entry.get("at")
+    return (float(at) if isinstance(at, int | float) else 0.0), entry["value"]
 
 
 def assemble(chunks: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import httpx
 
 from . import _output, _request
-from ._cache import MemoryCache, RedisCache, ResponseCache, assemble, replay
+from ._cache import MemoryCache, RedisCache, ResponseCache, assemble
 from ._provider import Provider, ProviderCall
 from ._retry import RetryHooks, backoff_delay, is_retryable
 from ._router import DeploymentState, Group, Router
@@ -89,14 +89,14 @@ class CompletionEngine:
         body = _request.upstream_body(request, opts)
         fmt = body.get("response_format")
         self._router.group(model)  # ModelNotFound before touching the cache
-        key = None
-        if self._cache is not None:
-            key = self._cache.key(model, body, opts.cache_namespace)
+        cache, key = self._cache_for(opts), None
+        if cache is not None:
+            key = cache.key(model, body, opts.cache_namespace)
             if not opts.cache_bypass:
-                hit = await self._cache.get(key)
+                hit = await cache.get(key, opts.cache_max_age_s)
                 if hit is not None:
                     return Completed(hit, self._cache_routing(), True,
-                                     _output.json_validity(hit, fmt))
+                                     _output.json_validity(hit, fmt), cache_lookup=True)
         routing = Routing(strategy=self._strategy)
 
         async def timed(provider: Provider, call: ProviderCall,
@@ -109,10 +109,11 @@ class CompletionEngine:
 
         response = await self._with_fallbacks(model, body, opts, routing, timed)
         valid = _output.json_validity(response, fmt)
-        if key is not None and self._cache is not None and not opts.cache_no_store \
+        if cache is not None and key is not None and not opts.cache_no_store \
                 and valid is not False:
-            await self._cache.set(key, response, opts.cache_ttl_s)
-        return Completed(response, routing, False, valid)
+            await cache.set(key, response, opts.cache_ttl_s)
+        return Completed(response, routing, False, valid,
+                         cache_lookup=cache is not None and not opts.cache_bypass)
 
     async def stream(self, request: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         """Serve a streaming request: `StreamChunk`s, then one `StreamEnd`.
@@ -126,21 +127,25 @@ class CompletionEngine:
         body = _request.upstream_body(request, opts)
         fmt = body.get("response_format")
         self._router.group(model)
-        key = None
-        if self._cache is not None:
-            key = self._cache.key(model, body, opts.cache_namespace)
+        cache, key = self._cache_for(opts), None
+        if cache is not None:
+            key = cache.key(model, body, opts.cache_namespace, stream=True)
             if not opts.cache_bypass:
-                hit = await self._cache.get(key)
-                if hit is not None:
-                    for chunk in replay(hit):
+                hit = await cache.get(key, opts.cache_max_age_s)
+                if hit is not None:  # an earlier stream, chunk by chunk as it came
+                    kept, stored_usage = list(hit.get("chunks") or ()), hit.get("usage")
+                    for chunk in kept:
                         yield StreamChunk(chunk)
-                    yield StreamEnd(hit.get("usage"), self._cache_routing(), True,
-                                    _output.json_validity(hit, fmt))
+                    valid = (None if fmt is None
+                             else _output.json_validity(assemble(kept, stored_usage), fmt))
+                    yield StreamEnd(stored_usage, self._cache_routing(), True, valid,
+                                    cache_lookup=True)
                     return
         routing = Routing(strategy=self._strategy)
         opened = await self._with_fallbacks(model, body, opts, routing, self._open_stream)
         first, chunks, state, started = opened
-        keep: list[dict[str, Any]] | None = [] if key is not None else None
+        store = key is not None and not opts.cache_no_store
+        keep: list[dict[str, Any]] | None = [] if store or fmt is not None else None
         usage: dict[str, Any] | None = None
         settled = False
         try:
@@ -164,15 +169,21 @@ class CompletionEngine:
         finally:
             if not settled:  # cancelled by the consumer: neither success nor failure
                 self._router.release(state)
-        valid = None
-        if keep is not None and self._cache is not None:
-            whole = assemble(keep, usage)
-            valid = _output.json_validity(whole, fmt)
-            if key is not None and not opts.cache_no_store and valid is not False:
-                await self._cache.set(key, whole, opts.cache_ttl_s)
-        elif fmt is not None:
-            valid = _output.json_validity(assemble(keep or [], usage), fmt)
-        yield StreamEnd(usage, routing, False, valid)
+        valid = None if fmt is None else _output.json_validity(assemble(keep or [], usage), fmt)
+        if store and cache is not None and key is not None and valid is not False:
+            await cache.set(key, {"chunks": keep, "usage": usage}, opts.cache_ttl_s)
+        yield StreamEnd(usage, routing, False, valid,
+                        cache_lookup=cache is not None and not opts.cache_bypass)
+
+    def _cache_for(self, opts: _request.Options) -> ResponseCache | None:
+        """The cache when this call uses it: configured, and on by default or opted in."""
+        cache = self._cache
+        if cache is None:
+            return None
+        use = opts.cache_enabled
+        if use is None:
+            use = self.settings.cache.default_on
+        return cache if use else None
 
     def _cache_routing(self) -> Routing:
         return Routing(deployment="cache", provider="cache", strategy=self._strategy)
@@ -222,11 +233,12 @@ class CompletionEngine:
         retries = opts.num_retries if opts.num_retries is not None else rs.num_retries
         hooks = self._hooks
         attempt = 0
+        tried: list[DeploymentState] = []  # deployments this request called, in order
         while True:
             state: DeploymentState | None = None
             begun = False
             try:
-                state = self._router.pick(group)
+                state = self._router.pick(group, tried)
                 dep = state.settings
                 provider = self._provider(dep.provider)
                 timeout = opts.timeout_s or dep.timeout_s or rs.timeout_s
@@ -245,18 +257,24 @@ class CompletionEngine:
                     hooks.on_failure(state.settings.id, exc)
                 if attempt >= retries or not is_retryable(exc):
                     raise
-                delay = backoff_delay(
-                    attempt, self._rng, base_s=rs.backoff_base_s, max_s=rs.backoff_max_s,
-                    retry_after_s=exc.retry_after_s if isinstance(exc, UpstreamError) else None,
-                    min_s=rs.retry_after_s)
+                if state is not None:
+                    tried.append(state)
+                if self._router.untried_ready(group, tried):
+                    delay = 0.0  # another deployment is free: go there now
+                else:  # only a deployment already called (or none) is left: back off
+                    delay = backoff_delay(
+                        attempt, self._rng, base_s=rs.backoff_base_s, max_s=rs.backoff_max_s,
+                        retry_after_s=exc.retry_after_s if isinstance(exc, UpstreamError)
+                        else None, min_s=rs.retry_after_s)
                 if self._clock() + delay > deadline:
                     raise
                 if hooks.on_retry is not None:
                     hooks.on_retry(state.settings.id if state else group.name, attempt + 1,
                                    delay, exc)
-                routing.total_sleep_s += delay
                 attempt += 1
-                await self._sleep(delay)
+                if delay > 0:
+                    routing.total_sleep_s += delay
+                    await self._sleep(delay)
             except BaseException:
                 if begun and state is not None:
                     self._router.release(state)

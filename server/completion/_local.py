@@ -10,19 +10,27 @@ The embedded Gemma 3 270M is a *base* model: it continues text and has no chat t
 The prompt is therefore plain text, the messages' texts joined by newlines with no role
 labels, and the reply is the model's continuation of it ("The capital of France is" ->
 " Paris, ..."). The result is returned in OpenAI's chat shape.
+
+Length, as OpenAI means it: without `max_tokens` (or `max_completion_tokens`) the model
+generates until it stops or the context ends, capped by the deployment's `max_tokens`
+(litellm_params) when one is configured; llama.cpp's own default of 16 tokens never
+applies. `response_format` `json_object` and `json_schema` are honoured with llama.cpp's
+grammar-constrained decoding, so even a base model returns JSON of the asked shape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import json
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ._provider import ProviderCall, completion_id, text_of
-from .errors import ProviderUnavailable, UpstreamError
+from .errors import InvalidRequest, ProviderUnavailable, UpstreamError
 
 __all__ = ["LocalProvider", "load_gemma"]
 
@@ -65,6 +73,11 @@ class LocalProvider:
         kwargs = {k: body[k] for k in _PASSED if body.get(k) is not None}
         if body.get("max_completion_tokens") is not None:
             kwargs["max_tokens"] = body["max_completion_tokens"]
+        # None: until a stop or the end of the context (llama.cpp's default is 16).
+        kwargs.setdefault("max_tokens", call.deployment.max_tokens_default)
+        grammar = grammar_for(body.get("response_format"))
+        if grammar is not None:
+            kwargs["grammar"] = grammar
         return kwargs
 
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
@@ -129,6 +142,34 @@ class LocalProvider:
     async def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._models.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(kind: str, schema: str) -> Any:
+    grammars = importlib.import_module("llama_cpp.llama_grammar")
+    if kind == "json_object":
+        return grammars.LlamaGrammar.from_string(grammars.JSON_GBNF, verbose=False)
+    return grammars.LlamaGrammar.from_json_schema(schema, verbose=False)
+
+
+def grammar_for(response_format: Any) -> Any:
+    """The llama.cpp grammar that constrains decoding to `response_format`, or None."""
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return _grammar("json_object", "")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            return _grammar("json_object", "")
+        try:
+            return _grammar("json_schema", json.dumps(schema, sort_keys=True))
+        except (ValueError, RuntimeError) as exc:
+            raise InvalidRequest(f"the local model cannot decode to this JSON schema: {exc}",
+                                 param="response_format.json_schema.schema") from None
+    return None
 
 
 def continuation_prompt(messages: list[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ __all__ = ["DETERMINISTIC_SEED", "Options", "check", "options", "upstream_body"]
 DETERMINISTIC_SEED = 0
 _NOT_UPSTREAM = frozenset({"model", "stream", "stream_options", "scillm"})
 _SCILLM_KEYS = frozenset({"fallbacks", "timeout_s", "num_retries", "cache", "deterministic"})
-_CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace"})
+_CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace", "max_age_s", "enabled"})
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Options:
     cache_no_store: bool = False
     cache_ttl_s: float | None = None
     cache_namespace: str | None = None
+    cache_max_age_s: float | None = None
+    #: True opts in to a `default_off` cache, False leaves the cache out; None: configured.
+    cache_enabled: bool | None = None
     deterministic: bool = False
 
 
@@ -93,6 +96,8 @@ def options(request: Mapping[str, Any]) -> Options:
             cache_no_store=bool(cache.get("no_store", False)),
             cache_ttl_s=_positive(cache.get("ttl_s")),
             cache_namespace=str(cache["namespace"]) if cache.get("namespace") else None,
+            cache_max_age_s=_non_negative(cache.get("max_age_s")),
+            cache_enabled=bool(cache["enabled"]) if cache.get("enabled") is not None else None,
             deterministic=bool(raw.get("deterministic", False)),
         )
     except (TypeError, ValueError) as exc:
@@ -105,6 +110,15 @@ def _positive(value: Any) -> float | None:
     number = float(value)
     if number <= 0:
         raise ValueError(f"{value!r} is not positive")
+    return number
+
+
+def _non_negative(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"{value!r} is negative")
     return number
 
 

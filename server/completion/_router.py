@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from ._settings import DeploymentSettings, RouterSettings
@@ -109,14 +109,17 @@ class Router:
             self._groups[model] = found
         return found
 
-    def pick(self, group: Group) -> DeploymentState:
-        """Choose a deployment not cooling down; RateLimited if none is available."""
+    def pick(self, group: Group, tried: Collection[DeploymentState] = ()) -> DeploymentState:
+        """Choose a deployment not cooling down; RateLimited if none is available.
+
+        Deployments in `tried` (those this request already called) are passed over while
+        another is ready, as Envoy's previous-hosts retry predicate does.
+        """
         now = self._clock()
-        ready = [s for s in group.deployments if s.cooldown_until <= now]
-        if self.settings.routing_strategy == "usage-based-routing":
-            for s in ready:
-                self._roll_window(s, now)
-            ready = [s for s in ready if not self._over_limit(s)]
+        ready = self._ready(group, now)
+        if tried:
+            fresh = [s for s in ready if s not in tried]
+            ready = fresh or ready
         if not ready:
             waits = [s.cooldown_until - now for s in group.deployments if s.cooldown_until > now]
             wait = min(waits) if waits else _WINDOW_S - (now - group.deployments[0].window_start)
@@ -124,6 +127,18 @@ class Router:
                               f"(cooling down or over rpm/tpm)", status=429,
                               retry_after_s=max(0.0, wait))
         return ready[0] if len(ready) == 1 else self._pick(ready)
+
+    def untried_ready(self, group: Group, tried: Collection[DeploymentState]) -> bool:
+        """Whether a deployment outside `tried` is ready now: a retry can go there at once."""
+        return any(s not in tried for s in self._ready(group, self._clock()))
+
+    def _ready(self, group: Group, now: float) -> list[DeploymentState]:
+        ready = [s for s in group.deployments if s.cooldown_until <= now]
+        if self.settings.routing_strategy == "usage-based-routing":
+            for s in ready:
+                self._roll_window(s, now)
+            ready = [s for s in ready if not self._over_limit(s)]
+        return ready
 
     def begin(self, state: DeploymentState) -> None:
         """A call to `state` starts."""

@@ -14,6 +14,9 @@ A LiteLLM proxy config works unchanged::
     router_settings: {routing_strategy: least-busy, num_retries: 2, fallbacks: [...]}
     litellm_settings: {cache: true, cache_params: {type: redis, host: ..., ttl: 600}}
 
+The response cache is off unless `litellm_settings.cache` is true, as in LiteLLM; with
+`cache_params.mode: default_off` it is used only by requests that opt in.
+
 `os.environ/NAME` strings are resolved at load; API keys are held in `Secret`, which
 never shows its value in repr or logs. Keys we do not use are kept in `ignored_keys`.
 """
@@ -108,9 +111,14 @@ class RouterSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """Response cache: `memory` (LRU, default) or `redis` (when a host is configured)."""
+    """Response cache: `memory` (LRU, default) or `redis` (when a host is configured).
 
-    enabled: bool = True
+    Off unless `enabled` (LiteLLM's `litellm_settings.cache`). `default_on` false
+    (LiteLLM's `cache_params.mode: default_off`) caches only requests that opt in.
+    """
+
+    enabled: bool = False
+    default_on: bool = True
     backend: str = "memory"
     max_entries: int = 1024
     ttl_s: float | None = None
@@ -136,7 +144,10 @@ class CompletionSettings:
         env = os.environ if environ is None else environ
         models: list[dict[str, Any]] = [
             {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}},
-            {"model_name": "local/gemma", "litellm_params": {"model": "local/gemma3-270m"}},
+            # A base model rarely stops by itself: without max_tokens it writes until this
+            # cap (about 10 s at 50 tokens/s), unless the caller's max_tokens says otherwise.
+            {"model_name": "local/gemma", "litellm_params": {"model": "local/gemma3-270m",
+                                                             "max_tokens": 512}},
         ]
         if env.get(CODEX_AGENT_BASE_ENV):
             models.append({"model_name": "codex-agent/*",
@@ -288,8 +299,13 @@ def _cache(ls: dict[str, Any], rs: dict[str, Any], env: Mapping[str, str],
     host = _resolve(params.get("host") or rs.get("redis_host"), env)
     port = _resolve(params.get("port") or rs.get("redis_port") or 6379, env)
     ttl = _resolve(params.get("ttl"), env)
+    mode = str(params.get("mode") or "default_on")
+    if mode not in ("default_on", "default_off"):
+        raise InvalidRequest(f"unsupported cache mode {mode!r}; use default_on or default_off",
+                             param="litellm_settings.cache_params.mode")
     return CacheSettings(
-        enabled=bool(ls.get("cache", True)),
+        enabled=bool(ls.get("cache", False)),
+        default_on=mode == "default_on",
         backend=kind,
         max_entries=int(params.get("max_entries", 1024)),
         ttl_s=float(ttl) if ttl is not None else None,

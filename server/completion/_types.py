@@ -57,12 +57,14 @@ class Completed:
 
     `json_valid` is None unless the request asked for JSON (`response_format`), then
     whether the first choice's content parsed (and matched the schema, if one was given).
+    `cache_lookup` says whether the response cache was consulted at all.
     """
 
     response: dict[str, Any]
     routing: Routing
     cache_hit: bool
     json_valid: bool | None
+    cache_lookup: bool = False
 
 
 @dataclass
@@ -74,12 +76,16 @@ class StreamChunk:
 
 @dataclass
 class StreamEnd:
-    """The last event of every stream: usage (when the upstream reported it) and routing."""
+    """The last event of every stream: usage (when the upstream reported it) and routing.
+
+    `cache_lookup` says whether the response cache was consulted at all.
+    """
 
     usage: dict[str, Any] | None
     routing: Routing
     cache_hit: bool
     json_valid: bool | None = None
+    cache_lookup: bool = False
 
 
 StreamEvent = StreamChunk | StreamEnd

@@ -89,16 +89,16 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         self._engine = engine
         self._metrics = metrics
         self._store = store  # set to keep a manifest of every completion
-        self._caching = engine.settings.cache.enabled
 
-    def _count(self, model: str, usage: Any, routing: Routing, cache_hit: bool) -> None:
+    def _count(self, model: str, usage: Any, routing: Routing, cache_hit: bool,
+               cache_lookup: bool) -> None:
         m = self._metrics
         if m is None:
             return
         if usage is not None:
             m.child(m.tokens, model, "prompt").inc(usage.prompt_tokens)
             m.child(m.tokens, model, "completion").inc(usage.completion_tokens)
-        if self._caching:  # no cache configured: no lookups to count
+        if cache_lookup:  # no cache configured, or left out by this call: nothing to count
             m.child(m.cache, "hit" if cache_hit else "miss").inc()
         if routing.attempts > 1:
             m.child(m.retries, model).inc(routing.attempts - 1)
@@ -121,7 +121,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                                                    overhead_s=overhead))
         if done.json_valid is not None:
             response.json_valid = done.json_valid
-        self._count(request.model, response.usage, done.routing, done.cache_hit)
+        self._count(request.model, response.usage, done.routing, done.cache_hit,
+                    done.cache_lookup)
         response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
         if self._store is not None:
             # Shielded: a caller leaving now must not lose the run's record.
@@ -144,7 +145,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
             async for event in events:
                 if isinstance(event, StreamEnd):
                     self._count(inner.model, wire.usage_to_proto(event.usage), event.routing,
-                                event.cache_hit)
+                                event.cache_hit, event.cache_lookup)
                     end = pb.CompletionStreamEnd(
                         id=last_id, usage=wire.usage_to_proto(event.usage),
                         routing=routing_to_proto(event.routing, cache_hit=event.cache_hit,

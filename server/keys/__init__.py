@@ -1,7 +1,7 @@
 """Virtual keys: the master key, generated keys stored hashed, their models, expiry,
 budget and rate limits; the KeyService servicer lives in `servicer`."""
 
-from ._auth import Authenticator, Principal, token_from_metadata
+from ._auth import RUNS_READ, Authenticator, Principal, token_from_metadata
 from ._store import KeyRecord, KeyStore, PostgresKeyStore, SQLiteKeyStore, hash_key
 from ._windows import MemoryWindows, RedisWindows, Windows
 from .errors import (
@@ -14,7 +14,7 @@ from .errors import (
     UnknownKey,
 )
 
-__all__ = ["Authenticator", "BudgetExceeded", "Forbidden", "KeyError_", "KeyRateLimited",
-           "KeyRecord", "KeyStore", "KeysDisabled", "MemoryWindows", "PostgresKeyStore",
-           "Principal", "RedisWindows", "SQLiteKeyStore", "Unauthenticated", "UnknownKey",
-           "Windows", "hash_key", "token_from_metadata"]
+__all__ = ["RUNS_READ", "Authenticator", "BudgetExceeded", "Forbidden", "KeyError_",
+           "KeyRateLimited", "KeyRecord", "KeyStore", "KeysDisabled", "MemoryWindows",
+           "PostgresKeyStore", "Principal", "RedisWindows", "SQLiteKeyStore", "Unauthenticated",
+           "UnknownKey", "Windows", "hash_key", "token_from_metadata"]

@@ -20,7 +20,11 @@ from ._store import KeyRecord, KeyStore
 from ._windows import MemoryWindows, Windows
 from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated
 
-__all__ = ["Authenticator", "Principal", "token_from_metadata"]
+__all__ = ["RUNS_READ", "Authenticator", "Principal", "token_from_metadata"]
+
+#: The metadata entry that lets a virtual key read stored runs (the runs UI):
+#: `/key/generate {"metadata": {"runs": "read"}}`.
+RUNS_READ: tuple[str, str] = ("runs", "read")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,20 @@ class Authenticator:
                                      retry_after_s=max(leaves or 0.0, 0.001))
         if record.rpm_limit:
             await self.windows.add(record.key_hash, "requests", 1)
+
+    def authorize_runs(self, principal: Principal) -> None:
+        """Raise Forbidden unless `principal` may read stored runs: the master key (or no
+        keys at all), or an unexpired virtual key whose metadata holds `RUNS_READ`."""
+        if principal.master:
+            return
+        record = principal.record
+        assert record is not None
+        key, value = RUNS_READ
+        if record.metadata.get(key) != value:
+            raise Forbidden(f"key {record.key_id} may not read runs; a key made with "
+                            f'"metadata": {{"{key}": "{value}"}} may')
+        if record.expired(time.time()):
+            raise Forbidden(f"key {record.key_id} has expired")
 
     async def account(self, principal: Principal, model: str, prompt_tokens: int,
                       completion_tokens: int) -> float:

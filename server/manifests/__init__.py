@@ -1,12 +1,22 @@
 """Run manifests: the record every run leaves (run_id, request_id, items, session, track),
 the run store (SQLite by default, PostgreSQL by URL), and replay."""
 
-from ._manifest import ManifestClock, versions
+from ._manifest import ManifestClock, current_trace_id, versions
+from ._open import is_store_url, open_run_store
 from ._postgres import PostgresRunStore
 from ._replay import comparable, differences, replay
 from ._sqlite import SQLiteRunStore
-from ._store import RunStore, RunStoreError, StoredRun, is_store_url, open_run_store
+from ._store import (
+    BadPageToken,
+    ListedRun,
+    RunPage,
+    RunQuery,
+    RunStore,
+    RunStoreError,
+    StoredRun,
+)
 
-__all__ = ["ManifestClock", "PostgresRunStore", "RunStore", "RunStoreError", "SQLiteRunStore",
-           "StoredRun", "comparable", "differences", "is_store_url", "open_run_store",
-           "replay", "versions"]
+__all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "RunPage",
+           "RunQuery", "RunStore", "RunStoreError", "SQLiteRunStore", "StoredRun",
+           "comparable", "current_trace_id", "differences", "is_store_url",
+           "open_run_store", "replay", "versions"]

@@ -8,9 +8,11 @@ import uuid
 from collections.abc import Iterable
 from functools import cache
 
+from opentelemetry import trace
+
 from scillm.common.v1 import common_pb2
 
-__all__ = ["ManifestClock", "versions"]
+__all__ = ["ManifestClock", "current_trace_id", "versions"]
 
 
 @cache
@@ -31,6 +33,13 @@ def versions() -> dict[str, str]:
 def _blank() -> common_pb2.RunManifest:
     """A manifest holding only `versions()`: copying it costs less than filling the map."""
     return common_pb2.RunManifest(versions=versions())
+
+
+def current_trace_id() -> str:
+    """The trace id of the span current here, as 32 hex digits; empty when tracing is off
+    (no span is recording then, so the current span is the invalid one)."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
 
 
 def _now_us() -> int:
@@ -55,6 +64,7 @@ class ManifestClock:
         m.model = model
         if context.labels:
             m.labels.update(context.labels)
+        m.trace_id = current_trace_id()
         m.start_time.FromMicroseconds(_now_us())
 
     def finish(self, *, provider: str = "", backend: str = "",

@@ -5,14 +5,16 @@ with their full type names, so a run can be re-executed exactly as it was asked,
 stream's other events (per-item verdicts with every formalization attempt, per-run
 outputs, model turns and tool I/O) as JSON for audit.
 
-Two implementations share this interface and its semantics (filters, newest first, a
-unique ASCII-case-insensitive prefix for `get`):
+This module is the interface and its shared SQL; the implementations live beside it and
+`open_run_store` (in `_open`) picks one for a location:
 
-    RunStore                  the interface, and `RunStore(location)` opens either
+    RunStore                  the interface (filters, newest first, pages, a unique
+    │                         ASCII-case-insensitive prefix for `get`)
     ├── SQLiteRunStore        a file path (the default), or ':memory:'
     └── PostgresRunStore      a postgresql:// URL (the `postgres` extra: psycopg 3)
 
     RunStoreError             the store cannot be opened (missing, unreachable, no driver)
+    BadPageToken              a page token this store did not hand out
 
 Writes go through a worker thread so the event loop never waits on the database.
 """
@@ -20,11 +22,14 @@ Writes go through a worker thread so the event loop never waits on the database.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import builtins
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from google.protobuf import json_format, symbol_database
@@ -37,46 +42,24 @@ from scillm.common.v1 import common_pb2
 from scillm.completion.v1 import completion_pb2  # noqa: F401
 from scillm.prove.v1 import prove_pb2  # noqa: F401
 
-from ..settings import Settings
-
-__all__ = ["RunStore", "RunStoreError", "StoredRun", "is_store_url", "open_run_store"]
+__all__ = ["BadPageToken", "ListedRun", "RunPage", "RunQuery", "RunStore", "RunStoreError",
+           "StoredRun"]
 
 #: Columns of `runs`, in the order of a stored row.
 COLUMNS: tuple[str, ...] = (
     "run_id", "service", "session_id", "track", "model", "request_id", "start_time",
     "manifest", "request_type", "request", "result_type", "result", "events")
 
-_URL_SCHEMES = ("postgresql://", "postgres://")
+#: Columns a query may filter on (exact match), in the order of `RunQuery`'s fields.
+FILTERS: tuple[str, ...] = ("service", "session_id", "track", "model")
 
 
 class RunStoreError(Exception):
     """The run store cannot be opened: no such store, server unreachable, driver missing."""
 
 
-def is_store_url(location: str | Path) -> bool:
-    """Whether `location` names a PostgreSQL store (a postgresql:// URL), not a file."""
-    return isinstance(location, str) and location.startswith(_URL_SCHEMES)
-
-
-def open_run_store(where: Settings | str | Path, *, create: bool = True) -> RunStore:
-    """The run store at a path or postgresql:// URL, or the one `Settings` name
-    (`store_url` when set, else `store_path`).
-
-    With `create=False` (readers such as `scillm runs`), a store that does not exist yet
-    is a RunStoreError instead of being created.
-    """
-    if isinstance(where, Settings):
-        where = where.store_url or where.store_path
-    if is_store_url(where):
-        from ._postgres import PostgresRunStore
-
-        return PostgresRunStore(str(where), create=create)
-    if "://" in str(where):
-        raise RunStoreError(f"unsupported run store URL {str(where).split('://')[0]}://…; "
-                            "use a file path or postgresql://user:pass@host:port/db")
-    from ._sqlite import SQLiteRunStore
-
-    return SQLiteRunStore(where, create=create)
+class BadPageToken(Exception):
+    """A page token that this store did not hand out (garbled or cut)."""
 
 
 def _decode(type_name: str, blob: bytes) -> Message:
@@ -102,9 +85,59 @@ class StoredRun:
     events: tuple[dict[str, Any], ...] = ()
 
 
-class RunStore:
-    """Where runs are kept. `RunStore(location)` opens a `SQLiteRunStore` for a path and a
-    `PostgresRunStore` for a postgresql:// URL, as `open_run_store` does.
+@dataclass(frozen=True)
+class RunQuery:
+    """Which runs to list: exact filters (empty matches any), newest first, in pages."""
+
+    service: str = ""
+    session_id: str = ""
+    track: str = ""
+    model: str = ""
+    #: Runs per page (at least 1).
+    limit: int = 50
+    #: Where the page starts: "" for the newest run, else a `RunPage.next_page_token`.
+    page_token: str = ""
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError("RunQuery.limit must be at least 1")
+
+
+@dataclass(frozen=True)
+class ListedRun:
+    """A run as listed: its manifest and its terminal result."""
+
+    manifest: common_pb2.RunManifest
+    result: Message
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest first."""
+
+    runs: tuple[ListedRun, ...]
+    #: The token of the next (older) page; empty on the last page.
+    next_page_token: str = ""
+
+
+def _page_token(start_time: str, run_id: str) -> str:
+    raw = json.dumps([start_time, run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_page_token(token: str) -> tuple[str, str]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error):
+        value = None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, str) for v in value)):
+        raise BadPageToken(f"not a page token of this run store: {token[:40]!r}")
+    return value[0], value[1]
+
+
+class RunStore(ABC):
+    """Where runs are kept (`open_run_store` opens one for a path or URL).
 
     An implementation runs one statement at a time on its connection (`_run`) and names
     its parameter placeholder and its ASCII-case-insensitive LIKE; the SQL is shared.
@@ -119,30 +152,21 @@ class RunStore:
     #: The statement that stores a row, replacing a run with the same id.
     _UPSERT: ClassVar[str] = ""
 
-    def __new__(cls, location: str | Path = ":memory:", **_options: Any) -> RunStore:
-        kind: type[RunStore] = cls
-        if cls is RunStore:
-            from ._postgres import PostgresRunStore
-            from ._sqlite import SQLiteRunStore
-
-            kind = PostgresRunStore if is_store_url(location) else SQLiteRunStore
-        return super().__new__(kind)
-
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
+    @abstractmethod
     def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         """Execute one statement (committed at once); its rows, if it returns any."""
-        raise NotImplementedError
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One statement of the caller's on the store's connection (for other tables in the
         same database, such as the keys'), committed at once; its rows, if any. Blocking."""
         return self._run(sql, args)
 
+    @abstractmethod
     def close(self) -> None:
         """Close the connection."""
-        raise NotImplementedError
 
     def put_sync(self, manifest: common_pb2.RunManifest, request: Message, result: Message,
                  events: Sequence[Message] = ()) -> None:
@@ -165,21 +189,55 @@ class RunStore:
              service: str | None = None, limit: int = 50) -> list[common_pb2.RunManifest]:
         """Manifests, newest first, filtered by session, track and service (a negative
         limit: all of them)."""
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("session_id", session_id), ("track", track),
-                              ("service", service)):
-            if value:
-                where.append(f"{column} = {self._PARAM}")
-                args.append(value)
-        sql = "SELECT manifest FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY start_time DESC"
+        query = RunQuery(service=service or "", session_id=session_id or "",
+                         track=track or "")
+        sql, args = self._select("manifest", query)
         if limit >= 0:
             sql += f" LIMIT {self._PARAM}"
             args.append(limit)
-        return [common_pb2.RunManifest.FromString(r[0]) for r in self._run(sql, args)]
+        return [common_pb2.RunManifest.FromString(bytes(r[0])) for r in self._run(sql, args)]
+
+    def page(self, query: RunQuery) -> RunPage:
+        """One page of runs matching `query`, newest first, with their results (not their
+        requests or events), and the token of the next page. Raises BadPageToken."""
+        sql, args = self._select("manifest, result_type, result, start_time, run_id", query)
+        sql += f" LIMIT {self._PARAM}"
+        args.append(query.limit + 1)
+        rows = self._run(sql, args)
+        runs = tuple(ListedRun(common_pb2.RunManifest.FromString(bytes(manifest)),
+                               _decode(result_type, bytes(result)))
+                     for manifest, result_type, result, _, _ in rows[:query.limit])
+        more = len(rows) > query.limit
+        last = rows[query.limit - 1] if more else None
+        return RunPage(runs, _page_token(last[3], last[4]) if last is not None else "")
+
+    def distinct(self, column: str, limit: int = 200) -> builtins.list[str]:
+        """The non-empty values of one filter column (`FILTERS`), sorted, at most `limit`."""
+        if column not in FILTERS:
+            raise ValueError(f"not a filter column: {column!r}")
+        rows = self._run(f"SELECT DISTINCT {column} FROM runs WHERE {column} <> '' "
+                         f"ORDER BY {column} LIMIT {self._PARAM}", (limit,))
+        return [str(r[0]) for r in rows]
+
+    def _select(self, columns: str, query: RunQuery) -> tuple[str, builtins.list[object]]:
+        """`SELECT columns FROM runs WHERE <query> ORDER BY <newest first>`, and its
+        arguments; ties on start_time are broken by run_id so pages never overlap."""
+        p = self._PARAM
+        where: builtins.list[str] = []
+        args: builtins.list[object] = []
+        for column in FILTERS:
+            value = getattr(query, column)
+            if value:
+                where.append(f"{column} = {p}")
+                args.append(value)
+        if query.page_token:
+            start_time, run_id = _parse_page_token(query.page_token)
+            where.append(f"(start_time < {p} OR (start_time = {p} AND run_id < {p}))")
+            args += [start_time, start_time, run_id]
+        sql = f"SELECT {columns} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return sql + " ORDER BY start_time DESC, run_id DESC", args
 
     def get(self, run_id: str) -> StoredRun | None:
         """The run with this id (a unique prefix works too, in any ASCII case), or None."""

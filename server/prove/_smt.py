@@ -30,7 +30,7 @@ from ._backend import probe_version
 from ._pool import WorkerPool
 from ._process import ProverProcess
 from ._settings import ProveSettings
-from ._smtlib import SmtScript, pose
+from ._smtlib import SmtScript, pose, top_level
 from ._types import BackendInfo, CheckOutcome, Diagnostic, Limits, Obligation, Verdict
 
 __all__ = ["SmtBackend", "Z3Worker"]
@@ -87,10 +87,8 @@ class Z3Worker:
         text += f'(echo "{nonce}")\n'
         self._lines += text.count("\n")
         await self._proc.send(text)
-        lines: list[str] = []
-        while (line := await self._proc.read_line()) != nonce:
-            lines.append(line)
-        return lines
+        data = await self._proc.read_until(f"{nonce}\n".encode())
+        return data[:-len(nonce) - 1].splitlines()
 
     async def run(self, script: SmtScript, limits: Limits) -> CheckOutcome:
         """Check a posed script within `limits`; TimeoutError past the limit on the goal,
@@ -131,7 +129,7 @@ class Z3Worker:
                 reason = " ".join(await self._ask("(get-info :reason-unknown)\n"))
             return CheckOutcome(Verdict.UNKNOWN, source, warnings,
                                 message=f"z3 answered unknown {reason}")
-        if not script.preamble.strip():
+        if not _may_be_inconsistent(script.preamble):
             return CheckOutcome(Verdict.PROVED, source, warnings, message="negated goal is unsat")
         return await self._consistency(script, warnings, deadline)
 
@@ -161,6 +159,13 @@ class Z3Worker:
         return CheckOutcome(Verdict.PROVED, source, (*warnings, Diagnostic(
             "info", f"whether the preamble's assumptions are consistent is not known: z3 "
             f"{said} on them alone", 1, 0, *end)), message="negated goal is unsat")
+
+
+def _may_be_inconsistent(preamble: str) -> bool:
+    """Whether the preamble could be unsatisfiable on its own: only assertions and
+    recursive definitions can; declarations and plain definitions always have a model."""
+    items, _ = top_level(preamble)
+    return any(t.head in ("assert", "define-fun-rec", "define-funs-rec") for t in items)
 
 
 def _end_of(text: str) -> tuple[int, int]:

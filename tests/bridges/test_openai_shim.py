@@ -114,7 +114,8 @@ def test_overhead_header_and_metrics(mesh: RunningMesh) -> None:
             'model="echo/x"}') in metrics
     assert "scillm_rpc_latency_seconds_bucket" in metrics
     assert 'scillm_tokens_total{kind="completion",model="echo/x"}' in metrics
-    assert 'scillm_cache_events_total{result=' in metrics
+    # The response cache is off unless configured: no lookups, so no cache events.
+    assert 'scillm_cache_events_total{result=' not in metrics
 
 
 def test_client_disconnect_cancels_the_grpc_stream(mesh: RunningMesh) -> None:

@@ -37,13 +37,44 @@ FULL_REQUEST: dict[str, Any] = {
     "presence_penalty": 0.1, "frequency_penalty": 0.2, "parallel_tool_calls": False,
     "top_k": 40,
     "scillm": {"fallbacks": ["b"], "timeout_s": 1.5, "num_retries": 2, "deterministic": True,
-               "cache": {"bypass": True, "no_store": False, "ttl_s": 60.0, "namespace": "ns"}},
+               "cache": {"bypass": True, "no_store": False, "ttl_s": 60.0, "namespace": "ns",
+                         "max_age_s": 30.0, "enabled": True}},
 }
 
 
 def test_request_round_trip_keeps_every_field() -> None:
     back = openai_wire.request_from_proto(openai_wire.request_to_proto(FULL_REQUEST))
     assert back == FULL_REQUEST
+
+
+def test_litellm_cache_controls_map_onto_the_cache_options() -> None:
+    """LiteLLM's per-request `cache` controls and `caching` flag become CacheOptions (never
+    extra fields for the provider), merged over `scillm.cache`."""
+    base = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    req = openai_wire.request_to_proto({**base, "cache": {
+        "no-cache": True, "no-store": True, "ttl": 600, "s-maxage": 60, "namespace": "exp",
+        "use-cache": True}})
+    assert not req.HasField("extra_body")
+    back = openai_wire.request_from_proto(req)["scillm"]["cache"]
+    assert back == {"bypass": True, "no_store": True, "namespace": "exp", "ttl_s": 600.0,
+                    "max_age_s": 60.0, "enabled": True}
+    merged = openai_wire.request_from_proto(openai_wire.request_to_proto({
+        **base, "caching": False, "cache": {"s-max-age": 0},
+        "scillm": {"cache": {"namespace": "mine"}}}))["scillm"]["cache"]
+    assert merged == {"bypass": False, "no_store": False, "namespace": "mine",
+                      "max_age_s": 0.0, "enabled": False}
+    assert "scillm" not in openai_wire.request_from_proto(openai_wire.request_to_proto(base))
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"cache": {"no-cahce": True}}, "cache"), ({"cache": True}, "cache"),
+    ({"cache": {"ttl": 0}}, "cache.ttl"), ({"cache": {"s-maxage": -1}}, "cache.s-maxage"),
+    ({"cache": {"no-store": "yes"}}, "cache.no-store"), ({"caching": 1}, "caching")])
+def test_bad_cache_controls_name_the_field(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai_wire.InvalidRequestError) as info:
+        openai_wire.request_to_proto({"model": "m", "messages": [
+            {"role": "user", "content": "x"}], **body})
+    assert info.value.param == param
 
 
 @pytest.mark.parametrize("choice", ["auto", "none", "required"])
@@ -59,7 +90,7 @@ def test_response_and_chunk_round_trip() -> None:
         "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": {"content": [
             {"token": "a", "logprob": -0.5, "bytes": [97],
              "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}]},
-            "message": {"role": "assistant", "content": "hi", "tool_calls": [
+            "message": {"role": "assistant", "content": "hi", "refusal": None, "tool_calls": [
                 {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
                   "prompt_tokens_details": {"cached_tokens": 2},

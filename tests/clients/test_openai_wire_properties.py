@@ -13,7 +13,8 @@ requests
 - `json_schema.name` "" or missing -> "response"; empty `description` dropped;
 - message `content`: [] -> null, a single text part -> its string, an image_url string
   -> {"url": ...}; `refusal` on a non-assistant message becomes a trailing refusal
-  part; on an assistant message every refusal part is joined into `refusal`;
+  part; on an assistant message every refusal part is joined into `refusal` (dropped
+  when that is empty);
 - a tool call's object `arguments` is JSON-encoded; every tool call gets `"type"`;
 - `scillm.timeout_s` / `cache.ttl_s` keep whole milliseconds; `deterministic: false`,
   empty `fallbacks` / `namespace` are dropped; `cache.bypass` / `no_store` always appear;
@@ -34,7 +35,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from scillm.clients import InvalidRequestError, openai_wire
@@ -105,7 +106,7 @@ scillm_options = _optional(
     fallbacks=st.lists(word, max_size=2), timeout_s=millis, num_retries=int32,
     deterministic=st.booleans(), session_id=text, track=text,
     cache=_optional(bypass=st.booleans(), no_store=st.booleans(), ttl_s=millis,
-                    namespace=text))
+                    namespace=text, max_age_s=millis | st.just(0.0), enabled=st.booleans()))
 _HANDLED = openai_wire._HANDLED
 extra = st.dictionaries(text.filter(lambda k: k not in _HANDLED), json_value, max_size=2)
 
@@ -171,7 +172,7 @@ def norm_message(m: dict[str, Any]) -> dict[str, Any]:
     for key in ("tool_call_id", "reasoning_content"):
         if m.get(key):
             out[key] = m[key]
-    if m["role"] == "assistant" and refusals:
+    if m["role"] == "assistant" and "".join(refusals):
         out["refusal"] = "".join(refusals)
     return out
 
@@ -240,6 +241,10 @@ def norm_request(x: dict[str, Any]) -> dict[str, Any]:
                 cache["namespace"] = c["namespace"]
             if "ttl_s" in c:
                 cache["ttl_s"] = _ms(c["ttl_s"])
+            if "max_age_s" in c:
+                cache["max_age_s"] = _ms(c["max_age_s"])
+            if "enabled" in c:
+                cache["enabled"] = c["enabled"]
             routing["cache"] = cache
         out["scillm"] = routing
     return out
@@ -261,6 +266,8 @@ def test_request_round_trip(body: dict[str, Any]) -> None:
 
 @PROPS
 @given(request())
+@example({"model": "0", "messages": [{"role": "assistant", "content": [
+    {"type": "refusal", "refusal": ""}]}]})
 def test_request_translation_is_idempotent(body: dict[str, Any]) -> None:
     once = openai_wire.request_from_proto(openai_wire.request_to_proto(body))
     twice = openai_wire.request_from_proto(openai_wire.request_to_proto(once))
@@ -381,7 +388,7 @@ def _norm_logprobs(lp: dict[str, Any] | None) -> dict[str, Any] | None:
 @given(response)
 def test_response_round_trip(body: dict[str, Any]) -> None:
     expected = {**body, "usage": _norm_usage(body["usage"]), "choices": [
-        {"index": c["index"], "message": norm_message(c["message"]),
+        {"index": c["index"], "message": {"refusal": None, **norm_message(c["message"])},
          "finish_reason": _norm_finish(c["finish_reason"]),
          "logprobs": _norm_logprobs(c["logprobs"])} for c in body["choices"]]}
     if not body.get("system_fingerprint"):

@@ -49,7 +49,10 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
     modules = _public_modules()
     assert "scillm.completion.v1.completion_pb2" in modules
     assert "scillm.server.cli" in modules
-    script = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+    script = ("import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+              "from importlib.resources import files\nui = files('scillm.bridges.ui')\n"
+              "assert ui.joinpath('templates/run.html').is_file(), 'UI templates missing'\n"
+              "assert ui.joinpath('static/ui.js').is_file(), 'UI script missing'\n")
     imported = subprocess.run([str(py), "-c", script, *modules], capture_output=True,
                               text=True, timeout=120, cwd=tmp_path, check=False)
     assert imported.returncode == 0, imported.stderr[-3000:]

@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from meshutil import RunningMesh, mesh_settings, start_mesh
+from held_upstream import HeldUpstream
+from meshutil import RunningMesh, mesh_settings, start_mesh, stop_with_a_stream_in_flight
 
 from scillm.clients import RPCError, ScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
@@ -202,29 +203,21 @@ def test_single_service_mode_serves_only_that_service(tmp_path: Path, grpcurl: s
 
 
 def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
-    running = start_mesh(mesh_settings(tmp_path, http_enabled=False, grace_period_s=5.0))
-    # Large enough that gRPC flow control holds most of it server-side while we read.
-    words = " ".join(f"w{i}" for i in range(20000))
-
-    async def scenario() -> tuple[int, int]:
-        async with ScillmClient(running.grpc_target) as client, \
-                grpc.aio.insecure_channel(running.grpc_target) as side:
-            watch = health_pb2_grpc.HealthStub(side).Watch(health_pb2.HealthCheckRequest())
-            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-            stream = client.completion.stream({"model": "echo/x", "messages": [
-                {"role": "user", "content": words}]})
-            first = await anext(stream)
-            assert first.HasField("chunk")
-            stopping = asyncio.get_running_loop().run_in_executor(None, running.stop, 5.0)
-            status = (await watch.read()).status  # the health watch sees the shutdown
-            rest = [e async for e in stream]
-            await stopping
-            assert rest[-1].HasField("end")
-            return len(rest), int(status)
-
-    count, status = asyncio.run(scenario())
-    assert count > 1  # the stream ran to its end event after SIGTERM-equivalent stop
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    """Stop with a stream in flight: health NOT_SERVING, new calls refused, the stream
+    finished inside the (generous) grace (see `stop_with_a_stream_in_flight`)."""
+    upstream = HeldUpstream().start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [
+        {"model_name": "held", "litellm_params": {
+            "model": "openai/held", "api_base": upstream.url, "api_key": "x"}},
+        {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
+    running = start_mesh(mesh_settings(tmp_path, http_enabled=False, grace_period_s=120.0,
+                                       config_path=config, services=("completion",)))
+    try:
+        asyncio.run(stop_with_a_stream_in_flight(
+            running.grpc_target, upstream, lambda: asyncio.to_thread(running.stop, 120.0)))
+    finally:
+        upstream.stop()
 
 
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:

@@ -329,7 +329,8 @@ async def test_redis_when_configured(tmp_path: Path, redis_port: int) -> None:
                  f"host: 127.0.0.1, port: {redis_port}}}}}\n")
     assert _by_part(await collect(up, environ=NO_OTEL))["redis"].status is Status.OK
     down = _config(tmp_path, "model_list: [{model_name: e, litellm_params: {model: echo/e}}]\n"
-                   f"router_settings: {{redis_host: 127.0.0.1, redis_port: {_closed_port()}}}\n")
+                   f"router_settings: {{redis_host: 127.0.0.1, redis_port: {_closed_port()}}}\n"
+                   "litellm_settings: {cache: true}\n")
     check = _by_part(await collect(down, environ=NO_OTEL))["redis"]
     assert check.status is Status.FAILED and "cannot connect" in check.detail
 

@@ -1,20 +1,28 @@
 """Process faults with real `scillm serve` processes: a replica killed with SIGKILL under
-load (clients go on through the others), and SIGTERM letting an in-flight stream finish."""
+load (clients go on through the others), and SIGTERM letting an in-flight stream finish.
+
+The upstream is the test's own (`held_upstream`): it holds its answers until the test
+releases them, so the faults land while calls are surely in flight, however slow the
+machine, and no timing decides the outcome."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
+from held_upstream import HeldUpstream
+from meshutil import stop_with_a_stream_in_flight
 
 from scillm.clients import ScillmClient
+from scillm.completion.v1 import completion_pb2 as pb
 
 
 def _free_port() -> int:
@@ -23,11 +31,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _replica(tmp: Path) -> tuple[subprocess.Popen[str], int]:
+def _replica(tmp: Path, config: Path) -> tuple[subprocess.Popen[str], int]:
     port = _free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "scillm"), "serve", "--service", "completion",
-         "--grpc-port", str(port), "--no-http", "--grace", "5"],
+         "--grpc-port", str(port), "--no-http", "--grace", "120", "--config", str(config)],
         env={**os.environ, "SCILLM_STORE_PATH": str(tmp / f"{port}.sqlite3")},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -38,8 +46,22 @@ def _replica(tmp: Path) -> tuple[subprocess.Popen[str], int]:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
-    started = [_replica(tmp_path) for _ in range(2)]
+def upstream() -> Iterator[HeldUpstream]:
+    running = HeldUpstream().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, upstream: HeldUpstream,
+             ) -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
+    """Two Completion replicas whose model `held` is the test's upstream (and `echo/*`)."""
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [
+        {"model_name": "held", "litellm_params": {
+            "model": "openai/held", "api_base": upstream.url, "api_key": "x"}},
+        {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
+    started = [_replica(tmp_path, config) for _ in range(2)]
     yield started
     for proc, _ in started:
         if proc.poll() is None:
@@ -47,35 +69,41 @@ def replicas(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[str], int]]
         proc.wait(timeout=10)
 
 
+def _ask(client: ScillmClient, i: int) -> Awaitable[pb.CompletionResponse]:
+    return client.completion.create({"model": "held", "messages": [
+        {"role": "user", "content": f"request {i}"}]}, timeout=60)
+
+
 async def test_a_killed_replica_loses_no_request(
-        replicas: list[tuple[subprocess.Popen[str], int]]) -> None:
+        replicas: list[tuple[subprocess.Popen[str], int]], upstream: HeldUpstream) -> None:
+    """160 calls held by the upstream across both replicas (so surely in flight) when one
+    replica is SIGKILLed: the channel retries that replica's calls on the other, and every
+    call is answered."""
     target = ",".join(f"127.0.0.1:{port}" for _, port in replicas)
     async with ScillmClient(target) as client:
-        async def ask(i: int) -> str:
-            reply = await client.completion.create({"model": "echo/x", "messages": [
-                {"role": "user", "content": f"request {i}"}],
-                "scillm": {"cache": {"bypass": True, "no_store": True}}}, timeout=20)
-            return reply.choices[0].message.content[0].text
-
-        first = await asyncio.gather(*(ask(i) for i in range(40)))
-        second_batch = asyncio.gather(*(ask(i) for i in range(40, 200)))
-        await asyncio.sleep(0.005)  # the kill lands while the second batch is in flight
+        first = await asyncio.gather(*(_ask(client, i) for i in range(40)))
+        upstream.hold()
+        second_batch = asyncio.gather(*(_ask(client, i) for i in range(40, 200)))
+        assert await asyncio.to_thread(upstream.arrived, 160), "calls did not arrive"
         replicas[0][0].send_signal(signal.SIGKILL)
+        replicas[0][0].wait(timeout=30)
+        upstream.release()
         second = await second_batch
-    assert first + second == [f"request {i}" for i in range(200)]
+    said = [reply.choices[0].message.content[0].text for reply in first + second]
+    assert said == [f"request {i}" for i in range(200)]
+    assert upstream.requests > 200  # the killed replica's calls reached the upstream again
 
 
 async def test_sigterm_lets_an_in_flight_stream_finish(
-        replicas: list[tuple[subprocess.Popen[str], int]]) -> None:
+        replicas: list[tuple[subprocess.Popen[str], int]], upstream: HeldUpstream) -> None:
+    """SIGTERM with a stream in flight: health NOT_SERVING, new calls refused, the stream
+    finished, and the process exits 0 inside its 120 s grace (see
+    `stop_with_a_stream_in_flight`)."""
     proc, port = replicas[0]
-    words = " ".join(f"w{i}" for i in range(30_000))  # held by flow control while we read
-    async with ScillmClient(f"127.0.0.1:{port}") as client:
-        stream = client.completion.stream({"model": "echo/x", "messages": [
-            {"role": "user", "content": words}]})
-        assert (await anext(stream)).HasField("chunk")
+
+    def terminate() -> int:
         proc.send_signal(signal.SIGTERM)
-        rest = [event async for event in stream]
-    assert rest[-1].HasField("end")
-    assert sum(len(c.delta.content.split()) for e in rest if e.HasField("chunk")
-               for c in e.chunk.choices) == 30_000
-    assert proc.wait(timeout=15) == 0
+        return proc.wait(timeout=150)
+
+    assert await stop_with_a_stream_in_flight(
+        f"127.0.0.1:{port}", upstream, lambda: asyncio.to_thread(terminate)) == 0

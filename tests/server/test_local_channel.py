@@ -47,7 +47,21 @@ def local(mesh: RunningMesh) -> LocalChannel:
     return channel
 
 
-def test_a_unary_call_answers_as_the_grpc_door_does(mesh: RunningMesh) -> None:
+@pytest.fixture(scope="module")
+def cached_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    """A Completion mesh with the response cache on (it is off unless configured)."""
+    tmp = tmp_path_factory.mktemp("cached")
+    config = tmp / "models.yaml"
+    config.write_text('{"model_list": [{"model_name": "echo/*", "litellm_params": '
+                      '{"model": "echo/*"}}], "litellm_settings": {"cache": true}}')
+    running = start_mesh(mesh_settings(tmp, config_path=config, services=("completion",)))
+    yield running
+    running.stop()
+
+
+def test_a_unary_call_answers_as_the_grpc_door_does(cached_mesh: RunningMesh) -> None:
+    mesh = cached_mesh
+
     async def both() -> tuple[pb.CompletionResponse, pb.CompletionResponse]:
         inproc = ScillmClient(channel=local(mesh))
         async with ScillmClient(mesh.grpc_target) as remote:
@@ -90,11 +104,11 @@ def test_an_unknown_method_is_unimplemented(mesh: RunningMesh) -> None:
     assert run(mesh, call()) == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_replies_are_copies(mesh: RunningMesh) -> None:
+def test_replies_are_copies(cached_mesh: RunningMesh) -> None:
     """Two identical requests (the second a cache hit): changing the first reply must not
     change what the cache hands out next."""
     async def twice() -> tuple[str, str, bool]:
-        client = ScillmClient(channel=local(mesh))
+        client = ScillmClient(channel=local(cached_mesh))
         request = {**ECHO, "messages": [{"role": "user", "content": "copy me"}]}
         first = await client.completion.create(request)
         original = text(first)
@@ -102,7 +116,7 @@ def test_replies_are_copies(mesh: RunningMesh) -> None:
         second = await client.completion.create(request)
         return original, text(second), second.routing.cache_hit
 
-    original, again, hit = run(mesh, twice())
+    original, again, hit = run(cached_mesh, twice())
     assert hit
     assert again == original
 

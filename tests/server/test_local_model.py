@@ -1,10 +1,15 @@
-"""One short real generation from the embedded local model (Gemma 3 270M GGUF, llama.cpp),
-through CompletionService: a base model, so the prompt is a plain continuation."""
+"""Real generations from the embedded local model (Gemma 3 270M GGUF, llama.cpp), through
+CompletionService: a base model, so the prompt is a plain continuation."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import jsonschema
+import openai
 import pytest
-from meshutil import RunningMesh
+from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import ScillmClient
 
@@ -26,3 +31,29 @@ async def test_local_gemma_continues_text(mesh: RunningMesh) -> None:
                        for c in e.chunk.choices)
     assert chunks[-1].HasField("end") and streamed.strip()
     assert streamed == text  # temperature 0: the same continuation, streamed
+
+
+def test_length_is_the_callers_or_the_deployments_never_llama_cpp_16(tmp_path: Path) -> None:
+    """Without max_tokens the model writes until it stops or hits the deployment's cap
+    (llama.cpp alone would stop at 16); `response_format` constrains decoding to JSON."""
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "gemma-40", "litellm_params": {
+        "model": "local/gemma3-270m", "max_tokens": 40}}]}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
+    try:
+        sdk = openai.OpenAI(base_url=f"{running.http_url}/v1", api_key="x", max_retries=0,
+                            timeout=300)
+        counted = sdk.chat.completions.create(model="gemma-40", temperature=0, messages=[
+            {"role": "user", "content": "Count: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"}])
+        assert counted.usage is not None and counted.usage.completion_tokens == 40
+        assert counted.choices[0].finish_reason == "length"
+        schema = {"type": "object", "properties": {"answer": {"type": "integer"}},
+                  "required": ["answer"]}
+        shaped = sdk.chat.completions.create(
+            model="gemma-40", temperature=0, max_tokens=30,
+            messages=[{"role": "user", "content": "The answer as JSON:"}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "answer", "schema": schema}})
+        jsonschema.validate(json.loads(shaped.choices[0].message.content or ""), schema)
+    finally:
+        running.stop()

@@ -91,11 +91,11 @@ async def test_unknown_backend_number_is_invalid(mesh: RunningMesh) -> None:
 
 
 async def test_stored_run_keeps_every_item_result(mesh: RunningMesh) -> None:
-    from scillm.server.manifests import RunStore
+    from scillm.server.manifests import open_run_store
 
     async with ScillmClient(mesh.grpc_target) as client:
         events = [e async for e in client.prove.prove(_batch())]
-    store = RunStore(mesh.mesh.settings.store_path)
+    store = open_run_store(mesh.mesh.settings.store_path)
     stored = store.get(events[-1].summary.manifest.run_id)
     assert stored is not None and len(stored.events) == 5
     assert {e["item_id"] for e in stored.events} == {r.result.item_id for r in events[:-1]}
@@ -175,6 +175,38 @@ def test_formalize_loop_repairs_with_a_scripted_model(tmp_path: Path) -> None:
         assert result.attempts[0].diagnostics and result.attempts[1].usage.total_tokens == 15
         second_prompt = json.dumps(upstream.requests[1]["messages"])
         assert "reflexivity" in second_prompt  # the failed attempt went back to the model
+    finally:
+        running.stop()
+        upstream.stop()
+
+
+def test_formalize_loop_refuses_a_models_trailing_lemma(tmp_path: Path) -> None:
+    """Through the service: a model that admits the theorem and appends a trivial lemma
+    gets FAILED on every attempt, and its second prompt says which declaration failed."""
+    cheat = ("```coq\nTheorem main : forall n : nat, n * 0 = 1.\nProof. Admitted.\n"
+             "Lemma fine : True. Proof. exact I. Qed.\n```")
+    upstream = ScriptedUpstream([{"content": cheat}]).start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "prover", "litellm_params": {
+        "model": "openai/prover", "api_base": upstream.url, "api_key": "x"}}]}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, http_enabled=False,
+                                       services=("completion", "prove")))
+    try:
+        request = pb.ProveRequest(
+            no_cache=True, formalize=pb.FormalizeOptions(model="prover", max_attempts=2),
+            items=[pb.Obligation(item_id="r1", backend=pb.BACKEND_COQ,
+                                 requirement_text="n times zero is one")])
+
+        async def go() -> list[pb.ProveResponse]:
+            async with ScillmClient(running.grpc_target) as client:
+                return [e async for e in client.prove.prove(request)]
+
+        import asyncio
+
+        result = asyncio.run(go())[0].result
+        assert result.verdict == pb.VERDICT_FAILED
+        assert [a.verdict for a in result.attempts] == [pb.VERDICT_FAILED] * 2
+        assert "main is assumed" in json.dumps(upstream.requests[1]["messages"])
     finally:
         running.stop()
         upstream.stop()

@@ -30,8 +30,9 @@ from scillm.clients import ScillmClient
 from scillm.codeworld.v1 import codeworld_pb2 as cw
 from scillm.common.v1 import common_pb2
 from scillm.server.manifests import (
+    BadPageToken,
     PostgresRunStore,
-    RunStore,
+    RunQuery,
     RunStoreError,
     SQLiteRunStore,
     open_run_store,
@@ -217,8 +218,53 @@ def test_put_list_get_round_trip(location: str) -> None:
         reopened.close()
 
 
+def test_pages_newest_first_with_filters(location: str) -> None:
+    store = open_run_store(location)
+    try:
+        # Seven runs, two of them started in the same second: ties break by run_id.
+        runs = [(f"r{i}", "codeworld" if i % 2 else "prove", "s1" if i < 4 else "s2", "t",
+                 min(i, 5)) for i in range(7)]
+        for run in runs:
+            manifest, request, result, events = _run(*run)
+            manifest.model = "big" if run[0] in ("r1", "r6") else "small"
+            store.put_sync(manifest, request, result, events)
+        seen: list[str] = []
+        token = ""
+        pages = 0
+        while True:
+            page = store.page(RunQuery(limit=3, page_token=token))
+            seen += [r.manifest.run_id for r in page.runs]
+            assert all(isinstance(r.result, cw.CodeWorldRunSummary) for r in page.runs)
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"] and pages == 3
+        # An exact fit leaves no empty last page.
+        assert store.page(RunQuery(limit=7)).next_page_token == ""
+
+        def ids(**query: object) -> list[str]:
+            return [r.manifest.run_id for r in store.page(RunQuery(**query)).runs]  # type: ignore[arg-type]
+
+        assert ids(service="prove") == ["r6", "r4", "r2", "r0"]
+        assert ids(session_id="s1", service="codeworld") == ["r3", "r1"]
+        assert ids(model="big") == ["r6", "r1"]
+        assert ids(track="nope") == []
+        second = store.page(RunQuery(service="prove", limit=2))
+        assert ids(service="prove", limit=2, page_token=second.next_page_token) == ["r2", "r0"]
+        assert store.distinct("session_id") == ["s1", "s2"]
+        assert store.distinct("model") == ["big", "small"]
+        with pytest.raises(ValueError, match="not a filter column"):
+            store.distinct("manifest")
+        for garbled in ("x", "e30", "WyJhIl0", "%%%"):
+            with pytest.raises(BadPageToken):
+                store.page(RunQuery(page_token=garbled))
+    finally:
+        store.close()
+
+
 async def test_put_from_the_event_loop(location: str) -> None:
-    store = RunStore(location)  # picks the implementation from the location
+    store = open_run_store(location)  # picks the implementation from the location
     try:
         await asyncio.gather(*(store.put(*_run(f"run{i}", "agent", "s", "", i))
                                for i in range(8)))
@@ -307,7 +353,7 @@ def test_a_mesh_keeps_its_runs_in_postgresql(tmp_path: Path, pg_url: str) -> Non
             assert _ids(store.list(session_id="pg-session")) == [run_id]
             stored = store.get(run_id)
             assert stored is not None and stored.result == summary
-            assert [e["result"] for e in stored.events] == [5]
+            assert [e["run"]["result"] for e in stored.events] == [5]  # the stream's envelopes
         finally:
             store.close()
         assert not (tmp_path / "runs.sqlite3").exists()  # store_url won over store_path

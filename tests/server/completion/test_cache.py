@@ -1,13 +1,46 @@
-"""The response cache: LRU, TTL, keys, and a real redis-server."""
+"""The response cache: off unless configured (as in LiteLLM), LRU, TTL, max age, keys,
+streams answered only by streams, the per-request controls, and a real redis-server."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from completion_upstream import EngineFactory, Upstream
+import httpx
+import openai
+import pytest
+from completion_upstream import EngineFactory, Upstream, reply
+from meshutil import RunningMesh, mesh_settings, start_mesh
 
-from scillm.server.completion import CompletionSettings, StreamChunk, StreamEnd
-from scillm.server.completion._cache import MemoryCache, ResponseCache, assemble, replay
+from scillm.server.completion import (
+    CompletionEngine,
+    CompletionSettings,
+    InvalidRequest,
+    StreamChunk,
+    StreamEnd,
+)
+from scillm.server.completion._cache import MemoryCache, ResponseCache, assemble
+
+MSG = [{"role": "user", "content": "q"}]
+
+
+def upstream_config(up: Upstream, **litellm: Any) -> dict[str, Any]:
+    return {"model_list": [{"model_name": "m", "litellm_params": {
+        "model": "openai/up", "api_base": f"{up.url}/v1", "api_key": "x"}}],
+        "litellm_settings": litellm}
+
+
+def text_of(done: Any) -> str:
+    return str(done.response["choices"][0]["message"]["content"])
+
+
+async def streamed(engine: CompletionEngine, request: dict[str, Any],
+                   ) -> tuple[list[dict[str, Any]], StreamEnd]:
+    events = [e async for e in engine.stream(request)]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    return [e.chunk for e in events if isinstance(e, StreamChunk)], end
 
 
 async def test_memory_lru_and_ttl() -> None:
@@ -23,6 +56,19 @@ async def test_memory_lru_and_ttl() -> None:
     assert await cache.get("d") is None
 
 
+async def test_max_age_and_older_entries() -> None:
+    wall = [100.0]
+    backend = MemoryCache(4)
+    cache = ResponseCache(CompletionSettings.default().cache, backend, clock=lambda: wall[0])
+    await cache.set("k", {"v": 1}, None)
+    wall[0] = 110.0
+    assert await cache.get("k", 10) == {"v": 1} and await cache.get("k") == {"v": 1}
+    assert await cache.get("k", 9.5) is None  # stored 10 s ago: too old for this caller
+    await backend.set("old", b'{"id": "x", "choices": []}', None)  # a bare completion
+    assert await cache.get("old") is None
+    assert (cache.hits, cache.misses) == (2, 2)
+
+
 def test_key_ignores_routing_keys_and_order() -> None:
     s = CompletionSettings.default().cache
     cache = ResponseCache(s, MemoryCache(4))
@@ -32,17 +78,98 @@ def test_key_ignores_routing_keys_and_order() -> None:
     assert a == b and a.startswith("scillm:completion:default:")
     assert cache.key("m", {"temperature": 1}, None) != cache.key("m", {"temperature": 0}, None)
     assert cache.key("m", {}, "ns").startswith("scillm:completion:ns:")
+    assert cache.key("m", {}, None, stream=True).startswith("scillm:completion-stream:")
 
 
-def test_replay_and_assemble_round_trip() -> None:
-    call = {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    message = {"role": "assistant", "content": "hi", "tool_calls": [call]}
-    response: dict[str, Any] = {"id": "x", "created": 1, "model": "m", "usage": None,
-                                "choices": [{"index": 0, "finish_reason": "tool_calls",
-                                             "message": message}]}
-    back = assemble(replay(response), None)
-    assert back["choices"][0]["message"] == {**response["choices"][0]["message"]}
-    assert back["choices"][0]["finish_reason"] == "tool_calls"
+def test_assemble() -> None:
+    base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "h"},
+                                    "finish_reason": None}]},
+              {**base, "choices": [{"index": 0, "delta": {"content": "i", "tool_calls": [
+                  {"index": 0, "id": "t", "function": {"name": "f", "arguments": "{}"}}]},
+                  "finish_reason": "tool_calls"}]}]
+    whole = assemble(chunks, None)
+    message = whole["choices"][0]["message"]
+    assert message["content"] == "hi" and message["tool_calls"][0]["function"]["name"] == "f"
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_the_cache_is_off_unless_configured(upstream: Upstream,
+                                                  make_engine: EngineFactory) -> None:
+    """As in LiteLLM: no `litellm_settings.cache`, no cache, whatever a request asks."""
+    assert CompletionSettings.default().cache.enabled is False
+    assert CompletionSettings.from_mapping({"model_list": [{"model_name": "a"}]}
+                                           ).cache.enabled is False
+    engine = CompletionEngine(CompletionSettings.from_mapping(upstream_config(upstream)))
+    await engine.start()
+    try:
+        for opts in ({}, {"enabled": True}):
+            done = await engine.complete({"model": "m", "messages": MSG,
+                                          "scillm": {"cache": opts}})
+            assert not done.cache_hit and not done.cache_lookup
+        assert upstream.calls("up") == 2 and engine.cache_stats() is None
+    finally:
+        await engine.close()
+
+
+async def test_a_stream_is_answered_only_by_a_stream(upstream: Upstream,
+                                                     make_engine: EngineFactory) -> None:
+    """A unary reply never comes back as a stream of one chunk: a stream after the same
+    unary request goes upstream, and a stream after a stream replays its chunks as they
+    came."""
+    upstream.plan("up", reply("one"), reply("two words here"), reply("three"))
+    engine = await make_engine(upstream_config(upstream, cache=True))
+    assert text_of(await engine.complete({"model": "m", "messages": MSG})) == "one"
+    first, end = await streamed(engine, {"model": "m", "messages": MSG})
+    assert not end.cache_hit and end.cache_lookup
+    contents = [c["choices"][0]["delta"].get("content") for c in first if c["choices"]]
+    assert contents == ["", "two", " words", " here", None]
+    again, end = await streamed(engine, {"model": "m", "messages": MSG})
+    assert end.cache_hit and again == first and end.usage == {
+        "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    done = await engine.complete({"model": "m", "messages": MSG})
+    assert done.cache_hit and text_of(done) == "one"
+    assert upstream.calls("up") == 2
+    stats = engine.cache_stats()
+    assert stats is not None and (stats.hits, stats.misses, stats.stores) == (2, 2, 2)
+
+
+async def test_per_request_controls(upstream: Upstream, make_engine: EngineFactory) -> None:
+    upstream.plan("up", *(reply(f"r{i}") for i in range(1, 8)))
+    engine = await make_engine(upstream_config(upstream, cache=True))
+
+    async def ask(**cache: Any) -> tuple[str, bool]:
+        done = await engine.complete({"model": "m", "messages": MSG,
+                                      "scillm": {"cache": cache}})
+        return text_of(done), done.cache_hit
+
+    assert await ask(no_store=True) == ("r1", False)
+    assert await ask() == ("r2", False)
+    assert await ask(max_age_s=3600) == ("r2", True)
+    assert await ask(bypass=True) == ("r3", False)  # no lookup, but stored
+    assert await ask() == ("r3", True)
+    assert await ask(bypass=True, no_store=True) == ("r4", False)
+    assert await ask(enabled=False) == ("r5", False)  # the cache left out entirely
+    assert await ask(namespace="n2") == ("r6", False)
+    assert await ask() == ("r3", True)
+    assert await ask(namespace="n2") == ("r6", True)
+
+
+async def test_default_off_mode_caches_only_opted_in_calls(upstream: Upstream,
+                                                           make_engine: EngineFactory) -> None:
+    upstream.plan("up", *(reply(f"r{i}") for i in range(1, 8)))
+    engine = await make_engine(upstream_config(upstream, cache=True,
+                                               cache_params={"mode": "default_off"}))
+    plain = {"model": "m", "messages": MSG}
+    opted = {**plain, "scillm": {"cache": {"enabled": True}}}
+    assert text_of(await engine.complete(plain)) == "r1"
+    assert text_of(await engine.complete(opted)) == "r2"
+    assert text_of(await engine.complete(plain)) == "r3"
+    done = await engine.complete(opted)
+    assert done.cache_hit and text_of(done) == "r2"
+    with pytest.raises(InvalidRequest, match="mode"):
+        CompletionSettings.from_mapping({**upstream_config(upstream, cache=True,
+                                                           cache_params={"mode": "sometimes"})})
 
 
 async def test_redis_cache_end_to_end(redis_port: int, upstream: Upstream,
@@ -54,13 +181,77 @@ async def test_redis_cache_end_to_end(redis_port: int, upstream: Upstream,
             "namespace": f"t{upstream.url[-5:]}"}}}
     engine = await make_engine(cfg)
     request = {"model": "gpt", "messages": [{"role": "user", "content": "cache me"}]}
-    first = [e async for e in engine.stream(request)]
-    assert isinstance(first[-1], StreamEnd) and not first[-1].cache_hit
+    first, end = await streamed(engine, request)
+    assert not end.cache_hit
+    replayed, end = await streamed(engine, request)
+    assert end.cache_hit and replayed == first
+    once = await engine.complete(request)
     again = await engine.complete(request)
-    assert again.cache_hit and again.response["choices"][0]["message"]["content"] == "cache me"
-    replayed = [e async for e in engine.stream(request)]
-    assert isinstance(replayed[-1], StreamEnd) and replayed[-1].cache_hit
-    assert any(isinstance(e, StreamChunk) for e in replayed)
-    assert upstream.calls("a") == 1
+    assert not once.cache_hit and again.cache_hit
+    assert text_of(again) == "cache me"
+    assert upstream.calls("a") == 2
     stats = engine.cache_stats()
     assert stats is not None and stats.backend == "redis" and stats.hits == 2
+
+
+async def test_through_the_openai_door(tmp_path: Path, upstream: Upstream) -> None:
+    """The real openai SDK against meshes: without `cache: true` every call goes upstream
+    (even one asking `caching: true`); with it, LiteLLM's per-request controls work, and
+    a stream after the same unary call is streamed, not the unary reply in one chunk."""
+    upstream.plan("up", *(reply(text) for text in (
+        "one", "two words here", "three", "four", "five", "six", "seven")))
+    upstream.plan("plain", reply("p1"), reply("p2"), reply("p3"))
+    meshes = []
+    for name, extra in (("cached", {"cache": True}), ("plain", {})):
+        config = tmp_path / f"{name}.yaml"
+        model = "up" if extra else "plain"
+        config.write_text(json.dumps({"model_list": [{"model_name": "m", "litellm_params": {
+            "model": f"openai/{model}", "api_base": f"{upstream.url}/v1", "api_key": "x"}}],
+            "litellm_settings": extra}))
+        (tmp_path / name).mkdir()
+        meshes.append(start_mesh(mesh_settings(tmp_path / name, config_path=config,
+                                               services=("completion",))))
+    cached, plain = meshes
+    try:
+        async def ask(mesh: RunningMesh, **extra: Any) -> str:
+            sdk = openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key="x",
+                                     max_retries=0)
+            async with sdk:
+                reply_ = await sdk.chat.completions.create(model="m", messages=MSG,
+                                                           extra_body=extra or None)
+            return str(reply_.choices[0].message.content)
+
+        async def stream(mesh: RunningMesh) -> list[str]:
+            sdk = openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key="x",
+                                     max_retries=0)
+            async with sdk:
+                chunks = await sdk.chat.completions.create(model="m", messages=MSG,
+                                                           stream=True)
+                return [c.choices[0].delta.content or "" async for c in chunks if c.choices]
+
+        assert [await ask(plain), await ask(plain, caching=True), await ask(plain)] == [
+            "p1", "p2", "p3"]
+        assert await ask(cached) == "one"
+        assert await ask(cached) == "one"
+        first = await stream(cached)
+        assert "".join(first) == "two words here" and len([c for c in first if c]) == 3
+        assert await stream(cached) == first  # replayed chunk by chunk
+        assert await ask(cached, cache={"no-cache": True}) == "three"  # looked past, stored
+        assert await ask(cached) == "three"
+        assert await ask(cached, cache={"no-cache": True, "no-store": True}) == "four"
+        assert await ask(cached, caching=False) == "five"
+        assert await ask(cached, cache={"namespace": "other", "ttl": 600}) == "six"
+        assert await ask(cached, cache={"s-maxage": 3600}) == "three"
+        assert await ask(cached, cache={"namespace": "other"}) == "six"
+        with pytest.raises(openai.BadRequestError, match="no-cahce"):
+            await ask(cached, cache={"no-cahce": True})
+        assert upstream.calls("up") == 6
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"{cached.http_url}/metrics")).text
+        # 12 calls: 5 lookups hit and 3 missed; no-cache (twice) and caching: false look
+        # up nothing, and the refused request never reached the cache.
+        assert 'scillm_cache_events_total{result="hit"} 5.0' in metrics
+        assert 'scillm_cache_events_total{result="miss"} 3.0' in metrics
+    finally:
+        for mesh in meshes:
+            mesh.stop()

@@ -115,3 +115,14 @@ def test_full_jitter_backoff() -> None:
                                               (400, False), (404, False)])
 def test_retryable_statuses(status: int | None, expected: bool) -> None:
     assert is_retryable(UpstreamError("x", status=status)) is expected
+
+
+def test_pick_passes_over_tried_deployments_while_another_is_ready() -> None:
+    t = FakeTime()
+    r = router("simple-shuffle", {"weight": 9}, {"weight": 1}, clock=t, cooldown_time=10)
+    group = r.group("m")
+    a, b = group.deployments
+    assert all(r.pick(group, [a]) is b for _ in range(50))
+    assert r.untried_ready(group, [a]) and not r.untried_ready(group, [a, b])
+    b.cooldown_until = t.now + 5  # the untried one cools down: a tried one is better than none
+    assert r.pick(group, [a]) is a and not r.untried_ready(group, [a])

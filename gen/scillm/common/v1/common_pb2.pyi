@@ -179,6 +179,7 @@ class RunManifest(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Unique identifier of the run."""
     request_id: _builtins.str
@@ -197,6 +198,10 @@ class RunManifest(_message.Message):
     """Model name as requested."""
     isolation: _builtins.str
     """Isolation level of sandboxed work ("bubblewrap", "rlimits", ...), empty when none ran."""
+    trace_id: _builtins.str
+    """OpenTelemetry trace id (32 lowercase hex digits) of the call that made the run, so a
+    run can be found in the trace backend; empty when tracing was off.
+    """
     @_builtins.property
     def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Identifiers of the items the run processed (obligations, tasks, ...)."""
@@ -239,10 +244,11 @@ class RunManifest(_message.Message):
         versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         isolation: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "duration", b"duration", "end_time", b"end_time", "isolation", b"isolation", "item_ids", b"item_ids", "labels", b"labels", "model", b"model", "provider", b"provider", "request_id", b"request_id", "run_id", b"run_id", "service", b"service", "session_id", b"session_id", "start_time", b"start_time", "track", b"track", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "duration", b"duration", "end_time", b"end_time", "isolation", b"isolation", "item_ids", b"item_ids", "labels", b"labels", "model", b"model", "provider", b"provider", "request_id", b"request_id", "run_id", b"run_id", "service", b"service", "session_id", b"session_id", "start_time", b"start_time", "trace_id", b"trace_id", "track", b"track", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -534,7 +534,10 @@ Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
 
 @_typing.final
 class CacheOptions(_message.Message):
-    """CacheOptions controls the response cache for one call."""
+    """CacheOptions controls the response cache for one call (LiteLLM's per-request `cache`
+    controls). They take effect only where the configuration has a cache
+    (`litellm_settings: {cache: true}`); without one nothing is cached.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -542,15 +545,28 @@ class CacheOptions(_message.Message):
     NO_STORE_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
     bypass: _builtins.bool
-    """Skip the cache lookup (the response is still stored unless no_store)."""
+    """Skip the cache lookup (the response is still stored unless no_store); LiteLLM's
+    `no-cache`.
+    """
     no_store: _builtins.bool
-    """Do not store the response."""
+    """Do not store the response; LiteLLM's `no-store`."""
     namespace: _builtins.str
     """Cache namespace; entries in different namespaces never match."""
+    enabled: _builtins.bool
+    """Use the cache for this call: true opts in where the cache is configured
+    `mode: default_off`, false leaves it out entirely (no lookup, nothing stored); unset
+    follows the configuration. LiteLLM's `caching` and `cache: {use-cache: ...}`.
+    """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """Time to live of the stored entry; the configured default when unset."""
+        """Time to live of the stored entry; the configured default when unset. LiteLLM's `ttl`."""
+
+    @_builtins.property
+    def max_age(self) -> _duration_pb2.Duration:
+        """Accept only a stored entry at most this old; any age when unset. LiteLLM's `s-maxage`."""
 
     def __init__(
         self,
@@ -559,12 +575,16 @@ class CacheOptions(_message.Message):
         no_store: _builtins.bool = ...,
         ttl: _duration_pb2.Duration | None = ...,
         namespace: _builtins.str = ...,
+        max_age: _duration_pb2.Duration | None = ...,
+        enabled: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "max_age", b"max_age", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass", b"bypass", "namespace", b"namespace", "no_store", b"no_store", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "bypass", b"bypass", "enabled", b"enabled", "max_age", b"max_age", "namespace", b"namespace", "no_store", b"no_store", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
 
 Global___CacheOptions: _TypeAlias = CacheOptions  # noqa: Y015
 

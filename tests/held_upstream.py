@@ -1,0 +1,139 @@
+"""An OpenAI-compatible upstream on 127.0.0.1:0 (its own thread and loop) that holds its
+answers until the test releases them, so a test can act while calls are surely in flight.
+
+It echoes the last user message. A non-streamed request waits at the gate, then gets its
+`chat.completion`. A streamed request gets its first chunk at once, then waits at the
+gate, then gets the rest (one chunk per word), the usage and `[DONE]`. `arrived(n)` waits
+until n requests have reached the gate since the last `hold()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+_BASE = {"id": "held-1", "object": "chat.completion.chunk", "created": 1}
+
+
+def _text(request: dict[str, Any]) -> str:
+    for message in reversed(request.get("messages") or []):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return ""
+
+
+def _event(data: str) -> bytes:
+    raw = f"data: {data}\n\n".encode()
+    return f"{len(raw):x}\r\n".encode() + raw + b"\r\n"
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    return json.dumps({**_BASE, "model": model, "choices": [
+        {"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+class HeldUpstream:
+    """Answers wait at a gate: open after `start()`, closed by `hold()`, opened by
+    `release()`. `requests` counts every request received."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+        self._gate = asyncio.Event()
+        self._waiting = threading.Condition()
+        self._at_gate = 0
+        self.requests = 0
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> HeldUpstream:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.release()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def hold(self) -> None:
+        """Close the gate: answers wait until `release()`; the arrival count restarts."""
+        with self._waiting:
+            self._at_gate = 0
+        asyncio.run_coroutine_threadsafe(self._set_gate(False), self._loop).result(10)
+
+    def release(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._set_gate(True), self._loop).result(10)
+
+    def arrived(self, count: int, timeout: float = 60.0) -> bool:
+        """Block until `count` requests reached the gate since `hold()`; False on timeout."""
+        with self._waiting:
+            return self._waiting.wait_for(lambda: self._at_gate >= count, timeout)
+
+    async def _set_gate(self, is_open: bool) -> None:
+        if is_open:
+            self._gate.set()
+        else:
+            self._gate.clear()
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def _at_the_gate(self) -> None:
+        with self._waiting:
+            self._at_gate += 1
+            self._waiting.notify_all()
+        await self._gate.wait()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                request = json.loads(await reader.readexactly(length))
+                self.requests += 1
+                if request.get("stream"):
+                    await self._stream(request, writer)
+                else:
+                    await self._at_the_gate()
+                    text, model = _text(request), str(request.get("model", ""))
+                    body = json.dumps({
+                        "id": "held-1", "object": "chat.completion", "created": 1,
+                        "model": model, "choices": [{"index": 0, "finish_reason": "stop",
+                                                     "message": {"role": "assistant",
+                                                                 "content": text}}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                  "total_tokens": 2}}).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
+                                 + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _stream(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        model, words = str(request.get("model", "")), _text(request).split()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        writer.write(_event(_chunk(model, {"role": "assistant", "content": words[0]})))
+        await writer.drain()
+        await self._at_the_gate()
+        for word in words[1:]:
+            writer.write(_event(_chunk(model, {"content": " " + word})))
+        writer.write(_event(_chunk(model, {}, "stop")))
+        writer.write(_event(json.dumps({**_BASE, "model": model, "choices": [], "usage": {
+            "prompt_tokens": 1, "completion_tokens": len(words),
+            "total_tokens": 1 + len(words)}})))
+        writer.write(_event("[DONE]") + b"0\r\n\r\n")
