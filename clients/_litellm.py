@@ -1,5 +1,6 @@
-"""LiteLLM-style functions for people migrating: `completion`, `acompletion`,
-`parallel_acompletions`. They talk to a running mesh and return OpenAI-shaped dicts.
+"""LiteLLM-style functions for people migrating: `completion`, `acompletion` (and, in
+`_batch`, `parallel_acompletions`). They talk to a running mesh and return OpenAI-shaped
+dicts.
 
 The mesh address is `target=`, else `$SCILLM_TARGET`, else 127.0.0.1:50051.
 """
@@ -14,18 +15,16 @@ from typing import Any
 from . import openai_wire
 from ._client import ScillmClient
 
-__all__ = ["acompletion", "completion", "parallel_acompletions"]
+__all__ = ["acompletion", "completion", "default_target"]
 
 
-def _target(target: str | None) -> str:
+def default_target(target: str | None) -> str:
+    """`target`, else `$SCILLM_TARGET`, else 127.0.0.1:50051."""
     return target or os.environ.get("SCILLM_TARGET", "127.0.0.1:50051")
 
 
 def _with_extras(body: dict[str, Any], routing: Any, json_valid: bool | None) -> dict[str, Any]:
-    body["scillm"] = {"routing": {
-        "deployment": routing.deployment, "provider": routing.provider,
-        "fallback_used": routing.fallback_used, "attempts": routing.attempts,
-        "cache_hit": routing.cache_hit}}
+    body["scillm"] = {"routing": openai_wire.routing_from_proto(routing)}
     if json_valid is not None:
         body["scillm"]["json_valid"] = json_valid
     return body
@@ -39,7 +38,8 @@ async def _stream_dicts(client: ScillmClient, body: Mapping[str, Any], owned: bo
                 yield openai_wire.chunk_from_proto(event.chunk)
             else:
                 yield {"id": event.end.id, "object": "chat.completion.chunk", "choices": [],
-                       "usage": openai_wire.usage_from_proto(event.end.usage)}
+                       "usage": openai_wire.usage_from_proto(event.end.usage),
+                       "scillm": {"routing": openai_wire.routing_from_proto(event.end.routing)}}
     finally:
         if owned:
             await client.close()
@@ -52,7 +52,7 @@ async def acompletion(model: str, messages: Sequence[Mapping[str, Any]], *,
     """One chat completion as OpenAI's dict, or an async iterator of chunk dicts."""
     body = {"model": model, "messages": list(messages), **params}
     owned = client is None
-    active = client or ScillmClient(_target(target))
+    active = client or ScillmClient(default_target(target))
     if stream:
         return _stream_dicts(active, body, owned)
     try:
@@ -72,40 +72,3 @@ def completion(model: str, messages: Sequence[Mapping[str, Any]], *,
     result: dict[str, Any] = asyncio.run(
         acompletion(model, messages, target=target, timeout=timeout, **params))
     return result
-
-
-async def parallel_acompletions(requests: Sequence[Mapping[str, Any]], *,
-                                concurrency: int = 8, preserve_order: bool = True,
-                                return_exceptions: bool = True, target: str | None = None,
-                                timeout: float = 600.0) -> list[Any]:
-    """Fan out many requests (each OpenAI's request dict) over one channel.
-
-    With preserve_order the results line up with `requests`, else they come in
-    completion order. With return_exceptions a failure is returned in its slot
-    instead of raised.
-    """
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
-    gate = asyncio.Semaphore(concurrency)
-    async with ScillmClient(_target(target)) as client:
-        async def one(body: Mapping[str, Any]) -> Any:
-            async with gate:
-                req = dict(body)
-                return await acompletion(req.pop("model"), req.pop("messages"), client=client,
-                                         timeout=timeout, **req)
-        tasks = [asyncio.ensure_future(one(r)) for r in requests]
-        if preserve_order:
-            return list(await asyncio.gather(*tasks, return_exceptions=return_exceptions))
-        out: list[Any] = []
-        try:
-            for fut in asyncio.as_completed(tasks):
-                try:
-                    out.append(await fut)
-                except Exception as exc:
-                    if not return_exceptions:
-                        raise
-                    out.append(exc)
-        finally:
-            for t in tasks:
-                t.cancel()
-        return out

@@ -2,15 +2,21 @@
 
     ScillmError
      ├── InvalidRequestError   a request refused before it was sent (names the parameter)
-     └── RPCError              a call that failed on the server (carries the gRPC status code,
-                               the message and the request id)
+     ├── RPCError              a call that failed on the server (carries the gRPC status code,
+     │                         the message and the request id)
+     ├── BudgetExceeded        a batch's budget ran out before the request was sent
+     ├── ModelNotAvailable     preflight: no served model matches the name (suggestions)
+     └── ModelListError        preflight: the model list could not be fetched
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
-__all__ = ["InvalidRequestError", "RPCError", "ScillmError"]
+__all__ = ["BudgetExceeded", "InvalidRequestError", "ModelListError", "ModelNotAvailable",
+           "RPCError", "ScillmError"]
 
 
 class ScillmError(Exception):
@@ -82,3 +88,23 @@ class RPCError(ScillmError):
         return cls(err.code(), err.details() or "", request_id=request_id or
                    info.get("request_id", ""), reason=reason, info=info, param=param,
                    retry_after_s=retry)
+
+
+class BudgetExceeded(ScillmError):
+    """A batch's budget was spent before this request was sent, so it never was."""
+
+
+class ModelNotAvailable(ScillmError):
+    """No model the mesh serves matches `model`; `suggestions` are close names, and
+    `candidates` the names it matched equally well when it was ambiguous."""
+
+    def __init__(self, message: str, *, model: str, suggestions: Sequence[str] = (),
+                 candidates: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.model = model
+        self.suggestions = list(suggestions)
+        self.candidates = list(candidates)
+
+
+class ModelListError(ScillmError):
+    """The model list (`GET /v1/models`) could not be fetched."""

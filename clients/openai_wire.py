@@ -32,6 +32,7 @@ __all__ = [
     "request_to_proto",
     "response_from_proto",
     "response_to_proto",
+    "routing_from_proto",
     "usage_from_proto",
     "usage_to_proto",
 ]
@@ -693,6 +694,31 @@ def chunk_from_proto(chunk: pb.CompletionChunk) -> dict[str, Any]:
         choices.append(entry)
     return {"id": chunk.id, "object": "chat.completion.chunk", "created": chunk.created,
             "model": chunk.model, "choices": choices}
+
+
+def _ms(duration: Any) -> float:
+    return float(duration.seconds * 1000 + duration.nanos / 1e6)
+
+
+def routing_from_proto(r: pb.Routing) -> dict[str, Any]:
+    """A `Routing` record as the JSON the HTTP door returns under `scillm.routing`
+    (durations in milliseconds; `retry_stats` only when the provider reported them)."""
+    out: dict[str, Any] = {
+        "deployment": r.deployment, "provider": r.provider, "fallback_used": r.fallback_used,
+        "fallback_model": r.fallback_model, "attempts": r.attempts,
+        "total_sleep_ms": _ms(r.total_sleep),
+        "last_retry_after_ms": _ms(r.last_retry_after) if r.HasField("last_retry_after")
+        else None,
+        "strategy": r.strategy, "cache_hit": r.cache_hit}
+    if r.HasField("retry_stats"):
+        s = r.retry_stats
+        out["retry_stats"] = {
+            "attempts": s.attempts, "failures": s.failures,
+            "total_sleep_ms": _ms(s.total_sleep), "final_status": s.final_status,
+            "first_failure_status": s.first_failure_status
+            if s.HasField("first_failure_status") else None,
+            "statuses": list(s.statuses)}
+    return out
 
 
 def json_dumps(value: Any) -> str:

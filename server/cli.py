@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .commands.codex_sidecar import add_arguments as add_sidecar_arguments
 from .commands.doctor import add_arguments as add_doctor_arguments
 from .settings import DOORS, SERVICES, Settings
 
@@ -96,6 +97,12 @@ def _doctor(args: argparse.Namespace) -> int:
     from .commands.doctor import run_doctor
 
     return run_doctor(args)
+
+
+def _codex_sidecar(args: argparse.Namespace) -> int:
+    from .commands.codex_sidecar import run_sidecar
+
+    return run_sidecar(args)
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -247,6 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "unknown --expect name.")
     add_doctor_arguments(doctor)
     doctor.set_defaults(func=_doctor)
+
+    sidecar = sub.add_parser(
+        "codex-sidecar",
+        help="serve a Codex sidecar: an OpenAI-compatible HTTP server in front of the Codex "
+             "CLI, for codex-agent/<model>",
+        description="Serve GET /healthz, GET /v1/models (with capabilities.chat) and POST "
+                    "/v1/chat/completions (JSON, or SSE with \"stream\": true) in this "
+                    "process until SIGTERM/SIGINT. Modes: echo (the last user message back), "
+                    "forward (to another OpenAI-compatible base; X-Codex-Force-Local: 1 runs "
+                    "the CLI instead when --codex-bin is given), cli (`codex exec --json` per "
+                    "request: reasoning as reasoning_content, the last agent message as "
+                    "content; a concurrency cap, a timeout that kills the run's process "
+                    "group, a retry on transient exit codes, 401 when the CLI has no "
+                    "credentials). Point the mesh at it with CODEX_AGENT_API_BASE or a "
+                    "deployment's api_base. Exit 2 on bad flags or a missing CLI.")
+    add_sidecar_arguments(sidecar)
+    sidecar.set_defaults(func=_codex_sidecar)
     return parser
 
 

@@ -11,14 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
 class ScriptedUpstream:
-    """Serve `replies` (assistant message dicts) one per request, cycling at the end."""
+    """Serve `replies` (assistant message dicts) one per request, cycling at the end.
 
-    def __init__(self, replies: list[dict[str, Any]]) -> None:
+    A request for which `hold(request)` is true is answered only after `release()`.
+    """
+
+    def __init__(self, replies: list[dict[str, Any]],
+                 hold: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.replies = replies
+        self.hold = hold
+        self._released = asyncio.Event()
         self.requests: list[dict[str, Any]] = []
         self._index = 0
         self._loop = asyncio.new_event_loop()
@@ -37,6 +44,10 @@ class ScriptedUpstream:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    def release(self) -> None:
+        """Answer the held requests, and hold no more."""
+        self._loop.call_soon_threadsafe(self._released.set)
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -53,6 +64,8 @@ class ScriptedUpstream:
                         length = int(line.split(b":", 1)[1])
                 request = json.loads(await reader.readexactly(length))
                 self.requests.append(request)
+                if self.hold is not None and self.hold(request):
+                    await self._released.wait()
                 message = self.replies[self._index % len(self.replies)]
                 self._index += 1
                 finish = "tool_calls" if message.get("tool_calls") else "stop"

@@ -204,14 +204,8 @@ def _duration_ms(d: Any) -> float:
 
 
 def _extras(resp: pb.CompletionResponse) -> dict[str, Any]:
-    r = resp.routing
     extra: dict[str, Any] = {
-        "routing": {"deployment": r.deployment, "provider": r.provider,
-                    "fallback_used": r.fallback_used, "fallback_model": r.fallback_model,
-                    "attempts": r.attempts, "total_sleep_ms": _duration_ms(r.total_sleep),
-                    "last_retry_after_ms": (_duration_ms(r.last_retry_after)
-                                            if r.HasField("last_retry_after") else None),
-                    "strategy": r.strategy, "cache_hit": r.cache_hit},
+        "routing": openai_wire.routing_from_proto(resp.routing),
         "run_id": resp.manifest.run_id,
     }
     if resp.HasField("json_valid"):
@@ -392,7 +386,9 @@ class _Shim:
                     end = event.end
                     yield {"id": end.id, "object": "chat.completion.chunk",
                            "created": int(time.time()), "model": end.manifest.model,
-                           "choices": [], "usage": openai_wire.usage_from_proto(end.usage)}
+                           "choices": [], "usage": openai_wire.usage_from_proto(end.usage),
+                           "scillm": {"routing": openai_wire.routing_from_proto(end.routing),
+                                      "run_id": end.manifest.run_id}}
                 event = await anext(events, None)
         finally:
             await events.aclose()  # type: ignore[attr-defined]

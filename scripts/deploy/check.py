@@ -263,7 +263,7 @@ def check_compose(names: dict[str, str]) -> None:
                             f"no service serving {svc}")
             if not any(str(p).endswith(":4000") for p in s.get("ports") or []):
                 problem(where, f"{name}: the shim should publish its HTTP port 4000")
-        if set(serves) & {"codeworld", "agent"}:
+        if set(serves) & {"prove", "codeworld", "agent"}:
             opts = set(s.get("security_opt") or [])
             if not {"seccomp=unconfined", "apparmor=unconfined"} <= opts:
                 problem(where, f"{name}: the bubblewrap sandbox needs seccomp/apparmor "

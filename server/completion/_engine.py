@@ -242,7 +242,7 @@ class CompletionEngine:
                 dep = state.settings
                 provider = self._provider(dep.provider)
                 timeout = opts.timeout_s or dep.timeout_s or rs.timeout_s
-                pcall = ProviderCall(dep, group.upstream_model(dep), body, timeout)
+                pcall = ProviderCall(dep, group.upstream_model(dep), body, timeout, routing)
                 routing.attempts += 1
                 routing.deployment, routing.provider = dep.id, provider.name
                 self._router.begin(state)
@@ -366,6 +366,10 @@ def _make_provider(kind: str, transport: httpx.AsyncBaseTransport | None) -> Pro
         from ._local import LocalProvider
 
         return LocalProvider()
+    if kind == "codex-agent":
+        from ._codex_agent import CodexAgentProvider
+
+        return CodexAgentProvider(transport)
     from ._litellm import LiteLLMProvider
 
     return LiteLLMProvider(kind)

@@ -143,7 +143,7 @@ def error_from_response(response: httpx.Response, call: ProviderCall,
     message = _error_message(text)
     where = f"{call.deployment.id}: HTTP {status}: {message}"
     if status in (401, 403):
-        return AuthenticationError(where)
+        return AuthenticationError(where, status=status)
     if status == 429:
         return RateLimited(where, status=status, retry_after_s=retry_after, body=text)
     if status == 408:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._settings import DeploymentSettings
+from ._types import Routing
 
 __all__ = ["Provider", "ProviderCall", "completion_id", "text_of"]
 
@@ -17,13 +18,16 @@ class ProviderCall:
     """One upstream call: the deployment, the upstream model name and the request body.
 
     `body` is the caller's OpenAI request without `model`, `stream` and `scillm`; it is
-    shared, never mutated (providers copy the top level when they change it).
+    shared, never mutated (providers copy the top level when they change it). `routing`
+    is the request's routing record, for a provider that reports more about its call
+    (codex-agent's `retry_stats`).
     """
 
     deployment: DeploymentSettings
     model: str
     body: dict[str, Any]
     timeout_s: float
+    routing: Routing | None = None
 
 
 class Provider(Protocol):

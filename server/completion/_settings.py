@@ -34,6 +34,7 @@ import yaml
 from .errors import InvalidRequest
 
 __all__ = [
+    "CODEX_AGENT_BASE_ENV",
     "STRATEGIES",
     "CacheSettings",
     "CompletionSettings",
@@ -44,6 +45,8 @@ __all__ = [
 
 STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
 _ENV_PREFIX = "os.environ/"
+#: Where a `codex-agent/...` deployment without `api_base` finds its Codex sidecar.
+CODEX_AGENT_BASE_ENV = "CODEX_AGENT_API_BASE"
 _DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
@@ -135,15 +138,21 @@ class CompletionSettings:
     ignored_keys: tuple[str, ...] = ()
 
     @classmethod
-    def default(cls) -> CompletionSettings:
-        """The embedded default: `echo/*` for tests and a lazily loaded `local/gemma`."""
-        return cls.from_mapping({"model_list": [
+    def default(cls, environ: Mapping[str, str] | None = None) -> CompletionSettings:
+        """The embedded default: `echo/*` for tests and a lazily loaded `local/gemma`;
+        `codex-agent/*` too when `CODEX_AGENT_API_BASE` names a Codex sidecar."""
+        env = os.environ if environ is None else environ
+        models: list[dict[str, Any]] = [
             {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}},
             # A base model rarely stops by itself: without max_tokens it writes until this
             # cap (about 10 s at 50 tokens/s), unless the caller's max_tokens says otherwise.
             {"model_name": "local/gemma", "litellm_params": {"model": "local/gemma3-270m",
                                                              "max_tokens": 512}},
-        ]})
+        ]
+        if env.get(CODEX_AGENT_BASE_ENV):
+            models.append({"model_name": "codex-agent/*",
+                           "litellm_params": {"model": "codex-agent/*"}})
+        return cls.from_mapping({"model_list": models}, env)
 
     @classmethod
     def from_yaml(cls, path: str | Path,
@@ -189,6 +198,8 @@ def _secret(value: Any, env: Mapping[str, str]) -> Secret | None:
 
 _PARAMS = {"model", "api_base", "base_url", "api_key", "rpm", "tpm", "weight", "timeout",
            "stream_timeout", "extra_headers", "headers", "max_tokens", "custom_llm_provider"}
+#: Parameters only a `codex-agent/...` deployment reads.
+_CODEX_PARAMS = {"force_local"}
 
 
 def _deployment(entry: Any, index: int, env: Mapping[str, str],
@@ -200,14 +211,22 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
     custom = params.get("custom_llm_provider")
     if custom and not model.startswith(f"{custom}/"):
         model = f"{custom}/{model}"
-    ignored.extend(f"model_list[{index}].litellm_params.{k}" for k in params if k not in _PARAMS)
     api_base = _resolve(params.get("api_base") or params.get("base_url"), env)
     dep = DeploymentSettings(model_name=str(entry["model_name"]), model=model, id="")
+    known = _PARAMS | _CODEX_PARAMS if dep.provider == "codex-agent" else _PARAMS
+    ignored.extend(f"model_list[{index}].litellm_params.{k}" for k in params if k not in known)
     key = _secret(params.get("api_key"), env)
     if key is None and api_base is None and dep.provider in _DEFAULT_KEY_ENV:
         name = _DEFAULT_KEY_ENV[dep.provider]
         key = Secret(env.get(name), name)
-    headers = params.get("extra_headers") or params.get("headers") or {}
+    headers = dict(params.get("extra_headers") or params.get("headers") or {})
+    if dep.provider == "codex-agent":  # a Codex sidecar: its base and switches from env too
+        api_base = api_base or env.get(CODEX_AGENT_BASE_ENV)
+        if key is None and env.get("CODEX_AGENT_API_KEY"):
+            key = Secret(env["CODEX_AGENT_API_KEY"], "CODEX_AGENT_API_KEY")
+        force = _resolve(params.get("force_local", env.get("CODEX_AGENT_FORCE_LOCAL")), env)
+        if str(force).lower() in ("1", "true", "yes", "on"):
+            headers["X-Codex-Force-Local"] = "1"
     info = entry.get("model_info") or {}
     dep_id = str(info.get("id") or f"{dep.model_name}#{index}")
     timeout = _resolve(params.get("timeout"), env)
@@ -217,7 +236,7 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         rpm=_int(_resolve(params.get("rpm"), env)), tpm=_int(_resolve(params.get("tpm"), env)),
         weight=float(_resolve(params.get("weight"), env) or 1.0),
         timeout_s=float(timeout) if timeout is not None else None,
-        headers=tuple((str(k), str(_resolve(v, env))) for k, v in dict(headers).items()),
+        headers=tuple((str(k), str(_resolve(v, env))) for k, v in headers.items()),
         max_tokens_default=_int(params.get("max_tokens")),
     )
 

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CacheStats", "Completed", "Routing", "StreamChunk", "StreamEnd", "StreamEvent"]
+__all__ = ["CacheStats", "Completed", "RetryStats", "Routing", "StreamChunk", "StreamEnd",
+           "StreamEvent"]
+
+
+@dataclass
+class RetryStats:
+    """The HTTP requests one provider call made, for providers that retry on their own.
+
+    `statuses` holds each request's HTTP status in order, 0 for a transport error;
+    `first_failure_status` is None when no request failed.
+    """
+
+    attempts: int = 0
+    failures: int = 0
+    total_sleep_s: float = 0.0
+    final_status: int = 0
+    first_failure_status: int | None = None
+    statuses: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -16,7 +33,9 @@ class Routing:
     (`echo`, `openai`, `anthropic`, `local`, `litellm`, or `cache`). `fallback_model`
     is the model name that answered when `fallback_used`, else "". `attempts` counts
     upstream calls (retries included), `total_sleep_s` the backoff slept, and
-    `last_retry_after_s` the last Retry-After the upstream sent.
+    `last_retry_after_s` the last Retry-After the upstream sent. `retry_stats` is set by
+    a provider that retries inside its own call (codex-agent), for the call that
+    answered or failed last.
     """
 
     deployment: str = ""
@@ -29,6 +48,7 @@ class Routing:
     strategy: str = ""
     #: Seconds spent waiting on upstream calls (retry sleeps excluded), for the overhead.
     upstream_s: float = 0.0
+    retry_stats: RetryStats | None = None
 
 
 @dataclass

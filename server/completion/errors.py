@@ -6,7 +6,7 @@ One hierarchy; servicers map each class to a canonical status code::
     ├── InvalidRequest(param)            the request itself is malformed
     ├── ModelNotFound(model, suggestions)
     │                                    no deployment serves that model name
-    ├── AuthenticationError              the upstream refused our credentials (401/403)
+    ├── AuthenticationError(status)      the upstream refused our credentials (401/403)
     ├── ProviderUnavailable              the provider cannot run here: a missing extra
     │                                    (`scillm[litellm]`, `scillm[local]`) or API key
     └── UpstreamError(status, retry_after_s, body)
@@ -62,7 +62,11 @@ class ModelNotFound(CompletionError):
 
 
 class AuthenticationError(CompletionError):
-    """The upstream rejected the configured credentials."""
+    """The upstream rejected the configured credentials; `status` is its HTTP status."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ProviderUnavailable(CompletionError):

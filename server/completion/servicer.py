@@ -72,6 +72,12 @@ def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) ->
     if routing.last_retry_after_s is not None:
         out.last_retry_after.FromNanoseconds(int(routing.last_retry_after_s * 1e9))
     out.overhead.FromNanoseconds(int(max(overhead_s, 0.0) * 1e9))
+    stats = routing.retry_stats
+    if stats is not None:
+        out.retry_stats.CopyFrom(pb.RetryStats(
+            attempts=stats.attempts, failures=stats.failures, final_status=stats.final_status,
+            first_failure_status=stats.first_failure_status, statuses=stats.statuses))
+        out.retry_stats.total_sleep.FromNanoseconds(int(stats.total_sleep_s * 1e9))
     return out
 
 
@@ -96,6 +102,9 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
             m.child(m.cache, "hit" if cache_hit else "miss").inc()
         if routing.attempts > 1:
             m.child(m.retries, model).inc(routing.attempts - 1)
+        stats = routing.retry_stats  # a provider's own retries (codex-agent)
+        if stats is not None and stats.attempts > 1:
+            m.child(m.retries, model).inc(stats.attempts - 1)
 
     async def Completion(self, request: pb.CompletionRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:

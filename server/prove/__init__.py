@@ -16,14 +16,19 @@ Domain code only: nothing here knows gRPC or HTTP. The servicer builds one engin
 `run_batch` validates eagerly and raises the typed errors of `errors` (each naming its
 item); prover outcomes are verdicts (`Verdict`), never exceptions. Backends:
 
-* `smt` – Z3 (`z3 -in`, warm): the statement is a goal term whose negation must be
-  unsat, or a refutation script (see `_smtlib`); sat gives a counterexample model.
-* `coq` – Coq (`coqtop`, warm; `coqc` to locate errors): PROVED only when the file
-  loads and `Print Assumptions <theorem>` is closed (no axiom, admit, Admitted).
-* `lean4` – `lean --json` per item: PROVED only without error or `sorry`.
+* `smt` – Z3 (`z3 -in`, warm): a preamble of declarations, definitions and assertions and
+  one goal term (see `_smtlib`); unsat of the negated goal proves it, sat gives a
+  counterexample model; a proof that holds only because the preamble is inconsistent is
+  marked `vacuous`.
+* `coq` – Coq (`coqtop`, warm; `coqc` to locate errors): PROVED only when the file loads
+  whole, every declaration is closed under the global context, and the stated theorem has
+  the stated type (see `_coq`, `_coqworker`).
+* `lean4` – `lean --json` per item: no error or `sorry`, only Lean's foundational axioms
+  in every declaration's `#print axioms`, the stated type checked (see `_lean`).
 
-Every prover runs in a child process under RLIMIT_AS, killed at its wall-clock limit
-(TIMEOUT), on cancellation, or with the engine; a killed warm worker is replaced.
+Every prover runs in the jail (`scillm.server.jail`: bubblewrap, an unprivileged uid,
+rlimits), killed at its wall-clock limit (TIMEOUT), on cancellation, or with the engine;
+a killed warm worker is replaced.
 """
 
 from __future__ import annotations

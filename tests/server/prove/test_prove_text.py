@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scillm.server.prove import CheckOutcome, MemoryCache, Obligation, Verdict, cache_key
-from scillm.server.prove._coq import assumptions, is_closed
+from scillm.server.prove._coq import assumptions
 from scillm.server.prove._coqtext import (
     blank,
     compose,
@@ -14,6 +14,7 @@ from scillm.server.prove._coqtext import (
     sentences,
     stated_theorem,
 )
+from scillm.server.prove._coqworker import is_closed
 from scillm.server.prove._leantext import audit, parse_axioms_reply, refused
 from scillm.server.prove._leantext import declarations as lean_declarations
 from scillm.server.prove._smtlib import pose, top_level

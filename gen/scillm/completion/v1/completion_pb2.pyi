@@ -969,6 +969,7 @@ class Routing(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     OVERHEAD_FIELD_NUMBER: _builtins.int
+    RETRY_STATS_FIELD_NUMBER: _builtins.int
     deployment: _builtins.str
     """Deployment that answered (model name and index, never a secret)."""
     provider: _builtins.str
@@ -995,6 +996,12 @@ class Routing(_message.Message):
     def overhead(self) -> _duration_pb2.Duration:
         """Time the mesh itself added, upstream time excluded."""
 
+    @_builtins.property
+    def retry_stats(self) -> Global___RetryStats:
+        """A provider's own retries inside the upstream call that answered (or failed last);
+        set by providers that retry on their own (`codex-agent/...`), unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -1008,14 +1015,70 @@ class Routing(_message.Message):
         strategy: _builtins.str = ...,
         cache_hit: _builtins.bool = ...,
         overhead: _duration_pb2.Duration | None = ...,
+        retry_stats: Global___RetryStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_retry_after", b"last_retry_after", "overhead", b"overhead", "total_sleep", b"total_sleep"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_retry_after", b"last_retry_after", "overhead", b"overhead", "retry_stats", b"retry_stats", "total_sleep", b"total_sleep"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "deployment", b"deployment", "fallback_model", b"fallback_model", "fallback_used", b"fallback_used", "last_retry_after", b"last_retry_after", "overhead", b"overhead", "provider", b"provider", "strategy", b"strategy", "total_sleep", b"total_sleep"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "deployment", b"deployment", "fallback_model", b"fallback_model", "fallback_used", b"fallback_used", "last_retry_after", b"last_retry_after", "overhead", b"overhead", "provider", b"provider", "retry_stats", b"retry_stats", "strategy", b"strategy", "total_sleep", b"total_sleep"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Routing: _TypeAlias = Routing  # noqa: Y015
+
+@_typing.final
+class RetryStats(_message.Message):
+    """RetryStats records the HTTP requests one provider call made to its upstream: the
+    codex-agent provider retries 5xx answers and transport errors itself (429 is left to
+    the router), with full-jitter backoff.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    TOTAL_SLEEP_FIELD_NUMBER: _builtins.int
+    FINAL_STATUS_FIELD_NUMBER: _builtins.int
+    FIRST_FAILURE_STATUS_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    attempts: _builtins.int
+    """HTTP requests made, the first included."""
+    failures: _builtins.int
+    """Requests that did not answer: an error status or a transport error. Only 5xx
+    statuses and transport errors are retried.
+    """
+    final_status: _builtins.int
+    """HTTP status of the last request (200 for an answer); 0 when it failed in transport."""
+    first_failure_status: _builtins.int
+    """HTTP status of the first failed request (0: a transport error); unset when none
+    failed.
+    """
+    @_builtins.property
+    def total_sleep(self) -> _duration_pb2.Duration:
+        """Time slept between requests."""
+
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """HTTP status of each request in order; 0 for a transport error."""
+
+    def __init__(
+        self,
+        *,
+        attempts: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        total_sleep: _duration_pb2.Duration | None = ...,
+        final_status: _builtins.int = ...,
+        first_failure_status: _builtins.int | None = ...,
+        statuses: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_failure_status", b"_first_failure_status", "first_failure_status", b"first_failure_status", "total_sleep", b"total_sleep"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_failure_status", b"_first_failure_status", "attempts", b"attempts", "failures", b"failures", "final_status", b"final_status", "first_failure_status", b"first_failure_status", "statuses", b"statuses", "total_sleep", b"total_sleep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_failure_status: _TypeAlias = _typing.Literal["first_failure_status"]  # noqa: Y015
+    _WhichOneofArgType__first_failure_status: _TypeAlias = _typing.Literal["_first_failure_status", b"_first_failure_status"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_failure_status) -> _WhichOneofReturnType__first_failure_status | None: ...
+
+Global___RetryStats: _TypeAlias = RetryStats  # noqa: Y015
 
 @_typing.final
 class CompletionResponse(_message.Message):
