@@ -219,7 +219,8 @@ def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
         await engine.start()
         return True
 
-    servicer = CodeWorldServicer(engine, _store(settings, shared), shared.get("metrics"))
+    servicer = CodeWorldServicer(engine, _store(settings, shared), shared.get("metrics"),
+                                 default_model=settings.codeworld_model)
     return ServiceParts(
         "codeworld", SERVICE_NAMES["codeworld"],
         lambda server: codeworld_pb2_grpc.add_CodeWorldServiceServicer_to_server(
@@ -259,7 +260,9 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
         if own_sandbox:
             await sandbox.close()
 
-    servicer = AgentServicer(engine, _store(settings, shared))
+    # JSONL run traces (AgentConfig.trace) live beside the run store.
+    servicer = AgentServicer(engine, _store(settings, shared),
+                             trace_dir=settings.store_path.parent / "agent-traces")
     return ServiceParts(
         "agent", SERVICE_NAMES["agent"],
         lambda server: agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server),

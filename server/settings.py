@@ -66,6 +66,8 @@ class Settings:
     keys_target: str = ""
     #: Completion model that formalizes natural-language requirements for Prove.
     prove_model: str = ""
+    #: Completion model that writes CodeWorld's MCTS variants when a request names none.
+    codeworld_model: str = ""
     #: Streams one key may have open at once (virtual keys and the master key alike, when
     #: keys are on); 0 = no limit. Over it: RESOURCE_EXHAUSTED (HTTP 429).
     max_streams_per_key: int = 64

@@ -4,10 +4,12 @@
     GET  /v1/models             configured model names
     GET  /healthz               the process is up
     GET  /readyz                every served service is SERVING (asks gRPC health)
+    GET  /ready                 the same, in the seed's shape ({"ok": ...})
     GET  /metrics               Prometheus metrics of the mesh
     GET  /openapi.json          this interface as an OpenAPI 3.1 document
-    POST /agent/run             the seed's agent envelope
-    POST /bridge/complete       the seed's {messages, items, provider, options} envelope
+    POST /agent/run             the agent envelope (ours, or the seed's agent app's)
+    POST /bridge/complete       the {messages, items, provider, options} envelope (the
+                                seed's own fields answered in its shape: seed/envelope.py)
     POST /key/generate, GET /key/info, POST /key/delete   virtual keys (LiteLLM's shape)
     /ui/...                     the runs UI, when the mesh passes one (scillm.bridges.ui)
 
@@ -46,8 +48,9 @@ from scillm.clients import ScillmClient, openai_wire
 from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
+from ..seed import envelope
 from ..seed import keys as keys_seed
-from . import runs, sse
+from . import runs, seed_doors, sse
 from .errors import error_body, from_exception
 from .openapi import OPENAPI
 
@@ -286,34 +289,32 @@ class _Shim:
             "scillm": payload})
 
     async def agent_run(self, request: Request) -> Response:
-        """The seed's `POST /agent/run` envelope; the final event as JSON."""
+        """`POST /agent/run`: ours or the seed's agent envelope, answered in kind."""
         request_id: str = request.scope["state"]["request_id"]
         try:
             body = await self._json_body(request)
-            run = runs.route(self.client, {**body, "model": f"agent/{body.get('model', '')}"},
-                             request_id, _credentials(request))
-            assert run is not None
-            _, payload = await run.collect()
+            reply = await seed_doors.agent_run(self.client, body, request.headers, request_id,
+                                               _credentials(request))
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
             return _error(exc)
-        return JSONResponse(payload["result"])
+        return JSONResponse(reply)
 
     async def bridge_complete(self, request: Request) -> Response:
         """The seed's `POST /bridge/complete` envelope: {messages, items, provider, options}.
 
-        The model picks the service; without one, items with strategies go to CodeWorld
-        and other items to Certainly (Prove).
+        The model (or `provider.name`) picks the service; without one, items with
+        strategies go to CodeWorld and other items to Certainly (Prove). A seed-shaped
+        request gets the seed's reply (see seed/envelope.py), others a chat.completion.
         """
         request_id: str = request.scope["state"]["request_id"]
         try:
             body = await self._json_body(request)
-            if not body.get("model"):
-                args = ((body.get("provider") or {}).get("args") or {}) \
-                    if isinstance(body.get("provider"), dict) else {}
-                body["model"] = "codeworld" if (args.get("strategies")
-                                                or body.get("strategies")) else "certainly"
+            if envelope.is_seed_bridge(body, request.headers):
+                return JSONResponse(await seed_doors.bridge_complete(
+                    self.client, body, request_id, _credentials(request)))
+            body["model"] = envelope.service_model(body)
             run = runs.route(self.client, body, request_id, _credentials(request))
             if run is None:
                 raise InvalidRequestError(
@@ -406,6 +407,17 @@ class _Shim:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        ready, statuses = await self._readiness()
+        return JSONResponse({"ready": ready, "services": statuses},
+                            status_code=200 if ready else 503)
+
+    async def ready(self, request: Request) -> Response:
+        """The seed's readiness probe: `{"ok": ...}`, 503 when not ready."""
+        ready, statuses = await self._readiness()
+        return JSONResponse({"ok": ready, "services": statuses},
+                            status_code=200 if ready else 503)
+
+    async def _readiness(self) -> tuple[bool, dict[str, str]]:
         statuses: dict[str, str] = {}
         for service, name in _SERVICES.items():
             try:
@@ -417,8 +429,7 @@ class _Shim:
                     continue  # not served by this mesh
                 statuses[name] = err.code().name
         ready = bool(statuses) and all(s == "SERVING" for s in statuses.values())
-        return JSONResponse({"ready": ready, "services": statuses},
-                            status_code=200 if ready else 503)
+        return ready, statuses
 
 
 class _TooLarge(Exception):
@@ -454,6 +465,7 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/key/delete", shim.key_delete, methods=["POST"]),
         Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
+        Route("/ready", shim.ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/readyz", shim.readyz, methods=["GET"]),

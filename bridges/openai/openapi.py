@@ -337,6 +337,17 @@ OPENAPI: dict[str, Any] = {
                 }, ("ready", "services")), text)
                 for status, text in (("200", "ready"), ("503", "not ready"))},
         }},
+        "/ready": {"get": {
+            "operationId": "ready", "security": [{}],
+            "summary": "/readyz in the seed agent app's shape ({\"ok\": ...})",
+            "responses": {
+                status: _json(_object({
+                    "ok": {"type": "boolean"},
+                    "services": {"type": "object",
+                                 "additionalProperties": {"type": "string"}},
+                }, ("ok", "services")), text)
+                for status, text in (("200", "ready"), ("503", "not ready"))},
+        }},
         "/metrics": {"get": {
             "operationId": "metrics", "security": [{}], "summary": "Prometheus metrics",
             "responses": {"200": {"description": "text exposition format",
@@ -345,7 +356,9 @@ OPENAPI: dict[str, Any] = {
         }},
         "/agent/run": {"post": {
             "operationId": "agentRun",
-            "summary": "The seed's agent envelope; answers the agent's final event",
+            "summary": "The agent envelope; answers the final event (AgentFinal as JSON), or "
+                       "the seed agent app's reply {ok, final_answer, stopped_reason, "
+                       "messages, metrics} to the seed's envelope",
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": _JSON_OBJECT}}},
             "responses": {"200": _json(_JSON_OBJECT, "the final event"),
@@ -358,9 +371,16 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": _JSON_OBJECT}}},
             "responses": {
-                "200": {"description": "the run's outcome as a chat.completion",
+                "200": {"description": "the run's outcome as a chat.completion; a "
+                                       "seed-shaped request (provider.name, a legacy field, "
+                                       "or x-scillm-envelope: seed) gets the seed bridge's "
+                                       "reply",
                         "headers": _REQUEST_ID_HEADER,
-                        "content": {"application/json": {"schema": _ref("ChatCompletion")},
+                        "content": {"application/json": {"schema": {"anyOf": [
+                            _ref("ChatCompletion"), _object({
+                                "summary": _JSON_OBJECT, "results": {"type": "array"},
+                                "run_manifest": _JSON_OBJECT, "duration_ms": {"type": "number"},
+                            }, ("summary", "results", "run_manifest", "duration_ms"))]}},
                                     "text/event-stream": _SSE}},
                 **_errors(*_CALL_ERRORS)},
         }},

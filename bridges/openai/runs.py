@@ -78,16 +78,21 @@ class RoutedRun:
         finally:
             await self.events.aclose()  # type: ignore[attr-defined]
 
-    async def collect(self) -> tuple[str, dict[str, Any]]:
-        """Run to the end; the reply text and the structured result."""
-        seen: list[dict[str, Any]] = []
+    async def outcome(self) -> tuple[Any, list[tuple[str, Any]]]:
+        """Run to the end; the terminal message and the (kind, message) events before it."""
+        seen: list[tuple[str, Any]] = []
         async with aclosing(self._until_terminal()) as events:
             async for kind, body in events:
                 if kind == self.terminal:
-                    return self.text(body), {"service": self.service,
-                                             "result": _to_dict(body), "events": seen}
-                seen.append({kind: _to_dict(body)})
+                    return body, seen
+                seen.append((kind, body))
         raise RuntimeError(f"{self.service} stream ended without its {self.terminal} event")
+
+    async def collect(self) -> tuple[str, dict[str, Any]]:
+        """Run to the end; the reply text and the structured result."""
+        terminal, seen = await self.outcome()
+        return self.text(terminal), {"service": self.service, "result": _to_dict(terminal),
+                                     "events": [{kind: _to_dict(body)} for kind, body in seen]}
 
     async def chunks(self, completion_id: str) -> AsyncIterator[dict[str, Any]]:
         """OpenAI chunks: one per event (in `scillm.event`), then the outcome text."""
@@ -137,6 +142,7 @@ class Route:
 def _codeworld(client: ScillmClient, body: Mapping[str, Any], model: str, request_id: str,
                metadata: Metadata) -> AsyncIterator[Any]:
     return client.codeworld.run(codeworld_seed.request_from_envelope(body),
+                                timeout=codeworld_seed.call_timeout(body) or 3600.0,
                                 request_id=request_id, metadata=metadata)
 
 

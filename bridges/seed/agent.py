@@ -1,11 +1,31 @@
-"""The seed's agent envelope <-> AgentRunRequest.
+"""The agent envelopes <-> AgentRunRequest, and the seed's reply.
 
-Accepted by `POST /agent/run`, and by `/v1/chat/completions` with an `agent/<model>` name:
+Ours, accepted by `POST /agent/run` and by `/v1/chat/completions` with an `agent/<model>`
+name:
 
     {"messages": [...], "model": "<completion model>", "max_iterations": 8,
-     "max_total_seconds": 60, "enable_repair": true, "use_tools": true,
-     "languages"?: ["python"], "mcp_servers"?: ["name"], "seed"?: 7, "temperature"?: 0,
-     "response_format"?: {...}, "reasoning_effort"?: "low", "auto_run_code"?: false}
+     "max_total_seconds": 60, "max_total_tokens"?: 20000, "enable_repair": true,
+     "use_tools": true, "languages"?: ["python"], "mcp_servers"?: ["name"], "seed"?: 7,
+     "temperature"?: 0, "response_format"?: {...}, "reasoning_effort"?: "low",
+     "auto_run_code"?: false,
+     "escalation_model"?: "gpt-4o", "escalation_iterations"?: 3,
+     "max_history_messages"?: 50, "max_history_chars"?: 64000,
+     "shell_allowlist"?: ["git status"], "shell_presets"?: ["python"],
+     "http_tool_servers"?: ["lab"], "http_tool_headers"?: {...}, "trace"?: true,
+     "scillm"?: {"session_id", "track"}}
+
+The seed's agent app (`POST /agent/run`, see `envelope.is_seed_agent`):
+
+    {"messages": [...], "model": "...", "tool_backend": "local" | "http" | "echo",
+     "tool_http_base_url"?: "http://127.0.0.1:8788", "tool_http_headers"?: {...},
+     "use_tools"?: false, "auto_run_code_on_code_block"?: false, "max_iterations"?: 3,
+     "max_total_seconds"?: 60, "escalate_on_budget_exceeded"?: false,
+     "escalate_model"?: "...", "enable_repair"?: true}
+
+answered `{ok, final_answer, stopped_reason, messages, metrics: {iterations, ttotal_ms,
+escalated, used_model}}`. `local` offers the sandboxed Python tool and `run_shell` allowing
+`echo`; `http` the tools of the configured HTTP tool server at `tool_http_base_url`;
+`echo` one model turn without tools.
 """
 
 from __future__ import annotations
@@ -17,7 +37,11 @@ from scillm.agent.v1 import agent_pb2 as pb
 from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 
-__all__ = ["request_from_envelope"]
+__all__ = ["request_from_envelope", "request_from_seed", "seed_reply"]
+
+_STOPPED = {pb.STOP_REASON_SUCCESS: "success", pb.STOP_REASON_BUDGET: "budget",
+            pb.STOP_REASON_MAX_ITERATIONS: "max_iterations", pb.STOP_REASON_ERROR: "error"}
+_BACKENDS = ("local", "http", "echo")
 
 
 def _int(body: Mapping[str, Any], key: str) -> int | None:
@@ -29,8 +53,22 @@ def _int(body: Mapping[str, Any], key: str) -> int | None:
     return int(value)
 
 
-def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
-    """An AgentRunRequest driving `model` (see the module docstring)."""
+def _strings(body: Mapping[str, Any], key: str) -> list[str]:
+    value = body.get(key) or []
+    if not isinstance(value, list):
+        raise InvalidRequestError(f"'{key}' must be an array", param=key)
+    return [str(x) for x in value]
+
+
+def _headers(body: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = body.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError(f"'{key}' must be an object of header: value", param=key)
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
+    """Messages, model, budgets and sampling: what both envelopes share."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
@@ -50,23 +88,88 @@ def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunReq
             raise InvalidRequestError("'max_total_seconds' must be a positive number",
                                       param="max_total_seconds")
         c.max_total_time.FromNanoseconds(int(seconds * 1e9))
-    c.max_total_tokens = _int(body, "max_total_tokens") or 0
     for key in ("enable_repair", "use_tools"):
-        if key in body:
+        if body.get(key) is not None:
             setattr(c, key, bool(body[key]))
-    c.auto_run_code = bool(body.get("auto_run_code", False))
-    c.languages.extend(str(x) for x in body.get("languages") or [])
-    c.mcp_servers.extend(str(x) for x in body.get("mcp_servers") or [])
     if probe.HasField("response_format"):
         c.response_format.CopyFrom(probe.response_format)
-    if body.get("reasoning_effort"):
-        c.reasoning_effort = str(body["reasoning_effort"])
     if probe.HasField("seed"):
         c.seed = probe.seed
     if probe.HasField("temperature"):
         c.temperature = probe.temperature
+    return req
+
+
+def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
+    """An AgentRunRequest driving `model` from our envelope (see the module docstring)."""
+    req = _base(body, model)
+    c = req.config
+    c.max_total_tokens = _int(body, "max_total_tokens") or 0
+    c.auto_run_code = bool(body.get("auto_run_code", False))
+    c.languages.extend(_strings(body, "languages"))
+    c.mcp_servers.extend(_strings(body, "mcp_servers"))
+    if body.get("reasoning_effort"):
+        c.reasoning_effort = str(body["reasoning_effort"])
+    c.escalation_model = str(body.get("escalation_model") or "")
+    c.escalation_iterations = _int(body, "escalation_iterations") or 0
+    c.max_history_messages = _int(body, "max_history_messages") or 0
+    c.max_history_chars = _int(body, "max_history_chars") or 0
+    c.shell_allowlist.extend(_strings(body, "shell_allowlist"))
+    c.shell_presets.extend(_strings(body, "shell_presets"))
+    c.http_tool_servers.extend(_strings(body, "http_tool_servers"))
+    c.http_tool_headers.update(_headers(body, "http_tool_headers"))
+    c.trace = bool(body.get("trace", False))
     scillm = body.get("scillm") or {}
     if isinstance(scillm, Mapping):
         req.context.session_id = str(scillm.get("session_id", ""))
         req.context.track = str(scillm.get("track", ""))
     return req
+
+
+def request_from_seed(body: Mapping[str, Any]) -> pb.AgentRunRequest:
+    """An AgentRunRequest from the seed's agent envelope (see the module docstring)."""
+    backend = str(body.get("tool_backend") or "local").strip().lower()
+    if backend not in _BACKENDS:
+        raise InvalidRequestError(f"tool_backend {backend!r}: choose from "
+                                  f"{', '.join(_BACKENDS)}", param="tool_backend")
+    req = _base({"max_iterations": 3, **body}, str(body.get("model") or ""))
+    c = req.config
+    c.use_tools = bool(body.get("use_tools")) or backend == "http"
+    c.auto_run_code = bool(body.get("auto_run_code_on_code_block", False))
+    if backend == "local":
+        c.languages.append("python")
+        c.shell_allowlist.append("echo")
+    elif backend == "http":
+        url = body.get("tool_http_base_url")
+        if not isinstance(url, str) or not url:
+            raise InvalidRequestError("tool_http_base_url is required with tool_backend http",
+                                      param="tool_http_base_url")
+        c.http_tool_servers.append(url)
+        c.http_tool_headers.update(_headers(body, "tool_http_headers"))
+    else:
+        c.use_tools = False
+        c.max_iterations = 1
+    if body.get("escalate_on_budget_exceeded") and body.get("escalate_model"):
+        c.escalation_model = str(body["escalate_model"])
+    return req
+
+
+def seed_reply(final: pb.AgentFinal, duration_ms: float) -> dict[str, Any]:
+    """The seed agent app's reply to a run (`final_answer` only on success, as it did)."""
+    success = final.stop_reason == pb.STOP_REASON_SUCCESS
+    reply: dict[str, Any] = {
+        "ok": final.stop_reason != pb.STOP_REASON_ERROR,
+        "final_answer": final.answer if success else None,
+        "stopped_reason": _STOPPED.get(final.stop_reason, "error"),
+        "messages": [openai_wire.message_from_proto(m) for m in final.transcript],
+        "metrics": {"iterations": final.metrics.iterations, "ttotal_ms": round(duration_ms, 3),
+                    "escalated": final.metrics.escalated,
+                    "used_model": final.metrics.used_model or final.manifest.model},
+        "run_id": final.manifest.run_id,
+    }
+    if final.error:
+        reply["error"] = final.error
+    if final.trace_path:
+        reply["trace_path"] = final.trace_path
+    return reply
+

@@ -8,11 +8,18 @@ or through `/bridge/complete`:
      "items": [{"item_id"?, "requirement_text"?, "statement"?, "proof"?, "preamble"?,
                 "imports"?: [...], "backend"?: "smt" | "coq" | "lean4",
                 "context"?: {...}, "metadata"?: {...}}],
-     "lean4_requirements"?: ["requirement text", ...],    # legacy: items of text only
      "options": {"session_id", "track_id", "max_seconds", "model", "max_attempts",
-                 "no_cache"}}
+                 "no_cache"},
+     # the seed's legacy fields
+     "lean4_requirements"?: [{"requirement_text", "context"?, "metadata"?} | "text"],
+     "lean4_flags"?: ["--deterministic", "--no-llm"],
+     "max_seconds"?: 180}
 
 `no_cache: true` checks every item again instead of answering from the verdict cache.
+`lean4_requirements` are items of requirement text (`requirement` is accepted for
+`requirement_text`); `--deterministic` formalizes at temperature 0, `--no-llm` refuses to
+formalize (an item without a statement is then an error). `max_seconds` at the top level
+is `options.max_seconds`: each item's time limit.
 """
 
 from __future__ import annotations
@@ -25,10 +32,24 @@ from google.protobuf import json_format
 from scillm.clients.errors import InvalidRequestError
 from scillm.prove.v1 import prove_pb2 as pb
 
-__all__ = ["BACKENDS", "request_from_envelope", "summary_text"]
+__all__ = ["BACKENDS", "LEAN4_FLAGS", "request_from_envelope", "summary_text"]
 
 BACKENDS = {"smt": pb.BACKEND_SMT, "z3": pb.BACKEND_SMT, "coq": pb.BACKEND_COQ,
             "lean4": pb.BACKEND_LEAN4, "lean": pb.BACKEND_LEAN4}
+#: The seed's Lean CLI flags that mean something here.
+LEAN4_FLAGS = ("--deterministic", "--no-llm")
+
+
+def _flags(body: Mapping[str, Any]) -> set[str]:
+    flags = body.get("lean4_flags") or []
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise InvalidRequestError("'lean4_flags' must be an array of strings",
+                                  param="lean4_flags")
+    unknown = [f for f in flags if f not in LEAN4_FLAGS]
+    if unknown:
+        raise InvalidRequestError(f"lean4_flags {unknown} are not supported; supported: "
+                                  f"{', '.join(LEAN4_FLAGS)}", param="lean4_flags")
+    return set(flags)
 
 
 def _backend(name: Any, param: str) -> int:
@@ -51,7 +72,8 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
         req.default_backend = _backend(rest or None, "model")  # type: ignore[assignment]
     items = body.get("items")
     if items is None:
-        items = [{"requirement_text": str(t)} for t in body.get("lean4_requirements") or []]
+        items = body.get("lean4_requirements")
+    flags = _flags(body)
     if not isinstance(items, list) or not items:
         raise InvalidRequestError("'items' (or 'lean4_requirements') must be a non-empty array",
                                   param="items")
@@ -62,7 +84,7 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
             raise InvalidRequestError(f"items[{i}] must be an object", param=f"items[{i}]")
         o = req.items.add(
             item_id=str(item.get("item_id") or item.get("id") or f"item-{i}"),
-            requirement_text=str(item.get("requirement_text") or ""),
+            requirement_text=str(item.get("requirement_text") or item.get("requirement") or ""),
             statement=str(item.get("statement") or ""), proof=str(item.get("proof") or ""),
             preamble=str(item.get("preamble") or ""),
             imports=[str(x) for x in item.get("imports") or []],
@@ -70,13 +92,19 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
             metadata={str(k): str(v) for k, v in (item.get("metadata") or {}).items()})
         if isinstance(item.get("context"), Mapping):
             json_format.ParseDict(item["context"], o.context)
+        if "--no-llm" in flags and not (o.statement or o.proof):
+            raise InvalidRequestError(f"items[{i}] has no statement to check, and lean4_flags "
+                                      "--no-llm forbids formalizing its requirement",
+                                      param=f"items[{i}].statement")
     options = body.get("options") or {}
     if not isinstance(options, Mapping):
         raise InvalidRequestError("'options' must be an object", param="options")
-    if options.get("max_seconds") is not None:
-        seconds = options["max_seconds"]
+    if "--deterministic" in flags:
+        req.formalize.temperature = 0.0
+    seconds = options.get("max_seconds", body.get("max_seconds"))
+    if seconds is not None:
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-            raise InvalidRequestError("'options.max_seconds' must be a positive number",
+            raise InvalidRequestError("'max_seconds' must be a positive number",
                                       param="options.max_seconds")
         req.limits.timeout.FromNanoseconds(int(seconds * 1e9))
     if options.get("model"):

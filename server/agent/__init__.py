@@ -1,4 +1,6 @@
-"""The Agent domain: a deterministic tool-use loop with sandboxed code tools and MCP tools.
+"""The Agent domain: a deterministic tool-use loop with sandboxed code and shell tools, MCP
+tools and HTTP tools; escalation to a stronger model, history pruning, JSON mode with one
+repair round, and JSONL run traces.
 
 Plain typed Python; knows nothing of gRPC or HTTP. Typical use::
 
@@ -15,6 +17,8 @@ and returning a `chat.completion` dict. Errors are in `scillm.server.agent.error
 from ._code import PROFILES, CodeExecutor, CodeOutcome, LanguageProfile, check_bash
 from ._engine import AgentEngine
 from ._history import estimate_tokens, prune_history
+from ._http_tools import retry_after_seconds
+from ._json_mode import json_problem
 from ._loop import CompleteFn
 from ._records import (
     AgentEvent,
@@ -34,21 +38,35 @@ from ._records import (
 from ._replay import Difference, ReplayReport, StoredRun, replay
 from ._sandbox import SandboxExecutor
 from ._scripted import ScriptedModel
-from ._settings import DEFAULT_BASH_ALLOWLIST, AgentSettings, McpServerConfig, RunConfig
+from ._settings import (
+    DEFAULT_BASH_ALLOWLIST,
+    DEFAULT_GIVE_UP_MARKERS,
+    AgentSettings,
+    HttpToolServerConfig,
+    McpServerConfig,
+    RunConfig,
+)
+from ._shell import SHELL_PRESETS, CommandExecutor, check_command, shell_prefixes
 from ._toolchains import Toolchain, find_toolchains
 from ._tools import Tool, ToolOutput
+from ._trace import JsonlTrace
 
 __all__ = [
     "DEFAULT_BASH_ALLOWLIST",
+    "DEFAULT_GIVE_UP_MARKERS",
     "PROFILES",
+    "SHELL_PRESETS",
     "AgentEngine",
     "AgentEvent",
     "AgentSettings",
     "CodeExecutor",
     "CodeOutcome",
+    "CommandExecutor",
     "CompleteFn",
     "Difference",
     "FinalEvent",
+    "HttpToolServerConfig",
+    "JsonlTrace",
     "LanguageProfile",
     "McpServerConfig",
     "Message",
@@ -71,8 +89,12 @@ __all__ = [
     "Toolchain",
     "Usage",
     "check_bash",
+    "check_command",
     "estimate_tokens",
     "find_toolchains",
+    "json_problem",
     "prune_history",
     "replay",
+    "retry_after_seconds",
+    "shell_prefixes",
 ]

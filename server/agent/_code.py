@@ -192,7 +192,9 @@ class CodeTool:
         except Exception as exc:  # the executor's own failure, reported to the model
             raise ToolExecutionError(f"{self.name}: the sandbox failed: "
                                      f"{type(exc).__name__}: {exc}", tool=self.name) from exc
-        return ToolOutput(format_outcome(outcome), is_error=not outcome.ok)
+        return ToolOutput(format_outcome(outcome), is_error=not outcome.ok,
+                          exit_code=outcome.exit_code, stdout=outcome.stdout,
+                          stderr=outcome.stderr)
 
 
 def format_outcome(outcome: CodeOutcome) -> str:

@@ -8,12 +8,19 @@ LiteLLM's config has a top-level `mcp_servers` mapping; SciLLM reads it as is:
         args: ["server.py"]
       search:
         url: http://127.0.0.1:8000/mcp     # streamable HTTP transport
+    http_tool_servers:            # the seed's HTTP tool protocol (GET /tools, POST /invoke)
+      lab:                        # tools are offered as lab__<tool>
+        url: http://127.0.0.1:8791
+        headers: {authorization: os.environ/LAB_TOKEN}   # os.environ/NAME: read at start-up
     agent_settings:               # optional: AgentSettings fields (max_iterations, ...)
       max_iterations: 8
+      escalation_model: gpt-4o
+      shell_presets: [python]
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ._settings import AgentSettings, McpServerConfig
+from ._settings import TUPLE_SETTINGS, AgentSettings, HttpToolServerConfig, McpServerConfig
 from .errors import AgentConfigError
 
 __all__ = ["agent_settings_from_file"]
@@ -44,9 +51,28 @@ def _server(name: str, entry: Any) -> McpServerConfig:
     return server
 
 
+def _http_server(name: str, entry: Any) -> HttpToolServerConfig:
+    param = f"http_tool_servers.{name}"
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("url"), str):
+        raise AgentConfigError(f"{param} must be a mapping with a url", param=param)
+    headers = entry.get("headers") or {}
+    if not isinstance(headers, Mapping):
+        raise AgentConfigError(f"{param}.headers must be a mapping", param=param)
+    resolved: dict[str, str] = {}
+    for key, value in headers.items():
+        text = str(value)
+        if text.startswith("os.environ/"):
+            text = os.environ.get(text.removeprefix("os.environ/"), "")
+        resolved[str(key)] = text
+    server = HttpToolServerConfig(name=name, url=entry["url"], headers=resolved)
+    server.validate()
+    return server
+
+
 def agent_settings_from_file(path: Path | None, base: AgentSettings | None = None,
                              ) -> AgentSettings:
-    """AgentSettings with `mcp_servers` and `agent_settings` taken from the YAML at `path`."""
+    """AgentSettings with `mcp_servers`, `http_tool_servers` and `agent_settings` taken
+    from the YAML at `path`."""
     settings = base or AgentSettings()
     if path is None:
         return settings
@@ -57,10 +83,16 @@ def agent_settings_from_file(path: Path | None, base: AgentSettings | None = Non
     if not isinstance(servers, Mapping):
         raise AgentConfigError("mcp_servers must be a mapping of name to server",
                                param="mcp_servers")
+    http = data.get("http_tool_servers") or {}
+    if not isinstance(http, Mapping):
+        raise AgentConfigError("http_tool_servers must be a mapping of name to server",
+                               param="http_tool_servers")
     values: dict[str, Any] = dict(data.get("agent_settings") or {})
     if servers:
         values["mcp_servers"] = tuple(_server(str(n), e) for n, e in servers.items())
-    for key in ("languages", "bash_allowlist"):
+    if http:
+        values["http_tool_servers"] = tuple(_http_server(str(n), e) for n, e in http.items())
+    for key in TUPLE_SETTINGS:
         if key in values:
             values[key] = tuple(values[key])
     try:

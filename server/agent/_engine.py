@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any
 
 from ._code import PROFILES, CodeExecutor, CodeTool
+from ._http_tools import HttpToolServer
 from ._loop import CompleteFn, LoopContext, run_events, step_events
 from ._mcp import McpConnection
 from ._records import AgentEvent, FinalEvent, Message, RunResult, StepResult
 from ._settings import AgentSettings, RunConfig, resolve
+from ._shell import CommandExecutor, ShellTool
 from ._tools import Tool, Toolbox
 from .errors import AgentConfigError, CodeExecutorUnavailableError, McpServerError
 
@@ -22,12 +26,14 @@ log = logging.getLogger("scillm.agent")
 
 
 class AgentEngine:
-    """Runs the agent loop with code tools (through `executor`) and MCP tools.
+    """Runs the agent loop with code tools and the shell tool (through `executor`), MCP
+    tools and HTTP tools.
 
     `start()` validates the settings and connects the MCP servers (an unreachable one
     raises McpUnavailableError when `mcp_required`, else it is skipped and listed in
-    `mcp_errors`); `close()` disconnects them. `step()` and `run()` may be called
-    concurrently; each takes a `RunConfig` narrowing the settings.
+    `mcp_errors`); `close()` disconnects them. HTTP tool servers are listed when a run or
+    step starts (HttpToolServerError when one cannot be). `step()` and `run()` may be
+    called concurrently; each takes a `RunConfig` narrowing the settings.
     """
 
     def __init__(self, settings: AgentSettings, complete: CompleteFn,
@@ -38,6 +44,7 @@ class AgentEngine:
         self._connections: dict[str, McpConnection] = {}
         self._mcp_errors: dict[str, str] = {}
         self._code_tools: dict[str, CodeTool] = {}
+        self._http_servers: dict[str, HttpToolServer] = {}
         self._started = False
 
     async def start(self) -> None:
@@ -50,6 +57,8 @@ class AgentEngine:
                 if self._executor.supports(lang):
                     self._code_tools[lang] = CodeTool(PROFILES[lang], self._executor,
                                                       bash_allowlist=self.settings.bash_allowlist)
+        self._http_servers = {c.name: HttpToolServer(c, retries=self.settings.http_tool_retries)
+                              for c in self.settings.http_tool_servers}
         connections = [McpConnection(c, connect_timeout_s=self.settings.mcp_connect_timeout_seconds)
                        for c in self.settings.mcp_servers]
         outcomes = await asyncio.gather(*(c.start() for c in connections), return_exceptions=True)
@@ -70,9 +79,11 @@ class AgentEngine:
             raise failure
 
     async def close(self) -> None:
-        """Disconnect MCP servers. Idempotent."""
+        """Disconnect MCP servers and close HTTP tool clients. Idempotent."""
         connections, self._connections = list(self._connections.values()), {}
-        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+        http, self._http_servers = list(self._http_servers.values()), {}
+        await asyncio.gather(*(c.close() for c in connections), *(h.close() for h in http),
+                             return_exceptions=True)
         self._started = False
 
     async def __aenter__(self) -> AgentEngine:
@@ -94,7 +105,8 @@ class AgentEngine:
         return dict(self._mcp_errors)
 
     def tools(self, config: RunConfig | None = None) -> list[dict[str, Any]]:
-        """The OpenAI `tools` offered to the model under `config`."""
+        """The OpenAI `tools` offered to the model under `config` (HTTP tools, listed
+        when a run starts, are not among them)."""
         return self._context(config).toolbox.specs()
 
     def _context(self, config: RunConfig | None) -> LoopContext:
@@ -112,6 +124,11 @@ class AgentEngine:
                 connection = self._connections.get(name)
                 if connection is not None:
                     tools.extend(connection.tools)
+            if options.shell_prefixes:
+                if isinstance(self._executor, CommandExecutor):
+                    tools.append(ShellTool(self._executor, options.shell_prefixes))
+                elif config is not None and (config.shell_allowlist or config.shell_presets):
+                    raise CodeExecutorUnavailableError("the shell tool needs a sandbox")
         toolbox = Toolbox(tools, timeout_s=self.settings.tool_timeout_seconds,
                           max_output_chars=self.settings.max_tool_output_chars)
         return LoopContext(self._complete, toolbox, options, self.settings.history_token_budget)
@@ -123,7 +140,7 @@ class AgentEngine:
         `iteration` (1-based) names derived tool call ids; by default it is one more
         than the number of assistant turns in `messages`. Raises ModelError.
         """
-        ctx = self._context(config)
+        ctx = await self._with_http_tools(self._context(config))
         if iteration is None:
             iteration = 1 + sum(1 for m in messages if m.get("role") == "assistant")
         result: StepResult | None = None
@@ -140,8 +157,25 @@ class AgentEngine:
         The last event is always a FinalEvent. Raises AgentConfigError at once if
         `config` asks for what is not configured.
         """
-        ctx = self._context(config)
-        return run_events(ctx, messages)
+        return self._run(self._context(config), messages)
+
+    async def _run(self, ctx: LoopContext, messages: Sequence[Message]
+                   ) -> AsyncGenerator[AgentEvent, None]:
+        ctx = await self._with_http_tools(ctx)
+        async with contextlib.aclosing(run_events(ctx, messages)) as events:
+            async for event in events:
+                yield event
+
+    async def _with_http_tools(self, ctx: LoopContext) -> LoopContext:
+        """`ctx` with the tools of its HTTP tool servers, listed now."""
+        o = ctx.options
+        servers = [self._http_servers[n] for n in o.http_tool_servers
+                   if n in self._http_servers] if o.use_tools else []
+        if not servers:
+            return ctx
+        listed = await asyncio.gather(*(s.list_tools(o.http_tool_headers) for s in servers))
+        return dataclasses.replace(ctx, toolbox=ctx.toolbox.extended(
+            tool for tools in listed for tool in tools))
 
     async def run_to_end(self, messages: Sequence[Message],
                          config: RunConfig | None = None) -> RunResult:

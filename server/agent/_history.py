@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ._records import Message
 
@@ -18,12 +19,17 @@ _MESSAGE_OVERHEAD = 4
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
-def estimate_tokens(message: Message) -> int:
-    """An estimate of the tokens a message takes (deterministic, model-independent)."""
+def _size(message: Message) -> int:
+    """Characters of a message's content and tool calls."""
     size = len(str(message.get("content") or ""))
     if message.get("tool_calls"):
         size += len(json.dumps(message["tool_calls"], sort_keys=True))
-    return _MESSAGE_OVERHEAD + (size + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
+    return size
+
+
+def estimate_tokens(message: Message) -> int:
+    """An estimate of the tokens a message takes (deterministic, model-independent)."""
+    return _MESSAGE_OVERHEAD + (_size(message) + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
 
 
 def _units(messages: Sequence[Message]) -> list[list[int]]:
@@ -42,16 +48,36 @@ def _is_tool_unit(messages: Sequence[Message], unit: list[int]) -> bool:
     return head.get("role") == "assistant" and bool(head.get("tool_calls"))
 
 
-def prune_history(messages: Sequence[Message], budget: int) -> list[Message]:
-    """The messages to send within about `budget` tokens.
+@dataclass
+class _Load:
+    """What the kept messages add up to, against the caps."""
 
-    Always kept, even past the budget: system messages, the first user message (the task)
-    and the last assistant tool-call turn with its tool results (and what follows it).
-    Other turns are kept newest first while they fit; an assistant tool-call turn and its
-    tool results are kept or dropped together, so no tool result loses its call. The
-    order of the kept messages is unchanged.
+    tokens: int = 0
+    chars: int = 0
+    messages: int = 0
+
+    def add(self, messages: Sequence[Message], unit: Sequence[int]) -> _Load:
+        non_system = sum(1 for j in unit if messages[j].get("role") != "system")
+        return _Load(self.tokens + sum(estimate_tokens(messages[j]) for j in unit),
+                     self.chars + sum(_size(messages[j]) for j in unit),
+                     self.messages + non_system)
+
+
+def prune_history(messages: Sequence[Message], budget: int, *,
+                  max_messages: int | None = None,
+                  max_chars: int | None = None) -> list[Message]:
+    """The messages to send: within about `budget` tokens, at most `max_messages`
+    non-system messages and `max_chars` characters of content.
+
+    Always kept, even past the caps: system messages, the first user message (the task),
+    the last assistant tool-call turn with its tool results, and the last message. Other
+    turns are kept newest first while they fit; an assistant tool-call turn and its tool
+    results are kept or dropped together, so no tool result loses its call. The order of
+    the kept messages is unchanged.
     """
-    if sum(estimate_tokens(m) for m in messages) <= budget:
+    total = _Load().add(messages, range(len(messages)))
+    if total.tokens <= budget and (max_messages is None or total.messages <= max_messages) \
+            and (max_chars is None or total.chars <= max_chars):
         return list(messages)
     units = _units(messages)
     keep: set[int] = set()
@@ -60,24 +86,22 @@ def prune_history(messages: Sequence[Message], budget: int) -> list[Message]:
     last_tool = next((i for i in range(len(units) - 1, -1, -1)
                       if _is_tool_unit(messages, units[i])), None)
     for i, unit in enumerate(units):
-        if messages[unit[0]].get("role") == "system" or i == first_user:
+        if messages[unit[0]].get("role") == "system" or i in (first_user, last_tool):
             keep.add(i)
-    if last_tool is not None:
-        keep.update(range(last_tool, len(units)))
-    elif units:
+    if units:
         keep.add(len(units) - 1)
-
-    def cost(i: int) -> int:
-        return sum(estimate_tokens(messages[j]) for j in units[i])
-
-    used = sum(cost(i) for i in keep)
+    load = _Load()
+    for i in keep:
+        load = load.add(messages, units[i])
     for i in range(len(units) - 1, -1, -1):
         if i in keep:
             continue
-        if used + cost(i) > budget:
+        more = load.add(messages, units[i])
+        if more.tokens > budget or (max_messages is not None and more.messages > max_messages) \
+                or (max_chars is not None and more.chars > max_chars):
             break
         keep.add(i)
-        used += cost(i)
+        load = more
     return [messages[j] for i in sorted(keep) for j in units[i]]
 
 

@@ -1,4 +1,11 @@
-"""The tool-use loop: one step (a model turn and its tool calls) and a whole run."""
+"""The tool-use loop: one step (a model turn and its tool calls) and a whole run.
+
+A step that ends without tool calls is a final answer, except that it asks for the one
+JSON repair round (a JSON response format the answer fails) or hands over to the
+escalation model (the model gave up). A run also escalates once when its turn or token
+budget runs out: the escalation model then gets `escalation_iterations` more turns and
+`max_total_tokens` more tokens; the time budget stays one for the whole run.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._code import PROFILES
+from ._escalation import escalation_note, gave_up
 from ._history import estimate_tokens, find_code_block, prune_history
+from ._json_mode import is_json_mode, is_repair_request, json_problem, repair_request
 from ._records import (
     AgentEvent,
     FinalEvent,
@@ -36,9 +45,6 @@ __all__ = ["CompleteFn", "LoopContext", "run_events", "step_events"]
 #: The model: an OpenAI chat-completions request dict in, a `chat.completion` dict out.
 CompleteFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
-_JSON_FORMATS = ("json_object", "json_schema")
-
-
 @dataclass(frozen=True)
 class LoopContext:
     """What a step needs: the model, the tools offered, and the resolved options."""
@@ -53,10 +59,12 @@ class OutOfTime(Exception):
     """The run's wall-clock budget ran out during a model call (internal)."""
 
 
-def build_request(ctx: LoopContext, messages: Sequence[Message]) -> dict[str, Any]:
-    """The chat-completions request for `messages` (already pruned)."""
+def build_request(ctx: LoopContext, messages: Sequence[Message],
+                  model: str | None = None) -> dict[str, Any]:
+    """The chat-completions request for `messages` (already pruned) to `model`."""
     o = ctx.options
-    request: dict[str, Any] = {"model": o.model, "messages": [dict(m) for m in messages]}
+    request: dict[str, Any] = {"model": model or o.model,
+                               "messages": [dict(m) for m in messages]}
     specs = ctx.toolbox.specs() if o.use_tools else []
     if specs:
         request["tools"] = specs
@@ -124,26 +132,19 @@ def _repair_note(failed: Sequence[ToolResult]) -> Message:
               "or answer without it."}
 
 
-def _json_valid(options: Resolved, answer: str) -> bool | None:
-    if not options.response_format or options.response_format.get("type") not in _JSON_FORMATS:
-        return None
-    try:
-        json.loads(answer)
-    except ValueError:
-        return False
-    return True
-
-
 async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: int,
-                      deadline: float | None = None
+                      deadline: float | None = None, model: str | None = None
                       ) -> AsyncIterator[ModelTurnEvent | ToolCallEvent | ToolResultEvent
                                          | StepResult]:
     """One step as it happens: the model turn, each call and result, then the StepResult.
 
     Raises ModelError (the model failed) or OutOfTime (the deadline passed mid-call).
     """
-    pruned = prune_history(history, ctx.history_token_budget)
-    request = build_request(ctx, pruned)
+    o = ctx.options
+    model = model or o.model
+    pruned = prune_history(history, ctx.history_token_budget,
+                           max_messages=o.max_history_messages, max_chars=o.max_history_chars)
+    request = build_request(ctx, pruned, model)
     started = time.monotonic()
     response = await _call_model(ctx, request, deadline)
     model_seconds = time.monotonic() - started
@@ -151,7 +152,7 @@ async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: i
     usage = usage_from(response) or Usage(
         sum(estimate_tokens(m) for m in pruned), estimate_tokens(message),
         sum(estimate_tokens(m) for m in pruned) + estimate_tokens(message))
-    yield ModelTurnEvent(iteration, message, usage, model_seconds)
+    yield ModelTurnEvent(iteration, message, usage, model_seconds, model)
     new: list[Message] = [message]
     results: list[ToolResult] = []
     if not calls and ctx.options.auto_run_code:
@@ -163,7 +164,7 @@ async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: i
             new.append({"role": "user", "content": f"Output of the code block ({auto.name}):\n"
                                                     f"{result.output}"})
             yield StepResult(tuple(new), (auto,), (result,), False, None, usage,
-                             model_seconds=model_seconds)
+                             model_seconds=model_seconds, model=model)
             return
     for call in calls:
         yield ToolCallEvent(iteration, call)
@@ -176,11 +177,23 @@ async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: i
         if failed and ctx.options.enable_repair:
             new.append(_repair_note(failed))
         yield StepResult(tuple(new), tuple(calls), tuple(results), False, None, usage,
-                         model_seconds=model_seconds)
+                         model_seconds=model_seconds, model=model)
         return
     answer = str(message.get("content") or "")
-    yield StepResult(tuple(new), (), (), True, answer, usage, _json_valid(ctx.options, answer),
-                     model_seconds=model_seconds)
+    if o.escalation_model and model != o.escalation_model and gave_up(answer, o.give_up_markers):
+        new.append(escalation_note(o.escalation_model, "gave_up"))
+        yield StepResult(tuple(new), (), (), False, None, usage, model_seconds=model_seconds,
+                         model=model, escalate_to=o.escalation_model)
+        return
+    problem = json_problem(o.response_format, answer)
+    json_valid = problem is None if is_json_mode(o.response_format) else None
+    if problem is not None and not is_repair_request(history[-1] if history else None):
+        new.append(repair_request(problem))
+        yield StepResult(tuple(new), (), (), False, None, usage, json_valid,
+                         model_seconds=model_seconds, model=model, json_repair=True)
+        return
+    yield StepResult(tuple(new), (), (), True, answer, usage, json_valid,
+                     model_seconds=model_seconds, model=model)
 
 
 def _auto_call(ctx: LoopContext, text: str, iteration: int) -> ToolCall | None:
@@ -195,29 +208,65 @@ def _auto_call(ctx: LoopContext, text: str, iteration: int) -> ToolCall | None:
                     arguments=json.dumps({"code": source}), auto=True)
 
 
+@dataclass
+class _Allowance:
+    """What the current model may still use: turns up to `turns`, tokens past `floor`."""
+
+    model: str
+    turns: int
+    token_floor: int = 0
+    escalated: bool = False
+    reason: str = ""
+
+    def exhausted(self, o: Resolved, iterations: int, usage: Usage) -> StopReason | None:
+        if iterations >= self.turns:
+            return StopReason.MAX_ITERATIONS
+        if usage.total_tokens - self.token_floor >= o.max_total_tokens:
+            return StopReason.BUDGET
+        return None
+
+    def can_escalate(self, o: Resolved) -> bool:
+        return bool(o.escalation_model) and not self.escalated \
+            and self.model != o.escalation_model
+
+    def escalate(self, o: Resolved, reason: str, iterations: int, usage: Usage) -> None:
+        self.model, self.escalated, self.reason = o.escalation_model, True, reason
+        self.turns = iterations + o.escalation_iterations
+        self.token_floor = usage.total_tokens
+
+
 async def run_events(ctx: LoopContext, messages: Sequence[Message]
                      ) -> AsyncGenerator[AgentEvent, None]:
-    """A whole run: steps until a final answer, a budget or max_iterations; then FinalEvent."""
+    """A whole run: steps until a final answer, a budget or max_iterations (escalating
+    once when configured); then FinalEvent."""
     o = ctx.options
     started = time.monotonic()
     deadline = started + o.max_total_seconds
     transcript: list[Message] = [dict(m) for m in messages]
-    usage, iterations, calls = Usage(), 0, 0
+    usage, iterations, calls, repairs = Usage(), 0, 0, 0
     step_seconds: list[float] = []
     tool_io: list[tuple[ToolCall, ToolResult]] = []
     stop, answer, error, json_valid = StopReason.MAX_ITERATIONS, "", None, None
+    allowance = _Allowance(o.model, o.max_iterations)
+    used_model = o.model
     while True:
-        if iterations >= o.max_iterations:
-            stop = StopReason.MAX_ITERATIONS
-            break
-        if usage.total_tokens >= o.max_total_tokens or time.monotonic() >= deadline:
+        exhausted = allowance.exhausted(o, iterations, usage)
+        if exhausted is not None:
+            if not allowance.can_escalate(o):
+                stop = exhausted
+                break
+            reason = "max_iterations" if exhausted is StopReason.MAX_ITERATIONS else "budget"
+            allowance.escalate(o, reason, iterations, usage)
+            transcript.append(escalation_note(o.escalation_model, reason))
+        if time.monotonic() >= deadline:
             stop = StopReason.BUDGET
             break
         iterations += 1
         step_started = time.monotonic()
         step: StepResult | None = None
         try:
-            async for item in step_events(ctx, transcript, iterations, deadline):
+            async for item in step_events(ctx, transcript, iterations, deadline,
+                                          allowance.model):
                 if isinstance(item, StepResult):
                     step = item
                 else:
@@ -233,13 +282,21 @@ async def run_events(ctx: LoopContext, messages: Sequence[Message]
         transcript.extend(step.new_messages)
         usage += step.usage
         calls += len(step.tool_calls)
+        repairs += step.json_repair
+        used_model = step.model
         tool_io.extend(zip(step.tool_calls, step.tool_results, strict=True))
+        if step.json_valid is not None:
+            json_valid = step.json_valid
+        if step.escalate_to:
+            allowance.escalate(o, "gave_up", iterations, usage)
         if step.done:
-            stop, answer, json_valid = StopReason.SUCCESS, step.final_answer or "", step.json_valid
+            stop, answer = StopReason.SUCCESS, step.final_answer or ""
             break
     if stop is not StopReason.SUCCESS:
         answer = next((str(m.get("content") or "") for m in reversed(transcript)
                        if m.get("role") == "assistant"), "")
-    metrics = Metrics(iterations, calls, usage, tuple(step_seconds), time.monotonic() - started)
+    metrics = Metrics(iterations, calls, usage, tuple(step_seconds), time.monotonic() - started,
+                      escalated=allowance.escalated, escalation_reason=allowance.reason,
+                      used_model=used_model, json_repairs=repairs)
     yield FinalEvent(RunResult(answer, stop, metrics, tuple(transcript), tuple(tool_io),
                                error, json_valid, initial_count=len(messages)))

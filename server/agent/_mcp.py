@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -23,13 +22,10 @@ from mcp_types import REQUEST_TIMEOUT, CallToolResult, TextContent
 from mcp_types import Tool as McpToolSpec
 
 from ._settings import McpServerConfig
-from ._tools import ToolOutput
+from ._tools import ToolOutput, qualified_name
 from .errors import McpServerError, McpUnavailableError, ToolExecutionError, ToolTimeoutError
 
 __all__ = ["McpConnection", "McpTool"]
-
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
 
 class McpTool:
     """One tool of an MCP server, offered as `<server>__<tool>`."""
@@ -37,7 +33,7 @@ class McpTool:
     def __init__(self, connection: McpConnection, spec: McpToolSpec) -> None:
         self._connection = connection
         self.remote_name = spec.name
-        self._name = _NAME_UNSAFE.sub("_", f"{connection.name}__{spec.name}")[:64]
+        self._name = qualified_name(connection.name, spec.name)
         self._description = spec.description or spec.title or spec.name
         self._parameters: dict[str, Any] = dict(spec.input_schema or {"type": "object"})
 

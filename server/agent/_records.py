@@ -78,6 +78,10 @@ class ToolResult:
     is_error: bool = False
     #: Seconds taken; not part of the transcript (it varies from run to run).
     duration_s: float = field(default=0.0, compare=False)
+    #: A program's exit code and streams, when the tool ran one (for traces only).
+    exit_code: int | None = field(default=None, compare=False)
+    stdout: str | None = field(default=None, compare=False)
+    stderr: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tool_call_id": self.tool_call_id, "name": self.name, "output": self.output,
@@ -97,10 +101,16 @@ class StepResult:
     #: The final answer, when done.
     final_answer: str | None
     usage: Usage
-    #: With a JSON response_format and done: whether the answer parses as JSON.
+    #: With a JSON response_format and a reply without tool calls: whether it passed.
     json_valid: bool | None = None
     #: Seconds the model turn took (not deterministic).
     model_seconds: float = field(default=0.0, compare=False)
+    #: The model that answered.
+    model: str = ""
+    #: The step asked for the JSON repair round (the last new message asks it).
+    json_repair: bool = False
+    #: The model gave up: the next step should use this (escalation) model.
+    escalate_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,13 @@ class Metrics:
     usage: Usage
     step_seconds: tuple[float, ...] = field(compare=False)
     total_seconds: float = field(compare=False)
+    #: Whether the run switched to the escalation model, and why.
+    escalated: bool = False
+    escalation_reason: str = ""
+    #: The model of the last turn.
+    used_model: str = ""
+    #: JSON repair rounds asked.
+    json_repairs: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,8 @@ class ModelTurnEvent:
     message: Message
     usage: Usage
     seconds: float = field(compare=False)
+    #: The model that answered.
+    model: str = ""
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._shell import shell_prefixes
 from .errors import AgentConfigError
 
-__all__ = ["DEFAULT_BASH_ALLOWLIST", "AgentSettings", "McpServerConfig", "RunConfig"]
+__all__ = [
+    "DEFAULT_BASH_ALLOWLIST",
+    "DEFAULT_GIVE_UP_MARKERS",
+    "AgentSettings",
+    "HttpToolServerConfig",
+    "McpServerConfig",
+    "RunConfig",
+]
 
 #: Commands a bash code tool may run. Shell keywords and builtins like `cd` are not listed.
 DEFAULT_BASH_ALLOWLIST: tuple[str, ...] = (
@@ -16,6 +24,18 @@ DEFAULT_BASH_ALLOWLIST: tuple[str, ...] = (
     "head", "ls", "printf", "pwd", "sed", "seq", "sort", "tail", "test", "tr", "true",
     "uniq", "wc", "[",
 )
+
+#: Phrases (case-insensitive) that make a final answer a give-up, which escalates when an
+#: escalation model is configured. An empty answer is a give-up too.
+DEFAULT_GIVE_UP_MARKERS: tuple[str, ...] = (
+    "budget exceeded", "i give up", "i cannot solve", "i can't solve", "unable to solve",
+)
+
+
+def _check_name(kind: str, name: str, param: str) -> None:
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise AgentConfigError(f"{kind} name {name!r} must be alphanumeric, '_' or '-'",
+                               param=param)
 
 
 @dataclass(frozen=True)
@@ -40,12 +60,30 @@ class McpServerConfig:
 
     def validate(self) -> None:
         """Raise AgentConfigError if the entry is unusable."""
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise AgentConfigError(f"MCP server name {self.name!r} must be alphanumeric, "
-                                   "'_' or '-'", param="mcp_servers.name")
+        _check_name("MCP server", self.name, "mcp_servers.name")
         if (self.command is None) == (self.url is None):
             raise AgentConfigError(f"MCP server {self.name!r} needs exactly one of command "
                                    "or url", param="mcp_servers")
+
+
+@dataclass(frozen=True)
+class HttpToolServerConfig:
+    """A tool server speaking the seed's HTTP tool protocol: `GET <url>/tools` lists
+    OpenAI tool specs, `POST <url>/invoke` with `{"name", "arguments"}` runs one."""
+
+    #: Name used in tool names (`<name>__<tool>`) and in `RunConfig.http_tool_servers`.
+    name: str
+    #: Base URL (`http://127.0.0.1:8791`); `/tools` and `/invoke` are appended.
+    url: str
+    #: Headers sent with every request (e.g. authorization).
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise AgentConfigError if the entry is unusable."""
+        _check_name("HTTP tool server", self.name, "http_tool_servers.name")
+        if not self.url.startswith(("http://", "https://")):
+            raise AgentConfigError(f"HTTP tool server {self.name!r}: url must start with "
+                                   "http:// or https://", param="http_tool_servers.url")
 
 
 @dataclass(frozen=True)
@@ -83,13 +121,34 @@ class AgentSettings:
     mcp_required: bool = False
     #: Largest tool output given back to the model, characters (the rest is cut).
     max_tool_output_chars: int = 20_000
+    #: Most non-system messages sent to the model (the pinned ones are always sent).
+    max_history_messages: int = 50
+    #: Most characters of message content sent to the model (pinned ones always sent).
+    max_history_chars: int = 64_000
+    #: Stronger model a run switches to once (budget out, or the model gave up); "": none.
+    escalation_model: str = ""
+    #: Model turns the escalation model gets.
+    escalation_iterations: int = 3
+    #: Phrases that make a final answer a give-up (case-insensitive).
+    give_up_markers: tuple[str, ...] = DEFAULT_GIVE_UP_MARKERS
+    #: `run_shell` command prefixes (argv words); with `shell_presets`, empty: no shell tool.
+    shell_allowlist: tuple[str, ...] = ()
+    #: Named shell presets (python, javascript, rust, go, bash) adding prefixes.
+    shell_presets: tuple[str, ...] = ()
+    #: HTTP tool servers whose tools may be offered.
+    http_tool_servers: tuple[HttpToolServerConfig, ...] = ()
+    #: Retries of an HTTP tool call answered 429, each after its Retry-After.
+    http_tool_retries: int = 2
 
     def validate(self) -> None:
         """Raise AgentConfigError naming the first setting that is out of range."""
         _check_limits(self.max_iterations, self.max_total_seconds, self.max_total_tokens)
-        for name in ("history_token_budget", "max_tool_output_chars"):
+        for name in ("history_token_budget", "max_tool_output_chars", "max_history_messages",
+                     "max_history_chars", "escalation_iterations"):
             if getattr(self, name) < 1:
                 raise AgentConfigError(f"{name} must be >= 1", param=name)
+        if self.http_tool_retries < 0:
+            raise AgentConfigError("http_tool_retries must be >= 0", param="http_tool_retries")
         for name in ("tool_timeout_seconds", "mcp_connect_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise AgentConfigError(f"{name} must be > 0", param=name)
@@ -102,11 +161,20 @@ class AgentSettings:
             raise AgentConfigError("MCP server names must be unique", param="mcp_servers")
         for server in self.mcp_servers:
             server.validate()
+        names = [s.name for s in self.http_tool_servers]
+        if len(set(names)) != len(names):
+            raise AgentConfigError("HTTP tool server names must be unique",
+                                   param="http_tool_servers")
+        for http in self.http_tool_servers:
+            http.validate()
+        shell_prefixes(self.shell_allowlist, self.shell_presets)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for stored runs)."""
         data = asdict(self)
         data["mcp_servers"] = [dict(s, env=dict(s["env"])) for s in data["mcp_servers"]]
+        data["http_tool_servers"] = [dict(s, headers=dict(s["headers"]))
+                                     for s in data["http_tool_servers"]]
         return data
 
     @classmethod
@@ -116,10 +184,17 @@ class AgentSettings:
         values["mcp_servers"] = tuple(
             McpServerConfig(**{**s, "args": tuple(s.get("args", ()))})
             for s in values.get("mcp_servers", ()))
-        for name in ("languages", "bash_allowlist"):
+        values["http_tool_servers"] = tuple(
+            HttpToolServerConfig(**s) for s in values.get("http_tool_servers", ()))
+        for name in TUPLE_SETTINGS:
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+
+#: AgentSettings fields that are tuples of strings (lists in JSON and YAML).
+TUPLE_SETTINGS: tuple[str, ...] = ("languages", "bash_allowlist", "give_up_markers",
+                                   "shell_allowlist", "shell_presets")
 
 
 #: Languages with a code tool profile.
@@ -150,19 +225,33 @@ class RunConfig:
     seed: int | None = None
     #: Sampling temperature, passed through.
     temperature: float | None = None
+    escalation_model: str | None = None
+    escalation_iterations: int | None = None
+    max_history_messages: int | None = None
+    max_history_chars: int | None = None
+    #: Replaces the engine's shell prefixes for this run (the sandbox is the isolation).
+    shell_allowlist: tuple[str, ...] | None = None
+    #: Replaces the engine's shell presets for this run.
+    shell_presets: tuple[str, ...] | None = None
+    #: Names of configured HTTP tool servers whose tools are offered; None offers all.
+    http_tool_servers: tuple[str, ...] | None = None
+    #: Headers added to this run's HTTP tool calls.
+    http_tool_headers: Mapping[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for stored runs)."""
         data = asdict(self)
-        if self.response_format is not None:
-            data["response_format"] = dict(self.response_format)
+        for name in ("response_format", "http_tool_headers"):
+            if getattr(self, name) is not None:
+                data[name] = dict(getattr(self, name))
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """The inverse of `to_dict`."""
         values = dict(data)
-        for name in ("languages", "mcp_servers"):
+        for name in ("languages", "mcp_servers", "shell_allowlist", "shell_presets",
+                     "http_tool_servers"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -194,6 +283,32 @@ class Resolved:
     reasoning_effort: str | None
     seed: int | None
     temperature: float | None
+    escalation_model: str
+    escalation_iterations: int
+    give_up_markers: tuple[str, ...]
+    max_history_messages: int
+    max_history_chars: int
+    shell_prefixes: tuple[tuple[str, ...], ...]
+    http_tool_servers: tuple[str, ...]
+    http_tool_headers: Mapping[str, str]
+
+
+def _http_servers(settings: AgentSettings, wanted: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Names of the HTTP tool servers a run offers; an entry may be a configured server's
+    name or its base URL (the seed's `tool_http_base_url`)."""
+    names = tuple(s.name for s in settings.http_tool_servers)
+    if wanted is None:
+        return names
+    by_url = {s.url.rstrip("/"): s.name for s in settings.http_tool_servers}
+    out = [entry if entry in names else by_url.get(entry.rstrip("/"), "") for entry in wanted]
+    bad = [entry for entry, name in zip(wanted, out, strict=True) if not name]
+    if bad:
+        raise AgentConfigError(
+            f"HTTP tool server(s) {bad} are not configured (configured: "
+            f"{', '.join(f'{s.name} at {s.url}' for s in settings.http_tool_servers) or 'none'});"
+            " add them under http_tool_servers in the model configuration",
+            param="http_tool_servers")
+    return tuple(dict.fromkeys(out))
 
 
 def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
@@ -212,6 +327,7 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
     bad = [name for name in servers if name not in configured]
     if bad:
         raise AgentConfigError(f"MCP server(s) {bad} are not configured", param="mcp_servers")
+    http = _http_servers(settings, c.http_tool_servers)
     resolved = Resolved(
         model=pick(c.model, settings.model),
         max_iterations=pick(c.max_iterations, settings.max_iterations),
@@ -222,6 +338,17 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
         auto_run_code=pick(c.auto_run_code, settings.auto_run_code),
         languages=tuple(languages), mcp_servers=tuple(servers),
         response_format=c.response_format, reasoning_effort=c.reasoning_effort,
-        seed=c.seed, temperature=c.temperature)
+        seed=c.seed, temperature=c.temperature,
+        escalation_model=pick(c.escalation_model, settings.escalation_model),
+        escalation_iterations=pick(c.escalation_iterations, settings.escalation_iterations),
+        give_up_markers=settings.give_up_markers,
+        max_history_messages=pick(c.max_history_messages, settings.max_history_messages),
+        max_history_chars=pick(c.max_history_chars, settings.max_history_chars),
+        shell_prefixes=shell_prefixes(pick(c.shell_allowlist, settings.shell_allowlist),
+                                      pick(c.shell_presets, settings.shell_presets)),
+        http_tool_servers=tuple(http), http_tool_headers=dict(c.http_tool_headers or {}))
     _check_limits(resolved.max_iterations, resolved.max_total_seconds, resolved.max_total_tokens)
+    for name in ("escalation_iterations", "max_history_messages", "max_history_chars"):
+        if getattr(resolved, name) < 1:
+            raise AgentConfigError(f"{name} must be >= 1", param=name)
     return resolved

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,15 +23,28 @@ from .errors import (
     UnknownToolError,
 )
 
-__all__ = ["Tool", "ToolOutput", "Toolbox"]
+__all__ = ["Tool", "ToolOutput", "Toolbox", "qualified_name"]
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def qualified_name(server: str, tool: str) -> str:
+    """A server's tool as offered to the model: `<server>__<tool>`, made name-safe."""
+    return _NAME_UNSAFE.sub("_", f"{server}__{tool}")[:64]
 
 
 @dataclass(frozen=True)
 class ToolOutput:
-    """What a tool returns: text for the model, and whether it is a failure."""
+    """What a tool returns: text for the model, and whether it is a failure.
+
+    Program-running tools also say the exit code and the streams (for run traces).
+    """
 
     text: str
     is_error: bool = False
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
 
 
 @runtime_checkable
@@ -69,6 +83,11 @@ class Toolbox:
         self._timeout_s = timeout_s
         self._max_output_chars = max_output_chars
 
+    def extended(self, tools: Iterable[Tool]) -> Toolbox:
+        """A toolbox with these tools added (same timeout and output cap)."""
+        return Toolbox([*self._tools.values(), *tools], timeout_s=self._timeout_s,
+                       max_output_chars=self._max_output_chars)
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._tools)
@@ -92,7 +111,8 @@ class Toolbox:
             cut = len(text) - self._max_output_chars
             text = f"{text[:self._max_output_chars]}\n[... {cut} characters cut]"
         return ToolResult(call.id, call.name, text, output.is_error,
-                          duration_s=time.monotonic() - started)
+                          duration_s=time.monotonic() - started, exit_code=output.exit_code,
+                          stdout=output.stdout, stderr=output.stderr)
 
     async def _run(self, call: ToolCall) -> ToolOutput:
         tool = self._tools.get(call.name)

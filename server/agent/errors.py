@@ -10,6 +10,7 @@
     │   └── ToolExecutionError      the tool ran and failed (sandbox, MCP server)
     ├── McpServerError          an MCP server could not be started, reached or listed
     │   └── McpUnavailableError     an MCP server is unreachable or has gone away
+    ├── HttpToolServerError     an HTTP tool server could not be reached or listed
     ├── CodeExecutorUnavailableError  no sandbox to run code in
     └── ReplayError             a stored run cannot be read back
 
@@ -24,6 +25,7 @@ __all__ = [
     "AgentConfigError",
     "AgentError",
     "CodeExecutorUnavailableError",
+    "HttpToolServerError",
     "McpServerError",
     "McpUnavailableError",
     "ModelError",
@@ -90,6 +92,14 @@ class McpServerError(AgentError):
 
 class McpUnavailableError(McpServerError):
     """An MCP server is unreachable (connection refused, process exited)."""
+
+
+class HttpToolServerError(AgentError):
+    """An HTTP tool server's `GET /tools` failed when a run started; `server` names it."""
+
+    def __init__(self, message: str, *, server: str) -> None:
+        super().__init__(message)
+        self.server = server
 
 
 class CodeExecutorUnavailableError(AgentError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ from ._records import (
     Usage,
 )
 from ._settings import RunConfig
+from ._trace import JsonlTrace
 
 __all__ = ["ERRORS", "AgentServicer", "config_from_proto"]
 
@@ -37,6 +39,7 @@ ERRORS: ErrorTable = {
     errors.AgentConfigError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelError: grpc.StatusCode.UNAVAILABLE,
     errors.McpServerError: grpc.StatusCode.UNAVAILABLE,
+    errors.HttpToolServerError: grpc.StatusCode.UNAVAILABLE,
     errors.CodeExecutorUnavailableError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AgentError: grpc.StatusCode.INTERNAL,
 }
@@ -66,7 +69,15 @@ def config_from_proto(config: pb.AgentConfig) -> RunConfig:
         response_format=response_format,
         reasoning_effort=config.reasoning_effort or None,
         seed=config.seed if config.HasField("seed") else None,
-        temperature=config.temperature if config.HasField("temperature") else None)
+        temperature=config.temperature if config.HasField("temperature") else None,
+        escalation_model=config.escalation_model or None,
+        escalation_iterations=config.escalation_iterations or None,
+        max_history_messages=config.max_history_messages or None,
+        max_history_chars=config.max_history_chars or None,
+        shell_allowlist=tuple(config.shell_allowlist) or None,
+        shell_presets=tuple(config.shell_presets) or None,
+        http_tool_servers=tuple(config.http_tool_servers) or None,
+        http_tool_headers=dict(config.http_tool_headers) or None)
 
 
 def _messages(messages: Sequence[cpb.Message]) -> list[dict[str, Any]]:
@@ -99,6 +110,18 @@ def _tool_result(result: ToolResult) -> pb.ToolResult:
     return out
 
 
+def _storable(request: pb.AgentRunRequest) -> pb.AgentRunRequest:
+    """The request as the run store keeps it: a run's HTTP tool header values (tokens)
+    are not kept."""
+    if not request.config.http_tool_headers:
+        return request
+    kept = pb.AgentRunRequest()
+    kept.CopyFrom(request)
+    for key in kept.config.http_tool_headers:
+        kept.config.http_tool_headers[key] = "[redacted]"
+    return kept
+
+
 def final_to_proto(result: RunResult) -> pb.AgentFinal:
     """The terminal event of a run (manifest added by the caller)."""
     final = pb.AgentFinal(answer=result.answer or "", stop_reason=_STOP[result.stop_reason],
@@ -112,6 +135,10 @@ def final_to_proto(result: RunResult) -> pb.AgentFinal:
     for seconds in metrics.step_seconds:
         final.metrics.step_times.add().FromNanoseconds(int(seconds * 1e9))
     final.metrics.total_time.FromNanoseconds(int(metrics.total_seconds * 1e9))
+    final.metrics.escalated = metrics.escalated
+    final.metrics.used_model = metrics.used_model
+    final.metrics.escalation_reason = metrics.escalation_reason
+    final.metrics.json_repairs = metrics.json_repairs
     if result.json_valid is not None:
         final.json_valid = result.json_valid
     return final
@@ -120,19 +147,26 @@ def final_to_proto(result: RunResult) -> pb.AgentFinal:
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Thin gRPC edge of the agent loop."""
 
-    def __init__(self, engine: AgentEngine, store: RunStore | None = None) -> None:
+    def __init__(self, engine: AgentEngine, store: RunStore | None = None,
+                 trace_dir: Path | None = None) -> None:
+        """`trace_dir` holds the JSONL traces runs ask for (none: tracing is refused)."""
         self._engine = engine
         self._store = store
+        self._trace_dir = trace_dir
 
     async def AgentStep(self, request: pb.AgentStepRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.AgentStepResponse:
         messages = _messages(request.messages)
         step = await self._engine.step(messages, config_from_proto(request.config))
-        return pb.AgentStepResponse(
+        response = pb.AgentStepResponse(
             new_messages=[wire.message_to_proto(m, "new_messages") for m in step.new_messages],
             tool_calls=[_tool_call(c) for c in step.tool_calls],
             tool_results=[_tool_result(r) for r in step.tool_results],
-            done=step.done, final_answer=step.final_answer or "", usage=_usage(step.usage))
+            done=step.done, final_answer=step.final_answer or "", usage=_usage(step.usage),
+            model=step.model, escalate_to=step.escalate_to or "")
+        if step.json_valid is not None:
+            response.json_valid = step.json_valid
+        return response
 
     async def AgentRun(self, request: pb.AgentRunRequest,
                        context: grpc.aio.ServicerContext[Any, Any],
@@ -141,14 +175,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         config = config_from_proto(request.config)
         clock = ManifestClock("agent", request.context, request_id=current_request_id(),
                               model=config.model or "")
+        trace = self._trace(request.config.trace, clock.manifest.run_id)
         # The stream's events are stored with the run (model turns and tool I/O, timed).
         recorded: list[pb.AgentRunResponse] = []
-        async with contextlib.aclosing(self._engine.run(messages, config)) as events:
+        async with contextlib.AsyncExitStack() as stack:
+            events = await stack.enter_async_context(
+                contextlib.aclosing(self._engine.run(messages, config)))
+            if trace is not None:
+                stack.push_async_callback(trace.close)
             async for event in events:
+                if trace is not None:
+                    await trace.record(event)
                 if isinstance(event, ModelTurnEvent):
                     turn = pb.ModelTurn(iteration=event.iteration,
                                         message=wire.message_to_proto(event.message, "message"),
-                                        usage=_usage(event.usage))
+                                        usage=_usage(event.usage), model=event.model)
                     turn.duration.FromNanoseconds(int(event.seconds * 1e9))
                     recorded.append(pb.AgentRunResponse(model_turn=turn))
                     yield recorded[-1]
@@ -163,6 +204,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 elif isinstance(event, FinalEvent):
                     final = final_to_proto(event.result)
                     final.manifest.CopyFrom(clock.finish(backend="agent"))
+                    if trace is not None:
+                        final.trace_path = str(trace.path)
                     if self._store is not None:
-                        await self._store.put(final.manifest, request, final, recorded)
+                        await self._store.put(final.manifest, _storable(request), final,
+                                              recorded)
                     yield pb.AgentRunResponse(final=final)
+
+    def _trace(self, wanted: bool, run_id: str) -> JsonlTrace | None:
+        if not wanted:
+            return None
+        if self._trace_dir is None:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION,
+                              "this server keeps no run traces (no trace directory)",
+                              param="config.trace")
+        return JsonlTrace(self._trace_dir / f"{run_id}.jsonl", run_id)

@@ -83,7 +83,7 @@ def _language(strategy: pb.Strategy, index: int) -> str:
     return name
 
 
-def request_from_proto(req: pb.CodeWorldRunRequest) -> RunRequest:
+def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> RunRequest:
     """The engine's request for a `CodeWorldRunRequest`."""
     if not req.items:
         raise _invalid("items must not be empty", "items")
@@ -110,13 +110,19 @@ def request_from_proto(req: pb.CodeWorldRunRequest) -> RunRequest:
     mcts = autogen = None
     if req.mode == pb.SEARCH_MODE_MCTS:
         m = req.mcts
+        model = m.model or default_model
         mcts = MctsSettings(
             rollouts=m.rollouts or 16, depth=m.depth or 1, uct_c=m.uct_c or 1.4, seed=m.seed,
             time_budget=_seconds(m.time_budget) if m.HasField("time_budget") else None,
-            model=m.model, temperature=m.temperature if m.HasField("temperature") else 0.0)
+            model=model, temperature=m.temperature if m.HasField("temperature") else 0.0)
         if m.autogenerate:
+            if not model:
+                raise _invalid("mcts.autogenerate needs the model that writes the variants: "
+                               "set mcts.model (provider.args.generator_model through the "
+                               "HTTP door) or SCILLM_CODEWORLD_MODEL on the server",
+                               "mcts.model")
             autogen = AutogenSpec(
-                n=m.num_variants or 3, model=m.model, seed=m.seed,
+                n=m.num_variants or 3, model=model, seed=m.seed,
                 temperature=m.temperature if m.HasField("temperature") else 0.7)
     if not strategies and autogen is None:
         raise _invalid("strategies must not be empty (or set mcts.autogenerate)", "strategies")
@@ -202,18 +208,20 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
     """Thin gRPC edge of the CodeWorld engine."""
 
     def __init__(self, engine: CodeWorldEngine, store: RunStore | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, default_model: str = "") -> None:
+        """`default_model` writes MCTS variants when a request names no model."""
         self._engine = engine
         self._store = store
         self._metrics = metrics
+        self._default_model = default_model
 
     async def CodeWorldRun(self, request: pb.CodeWorldRunRequest,
                            context: grpc.aio.ServicerContext[Any, Any],
                            ) -> AsyncIterator[pb.CodeWorldRunResponse]:
-        run_request = request_from_proto(request)
+        run_request = request_from_proto(request, self._default_model)
         self._engine.validate(run_request)
         clock = ManifestClock("codeworld", request.context, request_id=current_request_id(),
-                              model=request.mcts.model,
+                              model=run_request.mcts.model if run_request.mcts else "",
                               item_ids=[i.task_id for i in run_request.items])
         # Stored with the run as the stream's envelopes: each run's result and, for MCTS,
         # each rollout's reward (the runs UI draws them).

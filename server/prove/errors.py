@@ -94,8 +94,10 @@ class FormalizeUnavailable(ProveError):
     """Item `item_id` has only requirement text but no model was configured to formalise it."""
 
     def __init__(self, item_id: str) -> None:
-        super().__init__(f"item {item_id!r} has no statement and formalisation is not enabled "
-                         "(pass formalize= options and a complete= callable)")
+        super().__init__(f"item {item_id!r} is a natural-language requirement with no formal "
+                         "statement, and no model is configured to formalize it: set "
+                         "SCILLM_PROVE_MODEL on the server, or formalize.model in the request "
+                         "(options.model through the HTTP door)")
         self.item_id = item_id
         self.param = "statement"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,22 @@ def mcp_settings(**overrides: Any) -> AgentSettings:
                               "tool_timeout_seconds": 5.0}
     values.update(overrides)
     return AgentSettings(**values)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Any]:
+    try:
+        from scillm.server.codeworld.sandbox import Sandbox, SandboxSettings
+    except ImportError as exc:
+        pytest.skip(f"CodeWorld's sandbox is not importable yet: {exc}")
+    # Our own uid range: RLIMIT_NPROC counts per uid, so sharing uids with another
+    # sandbox running on the host (another test session) would make fork fail.
+    box = Sandbox(SandboxSettings(workers=1, base_uid=62100))
+    try:
+        await box.start()
+    except Exception as exc:
+        pytest.skip(f"CodeWorld's sandbox cannot start here: {exc}")
+    try:
+        yield box
+    finally:
+        await box.close()

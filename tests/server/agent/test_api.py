@@ -8,13 +8,16 @@ from scillm.server.agent import errors
 
 def test_public_names() -> None:
     assert sorted(agent.__all__) == sorted([
-        "DEFAULT_BASH_ALLOWLIST", "PROFILES", "AgentEngine", "AgentEvent", "AgentSettings",
-        "CodeExecutor", "CodeOutcome", "CompleteFn", "Difference", "FinalEvent",
-        "LanguageProfile", "McpServerConfig", "Message", "Metrics", "ModelTurnEvent",
+        "DEFAULT_BASH_ALLOWLIST", "DEFAULT_GIVE_UP_MARKERS", "PROFILES", "SHELL_PRESETS",
+        "AgentEngine", "AgentEvent", "AgentSettings", "CodeExecutor", "CodeOutcome",
+        "CommandExecutor", "CompleteFn", "Difference", "FinalEvent", "HttpToolServerConfig",
+        "JsonlTrace", "LanguageProfile", "McpServerConfig", "Message", "Metrics",
+        "ModelTurnEvent",
         "ReplayReport", "RunConfig", "RunResult", "SandboxExecutor", "ScriptedModel",
         "StepResult", "StopReason", "StoredRun", "Tool", "ToolCall", "ToolCallEvent",
         "ToolOutput", "ToolResult", "ToolResultEvent", "Toolchain", "Usage", "check_bash",
-        "estimate_tokens", "find_toolchains", "prune_history", "replay"])
+        "check_command", "estimate_tokens", "find_toolchains", "json_problem",
+        "prune_history", "replay", "retry_after_seconds", "shell_prefixes"])
     for name in agent.__all__:
         assert hasattr(agent, name), name
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +35,6 @@ def test_bash_allowlist_accepts(script: str) -> None:
 def test_bash_allowlist_refuses(script: str) -> None:
     with pytest.raises(ToolArgumentsError):
         check_bash(script, DEFAULT_BASH_ALLOWLIST)
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Any]:
-    try:
-        from scillm.server.codeworld.sandbox import Sandbox, SandboxSettings
-    except ImportError as exc:
-        pytest.skip(f"CodeWorld's sandbox is not importable yet: {exc}")
-    # Our own uid range: RLIMIT_NPROC counts per uid, so sharing uids with another
-    # sandbox running on the host (another test session) would make fork fail.
-    box = Sandbox(SandboxSettings(workers=1, base_uid=62100))
-    try:
-        await box.start()
-    except Exception as exc:
-        pytest.skip(f"CodeWorld's sandbox cannot start here: {exc}")
-    try:
-        yield box
-    finally:
-        await box.close()
 
 
 async def test_code_tools_in_the_real_sandbox(sandbox: Any) -> None:

@@ -41,3 +41,30 @@ def test_tiny_budget_still_keeps_the_pinned_messages() -> None:
     messages = _history(3)
     pruned = prune_history(messages, 1)
     assert [m["role"] for m in pruned] == ["system", "user", "assistant", "tool", "user"]
+
+
+def test_message_cap_keeps_the_pinned_messages_and_the_newest() -> None:
+    messages = _history(10)
+    pruned = prune_history(messages, 1_000_000, max_messages=6)
+    assert [m["role"] for m in pruned] == ["system", "user", "user", "assistant", "tool",
+                                           "user"]
+    assert pruned[2] == messages[-4] and pruned[-3:] == messages[-3:]
+
+
+def test_character_cap_drops_oldest_turns_whole() -> None:
+    messages = _history(10)
+    pruned = prune_history(messages, 1_000_000, max_chars=2_000)
+    chars = sum(len(str(m.get("content") or "")) for m in pruned)
+    assert chars <= 2_000 + 200  # the tool-call arguments count too
+    assert pruned[:2] == messages[:2] and pruned[-3:] == messages[-3:]
+    ids = {c["id"] for m in pruned for c in m.get("tool_calls", ())}
+    assert all(m["tool_call_id"] in ids for m in pruned if m["role"] == "tool")
+    assert len(pruned) < len(messages)
+
+
+def test_caps_never_drop_system_messages() -> None:
+    messages = [{"role": "system", "content": "A" * 5000}, {"role": "user", "content": "hi"},
+                {"role": "system", "content": "B" * 5000}, {"role": "assistant", "content": "x"},
+                {"role": "user", "content": "y"}]
+    pruned = prune_history(messages, 1_000_000, max_messages=1, max_chars=10)
+    assert [m["role"] for m in pruned] == ["system", "user", "system", "user"]

@@ -93,12 +93,39 @@ async def test_unknown_tool_and_malformed_arguments(executor: SubprocessExecutor
     assert result.stop_reason is StopReason.SUCCESS and result.json_valid is True
 
 
-async def test_json_mode_invalid_answer() -> None:
-    model = ScriptedModel([{"content": "not json"}])
+async def test_json_mode_repairs_an_invalid_answer_once() -> None:
+    model = ScriptedModel([{"content": "not json"}, {"content": '{"answer": 35}'}])
     async with AgentEngine(AgentSettings(), model) as engine:
         result = (await _run(engine, RunConfig(response_format={"type": "json_object"})))[-1]
-    assert result.result.json_valid is False
+    result = result.result
+    assert result.stop_reason is StopReason.SUCCESS and result.answer == '{"answer": 35}'
+    assert result.json_valid is True and result.metrics.json_repairs == 1
     assert model.requests[0]["response_format"] == {"type": "json_object"}
+    repair = model.requests[1]["messages"][-1]
+    assert repair["role"] == "user" and "not valid JSON" in repair["content"]
+    assert "does not parse" in repair["content"]
+
+
+async def test_json_mode_gives_one_repair_round_only() -> None:
+    model = ScriptedModel([{"content": "not json"}, {"content": "[1, 2]"},
+                           {"content": "{}"}])
+    async with AgentEngine(AgentSettings(), model) as engine:
+        result = (await _run(engine, RunConfig(response_format={"type": "json_object"})))[-1]
+    result = result.result
+    assert result.stop_reason is StopReason.SUCCESS and result.answer == "[1, 2]"
+    assert result.json_valid is False and len(model.requests) == 2
+
+
+async def test_json_mode_checks_the_schema() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+    model = ScriptedModel([{"content": '{"n": "seven"}'}, {"content": '{"n": 7}'}])
+    async with AgentEngine(AgentSettings(), model) as engine:
+        step = await engine.step(USER, RunConfig(response_format=fmt))
+        assert not step.done and step.json_valid is False and step.json_repair
+        assert "at n: 'seven' is not of type 'integer'" in step.new_messages[-1]["content"]
+        again = await engine.step([*USER, *step.new_messages], RunConfig(response_format=fmt))
+    assert again.done and again.json_valid is True and again.final_answer == '{"n": 7}'
 
 
 async def test_model_that_never_stops_hits_max_iterations(executor: SubprocessExecutor) -> None:

@@ -93,3 +93,14 @@ async def test_a_score_that_times_out_says_so(mesh: RunningMesh) -> None:
     events = await _events(mesh, req)
     run = next(e.run for e in events if e.HasField("run"))
     assert run.score_error == "score() failed: error (exception): KeyError: 'speed'"
+
+
+async def test_autogenerate_without_a_model_says_what_to_configure(mesh: RunningMesh) -> None:
+    req = cw.CodeWorldRunRequest(mode=cw.SEARCH_MODE_MCTS)
+    req.items.add(task_id="t")
+    req.mcts.autogenerate = True
+    with pytest.raises(RPCError) as info:
+        await _events(mesh, req)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == "mcts.model"
+    assert "SCILLM_CODEWORLD_MODEL" in info.value.message

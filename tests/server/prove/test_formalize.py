@@ -86,6 +86,7 @@ async def test_requirement_without_model_is_refused(engine: ProveEngine) -> None
     with pytest.raises(FormalizeUnavailable) as info:
         engine.run_batch(items)
     assert info.value.item_id == "req-4"
+    assert "SCILLM_PROVE_MODEL" in str(info.value) and "formalize.model" in str(info.value)
 
 
 def test_extract_code_takes_first_fenced_block() -> None:

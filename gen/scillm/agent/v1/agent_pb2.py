@@ -27,37 +27,41 @@ from scillm.common.v1 import common_pb2 as scillm_dot_common_dot_v1_dot_common__
 from scillm.completion.v1 import completion_pb2 as scillm_dot_completion_dot_v1_dot_completion__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bscillm/agent/v1/agent.proto\x12\x0fscillm.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1dscillm/common/v1/common.proto\x1a%scillm/completion/v1/completion.proto\"\xb3\x03\n\x0b\x41gentConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\x12\x31\n\x0emax_total_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_total_tokens\x18\x04 \x01(\x03\x12\x1a\n\renable_repair\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\tuse_tools\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rauto_run_code\x18\x07 \x01(\x08\x12\x11\n\tlanguages\x18\x08 \x03(\t\x12\x13\n\x0bmcp_servers\x18\t \x03(\t\x12=\n\x0fresponse_format\x18\n \x01(\x0b\x32$.scillm.completion.v1.ResponseFormat\x12\x18\n\x10reasoning_effort\x18\x0b \x01(\t\x12\x11\n\x04seed\x18\x0c \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0btemperature\x18\r \x01(\x01H\x03\x88\x01\x01\x42\x10\n\x0e_enable_repairB\x0c\n\n_use_toolsB\x07\n\x05_seedB\x0e\n\x0c_temperature\"\x7f\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x10\n\x08is_error\x18\x04 \x01(\x08\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa0\x01\n\x10\x41gentStepRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.scillm.agent.v1.AgentConfig\x12-\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1c.scillm.common.v1.RunContext\"\xfb\x01\n\x11\x41gentStepResponse\x12\x33\n\x0cnew_messages\x18\x01 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12\x32\n\ntool_calls\x18\x02 \x03(\x0b\x32\x1e.scillm.completion.v1.ToolCall\x12\x31\n\x0ctool_results\x18\x03 \x03(\x0b\x32\x1b.scillm.agent.v1.ToolResult\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x14\n\x0c\x66inal_answer\x18\x05 \x01(\t\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.scillm.common.v1.Usage\"\x9f\x01\n\x0f\x41gentRunRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.scillm.agent.v1.AgentConfig\x12-\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1c.scillm.common.v1.RunContext\"\xa3\x01\n\tModelTurn\x12\x11\n\titeration\x18\x01 \x01(\x05\x12.\n\x07message\x18\x02 \x01(\x0b\x32\x1d.scillm.completion.v1.Message\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.scillm.common.v1.Usage\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"U\n\rToolCallEvent\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x31\n\ttool_call\x18\x02 \x01(\x0b\x32\x1e.scillm.completion.v1.ToolCall\"Q\n\x0fToolResultEvent\x12\x11\n\titeration\x18\x01 \x01(\x05\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.scillm.agent.v1.ToolResult\"\xbc\x01\n\x0c\x41gentMetrics\x12\x12\n\niterations\x18\x01 \x01(\x05\x12\x12\n\ntool_calls\x18\x02 \x01(\x05\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.scillm.common.v1.Usage\x12-\n\nstep_times\x18\x04 \x03(\x0b\x32\x19.google.protobuf.Duration\x12-\n\ntotal_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x99\x02\n\nAgentFinal\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x30\n\x0bstop_reason\x18\x02 \x01(\x0e\x32\x1b.scillm.agent.v1.StopReason\x12.\n\x07metrics\x18\x03 \x01(\x0b\x32\x1d.scillm.agent.v1.AgentMetrics\x12\x31\n\ntranscript\x18\x04 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x17\n\njson_valid\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12/\n\x08manifest\x18\x07 \x01(\x0b\x32\x1d.scillm.common.v1.RunManifestB\r\n\x0b_json_valid\"\xe9\x01\n\x10\x41gentRunResponse\x12\x30\n\nmodel_turn\x18\x01 \x01(\x0b\x32\x1a.scillm.agent.v1.ModelTurnH\x00\x12\x33\n\ttool_call\x18\x02 \x01(\x0b\x32\x1e.scillm.agent.v1.ToolCallEventH\x00\x12\x37\n\x0btool_result\x18\x03 \x01(\x0b\x32 .scillm.agent.v1.ToolResultEventH\x00\x12,\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x1b.scillm.agent.v1.AgentFinalH\x00\x42\x07\n\x05\x65vent*\x91\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13STOP_REASON_SUCCESS\x10\x01\x12\x16\n\x12STOP_REASON_BUDGET\x10\x02\x12\x1e\n\x1aSTOP_REASON_MAX_ITERATIONS\x10\x03\x12\x15\n\x11STOP_REASON_ERROR\x10\x04\x32\xb5\x01\n\x0c\x41gentService\x12R\n\tAgentStep\x12!.scillm.agent.v1.AgentStepRequest\x1a\".scillm.agent.v1.AgentStepResponse\x12Q\n\x08\x41gentRun\x12 .scillm.agent.v1.AgentRunRequest\x1a!.scillm.agent.v1.AgentRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bscillm/agent/v1/agent.proto\x12\x0fscillm.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1dscillm/common/v1/common.proto\x1a%scillm/completion/v1/completion.proto\"\x85\x06\n\x0b\x41gentConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\x12\x31\n\x0emax_total_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_total_tokens\x18\x04 \x01(\x03\x12\x1a\n\renable_repair\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\tuse_tools\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rauto_run_code\x18\x07 \x01(\x08\x12\x11\n\tlanguages\x18\x08 \x03(\t\x12\x13\n\x0bmcp_servers\x18\t \x03(\t\x12=\n\x0fresponse_format\x18\n \x01(\x0b\x32$.scillm.completion.v1.ResponseFormat\x12\x18\n\x10reasoning_effort\x18\x0b \x01(\t\x12\x11\n\x04seed\x18\x0c \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0btemperature\x18\r \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x10\x65scalation_model\x18\x0e \x01(\t\x12\x1d\n\x15\x65scalation_iterations\x18\x0f \x01(\x05\x12\x1c\n\x14max_history_messages\x18\x10 \x01(\x05\x12\x19\n\x11max_history_chars\x18\x11 \x01(\x05\x12\x17\n\x0fshell_allowlist\x18\x12 \x03(\t\x12\x15\n\rshell_presets\x18\x13 \x03(\t\x12\x19\n\x11http_tool_servers\x18\x14 \x03(\t\x12L\n\x11http_tool_headers\x18\x15 \x03(\x0b\x32\x31.scillm.agent.v1.AgentConfig.HttpToolHeadersEntry\x12\r\n\x05trace\x18\x16 \x01(\x08\x1a\x36\n\x14HttpToolHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_enable_repairB\x0c\n\n_use_toolsB\x07\n\x05_seedB\x0e\n\x0c_temperature\"\x7f\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x10\n\x08is_error\x18\x04 \x01(\x08\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa0\x01\n\x10\x41gentStepRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.scillm.agent.v1.AgentConfig\x12-\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1c.scillm.common.v1.RunContext\"\xc7\x02\n\x11\x41gentStepResponse\x12\x33\n\x0cnew_messages\x18\x01 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12\x32\n\ntool_calls\x18\x02 \x03(\x0b\x32\x1e.scillm.completion.v1.ToolCall\x12\x31\n\x0ctool_results\x18\x03 \x03(\x0b\x32\x1b.scillm.agent.v1.ToolResult\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x14\n\x0c\x66inal_answer\x18\x05 \x01(\t\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.scillm.common.v1.Usage\x12\x17\n\njson_valid\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05model\x18\x08 \x01(\t\x12\x13\n\x0b\x65scalate_to\x18\t \x01(\tB\r\n\x0b_json_valid\"\x9f\x01\n\x0f\x41gentRunRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.scillm.agent.v1.AgentConfig\x12-\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1c.scillm.common.v1.RunContext\"\xb2\x01\n\tModelTurn\x12\x11\n\titeration\x18\x01 \x01(\x05\x12.\n\x07message\x18\x02 \x01(\x0b\x32\x1d.scillm.completion.v1.Message\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.scillm.common.v1.Usage\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x05 \x01(\t\"U\n\rToolCallEvent\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x31\n\ttool_call\x18\x02 \x01(\x0b\x32\x1e.scillm.completion.v1.ToolCall\"Q\n\x0fToolResultEvent\x12\x11\n\titeration\x18\x01 \x01(\x05\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.scillm.agent.v1.ToolResult\"\x94\x02\n\x0c\x41gentMetrics\x12\x12\n\niterations\x18\x01 \x01(\x05\x12\x12\n\ntool_calls\x18\x02 \x01(\x05\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.scillm.common.v1.Usage\x12-\n\nstep_times\x18\x04 \x03(\x0b\x32\x19.google.protobuf.Duration\x12-\n\ntotal_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tescalated\x18\x06 \x01(\x08\x12\x12\n\nused_model\x18\x07 \x01(\t\x12\x19\n\x11\x65scalation_reason\x18\x08 \x01(\t\x12\x14\n\x0cjson_repairs\x18\t \x01(\x05\"\xad\x02\n\nAgentFinal\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x30\n\x0bstop_reason\x18\x02 \x01(\x0e\x32\x1b.scillm.agent.v1.StopReason\x12.\n\x07metrics\x18\x03 \x01(\x0b\x32\x1d.scillm.agent.v1.AgentMetrics\x12\x31\n\ntranscript\x18\x04 \x03(\x0b\x32\x1d.scillm.completion.v1.Message\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x17\n\njson_valid\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12/\n\x08manifest\x18\x07 \x01(\x0b\x32\x1d.scillm.common.v1.RunManifest\x12\x12\n\ntrace_path\x18\x08 \x01(\tB\r\n\x0b_json_valid\"\xe9\x01\n\x10\x41gentRunResponse\x12\x30\n\nmodel_turn\x18\x01 \x01(\x0b\x32\x1a.scillm.agent.v1.ModelTurnH\x00\x12\x33\n\ttool_call\x18\x02 \x01(\x0b\x32\x1e.scillm.agent.v1.ToolCallEventH\x00\x12\x37\n\x0btool_result\x18\x03 \x01(\x0b\x32 .scillm.agent.v1.ToolResultEventH\x00\x12,\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x1b.scillm.agent.v1.AgentFinalH\x00\x42\x07\n\x05\x65vent*\x91\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13STOP_REASON_SUCCESS\x10\x01\x12\x16\n\x12STOP_REASON_BUDGET\x10\x02\x12\x1e\n\x1aSTOP_REASON_MAX_ITERATIONS\x10\x03\x12\x15\n\x11STOP_REASON_ERROR\x10\x04\x32\xb5\x01\n\x0c\x41gentService\x12R\n\tAgentStep\x12!.scillm.agent.v1.AgentStepRequest\x1a\".scillm.agent.v1.AgentStepResponse\x12Q\n\x08\x41gentRun\x12 .scillm.agent.v1.AgentRunRequest\x1a!.scillm.agent.v1.AgentRunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'scillm.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=2344
-  _globals['_STOPREASON']._serialized_end=2489
+  _globals['_AGENTCONFIG_HTTPTOOLHEADERSENTRY']._loaded_options = None
+  _globals['_AGENTCONFIG_HTTPTOOLHEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_STOPREASON']._serialized_start=2881
+  _globals['_STOPREASON']._serialized_end=3026
   _globals['_AGENTCONFIG']._serialized_start=151
-  _globals['_AGENTCONFIG']._serialized_end=586
-  _globals['_TOOLRESULT']._serialized_start=588
-  _globals['_TOOLRESULT']._serialized_end=715
-  _globals['_AGENTSTEPREQUEST']._serialized_start=718
-  _globals['_AGENTSTEPREQUEST']._serialized_end=878
-  _globals['_AGENTSTEPRESPONSE']._serialized_start=881
-  _globals['_AGENTSTEPRESPONSE']._serialized_end=1132
-  _globals['_AGENTRUNREQUEST']._serialized_start=1135
-  _globals['_AGENTRUNREQUEST']._serialized_end=1294
-  _globals['_MODELTURN']._serialized_start=1297
-  _globals['_MODELTURN']._serialized_end=1460
-  _globals['_TOOLCALLEVENT']._serialized_start=1462
-  _globals['_TOOLCALLEVENT']._serialized_end=1547
-  _globals['_TOOLRESULTEVENT']._serialized_start=1549
-  _globals['_TOOLRESULTEVENT']._serialized_end=1630
-  _globals['_AGENTMETRICS']._serialized_start=1633
-  _globals['_AGENTMETRICS']._serialized_end=1821
-  _globals['_AGENTFINAL']._serialized_start=1824
-  _globals['_AGENTFINAL']._serialized_end=2105
-  _globals['_AGENTRUNRESPONSE']._serialized_start=2108
-  _globals['_AGENTRUNRESPONSE']._serialized_end=2341
-  _globals['_AGENTSERVICE']._serialized_start=2492
-  _globals['_AGENTSERVICE']._serialized_end=2673
+  _globals['_AGENTCONFIG']._serialized_end=924
+  _globals['_AGENTCONFIG_HTTPTOOLHEADERSENTRY']._serialized_start=813
+  _globals['_AGENTCONFIG_HTTPTOOLHEADERSENTRY']._serialized_end=867
+  _globals['_TOOLRESULT']._serialized_start=926
+  _globals['_TOOLRESULT']._serialized_end=1053
+  _globals['_AGENTSTEPREQUEST']._serialized_start=1056
+  _globals['_AGENTSTEPREQUEST']._serialized_end=1216
+  _globals['_AGENTSTEPRESPONSE']._serialized_start=1219
+  _globals['_AGENTSTEPRESPONSE']._serialized_end=1546
+  _globals['_AGENTRUNREQUEST']._serialized_start=1549
+  _globals['_AGENTRUNREQUEST']._serialized_end=1708
+  _globals['_MODELTURN']._serialized_start=1711
+  _globals['_MODELTURN']._serialized_end=1889
+  _globals['_TOOLCALLEVENT']._serialized_start=1891
+  _globals['_TOOLCALLEVENT']._serialized_end=1976
+  _globals['_TOOLRESULTEVENT']._serialized_start=1978
+  _globals['_TOOLRESULTEVENT']._serialized_end=2059
+  _globals['_AGENTMETRICS']._serialized_start=2062
+  _globals['_AGENTMETRICS']._serialized_end=2338
+  _globals['_AGENTFINAL']._serialized_start=2341
+  _globals['_AGENTFINAL']._serialized_end=2642
+  _globals['_AGENTRUNRESPONSE']._serialized_start=2645
+  _globals['_AGENTRUNRESPONSE']._serialized_end=2878
+  _globals['_AGENTSERVICE']._serialized_start=3029
+  _globals['_AGENTSERVICE']._serialized_end=3210
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,26 @@ class AgentConfig(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class HttpToolHeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
     MAX_TOTAL_TIME_FIELD_NUMBER: _builtins.int
@@ -73,6 +93,15 @@ class AgentConfig(_message.Message):
     REASONING_EFFORT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
+    ESCALATION_MODEL_FIELD_NUMBER: _builtins.int
+    ESCALATION_ITERATIONS_FIELD_NUMBER: _builtins.int
+    MAX_HISTORY_MESSAGES_FIELD_NUMBER: _builtins.int
+    MAX_HISTORY_CHARS_FIELD_NUMBER: _builtins.int
+    SHELL_ALLOWLIST_FIELD_NUMBER: _builtins.int
+    SHELL_PRESETS_FIELD_NUMBER: _builtins.int
+    HTTP_TOOL_SERVERS_FIELD_NUMBER: _builtins.int
+    HTTP_TOOL_HEADERS_FIELD_NUMBER: _builtins.int
+    TRACE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Completion model driving the agent."""
     max_iterations: _builtins.int
@@ -91,6 +120,25 @@ class AgentConfig(_message.Message):
     """Sampling seed."""
     temperature: _builtins.float
     """Sampling temperature."""
+    escalation_model: _builtins.str
+    """Stronger model the run switches to once, when the turn or token budget runs out
+    or the model gives up (an empty answer, or one naming a give-up marker such as
+    "I give up" or "budget exceeded"); empty takes the server's (none by default).
+    """
+    escalation_iterations: _builtins.int
+    """Model turns the escalation model gets (0: the server's default, 3)."""
+    max_history_messages: _builtins.int
+    """Most non-system messages sent to the model (0: the server's default, 50); system
+    messages, the task and the last tool-call/tool-result pair are always sent.
+    """
+    max_history_chars: _builtins.int
+    """Most characters of message content sent to the model (0: the server's default,
+    64000); the same messages are always sent.
+    """
+    trace: _builtins.bool
+    """Write a JSONL trace of the run (one line per model turn and per tool call) beside
+    the run store; its path comes back in AgentFinal.trace_path.
+    """
     @_builtins.property
     def max_total_time(self) -> _duration_pb2.Duration:
         """Wall-clock budget of the run."""
@@ -106,6 +154,29 @@ class AgentConfig(_message.Message):
     @_builtins.property
     def response_format(self) -> _completion_pb2.ResponseFormat:
         """Output format of the final answer."""
+
+    @_builtins.property
+    def shell_allowlist(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Shell tool command prefixes (argv words, e.g. "git status"): a `run_shell` call
+        runs only when its argv starts with one of them, with no shell in between, in the
+        code tools' sandbox. Replaces the server's list for this run.
+        """
+
+    @_builtins.property
+    def shell_presets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Named shell presets adding prefixes: "python", "javascript", "rust", "go", "bash"."""
+
+    @_builtins.property
+    def http_tool_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Configured HTTP tool servers (`GET /tools`, `POST /invoke`) whose tools are
+        offered, by name or by base URL; empty offers all.
+        """
+
+    @_builtins.property
+    def http_tool_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Headers added to this run's HTTP tool calls (e.g. authorization). Their values are
+        not kept in the run store (a replay sends them as "[redacted]").
+        """
 
     def __init__(
         self,
@@ -123,10 +194,19 @@ class AgentConfig(_message.Message):
         reasoning_effort: _builtins.str = ...,
         seed: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
+        escalation_model: _builtins.str = ...,
+        escalation_iterations: _builtins.int = ...,
+        max_history_messages: _builtins.int = ...,
+        max_history_chars: _builtins.int = ...,
+        shell_allowlist: _abc.Iterable[_builtins.str] | None = ...,
+        shell_presets: _abc.Iterable[_builtins.str] | None = ...,
+        http_tool_servers: _abc.Iterable[_builtins.str] | None = ...,
+        http_tool_headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        trace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_seed", b"_seed", "_temperature", b"_temperature", "_use_tools", b"_use_tools", "enable_repair", b"enable_repair", "max_total_time", b"max_total_time", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "use_tools", b"use_tools"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_seed", b"_seed", "_temperature", b"_temperature", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "languages", b"languages", "max_iterations", b"max_iterations", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "model", b"model", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "use_tools", b"use_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_seed", b"_seed", "_temperature", b"_temperature", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "escalation_iterations", b"escalation_iterations", "escalation_model", b"escalation_model", "http_tool_headers", b"http_tool_headers", "http_tool_servers", b"http_tool_servers", "languages", b"languages", "max_history_chars", b"max_history_chars", "max_history_messages", b"max_history_messages", "max_iterations", b"max_iterations", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "model", b"model", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "shell_allowlist", b"shell_allowlist", "shell_presets", b"shell_presets", "temperature", b"temperature", "trace", b"trace", "use_tools", b"use_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enable_repair: _TypeAlias = _typing.Literal["enable_repair"]  # noqa: Y015
     _WhichOneofArgType__enable_repair: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair"]  # noqa: Y015
@@ -235,10 +315,24 @@ class AgentStepResponse(_message.Message):
     DONE_FIELD_NUMBER: _builtins.int
     FINAL_ANSWER_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    JSON_VALID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ESCALATE_TO_FIELD_NUMBER: _builtins.int
     done: _builtins.bool
     """Whether the run is done (a final answer)."""
     final_answer: _builtins.str
     """The final answer, when done."""
+    json_valid: _builtins.bool
+    """With a JSON response_format and a reply without tool calls: whether it parsed (and
+    matched the schema). When it did not and no repair was asked yet, `done` is false
+    and `new_messages` ends with the repair request.
+    """
+    model: _builtins.str
+    """The model that answered."""
+    escalate_to: _builtins.str
+    """The model gave up and an escalation model is configured: run the next step with
+    this model (`new_messages` ends with the note saying so).
+    """
     @_builtins.property
     def new_messages(self) -> _containers.RepeatedCompositeFieldContainer[_completion_pb2.Message]:
         """Messages added by this step (assistant turn, tool results, observations)."""
@@ -264,12 +358,17 @@ class AgentStepResponse(_message.Message):
         done: _builtins.bool = ...,
         final_answer: _builtins.str = ...,
         usage: _common_pb2.Usage | None = ...,
+        json_valid: _builtins.bool | None = ...,
+        model: _builtins.str = ...,
+        escalate_to: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "json_valid", b"json_valid", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "final_answer", b"final_answer", "new_messages", b"new_messages", "tool_calls", b"tool_calls", "tool_results", b"tool_results", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "done", b"done", "escalate_to", b"escalate_to", "final_answer", b"final_answer", "json_valid", b"json_valid", "model", b"model", "new_messages", b"new_messages", "tool_calls", b"tool_calls", "tool_results", b"tool_results", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__json_valid: _TypeAlias = _typing.Literal["json_valid"]  # noqa: Y015
+    _WhichOneofArgType__json_valid: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__json_valid) -> _WhichOneofReturnType__json_valid | None: ...
 
 Global___AgentStepResponse: _TypeAlias = AgentStepResponse  # noqa: Y015
 
@@ -319,8 +418,11 @@ class ModelTurn(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     iteration: _builtins.int
     """1-based iteration."""
+    model: _builtins.str
+    """The model that answered."""
     @_builtins.property
     def message(self) -> _completion_pb2.Message:
         """The assistant message."""
@@ -340,10 +442,11 @@ class ModelTurn(_message.Message):
         message: _completion_pb2.Message | None = ...,
         usage: _common_pb2.Usage | None = ...,
         duration: _duration_pb2.Duration | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "message", b"message", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "iteration", b"iteration", "message", b"message", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "iteration", b"iteration", "message", b"message", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,10 +519,22 @@ class AgentMetrics(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     STEP_TIMES_FIELD_NUMBER: _builtins.int
     TOTAL_TIME_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
+    USED_MODEL_FIELD_NUMBER: _builtins.int
+    ESCALATION_REASON_FIELD_NUMBER: _builtins.int
+    JSON_REPAIRS_FIELD_NUMBER: _builtins.int
     iterations: _builtins.int
     """Model turns."""
     tool_calls: _builtins.int
     """Tool calls."""
+    escalated: _builtins.bool
+    """Whether the run switched to the escalation model."""
+    used_model: _builtins.str
+    """The model of the last turn (the escalation model once escalated)."""
+    escalation_reason: _builtins.str
+    """Why it escalated: "max_iterations", "budget" (tokens) or "gave_up"."""
+    json_repairs: _builtins.int
+    """JSON repair rounds asked (0 or 1)."""
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """Tokens."""
@@ -440,10 +555,14 @@ class AgentMetrics(_message.Message):
         usage: _common_pb2.Usage | None = ...,
         step_times: _abc.Iterable[_duration_pb2.Duration] | None = ...,
         total_time: _duration_pb2.Duration | None = ...,
+        escalated: _builtins.bool = ...,
+        used_model: _builtins.str = ...,
+        escalation_reason: _builtins.str = ...,
+        json_repairs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total_time", b"total_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["iterations", b"iterations", "step_times", b"step_times", "tool_calls", b"tool_calls", "total_time", b"total_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalated", b"escalated", "escalation_reason", b"escalation_reason", "iterations", b"iterations", "json_repairs", b"json_repairs", "step_times", b"step_times", "tool_calls", b"tool_calls", "total_time", b"total_time", "usage", b"usage", "used_model", b"used_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -462,6 +581,7 @@ class AgentFinal(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     JSON_VALID_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
+    TRACE_PATH_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     """Final answer text."""
     stop_reason: Global___StopReason.ValueType
@@ -470,6 +590,8 @@ class AgentFinal(_message.Message):
     """Error, with STOP_REASON_ERROR."""
     json_valid: _builtins.bool
     """With a JSON response_format: whether the answer parsed."""
+    trace_path: _builtins.str
+    """With AgentConfig.trace: the JSONL trace file, on the server."""
     @_builtins.property
     def metrics(self) -> Global___AgentMetrics:
         """Metrics."""
@@ -492,10 +614,11 @@ class AgentFinal(_message.Message):
         error: _builtins.str = ...,
         json_valid: _builtins.bool | None = ...,
         manifest: _common_pb2.RunManifest | None = ...,
+        trace_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "json_valid", b"json_valid", "manifest", b"manifest", "metrics", b"metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "answer", b"answer", "error", b"error", "json_valid", b"json_valid", "manifest", b"manifest", "metrics", b"metrics", "stop_reason", b"stop_reason", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "answer", b"answer", "error", b"error", "json_valid", b"json_valid", "manifest", b"manifest", "metrics", b"metrics", "stop_reason", b"stop_reason", "trace_path", b"trace_path", "transcript", b"transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__json_valid: _TypeAlias = _typing.Literal["json_valid"]  # noqa: Y015
     _WhichOneofArgType__json_valid: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid"]  # noqa: Y015

@@ -1,0 +1,186 @@
+"""HTTP tools: the seed's tool-server protocol, beside MCP.
+
+    GET  <url>/tools    -> [{"type": "function", "function": {name, description, parameters}}]
+                           (or {"tools": [...]})
+    POST <url>/invoke   {"name": "<tool>", "arguments": {...}}
+                        -> {"ok": bool, "text" | "result" | "answer" | "stdout": ...,
+                            "error"?, "rc"?, "stderr"?}  (or plain text)
+
+Tools are listed when a run starts (a tool server may come and go) and offered as
+`<server>__<tool>`. A call answered 429 is retried (`retries` times) after its
+`Retry-After` (seconds or an HTTP date), when that wait fits in the call's time; other
+failures become error results the model sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ._settings import HttpToolServerConfig
+from ._tools import ToolOutput, qualified_name
+from .errors import HttpToolServerError, ToolExecutionError, ToolTimeoutError
+
+__all__ = ["HttpTool", "HttpToolServer", "retry_after_seconds"]
+
+#: Timeout of `GET /tools`, seconds.
+_LIST_TIMEOUT_S = 10.0
+_TAIL = 256
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpToolServer:
+    """One configured tool server: an HTTP client, and its tools listed per run."""
+
+    def __init__(self, config: HttpToolServerConfig, *, retries: int) -> None:
+        self.config = config
+        self._retries = retries
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(headers=dict(self.config.headers))
+        return self._client
+
+    async def list_tools(self, headers: Mapping[str, str]) -> list[HttpTool]:
+        """`GET /tools`; HttpToolServerError when it cannot be reached or read."""
+        where = f"HTTP tool server {self.name!r} ({self.config.url})"
+        try:
+            response = await self._http().get(f"{self.config.url.rstrip('/')}/tools",
+                                              headers=dict(headers), timeout=_LIST_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            raise HttpToolServerError(f"{where} is unreachable: {type(exc).__name__}: {exc}",
+                                      server=self.name) from exc
+        if response.status_code >= 400:
+            raise HttpToolServerError(f"{where}: GET /tools answered {response.status_code}: "
+                                      f"{response.text[:_TAIL]}", server=self.name)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise HttpToolServerError(f"{where}: GET /tools is not JSON", server=self.name) \
+                from exc
+        specs = data.get("tools") if isinstance(data, Mapping) else data
+        if not isinstance(specs, list):
+            raise HttpToolServerError(f"{where}: GET /tools must list tools", server=self.name)
+        tools: list[HttpTool] = []
+        for spec in specs:
+            function = spec.get("function") if isinstance(spec, Mapping) else None
+            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+                raise HttpToolServerError(f"{where}: a tool has no function.name",
+                                          server=self.name)
+            tools.append(HttpTool(self, function, headers))
+        return tools
+
+    async def invoke(self, remote: str, arguments: dict[str, Any], *, timeout_s: float,
+                     tool: str, headers: Mapping[str, str]) -> ToolOutput:
+        """`POST /invoke`, retrying a 429 after its Retry-After while time remains."""
+        deadline = time.monotonic() + timeout_s
+        body = {"name": remote, "arguments": arguments}
+        url = f"{self.config.url.rstrip('/')}/invoke"
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                response = await self._http().post(url, json=body, headers=dict(headers),
+                                                   timeout=max(0.05, remaining))
+            except httpx.TimeoutException as exc:
+                raise ToolTimeoutError(f"HTTP tool {tool!r} timed out after {timeout_s:g} s",
+                                       tool=tool, timeout_s=timeout_s) from exc
+            except httpx.HTTPError as exc:
+                raise ToolExecutionError(f"HTTP tool server {self.name!r} failed during "
+                                         f"{tool!r}: {type(exc).__name__}: {exc}",
+                                         tool=tool) from exc
+            if response.status_code != 429:
+                return _output(response, tool)
+            wait = retry_after_seconds(response.headers.get("retry-after")) or 0.0
+            if attempt >= self._retries or time.monotonic() + wait >= deadline:
+                raise ToolExecutionError(
+                    f"HTTP tool {tool!r} is rate limited (429) after {attempt + 1} "
+                    f"attempt(s); Retry-After: {response.headers.get('retry-after', 'none')}",
+                    tool=tool)
+            attempt += 1
+            await asyncio.sleep(wait)
+
+    async def close(self) -> None:
+        """Close the HTTP client. Idempotent."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+def _output(response: httpx.Response, tool: str) -> ToolOutput:
+    if response.status_code >= 400:
+        raise ToolExecutionError(f"HTTP tool {tool!r}: {response.status_code}: "
+                                 f"{response.text[:_TAIL]}", tool=tool)
+    try:
+        data = response.json()
+    except ValueError:
+        return ToolOutput(response.text)
+    if not isinstance(data, Mapping):
+        return ToolOutput(json.dumps(data, ensure_ascii=False))
+    failed = data.get("ok") is False
+    text = next((data[k] for k in ("text", "result", "answer", "stdout")
+                 if isinstance(data.get(k), str)), None)
+    if text is None:
+        text = str(data["error"]) if failed and data.get("error") else \
+            json.dumps(dict(data), ensure_ascii=False, sort_keys=True)
+    rc = data.get("rc", data.get("returncode"))
+    return ToolOutput(text, is_error=failed, exit_code=rc if isinstance(rc, int) else None,
+                      stdout=data.get("stdout") if isinstance(data.get("stdout"), str) else None,
+                      stderr=data.get("stderr") if isinstance(data.get("stderr"), str) else None)
+
+
+class HttpTool:
+    """One tool of an HTTP tool server, offered as `<server>__<tool>`."""
+
+    def __init__(self, server: HttpToolServer, function: Mapping[str, Any],
+                 headers: Mapping[str, str]) -> None:
+        self._server = server
+        self.remote_name = str(function["name"])
+        self._name = qualified_name(server.name, self.remote_name)
+        self._description = str(function.get("description") or self.remote_name)
+        parameters = function.get("parameters")
+        self._parameters: dict[str, Any] = dict(parameters) if isinstance(
+            parameters, Mapping) else {"type": "object"}
+        self._headers = dict(headers)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @property
+    def parameters(self) -> Mapping[str, Any]:
+        return self._parameters
+
+    async def call(self, arguments: Mapping[str, Any], *, timeout_s: float) -> ToolOutput:
+        return await self._server.invoke(self.remote_name, dict(arguments), timeout_s=timeout_s,
+                                         tool=self._name, headers=self._headers)

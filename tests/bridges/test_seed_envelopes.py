@@ -1,0 +1,242 @@
+"""The seed's own request bodies, as its README, QUICKSTART and users send them, through a
+real mesh: `/bridge/complete` (CodeWorld, Certainly, Lean 4), `/agent/run` and `/ready`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from http_tools_server import HttpToolServer
+from meshutil import RunningMesh, mesh_settings, start_mesh
+from scripted_upstream import ScriptedUpstream
+
+SUM = "def solve(task, context):\n    return sum(context['input'])\n"
+ZERO = "def solve(task, context):\n    return 0\n"
+
+
+class Mesh:
+    def __init__(self, running: RunningMesh, upstream: ScriptedUpstream,
+                 tools: HttpToolServer) -> None:
+        self.running, self.upstream, self.tools = running, upstream, tools
+
+    def script(self, *replies: dict[str, Any]) -> None:
+        self.upstream.replies = list(replies)
+        self.upstream._index = 0
+        self.upstream.requests.clear()
+
+    def post(self, path: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+        return httpx.post(f"{self.running.http_url}{path}", json=body, timeout=120,
+                          headers=headers)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    upstream = ScriptedUpstream([{"content": "unused"}]).start()
+    tools = HttpToolServer(busy_429s=0).start()
+    tmp = tmp_path_factory.mktemp("seed")
+    config = tmp / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": name, "litellm_params": {
+            "model": f"openai/{name}", "api_base": upstream.url, "api_key": "x"}}
+            for name in ("gen", "weak", "strong")],
+        "litellm_settings": {"cache": False},
+        "http_tool_servers": {"lab": {"url": tools.url}}}))
+    running = start_mesh(mesh_settings(tmp, config_path=config, codeworld_model="gen"))
+    yield Mesh(running, upstream, tools)
+    running.stop()
+    tools.stop()
+    upstream.stop()
+
+
+# --------------------------------------------------------------------------- CodeWorld
+
+def test_the_seed_codeworld_body_runs_its_code_variants(mesh: Mesh) -> None:
+    body = {"messages": [{"role": "user", "content": "sum the input"}],
+            "items": [{"task_id": "t1", "context": {"input": [1, 2, 3], "expected": 6,
+                                                    "code_variants": {"a": SUM, "b": ZERO}}}],
+            "provider": {"name": "codeworld", "args": {"judge": True}},
+            "options": {"session_id": "s1"}}
+    reply = mesh.post("/bridge/complete", body)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["summary"] == {"items": 1, "succeeded": 2, "failed": 0}
+    (result,) = out["results"]
+    assert result["item_id"] == "t1" and result["best_strategy"] == "a"
+    assert result["outputs"]["result"] == 6 and result["scores"]["correctness"] == 1.0
+    assert {s["name"] for s in result["strategies"]} == {"a", "b"}
+    manifest = out["run_manifest"]
+    assert manifest["run_id"] and manifest["item_ids"] == ["t1"]
+    assert manifest["options"]["session_id"] == "s1" and "mcts_stats" not in manifest
+    assert out["duration_ms"] > 0 and out["signals"]["session_id"] == "s1"
+
+
+def test_the_seed_one_post_autogenerate_and_mcts_body(mesh: Mesh) -> None:
+    """The seed README's body, verbatim; its users read .run_manifest.mcts_stats."""
+    variants = {"variants": [
+        {"id": "v_one", "title": "one", "rationale": "constant", "code":
+            "def solve(task, context):\n    return 1\n"},
+        {"id": "v_two", "title": "two", "rationale": "longer", "code":
+            "def solve(task, context):\n    x = 1\n    y = 1\n    return x + y\n"}]}
+    mesh.script({"content": json.dumps(variants)})
+    body = {"messages": [{"role": "user", "content": "Autogenerate then search"}],
+            "items": [{"task": "t", "context": {}}],
+            "provider": {"name": "codeworld", "args": {
+                "strategy": "mcts", "strategy_config": {
+                    "autogenerate": {"enabled": True, "n": 3},
+                    "rollouts": 24, "depth": 6, "uct_c": 1.25}}}}
+    reply = mesh.post("/bridge/complete", body)
+    assert reply.status_code == 200, reply.text
+    stats = reply.json()["run_manifest"]["mcts_stats"]
+    assert (stats["rollouts"], stats["depth"], stats["uct_c"]) == (24, 6, 1.25)
+    assert stats["best_variant"] in ("v_one", "v_two") and stats["error"] is None
+    assert stats["generation"]["model"] == "gen" and stats["generation"]["n"] == 3
+    assert mesh.upstream.requests[0]["model"] == "gen"  # CodeWorld's model, not Prove's
+    assert reply.json()["run_manifest"]["strategy_name"] == "mcts"
+
+
+def test_codeworld_legacy_fields(mesh: Mesh) -> None:
+    body = {"messages": [{"role": "user", "content": "sum"}],
+            "items": [{"id": "x", "spec": "sum the list",
+                       "context": {"input": [2, 2], "expected": 4}}],
+            "provider": {"args": {"strategies": [{"name": "sum", "code": SUM},
+                                                 {"name": "zero", "code": ZERO}]}},
+            "codeworld_metrics": ["correctness"], "codeworld_iterations": 2,
+            "codeworld_allowed_languages": ["python"], "request_timeout": 60}
+    reply = mesh.post("/bridge/complete", body)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["statistics"] == {"iterations": 2, "metrics": ["correctness"],
+                                 "allowed_languages": ["python"]}
+    result = out["results"][0]
+    assert result["item_id"] == "x" and result["best_strategy"] == "sum"
+    assert result["scores"]["aggregate"] == 1.0  # ranked by correctness alone
+    body["provider"]["args"]["strategies"].append(
+        {"name": "js", "language": "javascript", "code": "function solve() { return 4 }"})
+    refused = mesh.post("/bridge/complete", body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "codeworld_allowed_languages"
+
+
+def test_ours_stay_ours_and_the_header_decides(mesh: Mesh) -> None:
+    body = {"messages": [{"role": "user", "content": "sum"}],
+            "items": [{"task_id": "a", "context": {"input": [1], "expected": 1}}],
+            "provider": {"args": {"strategies": [{"name": "sum", "source": SUM}]}}}
+    ours = mesh.post("/bridge/complete", body)
+    assert ours.json()["object"] == "chat.completion"
+    seed = mesh.post("/bridge/complete", body, **{"x-scillm-envelope": "seed"})
+    assert seed.json()["results"][0]["item_id"] == "a"
+    named = {**body, "provider": {**body["provider"], "name": "codeworld"}}
+    assert mesh.post("/bridge/complete", named, **{"x-scillm-envelope": "scillm"}
+                     ).json()["object"] == "chat.completion"
+    unknown = mesh.post("/bridge/complete", {**body, "provider": {"name": "mystery"}})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "provider.name"
+
+
+# --------------------------------------------------------------------------- Certainly
+
+def test_the_seed_lean4_body_says_what_to_configure(mesh: Mesh) -> None:
+    """The seed QUICKSTART's Lean 4 batch: requirements only, and no formalizer here."""
+    body = {"messages": [{"role": "system", "content": "Analyse the batch"}],
+            "lean4_requirements": [{"requirement_text": "0 + n = n"},
+                                   {"requirement_text": "The sum of two even numbers is even"}],
+            "lean4_flags": [], "max_seconds": 180}
+    reply = mesh.post("/bridge/complete", body)
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert "SCILLM_PROVE_MODEL" in message and "formalize.model" in message
+    assert "callable" not in message
+    flagged = mesh.post("/bridge/complete", {**body, "lean4_flags": ["--no-llm"]})
+    assert flagged.status_code == 400 and "--no-llm" in flagged.json()["error"]["message"]
+    unknown = mesh.post("/bridge/complete", {**body, "lean4_flags": ["--fast"]})
+    assert unknown.json()["error"]["param"] == "lean4_flags"
+
+
+def test_a_certainly_body_answers_proof_results_by_item(mesh: Mesh) -> None:
+    body = {"messages": [{"role": "user", "content": "check"}],
+            "items": [{"id": "inc", "backend": "smt", "preamble": "(declare-const x Int)",
+                       "statement": "(> (+ x 1) x)"},
+                      {"item_id": "big", "backend": "smt", "preamble": "(declare-const x Int)",
+                       "statement": "(> x 5)"}],
+            "provider": {"name": "certainly"}, "options": {"session_id": "p1"}}
+    reply = mesh.post("/bridge/complete", body)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["summary"]["items"] == 2 and out["summary"]["proved"] == 1
+    by_id = {r["item_id"]: r for r in out["proof_results"]}
+    assert by_id["inc"]["ok"] is True and by_id["big"]["verdict"] == "refuted"
+    assert out["results"] == out["proof_results"]
+    assert out["run_manifest"]["run_id"] and out["run_manifest"]["options"]["session_id"] == "p1"
+    assert out["duration_ms"] > 0
+
+
+def test_provider_lean4_goes_to_the_lean_backend(mesh: Mesh) -> None:
+    body = {"messages": [{"role": "user", "content": "check"}],
+            "items": [{"statement": "theorem t : True := trivial"}],
+            "provider": {"name": "lean4"}}
+    reply = mesh.post("/bridge/complete", body)
+    if reply.status_code == 200:  # a Lean toolchain is installed
+        assert reply.json()["proof_results"][0]["backend"] == "lean4"
+    else:
+        assert reply.status_code == 400 and "lean4" in reply.json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- Agent
+
+def test_ready_answers_like_the_seed_agent_app(mesh: Mesh) -> None:
+    reply = httpx.get(f"{mesh.running.http_url}/ready", timeout=30)
+    assert reply.status_code == 200 and reply.json()["ok"] is True
+
+
+def test_the_seed_agent_body_with_http_tools(mesh: Mesh) -> None:
+    """The seed README's /agent/run body (tool_backend http), answered in its shape."""
+    mesh.script({"content": None, "tool_calls": [{"id": "e1", "type": "function", "function": {
+        "name": "lab__echo", "arguments": json.dumps({"text": "hello"})}}]},
+        {"content": "It said hello."})
+    body = {"messages": [{"role": "user", "content": "hi"}], "model": "weak",
+            "tool_backend": "http", "tool_http_base_url": mesh.tools.url,
+            "tool_http_headers": {"Authorization": "Bearer <token>"}}
+    reply = mesh.post("/agent/run", body)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["ok"] is True and out["final_answer"] == "It said hello."
+    assert out["stopped_reason"] == "success"
+    assert set(out["metrics"]) == {"iterations", "ttotal_ms", "escalated", "used_model"}
+    assert out["metrics"]["iterations"] == 2 and out["metrics"]["used_model"] == "weak"
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "tool", "assistant"]
+    (_, headers, _), = mesh.tools.invokes("echo")
+    assert headers["authorization"] == "Bearer <token>"
+    elsewhere = mesh.post("/agent/run", {**body, "tool_http_base_url": "http://127.0.0.1:9"})
+    assert elsewhere.status_code == 400 and "not configured" in elsewhere.text
+
+
+def test_the_seed_agent_escalates_on_budget_exceeded(mesh: Mesh) -> None:
+    mesh.script({"content": "budget exceeded"}, {"content": "solved"})
+    reply = mesh.post("/agent/run", {
+        "messages": [{"role": "user", "content": "hard"}], "model": "weak",
+        "escalate_on_budget_exceeded": True, "escalate_model": "strong"})
+    out = reply.json()
+    assert out["final_answer"] == "solved"
+    assert out["metrics"]["escalated"] is True and out["metrics"]["used_model"] == "strong"
+    mesh.script({"content": "ok"})
+    ours = mesh.post("/agent/run", {"messages": [{"role": "user", "content": "hi"}],
+                                    "model": "weak"})
+    assert ours.json()["answer"] == "ok" and "final_answer" not in ours.json()
+
+
+def test_lean4_requirements_become_requirement_items() -> None:
+    from scillm.bridges.seed.prove import request_from_envelope
+    from scillm.prove.v1 import prove_pb2 as pv
+
+    req = request_from_envelope({
+        "messages": [], "lean4_requirements": [
+            {"requirement_text": "0 + n = n", "metadata": {"source": "q1"}},
+            {"requirement": "n + 0 = n"}, "1 = 1"],
+        "lean4_flags": ["--deterministic"], "model": "lean4", "max_seconds": 180})
+    assert [i.requirement_text for i in req.items] == ["0 + n = n", "n + 0 = n", "1 = 1"]
+    assert req.items[0].metadata["source"] == "q1"
+    assert req.default_backend == pv.BACKEND_LEAN4
+    assert req.formalize.HasField("temperature") and req.formalize.temperature == 0.0
+    assert req.limits.timeout.seconds == 180

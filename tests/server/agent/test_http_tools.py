@@ -1,0 +1,116 @@
+"""HTTP tools against a real local tool server: listing, calls, failures, 429 Retry-After."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from http_tools_server import HttpToolServer
+
+from scillm.server.agent import (
+    AgentEngine,
+    AgentSettings,
+    HttpToolServerConfig,
+    RunConfig,
+    ScriptedModel,
+    StopReason,
+    retry_after_seconds,
+)
+from scillm.server.agent.errors import AgentConfigError, HttpToolServerError
+
+
+@pytest.fixture
+def tools() -> Iterator[HttpToolServer]:
+    server = HttpToolServer(busy_429s=1, retry_after="1").start()
+    yield server
+    server.stop()
+
+
+def _settings(url: str, **overrides: object) -> AgentSettings:
+    values: dict[str, object] = {
+        "languages": (), "tool_timeout_seconds": 10.0, "http_tool_servers": (
+            HttpToolServerConfig("lab", url, headers={"authorization": "Bearer configured"}),)}
+    values.update(overrides)
+    return AgentSettings(**values)  # type: ignore[arg-type]
+
+
+def test_retry_after_in_seconds_or_as_a_date() -> None:
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert retry_after_seconds(later, now=now.timestamp()) == 30.0
+
+
+async def test_tools_are_listed_and_called(tools: HttpToolServer) -> None:
+    model = ScriptedModel([{"content": "", "tool_calls": [
+        {"id": "a", "name": "lab__add", "arguments": {"a": 2, "b": 40}},
+        {"id": "e", "name": "lab__echo", "arguments": {"text": "hi"}},
+        {"id": "f", "name": "lab__fail"}]}, {"content": "42"}])
+    async with AgentEngine(_settings(tools.url), model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "2+40"}],
+                                          RunConfig(http_tool_headers={"x-run": "r1"}))
+    assert result.stop_reason is StopReason.SUCCESS
+    offered = {t["function"]["name"] for t in model.requests[0]["tools"]}
+    assert {"lab__add", "lab__echo", "lab__fail", "lab__busy"} <= offered
+    out = {c.id: r for c, r in result.tool_io}
+    assert out["a"].output == "42" and not out["a"].is_error
+    assert out["e"].output == "hi"
+    assert out["f"].is_error and "always fails" in out["f"].output
+    _, headers, body = tools.invokes("add")[0]
+    assert body == {"name": "add", "arguments": {"a": 2, "b": 40}}
+    assert headers["authorization"] == "Bearer configured" and headers["x-run"] == "r1"
+
+
+async def test_a_429_is_retried_after_its_retry_after(tools: HttpToolServer) -> None:
+    model = ScriptedModel([{"content": "", "tool_calls": [{"id": "b", "name": "lab__busy"}]},
+                           {"content": "ok"}])
+    async with AgentEngine(_settings(tools.url), model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "go"}])
+    busy = result.tool_io[0][1]
+    assert not busy.is_error and busy.output == "done after waiting"
+    (first, _, _), (second, _, _) = tools.invokes("busy")
+    assert second - first >= 1.0  # it waited as told
+
+
+async def test_a_429_beyond_the_retries_is_an_error(tools: HttpToolServer) -> None:
+    tools.busy_429s = 5
+    model = ScriptedModel([{"content": "", "tool_calls": [{"id": "b", "name": "lab__busy"}]},
+                           {"content": "ok"}])
+    tools.retry_after = "0"
+    async with AgentEngine(_settings(tools.url, http_tool_retries=2), model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "go"}])
+    busy = result.tool_io[0][1]
+    assert busy.is_error and "rate limited (429) after 3 attempt(s)" in busy.output
+    assert len(tools.invokes("busy")) == 3
+
+
+async def test_a_retry_after_past_the_timeout_is_not_waited_for(
+        tools: HttpToolServer) -> None:
+    tools.retry_after = "600"
+    model = ScriptedModel([{"content": "", "tool_calls": [{"id": "b", "name": "lab__busy"}]},
+                           {"content": "ok"}])
+    async with AgentEngine(_settings(tools.url), model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "go"}])
+    assert result.tool_io[0][1].is_error and "Retry-After: 600" in result.tool_io[0][1].output
+    assert len(tools.invokes("busy")) == 1
+
+
+async def test_an_unreachable_tool_server_fails_the_run_clearly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = ScriptedModel([{"content": "x"}])
+    async with AgentEngine(_settings(f"http://127.0.0.1:{port}"), model) as engine:
+        with pytest.raises(HttpToolServerError) as info:
+            await engine.run_to_end([{"role": "user", "content": "go"}])
+        assert info.value.server == "lab" and "unreachable" in str(info.value)
+        with pytest.raises(AgentConfigError):
+            engine.run([], RunConfig(http_tool_servers=("other",)))
+        # without tools, the server is not needed
+        result = await engine.run_to_end([{"role": "user", "content": "go"}],
+                                          RunConfig(use_tools=False))
+    assert result.answer == "x"
