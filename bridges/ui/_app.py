@@ -53,6 +53,7 @@ from scillm.server.manifests import (
     RunStore,
     StoredRun,
     replay,
+    run_state,
 )
 
 from ..openai.errors import error_body, from_exception
@@ -225,13 +226,15 @@ class _Ui:
         m = stored.manifest
         return self._page(
             "run.html", m=m, kind=kind, view=view, facts=facts(m),
-            outcome=outcome(stored.result), trace_url=trace_link(m, self.trace_url_template),
+            outcome=outcome(stored.result, m), trace_url=trace_link(m, self.trace_url_template),
             timings=span_timings([*spans]) if spans else None,
             total_ms=duration_ms(m.duration))
 
     @staticmethod
     def _detail(stored: StoredRun) -> tuple[str, Any]:
         request, result = stored.request, stored.result
+        if run_state(stored.manifest, result) != "done":
+            return "pending", None
         if isinstance(result, codeworld_pb2.CodeWorldRunSummary) and isinstance(
                 request, codeworld_pb2.CodeWorldRunRequest):
             return "codeworld", codeworld_view(request, result, stored.events)
@@ -255,7 +258,8 @@ class _Ui:
             return JSONResponse(error_body(str(exc), "invalid_request_error"), 400)
         return JSONResponse({
             "runs": [{"manifest": _dict(r.manifest),
-                      "outcome": {"text": (o := outcome(r.result)).text, "tone": o.tone}}
+                      "outcome": {"text": (o := outcome(r.result, r.manifest)).text,
+                                  "tone": o.tone}}
                      for r in page.runs],
             "next_page_token": page.next_page_token})
 

@@ -14,6 +14,7 @@ from scillm.codeworld.v1 import codeworld_pb2
 from scillm.common.v1 import common_pb2
 from scillm.completion.v1 import completion_pb2
 from scillm.prove.v1 import prove_pb2
+from scillm.server.manifests import run_state
 
 __all__ = ["Outcome", "RunRow", "duration_ms", "enum_name", "facts", "outcome", "row",
            "trace_link"]
@@ -81,8 +82,10 @@ _AGENT = {agent_pb2.STOP_REASON_SUCCESS: ("answered", "ok"),
           agent_pb2.STOP_REASON_ERROR: ("error", "bad")}
 
 
-def outcome(result: Message) -> Outcome:
-    """A run's outcome from its terminal result."""
+def outcome(result: Message, manifest: common_pb2.RunManifest | None = None) -> Outcome:
+    """A run's outcome from its terminal result (a run still streaming has none yet)."""
+    if manifest is not None and (state := run_state(manifest, result)) != "done":
+        return Outcome(state, "partial" if state == "running" else "bad")
     if isinstance(result, prove_pb2.ProveSummary):
         return _prove(result)
     if isinstance(result, codeworld_pb2.CodeWorldRunSummary):
@@ -118,7 +121,7 @@ class RunRow:
 def row(manifest: common_pb2.RunManifest, result: Message) -> RunRow:
     """The table's line for a run."""
     return RunRow(manifest.run_id, manifest.service, manifest.session_id, manifest.track,
-                  manifest.model, len(manifest.item_ids), outcome(result),
+                  manifest.model, len(manifest.item_ids), outcome(result, manifest),
                   duration_ms(manifest.duration),
                   manifest.start_time.ToDatetime(tzinfo=dt.UTC))
 

@@ -16,7 +16,7 @@ from scillm.completion.v1 import completion_pb2 as cpb
 
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock, RunStore
+from ..manifests import ManifestClock, RunStore, recording
 from . import errors
 from ._engine import AgentEngine
 from ._records import (
@@ -179,6 +179,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         # The stream's events are stored with the run (model turns and tool I/O, timed).
         recorded: list[pb.AgentRunResponse] = []
         async with contextlib.AsyncExitStack() as stack:
+            record = await stack.enter_async_context(
+                recording(self._store, clock, _storable(request)))
             events = await stack.enter_async_context(
                 contextlib.aclosing(self._engine.run(messages, config)))
             if trace is not None:
@@ -206,9 +208,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     final.manifest.CopyFrom(clock.finish(backend="agent"))
                     if trace is not None:
                         final.trace_path = str(trace.path)
-                    if self._store is not None:
-                        await self._store.put(final.manifest, _storable(request), final,
-                                              recorded)
+                    await record.put(final.manifest, final, recorded)
                     yield pb.AgentRunResponse(final=final)
 
     def _trace(self, wanted: bool, run_id: str) -> JsonlTrace | None:

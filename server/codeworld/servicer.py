@@ -16,7 +16,7 @@ from scillm.codeworld.v1 import codeworld_pb2_grpc
 
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock, RunStore
+from ..manifests import ManifestClock, RunStore, recording
 from ..metrics import Metrics
 from . import errors
 from ._engine import CodeWorldEngine
@@ -226,7 +226,8 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
         # Stored with the run as the stream's envelopes: each run's result and, for MCTS,
         # each rollout's reward (the runs UI draws them).
         recorded: list[pb.CodeWorldRunResponse] = []
-        async with contextlib.aclosing(self._engine.run(run_request)) as events:  # type: ignore[type-var]
+        async with recording(self._store, clock, request) as record, \
+                contextlib.aclosing(self._engine.run(run_request)) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, RunResult):
                     response = pb.CodeWorldRunResponse(run=run_to_proto(event))
@@ -247,8 +248,7 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
                     summary = summary_to_proto(event, len(run_request.items))
                     summary.manifest.CopyFrom(clock.finish(backend="sandbox",
                                                            isolation=event.isolation))
-                    if self._store is not None:
-                        await self._store.put(summary.manifest, request, summary, recorded)
+                    await record.put(summary.manifest, summary, recorded)
                     yield pb.CodeWorldRunResponse(summary=summary)
 
     async def ListLanguages(self, request: pb.ListLanguagesRequest,

@@ -76,8 +76,12 @@ async def replay_run(location: str | Path, run_id: str, target: str | None) -> i
     run = _find(location, run_id)
     if run is None:
         return 1
-    async with mesh_client(target, (run.manifest.service,)) as client:
-        result, diffs, volatile = await replay(run, client)
+    try:
+        async with mesh_client(target, (run.manifest.service,)) as client:
+            result, diffs, volatile = await replay(run, client)
+    except ValueError as exc:
+        print(f"scillm runs replay: {exc}", file=sys.stderr)
+        return 1
     new_id = getattr(getattr(result, "manifest", None), "run_id", "")
     print(json.dumps({"run_id": run.manifest.run_id, "replay_run_id": new_id,
                       "identical": not diffs, "differences": diffs,

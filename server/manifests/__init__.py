@@ -1,7 +1,7 @@
 """Run manifests: the record every run leaves (run_id, request_id, items, session, track),
 the run store (SQLite by default, PostgreSQL by URL), and replay."""
 
-from ._manifest import ManifestClock, current_trace_id, versions
+from ._manifest import ManifestClock, RunRecord, current_trace_id, recording, versions
 from ._open import is_store_url, open_run_store
 from ._postgres import PostgresRunStore
 from ._replay import comparable, differences, replay
@@ -14,9 +14,10 @@ from ._store import (
     RunStore,
     RunStoreError,
     StoredRun,
+    run_state,
 )
 
 __all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "RunPage",
-           "RunQuery", "RunStore", "RunStoreError", "SQLiteRunStore", "StoredRun",
-           "comparable", "current_trace_id", "differences", "is_store_url",
-           "open_run_store", "replay", "versions"]
+           "RunQuery", "RunRecord", "RunStore", "RunStoreError", "SQLiteRunStore",
+           "StoredRun", "comparable", "current_trace_id", "differences", "is_store_url",
+           "open_run_store", "recording", "replay", "run_state", "versions"]

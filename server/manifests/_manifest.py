@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 from opentelemetry import trace
 
 from scillm.common.v1 import common_pb2
 
-__all__ = ["ManifestClock", "current_trace_id", "versions"]
+if TYPE_CHECKING:
+    from ._store import RunStore
+
+__all__ = ["ManifestClock", "RunRecord", "current_trace_id", "recording", "versions"]
 
 
 @cache
@@ -81,3 +88,38 @@ class ManifestClock:
             m.isolation = isolation
         return m
 
+
+
+class RunRecord:
+    """A run's row in the store while it runs; `put` stores its terminal result."""
+
+    def __init__(self, store: RunStore | None, request: Message) -> None:
+        self._store = store
+        self._request = request
+        #: The terminal result was stored.
+        self.stored = False
+
+    async def put(self, manifest: common_pb2.RunManifest, result: Message,
+                  events: Sequence[Message] = ()) -> None:
+        """Store the run's terminal result (replacing its running row)."""
+        if self._store is not None:
+            await self._store.put(manifest, self._request, result, events)
+        self.stored = True
+
+
+@contextlib.asynccontextmanager
+async def recording(store: RunStore | None, clock: ManifestClock,
+                    request: Message) -> AsyncIterator[RunRecord]:
+    """While the block runs, the store lists the run as running; the block stores the
+    terminal result with `RunRecord.put`. A block that ends by an exception before that (an
+    error, a caller who hung up) leaves the run stored as interrupted."""
+    record = RunRecord(store, request)
+    if store is not None:
+        await store.started(clock.manifest, request)
+    try:
+        yield record
+    except BaseException:
+        if store is not None and not record.stored:
+            # Synchronous: a cancelled task must not wait on a worker thread here.
+            store.put_sync(clock.finish(), request, empty_pb2.Empty())
+        raise

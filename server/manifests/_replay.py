@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from scillm.clients import ScillmClient
 from scillm.completion.v1 import completion_pb2
 
-from ._store import StoredRun
+from ._store import StoredRun, run_state
 
 __all__ = ["comparable", "differences", "replay", "split"]
 
@@ -110,7 +110,12 @@ async def _terminal(events: Any, field: str) -> Message:
 async def replay(stored: StoredRun, client: ScillmClient
                  ) -> tuple[Message, list[str], list[str]]:
     """Re-execute `stored` through `client`: the new result, the differences, and the
-    differences in volatile outcomes (reported, not counted; see the module docstring)."""
+    differences in volatile outcomes (reported, not counted; see the module docstring).
+    ValueError for a run with no result to compare with (still running, or interrupted)."""
+    state = run_state(stored.manifest, stored.result)
+    if state != "done":
+        raise ValueError(f"run {stored.manifest.run_id} is {state}: it has no result to "
+                         "compare a replay with")
     service = stored.manifest.service
     request: Any = type(stored.request)()
     request.CopyFrom(stored.request)

@@ -17,6 +17,12 @@ This module is the interface and its shared SQL; the implementations live beside
     BadPageToken              a page token this store did not hand out
 
 Writes go through a worker thread so the event loop never waits on the database.
+
+A run is stored twice: when it starts (`started`: its manifest and request, and an empty
+result, `google.protobuf.Empty`), so it is listed while it streams, and when it ends
+(`put`: the terminal result replaces the row). A run that ends without its result (an
+error, a caller who hung up) keeps the empty result with its end time stamped:
+`run_state` tells "running", "interrupted" and "done" apart.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from google.protobuf import json_format, symbol_database
+from google.protobuf import empty_pb2, json_format, symbol_database
 from google.protobuf.message import Message
 
 # The request and result types of every service, registered for _decode.
@@ -43,7 +49,15 @@ from scillm.completion.v1 import completion_pb2  # noqa: F401
 from scillm.prove.v1 import prove_pb2  # noqa: F401
 
 __all__ = ["BadPageToken", "ListedRun", "RunPage", "RunQuery", "RunStore", "RunStoreError",
-           "StoredRun"]
+           "StoredRun", "run_state"]
+
+
+def run_state(manifest: common_pb2.RunManifest, result: Message) -> str:
+    """"running" (started, no result yet), "interrupted" (ended without a result) or
+    "done"."""
+    if not isinstance(result, empty_pb2.Empty):
+        return "done"
+    return "interrupted" if manifest.HasField("end_time") else "running"
 
 #: Columns of `runs`, in the order of a stored row.
 COLUMNS: tuple[str, ...] = (
@@ -184,6 +198,10 @@ class RunStore(ABC):
                   events: Sequence[Message] = ()) -> None:
         """`put_sync` on a worker thread."""
         await asyncio.to_thread(self.put_sync, manifest, request, result, events)
+
+    async def started(self, manifest: common_pb2.RunManifest, request: Message) -> None:
+        """List a run that has started and has no result yet (see the module docstring)."""
+        await asyncio.to_thread(self.put_sync, manifest, request, empty_pb2.Empty())
 
     def list(self, *, session_id: str | None = None, track: str | None = None,
              service: str | None = None, limit: int = 50) -> list[common_pb2.RunManifest]:

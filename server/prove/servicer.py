@@ -13,7 +13,7 @@ from scillm.prove.v1 import prove_pb2_grpc
 from ..completion_link import CompletionLink
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock, RunStore
+from ..manifests import ManifestClock, RunStore, recording
 from ..metrics import Metrics
 from . import errors
 from ._engine import ProveEngine
@@ -148,28 +148,28 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
                                      complete=self._link.text_and_usage if formalize else None,
                                      no_cache=request.no_cache)
         recorded: list[pb.ItemResult] = []
-        async with run:
-            async for result in run:
-                if self._metrics is not None:
-                    self._metrics.verdicts.labels(result.backend, str(result.verdict)).inc()
-                message = result_to_proto(result, versions.get(result.backend, ""),
-                                          metadata.get(result.item_id, {}))
-                recorded.append(message)
-                yield pb.ProveResponse(result=message)
-        counts = run.summary.counts
-        summary = pb.ProveSummary(
-            items=len(items), proved=counts.get(Verdict.PROVED, 0),
-            refuted=counts.get(Verdict.REFUTED, 0), failed=counts.get(Verdict.FAILED, 0),
-            vacuous=run.summary.vacuous,
-            unknown=sum(counts.get(v, 0) for v in (Verdict.UNKNOWN, Verdict.TIMEOUT,
-                                                   Verdict.ERROR)))
-        summary.duration.FromNanoseconds(int(run.summary.duration_s * 1e9))
-        backends = sorted({o.backend for o in items})
-        summary.manifest.CopyFrom(clock.finish(backend=",".join(backends)))
-        summary.manifest.versions.update({f"{b}": versions.get(b, "") for b in backends})
-        if self._store is not None:
-            await self._store.put(summary.manifest, request, summary, recorded)
-        yield pb.ProveResponse(summary=summary)
+        async with recording(self._store, clock, request) as record:
+            async with run:
+                async for result in run:
+                    if self._metrics is not None:
+                        self._metrics.verdicts.labels(result.backend, str(result.verdict)).inc()
+                    message = result_to_proto(result, versions.get(result.backend, ""),
+                                              metadata.get(result.item_id, {}))
+                    recorded.append(message)
+                    yield pb.ProveResponse(result=message)
+            counts = run.summary.counts
+            summary = pb.ProveSummary(
+                items=len(items), proved=counts.get(Verdict.PROVED, 0),
+                refuted=counts.get(Verdict.REFUTED, 0), failed=counts.get(Verdict.FAILED, 0),
+                vacuous=run.summary.vacuous,
+                unknown=sum(counts.get(v, 0) for v in (Verdict.UNKNOWN, Verdict.TIMEOUT,
+                                                       Verdict.ERROR)))
+            summary.duration.FromNanoseconds(int(run.summary.duration_s * 1e9))
+            backends = sorted({o.backend for o in items})
+            summary.manifest.CopyFrom(clock.finish(backend=",".join(backends)))
+            summary.manifest.versions.update({f"{b}": versions.get(b, "") for b in backends})
+            await record.put(summary.manifest, summary, recorded)
+            yield pb.ProveResponse(summary=summary)
 
     async def ListBackends(self, request: pb.ListBackendsRequest,
                            context: grpc.aio.ServicerContext[Any, Any],

@@ -1,0 +1,91 @@
+"""Runs are listed while they stream, and a run that ends without its result says so:
+through a real mesh, its run store, the runs UI and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+from meshutil import RunningMesh
+
+from scillm.clients import ScillmClient
+from scillm.prove.v1 import prove_pb2 as pb
+from scillm.server.manifests import RunStore, StoredRun, open_run_store, replay, run_state
+
+#: Nonlinear and hard for z3: runs until the item's time limit.
+HARD = ("(forall ((a Int) (b Int) (c Int)) (=> (and (> a 0) (> b 0) (> c 0)) "
+        "(not (= (+ (* a a a) (* b b b)) (* c c c)))))")
+
+
+def _slow_batch(session: str, seconds: int) -> pb.ProveRequest:
+    request = pb.ProveRequest(no_cache=True, items=[
+        pb.Obligation(item_id="hard", backend=pb.BACKEND_SMT, statement=HARD)])
+    request.limits.timeout.FromSeconds(seconds)
+    request.context.session_id = session
+    return request
+
+
+async def _wait_for(store: RunStore, session: str, wanted: Callable[[StoredRun], bool],
+                    seconds: float = 60) -> StoredRun:
+    """The session's one run once `wanted` holds of it (polled on a thread)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = await asyncio.to_thread(store.list, session_id=session)
+        if found:
+            run = await asyncio.to_thread(store.get, found[0].run_id)
+            if run is not None and wanted(run):
+                return run
+        assert time.monotonic() < deadline, f"no run of {session} became what was wanted"
+        await asyncio.sleep(0.05)
+
+
+def _state(run: StoredRun) -> str:
+    return run_state(run.manifest, run.result)
+
+
+async def test_a_streaming_run_is_listed_as_running_then_done(mesh: RunningMesh) -> None:
+    session = f"inflight-{uuid.uuid4().hex[:8]}"
+    store = open_run_store(mesh.mesh.settings)
+    try:
+        async with ScillmClient(mesh.grpc_target) as client:
+            events = client.prove.prove(_slow_batch(session, 4))
+            consumer = asyncio.ensure_future(asyncio.wait_for(_drain(events), 120))
+            running = await _wait_for(store, session, lambda r: _state(r) == "running")
+            assert not consumer.done()  # seen while the batch still streams
+            assert running.manifest.service == "prove" and not running.manifest.end_time.seconds
+            async with httpx.AsyncClient(timeout=10) as http:
+                rows = await http.get(f"{mesh.http_url}/ui/rows",
+                                      params={"session_id": session})
+            assert rows.status_code == 200 and "running" in rows.text, rows.text[:500]
+            with pytest.raises(ValueError, match="running"):
+                await replay(running, client)
+            await consumer
+        done = await _wait_for(store, session, lambda r: _state(r) == "done")
+        assert isinstance(done.result, pb.ProveSummary) and done.result.items == 1
+    finally:
+        store.close()
+
+
+async def test_a_run_whose_caller_hangs_up_is_kept_as_interrupted(mesh: RunningMesh) -> None:
+    session = f"hangup-{uuid.uuid4().hex[:8]}"
+    store = open_run_store(mesh.mesh.settings)
+    try:
+        async with ScillmClient(mesh.grpc_target) as client:
+            consumer = asyncio.ensure_future(_drain(client.prove.prove(_slow_batch(session, 60))))
+            await _wait_for(store, session, lambda r: _state(r) == "running")
+            consumer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+        interrupted = await _wait_for(store, session, lambda r: _state(r) == "interrupted")
+        assert interrupted.manifest.HasField("end_time")
+    finally:
+        store.close()
+
+
+async def _drain(events: object) -> None:
+    async for _ in events:  # type: ignore[attr-defined]
+        pass
