@@ -55,5 +55,13 @@ def test_length_is_the_callers_or_the_deployments_never_llama_cpp_16(tmp_path: P
             response_format={"type": "json_schema",
                              "json_schema": {"name": "answer", "schema": schema}})
         jsonschema.validate(json.loads(shaped.choices[0].message.content or ""), schema)
+        # Whole numbers in a schema reach llama.cpp's converter as integers, not 1.0.
+        listed = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer"}}
+        counted_list = sdk.chat.completions.create(
+            model="gemma-40", temperature=0, max_tokens=30,
+            messages=[{"role": "user", "content": "Two numbers as a JSON list:"}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "numbers", "schema": listed}})
+        jsonschema.validate(json.loads(counted_list.choices[0].message.content or ""), listed)
     finally:
         running.stop()
