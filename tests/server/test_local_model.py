@@ -30,6 +30,8 @@ async def test_local_gemma_continues_text(mesh: RunningMesh) -> None:
     streamed = "".join(c.delta.content for e in chunks if e.HasField("chunk")
                        for c in e.chunk.choices)
     assert chunks[-1].HasField("end") and streamed.strip()
+    assert chunks[-1].end.usage.completion_tokens == reply.usage.completion_tokens
+    assert chunks[-1].end.usage.prompt_tokens == reply.usage.prompt_tokens
     assert streamed == text  # temperature 0: the same continuation, streamed
 
 
