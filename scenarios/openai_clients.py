@@ -38,7 +38,7 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
                       env=_kit.mesh_env(tmp), directory=tmp)
     base_url = f"{mesh.http}/v1"
     sdk = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
-    answers = 0
+    answers, skipped = 0, list[str]()
 
     step("openai SDK: a plain answer")
     plain = sdk.chat.completions.create(model="local/gemma", messages=PROMPT, max_tokens=12,
@@ -80,6 +80,7 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
     step("LiteLLM's OpenAI client (litellm.completion, provider openai)")
     if importlib.util.find_spec("litellm") is None:
         show("SKIP: litellm is not installed (pip install -e .[scenarios])")
+        skipped.append("LiteLLM")
     else:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no download at import
         import litellm
@@ -95,6 +96,7 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
     step("LangChain's ChatOpenAI")
     if importlib.util.find_spec("langchain_openai") is None:
         show("SKIP: langchain-openai is not installed (pip install -e .[scenarios])")
+        skipped.append("LangChain")
     else:
         from langchain_openai import ChatOpenAI
 
@@ -106,7 +108,10 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
         show(f"stream: {streamed!r}")
         check(said == text == streamed, "LangChain gets the same answer, plain and streamed")
         answers += 1
-    figure(f"{answers} clients/shapes answered by local/gemma; JSON schema held")
+    figure(f"{answers} answers from local/gemma (SDK plain, stream+usage, JSON schema"
+           f"{'' if 'LiteLLM' in skipped else ', LiteLLM'}"
+           f"{'' if 'LangChain' in skipped else ', LangChain'})"
+           + (f"; not installed, skipped: {', '.join(skipped)}" if skipped else ""))
 
 
 if __name__ == "__main__":
