@@ -38,7 +38,8 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
                       env=_kit.mesh_env(tmp), directory=tmp)
     base_url = f"{mesh.http}/v1"
     sdk = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
-    answers, skipped = 0, list[str]()
+    clients: list[str] = []
+    skipped: list[str] = []
 
     step("openai SDK: a plain answer")
     plain = sdk.chat.completions.create(model="local/gemma", messages=PROMPT, max_tokens=12,
@@ -48,7 +49,6 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
          f"usage={plain.usage.completion_tokens if plain.usage else None} tokens")
     check(text.strip() and plain.usage and 0 < plain.usage.completion_tokens <= 12,
           "a continuation of at most 12 tokens")
-    answers += 1
 
     step("openai SDK: streamed, with usage")
     pieces, usage = [], None
@@ -61,7 +61,6 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
     check("".join(pieces) == text, "the stream says what the plain answer said (temperature 0)")
     check(usage is not None and usage.completion_tokens == plain.usage.completion_tokens,
           "the last chunk carries the usage")
-    answers += 1
 
     step("openai SDK: an answer in a JSON schema (grammar-constrained decoding)")
     shaped = sdk.chat.completions.create(
@@ -75,43 +74,42 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
     jsonschema.validate(value, SCHEMA)
     check((shaped.model_extra or {})["scillm"]["json_valid"],
           "valid JSON of the asked schema, and the mesh says so (json_valid)")
-    answers += 1
 
-    step("LiteLLM's OpenAI client (litellm.completion, provider openai)")
-    if importlib.util.find_spec("litellm") is None:
-        show("SKIP: litellm is not installed (pip install -e .[scenarios])")
-        skipped.append("LiteLLM")
-    else:
-        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no download at import
-        import litellm
-
-        reply = litellm.completion(model="openai/local/gemma", api_base=base_url,
-                                   api_key="unused", messages=PROMPT, max_tokens=12,
-                                   temperature=0, num_retries=0)
-        said = reply.choices[0].message.content
-        show(f"{said!r}")
-        check(said == text, "LiteLLM gets the same answer")
-        answers += 1
-
-    step("LangChain's ChatOpenAI")
-    if importlib.util.find_spec("langchain_openai") is None:
-        show("SKIP: langchain-openai is not installed (pip install -e .[scenarios])")
-        skipped.append("LangChain")
-    else:
-        from langchain_openai import ChatOpenAI
-
-        chat = ChatOpenAI(model="local/gemma", base_url=base_url, api_key="unused",
-                          max_tokens=12, temperature=0, max_retries=0)
-        said = chat.invoke(PROMPT[0]["content"]).content
-        show(f"invoke: {said!r}")
-        streamed = "".join(str(piece.content) for piece in chat.stream(PROMPT[0]["content"]))
-        show(f"stream: {streamed!r}")
-        check(said == text == streamed, "LangChain gets the same answer, plain and streamed")
-        answers += 1
-    figure(f"{answers} answers from local/gemma (SDK plain, stream+usage, JSON schema"
-           f"{'' if 'LiteLLM' in skipped else ', LiteLLM'}"
-           f"{'' if 'LangChain' in skipped else ', LangChain'})"
+    for name, module, answers_of in (("LiteLLM", "litellm", via_litellm),
+                                     ("LangChain", "langchain_openai", via_langchain)):
+        step(f"{name}'s OpenAI client")
+        if importlib.util.find_spec(module) is None:
+            show(f"SKIP: {module} is not installed (pip install -e .[scenarios])")
+            skipped.append(name)
+            continue
+        said = answers_of(base_url)
+        show(f"{said}")
+        check(all(answer == text for answer in said), f"{name} gets the same answer")
+        clients.append(name)
+    figure(f"{3 + len(clients)} answers from local/gemma (SDK plain, stream+usage, JSON "
+           f"schema{''.join(', ' + c for c in clients)})"
            + (f"; not installed, skipped: {', '.join(skipped)}" if skipped else ""))
+
+
+def via_litellm(base_url: str) -> list[str]:
+    """litellm.completion with its OpenAI provider, pointed at the shim."""
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no download at import
+    import litellm
+
+    reply = litellm.completion(model="openai/local/gemma", api_base=base_url,
+                               api_key="unused", messages=PROMPT, max_tokens=12,
+                               temperature=0, num_retries=0)
+    return [str(reply.choices[0].message.content)]
+
+
+def via_langchain(base_url: str) -> list[str]:
+    """LangChain's ChatOpenAI, invoked and streamed."""
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(model="local/gemma", base_url=base_url, api_key="unused",
+                      max_tokens=12, temperature=0, max_retries=0)
+    streamed = "".join(str(piece.content) for piece in chat.stream(PROMPT[0]["content"]))
+    return [str(chat.invoke(PROMPT[0]["content"]).content), streamed]
 
 
 if __name__ == "__main__":
