@@ -102,6 +102,7 @@ def main(story: Callable[[contextlib.ExitStack[Any]], None]) -> NoReturn:
     else:
         print("PASS", flush=True)
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)  # not sys.exit: a client library's lingering thread must not hold us
 
 
