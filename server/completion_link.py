@@ -43,14 +43,16 @@ class CompletionLink:
         return openai_wire.response_from_proto(reply)
 
     async def text(self, messages: Sequence[Mapping[str, Any]], *, model: str,
-                   temperature: float | None = None, seed: int | None = None) -> str:
-        """The first choice's text."""
+                   temperature: float | None = None, seed: int | None = None,
+                   response_format: Mapping[str, Any] | None = None) -> str:
+        """The first choice's text (asked in OpenAI's `response_format`, when given)."""
         text, _ = await self.text_and_usage(messages, model=model, temperature=temperature,
-                                            seed=seed)
+                                            seed=seed, response_format=response_format)
         return text
 
     async def text_and_usage(self, messages: Sequence[Mapping[str, Any]], *, model: str,
                              temperature: float | None = None, seed: int | None = None,
+                             response_format: Mapping[str, Any] | None = None,
                              ) -> tuple[str, dict[str, Any]]:
         """The first choice's text and the usage."""
         request: dict[str, Any] = {"model": model, "messages": list(messages)}
@@ -58,6 +60,8 @@ class CompletionLink:
             request["temperature"] = temperature
         if seed is not None:
             request["seed"] = seed
+        if response_format is not None:
+            request["response_format"] = dict(response_format)
         reply = await self.chat(request)
         choices = reply.get("choices") or [{}]
         content = (choices[0].get("message") or {}).get("content") or ""

@@ -243,7 +243,7 @@ class _Shim:
             creds = _credentials(request)
             routed = runs.route(self.client, body, request_id, creds)
             if routed is not None:
-                return await self._routed(routed, stream=body.get("stream") is True)
+                return await self._routed(routed, body)
             proto = openai_wire.request_to_proto(body)
             stream = body.get("stream") is True
             if stream:
@@ -270,11 +270,13 @@ class _Shim:
             "x-scillm-overhead-ms": f"{_duration_ms(resp.routing.overhead):.3f}",
             "x-scillm-total-ms": f"{upstream + _duration_ms(resp.routing.overhead):.3f}"})
 
-    async def _routed(self, run: runs.RoutedRun, *, stream: bool) -> Response:
+    async def _routed(self, run: runs.RoutedRun, body: dict[str, Any]) -> Response:
         """A run of another service behind a model name (see runs.py)."""
         completion_id = runs.new_completion_id()
-        if stream:
-            chunks = run.chunks(completion_id)
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            chunks = run.chunks(completion_id, include_usage=isinstance(options, dict)
+                                and options.get("include_usage") is True)
             first = await anext(chunks)
             return StreamingResponse(_sse(_prepend(first, chunks)),
                                      media_type="text/event-stream",
@@ -284,7 +286,8 @@ class _Shim:
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
             "model": run.model, "choices": [{"index": 0, "finish_reason": "stop",
                                              "logprobs": None, "message": {
-                                                 "role": "assistant", "content": text}}],
+                                                 "role": "assistant", "content": text,
+                                                 "refusal": None}}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
             "scillm": payload})
 
@@ -320,7 +323,7 @@ class _Shim:
                 raise InvalidRequestError(
                     "/bridge/complete serves codeworld/..., certainly/..., lean4/... and "
                     "agent/... models", param="model")
-            return await self._routed(run, stream=body.get("stream") is True)
+            return await self._routed(run, body)
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:

@@ -12,7 +12,8 @@ ordinary completion model (CompletionService.Completion / CompletionStream):
 channel the client holds for it (its own target when the mesh is split over processes).
 
 The reply is a `chat.completion` whose content is the run's one-line outcome (the agent's
-final answer), with the structured result in the extra field `scillm`. Streamed, every
+final answer; for CodeWorld, the seed's line followed by any model generation that failed),
+with the structured result in the extra field `scillm`. Streamed, every
 event becomes a chunk carrying it in `scillm.event` (no content), then the outcome.
 
 A run reads its stream to the end, past the terminal event (the server ends the stream
@@ -94,8 +95,10 @@ class RoutedRun:
         return self.text(terminal), {"service": self.service, "result": _to_dict(terminal),
                                      "events": [{kind: _to_dict(body)} for kind, body in seen]}
 
-    async def chunks(self, completion_id: str) -> AsyncIterator[dict[str, Any]]:
-        """OpenAI chunks: one per event (in `scillm.event`), then the outcome text."""
+    async def chunks(self, completion_id: str, *,
+                     include_usage: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI chunks: one per event (in `scillm.event`), then the outcome text, and
+        with `include_usage` a last chunk of usage (zero: a run counts no tokens)."""
         created = int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None,
@@ -115,6 +118,9 @@ class RoutedRun:
                     yield chunk({"content": self.text(body)})
                     yield chunk({}, "stop", {"service": self.service,
                                              "result": _to_dict(body)})
+                    if include_usage:
+                        yield {**chunk({}), "choices": [], "usage": {
+                            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
                 else:
                     yield chunk({}, None, {"event": {kind: _to_dict(body)}})
 
@@ -162,9 +168,28 @@ def _agent_text(final: Any) -> str:
     return str(final.answer or final.error)
 
 
+def _codeworld_text(summary: Any) -> str:
+    """The seed's line, then, plainly, any model generation that failed: a run whose
+    variants the model could not write must not read as a plain success."""
+    text = codeworld_seed.summary_text(summary)
+    stats = summary.mcts_stats
+    if stats.generation.error:
+        text += (f"; generation failed ({stats.generation.model or 'no model'}): "
+                 f"{_cut(stats.generation.error)}")
+    failed = [g for g in stats.expansions if g.error]
+    if failed:
+        text += (f"; {len(failed)} of {len(stats.expansions)} variant expansions failed "
+                 f"(last: {_cut(failed[-1].error)})")
+    return text
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 #: Model name -> service and client call (see the module docstring); first match wins.
 ROUTES: tuple[Route, ...] = (
-    Route(("codeworld",), "codeworld", _codeworld, "summary", codeworld_seed.summary_text),
+    Route(("codeworld",), "codeworld", _codeworld, "summary", _codeworld_text),
     Route(("agent",), "agent", _agent, "final", _agent_text, bare=False),
     Route(("certainly", "lean4"), "prove", _prove, "summary", prove_seed.summary_text),
 )

@@ -1,4 +1,12 @@
-"""Asking a model for code variants as strict JSON, and validating its answer."""
+"""Asking a model for code variants as strict JSON, and validating its answer.
+
+The request carries the answer's shape as OpenAI's `response_format` (`json_schema`,
+`variants_format`): a hosted model returns structured output, the local llama.cpp model is
+held to it by grammar-constrained decoding (a base model would otherwise ramble), and a
+server that refuses schemas is asked again with `json_object` by CompletionService. The
+answer is validated here all the same (`parse_variants`): the shape says nothing about
+whether the code parses.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._events import Generation
 from ._model import Item, Strategy
@@ -20,7 +28,8 @@ class Complete(Protocol):
     """The injected model call: chat messages in, the assistant's text out."""
 
     async def __call__(self, messages: list[dict[str, str]], *, model: str,
-                       temperature: float, seed: int | None) -> str: ...
+                       temperature: float, seed: int | None,
+                       response_format: dict[str, Any] | None = None) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,19 @@ def variants_prompt(items: Sequence[Item], n: int, language: str, instructions: 
     if feedback:
         user += f"\n\n{feedback}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+_FIELDS = ("id", "title", "rationale", "code")
+
+
+def variants_format(n: int) -> dict[str, Any]:
+    """OpenAI's `response_format` for an answer of 1 to ``n`` variants."""
+    variant = {"type": "object", "properties": {k: {"type": "string"} for k in _FIELDS},
+               "required": list(_FIELDS), "additionalProperties": False}
+    schema = {"type": "object", "required": ["variants"], "additionalProperties": False,
+              "properties": {"variants": {"type": "array", "items": variant,
+                                          "minItems": 1, "maxItems": n}}}
+    return {"type": "json_schema", "json_schema": {"name": "code_variants", "schema": schema}}
 
 
 def parse_variants(text: str, *, n: int, language: str) -> tuple[list[Variant], list[str]]:
@@ -80,7 +102,7 @@ def parse_variants(text: str, *, n: int, language: str) -> tuple[list[Variant], 
 def _problem(entry: object, language: str, seen: set[str]) -> str:
     if not isinstance(entry, dict):
         return "not an object"
-    for key in ("id", "title", "rationale", "code"):
+    for key in _FIELDS:
         if not isinstance(entry.get(key), str):
             return f"{key} is not a string"
     if not entry["id"].strip() or entry["id"] in seen:
@@ -119,7 +141,8 @@ async def generate(
     prompt_hash = sha256(json.dumps(messages, sort_keys=True))
     response = ""
     try:
-        response = await complete(messages, model=model, temperature=temperature, seed=seed)
+        response = await complete(messages, model=model, temperature=temperature, seed=seed,
+                                  response_format=variants_format(n))
         if not isinstance(response, str) or len(response) > _MAX_TEXT:
             raise GenerationFailed("answer is not text or too long")
         variants, rejected = parse_variants(response, n=n, language=language)

@@ -16,6 +16,7 @@ generates until it stops or the context ends, capped by the deployment's `max_to
 (litellm_params) when one is configured; llama.cpp's own default of 16 tokens never
 applies. `response_format` `json_object` and `json_schema` are honoured with llama.cpp's
 grammar-constrained decoding, so even a base model returns JSON of the asked shape.
+A stream ends with a usage chunk (llama.cpp's own stream carries none), as OpenAI's does.
 """
 
 from __future__ import annotations
@@ -113,19 +114,26 @@ class LocalProvider:
 
         def run() -> None:
             try:
-                pieces: Iterator[Any] = self._model(call.model).create_completion(
+                model = self._model(call.model)
+                pieces: Iterator[Any] = model.create_completion(
                     prompt=prompt, stream=True, **kwargs)
-                first = True
+                first, said, created = True, [], 0
                 for piece in pieces:
                     if stop.is_set():
                         break
                     c = (piece.get("choices") or [{}])[0]
-                    delta: dict[str, Any] = {"content": c.get("text", "")}
+                    said.append(c.get("text", ""))
+                    delta: dict[str, Any] = {"content": said[-1]}
                     if first:
                         delta["role"] = "assistant"
                         first = False
+                    created = int(piece.get("created") or 0)
                     loop.call_soon_threadsafe(queue.put_nowait, chunk(
-                        delta, c.get("finish_reason"), int(piece.get("created") or 0)))
+                        delta, c.get("finish_reason"), created))
+                else:  # llama.cpp's stream has no usage: the last chunk counts it
+                    loop.call_soon_threadsafe(queue.put_nowait, {
+                        **chunk({}, None, created), "choices": [],
+                        "usage": stream_usage(model, prompt, "".join(said))})
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
             except BaseException as exc:  # handed to the consumer, not lost in the thread
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -170,6 +178,15 @@ def grammar_for(response_format: Any) -> Any:
             raise InvalidRequest(f"the local model cannot decode to this JSON schema: {exc}",
                                  param="response_format.json_schema.schema") from None
     return None
+
+
+def stream_usage(model: Any, prompt: str, text: str) -> dict[str, int]:
+    """OpenAI's usage of a streamed generation, counted by tokenizing the prompt (with the
+    BOS token llama.cpp adds) and the text streamed."""
+    prompt_tokens = len(model.tokenize(prompt.encode(), add_bos=True, special=True))
+    completion_tokens = len(model.tokenize(text.encode(), add_bos=False, special=True))
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def continuation_prompt(messages: list[dict[str, Any]]) -> str:

@@ -146,8 +146,11 @@ class CompletionSettings:
             {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}},
             # A base model rarely stops by itself: without max_tokens it writes until this
             # cap (about 10 s at 50 tokens/s), unless the caller's max_tokens says otherwise.
+            # Decoding to a JSON schema (response_format) runs at about 5 tokens/s on two
+            # busy cores: the timeout leaves room for the whole cap.
             {"model_name": "local/gemma", "litellm_params": {"model": "local/gemma3-270m",
-                                                             "max_tokens": 512}},
+                                                             "max_tokens": 512,
+                                                             "timeout": 300}},
         ]
         if env.get(CODEX_AGENT_BASE_ENV):
             models.append({"model_name": "codex-agent/*",

@@ -5,6 +5,13 @@ the backend's instructions. The first fenced code block of the reply is checked;
 failure the verdict and diagnostics go back to the model, up to `max_attempts`
 rounds. The loop stops at the first decisive verdict (PROVED, or REFUTED: the claim as
 formalised is false). Every round is recorded as an `Attempt`.
+
+No `response_format` is asked for (unlike CodeWorld's variants): the reply's one structural
+need is a fenced block, which OpenAI's JSON modes cannot express. Wrapping the code in JSON
+(`{"code": "..."}`) would let a grammar hold a small local model to the wrapper, but not to
+SMT-LIB or Coq syntax, which only the prover judges, and it would make every model escape
+its code inside a string, which costs capable models accuracy. A reply without a block is
+a recorded FAILED attempt, and the model is told so in the next round.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ schemas the door serves (`CreateChatCompletionResponse`, `CreateChatCompletionSt
 OpenAPI 3.1, whose schemas are JSON Schema 2020-12, except that a few fields still carry 3.0's
 `nullable: true`; those are read as "or null", as 3.0 meant.
 
-Every reply shape is checked: plain, `n`, tool calls, a JSON-schema answer, streamed with
-and without usage, the models list, and error bodies.
+Every reply shape is checked: plain, `n`, tool calls, a JSON-schema answer, a run behind a
+model name (`certainly/smt`), streamed with and without usage, the models list, and error
+bodies.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def _user(text: str) -> list[dict[str, str]]:
     {"model": "echo/x", "messages": _user('{"answer": 42}'), "response_format": {
         "type": "json_schema", "json_schema": {"name": "a", "schema": {
             "type": "object", "properties": {"answer": {"type": "integer"}}}}}},
-], ids=["plain", "n", "tools", "json_schema"])
+    {"model": "certainly/smt", "messages": _user("check"), "items": [
+        {"preamble": "(declare-const y Int)", "statement": "(= y y)"}]},
+], ids=["plain", "n", "tools", "json_schema", "routed-run"])
 def test_unary_replies_conform(door: str, body: dict[str, Any]) -> None:
     reply = _post(door, body)
     assert reply.status_code == 200, reply.text
@@ -126,9 +129,11 @@ def test_unary_replies_conform(door: str, body: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("usage", [False, True], ids=["no-usage", "usage"])
-@pytest.mark.parametrize("model", ["echo/x", "tool"])
+@pytest.mark.parametrize("model", ["echo/x", "tool", "certainly/smt"])
 def test_stream_chunks_conform(door: str, model: str, usage: bool) -> None:
     body: dict[str, Any] = {"model": model, "messages": _user("a b c"), "stream": True}
+    if model.startswith("certainly"):  # a run behind a model name
+        body["items"] = [{"preamble": "(declare-const y Int)", "statement": "(= y y)"}]
     if usage:
         body["stream_options"] = {"include_usage": True}
     with httpx.stream("POST", f"{door}/v1/chat/completions", json=body, timeout=30) as reply:

@@ -141,3 +141,24 @@ def test_client_disconnect_cancels_the_grpc_stream(mesh: RunningMesh) -> None:
     while cancelled() <= before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cancelled() == before + 1
+
+
+def test_codeworld_reply_says_plainly_when_generation_failed() -> None:
+    """The one-line outcome of a `codeworld/mcts:auto` run names every failed model
+    generation (the first batch and MCTS expansions), not only the seed's counts."""
+    from scillm.bridges.openai.runs import ROUTES
+    from scillm.codeworld.v1 import codeworld_pb2 as cw
+
+    text = next(r for r in ROUTES if r.service == "codeworld").text
+    ok = cw.CodeWorldRunSummary(items=1, succeeded=1)
+    assert text(ok) == "CodeWorld: 1 items, 1 succeeded, 0 failed"
+    failed = cw.CodeWorldRunSummary(items=1, succeeded=1)
+    failed.mcts_stats.generation.CopyFrom(cw.GenerationInfo(
+        model="local/gemma", error="GenerationFailed: answer is not JSON"))
+    failed.mcts_stats.expansions.extend([cw.GenerationInfo(model="local/gemma"),
+                                         cw.GenerationInfo(error="GenerationFailed: " + "x" * 300)])
+    said = text(failed)
+    assert said.startswith("CodeWorld: 1 items, 1 succeeded, 0 failed; generation failed "
+                           "(local/gemma): GenerationFailed: answer is not JSON; "
+                           "1 of 2 variant expansions failed (last: GenerationFailed: xxx")
+    assert len(said) < 400

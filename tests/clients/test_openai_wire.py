@@ -47,6 +47,19 @@ def test_request_round_trip_keeps_every_field() -> None:
     assert back == FULL_REQUEST
 
 
+def test_whole_numbers_in_schemas_and_extras_come_back_as_integers() -> None:
+    """A Struct holds doubles; integers must not come back as 1.0 (llama.cpp's JSON-schema
+    converter fails on `"minItems": 1.0`, servers typing `top_k` refuse 40.0)."""
+    schema = {"type": "array", "minItems": 1, "maxItems": 3, "items": {"maximum": 2.5}}
+    back = openai_wire.request_from_proto(openai_wire.request_to_proto({
+        "model": "m", "messages": [{"role": "user", "content": "x"}], "top_k": 40,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s",
+                                                                   "schema": schema}}}))
+    got = back["response_format"]["json_schema"]["schema"]
+    assert got == schema and type(got["minItems"]) is int and type(back["top_k"]) is int
+    assert type(got["items"]["maximum"]) is float
+
+
 def test_litellm_cache_controls_map_onto_the_cache_options() -> None:
     """LiteLLM's per-request `cache` controls and `caching` flag become CacheOptions (never
     extra fields for the provider), merged over `scillm.cache`."""

@@ -30,6 +30,8 @@ async def test_local_gemma_continues_text(mesh: RunningMesh) -> None:
     streamed = "".join(c.delta.content for e in chunks if e.HasField("chunk")
                        for c in e.chunk.choices)
     assert chunks[-1].HasField("end") and streamed.strip()
+    assert chunks[-1].end.usage.completion_tokens == reply.usage.completion_tokens
+    assert chunks[-1].end.usage.prompt_tokens == reply.usage.prompt_tokens
     assert streamed == text  # temperature 0: the same continuation, streamed
 
 
@@ -47,13 +49,17 @@ def test_length_is_the_callers_or_the_deployments_never_llama_cpp_16(tmp_path: P
             {"role": "user", "content": "Count: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"}])
         assert counted.usage is not None and counted.usage.completion_tokens == 40
         assert counted.choices[0].finish_reason == "length"
-        schema = {"type": "object", "properties": {"answer": {"type": "integer"}},
+        answer = {"type": "object", "properties": {"answer": {"type": "integer"}},
                   "required": ["answer"]}
-        shaped = sdk.chat.completions.create(
-            model="gemma-40", temperature=0, max_tokens=30,
-            messages=[{"role": "user", "content": "The answer as JSON:"}],
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "answer", "schema": schema}})
-        jsonschema.validate(json.loads(shaped.choices[0].message.content or ""), schema)
+        # Whole numbers in a schema (minItems) reach llama.cpp's converter as integers.
+        numbers = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer"}}
+        for prompt, schema in (("The answer as JSON:", answer),
+                               ("Two numbers as a JSON list:", numbers)):
+            shaped = sdk.chat.completions.create(
+                model="gemma-40", temperature=0, max_tokens=30,
+                messages=[{"role": "user", "content": prompt}],
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "shape", "schema": schema}})
+            jsonschema.validate(json.loads(shaped.choices[0].message.content or ""), schema)
     finally:
         running.stop()

@@ -294,6 +294,8 @@ def test_codeworld_mcts_auto_generates_and_searches(
         assert stats["best_variant_id"] == "v_sum"
         assert stats["generation"]["model"] == "gen" and stats["generation"]["accepted"] == 2
         assert len(stats["generation"]["prompt_sha256"]) == 64
+        asked = upstream.requests[0]["response_format"]  # the variants' JSON shape
+        assert asked["json_schema"]["schema"]["properties"]["variants"]["maxItems"] == 2
         progress = [e for e in first.json()["scillm"]["events"] if "mcts_progress" in e]
         assert len(progress) == 6
         second = httpx.post(f"{running.http_url}/v1/chat/completions", json=body, timeout=120)
@@ -319,6 +321,8 @@ def test_codeworld_failed_generation_is_reported(tmp_path: Path) -> None:
         assert resp.status_code == 200, resp.text
         result = resp.json()["scillm"]["result"]
         assert result["mcts_stats"]["generation"]["error"]  # reported, never stubbed
+        said = resp.json()["choices"][0]["message"]["content"]
+        assert "; generation failed (gen): GenerationFailed: answer is not JSON" in said
         assert result.get("succeeded", 0) == 0 and not result.get("rankings")
     finally:
         running.stop()

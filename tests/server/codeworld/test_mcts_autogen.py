@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import jsonschema
 
 from scillm.server.codeworld import (
     AutogenSpec,
@@ -29,11 +32,14 @@ class Scripted:
 
     def __init__(self, answer: str | None = None) -> None:
         self.calls: list[tuple[int | None, float]] = []
+        self.formats: list[dict[str, Any] | None] = []
         self.answer = answer
 
     async def __call__(self, messages: list[dict[str, str]], *, model: str,
-                       temperature: float, seed: int | None) -> str:
+                       temperature: float, seed: int | None,
+                       response_format: dict[str, Any] | None = None) -> str:
         self.calls.append((seed, temperature))
+        self.formats.append(response_format)
         if self.answer is not None:
             return self.answer
         code = "def solve(task, context):\n    return context['input'] ** 2\n"
@@ -78,6 +84,20 @@ async def test_autogenerate_records_the_generation() -> None:
     summary = events[-1]
     assert isinstance(summary, Summary)
     assert summary.rankings["sq-3"][0].strategy == "v1"
+
+
+async def test_variants_are_asked_for_in_their_json_shape() -> None:
+    """The model call carries the answer's shape as `response_format` (the local model
+    then decodes to it by grammar): at most `n` variants of four strings each."""
+    model = Scripted()
+    await _run(model, RunRequest(ITEMS, (WEAK,), autogenerate=AutogenSpec(n=2)))
+    fmt = model.formats[0]
+    assert fmt is not None and fmt["type"] == "json_schema"
+    schema = fmt["json_schema"]["schema"]
+    one = {"id": "a", "title": "t", "rationale": "r", "code": "x = 1"}
+    jsonschema.validate({"variants": [one, {**one, "id": "b"}]}, schema)
+    for wrong in ({"variants": [one] * 3}, {"variants": []}, {"variants": [{"id": "a"}]}):
+        assert not jsonschema.Draft202012Validator(schema).is_valid(wrong)
 
 
 async def test_failed_generation_is_reported_not_stubbed() -> None:

@@ -38,7 +38,7 @@ def _search_events(rewards: dict[str, float], settings_: MctsSettings,
                           aggregate=earned[strategy.source])]
 
     async def complete(messages: list[dict[str, str]], *, model: str, temperature: float,
-                       seed: int | None) -> str:
+                       seed: int | None, response_format: object = None) -> str:
         k = next(proposals)
         earned[f"variant {k}"] = improved[k % len(improved)]
         return json.dumps({"variants": [{"id": f"v{k}", "title": "t", "rationale": "r",

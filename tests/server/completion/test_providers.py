@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +17,9 @@ from scillm.server.completion._local import LocalProvider
 MSG = [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("litellm") is not None,
-                    reason="litellm is installed")
-async def test_missing_litellm_extra(make_engine: EngineFactory) -> None:
+async def test_missing_litellm_extra(make_engine: EngineFactory,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "litellm", None)  # absent, as without the extra
     engine = await make_engine({"model_list": [{"model_name": "g", "litellm_params": {
         "model": "gemini/gemini-pro"}}]})
     with pytest.raises(ProviderUnavailable, match=r"scillm\[litellm\]"):
@@ -50,6 +51,10 @@ class FakeLlama:
                 {"index": 0, "text": "local hi", "finish_reason": "stop"}], "usage": None}
         return self._chunks()
 
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[str]:
+        """One token per word, and BOS when asked."""
+        return ["<bos>"] * add_bos + text.decode().split()
+
     def _chunks(self) -> Iterator[dict[str, Any]]:
         for word, finish in (("local", None), (" hi", "stop")):
             yield {"object": "text_completion", "created": 1, "choices": [
@@ -74,5 +79,6 @@ async def test_local_runs_in_one_worker_thread_and_loads_once(
     text = "".join(e.chunk["choices"][0]["delta"].get("content") or ""
                    for e in events if isinstance(e, StreamChunk))
     assert text == "local hi" and isinstance(events[-1], StreamEnd)
+    assert events[-1].usage == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
     assert loads == ["gemma3-270m"]
     assert len(llama.threads) == 1 and next(iter(llama.threads)).startswith("scillm-local")
