@@ -174,7 +174,10 @@ def grammar_for(response_format: Any) -> Any:
             return _grammar("json_object", "")
         try:
             return _grammar("json_schema", json.dumps(schema, sort_keys=True))
-        except (ValueError, RuntimeError) as exc:
+        # llama.cpp's converter signals a schema it cannot read with asserts and stray
+        # TypeErrors/AttributeErrors as well as ValueError: all of them mean the caller's
+        # schema, a pure input of this call, cannot be decoded to.
+        except Exception as exc:
             raise InvalidRequest(f"the local model cannot decode to this JSON schema: {exc}",
                                  param="response_format.json_schema.schema") from None
     return None

@@ -63,3 +63,16 @@ def test_length_is_the_callers_or_the_deployments_never_llama_cpp_16(tmp_path: P
             jsonschema.validate(json.loads(shaped.choices[0].message.content or ""), schema)
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "minItems": "x", "items": {"type": "integer"}}, {"type": 5},
+    {"type": "object", "properties": 3}, {"$ref": "#/nowhere"}])
+def test_a_schema_llama_cpp_cannot_read_is_a_400(schema: dict[str, object]) -> None:
+    from scillm.server.completion._local import _grammar, grammar_for
+    from scillm.server.completion.errors import InvalidRequest
+
+    _grammar.cache_clear()
+    with pytest.raises(InvalidRequest) as raised:
+        grammar_for({"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert raised.value.param == "response_format.json_schema.schema"
