@@ -54,7 +54,7 @@ _LANG = {"python": pb.LANGUAGE_PYTHON, "py": pb.LANGUAGE_PYTHON,
          "java": pb.LANGUAGE_JAVA, "rust": pb.LANGUAGE_RUST, "rs": pb.LANGUAGE_RUST,
          "go": pb.LANGUAGE_GO, "golang": pb.LANGUAGE_GO}
 _MCTS_KEYS = ("rollouts", "depth", "uct_c", "exploration_constant", "seed", "num_variants",
-              "generator_model", "temperature", "time_budget_s")
+              "n_variants", "generator_model", "temperature", "time_budget_s")
 #: The default rubric's metrics, in the lexicographic order the seed's judge used.
 RUBRIC = ("correctness", "speed", "brevity")
 
@@ -235,7 +235,8 @@ def _mcts(req: pb.CodeWorldRunRequest, body: Mapping[str, Any], args: Mapping[st
                   or args.get("model") or "")
     if model.endswith(":auto") or auto.get("enabled") is True:
         m.autogenerate = True
-        n = auto.get("n", mcts["num_variants"])
+        n = auto.get("n", mcts["num_variants"] if mcts["num_variants"] is not None
+                     else mcts["n_variants"])
         m.num_variants = int(_number(n if n is not None else 3, "num_variants"))
 
 

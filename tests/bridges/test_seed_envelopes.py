@@ -240,3 +240,18 @@ def test_lean4_requirements_become_requirement_items() -> None:
     assert req.default_backend == pv.BACKEND_LEAN4
     assert req.formalize.HasField("temperature") and req.formalize.temperature == 0.0
     assert req.limits.timeout.seconds == 180
+
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    ({"n_variants": 2}, 2), ({"num_variants": 4}, 4),
+    ({"strategy_config": {"n_variants": 5}}, 5), ({}, 3),
+    ({"num_variants": 4, "strategy_config": {"autogenerate": {"enabled": True, "n": 6}}}, 6),
+])
+def test_the_number_of_variants_is_read_under_each_of_its_names(args: dict[str, Any],
+                                                                 wanted: int) -> None:
+    from scillm.bridges.seed.codeworld import request_from_envelope
+
+    request = request_from_envelope({
+        "model": "codeworld/mcts:auto", "items": [{"task_id": "t", "context": {}}],
+        "provider": {"name": "codeworld", "args": {"generator_model": "m", **args}}})
+    assert request.mcts.autogenerate and request.mcts.num_variants == wanted
