@@ -22,6 +22,7 @@ errors in the obligation's own source.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 
@@ -30,10 +31,12 @@ from ._backend import probe_version
 from ._pool import WorkerPool
 from ._process import ProverProcess
 from ._settings import ProveSettings
-from ._smtlib import SmtScript, pose, top_level
+from ._smtlib import SmtScript, pose
 from ._types import BackendInfo, CheckOutcome, Diagnostic, Limits, Obligation, Verdict
 
 __all__ = ["SmtBackend", "Z3Worker"]
+
+log = logging.getLogger("scillm.prove")
 
 _ERROR = re.compile(r'^\(error "(?:line (\d+) column (\d+): )?(.*)"\)$', re.DOTALL)
 _ANSWERS = frozenset({"sat", "unsat", "unknown"})
@@ -62,6 +65,10 @@ class _Reply:
         return self.answers[0]
 
 
+class Poisoned(Exception):
+    """A warm z3 held something of an earlier item after its scopes were popped."""
+
+
 class Z3Worker:
     """One long-lived `z3 -in` process in the jail."""
 
@@ -72,7 +79,18 @@ class Z3Worker:
 
     @classmethod
     async def start(cls, z3_path: str, memory_mb: int, jail: Jail) -> Z3Worker:
-        return cls(await ProverProcess.spawn([z3_path, "-in"], jail=jail, memory_mb=memory_mb))
+        worker = cls(await ProverProcess.spawn([z3_path, "-in"], jail=jail,
+                                               memory_mb=memory_mb))
+        # Interactive mode keeps the assertions, so that `_clean` can ask for them.
+        try:
+            reply = await worker._ask("(set-option :interactive-mode true)\n")
+        except BaseException:
+            await worker.kill()
+            raise
+        if reply:
+            await worker.kill()
+            raise RuntimeError(f"z3 refused interactive mode: {' '.join(reply)[:300]}")
+        return worker
 
     @property
     def alive(self) -> bool:
@@ -81,14 +99,31 @@ class Z3Worker:
     async def kill(self) -> None:
         await self._proc.kill()
 
-    async def _ask(self, text: str) -> list[str]:
-        """Send `text`, then a fresh sentinel; the output lines before the sentinel."""
+    async def _ask(self, text: str, before: str = "") -> list[str]:
+        """Send `text`, then a fresh sentinel; the output lines before the sentinel.
+
+        With `before`, that text goes first in the same write, framed by a sentinel of its
+        own, and its reply must show a clean solver (see `_clean`)."""
+        head = ""
+        if before:
+            first = f"scillm-done-{secrets.token_hex(8)}"
+            head = before + f'(echo "{first}")\n'
         nonce = f"scillm-done-{secrets.token_hex(8)}"
-        text += f'(echo "{nonce}")\n'
+        text = head + text + f'(echo "{nonce}")\n'
         self._lines += text.count("\n")
         await self._proc.send(text)
+        if before:
+            data = await self._proc.read_until(f"{first}\n".encode())
+            self._clean(data[:-len(first) - 1].splitlines())
         data = await self._proc.read_until(f"{nonce}\n".encode())
         return data[:-len(nonce) - 1].splitlines()
+
+    def _clean(self, lines: list[str]) -> None:
+        """Raise `Poisoned` unless, with the last item's scopes popped, the solver holds no
+        assertion at any level: what one item asserts never reaches the next one."""
+        if lines != ["()", "(:assertion-stack-levels 0)"]:
+            self._proc.kill_now()
+            raise Poisoned(" ".join(lines)[:300])
 
     async def run(self, script: SmtScript, limits: Limits) -> CheckOutcome:
         """Check a posed script within `limits`; TimeoutError past the limit on the goal,
@@ -96,8 +131,12 @@ class Z3Worker:
         self._proc.set_memory_limit(limits.memory_mb)
         deadline = asyncio.get_running_loop().time() + limits.timeout_s
         source = script.source
-        head = (f"(pop {self._depth})\n" if self._depth else "") + "(push 1)\n"
-        base = self._lines + head.count("\n")
+        # The last item's scopes are popped and the solver shown clean in a frame of its
+        # own, written together with this item.
+        before = (f"(pop {self._depth})\n(get-assertions)\n"
+                  "(get-info :assertion-stack-levels)\n") if self._depth else ""
+        head = "(push 1)\n"
+        base = self._lines + before.count("\n") + (1 if before else 0) + head.count("\n")
         pre_lines = script.preamble.count("\n")
         # Stream line -> source line: the preamble's lines, then (after our inner push)
         # the query's.
@@ -106,8 +145,8 @@ class Z3Worker:
                           for i in range(1, script.query.count("\n") + 1)})
         self._depth = 2
         async with asyncio.timeout_at(deadline):
-            reply = _Reply(await self._ask(head + script.preamble + "(push 1)\n" + script.query),
-                           to_source)
+            reply = _Reply(await self._ask(head + script.preamble + "(push 1)\n" + script.query,
+                                           before), to_source)
         if any("out of memory" in d.message for d in reply.errors):
             return CheckOutcome(Verdict.ERROR, source, tuple(reply.errors),
                                 message=f"z3 ran out of memory (limit {limits.memory_mb} MiB)")
@@ -129,7 +168,7 @@ class Z3Worker:
                 reason = " ".join(await self._ask("(get-info :reason-unknown)\n"))
             return CheckOutcome(Verdict.UNKNOWN, source, warnings,
                                 message=f"z3 answered unknown {reason}")
-        if not _may_be_inconsistent(script.preamble):
+        if not script.preamble.strip():
             return CheckOutcome(Verdict.PROVED, source, warnings, message="negated goal is unsat")
         return await self._consistency(script, warnings, deadline)
 
@@ -159,13 +198,6 @@ class Z3Worker:
         return CheckOutcome(Verdict.PROVED, source, (*warnings, Diagnostic(
             "info", f"whether the preamble's assumptions are consistent is not known: z3 "
             f"{said} on them alone", 1, 0, *end)), message="negated goal is unsat")
-
-
-def _may_be_inconsistent(preamble: str) -> bool:
-    """Whether the preamble could be unsatisfiable on its own: only assertions and
-    recursive definitions can; declarations and plain definitions always have a model."""
-    items, _ = top_level(preamble)
-    return any(t.head in ("assert", "define-fun-rec", "define-funs-rec") for t in items)
 
 
 def _end_of(text: str) -> tuple[int, int]:
@@ -241,6 +273,14 @@ class SmtBackend:
         if script.diagnostics:
             return CheckOutcome(Verdict.FAILED, script.source, script.diagnostics,
                                 message=script.diagnostics[0].message)
+        for _ in range(2):  # a worker found poisoned is dropped; the item runs on a fresh one
+            try:
+                return await self._run(script, limits)
+            except Poisoned as exc:
+                log.error("a warm z3 held an earlier item's assertions (%s); replaced", exc)
+        raise RuntimeError("two warm z3 workers in a row held an earlier item's assertions")
+
+    async def _run(self, script: SmtScript, limits: Limits) -> CheckOutcome:
         async with self._pool.lease() as worker:
             try:
                 return await worker.run(script, limits)

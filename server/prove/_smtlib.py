@@ -14,9 +14,11 @@ script is the preamble, then `(assert (not <goal>))` and `(check-sat)`: `unsat` 
 the goal, `sat` refutes it (the model is the counterexample), `unknown` is UNKNOWN.
 The backend then checks the preamble alone (`_smt`), to tell a vacuous proof apart.
 
-The parser is a real S-expression reader: `;` comments run to the end of the line, and
-strings (`""` escapes a quote) and `|quoted symbols|` may hold any character, parentheses
-and newlines included, so a goal cannot close the `assert` around it early.
+The parser is a real S-expression reader that reads text the way z3 does: `;` comments
+run to the end of the line, strings (`""` escapes a quote; a backslash escapes nothing)
+and `|quoted symbols|` may hold any character, parentheses and newlines included, so a goal
+cannot close the `assert` around it early. A backslash inside a quoted symbol is refused:
+SMT-LIB forbids it and z3 reads it as an escape of the closing bar.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ def top_level(text: str) -> tuple[list[TopLevel], Diagnostic | None]:
             if close < 0:
                 what = "string" if c == '"' else "quoted symbol"
                 return items, _diag(text, i, f"unterminated {what}")
+            if c == "|" and "\\" in text[i:close]:
+                # SMT-LIB 2.6 forbids it, and z3 reads it as an escape of the closing bar:
+                # z3 would see other commands than the ones checked here.
+                at = text.index("\\", i)
+                return items, _diag(text, at, "a backslash is not allowed in a |quoted symbol|")
             if depth == 0:
                 items.append(TopLevel(i, close, ""))
             i = close

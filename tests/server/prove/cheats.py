@@ -159,6 +159,16 @@ SMT: list[Cheat] = [
           preamble="(declare-const x Int)", says="unbalanced"),
     Cheat("smt-quoted-symbol-newline", "smt", "(> |x\n(assert false)| 0)",
           preamble="(declare-const x Int)", says="unknown constant"),
+    # z3 reads a backslash in a quoted symbol as an escape of the bar: the checker would
+    # see one declaration where z3 sees an assertion of false.
+    Cheat("smt-backslash-escaped-bar", "smt", "(= 1 2)",
+          preamble="(declare-const |x\\| | Int) (assert false) (declare-const |y\\|zz| Int)",
+          says="backslash"),
+    Cheat("smt-backslash-pops-the-scope", "smt", "true",
+          preamble="(declare-const |x\\| | Int) (pop 1) (assert false) (push 1) "
+                   "(declare-const |y\\|zz| Int)", says="backslash"),
+    Cheat("smt-backslash-in-goal", "smt", "(= |a\\| | 1)) (assert false) (assert (= |b\\|c| 1)",
+          preamble="", says="backslash"),
 ]
 
 ALL: list[Cheat] = COQ + SMT

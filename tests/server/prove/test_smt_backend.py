@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from scillm.server.prove import Limits, Obligation, ProveEngine, Verdict
+from scillm.server.prove import Limits, Obligation, ProveEngine, ProveSettings, Verdict
 
 PRE = "(declare-const x Int)\n(assert (> x 0))"
 #: Nonlinear and hard for z3's incremental solver: runs far past any test timeout.
@@ -103,3 +104,19 @@ async def test_exit_is_refused(engine: ProveEngine) -> None:
     assert "(exit ...) is not allowed in the preamble" in result.message
     after = await engine.check(smt("b", "(> (+ x 2) x)"))
     assert after.verdict is Verdict.PROVED
+
+
+async def test_a_solver_that_kept_an_earlier_items_assertion_is_replaced(
+        tmp_path: Path) -> None:
+    """Should any text ever slip an assertion past its scope, the next item does not run on
+    that solver: it finds the solver unclean, drops it, and runs on a fresh one."""
+    settings = ProveSettings(smt_pool_size=1, scratch_dir=tmp_path, cache_size=0)
+    async with ProveEngine(settings) as engine:
+        assert (await engine.check(smt("a", "(> (+ x 1) x)"))).verdict is Verdict.PROVED
+        backend = engine.backend("smt")
+        async with backend.pool.lease() as worker:  # type: ignore[attr-defined]
+            await worker._ask("(pop 2)\n(assert false)\n(push 1)\n(push 1)\n")
+        started = backend.pool.started  # type: ignore[attr-defined]
+        result = await engine.check(smt("b", "(= 1 2)", ""))
+        assert result.verdict is Verdict.REFUTED, result
+        assert backend.pool.started == started + 1  # type: ignore[attr-defined]
