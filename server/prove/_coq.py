@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..jail import Jail
 from ._backend import probe_version
-from ._coqtext import Composed, compose, declarations, locate, parse_messages, stated_theorem
+from ._coqtext import Composed, blank, compose, declarations, locate, parse_messages, \
+    stated_theorem
 from ._coqworker import OOM, TAG, CoqWorker, Judgement, prepare
 from ._pool import WorkerPool
 from ._process import make_inbox, put_item, run_once
@@ -83,6 +84,9 @@ class CoqBackend:
     async def check(self, obligation: Obligation, limits: Limits) -> CheckOutcome:
         composed = self._compose(obligation)
         source = composed.text
+        switched = checks_switched_off(source)
+        if switched is not None:
+            return CheckOutcome(Verdict.FAILED, source, (switched,), message=switched.message)
         decl = stated_theorem(composed)
         if decl is None:
             return CheckOutcome(Verdict.FAILED, source, (Diagnostic(
@@ -180,6 +184,30 @@ def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> 
                             message=diagnostics[0].message)
     return CheckOutcome(Verdict.PROVED, source, message=(
         f"{stated} has the stated type; every declaration is closed under the global context"))
+
+
+#: Vernacular that switches off a kernel check or changes the theory. Coq reports most of
+#: their uses in `Print Assumptions`, but not all (rocq-prover/rocq#16646: universe
+#: checking switched off around a functor application goes unreported), and an item that
+#: uses them can never be PROVED anyway, so they are refused before Coq runs. Matched in the
+#: text with comments and strings blanked and in the raw text, so neither comments between
+#: the words nor a lexer that disagrees with Coq's can hide them.
+_SWITCHES = re.compile(
+    r"\bUnset\s+(?:Guard|Positivity|Universe)\s+Checking\b|\bUnset\s+Template\s+Check\b"
+    r"|\bSet\s+Definitional\s+UIP\b|\bbypass_check\b|\bTyping\s+Flags\b")
+
+
+def checks_switched_off(source: str) -> Diagnostic | None:
+    """A diagnostic on the first vernacular of `_SWITCHES` in `source`, or None."""
+    m = _SWITCHES.search(blank(source)) or _SWITCHES.search(source)
+    if m is None:
+        return None
+    line, col = locate(source, m.start())
+    end_line, end_col = locate(source, m.end())
+    words = " ".join(source[m.start():m.end()].split())
+    return Diagnostic("error", f"`{words}` is refused: switching off the kernel's guard, "
+                      "positivity, universe or template checks (or changing the theory) "
+                      "can never give a proof PROVED accepts", line, col, end_line, end_col)
 
 
 def assumptions(reply: str) -> list[str]:

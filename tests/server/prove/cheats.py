@@ -71,20 +71,35 @@ COQ: list[Cheat] = [
     Cheat("coq-unset-guard-checking", "coq", "Theorem bad : 1 = 2.",
           "Proof. destruct (loop 0). Qed.",
           "Unset Guard Checking.\nFixpoint loop (n : nat) : False := loop n.\n"
-          "Set Guard Checking.", says="guarded"),
+          "Set Guard Checking.", says="refused"),
     Cheat("coq-bypass-guard-attribute", "coq", "Theorem bad : 1 = 2.",
           "Proof. destruct (loop 0). Qed.",
-          "#[bypass_check(guard)] Fixpoint loop (n : nat) : False := loop n.", says="guarded"),
+          "#[bypass_check(guard)] Fixpoint loop (n : nat) : False := loop n.", says="refused"),
     Cheat("coq-unset-positivity-checking", "coq", "Theorem bad : 1 = 2.",
           "Proof. destruct (notB (mkB notB)). Qed.",
           "Unset Positivity Checking.\nInductive B := mkB : (B -> False) -> B.\n"
           "Set Positivity Checking.\n"
           "Definition notB (b : B) : False := match b with mkB f => f b end.",
-          says="positiv"),
+          says="refused"),
     Cheat("coq-unset-universe-checking", "coq", "Theorem bad : True.",
           "Proof. exact (let _ := u in I). Qed.",
           "Unset Universe Checking.\nDefinition U := Type.\nDefinition u : U := U.\n"
-          "Set Universe Checking.", says="bad"),
+          "Set Universe Checking.", says="refused"),
+    # Print Assumptions does not report universe checking switched off around a functor
+    # application (rocq-prover/rocq#16646): found by review, refused before Coq runs.
+    Cheat("coq-functor-universe-16646", "coq", "Theorem bad : 1 = 2.",
+          "Proof. destruct (TypeNeqSmallType.paradox M.c eq_refl). Qed.",
+          "Require Import Coq.Logic.Hurkens.\n"
+          "Module Type T.\n  Parameter Inline c : ltac:(let t := type of "
+          "TypeNeqSmallType.paradox in match t with forall A : ?U, _ => exact U end).\nEnd T.\n"
+          "Module X.\n  Definition c := ltac:(let t := type of TypeNeqSmallType.paradox in "
+          "match t with forall A : ?U, _ => exact U end).\nEnd X.\n"
+          "Module F (S : T).\n  Definition c : ltac:(let t := type of "
+          "TypeNeqSmallType.paradox in match t with forall A : ?U, _ => exact U end) := S.c.\n"
+          "End F.\nUnset (* hidden *) Universe\n  Checking.\nModule M := F X.\n"
+          "Set Universe Checking.", says="refused"),
+    Cheat("coq-definitional-uip", "coq", "Theorem bad : True.", "Proof. exact I. Qed.",
+          "Set Definitional UIP.", says="refused"),
     Cheat("coq-notation-forges-closed", "coq",
           "Notation \"'Closed' 'under' 'the' 'global' 'context'\" := False.\n"
           "Axiom cheat : Closed under the global context.\n"
