@@ -25,8 +25,7 @@ from pathlib import Path
 
 from ..jail import Jail
 from ._backend import probe_version
-from ._coqtext import Composed, blank, compose, declarations, locate, parse_messages, \
-    stated_theorem
+from ._coqtext import Composed, blank, compose, declarations, locate, parse_messages, stated_theorem
 from ._coqworker import OOM, TAG, CoqWorker, Judgement, prepare
 from ._pool import WorkerPool
 from ._process import make_inbox, put_item, run_once
