@@ -257,7 +257,7 @@ def judge(source: str, checked: Audit, stated: str, returncode: int,
     for line, name in checked.axiom_lines.items():
         replies = [parse_axioms_reply(d.message) for d in theirs
                    if d.line == line and d.severity == "info"]
-        if len(replies) != 1 or replies[0] is None:
+        if len(replies) != 1 or replies[0] is None or replies[0][0] != name:
             problems.append(Diagnostic("error", f"Lean gave no single answer to `#print "
                                        f"axioms {name}`"))
             continue

@@ -31,10 +31,13 @@ ALLOWED_AXIOMS = frozenset({"propext", "Classical.choice", "Quot.sound"})
 #: Commands that run code or extend the syntax: they could redefine `#print axioms` or
 #: print a forged answer, so an item holding one is refused.
 _REFUSED = re.compile(
-    r"(?<![\w.'])(#eval|#exit|run_cmd|run_elab|run_meta|elab_rules|elab|"
-    r"macro_rules|macro|syntax|declare_syntax_cat|notation|infixl|infixr|infix|prefix|"
-    r"postfix|initialize|builtin_initialize|implemented_by|extern|unsafe|"
-    r"debug\.skipKernelTC|command_elab|term_elab|tactic_elab)(?![\w'])")
+    r"(?<![\w.'])(#eval|#exit|#reduce|run_cmd|run_elab|run_meta|run_tac|by_elab|elab_rules|"
+    r"elab|macro_rules|macro|syntax|declare_syntax_cat|notation|infixl|infixr|infix|prefix|"
+    r"postfix|initialize|builtin_initialize|implemented_by|extern|unsafe|dbg_trace|"
+    r"dbgTrace|debug\.\w+|command_elab|term_elab|tactic_elab|addDecl|IO\.Process)(?![\w'])")
+_IDENT_CHAR = re.compile(r"[\w'!?.]")
+_CHAR = re.compile(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]+\}|.)|[^\\'\n])'")
+_RAW = re.compile(r'r(#*)"')
 _MODIFIERS = r"(?:(?:private|protected|noncomputable|partial|nonrec|scoped|local)\s+)*"
 _DECL = re.compile(
     r"^[ \t]*(?:@\[[^\]]*\]\s*)*" + _MODIFIERS +
@@ -75,6 +78,16 @@ def blank(text: str) -> str:
                 else:
                     i += 1
             wipe(start, i)
+        elif text[i] == "'" and (i == 0 or not _IDENT_CHAR.match(text[i - 1])) and \
+                (m := _CHAR.match(text, i)) is not None:
+            wipe(i, m.end())  # a Char literal such as '"' or '\''
+            i = m.end()
+        elif text[i] == "r" and (m := _RAW.match(text, i)) is not None and \
+                (i == 0 or not _IDENT_CHAR.match(text[i - 1])):
+            close = text.find('"' + m.group(1), m.end())
+            end = n if close < 0 else close + 1 + len(m.group(1))
+            wipe(i, end)  # a raw string: no escapes, ends at a quote and as many hashes
+            i = end
         elif text[i] == '"':
             j = i + 1
             while j < n and text[j] != '"':
@@ -126,8 +139,10 @@ def declarations(text: str) -> list[LeanDeclaration]:
 
 
 def refused(text: str) -> tuple[str, int] | None:
-    """The first refused command of `text` and its offset, or None."""
-    m = _REFUSED.search(blank(text))
+    """The first refused command of `text` and its offset, or None. Matched in the text
+    with comments and strings blanked and in the raw text too, so that neither a comment nor
+    a lexer that disagrees with Lean's (interpolated strings hold code) can hide one."""
+    m = _REFUSED.search(blank(text)) or _REFUSED.search(text)
     return None if m is None else (m.group(1), m.start(1))
 
 

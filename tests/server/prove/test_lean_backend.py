@@ -50,14 +50,15 @@ for number, text in enumerate(lines, 1):
     m = re.match(r"#print axioms _root_\.(\S+)$", text)
     if m:
         axioms = WORLD["axioms"].get(m.group(1))
+        shown = WORLD.get("rename", {}).get(m.group(1), m.group(1))
         if axioms is None:
             say("error", number, "unknown constant '%%s'" %% m.group(1))
             failed = True
         elif axioms:
             say("information", number,
-                "'%%s' depends on axioms: [%%s]" %% (m.group(1), ", ".join(axioms)))
+                "'%%s' depends on axioms: [%%s]" %% (shown, ", ".join(axioms)))
         else:
-            say("information", number, "'%%s' does not depend on any axioms" %% m.group(1))
+            say("information", number, "'%%s' does not depend on any axioms" %% shown)
         for forged in WORLD.get("forge_at_audit", []):
             say("information", number, forged)
     elif text.startswith("example : ") and not WORLD.get("type_ok", True):
@@ -188,3 +189,29 @@ async def test_commands_that_could_forge_the_audit_are_refused(
     result = await lean_check(tmp_path, {"axioms": {"t": []}}, statement, proof)
     assert result.verdict is Verdict.FAILED
     assert f"`{word}`" in result.message
+
+
+@pytest.mark.parametrize(("source", "word"), [
+    # A Char literal '"' is not the start of a string: what follows is read as code.
+    ("theorem t : True := by\n  have : Char := '\"'\n  run_tac pure ()\n"
+     "  have : Char := '\"'\n  trivial", "run_tac"),
+    ('def s := s!"{by_elab pure ()}"\ntheorem t : True := trivial', "by_elab"),
+    ("theorem t : True := by\n  exact (dbg_trace \"x\"; trivial)", "dbg_trace"),
+    ("set_option debug.skipKernelTC true in\ntheorem t : 1 = 2 := by decide", "debug.skipKernelTC"),
+    ('def x := r#"a " -/ "#\n#eval IO.Process.exit 0\ntheorem t : True := trivial', "#eval"),
+])
+def test_code_that_runs_at_elaboration_is_found_wherever_it_hides(source: str,
+                                                                   word: str) -> None:
+    from scillm.server.prove._leantext import refused
+
+    found = refused(source)
+    assert found is not None and found[0] == word, found
+
+
+async def test_an_answer_about_another_name_does_not_count(tmp_path: Path) -> None:
+    """A clean answer at the audit's line counts only if it names the declaration asked
+    about (a forged or misplaced answer about another name does not)."""
+    world = {"axioms": {"t": []}, "rename": {"t": "helper"}}
+    result = await lean_check(tmp_path, world, "theorem t : 1 = 2 :=", "by forge")
+    assert result.verdict is Verdict.FAILED
+    assert "no single answer" in result.message
