@@ -20,6 +20,7 @@ import importlib.metadata
 import importlib.util
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +208,8 @@ class _Ui:
             return gate
         try:
             page = await self._runs_page(_query(request))
-        except (_BadRequest, BadPageToken) as exc:
-            return HTMLResponse(str(exc), 400)
+        except (_BadRequest, BadPageToken) as exc:  # the message may echo the query: escaped
+            return HTMLResponse(html_escape(str(exc)), 400, headers=_SECURITY_HEADERS)
         html = self.env.get_template("_rows.html").render(
             rows=[row(r.manifest, r.result) for r in page.runs])
         return HTMLResponse(html, headers=_SECURITY_HEADERS)

@@ -113,3 +113,12 @@ def test_without_a_master_key_the_ui_is_open(tmp_path: Path, browser: Any) -> No
             page.close()
     finally:
         running.stop()
+
+
+def test_a_bad_filter_is_echoed_escaped_never_as_markup(ui_mesh: UiMesh) -> None:
+    payload = "<img src=x onerror=alert(document.domain)>"
+    for path in ("/ui/rows", "/ui/"):
+        reply = _get(f"{ui_mesh.url}{path}", MASTER, params={"service": payload})
+        assert reply.status_code == 400, reply.text[:200]
+        assert "<img" not in reply.text and "&lt;img" in reply.text
+        assert "content-security-policy" in reply.headers
