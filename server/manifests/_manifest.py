@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import platform
 import time
@@ -10,11 +11,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING
 
+import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from opentelemetry import trace
 
 from scillm.common.v1 import common_pb2
+
+from ..errors import StatusError
 
 if TYPE_CHECKING:
     from ._store import RunStore
@@ -62,6 +66,8 @@ class ManifestClock:
         self._t0 = time.perf_counter()
         m = self.manifest = common_pb2.RunManifest()
         m.CopyFrom(_blank())
+        #: The caller chose the run id (RunContext.run_id) rather than leaving it to us.
+        self.chosen_run_id = bool(context.run_id)
         m.run_id = context.run_id or uuid.uuid4().hex
         m.request_id = request_id
         m.item_ids.extend(item_ids)
@@ -115,6 +121,13 @@ async def recording(store: RunStore | None, clock: ManifestClock,
     error, a caller who hung up) leaves the run stored as interrupted."""
     record = RunRecord(store, request)
     if store is not None:
+        run_id = clock.manifest.run_id
+        if clock.chosen_run_id and await asyncio.to_thread(store.exists, run_id):
+            # A caller's own run id names a new run; it never replaces a stored one.
+            raise StatusError(grpc.StatusCode.ALREADY_EXISTS,
+                              f"a run with id {run_id!r} is already stored: choose another "
+                              "context.run_id, or leave it empty for a new one",
+                              param="context.run_id")
         await store.started(clock.manifest, request)
     try:
         yield record

@@ -257,6 +257,10 @@ class RunStore(ABC):
             sql += " WHERE " + " AND ".join(where)
         return sql + " ORDER BY start_time DESC, run_id DESC", args
 
+    def exists(self, run_id: str) -> bool:
+        """Whether a run has exactly this id."""
+        return bool(self._run(f"SELECT 1 FROM runs WHERE run_id = {self._PARAM}", (run_id,)))
+
     def get(self, run_id: str) -> StoredRun | None:
         """The run with this id (a unique prefix works too, in any ASCII case), or None."""
         p = self._PARAM

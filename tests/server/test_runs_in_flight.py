@@ -89,3 +89,31 @@ async def test_a_run_whose_caller_hangs_up_is_kept_as_interrupted(mesh: RunningM
 async def _drain(events: object) -> None:
     async for _ in events:  # type: ignore[attr-defined]
         pass
+
+
+async def test_a_callers_run_id_names_a_new_run_and_never_replaces_one(
+        mesh: RunningMesh) -> None:
+    import grpc
+
+    from scillm.clients import RPCError
+
+    def batch(run_id: str, statement: str) -> pb.ProveRequest:
+        request = pb.ProveRequest(no_cache=True, items=[
+            pb.Obligation(item_id="i", backend=pb.BACKEND_SMT, statement=statement)])
+        request.context.run_id = run_id
+        return request
+
+    run_id = f"chosen-{uuid.uuid4().hex}"
+    store = open_run_store(mesh.mesh.settings)
+    try:
+        async with ScillmClient(mesh.grpc_target) as client:
+            first = [e async for e in client.prove.prove(batch(run_id, "(> 2 1)"))]
+            assert first[-1].summary.manifest.run_id == run_id
+            with pytest.raises(RPCError) as raised:
+                [e async for e in client.prove.prove(batch(run_id, "(> 1 2)"))]
+        assert raised.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert raised.value.param == "context.run_id"
+        kept = await asyncio.to_thread(store.get, run_id)
+        assert kept is not None and kept.result.proved == 1  # type: ignore[attr-defined]
+    finally:
+        store.close()
