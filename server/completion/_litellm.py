@@ -21,6 +21,16 @@ __all__ = ["LiteLLMProvider"]
 
 EXTRA = "scillm[litellm]"
 
+#: What a caller's request may hand to `litellm.acompletion`: OpenAI's chat parameters.
+#: Anything else (api_base, base_url, api_key, extra_headers, custom_llm_provider, ...)
+#: would let a caller send the operator's key, or the request, where they like.
+PASSED = frozenset({
+    "messages", "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "user", "tools", "tool_choice", "parallel_tool_calls", "response_format", "seed",
+    "reasoning_effort", "modalities", "prediction", "audio", "service_tier", "store",
+})
+
 
 class LiteLLMProvider:
     """Delegates to `litellm.acompletion`; LiteLLM is imported on first use only."""
@@ -43,8 +53,9 @@ class LiteLLMProvider:
 
     def _kwargs(self, call: ProviderCall) -> dict[str, Any]:
         dep = call.deployment
-        kwargs: dict[str, Any] = {**call.body, "model": dep.model.split("/", 1)[0] + "/"
-                                  + call.model, "timeout": call.timeout_s, "num_retries": 0}
+        kwargs: dict[str, Any] = {k: v for k, v in call.body.items() if k in PASSED}
+        kwargs.update(model=dep.model.split("/", 1)[0] + "/" + call.model,
+                      timeout=call.timeout_s, num_retries=0)
         if dep.api_base:
             kwargs["api_base"] = dep.api_base
         if dep.api_key is not None:

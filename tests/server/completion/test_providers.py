@@ -82,3 +82,28 @@ async def test_local_runs_in_one_worker_thread_and_loads_once(
     assert events[-1].usage == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
     assert loads == ["gemma3-270m"]
     assert len(llama.threads) == 1 and next(iter(llama.threads)).startswith("scillm-local")
+
+
+async def test_a_caller_cannot_point_litellm_elsewhere(make_engine: EngineFactory,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only OpenAI's chat parameters reach litellm.acompletion from a request: a caller's
+    api_base, base_url, api_key or headers would send the operator's key to their server."""
+    litellm = pytest.importorskip("litellm")
+    seen: list[dict[str, Any]] = []
+
+    async def acompletion(**kwargs: Any) -> Any:
+        seen.append(kwargs)
+        raise litellm.exceptions.APIConnectionError(message="stop here", llm_provider="x",
+                                                    model="m")
+
+    monkeypatch.setattr(litellm, "acompletion", acompletion)
+    engine = await make_engine({"model_list": [{"model_name": "g", "litellm_params": {
+        "model": "gemini/gemini-pro", "api_key": "operator-secret"}}]})
+    with pytest.raises(Exception):  # noqa: B017 - the stand-in refuses every call
+        await engine.complete({"model": "g", "messages": MSG, "temperature": 0.5,
+                               "api_base": "http://attacker.example", "base_url": "http://a",
+                               "extra_headers": {"x": "y"}, "custom_llm_provider": "openai"})
+    (kwargs,) = seen[:1]
+    assert kwargs["api_key"] == "operator-secret" and kwargs["temperature"] == 0.5
+    for key in ("api_base", "base_url", "extra_headers", "custom_llm_provider"):
+        assert key not in kwargs, key
