@@ -143,6 +143,17 @@ class Jail:
         return INBOX if self.isolation == BUBBLEWRAP else str(inbox)
 
     @property
+    def refuses_file_access(self) -> str:
+        """Why a program that can read or write files or run code (Coq, Lean) may not run
+        here, or "" when it may: in bubblewrap, or under rlimits alone only when the operator
+        asked for that (`isolation="rlimits"`), never as a silent fallback."""
+        if self.isolation == BUBBLEWRAP or self.settings.isolation == "rlimits":
+            return ""
+        return ("bubblewrap does not work here, and this prover can read and write files "
+                "(Coq's Load, Redirect, Extraction) or run code (Lean): set "
+                "SCILLM_PROVE_ISOLATION=rlimits to run it under resource limits only")
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment for the fallback (bubblewrap clears and sets its own)."""
         return {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": "/nonexistent"}

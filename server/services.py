@@ -180,10 +180,12 @@ def _sandbox_settings() -> Any:
 
 
 def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
+    from .jail import JailSettings
     from .prove import ProveEngine, ProveSettings
     from .prove.servicer import ERRORS, ProveServicer
 
-    engine = ProveEngine(ProveSettings())
+    engine = ProveEngine(ProveSettings(jail=JailSettings(
+        isolation=settings.prove_isolation)))  # type: ignore[arg-type]
 
     async def start() -> bool:
         await engine.start()

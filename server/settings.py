@@ -66,6 +66,10 @@ class Settings:
     keys_target: str = ""
     #: Completion model that formalizes natural-language requirements for Prove.
     prove_model: str = ""
+    #: How provers are jailed: "auto" (bubblewrap; without it only z3 runs, under rlimits,
+    #: since Coq and Lean can read and write files or run code), "bubblewrap" (refuse to
+    #: start without it), or "rlimits" (every prover under resource limits only, knowingly).
+    prove_isolation: str = "auto"
     #: Completion model that writes CodeWorld's MCTS variants when a request names none.
     codeworld_model: str = ""
     #: Streams one key may have open at once (virtual keys and the master key alike, when
@@ -132,6 +136,9 @@ class Settings:
                 raise ValueError(f"{name} must be 0..65535, got {port}")
         if self.grace_period_s < 0:
             raise ValueError("grace_period_s must be >= 0")
+        if self.prove_isolation not in ("auto", "bubblewrap", "rlimits"):
+            raise ValueError("prove_isolation must be auto, bubblewrap or rlimits, got "
+                             f"{self.prove_isolation!r}")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be >= 1024")
         if self.config_path is not None and not self.config_path.is_file():

@@ -65,8 +65,10 @@ class CoqBackend:
 
     async def info(self) -> BackendInfo:
         if self._info is None:
-            self._info = await probe_version(self.name, [self._settings.coqc_path, "--version"],
-                                             self.jail)
+            refused = self.jail.refuses_file_access
+            self._info = BackendInfo(self.name, False, reason=refused) if refused else \
+                await probe_version(self.name, [self._settings.coqc_path, "--version"],
+                                    self.jail)
         return self._info
 
     def source_of(self, obligation: Obligation) -> str:

@@ -150,6 +150,9 @@ class LeanBackend:
             elif shutil.which(s.lean_path) is None:
                 self._info = BackendInfo(self.name, False,
                                          reason=f"{s.lean_path!r} is not on PATH")
+            elif self.jail.refuses_file_access:
+                self._info = BackendInfo(self.name, False,
+                                         reason=self.jail.refuses_file_access)
             else:
                 self._info = await probe_version(self.name, [*self._argv("")[:-2],
                                                              "--version"], self._jail_for_lean)

@@ -84,3 +84,23 @@ async def test_provers_without_bubblewrap_still_check_and_say_so(tmp_path: Path)
                                             proof="Proof. Admitted."))
     assert coq.verdict is Verdict.PROVED and smt.verdict is Verdict.PROVED
     assert bad.verdict is Verdict.FAILED
+
+
+async def test_without_bubblewrap_coq_is_not_run_unless_the_operator_says_so(
+        tmp_path: Path) -> None:
+    """A silent fallback never lets Coq (Load, Redirect, Extraction) touch the host: without
+    a working bubblewrap only z3 runs, until the operator opts in with rlimits."""
+    from scillm.server.prove import BackendUnavailable
+
+    settings = ProveSettings(scratch_dir=tmp_path,
+                             jail=JailSettings(isolation="auto", bwrap_path="/bin/false"))
+    async with ProveEngine(settings) as engine:
+        assert engine.isolation == "rlimits"
+        info = {b.name: b for b in engine.backends()}
+        assert info["smt"].available
+        assert not info["coq"].available and "SCILLM_PROVE_ISOLATION" in info["coq"].reason
+        with pytest.raises(BackendUnavailable):
+            engine.run_batch([Obligation("c", "coq", statement="Theorem t : True.",
+                                         proof="Proof. exact I. Qed.")])
+        smt = await engine.check(Obligation("s", "smt", statement="(> 2 1)"))
+    assert smt.verdict is Verdict.PROVED
