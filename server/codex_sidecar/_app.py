@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable
@@ -35,7 +36,7 @@ from ._cli import CodexJob, CodexRunner
 from ._events import CodexTurn
 from ._replies import Reply, error_json, word_usage
 from ._settings import SidecarSettings
-from .errors import BadRequest, NotRunnable, SidecarError, UpstreamFailed
+from .errors import BadRequest, CallerUnauthorized, NotRunnable, SidecarError, UpstreamFailed
 
 __all__ = ["Sidecar", "create_app"]
 
@@ -103,7 +104,21 @@ class Sidecar:
                 username=None, password=None))
         return JSONResponse(out)
 
+    def _refused(self, request: Request) -> Response | None:
+        """401 unless the request carries the sidecar's key (when it requires one)."""
+        key = self.settings.api_key
+        if key is None or not key.value:
+            return None
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if hmac.compare_digest(token.encode(), key.value.encode()):
+            return None
+        return _error(CallerUnauthorized("this sidecar requires its key: send "
+                                         "'Authorization: Bearer <CODEX_SIDECAR_API_KEY>'"))
+
     async def models(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         s = self.settings
         if s.mode != "forward":
             return JSONResponse({"object": "list", "data": [
@@ -125,6 +140,8 @@ class Sidecar:
         return JSONResponse(payload)
 
     async def chat(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         try:
             raw = await request.body()
             if len(raw) > _MAX_BODY:

@@ -78,8 +78,8 @@ class CodexRunner:
         """The command line of one run; the prompt goes on stdin (`-`)."""
         s = self._settings
         out = [*s.codex_cmd, "exec", "--json", "--skip-git-repo-check", *s.codex_args]
-        if job.model:
-            out += ["--model", job.model]
+        if job.model:  # one argument, so a name starting with "-" is never an option
+            out.append(f"--model={job.model}")
         if job.effort:
             out += ["-c", f'model_reasoning_effort="{job.effort}"']
         if schema is not None:

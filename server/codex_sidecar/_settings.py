@@ -39,6 +39,10 @@ class SidecarSettings:
     timeout_s: float = 90.0
     retries: int = 1
     transient_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({70, 75}))
+    #: When set, every route but /healthz needs `Authorization: Bearer <key>` (the mesh's
+    #: codex-agent provider sends CODEX_AGENT_API_KEY): whoever reaches the sidecar can
+    #: otherwise spend the operator's Codex login or forward key.
+    api_key: Secret | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

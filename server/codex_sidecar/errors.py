@@ -49,6 +49,12 @@ class CodexUnauthorized(SidecarError):
     status, type, code = 401, "authentication_error", "codex_not_logged_in"
 
 
+class CallerUnauthorized(SidecarError):
+    """The sidecar requires a key (`--require-key`) and the request did not carry it."""
+
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
 class NotRunnable(SidecarError):
     """The request needs something this sidecar does not run (the CLI)."""
 

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", metavar="NAME",
                         help="a model /v1/models lists (repeatable; default gpt-5); forward "
                              "mode lists the upstream's instead")
+    parser.add_argument("--require-key", action="store_true",
+                        help="require `Authorization: Bearer <key>` on every route but "
+                             "/healthz, the key read from CODEX_SIDECAR_API_KEY (never from "
+                             "the command line); the mesh's codex-agent provider sends "
+                             "CODEX_AGENT_API_KEY. Without it, anyone who can reach the "
+                             "sidecar spends its Codex login: keep it on 127.0.0.1")
     parser.add_argument("--forward-base", default=os.environ.get("CODEX_FORWARD_BASE"),
                         help="forward mode: an OpenAI-compatible base URL such as "
                              f"http://127.0.0.1:8000/v1 ({env} CODEX_FORWARD_BASE); its key "
@@ -84,6 +90,9 @@ def settings_from_args(args: argparse.Namespace,
 
     env = os.environ if environ is None else environ
     token = env.get("CODEX_FORWARD_TOKEN")
+    api_key = env.get("CODEX_SIDECAR_API_KEY") or ""
+    if getattr(args, "require_key", False) and not api_key:
+        raise ValueError("--require-key needs the key in CODEX_SIDECAR_API_KEY")
     port = args.port
     if port is None:
         try:
@@ -98,7 +107,8 @@ def settings_from_args(args: argparse.Namespace,
         codex_cmd=_codex_cmd(args.codex_bin, required=args.mode == "cli"),
         codex_args=tuple(args.codex_arg), workdir=args.workdir,
         max_concurrency=args.max_concurrency, timeout_s=args.timeout, retries=args.retries,
-        transient_exit_codes=frozenset(args.transient_exit_code or (70, 75)))
+        transient_exit_codes=frozenset(args.transient_exit_code or (70, 75)),
+        api_key=Secret(api_key, "CODEX_SIDECAR_API_KEY") if api_key else None)
 
 
 async def _serve(settings: SidecarSettings) -> None:

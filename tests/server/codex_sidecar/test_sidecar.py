@@ -404,3 +404,41 @@ def test_forward_mode_without_an_upstream_is_502(codex: Path) -> None:
         assert forced.status_code == 501 and "--codex-bin" in forced.json()["error"]["message"]
     finally:
         sidecar.stop()
+
+
+def test_a_sidecar_that_requires_its_key_refuses_everyone_else(codex: Path) -> None:
+    log = codex / "keyed"
+    log.mkdir()
+    sidecar = SidecarProcess(
+        ["--mode", "cli", "--require-key", "--codex-bin", str(codex / "bin" / "codex")],
+        codex / "keyed.out", env={"FAKE_CODEX_LOG": str(log),
+                                  "CODEX_SIDECAR_API_KEY": "sidecar-secret"}).wait_ready()
+    try:
+        assert httpx.get(f"{sidecar.url}/healthz", timeout=30).status_code == 200
+        for headers in ({}, {"authorization": "Bearer wrong"}):
+            refused = httpx.post(f"{sidecar.url}/v1/chat/completions", timeout=30,
+                                 headers=headers, json={"model": "gpt-5", "messages": [
+                                     {"role": "user", "content": "hi"}]})
+            assert refused.status_code == 401
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+            assert httpx.get(f"{sidecar.url}/v1/models", headers=headers,
+                             timeout=30).status_code == 401
+        assert not fake_calls(log)  # the CLI never ran for them
+        sdk = openai.OpenAI(base_url=f"{sidecar.url}/v1", api_key="sidecar-secret",
+                            max_retries=0, timeout=60)
+        reply = sdk.chat.completions.create(model="gpt-5",
+                                            messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+    finally:
+        sidecar.stop()
+
+
+def test_a_model_name_is_never_read_as_a_cli_option() -> None:
+    from scillm.server.codex_sidecar._cli import CodexJob, CodexRunner
+    from scillm.server.codex_sidecar._settings import SidecarSettings
+
+    runner = CodexRunner(SidecarSettings(mode="cli", codex_cmd=("/bin/codex",)))
+    job = CodexJob(prompt="p", model="--dangerously-bypass-approvals-and-sandbox")
+    argv = runner.argv(job, None)
+    assert "--model=--dangerously-bypass-approvals-and-sandbox" in argv
+    assert "--dangerously-bypass-approvals-and-sandbox" not in argv
