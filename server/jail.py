@@ -20,7 +20,8 @@ Inside bubblewrap a program sees, and may do, only this:
   writable place, gone when the program ends;
 * its own network (none), pid, ipc, uts and cgroup namespaces; a new session; it dies
   with its parent; a cleared environment; every capability dropped and, when the host is
-  root, an unprivileged uid and gid (``uid``), so root-only files stay unreadable;
+  root, an unprivileged uid and gid of its own (claimed from `scillm.server.uids`, never
+  shared with another jail or sandbox on the host), so root-only files stay unreadable;
 * rlimits set before its first instruction (``prlimit``): address space, file size, open
   files, processes of its uid, no core dumps.
 
@@ -38,9 +39,11 @@ import asyncio
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from .uids import UidRange
 
 __all__ = ["BUBBLEWRAP", "INBOX", "RLIMITS", "Jail", "JailSettings", "mib"]
 
@@ -68,11 +71,14 @@ class JailSettings:
         bwrap_path: the bubblewrap executable; looked up on PATH when None.
         etc_files: host files under /etc bound read-only (skipped when absent).
         ro_binds: host directories bound read-only at their own path (a toolchain).
-        uid: the unprivileged uid/gid programs run as when the host is root.
+        base_uid: where the jail claims the unprivileged uid/gid its programs run as when the
+            host is root (`scillm.server.uids`: a range of its own, never shared with another
+            jail or sandbox on the host).
         tmp_size: bytes of the private /tmp.
         file_size_mb: largest file a program may write (RLIMIT_FSIZE), MiB.
         open_files: open descriptors (RLIMIT_NOFILE).
-        processes: processes and threads of `uid` (RLIMIT_NPROC); only with the uid drop.
+        processes: processes and threads of the jail's uid (RLIMIT_NPROC); only with the
+            uid drop.
     """
 
     isolation: JailMode = "auto"
@@ -80,7 +86,7 @@ class JailSettings:
     etc_files: tuple[str, ...] = ("/etc/ld.so.cache", "/etc/ocamlfind.conf",
                                   "/etc/findlib.conf", "/etc/localtime")
     ro_binds: tuple[str, ...] = ()
-    uid: int = 62000
+    base_uid: int = 61000
     tmp_size: int = 64 << 20
     file_size_mb: int = 64
     open_files: int = 256
@@ -99,22 +105,38 @@ class Jail:
     #: ``"bubblewrap"`` or ``"rlimits"``.
     isolation: str
     bwrap: str | None
-    #: Drop to ``settings.uid`` (the host is root).
-    drop_uid: bool
+    #: The unprivileged uid/gid programs run as (the host is root), else None.
+    uid: int | None
+    _claim: UidRange | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def drop_uid(self) -> bool:
+        """Whether programs drop to `uid` (the host is root)."""
+        return self.uid is not None
 
     @classmethod
     async def probe(cls, settings: JailSettings | None = None) -> Jail:
-        """The strongest jail the settings allow on this host."""
+        """The strongest jail the settings allow on this host; `release` when done."""
         settings = settings or JailSettings()
         bwrap = settings.bwrap_path or shutil.which("bwrap")
-        root = os.geteuid() == 0
+        claim = UidRange.claim(settings.base_uid, 1) if os.geteuid() == 0 else None
+        uid = claim.first if claim is not None else None
         if settings.isolation != "rlimits" and bwrap is not None:
-            jail = cls(settings, BUBBLEWRAP, bwrap, root)
+            jail = cls(settings, BUBBLEWRAP, bwrap, uid, claim)
             if await _works(jail.command(["true"], memory_mb=256)):
                 return jail
+        if claim is not None:
+            claim.release()
         if settings.isolation == "bubblewrap":
             raise JailUnavailable(f"bubblewrap was asked for but does not work (bwrap={bwrap!r})")
-        return cls(settings, RLIMITS, None, False)
+        # Without bubblewrap programs see the host's file system, where the scratch
+        # directory's parents may not be traversable by another uid: no drop.
+        return cls(settings, RLIMITS, None, None)
+
+    def release(self) -> None:
+        """Give the jail's uid back to the host. Idempotent."""
+        if self._claim is not None:
+            self._claim.release()
 
     def command(self, argv: Sequence[str], *, memory_mb: int, inbox: Path | None = None,
                 ro_binds: Sequence[str] = ()) -> list[str]:
@@ -125,17 +147,15 @@ class Jail:
         should be given host paths instead (see `inbox_path`).
         """
         limits = _rlimits(self.settings, memory_mb, strict=self.drop_uid)
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        drop: list[str] = []
+        if self.uid is not None:
+            uid = str(self.uid)
+            drop = ["--reuid", uid, "--regid", uid, "--clear-groups", "--no-new-privs"]
         if self.isolation != BUBBLEWRAP:
-            setpriv = shutil.which("setpriv")
-            prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
-            return [*prefix, *limits, *argv]
+            return [setpriv, "--pdeathsig", "KILL", *drop, "--", *limits, *argv]
         assert self.bwrap is not None
-        inner = [*limits, *argv]
-        if self.drop_uid:
-            uid = str(self.settings.uid)
-            setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-            inner = [setpriv, "--reuid", uid, "--regid", uid, "--clear-groups",
-                     "--no-new-privs", "--", *inner]
+        inner = [setpriv, *drop, "--", *limits, *argv] if drop else [*limits, *argv]
         return [self.bwrap, *self._bwrap_args(inbox, ro_binds), "--", *inner]
 
     def inbox_path(self, inbox: Path) -> str:

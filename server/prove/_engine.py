@@ -64,9 +64,11 @@ class ProveEngine:
         return self._jail.isolation
 
     async def close(self) -> None:
-        """Kill every prover process."""
+        """Kill every prover process, and give the jail's uid back."""
         self._running = False
         await asyncio.gather(*(b.close() for b in self._backends.values()))
+        if self._jail is not None:
+            self._jail.release()
 
     async def __aenter__(self) -> ProveEngine:
         await self.start()

@@ -44,7 +44,7 @@ async def test_what_a_jailed_program_sees(tmp_path: Path) -> None:
     lines = out.split()
     assert code == 0, out
     if os.geteuid() == 0:
-        assert lines[0] == str(jail.settings.uid)
+        assert lines[0] == str(jail.uid)
     assert "hello" in lines
     for leak in ("passwd-visible", "host-file-visible", "inbox-writable", "usr-writable"):
         assert leak not in lines, out
@@ -104,3 +104,22 @@ async def test_without_bubblewrap_coq_is_not_run_unless_the_operator_says_so(
                                          proof="Proof. exact I. Qed.")])
         smt = await engine.check(Obligation("s", "smt", statement="(> 2 1)"))
     assert smt.verdict is Verdict.PROVED
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids are dropped only when the host is root")
+async def test_jails_on_one_host_never_share_a_uid() -> None:
+    """Each jail claims a uid of its own (as sandboxes do), so one jail's processes never
+    count against, or can signal, another's."""
+    first = await Jail.probe(JailSettings(isolation="bubblewrap"))
+    second = await Jail.probe(JailSettings(isolation="bubblewrap"))
+    try:
+        assert first.uid is not None and second.uid is not None
+        assert first.uid != second.uid
+        _, out = await _run(second, "id -u")
+        assert out.split() == [str(second.uid)]
+    finally:
+        first.release()
+        second.release()
+    again = await Jail.probe(JailSettings(isolation="bubblewrap"))
+    again.release()
+    assert again.uid == first.uid  # released, so claimed again

@@ -25,7 +25,7 @@ How it contains code
   RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE and RLIMIT_CORE = 0.
 * **Processes.** RLIMIT_NPROC counts per uid and root ignores it, so when the host is root
   each worker's runs execute as their own unprivileged uid (``base + slot``, from a range
-  of uids this sandbox claims for itself on the host, see ``_uids.py``): the limit
+  of uids this sandbox claims for itself on the host, see ``scillm.server.uids``): the limit
   then counts only that run's processes and threads, and the run cannot signal the
   worker. After every run a helper holding that uid calls ``kill(-1, SIGKILL)``, which
   kills every process of the uid atomically with respect to fork: fork bombs and

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...uids import UidRange
 from ..errors import InvalidSource, SandboxUnavailable, WorkerCrashed
 from ._compile import Built, CompileCache, decode_files
 from ._execution import Execution, JsonValue, Language, Status
@@ -18,7 +19,6 @@ from ._limits import Limits
 from ._policy import check_policy
 from ._settings import SandboxSettings
 from ._toolchains import COMPILED, Toolchain, find_toolchain
-from ._uids import UidRange
 from ._worker import Worker
 
 _GIB = 1 << 30

@@ -1,11 +1,12 @@
-"""Private uids: each sandbox on a host claims a range of its own.
+"""Private uids: each sandbox, and each prover jail, on a host claims a range of its own.
 
-RLIMIT_NPROC counts the processes of a uid host-wide, and the sweep after every run kills
-every process of the run's uid. Two sandboxes on one host (replicas, a test suite beside a
-server) that used the same uids would take each other's process budget and kill each
-other's runs. So a sandbox claims ``count`` uids starting at the first free multiple of
-``stride`` from ``first``, with an advisory lock per range under ``/run`` (or
-``/var/lock``); the lock goes when the process does, however it ends.
+RLIMIT_NPROC counts the processes of a uid host-wide, and the sandbox's sweep after every
+run kills every process of the run's uid. Two sandboxes or jails on one host (replicas, a
+test suite beside a server) that used the same uids would take each other's process
+budget and kill each other's runs. So each claims ``count`` uids starting at the first free
+multiple of ``stride`` from ``first``, with an advisory lock per range under ``/run`` (or
+``/var/lock``); the lock goes when the process does, however it ends. Everyone claims on
+the same grid (``first`` = 61000 by default), so no two ranges ever overlap.
 """
 
 from __future__ import annotations
