@@ -42,14 +42,17 @@ __all__ = ["request_from_envelope", "request_from_seed", "seed_reply"]
 _STOPPED = {pb.STOP_REASON_SUCCESS: "success", pb.STOP_REASON_BUDGET: "budget",
             pb.STOP_REASON_MAX_ITERATIONS: "max_iterations", pb.STOP_REASON_ERROR: "error"}
 _BACKENDS = ("local", "http", "echo")
+#: The largest count a request's int32 fields hold.
+_INT32 = 2**31 - 1
 
 
 def _int(body: Mapping[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidRequestError(f"'{key}' must be a non-negative number", param=key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not \
+            0 <= value <= _INT32:
+        raise InvalidRequestError(f"'{key}' must be a number from 0 to {_INT32}", param=key)
     return int(value)
 
 

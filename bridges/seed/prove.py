@@ -89,7 +89,7 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
             preamble=str(item.get("preamble") or ""),
             imports=[str(x) for x in item.get("imports") or []],
             backend=_backend(item.get("backend"), f"items[{i}].backend"),  # type: ignore[arg-type]
-            metadata={str(k): str(v) for k, v in (item.get("metadata") or {}).items()})
+            metadata=_metadata(item.get("metadata"), f"items[{i}].metadata"))
         if isinstance(item.get("context"), Mapping):
             json_format.ParseDict(item["context"], o.context)
         if "--no-llm" in flags and not (o.statement or o.proof):
@@ -103,14 +103,19 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
         req.formalize.temperature = 0.0
     seconds = options.get("max_seconds", body.get("max_seconds"))
     if seconds is not None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-            raise InvalidRequestError("'max_seconds' must be a positive number",
-                                      param="options.max_seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or \
+                not 0 < seconds <= _MAX_SECONDS:
+            raise InvalidRequestError(f"'max_seconds' must be a number of seconds in "
+                                      f"(0, {_MAX_SECONDS}]", param="options.max_seconds")
         req.limits.timeout.FromNanoseconds(int(seconds * 1e9))
     if options.get("model"):
         req.formalize.model = str(options["model"])
-    if options.get("max_attempts"):
-        req.formalize.max_attempts = int(options["max_attempts"])
+    attempts = options.get("max_attempts")
+    if attempts is not None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
+            raise InvalidRequestError("'max_attempts' must be a whole number from 1 to 100",
+                                      param="options.max_attempts")
+        req.formalize.max_attempts = attempts
     no_cache = options.get("no_cache", False)
     if not isinstance(no_cache, bool):
         raise InvalidRequestError("'options.no_cache' must be true or false",
@@ -119,6 +124,18 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
     req.context.session_id = str(options.get("session_id") or "")
     req.context.track = str(options.get("track_id") or options.get("track") or "")
     return req
+
+
+#: The longest time limit an item may ask for (a day).
+_MAX_SECONDS = 86_400
+
+
+def _metadata(value: Any, param: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError(f"'{param}' must be an object of string values", param=param)
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def summary_text(summary: pb.ProveSummary) -> str:

@@ -255,3 +255,23 @@ def test_the_number_of_variants_is_read_under_each_of_its_names(args: dict[str, 
         "model": "codeworld/mcts:auto", "items": [{"task_id": "t", "context": {}}],
         "provider": {"name": "codeworld", "args": {"generator_model": "m", **args}}})
     assert request.mcts.autogenerate and request.mcts.num_variants == wanted
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/agent/run", {"messages": [{"role": "user", "content": "x"}], "model": "gen",
+                    "max_iterations": 1e20}, "max_iterations"),
+    ("/bridge/complete", {"messages": [], "provider": {"name": "certainly"}, "items": [
+        {"statement": "(> 1 0)", "backend": "smt", "metadata": ["a", "b"]}]},
+     "items[0].metadata"),
+    ("/bridge/complete", {"messages": [], "provider": {"name": "certainly"},
+                          "items": [{"statement": "(> 1 0)", "backend": "smt"}],
+                          "options": {"max_attempts": "abc"}}, "options.max_attempts"),
+    ("/bridge/complete", {"messages": [], "provider": {"name": "certainly"},
+                          "items": [{"statement": "(> 1 0)", "backend": "smt"}],
+                          "options": {"max_seconds": 1e300}}, "options.max_seconds"),
+])
+def test_out_of_range_and_mistyped_fields_are_400_naming_them(
+        mesh: Mesh, path: str, body: dict[str, Any], param: str) -> None:
+    reply = mesh.post(path, body)
+    assert reply.status_code == 400, reply.text
+    assert param in json.dumps(reply.json())
