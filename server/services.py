@@ -184,8 +184,9 @@ def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
     from .prove import ProveEngine, ProveSettings
     from .prove.servicer import ERRORS, ProveServicer
 
-    engine = ProveEngine(ProveSettings(jail=JailSettings(
-        isolation=settings.prove_isolation)))  # type: ignore[arg-type]
+    engine = ProveEngine(ProveSettings(
+        jail=JailSettings(isolation=settings.prove_isolation),  # type: ignore[arg-type]
+        coq_kernel_check=settings.prove_kernel_check))
 
     async def start() -> bool:
         await engine.start()

@@ -70,6 +70,8 @@ class Settings:
     #: since Coq and Lean can read and write files or run code), "bubblewrap" (refuse to
     #: start without it), or "rlimits" (every prover under resource limits only, knowingly).
     prove_isolation: str = "auto"
+    #: Have `coqchk` re-check every Coq item judged PROVED (about 0.5 s each).
+    prove_kernel_check: bool = False
     #: Completion model that writes CodeWorld's MCTS variants when a request names none.
     codeworld_model: str = ""
     #: Streams one key may have open at once (virtual keys and the master key alike, when

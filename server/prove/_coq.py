@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from ._process import make_inbox, put_item, run_once
 from ._settings import ProveSettings
 from ._types import BackendInfo, CheckOutcome, Diagnostic, Limits, Obligation, Verdict
 
-__all__ = ["CoqBackend", "assumptions"]
+__all__ = ["CoqBackend", "assumptions", "kernel_assumptions"]
 
 INSTRUCTIONS = """\
 You write Coq 8.16 proofs checked by coqc.
@@ -111,7 +112,36 @@ class CoqBackend:
             return _crashed(source, limits, judgement.load_reply)
         if not judgement.loaded:
             return await self._diagnose(source, judgement.load_reply, limits)
-        return _verdict(source, decl.name, decl.name_at, judgement)
+        outcome = _verdict(source, decl.name, decl.name_at, judgement)
+        if outcome.verdict is Verdict.PROVED and self._settings.coq_kernel_check:
+            return await self._kernel_check(source, limits) or outcome
+        return outcome
+
+    async def _kernel_check(self, source: str, limits: Limits) -> CheckOutcome | None:
+        """None when the independent kernel checker `coqchk` accepts the compiled item with
+        nothing of its own assumed; else FAILED with what it said (`coq_kernel_check`)."""
+        with tempfile.TemporaryDirectory(prefix="scillm-coqchk-",
+                                         dir=self._settings.scratch_dir) as tmp:
+            inbox = make_inbox("item-", Path(tmp))
+            put_item(inbox, "Item.v", source)
+            out = "/tmp" if self.jail.isolation == "bubblewrap" else tmp
+            script = (f"{shlex.quote(self._settings.coqc_path)} -q -o {out}/Item.vo "
+                      f"{shlex.quote(self.jail.inbox_path(inbox))}/Item.v && cd {out} && "
+                      f"{shlex.quote(self._settings.coqchk_path)} -silent -o -norec Item")
+            try:
+                result = await run_once(["/bin/sh", "-c", script], jail=self.jail,
+                                        timeout_s=limits.timeout_s,
+                                        memory_mb=limits.memory_mb, inbox=inbox)
+            except TimeoutError:
+                message = f"coqchk did not finish within {limits.timeout_s:g} s"
+                return CheckOutcome(Verdict.TIMEOUT, source, message=message)
+        assumed = kernel_assumptions(result.output)
+        if result.returncode == 0 and "CONTEXT SUMMARY" in result.output and not assumed:
+            return None
+        said = ", ".join(assumed) if assumed else " ".join(result.output.split())[-300:]
+        message = f"the kernel checker coqchk rejected the item: {said}"
+        return CheckOutcome(Verdict.FAILED, source, (Diagnostic("error", message),),
+                            message=message)
 
     async def _diagnose(self, source: str, warm_error: str, limits: Limits) -> CheckOutcome:
         """FAILED with diagnostics located by a cold `coqc` run of the same source."""
@@ -209,6 +239,20 @@ def checks_switched_off(source: str) -> Diagnostic | None:
     return Diagnostic("error", f"`{words}` is refused: switching off the kernel's guard, "
                       "positivity, universe or template checks (or changing the theory) "
                       "can never give a proof PROVED accepts", line, col, end_line, end_col)
+
+
+def kernel_assumptions(output: str) -> list[str]:
+    """What `coqchk -o` lists of the item's own library (`Item.`) in its context summary:
+    axioms, type-in-type, unsafe fixpoints, assumed positivity. The admitted standard
+    library's entries are not the item's."""
+    found: list[str] = []
+    section = ""
+    for line in output.splitlines():
+        if line.startswith("* "):
+            section = line[2:].split(":", 1)[0]
+        elif line.startswith("    Item.") and section:
+            found.append(f"{line.strip()} ({section.lower()})")
+    return found
 
 
 def assumptions(reply: str) -> list[str]:

@@ -38,6 +38,11 @@ class ProveSettings:
     #: coqtop executable (warm workers) and coqc (diagnostics of failed items).
     coqtop_path: str = "coqtop"
     coqc_path: str = "coqc"
+    coqchk_path: str = "coqchk"
+    #: Also have the independent kernel checker `coqchk` re-check every Coq item judged
+    #: PROVED (compiled to a .vo in the jail): a defence against gaps in `Print
+    #: Assumptions`, at about 0.5 s per proved item.
+    coq_kernel_check: bool = False
     #: Libraries `Require`d (not imported) once per warm coqtop, so items that
     #: `Require Import` them do not pay the load each time.
     coq_warm_libraries: tuple[str, ...] = ("Coq.micromega.Lia", "Coq.Arith.Arith")

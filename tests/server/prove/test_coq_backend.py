@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from scillm.server.prove import Limits, Obligation, ProveEngine, Verdict
+import pytest
+
+from scillm.server.prove import Limits, Obligation, ProveEngine, ProveSettings, Verdict
 
 ADD0 = "Theorem t : forall n : nat, n + 0 = n."
 SPIN = """\
@@ -105,3 +108,29 @@ async def test_timeout_kills_and_replaces_worker(engine: ProveEngine) -> None:
     assert time.monotonic() - started < 4
     again = await engine.check(coq("a", "Theorem t : True.", "Proof. exact I. Qed."))
     assert again.verdict is Verdict.PROVED
+
+
+async def test_the_kernel_check_catches_what_print_assumptions_misses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rocq#16646: universe checking switched off around a functor application is not
+    reported by Print Assumptions. Such text is refused before Coq runs; with that refusal
+    taken away here, the warm check alone says PROVED, and coqchk (coq_kernel_check) says
+    FAILED. An honest proof passes coqchk too."""
+    from cheats import COQ
+
+    import scillm.server.prove._coq as coq_backend
+
+    monkeypatch.setattr(coq_backend, "checks_switched_off", lambda source: None)
+    cheat = next(c for c in COQ if c.item_id == "coq-functor-universe-16646")
+    item = Obligation("k", "coq", statement=cheat.statement, proof=cheat.proof,
+                      preamble=cheat.preamble)
+    plain = ProveSettings(scratch_dir=tmp_path, cache_size=0)
+    async with ProveEngine(plain) as engine:
+        assert (await engine.check(item)).verdict is Verdict.PROVED  # the gap itself
+    checked = ProveSettings(scratch_dir=tmp_path, cache_size=0, coq_kernel_check=True)
+    async with ProveEngine(checked) as engine:
+        caught = await engine.check(item, limits=Limits(timeout_s=60))
+        honest = await engine.check(coq("h", ADD0, "Proof. intros. lia. Qed.",
+                                        imports=("Lia",)), limits=Limits(timeout_s=60))
+    assert caught.verdict is Verdict.FAILED and "coqchk" in caught.message, caught
+    assert honest.verdict is Verdict.PROVED, honest.message
