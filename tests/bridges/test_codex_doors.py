@@ -70,8 +70,8 @@ async def test_grpc_unary_and_stream(codex: tuple[RunningMesh, Path]) -> None:
     assert "".join(d.content for d in deltas) == f"ANSWER: grpc stream {nonce}"
     end = events[-1].end
     assert end.usage.total_tokens == 1234 and list(end.routing.retry_stats.statuses) == [200]
-    assert [c["argv"][c["argv"].index("--model") + 1] for c in fake_calls(log)
-            if nonce in c["prompt"]] == ["gpt-5", "gpt-5"]
+    assert [a for c in fake_calls(log) if nonce in c["prompt"] for a in c["argv"]
+            if a.startswith("--model")] == ["--model=gpt-5", "--model=gpt-5"]
 
 
 def test_openai_sdk_unary_and_stream(codex: tuple[RunningMesh, Path]) -> None:

@@ -130,7 +130,10 @@ def test_lean_declarations_audit_and_replies() -> None:
     assert parse_axioms_reply("'baz' does not depend on any axioms") == ("baz", [])
     assert parse_axioms_reply("baz is fine") is None
     assert refused("theorem t : True := by\n  native_decide\n#eval 1") == ("#eval", 39)
-    assert refused("-- #eval here\ntheorem t : True := trivial") is None
+    # The raw text is read too, so even a comment naming a refused command is refused: a
+    # lexer that disagreed with Lean's about where a comment ends could otherwise hide one.
+    assert refused("-- #eval here\ntheorem t : True := trivial") == ("#eval", 3)
+    assert refused("theorem t : True := trivial -- evaluated by hand") is None
 
 
 async def test_cache_key_and_lru() -> None:
