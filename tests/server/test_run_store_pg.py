@@ -69,13 +69,14 @@ def _unprivileged() -> tuple[list[str], tuple[int, int] | None]:
     try:
         user = pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
+        pytest.fail("running as root and there is no `postgres` user to run PostgreSQL as "
+                    "(the postgresql package makes it: scripts/install)")
     if runuser := shutil.which("runuser"):
         return [runuser, "-u", "postgres", "--"], (user.pw_uid, user.pw_gid)
     if setpriv := shutil.which("setpriv"):
         return ([setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
                  "--"], (user.pw_uid, user.pw_gid))
-    pytest.skip("running as root without runuser or setpriv to drop to `postgres`")
+    pytest.fail("running as root without runuser or setpriv to drop to `postgres`")
 
 
 def _free_port() -> int:
@@ -87,10 +88,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[PgServer]:
     """initdb into a temp dir, pg_ctl start on a free loopback port, stop and remove."""
-    pytest.importorskip("psycopg", reason="psycopg is not installed (the `postgres` extra)")
     bindir = _bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.fail("PostgreSQL is missing: scripts/install installs it")
     as_user, owner = _unprivileged()
     root = Path(tempfile.mkdtemp(prefix="scillm-pg-"))
     data, sockets, log, pwfile = root / "data", root / "sockets", root / "log", root / "pw"
@@ -111,7 +111,7 @@ def pg_server() -> Iterator[PgServer]:
                    "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
                    "--locale=C.UTF-8", "--no-sync")
         if init.returncode != 0:
-            pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
+            pytest.fail(f"initdb failed: {init.stderr.strip()[-500:]}")
         options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off "
                    "-c full_page_writes=off -c synchronous_commit=off")
         start = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
@@ -119,7 +119,7 @@ def pg_server() -> Iterator[PgServer]:
         started = start.returncode == 0
         if not started:
             tail = log.read_text()[-500:] if log.exists() else start.stderr
-            pytest.skip(f"PostgreSQL did not start: {tail.strip()}")
+            pytest.fail(f"PostgreSQL did not start: {tail.strip()}")
         yield PgServer(port)
     finally:
         if started:

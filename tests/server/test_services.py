@@ -382,8 +382,7 @@ async def test_agent_offers_rust_when_the_toolchain_is_installed(
 
     from scillm.server.agent import find_toolchains
 
-    if not find_toolchains()["rust"].found:
-        pytest.skip(f"no Rust toolchain: {find_toolchains()['rust'].reason}")
+    assert find_toolchains()["rust"].found, find_toolchains()["rust"].reason
     running, upstream = scripted_mesh
     script = upstream.replies
     upstream.replies = [

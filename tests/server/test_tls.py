@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -14,7 +13,6 @@ from meshutil import mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient, TlsConfig
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
 
 REQUEST = {"model": "echo/x", "messages": [{"role": "user", "content": "over tls"}]}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,18 +16,19 @@ from scillm.server.completion._local import LocalProvider
 MSG = [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("litellm") is not None,
-                    reason="litellm is installed")
-async def test_missing_litellm_extra(make_engine: EngineFactory) -> None:
+async def test_missing_litellm_extra(make_engine: EngineFactory,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "litellm", None)  # absent, as without the extra
     engine = await make_engine({"model_list": [{"model_name": "g", "litellm_params": {
         "model": "gemini/gemini-pro"}}]})
     with pytest.raises(ProviderUnavailable, match=r"scillm\[litellm\]"):
         await engine.complete({"model": "g", "messages": MSG})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None,
-                    reason="llama_cpp is installed")
-async def test_missing_local_extra(make_engine: EngineFactory) -> None:
+async def test_missing_local_extra(make_engine: EngineFactory,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # scripts/install installs the extra: take llama_cpp away, as a machine without it.
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
     engine = await make_engine({"model_list": [{"model_name": "local/gemma", "litellm_params": {
         "model": "local/gemma3-270m"}}]})
     with pytest.raises(ProviderUnavailable, match=r"scillm\[local\]"):
