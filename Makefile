@@ -1,5 +1,5 @@
 # The same commands locally and in CI. See README.md.
-.PHONY: install gen lint test run bench check
+.PHONY: install gen lint test run bench check mutate
 
 install:        ## system packages, .venv, buf
 	scripts/install
@@ -15,3 +15,5 @@ run:            ## install and start the mesh on its embedded defaults
 	scripts/run
 bench:          ## run the benchmarks (figures printed and compared)
 	.venv/bin/python bench/run_all.py
+mutate:         ## the mutation pass (mutmut) over verdicts, keys, policy, replay, errors
+	scripts/mutate
