@@ -83,7 +83,9 @@ async def test_create_makes_a_random_secret_and_stores_only_its_hash(
 
 async def test_find_by_secret_or_key_id_never_by_hash(store: SQLiteKeyStore,
                                                       tmp_path: Path) -> None:
-    secret, record = await store.create(models=("m",), metadata={"k": "v"})
+    secret, record = await store.create(models=("m",), metadata={"k": "v"}, key_alias="x",
+                                        expires_at=time.time() + 60, max_budget=1.5,
+                                        rpm_limit=7, tpm_limit=8)
     assert await store.find(secret) == record
     assert await store.find(record.key_id) == record
     assert await store.find(record.key_hash) is None  # the stored hash is no credential
@@ -158,8 +160,8 @@ async def test_without_a_master_key_everyone_is_the_master(store: SQLiteKeyStore
 async def test_authenticate(auth: Authenticator) -> None:
     secret, record = await auth.store.create()
     for missing in (None, ""):
-        with pytest.raises(Unauthenticated, match="missing API key: send 'Authorization: "
-                                                  "Bearer <key>'"):
+        with pytest.raises(Unauthenticated, match=r"^missing API key: send 'Authorization: "
+                                                  r"Bearer <key>'$"):
             await auth.authenticate(missing)
     assert await auth.authenticate("sk-master") == Principal(master=True)
     assert await auth.authenticate(secret) == Principal(master=False, record=record)
@@ -181,6 +183,7 @@ async def test_the_master_may_do_anything(auth: Authenticator) -> None:
     await auth.authorize(Principal(True), model="any", management=True)
     auth.authorize_runs(Principal(True))
     assert await auth.account(Principal(True), "priced", 10, 10) == 0.0
+    assert await auth.account(Principal(False), "priced", 10, 10) == 0.0  # no key, no spend
 
 
 async def test_management_needs_the_master_key(auth: Authenticator) -> None:

@@ -37,6 +37,8 @@ def test_a_flat_module_lists_its_names_in_order() -> None:
     assert flat_listing(LISTING, "M") == ["M.a", "M.b", "M.c", "M.c_rect", "M.ax", "M.s",
                                           "M.v"]
     assert flat_listing("<infomsg>x</infomsg> Module M := Struct End", "M") is None
+    assert flat_listing("<warning>Module M := Struct Definition a End</warning>", "M") == [
+        "M.a"]
     assert flat_listing("Module M := Struct End\n", "M") == []
     tagged = "<prompt>Coq < 1 || 0 < </prompt>Module M := Struct Definition a End"
     assert flat_listing(tagged.replace("<prompt>Coq < 1 || 0 < </prompt>", ""), "M") == [
@@ -86,6 +88,7 @@ def test_closed_means_that_and_nothing_else(reply: str, closed: bool) -> None:
     ("Axioms:\nf is assumed to be guarded.\n", ["f is assumed to be guarded"]),
     ("<warning>Axioms:</warning>\nI.P : Prop\n", ["I.P"]),
     ("Axioms:\n_hidden : nat\n", ["_hidden"]),
+    ("Axioms:\nsomething else ending in X.\n", ["something else ending in X"]),
     ("Axioms:\n  indented : nat\n\n", []),
     ("", []),
 ])
@@ -120,32 +123,36 @@ def test_proved_only_when_nothing_is_open_and_the_stated_type_holds() -> None:
 
 
 def test_an_axiom_is_blamed_where_it_is_declared() -> None:
-    verdict, diagnostics, message = _judge(open={
-        "Scillm_item_1.ax": "Axioms:\nScillm_item_1.ax : False\n",
-        "Scillm_item_1.d": "Axioms:\nScillm_item_1.ax : False\n"})
+    verdict, diagnostics, message = _judge(open={"ax": "Axioms:\nax : False\n",
+                                                 "d": "Axioms:\nax : False\n"})
     assert verdict is Verdict.FAILED
     assert diagnostics == (
         Diagnostic("error", "ax is assumed (an axiom, parameter or admitted proof), not proved",
                    1, 6, 1, 8),
-        Diagnostic("error", "d depends on assumptions: Scillm_item_1.ax", 2, 6, 2, 7))
+        Diagnostic("error", "d depends on assumptions: ax", 2, 6, 2, 7))
     assert message == diagnostics[0].message
 
 
-def test_a_declaration_assumed_under_its_short_name() -> None:
-    _, diagnostics, _ = _judge(open={"Scillm_item_1.ax": "Axioms:\nax : False\n"})
-    assert diagnostics[0].message.startswith("ax is assumed")
+def test_a_declaration_in_a_nested_module_is_named_and_placed_by_its_short_name() -> None:
+    # CoqWorker.judge names declarations relative to the item: `ax`, `M.N.ax`.
+    _, diagnostics, _ = _judge(open={"M.N.ax": "Axioms:\nM.N.ax : False\n",
+                                     "M.N.d": "Axioms:\nM.N.ax : False\nI.P : Prop\n"})
+    assert diagnostics == (
+        Diagnostic("error", "ax is assumed (an axiom, parameter or admitted proof), not proved",
+                   1, 6, 1, 8),
+        Diagnostic("error", "d depends on assumptions: M.N.ax, I.P", 2, 6, 2, 7))
 
 
 def test_an_unreadable_reply_is_quoted() -> None:
-    _, diagnostics, _ = _judge(open={"Scillm_item_1.d": "  odd reply  \n"})
+    _, diagnostics, _ = _judge(open={"d": "  odd reply  \n"})
     assert diagnostics == (Diagnostic("error", "d depends on assumptions: odd reply", 2, 6, 2,
                                       7),)
 
 
 def test_a_culprit_the_source_does_not_declare_is_reported_without_a_place() -> None:
-    _, diagnostics, message = _judge(open={
-        "Scillm_item_1.made_by_a_tactic": "Axioms:\nax : False\n",
-        "Scillm_item_1.d": "Axioms:\nax : False\n"})
+    _, diagnostics, message = _judge(open={"made_by_a_tactic": "Axioms:\nax : False\n",
+                                           "d": "Axioms:\nax : False\n"})
+    assert diagnostics[1] == Diagnostic("error", "made_by_a_tactic depends on assumptions: ax")
     assert [d.message for d in diagnostics] == [
         "d depends on assumptions: ax", "made_by_a_tactic depends on assumptions: ax"]
     assert (diagnostics[0].line, diagnostics[1].line, diagnostics[1].column) == (2, None, None)
@@ -163,23 +170,32 @@ def test_the_stated_theorem_must_exist_with_its_stated_type(
         stated_ok: bool | None, found: bool, said: str) -> None:
     verdict, diagnostics, message = _judge(stated_ok=stated_ok, stated_found=found)
     assert verdict is Verdict.FAILED
-    assert diagnostics[0].message.startswith(said)
+    assert diagnostics[0].message.startswith(said) and diagnostics[0].severity == "error"
     assert (diagnostics[0].line, diagnostics[0].column, diagnostics[0].end_line,
             diagnostics[0].end_column) == (4, 8, 4, 9)
     assert message == diagnostics[0].message and len(diagnostics) == 1
 
 
 def test_a_stated_theorem_already_blamed_is_not_blamed_twice() -> None:
-    _, diagnostics, _ = _judge(stated_ok=False, open={"Scillm_item_1.t": "Axioms:\nax : F\n"})
-    assert [d.message for d in diagnostics] == ["t depends on assumptions: ax"]
+    for name in ("t", "M.t"):
+        _, diagnostics, _ = _judge(stated_ok=False, open={name: "Axioms:\nax : F\n"})
+        assert [d.message for d in diagnostics] == ["t depends on assumptions: ax"]
 
 
 def test_diagnostics_come_in_source_order_and_the_stated_type_first_on_its_line() -> None:
     _, diagnostics, message = _judge(stated_ok=False, open={
-        "Scillm_item_1.d": "Axioms:\nax : False\n",
-        "Scillm_item_1.gone": "Axioms:\nax : False\n",
-        "Scillm_item_1.ax": "Axioms:\nScillm_item_1.ax : False\n"})
+        "d": "Axioms:\nax : False\n", "gone": "Axioms:\nax : False\n",
+        "ax": "Axioms:\nax : False\n"})
     assert [(d.line, d.message.split()[0]) for d in diagnostics] == [
         (1, "ax"), (2, "d"), (4, "t"), (None, "gone")]
     assert message.startswith("ax is assumed")
     assert (AX_AT, D_AT) == (6, 24)
+
+
+def test_two_culprits_on_one_line_come_in_column_order() -> None:
+    source = "Axiom ax : False. Axiom bx : False.\nTheorem t : True.\nProof. exact I. Qed."
+    judgement = Judgement(loaded=True, stated_ok=True, stated_found=True,
+                          open={"bx": "Axioms:\nbx : False\n", "ax": "Axioms:\nax : False\n"})
+    outcome = _verdict(source, "t", source.index("t : True"), judgement)
+    assert [(d.line, d.column, d.message[:2]) for d in outcome.diagnostics] == [
+        (1, 6, "ax"), (1, 24, "bx")]
