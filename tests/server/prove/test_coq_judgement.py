@@ -177,7 +177,7 @@ def test_the_stated_theorem_must_exist_with_its_stated_type(
 
 
 def test_a_stated_theorem_already_blamed_is_not_blamed_twice() -> None:
-    for name in ("t", "M.t"):
+    for name in ("t", "M.t", "M.N.t"):
         _, diagnostics, _ = _judge(stated_ok=False, open={name: "Axioms:\nax : F\n"})
         assert [d.message for d in diagnostics] == ["t depends on assumptions: ax"]
 
