@@ -1,5 +1,5 @@
 # The same commands locally and in CI. See README.md.
-.PHONY: install gen lint test run bench check scenarios
+.PHONY: install gen lint test run bench check scenarios mutate
 
 install:        ## system packages, .venv, buf
 	scripts/install
@@ -17,3 +17,5 @@ bench:          ## run the benchmarks (figures printed and compared)
 	.venv/bin/python bench/run_all.py
 scenarios:      ## every user story end to end (scenarios/), with a table of results
 	scripts/scenarios
+mutate:         ## the mutation pass (mutmut) over verdicts, keys, policy, replay, errors
+	scripts/mutate

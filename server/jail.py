@@ -86,7 +86,9 @@ class JailSettings:
     etc_files: tuple[str, ...] = ("/etc/ld.so.cache", "/etc/ocamlfind.conf",
                                   "/etc/findlib.conf", "/etc/localtime")
     ro_binds: tuple[str, ...] = ()
-    base_uid: int = 61000
+    #: Jails claim on a grid of their own, far from the sandboxes' (61000 and up, at most
+    #: 64 ranges of 256), so a sandbox's sweep of its uids can never touch a prover.
+    base_uid: int = 90000
     tmp_size: int = 64 << 20
     file_size_mb: int = 64
     open_files: int = 256

@@ -5,8 +5,9 @@ run kills every process of the run's uid. Two sandboxes or jails on one host (re
 test suite beside a server) that used the same uids would take each other's process
 budget and kill each other's runs. So each claims ``count`` uids starting at the first free
 multiple of ``stride`` from ``first``, with an advisory lock per range under ``/run`` (or
-``/var/lock``); the lock goes when the process does, however it ends. Everyone claims on
-the same grid (``first`` = 61000 by default), so no two ranges ever overlap.
+``/var/lock``); the lock goes when the process does, however it ends. Sandboxes claim from
+61000 and prover jails from 90000, each on its own grid of ``stride``, so a sandbox's sweep
+of its uids never reaches a prover.
 """
 
 from __future__ import annotations

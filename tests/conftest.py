@@ -16,8 +16,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from allowed_skips import allowed
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 
@@ -47,11 +49,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_port() -> Iterator[int]:
-    """A real redis-server on a free loopback port; skips when the binary is missing."""
+    """A real redis-server on a free loopback port (scripts/install installs it)."""
     binary = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
     if binary is None:
-        pytest.skip("redis-server is not installed")
+        pytest.fail("redis-server is missing: scripts/install installs it")
     port = _free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no"], stdout=subprocess.DEVNULL,
@@ -62,9 +64,51 @@ def redis_port() -> Iterator[int]:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break
             if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.skip("redis-server did not start")
+                pytest.fail("redis-server did not start")
             time.sleep(0.05)
         yield port
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+class SkipGate:
+    """Fails the session when a test skips or xfails for a reason `allowed_skips` does not
+    allow (see that module), and lists each one at the end of the run."""
+
+    def __init__(self) -> None:
+        self.unexpected: list[str] = []
+
+    def _note(self, report: pytest.TestReport | pytest.CollectReport) -> None:
+        if not report.skipped:
+            return
+        reason = getattr(report, "wasxfail", None)
+        if reason is not None:
+            self.unexpected.append(f"{report.nodeid}: xfail ({reason or 'no reason'})")
+            return
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        if not allowed(reason):
+            self.unexpected.append(f"{report.nodeid}: {reason}")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._note(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self._note(report)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.unexpected and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.unexpected:
+            terminalreporter.section("skips that are not allowed (tests/allowed_skips.py)",
+                                     red=True)
+            for line in self.unexpected:
+                terminalreporter.line(line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipGate(), "scillm-skip-gate")

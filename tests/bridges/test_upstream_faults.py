@@ -171,6 +171,22 @@ async def test_a_caller_hanging_up_closes_the_upstream_request(faulty: RunningMe
     assert await _ended(faulty, "silent", before + 1) == before + 1
 
 
+async def test_an_upstream_past_its_timeout_is_408(faulty: RunningMesh,
+                                                  upstream: FaultyUpstream) -> None:
+    """README: DEADLINE_EXCEEDED -> 408. An upstream that never answers, asked with a
+    per-attempt timeout of 0.5 s and no retry: 408 with OpenAI's body, and the upstream
+    request is closed."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        reply = await client.post(f"{faulty.http_url}/v1/chat/completions", json={
+            "model": "silent", "messages": [{"role": "user", "content": "hi"}],
+            "scillm": {"timeout_s": 0.5, "num_retries": 0}})
+    assert reply.status_code == 408, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "timeout_error" and "0.5s" in error["message"], error
+    assert await _arrived(upstream), "the request never reached the upstream"
+    assert await _hung_up(upstream), "the timed-out upstream request stayed open"
+
+
 async def test_a_grpc_caller_cancelling_or_timing_out_closes_the_upstream_request(
         faulty: RunningMesh, upstream: FaultyUpstream) -> None:
     """The gRPC door, non-streamed: a call cancelled once its request reached the upstream,

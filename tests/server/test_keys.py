@@ -4,6 +4,7 @@ rate limits; 401/403/429 with OpenAI's body and Retry-After; management in LiteL
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -112,6 +113,22 @@ def test_virtual_key_models_and_management(keyed: RunningMesh) -> None:
                          headers={"authorization": f"Bearer {MASTER}"})
     assert deleted.json() == {"deleted_keys": [info["info"]["key_id"]]}
     assert _chat(keyed, key, "echo/allowed").status_code == 401
+
+
+def test_keys_are_stored_hashed(keyed: RunningMesh) -> None:
+    """README: virtual keys are stored hashed. The store file beside the run store holds
+    the sha256 of the secret, never the secret, and the key works by that hash."""
+    key = str(_generate(keyed, key_alias="hashed")["key"])
+    assert _chat(keyed, key).status_code == 200
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    store = keyed.mesh.settings.store_path.with_name("keys.sqlite3")
+    files = [p for p in store.parent.iterdir() if p.name.startswith("keys.sqlite3")]
+    stored = b"".join(p.read_bytes() for p in files)
+    assert store in files and digest.encode() in stored
+    assert key.encode() not in stored and key.removeprefix("sk-").encode() not in stored
+    info = httpx.get(f"{keyed.http_url}/key/info", params={"key": key}, timeout=30,
+                     headers={"authorization": f"Bearer {MASTER}"}).json()
+    assert info["info"]["key_id"] == digest[:16]
 
 
 def test_rate_limit_is_429_with_retry_after(keyed: RunningMesh) -> None:

@@ -4,6 +4,8 @@ five real processes with tracing are in tests/test_split_layout.py."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +13,11 @@ import grpc
 import httpx
 import openai
 import pytest
-from meshutil import RunningMesh, mesh_settings, start_mesh
+from meshutil import RunningMesh, ServedProcess, mesh_settings, start_mesh
 
 from scillm.clients import ScillmClient
 from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
+from scillm.server.manifests import open_run_store
 from scillm.server.settings import Settings
 
 ECHO = [{"role": "user", "content": "one two three"}]
@@ -165,3 +168,79 @@ def test_serve_refuses_a_bad_layout(tmp_path: Path) -> None:
         out = subprocess.run([scillm, "serve", *args], capture_output=True, text=True,
                              timeout=60, check=False)
         assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
+
+
+def _stored_completions(store: Path) -> int:
+    runs = open_run_store(store)
+    try:
+        return len(runs.list(service="completion", limit=-1))
+    finally:
+        runs.close()
+
+
+def test_a_completion_target_list_is_balanced_round_robin_and_a_dns_name_is_dialed(
+        tmp_path: Path) -> None:
+    """README: SCILLM_COMPLETION_TARGET may be `host:port`, a comma list, or
+    `dns:///name:port`, balanced round-robin. Two real completion processes behind one
+    shim-only process: every one of 10 calls is served, by each backend in turn; a shim
+    whose target is `dns:///localhost:<port>` reaches that process."""
+    started: list[ServedProcess] = []
+
+    def serve(name: str, *args: str, **env: str) -> ServedProcess:
+        (tmp_path / name).mkdir()
+        proc = ServedProcess(name, ["--grpc-port", "0", *args], {
+            **os.environ, "SCILLM_STORE_PATH": str(tmp_path / name / "runs.sqlite3"),
+            "SCILLM_STORE_COMPLETIONS": "true", **env}, tmp_path / f"{name}.log")
+        started.append(proc)
+        return proc.wait_ready()
+
+    try:
+        backends = [serve(name, "--service", "completion", "--no-http") for name in "ab"]
+        listed = serve("shim", "--service", "none", "--http-port", "0",
+                       SCILLM_COMPLETION_TARGET=",".join(b.grpc_target for b in backends))
+        sdk = openai.OpenAI(base_url=f"{listed.http_url}/v1", api_key="unused",
+                            max_retries=0)
+        stores = [tmp_path / name / "runs.sqlite3" for name in "ab"]
+
+        def call() -> None:
+            reply = sdk.chat.completions.create(model="echo/x", messages=ECHO)  # type: ignore[arg-type]
+            assert reply.choices[0].message.content == "one two three"
+
+        def served(total: int) -> list[int]:
+            """Calls stored by each backend, once `total` are (a manifest is stored as
+            its call ends), or after 30 s."""
+            deadline = time.monotonic() + 30
+            while sum(counts := [_stored_completions(s) for s in stores]) < total \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return counts
+
+        # round_robin uses a backend once its connection is ready: the first calls may
+        # all go to whichever connected first. Then calls go to each in turn.
+        made = 0
+        while min(served(made)) == 0 and made < 100:
+            call()
+            made += 1
+        before = served(made)
+        assert min(before) > 0, before
+        for _ in range(10):
+            call()
+        after = served(made + 10)
+        split = [n - m for n, m in zip(after, before, strict=True)]
+        assert sum(split) == 10 and min(split) >= 4, split
+
+        port = backends[0].grpc_target.rsplit(":", 1)[1]
+        named = serve("dns", "--service", "none", "--http-port", "0",
+                      SCILLM_COMPLETION_TARGET=f"dns:///localhost:{port}")
+        before = _stored_completions(stores[0])
+        dns_sdk = openai.OpenAI(base_url=f"{named.http_url}/v1", api_key="unused",
+                                max_retries=0)
+        reply = dns_sdk.chat.completions.create(model="echo/x", messages=ECHO)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == "one two three"
+        deadline = time.monotonic() + 30
+        while _stored_completions(stores[0]) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _stored_completions(stores[0]) == before + 1
+    finally:
+        for proc in started:
+            proc.stop()

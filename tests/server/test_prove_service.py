@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from meshutil import RunningMesh, mesh_settings, start_mesh
+from meshutil import RunningMesh, ServedProcess, mesh_settings, start_mesh
 from scripted_upstream import ScriptedUpstream
 
 from scillm.clients import RPCError, ScillmClient
@@ -78,6 +78,40 @@ async def test_backends_report_lean_unavailable(mesh: RunningMesh) -> None:
             reply = await health.Check(health_pb2.HealthCheckRequest(
                 service=f"scillm.prove.v1.ProveService/{backend}"))
             assert reply.status == expected, backend
+
+
+async def test_prove_is_not_serving_without_a_prover(tmp_path: Path) -> None:
+    """`scillm serve --service prove` on a host where no prover is on PATH: it serves, its
+    health entry says NOT_SERVING (README: SERVING only with at least one prover), every
+    backend says why, and a batch gets FAILED_PRECONDITION naming the missing prover."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    served = ServedProcess("prove", ["--service", "prove", "--no-http", "--grpc-port", "0"],
+                           {"PATH": str(empty), "HOME": str(tmp_path),
+                            "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3")},
+                           tmp_path / "prove.log")
+    try:
+        served.wait_ready()
+        async with grpc.aio.insecure_channel(served.grpc_target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for entry in ("", "/smt", "/coq", "/lean4"):
+                reply = await health.Check(health_pb2.HealthCheckRequest(
+                    service=f"scillm.prove.v1.ProveService{entry}"))
+                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING, entry
+        async with ScillmClient(served.grpc_target) as client:
+            listed = await client.prove.backends()
+            reasons = {pb.Backend.Name(b.backend): (b.available, b.reason)
+                       for b in listed.backends}
+            assert reasons == {"BACKEND_SMT": (False, "'z3' is not on PATH"),
+                               "BACKEND_COQ": (False, "'coqc' is not on PATH"),
+                               "BACKEND_LEAN4": (False, "'lean' is not on PATH")}
+            with pytest.raises(RPCError) as info:
+                [e async for e in client.prove.prove(pb.ProveRequest(items=[pb.Obligation(
+                    item_id="one", backend=pb.BACKEND_SMT, statement="(> 1 0)")]))]
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "backend 'smt' is unavailable: 'z3' is not on PATH" in info.value.message
+    finally:
+        served.stop()
 
 
 async def test_unknown_backend_number_is_invalid(mesh: RunningMesh) -> None:

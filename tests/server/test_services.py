@@ -363,6 +363,14 @@ async def test_containment_through_the_service(mesh: RunningMesh) -> None:
             assert runs["read_environment"].result.string_value == "hidden"
             assert runs["infinite_loop"].status in (cw.RUN_STATUS_TIMEOUT, cw.RUN_STATUS_KILLED)
             assert runs["network"].status == cw.RUN_STATUS_ERROR
+            # The fork bomb meets the run's process limit (32): fork fails with EAGAIN.
+            fork_bomb = runs["fork_bomb"]
+            assert fork_bomb.status == cw.RUN_STATUS_ERROR, fork_bomb
+            assert "BlockingIOError: [Errno 11]" in fork_bomb.stderr, fork_bomb
+            # The memory bomb meets the run's memory limit, and the run is killed.
+            memory_bomb = runs["memory_bomb"]
+            assert memory_bomb.status == cw.RUN_STATUS_KILLED, memory_bomb
+            assert memory_bomb.error.startswith("memory:"), memory_bomb
             assert not await asyncio.to_thread(os.path.exists, "/usr/escaped")
             after = [e async for e in client.codeworld.run(_codeworld_request())]
             assert after[-1].summary.succeeded == 4  # good and bad ran; broken does not parse
@@ -386,8 +394,7 @@ async def test_agent_offers_rust_when_the_toolchain_is_installed(
 
     from scillm.server.agent import find_toolchains
 
-    if not find_toolchains()["rust"].found:
-        pytest.skip(f"no Rust toolchain: {find_toolchains()['rust'].reason}")
+    assert find_toolchains()["rust"].found, find_toolchains()["rust"].reason
     running, upstream = scripted_mesh
     script = upstream.replies
     upstream.replies = [

@@ -73,17 +73,12 @@ def mcp_settings(**overrides: Any) -> AgentSettings:
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Any]:
-    try:
-        from scillm.server.codeworld.sandbox import Sandbox, SandboxSettings
-    except ImportError as exc:
-        pytest.skip(f"CodeWorld's sandbox is not importable yet: {exc}")
+    from scillm.server.codeworld.sandbox import Sandbox, SandboxSettings
+
     # Our own uid range: RLIMIT_NPROC counts per uid, so sharing uids with another
     # sandbox running on the host (another test session) would make fork fail.
     box = Sandbox(SandboxSettings(workers=1, base_uid=62100))
-    try:
-        await box.start()
-    except Exception as exc:
-        pytest.skip(f"CodeWorld's sandbox cannot start here: {exc}")
+    await box.start()  # a sandbox that cannot start is a failure, never a skip
     try:
         yield box
     finally:

@@ -43,14 +43,13 @@ async def test_code_tools_in_the_real_sandbox(sandbox: Any) -> None:
     executor = SandboxExecutor(sandbox)
     calls = [{"id": "p", "name": "run_python", "arguments": {"code": "print(sum(range(10)))"}},
              {"id": "e", "name": "run_python", "arguments": {"code": "raise ValueError('x')"}},
-             {"id": "t", "name": "run_python", "arguments": {"code": "while True: pass"}}]
-    if executor.supports("javascript"):
-        calls.append({"id": "j", "name": "run_javascript",
-                      "arguments": {"code": "console.log(6 * 7)"}})
-    if executor.supports("bash"):
-        calls.append({"id": "b", "name": "run_bash",
-                      "arguments": {"code": "seq 3 | sort -r | head -n 1"}})
-        calls.append({"id": "x", "name": "run_bash", "arguments": {"code": "whoami"}})
+             {"id": "t", "name": "run_python", "arguments": {"code": "while True: pass"}},
+             {"id": "j", "name": "run_javascript", "arguments": {"code": "console.log(6 * 7)"}},
+             {"id": "b", "name": "run_bash",
+              "arguments": {"code": "seq 3 | sort -r | head -n 1"}},
+             {"id": "x", "name": "run_bash", "arguments": {"code": "whoami"}}]
+    # node and bash are installed (scripts/install): these tools must be offered.
+    assert executor.supports("javascript") and executor.supports("bash")
     model = ScriptedModel([{"content": "", "tool_calls": calls}, {"content": "done"}])
     settings = AgentSettings(tool_timeout_seconds=2.0, max_total_seconds=60)
     async with AgentEngine(settings, model, executor) as engine:
@@ -60,11 +59,9 @@ async def test_code_tools_in_the_real_sandbox(sandbox: Any) -> None:
     assert not out["p"].is_error and "45" in out["p"].output
     assert out["e"].is_error and "ValueError" in out["e"].output
     assert out["t"].is_error and "timeout" in out["t"].output
-    if "j" in out:
-        assert not out["j"].is_error and "42" in out["j"].output
-    if "b" in out:
-        assert not out["b"].is_error and "3" in out["b"].output
-        assert out["x"].is_error and "not allowed" in out["x"].output
+    assert not out["j"].is_error and "42" in out["j"].output
+    assert not out["b"].is_error and "3" in out["b"].output
+    assert out["x"].is_error and "not allowed" in out["x"].output
 
 
 HELLO = {
@@ -105,8 +102,8 @@ async def test_compiled_languages_in_the_real_sandbox(sandbox: Any, language: st
     from scillm.server.agent import SandboxExecutor
 
     executor = SandboxExecutor(sandbox)
-    if not executor.supports(language):
-        pytest.skip(f"{language}: {executor.unavailable(language)}")
+    # scripts/install installs every language's toolchain: a missing one is a failure.
+    assert executor.supports(language), executor.unavailable(language)
     calls = [{"id": "ok", "name": f"run_{language}", "arguments": {"code": HELLO[language]}},
              {"id": "bad", "name": f"run_{language}",
               "arguments": {"code": BROKEN[language]}}]
@@ -129,11 +126,10 @@ async def test_a_compiled_program_is_contained_and_its_exit_status_returned(
     from scillm.server.agent import SandboxExecutor
 
     executor = SandboxExecutor(sandbox)
-    if not executor.supports("rust"):
-        pytest.skip(f"rust: {executor.unavailable('rust')}")
+    assert executor.supports("rust"), executor.unavailable("rust")
     outcome = await executor.execute("rust", RUST_PEEK, timeout_s=60.0)
-    if sandbox.isolation == "bubblewrap":
-        assert outcome.stdout.strip() == "false false true", outcome
+    assert sandbox.isolation == "bubblewrap"  # installed by scripts/install
+    assert outcome.stdout.strip() == "false false true", outcome
     assert not outcome.ok and outcome.exit_code == 3 and outcome.status == "error"
 
 

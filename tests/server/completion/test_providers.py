@@ -26,9 +26,10 @@ async def test_missing_litellm_extra(make_engine: EngineFactory,
         await engine.complete({"model": "g", "messages": MSG})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None,
-                    reason="llama_cpp is installed")
-async def test_missing_local_extra(make_engine: EngineFactory) -> None:
+async def test_missing_local_extra(make_engine: EngineFactory,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # scripts/install installs the extra: take llama_cpp away, as a machine without it.
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
     engine = await make_engine({"model_list": [{"model_name": "local/gemma", "litellm_params": {
         "model": "local/gemma3-270m"}}]})
     with pytest.raises(ProviderUnavailable, match=r"scillm\[local\]"):
@@ -88,7 +89,7 @@ async def test_a_caller_cannot_point_litellm_elsewhere(make_engine: EngineFactor
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Only OpenAI's chat parameters reach litellm.acompletion from a request: a caller's
     api_base, base_url, api_key or headers would send the operator's key to their server."""
-    litellm = pytest.importorskip("litellm")
+    import litellm  # the scenarios extra, installed by scripts/install
     seen: list[dict[str, Any]] = []
 
     async def acompletion(**kwargs: Any) -> Any:

@@ -1,0 +1,315 @@
+"""Key hashing and every key check, rule by rule, on a real SQLite key store.
+
+The doors (HTTP 401/403/429, gRPC metadata, PostgreSQL) are tested in test_keys.py and
+test_run_store_pg.py; these tests pin each rule on its own, fast enough for the mutation
+pass (docs/mutation.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from scillm.server.keys import (
+    Authenticator,
+    MemoryWindows,
+    Principal,
+    SQLiteKeyStore,
+    token_from_metadata,
+)
+from scillm.server.keys._store import KeyRecord, hash_key
+from scillm.server.keys._windows import WINDOW_S
+from scillm.server.keys.errors import (
+    BudgetExceeded,
+    Forbidden,
+    KeyRateLimited,
+    Unauthenticated,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteKeyStore:
+    return SQLiteKeyStore(tmp_path / "keys" / "keys.sqlite3")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def auth(store: SQLiteKeyStore, clock: Clock) -> Authenticator:
+    return Authenticator("sk-master", store, {"priced": (0.5, 2.0)}, MemoryWindows(clock))
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_a_key_is_stored_as_the_sha256_of_its_secret() -> None:
+    assert hash_key("sk-abc") == hashlib.sha256(b"sk-abc").hexdigest()
+    assert hash_key("sk-abc") != hash_key("sk-abd") and len(hash_key("")) == 64
+
+
+async def test_create_makes_a_random_secret_and_stores_only_its_hash(
+        store: SQLiteKeyStore, tmp_path: Path) -> None:
+    before = time.time()
+    secret, record = await store.create(key_alias="a", models=("m1", "m2"), max_budget=2.5,
+                                        rpm_limit=3, tpm_limit=4, expires_at=before + 60,
+                                        metadata={"runs": "read"})
+    other, _ = await store.create()
+    assert secret.startswith("sk-") and len(secret) == 46 and other != secret
+    assert record.key_hash == hash_key(secret) and record.key_id == record.key_hash[:16]
+    assert before <= record.created_at <= time.time()
+    assert (record.key_alias, record.models, record.max_budget, record.rpm_limit,
+            record.tpm_limit, record.expires_at, record.metadata, record.spend) == (
+        "a", ("m1", "m2"), 2.5, 3, 4, before + 60, {"runs": "read"}, 0.0)
+    rows = sqlite3.connect(tmp_path / "keys" / "keys.sqlite3").execute(
+        "SELECT * FROM keys WHERE key_id = ?", (record.key_id,)).fetchall()
+    assert rows == [(record.key_hash, record.key_id, "a", '["m1", "m2"]', before + 60, 2.5,
+                     0.0, 3, 4, '{"runs": "read"}', record.created_at)]
+    assert secret not in repr(rows)
+
+
+async def test_find_by_secret_or_key_id_never_by_hash(store: SQLiteKeyStore,
+                                                      tmp_path: Path) -> None:
+    secret, record = await store.create(models=("m",), metadata={"k": "v"}, key_alias="x",
+                                        expires_at=time.time() + 60, max_budget=1.5,
+                                        rpm_limit=7, tpm_limit=8)
+    assert await store.find(secret) == record
+    assert await store.find(record.key_id) == record
+    assert await store.find(record.key_hash) is None  # the stored hash is no credential
+    assert await store.find("sk-unknown") is None
+    again = SQLiteKeyStore(tmp_path / "keys" / "keys.sqlite3")  # kept on disk
+    assert await again.find(secret) == record
+
+
+async def test_spend_adds_up_per_key_and_delete_removes_one_key(
+        store: SQLiteKeyStore) -> None:
+    first, one = await store.create()
+    second, two = await store.create()
+    await store.add_spend(one.key_hash, 1.5)
+    await store.add_spend(one.key_hash, 2.0)
+    found = await store.find(first)
+    assert found is not None and found.spend == 3.5
+    found = await store.find(second)
+    assert found is not None and found.spend == 0.0
+    await store.delete(one.key_hash)
+    assert await store.find(first) is None and await store.find(second) == two
+
+
+def test_an_in_memory_store_makes_no_directory(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    SQLiteKeyStore(":memory:")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("expires_at", "now", "expired"), [
+    (None, 1e12, False), (100.0, 99.9, False), (100.0, 100.0, True), (100.0, 100.1, True)])
+def test_expiry(expires_at: float | None, now: float, expired: bool) -> None:
+    assert KeyRecord("h", "i", expires_at=expires_at).expired(now) is expired
+
+
+# --------------------------------------------------------------------------- the caller
+
+
+@pytest.mark.parametrize(("metadata", "token"), [
+    ([("authorization", "Bearer sk-x")], "sk-x"),
+    ([("authorization", "bearer  sk-x  ")], "sk-x"),
+    ([("authorization", b"BEARER sk-x")], "sk-x"),
+    ([("authorization", " sk-raw ")], "sk-raw"),
+    ([("authorization", "Basic abc")], "Basic abc"),
+    ([("x-api-key", " sk-y ")], "sk-y"),
+    ([("x-api-key", b"sk-y")], "sk-y"),
+    ([("x-request-id", "r"), ("authorization", "Bearer a"), ("x-api-key", "b")], "a"),
+    ([("x-api-key", "b"), ("authorization", "Bearer a")], "b"),
+    ([("x-request-id", "Bearer a")], None),
+    ([], None),
+    (None, None),
+])
+def test_the_token_comes_from_authorization_or_x_api_key(
+        metadata: list[tuple[str, str | bytes]] | None, token: str | None) -> None:
+    assert token_from_metadata(metadata) == token
+
+
+def test_who_a_principal_is() -> None:
+    assert Principal(master=True).key_id == "master"
+    assert Principal(False, KeyRecord("h", "id1")).key_id == "id1"
+    assert Principal(False).key_id == ""
+
+
+async def test_without_a_master_key_everyone_is_the_master(store: SQLiteKeyStore) -> None:
+    for master in (None, ""):
+        open_door = Authenticator(master, store)
+        assert not open_door.enabled and open_door.master_key is None
+        assert await open_door.authenticate(None) == Principal(master=True)
+    assert Authenticator("m", store).enabled
+
+
+async def test_authenticate(auth: Authenticator) -> None:
+    secret, record = await auth.store.create()
+    for missing in (None, ""):
+        with pytest.raises(Unauthenticated, match=r"^missing API key: send 'Authorization: "
+                                                  r"Bearer <key>'$"):
+            await auth.authenticate(missing)
+    assert await auth.authenticate("sk-master") == Principal(master=True)
+    assert await auth.authenticate(secret) == Principal(master=False, record=record)
+    # Neither a key's id nor its stored hash is a credential, nor a prefix of the master.
+    for wrong in (record.key_id, record.key_hash, "sk-unknown", "sk-maste", "sk-master "):
+        with pytest.raises(Unauthenticated, match=r"^invalid API key$"):
+            await auth.authenticate(wrong)
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+async def _principal(auth: Authenticator, **fields: object) -> Principal:
+    _, record = await auth.store.create(**fields)
+    return Principal(False, record)
+
+
+async def test_the_master_may_do_anything(auth: Authenticator) -> None:
+    await auth.authorize(Principal(True), model="any", management=True)
+    auth.authorize_runs(Principal(True))
+    assert await auth.account(Principal(True), "priced", 10, 10) == 0.0
+    assert await auth.account(Principal(False), "priced", 10, 10) == 0.0  # no key, no spend
+
+
+async def test_management_needs_the_master_key(auth: Authenticator) -> None:
+    with pytest.raises(Forbidden, match=r"^key management needs the master key$"):
+        await auth.authorize(await _principal(auth), management=True)
+
+
+async def test_an_expired_key(auth: Authenticator) -> None:
+    principal = await _principal(auth, expires_at=time.time() - 1)
+    with pytest.raises(Forbidden, match=r"^key \w{16} has expired$"):
+        await auth.authorize(principal)
+    await auth.authorize(await _principal(auth, expires_at=time.time() + 60))
+
+
+async def test_a_key_calls_only_its_models(auth: Authenticator) -> None:
+    principal = await _principal(auth, models=("a", "b"))
+    await auth.authorize(principal, model="a")
+    await auth.authorize(principal, model="b")
+    await auth.authorize(principal)  # no model: a call that names none
+    with pytest.raises(Forbidden) as info:
+        await auth.authorize(principal, model="c")
+    assert not isinstance(info.value, BudgetExceeded)
+    assert str(info.value).endswith("may not call model 'c'; allowed: a, b")
+    await auth.authorize(await _principal(auth), model="c")  # no list: every model
+
+
+async def test_a_key_stops_at_its_budget(auth: Authenticator) -> None:
+    principal = await _principal(auth, max_budget=3.0)
+    assert await auth.account(principal, "priced", 2, 1) == 3.0  # 2 * 0.5 + 1 * 2.0
+    spent = await auth.store.find(principal.record.key_id)  # type: ignore[union-attr]
+    assert spent is not None and spent.spend == 3.0
+    with pytest.raises(BudgetExceeded, match=r"has spent 3 of its budget 3$"):
+        await auth.authorize(Principal(False, spent))
+    assert await auth.account(principal, "unpriced", 100, 100) == 0.0
+    below = await _principal(auth, max_budget=3.0)
+    await auth.account(below, "priced", 0, 1)
+    await auth.authorize(Principal(False, await auth.store.find(  # type: ignore[arg-type]
+        below.record.key_id)))  # type: ignore[union-attr]
+    unlimited = await _principal(auth)
+    await auth.account(unlimited, "priced", 1000, 1000)
+    await auth.authorize(Principal(False, await auth.store.find(  # type: ignore[arg-type]
+        unlimited.record.key_id)))  # type: ignore[union-attr]
+
+
+async def test_requests_per_minute(auth: Authenticator, clock: Clock) -> None:
+    principal = await _principal(auth, rpm_limit=2)
+    await auth.authorize(principal)
+    clock.now += 10
+    await auth.authorize(principal)
+    with pytest.raises(KeyRateLimited, match=r"is over 2 requests per minute$") as info:
+        await auth.authorize(principal)
+    assert info.value.retry_after_s == pytest.approx(50.0)  # the first leaves at 1060
+    clock.now += 50  # the first request left the window
+    await auth.authorize(principal)
+    assert (await auth.windows.total(principal.record.key_hash,  # type: ignore[union-attr]
+                                     "requests"))[0] == 2
+
+
+async def test_a_refused_request_is_not_counted_and_no_limit_counts_nothing(
+        auth: Authenticator) -> None:
+    principal = await _principal(auth, rpm_limit=1)
+    await auth.authorize(principal)
+    for _ in range(3):
+        with pytest.raises(KeyRateLimited):
+            await auth.authorize(principal)
+    key = principal.record.key_hash  # type: ignore[union-attr]
+    assert await auth.windows.total(key, "requests") == (1, pytest.approx(60.0))
+    free = await _principal(auth)
+    for _ in range(5):
+        await auth.authorize(free)
+    assert await auth.windows.total(free.record.key_hash,  # type: ignore[union-attr]
+                                    "requests") == (0, None)
+
+
+async def test_tokens_per_minute(auth: Authenticator, clock: Clock) -> None:
+    principal = await _principal(auth, tpm_limit=10)
+    await auth.account(principal, "free", 4, 5)
+    await auth.authorize(principal)  # 9 < 10
+    await auth.account(principal, "free", 1, 0)
+    with pytest.raises(KeyRateLimited, match=r"is over 10 tokens per minute$") as info:
+        await auth.authorize(principal)
+    assert info.value.retry_after_s == pytest.approx(60.0)
+    clock.now += 60
+    await auth.authorize(principal)
+    untracked = await _principal(auth)
+    await auth.account(untracked, "free", 50, 50)
+    assert await auth.windows.total(untracked.record.key_hash,  # type: ignore[union-attr]
+                                    "tokens") == (0, None)
+
+
+async def test_retry_after_is_never_zero(auth: Authenticator, clock: Clock) -> None:
+    principal = await _principal(auth, rpm_limit=1)
+    await auth.authorize(principal)
+    clock.now += WINDOW_S - 1e-9
+    with pytest.raises(KeyRateLimited) as info:
+        await auth.authorize(principal)
+    assert info.value.retry_after_s == 0.001
+
+
+async def test_who_may_read_runs(auth: Authenticator) -> None:
+    auth.authorize_runs(await _principal(auth, metadata={"runs": "read"}))
+    for metadata in ({}, {"runs": "write"}, {"run": "read"}, {"read": "runs"}):
+        with pytest.raises(Forbidden, match='may not read runs; a key made with "metadata": '
+                                            r'\{"runs": "read"\} may$'):
+            auth.authorize_runs(await _principal(auth, metadata=metadata))
+    expired = await _principal(auth, metadata={"runs": "read"}, expires_at=time.time() - 1)
+    with pytest.raises(Forbidden, match=r"has expired$"):
+        auth.authorize_runs(expired)
+
+
+# --------------------------------------------------------------------------- the windows
+
+
+async def test_memory_windows_keep_one_minute_per_key_and_kind(clock: Clock) -> None:
+    windows = MemoryWindows(clock)
+    assert await windows.total("k", "requests") == (0, None)
+    await windows.add("k", "tokens", 5)
+    clock.now += 20
+    await windows.add("k", "tokens", 7)
+    await windows.add("other", "tokens", 100)
+    await windows.add("k", "requests", 1)
+    assert await windows.total("k", "tokens") == (12, 40.0)
+    clock.now += 40  # the first entry is exactly a minute old: it has left
+    assert await windows.total("k", "tokens") == (7, 20.0)
+    clock.now += 19.5
+    assert await windows.total("k", "tokens") == (7, 0.5)
+    clock.now += 0.5
+    assert await windows.total("k", "tokens") == (0, None)
+    assert await windows.total("other", "tokens") == (0, None)
