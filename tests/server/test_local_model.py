@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import openai
+import pytest
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import ScillmClient
