@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .minroot import MinimalRoot
 from .uids import UidRange
 
 __all__ = ["BUBBLEWRAP", "INBOX", "RLIMITS", "Jail", "JailSettings", "mib"]
@@ -181,37 +182,16 @@ class Jail:
         return {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": "/nonexistent"}
 
     def _bwrap_args(self, inbox: Path | None, extra: Sequence[str]) -> list[str]:
-        args: list[str] = ["--ro-bind", "/usr", "/usr"]
-        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-            top = Path("/") / name
-            if top.is_symlink():
-                args += ["--symlink", os.readlink(top), str(top)]
-            elif top.is_dir():
-                args += ["--ro-bind", str(top), str(top)]
-        args += ["--dev", "/dev", "--proc", "/proc",
-                 "--perms", "1777", "--size", str(self.settings.tmp_size), "--tmpfs", "/tmp"]
-        # Directories bwrap creates for a bind are 0700 unless told otherwise, which an
-        # unprivileged uid could not traverse.
-        made: set[str] = {"/", "/tmp", "/usr"}
-
-        def parents(target: str) -> list[str]:
-            out: list[str] = []
-            for parent in reversed(Path(target).parents):
-                p = str(parent)
-                if p not in made and not p.startswith("/usr/"):
-                    made.add(p)
-                    out += ["--perms", "0755", "--dir", p]
-            return out
-
+        root = MinimalRoot(tmp_size=self.settings.tmp_size, tmp_mode="1777")
         for file in self.settings.etc_files:
             if os.path.isfile(file):
-                args += [*parents(file), "--ro-bind", file, file]
+                root.bind(file)
         for path in dict.fromkeys([*self.settings.ro_binds, *extra]):
-            real = os.path.realpath(path)
-            if os.path.isdir(real) and not real.startswith("/usr/"):
-                args += [*parents(real), "--ro-bind", real, real]
+            if os.path.isdir(path):
+                root.bind(path)
         if inbox is not None:
-            args += [*parents(INBOX), "--ro-bind", str(inbox), INBOX]
+            root.bind(str(inbox), INBOX)
+        args = root.args
         args += [
             "--chdir", "/tmp",
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",

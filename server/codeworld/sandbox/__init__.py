@@ -14,12 +14,13 @@ API::
 How it contains code
 --------------------
 * **bubblewrap** (preferred): each worker is a long-lived ``python -I -S`` fork server in
-  ``bwrap --ro-bind / / --unshare-net --unshare-pid --unshare-ipc --unshare-uts
-  --die-with-parent --new-session --clearenv --cap-drop ALL`` with a private tmpfs
-  ``/tmp``, a fresh ``/proc`` and ``/dev``, and the host homes (``hidden_paths``) hidden;
-  only the interpreter's and node's prefixes and ``extra_ro_binds`` (e.g. a compiler's
-  toolchain directory) are bound back, read-only, at their own paths.
-  The root file system is read-only, so writes succeed only under ``/tmp``.
+  ``bwrap --unshare-net --unshare-pid --unshare-ipc --unshare-uts --die-with-parent
+  --new-session --clearenv --cap-drop ALL`` over a minimal read-only root
+  (`scillm.server.minroot`): ``/usr`` and its merged-/usr links, ``visible_paths``
+  (``/etc``), the interpreter's and node's prefixes and ``extra_ro_binds`` (e.g. a
+  compiler's toolchain directory), each at its own path, a private tmpfs ``/tmp``, a fresh
+  ``/proc`` and ``/dev``; nothing else of the host (homes, ``/opt``, ``/var``, ``/srv``,
+  wherever the service's own files live). Writes succeed only under ``/tmp``.
 * Per execution the worker forks a child (milliseconds, no interpreter or bwrap start)
   that sets a new session, drops to the worker's private uid, and applies RLIMIT_CPU,
   RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE and RLIMIT_CORE = 0.

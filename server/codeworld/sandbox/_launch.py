@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...minroot import MinimalRoot
 from ..errors import SandboxUnavailable
 from ._settings import SandboxSettings
 
@@ -28,7 +29,8 @@ class Launcher:
     python: str
     node: str | None
     bwrap: str | None
-    hidden: tuple[str, ...]
+    #: Host directories visible read-only besides /usr (`SandboxSettings.visible_paths`).
+    visible: tuple[str, ...]
     tmp_size: int
     base_uid: int | None
     #: Extra host directories bound read-only (real paths).
@@ -55,24 +57,11 @@ class Launcher:
         return dict(_SAFE_ENV)
 
     def _bwrap_args(self) -> list[str]:
-        args = ["--ro-bind", "/", "/"]
-        for path in self.hidden:
-            args += ["--tmpfs", path]
-        made: set[Path] = set()
-        for keep in dict.fromkeys([*_prefixes(self.python, self.node), *self.binds]):
-            root = next((h for h in self.hidden if _under(keep, h)), None)
-            if root is None:
-                continue
-            # bwrap would create the directories leading to ``keep`` with mode 0700,
-            # which the run's unprivileged uid could not traverse.
-            for parent in reversed(Path(keep).parents):
-                if parent != Path(root) and parent.is_relative_to(root) and parent not in made:
-                    made.add(parent)
-                    args += ["--perms", "0755", "--dir", str(parent)]
-            args += ["--ro-bind", keep, keep]
+        root = MinimalRoot(tmp_size=self.tmp_size)
+        for keep in (*self.visible, *_prefixes(self.python, self.node), *self.binds):
+            root.bind(keep)
+        args = root.args
         args += [
-            "--dev", "/dev", "--proc", "/proc",
-            "--size", str(self.tmp_size), "--tmpfs", "/tmp",
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", "sandbox", "--chdir", "/tmp",
             "--die-with-parent", "--new-session", "--clearenv",
@@ -95,10 +84,6 @@ def _prefixes(python: str, node: str | None) -> list[str]:
     return found
 
 
-def _under(path: str, root: str) -> bool:
-    return Path(path).resolve().is_relative_to(Path(root))
-
-
 async def _works(argv: list[str]) -> bool:
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -110,12 +95,12 @@ async def _works(argv: list[str]) -> bool:
 
 
 def locate(settings: SandboxSettings) -> tuple[str, str | None, str | None, tuple[str, ...]]:
-    """The python, node and bwrap executables, and the hidden paths that exist."""
+    """The python, node and bwrap executables, and the visible paths that exist."""
     python = settings.python_path or os.path.realpath(sys.executable)
     node = settings.node_path or shutil.which("node")
     bwrap = settings.bwrap_path or shutil.which("bwrap")
-    hidden = tuple(p for p in settings.hidden_paths if os.path.isdir(p))
-    return python, node, bwrap, hidden
+    visible = tuple(p for p in settings.visible_paths if os.path.isdir(p))
+    return python, node, bwrap, visible
 
 
 def _binds(paths: tuple[str, ...]) -> tuple[str, ...]:
@@ -130,8 +115,8 @@ async def make_launcher(settings: SandboxSettings, binds: tuple[str, ...] = (),
     ``binds`` are directories bound read-only besides ``settings.extra_ro_binds``
     (toolchains, the compile cache); ``base_uid`` (root only) is the first private uid.
     """
-    python, node, bwrap, hidden = locate(settings)
-    launcher = Launcher(BUBBLEWRAP, python, node, bwrap, hidden, settings.tmp_size, base_uid,
+    python, node, bwrap, visible = locate(settings)
+    launcher = Launcher(BUBBLEWRAP, python, node, bwrap, visible, settings.tmp_size, base_uid,
                         _binds((*settings.extra_ro_binds, *binds)))
     if settings.isolation != "rlimits" and bwrap is not None:
         if await _works(launcher.wrap([python, "-I", "-S", "-c", "0"])):

@@ -26,12 +26,14 @@ class SandboxSettings:
         bwrap_path, node_path, python_path: executables; ``None`` means look them up
             (``python_path`` defaults to the real path of the running interpreter, which
             runs with ``-I -S``: standard library only).
-        hidden_paths: host directories replaced by an empty tmpfs inside bubblewrap
-            (skipped when absent); the interpreter's and node's prefixes are bound back.
-        extra_ro_binds: host directories bound read-only at the same path inside
-            bubblewrap, even under a hidden path (e.g. a compiler's toolchain directory
-            under ``/root``; only that directory is exposed, not its hidden parent).
-            Skipped when absent; the fallback isolation hides nothing, so needs none.
+        visible_paths: host directories visible read-only inside bubblewrap besides
+            ``/usr`` and its merged-/usr links (skipped when absent). Nothing else of the
+            host is: the root is an allow-list, not the host's ``/`` with holes in it. The
+            interpreter's and node's prefixes are bound as well.
+        extra_ro_binds: more host directories bound read-only at their own path inside
+            bubblewrap (e.g. a compiler's toolchain directory under ``/root``: only that
+            directory is exposed, not its parent). Skipped when absent; the fallback
+            isolation hides nothing, so needs none.
         base_uid: worker *i* runs code as uid/gid ``base + i`` when the host is root,
             which makes RLIMIT_NPROC effective and isolates runs from the worker; ``base``
             is the first range from ``base_uid`` (in steps of 256) that no other sandbox
@@ -58,7 +60,7 @@ class SandboxSettings:
     bwrap_path: str | None = None
     node_path: str | None = None
     python_path: str | None = None
-    hidden_paths: tuple[str, ...] = ("/home", "/root", "/mnt", "/media", "/srv", "/work")
+    visible_paths: tuple[str, ...] = ("/etc",)
     extra_ro_binds: tuple[str, ...] = ()
     base_uid: int = 61000
     tmp_size: int = 256 << 20

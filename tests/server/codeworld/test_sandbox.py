@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -225,38 +227,50 @@ async def test_dead_worker_is_replaced(single: Sandbox) -> None:
     await _still_works(single)
 
 
-async def test_extra_ro_binds_expose_one_directory_of_a_hidden_path() -> None:
-    hidden = Path(tempfile.mkdtemp(dir="/var/tmp"))
+#: This test file and the sandbox's own source: a sandboxed program sees neither.
+_OWN_FILES = (os.path.realpath(__file__), os.path.realpath(inspect.getfile(Sandbox)))
+
+
+async def test_the_root_is_an_allow_list_and_extra_ro_binds_expose_one_directory() -> None:
+    """Only /usr, /etc, the interpreter's prefix and what the operator binds are visible:
+    a directory anywhere else on the host (here under /var/tmp, where no deny-list looks)
+    is absent, as are the service's own files; a bind under it exposes that one directory,
+    read-only, and none of its siblings."""
+    elsewhere = Path(tempfile.mkdtemp(dir="/var/tmp"))
     try:
-        keep = hidden / "tools" / "chain"
+        keep = elsewhere / "tools" / "chain"
         keep.mkdir(parents=True)
         (keep / "tool.txt").write_text("visible")
-        (hidden / "secret.txt").write_text("hunter2")
-        for path in (hidden, keep.parent, keep):
+        (elsewhere / "secret.txt").write_text("hunter2")
+        for path in (elsewhere, keep.parent, keep):
             path.chmod(0o755)
-        settings = SandboxSettings(workers=1, hidden_paths=(str(hidden),),
-                                   extra_ro_binds=(str(keep), str(hidden / "absent")))
+        settings = SandboxSettings(workers=1,
+                                   extra_ro_binds=(str(keep), str(elsewhere / "absent")))
         async with Sandbox(settings) as box:
             assert box.isolation == BUBBLEWRAP
+            probes = [*_OWN_FILES, "/var/lib/dpkg", "/home"]
             source = (f"import os\n"
                       f"print(open({str(keep / 'tool.txt')!r}).read())\n"
-                      f"print(sorted(os.listdir({str(hidden)!r})))\n"
+                      f"print(sorted(os.listdir({str(elsewhere)!r})))\n"
                       f"try:\n"
                       f"    open({str(keep / 'new.txt')!r}, 'w')\n"
                       f"except OSError as exc:\n"
-                      f"    print('refused', exc.errno)\n")
+                      f"    print('refused', exc.errno)\n"
+                      f"print([os.path.exists(p) for p in {probes!r}])\n"
+                      f"print(os.path.exists('/etc/passwd'), os.path.exists('/usr/bin'))\n")
             ran = await box.run("python", source)
             assert ran.status is Status.OK, ran
-            assert ran.stdout.split("\n")[:3] == ["visible", "['tools']", f"refused {errno.EROFS}"]
+            assert ran.stdout.split("\n")[:5] == [
+                "visible", "['tools']", f"refused {errno.EROFS}", str([False] * len(probes)),
+                "True True"]
             await _still_works(box)
     finally:
-        shutil.rmtree(hidden)
+        shutil.rmtree(elsewhere)
 
 
 async def test_sandboxes_on_one_host_never_share_uids() -> None:
     """RLIMIT_NPROC and the sweep after each run act per uid, host-wide: two sandboxes
     with the same settings must claim different uid ranges."""
-    import os
 
     assert os.geteuid() == 0, "the suite runs as root, as CI does: private uids need it"
     settings = SandboxSettings(workers=1, base_uid=64000)
@@ -274,7 +288,6 @@ async def test_each_worker_runs_code_as_a_private_uid() -> None:
     """README: a private uid per sandbox worker. Two runs at once take both workers (a
     busy worker is never handed a second run), and each runs as its own unprivileged uid,
     neither root nor the host's."""
-    import os
 
     assert os.geteuid() == 0, "the suite runs as root, as CI does: private uids need it"
     source = ("import os, time\n"
