@@ -62,20 +62,24 @@ def _serve(args: argparse.Namespace) -> int:
 def _codeworld_run(args: argparse.Namespace) -> int:
     import uvloop
 
-    from .commands.codeworld import load_spec, run_codeworld
+    from scillm.bridges.cli.codeworld import load_spec, run_codeworld
+
+    from .commands._local import local_mesh
 
     try:
         raw = load_spec(args.spec)
     except OSError as exc:
         print(f"scillm codeworld: cannot read {args.spec}: {exc.strerror}", file=sys.stderr)
         return 2
-    return uvloop.run(run_codeworld(args.spec, raw, args.target))
+    return uvloop.run(run_codeworld(args.spec, raw, args.target, local_mesh))
 
 
 def _prove(args: argparse.Namespace) -> int:
     import uvloop
 
-    from .commands import prove
+    from scillm.bridges.cli import prove
+
+    from .commands._local import local_mesh
 
     try:
         if args.action == "batch":
@@ -90,7 +94,8 @@ def _prove(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"scillm prove: {exc}", file=sys.stderr)
         return 2
-    return uvloop.run(prove.run_prove(envelope, args.target, single=args.action == "run"))
+    return uvloop.run(prove.run_prove(envelope, args.target, local_mesh,
+                                      single=args.action == "run"))
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -106,7 +111,9 @@ def _codex_sidecar(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from .commands import runs
+    from scillm.bridges.cli import runs
+
+    from .commands._local import local_mesh
 
     path = args.store or Settings.from_env().store_path
     if args.action == "list":
@@ -116,7 +123,7 @@ def _runs(args: argparse.Namespace) -> int:
         return runs.show_run(path, args.run_id)
     import uvloop
 
-    return uvloop.run(runs.replay_run(path, args.run_id, args.target))
+    return uvloop.run(runs.replay_run(path, args.run_id, args.target, local_mesh))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,1 +1,2 @@
-"""Client-side subcommands of `scillm` (prove, codeworld): they talk to a mesh over gRPC."""
+"""Server-side subcommands of `scillm` (doctor, codex-sidecar) and the in-process mesh the
+client verbs of `scillm.bridges.cli` fall back to."""

@@ -1,20 +1,21 @@
-"""Reach a mesh for a CLI command: the one at --target, else a private in-process one."""
+"""Reach a mesh for a CLI verb: the one at --target, else one started here for the call."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scillm.clients import ScillmClient
 
-from ..settings import Settings
+__all__ = ["LocalMesh", "mesh_client"]
 
-__all__ = ["mesh_client"]
+#: Starts a mesh in this process serving the named services; yields its gRPC target.
+LocalMesh = Callable[[tuple[str, ...]], AbstractAsyncContextManager[str]]
 
 
 async def _reachable(target: str) -> bool:
@@ -29,8 +30,8 @@ async def _reachable(target: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def mesh_client(target: str | None, services: tuple[str, ...],
-                      ) -> AsyncIterator[ScillmClient]:
-    """A client of the mesh at `target`; without one, of a mesh started here for the call."""
+                      local: LocalMesh) -> AsyncIterator[ScillmClient]:
+    """A client of the mesh at `target`; without one, of the mesh `local` starts."""
     if target and await _reachable(target):
         async with ScillmClient(target) as client:
             yield client
@@ -38,14 +39,5 @@ async def mesh_client(target: str | None, services: tuple[str, ...],
     if target:
         print(f"scillm: no mesh answers at {target}; starting one in this process",
               file=sys.stderr)
-    from ..app import Mesh
-
-    settings = replace(Settings.from_env(), grpc_port=0, http_enabled=False,
-                       services=tuple(dict.fromkeys(("completion", *services))))
-    mesh = Mesh(settings)
-    await mesh.start()
-    try:
-        async with ScillmClient(mesh.grpc_target) as client:
-            yield client
-    finally:
-        await mesh.stop(grace=1.0)
+    async with local(services) as started, ScillmClient(started) as client:
+        yield client

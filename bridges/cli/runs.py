@@ -11,8 +11,9 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from ..manifests import RunStore, RunStoreError, StoredRun, open_run_store, replay
-from ._mesh import mesh_client
+from scillm.server.manifests import RunStore, RunStoreError, StoredRun, open_run_store, replay
+
+from ._mesh import LocalMesh, mesh_client
 
 __all__ = ["list_runs", "replay_run", "show_run"]
 
@@ -71,13 +72,14 @@ def show_run(location: str | Path, run_id: str) -> int:
     return 0
 
 
-async def replay_run(location: str | Path, run_id: str, target: str | None) -> int:
+async def replay_run(location: str | Path, run_id: str, target: str | None,
+                     local: LocalMesh) -> int:
     """Re-execute a stored run; exit 0 when nothing differs, 3 when something does."""
     run = _find(location, run_id)
     if run is None:
         return 1
     try:
-        async with mesh_client(target, (run.manifest.service,)) as client:
+        async with mesh_client(target, (run.manifest.service,), local) as client:
             result, diffs, volatile = await replay(run, client)
     except ValueError as exc:
         print(f"scillm runs replay: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from scillm.bridges.seed.codeworld import request_from_envelope, summary_text
 from scillm.clients import InvalidRequestError, RPCError
 
-from ._mesh import mesh_client
+from ._mesh import LocalMesh, mesh_client
 from ._progress import Progress
 
 __all__ = ["run_codeworld"]
@@ -27,7 +27,7 @@ def load_spec(spec: Path) -> bytes:
     return spec.read_bytes()
 
 
-async def run_codeworld(spec: Path, raw: bytes, target: str | None) -> int:
+async def run_codeworld(spec: Path, raw: bytes, target: str | None, local: LocalMesh) -> int:
     """Exit status: 0 when the run completed, whatever the scores; 1 on errors."""
     try:
         body = json.loads(raw)
@@ -41,7 +41,7 @@ async def run_codeworld(spec: Path, raw: bytes, target: str | None) -> int:
     total = len(request.items) * max(len(request.strategies), 1)
     progress = Progress(total, "runs")
     try:
-        async with mesh_client(target, ("codeworld",)) as client:
+        async with mesh_client(target, ("codeworld",), local) as client:
             async for event in client.codeworld.run(request):
                 kind = str(event.WhichOneof("event"))
                 payload = json_format.MessageToDict(getattr(event, kind),

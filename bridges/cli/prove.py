@@ -18,7 +18,7 @@ from scillm.bridges.seed.prove import request_from_envelope, summary_text
 from scillm.clients import InvalidRequestError, RPCError
 from scillm.prove.v1 import prove_pb2 as pb
 
-from ._mesh import mesh_client
+from ._mesh import LocalMesh, mesh_client
 from ._progress import Progress
 
 __all__ = ["SUFFIX_BACKENDS", "batch_envelope", "run_envelope", "run_prove"]
@@ -64,7 +64,8 @@ def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
             "options": _options(model, max_seconds, no_cache)}
 
 
-async def run_prove(envelope: dict[str, Any], target: str | None, *, single: bool) -> int:
+async def run_prove(envelope: dict[str, Any], target: str | None, local: LocalMesh, *,
+                    single: bool) -> int:
     """Batch: exit 0 when every item was checked, 1 on errors. Single: 0 when proved,
     3 when checked and not proved, 1 on errors."""
     try:
@@ -76,7 +77,7 @@ async def run_prove(envelope: dict[str, Any], target: str | None, *, single: boo
     errors = 0
     proved = 0
     try:
-        async with mesh_client(target, ("prove",)) as client:
+        async with mesh_client(target, ("prove",), local) as client:
             async for event in client.prove.prove(request):
                 kind = str(event.WhichOneof("event"))
                 body = getattr(event, kind)
