@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from ._settings import HttpToolServerConfig
-from ._tools import ToolOutput, qualified_name
+from ._tools import RemoteTool, ToolOutput
 from .errors import HttpToolServerError, ToolExecutionError, ToolTimeoutError
 
 __all__ = ["HttpTool", "HttpToolServer", "retry_after_seconds"]
@@ -155,31 +155,15 @@ def _output(response: httpx.Response, tool: str) -> ToolOutput:
                       stderr=data.get("stderr") if isinstance(data.get("stderr"), str) else None)
 
 
-class HttpTool:
+class HttpTool(RemoteTool):
     """One tool of an HTTP tool server, offered as `<server>__<tool>`."""
 
     def __init__(self, server: HttpToolServer, function: Mapping[str, Any],
                  headers: Mapping[str, str]) -> None:
+        super().__init__(server.name, str(function["name"]),
+                         str(function.get("description") or ""), function.get("parameters"))
         self._server = server
-        self.remote_name = str(function["name"])
-        self._name = qualified_name(server.name, self.remote_name)
-        self._description = str(function.get("description") or self.remote_name)
-        parameters = function.get("parameters")
-        self._parameters: dict[str, Any] = dict(parameters) if isinstance(
-            parameters, Mapping) else {"type": "object"}
         self._headers = dict(headers)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def description(self) -> str:
-        return self._description
-
-    @property
-    def parameters(self) -> Mapping[str, Any]:
-        return self._parameters
 
     async def call(self, arguments: Mapping[str, Any], *, timeout_s: float) -> ToolOutput:
         return await self._server.invoke(self.remote_name, dict(arguments), timeout_s=timeout_s,

@@ -22,32 +22,18 @@ from mcp_types import REQUEST_TIMEOUT, CallToolResult, TextContent
 from mcp_types import Tool as McpToolSpec
 
 from ._settings import McpServerConfig
-from ._tools import ToolOutput, qualified_name
+from ._tools import RemoteTool, ToolOutput
 from .errors import McpServerError, McpUnavailableError, ToolExecutionError, ToolTimeoutError
 
 __all__ = ["McpConnection", "McpTool"]
 
-class McpTool:
+class McpTool(RemoteTool):
     """One tool of an MCP server, offered as `<server>__<tool>`."""
 
     def __init__(self, connection: McpConnection, spec: McpToolSpec) -> None:
+        super().__init__(connection.name, spec.name, spec.description or spec.title or "",
+                         spec.input_schema)
         self._connection = connection
-        self.remote_name = spec.name
-        self._name = qualified_name(connection.name, spec.name)
-        self._description = spec.description or spec.title or spec.name
-        self._parameters: dict[str, Any] = dict(spec.input_schema or {"type": "object"})
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def description(self) -> str:
-        return self._description
-
-    @property
-    def parameters(self) -> Mapping[str, Any]:
-        return self._parameters
 
     async def call(self, arguments: Mapping[str, Any], *, timeout_s: float) -> ToolOutput:
         return await self._connection.call(self.remote_name, dict(arguments),

@@ -67,6 +67,31 @@ class Tool(Protocol):
         """Run the tool. Raise a ToolError (or return is_error) on failure."""
 
 
+class RemoteTool:
+    """A tool another server runs (MCP, HTTP tool server), offered as `<server>__<tool>`;
+    subclasses say how to `call` it."""
+
+    def __init__(self, server: str, remote_name: str, description: str,
+                 parameters: object) -> None:
+        self.remote_name = remote_name
+        self._name = qualified_name(server, remote_name)
+        self._description = description or remote_name
+        self._parameters: dict[str, Any] = dict(parameters) if isinstance(
+            parameters, Mapping) else {"type": "object"}
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @property
+    def parameters(self) -> Mapping[str, Any]:
+        return self._parameters
+
+
 def openai_tool(tool: Tool) -> dict[str, Any]:
     """The tool as an OpenAI chat-completions `tools` entry."""
     return {"type": "function", "function": {
