@@ -22,6 +22,7 @@ from scillm.common.v1 import common_pb2
 from scillm.completion.v1 import completion_pb2 as pb
 
 from .errors import InvalidRequestError
+from .structs import whole_numbers
 
 __all__ = [
     "FINISH_REASONS",
@@ -139,21 +140,8 @@ def _struct(value: Any, param: str) -> struct_pb2.Struct:
 
 
 def _from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
-    out: dict[str, Any] = _whole(json_format.MessageToDict(value))
+    out: dict[str, Any] = whole_numbers(json_format.MessageToDict(value))
     return out
-
-
-def _whole(value: Any) -> Any:
-    """`value` with every whole number as an int. A `Struct` keeps numbers as doubles, so
-    `{"minItems": 1}` would come back as `1.0`: the same JSON number, but not to every
-    reader (llama.cpp's schema converter, servers that type `top_k` as an integer)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
-    return value
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], param: str) -> Any:

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scillm.clients.structs import whole_numbers
+
 from ._events import RunResult
 from ._model import Item, Strategy
 from ._scoring import Rubric, aggregate, lines_of_code, user_metrics
@@ -86,21 +88,6 @@ class _Plan:
     via_main: bool = False
 
 
-def _whole(value: JsonValue) -> JsonValue:
-    """``value`` with whole floats as integers (``1.0`` -> ``1``).
-
-    A context that came through protobuf's Struct holds every number as a double; JSON
-    does not tell 1 from 1.0, but a C or Rust program parsing integers does.
-    """
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
-    return value
-
-
 def task_of(item: Item) -> dict[str, Any]:
     """The ``task`` argument handed to strategies and scorers."""
     return {"task_id": item.task_id, "description": item.description}
@@ -114,7 +101,7 @@ def _plan(prepared: Prepared, item: Item) -> _Plan | str:
             return (f"the item has check(candidate) tests, which run Python, JavaScript or "
                     f"TypeScript functions; a {strategy.language} program needs an expected "
                     "value instead")
-        return _Plan(None, stdin=json.dumps(_whole(context)), via_main=True)
+        return _Plan(None, stdin=json.dumps(whole_numbers(context)), via_main=True)
     if item.tests is not None:
         entry = strategy.entry or item.entry_point
         if entry is None:
