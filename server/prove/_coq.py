@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -67,9 +68,11 @@ class CoqBackend:
     async def info(self) -> BackendInfo:
         if self._info is None:
             refused = self.jail.refuses_file_access
-            self._info = BackendInfo(self.name, False, reason=refused) if refused else \
-                await probe_version(self.name, [self._settings.coqc_path, "--version"],
-                                    self.jail)
+            coqc = self._settings.coqc_path
+            if refused and shutil.which(coqc) is not None:  # else: say it is not on PATH
+                self._info = BackendInfo(self.name, False, reason=refused)
+            else:
+                self._info = await probe_version(self.name, [coqc, "--version"], self.jail)
         return self._info
 
     def source_of(self, obligation: Obligation) -> str:
