@@ -120,3 +120,15 @@ async def test_a_solver_that_kept_an_earlier_items_assertion_is_replaced(
         result = await engine.check(smt("b", "(= 1 2)", ""))
         assert result.verdict is Verdict.REFUTED, result
         assert backend.pool.started == started + 1  # type: ignore[attr-defined]
+
+
+async def test_z3_out_of_memory_is_an_error_and_an_item_naming_it_is_not(
+        engine: ProveEngine) -> None:
+    """z3 out of memory prints `(error "out of memory")` and exits: ERROR. An item whose own
+    text puts those words in an error message is FAILED like any other."""
+    hungry = smt("m", '(= s "a")', "(declare-const s String)\n(assert (= (str.len s) 100000000))")
+    result = await engine.check(hungry, limits=Limits(timeout_s=60, memory_mb=80))
+    assert (result.verdict, result.message) == (
+        Verdict.ERROR, 'z3 exited (memory limit 80 MiB?): (error "out of memory")\n')
+    named = await engine.check(smt("n", "(> |out of memory| 0)", ""))
+    assert (named.verdict, named.message) == (Verdict.FAILED, "unknown constant out of memory")
