@@ -14,8 +14,8 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -46,7 +46,7 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
             return str(value)[:128]
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # as uuid4().hex, for a quarter of the CPU
 
 
 class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import platform
+import secrets
 import time
-import uuid
 from collections.abc import Iterable
 from functools import cache
 
@@ -55,7 +55,7 @@ class ManifestClock:
         self._t0 = time.perf_counter()
         m = self.manifest = common_pb2.RunManifest()
         m.CopyFrom(_blank())
-        m.run_id = context.run_id or uuid.uuid4().hex
+        m.run_id = context.run_id or secrets.token_hex(16)
         m.request_id = request_id
         m.item_ids.extend(item_ids)
         m.session_id = context.session_id
