@@ -52,6 +52,10 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Request id, default deadline and error mapping for every RPC."""
 
+    #: Every call of a method gets the same wrapped handler (the per-call work is inside
+    #: it), so an in-process channel may resolve a method once (`LocalChannel`).
+    handler_per_method = True
+
     def __init__(self, settings: Settings, table: ErrorTable,
                  metrics: Metrics | None = None, auth: Authenticator | None = None) -> None:
         self._unary_timeout = settings.default_unary_timeout_s
