@@ -193,9 +193,9 @@ def _scope_credentials(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, st
     for name, value in headers:
         if name in _KEY_HEADERS and name not in found:  # the first of each, as Starlette
             found[name] = value
-    value = found.get(b"authorization")
-    if value:
-        return [("authorization", value.decode("latin-1"))]
+    authorization = found.get(b"authorization")
+    if authorization:
+        return [("authorization", authorization.decode("latin-1"))]
     key = found.get(b"x-api-key") or found.get(b"api-key")
     return [("authorization", f"Bearer {key.decode('latin-1')}")] if key else []
 
