@@ -335,9 +335,11 @@ def _section(title: str) -> Iterator[None]:
     print(f"   ({time.monotonic() - started:.1f}s)", flush=True)
 
 
-def start_mesh(procs: Procs, tmp: Path, config: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_mesh(procs: Procs, tmp: Path, config: Path,
+               workers: int = 1) -> tuple[subprocess.Popen[bytes], int, int]:
+    extra = ["--workers", str(workers)] if workers != 1 else []
     proc = procs.start([SCILLM, "serve", "--grpc-port", "0", "--http-port", "0", "--config",
-                        str(config), "--service", "completion"], tmp / "mesh.log",
+                        str(config), "--service", "completion", *extra], tmp / "mesh.log",
                        env={"OTEL_SDK_DISABLED": "true"}, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     found: list[str] = []
