@@ -668,17 +668,22 @@ def chunk_to_proto(chunk: Mapping[str, Any]) -> pb.CompletionChunk:
                              created=int(chunk.get("created") or 0))
     for i, choice in enumerate(chunk.get("choices") or []):
         delta = choice.get("delta") or {}
-        d = pb.Delta(role=ROLES.get(delta.get("role") or "", 0),  # type: ignore[arg-type]
-                     content=delta.get("content") or "",
-                     refusal=delta.get("refusal") or "",
-                     reasoning_content=delta.get("reasoning_content") or "")
+        entry = out.choices.add(index=int(choice.get("index", i)),
+                                finish_reason=FINISH_REASONS.get(  # type: ignore[arg-type]
+                                    choice.get("finish_reason") or "", 0))
+        d = entry.delta  # filled in place, present even when empty
+        d.SetInParent()
+        role = delta.get("role")
+        if role:
+            d.role = ROLES.get(role, 0)  # type: ignore[assignment]
+        for key in ("content", "refusal", "reasoning_content"):
+            value = delta.get(key)
+            if value:
+                setattr(d, key, value)
         for j, call in enumerate(delta.get("tool_calls") or []):
             fn = call.get("function") or {}
             d.tool_calls.add(index=int(call.get("index", j)), id=call.get("id") or "",
                              name=fn.get("name") or "", arguments=fn.get("arguments") or "")
-        entry = out.choices.add(index=int(choice.get("index", i)), delta=d,
-                                finish_reason=FINISH_REASONS.get(  # type: ignore[arg-type]
-                                    choice.get("finish_reason") or "", 0))
         logprobs = _logprobs_to_proto(choice.get("logprobs"))
         if logprobs is not None:
             entry.logprobs.CopyFrom(logprobs)

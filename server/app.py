@@ -199,6 +199,8 @@ class Mesh:
 
         from scillm.bridges.openai import create_app
 
+        from .http_protocol import HttpProtocol
+
         settings = self.settings
         targets = {door: target for door, target in settings.targets().items() if target}
         for door, target in targets.items():
@@ -225,7 +227,7 @@ class Mesh:
                 tls |= {"ssl_ca_certs": str(settings.tls_client_ca),
                         "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                http="httptools", **tls,
+                                http=HttpProtocol, **tls,
                                 timeout_graceful_shutdown=int(settings.grace_period_s) or None,
                                 backlog=2048)
         self._http = _EmbeddedUvicorn(config)

@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -100,8 +100,8 @@ class CancelOnDisconnect:
     response, a watcher waits for `http.disconnect`; if it comes before
     `http.response.start`, the request's task is cancelled and the cancellation ends here.
     (Requests answered sooner never pay for a watcher: a task per request cost ~5 % of
-    the door's throughput. Once a streamed response has started, Starlette's
-    StreamingResponse watches for the disconnect itself.)
+    the door's throughput. Once a streamed response has started, `sse.EventStream`
+    watches for the disconnect itself.)
     """
 
     WATCH_AFTER_S = 0.05
@@ -315,7 +315,7 @@ class _Shim:
         are sent as they are)."""
         started = time.perf_counter()
         request_id: str = scope["state"]["request_id"]
-        response: Response
+        response: Response | sse.EventStream
         try:
             body = await self._read_json(scope, receive)
             creds = _scope_credentials(scope["headers"])
@@ -338,7 +338,7 @@ class _Shim:
         await response(scope, receive, send)
 
     async def _completion_stream(self, body: dict[str, Any], request_id: str,
-                                 creds: list[tuple[str, str]]) -> Response:
+                                 creds: list[tuple[str, str]]) -> sse.EventStream:
         """A streamed completion once its first event has come (errors before it raise)."""
         proto = openai_wire.request_to_proto(body)
         options = body.get("stream_options") or {}
@@ -346,19 +346,16 @@ class _Shim:
         events = self.client.completion.stream(proto, include_usage=True,
                                                request_id=request_id, metadata=creds)
         first = await anext(events)
-        return StreamingResponse(
-            _sse(self._completion_payloads(first, events, include_usage)),
-            media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        return sse.EventStream(_sse(self._completion_payloads(first, events, include_usage)))
 
-    async def _routed(self, run: runs.RoutedRun, *, stream: bool) -> Response:
+    async def _routed(self, run: runs.RoutedRun, *,
+                      stream: bool) -> Response | sse.EventStream:
         """A run of another service behind a model name (see runs.py)."""
         completion_id = runs.new_completion_id()
         if stream:
             chunks = run.chunks(completion_id)
             first = await anext(chunks)
-            return StreamingResponse(_sse(_prepend(first, chunks)),
-                                     media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            return sse.EventStream(_sse(_prepend(first, chunks)))
         text, payload = await run.collect()
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
@@ -383,7 +380,7 @@ class _Shim:
             return _error(exc)
         return JSONResponse(payload["result"])
 
-    async def bridge_complete(self, request: Request) -> Response:
+    async def bridge_complete(self, request: Request) -> Response | sse.EventStream:
         """The seed's `POST /bridge/complete` envelope: {messages, items, provider, options}.
 
         The model picks the service; without one, items with strategies go to CodeWorld

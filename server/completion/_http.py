@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -213,21 +213,73 @@ def _error_code(text: str) -> str:
 
 
 async def sse_events(response: httpx.Response) -> AsyncGenerator[tuple[str, str], None]:
-    """Server-sent events as (event, data) pairs; `event` is "" when not named."""
-    event, data = "", list[str]()
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "", list[str]()
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                event = value
-    if data:
-        yield event, "\n".join(data)
+    """Server-sent events as (event, data) pairs; `event` is "" when not named.
+
+    Lines end with LF, CRLF or CR (as `Response.aiter_lines` splits them) and are decoded
+    as UTF-8, the encoding the SSE format prescribes, one whole line at a time. An
+    unencoded body is read as it comes: httpx's text decoding (which parses the
+    Content-Type's charset per response) and line splitting cost more than the rest of
+    a streamed chunk's way through the mesh.
+    """
+    parser = _EventParser()
+    pending = b""
+    async for chunk in _body_chunks(response):
+        text = pending + chunk
+        held = b"\r" if text.endswith(b"\r") else b""  # maybe the first half of a CRLF
+        lines = text[:len(text) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        complete = lines.split(b"\n")
+        pending = complete.pop() + held  # what follows the last line end (if any)
+        for line in complete:
+            done = parser.line(line)
+            if done is not None:
+                yield done
+    if pending:
+        done = parser.line(pending.rstrip(b"\r"))
+        if done is not None:
+            yield done
+    done = parser.line(b"")  # the end of the body ends the last event
+    if done is not None:
+        yield done
+
+
+class _EventParser:
+    """The fields of the event being read, line by line."""
+
+    __slots__ = ("data", "event")
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+
+    def line(self, raw: bytes) -> tuple[str, str] | None:
+        """Take one line (without its end); the event it completes, if any."""
+        if not raw:
+            if not self.data:
+                self.event = ""
+                return None
+            done = self.event, "\n".join(self.data)
+            self.event, self.data = "", []
+            return done
+        line = raw.decode("utf-8", "replace")
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self.data.append(value)
+        elif name == "event":
+            self.event = value
+        return None
+
+
+async def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body as it arrives: decoded by httpx when it has a content encoding,
+    else the transport's chunks as they are."""
+    if "content-encoding" in response.headers:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+        return
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    async for chunk in stream:
+        yield chunk
