@@ -109,7 +109,7 @@ class Mesh:
         options = [
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
         table: ErrorTable = tables
         auth = self.auth = build_authenticator(settings, shared)
@@ -172,7 +172,7 @@ class Mesh:
             from prometheus_client import start_http_server
 
             self._metrics_server, _ = start_http_server(
-                settings.metrics_port, settings.grpc_host, registry=self.metrics.registry)
+                settings.metrics_port, settings.grpc_host, registry=self.metrics.exposition)
         log.info("scillm listening: grpc %s, http %s", self.grpc_target,
                  f"{settings.http_host}:{self.http_port}" if settings.http_enabled else "off")
 
@@ -210,10 +210,12 @@ class Mesh:
             tls=self.client_tls(), channel=self.local_channel, targets=targets)
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
-                                   metrics_registry=self.metrics.registry,
+                                   metrics_registry=self.metrics.exposition,
                                    ui=await self._runs_ui(client)), self._tracing)
         sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.reuse_port:  # a worker: the port is shared with the other workers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((settings.http_host, settings.http_port))
         sock.listen(2048)
         sock.setblocking(False)
