@@ -29,7 +29,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-import completion_bench as cb
+import _completion_parts as cb
 
 OUT = Path(__file__).with_name("flamegraphs")
 PYSPY = str(Path(sys.executable).with_name("py-spy"))
@@ -78,11 +78,7 @@ def main() -> int:
     procs = cb.Procs()
     tmp = Path(tempfile.mkdtemp(prefix="scillm-flame-"))
     try:
-        up = cb.free_port()
-        (tmp / "nginx.conf").write_text(cb.nginx_conf(tmp, up, "1500"))
-        nginx = procs.start([cb.NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-                            tmp / "nginx.out")
-        cb.wait_port(up, nginx, 10)
+        _, up = cb.start_upstream(procs, tmp)
         config = tmp / "models.yaml"
         config.write_text(cb.model_config(up, echo=True))
         mesh, grpc_port, http_port = cb.start_mesh(procs, tmp, config, args.workers)

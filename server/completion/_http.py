@@ -26,8 +26,9 @@ from .errors import (
 __all__ = ["ClientPool", "api_key", "error_from_response", "read_body", "sse_events",
            "transport_error"]
 
-# Enough connections for many concurrent streams per base URL (each holds one open).
-_MAX_CONNECTIONS = 1024
+# Enough connections for thousands of concurrent streams per base URL (each holds one
+# open; past it a stream waits for one to be free).
+_MAX_CONNECTIONS = 4096
 _KEEPALIVE_EXPIRY_S = 30.0
 
 

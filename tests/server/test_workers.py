@@ -94,6 +94,10 @@ def test_connections_spread_over_the_workers_and_metrics_add_up(
         workers: ServedProcess) -> None:
     pids = _children(workers.proc.pid)
     assert len(pids) == 2
+    for pid in pids:  # each asked for room for many sockets (streams hold two each)
+        limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+        soft, hard = next(x for x in limits if x.startswith("Max open files")).split()[3:5]
+        assert int(soft) >= (65536 if hard == "unlimited" else min(int(hard), 65536))
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda _: _chat(workers.http_url), range(40)))
     assert all(r.status_code == 200 for r in replies)
