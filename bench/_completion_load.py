@@ -54,10 +54,10 @@ def _pct(values: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def http_request_bytes(path: str, body: dict[str, Any]) -> bytes:
+def http_request_bytes(path: str, body: dict[str, Any], key: str = "sk-bench") -> bytes:
     raw = json.dumps(body, separators=(",", ":")).encode()
     return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer sk-bench\r\nContent-Length: {len(raw)}\r\n\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: {len(raw)}\r\n\r\n"
             ).encode() + raw
 
 
@@ -95,7 +95,7 @@ async def _http_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 async def _op_http_latency(op: dict[str, Any]) -> dict[str, Any]:
     """Sequential calls on one connection: latency (and first-byte time)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", op["port"])
-    request = http_request_bytes(op["path"], op["body"])
+    request = http_request_bytes(op["path"], op["body"], op.get("key", "sk-bench"))
     firsts: list[float] = []
     totals: list[float] = []
     try:
@@ -114,7 +114,7 @@ async def _op_http_latency(op: dict[str, Any]) -> dict[str, Any]:
 
 async def _op_http_streams(op: dict[str, Any]) -> dict[str, Any]:
     """`n` streams opened at once, each on its own connection."""
-    request = http_request_bytes(op["path"], op["body"])
+    request = http_request_bytes(op["path"], op["body"], op.get("key", "sk-bench"))
     started = time.perf_counter()
     firsts: list[float] = []
     outcome = {"completed": 0, "failed": 0, "stalled": 0}
@@ -176,8 +176,10 @@ async def _op_grpc_load(op: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _op_grpc_health(op: dict[str, Any]) -> dict[str, Any]:
-    """gRPC's own round trip through the mesh: Health/Check does no work, so its p50 is
-    the Python gRPC client and server (and the mesh's interceptors) with nothing else."""
+    """gRPC's own cost through the mesh: Health/Check does no work, so its latency at
+    c=1 is the Python gRPC client and server (and the mesh's interceptors) with nothing
+    else, and the server's CPU per call under load (`concurrency`, `server`) is the
+    floor under any unary call of the gRPC door."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from scillm.clients import ScillmClient
@@ -189,12 +191,20 @@ async def _op_grpc_health(op: dict[str, Any]) -> dict[str, Any]:
         for _ in range(op.get("warmup", 50)):
             await stub.Check(request, timeout=10)
         stop = time.perf_counter() + op["duration"]
-        while time.perf_counter() < stop:
-            t0 = time.perf_counter()
-            await stub.Check(request, timeout=10, metadata=[("x-request-id", "bench")])
-            latencies.append(time.perf_counter() - t0)
+
+        async def worker() -> None:
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                await stub.Check(request, timeout=10, metadata=[("x-request-id", "bench")])
+                latencies.append(time.perf_counter() - t0)
+
+        server = op.get("server")
+        cpu = cpu_seconds(server) if server else 0.0
+        await asyncio.gather(*(worker() for _ in range(op.get("concurrency", 1))))
+        cpu = cpu_seconds(server) - cpu if server else float("nan")
     return {"n": len(latencies), "p50_ms": _pct(latencies, .5) * 1e3,
-            "p99_ms": _pct(latencies, .99) * 1e3}
+            "p99_ms": _pct(latencies, .99) * 1e3,
+            "cpu_ms": cpu * 1e3 / max(len(latencies), 1)}
 
 
 async def _grpc_stream_once(client: Any, request: Any) -> tuple[float, int, bool]:

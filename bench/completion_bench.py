@@ -1,305 +1,72 @@
-"""Completion bench: the mesh's overhead over a fast local upstream, next to LiteLLM's proxy.
+"""Completion bench: the mesh's cost per request over a fast local upstream, beside nginx
+(the limit) and LiteLLM's proxy (one worker), all in one run.
 
-Run: ``.venv/bin/python bench/completion_bench.py [--quick] [--no-litellm]``.
+Run: ``.venv/bin/python bench/completion_bench.py [--quick] [--no-litellm] [--workers 2]
+[--streams 2000] [--baseline REF [--pairs 3]]``.
 
 nginx (worker_processes 1) plays the upstream and answers a fixed `chat.completion`
 (model `bench`), a fixed SSE stream (`bench-stream`) and the same stream dribbled out by
-`limit_rate` (`bench-slow`, for the concurrent-streams check). The mesh
-(`scillm serve --service completion`) and, when it installs, LiteLLM's proxy are put in
-front of it in turn. HTTP load comes from wrk (one thread); gRPC load, streaming time to
-first byte and the concurrent streams come from an asyncio client in a separate process
-(`_completion_load.py`). Every process started here runs in its own process group
-and is killed on exit. Only loopback traffic.
+`limit_rate` (`bench-slow`, for the concurrent streams). In turn, in front of it: the mesh
+in one process (`scillm serve --service completion`), the mesh with `--workers N`, and
+LiteLLM's proxy with `--num_workers 1` (installed, pinned, into its own venv on first
+use). HTTP load comes from wrk (one thread, closed loop); gRPC load, first-byte times and
+the concurrent streams from an asyncio client in a separate process (`_completion_load.py`).
+"CPU" is the user+system time of the server's process tree (all threads, workers
+included) over a load, from /proc, per request served. With `--baseline REF` the mesh as
+at commit REF and as checked out are measured in alternating pairs.
 
-Prints every figure, the targets (pass/fail) and the ratio to LiteLLM as a Markdown table.
-This is a measurement, not a test: it exits 0 unless something could not be measured.
+Prints every figure, the issue-16 summary table, the targets (PASS/FAIL) and the ratios to
+LiteLLM and to nginx, as Markdown. This is a measurement, not a test: it exits 0 unless
+something could not be measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
-import sys
+import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _completion_load import cpu_seconds, tree_pids
+from _baseline import export_tree
+from _completion_parts import (
+    CHAT,
+    ECHO,
+    LITELLM_VERSION,
+    NGINX,
+    SLOW,
+    STREAM,
+    WRK,
+    Load,
+    Procs,
+    client,
+    model_config,
+    peak_rss_mib,
+    rss_mib,
+    start_litellm,
+    start_mesh,
+    start_upstream,
+    wrk,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-SCILLM = str(Path(PYTHON).with_name("scillm"))
-NGINX = "/usr/sbin/nginx"
-WRK = "/usr/bin/wrk"
-LITELLM_HOME = Path.home() / ".cache" / "scillm-bench" / "litellm-venv"
-
-# -- the upstream's fixed answers ------------------------------------------------------------
-
-CREATED = 1700000000
-COMPLETION = {
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": CREATED, "model": "bench",
-    "choices": [{"index": 0, "message": {"role": "assistant",
-                                         "content": "Hello! How can I help you today?"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
-}
-
-
-def _sse_body(pieces: list[str]) -> str:
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": CREATED,
-                "model": "bench", "choices": [{"index": 0, "delta": delta,
-                                               "finish_reason": finish}]}
-
-    events = [chunk({"role": "assistant", "content": ""}, None)]
-    events += [chunk({"content": p}, None) for p in pieces]
-    events.append(chunk({}, "stop"))
-    events.append({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                   "created": CREATED, "model": "bench", "choices": [],
-                   "usage": {"prompt_tokens": 9, "completion_tokens": len(pieces),
-                             "total_tokens": 9 + len(pieces)}})
-    lines = [f"data: {json.dumps(e, separators=(',', ':'))}\n\n" for e in events]
-    return "".join(lines) + "data: [DONE]\n\n"
-
-
-STREAM_BODY = _sse_body(["Hello", "!", " How", " can", " I", " help", " you", " today", "?"])
-SLOW_BODY = _sse_body([f" w{i}" for i in range(16)])  # 3.3 KB (nginx caps a token at 4 KB)
-
-CHAT = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}],
-        "max_tokens": 16}
-STREAM = {**CHAT, "model": "bench-stream", "stream": True}
-SLOW = {**CHAT, "model": "bench-slow", "stream": True}
-ECHO = {**CHAT, "model": "bench-echo"}
-
-
-def _nginx_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
-
-def nginx_conf(tmp: Path, port: int, slow_rate: str) -> str:
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    temps = "\n".join(f"  {k}_temp_path {tmp}/{k};" for k in
-                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""{user}daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-{temps}
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  client_body_buffer_size 64k;
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location = /v1/chat/completions {{
-      default_type application/json;
-      return 200 {_nginx_string(json.dumps(COMPLETION, separators=(',', ':')))};
-    }}
-    location = /stream/v1/chat/completions {{
-      default_type text/event-stream;
-      return 200 {_nginx_string(STREAM_BODY)};
-    }}
-    location = /slow/v1/chat/completions {{
-      default_type text/event-stream;
-      limit_rate {slow_rate};
-      return 200 {_nginx_string(SLOW_BODY)};
-    }}
-  }}
-}}
-"""
-
-
-def model_config(upstream: int, echo: bool = False) -> str:
-    base = f"http://127.0.0.1:{upstream}"
-    entries = [("bench", f"{base}/v1"), ("bench-stream", f"{base}/stream/v1"),
-               ("bench-slow", f"{base}/slow/v1")]
-    lines = ["model_list:"]
-    for name, api_base in entries:
-        lines += [f"  - model_name: {name}", "    litellm_params:",
-                  f"      model: openai/{name}", f"      api_base: {api_base}",
-                  "      api_key: sk-bench"]
-    if echo:  # the mesh's built-in echo provider: its cost without an upstream client
-        lines += ["  - model_name: bench-echo", "    litellm_params:", "      model: echo/bench"]
-    # The mesh caches responses by default (LiteLLM does not): off, so every call is upstream.
-    lines += ["litellm_settings:", "  cache: false"]
-    return "\n".join(lines) + "\n"
-
-
-# -- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Procs:
-    """Every process group started by the bench, killed on exit."""
-
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self, cmd: list[str], log: Path, env: dict[str, str] | None = None,
-              stdout: int | None = None) -> subprocess.Popen[bytes]:
-        out = open(log, "ab")  # the child holds it
-        proc = subprocess.Popen(cmd, stdout=stdout if stdout is not None else out, stderr=out,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, **(env or {})})
-        out.close()
-        self.started.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            self.stop(proc)
-            # a group may outlive its leader (workers of a server)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout:g}s")
-
-
-def http_get_ok(port: int, path: str) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
-        s.settimeout(2)
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        return s.recv(64).startswith(b"HTTP/1.1 200")
-    return False
-
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of the process and its children, MB."""
-    total = 0
-    for p in tree_pids(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total / 1024
-
-
-def run_json(cmd: list[str], timeout: float) -> Any:
-    """Run a helper in its own group; parse the last line starting with BENCHJSON."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"{Path(cmd[0]).name} ran past {timeout:g}s") from None
-    for line in reversed(out.decode(errors="replace").splitlines()):
-        if line.startswith("BENCHJSON "):
-            return json.loads(line[len("BENCHJSON "):])
-    raise RuntimeError(f"{Path(cmd[0]).name} exited {proc.returncode}: "
-                       f"{err.decode(errors='replace')[-800:]}")
-
-
-# -- wrk --------------------------------------------------------------------------------------
-
-WRK_LUA = """
-wrk.method = "POST"
-wrk.body = {body}
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {key}"
-local codes = 0
-response = function(status, headers, body)
-  if status ~= 200 then codes = codes + 1 end
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCHJSON {{"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,' ..
-    '"p50_us":%d,"p99_us":%d}}\\n', summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50),
-    latency:percentile(99)))
-end
-"""
-
-
-@dataclass(frozen=True)
-class Load:
-    """One closed-loop load measurement."""
-
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    #: CPU the server under test spent per request (all its threads), ms.
-    cpu_ms: float = float("nan")
-
-    def row(self) -> str:
-        return (f"{self.rps:,.0f} req/s, p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms"
-                + (f", server CPU {self.cpu_ms:.2f} ms/req" if self.cpu_ms == self.cpu_ms
-                   else "") + (f", {self.errors} errors" if self.errors else ""))
-
-
-def wrk(url: str, body: dict[str, Any], conns: int, seconds: float, tmp: Path,
-        server: int | None = None, key: str = "sk-bench") -> Load:
-    script = tmp / "post.lua"
-    script.write_text(WRK_LUA.format(body=json.dumps(json.dumps(body, separators=(",", ":"))),
-                                     key=key))
-    cpu = cpu_seconds(server) if server else 0.0
-    data = run_json([WRK, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout",
-                     "10s", "-s", str(script), url], timeout=seconds + 30)
-    cpu_ms = (cpu_seconds(server) - cpu) * 1e3 / max(data["requests"], 1) if server else cpu
-    seconds_run = data["duration_us"] / 1e6
-    return Load(data["requests"] / seconds_run, data["p50_us"] / 1000, data["p99_us"] / 1000,
-                data["socket_errors"] + data["non2xx"], cpu_ms if server else float("nan"))
-
-
-def client(ops: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = run_json(
-        [PYTHON, str(Path(__file__).with_name("_completion_load.py")), json.dumps(ops)], timeout)
-    return result
-
-
-# -- the run ----------------------------------------------------------------------------------
+CONCURRENCY = (1, 16, 64)
 
 
 @dataclass
 class Report:
-    """Figures, in the order they were measured, and the targets."""
+    """Figures in the order they were measured, the summary table, and the targets."""
 
     rows: list[tuple[str, str]] = field(default_factory=list)
+    table: list[tuple[str, ...]] = field(default_factory=list)
     checks: list[tuple[str, str, bool | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -315,7 +82,11 @@ class Report:
         print(f"  note: {text}", flush=True)
 
     def markdown(self) -> str:
-        lines = ["| figure | value |", "| --- | --- |"]
+        head = ("| server | RPS c=1 / 16 / 64 | added p50 c=1 | stream TTFB added c=1 | "
+                "RSS idle / peak | CPU µs/req HTTP c=1 / 16 / 64 | CPU µs/req gRPC c=1 / 16 / 64 |")
+        lines = [head, "| --- " * 7 + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.table]
+        lines += ["", "| figure | value |", "| --- | --- |"]
         lines += [f"| {w} | {v} |" for w, v in self.rows]
         lines += ["", "| target | measured | result |", "| --- | --- | --- |"]
         lines += [f"| {w} | {v} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |"
@@ -323,8 +94,37 @@ class Report:
         return "\n".join(lines)
 
 
-def _added(through: float, direct: float) -> str:
-    return f"{through - direct:.3f} ms ({through:.3f} - {direct:.3f})"
+@dataclass
+class Server:
+    """What one server measured, for the summary table."""
+
+    name: str
+    http: dict[int, Load] = field(default_factory=dict)
+    grpc: dict[int, Load] = field(default_factory=dict)
+    ttfb_ms: float = float("nan")
+    rss_idle: float = float("nan")
+    rss_peak: float = float("nan")
+
+    def row(self, direct: Server, direct_ttfb: float) -> tuple[str, ...]:
+        def nums(loads: dict[int, Load], what: str) -> str:
+            if not loads:
+                return "—"
+            values = [getattr(loads[c], what) if c in loads else float("nan")
+                      for c in CONCURRENCY]
+            scale = 1000 if what == "cpu_ms" else 1
+            return " / ".join(_n(v * scale) for v in values)
+
+        added = (f"{self.http[1].p50_ms - direct.http[1].p50_ms:.3f} ms"
+                 if self is not direct and 1 in self.http and 1 in direct.http else "—")
+        ttfb = (f"{self.ttfb_ms - direct_ttfb:.3f} ms" if self.ttfb_ms == self.ttfb_ms
+                and self is not direct else "—")
+        rss = f"{_n(self.rss_idle)} / {_n(self.rss_peak)} MiB"
+        return (self.name, nums(self.http, "rps"), added, ttfb, rss, nums(self.http, "cpu_ms"),
+                nums(self.grpc, "cpu_ms"))
+
+
+def _n(value: float) -> str:
+    return "—" if value != value else f"{value:,.0f}"
 
 
 @contextlib.contextmanager
@@ -335,72 +135,60 @@ def _section(title: str) -> Iterator[None]:
     print(f"   ({time.monotonic() - started:.1f}s)", flush=True)
 
 
-def start_mesh(procs: Procs, tmp: Path, config: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    proc = procs.start([SCILLM, "serve", "--grpc-port", "0", "--http-port", "0", "--config",
-                        str(config), "--service", "completion"], tmp / "mesh.log",
-                       env={"OTEL_SDK_DISABLED": "true"}, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    found: list[str] = []
-    ready = threading.Event()
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace")
-            if line.startswith("scillm: gRPC on") and not ready.is_set():
-                found.append(line)
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not ready.wait(60) or not found:
-        raise RuntimeError(f"the mesh did not start; see {tmp / 'mesh.log'}: "
-                           + (tmp / "mesh.log").read_text()[-800:])
-    line = found[0]
-    grpc_port = int(line.split("gRPC on ")[1].split(",")[0].rsplit(":", 1)[1])
-    http_port = int(line.split("HTTP on http://")[1].split()[0].rsplit(":", 1)[1])
-    return proc, grpc_port, http_port
+def _grpc_loads(target: str, body: dict[str, Any], pid: int, secs: float,
+                levels: tuple[int, ...] = CONCURRENCY) -> dict[int, Load | str]:
+    results = client([{"op": "grpc_load", "target": target, "body": body, "concurrency": c,
+                       "duration": secs, "server": pid} for c in levels],
+                     timeout=len(levels) * secs + 90)
+    out: dict[int, Load | str] = {}
+    for c, res in zip(levels, results, strict=True):
+        out[c] = (res["error"] if "error" in res else
+                  Load(res["rps"], res["p50_ms"], res["p99_ms"], res["errors"], res["cpu_ms"]))
+    return out
 
 
-def start_litellm(procs: Procs, tmp: Path, config: Path, install: bool,
-                  key: str) -> tuple[subprocess.Popen[bytes] | None, int, str]:
-    exe = LITELLM_HOME / "bin" / "litellm"
-    if not exe.exists():
-        if not install:
-            return None, 0, f"LiteLLM proxy not installed at {LITELLM_HOME}"
-        print(f"  installing litellm[proxy] into {LITELLM_HOME} (once)...", flush=True)
-        try:
-            subprocess.run([PYTHON, "-m", "venv", str(LITELLM_HOME)], check=True,
-                           capture_output=True, timeout=120)
-            subprocess.run([str(LITELLM_HOME / "bin" / "pip"), "install", "-q",
-                            "litellm[proxy]"], check=True, capture_output=True, timeout=900)
-        except (subprocess.SubprocessError, OSError) as exc:
-            return None, 0, f"LiteLLM proxy could not be installed: {exc}"
-    port = free_port()
-    env = {"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True",
-           "DISABLE_ADMIN_UI": "True"}
-    proc = procs.start([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port",
-                        str(port), "--num_workers", "1"], tmp / "litellm.log", env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        if http_get_ok(port, "/health/liveliness"):
-            return proc, port, ""
-        time.sleep(0.25)
-    log = (tmp / "litellm.log").read_text(errors="replace")[-600:]
-    Procs.stop(proc)
-    return None, 0, f"LiteLLM proxy did not start: {log}"
+def _store_grpc(report: Report, server: Server, label: str,
+                loads: dict[int, Load | str]) -> None:
+    for c, load in loads.items():
+        if isinstance(load, str):
+            report.add(f"{label} gRPC, c={c}", f"failed: {load}")
+        else:
+            server.grpc[c] = load
+            report.add(f"{label} gRPC, c={c} (asyncio client)", load.row())
+
+
+def _streams(report: Report, label: str, grpc_target: str, http_port: int, n: int,
+             stall: float) -> bool:
+    results = client([
+        {"op": "grpc_streams", "target": grpc_target, "body": SLOW, "n": n, "stall_s": stall},
+        {"op": "http_streams", "port": http_port, "path": "/v1/chat/completions",
+         "body": SLOW, "n": n, "stall_s": stall}], timeout=2 * stall + 120)
+    ok = True
+    for door, res in zip(("gRPC", "HTTP"), results, strict=True):
+        if "error" in res:
+            report.add(f"{label}: {n} concurrent streams via {door}", f"failed: {res['error']}")
+            ok = False
+            continue
+        ok = ok and res["completed"] == res["started"]
+        report.add(f"{label}: {n} concurrent slow streams via {door}",
+                   f"{res['completed']}/{res['started']} completed, {res['failed']} failed, "
+                   f"{res['stalled']} stalled (> {stall:g}s); wall {res['wall_s']:.2f} s, "
+                   f"first byte p50 {res['ttfb_p50_ms']:.0f} ms, max {res['ttfb_max_ms']:.0f} ms"
+                   + (f" {res['errors']}" if res["errors"] else ""))
+    return ok
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short measurements (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="short measurements")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
-    parser.add_argument("--install-litellm", action="store_true",
-                        help=f"install litellm[proxy] into {LITELLM_HOME} when missing")
-    parser.add_argument("--streams", type=int, default=512, help="concurrent streams")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="workers of the multi-process mesh (0: skip it; default 2)")
+    parser.add_argument("--streams", type=int, default=2000, help="concurrent streams")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also measure the mesh at commit REF beside this checkout, in "
+                             "alternating pairs (CPU per request, HTTP and gRPC)")
+    parser.add_argument("--pairs", type=int, default=3, help="before/after pairs (3)")
     args = parser.parse_args()
     for tool in (NGINX, WRK):
         if not Path(tool).exists():
@@ -415,8 +203,8 @@ def main() -> int:
     procs = Procs()
     report = Report()
     tmp = Path(tempfile.mkdtemp(prefix="scillm-bench-"))
-    print(f"completion bench ({'quick' if args.quick else 'full'}), "
-          f"{os.cpu_count()} CPUs, logs in {tmp}", flush=True)
+    print(f"completion bench ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}, logs in {tmp}", flush=True)
     try:
         return run(args, secs, procs, report, tmp)
     finally:
@@ -426,161 +214,207 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp: Path) -> int:
-    up = free_port()
-    (tmp / "nginx.conf").write_text(nginx_conf(tmp, up, "1500"))
-    nginx = procs.start([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-                        tmp / "nginx.out")
-    wait_port(up, nginx, 10)
+    nginx, up = start_upstream(procs, tmp)
     config = tmp / "models.yaml"
     config.write_text(model_config(up))
     mesh_config = tmp / "mesh-models.yaml"
     mesh_config.write_text(model_config(up, echo=True))
-    direct_url = f"http://127.0.0.1:{up}/v1/chat/completions"
+    path = "/v1/chat/completions"
+    direct = Server("nginx direct (the limit)")
 
     with _section("upstream: nginx direct"):
-        nginx_c1 = wrk(direct_url, CHAT, 1, secs, tmp, nginx.pid)
-        report.add("nginx direct, c=1 (wrk)", nginx_c1.row())
-        nginx_c64 = wrk(direct_url, CHAT, 64, secs, tmp, nginx.pid)
-        report.add("nginx direct, c=64 (wrk)", nginx_c64.row())
+        for c in CONCURRENCY:
+            direct.http[c] = wrk(f"http://127.0.0.1:{up}{path}", CHAT, c, secs, tmp, nginx.pid)
+            report.add(f"nginx direct, c={c} (wrk)", direct.http[c].row())
         base = client([
-            {"op": "http_latency", "port": up, "path": "/v1/chat/completions", "body": CHAT,
-             "duration": secs / 2},
-            {"op": "http_latency", "port": up, "path": "/stream/v1/chat/completions",
-             "body": STREAM, "duration": secs / 2}], timeout=secs + 30)
+            {"op": "http_latency", "port": up, "path": path, "body": CHAT, "duration": secs / 2},
+            {"op": "http_latency", "port": up, "path": "/stream" + path, "body": STREAM,
+             "duration": secs / 2}], timeout=secs + 30)
         py_direct, py_stream = base
+        direct_ttfb = py_stream["ttfb_p50_ms"]
         report.add("nginx direct, c=1 (asyncio client)",
                    f"p50 {py_direct['p50_ms']:.3f} ms, p99 {py_direct['p99_ms']:.3f} ms")
         report.add("nginx direct stream, first byte (asyncio client)",
-                   f"p50 {py_stream['ttfb_p50_ms']:.3f} ms")
+                   f"p50 {direct_ttfb:.3f} ms")
+        direct.rss_peak = peak_rss_mib(nginx.pid)
 
+    one = Server("SciLLM (one process)")
     with _section("mesh: scillm serve --service completion"):
         mesh, grpc_port, http_port = start_mesh(procs, tmp, mesh_config)
+        time.sleep(1.0)  # settled after start-up
+        one.rss_idle = rss_mib(mesh.pid)
+        report.add("mesh idle RSS (VmRSS after start-up, with children)",
+                   f"{one.rss_idle:.1f} MiB")
         target = f"127.0.0.1:{grpc_port}"
-        mesh_url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
-        wrk(mesh_url, CHAT, 16, 1, tmp)  # warm-up: connections, pools, code paths
-        mesh_http = {c: wrk(mesh_url, CHAT, c, secs, tmp, mesh.pid) for c in (1, 16, 64)}
-        for c, load in mesh_http.items():
-            report.add(f"mesh HTTP, c={c} (wrk)", load.row())
-        grpc_res = client([{"op": "grpc_load", "target": target, "body": CHAT,
-                            "concurrency": c, "duration": secs, "server": mesh.pid}
-                           for c in (1, 16, 64)]
-                          + [{"op": "grpc_health", "target": target, "duration": secs / 2}],
-                          timeout=4 * secs + 60)
-        health = grpc_res.pop()
-        if "error" not in health:
-            report.add("mesh gRPC Health/Check, c=1 (gRPC's own round trip, no work)",
-                       f"p50 {health['p50_ms']:.3f} ms, p99 {health['p99_ms']:.3f} ms")
-        mesh_grpc: dict[int, Load] = {}
-        for c, res in zip((1, 16, 64), grpc_res, strict=True):
-            if "error" in res:
-                report.add(f"mesh gRPC, c={c}", f"failed: {res['error']}")
-                continue
-            mesh_grpc[c] = Load(res["rps"], res["p50_ms"], res["p99_ms"], res["errors"],
-                                res["cpu_ms"])
-            report.add(f"mesh gRPC, c={c} (asyncio client)", mesh_grpc[c].row()
-                       + (f" {res['error_sample']}" if res["errors"] else ""))
-        echo_http = wrk(mesh_url, ECHO, 64, secs / 2, tmp, mesh.pid)
+        url = f"http://127.0.0.1:{http_port}{path}"
+        wrk(url, CHAT, 16, 1, tmp)  # warm-up: connections, pools, code paths
+        for c in CONCURRENCY:
+            one.http[c] = wrk(url, CHAT, c, secs, tmp, mesh.pid)
+            report.add(f"mesh HTTP, c={c} (wrk)", one.http[c].row())
+        _store_grpc(report, one, "mesh", _grpc_loads(target, CHAT, mesh.pid, secs))
+        health = client([{"op": "grpc_health", "target": target, "duration": secs / 2},
+                         {"op": "grpc_health", "target": target, "duration": secs / 2,
+                          "concurrency": 16, "server": mesh.pid}], timeout=secs + 60)
+        if "error" not in health[0] and "error" not in health[1]:
+            report.add("mesh gRPC Health/Check (gRPC's own cost: no work)",
+                       f"c=1 p50 {health[0]['p50_ms']:.3f} ms; c=16 server CPU "
+                       f"{health[1]['cpu_ms'] * 1000:.0f} µs/call")
+        echo_http = wrk(url, ECHO, 64, secs / 2, tmp, mesh.pid)
         report.add("mesh HTTP, c=64, echo provider (no upstream client)", echo_http.row())
-        echo_grpc = client([{"op": "grpc_load", "target": target, "body": ECHO,
-                             "concurrency": 64, "duration": secs / 2, "server": mesh.pid}],
-                           timeout=secs + 60)[0]
-        if "error" not in echo_grpc:
-            report.add("mesh gRPC, c=64, echo provider (no upstream client)",
-                       Load(echo_grpc["rps"], echo_grpc["p50_ms"], echo_grpc["p99_ms"],
-                            echo_grpc["errors"], echo_grpc["cpu_ms"]).row())
+        echo_grpc = _grpc_loads(target, ECHO, mesh.pid, secs / 2, (64,))[64]
+        report.add("mesh gRPC, c=64, echo provider (no upstream client)",
+                   echo_grpc if isinstance(echo_grpc, str) else echo_grpc.row())
         ttfb = client([
-            {"op": "http_latency", "port": http_port, "path": "/v1/chat/completions",
-             "body": STREAM, "duration": secs / 2},
+            {"op": "http_latency", "port": http_port, "path": path, "body": STREAM,
+             "duration": secs / 2},
             {"op": "grpc_ttfb", "target": target, "body": STREAM, "duration": secs / 2}],
             timeout=secs + 60)
+        one.ttfb_ms = ttfb[0].get("ttfb_p50_ms", float("nan"))
         report.add("mesh HTTP stream, first byte",
-                   f"p50 {ttfb[0].get('ttfb_p50_ms', float('nan')):.3f} ms, "
-                   f"p99 {ttfb[0].get('ttfb_p99_ms', float('nan')):.3f} ms "
-                   f"(direct {py_stream['ttfb_p50_ms']:.3f} ms)")
+                   f"p50 {one.ttfb_ms:.3f} ms, p99 {ttfb[0].get('ttfb_p99_ms', float('nan')):.3f}"
+                   f" ms (direct {direct_ttfb:.3f} ms)")
         report.add("mesh gRPC stream, first event",
                    f"p50 {ttfb[1].get('ttfb_p50_ms', float('nan')):.3f} ms, "
                    f"p99 {ttfb[1].get('ttfb_p99_ms', float('nan')):.3f} ms")
         stall = 20.0 if args.quick else 40.0
-        streams = client([
-            {"op": "grpc_streams", "target": target, "body": SLOW, "n": args.streams,
-             "stall_s": stall},
-            {"op": "http_streams", "port": http_port, "path": "/v1/chat/completions",
-             "body": SLOW, "n": args.streams, "stall_s": stall}], timeout=2 * stall + 60)
-        streams_ok = True
-        for door, res in zip(("gRPC", "HTTP"), streams, strict=True):
-            if "error" in res:
-                report.add(f"{args.streams} concurrent streams via {door}",
-                           f"failed: {res['error']}")
-                streams_ok = False
-                continue
-            ok = res["completed"] == res["started"]
-            streams_ok = streams_ok and ok
-            report.add(f"{args.streams} concurrent slow streams via {door}",
-                       f"{res['completed']}/{res['started']} completed, {res['failed']} failed,"
-                       f" {res['stalled']} stalled (> {stall:g}s); wall {res['wall_s']:.2f} s, "
-                       f"first byte p50 {res['ttfb_p50_ms']:.0f} ms, max "
-                       f"{res['ttfb_max_ms']:.0f} ms" + (f" {res['errors']}"
-                                                         if res["errors"] else ""))
-        mesh_rss = peak_rss_mb(mesh.pid)
-        report.add("mesh peak RSS (VmHWM, with children)", f"{mesh_rss:.1f} MB")
+        streams_ok = _streams(report, "mesh", target, http_port, args.streams, stall)
+        one.rss_peak = peak_rss_mib(mesh.pid)
+        report.add("mesh peak RSS (VmHWM, with children)", f"{one.rss_peak:.1f} MiB")
         Procs.stop(mesh)
 
-    added_http = mesh_http[1].p50_ms - nginx_c1.p50_ms
-    report.add("added p50 at c=1, HTTP (mesh wrk - nginx wrk)",
-               _added(mesh_http[1].p50_ms, nginx_c1.p50_ms))
-    added_grpc = float("nan")
-    if 1 in mesh_grpc:
-        added_grpc = mesh_grpc[1].p50_ms - py_direct["p50_ms"]
-        report.add("added p50 at c=1, gRPC (mesh gRPC client - nginx asyncio client)",
-                   _added(mesh_grpc[1].p50_ms, py_direct["p50_ms"]))
-    report.check("added p50 at c=1 via gRPC <= 1 ms", f"{added_grpc:.3f} ms",
-                 added_grpc <= 1.0)
-    report.check("added p50 at c=1 via HTTP <= 2 ms", f"{added_http:.3f} ms", added_http <= 2.0)
-    report.check(">= 1,500 non-streaming req/s at c=64 via HTTP",
-                 f"{mesh_http[64].rps:,.0f} req/s", mesh_http[64].rps >= 1500)
-    report.check(f"{args.streams} concurrent streams complete (gRPC and HTTP)",
-                 "; ".join(f"{d}: {r.get('completed', 0)}/{args.streams}"
-                           for d, r in zip(("gRPC", "HTTP"), streams, strict=True)), streams_ok)
-    report.check("mesh peak RSS <= 150 MB", f"{mesh_rss:.1f} MB", mesh_rss <= 150)
+    many: Server | None = None
+    if args.workers > 1:
+        many = Server(f"SciLLM --workers {args.workers}")
+        with _section(f"mesh: scillm serve --service completion --workers {args.workers}"):
+            mesh, grpc_port, http_port = start_mesh(procs, tmp, mesh_config, args.workers)
+            time.sleep(1.0)
+            many.rss_idle = rss_mib(mesh.pid)
+            url = f"http://127.0.0.1:{http_port}{path}"
+            wrk(url, CHAT, 64, 1, tmp)
+            for c in CONCURRENCY:
+                many.http[c] = wrk(url, CHAT, c, secs, tmp, mesh.pid)
+                report.add(f"workers HTTP, c={c} (wrk)", many.http[c].row())
+            _store_grpc(report, many, "workers",
+                        _grpc_loads(f"127.0.0.1:{grpc_port}", CHAT, mesh.pid, secs, (64,)))
+            ttfb = client([{"op": "http_latency", "port": http_port, "path": path,
+                            "body": STREAM, "duration": secs / 2}], timeout=secs + 60)
+            many.ttfb_ms = ttfb[0].get("ttfb_p50_ms", float("nan"))
+            many.rss_peak = peak_rss_mib(mesh.pid)
+            report.add(f"workers RSS (master and {args.workers} workers)",
+                       f"idle {many.rss_idle:.1f} MiB, peak {many.rss_peak:.1f} MiB")
+            Procs.stop(mesh)
 
+    lite: Server | None = None
     if args.no_litellm:
         report.note("LiteLLM proxy skipped (--no-litellm)")
     else:
-        with _section("LiteLLM proxy (litellm --num_workers 1)"):
+        with _section(f"LiteLLM proxy {LITELLM_VERSION} (litellm --num_workers 1)"):
             key = "sk-" + secrets.token_hex(24)  # LiteLLM refuses to start without one
-            proxy, port, why = start_litellm(procs, tmp, config, args.install_litellm, key)
+            proxy, port, why = start_litellm(procs, tmp, config, key)
             if proxy is None:
                 report.note(why)
             else:
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                lite = Server(f"LiteLLM {LITELLM_VERSION}, 1 worker")
+                lite.rss_idle = rss_mib(proxy.pid)
+                url = f"http://127.0.0.1:{port}{path}"
                 wrk(url, CHAT, 16, 1, tmp, key=key)
-                lite = {c: wrk(url, CHAT, c, secs, tmp, proxy.pid, key) for c in (1, 16, 64)}
-                for c, load in lite.items():
-                    report.add(f"LiteLLM HTTP, c={c} (wrk)", load.row())
-                lite_rss = peak_rss_mb(proxy.pid)
-                report.add("LiteLLM peak RSS (VmHWM, with children)", f"{lite_rss:.1f} MB")
+                for c in CONCURRENCY:
+                    lite.http[c] = wrk(url, CHAT, c, secs, tmp, proxy.pid, key)
+                    report.add(f"LiteLLM HTTP, c={c} (wrk)", lite.http[c].row())
+                ttfb = client([{"op": "http_latency", "port": port, "path": path,
+                                "body": STREAM, "duration": secs, "key": key, "warmup": 5}],
+                              timeout=secs + 60)
+                lite.ttfb_ms = ttfb[0].get("ttfb_p50_ms", float("nan"))
+                lite.rss_peak = peak_rss_mib(proxy.pid)
+                report.add("LiteLLM stream, first byte", f"p50 {lite.ttfb_ms:.3f} ms")
+                report.add("LiteLLM RSS", f"idle {lite.rss_idle:.1f} MiB, "
+                                          f"peak {lite.rss_peak:.1f} MiB")
                 Procs.stop(proxy)
-                lite_added = lite[1].p50_ms - nginx_c1.p50_ms
-                report.add("LiteLLM added p50 at c=1, HTTP",
-                           _added(lite[1].p50_ms, nginx_c1.p50_ms))
-                for c in (1, 16, 64):
-                    ratio = mesh_http[c].rps / lite[c].rps if lite[c].rps else float("inf")
-                    report.check(f"req/s vs LiteLLM at c={c} (HTTP, mesh/LiteLLM)",
-                                 f"{ratio:.2f}x ({mesh_http[c].rps:,.0f} vs {lite[c].rps:,.0f})",
-                                 None)
-                report.check("added p50 at c=1 vs LiteLLM (HTTP, LiteLLM/mesh)",
-                             f"{lite_added / added_http:.1f}x ({lite_added:.2f} vs "
-                             f"{added_http:.2f} ms)" if added_http > 0 else "n/a", None)
-                report.check("peak RSS vs LiteLLM (mesh/LiteLLM)",
-                             f"{mesh_rss / lite_rss:.2f}x ({mesh_rss:.0f} vs {lite_rss:.0f} MB)",
-                             None)
 
+    if args.baseline:
+        with _section(f"before/after pairs: the mesh at {args.baseline} vs this checkout"):
+            _pairs(args, secs, procs, report, tmp, mesh_config)
+
+    servers = [s for s in (direct, lite, one, many) if s is not None]
+    report.table = [s.row(direct, direct_ttfb) for s in servers]
+    _targets(report, direct, direct_ttfb, one, many, lite, streams_ok, args.streams)
     print(f"\n== results ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs)\n")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})\n")
     print(report.markdown())
     for text in report.notes:
         print(f"\nnote: {text}")
     return 0
+
+
+def _targets(report: Report, direct: Server, direct_ttfb: float, one: Server,
+             many: Server | None, lite: Server | None, streams_ok: bool, streams: int) -> None:
+    """Issue 16's targets, each on the server it is about, and the ratios."""
+    door = one.http[64].cpu_ms * 1000
+    report.check("CPU per unary request, OpenAI door, one process, c=64 <= 250 µs",
+                 f"{door:.0f} µs (c=1 {one.http[1].cpu_ms * 1000:.0f}, "
+                 f"c=16 {one.http[16].cpu_ms * 1000:.0f})", door <= 250)
+    if 64 in one.grpc:
+        grpc_cpu = one.grpc[64].cpu_ms * 1000
+        report.check("CPU per unary gRPC Completion, one process, c=64 <= 150 µs",
+                     f"{grpc_cpu:.0f} µs", grpc_cpu <= 150)
+    best = many if many is not None else one
+    report.check(f"RPS at c=64 through the door >= 4,000 ({best.name})",
+                 f"{best.http[64].rps:,.0f} req/s (one process {one.http[64].rps:,.0f})",
+                 best.http[64].rps >= 4000)
+    if lite is not None:
+        ratio = best.http[64].rps / lite.http[64].rps if lite.http[64].rps else float("inf")
+        report.check(f"RPS at c=64 >= 100x LiteLLM 1-worker ({best.name})",
+                     f"{ratio:.0f}x ({best.http[64].rps:,.0f} vs {lite.http[64].rps:,.0f})",
+                     ratio >= 100)
+    added = one.http[1].p50_ms - direct.http[1].p50_ms
+    report.check("added p50 at c=1 (HTTP, one process) <= 0.3 ms",
+                 f"{added:.3f} ms ({one.http[1].p50_ms:.3f} - {direct.http[1].p50_ms:.3f})",
+                 added <= 0.3)
+    ttfb = one.ttfb_ms - direct_ttfb
+    report.check("stream TTFB added at c=1 (HTTP, one process) <= 0.5 ms",
+                 f"{ttfb:.3f} ms ({one.ttfb_ms:.3f} - {direct_ttfb:.3f})", ttfb <= 0.5)
+    report.check(f">= 2,000 concurrent streams with no stall ({streams}, gRPC and HTTP)",
+                 "all completed" if streams_ok else "some failed or stalled",
+                 streams_ok and streams >= 2000)
+    report.check("RSS idle <= 100 MiB (one process)", f"{one.rss_idle:.1f} MiB",
+                 one.rss_idle <= 100)
+    for server in (one, many):
+        if server is None:
+            continue
+        for c in CONCURRENCY:
+            if lite is not None and lite.http[c].rps:
+                report.check(f"RPS vs LiteLLM at c={c} ({server.name})",
+                             f"{server.http[c].rps / lite.http[c].rps:.1f}x", None)
+        report.check(f"RPS vs the nginx limit at c=64 ({server.name})",
+                     f"{server.http[64].rps / direct.http[64].rps:.3f}x "
+                     f"({server.http[64].rps:,.0f} vs {direct.http[64].rps:,.0f})", None)
+
+
+def _pairs(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp: Path,
+           config: Path) -> None:
+    """The mesh at `args.baseline` and as checked out, alternated: CPU per request."""
+    tree = export_tree(args.baseline, tmp)
+    figures: dict[str, list[tuple[float, float, float]]] = {"before": [], "after": []}
+    for _ in range(args.pairs):
+        for label, env in (("before", {"PYTHONPATH": str(tree)}), ("after", {})):
+            mesh, grpc_port, http_port = start_mesh(procs, tmp, config, env=env)
+            url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
+            wrk(url, CHAT, 16, 1, tmp)
+            http = wrk(url, CHAT, 16, secs, tmp, mesh.pid)
+            c1 = wrk(url, CHAT, 1, secs / 2, tmp, mesh.pid)
+            grpc = _grpc_loads(f"127.0.0.1:{grpc_port}", CHAT, mesh.pid, secs, (16,))[16]
+            Procs.stop(mesh)
+            grpc_us = float("nan") if isinstance(grpc, str) else grpc.cpu_ms * 1000
+            figures[label].append((http.cpu_ms * 1000, grpc_us, c1.p50_ms))
+            print(f"  {label}: HTTP c=16 {http.cpu_ms * 1000:.0f} µs/req ({http.rps:,.0f} "
+                  f"req/s), gRPC c=16 {grpc_us:.0f} µs/req, HTTP c=1 p50 {c1.p50_ms:.3f} ms",
+                  flush=True)
+    for label, rows in figures.items():
+        http_us, grpc_us, p50 = (statistics.median(col) for col in zip(*rows, strict=True))
+        report.add(f"{'before: ' + args.baseline if label == 'before' else 'after: checkout'}"
+                   f" (median of {args.pairs})",
+                   f"CPU HTTP c=16 {http_us:.0f} µs/req, gRPC c=16 {grpc_us:.0f} µs/req; "
+                   f"HTTP c=1 p50 {p50:.3f} ms")
 
 
 if __name__ == "__main__":

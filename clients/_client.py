@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import secrets
 import threading
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,7 +62,7 @@ Metadata = Sequence[tuple[str, str]]
 
 def _metadata(request_id: str | None, extra: Metadata | None,
               default: Metadata = ()) -> list[tuple[str, str]]:
-    md = [("x-request-id", request_id or uuid.uuid4().hex), *default]
+    md = [("x-request-id", request_id or secrets.token_hex(16)), *default]
     if extra:
         md.extend(extra)
     return md

@@ -232,23 +232,32 @@ def _tool_calls_to_proto(calls: Any, param: str) -> list[pb.ToolCall]:
 
 def message_to_proto(message: Any, param: str = "messages[0]") -> pb.Message:
     """One OpenAI message dict as a `Message`."""
+    out = pb.Message()
+    _fill_message(out, message, param)
+    return out
+
+
+def _fill_message(out: pb.Message, message: Any, param: str) -> None:
+    """`message_to_proto` into `out` (a message in place costs no copy into its parent)."""
     _expect(message, dict, param)
     role = message.get("role")
     if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequestError(
             f"'{param}.role' must be one of {sorted(ROLES)}, got {role!r}", param=f"{param}.role")
-    out = pb.Message(
-        role=ROLES[role],  # type: ignore[arg-type]
-        content=_content_to_proto(message.get("content"), f"{param}.content"),
-        name=str(message.get("name") or ""),
-        tool_call_id=str(message.get("tool_call_id") or ""),
-        reasoning_content=str(message.get("reasoning_content") or ""),
-    )
+    out.role = ROLES[role]  # type: ignore[assignment]
+    content = message.get("content")
+    if isinstance(content, str):
+        out.content.add(text=content)
+    elif content is not None:
+        out.content.extend(_content_to_proto(content, f"{param}.content"))
+    for key in ("name", "tool_call_id", "reasoning_content"):
+        value = message.get(key)
+        if value:
+            setattr(out, key, str(value))
     if message.get("tool_calls"):
         out.tool_calls.extend(_tool_calls_to_proto(message["tool_calls"], f"{param}.tool_calls"))
     if message.get("refusal"):
-        out.content.append(pb.ContentPart(refusal=str(message["refusal"])))
-    return out
+        out.content.add(refusal=str(message["refusal"]))
 
 
 def _routing_to_proto(options: Any) -> pb.RoutingOptions:
@@ -342,7 +351,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
     req = pb.CompletionRequest(model=model)
-    req.messages.extend(message_to_proto(m, f"messages[{i}]") for i, m in enumerate(messages))
+    for i, m in enumerate(messages):
+        _fill_message(req.messages.add(), m, f"messages[{i}]")
     for key, kind in _OPTIONAL_NUMBERS.items():
         value = body.get(key)
         if value is not None:
@@ -446,9 +456,10 @@ def _content_from_proto(parts: Sequence[pb.ContentPart]) -> Any:
 
 def message_from_proto(message: pb.Message) -> dict[str, Any]:
     """A `Message` as an OpenAI message dict."""
-    parts = list(message.content)
-    refusal = [p.refusal for p in parts if p.WhichOneof("part") == "refusal"]
-    if message.role == pb.ROLE_ASSISTANT and refusal:
+    parts: Sequence[pb.ContentPart] = message.content
+    refusal = [p.refusal for p in parts if p.WhichOneof("part") == "refusal"] \
+        if message.role == pb.ROLE_ASSISTANT else []
+    if refusal:
         parts = [p for p in parts if p.WhichOneof("part") != "refusal"]
     out: dict[str, Any] = {"role": _ROLE_NAMES.get(message.role, "user"),
                            "content": _content_from_proto(parts)}
@@ -464,7 +475,7 @@ def message_from_proto(message: pb.Message) -> dict[str, Any]:
         out["tool_call_id"] = message.tool_call_id
     if message.reasoning_content:
         out["reasoning_content"] = message.reasoning_content
-    if message.role == pb.ROLE_ASSISTANT and "".join(refusal):  # an empty one is dropped
+    if "".join(refusal):  # an empty one is dropped
         out["refusal"] = "".join(refusal)
     return out
 
@@ -553,17 +564,25 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
 
 def usage_to_proto(usage: Mapping[str, Any] | None) -> common_pb2.Usage:
     """OpenAI's usage object as `Usage`."""
+    out = common_pb2.Usage()
+    _fill_usage(out, usage)
+    return out
+
+
+def _fill_usage(out: common_pb2.Usage, usage: Mapping[str, Any] | None) -> None:
+    """`usage_to_proto` into `out`, which is marked present even when `usage` is empty."""
+    out.SetInParent()
     if not usage:
-        return common_pb2.Usage()
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    return common_pb2.Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        total_tokens=int(usage.get("total_tokens") or 0),
-        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
-        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
-    )
+        return
+    out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    out.completion_tokens = int(usage.get("completion_tokens") or 0)
+    out.total_tokens = int(usage.get("total_tokens") or 0)
+    prompt_details = usage.get("prompt_tokens_details")
+    if prompt_details:
+        out.cached_tokens = int(prompt_details.get("cached_tokens") or 0)
+    completion_details = usage.get("completion_tokens_details")
+    if completion_details:
+        out.reasoning_tokens = int(completion_details.get("reasoning_tokens") or 0)
 
 
 def usage_from_proto(usage: common_pb2.Usage) -> dict[str, Any]:
@@ -601,20 +620,24 @@ def _logprobs_from_proto(logprobs: pb.Logprobs) -> dict[str, Any]:
         for t in logprobs.content]}
 
 
+_ASSISTANT: Mapping[str, Any] = {"role": "assistant"}
+
+
 def response_to_proto(body: Mapping[str, Any]) -> pb.CompletionResponse:
     """An OpenAI `chat.completion` object as a `CompletionResponse` (routing left empty)."""
     out = pb.CompletionResponse(
         id=str(body.get("id", "")), model=str(body.get("model", "")),
         created=int(body.get("created") or 0),
-        system_fingerprint=str(body.get("system_fingerprint") or ""),
-        usage=usage_to_proto(body.get("usage")))
+        system_fingerprint=str(body.get("system_fingerprint") or ""))
+    _fill_usage(out.usage, body.get("usage"))
     for i, choice in enumerate(body.get("choices") or []):
-        message = dict(choice.get("message") or {"role": "assistant"})
-        message.setdefault("role", "assistant")
+        message = choice.get("message") or _ASSISTANT
+        if "role" not in message:
+            message = {**message, "role": "assistant"}
         entry = out.choices.add(index=int(choice.get("index", i)),
-                                message=message_to_proto(message, f"choices[{i}].message"),
                                 finish_reason=FINISH_REASONS.get(  # type: ignore[arg-type]
                                     choice.get("finish_reason") or "", 0))
+        _fill_message(entry.message, message, f"choices[{i}].message")
         logprobs = _logprobs_to_proto(choice.get("logprobs"))
         if logprobs is not None:
             entry.logprobs.CopyFrom(logprobs)
@@ -648,17 +671,22 @@ def chunk_to_proto(chunk: Mapping[str, Any]) -> pb.CompletionChunk:
                              created=int(chunk.get("created") or 0))
     for i, choice in enumerate(chunk.get("choices") or []):
         delta = choice.get("delta") or {}
-        d = pb.Delta(role=ROLES.get(delta.get("role") or "", 0),  # type: ignore[arg-type]
-                     content=delta.get("content") or "",
-                     refusal=delta.get("refusal") or "",
-                     reasoning_content=delta.get("reasoning_content") or "")
+        entry = out.choices.add(index=int(choice.get("index", i)),
+                                finish_reason=FINISH_REASONS.get(  # type: ignore[arg-type]
+                                    choice.get("finish_reason") or "", 0))
+        d = entry.delta  # filled in place, present even when empty
+        d.SetInParent()
+        role = delta.get("role")
+        if role:
+            d.role = ROLES.get(role, 0)  # type: ignore[assignment]
+        for key in ("content", "refusal", "reasoning_content"):
+            value = delta.get(key)
+            if value:
+                setattr(d, key, value)
         for j, call in enumerate(delta.get("tool_calls") or []):
             fn = call.get("function") or {}
             d.tool_calls.add(index=int(call.get("index", j)), id=call.get("id") or "",
                              name=fn.get("name") or "", arguments=fn.get("arguments") or "")
-        entry = out.choices.add(index=int(choice.get("index", i)), delta=d,
-                                finish_reason=FINISH_REASONS.get(  # type: ignore[arg-type]
-                                    choice.get("finish_reason") or "", 0))
         logprobs = _logprobs_to_proto(choice.get("logprobs"))
         if logprobs is not None:
             entry.logprobs.CopyFrom(logprobs)

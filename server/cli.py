@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .commands.codex_sidecar import add_arguments as add_sidecar_arguments
 from .commands.doctor import add_arguments as add_doctor_arguments
-from .settings import DOORS, SERVICES, Settings
+from .settings import DOORS, MAX_WORKERS, SERVICES, Settings
 
 __all__ = ["main"]
 
@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
             services=_services(args.service), http_enabled=False if args.no_http else None,
             **{f"{door}_target": getattr(args, f"{door}_target") for door in DOORS},
             grace_period_s=args.grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca)
+            tls_client_ca=args.tls_client_ca, workers=args.workers)
     except ValueError as exc:
         print(f"scillm serve: {exc}", file=sys.stderr)
         return 2
@@ -48,6 +48,14 @@ def _serve(args: argparse.Namespace) -> int:
     # httpx logs every upstream request at INFO: a line per request on the hot path.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if settings.workers > 1:
+        from .workers import serve_workers
+
+        try:
+            return serve_workers(settings)
+        except OSError as exc:
+            print(f"scillm serve: cannot start: {exc}", file=sys.stderr)
+            return 1
     try:
         uvloop.run(serve(settings))
     except KeyboardInterrupt:
@@ -174,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "true)")
     serve.add_argument("--grace", type=float,
                        help="seconds in-flight calls get after SIGTERM (default 10)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help=f"serve from N worker processes sharing the ports (SO_REUSEPORT; "
+                            f"1..{MAX_WORKERS}, default 1 = this process). A master starts "
+                            "them, replaces one that dies, and on SIGTERM drains them all. "
+                            "They share key rate windows, the response cache and sessions "
+                            "only through Redis (SCILLM_REDIS_URL or the config's "
+                            "router_settings.redis_host / cache_params type redis), the "
+                            "key and run stores through their files or PostgreSQL, and "
+                            "metrics (any worker's /metrics counts all); each keeps its "
+                            "own view of the deployments (cooldowns, latencies)")
     serve.add_argument("--tls-cert", type=Path,
                        help="PEM certificate chain: gRPC and HTTP use TLS (with --tls-key); "
                             "it must name the bind host (127.0.0.1 by default)")

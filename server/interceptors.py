@@ -14,8 +14,8 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -46,11 +46,15 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
             return str(value)[:128]
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # as uuid4().hex, for a quarter of the CPU
 
 
 class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Request id, default deadline and error mapping for every RPC."""
+
+    #: Every call of a method gets the same wrapped handler (the per-call work is inside
+    #: it), so an in-process channel may resolve a method once (`LocalChannel`).
+    handler_per_method = True
 
     def __init__(self, settings: Settings, table: ErrorTable,
                  metrics: Metrics | None = None, auth: Authenticator | None = None) -> None:
@@ -170,14 +174,16 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             reply: Any = None
             async with self._served(context, method, request):
-                principal = await self._authorize(context, full, request)
+                principal = (None if self._auth is None  # keys off: no coroutine to await
+                             else await self._authorize(context, full, request))
                 timeout = self._timeout(context, limit)
                 if timeout is None:
                     reply = await behavior(request, context)
                 else:
                     async with asyncio.timeout(timeout):
                         reply = await behavior(request, context)
-                await self._account(principal, request, reply)
+                if principal is not None:
+                    await self._account(principal, request, reply)
             return reply
         return unary
 

@@ -9,7 +9,9 @@ InProcessChannel does:
 
 - the handlers registered on the server (recorded by `HandlerRegistry`), found by full
   method name and resolved through the server's own interceptors, so keys, request ids,
-  default deadlines, metrics and error mapping are the same at both doors;
+  default deadlines, metrics and error mapping are the same at both doors (when every
+  interceptor declares `handler_per_method = True`, i.e. answers every call of a method
+  with the same handler and does its per-call work inside it, a method is resolved once);
 - value semantics: requests and replies are copied, as serialization would;
 - a status other than OK raises `grpc.aio.AioRpcError` with the code, details and trailing
   metadata (google.rpc.Status, x-request-id) a remote call carries;
@@ -257,9 +259,24 @@ class LocalChannel:
         self._registry = registry
         self._interceptors = tuple(interceptors)
         self._max_receive_bytes = max_receive_bytes
+        #: Resolved handlers by method, when every interceptor allows it (see the module).
+        self._resolved: dict[str, grpc.RpcMethodHandler] | None = (
+            {} if all(getattr(i, "handler_per_method", False) for i in self._interceptors)
+            else None)
 
     async def _resolve(self, details: _CallDetails) -> grpc.RpcMethodHandler | None:
         """The handler as the server would run it: through every interceptor."""
+        resolved = self._resolved
+        if resolved is not None:
+            handler = resolved.get(details.method)
+            if handler is None:
+                handler = await self._intercept(details)
+                if handler is not None and len(resolved) < 1024:  # methods are few
+                    resolved[details.method] = handler
+            return handler
+        return await self._intercept(details)
+
+    async def _intercept(self, details: _CallDetails) -> grpc.RpcMethodHandler | None:
         async def step(index: int, current: grpc.HandlerCallDetails,
                        ) -> grpc.RpcMethodHandler | None:
             if index == len(self._interceptors):

@@ -10,13 +10,17 @@
     scillm_sandbox_runs_total{status}               sandboxed executions by outcome
 
 Exposed on the HTTP shim's `/metrics` and, when `metrics_port` is set, on a port of its own.
+In a worker of `scillm serve --workers N` (PROMETHEUS_MULTIPROC_DIR set by the master),
+prometheus_client keeps the values in that directory, and `exposition` adds up every
+worker's (in-flight gauges only those of live workers).
 """
 
 from __future__ import annotations
 
+import os
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["Metrics"]
@@ -35,12 +39,19 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        #: What /metrics renders: `registry`, or every worker's values in a worker.
+        self.exposition = self.registry
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared:
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition, shared)  # type: ignore[no-untyped-call]
         r = self.registry
         self.requests = Counter("scillm_rpc_requests", "RPCs finished",
                                 ["method", "model", "code"], registry=r)
         self.latency = Histogram("scillm_rpc_latency_seconds", "RPC latency",
                                  ["method", "model"], buckets=_BUCKETS, registry=r)
-        self.in_flight = Gauge("scillm_rpc_in_flight", "RPCs running", ["method"], registry=r)
+        self.in_flight = Gauge("scillm_rpc_in_flight", "RPCs running", ["method"], registry=r,
+                               multiprocess_mode="livesum")
         self.tokens = Counter("scillm_tokens", "Tokens served", ["model", "kind"], registry=r)
         self.cache = Counter("scillm_cache_events", "Completion cache lookups", ["result"],
                              registry=r)

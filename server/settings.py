@@ -13,10 +13,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DOORS", "SERVICES", "Settings"]
+__all__ = ["DOORS", "MAX_WORKERS", "SERVICES", "Settings"]
 
 #: Service names as used by `--service`, in start-up order.
 SERVICES: tuple[str, ...] = ("completion", "prove", "codeworld", "agent")
+
+#: The most worker processes `--workers` starts.
+MAX_WORKERS = 64
 
 #: Services a process's own clients call, each with a `<name>_target` setting: the four
 #: above and KeyService (served by every process; see `Settings.targets`).
@@ -105,6 +108,12 @@ class Settings:
     trace_url_template: str = ""
     #: Log level.
     log_level: str = "INFO"
+    #: Worker processes serving the same ports (`scillm serve --workers`); with more than
+    #: one, this process is their master (see `server/workers.py`).
+    workers: int = 1
+    #: Bind the gRPC and HTTP ports with SO_REUSEPORT, so that several processes share
+    #: them (set by the master for its workers).
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -141,6 +150,8 @@ class Settings:
         if self.prove_isolation not in ("auto", "bubblewrap", "rlimits"):
             raise ValueError("prove_isolation must be auto, bubblewrap or rlimits, got "
                              f"{self.prove_isolation!r}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1..{MAX_WORKERS}, got {self.workers}")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be >= 1024")
         if self.config_path is not None and not self.config_path.is_file():
@@ -176,6 +187,24 @@ class Settings:
     def tls(self) -> bool:
         """Whether the doors use TLS."""
         return self.tls_cert is not None
+
+    def environment(self) -> dict[str, str | None]:
+        """The `SCILLM_*` variables from which `Settings.from_env()` reads these settings
+        back (None: unset the variable, the field keeps its default). A master hands its
+        settings to its workers this way."""
+        out: dict[str, str | None] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                text: str | None = None
+            elif isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, tuple):
+                text = ",".join(value) if value else "none"
+            else:
+                text = str(value)
+            out[f"SCILLM_{f.name.upper()}"] = text
+        return out
 
 
 def _parse(name: str, raw: str) -> Any:

@@ -29,8 +29,9 @@ cancels the call it made (and so its upstream request), streamed or not.
 from __future__ import annotations
 
 import asyncio
+import functools
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,8 +40,9 @@ import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -80,7 +82,7 @@ class RequestIdMiddleware:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
         if not request_id:
-            request_id = uuid.uuid4().hex
+            request_id = secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode("latin-1"))
 
@@ -101,8 +103,8 @@ class CancelOnDisconnect:
     response, a watcher waits for `http.disconnect`; if it comes before
     `http.response.start`, the request's task is cancelled and the cancellation ends here.
     (Requests answered sooner never pay for a watcher: a task per request cost ~5 % of
-    the door's throughput. Once a streamed response has started, Starlette's
-    StreamingResponse watches for the disconnect itself.)
+    the door's throughput. Once a streamed response has started, `sse.EventStream`
+    watches for the disconnect itself.)
     """
 
     WATCH_AFTER_S = 0.05
@@ -160,13 +162,48 @@ class CancelOnDisconnect:
                 watcher.cancel()
 
 
+#: The paths of chat completions (OpenAI's, and LiteLLM's without the version).
+_COMPLETIONS = ("/v1/chat/completions", "/chat/completions")
+
+
+class CompletionsFirst:
+    """Plain ASGI inside Starlette's error handling: a POST of a chat completion goes
+    straight to its endpoint, the door's hot path, past the router's scan of every route
+    and its exception layers; anything else goes on to the router (which routes the same
+    POST to the same endpoint, and answers 405 to other methods)."""
+
+    def __init__(self, app: ASGIApp, endpoint: ASGIApp) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" \
+                and scope["path"] in _COMPLETIONS:
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def _credentials(request: Request) -> list[tuple[str, str]]:
     """The caller's key, passed on to the mesh as gRPC metadata."""
-    value = request.headers.get("authorization")
-    if value:
-        return [("authorization", value)]
-    key = request.headers.get("x-api-key") or request.headers.get("api-key")
-    return [("authorization", f"Bearer {key}")] if key else []
+    return _scope_credentials(request.scope["headers"])
+
+
+def _scope_credentials(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """`_credentials` from the ASGI scope's headers: `authorization`, else `x-api-key` or
+    `api-key` as a bearer token."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in _KEY_HEADERS and name not in found:  # the first of each, as Starlette
+            found[name] = value
+    authorization = found.get(b"authorization")
+    if authorization:
+        return [("authorization", authorization.decode("latin-1"))]
+    key = found.get(b"x-api-key") or found.get(b"api-key")
+    return [("authorization", f"Bearer {key.decode('latin-1')}")] if key else []
+
+
+_KEY_HEADERS = frozenset((b"authorization", b"x-api-key", b"api-key"))
 
 
 async def _sse(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -213,6 +250,22 @@ def _extras(resp: pb.CompletionResponse) -> dict[str, Any]:
     return extra
 
 
+async def _send_completion(send: Send, resp: pb.CompletionResponse, started: float) -> None:
+    """A completion as OpenAI's `chat.completion` JSON, with the mesh's timing headers:
+    the two messages (and the headers, in order) Starlette's `Response` would send."""
+    out = openai_wire.response_from_proto(resp)
+    out["scillm"] = _extras(resp)
+    payload = orjson.dumps(out)
+    overhead = _duration_ms(resp.routing.overhead)
+    total = (time.perf_counter() - started) * 1000
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"x-scillm-overhead-ms", b"%.3f" % overhead),
+        (b"x-scillm-total-ms", b"%.3f" % total),
+        (b"content-length", b"%d" % len(payload)),
+        (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
 class _Shim:
     def __init__(self, client: ScillmClient, max_request_bytes: int) -> None:
         self.client = client
@@ -221,11 +274,29 @@ class _Shim:
                         for service in _SERVICES}
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
-            raise _TooLarge(int(length))
-        raw = await request.body()
-        if len(raw) > self.max_request_bytes:
+        return await self._read_json(request.scope, request.receive)
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """The request's body, a JSON object: _TooLarge past the size limit (by its
+        Content-Length, else once read), InvalidRequestError when it is not an object."""
+        limit = self.max_request_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":  # the first, as Starlette's Headers.get
+                if value.isdigit() and int(value) > limit:
+                    raise _TooLarge(int(value))
+                break
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+            more = message.get("more_body", False)
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(raw) > limit:
             raise _TooLarge(len(raw))
         try:
             body = orjson.loads(raw)
@@ -235,42 +306,47 @@ class _Shim:
             raise InvalidRequestError("request body must be a JSON object")
         return body
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/chat/completions, as plain ASGI: the door's hot path builds no Request
+        and, for a completion answered in one piece, no Response (the JSON and its head
+        are sent as they are)."""
         started = time.perf_counter()
-        request_id: str = request.scope["state"]["request_id"]
+        request_id: str = scope["state"]["request_id"]
+        response: Response | sse.EventStream
         try:
-            body = await self._json_body(request)
-            creds = _credentials(request)
+            body = await self._read_json(scope, receive)
+            creds = _scope_credentials(scope["headers"])
             routed = runs.route(self.client, body, request_id, creds)
             if routed is not None:
-                return await self._routed(routed, body)
-            proto = openai_wire.request_to_proto(body)
-            stream = body.get("stream") is True
-            if stream:
-                options = body.get("stream_options") or {}
-                include_usage = isinstance(options, dict) and options.get("include_usage") is True
-                events = self.client.completion.stream(proto, include_usage=True,
-                                                       request_id=request_id, metadata=creds)
-                first = await anext(events)
-                return StreamingResponse(
-                    _sse(self._completion_payloads(first, events, include_usage)),
-                    media_type="text/event-stream", headers={"cache-control": "no-cache"})
-            resp = await self.client.completion.create(proto, request_id=request_id,
-                                                       metadata=creds)
+                response = await self._routed(routed, body)
+            elif body.get("stream") is True:
+                response = await self._completion_stream(body, request_id, creds)
+            else:
+                resp = await self.client.completion.create(
+                    openai_wire.request_to_proto(body), request_id=request_id, metadata=creds)
+                await _send_completion(send, resp, started)
+                return
         except _TooLarge as exc:
-            return self._too_large(exc)
+            response = self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
-            return _error(exc)
+            response = _error(exc)
         except StopAsyncIteration:
-            return _error(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
-        out = openai_wire.response_from_proto(resp)
-        out["scillm"] = _extras(resp)
-        upstream = (time.perf_counter() - started) * 1000 - _duration_ms(resp.routing.overhead)
-        return Response(orjson.dumps(out), media_type="application/json", headers={
-            "x-scillm-overhead-ms": f"{_duration_ms(resp.routing.overhead):.3f}",
-            "x-scillm-total-ms": f"{upstream + _duration_ms(resp.routing.overhead):.3f}"})
+            response = _error(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
+        await response(scope, receive, send)
 
-    async def _routed(self, run: runs.RoutedRun, body: dict[str, Any]) -> Response:
+    async def _completion_stream(self, body: dict[str, Any], request_id: str,
+                                 creds: list[tuple[str, str]]) -> sse.EventStream:
+        """A streamed completion once its first event has come (errors before it raise)."""
+        proto = openai_wire.request_to_proto(body)
+        options = body.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        events = self.client.completion.stream(proto, include_usage=True,
+                                               request_id=request_id, metadata=creds)
+        first = await anext(events)
+        return sse.EventStream(_sse(self._completion_payloads(first, events, include_usage)))
+
+    async def _routed(self, run: runs.RoutedRun,
+                      body: dict[str, Any]) -> Response | sse.EventStream:
         """A run of another service behind a model name (see runs.py)."""
         completion_id = runs.new_completion_id()
         if body.get("stream") is True:
@@ -278,9 +354,7 @@ class _Shim:
             chunks = run.chunks(completion_id, include_usage=isinstance(options, dict)
                                 and options.get("include_usage") is True)
             first = await anext(chunks)
-            return StreamingResponse(_sse(_prepend(first, chunks)),
-                                     media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            return sse.EventStream(_sse(_prepend(first, chunks)))
         text, payload = await run.collect()
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
@@ -304,7 +378,7 @@ class _Shim:
             return _error(exc)
         return JSONResponse(reply)
 
-    async def bridge_complete(self, request: Request) -> Response:
+    async def bridge_complete(self, request: Request) -> Response | sse.EventStream:
         """The seed's `POST /bridge/complete` envelope: {messages, items, provider, options}.
 
         The model (or `provider.name`) picks the service; without one, items with
@@ -457,9 +531,9 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    completions = functools.partial(shim.chat_completions)  # not a function: ASGI to Starlette
     routes = [
-        Route("/v1/chat/completions", shim.chat_completions, methods=["POST"]),
-        Route("/chat/completions", shim.chat_completions, methods=["POST"]),
+        *(Route(path, completions, methods=["POST"]) for path in _COMPLETIONS),
         Route("/v1/models", shim.models, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),
         Route("/agent/run", shim.agent_run, methods=["POST"]),
@@ -474,4 +548,6 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/readyz", shim.readyz, methods=["GET"]),
         *([Mount("/ui", ui)] if ui is not None else []),
     ]
-    return RequestIdMiddleware(CancelOnDisconnect(Starlette(routes=routes)))
+    starlette = Starlette(routes=routes, middleware=[
+        Middleware(CompletionsFirst, endpoint=completions)])
+    return RequestIdMiddleware(CancelOnDisconnect(starlette))

@@ -23,8 +23,8 @@ when tracing (OpenTelemetry ends a streaming call's span when the stream ends).
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -210,4 +210,4 @@ def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
 
 def new_completion_id() -> str:
     """An id for a routed run's reply."""
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    return f"chatcmpl-{secrets.token_hex(12)}"

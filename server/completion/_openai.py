@@ -9,7 +9,14 @@ from typing import Any, NamedTuple
 import httpx
 import orjson
 
-from ._http import ClientPool, api_key, error_from_response, sse_events, transport_error
+from ._http import (
+    ClientPool,
+    api_key,
+    error_from_response,
+    read_body,
+    sse_events,
+    transport_error,
+)
 from ._provider import ProviderCall
 from ._settings import DeploymentSettings
 from .errors import UpstreamError
@@ -67,7 +74,8 @@ class OpenAIProvider:
         self._prepared[(id(dep), stream)] = prepared
         return prepared
 
-    def _build(self, call: ProviderCall, stream: bool) -> tuple[httpx.AsyncClient, httpx.Request]:
+    def _build(self, call: ProviderCall, stream: bool) -> tuple[str, httpx.Request]:
+        """The request and the base URL whose client sends it."""
         dep = call.deployment
         base = dep.api_base or DEFAULT_BASE
         client = self._pool.get(base)
@@ -89,22 +97,24 @@ class OpenAIProvider:
             extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout,
                                     "pool": timeout}})
         request.read()
-        return client, request
+        return base, request
 
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
-        client, request = self._build(call, stream=False)
+        base, request = self._build(call, stream=False)
         try:
-            response = await client.send(request, stream=True)
+            response = await self._pool.send(base, request)
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
         try:
-            raw = await response.aread()
+            if response.status_code >= 400:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                raise error_from_response(response, call)
+            raw = await read_body(response)
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
-        finally:
-            await response.aclose()
-        if response.status_code >= 400:
-            raise error_from_response(response, call)
         try:
             data = _loads(raw)
         except ValueError:
@@ -116,9 +126,9 @@ class OpenAIProvider:
         return data
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
-        client, request = self._build(call, stream=True)
+        base, request = self._build(call, stream=True)
         try:
-            response = await client.send(request, stream=True)
+            response = await self._pool.send(base, request)
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
         try:

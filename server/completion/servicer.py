@@ -65,9 +65,21 @@ def validate_request(req: pb.CompletionRequest) -> None:
 
 def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) -> pb.Routing:
     """The engine's routing record as a `Routing` message."""
-    out = pb.Routing(deployment=routing.deployment, provider=routing.provider,
-                     fallback_used=routing.fallback_used, fallback_model=routing.fallback_model,
-                     attempts=routing.attempts, strategy=routing.strategy, cache_hit=cache_hit)
+    out = pb.Routing()
+    _fill_routing(out, routing, cache_hit=cache_hit, overhead_s=overhead_s)
+    return out
+
+
+def _fill_routing(out: pb.Routing, routing: Routing, *, cache_hit: bool,
+                  overhead_s: float) -> None:
+    """`routing_to_proto` into `out` (in place: no message copied into its parent)."""
+    out.deployment = routing.deployment
+    out.provider = routing.provider
+    out.fallback_used = routing.fallback_used
+    out.fallback_model = routing.fallback_model
+    out.attempts = routing.attempts
+    out.strategy = routing.strategy
+    out.cache_hit = cache_hit
     out.total_sleep.FromNanoseconds(int(routing.total_sleep_s * 1e9))
     if routing.last_retry_after_s is not None:
         out.last_retry_after.FromNanoseconds(int(routing.last_retry_after_s * 1e9))
@@ -78,7 +90,6 @@ def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) ->
             attempts=stats.attempts, failures=stats.failures, final_status=stats.final_status,
             first_failure_status=stats.first_failure_status, statuses=stats.statuses))
         out.retry_stats.total_sleep.FromNanoseconds(int(stats.total_sleep_s * 1e9))
-    return out
 
 
 class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
@@ -117,8 +128,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         elapsed = time.perf_counter() - started
         # What the mesh itself added: all but the upstream calls and the retry sleeps.
         overhead = elapsed - done.routing.upstream_s - done.routing.total_sleep_s
-        response.routing.CopyFrom(routing_to_proto(done.routing, cache_hit=done.cache_hit,
-                                                   overhead_s=overhead))
+        _fill_routing(response.routing, done.routing, cache_hit=done.cache_hit,
+                      overhead_s=overhead)
         if done.json_valid is not None:
             response.json_valid = done.json_valid
         self._count(request.model, response.usage, done.routing, done.cache_hit,

@@ -97,15 +97,16 @@ class Authenticator:
         if record.max_budget and record.spend >= record.max_budget:
             raise BudgetExceeded(f"key {record.key_id} has spent {record.spend:.6g} of its "
                                  f"budget {record.max_budget:.6g}")
-        for kind, limit in (("requests", record.rpm_limit), ("tokens", record.tpm_limit)):
-            if not limit:
-                continue
-            total, leaves = await self.windows.total(record.key_hash, kind)
-            if total >= limit:
-                raise KeyRateLimited(f"key {record.key_id} is over {limit} {kind} per minute",
-                                     retry_after_s=max(leaves or 0.0, 0.001))
+        if record.tpm_limit:
+            total, leaves = await self.windows.total(record.key_hash, "tokens")
+            if total >= record.tpm_limit:
+                raise _over(record, record.tpm_limit, "tokens", leaves)
         if record.rpm_limit:
-            await self.windows.add(record.key_hash, "requests", 1)
+            # Counted and checked in one step: replicas sharing the window in Redis
+            # cannot both let the last request of a minute through.
+            leaves = await self.windows.take(record.key_hash, "requests", record.rpm_limit)
+            if leaves is not None:
+                raise _over(record, record.rpm_limit, "requests", leaves)
 
     def authorize_runs(self, principal: Principal) -> None:
         """Raise Forbidden unless `principal` may read stored runs: the master key (or no
@@ -134,3 +135,8 @@ class Authenticator:
         if cost:
             await self.store.add_spend(record.key_hash, cost)
         return cost
+
+
+def _over(record: KeyRecord, limit: int, kind: str, leaves: float | None) -> KeyRateLimited:
+    return KeyRateLimited(f"key {record.key_id} is over {limit} {kind} per minute",
+                          retry_after_s=max(leaves or 0.0, 0.001))

@@ -24,6 +24,11 @@ class Windows(Protocol):
     async def add(self, key: str, kind: str, amount: int) -> None:
         """Add `amount` now."""
 
+    async def take(self, key: str, kind: str, limit: int) -> float | None:
+        """Add one now unless the window already holds `limit`, in one step (callers
+        sharing the window cannot both take the last unit): None when added, else the
+        seconds until the window's oldest entry leaves it."""
+
 
 class MemoryWindows:
     """Windows of one process."""
@@ -47,6 +52,32 @@ class MemoryWindows:
     async def add(self, key: str, kind: str, amount: int) -> None:
         self._window(key, kind).append((self._clock(), amount))
 
+    async def take(self, key: str, kind: str, limit: int) -> float | None:
+        window = self._window(key, kind)  # no await between the count and the add
+        if sum(n for _, n in window) >= limit:
+            return window[0][0] + WINDOW_S - self._clock()
+        window.append((self._clock(), 1))
+        return None
+
+
+#: `RedisWindows.take` as one Lua script, which Redis runs without interleaving: drop what
+#: left the window, sum the amounts (members are "<id>:<amount>"), add when under the limit.
+_TAKE = """
+local now, span, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local total = 0
+for i = 1, #entries, 2 do
+  total = total + tonumber(string.match(entries[i], ':(%d+)$'))
+end
+if total >= limit then
+  return {0, entries[2]}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {1, ''}
+"""
+
 
 class RedisWindows:
     """Windows in Redis sorted sets (`scillm:rate:<kind>:<key>`), shared by replicas."""
@@ -55,6 +86,7 @@ class RedisWindows:
         import redis.asyncio as redis
 
         self._redis: Any = redis.Redis.from_url(url)
+        self._take: Any = self._redis.register_script(_TAKE)
 
     @staticmethod
     def _name(key: str, kind: str) -> str:
@@ -78,6 +110,13 @@ class RedisWindows:
             pipe.zadd(name, {f"{uuid.uuid4().hex}:{amount}": now})
             pipe.expire(name, int(WINDOW_S * 2))
             await pipe.execute()
+
+    async def take(self, key: str, kind: str, limit: int) -> float | None:
+        now = time.time()
+        added, oldest = await self._take(
+            keys=[self._name(key, kind)],
+            args=[now, WINDOW_S, limit, f"{uuid.uuid4().hex}:1", int(WINDOW_S * 2)])
+        return None if added else float(oldest) + WINDOW_S - now
 
     async def close(self) -> None:
         await self._redis.aclose()

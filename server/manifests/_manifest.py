@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING
@@ -68,7 +68,7 @@ class ManifestClock:
         m.CopyFrom(_blank())
         #: The caller chose the run id (RunContext.run_id) rather than leaving it to us.
         self.chosen_run_id = bool(context.run_id)
-        m.run_id = context.run_id or uuid.uuid4().hex
+        m.run_id = context.run_id or secrets.token_hex(16)
         m.request_id = request_id
         m.item_ids.extend(item_ids)
         m.session_id = context.session_id

@@ -179,6 +179,18 @@ async def test_stream_cancelled_midway_leaves_server_healthy(mesh: RunningMesh) 
         assert reply.choices[0].message.content[0].text == "still here"
 
 
+async def test_a_burst_of_calls_on_one_channel_is_answered_whole(mesh: RunningMesh) -> None:
+    """3,000 calls at once on one channel all get their answer: past gRPC's default limit
+    of calls waiting for the server to pick them up (1,000), it cancelled the excess
+    before any handler ran."""
+    async with ScillmClient(mesh.grpc_target) as client:
+        await client.completion.list_models()
+        outcomes = await asyncio.gather(*(client.completion.list_models(timeout=120)
+                                          for _ in range(3000)), return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not failed, f"{len(failed)} failed, e.g. {failed[0]!r}"
+
+
 async def test_an_rpc_a_servicer_lacks_is_unimplemented_not_internal(
         mesh: RunningMesh) -> None:
     # grpcio-health-checking's servicer does not implement Health/List: the generated

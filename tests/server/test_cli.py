@@ -9,6 +9,8 @@ from pathlib import Path
 
 from meshutil import RunningMesh
 
+from scillm.server.settings import Settings
+
 SCILLM = str(Path(sys.executable).parent / "scillm")
 
 
@@ -20,13 +22,30 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def test_help_texts() -> None:
     assert "serve" in _run("--help").stdout
     serve = _run("serve", "--help").stdout
-    assert "--service" in serve and "--config" in serve
+    assert "--service" in serve and "--config" in serve and "--workers N" in serve
     assert "SPEC.json" in _run("codeworld", "run", "--help").stdout
 
 
 def test_serve_rejects_an_unknown_service() -> None:
     out = _run("serve", "--service", "nope")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_serve_rejects_a_bad_worker_count() -> None:
+    out = _run("serve", "--workers", "0")
+    assert out.returncode == 2 and "workers must be 1..64, got 0" in out.stderr
+
+
+def test_settings_travel_to_workers_through_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text("model_list: [{model_name: a, litellm_params: {model: echo/a}}]\n")
+    for settings in (
+            Settings.from_env(environ={}, grpc_port=0, services=("completion", "prove"),
+                              grace_period_s=2.5, workers=3, master_key="k",
+                              http_enabled=False, config_path=config, reuse_port=True),
+            Settings.from_env(environ={}, services=(), completion_target="a:1,b:2")):
+        env = {k: v for k, v in settings.environment().items() if v is not None}
+        assert Settings.from_env(environ=env) == settings
 
 
 def test_codeworld_run_against_a_running_mesh(tmp_path: Path, mesh: RunningMesh) -> None:

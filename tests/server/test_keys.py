@@ -209,6 +209,24 @@ async def test_replicas_share_rate_windows_in_redis(tmp_path: Path, redis_port: 
         await auth.windows.close()
 
 
+async def test_a_shared_rpm_limit_holds_for_concurrent_requests(tmp_path: Path,
+                                                              redis_port: int) -> None:
+    """Twenty requests at once, over two replicas sharing the window: exactly the limit
+    gets through (counting and checking are one step in Redis)."""
+    store = SQLiteKeyStore(tmp_path / "k.sqlite3")
+    _, record = await store.create(rpm_limit=5)
+    url = f"redis://127.0.0.1:{redis_port}/1"
+    replicas = [Authenticator("m", store, windows=RedisWindows(url)) for _ in range(2)]
+    principal = Principal(False, record)
+    outcomes = await asyncio.gather(*(replicas[i % 2].authorize(principal) for i in range(20)),
+                                    return_exceptions=True)
+    assert sum(o is None for o in outcomes) == 5
+    assert all(isinstance(o, KeyRateLimited) for o in outcomes if o is not None)
+    for auth in replicas:
+        assert isinstance(auth.windows, RedisWindows)
+        await auth.windows.close()
+
+
 async def test_concurrent_streams_per_key_are_limited(tmp_path: Path) -> None:
     running = start_mesh(mesh_settings(tmp_path, services=("completion",), http_enabled=False,
                                        master_key=MASTER, max_streams_per_key=2))

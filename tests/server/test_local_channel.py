@@ -380,3 +380,37 @@ def test_a_local_call_leaves_the_callers_request_id_alone() -> None:
         return current_request_id()
 
     assert uvloop.run(go()) == "the caller's id"
+
+
+class _Counting(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts how often the channel asks it for a handler; adds a reply mark per call."""
+
+    def __init__(self, per_method: bool) -> None:
+        self.handler_per_method = per_method
+        self.asked = 0
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.asked += 1
+        return await continuation(details)
+
+
+@pytest.mark.parametrize("per_method", [True, False])
+def test_a_method_is_resolved_once_only_when_every_interceptor_allows_it(
+        per_method: bool) -> None:
+    async def go() -> tuple[int, int, list[Any]]:
+        probe = Probe()
+        registry = HandlerRegistry()
+        registry.add_methods(SERVICE, {"keep": grpc.unary_unary_rpc_method_handler(probe.keep)})
+        counting = _Counting(per_method)
+        channel = LocalChannel(registry, [counting, CallContext(Settings(), {}, Metrics())])
+        keep = channel.unary_unary(method("keep"))
+        for _ in range(5):
+            await keep(Req())
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # nothing cached for a miss
+            await channel.unary_unary(method("missing"))(Req())
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        return counting.asked, len(probe.kept), probe.kept
+
+    asked, calls, _ = uvloop.run(go())
+    assert calls == 5  # every call reaches the handler (through CallContext)
+    assert asked == (1 + 1 if per_method else 5 + 1)

@@ -1,0 +1,153 @@
+"""The HTTP door's protocol (server/http_protocol.py): uvicorn on a real socket, with what
+a connection writes in one turn of the loop leaving in one `write`, and nothing held past
+the turn that wrote it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+import uvloop
+
+from scillm.server.http_protocol import HttpProtocol
+
+Send = Callable[[dict[str, Any]], Any]
+
+
+class _Counted:
+    """The real transport, counting the `write` calls that reach it."""
+
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@asynccontextmanager
+async def _server(app: Any) -> AsyncIterator[tuple[int, list[bytes]]]:
+    writes: list[bytes] = []
+
+    class Counting(HttpProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_Counted(transport, writes))  # type: ignore[arg-type]
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    server = uvicorn.Server(uvicorn.Config(app, http=Counting, lifespan="off",
+                                           log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # uvicorn says when it listens by this flag only
+        if task.done():
+            await task  # it failed to start: say why
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1], writes
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def _exchange(port: int, requests: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """On one connection, send each request and read until its `until` mark arrives (or
+    EOF); the replies, in order."""
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        for request, until in requests:
+            conn.sendall(request)
+            data = b""
+            while until not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            replies.append(data)
+    return replies
+
+
+def _post(path: str = "/", close: bool = False) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n{}").encode()
+
+
+def test_a_head_and_body_sent_in_one_turn_leave_in_one_write() -> None:
+    async def app(scope: Any, receive: Any, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"9")]})
+        for part in (b"one", b"two", b"six"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def go() -> tuple[list[bytes], list[bytes]]:
+        async with _server(app) as (port, writes):
+            # Two on one connection: the first reply must arrive while it stays open.
+            replies = await asyncio.to_thread(_exchange, port, [(_post(), b"onetwosix")] * 2)
+            return replies, writes
+
+    replies, writes = uvloop.run(go())
+    for reply in replies:
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert reply.endswith(b"\r\n\r\nonetwosix")
+    assert writes == replies  # one write per response
+
+
+def test_nothing_waits_past_its_turn() -> None:
+    """Each event reaches the client while the app still waits for it to arrive there."""
+    arrived = threading.Event()
+
+    async def app(scope: Any, receive: Any, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"first", b"second"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+            assert await asyncio.to_thread(arrived.wait, 10), "the event was held back"
+            arrived.clear()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def client(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(_post())
+            data = b""
+            for mark in (b"first", b"second", b"0\r\n\r\n"):
+                while mark not in data:
+                    chunk = conn.recv(65536)
+                    assert chunk, f"the connection closed before {mark!r}"
+                    data += chunk
+                arrived.set()
+            return data
+
+    async def go() -> tuple[bytes, list[bytes]]:
+        async with _server(app) as (port, writes):
+            return await asyncio.to_thread(client, port), writes
+
+    data, writes = uvloop.run(go())
+    assert data.endswith(b"6\r\nsecond\r\n0\r\n\r\n")
+    assert len(writes) == 3  # head with the first event, the second, the end
+
+
+def test_connection_close_sends_the_whole_response_before_closing() -> None:
+    async def app(scope: Any, receive: Any, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    async def go() -> bytes:
+        async with _server(app) as (port, _):
+            return (await asyncio.to_thread(_exchange, port, [(_post(close=True), b"\0")]))[0]
+
+    reply = uvloop.run(go())  # read to EOF: the server closed after writing
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\nhello")
+    assert b"connection: close" in reply.lower()
