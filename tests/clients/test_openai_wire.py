@@ -84,7 +84,7 @@ def test_litellm_cache_controls_map_onto_the_cache_options() -> None:
     ({"cache": {"ttl": 0}}, "cache.ttl"), ({"cache": {"s-maxage": -1}}, "cache.s-maxage"),
     ({"cache": {"no-store": "yes"}}, "cache.no-store"), ({"caching": 1}, "caching")])
 def test_bad_cache_controls_name_the_field(body: dict[str, Any], param: str) -> None:
-    with pytest.raises(openai_wire.InvalidRequestError) as info:
+    with pytest.raises(InvalidRequestError) as info:
         openai_wire.request_to_proto({"model": "m", "messages": [
             {"role": "user", "content": "x"}], **body})
     assert info.value.param == param

@@ -107,7 +107,7 @@ scillm_options = _optional(
     deterministic=st.booleans(), session_id=text, track=text,
     cache=_optional(bypass=st.booleans(), no_store=st.booleans(), ttl_s=millis,
                     namespace=text, max_age_s=millis | st.just(0.0), enabled=st.booleans()))
-_HANDLED = openai_wire._HANDLED
+_HANDLED = openai_wire._values._HANDLED
 extra = st.dictionaries(text.filter(lambda k: k not in _HANDLED), json_value, max_size=2)
 
 
@@ -186,7 +186,7 @@ def norm_request(x: dict[str, Any]) -> dict[str, Any]:
          or (v is not None and k not in ("stream", "stream_options"))}
     out: dict[str, Any] = {"model": x["model"],
                            "messages": [norm_message(m) for m in x["messages"]]}
-    for key in openai_wire._OPTIONAL_NUMBERS:
+    for key in openai_wire._values._OPTIONAL_NUMBERS:
         if key in x:
             out[key] = x[key]
     for key in ("logprobs", "parallel_tool_calls"):

@@ -1,0 +1,42 @@
+"""Translation between OpenAI's chat-completions JSON and the CompletionService protos.
+
+One module for both directions and both doors: the HTTP shim turns OpenAI JSON into a
+`CompletionRequest` and the response back into JSON; the Completion servicer turns the
+request into the OpenAI-shaped dict its providers speak and their answer into protos.
+
+Everything that is not in the proto is refused here with `InvalidRequestError`
+(a bad field in a caller's JSON), so that no layer invents a field the contract lacks.
+Unknown top-level request keys travel in `extra_body` to the provider unchanged.
+"""
+
+from __future__ import annotations
+
+from ._messages import message_from_proto, message_to_proto
+from ._request import request_from_proto, request_to_proto
+from ._response import (
+    chunk_from_proto,
+    chunk_to_proto,
+    response_from_proto,
+    response_to_proto,
+    routing_from_proto,
+    usage_from_proto,
+    usage_to_proto,
+)
+from ._values import FINISH_REASONS, ROLES, json_dumps
+
+__all__ = [
+    "FINISH_REASONS",
+    "ROLES",
+    "chunk_from_proto",
+    "chunk_to_proto",
+    "json_dumps",
+    "message_from_proto",
+    "message_to_proto",
+    "request_from_proto",
+    "request_to_proto",
+    "response_from_proto",
+    "response_to_proto",
+    "routing_from_proto",
+    "usage_from_proto",
+    "usage_to_proto",
+]

@@ -1,0 +1,267 @@
+"""A chat-completions request, OpenAI JSON <-> `CompletionRequest` (with SciLLM's
+routing options and LiteLLM's cache controls); unknown top-level keys go to `extra_body`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from scillm.completion.v1 import completion_pb2 as pb
+
+from ..errors import InvalidRequestError
+from ._messages import _fill_message, message_from_proto
+from ._values import (
+    _CACHE_KEYS,
+    _FORMAT_NAMES,
+    _FORMATS,
+    _HANDLED,
+    _INT64,
+    _LITELLM_CACHE_KEYS,
+    _OPTIONAL_NUMBERS,
+    _SCILLM_KEYS,
+    _TOOL_CHOICE,
+    _TOOL_CHOICE_NAMES,
+    _duration,
+    _expect,
+    _from_struct,
+    _number,
+    _seconds,
+    _struct,
+)
+
+
+def _routing_to_proto(options: Any) -> pb.RoutingOptions:
+    _expect(options, dict, "scillm")
+    unknown = set(options) - _SCILLM_KEYS
+    if unknown:
+        raise InvalidRequestError(f"unknown scillm option(s): {', '.join(sorted(unknown))}",
+                                  param="scillm")
+    out = pb.RoutingOptions(deterministic=bool(options.get("deterministic", False)))
+    fallbacks = options.get("fallbacks") or []
+    out.fallbacks.extend(_expect(f, str, "scillm.fallbacks")
+                         for f in _expect(fallbacks, list, "scillm.fallbacks"))
+    if options.get("timeout_s") is not None:
+        out.timeout.FromMilliseconds(_seconds(options["timeout_s"], "scillm.timeout_s"))
+    if options.get("num_retries") is not None:
+        out.num_retries = _number(options["num_retries"], int, "scillm.num_retries")
+    cache = options.get("cache")
+    if cache is not None:
+        _expect(cache, dict, "scillm.cache")
+        if set(cache) - _CACHE_KEYS:
+            raise InvalidRequestError(f"scillm.cache takes {', '.join(sorted(_CACHE_KEYS))}",
+                                      param="scillm.cache")
+        out.cache.bypass = bool(cache.get("bypass", False))
+        out.cache.no_store = bool(cache.get("no_store", False))
+        out.cache.namespace = str(cache.get("namespace", ""))
+        if cache.get("ttl_s") is not None:
+            out.cache.ttl.FromMilliseconds(_seconds(cache["ttl_s"], "scillm.cache.ttl_s"))
+        if cache.get("max_age_s") is not None:
+            out.cache.max_age.FromMilliseconds(
+                _seconds(cache["max_age_s"], "scillm.cache.max_age_s"))
+        if cache.get("enabled") is not None:
+            out.cache.enabled = bool(cache["enabled"])
+    return out
+
+
+def _litellm_cache_to_proto(body: Mapping[str, Any], out: pb.CacheOptions) -> None:
+    """LiteLLM's top-level `cache` controls and `caching` flag into `out`."""
+    out.SetInParent()
+    cache = body.get("cache")
+    if cache is not None:
+        _expect(cache, dict, "cache")
+        unknown = set(cache) - _LITELLM_CACHE_KEYS
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown cache control(s) {', '.join(sorted(map(str, unknown)))}; cache takes "
+                f"{', '.join(sorted(_LITELLM_CACHE_KEYS))}", param="cache")
+        if cache.get("no-cache") is not None:
+            out.bypass = _expect(cache["no-cache"], bool, "cache.no-cache")
+        if cache.get("no-store") is not None:
+            out.no_store = _expect(cache["no-store"], bool, "cache.no-store")
+        if cache.get("namespace") is not None:
+            out.namespace = _expect(cache["namespace"], str, "cache.namespace")
+        if cache.get("use-cache") is not None:
+            out.enabled = _expect(cache["use-cache"], bool, "cache.use-cache")
+        if cache.get("ttl") is not None:
+            out.ttl.FromMilliseconds(_duration(cache["ttl"], "cache.ttl", positive=True))
+        age = "s-maxage" if cache.get("s-maxage") is not None else "s-max-age"
+        if cache.get(age) is not None:
+            out.max_age.FromMilliseconds(_duration(cache[age], f"cache.{age}", positive=False))
+    if body.get("caching") is not None:
+        out.enabled = _expect(body["caching"], bool, "caching")
+
+
+def request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
+    """An OpenAI chat-completions request body as a `CompletionRequest`.
+
+    Raises InvalidRequestError naming the offending parameter.
+    """
+    try:
+        return _request_to_proto(body)
+    except UnicodeEncodeError:
+        # JSON may escape a lone surrogate ("\ud800"); proto strings must be valid UTF-8.
+        raise InvalidRequestError("the request holds a string that is not valid Unicode "
+                                  "(a lone surrogate)") from None
+
+
+def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required and must be a non-empty string",
+                                  param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
+    req = pb.CompletionRequest(model=model)
+    for i, m in enumerate(messages):
+        _fill_message(req.messages.add(), m, f"messages[{i}]")
+    for key, kind in _OPTIONAL_NUMBERS.items():
+        value = body.get(key)
+        if value is not None:
+            setattr(req, key, _number(value, kind, key, bits=64 if key in _INT64 else 32))
+    if body.get("logprobs") is not None:
+        req.logprobs = bool(_expect(body["logprobs"], bool, "logprobs"))
+    if body.get("parallel_tool_calls") is not None:
+        req.parallel_tool_calls = bool(body["parallel_tool_calls"])
+    stop = body.get("stop")
+    if stop is not None:
+        req.stop.extend([stop] if isinstance(stop, str) else
+                        [_expect(s, str, "stop") for s in _expect(stop, list, "stop")])
+    for i, tool in enumerate(_expect(body.get("tools") or [], list, "tools")):
+        _expect(tool, dict, f"tools[{i}]")
+        if tool.get("type", "function") != "function":
+            raise InvalidRequestError("only function tools are supported", param=f"tools[{i}].type")
+        fn = _expect(tool.get("function"), dict, f"tools[{i}].function")
+        definition = pb.FunctionDefinition(
+            name=_expect(fn.get("name"), str, f"tools[{i}].function.name"),
+            description=str(fn.get("description") or ""))
+        if fn.get("parameters") is not None:
+            definition.parameters.CopyFrom(_struct(fn["parameters"],
+                                                   f"tools[{i}].function.parameters"))
+        if fn.get("strict") is not None:
+            definition.strict = bool(fn["strict"])
+        req.tools.append(pb.Tool(function=definition))
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICE:
+            raise InvalidRequestError(f"unknown tool_choice {choice!r}", param="tool_choice")
+        req.tool_choice.mode = _TOOL_CHOICE[choice]  # type: ignore[assignment]
+    elif isinstance(choice, dict):
+        fn = _expect(choice.get("function"), dict, "tool_choice.function")
+        req.tool_choice.function_name = _expect(fn.get("name"), str, "tool_choice.function.name")
+    elif choice is not None:
+        raise InvalidRequestError("'tool_choice' must be a string or an object",
+                                  param="tool_choice")
+    fmt = body.get("response_format")
+    if fmt is not None:
+        _expect(fmt, dict, "response_format")
+        if not isinstance(fmt.get("type"), str) or fmt["type"] not in _FORMATS:
+            raise InvalidRequestError(f"unknown response_format type {fmt.get('type')!r}",
+                                      param="response_format.type")
+        req.response_format.type = _FORMATS[fmt["type"]]  # type: ignore[assignment]
+        if fmt["type"] == "json_schema":
+            js = _expect(fmt.get("json_schema"), dict, "response_format.json_schema")
+            req.response_format.json_schema.name = str(js.get("name", ""))
+            req.response_format.json_schema.description = str(js.get("description", ""))
+            if js.get("schema") is not None:
+                req.response_format.json_schema.schema.CopyFrom(
+                    _struct(js["schema"], "response_format.json_schema.schema"))
+            if js.get("strict") is not None:
+                req.response_format.json_schema.strict = bool(js["strict"])
+    if body.get("reasoning_effort") is not None:
+        req.reasoning_effort = _expect(body["reasoning_effort"], str, "reasoning_effort")
+    if body.get("user") is not None:
+        req.user = _expect(body["user"], str, "user")
+    if body.get("metadata") is not None:
+        for k, v in _expect(body["metadata"], dict, "metadata").items():
+            req.metadata[str(k)] = str(v)
+    if body.get("scillm") is not None:
+        req.routing.CopyFrom(_routing_to_proto(body["scillm"]))
+        ctx = body["scillm"]
+        req.context.session_id = str(ctx.get("session_id", ""))
+        req.context.track = str(ctx.get("track", ""))
+    if body.get("cache") is not None or body.get("caching") is not None:
+        _litellm_cache_to_proto(body, req.routing.cache)
+    extra = {k: v for k, v in body.items() if k not in _HANDLED}
+    if extra:
+        req.extra_body.CopyFrom(_struct(extra, "extra_body"))
+    return req
+
+
+def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
+    """A `CompletionRequest` as an OpenAI request dict (routing options under `scillm`)."""
+    body: dict[str, Any] = {"model": req.model,
+                            "messages": [message_from_proto(m) for m in req.messages]}
+    for key in _OPTIONAL_NUMBERS:
+        if req.HasField(key):  # type: ignore[arg-type]
+            body[key] = getattr(req, key)
+    if req.HasField("logprobs"):
+        body["logprobs"] = req.logprobs
+    if req.HasField("parallel_tool_calls"):
+        body["parallel_tool_calls"] = req.parallel_tool_calls
+    if req.stop:
+        body["stop"] = list(req.stop)
+    if req.tools:
+        tools = []
+        for tool in req.tools:
+            fn: dict[str, Any] = {"name": tool.function.name}
+            if tool.function.description:
+                fn["description"] = tool.function.description
+            if tool.function.HasField("parameters"):
+                fn["parameters"] = _from_struct(tool.function.parameters)
+            if tool.function.HasField("strict"):
+                fn["strict"] = tool.function.strict
+            tools.append({"type": "function", "function": fn})
+        body["tools"] = tools
+    which = req.tool_choice.WhichOneof("choice")
+    if which == "mode" and req.tool_choice.mode in _TOOL_CHOICE_NAMES:
+        body["tool_choice"] = _TOOL_CHOICE_NAMES[req.tool_choice.mode]
+    elif which == "function_name":
+        body["tool_choice"] = {"type": "function",
+                               "function": {"name": req.tool_choice.function_name}}
+    if req.response_format.type in _FORMAT_NAMES:
+        fmt: dict[str, Any] = {"type": _FORMAT_NAMES[req.response_format.type]}
+        if req.response_format.type == pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+            js = req.response_format.json_schema
+            schema: dict[str, Any] = {"name": js.name or "response"}
+            if js.description:
+                schema["description"] = js.description
+            if js.HasField("schema"):
+                schema["schema"] = _from_struct(js.schema)
+            if js.HasField("strict"):
+                schema["strict"] = js.strict
+            fmt["json_schema"] = schema
+        body["response_format"] = fmt
+    if req.reasoning_effort:
+        body["reasoning_effort"] = req.reasoning_effort
+    if req.user:
+        body["user"] = req.user
+    if req.metadata:
+        body["metadata"] = dict(req.metadata)
+    if req.HasField("extra_body"):
+        for key, value in _from_struct(req.extra_body).items():
+            body.setdefault(key, value)
+    if req.HasField("routing"):
+        r = req.routing
+        routing: dict[str, Any] = {}
+        if r.fallbacks:
+            routing["fallbacks"] = list(r.fallbacks)
+        if r.HasField("timeout"):
+            routing["timeout_s"] = r.timeout.ToMilliseconds() / 1000
+        if r.HasField("num_retries"):
+            routing["num_retries"] = r.num_retries
+        if r.deterministic:
+            routing["deterministic"] = True
+        if r.HasField("cache"):
+            cache: dict[str, Any] = {"bypass": r.cache.bypass, "no_store": r.cache.no_store}
+            if r.cache.namespace:
+                cache["namespace"] = r.cache.namespace
+            if r.cache.HasField("ttl"):
+                cache["ttl_s"] = r.cache.ttl.ToMilliseconds() / 1000
+            if r.cache.HasField("max_age"):
+                cache["max_age_s"] = r.cache.max_age.ToMilliseconds() / 1000
+            if r.cache.HasField("enabled"):
+                cache["enabled"] = r.cache.enabled
+            routing["cache"] = cache
+        body["scillm"] = routing
+    return body

@@ -1,0 +1,166 @@
+"""The OpenAI wire's tables (roles, finish reasons, the request keys handled) and the
+checks every conversion uses on a caller's values; a bad value raises InvalidRequestError
+naming the parameter."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from scillm.completion.v1 import completion_pb2 as pb
+
+from ..errors import InvalidRequestError
+from ..structs import whole_numbers
+
+ROLES: dict[str, int] = {
+    "system": pb.ROLE_SYSTEM,
+    "developer": pb.ROLE_DEVELOPER,
+    "user": pb.ROLE_USER,
+    "assistant": pb.ROLE_ASSISTANT,
+    "tool": pb.ROLE_TOOL,
+}
+_ROLE_NAMES = {v: k for k, v in ROLES.items()}
+
+FINISH_REASONS: dict[str, int] = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+    "function_call": pb.FINISH_REASON_TOOL_CALLS,
+    "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
+}
+_FINISH_NAMES = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
+}
+_TOOL_CHOICE = {
+    "auto": pb.TOOL_CHOICE_MODE_AUTO,
+    "none": pb.TOOL_CHOICE_MODE_NONE,
+    "required": pb.TOOL_CHOICE_MODE_REQUIRED,
+}
+_TOOL_CHOICE_NAMES = {v: k for k, v in _TOOL_CHOICE.items()}
+_FORMATS = {
+    "text": pb.RESPONSE_FORMAT_TYPE_TEXT,
+    "json_object": pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT,
+    "json_schema": pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+}
+_FORMAT_NAMES = {v: k for k, v in _FORMATS.items()}
+
+# Request keys handled explicitly; anything else goes to extra_body.
+_OPTIONAL_NUMBERS = {
+    "n": int,
+    "seed": int,
+    "temperature": float,
+    "top_p": float,
+    "max_completion_tokens": int,
+    "max_tokens": int,
+    "top_logprobs": int,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+}
+#: Integer fields wider than int32.
+_INT64 = {"seed"}
+_INT_BOUNDS = {32: 2**31, 64: 2**63}
+#: The `scillm` routing options (and `cache` keys) the proto carries; others are refused.
+_SCILLM_KEYS = frozenset({"fallbacks", "timeout_s", "num_retries", "deterministic", "cache",
+                          "session_id", "track"})
+_CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace", "max_age_s", "enabled"})
+#: LiteLLM's per-request cache controls (the top-level `cache` object), each a CacheOptions
+#: field: no-cache → bypass, no-store → no_store, ttl, s-maxage → max_age, namespace,
+#: use-cache → enabled (as is the top-level `caching` flag).
+_LITELLM_CACHE_KEYS = frozenset({"no-cache", "no-store", "ttl", "s-maxage", "s-max-age",
+                                 "namespace", "use-cache"})
+#: google.protobuf.Duration's range, in seconds.
+_MAX_DURATION_S = 315_576_000_000
+_HANDLED = {
+    "model", "messages", "tools", "tool_choice", "response_format", "stop", "logprobs",
+    "reasoning_effort", "user", "metadata", "parallel_tool_calls", "stream",
+    "stream_options", "scillm", "cache", "caching", *_OPTIONAL_NUMBERS,
+}
+
+
+def _check_json(value: Any, param: str) -> None:
+    """Refuse what a `Struct` cannot hold: NaN, infinities, integers beyond a double."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequestError(f"'{param}' holds a non-finite number", param=param)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise InvalidRequestError(f"'{param}' holds a number too large for a double",
+                                      param=param) from None
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _check_json(item, param)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json(item, param)
+
+
+def _struct(value: Any, param: str) -> struct_pb2.Struct:
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError(f"'{param}' must be a JSON object", param=param)
+    _check_json(value, param)
+    out = struct_pb2.Struct()
+    try:
+        out.update(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequestError(f"'{param}' is not valid JSON: {exc}", param=param) from exc
+    return out
+
+
+def _from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
+    out: dict[str, Any] = whole_numbers(json_format.MessageToDict(value))
+    return out
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], param: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidRequestError(f"'{param}' must be of type {names}", param=param)
+    return value
+
+
+def _number(value: Any, kind: type, param: str, *, bits: int = 32) -> Any:
+    """A finite number; an integer (`kind` int) must fit a signed `bits`-bit field."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequestError(f"'{param}' must be a number", param=param)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequestError(f"'{param}' must be a finite number", param=param)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidRequestError(f"'{param}' must be an integer", param=param)
+        number = int(value)
+        if not -_INT_BOUNDS[bits] <= number < _INT_BOUNDS[bits]:
+            raise InvalidRequestError(f"'{param}' is out of range", param=param)
+        return number
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidRequestError(f"'{param}' is out of range", param=param) from None
+
+
+def _seconds(value: Any, param: str) -> int:
+    """Seconds (a finite number within a Duration's range) as whole milliseconds."""
+    seconds = _number(value, float, param)
+    if abs(seconds) > _MAX_DURATION_S:
+        raise InvalidRequestError(f"'{param}' is out of range", param=param)
+    return int(seconds * 1000)
+
+
+def _duration(value: Any, param: str, *, positive: bool) -> int:
+    ms = _seconds(value, param)
+    if ms < 0 or (positive and ms == 0):
+        kind = "positive" if positive else "non-negative"
+        raise InvalidRequestError(f"'{param}' must be a {kind} number of seconds", param=param)
+    return ms
+
+
+def json_dumps(value: Any) -> str:
+    """Compact JSON, the one encoder every wire format here uses."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
