@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from _completion_load import cpu_seconds
-from completion_bench import Procs
+from _completion_parts import Procs
 
 PYTHON = sys.executable
 SCILLM = str(Path(PYTHON).with_name("scillm"))

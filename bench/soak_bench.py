@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from _completion_load import tree_pids
-from completion_bench import Procs
+from _completion_parts import Procs
 
 PYTHON = sys.executable
 SCILLM = str(Path(PYTHON).with_name("scillm"))

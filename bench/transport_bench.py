@@ -31,7 +31,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 import uvloop
-from completion_bench import CHAT, NGINX, Procs, free_port, nginx_conf, wait_port
+from _completion_parts import CHAT, NGINX, Procs, free_port, nginx_conf, wait_port
 from yarl import URL
 
 from scillm.server.completion._transport import PooledTransport

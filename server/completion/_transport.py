@@ -46,9 +46,10 @@ Contract:
   uses a given `ssl.SSLContext` as is, or does not verify for `verify=False`; the server
   name (SNI and the name checked) is the URL's host.
 
-The transport is created outside an event loop and binds to the loop of its first request;
-`aclose()` closes every connection, failing the exchanges under way (the pool may be used
-again afterwards).
+The pool is here; each connection, its parser and the response body stream are in
+_connection.py. The transport is created outside an event loop and binds to the loop of its
+first request; `aclose()` closes every connection, failing the exchanges under way (the pool
+may be used again afterwards).
 """
 
 from __future__ import annotations
@@ -58,19 +59,15 @@ import contextlib
 import math
 import ssl
 from collections import deque
-from typing import Any, cast
 
-import httptools
 import httpx
+
+from ._connection import Connection, Origin, ResponseStream, expire, request_head
 
 __all__ = ["PooledTransport"]
 
-_Origin = tuple[str, bytes, int]  # scheme, host (IDNA), port
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NO_TIMEOUTS: dict[str, float | None] = {}
-_HIGH_WATER = 256 * 1024  # unread response bytes above which reading pauses
-_UNCONNECTED = asyncio.Transport()  # a connection's transport until connection_made
 # Methods whose request may be sent twice (RFC 9110 §9.2.2): the only ones retried.
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 
@@ -85,8 +82,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._ssl_context: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connections: set[_Connection] = set()  # open or opening
-        self._idle: dict[_Origin, dict[_Connection, None]] = {}  # oldest first
+        self._connections: set[Connection] = set()  # open or opening
+        self._idle: dict[Origin, dict[Connection, None]] = {}  # oldest first
         self._waiters: deque[asyncio.Future[bool]] = deque()  # for a slot, first come first
         self._sweeper: asyncio.TimerHandle | None = None  # closes expired idle connections
 
@@ -100,7 +97,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
                                             request=request)
         origin = (url.scheme, url.raw_host, port)
-        head = _head(request)
+        head = request_head(request)
         stream: httpx.AsyncByteStream | None = None
         chunked = False
         try:
@@ -135,7 +132,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise
         return httpx.Response(
             connection.status, headers=connection.headers,
-            stream=_ResponseStream(connection, read), request=request,
+            stream=ResponseStream(connection, read), request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason})
 
     async def aclose(self) -> None:
@@ -148,8 +145,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     # --- the pool ---
 
-    async def _checkout(self, origin: _Origin, request: httpx.Request,
-                        timeout: dict[str, float | None], *, fresh: bool) -> _Connection:
+    async def _checkout(self, origin: Origin, request: httpx.Request,
+                        timeout: dict[str, float | None], *, fresh: bool) -> Connection:
         """An idle connection to `origin` (unless `fresh`), else a new one once a slot frees."""
         loop = self._loop
         assert loop is not None
@@ -173,7 +170,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         """Wait until a connection is closed or pooled; False once `deadline` has passed."""
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters.append(waiter)
-        timer = None if deadline == math.inf else loop.call_at(deadline, _expire, waiter)
+        timer = None if deadline == math.inf else loop.call_at(deadline, expire, waiter)
         try:
             woken = await waiter
         except asyncio.CancelledError:
@@ -209,14 +206,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 return True
         return False
 
-    async def _connect(self, origin: _Origin, request: httpx.Request,
-                       timeout: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, request: httpx.Request,
+                       timeout: float | None) -> Connection:
         loop = self._loop
         assert loop is not None
         scheme, raw_host, port = origin
         host = raw_host.decode("ascii")
         tls = scheme == "https"
-        connection = _Connection(self, loop, origin)
+        connection = Connection(self, loop, origin)
         self._connections.add(connection)
         try:
             async with asyncio.timeout(timeout):
@@ -247,8 +244,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 else httpx.create_ssl_context(verify=verify))
         return context
 
-    def _pool(self, connection: _Connection) -> None:
-        """`connection` is idle: keep it for the next request to its origin."""
+    def keep_idle(self, connection: Connection) -> None:
+        """`connection` is idle: keep it for the next request to its origin (Owner)."""
         loop = self._loop
         assert loop is not None
         connection.idle_since = now = loop.time()
@@ -261,8 +258,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
         if self._waiters:
             self._wake()
 
-    def _drop(self, connection: _Connection) -> None:
-        """`connection` is closed: forget it and free its slot."""
+    def drop(self, connection: Connection) -> None:
+        """`connection` is closed: forget it and free its slot (Owner)."""
         self._connections.discard(connection)
         idle = self._idle.get(connection.origin)
         if idle:
@@ -286,285 +283,3 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 connection.close()
         if next_at < math.inf:
             self._sweeper = loop.call_at(next_at, self._sweep)
-
-
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection; one request and response at a time.
-
-    The response is parsed as bytes arrive (httptools callbacks): the head, then body
-    chunks queued for `read`. Whoever waits for bytes waits on `_waiter`.
-    """
-
-    __slots__ = (
-        "_body", "_buffered", "_chunked_or_sized", "_error", "_exchanges", "_head_only",
-        "_keep_alive", "_loop", "_lost", "_lost_exc", "_paused", "_pool", "_received",
-        "_request", "_waiter", "_write_paused", "closed", "complete", "head_done",
-        "headers", "idle_since", "origin", "parser", "reason", "status", "transport")
-
-    def __init__(self, pool: PooledTransport, loop: asyncio.AbstractEventLoop,
-                 origin: _Origin) -> None:
-        self._pool = pool
-        self._loop = loop
-        self.origin = origin
-        self.transport: asyncio.Transport = _UNCONNECTED
-        self.parser = httptools.HttpResponseParser(self)
-        self.closed = False  # by us or the peer: never reused
-        self.idle_since = 0.0
-        self._lost = False  # connection_lost seen
-        self._lost_exc: Exception | None = None
-        self._error: Exception | None = None  # a malformed response
-        self._waiter: asyncio.Future[bool] | None = None
-        self._write_paused = False
-        self._exchanges = 0
-        # The exchange under way (reset by `_begin`, the message by `on_message_begin`).
-        self._request: httpx.Request | None = None
-        self._head_only = False
-        self._received = False  # any response byte
-        self.head_done = False  # the final (non-1xx) response head
-        self.complete = False  # the final response's end
-        self._keep_alive = False
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self._chunked_or_sized = False  # else the body runs until the connection closes
-        self._body: list[bytes] = []
-        self._buffered = 0
-        self._paused = False
-
-    # --- the exchange, driven by the request's task ---
-
-    def start(self, request: httpx.Request, payload: bytes) -> None:
-        """Send `request` (head and body in `payload`)."""
-        self._begin(request)
-        self.transport.write(payload)
-
-    async def start_streaming(self, request: httpx.Request, head: bytes,
-                              stream: httpx.AsyncByteStream, chunked: bool,
-                              timeout: float | None) -> None:
-        """Send `request`'s head, then its body as `stream` yields it."""
-        self._begin(request)
-        write = self.transport.write
-        write(head)
-        async for chunk in stream:
-            if self.closed:
-                return  # the response, or its absence, tells what happened
-            if chunk:
-                write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                while self._write_paused and not self.closed:
-                    await self._wait(timeout, httpx.WriteTimeout)
-        if chunked and not self.closed:
-            write(b"0\r\n\r\n")
-
-    def _begin(self, request: httpx.Request) -> None:
-        self._request = request
-        self._head_only = request.method == "HEAD"
-        self._exchanges += 1
-        self._received = self.head_done = self.complete = self._keep_alive = False
-
-    async def receive_head(self, timeout: float | None) -> None:
-        """Wait for the final response head; on failure the connection is closed."""
-        while not self.head_done:
-            if self.closed:
-                raise self._failure()
-            await self._wait(timeout, httpx.ReadTimeout)
-
-    def closed_before_reply_on_reuse(self) -> bool:
-        """The peer closed this reused connection before any byte of the response."""
-        return (self._lost and self._exchanges > 1 and not self._received
-                and self._error is None)
-
-    async def read(self, timeout: float | None) -> bytes:
-        """The body bytes received since the last read, waiting for some; b"" at the end."""
-        while True:
-            body = self._body
-            if body:
-                data = body[0] if len(body) == 1 else b"".join(body)
-                body.clear()
-                self._buffered = 0
-                if self._paused:
-                    self._paused = False
-                    if not self.closed:
-                        self.transport.resume_reading()
-                return data
-            if self.complete:
-                return b""
-            if self.closed:
-                raise self._failure()
-            await self._wait(timeout, httpx.ReadTimeout)
-
-    def release(self) -> None:
-        """The response is done with: pool the connection if it may be kept, else close it."""
-        self._request = None
-        if self.complete and self._keep_alive and not self.closed:
-            self._body.clear()
-            self._buffered = 0
-            if self._paused:
-                self._paused = False
-                self.transport.resume_reading()
-            self._pool._pool(self)
-        else:
-            self.close()
-
-    def close(self, *, abort: bool = False) -> None:
-        if not self.closed:
-            self.closed = True
-            self._pool._drop(self)
-            if self.transport is not _UNCONNECTED:  # else `_connect` closes it on arrival
-                if abort:
-                    self.transport.abort()
-                else:
-                    self.transport.close()
-            self._wake()
-
-    async def _wait(self, timeout: float | None, error: type[httpx.TimeoutException]) -> None:
-        """Wait for the next event (bytes, EOF, drained); `error` after `timeout` seconds.
-
-        A timeout or a cancellation abandons the exchange: the connection is closed.
-        """
-        loop = self._loop
-        waiter = self._waiter = loop.create_future()
-        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
-        try:
-            arrived = await waiter
-        except asyncio.CancelledError:
-            self.close()
-            raise
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-        if not arrived:
-            self.close()
-            raise error("timed out", request=self._request)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
-
-    def _failure(self) -> httpx.TransportError:
-        """Why the connection closed under the exchange."""
-        request = self._request
-        if self._error is not None:
-            return httpx.RemoteProtocolError(f"malformed response: {self._error}",
-                                             request=request)
-        if self._lost_exc is not None:
-            return httpx.ReadError(str(self._lost_exc) or type(self._lost_exc).__name__,
-                                   request=request)
-        where = "inside the response body" if self.head_done else "before a response"
-        return httpx.RemoteProtocolError(f"the connection closed {where}", request=request)
-
-    # --- asyncio.Protocol ---
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-
-    def data_received(self, data: bytes) -> None:
-        if self._request is None:  # idle: nothing is due
-            self.close()
-            return
-        self._received = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # 101: what follows is another protocol
-            self._keep_alive = False
-        except httptools.HttpParserError as exc:
-            self._error = exc
-            self.close()
-        if self._buffered > _HIGH_WATER and not self._paused and not self.closed:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        self._lost_exc = exc
-        if self.head_done and not self._chunked_or_sized and exc is None and not self.closed:
-            self.complete = True  # a body read until the server closes the connection
-        self.close()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake()
-
-    # --- httptools callbacks ---
-
-    def on_message_begin(self) -> None:
-        if self.head_done:
-            raise RuntimeError("a second response to one request")
-        self.headers = []
-        self.reason = b""
-        self._chunked_or_sized = False
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        if len(name) == 14 or len(name) == 17:
-            name = name.lower()
-            if name == b"content-length" or (
-                    name == b"transfer-encoding" and b"chunked" in value.lower()):
-                self._chunked_or_sized = True
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if status < 200 and status != 101:
-            return  # informational: the final response follows
-        self.status = status
-        self.head_done = True
-        if self._head_only:  # llhttp cannot be told the body is absent: close after
-            self.complete = True
-
-    def on_body(self, body: bytes) -> None:
-        if not self.complete:  # (a HEAD response's body is not one)
-            self._body.append(body)
-            self._buffered += len(body)
-
-    def on_message_complete(self) -> None:
-        if self.head_done and not self.complete:
-            self.complete = True
-            self._keep_alive = self.parser.should_keep_alive()
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    """The body as it arrives; closing it before its end drops the connection."""
-
-    def __init__(self, connection: _Connection, timeout: float | None) -> None:
-        self._connection: _Connection | None = connection
-        self._timeout = timeout
-
-    def __aiter__(self) -> _ResponseStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        connection = self._connection
-        if connection is not None:
-            data = await connection.read(self._timeout)
-            if data:
-                return data
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.release()
-
-
-def _head(request: httpx.Request) -> bytes:
-    """The request line and header lines, CRLF between them (not after the last)."""
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
-    lines += [b"%s: %s" % header for header in request.headers.raw]
-    head = b"\r\n".join(lines)
-    breaks = len(lines) - 1
-    if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
-        raise httpx.LocalProtocolError("CR or LF inside a request header", request=request)
-    return head
-
-
-def _expire(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
