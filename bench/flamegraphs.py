@@ -1,6 +1,8 @@
 """Flame graphs of the Completion hot path, recorded with py-spy under load.
 
-Run: ``.venv/bin/python bench/flamegraphs.py [--label after] [--seconds 8] [--workers N]``.
+Run: ``.venv/bin/python bench/flamegraphs.py [--label after] [--seconds 8] [--workers N]``;
+``--ref REF --label before`` records the mesh as at another commit (exported beside the
+checkout by `_baseline.export_tree`, as `completion_bench.py --baseline` does).
 
 Starts the same nginx upstream and mesh as `completion_bench.py` (`scillm serve --service
 completion`, the bench's model config), then, for each door, puts a closed-loop load on
@@ -30,6 +32,7 @@ import threading
 from pathlib import Path
 
 import _completion_parts as cb
+from _baseline import export_tree
 
 OUT = Path(__file__).with_name("flamegraphs")
 PYSPY = str(Path(sys.executable).with_name("py-spy"))
@@ -70,6 +73,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8, help="seconds recorded per door")
     parser.add_argument("--workers", type=int, default=1, help="scillm serve --workers")
     parser.add_argument("--keep-raw", action="store_true", help="keep the collapsed stacks")
+    parser.add_argument("--ref", help="record the mesh as at this commit (default: the checkout)")
     args = parser.parse_args()
     if not Path(PYSPY).exists():
         print(f"flamegraphs: {PYSPY} is missing (pip install py-spy)")
@@ -81,7 +85,8 @@ def main() -> int:
         _, up = cb.start_upstream(procs, tmp)
         config = tmp / "models.yaml"
         config.write_text(cb.model_config(up, echo=True))
-        mesh, grpc_port, http_port = cb.start_mesh(procs, tmp, config, args.workers)
+        env = {"PYTHONPATH": str(export_tree(args.ref, tmp))} if args.ref else None
+        mesh, grpc_port, http_port = cb.start_mesh(procs, tmp, config, args.workers, env)
         url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
         cb.wrk(url, cb.CHAT, 16, 1, tmp)  # warm-up
         for door in ("http", "grpc"):
