@@ -24,9 +24,11 @@ _RANGES = 64
 class UidRange:
     """A claimed range of uids (``first`` .. ``first + count - 1``); ``release`` frees it."""
 
-    def __init__(self, first: int, fd: int | None) -> None:
+    def __init__(self, first: int, fd: int | None, path: str | None = None) -> None:
         self.first = first
         self._fd = fd
+        #: The lock file that marks the range as taken (None: not locked).
+        self.path = path
 
     @classmethod
     def claim(cls, first: int, count: int) -> UidRange:
@@ -46,7 +48,7 @@ class UidRange:
             except OSError:
                 os.close(fd)
                 continue
-            return cls(base, fd)
+            return cls(base, fd, path)
         return cls(first, None)
 
     def release(self) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from flocks import locked_by_me
 
 from scillm.server.jail import INBOX, Jail, JailSettings, JailUnavailable
 from scillm.server.prove import Obligation, ProveEngine, ProveSettings, Verdict
@@ -112,14 +113,17 @@ async def test_jails_on_one_host_never_share_a_uid() -> None:
     count against, or can signal, another's."""
     first = await Jail.probe(JailSettings(isolation="bubblewrap"))
     second = await Jail.probe(JailSettings(isolation="bubblewrap"))
+    locks = [jail._claim.path for jail in (first, second) if jail._claim is not None]
     try:
         assert first.uid is not None and second.uid is not None
         assert first.uid != second.uid
         _, out = await _run(second, "id -u")
         assert out.split() == [str(second.uid)]
+        assert len(locks) == 2 and all(path and locked_by_me(path) for path in locks)
     finally:
         first.release()
         second.release()
-    again = await Jail.probe(JailSettings(isolation="bubblewrap"))
-    again.release()
-    assert again.uid == first.uid  # released, so claimed again
+    # Released: this process holds neither lock any more (the kernel's view, so another
+    # process on the host claiming a range meanwhile cannot change the answer).
+    assert not any(path and locked_by_me(path) for path in locks)
+
