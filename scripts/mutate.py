@@ -144,7 +144,7 @@ def configure(targets: list[Target]) -> None:
 [tool.pytest.ini_options]
 asyncio_mode = "auto"
 asyncio_default_fixture_loop_scope = "function"
-timeout = 120
+timeout = 60
 
 [tool.mutmut]
 source_paths = ["src"]

@@ -143,6 +143,36 @@ def test_blank_wipes_comments_and_strings_and_keeps_every_offset() -> None:
     assert blank(text) == "    \n" + " " * 14 + "\n   x" + " " * 23 + "\ny"
 
 
+@pytest.mark.parametrize(("text", "blanked"), [
+    # A raw string ends at its first quote and as many hashes; `ar"` is not one.
+    ('r"a" b', '     b'),
+    ('r"a"b', '    b'),
+    ('r"a" b "c"', '     b    '),
+    ('r#"a"b"# c', '         c'),
+    ('r"abc', '     '),
+    ('ar"\\" x', 'ar     '),
+    # A string: a backslash escapes the next character; an unterminated one runs to the end.
+    ('"" x "y"', '   x    '),
+    ('"a" x', '    x'),
+    ('"a"b', '   b'),
+    ('"a""b"', '      '),
+    ('"\\"" x', '     x'),
+    ('"abc', '    '),
+    ('"a"-- c\nd', '       \nd'),
+    # A quote after a name is part of it (x'), not a Char literal.
+    ("x'\"'", "x'  "),
+    (" x'\"'", " x'  "),
+    ("x := 'a' -- c", "x :=         "),
+    # Block comments nest; an unclosed one runs to the end.
+    ("/-/- -/-/ x", "          x"),
+    ("/- /--/ -/ x", "           x"),
+    ("/- open", "       "),
+    ("-- c\nd", "    \nd"),
+])
+def test_blank_ends_each_string_and_comment_where_lean_does(text: str, blanked: str) -> None:
+    assert blank(text) == blanked
+
+
 def test_binders_end_at_the_first_colon_outside_brackets_and_the_type_at_colon_eq() -> None:
     text = NESTED[NESTED.index("theorem"):]
     after = len("theorem t")
