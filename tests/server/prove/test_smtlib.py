@@ -11,7 +11,14 @@ import pytest
 
 from scillm.server.prove import Diagnostic
 from scillm.server.prove._smt import _end_of
-from scillm.server.prove._smtlib import TopLevel, is_command, line_col, pose, top_level
+from scillm.server.prove._smtlib import (
+    TopLevel,
+    _quoted_end,
+    is_command,
+    line_col,
+    pose,
+    top_level,
+)
 
 NOT_IN_PREAMBLE = "is not allowed in the preamble: it holds declarations, definitions and " \
     "assertions only"
@@ -102,3 +109,22 @@ def test_a_command_is_known_by_its_head(head: str, command: bool) -> None:
 def test_the_end_of_a_preamble_is_just_past_its_last_character(
         text: str, end: tuple[int, int]) -> None:
     assert _end_of(text) == end
+
+
+@pytest.mark.parametrize(("text", "at", "end"), [
+    ('"a" "b"', 0, 3),
+    ('""', 0, 2),
+    ('x "a""b" "c"', 2, 8),
+    ('"a""""b"', 0, 8),
+    ('"a"""', 0, 5),
+    ('"a""', 0, -1),
+    ('"abc', 0, -1),
+    ("|a| |b|", 0, 3),
+    ("||", 0, 2),
+    ('|a""b|', 0, 6),
+    ("|a||b|", 0, 3),
+    ("|ab", 0, -1),
+])
+def test_a_string_ends_at_a_quote_not_doubled_and_a_quoted_symbol_at_its_bar(
+        text: str, at: int, end: int) -> None:
+    assert _quoted_end(text, at) == end
