@@ -63,9 +63,11 @@ def _f(*names: str) -> tuple[str, ...]:
 
 PROVE_TEXT = "tests/server/prove/test_prove_text.py"
 COQ = ("tests/server/prove/test_coq_judgement.py", PROVE_TEXT)
-SMT = ("tests/server/prove/test_smt_worker.py", "tests/server/prove/test_smt_backend.py",
-       "tests/server/prove/test_validation.py", PROVE_TEXT)
-LEAN = ("tests/server/prove/test_lean_backend.py", PROVE_TEXT)
+SMT = ("tests/server/prove/test_smtlib.py", "tests/server/prove/test_smt_worker.py",
+       "tests/server/prove/test_smt_backend.py", "tests/server/prove/test_validation.py",
+       PROVE_TEXT)
+LEAN = ("tests/server/prove/test_lean_judgement.py", "tests/server/prove/test_lean_backend.py",
+        PROVE_TEXT)
 KEYS = ("tests/server/test_key_rules.py",)
 ERRORS = ("tests/server/test_error_mapping.py",)
 
@@ -142,7 +144,7 @@ def configure(targets: list[Target]) -> None:
 [tool.pytest.ini_options]
 asyncio_mode = "auto"
 asyncio_default_fixture_loop_scope = "function"
-timeout = 120
+timeout = 60
 
 [tool.mutmut]
 source_paths = ["src"]

@@ -11,7 +11,12 @@ from __future__ import annotations
 import pytest
 
 from scillm.server.prove import Diagnostic, Verdict
-from scillm.server.prove._coq import _verdict, assumptions
+from scillm.server.prove._coq import (
+    _verdict,
+    assumptions,
+    checks_switched_off,
+    kernel_assumptions,
+)
 from scillm.server.prove._coqworker import Judgement, flat_listing, is_closed
 
 CLOSED = "Closed under the global context"
@@ -199,3 +204,90 @@ def test_two_culprits_on_one_line_come_in_column_order() -> None:
     outcome = _verdict(source, "t", source.index("t : True"), judgement)
     assert [(d.line, d.column, d.message[:2]) for d in outcome.diagnostics] == [
         (1, 6, "ax"), (1, 24, "bx")]
+
+
+REFUSED = ("is refused: switching off the kernel's guard, positivity, universe or template "
+           "checks (or changing the theory) can never give a proof PROVED accepts")
+
+
+@pytest.mark.parametrize(("source", "words", "span"), [
+    ("Unset Guard Checking.\nFixpoint f (n : nat) : False := f n.",
+     "Unset Guard Checking", (1, 0, 1, 20)),
+    ("Definition a := 1.\n  Unset Positivity Checking.", "Unset Positivity Checking",
+     (2, 2, 2, 27)),
+    ("Unset Universe Checking.", "Unset Universe Checking", (1, 0, 1, 23)),
+    ("Unset Template Check.", "Unset Template Check", (1, 0, 1, 20)),
+    ("Set Definitional UIP.", "Set Definitional UIP", (1, 0, 1, 20)),
+    ("#[bypass_check(guard)] Fixpoint f (n : nat) : False := f n.", "bypass_check",
+     (1, 2, 1, 14)),
+    ("Print Typing Flags.", "Typing Flags", (1, 6, 1, 18)),
+    # Words split by a comment and a line break: found in the blanked text, placed and
+    # quoted from the item's own text.
+    ("Lemma x : True. Proof. exact I. Qed.\nUnset (* hidden *) Universe\n  Checking.",
+     "Unset (* hidden *) Universe Checking", (2, 0, 3, 10)),
+    # The same words in a comment first: the one that counts is the one Coq reads.
+    ("(* Unset Guard Checking. *)\nUnset   Guard Checking.", "Unset Guard Checking",
+     (2, 0, 2, 22)),
+    # In a string only (Coq's lexer and ours could disagree about strings): still refused.
+    ('Definition s := "Unset Guard Checking".', "Unset Guard Checking", (1, 17, 1, 37)),
+])
+def test_switching_a_kernel_check_off_is_refused_where_it_is_written(
+        source: str, words: str, span: tuple[int, int, int, int]) -> None:
+    assert checks_switched_off(source) == Diagnostic("error", f"`{words}` {REFUSED}", *span)
+
+
+@pytest.mark.parametrize("source", [
+    "Theorem t : True. Proof. exact I. Qed.",
+    "Set Guard Checking.\nUnset Guarded Checking.\nUnset Checking.",
+    "Definition Unset_Guard_Checking := 1.",
+    "",
+])
+def test_text_that_switches_nothing_off_is_not_refused(source: str) -> None:
+    assert checks_switched_off(source) is None
+
+
+#: `coqchk -silent -o -norec Item` (Coq 8.16) on an item with an axiom, a fixpoint defined
+#: with guard checking off and an inductive with positivity checking off, the item having
+#: loaded the standard library's Classical (whose axioms are not the item's). Each
+#: section ends with a line of two blanks.
+COQCHK = "\n".join([
+    "",
+    "CONTEXT SUMMARY",
+    "===============",
+    "",
+    "* Theory: Set is predicative",
+    "  ",
+    "* Axioms:",
+    "    Coq.Logic.Classical_Prop.classic",
+    "    Item.cheat",
+    "  ",
+    "* Constants/Inductives relying on type-in-type: <none>",
+    "  ",
+    "* Constants/Inductives relying on unsafe (co)fixpoints:",
+    "    Item.loop",
+    "  ",
+    "* Inductives whose positivity is assumed:",
+    "    Item.B",
+    "  ",
+    "",
+])
+
+
+def test_the_kernel_checker_lists_what_the_item_itself_assumes() -> None:
+    assert kernel_assumptions(COQCHK) == [
+        "Item.cheat (axioms)", "Item.loop (constants/inductives relying on unsafe "
+        "(co)fixpoints)", "Item.B (inductives whose positivity is assumed)"]
+
+
+def test_an_item_the_kernel_checker_finds_clean_assumes_nothing() -> None:
+    clean = "\n".join(ln for ln in COQCHK.splitlines() if not ln.startswith("    Item."))
+    assert kernel_assumptions(clean) == []
+    assert kernel_assumptions("") == []
+
+
+def test_only_lines_under_a_section_heading_are_listed() -> None:
+    """What coqc printed before coqchk's summary (the item's own `Print`s) is not listed,
+    and a heading is named by its text up to its first colon."""
+    before = "    Item.printed_by_coqc\n"
+    assert kernel_assumptions(before + COQCHK)[0] == "Item.cheat (axioms)"
+    assert kernel_assumptions("* A: B: C\n    Item.x\n") == ["Item.x (a)"]

@@ -142,6 +142,9 @@ async def test_a_reply_without_exactly_one_answer_is_an_error(worker: Z3Worker) 
         got = await worker.run(SmtScript("s", "", query), Limits(timeout_s=30))
         assert got == CheckOutcome(Verdict.ERROR, "s",
                                    message=f"z3 did not give one answer: {said}")
+    # What z3 said is quoted up to 300 characters.
+    got = await worker.run(SmtScript("s", "", "(check-sat)\n" * 80), Limits(timeout_s=30))
+    assert got.message == "z3 did not give one answer: " + " | ".join(["sat"] * 80)[:300]
 
 
 async def test_a_worker_that_held_an_earlier_items_assertion_is_poisoned_and_killed(
@@ -192,6 +195,8 @@ RECORDED = {
     "two answers": ["sat", "unknown"],
     "no answer": [],
     "a blank line": ["", "unsat"],
+    # SMT-LIB 2.6 doubles a quote inside a string (newer z3 prints errors so).
+    "a doubled quote in an error": ['(error "line 3 column 4: unknown constant ""q"" here")'],
 }
 
 
@@ -215,3 +220,5 @@ def test_a_reply_is_split_into_errors_answers_and_the_rest() -> None:
     assert _Reply(RECORDED["no answer"], {}).answer() is None
     blank = _Reply(RECORDED["a blank line"], {})
     assert (blank.other, blank.answer()) == ([], "unsat")
+    assert _Reply(RECORDED["a doubled quote in an error"], {3: 1}).errors == [
+        Diagnostic("error", 'unknown constant "q" here', 1, 4, 1, 5)]
