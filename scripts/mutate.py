@@ -15,6 +15,8 @@ mypy). The repository itself is never changed.
 At the end the survivors are written to `docs/mutation.md` (between its generated
 markers) and compared with the equivalent mutants explained there: the run fails when a
 mutant of a module marked `strict` survives without an explanation.
+A run over some targets keeps the other targets' rows from their last run (the
+report's `run` column names the date and commit of each).
 
     scripts/mutate                 # everything (about N minutes on 2 cores; see the report)
     scripts/mutate keys policy     # only these targets (names from TARGETS)
@@ -194,20 +196,59 @@ def explained() -> set[str]:
     return set(re.findall(r"^### `([^`]+)`", text, re.MULTILINE))
 
 
+def _previous(text: str) -> tuple[dict[str, str], list[str]]:
+    """From the generated part of the report: each target's row (by name, with its run
+    column) and the survivor rows, so a run over some targets keeps the others' results."""
+    section = text[text.index(BEGIN):text.index(END)]
+    rows: dict[str, str] = {}
+    survivors: list[str] = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `scillm."):
+            survivors.append(line)
+        elif len(cells) >= 8 and cells[1].startswith("`scillm."):
+            rows[cells[0]] = line if len(cells) > 8 else line + " — |"
+    return rows, survivors
+
+
+def _commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                          capture_output=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *ROOTS.values(), "tests"],
+                           cwd=REPO, text=True, capture_output=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
 def write_report(targets: list[Target], found: dict[str, dict[str, str]],
-                 seconds: float) -> list[str]:
-    """Rewrite the generated part of docs/mutation.md; return unexplained strict survivors."""
+                 seconds: float, commit: str) -> list[str]:
+    """Rewrite the generated part of docs/mutation.md; return unexplained strict survivors.
+
+    Targets not run this time keep their previous rows (the `run` column says when and at
+    which commit each was measured)."""
     known = explained()
-    rows = ["| target | module | mutants | killed | survived | no tests | timeout | strict |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    text = REPORT.read_text()
+    kept_rows, kept_survivors = _previous(text)
+    run = f"{time.strftime('%Y-%m-%d')} {commit}"
+    ran = {t.name for t in targets}
+    rows = ["| target | module | mutants | killed | survived | no tests | timeout | strict | run |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     survivors: list[str] = []
     failing: list[str] = []
-    for target in targets:
+    for target in TARGETS:
+        if target.name not in ran:
+            if target.name in kept_rows:
+                rows.append(kept_rows[target.name])
+            for row in kept_survivors:
+                if row.startswith(f"| `{target.module}."):
+                    name = row.split("`")[1]
+                    survivors.append(row.replace("| survived |", "| equivalent (explained "
+                                                 "below) |") if name in known else row)
+            continue
         statuses = list(found[target.name].values())
         count = {s: statuses.count(s) for s in ("killed", "survived", "no tests", "timeout")}
         rows.append(f"| {target.name} | `{target.module}` | {len(statuses)} | "
                     f"{count['killed']} | {count['survived']} | {count['no tests']} | "
-                    f"{count['timeout']} | {'yes' if target.strict else 'no'} |")
+                    f"{count['timeout']} | {'yes' if target.strict else 'no'} | {run} |")
         for name, status in found[target.name].items():
             if status in ("survived", "no tests"):
                 mark = "equivalent (explained below)" if name in known else status
@@ -218,7 +259,8 @@ def write_report(targets: list[Target], found: dict[str, dict[str, str]],
         BEGIN,
         f"Last run: {time.strftime('%Y-%m-%d')}, {len(targets)} targets, "
         f"{seconds / 60:.0f} minutes on {os.cpu_count()} cores "
-        f"(`scripts/mutate {' '.join(t.name for t in targets)}`).",
+        f"(`scripts/mutate {' '.join(t.name for t in targets)}`); the other targets' rows "
+        "are from the run their `run` column names.",
         "",
         *rows,
         "",
@@ -229,7 +271,6 @@ def write_report(targets: list[Target], found: dict[str, dict[str, str]],
         *(survivors or ["| (none) | | |"]),
         END,
     ])
-    text = REPORT.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END)
     REPORT.write_text(text[:start] + generated + text[end:])
     return failing
@@ -245,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown target(s): {', '.join(sorted(unknown))}")
     targets = [t for t in TARGETS if not args.targets or t.name in args.targets]
-    started = time.monotonic()
+    started, commit = time.monotonic(), _commit()
     stage()
     configure(targets)
     run_mutmut(targets, args.children)
-    failing = write_report(targets, results(targets), time.monotonic() - started)
+    failing = write_report(targets, results(targets), time.monotonic() - started,
+                           commit)
     print(f"mutate: report written to {REPORT.relative_to(REPO)}")
     if failing:
         print("mutate: survivors in strict targets that docs/mutation.md does not explain:",
