@@ -122,6 +122,37 @@ async def test_each_reply_of_z3_becomes_its_outcome_on_one_warm_worker(
             assert _without_stream_line(got) == expected, (preamble, statement)
 
 
+#: A true term z3 warns about as it reads it (an attribute it does not know), in words that
+#: hold no stream line.
+WARNED = "(forall ((w Int)) (! (= w w) :unknown-attribute 1))"
+WARNING = Diagnostic("warning", "WARNING: unknown attribute :unknown-attribute")
+
+
+async def test_z3s_warnings_stay_with_the_outcome_whatever_the_verdict(
+        worker: Z3Worker) -> None:
+    """A warning z3 gives while reading the item is part of every outcome it reaches:
+    proved (with no preamble, with consistent, inconsistent or undecided assumptions),
+    refuted, unknown, and an error for a reply without one answer."""
+    reals = "(declare-const x Real)"
+    cases = [
+        (Verdict.PROVED, "", "(= 1 1)", ()),
+        (Verdict.PROVED, "(declare-const x Int)", "(= x x)", ()),
+        (Verdict.PROVED, "(declare-const x Int)\n(assert false)", "(= x 1)",
+         (Diagnostic("warning", VACUOUS, 1, 0, 2, 14),)),
+        (Verdict.PROVED, reals + "\n(assert (= (^ 2.0 x) 3.0))", "true",
+         (Diagnostic("info", NOT_KNOWN + "answered unknown on them alone", 1, 0, 2, 26),)),
+        (Verdict.REFUTED, "(declare-const x Int)", "(> x 0)", ()),
+        (Verdict.UNKNOWN, reals, "(not (= (^ 2.0 x) 3.0))", ()),
+    ]
+    for verdict, preamble, goal, after in cases:
+        got = await worker.run(pose(preamble, f"(and {WARNED} {goal})"), Limits(timeout_s=30))
+        assert (got.verdict, got.diagnostics) == (verdict, (WARNING, *after)), (preamble, goal)
+    twice = SmtScript("s", "", f"(assert {WARNED})\n(check-sat)\n(check-sat)\n")
+    got = await worker.run(twice, Limits(timeout_s=30))
+    assert got == CheckOutcome(Verdict.ERROR, "s", (WARNING,), message=(
+        f"z3 did not give one answer: sat | sat | {WARNING.message}"))
+
+
 async def test_an_undecided_consistency_check_stops_at_the_items_deadline(
         worker: Z3Worker) -> None:
     """The goal is unsat at once, the preamble alone is not decided in time: PROVED, with
