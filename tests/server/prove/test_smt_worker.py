@@ -153,6 +153,20 @@ async def test_z3s_warnings_stay_with_the_outcome_whatever_the_verdict(
         f"z3 did not give one answer: sat | sat | {WARNING.message}"))
 
 
+async def test_an_error_line_not_in_z3s_form_is_kept_whole_as_an_error(
+        worker: Z3Worker) -> None:
+    """z3 4.8.12 writes a quote inside its error as `\\"`, so an unknown symbol holding `")`
+    and a new line ends a line of z3's error as an error ends: the reply reads as two
+    errors, and the second (`(error x\\")")`) is not in z3's `(error "...")` form. It is
+    kept, whole, as an error: the item is FAILED and nothing z3 said is lost or demoted."""
+    statement = '(> |a")\n(error x")| 0)'
+    got = await worker.run(pose("", statement), Limits(timeout_s=30))
+    assert got == CheckOutcome(Verdict.FAILED, pose("", statement).source, (
+        # z3 gives the line where the symbol ends and the column where it starts.
+        Diagnostic("error", "unknown constant a\\", 2, 16, 2, 17),
+        Diagnostic("error", '(error x\\")")')), message="unknown constant a\\")
+
+
 async def test_an_undecided_consistency_check_stops_at_the_items_deadline(
         worker: Z3Worker) -> None:
     """The goal is unsat at once, the preamble alone is not decided in time: PROVED, with
