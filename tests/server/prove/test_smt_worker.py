@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from scillm.server.prove import (
     ProveSettings,
     Verdict,
 )
+from scillm.server.prove._process import ProverProcess
 from scillm.server.prove._smt import Poisoned, Z3Worker, _Reply
 from scillm.server.prove._smtlib import SmtScript, pose
 
@@ -178,6 +180,59 @@ async def test_an_undecided_consistency_check_stops_at_the_items_deadline(
         "info", NOT_KNOWN + "did not answer in time on them alone", 1, 0, 1, len(preamble)),),
         message="negated goal is unsat")
     assert not worker.alive
+
+
+class _Stuck:
+    """A worker's z3 process that, asked `request`, never answers (as a z3 stuck on it
+    would), or answers `reply` instead of what it said."""
+
+    def __init__(self, proc: ProverProcess, request: str,
+                 reply: list[str] | None = None) -> None:
+        self._proc, self._request, self._reply = proc, request, reply
+        self._asked = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proc, name)
+
+    async def send(self, text: str) -> None:
+        self._asked = self._request in text
+        await self._proc.send(text)
+
+    async def read_until(self, marker: bytes) -> str:
+        if self._asked and self._reply is None:
+            await asyncio.Event().wait()  # never set
+        data = await self._proc.read_until(marker)
+        if not self._asked or self._reply is None:
+            return data
+        return "".join(f"{line}\n" for line in self._reply) + marker.decode()
+
+
+@pytest.mark.parametrize(("request_", "preamble", "goal"), [
+    ("(get-model)", "(declare-const x Int)", "(> x 0)"),
+    ("(get-info :reason-unknown)", "(declare-const x Real)", "(not (= (^ 2.0 x) 3.0))"),
+], ids=["model", "reason"])
+async def test_a_z3_stuck_after_its_answer_is_stopped_at_the_items_deadline(
+        worker: Z3Worker, request_: str, preamble: str, goal: str) -> None:
+    """After `sat` the model is asked, after `unknown` the reason: a z3 that then never
+    answers is stopped by the item's own deadline (TimeoutError, which the backend makes
+    TIMEOUT), not waited on for ever."""
+    worker._proc = _Stuck(worker._proc, request_)  # type: ignore[assignment]
+    async with asyncio.timeout(30):  # without the item's deadline it would hang here
+        with pytest.raises(TimeoutError):
+            await worker.run(pose(preamble, goal), Limits(timeout_s=1))
+
+
+async def test_a_reason_z3_gives_over_several_lines_is_one_line_of_the_message(
+        worker: Z3Worker) -> None:
+    """z3 prints the reason it did not decide as it holds it, new lines included (its
+    `escaped` keeps them): the message has it on one line, the lines joined by a space."""
+    worker._proc = _Stuck(worker._proc, "(get-info :reason-unknown)", [  # type: ignore[assignment]
+        '(:reason-unknown "(incomplete', '(theory arithmetic))")'])
+    got = await worker.run(pose("(declare-const x Real)", "(not (= (^ 2.0 x) 3.0))"),
+                           Limits(timeout_s=30))
+    assert (got.verdict, got.message) == (
+        Verdict.UNKNOWN, 'z3 answered unknown (:reason-unknown "(incomplete (theory '
+        'arithmetic))")')
 
 
 async def test_a_reply_without_exactly_one_answer_is_an_error(worker: Z3Worker) -> None:
