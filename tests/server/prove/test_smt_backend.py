@@ -38,6 +38,9 @@ async def test_a_script_as_statement_is_failed_not_run(engine: ProveEngine) -> N
         assert result.verdict is Verdict.FAILED
         (d,) = result.diagnostics
         assert "one goal term" in d.message and (d.line, d.column) == (3, 13)
+        # The source reported is the one the diagnostic is located in: there, the command.
+        assert result.source.splitlines()[2][13:].startswith("(assert ")
+        assert result.source == PRE + f"\n(assert (not {statement}))\n(check-sat)\n"
 
 
 async def test_a_vacuous_proof_is_flagged(engine: ProveEngine) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from scillm.server.prove import (
     ProveSettings,
     Verdict,
 )
+from scillm.server.prove._process import ProverProcess
 from scillm.server.prove._smt import Poisoned, Z3Worker, _Reply
 from scillm.server.prove._smtlib import SmtScript, pose
 
@@ -122,6 +124,51 @@ async def test_each_reply_of_z3_becomes_its_outcome_on_one_warm_worker(
             assert _without_stream_line(got) == expected, (preamble, statement)
 
 
+#: A true term z3 warns about as it reads it (an attribute it does not know), in words that
+#: hold no stream line.
+WARNED = "(forall ((w Int)) (! (= w w) :unknown-attribute 1))"
+WARNING = Diagnostic("warning", "WARNING: unknown attribute :unknown-attribute")
+
+
+async def test_z3s_warnings_stay_with_the_outcome_whatever_the_verdict(
+        worker: Z3Worker) -> None:
+    """A warning z3 gives while reading the item is part of every outcome it reaches:
+    proved (with no preamble, with consistent, inconsistent or undecided assumptions),
+    refuted, unknown, and an error for a reply without one answer."""
+    reals = "(declare-const x Real)"
+    cases = [
+        (Verdict.PROVED, "", "(= 1 1)", ()),
+        (Verdict.PROVED, "(declare-const x Int)", "(= x x)", ()),
+        (Verdict.PROVED, "(declare-const x Int)\n(assert false)", "(= x 1)",
+         (Diagnostic("warning", VACUOUS, 1, 0, 2, 14),)),
+        (Verdict.PROVED, reals + "\n(assert (= (^ 2.0 x) 3.0))", "true",
+         (Diagnostic("info", NOT_KNOWN + "answered unknown on them alone", 1, 0, 2, 26),)),
+        (Verdict.REFUTED, "(declare-const x Int)", "(> x 0)", ()),
+        (Verdict.UNKNOWN, reals, "(not (= (^ 2.0 x) 3.0))", ()),
+    ]
+    for verdict, preamble, goal, after in cases:
+        got = await worker.run(pose(preamble, f"(and {WARNED} {goal})"), Limits(timeout_s=30))
+        assert (got.verdict, got.diagnostics) == (verdict, (WARNING, *after)), (preamble, goal)
+    twice = SmtScript("s", "", f"(assert {WARNED})\n(check-sat)\n(check-sat)\n")
+    got = await worker.run(twice, Limits(timeout_s=30))
+    assert got == CheckOutcome(Verdict.ERROR, "s", (WARNING,), message=(
+        f"z3 did not give one answer: sat | sat | {WARNING.message}"))
+
+
+async def test_an_error_line_not_in_z3s_form_is_kept_whole_as_an_error(
+        worker: Z3Worker) -> None:
+    """z3 4.8.12 writes a quote inside its error as `\\"`, so an unknown symbol holding `")`
+    and a new line ends a line of z3's error as an error ends: the reply reads as two
+    errors, and the second (`(error x\\")")`) is not in z3's `(error "...")` form. It is
+    kept, whole, as an error: the item is FAILED and nothing z3 said is lost or demoted."""
+    statement = '(> |a")\n(error x")| 0)'
+    got = await worker.run(pose("", statement), Limits(timeout_s=30))
+    assert got == CheckOutcome(Verdict.FAILED, pose("", statement).source, (
+        # z3 gives the line where the symbol ends and the column where it starts.
+        Diagnostic("error", "unknown constant a\\", 2, 16, 2, 17),
+        Diagnostic("error", '(error x\\")")')), message="unknown constant a\\")
+
+
 async def test_an_undecided_consistency_check_stops_at_the_items_deadline(
         worker: Z3Worker) -> None:
     """The goal is unsat at once, the preamble alone is not decided in time: PROVED, with
@@ -133,6 +180,59 @@ async def test_an_undecided_consistency_check_stops_at_the_items_deadline(
         "info", NOT_KNOWN + "did not answer in time on them alone", 1, 0, 1, len(preamble)),),
         message="negated goal is unsat")
     assert not worker.alive
+
+
+class _Stuck:
+    """A worker's z3 process that, asked `request`, never answers (as a z3 stuck on it
+    would), or answers `reply` instead of what it said."""
+
+    def __init__(self, proc: ProverProcess, request: str,
+                 reply: list[str] | None = None) -> None:
+        self._proc, self._request, self._reply = proc, request, reply
+        self._asked = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proc, name)
+
+    async def send(self, text: str) -> None:
+        self._asked = self._request in text
+        await self._proc.send(text)
+
+    async def read_until(self, marker: bytes) -> str:
+        if self._asked and self._reply is None:
+            await asyncio.Event().wait()  # never set
+        data = await self._proc.read_until(marker)
+        if not self._asked or self._reply is None:
+            return data
+        return "".join(f"{line}\n" for line in self._reply) + marker.decode()
+
+
+@pytest.mark.parametrize(("request_", "preamble", "goal"), [
+    ("(get-model)", "(declare-const x Int)", "(> x 0)"),
+    ("(get-info :reason-unknown)", "(declare-const x Real)", "(not (= (^ 2.0 x) 3.0))"),
+], ids=["model", "reason"])
+async def test_a_z3_stuck_after_its_answer_is_stopped_at_the_items_deadline(
+        worker: Z3Worker, request_: str, preamble: str, goal: str) -> None:
+    """After `sat` the model is asked, after `unknown` the reason: a z3 that then never
+    answers is stopped by the item's own deadline (TimeoutError, which the backend makes
+    TIMEOUT), not waited on for ever."""
+    worker._proc = _Stuck(worker._proc, request_)  # type: ignore[assignment]
+    async with asyncio.timeout(30):  # without the item's deadline it would hang here
+        with pytest.raises(TimeoutError):
+            await worker.run(pose(preamble, goal), Limits(timeout_s=1))
+
+
+async def test_a_reason_z3_gives_over_several_lines_is_one_line_of_the_message(
+        worker: Z3Worker) -> None:
+    """z3 prints the reason it did not decide as it holds it, new lines included (its
+    `escaped` keeps them): the message has it on one line, the lines joined by a space."""
+    worker._proc = _Stuck(worker._proc, "(get-info :reason-unknown)", [  # type: ignore[assignment]
+        '(:reason-unknown "(incomplete', '(theory arithmetic))")'])
+    got = await worker.run(pose("(declare-const x Real)", "(not (= (^ 2.0 x) 3.0))"),
+                           Limits(timeout_s=30))
+    assert (got.verdict, got.message) == (
+        Verdict.UNKNOWN, 'z3 answered unknown (:reason-unknown "(incomplete (theory '
+        'arithmetic))")')
 
 
 async def test_a_reply_without_exactly_one_answer_is_an_error(worker: Z3Worker) -> None:
