@@ -147,9 +147,11 @@ def test_a_string_ends_at_a_quote_not_doubled_and_a_quoted_symbol_at_its_bar(
     # Strings and quoted symbols are atoms, whatever they hold.
     ('"a;b" |c (d)| xyz', [TopLevel(0, 5, ""), TopLevel(6, 13, ""), TopLevel(14, 17, "")]),
     ('"say ""hi"""', [TopLevel(0, 12, "")]),
-    # An atom ends at a blank, a parenthesis or a comment.
+    # An atom ends at a blank, a parenthesis, a comment, a quote or a bar (as z3's symbol).
     ("xyz", [TopLevel(0, 3, "")]),
     ("ab(c)", [TopLevel(0, 2, ""), TopLevel(2, 5, "c")]),
+    ('a"b c"', [TopLevel(0, 1, ""), TopLevel(1, 6, "")]),
+    ("a|b c|", [TopLevel(0, 1, ""), TopLevel(1, 6, "")]),
     ("aXb (declare-const X Int)", [TopLevel(0, 3, ""), TopLevel(4, 25, "declare-const")]),
     # A head ends where a symbol does.
     ('(a"b")', [TopLevel(0, 6, "a")]),
@@ -223,3 +225,7 @@ def test_the_goal_is_sent_as_its_own_span(statement: str, term: str) -> None:
     script = pose("", statement)
     assert (script.diagnostics, script.query) == ((), f"(assert (not {term}))\n(check-sat)\n")
 
+
+def test_a_quote_after_an_atom_starts_a_second_term_as_z3_reads_it() -> None:
+    assert pose("", 'x"y"').diagnostics == (Diagnostic(
+        "error", "the statement must be one goal term; this is a second one", 1, 14, 1, 17),)
