@@ -132,8 +132,9 @@ def top_level(text: str) -> tuple[list[TopLevel], Diagnostic | None]:
             if depth == 0:
                 items.append(TopLevel(start, i + 1, _head(text, start, i)))
         elif not c.isspace() and depth == 0:
+            # An atom ends where z3's symbol does: `a"b"` is two items, as z3 reads it.
             j = i
-            while j < n and not text[j].isspace() and text[j] not in "();":
+            while j < n and not text[j].isspace() and text[j] not in _SYMBOL_END:
                 j += 1
             items.append(TopLevel(i, j, ""))
             i = j
