@@ -273,6 +273,14 @@ def write_report(targets: list[Target], found: dict[str, dict[str, str]],
     ])
     start, end = text.index(BEGIN), text.index(END) + len(END)
     REPORT.write_text(text[:start] + generated + text[end:])
+    stale = sorted(name for name in known for target in targets
+                   if name.startswith(f"{target.module}.")
+                   and found[target.name].get(name) not in ("survived", "no tests"))
+    if stale:
+        # mutmut numbers mutants by position: after the code changes, an old name may
+        # belong to another mutant, and its explanation would excuse the wrong one.
+        print("mutate: docs/mutation.md explains mutants that no longer survive (remove "
+              "or re-check them):", *stale, sep="\n  ", file=sys.stderr)
     return failing
 
 
