@@ -67,7 +67,7 @@ def winners(s: codeworld_pb2.CodeWorldRunSummary) -> dict[str, str]:
 def _codeworld(s: codeworld_pb2.CodeWorldRunSummary) -> Outcome:
     won = winners(s)
     if s.HasField("mcts_stats") and s.mcts_stats.best_variant_id:
-        head = f"best {s.mcts_stats.best_variant_id}"
+        head = f"search best {s.mcts_stats.best_variant_id}"
     elif len(set(won.values())) == 1:
         head = f"winner {next(iter(won.values()))}"
     else:

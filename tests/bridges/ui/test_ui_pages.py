@@ -120,6 +120,9 @@ def test_mcts_page_draws_the_search_tree_and_the_reward_line(page: Any,
     page.goto(f"{ui_mesh.url}/ui/runs/{ui_mesh.runs['mcts']}")
     _charts_drawn(page, "mcts-tree", "mcts-rewards")
     assert page.inner_text("#best-variant") == stats["best_variant_id"]
+    # The search's best and a task's first place are different things, and the page says so.
+    assert "highest mean reward" in page.inner_text("#best-explained")
+    assert f"search best {stats['best_variant_id']}" in page.inner_text(".run-head .heading")
     tree = page.evaluate("() => document.getElementById('mcts-tree').data.map("
                          "t => ({name: t.name, n: (t.text || t.x).length}))")
     names = {t["name"]: t["n"] for t in tree}
