@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
 from . import openai_wire
 from .errors import RPCError
+from .ids import new_id
 
 __all__ = ["KeyClient", "ScillmClient", "SyncScillmClient", "TlsConfig", "channel_target"]
 
@@ -62,7 +62,7 @@ Metadata = Sequence[tuple[str, str]]
 
 def _metadata(request_id: str | None, extra: Metadata | None,
               default: Metadata = ()) -> list[tuple[str, str]]:
-    md = [("x-request-id", request_id or secrets.token_hex(16)), *default]
+    md = [("x-request-id", request_id or new_id()), *default]
     if extra:
         md.extend(extra)
     return md

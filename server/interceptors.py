@@ -14,12 +14,13 @@ import contextlib
 import contextvars
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from scillm.clients.ids import new_id
 
 from .errors import BASE_TABLE, ErrorTable, StatusError, status_for, to_status
 from .keys import Authenticator, Principal, token_from_metadata
@@ -46,7 +47,7 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
             return str(value)[:128]
-    return secrets.token_hex(16)  # as uuid4().hex, for a quarter of the CPU
+    return new_id()
 
 
 class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -6,9 +6,10 @@ request id (`RequestIdMiddleware`), cancellation when the caller hangs up
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from scillm.clients.ids import new_id
 
 __all__ = ["COMPLETIONS", "CancelOnDisconnect", "CompletionsFirst", "RequestIdMiddleware"]
 
@@ -28,7 +29,7 @@ class RequestIdMiddleware:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
         if not request_id:
-            request_id = secrets.token_hex(16)
+            request_id = new_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode("latin-1"))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import cache
@@ -16,6 +15,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from opentelemetry import trace
 
+from scillm.clients.ids import new_id
 from scillm.common.v1 import common_pb2
 
 from ..errors import StatusError
@@ -68,7 +68,7 @@ class ManifestClock:
         m.CopyFrom(_blank())
         #: The caller chose the run id (RunContext.run_id) rather than leaving it to us.
         self.chosen_run_id = bool(context.run_id)
-        m.run_id = context.run_id or secrets.token_hex(16)
+        m.run_id = context.run_id or new_id()
         m.request_id = request_id
         m.item_ids.extend(item_ids)
         m.session_id = context.session_id
