@@ -10,6 +10,11 @@ the turn that produced it, and a stream's events leave as soon as they exist.
 Closing the connection sends what is gathered first; aborting it drops it, as aborting
 a transport drops its buffer. Everything else (flow control, reading, TLS, extra info)
 is the transport's own.
+
+An app that must not wait for the turn to end (a stream's head and first event, when
+more events are ready behind them) calls the `scillm.flush` ASGI extension in its scope,
+`scope["extensions"]["scillm.flush"]["flush"]()` (an ASGI extension's value is a dict):
+what the connection has gathered leaves at once, in order.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ class _GatheredWrites:
         for data in lines:
             self.write(data)
 
+    def flush(self) -> None:
+        """Send what is gathered now (the turn's callback then finds nothing)."""
+        self._flush()
+
     def _flush(self) -> None:
         gathered = self._gathered
         if not gathered:
@@ -71,4 +80,11 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         gathered = _GatheredWrites(transport, asyncio.get_running_loop())
+        #: The scope's `extensions`, one dict per connection (read, never written, by apps).
+        flush: dict[object, object] = {"flush": gathered.flush}
+        self._extensions = {"scillm.flush": flush}
         super().connection_made(gathered)  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = self._extensions

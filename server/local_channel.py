@@ -32,6 +32,7 @@ server-streaming methods, which are all the mesh has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
@@ -128,17 +129,27 @@ class _End(NamedTuple):
 
 class _Outbox:
     """A stream's replies on their way to the consumer: at most `_STREAM_WINDOW` unread
-    (gRPC's flow control, counted in messages); the end goes in without waiting."""
+    (gRPC's flow control, counted in messages); the end goes in without waiting.
 
-    __slots__ = ("_queue", "_window")
+    The first reply goes to the consumer before the handler goes on: the handler yields
+    to the event loop once after it, so the consumer (queued first) takes it and can send
+    it on. Otherwise replies ready at once (an upstream's whole stream in one read) would
+    all be made, up to the window, before the caller saw the first.
+    """
+
+    __slots__ = ("_first", "_queue", "_window")
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._window = asyncio.Semaphore(_STREAM_WINDOW)
+        self._first = True
 
     async def put(self, reply: Any) -> None:
         await self._window.acquire()
         self._queue.put_nowait(reply)
+        if self._first:
+            self._first = False
+            await asyncio.sleep(0)
 
     def end(self, error: grpc.aio.AioRpcError | None) -> None:
         self._queue.put_nowait(_End(error))
@@ -403,8 +414,11 @@ async def _serve(channel: LocalChannel, details: _CallDetails, request: Any,
         if behavior is None:
             error = _error(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {details.method}")
         elif inspect.isasyncgenfunction(behavior):
-            async for reply in behavior(request, context):
-                await outbox.put(_copy(reply))
+            # Closed here, not left to the loop's finalizer: a cancellation that lands
+            # between two replies (at `put`) stops the handler at once, where it yielded.
+            async with contextlib.aclosing(behavior(request, context)) as replies:
+                async for reply in replies:
+                    await outbox.put(_copy(reply))
             error = context.failed()
         else:  # a coroutine that calls context.write
             await behavior(request, context)

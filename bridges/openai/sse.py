@@ -33,6 +33,11 @@ class EventStream:
     as Starlette's `StreamingResponse` ends. (That one runs every response in an anyio
     task group, which cost about a sixth of a streamed completion's CPU and a task
     switch before the first byte.) A cancellation from elsewhere (shutdown) goes through.
+
+    The head and the first event leave at once when the server offers the `scillm.flush`
+    extension (`scillm.server.http_protocol`): a server that gathers the writes of one turn
+    of the event loop would otherwise hold them until every event ready behind them (an
+    upstream's whole stream in one read) had been made.
     """
 
     def __init__(self, events: AsyncIterator[bytes]) -> None:
@@ -51,10 +56,14 @@ class EventStream:
             task.cancel()
 
         watcher = asyncio.get_running_loop().create_task(watch())
+        flush = ((scope.get("extensions") or {}).get("scillm.flush") or {}).get("flush")
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             async for chunk in self._events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if flush is not None:
+                    flush()
+                    flush = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone or task.uncancel() > 0:

@@ -151,3 +151,31 @@ def test_connection_close_sends_the_whole_response_before_closing() -> None:
     reply = uvloop.run(go())  # read to EOF: the server closed after writing
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\nhello")
     assert b"connection: close" in reply.lower()
+
+
+def test_the_flush_extension_sends_what_is_gathered_before_the_app_yields() -> None:
+    """`scope["extensions"]["scillm.flush"]["flush"]`: a stream's head and first event leave at
+    once, while the app has not yet given the loop a turn (more events ready behind)."""
+    seen: list[int] = []
+    written: list[list[bytes]] = []  # the server's count of writes, once it runs
+
+    async def app(scope: Any, receive: Any, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        seen.append(len(written[0]))  # nothing written yet: gathered for the turn
+        scope["extensions"]["scillm.flush"]["flush"]()
+        seen.append(len(written[0]))  # the head and first event, written now
+        await send({"type": "http.response.body", "body": b"second", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def go() -> tuple[bytes, list[bytes]]:
+        async with _server(app) as (port, writes):
+            written.append(writes)
+            reply = (await asyncio.to_thread(_exchange, port, [(_post(), b"0\r\n\r\n")]))[0]
+            return reply, writes
+
+    reply, writes = uvloop.run(go())
+    assert seen == [0, 1]
+    assert reply.endswith(b"5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n")
+    assert len(writes) == 2  # the head with the first event; the rest together

@@ -240,6 +240,7 @@ class Probe:
         self.kept: list[Any] = []
         self.reply = Rep(status=Rep.SERVING)
         self.stopped: list[str] = []
+        self.log: list[str] = []
 
     async def keep(self, request: Any, context: Any) -> Any:
         self.kept.append(request)
@@ -257,6 +258,12 @@ class Probe:
         yield self.reply
         raise asyncio.CancelledError  # not a cancellation of this call
 
+    async def burst(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """Three replies ready at once: nothing awaited between them."""
+        for i in range(1, 4):
+            self.log.append(f"made {i}")
+            yield Rep(status=i)
+
     async def forever(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             while True:
@@ -272,7 +279,7 @@ def probe_channel(**kwargs: Any) -> tuple[LocalChannel, Probe, Metrics]:
     unary = {name: grpc.unary_unary_rpc_method_handler(getattr(probe, name))
              for name in ("keep", "sleep", "nothing")}
     stream = {name: grpc.unary_stream_rpc_method_handler(getattr(probe, name))
-              for name in ("stray_cancel", "forever")}
+              for name in ("stray_cancel", "forever", "burst")}
     registry = HandlerRegistry()
     registry.add_methods(SERVICE, {**unary, **stream})
     chain = [CallContext(Settings(), {}, metrics)]
@@ -354,6 +361,21 @@ def test_a_stray_cancellation_does_not_end_a_stream_cleanly() -> None:
     assert uvloop.run(go()) == (1, grpc.StatusCode.CANCELLED)
 
 
+def test_the_first_reply_of_a_burst_reaches_the_caller_before_the_next_is_made() -> None:
+    """A handler with replies ready at once (an upstream's whole stream in one read) lets
+    its caller take the first before it makes the second, so the caller can send it on;
+    the rest still arrive, in order."""
+    async def go() -> list[str]:
+        channel, probe, _ = probe_channel()
+        async for reply in channel.unary_stream(method("burst"))(Req()):
+            probe.log.append(f"got {reply.status}")
+        return probe.log
+
+    log = uvloop.run(go())
+    assert log[:3] == ["made 1", "got 1", "made 2"]
+    assert [entry for entry in log if entry.startswith("got")] == ["got 1", "got 2", "got 3"]
+
+
 def test_dropping_a_stream_cancels_its_handler() -> None:
     async def go() -> list[str]:
         channel, probe, _ = probe_channel()
@@ -367,7 +389,10 @@ def test_dropping_a_stream_cancels_its_handler() -> None:
             await asyncio.sleep(0.01)
         return probe.stopped
 
-    assert uvloop.run(go()) == ["CancelledError"]
+    # Stopped at once, where the cancellation found it: awaiting (CancelledError) or at
+    # a yield, its reply waiting to be taken (GeneratorExit, from closing it).
+    stopped = uvloop.run(go())
+    assert len(stopped) == 1 and stopped[0] in ("CancelledError", "GeneratorExit")
 
 
 def test_a_local_call_leaves_the_callers_request_id_alone() -> None:
