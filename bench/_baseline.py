@@ -30,7 +30,12 @@ def export_tree(ref: str, tmp: Path) -> Path:
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        tar.extractall(src, filter="data")
+        # Extraction filters came in 3.11.4; Debian's 3.11.2 has none (the archive is our
+        # own `git archive`, so extracting it unfiltered there is safe).
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(src, filter="data")
+        else:
+            tar.extractall(src)
     shutil.copytree(src / "gen" / "scillm", out / "scillm")
     for sub in ("server", "clients", "bridges"):
         shutil.copytree(src / sub, out / "scillm" / sub)
