@@ -41,7 +41,7 @@ class _GatheredWrites:
         if not data:
             return
         if not self._gathered:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._gathered.append(bytes(data))
 
     def writelines(self, lines: Any) -> None:
@@ -49,10 +49,8 @@ class _GatheredWrites:
             self.write(data)
 
     def flush(self) -> None:
-        """Send what is gathered now (the turn's callback then finds nothing)."""
-        self._flush()
-
-    def _flush(self) -> None:
+        """Send what is gathered: at the end of the turn, or sooner when an app asks (the
+        turn's callback then finds nothing)."""
         gathered = self._gathered
         if not gathered:
             return
@@ -61,7 +59,7 @@ class _GatheredWrites:
             self._transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def abort(self) -> None:

@@ -15,7 +15,8 @@ async def _events(*chunks: bytes) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _run(scope: dict[str, Any], chunks: tuple[bytes, ...], log: list[Any]) -> list[Any]:
+def _run(scope: dict[str, Any], chunks: tuple[bytes, ...], log: list[Any]) -> None:
+    """Stream `chunks` through an EventStream, logging what it sends into `log`."""
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()  # the caller never hangs up
         raise AssertionError("unreachable")
@@ -27,7 +28,6 @@ def _run(scope: dict[str, Any], chunks: tuple[bytes, ...], log: list[Any]) -> li
         await sse.EventStream(_events(*chunks))(scope, receive, send)
 
     asyncio.run(go())
-    return log
 
 
 def test_the_head_and_first_event_are_flushed_once_and_before_the_second() -> None:
@@ -40,6 +40,7 @@ def test_the_head_and_first_event_are_flushed_once_and_before_the_second() -> No
 
 
 def test_without_the_extension_the_stream_is_the_same() -> None:
-    log = _run({"type": "http"}, (b"one", b"two"), [])
+    log: list[Any] = []
+    _run({"type": "http"}, (b"one", b"two"), log)
     assert log == [("http.response.start", None), ("http.response.body", b"one"),
                    ("http.response.body", b"two"), ("http.response.body", b"")]
