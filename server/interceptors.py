@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import inspect
 import logging
@@ -22,9 +21,10 @@ import grpc
 
 from scillm.clients.ids import new_id
 
+from .deadline import Deadline
 from .errors import BASE_TABLE, ErrorTable, StatusError, status_for, to_status
 from .keys import Authenticator, Principal, token_from_metadata
-from .metrics import Metrics
+from .metrics import Metrics, RpcMetrics
 from .settings import Settings
 
 __all__ = ["CallContext", "build_interceptors", "current_request_id"]
@@ -156,13 +156,6 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return code, message, (("grpc-status-details-bin", details),
                                ("x-request-id", request_id))
 
-    def _record(self, method: str, model: str, started: float, code: grpc.StatusCode) -> None:
-        m = self._metrics
-        if m is not None:
-            m.child(m.requests, method, model, code.name).inc()
-            m.child(m.latency, method, model).observe(time.perf_counter() - started)
-            m.child(m.in_flight, method).dec()
-
     def _served(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
                 request: Any) -> _Served:
         """One RPC: its request id, its metrics, and its errors mapped to a status."""
@@ -181,7 +174,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if timeout is None:
                     reply = await behavior(request, context)
                 else:
-                    async with asyncio.timeout(timeout):
+                    async with Deadline(timeout):
                         reply = await behavior(request, context)
                 if principal is not None:
                     await self._account(principal, request, reply)
@@ -202,7 +195,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                       retry_after_s=1.0)
                 self._open_streams[key] = self._open_streams.get(key, 0) + 1
                 try:
-                    async with asyncio.timeout(self._timeout(context, self._stream_timeout)):
+                    async with Deadline(self._timeout(context, self._stream_timeout)):
                         async for item in behavior(request, context):
                             await self._account(principal, request, item)
                             yield item
@@ -215,8 +208,8 @@ class _Served:
     """`CallContext._served`: a plain class, as `asynccontextmanager` costs a generator and
     two extra frames per RPC on the hot path."""
 
-    __slots__ = ("_call", "_code", "_context", "_method", "_request", "_request_id",
-                 "_started", "_token")
+    __slots__ = ("_call", "_code", "_context", "_method", "_metrics", "_request",
+                 "_request_id", "_started", "_token")
 
     def __init__(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any],
                  method: str, request: Any) -> None:
@@ -229,8 +222,11 @@ class _Served:
         self._started = time.perf_counter()
         self._code = grpc.StatusCode.OK
         metrics = self._call._metrics
+        rpc: RpcMetrics | None = None
         if metrics is not None:
-            metrics.child(metrics.in_flight, self._method).inc()
+            rpc = metrics.rpc(self._method, model_of(self._request))
+            rpc.started()
+        self._metrics = rpc
         request_id = self._request_id = _incoming_request_id(self._context)
         # Reset on exit: an in-process call runs in its caller's task and context.
         self._token = _request_id.set(request_id)
@@ -262,22 +258,62 @@ class _Served:
             await context.abort(self._code, message, trailing_metadata=trailers)
             return False
         finally:
-            call._record(self._method, model_of(self._request), self._started, self._code)
-            with contextlib.suppress(ValueError):  # exited in another context (finalizer)
+            if self._metrics is not None:
+                self._metrics.finished(self._code.name, time.perf_counter() - self._started)
+            try:
                 _request_id.reset(self._token)
+            except ValueError:  # exited in another context (finalizer)
+                pass
+
+
+#: Where a service's request keeps its model, in the order `model_of` looks.
+_MODEL_PATHS = (("model",), ("request", "model"), ("config", "model"),
+                ("formalize", "model"), ("mcts", "model"))
+#: Per request type, those of `_MODEL_PATHS` its message type has (string fields).
+_model_paths: dict[type, tuple[tuple[str, ...], ...]] = {}
+
+
+def _paths_of(kind: type) -> tuple[tuple[str, ...], ...]:
+    """The `_MODEL_PATHS` that lead, field by field, to a string field of `kind`."""
+    found = []
+    for path in _MODEL_PATHS:
+        descriptor = getattr(kind, "DESCRIPTOR", None)
+        for i, name in enumerate(path):
+            field = descriptor.fields_by_name.get(name) if descriptor is not None else None
+            if field is None:
+                break
+            if i == len(path) - 1:
+                if field.type == field.TYPE_STRING and not _repeated(field):
+                    found.append(path)
+            else:
+                descriptor = field.message_type
+    return tuple(found)
+
+
+def _repeated(field: Any) -> bool:
+    # FieldDescriptor.is_repeated is newer than the label it replaces.
+    is_repeated = getattr(field, "is_repeated", None)
+    return bool(is_repeated) if is_repeated is not None else field.label == field.LABEL_REPEATED
 
 
 def model_of(request: Any) -> str:
-    """The model a request asks for, wherever its service keeps it ("" when none)."""
-    for path in (("model",), ("request", "model"), ("config", "model"),
-                 ("formalize", "model"), ("mcts", "model")):
+    """The model a request asks for, wherever its service keeps it ("" when none).
+
+    Which fields to read is worked out once per message type: reading fields a message
+    does not have raises and catches an AttributeError each, and this runs on every RPC.
+    """
+    kind = type(request)
+    paths = _model_paths.get(kind)
+    if paths is None:
+        paths = _paths_of(kind)
+        if len(_model_paths) < 1024:  # request types are few; bound it anyway
+            _model_paths[kind] = paths
+    for path in paths:
         value: Any = request
         for name in path:
-            value = getattr(value, name, None)
-            if value is None:
-                break
-        if isinstance(value, str) and value:
-            return value
+            value = getattr(value, name)
+        if value:
+            return str(value)
     return ""
 
 

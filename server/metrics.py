@@ -23,7 +23,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "RpcMetrics"]
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -61,6 +61,16 @@ class Metrics:
         self.sandbox_runs = Counter("scillm_sandbox_runs", "Sandboxed executions", ["status"],
                                     registry=r)
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+        self._rpcs: dict[tuple[str, str], RpcMetrics] = {}
+
+    def rpc(self, method: str, model: str) -> RpcMetrics:
+        """The metrics every RPC of `method` for `model` records, resolved once."""
+        found = self._rpcs.get((method, model))
+        if found is None:
+            if len(self._rpcs) >= _MAX_CHILDREN:
+                self._rpcs.clear()
+            found = self._rpcs[(method, model)] = RpcMetrics(self, method, model)
+        return found
 
     def child(self, metric: M, *labels: str) -> M:
         """`metric.labels(*labels)`, looked up once: `labels()` costs microseconds a call.
@@ -75,3 +85,30 @@ class Metrics:
                 self._children.clear()
             found = self._children[key] = metric.labels(*labels)
         return found  # type: ignore[return-value]
+
+
+class RpcMetrics:
+    """One method's and model's RPC metrics: `started` when an RPC starts, `finished` with
+    its status code and duration when it ends (the four children looked up once, not on
+    every RPC)."""
+
+    __slots__ = ("_codes", "_in_flight", "_latency", "_method", "_model", "_requests")
+
+    def __init__(self, metrics: Metrics, method: str, model: str) -> None:
+        self._requests = metrics.requests
+        self._method = method
+        self._model = model
+        self._in_flight = metrics.in_flight.labels(method)
+        self._latency = metrics.latency.labels(method, model)
+        self._codes: dict[str, Counter] = {}
+
+    def started(self) -> None:
+        self._in_flight.inc()
+
+    def finished(self, code: str, seconds: float) -> None:
+        counter = self._codes.get(code)
+        if counter is None:
+            counter = self._codes[code] = self._requests.labels(self._method, self._model, code)
+        counter.inc()
+        self._latency.observe(seconds)
+        self._in_flight.dec()

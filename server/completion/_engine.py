@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ..deadline import Deadline
 from . import _output, _request
 from ._cache import MemoryCache, RedisCache, ResponseCache, assemble
 from ._provider import Provider, ProviderCall
@@ -284,7 +285,7 @@ class CompletionEngine:
                              state: DeploymentState) -> dict[str, Any]:
         started = self._clock()
         try:
-            async with asyncio.timeout(call.timeout_s):
+            async with Deadline(call.timeout_s):
                 try:
                     response = await provider.complete(call)
                 except UpstreamError as exc:
@@ -308,7 +309,7 @@ class CompletionEngine:
         started = self._clock()
         chunks = provider.stream(call)
         try:
-            async with asyncio.timeout(call.timeout_s):
+            async with Deadline(call.timeout_s):
                 try:
                     first = await anext(chunks, None)
                 except UpstreamError as exc:

@@ -1,0 +1,93 @@
+"""The server interceptor's bookkeeping on a real grpc.aio server (127.0.0.1:0): the RPC
+metrics by method, model and status code, the in-flight gauge, and which field of each
+service's request names the model."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+import uvloop
+from grpc_health.v1 import health_pb2
+
+from scillm.agent.v1 import agent_pb2
+from scillm.codeworld.v1 import codeworld_pb2
+from scillm.completion.v1 import completion_pb2 as pb
+from scillm.prove.v1 import prove_pb2
+from scillm.server.errors import StatusError
+from scillm.server.interceptors import CallContext, model_of
+from scillm.server.metrics import Metrics
+from scillm.server.settings import Settings
+
+SERVICE = "scillm.completion.v1.CompletionService"
+METHOD = "CompletionService/Completion"
+
+
+def _sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_every_rpc_is_counted_by_model_and_code_and_leaves_the_in_flight_gauge() -> None:
+    metrics = Metrics()
+    seen_in_flight: list[float | None] = []
+
+    async def completion(request: pb.CompletionRequest, context: Any) -> pb.CompletionResponse:
+        seen_in_flight.append(_sample(metrics, "scillm_rpc_in_flight", {"method": METHOD}))
+        if request.model == "bad":
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "no such thing", param="model")
+        await asyncio.sleep(0)  # a handler that yields to the loop, as real ones do
+        return pb.CompletionResponse(model=request.model)
+
+    async def go() -> list[grpc.StatusCode]:
+        server = grpc.aio.server(interceptors=[CallContext(Settings(), {}, metrics)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+            "Completion": grpc.unary_unary_rpc_method_handler(
+                completion, request_deserializer=pb.CompletionRequest.FromString,
+                response_serializer=pb.CompletionResponse.SerializeToString)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary(f"/{SERVICE}/Completion",
+                                           request_serializer=pb.CompletionRequest.SerializeToString,
+                                           response_deserializer=pb.CompletionResponse.FromString)
+                for model in ("m1", "m1", "m1", "bad"):
+                    try:
+                        await call(pb.CompletionRequest(model=model), timeout=30)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.aio.AioRpcError as err:
+                        codes.append(err.code())
+        finally:
+            await server.stop(None)
+        return codes
+
+    codes = uvloop.run(go())
+    assert codes == [grpc.StatusCode.OK] * 3 + [grpc.StatusCode.INVALID_ARGUMENT]
+    requests = "scillm_rpc_requests_total"
+    assert _sample(metrics, requests, {"method": METHOD, "model": "m1", "code": "OK"}) == 3
+    assert _sample(metrics, requests, {"method": METHOD, "model": "bad",
+                                       "code": "INVALID_ARGUMENT"}) == 1
+    assert _sample(metrics, "scillm_rpc_latency_seconds_count",
+                   {"method": METHOD, "model": "m1"}) == 3
+    assert seen_in_flight == [1, 1, 1, 1]  # each call counted while it ran, one at a time
+    assert _sample(metrics, "scillm_rpc_in_flight", {"method": METHOD}) == 0
+
+
+@pytest.mark.parametrize(("request_", "model"), [
+    (pb.CompletionRequest(model="a"), "a"),
+    (pb.CompletionStreamRequest(request=pb.CompletionRequest(model="b")), "b"),
+    (prove_pb2.ProveRequest(formalize=prove_pb2.FormalizeOptions(model="c")), "c"),
+    (codeworld_pb2.CodeWorldRunRequest(mcts=codeworld_pb2.MctsSettings(model="d")), "d"),
+    (agent_pb2.AgentStepRequest(config=agent_pb2.AgentConfig(model="e")), "e"),
+    (agent_pb2.AgentRunRequest(config=agent_pb2.AgentConfig(model="f")), "f"),
+    (pb.CompletionRequest(), ""),
+    (prove_pb2.ProveRequest(), ""),
+    (health_pb2.HealthCheckRequest(service="x"), ""),
+    (object(), ""),
+], ids=lambda v: type(v).__name__ if not isinstance(v, str) else repr(v))
+def test_model_of_reads_where_each_service_keeps_the_model(request_: Any, model: str) -> None:
+    assert model_of(request_) == model
+    assert model_of(request_) == model  # the second time from what the first worked out
