@@ -70,6 +70,7 @@ class ClientPool:
         self._transport = transport
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._transports: dict[str, httpx.AsyncBaseTransport] = {}
+        self._lean: dict[str, PooledTransport | None] = {}
         self._urls: dict[str, httpx.URL] = {}
 
     def url(self, url: str) -> httpx.URL:
@@ -88,11 +89,21 @@ class ClientPool:
                 max_connections=_MAX_CONNECTIONS, keepalive_expiry_s=_KEEPALIVE_EXPIRY_S)
             client = _Client(transport=transport, timeout=httpx.Timeout(60.0),
                              trust_env=False)
-            if self._transport is None:
-                _trace(client)  # wraps the transport object itself: `send` keeps the spans
-            self._clients[base_url] = client
+            traced = self._transport is None and _trace(client)  # wraps the transport
+            self._clients[base_url] = client                     # object: `send` keeps spans
             self._transports[base_url] = transport
+            self._lean[base_url] = (transport if isinstance(transport, PooledTransport)
+                                    and not traced else None)
         return client
+
+    def lean(self, base_url: str) -> PooledTransport | None:
+        """The base URL's `PooledTransport` when a call may take its lean road
+        (`PooledTransport.exchange`, no httpx request or response): not when the transport
+        is of another kind (tests' fakes speak httpx only), nor when tracing wraps it (its
+        spans are made around `handle_async_request`)."""
+        if base_url not in self._lean:
+            self.get(base_url)
+        return self._lean[base_url]
 
     async def send(self, base_url: str, request: httpx.Request) -> httpx.Response:
         """`self.get(base_url).send(request, stream=True)` for less.
@@ -113,22 +124,25 @@ class ClientPool:
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         self._transports = {}
+        self._lean = {}
         for client in clients:
             await client.aclose()
 
 
-def _trace(client: httpx.AsyncClient) -> None:
-    """Client spans for upstream calls when tracing is on.
+def _trace(client: httpx.AsyncClient) -> bool:
+    """Client spans for upstream calls when tracing is on; whether it is.
 
     `HTTPXClientInstrumentor().instrument()` (see `server.telemetry`) wraps only httpx's
     own transports, class-wide; a `PooledTransport` is wrapped client by client.
     """
     module = sys.modules.get("opentelemetry.instrumentation.httpx")  # imported if tracing
     if module is None:
-        return
+        return False
     instrumentor = module.HTTPXClientInstrumentor
     if instrumentor().is_instrumented_by_opentelemetry:
         instrumentor.instrument_client(client)
+        return True
+    return False
 
 
 async def read_body(response: httpx.Response) -> bytes:

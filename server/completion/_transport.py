@@ -42,6 +42,10 @@ Contract:
 - Failures are the httpx exceptions the providers catch: `ConnectError`, `ConnectTimeout`,
   `ReadTimeout`, `ReadError` (reset), `WriteTimeout`, `RemoteProtocolError` (malformed
   reply, disconnect before or inside the response), `PoolTimeout`.
+- `exchange(request, payload, timeout)` is the same exchange for a caller that has the
+  request's bytes ready and wants the whole reply at once: status, raw headers and the
+  body as received (buffered whole; not decoded), with no httpx response or body stream.
+  `OpenAIProvider.complete` sends its unary calls this way.
 - TLS verifies against httpx's CA bundle (`httpx.create_ssl_context()`) for `verify=True`,
   uses a given `ssl.SSLContext` as is, or does not verify for `verify=False`; the server
   name (SNI and the name checked) is the URL's host.
@@ -88,15 +92,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._sweeper: asyncio.TimerHandle | None = None  # closes expired idle connections
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        timeout = request.extensions.get("timeout") or _NO_TIMEOUTS
-        url = request.url
-        port = url.port or _DEFAULT_PORTS.get(url.scheme)
-        if port is None:
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
-                                            request=request)
-        origin = (url.scheme, url.raw_host, port)
+        origin, timeout = self._target(request)
         head = request_head(request)
         stream: httpx.AsyncByteStream | None = None
         chunked = False
@@ -109,6 +105,53 @@ class PooledTransport(httpx.AsyncBaseTransport):
             extra = (b"Transfer-Encoding: chunked\r\n"
                      if chunked and "transfer-encoding" not in request.headers else b"")
             payload = b"".join((head, b"\r\n", extra, b"\r\n"))
+        read = timeout.get("read")
+        connection = await self._send(origin, request, timeout, payload, stream, chunked)
+        return httpx.Response(
+            connection.status, headers=connection.headers,
+            stream=ResponseStream(connection, read), request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason})
+
+    async def exchange(self, request: httpx.Request, payload: bytes,
+                       timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """`request` sent as `payload`, answered in full: status, raw headers and body.
+
+        The lean road of a small unary call (`OpenAIProvider.complete`): no httpx response,
+        header normalisation or body stream (`bench/transport_bench.py` measures it).
+        `payload` is the request's head and whole body, ready to write (the head through
+        `request_head`); `request` gives the origin, the method and the errors' context,
+        and `timeout` applies as all four httpx timeouts. The body is returned as received
+        (content decoding is the caller's, as with httpx); the rest of the contract holds.
+        """
+        limits = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        origin, _ = self._target(request)
+        connection = await self._send(origin, request, limits, payload, None, False)
+        chunks: list[bytes] = []
+        try:
+            while data := await connection.read(timeout):
+                chunks.append(data)
+        except BaseException:
+            connection.close()
+            raise
+        status, headers = connection.status, connection.headers
+        connection.release()
+        return status, headers, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _target(self, request: httpx.Request) -> tuple[Origin, dict[str, float | None]]:
+        """Where `request` goes and its timeouts (binding the pool to the running loop)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        url = request.url
+        port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        if port is None:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
+                                            request=request)
+        return (url.scheme, url.raw_host, port), request.extensions.get("timeout") or _NO_TIMEOUTS
+
+    async def _send(self, origin: Origin, request: httpx.Request,
+                    timeout: dict[str, float | None], payload: bytes,
+                    stream: httpx.AsyncByteStream | None, chunked: bool) -> Connection:
+        """A connection that sent `request` and received its response head."""
         read = timeout.get("read")
         connection = await self._checkout(origin, request, timeout, fresh=False)
         try:
@@ -130,10 +173,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         except BaseException:
             connection.close()
             raise
-        return httpx.Response(
-            connection.status, headers=connection.headers,
-            stream=ResponseStream(connection, read), request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason})
+        return connection
 
     async def aclose(self) -> None:
         if self._sweeper is not None:

@@ -216,6 +216,7 @@ class Upstream:
         self.plans: dict[str, list[Action]] = {}
         self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
         self.disconnected = asyncio.Event()
+        self.connections = 0  # accepted so far
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -245,6 +246,7 @@ class Upstream:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
+        self.connections += 1
         try:
             while True:
                 line = await r.readline()

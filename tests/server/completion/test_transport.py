@@ -593,11 +593,16 @@ async def test_upstream_calls_are_traced_when_tracing_is_on(
     try:
         async with Server(handler) as url:
             assert (await pool.get(url).post(url, content=b"{}")).status_code == 200
+            # The providers' lean road would make no span: traced, they go through httpx.
+            assert pool.lean(url) is None
     finally:
         await pool.close()
         instrumentor.uninstrument()
     assert [s.name for s in exporter.get_finished_spans()] == ["POST"]
     assert "traceparent" in seen[0]
+    untraced = ClientPool()
+    assert untraced.lean("http://127.0.0.1:1") is not None
+    await untraced.close()
 
 
 UVLOOP_CASES = [test_request_as_sent_and_keep_alive, test_body_is_streamed_incrementally,
