@@ -9,6 +9,12 @@ for reference, through `AiohttpTransport`, the aiohttp-based transport it replac
 below as it was): N sequential requests, then N with 64 in flight; then the same with a
 prebuilt request sent straight to the transport (its own cost). The figure is this
 process's CPU time (`time.process_time`) per request, so nginx's share is not in it.
+
+A second table follows the upstream leg of a completion layer by layer, on the same nginx:
+the floor (an asyncio protocol that writes the request's bytes and parses the reply with
+orjson: the system calls and wake-ups any client pays), `PooledTransport` alone,
+`OpenAIProvider.complete`, and `CompletionEngine.complete` (routing, retries, timeouts)
+over an OpenAI deployment and over the built-in echo provider (no upstream at all).
 Rounds alternate between the transports and the best round of each counts; a fresh client
 opens its connections before each measured run. Only loopback traffic; nginx runs in its
 own process group and is killed on exit.
@@ -27,14 +33,20 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 import uvloop
 from _completion_parts import CHAT, NGINX, Procs, free_port, nginx_conf, wait_port
 from yarl import URL
 
+from scillm.server.completion import CompletionEngine, CompletionSettings
+from scillm.server.completion._openai import OpenAIProvider
+from scillm.server.completion._provider import ProviderCall
 from scillm.server.completion._transport import PooledTransport
+from scillm.server.completion._types import Routing
 
 CONCURRENCY = 64
 
@@ -70,6 +82,100 @@ async def measure(make: Callable[[], httpx.AsyncBaseTransport], url: str, n: int
     return cpu / done * 1e6, done / wall
 
 
+class _Floor(asyncio.Protocol):
+    """The least a client can do: write the request, wait for the reply's last byte."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.reply: asyncio.Future[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.reply is None:
+            return
+        head = self.buffer[:end].lower()
+        size = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        if len(self.buffer) >= end + 4 + size:
+            body, self.buffer = self.buffer[end + 4:end + 4 + size], self.buffer[end + 4 + size:]
+            self.reply.set_result(body)
+
+
+async def layers(port: int, n: int, concurrency: int) -> dict[str, float]:
+    """CPU µs per upstream call at each layer of the upstream leg (see the docstring)."""
+    loop = asyncio.get_running_loop()
+    base = f"http://127.0.0.1:{port}/v1"
+    body = {"messages": CHAT["messages"], "max_tokens": CHAT["max_tokens"]}
+    payload = orjson.dumps({**body, "model": "bench"})
+    raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
+           + payload)
+    free: list[_Floor] = []
+    for _ in range(concurrency):
+        free.append((await loop.create_connection(_Floor, "127.0.0.1", port))[1])
+
+    async def floor() -> None:
+        protocol = free.pop()
+        protocol.reply = loop.create_future()
+        assert protocol.transport is not None
+        protocol.transport.write(raw)
+        orjson.loads(await protocol.reply)
+        free.append(protocol)
+
+    transport = PooledTransport()
+    request = httpx.Request("POST", f"{base}/chat/completions", content=payload,
+                            headers={"content-type": "application/json"})
+
+    async def bare() -> None:
+        response = await transport.handle_async_request(request)
+        await response.aread()
+
+    settings = CompletionSettings.from_mapping({"model_list": [
+        {"model_name": "bench", "litellm_params": {"model": "openai/bench", "api_base": base,
+                                                   "api_key": "bench"}},
+        {"model_name": "bench-echo", "litellm_params": {"model": "echo/bench"}}]})
+    engine = CompletionEngine(settings)
+    await engine.start()
+    provider = OpenAIProvider()
+    call = ProviderCall(settings.model_list[0], "bench", body, 30.0, Routing())
+
+    async def openai() -> None:
+        await provider.complete(call)
+
+    async def routed() -> None:
+        await engine.complete({**body, "model": "bench"})
+
+    async def echo() -> None:
+        await engine.complete({**body, "model": "bench-echo"})
+
+    steps = {"floor: asyncio protocol, orjson": floor, "PooledTransport, bare": bare,
+             "OpenAIProvider.complete": openai, "CompletionEngine.complete": routed,
+             "CompletionEngine.complete, echo provider": echo}
+    out: dict[str, float] = {}
+    try:
+        for name, step in steps.items():
+            async def worker(count: int, step: Callable[[], Any] = step) -> None:
+                for _ in range(count):
+                    await step()
+
+            await asyncio.gather(*(worker(2) for _ in range(concurrency)))  # warm
+            cpu = time.process_time()
+            await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+            out[name] = (time.process_time() - cpu) / (n // concurrency * concurrency) * 1e6
+    finally:
+        for protocol in free:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        await transport.aclose()
+        await provider.close()
+        await engine.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and rounds")
@@ -81,6 +187,7 @@ def main() -> int:
     transports: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
         "AiohttpTransport (before)": AiohttpTransport, "PooledTransport": PooledTransport}
     best: dict[tuple[str, bool, int], tuple[float, float]] = {}
+    leg: dict[tuple[str, int], float] = {}
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="scillm-transport-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -97,6 +204,9 @@ def main() -> int:
                                 for c in (1, CONCURRENCY)):
                         figure = uvloop.run(measure(make, url, n, key[2], key[1]))
                         best[key] = min(best.get(key, figure), figure)
+                for c in (1, CONCURRENCY):
+                    for layer, cpu in uvloop.run(layers(port, n, c)).items():
+                        leg[(layer, c)] = min(leg.get((layer, c), cpu), cpu)
         finally:
             procs.stop_all()
     print(f"\nCPU per request under uvloop, {n} POSTs per run, best of {rounds} rounds; "
@@ -115,6 +225,11 @@ def main() -> int:
             ratio = best[(new, bare, c)][0] / best[(old, bare, c)][0]
             print(f"{'bare' if bare else 'client'}, c={c}: PooledTransport uses {ratio:.2f}x "
                   "the CPU per request of the aiohttp transport")
+    print(f"\nThe upstream leg layer by layer: CPU µs per call, best of {rounds} rounds\n")
+    print(f"| layer | c=1 µs/call | c={CONCURRENCY} µs/call |")
+    print("| --- | ---: | ---: |")
+    for layer in dict.fromkeys(name for name, _ in leg):
+        print(f"| {layer} | {leg[(layer, 1)]:.0f} | {leg[(layer, CONCURRENCY)]:.0f} |")
     return 0
 
 
