@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any
 
 import httpx
@@ -227,8 +227,12 @@ def _error_code(text: str) -> str:
     return str(_error_object(text).get("code") or "")
 
 
-async def sse_events(response: httpx.Response) -> AsyncGenerator[tuple[str, str], None]:
+async def sse_events(response: httpx.Response | AsyncIterable[bytes],
+                     ) -> AsyncGenerator[tuple[str, str], None]:
     """Server-sent events as (event, data) pairs; `event` is "" when not named.
+
+    `response` is an httpx response, or an unencoded body as it arrives (the lean road's
+    `ResponseStream`).
 
     Lines end with LF, CRLF or CR (as `Response.aiter_lines` splits them) and are decoded
     as UTF-8, the encoding the SSE format prescribes, one whole line at a time. An
@@ -287,9 +291,14 @@ class _EventParser:
         return None
 
 
-async def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _body_chunks(response: httpx.Response | AsyncIterable[bytes],
+                       ) -> AsyncIterator[bytes]:
     """The response body as it arrives: decoded by httpx when it has a content encoding,
     else the transport's chunks as they are."""
+    if not isinstance(response, httpx.Response):
+        async for chunk in response:
+            yield chunk
+        return
     if "content-encoding" in response.headers:
         async for chunk in response.aiter_bytes():
             yield chunk

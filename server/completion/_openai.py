@@ -1,11 +1,13 @@
 """OpenAI-compatible upstreams (OpenAI, vLLM, llama.cpp server, ...) over pooled httpx.
 
-A unary call to a deployment served by the pool's own `PooledTransport` takes the lean
-road, `PooledTransport.exchange`: the request's head is made once per deployment and the
-reply comes back as status, headers and bytes, with no httpx request, response or header
-normalisation per call: 51 -> 16 µs of CPU per call with 64 in flight, 74 -> 45 µs one at a
-time (`bench/transport_bench.py`, the upstream leg table). Streams, transports of another
-kind (tests' fakes) and traced clients go through httpx; both roads answer alike
+A call to a deployment served by a `PooledTransport` takes the lean road,
+`PooledTransport.exchange` (unary) or `open` (streams): the request's head is made once
+per deployment and the reply comes back as status, raw headers and bytes or a body stream,
+with no httpx request, response or header normalisation per call: 51 -> 16 µs of CPU per
+unary call with 64 in flight, 74 -> 45 µs one at a time (`bench/transport_bench.py`, the
+upstream leg table). A reply with an error status or a Content-Encoding is wrapped in an
+httpx response (for `error_from_response` and httpx's decoders). Transports of another
+kind (tests' fakes) and traced clients take httpx's road; both roads answer alike
 (tests/server/completion/test_openai_roads.py).
 """
 
@@ -18,7 +20,7 @@ from typing import Any, NamedTuple
 import httpx
 import orjson
 
-from ._connection import request_head
+from ._connection import ResponseStream, request_head
 from ._http import (
     ClientPool,
     api_key,
@@ -109,11 +111,7 @@ class OpenAIProvider:
     def _build(self, call: ProviderCall, stream: bool) -> tuple[str, httpx.Request]:
         """The request and the base URL whose client sends it."""
         base, prepared = self._prepared_for(call, stream)
-        body: dict[str, Any] = {**call.body, "model": call.model}
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        content = _dumps(body)
+        content = _content(call, stream)
         headers = prepared.headers
         if prepared.add_length:
             headers = [*headers, (b"Content-Length", str(len(content)).encode())]
@@ -147,10 +145,7 @@ class OpenAIProvider:
     async def _exchange(self, transport: PooledTransport, prepared: _Prepared,
                         call: ProviderCall) -> tuple[int, bytes]:
         """The lean road: status and decoded body of a successful reply."""
-        assert prepared.head is not None
-        content = _dumps({**call.body, "model": call.model})
-        payload = b"".join((prepared.head, b"\r\nContent-Length: %d\r\n\r\n" % len(content),
-                            content))
+        payload = _payload(prepared, _content(call, stream=False))
         try:
             status, headers, raw = await transport.exchange(prepared.stub, payload,
                                                             call.timeout_s)
@@ -185,17 +180,30 @@ class OpenAIProvider:
         return response.status_code, raw
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
-        base, request = self._build(call, stream=True)
+        base, prepared = self._prepared_for(call, stream=True)
+        lean = self._pool.lean(base)
+        source: httpx.Response | ResponseStream
         try:
-            response = await self._pool.send(base, request)
+            if lean is not None and prepared.head is not None:
+                payload = _payload(prepared, _content(call, stream=True))
+                status, headers, body = await lean.open(prepared.stub, payload, call.timeout_s)
+                source = body
+                if status >= 400 or _encoded(headers):  # through httpx, as `complete`
+                    source = httpx.Response(status, headers=headers, request=prepared.stub,
+                                            stream=body)
+            else:
+                base, request = self._build(call, stream=True)
+                source = await self._pool.send(base, request)
+                status = source.status_code
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
         try:
-            if response.status_code >= 400:
-                await response.aread()
-                raise error_from_response(response, call)
+            if status >= 400:
+                assert isinstance(source, httpx.Response)
+                await source.aread()
+                raise error_from_response(source, call)
             finished = False
-            async for _, data in sse_events(response):
+            async for _, data in sse_events(source):
                 if data == "[DONE]":
                     return
                 try:
@@ -217,10 +225,27 @@ class OpenAIProvider:
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
         finally:
-            await response.aclose()
+            await source.aclose()
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _content(call: ProviderCall, stream: bool) -> bytes:
+    """The request body: the caller's, with the upstream model (and usage asked for in a
+    stream's last chunk)."""
+    body: dict[str, Any] = {**call.body, "model": call.model}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return _dumps(body)
+
+
+def _payload(prepared: _Prepared, content: bytes) -> bytes:
+    """The lean road's request bytes: the prepared head, Content-Length and `content`."""
+    assert prepared.head is not None
+    return b"".join((prepared.head, b"\r\nContent-Length: %d\r\n\r\n" % len(content),
+                     content))
 
 
 def _encoded(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -44,8 +44,9 @@ Contract:
   reply, disconnect before or inside the response), `PoolTimeout`.
 - `exchange(request, payload, timeout)` is the same exchange for a caller that has the
   request's bytes ready and wants the whole reply at once: status, raw headers and the
-  body as received (buffered whole; not decoded), with no httpx response or body stream.
-  `OpenAIProvider.complete` sends its unary calls this way.
+  body as received (buffered whole; not decoded), with no httpx response or body stream;
+  `open(...)` gives status, raw headers and the body stream instead. `OpenAIProvider`
+  sends its calls this way.
 - TLS verifies against httpx's CA bundle (`httpx.create_ssl_context()`) for `verify=True`,
   uses a given `ssl.SSLContext` as is, or does not verify for `verify=False`; the server
   name (SNI and the name checked) is the URL's host.
@@ -123,11 +124,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
         and `timeout` applies as all four httpx timeouts. The body is returned as received
         (content decoding is the caller's, as with httpx); the rest of the contract holds.
         """
-        limits = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        origin, _ = self._target(request)
-        connection = await self._send(origin, request, limits, payload, None, False)
+        connection = await self._start(request, payload, timeout)
         chunks: list[bytes] = []
-        try:
+        try:  # the connection's reads, without a body stream around them
             while data := await connection.read(timeout):
                 chunks.append(data)
         except BaseException:
@@ -136,6 +135,21 @@ class PooledTransport(httpx.AsyncBaseTransport):
         status, headers = connection.status, connection.headers
         connection.release()
         return status, headers, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def open(self, request: httpx.Request, payload: bytes, timeout: float | None,
+                   ) -> tuple[int, list[tuple[bytes, bytes]], ResponseStream]:
+        """As `exchange`, with the body left to read as it arrives (a stream's road): the
+        returned `ResponseStream` must be closed; closed before its end, it drops the
+        connection."""
+        connection = await self._start(request, payload, timeout)
+        return connection.status, connection.headers, ResponseStream(connection, timeout)
+
+    async def _start(self, request: httpx.Request, payload: bytes,
+                     timeout: float | None) -> Connection:
+        """`_send` for `exchange` and `open`: `timeout` as all four httpx timeouts."""
+        limits = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        origin, _ = self._target(request)
+        return await self._send(origin, request, limits, payload, None, False)
 
     def _target(self, request: httpx.Request) -> tuple[Origin, dict[str, float | None]]:
         """Where `request` goes and its timeouts (binding the pool to the running loop)."""

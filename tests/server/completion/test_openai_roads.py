@@ -4,8 +4,10 @@ The lean road (`PooledTransport.exchange`, taken when the provider's transport i
 `PooledTransport`) and httpx's road (taken here through a transport that offers a
 `PooledTransport` by httpx's interface only, as a test's fake transport would) each call
 the same real loopback upstream, reply by reply: plain, chunked and gzip bodies, error
-statuses with Retry-After, broken JSON, a body cut short, a reply too slow. The request
-bytes each road sends are compared too.
+statuses with Retry-After, broken JSON, a body cut short, a reply too slow. Streams
+likewise: chunked and gzip SSE, an error status, a stream dropped midway, malformed or
+in-band errors, a stream that ends unfinished. The request bytes each road sends are
+compared too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ from typing import Any
 
 import httpx
 import pytest
-from completion_upstream import Action, Upstream, _head, openai_reply, send_json, status
+from completion_upstream import (
+    Action,
+    Upstream,
+    _head,
+    drop_mid_stream,
+    malformed_sse,
+    ok,
+    openai_chunks,
+    openai_reply,
+    send_json,
+    status,
+)
 
 from scillm.server.completion import CompletionSettings
 from scillm.server.completion._openai import OpenAIProvider
@@ -164,3 +177,76 @@ async def test_the_lean_road_reuses_its_connection(upstream: Upstream,
     for _ in range(3):
         await roads["lean"].complete(call)
     assert upstream.connections == 1
+
+
+def _sse(events: list[str], *, gzipped: bool = False, done: bool = True) -> Action:
+    """An SSE reply of `events` (then `[DONE]`), chunked, or gzip with a length."""
+    raw = "".join(f"data: {e}\n\n" for e in [*events, *(["[DONE]"] if done else [])]).encode()
+    if gzipped:
+        return _raw({"content-type": "text/event-stream", "content-encoding": "gzip"},
+                    gzip.compress(raw))
+    return _raw({"content-type": "text/event-stream"}, raw, chunked=True)
+
+
+STREAM_REQ = {**REQ, "stream": True}
+STREAMS: dict[str, Action] = {
+    "chunked": ok,
+    "gzip": _sse(openai_chunks(STREAM_REQ), gzipped=True),
+    "429": status(429, {"retry-after": "2"}, {"error": {"message": "slow down"}}),
+    "dropped midway": drop_mid_stream,
+    "malformed": malformed_sse,
+    "in-band error": _sse([json.dumps({"error": {"message": "overloaded"}})]),
+    "ends unfinished": _sse(openai_chunks(STREAM_REQ)[:2], done=False),
+}
+
+
+async def _streamed(provider: OpenAIProvider, call: ProviderCall) -> tuple[list[Any], Any]:
+    chunks: list[Any] = []
+    try:
+        async for chunk in provider.stream(call):
+            chunks.append(chunk)
+    except Exception as exc:  # the error is part of the outcome compared
+        return chunks, (type(exc).__name__, str(exc), getattr(exc, "status", None),
+                        getattr(exc, "retry_after_s", None))
+    return chunks, None
+
+
+@pytest.mark.parametrize("name", list(STREAMS))
+async def test_both_roads_stream_alike(name: str, upstream: Upstream,
+                                       roads: dict[str, OpenAIProvider]) -> None:
+    upstream.plan("up", STREAMS[name])
+    call = _call(upstream)
+    lean = await _streamed(roads["lean"], call)
+    via_httpx = await _streamed(roads["httpx"], call)
+    assert lean == via_httpx
+    if name in ("chunked", "gzip"):
+        assert lean[1] is None and "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in lean[0] if c["choices"]
+        ) == "hi there"
+    else:
+        assert lean[1] is not None
+
+
+async def test_a_stream_closed_early_drops_its_connection(
+        upstream: Upstream, roads: dict[str, OpenAIProvider]) -> None:
+    """The caller stops after the first chunk: the upstream sees the connection close
+    (the lean road's body stream is closed as httpx's response would be)."""
+    async def endless(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                      w: asyncio.StreamWriter) -> bool:
+        w.write(_head(200, {"content-type": "text/event-stream",
+                            "transfer-encoding": "chunked"}))
+        event = b"data: %s\n\n" % openai_chunks(req)[0].encode()
+        try:
+            while True:
+                w.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await w.drain()
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            up.disconnected.set()
+        return False
+
+    upstream.plan("up", endless)
+    stream = roads["lean"].stream(_call(upstream))
+    assert (await anext(stream))["choices"][0]["delta"]["role"] == "assistant"
+    await stream.aclose()
+    await asyncio.wait_for(upstream.disconnected.wait(), 5)
