@@ -44,13 +44,14 @@ class _Prepared(NamedTuple):
 
     deployment: DeploymentSettings
     client: httpx.AsyncClient
-    headers: list[tuple[bytes, bytes]]
-    add_length: bool
-    #: The lean road's request: the head (request line and headers, without
-    #: Content-Length and the blank line; None when the deployment's headers set a length
-    #: or encoding of their own, or cannot be sent) and the request it stands for.
-    head: bytes | None
+    #: The request without a body: its URL and headers (`Host` first, no Content-Length);
+    #: the context of the lean road's errors.
     stub: httpx.Request
+    add_length: bool
+    #: The lean road's head (request line and headers, without Content-Length and the
+    #: blank line); None when the deployment's headers set a length or encoding of their
+    #: own, or cannot be sent.
+    head: bytes | None
 
 
 class OpenAIProvider:
@@ -94,7 +95,7 @@ class OpenAIProvider:
                 head = request_head(stub)
             except httpx.LocalProtocolError:
                 pass  # httpx's road refuses it, call by call, as the contract says
-        prepared = _Prepared(dep, client, host + merged.raw, add_length, head, stub)
+        prepared = _Prepared(dep, client, stub, add_length, head)
         if len(self._prepared) >= 1024:  # deployments are few; bound it anyway
             self._prepared.clear()
         self._prepared[(id(dep), stream)] = prepared
@@ -108,11 +109,11 @@ class OpenAIProvider:
         url = self._pool.url(f"{base}/chat/completions")
         return base, self._prepare(dep, client, url, stream)
 
-    def _build(self, call: ProviderCall, stream: bool) -> tuple[str, httpx.Request]:
-        """The request and the base URL whose client sends it."""
-        base, prepared = self._prepared_for(call, stream)
+    @staticmethod
+    def _build(prepared: _Prepared, call: ProviderCall, stream: bool) -> httpx.Request:
+        """httpx's road: the whole request, `prepared` and the call's body."""
         content = _content(call, stream)
-        headers = prepared.headers
+        headers = prepared.stub.headers.raw
         if prepared.add_length:
             headers = [*headers, (b"Content-Length", str(len(content)).encode())]
         # The request `client.build_request(..., content=content, timeout=timeout_s)` makes
@@ -123,7 +124,7 @@ class OpenAIProvider:
             extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout,
                                     "pool": timeout}})
         request.read()
-        return base, request
+        return request
 
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
         base, prepared = self._prepared_for(call, stream=False)
@@ -131,7 +132,7 @@ class OpenAIProvider:
         if lean is not None and prepared.head is not None:
             status, raw = await self._exchange(lean, prepared, call)
         else:
-            status, raw = await self._send(call)
+            status, raw = await self._send(base, prepared, call)
         try:
             data = _loads(raw)
         except ValueError:
@@ -160,11 +161,11 @@ class OpenAIProvider:
             raise transport_error(exc, call) from None
         return status, raw
 
-    async def _send(self, call: ProviderCall) -> tuple[int, bytes]:
+    async def _send(self, base: str, prepared: _Prepared,
+                    call: ProviderCall) -> tuple[int, bytes]:
         """httpx's road: status and decoded body of a successful reply."""
-        base, request = self._build(call, stream=False)
         try:
-            response = await self._pool.send(base, request)
+            response = await self._pool.send(base, self._build(prepared, call, stream=False))
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
         try:
@@ -192,8 +193,7 @@ class OpenAIProvider:
                     source = httpx.Response(status, headers=headers, request=prepared.stub,
                                             stream=body)
             else:
-                base, request = self._build(call, stream=True)
-                source = await self._pool.send(base, request)
+                source = await self._pool.send(base, self._build(prepared, call, stream=True))
                 status = source.status_code
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None

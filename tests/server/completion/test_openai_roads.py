@@ -76,6 +76,12 @@ async def _late(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
     return True
 
 
+async def _not_http(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                    w: asyncio.StreamWriter) -> bool:
+    w.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n{}")  # something else listens there
+    return True
+
+
 def _plain(req: dict[str, Any]) -> Action:
     return _raw({"content-type": "application/json"}, _json(req))
 
@@ -103,6 +109,7 @@ REPLIES: dict[str, Action] = {
     "not a completion": _raw({"content-type": "application/json"}, b'{"choices": 3}'),
     "body cut short": _cut(REQ),
     "too slow": _late,
+    "not HTTP at all": _not_http,
 }
 
 
