@@ -1,17 +1,44 @@
-"""The plain-ASGI layers every request to the shim passes through, outermost first: a
-request id (`RequestIdMiddleware`), cancellation when the caller hangs up
-(`CancelOnDisconnect`), and the chat-completions fast path past Starlette's router
-(`CompletionsFirst`)."""
+"""The plain-ASGI layers in front of the shim's endpoints.
+
+Every request gets an id (`request_id`: the caller's `x-request-id`, else a new one, sent
+back as `x-request-id`) and is cancelled when its caller hangs up before the response has
+started (`_HangUp`). A POST of a chat completion, the door's hot path, goes through
+`CompletionsDoor` alone: one layer that does both, and answers an unexpected error with
+OpenAI's 500 body, in front of its endpoint. Every other request goes on through
+`RequestIdMiddleware`, `CancelOnDisconnect` and Starlette (its error handling and router).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scillm.clients.ids import new_id
 
-__all__ = ["COMPLETIONS", "CancelOnDisconnect", "CompletionsFirst", "RequestIdMiddleware"]
+from .errors import from_exception
+
+__all__ = ["COMPLETIONS", "CancelOnDisconnect", "CompletionsDoor", "RequestIdMiddleware"]
+
+log = logging.getLogger("scillm.bridges.openai")
+
+#: The paths of chat completions (OpenAI's, and LiteLLM's without the version).
+COMPLETIONS = ("/v1/chat/completions", "/chat/completions")
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id, kept in `scope["state"]["request_id"]`: the caller's last
+    `x-request-id` (at most 128 characters), else a new one."""
+    found = ""
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            found = value.decode("latin-1")[:128]
+    if not found:
+        found = new_id()
+    scope.setdefault("state", {})["request_id"] = found
+    return found
 
 
 class RequestIdMiddleware:
@@ -24,14 +51,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = ""
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-        if not request_id:
-            request_id = new_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode("latin-1"))
+        header = (b"x-request-id", request_id(scope).encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -41,20 +61,68 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class _HangUp:
+    """One request's watch for its caller hanging up (see `CancelOnDisconnect`): the app
+    reads the request through `receive`, and whoever sends the response sets `started`."""
+
+    __slots__ = ("_loop", "_receive", "_task", "_timer", "_watcher", "gone", "started")
+
+    #: How long after the whole request has been read a watcher starts.
+    WATCH_AFTER_S = 0.05
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._loop = task.get_loop()
+        self._receive = receive
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = False
+        self.started = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if self._timer is None and (message["type"] == "http.disconnect"
+                                    or not message.get("more_body", False)):
+            self._timer = self._loop.call_later(self.WATCH_AFTER_S, self._start_watching)
+        return message
+
+    def _start_watching(self) -> None:
+        if not self.started:
+            self._watcher = self._loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self.started:
+            self.gone = True
+            self._task.cancel()
+
+    def ours(self) -> bool:
+        """For a CancelledError out of the app: True when the cancellation was this watch's
+        (the caller hung up) and nobody else's, so it ends here."""
+        return self.gone and self._task.uncancel() == 0
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
 class CancelOnDisconnect:
     """Plain ASGI: a caller who hangs up before its response has started cancels the work
     done for it, as a cancelled gRPC call does, so the upstream request is closed instead
     of running on for nobody.
 
-    Once the app has read the whole request body and `WATCH_AFTER_S` has passed without a
-    response, a watcher waits for `http.disconnect`; if it comes before
+    Once the app has read the whole request body and `_HangUp.WATCH_AFTER_S` has passed
+    without a response, a watcher waits for `http.disconnect`; if it comes before
     `http.response.start`, the request's task is cancelled and the cancellation ends here.
     (Requests answered sooner never pay for a watcher: a task per request cost ~5 % of
     the door's throughput. Once a streamed response has started, `sse.EventStream`
     watches for the disconnect itself.)
     """
-
-    WATCH_AFTER_S = 0.05
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -63,69 +131,59 @@ class CancelOnDisconnect:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        started = gone = False
-        timer: asyncio.TimerHandle | None = None
-        watcher: asyncio.Task[None] | None = None
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not started:
-                gone = True
-                task.cancel()
-
-        def start_watching() -> None:
-            nonlocal watcher
-            if not started:
-                watcher = loop.create_task(watch())
-
-        async def receive_body() -> Message:
-            nonlocal timer
-            message = await receive()
-            if timer is None and (message["type"] == "http.disconnect"
-                                  or not message.get("more_body", False)):
-                timer = loop.call_later(self.WATCH_AFTER_S, start_watching)
-            return message
+        hang_up = _HangUp(receive)
 
         async def send_started(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
+                hang_up.started = True
             await send(message)
 
         try:
-            await self.app(scope, receive_body, send_started)
+            await self.app(scope, hang_up.receive, send_started)
         except asyncio.CancelledError:
-            if not gone or task.uncancel() > 0:
+            if not hang_up.ours():
                 raise  # cancelled from outside too (shutdown): let it through
         finally:
-            if timer is not None:
-                timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            hang_up.close()
 
 
-#: The paths of chat completions (OpenAI's, and LiteLLM's without the version).
-COMPLETIONS = ("/v1/chat/completions", "/chat/completions")
-
-
-class CompletionsFirst:
-    """Plain ASGI inside Starlette's error handling: a POST of a chat completion goes
-    straight to its endpoint, the door's hot path, past the router's scan of every route
-    and its exception layers; anything else goes on to the router (which routes the same
-    POST to the same endpoint, and answers 405 to other methods)."""
+class CompletionsDoor:
+    """Outermost: a POST of a chat completion goes to `endpoint` through this one layer,
+    which gives it its request id and its hang-up watch as the two middlewares do, and
+    answers an error the endpoint did not map with OpenAI's 500 body (logged with the
+    request id). Anything else goes to `app` through those middlewares; its router routes
+    the same POST to the same endpoint, and answers 405 to other methods."""
 
     def __init__(self, app: ASGIApp, endpoint: ASGIApp) -> None:
-        self.app = app
+        self.app = RequestIdMiddleware(CancelOnDisconnect(app))
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" \
-                and scope["path"] in COMPLETIONS:
-            await self.endpoint(scope, receive, send)
-        else:
+        if scope["type"] != "http" or scope["method"] != "POST" \
+                or scope["path"] not in COMPLETIONS:
             await self.app(scope, receive, send)
+            return
+        rid = request_id(scope)
+        header = (b"x-request-id", rid.encode("latin-1"))
+        hang_up = _HangUp(receive)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                hang_up.started = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.endpoint(scope, hang_up.receive, send_with_id)
+        except asyncio.CancelledError:
+            if not hang_up.ours():
+                raise
+        except Exception as exc:
+            if hang_up.started:
+                raise  # mid-response: the server logs it and closes the connection
+            log.exception("request %s failed unexpectedly", rid)
+            status, body, headers = from_exception(exc)
+            await JSONResponse(body, status_code=status, headers=headers)(
+                scope, hang_up.receive, send_with_id)
+        finally:
+            hang_up.close()

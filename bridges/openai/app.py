@@ -38,7 +38,6 @@ import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -51,7 +50,7 @@ from scillm.completion.v1 import completion_pb2 as pb
 from ..seed import envelope
 from ..seed import keys as keys_seed
 from . import runs, seed_doors, sse
-from ._asgi import COMPLETIONS, CancelOnDisconnect, CompletionsFirst, RequestIdMiddleware
+from ._asgi import COMPLETIONS, CompletionsDoor
 from .errors import error_body, from_exception
 from .openapi import OPENAPI
 
@@ -430,6 +429,4 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/readyz", shim.readyz, methods=["GET"]),
         *([Mount("/ui", ui)] if ui is not None else []),
     ]
-    starlette = Starlette(routes=routes, middleware=[
-        Middleware(CompletionsFirst, endpoint=completions)])
-    return RequestIdMiddleware(CancelOnDisconnect(starlette))
+    return CompletionsDoor(Starlette(routes=routes), completions)
