@@ -429,4 +429,8 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/readyz", shim.readyz, methods=["GET"]),
         *([Mount("/ui", ui)] if ui is not None else []),
     ]
-    return CompletionsDoor(Starlette(routes=routes), completions)
+    # An error no endpoint mapped: OpenAI's 500 body (Starlette's error layer sends it,
+    # then lets the server log the exception), as the completions door answers one.
+    starlette = Starlette(routes=routes, exception_handlers={
+        Exception: lambda request, exc: _error(exc)})
+    return CompletionsDoor(starlette, completions)

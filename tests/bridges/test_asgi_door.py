@@ -109,3 +109,29 @@ async def test_a_cancellation_from_outside_goes_through() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/chat/completions"),
+                                              ("POST", "/agent/run")])
+async def test_the_shims_unmapped_errors_are_openais_500(
+        monkeypatch: pytest.MonkeyPatch, method: str, path: str) -> None:
+    """The shim as `create_app` builds it, both roads: a bug in an endpoint (here, made to
+    raise where each endpoint starts its work) answers OpenAI's 500 with the request id."""
+    from scillm.bridges.openai import app as shim_app
+    from scillm.clients import ScillmClient
+
+    def bug(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug, not for the caller's eyes")
+
+    monkeypatch.setattr(shim_app.runs, "route", bug)
+    monkeypatch.setattr(shim_app.seed_doors, "agent_run", bug)
+    async with ScillmClient("127.0.0.1:1") as mesh_client:  # never dialled
+        async with _client(shim_app.create_app(mesh_client),
+                           raise_app_exceptions=False) as client:
+            response = await client.request(method, path, json={"model": "m", "messages": []},
+                                            headers={"x-request-id": "req-5"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-5"
+    assert response.json() == {"error": {"message": "internal error", "type": "api_error",
+                                         "param": None, "code": None}}
