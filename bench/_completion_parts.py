@@ -292,6 +292,18 @@ def start_upstream(procs: Procs, tmp: Path) -> tuple[subprocess.Popen[bytes], in
     return proc, port
 
 
+def start_grpc_floor(procs: Procs, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A bare grpcio Health server (`_grpc_floor.py`): the process and its port."""
+    proc = procs.start([PYTHON, str(Path(__file__).with_name("_grpc_floor.py"))],
+                       tmp / "grpc-floor.log", stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.isdigit():
+        raise RuntimeError(f"the bare gRPC server did not start: {line!r}; see "
+                           f"{tmp / 'grpc-floor.log'}")
+    return proc, int(line)
+
+
 def start_mesh(procs: Procs, tmp: Path, config: Path, workers: int = 1,
                env: dict[str, str] | None = None,
                ) -> tuple[subprocess.Popen[bytes], int, int]:

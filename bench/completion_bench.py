@@ -11,6 +11,8 @@ in one process (`scillm serve --service completion`), the mesh with `--workers N
 LiteLLM's proxy with `--num_workers 1` (installed, pinned, into its own venv on first
 use). HTTP load comes from wrk (one thread, closed loop); gRPC load, first-byte times and
 the concurrent streams from an asyncio client in a separate process (`_completion_load.py`).
+A bare grpcio Health server (`_grpc_floor.py`) under the same client gives grpcio's own
+CPU per unary call, the floor under the gRPC door.
 "CPU" is the user+system time of the server's process tree (all threads, workers
 included) over a load, from /proc, per request served. With `--baseline REF` the mesh as
 at commit REF and as checked out are measured in alternating pairs.
@@ -52,6 +54,7 @@ from _completion_parts import (
     model_config,
     peak_rss_mib,
     rss_mib,
+    start_grpc_floor,
     start_litellm,
     start_mesh,
     start_upstream,
@@ -155,6 +158,24 @@ def _store_grpc(report: Report, server: Server, label: str,
         else:
             server.grpc[c] = load
             report.add(f"{label} gRPC, c={c} (asyncio client)", load.row())
+
+
+def _grpc_floor(report: Report, procs: Procs, tmp: Path, secs: float) -> float:
+    """Server CPU per Health/Check of a bare grpcio server at c=16 and c=64: what grpcio
+    costs per unary call with no work and no interceptors. Returns the c=64 figure (µs)."""
+    server, port = start_grpc_floor(procs, tmp)
+    try:
+        target = f"127.0.0.1:{port}"
+        loads = client([{"op": "grpc_health", "target": target, "duration": secs,
+                         "concurrency": c, "server": server.pid} for c in (16, 64)],
+                       timeout=2 * secs + 60)
+    finally:
+        Procs.stop(server)
+    figures = {c: load["cpu_ms"] * 1000 if "error" not in load else float("nan")
+               for c, load in zip((16, 64), loads, strict=True)}
+    report.add("bare grpcio Health/Check, server CPU per call (grpcio's own floor)",
+               f"c=16 {figures[16]:.0f} µs, c=64 {figures[64]:.0f} µs")
+    return figures[64]
 
 
 def _streams(report: Report, label: str, grpc_target: str, http_port: int, n: int,
@@ -282,6 +303,9 @@ def run(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp
         report.add("mesh peak RSS (VmHWM, with children)", f"{one.rss_peak:.1f} MiB")
         Procs.stop(mesh)
 
+    with _section("grpcio alone: a bare Health server (no mesh), the gRPC door's floor"):
+        floor_us = _grpc_floor(report, procs, tmp, secs)
+
     many: Server | None = None
     if args.workers > 1:
         many = Server(f"SciLLM --workers {args.workers}")
@@ -337,7 +361,7 @@ def run(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp
 
     servers = [s for s in (direct, lite, one, many) if s is not None]
     report.table = [s.row(direct, direct_ttfb) for s in servers]
-    _targets(report, direct, direct_ttfb, one, many, lite, streams_ok, args.streams)
+    _targets(report, direct, direct_ttfb, one, many, lite, streams_ok, args.streams, floor_us)
     print(f"\n== results ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})\n")
     print(report.markdown())
@@ -347,7 +371,8 @@ def run(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp
 
 
 def _targets(report: Report, direct: Server, direct_ttfb: float, one: Server,
-             many: Server | None, lite: Server | None, streams_ok: bool, streams: int) -> None:
+             many: Server | None, lite: Server | None, streams_ok: bool, streams: int,
+             grpc_floor_us: float) -> None:
     """Issue 16's targets, each on the server it is about, and the ratios."""
     door = one.http[64].cpu_ms * 1000
     report.check("CPU per unary request, OpenAI door, one process, c=64 <= 250 µs",
@@ -356,7 +381,8 @@ def _targets(report: Report, direct: Server, direct_ttfb: float, one: Server,
     if 64 in one.grpc:
         grpc_cpu = one.grpc[64].cpu_ms * 1000
         report.check("CPU per unary gRPC Completion, one process, c=64 <= 150 µs",
-                     f"{grpc_cpu:.0f} µs", grpc_cpu <= 150)
+                     f"{grpc_cpu:.0f} µs (a bare grpcio Health/Check: {grpc_floor_us:.0f} µs)",
+                     grpc_cpu <= 150)
     best = many if many is not None else one
     report.check(f"RPS at c=64 through the door >= 4,000 ({best.name})",
                  f"{best.http[64].rps:,.0f} req/s (one process {one.http[64].rps:,.0f})",
