@@ -57,6 +57,18 @@ def channel_target(target: str) -> str:
     return target
 
 
+def _first_of_list(target: str) -> str:
+    """The first address of an `ipv4:`/`ipv6:` list ("" for any other target). gRPC's C core
+    sends such a list whole as the call's :authority ("127.0.0.1:1,127.0.0.1:2"), which is
+    not a valid authority: grpcio's server lets it pass, other HTTP/2 servers (the mesh's
+    native one, hyper's) refuse the call. Plaintext only: with TLS the authority is the
+    name the certificate is checked against, and the mesh's TLS server is grpcio's."""
+    scheme, _, rest = target.partition(":")
+    if scheme not in ("ipv4", "ipv6") or "," not in rest:
+        return ""
+    return rest.lstrip("/").split(",", 1)[0].strip()
+
+
 Metadata = Sequence[tuple[str, str]]
 
 
@@ -293,8 +305,11 @@ class ScillmClient:
 
         def dial(address: str) -> grpc.aio.Channel:
             if tls is None:
-                return grpc.aio.insecure_channel(address, options=opts,
-                                                 interceptors=interceptors)
+                first = _first_of_list(address)
+                named = any(key == "grpc.default_authority" for key, _ in opts)
+                return grpc.aio.insecure_channel(
+                    address, options=[*opts, ("grpc.default_authority", first)]
+                    if first and not named else opts, interceptors=interceptors)
             credentials = grpc.ssl_channel_credentials(
                 tls.root_certificates, tls.private_key, tls.certificate_chain)
             return grpc.aio.secure_channel(address, credentials, options=opts,

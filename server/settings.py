@@ -13,13 +13,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DOORS", "MAX_WORKERS", "SERVICES", "Settings"]
+__all__ = ["DOORS", "GRPC_SERVERS", "MAX_WORKERS", "SERVICES", "Settings"]
 
 #: Service names as used by `--service`, in start-up order.
 SERVICES: tuple[str, ...] = ("completion", "prove", "codeworld", "agent")
 
 #: The most worker processes `--workers` starts.
 MAX_WORKERS = 64
+#: The gRPC servers a process can run (`Settings.grpc_server`).
+GRPC_SERVERS: tuple[str, ...] = ("native", "grpcio")
 
 #: Services a process's own clients call, each with a `<name>_target` setting: the four
 #: above and KeyService (served by every process; see `Settings.targets`).
@@ -114,6 +116,10 @@ class Settings:
     #: Bind the gRPC and HTTP ports with SO_REUSEPORT, so that several processes share
     #: them (set by the master for its workers).
     reuse_port: bool = False
+    #: The gRPC server: "native" (pygrpc-native: grpc.aio's API, its HTTP/2 and gRPC work
+    #: done in Rust outside the GIL) or "grpcio" (grpc.aio itself). With TLS it is grpcio,
+    #: whatever this says: the native server has no TLS.
+    grpc_server: str = "native"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -145,6 +151,9 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be 0..65535, got {port}")
+        if self.grpc_server not in GRPC_SERVERS:
+            raise ValueError(f"grpc_server must be one of {', '.join(GRPC_SERVERS)}, "
+                             f"not {self.grpc_server!r}")
         if self.grace_period_s < 0:
             raise ValueError("grace_period_s must be >= 0")
         if self.prove_isolation not in ("auto", "bubblewrap", "rlimits"):

@@ -1,0 +1,165 @@
+"""The gRPC door on each of its servers (`Settings.grpc_server`): pygrpc-native's, the
+default, and grpc.aio's (also what TLS runs on). A caller must not be able to tell them
+apart: replies and request ids, mapped errors with their details, services this process
+does not serve, streams, deadlines, size limits, reflection through the real grpcurl,
+and a client given a list of replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from held_upstream import HeldUpstream
+from meshutil import RunningMesh, mesh_settings, start_mesh
+
+from scillm.clients import RPCError, ScillmClient, openai_wire
+from scillm.completion.v1 import completion_pb2_grpc
+from scillm.server.settings import Settings
+
+ECHO = {"model": "echo/x", "messages": [{"role": "user", "content": "one two three"}]}
+LIMIT = 64 * 1024
+
+
+@dataclass
+class Door:
+    server: str
+    mesh: RunningMesh
+    upstream: HeldUpstream
+
+    @property
+    def target(self) -> str:
+        return self.mesh.grpc_target
+
+
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def door(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
+    """A Completion mesh on the server named by the parameter; model `held` is an upstream
+    that holds its answers while the test says so."""
+    upstream = HeldUpstream().start()
+    tmp = tmp_path_factory.mktemp(request.param)
+    config = tmp / "models.yaml"
+    config.write_text(json.dumps({"model_list": [
+        {"model_name": "held", "litellm_params": {
+            "model": "openai/held", "api_base": upstream.url, "api_key": "x"}},
+        {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
+    running = start_mesh(mesh_settings(tmp, services=("completion",), config_path=config,
+                                       grpc_server=request.param, max_request_bytes=LIMIT))
+    yield Door(request.param, running, upstream)
+    running.stop()
+    upstream.stop()
+
+
+def test_the_server_is_the_one_configured(door: Door) -> None:
+    import pygrpc_native.aio
+
+    server = door.mesh.mesh._server
+    assert isinstance(server, pygrpc_native.aio.Server) == (door.server == "native")
+    assert isinstance(server, grpc.aio.Server)
+
+
+async def test_a_reply_carries_the_callers_request_id(door: Door) -> None:
+    async with grpc.aio.insecure_channel(door.target) as channel:
+        call = completion_pb2_grpc.CompletionServiceStub(channel).Completion(
+            openai_wire.request_to_proto(ECHO), timeout=20,
+            metadata=(("x-request-id", "caller-chosen-1"),))
+        reply = await call
+        trailers = dict(await call.trailing_metadata() or ())
+    assert reply.choices[0].message.content[0].text == "one two three"
+    assert reply.manifest.request_id == "caller-chosen-1"
+    assert trailers["x-request-id"] == "caller-chosen-1"
+
+
+async def test_a_mapped_error_has_its_code_details_and_request_id(door: Door) -> None:
+    async with ScillmClient(door.target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create({**ECHO, "model": "nope"}, timeout=20,
+                                           request_id="caller-chosen-2")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert info.value.reason == "ModelNotFound"
+    assert info.value.param == "model"
+    assert info.value.request_id == "caller-chosen-2"
+    assert "nope" in info.value.message
+
+
+async def test_a_service_not_served_here_says_where_it_lives(door: Door) -> None:
+    async with grpc.aio.insecure_channel(door.target) as channel:
+        prove = channel.unary_unary("/scillm.prove.v1.ProveService/Prove")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await prove(b"", timeout=20)
+        unknown = channel.unary_unary("/no.such.v1.Service/Method")
+        with pytest.raises(grpc.aio.AioRpcError) as nothing:
+            await unknown(b"", timeout=20)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "scillm serve --service prove" in (info.value.details() or "")
+    assert nothing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_stream_arrives_in_order_and_ends(door: Door) -> None:
+    async with ScillmClient(door.target) as client:
+        events = [event async for event in client.completion.stream(ECHO, timeout=20)]
+    *chunks, end = events
+    said = "".join(choice.delta.content for event in chunks for choice in event.chunk.choices)
+    assert said.split() == ["one", "two", "three"]
+    assert end.HasField("end") and end.end.manifest.run_id
+
+
+async def test_a_deadline_ends_a_held_call(door: Door) -> None:
+    door.upstream.hold()
+    try:
+        async with ScillmClient(door.target) as client:
+            ask = asyncio.ensure_future(client.completion.create(
+                {**ECHO, "model": "held"}, timeout=1.0))
+            assert await asyncio.to_thread(door.upstream.arrived, 1), "the call never arrived"
+            with pytest.raises(RPCError) as info:
+                await ask
+    finally:
+        door.upstream.release()
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_request_over_the_limit_is_refused(door: Door) -> None:
+    big = {**ECHO, "messages": [{"role": "user", "content": "x" * (2 * LIMIT)}]}
+    async with ScillmClient(door.target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create(big, timeout=20)
+        small = await client.completion.create(ECHO, timeout=20)  # the connection lives on
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert small.choices[0].message.content[0].text == "one two three"
+
+
+async def test_a_list_of_replicas_is_one_target(door: Door) -> None:
+    """`ScillmClient("a,b")` balances over both. gRPC's C core would send the whole list
+    as the :authority, which the native server's HTTP/2 refuses as malformed: the client
+    names the first address instead."""
+    async with ScillmClient(f"{door.target},{door.target}") as client:
+        replies = await asyncio.gather(*(client.completion.create(
+            {**ECHO, "messages": [{"role": "user", "content": f"call {i}"}]}, timeout=20)
+            for i in range(8)))
+    assert [r.choices[0].message.content[0].text for r in replies] == \
+        [f"call {i}" for i in range(8)]
+
+
+def test_reflection_through_grpcurl(door: Door, grpcurl: str) -> None:
+    out = subprocess.run([grpcurl, "-plaintext", "-max-time", "20", door.target, "list"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    listed = set(out.stdout.split())
+    assert {"scillm.completion.v1.CompletionService", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= listed
+    described = subprocess.run(
+        [grpcurl, "-plaintext", "-max-time", "20", door.target, "describe",
+         "scillm.completion.v1.CompletionService"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert "rpc Completion" in described.stdout, described.stderr
+
+
+def test_an_unknown_server_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="native, grpcio"):
+        Settings.from_env({"SCILLM_GRPC_SERVER": "fastest"})
+    assert Settings.from_env({}).grpc_server == "native"
