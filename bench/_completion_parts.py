@@ -292,15 +292,17 @@ def start_upstream(procs: Procs, tmp: Path) -> tuple[subprocess.Popen[bytes], in
     return proc, port
 
 
-def start_grpc_floor(procs: Procs, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A bare grpcio Health server (`_grpc_floor.py`): the process and its port."""
-    proc = procs.start([PYTHON, str(Path(__file__).with_name("_grpc_floor.py"))],
-                       tmp / "grpc-floor.log", stdout=subprocess.PIPE)
+def start_grpc_floor(procs: Procs, tmp: Path,
+                     kind: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A bare Health server (`_grpc_floor.py`) on gRPC server `kind` (grpcio, native):
+    the process and its port."""
+    proc = procs.start([PYTHON, str(Path(__file__).with_name("_grpc_floor.py")), kind],
+                       tmp / f"grpc-floor-{kind}.log", stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
     if not line.isdigit():
         raise RuntimeError(f"the bare gRPC server did not start: {line!r}; see "
-                           f"{tmp / 'grpc-floor.log'}")
+                           f"{tmp / f'grpc-floor-{kind}.log'}")
     return proc, int(line)
 
 

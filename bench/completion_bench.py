@@ -11,8 +11,10 @@ in one process (`scillm serve --service completion`), the mesh with `--workers N
 LiteLLM's proxy with `--num_workers 1` (installed, pinned, into its own venv on first
 use). HTTP load comes from wrk (one thread, closed loop); gRPC load, first-byte times and
 the concurrent streams from an asyncio client in a separate process (`_completion_load.py`).
-A bare grpcio Health server (`_grpc_floor.py`) under the same client gives grpcio's own
-CPU per unary call, the floor under the gRPC door.
+Bare Health servers (`_grpc_floor.py`) on pygrpc-native's server (the mesh's default) and
+on grpcio's, under the same client, give each server's own CPU per unary call, the floor
+under the gRPC door; the mesh on grpcio's server (`SCILLM_GRPC_SERVER=grpcio`) is measured
+beside it.
 "CPU" is the user+system time of the server's process tree (all threads, workers
 included) over a load, from /proc, per request served. With `--baseline REF` the mesh as
 at commit REF and as checked out are measured in alternating pairs.
@@ -160,10 +162,11 @@ def _store_grpc(report: Report, server: Server, label: str,
             report.add(f"{label} gRPC, c={c} (asyncio client)", load.row())
 
 
-def _grpc_floor(report: Report, procs: Procs, tmp: Path, secs: float) -> float:
-    """Server CPU per Health/Check of a bare grpcio server at c=16 and c=64: what grpcio
-    costs per unary call with no work and no interceptors. Returns the c=64 figure (µs)."""
-    server, port = start_grpc_floor(procs, tmp)
+def _grpc_floor(report: Report, procs: Procs, tmp: Path, secs: float, kind: str) -> float:
+    """Server CPU per Health/Check of a bare gRPC server (`kind`: native, grpcio) at c=16
+    and c=64: what the server costs per unary call with no work and no interceptors.
+    Returns the c=64 figure (µs)."""
+    server, port = start_grpc_floor(procs, tmp, kind)
     try:
         target = f"127.0.0.1:{port}"
         loads = client([{"op": "grpc_health", "target": target, "duration": secs,
@@ -173,7 +176,7 @@ def _grpc_floor(report: Report, procs: Procs, tmp: Path, secs: float) -> float:
         Procs.stop(server)
     figures = {c: load["cpu_ms"] * 1000 if "error" not in load else float("nan")
                for c, load in zip((16, 64), loads, strict=True)}
-    report.add("bare grpcio Health/Check, server CPU per call (grpcio's own floor)",
+    report.add(f"bare {kind} gRPC server, Health/Check, server CPU per call (its own floor)",
                f"c=16 {figures[16]:.0f} µs, c=64 {figures[64]:.0f} µs")
     return figures[64]
 
@@ -303,8 +306,17 @@ def run(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp
         report.add("mesh peak RSS (VmHWM, with children)", f"{one.rss_peak:.1f} MiB")
         Procs.stop(mesh)
 
-    with _section("grpcio alone: a bare Health server (no mesh), the gRPC door's floor"):
-        floor_us = _grpc_floor(report, procs, tmp, secs)
+    with _section("gRPC servers alone: bare Health servers (no mesh), the gRPC door's floor"):
+        floor_us = {kind: _grpc_floor(report, procs, tmp, secs, kind)
+                    for kind in ("native", "grpcio")}
+    with _section("mesh on grpcio's gRPC server (SCILLM_GRPC_SERVER=grpcio), for comparison"):
+        mesh, grpc_port, _ = start_mesh(procs, tmp, mesh_config,
+                                        env={"SCILLM_GRPC_SERVER": "grpcio"})
+        on_grpcio = _grpc_loads(f"127.0.0.1:{grpc_port}", CHAT, mesh.pid, secs, (1, 64))
+        for c, load in on_grpcio.items():
+            report.add(f"mesh gRPC on grpcio's server, c={c} (asyncio client)",
+                       load if isinstance(load, str) else load.row())
+        Procs.stop(mesh)
 
     many: Server | None = None
     if args.workers > 1:
@@ -372,7 +384,7 @@ def run(args: argparse.Namespace, secs: float, procs: Procs, report: Report, tmp
 
 def _targets(report: Report, direct: Server, direct_ttfb: float, one: Server,
              many: Server | None, lite: Server | None, streams_ok: bool, streams: int,
-             grpc_floor_us: float) -> None:
+             grpc_floor_us: dict[str, float]) -> None:
     """Issue 16's targets, each on the server it is about, and the ratios."""
     door = one.http[64].cpu_ms * 1000
     report.check("CPU per unary request, OpenAI door, one process, c=64 <= 250 µs",
@@ -381,7 +393,9 @@ def _targets(report: Report, direct: Server, direct_ttfb: float, one: Server,
     if 64 in one.grpc:
         grpc_cpu = one.grpc[64].cpu_ms * 1000
         report.check("CPU per unary gRPC Completion, one process, c=64 <= 150 µs",
-                     f"{grpc_cpu:.0f} µs (a bare grpcio Health/Check: {grpc_floor_us:.0f} µs)",
+                     f"{grpc_cpu:.0f} µs (an empty Health/Check alone: "
+                     f"{grpc_floor_us['native']:.0f} µs on the native server, "
+                     f"{grpc_floor_us['grpcio']:.0f} µs on grpcio's)",
                      grpc_cpu <= 150)
     best = many if many is not None else one
     report.check(f"RPS at c=64 through the door >= 4,000 ({best.name})",
