@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .commands.codex_sidecar import add_arguments as add_sidecar_arguments
 from .commands.doctor import add_arguments as add_doctor_arguments
-from .settings import DOORS, MAX_WORKERS, SERVICES, Settings
+from .settings import DOORS, GRPC_SERVERS, MAX_WORKERS, SERVICES, Settings
 
 __all__ = ["main"]
 
@@ -39,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
             services=_services(args.service), http_enabled=False if args.no_http else None,
             **{f"{door}_target": getattr(args, f"{door}_target") for door in DOORS},
             grace_period_s=args.grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca, workers=args.workers)
+            tls_client_ca=args.tls_client_ca, workers=args.workers,
+            grpc_server=args.grpc_server)
     except ValueError as exc:
         print(f"scillm serve: {exc}", file=sys.stderr)
         return 2
@@ -144,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="serve the mesh: gRPC (default 127.0.0.1:50051) and the OpenAI HTTP "
                       "shim (default 127.0.0.1:4000)",
-        description="Start the services in one grpc.aio process on uvloop, with health, "
-                    "reflection and the OpenAI-compatible HTTP shim. Each service can run "
+        description="Start the services in one process on uvloop (one gRPC server with "
+                    "grpc.aio's API), with health, reflection and the OpenAI-compatible "
+                    "HTTP shim. Each service can run "
                     "in its own process (--service NAME) and the shim in one of its own "
                     "(--service none); the --*-target flags say where this process's "
                     "callers (the shim; Prove, CodeWorld and Agent calling Completion) "
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "true)")
     serve.add_argument("--grace", type=float,
                        help="seconds in-flight calls get after SIGTERM (default 10)")
+    serve.add_argument("--grpc-server", choices=GRPC_SERVERS,
+                       help="the gRPC server: native (pygrpc-native, the default: grpc.aio's "
+                            "API with the HTTP/2 work in Rust, about half grpcio's CPU per "
+                            "call) or grpcio (grpc.aio itself); with TLS always grpcio "
+                            "(env SCILLM_GRPC_SERVER)")
     serve.add_argument("--workers", type=int, metavar="N",
                        help=f"serve from N worker processes sharing the ports (SO_REUSEPORT; "
                             f"1..{MAX_WORKERS}, default 1 = this process). A master starts "

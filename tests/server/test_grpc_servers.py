@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -163,3 +166,12 @@ def test_an_unknown_server_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="native, grpcio"):
         Settings.from_env({"SCILLM_GRPC_SERVER": "fastest"})
     assert Settings.from_env({}).grpc_server == "native"
+    scillm = str(Path(sys.executable).parent / "scillm")
+    for args, env, said in (
+            (["--grpc-server", "fastest"], {}, "invalid choice: 'fastest'"),
+            ([], {"SCILLM_GRPC_SERVER": "fastest"}, "grpc_server must be one of native, grpcio")):
+        out = subprocess.run([scillm, "serve", "--grpc-port", "0", "--no-http", *args],
+                             env={**os.environ, **env}, capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert out.returncode == 2
+        assert said in out.stderr and "Traceback" not in out.stderr
