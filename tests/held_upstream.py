@@ -60,10 +60,20 @@ class HeldUpstream:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        """Close the listener, end the connections' handlers, then stop and close the loop:
+        a handler left pending would be finalized later, on a closed loop."""
+        asyncio.run_coroutine_threadsafe(self._shut(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _shut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     def hold(self) -> None:
         """Close the gate: answers wait until `release()`; the arrival count restarts."""
