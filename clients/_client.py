@@ -307,9 +307,10 @@ class ScillmClient:
             if tls is None:
                 first = _first_of_list(address)
                 named = any(key == "grpc.default_authority" for key, _ in opts)
-                return grpc.aio.insecure_channel(
-                    address, options=[*opts, ("grpc.default_authority", first)]
-                    if first and not named else opts, interceptors=interceptors)
+                plain = [*opts, ("grpc.default_authority", first)] if first and not named \
+                    else opts
+                return grpc.aio.insecure_channel(address, options=plain,
+                                                 interceptors=interceptors)
             credentials = grpc.ssl_channel_credentials(
                 tls.root_certificates, tls.private_key, tls.certificate_chain)
             return grpc.aio.secure_channel(address, credentials, options=opts,

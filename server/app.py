@@ -292,7 +292,7 @@ def _grpc_server(settings: Settings, interceptors: list[grpc.aio.ServerIntercept
                  options: list[tuple[str, Any]]) -> grpc.aio.Server:
     """The gRPC server `settings.grpc_server` names. pygrpc-native's takes grpc.aio's API
     and serves unary and server-streaming calls with the HTTP/2 and gRPC work in Rust, off
-    the GIL: about half grpcio's CPU per Completion here, a fifth per empty call
+    the GIL: about half grpcio's CPU per Completion here, a quarter or less per empty call
     (bench/README.md). It hands other calls (reflection, unknown methods) to a grpc.aio
     server behind it, and has no TLS, so with TLS the server is grpcio's."""
     if settings.grpc_server == "native" and not settings.tls:
