@@ -45,6 +45,8 @@ class HeldUpstream:
         self._gate = asyncio.Event()
         self._waiting = threading.Condition()
         self._at_gate = 0
+        #: Non-streamed requests whose caller closed the connection while held at the gate.
+        self._abandoned = 0
         self.requests = 0
         self.port = 0
 
@@ -84,6 +86,16 @@ class HeldUpstream:
     def release(self) -> None:
         asyncio.run_coroutine_threadsafe(self._set_gate(True), self._loop).result(10)
 
+    def abandoned(self, count: int, timeout: float = 60.0) -> bool:
+        """Block until `count` held requests (in all) lost their caller; False on timeout."""
+        with self._waiting:
+            return self._waiting.wait_for(lambda: self._abandoned >= count, timeout)
+
+    @property
+    def abandoned_so_far(self) -> int:
+        with self._waiting:
+            return self._abandoned
+
     def arrived(self, count: int, timeout: float = 60.0) -> bool:
         """Block until `count` requests reached the gate since `hold()`; False on timeout."""
         with self._waiting:
@@ -115,7 +127,8 @@ class HeldUpstream:
                 if request.get("stream"):
                     await self._stream(request, writer)
                 else:
-                    await self._at_the_gate()
+                    if not await self._held_for(reader):
+                        return
                     text, model = _text(request), str(request.get("model", ""))
                     body = json.dumps({
                         "id": "held-1", "object": "chat.completion", "created": 1,
@@ -132,6 +145,23 @@ class HeldUpstream:
             pass
         finally:
             writer.close()
+
+    async def _held_for(self, reader: asyncio.StreamReader) -> bool:
+        """Wait at the gate, watching the connection: False when the caller closed it
+        first (counted in `abandoned`). Callers do not pipeline, so nothing else arrives."""
+        gate = asyncio.ensure_future(self._at_the_gate())
+        gone = asyncio.ensure_future(reader.read(1))
+        try:
+            await asyncio.wait((gate, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (gate, gone):
+                waiter.cancel()
+        if gate.done() and not gate.cancelled():
+            return True
+        with self._waiting:
+            self._abandoned += 1
+            self._waiting.notify_all()
+        return False
 
     async def _stream(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         model, words = str(request.get("model", "")), _text(request).split()

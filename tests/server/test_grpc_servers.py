@@ -7,6 +7,7 @@ and a client given a list of replicas."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -124,6 +125,24 @@ async def test_a_deadline_ends_a_held_call(door: Door) -> None:
     finally:
         door.upstream.release()
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_caller_who_leaves_ends_the_upstream_call(door: Door) -> None:
+    """Cancelling a call on the door cancels its handler, which closes the upstream
+    request: a caller who leaves does not keep paying for tokens."""
+    before = door.upstream.abandoned_so_far
+    door.upstream.hold()
+    try:
+        async with ScillmClient(door.target) as client:
+            ask = asyncio.ensure_future(client.completion.create(
+                {**ECHO, "model": "held"}, timeout=60))
+            assert await asyncio.to_thread(door.upstream.arrived, 1), "the call never arrived"
+            ask.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ask
+            assert await asyncio.to_thread(door.upstream.abandoned, before + 1, 30)
+    finally:
+        door.upstream.release()
 
 
 async def test_a_request_over_the_limit_is_refused(door: Door) -> None:
