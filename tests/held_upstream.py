@@ -4,7 +4,8 @@ answers until the test releases them, so a test can act while calls are surely i
 It echoes the last user message. A non-streamed request waits at the gate, then gets its
 `chat.completion`. A streamed request gets its first chunk at once, then waits at the
 gate, then gets the rest (one chunk per word), the usage and `[DONE]`. `arrived(n)` waits
-until n requests have reached the gate since the last `hold()`.
+until n requests have reached the gate since the last `hold()`; `abandoned(n)` until n
+requests in all lost their caller (the connection closed) while held there.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class HeldUpstream:
         self._gate = asyncio.Event()
         self._waiting = threading.Condition()
         self._at_gate = 0
-        #: Non-streamed requests whose caller closed the connection while held at the gate.
+        #: Requests whose caller closed the connection while they were held at the gate.
         self._abandoned = 0
         self.requests = 0
         self.port = 0
@@ -125,7 +126,8 @@ class HeldUpstream:
                 request = json.loads(await reader.readexactly(length))
                 self.requests += 1
                 if request.get("stream"):
-                    await self._stream(request, writer)
+                    if not await self._stream(request, reader, writer):
+                        return
                 else:
                     if not await self._held_for(reader):
                         return
@@ -163,13 +165,15 @@ class HeldUpstream:
             self._waiting.notify_all()
         return False
 
-    async def _stream(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+    async def _stream(self, request: dict[str, Any], reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> bool:
         model, words = str(request.get("model", "")), _text(request).split()
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                      b"transfer-encoding: chunked\r\n\r\n")
         writer.write(_event(_chunk(model, {"role": "assistant", "content": words[0]})))
         await writer.drain()
-        await self._at_the_gate()
+        if not await self._held_for(reader):
+            return False
         for word in words[1:]:
             writer.write(_event(_chunk(model, {"content": " " + word})))
         writer.write(_event(_chunk(model, {}, "stop")))
@@ -177,3 +181,4 @@ class HeldUpstream:
             "prompt_tokens": 1, "completion_tokens": len(words),
             "total_tokens": 1 + len(words)}})))
         writer.write(_event("[DONE]") + b"0\r\n\r\n")
+        return True

@@ -145,6 +145,20 @@ async def test_a_caller_who_leaves_ends_the_upstream_call(door: Door) -> None:
         door.upstream.release()
 
 
+async def test_a_caller_who_leaves_a_stream_ends_the_upstream_stream(door: Door) -> None:
+    before = door.upstream.abandoned_so_far
+    door.upstream.hold()
+    try:
+        async with ScillmClient(door.target) as client:
+            events = client.completion.stream({**ECHO, "model": "held"}, timeout=60)
+            first = await anext(events)
+            assert first.chunk.choices[0].delta.content == "one"
+            await events.aclose()
+            assert await asyncio.to_thread(door.upstream.abandoned, before + 1, 30)
+    finally:
+        door.upstream.release()
+
+
 async def test_a_request_over_the_limit_is_refused(door: Door) -> None:
     big = {**ECHO, "messages": [{"role": "user", "content": "x" * (2 * LIMIT)}]}
     async with ScillmClient(door.target) as client:
