@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,17 +113,33 @@ async def test_a_stream_arrives_in_order_and_ends(door: Door) -> None:
     assert end.HasField("end") and end.end.manifest.run_id
 
 
-async def test_a_deadline_ends_a_held_call(door: Door) -> None:
+@contextlib.asynccontextmanager
+async def held(door: Door) -> AsyncIterator[ScillmClient]:
+    """A client of the door while the upstream holds its answers (released on exit)."""
     door.upstream.hold()
     try:
         async with ScillmClient(door.target) as client:
-            ask = asyncio.ensure_future(client.completion.create(
-                {**ECHO, "model": "held"}, timeout=1.0))
-            assert await asyncio.to_thread(door.upstream.arrived, 1), "the call never arrived"
-            with pytest.raises(RPCError) as info:
-                await ask
+            yield client
     finally:
         door.upstream.release()
+
+
+async def _arrived(door: Door) -> None:
+    assert await asyncio.to_thread(door.upstream.arrived, 1), "the call never arrived"
+
+
+async def _abandoned(door: Door, count: int) -> None:
+    assert await asyncio.to_thread(door.upstream.abandoned, count, 30), \
+        "the upstream request outlived its caller"
+
+
+async def test_a_deadline_ends_a_held_call(door: Door) -> None:
+    async with held(door) as client:
+        ask = asyncio.ensure_future(client.completion.create(
+            {**ECHO, "model": "held"}, timeout=1.0))
+        await _arrived(door)
+        with pytest.raises(RPCError) as info:
+            await ask
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -131,32 +147,24 @@ async def test_a_caller_who_leaves_ends_the_upstream_call(door: Door) -> None:
     """Cancelling a call on the door cancels its handler, which closes the upstream
     request: a caller who leaves does not keep paying for tokens."""
     before = door.upstream.abandoned_so_far
-    door.upstream.hold()
-    try:
-        async with ScillmClient(door.target) as client:
-            ask = asyncio.ensure_future(client.completion.create(
-                {**ECHO, "model": "held"}, timeout=60))
-            assert await asyncio.to_thread(door.upstream.arrived, 1), "the call never arrived"
-            ask.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ask
-            assert await asyncio.to_thread(door.upstream.abandoned, before + 1, 30)
-    finally:
-        door.upstream.release()
+    async with held(door) as client:
+        ask = asyncio.ensure_future(client.completion.create(
+            {**ECHO, "model": "held"}, timeout=60))
+        await _arrived(door)
+        ask.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ask
+        await _abandoned(door, before + 1)
 
 
 async def test_a_caller_who_leaves_a_stream_ends_the_upstream_stream(door: Door) -> None:
     before = door.upstream.abandoned_so_far
-    door.upstream.hold()
-    try:
-        async with ScillmClient(door.target) as client:
-            events = client.completion.stream({**ECHO, "model": "held"}, timeout=60)
-            first = await anext(events)
-            assert first.chunk.choices[0].delta.content == "one"
-            await events.aclose()
-            assert await asyncio.to_thread(door.upstream.abandoned, before + 1, 30)
-    finally:
-        door.upstream.release()
+    async with held(door) as client:
+        events = client.completion.stream({**ECHO, "model": "held"}, timeout=60)
+        first = await anext(events)
+        assert first.chunk.choices[0].delta.content == "one"
+        await events.aclose()
+        await _abandoned(door, before + 1)
 
 
 async def test_a_request_over_the_limit_is_refused(door: Door) -> None:
