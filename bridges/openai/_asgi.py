@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scillm.clients.ids import new_id
 
-from .errors import from_exception
+from .errors import error_response
 
 __all__ = ["COMPLETIONS", "CancelOnDisconnect", "CompletionsDoor", "RequestIdMiddleware"]
 
@@ -182,8 +181,6 @@ class CompletionsDoor:
             if hang_up.started:
                 raise  # mid-response: the server logs it and closes the connection
             log.exception("request %s failed unexpectedly", rid)
-            status, body, headers = from_exception(exc)
-            await JSONResponse(body, status_code=status, headers=headers)(
-                scope, hang_up.receive, send_with_id)
+            await error_response(exc)(scope, hang_up.receive, send_with_id)
         finally:
             hang_up.close()

@@ -51,7 +51,7 @@ from ..seed import envelope
 from ..seed import keys as keys_seed
 from . import runs, seed_doors, sse
 from ._asgi import COMPLETIONS, CompletionsDoor
-from .errors import error_body, from_exception
+from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
 
 __all__ = ["create_app"]
@@ -110,11 +110,6 @@ async def _prepend(first: dict[str, Any],
             yield item
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-
-
-def _error(exc: Exception) -> JSONResponse:
-    status, body, headers = from_exception(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _duration_ms(d: Any) -> float:
@@ -210,9 +205,9 @@ class _Shim:
         except _TooLarge as exc:
             response = self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
-            response = _error(exc)
+            response = error_response(exc)
         except StopAsyncIteration:
-            response = _error(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
+            response = error_response(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
         await response(scope, receive, send)
 
     async def _completion_stream(self, body: dict[str, Any], request_id: str,
@@ -256,7 +251,7 @@ class _Shim:
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
-            return _error(exc)
+            return error_response(exc)
         return JSONResponse(reply)
 
     async def bridge_complete(self, request: Request) -> Response | sse.EventStream:
@@ -282,7 +277,7 @@ class _Shim:
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
-            return _error(exc)
+            return error_response(exc)
 
     async def key_generate(self, request: Request) -> Response:
         """LiteLLM's `POST /key/generate`: models, duration, max_budget, rpm/tpm limits."""
@@ -293,7 +288,7 @@ class _Shim:
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
-            return _error(exc)
+            return error_response(exc)
         return JSONResponse({"key": reply.key, **keys_seed.info_json(reply.info)})
 
     async def key_info(self, request: Request) -> Response:
@@ -305,7 +300,7 @@ class _Shim:
         try:
             info = await self.client.keys.get(key, metadata=_credentials(request))
         except RPCError as exc:
-            return _error(exc)
+            return error_response(exc)
         return JSONResponse({"key": info.key_id, "info": keys_seed.info_json(info)})
 
     async def key_delete(self, request: Request) -> Response:
@@ -321,7 +316,7 @@ class _Shim:
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:
-            return _error(exc)
+            return error_response(exc)
         return JSONResponse({"deleted_keys": deleted})
 
     def _too_large(self, exc: _TooLarge) -> JSONResponse:
@@ -355,7 +350,7 @@ class _Shim:
         try:
             names = await self.client.completion.list_models(metadata=_credentials(request))
         except RPCError as exc:
-            return _error(exc)
+            return error_response(exc)
         created = 0
         return JSONResponse({"object": "list", "data": [
             {"id": n, "object": "model", "created": created, "owned_by": "scillm"}
@@ -432,5 +427,5 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
     # An error no endpoint mapped: OpenAI's 500 body (Starlette's error layer sends it,
     # then lets the server log the exception), as the completions door answers one.
     starlette = Starlette(routes=routes, exception_handlers={
-        Exception: lambda request, exc: _error(exc)})
+        Exception: lambda request, exc: error_response(exc)})
     return CompletionsDoor(starlette, completions)

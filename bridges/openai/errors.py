@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from starlette.responses import JSONResponse
 
 from scillm.clients.errors import InvalidRequestError, RPCError
 
-__all__ = ["STATUS_TABLE", "error_body", "from_exception"]
+__all__ = ["STATUS_TABLE", "error_body", "error_response", "from_exception"]
 
 #: gRPC status -> (HTTP status, OpenAI error type).
 STATUS_TABLE: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -57,3 +58,9 @@ def from_exception(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]
             code = "model_not_found"
         return status, error_body(exc.message, type_, param=exc.param, code=code), headers
     return 500, error_body("internal error", "api_error"), headers
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """`from_exception` as a response: the status, OpenAI's body and the headers."""
+    status, body, headers = from_exception(exc)
+    return JSONResponse(body, status_code=status, headers=headers)

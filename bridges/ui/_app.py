@@ -57,7 +57,7 @@ from scillm.server.manifests import (
     run_state,
 )
 
-from ..openai.errors import error_body, from_exception
+from ..openai.errors import error_body, error_response
 from ._access import CSRF_HEADER, Caller, Denied, UiAccess
 from ._agent import agent_view
 from ._charts import span_timings
@@ -288,8 +288,7 @@ class _Ui:
         try:
             result, diffs, volatile = await replay(stored, as_caller)
         except RPCError as exc:
-            status, body, headers = from_exception(exc)
-            return JSONResponse(body, status, headers)
+            return error_response(exc)
         except ValueError as exc:  # a service replay does not know
             return JSONResponse(error_body(str(exc), "invalid_request_error"), 400)
         new = getattr(result, "manifest", None)
