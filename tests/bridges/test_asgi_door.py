@@ -111,7 +111,6 @@ async def test_a_cancellation_from_outside_goes_through() -> None:
         await task
 
 
-
 @pytest.mark.parametrize(("method", "path"), [("POST", "/v1/chat/completions"),
                                               ("POST", "/agent/run")])
 async def test_the_shims_unmapped_errors_are_openais_500(
