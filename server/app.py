@@ -86,6 +86,8 @@ class Mesh:
         self.local_channel: LocalChannel | None = None
         #: The HTTP shim's client (None without HTTP): one channel per service's target.
         self.shim_client: ScillmClient | None = None
+        #: The HTTP shim's ASGI app, as its server calls it (None without HTTP).
+        self.asgi_app: Any = None
         self._store: Any = None  # the run store, when one is open
 
     @property
@@ -221,6 +223,7 @@ class Mesh:
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
                                    metrics_registry=self.metrics.exposition,
                                    ui=await self._runs_ui(client)), self._tracing)
+        self.asgi_app = app
         sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if settings.reuse_port:  # a worker: the port is shared with the other workers
