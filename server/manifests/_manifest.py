@@ -28,11 +28,13 @@ __all__ = ["ManifestClock", "RunRecord", "current_trace_id", "recording", "versi
 
 @cache
 def versions() -> dict[str, str]:
-    """Versions of the process's parts, computed once."""
+    """Versions of the process's parts, computed once: Python, SciLLM, both gRPC servers
+    (pygrpc-native's, the default, and grpcio's, which TLS runs on and clients use) and
+    protobuf."""
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("scillm", "grpcio", "protobuf"):
+    for dist in ("scillm", "grpcio", "pygrpc-native", "protobuf"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

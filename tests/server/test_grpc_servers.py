@@ -79,6 +79,17 @@ async def test_a_reply_carries_the_callers_request_id(door: Door) -> None:
     assert trailers["x-request-id"] == "caller-chosen-1"
 
 
+async def test_a_manifest_names_the_versions_of_the_parts_that_served_it(door: Door) -> None:
+    from importlib import metadata
+    from platform import python_version
+
+    async with ScillmClient(door.target) as client:
+        reply = await client.completion.create(ECHO, timeout=20)
+    installed = {dist: metadata.version(dist)
+                 for dist in ("scillm", "grpcio", "pygrpc-native", "protobuf")}
+    assert dict(reply.manifest.versions) == {"python": python_version(), **installed}
+
+
 async def test_a_mapped_error_has_its_code_details_and_request_id(door: Door) -> None:
     async with ScillmClient(door.target) as client:
         with pytest.raises(RPCError) as info:
