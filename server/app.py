@@ -297,11 +297,13 @@ def _grpc_server(settings: Settings, interceptors: list[grpc.aio.ServerIntercept
     and serves unary and server-streaming calls with the HTTP/2 and gRPC work in Rust, off
     the GIL: about half grpcio's CPU per Completion here, a quarter or less per empty call
     (bench/README.md). It hands other calls (reflection, unknown methods) to a grpc.aio
-    server behind it, and has no TLS, so with TLS the server is grpcio's."""
+    server behind it, and has no TLS, so with TLS the server is grpcio's. Its HTTP/2 work
+    runs on `settings.grpc_io_threads` threads."""
     if settings.grpc_server == "native" and not settings.tls:
         import pygrpc_native.aio
 
-        return pygrpc_native.aio.server(interceptors=interceptors, options=options)
+        return pygrpc_native.aio.Server(interceptors=interceptors, options=options,
+                                        io_threads=settings.grpc_io_threads)
     return grpc.aio.server(interceptors=interceptors, options=options)
 
 

@@ -22,6 +22,8 @@ SERVICES: tuple[str, ...] = ("completion", "prove", "codeworld", "agent")
 MAX_WORKERS = 64
 #: The gRPC servers a process can run (`Settings.grpc_server`).
 GRPC_SERVERS: tuple[str, ...] = ("native", "grpcio")
+#: The most HTTP/2 threads the native gRPC server may be given (`grpc_io_threads`).
+MAX_IO_THREADS = 64
 
 #: Services a process's own clients call, each with a `<name>_target` setting: the four
 #: above and KeyService (served by every process; see `Settings.targets`).
@@ -120,6 +122,12 @@ class Settings:
     #: done in Rust outside the GIL) or "grpcio" (grpc.aio itself). With TLS it is grpcio,
     #: whatever this says: the native server has no TLS.
     grpc_server: str = "native"
+    #: Threads (tokio's) doing the native gRPC server's HTTP/2 work. One keeps up with the
+    #: one event loop it feeds and costs less CPU per call than two (5 % less per
+    #: Completion over nginx, 15 % with the echo provider, on 2 cores; a second thread buys
+    #: a few per cent more calls per second from one process where a core is idle:
+    #: bench/README.md). Only the native server has them.
+    grpc_io_threads: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -129,7 +137,12 @@ class Settings:
         for f in fields(cls):
             raw = env.get(f"SCILLM_{f.name.upper()}")
             if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw)
+                try:
+                    values[f.name] = _parse(f.name, raw)
+                except ValueError:
+                    kind = _KINDS.get(str(f.type), "valid")
+                    raise ValueError(f"SCILLM_{f.name.upper()} must be {kind}, "
+                                     f"not {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(cls(), **values)
         settings.validate()
@@ -154,6 +167,9 @@ class Settings:
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"grpc_server must be one of {', '.join(GRPC_SERVERS)}, "
                              f"not {self.grpc_server!r}")
+        if not 1 <= self.grpc_io_threads <= MAX_IO_THREADS:
+            raise ValueError(f"grpc_io_threads must be 1..{MAX_IO_THREADS}, "
+                             f"got {self.grpc_io_threads}")
         if self.grace_period_s < 0:
             raise ValueError("grace_period_s must be >= 0")
         if self.prove_isolation not in ("auto", "bubblewrap", "rlimits"):
@@ -214,6 +230,10 @@ class Settings:
                 text = str(value)
             out[f"SCILLM_{f.name.upper()}"] = text
         return out
+
+
+#: What a numeric setting's variable must hold, for its error.
+_KINDS = {"int": "an integer", "float": "a number"}
 
 
 def _parse(name: str, raw: str) -> Any:

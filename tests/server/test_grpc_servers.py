@@ -227,3 +227,30 @@ def test_an_unknown_server_is_refused_with_the_choices() -> None:
                              timeout=60, check=False)
         assert out.returncode == 2
         assert said in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_native_server_runs_the_http2_threads_it_is_given(tmp_path: Path) -> None:
+    def io_threads() -> int:
+        return sum((task / "comm").read_text().strip() == "grpc-native-io"
+                   for task in Path("/proc/self/task").iterdir())
+
+    assert Settings.from_env({}).grpc_io_threads == 1
+    before = io_threads()
+    running = start_mesh(mesh_settings(tmp_path, services=("completion",), grpc_io_threads=3))
+    try:
+        assert io_threads() == before + 3
+    finally:
+        running.stop()
+
+
+def test_a_bad_thread_count_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"grpc_io_threads must be 1\.\.64, got 0"):
+        Settings.from_env({"SCILLM_GRPC_IO_THREADS": "0"})
+    scillm = str(Path(sys.executable).parent / "scillm")
+    for value, said in (("0", "grpc_io_threads must be 1..64, got 0"),
+                        ("two", "SCILLM_GRPC_IO_THREADS must be an integer, not 'two'")):
+        out = subprocess.run([scillm, "serve", "--grpc-port", "0", "--no-http"],
+                             env={**os.environ, "SCILLM_GRPC_IO_THREADS": value},
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 2
+        assert said in out.stderr and "Traceback" not in out.stderr
