@@ -298,12 +298,13 @@ def _grpc_server(settings: Settings, interceptors: list[grpc.aio.ServerIntercept
     the GIL: about half grpcio's CPU per Completion here, a quarter or less per empty call
     (bench/README.md). It hands other calls (reflection, unknown methods) to a grpc.aio
     server behind it, and has no TLS, so with TLS the server is grpcio's. Its HTTP/2 work
-    runs on `settings.grpc_io_threads` threads."""
+    runs on `settings.grpc_io_threads` threads, and its stop lets every call that finished
+    in the grace reach its caller (native_server.py)."""
     if settings.grpc_server == "native" and not settings.tls:
-        import pygrpc_native.aio
+        from .native_server import DrainingServer
 
-        return pygrpc_native.aio.Server(interceptors=interceptors, options=options,
-                                        io_threads=settings.grpc_io_threads)
+        return DrainingServer(interceptors=interceptors, options=options,
+                              io_threads=settings.grpc_io_threads)
     return grpc.aio.server(interceptors=interceptors, options=options)
 
 
