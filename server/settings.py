@@ -122,11 +122,11 @@ class Settings:
     #: done in Rust outside the GIL) or "grpcio" (grpc.aio itself). With TLS it is grpcio,
     #: whatever this says: the native server has no TLS.
     grpc_server: str = "native"
-    #: Threads (tokio's) doing the native gRPC server's HTTP/2 work. One keeps up with the
-    #: one event loop it feeds and costs less CPU per call than two (5 % less per
-    #: Completion over nginx, 15 % with the echo provider, on 2 cores; a second thread buys
-    #: a few per cent more calls per second from one process where a core is idle:
-    #: bench/README.md). Only the native server has them.
+    #: Threads (tokio's) doing the native gRPC server's HTTP/2 work. Under load one keeps
+    #: up with the one event loop it feeds and costs less CPU per call than two (medians
+    #: 5-18 % less per Completion at c=16 and c=64 on 2 cores); two buy one process a few
+    #: per cent more calls per second where a core is idle, and one call at a time (c=1)
+    #: ~8 % lower latency (bench/README.md). Only the native server has them.
     grpc_io_threads: int = 1
 
     @classmethod
