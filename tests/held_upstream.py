@@ -158,6 +158,9 @@ class HeldUpstream:
         finally:
             for waiter in (gate, gone):
                 waiter.cancel()
+            # Until the cancelled read has run, the reader counts it as waiting, and the
+            # connection's next request would fail to read ("already waiting").
+            await asyncio.gather(gate, gone, return_exceptions=True)
         if gate.done() and not gate.cancelled():
             return True
         with self._waiting:

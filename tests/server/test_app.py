@@ -231,6 +231,54 @@ def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
         upstream.stop()
 
 
+def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> None:
+    """The OpenAI door's half of the contract: a stream in flight when the stop begins
+    runs to `[DONE]` with every word, while the door takes no new connection."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    upstream = HeldUpstream().start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
+        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    running = start_mesh(mesh_settings(tmp_path, grace_period_s=120.0, config_path=config,
+                                       services=("completion",)))
+    port = running.mesh.http_port
+    words = [f"w{i}" for i in range(50)]
+    stopping = threading.Thread(target=running.stop, args=(120.0,), daemon=True)
+    try:
+        upstream.hold()
+        with httpx.Client(timeout=60) as client, client.stream(
+                "POST", f"{running.http_url}/v1/chat/completions", json={
+                    "model": "held", "stream": True,
+                    "messages": [{"role": "user", "content": " ".join(words)}]}) as reply:
+            lines = (line for line in reply.iter_lines() if line.startswith("data: "))
+            events = [next(lines)]
+            assert upstream.arrived(1)
+            stopping.start()
+            deadline = time.monotonic() + 60
+            while True:  # the stop has begun once the door refuses connections
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                except OSError:
+                    break
+                assert time.monotonic() < deadline, "the door still takes connections"
+                time.sleep(0.05)
+            upstream.release()
+            events += list(lines)
+        assert events[-1] == "data: [DONE]"
+        said = "".join(choice["delta"].get("content") or ""
+                       for event in events[:-1] for choice in json.loads(event[6:])["choices"])
+        assert said.split() == words
+        stopping.join(60)
+        assert not stopping.is_alive()
+    finally:
+        upstream.stop()
+
+
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
     import socket
 
