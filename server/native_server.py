@@ -12,6 +12,11 @@ within the same grace, until the front has finished every call it started (its o
 per-method counters, `NativeGrpcFront.metrics()`, switched on for that), and only then
 stops as the library does. New calls are refused with UNAVAILABLE from the start of the
 stop, as the library refuses them.
+
+The server has no public hook for this, so the class leans on 0.5.0's attributes (`_front`,
+`_front_args`, `_calls`, `_stopping`); pyproject.toml pins that release, and
+tests/server/test_native_drain.py fails if a new one moves them or fixes the stop itself
+differently.
 """
 
 from __future__ import annotations
