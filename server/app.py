@@ -242,8 +242,7 @@ class Mesh:
                         "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 http=HttpProtocol, **tls,
-                                timeout_graceful_shutdown=int(settings.grace_period_s) or None,
-                                backlog=2048)
+                                backlog=2048)  # its shutdown timeout: set by stop()
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
@@ -271,6 +270,9 @@ class Mesh:
         grace = self.settings.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self._http is not None and self._http_task is not None:
+            # uvicorn waits this long for open requests, then cancels them: the stop's own
+            # grace, fractions included (it goes to asyncio.timeout, whatever the hint says).
+            self._http.config.timeout_graceful_shutdown = grace
             self._http.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._http_task, timeout=grace + 1)

@@ -279,6 +279,41 @@ def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> 
         upstream.stop()
 
 
+def test_an_http_stream_past_the_grace_is_cut_off_at_the_door(tmp_path: Path) -> None:
+    """A stream still held upstream when a (sub-second) grace runs out ends incomplete at
+    the door, as uvicorn cuts a request it cancels: the caller is not told the upstream
+    failed, which it did not."""
+    import threading
+
+    import httpx
+
+    upstream = HeldUpstream().start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
+        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    running = start_mesh(mesh_settings(tmp_path, grace_period_s=0.5, config_path=config,
+                                       services=("completion",)))
+    stopping = threading.Thread(target=running.stop, args=(0.5,), daemon=True)
+    try:
+        upstream.hold()
+        with httpx.Client(timeout=60) as client, client.stream(
+                "POST", f"{running.http_url}/v1/chat/completions", json={
+                    "model": "held", "stream": True,
+                    "messages": [{"role": "user", "content": "never finished"}]}) as reply:
+            lines = reply.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert upstream.arrived(1)
+            stopping.start()
+            with pytest.raises(httpx.RemoteProtocolError):
+                rest = list(lines)
+                pytest.fail(f"the stream ended as if complete: {rest}")
+        stopping.join(30)
+        assert not stopping.is_alive()
+    finally:
+        upstream.release()
+        upstream.stop()
+
+
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
     import socket
 
