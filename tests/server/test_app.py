@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from held_upstream import HeldUpstream
@@ -231,24 +238,33 @@ def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
         upstream.stop()
 
 
-def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> None:
-    """The OpenAI door's half of the contract: a stream in flight when the stop begins
-    runs to `[DONE]` with every word, while the door takes no new connection."""
-    import socket
-    import threading
-    import time
+@dataclass
+class HeldHttpStream:
+    """A mesh's OpenAI door streaming a completion of model `held`, whose upstream holds
+    it after the first event: `lines` are the `data: ` lines still to come."""
 
-    import httpx
+    running: RunningMesh
+    upstream: HeldUpstream
+    first: str
+    lines: Iterator[str]
 
+    def stop_in_thread(self, grace: float) -> threading.Thread:
+        stopping = threading.Thread(target=self.running.stop, args=(grace,), daemon=True)
+        stopping.start()
+        return stopping
+
+
+@contextlib.contextmanager
+def held_http_stream(tmp_path: Path, grace: float, words: list[str]
+                     ) -> Iterator[HeldHttpStream]:
+    """A `HeldHttpStream` of `words`, on a mesh whose grace is `grace`; the upstream is
+    released and stopped on exit."""
     upstream = HeldUpstream().start()
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
         "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
-    running = start_mesh(mesh_settings(tmp_path, grace_period_s=120.0, config_path=config,
+    running = start_mesh(mesh_settings(tmp_path, grace_period_s=grace, config_path=config,
                                        services=("completion",)))
-    port = running.mesh.http_port
-    words = [f"w{i}" for i in range(50)]
-    stopping = threading.Thread(target=running.stop, args=(120.0,), daemon=True)
     try:
         upstream.hold()
         with httpx.Client(timeout=60) as client, client.stream(
@@ -256,69 +272,53 @@ def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> 
                     "model": "held", "stream": True,
                     "messages": [{"role": "user", "content": " ".join(words)}]}) as reply:
             lines = (line for line in reply.iter_lines() if line.startswith("data: "))
-            events = [next(lines)]
+            first = next(lines)
             assert upstream.arrived(1)
-            stopping.start()
-            deadline = time.monotonic() + 60
-            while True:  # the stop has begun once the door refuses connections
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
-                except OSError:
-                    break
-                assert time.monotonic() < deadline, "the door still takes connections"
-                time.sleep(0.05)
-            upstream.release()
-            events += list(lines)
-        assert events[-1] == "data: [DONE]"
-        said = "".join(choice["delta"].get("content") or ""
-                       for event in events[:-1] for choice in json.loads(event[6:])["choices"])
-        assert said.split() == words
-        stopping.join(60)
-        assert not stopping.is_alive()
+            yield HeldHttpStream(running, upstream, first, lines)
     finally:
+        upstream.release()
         upstream.stop()
+
+
+def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> None:
+    """The OpenAI door's half of the contract: a stream in flight when the stop begins
+    runs to `[DONE]` with every word, while the door takes no new connection."""
+    words = [f"w{i}" for i in range(50)]
+    with held_http_stream(tmp_path, 120.0, words) as held:
+        port = held.running.mesh.http_port
+        stopping = held.stop_in_thread(120.0)
+        deadline = time.monotonic() + 60
+        while True:  # the stop has begun once the door refuses connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "the door still takes connections"
+            time.sleep(0.05)
+        held.upstream.release()
+        events = [held.first, *held.lines]
+    assert events[-1] == "data: [DONE]"
+    said = "".join(choice["delta"].get("content") or ""
+                   for event in events[:-1] for choice in json.loads(event[6:])["choices"])
+    assert said.split() == words
+    stopping.join(60)
+    assert not stopping.is_alive()
 
 
 def test_an_http_stream_past_the_grace_is_cut_off_at_the_door(tmp_path: Path) -> None:
     """A stream still held upstream when a (sub-second) grace runs out ends incomplete at
     the door, as uvicorn cuts a request it cancels: the caller is not told the upstream
     failed, which it did not."""
-    import threading
-
-    import httpx
-
-    upstream = HeldUpstream().start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
-        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
-    running = start_mesh(mesh_settings(tmp_path, grace_period_s=0.5, config_path=config,
-                                       services=("completion",)))
-    stopping = threading.Thread(target=running.stop, args=(0.5,), daemon=True)
-    try:
-        upstream.hold()
-        with httpx.Client(timeout=60) as client, client.stream(
-                "POST", f"{running.http_url}/v1/chat/completions", json={
-                    "model": "held", "stream": True,
-                    "messages": [{"role": "user", "content": "never finished"}]}) as reply:
-            lines = reply.iter_lines()
-            assert next(lines).startswith("data: ")
-            assert upstream.arrived(1)
-            stopping.start()
-            with pytest.raises(httpx.RemoteProtocolError):
-                rest = list(lines)
-                pytest.fail(f"the stream ended as if complete: {rest}")
-        stopping.join(30)
-        assert not stopping.is_alive()
-    finally:
-        upstream.release()
-        upstream.stop()
+    with held_http_stream(tmp_path, 0.5, ["never", "finished"]) as held:
+        stopping = held.stop_in_thread(0.5)
+        with pytest.raises(httpx.RemoteProtocolError):
+            rest = list(held.lines)
+            pytest.fail(f"the stream ended as if complete: {rest}")
+    stopping.join(30)
+    assert not stopping.is_alive()
 
 
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
-    import socket
-
-    import httpx
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
