@@ -191,12 +191,13 @@ class _Shim:
         response: Response | sse.EventStream
         try:
             body = await self._read_json(scope, receive)
+            stream, include_usage = openai_wire.stream_flags(body)
             creds = _scope_credentials(scope["headers"])
             routed = runs.route(self.client, body, request_id, creds)
             if routed is not None:
-                response = await self._routed(routed, body)
-            elif body.get("stream") is True:
-                response = await self._completion_stream(body, request_id, creds)
+                response = await self._routed(routed, stream, include_usage)
+            elif stream:
+                response = await self._completion_stream(body, request_id, creds, include_usage)
             else:
                 resp = await self.client.completion.create(
                     openai_wire.request_to_proto(body), request_id=request_id, metadata=creds)
@@ -211,24 +212,21 @@ class _Shim:
         await response(scope, receive, send)
 
     async def _completion_stream(self, body: dict[str, Any], request_id: str,
-                                 creds: list[tuple[str, str]]) -> sse.EventStream:
+                                 creds: list[tuple[str, str]],
+                                 include_usage: bool) -> sse.EventStream:
         """A streamed completion once its first event has come (errors before it raise)."""
         proto = openai_wire.request_to_proto(body)
-        options = body.get("stream_options") or {}
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
         events = self.client.completion.stream(proto, include_usage=True,
                                                request_id=request_id, metadata=creds)
         first = await anext(events)
         return sse.EventStream(_sse(self._completion_payloads(first, events, include_usage)))
 
-    async def _routed(self, run: runs.RoutedRun,
-                      body: dict[str, Any]) -> Response | sse.EventStream:
+    async def _routed(self, run: runs.RoutedRun, stream: bool,
+                      include_usage: bool) -> Response | sse.EventStream:
         """A run of another service behind a model name (see runs.py)."""
         completion_id = runs.new_completion_id()
-        if body.get("stream") is True:
-            options = body.get("stream_options")
-            chunks = run.chunks(completion_id, include_usage=isinstance(options, dict)
-                                and options.get("include_usage") is True)
+        if stream:
+            chunks = run.chunks(completion_id, include_usage=include_usage)
             first = await anext(chunks)
             return sse.EventStream(_sse(_prepend(first, chunks)))
         text, payload = await run.collect()
@@ -268,12 +266,13 @@ class _Shim:
                 return JSONResponse(await seed_doors.bridge_complete(
                     self.client, body, request_id, _credentials(request)))
             body["model"] = envelope.service_model(body)
+            stream, include_usage = openai_wire.stream_flags(body)
             run = runs.route(self.client, body, request_id, _credentials(request))
             if run is None:
                 raise InvalidRequestError(
                     "/bridge/complete serves codeworld/..., certainly/..., lean4/... and "
                     "agent/... models", param="model")
-            return await self._routed(run, body)
+            return await self._routed(run, stream, include_usage)
         except _TooLarge as exc:
             return self._too_large(exc)
         except (InvalidRequestError, RPCError) as exc:

@@ -12,7 +12,7 @@ Unknown top-level request keys travel in `extra_body` to the provider unchanged.
 from __future__ import annotations
 
 from ._messages import message_from_proto, message_to_proto
-from ._request import request_from_proto, request_to_proto
+from ._request import request_from_proto, request_to_proto, stream_flags
 from ._response import (
     chunk_from_proto,
     chunk_to_proto,
@@ -37,6 +37,7 @@ __all__ = [
     "response_from_proto",
     "response_to_proto",
     "routing_from_proto",
+    "stream_flags",
     "usage_from_proto",
     "usage_to_proto",
 ]

@@ -36,7 +36,7 @@ def _routing_to_proto(options: Any) -> pb.RoutingOptions:
     if unknown:
         raise InvalidRequestError(f"unknown scillm option(s): {', '.join(sorted(unknown))}",
                                   param="scillm")
-    out = pb.RoutingOptions(deterministic=bool(options.get("deterministic", False)))
+    out = pb.RoutingOptions(deterministic=_flag(options, "deterministic", "scillm"))
     fallbacks = options.get("fallbacks") or []
     out.fallbacks.extend(_expect(f, str, "scillm.fallbacks")
                          for f in _expect(fallbacks, list, "scillm.fallbacks"))
@@ -50,17 +50,45 @@ def _routing_to_proto(options: Any) -> pb.RoutingOptions:
         if set(cache) - _CACHE_KEYS:
             raise InvalidRequestError(f"scillm.cache takes {', '.join(sorted(_CACHE_KEYS))}",
                                       param="scillm.cache")
-        out.cache.bypass = bool(cache.get("bypass", False))
-        out.cache.no_store = bool(cache.get("no_store", False))
-        out.cache.namespace = str(cache.get("namespace", ""))
+        out.cache.bypass = _flag(cache, "bypass", "scillm.cache")
+        out.cache.no_store = _flag(cache, "no_store", "scillm.cache")
+        if cache.get("namespace") is not None:
+            out.cache.namespace = _expect(cache["namespace"], str, "scillm.cache.namespace")
         if cache.get("ttl_s") is not None:
             out.cache.ttl.FromMilliseconds(_seconds(cache["ttl_s"], "scillm.cache.ttl_s"))
         if cache.get("max_age_s") is not None:
             out.cache.max_age.FromMilliseconds(
                 _seconds(cache["max_age_s"], "scillm.cache.max_age_s"))
         if cache.get("enabled") is not None:
-            out.cache.enabled = bool(cache["enabled"])
+            out.cache.enabled = _expect(cache["enabled"], bool, "scillm.cache.enabled")
     return out
+
+
+def _text(options: Mapping[str, Any], key: str, where: str) -> str:
+    """`options[key]` as a JSON string, "" when absent or null (never the text "None")."""
+    value = options.get(key)
+    return "" if value is None else str(_expect(value, str, f"{where}.{key}"))
+
+
+def stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """`stream` and `stream_options.include_usage` of a chat-completions body, each a JSON
+    boolean or absent (false); `stream_options` an object or absent. Raises
+    InvalidRequestError naming the parameter: "stream": "yes" is refused, as OpenAI does,
+    rather than answered in one piece."""
+    stream = _flag(body, "stream", "")
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    return stream, _flag(_expect(options, dict, "stream_options"), "include_usage",
+                         "stream_options")
+
+
+def _flag(options: Mapping[str, Any], key: str, where: str) -> bool:
+    """`options[key]` as a JSON boolean, False when absent or null: a string such as
+    "false" is refused rather than read as true."""
+    value = options.get(key)
+    param = f"{where}.{key}" if where else key
+    return False if value is None else bool(_expect(value, bool, param))
 
 
 def _litellm_cache_to_proto(body: Mapping[str, Any], out: pb.CacheOptions) -> None:
@@ -122,7 +150,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     if body.get("logprobs") is not None:
         req.logprobs = bool(_expect(body["logprobs"], bool, "logprobs"))
     if body.get("parallel_tool_calls") is not None:
-        req.parallel_tool_calls = bool(body["parallel_tool_calls"])
+        req.parallel_tool_calls = _expect(body["parallel_tool_calls"], bool,
+                                          "parallel_tool_calls")
     stop = body.get("stop")
     if stop is not None:
         req.stop.extend([stop] if isinstance(stop, str) else
@@ -139,7 +168,7 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
             definition.parameters.CopyFrom(_struct(fn["parameters"],
                                                    f"tools[{i}].function.parameters"))
         if fn.get("strict") is not None:
-            definition.strict = bool(fn["strict"])
+            definition.strict = _expect(fn["strict"], bool, f"tools[{i}].function.strict")
         req.tools.append(pb.Tool(function=definition))
     choice = body.get("tool_choice")
     if isinstance(choice, str):
@@ -161,13 +190,16 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
         req.response_format.type = _FORMATS[fmt["type"]]  # type: ignore[assignment]
         if fmt["type"] == "json_schema":
             js = _expect(fmt.get("json_schema"), dict, "response_format.json_schema")
-            req.response_format.json_schema.name = str(js.get("name", ""))
-            req.response_format.json_schema.description = str(js.get("description", ""))
+            req.response_format.json_schema.name = _text(js, "name",
+                                                         "response_format.json_schema")
+            req.response_format.json_schema.description = _text(
+                js, "description", "response_format.json_schema")
             if js.get("schema") is not None:
                 req.response_format.json_schema.schema.CopyFrom(
                     _struct(js["schema"], "response_format.json_schema.schema"))
             if js.get("strict") is not None:
-                req.response_format.json_schema.strict = bool(js["strict"])
+                req.response_format.json_schema.strict = _expect(
+                    js["strict"], bool, "response_format.json_schema.strict")
     if body.get("reasoning_effort") is not None:
         req.reasoning_effort = _expect(body["reasoning_effort"], str, "reasoning_effort")
     if body.get("user") is not None:
@@ -178,8 +210,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     if body.get("scillm") is not None:
         req.routing.CopyFrom(_routing_to_proto(body["scillm"]))
         ctx = body["scillm"]
-        req.context.session_id = str(ctx.get("session_id", ""))
-        req.context.track = str(ctx.get("track", ""))
+        req.context.session_id = _text(ctx, "session_id", "scillm")
+        req.context.track = _text(ctx, "track", "scillm")
     if body.get("cache") is not None or body.get("caching") is not None:
         _litellm_cache_to_proto(body, req.routing.cache)
     extra = {k: v for k, v in body.items() if k not in _HANDLED}

@@ -65,6 +65,16 @@ def test_models_lists_configured_names(sdk: openai.OpenAI) -> None:
     ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}], "n": "two"}, 400, "n"),
     ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}],
       "temperature": 9}, 400, "temperature"),
+    # "yes" is not true: a stream asked for with the wrong type is refused, as OpenAI does,
+    # not answered in one piece; the same for a run routed behind a model name.
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+     400, "stream"),
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}], "stream": True,
+      "stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage"),
+    ({"model": "certainly/smt", "messages": [{"role": "user", "content": "x"}],
+      "stream": 1}, 400, "stream"),
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}],
+      "parallel_tool_calls": "false"}, 400, "parallel_tool_calls"),
 ])
 def test_errors_use_openais_body(mesh: RunningMesh, body: dict[str, object], status: int,
                                  param: str) -> None:

@@ -135,3 +135,70 @@ def test_bad_requests_name_the_parameter(body: dict[str, Any], param: str) -> No
     with pytest.raises(InvalidRequestError) as info:
         openai_wire.request_to_proto(body)
     assert info.value.param == param
+
+
+_MSG = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"parallel_tool_calls": "false"}, "parallel_tool_calls"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "strict": "false"}}]},
+     "tools[0].function.strict"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "o",
+                                                                 "strict": "no"}}},
+     "response_format.json_schema.strict"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": None}}}, None),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": 5}}},
+     "response_format.json_schema.name"),
+    ({"scillm": {"deterministic": "false"}}, "scillm.deterministic"),
+    ({"scillm": {"cache": {"bypass": 0}}}, "scillm.cache.bypass"),
+    ({"scillm": {"cache": {"no_store": "yes"}}}, "scillm.cache.no_store"),
+    ({"scillm": {"cache": {"enabled": 1}}}, "scillm.cache.enabled"),
+    ({"scillm": {"cache": {"namespace": 7}}}, "scillm.cache.namespace"),
+    ({"scillm": {"session_id": 12}}, "scillm.session_id"),
+    ({"scillm": {"track": ["a"]}}, "scillm.track"),
+])
+def test_a_flag_or_name_of_the_wrong_type_is_refused_not_coerced(
+        extra: dict[str, Any], param: str | None) -> None:
+    """"false" is a true value to Python's bool(): such a field is refused, naming it (a
+    null name is no name)."""
+    body = {"model": "m", "messages": _MSG, **extra}
+    if param is None:
+        assert openai_wire.request_to_proto(body).response_format.json_schema.name == ""
+        return
+    with pytest.raises(InvalidRequestError) as info:
+        openai_wire.request_to_proto(body)
+    assert info.value.param == param
+
+
+def test_null_session_and_track_are_empty_not_the_text_none() -> None:
+    req = openai_wire.request_to_proto(
+        {"model": "m", "messages": _MSG, "scillm": {"session_id": None, "track": None,
+                                                     "deterministic": None}})
+    assert (req.context.session_id, req.context.track, req.routing.deterministic) == ("", "",
+                                                                                      False)
+
+
+@pytest.mark.parametrize(("body", "flags"), [
+    ({}, (False, False)),
+    ({"stream": None, "stream_options": None}, (False, False)),
+    ({"stream": True}, (True, False)),
+    ({"stream": True, "stream_options": {"include_usage": True}}, (True, True)),
+    ({"stream": False, "stream_options": {}}, (False, False)),
+])
+def test_stream_flags(body: dict[str, Any], flags: tuple[bool, bool]) -> None:
+    assert openai_wire.stream_flags(body) == flags
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"stream": "yes"}, "stream"),
+    ({"stream": 1}, "stream"),
+    ({"stream": True, "stream_options": "usage"}, "stream_options"),
+    ({"stream": True, "stream_options": {"include_usage": "true"}},
+     "stream_options.include_usage"),
+])
+def test_stream_flags_of_the_wrong_type_name_the_field(body: dict[str, Any],
+                                                       param: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        openai_wire.stream_flags(body)
+    assert info.value.param == param
