@@ -8,12 +8,8 @@ import os
 # lines) are not wanted. Must be set before grpc is imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-import contextlib
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ from typing import Any
 import pytest
 from allowed_skips import allowed
 from meshutil import RunningMesh, mesh_settings, start_mesh
+from redisutil import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -41,35 +38,17 @@ def grpcurl() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_port() -> Iterator[int]:
     """A real redis-server on a free loopback port (scripts/install installs it)."""
-    binary = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
-    if binary is None:
-        pytest.fail("redis-server is missing: scripts/install installs it")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-        yield port
+        server = RedisServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server.port
     finally:
-        proc.terminate()
-        proc.wait(5)
+        server.stop()
 
 
 class SkipGate:

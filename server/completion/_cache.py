@@ -7,6 +7,9 @@ only by an earlier non-streamed reply (a `chat.completion`), a streamed one only
 earlier stream, replayed chunk by chunk as it first came: a stream is never answered by
 a unary reply squeezed into one chunk. Entries carry the wall time they were stored at,
 for a caller's `max_age`.
+
+A Redis that stops answering is a miss, not a failure (`redis_outage.Outage`): the request
+goes upstream and nothing is stored, and Redis is tried again every few seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..redis_outage import Outage, client_options, unreachable
 from ._settings import CacheSettings
 from ._types import CacheStats
 
@@ -30,6 +34,8 @@ class CacheBackend(Protocol):
     """Where cached responses live."""
 
     name: str
+    #: The exceptions that mean the backend is unreachable: a miss, not a failure.
+    unreachable: tuple[type[BaseException], ...]
 
     async def get(self, key: str) -> bytes | None: ...
     async def set(self, key: str, value: bytes, ttl_s: float | None) -> None: ...
@@ -40,6 +46,7 @@ class MemoryCache:
     """A bounded LRU with optional per-entry expiry."""
 
     name = "memory"
+    unreachable: tuple[type[BaseException], ...] = ()
 
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._data: OrderedDict[str, tuple[float | None, bytes]] = OrderedDict()
@@ -77,8 +84,10 @@ class RedisCache:
         from redis.asyncio import Redis  # the optional extra; imported only when configured
 
         password = settings.redis_password.value if settings.redis_password else None
-        self._client = Redis(host=settings.redis_host or "127.0.0.1", port=settings.redis_port,
-                             password=password)
+        host = settings.redis_host or "127.0.0.1"
+        self.unreachable = unreachable()
+        self._client = Redis(host=host, port=settings.redis_port, password=password,
+                             **client_options())
 
     async def get(self, key: str) -> bytes | None:
         value = await self._client.get(key)
@@ -102,10 +111,12 @@ class ResponseCache:
     """
 
     def __init__(self, settings: CacheSettings, backend: CacheBackend,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 outage: Outage | None = None) -> None:
         self._settings = settings
         self._backend = backend
         self._clock = clock
+        self.outage = outage or Outage(f"the response cache ({backend.name})")
         self.hits = self.misses = self.stores = 0
 
     def key(self, model: str, body: dict[str, Any], namespace: str | None, *,
@@ -119,7 +130,14 @@ class ResponseCache:
 
     async def get(self, key: str, max_age_s: float | None = None) -> dict[str, Any] | None:
         """The stored value, or None (a miss) when absent or older than `max_age_s`."""
-        raw = await self._backend.get(key)
+        raw = None
+        if self.outage.should_try():
+            try:
+                raw = await self._backend.get(key)
+            except self._backend.unreachable as exc:
+                self.outage.failed(exc)
+            else:
+                self.outage.answered()
         entry = _entry(raw) if raw is not None else None
         if entry is None or (max_age_s is not None
                              and self._clock() - entry[0] > max_age_s):
@@ -131,7 +149,14 @@ class ResponseCache:
     async def set(self, key: str, value: dict[str, Any], ttl_s: float | None) -> None:
         ttl = ttl_s if ttl_s is not None else self._settings.ttl_s
         raw = json.dumps({"at": self._clock(), "value": value}, separators=(",", ":"))
-        await self._backend.set(key, raw.encode(), ttl)
+        if not self.outage.should_try():
+            return
+        try:
+            await self._backend.set(key, raw.encode(), ttl)
+        except self._backend.unreachable as exc:
+            self.outage.failed(exc)
+            return
+        self.outage.answered()
         self.stores += 1
 
     def stats(self) -> CacheStats:

@@ -1,18 +1,28 @@
 """Per-key minute windows of requests and tokens: in memory, or in Redis so that every
-replica of the mesh counts against the same limits."""
+replica of the mesh counts against the same limits.
+
+While Redis is unreachable (`redis_outage.Outage`) the Redis windows count in this process
+instead: each replica holds a key to its limits on its own, and what they counted there is
+not carried back to Redis when it answers again. A caller is neither refused nor kept
+waiting because Redis is down.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from ..redis_outage import Outage, client_options, unreachable
 
 __all__ = ["WINDOW_S", "MemoryWindows", "RedisWindows", "Windows"]
 
 #: The length of a rate window, seconds.
 WINDOW_S = 60.0
+
+_T = TypeVar("_T")
 
 
 class Windows(Protocol):
@@ -80,19 +90,48 @@ return {1, ''}
 
 
 class RedisWindows:
-    """Windows in Redis sorted sets (`scillm:rate:<kind>:<key>`), shared by replicas."""
+    """Windows in Redis sorted sets (`scillm:rate:<kind>:<key>`), shared by replicas; in
+    this process while Redis is unreachable (see the module)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, outage: Outage | None = None) -> None:
         import redis.asyncio as redis
 
-        self._redis: Any = redis.Redis.from_url(url)
+        self._redis: Any = redis.Redis.from_url(url, **client_options())
         self._take: Any = self._redis.register_script(_TAKE)
+        self._unreachable = unreachable()
+        self.outage = outage or Outage("the keys' rate windows")
+        self._local = MemoryWindows()
+
+    async def _shared(self, remote: Callable[[], Awaitable[_T]],
+                      local: Callable[[], Awaitable[_T]]) -> _T:
+        """`remote()` in Redis, or `local()` in this process while Redis is unreachable."""
+        if self.outage.should_try():
+            try:
+                result = await remote()
+            except self._unreachable as exc:
+                self.outage.failed(exc)
+            else:
+                self.outage.answered()
+                return result
+        return await local()
 
     @staticmethod
     def _name(key: str, kind: str) -> str:
         return f"scillm:rate:{kind}:{key}"
 
     async def total(self, key: str, kind: str) -> tuple[int, float | None]:
+        return await self._shared(lambda: self._total(key, kind),
+                                  lambda: self._local.total(key, kind))
+
+    async def add(self, key: str, kind: str, amount: int) -> None:
+        await self._shared(lambda: self._add(key, kind, amount),
+                           lambda: self._local.add(key, kind, amount))
+
+    async def take(self, key: str, kind: str, limit: int) -> float | None:
+        return await self._shared(lambda: self._take_one(key, kind, limit),
+                                  lambda: self._local.take(key, kind, limit))
+
+    async def _total(self, key: str, kind: str) -> tuple[int, float | None]:
         now = time.time()
         name = self._name(key, kind)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -103,7 +142,7 @@ class RedisWindows:
         leaves = entries[0][1] + WINDOW_S - now if entries else None
         return total, leaves
 
-    async def add(self, key: str, kind: str, amount: int) -> None:
+    async def _add(self, key: str, kind: str, amount: int) -> None:
         now = time.time()
         name = self._name(key, kind)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -111,7 +150,7 @@ class RedisWindows:
             pipe.expire(name, int(WINDOW_S * 2))
             await pipe.execute()
 
-    async def take(self, key: str, kind: str, limit: int) -> float | None:
+    async def _take_one(self, key: str, kind: str, limit: int) -> float | None:
         now = time.time()
         added, oldest = await self._take(
             keys=[self._name(key, kind)],

@@ -1,0 +1,158 @@
+"""Redis going away while the mesh serves: the response cache and the keys' rate windows
+go on without it (a miss; windows in the process), say so once, and use it again when it
+answers. A real redis-server, killed and started again on the same port."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from meshutil import ServedProcess
+from redisutil import RedisServer
+
+from scillm.server.completion._cache import RedisCache, ResponseCache
+from scillm.server.completion._settings import CacheSettings
+from scillm.server.keys import RedisWindows
+from scillm.server.redis_outage import Outage
+
+MASTER = "sk-master-redis-outage"
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_an_outage_is_skipped_for_its_cool_down_then_tried_by_one_caller(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    outage = Outage("the thing", cool_s=5.0, clock=clock)
+    assert outage.should_try() and not outage.down
+    with caplog.at_level(logging.INFO, logger="scillm.server"):
+        outage.failed(ConnectionError("refused"))
+        outage.failed(ConnectionError("refused again"))
+        assert outage.down and not outage.should_try()
+        clock.now += 4.9
+        assert not outage.should_try()
+        clock.now += 0.2
+        assert outage.should_try()  # this caller tries ...
+        assert not outage.should_try()  # ... while the others go on skipping
+        outage.failed(ConnectionError("still refused"))
+        clock.now += 5.1
+        assert outage.should_try()
+        outage.answered()
+        outage.answered()
+        assert not outage.down and outage.should_try() and outage.should_try()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", "the thing: Redis is unreachable (ConnectionError: refused); going on "
+                    "without it, and trying it again every 5 s"),
+        ("INFO", "the thing: Redis answers again")]
+
+
+async def test_the_cache_misses_while_redis_is_down_and_hits_again_after(
+        redis_server: RedisServer) -> None:
+    clock = Clock()
+    settings = CacheSettings(enabled=True, backend="redis", redis_host="127.0.0.1",
+                             redis_port=redis_server.port)
+    cache = ResponseCache(settings, RedisCache(settings), outage=Outage("cache", clock=clock))
+    value = {"object": "chat.completion", "choices": []}
+    await cache.set("k", value, 60)
+    assert await cache.get("k") == value
+    redis_server.kill()
+    assert await cache.get("k") is None  # a miss, not ConnectionError
+    await cache.set("k2", value, 60)  # not stored, not raised
+    assert cache.outage.down
+    assert (cache.hits, cache.misses, cache.stores) == (1, 1, 1)
+    redis_server.start()
+    # Within the cool-down Redis is not asked, though it is back.
+    await cache.set("k3", value, 60)
+    assert await cache.get("k3") is None and cache.stores == 1
+    clock.now += 6
+    await cache.set("k3", value, 60)
+    assert await cache.get("k3") == value and not cache.outage.down
+    await cache.close()
+
+
+async def test_rate_windows_count_in_the_process_while_redis_is_down(
+        redis_server: RedisServer) -> None:
+    clock = Clock()
+    windows = RedisWindows(redis_server.url, outage=Outage("windows", clock=clock))
+    assert await windows.take("key", "requests", 2) is None
+    assert await windows.take("key", "requests", 2) is None
+    assert await windows.take("key", "requests", 2) is not None  # Redis holds the limit
+    redis_server.kill()
+    # In the process: a fresh window, and the limit still holds there.
+    assert await windows.take("key", "requests", 2) is None
+    await windows.add("key", "tokens", 7)
+    assert (await windows.total("key", "tokens"))[0] == 7
+    assert await windows.take("key", "requests", 2) is None
+    assert await windows.take("key", "requests", 2) is not None
+    assert windows.outage.down
+    redis_server.start()  # empty: nothing was persisted
+    clock.now += 6
+    assert await windows.take("key", "requests", 2) is None
+    assert (await windows.total("key", "tokens"))[0] == 0  # Redis's count again
+    assert not windows.outage.down
+    await windows.close()
+
+
+def test_the_served_mesh_answers_through_a_redis_outage(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """`scillm serve` with the response cache and the key windows in Redis: Redis killed,
+    a virtual key's calls (unary and streamed) through the openai SDK still get answers,
+    and the log says once per use of Redis that it went on without it."""
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: e\n    litellm_params: {model: echo/x}\n"
+        "litellm_settings:\n  cache: true\n"
+        f"  cache_params: {{type: redis, host: 127.0.0.1, port: {redis_server.port}}}\n")
+    served = ServedProcess("redis-outage", [
+        "--grpc-port", "0", "--http-port", "0", "--service", "completion"], {
+        **os.environ, "SCILLM_CONFIG_PATH": str(config), "SCILLM_MASTER_KEY": MASTER,
+        "SCILLM_REDIS_URL": f"{redis_server.url}/0",
+        "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3"), "OTEL_SDK_DISABLED": "true"},
+        tmp_path / "mesh.log").wait_ready()
+    try:
+        made = httpx.post(f"{served.http_url}/key/generate", json={"models": ["e"],
+                          "rpm_limit": 100}, headers={"authorization": f"Bearer {MASTER}"},
+                          timeout=30)
+        assert made.status_code == 200, made.text
+        sdk = openai.OpenAI(base_url=f"{served.http_url}/v1", api_key=made.json()["key"],
+                            max_retries=0, timeout=60)
+
+        def ask(text: str) -> str:
+            reply = sdk.chat.completions.create(
+                model="e", messages=[{"role": "user", "content": text}])
+            return str(reply.choices[0].message.content)
+
+        assert ask("before") == "before"
+        redis_server.kill()
+        assert [ask("during"), ask("before"), ask("during")] == ["during", "before", "during"]
+        chunks = sdk.chat.completions.create(
+            model="e", messages=[{"role": "user", "content": "a streamed one"}], stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+            "a streamed one")
+    finally:
+        served.stop()
+    log = served.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    for what in ("the response cache (redis)", "the keys' rate windows"):
+        assert log.count(f"{what}: Redis is unreachable") == 1, log[-3000:]
