@@ -180,6 +180,9 @@ def _codeworld_text(summary: Any) -> str:
     if failed:
         text += (f"; {len(failed)} of {len(stats.expansions)} variant expansions failed "
                  f"(last: {_cut(failed[-1].error)})")
+    if summary.session.error:
+        text += (f"; not recorded in session {summary.session.session_id!r}: "
+                 f"{_cut(summary.session.error)}")
     return text
 
 

@@ -12,7 +12,7 @@ CodeWorld (the seed's `canonical+codeworld@v1`):
                       strategy_name?, strategy_seed?, strategy_params?,
                       mcts_stats?: {rollouts, depth, uct_c, visits, explored, best_value,
                                     best_variant, seed, error, children, generation}},
-     "signals"?: {session_id, plateau, current}}
+     "signals"?: {session_id, plateau, current, error? (the run is not in its session)}}
 
 Certainly / Lean 4 (the seed's `canonical+lean4@v1`):
 
@@ -125,6 +125,8 @@ def codeworld_reply(body: Mapping[str, Any], request: cw.CodeWorldRunRequest,
         reply["signals"] = {"session_id": summary.session.session_id,
                             "plateau": summary.session.plateau,
                             "current": round(summary.session.mean_aggregate, 3)}
+        if summary.session.error:  # the run is not in its session (the store failed)
+            reply["signals"]["error"] = summary.session.error
     return reply
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -14,8 +15,10 @@ from ._runner import Prepared, Runner, prepare
 from ._scoring import TIMING_METRICS, aggregate, check_scorer
 from ._sessions import RedisSessionStore, SessionStore
 from ._settings import CodeWorldSettings
-from .errors import InvalidRequest, TooManyItems, TooManyStrategies
+from .errors import InvalidRequest, SessionStoreError, TooManyItems, TooManyStrategies
 from .sandbox import Language, Sandbox, Toolchain
+
+log = logging.getLogger("scillm.server")
 
 
 class CodeWorldEngine:
@@ -177,7 +180,14 @@ class CodeWorldEngine:
         session: SessionInfo | None = None
         if request.session_id is not None:
             mean = sum(r.aggregate for r in results) / len(results) if results else 0.0
-            session = await self._sessions.record(request.session_id, request.track, mean)
+            try:
+                session = await self._sessions.record(request.session_id, request.track, mean)
+            except SessionStoreError as exc:
+                # The run is done: its results are not lost because its session log failed.
+                log.warning("codeworld: run not recorded in session %r, track %r: %s",
+                            request.session_id, request.track, exc)
+                session = SessionInfo(request.session_id, request.track, 0, mean, None, None,
+                                      False, error=str(exc))
         return Summary(
             rankings=rankings,
             overall=tuple(Ranked(i + 1, name, score) for i, (score, name) in enumerate(overall)),

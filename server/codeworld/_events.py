@@ -133,6 +133,8 @@ class SessionInfo:
     previous_mean: float | None
     gain: float | None
     plateau: bool
+    #: Why the run is not in the session (the store failed); empty when it is.
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

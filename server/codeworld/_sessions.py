@@ -110,7 +110,10 @@ class RedisSessionStore:
         """Create the client (connections open on first use)."""
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(self._url)
+        from ..redis_outage import client_options
+
+        # A store that is down fails the write in about a second, not after retries.
+        self._redis = redis.Redis.from_url(self._url, **client_options())
 
     def close(self) -> None:
         """Drop the client (its pool closes with the loop)."""

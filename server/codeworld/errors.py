@@ -15,7 +15,8 @@ A servicer maps the left column to a canonical status code::
     │   ├── SandboxUnavailable           no worker could be started (or sandbox closed)
     │   └── WorkerCrashed                a worker died or answered garbage; it is replaced
     ├── GenerationFailed                 UNAVAILABLE: the model did not yield valid variants
-    └── SessionStoreError                INTERNAL: the session database failed
+    └── SessionStoreError                the session store failed: reported in the summary
+                                         (SessionInfo.error), the run stands
 
 Failures *inside* a strategy's run (an exception, a timeout, a memory bomb, a score()
 that raises) are not raised: they are recorded on the run with a status and the error,

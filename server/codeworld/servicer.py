@@ -200,7 +200,8 @@ def summary_to_proto(summary: Summary, items: int) -> pb.CodeWorldRunSummary:
         si = summary.session
         out.session.CopyFrom(pb.SessionInfo(
             session_id=si.session_id, track=si.track, mean_aggregate=si.mean_aggregate,
-            previous_mean=si.previous_mean or 0.0, plateau=si.plateau, runs=si.index + 1))
+            previous_mean=si.previous_mean or 0.0, plateau=si.plateau,
+            runs=0 if si.error else si.index + 1, error=si.error))
     return out
 
 

@@ -172,3 +172,8 @@ def test_codeworld_reply_says_plainly_when_generation_failed() -> None:
                            "(local/gemma): GenerationFailed: answer is not JSON; "
                            "1 of 2 variant expansions failed (last: GenerationFailed: xxx")
     assert len(said) < 400
+    unrecorded = cw.CodeWorldRunSummary(items=1, succeeded=1)
+    unrecorded.session.CopyFrom(cw.SessionInfo(session_id="s1", error="redis session store: "
+                                               "Connection refused."))
+    assert text(unrecorded) == ("CodeWorld: 1 items, 1 succeeded, 0 failed; not recorded in "
+                                "session 's1': redis session store: Connection refused.")

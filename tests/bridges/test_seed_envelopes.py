@@ -71,6 +71,19 @@ def test_the_seed_codeworld_body_runs_its_code_variants(mesh: Mesh) -> None:
     assert manifest["run_id"] and manifest["item_ids"] == ["t1"]
     assert manifest["options"]["session_id"] == "s1" and "mcts_stats" not in manifest
     assert out["duration_ms"] > 0 and out["signals"]["session_id"] == "s1"
+    assert "error" not in out["signals"]  # recorded in its session
+
+
+def test_a_run_its_session_store_failed_to_record_says_so_in_its_signals() -> None:
+    from scillm.bridges.seed.replies import codeworld_reply
+    from scillm.codeworld.v1 import codeworld_pb2 as cw
+
+    summary = cw.CodeWorldRunSummary(items=0)
+    summary.session.CopyFrom(cw.SessionInfo(session_id="s1", mean_aggregate=0.5,
+                                            error="redis session store: refused"))
+    out = codeworld_reply({}, cw.CodeWorldRunRequest(), summary, [], 1.0, None)
+    assert out["signals"] == {"session_id": "s1", "plateau": False, "current": 0.5,
+                              "error": "redis session store: refused"}
 
 
 def test_the_seed_one_post_autogenerate_and_mcts_body(mesh: Mesh) -> None:

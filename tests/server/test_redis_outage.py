@@ -1,6 +1,7 @@
 """Redis going away while the mesh serves: the response cache and the keys' rate windows
 go on without it (a miss; windows in the process), say so once, and use it again when it
-answers. A real redis-server, killed and started again on the same port."""
+answers; a CodeWorld run whose session log is in Redis keeps its results and says its run
+was not recorded. A real redis-server, killed and started again on the same port."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from meshutil import ServedProcess
+from meshutil import ServedProcess, mesh_settings, start_mesh
 from redisutil import RedisServer
 
+from scillm.clients import ScillmClient
+from scillm.codeworld.v1 import codeworld_pb2 as cw
 from scillm.server.completion._cache import RedisCache, ResponseCache
 from scillm.server.completion._settings import CacheSettings
 from scillm.server.keys import RedisWindows
@@ -156,3 +159,31 @@ def test_the_served_mesh_answers_through_a_redis_outage(
     assert "Traceback" not in log, log[-3000:]
     for what in ("the response cache (redis)", "the keys' rate windows"):
         assert log.count(f"{what}: Redis is unreachable") == 1, log[-3000:]
+
+
+async def test_a_codeworld_run_keeps_its_results_when_its_session_log_fails(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """Sessions in Redis (`SCILLM_REDIS_URL`): recorded while Redis answers; with Redis
+    gone the run still ends with its rankings, and its session says why it is not in it."""
+    mesh = start_mesh(mesh_settings(tmp_path, redis_url=f"{redis_server.url}/3",
+                                    services=("codeworld",)))
+    req = cw.CodeWorldRunRequest()
+    req.context.session_id, req.context.track = "s-outage", "t"
+    req.items.add(task_id="add", tests="def check(candidate):\n    assert candidate(2, 3) == 5\n",
+                  entry_point="f")
+    req.strategies.add(name="plus", source="def f(x, y):\n    return x + y\n")
+    try:
+        async with ScillmClient(mesh.grpc_target) as client:
+            before = [e async for e in client.codeworld.run(req)][-1].summary.session
+            redis_server.kill()
+            events = [e async for e in client.codeworld.run(req)]
+    finally:
+        mesh.stop()
+    assert (before.runs, before.error) == (1, "")
+    summary = events[-1].summary
+    assert [r.run.strategy for r in events if r.HasField("run")] == ["plus"]
+    assert summary.rankings[0].entries[0].strategy == "plus" and summary.succeeded == 1
+    session = summary.session
+    assert (session.session_id, session.track, session.runs, session.plateau) == (
+        "s-outage", "t", 0, False)
+    assert "redis session store" in session.error and session.mean_aggregate > 0

@@ -907,6 +907,7 @@ class SessionInfo(_message.Message):
     PREVIOUS_MEAN_FIELD_NUMBER: _builtins.int
     PLATEAU_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session."""
     track: _builtins.str
@@ -919,6 +920,11 @@ class SessionInfo(_message.Message):
     """Gain under the threshold: further runs are unlikely to help."""
     runs: _builtins.int
     """Runs recorded in the session and track."""
+    error: _builtins.str
+    """Why this run is not in the session: the session store failed (an unreachable Redis,
+    a full disk). Empty when it was recorded. The run's results stand either way; `runs`,
+    `previous_mean` and `plateau` are then unknown (0, 0, false).
+    """
     def __init__(
         self,
         *,
@@ -928,10 +934,11 @@ class SessionInfo(_message.Message):
         previous_mean: _builtins.float = ...,
         plateau: _builtins.bool = ...,
         runs: _builtins.int = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_aggregate", b"mean_aggregate", "plateau", b"plateau", "previous_mean", b"previous_mean", "runs", b"runs", "session_id", b"session_id", "track", b"track"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "mean_aggregate", b"mean_aggregate", "plateau", b"plateau", "previous_mean", b"previous_mean", "runs", b"runs", "session_id", b"session_id", "track", b"track"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
