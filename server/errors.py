@@ -21,13 +21,18 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from scillm.clients.errors import InvalidRequestError, RPCError
 
-__all__ = ["ErrorTable", "StatusError", "status_for", "to_status"]
+__all__ = ["ErrorTable", "StatusError", "Unavailable", "status_for", "to_status"]
 
 log = logging.getLogger("scillm.errors")
 
 ErrorTable = Mapping[type[BaseException], grpc.StatusCode]
 
 DOMAIN = "scillm.dev"
+
+
+class Unavailable(Exception):
+    """Something the call needs cannot be reached now (a store whose server went away):
+    UNAVAILABLE with the reason, which a caller may retry, in every service."""
 
 
 class StatusError(Exception):
@@ -46,6 +51,7 @@ BASE_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     # generated servicer bases raise it for RPCs a servicer does not override
     NotImplementedError: grpc.StatusCode.UNIMPLEMENTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -13,11 +13,13 @@ from ._store import (
     RunQuery,
     RunStore,
     RunStoreError,
+    RunStoreUnavailable,
     StoredRun,
     run_state,
 )
 
 __all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "RunPage",
-           "RunQuery", "RunRecord", "RunStore", "RunStoreError", "SQLiteRunStore",
+           "RunQuery", "RunRecord", "RunStore", "RunStoreError", "RunStoreUnavailable",
+           "SQLiteRunStore",
            "StoredRun", "comparable", "current_trace_id", "differences", "is_store_url",
            "open_run_store", "recording", "replay", "run_state", "versions"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ._store import COLUMNS, RunStore, RunStoreError
+from ._store import COLUMNS, RunStore, RunStoreError, RunStoreUnavailable
 
 if TYPE_CHECKING:
     import psycopg
@@ -101,18 +101,25 @@ class PostgresRunStore(RunStore):
         with self._lock:
             for attempt in (1, 2):
                 if self._conn.closed:
-                    self._conn = self._connect()
+                    try:
+                        self._conn = self._connect()
+                    except RunStoreError as err:  # it was open: the server went away
+                        raise RunStoreUnavailable(str(err)) from err
                 try:
                     with self._conn.cursor() as cur:
                         cur.execute(sql, args)
                         return cur.fetchall() if cur.description else []
-                except psycopg.OperationalError:
+                except psycopg.OperationalError as err:
                     # Every statement here is idempotent (an upsert, a select), so one retry
                     # on a fresh connection is safe when the old one broke (server restart,
                     # idle timeout); any other failure is raised.
-                    if attempt == 2 or not self._conn.broken:
+                    if not self._conn.broken:
                         raise
                     self._conn.close()
+                    if attempt == 2:
+                        raise RunStoreUnavailable(
+                            f"the run store at {self.location} is unreachable: "
+                            f"{str(err).strip()}") from err
         raise AssertionError("unreachable")
 
     def close(self) -> None:

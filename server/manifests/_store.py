@@ -14,6 +14,7 @@ This module is the interface and its shared SQL; the implementations live beside
     └── PostgresRunStore      a postgresql:// URL (the `postgres` extra: psycopg 3)
 
     RunStoreError             the store cannot be opened (missing, unreachable, no driver)
+    └── RunStoreUnavailable   its server went away after it was opened: UNAVAILABLE
     BadPageToken              a page token this store did not hand out
 
 Writes go through a worker thread so the event loop never waits on the database.
@@ -48,8 +49,10 @@ from scillm.common.v1 import common_pb2
 from scillm.completion.v1 import completion_pb2  # noqa: F401
 from scillm.prove.v1 import prove_pb2  # noqa: F401
 
+from ..errors import Unavailable
+
 __all__ = ["BadPageToken", "ListedRun", "RunPage", "RunQuery", "RunStore", "RunStoreError",
-           "StoredRun", "run_state"]
+           "RunStoreUnavailable", "StoredRun", "run_state"]
 
 
 def run_state(manifest: common_pb2.RunManifest, result: Message) -> str:
@@ -70,6 +73,12 @@ FILTERS: tuple[str, ...] = ("service", "session_id", "track", "model")
 
 class RunStoreError(Exception):
     """The run store cannot be opened: no such store, server unreachable, driver missing."""
+
+
+class RunStoreUnavailable(RunStoreError, Unavailable):
+    """The run store was open but its server cannot be reached now (stopped, restarting,
+    refusing connections): the call fails with UNAVAILABLE and the reason, and may be
+    retried; the store reconnects on its next use."""
 
 
 class BadPageToken(Exception):

@@ -430,3 +430,40 @@ def test_virtual_keys_are_shared_by_every_process_on_one_database(
     finally:
         for m in meshes:
             m.stop()
+
+
+def test_a_run_store_gone_away_is_unavailable_with_its_reason_then_used_again(
+        tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
+    """The store's database stops taking connections while the mesh serves (as a restart
+    or a failover does): a run is refused with UNAVAILABLE naming the store (its password
+    hidden), which a caller may retry, not INTERNAL; once the database is back, runs are
+    stored again on a fresh connection."""
+    import psycopg
+
+    from scillm.clients import RPCError
+
+    database = pg_url.rsplit("/", 1)[1]
+    running = start_mesh(mesh_settings(tmp_path, store_url=pg_url, http_enabled=False,
+                                       services=("codeworld",)))
+    try:
+        with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+            first = asyncio.run(_codeworld_run(running.grpc_target))
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (database,))
+            with pytest.raises(RPCError) as refused:
+                asyncio.run(_codeworld_run(running.grpc_target))
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            again = asyncio.run(_codeworld_run(running.grpc_target))
+    finally:
+        running.stop()
+    assert refused.value.code.name == "UNAVAILABLE", refused.value
+    said = str(refused.value)
+    assert "run store at postgresql://scillm:***@" in said and PASSWORD not in said
+    assert "not currently accepting connections" in said
+    store = open_run_store(pg_url, create=False)
+    try:
+        assert set(_ids(store.list(session_id="pg-session"))) == {
+            first.manifest.run_id, again.manifest.run_id}
+    finally:
+        store.close()
