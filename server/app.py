@@ -241,7 +241,8 @@ class Mesh:
                 tls |= {"ssl_ca_certs": str(settings.tls_client_ca),
                         "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                http=HttpProtocol, **tls,
+                                http=HttpProtocol.with_read_timeout(
+                                    settings.http_read_timeout_s), **tls,
                                 backlog=2048)  # its shutdown timeout: set by stop()
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))

@@ -53,6 +53,12 @@ class Settings:
     grace_period_s: float = 10.0
     #: Largest request message accepted, bytes (gRPC and HTTP).
     max_request_bytes: int = 8 * 1024 * 1024
+    #: Seconds the HTTP shim waits for a request's head (from the connection's opening or
+    #: the request's first byte), and for each piece of its body after the one before,
+    #: before it answers 408 or closes the connection: nginx's client_header_timeout and
+    #: client_body_timeout. Connections that send nothing, or a byte at a time, are not
+    #: held for ever.
+    http_read_timeout_s: float = 60.0
     #: Deadline applied to unary calls that carry none, seconds.
     default_unary_timeout_s: float = 600.0
     #: Deadline applied to streaming calls that carry none, seconds.
@@ -179,6 +185,8 @@ class Settings:
             raise ValueError(f"workers must be 1..{MAX_WORKERS}, got {self.workers}")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be >= 1024")
+        if not self.http_read_timeout_s > 0:
+            raise ValueError(f"http_read_timeout_s must be > 0, got {self.http_read_timeout_s}")
         if self.config_path is not None and not self.config_path.is_file():
             raise ValueError(f"config file {self.config_path} does not exist")
         if (self.tls_cert is None) != (self.tls_key is None):

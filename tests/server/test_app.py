@@ -329,3 +329,38 @@ def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
         assert "scillm_rpc_latency_seconds" in body
     finally:
         running.stop()
+
+
+def test_connections_that_never_send_a_whole_request_are_let_go(tmp_path: Path) -> None:
+    """A caller holding 200 connections with half a request head each (slowloris) holds
+    none of them past `http_read_timeout_s`: each gets 408 and is closed; a real request
+    meanwhile is answered."""
+    running = start_mesh(mesh_settings(tmp_path, services=("completion",),
+                                       http_read_timeout_s=0.5))
+    port = running.mesh.http_port
+    held = []
+    try:
+        for _ in range(200):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
+            held.append(conn)
+        answered = httpx.post(f"{running.http_url}/v1/chat/completions", timeout=30, json={
+            "model": "echo/x", "messages": [{"role": "user", "content": "still here"}]})
+        assert answered.status_code == 200, answered.text
+        replies = []
+        for conn in held:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            replies.append(data)
+    finally:
+        for conn in held:
+            conn.close()
+        running.stop()
+    assert all(r.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for r in replies)
+
+
+def test_the_http_read_timeout_must_be_positive(tmp_path: Path) -> None:
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="http_read_timeout_s must be > 0"):
+            mesh_settings(tmp_path, http_read_timeout_s=bad).validate()

@@ -1,12 +1,13 @@
 """The HTTP door's protocol (server/http_protocol.py): uvicorn on a real socket, with what
-a connection writes in one turn of the loop leaving in one `write`, and nothing held past
-the turn that wrote it."""
+a connection writes in one turn of the loop leaving in one `write`, nothing held past
+the turn that wrote it, and no connection held by a request that does not come."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,10 +36,11 @@ class _Counted:
 
 
 @asynccontextmanager
-async def _server(app: Any) -> AsyncIterator[tuple[int, list[bytes]]]:
+async def _server(app: Any, read_timeout_s: float = 60.0,
+                  ) -> AsyncIterator[tuple[int, list[bytes]]]:
     writes: list[bytes] = []
 
-    class Counting(HttpProtocol):
+    class Counting(HttpProtocol.with_read_timeout(read_timeout_s)):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(_Counted(transport, writes))  # type: ignore[arg-type]
 
@@ -179,3 +181,97 @@ def test_the_flush_extension_sends_what_is_gathered_before_the_app_yields() -> N
     assert seen == [0, 1]
     assert reply.endswith(b"5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n")
     assert len(writes) == 2  # the head with the first event; the rest together
+
+
+def _until_closed(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data
+
+
+async def _echo_body(scope: Any, receive: Any, send: Send) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            _seen.append("disconnect")
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+_seen: list[str] = []
+
+
+def test_a_connection_that_sends_nothing_or_half_a_head_gets_408_and_is_closed() -> None:
+    def client(port: int, first: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(first)
+            return _until_closed(conn)
+
+    async def go() -> list[bytes]:
+        async with _server(_echo_body, read_timeout_s=0.3) as (port, _):
+            return [await asyncio.to_thread(client, port, first)
+                    for first in (b"", b"POST / HTTP/1.1\r\nHost: x\r\n")]
+
+    for reply in uvloop.run(go()):
+        assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+        assert reply.endswith(b"\r\n\r\nthe request took too long to come")
+
+
+def test_a_body_that_stops_coming_closes_the_connection_and_the_app_sees_it() -> None:
+    _seen.clear()
+
+    def client(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+            return _until_closed(conn)
+
+    async def go() -> bytes:
+        async with _server(_echo_body, read_timeout_s=0.3) as (port, _):
+            return await asyncio.to_thread(client, port)
+
+    assert uvloop.run(go()) == b""  # the app had not answered: nothing is invented
+    assert _seen == ["disconnect"]
+
+
+def test_a_slow_but_steady_request_and_a_slow_reading_app_are_not_cut_off() -> None:
+    """The timeout is between pieces, not for the whole request; and a body waiting for
+    the app to read it (flow control paused reading) is not the caller's delay."""
+    big = b"x" * (256 * 1024)
+
+    async def slow_reader(scope: Any, receive: Any, send: Send) -> None:
+        await asyncio.sleep(1.5)  # five timeouts: reading is paused meanwhile
+        await _echo_body(scope, receive, send)
+
+    def steady(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                         b"Connection: close\r\n\r\n")
+            for piece in (b"01", b"23", b"45", b"67", b"89"):
+                time.sleep(0.4)  # in all 2 s, over the 1.5 s timeout
+                conn.sendall(piece)
+            return _until_closed(conn)
+
+    def at_once(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(big), big))
+            return _until_closed(conn)
+
+    async def go() -> tuple[bytes, bytes]:
+        async with _server(_echo_body, read_timeout_s=1.5) as (port, _):
+            first = await asyncio.to_thread(steady, port)
+        async with _server(slow_reader, read_timeout_s=0.3) as (port, _):
+            second = await asyncio.to_thread(at_once, port)
+        return first, second
+
+    steady_reply, slow_reply = uvloop.run(go())
+    assert steady_reply.startswith(b"HTTP/1.1 200 OK") and steady_reply.endswith(b"0123456789")
+    assert slow_reply.startswith(b"HTTP/1.1 200 OK") and slow_reply.endswith(big)
