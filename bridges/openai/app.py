@@ -154,7 +154,8 @@ class _Shim:
 
     async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         """The request's body, a JSON object: _TooLarge past the size limit (by its
-        Content-Length, else once read), InvalidRequestError when it is not an object."""
+        Content-Length, else as soon as the bytes read pass it: a chunked body is not
+        read to its end first), InvalidRequestError when it is not an object."""
         limit = self.max_request_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":  # the first, as Starlette's Headers.get
@@ -162,6 +163,7 @@ class _Shim:
                     raise _TooLarge(int(value))
                 break
         chunks: list[bytes] = []
+        size = 0
         more = True
         while more:
             message = await receive()
@@ -170,10 +172,11 @@ class _Shim:
             chunk = message.get("body", b"")
             if chunk:
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLarge(None if message.get("more_body", False) else size)
             more = message.get("more_body", False)
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if len(raw) > limit:
-            raise _TooLarge(len(raw))
         try:
             body = orjson.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -319,10 +322,12 @@ class _Shim:
         return JSONResponse({"deleted_keys": deleted})
 
     def _too_large(self, exc: _TooLarge) -> JSONResponse:
+        """413; the connection closes after it, so the rest of the body is not read."""
+        size = "" if exc.size is None else f"of {exc.size} bytes "
         return JSONResponse(error_body(
-            f"request body of {exc.size} bytes exceeds the limit of "
-            f"{self.max_request_bytes} bytes", "invalid_request_error",
-            code="request_too_large"), status_code=413)
+            f"request body {size}exceeds the limit of {self.max_request_bytes} bytes",
+            "invalid_request_error", code="request_too_large"), status_code=413,
+            headers={"connection": "close"})
 
     @staticmethod
     async def _completion_payloads(first: pb.CompletionStreamResponse,
@@ -385,7 +390,8 @@ class _Shim:
 
 
 class _TooLarge(Exception):
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int | None) -> None:
+        #: The body's size, when known (its Content-Length, or all of it read).
         self.size = size
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 
 import httpx
 import openai
@@ -103,6 +105,31 @@ def test_invalid_json_and_oversized_bodies(mesh: RunningMesh) -> None:
     big = httpx.post(url, content=huge, headers={"content-type": "application/json"},
                      timeout=30)
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_chunked_body_past_the_limit_is_refused_without_reading_it_all(
+        mesh: RunningMesh) -> None:
+    """With no Content-Length the size is known only by reading: the door stops at the
+    limit with 413 and closes, rather than taking in a body of any size first."""
+    limit = mesh.mesh.settings.max_request_bytes
+    chunk = b"x" * (1 << 20)
+    offered = 32 * limit // len(chunk)  # 256 MiB at the default limit
+    sent = 0
+    with socket.create_connection(("127.0.0.1", mesh.mesh.http_port), timeout=30) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(offered):
+                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += 1
+        reply = b""
+        with contextlib.suppress(ConnectionError):
+            while data := conn.recv(65536):
+                reply += data
+    assert sent < offered // 4, f"{sent} MiB taken in past a {limit}-byte limit"
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["code"] == "request_too_large"
 
 
 def test_health_endpoints(mesh: RunningMesh) -> None:
