@@ -75,6 +75,8 @@ SERVICES = ("completion", "prove", "codeworld", "agent")
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
 #: Seconds between the runs page's polls for new runs.
 POLL_S = 2.0
+#: The most a sign-in form may hold (a key and a path), bytes.
+_LOGIN_FORM_BYTES = 8192
 
 _SECURITY_HEADERS = {
     "content-security-policy": (
@@ -315,8 +317,13 @@ class _Ui:
         return self._page("login.html", next=target, error="")
 
     async def login(self, request: Request) -> Response:
-        body = await request.body()
-        form = urllib.parse.parse_qs(body.decode("utf-8", "replace")[:8192])
+        body = b""
+        async for chunk in request.stream():  # open to anyone: read no more than a form
+            body += chunk
+            if len(body) > _LOGIN_FORM_BYTES:
+                return self._page("login.html", 413, next="/ui/",
+                                  error=f"the form is over {_LOGIN_FORM_BYTES} bytes")
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         key = (form.get("key") or [""])[0].strip()
         target = self._next((form.get("next") or [""])[0])
         try:

@@ -3,6 +3,7 @@ a sign-in form for browsers, 401/403 for scripts, and an open UI without a maste
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,22 @@ def test_sign_in_never_redirects_off_the_ui(ui_mesh: UiMesh) -> None:
         reply = httpx.post(f"{ui_mesh.url}/ui/login", timeout=30,
                            data={"key": MASTER, "next": target})
         assert reply.status_code == 303 and reply.headers["location"] == "/ui/", target
+
+
+def test_the_sign_in_form_is_read_no_further_than_a_form(ui_mesh: UiMesh) -> None:
+    """Open to anyone, so it reads at most 8 KiB: a form past that gets 413 at once, its
+    end never awaited (a body as long as the caller likes would take the memory); a real
+    one still signs in."""
+    host, port = ui_mesh.url.removeprefix("http://").rsplit(":", 1)
+    start = b"key=" + MASTER.encode() + b"&next=/ui/&pad=" + b"x" * 16384
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /ui/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+                     b"%x\r\n%s\r\n" % (len(start), start))  # more to come, it says
+        reply = conn.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    ok = httpx.post(f"{ui_mesh.url}/ui/login", timeout=30, data={"key": MASTER, "next": "/ui/"})
+    assert ok.status_code == 303 and ok.headers["location"] == "/ui/"
 
 
 def test_without_a_master_key_the_ui_is_open(tmp_path: Path, browser: Any) -> None:
