@@ -48,6 +48,19 @@ _SSE_HEADERS = {"cache-control": "no-cache"}
 T = TypeVar("T")
 
 
+async def _body(request: Request) -> bytes:
+    """The request's body, refused (BadRequest) as soon as what is read passes `_MAX_BODY`:
+    a body of any length is not read whole first."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise BadRequest(f"request body exceeds {_MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _error(exc: SidecarError) -> JSONResponse:
     return JSONResponse(error_json(exc), status_code=exc.status)
 
@@ -143,9 +156,7 @@ class Sidecar:
         if (refused := self._refused(request)) is not None:
             return refused
         try:
-            raw = await request.body()
-            if len(raw) > _MAX_BODY:
-                raise BadRequest(f"request body of {len(raw)} bytes exceeds {_MAX_BODY}")
+            raw = await _body(request)
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:

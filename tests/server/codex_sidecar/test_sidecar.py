@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -119,6 +120,22 @@ def test_bad_requests_are_400_with_openais_body(cli: tuple[SidecarProcess, Path]
     assert resp.json()["error"]["param"] == param
     raw = httpx.post(f"{cli[0].url}/v1/chat/completions", content=b"{nope", timeout=10)
     assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
+
+
+def test_a_body_past_8_mib_is_refused_before_its_end(cli: tuple[SidecarProcess, Path]) -> None:
+    """A chunked body is refused once what was read passes the limit, without waiting for
+    (or holding) the rest."""
+    host, port = cli[0].url.removeprefix("http://").rsplit(":", 1)
+    piece = b"x" * (1 << 20)
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(9):  # 9 MiB, and more to come, it says
+            conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        reply = conn.recv(65536)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"request body exceeds 8388608 bytes" in body
 
 
 # --------------------------------------------------------------------------- CLI mode
