@@ -181,12 +181,17 @@ def _sandbox_settings() -> Any:
 
 def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> ServiceParts:
     from .jail import JailSettings
-    from .prove import ProveEngine, ProveSettings
+    from .prove import Limits, ProveEngine, ProveSettings
     from .prove.servicer import ERRORS, ProveServicer
 
+    most = Limits(timeout_s=settings.prove_max_timeout_s,
+                  memory_mb=settings.prove_max_memory_mb)
+    usual = Limits()  # what an item gets when its request sets no limits: never over `most`
     engine = ProveEngine(ProveSettings(
         jail=JailSettings(isolation=settings.prove_isolation),  # type: ignore[arg-type]
-        coq_kernel_check=settings.prove_kernel_check))
+        coq_kernel_check=settings.prove_kernel_check, max_limits=most,
+        default_limits=Limits(timeout_s=min(usual.timeout_s, most.timeout_s),
+                              memory_mb=min(usual.memory_mb, most.memory_mb))))
 
     async def start() -> bool:
         await engine.start()

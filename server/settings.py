@@ -85,6 +85,10 @@ class Settings:
     prove_isolation: str = "auto"
     #: Have `coqchk` re-check every Coq item judged PROVED (about 0.5 s each).
     prove_kernel_check: bool = False
+    #: The most time and memory a Prove request may give one prover run (its `limits`);
+    #: over either, INVALID_ARGUMENT naming the field.
+    prove_max_timeout_s: float = 300.0
+    prove_max_memory_mb: int = 8192
     #: Completion model that writes CodeWorld's MCTS variants when a request names none.
     codeworld_model: str = ""
     #: Streams one key may have open at once (virtual keys and the master key alike, when
@@ -178,6 +182,10 @@ class Settings:
                              f"got {self.grpc_io_threads}")
         if self.grace_period_s < 0:
             raise ValueError("grace_period_s must be >= 0")
+        if not self.prove_max_timeout_s > 0:
+            raise ValueError(f"prove_max_timeout_s must be > 0, got {self.prove_max_timeout_s}")
+        if self.prove_max_memory_mb < 64:
+            raise ValueError(f"prove_max_memory_mb must be >= 64, got {self.prove_max_memory_mb}")
         if self.prove_isolation not in ("auto", "bubblewrap", "rlimits"):
             raise ValueError("prove_isolation must be auto, bubblewrap or rlimits, got "
                              f"{self.prove_isolation!r}")

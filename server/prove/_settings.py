@@ -27,6 +27,13 @@ class ProveSettings:
     max_concurrency: int = 8
     #: Limits applied to items that carry none.
     default_limits: Limits = field(default_factory=Limits)
+    #: The most a request may ask for, per item: over either, the batch is refused
+    #: (INVALID_ARGUMENT naming the field), so no caller sets a prover's memory or time
+    #: past what the host can give.
+    max_limits: Limits = field(default_factory=lambda: Limits(timeout_s=300.0,
+                                                              memory_mb=8192))
+    #: Most generate -> check -> repair rounds a request may ask for per item.
+    max_formalize_attempts: int = 10
     #: Largest batch accepted, items.
     max_batch_items: int = 10_000
     #: Largest formal text (preamble + imports + statement + proof) accepted, bytes.

@@ -31,14 +31,26 @@ def _text_problem(text: str) -> str | None:
     return None
 
 
-def _check_limits(item_id: str, limits: Limits | None) -> None:
-    if limits is None:
-        return
+#: The limits' fields as a ProveRequest names them, and as an `Obligation` (Python) does.
+_REQUEST_FIELDS = ("limits.timeout", "limits.memory_bytes")
+_ITEM_FIELDS = ("limits.timeout_s", "limits.memory_mb")
+
+
+def _limits_problem(limits: Limits, most: Limits,
+                    fields: tuple[str, str]) -> tuple[str, str] | None:
+    """What is wrong with `limits`, and the field (`fields`: its time, its memory)."""
+    timeout, memory = fields
     if not limits.timeout_s > 0:
-        raise InvalidObligation(item_id, "timeout must be positive", param="limits.timeout_s")
+        return "timeout must be positive", timeout
+    if limits.timeout_s > most.timeout_s:
+        return (f"timeout of {limits.timeout_s:g} s is over this server's most, "
+                f"{most.timeout_s:g} s", timeout)
     if limits.memory_mb < MIN_MEMORY_MB:
-        raise InvalidObligation(item_id, f"memory limit must be at least {MIN_MEMORY_MB} MiB",
-                                param="limits.memory_mb")
+        return f"memory limit must be at least {MIN_MEMORY_MB} MiB", memory
+    if limits.memory_mb > most.memory_mb:
+        return (f"memory limit of {limits.memory_mb} MiB is over this server's most, "
+                f"{most.memory_mb} MiB", memory)
+    return None
 
 
 def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
@@ -49,7 +61,13 @@ def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
         raise InvalidBatch("the batch is empty", param="items")
     if len(items) > settings.max_batch_items:
         raise BatchTooLarge(len(items), settings.max_batch_items)
-    _check_limits("(defaults)", defaults)
+    wrong = _limits_problem(defaults, settings.max_limits, _REQUEST_FIELDS)
+    if wrong is not None:
+        raise InvalidBatch(wrong[0], param=wrong[1])
+    if formalize is not None and not 1 <= formalize.max_attempts <= \
+            settings.max_formalize_attempts:
+        raise InvalidBatch(f"formalize.max_attempts must be 1..{settings.max_formalize_attempts}"
+                           f", not {formalize.max_attempts}", param="formalize.max_attempts")
     seen: set[str] = set()
     for index, ob in enumerate(items):
         item_id = ob.item_id or f"#{index}"
@@ -69,9 +87,9 @@ def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
                   "proof": ob.proof, "preamble": ob.preamble, **{
                       f"imports[{i}]": name for i, name in enumerate(ob.imports)}}
         for param, text in fields.items():
-            problem = _text_problem(text)
-            if problem is not None:
-                raise InvalidObligation(item_id, f"{param} {problem}", param=param)
+            text_problem = _text_problem(text)
+            if text_problem is not None:
+                raise InvalidObligation(item_id, f"{param} {text_problem}", param=param)
         if any(not name.strip() or "\n" in name for name in ob.imports):
             raise InvalidObligation(item_id, "an import is empty or spans lines",
                                     param="imports")
@@ -81,7 +99,10 @@ def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
         size = sum(len(t.encode()) for t in fields.values())
         if size > settings.max_source_bytes:
             raise SourceTooLarge(item_id, size, settings.max_source_bytes)
-        _check_limits(item_id, ob.limits)
+        wrong = (_limits_problem(ob.limits, settings.max_limits, _ITEM_FIELDS)
+                 if ob.limits else None)
+        if wrong is not None:
+            raise InvalidObligation(item_id, wrong[0], param=wrong[1])
         if ob.needs_formalization:
             if not ob.requirement_text.strip():
                 raise InvalidObligation(item_id, "nothing to check: statement, proof and "

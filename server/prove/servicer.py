@@ -48,8 +48,10 @@ def _seconds(d: Any) -> float:
 
 
 def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
+                           usual: Limits | None = None,
                            ) -> tuple[list[Obligation], Limits | None]:
-    """The engine's obligations and default limits for a `ProveRequest`."""
+    """The engine's obligations and default limits for a `ProveRequest`; a limit the
+    request leaves out is `usual`'s (the engine's defaults)."""
     if not req.items:
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "items must not be empty",
                           param="items")
@@ -60,7 +62,8 @@ def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
     default = BACKENDS.get(req.default_backend, default_backend)
     limits = None
     if req.limits.HasField("timeout") or req.limits.memory_bytes:
-        values: dict[str, float] = {}
+        base = usual or Limits()
+        values: dict[str, float] = {"timeout_s": base.timeout_s, "memory_mb": base.memory_mb}
         if req.limits.HasField("timeout"):
             values["timeout_s"] = _seconds(req.limits.timeout)
         if req.limits.memory_bytes:
@@ -133,7 +136,8 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
 
     async def Prove(self, request: pb.ProveRequest,
                     context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.ProveResponse]:
-        items, limits = obligations_from_proto(request, self._default_backend())
+        items, limits = obligations_from_proto(request, self._default_backend(),
+                                               self._engine.settings.default_limits)
         f = request.formalize
         model = f.model or self._default_model
         formalize = FormalizeOptions(

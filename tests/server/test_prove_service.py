@@ -244,3 +244,63 @@ def test_formalize_loop_refuses_a_models_trailing_lemma(tmp_path: Path) -> None:
     finally:
         running.stop()
         upstream.stop()
+
+
+@pytest.mark.parametrize(("limits", "formalize", "param", "says"), [
+    ({"timeout_s": 301}, {}, "limits.timeout",
+     "timeout of 301 s is over this server's most, 300 s"),
+    ({"memory_mib": 8193}, {}, "limits.memory_bytes",
+     "memory limit of 8193 MiB is over this server's most, 8192 MiB"),
+    ({}, {"model": "echo/x", "max_attempts": 11}, "formalize.max_attempts",
+     "formalize.max_attempts must be 1..10, not 11"),
+    ({}, {"model": "echo/x", "max_attempts": -1}, "formalize.max_attempts",
+     "formalize.max_attempts must be 1..10, not -1"),
+])
+async def test_a_request_cannot_give_a_prover_more_than_the_server_allows(
+        mesh: RunningMesh, limits: dict[str, int], formalize: dict[str, object], param: str,
+        says: str) -> None:
+    """`limits` set a prover's time and address space: a caller asking for a terabyte or a
+    day (or a million repair rounds) is refused, naming the field, before anything runs."""
+    request = _batch()
+    if "timeout_s" in limits:
+        request.limits.timeout.FromSeconds(limits["timeout_s"])
+    if "memory_mib" in limits:
+        request.limits.memory_bytes = limits["memory_mib"] * 1024 * 1024
+    if formalize:
+        request.formalize.model = str(formalize["model"])
+        request.formalize.max_attempts = int(formalize["max_attempts"])  # type: ignore[call-overload]
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.prove.prove(request)]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.param, says in info.value.message) == (param, True), info.value.message
+
+
+async def test_the_most_a_request_may_ask_for_is_the_operators_to_set(tmp_path: Path) -> None:
+    running = start_mesh(mesh_settings(tmp_path, services=("prove",), http_enabled=False,
+                                       prove_max_timeout_s=5.0, prove_max_memory_mb=512))
+    try:
+        async with ScillmClient(running.grpc_target) as client:
+            for field, value in (("timeout", 6), ("memory_bytes", 513 * 1024 * 1024)):
+                request = _batch()
+                if field == "timeout":
+                    request.limits.timeout.FromSeconds(value)
+                else:
+                    request.limits.memory_bytes = value
+                with pytest.raises(RPCError) as info:
+                    [e async for e in client.prove.prove(request)]
+                assert info.value.param == f"limits.{field}", info.value.message
+            within = _batch()
+            within.limits.timeout.FromSeconds(5)
+            within.limits.memory_bytes = 512 * 1024 * 1024
+            events = [e async for e in client.prove.prove(within)]
+        assert events[-1].HasField("summary")
+    finally:
+        running.stop()
+
+
+def test_the_ceilings_are_checked_at_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="prove_max_timeout_s must be > 0"):
+        mesh_settings(tmp_path, prove_max_timeout_s=0.0).validate()
+    with pytest.raises(ValueError, match="prove_max_memory_mb must be >= 64"):
+        mesh_settings(tmp_path, prove_max_memory_mb=10).validate()

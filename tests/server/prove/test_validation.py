@@ -50,6 +50,10 @@ async def test_batch_too_large(small: ProveEngine) -> None:
     (Obligation("bad", "smt", statement="true", imports=("Lia",)), "imports"),
     (Obligation("bad", "smt", statement="true", limits=Limits(timeout_s=0)), "limits.timeout_s"),
     (Obligation("bad", "smt", statement="true", limits=Limits(memory_mb=1)), "limits.memory_mb"),
+    (Obligation("bad", "smt", statement="true", limits=Limits(timeout_s=1e9)),
+     "limits.timeout_s"),
+    (Obligation("bad", "smt", statement="true", limits=Limits(memory_mb=10**7)),
+     "limits.memory_mb"),
     (Obligation("", "smt", statement="true"), "item_id"),
 ])
 async def test_invalid_items_are_named(small: ProveEngine, item: Obligation, param: str) -> None:
