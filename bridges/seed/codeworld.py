@@ -40,8 +40,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format
-
+from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 from scillm.codeworld.v1 import codeworld_pb2 as pb
 
@@ -156,7 +155,7 @@ def _items(req: pb.CodeWorldRunRequest, body: Mapping[str, Any]) -> None:
         if entry is not None:
             t.entry_point = str(entry)
         if context:
-            json_format.ParseDict(context, t.context)
+            t.context.CopyFrom(openai_wire.struct_from_json(context, f"items[{i}].context"))
 
 
 def _scoring(req: pb.CodeWorldRunRequest, body: Mapping[str, Any],

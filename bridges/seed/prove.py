@@ -27,8 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format
-
+from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 from scillm.prove.v1 import prove_pb2 as pb
 
@@ -91,7 +90,8 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
             backend=_backend(item.get("backend"), f"items[{i}].backend"),  # type: ignore[arg-type]
             metadata=_metadata(item.get("metadata"), f"items[{i}].metadata"))
         if isinstance(item.get("context"), Mapping):
-            json_format.ParseDict(item["context"], o.context)
+            o.context.CopyFrom(openai_wire.struct_from_json(item["context"],
+                                                            f"items[{i}].context"))
         if "--no-llm" in flags and not (o.statement or o.proof):
             raise InvalidRequestError(f"items[{i}] has no statement to check, and lean4_flags "
                                       "--no-llm forbids formalizing its requirement",

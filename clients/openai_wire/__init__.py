@@ -22,10 +22,11 @@ from ._response import (
     usage_from_proto,
     usage_to_proto,
 )
-from ._values import FINISH_REASONS, ROLES, json_dumps
+from ._values import FINISH_REASONS, MAX_JSON_DEPTH, ROLES, json_dumps, struct_from_json
 
 __all__ = [
     "FINISH_REASONS",
+    "MAX_JSON_DEPTH",
     "ROLES",
     "chunk_from_proto",
     "chunk_to_proto",
@@ -38,6 +39,7 @@ __all__ = [
     "response_to_proto",
     "routing_from_proto",
     "stream_flags",
+    "struct_from_json",
     "usage_from_proto",
     "usage_to_proto",
 ]

@@ -26,7 +26,7 @@ from ._values import (
     _from_struct,
     _number,
     _seconds,
-    _struct,
+    struct_from_json,
 )
 
 
@@ -165,7 +165,7 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
             name=_expect(fn.get("name"), str, f"tools[{i}].function.name"),
             description=str(fn.get("description") or ""))
         if fn.get("parameters") is not None:
-            definition.parameters.CopyFrom(_struct(fn["parameters"],
+            definition.parameters.CopyFrom(struct_from_json(fn["parameters"],
                                                    f"tools[{i}].function.parameters"))
         if fn.get("strict") is not None:
             definition.strict = _expect(fn["strict"], bool, f"tools[{i}].function.strict")
@@ -196,7 +196,7 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
                 js, "description", "response_format.json_schema")
             if js.get("schema") is not None:
                 req.response_format.json_schema.schema.CopyFrom(
-                    _struct(js["schema"], "response_format.json_schema.schema"))
+                    struct_from_json(js["schema"], "response_format.json_schema.schema"))
             if js.get("strict") is not None:
                 req.response_format.json_schema.strict = _expect(
                     js["strict"], bool, "response_format.json_schema.strict")
@@ -216,7 +216,7 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
         _litellm_cache_to_proto(body, req.routing.cache)
     extra = {k: v for k, v in body.items() if k not in _HANDLED}
     if extra:
-        req.extra_body.CopyFrom(_struct(extra, "extra_body"))
+        req.extra_body.CopyFrom(struct_from_json(extra, "extra_body"))
     return req
 
 

@@ -84,8 +84,19 @@ _HANDLED = {
 }
 
 
-def _check_json(value: Any, param: str) -> None:
-    """Refuse what a `Struct` cannot hold: NaN, infinities, integers beyond a double."""
+#: The deepest nesting of objects and arrays a JSON value carried in a `Struct` may have
+#: (the top level is 1). Each object level is three nested protobuf messages (Struct, its
+#: map entry, Value), and protobuf's parsers stop at 100 levels: past about 30, a request
+#: would fail to cross a gRPC wire; 24 leaves room for the messages around it.
+MAX_JSON_DEPTH = 24
+
+
+def _check_json(value: Any, param: str, depth: int = 1) -> None:
+    """Refuse what a `Struct` cannot hold: NaN, infinities, integers beyond a double, and
+    nesting past MAX_JSON_DEPTH."""
+    if isinstance(value, Mapping | list | tuple) and depth > MAX_JSON_DEPTH:
+        raise InvalidRequestError(f"'{param}' is nested more than {MAX_JSON_DEPTH} levels "
+                                  "deep", param=param)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequestError(f"'{param}' holds a non-finite number", param=param)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -96,13 +107,15 @@ def _check_json(value: Any, param: str) -> None:
                                       param=param) from None
     if isinstance(value, Mapping):
         for item in value.values():
-            _check_json(item, param)
+            _check_json(item, param, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
-            _check_json(item, param)
+            _check_json(item, param, depth + 1)
 
 
-def _struct(value: Any, param: str) -> struct_pb2.Struct:
+def struct_from_json(value: Any, param: str) -> struct_pb2.Struct:
+    """A JSON object as a `Struct`; InvalidRequestError naming `param` for anything a Struct
+    cannot hold or a gRPC wire cannot carry (see `_check_json`)."""
     if not isinstance(value, Mapping):
         raise InvalidRequestError(f"'{param}' must be a JSON object", param=param)
     _check_json(value, param)

@@ -59,6 +59,13 @@ def test_models_lists_configured_names(sdk: openai.OpenAI) -> None:
     assert any(n.startswith("echo/") for n in names)
 
 
+def _deep(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize(("body", "status", "param"), [
     ({"model": "nosuch/thing", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
     ({"model": "echo/x", "messages": []}, 400, "messages"),
@@ -77,6 +84,16 @@ def test_models_lists_configured_names(sdk: openai.OpenAI) -> None:
       "stream": 1}, 400, "stream"),
     ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}],
       "parallel_tool_calls": "false"}, 400, "parallel_tool_calls"),
+    # Nested past what a protobuf Struct can carry: refused, not a RecursionError's 500.
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}], "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": _deep(200)}}]},
+     400, "tools[0].function.parameters"),
+    ({"model": "echo/x", "messages": [{"role": "user", "content": "x"}], "x": _deep(500)},
+     400, "extra_body"),
+    ({"model": "codeworld", "messages": [{"role": "user", "content": "x"}], "items": [
+        {"id": "t", "context": _deep(30)}],
+      "provider": {"args": {"strategies": [{"name": "s", "code": "def solve(t, c): return 1"}]}}},
+     400, "items[0].context"),
 ])
 def test_errors_use_openais_body(mesh: RunningMesh, body: dict[str, object], status: int,
                                  param: str) -> None:

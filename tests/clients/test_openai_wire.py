@@ -202,3 +202,63 @@ def test_stream_flags_of_the_wrong_type_name_the_field(body: dict[str, Any],
     with pytest.raises(InvalidRequestError) as info:
         openai_wire.stream_flags(body)
     assert info.value.param == param
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """A JSON object `levels` deep (the top level is 1), arrays and objects in turn."""
+    value: Any = {"leaf": 1}
+    for level in range(levels - 2):
+        value = [value] if level % 2 == 0 else {"a": value}
+    return {"a": value}
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _deep_object(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("where", ["tools", "schema", "extra"])
+@pytest.mark.parametrize("make", [_deep_object, _nested])
+def test_json_as_deep_as_the_limit_crosses_a_grpc_wire_and_deeper_is_refused(
+        where: str, make: Any) -> None:
+    """A Struct holds JSON for tools, schemas and extra_body; protobuf's parsers stop at 100
+    nested messages, so JSON past MAX_JSON_DEPTH is refused naming its field (it failed as
+    an internal error, or could not cross a gRPC wire); JSON at the limit goes through
+    serialisation and back, inside a stream request, unchanged."""
+    from scillm.completion.v1 import completion_pb2 as pb
+
+    def body(levels: int) -> dict[str, Any]:
+        # extra_body is the Struct: the body's unknown keys are its top level.
+        value = make(levels - 1 if where == "extra" else levels)
+        assert _depth({"extra": value} if where == "extra" else value) == levels
+        out: dict[str, Any] = {"model": "m", "messages": _MSG}
+        if where == "tools":
+            out["tools"] = [{"type": "function", "function": {"name": "f", "parameters": value}}]
+        elif where == "schema":
+            out["response_format"] = {"type": "json_schema",
+                                      "json_schema": {"name": "x", "schema": value}}
+        else:
+            out["extra"] = value
+        return out
+
+    limit = openai_wire.MAX_JSON_DEPTH
+    request = openai_wire.request_to_proto(body(limit))
+    wire = pb.CompletionStreamRequest(request=request).SerializeToString()
+    back = openai_wire.request_from_proto(pb.CompletionStreamRequest.FromString(wire).request)
+    assert back == openai_wire.request_from_proto(request)
+    with pytest.raises(InvalidRequestError) as info:
+        openai_wire.request_to_proto(body(limit + 1))
+    assert info.value.param == {"tools": "tools[0].function.parameters",
+                                "schema": "response_format.json_schema.schema",
+                                "extra": "extra_body"}[where]
+    assert f"nested more than {limit} levels deep" in str(info.value)
