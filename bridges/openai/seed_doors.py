@@ -28,7 +28,7 @@ async def agent_run(client: ScillmClient, body: Mapping[str, Any], headers: Mapp
     """Our agent envelope answered with the AgentFinal as JSON; the seed's with its reply."""
     started = time.perf_counter()
     seed = envelope.is_seed_agent(body, headers)
-    model = str(body.get("model") or "")
+    model = agent_seed.text_field(body, "model")
     request = agent_seed.request_from_seed(body) if seed else \
         agent_seed.request_from_envelope(body, model)
     run = runs.RoutedRun("agent", f"agent/{model}", client.agent.run(

@@ -37,7 +37,7 @@ from scillm.agent.v1 import agent_pb2 as pb
 from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 
-__all__ = ["request_from_envelope", "request_from_seed", "seed_reply"]
+__all__ = ["request_from_envelope", "request_from_seed", "seed_reply", "text_field"]
 
 _STOPPED = {pb.STOP_REASON_SUCCESS: "success", pb.STOP_REASON_BUDGET: "budget",
             pb.STOP_REASON_MAX_ITERATIONS: "max_iterations", pb.STOP_REASON_ERROR: "error"}
@@ -68,6 +68,17 @@ def _headers(body: Mapping[str, Any], key: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise InvalidRequestError(f"'{key}' must be an object of header: value", param=key)
     return {str(k): str(v) for k, v in value.items()}
+
+
+def text_field(body: Mapping[str, Any], name: str) -> str:
+    """`body[name]`, a string ("" when absent or null): a model name given as a number or
+    an object is refused, naming the field, rather than sent on as its text."""
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"'{name}' must be a string", param=name)
+    return value
 
 
 def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
@@ -113,7 +124,7 @@ def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunReq
     c.mcp_servers.extend(_strings(body, "mcp_servers"))
     if body.get("reasoning_effort"):
         c.reasoning_effort = str(body["reasoning_effort"])
-    c.escalation_model = str(body.get("escalation_model") or "")
+    c.escalation_model = text_field(body, "escalation_model")
     c.escalation_iterations = _int(body, "escalation_iterations") or 0
     c.max_history_messages = _int(body, "max_history_messages") or 0
     c.max_history_chars = _int(body, "max_history_chars") or 0
@@ -131,11 +142,11 @@ def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunReq
 
 def request_from_seed(body: Mapping[str, Any]) -> pb.AgentRunRequest:
     """An AgentRunRequest from the seed's agent envelope (see the module docstring)."""
-    backend = str(body.get("tool_backend") or "local").strip().lower()
+    backend = (text_field(body, "tool_backend") or "local").strip().lower()
     if backend not in _BACKENDS:
         raise InvalidRequestError(f"tool_backend {backend!r}: choose from "
                                   f"{', '.join(_BACKENDS)}", param="tool_backend")
-    req = _base({"max_iterations": 3, **body}, str(body.get("model") or ""))
+    req = _base({"max_iterations": 3, **body}, text_field(body, "model"))
     c = req.config
     c.use_tools = bool(body.get("use_tools")) or backend == "http"
     c.auto_run_code = bool(body.get("auto_run_code_on_code_block", False))
@@ -153,7 +164,7 @@ def request_from_seed(body: Mapping[str, Any]) -> pb.AgentRunRequest:
         c.use_tools = False
         c.max_iterations = 1
     if body.get("escalate_on_budget_exceeded") and body.get("escalate_model"):
-        c.escalation_model = str(body["escalate_model"])
+        c.escalation_model = text_field(body, "escalate_model")
     return req
 
 

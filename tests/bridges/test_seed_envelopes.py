@@ -288,3 +288,18 @@ def test_out_of_range_and_mistyped_fields_are_400_naming_them(
     reply = mesh.post(path, body)
     assert reply.status_code == 400, reply.text
     assert param in json.dumps(reply.json())
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": 5}, "model"),
+    ({"model": {"name": "gen"}}, "model"),
+    ({"model": "gen", "escalation_model": ["strong"]}, "escalation_model"),
+    ({"model": "gen", "tool_backend": 1, "question": "q"}, "tool_backend"),
+])
+def test_an_agent_model_that_is_not_a_string_is_refused_not_stringified(
+        mesh: Mesh, body: dict[str, Any], param: str) -> None:
+    """`"model": 5` ran an agent on a model named "5" (and failed inside the run); a name
+    of the wrong type is a 400 naming the field, in both envelopes."""
+    reply = mesh.post("/agent/run", {"messages": [{"role": "user", "content": "hi"}], **body})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
