@@ -14,7 +14,14 @@ from typing import Any
 
 import httpx
 
-from ._http import ClientPool, api_key, error_from_response, sse_events, transport_error
+from ._http import (
+    ClientPool,
+    api_key,
+    error_from_response,
+    read_reply,
+    sse_events,
+    transport_error,
+)
 from ._provider import ProviderCall, text_of
 from .errors import InvalidRequest, UpstreamError
 
@@ -56,11 +63,8 @@ class AnthropicProvider:
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
         client, request = self._build(call, stream=False)
         try:
-            response = await client.send(request, stream=True)
-            try:
-                raw = await response.aread()
-            finally:
-                await response.aclose()
+            response = await read_reply(await client.send(request, stream=True))
+            raw = response.content
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
         if response.status_code >= 400:
@@ -81,8 +85,7 @@ class AnthropicProvider:
             raise transport_error(exc, call) from None
         try:
             if response.status_code >= 400:
-                await response.aread()
-                raise error_from_response(response, call, _CONTEXT_MARKERS)
+                raise error_from_response(await read_reply(response), call, _CONTEXT_MARKERS)
             state = _StreamState()
             async for event, data in sse_events(response):
                 try:

@@ -12,7 +12,7 @@ import httpx
 from ._provider import ProviderCall
 from ._retry import parse_retry_after
 from ._settings import DeploymentSettings
-from ._transport import PooledTransport
+from ._transport import MAX_REPLY_BYTES, PooledTransport, ReplyTooLarge
 from .errors import (
     AuthenticationError,
     CompletionError,
@@ -23,7 +23,8 @@ from .errors import (
     UpstreamTimeout,
 )
 
-__all__ = ["ClientPool", "api_key", "error_from_response", "read_body", "sse_events",
+__all__ = ["ClientPool", "api_key", "error_from_response", "read_body", "read_reply",
+           "sse_events",
            "transport_error"]
 
 # Enough connections for thousands of concurrent streams per base URL (each holds one
@@ -151,18 +152,27 @@ async def read_body(response: httpx.Response) -> bytes:
     `Response.aread` passes every chunk through a decoder, a chunker and a byte count;
     a body without a content encoding needs none of them, so it is joined as it comes.
     """
-    if "content-encoding" in response.headers:
-        try:
-            return await response.aread()
-        finally:
-            await response.aclose()
-    stream = response.stream
+    chunks: list[bytes] = []
+    size = 0
     try:
-        assert isinstance(stream, httpx.AsyncByteStream)
-        chunks = [chunk async for chunk in stream]
+        async for chunk in _body_chunks(response):  # decoded, when it has an encoding
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
+                raise ReplyTooLarge(f"the reply is over {MAX_REPLY_BYTES} bytes")
     finally:
         await response.aclose()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_reply(response: httpx.Response) -> httpx.Response:
+    """`response` with its body read (decoded, at most MAX_REPLY_BYTES, as `read_body`),
+    for what reads `.content` or `.text` (an error reply); the stream is closed."""
+    body = await read_body(response)
+    headers = [(k, v) for k, v in response.headers.multi_items()  # the body is decoded now
+               if k.lower() not in ("content-encoding", "content-length")]
+    return httpx.Response(response.status_code, headers=headers, content=body,
+                          request=response.request)
 
 
 def api_key(dep: DeploymentSettings) -> str | None:
@@ -243,6 +253,8 @@ async def sse_events(response: httpx.Response | AsyncIterable[bytes],
     parser = _EventParser()
     pending = b""
     async for chunk in _body_chunks(response):
+        if len(pending) + len(chunk) > MAX_REPLY_BYTES or parser.size > MAX_REPLY_BYTES:
+            raise ReplyTooLarge(f"a streamed event is over {MAX_REPLY_BYTES} bytes")
         text = pending + chunk
         held = b"\r" if text.endswith(b"\r") else b""  # maybe the first half of a CRLF
         lines = text[:len(text) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -264,11 +276,13 @@ async def sse_events(response: httpx.Response | AsyncIterable[bytes],
 class _EventParser:
     """The fields of the event being read, line by line."""
 
-    __slots__ = ("data", "event")
+    __slots__ = ("data", "event", "size")
 
     def __init__(self) -> None:
         self.event = ""
         self.data: list[str] = []
+        #: Characters of `data` so far (an event never ended must not grow for ever).
+        self.size = 0
 
     def line(self, raw: bytes) -> tuple[str, str] | None:
         """Take one line (without its end); the event it completes, if any."""
@@ -277,7 +291,7 @@ class _EventParser:
                 self.event = ""
                 return None
             done = self.event, "\n".join(self.data)
-            self.event, self.data = "", []
+            self.event, self.data, self.size = "", [], 0
             return done
         line = raw.decode("utf-8", "replace")
         if line.startswith(":"):
@@ -286,6 +300,7 @@ class _EventParser:
         value = value[1:] if value.startswith(" ") else value
         if name == "data":
             self.data.append(value)
+            self.size += len(value)
         elif name == "event":
             self.event = value
         return None

@@ -26,6 +26,7 @@ from ._http import (
     api_key,
     error_from_response,
     read_body,
+    read_reply,
     sse_events,
     transport_error,
 )
@@ -151,9 +152,9 @@ class OpenAIProvider:
             status, headers, raw = await transport.exchange(prepared.stub, payload,
                                                             call.timeout_s)
             if status >= 400 or _encoded(headers):  # through httpx: its errors, its decoders
-                response = httpx.Response(status, headers=headers, request=prepared.stub,
-                                          stream=httpx.ByteStream(raw))
-                await response.aread()
+                response = await read_reply(httpx.Response(
+                    status, headers=headers, request=prepared.stub,
+                    stream=httpx.ByteStream(raw)))
                 if status >= 400:
                     raise error_from_response(response, call)
                 raw = response.content
@@ -170,11 +171,7 @@ class OpenAIProvider:
             raise transport_error(exc, call) from None
         try:
             if response.status_code >= 400:
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-                raise error_from_response(response, call)
+                raise error_from_response(await read_reply(response), call)
             raw = await read_body(response)
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
@@ -200,8 +197,7 @@ class OpenAIProvider:
         try:
             if status >= 400:
                 assert isinstance(source, httpx.Response)
-                await source.aread()
-                raise error_from_response(source, call)
+                raise error_from_response(await read_reply(source), call)
             finished = False
             async for _, data in sse_events(source):
                 if data == "[DONE]":

@@ -69,7 +69,16 @@ import httpx
 
 from ._connection import Connection, Origin, ResponseStream, expire, request_head
 
-__all__ = ["PooledTransport"]
+__all__ = ["MAX_REPLY_BYTES", "PooledTransport", "ReplyTooLarge"]
+
+#: The most bytes a provider's reply (a whole unary body, decoded, or one streamed event)
+#: may take; past it the call fails with UpstreamError instead of filling the memory.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+
+class ReplyTooLarge(httpx.HTTPError):
+    """A provider's reply passed MAX_REPLY_BYTES (a broken upstream: a completion is far
+    smaller). An httpx error, so that every provider reports it as a transport failure."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NO_TIMEOUTS: dict[str, float | None] = {}
@@ -126,9 +135,13 @@ class PooledTransport(httpx.AsyncBaseTransport):
         """
         connection = await self._start(request, payload, timeout)
         chunks: list[bytes] = []
+        size = 0
         try:  # the connection's reads, without a body stream around them
             while data := await connection.read(timeout):
                 chunks.append(data)
+                size += len(data)
+                if size > MAX_REPLY_BYTES:
+                    raise ReplyTooLarge(f"the reply is over {MAX_REPLY_BYTES} bytes")
         except BaseException:
             connection.close()
             raise

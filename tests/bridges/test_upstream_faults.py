@@ -4,6 +4,7 @@ the upstream status where there is one, Retry-After passed on, in-band errors in
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import threading
@@ -27,6 +28,8 @@ class FaultyUpstream:
         #: Requests for "silent" that arrived, and those whose client then hung up.
         self.arrived = threading.Semaphore(0)
         self.hung_up = threading.Semaphore(0)
+        #: An "endless" body written to its (1 GiB) end: the client never stopped reading.
+        self.endless_sent: list[int] = []
 
     def start(self) -> FaultyUpstream:
         self.thread.start()
@@ -62,6 +65,23 @@ class FaultyUpstream:
                     pass
                 self.hung_up.release()
                 return
+            elif model in ("endless", "endless-event"):  # a body (or one event) without end
+                if model == "endless":
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: 100000000000\r\n\r\n{\"id\": \"")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                 b"\r\ndata: {\"id\": \"")
+                piece = b"x" * (1 << 20)
+                for _ in range(1024):  # 1 GiB, unless the client stops reading first
+                    writer.write(piece)
+                    await writer.drain()
+                self.endless_sent.append(1024)
+            elif model == "bomb":  # 200 MiB once gunzipped, 200 KiB on the wire
+                payload = gzip.compress(b"{\"id\": \"" + b"x" * (200 << 20), 9)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-encoding: gzip\r\ncontent-length: "
+                             + str(len(payload)).encode() + b"\r\n\r\n" + payload)
             elif model == "dropping":
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
                 chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1,
@@ -108,6 +128,8 @@ def faulty(tmp_path_factory: pytest.TempPathFactory,
     config = tmp / "models.yaml"
     config.write_text(json.dumps({
         "model_list": [entry("rate-limited", base), entry("broken", base),
+                       entry("endless", base), entry("endless-event", base),
+                       entry("bomb", base),
                        entry("dropping", base), entry("silent", base),
                        entry("unreachable", f"http://127.0.0.1:{_closed_port()}/v1"),
                        {"model_name": "keyless", "litellm_params": {
@@ -255,3 +277,24 @@ def test_stream_dropped_midway_ends_with_an_in_band_error(faulty: RunningMesh) -
                                          messages=[{"role": "user", "content": "hi"}]))
 
 
+
+
+@pytest.mark.parametrize("model", ["endless", "bomb"])
+def test_an_upstream_reply_without_end_fails_the_call_instead_of_filling_memory(
+        faulty: RunningMesh, upstream: FaultyUpstream, model: str) -> None:
+    """A broken upstream sending a body without end (or a gzip bomb) is read no further
+    than 64 MiB: the call fails as an upstream error naming the limit, and the upstream is
+    not read to its end."""
+    reply = _post(faulty, model)
+    assert reply.status_code == 502, reply.text
+    assert "over 67108864 bytes" in reply.json()["error"]["message"]
+    assert not upstream.endless_sent
+
+
+def test_a_streamed_event_without_end_fails_the_stream(faulty: RunningMesh,
+                                                       upstream: FaultyUpstream) -> None:
+    reply = httpx.post(f"{faulty.http_url}/v1/chat/completions", timeout=60, json={
+        "model": "endless-event", "stream": True,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert "a streamed event is over 67108864 bytes" in reply.text, reply.text[:500]
+    assert not upstream.endless_sent
