@@ -1,14 +1,16 @@
 """A real HTTP tool server (the seed's protocol) on 127.0.0.1:0, for the tests.
 
-    GET  /tools    -> OpenAI tool specs: add, echo, fail, busy
+    GET  /tools    -> OpenAI tool specs: add, echo, fail, busy, flood
     POST /invoke   {"name", "arguments"} -> {"ok", "text" | "result" | "error"}
 
-`busy` answers 429 with `Retry-After: <retry_after>` to its first `busy_429s` calls.
+`busy` answers 429 with `Retry-After: <retry_after>` to its first `busy_429s` calls;
+`flood` answers 64 MiB of text (a tool server gone wrong).
 Every request is kept in `requests` as (monotonic time, method, path, headers, body).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -28,6 +30,7 @@ TOOLS = [
     _tool("echo", "Echo the text.", {"text": {"type": "string"}}),
     _tool("fail", "Always fails.", {}),
     _tool("busy", "Rate limited at first.", {}),
+    _tool("flood", "Answers far too much.", {}),
 ]
 
 
@@ -81,6 +84,9 @@ class HttpToolServer:
                     self._reply(200, {"ok": True, "text": args.get("text", "")})
                 elif name == "fail":
                     self._reply(200, {"ok": False, "error": "fail: it always fails"})
+                elif name == "flood":
+                    with contextlib.suppress(ConnectionError):  # the client stops reading
+                        self._reply(200, {"ok": True, "text": "x" * (64 << 20)})
                 elif name == "busy":
                     server._busy_seen += 1
                     if server._busy_seen <= server.busy_429s:

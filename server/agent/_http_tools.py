@@ -31,6 +31,9 @@ __all__ = ["HttpTool", "HttpToolServer", "retry_after_seconds"]
 
 #: Timeout of `GET /tools`, seconds.
 _LIST_TIMEOUT_S = 10.0
+#: The most a tool server's reply may take, bytes (decoded); a tool's output is cut to
+#: `max_tool_output_chars` after, but a server gone wrong must not fill the memory first.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
 _TAIL = 256
 
 
@@ -71,8 +74,9 @@ class HttpToolServer:
         """`GET /tools`; HttpToolServerError when it cannot be reached or read."""
         where = f"HTTP tool server {self.name!r} ({self.config.url})"
         try:
-            response = await self._http().get(f"{self.config.url.rstrip('/')}/tools",
-                                              headers=dict(headers), timeout=_LIST_TIMEOUT_S)
+            response = await _bounded(self._http(), "GET",
+                                      f"{self.config.url.rstrip('/')}/tools",
+                                      headers=dict(headers), timeout=_LIST_TIMEOUT_S)
         except httpx.HTTPError as exc:
             raise HttpToolServerError(f"{where} is unreachable: {type(exc).__name__}: {exc}",
                                       server=self.name) from exc
@@ -106,8 +110,9 @@ class HttpToolServer:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                response = await self._http().post(url, json=body, headers=dict(headers),
-                                                   timeout=max(0.05, remaining))
+                response = await _bounded(self._http(), "POST", url, json=body,
+                                          headers=dict(headers),
+                                          timeout=max(0.05, remaining))
             except httpx.TimeoutException as exc:
                 raise ToolTimeoutError(f"HTTP tool {tool!r} timed out after {timeout_s:g} s",
                                        tool=tool, timeout_s=timeout_s) from exc
@@ -131,6 +136,28 @@ class HttpToolServer:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+class _ReplyTooLarge(httpx.HTTPError):
+    """A tool server's reply passed MAX_REPLY_BYTES."""
+
+
+async def _bounded(client: httpx.AsyncClient, method: str, url: str,
+                   **kwargs: Any) -> httpx.Response:
+    """`client.request(...)` with its reply read no further than MAX_REPLY_BYTES (decoded):
+    past it, _ReplyTooLarge, which callers report as the server's failure."""
+    async with client.stream(method, url, **kwargs) as response:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
+                raise _ReplyTooLarge(f"the reply is over {MAX_REPLY_BYTES} bytes")
+            chunks.append(chunk)
+    headers = [(k, v) for k, v in response.headers.multi_items()  # the body is decoded now
+               if k.lower() not in ("content-encoding", "content-length")]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                          request=response.request)
 
 
 def _output(response: httpx.Response, tool: str) -> ToolOutput:

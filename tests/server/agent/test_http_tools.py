@@ -114,3 +114,16 @@ async def test_an_unreachable_tool_server_fails_the_run_clearly() -> None:
         result = await engine.run_to_end([{"role": "user", "content": "go"}],
                                           RunConfig(use_tools=False))
     assert result.answer == "x"
+
+
+async def test_a_reply_far_too_large_is_the_tools_error_not_the_memorys(
+        tools: HttpToolServer) -> None:
+    """A tool server answering 64 MiB is read no further than 16 MiB: the call is an error
+    result the model sees, and the run goes on."""
+    model = ScriptedModel([{"content": "", "tool_calls": [{"id": "f", "name": "lab__flood"}]},
+                           {"content": "gave up on it"}])
+    async with AgentEngine(_settings(tools.url), model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "go"}])
+    flood = result.tool_io[0][1]
+    assert flood.is_error and "the reply is over 16777216 bytes" in flood.output, flood.output
+    assert result.stop_reason is StopReason.SUCCESS and result.answer == "gave up on it"
