@@ -41,11 +41,26 @@ from .errors import BadRequest, CallerUnauthorized, NotRunnable, SidecarError, U
 __all__ = ["Sidecar", "create_app"]
 
 _MAX_BODY = 8 * 1024 * 1024
+#: The most of a forwarded answer read, bytes (decoded).
+_MAX_REPLY = 64 * 1024 * 1024
 #: Model ids that name no chat model, for a forwarded list without `capabilities`.
 _NOT_CHAT = ("embed", "rerank", "tts", "whisper", "transcribe", "moderation", "dall-e",
              "image")
 _SSE_HEADERS = {"cache-control": "no-cache"}
 T = TypeVar("T")
+
+
+async def _forwarded_body(upstream: httpx.Response) -> bytes:
+    """The forward base's whole answer (decoded), refused (UpstreamFailed) as soon as what
+    is read passes `_MAX_REPLY`: a base gone wrong does not fill the memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in upstream.aiter_bytes():
+        size += len(chunk)
+        if size > _MAX_REPLY:
+            raise UpstreamFailed(f"the forward base's answer is over {_MAX_REPLY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _body(request: Request) -> bytes:
@@ -225,7 +240,7 @@ class Sidecar:
         media = upstream.headers.get("content-type", "application/json")
         if not stream or upstream.status_code >= 400:
             try:
-                content = await upstream.aread()
+                content = await _forwarded_body(upstream)
             except httpx.HTTPError as exc:
                 raise UpstreamFailed(f"the forward base's answer broke off: "
                                      f"{type(exc).__name__}: {exc}") from None

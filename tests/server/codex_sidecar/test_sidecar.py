@@ -459,3 +459,33 @@ def test_a_model_name_is_never_read_as_a_cli_option() -> None:
     argv = runner.argv(job, None)
     assert "--model=--dangerously-bypass-approvals-and-sandbox" in argv
     assert "--dangerously-bypass-approvals-and-sandbox" not in argv
+
+
+def test_a_forward_base_answering_without_end_is_502_not_read_whole(codex: Path) -> None:
+    """A forward base gone wrong (a body announced at 100 GB) is read no further than 64 MiB
+    of its answer: 502 naming the limit."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def flood() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: 100000000000\r\n\r\n")
+            piece = b"x" * (1 << 20)
+            for _ in range(1024):
+                conn.sendall(piece)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    sidecar = SidecarProcess(["--mode", "forward", "--forward-base",
+                              f"http://127.0.0.1:{port}/v1"], codex / "flood.out").wait_ready()
+    try:
+        reply = httpx.post(f"{sidecar.url}/v1/chat/completions", timeout=60, json={
+            "model": "echo/x", "messages": [{"role": "user", "content": "x"}]})
+    finally:
+        sidecar.stop()
+        listener.close()
+    assert reply.status_code == 502, reply.text[:300]
+    assert "over 67108864 bytes" in reply.json()["error"]["message"]
