@@ -38,6 +38,7 @@ import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -389,6 +390,17 @@ class _Shim:
         return ready, statuses
 
 
+def _not_served(request: Request, exc: Exception) -> Response:
+    """404 and 405 in OpenAI's error body (its own words for an unknown URL)."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    where = f"{request.method} {request.url.path}"
+    message = (f"Invalid URL ({where})" if status == 404
+               else f"{request.method} is not allowed on {request.url.path}")
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return JSONResponse(error_body(message, "invalid_request_error"), status_code=status,
+                        headers=headers)
+
+
 class _TooLarge(Exception):
     def __init__(self, size: int | None) -> None:
         #: The body's size, when known (its Content-Length, or all of it read).
@@ -430,7 +442,9 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         *([Mount("/ui", ui)] if ui is not None else []),
     ]
     # An error no endpoint mapped: OpenAI's 500 body (Starlette's error layer sends it,
-    # then lets the server log the exception), as the completions door answers one.
+    # then lets the server log the exception), as the completions door answers one; a path
+    # or method the door does not serve: OpenAI's body too, not Starlette's plain text.
     starlette = Starlette(routes=routes, exception_handlers={
-        Exception: lambda request, exc: error_response(exc)})
+        Exception: lambda request, exc: error_response(exc),
+        404: _not_served, 405: _not_served})
     return CompletionsDoor(starlette, completions)

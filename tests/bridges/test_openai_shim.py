@@ -221,3 +221,18 @@ def test_codeworld_reply_says_plainly_when_generation_failed() -> None:
                                                "Connection refused."))
     assert text(unrecorded) == ("CodeWorld: 1 items, 1 succeeded, 0 failed; not recorded in "
                                 "session 's1': redis session store: Connection refused.")
+
+
+def test_a_path_or_method_the_door_does_not_serve_answers_in_openais_body(
+        mesh: RunningMesh, sdk: openai.OpenAI) -> None:
+    """An SDK reaching for an endpoint the door does not serve reads OpenAI's error body
+    (its own words for an unknown URL), not Starlette's plain "Not Found"."""
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk.embeddings.create(model="echo/x", input="hi")
+    assert info.value.body == {"message": "Invalid URL (POST /v1/embeddings)",
+                               "type": "invalid_request_error", "param": None, "code": None}
+    wrong = httpx.get(f"{mesh.http_url}/v1/chat/completions", timeout=30)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["message"] == "GET is not allowed on /v1/chat/completions"
+    page = httpx.get(f"{mesh.http_url}/ui/no-such-page", timeout=30)
+    assert page.status_code == 404 and not page.text.startswith('{"error"')  # the UI's own
