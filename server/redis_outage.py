@@ -8,9 +8,9 @@ and stores nothing; the windows count in this process), then one caller tries it
 while the others go on skipping. The first failure of an outage is logged as a warning and
 the recovery as an info, once each; the failures in between are not.
 
-Only an unreachable Redis is an outage (`UNREACHABLE`: refused, reset, timed out, still
+Only an unreachable Redis is an outage (`unreachable()`: refused, reset, timed out, still
 loading its data); an error Redis answers with (a wrong type at a key, a script error)
-is a bug and still raises.
+is a bug and still raises. `Outage.call` runs one use of Redis under these rules.
 
 `client_options()` are the redis-py options both use: a connection refused or silent for
 a second fails then, with one immediate retry (a pooled connection Redis closed when it
@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 __all__ = ["Outage", "client_options", "unreachable"]
 
 log = logging.getLogger("scillm.server")
+
+_T = TypeVar("_T")
 
 #: How long callers skip Redis after it failed, seconds.
 COOL_S = 5.0
@@ -96,3 +98,18 @@ class Outage:
         if self._down:
             self._down = False
             log.info("%s: Redis answers again", self.what)
+
+    async def call(self, remote: Callable[[], Awaitable[_T]],
+                   unreachable: tuple[type[BaseException], ...],
+                   instead: Callable[[], Awaitable[_T]]) -> _T:
+        """`remote()` (a use of Redis), or `instead()` while Redis is skipped or when
+        `remote()` finds it unreachable (one of `unreachable`)."""
+        if self.should_try():
+            try:
+                result = await remote()
+            except unreachable as exc:
+                self.failed(exc)
+            else:
+                self.answered()
+                return result
+        return await instead()

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from ..bounded import decoded_response, read_bounded
 from ._settings import HttpToolServerConfig
 from ._tools import RemoteTool, ToolOutput
 from .errors import HttpToolServerError, ToolExecutionError, ToolTimeoutError
@@ -147,17 +148,9 @@ async def _bounded(client: httpx.AsyncClient, method: str, url: str,
     """`client.request(...)` with its reply read no further than MAX_REPLY_BYTES (decoded):
     past it, _ReplyTooLarge, which callers report as the server's failure."""
     async with client.stream(method, url, **kwargs) as response:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_REPLY_BYTES:
-                raise _ReplyTooLarge(f"the reply is over {MAX_REPLY_BYTES} bytes")
-            chunks.append(chunk)
-    headers = [(k, v) for k, v in response.headers.multi_items()  # the body is decoded now
-               if k.lower() not in ("content-encoding", "content-length")]
-    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
-                          request=response.request)
+        body = await read_bounded(response.aiter_bytes(), MAX_REPLY_BYTES, lambda: _ReplyTooLarge(
+            f"the reply is over {MAX_REPLY_BYTES} bytes"))
+    return decoded_response(response, body)
 
 
 def _output(response: httpx.Response, tool: str) -> ToolOutput:

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from scillm.bridges.openai import sse
 
+from ..bounded import read_bounded
 from . import _request
 from ._cli import CodexJob, CodexRunner
 from ._events import CodexTurn
@@ -48,32 +49,6 @@ _NOT_CHAT = ("embed", "rerank", "tts", "whisper", "transcribe", "moderation", "d
              "image")
 _SSE_HEADERS = {"cache-control": "no-cache"}
 T = TypeVar("T")
-
-
-async def _forwarded_body(upstream: httpx.Response) -> bytes:
-    """The forward base's whole answer (decoded), refused (UpstreamFailed) as soon as what
-    is read passes `_MAX_REPLY`: a base gone wrong does not fill the memory."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in upstream.aiter_bytes():
-        size += len(chunk)
-        if size > _MAX_REPLY:
-            raise UpstreamFailed(f"the forward base's answer is over {_MAX_REPLY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _body(request: Request) -> bytes:
-    """The request's body, refused (BadRequest) as soon as what is read passes `_MAX_BODY`:
-    a body of any length is not read whole first."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise BadRequest(f"request body exceeds {_MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(exc: SidecarError) -> JSONResponse:
@@ -171,7 +146,8 @@ class Sidecar:
         if (refused := self._refused(request)) is not None:
             return refused
         try:
-            raw = await _body(request)
+            raw = await read_bounded(request.stream(), _MAX_BODY, lambda: BadRequest(
+                f"request body exceeds {_MAX_BODY} bytes"))
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -240,7 +216,9 @@ class Sidecar:
         media = upstream.headers.get("content-type", "application/json")
         if not stream or upstream.status_code >= 400:
             try:
-                content = await _forwarded_body(upstream)
+                over = f"the forward base's answer is over {_MAX_REPLY} bytes"
+                content = await read_bounded(upstream.aiter_bytes(), _MAX_REPLY,
+                                             lambda: UpstreamFailed(over))
             except httpx.HTTPError as exc:
                 raise UpstreamFailed(f"the forward base's answer broke off: "
                                      f"{type(exc).__name__}: {exc}") from None

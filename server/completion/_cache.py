@@ -130,14 +130,8 @@ class ResponseCache:
 
     async def get(self, key: str, max_age_s: float | None = None) -> dict[str, Any] | None:
         """The stored value, or None (a miss) when absent or older than `max_age_s`."""
-        raw = None
-        if self.outage.should_try():
-            try:
-                raw = await self._backend.get(key)
-            except self._backend.unreachable as exc:
-                self.outage.failed(exc)
-            else:
-                self.outage.answered()
+        raw = await self.outage.call(lambda: self._backend.get(key), self._backend.unreachable,
+                                     _nothing)
         entry = _entry(raw) if raw is not None else None
         if entry is None or (max_age_s is not None
                              and self._clock() - entry[0] > max_age_s):
@@ -149,21 +143,28 @@ class ResponseCache:
     async def set(self, key: str, value: dict[str, Any], ttl_s: float | None) -> None:
         ttl = ttl_s if ttl_s is not None else self._settings.ttl_s
         raw = json.dumps({"at": self._clock(), "value": value}, separators=(",", ":"))
-        if not self.outage.should_try():
-            return
-        try:
+
+        async def store() -> bool:
             await self._backend.set(key, raw.encode(), ttl)
-        except self._backend.unreachable as exc:
-            self.outage.failed(exc)
-            return
-        self.outage.answered()
-        self.stores += 1
+            return True
+
+        if await self.outage.call(store, self._backend.unreachable, _not_stored):
+            self.stores += 1
 
     def stats(self) -> CacheStats:
         return CacheStats(self.hits, self.misses, self.stores, self._backend.name)
 
     async def close(self) -> None:
         await self._backend.close()
+
+
+async def _nothing() -> None:
+    """A miss: the cache's backend was skipped or unreachable."""
+    return None
+
+
+async def _not_stored() -> bool:
+    return False
 
 
 def _entry(raw: bytes) -> tuple[float, dict[str, Any]] | None:

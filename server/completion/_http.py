@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from ..bounded import decoded_response, read_bounded
 from ._provider import ProviderCall
 from ._retry import parse_retry_after
 from ._settings import DeploymentSettings
@@ -152,27 +153,17 @@ async def read_body(response: httpx.Response) -> bytes:
     `Response.aread` passes every chunk through a decoder, a chunker and a byte count;
     a body without a content encoding needs none of them, so it is joined as it comes.
     """
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in _body_chunks(response):  # decoded, when it has an encoding
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_REPLY_BYTES:
-                raise ReplyTooLarge(f"the reply is over {MAX_REPLY_BYTES} bytes")
+    try:  # decoded, when it has an encoding
+        return await read_bounded(_body_chunks(response), MAX_REPLY_BYTES, lambda: ReplyTooLarge(
+            f"the reply is over {MAX_REPLY_BYTES} bytes"))
     finally:
         await response.aclose()
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_reply(response: httpx.Response) -> httpx.Response:
     """`response` with its body read (decoded, at most MAX_REPLY_BYTES, as `read_body`),
     for what reads `.content` or `.text` (an error reply); the stream is closed."""
-    body = await read_body(response)
-    headers = [(k, v) for k, v in response.headers.multi_items()  # the body is decoded now
-               if k.lower() not in ("content-encoding", "content-length")]
-    return httpx.Response(response.status_code, headers=headers, content=body,
-                          request=response.request)
+    return decoded_response(response, await read_body(response))
 
 
 def api_key(dep: DeploymentSettings) -> str | None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..redis_outage import Outage, client_options, unreachable
 
@@ -21,9 +21,6 @@ __all__ = ["WINDOW_S", "MemoryWindows", "RedisWindows", "Windows"]
 
 #: The length of a rate window, seconds.
 WINDOW_S = 60.0
-
-_T = TypeVar("_T")
-
 
 class Windows(Protocol):
     """Counts of the last minute per (key, kind); kind is "requests" or "tokens"."""
@@ -102,34 +99,23 @@ class RedisWindows:
         self.outage = outage or Outage("the keys' rate windows")
         self._local = MemoryWindows()
 
-    async def _shared(self, remote: Callable[[], Awaitable[_T]],
-                      local: Callable[[], Awaitable[_T]]) -> _T:
-        """`remote()` in Redis, or `local()` in this process while Redis is unreachable."""
-        if self.outage.should_try():
-            try:
-                result = await remote()
-            except self._unreachable as exc:
-                self.outage.failed(exc)
-            else:
-                self.outage.answered()
-                return result
-        return await local()
-
     @staticmethod
     def _name(key: str, kind: str) -> str:
         return f"scillm:rate:{kind}:{key}"
 
+    # Each in Redis, or in this process while Redis is unreachable.
     async def total(self, key: str, kind: str) -> tuple[int, float | None]:
-        return await self._shared(lambda: self._total(key, kind),
-                                  lambda: self._local.total(key, kind))
+        return await self.outage.call(lambda: self._total(key, kind), self._unreachable,
+                                      lambda: self._local.total(key, kind))
 
     async def add(self, key: str, kind: str, amount: int) -> None:
-        await self._shared(lambda: self._add(key, kind, amount),
-                           lambda: self._local.add(key, kind, amount))
+        await self.outage.call(lambda: self._add(key, kind, amount), self._unreachable,
+                               lambda: self._local.add(key, kind, amount))
 
     async def take(self, key: str, kind: str, limit: int) -> float | None:
-        return await self._shared(lambda: self._take_one(key, kind, limit),
-                                  lambda: self._local.take(key, kind, limit))
+        return await self.outage.call(lambda: self._take_one(key, kind, limit),
+                                      self._unreachable,
+                                      lambda: self._local.take(key, kind, limit))
 
     async def _total(self, key: str, kind: str) -> tuple[int, float | None]:
         now = time.time()
