@@ -21,6 +21,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from scillm.clients.errors import InvalidRequestError, RPCError
 
+from .retry_after import clamp_wait
+
 __all__ = ["ErrorTable", "StatusError", "Unavailable", "status_for", "to_status"]
 
 log = logging.getLogger("scillm.errors")
@@ -82,9 +84,12 @@ def to_status(code: grpc.StatusCode, message: str, exc: BaseException | None,
         details.append(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=str(param), description=message)]))
     retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after is not None:
+    # Clamped again here: this mapping is what reports every other failure, so no value
+    # an error carries may break it (OverflowError on `inf`, ValueError past a Duration).
+    wait = clamp_wait(float(retry_after)) if retry_after is not None else None
+    if wait is not None:
         delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(float(retry_after) * 1000))
+        delay.FromMilliseconds(int(wait * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     packed = []
     for d in details:

@@ -15,7 +15,6 @@ failures become error results the model sees.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 
 from ..bounded import decoded_response, read_bounded
+from ..retry_after import retry_after_s as retry_after_seconds
 from ._settings import HttpToolServerConfig
 from ._tools import RemoteTool, ToolOutput
 from .errors import HttpToolServerError, ToolExecutionError, ToolTimeoutError
@@ -36,22 +36,6 @@ _LIST_TIMEOUT_S = 10.0
 #: `max_tool_output_chars` after, but a server gone wrong must not fill the memory first.
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 _TAIL = 256
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date)."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class HttpToolServer:

@@ -6,8 +6,8 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
+from ..retry_after import retry_after_s
 from .errors import CompletionError, ContextWindowExceeded, UpstreamError, UpstreamTimeout
 
 __all__ = ["RetryHooks", "backoff_delay", "is_retryable", "parse_retry_after"]
@@ -29,25 +29,12 @@ def is_retryable(error: CompletionError) -> bool:
 
 def parse_retry_after(headers: Mapping[str, str],
                       now: Callable[[], float] = time.time) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or HTTP-date)."""
-    ms = headers.get("retry-after-ms")
+    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or HTTP-date);
+    read as `server/retry_after.py` reads any Retry-After (finite, at most a day)."""
+    ms = retry_after_s(headers.get("retry-after-ms"), scale=0.001)
     if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now())
+        return ms
+    return retry_after_s(headers.get("retry-after"), now())
 
 
 def backoff_delay(attempt: int, rng: random.Random, *, base_s: float, max_s: float,

@@ -21,6 +21,8 @@ Any other exception escaping the domain is a bug, not a client error.
 
 from __future__ import annotations
 
+from ..retry_after import clamp_wait
+
 __all__ = [
     "AuthenticationError",
     "CompletionError",
@@ -80,7 +82,8 @@ class UpstreamError(CompletionError):
                  retry_after_s: float | None = None, body: str = "") -> None:
         super().__init__(message)
         self.status = status
-        self.retry_after_s = retry_after_s
+        # Finite and at most a day, whoever made the error (see `server/retry_after.py`).
+        self.retry_after_s = None if retry_after_s is None else clamp_wait(retry_after_s)
         self.body = body
 
 

@@ -104,3 +104,41 @@ async def test_every_call_through_the_door_is_answered(tmp_path: Path,
         assert f'scillm_retries_total{{model="cool"}} {float(attempts.count(2))}' in metrics
     finally:
         running.stop()
+
+
+async def test_a_retry_after_of_no_end_breaks_neither_the_answer_nor_the_error(
+        tmp_path: Path, upstream: Upstream) -> None:
+    """Upstreams answering 429 with `Retry-After: inf` or `1e13`: a call the healthy
+    deployment then answers is a 200, not a 500 from turning the wait into a Duration
+    (`inf` is no Retry-After at all); a model with no other deployment answers 429 with
+    a Retry-After of a day, the most any wait is taken to be, not a 500."""
+    upstream.plan("bad", status(429, {"retry-after": "inf"}))
+    upstream.plan("worse", status(429, {"retry-after": "1e13"}))
+    config = tmp_path / "models.yaml"
+    models = cool(upstream, cooldown_time=0)
+    models["model_list"].append({"model_name": "solo", "litellm_params": {
+        "model": "openai/worse", "api_base": f"{upstream.url}/v1", "api_key": "x"}})
+    config.write_text(json.dumps(models))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
+    try:
+        sdk = openai.AsyncOpenAI(base_url=f"{running.http_url}/v1", api_key="x",
+                                 max_retries=0, timeout=30)
+        calls = 0
+        while upstream.calls("bad") < 3 and calls < 200:  # the shuffle picks bad first
+            raw = await sdk.chat.completions.with_raw_response.create(
+                model="cool", messages=[{"role": "user", "content": f"call {calls}"}])
+            body = raw.http_response.json()
+            assert body["choices"][0]["message"]["content"] == f"call {calls}"
+            assert body["scillm"]["routing"]["deployment"] == "cool#1"
+            calls += 1
+        assert upstream.calls("bad") == 3
+        try:
+            await sdk.chat.completions.create(model="solo", messages=MSG)
+        except openai.RateLimitError as exc:
+            assert exc.response.headers["retry-after"] == "86400"
+        else:
+            raise AssertionError("the only deployment answered 429")
+        assert upstream.calls("worse") == 1  # a day's wait is past the call's deadline
+        await sdk.close()
+    finally:
+        running.stop()
