@@ -23,6 +23,7 @@ never shows its value in repr or logs. Keys we do not use are kept in `ignored_k
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -175,12 +176,15 @@ class CompletionSettings:
         for key in data:
             if key not in ("model_list", "router_settings", "litellm_settings"):
                 ignored.append(str(key))
-        models = tuple(_deployment(entry, i, env, ignored)
-                       for i, entry in enumerate(data.get("model_list") or ()))
+        model_list = data.get("model_list") or ()
+        if not isinstance(model_list, list | tuple):
+            raise InvalidRequest(f"model_list must be a list of models, not "
+                                 f"{type(model_list).__name__}", param="model_list")
+        models = tuple(_deployment(entry, i, env, ignored) for i, entry in enumerate(model_list))
         if not models:
             raise InvalidRequest("model_list is empty", param="model_list")
-        rs = dict(data.get("router_settings") or {})
-        ls = dict(data.get("litellm_settings") or {})
+        rs = _mapping(data.get("router_settings"), "router_settings")
+        ls = _mapping(data.get("litellm_settings"), "litellm_settings")
         return cls(models, _router(rs, ignored), _cache(ls, rs, env, ignored), tuple(ignored))
 
 
@@ -209,7 +213,8 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
                 ignored: list[str]) -> DeploymentSettings:
     if not isinstance(entry, Mapping) or "model_name" not in entry:
         raise InvalidRequest(f"model_list[{index}] needs model_name", param="model_list")
-    params = dict(entry.get("litellm_params") or {})
+    where = f"model_list[{index}].litellm_params"
+    params = _mapping(entry.get("litellm_params"), where)
     model = str(_resolve(params.get("model") or entry["model_name"], env))
     custom = params.get("custom_llm_provider")
     if custom and not model.startswith(f"{custom}/"):
@@ -222,7 +227,8 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
     if key is None and api_base is None and dep.provider in _DEFAULT_KEY_ENV:
         name = _DEFAULT_KEY_ENV[dep.provider]
         key = Secret(env.get(name), name)
-    headers = dict(params.get("extra_headers") or params.get("headers") or {})
+    headers = _mapping(params.get("extra_headers") or params.get("headers"),
+                       f"{where}.extra_headers")
     if dep.provider == "codex-agent":  # a Codex sidecar: its base and switches from env too
         api_base = api_base or env.get(CODEX_AGENT_BASE_ENV)
         if key is None and env.get("CODEX_AGENT_API_KEY"):
@@ -232,20 +238,62 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
             headers["X-Codex-Force-Local"] = "1"
     info = entry.get("model_info") or {}
     dep_id = str(info.get("id") or f"{dep.model_name}#{index}")
-    timeout = _resolve(params.get("timeout"), env)
+    def number(key: str, kind: type[float] | type[int], minimum: float,
+               more: bool = False) -> Any:
+        return _number(_resolve(params.get(key), env), f"{where}.{key}", kind, minimum, more)
+
+    weight = number("weight", float, 0, more=True)
     return DeploymentSettings(
         model_name=dep.model_name, model=model, id=dep_id,
         api_base=str(api_base).rstrip("/") if api_base else None, api_key=key,
-        rpm=_int(_resolve(params.get("rpm"), env)), tpm=_int(_resolve(params.get("tpm"), env)),
-        weight=float(_resolve(params.get("weight"), env) or 1.0),
-        timeout_s=float(timeout) if timeout is not None else None,
+        rpm=number("rpm", int, 0), tpm=number("tpm", int, 0),
+        weight=1.0 if weight is None else weight,
+        timeout_s=number("timeout", float, 0, more=True),
         headers=tuple((str(k), str(_resolve(v, env))) for k, v in headers.items()),
-        max_tokens_default=_int(params.get("max_tokens")),
+        max_tokens_default=number("max_tokens", int, 1),
     )
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _port(value: Any) -> int:
+    port = _number(value, "litellm_settings.cache_params.port", int, 1)
+    if port > 65535:
+        raise InvalidRequest(f"litellm_settings.cache_params.port must be at most 65535, "
+                             f"not {value!r}", param="litellm_settings.cache_params.port")
+    return int(port)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """A config section that must be a mapping (absent or null: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{where} must be a mapping, not {type(value).__name__}",
+                             param=where)
+    return dict(value)
+
+
+def _number(value: Any, where: str, kind: type[float] | type[int], minimum: float,
+            more: bool = False) -> Any:
+    """`value` (a number, or its text from the environment) as a finite `kind` of at least
+    `minimum` (more than it when `more`); None when absent. Anything else is refused,
+    naming the key: read with bare `int()`/`float()`, `timeout: -1` made every call time
+    out, `cooldown_time: .inf` benched a deployment for good, and `num_retries: abc`
+    stopped the start with a message naming no key."""
+    if value is None:
+        return None
+    number: float | None = None
+    if not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    whole = kind is int
+    bound = f"{'more than' if more else 'at least'} {minimum:g}"
+    if (number is None or not math.isfinite(number) or (whole and not number.is_integer())
+            or number < minimum or (more and number == minimum)):
+        raise InvalidRequest(f"{where} must be a {'whole ' if whole else ''}number "
+                             f"{bound}, not {value!r}", param=where)
+    return int(number) if whole else number
 
 
 def _fallback_map(value: Any) -> dict[str, tuple[str, ...]]:
@@ -274,24 +322,30 @@ def _router(rs: dict[str, Any], ignored: list[str]) -> RouterSettings:
         raise InvalidRequest(f"unknown routing_strategy {strategy!r}; use one of "
                              f"{', '.join(STRATEGIES)}", param="router_settings.routing_strategy")
     base = RouterSettings()
+
+    def number(key: str, default: float, kind: type[float] | type[int] = float,
+               more: bool = False) -> Any:
+        value = _number(rs.get(key), f"router_settings.{key}", kind, 0, more)
+        return default if value is None else value
+
     return RouterSettings(
         routing_strategy=strategy,
-        num_retries=int(rs.get("num_retries", base.num_retries)),
-        timeout_s=float(rs.get("timeout", base.timeout_s)),
-        retry_after_s=float(rs.get("retry_after", base.retry_after_s)),
-        allowed_fails=int(rs.get("allowed_fails", base.allowed_fails)),
-        cooldown_time_s=float(rs.get("cooldown_time", base.cooldown_time_s)),
+        num_retries=number("num_retries", base.num_retries, int),
+        timeout_s=number("timeout", base.timeout_s, more=True),
+        retry_after_s=number("retry_after", base.retry_after_s),
+        allowed_fails=number("allowed_fails", base.allowed_fails, int),
+        cooldown_time_s=number("cooldown_time", base.cooldown_time_s),
         fallbacks=_fallback_map(rs.get("fallbacks")),
         context_window_fallbacks=_fallback_map(rs.get("context_window_fallbacks")),
-        backoff_base_s=float(rs.get("backoff_base_s", base.backoff_base_s)),
-        backoff_max_s=float(rs.get("backoff_max_s", base.backoff_max_s)),
-        retry_budget_s=float(rs.get("retry_budget_s", base.retry_budget_s)),
+        backoff_base_s=number("backoff_base_s", base.backoff_base_s),
+        backoff_max_s=number("backoff_max_s", base.backoff_max_s),
+        retry_budget_s=number("retry_budget_s", base.retry_budget_s),
     )
 
 
 def _cache(ls: dict[str, Any], rs: dict[str, Any], env: Mapping[str, str],
            ignored: list[str]) -> CacheSettings:
-    params = dict(ls.get("cache_params") or {})
+    params = _mapping(ls.get("cache_params"), "litellm_settings.cache_params")
     ignored.extend(f"litellm_settings.{k}" for k in ls if k not in ("cache", "cache_params"))
     kind = str(params.get("type") or ("redis" if params.get("host") else "memory"))
     if kind == "local":
@@ -310,10 +364,11 @@ def _cache(ls: dict[str, Any], rs: dict[str, Any], env: Mapping[str, str],
         enabled=bool(ls.get("cache", False)),
         default_on=mode == "default_on",
         backend=kind,
-        max_entries=int(params.get("max_entries", 1024)),
-        ttl_s=float(ttl) if ttl is not None else None,
+        max_entries=_number(params.get("max_entries", 1024),
+                            "litellm_settings.cache_params.max_entries", int, 0),
+        ttl_s=_number(ttl, "litellm_settings.cache_params.ttl", float, 0, more=True),
         namespace=str(params.get("namespace") or "default"),
         redis_host=str(host) if host else None,
-        redis_port=int(port),
+        redis_port=_port(port),
         redis_password=_secret(params.get("password") or rs.get("redis_password"), env),
     )

@@ -71,3 +71,64 @@ def test_bad_configs() -> None:
     with pytest.raises(InvalidRequest, match="routing_strategy"):
         CompletionSettings.from_mapping({"model_list": [{"model_name": "a"}],
                                          "router_settings": {"routing_strategy": "magic"}})
+
+
+_ONE = [{"model_name": "a", "litellm_params": {"model": "echo/a"}}]
+
+
+@pytest.mark.parametrize(("config", "where"), [
+    ({"router_settings": {"num_retries": "abc"}}, "router_settings.num_retries"),
+    ({"router_settings": {"num_retries": -3}}, "router_settings.num_retries"),
+    ({"router_settings": {"num_retries": 1.5}}, "router_settings.num_retries"),
+    ({"router_settings": {"num_retries": True}}, "router_settings.num_retries"),
+    ({"router_settings": {"timeout": -1}}, "router_settings.timeout"),
+    ({"router_settings": {"timeout": 0}}, "router_settings.timeout"),
+    ({"router_settings": {"timeout": [1]}}, "router_settings.timeout"),
+    ({"router_settings": {"cooldown_time": float("inf")}}, "router_settings.cooldown_time"),
+    ({"router_settings": {"retry_after": float("nan")}}, "router_settings.retry_after"),
+    ({"router_settings": {"backoff_max_s": -1}}, "router_settings.backoff_max_s"),
+    ({"router_settings": 5}, "router_settings"),
+    ({"litellm_settings": ["cache"]}, "litellm_settings"),
+    ({"litellm_settings": {"cache_params": {"ttl": 0}}}, "litellm_settings.cache_params.ttl"),
+    ({"litellm_settings": {"cache_params": {"port": 70000}}},
+     "litellm_settings.cache_params.port"),
+    ({"litellm_settings": {"cache_params": "redis"}}, "litellm_settings.cache_params"),
+    ({"model_list": {"model_name": "a"}}, "model_list"),
+    ({"model_list": [{"model_name": "a", "litellm_params": "echo/a"}]},
+     "model_list[0].litellm_params"),
+    ({"model_list": [{"model_name": "a", "litellm_params": {"model": "echo/a", "weight": 0}}]},
+     "model_list[0].litellm_params.weight"),
+    ({"model_list": [{"model_name": "a", "litellm_params": {"model": "echo/a",
+                                                            "timeout": "soon"}}]},
+     "model_list[0].litellm_params.timeout"),
+    ({"model_list": [{"model_name": "a", "litellm_params": {"model": "echo/a", "rpm": -1}}]},
+     "model_list[0].litellm_params.rpm"),
+    ({"model_list": [{"model_name": "a", "litellm_params": {"model": "echo/a",
+                                                            "max_tokens": 0}}]},
+     "model_list[0].litellm_params.max_tokens"),
+    ({"model_list": [{"model_name": "a", "litellm_params": {"model": "echo/a",
+                                                            "extra_headers": "x: 1"}}]},
+     "model_list[0].litellm_params.extra_headers"),
+])
+def test_a_number_or_section_of_the_wrong_kind_is_refused_by_its_key(
+        config: dict[str, object], where: str) -> None:
+    """Read with bare int()/float(), `timeout: -1` timed every call out, `cooldown_time:
+    .inf` benched a deployment for good, and `num_retries: abc` stopped the start with a
+    message naming no key."""
+    with pytest.raises(InvalidRequest) as caught:
+        CompletionSettings.from_mapping({"model_list": _ONE, **config})
+    assert caught.value.param == where and str(caught.value).startswith(where)
+
+
+def test_numbers_from_the_environment_and_in_range_are_read() -> None:
+    s = CompletionSettings.from_mapping({
+        "model_list": [{"model_name": "a", "litellm_params": {
+            "model": "echo/a", "rpm": "os.environ/RPM", "timeout": "2.5", "weight": 3,
+            "max_tokens": 64.0}}],
+        "router_settings": {"num_retries": 0, "cooldown_time": 0, "timeout": "30"},
+        "litellm_settings": {"cache_params": {"ttl": "os.environ/TTL", "max_entries": 0}}},
+        {"RPM": "60", "TTL": "600"})
+    dep = s.model_list[0]
+    assert (dep.rpm, dep.timeout_s, dep.weight, dep.max_tokens_default) == (60, 2.5, 3.0, 64)
+    assert (s.router.num_retries, s.router.cooldown_time_s, s.router.timeout_s) == (0, 0.0, 30.0)
+    assert (s.cache.ttl_s, s.cache.max_entries) == (600.0, 0)
