@@ -7,6 +7,7 @@ separate file named by `config_path`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -170,7 +171,11 @@ class Settings:
             problem = _target_problem(getattr(self, f"{door}_target"))
             if problem:
                 raise ValueError(f"{door}_target: {problem}")
-        for name in ("grpc_port", "http_port"):
+        for f in fields(self):  # `inf`, `nan` read from a variable are no setting
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
+        for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be 0..65535, got {port}")
@@ -193,8 +198,13 @@ class Settings:
             raise ValueError(f"workers must be 1..{MAX_WORKERS}, got {self.workers}")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be >= 1024")
-        if not self.http_read_timeout_s > 0:
-            raise ValueError(f"http_read_timeout_s must be > 0, got {self.http_read_timeout_s}")
+        for name in ("http_read_timeout_s", "default_unary_timeout_s",
+                     "default_stream_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_streams_per_key < 0:
+            raise ValueError(f"max_streams_per_key must be >= 0 (0 = no limit), "
+                             f"got {self.max_streams_per_key}")
         if self.config_path is not None and not self.config_path.is_file():
             raise ValueError(f"config file {self.config_path} does not exist")
         if (self.tls_cert is None) != (self.tls_key is None):

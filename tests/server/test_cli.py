@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from meshutil import RunningMesh
 
 from scillm.server.settings import Settings
@@ -34,6 +35,23 @@ def test_serve_rejects_an_unknown_service() -> None:
 def test_serve_rejects_a_bad_worker_count() -> None:
     out = _run("serve", "--workers", "0")
     assert out.returncode == 2 and "workers must be 1..64, got 0" in out.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("SCILLM_DEFAULT_UNARY_TIMEOUT_S", "inf", "default_unary_timeout_s must be a finite"),
+    ("SCILLM_DEFAULT_STREAM_TIMEOUT_S", "0", "default_stream_timeout_s must be > 0"),
+    ("SCILLM_GRACE_PERIOD_S", "nan", "grace_period_s must be a finite"),
+    ("SCILLM_HTTP_READ_TIMEOUT_S", "inf", "http_read_timeout_s must be a finite"),
+    ("SCILLM_PROVE_MAX_TIMEOUT_S", "inf", "prove_max_timeout_s must be a finite"),
+    ("SCILLM_MAX_STREAMS_PER_KEY", "-1", "max_streams_per_key must be >= 0"),
+    ("SCILLM_METRICS_PORT", "99999", "metrics_port must be 0..65535"),
+])
+def test_a_setting_out_of_range_is_refused_by_name(variable: str, value: str,
+                                                   said: str) -> None:
+    """Before, `inf` and `nan` passed every range check (`nan < 0` is false), and a
+    negative stream limit refused every stream of a keyed caller."""
+    with pytest.raises(ValueError, match=said):
+        Settings.from_env(environ={variable: value})
 
 
 def test_settings_travel_to_workers_through_the_environment(tmp_path: Path) -> None:
