@@ -8,9 +8,12 @@ from typing import Any
 
 from .errors import InvalidRequest
 
-__all__ = ["DETERMINISTIC_SEED", "Options", "check", "options", "upstream_body"]
+__all__ = ["DETERMINISTIC_SEED", "MAX_RETRIES", "Options", "check", "options", "upstream_body"]
 
 DETERMINISTIC_SEED = 0
+#: The most retries one call may ask for (`scillm.num_retries`, `routing.num_retries`):
+#: each may sleep up to `backoff_max_s`, and the upstream pays for every one.
+MAX_RETRIES = 20
 _NOT_UPSTREAM = frozenset({"model", "stream", "stream_options", "scillm"})
 _SCILLM_KEYS = frozenset({"fallbacks", "timeout_s", "num_retries", "cache", "deterministic"})
 _CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace", "max_age_s", "enabled"})
@@ -91,7 +94,7 @@ def options(request: Mapping[str, Any]) -> Options:
         return Options(
             fallbacks=tuple(fallbacks) if fallbacks is not None else None,
             timeout_s=_positive(raw.get("timeout_s")),
-            num_retries=int(raw["num_retries"]) if raw.get("num_retries") is not None else None,
+            num_retries=_retries(raw.get("num_retries")),
             cache_bypass=bool(cache.get("bypass", False)),
             cache_no_store=bool(cache.get("no_store", False)),
             cache_ttl_s=_positive(cache.get("ttl_s")),
@@ -108,9 +111,19 @@ def _positive(value: Any) -> float | None:
     if value is None:
         return None
     number = float(value)
-    if number <= 0:
-        raise ValueError(f"{value!r} is not positive")
+    if not 0 < number < float("inf"):  # NaN and infinity too
+        raise ValueError(f"{value!r} is not a positive number")
     return number
+
+
+def _retries(value: Any) -> int | None:
+    """`num_retries`: a whole number of at most `MAX_RETRIES`, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise InvalidRequest(f"scillm.num_retries must be a whole number between 0 and "
+                             f"{MAX_RETRIES}, not {value!r}", param="scillm.num_retries")
+    return value
 
 
 def _non_negative(value: Any) -> float | None:

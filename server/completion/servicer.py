@@ -61,6 +61,11 @@ def validate_request(req: pb.CompletionRequest) -> None:
             raise _invalid(f"{name} must be at least 1", name)
     if req.HasField("top_logprobs") and not 0 <= req.top_logprobs <= 20:
         raise _invalid("top_logprobs must be between 0 and 20", "top_logprobs")
+    # `not <=`: NaN is refused too (JSON cannot carry it; a protobuf double can)
+    if req.HasField("presence_penalty") and not -2.0 <= req.presence_penalty <= 2.0:
+        raise _invalid("presence_penalty must be between -2 and 2", "presence_penalty")
+    if req.HasField("frequency_penalty") and not -2.0 <= req.frequency_penalty <= 2.0:
+        raise _invalid("frequency_penalty must be between -2 and 2", "frequency_penalty")
 
 
 def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) -> pb.Routing:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -149,6 +150,29 @@ async def test_bad_input_gets_canonical_codes(mesh: RunningMesh, request_: pb.Co
         assert info.value.code == code
         assert info.value.request_id
         assert "Traceback" not in info.value.message
+
+
+_HI = [pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])]
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"presence_penalty": float("nan")}, "presence_penalty"),
+    ({"frequency_penalty": 2.5}, "frequency_penalty"),
+    ({"presence_penalty": float("-inf")}, "presence_penalty"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"routing": pb.RoutingOptions(num_retries=-1)}, "scillm.num_retries"),
+    ({"routing": pb.RoutingOptions(num_retries=1_000_000)}, "scillm.num_retries"),
+])
+async def test_a_number_out_of_range_is_refused_by_its_field(
+        mesh: RunningMesh, fields: dict[str, Any], param: str) -> None:
+    """gRPC carries what JSON cannot (NaN, infinity) and any int32: a NaN penalty went
+    upstream, and a call could ask for a million retries of a failing upstream."""
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create(
+                pb.CompletionRequest(model="echo/x", messages=_HI, **fields), timeout=10)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == param
 
 
 async def test_unknown_model_names_close_ones(mesh: RunningMesh) -> None:
