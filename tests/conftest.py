@@ -7,6 +7,9 @@ import os
 # Sandboxes and provers fork; no child uses gRPC, so gRPC's fork handlers (and their log
 # lines) are not wanted. Must be set before grpc is imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# Tests stay offline: a test importing LiteLLM itself (before the provider would set
+# this) must not have it fetch its price list from GitHub.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import shutil
 import sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -43,6 +44,10 @@ class LiteLLMProvider:
 
     def _lib(self, call: ProviderCall) -> Any:
         if self._litellm is None:
+            # LiteLLM fetches its model price list from GitHub when imported (and retries
+            # from a thread): a gateway must not call out where it was not told to. Its
+            # bundled copy is used instead, unless the operator set the variable.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             try:
                 self._litellm = importlib.import_module("litellm")
             except ImportError:

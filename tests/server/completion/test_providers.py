@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -107,3 +109,22 @@ async def test_a_caller_cannot_point_litellm_elsewhere(make_engine: EngineFactor
     assert kwargs["api_key"] == "operator-secret" and kwargs["temperature"] == 0.5
     for key in ("api_base", "base_url", "extra_headers", "custom_llm_provider"):
         assert key not in kwargs, key
+
+
+def test_loading_litellm_calls_nowhere() -> None:
+    """LiteLLM fetches its price list from GitHub when imported, unless told not to: the
+    provider loads it so that it resolves no host (a fresh process: LiteLLM imports once)."""
+    probe = (
+        "import socket\n"
+        "asked = []\n"
+        "def spy(host, *a, **k):\n"
+        "    asked.append(host)\n"
+        "    raise socket.gaierror(-2, 'offline')\n"
+        "socket.getaddrinfo = spy\n"
+        "from scillm.server.completion._litellm import LiteLLMProvider\n"
+        "LiteLLMProvider('gemini')._lib(None)\n"
+        "print(asked)\n")
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
