@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -21,7 +22,10 @@ from .errors import (
     UnknownKey,
 )
 
-__all__ = ["ERRORS", "KeyServicer", "record_to_proto"]
+__all__ = ["ERRORS", "MAX_NAME_CHARS", "KeyServicer", "record_to_proto"]
+
+#: The longest key alias or model name a key may hold (a key is read on every call).
+MAX_NAME_CHARS = 256
 
 ERRORS: ErrorTable = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -59,9 +63,19 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
                           context: grpc.aio.ServicerContext[Any, Any]) -> pb.GenerateKeyResponse:
         self._require_keys()
         for name in ("max_budget", "rpm_limit", "tpm_limit"):
-            if getattr(request, name) < 0:
-                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be >= 0",
-                                  param=name)
+            # `not >= 0`: NaN too (the store then failed with INTERNAL); and no infinity
+            if not 0 <= getattr(request, name) < math.inf:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"{name} must be a finite number >= 0", param=name)
+        if len(request.key_alias) > MAX_NAME_CHARS:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"key_alias must be at most {MAX_NAME_CHARS} characters",
+                              param="key_alias")
+        for i, model in enumerate(request.models):
+            if not model or len(model) > MAX_NAME_CHARS:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"models[{i}] must be a model name of 1 to {MAX_NAME_CHARS} "
+                                  "characters", param=f"models[{i}]")
         expires = None
         if request.HasField("duration"):
             seconds = request.duration.ToNanoseconds() / 1e9

@@ -170,6 +170,24 @@ def test_bad_generate_bodies(keyed: RunningMesh) -> None:
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"max_budget": float("nan")}, "max_budget"),  # was INTERNAL: the store's NOT NULL
+    ({"max_budget": float("inf")}, "max_budget"),
+    ({"key_alias": "a" * 257}, "key_alias"),
+    ({"models": ["echo/x", ""]}, "models[1]"),
+    ({"models": ["m" * 257]}, "models[0]"),
+])
+async def test_a_key_of_no_meaning_is_refused_over_grpc(keyed: RunningMesh,
+                                                        fields: dict[str, object],
+                                                        param: str) -> None:
+    """gRPC carries a NaN or infinite budget (JSON cannot), and names of any length."""
+    async with ScillmClient(keyed.grpc_target, api_key=MASTER) as client:
+        with pytest.raises(RPCError) as info:
+            await client.keys.generate(keys_pb2.GenerateKeyRequest(**fields))  # type: ignore[arg-type]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == param
+
+
 async def test_authenticator_rules_without_a_server(tmp_path: Path) -> None:
     clock = [1000.0]
     auth = Authenticator("m", SQLiteKeyStore(tmp_path / "k.sqlite3"), {"p": (1.0, 1.0)},
