@@ -351,4 +351,8 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
     for name in ("escalation_iterations", "max_history_messages", "max_history_chars"):
         if getattr(resolved, name) < 1:
             raise AgentConfigError(f"{name} must be >= 1", param=name)
+    # Checked here, not left to the model call: a NaN (gRPC carries one) failed each turn's
+    # call as UNAVAILABLE "the model call failed", though the caller's request was at fault.
+    if resolved.temperature is not None and not 0.0 <= resolved.temperature <= 2.0:
+        raise AgentConfigError("temperature must be between 0 and 2", param="temperature")
     return resolved

@@ -111,6 +111,8 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
     if req.mode == pb.SEARCH_MODE_MCTS:
         m = req.mcts
         model = m.model or default_model
+        if m.HasField("temperature") and not 0.0 <= m.temperature <= 2.0:  # NaN too
+            raise _invalid("mcts.temperature must be between 0 and 2", "mcts.temperature")
         mcts = MctsSettings(
             rollouts=m.rollouts or 16, depth=m.depth or 1, uct_c=m.uct_c or 1.4, seed=m.seed,
             time_budget=_seconds(m.time_budget) if m.HasField("time_budget") else None,

@@ -68,6 +68,10 @@ def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
             settings.max_formalize_attempts:
         raise InvalidBatch(f"formalize.max_attempts must be 1..{settings.max_formalize_attempts}"
                            f", not {formalize.max_attempts}", param="formalize.max_attempts")
+    if formalize is not None and formalize.temperature is not None and \
+            not 0.0 <= formalize.temperature <= 2.0:  # `not <=`: NaN too
+        raise InvalidBatch(f"formalize.temperature must be between 0 and 2, not "
+                           f"{formalize.temperature}", param="formalize.temperature")
     seen: set[str] = set()
     for index, ob in enumerate(items):
         item_id = ob.item_id or f"#{index}"

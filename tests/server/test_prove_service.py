@@ -255,6 +255,8 @@ def test_formalize_loop_refuses_a_models_trailing_lemma(tmp_path: Path) -> None:
      "formalize.max_attempts must be 1..10, not 11"),
     ({}, {"model": "echo/x", "max_attempts": -1}, "formalize.max_attempts",
      "formalize.max_attempts must be 1..10, not -1"),
+    ({}, {"model": "echo/x", "max_attempts": 2, "temperature": float("nan")},
+     "formalize.temperature", "formalize.temperature must be between 0 and 2, not nan"),
 ])
 async def test_a_request_cannot_give_a_prover_more_than_the_server_allows(
         mesh: RunningMesh, limits: dict[str, int], formalize: dict[str, object], param: str,
@@ -269,6 +271,8 @@ async def test_a_request_cannot_give_a_prover_more_than_the_server_allows(
     if formalize:
         request.formalize.model = str(formalize["model"])
         request.formalize.max_attempts = int(formalize["max_attempts"])  # type: ignore[call-overload]
+        if "temperature" in formalize:
+            request.formalize.temperature = float(formalize["temperature"])  # type: ignore[arg-type]
     async with ScillmClient(mesh.grpc_target) as client:
         with pytest.raises(RPCError) as info:
             [e async for e in client.prove.prove(request)]

@@ -164,6 +164,29 @@ def _agent_request() -> agent_pb2.AgentRunRequest:
                                      languages=["python"]))
 
 
+async def test_a_nan_temperature_is_the_callers_error_in_every_service(
+        mesh: RunningMesh) -> None:
+    """gRPC carries a NaN temperature (JSON cannot). Before, the agent passed it on and
+    each model call failed, so the caller got UNAVAILABLE "the model call failed", and
+    CodeWorld's MCTS passed it to every variant it asked for."""
+    agent = agent_pb2.AgentRunRequest(
+        messages=[cpb.Message(role=cpb.ROLE_USER, content=[cpb.ContentPart(text="hi")])],
+        config=agent_pb2.AgentConfig(model="echo/x", temperature=float("nan")))
+    search = _codeworld_request()
+    search.mode = cw.SEARCH_MODE_MCTS
+    search.mcts.model = "echo/x"
+    search.mcts.temperature = float("inf")
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as agent_error:
+            [e async for e in client.agent.run(agent)]
+        with pytest.raises(RPCError) as search_error:
+            [e async for e in client.codeworld.run(search)]
+    assert agent_error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert agent_error.value.param == "temperature"
+    assert search_error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert search_error.value.param == "mcts.temperature"
+
+
 async def test_agent_run_calls_a_sandboxed_code_tool(
         scripted_mesh: tuple[RunningMesh, ScriptedUpstream]) -> None:
     running, upstream = scripted_mesh
