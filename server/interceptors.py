@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -27,7 +28,8 @@ from .keys import Authenticator, Principal, token_from_metadata
 from .metrics import Metrics, RpcMetrics
 from .settings import Settings
 
-__all__ = ["CallContext", "build_interceptors", "current_request_id"]
+__all__ = ["CallContext", "build_interceptors", "current_request_id", "report_usage_estimate",
+           "usage_estimate_wanted"]
 
 log = logging.getLogger("scillm.server")
 
@@ -41,6 +43,37 @@ _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scillm_reques
 def current_request_id() -> str:
     """The request id of the call being served (empty outside a call)."""
     return _request_id.get()
+
+
+class _Unsettled:
+    """The tokens a keyed stream has used so far, as its handler estimates them."""
+
+    __slots__ = ("completion_tokens", "prompt_tokens")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = self.completion_tokens = 0
+
+
+_unsettled: contextvars.ContextVar[_Unsettled | None] = contextvars.ContextVar(
+    "scillm_unsettled_usage", default=None)
+
+
+def usage_estimate_wanted() -> bool:
+    """Whether the stream being served is charged to a virtual key (so an estimate of its
+    tokens is worth keeping: `report_usage_estimate`)."""
+    return _unsettled.get() is not None
+
+
+def report_usage_estimate(prompt_tokens: int, completion_tokens: int) -> None:
+    """A streaming handler's running estimate of the tokens its call has used.
+
+    A key is charged the usage its stream ends with. A caller who leaves before that last
+    message (after the text, before the usage) paid nothing, nor did any stream whose
+    upstream reports no usage; such a stream is charged this estimate instead."""
+    held = _unsettled.get()
+    if held is not None:
+        held.prompt_tokens = prompt_tokens
+        held.completion_tokens = completion_tokens
 
 
 def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -80,9 +113,10 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                    management=full_method.startswith("/scillm.keys."))
         return principal
 
-    async def _account(self, principal: Principal | None, request: Any, reply: Any) -> None:
+    async def _account(self, principal: Principal | None, request: Any, reply: Any) -> bool:
+        """Charge `reply`'s usage to the caller's key; whether it carried any."""
         if principal is None or self._auth is None or principal.master:
-            return
+            return False
         usage = getattr(reply, "usage", None)
         if usage is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
             usage = reply.end.usage
@@ -91,6 +125,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await asyncio.shield(self._auth.account(principal, model_of(request),
                                                     usage.prompt_tokens,
                                                     usage.completion_tokens))
+            return True
+        return False
 
     async def intercept_service(
         self,
@@ -194,14 +230,35 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                       f"key {key} already has {self._max_streams} streams open",
                                       retry_after_s=1.0)
                 self._open_streams[key] = self._open_streams.get(key, 0) + 1
+                # Always set, None too: an in-process call runs in its caller's context,
+                # and an unkeyed inner stream must not report into a keyed outer one.
+                held = _Unsettled() if principal is not None and not principal.master else None
+                token = _unsettled.set(held)
+                settled = False
                 try:
                     async with Deadline(self._timeout(context, self._stream_timeout)):
                         async for item in behavior(request, context):
-                            await self._account(principal, request, item)
+                            settled = await self._account(principal, request, item) or settled
                             yield item
                 finally:
                     self._open_streams[key] -= 1
+                    with contextlib.suppress(ValueError):  # exited in another context
+                        _unsettled.reset(token)
+                    if held is not None and not settled and \
+                            (held.prompt_tokens or held.completion_tokens):
+                        await self._charge_estimate(principal, request, held)
         return stream
+
+    async def _charge_estimate(self, principal: Principal | None, request: Any,
+                               held: _Unsettled) -> None:
+        """A stream that ended without its usage (see `report_usage_estimate`)."""
+        if principal is None or self._auth is None:
+            return
+        log.info("stream of key %s ended without a usage: charged the estimate of %d prompt "
+                 "and %d completion tokens", principal.key_id, held.prompt_tokens,
+                 held.completion_tokens)
+        await asyncio.shield(self._auth.account(principal, model_of(request),
+                                                held.prompt_tokens, held.completion_tokens))
 
 
 class _Served:

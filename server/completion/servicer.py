@@ -15,10 +15,11 @@ from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc
 
 from ..errors import ErrorTable, StatusError
-from ..interceptors import current_request_id
+from ..interceptors import current_request_id, report_usage_estimate, usage_estimate_wanted
 from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
+from ._estimate import chunk_chars, prompt_chars, tokens
 
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
 
@@ -157,6 +158,10 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         if request.include_usage:
             body["stream_options"] = {"include_usage": True}
         last_id = ""
+        # Charged to a virtual key if the stream ends without its usage (see _estimate).
+        estimating = usage_estimate_wanted()
+        prompt = tokens(prompt_chars(body)) if estimating else 0
+        streamed = 0
         async with contextlib.aclosing(self._engine.stream(body)) as events:
             async for event in events:
                 if isinstance(event, StreamEnd):
@@ -173,6 +178,9 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                     return
                 chunk = wire.chunk_to_proto(event.chunk)
                 last_id = chunk.id
+                if estimating:
+                    streamed += chunk_chars(event.chunk)
+                    report_usage_estimate(prompt, tokens(streamed))
                 yield pb.CompletionStreamResponse(chunk=chunk)
 
     async def ListModels(self, request: pb.ListModelsRequest,

@@ -1,0 +1,158 @@
+"""A virtual key pays for a stream it leaves early, or whose upstream reports no usage.
+
+A key is charged the usage a stream ends with, and OpenAI's upstreams send it last, after
+the text and the finish reason. A caller who read the text and left before that message
+was charged nothing; here such a stream is charged an estimate (a token per four
+characters of prompt and answer: `server/completion/_estimate.py`), through the OpenAI
+door with the openai SDK and through gRPC, against a real mesh and a loopback upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from completion_upstream import Upstream, openai_chunks, sse_event, sse_head
+from meshutil import RunningMesh, mesh_settings, start_mesh
+
+from scillm.clients import ScillmClient
+
+MASTER = "sk-master-accounting"
+#: Prices per token: a cost is read back as tokens (prompt at 1, completion at 1000).
+PRICE_IN, PRICE_OUT = 1.0, 1000.0
+PROMPT = "twelve chars"  # 12 characters: 3 tokens
+ANSWER = "one two three four five"  # 23 characters: 6 tokens
+
+
+async def _text_then_usage_once_the_caller_left(up: Upstream, req: dict[str, Any],
+                                                r: asyncio.StreamReader,
+                                                w: asyncio.StreamWriter) -> bool:
+    """The text and its finish reason, then (only after the mesh hung up, or 10 s) the
+    usage, as a caller leaving at the finish reason sees it."""
+    sse_head(w)
+    chunks = openai_chunks(req, ANSWER)
+    for data in chunks[:-1]:
+        sse_event(w, data)
+    await w.drain()
+    try:
+        await asyncio.wait_for(r.read(1), 10)
+        sse_event(w, chunks[-1])
+        sse_event(w, "[DONE]")
+        w.write(b"0\r\n\r\n")
+    except (ConnectionError, TimeoutError):
+        pass
+    return False
+
+
+async def _no_usage(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                    w: asyncio.StreamWriter) -> bool:
+    """A whole stream from an upstream that reports no usage."""
+    sse_head(w)
+    for data in [*openai_chunks(req, ANSWER)[:-1], "[DONE]"]:
+        sse_event(w, data)
+    w.write(b"0\r\n\r\n")
+    return True
+
+
+@pytest.fixture
+def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
+    upstream.plan("leave", _text_then_usage_once_the_caller_left)
+    upstream.plan("silent", _no_usage)
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": name, "litellm_params": {
+            "model": f"openai/{name}", "api_base": f"{upstream.url}/v1", "api_key": "x",
+            "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}
+            for name in ("leave", "silent", "whole")],
+        "general_settings": {"master_key": MASTER}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
+    yield running
+    running.stop()
+
+
+def _new_key(mesh: RunningMesh) -> str:
+    made = httpx.post(f"{mesh.http_url}/key/generate", json={}, timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    assert made.status_code == 200, made.text
+    return str(made.json()["key"])
+
+
+async def _spend(mesh: RunningMesh, key: str, *, at_least: float = 0.0) -> float:
+    """The key's spend, once it is at least `at_least` (the mesh charges a stream when it
+    sees the caller gone, a moment after the caller left) or after 20 s."""
+    deadline = time.monotonic() + 20
+    async with httpx.AsyncClient() as client:
+        while True:
+            info = await client.get(f"{mesh.http_url}/key/info", params={"key": key},
+                                    headers={"authorization": f"Bearer {MASTER}"})
+            spend = float(info.json()["info"]["spend"])
+            if spend >= at_least or time.monotonic() > deadline:
+                return spend
+            await asyncio.sleep(0.05)
+
+
+def _tokens(spend: float) -> tuple[int, int]:
+    """(prompt, completion) tokens from a spend at PRICE_IN and PRICE_OUT."""
+    completion = int(spend // PRICE_OUT)
+    return round(spend - completion * PRICE_OUT), completion
+
+
+async def test_leaving_a_stream_before_its_usage_is_charged_an_estimate(
+        keyed: RunningMesh) -> None:
+    key = _new_key(keyed)
+    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    stream = await sdk.chat.completions.create(
+        model="leave", stream=True, messages=[{"role": "user", "content": PROMPT}])
+    text = ""
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            break
+        text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    await stream.close()  # the caller leaves with the whole text and no usage
+    await sdk.close()
+    assert text == ANSWER
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+
+
+async def test_leaving_a_grpc_stream_before_its_usage_is_charged_too(keyed: RunningMesh) -> None:
+    key = _new_key(keyed)
+    async with ScillmClient(keyed.grpc_target, api_key=key) as client:
+        stream = client.completion.stream(
+            {"model": "leave", "messages": [{"role": "user", "content": PROMPT}]})
+        async for event in stream:
+            if event.HasField("chunk") and event.chunk.choices[0].finish_reason:
+                break
+        await stream.aclose()
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+
+
+async def test_a_stream_whose_upstream_reports_no_usage_is_charged_an_estimate(
+        keyed: RunningMesh) -> None:
+    key = _new_key(keyed)
+    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    stream = await sdk.chat.completions.create(
+        model="silent", stream=True, messages=[{"role": "user", "content": PROMPT}])
+    assert "".join([c.choices[0].delta.content or "" async for c in stream
+                     if c.choices]) == ANSWER
+    await sdk.close()
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+
+
+async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: RunningMesh) -> None:
+    key = _new_key(keyed)
+    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    stream = await sdk.chat.completions.create(
+        model="whole", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": PROMPT}])
+    usage = [c.usage async for c in stream if c.usage is not None]
+    await sdk.close()
+    assert [(u.prompt_tokens, u.completion_tokens) for u in usage] == [(3, 2)]  # upstream's
+    await asyncio.sleep(0.5)  # an extra charge would come now, when the stream is closed
+    assert _tokens(await _spend(keyed, key, at_least=2 * PRICE_OUT)) == (3, 2)
