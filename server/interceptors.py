@@ -46,7 +46,7 @@ def current_request_id() -> str:
 
 
 class _Unsettled:
-    """The tokens a keyed stream has used so far, as its handler estimates them."""
+    """The tokens a keyed call has used so far, as its handler estimates them."""
 
     __slots__ = ("completion_tokens", "prompt_tokens")
 
@@ -59,7 +59,7 @@ _unsettled: contextvars.ContextVar[_Unsettled | None] = contextvars.ContextVar(
 
 
 def usage_estimate_wanted() -> bool:
-    """Whether the stream being served is charged to a virtual key (so an estimate of its
+    """Whether the call being served is charged to a virtual key (so an estimate of its
     tokens is worth keeping: `report_usage_estimate`)."""
     return _unsettled.get() is not None
 
@@ -206,14 +206,25 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async with self._served(context, method, request):
                 principal = (None if self._auth is None  # keys off: no coroutine to await
                              else await self._authorize(context, full, request))
-                timeout = self._timeout(context, limit)
-                if timeout is None:
-                    reply = await behavior(request, context)
-                else:
-                    async with Deadline(timeout):
+                held = token = None
+                if principal is not None and not principal.master:
+                    held = _Unsettled()  # see report_usage_estimate
+                    token = _unsettled.set(held)
+                try:
+                    timeout = self._timeout(context, limit)
+                    if timeout is None:
                         reply = await behavior(request, context)
-                if principal is not None:
-                    await self._account(principal, request, reply)
+                    else:
+                        async with Deadline(timeout):
+                            reply = await behavior(request, context)
+                finally:
+                    if token is not None:
+                        with contextlib.suppress(ValueError):  # exited in another context
+                            _unsettled.reset(token)
+                if principal is not None and not await self._account(principal, request,
+                                                                     reply) \
+                        and held is not None and (held.prompt_tokens or held.completion_tokens):
+                    await self._charge_estimate(principal, request, held)
             return reply
         return unary
 
@@ -251,10 +262,10 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def _charge_estimate(self, principal: Principal | None, request: Any,
                                held: _Unsettled) -> None:
-        """A stream that ended without its usage (see `report_usage_estimate`)."""
+        """A call that ended without its usage (see `report_usage_estimate`)."""
         if principal is None or self._auth is None:
             return
-        log.info("stream of key %s ended without a usage: charged the estimate of %d prompt "
+        log.info("call of key %s ended without a usage: charged the estimate of %d prompt "
                  "and %d completion tokens", principal.key_id, held.prompt_tokens,
                  held.completion_tokens)
         await asyncio.shield(self._auth.account(principal, model_of(request),

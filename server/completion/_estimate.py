@@ -1,9 +1,10 @@
-"""Tokens estimated from text, for a stream whose upstream usage never reached the caller.
+"""Tokens estimated from text, for a call whose upstream usage never reached the caller.
 
-A virtual key is charged the usage a stream ends with. A caller who leaves after the text
-and before that last message, or an upstream that reports no usage, would leave the key
-charged nothing; the Completion servicer keeps this estimate as the stream goes
-(`interceptors.report_usage_estimate`), and the key is charged it instead. The rule is
+A virtual key is charged the usage a call ends with. A caller who leaves a stream after the
+text and before its last message, or an upstream that reports no usage, would leave the
+key charged nothing; the Completion servicer keeps this estimate as a stream goes (and
+makes it for an answer without usage: `interceptors.report_usage_estimate`), and the key
+is charged it instead. The rule is
 OpenAI's rule of thumb, a token per four characters: of the prompt's messages (text
 parts, tool call arguments), and of what was streamed (content, reasoning, refusal, tool
 call names and arguments).
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CHARS_PER_TOKEN", "chunk_chars", "prompt_chars", "tokens"]
+__all__ = ["CHARS_PER_TOKEN", "answer_chars", "chunk_chars", "prompt_chars", "tokens"]
 
 CHARS_PER_TOKEN = 4
 _DELTA_TEXT = ("content", "reasoning_content", "refusal")
@@ -53,10 +54,19 @@ def prompt_chars(body: Mapping[str, Any]) -> int:
 
 def chunk_chars(chunk: Mapping[str, Any]) -> int:
     """Characters a streamed chunk adds to the answer."""
+    return _choices_chars(chunk, "delta")
+
+
+def answer_chars(response: Mapping[str, Any]) -> int:
+    """Characters of a whole (unary) answer."""
+    return _choices_chars(response, "message")
+
+
+def _choices_chars(reply: Mapping[str, Any], part: str) -> int:
     total = 0
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, Mapping) else None
-        if isinstance(delta, Mapping):
-            total += sum(len(v) for k in _DELTA_TEXT if isinstance(v := delta.get(k), str))
-            total += _calls(delta.get("tool_calls"))
+    for choice in reply.get("choices") or ():
+        said = choice.get(part) if isinstance(choice, Mapping) else None
+        if isinstance(said, Mapping):
+            total += sum(len(v) for k in _DELTA_TEXT if isinstance(v := said.get(k), str))
+            total += _calls(said.get("tool_calls"))
     return total

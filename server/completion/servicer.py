@@ -19,7 +19,7 @@ from ..interceptors import current_request_id, report_usage_estimate, usage_esti
 from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
-from ._estimate import chunk_chars, prompt_chars, tokens
+from ._estimate import answer_chars, chunk_chars, prompt_chars, tokens
 
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
 
@@ -129,8 +129,13 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         clock = ManifestClock("completion", request.context, request_id=current_request_id(),
                               model=request.model)
         started = time.perf_counter()
-        done = await self._engine.complete(wire.request_from_proto(request))
+        body = wire.request_from_proto(request)
+        done = await self._engine.complete(body)
         response = wire.response_to_proto(done.response)
+        if not (response.usage.prompt_tokens or response.usage.completion_tokens) and \
+                usage_estimate_wanted():  # an upstream reporting no usage (see _estimate)
+            report_usage_estimate(tokens(prompt_chars(body)),
+                                  tokens(answer_chars(done.response)))
         elapsed = time.perf_counter() - started
         # What the mesh itself added: all but the upstream calls and the retry sleeps.
         overhead = elapsed - done.routing.upstream_s - done.routing.total_sleep_s

@@ -1,4 +1,4 @@
-"""A virtual key pays for a stream it leaves early, or whose upstream reports no usage.
+"""A virtual key pays for a stream it leaves early, or a call whose upstream reports no usage.
 
 A key is charged the usage a stream ends with, and OpenAI's upstreams send it last, after
 the text and the finish reason. A caller who read the text and left before that message
@@ -19,7 +19,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from completion_upstream import Upstream, openai_chunks, sse_event, sse_head
+from completion_upstream import (
+    Upstream,
+    openai_chunks,
+    openai_reply,
+    send_json,
+    sse_event,
+    sse_head,
+)
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import ScillmClient
@@ -53,7 +60,12 @@ async def _text_then_usage_once_the_caller_left(up: Upstream, req: dict[str, Any
 
 async def _no_usage(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
                     w: asyncio.StreamWriter) -> bool:
-    """A whole stream from an upstream that reports no usage."""
+    """A whole answer or stream from an upstream that reports no usage."""
+    if not req.get("stream"):
+        answer = openai_reply(req, ANSWER)
+        del answer["usage"]
+        send_json(w, 200, answer)
+        return True
     sse_head(w)
     for data in [*openai_chunks(req, ANSWER)[:-1], "[DONE]"]:
         sse_event(w, data)
@@ -156,3 +168,13 @@ async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: Runni
     assert [(u.prompt_tokens, u.completion_tokens) for u in usage] == [(3, 2)]  # upstream's
     await asyncio.sleep(0.5)  # an extra charge would come now, when the stream is closed
     assert _tokens(await _spend(keyed, key, at_least=2 * PRICE_OUT)) == (3, 2)
+
+
+async def test_an_answer_without_usage_is_charged_an_estimate(keyed: RunningMesh) -> None:
+    key = _new_key(keyed)
+    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    reply = await sdk.chat.completions.create(
+        model="silent", messages=[{"role": "user", "content": PROMPT}])
+    await sdk.close()
+    assert reply.choices[0].message.content == ANSWER
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
