@@ -12,6 +12,9 @@ from typing import Any
 
 from scillm.clients import ScillmClient, TlsConfig, openai_wire
 
+from .completion import estimated_usage
+from .interceptors import admit_model_call, charge_model_call
+
 __all__ = ["CompletionLink"]
 
 
@@ -38,9 +41,23 @@ class CompletionLink:
         return self._client
 
     async def chat(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """OpenAI request dict in, OpenAI `chat.completion` dict out."""
+        """OpenAI request dict in, OpenAI `chat.completion` dict out.
+
+        The call is made with the mesh's key, and admitted by and charged to the key of the
+        caller the service is serving (its models, budget and tokens per minute; the
+        model's prices): an agent run, a formalize loop and an MCTS search spend the
+        caller's tokens, not nobody's."""
+        model = str(request.get("model") or "")
+        await admit_model_call(model)
         reply = await self._get().completion.create(request)
-        return openai_wire.response_from_proto(reply)
+        answer = openai_wire.response_from_proto(reply)
+        usage = answer.get("usage") or {}
+        prompt, completion = (int(usage.get("prompt_tokens") or 0),
+                              int(usage.get("completion_tokens") or 0))
+        if not (prompt or completion):  # an upstream reporting none: the estimate
+            prompt, completion = estimated_usage(request, answer)
+        await charge_model_call(model, prompt, completion)
+        return answer
 
     async def text(self, messages: Sequence[Mapping[str, Any]], *, model: str,
                    temperature: float | None = None, seed: int | None = None,

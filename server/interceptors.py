@@ -28,13 +28,16 @@ from .keys import Authenticator, Principal, token_from_metadata
 from .metrics import Metrics, RpcMetrics
 from .settings import Settings
 
-__all__ = ["CallContext", "build_interceptors", "current_request_id", "report_usage_estimate",
-           "usage_estimate_wanted"]
+__all__ = ["CallContext", "admit_model_call", "build_interceptors", "charge_model_call",
+           "current_request_id", "report_usage_estimate", "usage_estimate_wanted"]
 
 log = logging.getLogger("scillm.server")
 
 #: RPCs that need no key: health checks and reflection.
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+#: RPCs whose usage a key pays: Completion's. The model calls other services make for a
+#: caller are charged one by one (`charge_model_call`), so their replies are not.
+_CHARGED = "/scillm.completion."
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scillm_request_id",
                                                                   default="")
@@ -45,35 +48,60 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
-class _Unsettled:
-    """The tokens a keyed call has used so far, as its handler estimates them."""
+class _Caller:
+    """The virtual key a call is served for (none for the master key or with keys off):
+    what its handler estimates the call has used so far, and what the model calls a service
+    makes on its behalf are admitted by and charged to."""
 
-    __slots__ = ("completion_tokens", "prompt_tokens")
+    __slots__ = ("auth", "completion_tokens", "principal", "prompt_tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, auth: Authenticator, principal: Principal) -> None:
+        self.auth = auth
+        self.principal = principal
         self.prompt_tokens = self.completion_tokens = 0
 
 
-_unsettled: contextvars.ContextVar[_Unsettled | None] = contextvars.ContextVar(
-    "scillm_unsettled_usage", default=None)
+_caller: contextvars.ContextVar[_Caller | None] = contextvars.ContextVar(
+    "scillm_caller", default=None)
 
 
 def usage_estimate_wanted() -> bool:
     """Whether the call being served is charged to a virtual key (so an estimate of its
     tokens is worth keeping: `report_usage_estimate`)."""
-    return _unsettled.get() is not None
+    return _caller.get() is not None
 
 
 def report_usage_estimate(prompt_tokens: int, completion_tokens: int) -> None:
-    """A streaming handler's running estimate of the tokens its call has used.
+    """A handler's (running) estimate of the tokens its call has used.
 
-    A key is charged the usage its stream ends with. A caller who leaves before that last
-    message (after the text, before the usage) paid nothing, nor did any stream whose
-    upstream reports no usage; such a stream is charged this estimate instead."""
-    held = _unsettled.get()
-    if held is not None:
-        held.prompt_tokens = prompt_tokens
-        held.completion_tokens = completion_tokens
+    A key is charged the usage a call ends with. A caller who leaves a stream before its
+    last message (after the text, before the usage) paid nothing, nor did any call whose
+    upstream reports no usage; such a call is charged this estimate instead."""
+    caller = _caller.get()
+    if caller is not None:
+        caller.prompt_tokens = prompt_tokens
+        caller.completion_tokens = completion_tokens
+
+
+async def admit_model_call(model: str) -> None:
+    """Raise unless the caller being served may have a service call `model` for it now
+    (see `Authenticator.admit_model_call`); nothing to check for the master key."""
+    caller = _caller.get()
+    if caller is not None:
+        await caller.auth.admit_model_call(caller.principal, model)
+
+
+async def charge_model_call(model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """Charge a model call a service made on the served caller's behalf to the caller's key.
+
+    Services reach Completion with the mesh's own key (`CompletionLink`), which pays
+    nothing; before, an agent run, a formalize loop or an MCTS search spent tokens that no
+    virtual key paid for."""
+    caller = _caller.get()
+    if caller is not None and (prompt_tokens or completion_tokens):
+        # Shielded: tokens spent upstream are counted even if the caller leaves now.
+        await asyncio.shield(caller.auth.account(caller.principal, model, prompt_tokens,
+                                                 completion_tokens))
 
 
 def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -113,10 +141,9 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                    management=full_method.startswith("/scillm.keys."))
         return principal
 
-    async def _account(self, principal: Principal | None, request: Any, reply: Any) -> bool:
-        """Charge `reply`'s usage to the caller's key; whether it carried any."""
-        if principal is None or self._auth is None or principal.master:
-            return False
+    async def _account(self, principal: Principal, request: Any, reply: Any) -> bool:
+        """Charge `reply`'s usage to the caller's (virtual) key; whether it carried any."""
+        assert self._auth is not None
         usage = getattr(reply, "usage", None)
         if usage is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
             usage = reply.end.usage
@@ -200,6 +227,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap_unary(self, behavior: Callable[..., Any], default_timeout: float | None = None,
                     *, method: str = "", full: str = "") -> Callable[..., Any]:
         limit = self._unary_timeout if default_timeout is None else default_timeout
+        charges = full.startswith(_CHARGED)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             reply: Any = None
@@ -207,9 +235,11 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 principal = (None if self._auth is None  # keys off: no coroutine to await
                              else await self._authorize(context, full, request))
                 held = token = None
-                if principal is not None and not principal.master:
-                    held = _Unsettled()  # see report_usage_estimate
-                    token = _unsettled.set(held)
+                if principal is not None:
+                    # Always set, None too: an in-process call runs in its caller's context,
+                    # and a call with the master key must not charge the key outside it.
+                    held = self._caller(principal)
+                    token = _caller.set(held)
                 try:
                     timeout = self._timeout(context, limit)
                     if timeout is None:
@@ -220,16 +250,17 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     if token is not None:
                         with contextlib.suppress(ValueError):  # exited in another context
-                            _unsettled.reset(token)
-                if principal is not None and not await self._account(principal, request,
-                                                                     reply) \
-                        and held is not None and (held.prompt_tokens or held.completion_tokens):
-                    await self._charge_estimate(principal, request, held)
+                            _caller.reset(token)
+                if held is not None and charges and \
+                        not await self._account(held.principal, request, reply):
+                    await self._charge_estimate(held, request)
             return reply
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]],
                      method: str = "", full: str = "") -> Callable[..., Any]:
+        charges = full.startswith(_CHARGED)
+
         async def stream(request: Any,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async with self._served(context, method, request):
@@ -242,34 +273,40 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                       retry_after_s=1.0)
                 self._open_streams[key] = self._open_streams.get(key, 0) + 1
                 # Always set, None too: an in-process call runs in its caller's context,
-                # and an unkeyed inner stream must not report into a keyed outer one.
-                held = _Unsettled() if principal is not None and not principal.master else None
-                token = _unsettled.set(held)
+                # and a call with the master key must not charge the key outside it.
+                held = self._caller(principal)
+                token = _caller.set(held)
                 settled = False
                 try:
                     async with Deadline(self._timeout(context, self._stream_timeout)):
                         async for item in behavior(request, context):
-                            settled = await self._account(principal, request, item) or settled
+                            if held is not None and charges:
+                                settled = await self._account(held.principal, request,
+                                                              item) or settled
                             yield item
                 finally:
                     self._open_streams[key] -= 1
                     with contextlib.suppress(ValueError):  # exited in another context
-                        _unsettled.reset(token)
-                    if held is not None and not settled and \
-                            (held.prompt_tokens or held.completion_tokens):
-                        await self._charge_estimate(principal, request, held)
+                        _caller.reset(token)
+                    if held is not None and charges and not settled:
+                        await self._charge_estimate(held, request)
         return stream
 
-    async def _charge_estimate(self, principal: Principal | None, request: Any,
-                               held: _Unsettled) -> None:
+    def _caller(self, principal: Principal | None) -> _Caller | None:
+        """What a call charges: a virtual key's (None for the master key or keys off)."""
+        if principal is None or principal.master or self._auth is None:
+            return None
+        return _Caller(self._auth, principal)
+
+    async def _charge_estimate(self, held: _Caller, request: Any) -> None:
         """A call that ended without its usage (see `report_usage_estimate`)."""
-        if principal is None or self._auth is None:
+        if not (held.prompt_tokens or held.completion_tokens):
             return
         log.info("call of key %s ended without a usage: charged the estimate of %d prompt "
-                 "and %d completion tokens", principal.key_id, held.prompt_tokens,
+                 "and %d completion tokens", held.principal.key_id, held.prompt_tokens,
                  held.completion_tokens)
-        await asyncio.shield(self._auth.account(principal, model_of(request),
-                                                held.prompt_tokens, held.completion_tokens))
+        await asyncio.shield(held.auth.account(held.principal, model_of(request),
+                                               held.prompt_tokens, held.completion_tokens))
 
 
 class _Served:

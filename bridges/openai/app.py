@@ -233,15 +233,14 @@ class _Shim:
             chunks = run.chunks(completion_id, include_usage=include_usage)
             first = await anext(chunks)
             return sse.EventStream(_sse(_prepend(first, chunks)))
-        text, payload = await run.collect()
+        text, payload, usage = await run.collect()
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
             "model": run.model, "choices": [{"index": 0, "finish_reason": "stop",
                                              "logprobs": None, "message": {
                                                  "role": "assistant", "content": text,
                                                  "refusal": None}}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "scillm": payload})
+            "usage": usage, "scillm": payload})
 
     async def agent_run(self, request: Request) -> Response:
         """`POST /agent/run`: ours or the seed's agent envelope, answered in kind."""

@@ -13,8 +13,10 @@ channel the client holds for it (its own target when the mesh is split over proc
 
 The reply is a `chat.completion` whose content is the run's one-line outcome (the agent's
 final answer; for CodeWorld, the seed's line followed by any model generation that failed),
-with the structured result in the extra field `scillm`. Streamed, every
-event becomes a chunk carrying it in `scillm.event` (no content), then the outcome.
+with the structured result in the extra field `scillm`, and as `usage` the tokens of the
+model calls the run made (the agent's turns; Prove's formalize attempts; CodeWorld reports
+none). Streamed, every event becomes a chunk carrying it in `scillm.event` (no content),
+then the outcome.
 
 A run reads its stream to the end, past the terminal event (the server ends the stream
 right after it): a call left open would never finish, and neither would its client span
@@ -59,6 +61,8 @@ class RoutedRun:
     terminal: str
     #: Outcome text from the terminal message.
     text: Callable[[Any], str]
+    #: (prompt, completion) tokens an event of the run accounts for (none: no usage).
+    usage: Callable[[str, Any], tuple[int, int]] = lambda kind, body: (0, 0)
 
     async def _until_terminal(self) -> AsyncGenerator[tuple[str, Any], None]:
         """(kind, body) of every event up to the terminal one. Once the terminal event is
@@ -89,17 +93,22 @@ class RoutedRun:
                 seen.append((kind, body))
         raise RuntimeError(f"{self.service} stream ended without its {self.terminal} event")
 
-    async def collect(self) -> tuple[str, dict[str, Any]]:
-        """Run to the end; the reply text and the structured result."""
+    async def collect(self) -> tuple[str, dict[str, Any], dict[str, int]]:
+        """Run to the end; the reply text, the structured result and the usage."""
         terminal, seen = await self.outcome()
+        usage = _Usage()
+        for kind, body in [*seen, (self.terminal, terminal)]:
+            usage.add(*self.usage(kind, body))
         return self.text(terminal), {"service": self.service, "result": _to_dict(terminal),
-                                     "events": [{kind: _to_dict(body)} for kind, body in seen]}
+                                     "events": [{kind: _to_dict(body)} for kind, body in seen]
+                                     }, usage.openai()
 
     async def chunks(self, completion_id: str, *,
                      include_usage: bool = False) -> AsyncIterator[dict[str, Any]]:
         """OpenAI chunks: one per event (in `scillm.event`), then the outcome text, and
-        with `include_usage` a last chunk of usage (zero: a run counts no tokens)."""
+        with `include_usage` a last chunk of the run's usage."""
         created = int(time.time())
+        usage = _Usage()
 
         def chunk(delta: dict[str, Any], finish: str | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -114,15 +123,30 @@ class RoutedRun:
         yield chunk({"role": "assistant", "content": ""})
         async with aclosing(self._until_terminal()) as events:
             async for kind, body in events:
+                usage.add(*self.usage(kind, body))
                 if kind == self.terminal:
                     yield chunk({"content": self.text(body)})
                     yield chunk({}, "stop", {"service": self.service,
                                              "result": _to_dict(body)})
                     if include_usage:
-                        yield {**chunk({}), "choices": [], "usage": {
-                            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                        yield {**chunk({}), "choices": [], "usage": usage.openai()}
                 else:
                     yield chunk({}, None, {"event": {kind: _to_dict(body)}})
+
+
+class _Usage:
+    """Tokens summed over a run's events."""
+
+    def __init__(self) -> None:
+        self.prompt = self.completion = 0
+
+    def add(self, prompt: int, completion: int) -> None:
+        self.prompt += prompt
+        self.completion += completion
+
+    def openai(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt, "completion_tokens": self.completion,
+                "total_tokens": self.prompt + self.completion}
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,8 @@ class Route:
     terminal: str
     #: The reply's one-line outcome, from the terminal message.
     text: Callable[[Any], str]
+    #: (prompt, completion) tokens an event accounts for (each model call counted once).
+    usage: Callable[[str, Any], tuple[int, int]]
     #: Whether the bare name (without `/...`) routes too.
     bare: bool = True
 
@@ -162,6 +188,28 @@ def _prove(client: ScillmClient, body: Mapping[str, Any], model: str, request_id
            metadata: Metadata) -> AsyncIterator[Any]:
     return client.prove.prove(prove_seed.request_from_envelope(body),
                               request_id=request_id, metadata=metadata)
+
+
+def _agent_usage(kind: str, body: Any) -> tuple[int, int]:
+    """The final event's total (the turns' events carry their own share of it)."""
+    if kind != "final":
+        return 0, 0
+    usage = body.metrics.usage
+    return usage.prompt_tokens, usage.completion_tokens
+
+
+def _prove_usage(kind: str, body: Any) -> tuple[int, int]:
+    """Each item result's formalize attempts."""
+    if kind != "result":
+        return 0, 0
+    return (sum(a.usage.prompt_tokens for a in body.attempts),
+            sum(a.usage.completion_tokens for a in body.attempts))
+
+
+def _no_usage(kind: str, body: Any) -> tuple[int, int]:
+    """CodeWorld's events report no tokens (an MCTS search's model calls are charged to
+    the caller's key all the same)."""
+    return 0, 0
 
 
 def _agent_text(final: Any) -> str:
@@ -192,9 +240,10 @@ def _cut(text: str, limit: int = 200) -> str:
 
 #: Model name -> service and client call (see the module docstring); first match wins.
 ROUTES: tuple[Route, ...] = (
-    Route(("codeworld",), "codeworld", _codeworld, "summary", _codeworld_text),
-    Route(("agent",), "agent", _agent, "final", _agent_text, bare=False),
-    Route(("certainly", "lean4"), "prove", _prove, "summary", prove_seed.summary_text),
+    Route(("codeworld",), "codeworld", _codeworld, "summary", _codeworld_text, _no_usage),
+    Route(("agent",), "agent", _agent, "final", _agent_text, _agent_usage, bare=False),
+    Route(("certainly", "lean4"), "prove", _prove, "summary", prove_seed.summary_text,
+          _prove_usage),
 )
 
 
@@ -213,7 +262,7 @@ def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
     for row in ROUTES:
         if row.matches(model):
             events = row.call(client, body, model, request_id, metadata)
-            return RoutedRun(row.service, model, events, row.terminal, row.text)
+            return RoutedRun(row.service, model, events, row.terminal, row.text, row.usage)
     return None
 
 

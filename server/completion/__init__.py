@@ -6,6 +6,7 @@ Plain typed Python, no gRPC or HTTP server knowledge. Build a `CompletionEngine`
 """
 
 from ._engine import CompletionEngine
+from ._estimate import estimated_usage
 from ._retry import RetryHooks
 from ._settings import (
     CacheSettings,
@@ -50,4 +51,5 @@ __all__ = [
     "StreamEvent",
     "UpstreamError",
     "UpstreamTimeout",
+    "estimated_usage",
 ]

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CHARS_PER_TOKEN", "answer_chars", "chunk_chars", "prompt_chars", "tokens"]
+__all__ = ["CHARS_PER_TOKEN", "answer_chars", "chunk_chars", "estimated_usage", "prompt_chars",
+           "tokens"]
 
 CHARS_PER_TOKEN = 4
 _DELTA_TEXT = ("content", "reasoning_content", "refusal")
@@ -70,3 +71,8 @@ def _choices_chars(reply: Mapping[str, Any], part: str) -> int:
             total += sum(len(v) for k in _DELTA_TEXT if isinstance(v := said.get(k), str))
             total += _calls(said.get("tool_calls"))
     return total
+
+
+def estimated_usage(request: Mapping[str, Any], response: Mapping[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens estimated for a whole answer to `request`."""
+    return tokens(prompt_chars(request)), tokens(answer_chars(response))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._store import KeyRecord, KeyStore
 from ._windows import MemoryWindows, Windows
@@ -107,6 +107,19 @@ class Authenticator:
             leaves = await self.windows.take(record.key_hash, "requests", record.rpm_limit)
             if leaves is not None:
                 raise _over(record, record.rpm_limit, "requests", leaves)
+
+    async def admit_model_call(self, principal: Principal, model: str) -> None:
+        """Raise unless `principal` may have a service call `model` for it now: a model its
+        key allows, within its budget and tokens per minute, read afresh (a long run's
+        earlier calls have been charged since the call was authorized). Not counted as a
+        request: the caller's request was counted once, when it came in."""
+        if principal.master or principal.record is None:
+            return
+        fresh = await self.store.find(principal.record.key_id)
+        if fresh is None:
+            raise Unauthenticated(f"key {principal.record.key_id} was deleted")
+        await self.authorize(Principal(master=False, record=replace(fresh, rpm_limit=0)),
+                             model=model)
 
     def authorize_runs(self, principal: Principal) -> None:
         """Raise Forbidden unless `principal` may read stored runs: the master key (or no

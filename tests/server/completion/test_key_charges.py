@@ -1,10 +1,13 @@
-"""A virtual key pays for a stream it leaves early, or a call whose upstream reports no usage.
+"""What a virtual key pays: a stream it leaves early, a call whose upstream reports no
+usage, and the model calls a service (here the agent) makes for it.
 
 A key is charged the usage a stream ends with, and OpenAI's upstreams send it last, after
 the text and the finish reason. A caller who read the text and left before that message
 was charged nothing; here such a stream is charged an estimate (a token per four
-characters of prompt and answer: `server/completion/_estimate.py`), through the OpenAI
-door with the openai SDK and through gRPC, against a real mesh and a loopback upstream.
+characters of prompt and answer: `server/completion/_estimate.py`). The services reach
+Completion with the mesh's own key, so an agent run cost its caller nothing; each of its
+model calls is now charged to the caller's key. Through the OpenAI door with the openai
+SDK and through gRPC, against a real mesh and a loopback upstream.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from completion_upstream import (
 )
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
+from scillm.agent.v1 import agent_pb2
 from scillm.clients import ScillmClient
+from scillm.completion.v1 import completion_pb2 as cpb
 
 MASTER = "sk-master-accounting"
 #: Prices per token: a cost is read back as tokens (prompt at 1, completion at 1000).
@@ -82,15 +87,16 @@ def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
         "model_list": [{"model_name": name, "litellm_params": {
             "model": f"openai/{name}", "api_base": f"{upstream.url}/v1", "api_key": "x",
             "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}
-            for name in ("leave", "silent", "whole")],
+            for name in ("leave", "silent", "whole", "echo")],
         "general_settings": {"master_key": MASTER}}))
-    running = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config,
+                                       services=("completion", "agent")))
     yield running
     running.stop()
 
 
-def _new_key(mesh: RunningMesh) -> str:
-    made = httpx.post(f"{mesh.http_url}/key/generate", json={}, timeout=30,
+def _new_key(mesh: RunningMesh, **body: object) -> str:
+    made = httpx.post(f"{mesh.http_url}/key/generate", json=body, timeout=30,
                       headers={"authorization": f"Bearer {MASTER}"})
     assert made.status_code == 200, made.text
     return str(made.json()["key"])
@@ -178,3 +184,46 @@ async def test_an_answer_without_usage_is_charged_an_estimate(keyed: RunningMesh
     await sdk.close()
     assert reply.choices[0].message.content == ANSWER
     assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+
+
+async def test_an_agent_run_charges_its_model_calls_to_the_callers_key(
+        keyed: RunningMesh) -> None:
+    """The upstream answers at once (3 prompt and 2 completion tokens): a one-turn run
+    through the door costs the caller that; it cost nothing before."""
+    key = _new_key(keyed)
+    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    reply = await sdk.chat.completions.create(
+        model="agent/whole", messages=[{"role": "user", "content": PROMPT}])
+    await sdk.close()
+    assert reply.choices[0].message.content == PROMPT  # the upstream echoes the prompt
+    assert reply.usage is not None  # the door reports what the run's model calls used
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (3, 2)
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 2)
+
+
+async def test_an_agent_step_is_charged_once(keyed: RunningMesh) -> None:
+    """AgentStep's reply carries its usage too: the key pays the model call, not both."""
+    key = _new_key(keyed)
+    async with ScillmClient(keyed.grpc_target, api_key=key) as client:
+        reply = await client.agent.step(agent_pb2.AgentStepRequest(
+            messages=[cpb.Message(role=cpb.ROLE_USER, content=[cpb.ContentPart(text=PROMPT)])],
+            config=agent_pb2.AgentConfig(model="whole")))
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (3, 2)
+    await asyncio.sleep(0.5)
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 2)
+
+
+async def test_an_agent_run_past_the_keys_model_list_is_refused(keyed: RunningMesh) -> None:
+    """A key limited to one model may not reach another through the agent's escalation
+    model (the outer check reads only `config.model`): each model call a service makes for
+    the key is admitted by the key."""
+    key = _new_key(keyed, models=["echo"])
+    request = agent_pb2.AgentRunRequest(  # the upstream echoes it: the model gives up
+        messages=[cpb.Message(role=cpb.ROLE_USER, content=[cpb.ContentPart(text="I give up")])],
+        config=agent_pb2.AgentConfig(model="echo", escalation_model="whole"))
+    async with ScillmClient(keyed.grpc_target, api_key=key) as client:
+        events = [e async for e in client.agent.run(request)]
+    final = events[-1].final
+    assert "may not call model 'whole'" in final.error, final
+    # The allowed model's turn was charged; the refused one was never called.
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 2)
