@@ -35,7 +35,7 @@ def test_public_api_is_pinned() -> None:
         "CompletionError", "CompletionSettings", "ContextWindowExceeded", "DeploymentSettings",
         "InvalidRequest", "ModelNotFound", "ProviderUnavailable", "RateLimited", "RetryHooks",
         "RouterSettings", "Routing", "Secret", "StreamChunk", "StreamEnd", "StreamEvent",
-        "UpstreamError", "UpstreamTimeout"]
+        "UpstreamError", "UpstreamTimeout", "estimated_usage"]
 
 
 async def test_echo_complete(engine: CompletionEngine) -> None:
