@@ -122,13 +122,16 @@ def _completion(settings: Settings, shared: dict[str, Any]) -> ServiceParts:
     config = (CompletionSettings.from_yaml(settings.config_path)
               if settings.config_path else CompletionSettings.default())
     engine = CompletionEngine(config)
+    metrics = shared.get("metrics")
+    if metrics is not None:
+        metrics.configure_models(engine.model_names())
 
     async def start() -> bool:
         await engine.start()
         return True
 
     servicer = CompletionServicer(
-        engine, shared.get("metrics"),
+        engine, metrics,
         _store(settings, shared) if settings.store_completions else None)
     return ServiceParts(
         "completion", SERVICE_NAMES["completion"],

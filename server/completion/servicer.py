@@ -112,6 +112,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         m = self._metrics
         if m is None:
             return
+        model = m.model_label(model)
         if usage is not None:
             m.child(m.tokens, model, "prompt").inc(usage.prompt_tokens)
             m.child(m.tokens, model, "completion").inc(usage.completion_tokens)

@@ -8,9 +8,11 @@ import asyncio
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import uvloop
 from grpc_health.v1 import health_pb2
+from meshutil import RunningMesh
 
 from scillm.agent.v1 import agent_pb2
 from scillm.codeworld.v1 import codeworld_pb2
@@ -18,7 +20,7 @@ from scillm.completion.v1 import completion_pb2 as pb
 from scillm.prove.v1 import prove_pb2
 from scillm.server.errors import StatusError
 from scillm.server.interceptors import CallContext, model_of
-from scillm.server.metrics import Metrics
+from scillm.server.metrics import MAX_MODEL_LABELS, OTHER_MODEL, Metrics
 from scillm.server.settings import Settings
 
 SERVICE = "scillm.completion.v1.CompletionService"
@@ -91,3 +93,32 @@ def test_every_rpc_is_counted_by_model_and_code_and_leaves_the_in_flight_gauge()
 def test_model_of_reads_where_each_service_keeps_the_model(request_: Any, model: str) -> None:
     assert model_of(request_) == model
     assert model_of(request_) == model  # the second time from what the first worked out
+
+
+def test_a_caller_choosing_model_names_cannot_grow_the_metrics_without_end(
+        mesh: RunningMesh) -> None:
+    """Through the OpenAI door, with no key: made-up model names are labelled up to
+    MAX_MODEL_LABELS, later ones as "other", and the configured names always are."""
+    with httpx.Client(base_url=mesh.http_url, timeout=30) as client:
+        for i in range(MAX_MODEL_LABELS + 40):
+            reply = client.post("/v1/chat/completions", json={
+                "model": f"made-up-{i}", "messages": [{"role": "user", "content": "x"}]})
+            assert reply.status_code == 404
+        assert client.post("/v1/chat/completions", json={
+            "model": "echo/late", "messages": [{"role": "user", "content": "x"}]}
+        ).status_code == 200
+        exposition = client.get("/metrics").text
+    models = {line.split('model="', 1)[1].split('"', 1)[0]
+              for line in exposition.splitlines()
+              if line.startswith("scillm_rpc_requests_total{")}
+    made_up = {m for m in models if m.startswith("made-up-")}
+    assert 0 < len(made_up) <= MAX_MODEL_LABELS and "made-up-295" not in made_up
+    assert OTHER_MODEL in models
+    # The session's mesh has served other tests: "echo/late" is past the cap, counted as
+    # "other"; the configured wildcard name is labelled whatever came before.
+    metrics = Metrics()
+    metrics.configure_models(["echo/*"])
+    for i in range(MAX_MODEL_LABELS + 1):
+        metrics.model_label(f"m{i}")
+    assert metrics.model_label("echo/*") == "echo/*"
+    assert metrics.model_label("m0") == "m0" and metrics.model_label("new") == OTHER_MODEL
