@@ -6,6 +6,7 @@ service runs as several replicas."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections import defaultdict
@@ -96,6 +97,16 @@ def plateau_info(session_id: str, track: str, previous: list[float], value: floa
     return SessionInfo(session_id, track, len(previous), value, previous_mean, gain, plateau)
 
 
+def session_key(session_id: str, track: str) -> str:
+    """The Redis list of a (session, track): `scillm:codeworld:<session>:<track>`, as it
+    always was when neither holds a colon; otherwise the pair as JSON after `json:`, so
+    ("a:b", "c") and ("a", "b:c") keep two histories (that JSON holds a colon, which a
+    plain name's two parts cannot both lack, so no plain name is ever one of these)."""
+    if ":" in session_id or ":" in track:
+        return "scillm:codeworld:json:" + json.dumps([session_id, track])
+    return f"scillm:codeworld:{session_id}:{track}"
+
+
 class RedisSessionStore:
     """Session history in Redis lists (`scillm:codeworld:<session>:<track>`), shared by
     replicas; the same plateau rule as SessionStore."""
@@ -123,7 +134,7 @@ class RedisSessionStore:
         """Append a run's mean atomically and say whether the track has plateaued."""
         if self._redis is None:
             raise SessionStoreError("the Redis session store is not open")
-        name = f"scillm:codeworld:{session_id}:{track}"
+        name = session_key(session_id, track)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.lrange(name, 0, -1)

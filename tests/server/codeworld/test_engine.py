@@ -138,3 +138,17 @@ async def test_sessions_in_redis_are_shared(redis_port: int) -> None:
     assert (first.index, second.index, third.index) == (0, 1, 2)
     assert second.previous_mean == 0.50 and not second.plateau
     assert third.previous_mean == pytest.approx(0.60) and third.plateau
+
+
+async def test_sessions_in_redis_whose_names_hold_colons_keep_apart(redis_port: int) -> None:
+    """The list was named `<session>:<track>`: ("a:b", "c") and ("a", "b:c") shared one
+    history, so one caller's runs moved another's plateau signal."""
+    from scillm.server.codeworld._sessions import RedisSessionStore
+
+    store = RedisSessionStore(f"redis://127.0.0.1:{redis_port}/1", window=2)
+    store.open()
+    first = await store.record("colon:a", "b", 0.5)
+    other = await store.record("colon", "a:b", 0.9)
+    plain = [await store.record("plain", "t", 0.1), await store.record("plain", "t", 0.2)]
+    assert (first.index, other.index) == (0, 0)
+    assert [p.index for p in plain] == [0, 1]
