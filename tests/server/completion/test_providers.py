@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,3 +130,44 @@ def test_loading_litellm_calls_nowhere() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          env=env, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
+
+
+class LongLlama:
+    """A llama_cpp.Llama whose generation runs `tokens` steps unless its stopping criteria
+    say stop, asked at each token as llama.cpp asks them."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.generated: list[int] = []
+        self.started = threading.Event()
+
+    def create_completion(self, prompt: str, stream: bool = False,
+                          stopping_criteria: Any = None, **kwargs: Any) -> Any:
+        self.started.set()
+        count = 0
+        for count in range(1, self.tokens + 1):  # noqa: B007 - the count is the result
+            time.sleep(0.001)
+            if stopping_criteria is not None and stopping_criteria([], None):
+                break
+        self.generated.append(count)
+        return {"object": "text_completion", "created": 1, "choices": [
+            {"index": 0, "text": "x" * count, "finish_reason": "stop"}], "usage": None}
+
+
+async def test_a_local_generation_nobody_waits_for_stops(make_engine: EngineFactory) -> None:
+    """The local model has one worker: a unary call whose caller left (or whose deadline
+    passed) kept it generating for nobody, up to the context's end, and every later call
+    waited (79 s in a probe with the real Gemma). It now stops at the next token."""
+    llama = LongLlama(tokens=10_000)  # 10 s of "generation"
+    engine = await make_engine({"model_list": [{"model_name": "local/gemma", "litellm_params": {
+        "model": "local/gemma3-270m"}}]})
+    engine._providers["local"] = LocalProvider(lambda name: llama)
+    call = asyncio.create_task(engine.complete({"model": "local/gemma", "messages": MSG}))
+    await asyncio.to_thread(llama.started.wait, 30)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    llama.tokens = 3
+    done = await engine.complete({"model": "local/gemma", "messages": MSG})
+    assert done.response["choices"][0]["message"]["content"] == "xxx"
+    assert len(llama.generated) == 2 and llama.generated[0] < 10_000
