@@ -22,7 +22,7 @@ from ._http import (
     sse_events,
     transport_error,
 )
-from ._provider import ProviderCall, text_of
+from ._provider import ProviderCall, text_of, without_secret
 from .errors import InvalidRequest, UpstreamError
 
 __all__ = ["AnthropicProvider", "to_anthropic"]
@@ -96,8 +96,9 @@ class AnthropicProvider:
                 if kind == "error":
                     err = payload.get("error") or {}
                     status = 529 if err.get("type") == "overloaded_error" else None
-                    raise UpstreamError(f"{call.deployment.id}: {err.get('message', err)}",
-                                        status=status)
+                    raise UpstreamError(without_secret(
+                        f"{call.deployment.id}: {err.get('message', err)}", call.deployment),
+                        status=status)
                 for chunk in state.feed(kind, payload):
                     yield chunk
                 if kind == "message_stop":

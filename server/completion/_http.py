@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from ..bounded import decoded_response, read_bounded
-from ._provider import ProviderCall
+from ._provider import ProviderCall, without_secret
 from ._retry import parse_retry_after
 from ._settings import DeploymentSettings
 from ._transport import MAX_REPLY_BYTES, PooledTransport, ReplyTooLarge
@@ -195,7 +195,7 @@ def error_from_response(response: httpx.Response, call: ProviderCall,
     `context_length_exceeded`, or by a provider's documented message prefixes.
     """
     status = response.status_code
-    text = response.text[:2000]
+    text = without_secret(response.text[:2000], call.deployment)
     retry_after = parse_retry_after(response.headers)
     message = _error_message(text)
     where = f"{call.deployment.id}: HTTP {status}: {message}"

@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from ._provider import ProviderCall
+from ._provider import ProviderCall, without_secret
 from .errors import (
     AuthenticationError,
     CompletionError,
@@ -98,7 +98,7 @@ def _mapped(exc: Exception, call: ProviderCall) -> CompletionError:
     """LiteLLM's exceptions by class name and status code (they subclass OpenAI's)."""
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
-    where = f"{call.deployment.id}: {name}: {exc}"
+    where = without_secret(f"{call.deployment.id}: {name}: {exc}", call.deployment)
     if name == "ContextWindowExceededError":
         return ContextWindowExceeded(where, status=status)
     if name == "Timeout" or status == 408:

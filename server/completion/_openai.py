@@ -30,7 +30,7 @@ from ._http import (
     sse_events,
     transport_error,
 )
-from ._provider import ProviderCall
+from ._provider import ProviderCall, without_secret
 from ._settings import DeploymentSettings
 from ._transport import PooledTransport
 from .errors import UpstreamError
@@ -211,8 +211,9 @@ class OpenAIProvider:
                     raise UpstreamError(f"{call.deployment.id}: SSE data is not an object")
                 if "error" in chunk:
                     err = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                    raise UpstreamError(f"{call.deployment.id}: in-band error: "
-                                        f"{err.get('message', chunk['error'])}")
+                    raise UpstreamError(without_secret(
+                        f"{call.deployment.id}: in-band error: "
+                        f"{err.get('message', chunk['error'])}", call.deployment))
                 finished = finished or any(
                     c.get("finish_reason") for c in chunk.get("choices") or ())
                 yield chunk

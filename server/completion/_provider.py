@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from ._settings import DeploymentSettings
 from ._types import Routing
 
-__all__ = ["Provider", "ProviderCall", "completion_id", "text_of"]
+__all__ = ["Provider", "ProviderCall", "completion_id", "text_of", "without_secret"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,14 @@ def text_of(content: Any) -> str:
 def completion_id(prefix: str = "chatcmpl") -> str:
     """A fresh id for a locally made completion."""
     return f"{prefix}-{time.time_ns():x}"
+
+
+def without_secret(text: str, deployment: DeploymentSettings) -> str:
+    """`text` with the deployment's API key blanked out.
+
+    An upstream's error may quote the key it was sent ("Incorrect API key provided:
+    sk-..."), and the error's text reaches the caller, who must never see the operator's
+    key; OpenAI's own servers mask it, other OpenAI-compatible ones need not."""
+    secret = deployment.api_key
+    value = secret.value if secret is not None else None
+    return text.replace(value, "[redacted]") if value and value in text else text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -19,7 +20,10 @@ from completion_upstream import (
     malformed_sse,
     ok,
     reply,
+    send_json,
     slow,
+    sse_event,
+    sse_head,
     status,
 )
 
@@ -253,3 +257,42 @@ async def test_cooldown_moves_traffic(upstream: Upstream, make_engine: EngineFac
     for _ in range(8):
         await engine.complete({"model": "gpt", "messages": MSG})
     assert upstream.calls("bad") == 2
+
+
+def _quoting_the_key(code: int, in_band: bool = False) -> Any:
+    """An upstream whose error quotes the key it was sent, as some OpenAI-compatible
+    servers do (OpenAI's own masks it)."""
+    async def act(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                  w: asyncio.StreamWriter) -> bool:
+        sent = up.requests[-1][1].get("authorization", "").removeprefix("Bearer ")
+        error = {"error": {"message": f"Incorrect API key provided: {sent}."}}
+        if in_band:
+            sse_head(w)
+            sse_event(w, json.dumps(error))
+            w.write(b"0\r\n\r\n")
+        else:
+            send_json(w, code, error)
+        return True
+    return act
+
+
+async def test_an_upstream_error_never_shows_the_callers_the_operators_key(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    upstream.plan("a", _quoting_the_key(401))
+    upstream.plan("b", _quoting_the_key(400))
+    upstream.plan("c", _quoting_the_key(200, in_band=True))
+    models = config(upstream, "ga@a", "gb@b", "gc@c")
+    for entry in models["model_list"]:
+        entry["litellm_params"]["api_key"] = "sk-operator-secret-123"
+    engine = await make_engine(models)
+    said = []
+    for model, kind in (("ga", AuthenticationError), ("gb", UpstreamError)):
+        with pytest.raises(kind) as info:
+            await engine.complete({"model": model, "messages": MSG})
+        said.append(str(info.value))
+    with pytest.raises(UpstreamError) as in_band:
+        [e async for e in engine.stream({"model": "gc", "messages": MSG})]
+    said.append(str(in_band.value))
+    assert upstream.requests[0][1]["authorization"] == "Bearer sk-operator-secret-123"
+    for text in said:
+        assert "sk-operator-secret-123" not in text and "[redacted]" in text, text
