@@ -28,8 +28,9 @@ from .keys import Authenticator, Principal, token_from_metadata
 from .metrics import Metrics, RpcMetrics
 from .settings import Settings
 
-__all__ = ["CallContext", "admit_model_call", "build_interceptors", "charge_model_call",
-           "current_request_id", "report_usage_estimate", "usage_estimate_wanted"]
+__all__ = ["CallContext", "admit_model_call", "build_interceptors", "caller_models",
+           "charge_model_call", "current_request_id", "report_usage_estimate",
+           "usage_estimate_wanted"]
 
 log = logging.getLogger("scillm.server")
 
@@ -81,6 +82,14 @@ def report_usage_estimate(prompt_tokens: int, completion_tokens: int) -> None:
     if caller is not None:
         caller.prompt_tokens = prompt_tokens
         caller.completion_tokens = completion_tokens
+
+
+def caller_models() -> tuple[str, ...] | None:
+    """The models the served caller's key is limited to; None when it is not (the master
+    key, keys off, or a key for every model)."""
+    caller = _caller.get()
+    record = caller.principal.record if caller is not None else None
+    return tuple(record.models) if record is not None and record.models else None
 
 
 async def admit_model_call(model: str) -> None:

@@ -79,6 +79,14 @@ class CompletionEngine:
         """The configured `model_name` values (wildcards included), for /v1/models."""
         return self._router.model_names()
 
+    def serves(self, model: str) -> bool:
+        """Whether `model` names a deployment group (exactly, or through a wildcard)."""
+        try:
+            self._router.group(model)
+        except ModelNotFound:
+            return False
+        return True
+
     def cache_stats(self) -> CacheStats | None:
         """Hit/miss/store counters, or None when caching is off."""
         return self._cache.stats() if self._cache is not None else None

@@ -15,7 +15,12 @@ from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc
 
 from ..errors import ErrorTable, StatusError
-from ..interceptors import current_request_id, report_usage_estimate, usage_estimate_wanted
+from ..interceptors import (
+    caller_models,
+    current_request_id,
+    report_usage_estimate,
+    usage_estimate_wanted,
+)
 from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
@@ -191,5 +196,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[
-            pb.Model(id=name, owned_by="scillm") for name in self._engine.model_names()])
+        allowed = caller_models()  # a key limited to some models lists those it may call
+        names = (self._engine.model_names() if allowed is None
+                 else [m for m in allowed if self._engine.serves(m)])
+        return pb.ListModelsResponse(models=[pb.Model(id=name, owned_by="scillm")
+                                             for name in names])

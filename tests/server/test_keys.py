@@ -267,3 +267,18 @@ async def test_concurrent_streams_per_key_are_limited(tmp_path: Path) -> None:
             await again.aclose()  # type: ignore[attr-defined]
     finally:
         running.stop()
+
+
+def test_a_key_limited_to_some_models_lists_only_those(keyed: RunningMesh) -> None:
+    """As LiteLLM's proxy does: /v1/models shows a key the models it may call (a name the
+    mesh does not serve is left out), and the master key every configured name."""
+    key = str(_generate(keyed, models=["echo/x", "priced", "nosuch"])["key"])
+
+    def listed(token: str) -> list[str]:
+        reply = httpx.get(f"{keyed.http_url}/v1/models", timeout=30,
+                          headers={"authorization": f"Bearer {token}"})
+        assert reply.status_code == 200, reply.text
+        return [m["id"] for m in reply.json()["data"]]
+
+    assert listed(key) == ["echo/x", "priced"]
+    assert listed(MASTER) == ["priced", "echo/*"]
