@@ -311,6 +311,25 @@ def _http_servers(settings: AgentSettings, wanted: tuple[str, ...] | None) -> tu
     return tuple(dict.fromkeys(out))
 
 
+#: Headers a run may not set on its HTTP tool calls: how the request is framed and routed
+#: is the client's. A caller's `transfer-encoding: chunked` went out beside httpx's own
+#: Content-Length (a request a proxy in front of the tool server may split differently, on
+#: a pooled connection other runs share), and `host` picked another virtual host.
+_FRAMING_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+    "trailer", "upgrade", "expect", "proxy-authorization", "proxy-connection"})
+
+
+def _tool_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    out = dict(headers or {})
+    bad = sorted(name for name in out if name.strip().lower() in _FRAMING_HEADERS)
+    if bad:
+        raise AgentConfigError(f"http_tool_headers may not set {', '.join(bad)}: the HTTP "
+                               "client frames and routes its requests itself",
+                               param="http_tool_headers")
+    return out
+
+
 def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
     """Merge `config` over `settings`; raise AgentConfigError if it asks for what is not there."""
     c = config or RunConfig()
@@ -346,7 +365,7 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
         max_history_chars=pick(c.max_history_chars, settings.max_history_chars),
         shell_prefixes=shell_prefixes(pick(c.shell_allowlist, settings.shell_allowlist),
                                       pick(c.shell_presets, settings.shell_presets)),
-        http_tool_servers=tuple(http), http_tool_headers=dict(c.http_tool_headers or {}))
+        http_tool_servers=tuple(http), http_tool_headers=_tool_headers(c.http_tool_headers))
     _check_limits(resolved.max_iterations, resolved.max_total_seconds, resolved.max_total_tokens)
     for name in ("escalation_iterations", "max_history_messages", "max_history_chars"):
         if getattr(resolved, name) < 1:

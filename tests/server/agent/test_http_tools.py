@@ -127,3 +127,18 @@ async def test_a_reply_far_too_large_is_the_tools_error_not_the_memorys(
     flood = result.tool_io[0][1]
     assert flood.is_error and "the reply is over 16777216 bytes" in flood.output, flood.output
     assert result.stop_reason is StopReason.SUCCESS and result.answer == "gave up on it"
+
+
+@pytest.mark.parametrize("name", ["Transfer-Encoding", "host", "Content-Length",
+                                  "connection", "Proxy-Authorization"])
+async def test_a_run_may_not_frame_or_route_its_tool_calls(tools: HttpToolServer,
+                                                           name: str) -> None:
+    """A caller's `transfer-encoding: chunked` went out beside httpx's own Content-Length
+    (one request that a proxy may read as two, on a connection other runs share), and
+    `host` chose another virtual host: such headers are refused, naming them."""
+    async with AgentEngine(_settings(tools.url), ScriptedModel([{"content": "x"}])) as engine:
+        with pytest.raises(AgentConfigError) as info:
+            engine.run([{"role": "user", "content": "go"}],
+                       RunConfig(http_tool_headers={name: "chunked", "x-run": "r1"}))
+    assert info.value.param == "http_tool_headers" and name in str(info.value)
+    assert tools.invokes("add") == []
