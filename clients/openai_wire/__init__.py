@@ -22,7 +22,14 @@ from ._response import (
     usage_from_proto,
     usage_to_proto,
 )
-from ._values import FINISH_REASONS, MAX_JSON_DEPTH, ROLES, json_dumps, struct_from_json
+from ._values import (
+    FINISH_REASONS,
+    MAX_JSON_DEPTH,
+    ROLES,
+    json_dumps,
+    struct_from_json,
+    struct_to_json,
+)
 
 __all__ = [
     "FINISH_REASONS",
@@ -40,6 +47,7 @@ __all__ = [
     "routing_from_proto",
     "stream_flags",
     "struct_from_json",
+    "struct_to_json",
     "usage_from_proto",
     "usage_to_proto",
 ]

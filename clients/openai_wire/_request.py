@@ -23,10 +23,10 @@ from ._values import (
     _TOOL_CHOICE_NAMES,
     _duration,
     _expect,
-    _from_struct,
     _number,
     _seconds,
     struct_from_json,
+    struct_to_json,
 )
 
 
@@ -235,12 +235,13 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
         body["stop"] = list(req.stop)
     if req.tools:
         tools = []
-        for tool in req.tools:
+        for i, tool in enumerate(req.tools):
             fn: dict[str, Any] = {"name": tool.function.name}
             if tool.function.description:
                 fn["description"] = tool.function.description
             if tool.function.HasField("parameters"):
-                fn["parameters"] = _from_struct(tool.function.parameters)
+                fn["parameters"] = struct_to_json(tool.function.parameters,
+                                                  f"tools[{i}].function.parameters")
             if tool.function.HasField("strict"):
                 fn["strict"] = tool.function.strict
             tools.append({"type": "function", "function": fn})
@@ -259,7 +260,7 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
             if js.description:
                 schema["description"] = js.description
             if js.HasField("schema"):
-                schema["schema"] = _from_struct(js.schema)
+                schema["schema"] = struct_to_json(js.schema, "response_format.json_schema.schema")
             if js.HasField("strict"):
                 schema["strict"] = js.strict
             fmt["json_schema"] = schema
@@ -271,7 +272,7 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
     if req.metadata:
         body["metadata"] = dict(req.metadata)
     if req.HasField("extra_body"):
-        for key, value in _from_struct(req.extra_body).items():
+        for key, value in struct_to_json(req.extra_body, "extra_body").items():
             body.setdefault(key, value)
     if req.HasField("routing"):
         r = req.routing

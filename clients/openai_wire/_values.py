@@ -127,8 +127,15 @@ def struct_from_json(value: Any, param: str) -> struct_pb2.Struct:
     return out
 
 
-def _from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
-    out: dict[str, Any] = whole_numbers(json_format.MessageToDict(value))
+def struct_to_json(value: struct_pb2.Struct, param: str) -> dict[str, Any]:
+    """A `Struct` as JSON; InvalidRequestError naming `param` when it holds what JSON cannot
+    (a NaN or infinite number: the binary wire carries one, and json_format refuses it
+    with a ValueError that was an INTERNAL error)."""
+    try:
+        out: dict[str, Any] = whole_numbers(json_format.MessageToDict(value))
+    except ValueError as exc:
+        raise InvalidRequestError(f"'{param}' holds a non-finite number ({exc})",
+                                  param=param) from None
     return out
 
 

@@ -83,13 +83,22 @@ def _language(strategy: pb.Strategy, index: int) -> str:
     return name
 
 
+def _context(task: pb.Task, index: int) -> dict[str, Any]:
+    """A task's context as the strategies get it (numbers as JSON numbers: floats)."""
+    try:
+        return json_format.MessageToDict(task.context)
+    except ValueError as exc:  # a NaN or infinity: the binary wire carries one, JSON cannot
+        raise _invalid(f"items[{index}].context holds a non-finite number ({exc})",
+                       f"items[{index}].context") from None
+
+
 def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> RunRequest:
     """The engine's request for a `CodeWorldRunRequest`."""
     if not req.items:
         raise _invalid("items must not be empty", "items")
     items = []
     for i, task in enumerate(req.items):
-        context = json_format.MessageToDict(task.context) if task.HasField("context") else {}
+        context = _context(task, i) if task.HasField("context") else {}
         if task.tests:
             context["tests"] = task.tests
         if task.entry_point:

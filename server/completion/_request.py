@@ -17,6 +17,9 @@ MAX_RETRIES = 20
 _NOT_UPSTREAM = frozenset({"model", "stream", "stream_options", "scillm"})
 _SCILLM_KEYS = frozenset({"fallbacks", "timeout_s", "num_retries", "cache", "deterministic"})
 _CACHE_KEYS = frozenset({"bypass", "no_store", "ttl_s", "namespace", "max_age_s", "enabled"})
+#: OpenAI's ranges of the sampling numbers.
+_RANGES = (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("presence_penalty", -2.0, 2.0),
+           ("frequency_penalty", -2.0, 2.0))
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,16 @@ def check(request: Mapping[str, Any]) -> str:
         value = request.get(key)
         if value is not None and (not isinstance(value, int) or value < 0):
             raise InvalidRequest(f"{key} must be a non-negative integer", param=key)
+    for key, low, high in _RANGES:
+        value = request.get(key)
+        # `not <=`: NaN too. Checked here, on the JSON every door's request becomes, so a
+        # value that came in `extra_body` (gRPC's catch-all Struct) is checked as well.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not low <= value <= high):
+            raise InvalidRequest(f"{key} must be between {low:g} and {high:g}", param=key)
+    if request.get("top_logprobs") is not None and not (
+            type(request["top_logprobs"]) is int and 0 <= request["top_logprobs"] <= 20):
+        raise InvalidRequest("top_logprobs must be between 0 and 20", param="top_logprobs")
     stop = request.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and all(isinstance(s, str) for s in stop)):

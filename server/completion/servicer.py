@@ -48,7 +48,8 @@ def _invalid(message: str, param: str) -> StatusError:
 
 
 def validate_request(req: pb.CompletionRequest) -> None:
-    """Refuse what the contract forbids, naming the field."""
+    """Refuse what the contract forbids, naming the field (the sampling numbers' ranges are
+    the engine's to check, on the JSON: `_request.check`)."""
     if not req.model:
         raise _invalid("model is required", "model")
     if not req.messages:
@@ -58,20 +59,9 @@ def validate_request(req: pb.CompletionRequest) -> None:
             raise _invalid(f"messages[{i}].role is ROLE_UNSPECIFIED", f"messages[{i}].role")
     if req.HasField("n") and not 1 <= req.n <= _MAX_N:
         raise _invalid(f"n must be between 1 and {_MAX_N}", "n")
-    if req.HasField("temperature") and not 0.0 <= req.temperature <= 2.0:
-        raise _invalid("temperature must be between 0 and 2", "temperature")
-    if req.HasField("top_p") and not 0.0 <= req.top_p <= 1.0:
-        raise _invalid("top_p must be between 0 and 1", "top_p")
     for name in ("max_tokens", "max_completion_tokens"):
         if req.HasField(name) and getattr(req, name) < 1:
             raise _invalid(f"{name} must be at least 1", name)
-    if req.HasField("top_logprobs") and not 0 <= req.top_logprobs <= 20:
-        raise _invalid("top_logprobs must be between 0 and 20", "top_logprobs")
-    # `not <=`: NaN is refused too (JSON cannot carry it; a protobuf double can)
-    if req.HasField("presence_penalty") and not -2.0 <= req.presence_penalty <= 2.0:
-        raise _invalid("presence_penalty must be between -2 and 2", "presence_penalty")
-    if req.HasField("frequency_penalty") and not -2.0 <= req.frequency_penalty <= 2.0:
-        raise _invalid("frequency_penalty must be between -2 and 2", "frequency_penalty")
 
 
 def routing_to_proto(routing: Routing, *, cache_hit: bool, overhead_s: float) -> pb.Routing:

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from held_upstream import HeldUpstream
 from meshutil import RunningMesh, mesh_settings, start_mesh, stop_with_a_stream_in_flight
@@ -155,6 +156,12 @@ async def test_bad_input_gets_canonical_codes(mesh: RunningMesh, request_: pb.Co
 _HI = [pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])]
 
 
+def _struct(fields: dict[str, Any]) -> Struct:
+    out = Struct()
+    out.update(fields)
+    return out
+
+
 @pytest.mark.parametrize(("fields", "param"), [
     ({"presence_penalty": float("nan")}, "presence_penalty"),
     ({"frequency_penalty": 2.5}, "frequency_penalty"),
@@ -162,11 +169,21 @@ _HI = [pb.Message(role=pb.ROLE_USER, content=[pb.ContentPart(text="hi")])]
     ({"temperature": float("nan")}, "temperature"),
     ({"routing": pb.RoutingOptions(num_retries=-1)}, "scillm.num_retries"),
     ({"routing": pb.RoutingOptions(num_retries=1_000_000)}, "scillm.num_retries"),
+    ({"extra_body": _struct({"temperature": 2.5})}, "temperature"),
+    ({"extra_body": _struct({"temperature": float("nan")})}, "extra_body"),
+    ({"extra_body": _struct({"top_p": 7})}, "top_p"),
+    ({"extra_body": _struct({"frequency_penalty": "high"})}, "frequency_penalty"),
+    ({"extra_body": _struct({"top_logprobs": 99})}, "top_logprobs"),
+    ({"extra_body": _struct({"x": [1, {"y": float("inf")}]})}, "extra_body"),
+    ({"tools": [pb.Tool(function=pb.FunctionDefinition(
+        name="f", parameters=_struct({"default": float("nan")})))]},
+     "tools[0].function.parameters"),
 ])
 async def test_a_number_out_of_range_is_refused_by_its_field(
         mesh: RunningMesh, fields: dict[str, Any], param: str) -> None:
     """gRPC carries what JSON cannot (NaN, infinity) and any int32: a NaN penalty went
-    upstream, and a call could ask for a million retries of a failing upstream."""
+    upstream, and a call could ask for a million retries of a failing upstream; and its
+    `extra_body` Struct carried sampling numbers no range check saw."""
     async with ScillmClient(mesh.grpc_target) as client:
         with pytest.raises(RPCError) as info:
             await client.completion.create(

@@ -94,6 +94,18 @@ async def test_codeworld_bad_input_is_invalid_argument(mesh: RunningMesh, mutate
     assert info.value.param == param
 
 
+async def test_a_context_holding_nan_is_invalid_not_internal(mesh: RunningMesh) -> None:
+    """A Struct on the binary wire may hold NaN, which JSON cannot: it was INTERNAL (a
+    traceback in the log)."""
+    req = _codeworld_request()
+    req.items[1].context.update({"input": [1.0, float("nan")]})
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.codeworld.run(req)]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == "items[1].context"
+
+
 async def test_codeworld_limits_out_of_range(mesh: RunningMesh) -> None:
     req = _codeworld_request()
     req.limits.memory_bytes = 1024
