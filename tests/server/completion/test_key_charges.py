@@ -116,6 +116,10 @@ async def _spend(mesh: RunningMesh, key: str, *, at_least: float = 0.0) -> float
             await asyncio.sleep(0.05)
 
 
+def _sdk(mesh: RunningMesh, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key=key, max_retries=0)
+
+
 def _tokens(spend: float) -> tuple[int, int]:
     """(prompt, completion) tokens from a spend at PRICE_IN and PRICE_OUT."""
     completion = int(spend // PRICE_OUT)
@@ -125,7 +129,7 @@ def _tokens(spend: float) -> tuple[int, int]:
 async def test_leaving_a_stream_before_its_usage_is_charged_an_estimate(
         keyed: RunningMesh) -> None:
     key = _new_key(keyed)
-    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    sdk = _sdk(keyed, key)
     stream = await sdk.chat.completions.create(
         model="leave", stream=True, messages=[{"role": "user", "content": PROMPT}])
     text = ""
@@ -154,7 +158,7 @@ async def test_leaving_a_grpc_stream_before_its_usage_is_charged_too(keyed: Runn
 async def test_a_stream_whose_upstream_reports_no_usage_is_charged_an_estimate(
         keyed: RunningMesh) -> None:
     key = _new_key(keyed)
-    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    sdk = _sdk(keyed, key)
     stream = await sdk.chat.completions.create(
         model="silent", stream=True, messages=[{"role": "user", "content": PROMPT}])
     assert "".join([c.choices[0].delta.content or "" async for c in stream
@@ -165,7 +169,7 @@ async def test_a_stream_whose_upstream_reports_no_usage_is_charged_an_estimate(
 
 async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: RunningMesh) -> None:
     key = _new_key(keyed)
-    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    sdk = _sdk(keyed, key)
     stream = await sdk.chat.completions.create(
         model="whole", stream=True, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": PROMPT}])
@@ -178,7 +182,7 @@ async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: Runni
 
 async def test_an_answer_without_usage_is_charged_an_estimate(keyed: RunningMesh) -> None:
     key = _new_key(keyed)
-    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    sdk = _sdk(keyed, key)
     reply = await sdk.chat.completions.create(
         model="silent", messages=[{"role": "user", "content": PROMPT}])
     await sdk.close()
@@ -191,7 +195,7 @@ async def test_an_agent_run_charges_its_model_calls_to_the_callers_key(
     """The upstream answers at once (3 prompt and 2 completion tokens): a one-turn run
     through the door costs the caller that; it cost nothing before."""
     key = _new_key(keyed)
-    sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0)
+    sdk = _sdk(keyed, key)
     reply = await sdk.chat.completions.create(
         model="agent/whole", messages=[{"role": "user", "content": PROMPT}])
     await sdk.close()
