@@ -23,6 +23,7 @@ from ._http import (
     transport_error,
 )
 from ._provider import ProviderCall, text_of, without_secret
+from ._usage import count
 from .errors import InvalidRequest, UpstreamError
 
 __all__ = ["AnthropicProvider", "to_anthropic"]
@@ -212,11 +213,14 @@ def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, An
         messages.append({"role": role, "content": blocks})
 
 
-def _usage(usage: dict[str, Any]) -> dict[str, int]:
-    prompt = int(usage.get("input_tokens") or 0) + int(
-        usage.get("cache_read_input_tokens") or 0) + int(
-        usage.get("cache_creation_input_tokens") or 0)
-    completion = int(usage.get("output_tokens") or 0)
+def _usage(usage: dict[str, Any]) -> dict[str, Any] | None:
+    """Anthropic's usage as OpenAI's; None when a count is not one (see `_usage.count`)."""
+    parts = [count(usage.get(k)) for k in ("input_tokens", "cache_read_input_tokens",
+                                           "cache_creation_input_tokens", "output_tokens")]
+    if any(p is None for p in parts):
+        return None
+    *inputs, completion = (p or 0 for p in parts)
+    prompt = sum(inputs)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
@@ -283,5 +287,6 @@ class _StreamState:
             reason = (p.get("delta") or {}).get("stop_reason")
             return [self._chunk({}, _FINISH.get(str(reason), "stop"))] if reason else []
         if kind == "message_stop":
-            return [{**self.base, "choices": [], "usage": _usage(self.usage)}]
+            usage = _usage(self.usage)
+            return [] if usage is None else [{**self.base, "choices": [], "usage": usage}]
         return []  # ping, content_block_stop, thinking deltas

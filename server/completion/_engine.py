@@ -20,6 +20,7 @@ from ._retry import RetryHooks, backoff_delay, is_retryable
 from ._router import DeploymentState, Group, Router
 from ._settings import CompletionSettings
 from ._types import CacheStats, Completed, Routing, StreamChunk, StreamEnd, StreamEvent
+from ._usage import clean_usage
 from .errors import (
     AuthenticationError,
     CompletionError,
@@ -163,7 +164,7 @@ class CompletionEngine:
                 while item is not None:
                     chunk = item
                     if chunk.get("usage") is not None and not chunk.get("choices"):
-                        usage = chunk["usage"]
+                        usage = clean_usage(chunk["usage"], state.settings.id)
                     else:
                         if keep is not None:
                             keep.append(chunk)
@@ -305,6 +306,8 @@ class CompletionEngine:
             raise UpstreamTimeout(f"{call.deployment.id} did not answer within "
                                   f"{call.timeout_s:g}s") from None
         latency = self._clock() - started
+        if "usage" in response:
+            response["usage"] = clean_usage(response["usage"], call.deployment.id)
         tokens = int((response.get("usage") or {}).get("total_tokens") or 0)
         self._router.succeeded(state, latency, tokens)
         if self._hooks.on_success is not None:

@@ -87,7 +87,7 @@ def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
         "model_list": [{"model_name": name, "litellm_params": {
             "model": f"openai/{name}", "api_base": f"{upstream.url}/v1", "api_key": "x",
             "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}
-            for name in ("leave", "silent", "whole", "echo")],
+            for name in ("leave", "silent", "whole", "echo", "odd")],
         "general_settings": {"master_key": MASTER}}))
     running = start_mesh(mesh_settings(tmp_path, config_path=config,
                                        services=("completion", "agent")))
@@ -231,3 +231,71 @@ async def test_an_agent_run_past_the_keys_model_list_is_refused(keyed: RunningMe
     assert "may not call model 'whole'" in final.error, final
     # The allowed model's turn was charged; the refused one was never called.
     assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 2)
+
+
+def _answer_with_usage(usage: Any) -> Any:
+    """An upstream whose answer (or stream's last chunk) reports `usage` as given."""
+    async def act(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                  w: asyncio.StreamWriter) -> bool:
+        if req.get("stream"):
+            chunks = openai_chunks(req, ANSWER)
+            last = {**json.loads(chunks[-1]), "usage": usage}
+            sse_head(w)
+            for data in [*chunks[:-1], json.dumps(last), "[DONE]"]:
+                sse_event(w, data)
+            w.write(b"0\r\n\r\n")
+            return True
+        answer = openai_reply(req, ANSWER)
+        answer["usage"] = usage
+        send_json(w, 200, answer)
+        return True
+    return act
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": -5000, "completion_tokens": -5000, "total_tokens": -10000},
+    {"prompt_tokens": 1e30, "completion_tokens": 1},
+    {"prompt_tokens": 10**23, "completion_tokens": 1},
+    {"prompt_tokens": 2.5, "completion_tokens": 1},
+    "lots",
+    [3, 6],
+])
+async def test_a_usage_that_is_not_one_neither_fails_the_call_nor_bends_the_bill(
+        keyed: RunningMesh, upstream: Upstream, usage: Any) -> None:
+    """An upstream's usage was converted as it came: a negative or huge count, or a
+    usage that is not an object, made an answered call INTERNAL (and a negative count
+    would have refilled a key's budget). Such a usage is now none: the answer comes
+    back, and the key pays the estimate."""
+    upstream.plan("odd", _answer_with_usage(usage))
+    key = _new_key(keyed)
+    sdk = _sdk(keyed, key)
+    reply = await sdk.chat.completions.create(
+        model="odd", messages=[{"role": "user", "content": PROMPT}])
+    await sdk.close()
+    assert reply.choices[0].message.content == ANSWER
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+
+
+async def test_a_streams_usage_that_is_not_one_is_none_too(keyed: RunningMesh,
+                                                            upstream: Upstream) -> None:
+    upstream.plan("odd", _answer_with_usage({"prompt_tokens": -9, "completion_tokens": 1}))
+    key = _new_key(keyed)
+    sdk = _sdk(keyed, key)
+    stream = await sdk.chat.completions.create(
+        model="odd", stream=True, messages=[{"role": "user", "content": PROMPT}])
+    assert "".join([c.choices[0].delta.content or "" async for c in stream
+                     if c.choices]) == ANSWER
+    await sdk.close()
+    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+
+
+async def test_a_usage_without_its_total_gets_the_sum(keyed: RunningMesh,
+                                                      upstream: Upstream) -> None:
+    upstream.plan("odd", _answer_with_usage({"prompt_tokens": "5", "completion_tokens": 2}))
+    sdk = _sdk(keyed, MASTER)
+    reply = await sdk.chat.completions.create(
+        model="odd", messages=[{"role": "user", "content": PROMPT}])
+    await sdk.close()
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens,
+            reply.usage.total_tokens) == (5, 2, 7)
