@@ -214,8 +214,12 @@ class OpenAIProvider:
                     raise UpstreamError(without_secret(
                         f"{call.deployment.id}: in-band error: "
                         f"{err.get('message', chunk['error'])}", call.deployment))
-                finished = finished or any(
-                    c.get("finish_reason") for c in chunk.get("choices") or ())
+                choices = chunk.get("choices") or ()
+                if not isinstance(choices, list) or not all(isinstance(c, dict)
+                                                            for c in choices):
+                    raise UpstreamError(f"{call.deployment.id}: a chunk's choices are not a "
+                                        "list of objects")
+                finished = finished or any(c.get("finish_reason") for c in choices)
                 yield chunk
             if not finished:
                 raise UpstreamError(f"{call.deployment.id}: the stream ended before it finished")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 
 from scillm.clients import openai_wire as wire
+from scillm.clients.errors import InvalidRequestError
 from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc
 
@@ -27,6 +28,8 @@ from . import CompletionEngine, Routing, StreamEnd, errors
 from ._estimate import answer_chars, chunk_chars, prompt_chars, tokens
 
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
+
+R = TypeVar("R")
 
 ERRORS: ErrorTable = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,6 +48,22 @@ _MAX_N = 128
 
 def _invalid(message: str, param: str) -> StatusError:
     return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
+
+
+#: What reading an upstream's reply into the contract raises on a reply of another shape.
+_MISSHAPEN = (InvalidRequestError, ValueError, TypeError, AttributeError, OverflowError)
+
+
+def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
+    """`convert(reply)`, an upstream's reply in the contract's terms; UpstreamError (502)
+    when the reply does not fit OpenAI's shape. Before, a reply with `"created":
+    "yesterday"`, a `null` choice or a logprob of "high" was an INTERNAL error, and one
+    whose message content was a number read as the caller's invalid request (400)."""
+    try:
+        return convert(reply)
+    except _MISSHAPEN as exc:
+        raise errors.UpstreamError(f"the upstream's reply for {model!r} does not fit OpenAI's "
+                                   f"shape: {exc}") from None
 
 
 def validate_request(req: pb.CompletionRequest) -> None:
@@ -127,7 +146,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         started = time.perf_counter()
         body = wire.request_from_proto(request)
         done = await self._engine.complete(body)
-        response = wire.response_to_proto(done.response)
+        response = _read_reply(wire.response_to_proto, done.response, request.model)
         if not (response.usage.prompt_tokens or response.usage.completion_tokens) and \
                 usage_estimate_wanted():  # an upstream reporting no usage (see _estimate)
             report_usage_estimate(tokens(prompt_chars(body)),
@@ -177,7 +196,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                         await asyncio.shield(self._store.put(end.manifest, request, end))
                     yield pb.CompletionStreamResponse(end=end)
                     return
-                chunk = wire.chunk_to_proto(event.chunk)
+                chunk = _read_reply(wire.chunk_to_proto, event.chunk, inner.model)
                 last_id = chunk.id
                 if estimating:
                     streamed += chunk_chars(event.chunk)

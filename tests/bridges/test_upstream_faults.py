@@ -87,6 +87,8 @@ class FaultyUpstream:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-encoding: gzip\r\ncontent-length: "
                              + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            elif model.startswith("misshapen-"):  # a chat.completion of another shape
+                writer.write(_misshapen(model.removeprefix("misshapen-"), body))
             elif model == "dropping":
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
                 chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1,
@@ -103,6 +105,35 @@ class FaultyUpstream:
             pass
         finally:
             writer.close()
+
+
+#: Replies that look like OpenAI's but are not: (field, value) set in a well-formed one.
+_MISSHAPEN = {
+    "created": ("created", "yesterday"), "index": ("index", "a"),
+    "choice": ("choices", [None]), "content": ("content", 5),
+    "logprob": ("logprobs", {"content": [{"token": "a", "logprob": "high"}]}),
+}
+
+
+def _misshapen(kind: str, request: dict[str, object]) -> bytes:
+    field, value = _MISSHAPEN[kind]
+    choice: dict[str, object] = {"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "ok"}}
+    reply: dict[str, object] = {"id": "m", "object": "chat.completion", "created": 1,
+                                "model": "m", "choices": [choice]}
+    if request.get("stream"):  # the same, as a stream's one chunk
+        choice["delta"] = choice.pop("message")
+        reply["object"] = "chat.completion.chunk"
+    target = choice["message" if "message" in choice else "delta"] if field == "content" \
+        else reply if field in ("created", "choices") else choice
+    target[field] = value  # type: ignore[index]
+    data = json.dumps(reply).encode()
+    if request.get("stream"):
+        event = b"data: " + data + b"\n\n" + b"data: [DONE]\n\n"
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+                + str(len(event)).encode() + b"\r\n\r\n" + event)
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(data)).encode() + b"\r\n\r\n" + data)
 
 
 #: Upstreams that send (or compress) a great deal: a busy machine may take seconds over it.
@@ -140,6 +171,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory,
                        entry("endless", base), entry("endless-event", base),
                        entry("bomb", base),
                        entry("dropping", base), entry("silent", base),
+                       *(entry(f"misshapen-{kind}", base) for kind in _MISSHAPEN),
                        entry("unreachable", f"http://127.0.0.1:{_closed_port()}/v1"),
                        {"model_name": "keyless", "litellm_params": {
                            "model": "openai/keyless", "api_base": base,
@@ -286,6 +318,29 @@ def test_stream_dropped_midway_ends_with_an_in_band_error(faulty: RunningMesh) -
                                          messages=[{"role": "user", "content": "hi"}]))
 
 
+
+
+@pytest.mark.parametrize("kind", list(_MISSHAPEN))
+def test_a_reply_of_another_shape_is_a_bad_gateway(faulty: RunningMesh, kind: str) -> None:
+    """An upstream's chat.completion with `"created": "yesterday"`, a null choice, a
+    logprob of "high" or a number for content was an INTERNAL error, or read as the
+    caller's invalid request (400): it is the upstream's fault, a 502, unary or in-band."""
+    reply = _post(faulty, f"misshapen-{kind}")
+    assert reply.status_code == 502, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "upstream_error" and "does not fit OpenAI's shape" in \
+        error["message"], error
+    with httpx.stream("POST", f"{faulty.http_url}/v1/chat/completions", timeout=60, json={
+            "model": f"misshapen-{kind}", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        lines = [line for line in resp.iter_lines() if line]
+    if resp.status_code == 200:  # the stream had started: the error comes in-band
+        assert lines[-1] == "data: [DONE]"
+        error = json.loads(lines[-2][6:])["error"]
+    else:  # refused before the first event (the provider saw the chunk's shape)
+        assert resp.status_code == 502, lines
+        error = json.loads("".join(lines))["error"]
+    assert error["type"] == "upstream_error", error
 
 
 @pytest.mark.parametrize("model", ["endless", "bomb"])
