@@ -76,7 +76,10 @@ class AnthropicProvider:
             raise UpstreamError(f"{call.deployment.id}: invalid JSON in the reply") from None
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise UpstreamError(f"{call.deployment.id}: the reply is not an Anthropic message")
-        return from_anthropic(data)
+        try:
+            return from_anthropic(data)
+        except _MISSHAPEN as exc:
+            raise _misshapen(call, exc) from None
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
         client, request = self._build(call, stream=True)
@@ -93,6 +96,8 @@ class AnthropicProvider:
                     payload = json.loads(data)
                 except ValueError:
                     raise UpstreamError(f"{call.deployment.id}: malformed SSE data") from None
+                if not isinstance(payload, dict):
+                    raise UpstreamError(f"{call.deployment.id}: SSE data is not an object")
                 kind = event or str(payload.get("type", ""))
                 if kind == "error":
                     err = payload.get("error") or {}
@@ -100,7 +105,11 @@ class AnthropicProvider:
                     raise UpstreamError(without_secret(
                         f"{call.deployment.id}: {err.get('message', err)}", call.deployment),
                         status=status)
-                for chunk in state.feed(kind, payload):
+                try:
+                    chunks = state.feed(kind, payload)
+                except _MISSHAPEN as exc:
+                    raise _misshapen(call, exc) from None
+                for chunk in chunks:
                     yield chunk
                 if kind == "message_stop":
                     return
@@ -223,6 +232,15 @@ def _usage(usage: dict[str, Any]) -> dict[str, Any] | None:
     prompt = sum(inputs)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
+
+
+#: What reading a reply of another shape than Anthropic's raises.
+_MISSHAPEN = (TypeError, AttributeError, ValueError, KeyError)
+
+
+def _misshapen(call: ProviderCall, exc: Exception) -> UpstreamError:
+    return UpstreamError(f"{call.deployment.id}: the reply does not fit Anthropic's shape: "
+                         f"{type(exc).__name__}: {exc}")
 
 
 def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from completion_upstream import EngineFactory, Upstream, anthropic, status
+import pytest
+from completion_upstream import (
+    EngineFactory,
+    Upstream,
+    anthropic,
+    send_json,
+    sse_event,
+    sse_head,
+    status,
+)
 
-from scillm.server.completion import ContextWindowExceeded, StreamChunk, StreamEnd
+from scillm.server.completion import ContextWindowExceeded, StreamChunk, StreamEnd, UpstreamError
+
+MSG = [{"role": "user", "content": "hello"}]
 
 
 def config(up: Upstream) -> dict[str, Any]:
@@ -81,3 +92,34 @@ async def test_prompt_too_long(upstream: Upstream, make_engine: EngineFactory) -
         assert exc.status == 400
     else:
         raise AssertionError("expected ContextWindowExceeded")
+
+
+def _message_of_another_shape(kind: str) -> Any:
+    """An Anthropic upstream whose message (or stream event) is not of Anthropic's shape."""
+    async def act(up: Upstream, req: dict[str, Any], r: Any, w: Any) -> bool:
+        if not req.get("stream"):
+            content: Any = [None] if kind == "block" else [{"type": "text", "text": 5}]
+            send_json(w, 200, {"id": "m", "type": "message", "role": "assistant",
+                               "model": "claude-x", "content": content,
+                               "usage": {"input_tokens": 1, "output_tokens": 1}})
+            return True
+        sse_head(w)
+        sse_event(w, json.dumps(["not", "an", "event"]) if kind == "block" else
+                  json.dumps({"type": "message_start", "message": "m"}), "message_start")
+        w.write(b"0\r\n\r\n")
+        return True
+    return act
+
+
+@pytest.mark.parametrize("kind", ["block", "field"])
+async def test_a_reply_of_another_shape_is_an_upstream_error(
+        upstream: Upstream, make_engine: EngineFactory, kind: str) -> None:
+    """A null content block or a message that is a string raised AttributeError or
+    TypeError inside the provider: an INTERNAL error. It is the upstream's fault."""
+    upstream.plan("claude-x", _message_of_another_shape(kind))
+    engine = await make_engine(config(upstream))
+    with pytest.raises(UpstreamError, match=r"shape|not an object"):
+        await engine.complete({"model": "claude", "max_tokens": 5, "messages": MSG})
+    with pytest.raises(UpstreamError, match=r"shape|not an object"):
+        [e async for e in engine.stream({"model": "claude", "max_tokens": 5,
+                                         "messages": MSG})]
