@@ -19,7 +19,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from ..redis_outage import Outage, client_options, unreachable
 from ._settings import CacheSettings
@@ -179,28 +179,51 @@ def _entry(raw: bytes) -> tuple[float, dict[str, Any]] | None:
     return (float(at) if isinstance(at, int | float) else 0.0), entry["value"]
 
 
+#: The largest choice or tool-call index `assemble` believes, plus one (n is at most 128).
+_MAX_INDEX = 128
+
+
+def _index(value: Any) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value < _MAX_INDEX
+
+
 def assemble(chunks: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
-    """Fold streamed chunks into one `chat.completion` (content, tool calls, finish)."""
+    """Fold streamed chunks into one `chat.completion` (content, tool calls, finish).
+
+    The chunks are the upstream's: a part of another shape is passed over, and an index
+    is believed only below `_MAX_INDEX` (a tool call "at index 10**9" would otherwise grow
+    a list to it)."""
     choices: dict[int, dict[str, Any]] = {}
     first = chunks[0] if chunks else {}
     for chunk in chunks:
         for c in chunk.get("choices") or ():
-            slot = choices.setdefault(c.get("index", 0), {
-                "index": c.get("index", 0), "finish_reason": None, "logprobs": None,
+            index = c.get("index", 0) if isinstance(c, dict) else None
+            if not _index(index):
+                continue
+            slot = choices.setdefault(index, {
+                "index": index, "finish_reason": None, "logprobs": None,
                 "message": {"role": "assistant", "content": None}})
-            delta, message = c.get("delta") or {}, slot["message"]
-            if delta.get("content") is not None:
+            delta, message = c.get("delta"), slot["message"]
+            if not isinstance(delta, dict):
+                delta = {}
+            if isinstance(delta.get("content"), str):
                 message["content"] = (message["content"] or "") + delta["content"]
-            for call in delta.get("tool_calls") or ():
+            calls_in = delta.get("tool_calls")
+            for call in calls_in if isinstance(calls_in, list) else ():
                 calls = message.setdefault("tool_calls", [])
-                i = call.get("index", len(calls))
+                i = call.get("index", len(calls)) if isinstance(call, dict) else None
+                if not _index(i):
+                    continue
                 while len(calls) <= i:
                     calls.append({"id": "", "type": "function",
                                   "function": {"name": "", "arguments": ""}})
-                target, fn = calls[i], call.get("function") or {}
-                target["id"] = call.get("id") or target["id"]
-                target["function"]["name"] += fn.get("name") or ""
-                target["function"]["arguments"] += fn.get("arguments") or ""
+                target, fn = calls[i], call.get("function")
+                fn = fn if isinstance(fn, dict) else {}
+                target["id"] = call.get("id") if isinstance(call.get("id"), str) and \
+                    call.get("id") else target["id"]
+                for part in ("name", "arguments"):
+                    if isinstance(fn.get(part), str):
+                        target["function"][part] += fn[part]
             if c.get("finish_reason"):
                 slot["finish_reason"] = c["finish_reason"]
     return {"id": first.get("id", ""), "object": "chat.completion",

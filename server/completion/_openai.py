@@ -214,7 +214,7 @@ class OpenAIProvider:
                     raise UpstreamError(without_secret(
                         f"{call.deployment.id}: in-band error: "
                         f"{err.get('message', chunk['error'])}", call.deployment))
-                choices = chunk.get("choices") or ()
+                choices = chunk.get("choices") or []
                 if not isinstance(choices, list) or not all(isinstance(c, dict)
                                                             for c in choices):
                     raise UpstreamError(f"{call.deployment.id}: a chunk's choices are not a "

@@ -61,8 +61,11 @@ def json_validity(response: dict[str, Any], fmt: Any) -> bool | None:
     choices = response.get("choices") or ()
     if not choices:
         return False
-    for choice in choices:
-        content = (choice.get("message") or {}).get("content")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:  # a reply of another shape is no valid JSON (nor a crash)
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
         try:
             value = json.loads(content) if isinstance(content, str) else None
         except ValueError:

@@ -255,3 +255,31 @@ async def test_through_the_openai_door(tmp_path: Path, upstream: Upstream) -> No
     finally:
         for mesh in meshes:
             mesh.stop()
+
+
+def test_assemble_passes_over_parts_of_another_shape() -> None:
+    """Chunks are the upstream's: a tool call "at index 10**9" grew a list to a billion
+    entries, and a content that is a number raised TypeError (an INTERNAL error)."""
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": 5, "tool_calls": [
+            {"index": 10**9, "function": {"name": "f"}}, {"index": "a"}, None,
+            {"index": 0, "id": "t", "function": {"name": "g", "arguments": 7}}]}}]},
+        {**base, "choices": [None, {"index": 10**9}, {"index": 0, "delta": "x",
+                                                      "finish_reason": "stop"}]},
+    ]
+    whole = assemble(chunks, None)
+    (choice,) = whole["choices"]
+    assert choice["message"]["content"] == "ok" and choice["finish_reason"] == "stop"
+    assert choice["message"]["tool_calls"] == [
+        {"id": "t", "type": "function", "function": {"name": "g", "arguments": ""}}]
+
+
+def test_json_validity_of_a_reply_of_another_shape_is_false() -> None:
+    from scillm.server.completion._output import json_validity
+
+    fmt = {"type": "json_object"}
+    for reply in ({"choices": [None]}, {"choices": [{"message": "x"}]}, {"choices": "x"}):
+        assert json_validity(reply, fmt) is False
+    assert json_validity({"choices": [{"message": {"content": "{}"}}]}, fmt) is True
