@@ -280,6 +280,6 @@ def test_json_validity_of_a_reply_of_another_shape_is_false() -> None:
     from scillm.server.completion._output import json_validity
 
     fmt = {"type": "json_object"}
-    for reply in ({"choices": [None]}, {"choices": [{"message": "x"}]}, {"choices": "x"}):
-        assert json_validity(reply, fmt) is False
+    for answer in ({"choices": [None]}, {"choices": [{"message": "x"}]}, {"choices": "x"}):
+        assert json_validity(answer, fmt) is False
     assert json_validity({"choices": [{"message": {"content": "{}"}}]}, fmt) is True
