@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -59,11 +60,17 @@ def generate_request(body: Mapping[str, Any]) -> pb.GenerateKeyRequest:
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, Mapping):
         raise InvalidRequestError("'metadata' must be an object", param="metadata")
+    alias = body.get("key_alias")
+    if alias is not None and not isinstance(alias, str):
+        raise InvalidRequestError("'key_alias' must be a string", param="key_alias")
     req = pb.GenerateKeyRequest(
-        key_alias=str(body.get("key_alias") or ""), models=models,
+        key_alias=alias or "", models=models,
         max_budget=_number(body, "max_budget"), rpm_limit=int(_number(body, "rpm_limit")),
         tpm_limit=int(_number(body, "tpm_limit")),
-        metadata={str(k): str(v) for k, v in metadata.items()})
+        # The proto's metadata holds text: a value that is not a string is kept as its
+        # JSON (it was Python's repr: {'b': 1}).
+        metadata={str(k): v if isinstance(v, str) else json.dumps(v)
+                  for k, v in metadata.items()})
     seconds = parse_duration(body.get("duration"))
     if seconds is not None:
         req.duration.FromNanoseconds(int(seconds * 1e9))

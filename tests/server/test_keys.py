@@ -164,7 +164,7 @@ def test_other_doors_need_a_key_too(keyed: RunningMesh) -> None:
 
 def test_bad_generate_bodies(keyed: RunningMesh) -> None:
     for body, param in (({"duration": "soon"}, "duration"), ({"rpm_limit": -1}, "rpm_limit"),
-                        ({"models": "all"}, "models")):
+                        ({"models": "all"}, "models"), ({"key_alias": 5}, "key_alias")):
         resp = httpx.post(f"{keyed.http_url}/key/generate", json=body, timeout=30,
                           headers={"authorization": f"Bearer {MASTER}"})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param
@@ -282,3 +282,10 @@ def test_a_key_limited_to_some_models_lists_only_those(keyed: RunningMesh) -> No
 
     assert listed(key) == ["echo/x", "priced"]
     assert listed(MASTER) == ["priced", "echo/*"]
+
+
+def test_metadata_values_that_are_not_text_are_kept_as_json(keyed: RunningMesh) -> None:
+    """LiteLLM's metadata holds any JSON; the key's holds text: a nested value was kept as
+    Python's repr ("{'b': 1}"), now as its JSON."""
+    made = _generate(keyed, metadata={"team": "a", "limits": {"b": 1}, "tags": ["x"]})
+    assert made["metadata"] == {"team": "a", "limits": '{"b": 1}', "tags": '["x"]'}
