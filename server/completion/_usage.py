@@ -39,6 +39,23 @@ def count(value: Any) -> int | None:
     return int(value) if 0 <= value <= MAX_COUNT else None
 
 
+def _well_formed(raw: Mapping[str, Any]) -> bool:
+    """Counts that are ints in range, a total of at least their sum, details of the form."""
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    total = raw.get("total_tokens")
+    if not (type(prompt) is int and type(completion) is int and type(total) is int
+            and 0 <= prompt <= MAX_COUNT and 0 <= completion <= MAX_COUNT
+            and prompt + completion <= total <= MAX_COUNT):
+        return False
+    for key, field in _DETAILS:
+        details = raw.get(key)
+        if details is not None and not (isinstance(details, dict) and (
+                (value := details.get(field)) is None
+                or (type(value) is int and 0 <= value <= MAX_COUNT))):
+            return False
+    return True
+
+
 def clean_usage(raw: Any, where: str) -> dict[str, Any] | None:
     """An OpenAI usage object as the mesh counts it (see the module), or None."""
     if raw is None:
@@ -47,6 +64,8 @@ def clean_usage(raw: Any, where: str) -> dict[str, Any] | None:
         log.warning("%s reported a usage that is not an object (%.80r): counted as none",
                     where, raw)
         return None
+    if _well_formed(raw):  # the common case, on the hot path: nothing to copy
+        return dict(raw) if not isinstance(raw, dict) else raw
     prompt, completion = count(raw.get("prompt_tokens")), count(raw.get("completion_tokens"))
     if prompt is None or completion is None:
         log.warning("%s reported token counts that are not counts (%.80r, %.80r): the usage "
