@@ -241,6 +241,9 @@ def _mcts(req: pb.CodeWorldRunRequest, body: Mapping[str, Any], args: Mapping[st
 
 def request_from_envelope(body: Mapping[str, Any]) -> pb.CodeWorldRunRequest:
     """A CodeWorldRunRequest from the seed's envelope (see the module docstring)."""
+    if not isinstance(body, Mapping):  # a spec file may hold any JSON (`scillm codeworld`)
+        raise InvalidRequestError("the envelope must be a JSON object, not "
+                                  f"{type(body).__name__}")
     model = str(body.get("model") or "codeworld")
     args = _dict(_dict(body.get("provider"), "provider").get("args"), "provider.args")
     options = _dict(body.get("options"), "options")

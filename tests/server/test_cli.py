@@ -87,6 +87,10 @@ def test_codeworld_run_with_a_bad_spec(tmp_path: Path) -> None:
     assert out.returncode == 2 and "items" in out.stderr
     missing = _run("codeworld", "run", str(tmp_path / "absent.json"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+    spec.write_text("[1, 2]")  # any JSON but an object was a traceback
+    listed = _run("codeworld", "run", str(spec))
+    assert listed.returncode == 2 and "must be a JSON object" in listed.stderr
+    assert "Traceback" not in listed.stderr
 
 
 def test_runs_list_show_and_replay(tmp_path: Path, mesh: RunningMesh) -> None:
