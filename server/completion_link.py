@@ -12,8 +12,8 @@ from typing import Any
 
 from scillm.clients import ScillmClient, TlsConfig, openai_wire
 
+from .charges import admit_model_call, charge_model_call
 from .completion import estimated_usage
-from .interceptors import admit_model_call, charge_model_call
 
 __all__ = ["CompletionLink"]
 

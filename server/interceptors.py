@@ -2,7 +2,8 @@
 
     1. OpenTelemetry (opentelemetry-instrumentation-grpc), only when OTEL_* is configured
     2. CallContext: request id (accepted from `x-request-id` or created, sent back in the
-       initial metadata), keys (authorization metadata checked, token usage accounted),
+       initial metadata), keys (authorization metadata checked, token usage accounted; a
+       virtual key's caller kept for the call in `charges`),
        a default deadline for calls that carry none, metrics, and error mapping
        (domain errors -> canonical status codes with google.rpc.Status details)
 """
@@ -22,22 +23,21 @@ import grpc
 
 from scillm.clients.ids import new_id
 
+from . import charges
 from .deadline import Deadline
 from .errors import BASE_TABLE, ErrorTable, StatusError, status_for, to_status
 from .keys import Authenticator, Principal, token_from_metadata
 from .metrics import Metrics, RpcMetrics
 from .settings import Settings
 
-__all__ = ["CallContext", "admit_model_call", "build_interceptors", "caller_models",
-           "charge_model_call", "current_request_id", "report_usage_estimate",
-           "usage_estimate_wanted"]
+__all__ = ["CallContext", "build_interceptors", "current_request_id"]
 
 log = logging.getLogger("scillm.server")
 
 #: RPCs that need no key: health checks and reflection.
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 #: RPCs whose usage a key pays: Completion's. The model calls other services make for a
-#: caller are charged one by one (`charge_model_call`), so their replies are not.
+#: caller are charged one by one (`charges.charge_model_call`), so their replies are not.
 _CHARGED = "/scillm.completion."
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scillm_request_id",
@@ -47,70 +47,6 @@ _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scillm_reques
 def current_request_id() -> str:
     """The request id of the call being served (empty outside a call)."""
     return _request_id.get()
-
-
-class _Caller:
-    """The virtual key a call is served for (none for the master key or with keys off):
-    what its handler estimates the call has used so far, and what the model calls a service
-    makes on its behalf are admitted by and charged to."""
-
-    __slots__ = ("auth", "completion_tokens", "principal", "prompt_tokens")
-
-    def __init__(self, auth: Authenticator, principal: Principal) -> None:
-        self.auth = auth
-        self.principal = principal
-        self.prompt_tokens = self.completion_tokens = 0
-
-
-_caller: contextvars.ContextVar[_Caller | None] = contextvars.ContextVar(
-    "scillm_caller", default=None)
-
-
-def usage_estimate_wanted() -> bool:
-    """Whether the call being served is charged to a virtual key (so an estimate of its
-    tokens is worth keeping: `report_usage_estimate`)."""
-    return _caller.get() is not None
-
-
-def report_usage_estimate(prompt_tokens: int, completion_tokens: int) -> None:
-    """A handler's (running) estimate of the tokens its call has used.
-
-    A key is charged the usage a call ends with. A caller who leaves a stream before its
-    last message (after the text, before the usage) paid nothing, nor did any call whose
-    upstream reports no usage; such a call is charged this estimate instead."""
-    caller = _caller.get()
-    if caller is not None:
-        caller.prompt_tokens = prompt_tokens
-        caller.completion_tokens = completion_tokens
-
-
-def caller_models() -> tuple[str, ...] | None:
-    """The models the served caller's key is limited to; None when it is not (the master
-    key, keys off, or a key for every model)."""
-    caller = _caller.get()
-    record = caller.principal.record if caller is not None else None
-    return tuple(record.models) if record is not None and record.models else None
-
-
-async def admit_model_call(model: str) -> None:
-    """Raise unless the caller being served may have a service call `model` for it now
-    (see `Authenticator.admit_model_call`); nothing to check for the master key."""
-    caller = _caller.get()
-    if caller is not None:
-        await caller.auth.admit_model_call(caller.principal, model)
-
-
-async def charge_model_call(model: str, prompt_tokens: int, completion_tokens: int) -> None:
-    """Charge a model call a service made on the served caller's behalf to the caller's key.
-
-    Services reach Completion with the mesh's own key (`CompletionLink`), which pays
-    nothing; before, an agent run, a formalize loop or an MCTS search spent tokens that no
-    virtual key paid for."""
-    caller = _caller.get()
-    if caller is not None and (prompt_tokens or completion_tokens):
-        # Shielded: tokens spent upstream are counted even if the caller leaves now.
-        await asyncio.shield(caller.auth.account(caller.principal, model, prompt_tokens,
-                                                 completion_tokens))
 
 
 def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -236,7 +172,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap_unary(self, behavior: Callable[..., Any], default_timeout: float | None = None,
                     *, method: str = "", full: str = "") -> Callable[..., Any]:
         limit = self._unary_timeout if default_timeout is None else default_timeout
-        charges = full.startswith(_CHARGED)
+        charged = full.startswith(_CHARGED)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             reply: Any = None
@@ -248,7 +184,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     # Always set, None too: an in-process call runs in its caller's context,
                     # and a call with the master key must not charge the key outside it.
                     held = self._caller(principal)
-                    token = _caller.set(held)
+                    token = charges.current.set(held)
                 try:
                     timeout = self._timeout(context, limit)
                     if timeout is None:
@@ -259,8 +195,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     if token is not None:
                         with contextlib.suppress(ValueError):  # exited in another context
-                            _caller.reset(token)
-                if held is not None and charges and \
+                            charges.current.reset(token)
+                if held is not None and charged and \
                         not await self._account(held.principal, request, reply):
                     await self._charge_estimate(held, request)
             return reply
@@ -268,7 +204,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]],
                      method: str = "", full: str = "") -> Callable[..., Any]:
-        charges = full.startswith(_CHARGED)
+        charged = full.startswith(_CHARGED)
 
         async def stream(request: Any,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -284,30 +220,30 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 # Always set, None too: an in-process call runs in its caller's context,
                 # and a call with the master key must not charge the key outside it.
                 held = self._caller(principal)
-                token = _caller.set(held)
+                token = charges.current.set(held)
                 settled = False
                 try:
                     async with Deadline(self._timeout(context, self._stream_timeout)):
                         async for item in behavior(request, context):
-                            if held is not None and charges:
+                            if held is not None and charged:
                                 settled = await self._account(held.principal, request,
                                                               item) or settled
                             yield item
                 finally:
                     self._open_streams[key] -= 1
                     with contextlib.suppress(ValueError):  # exited in another context
-                        _caller.reset(token)
-                    if held is not None and charges and not settled:
+                        charges.current.reset(token)
+                    if held is not None and charged and not settled:
                         await self._charge_estimate(held, request)
         return stream
 
-    def _caller(self, principal: Principal | None) -> _Caller | None:
+    def _caller(self, principal: Principal | None) -> charges.Caller | None:
         """What a call charges: a virtual key's (None for the master key or keys off)."""
         if principal is None or principal.master or self._auth is None:
             return None
-        return _Caller(self._auth, principal)
+        return charges.Caller(self._auth, principal)
 
-    async def _charge_estimate(self, held: _Caller, request: Any) -> None:
+    async def _charge_estimate(self, held: charges.Caller, request: Any) -> None:
         """A call that ended without its usage (see `report_usage_estimate`)."""
         if not (held.prompt_tokens or held.completion_tokens):
             return

@@ -15,13 +15,9 @@ from scillm.clients.errors import InvalidRequestError
 from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc
 
+from ..charges import caller_models, report_usage_estimate, usage_estimate_wanted
 from ..errors import ErrorTable, StatusError
-from ..interceptors import (
-    caller_models,
-    current_request_id,
-    report_usage_estimate,
-    usage_estimate_wanted,
-)
+from ..interceptors import current_request_id
 from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
