@@ -3,11 +3,10 @@
 A virtual key is charged the usage a call ends with. A caller who leaves a stream after the
 text and before its last message, or an upstream that reports no usage, would leave the
 key charged nothing; the Completion servicer keeps this estimate as a stream goes (and
-makes it for an answer without usage: `interceptors.report_usage_estimate`), and the key
-is charged it instead. The rule is
-OpenAI's rule of thumb, a token per four characters: of the prompt's messages (text
-parts, tool call arguments), and of what was streamed (content, reasoning, refusal, tool
-call names and arguments).
+makes it for an answer without usage: `charges.report_usage_estimate`), and the key is
+charged it instead. The rule is OpenAI's rule of thumb, a token per four characters: of
+the prompt's messages (text parts, tool call arguments), and of the answer (content,
+reasoning, refusal, tool call names and arguments).
 """
 
 from __future__ import annotations
