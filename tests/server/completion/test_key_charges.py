@@ -120,6 +120,28 @@ def _sdk(mesh: RunningMesh, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key=key, max_retries=0)
 
 
+async def _whole_answer(mesh: RunningMesh, model: str) -> tuple[str, tuple[int, int]]:
+    """A new key asks `model` once: the answer, and the tokens the key was charged."""
+    key = _new_key(mesh)
+    sdk = _sdk(mesh, key)
+    reply = await sdk.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": PROMPT}])
+    await sdk.close()
+    text = reply.choices[0].message.content or ""
+    return text, _tokens(await _spend(mesh, key, at_least=PRICE_OUT))
+
+
+async def _whole_stream(mesh: RunningMesh, model: str) -> tuple[str, tuple[int, int]]:
+    """A new key streams `model` to its end: the text, and the tokens the key was charged."""
+    key = _new_key(mesh)
+    sdk = _sdk(mesh, key)
+    stream = await sdk.chat.completions.create(
+        model=model, stream=True, messages=[{"role": "user", "content": PROMPT}])
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    await sdk.close()
+    return text, _tokens(await _spend(mesh, key, at_least=PRICE_OUT))
+
+
 def _tokens(spend: float) -> tuple[int, int]:
     """(prompt, completion) tokens from a spend at PRICE_IN and PRICE_OUT."""
     completion = int(spend // PRICE_OUT)
@@ -157,14 +179,7 @@ async def test_leaving_a_grpc_stream_before_its_usage_is_charged_too(keyed: Runn
 
 async def test_a_stream_whose_upstream_reports_no_usage_is_charged_an_estimate(
         keyed: RunningMesh) -> None:
-    key = _new_key(keyed)
-    sdk = _sdk(keyed, key)
-    stream = await sdk.chat.completions.create(
-        model="silent", stream=True, messages=[{"role": "user", "content": PROMPT}])
-    assert "".join([c.choices[0].delta.content or "" async for c in stream
-                     if c.choices]) == ANSWER
-    await sdk.close()
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+    assert await _whole_stream(keyed, "silent") == (ANSWER, (3, 6))
 
 
 async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: RunningMesh) -> None:
@@ -181,13 +196,7 @@ async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: Runni
 
 
 async def test_an_answer_without_usage_is_charged_an_estimate(keyed: RunningMesh) -> None:
-    key = _new_key(keyed)
-    sdk = _sdk(keyed, key)
-    reply = await sdk.chat.completions.create(
-        model="silent", messages=[{"role": "user", "content": PROMPT}])
-    await sdk.close()
-    assert reply.choices[0].message.content == ANSWER
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+    assert await _whole_answer(keyed, "silent") == (ANSWER, (3, 6))
 
 
 async def test_an_agent_run_charges_its_model_calls_to_the_callers_key(
@@ -267,26 +276,13 @@ async def test_a_usage_that_is_not_one_neither_fails_the_call_nor_bends_the_bill
     would have refilled a key's budget). Such a usage is now none: the answer comes
     back, and the key pays the estimate."""
     upstream.plan("odd", _answer_with_usage(usage))
-    key = _new_key(keyed)
-    sdk = _sdk(keyed, key)
-    reply = await sdk.chat.completions.create(
-        model="odd", messages=[{"role": "user", "content": PROMPT}])
-    await sdk.close()
-    assert reply.choices[0].message.content == ANSWER
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+    assert await _whole_answer(keyed, "odd") == (ANSWER, (3, 6))
 
 
 async def test_a_streams_usage_that_is_not_one_is_none_too(keyed: RunningMesh,
                                                             upstream: Upstream) -> None:
     upstream.plan("odd", _answer_with_usage({"prompt_tokens": -9, "completion_tokens": 1}))
-    key = _new_key(keyed)
-    sdk = _sdk(keyed, key)
-    stream = await sdk.chat.completions.create(
-        model="odd", stream=True, messages=[{"role": "user", "content": PROMPT}])
-    assert "".join([c.choices[0].delta.content or "" async for c in stream
-                     if c.choices]) == ANSWER
-    await sdk.close()
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+    assert await _whole_stream(keyed, "odd") == (ANSWER, (3, 6))
 
 
 async def test_a_usage_without_its_total_gets_the_sum(keyed: RunningMesh,
