@@ -95,6 +95,14 @@ class Sidecar:
             headers["authorization"] = f"Bearer {key.value}"
         return headers
 
+    def _without_key(self, content: bytes) -> bytes:
+        """An error the forward base sent, with the forward key blanked out: some
+        OpenAI-compatible servers quote the key they were sent ("Incorrect API key
+        provided: sk-..."), and the error reaches the sidecar's caller."""
+        key = self.settings.forward_key
+        secret = key.value.encode() if key is not None and key.value else b""
+        return content.replace(secret, b"[redacted]") if secret else content
+
     async def healthz(self, request: Request) -> Response:
         s = self.settings
         out: dict[str, Any] = {"ok": True, "mode": s.mode, "max_concurrency": s.max_concurrency}
@@ -135,7 +143,8 @@ class Sidecar:
             return _error(UpstreamFailed(f"the forward base's /models failed: "
                                          f"{type(exc).__name__}: {exc}"))
         if upstream.status_code >= 400 or not isinstance(payload, dict):
-            return JSONResponse(payload, status_code=upstream.status_code)
+            return Response(self._without_key(upstream.content),
+                            status_code=upstream.status_code, media_type="application/json")
         for entry in payload.get("data") or ():
             if isinstance(entry, dict) and "capabilities" not in entry:
                 name = str(entry.get("id", "")).lower()
@@ -224,6 +233,8 @@ class Sidecar:
                                      f"{type(exc).__name__}: {exc}") from None
             finally:
                 await upstream.aclose()
+            if upstream.status_code >= 400:
+                content = self._without_key(content)
             return Response(content, status_code=upstream.status_code, media_type=media)
         return StreamingResponse(_relay(upstream), media_type=media, headers=_SSE_HEADERS)
 

@@ -494,3 +494,37 @@ def test_a_forward_base_answering_without_end_is_502_not_read_whole(codex: Path)
         listener.close()
     assert reply.status_code == 502, reply.text[:300]
     assert "over 67108864 bytes" in reply.json()["error"]["message"]
+
+
+def test_a_forward_bases_error_never_shows_the_forward_key(codex: Path) -> None:
+    """A forward base answering a bad key with "Incorrect API key provided: <the key>"
+    (some OpenAI-compatible servers quote it) reached the sidecar's caller verbatim."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def quote_the_key() -> None:
+        for _ in range(2):  # /chat/completions, then /models
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):
+                head = conn.recv(65536).decode(errors="replace")
+                sent = next((line.split(" ", 2)[-1] for line in head.split("\r\n")
+                             if line.lower().startswith("authorization:")), "none")
+                body = json.dumps({"error": {"message": f"Incorrect API key: {sent}"}})
+                conn.sendall(b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json"
+                             b"\r\nconnection: close\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body.encode())
+
+    thread = threading.Thread(target=quote_the_key, daemon=True)
+    thread.start()
+    sidecar = SidecarProcess(["--mode", "forward", "--forward-base",
+                              f"http://127.0.0.1:{port}/v1"], codex / "quote.out",
+                             env={"CODEX_FORWARD_TOKEN": "sk-forward-secret"}).wait_ready()
+    try:
+        chat = _ask(sidecar.url, "x")
+        models = httpx.get(f"{sidecar.url}/v1/models", timeout=30)
+    finally:
+        sidecar.stop()
+        listener.close()
+    for reply in (chat, models):
+        assert reply.status_code == 401, reply.text
+        assert "sk-forward-secret" not in reply.text and "[redacted]" in reply.text
