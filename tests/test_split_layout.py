@@ -278,3 +278,23 @@ def test_the_shim_is_ready_when_the_services_it_fronts_are(split: Split) -> None
         "scillm.agent.v1.AgentService": "SERVING"}
     models = split.sdk().models.list()
     assert [m.id for m in models.data] == ["up"]
+
+
+@pytest.mark.parametrize("given", ["caf\u00e9-1".encode(), b"a\tb", b"id-\xff"])
+def test_a_request_id_grpc_cannot_carry_is_replaced_not_a_500(split: Split,
+                                                              given: bytes) -> None:
+    """HTTP allows a tab or UTF-8 in a header value; gRPC metadata holds printable ASCII
+    only. The shim passed the caller's id on as it came, and every call of the split
+    layout with such an id was a 500. Now it gets a new id, sent back as always."""
+    reply = httpx.post(f"{split.shim.http_url}/v1/chat/completions", timeout=30,
+                       headers=[(b"authorization", f"Bearer {MASTER}".encode()),
+                                (b"x-request-id", given)],
+                       json={"model": "up", "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 200, reply.text
+    returned = reply.headers["x-request-id"]
+    assert returned.isascii() and returned.isprintable() and len(returned) == 32
+    kept = httpx.post(f"{split.shim.http_url}/v1/chat/completions", timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}",
+                               "x-request-id": "a plain id"},
+                      json={"model": "up", "messages": [{"role": "user", "content": "hi"}]})
+    assert kept.status_code == 200 and kept.headers["x-request-id"] == "a plain id"

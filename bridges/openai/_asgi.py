@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,13 +28,21 @@ log = logging.getLogger("scillm.bridges.openai")
 COMPLETIONS = ("/v1/chat/completions", "/chat/completions")
 
 
+#: What a gRPC metadata value may hold: printable ASCII (space included).
+_PRINTABLE = re.compile(rb"[\x20-\x7e]+")
+
+
 def request_id(scope: Scope) -> str:
     """The request's id, kept in `scope["state"]["request_id"]`: the caller's last
-    `x-request-id` (at most 128 characters), else a new one."""
+    `x-request-id` (at most 128 characters), else a new one.
+
+    The id travels on as gRPC metadata, which holds printable ASCII only: an id with any
+    other byte (HTTP allows a tab, or UTF-8's) made every call of a split deployment, whose
+    door dials its services over gRPC, a 500. Such an id is replaced by a new one."""
     found = ""
     for key, value in scope["headers"]:
         if key == b"x-request-id":
-            found = value.decode("latin-1")[:128]
+            found = value[:128].decode("latin-1") if _PRINTABLE.fullmatch(value[:128]) else ""
     if not found:
         found = new_id()
     scope.setdefault("state", {})["request_id"] = found
