@@ -298,3 +298,19 @@ def test_a_request_id_grpc_cannot_carry_is_replaced_not_a_500(split: Split,
                                "x-request-id": "a plain id"},
                       json={"model": "up", "messages": [{"role": "user", "content": "hi"}]})
     assert kept.status_code == 200 and kept.headers["x-request-id"] == "a plain id"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    (b"authorization", "Bearer caf\u00e9".encode()), (b"authorization", b"Bearer a\tb"),
+    (b"x-api-key", b"\xff\xfe")])
+def test_a_key_grpc_cannot_carry_is_a_401_not_a_500(split: Split, name: bytes,
+                                                    value: bytes) -> None:
+    """The shim passes the caller's key on as gRPC metadata: a key with a tab or UTF-8
+    failed the call with a 500 "internal error". No key anyone holds looks so: 401."""
+    for method, path, body in (("POST", "/v1/chat/completions", {
+            "model": "up", "messages": [{"role": "user", "content": "hi"}]}),
+            ("GET", "/v1/models", None)):
+        reply = httpx.request(method, f"{split.shim.http_url}{path}", timeout=30,
+                              headers=[(name, value)], json=body)
+        assert reply.status_code == 401, (path, reply.text)
+        assert reply.json()["error"]["type"] == "authentication_error"

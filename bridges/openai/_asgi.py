@@ -32,6 +32,12 @@ COMPLETIONS = ("/v1/chat/completions", "/chat/completions")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]+")
 
 
+def grpc_carries(value: bytes) -> bool:
+    """Whether a header's value can travel on as a gRPC metadata value (printable ASCII;
+    HTTP also allows a tab and bytes past 0x7f, on which a gRPC call fails)."""
+    return _PRINTABLE.fullmatch(value) is not None
+
+
 def request_id(scope: Scope) -> str:
     """The request's id, kept in `scope["state"]["request_id"]`: the caller's last
     `x-request-id` (at most 128 characters), else a new one.
@@ -42,7 +48,7 @@ def request_id(scope: Scope) -> str:
     found = ""
     for key, value in scope["headers"]:
         if key == b"x-request-id":
-            found = value[:128].decode("latin-1") if _PRINTABLE.fullmatch(value[:128]) else ""
+            found = value[:128].decode("latin-1") if grpc_carries(value[:128]) else ""
     if not found:
         found = new_id()
     scope.setdefault("state", {})["request_id"] = found

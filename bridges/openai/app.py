@@ -51,7 +51,7 @@ from scillm.completion.v1 import completion_pb2 as pb
 from ..seed import envelope
 from ..seed import keys as keys_seed
 from . import runs, seed_doors, sse
-from ._asgi import COMPLETIONS, CompletionsDoor
+from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries
 from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
 
@@ -79,10 +79,14 @@ def _scope_credentials(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, st
         if name in _KEY_HEADERS and name not in found:  # the first of each, as Starlette
             found[name] = value
     authorization = found.get(b"authorization")
-    if authorization:
-        return [("authorization", authorization.decode("latin-1"))]
     key = found.get(b"x-api-key") or found.get(b"api-key")
-    return [("authorization", f"Bearer {key.decode('latin-1')}")] if key else []
+    value = authorization or (b"Bearer " + key if key else b"")
+    if not value:
+        return []
+    # A value gRPC metadata cannot carry (a tab, UTF-8) failed the call with a 500 where the
+    # shim dials its services; it is no key anyone holds: the mesh answers 401.
+    return [("authorization", value.decode("latin-1") if grpc_carries(value)
+             else "Bearer not-a-key")]
 
 
 _KEY_HEADERS = frozenset((b"authorization", b"x-api-key", b"api-key"))
