@@ -302,11 +302,12 @@ def test_a_request_id_grpc_cannot_carry_is_replaced_not_a_500(split: Split,
 
 @pytest.mark.parametrize(("name", "value"), [
     (b"authorization", "Bearer caf\u00e9".encode()), (b"authorization", b"Bearer a\tb"),
-    (b"x-api-key", b"\xff\xfe")])
+    (b"x-api-key", b"\xff\xfe"), (b"authorization", b"Bearer sk-" + b"a" * 20_000)])
 def test_a_key_grpc_cannot_carry_is_a_401_not_a_500(split: Split, name: bytes,
                                                     value: bytes) -> None:
     """The shim passes the caller's key on as gRPC metadata: a key with a tab or UTF-8
-    failed the call with a 500 "internal error". No key anyone holds looks so: 401."""
+    failed the call with a 500 "internal error", and one of 20 KB with a 500 naming
+    HTTP/2's 431. No key anyone holds looks so: 401."""
     for method, path, body in (("POST", "/v1/chat/completions", {
             "model": "up", "messages": [{"role": "user", "content": "hi"}]}),
             ("GET", "/v1/models", None)):

@@ -83,13 +83,17 @@ def _scope_credentials(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, st
     value = authorization or (b"Bearer " + key if key else b"")
     if not value:
         return []
-    # A value gRPC metadata cannot carry (a tab, UTF-8) failed the call with a 500 where the
-    # shim dials its services; it is no key anyone holds: the mesh answers 401.
-    return [("authorization", value.decode("latin-1") if grpc_carries(value)
-             else "Bearer not-a-key")]
+    # A value gRPC metadata cannot carry (a tab, UTF-8, or past what a server takes: 20 KB
+    # came back as HTTP/2's 431) failed the call with a 500 where the shim dials its
+    # services; it is no key anyone holds: the mesh answers 401.
+    return [("authorization", value.decode("latin-1")
+             if len(value) <= _MAX_KEY_BYTES and grpc_carries(value) else "Bearer not-a-key")]
 
 
 _KEY_HEADERS = frozenset((b"authorization", b"x-api-key", b"api-key"))
+#: The longest Authorization passed on (a key is some 50 bytes; gRPC servers take 8-16 KiB
+#: of metadata in all).
+_MAX_KEY_BYTES = 4096
 
 
 async def _sse(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
