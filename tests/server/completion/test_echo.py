@@ -137,3 +137,22 @@ async def test_invalid_requests(engine: CompletionEngine, request_: dict[str, An
 def test_model_names() -> None:
     engine = CompletionEngine(CompletionSettings.default())
     assert set(engine.model_names()) == {"echo/*", "local/gemma"}
+
+
+async def test_an_answer_is_at_most_its_context(engine: CompletionEngine) -> None:
+    """The echo is in the embedded defaults: a 1 MiB prompt with n=128 was answered with
+    134 MB (and streamed as 4 GB). An answer holds at most MAX_TOKENS words."""
+    from scillm.server.completion._echo import MAX_TOKENS
+
+    long = "w " * (MAX_TOKENS * 3)
+    done = await engine.complete({"model": "echo/x", "n": 4, "messages": msg(long)})
+    for choice in done.response["choices"]:
+        assert len(choice["message"]["content"].split()) == MAX_TOKENS
+        assert choice["finish_reason"] == "length"
+    asked = await engine.complete({"model": "echo/x", "max_tokens": 10**6, "messages": msg(long)})
+    assert asked.response["usage"]["completion_tokens"] == MAX_TOKENS
+    words = [e for e in [e async for e in engine.stream({"model": "echo/x",
+                                                          "messages": msg(long)})]
+             if isinstance(e, StreamChunk) and e.chunk["choices"]
+             and e.chunk["choices"][0]["delta"].get("content")]
+    assert len(words) == MAX_TOKENS
