@@ -181,10 +181,13 @@ def test_client_disconnect_cancels_the_grpc_stream(mesh: RunningMesh) -> None:
         return 0.0
 
     before = cancelled()
-    words = " ".join(f"w{i}" for i in range(200_000))  # far more than flow control buffers
+    # An echo answer holds at most 4,096 words: 64 choices of them make a stream of ~16 MB,
+    # far more than flow control buffers.
+    words = " ".join(f"w{i:08d}" for i in range(4096))
     with httpx.Client(timeout=30) as http, http.stream(
             "POST", f"{mesh.http_url}/v1/chat/completions",
-            json={"model": "echo/x", "stream": True, "scillm": {"cache": {"bypass": True}},
+            json={"model": "echo/x", "stream": True, "n": 64,
+                  "scillm": {"cache": {"bypass": True}},
                   "messages": [{"role": "user", "content": words}]}) as resp:
         lines = resp.iter_lines()
         assert next(lines).startswith("data: ")

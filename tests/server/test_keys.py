@@ -248,10 +248,13 @@ async def test_a_shared_rpm_limit_holds_for_concurrent_requests(tmp_path: Path,
 async def test_concurrent_streams_per_key_are_limited(tmp_path: Path) -> None:
     running = start_mesh(mesh_settings(tmp_path, services=("completion",), http_enabled=False,
                                        master_key=MASTER, max_streams_per_key=2))
-    words = " ".join(f"w{i}" for i in range(50_000))  # held open by flow control
+    # Held open by flow control: an echo answer holds at most 4,096 words, and 16 choices
+    # of them make a stream of some 4 MB.
+    words = " ".join(f"w{i:08d}" for i in range(4096))
     try:
         async with ScillmClient(running.grpc_target, api_key=MASTER) as client:
-            request = {"model": "echo/x", "messages": [{"role": "user", "content": words}]}
+            request = {"model": "echo/x", "n": 16,
+                       "messages": [{"role": "user", "content": words}]}
             open_streams = [client.completion.stream(request) for _ in range(2)]
             for stream in open_streams:
                 assert (await anext(stream)).HasField("chunk")
