@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakeclock import Clock
 
 from scillm.server.keys import (
     Authenticator,
@@ -28,14 +29,6 @@ from scillm.server.keys.errors import (
     KeyRateLimited,
     Unauthenticated,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

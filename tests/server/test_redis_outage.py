@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from fakeclock import Clock
 from meshutil import ServedProcess, mesh_settings, start_mesh
 from redisutil import RedisServer
 
@@ -24,16 +25,6 @@ from scillm.server.keys import RedisWindows
 from scillm.server.redis_outage import Outage
 
 MASTER = "sk-master-redis-outage"
-
-
-class Clock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
