@@ -86,17 +86,17 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                    management=full_method.startswith("/scillm.keys."))
         return principal
 
-    async def _account(self, principal: Principal, request: Any, reply: Any) -> bool:
+    @staticmethod
+    async def _account(held: charges.Caller, request: Any, reply: Any) -> bool:
         """Charge `reply`'s usage to the caller's (virtual) key; whether it carried any."""
-        assert self._auth is not None
         usage = getattr(reply, "usage", None)
         if usage is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
             usage = reply.end.usage
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             # Shielded: tokens spent upstream are counted even if the caller leaves now.
-            await asyncio.shield(self._auth.account(principal, model_of(request),
-                                                    usage.prompt_tokens,
-                                                    usage.completion_tokens))
+            await asyncio.shield(held.auth.account(held.principal, model_of(request),
+                                                   usage.prompt_tokens,
+                                                   usage.completion_tokens))
             return True
         return False
 
@@ -197,7 +197,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         with contextlib.suppress(ValueError):  # exited in another context
                             charges.current.reset(token)
                 if held is not None and charged and \
-                        not await self._account(held.principal, request, reply):
+                        not await self._account(held, request, reply):
                     await self._charge_estimate(held, request)
             return reply
         return unary
@@ -226,7 +226,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     async with Deadline(self._timeout(context, self._stream_timeout)):
                         async for item in behavior(request, context):
                             if held is not None and charged:
-                                settled = await self._account(held.principal, request,
+                                settled = await self._account(held, request,
                                                               item) or settled
                             yield item
                 finally:

@@ -21,7 +21,7 @@ from ..interceptors import current_request_id
 from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
-from ._estimate import answer_chars, chunk_chars, prompt_chars, tokens
+from ._estimate import chunk_chars, estimated_usage, prompt_chars, tokens
 
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
 
@@ -145,8 +145,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         response = _read_reply(wire.response_to_proto, done.response, request.model)
         if not (response.usage.prompt_tokens or response.usage.completion_tokens) and \
                 usage_estimate_wanted():  # an upstream reporting no usage (see _estimate)
-            report_usage_estimate(tokens(prompt_chars(body)),
-                                  tokens(answer_chars(done.response)))
+            report_usage_estimate(*estimated_usage(body, done.response))
         elapsed = time.perf_counter() - started
         # What the mesh itself added: all but the upstream calls and the retry sleeps.
         overhead = elapsed - done.routing.upstream_s - done.routing.total_sleep_s
