@@ -19,6 +19,7 @@ from ._provider import Provider, ProviderCall
 from ._retry import RetryHooks, backoff_delay, is_retryable
 from ._router import DeploymentState, Group, Router
 from ._settings import CompletionSettings
+from ._shape import reply_fits
 from ._types import CacheStats, Completed, Routing, StreamChunk, StreamEnd, StreamEvent
 from ._usage import clean_usage
 from .errors import (
@@ -119,8 +120,10 @@ class CompletionEngine:
 
         response = await self._with_fallbacks(model, body, opts, routing, timed)
         valid = _output.json_validity(response, fmt)
+        # Not a reply the servicer refuses (502): every identical call would be refused
+        # from the cache, however well the upstream answered again.
         if cache is not None and key is not None and not opts.cache_no_store \
-                and valid is not False:
+                and valid is not False and reply_fits(response):
             await cache.set(key, response, opts.cache_ttl_s)
         return Completed(response, routing, False, valid,
                          cache_lookup=cache is not None and not opts.cache_bypass)

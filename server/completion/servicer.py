@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import grpc
 
 from scillm.clients import openai_wire as wire
-from scillm.clients.errors import InvalidRequestError
 from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc
 
@@ -22,6 +21,7 @@ from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
 from ._estimate import chunk_chars, estimated_usage, prompt_chars, tokens
+from ._shape import MISSHAPEN
 
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
 
@@ -46,10 +46,6 @@ def _invalid(message: str, param: str) -> StatusError:
     return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
 
 
-#: What reading an upstream's reply into the contract raises on a reply of another shape.
-_MISSHAPEN = (InvalidRequestError, ValueError, TypeError, AttributeError, OverflowError)
-
-
 def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
     """`convert(reply)`, an upstream's reply in the contract's terms; UpstreamError (502)
     when the reply does not fit OpenAI's shape. Before, a reply with `"created":
@@ -57,7 +53,7 @@ def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
     whose message content was a number read as the caller's invalid request (400)."""
     try:
         return convert(reply)
-    except _MISSHAPEN as exc:
+    except MISSHAPEN as exc:
         raise errors.UpstreamError(f"the upstream's reply for {model!r} does not fit OpenAI's "
                                    f"shape: {exc}") from None
 

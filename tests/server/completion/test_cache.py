@@ -3,6 +3,7 @@ streams answered only by streams, the per-request controls, and a real redis-ser
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from completion_upstream import EngineFactory, Upstream, reply
+from completion_upstream import Action, EngineFactory, Upstream, openai_reply, reply, send_json
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.server.completion import (
@@ -255,6 +256,39 @@ async def test_through_the_openai_door(tmp_path: Path, upstream: Upstream) -> No
     finally:
         for mesh in meshes:
             mesh.stop()
+
+
+def _created(value: object) -> Action:
+    """A 200 whose `created` is `value` (the rest of the reply well formed)."""
+    async def act(up: Upstream, req: dict[str, Any], reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> bool:
+        send_json(writer, 200, {**openai_reply(req), "created": value})
+        return True
+    return act
+
+
+async def test_a_reply_the_mesh_refuses_is_not_cached(tmp_path: Path, upstream: Upstream,
+                                                      ) -> None:
+    """A reply of another shape is a 502, and it stays out of the cache: before, it was
+    stored before the servicer refused it, so every identical call was answered 502 from
+    the cache until the entry expired, although the upstream answered well again."""
+    upstream.plan("up", _created("yesterday"), _created(1))
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps(upstream_config(upstream, cache=True)))
+    mesh = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
+    try:
+        sdk = openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key="x", max_retries=0)
+        async with sdk:
+            with pytest.raises(openai.APIStatusError, match="does not fit") as refused:
+                await sdk.chat.completions.create(model="m", messages=MSG)  # type: ignore
+            assert refused.value.status_code == 502
+            answer = await sdk.chat.completions.create(model="m", messages=MSG)  # type: ignore
+            assert answer.choices[0].message.content == "q" and answer.created == 1
+            assert upstream.calls("up") == 2
+            again = await sdk.chat.completions.create(model="m", messages=MSG)  # type: ignore
+            assert again.created == 1 and upstream.calls("up") == 2  # the good one is cached
+    finally:
+        mesh.stop()
 
 
 def test_assemble_passes_over_parts_of_another_shape() -> None:
