@@ -9,7 +9,6 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections import defaultdict
 from typing import Any
 
 from ._events import SessionInfo
@@ -22,10 +21,14 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS codeworld_runs (
 
 
 class SessionStore:
-    """Keeps run means in memory and in SQLite (``path``; ``":memory:"`` keeps none).
+    """Keeps run means in SQLite (``path``; ``":memory:"`` keeps them in memory only).
 
     ``record`` reports a plateau when at least ``window`` earlier runs exist and the gain
-    of this run over the mean of the previous ``window`` is below ``threshold``.
+    of this run over the mean of the previous ``window`` is below ``threshold``. Each
+    record reads only the track's run count and its last ``window`` means (the primary
+    key's index), and nothing is held in Python per session: before, every (session,
+    track) ever seen kept all its means in a dict, so a caller naming a new session per
+    run grew the server without end.
     """
 
     def __init__(self, path: str = ":memory:", *, window: int = 5,
@@ -34,8 +37,6 @@ class SessionStore:
         self._window = window
         self._threshold = threshold
         self._db: sqlite3.Connection | None = None
-        self._history: dict[tuple[str, str], list[float]] = defaultdict(list)
-        self._loaded: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
 
     def open(self) -> None:
@@ -58,43 +59,36 @@ class SessionStore:
         async with self._lock:
             return await asyncio.to_thread(self._record, session_id, track, mean_aggregate)
 
-    def history(self, session_id: str, track: str) -> list[float]:
-        """The means recorded so far (loaded from SQLite on first use)."""
-        key = (session_id, track)
-        if key not in self._loaded and self._db is not None:
-            try:
-                rows = self._db.execute(
-                    "SELECT mean_aggregate FROM codeworld_runs WHERE session_id=? AND track=?"
-                    " ORDER BY idx", key).fetchall()
-            except sqlite3.Error as exc:
-                raise SessionStoreError(str(exc)) from exc
-            self._history[key] = [float(r[0]) for r in rows]
-        self._loaded.add(key)
-        return list(self._history[key])
-
     def _record(self, session_id: str, track: str, value: float) -> SessionInfo:
-        previous = self.history(session_id, track)
-        info = plateau_info(session_id, track, previous, value, self._window, self._threshold)
-        index = len(previous)
-        if self._db is not None:
-            try:
-                self._db.execute("INSERT INTO codeworld_runs VALUES (?, ?, ?, ?, ?)",
-                                 (session_id, track, index, value, time.time()))
-                self._db.commit()
-            except sqlite3.Error as exc:
-                raise SessionStoreError(str(exc)) from exc
-        self._history[(session_id, track)].append(value)
-        return info
+        db = self._db
+        if db is None:
+            raise SessionStoreError("the session store is not open")
+        key = (session_id, track)
+        try:
+            (last,) = db.execute("SELECT MAX(idx) FROM codeworld_runs WHERE session_id=? "
+                                 "AND track=?", key).fetchone()
+            count = 0 if last is None else int(last) + 1
+            recent = [float(r[0]) for r in db.execute(
+                "SELECT mean_aggregate FROM codeworld_runs WHERE session_id=? AND track=? "
+                "ORDER BY idx DESC LIMIT ?", (*key, self._window)).fetchall()][::-1]
+            db.execute("INSERT INTO codeworld_runs VALUES (?, ?, ?, ?, ?)",
+                       (session_id, track, count, value, time.time()))
+            db.commit()
+        except sqlite3.Error as exc:
+            raise SessionStoreError(str(exc)) from exc
+        return plateau_info(session_id, track, recent, count, value, self._window,
+                            self._threshold)
 
 
-def plateau_info(session_id: str, track: str, previous: list[float], value: float,
+def plateau_info(session_id: str, track: str, recent: list[float], count: int, value: float,
                  window: int, threshold: float) -> SessionInfo:
-    """This run's place in its track: the gain over the mean of the previous `window`."""
-    recent = previous[-window:]
+    """This run's place in its track (`count` runs before it, `recent` the last of their
+    means): the gain over the mean of the previous `window`."""
+    recent = recent[-window:]
     previous_mean = sum(recent) / len(recent) if recent else None
     gain = None if previous_mean is None else value - previous_mean
     plateau = gain is not None and len(recent) >= window and gain < threshold
-    return SessionInfo(session_id, track, len(previous), value, previous_mean, gain, plateau)
+    return SessionInfo(session_id, track, count, value, previous_mean, gain, plateau)
 
 
 def session_key(session_id: str, track: str) -> str:
@@ -135,12 +129,12 @@ class RedisSessionStore:
         if self._redis is None:
             raise SessionStoreError("the Redis session store is not open")
         name = session_key(session_id, track)
-        try:
+        try:  # the last `window` means, not the whole list: a record costs O(window)
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrange(name, 0, -1)
+                pipe.lrange(name, -self._window, -1)
                 pipe.rpush(name, repr(float(mean_aggregate)))
-                previous, _ = await pipe.execute()
+                recent, length = await pipe.execute()
         except Exception as exc:  # any redis failure is the store's failure
             raise SessionStoreError(f"redis session store: {exc}") from exc
-        return plateau_info(session_id, track, [float(v) for v in previous], mean_aggregate,
-                            self._window, self._threshold)
+        return plateau_info(session_id, track, [float(v) for v in recent], int(length) - 1,
+                            mean_aggregate, self._window, self._threshold)

@@ -152,3 +152,33 @@ async def test_sessions_in_redis_whose_names_hold_colons_keep_apart(redis_port: 
     plain = [await store.record("plain", "t", 0.1), await store.record("plain", "t", 0.2)]
     assert (first.index, other.index) == (0, 0)
     assert [p.index for p in plain] == [0, 1]
+
+
+async def test_the_session_store_holds_nothing_per_session_in_python() -> None:
+    """Every (session, track) ever seen kept all its means in a dict: a caller naming a new
+    session per run grew the server without end. Only SQLite holds them now (":memory:"
+    here, whose pages tracemalloc does not see), and a long track still plateaus right."""
+    import gc
+    import tracemalloc
+
+    from scillm.server.codeworld._sessions import SessionStore
+
+    store = SessionStore(window=3, threshold=0.05)
+    store.open()
+    try:
+        await store.record("warm", "t", 0.5)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(3_000):
+            await store.record(f"session-{i}-{'x' * 100}", "track", 0.5)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert grown < 200_000, f"{grown} bytes held for 3,000 sessions"
+        infos = [await store.record("long", "t", v) for v in (0.1, 0.5, 0.9, 0.9, 0.92, 0.91)]
+        assert [i.index for i in infos] == list(range(6))
+        assert infos[4].previous_mean == pytest.approx((0.5 + 0.9 + 0.9) / 3)
+        assert [i.plateau for i in infos] == [False] * 5 + [True]  # 0.91 vs 0.9067
+    finally:
+        store.close()
