@@ -1,10 +1,12 @@
 """A real HTTP tool server (the seed's protocol) on 127.0.0.1:0, for the tests.
 
-    GET  /tools    -> OpenAI tool specs: add, echo, fail, busy, flood
+    GET  /tools    -> OpenAI tool specs: add, echo, fail, busy, flood, whoami, deny
     POST /invoke   {"name", "arguments"} -> {"ok", "text" | "result" | "error"}
 
 `busy` answers 429 with `Retry-After: <retry_after>` to its first `busy_429s` calls;
-`flood` answers 64 MiB of text (a tool server gone wrong).
+`flood` answers 64 MiB of text (a tool server gone wrong). `whoami` answers with the
+authorization it was sent, and `deny` with a 401 quoting its token, as careless servers
+do; with `deny_listing`, GET /tools is such a 401 too.
 Every request is kept in `requests` as (monotonic time, method, path, headers, body).
 """
 
@@ -31,14 +33,18 @@ TOOLS = [
     _tool("fail", "Always fails.", {}),
     _tool("busy", "Rate limited at first.", {}),
     _tool("flood", "Answers far too much.", {}),
+    _tool("whoami", "Says who called.", {}),
+    _tool("deny", "Refuses the caller's token.", {}),
 ]
 
 
 class HttpToolServer:
     """Serve the tools in a thread; `url` is the base URL."""
 
-    def __init__(self, *, busy_429s: int = 1, retry_after: str = "1") -> None:
+    def __init__(self, *, busy_429s: int = 1, retry_after: str = "1",
+                 deny_listing: bool = False) -> None:
         self.busy_429s = busy_429s
+        self.deny_listing = deny_listing
         self.retry_after = retry_after
         self.requests: list[tuple[float, str, str, dict[str, str], Any]] = []
         self._busy_seen = 0
@@ -68,7 +74,14 @@ class HttpToolServer:
                 if self.path != "/tools":
                     self._reply(404, {"error": "not found"})
                     return
+                if server.deny_listing:
+                    self._reply(401, {"error": f"invalid token {self._token()}"})
+                    return
                 self._reply(200, TOOLS)
+
+            def _token(self) -> str:
+                sent = self.headers.get("authorization") or self.headers.get("x-api-key")
+                return (sent or "none").split()[-1]
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -87,6 +100,12 @@ class HttpToolServer:
                 elif name == "flood":
                     with contextlib.suppress(ConnectionError):  # the client stops reading
                         self._reply(200, {"ok": True, "text": "x" * (64 << 20)})
+                elif name == "whoami":
+                    who = self.headers.get("authorization") or ""
+                    self._reply(200, {"ok": True, "text": f"you are {who}",
+                                      "stderr": f"auth={who}"})
+                elif name == "deny":
+                    self._reply(401, {"error": f"invalid token {self._token()}"})
                 elif name == "busy":
                     server._busy_seen += 1
                     if server._busy_seen <= server.busy_429s:

@@ -15,6 +15,7 @@ failures become error results the model sees.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -36,6 +37,23 @@ _LIST_TIMEOUT_S = 10.0
 #: `max_tool_output_chars` after, but a server gone wrong must not fill the memory first.
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 _TAIL = 256
+#: Configured headers whose name holds one of these carry a credential (see _credentials).
+_CREDENTIAL_WORDS = ("auth", "key", "token", "secret", "cookie", "session", "password")
+_REDACTED = "[redacted]"
+
+
+def _credentials(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials among the operator's configured headers: each value, and its last
+    word (`Bearer <token>`: a server may quote the token alone) when 8 characters or
+    more; longest first, so no shorter one splits a longer one before it is blanked."""
+    found: set[str] = set()
+    for name, value in headers.items():
+        if value and any(word in name.lower() for word in _CREDENTIAL_WORDS):
+            found.add(value)
+            last = value.split()[-1] if value.split() else ""
+            if len(last) >= 8:
+                found.add(last)
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 class HttpToolServer:
@@ -45,6 +63,15 @@ class HttpToolServer:
         self.config = config
         self._retries = retries
         self._client: httpx.AsyncClient | None = None
+        #: A server's reply or error may quote the credential it was sent (a 401 "invalid
+        #: token ..."), and what it says reaches the model and the caller, who must never
+        #: see the operator's credential: it is blanked from both.
+        self._secrets = _credentials(config.headers)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
 
     @property
     def name(self) -> str:
@@ -57,6 +84,14 @@ class HttpToolServer:
 
     async def list_tools(self, headers: Mapping[str, str]) -> list[HttpTool]:
         """`GET /tools`; HttpToolServerError when it cannot be reached or read."""
+        try:
+            return await self._list_tools(headers)
+        except HttpToolServerError as exc:
+            if not self._secrets:
+                raise
+            raise HttpToolServerError(self._redact(str(exc)), server=self.name) from None
+
+    async def _list_tools(self, headers: Mapping[str, str]) -> list[HttpTool]:
         where = f"HTTP tool server {self.name!r} ({self.config.url})"
         try:
             response = await _bounded(self._http(), "GET",
@@ -88,6 +123,23 @@ class HttpToolServer:
     async def invoke(self, remote: str, arguments: dict[str, Any], *, timeout_s: float,
                      tool: str, headers: Mapping[str, str]) -> ToolOutput:
         """`POST /invoke`, retrying a 429 after its Retry-After while time remains."""
+        try:
+            out = await self._invoke(remote, arguments, timeout_s=timeout_s, tool=tool,
+                                     headers=headers)
+        except ToolExecutionError as exc:
+            if not self._secrets:
+                raise
+            raise ToolExecutionError(self._redact(str(exc)), tool=tool) from None
+        if not self._secrets:
+            return out
+        redact = self._redact
+        return dataclasses.replace(
+            out, text=redact(out.text),
+            stdout=None if out.stdout is None else redact(out.stdout),
+            stderr=None if out.stderr is None else redact(out.stderr))
+
+    async def _invoke(self, remote: str, arguments: dict[str, Any], *, timeout_s: float,
+                      tool: str, headers: Mapping[str, str]) -> ToolOutput:
         deadline = time.monotonic() + timeout_s
         body = {"name": remote, "arguments": arguments}
         url = f"{self.config.url.rstrip('/')}/invoke"

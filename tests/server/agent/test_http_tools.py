@@ -142,3 +142,40 @@ async def test_a_run_may_not_frame_or_route_its_tool_calls(tools: HttpToolServer
                        RunConfig(http_tool_headers={name: "chunked", "x-run": "r1"}))
     assert info.value.param == "http_tool_headers" and name in str(info.value)
     assert tools.invokes("add") == []
+
+
+_SECRET = "tok-operator-0123456789"
+
+
+async def test_the_operators_credential_never_reaches_the_model_or_the_caller() -> None:
+    """A tool server may quote the credential it was sent: an echo of who called, a 401
+    "invalid token ...". What it says goes to the model and to the caller (the run's tool
+    results, its error), who must never see the operator's configured header."""
+    server = HttpToolServer().start()
+    try:
+        settings = _settings(server.url, http_tool_servers=(HttpToolServerConfig(
+            "lab", server.url, headers={"authorization": f"Bearer {_SECRET}"}),))
+        model = ScriptedModel([{"content": "", "tool_calls": [
+            {"id": "w", "name": "lab__whoami"}, {"id": "d", "name": "lab__deny"}]},
+            {"content": "done"}])
+        async with AgentEngine(settings, model) as engine:
+            result = await engine.run_to_end([{"role": "user", "content": "who"}], RunConfig())
+        out = {c.id: r for c, r in result.tool_io}
+        assert out["w"].output == "you are [redacted]" and not out["w"].is_error
+        assert out["d"].is_error and "401" in out["d"].output
+        assert "invalid token [redacted]" in out["d"].output
+        assert _SECRET not in repr(result) and _SECRET not in repr(model.requests)
+        assert server.invokes("whoami")[0][1]["authorization"] == f"Bearer {_SECRET}"
+    finally:
+        server.stop()
+    denying = HttpToolServer(deny_listing=True).start()
+    try:
+        settings = _settings(denying.url, http_tool_servers=(HttpToolServerConfig(
+            "lab", denying.url, headers={"x-api-key": _SECRET}),))
+        async with AgentEngine(settings, ScriptedModel([{"content": "x"}])) as engine:
+            with pytest.raises(HttpToolServerError) as info:
+                await engine.run_to_end([{"role": "user", "content": "hi"}], RunConfig())
+        assert "401" in str(info.value) and "[redacted]" in str(info.value)
+        assert _SECRET not in str(info.value)
+    finally:
+        denying.stop()
