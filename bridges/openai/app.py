@@ -164,13 +164,17 @@ class _Shim:
     async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         """The request's body, a JSON object: _TooLarge past the size limit (by its
         Content-Length, else as soon as the bytes read pass it: a chunked body is not
-        read to its end first), InvalidRequestError when it is not an object."""
+        read to its end first), _Encoded for a compressed body (not read),
+        InvalidRequestError when it is not an object."""
         limit = self.max_request_bytes
+        sized = False
         for name, value in scope["headers"]:
-            if name == b"content-length":  # the first, as Starlette's Headers.get
+            if name == b"content-length" and not sized:  # the first, as Headers.get
+                sized = True
                 if value.isdigit() and int(value) > limit:
-                    raise _TooLarge(int(value))
-                break
+                    raise _TooLarge(int(value), limit)
+            elif name == b"content-encoding" and value.strip().lower() != b"identity":
+                raise _Encoded(value.decode("latin-1"))
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -183,7 +187,7 @@ class _Shim:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > limit:
-                    raise _TooLarge(None if message.get("more_body", False) else size)
+                    raise _TooLarge(None if message.get("more_body", False) else size, limit)
             more = message.get("more_body", False)
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
@@ -215,8 +219,8 @@ class _Shim:
                     openai_wire.request_to_proto(body), request_id=request_id, metadata=creds)
                 await _send_completion(send, resp, started)
                 return
-        except _TooLarge as exc:
-            response = self._too_large(exc)
+        except _BodyRefused as exc:
+            response = exc.response()
         except (InvalidRequestError, RPCError) as exc:
             response = error_response(exc)
         except StopAsyncIteration:
@@ -257,8 +261,8 @@ class _Shim:
             body = await self._json_body(request)
             reply = await seed_doors.agent_run(self.client, body, request.headers, request_id,
                                                _credentials(request))
-        except _TooLarge as exc:
-            return self._too_large(exc)
+        except _BodyRefused as exc:
+            return exc.response()
         except (InvalidRequestError, RPCError) as exc:
             return error_response(exc)
         return JSONResponse(reply)
@@ -284,8 +288,8 @@ class _Shim:
                     "/bridge/complete serves codeworld/..., certainly/..., lean4/... and "
                     "agent/... models", param="model")
             return await self._routed(run, stream, include_usage)
-        except _TooLarge as exc:
-            return self._too_large(exc)
+        except _BodyRefused as exc:
+            return exc.response()
         except (InvalidRequestError, RPCError) as exc:
             return error_response(exc)
 
@@ -295,8 +299,8 @@ class _Shim:
             body = await self._json_body(request)
             reply = await self.client.keys.generate(keys_seed.generate_request(body),
                                                     metadata=_credentials(request))
-        except _TooLarge as exc:
-            return self._too_large(exc)
+        except _BodyRefused as exc:
+            return exc.response()
         except (InvalidRequestError, RPCError) as exc:
             return error_response(exc)
         return JSONResponse({"key": reply.key, **keys_seed.info_json(reply.info)})
@@ -323,19 +327,11 @@ class _Shim:
                 raise InvalidRequestError("'keys' must be a non-empty array of strings",
                                           param="keys")
             deleted = await self.client.keys.delete(keys, metadata=_credentials(request))
-        except _TooLarge as exc:
-            return self._too_large(exc)
+        except _BodyRefused as exc:
+            return exc.response()
         except (InvalidRequestError, RPCError) as exc:
             return error_response(exc)
         return JSONResponse({"deleted_keys": deleted})
-
-    def _too_large(self, exc: _TooLarge) -> JSONResponse:
-        """413; the connection closes after it, so the rest of the body is not read."""
-        size = "" if exc.size is None else f"of {exc.size} bytes "
-        return JSONResponse(error_body(
-            f"request body {size}exceeds the limit of {self.max_request_bytes} bytes",
-            "invalid_request_error", code="request_too_large"), status_code=413,
-            headers={"connection": "close"})
 
     @staticmethod
     async def _completion_payloads(first: pb.CompletionStreamResponse,
@@ -408,10 +404,38 @@ def _not_served(request: Request, exc: Exception) -> Response:
                         headers=headers)
 
 
-class _TooLarge(Exception):
-    def __init__(self, size: int | None) -> None:
-        #: The body's size, when known (its Content-Length, or all of it read).
-        self.size = size
+class _BodyRefused(Exception):
+    """A request body the door does not read; the connection closes after the answer, so
+    the rest of the body is not read either."""
+
+    status = 400
+    code = ""
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(str(self), "invalid_request_error", code=self.code),
+                            status_code=self.status, headers={"connection": "close"})
+
+
+class _TooLarge(_BodyRefused):
+    """413: past the size limit. `size` is the body's, when known (its Content-Length, or
+    all of it read)."""
+
+    status, code = 413, "request_too_large"
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        of = "" if size is None else f"of {size} bytes "
+        super().__init__(f"request body {of}exceeds the limit of {limit} bytes")
+
+
+class _Encoded(_BodyRefused):
+    """415: a compressed body (Content-Encoding other than identity). Read as JSON it was a
+    400 "not valid JSON", which sent callers looking for a fault in their JSON."""
+
+    status, code = 415, "unsupported_content_encoding"
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"request bodies with Content-Encoding {encoding!r} are not "
+                         "read: send the JSON uncompressed")
 
 
 def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024,

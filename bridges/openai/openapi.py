@@ -29,8 +29,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 _REQUEST_ID_HEADER = {"x-request-id": {"$ref": "#/components/headers/RequestId"}}
 
-#: Statuses an error can have (errors.STATUS_TABLE, 413 for oversized bodies, 502 for a
-#: failing provider), with what they mean here.
+#: Statuses an error can have (errors.STATUS_TABLE, 413 for oversized bodies, 415 for
+#: compressed ones, 502 for a failing provider), with what they mean here.
 _ERRORS: dict[str, str] = {
     "400": "Invalid request (`invalid_request_error`): a malformed body or field (`param` "
            "names it), or a failed precondition such as key management while no master "
@@ -41,6 +41,7 @@ _ERRORS: dict[str, str] = {
     "408": "The call's deadline passed (`timeout_error`).",
     "409": "Conflict (`conflict_error`).",
     "413": "The request body exceeds the shim's limit (code `request_too_large`).",
+    "415": "The request body is compressed (code `unsupported_content_encoding`).",
     "429": "Rate limit or budget exhausted (`rate_limit_error`); may carry `retry-after`.",
     "500": "A server bug (`api_error`).",
     "501": "The service is not implemented by this mesh (`not_implemented_error`).",
@@ -64,8 +65,8 @@ def _errors(*statuses: str) -> dict[str, Any]:
     return out
 
 
-_CALL_ERRORS = ("400", "401", "403", "404", "408", "409", "413", "429", "500", "501", "502",
-                "503")
+_CALL_ERRORS = ("400", "401", "403", "404", "408", "409", "413", "415", "429", "500", "501",
+                "502", "503")
 _GET_ERRORS = ("401", "403", "408", "429", "500", "501", "503")
 _JSON_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 
@@ -122,6 +123,24 @@ def test_invalid_json_and_oversized_bodies(mesh: RunningMesh) -> None:
     big = httpx.post(url, content=huge, headers={"content-type": "application/json"},
                      timeout=30)
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_compressed_body_is_415_naming_the_encoding(mesh: RunningMesh) -> None:
+    """A gzip body was read as JSON and refused as "not valid JSON" (400), which sends a
+    caller looking for a fault in their JSON; the door does not read compressed bodies,
+    and says so. `identity` is no encoding and is read."""
+    url = f"{mesh.http_url}/v1/chat/completions"
+    body = json.dumps({"model": "echo/x", "messages": [{"role": "user", "content": "hi"}]})
+    for encoding in ("gzip", "br, gzip"):
+        refused = httpx.post(url, content=gzip.compress(body.encode()), headers={
+            "content-type": "application/json", "content-encoding": encoding}, timeout=30)
+        assert refused.status_code == 415, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "unsupported_content_encoding" and encoding in error["message"]
+        assert error["type"] == "invalid_request_error"
+    plain = httpx.post(url, content=body, headers={
+        "content-type": "application/json", "content-encoding": "Identity"}, timeout=30)
+    assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"]
 
 
 def test_a_chunked_body_past_the_limit_is_refused_without_reading_it_all(
