@@ -5,7 +5,8 @@
        initial metadata), keys (authorization metadata checked, token usage accounted; a
        virtual key's caller kept for the call in `charges`),
        a default deadline for calls that carry none, metrics, and error mapping
-       (domain errors -> canonical status codes with google.rpc.Status details)
+       (domain errors -> canonical status codes with google.rpc.Status details; bytes
+       that are not the method's request -> INVALID_ARGUMENT)
 """
 
 from __future__ import annotations
@@ -54,6 +55,31 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if key == "x-request-id" and value:
             return str(value)[:128]
     return new_id()
+
+
+class _Undecodable:
+    """What the handler gets for bytes that are not its method's request (`_parsing`)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _parsing(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserialize`, which hands the handler an `_Undecodable` instead of raising: gRPC's
+    servers answer a request that does not parse INTERNAL ("Exception deserializing
+    request!") and log its traceback, so garbage from a caller filled the server's log.
+    It is the caller's error: the call answers INVALID_ARGUMENT, counted and id'd."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, or whatever a deserializer raises
+            return _Undecodable(f"the request does not parse: {exc}")
+    return parse
 
 
 class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -124,7 +150,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method=method, full=full),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
@@ -135,7 +161,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                              full=full))
             return grpc.unary_stream_rpc_method_handler(
                 wrapped,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         return handler
 
@@ -177,6 +203,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             reply: Any = None
             async with self._served(context, method, request):
+                if type(request) is _Undecodable:
+                    raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                 principal = (None if self._auth is None  # keys off: no coroutine to await
                              else await self._authorize(context, full, request))
                 held = token = None
@@ -209,6 +237,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def stream(request: Any,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async with self._served(context, method, request):
+                if type(request) is _Undecodable:
+                    raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                 principal = await self._authorize(context, full, request)
                 key = principal.key_id if principal is not None else ""
                 if key and self._max_streams and \

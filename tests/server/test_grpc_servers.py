@@ -188,6 +188,35 @@ async def test_a_request_over_the_limit_is_refused(door: Door) -> None:
     assert small.choices[0].message.content[0].text == "one two three"
 
 
+async def test_a_request_that_does_not_parse_is_the_callers_error(
+        door: Door, caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes that are no CompletionRequest (a string field of invalid UTF-8, a truncated
+    field) were INTERNAL "Exception deserializing request!", and each logged a traceback
+    on the server: a caller could fill the log by sending garbage. They are the caller's
+    error, answered INVALID_ARGUMENT naming the message type, logged by no traceback."""
+    garbage = {"invalid UTF-8": b"\x0a\x02\xff\xfe", "truncated": b"\x0a\x10ab"}
+    async with grpc.aio.insecure_channel(door.target) as channel:
+        for path in ("Completion", "CompletionStream"):
+            for name, raw in garbage.items():
+                call = (channel.unary_unary if path == "Completion" else channel.unary_stream)(
+                    f"/scillm.completion.v1.CompletionService/{path}")
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    reply = call(raw, timeout=20, metadata=(("x-request-id", "garbage-1"),))
+                    if path == "Completion":
+                        await reply
+                    else:
+                        [_ async for _ in reply]
+                error = info.value
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, name, error)
+                kind = "CompletionRequest" if path == "Completion" else "CompletionStreamRequest"
+                assert f"'scillm.completion.v1.{kind}'" in (error.details() or "")
+                assert ("x-request-id", "garbage-1") in tuple(error.trailing_metadata() or ())
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    async with ScillmClient(door.target) as client:  # the connection and server live on
+        answer = await client.completion.create(ECHO, timeout=20)
+    assert answer.choices[0].message.content[0].text == "one two three"
+
+
 async def test_a_list_of_replicas_is_one_target(door: Door) -> None:
     """`ScillmClient("a,b")` balances over both. gRPC's C core would send the whole list
     as the :authority, which the native server's HTTP/2 refuses as malformed: the client
