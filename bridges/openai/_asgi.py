@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scillm.clients.ids import new_id
@@ -161,6 +162,14 @@ class CancelOnDisconnect:
             hang_up.close()
 
 
+def hung_up(scope: Scope) -> None:
+    """A caller gone before its request body was read whole: a debug note, not an error
+    with a traceback (any caller could fill the log with those)."""
+    log.debug("request %s (%s %s): the caller hung up inside its body",
+              scope.get("state", {}).get("request_id", ""), scope.get("method"),
+              scope.get("path"))
+
+
 class CompletionsDoor:
     """Outermost: a POST of a chat completion goes to `endpoint` through this one layer,
     which gives it its request id and its hang-up watch as the two middlewares do, and
@@ -192,6 +201,8 @@ class CompletionsDoor:
         except asyncio.CancelledError:
             if not hang_up.ours():
                 raise
+        except ClientDisconnect:
+            hung_up(scope)  # inside its body: nobody to answer, nothing went wrong
         except Exception as exc:
             if hang_up.started:
                 raise  # mid-response: the server logs it and closes the connection

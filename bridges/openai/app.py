@@ -51,7 +51,7 @@ from scillm.completion.v1 import completion_pb2 as pb
 from ..seed import envelope
 from ..seed import keys as keys_seed
 from . import runs, seed_doors, sse
-from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries
+from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries, hung_up
 from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
 
@@ -393,6 +393,12 @@ class _Shim:
         return ready, statuses
 
 
+def _gone(request: Request, exc: Exception) -> Response:
+    """A caller who hung up inside its body: noted (`hung_up`); the answer goes nowhere."""
+    hung_up(request.scope)
+    return Response(status_code=400)
+
+
 def _not_served(request: Request, exc: Exception) -> Response:
     """404 and 405 in OpenAI's error body (its own words for an unknown URL)."""
     status = exc.status_code if isinstance(exc, HTTPException) else 404
@@ -477,5 +483,5 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
     # or method the door does not serve: OpenAI's body too, not Starlette's plain text.
     starlette = Starlette(routes=routes, exception_handlers={
         Exception: lambda request, exc: error_response(exc),
-        404: _not_served, 405: _not_served})
+        ClientDisconnect: _gone, 404: _not_served, 405: _not_served})
     return CompletionsDoor(starlette, completions)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import socket
+import time
 
 import httpx
 import openai
@@ -141,6 +143,34 @@ def test_a_compressed_body_is_415_naming_the_encoding(mesh: RunningMesh) -> None
     plain = httpx.post(url, content=body, headers={
         "content-type": "application/json", "content-encoding": "Identity"}, timeout=30)
     assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"]
+
+
+def test_a_caller_who_hangs_up_inside_its_body_is_no_error(
+        mesh: RunningMesh, caplog: pytest.LogCaptureFixture) -> None:
+    """A caller gone before its body was read whole was logged as a request that 'failed
+    unexpectedly', with a traceback (and an answer sent to nobody): any caller could fill
+    the log that way. It is a hang-up, noted at debug level, on the completions door and
+    on the other JSON routes."""
+    caplog.set_level(logging.DEBUG, logger="scillm.bridges.openai")
+    uvicorn_log = logging.getLogger("uvicorn")  # it does not propagate to the root
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        for path in ("/v1/chat/completions", "/key/generate"):
+            with socket.create_connection(("127.0.0.1", mesh.mesh.http_port), timeout=30) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          "application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+                          + b'{"model":')
+            deadline = time.monotonic() + 20
+            while not any("hung up" in r.getMessage() and path in r.getMessage()
+                          for r in caplog.records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(0.02)
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    reply = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=30, json={
+        "model": "echo/x", "messages": [{"role": "user", "content": "still here"}]})
+    assert reply.json()["choices"][0]["message"]["content"] == "still here"
 
 
 def test_a_chunked_body_past_the_limit_is_refused_without_reading_it_all(
