@@ -27,6 +27,9 @@ class Owner(Protocol):
     def drop(self, connection: Connection) -> None:
         """`connection` is closed."""
 
+    def send(self, connection: Connection, payload: bytes) -> None:
+        """Write `payload` on `connection` (`Connection.write`), now or soon."""
+
 
 class Connection(asyncio.Protocol):
     """One HTTP/1.1 connection; one request and response at a time.
@@ -74,9 +77,14 @@ class Connection(asyncio.Protocol):
     # --- the exchange, driven by the request's task ---
 
     def start(self, request: httpx.Request, payload: bytes) -> None:
-        """Send `request` (head and body in `payload`)."""
+        """Send `request` (head and body in `payload`), through the pool (`Owner.send`)."""
         self._begin(request)
-        self.transport.write(payload)
+        self._pool.send(self, payload)
+
+    def write(self, payload: bytes) -> None:
+        """The request's bytes, unless its exchange ended (closed) before they went out."""
+        if not self.closed:
+            self.transport.write(payload)
 
     async def start_streaming(self, request: httpx.Request, head: bytes,
                               stream: httpx.AsyncByteStream, chunked: bool,

@@ -25,6 +25,8 @@ Contract:
 - The request goes out as given: method, `url.raw_path`, `headers.raw` (httpx adds Host and
   Content-Length or Transfer-Encoding). A read body is written with the head in one
   `transport.write`; a streamed body as it comes, chunked when it has no Content-Length.
+  With other exchanges under way, the read bodies of the requests one turn of the loop
+  starts are written together at the turn's end (`send`); an exchange alone, at once.
   A CR or LF inside the head is refused (`LocalProtocolError`).
 - The response body is streamed as it arrives, never buffered whole: reading pauses while
   more than 256 KiB is unread. Content-Length, chunked and read-until-close bodies (only
@@ -100,6 +102,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._idle: dict[Origin, dict[Connection, None]] = {}  # oldest first
         self._waiters: deque[asyncio.Future[bool]] = deque()  # for a slot, first come first
         self._sweeper: asyncio.TimerHandle | None = None  # closes expired idle connections
+        self._outbox: list[tuple[Connection, bytes]] = []  # written at the turn's end
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin, timeout = self._target(request)
@@ -324,6 +327,32 @@ class PooledTransport(httpx.AsyncBaseTransport):
             self._sweeper = loop.call_at(now + self._keepalive_expiry_s, self._sweep)
         if self._waiters:
             self._wake()
+
+    def send(self, connection: Connection, payload: bytes) -> None:
+        """Write a request's bytes at the end of this turn of the loop, together with the
+        other requests the turn started (Owner).
+
+        Under load a turn of the loop starts many exchanges. Written one by one as each
+        was ready, every write found a co-located upstream (a local model server; the
+        bench's nginx) asleep and woke it for that one request, a wake-up paid inside the
+        write's system call; written together, the upstream wakes once for all of them
+        (bench/README.md has the figures). The only exchange under way has nothing to
+        wait for: its bytes go out at once.
+        """
+        outbox = self._outbox
+        if not outbox:
+            if len(self._connections) - sum(map(len, self._idle.values())) <= 1:
+                connection.write(payload)  # alone (one request at a time: c=1)
+                return
+            loop = self._loop
+            assert loop is not None
+            loop.call_soon(self._flush)
+        outbox.append((connection, payload))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for connection, payload in outbox:
+            connection.write(payload)
 
     def drop(self, connection: Connection) -> None:
         """`connection` is closed: forget it and free its slot (Owner)."""

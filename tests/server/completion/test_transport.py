@@ -450,6 +450,27 @@ async def test_concurrent_requests_share_a_small_pool() -> None:
     assert server.connections == 2
 
 
+async def serve_echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    while True:
+        _, _, body = await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+
+async def test_requests_started_together_each_get_their_own_reply() -> None:
+    """Requests started in one turn of the loop are written together at its end (the
+    pool's outbox, `PooledTransport.send`): each on its own connection, each answered with
+    its own reply, in rounds that reuse the connections as well as open them."""
+    server = Server(serve_echo)
+    async with server as url, pooled_client() as client:
+        for round_ in range(3):
+            bodies = [f"request {round_}-{i}".encode() for i in range(64)]
+            replies = await asyncio.gather(*(client.post(url, content=b) for b in bodies))
+            assert [r.content for r in replies] == bodies
+        alone = await client.post(url, content=b"alone")  # nothing else under way
+        assert alone.content == b"alone"
+    assert server.connections == 64
+
+
 async def test_idle_connections_expire() -> None:
     server = Server(serve_ok)
     async with server as url, pooled_client(keepalive_expiry_s=0.1) as client:
@@ -627,7 +648,8 @@ def test_under_uvloop(case: Callable[[httpx.AsyncClient], Awaitable[None]]) -> N
 
 
 @pytest.mark.parametrize("case", [test_an_idle_connection_of_another_origin_makes_room,
-                                  test_aclose_fails_a_body_read_until_close],
+                                  test_aclose_fails_a_body_read_until_close,
+                                  test_requests_started_together_each_get_their_own_reply],
                          ids=lambda case: case.__name__)
 def test_own_client_under_uvloop(case: Callable[[], Awaitable[None]]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
