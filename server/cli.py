@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     cw_run = cw_sub.add_parser(
         "run", help="run SPEC.json: every strategy on every item, in the sandbox",
         description="Print each run and the summary as JSON lines on stdout, a progress "
-                    "bar on stderr. Exit 0 when the run completed, whatever the scores.")
+                    "bar on stderr. Exit 0 when the run completed, whatever the scores; 1 on "
+                    "errors; 2 when SPEC.json cannot be read.")
     cw_run.add_argument("spec", type=Path, metavar="SPEC.json",
                         help="the seed's envelope: items, strategies, ...")
     cw_run.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
@@ -227,13 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         "batch", help="check FILE.jsonl (one item per line)",
         description="Print each item's result as it finishes and the summary as JSON lines, "
                     "a progress bar on stderr. Exit 0 when every item was checked, whatever "
-                    "the verdicts; 1 on errors.")
+                    "the verdicts; 1 on errors; 2 when FILE.jsonl cannot be read or holds no "
+                    "item.")
     batch.add_argument("file", type=Path, metavar="FILE.jsonl",
                        help='items: {"item_id", "backend", "statement", "proof", "preamble", '
                             '"requirement_text"}')
     one = prove_sub.add_parser(
         "run", help='check one statement, or a .v / .smt2 / .lean file',
-        description="Exit 0 when proved, 3 when checked and not proved, 1 on errors.")
+        description="Exit 0 when proved, 3 when checked and not proved, 1 on errors, 2 when "
+                    "the statement cannot be read.")
     one.add_argument("statement", help="an SMT-LIB2 goal, a Coq theorem, or a file path")
     one.add_argument("--proof", default="", help="the proof (Coq/Lean), with a statement")
     one.add_argument("--preamble", default="", help="declarations placed before it")

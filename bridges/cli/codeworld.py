@@ -28,7 +28,8 @@ def load_spec(spec: Path) -> bytes:
 
 
 async def run_codeworld(spec: Path, raw: bytes, target: str | None, local: LocalMesh) -> int:
-    """Exit status: 0 when the run completed, whatever the scores; 1 on errors."""
+    """Exit status: 0 when the run completed, whatever the scores; 1 on errors; 2 when the
+    spec cannot be read."""
     try:
         body = json.loads(raw)
         request = request_from_envelope(body)

@@ -42,6 +42,8 @@ def batch_envelope(raw: str, *, backend: str | None, model: str | None,
             items.append(json.loads(line))
         except ValueError as exc:
             raise ValueError(f"line {number}: not JSON ({exc})") from None
+    if not items:  # else the envelope's own words ('items' must be a non-empty array)
+        raise ValueError("no items: every line is empty (one JSON item per line)")
     return {"model": f"certainly/{backend or ''}".rstrip("/"), "items": items,
             "options": _options(model, max_seconds, no_cache)}
 
@@ -67,7 +69,7 @@ def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
 async def run_prove(envelope: dict[str, Any], target: str | None, local: LocalMesh, *,
                     single: bool) -> int:
     """Batch: exit 0 when every item was checked, 1 on errors. Single: 0 when proved,
-    3 when checked and not proved, 1 on errors."""
+    3 when checked and not proved, 1 on errors. Both: 2 when the input cannot be read."""
     try:
         request = request_from_envelope(envelope)
     except InvalidRequestError as exc:

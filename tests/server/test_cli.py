@@ -139,6 +139,10 @@ def test_prove_batch_and_run(tmp_path: Path, mesh: RunningMesh) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json}\n")
     assert _run("prove", "batch", str(bad)).returncode == 2
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")  # said "'items' must be a non-empty array": not the file's words
+    said = _run("prove", "batch", str(empty))
+    assert said.returncode == 2 and "no items: every line is empty" in said.stderr
 
 
 def test_completions_are_stored_and_replayed_when_asked(tmp_path: Path) -> None:
