@@ -37,6 +37,8 @@ from scillm.agent.v1 import agent_pb2 as pb
 from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 
+from ._fields import flag
+
 __all__ = ["request_from_envelope", "request_from_seed", "seed_reply", "text_field"]
 
 _STOPPED = {pb.STOP_REASON_SUCCESS: "success", pb.STOP_REASON_BUDGET: "budget",
@@ -104,7 +106,7 @@ def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
         c.max_total_time.FromNanoseconds(int(seconds * 1e9))
     for key in ("enable_repair", "use_tools"):
         if body.get(key) is not None:
-            setattr(c, key, bool(body[key]))
+            setattr(c, key, flag(body, key))
     if probe.HasField("response_format"):
         c.response_format.CopyFrom(probe.response_format)
     if probe.HasField("seed"):
@@ -119,7 +121,7 @@ def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunReq
     req = _base(body, model)
     c = req.config
     c.max_total_tokens = _int(body, "max_total_tokens") or 0
-    c.auto_run_code = bool(body.get("auto_run_code", False))
+    c.auto_run_code = flag(body, "auto_run_code")
     c.languages.extend(_strings(body, "languages"))
     c.mcp_servers.extend(_strings(body, "mcp_servers"))
     if body.get("reasoning_effort"):
@@ -132,7 +134,7 @@ def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunReq
     c.shell_presets.extend(_strings(body, "shell_presets"))
     c.http_tool_servers.extend(_strings(body, "http_tool_servers"))
     c.http_tool_headers.update(_headers(body, "http_tool_headers"))
-    c.trace = bool(body.get("trace", False))
+    c.trace = flag(body, "trace")
     scillm = body.get("scillm") or {}
     if isinstance(scillm, Mapping):
         req.context.session_id = str(scillm.get("session_id", ""))
@@ -148,8 +150,8 @@ def request_from_seed(body: Mapping[str, Any]) -> pb.AgentRunRequest:
                                   f"{', '.join(_BACKENDS)}", param="tool_backend")
     req = _base({"max_iterations": 3, **body}, text_field(body, "model"))
     c = req.config
-    c.use_tools = bool(body.get("use_tools")) or backend == "http"
-    c.auto_run_code = bool(body.get("auto_run_code_on_code_block", False))
+    c.use_tools = flag(body, "use_tools") or backend == "http"
+    c.auto_run_code = flag(body, "auto_run_code_on_code_block")
     if backend == "local":
         c.languages.append("python")
         c.shell_allowlist.append("echo")

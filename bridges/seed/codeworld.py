@@ -44,6 +44,8 @@ from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 from scillm.codeworld.v1 import codeworld_pb2 as pb
 
+from ._fields import flag
+
 __all__ = ["RUBRIC", "call_timeout", "request_from_envelope", "summary_text"]
 
 _LANG = {"python": pb.LANGUAGE_PYTHON, "py": pb.LANGUAGE_PYTHON,
@@ -195,7 +197,7 @@ def _limits(req: pb.CodeWorldRunRequest, args: Mapping[str, Any]) -> None:
         req.limits.memory_bytes = int(_number(limits["memory_bytes"], "memory_bytes"))
     if "concurrency" in limits:
         req.limits.concurrency = int(_number(limits["concurrency"], "concurrency"))
-    req.limits.strict = bool(limits.get("strict", False))
+    req.limits.strict = flag(limits, "strict", param="provider.args.limits.strict")
 
 
 def _autogenerate(config: Mapping[str, Any], args: Mapping[str, Any]) -> Mapping[str, Any]:

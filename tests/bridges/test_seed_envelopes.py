@@ -290,6 +290,31 @@ def test_out_of_range_and_mistyped_fields_are_400_naming_them(
     assert param in json.dumps(reply.json())
 
 
+_HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/agent/run", {"messages": _HI, "model": "gen", "use_tools": "false"}, "use_tools"),
+    ("/agent/run", {"messages": _HI, "model": "gen", "auto_run_code_on_code_block": "no"},
+     "auto_run_code_on_code_block"),
+    ("/agent/run", {"messages": _HI, "model": "gen", "enable_repair": 0}, "enable_repair"),
+    ("/v1/chat/completions", {"messages": _HI, "model": "agent/gen", "auto_run_code": "false"},
+     "auto_run_code"),
+    ("/v1/chat/completions", {"messages": _HI, "model": "agent/gen", "trace": "yes"}, "trace"),
+    ("/bridge/complete", {"messages": _HI, "items": [{"task_id": "t", "context": {
+        "code_variants": {"a": "x = 1"}}}], "provider": {"name": "codeworld", "args": {
+            "limits": {"strict": "false"}}}}, "strict"),
+])
+def test_a_flag_that_is_not_a_boolean_is_refused_not_read_as_true(
+        mesh: Mesh, path: str, body: dict[str, Any], param: str) -> None:
+    """Flags were read with bool(): `"auto_run_code": "false"` turned code running on, the
+    opposite of what the caller wrote. A flag must be true, false or null (400 naming it)."""
+    reply = mesh.post(path, body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert param in (error["param"] or "") and "true or false" in error["message"]
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": 5}, "model"),
     ({"model": {"name": "gen"}}, "model"),
