@@ -144,6 +144,26 @@ async def test_a_run_may_not_frame_or_route_its_tool_calls(tools: HttpToolServer
     assert tools.invokes("add") == []
 
 
+@pytest.mark.parametrize("headers", [
+    {"x-a": "ok\r\nInjected: 1"}, {"bad name": "v"}, {"": "v"}, {"x-b": "caf\u00e9"},
+    {"x-c": "nul\x00"}], ids=["crlf", "space in name", "empty name", "non-ascii", "nul"])
+async def test_a_header_http_cannot_carry_is_the_callers_error(tools: HttpToolServer,
+                                                               headers: dict[str, str]) -> None:
+    """A value with CR LF, or a name that is no HTTP token, failed the run as 'tool
+    server unreachable: LocalProtocolError', and a non-ASCII value raised
+    UnicodeEncodeError (an INTERNAL error): each is refused up front, naming it."""
+    async with AgentEngine(_settings(tools.url), ScriptedModel([{"content": "x"}])) as engine:
+        with pytest.raises(AgentConfigError) as info:
+            engine.run([{"role": "user", "content": "go"}],
+                       RunConfig(http_tool_headers=headers))
+    assert info.value.param == "http_tool_headers"
+    assert repr(next(iter(headers))) in str(info.value)
+    assert not [r for r in tools.requests if "injected" in r[3]]
+    with pytest.raises(AgentConfigError) as configured:  # the operator's own, at start-up
+        HttpToolServerConfig("lab", tools.url, headers=headers).validate()
+    assert configured.value.param == "http_tool_servers.headers"
+
+
 _SECRET = "tok-operator-0123456789"
 
 
