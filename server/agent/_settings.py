@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..headers import header_problem
 from ._shell import shell_prefixes
 from .errors import AgentConfigError
 
@@ -322,13 +322,6 @@ _FRAMING_HEADERS = frozenset({
     "trailer", "upgrade", "expect", "proxy-authorization", "proxy-connection"})
 
 
-#: An HTTP field name (RFC 9110 token), and a value an HTTP/1.1 line carries: visible
-#: ASCII, spaces and tabs. A CR LF in a value failed the run as "tool server unreachable"
-#: (httpx's LocalProtocolError), and a non-ASCII one raised UnicodeEncodeError.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_VALUE = re.compile(r"[\t\x20-\x7e]*")
-
-
 def _tool_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     out = dict(headers or {})
     bad = sorted(name for name in out if name.strip().lower() in _FRAMING_HEADERS)
@@ -343,13 +336,9 @@ def _tool_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 def _check_fields(headers: Mapping[str, str], param: str) -> None:
     """AgentConfigError naming the first header HTTP/1.1 cannot carry."""
     for name, value in headers.items():
-        if not _TOKEN.fullmatch(name):
-            raise AgentConfigError(f"{param}: {name!r} is not an HTTP header name",
-                                   param=param)
-        if not _VALUE.fullmatch(value):
-            raise AgentConfigError(f"{param}: the value of {name!r} holds a character HTTP "
-                                   "cannot carry (only printable ASCII, spaces and tabs)",
-                                   param=param)
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise AgentConfigError(f"{param}: {problem}", param=param)
 
 
 def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:

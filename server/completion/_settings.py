@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from ..headers import header_problem
 from .errors import InvalidRequest
 
 __all__ = [
@@ -229,6 +230,11 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         key = Secret(env.get(name), name)
     headers = _mapping(params.get("extra_headers") or params.get("headers"),
                        f"{where}.extra_headers")
+    for name, value in headers.items():
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise InvalidRequest(f"{where}.extra_headers: {problem}",
+                                 param=f"{where}.extra_headers")
     if dep.provider == "codex-agent":  # a Codex sidecar: its base and switches from env too
         api_base = api_base or env.get(CODEX_AGENT_BASE_ENV)
         if key is None and env.get("CODEX_AGENT_API_KEY"):

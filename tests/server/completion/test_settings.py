@@ -109,6 +109,12 @@ _ONE = [{"model_name": "a", "litellm_params": {"model": "echo/a"}}]
     ({"model_list": [{"model_name": "a", "litellm_params": {"model": "echo/a",
                                                             "extra_headers": "x: 1"}}]},
      "model_list[0].litellm_params.extra_headers"),
+    # Headers HTTP cannot carry failed every call: a protocol error, or UnicodeEncodeError.
+    *(({"model_list": [{"model_name": "a", "litellm_params": {
+        "model": "echo/a", "extra_headers": headers}}]},
+       "model_list[0].litellm_params.extra_headers")
+      for headers in ({"x-a": "v\r\nx-b: w"}, {"x-a": "caf\u00e9"}, {"bad name": "v"},
+                      {"x-n": 5})),
 ])
 def test_a_number_or_section_of_the_wrong_kind_is_refused_by_its_key(
         config: dict[str, object], where: str) -> None:
