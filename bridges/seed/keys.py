@@ -2,6 +2,10 @@
 
     POST /key/generate {"key_alias", "models": [...], "duration": "30d" | "1h" | seconds,
                         "max_budget", "rpm_limit", "tpm_limit", "metadata": {...}}
+
+LiteLLM's fields that would limit or name a key in ways these keys do not implement
+(`budget_duration`, `key`, `max_parallel_requests`, per-model limits, ...) are refused,
+naming them; fields that only describe a key are accepted and not kept.
 """
 
 from __future__ import annotations
@@ -41,6 +45,44 @@ def parse_duration(value: Any) -> float | None:
     return seconds
 
 
+#: LiteLLM's `/key/generate` fields that limit or name a key, which SciLLM's keys do not
+#: implement. Ignored, each left the caller believing in a limit (a budget reset, a cap
+#: on parallel requests, per-model budgets) or a key value that did not exist; fields
+#: that only describe a key (team_id, user_id, tags, ...) are accepted and not kept.
+_NOT_HONOURED = {
+    "key": "key values are generated: a value of your choosing cannot be set",
+    "budget_duration": "budgets do not reset: max_budget is spent once",
+    "soft_budget": "there are no soft budgets, only max_budget",
+    "max_parallel_requests": "there is no cap on parallel requests (rpm_limit, tpm_limit "
+                             "and the mesh's max_streams_per_key are)",
+    "model_max_budget": "budgets are per key, not per model",
+    "model_rpm_limit": "rate limits are per key, not per model",
+    "model_tpm_limit": "rate limits are per key, not per model",
+    "allowed_routes": "a key reaches every route its models allow",
+    "permissions": "keys carry no permissions beyond their models",
+    "blocked": "a key is blocked by deleting it",
+    "guardrails": "there are no guardrails",
+    "enforced_params": "there are no enforced parameters",
+    "aliases": "there are no model aliases per key",
+    "allowed_cache_controls": "every key may use the cache controls",
+}
+
+
+def _refuse_not_honoured(body: Mapping[str, Any]) -> None:
+    for field, why in _NOT_HONOURED.items():
+        if body.get(field) is not None:
+            raise InvalidRequestError(f"'{field}' is not supported by SciLLM's keys: {why}",
+                                      param=field)
+
+
+def _whole(body: Mapping[str, Any], key: str) -> int:
+    """A rate limit: a whole number (1.5 requests a minute was floored to 1)."""
+    value = _number(body, key)
+    if not value.is_integer():
+        raise InvalidRequestError(f"'{key}' must be a whole number", param=key)
+    return int(value)
+
+
 def _number(body: Mapping[str, Any], key: str) -> float:
     value = body.get(key)
     if value is None:
@@ -54,6 +96,7 @@ def _number(body: Mapping[str, Any], key: str) -> float:
 
 def generate_request(body: Mapping[str, Any]) -> pb.GenerateKeyRequest:
     """A GenerateKeyRequest from LiteLLM's `/key/generate` body."""
+    _refuse_not_honoured(body)
     models = body.get("models") or []
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise InvalidRequestError("'models' must be an array of model names", param="models")
@@ -65,8 +108,8 @@ def generate_request(body: Mapping[str, Any]) -> pb.GenerateKeyRequest:
         raise InvalidRequestError("'key_alias' must be a string", param="key_alias")
     req = pb.GenerateKeyRequest(
         key_alias=alias or "", models=models,
-        max_budget=_number(body, "max_budget"), rpm_limit=int(_number(body, "rpm_limit")),
-        tpm_limit=int(_number(body, "tpm_limit")),
+        max_budget=_number(body, "max_budget"), rpm_limit=_whole(body, "rpm_limit"),
+        tpm_limit=_whole(body, "tpm_limit"),
         # The proto's metadata holds text: a value that is not a string is kept as its
         # JSON (it was Python's repr: {'b': 1}).
         metadata={str(k): v if isinstance(v, str) else json.dumps(v)

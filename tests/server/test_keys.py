@@ -170,6 +170,32 @@ def test_bad_generate_bodies(keyed: RunningMesh) -> None:
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize(("body", "param"), [
+    ({"rpm_limit": 1.5}, "rpm_limit"),  # was floored to 1
+    ({"tpm_limit": 1000.25}, "tpm_limit"),
+    ({"key": "sk-my-own-key"}, "key"),  # was ignored: another key came back
+    ({"budget_duration": "30d"}, "budget_duration"),  # was ignored: no reset, ever
+    ({"max_parallel_requests": 2}, "max_parallel_requests"),
+    ({"model_max_budget": {"echo/x": 1}}, "model_max_budget"),
+])
+def test_what_a_key_cannot_honour_is_refused_not_ignored(keyed: RunningMesh,
+                                                         body: dict[str, object],
+                                                         param: str) -> None:
+    """LiteLLM's fields that limit or name a key, which SciLLM's keys do not implement,
+    were ignored: the caller believed in a monthly budget reset, a parallel-request cap
+    or a key value of their choosing that did not exist. Each is a 400 naming it; a
+    fractional rate limit is too, not floored. Fields that only describe (team_id,
+    user_id, tags) are still accepted."""
+    resp = httpx.post(f"{keyed.http_url}/key/generate", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+    described = httpx.post(f"{keyed.http_url}/key/generate", timeout=30,
+                           json={"team_id": "t", "user_id": "u", "tags": ["a"], "key": None},
+                           headers={"authorization": f"Bearer {MASTER}"})
+    assert described.status_code == 200, described.text
+
+
 @pytest.mark.parametrize(("fields", "param"), [
     ({"max_budget": float("nan")}, "max_budget"),  # was INTERNAL: the store's NOT NULL
     ({"max_budget": float("inf")}, "max_budget"),
