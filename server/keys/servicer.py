@@ -100,11 +100,15 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def DeleteKey(self, request: pb.DeleteKeyRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteKeyResponse:
         self._require_keys()
-        deleted = []
-        for key in request.keys:
+        # Every key is found before any is deleted: [known, unknown] deleted the known one
+        # and answered "no such key", telling the caller the call failed while a key had
+        # gone. A key named twice is one key.
+        records = []
+        for key in dict.fromkeys(request.keys):
             record = await self._auth.store.find(key)
             if record is None:
-                raise UnknownKey(f"no such key: {key[:6]}...")
+                raise UnknownKey(f"no such key: {key[:6]}... (no key was deleted)")
+            records.append(record)
+        for record in records:
             await self._auth.store.delete(record.key_hash)
-            deleted.append(record.key_id)
-        return pb.DeleteKeyResponse(deleted_key_ids=deleted)
+        return pb.DeleteKeyResponse(deleted_key_ids=[r.key_id for r in records])

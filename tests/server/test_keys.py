@@ -196,6 +196,23 @@ def test_what_a_key_cannot_honour_is_refused_not_ignored(keyed: RunningMesh,
     assert described.status_code == 200, described.text
 
 
+def test_a_delete_naming_an_unknown_key_deletes_nothing(keyed: RunningMesh) -> None:
+    """[known, unknown] deleted the known key and answered 404 "no such key": the caller
+    was told the call failed while a key had gone. Now nothing is deleted unless every
+    key is known; a key named twice is one key."""
+    master = {"authorization": f"Bearer {MASTER}"}
+    key = str(_generate(keyed, models=["echo/x"])["key"])
+    refused = httpx.post(f"{keyed.http_url}/key/delete", json={"keys": [key, "sk-nope"]},
+                         timeout=30, headers=master)
+    assert refused.status_code == 404 and "sk-nop" in refused.json()["error"]["message"]
+    assert _chat(keyed, key).status_code == 200  # still there
+    twice = httpx.post(f"{keyed.http_url}/key/delete", json={"keys": [key, key]}, timeout=30,
+                       headers=master)
+    assert twice.status_code == 200, twice.text
+    assert len(twice.json()["deleted_keys"]) == 1
+    assert _chat(keyed, key).status_code == 401
+
+
 @pytest.mark.parametrize(("fields", "param"), [
     ({"max_budget": float("nan")}, "max_budget"),  # was INTERNAL: the store's NOT NULL
     ({"max_budget": float("inf")}, "max_budget"),
