@@ -37,6 +37,8 @@ log = logging.getLogger("scillm.server")
 
 #: RPCs that need no key: health checks and reflection.
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+#: The one key-management RPC a virtual key may make, for itself (`reads_itself`).
+_GET_KEY = "/scillm.keys.v1.KeyService/GetKey"
 #: RPCs whose usage a key pays: Completion's. The model calls other services make for a
 #: caller are charged one by one (`charges.charge_model_call`), so their replies are not.
 _CHARGED = "/scillm.completion."
@@ -108,6 +110,9 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         principal = await self._auth.authenticate(
             token_from_metadata(context.invocation_metadata()))
+        if full_method == _GET_KEY and type(request) is not _Undecodable and \
+                self._auth.reads_itself(principal, request.key):
+            return principal  # a virtual key reads its own spend and limits
         await self._auth.authorize(principal, model=model_of(request),
                                    management=full_method.startswith("/scillm.keys."))
         return principal

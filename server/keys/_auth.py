@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ._store import KeyRecord, KeyStore
+from ._store import KeyRecord, KeyStore, hash_key
 from ._windows import MemoryWindows, Windows
 from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated
 
@@ -79,6 +79,16 @@ class Authenticator:
         if record is None:
             raise Unauthenticated("invalid API key")
         return Principal(master=False, record=record)
+
+    @staticmethod
+    def reads_itself(principal: Principal, key: str) -> bool:
+        """Whether `key` (a secret or a key_id; empty: the caller's own) names the virtual
+        key making the call: a key may read its own description (spend, limits), as in
+        LiteLLM, even once over budget and without using a request of its rpm."""
+        record = principal.record
+        if principal.master or record is None:
+            return False
+        return not key or key == record.key_id or hash_key(key) == record.key_hash
 
     async def authorize(self, principal: Principal, *, model: str = "",
                         management: bool = False) -> None:

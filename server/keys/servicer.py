@@ -12,7 +12,7 @@ from scillm.keys.v1 import keys_pb2 as pb
 from scillm.keys.v1 import keys_pb2_grpc
 
 from ..errors import ErrorTable, StatusError
-from ._auth import Authenticator
+from ._auth import Authenticator, token_from_metadata
 from ._store import KeyRecord
 from .errors import (
     Forbidden,
@@ -92,7 +92,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def GetKey(self, request: pb.GetKeyRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetKeyResponse:
         self._require_keys()
-        record = await self._auth.store.find(request.key)
+        # No key named: the caller's own (LiteLLM's /key/info without `key`).
+        key = request.key or token_from_metadata(context.invocation_metadata()) or ""
+        record = await self._auth.store.find(key) if key else None
         if record is None:
             raise UnknownKey("no such key")
         return pb.GetKeyResponse(info=record_to_proto(record))

@@ -84,8 +84,9 @@ async def test_grpc_reads_the_authorization_metadata(keyed: RunningMesh) -> None
     async with ScillmClient(keyed.grpc_target, api_key=generated.key) as virtual:
         await virtual.completion.create({"model": "echo/x", "messages": [
             {"role": "user", "content": "x"}]})
+        assert (await virtual.keys.get("")).key_id == generated.info.key_id  # itself
         with pytest.raises(RPCError) as denied:
-            await virtual.keys.get(generated.key)
+            await virtual.keys.delete([generated.key])
         assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -194,6 +195,33 @@ def test_what_a_key_cannot_honour_is_refused_not_ignored(keyed: RunningMesh,
                            json={"team_id": "t", "user_id": "u", "tags": ["a"], "key": None},
                            headers={"authorization": f"Bearer {MASTER}"})
     assert described.status_code == 200, described.text
+
+
+def test_a_virtual_key_reads_its_own_spend_and_limits_only(keyed: RunningMesh) -> None:
+    """As in LiteLLM, a key may read its own /key/info (its spend, its budget left), also
+    once over budget and without using a request of its rpm; any other key's info, and
+    every other key operation, still needs the master key."""
+    mine = _generate(keyed, models=["priced"], max_budget=1.0, rpm_limit=1)
+    other = _generate(keyed, models=["echo/x"])
+    key, key_id = str(mine["key"]), str(mine["key_id"])
+    assert _chat(keyed, key, "priced").status_code == 200  # spends 3.0: over its budget
+    own = {"authorization": f"Bearer {key}"}
+    for query in ("", f"?key={key}", f"?key={key_id}"):
+        info = httpx.get(f"{keyed.http_url}/key/info{query}", headers=own, timeout=30)
+        assert info.status_code == 200, (query, info.text)
+        assert info.json()["info"]["key_id"] == key_id
+        assert info.json()["info"]["spend"] == pytest.approx(3.0)
+    for query in (f"?key={other['key']}", f"?key={other['key_id']}"):
+        refused = httpx.get(f"{keyed.http_url}/key/info{query}", headers=own, timeout=30)
+        assert refused.status_code == 403, refused.text
+    assert httpx.post(f"{keyed.http_url}/key/generate", json={}, headers=own,
+                      timeout=30).status_code == 403
+    limited = _generate(keyed, models=["echo/x"], rpm_limit=1)
+    mine_only = {"authorization": f"Bearer {limited['key']}"}
+    for _ in range(3):  # reading itself takes nothing from its requests per minute
+        assert httpx.get(f"{keyed.http_url}/key/info", headers=mine_only,
+                         timeout=30).status_code == 200
+    assert _chat(keyed, str(limited["key"])).status_code == 200
 
 
 def test_a_delete_naming_an_unknown_key_deletes_nothing(keyed: RunningMesh) -> None:

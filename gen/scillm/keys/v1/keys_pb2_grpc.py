@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class KeyServiceStub:
     """KeyService manages virtual keys. Every RPC needs the master key in the
-    `authorization` metadata (`Bearer <master key>`).
+    `authorization` metadata (`Bearer <master key>`), but for one: a virtual key may
+    GetKey itself (its spend and limits).
     """
 
     def __init__(self, channel):
@@ -55,7 +56,8 @@ class KeyServiceStub:
 
 class KeyServiceServicer:
     """KeyService manages virtual keys. Every RPC needs the master key in the
-    `authorization` metadata (`Bearer <master key>`).
+    `authorization` metadata (`Bearer <master key>`), but for one: a virtual key may
+    GetKey itself (its spend and limits).
     """
 
     def GenerateKey(self, request, context):
@@ -66,7 +68,8 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetKey(self, request, context):
-        """GetKey describes a virtual key, its spend and its limits.
+        """GetKey describes a virtual key, its spend and its limits; an empty `key` names
+        the caller's own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +110,8 @@ def add_KeyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class KeyService:
     """KeyService manages virtual keys. Every RPC needs the master key in the
-    `authorization` metadata (`Bearer <master key>`).
+    `authorization` metadata (`Bearer <master key>`), but for one: a virtual key may
+    GetKey itself (its spend and limits).
     """
 
     @staticmethod

@@ -28,7 +28,8 @@ GRPC_VERSION: str
 
 class KeyServiceStub:
     """KeyService manages virtual keys. Every RPC needs the master key in the
-    `authorization` metadata (`Bearer <master key>`).
+    `authorization` metadata (`Bearer <master key>`), but for one: a virtual key may
+    GetKey itself (its spend and limits).
     """
 
     @_typing.overload
@@ -38,27 +39,33 @@ class KeyServiceStub:
     GenerateKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.GenerateKeyRequest, _keys_pb2.GenerateKeyResponse]
     """GenerateKey creates a virtual key; the secret is returned once and stored hashed."""
     GetKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.GetKeyRequest, _keys_pb2.GetKeyResponse]
-    """GetKey describes a virtual key, its spend and its limits."""
+    """GetKey describes a virtual key, its spend and its limits; an empty `key` names
+    the caller's own.
+    """
     DeleteKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.DeleteKeyRequest, _keys_pb2.DeleteKeyResponse]
     """DeleteKey revokes virtual keys."""
 
 @_typing.type_check_only
 class KeyServiceAsyncStub(KeyServiceStub):
     """KeyService manages virtual keys. Every RPC needs the master key in the
-    `authorization` metadata (`Bearer <master key>`).
+    `authorization` metadata (`Bearer <master key>`), but for one: a virtual key may
+    GetKey itself (its spend and limits).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GenerateKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.GenerateKeyRequest, _keys_pb2.GenerateKeyResponse]  # type: ignore[assignment]
     """GenerateKey creates a virtual key; the secret is returned once and stored hashed."""
     GetKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.GetKeyRequest, _keys_pb2.GetKeyResponse]  # type: ignore[assignment]
-    """GetKey describes a virtual key, its spend and its limits."""
+    """GetKey describes a virtual key, its spend and its limits; an empty `key` names
+    the caller's own.
+    """
     DeleteKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.DeleteKeyRequest, _keys_pb2.DeleteKeyResponse]  # type: ignore[assignment]
     """DeleteKey revokes virtual keys."""
 
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """KeyService manages virtual keys. Every RPC needs the master key in the
-    `authorization` metadata (`Bearer <master key>`).
+    `authorization` metadata (`Bearer <master key>`), but for one: a virtual key may
+    GetKey itself (its spend and limits).
     """
 
     @_abc_1.abstractmethod
@@ -75,7 +82,9 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _keys_pb2.GetKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_keys_pb2.GetKeyResponse, _abc.Awaitable[_keys_pb2.GetKeyResponse]]:
-        """GetKey describes a virtual key, its spend and its limits."""
+        """GetKey describes a virtual key, its spend and its limits; an empty `key` names
+        the caller's own.
+        """
 
     @_abc_1.abstractmethod
     def DeleteKey(
