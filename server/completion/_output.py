@@ -9,12 +9,18 @@ additionalProperties, items, enum, const, anyOf/oneOf/allOf, bounds).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["json_object_body", "json_validity", "schema_of", "wants_json_schema"]
+from .errors import InvalidRequest
+
+__all__ = ["check_schema", "json_object_body", "json_validity", "schema_of",
+           "wants_json_schema"]
+
+_SCHEMA_PARAM = "response_format.json_schema.schema"
 
 _TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
@@ -41,6 +47,69 @@ def schema_of(fmt: Any) -> dict[str, Any] | None:
     spec = fmt.get("json_schema") or {}
     schema = spec.get("schema") if isinstance(spec, dict) else None
     return schema if isinstance(schema, dict) else None
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """InvalidRequest unless `schema` is a JSON schema (draft 2020-12) whose every `$ref`
+    leads inside it. Before, a schema that was none (`"type": 5`, a `$ref` leading
+    nowhere) failed the call once the upstream had answered, as an INTERNAL error from the
+    validator. Checked once per distinct schema (a caller sends the same one again)."""
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"{_SCHEMA_PARAM}: {exc}", param=_SCHEMA_PARAM) from None
+    problem = _schema_problem(text)
+    if problem is not None:
+        raise InvalidRequest(f"{_SCHEMA_PARAM}: {problem}", param=_SCHEMA_PARAM)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_problem(text: str) -> str | None:
+    schema = json.loads(text)
+    try:
+        jsonschema: Any = importlib.import_module("jsonschema")
+    except ImportError:
+        jsonschema = None
+    if jsonschema is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            return f"not a JSON schema{f' at {where}' if where else ''}: {exc.message}"[:500]
+    for ref in _refs(schema):
+        if not _resolves(schema, ref):
+            return (f"$ref {ref!r} leads nowhere inside the schema (references are followed "
+                    "inside it only: '#' or '#/...')")[:500]
+    return None
+
+
+def _refs(node: Any) -> Iterator[Any]:
+    """Every `$ref` value in a schema."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def _resolves(root: Any, ref: Any) -> bool:
+    """Whether `ref` is a JSON pointer into `root` ('#', '#/a/0/b') that leads somewhere."""
+    if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
+        return False
+    target = root
+    for part in ref[2:].split("/") if ref != "#" else ():
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            return False
+    return True
 
 
 def json_object_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +152,13 @@ def validate(value: Any, schema: dict[str, Any]) -> bool:
     try:
         jsonschema: Any = importlib.import_module("jsonschema")
     except ImportError:
-        return _valid(value, schema, schema)
-    return not any(True for _ in jsonschema.Draft202012Validator(schema).iter_errors(value))
+        jsonschema = None
+    try:
+        if jsonschema is None:
+            return _valid(value, schema, schema)
+        return not any(True for _ in jsonschema.Draft202012Validator(schema).iter_errors(value))
+    except RecursionError:  # a schema that refers to itself without end ({"$ref": "#"})
+        return False
 
 
 def _valid(value: Any, schema: Any, root: dict[str, Any]) -> bool:

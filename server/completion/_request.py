@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import _output
 from .errors import InvalidRequest
 
 __all__ = ["DETERMINISTIC_SEED", "MAX_RETRIES", "Options", "check", "options", "upstream_body"]
@@ -80,6 +81,9 @@ def check(request: Mapping[str, Any]) -> str:
             "text", "json_object", "json_schema")):
         raise InvalidRequest("response_format.type must be text, json_object or json_schema",
                              param="response_format")
+    schema = _output.schema_of(fmt)
+    if schema is not None:
+        _output.check_schema(schema)
     return model
 
 

@@ -104,6 +104,34 @@ async def test_json_valid_reported(engine: CompletionEngine) -> None:
     assert obj.json_valid is False
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": 5},  # TypeError inside the validator
+    {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]},
+    {"$ref": "https://example.com/schema.json"},  # would be fetched, or fail
+    {"minItems": "a"},
+    {"required": "a"},
+])
+async def test_a_schema_that_is_no_schema_is_the_callers_error(engine: CompletionEngine,
+                                                              schema: dict[str, object]) -> None:
+    """A json_schema response format whose schema is not one (a type of 5, a $ref that
+    leads nowhere) failed the call after the upstream had answered, as an INTERNAL error
+    (TypeError, _WrappedReferencingError); it is refused before any upstream call, naming
+    the schema."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
+    with pytest.raises(InvalidRequest) as info:
+        await engine.complete({"model": "echo/j", "messages": msg('{"a": [1]}'),
+                               "response_format": fmt})
+    assert info.value.param == "response_format.json_schema.schema"
+    with pytest.raises(InvalidRequest):
+        [e async for e in engine.stream({"model": "echo/j", "messages": msg('{"a": 1}'),
+                                         "response_format": fmt})]
+    recursive = {"type": "object", "properties": {"next": {"$ref": "#"}}}  # a valid one
+    ok = {"type": "json_schema", "json_schema": {"name": "t", "schema": recursive}}
+    done = await engine.complete({"model": "echo/j", "messages": msg('{"next": {}}'),
+                                  "response_format": ok})
+    assert done.json_valid is True
+
+
 async def test_json_valid_reported_for_streams_without_a_cache(engine: CompletionEngine,
                                                                ) -> None:
     for text, valid in (('{"a": 1}', True), ("[1]", False)):
