@@ -187,10 +187,13 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             maybe = status_for(exc, self._table)
             if maybe is None:
                 log.exception("request %s failed unexpectedly", request_id, exc_info=exc)
-                code = grpc.StatusCode.INTERNAL
-                message = f"internal error (request id {request_id})"
-            else:
-                code, message = maybe, str(exc) or type(exc).__name__
+                # Nothing of `exc` goes out, not even its class (the log has it all).
+                message, details = to_status(grpc.StatusCode.INTERNAL,
+                                             f"internal error (request id {request_id})",
+                                             None, request_id)
+                return grpc.StatusCode.INTERNAL, message, (
+                    ("grpc-status-details-bin", details), ("x-request-id", request_id))
+            code, message = maybe, str(exc) or type(exc).__name__
         message, details = to_status(code, message, exc, request_id)
         return code, message, (("grpc-status-details-bin", details),
                                ("x-request-id", request_id))

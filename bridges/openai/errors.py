@@ -54,6 +54,8 @@ def from_exception(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]
         if exc.retry_after_s is not None:
             headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
         code = exc.reason or exc.code.name.lower()
+        if exc.code == grpc.StatusCode.INTERNAL and exc.reason == "INTERNAL":
+            code = None  # a failure nobody foresaw: OpenAI's 500 names no code
         if exc.code == grpc.StatusCode.NOT_FOUND and exc.reason == "ModelNotFound":
             code = "model_not_found"
         return status, error_body(exc.message, type_, param=exc.param, code=code), headers

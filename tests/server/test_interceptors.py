@@ -126,3 +126,43 @@ def test_a_caller_choosing_model_names_cannot_grow_the_metrics_without_end(
     assert {m for m in models if m.startswith("made-up-")} == {
         f"made-up-{i}" for i in range(MAX_MODEL_LABELS)}
     assert models - {f"made-up-{i}" for i in range(MAX_MODEL_LABELS)} == {"fixed", OTHER_MODEL}
+
+
+def test_an_unexpected_failure_names_no_internals() -> None:
+    """A handler's unexpected exception was answered INTERNAL with the exception's class
+    as the ErrorInfo reason (the door's `code`: "TypeError", "_WrappedReferencingError"),
+    naming the mesh's insides to any caller. It is "INTERNAL" now, and the door's 500
+    carries no code, as its own unexpected failures do; the log keeps the traceback."""
+    from scillm.bridges.openai.errors import from_exception
+    from scillm.clients import RPCError
+
+    async def completion(request: pb.CompletionRequest, context: Any) -> pb.CompletionResponse:
+        raise KeyError("the secret detail")
+
+    async def go() -> RPCError:
+        server = grpc.aio.server(interceptors=[CallContext(Settings(), {}, Metrics())])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+            "Completion": grpc.unary_unary_rpc_method_handler(
+                completion, request_deserializer=pb.CompletionRequest.FromString,
+                response_serializer=pb.CompletionResponse.SerializeToString)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary(
+                    f"/{SERVICE}/Completion",
+                    request_serializer=pb.CompletionRequest.SerializeToString,
+                    response_deserializer=pb.CompletionResponse.FromString)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(pb.CompletionRequest(model="m"), timeout=10,
+                               metadata=(("x-request-id", "rid-1"),))
+                return RPCError.from_aio(info.value)
+        finally:
+            await server.stop(None)
+
+    error = uvloop.run(go())
+    assert error.code == grpc.StatusCode.INTERNAL and error.request_id == "rid-1"
+    assert error.reason == "INTERNAL" and "secret" not in error.message
+    status, body, _ = from_exception(error)
+    assert status == 500 and body["error"]["code"] is None
+    assert body["error"]["message"] == "internal error (request id rid-1)"
