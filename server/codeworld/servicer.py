@@ -75,6 +75,10 @@ def _limits(limits: pb.Limits) -> tuple[Limits | None, int | None]:
     return built, (limits.concurrency or None)
 
 
+_JUDGE_MODES = frozenset(pb.JudgeMode.values())
+_SEARCH_MODES = frozenset(pb.SearchMode.values())
+
+
 def _language(strategy: pb.Strategy, index: int) -> str:
     name = _LANGUAGES.get(strategy.language)
     if name is None:
@@ -110,6 +114,12 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
         for i, s in enumerate(req.strategies))
     limits, concurrency = _limits(req.limits)
     judge = req.scoring.judge
+    # Modes this server does not know (a newer client's) ran as the defaults, silently.
+    if judge.mode not in _JUDGE_MODES:
+        raise _invalid(f"scoring.judge.mode {judge.mode} is not a mode this server knows",
+                       "scoring.judge.mode")
+    if req.mode not in _SEARCH_MODES:
+        raise _invalid(f"mode {req.mode} is not a mode this server knows", "mode")
     spec = JudgeSpec(
         mode="lexicographic" if judge.mode == pb.JUDGE_MODE_LEXICOGRAPHIC else "weighted")
     if judge.weights:

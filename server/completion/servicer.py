@@ -46,6 +46,15 @@ def _invalid(message: str, param: str) -> StatusError:
     return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
 
 
+def _unknown(param: str, value: int) -> StatusError:
+    return _invalid(f"{param} {value} is not a value this server knows", param)
+
+
+_ROLES = frozenset(pb.Role.values())
+_TOOL_CHOICE_MODES = frozenset(pb.ToolChoiceMode.values())
+_FORMAT_TYPES = frozenset(pb.ResponseFormatType.values())
+
+
 def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
     """`convert(reply)`, an upstream's reply in the contract's terms; UpstreamError (502)
     when the reply does not fit OpenAI's shape. Before, a reply with `"created":
@@ -68,6 +77,13 @@ def validate_request(req: pb.CompletionRequest) -> None:
     for i, message in enumerate(req.messages):
         if message.role == pb.ROLE_UNSPECIFIED:
             raise _invalid(f"messages[{i}].role is ROLE_UNSPECIFIED", f"messages[{i}].role")
+        if message.role not in _ROLES:
+            raise _unknown(f"messages[{i}].role", message.role)
+    # Values this server does not know (a newer client's) were read as the defaults.
+    if req.HasField("tool_choice") and req.tool_choice.mode not in _TOOL_CHOICE_MODES:
+        raise _unknown("tool_choice.mode", req.tool_choice.mode)
+    if req.HasField("response_format") and req.response_format.type not in _FORMAT_TYPES:
+        raise _unknown("response_format.type", req.response_format.type)
     if req.HasField("n") and not 1 <= req.n <= _MAX_N:
         raise _invalid(f"n must be between 1 and {_MAX_N}", "n")
     for name in ("max_tokens", "max_completion_tokens"):

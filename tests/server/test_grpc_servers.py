@@ -217,6 +217,30 @@ async def test_a_request_that_does_not_parse_is_the_callers_error(
     assert answer.choices[0].message.content[0].text == "one two three"
 
 
+@pytest.mark.parametrize(("field", "param"), [
+    ("role", "messages[0].role"), ("tool_choice", "tool_choice.mode"),
+    ("response_format", "response_format.type")])
+async def test_an_enum_value_this_server_does_not_know_is_refused(
+        door: Door, field: str, param: str) -> None:
+    """A role, tool-choice mode or response format this server does not know (a newer
+    client's) was read as the default (a user message, auto, text), silently."""
+    from scillm.completion.v1 import completion_pb2 as pb
+
+    request = openai_wire.request_to_proto(ECHO)
+    if field == "role":
+        request.messages[0].role = 42  # type: ignore[assignment]
+    elif field == "tool_choice":
+        request.tool_choice.mode = 42  # type: ignore[assignment]
+    else:
+        request.response_format.type = 42  # type: ignore[assignment]
+    assert isinstance(request, pb.CompletionRequest)
+    async with ScillmClient(door.target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create(request, timeout=20)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == param and "42" in info.value.message
+
+
 async def test_a_list_of_replicas_is_one_target(door: Door) -> None:
     """`ScillmClient("a,b")` balances over both. gRPC's C core would send the whole list
     as the :authority, which the native server's HTTP/2 refuses as malformed: the client

@@ -78,6 +78,23 @@ async def test_an_unknown_language_is_invalid_argument_naming_the_field(
     assert "unknown language" in info.value.message
 
 
+@pytest.mark.parametrize(("field", "param"), [("mode", "mode"),
+                                              ("judge", "scoring.judge.mode")])
+async def test_an_unknown_mode_is_invalid_argument_not_the_default(
+        mesh: RunningMesh, field: str, param: str) -> None:
+    """A search or judge mode this server does not know (a newer client's) ran as the
+    default (all strategies, weighted judge), silently; it is refused, naming it."""
+    req = _add_request()
+    if field == "mode":
+        req.mode = 7  # type: ignore[assignment]
+    else:
+        req.scoring.judge.mode = 7  # type: ignore[assignment]
+    with pytest.raises(RPCError) as info:
+        await _events(mesh, req)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == param and "7" in info.value.message
+
+
 async def test_a_score_that_times_out_says_so(mesh: RunningMesh) -> None:
     req = _add_request()
     req.mode = cw.SEARCH_MODE_ALL
