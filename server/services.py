@@ -6,6 +6,7 @@ prover or sandbox code.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +24,8 @@ from .keys import Authenticator, KeyStore, PostgresKeyStore, SQLiteKeyStore
 from .keys._windows import RedisWindows
 from .manifests import RunStore, open_run_store
 from .settings import Settings
+
+log = logging.getLogger("scillm.server")
 
 __all__ = ["SERVICE_NAMES", "ServiceParts", "build_service", "unserved_handler"]
 
@@ -121,6 +124,9 @@ def _completion(settings: Settings, shared: dict[str, Any]) -> ServiceParts:
 
     config = (CompletionSettings.from_yaml(settings.config_path)
               if settings.config_path else CompletionSettings.default())
+    if config.ignored_keys:  # a typo ("cahce", "api_bse") was silently nothing
+        log.warning("config %s: not read by SciLLM (a typo, or a LiteLLM setting it does not "
+                    "have): %s", settings.config_path, ", ".join(config.ignored_keys))
     engine = CompletionEngine(config)
     metrics = shared.get("metrics")
     if metrics is not None:

@@ -18,7 +18,8 @@ The response cache is off unless `litellm_settings.cache` is true, as in LiteLLM
 `cache_params.mode: default_off` it is used only by requests that opt in.
 
 `os.environ/NAME` strings are resolved at load; API keys are held in `Secret`, which
-never shows its value in repr or logs. Keys we do not use are kept in `ignored_keys`.
+never shows its value in repr or logs. Keys nothing in the mesh reads are kept in
+`ignored_keys`, which the mesh names when it starts (a typo was silently nothing).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class CompletionSettings:
         env = os.environ if environ is None else environ
         ignored: list[str] = []
         for key in data:
-            if key not in ("model_list", "router_settings", "litellm_settings"):
+            if key not in _SECTIONS:
                 ignored.append(str(key))
         model_list = data.get("model_list") or ()
         if not isinstance(model_list, list | tuple):
@@ -205,7 +206,13 @@ def _secret(value: Any, env: Mapping[str, str]) -> Secret | None:
 
 
 _PARAMS = {"model", "api_base", "base_url", "api_key", "rpm", "tpm", "weight", "timeout",
-           "stream_timeout", "extra_headers", "headers", "max_tokens", "custom_llm_provider"}
+           "stream_timeout", "extra_headers", "headers", "max_tokens", "custom_llm_provider",
+           # read by the keys' Authenticator (server/services.py): a key's spend
+           "input_cost_per_token", "output_cost_per_token"}
+#: The config's sections the mesh reads: these three here, general_settings (the master
+#: key), agent_settings, mcp_servers and http_tool_servers (the agent's config file).
+_SECTIONS = ("model_list", "router_settings", "litellm_settings", "general_settings",
+             "agent_settings", "mcp_servers", "http_tool_servers")
 #: Parameters only a `codex-agent/...` deployment reads.
 _CODEX_PARAMS = {"force_local"}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -58,7 +60,7 @@ def test_litellm_yaml_loads_unchanged(tmp_path: Path) -> None:
     assert r.context_window_fallbacks == {"claude": ("gpt-4o",)}
     assert (s.cache.backend, s.cache.redis_host, s.cache.redis_port, s.cache.ttl_s) == (
         "redis", "127.0.0.1", 6380, 60.0)
-    assert "general_settings" in s.ignored_keys
+    assert "general_settings" not in s.ignored_keys  # the keys read its master_key
     assert "router_settings.enable_pre_call_checks" in s.ignored_keys
     text = repr(s)
     assert "sk-secret" not in text and "hunter2" not in text
@@ -138,3 +140,31 @@ def test_numbers_from_the_environment_and_in_range_are_read() -> None:
     assert (dep.rpm, dep.timeout_s, dep.weight, dep.max_tokens_default) == (60, 2.5, 3.0, 64)
     assert (s.router.num_retries, s.router.cooldown_time_s, s.router.timeout_s) == (0, 0.0, 30.0)
     assert (s.cache.ttl_s, s.cache.max_entries) == (600.0, 0)
+
+
+def test_keys_nothing_reads_are_named_at_start(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A typo in the config (`cahce: true`, `api_bse`, `router_setting`) was silently
+    nothing: the cache stayed off, the deployment went to its provider's default base.
+    The mesh's start names every key nothing reads; the sections and keys other parts
+    read (general_settings, agent_settings, mcp_servers, http_tool_servers, per-token
+    prices) are not named."""
+    from meshutil import mesh_settings, start_mesh
+
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": "a", "litellm_params": {
+            "model": "echo/a", "api_bse": "http://x", "input_cost_per_token": 1e-6}}],
+        "router_setting": {"num_retries": 3}, "litellm_settings": {"cahce": True},
+        "general_settings": {}, "agent_settings": {}, "mcp_servers": {},
+        "http_tool_servers": {}}))
+    settings = CompletionSettings.from_yaml(config)
+    assert sorted(settings.ignored_keys) == [
+        "litellm_settings.cahce", "model_list[0].litellm_params.api_bse", "router_setting"]
+    caplog.set_level(logging.WARNING, logger="scillm.server")
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
+    running.stop()
+    said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert len(said) == 1 and str(config) in said[0]
+    for key in settings.ignored_keys:
+        assert key in said[0]
