@@ -44,8 +44,11 @@ class SQLiteRunStore(RunStore):
             if not create and not Path(self.path).exists():
                 raise RunStoreError(f"no run store at {self.path}")
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:  # not a database, unreadable, a directory, ...
+            raise RunStoreError(f"cannot open the run store at {self.path}: {exc}") from None
 
     def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         with self._lock, self._db:

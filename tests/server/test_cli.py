@@ -115,6 +115,12 @@ def test_runs_list_show_and_replay(tmp_path: Path, mesh: RunningMesh) -> None:
     assert report["run_id"] == run_id and report["replay_run_id"] != run_id
     missing = _run("runs", "show", "nope", "--store", store)
     assert missing.returncode == 1 and "no single run" in missing.stderr
+    not_a_store = tmp_path / "notes.txt"  # was a traceback: sqlite3.DatabaseError
+    not_a_store.write_text("these are notes, not runs\n" * 100)
+    wrong = _run("runs", "list", "--store", str(not_a_store))
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr
+    assert "cannot open the run store" in wrong.stderr and "not a database" in wrong.stderr
+    assert not_a_store.read_text() == "these are notes, not runs\n" * 100  # untouched
 
 
 def test_prove_batch_and_run(tmp_path: Path, mesh: RunningMesh) -> None:
