@@ -10,11 +10,12 @@ from .errors import (
     KeyError_,
     KeyRateLimited,
     KeysDisabled,
+    KeyStoreError,
     Unauthenticated,
     UnknownKey,
 )
 
 __all__ = ["RUNS_READ", "Authenticator", "BudgetExceeded", "Forbidden", "KeyError_",
-           "KeyRateLimited", "KeyRecord", "KeyStore", "KeysDisabled", "MemoryWindows",
-           "PostgresKeyStore", "Principal", "RedisWindows", "SQLiteKeyStore", "Unauthenticated",
-           "UnknownKey", "Windows", "hash_key", "token_from_metadata"]
+           "KeyRateLimited", "KeyRecord", "KeyStore", "KeyStoreError", "KeysDisabled",
+           "MemoryWindows", "PostgresKeyStore", "Principal", "RedisWindows", "SQLiteKeyStore",
+           "Unauthenticated", "UnknownKey", "Windows", "hash_key", "token_from_metadata"]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..manifests import RunStore
+from .errors import KeyStoreError
 
 __all__ = ["KeyRecord", "KeyStore", "PostgresKeyStore", "SQLiteKeyStore", "hash_key"]
 
@@ -110,8 +111,11 @@ class SQLiteKeyStore(KeyStore):
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:  # said "file is not a database", naming no file
+            raise KeyStoreError(f"cannot open the key store at {path}: {exc}") from None
         self._lock = threading.Lock()
 
     async def create(self, **fields: Any) -> tuple[str, KeyRecord]:

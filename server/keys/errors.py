@@ -39,6 +39,10 @@ class KeyRateLimited(KeyError_):
         self.retry_after_s = retry_after_s
 
 
+class KeyStoreError(KeyError_):
+    """The key store cannot be opened (a file that is no database, unreadable, ...)."""
+
+
 class KeysDisabled(KeyError_):
     """Key management needs a master key (SCILLM_MASTER_KEY or general_settings.master_key)."""
 

@@ -363,3 +363,16 @@ def test_metadata_values_that_are_not_text_are_kept_as_json(keyed: RunningMesh) 
     Python's repr ("{'b': 1}"), now as its JSON."""
     made = _generate(keyed, metadata={"team": "a", "limits": {"b": 1}, "tags": ["x"]})
     assert made["metadata"] == {"team": "a", "limits": '{"b": 1}', "tags": '["x"]'}
+
+
+def test_a_key_store_that_is_no_database_stops_the_start_naming_it(tmp_path: Path) -> None:
+    """keys.sqlite3 holding something else stopped `scillm serve` with "file is not a
+    database", naming no file."""
+    from scillm.server.keys import KeyStoreError, SQLiteKeyStore
+
+    path = tmp_path / "keys.sqlite3"
+    path.write_text("not keys\n")
+    with pytest.raises(KeyStoreError) as info:
+        SQLiteKeyStore(path)
+    assert str(path) in str(info.value) and "not a database" in str(info.value)
+    assert path.read_text() == "not keys\n"
