@@ -33,6 +33,24 @@ def _sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None
     return metrics.registry.get_sample_value(name, labels)
 
 
+async def _serving(completion: Any, metrics: Metrics) -> tuple[grpc.aio.Server, int]:
+    """A started grpc.aio server behind CallContext whose Completion is `completion`."""
+    server = grpc.aio.server(interceptors=[CallContext(Settings(), {}, metrics)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "Completion": grpc.unary_unary_rpc_method_handler(
+            completion, request_deserializer=pb.CompletionRequest.FromString,
+            response_serializer=pb.CompletionResponse.SerializeToString)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+def _completion_call(channel: grpc.aio.Channel) -> Any:
+    return channel.unary_unary(f"/{SERVICE}/Completion",
+                               request_serializer=pb.CompletionRequest.SerializeToString,
+                               response_deserializer=pb.CompletionResponse.FromString)
+
+
 def test_every_rpc_is_counted_by_model_and_code_and_leaves_the_in_flight_gauge() -> None:
     metrics = Metrics()
     seen_in_flight: list[float | None] = []
@@ -45,19 +63,11 @@ def test_every_rpc_is_counted_by_model_and_code_and_leaves_the_in_flight_gauge()
         return pb.CompletionResponse(model=request.model)
 
     async def go() -> list[grpc.StatusCode]:
-        server = grpc.aio.server(interceptors=[CallContext(Settings(), {}, metrics)])
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-            "Completion": grpc.unary_unary_rpc_method_handler(
-                completion, request_deserializer=pb.CompletionRequest.FromString,
-                response_serializer=pb.CompletionResponse.SerializeToString)}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, port = await _serving(completion, metrics)
         codes = []
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.unary_unary(f"/{SERVICE}/Completion",
-                                           request_serializer=pb.CompletionRequest.SerializeToString,
-                                           response_deserializer=pb.CompletionResponse.FromString)
+                call = _completion_call(channel)
                 for model in ("m1", "m1", "m1", "bad"):
                     try:
                         await call(pb.CompletionRequest(model=model), timeout=30)
@@ -140,19 +150,10 @@ def test_an_unexpected_failure_names_no_internals() -> None:
         raise KeyError("the secret detail")
 
     async def go() -> RPCError:
-        server = grpc.aio.server(interceptors=[CallContext(Settings(), {}, Metrics())])
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-            "Completion": grpc.unary_unary_rpc_method_handler(
-                completion, request_deserializer=pb.CompletionRequest.FromString,
-                response_serializer=pb.CompletionResponse.SerializeToString)}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, port = await _serving(completion, Metrics())
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.unary_unary(
-                    f"/{SERVICE}/Completion",
-                    request_serializer=pb.CompletionRequest.SerializeToString,
-                    response_deserializer=pb.CompletionResponse.FromString)
+                call = _completion_call(channel)
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await call(pb.CompletionRequest(model="m"), timeout=10,
                                metadata=(("x-request-id", "rid-1"),))
