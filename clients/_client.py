@@ -81,7 +81,7 @@ def _metadata(request_id: str | None, extra: Metadata | None,
 
 
 class CompletionClient:
-    """CompletionService: `create`, `stream`, `list_models`."""
+    """CompletionService: `create`, `stream`, `list_models`, `get_model`."""
 
     def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = completion_pb2_grpc.CompletionServiceStub(channel)
@@ -129,6 +129,18 @@ class CompletionClient:
         except grpc.aio.AioRpcError as err:
             raise RPCError.from_aio(err) from None
         return [m.id for m in reply.models]
+
+    async def get_model(self, model: str, *, timeout: float | None = 10.0,
+                        metadata: Metadata | None = None) -> completion_pb2.Model:
+        """One model the caller may call (a configured name, or one a wildcard serves);
+        RPCError NOT_FOUND (reason ModelNotFound) otherwise."""
+        try:
+            reply: completion_pb2.GetModelResponse = await self._stub.GetModel(
+                completion_pb2.GetModelRequest(model=model), timeout=timeout,
+                metadata=_metadata(None, metadata, self._default))
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+        return reply.model
 
 
 async def _stream(call: Any) -> AsyncIterator[Any]:
@@ -403,6 +415,10 @@ class SyncScillmClient:
     def list_models(self) -> list[str]:
         """Configured model names."""
         return self._loop.run(self._client.completion.list_models())
+
+    def get_model(self, model: str) -> completion_pb2.Model:
+        """One model the caller may call; RPCError NOT_FOUND otherwise."""
+        return self._loop.run(self._client.completion.get_model(model))
 
     def call(self, awaitable: Awaitable[T]) -> T:
         """Run any coroutine of the async client (`client.async_client`) to completion."""

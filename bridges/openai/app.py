@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   JSON, or SSE ending in `data: [DONE]` with "stream": true
     GET  /v1/models             configured model names
+    GET  /v1/models/{model}     one model a caller may call (404 model_not_found if none)
     GET  /healthz               the process is up
     GET  /readyz                every served service is SERVING (asks gRPC health)
     GET  /ready                 the same, in the seed's shape ({"ok": ...})
@@ -364,6 +365,16 @@ class _Shim:
             {"id": n, "object": "model", "created": created, "owned_by": "scillm"}
             for n in names]})
 
+    async def model(self, request: Request) -> Response:
+        """OpenAI's `GET /v1/models/{model}` (a name may hold slashes: `echo/x`)."""
+        try:
+            found = await self.client.completion.get_model(
+                request.path_params["model"], metadata=_credentials(request))
+        except RPCError as exc:
+            return error_response(exc)
+        return JSONResponse({"id": found.id, "object": "model", "created": 0,
+                             "owned_by": found.owned_by})
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -465,6 +476,7 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
     routes = [
         *(Route(path, completions, methods=["POST"]) for path in COMPLETIONS),
         Route("/v1/models", shim.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", shim.model, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),
         Route("/agent/run", shim.agent_run, methods=["POST"]),
         Route("/key/generate", shim.key_generate, methods=["POST"]),

@@ -322,6 +322,21 @@ OPENAPI: dict[str, Any] = {
                 **_errors(*_GET_ERRORS),
             },
         }},
+        "/v1/models/{model}": {"get": {
+            "operationId": "retrieveModel",
+            "summary": "One model the caller may call: a configured name, or one a wildcard "
+                       "name serves",
+            "parameters": [{"name": "model", "in": "path", "required": True,
+                            "description": "the model's name (it may hold slashes)",
+                            "schema": {"type": "string"}}],
+            "responses": {
+                "200": _json(_object({
+                    "id": {"type": "string"}, "object": {"const": "model"},
+                    "created": {"type": "integer"}, "owned_by": {"type": "string"},
+                }, ("id", "object", "created", "owned_by")), "the model"),
+                **_errors(*_GET_ERRORS, "404"),
+            },
+        }},
         "/healthz": {"get": {
             "operationId": "healthz", "summary": "The process is up", "security": [{}],
             "responses": {"200": _json(_object({"status": {"const": "ok"}}, ("status",)),

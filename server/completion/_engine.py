@@ -81,6 +81,10 @@ class CompletionEngine:
         """The configured `model_name` values (wildcards included), for /v1/models."""
         return self._router.model_names()
 
+    def deployments_of(self, model: str) -> int:
+        """How many deployments serve `model`; ModelNotFound (with close names) if none."""
+        return len(self._router.group(model).deployments)
+
     def serves(self, model: str) -> bool:
         """Whether `model` names a deployment group (exactly, or through a wildcard)."""
         try:

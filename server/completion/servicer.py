@@ -210,6 +210,15 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                     report_usage_estimate(prompt, tokens(streamed))
                 yield pb.CompletionStreamResponse(chunk=chunk)
 
+    async def GetModel(self, request: pb.GetModelRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetModelResponse:
+        if not request.model:
+            raise _invalid("model is required", "model")
+        # A key limited to other models was refused by the interceptor (403), as for a call.
+        return pb.GetModelResponse(model=pb.Model(
+            id=request.model, owned_by="scillm",
+            deployments=self._engine.deployments_of(request.model)))
+
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListModelsResponse:
         allowed = caller_models()  # a key limited to some models lists those it may call

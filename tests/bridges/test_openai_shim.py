@@ -14,6 +14,8 @@ import openai
 import pytest
 from meshutil import RunningMesh
 
+from scillm.clients import SyncScillmClient
+
 
 @pytest.fixture
 def sdk(mesh: RunningMesh) -> openai.OpenAI:
@@ -106,6 +108,23 @@ def test_errors_use_openais_body(mesh: RunningMesh, body: dict[str, object], sta
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param
     assert resp.headers["x-request-id"]
+
+
+def test_sdk_retrieves_one_model(sdk: openai.OpenAI, mesh: RunningMesh) -> None:
+    """OpenAI's `GET /v1/models/{model}` (the SDK's `models.retrieve`) was a 404 "Invalid
+    URL" for every name: it describes a name the mesh serves, also one a wildcard serves
+    (`echo/x` through `echo/*`), and is 404 `model_not_found` with close names for others."""
+    for name in ("echo/x", "echo/*"):
+        model = sdk.models.retrieve(name)
+        assert (model.id, model.object, model.owned_by) == (name, "model", "scillm")
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.models.retrieve("ecko/x")
+    error = missing.value.body
+    assert isinstance(error, dict) and error["code"] == "model_not_found"
+    assert "ecko/x" in error["message"]
+    described = SyncScillmClient(mesh.grpc_target)
+    with described as client:
+        assert client.get_model("echo/x").deployments == 1
 
 
 def test_sdk_raises_typed_errors(sdk: openai.OpenAI) -> None:

@@ -216,6 +216,12 @@ def test_a_virtual_key_reads_its_own_spend_and_limits_only(keyed: RunningMesh) -
         assert refused.status_code == 403, refused.text
     assert httpx.post(f"{keyed.http_url}/key/generate", json={}, headers=own,
                       timeout=30).status_code == 403
+    # One model: a key's own is described, another is refused as a call to it would be.
+    fresh = {"authorization": f"Bearer {_generate(keyed, models=['priced'])['key']}"}
+    assert httpx.get(f"{keyed.http_url}/v1/models/priced", headers=fresh,
+                     timeout=30).json()["id"] == "priced"
+    assert httpx.get(f"{keyed.http_url}/v1/models/echo/x", headers=fresh,
+                     timeout=30).status_code == 403
     limited = _generate(keyed, models=["echo/x"], rpm_limit=1)
     mine_only = {"authorization": f"Bearer {limited['key']}"}
     for _ in range(3):  # reading itself takes nothing from its requests per minute

@@ -50,6 +50,11 @@ class CompletionServiceStub:
                 request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/scillm.completion.v1.CompletionService/GetModel',
+                request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -79,6 +84,14 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """GetModel describes one model a caller may call: a configured name, or one a
+        wildcard name serves (`echo/x` through `echo/*`); NOT_FOUND otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.ListModelsRequest.FromString,
                     response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelRequest.FromString,
+                    response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class CompletionService:
             '/scillm.completion.v1.CompletionService/ListModels',
             scillm_dot_completion_dot_v1_dot_completion__pb2.ListModelsRequest.SerializeToString,
             scillm_dot_completion_dot_v1_dot_completion__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scillm.completion.v1.CompletionService/GetModel',
+            scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelRequest.SerializeToString,
+            scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

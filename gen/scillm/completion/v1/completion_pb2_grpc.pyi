@@ -44,6 +44,10 @@ class CompletionServiceStub:
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_completion_pb2.ListModelsRequest, _completion_pb2.ListModelsResponse]
     """ListModels lists the model names the router is configured with."""
+    GetModel: _grpc.UnaryUnaryMultiCallable[_completion_pb2.GetModelRequest, _completion_pb2.GetModelResponse]
+    """GetModel describes one model a caller may call: a configured name, or one a
+    wildcard name serves (`echo/x` through `echo/*`); NOT_FOUND otherwise.
+    """
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -59,6 +63,10 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_completion_pb2.ListModelsRequest, _completion_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists the model names the router is configured with."""
+    GetModel: _aio.UnaryUnaryMultiCallable[_completion_pb2.GetModelRequest, _completion_pb2.GetModelResponse]  # type: ignore[assignment]
+    """GetModel describes one model a caller may call: a configured name, or one a
+    wildcard name serves (`echo/x` through `echo/*`); NOT_FOUND otherwise.
+    """
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
     """CompletionService answers chat completions for every configured model."""
@@ -89,5 +97,15 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_completion_pb2.ListModelsResponse, _abc.Awaitable[_completion_pb2.ListModelsResponse]]:
         """ListModels lists the model names the router is configured with."""
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _completion_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_pb2.GetModelResponse, _abc.Awaitable[_completion_pb2.GetModelResponse]]:
+        """GetModel describes one model a caller may call: a configured name, or one a
+        wildcard name serves (`echo/x` through `echo/*`); NOT_FOUND otherwise.
+        """
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
