@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._store import COLUMNS, RunStore, RunStoreError
+from ._store import COLUMNS, RunStore, RunStoreError, RunStoreUnavailable
 
 __all__ = ["SQLiteRunStore"]
+
+log = logging.getLogger("scillm.server")
+
+#: SQLite's primary result codes that say the file cannot be written now (full disk, I/O
+#: error, read-only, busy or locked past the timeout, cannot open): the store is
+#: unavailable, as a PostgreSQL store whose server went away is. Others are bugs.
+_UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})  # BUSY LOCKED READONLY IOERR FULL CANTOPEN
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -40,6 +48,7 @@ class SQLiteRunStore(RunStore):
     def __init__(self, path: Path | str = ":memory:", *, create: bool = True) -> None:
         super().__init__()
         self.path = self.location = str(path)
+        self._failing = False  # the last statement failed for want of room, I/O, ...
         if self.path != ":memory:":
             if not create and not Path(self.path).exists():
                 raise RunStoreError(f"no run store at {self.path}")
@@ -51,8 +60,24 @@ class SQLiteRunStore(RunStore):
             raise RunStoreError(f"cannot open the run store at {self.path}: {exc}") from None
 
     def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
-        with self._lock, self._db:
-            return self._db.execute(sql, args).fetchall()
+        try:
+            with self._lock, self._db:
+                rows = self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if (exc.sqlite_errorcode & 0xFF) not in _UNAVAILABLE_CODES:
+                raise
+            # A full disk failed every stored call as INTERNAL with a traceback: it is the
+            # store being unavailable (UNAVAILABLE, naming it), said once in the log.
+            if not self._failing:
+                self._failing = True
+                log.warning("run store %s cannot write: %s (calls that store a run fail "
+                            "with UNAVAILABLE until it can)", self.path, exc)
+            raise RunStoreUnavailable(f"the run store at {self.path} cannot write: "
+                                      f"{exc}") from None
+        if self._failing and not sql.lstrip().upper().startswith("SELECT"):
+            self._failing = False
+            log.info("run store %s writes again", self.path)
+        return rows
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -467,3 +468,36 @@ def test_a_run_store_gone_away_is_unavailable_with_its_reason_then_used_again(
             first.manifest.run_id, again.manifest.run_id}
     finally:
         store.close()
+
+
+def test_a_full_sqlite_store_is_unavailable_said_once(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A SQLite store on a full disk answered every stored call with INTERNAL and a
+    traceback ("database or disk is full"): it is the store being unavailable, as a
+    PostgreSQL store that went away is (UNAVAILABLE, retryable, naming the store), and
+    the log says so once, then once more when the store writes again."""
+    from scillm.server.manifests import RunStoreUnavailable
+
+    caplog.set_level(logging.INFO, logger="scillm.server")
+    store = SQLiteRunStore(tmp_path / "runs.sqlite3")
+    try:
+        store._db.execute("PRAGMA max_page_count = 16")  # full after a few runs
+        stored = 0
+        with pytest.raises(RunStoreUnavailable) as full:
+            for i in range(1000):
+                store.put_sync(*_run(f"r{i:04d}", "codeworld", "s", "t", i))
+                stored += 1
+        assert 0 < stored < 1000
+        assert "runs.sqlite3" in str(full.value) and "full" in str(full.value)
+        for i in range(3):  # still full: the same answer, not said again
+            with pytest.raises(RunStoreUnavailable):
+                store.put_sync(*_run(f"again{i}", "codeworld", "s", "t", i))
+        assert len(store.list(limit=-1)) == stored  # what was stored is still readable
+        store._db.execute("PRAGMA max_page_count = 100000")  # room again
+        store.put_sync(*_run("after", "codeworld", "s", "t", 5000))
+    finally:
+        store.close()
+    said = [r.getMessage() for r in caplog.records if "runs.sqlite3" in r.getMessage()]
+    assert len(said) == 2, said
+    assert "cannot write" in said[0] and "writes again" in said[1]
+    assert not [r for r in caplog.records if r.exc_info]
