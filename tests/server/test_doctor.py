@@ -160,6 +160,10 @@ def test_strict_expectations_exit_codes(capsys: pytest.CaptureFixture[str]) -> N
     if shutil.which("lean") is None:
         assert run_doctor(_args("--strict", "--expect", "lean4")) == 1
         assert "lean4: lean is MISSING" in capsys.readouterr().err
+        # Lean is optional: its absence alone said "not ready: lean is MISSING"
+        assert run_doctor(_args()) == 0
+        said = capsys.readouterr().err
+        assert "not ready" not in said and "ready; optional parts missing: lean" in said
         # without --strict the same gap is reported, not fatal
         assert run_doctor(_args("--expect", "lean4")) == 0
     assert run_doctor(_args("--expect", "nonsense")) == 2
@@ -190,6 +194,14 @@ def test_unmet_rules() -> None:
         "codeworld: mesh is FAILED", "redis: redis was not checked"]
     assert unmet(checks, None) == ["z3 is FAILED", "lean is MISSING",
                                    "scillm.codeworld.v1.CodeWorldService/bubblewrap is MISSING"]
+    # An optional part that is missing leaves the rest ready; broken, or asked for, it counts.
+    optional = [c for c in checks if c.part != "lean"]
+    assert unmet([*optional, Check("lean", Status.MISSING, optional=True)], None) == [
+        "z3 is FAILED", "scillm.codeworld.v1.CodeWorldService/bubblewrap is MISSING"]
+    assert "lean is FAILED" in unmet([*optional, Check("lean", Status.FAILED, optional=True)],
+                                     None)
+    assert unmet([Check("lean", Status.MISSING, optional=True)], ["lean4"]) == [
+        "lean4: lean is MISSING"]
     assert unmet([Check("provider:a", Status.MISSING)], ["completion"]) == [
         "completion: provider:a is MISSING", "completion: no configured provider is OK"]
 

@@ -47,6 +47,9 @@ class Check:
     status: Status
     detail: str = ""
     hint: str = ""
+    #: Missing, it leaves the rest ready (Lean: no toolchain is no Lean backend only);
+    #: asked for by name (`--expect lean4`) it counts as any part does.
+    optional: bool = False
 
 
 #: A check to run (its part name and the coroutine), or one already decided.

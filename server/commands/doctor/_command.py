@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ._check import DEFAULT_LIVE_TIMEOUT_S, DEFAULT_TIMEOUT_S
-from ._expect import EXPECTATIONS, unmet
+from ._expect import EXPECTATIONS, missing_optional, unmet
 from ._report import collect, format_table
 
 __all__ = ["add_arguments", "doctor", "run_doctor"]
@@ -66,6 +66,9 @@ async def doctor(args: argparse.Namespace, *,
         print(format_table(checks))
     if reasons:
         print(f"scillm doctor: not ready: {'; '.join(reasons)}", file=sys.stderr)
+    elif not expect and (optional := missing_optional(checks)):
+        print(f"scillm doctor: ready; optional parts missing: {', '.join(optional)}",
+              file=sys.stderr)
     return 1 if reasons and getattr(args, "strict", False) else 0
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from ._check import Check, Status
 
-__all__ = ["EXPECTATIONS", "unmet"]
+__all__ = ["EXPECTATIONS", "missing_optional", "unmet"]
 
 EXPECTATIONS: dict[str, str] = {
     "completion": "every provider:* (and live:*) part OK",
@@ -49,13 +49,15 @@ def _why(by_part: Mapping[str, Check], part: str) -> str:
 def unmet(checks: Sequence[Check], expect: Sequence[str] | None) -> list[str]:
     """Why the expected parts are not ready ([] when they are).
 
-    Without `expect`, every part that is not SKIPPED must be OK. Names are the keys of
-    `EXPECTATIONS` or exact part names; an unknown name raises ValueError.
+    Without `expect`, every part that is not SKIPPED must be OK, but for an optional part
+    that is missing (`missing_optional`). Names are the keys of `EXPECTATIONS` or exact
+    part names; an unknown name raises ValueError.
     """
     by_part = {c.part: c for c in checks}
     if not expect:
         return [f"{c.part} is {c.status.value}" for c in checks
-                if c.status not in (Status.OK, Status.SKIPPED)]
+                if c.status not in (Status.OK, Status.SKIPPED)
+                and not (c.optional and c.status is Status.MISSING)]
     reasons: list[str] = []
     for name in expect:
         if name not in EXPECTATIONS and name not in by_part:
@@ -65,6 +67,11 @@ def unmet(checks: Sequence[Check], expect: Sequence[str] | None) -> list[str]:
         why.extend(_health_story(name, by_part))
         reasons.extend(f"{name}: {w}" for w in why)
     return reasons
+
+
+def missing_optional(checks: Sequence[Check]) -> list[str]:
+    """The optional parts that are missing (reported, not counted against readiness)."""
+    return [c.part for c in checks if c.optional and c.status is Status.MISSING]
 
 
 def _health_story(name: str, by_part: Mapping[str, Check]) -> list[str]:

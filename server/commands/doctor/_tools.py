@@ -32,6 +32,10 @@ async def _version(part: str, exe: str, hint: str) -> Check:
     return Check(part, Status.OK, one_line(out) or path)
 
 
+async def _optional(check: Awaitable[Check]) -> Check:
+    return replace(await check, optional=True)
+
+
 async def _z3(exe: str) -> Check:
     check = await _version("z3", exe, _HINT_Z3)
     module = "z3-solver module present" if installed("z3") else "z3-solver module absent"
@@ -65,7 +69,7 @@ def tool_checks() -> list[tuple[str, Awaitable[Check]]]:
         ("z3", _z3(prove.z3_path)),
         ("coqc", _version("coqc", prove.coqc_path, _HINT_COQ)),
         ("coqtop", _version("coqtop", prove.coqtop_path, _HINT_COQ)),
-        ("lean", _version("lean", prove.lean_path, _HINT_LEAN)),
+        ("lean", _optional(_version("lean", prove.lean_path, _HINT_LEAN))),
         ("bubblewrap", _bubblewrap()),
         ("node", _version("node", "node", _HINT_NODE)),
     ]
