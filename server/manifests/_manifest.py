@@ -19,6 +19,7 @@ from scillm.clients.ids import new_id
 from scillm.common.v1 import common_pb2
 
 from ..errors import StatusError
+from ._store import RunStoreError
 
 if TYPE_CHECKING:
     from ._store import RunStore
@@ -113,6 +114,17 @@ class RunRecord:
         if self._store is not None:
             await self._store.put(manifest, self._request, result, events)
         self.stored = True
+
+    async def try_put(self, manifest: common_pb2.RunManifest, result: Message,
+                      events: Sequence[Message] = ()) -> RunStoreError | None:
+        """`put`, returning why a store that cannot take the result did not (full,
+        unreachable) instead of raising: the servicer sends the result first, then raises
+        it. A run whose final write failed lost its summary (rankings, verdict counts)."""
+        try:
+            await self.put(manifest, result, events)
+        except RunStoreError as exc:
+            return exc
+        return None
 
 
 @contextlib.asynccontextmanager

@@ -501,3 +501,33 @@ def test_a_full_sqlite_store_is_unavailable_said_once(tmp_path: Path,
     assert len(said) == 2, said
     assert "cannot write" in said[0] and "writes again" in said[1]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_run_its_store_cannot_keep_still_sends_its_summary(tmp_path: Path) -> None:
+    """A CodeWorld run whose final store write failed lost its summary (the rankings):
+    the stream ended UNAVAILABLE after the last result and before the summary. The
+    summary is sent first; the stream then ends UNAVAILABLE naming the store, so the
+    caller knows the run was not kept. (Prove and the agent end their runs the same way.)"""
+    from scillm.clients import RPCError
+    from scillm.codeworld.v1 import codeworld_pb2 as cwpb
+
+    running = start_mesh(mesh_settings(tmp_path, services=("codeworld",)))
+    try:
+        store = running.mesh._store
+        assert isinstance(store, SQLiteRunStore)
+        # Room for the run's "running" row, not for its 200 KB of output at the end.
+        store._db.execute("PRAGMA max_page_count = 12")
+        request = cwpb.CodeWorldRunRequest(strategies=[cwpb.Strategy(
+            name="s", source="def solve(t, c):\n    print('x' * 200_000)\n    return 3\n")])
+        request.items.add(task_id="t0").context.update({"input": [1, 2], "expected": 3})
+        events = []
+        async with ScillmClient(running.grpc_target) as client:
+            with pytest.raises(RPCError) as failed:
+                async for event in client.codeworld.run(request):
+                    events.append(event)
+        assert failed.value.code.name == "UNAVAILABLE", failed.value
+        assert "runs.sqlite3" in failed.value.message
+        assert [e.WhichOneof("event") for e in events] == ["run", "summary"]
+        assert events[-1].summary.rankings[0].entries[0].strategy == "s"
+    finally:
+        running.stop()
