@@ -11,11 +11,13 @@ from .errors import (
     KeyRateLimited,
     KeysDisabled,
     KeyStoreError,
+    KeyStoreUnavailable,
     Unauthenticated,
     UnknownKey,
 )
 
 __all__ = ["RUNS_READ", "Authenticator", "BudgetExceeded", "Forbidden", "KeyError_",
-           "KeyRateLimited", "KeyRecord", "KeyStore", "KeyStoreError", "KeysDisabled",
-           "MemoryWindows", "PostgresKeyStore", "Principal", "RedisWindows", "SQLiteKeyStore",
-           "Unauthenticated", "UnknownKey", "Windows", "hash_key", "token_from_metadata"]
+           "KeyRateLimited", "KeyRecord", "KeyStore", "KeyStoreError", "KeyStoreUnavailable",
+           "KeysDisabled", "MemoryWindows", "PostgresKeyStore", "Principal", "RedisWindows",
+           "SQLiteKeyStore", "Unauthenticated", "UnknownKey", "Windows", "hash_key",
+           "token_from_metadata"]

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..manifests import RunStore
-from .errors import KeyStoreError
+from ..manifests import RunStore, cannot_write
+from .errors import KeyStoreError, KeyStoreUnavailable
 
 __all__ = ["KeyRecord", "KeyStore", "PostgresKeyStore", "SQLiteKeyStore", "hash_key"]
 
@@ -111,6 +111,7 @@ class SQLiteKeyStore(KeyStore):
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._path = str(path)
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False)
             self._db.executescript(_SCHEMA)
@@ -118,27 +119,34 @@ class SQLiteKeyStore(KeyStore):
             raise KeyStoreError(f"cannot open the key store at {path}: {exc}") from None
         self._lock = threading.Lock()
 
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """One statement, committed; a file that cannot be written now (a full disk)
+        is KeyStoreUnavailable (UNAVAILABLE naming it), not an INTERNAL error."""
+        try:
+            with self._lock, self._db:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not cannot_write(exc):
+                raise
+            raise KeyStoreUnavailable(f"the key store at {self._path} cannot write: "
+                                      f"{exc}") from None
+
     async def create(self, **fields: Any) -> tuple[str, KeyRecord]:
         secret, rec = _new_record(**fields)
-        with self._lock, self._db:
-            self._db.execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(rec))
+        self._execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(rec))
         return secret, rec
 
     async def find(self, secret_or_id: str) -> KeyRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM keys WHERE key_hash = ? OR key_id = ?",
-                (hash_key(secret_or_id), secret_or_id)).fetchone()
-        return None if row is None else _record(row)
+        rows = self._execute("SELECT * FROM keys WHERE key_hash = ? OR key_id = ?",
+                             (hash_key(secret_or_id), secret_or_id))
+        return _record(rows[0]) if rows else None
 
     async def add_spend(self, key_hash: str, amount: float) -> None:
-        with self._lock, self._db:
-            self._db.execute("UPDATE keys SET spend = spend + ? WHERE key_hash = ?",
-                             (amount, key_hash))
+        self._execute("UPDATE keys SET spend = spend + ? WHERE key_hash = ?",
+                      (amount, key_hash))
 
     async def delete(self, key_hash: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM keys WHERE key_hash = ?", (key_hash,))
+        self._execute("DELETE FROM keys WHERE key_hash = ?", (key_hash,))
 
 
 # One statement (a DO block is one transaction): processes starting together take turns.

@@ -5,14 +5,18 @@
      ├── Forbidden            known key, but not for this             -> PERMISSION_DENIED (403)
      │   └── BudgetExceeded   its spend reached max_budget
      ├── KeyRateLimited       over its rpm/tpm; retry_after_s says when -> RESOURCE_EXHAUSTED (429)
+     ├── KeyStoreError        the key store cannot be opened (start-up)
+     │   └── KeyStoreUnavailable  it cannot be written now (full disk) -> UNAVAILABLE
      ├── KeysDisabled         no master key configured                -> FAILED_PRECONDITION
      └── UnknownKey           management call naming no key           -> NOT_FOUND
 """
 
 from __future__ import annotations
 
-__all__ = ["BudgetExceeded", "Forbidden", "KeyError_", "KeyRateLimited", "KeysDisabled",
-           "Unauthenticated", "UnknownKey"]
+from ..errors import Unavailable
+
+__all__ = ["BudgetExceeded", "Forbidden", "KeyError_", "KeyRateLimited", "KeyStoreError",
+           "KeyStoreUnavailable", "KeysDisabled", "Unauthenticated", "UnknownKey"]
 
 
 class KeyError_(Exception):
@@ -41,6 +45,11 @@ class KeyRateLimited(KeyError_):
 
 class KeyStoreError(KeyError_):
     """The key store cannot be opened (a file that is no database, unreadable, ...)."""
+
+
+class KeyStoreUnavailable(KeyStoreError, Unavailable):
+    """The key store cannot be written now (a full disk, I/O errors): UNAVAILABLE naming
+    it, as a run store in that state."""
 
 
 class KeysDisabled(KeyError_):

@@ -5,7 +5,7 @@ from ._manifest import ManifestClock, RunRecord, current_trace_id, recording, ve
 from ._open import is_store_url, open_run_store
 from ._postgres import PostgresRunStore
 from ._replay import comparable, differences, replay
-from ._sqlite import SQLiteRunStore
+from ._sqlite import SQLiteRunStore, cannot_write
 from ._store import (
     BadPageToken,
     ListedRun,
@@ -20,6 +20,6 @@ from ._store import (
 
 __all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "RunPage",
            "RunQuery", "RunRecord", "RunStore", "RunStoreError", "RunStoreUnavailable",
-           "SQLiteRunStore",
-           "StoredRun", "comparable", "current_trace_id", "differences", "is_store_url",
-           "open_run_store", "recording", "replay", "run_state", "versions"]
+           "SQLiteRunStore", "StoredRun", "cannot_write", "comparable", "current_trace_id",
+           "differences", "is_store_url", "open_run_store", "recording", "replay",
+           "run_state", "versions"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._store import COLUMNS, RunStore, RunStoreError, RunStoreUnavailable
 
-__all__ = ["SQLiteRunStore"]
+__all__ = ["SQLiteRunStore", "cannot_write"]
 
 log = logging.getLogger("scillm.server")
 
@@ -39,6 +39,12 @@ CREATE INDEX IF NOT EXISTS runs_session ON runs (session_id, track, start_time);
 """
 
 
+def cannot_write(exc: sqlite3.Error) -> bool:
+    """Whether `exc` says the database cannot be written now (full, I/O, read-only, busy,
+    locked, cannot open): the store is unavailable, rather than the statement wrong."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNAVAILABLE_CODES
+
+
 class SQLiteRunStore(RunStore):
     """SQLite-backed run store (path ':memory:' keeps it in memory)."""
 
@@ -64,7 +70,7 @@ class SQLiteRunStore(RunStore):
             with self._lock, self._db:
                 rows = self._db.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
-            if (exc.sqlite_errorcode & 0xFF) not in _UNAVAILABLE_CODES:
+            if not cannot_write(exc):
                 raise
             # A full disk failed every stored call as INTERNAL with a traceback: it is the
             # store being unavailable (UNAVAILABLE, naming it), said once in the log.

@@ -18,6 +18,7 @@ from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient
 from scillm.keys.v1 import keys_pb2
+from scillm.server.errors import Unavailable
 from scillm.server.keys import (
     Authenticator,
     MemoryWindows,
@@ -382,3 +383,19 @@ def test_a_key_store_that_is_no_database_stops_the_start_naming_it(tmp_path: Pat
         SQLiteKeyStore(path)
     assert str(path) in str(info.value) and "not a database" in str(info.value)
     assert path.read_text() == "not keys\n"
+
+
+async def test_a_key_store_that_cannot_write_is_unavailable(tmp_path: Path) -> None:
+    """On a full disk, making a key or charging a call failed with an INTERNAL error (a
+    traceback per call): the key store is unavailable, as a run store in that state."""
+    from scillm.server.keys import KeyStoreUnavailable, SQLiteKeyStore
+
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite3")
+    store._db.execute("PRAGMA max_page_count = 4")
+    made = 0
+    with pytest.raises(KeyStoreUnavailable) as full:
+        for i in range(10_000):
+            await store.create(key_alias=f"k{i}" + "x" * 200, models=("echo/x",))
+            made += 1
+    assert made > 0 and "keys.sqlite3" in str(full.value) and "full" in str(full.value)
+    assert isinstance(full.value, Unavailable)  # UNAVAILABLE, as any store that cannot work
