@@ -181,20 +181,19 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _map(self, exc: BaseException,
              request_id: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
         """Status code, message and trailing metadata (google.rpc.Status) for `exc`."""
+        told: BaseException | None = exc  # what the details may say of it
         if isinstance(exc, TimeoutError):
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the call ran past its deadline"
         else:
             maybe = status_for(exc, self._table)
             if maybe is None:
                 log.exception("request %s failed unexpectedly", request_id, exc_info=exc)
-                # Nothing of `exc` goes out, not even its class (the log has it all).
-                message, details = to_status(grpc.StatusCode.INTERNAL,
-                                             f"internal error (request id {request_id})",
-                                             None, request_id)
-                return grpc.StatusCode.INTERNAL, message, (
-                    ("grpc-status-details-bin", details), ("x-request-id", request_id))
-            code, message = maybe, str(exc) or type(exc).__name__
-        message, details = to_status(code, message, exc, request_id)
+                code = grpc.StatusCode.INTERNAL
+                message = f"internal error (request id {request_id})"
+                told = None  # nothing of it goes out, not even its class: the log has it
+            else:
+                code, message = maybe, str(exc) or type(exc).__name__
+        message, details = to_status(code, message, told, request_id)
         return code, message, (("grpc-status-details-bin", details),
                                ("x-request-id", request_id))
 
