@@ -355,7 +355,10 @@ async def serve(settings: Settings) -> None:
     gc.set_threshold(_YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (a closed terminal, or a `kill -HUP` meant as a reload): by default it
+    # killed the process on the spot, in-flight calls and all. The config is read at
+    # start; a changed one takes a restart.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     scheme = "https" if settings.tls else "http"
     print(f"scillm: gRPC{' (TLS)' if settings.tls else ''} on {mesh.grpc_target}"

@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "response cache is off unless it sets litellm_settings.cache: "
                             "true)")
     serve.add_argument("--grace", type=float,
-                       help="seconds in-flight calls get after SIGTERM (default 10)")
+                       help="seconds in-flight calls get after SIGTERM, SIGINT or SIGHUP "
+                            "(default 10)")
     serve.add_argument("--grpc-server", choices=GRPC_SERVERS,
                        help="the gRPC server: native (pygrpc-native, the default: grpc.aio's "
                             "API with the HTTP/2 work in Rust, about half grpcio's CPU per "
@@ -192,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, metavar="N",
                        help=f"serve from N worker processes sharing the ports (SO_REUSEPORT; "
                             f"1..{MAX_WORKERS}, default 1 = this process). A master starts "
-                            "them, replaces one that dies, and on SIGTERM drains them all. "
-                            "They share key rate windows, the response cache and sessions "
-                            "only through Redis (SCILLM_REDIS_URL or the config's "
+                            "them, replaces one that dies, and on SIGTERM (or SIGINT, "
+                            "SIGHUP) drains them all. They share key rate windows, the "
+                            "response cache and sessions only through Redis "
+                            "(SCILLM_REDIS_URL or the config's "
                             "router_settings.redis_host / cache_params type redis), the "
                             "key and run stores through their files or PostgreSQL, and "
                             "metrics (any worker's /metrics counts all); each keeps its "

@@ -50,7 +50,7 @@ class Settings:
     services: tuple[str, ...] = SERVICES
     #: LiteLLM-format model configuration (YAML); the embedded defaults when unset.
     config_path: Path | None = None
-    #: Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    #: Seconds in-flight calls get to finish after SIGTERM, SIGINT or SIGHUP.
     grace_period_s: float = 10.0
     #: Largest request message accepted, bytes (gRPC and HTTP).
     max_request_bytes: int = 8 * 1024 * 1024

@@ -213,7 +213,7 @@ async def _serve(settings: Settings, metrics_dir: str) -> int:
                   f"(grace {settings.grace_period_s:g}s)", flush=True)
         master.stopping.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: see server/app.py
         loop.add_signal_handler(sig, stop)
     metrics_server = None
     if settings.metrics_port:

@@ -94,15 +94,19 @@ async def test_a_killed_replica_loses_no_request(
     assert upstream.requests > 200  # the killed replica's calls reached the upstream again
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 async def test_sigterm_lets_an_in_flight_stream_finish(
-        replicas: list[tuple[subprocess.Popen[str], int]], upstream: HeldUpstream) -> None:
+        replicas: list[tuple[subprocess.Popen[str], int]], upstream: HeldUpstream,
+        signum: signal.Signals) -> None:
     """SIGTERM with a stream in flight: health NOT_SERVING, new calls refused, the stream
     finished, and the process exits 0 inside its 120 s grace (see
-    `stop_with_a_stream_in_flight`)."""
+    `stop_with_a_stream_in_flight`). SIGHUP (its terminal closed, or a `kill -HUP` meant
+    as a reload) stops it the same way: it killed the process on the spot, in-flight
+    calls and all."""
     proc, port = replicas[0]
 
     def terminate() -> int:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         return proc.wait(timeout=150)
 
     assert await stop_with_a_stream_in_flight(
