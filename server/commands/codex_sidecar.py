@@ -136,7 +136,7 @@ async def _serve(settings: SidecarSettings) -> None:
 
     server = Server(config)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # as `scillm serve`
         loop.add_signal_handler(sig, setattr, server, "should_exit", True)
     print(f"scillm codex-sidecar: {settings.mode} on http://{settings.host}:{port}",
           flush=True)
