@@ -210,7 +210,7 @@ class Mesh:
 
         from scillm.bridges.openai import create_app
 
-        from .http_protocol import HttpProtocol
+        from .http_protocol import HttpProtocol, InvalidRequestThrottle
 
         settings = self.settings
         targets = {door: target for door, target in settings.targets().items() if target}
@@ -240,6 +240,7 @@ class Mesh:
 
                 tls |= {"ssl_ca_certs": str(settings.tls_client_ca),
                         "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        InvalidRequestThrottle.install(logging.getLogger("uvicorn.error"))
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 http=HttpProtocol.with_read_timeout(
                                     settings.http_read_timeout_s), **tls,

@@ -31,11 +31,49 @@ what the connection has gathered leaves at once, in order.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["HttpProtocol"]
+__all__ = ["HttpProtocol", "InvalidRequestThrottle"]
+
+
+class InvalidRequestThrottle(logging.Filter):
+    """On uvicorn's logger: "Invalid HTTP request received." (a warning per malformed
+    request, so any caller could fill the log a line per connection) at most once per
+    `every_s`, the next one saying how many were left out since."""
+
+    MESSAGE = "Invalid HTTP request received."
+
+    def __init__(self, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._clock = clock
+        self._next = 0.0
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.MESSAGE:
+            return True
+        now = self._clock()
+        if now < self._next:
+            self._left_out += 1
+            return False
+        if self._left_out:
+            record.msg = f"{self.MESSAGE} ({self._left_out} more since the last one said)"
+            self._left_out = 0
+        self._next = now + self._every_s
+        return True
+
+    @classmethod
+    def install(cls, logger: logging.Logger) -> None:
+        """Add one to `logger`, unless it has one (one per process)."""
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 class _GatheredWrites:

@@ -192,6 +192,27 @@ def test_a_caller_who_hangs_up_inside_its_body_is_no_error(
     assert reply.json()["choices"][0]["message"]["content"] == "still here"
 
 
+def test_garbage_requests_are_logged_a_line_a_minute_not_a_line_each(
+        mesh: RunningMesh, caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn logs "Invalid HTTP request received." for every malformed request: any
+    caller could fill the log a line per connection. The first is logged; the rest of
+    the minute are counted into the next line that is."""
+    uvicorn_log = logging.getLogger("uvicorn.error")  # its parent does not propagate
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        for _ in range(40):
+            with socket.create_connection(("127.0.0.1", mesh.mesh.http_port), timeout=30) as s:
+                s.sendall(b"GARBAGE\r\n\r\n")
+                assert s.recv(100).startswith(b"HTTP/1.1 400 ")
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    said = [r.getMessage() for r in caplog.records if "Invalid HTTP" in r.getMessage()]
+    assert 1 <= len(said) <= 2, said  # two when a minute's boundary fell inside the loop
+    ok = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=30, json={
+        "model": "echo/x", "messages": [{"role": "user", "content": "still here"}]})
+    assert ok.status_code == 200
+
+
 def test_a_chunked_body_past_the_limit_is_refused_without_reading_it_all(
         mesh: RunningMesh) -> None:
     """With no Content-Length the size is known only by reading: the door stops at the

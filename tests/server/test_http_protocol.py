@@ -5,6 +5,7 @@ the turn that wrote it, and no connection held by a request that does not come."
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from scillm.server.http_protocol import HttpProtocol
+from scillm.server.http_protocol import HttpProtocol, InvalidRequestThrottle
 
 Send = Callable[[dict[str, Any]], Any]
 
@@ -275,3 +276,24 @@ def test_a_slow_but_steady_request_and_a_slow_reading_app_are_not_cut_off() -> N
     steady_reply, slow_reply = uvloop.run(go())
     assert steady_reply.startswith(b"HTTP/1.1 200 OK") and steady_reply.endswith(b"0123456789")
     assert slow_reply.startswith(b"HTTP/1.1 200 OK") and slow_reply.endswith(big)
+
+
+def test_the_throttle_says_how_many_it_left_out() -> None:
+    now = [0.0]
+    throttle = InvalidRequestThrottle(every_s=60, clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, msg, None, None)
+
+    first = record(InvalidRequestThrottle.MESSAGE)
+    assert throttle.filter(first) and first.getMessage() == InvalidRequestThrottle.MESSAGE
+    assert not any(throttle.filter(record(InvalidRequestThrottle.MESSAGE)) for _ in range(5))
+    assert throttle.filter(record("something else"))  # other messages pass as they are
+    now[0] = 61.0
+    later = record(InvalidRequestThrottle.MESSAGE)
+    assert throttle.filter(later)
+    assert later.getMessage() == "Invalid HTTP request received. (5 more since the last one said)"
+    logger = logging.getLogger("scillm.test.throttle")
+    InvalidRequestThrottle.install(logger)
+    InvalidRequestThrottle.install(logger)
+    assert sum(isinstance(f, InvalidRequestThrottle) for f in logger.filters) == 1
