@@ -42,15 +42,24 @@ class CacheBackend(Protocol):
     async def close(self) -> None: ...
 
 
+#: The in-memory cache's bound in bytes (keys and answers): bounded by entries only, answers
+#: of a few MB each (128 choices of a long answer) held gigabytes.
+MEMORY_CACHE_BYTES = 256 * 1024 * 1024
+
+
 class MemoryCache:
-    """A bounded LRU with optional per-entry expiry."""
+    """An LRU bounded by entries and by bytes, with optional per-entry expiry; an entry
+    larger than the byte bound is not stored."""
 
     name = "memory"
     unreachable: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic, *,
+                 max_bytes: int = MEMORY_CACHE_BYTES) -> None:
         self._data: OrderedDict[str, tuple[float | None, bytes]] = OrderedDict()
         self._max = max(1, max_entries)
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._clock = clock
 
     async def get(self, key: str) -> bytes | None:
@@ -59,20 +68,31 @@ class MemoryCache:
             return None
         expires, value = item
         if expires is not None and expires <= self._clock():
-            del self._data[key]
+            self._forget(key)
             return None
         self._data.move_to_end(key)
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: float | None) -> None:
+        size = len(key) + len(value)
+        if key in self._data:
+            self._forget(key)
+        if size > self._max_bytes:
+            return
         expires = None if ttl_s is None else self._clock() + ttl_s
         self._data[key] = (expires, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self._max:
-            self._data.popitem(last=False)
+        self._bytes += size
+        while len(self._data) > self._max or self._bytes > self._max_bytes:
+            old, (_, dropped) = self._data.popitem(last=False)
+            self._bytes -= len(old) + len(dropped)
+
+    def _forget(self, key: str) -> None:
+        _, value = self._data.pop(key)
+        self._bytes -= len(key) + len(value)
 
     async def close(self) -> None:
         self._data.clear()
+        self._bytes = 0
 
 
 class RedisCache:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _output
+from ._settings import MAX_TTL_S
 from .errors import InvalidRequest
 
 __all__ = ["DETERMINISTIC_SEED", "MAX_RETRIES", "Options", "check", "options", "upstream_body"]
@@ -114,14 +115,40 @@ def options(request: Mapping[str, Any]) -> Options:
             num_retries=_retries(raw.get("num_retries")),
             cache_bypass=bool(cache.get("bypass", False)),
             cache_no_store=bool(cache.get("no_store", False)),
-            cache_ttl_s=_positive(cache.get("ttl_s")),
-            cache_namespace=str(cache["namespace"]) if cache.get("namespace") else None,
+            cache_ttl_s=_ttl(cache.get("ttl_s")),
+            cache_namespace=_namespace(cache.get("namespace")),
             cache_max_age_s=_non_negative(cache.get("max_age_s")),
             cache_enabled=bool(cache["enabled"]) if cache.get("enabled") is not None else None,
             deterministic=bool(raw.get("deterministic", False)),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"bad scillm option: {exc}", param="scillm") from None
+
+
+#: The longest cache namespace: it is part of every cache key a call makes.
+MAX_NAMESPACE_CHARS = 256
+
+
+def _namespace(value: Any) -> str | None:
+    """A cache namespace: a short name of printable characters (it was any request's size,
+    and every key the call made that long), or None."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAMESPACE_CHARS \
+            or not value.isprintable():
+        raise InvalidRequest(f"scillm.cache.namespace must be a name of at most "
+                             f"{MAX_NAMESPACE_CHARS} printable characters",
+                             param="scillm.cache.namespace")
+    return value
+
+
+def _ttl(value: Any) -> float | None:
+    """A cache entry's time to live: positive, and at most `MAX_TTL_S`."""
+    ttl = _positive(value)
+    if ttl is not None and ttl > MAX_TTL_S:
+        raise InvalidRequest(f"scillm.cache.ttl_s must be at most {MAX_TTL_S:.0f} s (ten "
+                             "years)", param="scillm.cache.ttl_s")
+    return ttl
 
 
 def _positive(value: Any) -> float | None:

@@ -209,6 +209,9 @@ _PARAMS = {"model", "api_base", "base_url", "api_key", "rpm", "tpm", "weight", "
            "stream_timeout", "extra_headers", "headers", "max_tokens", "custom_llm_provider",
            # read by the keys' Authenticator (server/services.py): a key's spend
            "input_cost_per_token", "output_cost_per_token"}
+#: The longest time a cached answer may be kept (a config's ttl, a request's ttl_s): ten
+#: years. Redis refuses expiries far past that (1e300 s failed an answered call).
+MAX_TTL_S = 10 * 365 * 86400.0
 #: The config's sections the mesh reads: these three here, general_settings (the master
 #: key), agent_settings, mcp_servers and http_tool_servers (the agent's config file).
 _SECTIONS = ("model_list", "router_settings", "litellm_settings", "general_settings",
@@ -373,13 +376,18 @@ def _cache(ls: dict[str, Any], rs: dict[str, Any], env: Mapping[str, str],
     if mode not in ("default_on", "default_off"):
         raise InvalidRequest(f"unsupported cache mode {mode!r}; use default_on or default_off",
                              param="litellm_settings.cache_params.mode")
+    ttl_s = _number(ttl, "litellm_settings.cache_params.ttl", float, 0, more=True)
+    if ttl_s is not None and ttl_s > MAX_TTL_S:
+        raise InvalidRequest(f"litellm_settings.cache_params.ttl must be at most "
+                             f"{MAX_TTL_S:.0f} s (ten years)",
+                             param="litellm_settings.cache_params.ttl")
     return CacheSettings(
         enabled=bool(ls.get("cache", False)),
         default_on=mode == "default_on",
         backend=kind,
         max_entries=_number(params.get("max_entries", 1024),
                             "litellm_settings.cache_params.max_entries", int, 0),
-        ttl_s=_number(ttl, "litellm_settings.cache_params.ttl", float, 0, more=True),
+        ttl_s=ttl_s,
         namespace=str(params.get("namespace") or "default"),
         redis_host=str(host) if host else None,
         redis_port=_port(port),

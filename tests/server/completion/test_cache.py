@@ -317,3 +317,42 @@ def test_json_validity_of_a_reply_of_another_shape_is_false() -> None:
     for answer in ({"choices": [None]}, {"choices": [{"message": "x"}]}, {"choices": "x"}):
         assert json_validity(answer, fmt) is False
     assert json_validity({"choices": [{"message": {"content": "{}"}}]}, fmt) is True
+
+
+async def test_memory_cache_holds_at_most_its_bytes() -> None:
+    """The in-memory cache was bounded by entries only (1,024): answers of a few MB each
+    (128 choices of a long answer) held gigabytes. It is bounded by bytes too: the least
+    recently used go first, and an answer larger than the whole bound is not stored."""
+    cache = MemoryCache(100, max_bytes=1000)
+    for i in range(5):
+        await cache.set(f"k{i}", b"x" * 300, None)
+    assert [await cache.get(f"k{i}") is not None for i in range(5)] == [
+        False, False, True, True, True]
+    await cache.get("k2")  # used: k3 is now the least recent
+    await cache.set("big", b"y" * 2000, None)  # larger than the bound: not kept
+    assert await cache.get("big") is None and await cache.get("k2") is not None
+    await cache.set("k5", b"z" * 300, None)
+    assert await cache.get("k3") is None and await cache.get("k2") is not None
+    await cache.set("k2", b"w" * 10, None)  # replaced: its old size is given back
+    await cache.set("k6", b"v" * 600, None)
+    assert await cache.get("k2") == b"w" * 10 and await cache.get("k6") is not None
+
+
+@pytest.mark.parametrize(("cache", "param"), [
+    ({"namespace": "n" * 257}, "scillm.cache.namespace"),
+    ({"namespace": "x\n" * 10}, "scillm.cache.namespace"),
+    ({"ttl_s": 1e300}, "scillm.cache.ttl_s"),
+])
+async def test_cache_controls_a_store_can_keep(upstream: Upstream, make_engine: EngineFactory,
+                                               cache: dict[str, object], param: str) -> None:
+    """A namespace is part of every cache key the call makes: one of megabytes (any
+    request's size) made every key that long, in memory or in Redis. A ttl of 1e300 s
+    failed the answered call with Redis's "value is not an integer or out of range"."""
+    engine = await make_engine(upstream_config(upstream, cache=True))
+    with pytest.raises(InvalidRequest) as info:
+        await engine.complete({"model": "m", "messages": MSG, "scillm": {"cache": cache}})
+    assert info.value.param == param
+    with pytest.raises(InvalidRequest) as configured:
+        CompletionSettings.from_mapping(upstream_config(upstream, cache=True, cache_params={
+            "ttl": 1e300}))
+    assert configured.value.param == "litellm_settings.cache_params.ttl"
