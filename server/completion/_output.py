@@ -9,9 +9,10 @@ additionalProperties, items, enum, const, anyOf/oneOf/allOf, bounds).
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import importlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,19 +54,30 @@ def check_schema(schema: dict[str, Any]) -> None:
     """InvalidRequest unless `schema` is a JSON schema (draft 2020-12) whose every `$ref`
     leads inside it. Before, a schema that was none (`"type": 5`, a `$ref` leading
     nowhere) failed the call once the upstream had answered, as an INTERNAL error from the
-    validator. Checked once per distinct schema (a caller sends the same one again)."""
+    validator. Checked once per distinct schema (a caller sends the same one again): the
+    verdicts of the last `_CHECKED_MAX` are kept by digest, so no schema is held."""
     try:
         text = json.dumps(schema, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"{_SCHEMA_PARAM}: {exc}", param=_SCHEMA_PARAM) from None
-    problem = _schema_problem(text)
+    digest = hashlib.sha256(text.encode()).digest()
+    if digest in _checked:
+        _checked.move_to_end(digest)
+        problem = _checked[digest]
+    else:
+        problem = _checked[digest] = _schema_problem(schema)
+        if len(_checked) > _CHECKED_MAX:
+            _checked.popitem(last=False)
     if problem is not None:
         raise InvalidRequest(f"{_SCHEMA_PARAM}: {problem}", param=_SCHEMA_PARAM)
 
 
-@functools.lru_cache(maxsize=256)
-def _schema_problem(text: str) -> str | None:
-    schema = json.loads(text)
+_CHECKED_MAX = 256
+#: What `_schema_problem` said of the last schemas checked, by the digest of their JSON.
+_checked: OrderedDict[bytes, str | None] = OrderedDict()
+
+
+def _schema_problem(schema: Any) -> str | None:
     try:
         jsonschema: Any = importlib.import_module("jsonschema")
     except ImportError:

@@ -184,3 +184,25 @@ async def test_an_answer_is_at_most_its_context(engine: CompletionEngine) -> Non
              if isinstance(e, StreamChunk) and e.chunk["choices"]
              and e.chunk["choices"][0]["delta"].get("content")]
     assert len(words) == MAX_TOKENS
+
+
+def test_the_schema_check_keeps_verdicts_not_schemas() -> None:
+    """Verdicts were cached by the schema's JSON text (256 of them): 256 schemas of
+    megabytes each (a request's size) stayed in memory. Kept by digest, nothing of a
+    schema stays, and a schema seen again is not checked again."""
+    import gc
+    import tracemalloc
+
+    from scillm.server.completion import _output
+
+    big = {"type": "object", "description": "x" * 1_000_000}
+    _output.check_schema(big)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(20):
+        _output.check_schema({**big, "title": str(i)})
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 500_000, f"{grown} bytes held after 20 schemas of 1 MB"
