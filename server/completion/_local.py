@@ -161,12 +161,25 @@ class LocalProvider:
         self._models.clear()
 
 
-@functools.lru_cache(maxsize=64)
+#: Schemas longer than this (as JSON) are compiled for their call and not kept: the cache
+#: holds 64 grammars, and 64 schemas of megabytes each (a request's size) stayed in memory.
+_CACHED_SCHEMA_CHARS = 64 * 1024
+
+
 def _grammar(kind: str, schema: str) -> Any:
+    if len(schema) > _CACHED_SCHEMA_CHARS:
+        return _compile(kind, schema)
+    return _cached_grammar(kind, schema)
+
+
+def _compile(kind: str, schema: str) -> Any:
     grammars = importlib.import_module("llama_cpp.llama_grammar")
     if kind == "json_object":
         return grammars.LlamaGrammar.from_string(grammars.JSON_GBNF, verbose=False)
     return grammars.LlamaGrammar.from_json_schema(schema, verbose=False)
+
+
+_cached_grammar = functools.lru_cache(maxsize=64)(_compile)
 
 
 def grammar_for(response_format: Any) -> Any:

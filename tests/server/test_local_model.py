@@ -66,10 +66,26 @@ def test_length_is_the_callers_or_the_deployments_never_llama_cpp_16(tmp_path: P
     {"type": "array", "minItems": "x", "items": {"type": "integer"}}, {"type": 5},
     {"type": "object", "properties": 3}, {"$ref": "#/nowhere"}])
 def test_a_schema_llama_cpp_cannot_read_is_a_400(schema: dict[str, object]) -> None:
-    from scillm.server.completion._local import _grammar, grammar_for
+    from scillm.server.completion._local import _cached_grammar, grammar_for
     from scillm.server.completion.errors import InvalidRequest
 
-    _grammar.cache_clear()
+    _cached_grammar.cache_clear()
     with pytest.raises(InvalidRequest) as raised:
         grammar_for({"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
     assert raised.value.param == "response_format.json_schema.schema"
+
+
+def test_a_large_schema_is_compiled_for_its_call_not_kept() -> None:
+    """The local model's grammar cache kept 64 grammars by schema text: 64 schemas of
+    megabytes each stayed in memory. A schema past 64 KiB is compiled and not kept."""
+    from scillm.server.completion._local import _cached_grammar, grammar_for
+
+    _cached_grammar.cache_clear()
+    small = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    large = {"type": "object", "properties": {
+        f"p{i}": {"type": "integer", "description": "d" * 20_000} for i in range(4)}}
+    for schema in (small, small, large, large):
+        assert grammar_for({"type": "json_schema", "json_schema": {"name": "s",
+                                                                   "schema": schema}})
+    info = _cached_grammar.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)
