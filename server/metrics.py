@@ -30,6 +30,8 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
+from .names import MAX_NAME_CHARS
+
 __all__ = ["MAX_MODEL_LABELS", "OTHER_MODEL", "Metrics", "RpcMetrics"]
 
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -84,13 +86,15 @@ class Metrics:
         """The `model` label for a model name (see the module docstring)."""
         if model in self._labelled or model in self._configured:
             return model
-        if len(self._labelled) >= MAX_MODEL_LABELS:
+        if len(self._labelled) >= MAX_MODEL_LABELS or len(model) > MAX_NAME_CHARS:
             return OTHER_MODEL
         self._labelled.add(model)
         return model
 
     def rpc(self, method: str, model: str) -> RpcMetrics:
         """The metrics every RPC of `method` for `model` records, resolved once."""
+        if len(model) > MAX_NAME_CHARS:  # refused later; not a name to keep (megabytes)
+            model = OTHER_MODEL
         found = self._rpcs.get((method, model))
         if found is None:
             if len(self._rpcs) >= _MAX_CHILDREN:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..names import MAX_NAME_CHARS
 from . import _output
 from ._settings import MAX_TTL_S
 from .errors import InvalidRequest
@@ -49,6 +50,9 @@ def check(request: Mapping[str, Any]) -> str:
     model = request.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model must be a non-empty string", param="model")
+    if len(model) > MAX_NAME_CHARS:
+        raise InvalidRequest(f"model names are at most {MAX_NAME_CHARS} characters",
+                             param="model")
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages must be a non-empty list", param="messages")

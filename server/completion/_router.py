@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from ..names import MAX_NAME_CHARS
 from ._settings import DeploymentSettings, RouterSettings
 from .errors import CompletionError, ModelNotFound, RateLimited, UpstreamError
 
@@ -105,7 +106,8 @@ class Router:
         if found is None:
             names = self.model_names()
             raise ModelNotFound(model, difflib.get_close_matches(model, names, n=3, cutoff=0.5))
-        if len(self._groups) < 4096:  # wildcard names are caller-chosen: bound the memo
+        # Wildcard names are caller-chosen: the memo is bounded in names and in their size.
+        if len(self._groups) < 4096 and len(model) <= MAX_NAME_CHARS:
             self._groups[model] = found
         return found
 

@@ -19,6 +19,7 @@ from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
 from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
+from ..names import MAX_NAME_CHARS
 from . import CompletionEngine, Routing, StreamEnd, errors
 from ._estimate import chunk_chars, estimated_usage, prompt_chars, tokens
 from ._shape import MISSHAPEN
@@ -214,6 +215,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetModelResponse:
         if not request.model:
             raise _invalid("model is required", "model")
+        if len(request.model) > MAX_NAME_CHARS:
+            raise _invalid(f"model names are at most {MAX_NAME_CHARS} characters", "model")
         # A key limited to other models was refused by the interceptor (403), as for a call.
         return pb.GetModelResponse(model=pb.Model(
             id=request.model, owned_by="scillm",

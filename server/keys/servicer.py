@@ -12,6 +12,7 @@ from scillm.keys.v1 import keys_pb2 as pb
 from scillm.keys.v1 import keys_pb2_grpc
 
 from ..errors import ErrorTable, StatusError
+from ..names import MAX_NAME_CHARS
 from ._auth import Authenticator, token_from_metadata
 from ._store import KeyRecord
 from .errors import (
@@ -22,10 +23,8 @@ from .errors import (
     UnknownKey,
 )
 
-__all__ = ["ERRORS", "MAX_NAME_CHARS", "KeyServicer", "record_to_proto"]
+__all__ = ["ERRORS", "KeyServicer", "record_to_proto"]
 
-#: The longest key alias or model name a key may hold (a key is read on every call).
-MAX_NAME_CHARS = 256
 
 ERRORS: ErrorTable = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

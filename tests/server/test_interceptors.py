@@ -167,3 +167,25 @@ def test_an_unexpected_failure_names_no_internals() -> None:
     status, body, _ = from_exception(error)
     assert status == 500 and body["error"]["code"] is None
     assert body["error"]["message"] == "internal error (request id rid-1)"
+
+
+def test_a_model_name_of_megabytes_is_refused_and_labelled_other(tmp_path: Path) -> None:
+    """A wildcard (`echo/*`) serves any name: one of megabytes was served, memoised by the
+    router (4,096 names), and kept as a metrics label and in the metrics' own caches, so
+    a caller could pin gigabytes. A model name is at most 256 characters (as a key's
+    model names are); longer is a 400 naming `model`, labelled `other`."""
+    running = start_mesh(mesh_settings(tmp_path, services=("completion",)))
+    try:
+        long_name = "echo/" + "x" * 20_000  # (a URL holds 64 KiB: the door takes 8 MiB)
+        with httpx.Client(timeout=30) as http:
+            chat = http.post(f"{running.http_url}/v1/chat/completions", json={
+                "model": long_name, "messages": [{"role": "user", "content": "hi"}]})
+            one = http.get(f"{running.http_url}/v1/models/{long_name}")
+            assert chat.status_code == 400 and chat.json()["error"]["param"] == "model"
+            assert "256" in chat.json()["error"]["message"]
+            assert one.status_code == 400, one.text
+            metrics = http.get(f"{running.http_url}/metrics").text
+        assert long_name not in metrics and "x" * 300 not in metrics
+        assert 'model="other"' in metrics
+    finally:
+        running.stop()
