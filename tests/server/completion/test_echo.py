@@ -108,15 +108,14 @@ async def test_json_valid_reported(engine: CompletionEngine) -> None:
     {"type": 5},  # TypeError inside the validator
     {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]},
     {"$ref": "https://example.com/schema.json"},  # would be fetched, or fail
-    {"minItems": "a"},
-    {"required": "a"},
 ])
 async def test_a_schema_that_is_no_schema_is_the_callers_error(engine: CompletionEngine,
                                                               schema: dict[str, object]) -> None:
     """A json_schema response format whose schema is not one (a type of 5, a $ref that
     leads nowhere) failed the call after the upstream had answered, as an INTERNAL error
-    (TypeError, _WrappedReferencingError); it is refused before any upstream call, naming
-    the schema."""
+    (TypeError, _WrappedReferencingError). It is the caller's error, naming the schema: up
+    front for a $ref leading nowhere (a walk of the schema), else when the reply is
+    checked (the metaschema check up front cost 9.6 s of the event loop for 3.5 MB)."""
     fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
     with pytest.raises(InvalidRequest) as info:
         await engine.complete({"model": "echo/j", "messages": msg('{"a": [1]}'),
@@ -185,24 +184,3 @@ async def test_an_answer_is_at_most_its_context(engine: CompletionEngine) -> Non
              and e.chunk["choices"][0]["delta"].get("content")]
     assert len(words) == MAX_TOKENS
 
-
-def test_the_schema_check_keeps_verdicts_not_schemas() -> None:
-    """Verdicts were cached by the schema's JSON text (256 of them): 256 schemas of
-    megabytes each (a request's size) stayed in memory. Kept by digest, nothing of a
-    schema stays, and a schema seen again is not checked again."""
-    import gc
-    import tracemalloc
-
-    from scillm.server.completion import _output
-
-    big = {"type": "object", "description": "x" * 1_000_000}
-    _output.check_schema(big)
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(20):
-        _output.check_schema({**big, "title": str(i)})
-    gc.collect()
-    grown = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    assert grown < 500_000, f"{grown} bytes held after 20 schemas of 1 MB"
