@@ -112,8 +112,19 @@ async def formalize(obligation: Obligation, *, instructions: str, options: Forma
     outcome = CheckOutcome(Verdict.ERROR, "", message="no attempt was made")
     for index in range(max(1, options.max_attempts)):
         started = time.monotonic()
-        reply, usage = await complete(messages, model=options.model,
-                                      temperature=options.temperature)
+        try:
+            reply, usage = await complete(messages, model=options.model,
+                                          temperature=options.temperature)
+        except Exception as exc:  # the model call is another service's: record, never crash
+            # An unknown model, a key refusing it, an upstream down: the item's ERROR says
+            # which, where it was "internal error" with a traceback logged per item.
+            outcome = CheckOutcome(Verdict.ERROR, "", message=f"the model call to "
+                                   f"{options.model!r} failed: {exc}")
+            attempts.append(Attempt(index=index, source="", verdict=Verdict.ERROR,
+                                    diagnostics=(), prompt_tokens=0, completion_tokens=0,
+                                    duration_s=time.monotonic() - started,
+                                    message=outcome.message))
+            break
         code = extract_code(reply)
         if code is None:
             outcome = CheckOutcome(Verdict.FAILED, reply,

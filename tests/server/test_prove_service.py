@@ -4,6 +4,7 @@ the seed envelope, and the formalize loop driven by a scripted model."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import grpc
@@ -308,3 +309,35 @@ def test_the_ceilings_are_checked_at_start_up(tmp_path: Path) -> None:
         mesh_settings(tmp_path, prove_max_timeout_s=0.0).validate()
     with pytest.raises(ValueError, match="prove_max_memory_mb must be >= 64"):
         mesh_settings(tmp_path, prove_max_memory_mb=10).validate()
+
+
+def test_a_formalize_model_call_that_fails_says_why(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A formalize loop whose model call failed (an unknown model, a key refusing it, an
+    upstream down) was logged as an internal error with a traceback per item and told the
+    caller only "internal error while checking this item". The item is an ERROR naming
+    the model call's failure, and nothing is logged as a bug."""
+    caplog.set_level(logging.INFO, logger="scillm.prove")
+    running = start_mesh(mesh_settings(tmp_path, http_enabled=False,
+                                       services=("completion", "prove")))
+    try:
+        request = pb.ProveRequest(
+            items=[pb.Obligation(item_id=f"r{i}", backend=pb.BACKEND_SMT,
+                                 requirement_text="two plus two is four") for i in range(2)],
+            formalize=pb.FormalizeOptions(model="nope/x", max_attempts=3))
+
+        async def go() -> list[pb.ProveResponse]:
+            async with ScillmClient(running.grpc_target) as client:
+                return [e async for e in client.prove.prove(request)]
+
+        import asyncio
+
+        events = asyncio.run(go())
+    finally:
+        running.stop()
+    results = [e.result for e in events if e.WhichOneof("event") == "result"]
+    assert [r.verdict for r in results] == [pb.VERDICT_ERROR] * 2
+    for result in results:
+        assert "nope/x" in result.error and "not configured" in result.error
+        assert len(result.attempts) == 1  # no repair loop without a model
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
