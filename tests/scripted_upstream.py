@@ -49,10 +49,21 @@ class ScriptedUpstream:
         self._loop.call_soon_threadsafe(self._released.set)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        """Close the server and end every connection's handler on its loop, then stop it.
+        (Handlers left pending, of a client's kept-alive connections, were destroyed with
+        the loop at exit: "Task was destroyed but it is pending", "Event loop is closed".)"""
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
