@@ -15,6 +15,8 @@ import json
 import threading
 from typing import Any
 
+from loop_server import stop_serving
+
 _BASE = {"id": "held-1", "object": "chat.completion.chunk", "created": 1}
 
 
@@ -63,20 +65,7 @@ class HeldUpstream:
         return self
 
     def stop(self) -> None:
-        """Close the listener, end the connections' handlers, then stop and close the loop:
-        a handler left pending would be finalized later, on a closed loop."""
-        asyncio.run_coroutine_threadsafe(self._shut(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-    async def _shut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        stop_serving(self._loop, self._thread, self._server)
 
     def hold(self) -> None:
         """Close the gate: answers wait until `release()`; the arrival count restarts."""

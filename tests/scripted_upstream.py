@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from loop_server import stop_serving
+
 
 class ScriptedUpstream:
     """Serve `replies` (assistant message dicts) one per request, cycling at the end.
@@ -49,21 +51,7 @@ class ScriptedUpstream:
         self._loop.call_soon_threadsafe(self._released.set)
 
     def stop(self) -> None:
-        """Close the server and end every connection's handler on its loop, then stop it.
-        (Handlers left pending, of a client's kept-alive connections, were destroyed with
-        the loop at exit: "Task was destroyed but it is pending", "Event loop is closed".)"""
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+        stop_serving(self._loop, self._thread, self._server)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

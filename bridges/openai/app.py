@@ -360,10 +360,8 @@ class _Shim:
             names = await self.client.completion.list_models(metadata=_credentials(request))
         except RPCError as exc:
             return error_response(exc)
-        created = 0
-        return JSONResponse({"object": "list", "data": [
-            {"id": n, "object": "model", "created": created, "owned_by": "scillm"}
-            for n in names]})
+        return JSONResponse({"object": "list", "data": [_model_json(n, "scillm")
+                                                        for n in names]})
 
     async def model(self, request: Request) -> Response:
         """OpenAI's `GET /v1/models/{model}` (a name may hold slashes: `echo/x`)."""
@@ -372,8 +370,7 @@ class _Shim:
                 request.path_params["model"], metadata=_credentials(request))
         except RPCError as exc:
             return error_response(exc)
-        return JSONResponse({"id": found.id, "object": "model", "created": 0,
-                             "owned_by": found.owned_by})
+        return JSONResponse(_model_json(found.id, found.owned_by))
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -404,6 +401,11 @@ class _Shim:
         return ready, statuses
 
 
+def _model_json(model_id: str, owned_by: str) -> dict[str, Any]:
+    """OpenAI's `model` object (the mesh knows no creation time: 0)."""
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owned_by}
+
+
 def _gone(request: Request, exc: Exception) -> Response:
     """A caller who hung up inside its body: noted (`hung_up`); the answer goes nowhere."""
     hung_up(request.scope)
@@ -426,7 +428,7 @@ class _BodyRefused(Exception):
     the rest of the body is not read either."""
 
     status = 400
-    code = ""
+    code: str | None = None
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(str(self), "invalid_request_error", code=self.code),

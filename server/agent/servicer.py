@@ -208,10 +208,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     final.manifest.CopyFrom(clock.finish(backend="agent"))
                     if trace is not None:
                         final.trace_path = str(trace.path)
-                    unstored = await record.try_put(final.manifest, final, recorded)
+                    await record.put(final.manifest, final, recorded)
                     yield pb.AgentRunResponse(final=final)
-                    if unstored is not None:  # sent, then said: the run was not kept
-                        raise unstored
 
     def _trace(self, wanted: bool, run_id: str) -> JsonlTrace | None:
         if not wanted:

@@ -82,8 +82,9 @@ class CompletionEngine:
         return self._router.model_names()
 
     def deployments_of(self, model: str) -> int:
-        """How many deployments serve `model`; ModelNotFound (with close names) if none."""
-        return len(self._router.group(model).deployments)
+        """How many deployments serve `model`; ModelNotFound (with close names) if none,
+        InvalidRequest for a name no caller may ask for."""
+        return len(self._router.group(_request.check_model(model)).deployments)
 
     def serves(self, model: str) -> bool:
         """Whether `model` names a deployment group (exactly, or through a wildcard)."""

@@ -11,7 +11,8 @@ from . import _output
 from ._settings import MAX_TTL_S
 from .errors import InvalidRequest
 
-__all__ = ["DETERMINISTIC_SEED", "MAX_RETRIES", "Options", "check", "options", "upstream_body"]
+__all__ = ["DETERMINISTIC_SEED", "MAX_RETRIES", "Options", "check", "check_model", "options",
+           "upstream_body"]
 
 DETERMINISTIC_SEED = 0
 #: The most retries one call may ask for (`scillm.num_retries`, `routing.num_retries`):
@@ -45,14 +46,21 @@ class Options:
 _NO_OPTIONS = Options()
 
 
-def check(request: Mapping[str, Any]) -> str:
-    """Validate the fields the gateway relies on; return the model name."""
-    model = request.get("model")
+def check_model(model: Any) -> str:
+    """A model name a caller may ask for: a non-empty string of at most `MAX_NAME_CHARS`
+    (a wildcard serves any name, and one of megabytes was served, memoised by the router
+    and kept as a metrics label)."""
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model must be a non-empty string", param="model")
     if len(model) > MAX_NAME_CHARS:
         raise InvalidRequest(f"model names are at most {MAX_NAME_CHARS} characters",
                              param="model")
+    return model
+
+
+def check(request: Mapping[str, Any]) -> str:
+    """Validate the fields the gateway relies on; return the model name."""
+    model = check_model(request.get("model"))
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages must be a non-empty list", param="messages")

@@ -19,7 +19,6 @@ from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
 from ..manifests import ManifestClock, RunStore
 from ..metrics import Metrics
-from ..names import MAX_NAME_CHARS
 from . import CompletionEngine, Routing, StreamEnd, errors
 from ._estimate import chunk_chars, estimated_usage, prompt_chars, tokens
 from ._shape import MISSHAPEN
@@ -213,10 +212,6 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
 
     async def GetModel(self, request: pb.GetModelRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetModelResponse:
-        if not request.model:
-            raise _invalid("model is required", "model")
-        if len(request.model) > MAX_NAME_CHARS:
-            raise _invalid(f"model names are at most {MAX_NAME_CHARS} characters", "model")
         # A key limited to other models was refused by the interceptor (403), as for a call.
         return pb.GetModelResponse(model=pb.Model(
             id=request.model, owned_by="scillm",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from ._store import KeyRecord, KeyStore, hash_key
 from ._windows import MemoryWindows, Windows
-from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated
+from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated, UnknownKey
 
 __all__ = ["RUNS_READ", "Authenticator", "Principal", "token_from_metadata"]
 
@@ -117,6 +117,21 @@ class Authenticator:
             leaves = await self.windows.take(record.key_hash, "requests", record.rpm_limit)
             if leaves is not None:
                 raise _over(record, record.rpm_limit, "requests", leaves)
+
+    async def revoke(self, keys: Sequence[str]) -> list[str]:
+        """Delete the keys (secrets or key_ids); their key_ids. Every key is found before
+        any is deleted: [known, unknown] deleted the known one and answered "no such key",
+        telling the caller the call failed while a key had gone. A key named twice is one
+        key; UnknownKey, and nothing deleted, when one is not known."""
+        records = []
+        for key in dict.fromkeys(keys):
+            record = await self.store.find(key)
+            if record is None:
+                raise UnknownKey(f"no such key: {key[:6]}... (no key was deleted)")
+            records.append(record)
+        for record in records:
+            await self.store.delete(record.key_hash)
+        return [record.key_id for record in records]
 
     async def admit_model_call(self, principal: Principal, model: str) -> None:
         """Raise unless `principal` may have a service call `model` for it now: a model its

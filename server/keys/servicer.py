@@ -101,15 +101,4 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def DeleteKey(self, request: pb.DeleteKeyRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteKeyResponse:
         self._require_keys()
-        # Every key is found before any is deleted: [known, unknown] deleted the known one
-        # and answered "no such key", telling the caller the call failed while a key had
-        # gone. A key named twice is one key.
-        records = []
-        for key in dict.fromkeys(request.keys):
-            record = await self._auth.store.find(key)
-            if record is None:
-                raise UnknownKey(f"no such key: {key[:6]}... (no key was deleted)")
-            records.append(record)
-        for record in records:
-            await self._auth.store.delete(record.key_hash)
-        return pb.DeleteKeyResponse(deleted_key_ids=[r.key_id for r in records])
+        return pb.DeleteKeyResponse(deleted_key_ids=await self._auth.revoke(request.keys))

@@ -107,24 +107,23 @@ class RunRecord:
         self._request = request
         #: The terminal result was stored.
         self.stored = False
+        #: Why the store could not take the terminal result (full, unreachable): raised
+        #: when the `recording` block ends, after the servicer has sent the result.
+        self.unstored: RunStoreError | None = None
 
     async def put(self, manifest: common_pb2.RunManifest, result: Message,
                   events: Sequence[Message] = ()) -> None:
-        """Store the run's terminal result (replacing its running row)."""
+        """Store the run's terminal result (replacing its running row). A store that
+        cannot take it does not cost the caller the result: a run whose final write failed
+        lost its summary (rankings, verdict counts). The failure is kept (`unstored`) and
+        raised when the block ends, so the call still ends with it."""
         if self._store is not None:
-            await self._store.put(manifest, self._request, result, events)
+            try:
+                await self._store.put(manifest, self._request, result, events)
+            except RunStoreError as exc:
+                self.unstored = exc
+                return
         self.stored = True
-
-    async def try_put(self, manifest: common_pb2.RunManifest, result: Message,
-                      events: Sequence[Message] = ()) -> RunStoreError | None:
-        """`put`, returning why a store that cannot take the result did not (full,
-        unreachable) instead of raising: the servicer sends the result first, then raises
-        it. A run whose final write failed lost its summary (rankings, verdict counts)."""
-        try:
-            await self.put(manifest, result, events)
-        except RunStoreError as exc:
-            return exc
-        return None
 
 
 @contextlib.asynccontextmanager
@@ -132,7 +131,8 @@ async def recording(store: RunStore | None, clock: ManifestClock,
                     request: Message) -> AsyncIterator[RunRecord]:
     """While the block runs, the store lists the run as running; the block stores the
     terminal result with `RunRecord.put`. A block that ends by an exception before that (an
-    error, a caller who hung up) leaves the run stored as interrupted."""
+    error, a caller who hung up) leaves the run stored as interrupted; one whose terminal
+    result the store could not take ends by that failure."""
     record = RunRecord(store, request)
     if store is not None:
         run_id = clock.manifest.run_id
@@ -150,3 +150,5 @@ async def recording(store: RunStore | None, clock: ManifestClock,
             # Synchronous: a cancelled task must not wait on a worker thread here.
             store.put_sync(clock.finish(), request, empty_pb2.Empty())
         raise
+    if record.unstored is not None:  # the result was sent; the run was not kept
+        raise record.unstored
