@@ -13,17 +13,23 @@ per-method counters, `NativeGrpcFront.metrics()`, switched on for that), and onl
 stops as the library does. New calls are refused with UNAVAILABLE from the start of the
 stop, as the library refuses them.
 
-The server has no public hook for this, so the class leans on 0.5.0's attributes (`_front`,
-`_front_args`, `_calls`, `_stopping`); pyproject.toml pins that release, and
-tests/server/test_native_drain.py fails if a new one moves them or fixes the stop itself
-differently.
+It also runs a method's interceptors once instead of on every call, when they allow it
+(`DrainingServer._resolve_methods`).
+
+The server has no public hook for either, so the class leans on 0.5.0's attributes
+(`_front`, `_front_args`, `_calls`, `_stopping`, `_table`, `_interceptors`); pyproject.toml
+pins that release, and tests/server/test_native_drain.py fails if a new one moves them or
+fixes the stop itself differently.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pygrpc_native.aio
 
 __all__ = ["DrainingServer"]
@@ -39,6 +45,32 @@ class DrainingServer(pygrpc_native.aio.Server):
         super().__init__(*args, **kwargs)
         # The front's counters (started, finished by status) are what says it is drained.
         self._front_args["metrics"] = True
+
+    async def start(self) -> None:
+        await super().start()
+        await self._resolve_methods()
+
+    async def _resolve_methods(self) -> None:
+        """Resolve each natively served method through the interceptors once, when every
+        interceptor answers every call of a method with the same handler (the mesh's
+        `CallContext`, unless tracing adds OpenTelemetry's, which starts a span per call).
+        The library otherwise runs the chain for every call: a `HandlerCallDetails` with
+        the metadata copied, and a coroutine per interceptor: 2.5 µs per call against
+        0.2 µs, in-process with the mesh's chain (about 1 % of a Completion at the gRPC
+        door). The fallback server (reflection, unknown methods) keeps the
+        interceptors: it was given them at `start`."""
+        chain = self._interceptors
+        if not chain or not all(getattr(i, "handler_per_method", False) for i in chain):
+            return
+        table = []
+        for path, handler in self._table:
+            resolved = await _through(chain, path, handler)
+            if resolved is None or resolved.response_streaming != handler.response_streaming \
+                    or resolved.request_streaming:
+                return  # an interceptor that refuses or swaps a method: per call, as before
+            table.append((path, resolved))
+        self._table = table
+        self._interceptors = ()
 
     async def stop(self, grace: float | None) -> None:
         if self._stopping or self._front is None:
@@ -65,3 +97,23 @@ class DrainingServer(pygrpc_native.aio.Server):
             return 0
         return sum(method["started"] - sum(s["count"] for s in method["status"].values())
                    for method in metrics["methods"].values())
+
+
+@dataclass(frozen=True)
+class _Details:
+    """`grpc.HandlerCallDetails` of a method, as resolved before any call."""
+
+    method: str
+    invocation_metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+
+async def _through(chain: Sequence[Any], path: str,
+                   handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+    """`handler` as `chain` (outermost first) returns it for calls of `path`."""
+    async def step(index: int, details: Any) -> grpc.RpcMethodHandler | None:
+        if index == len(chain):
+            return handler
+        resolved: grpc.RpcMethodHandler | None = await chain[index].intercept_service(
+            lambda d: step(index + 1, d), details)
+        return resolved
+    return await step(0, _Details(path))
