@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import cache
@@ -24,7 +25,16 @@ from ._store import RunStoreError
 if TYPE_CHECKING:
     from ._store import RunStore
 
-__all__ = ["ManifestClock", "RunRecord", "current_trace_id", "recording", "versions"]
+__all__ = ["ManifestClock", "RunRecord", "check_context", "current_trace_id", "recording",
+           "versions"]
+
+#: A caller-chosen run id: a plain token, since it names store rows and files (an agent
+#: run's trace is `<trace dir>/<run id>.jsonl`). Before, "../../x" wrote outside the dir.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+#: Session and track: caller-chosen names of any printable text, this long at most.
+MAX_NAME_CHARS = 256
+#: Labels as OpenAI bounds a request's `metadata`: this many, keys and values this long.
+MAX_LABELS, MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS = 16, 64, 512
 
 
 @cache
@@ -61,11 +71,38 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _invalid(message: str, param: str) -> StatusError:
+    return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
+
+
+def check_context(context: common_pb2.RunContext) -> None:
+    """Refuse a run context the store and the files it names cannot take as it is."""
+    if context.run_id and not _RUN_ID.fullmatch(context.run_id):
+        raise _invalid("context.run_id must be 1 to 128 letters, digits, '.', '_', ':' or '-', "
+                       "starting with a letter or digit (or empty for a new id)",
+                       "context.run_id")
+    for name in ("session_id", "track"):
+        value = getattr(context, name)
+        if len(value) > MAX_NAME_CHARS or not value.isprintable():
+            raise _invalid(f"context.{name} must be printable text of at most "
+                           f"{MAX_NAME_CHARS} characters", f"context.{name}")
+    if len(context.labels) > MAX_LABELS:
+        raise _invalid(f"context.labels holds {len(context.labels)} labels; at most "
+                       f"{MAX_LABELS}", "context.labels")
+    for key, value in context.labels.items():
+        if not 0 < len(key) <= MAX_LABEL_KEY_CHARS or len(value) > MAX_LABEL_VALUE_CHARS:
+            raise _invalid(f"context.labels: keys are 1 to {MAX_LABEL_KEY_CHARS} characters, "
+                           f"values at most {MAX_LABEL_VALUE_CHARS}", "context.labels")
+
+
 class ManifestClock:
-    """Starts a manifest when a run starts and completes it when the run ends."""
+    """Starts a manifest when a run starts and completes it when the run ends. A run
+    context that `check_context` refuses raises StatusError (INVALID_ARGUMENT)."""
 
     def __init__(self, service: str, context: common_pb2.RunContext, *, request_id: str,
                  model: str = "", item_ids: Iterable[str] = ()) -> None:
+        if context.run_id or context.session_id or context.track or context.labels:
+            check_context(context)
         self._t0 = time.perf_counter()
         m = self.manifest = common_pb2.RunManifest()
         m.CopyFrom(_blank())

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
@@ -205,6 +206,26 @@ async def test_a_trace_is_written_beside_the_run_store(mesh: Mesh) -> None:
     assert lines[-1]["stopped_reason"] == "success"
     untraced = await _run(mesh, _request())
     assert not untraced[-1].final.trace_path
+
+
+@pytest.mark.parametrize("run_id", ["../../escape/pwn", "/tmp/abs/pwn", "bad\x00id", ".hidden"])
+async def test_a_run_id_that_is_not_a_plain_token_writes_no_trace(mesh: Mesh, run_id: str,
+                                                                  tmp_path: Path) -> None:
+    """The trace is `<trace dir>/<run id>.jsonl`: "../../escape/pwn" wrote (as the mesh's
+    user) outside the dir, and a NUL byte was an INTERNAL error."""
+    request = _request(trace=True)
+    request.context.run_id = run_id.replace("/tmp", str(tmp_path))
+    traces = mesh.store / "agent-traces"
+
+    def written() -> set[Path]:
+        return {*traces.rglob("*"), *tmp_path.rglob("*"), *mesh.store.parent.glob("escape")}
+    before = written()
+    async with ScillmClient(mesh.running.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.agent.run(request)]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == "context.run_id"
+    assert written() == before
 
 
 async def test_http_tools_are_called_and_a_429_waits_its_retry_after(mesh: Mesh) -> None:

@@ -117,3 +117,47 @@ async def test_a_callers_run_id_names_a_new_run_and_never_replaces_one(
         assert kept is not None and kept.result.proved == 1  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("run_id", "../../x"), ("run_id", "a b"), ("run_id", "x" * 129), ("run_id", "-x"),
+    ("session_id", "s" * 257), ("session_id", "a\nb"), ("track", "t\x00"),
+    ("labels", {"k": "v" * 513}), ("labels", {"": "v"}),
+    ("labels", {f"k{i}": "v" for i in range(17)}),
+])
+async def test_a_run_context_the_store_cannot_take_is_refused_by_every_service(
+        mesh: RunningMesh, field: str, value: object) -> None:
+    """A run id names files and store rows; session, track and labels are stored with
+    every run. Each service refuses one it cannot take as it is, naming the field."""
+    import grpc
+
+    from scillm.clients import RPCError, openai_wire
+    from scillm.codeworld.v1 import codeworld_pb2 as cw
+    from scillm.common.v1 import common_pb2
+
+    context = common_pb2.RunContext()
+    if isinstance(value, dict):
+        context.labels.update(value)
+    else:
+        setattr(context, field, value)
+    completion = openai_wire.request_to_proto(
+        {"model": "echo/x", "messages": [{"role": "user", "content": "hi"}]})
+    completion.context.CopyFrom(context)
+    prove = pb.ProveRequest(items=[pb.Obligation(item_id="i", backend=pb.BACKEND_SMT,
+                                                 statement="(> 2 1)")], context=context)
+    codeworld = cw.CodeWorldRunRequest(
+        items=[cw.Task(task_id="t")], context=context,
+        strategies=[cw.Strategy(name="s", language=cw.LANGUAGE_PYTHON,
+                                source="def solve(context):\n    return 1\n")])
+    async with ScillmClient(mesh.grpc_target) as client:
+        for call in (lambda: client.completion.create(completion),
+                     lambda: _drain(client.prove.prove(prove)),
+                     lambda: _drain(client.codeworld.run(codeworld))):
+            with pytest.raises(RPCError) as raised:
+                await call()
+            assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.param == f"context.{field}"
+
+
+async def _drain(events: object) -> list[object]:
+    return [e async for e in events]  # type: ignore[attr-defined]

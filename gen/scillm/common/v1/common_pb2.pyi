@@ -53,14 +53,22 @@ class RunContext(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """Caller-chosen session identifier (for example one notebook or one experiment)."""
+    """Caller-chosen session identifier (for example one notebook or one experiment):
+    printable text, at most 256 characters.
+    """
     track: _builtins.str
-    """Caller-chosen track inside a session (for example one hypothesis being explored)."""
+    """Caller-chosen track inside a session (for example one hypothesis being explored):
+    printable text, at most 256 characters.
+    """
     run_id: _builtins.str
-    """Run identifier to use; the server generates one when empty."""
+    """Run identifier to use; the server generates one when empty. A chosen one is 1 to 128
+    letters, digits, '.', '_', ':' or '-', starting with a letter or digit, and new.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form labels stored with the manifest."""
+        """Free-form labels stored with the manifest: at most 16, keys of 1 to 64 characters,
+        values of at most 512.
+        """
 
     def __init__(
         self,
