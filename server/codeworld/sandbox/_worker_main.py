@@ -2,7 +2,12 @@
 
 The host starts it once per worker as ``python -I -S -c <this file's text> <config JSON>``
 inside bubblewrap (or the fallback) and then speaks JSON lines on stdin/stdout: one
-request line in, one response line out. For every request the server forks a child that
+request line in, one response line out. The runs are not forked from the server itself,
+whose memory holds every earlier request and output (a run could read them there, freed
+but not erased: another caller's source, context and stdout), but from a zygote the server
+forks before its first request, which never holds any of them: the server writes a run's
+request into its run directory, hands the zygote the directory and the run's pipes, and the
+zygote forks a child that reads the request and deletes it, then
 
 1. starts a new session (its own process group) and takes fds 0-3 only
    (stdin file, stdout pipe, stderr pipe, result pipe); everything else is closed;
@@ -18,7 +23,12 @@ are sent back, base64-encoded, when it exits 0; the host keeps them in its compi
 
 The server enforces the wall-clock limit, caps output, and after every run kills every
 process left with the run's uid (``kill(-1, SIGKILL)`` from a helper holding that uid,
-atomic with respect to fork), so nothing outlives its run.
+atomic with respect to fork), so nothing outlives its run, and removes the System V IPC
+objects (shared memory, queues, semaphores) the run made: the worker's IPC namespace
+outlives a run, and a segment kept the memory it pinned and handed data to the next run.
+A run directory that cannot be removed (a tree too deep for `shutil.rmtree`) is removed with
+`rm -rf`; when even that fails the server exits after answering, so the host starts a fresh
+worker instead of leaving a full /tmp to every later run.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import base64
 import bisect  # noqa: F401
 import builtins
 import collections  # noqa: F401
+import ctypes
 import fcntl
 import functools  # noqa: F401
 import hashlib  # noqa: F401
@@ -44,6 +55,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import string  # noqa: F401
 import sys
 import time
@@ -55,6 +67,10 @@ _RESULT_FD = 3
 _CHUNK = 65536
 _NO_RESULT = b'{"ok": false, "reason": "unserialisable", "error": {"type": "MemoryError"}}'
 _MAX_ARTIFACT = 128 << 20
+#: The run's request, written by the server, read and deleted by the run's child.
+_JOB = ".job"
+#: Nesting a result may have: the host's JSON reader must be able to read it back.
+_MAX_DEPTH = 200
 
 _JS_HARNESS = r"""
 const fs = require('fs');
@@ -131,8 +147,12 @@ def _set_limits(limits: dict[str, Any], language: str, drop_uid: bool) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _child(req: dict[str, Any], run_dir: str, fds: list[int], cfg: dict[str, Any]) -> None:
-    """Runs in the forked child; never returns."""
+def _child(run_dir: str, fds: list[int], cfg: dict[str, Any]) -> None:
+    """Runs in the zygote's forked child; never returns."""
+    job = os.path.join(run_dir, _JOB)
+    with open(job, "rb") as f:
+        req: dict[str, Any] = json.loads(f.read())
+    os.unlink(job)
     os.setsid()
     stdin_fd = os.open(os.path.join(run_dir, ".stdin"), os.O_RDONLY)
     high = [_high(fd) for fd in (stdin_fd, *fds)]
@@ -247,6 +267,7 @@ def _sweep(uid: int | None, pgid: int | None) -> None:
             pass
     if uid is None:
         return
+    ipc = _ipc_ids()
     for _ in range(500):  # SIGKILL is delivered asynchronously: wait until all are dead
         helper = os.fork()
         if helper == 0:
@@ -254,12 +275,120 @@ def _sweep(uid: int | None, pgid: int | None) -> None:
                 os.setgid(uid)
                 os.setuid(uid)
                 os.kill(-1, signal.SIGKILL)
+                _drop_ipc(ipc)  # as the run's uid: its creator may remove them
             finally:
                 os._exit(0)
         os.waitpid(helper, 0)
+        ipc = {}
         if not _alive(uid):
             return
         time.sleep(0.001)
+
+
+def _ipc_ids() -> dict[str, list[int]]:
+    """The System V IPC objects of this namespace, by kind (``/proc/sysvipc``)."""
+    found: dict[str, list[int]] = {}
+    for kind in ("shm", "msg", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{kind}", "rb") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        ids = [int(row.split()[1]) for row in rows if len(row.split()) > 1]
+        if ids:
+            found[kind] = ids
+    return found
+
+
+def _drop_ipc(found: dict[str, list[int]]) -> None:
+    """Remove the objects of ``found`` this process may remove (IPC_RMID is 0)."""
+    if not found:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for ident in found.get("shm", ()):
+        libc.shmctl(ident, 0, None)
+    for ident in found.get("msg", ()):
+        libc.msgctl(ident, 0, None)
+    for ident in found.get("sem", ()):
+        libc.semctl(ident, 0, 0)
+
+
+def _remove(run_dir: str) -> bool:
+    """Remove a run's directory; whether it is gone. `shutil.rmtree` recurses, so a tree
+    deeper than the recursion limit stopped it half-way (RecursionError): `rm -rf` then."""
+    try:
+        shutil.rmtree(run_dir)
+    except (OSError, RecursionError):
+        pass
+    if os.path.lexists(run_dir):
+        try:
+            os.waitpid(os.posix_spawn("/bin/rm", ["rm", "-rf", "--", run_dir], {}), 0)
+        except OSError:
+            pass
+    return not os.path.lexists(run_dir)
+
+
+class _ZygoteGone(Exception):
+    pass
+
+
+class _Zygote:
+    """The process runs are forked from, forked before the first request (see above)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if os.fork() == 0:
+            self._sock.close()
+            try:
+                _zygote(theirs, cfg)
+            finally:
+                os._exit(0)
+        theirs.close()
+
+    def spawn(self, run_dir: str, fds: list[int]) -> tuple[int, int]:
+        """Fork the run of ``run_dir`` with ``fds`` (stdout, stderr, result): pid, pidfd."""
+        try:
+            socket.send_fds(self._sock, [run_dir.encode()], fds)
+            msg, got, _, _ = socket.recv_fds(self._sock, 64, 1)
+        except OSError as exc:
+            raise _ZygoteGone(str(exc)) from exc
+        if not msg or len(got) != 1:
+            raise _ZygoteGone("the zygote is gone")
+        return int(msg), got[0]
+
+    def waited(self) -> tuple[int, float, int]:
+        """The spawned run's wait status, CPU seconds and peak memory in bytes."""
+        try:
+            msg = self._sock.recv(256)
+        except OSError as exc:
+            raise _ZygoteGone(str(exc)) from exc
+        if not msg:
+            raise _ZygoteGone("the zygote is gone")
+        status, cpu, peak = json.loads(msg)
+        return int(status), float(cpu), int(peak)
+
+
+def _zygote(sock: socket.socket, cfg: dict[str, Any]) -> None:
+    """The zygote's loop: a run directory and its pipes in, the run's child forked."""
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, 4096, 3)
+        if not msg:
+            return
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            try:
+                _child(msg.decode(), fds, cfg)
+            finally:
+                os._exit(112)
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)  # before the wait: the pid cannot be reused under it
+        socket.send_fds(sock, [str(pid).encode()], [pidfd])
+        os.close(pidfd)
+        _, status, usage = os.wait4(pid, 0)
+        sock.send(json.dumps([status, usage.ru_utime + usage.ru_stime,
+                              usage.ru_maxrss * 1024]).encode())
 
 
 def _alive(uid: int) -> bool:
@@ -289,13 +418,12 @@ def _reap() -> None:
             return
 
 
-def _collect(pid: int, pipes: dict[int, bytearray], cap: dict[int, int],
+def _collect(pidfd: int, pipes: dict[int, bytearray], cap: dict[int, int],
              deadline: float) -> tuple[bool, bool]:
-    """Read the pipes until the child exits or the deadline passes.
+    """Read the pipes until the child (``pidfd``, closed here) exits or the deadline passes.
 
     Returns (timed_out, truncated).
     """
-    pidfd = os.pidfd_open(pid)
     open_fds = set(pipes)
     truncated = False
     exited = False
@@ -327,7 +455,8 @@ def _collect(pid: int, pipes: dict[int, bytearray], cap: dict[int, int],
         os.close(pidfd)
 
 
-def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, Any]:
+def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int,
+             zygote: _Zygote) -> dict[str, Any]:
     limits: dict[str, Any] = req["limits"]
     uid: int | None = cfg.get("uid")
     run_dir = os.path.join(str(cfg["tmp"]), f"run-{seq}")
@@ -338,26 +467,24 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, An
         with open(os.path.join(run_dir, os.path.basename(str(name))), "w",
                   encoding="utf-8") as f:
             f.write(str(text))
+    job = os.open(os.path.join(run_dir, _JOB), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(job, "wb") as f:
+        f.write(json.dumps(req).encode())
     if uid is not None:
         os.chown(run_dir, uid, uid)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _child(req, run_dir, [out_w, err_w, res_w], cfg)
-        finally:
-            os._exit(112)
+    pid, pidfd = zygote.spawn(run_dir, [out_w, err_w, res_w])
     for fd in (out_w, err_w, res_w):
         os.close(fd)
     pipes = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
     output = int(limits["output"])
     cap = {out_r: output, err_r: output, res_r: int(limits["result_size"]) + 1}
-    timed_out, truncated = _collect(pid, pipes, cap, start + float(limits["wall_time"]))
+    timed_out, truncated = _collect(pidfd, pipes, cap, start + float(limits["wall_time"]))
     _sweep(uid, pid)
-    _, status, usage = os.wait4(pid, 0)
+    status, cpu, peak = zygote.waited()
     wall = time.monotonic() - start
     for fd in pipes:
         os.close(fd)
@@ -369,7 +496,7 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, An
         except (OSError, ValueError) as exc:
             outcome = {"status": "error", "reason": "artifact",
                        "error": {"type": type(exc).__name__, "message": str(exc)}}
-    shutil.rmtree(run_dir, ignore_errors=True)
+    removed = _remove(run_dir)
     _reap()
     resp: dict[str, Any] = {
         "id": req.get("id"),
@@ -377,11 +504,13 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int) -> dict[str, An
         "stderr": pipes[err_r].decode("utf-8", "replace"),
         "truncated": truncated,
         "wall": wall,
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "peak_memory": usage.ru_maxrss * 1024,
+        "cpu": cpu,
+        "peak_memory": peak,
         "exit_code": os.waitstatus_to_exitcode(status),
     }
     resp.update(outcome)
+    if not removed:
+        resp["_retire"] = True
     return resp
 
 
@@ -432,8 +561,13 @@ def _classify(timed_out: bool, status: int, raw: bytes, limits: dict[str, Any], 
                 "error": {"type": "ResultTooLarge", "message": "result exceeds result_size"}}
     try:
         outcome = json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):
         outcome = None
+    if isinstance(outcome, dict) and outcome.get("ok") is True and \
+            _deeper(outcome.get("result"), _MAX_DEPTH):
+        return {"status": "error", "reason": "result_depth",
+                "error": {"type": "ResultTooDeep",
+                          "message": f"result nested deeper than {_MAX_DEPTH} levels"}}
     if not isinstance(outcome, dict):
         code = os.waitstatus_to_exitcode(status)
         reason = "memory" if code == 134 else f"exit {code}"
@@ -447,21 +581,38 @@ def _classify(timed_out: bool, status: int, raw: bytes, limits: dict[str, Any], 
             "error": error}
 
 
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests lists and objects deeper than ``limit``."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [v for x in level if isinstance(x, (list, dict))
+                 for v in (x.values() if isinstance(x, dict) else x)]
+        if not level:
+            return False
+    return True
+
+
 def main() -> None:
     cfg: dict[str, Any] = json.loads(sys.argv[1])
     _sweep(cfg.get("uid"), None)  # clear leftovers of a predecessor
+    zygote = _Zygote(cfg)  # before any request is read
     _send({"ready": True, "pid": os.getpid(), "uid": cfg.get("uid")})
     seq = 0
     for line in sys.stdin.buffer:
         seq += 1
         req: dict[str, Any] = {}
+        retire = False
         try:
             req = json.loads(line)
-            resp = _execute(req, cfg, seq)
+            resp = _execute(req, cfg, seq, zygote)
+            retire = bool(resp.pop("_retire", False))
         except Exception as exc:
+            retire = isinstance(exc, _ZygoteGone)
             resp = {"id": req.get("id"), "status": "error", "reason": "worker",
                     "error": {"type": type(exc).__name__, "message": str(exc)}}
         _send(resp)
+        if retire:  # the host starts a fresh worker for the next request
+            sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ async def test_compiled_programs_are_contained(single: Sandbox, language: str) -
     assert bomb.status in {Status.TIMEOUT, Status.KILLED, Status.ERROR}, bomb
     after = await single.run("python", LIVE)
     assert after.status is Status.OK
-    if single.isolation == BUBBLEWRAP:  # init, worker, this run (own pid namespace)
+    if single.isolation == BUBBLEWRAP:  # init, worker, zygote, this run (own pid ns)
         assert int(after.stdout) <= 4, after.stdout
     again = await single.run(language, NETWORK[language])  # a compile-cache hit
     assert again.status is Status.OK and not again.compiled and again.compile_wall == 0

@@ -126,7 +126,7 @@ async def test_fork_bomb_is_contained(single: Sandbox) -> None:
     count = LIVE + "print(len(live()))"
     after = await single.run("python", count)
     assert after.status is Status.OK
-    if single.isolation == BUBBLEWRAP:  # init, worker, run child (own pid namespace)
+    if single.isolation == BUBBLEWRAP:  # init, worker, zygote, run (own pid namespace)
         assert int(after.stdout) <= 4
     await _still_works(single)
 
@@ -158,9 +158,11 @@ async def test_background_process_does_not_outlive_its_run(single: Sandbox) -> N
     ran = await single.run("python", source)
     assert ran.status is Status.OK
     before = set(ran.stdout.split())
-    check = LIVE + "print(' '.join(live()))"
+    check = LIVE + "print(os.getppid())\nprint(' '.join(live()))"
     after = await single.run("python", check)
-    survivors = before & set(after.stdout.split()) - {"1", "2"}
+    zygote, alive = after.stdout.split("\n", 1)
+    # init, the worker, and the zygote the runs are forked from live on; nothing else.
+    survivors = before & set(alive.split()) - {"1", "2", zygote}
     assert not survivors, (before, after.stdout)
     await _still_works(single)
 
@@ -302,3 +304,91 @@ async def test_each_worker_runs_code_as_a_private_uid() -> None:
     ids = [tuple(ran.result) for ran in both]
     assert all(ran.status is Status.OK for ran in both), both
     assert ids[0] != ids[1] and all(uid == gid and uid >= 64100 for uid, gid in ids), ids
+
+
+SCAN = ("import ctypes\nimport re\n"
+        "def solve(task, context):\n"
+        "    found = set()\n"
+        "    with open('/proc/self/maps') as maps:\n"
+        "        for line in maps:\n"
+        "            fields = line.split()\n"
+        "            # readable anonymous memory and the heap: where freed objects stay\n"
+        "            if not fields[1].startswith('r') or fields[5:] not in ([], ['[heap]']):\n"
+        "                continue\n"
+        "            start, end = (int(x, 16) for x in fields[0].split('-'))\n"
+        "            data = ctypes.string_at(start, end - start)\n"
+        "            found.update(m.decode() for m in re.findall(rb'TENANT-[0-9a-f]{32}', data))\n"
+        "    return sorted(found)\n")
+
+
+async def test_a_run_cannot_read_earlier_runs_from_its_memory(single: Sandbox) -> None:
+    """Runs were forked from the worker's server, whose heap held every earlier request
+    and output, freed but not erased: a strategy reading its own memory found another
+    caller's source, context and stdout."""
+    import uuid
+
+    secrets = {part: f"TENANT-{uuid.uuid4().hex}" for part in ("source", "context", "stdout")}
+    source = (f"# {secrets['source']}\n"
+              f"def solve(task, context):\n"
+              f"    print({secrets['stdout']!r})\n"
+              f"    return len(context['token'])\n")
+    first = await single.run("python", source, entry="solve",
+                             args=[{}, {"token": secrets["context"]}])
+    assert first.status is Status.OK and secrets["stdout"] in first.stdout
+    scan = await single.run("python", SCAN, entry="solve", args=[{}, {}],
+                            limits=Limits(wall_time=20.0))
+    assert scan.status is Status.OK, scan
+    assert not set(scan.result) & set(secrets.values()), scan.result
+
+
+async def test_a_runs_shared_memory_does_not_outlive_it(single: Sandbox) -> None:
+    """The worker's IPC namespace outlives its runs: a System V segment kept its memory
+    (beyond the run's RLIMIT_AS) and handed its bytes to the next run."""
+    make = ("import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "libc.shmat.restype = ctypes.c_void_p\n"
+            "shm = libc.shmget(0, 1 << 20, 0o1666)\n"  # IPC_PRIVATE, IPC_CREAT | 0666
+            "addr = libc.shmat(shm, None, 0)\n"
+            "ctypes.memset(addr, 65, 1 << 20)\n"
+            "libc.shmdt(ctypes.c_void_p(addr))\n"
+            "print(shm)\n")
+    made = await single.run("python", make)
+    assert made.status is Status.OK and int(made.stdout) >= 0, made
+    listed = await single.run("python", "print(open('/proc/sysvipc/shm').read())")
+    assert listed.status is Status.OK
+    assert len(listed.stdout.strip().splitlines()) == 1, listed.stdout  # the header only
+    await _still_works(single)
+
+
+async def test_a_tree_too_deep_for_rmtree_does_not_fill_the_workers_tmp(
+        single: Sandbox) -> None:
+    """`shutil.rmtree` recurses: 1,500 nested directories stopped it half-way and left a
+    full /tmp to every later run of the worker (compiles failed with ENOSPC)."""
+    deep = ("import os\n"
+            "for _ in range(1500):\n"
+            "    os.mkdir('d')\n"
+            "    os.chdir('d')\n"
+            "for i in range(6):\n"
+            "    with open(f'fill{i}', 'wb') as f:\n"
+            "        f.write(b'x' * (8 << 20))\n")
+    free = "import os\ns = os.statvfs('.')\nprint(s.f_bavail * s.f_frsize)\n"
+    before = await single.run("python", free)
+    ran = await single.run("python", deep, limits=Limits(wall_time=20.0))
+    assert ran.status is Status.OK, ran
+    after = await single.run("python", free)
+    assert after.status is Status.OK
+    assert int(after.stdout) > int(before.stdout) - (8 << 20), (before.stdout, after.stdout)
+    await _still_works(single)
+
+
+async def test_a_result_nested_too_deep_is_an_error_and_the_worker_lives(
+        single: Sandbox) -> None:
+    """A result nested ~990 deep was written by the worker and could not be read back by
+    the host: the worker was killed and the run lost."""
+    nest = "def solve(task, context):\n    v = 1\n    for _ in range(context['n']):\n" \
+           "        v = [v]\n    return v\n"
+    fine = await single.run("python", nest, entry="solve", args=[{}, {"n": 150}])
+    assert fine.status is Status.OK
+    deep = await single.run("python", nest, entry="solve", args=[{}, {"n": 900}])
+    assert (deep.status, deep.reason) == (Status.ERROR, "result_depth"), deep
+    await _still_works(single)
