@@ -3,9 +3,12 @@
 Artifacts live on the host under ``<directory>/<sha256>/`` and are read-only inside the
 sandbox: the directory is ``0711`` (traversable, not listable), so a run can open an
 artifact only when it knows its key, i.e. the source it was built from. Builds of the
-same key at once wait for the first (single flight). A compile error is remembered in
-memory, so a strategy that does not compile is compiled once, not once per item. The
-least recently used artifacts are removed past ``max_entries``.
+same key at once wait for the first (single flight). A compile error (the compiler ran
+and said no) is remembered in memory, so a strategy that does not compile is compiled once,
+not once per item; a build that failed for another reason (a worker out of space, killed)
+is not, so the next run builds it again. The least recently used artifacts are removed past
+``max_entries`` artifacts or ``max_bytes`` bytes (one artifact may hold up to 128 MiB:
+counted by entries alone, 512 of them were 64 GiB of the host's disk).
 """
 
 from __future__ import annotations
@@ -68,13 +71,16 @@ class CompileCache:
     """Content-addressed artifacts in ``directory`` (a private temporary one when None)."""
 
     def __init__(self, directory: str | None = None, *, max_entries: int = 512,
-                 max_failures: int = 1024) -> None:
+                 max_bytes: int = 2 << 30, max_failures: int = 1024) -> None:
         self._wanted = directory
         self._directory: str | None = None
         self._owned = False
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
         self._max_failures = max_failures
-        self._entries: OrderedDict[str, None] = OrderedDict()
+        #: Artifacts by key, least recently used first, with their size in bytes.
+        self._entries: OrderedDict[str, int] = OrderedDict()
+        self._bytes = 0
         self._failures: OrderedDict[str, Execution] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._serial = itertools.count()
@@ -131,16 +137,22 @@ class CompileCache:
                 self.builds += 1
                 if built.files is None:
                     assert built.failure is not None
-                    if built.failure.status is Status.ERROR:  # the compiler said no
+                    if built.failure.status is Status.ERROR and \
+                            built.failure.reason.startswith("exit "):  # the compiler said no
                         self._failures[key] = built.failure
                         while len(self._failures) > self._max_failures:
                             self._failures.popitem(last=False)
                     return Compiled(None, built.failure, True, built.wall)
                 path = await asyncio.to_thread(self._write, key, built.files)
-                self._entries[key] = None
+                size = sum(len(data) for _, data in built.files.values())
+                self._bytes += size - self._entries.pop(key, 0)
+                self._entries[key] = size
                 evicted = []
-                while len(self._entries) > self._max_entries:
-                    evicted.append(self._entries.popitem(last=False)[0])
+                while len(self._entries) > 1 and (len(self._entries) > self._max_entries or
+                                                  self._bytes > self._max_bytes):
+                    old, freed = self._entries.popitem(last=False)
+                    self._bytes -= freed
+                    evicted.append(old)
                 if evicted:
                     await asyncio.to_thread(self._remove, evicted)
                 return Compiled(path, None, True, built.wall)
