@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from ._execution import Execution, Status
+from ._execution import Execution
 
 __all__ = ["BUILD_FORMAT", "Built", "CompileCache", "Compiled"]
 
@@ -35,11 +35,13 @@ BUILD_FORMAT = "1"
 @dataclass(frozen=True, slots=True)
 class Built:
     """What one compile produced: the artifact's files (relative path → mode, bytes)
-    when it succeeded, else the failed execution."""
+    when it succeeded, else the failed execution; ``refused`` when the compiler itself
+    said no (its exit status), the one failure worth remembering."""
 
     files: Mapping[str, tuple[int, bytes]] | None
     failure: Execution | None
     wall: float
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +139,7 @@ class CompileCache:
                 self.builds += 1
                 if built.files is None:
                     assert built.failure is not None
-                    if built.failure.status is Status.ERROR and \
-                            built.failure.reason.startswith("exit "):  # the compiler said no
+                    if built.refused:
                         self._failures[key] = built.failure
                         while len(self._failures) > self._max_failures:
                             self._failures.popitem(last=False)

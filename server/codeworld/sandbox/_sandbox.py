@@ -247,7 +247,8 @@ class Sandbox:
             stderr=message[-64 * 1024:], reason=reason.get(ran.status, "compile"),
             error_type="CompileError", error_message=first[:500], exit_code=ran.exit_code,
             isolation=self.isolation, wall=0.0)
-        return Built(None, failure, elapsed)
+        return Built(None, failure, elapsed,
+                     refused=ran.status is Status.ERROR and ran.reason.startswith("exit "))
 
     async def _exchange(self, request: dict[str, Any], wall_time: float
                         ) -> tuple[dict[str, Any], float]:

@@ -46,12 +46,13 @@ async def test_only_the_compilers_own_no_is_remembered(tmp_path: Path) -> None:
     cache = CompileCache(str(tmp_path / "cache"))
     cache.open()
     try:
-        worker = Builder(Built(None, Execution(Status.ERROR, reason="worker",
+        worker = Builder(Built(None, Execution(Status.ERROR, reason="compile",
                                                error_message="[Errno 28]"), 0.0))
         for _ in range(2):
             assert (await cache.artifact("k1", worker)).failure is not None
         assert worker.calls == 2
-        compiler = Builder(Built(None, Execution(Status.ERROR, reason="exit 1"), 0.0))
+        compiler = Builder(Built(None, Execution(Status.ERROR, reason="compile"), 0.0,
+                                 refused=True))
         for _ in range(2):
             assert (await cache.artifact("k2", compiler)).failure is not None
         assert compiler.calls == 1
