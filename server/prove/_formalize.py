@@ -22,8 +22,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from ._smtlib import is_command, top_level
-from ._types import Attempt, CheckOutcome, FormalizeOptions, Obligation, Verdict
+from ._smtlib import is_command, line_col, top_level
+from ._types import (
+    Attempt,
+    CheckOutcome,
+    Diagnostic,
+    FormalizeOptions,
+    Obligation,
+    Verdict,
+)
 
 __all__ = ["Complete", "Formalized", "extract_code", "formalize", "split_reply"]
 
@@ -81,6 +88,26 @@ def split_reply(obligation: Obligation, code: str) -> Obligation:
     return replace(obligation, statement="", proof=code)
 
 
+def _assumes(obligation: Obligation, current: Obligation) -> CheckOutcome | None:
+    """FAILED when the model's smt code asserts something: it declares and defines what
+    the requirement speaks of, and states the goal; an assumption of its own could be the
+    goal itself (`(assert (> x 5))` then `; goal (> x 5)` was PROVED, and not vacuous)."""
+    if obligation.backend != "smt":
+        return None
+    added = current.preamble[len(obligation.preamble.strip()):]
+    items, _ = top_level(added)
+    asserted = [t for t in items if t.head == "assert"]
+    if not asserted:
+        return None
+    line, column = line_col(current.preamble, len(current.preamble) - len(added) +
+                            asserted[0].start)
+    return CheckOutcome(Verdict.FAILED, current.preamble, diagnostics=(Diagnostic(
+        "error", "the formalisation may declare and define, not assert: an assumption of "
+        "its own could be the goal itself; state what the requirement assumes as part of "
+        "the goal, (=> assumptions conclusion)", line, column),),
+        message="the formalisation added an assumption")
+
+
 def _first_prompt(obligation: Obligation, instructions: str) -> list[dict[str, str]]:
     user = f"Requirement:\n{obligation.requirement_text.strip()}\n"
     if obligation.preamble.strip():
@@ -131,7 +158,7 @@ async def formalize(obligation: Obligation, *, instructions: str, options: Forma
                                    message="the reply holds no fenced code block")
         else:
             current = split_reply(obligation, code)
-            outcome = await check(current)
+            outcome = _assumes(obligation, current) or await check(current)
         attempts.append(Attempt(
             index=index, source=outcome.source, verdict=outcome.verdict,
             diagnostics=outcome.diagnostics, message=outcome.message,

@@ -44,9 +44,10 @@ _ANSWERS = frozenset({"sat", "unsat", "unknown"})
 INSTRUCTIONS = """\
 You write SMT-LIB2 obligations checked by Z3.
 Reply with one fenced code block (```smt2 ... ```) holding, in order:
-the declarations (declare-const / declare-fun / define-fun), then the assumptions as
-(assert ...), then a line `; goal` followed by ONE term: the claim to prove.
-Do not assert the goal yourself and do not write (check-sat) or any other command: the
+the declarations (declare-const / declare-fun / define-fun), then a line `; goal`
+followed by ONE term: the claim to prove. What the requirement assumes goes into that
+term as (=> (and assumptions...) conclusion): write no (assert ...), no (check-sat) and no
+other command, and do not redefine a name the solver defines (not, =, +, Int, ...): the
 checker asserts the negated goal and proves the claim when that is unsatisfiable."""
 
 

@@ -9,7 +9,11 @@ An `smt` obligation is a *preamble* and a *statement*:
 
 Anything else (`check-sat`, `push`/`pop`, `reset`, `exit`, `set-option`, `echo`, `get-*`,
 a stray atom, unbalanced parentheses, an unterminated string or quoted symbol) makes the
-item FAILED with a located diagnostic; nothing of it reaches the solver. The checked
+item FAILED with a located diagnostic; nothing of it reaches the solver. So does a
+declaration or definition of a name the solver already defines (`not`, `=`, `false`,
+`Int`, `bvadd`, `str.len`, ...): z3 lets a user's `(define-fun not ((b Bool)) Bool b)`
+shadow the built-in, and then the checker's own `(assert (not <goal>))` asserted the goal
+itself: `false` was PROVED. The checked
 script is the preamble, then `(assert (not <goal>))` and `(check-sat)`: `unsat` proves
 the goal, `sat` refutes it (the model is the counterexample), `unknown` is UNKNOWN.
 The backend then checks the preamble alone (`_smt`), to tell a vacuous proof apart.
@@ -27,8 +31,8 @@ from dataclasses import dataclass
 
 from ._types import Diagnostic
 
-__all__ = ["PREAMBLE_COMMANDS", "SmtScript", "TopLevel", "is_command", "line_col", "pose",
-           "top_level"]
+__all__ = ["PREAMBLE_COMMANDS", "SmtScript", "TopLevel", "is_builtin", "is_command",
+           "line_col", "pose", "top_level"]
 
 #: What a preamble may hold.
 PREAMBLE_COMMANDS = frozenset({
@@ -45,6 +49,34 @@ _COMMANDS = PREAMBLE_COMMANDS | frozenset({
     "declare-var", "rule", "query", "apply", "display", "include",
 })
 _SYMBOL_END = frozenset("();\"|")
+#: Names z3 4.8 defines itself (functions, constants, sorts and binders of the core,
+#: arithmetic, array, bit-vector, string, sequence, floating-point, set and
+#: pseudo-Boolean theories): a preamble may not declare or define them again.
+_BUILTIN_NAMES = frozenset("""
+    true false not => and or xor = distinct ite implies iff if let forall exists lambda
+    match as ! _ par NUMERAL DECIMAL STRING
+    + - * / div mod rem abs <= < >= > to_real to_int is_int ^ divisible to-real to-int
+    select store const map default as-array array-ext subset union intersection
+    difference complement insert singleton emptyset ext is
+    bvnot bvand bvor bvxor bvnand bvnor bvxnor bvneg bvadd bvsub bvmul bvudiv bvurem
+    bvsdiv bvsrem bvsmod bvshl bvlshr bvashr bvult bvule bvugt bvuge bvslt bvsle bvsgt
+    bvsge bvcomp bvredor bvredand bvumul_noovfl bvsmul_noovfl bvsmul_noudfl
+    bvudiv_i bvsdiv_i bvurem_i bvsrem_i bvsmod_i concat extract repeat zero_extend
+    sign_extend rotate_left rotate_right ext_rotate_left ext_rotate_right bv2nat bv2int
+    int2bv nat2bv
+    fp to_fp to_fp_unsigned to_ubv to_sbv to_real fp.to_real
+    RNE RNA RTP RTN RTZ roundNearestTiesToEven roundNearestTiesToAway roundTowardPositive
+    roundTowardNegative roundTowardZero
+    pble pbge pbeq at-most at-least
+    Bool Int Real Array BitVec String RegLan RegEx Seq Set FloatingPoint Float16 Float32
+    Float64 Float128 RoundingMode FP Unicode Char
+""".split())
+#: Prefixes of the theories' names (`str.len`, `seq.unit`, `re.*`, `fp.add`, `char.<=`).
+_BUILTIN_PREFIXES = ("str.", "seq.", "re.", "fp.", "char.", "int.", "real.", "bv.", "_")
+#: The commands that name what they declare, and how: right after the head (most), or in
+#: a list of (name ...) after it (`define-funs-rec`, `declare-datatypes`).
+_NAMING = frozenset({"declare-const", "declare-fun", "declare-sort", "define-const",
+                     "define-fun", "define-fun-rec", "define-sort", "declare-datatype"})
 
 
 
@@ -145,6 +177,119 @@ def top_level(text: str) -> tuple[list[TopLevel], Diagnostic | None]:
     return items, None
 
 
+Atom = tuple[str, int]  # a symbol as read, and where it starts
+Tree = Atom | list["Tree"]
+
+
+def _read(text: str, start: int, end: int) -> list[Tree]:
+    """The items of the (already well-read, see `top_level`) text in [start, end) as
+    trees: an atom is (symbol, offset), with a `|quoted|` symbol's bars taken off (SMT-LIB
+    reads `|not|` as `not`); strings and comments are left out."""
+    stack: list[list[Tree]] = [[]]
+    i = start
+    while i < end:
+        c = text[i]
+        if c == ";":
+            nl = text.find("\n", i, end)
+            i = end if nl < 0 else nl
+        elif c == "(":
+            stack.append([])
+            i += 1
+        elif c == ")":
+            done = stack.pop()
+            stack[-1].append(done)
+            i += 1
+        elif c in "\"|":
+            close = _quoted_end(text, i)
+            if c == "|":
+                stack[-1].append((text[i + 1:close - 1], i))
+            i = close
+        elif c.isspace():
+            i += 1
+        else:
+            j = i
+            while j < end and not text[j].isspace() and text[j] not in _SYMBOL_END:
+                j += 1
+            stack[-1].append((text[i:j], i))
+            i = j
+    return stack[0]
+
+
+def _declared(item: list[Tree]) -> list[Atom]:
+    """The names a declaration or definition (read by `_read`) introduces: the function,
+    constant or sort, and a datatype's constructors and selectors."""
+    head = item[0][0] if item and isinstance(item[0], tuple) else ""
+    rest = item[1:]
+    first = rest[0] if rest else []
+    if head in _NAMING and isinstance(first, tuple):
+        names = [first]
+        if head == "declare-datatype" and len(rest) > 1:
+            names += _constructors(_unpar(rest[1]))
+        return names
+    if not isinstance(first, list):
+        return []
+    if head == "define-funs-rec":
+        return [d[0] for d in first if isinstance(d, list) and d and isinstance(d[0], tuple)]
+    if head != "declare-datatypes" or len(rest) < 2 or not isinstance(rest[1], list):
+        return []
+    if any(isinstance(d, list) for d in first):  # SMT-LIB 2.6: ((T 0) ...) ((ctors) ...)
+        names = [d[0] for d in first if isinstance(d, list) and d and isinstance(d[0], tuple)]
+        for ctors in rest[1]:
+            names += _constructors(_unpar(ctors))
+        return names
+    names = []  # z3's older form: (params) ((T ctor ...) ...)
+    for datatype in rest[1]:
+        if isinstance(datatype, list) and datatype and isinstance(datatype[0], tuple):
+            names += [datatype[0], *_constructors(datatype[1:])]
+    return names
+
+
+def _unpar(tree: Tree) -> list[Tree]:
+    """A datatype's constructor list, out of its `(par (X ...) (...))` when it has one."""
+    if not isinstance(tree, list):
+        return []
+    if tree and tree[0] == ("par", tree[0][1] if isinstance(tree[0], tuple) else 0):
+        return tree[2] if len(tree) > 2 and isinstance(tree[2], list) else []
+    return tree
+
+
+def _constructors(ctors: list[Tree]) -> list[Atom]:
+    """Constructor and selector names: `c` (a nullary constructor of the older form),
+    `(c)` or `(c (selector Sort) ...)`."""
+    names: list[Atom] = []
+    for ctor in ctors:
+        if isinstance(ctor, tuple):
+            names.append(ctor)
+        elif ctor and isinstance(ctor[0], tuple):
+            names.append(ctor[0])
+            names += [sel[0] for sel in ctor[1:] if isinstance(sel, list) and sel and
+                      isinstance(sel[0], tuple)]
+    return names
+
+
+def is_builtin(name: str) -> bool:
+    """Whether z3 already defines `name` (see `_BUILTIN_NAMES`)."""
+    return name in _BUILTIN_NAMES or name.startswith(_BUILTIN_PREFIXES)
+
+
+def _redefinitions(pre: str, items: list[TopLevel]) -> list[Diagnostic]:
+    """A diagnostic per name the preamble declares or defines that the solver defines."""
+    found = []
+    for t in items:
+        if t.head not in PREAMBLE_COMMANDS or t.head == "assert":
+            continue
+        for tree in _read(pre, t.start, t.end):
+            if not isinstance(tree, list):
+                continue
+            for name, at in _declared(tree):
+                if is_builtin(name):
+                    found.append(_diag(pre, at, (
+                        f"{name!r} is defined by the solver: the preamble may not declare or "
+                        "define it again (it would change what the goal, or the checker's "
+                        "own negation of it, means)"), at + len(name)))
+    return found
+
+
 def _diag(text: str, offset: int, message: str, end: int | None = None) -> Diagnostic:
     line, col = line_col(text, offset)
     end_line, end_col = line_col(text, end) if end is not None else (line, col + 1)
@@ -181,6 +326,8 @@ def pose(preamble: str, statement: str) -> SmtScript:
             problems.append(_diag(pre, t.start, (
                 f"{what} is not allowed in the preamble: it holds declarations, definitions "
                 "and assertions only"), t.end))
+    if problem is None:
+        problems += _redefinitions(pre, items)
     lead = "(assert (not "
     goal, problem = top_level(stmt)
     stated: list[Diagnostic] = []

@@ -184,6 +184,22 @@ SMT: list[Cheat] = [
                    "(declare-const |y\\|zz| Int)", says="backslash"),
     Cheat("smt-backslash-in-goal", "smt", "(= |a\\| | 1)) (assert false) (assert (= |b\\|c| 1)",
           preamble="", says="backslash"),
+    # z3 lets a user's definition shadow a built-in: the checker's own (assert (not goal))
+    # then asserted the goal itself, and `false` was PROVED (not vacuous: the preamble holds
+    # no assertion).
+    Cheat("smt-redefined-not", "smt", "false",
+          preamble="(define-fun not ((b Bool)) Bool b)", says="'not' is defined by the solver"),
+    Cheat("smt-redefined-not-quoted", "smt", "(= 1 2)",
+          preamble="(define-fun |not| ((b Bool)) Bool false)", says="'not' is defined"),
+    Cheat("smt-redefined-equality", "smt", "(= 1 2)",
+          preamble="(define-fun = ((a Int) (b Int)) Bool true)", says="'=' is defined"),
+    Cheat("smt-redefined-false", "smt", "(not false)",
+          preamble="(declare-const false Bool)\n(assert false)", says="'false' is defined"),
+    Cheat("smt-redefined-ite-recursively", "smt", "(ite false false false)",
+          preamble="(define-funs-rec ((ite ((a Bool) (b Bool) (c Bool)) Bool)) (true))",
+          says="'ite' is defined"),
+    Cheat("smt-datatype-constructor-false", "smt", "(not false)",
+          preamble="(declare-datatypes () ((D false)))", says="'false' is defined"),
 ]
 
 ALL: list[Cheat] = COQ + SMT

@@ -222,3 +222,30 @@ async def test_the_formalize_loop_refuses_the_trailing_lemma_trick(
     assert result.verdict is Verdict.FAILED
     assert [a.verdict for a in result.attempts] == [Verdict.FAILED, Verdict.FAILED]
     assert "main is assumed" in asked[1][-1]["content"]
+
+
+async def test_the_formalize_loop_refuses_a_model_that_assumes_its_goal(
+        engine: ProveEngine) -> None:
+    """A model's smt code that asserts the goal in its declarations was PROVED, and not
+    vacuous (the assumption is consistent): the model may declare and define, not assume.
+    Its redefinition of `not` is refused as a caller's is."""
+    replies = ["```smt2\n(declare-const x Int)\n(assert (> x 5))\n; goal\n(> x 5)\n```",
+               "```smt2\n(define-fun not ((b Bool)) Bool b)\n; goal\n(= 1 2)\n```"]
+    asked: list[list[dict[str, str]]] = []
+
+    async def model(messages: list[dict[str, str]], *, model: str,
+                    temperature: float | None) -> tuple[str, dict[str, Any]]:
+        asked.append(messages)
+        return replies[len(asked) - 1], {"prompt_tokens": 1, "completion_tokens": 1}
+
+    item = Obligation("r", "smt", requirement_text="1 equals 2",
+                      preamble="(declare-const y Int)\n(assert (> y 0))")
+    async with engine.run_batch([item], formalize=FormalizeOptions("m", max_attempts=2),
+                                complete=model) as run:
+        (result,) = [r async for r in run]
+    assert result.verdict is Verdict.FAILED
+    assert [a.verdict for a in result.attempts] == [Verdict.FAILED, Verdict.FAILED]
+    first = result.attempts[0]
+    assert "not assert" in first.diagnostics[0].message and first.diagnostics[0].line == 4
+    assert "may declare and define, not assert" in asked[1][-1]["content"]
+    assert "'not' is defined by the solver" in result.attempts[1].diagnostics[0].message
