@@ -115,7 +115,7 @@ def json_validity(response: dict[str, Any], fmt: Any) -> bool | None:
         content = message.get("content") if isinstance(message, dict) else None
         try:
             value = json.loads(content) if isinstance(content, str) else None
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deeply for any reader: not valid
             return False
         if schema is None:
             if not isinstance(value, dict):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
+from meshutil import RunningMesh
 
 import scillm.server.completion as completion
+from scillm.clients import ScillmClient
 from scillm.server.completion import (
     CompletionEngine,
     CompletionSettings,
@@ -184,3 +187,19 @@ async def test_an_answer_is_at_most_its_context(engine: CompletionEngine) -> Non
              and e.chunk["choices"][0]["delta"].get("content")]
     assert len(words) == MAX_TOKENS
 
+
+
+async def test_deeply_nested_json_is_not_valid_json_not_internal(mesh: RunningMesh) -> None:
+    """A json_object reply nested 100,000 deep made checking it raise RecursionError: the
+    call failed INTERNAL (gRPC) or 500 (HTTP). It is JSON no reader takes: not valid."""
+    deep = "[" * 100_000 + "]" * 100_000
+    request = {"model": "echo/x", "messages": [{"role": "user", "content": deep}],
+               "response_format": {"type": "json_object"}}
+    async with ScillmClient(mesh.grpc_target) as client:
+        reply = await client.completion.create(request)
+        assert reply.HasField("json_valid") and reply.json_valid is False
+        events = [e async for e in client.completion.stream(request)]
+        assert events[-1].HasField("end")
+    async with httpx.AsyncClient(base_url=mesh.http_url, timeout=60) as http:
+        answer = await http.post("/v1/chat/completions", json=request)
+    assert answer.status_code == 200, answer.text
