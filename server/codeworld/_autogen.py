@@ -10,7 +10,6 @@ whether the code parses.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 from ._events import Generation
 from ._model import Item, Strategy
 from .errors import GenerationFailed
+from .sandbox import parse_python
 
 _MAX_TEXT = 200_000
 
@@ -82,6 +82,8 @@ def parse_variants(text: str, *, n: int, language: str) -> tuple[list[Variant], 
         data = json.loads(text)
     except ValueError as exc:
         raise GenerationFailed(f"answer is not JSON: {exc}") from exc
+    except RecursionError:
+        raise GenerationFailed("answer is JSON nested too deeply to read") from None
     raw = data.get("variants") if isinstance(data, dict) else None
     if not isinstance(raw, list) or not raw:
         raise GenerationFailed('answer lacks a non-empty "variants" list')
@@ -111,7 +113,7 @@ def _problem(entry: object, language: str, seen: set[str]) -> str:
         return "code is empty"
     if language == "python":
         try:
-            ast.parse(entry["code"])
+            parse_python(entry["code"])
         except SyntaxError as exc:
             return f"code does not parse: {exc}"
     return ""

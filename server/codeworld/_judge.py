@@ -9,13 +9,26 @@ from ._model import JudgeSpec
 from ._scoring import aggregate
 from .errors import InvalidRequest
 
+#: The largest weight of a metric. Weights are relative (renormalised over the metrics a
+#: run has): a million to one is emphasis enough, and weighted sums stay finite.
+MAX_WEIGHT = 1e6
+
+
+def check_weights(weights: Mapping[str, float]) -> None:
+    """Raise ``InvalidRequest`` naming the first weight that is not a number from 0 to
+    ``MAX_WEIGHT`` (inf, NaN or 1e308 made scores inf or NaN, and the ranking wrong)."""
+    for metric, weight in weights.items():
+        if not 0 <= weight <= MAX_WEIGHT:  # NaN too
+            raise InvalidRequest(f"the weight of {metric!r} must be a number from 0 to "
+                                 f"{MAX_WEIGHT:g}, not {weight!r}"[:300])
+
 
 def check_judge(spec: JudgeSpec) -> None:
-    """Raise ``InvalidRequest`` for negative weights, an unknown mode or an empty order."""
+    """Raise ``InvalidRequest`` for a weight out of range, an unknown mode or an empty
+    order."""
     if spec.mode not in ("weighted", "lexicographic"):
         raise InvalidRequest(f"unknown judge mode {spec.mode!r}")
-    if any(w < 0 or w != w for w in spec.weights.values()):
-        raise InvalidRequest("judge weights must be non-negative numbers")
+    check_weights(spec.weights)
     if spec.mode == "lexicographic" and not spec.order:
         raise InvalidRequest("a lexicographic judge needs an order of metrics")
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scillm.clients.structs import whole_numbers
@@ -25,6 +25,7 @@ from .sandbox import (
     Sandbox,
     Status,
     check_policy,
+    parse_python,
 )
 
 #: Languages whose strategies are programs: context JSON on stdin, result JSON on stdout.
@@ -67,7 +68,7 @@ def prepare(strategy: Strategy, *, strict: bool, unavailable: Mapping[str, str])
         names = {a or b for a, b in _JS_FUNCTION.findall(strategy.source)}
         return Prepared(strategy, loc, frozenset(names))
     try:
-        tree = ast.parse(strategy.source)
+        tree = parse_python(strategy.source)
     except SyntaxError as exc:
         return Prepared(strategy, loc, problem=f"syntax error: {exc}", problem_type="SyntaxError")
     if strict:
@@ -184,22 +185,23 @@ class Runner:
             return Execution(Status.ERROR, reason="invalid", error_type=type(exc).__name__,
                              error_message=str(exc))
         if plan.via_main and execution.ok and execution.result is None:
-            return _with_result(execution, _parse_stdout(execution.stdout))
+            return _with_stdout_result(execution)
         return execution
 
 
-def _with_result(execution: Execution, result: JsonValue) -> Execution:
-    from dataclasses import replace
-
-    return replace(execution, result=result)
-
-
-def _parse_stdout(stdout: str) -> JsonValue:
-    text = stdout.strip()
+def _with_stdout_result(execution: Execution) -> Execution:
+    """A program's execution with its stdout as its result: the JSON it printed, else
+    the text; an error when it printed JSON nested too deeply to read."""
+    text = execution.stdout.strip()
     try:
-        return json.loads(text)
+        result: JsonValue = json.loads(text)
     except ValueError:
-        return text
+        result = text
+    except RecursionError:
+        return replace(execution, status=Status.ERROR, reason="result_depth",
+                       error_type="ResultTooDeep",
+                       error_message="stdout is JSON nested too deeply to read")
+    return replace(execution, result=result)
 
 
 def _correct(item: Item, execution: Execution) -> bool | None:

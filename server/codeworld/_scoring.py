@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._model import DEFAULT_WEIGHTS
 from .errors import InvalidScorer, SandboxError
-from .sandbox import Execution, JsonValue, Limits, Sandbox, describe_failure
+from .sandbox import Execution, JsonValue, Limits, Sandbox, describe_failure, parse_python
 
 TIMING_METRICS = frozenset({"speed"})
+#: The largest magnitude of a metric score() returns: sums and means of many runs' scores
+#: must stay finite (and JSON), which metrics near 1.8e308 did not.
+MAX_METRIC = 1e300
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +46,14 @@ def aggregate(metrics: Mapping[str, float], weights: Mapping[str, float] | None 
     A metric without a weight weighs its default (0.7/0.2/0.1 for the rubric) or 1.0.
     """
     table = DEFAULT_WEIGHTS if weights is None else weights
-    total = 0.0
-    weight_sum = 0.0
-    for name, value in metrics.items():
-        weight = table.get(name, DEFAULT_WEIGHTS.get(name, 1.0))
-        total += weight * value
-        weight_sum += weight
-    return total / weight_sum if weight_sum > 0 else 0.0
+    weighted = [(table.get(name, DEFAULT_WEIGHTS.get(name, 1.0)), value)
+                for name, value in metrics.items()]
+    weight_sum = sum(weight for weight, _ in weighted)
+    if weight_sum <= 0:
+        return 0.0
+    # Each metric weighted by its share: a mean of finite metrics is finite, where the
+    # weighted sum of large ones (1e308 twice) overflowed to inf.
+    return sum(weight / weight_sum * value for weight, value in weighted)
 
 
 def lines_of_code(source: str) -> int:
@@ -62,7 +65,7 @@ def lines_of_code(source: str) -> int:
 def check_scorer(source: str) -> None:
     """Raise ``InvalidScorer`` unless ``source`` parses and defines ``score``."""
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError as exc:
         raise InvalidScorer(f"score source does not parse: {exc}") from exc
     names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
@@ -78,8 +81,9 @@ def validate_metrics(value: JsonValue) -> dict[str, float]:
     for name, number in value.items():
         if isinstance(number, bool) or not isinstance(number, int | float):
             raise ValueError(f"metric {name!r} is not a number: {number!r}"[:300])
-        if not math.isfinite(number):
-            raise ValueError(f"metric {name!r} is not finite: {number!r}")
+        if not abs(number) <= MAX_METRIC:  # NaN, inf, and ints past any float too
+            raise ValueError(f"metric {name!r} is not a number from {-MAX_METRIC:g} to "
+                             f"{MAX_METRIC:g}: {number!r}")
         found[str(name)] = float(number)
     return found
 

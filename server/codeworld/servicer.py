@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -21,8 +21,10 @@ from ..metrics import Metrics
 from . import errors
 from ._engine import CodeWorldEngine
 from ._events import Generation, MctsProgress, RunResult, Summary
+from ._judge import check_weights
 from ._model import AutogenSpec, Item, JudgeSpec, MctsSettings, RunRequest, Strategy
-from .sandbox import Limits, describe_failure
+from ._scoring import check_scorer
+from .sandbox import Limits, UnreadableSource, check_readable, describe_failure, parse_python
 
 __all__ = ["ERRORS", "CodeWorldServicer", "request_from_proto", "run_to_proto",
            "summary_to_proto"]
@@ -87,6 +89,44 @@ def _language(strategy: pb.Strategy, index: int) -> str:
     return name
 
 
+def _strategy(strategy: pb.Strategy, index: int) -> Strategy:
+    """The engine's strategy; its source refused, naming it, when no parser reads it (a
+    NUL byte; Python nesting past the parser's limits). A syntax error is the strategy's
+    own failure, reported on each of its runs."""
+    language = _language(strategy, index)
+    param = f"strategies[{index}].source"
+    try:
+        if language == "python":
+            parse_python(strategy.source)
+        else:
+            check_readable(strategy.source)
+    except UnreadableSource as exc:
+        raise _invalid(f"{param}: {exc}", param) from None
+    except SyntaxError:
+        pass
+    return Strategy(name=strategy.name or f"strategy-{index}", source=strategy.source,
+                    language=language)
+
+
+def _scorer(source: str) -> str | None:
+    """The scorer's source (None: the rubric), refused, naming it, when it is unusable."""
+    if not source:
+        return None
+    try:
+        check_scorer(source)
+    except errors.InvalidScorer as exc:
+        raise _invalid(f"scoring.score_source: {exc}", "scoring.score_source") from None
+    return source
+
+
+def _weights(weights: Mapping[str, float]) -> dict[str, float]:
+    try:
+        check_weights(weights)
+    except errors.InvalidRequest as exc:
+        raise _invalid(f"scoring.judge.weights: {exc}", "scoring.judge.weights") from None
+    return dict(weights)
+
+
 def _context(task: pb.Task, index: int) -> dict[str, Any]:
     """A task's context as the strategies get it (numbers as JSON numbers: floats)."""
     try:
@@ -109,9 +149,7 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
             context["entry_point"] = task.entry_point
         items.append(Item(task_id=task.task_id or f"item-{i}", description=task.description,
                           context=context))
-    strategies = tuple(
-        Strategy(name=s.name or f"strategy-{i}", source=s.source, language=_language(s, i))
-        for i, s in enumerate(req.strategies))
+    strategies = tuple(_strategy(s, i) for i, s in enumerate(req.strategies))
     limits, concurrency = _limits(req.limits)
     judge = req.scoring.judge
     # Modes this server does not know (a newer client's) ran as the defaults, silently.
@@ -123,7 +161,7 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
     spec = JudgeSpec(
         mode="lexicographic" if judge.mode == pb.JUDGE_MODE_LEXICOGRAPHIC else "weighted")
     if judge.weights:
-        spec = replace(spec, weights=dict(judge.weights))
+        spec = replace(spec, weights=_weights(judge.weights))
     if judge.order:
         spec = replace(spec, order=tuple(judge.order))
     mcts = autogen = None
@@ -148,7 +186,7 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
     if not strategies and autogen is None:
         raise _invalid("strategies must not be empty (or set mcts.autogenerate)", "strategies")
     return RunRequest(
-        items=tuple(items), strategies=strategies, scorer=req.scoring.score_source or None,
+        items=tuple(items), strategies=strategies, scorer=_scorer(req.scoring.score_source),
         volatile_metrics=tuple(req.scoring.volatile_metrics),
         judge=spec, limits=limits, concurrency=concurrency,
         strict=True if req.limits.strict else None, mcts=mcts, autogenerate=autogen,

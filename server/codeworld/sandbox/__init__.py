@@ -63,6 +63,7 @@ space); TypeScript runs as JavaScript. Toolchains are found when the sandbox sta
 from ._execution import Execution, JsonValue, Language, Status, describe_failure
 from ._launch import BUBBLEWRAP, RLIMITS, RLIMITS_UNSHARE
 from ._limits import Limits
+from ._parse import UnreadableSource, check_readable, parse_python
 from ._policy import check_policy
 from ._sandbox import Sandbox
 from ._settings import IsolationMode, SandboxSettings
@@ -82,6 +83,9 @@ __all__ = [
     "SandboxSettings",
     "Status",
     "Toolchain",
+    "UnreadableSource",
     "check_policy",
+    "check_readable",
     "describe_failure",
+    "parse_python",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 
 from ..errors import InvalidSource, PolicyViolation
+from ._parse import parse_python
 
 DENIED_MODULES = frozenset({
     "os", "subprocess", "socket", "ctypes", "sys", "shutil", "multiprocessing", "pty",
@@ -35,7 +36,7 @@ def check_policy(source: str, *, strategy: str | None = None) -> None:
     Raises ``InvalidSource`` when the source does not parse.
     """
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError as exc:
         raise InvalidSource(f"syntax error: {exc}", strategy=strategy) from exc
     for node in ast.walk(tree):

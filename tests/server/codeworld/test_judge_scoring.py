@@ -16,6 +16,13 @@ def test_aggregate_renormalises_over_present_metrics() -> None:
     assert aggregate({"custom": 0.25}) == 0.25
 
 
+def test_aggregate_of_finite_metrics_is_finite() -> None:
+    """The weighted sum of large metrics overflowed to inf before it was divided."""
+    assert aggregate({"a": 1e308, "b": 1e308}) == pytest.approx(1e308)
+    many = {f"m{i}": 1e300 for i in range(500)}
+    assert aggregate(many, dict.fromkeys(many, 1e6)) == pytest.approx(1e300)
+
+
 def test_rubric() -> None:
     ok = Execution(Status.OK, wall=0.05)
     metrics = Rubric(speed_reference=0.05, brevity_reference=20).metrics(ok, True, 20)
@@ -44,7 +51,8 @@ def test_lexicographic_ranking() -> None:
 
 def test_validate_metrics() -> None:
     assert validate_metrics({"a": 1, "b": 0.5}) == {"a": 1.0, "b": 0.5}
-    for bad in (None, {}, {"a": "x"}, {"a": True}, {"a": float("nan")}, [1]):
+    for bad in (None, {}, {"a": "x"}, {"a": True}, {"a": float("nan")}, [1],
+                {"a": 1e301}, {"a": -1e308}, {"a": 10**400}):
         with pytest.raises(ValueError):
             validate_metrics(bad)
 

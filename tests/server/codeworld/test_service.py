@@ -121,3 +121,76 @@ async def test_autogenerate_without_a_model_says_what_to_configure(mesh: Running
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.param == "mcts.model"
     assert "SCILLM_CODEWORLD_MODEL" in info.value.message
+
+
+_SCORE = "def score(task, context, outputs, timings):\n    return {'m': 1.0}\n"
+_DEEP = "x = " + "-" * 200_000 + "1"  # the parser's stack overflows: MemoryError
+_LONG = "x = " + "+".join(["1"] * 100_000)  # building the AST recurses: RecursionError
+
+
+@pytest.mark.parametrize(("field", "source", "strict"), [
+    ("strategy", "def f(x, y):\n    return x + y\n\x00", False),
+    ("strategy", "def f(x, y):\n    return x + y\n\x00", True),
+    ("strategy", _DEEP, False),
+    ("strategy", _DEEP, True),
+    ("strategy", _LONG, False),
+    ("scorer", _SCORE + "\x00", False),
+    ("scorer", _DEEP, False),
+    ("scorer", _LONG, False),
+])
+async def test_a_source_no_parser_reads_is_invalid_argument_naming_it(
+        mesh: RunningMesh, field: str, source: str, strict: bool) -> None:
+    """A NUL byte in a source (ValueError from the parser) or nesting past the parser's
+    limits (MemoryError, RecursionError) failed the call as INTERNAL."""
+    req = _add_request()
+    req.mode = cw.SEARCH_MODE_ALL
+    req.limits.strict = strict
+    if field == "strategy":
+        req.strategies[1].source, param = source, "strategies[1].source"
+    else:
+        req.scoring.score_source, param = source, "scoring.score_source"
+    with pytest.raises(RPCError) as info:
+        await _events(mesh, req)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value.message
+    assert info.value.param == param and param in info.value.message
+
+
+@pytest.mark.parametrize("weight", [math.inf, -math.inf, math.nan, 1e308, 1e6 + 1, -1.0])
+async def test_a_judge_weight_out_of_range_is_invalid_argument(mesh: RunningMesh,
+                                                               weight: float) -> None:
+    """Weights of inf, NaN or 1e308 were accepted: scores became NaN or inf and a wrong
+    strategy could rank first."""
+    req = _add_request()
+    req.mode = cw.SEARCH_MODE_ALL
+    req.scoring.judge.weights["correctness"] = weight
+    with pytest.raises(RPCError) as info:
+        await _events(mesh, req)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == "scoring.judge.weights"
+    assert "correctness" in info.value.message
+
+
+async def test_the_largest_judge_weight_still_ranks_the_right_strategy(
+        mesh: RunningMesh) -> None:
+    req = _add_request()
+    req.mode = cw.SEARCH_MODE_ALL
+    req.scoring.judge.weights["correctness"] = 1e6
+    summary = (await _events(mesh, req))[-1].summary
+    best = summary.rankings[0].entries[0]
+    assert best.strategy == "plus" and math.isfinite(best.score)
+
+
+async def test_a_program_whose_output_nests_too_deeply_fails_alone(mesh: RunningMesh) -> None:
+    """A main() printing JSON nested 30,000 deep made reading its output raise
+    RecursionError: the whole run failed INTERNAL, every other strategy's result lost."""
+    req = cw.CodeWorldRunRequest(mode=cw.SEARCH_MODE_ALL)
+    req.items.add(task_id="t").context.update({"input": 1, "expected": 3})
+    req.strategies.add(name="deep", source="def main():\n"
+                       "    print('[' * 30000 + ']' * 30000)\n")
+    req.strategies.add(name="three", source="def main():\n    print(3)\n")
+    events = await _events(mesh, req)
+    runs = {e.run.strategy: e.run for e in events if e.HasField("run")}
+    assert runs["three"].status == cw.RUN_STATUS_OK and runs["three"].tests_passed
+    assert runs["deep"].status == cw.RUN_STATUS_ERROR and not runs["deep"].tests_passed
+    assert "deep" in runs["deep"].error
+    assert events[-1].summary.rankings[0].entries[0].strategy == "three"
