@@ -37,25 +37,18 @@ from scillm.agent.v1 import agent_pb2 as pb
 from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 
-from ._fields import flag
+from ._fields import duration, flag, whole
 
 __all__ = ["request_from_envelope", "request_from_seed", "seed_reply", "text_field"]
 
 _STOPPED = {pb.STOP_REASON_SUCCESS: "success", pb.STOP_REASON_BUDGET: "budget",
             pb.STOP_REASON_MAX_ITERATIONS: "max_iterations", pb.STOP_REASON_ERROR: "error"}
 _BACKENDS = ("local", "http", "echo")
-#: The largest count a request's int32 fields hold.
-_INT32 = 2**31 - 1
 
 
 def _int(body: Mapping[str, Any], key: str) -> int | None:
     value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not \
-            0 <= value <= _INT32:
-        raise InvalidRequestError(f"'{key}' must be a number from 0 to {_INT32}", param=key)
-    return int(value)
+    return None if value is None else whole(value, key)
 
 
 def _strings(body: Mapping[str, Any], key: str) -> list[str]:
@@ -98,12 +91,8 @@ def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
     c = req.config
     c.model = model
     c.max_iterations = _int(body, "max_iterations") or 0
-    seconds = body.get("max_total_seconds")
-    if seconds is not None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-            raise InvalidRequestError("'max_total_seconds' must be a positive number",
-                                      param="max_total_seconds")
-        c.max_total_time.FromNanoseconds(int(seconds * 1e9))
+    if body.get("max_total_seconds") is not None:
+        c.max_total_time.CopyFrom(duration(body["max_total_seconds"], "max_total_seconds"))
     for key in ("enable_repair", "use_tools"):
         if body.get(key) is not None:
             setattr(c, key, flag(body, key))

@@ -44,7 +44,7 @@ from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 from scillm.codeworld.v1 import codeworld_pb2 as pb
 
-from ._fields import flag
+from ._fields import INT64, duration, flag, number, seconds, whole
 
 __all__ = ["RUBRIC", "call_timeout", "request_from_envelope", "summary_text"]
 
@@ -68,12 +68,6 @@ def _dict(value: Any, param: str) -> Mapping[str, Any]:
     return value
 
 
-def _number(value: Any, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequestError(f"'{param}' must be a number", param=param)
-    return float(value)
-
-
 def _strings(value: Any, param: str) -> list[str]:
     if value is None:
         return []
@@ -88,10 +82,7 @@ def call_timeout(body: Mapping[str, Any]) -> float | None:
     for param, value in (("request_timeout", body.get("request_timeout")),
                          ("options.max_seconds", options.get("max_seconds"))):
         if value is not None:
-            seconds = _number(value, param)
-            if seconds <= 0:
-                raise InvalidRequestError(f"'{param}' must be positive", param=param)
-            return seconds
+            return seconds(value, param)
     return None
 
 
@@ -182,7 +173,8 @@ def _scoring(req: pb.CodeWorldRunRequest, body: Mapping[str, Any],
         if not judge.get("order"):
             req.scoring.judge.order.extend(metrics or RUBRIC)
     for key, weight in _dict(judge.get("weights"), "judge.weights").items():
-        req.scoring.judge.weights[str(key)] = _number(weight, f"judge.weights.{key}")
+        req.scoring.judge.weights[str(key)] = number(
+            weight, f"provider.args.judge.weights.{key}")
     req.scoring.judge.order.extend(str(k) for k in judge.get("order") or [])
     for metric in RUBRIC:  # rank by the listed metrics only
         if metrics and metric not in metrics and metric not in req.scoring.judge.weights:
@@ -192,11 +184,13 @@ def _scoring(req: pb.CodeWorldRunRequest, body: Mapping[str, Any],
 def _limits(req: pb.CodeWorldRunRequest, args: Mapping[str, Any]) -> None:
     limits = _dict(args.get("limits"), "provider.args.limits")
     if "timeout_s" in limits:
-        req.limits.timeout.FromNanoseconds(int(_number(limits["timeout_s"], "timeout_s") * 1e9))
+        req.limits.timeout.CopyFrom(duration(limits["timeout_s"],
+                                            "provider.args.limits.timeout_s"))
     if "memory_bytes" in limits:
-        req.limits.memory_bytes = int(_number(limits["memory_bytes"], "memory_bytes"))
+        req.limits.memory_bytes = whole(limits["memory_bytes"],
+                                        "provider.args.limits.memory_bytes", high=INT64)
     if "concurrency" in limits:
-        req.limits.concurrency = int(_number(limits["concurrency"], "concurrency"))
+        req.limits.concurrency = whole(limits["concurrency"], "provider.args.limits.concurrency")
     req.limits.strict = flag(limits, "strict", param="provider.args.limits.strict")
 
 
@@ -219,26 +213,26 @@ def _mcts(req: pb.CodeWorldRunRequest, body: Mapping[str, Any], args: Mapping[st
     mcts = {k: config.get(k, args.get(k, body.get(k))) for k in _MCTS_KEYS}
     m = req.mcts
     if mcts["rollouts"] is not None:
-        m.rollouts = int(_number(mcts["rollouts"], "rollouts"))
+        m.rollouts = whole(mcts["rollouts"], "rollouts")
     if mcts["depth"] is not None:
-        m.depth = int(_number(mcts["depth"], "depth"))
+        m.depth = whole(mcts["depth"], "depth")
     uct = mcts["uct_c"] if mcts["uct_c"] is not None else mcts["exploration_constant"]
     if uct is not None:
-        m.uct_c = _number(uct, "uct_c")
+        m.uct_c = number(uct, "uct_c")
     if mcts["seed"] is not None:
-        m.seed = int(_number(mcts["seed"], "seed"))
+        m.seed = whole(mcts["seed"], "seed", low=-INT64 - 1, high=INT64)
     if mcts["time_budget_s"] is not None:
-        m.time_budget.FromNanoseconds(int(_number(mcts["time_budget_s"], "time_budget_s") * 1e9))
+        m.time_budget.CopyFrom(duration(mcts["time_budget_s"], "time_budget_s"))
     temperature = auto.get("temperature", mcts["temperature"])
     if temperature is not None:
-        m.temperature = _number(temperature, "temperature")
+        m.temperature = number(temperature, "temperature")
     m.model = str(auto.get("generator_model") or auto.get("model") or mcts["generator_model"]
                   or args.get("model") or "")
     if model.endswith(":auto") or auto.get("enabled") is True:
         m.autogenerate = True
         n = auto.get("n", mcts["num_variants"] if mcts["num_variants"] is not None
                      else mcts["n_variants"])
-        m.num_variants = int(_number(n if n is not None else 3, "num_variants"))
+        m.num_variants = whole(n if n is not None else 3, "num_variants")
 
 
 def request_from_envelope(body: Mapping[str, Any]) -> pb.CodeWorldRunRequest:

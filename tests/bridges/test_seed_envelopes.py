@@ -328,3 +328,59 @@ def test_an_agent_model_that_is_not_a_string_is_refused_not_stringified(
     reply = mesh.post("/agent/run", {"messages": [{"role": "user", "content": "hi"}], **body})
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
+
+
+_CW_ITEMS = [{"task_id": "t", "context": {"code_variants": {"a": "x = 1"}}}]
+
+
+def _codeworld(**args: Any) -> dict[str, Any]:
+    return {"messages": _HI, "items": _CW_ITEMS, "provider": {"name": "codeworld",
+                                                              "args": args}}
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/bridge/complete", _codeworld(limits={"timeout_s": 1e300}),
+     "provider.args.limits.timeout_s"),
+    ("/bridge/complete", _codeworld(limits={"memory_bytes": 1e30}),
+     "provider.args.limits.memory_bytes"),
+    ("/bridge/complete", _codeworld(limits={"concurrency": 1e12}),
+     "provider.args.limits.concurrency"),
+    ("/bridge/complete", {**_codeworld(rollouts=1e20), "model": "codeworld/mcts"}, "rollouts"),
+    ("/bridge/complete", {**_codeworld(seed=1e30), "model": "codeworld/mcts"}, "seed"),
+    ("/bridge/complete", {**_codeworld(), "model": "codeworld/mcts", "time_budget_s": 1e300},
+     "time_budget_s"),
+    ("/bridge/complete", {**_codeworld(), "request_timeout": 1e300}, "request_timeout"),
+    ("/agent/run", {"messages": _HI, "model": "gen", "max_total_seconds": 1e300},
+     "max_total_seconds"),
+    ("/agent/run", {"messages": _HI, "model": "gen", "tool_backend": "echo",
+                    "max_total_seconds": 1e300}, "max_total_seconds"),
+    ("/v1/chat/completions", {"messages": _HI, "model": "agent/echo/x",
+                              "max_total_seconds": 1e300}, "max_total_seconds"),
+])
+def test_a_number_past_its_proto_field_is_400_naming_it(
+        mesh: Mesh, path: str, body: dict[str, Any], param: str) -> None:
+    """Numbers too large for their proto field (an int32, an int64, a Duration) raised
+    OverflowError or "Value out of range" inside the door: 500."""
+    reply = mesh.post(path, body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(("judge", "score"), [
+    ({"weights": {"correctness": 1e308}}, None),
+    (None, "def score(task, context, outputs, timings):\n    return {'a': 1e308, 'b': 1e308}\n"),
+])
+def test_a_run_whose_scores_would_overflow_is_no_500(
+        mesh: Mesh, judge: dict[str, Any] | None, score: str | None) -> None:
+    """A weight of 1e308, or metrics of 1e308, made scores inf or NaN, and the reply
+    "Out of range float values are not JSON compliant": 500. The weight is refused (400
+    naming it); such metrics are the scorer's error, and the rubric scores the run."""
+    args: dict[str, Any] = {"judge": judge} if judge else {"score_source": score}
+    reply = mesh.post("/bridge/complete", _codeworld(**args))
+    if judge:
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == "scoring.judge.weights"
+        return
+    assert reply.status_code == 200, reply.text
+    result = reply.json()["results"][0]
+    assert result["best_strategy"] == "a" and "brevity" in result["scores"]  # the rubric
