@@ -27,7 +27,16 @@ from pathlib import Path
 
 from ..jail import Jail
 from ._backend import probe_version
-from ._coqtext import Composed, blank, compose, declarations, locate, parse_messages, stated_theorem
+from ._coqtext import (
+    Composed,
+    blank,
+    compose,
+    declarations,
+    locate,
+    parse_messages,
+    stated_theorem,
+    statement_problem,
+)
 from ._coqworker import OOM, TAG, CoqWorker, Judgement, prepare
 from ._pool import WorkerPool
 from ._process import make_inbox, put_item, run_once
@@ -97,6 +106,11 @@ class CoqBackend:
             return CheckOutcome(Verdict.FAILED, source, (Diagnostic(
                 "error", "no Theorem, Lemma, Fact, Remark, Corollary, Proposition, Property "
                 "or Example found in the statement to check"),), message="no theorem found")
+        problem = statement_problem(composed, decl)
+        if problem is not None:
+            line, column = locate(source, composed.statement[1])
+            return CheckOutcome(Verdict.FAILED, source, (Diagnostic(
+                "error", problem, line, column),), message=problem)
         job = prepare(composed, decl.sentence, decl.name_at, decl.name)
         async with self._pool.lease() as worker:
             try:

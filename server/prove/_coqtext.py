@@ -26,6 +26,7 @@ __all__ = [
     "parse_messages",
     "sentences",
     "stated_theorem",
+    "statement_problem",
 ]
 
 #: Declarations that state a theorem (the kinds an item's statement may use).
@@ -70,7 +71,18 @@ def compose(imports: Sequence[str], preamble: str, statement: str, proof: str) -
 def blank(text: str) -> str:
     """`text` with comments and string literals replaced by spaces (newlines kept), so
     that offsets stay valid. An unterminated comment or string blanks to the end."""
+    return _lex(text)[0]
+
+
+def ends_open(text: str) -> bool:
+    """Whether `text` ends inside a comment or a string literal."""
+    return _lex(text)[1]
+
+
+def _lex(text: str) -> tuple[str, bool]:
+    """`blank(text)`, and whether the text ends inside a comment or string."""
     out = list(text)
+    unterminated = False
     i, n, depth = 0, len(text), 0
 
     def wipe(start: int, end: int) -> None:
@@ -91,23 +103,26 @@ def blank(text: str) -> str:
                     i = _string_end(text, i)
                 else:
                     i += 1
+            unterminated = unterminated or depth > 0  # (a string in it runs to the end too)
             wipe(start, i)
         elif text[i] == '"':
             end = _string_end(text, i)
+            unterminated = unterminated or _string_end(text, i, closed=True) < 0
             wipe(i, end)
             i = end
         else:
             i += 1
-    return "".join(out)
+    return "".join(out), unterminated
 
 
-def _string_end(text: str, start: int) -> int:
-    """Offset just past the string literal opening at `start`."""
+def _string_end(text: str, start: int, *, closed: bool = False) -> int:
+    """Offset just past the string literal opening at `start`: the end of the text when
+    it is not closed (-1 then, with `closed`)."""
     i = start + 1
     while True:
         close = text.find('"', i)
         if close < 0:
-            return len(text)
+            return -1 if closed else len(text)
         if text.startswith('""', close):
             i = close + 2
             continue
@@ -193,6 +208,22 @@ def stated_theorem(composed: Composed) -> Declaration | None:
     for decl in declarations(composed.text):
         if decl.kind in THEOREM_KINDS and start <= decl.sentence[0] < end:
             return decl
+    return None
+
+
+def statement_problem(composed: Composed, decl: Declaration) -> str | None:
+    """Why the statement does not stand on its own, or None. The stated theorem's text is
+    what the proof is checked against; a statement that ends inside a comment or string,
+    or whose theorem sentence ends only in the proof (`Theorem bad : 1 = 2` then a proof
+    of `-> False. Proof. ...`), let the proof rewrite what was stated."""
+    start, end = composed.statement
+    if start == end:
+        return None  # no statement: the whole file is the proof, and states its theorem
+    if ends_open(composed.text[start:end]):
+        return "the statement ends inside a comment or a string"
+    if decl.sentence[1] > end:
+        return (f"the sentence stating {decl.name} does not end in the statement: end it "
+                "with its '.' there")
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from ._settings import ProveSettings
@@ -33,6 +34,8 @@ def _text_problem(text: str) -> str | None:
 
 #: The limits' fields as a ProveRequest names them, and as an `Obligation` (Python) does.
 _REQUEST_FIELDS = ("limits.timeout", "limits.memory_bytes")
+#: An import: a module's dotted name (Coq's `Coq.Arith.Arith`, Lean's `Mathlib.Data.Nat`).
+_MODULE = re.compile(r"[^\W\d][\w']*(?:\.[^\W\d][\w']*)*")
 _ITEM_FIELDS = ("limits.timeout_s", "limits.memory_mb")
 
 
@@ -94,9 +97,13 @@ def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
             text_problem = _text_problem(text)
             if text_problem is not None:
                 raise InvalidObligation(item_id, f"{param} {text_problem}", param=param)
-        if any(not name.strip() or "\n" in name for name in ob.imports):
-            raise InvalidObligation(item_id, "an import is empty or spans lines",
-                                    param="imports")
+        for i, name in enumerate(ob.imports):
+            # A module's dotted name and nothing else: the import is written into the
+            # checked file, and "Arith. Notation False := True" made False mean True.
+            if not _MODULE.fullmatch(name):
+                raise InvalidObligation(item_id, f"imports[{i}] {name[:80]!r} is not a module "
+                                        "name (dotted identifiers, such as Coq.Arith.Arith)",
+                                        param=f"imports[{i}]")
         if ob.backend == "smt" and ob.imports:
             raise InvalidObligation(item_id, "the smt backend takes no imports",
                                     param="imports")

@@ -133,6 +133,16 @@ COQ: list[Cheat] = [
           says="pending proofs"),
     Cheat("coq-trailing-lemma-in-proof", "coq", "Theorem bad : 1 = 2.",
           "Proof. Admitted.\nLemma fine : True. Proof. exact I. Qed.", says="bad is assumed"),
+    # The stated theorem's sentence was read to its dot wherever that was: a statement
+    # without one was finished by the proof, which then proved something else.
+    Cheat("coq-statement-finished-by-the-proof", "coq", "Theorem bad : 1 = 2",
+          "-> False. Proof. discriminate. Qed.", says="does not end in the statement"),
+    Cheat("coq-statement-weakened-by-the-proof", "coq", "Theorem bad : 1 = 2",
+          "\\/ True. Proof. right. exact I. Qed.", says="does not end in the statement"),
+    Cheat("coq-statement-ends-in-a-comment", "coq", "Theorem bad : 1 = 2 (*",
+          "*) -> False. Proof. discriminate. Qed.", says="inside a comment"),
+    Cheat("coq-statement-ends-in-a-string", "coq", "Theorem bad : 1 = 2 \"",
+          "\" = \"\" -> False. Proof. discriminate. Qed.", says="inside a comment or a string"),
 ]
 
 SMT: list[Cheat] = [

@@ -48,6 +48,13 @@ async def test_batch_too_large(small: ProveEngine) -> None:
     (Obligation("bad", "smt", statement="(> x \ud800 0)"), "statement"),
     (Obligation("bad", "smt"), "statement"),
     (Obligation("bad", "smt", statement="true", imports=("Lia",)), "imports"),
+    # An import is written into the checked file: it must be a module's name, not Coq.
+    (Obligation("bad", "coq", statement="Theorem t : False.", proof="Proof. exact I. Qed.",
+                imports=("Arith. Notation False := True",)), "imports[0]"),
+    (Obligation("bad", "coq", statement="T.", imports=("Arith", "")), "imports[1]"),
+    (Obligation("bad", "coq", statement="T.", imports=("Arith\nAxiom a : False",)),
+     "imports[0]"),
+    (Obligation("bad", "coq", statement="T.", imports=("Arith (* x *)",)), "imports[0]"),
     (Obligation("bad", "smt", statement="true", limits=Limits(timeout_s=0)), "limits.timeout_s"),
     (Obligation("bad", "smt", statement="true", limits=Limits(memory_mb=1)), "limits.memory_mb"),
     (Obligation("bad", "smt", statement="true", limits=Limits(timeout_s=1e9)),
