@@ -90,7 +90,8 @@ class HttpToolServerConfig:
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """Engine settings, read once at start-up; `RunConfig` may narrow them per run."""
+    """Engine settings, read once at start-up; `RunConfig` may change them per run,
+    within the ceilings of `_check_limits`."""
 
     #: Model named in requests when a run names none.
     model: str = ""
@@ -259,13 +260,22 @@ class RunConfig:
         return cls(**values)
 
 
+#: The largest budgets a run may have. A run's budgets are its caller's to choose, but a
+#: run asking for 2^31 turns or 1e9 seconds (with an echo model and auto_run_code, a
+#: self-printing code block) looped until cancelled, holding the shared sandbox workers.
+MAX_ITERATIONS, MAX_TOTAL_SECONDS, MAX_TOTAL_TOKENS = 1_000, 86_400.0, 100_000_000
+
+
 def _check_limits(max_iterations: int, max_total_seconds: float, max_total_tokens: int) -> None:
-    if max_iterations < 1:
-        raise AgentConfigError("max_iterations must be >= 1", param="max_iterations")
-    if max_total_seconds <= 0:
-        raise AgentConfigError("max_total_seconds must be > 0", param="max_total_seconds")
-    if max_total_tokens < 1:
-        raise AgentConfigError("max_total_tokens must be >= 1", param="max_total_tokens")
+    if not 1 <= max_iterations <= MAX_ITERATIONS:
+        raise AgentConfigError(f"max_iterations must be from 1 to {MAX_ITERATIONS:,}",
+                               param="max_iterations")
+    if not 0 < max_total_seconds <= MAX_TOTAL_SECONDS:  # NaN too
+        raise AgentConfigError(f"max_total_seconds must be above 0 and at most "
+                               f"{MAX_TOTAL_SECONDS:,.0f} (a day)", param="max_total_seconds")
+    if not 1 <= max_total_tokens <= MAX_TOTAL_TOKENS:
+        raise AgentConfigError(f"max_total_tokens must be from 1 to {MAX_TOTAL_TOKENS:,}",
+                               param="max_total_tokens")
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,24 @@ async def test_a_run_id_that_is_not_a_plain_token_writes_no_trace(mesh: Mesh, ru
     assert written() == before
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_iterations", 2**31 - 1), ("max_total_time", 10**9), ("max_total_tokens", 2**62)])
+async def test_a_run_may_not_ask_for_budgets_of_no_end(mesh: Mesh, field: str,
+                                                        value: int) -> None:
+    """2^31 turns or 1e9 seconds were accepted: with an echo model and auto_run_code, a
+    self-printing code block looped until cancelled, holding the shared sandbox."""
+    request = _request()
+    if field == "max_total_time":
+        request.config.max_total_time.FromSeconds(value)
+    else:
+        setattr(request.config, field, value)
+    async with ScillmClient(mesh.running.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.agent.run(request)]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == {"max_total_time": "max_total_seconds"}.get(field, field)
+
+
 async def test_http_tools_are_called_and_a_429_waits_its_retry_after(mesh: Mesh) -> None:
     mesh.script({"content": None, "tool_calls": [
         {"id": "b", "type": "function", "function": {"name": "lab__busy", "arguments": "{}"}},

@@ -105,9 +105,9 @@ class AgentConfig(_message.Message):
     model: _builtins.str
     """Completion model driving the agent."""
     max_iterations: _builtins.int
-    """Maximum model turns."""
+    """Maximum model turns: at most 1,000."""
     max_total_tokens: _builtins.int
-    """Token budget of the run."""
+    """Token budget of the run: at most 100,000,000."""
     enable_repair: _builtins.bool
     """After a failed tool, add a repair observation and go on."""
     use_tools: _builtins.bool
@@ -141,7 +141,7 @@ class AgentConfig(_message.Message):
     """
     @_builtins.property
     def max_total_time(self) -> _duration_pb2.Duration:
-        """Wall-clock budget of the run."""
+        """Wall-clock budget of the run: at most a day."""
 
     @_builtins.property
     def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
