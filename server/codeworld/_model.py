@@ -18,7 +18,8 @@ class Item:
     Attributes:
         task_id: unique within the request.
         description: what the task asks, in words (shown to a model when generating).
-        context: JSON object; recognised keys are ``input`` (passed to the strategy),
+        context: JSON object handed to the strategy without ``expected`` and ``tests``;
+            recognised keys are ``input`` (passed to the strategy),
             ``expected`` (correct when the result equals it), ``tests`` (HumanEval-style
             source defining ``check(candidate)``; correct when it passes) and
             ``entry_point`` (the function ``tests`` check).

@@ -94,9 +94,15 @@ def task_of(item: Item) -> dict[str, Any]:
     return {"task_id": item.task_id, "description": item.description}
 
 
+#: Context keys a strategy does not see.
+_JUDGED_BY = frozenset({"tests", "expected"})
+
+
 def _plan(prepared: Prepared, item: Item) -> _Plan | str:
     strategy = prepared.strategy
-    context = {k: v for k, v in item.context.items() if k != "tests"}
+    # What the strategy is judged by is not handed to it: `return context["expected"]`
+    # was correct on every item (the scorer and the correctness check still see it).
+    context = {k: v for k, v in item.context.items() if k not in _JUDGED_BY}
     if strategy.language in PROGRAMS:
         if item.tests is not None:
             return (f"the item has check(candidate) tests, which run Python, JavaScript or "

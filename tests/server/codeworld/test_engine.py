@@ -59,6 +59,22 @@ async def test_every_strategy_on_every_item(engine: CodeWorldEngine) -> None:
     assert engine.health()["status"] == "serving"
 
 
+async def test_a_strategy_never_sees_what_it_is_judged_by(engine: CodeWorldEngine) -> None:
+    """`return context["expected"]` was correct on every item (a compiled program read
+    it on its stdin the same way): a strategy's context is without it; the scorer's is
+    not."""
+    peek = Strategy("peek", "def solve(task, context):\n    return context.get('expected')\n")
+    seen = Strategy("seen", "def solve(task, context):\n    return sorted(context)\n")
+    scorer = ("def score(task, context, outputs, timings):\n"
+              "    return {'saw_expected': float('expected' in context)}\n")
+    runs, _ = _split(await _events(engine, RunRequest(ITEMS[:1], (GOOD, peek, seen),
+                                                      scorer=scorer)))
+    by = {r.strategy: r for r in runs}
+    assert by["peek"].result is None and by["peek"].correct is False
+    assert by["seen"].result == ["input"]
+    assert by["good"].correct is True and by["good"].metrics == {"saw_expected": 1.0}
+
+
 async def test_bad_strategies_become_per_run_errors(engine: CodeWorldEngine) -> None:
     bad = (Strategy("syntax", "def solve(:\n"), Strategy("noentry", "x = 1\n"),
            Strategy("raises", "def solve(t, c):\n    raise ValueError('boom')\n"))

@@ -178,7 +178,9 @@ class Task(_message.Message):
     """Function the tests call as `candidate`, with tests."""
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
-        """JSON context handed to the strategy: input, expected, and anything else."""
+        """JSON context: input, expected, and anything else; the strategy gets all of it but
+        expected (and tests), which the correctness check and score() get.
+        """
 
     def __init__(
         self,
