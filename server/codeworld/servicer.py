@@ -264,6 +264,23 @@ def summary_to_proto(summary: Summary, items: int) -> pb.CodeWorldRunSummary:
     return out
 
 
+#: Bytes of run events a run's stored record keeps whole. A caller sets how much output and
+#: result a run may have (up to 16 MiB of each stream): 240 runs of 1.5 MB were held in
+#: memory (3-4 GB) and written as one JSON value over SQLite's limit, and the run's summary
+#: was lost. Past this, a run's stored copy keeps all but its stdout, stderr and result
+#: (`output_not_stored`); the caller's stream has them whole.
+RECORDED_BYTES = 64 << 20
+
+
+def _without_output(response: pb.CodeWorldRunResponse) -> pb.CodeWorldRunResponse:
+    kept = pb.CodeWorldRunResponse()
+    kept.CopyFrom(response)
+    for name in ("stdout", "stderr", "result"):
+        kept.run.ClearField(name)
+    kept.run.output_not_stored = True
+    return kept
+
+
 class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
     """Thin gRPC edge of the CodeWorld engine."""
 
@@ -286,12 +303,18 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
         # Stored with the run as the stream's envelopes: each run's result and, for MCTS,
         # each rollout's reward (the runs UI draws them).
         recorded: list[pb.CodeWorldRunResponse] = []
+        stored_bytes = 0
         async with recording(self._store, clock, request) as record, \
                 contextlib.aclosing(self._engine.run(run_request)) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, RunResult):
                     response = pb.CodeWorldRunResponse(run=run_to_proto(event))
-                    recorded.append(response)
+                    size = response.ByteSize()
+                    if stored_bytes + size <= RECORDED_BYTES:
+                        stored_bytes += size
+                        recorded.append(response)
+                    else:
+                        recorded.append(_without_output(response))
                     if self._metrics is not None:
                         self._metrics.sandbox_runs.labels(event.status.value).inc()
                     yield response

@@ -498,11 +498,12 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int,
                        "error": {"type": type(exc).__name__, "message": str(exc)}}
     removed = _remove(run_dir)
     _reap()
+    (stdout, cut_out), (stderr, cut_err) = _text(pipes[out_r], output), _text(pipes[err_r], output)
     resp: dict[str, Any] = {
         "id": req.get("id"),
-        "stdout": pipes[out_r].decode("utf-8", "replace"),
-        "stderr": pipes[err_r].decode("utf-8", "replace"),
-        "truncated": truncated,
+        "stdout": stdout,
+        "stderr": stderr,
+        "truncated": truncated or cut_out or cut_err,
         "wall": wall,
         "cpu": cpu,
         "peak_memory": peak,
@@ -512,6 +513,16 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int,
     if not removed:
         resp["_retire"] = True
     return resp
+
+
+def _text(raw: bytearray, cap: int) -> tuple[str, bool]:
+    """``raw`` as text of at most ``cap`` bytes of UTF-8, and whether it was cut. Each byte
+    that is not UTF-8 reads as U+FFFD, three bytes: 16 MiB of 0xff on stdout and stderr
+    made a 96 MiB event, past gRPC's message limit, and the whole run's stream failed."""
+    text = raw.decode("utf-8", "replace")
+    if len(text) * 3 <= cap or len(encoded := text.encode()) <= cap:
+        return text, False
+    return encoded[:cap].decode("utf-8", "ignore"), True
 
 
 def _artifact(run_dir: str, outputs: list[str]) -> dict[str, list[Any]]:

@@ -392,3 +392,17 @@ async def test_a_result_nested_too_deep_is_an_error_and_the_worker_lives(
     deep = await single.run("python", nest, entry="solve", args=[{}, {"n": 900}])
     assert (deep.status, deep.reason) == (Status.ERROR, "result_depth"), deep
     await _still_works(single)
+
+
+async def test_output_that_is_not_utf8_stays_within_its_byte_limit(sandbox: Sandbox) -> None:
+    """Each byte that is not UTF-8 reads as U+FFFD (three bytes): 16 MiB of 0xff on
+    stdout and stderr made a 96 MiB event, and the run's whole stream failed at gRPC's
+    message limit. The text kept is at most `output` bytes of UTF-8, and says it was cut."""
+    source = ("import os\n"
+              "os.write(1, b'\\xff' * (256 << 10))\n"
+              "os.write(2, b'\\xfe' * (256 << 10))\n")
+    ran = await sandbox.run("python", source, limits=Limits(output=256 << 10))
+    assert ran.status is Status.OK, ran
+    assert ran.truncated
+    for text in (ran.stdout, ran.stderr):
+        assert 0 < len(text.encode()) <= 256 << 10 and set(text) == {"\ufffd"}

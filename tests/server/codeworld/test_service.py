@@ -194,3 +194,39 @@ async def test_a_program_whose_output_nests_too_deeply_fails_alone(mesh: Running
     assert runs["deep"].status == cw.RUN_STATUS_ERROR and not runs["deep"].tests_passed
     assert "deep" in runs["deep"].error
     assert events[-1].summary.rankings[0].entries[0].strategy == "three"
+
+
+async def test_a_runs_stored_record_is_bounded_and_its_stream_is_whole(
+        mesh: RunningMesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller sets how much output each run may have: 240 runs of 1.5 MB were held in
+    memory and written as one JSON value past SQLite's limit, and the summary was lost.
+    Past RECORDED_BYTES a run's stored copy leaves its output out, and says so."""
+    import asyncio
+
+    from scillm.server.codeworld import servicer
+    from scillm.server.manifests import open_run_store
+
+    monkeypatch.setattr(servicer, "RECORDED_BYTES", 30_000)
+    req = cw.CodeWorldRunRequest()
+    for i in range(4):
+        req.items.add(task_id=f"t{i}").context.update({"input": i})
+    req.strategies.add(name="loud", language=cw.LANGUAGE_PYTHON,
+                       source="def solve(task, context):\n    print('x' * 10000)\n"
+                              "    return context['input']\n")
+    req.limits.concurrency = 1
+    events = await _events(mesh, req)
+    runs = [e.run for e in events if e.HasField("run")]
+    assert len(runs) == 4 and all(len(r.stdout) == 10001 for r in runs)  # the stream: whole
+    summary = events[-1].summary
+    store = open_run_store(mesh.mesh.settings)
+    try:
+        stored = await asyncio.to_thread(store.get, summary.manifest.run_id)
+    finally:
+        store.close()
+    assert stored is not None and stored.result.succeeded == 4  # type: ignore[attr-defined]
+    kept = [e["run"] for e in stored.events if "run" in e]
+    assert len(kept) == 4
+    whole = [r for r in kept if not r.get("output_not_stored")]
+    cut = [r for r in kept if r.get("output_not_stored")]
+    assert len(whole) == 2 and all(len(r["stdout"]) == 10001 for r in whole)
+    assert len(cut) == 2 and all("stdout" not in r and "result" not in r for r in cut)

@@ -564,6 +564,7 @@ class RunResult(_message.Message):
     TESTS_PASSED_FIELD_NUMBER: _builtins.int
     SCORE_ERROR_FIELD_NUMBER: _builtins.int
     VARIANT_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_NOT_STORED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task."""
     strategy: _builtins.str
@@ -584,6 +585,10 @@ class RunResult(_message.Message):
     """Why the user score() failed, when it did (the default rubric was used)."""
     variant_id: _builtins.str
     """Variant identifier, under MCTS."""
+    output_not_stored: _builtins.bool
+    """Only in a run's stored record, never in the stream: its stdout, stderr and result
+    were left out, because the run's stored events had reached 64 MiB.
+    """
     @_builtins.property
     def result(self) -> _struct_pb2.Value:
         """The returned value as JSON."""
@@ -612,10 +617,11 @@ class RunResult(_message.Message):
         tests_passed: _builtins.bool | None = ...,
         score_error: _builtins.str = ...,
         variant_id: _builtins.str = ...,
+        output_not_stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tests_passed", b"_tests_passed", "result", b"result", "tests_passed", b"tests_passed", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tests_passed", b"_tests_passed", "error", b"error", "lines_of_code", b"lines_of_code", "metrics", b"metrics", "result", b"result", "score_error", b"score_error", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "strategy", b"strategy", "task_id", b"task_id", "tests_passed", b"tests_passed", "timings", b"timings", "variant_id", b"variant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tests_passed", b"_tests_passed", "error", b"error", "lines_of_code", b"lines_of_code", "metrics", b"metrics", "output_not_stored", b"output_not_stored", "result", b"result", "score_error", b"score_error", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "strategy", b"strategy", "task_id", b"task_id", "tests_passed", b"tests_passed", "timings", b"timings", "variant_id", b"variant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tests_passed: _TypeAlias = _typing.Literal["tests_passed"]  # noqa: Y015
     _WhichOneofArgType__tests_passed: _TypeAlias = _typing.Literal["_tests_passed", b"_tests_passed"]  # noqa: Y015
