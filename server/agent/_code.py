@@ -115,14 +115,19 @@ def check_bash(source: str, allowlist: tuple[str, ...]) -> None:
     lexer = shlex.shlex(source.replace("\n", " ; "), posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     allowed = set(allowlist)
-    at_start, skipping = True, False
+    at_start, skipping, target = True, False, False
     try:
         words = list(lexer)
     except ValueError as exc:
         raise ToolArgumentsError(f"bash: cannot parse script: {exc}", tool="run_bash") from exc
     for word in words:
-        if "<" in word or ">" in word:  # a redirection: the next word is a file
-            at_start = False
+        if target:  # the file (or descriptor) of a redirection
+            target = False
+            continue
+        if "<" in word or ">" in word:
+            # A redirection's operator; its file is the next word, and the command may come
+            # after both: `</dev/null id` runs id (it was taken for a file and not checked).
+            target = True
             continue
         if word in _SEPARATORS or set(word) <= set(";|&()"):
             at_start, skipping = True, False

@@ -20,6 +20,8 @@ __all__ = [
 ]
 
 #: Commands a bash code tool may run. Shell keywords and builtins like `cd` are not listed.
+#: The list is a policy in front of the sandbox, which is the boundary: awk (`system()`) and
+#: sed (its `e` command) can run any other command, as an allowed `bash -c` would.
 DEFAULT_BASH_ALLOWLIST: tuple[str, ...] = (
     "awk", "basename", "bc", "cat", "cut", "dirname", "echo", "expr", "false", "grep",
     "head", "ls", "printf", "pwd", "sed", "seq", "sort", "tail", "test", "tr", "true",

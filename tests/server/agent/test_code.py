@@ -23,6 +23,7 @@ from scillm.server.agent.errors import ToolArgumentsError
     "for i in 1 2 3; do echo $i; done",
     "x=3\nif test $x -gt 2; then echo big; else echo small; fi",
     "seq 5 | sort -r | head -n 2 > /tmp/out 2>&1 && cat /tmp/out",
+    "< /tmp/in sort > /tmp/out", "cat <<< hi",
 ])
 def test_bash_allowlist_accepts(script: str) -> None:
     check_bash(script, DEFAULT_BASH_ALLOWLIST)
@@ -31,6 +32,8 @@ def test_bash_allowlist_accepts(script: str) -> None:
 @pytest.mark.parametrize("script", [
     "curl http://example.com", "echo hi; rm -rf /", "echo $(whoami)", "echo `id`",
     "ls | python3 -c 'print(1)'", "true && bash -c 'id'",
+    # A redirection before the command: its file is one word, the command the next.
+    "</dev/null id", "> /tmp/x id -u", "echo a; 2>&1 >/dev/null curl x", "<<< x bash",
 ])
 def test_bash_allowlist_refuses(script: str) -> None:
     with pytest.raises(ToolArgumentsError):
