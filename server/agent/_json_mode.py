@@ -32,6 +32,8 @@ def json_problem(fmt: Mapping[str, Any] | None, answer: str) -> str | None:
         value = json.loads(answer)
     except ValueError as exc:
         return f"it does not parse ({exc})"
+    except RecursionError:
+        return "it nests too deeply to read"
     schema = _schema(fmt)
     if schema is None:
         return None if isinstance(value, dict) else "it is not a JSON object"

@@ -162,6 +162,9 @@ def parse_arguments(call: ToolCall) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ToolArgumentsError(f"arguments of {call.name!r} are not valid JSON ({exc.msg} at "
                                  f"position {exc.pos}): {text[:200]!r}", tool=call.name) from exc
+    except RecursionError:  # nested past any reader's depth: no arguments a tool takes
+        raise ToolArgumentsError(f"arguments of {call.name!r} nest too deeply to read",
+                                 tool=call.name) from None
     if not isinstance(value, dict):
         raise ToolArgumentsError(f"arguments of {call.name!r} must be a JSON object, got "
                                  f"{type(value).__name__}", tool=call.name)

@@ -95,7 +95,7 @@ class CodexTurn:
 def _parse(line: bytes | str) -> dict[str, Any] | None:
     try:
         event = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return event if isinstance(event, dict) else None
 

@@ -72,7 +72,7 @@ class AnthropicProvider:
             raise error_from_response(response, call, _CONTEXT_MARKERS)
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UpstreamError(f"{call.deployment.id}: invalid JSON in the reply") from None
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise UpstreamError(f"{call.deployment.id}: the reply is not an Anthropic message")
@@ -94,7 +94,7 @@ class AnthropicProvider:
             async for event, data in sse_events(response):
                 try:
                     payload = json.loads(data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise UpstreamError(f"{call.deployment.id}: malformed SSE data") from None
                 if not isinstance(payload, dict):
                     raise UpstreamError(f"{call.deployment.id}: SSE data is not an object")
@@ -148,7 +148,7 @@ def to_anthropic(call: ProviderCall) -> dict[str, Any]:
                 fn = tc.get("function") or {}
                 try:
                     args = json.loads(fn.get("arguments") or "{}")
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise InvalidRequest("tool call arguments must be JSON",
                                          param="messages") from None
                 blocks.append({"type": "tool_use", "id": tc.get("id", ""),

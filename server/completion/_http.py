@@ -214,7 +214,7 @@ def error_from_response(response: httpx.Response, call: ProviderCall,
 def _error_object(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     error = data.get("error") if isinstance(data, dict) else None
     return error if isinstance(error, dict) else {}

@@ -267,4 +267,7 @@ def _loads(raw: bytes | str) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except RecursionError:  # orjson refused it for its depth too: a ValueError as it
+            raise ValueError("JSON nested too deeply to read") from None

@@ -123,3 +123,18 @@ async def test_a_reply_of_another_shape_is_an_upstream_error(
     with pytest.raises(UpstreamError, match=r"shape|not an object"):
         [e async for e in engine.stream({"model": "claude", "max_tokens": 5,
                                          "messages": MSG})]
+
+
+async def test_tool_call_arguments_nested_past_any_reader_are_the_callers_400(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    """json.loads raises RecursionError, not ValueError, for arguments 100,000 deep: the
+    call was INTERNAL. It is the caller's invalid request, as arguments that are not JSON."""
+    from scillm.server.completion import InvalidRequest
+
+    engine = await make_engine(config(upstream))
+    deep = json.loads(json.dumps(REQUEST))
+    deep["messages"][2]["tool_calls"][0]["function"]["arguments"] = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(InvalidRequest) as info:
+        await engine.complete(deep)
+    assert info.value.param == "messages"
+    assert not upstream.requests
