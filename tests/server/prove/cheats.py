@@ -141,6 +141,15 @@ COQ: list[Cheat] = [
           "\\/ True. Proof. right. exact I. Qed.", says="does not end in the statement"),
     Cheat("coq-statement-ends-in-a-comment", "coq", "Theorem bad : 1 = 2 (*",
           "*) -> False. Proof. discriminate. Qed.", says="inside a comment"),
+    # The item's own meaning for a name or notation of Coq's, which the statement uses:
+    # the stated type was elaborated with it, so the check of the type agreed.
+    Cheat("coq-preamble-notation-false", "coq", "Theorem bad : False.", "Proof. exact I. Qed.",
+          "Notation False := True.", says="'False' is Coq's own"),
+    Cheat("coq-preamble-definition-false", "coq", "Theorem bad : False.",
+          "Proof. exact tt. Qed.", "Definition False := unit.", says="'False' is Coq's own"),
+    Cheat("coq-preamble-notation-equality", "coq", "Theorem bad : 1 = 2.",
+          "Proof. discriminate. Qed.", "Notation \"x = y\" := (x <> y).",
+          says="'=' is Coq's own"),
     Cheat("coq-statement-ends-in-a-string", "coq", "Theorem bad : 1 = 2 \"",
           "\" = \"\" -> False. Proof. discriminate. Qed.", says="inside a comment or a string"),
 ]
