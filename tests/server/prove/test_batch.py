@@ -140,3 +140,29 @@ async def test_cache_hits(engine: ProveEngine) -> None:
     for _ in range(2):  # a TIMEOUT is not remembered
         again = await engine.check(timeout, limits=Limits(timeout_s=0.2))
         assert again.verdict is Verdict.TIMEOUT and not again.cached
+
+
+async def test_a_batch_of_slow_items_does_not_keep_the_provers_from_another_caller(
+        engine: ProveEngine) -> None:
+    """The pool's two z3 workers were handed out first come, first served: a batch of six
+    items that each run to their time limit (all queued at once) kept both for its whole
+    length, and another caller's trivial item waited behind all six. A freed worker now
+    goes to the batch holding the fewest: the trivial item is answered after the slow
+    batch's first two items, not its last."""
+    slow = [Obligation(f"slow{i}", "smt", statement=HARD, limits=Limits(timeout_s=1))
+            for i in range(6)]
+    finished: list[str] = []
+
+    async def batch(items: list[Obligation]) -> None:
+        async with engine.run_batch(items, no_cache=True) as run:
+            async for result in run:
+                finished.append(result.item_id)
+
+    first = asyncio.create_task(batch(slow))
+    pool = engine.backend("smt").pool  # type: ignore[attr-defined]
+    while pool.leased < pool.size:  # noqa: ASYNC110  (the slow batch holds both workers)
+        await asyncio.sleep(0.005)
+    await batch([Obligation("quick", "smt", preamble="(declare-const x Int)",
+                            statement="(> (+ x 1) x)")])
+    await first
+    assert finished.index("quick") <= 2, finished
