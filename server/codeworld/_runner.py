@@ -12,6 +12,7 @@ from typing import Any
 
 from scillm.clients.structs import whole_numbers
 
+from ..fair import shares_as
 from ._events import RunResult
 from ._model import Item, Strategy
 from ._scoring import Rubric, aggregate, lines_of_code, user_metrics
@@ -165,7 +166,9 @@ class Runner:
     async def run_many(self, prepared: Sequence[Prepared], items: Sequence[Item]
                        ) -> AsyncIterator[RunResult]:
         """Every strategy on every item; results are yielded as they complete."""
-        tasks = [asyncio.ensure_future(self._gated(p, item)) for p in prepared for item in items]
+        with shares_as(self):  # the sandbox shares its workers fairly among runners
+            tasks = [asyncio.ensure_future(self._gated(p, item))
+                     for p in prepared for item in items]
         try:
             for next_done in asyncio.as_completed(tasks):
                 yield await next_done

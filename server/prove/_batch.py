@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 
-from ._pool import leases_for
+from ..fair import shares_as
 from ._types import BatchSummary, ItemResult, Obligation, Verdict
 
 __all__ = ["BatchRun"]
@@ -65,7 +65,7 @@ class BatchRun:
             for item in pending:
                 await done.put(await self._check_safely(item))
 
-        with leases_for(self):  # the lanes' prover leases count as this batch's
+        with shares_as(self):  # the lanes' prover leases count as this batch's
             lanes = [asyncio.create_task(lane()) for _ in range(self._concurrency)]
         try:
             for _ in self._items:

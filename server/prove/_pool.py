@@ -1,7 +1,7 @@
 """A warm pool of prover workers, so a batch does not pay a prover start per item.
 
-The pool's workers are shared fairly among the batches that want them (`FairGate`): a
-freed worker goes to the waiting batch that holds the fewest, not to whoever asked first.
+The pool's workers are shared fairly among the batches that want them (`server/fair.py`):
+a freed worker goes to the waiting batch that holds the fewest, not to whoever asked first.
 Before, one caller's batch of slow items (every item queued at once) kept both Coq workers
 for its whole length, and another caller's one-line item waited 39 s behind it.
 """
@@ -10,78 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
+from ..fair import FairGate, current_owner
 from .errors import EngineClosed
 
-__all__ = ["FairGate", "PoolWorker", "WorkerPool", "leases_for"]
-
-#: Whom the leases taken in this context are for (a batch); None: each lease on its own.
-_owner: ContextVar[object | None] = ContextVar("prove_lease_owner", default=None)
-
-
-@contextlib.contextmanager
-def leases_for(owner: object) -> Iterator[None]:
-    """Leases taken in this context (and tasks created in it) count as `owner`'s."""
-    token = _owner.set(owner)
-    try:
-        yield
-    finally:
-        _owner.reset(token)
-
-
-class FairGate:
-    """`size` slots; a slot set free goes to the waiting owner holding the fewest slots,
-    the one waiting longest among equals."""
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._held: dict[object, int] = {}
-        self._waiting: list[tuple[object, asyncio.Future[None]]] = []
-
-    @property
-    def held(self) -> int:
-        """Slots held right now."""
-        return sum(self._held.values())
-
-    def _grant(self, owner: object) -> None:
-        self._free -= 1
-        self._held[owner] = self._held.get(owner, 0) + 1
-
-    async def acquire(self, owner: object) -> None:
-        if self._free > 0 and not self._waiting:
-            self._grant(owner)
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (owner, waiter)
-        self._waiting.append(entry)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(owner)  # granted, then cancelled before it could run
-            elif entry in self._waiting:
-                self._waiting.remove(entry)
-            raise
-
-    def release(self, owner: object) -> None:
-        held = self._held[owner] - 1
-        if held:
-            self._held[owner] = held
-        else:
-            del self._held[owner]
-        self._free += 1
-        while self._free and self._waiting:
-            at = min(range(len(self._waiting)),
-                     key=lambda i: (self._held.get(self._waiting[i][0], 0), i))
-            owner, waiter = self._waiting.pop(at)
-            if waiter.done():  # its task was cancelled while it waited
-                continue
-            self._grant(owner)
-            waiter.set_result(None)
-
+__all__ = ["PoolWorker", "WorkerPool"]
 
 class PoolWorker(Protocol):
     """What the pool needs of a worker."""
@@ -140,8 +75,7 @@ class WorkerPool(Generic[W]):
         """A worker for the duration of the block."""
         if self._closed:
             raise EngineClosed("worker pool is closed")
-        owner = _owner.get()
-        owner = object() if owner is None else owner
+        owner = current_owner()
         await self._slots.acquire(owner)
         try:
             worker: W | None = None

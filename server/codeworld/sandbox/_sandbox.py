@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...fair import FairGate, current_owner
 from ...uids import UidRange
 from ..errors import InvalidSource, SandboxUnavailable, WorkerCrashed
 from ._compile import Built, CompileCache, decode_files
@@ -44,11 +45,18 @@ class Sandbox:
         self._launcher: Launcher | None = None
         self._slots: list[Worker | None] = []
         self._idle: asyncio.Queue[int] = asyncio.Queue()
+        #: Who gets a worker set free: the waiting caller holding the fewest (fair.py).
+        self._gate = FairGate(1)
         self._closed = False
         self._toolchains: dict[Language, Toolchain] | None = None
         self._cache = CompileCache(self._settings.compile_cache_dir,
                                    max_entries=self._settings.compile_cache_entries)
         self._uids: UidRange | None = None
+
+    @property
+    def busy(self) -> int:
+        """Workers running a request right now."""
+        return self._gate.held
 
     @property
     def settings(self) -> SandboxSettings:
@@ -114,6 +122,7 @@ class Sandbox:
             await self.close()
             raise
         self._slots = [None] * count
+        self._gate = FairGate(count)
         spawned = await asyncio.gather(*(self._spawn(i) for i in range(count)),
                                        return_exceptions=True)
         for slot, worker in enumerate(spawned):
@@ -253,7 +262,8 @@ class Sandbox:
     async def _exchange(self, request: dict[str, Any], wall_time: float
                         ) -> tuple[dict[str, Any], float]:
         """Send one request to a free worker; its response and the time it took."""
-        slot = await self._checkout()
+        owner = current_owner()
+        slot = await self._checkout(owner)
         began = time.perf_counter()
         try:
             worker = self._slots[slot] if slot < len(self._slots) else None
@@ -267,12 +277,19 @@ class Sandbox:
         finally:
             if not self._closed:
                 self._idle.put_nowait(slot)
+            self._gate.release(owner)
         return response, time.perf_counter() - began
 
-    async def _checkout(self) -> int:
+    async def _checkout(self, owner: object) -> int:
+        """A free worker's slot, once the gate gives `owner` one (it holds its place)."""
         if self._launcher is None or self._closed:
             raise SandboxUnavailable("the sandbox is not started")
-        return await self._idle.get()
+        await self._gate.acquire(owner)
+        try:
+            return await self._idle.get()
+        except BaseException:
+            self._gate.release(owner)
+            raise
 
     async def _spawn(self, slot: int) -> Worker:
         assert self._launcher is not None

@@ -198,3 +198,30 @@ async def test_the_session_store_holds_nothing_per_session_in_python() -> None:
         assert [i.plateau for i in infos] == [False] * 5 + [True]  # 0.91 vs 0.9067
     finally:
         store.close()
+
+
+async def test_a_request_of_slow_runs_does_not_keep_the_sandbox_from_another(
+        engine: CodeWorldEngine) -> None:
+    """The sandbox's workers went to runs first come, first served: a request of many slow
+    runs (all queued at once) held every worker for its whole length, and another caller's
+    trivial run waited 59 s behind forty sleepers. A freed worker now goes to the request
+    holding the fewest: the quick run ends after two of the six slow ones, not all six."""
+    import asyncio
+
+    sleeper = Strategy("sleeper", "import time\ndef solve(task, context):\n"
+                                  "    time.sleep(0.5)\n    return 1\n")
+    slow = RunRequest(tuple(Item(f"s{i}", "", {"input": i}) for i in range(6)), (sleeper,),
+                      concurrency=6)
+    finished: list[str] = []
+
+    async def run(request: RunRequest) -> None:
+        async for event in engine.run(request):
+            if isinstance(event, RunResult):
+                finished.append(event.task_id)
+
+    first = asyncio.create_task(run(slow))
+    while engine.sandbox.busy < engine.sandbox.settings.workers:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    await run(RunRequest((Item("quick", "", {"input": 1}),), (GOOD,)))
+    await first
+    assert finished.index("quick") <= 2, finished
