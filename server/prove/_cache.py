@@ -20,7 +20,7 @@ __all__ = ["CACHEABLE", "MemoryCache", "VerdictCache", "cache_key"]
 
 #: The checking rules' version: bumped whenever what a verdict means changes, so that no
 #: verdict reached under older rules (in a shared Redis cache, say) is served again.
-RULES = "2026-12-07.3"
+RULES = "2026-12-07.4"
 
 #: Verdicts worth remembering.
 CACHEABLE = frozenset({Verdict.PROVED, Verdict.REFUTED, Verdict.FAILED})

@@ -34,7 +34,6 @@ from ._coqtext import (
     declarations,
     locate,
     parse_messages,
-    redefinable,
     stated_theorem,
     statement_problem,
 )
@@ -113,13 +112,9 @@ class CoqBackend:
             return CheckOutcome(Verdict.FAILED, source, (Diagnostic(
                 "error", problem, line, column),), message=problem)
         job = prepare(composed, decl.sentence, decl.name_at, decl.name)
-        names, symbols = redefinable(composed, decl)
         async with self._pool.lease() as worker:
             try:
                 async with asyncio.timeout(limits.timeout_s):
-                    redefined = await _defined_by_coq(worker, names, symbols)
-                    if redefined:
-                        return _redefines(source, redefined)
                     judgement = await worker.judge(job, limits.memory_mb)
             except TimeoutError:
                 await worker.kill()
@@ -128,7 +123,7 @@ class CoqBackend:
             except EOFError as exc:
                 await worker.kill()
                 return _crashed(source, limits, str(exc))
-            if worker.items >= self._settings.coq_worker_items:
+            if worker.items >= self._settings.coq_worker_items or worker.worn_out:
                 await worker.kill()  # retired: the pool starts a fresh one
         if any(s in judgement.load_reply for s in OOM):
             return _crashed(source, limits, judgement.load_reply)
@@ -231,11 +226,25 @@ def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> 
                    f"{stated} is not in the environment at the end of the source (stated "
                    "inside a module type or functor, or removed)")
         diagnostics.insert(0, Diagnostic("error", message, line, col, line, col + len(stated)))
+    if judgement.clean_ok is False and judgement.stated_ok is True:
+        line, col = locate(source, stated_at)
+        diagnostics.insert(0, Diagnostic("error", (
+            f"{stated} is proved for what the statement means after the item's own "
+            "definitions, not for what it means in Coq with the imports alone: the preamble "
+            "(or the text before the theorem) changes its meaning (a notation, a scope, a "
+            "name of Coq's defined again)"), line, col, line, col + len(stated)))
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.line is None, d.line or 0, d.column or 0))
         return CheckOutcome(Verdict.FAILED, source, tuple(diagnostics),
                             message=diagnostics[0].message)
-    return CheckOutcome(Verdict.PROVED, source, message=(
+    notes: tuple[Diagnostic, ...] = ()
+    if not judgement.clean:
+        line, col = locate(source, stated_at)
+        notes = (Diagnostic("info", (
+            f"the statement of {stated} does not read with the imports alone: it uses the "
+            "item's own definitions, and means what they define"), line, col, line,
+            col + len(stated)),)
+    return CheckOutcome(Verdict.PROVED, source, notes, message=(
         f"{stated} has the stated type; every declaration is closed under the global context"))
 
 
@@ -248,38 +257,6 @@ def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> 
 _SWITCHES = re.compile(
     r"\bUnset\s+(?:Guard|Positivity|Universe)\s+Checking\b|\bUnset\s+Template\s+Check\b"
     r"|\bSet\s+Definitional\s+UIP\b|\bbypass_check\b|\bTyping\s+Flags\b")
-
-
-async def _defined_by_coq(worker: CoqWorker, names: list[tuple[str, int]],
-                          symbols: list[tuple[str, int]]) -> list[tuple[str, int, str]]:
-    """Of the names and notation symbols an item defines and its statement uses, those
-    that already mean something at the worker's mark (Coq's prelude and loaded library):
-    a name `Check` reads unqualified, a notation `Locate` knows. With where the item
-    defines each and what Coq's is."""
-    if not names and not symbols:
-        return []
-    asked = [*names, *symbols]
-    replies = await worker.ask([f"Check {n}." for n, _ in names] +
-                               [f'Locate "{s}".' for s, _ in symbols])
-    found = []
-    for (what, at), reply in zip(asked, replies, strict=True):
-        text = " ".join(reply.split())
-        if text and "Error:" not in text and "Unknown notation" not in text:
-            found.append((what, at, text[:200]))
-    return found
-
-
-def _redefines(source: str, redefined: list[tuple[str, int, str]]) -> CheckOutcome:
-    """FAILED: the item gives a name or notation of Coq's own a meaning of its own, and
-    its statement uses it, so the statement does not say what it reads as."""
-    diagnostics = tuple(Diagnostic(
-        "error", f"{what!r} is Coq's own ({coq}); the item defines it again and the "
-                 "statement uses it, so the statement would not mean what it says: give "
-                 "the item's its own name", *locate(source, at))
-        for what, at, coq in redefined)
-    return CheckOutcome(Verdict.FAILED, source, diagnostics,
-                        message=f"the item redefines {redefined[0][0]!r}, which the "
-                                "statement uses")
 
 
 def checks_switched_off(source: str) -> Diagnostic | None:

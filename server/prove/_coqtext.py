@@ -24,7 +24,7 @@ __all__ = [
     "declarations",
     "locate",
     "parse_messages",
-    "redefinable",
+    "required",
     "sentences",
     "stated_theorem",
     "statement_problem",
@@ -53,11 +53,14 @@ class Composed:
     #: [start, end) of the statement and of the proof in `text` (empty when absent).
     statement: tuple[int, int]
     proof: tuple[int, int]
+    #: Where the imports' `Require Import` lines end (the preamble starts).
+    imports_end: int = 0
 
 
 def compose(imports: Sequence[str], preamble: str, statement: str, proof: str) -> Composed:
     """The file checked for an obligation: imports, preamble, statement, proof."""
     text = "".join(f"Require Import {name}.\n" for name in imports)
+    imports_end = len(text)
     spans: dict[str, tuple[int, int]] = {}
     for key, part in (("preamble", preamble), ("statement", statement), ("proof", proof)):
         part = part.strip("\n")
@@ -66,7 +69,7 @@ def compose(imports: Sequence[str], preamble: str, statement: str, proof: str) -
             text += part + "\n"
         else:
             spans[key] = (len(text), len(text))
-    return Composed(text, spans["statement"], spans["proof"])
+    return Composed(text, spans["statement"], spans["proof"], imports_end)
 
 
 def blank(text: str) -> str:
@@ -200,6 +203,26 @@ def declarations(text: str) -> list[Declaration]:
     return found
 
 
+_REQUIRE = re.compile(r"(?:From\s+([^\W\d][\w'.]*)\s+)?Require(?:\s+(Import|Export))?"
+                      r"((?:\s+[^\W\d][\w'.]*)+)\s*\.")
+
+
+def required(text: str, start: int, end: int) -> list[str]:
+    """The `Require` sentences (`Require Import X.`, `From Y Require Z.`) of text[start:end],
+    written anew from the module names they hold, a line each: they load libraries and do
+    nothing else, so the statement's reading with the imports alone has them too
+    (`Require Import Coq.Lists.List.` in the preamble, then `In` defined again)."""
+    plain = blank(text[:end])
+    found = []
+    for a, b in sentences(text[:end]):
+        m = _REQUIRE.fullmatch(plain, a, b)
+        if a >= start and m is not None:
+            source = f"From {m.group(1)} " if m.group(1) else ""
+            mode = f" {m.group(2)}" if m.group(2) else ""
+            found.append(f"{source}Require{mode} {' '.join(m.group(3).split())}.\n")
+    return found
+
+
 def stated_theorem(composed: Composed) -> Declaration | None:
     """The theorem an obligation states: the first theorem-kind declaration of its
     statement, or of its proof when the statement is empty (a whole file as proof)."""
@@ -226,51 +249,6 @@ def statement_problem(composed: Composed, decl: Declaration) -> str | None:
         return (f"the sentence stating {decl.name} does not end in the statement: end it "
                 "with its '.' there")
     return None
-
-
-#: `Notation`/`Infix` commands, and an abbreviation's name (`Notation False := True`).
-_NOTATION_AT = re.compile(r"\b(?:Notation|Infix)\b")
-_ABBREVIATION = re.compile(r"\s*([^\W\d][\w']*)\s*(?::=|\()")
-_CONSTRUCTORS = re.compile(r"(?:\||:=)\s*([^\W\d][\w']*)")
-
-
-def redefinable(composed: Composed, decl: Declaration) -> tuple[list[tuple[str, int]],
-                                                                 list[tuple[str, int]]]:
-    """What the item defines before its stated theorem that the statement uses: names
-    (constants, inductives and their constructors, abbreviations) and notation symbols,
-    each with where it is defined. The checker asks Coq which of them its own library
-    already defines: `Notation False := True` or `Definition False := unit` in the
-    preamble made `Theorem bad : False` mean something else than it says."""
-    text, plain = composed.text, blank(composed.text)
-    before = decl.sentence[0]
-    stated = plain[decl.name_at + len(decl.name):decl.sentence[1]]
-    used = set(_WORD.findall(stated))
-    names: dict[str, int] = {}
-    for d in declarations(text[:before]):
-        names.setdefault(d.name, d.name_at)
-        if d.kind in ("Inductive", "CoInductive", "Variant"):
-            body = plain[d.name_at:d.sentence[1]]
-            for m in _CONSTRUCTORS.finditer(body):
-                names.setdefault(m.group(1), d.name_at + m.start(1))
-    symbols: dict[str, int] = {}
-    for m in _NOTATION_AT.finditer(plain, 0, before):
-        abbreviation = _ABBREVIATION.match(plain, m.end())
-        if abbreviation is not None:
-            names.setdefault(abbreviation.group(1), abbreviation.start(1))
-            continue
-        quote = text.find('"', m.end(), before)
-        if quote < 0 or text[m.end():quote].strip():
-            continue
-        close = _string_end(text, quote, closed=True)
-        notation = text[quote + 1:close - 1] if close > 0 else ""
-        for token in notation.split():
-            symbol = token.strip("'")
-            # A notation's variables are identifiers; its symbols are the rest (and quoted
-            # keywords). A symbol the statement's text holds may be this notation.
-            if (token.startswith("'") or not _WORD.fullmatch(token)) and symbol \
-                    and '"' not in symbol and symbol in stated:
-                symbols.setdefault(symbol, quote)
-    return ([(n, at) for n, at in names.items() if n in used], sorted(symbols.items()))
 
 
 def locate(source: str, offset: int) -> tuple[int, int]:

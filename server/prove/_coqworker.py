@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..jail import Jail
-from ._coqtext import Composed
+from ._coqtext import Composed, required
 from ._process import ProverProcess, make_inbox, put_item
 from ._settings import ProveSettings
 
@@ -54,6 +54,8 @@ __all__ = ["OOM", "TAG", "CoqJob", "CoqWorker", "Judgement", "flat_listing", "is
            "prepare"]
 
 _PROMPT = b"</prompt>"
+#: Descriptors a worker keeps for other than its leaked Loads (see `CoqWorker.loads`).
+_SPARE_FILES = 64
 _CLOSED = "Closed under the global context"
 #: Coq's own note when Print Assumptions first opens a library's proofs.
 _FETCHING = re.compile(r"<infomsg>\s*Fetching opaque proofs from disk for [\w.']+\s*</infomsg>")
@@ -102,6 +104,11 @@ class Judgement:
     stated_ok: bool | None = None
     #: Whether the stated theorem exists at the end (under the witness's module path).
     stated_found: bool = False
+    #: Whether the stated sentence reads with the item's imports alone (no preamble, no
+    #: text before it): then the theorem must have that reading's type too.
+    clean: bool = False
+    #: None when not checked; else whether the theorem has the imports-alone type.
+    clean_ok: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -111,10 +118,24 @@ class CoqJob:
     text: str
     stated: str
     nonce: str
+    #: The imports and the stated sentence alone, as the clean witness (see `prepare`).
+    clean: str = ""
 
     @property
     def module(self) -> str:
         return f"Scillm_item_{self.nonce}"
+
+    @property
+    def clean_module(self) -> str:
+        return f"Scillm_clean_{self.nonce}"
+
+    @property
+    def clean_file(self) -> str:
+        return f"Clean_{self.nonce}.v"
+
+    @property
+    def clean_witness(self) -> str:
+        return f"scillm_clean_{self.nonce}"
 
     @property
     def file(self) -> str:
@@ -131,7 +152,12 @@ class CoqJob:
 
 def prepare(composed: Composed, stated_at: tuple[int, int], name_at: int, name: str
             ) -> CoqJob:
-    """The file a worker loads: the witness before the stated sentence, the marker last."""
+    """The file a worker loads: the witness before the stated sentence, the marker last;
+    and the clean witness's file: the imports and the stated sentence alone. The witness
+    reads the statement where the item put it, after the preamble; the clean witness as
+    it reads in Coq with the imports only, so that a preamble that changes what it means
+    (`Notation False := True`, a `Number Notation`, `Open Scope Z_scope`, a name of Coq's
+    defined again) cannot change what is proved without the check seeing it."""
     nonce = secrets.token_hex(8)
     text = composed.text
     start, end = stated_at
@@ -139,7 +165,10 @@ def prepare(composed: Composed, stated_at: tuple[int, int], name_at: int, name: 
     sentence = text[start:name_at] + job.witness + text[name_at + len(name):end]
     loaded = (text[:start] + sentence + " Proof using. Admitted.\n" + text[start:]
               + f"\nDefinition {job.marker} := tt.\n")
-    return CoqJob(loaded, name, nonce)
+    clean = (text[:composed.imports_end] + "".join(required(text, composed.imports_end, start))
+             + text[start:name_at] + job.clean_witness + text[name_at + len(name):end]
+             + " Proof using. Admitted.\n")
+    return CoqJob(loaded, name, nonce, clean)
 
 
 class CoqWorker:
@@ -152,6 +181,16 @@ class CoqWorker:
         self._mark = f"scillm_mark_{secrets.token_hex(6)}"
         #: Items checked; a worker is retired after `ProveSettings.coq_worker_items`.
         self.items = 0
+        #: Files `Load`ed. Coq 8.16's `Load` never closes its file (one descriptor leaked
+        #: per Load, loaded whole or not): past the jail's RLIMIT_NOFILE every later item
+        #: failed with "Too many open files". `worn_out` says when to retire the worker.
+        self.loads = 0
+
+    @property
+    def worn_out(self) -> bool:
+        """Whether the worker has used up its descriptors on Loads, a margin kept for the
+        rest (its own files, the libraries it opens)."""
+        return self.loads >= self._jail.settings.open_files - _SPARE_FILES
 
     @classmethod
     async def start(cls, settings: ProveSettings, jail: Jail) -> CoqWorker:
@@ -229,17 +268,24 @@ class CoqWorker:
         for old in self._inbox.iterdir():
             old.unlink()
         put_item(self._inbox, job.file, job.text)
+        if job.clean:
+            put_item(self._inbox, job.clean_file, job.clean)
         judgement, found = await self._load(job)
+        clean = judgement.clean
         if not judgement.loaded:
             await self._reset()
             return judgement
         witnesses = [n for n in found if n.rsplit(".", 1)[-1] == job.witness]
         names = [n for n in found if n.rsplit(".", 1)[-1] not in (job.witness, job.marker)]
         stated = [(w, f"{w.rsplit('.', 1)[0]}.{job.stated}") for w in witnesses]
+        if clean:  # the theorem must also have the type its statement has in plain Coq
+            stated += [(f"{job.clean_module}.{job.clean_witness}", theorem)
+                       for _, theorem in stated]
         judgement.stated_found = any(s in names for _, s in stated)
         if stated:
             if await self._all_closed(job, names, stated):
                 judgement.stated_ok = True
+                judgement.clean_ok = True if judgement.clean else None
                 return judgement
             # Not closed somewhere: load the item again (the fast path reset the worker)
             # and ask about each declaration, to say which one and why.
@@ -249,13 +295,22 @@ class CoqWorker:
         return judgement
 
     async def _load(self, job: CoqJob) -> tuple[Judgement, list[str]]:
-        """Load the item into its module; whether it loaded whole, and its names."""
-        m = job.module
-        where = f"{self._jail.inbox_path(self._inbox)}/{job.file}"
-        load, end = await self.ask(
-            [(f"Module {m}.", f'Load "{where}".'),
-             (f"End {m}.", "Set Short Module Printing.", f"Print Module {m}.")])
+        """Load the item into its module; whether it loaded whole, and its names. First,
+        when the job has one, the clean witness into a module of its own (kept until the
+        reset): whether the stated sentence reads with the imports alone."""
+        m, c = job.module, job.clean_module
+        inbox = self._jail.inbox_path(self._inbox)
+        frames: list[str | tuple[str, ...]] = []
+        if job.clean:
+            frames += [(f"Module {c}.", f'Load "{inbox}/{job.clean_file}".'),
+                       ("Abort All.", f"End {c}."), f"Check @{c}.{job.clean_witness}."]
+        frames += [(f"Module {m}.", f'Load "{inbox}/{job.file}".'),
+                   (f"End {m}.", "Set Short Module Printing.", f"Print Module {m}.")]
+        self.loads += 2 if job.clean else 1
+        *cleaned, load, end = await self.ask(frames)
         judgement = Judgement(load_reply=load)
+        if cleaned:
+            judgement.clean = bool(cleaned[-1].strip()) and "Error" not in cleaned[-1]
         # The listing is what follows the frame's last prompt (names are its only text
         # that comes from the item, and no name holds a prompt).
         found = flat_listing(end[end.rfind("</prompt>") + len("</prompt>"):], m)
@@ -297,7 +352,12 @@ class CoqWorker:
             if not is_closed(reply):  # names relative to the item, for messages
                 judgement.open[name.removeprefix(m + ".")] = reply.replace(m + ".", "")
         same = replies[len(names) + 1::2]
-        judgement.stated_ok = bool(same) and all(is_closed(r) for r in same)
+        clean = [w.startswith(f"{job.clean_module}.") for w, _ in stated]
+        plain = [r for r, c in zip(same, clean, strict=True) if not c]
+        judgement.stated_ok = bool(plain) and all(is_closed(r) for r in plain)
+        if any(clean):
+            judgement.clean_ok = all(is_closed(r) for r, c in zip(same, clean, strict=True)
+                                     if c)
 
     def _cleanup(self) -> tuple[str, ...]:
         return ("Abort All.", f"Reset {self._mark}.", f"Definition {self._mark} := tt.")

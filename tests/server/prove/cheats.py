@@ -22,6 +22,9 @@ class Cheat:
     says: str = ""
 
 
+#: What a statement that means something else after the item's own definitions says.
+CLEAN = "with the imports alone"
+
 COQ: list[Cheat] = [
     Cheat("coq-admitted-then-trivial-lemma", "coq",
           "Theorem bad : 1 = 2. Proof. Admitted.\nLemma fine : True. Proof. exact I. Qed.",
@@ -141,15 +144,51 @@ COQ: list[Cheat] = [
           "\\/ True. Proof. right. exact I. Qed.", says="does not end in the statement"),
     Cheat("coq-statement-ends-in-a-comment", "coq", "Theorem bad : 1 = 2 (*",
           "*) -> False. Proof. discriminate. Qed.", says="inside a comment"),
-    # The item's own meaning for a name or notation of Coq's, which the statement uses:
-    # the stated type was elaborated with it, so the check of the type agreed.
+    # The item's own meaning for what the statement says: the stated type was elaborated
+    # after the preamble, so the check of the type agreed with it. The statement must
+    # also mean, with the imports alone, what the item proves.
     Cheat("coq-preamble-notation-false", "coq", "Theorem bad : False.", "Proof. exact I. Qed.",
-          "Notation False := True.", says="'False' is Coq's own"),
+          "Notation False := True.", says=CLEAN),
     Cheat("coq-preamble-definition-false", "coq", "Theorem bad : False.",
-          "Proof. exact tt. Qed.", "Definition False := unit.", says="'False' is Coq's own"),
+          "Proof. exact tt. Qed.", "Definition False := unit.", says=CLEAN),
     Cheat("coq-preamble-notation-equality", "coq", "Theorem bad : 1 = 2.",
-          "Proof. discriminate. Qed.", "Notation \"x = y\" := (x <> y).",
-          says="'=' is Coq's own"),
+          "Proof. discriminate. Qed.", "Notation \"x = y\" := (x <> y) : type_scope.",
+          says=CLEAN),
+    Cheat("coq-number-notation", "coq", "Theorem bad : 1 = 2.", "Proof. reflexivity. Qed.",
+          "Definition p (u : Number.uint) : option nat := Some 0.\n"
+          "Definition q (n : nat) : option Number.uint := None.\n"
+          "Number Notation nat p q : nat_scope.", says=CLEAN),
+    Cheat("coq-numeral-notation", "coq", "Theorem bad : 1 = 2.", "Proof. reflexivity. Qed.",
+          "Notation \"2\" := 1.", says=CLEAN),
+    Cheat("coq-where-clause-equality", "coq", "Theorem bad : 1 = 2.", "Proof. constructor. Qed.",
+          "Inductive neq : nat -> nat -> Prop := mk : forall x y, neq x y "
+          "where \"x = y\" := (neq x y) : type_scope.", says=CLEAN),
+    Cheat("coq-where-clause-plus", "coq", "Theorem bad : 2 + 2 = 2.", "Proof. reflexivity. Qed.",
+          "Fixpoint myadd (n m : nat) : nat := match n with 0 => 0 | S p => S (p + m) end "
+          "where \"n + m\" := (myadd n m) : nat_scope.", says=CLEAN),
+    Cheat("coq-notation-behind-a-comment", "coq", "Theorem bad : 1 = 2.",
+          "Proof. intro h. discriminate h. Qed.",
+          "Notation(**)\"x = y\" := (x <> y) : type_scope.", says=CLEAN),
+    Cheat("coq-quoted-keyword-notation", "coq", "Theorem bad : False.", "Proof. exact I. Qed.",
+          "Notation \"'False'\" := True.", says=CLEAN),
+    Cheat("coq-class-field-false", "coq", "Theorem bad : False.", "Proof. exact I. Qed.",
+          "Class C := { False : Prop }.\n#[export] Instance i : C := { False := True }.",
+          says=CLEAN),
+    Cheat("coq-mutual-inductive-false", "coq", "Theorem bad : False.",
+          "Proof. exact I'. Qed.", "Inductive A : Prop := a with False : Prop := I' : False.",
+          says=CLEAN),
+    Cheat("coq-time-prefixed-definition", "coq", "Theorem bad : False.", "Proof. exact I. Qed.",
+          "Time Definition False := True.", says=CLEAN),
+    Cheat("coq-context-with-a-body", "coq", "Theorem bad : False.",
+          "Proof. exact I. Qed.\nEnd S.", "Section S.\nContext (False : Prop := True).",
+          says=CLEAN),
+    Cheat("coq-open-scope", "coq", "Theorem bad : forall n, n - 1 < n.",
+          "Proof. intro n. lia. Qed.",
+          "Require Import Coq.ZArith.ZArith Coq.micromega.Lia.\nOpen Scope Z_scope.",
+          says=CLEAN),
+    Cheat("coq-library-name-redefined", "coq", "Theorem bad : In 3 nil.",
+          "Proof. exact I. Qed.", "Require Import Coq.Lists.List.\n"
+          "Definition In (x : nat) (l : list nat) : Prop := True.", says=CLEAN),
     Cheat("coq-statement-ends-in-a-string", "coq", "Theorem bad : 1 = 2 \"",
           "\" = \"\" -> False. Proof. discriminate. Qed.", says="inside a comment or a string"),
 ]

@@ -84,6 +84,26 @@ async def test_honest_proofs_next_to_the_cheats_still_prove(engine: ProveEngine)
                    "Proof. intros []; auto. Qed."),
         Obligation("smt-consistent", "smt", preamble="(declare-const x Int)\n(assert (> x 5))",
                    statement="(> x 3)"),
+        # Items of their own vocabulary (Software Foundations' style), new notations with
+        # Coq's tokens in them, binders named like a definition: they mean what they say.
+        Obligation("own-plus", "coq", preamble="Fixpoint plus (n m : nat) : nat := "
+                   "match n with O => m | S p => S (plus p m) end.",
+                   statement="Theorem t : plus 0 3 = 3.", proof="Proof. reflexivity. Qed."),
+        Obligation("own-list", "coq", preamble="Inductive natlist : Type := nil | cons (n : "
+                   "nat) (l : natlist).\nFixpoint length (l : natlist) : nat := match l with "
+                   "nil => 0 | cons _ t => S (length t) end.",
+                   statement="Theorem t : length nil = 0.", proof="Proof. reflexivity. Qed."),
+        Obligation("notation-with-a-comma", "coq",
+                   preamble="Notation \"'ALL' x , P\" := (forall x : nat, P) "
+                   "(at level 200, x ident).", statement="Theorem t : ALL n, n + 0 = n.",
+                   proof="Proof. intro n. rewrite <- plus_n_O. reflexivity. Qed."),
+        Obligation("notation-with-bars", "coq", imports=("Coq.ZArith.ZArith",),
+                   preamble="Notation \"| x |\" := (Z.abs x) (at level 30).",
+                   statement="Theorem t : | 0%Z | = 0%Z.", proof="Proof. reflexivity. Qed."),
+        Obligation("binder-named-like-a-constructor", "coq",
+                   preamble="Inductive t1 := id | other.",
+                   statement="Theorem t : forall id : nat, id = id.",
+                   proof="Proof. reflexivity. Qed."),
     ]
     for ob in honest:
         result = await engine.check(ob)
@@ -249,3 +269,17 @@ async def test_the_formalize_loop_refuses_a_model_that_assumes_its_goal(
     assert "not assert" in first.diagnostics[0].message and first.diagnostics[0].line == 4
     assert "may declare and define, not assert" in asked[1][-1]["content"]
     assert "'not' is defined by the solver" in result.attempts[1].diagnostics[0].message
+
+
+async def test_an_item_open_for_another_reason_is_not_blamed_on_its_reading(
+        engine: ProveEngine) -> None:
+    """The slow path loads the item again after the reset: its reading with the imports
+    alone must be made again too, or an axiom's item was also told its statement means
+    something else."""
+    result = await engine.check(Obligation(
+        "axiom", "coq", preamble="Axiom cheat : False.", statement="Theorem bad : 1 = 2.",
+        proof="Proof. destruct cheat. Qed."))
+    assert result.verdict is Verdict.FAILED
+    messages = [d.message for d in result.diagnostics]
+    assert any("cheat is assumed" in m for m in messages), messages
+    assert not any("imports alone" in m for m in messages), messages

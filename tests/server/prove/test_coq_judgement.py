@@ -113,7 +113,8 @@ AX_AT = SOURCE.index("ax : False")
 
 
 def _judge(**fields: object) -> tuple[Verdict, tuple[Diagnostic, ...], str]:
-    values: dict[str, object] = {"loaded": True, "stated_ok": True, "stated_found": True}
+    values: dict[str, object] = {"loaded": True, "stated_ok": True, "stated_found": True,
+                                 "clean": True, "clean_ok": True}
     values.update(fields)
     outcome = _verdict(SOURCE, "t", T_AT, Judgement(**values))  # type: ignore[arg-type]
     assert outcome.source == SOURCE
@@ -125,6 +126,19 @@ def test_proved_only_when_nothing_is_open_and_the_stated_type_holds() -> None:
     assert (verdict, diagnostics) == (Verdict.PROVED, ())
     assert message == ("t has the stated type; every declaration is closed under the global "
                        "context")
+
+
+def test_a_statement_that_means_else_with_the_imports_alone_is_failed() -> None:
+    verdict, diagnostics, message = _judge(clean_ok=False)
+    assert verdict is Verdict.FAILED and "with the imports alone" in message
+    assert diagnostics[0].severity == "error" and diagnostics[0].line is not None
+
+
+def test_a_statement_of_the_items_own_words_is_proved_with_a_note() -> None:
+    verdict, diagnostics, _ = _judge(clean=False, clean_ok=None)
+    assert verdict is Verdict.PROVED
+    assert [d.severity for d in diagnostics] == ["info"]
+    assert "the item's own definitions" in diagnostics[0].message
 
 
 def test_an_axiom_is_blamed_where_it_is_declared() -> None:
