@@ -370,6 +370,12 @@ class _Zygote:
 
 def _zygote(sock: socket.socket, cfg: dict[str, Any]) -> None:
     """The zygote's loop: a run directory and its pipes in, the run's child forked."""
+    # The server's stdin and stdout are the host's pipes: held here too, a server that
+    # died would not look dead to the host (no end of file) until the zygote went.
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, 4096, 3)
         if not msg:
