@@ -267,22 +267,29 @@ def _sweep(uid: int | None, pgid: int | None) -> None:
             pass
     if uid is None:
         return
-    ipc = _ipc_ids()
     for _ in range(500):  # SIGKILL is delivered asynchronously: wait until all are dead
-        helper = os.fork()
-        if helper == 0:
-            try:
-                os.setgid(uid)
-                os.setuid(uid)
-                os.kill(-1, signal.SIGKILL)
-                _drop_ipc(ipc)  # as the run's uid: its creator may remove them
-            finally:
-                os._exit(0)
-        os.waitpid(helper, 0)
-        ipc = {}
+        _as_uid(uid, lambda: os.kill(-1, signal.SIGKILL))
         if not _alive(uid):
-            return
+            break
         time.sleep(0.001)
+    # Nothing of the run's is left to make more: remove what it made, as its uid (the
+    # creator of an object may remove it).
+    found = _ipc_ids()
+    if found:
+        _as_uid(uid, lambda: _drop_ipc(found))
+
+
+def _as_uid(uid: int, action: Any) -> None:
+    """Run ``action()`` in a child of this process that has taken ``uid``."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            action()
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
 
 
 def _ipc_ids() -> dict[str, list[int]]:

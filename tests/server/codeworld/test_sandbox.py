@@ -357,6 +357,19 @@ async def test_a_runs_shared_memory_does_not_outlive_it(single: Sandbox) -> None
     listed = await single.run("python", "print(open('/proc/sysvipc/shm').read())")
     assert listed.status is Status.OK
     assert len(listed.stdout.strip().splitlines()) == 1, listed.stdout  # the header only
+    # A process the run left behind makes segments until it is killed: none survives.
+    racer = ("import ctypes, os, time\n"
+             "libc = ctypes.CDLL(None)\n"
+             "if os.fork() == 0:\n"
+             "    os.setsid()\n"
+             "    while True:\n"
+             "        libc.shmget(0, 4096, 0o1666)\n"
+             "        time.sleep(0.0002)\n"
+             "time.sleep(0.3)\n")
+    raced = await single.run("python", racer)
+    assert raced.status is Status.OK, raced
+    listed = await single.run("python", "print(open('/proc/sysvipc/shm').read())")
+    assert len(listed.stdout.strip().splitlines()) == 1, listed.stdout[:300]
     await _still_works(single)
 
 
