@@ -113,8 +113,12 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if full_method == _GET_KEY and type(request) is not _Undecodable and \
                 self._auth.reads_itself(principal, request.key):
             return principal  # a virtual key reads its own spend and limits
-        await self._auth.authorize(principal, model=model_of(request),
-                                   management=full_method.startswith("/scillm.keys."))
+        record = principal.record
+        await self._auth.authorize(
+            principal, model=model_of(request),
+            # The models a caller names to answer if its model fails are models it calls.
+            fallbacks=fallbacks_of(request) if record is not None and record.models else (),
+            management=full_method.startswith("/scillm.keys."))
         return principal
 
     @staticmethod
@@ -125,7 +129,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             usage = reply.end.usage
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             # Shielded: tokens spent upstream are counted even if the caller leaves now.
-            await asyncio.shield(held.auth.account(held.principal, model_of(request),
+            await asyncio.shield(held.auth.account(held.principal, _answered_by(request, reply),
                                                    usage.prompt_tokens,
                                                    usage.completion_tokens))
             return True
@@ -356,21 +360,27 @@ class _Served:
 #: Where a service's request keeps its model, in the order `model_of` looks.
 _MODEL_PATHS = (("model",), ("request", "model"), ("config", "model"),
                 ("formalize", "model"), ("mcts", "model"))
+#: Where a Completion request keeps the models its caller names as fallbacks.
+_FALLBACK_PATHS = (("routing", "fallbacks"), ("request", "routing", "fallbacks"))
 #: Per request type, those of `_MODEL_PATHS` its message type has (string fields).
 _model_paths: dict[type, tuple[tuple[str, ...], ...]] = {}
+#: Per request type, those of `_FALLBACK_PATHS` it has (repeated string fields).
+_fallback_paths: dict[type, tuple[tuple[str, ...], ...]] = {}
 
 
-def _paths_of(kind: type) -> tuple[tuple[str, ...], ...]:
-    """The `_MODEL_PATHS` that lead, field by field, to a string field of `kind`."""
+def _paths_of(kind: type, paths: tuple[tuple[str, ...], ...] = _MODEL_PATHS,
+              repeated: bool = False) -> tuple[tuple[str, ...], ...]:
+    """The `paths` that lead, field by field, to a string field of `kind` (a repeated
+    one when `repeated`)."""
     found = []
-    for path in _MODEL_PATHS:
+    for path in paths:
         descriptor = getattr(kind, "DESCRIPTOR", None)
         for i, name in enumerate(path):
             field = descriptor.fields_by_name.get(name) if descriptor is not None else None
             if field is None:
                 break
             if i == len(path) - 1:
-                if field.type == field.TYPE_STRING and not _repeated(field):
+                if field.type == field.TYPE_STRING and _repeated(field) == repeated:
                     found.append(path)
             else:
                 descriptor = field.message_type
@@ -402,6 +412,35 @@ def model_of(request: Any) -> str:
         if value:
             return str(value)
     return ""
+
+
+def fallbacks_of(request: Any) -> tuple[str, ...]:
+    """The models a Completion request names to answer when its model fails (none for
+    other requests)."""
+    kind = type(request)
+    paths = _fallback_paths.get(kind)
+    if paths is None:
+        paths = _paths_of(kind, _FALLBACK_PATHS, repeated=True)
+        if len(_fallback_paths) < 1024:
+            _fallback_paths[kind] = paths
+    names: list[str] = []
+    for path in paths:
+        value: Any = request
+        for name in path:
+            value = getattr(value, name)
+        names.extend(value)
+    return tuple(names)
+
+
+def _answered_by(request: Any, reply: Any) -> str:
+    """The model whose prices a reply is charged at: the fallback that answered, when
+    one did (a Completion reply, or a stream's end), else the model asked for."""
+    routing = getattr(reply, "routing", None)
+    if routing is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
+        routing = reply.end.routing
+    if routing is not None and routing.fallback_used and routing.fallback_model:
+        return str(routing.fallback_model)
+    return model_of(request)
 
 
 def build_interceptors(settings: Settings, table: ErrorTable, tracing: bool,

@@ -91,8 +91,9 @@ class Authenticator:
         return not key or key == record.key_id or hash_key(key) == record.key_hash
 
     async def authorize(self, principal: Principal, *, model: str = "",
-                        management: bool = False) -> None:
-        """Raise unless `principal` may make this call; counts the request when it may."""
+                        fallbacks: Sequence[str] = (), management: bool = False) -> None:
+        """Raise unless `principal` may make this call (to `model`, or to one of the
+        `fallbacks` it names should `model` fail); counts the request when it may."""
         if principal.master:
             return
         record = principal.record
@@ -104,6 +105,10 @@ class Authenticator:
         if model and record.models and model not in record.models:
             raise Forbidden(f"key {record.key_id} may not call model {model!r}; "
                             f"allowed: {', '.join(record.models)}")
+        for name in fallbacks:
+            if record.models and name not in record.models:
+                raise Forbidden(f"key {record.key_id} may not call model {name!r} (named as "
+                                f"a fallback); allowed: {', '.join(record.models)}")
         if record.max_budget and record.spend >= record.max_budget:
             raise BudgetExceeded(f"key {record.key_id} has spent {record.spend:.6g} of its "
                                  f"budget {record.max_budget:.6g}")

@@ -29,6 +29,7 @@ from completion_upstream import (
     send_json,
     sse_event,
     sse_head,
+    status,
 )
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
@@ -82,12 +83,16 @@ async def _no_usage(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
 def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
     upstream.plan("leave", _text_then_usage_once_the_caller_left)
     upstream.plan("silent", _no_usage)
+    upstream.plan("down", status(500))
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({
         "model_list": [{"model_name": name, "litellm_params": {
             "model": f"openai/{name}", "api_base": f"{upstream.url}/v1", "api_key": "x",
             "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}
-            for name in ("leave", "silent", "whole", "echo", "odd")],
+            for name in ("leave", "silent", "whole", "echo", "odd", "down")]
+        + [{"model_name": "backup", "litellm_params": {  # ten times dearer
+            "model": "openai/backup", "api_base": f"{upstream.url}/v1", "api_key": "x",
+            "input_cost_per_token": 10 * PRICE_IN, "output_cost_per_token": 10 * PRICE_OUT}}],
         "general_settings": {"master_key": MASTER}}))
     running = start_mesh(mesh_settings(tmp_path, config_path=config,
                                        services=("completion", "agent")))
@@ -295,3 +300,54 @@ async def test_a_usage_without_its_total_gets_the_sum(keyed: RunningMesh,
     assert reply.usage is not None
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens,
             reply.usage.total_tokens) == (5, 2, 7)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_fallback_the_caller_names_is_a_model_its_key_must_allow(
+        keyed: RunningMesh, upstream: Upstream, stream: bool) -> None:
+    """A key limited to `down` named `backup` as its fallback and was answered by it:
+    the check read only the requested model. A fallback outside the key's models is a
+    403 naming it now, before any upstream call."""
+    key = _new_key(keyed, models=["down"])
+    sdk = _sdk(keyed, key)
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        await sdk.chat.completions.create(
+            model="down", stream=stream, messages=[{"role": "user", "content": PROMPT}],
+            extra_body={"scillm": {"fallbacks": ["backup"]}})
+    await sdk.close()
+    assert "may not call model 'backup'" in str(info.value), info.value
+    assert upstream.calls("down") == upstream.calls("backup") == 0
+
+
+async def test_a_grpc_fallback_outside_the_key_is_refused_too(keyed: RunningMesh) -> None:
+    key = _new_key(keyed, models=["down"])
+    request = {"model": "down", "messages": [{"role": "user", "content": PROMPT}],
+               "scillm": {"fallbacks": ["down", "backup"]}}
+    async with ScillmClient(keyed.grpc_target, api_key=key) as client:
+        with pytest.raises(Exception, match="may not call model 'backup'"):
+            await client.completion.create(request)
+        with pytest.raises(Exception, match="may not call model 'backup'"):
+            async for _ in client.completion.stream(request):
+                pass
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_fallbacks_answer_is_charged_at_the_fallbacks_prices(
+        keyed: RunningMesh, stream: bool) -> None:
+    """`down` fails, `backup` (ten times dearer) answers: the key pays `backup`'s prices,
+    not those of the model it asked for."""
+    key = _new_key(keyed, models=["down", "backup"])
+    sdk = _sdk(keyed, key)
+    messages: Any = [{"role": "user", "content": PROMPT}]
+    extra = {"scillm": {"fallbacks": ["backup"], "num_retries": 0}}
+    if stream:
+        chunks = await sdk.chat.completions.create(
+            model="down", stream=True, messages=messages, extra_body=extra)
+        assert [c async for c in chunks]
+    else:
+        reply = await sdk.chat.completions.create(model="down", messages=messages,
+                                                  extra_body=extra)
+        assert reply.choices[0].message.content == PROMPT
+    await sdk.close()
+    spend = await _spend(keyed, key, at_least=10 * PRICE_OUT)
+    assert spend == 10 * (3 * PRICE_IN + 2 * PRICE_OUT), spend
