@@ -13,7 +13,9 @@ zygote forks a child that reads the request and deletes it, then
    (stdin file, stdout pipe, stderr pipe, result pipe); everything else is closed;
 2. drops to the worker's private uid (when the server is root), so that RLIMIT_NPROC
    counts only this run's processes and the run cannot signal the server;
-3. applies rlimits (CPU, address space, processes, file size, open files, core = 0);
+3. installs a seccomp filter (no kernel keys, POSIX message queues, new namespaces,
+   io_uring, perf, bpf: a uid's keyring and the worker's IPC namespace outlive a run) and
+   applies rlimits (CPU, address space, processes, file size, open files, core = 0);
 4. runs the code (Python in-process, so a run costs a fork; JavaScript by exec'ing node)
    and writes one JSON outcome on fd 3; or exec's a program (``argv``: a compiled
    strategy, or a compiler), whose exit status is the outcome.
@@ -147,6 +149,77 @@ def _set_limits(limits: dict[str, Any], language: str, drop_uid: bool) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+#: System calls a run may not make, by machine: kernel keys (a uid's keyring outlives
+#: every process of the uid, even the server, and carried one tenant's data to the next),
+#: POSIX message queues (the worker's IPC namespace outlives its runs), new namespaces (a
+#: user namespace hands its maker every capability inside it), io_uring, perf, bpf and
+#: userfaultfd (kernel surface no strategy needs). Numbers from the kernel's syscall tables.
+_DENIED = {
+    "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250, "mq_open": 240,
+               "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
+               "mq_notify": 244, "mq_getsetattr": 245, "unshare": 272, "setns": 308,
+               "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+               "perf_event_open": 298, "bpf": 321, "userfaultfd": 323},
+    "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219, "mq_open": 180,
+                "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183,
+                "mq_notify": 184, "mq_getsetattr": 185, "unshare": 97, "setns": 268,
+                "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+                "perf_event_open": 241, "bpf": 280, "userfaultfd": 282},
+}
+#: Per machine: its AUDIT_ARCH, clone's and clone3's numbers.
+_ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}
+#: clone's flags that make namespaces (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+#: NEWNET).
+_NAMESPACES = 0x7E020000
+
+
+def _filter(machine: str) -> bytes:
+    """A classic-BPF seccomp program: the `_DENIED` calls answer EPERM, clone with
+    namespace flags EPERM, clone3 ENOSYS (a filter cannot read its flags, and the C
+    library falls back to clone), another ABI (x32, i386) ENOSYS; the rest is allowed."""
+    arch, clone, clone3 = _ARCH[machine]
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    code: list[tuple[int, Any, Any, int]] = [  # (op, jump if true, if false, k)
+        (0x20, 0, 0, 4),  # ld arch
+        (0x15, 1, 0, arch),  # jeq arch
+        (0x06, 0, 0, enosys),
+        (0x20, 0, 0, 0),  # ld nr
+        (0x35, "eperm", 0, 0x40000000),  # jge: x32's calls
+        *((0x15, "eperm", 0, nr) for nr in _DENIED[machine].values()),
+        (0x15, "enosys", 0, clone3),
+        (0x15, 0, "allow", clone),
+        (0x20, 0, 0, 16),  # ld args[0] (its low half): clone's flags
+        (0x45, "eperm", "allow", _NAMESPACES),  # jset
+    ]
+    labels = {"allow": len(code), "eperm": len(code) + 1, "enosys": len(code) + 2}
+    code += [(0x06, 0, 0, allow), (0x06, 0, 0, eperm), (0x06, 0, 0, enosys)]
+    out = bytearray()
+    for i, (op, jt, jf, k) in enumerate(code):
+        jt = labels[jt] - i - 1 if isinstance(jt, str) else jt
+        jf = labels[jf] - i - 1 if isinstance(jf, str) else jf
+        out += op.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
+    return bytes(out)
+
+
+def _confine() -> None:
+    """Install `_filter` on this process and all it will start (no new privileges
+    either: a set-uid program gains nothing). A machine without a table (neither x86_64
+    nor aarch64) runs unfiltered."""
+    machine = os.uname().machine
+    if machine not in _ARCH:
+        return
+    program = _filter(machine)
+
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    prog = _Prog(len(program) // 8, program)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or \
+            libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # NO_NEW_PRIVS, SECCOMP
+        raise OSError(ctypes.get_errno(), "seccomp filter not installed")
+
+
 def _child(run_dir: str, fds: list[int], cfg: dict[str, Any]) -> None:
     """Runs in the zygote's forked child; never returns."""
     job = os.path.join(run_dir, _JOB)
@@ -166,6 +239,7 @@ def _child(run_dir: str, fds: list[int], cfg: dict[str, Any]) -> None:
         os.setuid(uid)
     for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    _confine()
     os.chdir(run_dir)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": run_dir, "TMPDIR": run_dir,
            "LANG": "C.UTF-8"}

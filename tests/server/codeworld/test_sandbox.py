@@ -373,6 +373,98 @@ async def test_a_runs_shared_memory_does_not_outlive_it(single: Sandbox) -> None
     await _still_works(single)
 
 
+_KEYS_AND_QUEUES = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "rt = ctypes.CDLL('librt.so.1', use_errno=True)\n"
+    "def solve(task, context):\n"
+    "    found = {}\n"
+    "    secret = b'TENANT-A-SECRET'\n"
+    "    if context['write']:\n"
+    "        q = rt.mq_open(b'/leak', os.O_CREAT | os.O_RDWR, 0o600, None)\n"
+    "        found['mq'] = q if q < 0 else rt.mq_send(q, secret, len(secret), 0)\n"
+    "        key = libc.syscall(248, b'user', b'leak', secret, len(secret), -4)\n"  # add_key
+    "        found['key'] = key\n"
+    "    else:\n"
+    "        q = rt.mq_open(b'/leak', os.O_RDONLY | os.O_NONBLOCK, 0, None)\n"
+    "        buf = ctypes.create_string_buffer(8192)\n"
+    "        n = rt.mq_receive(q, buf, 8192, None) if q >= 0 else -1\n"
+    "        found['mq'] = buf.raw[:n].decode() if n > 0 else None\n"
+    "        key = libc.syscall(249, b'user', b'leak', None, 0)\n"  # request_key
+    "        n = libc.syscall(250, 11, key, buf, 8192) if key >= 0 else -1\n"  # KEYCTL_READ
+    "        found['key'] = buf.raw[:n].decode() if n > 0 else None\n"
+    "    found['errno'] = ctypes.get_errno()\n"
+    "    return found\n")
+
+
+@pytest.mark.parametrize("hop", ["same worker", "next worker start"])
+async def test_a_run_cannot_hand_data_to_a_later_run_by_kernel_keys_or_message_queues(
+        hop: str) -> None:
+    """A worker keeps one IPC namespace and one uid for all its runs: a POSIX message
+    queue (`mq_open`) and the uid's kernel keyring (`add_key`: it outlives every process of
+    the uid, even the server) carried one tenant's data into later tenants' runs, across
+    CodeWorld and the agent's tools. Runs may not use either (a seccomp filter)."""
+    async with Sandbox(SandboxSettings(workers=1, limits=Limits(wall_time=5.0))) as box:
+        wrote = await box.run("python", _KEYS_AND_QUEUES, entry="solve",
+                              args=[{}, {"write": True}])
+        assert wrote.status is Status.OK, wrote
+        assert wrote.result["mq"] == -1 and wrote.result["key"] == -1, wrote.result
+        assert wrote.result["errno"] == errno.EPERM, wrote.result
+        if hop == "same worker":
+            read = await box.run("python", _KEYS_AND_QUEUES, entry="solve",
+                                 args=[{}, {"write": False}])
+            assert read.status is Status.OK, read
+            assert read.result["mq"] is None and read.result["key"] is None, read.result
+    if hop == "next worker start":  # the same uids again, in a new sandbox
+        async with Sandbox(SandboxSettings(workers=1, limits=Limits(wall_time=5.0))) as box:
+            read = await box.run("python", _KEYS_AND_QUEUES, entry="solve",
+                                 args=[{}, {"write": False}])
+            assert read.status is Status.OK, read
+            assert read.result["mq"] is None and read.result["key"] is None, read.result
+
+
+@pytest.mark.parametrize("argv", [
+    ["unshare", "-Ur", "true"],  # a user namespace: every capability inside it
+    ["unshare", "-Urn", "true"],
+    ["unshare", "-Urpf", "true"],
+])
+async def test_a_run_cannot_make_namespaces_of_its_own(sandbox: Sandbox,
+                                                       argv: list[str]) -> None:
+    """Inside a new user namespace a run held every capability (`CapEff: 1ffffffffff`),
+    and with them the kernel's whole surface for namespace owners (mounts, netfilter)."""
+    source = ("import ctypes, subprocess\n"
+              "def solve(task, context):\n"
+              f"    done = subprocess.run({argv!r}, capture_output=True, text=True)\n"
+              "    libc = ctypes.CDLL(None, use_errno=True)\n"
+              "    made = libc.unshare(0x10000000)\n"  # CLONE_NEWUSER
+              "    return [done.returncode, done.stderr, ctypes.get_errno() if made else 0]\n")
+    ran = await sandbox.run("python", source, entry="solve", args=[{}, {}])
+    assert ran.status is Status.OK, ran
+    code, stderr, direct = ran.result
+    assert code != 0 and "Operation not permitted" in stderr, ran.result
+    assert direct == errno.EPERM, ran.result
+
+
+async def test_threads_processes_and_compilers_still_work_under_the_filter(
+        sandbox: Sandbox) -> None:
+    """clone3 answers ENOSYS (its flags cannot be read by a filter), so the C library
+    falls back to clone, whose namespace flags are refused: threads, fork, posix_spawn."""
+    source = ("import threading, subprocess, os\n"
+              "def solve(task, context):\n"
+              "    out = []\n"
+              "    t = threading.Thread(target=lambda: out.append('thread'))\n"
+              "    t.start(); t.join()\n"
+              "    out.append(subprocess.run(['echo', 'spawned'], capture_output=True,\n"
+              "                              text=True).stdout.strip())\n"
+              "    pid = os.fork()\n"
+              "    if pid == 0:\n"
+              "        os._exit(7)\n"
+              "    out.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+              "    return out\n")
+    ran = await sandbox.run("python", source, entry="solve", args=[{}, {}])
+    assert (ran.status, ran.result) == (Status.OK, ["thread", "spawned", 7]), ran
+
+
 async def test_a_tree_too_deep_for_rmtree_does_not_fill_the_workers_tmp(
         single: Sandbox) -> None:
     """`shutil.rmtree` recurses: 1,500 nested directories stopped it half-way and left a
