@@ -138,6 +138,10 @@ class CoqJob:
         return f"scillm_clean_{self.nonce}"
 
     @property
+    def clean_check(self) -> str:
+        return f"scillm_cleanok_{self.nonce}"
+
+    @property
     def file(self) -> str:
         return f"Item_{self.nonce}.v"
 
@@ -303,14 +307,17 @@ class CoqWorker:
         frames: list[str | tuple[str, ...]] = []
         if job.clean:
             frames += [(f"Module {c}.", f'Load "{inbox}/{job.clean_file}".'),
-                       ("Abort All.", f"End {c}."), f"Check @{c}.{job.clean_witness}."]
+                       ("Abort All.", f"End {c}."),
+                       f"Definition {job.clean_check} := @{c}.{job.clean_witness}."]
         frames += [(f"Module {m}.", f'Load "{inbox}/{job.file}".'),
                    (f"End {m}.", "Set Short Module Printing.", f"Print Module {m}.")]
         self.loads += 2 if job.clean else 1
         *cleaned, load, end = await self.ask(frames)
         judgement = Judgement(load_reply=load)
         if cleaned:
-            judgement.clean = bool(cleaned[-1].strip()) and "Error" not in cleaned[-1]
+            # Framed by the nonce: a reply that prints the stated type holds the item's
+            # text (a binder named `Error` made it read as a failure).
+            judgement.clean = f"<infomsg>{job.clean_check} is defined</infomsg>" in cleaned[-1]
         # The listing is what follows the frame's last prompt (names are its only text
         # that comes from the item, and no name holds a prompt).
         found = flat_listing(end[end.rfind("</prompt>") + len("</prompt>"):], m)
