@@ -4,7 +4,7 @@ An `smt` obligation is a *preamble* and a *statement*:
 
 * the preamble holds only declarations, definitions and assertions
   (`declare-const`, `declare-fun`, `declare-sort`, `declare-datatype(s)`, `define-const`,
-  `define-fun`, `define-fun-rec`, `define-funs-rec`, `define-sort`, `assert`);
+  `define-fun`, `define-sort`, `assert`);
 * the statement is one term: the goal.
 
 Anything else (`check-sat`, `push`/`pop`, `reset`, `exit`, `set-option`, `echo`, `get-*`,
@@ -13,7 +13,12 @@ item FAILED with a located diagnostic; nothing of it reaches the solver. So does
 declaration or definition of a name the solver already defines (`not`, `=`, `false`,
 `Int`, `bvadd`, `str.len`, ...): z3 lets a user's `(define-fun not ((b Bool)) Bool b)`
 shadow the built-in, and then the checker's own `(assert (not <goal>))` asserted the goal
-itself: `false` was PROVED. The checked
+itself: `false` was PROVED. So does a recursive definition (`define-fun-rec`,
+`define-funs-rec`): it asserts its equation for every argument, nothing checks that it is
+well founded, and z3 unfolds it on ground terms only, so an ill-founded one
+(`(define-fun-rec k () Int (+ k 1))`) proved `(= k 7)` and `(= k 8)` while the preamble
+alone looked consistent, and in incremental use z3 does not reliably find the
+contradiction even with the goal's terms present. The checked
 script is the preamble, then `(assert (not <goal>))` and `(check-sat)`: `unsat` proves
 the goal, `sat` refutes it (the model is the counterexample), `unknown` is UNKNOWN.
 The backend then checks the preamble alone (`_smt`), to tell a vacuous proof apart.
@@ -34,7 +39,9 @@ from ._types import Diagnostic
 __all__ = ["PREAMBLE_COMMANDS", "SmtScript", "TopLevel", "is_builtin", "is_command",
            "line_col", "pose", "top_level"]
 
-#: What a preamble may hold.
+#: Recursive definitions: read as commands, refused in a preamble (see the module).
+_RECURSIVE = frozenset({"define-fun-rec", "define-funs-rec"})
+#: What a preamble may hold (`_RECURSIVE` is read, then refused).
 PREAMBLE_COMMANDS = frozenset({
     "assert", "declare-const", "declare-datatype", "declare-datatypes", "declare-fun",
     "declare-sort", "define-const", "define-fun", "define-fun-rec", "define-funs-rec",
@@ -320,7 +327,14 @@ def pose(preamble: str, statement: str) -> SmtScript:
     if problem is not None:
         problems.append(problem)
     for t in items:
-        if t.head not in PREAMBLE_COMMANDS:
+        if t.head in _RECURSIVE:
+            problems.append(_diag(pre, t.start, (
+                f"({t.head} ...) is not accepted: nothing checks that a recursive "
+                "definition is well founded, and an ill-founded one ((define-fun-rec k () "
+                "Int (+ k 1))) makes every goal provable; define the cases you need with "
+                "define-fun and ite, or prove it with the coq backend, whose Fixpoint is "
+                "checked to terminate"), t.end))
+        elif t.head not in PREAMBLE_COMMANDS:
             what = f"({t.head or pre[t.start + 1:t.end - 1].strip()[:20]} ...)" \
                 if pre[t.start] == "(" else f"the atom {pre[t.start:t.end][:40]!r}"
             problems.append(_diag(pre, t.start, (

@@ -189,11 +189,33 @@ COQ: list[Cheat] = [
     Cheat("coq-library-name-redefined", "coq", "Theorem bad : In 3 nil.",
           "Proof. exact I. Qed.", "Require Import Coq.Lists.List.\n"
           "Definition In (x : nat) (l : list nat) : Prop := True.", says=CLEAN),
+    # The plain reading's reply prints the stated type: a binder named Error in it was
+    # read as Coq's error, and the plain-Coq comparison was skipped.
+    Cheat("coq-binder-named-error", "coq", "Theorem bad : forall Error : Prop, Error -> False.",
+          "Proof. intros _ _. exact I. Qed.", "Definition False := True.", says=CLEAN),
+    Cheat("coq-binder-named-error-equality", "coq",
+          "Theorem bad : forall Error : nat, Error = Error + 1.",
+          "Proof. intros e H. induction e; simpl in H; "
+          "[discriminate H | injection H; exact IHe]. Qed.",
+          "Notation \"x = y\" := (x <> y) : type_scope.", says=CLEAN),
     Cheat("coq-statement-ends-in-a-string", "coq", "Theorem bad : 1 = 2 \"",
           "\" = \"\" -> False. Proof. discriminate. Qed.", says="inside a comment or a string"),
 ]
 
 SMT: list[Cheat] = [
+    # define-fun-rec asserts its equation for every argument; z3 unfolds it on ground
+    # terms only, so the preamble alone looked consistent.
+    Cheat("smt-ill-founded-recursive-constant", "smt", "(= k 7)",
+          preamble="(define-fun-rec k () Int (+ k 1))", says="well founded"),
+    Cheat("smt-ill-founded-recursive-bool", "smt", "(or b (= 1 2))",
+          preamble="(define-fun-rec b () Bool (not b))", says="well founded"),
+    Cheat("smt-ill-founded-recursion-beside-a-free-disjunct", "smt",
+          "(or (= y 1) (= k 7))",
+          preamble="(declare-const y Int)\n(define-fun-rec k () Int (+ k 1))",
+          says="well founded"),
+    Cheat("smt-ill-founded-mutual-recursion", "smt", "(= (f 0) 7)",
+          preamble="(define-funs-rec ((f ((x Int)) Int) (g ((x Int)) Int)) "
+                   "((+ (g x) 1) (f x)))", says="well founded"),
     Cheat("smt-assert-false", "smt", "(> x 0)", preamble="(declare-const x Int)\n(assert false)",
           says="vacuous"),
     Cheat("smt-hidden-contradiction", "smt", "(= x 42)",
