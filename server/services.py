@@ -162,7 +162,13 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
         general = data.get("general_settings") or {}
         configured = str(general.get("master_key") or "")
         if configured.startswith("os.environ/"):
-            configured = os.environ.get(configured.removeprefix("os.environ/"), "")
+            name = configured.removeprefix("os.environ/")
+            configured = os.environ.get(name, "")
+            if not configured and not master:  # read as no key: every caller let in
+                raise ValueError(
+                    f"general_settings.master_key names the environment variable {name}, "
+                    "which is not set (or empty): the mesh would serve every caller without "
+                    "a key; set it, or remove master_key to run without keys")
         master = master or configured
         for entry in data.get("model_list") or []:
             params = {**(entry.get("model_info") or {}), **(entry.get("litellm_params") or {})}

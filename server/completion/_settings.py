@@ -187,6 +187,9 @@ class CompletionSettings:
             raise InvalidRequest("model_list is empty", param="model_list")
         rs = _mapping(data.get("router_settings"), "router_settings")
         ls = _mapping(data.get("litellm_settings"), "litellm_settings")
+        gs = _mapping(data.get("general_settings"), "general_settings")
+        # The keys read its master_key (server/services.py); a `master_kye` left them off.
+        ignored.extend(f"general_settings.{k}" for k in gs if k != "master_key")
         return cls(models, _router(rs, ignored), _cache(ls, rs, env, ignored), tuple(ignored))
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import logging
 from pathlib import Path
 
@@ -156,10 +159,11 @@ def test_keys_nothing_reads_are_named_at_start(tmp_path: Path,
         "model_list": [{"model_name": "a", "litellm_params": {
             "model": "echo/a", "api_bse": "http://x", "input_cost_per_token": 1e-6}}],
         "router_setting": {"num_retries": 3}, "litellm_settings": {"cahce": True},
-        "general_settings": {}, "agent_settings": {}, "mcp_servers": {},
-        "http_tool_servers": {}}))
+        "general_settings": {"master_kye": "sk-typo"}, "agent_settings": {},
+        "mcp_servers": {}, "http_tool_servers": {}}))
     settings = CompletionSettings.from_yaml(config)
     assert sorted(settings.ignored_keys) == [
+        "general_settings.master_kye",  # the mesh ran open, and said nothing
         "litellm_settings.cahce", "model_list[0].litellm_params.api_bse", "router_setting"]
     caplog.set_level(logging.WARNING, logger="scillm.server")
     running = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
@@ -168,3 +172,28 @@ def test_keys_nothing_reads_are_named_at_start(tmp_path: Path,
     assert len(said) == 1 and str(config) in said[0]
     for key in settings.ignored_keys:
         assert key in said[0]
+
+
+@pytest.mark.parametrize("value", ["os.environ/SCILLM_TEST_UNSET_MASTER", ""])
+def test_a_master_key_from_an_unset_variable_stops_the_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """`master_key: os.environ/MK` with MK unset (or empty) was read as no master key: the
+    mesh served every caller without a key, and said nothing. `scillm serve` now refuses
+    to start, naming the variable; a master key given some other way is used."""
+    monkeypatch.setenv("SCILLM_TEST_EMPTY_MASTER", "")
+    monkeypatch.delenv("SCILLM_TEST_UNSET_MASTER", raising=False)
+    name = value.removeprefix("os.environ/") or "SCILLM_TEST_EMPTY_MASTER"
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": _ONE, "general_settings": {"master_key": f"os.environ/{name}"}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCILLM_")}
+    env.update({"SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3"),
+                "SCILLM_TEST_EMPTY_MASTER": "", "SCILLM_GRPC_PORT": "0",
+                "SCILLM_HTTP_PORT": "0"})
+    done = subprocess.run([sys.executable, "-m", "scillm.server.cli", "serve", "--config",
+                           str(config), "--service", "completion"], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr[-2000:])
+    assert f"general_settings.master_key names the environment variable {name}" in \
+        done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
