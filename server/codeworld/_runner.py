@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -203,14 +204,26 @@ def _with_stdout_result(execution: Execution) -> Execution:
     the text; an error when it printed JSON nested too deeply to read."""
     text = execution.stdout.strip()
     try:
-        result: JsonValue = json.loads(text)
-    except ValueError:
+        result: JsonValue = json.loads(text, parse_constant=_not_json,
+                                       parse_float=_finite_float)
+    except ValueError:  # NaN, Infinity and 1e999 too: no JSON value, and no record holds them
         result = text
     except RecursionError:
         return replace(execution, status=Status.ERROR, reason="result_depth",
                        error_type="ResultTooDeep",
                        error_message="stdout is JSON nested too deeply to read")
     return replace(execution, result=result)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is past any float")
+    return value
 
 
 def _correct(item: Item, execution: Execution) -> bool | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -194,10 +195,13 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
 
 
 def _value(value: Any) -> struct_pb2.Value:
+    """`value` as a Value; its repr when it is no JSON value. ParseDict takes NaN and
+    infinities, which no record can serialise: they are refused here as well."""
     out = struct_pb2.Value()
     try:
+        json.dumps(value, allow_nan=False)
         json_format.ParseDict(value, out)
-    except (json_format.ParseError, TypeError, ValueError):
+    except (json_format.ParseError, TypeError, ValueError, RecursionError):
         out.string_value = repr(value)
     return out
 

@@ -196,6 +196,23 @@ async def test_a_program_whose_output_nests_too_deeply_fails_alone(mesh: Running
     assert events[-1].summary.rankings[0].entries[0].strategy == "three"
 
 
+@pytest.mark.parametrize("printed", ["[NaN, Infinity, -Infinity]", "1e999", "-Infinity"])
+async def test_a_program_that_prints_numbers_json_has_not_fails_alone(
+        mesh: RunningMesh, printed: str) -> None:
+    """Python's JSON reader takes NaN and Infinity, and reads 1e999 as inf: a program
+    printing them made the run's record unserialisable, and the whole run failed INTERNAL
+    with every other strategy's result and the ranking lost. Such output is text."""
+    req = cw.CodeWorldRunRequest(mode=cw.SEARCH_MODE_ALL)
+    req.items.add(task_id="t").context.update({"input": 1, "expected": 3})
+    req.strategies.add(name="nan", source=f"def main():\n    print({printed!r})\n")
+    req.strategies.add(name="three", source="def main():\n    print(3)\n")
+    events = await _events(mesh, req)
+    runs = {e.run.strategy: e.run for e in events if e.HasField("run")}
+    assert runs["three"].status == cw.RUN_STATUS_OK and runs["three"].tests_passed
+    assert runs["nan"].result.string_value == printed, runs["nan"]
+    assert events[-1].summary.rankings[0].entries[0].strategy == "three"
+
+
 async def test_a_runs_stored_record_is_bounded_and_its_stream_is_whole(
         mesh: RunningMesh, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller sets how much output each run may have: 240 runs of 1.5 MB were held in
