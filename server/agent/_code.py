@@ -103,6 +103,37 @@ _CLOSING_KEYWORDS = {"fi", "done", "esac", "in"}
 _FORBIDDEN = ("`", "$(", "<(", ">(")
 
 
+def _without_comments(source: str) -> str:
+    """`source` without its comments as bash reads them: a `#` outside quotes that starts
+    a word, to the end of its line (shlex took any `#` for one, and to the end of the
+    script: `echo a#b; id` and `echo x # note` then a line `id` ran id unchecked)."""
+    out: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(source):
+        ch = source[i]
+        if quote:
+            if ch == "\\" and quote == '"' and i + 1 < len(source):
+                out.append(source[i:i + 2])
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch == "\\" and i + 1 < len(source):
+            out.append(source[i:i + 2])
+            i += 2
+            continue
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (not out or out[-1][-1] in " \t\n;&|()<>"):
+            end = source.find("\n", i)
+            i = len(source) if end < 0 else end
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def check_bash(source: str, allowlist: tuple[str, ...]) -> None:
     """Raise ToolArgumentsError if the script runs a command outside `allowlist`.
 
@@ -112,8 +143,10 @@ def check_bash(source: str, allowlist: tuple[str, ...]) -> None:
     for token in _FORBIDDEN:
         if token in source:
             raise ToolArgumentsError(f"bash: {token!r} is not allowed", tool="run_bash")
-    lexer = shlex.shlex(source.replace("\n", " ; "), posix=True, punctuation_chars=True)
+    lexer = shlex.shlex(_without_comments(source).replace("\n", " ; "), posix=True,
+                        punctuation_chars=True)
     lexer.whitespace_split = True
+    lexer.commenters = ""  # comments are gone, bash's way; shlex's way read `a#b; id` as one
     allowed = set(allowlist)
     at_start, skipping, target = True, False, False
     try:

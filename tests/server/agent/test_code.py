@@ -24,6 +24,8 @@ from scillm.server.agent.errors import ToolArgumentsError
     "x=3\nif test $x -gt 2; then echo big; else echo small; fi",
     "seq 5 | sort -r | head -n 2 > /tmp/out 2>&1 && cat /tmp/out",
     "< /tmp/in sort > /tmp/out", "cat <<< hi",
+    "# count the lines\nwc -l /tmp/in  # then done", "echo '# not a comment'; echo $#",
+    "echo ${#x} a#b",
 ])
 def test_bash_allowlist_accepts(script: str) -> None:
     check_bash(script, DEFAULT_BASH_ALLOWLIST)
@@ -34,6 +36,10 @@ def test_bash_allowlist_accepts(script: str) -> None:
     "ls | python3 -c 'print(1)'", "true && bash -c 'id'",
     # A redirection before the command: its file is one word, the command the next.
     "</dev/null id", "> /tmp/x id -u", "echo a; 2>&1 >/dev/null curl x", "<<< x bash",
+    # `#` starts a comment only at the start of a word, and only to the end of its line:
+    # the checker's lexer took the rest of the script for a comment.
+    "echo start # a comment\nid", "echo a#b; id", "echo a#b\nid", "echo '#'; id",
+    "echo \"x # y\"; id",
 ])
 def test_bash_allowlist_refuses(script: str) -> None:
     with pytest.raises(ToolArgumentsError):
