@@ -171,9 +171,9 @@ class CompletionEngine:
                 item: dict[str, Any] | None = first
                 while item is not None:
                     chunk = item
-                    if chunk.get("usage") is not None and not chunk.get("choices"):
+                    if chunk.get("usage") is not None:  # alone, or on the finish chunk
                         usage = clean_usage(chunk["usage"], state.settings.id)
-                    else:
+                    if chunk.get("choices") or chunk.get("usage") is None:
                         if keep is not None:
                             keep.append(chunk)
                         yield StreamChunk(chunk)

@@ -19,6 +19,7 @@ from completion_upstream import (
     invalid_json,
     malformed_sse,
     ok,
+    openai_chunks,
     reply,
     send_json,
     slow,
@@ -200,6 +201,31 @@ async def test_stream_ok_with_usage(upstream: Upstream, make_engine: EngineFacto
     assert isinstance(end, StreamEnd) and end.usage == {
         "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert upstream.requests[0][2]["stream_options"] == {"include_usage": True}
+
+
+async def test_a_streams_usage_on_its_finish_chunk_is_kept(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    """vLLM- and DeepSeek-style servers send the usage on the last chunk that has choices
+    (the finish), not on a chunk of its own: the stream's usage was zero (the key paid
+    nothing, the caller's include_usage chunk said 0), and the finish chunk is kept."""
+    async def usage_on_finish(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                              w: asyncio.StreamWriter) -> bool:
+        chunks = [json.loads(c) for c in openai_chunks(req, "hi there")]
+        *body, finish, alone = chunks
+        sse_head(w)
+        for data in [*body, {**finish, "usage": alone["usage"]}]:
+            sse_event(w, json.dumps(data))
+        sse_event(w, "[DONE]")
+        w.write(b"0\r\n\r\n")
+        return True
+    upstream.plan("a", usage_on_finish)
+    engine = await make_engine(config(upstream, "gpt@a"))
+    events = [e async for e in engine.stream({"model": "gpt", "messages": MSG, "stream": True})]
+    chunks = [e.chunk for e in events if isinstance(e, StreamChunk)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    end = events[-1]
+    assert isinstance(end, StreamEnd) and end.usage == {
+        "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
 async def test_stream_dropped_midway_raises(upstream: Upstream,
