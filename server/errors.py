@@ -78,6 +78,9 @@ def to_status(code: grpc.StatusCode, message: str, exc: BaseException | None,
     upstream = getattr(exc, "status", None)
     if isinstance(upstream, int):
         info.metadata["upstream_status"] = str(upstream)
+    upstream_code = getattr(exc, "upstream_code", None)
+    if isinstance(upstream_code, str) and upstream_code:
+        info.metadata["upstream_code"] = upstream_code
     details.append(info)
     param = getattr(exc, "param", None)
     if param:

@@ -32,6 +32,16 @@ STATUS_TABLE: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
+#: The mesh's reasons that OpenAI has a code of its own for, with the status they come
+#: with (`UpstreamRejected`: the upstream's own code, or none).
+_OPENAI_CODES: dict[str, tuple[grpc.StatusCode, str | None]] = {
+    "ModelNotFound": (grpc.StatusCode.NOT_FOUND, "model_not_found"),
+    "ContextWindowExceeded": (grpc.StatusCode.INVALID_ARGUMENT, "context_length_exceeded"),
+    "RateLimited": (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limit_exceeded"),
+    "UpstreamRejected": (grpc.StatusCode.INVALID_ARGUMENT, None),
+}
+
+
 def error_body(message: str, type_: str, *, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     """OpenAI's `{"error": {...}}` body."""
@@ -53,11 +63,14 @@ def from_exception(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]
             status, type_ = 413, "invalid_request_error"
         if exc.retry_after_s is not None:
             headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-        code = exc.reason or exc.code.name.lower()
+        code: str | None = exc.reason or exc.code.name.lower()
         if exc.code == grpc.StatusCode.INTERNAL and exc.reason == "INTERNAL":
             code = None  # a failure nobody foresaw: OpenAI's 500 names no code
-        if exc.code == grpc.StatusCode.NOT_FOUND and exc.reason == "ModelNotFound":
-            code = "model_not_found"
+        named = _OPENAI_CODES.get(exc.reason)
+        if named is not None and named[0] == exc.code:  # OpenAI's name, which clients seek
+            code = named[1]
+        if exc.info.get("upstream_code"):  # what the upstream said (insufficient_quota)
+            code = exc.info["upstream_code"]
         return status, error_body(exc.message, type_, param=exc.param, code=code), headers
     return 500, error_body("internal error", "api_error"), headers
 

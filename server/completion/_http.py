@@ -21,6 +21,7 @@ from .errors import (
     ProviderUnavailable,
     RateLimited,
     UpstreamError,
+    UpstreamRejected,
     UpstreamTimeout,
 )
 
@@ -195,20 +196,35 @@ def error_from_response(response: httpx.Response, call: ProviderCall,
     `context_length_exceeded`, or by a provider's documented message prefixes.
     """
     status = response.status_code
-    text = without_secret(response.text[:2000], call.deployment)
+    raw = response.text[:2000]
+    # Read before the secret is blanked out of the text: it could be part of a code.
+    error = _error_object(raw)
+    code = _token(error.get("code"))
+    text = without_secret(raw, call.deployment)
     retry_after = parse_retry_after(response.headers)
     message = _error_message(text)
     where = f"{call.deployment.id}: HTTP {status}: {message}"
     if status in (401, 403):
         return AuthenticationError(where, status=status)
     if status == 429:
-        return RateLimited(where, status=status, retry_after_s=retry_after, body=text)
+        return RateLimited(where, status=status, retry_after_s=retry_after, body=text,
+                           upstream_code=code)
     if status == 408:
         return UpstreamTimeout(where, status=status, retry_after_s=retry_after, body=text)
-    if status in (400, 413) and (_error_code(text) == "context_length_exceeded" or any(
+    if status in (400, 413) and (code == "context_length_exceeded" or any(
             message.startswith(m) for m in context_markers)):
-        return ContextWindowExceeded(where, status=status, body=text)
-    return UpstreamError(where, status=status, retry_after_s=retry_after, body=text)
+        return ContextWindowExceeded(where, status=status, body=text, upstream_code=code)
+    if status in (400, 422):
+        return UpstreamRejected(where, status=status, body=text, upstream_code=code,
+                                param=_token(error.get("param")) or None)
+    return UpstreamError(where, status=status, retry_after_s=retry_after, body=text,
+                         upstream_code=code)
+
+
+def _token(value: Any) -> str:
+    """An upstream's `code` or `param`: a short printable name, else ""."""
+    text = value if isinstance(value, str) else ""
+    return text if len(text) <= 128 and text.isprintable() else ""
 
 
 def _error_object(text: str) -> dict[str, Any]:
@@ -222,10 +238,6 @@ def _error_object(text: str) -> dict[str, Any]:
 
 def _error_message(text: str) -> str:
     return str(_error_object(text).get("message") or text[:200])
-
-
-def _error_code(text: str) -> str:
-    return str(_error_object(text).get("code") or "")
 
 
 async def sse_events(response: httpx.Response | AsyncIterable[bytes],

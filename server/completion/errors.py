@@ -32,6 +32,7 @@ __all__ = [
     "ProviderUnavailable",
     "RateLimited",
     "UpstreamError",
+    "UpstreamRejected",
     "UpstreamTimeout",
 ]
 
@@ -79,12 +80,25 @@ class UpstreamError(CompletionError):
     """The upstream call failed; `status` is its HTTP status, or None."""
 
     def __init__(self, message: str, *, status: int | None = None,
-                 retry_after_s: float | None = None, body: str = "") -> None:
+                 retry_after_s: float | None = None, body: str = "",
+                 upstream_code: str = "") -> None:
         super().__init__(message)
         self.status = status
         # Finite and at most a day, whoever made the error (see `server/retry_after.py`).
         self.retry_after_s = None if retry_after_s is None else clamp_wait(retry_after_s)
         self.body = body
+        #: The `code` of the upstream's OpenAI error body (`insufficient_quota`), if any.
+        self.upstream_code = upstream_code
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request itself (HTTP 400 or 422: a value it does not
+    take): the caller's error, not the gateway's; `param` is the field it named."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "",
+                 upstream_code: str = "", param: str | None = None) -> None:
+        super().__init__(message, status=status, body=body, upstream_code=upstream_code)
+        self.param = param
 
 
 class RateLimited(UpstreamError):

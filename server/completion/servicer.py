@@ -35,6 +35,7 @@ ERRORS: ErrorTable = {
     errors.ProviderUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.UpstreamRejected: grpc.StatusCode.INVALID_ARGUMENT,  # the caller's, said upstream
     errors.UpstreamError: grpc.StatusCode.UNAVAILABLE,
     errors.CompletionError: grpc.StatusCode.UNKNOWN,
 }

@@ -53,7 +53,12 @@ class FaultyUpstream:
                            if line.lower().startswith(b"content-length:")), 0)
             body = json.loads(await reader.readexactly(length))
             model = body["model"]
-            if model == "rate-limited":
+            if model in _REFUSALS:  # an upstream's own OpenAI error body
+                code, error = _REFUSALS[model]
+                payload = json.dumps({"error": error}).encode()
+                writer.write(b"HTTP/1.1 %d Refused\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (code, len(payload), payload))
+            elif model == "rate-limited":
                 payload = b'{"error": {"message": "slow down"}}'
                 writer.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json"
                              b"\r\nretry-after: 7\r\ncontent-length: " + str(len(payload)).encode()
@@ -106,6 +111,21 @@ class FaultyUpstream:
         finally:
             writer.close()
 
+
+#: Upstream refusals as OpenAI sends them: model -> (HTTP status, error object).
+_REFUSALS = {
+    "refuses-temperature": (400, {"message": "temperature must be at most 2",
+                                  "type": "invalid_request_error", "param": "temperature",
+                                  "code": "invalid_value"}),
+    "refuses-unprocessable": (422, {"message": "unprocessable", "type": "invalid_request_error",
+                                    "param": None, "code": None}),
+    "refuses-too-long": (400, {"message": "This model's maximum context length is 8 tokens",
+                               "type": "invalid_request_error", "param": "messages",
+                               "code": "context_length_exceeded"}),
+    "refuses-quota": (429, {"message": "You exceeded your current quota",
+                            "type": "insufficient_quota", "param": None,
+                            "code": "insufficient_quota"}),
+}
 
 #: Replies that look like OpenAI's but are not: (field, value) set in a well-formed one.
 _MISSHAPEN = {
@@ -171,6 +191,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory,
                        entry("endless", base), entry("endless-event", base),
                        entry("bomb", base),
                        entry("dropping", base), entry("silent", base),
+                       *(entry(name, base) for name in _REFUSALS),
                        *(entry(f"misshapen-{kind}", base) for kind in _MISSHAPEN),
                        entry("unreachable", f"http://127.0.0.1:{_closed_port()}/v1"),
                        {"model_name": "keyless", "litellm_params": {
@@ -359,3 +380,49 @@ def test_a_streamed_event_without_end_fails_the_stream(faulty: RunningMesh,
         "model": "endless-event", "stream": True,
         "messages": [{"role": "user", "content": "hi"}]})
     assert "a streamed event is over 67108864 bytes" in reply.text, reply.text[:500]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstreams_refusal_of_the_request_is_the_callers_400(
+        faulty: RunningMesh, stream: bool) -> None:
+    """An upstream's 400 (a bad temperature) came back as a 502 `upstream_error`: the SDK
+    retried a request that could never succeed and raised InternalServerError, and the
+    upstream's `param` and `code` were lost. It is the caller's 400, as OpenAI says it."""
+    calls = _upstream_calls(faulty, "refuses-temperature")
+    sdk = openai.AsyncOpenAI(base_url=f"{faulty.http_url}/v1", api_key="x", max_retries=2)
+    with pytest.raises(openai.BadRequestError) as info:
+        await sdk.chat.completions.create(model="refuses-temperature", stream=stream,
+                                          messages=[{"role": "user", "content": "hi"}])
+    await sdk.close()
+    error = info.value.body
+    assert isinstance(error, dict), error
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error", "temperature", "invalid_value"), error
+    assert "temperature must be at most 2" in error["message"]
+    assert _upstream_calls(faulty, "refuses-temperature") == calls + 1  # not retried
+    sdk = openai.AsyncOpenAI(base_url=f"{faulty.http_url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError):  # an upstream's 422 is the caller's too
+        await sdk.chat.completions.create(model="refuses-unprocessable", stream=stream,
+                                          messages=[{"role": "user", "content": "hi"}])
+    await sdk.close()
+
+
+@pytest.mark.parametrize(("model", "status", "code"), [
+    ("refuses-too-long", 400, "context_length_exceeded"),
+    ("refuses-quota", 429, "insufficient_quota"),
+    ("rate-limited", 429, "rate_limit_exceeded"),
+])
+def test_error_codes_are_openais_not_class_names(faulty: RunningMesh, model: str,
+                                                 status: int, code: str) -> None:
+    """The door's `code` was the mesh's exception class (`ContextWindowExceeded`,
+    `RateLimited`): LangChain looks for `context_length_exceeded`, and an app stopping on
+    `insufficient_quota` could not tell it from a passing rate limit."""
+    reply = _post(faulty, model)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["code"] == code, reply.json()
+
+
+def _upstream_calls(mesh: RunningMesh, model: str) -> float:
+    text = httpx.get(f"{mesh.http_url}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("scillm_rpc_requests_total{") and f'model="{model}"' in line)
