@@ -25,8 +25,10 @@ from ._values import (
     _expect,
     _number,
     _seconds,
+    json_from_text,
     struct_from_json,
     struct_to_json,
+    text_from_json,
 )
 
 
@@ -165,8 +167,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
             name=_expect(fn.get("name"), str, f"tools[{i}].function.name"),
             description=str(fn.get("description") or ""))
         if fn.get("parameters") is not None:
-            definition.parameters.CopyFrom(struct_from_json(fn["parameters"],
-                                                   f"tools[{i}].function.parameters"))
+            definition.parameters_json = text_from_json(fn["parameters"],
+                                                        f"tools[{i}].function.parameters")
         if fn.get("strict") is not None:
             definition.strict = _expect(fn["strict"], bool, f"tools[{i}].function.strict")
         req.tools.append(pb.Tool(function=definition))
@@ -195,8 +197,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
             req.response_format.json_schema.description = _text(
                 js, "description", "response_format.json_schema")
             if js.get("schema") is not None:
-                req.response_format.json_schema.schema.CopyFrom(
-                    struct_from_json(js["schema"], "response_format.json_schema.schema"))
+                req.response_format.json_schema.schema_json = text_from_json(
+                    js["schema"], "response_format.json_schema.schema")
             if js.get("strict") is not None:
                 req.response_format.json_schema.strict = _expect(
                     js["strict"], bool, "response_format.json_schema.strict")
@@ -239,7 +241,10 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
             fn: dict[str, Any] = {"name": tool.function.name}
             if tool.function.description:
                 fn["description"] = tool.function.description
-            if tool.function.HasField("parameters"):
+            if tool.function.parameters_json:
+                fn["parameters"] = json_from_text(tool.function.parameters_json,
+                                                  f"tools[{i}].function.parameters_json")
+            elif tool.function.HasField("parameters"):
                 fn["parameters"] = struct_to_json(tool.function.parameters,
                                                   f"tools[{i}].function.parameters")
             if tool.function.HasField("strict"):
@@ -259,7 +264,10 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
             schema: dict[str, Any] = {"name": js.name or "response"}
             if js.description:
                 schema["description"] = js.description
-            if js.HasField("schema"):
+            if js.schema_json:
+                schema["schema"] = json_from_text(js.schema_json,
+                                                  "response_format.json_schema.schema_json")
+            elif js.HasField("schema"):
                 schema["schema"] = struct_to_json(js.schema, "response_format.json_schema.schema")
             if js.HasField("strict"):
                 schema["strict"] = js.strict

@@ -127,6 +127,38 @@ def struct_from_json(value: Any, param: str) -> struct_pb2.Struct:
     return out
 
 
+def text_from_json(value: Any, param: str) -> str:
+    """A JSON object as JSON text, its keys in their order and its integers whole (what a
+    Struct loses); InvalidRequestError naming `param` as for `struct_from_json`."""
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError(f"'{param}' must be a JSON object", param=param)
+    _check_json(value, param)
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(f"'{param}' is not valid JSON: {exc}", param=param) from exc
+
+
+def json_from_text(text: str, param: str) -> dict[str, Any]:
+    """JSON text a caller sent for an object (`*_json` fields): the object, its keys in
+    their order; InvalidRequestError naming `param` for anything else."""
+    try:
+        value = json.loads(text, parse_constant=_not_a_number)
+    except RecursionError:
+        raise InvalidRequestError(f"'{param}' is nested too deep to read",
+                                  param=param) from None
+    except ValueError as exc:
+        raise InvalidRequestError(f"'{param}' is not valid JSON: {exc}", param=param) from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"'{param}' must be a JSON object", param=param)
+    _check_json(value, param)
+    return value
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def struct_to_json(value: struct_pb2.Struct, param: str) -> dict[str, Any]:
     """A `Struct` as JSON; InvalidRequestError naming `param` when it holds what JSON cannot
     (a NaN or infinite number: the binary wire carries one, and json_format refuses it

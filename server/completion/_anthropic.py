@@ -160,7 +160,7 @@ def to_anthropic(call: ProviderCall) -> dict[str, Any]:
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         schema = (fmt.get("json_schema") or {}).get("schema")
         system.append("Reply with a single JSON object and nothing else." + (
-            f" It must match this JSON schema: {json.dumps(schema, sort_keys=True)}"
+            f" It must match this JSON schema: {json.dumps(schema)}"
             if schema else ""))
     body: dict[str, Any] = {
         "model": call.model, "messages": messages,

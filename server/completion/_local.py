@@ -195,7 +195,7 @@ def grammar_for(response_format: Any) -> Any:
         if not isinstance(schema, dict):
             return _grammar("json_object", "")
         try:
-            return _grammar("json_schema", json.dumps(schema, sort_keys=True))
+            return _grammar("json_schema", json.dumps(schema))
         # llama.cpp's converter signals a schema it cannot read with asserts and stray
         # TypeErrors/AttributeErrors as well as ValueError: all of them mean the caller's
         # schema, a pure input of this call, cannot be decoded to.

@@ -94,7 +94,7 @@ def json_object_body(body: dict[str, Any]) -> dict[str, Any]:
     """The fallback body: `json_object` plus the schema as a leading system message."""
     schema = schema_of(body.get("response_format")) or {}
     note = {"role": "system", "content": "Reply with a single JSON object matching this "
-            f"JSON schema, and nothing else: {json.dumps(schema, sort_keys=True)}"}
+            f"JSON schema, and nothing else: {json.dumps(schema)}"}
     return {**body, "response_format": {"type": "json_object"},
             "messages": [note, *body.get("messages", ())]}
 

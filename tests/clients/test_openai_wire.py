@@ -60,6 +60,48 @@ def test_whole_numbers_in_schemas_and_extras_come_back_as_integers() -> None:
     assert type(got["items"]["maximum"]) is float
 
 
+def test_schemas_keep_the_order_of_their_keys_and_their_whole_integers() -> None:
+    """A Struct is a map: `zeta_reasoning, middle_steps, alpha_answer` reached the upstream
+    in another order (Structured Outputs write properties in schema order, so a model
+    answered before it reasoned), and 9007199254740993 became 9007199254740992.0."""
+    names = ["zeta_reasoning", "middle_steps", "alpha_answer", "b", "a"]
+    schema = {"type": "object", "properties": {n: {"type": "string"} for n in names},
+              "required": names, "maximum": 9007199254740993}
+    back = openai_wire.request_from_proto(openai_wire.request_to_proto({
+        "model": "m", "messages": [{"role": "user", "content": "x"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s",
+                                                                   "schema": schema}}}))
+    for got in (back["tools"][0]["function"]["parameters"],
+                back["response_format"]["json_schema"]["schema"]):
+        assert list(got["properties"]) == names and list(got) == list(schema)
+        assert got["maximum"] == 9007199254740993 and type(got["maximum"]) is int
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("{", "not valid JSON"), ("[1]", "must be a JSON object"), ("{\"a\": NaN}", "not valid"),
+    ("[" * 5000 + "]" * 5000, "deep"),
+    ("{\"a\":" * 5000 + "1" + "}" * 5000, "deep"),
+])
+def test_a_grpc_callers_schema_text_that_is_no_json_object_names_its_field(
+        text: str, says: str) -> None:
+    from scillm.completion.v1 import completion_pb2 as pb
+
+    request = pb.CompletionRequest(model="m", messages=[pb.Message(
+        role=pb.ROLE_USER, content=[pb.ContentPart(text="x")])])
+    request.response_format.type = pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+    request.response_format.json_schema.schema_json = text
+    with pytest.raises(InvalidRequestError) as info:
+        openai_wire.request_from_proto(request)
+    assert info.value.param == "response_format.json_schema.schema_json", info.value
+    assert says in info.value.message, info.value.message
+    tool = pb.CompletionRequest(model="m")
+    tool.tools.add().function.CopyFrom(pb.FunctionDefinition(name="f", parameters_json=text))
+    with pytest.raises(InvalidRequestError) as info:
+        openai_wire.request_from_proto(tool)
+    assert info.value.param == "tools[0].function.parameters_json", info.value
+
+
 def test_litellm_cache_controls_map_onto_the_cache_options() -> None:
     """LiteLLM's per-request `cache` controls and `caching` flag become CacheOptions (never
     extra fields for the provider), merged over `scillm.cache`."""

@@ -386,15 +386,23 @@ class FunctionDefinition(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Function name."""
     description: _builtins.str
     """What the function does."""
     strict: _builtins.bool
     """Ask the provider to follow the schema exactly."""
+    parameters_json: _builtins.str
+    """The same schema as JSON text (an object), sent upstream with its keys in the order
+    written (models fill properties in schema order) and its integers whole; when set,
+    `parameters` is not read. The generated clients and the OpenAI door send this.
+    """
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
-        """JSON Schema of the arguments object."""
+        """JSON Schema of the arguments object. A Struct is a map: the order of its keys is
+        lost, and its numbers are doubles; `parameters_json` keeps both.
+        """
 
     def __init__(
         self,
@@ -403,10 +411,11 @@ class FunctionDefinition(_message.Message):
         description: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
         strict: _builtins.bool | None = ...,
+        parameters_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "parameters", b"parameters", "parameters_json", b"parameters_json", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
     _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
@@ -476,15 +485,24 @@ class JsonSchema(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SCHEMA_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Schema name."""
     description: _builtins.str
     """What the schema is for."""
     strict: _builtins.bool
     """Ask the provider to follow the schema exactly."""
+    schema_json: _builtins.str
+    """The same schema as JSON text (an object), sent upstream with its keys in the order
+    written (Structured Outputs fill properties in schema order: a "reasoning" key
+    before an "answer" key is written first) and its integers whole; when set, `schema`
+    is not read. The generated clients and the OpenAI door send this.
+    """
     @_builtins.property
     def schema(self) -> _struct_pb2.Struct:
-        """The JSON Schema itself."""
+        """The JSON Schema itself. A Struct is a map: the order of its keys is lost, and its
+        numbers are doubles; `schema_json` keeps both.
+        """
 
     def __init__(
         self,
@@ -493,10 +511,11 @@ class JsonSchema(_message.Message):
         description: _builtins.str = ...,
         schema: _struct_pb2.Struct | None = ...,
         strict: _builtins.bool | None = ...,
+        schema_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "schema", b"schema", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "schema", b"schema", "strict", b"strict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "schema", b"schema", "schema_json", b"schema_json", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
     _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
