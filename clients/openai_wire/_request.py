@@ -161,7 +161,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     for i, tool in enumerate(_expect(body.get("tools") or [], list, "tools")):
         _expect(tool, dict, f"tools[{i}]")
         if tool.get("type", "function") != "function":
-            raise InvalidRequestError("only function tools are supported", param=f"tools[{i}].type")
+            raise InvalidRequestError(f"tool type {tool.get('type')!r} is not supported: only "
+                                      "function tools are", param=f"tools[{i}].type")
         fn = _expect(tool.get("function"), dict, f"tools[{i}].function")
         definition = pb.FunctionDefinition(
             name=_expect(fn.get("name"), str, f"tools[{i}].function.name"),
@@ -178,6 +179,11 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
             raise InvalidRequestError(f"unknown tool_choice {choice!r}", param="tool_choice")
         req.tool_choice.mode = _TOOL_CHOICE[choice]  # type: ignore[assignment]
     elif isinstance(choice, dict):
+        if choice.get("type", "function") != "function":  # allowed_tools, custom
+            raise InvalidRequestError(f"tool_choice type {choice.get('type')!r} is not "
+                                      "supported: name a function ({\"type\": \"function\", "
+                                      "\"function\": {\"name\": ...}}) or a mode",
+                                      param="tool_choice.type")
         fn = _expect(choice.get("function"), dict, "tool_choice.function")
         req.tool_choice.function_name = _expect(fn.get("name"), str, "tool_choice.function.name")
     elif choice is not None:
@@ -208,7 +214,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
         req.user = _expect(body["user"], str, "user")
     if body.get("metadata") is not None:
         for k, v in _expect(body["metadata"], dict, "metadata").items():
-            req.metadata[str(k)] = str(v)
+            # OpenAI's metadata values are strings: 2 became "2", null the text "None".
+            req.metadata[str(k)] = _expect(v, str, f"metadata.{k}")
     if body.get("scillm") is not None:
         req.routing.CopyFrom(_routing_to_proto(body["scillm"]))
         ctx = body["scillm"]

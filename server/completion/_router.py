@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..names import MAX_NAME_CHARS
 from ._settings import DeploymentSettings, RouterSettings
-from .errors import CompletionError, ModelNotFound, RateLimited, UpstreamError
+from .errors import CompletionError, InvalidRequest, ModelNotFound, RateLimited, UpstreamError
 
 __all__ = ["DeploymentState", "Group", "Router"]
 
@@ -101,6 +101,11 @@ class Router:
                     prefix = pattern.split("*", 1)[0]
                     suffix = pattern.rsplit("*", 1)[1]
                     part = model[len(prefix):len(model) - len(suffix) or None]
+                    if not part or "*" in part:  # the listed pattern itself, or no name
+                        raise InvalidRequest(
+                            f"{model!r} is not a model: {pattern!r} is the pattern of the "
+                            f"models it serves; name one, as "
+                            f"{prefix}<name>{suffix}", param="model")
                     found = Group(model, tuple(wild), part)
                     break
         if found is None:

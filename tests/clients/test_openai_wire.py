@@ -164,6 +164,17 @@ def test_response_and_chunk_round_trip() -> None:
 @pytest.mark.parametrize(("body", "param"), [
     ({"messages": [{"role": "user", "content": "x"}]}, "model"),
     ({"model": "m", "messages": "hi"}, "messages"),
+    # OpenAI's metadata values are strings: 2 reached the upstream as "2", null as "None".
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "metadata": {"n": 2}}, "metadata.n"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "metadata": {"none": None}}, "metadata.none"),
+    # Newer tool choices and tools: refused naming the type, not "must be of type dict".
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto"}}},
+     "tool_choice.type"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0].type"),
     ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 1.5}, "seed"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "maybe"},

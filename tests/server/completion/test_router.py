@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 from completion_upstream import FakeTime
 
-from scillm.server.completion import CompletionSettings, RateLimited, UpstreamError
+from scillm.server.completion import (
+    CompletionSettings,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+)
 from scillm.server.completion._retry import backoff_delay, is_retryable, parse_retry_after
 from scillm.server.completion._router import Router
 
@@ -91,6 +96,17 @@ def test_wildcard_groups() -> None:
     r = Router(s.model_list, s.router, random.Random(0), FakeTime().clock)
     group = r.group("echo/some-model")
     assert group.upstream_model(group.deployments[0].settings) == "some-model"
+
+
+@pytest.mark.parametrize("name", ["echo/*", "echo/", "echo/a*b"])
+def test_a_wildcards_pattern_is_no_model_to_call(name: str) -> None:
+    """`GET /v1/models` lists `echo/*`; a client calling the name it listed sent the
+    upstream the model "*" (or ""). The pattern names the models it serves."""
+    s = CompletionSettings.default()
+    r = Router(s.model_list, s.router, random.Random(0), FakeTime().clock)
+    with pytest.raises(InvalidRequest) as info:
+        r.group(name)
+    assert info.value.param == "model" and "echo/<name>" in str(info.value), info.value
 
 
 def test_retry_after_parsing() -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
-import logging
 from pathlib import Path
 
 import pytest
