@@ -7,9 +7,11 @@ prover or sandbox code.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 
@@ -150,8 +152,6 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
     """Keys: the master key (settings, else the config's general_settings.master_key), the
     key store (in the run store's PostgreSQL database when `store_url` is set, else a
     SQLite file beside the run store), and per-model prices from the config's model_list."""
-    import os
-
     import yaml
 
     master = settings.master_key
@@ -182,9 +182,23 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
     if not redis_url and settings.config_path is not None:
         router = data.get("router_settings") or {}
         if router.get("redis_host"):
-            redis_url = f"redis://{router['redis_host']}:{router.get('redis_port', 6379)}"
+            redis_url = _redis_url(router)
     windows = RedisWindows(redis_url) if redis_url else None
     return Authenticator(master or None, store, prices, windows)
+
+
+def _redis_url(router: dict[str, Any]) -> str:
+    """The keys' windows' Redis from `router_settings` (host, port, password, each maybe
+    `os.environ/NAME`): the password was left out, and a Redis asking for one refused."""
+    def value(key: str, default: Any = None) -> str:
+        raw = router.get(key, default)
+        text = "" if raw is None else str(raw)
+        if text.startswith("os.environ/"):
+            return os.environ.get(text.removeprefix("os.environ/"), "")
+        return text
+    password = value("redis_password")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{value('redis_host')}:{value('redis_port', 6379)}"
 
 
 def _sandbox_settings() -> Any:

@@ -10,7 +10,8 @@ line. Each worker has its own health, reflection and in-process channel, as one 
 has; a call is served wholly by the worker that accepted its connection.
 
 What the workers share: what lives in Redis (a key's rate windows, with `redis_url` or the
-config's router_settings.redis_host; the response cache, with cache_params type redis;
+config's router_settings.redis_host and redis_password; the response cache, with
+cache_params type redis, whatever `redis_url` says;
 CodeWorld sessions), the key and run stores (SQLite files beside `store_path`, or
 PostgreSQL), and metrics, through prometheus_client's multiprocess mode (the master gives
 the workers one directory; any worker's /metrics, and the master's `metrics_port`, add all
@@ -74,18 +75,30 @@ def _reserve(host: str, port: int) -> socket.socket:
 
 
 def _shared_state_note(settings: Settings) -> str:
-    """What the workers do not share without Redis, or "" when Redis is configured."""
-    if settings.redis_url:
-        return ""
+    """What the workers do not share for want of Redis, or "" when they share it all: the
+    keys' rate windows (`redis_url`, or the config's router_settings.redis_host) and the
+    response cache, when it is on (`litellm_settings.cache_params` type redis: the
+    windows' Redis is not the cache's)."""
+    windows = bool(settings.redis_url)
+    cache_alone = False
     if settings.config_path is not None:
         import yaml
 
+        from .completion import CompletionSettings
+
         data = yaml.safe_load(settings.config_path.read_text()) or {}
-        if isinstance(data, dict) and (data.get("router_settings") or {}).get("redis_host"):
-            return ""
-    return ("scillm: no Redis configured (SCILLM_REDIS_URL or router_settings.redis_host): "
-            "each worker keeps its own key rate windows and response cache, so a key's "
-            "rpm/tpm limit holds per worker")
+        if isinstance(data, dict):
+            windows = windows or bool((data.get("router_settings") or {}).get("redis_host"))
+            cache = CompletionSettings.from_mapping(data).cache
+            cache_alone = cache.enabled and cache.backend != "redis"
+    alone = [what for what, shared in (("key rate windows (SCILLM_REDIS_URL or "
+                                        "router_settings.redis_host)", windows),
+                                       ("response cache (litellm_settings.cache_params "
+                                        "type: redis)", not cache_alone)) if not shared]
+    if not alone:
+        return ""
+    return (f"scillm: without Redis for them, each worker keeps its own {' and '.join(alone)}"
+            + (", so a key's rpm/tpm limit holds per worker" if not windows else ""))
 
 
 class _Master:

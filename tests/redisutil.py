@@ -19,13 +19,14 @@ def _free_port() -> int:
 class RedisServer:
     """`redis-server` without persistence on `port` (a free one by default)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
         binary = shutil.which("redis-server") or (
             "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
         if binary is None:
             raise RuntimeError("redis-server is missing: scripts/install installs it")
         self.binary = binary
         self.port = port or _free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -36,7 +37,8 @@ class RedisServer:
         """Start it (again, on the same port) and return once it accepts connections."""
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--appendonly", "no", *(("--requirepass", self.password) if self.password else ())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError), socket.create_connection(

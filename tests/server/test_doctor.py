@@ -345,6 +345,22 @@ async def test_redis_when_configured(tmp_path: Path, redis_port: int) -> None:
     assert check.status is Status.FAILED and "cannot connect" in check.detail
 
 
+async def test_redis_of_the_rate_windows_is_checked_too(tmp_path: Path, redis_port: int) -> None:
+    """SCILLM_REDIS_URL (the keys' windows, the sessions) was not checked: with that Redis
+    down the doctor said "redis SKIPPED not configured" and "ready"; router_settings'
+    redis_host with the cache off was skipped as "the cache is off"."""
+    plain = _config(tmp_path, "model_list: [{model_name: e, litellm_params: {model: echo/e}}]\n")
+    env = {**NO_OTEL, "SCILLM_REDIS_URL": f"redis://127.0.0.1:{_closed_port()}"}
+    check = _by_part(await collect(plain, environ=env))["redis"]
+    assert check.status is Status.FAILED and "cannot connect" in check.detail, check
+    env["SCILLM_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    assert _by_part(await collect(plain, environ=env))["redis"].status is Status.OK
+    windows = _config(tmp_path, "model_list: [{model_name: e, litellm_params: {model: echo/e}}]\n"
+                      f"router_settings: {{redis_host: 127.0.0.1, redis_port: {_closed_port()}}}\n")
+    check = _by_part(await collect(windows, environ=NO_OTEL))["redis"]
+    assert check.status is Status.FAILED and "cannot connect" in check.detail, check
+
+
 # --------------------------------------------------------------------------- the mesh
 
 

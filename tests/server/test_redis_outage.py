@@ -108,6 +108,33 @@ async def test_rate_windows_count_in_the_process_while_redis_is_down(
     await windows.close()
 
 
+async def test_the_keys_windows_use_the_configs_redis_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`router_settings.redis_password` was left out of the windows' Redis URL: a Redis
+    with a password refused them, and each process counted a key's limits alone."""
+    from scillm.server.services import build_authenticator
+    from scillm.server.settings import Settings
+
+    server = RedisServer(password="pw secret/@").start()
+    try:
+        monkeypatch.setenv("SCILLM_TEST_REDIS_PW", "pw secret/@")
+        config = tmp_path / "models.yaml"
+        config.write_text(
+            "model_list: [{model_name: a, litellm_params: {model: echo/a}}]\n"
+            f"router_settings: {{redis_host: 127.0.0.1, redis_port: {server.port}, "
+            "redis_password: os.environ/SCILLM_TEST_REDIS_PW}\n")
+        auth = build_authenticator(Settings(config_path=config,
+                                            store_path=tmp_path / "runs.sqlite3"), {})
+        windows = auth.windows
+        assert isinstance(windows, RedisWindows)
+        assert await windows.take("key", "requests", 1) is None
+        assert await windows.take("key", "requests", 1) is not None
+        assert not windows.outage.down  # counted in Redis, not in the process
+        await windows.close()
+    finally:
+        server.stop()
+
+
 def test_the_served_mesh_answers_through_a_redis_outage(
         tmp_path: Path, redis_server: RedisServer) -> None:
     """`scillm serve` with the response cache and the key windows in Redis: Redis killed,

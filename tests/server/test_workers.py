@@ -216,3 +216,29 @@ def test_a_port_taken_by_another_process_is_a_clear_error(tmp_path: Path,
                              tmp_path / "taken.log")
         assert proc.proc.wait(60) == 1
     assert f"cannot start: cannot bind 127.0.0.1:{port}" in proc.log.read_text()
+
+
+@pytest.mark.parametrize(("extra", "redis_url", "alone"), [
+    ("", "", ["key rate windows"]),  # the cache is off: nothing of it to share
+    ("litellm_settings: {cache: true}\n", "redis://127.0.0.1:1",
+     ["response cache"]),  # the windows' Redis is not the cache's
+    ("router_settings: {redis_host: 127.0.0.1}\nlitellm_settings: {cache: true}\n", "",
+     ["response cache"]),
+    ("litellm_settings: {cache: true, cache_params: {type: redis, host: 127.0.0.1}}\n", "",
+     ["key rate windows"]),
+    ("router_settings: {redis_host: 127.0.0.1}\nlitellm_settings: {cache: true, "
+     "cache_params: {type: redis, host: 127.0.0.1}}\n", "", []),
+])
+def test_the_master_says_what_the_workers_keep_to_themselves(
+        tmp_path: Path, extra: str, redis_url: str, alone: list[str]) -> None:
+    """The note said the response cache was shared whenever SCILLM_REDIS_URL was set (the
+    cache uses cache_params, not that URL), and that a cache that was off was not shared."""
+    from scillm.server.settings import Settings
+    from scillm.server.workers import _shared_state_note
+
+    config = tmp_path / "models.yaml"
+    config.write_text("model_list: [{model_name: a, litellm_params: {model: echo/a}}]\n"
+                      + extra)
+    note = _shared_state_note(Settings(config_path=config, redis_url=redis_url))
+    said = [what for what in ("key rate windows", "response cache") if what in note]
+    assert said == alone, note

@@ -1,9 +1,11 @@
-"""`redis`, when the model config sets a Redis cache: a PING (and AUTH) over TCP."""
+"""`redis`, when the mesh will use one (its state, or the cache): a PING (and AUTH) over TCP."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from ._check import Check, Job, Status, installed
 
@@ -44,14 +46,27 @@ async def _redis(host: str, port: int, password: str | None) -> Check:
     return Check("redis", Status.OK, f"{where} answers PING")
 
 
-def redis_check(config: CompletionSettings | None) -> Job:
+def redis_check(config: CompletionSettings | None,
+                environ: Mapping[str, str] | None = None) -> Job:
+    """The Redis the mesh will use: `SCILLM_REDIS_URL` (the keys' rate windows and
+    sessions) when set, else the config's (router_settings.redis_host, which the windows
+    use too, or the response cache's cache_params)."""
+    url = (environ or {}).get("SCILLM_REDIS_URL", "")
+    if url:
+        parts = urlsplit(url)
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            return Check("redis", Status.FAILED, f"SCILLM_REDIS_URL has no valid port: {url!r}",
+                         "redis://[:password@]host:port")
+        return "redis", _redis(parts.hostname or "127.0.0.1", port,
+                               unquote(parts.password) if parts.password else None)
     if config is None:
         return Check("redis", Status.SKIPPED, "no model config loaded")
     cache = config.cache
     if cache.backend != "redis" and not cache.redis_host:
-        return Check("redis", Status.SKIPPED, "not configured (in-memory cache)")
-    if not cache.enabled:
+        return Check("redis", Status.SKIPPED, "not configured (in-memory cache and windows)")
+    if not cache.enabled and cache.backend == "redis":
         return Check("redis", Status.SKIPPED, "configured, but litellm_settings.cache is off")
     password = cache.redis_password.value if cache.redis_password else None
     return "redis", _redis(cache.redis_host or "127.0.0.1", cache.redis_port, password)
-

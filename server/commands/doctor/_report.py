@@ -26,7 +26,7 @@ async def collect(config_path: Path | None = None, *, target: str | None = None,
     env = os.environ if environ is None else environ
     config_check, config = load_config(config_path)
     # The OTLP probe's own deadline comes first, so its row says what happened.
-    jobs: list[Job] = [*tool_checks(), redis_check(config), otlp_check(env, timeout_s * 0.8),
+    jobs: list[Job] = [*tool_checks(), redis_check(config, env), otlp_check(env, timeout_s * 0.8),
                        config_check]
     if config is not None:
         jobs.extend(provider_checks(config, timeout_s))
