@@ -123,7 +123,7 @@ class CompletionEngine:
             finally:
                 routing.upstream_s += time.perf_counter() - started
 
-        response = await self._with_fallbacks(model, body, opts, routing, timed)
+        response = await self._with_fallbacks(model, body, opts, routing, timed, stream=False)
         valid = _output.json_validity(response, fmt)
         # Not a reply the servicer refuses (502): every identical call would be refused
         # from the cache, however well the upstream answered again.
@@ -160,7 +160,8 @@ class CompletionEngine:
                                     cache_lookup=True)
                     return
         routing = Routing(strategy=self._strategy)
-        opened = await self._with_fallbacks(model, body, opts, routing, self._open_stream)
+        opened = await self._with_fallbacks(model, body, opts, routing, self._open_stream,
+                                            stream=True)
         first, chunks, state, started = opened
         store = key is not None and not opts.cache_no_store
         keep: list[dict[str, Any]] | None = [] if store or fmt is not None else None
@@ -210,7 +211,8 @@ class CompletionEngine:
 
     async def _with_fallbacks(
         self, model: str, body: dict[str, Any], opts: _request.Options, routing: Routing,
-        call: Callable[[Provider, ProviderCall, DeploymentState], Awaitable[T]],
+        call: Callable[[Provider, ProviderCall, DeploymentState], Awaitable[T]], *,
+        stream: bool,
     ) -> T:
         rs = self.settings.router
         deadline = self._clock() + rs.retry_budget_s
@@ -220,7 +222,8 @@ class CompletionEngine:
             name = queue.pop(0)
             try:
                 group = self._router.group(name)
-                result = await self._with_retries(group, body, opts, routing, deadline, call)
+                result = await self._with_retries(group, body, opts, routing, deadline, call,
+                                                  stream=stream)
             except ContextWindowExceeded as exc:
                 error, more = exc, rs.context_window_fallbacks.get(model, ())
             except (UpstreamError, ProviderUnavailable, AuthenticationError) as exc:
@@ -246,6 +249,7 @@ class CompletionEngine:
     async def _with_retries(
         self, group: Group, body: dict[str, Any], opts: _request.Options, routing: Routing,
         deadline: float, call: Callable[[Provider, ProviderCall, DeploymentState], Awaitable[T]],
+        *, stream: bool,
     ) -> T:
         rs = self.settings.router
         retries = opts.num_retries if opts.num_retries is not None else rs.num_retries
@@ -259,7 +263,8 @@ class CompletionEngine:
                 state = self._router.pick(group, tried)
                 dep = state.settings
                 provider = self._provider(dep.provider)
-                timeout = opts.timeout_s or dep.timeout_s or rs.timeout_s
+                timeout = (opts.timeout_s or (dep.stream_timeout_s if stream else None)
+                           or dep.timeout_s or rs.timeout_s)
                 pcall = ProviderCall(dep, group.upstream_model(dep), body, timeout, routing)
                 routing.attempts += 1
                 routing.deployment, routing.provider = dep.id, provider.name

@@ -233,9 +233,13 @@ class OpenAIProvider:
 
 
 def _content(call: ProviderCall, stream: bool) -> bytes:
-    """The request body: the caller's, with the upstream model (and usage asked for in a
-    stream's last chunk)."""
+    """The request body: the caller's, with the upstream model, the deployment's default
+    cap when the caller set none (and usage asked for in a stream's last chunk)."""
     body: dict[str, Any] = {**call.body, "model": call.model}
+    cap = call.deployment.max_tokens_default  # litellm_params.max_tokens: the default cap
+    if cap is not None and body.get("max_tokens") is None \
+            and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = cap
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

@@ -87,6 +87,8 @@ class DeploymentSettings:
     timeout_s: float | None = None
     headers: tuple[tuple[str, str], ...] = ()
     max_tokens_default: int | None = None
+    #: LiteLLM's `stream_timeout`: the timeout of a streamed call (else `timeout_s`).
+    stream_timeout_s: float | None = None
 
     @property
     def provider(self) -> str:
@@ -270,6 +272,7 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         timeout_s=number("timeout", float, 0, more=True),
         headers=tuple((str(k), str(_resolve(v, env))) for k, v in headers.items()),
         max_tokens_default=number("max_tokens", int, 1),
+        stream_timeout_s=number("stream_timeout", float, 0, more=True),
     )
 
 

@@ -228,6 +228,37 @@ async def test_a_streams_usage_on_its_finish_chunk_is_kept(
         "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
+async def test_a_deployments_max_tokens_is_the_default_the_upstream_gets(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    """`litellm_params.max_tokens` was read but sent only by the Anthropic and local
+    providers: an OpenAI-compatible upstream got no cap. A request's own cap wins."""
+    cfg = config(upstream, "gpt@a")
+    cfg["model_list"][0]["litellm_params"]["max_tokens"] = 3
+    engine = await make_engine(cfg)
+    await engine.complete({"model": "gpt", "messages": MSG})
+    await engine.complete({"model": "gpt", "messages": MSG, "max_tokens": 7})
+    await engine.complete({"model": "gpt", "messages": MSG, "max_completion_tokens": 9})
+    [e async for e in engine.stream({"model": "gpt", "messages": MSG, "stream": True})]
+    sent = [body for _, _, body in upstream.requests]
+    assert [b.get("max_tokens") for b in sent] == [3, 7, None, 3]
+    assert sent[2]["max_completion_tokens"] == 9
+
+
+async def test_a_deployments_stream_timeout_bounds_its_streams(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    """`litellm_params.stream_timeout` (LiteLLM: the timeout of streamed calls) was
+    accepted and read by nothing: a stream waited the whole `timeout`."""
+    cfg = config(upstream, "gpt@a", num_retries=0)
+    cfg["model_list"][0]["litellm_params"].update(timeout=30, stream_timeout=0.3)
+    upstream.plan("a", slow(1.5))
+    engine = await make_engine(cfg)
+    with pytest.raises(UpstreamTimeout):
+        async for _ in engine.stream({"model": "gpt", "messages": MSG, "stream": True}):
+            pass
+    done = await engine.complete({"model": "gpt", "messages": MSG})  # the unary timeout
+    assert done.response["choices"][0]["message"]["content"] == "hi there"
+
+
 async def test_stream_dropped_midway_raises(upstream: Upstream,
                                             make_engine: EngineFactory) -> None:
     upstream.plan("a", drop_mid_stream)
