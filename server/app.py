@@ -138,15 +138,23 @@ class Mesh:
         for parts in self._running.parts.values():
             parts.register(recording)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, recording)
-        keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(auth), recording)
-        recording.add_generic_rpc_handlers((unserved_handler(tuple(self._running.parts)),))
+        targets = settings.targets()
+        # Keys made here are checked by nobody when the calls they pay for are served with
+        # the keys of another process, and no store is shared.
+        keys_elsewhere = "" if settings.store_url or "completion" in self._running.parts \
+            else targets["keys"]
+        if not keys_elsewhere:
+            keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(auth), recording)
+        recording.add_generic_rpc_handlers((unserved_handler(
+            tuple(self._running.parts), targets, keys_elsewhere),))
         if not tracing:
             self.local_channel = LocalChannel(registry, interceptors,
                                               max_receive_bytes=settings.max_request_bytes)
             if not settings.completion_target:
                 link.channel = self.local_channel
         names = [p.full_name for p in self._running.parts.values()]
-        names.append(keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name)
+        if not keys_elsewhere:
+            names.append(keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +18,7 @@ import grpc
 from scillm.agent.v1 import agent_pb2, agent_pb2_grpc
 from scillm.codeworld.v1 import codeworld_pb2, codeworld_pb2_grpc
 from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
+from scillm.keys.v1 import keys_pb2
 from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
 from .completion_link import CompletionLink
@@ -49,18 +50,32 @@ _DESCRIPTORS = {
 
 class _Unserved(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Methods of services this process does not serve: UNIMPLEMENTED, saying where the
-    service lives instead of gRPC's bare "Method not found!"."""
+    service lives instead of gRPC's bare "Method not found!": at its target, when this
+    process has one for it, else how to serve it. KeyService too, on a process whose key
+    routes go elsewhere without a shared store: keys it made there were checked by
+    nobody (every one was a 401 at the services)."""
 
-    def __init__(self, served: tuple[str, ...]) -> None:
+    def __init__(self, served: tuple[str, ...], targets: Mapping[str, str],
+                 keys_elsewhere: str = "") -> None:
         here = ", ".join(served) or "no service (HTTP shim only)"
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        refused: list[tuple[Any, str]] = []
         for name, descriptor in _DESCRIPTORS.items():
             if name in served:
                 continue
-            message = (f"{descriptor.full_name} is not served by this process (it serves "
-                       f"{here}); run it with `scillm serve --service {name}` and point "
-                       f"callers at it (SCILLM_{name.upper()}_TARGET, --{name}-target)")
-
+            target = targets.get(name, "")
+            where = (f"it is served at {target}: call it there" if target else
+                     f"run it with `scillm serve --service {name}` and point callers at it "
+                     f"(SCILLM_{name.upper()}_TARGET, --{name}-target)")
+            refused.append((descriptor, f"{descriptor.full_name} is not served by this "
+                                        f"process (it serves {here}); {where}"))
+        if keys_elsewhere:
+            keys = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
+            refused.append((keys, (
+                f"{keys.full_name}: the keys this process's calls are checked with live "
+                f"with Completion at {keys_elsewhere}: call KeyService there (or share one "
+                "key store between processes with SCILLM_STORE_URL)")))
+        for descriptor, message in refused:
             async def refuse(request: bytes, context: grpc.aio.ServicerContext,
                              message: str = message) -> None:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
@@ -81,10 +96,12 @@ class _Unserved(grpc.GenericRpcHandler):  # type: ignore[misc]
         return self._handlers.get(handler_call_details.method)
 
 
-def unserved_handler(served: tuple[str, ...]) -> grpc.GenericRpcHandler:
-    """A handler answering every method of the services not in `served` with
-    UNIMPLEMENTED and a message naming the process that should serve it."""
-    return _Unserved(served)
+def unserved_handler(served: tuple[str, ...], targets: Mapping[str, str] | None = None,
+                     keys_elsewhere: str = "") -> grpc.GenericRpcHandler:
+    """A handler answering every method of the services not in `served` (and KeyService,
+    given `keys_elsewhere`, where the keys live) with UNIMPLEMENTED and a message naming
+    where it is served, or how to serve it."""
+    return _Unserved(served, targets or {}, keys_elsewhere)
 
 
 async def _ready() -> bool:

@@ -97,6 +97,39 @@ def test_a_grpc_caller_of_an_absent_service_is_told_where_it_lives(
         assert "SCILLM_PROVE_TARGET" in (error.details() or "")
 
 
+def test_a_shim_says_where_the_services_and_keys_it_fronts_live(
+        split: tuple[RunningMesh, RunningMesh]) -> None:
+    """The shim fronts Completion at its target: a gRPC call to the shim's port was told
+    to set the target that was already set; and its KeyService made keys in its own store,
+    which no service checking a key read (each such key was a 401 everywhere)."""
+    from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
+    from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
+
+    completion, shim = split
+
+    async def call() -> list[grpc.aio.AioRpcError]:
+        errors = []
+        async with grpc.aio.insecure_channel(shim.grpc_target) as channel:
+            for attempt in (
+                    completion_pb2_grpc.CompletionServiceStub(channel).ListModels(
+                        completion_pb2.ListModelsRequest(), timeout=10),
+                    keys_pb2_grpc.KeyServiceStub(channel).GenerateKey(
+                        keys_pb2.GenerateKeyRequest(), timeout=10)):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await attempt
+                errors.append(info.value)
+        return errors
+
+    import asyncio
+
+    listed, keys = asyncio.run(call())
+    assert listed.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert f"served at {completion.grpc_target}" in (listed.details() or ""), listed.details()
+    assert keys.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert completion.grpc_target in (keys.details() or ""), keys.details()
+    assert "SCILLM_STORE_URL" in (keys.details() or "")
+
+
 async def _drain(call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
     async for _ in call:
         pass
