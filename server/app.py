@@ -280,12 +280,21 @@ class Mesh:
         grace = self.settings.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self._http is not None and self._http_task is not None:
-            # uvicorn waits this long for open requests, then cancels them: the stop's own
-            # grace, fractions included (it goes to asyncio.timeout, whatever the hint says).
-            self._http.config.timeout_graceful_shutdown = grace
+            # At the grace's end the calls the door still waits on in this process end
+            # UNAVAILABLE, so the door answers them as any failure (a 503 body, or an
+            # in-band error and [DONE]); uvicorn, which would cancel them into a bare 500
+            # and a cut stream, waits a little longer (fractions included: it goes to
+            # asyncio.timeout, whatever the hint says).
+            ending = None
+            if self.local_channel is not None:
+                ending = asyncio.get_running_loop().call_later(
+                    grace, self.local_channel.stop_calls, "the server is shutting down")
+            self._http.config.timeout_graceful_shutdown = grace + _ANSWER_S
             self._http.should_exit = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._http_task, timeout=grace + 1)
+                await asyncio.wait_for(self._http_task, timeout=grace + _ANSWER_S + 1)
+            if ending is not None:
+                ending.cancel()
         if self._server is not None:
             await self._server.stop(grace)
         if self._metrics_server is not None:
@@ -301,6 +310,10 @@ class Mesh:
         """Until the gRPC server terminates."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+#: How long the door has, once the grace ended its calls, to send their answers.
+_ANSWER_S = 1.0
 
 
 def _grpc_server(settings: Settings, interceptors: list[grpc.aio.ServerInterceptor],

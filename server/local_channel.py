@@ -165,7 +165,7 @@ class _Context:
     """The `grpc.aio.ServicerContext` of one in-process call."""
 
     __slots__ = ("_code", "_deadline", "_details", "_metadata", "_outbox", "_trailing",
-                 "expired")
+                 "expired", "stopped")
 
     def __init__(self, metadata: Metadata, deadline: float | None,
                  outbox: _Outbox | None = None) -> None:
@@ -177,6 +177,8 @@ class _Context:
         self._details = ""
         #: The deadline passed (set before the call is cancelled for it).
         self.expired = False
+        #: Why the channel stopped the call (`LocalChannel.stop_calls`), or "".
+        self.stopped = ""
 
     def invocation_metadata(self) -> Metadata:
         return self._metadata
@@ -246,6 +248,8 @@ class _Context:
         `task` itself was cancelled from outside (the caller, or shutdown)."""
         if self.expired and task.uncancel() == 0:
             return _error(grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE)
+        if self.stopped and task.uncancel() == 0:
+            return _error(grpc.StatusCode.UNAVAILABLE, self.stopped)
         if task.cancelling():
             return None
         # The handler raised a CancelledError that was not for it.
@@ -274,6 +278,18 @@ class LocalChannel:
         self._resolved: dict[str, grpc.RpcMethodHandler] | None = (
             {} if all(getattr(i, "handler_per_method", False) for i in self._interceptors)
             else None)
+        #: Calls in flight: each one's context and the task running its handler.
+        self._calls: dict[_Context, asyncio.Task[Any]] = {}
+
+    def stop_calls(self, why: str) -> int:
+        """End every call in flight with UNAVAILABLE `why`, as a server stopping at the end
+        of its grace ends its calls (its callers then answer as for any failure: the OpenAI
+        door with its error body, or an in-band error and `[DONE]`); how many."""
+        calls = list(self._calls.items())
+        for context, task in calls:
+            context.stopped = why
+            task.cancel()
+        return len(calls)
 
     async def _resolve(self, details: _CallDetails) -> grpc.RpcMethodHandler | None:
         """The handler as the server would run it: through every interceptor."""
@@ -362,6 +378,9 @@ class _UnaryUnary:
             raise _error(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {self._method}")
         context = _Context(details.invocation_metadata, deadline)
         timer = context.arm()
+        task = asyncio.current_task()
+        if task is not None:
+            channel._calls[context] = task
         try:
             reply = await handler.unary_unary(_copy(request), context)
         except grpc.aio.AbortError:
@@ -376,6 +395,7 @@ class _UnaryUnary:
         except Exception as exc:
             raise _unexpected(exc) from None
         finally:
+            channel._calls.pop(context, None)
             if timer is not None:
                 timer.cancel()
         error = context.failed()
@@ -408,6 +428,9 @@ async def _serve(channel: LocalChannel, details: _CallDetails, request: Any,
     `_StreamCall` alive, or dropping the call could not cancel it."""
     error: grpc.aio.AioRpcError | None = None
     timer = context.arm()
+    task = asyncio.current_task()
+    if task is not None:
+        channel._calls[context] = task
     try:
         handler = await channel._resolve(details)
         behavior = None if handler is None else handler.unary_stream
@@ -434,6 +457,7 @@ async def _serve(channel: LocalChannel, details: _CallDetails, request: Any,
     except Exception as exc:
         error = _unexpected(exc)
     finally:
+        channel._calls.pop(context, None)
         if timer is not None:
             timer.cancel()
     outbox.end(error)

@@ -346,17 +346,50 @@ def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> 
     assert not stopping.is_alive()
 
 
-def test_an_http_stream_past_the_grace_is_cut_off_at_the_door(tmp_path: Path) -> None:
-    """A stream still held upstream when a (sub-second) grace runs out ends incomplete at
-    the door, as uvicorn cuts a request it cancels: the caller is not told the upstream
-    failed, which it did not."""
+def test_an_http_stream_past_the_grace_ends_with_an_error_saying_so(tmp_path: Path) -> None:
+    """A stream still held upstream when a (sub-second) grace runs out was cancelled by
+    uvicorn: cut without an end, and "Exception in ASGI application" logged. It ends as a
+    failure does once a stream has started: an in-band error saying the server is
+    shutting down, then `[DONE]`, as a split layout's door already answered."""
     with held_http_stream(tmp_path, 0.5, ["never", "finished"]) as held:
         stopping = held.stop_in_thread(0.5)
-        with pytest.raises(httpx.RemoteProtocolError):
-            rest = list(held.lines)
-            pytest.fail(f"the stream ended as if complete: {rest}")
+        rest = list(held.lines)
+    assert rest[-1] == "data: [DONE]", rest
+    error = json.loads(rest[-2][6:])["error"]
+    assert "shutting down" in error["message"], error
+    assert error["type"] == "service_unavailable_error", error
     stopping.join(30)
     assert not stopping.is_alive()
+
+
+def test_a_unary_call_past_the_grace_gets_openais_body(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    """A call still waiting upstream when the grace ran out was a plain-text 500
+    "Internal Server Error" (uvicorn cancelled it): a 503 with OpenAI's body now."""
+    upstream = HeldUpstream().start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
+        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    running = start_mesh(mesh_settings(tmp_path, grace_period_s=0.5, config_path=config,
+                                       services=("completion",)))
+    try:
+        upstream.hold()
+        replies: list[httpx.Response] = []
+        call = threading.Thread(target=lambda: replies.append(httpx.post(
+            f"{running.http_url}/v1/chat/completions", timeout=60,
+            json={"model": "held", "messages": [{"role": "user", "content": "hi"}]})))
+        call.start()
+        assert upstream.arrived(1)
+        running.stop(0.5)
+        call.join(30)
+    finally:
+        upstream.release()
+        upstream.stop()
+    (reply,) = replies
+    assert reply.status_code == 503, reply.text
+    assert "shutting down" in reply.json()["error"]["message"], reply.text
+    assert not [r for r in caplog.records if "Exception in ASGI" in r.getMessage()]
 
 
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
