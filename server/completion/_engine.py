@@ -26,6 +26,7 @@ from .errors import (
     AuthenticationError,
     CompletionError,
     ContextWindowExceeded,
+    InvalidRequest,
     ModelNotFound,
     ProviderUnavailable,
     UpstreamError,
@@ -84,13 +85,18 @@ class CompletionEngine:
     def deployments_of(self, model: str) -> int:
         """How many deployments serve `model`; ModelNotFound (with close names) if none,
         InvalidRequest for a name no caller may ask for."""
-        return len(self._router.group(_request.check_model(model)).deployments)
+        model = _request.check_model(model)
+        listed = self._router.pattern(model)  # a wildcard, as /v1/models lists it
+        return listed if listed is not None else len(self._router.group(model).deployments)
 
     def serves(self, model: str) -> bool:
-        """Whether `model` names a deployment group (exactly, or through a wildcard)."""
+        """Whether `model` names a deployment group (exactly, or through a wildcard), or is
+        a wildcard pattern itself."""
+        if self._router.pattern(model) is not None:
+            return True
         try:
             self._router.group(model)
-        except ModelNotFound:
+        except (ModelNotFound, InvalidRequest):
             return False
         return True
 

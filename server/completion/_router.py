@@ -87,6 +87,15 @@ class Router:
         """Configured model names, wildcards included, in config order."""
         return [*self._exact, *(p for p, _ in self._wild)]
 
+    def pattern(self, name: str) -> int | None:
+        """How many deployments a wildcard pattern itself (`echo/*`, as `/v1/models` lists
+        it) has; None when `name` is no configured pattern. A pattern is described, not
+        called (`group`)."""
+        for pattern, wild in self._wild:
+            if pattern == name:
+                return len(wild)
+        return None
+
     def group(self, model: str) -> Group:
         """The deployments for `model`; raises ModelNotFound with close names."""
         found = self._groups.get(model)
