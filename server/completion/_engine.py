@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -172,6 +173,7 @@ class CompletionEngine:
         store = key is not None and not opts.cache_no_store
         keep: list[dict[str, Any]] | None = [] if store or fmt is not None else None
         usage: dict[str, Any] | None = None
+        halves: dict[tuple[Any, str], str] | None = None  # see `_join_halves`
         settled = False
         try:
             async with aclosing(chunks):
@@ -180,6 +182,8 @@ class CompletionEngine:
                     chunk = item
                     if chunk.get("usage") is not None:  # alone, or on the finish chunk
                         usage = clean_usage(chunk["usage"], state.settings.id)
+                    if halves is not None or _SURROGATE.search(_texts(chunk)):
+                        halves = _join_halves(chunk, {} if halves is None else halves)
                     if chunk.get("choices") or chunk.get("usage") is None:
                         if keep is not None:
                             keep.append(chunk)
@@ -404,3 +408,41 @@ def _make_provider(kind: str, transport: httpx.AsyncBaseTransport | None) -> Pro
     from ._litellm import LiteLLMProvider
 
     return LiteLLMProvider(kind)
+
+
+#: A UTF-16 surrogate: half of a character, which no protobuf string (nor UTF-8) holds.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_DELTA_TEXTS = ("content", "refusal", "reasoning_content")
+
+
+def _texts(chunk: dict[str, Any]) -> str:
+    """The delta texts of `chunk`, joined (to look for surrogates in one search)."""
+    out: list[str] = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict):
+            out.extend(t for key in _DELTA_TEXTS if isinstance(t := delta.get(key), str))
+    return "".join(out)
+
+
+def _join_halves(chunk: dict[str, Any], held: dict[tuple[Any, str], str],
+                 ) -> dict[tuple[Any, str], str]:
+    """Join surrogate pairs an upstream cut between chunks (it escaped the text as UTF-16:
+    `"\\ud83d"`, then `"\\ude00"`), in place: a text ending in a high half keeps it for
+    the same choice's next text; a half without its other half becomes U+FFFD (one still
+    waiting when the stream ends is dropped). `held` is what waits, by (choice index,
+    field); returned for the next chunk."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        for key in _DELTA_TEXTS:
+            text = delta.get(key)
+            if not isinstance(text, str):
+                continue
+            text = held.pop((choice.get("index"), key), "") + text
+            if text and "\ud800" <= text[-1] <= "\udbff":
+                held[(choice.get("index"), key)] = text[-1]
+                text = text[:-1]
+            delta[key] = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return held

@@ -259,6 +259,32 @@ async def test_a_deployments_stream_timeout_bounds_its_streams(
     assert done.response["choices"][0]["message"]["content"] == "hi there"
 
 
+async def test_an_emoji_split_between_two_chunks_reaches_the_caller_whole(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    """An upstream that escapes text as UTF-16 may cut a surrogate pair between two
+    chunks (`"A \\ud83d"`, then `"\\ude00 B"`): the first half alone could not enter a
+    protobuf string, and the stream died with "surrogates not allowed". The pair is joined
+    across chunks; a half that never finds its other half becomes U+FFFD."""
+    async def split_pair(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                         w: asyncio.StreamWriter) -> bool:
+        base = json.loads(openai_chunks(req, "x")[1])
+        sse_head(w)
+        for text in ("A \\ud83d", "\\ude00 B \\udc00", " end \\ud83d"):
+            data = json.dumps(base).replace('"content": " x"', '"content": "%s"')
+            data = data.replace('"content": "x"', '"content": "%s"') % text
+            sse_event(w, data)
+        sse_event(w, "[DONE]")
+        w.write(b"0\r\n\r\n")
+        return True
+    upstream.plan("a", split_pair)
+    engine = await make_engine(config(upstream, "gpt@a"))
+    events = [e async for e in engine.stream({"model": "gpt", "messages": MSG, "stream": True})]
+    text = "".join(e.chunk["choices"][0]["delta"].get("content") or ""
+                   for e in events if isinstance(e, StreamChunk))
+    assert text == "A \U0001F600 B \ufffd end ", ascii(text)
+    assert isinstance(events[-1], StreamEnd)
+
+
 async def test_stream_dropped_midway_raises(upstream: Upstream,
                                             make_engine: EngineFactory) -> None:
     upstream.plan("a", drop_mid_stream)
