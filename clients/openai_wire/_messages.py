@@ -8,7 +8,7 @@ from typing import Any
 from scillm.completion.v1 import completion_pb2 as pb
 
 from ..errors import InvalidRequestError
-from ._values import _ROLE_NAMES, ROLES, _expect, json_dumps
+from ._values import _ROLE_NAMES, ROLES, _expect, add_extras, extras_text, json_dumps
 
 
 def _content_to_proto(content: Any, param: str) -> list[pb.ContentPart]:
@@ -67,8 +67,16 @@ def message_to_proto(message: Any, param: str = "messages[0]") -> pb.Message:
     return out
 
 
-def _fill_message(out: pb.Message, message: Any, param: str) -> None:
-    """`message_to_proto` into `out` (a message in place costs no copy into its parent)."""
+#: The message fields `Message` types; the rest travel in its `extra_json`.
+_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "reasoning_content",
+                           "tool_calls", "refusal"})
+
+
+def _fill_message(out: pb.Message, message: Any, param: str, *,
+                  upstream: bool = False) -> None:
+    """`message_to_proto` into `out` (a message in place costs no copy into its parent);
+    `upstream` for an upstream's message (its untyped fields are kept when they can be,
+    never refused)."""
     _expect(message, dict, param)
     role = message.get("role")
     if not isinstance(role, str) or role not in ROLES:
@@ -88,6 +96,8 @@ def _fill_message(out: pb.Message, message: Any, param: str) -> None:
         out.tool_calls.extend(_tool_calls_to_proto(message["tool_calls"], f"{param}.tool_calls"))
     if message.get("refusal"):
         out.content.add(refusal=str(message["refusal"]))
+    if not message.keys() <= _MESSAGE_KEYS:
+        out.extra_json = extras_text(message, _MESSAGE_KEYS, None if upstream else param)
 
 
 def _content_from_proto(parts: Sequence[pb.ContentPart]) -> Any:
@@ -118,8 +128,9 @@ def _content_from_proto(parts: Sequence[pb.ContentPart]) -> Any:
     return out
 
 
-def message_from_proto(message: pb.Message) -> dict[str, Any]:
-    """A `Message` as an OpenAI message dict."""
+def message_from_proto(message: pb.Message, param: str | None = None) -> dict[str, Any]:
+    """A `Message` as an OpenAI message dict (`param`: where a caller's request holds it,
+    so that an unreadable `extra_json` is refused naming it)."""
     parts: Sequence[pb.ContentPart] = message.content
     refusal = [p.refusal for p in parts if p.WhichOneof("part") == "refusal"] \
         if message.role == pb.ROLE_ASSISTANT else []
@@ -141,4 +152,6 @@ def message_from_proto(message: pb.Message) -> dict[str, Any]:
         out["reasoning_content"] = message.reasoning_content
     if "".join(refusal):  # an empty one is dropped
         out["refusal"] = "".join(refusal)
+    if message.extra_json:
+        add_extras(out, message.extra_json, param and f"{param}.extra_json")
     return out

@@ -232,7 +232,8 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
 def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
     """A `CompletionRequest` as an OpenAI request dict (routing options under `scillm`)."""
     body: dict[str, Any] = {"model": req.model,
-                            "messages": [message_from_proto(m) for m in req.messages]}
+                            "messages": [message_from_proto(m, f"messages[{i}]")
+                                         for i, m in enumerate(req.messages)]}
     for key in _OPTIONAL_NUMBERS:
         if req.HasField(key):  # type: ignore[arg-type]
             body[key] = getattr(req, key)

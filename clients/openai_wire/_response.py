@@ -10,7 +10,7 @@ from scillm.common.v1 import common_pb2
 from scillm.completion.v1 import completion_pb2 as pb
 
 from ._messages import _fill_message, message_from_proto
-from ._values import _FINISH_NAMES, _ROLE_NAMES, FINISH_REASONS, ROLES
+from ._values import _FINISH_NAMES, _ROLE_NAMES, FINISH_REASONS, ROLES, add_extras, extras_text
 
 
 def usage_to_proto(usage: Mapping[str, Any] | None) -> common_pb2.Usage:
@@ -88,11 +88,20 @@ def response_to_proto(body: Mapping[str, Any]) -> pb.CompletionResponse:
         entry = out.choices.add(index=int(choice.get("index", i)),
                                 finish_reason=FINISH_REASONS.get(  # type: ignore[arg-type]
                                     choice.get("finish_reason") or "", 0))
-        _fill_message(entry.message, message, f"choices[{i}].message")
+        _fill_message(entry.message, message, f"choices[{i}].message", upstream=True)
         logprobs = _logprobs_to_proto(choice.get("logprobs"))
         if logprobs is not None:
             entry.logprobs.CopyFrom(logprobs)
+    if not body.keys() <= _RESPONSE_KEYS:
+        out.extra_json = extras_text(body, _RESPONSE_KEYS, None)
     return out
+
+
+#: The fields of a `chat.completion` (and of a chunk) the protos type; the rest travel in
+#: their `extra_json`.
+_RESPONSE_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage",
+                            "system_fingerprint"})
+_CHUNK_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
 
 
 def response_from_proto(resp: pb.CompletionResponse) -> dict[str, Any]:
@@ -113,6 +122,8 @@ def response_from_proto(resp: pb.CompletionResponse) -> dict[str, Any]:
                            "usage": usage_from_proto(resp.usage)}
     if resp.system_fingerprint:
         out["system_fingerprint"] = resp.system_fingerprint
+    if resp.extra_json:
+        add_extras(out, resp.extra_json)
     return out
 
 
@@ -141,6 +152,8 @@ def chunk_to_proto(chunk: Mapping[str, Any]) -> pb.CompletionChunk:
         logprobs = _logprobs_to_proto(choice.get("logprobs"))
         if logprobs is not None:
             entry.logprobs.CopyFrom(logprobs)
+    if not chunk.keys() <= _CHUNK_KEYS:
+        out.extra_json = extras_text(chunk, _CHUNK_KEYS, None)
     return out
 
 
@@ -173,8 +186,11 @@ def chunk_from_proto(chunk: pb.CompletionChunk) -> dict[str, Any]:
         if c.HasField("logprobs"):
             entry["logprobs"] = _logprobs_from_proto(c.logprobs)
         choices.append(entry)
-    return {"id": chunk.id, "object": "chat.completion.chunk", "created": chunk.created,
-            "model": chunk.model, "choices": choices}
+    out = {"id": chunk.id, "object": "chat.completion.chunk", "created": chunk.created,
+           "model": chunk.model, "choices": choices}
+    if chunk.extra_json:
+        add_extras(out, chunk.extra_json)
+    return out
 
 
 def _ms(duration: Any) -> float:

@@ -155,6 +155,46 @@ def json_from_text(text: str, param: str) -> dict[str, Any]:
     return value
 
 
+def extras_text(source: Mapping[str, Any], known: frozenset[str], param: str | None) -> str:
+    """The fields of `source` outside `known` (those the contract does not type), as JSON
+    text for an `extra_json` field; "" when none. A caller's (`param` names where) must be
+    JSON a Struct could hold (InvalidRequestError naming the field); an upstream's
+    (`param` None) is kept when it serialises, else left out."""
+    extra = {k: v for k, v in source.items() if k not in known}
+    if not extra:
+        return ""
+    try:
+        if param is not None:
+            for key, value in extra.items():
+                _check_json(value, f"{param}.{key}")
+        return json.dumps(extra, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=param is None)
+    except (ValueError, TypeError, RecursionError) as exc:
+        if param is None:
+            return ""
+        raise InvalidRequestError(f"'{param}' holds a field that is not JSON: {exc}",
+                                  param=param) from None
+
+
+def add_extras(out: dict[str, Any], text: str, param: str | None = None) -> None:
+    """The fields of an `extra_json` into `out`, where the typed fields are already (they
+    win). A caller's unreadable text (`param` names the field) is InvalidRequestError; an
+    upstream's is left out."""
+    if not text:
+        return
+    try:
+        extra = json.loads(text)
+    except (ValueError, RecursionError):
+        extra = None
+    if not isinstance(extra, dict):
+        if param is not None:
+            raise InvalidRequestError(f"'{param}' must be the text of a JSON object",
+                                      param=param)
+        return
+    for key, value in extra.items():
+        out.setdefault(key, value)
+
+
 def _not_a_number(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 

@@ -102,6 +102,48 @@ def test_a_grpc_callers_schema_text_that_is_no_json_object_names_its_field(
     assert info.value.param == "tools[0].function.parameters_json", info.value
 
 
+def test_fields_the_contract_does_not_type_pass_through_both_ways() -> None:
+    """OpenAI's `service_tier`, `message.annotations` (web search citations),
+    `message.audio`, a chunk's `system_fingerprint`, an assistant's `function_call` and a
+    provider's own fields were dropped on the way through the protos."""
+    annotations = [{"type": "url_citation", "url_citation": {
+        "url": "https://example.org", "title": "t", "start_index": 0, "end_index": 3}}]
+    reply = {"id": "r", "object": "chat.completion", "created": 1, "model": "m",
+             "service_tier": "default", "x_provider": {"region": "eu"},
+             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                          "message": {"role": "assistant", "content": "hi", "refusal": None,
+                                      "annotations": annotations,
+                                      "audio": {"id": "a1", "data": "UklG",
+                                                "expires_at": 9, "transcript": "hi"}}}],
+             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    back = openai_wire.response_from_proto(openai_wire.response_to_proto(reply))
+    assert back["service_tier"] == "default" and back["x_provider"] == {"region": "eu"}
+    message = back["choices"][0]["message"]
+    assert message["annotations"] == annotations and message["audio"]["id"] == "a1"
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "system_fingerprint": "fp_1", "service_tier": "flex",
+             "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+    back = openai_wire.chunk_from_proto(openai_wire.chunk_to_proto(chunk))
+    assert (back["system_fingerprint"], back["service_tier"]) == ("fp_1", "flex")
+    request = {"model": "m", "messages": [
+        {"role": "assistant", "content": None,
+         "function_call": {"name": "f", "arguments": "{}"}, "audio": {"id": "a1"}},
+        {"role": "user", "content": "x"}]}
+    back = openai_wire.request_from_proto(openai_wire.request_to_proto(request))
+    assert back["messages"][0]["function_call"] == {"name": "f", "arguments": "{}"}
+    assert back["messages"][0]["audio"] == {"id": "a1"}
+
+
+def test_an_untyped_field_too_deep_is_refused_naming_it() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = {"a": deep}
+    with pytest.raises(InvalidRequestError) as info:
+        openai_wire.request_to_proto({"model": "m", "messages": [
+            {"role": "user", "content": "x", "extra": deep}]})
+    assert info.value.param == "messages[0].extra", info.value
+
+
 def test_litellm_cache_controls_map_onto_the_cache_options() -> None:
     """LiteLLM's per-request `cache` controls and `caching` flag become CacheOptions (never
     extra fields for the provider), merged over `scillm.cache`."""

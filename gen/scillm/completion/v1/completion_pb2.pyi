@@ -342,6 +342,7 @@ class Message(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     REASONING_CONTENT_FIELD_NUMBER: _builtins.int
+    EXTRA_JSON_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Author role."""
     name: _builtins.str
@@ -350,6 +351,11 @@ class Message(_message.Message):
     """For role TOOL: the id of the tool call this message answers."""
     reasoning_content: _builtins.str
     """Reasoning text returned by reasoning models, when exposed."""
+    extra_json: _builtins.str
+    """The message's fields this contract does not type (OpenAI's `annotations`, `audio`,
+    `function_call`, a provider's own), as the text of one JSON object, passed on as they
+    came, both ways.
+    """
     @_builtins.property
     def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
         """Content parts; plain string content is a single text part."""
@@ -367,10 +373,11 @@ class Message(_message.Message):
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         tool_call_id: _builtins.str = ...,
         reasoning_content: _builtins.str = ...,
+        extra_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "reasoning_content", b"reasoning_content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "extra_json", b"extra_json", "name", b"name", "reasoning_content", b"reasoning_content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1114,6 +1121,7 @@ class CompletionResponse(_message.Message):
     ROUTING_FIELD_NUMBER: _builtins.int
     JSON_VALID_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
+    EXTRA_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Completion identifier."""
     model: _builtins.str
@@ -1124,6 +1132,10 @@ class CompletionResponse(_message.Message):
     """Provider fingerprint."""
     json_valid: _builtins.bool
     """With a JSON response_format: whether the output parsed (and matched the schema)."""
+    extra_json: _builtins.str
+    """The reply's fields this contract does not type (OpenAI's `service_tier`, a
+    provider's own), as the text of one JSON object, passed on as they came.
+    """
     @_builtins.property
     def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Choice]:
         """The generated choices."""
@@ -1152,10 +1164,11 @@ class CompletionResponse(_message.Message):
         routing: Global___Routing | None = ...,
         json_valid: _builtins.bool | None = ...,
         manifest: _common_pb2.RunManifest | None = ...,
+        extra_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "json_valid", b"json_valid", "manifest", b"manifest", "routing", b"routing", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "choices", b"choices", "created", b"created", "id", b"id", "json_valid", b"json_valid", "manifest", b"manifest", "model", b"model", "routing", b"routing", "system_fingerprint", b"system_fingerprint", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid", "choices", b"choices", "created", b"created", "extra_json", b"extra_json", "id", b"id", "json_valid", b"json_valid", "manifest", b"manifest", "model", b"model", "routing", b"routing", "system_fingerprint", b"system_fingerprint", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__json_valid: _TypeAlias = _typing.Literal["json_valid"]  # noqa: Y015
     _WhichOneofArgType__json_valid: _TypeAlias = _typing.Literal["_json_valid", b"_json_valid"]  # noqa: Y015
@@ -1313,12 +1326,18 @@ class CompletionChunk(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     CHOICES_FIELD_NUMBER: _builtins.int
+    EXTRA_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Completion identifier, the same for every chunk."""
     model: _builtins.str
     """Model that answers."""
     created: _builtins.int
     """Creation time, Unix seconds."""
+    extra_json: _builtins.str
+    """The chunk's fields this contract does not type (OpenAI's `system_fingerprint`,
+    `service_tier`, a provider's own), as the text of one JSON object, passed on as they
+    came.
+    """
     @_builtins.property
     def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkChoice]:
         """Increments."""
@@ -1330,10 +1349,11 @@ class CompletionChunk(_message.Message):
         model: _builtins.str = ...,
         created: _builtins.int = ...,
         choices: _abc.Iterable[Global___ChunkChoice] | None = ...,
+        extra_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "created", b"created", "id", b"id", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "created", b"created", "extra_json", b"extra_json", "id", b"id", "model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
