@@ -203,24 +203,31 @@ async def test_stream_ok_with_usage(upstream: Upstream, make_engine: EngineFacto
     assert upstream.requests[0][2]["stream_options"] == {"include_usage": True}
 
 
+async def _stream_of(upstream: Upstream, make_engine: EngineFactory,
+                     events: Any) -> list[Any]:
+    """The engine's events for a stream of `gpt` whose upstream sends `events(request)`
+    (each an SSE data line's JSON text), then `[DONE]`."""
+    async def act(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                  w: asyncio.StreamWriter) -> bool:
+        sse_head(w)
+        for data in [*events(req), "[DONE]"]:
+            sse_event(w, data)
+        w.write(b"0\r\n\r\n")
+        return True
+    upstream.plan("a", act)
+    engine = await make_engine(config(upstream, "gpt@a"))
+    return [e async for e in engine.stream({"model": "gpt", "messages": MSG, "stream": True})]
+
+
 async def test_a_streams_usage_on_its_finish_chunk_is_kept(
         upstream: Upstream, make_engine: EngineFactory) -> None:
     """vLLM- and DeepSeek-style servers send the usage on the last chunk that has choices
     (the finish), not on a chunk of its own: the stream's usage was zero (the key paid
     nothing, the caller's include_usage chunk said 0), and the finish chunk is kept."""
-    async def usage_on_finish(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
-                              w: asyncio.StreamWriter) -> bool:
-        chunks = [json.loads(c) for c in openai_chunks(req, "hi there")]
-        *body, finish, alone = chunks
-        sse_head(w)
-        for data in [*body, {**finish, "usage": alone["usage"]}]:
-            sse_event(w, json.dumps(data))
-        sse_event(w, "[DONE]")
-        w.write(b"0\r\n\r\n")
-        return True
-    upstream.plan("a", usage_on_finish)
-    engine = await make_engine(config(upstream, "gpt@a"))
-    events = [e async for e in engine.stream({"model": "gpt", "messages": MSG, "stream": True})]
+    def with_usage_on_finish(req: dict[str, Any]) -> list[str]:
+        *body, finish, alone = [json.loads(c) for c in openai_chunks(req, "hi there")]
+        return [json.dumps(d) for d in [*body, {**finish, "usage": alone["usage"]}]]
+    events = await _stream_of(upstream, make_engine, with_usage_on_finish)
     chunks = [e.chunk for e in events if isinstance(e, StreamChunk)]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     end = events[-1]
@@ -265,20 +272,12 @@ async def test_an_emoji_split_between_two_chunks_reaches_the_caller_whole(
     chunks (`"A \\ud83d"`, then `"\\ude00 B"`): the first half alone could not enter a
     protobuf string, and the stream died with "surrogates not allowed". The pair is joined
     across chunks; a half that never finds its other half becomes U+FFFD."""
-    async def split_pair(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
-                         w: asyncio.StreamWriter) -> bool:
-        base = json.loads(openai_chunks(req, "x")[1])
-        sse_head(w)
-        for text in ("A \\ud83d", "\\ude00 B \\udc00", " end \\ud83d"):
-            data = json.dumps(base).replace('"content": " x"', '"content": "%s"')
-            data = data.replace('"content": "x"', '"content": "%s"') % text
-            sse_event(w, data)
-        sse_event(w, "[DONE]")
-        w.write(b"0\r\n\r\n")
-        return True
-    upstream.plan("a", split_pair)
-    engine = await make_engine(config(upstream, "gpt@a"))
-    events = [e async for e in engine.stream({"model": "gpt", "messages": MSG, "stream": True})]
+    def split_pair(req: dict[str, Any]) -> list[str]:
+        base = json.dumps(json.loads(openai_chunks(req, "x")[1]))
+        return [base.replace('"content": " x"', '"content": "%s"')
+                .replace('"content": "x"', '"content": "%s"') % text
+                for text in ("A \\ud83d", "\\ude00 B \\udc00", " end \\ud83d")]
+    events = await _stream_of(upstream, make_engine, split_pair)
     text = "".join(e.chunk["choices"][0]["delta"].get("content") or ""
                    for e in events if isinstance(e, StreamChunk))
     assert text == "A \U0001F600 B \ufffd end ", ascii(text)
