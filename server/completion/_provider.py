@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -75,4 +76,15 @@ def without_secret(text: str, deployment: DeploymentSettings) -> str:
     key; OpenAI's own servers mask it, other OpenAI-compatible ones need not."""
     secret = deployment.api_key
     value = secret.value if secret is not None else None
-    return text.replace(value, "[redacted]") if value and value in text else text
+    if not value or value not in text:
+        return text
+    if len(value) >= _LONG_KEY:
+        return text.replace(value, "[redacted]")
+    # A short key (local servers take any: `x`, vLLM's `EMPTY`) where it stands alone:
+    # everywhere, "maximum context" read "ma[redacted]imum conte[redacted]t".
+    return re.sub(rf"(?<![A-Za-z0-9_-]){re.escape(value)}(?![A-Za-z0-9_-])", "[redacted]",
+                  text)
+
+
+#: Keys this long are blanked wherever they occur; shorter ones where they stand alone.
+_LONG_KEY = 16

@@ -341,13 +341,13 @@ async def test_cooldown_moves_traffic(upstream: Upstream, make_engine: EngineFac
     assert upstream.calls("bad") == 2
 
 
-def _quoting_the_key(code: int, in_band: bool = False) -> Any:
+def _quoting_the_key(code: int, in_band: bool = False, extra: str = "") -> Any:
     """An upstream whose error quotes the key it was sent, as some OpenAI-compatible
     servers do (OpenAI's own masks it)."""
     async def act(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
                   w: asyncio.StreamWriter) -> bool:
         sent = up.requests[-1][1].get("authorization", "").removeprefix("Bearer ")
-        error = {"error": {"message": f"Incorrect API key provided: {sent}."}}
+        error = {"error": {"message": f"Incorrect API key provided: {sent}.{extra}"}}
         if in_band:
             sse_head(w)
             sse_event(w, json.dumps(error))
@@ -356,6 +356,23 @@ def _quoting_the_key(code: int, in_band: bool = False) -> Any:
             send_json(w, code, error)
         return True
     return act
+
+
+@pytest.mark.parametrize("key", ["x", "EMPTY"])
+async def test_a_short_key_is_blanked_where_it_stands_alone_not_inside_words(
+        upstream: Upstream, make_engine: EngineFactory, key: str) -> None:
+    """Local servers take any key (`x`, vLLM's `EMPTY`): every occurrence was blanked, so
+    "maximum context" read "ma[redacted]imum conte[redacted]t". A short key is blanked
+    where it stands as a word of its own; the quoted key still is."""
+    upstream.plan("a", _quoting_the_key(400, extra=" maximum context; EMPTYING x-ray"))
+    models = config(upstream, "g@a")
+    models["model_list"][0]["litellm_params"]["api_key"] = key
+    engine = await make_engine(models)
+    with pytest.raises(UpstreamError) as info:
+        await engine.complete({"model": "g", "messages": MSG})
+    text = str(info.value)
+    assert "Incorrect API key provided: [redacted]." in text, text
+    assert "maximum context; EMPTYING" in text, text
 
 
 async def test_an_upstream_error_never_shows_the_callers_the_operators_key(
