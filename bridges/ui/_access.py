@@ -5,8 +5,9 @@ with one, a caller needs the master key or a virtual key whose metadata grants
 `{"runs": "read"}`. A script sends `Authorization: Bearer <key>` (or `x-api-key`) as it
 does to the API; a browser signs in once on `/ui/login`, which keeps the key in an
 HttpOnly, SameSite=Strict cookie scoped to `/ui` (Secure over TLS) until sign-out or
-`MAX_AGE_S`. Requests that change something (replay, sign-out) and carry only the cookie
-must also carry the header `x-scillm-ui: 1`, which another site's page cannot send.
+`MAX_AGE_S`. A replay that carries only the cookie must also carry the header
+`x-scillm-ui: 1`, which another site's page cannot send; sign-in and sign-out forms are
+refused when the browser says they came from another site (`Sec-Fetch-Site`, `Origin`).
 
     Denied            a refusal: 401 (no key, unknown key) or 403 (a key without runs)
 """

@@ -124,12 +124,28 @@ def _query(request: Request) -> RunQuery:
     if service and service not in SERVICES:
         raise _BadRequest(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     raw_limit = params.get("limit", str(PAGE_SIZE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500).
+    if not (raw_limit.isascii() and raw_limit.isdigit()) \
+            or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
         raise _BadRequest(f"limit must be 1..{MAX_PAGE_SIZE}")
     return RunQuery(service=service, session_id=params.get("session", "").strip(),
                     track=params.get("track", "").strip(),
                     model=params.get("model", "").strip(), limit=int(raw_limit),
                     page_token=params.get("page", ""))
+
+
+def _from_this_site(request: Request) -> bool:
+    """Whether a sign-in or sign-out form came from this site, as far as the browser
+    says: `Sec-Fetch-Site` (same-origin, or none: typed or bookmarked), else `Origin`
+    (this host). A request saying neither is a script's, let through. Another site's
+    form signed a victim out, or in with the attacker's key."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":  # our pages' no-referrer policy sends "null"
+        return True
+    return urllib.parse.urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 class _BadRequest(Exception):
@@ -317,6 +333,9 @@ class _Ui:
         return self._page("login.html", next=target, error="")
 
     async def login(self, request: Request) -> Response:
+        if not _from_this_site(request):
+            return self._page("login.html", 403, next="/ui/",
+                              error="a sign-in from another site is refused")
         body = b""
         async for chunk in request.stream():  # open to anyone: read no more than a form
             body += chunk
@@ -336,6 +355,8 @@ class _Ui:
         return response
 
     async def logout(self, request: Request) -> Response:
+        if not _from_this_site(request):
+            return Response("a sign-out from another site is refused", 403)
         response = RedirectResponse("/ui/login", 303)
         self.access.sign_out(response)
         return response

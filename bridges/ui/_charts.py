@@ -5,6 +5,7 @@ ships. Only the figure JSON is made in Python: plotly's own Python API is not im
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,13 @@ _OTHER = "#64748b"
 _METRIC_COLOURS = ("#2563eb", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d")
 
 
+def _t(name: str) -> str:
+    """A caller's name as plotly text: plotly reads `<b>`, `<a href>` and the like in its
+    text, so a strategy named `<a href=...>` drew a link to another site. Escaped, it is
+    shown as written (plotly decodes the entities)."""
+    return html.escape(name, quote=False)
+
+
 def _layout(height: int, **extra: Any) -> dict[str, Any]:
     return {"height": height, "margin": {"l": 48, "r": 16, "t": 44, "b": 40},
             "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
@@ -34,18 +42,18 @@ def ranking_bars(ranking: codeworld_pb2.Ranking) -> Figure:
     """One task's strategies in rank order: the score (the winner's bar highlighted) and
     every metric beside it."""
     entries = sorted(ranking.entries, key=lambda e: (e.rank, e.strategy))
-    names = [e.strategy for e in entries]
+    names = [_t(e.strategy) for e in entries]
     data: list[dict[str, Any]] = [{
         "type": "bar", "name": "score", "x": names, "y": [e.score for e in entries],
         "marker": {"color": [WINNER if e.rank == 1 else _OTHER for e in entries]},
         "hovertemplate": "%{x}<br>score %{y:.4g}<extra></extra>"}]
     metrics = sorted({m for e in entries for m in e.metrics})
     for i, metric in enumerate(metrics):
-        data.append({"type": "bar", "name": metric, "x": names,
+        data.append({"type": "bar", "name": _t(metric), "x": names,
                      "y": [e.metrics.get(metric) for e in entries],
                      "marker": {"color": _METRIC_COLOURS[i % len(_METRIC_COLOURS)],
                                 "opacity": 0.75},
-                     "hovertemplate": f"%{{x}}<br>{metric} %{{y:.4g}}<extra></extra>"})
+                     "hovertemplate": f"%{{x}}<br>{_t(metric)} %{{y:.4g}}<extra></extra>"})
     return {"data": data, "layout": _layout(300, barmode="group",
                                             xaxis={"title": {"text": "strategy, by rank"}},
                                             yaxis={"title": {"text": "value"}})}
@@ -116,7 +124,7 @@ def mcts_tree(stats: codeworld_pb2.MctsStats) -> Figure:
          "hovertemplate": "root<extra></extra>", "showlegend": False},
         {"type": "scatter", "mode": "markers+text", "name": "variants",
          "x": [at[n.variant_id][0] for n in shown], "y": [at[n.variant_id][1] for n in shown],
-         "text": [n.variant_id for n in shown], "textposition": "bottom center",
+         "text": [_t(n.variant_id) for n in shown], "textposition": "bottom center",
          "customdata": [[n.visits, n.mean, n.depth] for n in shown],
          "hovertemplate": ("%{text}<br>visits %{customdata[0]}<br>mean reward "
                            "%{customdata[1]:.4g}<br>depth %{customdata[2]}<extra></extra>"),
@@ -139,7 +147,7 @@ def reward_line(progress: Sequence[codeworld_pb2.MctsProgress]) -> Figure:
     return {"data": [
         {"type": "scatter", "mode": "lines+markers", "name": "reward", "x": rollouts,
          "y": [p.reward for p in progress], "line": {"color": "#2563eb"},
-         "customdata": [p.variant_id for p in progress],
+         "customdata": [_t(p.variant_id) for p in progress],
          "hovertemplate": "rollout %{x}: %{customdata}<br>reward %{y:.4g}<extra></extra>"},
         {"type": "scatter", "mode": "lines", "name": "best so far", "x": rollouts,
          "y": [p.best_value for p in progress], "line": {"color": WINNER, "shape": "hv",
@@ -167,14 +175,14 @@ def span_timings(spans: Sequence[Span]) -> Figure:
     for i, group in enumerate(groups):
         mine = [s for s in spans if s.group == group]
         trace: dict[str, Any] = {
-            "type": "bar", "orientation": "h", "name": group or "duration",
-            "y": [s.label for s in mine], "x": [s.ms for s in mine],
+            "type": "bar", "orientation": "h", "name": _t(group) or "duration",
+            "y": [_t(s.label) for s in mine], "x": [s.ms for s in mine],
             "marker": {"color": _METRIC_COLOURS[i % len(_METRIC_COLOURS)]},
             "hovertemplate": "%{y}<br>%{x:.3f} ms<extra></extra>"}
         if any(s.start_ms is not None for s in mine):
             trace["base"] = [s.start_ms or 0.0 for s in mine]
         data.append(trace)
-    labels = list(dict.fromkeys(s.label for s in spans))
+    labels = list(dict.fromkeys(_t(s.label) for s in spans))
     return {"data": data, "layout": _layout(
         90 + 26 * len(labels), barmode="overlay" if len(groups) < 2 else "group",
         showlegend=len(groups) > 1,

@@ -151,7 +151,7 @@ def _page_token(start_time: str, run_id: str) -> str:
 def _parse_page_token(token: str) -> tuple[str, str]:
     try:
         value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # a forged token nested deep
         value = None
     if (not isinstance(value, list) or len(value) != 2
             or not all(isinstance(v, str) for v in value)):
@@ -271,12 +271,15 @@ class RunStore(ABC):
         return bool(self._run(f"SELECT 1 FROM runs WHERE run_id = {self._PARAM}", (run_id,)))
 
     def get(self, run_id: str) -> StoredRun | None:
-        """The run with this id (a unique prefix works too, in any ASCII case), or None."""
+        """The run with this id, else the one it is a unique prefix of (in any ASCII
+        case), or None. The exact id comes first: a run named `a` beside a run `af6c...`
+        was unreachable as ambiguous."""
         p = self._PARAM
-        rows = self._run(
-            "SELECT manifest, request_type, request, result_type, result, events FROM runs "
-            f"WHERE run_id = {p} OR run_id {self._ILIKE} {p} ESCAPE '\\' LIMIT 2",
-            (run_id, _like_prefix(run_id)))
+        columns = "SELECT manifest, request_type, request, result_type, result, events FROM runs"
+        rows = self._run(f"{columns} WHERE run_id = {p}", (run_id,))
+        if not rows:
+            rows = self._run(f"{columns} WHERE run_id {self._ILIKE} {p} ESCAPE '\\' LIMIT 2",
+                             (_like_prefix(run_id),))
         if len(rows) != 1:
             return None
         manifest, request_type, request, result_type, result, events = rows[0]

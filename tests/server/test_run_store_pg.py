@@ -8,6 +8,7 @@ Skips when PostgreSQL's binaries (Debian's `postgresql` package: initdb, pg_ctl 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -210,12 +211,17 @@ def test_put_list_get_round_trip(location: str) -> None:
         replaced = store.get("aaaa1111")
         assert replaced is not None and replaced.manifest.model == "m2" and replaced.events == ()
         assert len(store.list()) == 3
+        # An exact id wins over the runs it is a prefix of: a caller's run id "a" beside
+        # a run "af6c..." was unreachable ("no single run matches").
+        store.put_sync(*_run("aaaa", "prove", "s1", "t3", 40))
+        exact = store.get("aaaa")
+        assert exact is not None and exact.manifest.run_id == "aaaa"
     finally:
         store.close()
     # Reopened (as `scillm runs` does, without creating), everything is still there.
     reopened = open_run_store(location, create=False)
     try:
-        assert _ids(reopened.list()) == ["bbbb3333", "aaaa2222", "aaaa1111"]
+        assert _ids(reopened.list()) == ["aaaa", "bbbb3333", "aaaa2222", "aaaa1111"]
     finally:
         reopened.close()
 
@@ -258,7 +264,8 @@ def test_pages_newest_first_with_filters(location: str) -> None:
         assert store.distinct("model") == ["big", "small"]
         with pytest.raises(ValueError, match="not a filter column"):
             store.distinct("manifest")
-        for garbled in ("x", "e30", "WyJhIl0", "%%%"):
+        deep = base64.urlsafe_b64encode(b"[" * 5000).decode().rstrip("=")  # RecursionError
+        for garbled in ("x", "e30", "WyJhIl0", "%%%", deep):
             with pytest.raises(BadPageToken):
                 store.page(RunQuery(page_token=garbled))
     finally:

@@ -56,6 +56,29 @@ def test_a_signed_in_browser_cookie_cannot_replay_from_another_site(ui_mesh: UiM
     assert ours.status_code == 200 and ours.json()["identical"] is True
 
 
+def test_another_site_can_neither_sign_a_browser_in_nor_out(ui_mesh: UiMesh) -> None:
+    """A form on another site signed the victim out, or in with the attacker's key (the
+    victim's replays then ran as, and were charged to, that key). A browser says where a
+    form came from (Sec-Fetch-Site, Origin): another site's sign-in and sign-out are 403."""
+    reader = _key(ui_mesh, runs="read")
+    login, logout = f"{ui_mesh.url}/ui/login", f"{ui_mesh.url}/ui/logout"
+    for foreign in ({"sec-fetch-site": "cross-site"}, {"origin": "http://evil.test"},
+                    {"sec-fetch-site": "same-site", "origin": "http://localhost:1"}):
+        signed_in = httpx.post(login, data={"key": reader, "next": "/ui/"}, headers=foreign,
+                               timeout=30, follow_redirects=False)
+        assert signed_in.status_code == 403 and "scillm_ui_key" not in signed_in.headers.get(
+            "set-cookie", ""), foreign
+        signed_out = httpx.post(logout, cookies={"scillm_ui_key": MASTER}, headers=foreign,
+                                timeout=30, follow_redirects=False)
+        assert signed_out.status_code == 403 and "set-cookie" not in signed_out.headers, foreign
+    ours = {"sec-fetch-site": "same-origin", "origin": ui_mesh.url}
+    signed_in = httpx.post(login, data={"key": reader, "next": "/ui/"}, headers=ours,
+                           timeout=30, follow_redirects=False)
+    assert signed_in.status_code == 303 and "scillm_ui_key" in signed_in.headers["set-cookie"]
+    plain = httpx.post(login, data={"key": reader}, timeout=30, follow_redirects=False)
+    assert plain.status_code == 303  # a script, which says nothing of where it came from
+
+
 def test_browser_sign_in_refuses_wrong_keys_then_signs_in_and_out(browser: Any,
                                                                   ui_mesh: UiMesh) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 720})

@@ -4,6 +4,7 @@ left in tests/artifacts/ui/."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -250,7 +251,10 @@ def test_the_json_routes_answer_like_the_cli(ui_mesh: UiMesh) -> None:
     assert len(page["runs"]) == 1 and page["next_page_token"]
     older = _api(ui_mesh, f"/ui/api/runs?service=codeworld&limit=1&page={page['next_page_token']}")
     assert older["runs"][0]["manifest"]["run_id"] != page["runs"][0]["manifest"]["run_id"]
-    for bad in ("service=nope", "limit=0", "page=garbled"):
+    deep = base64.urlsafe_b64encode(b"[" * 5000).decode().rstrip("=")
+    # "²" is a digit to str.isdigit() and no number to int(); a token nested 5,000 deep:
+    # both were a plain-text 500.
+    for bad in ("service=nope", "limit=0", "page=garbled", "limit=%C2%B2", f"page={deep}"):
         reply = httpx.get(f"{ui_mesh.url}/ui/api/runs?{bad}", timeout=30,
                           headers={"authorization": f"Bearer {MASTER}"})
         assert reply.status_code == 400 and "error" in reply.json(), bad

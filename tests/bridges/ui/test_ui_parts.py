@@ -43,6 +43,25 @@ def test_every_figure_is_valid_for_plotly() -> None:
     assert path["name"] == "winning path" and len(path["x"]) == 6  # root→a→a>0
 
 
+def test_names_in_figures_are_text_not_markup() -> None:
+    """Plotly reads a little HTML in its text (`<b>`, `<a href>`): a strategy, metric,
+    variant or span named `<a href='https://evil.test/'>x</a>` drew a link to another
+    site on the run's page. Every caller's name reaches a figure escaped."""
+    evil = "V<b>bold</b><a href='https://evil.test/'>link</a>"
+    ranking = cw.Ranking(task_id="t", entries=[
+        cw.RankedStrategy(strategy=evil, rank=1, score=0.9, metrics={evil: 1.0})])
+    stats = cw.MctsStats(rollouts=1, best_variant_id=evil, children=[
+        cw.MctsChild(variant_id=evil, parent_id="", depth=1, visits=1, mean=0.5)])
+    progress = [cw.MctsProgress(rollout=1, variant_id=evil, reward=0.1, best_value=0.1)]
+    figures = [ranking_bars(ranking), mcts_tree(stats), reward_line(progress),
+               span_timings([Span(evil, 1.0, 0.0, evil)])]
+    text = repr(figures)
+    assert "<a" not in text and "<b>" not in text, text
+    assert "&lt;a href=" in text
+    for figure in figures:
+        go.Figure(figure)
+
+
 def test_tree_layout_centres_parents_over_children() -> None:
     at = tree_layout(NODES)
     assert at["a>0"] == (0.0, -2.0) and at["a>1"] == (1.0, -2.0) and at["b"] == (2.0, -1.0)
