@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .commands.codex_sidecar import add_arguments as add_sidecar_arguments
@@ -80,7 +80,8 @@ def _codeworld_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"scillm codeworld: cannot read {args.spec}: {exc.strerror}", file=sys.stderr)
         return 2
-    return uvloop.run(run_codeworld(args.spec, raw, args.target, local_mesh))
+    return _quietly("codeworld", lambda: uvloop.run(
+        run_codeworld(args.spec, raw, args.target, local_mesh, args.api_key)))
 
 
 def _prove(args: argparse.Namespace) -> int:
@@ -92,7 +93,8 @@ def _prove(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "batch":
-            envelope = prove.batch_envelope(args.file.read_text(), backend=args.backend,
+            envelope = prove.batch_envelope(args.file.read_text(encoding="utf-8-sig"),
+                                            backend=args.backend,
                                             model=args.model, max_seconds=args.max_seconds,
                                             no_cache=args.no_cache)
         else:
@@ -100,11 +102,26 @@ def _prove(args: argparse.Namespace) -> int:
                                           proof=args.proof, preamble=args.preamble,
                                           model=args.model, max_seconds=args.max_seconds,
                                           no_cache=args.no_cache)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         print(f"scillm prove: {exc}", file=sys.stderr)
         return 2
-    return uvloop.run(prove.run_prove(envelope, args.target, local_mesh,
-                                      single=args.action == "run"))
+    return _quietly("prove", lambda: uvloop.run(prove.run_prove(
+        envelope, args.target, local_mesh, single=args.action == "run",
+        api_key=args.api_key)))
+
+
+def _quietly(verb: str, run: Callable[[], int]) -> int:
+    """A client verb's exit status, without a traceback for Ctrl-C (130) or for a reader
+    that left (`| head -1`: 141, as a shell reports SIGPIPE)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"scillm {verb}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Python flushes stdout at exit, into the same closed pipe: point it elsewhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -132,7 +149,8 @@ def _runs(args: argparse.Namespace) -> int:
         return runs.show_run(path, args.run_id)
     import uvloop
 
-    return uvloop.run(runs.replay_run(path, args.run_id, args.target, local_mesh))
+    return _quietly("runs", lambda: uvloop.run(
+        runs.replay_run(path, args.run_id, args.target, local_mesh, args.api_key)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     target_help = ("mesh to use (default $SCILLM_TARGET or 127.0.0.1:50051); when none "
                    "answers, a private mesh is started in this process")
+    key_help = ("key sent to the mesh as 'authorization: Bearer' (default $SCILLM_API_KEY): "
+                "a mesh with a master key needs its master key or a virtual key")
     codeworld = sub.add_parser("codeworld", help="run competing code strategies")
     cw_sub = codeworld.add_subparsers(dest="action", required=True)
     cw_run = cw_sub.add_parser(
@@ -222,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the seed's envelope: items, strategies, ...")
     cw_run.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                         help=target_help)
+    cw_run.add_argument("--api-key", default=os.environ.get("SCILLM_API_KEY"), help=key_help)
     cw_run.set_defaults(func=_codeworld_run)
 
     prove = sub.add_parser("prove", help="check formal obligations (Certainly)")
@@ -251,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check every item again instead of answering from the verdict cache")
         p.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                        help=target_help)
+        p.add_argument("--api-key", default=os.environ.get("SCILLM_API_KEY"), help=key_help)
         p.set_defaults(func=_prove)
 
     runs = sub.add_parser("runs", help="list, show and replay stored runs (manifests)")
@@ -275,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs_replay.add_argument("--target",
                              default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                              help=target_help)
+    runs_replay.add_argument("--api-key", default=os.environ.get("SCILLM_API_KEY"),
+                             help=key_help)
     for p in (runs_list, runs_show, runs_replay):
         p.add_argument("--store", default=os.environ.get("SCILLM_STORE_URL") or None,
                        help=store_help)

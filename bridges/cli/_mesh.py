@@ -30,14 +30,16 @@ async def _reachable(target: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def mesh_client(target: str | None, services: tuple[str, ...],
-                      local: LocalMesh) -> AsyncIterator[ScillmClient]:
-    """A client of the mesh at `target`; without one, of the mesh `local` starts."""
+                      local: LocalMesh, api_key: str | None = None,
+                      ) -> AsyncIterator[ScillmClient]:
+    """A client of the mesh at `target`, presenting `api_key` (a mesh with a master key
+    needs one); without a mesh there, of the mesh `local` starts."""
     if target and await _reachable(target):
-        async with ScillmClient(target) as client:
+        async with ScillmClient(target, api_key=api_key) as client:
             yield client
         return
     if target:
         print(f"scillm: no mesh answers at {target}; starting one in this process",
               file=sys.stderr)
-    async with local(services) as started, ScillmClient(started) as client:
+    async with local(services) as started, ScillmClient(started, api_key=api_key) as client:
         yield client

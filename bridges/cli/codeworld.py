@@ -27,13 +27,14 @@ def load_spec(spec: Path) -> bytes:
     return spec.read_bytes()
 
 
-async def run_codeworld(spec: Path, raw: bytes, target: str | None, local: LocalMesh) -> int:
+async def run_codeworld(spec: Path, raw: bytes, target: str | None, local: LocalMesh,
+                        api_key: str | None = None) -> int:
     """Exit status: 0 when the run completed, whatever the scores; 1 on errors; 2 when the
     spec cannot be read."""
     try:
         body = json.loads(raw)
         request = request_from_envelope(body)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         print(f"scillm codeworld: cannot read {spec}: {exc}", file=sys.stderr)
         return 2
     except InvalidRequestError as exc:
@@ -42,7 +43,7 @@ async def run_codeworld(spec: Path, raw: bytes, target: str | None, local: Local
     total = len(request.items) * max(len(request.strategies), 1)
     progress = Progress(total, "runs")
     try:
-        async with mesh_client(target, ("codeworld",), local) as client:
+        async with mesh_client(target, ("codeworld",), local, api_key) as client:
             async for event in client.codeworld.run(request):
                 kind = str(event.WhichOneof("event"))
                 payload = json_format.MessageToDict(getattr(event, kind),

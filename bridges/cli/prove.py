@@ -53,10 +53,14 @@ def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
                  no_cache: bool = False) -> dict[str, Any]:
     """The envelope of one statement, or of a source file (backend from its suffix)."""
     path = Path(target)
+    if not path.is_file() and (path.suffix in SUFFIX_BACKENDS or path.is_dir()):
+        # A file name that is no file was checked as a statement (FAILED, exit 3).
+        raise ValueError(f"cannot read {target}: "
+                         f"{'a directory' if path.is_dir() else 'no such file'}")
     item: dict[str, Any] = {"item_id": path.name if path.is_file() else "statement"}
     if path.is_file():
         backend = backend or SUFFIX_BACKENDS.get(path.suffix)
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not Coq
         item["proof" if backend in ("coq", "lean4") else "statement"] = text
     else:
         item["statement"] = target
@@ -67,7 +71,7 @@ def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
 
 
 async def run_prove(envelope: dict[str, Any], target: str | None, local: LocalMesh, *,
-                    single: bool) -> int:
+                    single: bool, api_key: str | None = None) -> int:
     """Batch: exit 0 when every item was checked, 1 on errors. Single: 0 when proved,
     3 when checked and not proved, 1 on errors. Both: 2 when the input cannot be read."""
     try:
@@ -79,7 +83,7 @@ async def run_prove(envelope: dict[str, Any], target: str | None, local: LocalMe
     errors = 0
     proved = 0
     try:
-        async with mesh_client(target, ("prove",), local) as client:
+        async with mesh_client(target, ("prove",), local, api_key) as client:
             async for event in client.prove.prove(request):
                 kind = str(event.WhichOneof("event"))
                 body = getattr(event, kind)

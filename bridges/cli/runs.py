@@ -11,6 +11,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from scillm.clients import RPCError
 from scillm.server.manifests import RunStore, RunStoreError, StoredRun, open_run_store, replay
 
 from ._mesh import LocalMesh, mesh_client
@@ -73,16 +74,19 @@ def show_run(location: str | Path, run_id: str) -> int:
 
 
 async def replay_run(location: str | Path, run_id: str, target: str | None,
-                     local: LocalMesh) -> int:
+                     local: LocalMesh, api_key: str | None = None) -> int:
     """Re-execute a stored run; exit 0 when nothing differs, 3 when something does."""
     run = _find(location, run_id)
     if run is None:
         return 1
     try:
-        async with mesh_client(target, (run.manifest.service,), local) as client:
+        async with mesh_client(target, (run.manifest.service,), local, api_key) as client:
             result, diffs, volatile = await replay(run, client)
     except ValueError as exc:
         print(f"scillm runs replay: {exc}", file=sys.stderr)
+        return 1
+    except RPCError as exc:  # was a traceback
+        print(f"scillm runs replay: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 1
     new_id = getattr(getattr(result, "manifest", None), "run_id", "")
     print(json.dumps({"run_id": run.manifest.run_id, "replay_run_id": new_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,80 @@ def test_completions_are_stored_and_replayed_when_asked(tmp_path: Path) -> None:
         assert json.loads(replayed.stdout)["identical"] is True
     finally:
         running.stop()
+
+
+def test_client_verbs_send_an_api_key_to_a_mesh_with_a_master_key(tmp_path: Path) -> None:
+    """The client verbs sent no key: against a mesh with a master key every `prove`,
+    `codeworld run` and `runs replay` was UNAUTHENTICATED, and replay printed a
+    traceback. `--api-key` (or $SCILLM_API_KEY) is sent; a refusal is one line."""
+    from meshutil import mesh_settings, start_mesh
+
+    master = "sk-master-cli"
+    running = start_mesh(mesh_settings(tmp_path, master_key=master,
+                                       services=("prove", "codeworld")))
+    try:
+        target = running.grpc_target
+        keyless = _run("prove", "run", "(= 1 1)", "--backend", "smt", "--target", target)
+        assert keyless.returncode == 1 and "UNAUTHENTICATED" in keyless.stderr
+        keyed = _run("prove", "run", "(= 1 1)", "--backend", "smt", "--target", target,
+                     "--api-key", master)
+        assert keyed.returncode == 0, keyed.stderr
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps({
+            "items": [{"task_id": "a", "context": {"input": [2, 3], "expected": 5}}],
+            "strategies": [{"name": "s", "source": "def solve(t, c):\n    return 5\n"}]}))
+        env_keyed = subprocess.run([SCILLM, "codeworld", "run", str(spec), "--target", target],
+                                   capture_output=True, text=True, timeout=120, check=False,
+                                   env={**os.environ, "SCILLM_API_KEY": master})
+        assert env_keyed.returncode == 0, env_keyed.stderr
+        store = str(running.mesh.settings.store_path)
+        run_id = _run("runs", "list", "--store", store).stdout.split()[0]
+        refused = _run("runs", "replay", run_id, "--store", store, "--target", target)
+        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
+        replayed = _run("runs", "replay", run_id, "--store", store, "--target", target,
+                        "--api-key", master)
+        assert replayed.returncode in (0, 3), replayed.stderr
+    finally:
+        running.stop()
+
+
+def test_careless_inputs_get_a_line_and_status_2(tmp_path: Path) -> None:
+    """A BOM made a correct Coq file "no Theorem found" (FAILED, exit 3) and a JSONL
+    line "not JSON"; JSON nested 100,000 deep was a RecursionError traceback (exit 1); a
+    file name that does not exist was checked as a statement (FAILED, exit 3)."""
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100000 + "]" * 100000 + "\n")
+    for args in (("prove", "batch", str(deep)), ("codeworld", "run", str(deep))):
+        out = _run(*args, "--target", "127.0.0.1:1")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+    missing = _run("prove", "run", str(tmp_path / "missing_theorem.v"), "--target",
+                   "127.0.0.1:1")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr, missing.stderr
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        {"item_id": "t", "backend": "smt", "statement": "(= 1 1)"}).encode() + b"\n")
+    said = _run("prove", "batch", str(bom), "--target", "127.0.0.1:1", timeout=300)
+    assert said.returncode == 0 and "VERDICT_PROVED" in said.stdout, said.stderr
+
+
+def test_a_closed_pipe_and_ctrl_c_end_quietly(tmp_path: Path) -> None:
+    """`scillm prove batch many.jsonl | head -1` and Ctrl-C printed tracebacks."""
+    import signal
+    import time
+
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"item_id": f"i{i}", "backend": "smt",
+                                        "statement": f"(= {i} {i})"}) + "\n"
+                            for i in range(30)))
+    piped = subprocess.run(f"{SCILLM} prove batch {many} --target 127.0.0.1:1 | head -1",
+                           shell=True, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+    proc = subprocess.Popen([SCILLM, "prove", "batch", str(many), "--target", "127.0.0.1:1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode in (0, 130), (proc.returncode, stderr)
