@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +31,8 @@ from ._records import (
 )
 
 __all__ = ["JsonlTrace", "TraceState", "trace_lines"]
+
+log = logging.getLogger("scillm.server.agent")
 
 _PREVIEW = 200
 
@@ -62,7 +66,7 @@ def trace_lines(event: AgentEvent, run_id: str, state: TraceState) -> list[dict[
         raw = call.arguments if call is not None else None
         try:
             parsed = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # a model's arguments, nested past reading
             parsed = None
         index = state.index.get(event.iteration, 0)
         state.index[event.iteration] = index + 1
@@ -94,11 +98,23 @@ class JsonlTrace:
         self._run_id = run_id
         self._state = TraceState()
         self._file: IO[str] | None = None
+        self._broken = False
 
     def _append(self, lines: list[dict[str, Any]]) -> None:
+        if self._broken:
+            return
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Not through a link (a symlink there got the trace appended to the file
+                # it named), and the run goes on untraced when the path will not do.
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                             0o644)
+            except OSError as exc:
+                self._broken = True
+                log.warning("agent trace %s not written: %s", self.path, exc.strerror or exc)
+                return
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
         for line in lines:
             self._file.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
         self._file.flush()
