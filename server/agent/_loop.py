@@ -124,12 +124,24 @@ async def _call_model(ctx: LoopContext, request: dict[str, Any],
         raise ModelError(f"the model call failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _left(deadline: float | None) -> float | None:
+    """Seconds left before `deadline` (None: no deadline)."""
+    return None if deadline is None else deadline - time.monotonic()
+
+
 def _repair_note(failed: Sequence[ToolResult]) -> Message:
-    lines = [f"- {r.name} ({r.tool_call_id}): {r.output.splitlines()[0] if r.output else ''}"
+    """The user's note after failed calls: only the mesh's own words and the calls'
+    names and ids, quoted (the model chose them). The errors stay in the tool messages:
+    a tool server's "SYSTEM: ..." quoted here spoke with the user's authority."""
+    lines = [f"- {json.dumps(r.name[:_NAMED])} (call {json.dumps(r.tool_call_id[:_NAMED])})"
              for r in failed]
     return {"role": "user", "content": "The following tool call(s) failed:\n" + "\n".join(lines)
-            + "\nRead the error, fix the arguments or the code, and call the tool again; "
-              "or answer without it."}
+            + "\nRead each error in its tool message above, fix the arguments or the code, and "
+              "call the tool again; or answer without it."}
+
+
+#: How much of a model-chosen tool name or call id the repair note quotes.
+_NAMED = 80
 
 
 async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: int,
@@ -159,7 +171,7 @@ async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: i
         auto = _auto_call(ctx, str(message.get("content") or ""), iteration)
         if auto is not None:
             yield ToolCallEvent(iteration, auto)
-            result = await ctx.toolbox.dispatch(auto)
+            result = await ctx.toolbox.dispatch(auto, _left(deadline))
             yield ToolResultEvent(iteration, result)
             new.append({"role": "user", "content": f"Output of the code block ({auto.name}):\n"
                                                     f"{result.output}"})
@@ -168,7 +180,9 @@ async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: i
             return
     for call in calls:
         yield ToolCallEvent(iteration, call)
-        result = await ctx.toolbox.dispatch(call)
+        # The run's time budget holds while tools run too: a turn of calls to a tool that
+        # hangs held the run for a tool timeout each.
+        result = await ctx.toolbox.dispatch(call, _left(deadline))
         results.append(result)
         new.append({"role": "tool", "tool_call_id": call.id, "content": result.output})
         yield ToolResultEvent(iteration, result)

@@ -124,11 +124,15 @@ class Toolbox:
         """The OpenAI `tools` list, in a stable order."""
         return [openai_tool(self._tools[name]) for name in sorted(self._tools)]
 
-    async def dispatch(self, call: ToolCall) -> ToolResult:
-        """Run one call; every failure becomes an error result."""
+    async def dispatch(self, call: ToolCall, within: float | None = None) -> ToolResult:
+        """Run one call, in at most `within` seconds when given (what is left of the run's
+        time budget; none left: not run); every failure becomes an error result."""
         started = time.monotonic()
         try:
-            output = await self._run(call)
+            if within is not None and within <= 0:
+                raise ToolTimeoutError(f"tool {call.name!r} not run: the run's time budget "
+                                       "is spent", tool=call.name, timeout_s=0.0)
+            output = await self._run(call, within)
         except ToolError as exc:
             output = ToolOutput(f"error ({type(exc).__name__}): {exc}", is_error=True)
         text = output.text
@@ -139,19 +143,20 @@ class Toolbox:
                           duration_s=time.monotonic() - started, exit_code=output.exit_code,
                           stdout=output.stdout, stderr=output.stderr)
 
-    async def _run(self, call: ToolCall) -> ToolOutput:
+    async def _run(self, call: ToolCall, within: float | None = None) -> ToolOutput:
         tool = self._tools.get(call.name)
         if tool is None:
             offered = ", ".join(sorted(self._tools)) or "none"
             raise UnknownToolError(f"unknown tool {call.name!r}; tools offered: {offered}",
                                    tool=call.name)
         arguments = parse_arguments(call)
+        timeout = self._timeout_s if within is None else min(self._timeout_s, within)
         try:
-            async with asyncio.timeout(self._timeout_s + 1.0):
-                return await tool.call(arguments, timeout_s=self._timeout_s)
+            async with asyncio.timeout(timeout + 1.0):
+                return await tool.call(arguments, timeout_s=timeout)
         except TimeoutError as exc:
-            raise ToolTimeoutError(f"tool {call.name!r} timed out after {self._timeout_s:g} s",
-                                   tool=call.name, timeout_s=self._timeout_s) from exc
+            raise ToolTimeoutError(f"tool {call.name!r} timed out after {timeout:g} s",
+                                   tool=call.name, timeout_s=timeout) from exc
 
 
 def parse_arguments(call: ToolCall) -> dict[str, Any]:
