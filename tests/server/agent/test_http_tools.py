@@ -129,6 +129,19 @@ async def test_a_reply_far_too_large_is_the_tools_error_not_the_memorys(
     assert result.stop_reason is StopReason.SUCCESS and result.answer == "gave up on it"
 
 
+async def test_a_redirect_is_the_tools_error_not_an_empty_success(
+        tools: HttpToolServer) -> None:
+    """A tool server answering 307 elsewhere was reported as a successful call with no
+    output (the redirect is rightly not followed): it is an error naming where it led."""
+    model = ScriptedModel([{"content": "", "tool_calls": [{"id": "r", "name": "lab__elsewhere"}]},
+                           {"content": "done"}])
+    async with AgentEngine(_settings(tools.url), model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "go"}])
+    moved = result.tool_io[0][1]
+    assert moved.is_error and "307" in moved.output and "169.254.169.254" in moved.output, \
+        moved.output
+
+
 @pytest.mark.parametrize("name", ["Transfer-Encoding", "host", "Content-Length",
                                   "connection", "Proxy-Authorization"])
 async def test_a_run_may_not_frame_or_route_its_tool_calls(tools: HttpToolServer,
