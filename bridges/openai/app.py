@@ -246,10 +246,10 @@ class _Shim:
             chunks = run.chunks(completion_id, include_usage=include_usage)
             first = await anext(chunks)
             return sse.EventStream(_sse(_prepend(first, chunks)))
-        text, payload, usage = await run.collect()
+        text, payload, usage, finish = await run.collect()
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
-            "model": run.model, "choices": [{"index": 0, "finish_reason": "stop",
+            "model": run.model, "choices": [{"index": 0, "finish_reason": finish,
                                              "logprobs": None, "message": {
                                                  "role": "assistant", "content": text,
                                                  "refusal": None}}],

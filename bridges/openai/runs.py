@@ -35,6 +35,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from scillm.agent.v1 import agent_pb2
 from scillm.clients import ScillmClient
 
 from ..seed import agent as agent_seed
@@ -63,6 +64,8 @@ class RoutedRun:
     text: Callable[[Any], str]
     #: (prompt, completion) tokens an event of the run accounts for (none: no usage).
     usage: Callable[[str, Any], tuple[int, int]] = lambda kind, body: (0, 0)
+    #: The reply's finish_reason, from the terminal message.
+    finish: Callable[[Any], str] = lambda terminal: "stop"
 
     async def _until_terminal(self) -> AsyncGenerator[tuple[str, Any], None]:
         """(kind, body) of every event up to the terminal one. Once the terminal event is
@@ -93,15 +96,16 @@ class RoutedRun:
                 seen.append((kind, body))
         raise RuntimeError(f"{self.service} stream ended without its {self.terminal} event")
 
-    async def collect(self) -> tuple[str, dict[str, Any], dict[str, int]]:
-        """Run to the end; the reply text, the structured result and the usage."""
+    async def collect(self) -> tuple[str, dict[str, Any], dict[str, int], str]:
+        """Run to the end; the reply text, the structured result, the usage and the
+        finish_reason."""
         terminal, seen = await self.outcome()
         usage = _Usage()
         for kind, body in [*seen, (self.terminal, terminal)]:
             usage.add(*self.usage(kind, body))
         return self.text(terminal), {"service": self.service, "result": _to_dict(terminal),
                                      "events": [{kind: _to_dict(body)} for kind, body in seen]
-                                     }, usage.openai()
+                                     }, usage.openai(), self.finish(terminal)
 
     async def chunks(self, completion_id: str, *,
                      include_usage: bool = False) -> AsyncIterator[dict[str, Any]]:
@@ -126,8 +130,8 @@ class RoutedRun:
                 usage.add(*self.usage(kind, body))
                 if kind == self.terminal:
                     yield chunk({"content": self.text(body)})
-                    yield chunk({}, "stop", {"service": self.service,
-                                             "result": _to_dict(body)})
+                    yield chunk({}, self.finish(body), {"service": self.service,
+                                                        "result": _to_dict(body)})
                     if include_usage:
                         yield {**chunk({}), "choices": [], "usage": usage.openai()}
                 else:
@@ -165,6 +169,8 @@ class Route:
     usage: Callable[[str, Any], tuple[int, int]]
     #: Whether the bare name (without `/...`) routes too.
     bare: bool = True
+    #: The reply's finish_reason, from the terminal message.
+    finish: Callable[[Any], str] = lambda terminal: "stop"
 
     def matches(self, model: str) -> bool:
         return any((self.bare and model == name) or model.startswith(f"{name}/")
@@ -213,7 +219,19 @@ def _no_usage(kind: str, body: Any) -> tuple[int, int]:
 
 
 def _agent_text(final: Any) -> str:
+    """The answer; for a run that ended in error, that it failed and why (a model's last
+    words, "I give up", read as the run's answer), with that last answer after it."""
+    if final.stop_reason == agent_pb2.STOP_REASON_ERROR:
+        text = f"The agent run failed: {final.error or 'no reason given'}"
+        return f"{text}\n\nIts last answer: {final.answer}" if final.answer else text
     return str(final.answer or final.error)
+
+
+def _agent_finish(final: Any) -> str:
+    """"length" when a budget or max_iterations stopped the run (its answer is not a
+    whole one), else "stop"."""
+    return "length" if final.stop_reason in (agent_pb2.STOP_REASON_BUDGET,
+                                             agent_pb2.STOP_REASON_MAX_ITERATIONS) else "stop"
 
 
 def _codeworld_text(summary: Any) -> str:
@@ -241,7 +259,8 @@ def _cut(text: str, limit: int = 200) -> str:
 #: Model name -> service and client call (see the module docstring); first match wins.
 ROUTES: tuple[Route, ...] = (
     Route(("codeworld",), "codeworld", _codeworld, "summary", _codeworld_text, _no_usage),
-    Route(("agent",), "agent", _agent, "final", _agent_text, _agent_usage, bare=False),
+    Route(("agent",), "agent", _agent, "final", _agent_text, _agent_usage, bare=False,
+          finish=_agent_finish),
     Route(("certainly", "lean4"), "prove", _prove, "summary", prove_seed.summary_text,
           _prove_usage),
 )
@@ -262,7 +281,8 @@ def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
     for row in ROUTES:
         if row.matches(model):
             events = row.call(client, body, model, request_id, metadata)
-            return RoutedRun(row.service, model, events, row.terminal, row.text, row.usage)
+            return RoutedRun(row.service, model, events, row.terminal, row.text, row.usage,
+                             row.finish)
     return None
 
 

@@ -331,3 +331,43 @@ def test_a_path_or_method_the_door_does_not_serve_answers_in_openais_body(
     assert wrong.json()["error"]["message"] == "GET is not allowed on /v1/chat/completions"
     page = httpx.get(f"{mesh.http_url}/ui/no-such-page", timeout=30)
     assert page.status_code == 404 and not page.text.startswith('{"error"')  # the UI's own
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_agent_run_that_failed_does_not_read_as_an_answer(mesh: RunningMesh,
+                                                            stream: bool) -> None:
+    """The model gave up and its escalation model does not exist: the run ended in error,
+    but the door answered 200, finish_reason "stop" and the content "I give up", as if that
+    were the run's answer. The content now says the run failed, and why."""
+    body = {"model": "agent/echo/x", "escalation_model": "nonexistent-model",
+            "messages": [{"role": "user", "content": "I give up"}], "stream": stream}
+    reply = httpx.post(f"{mesh.http_url}/v1/chat/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    if stream:
+        events = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: {")]
+        content = "".join(e["choices"][0]["delta"].get("content") or ""
+                          for e in events if e.get("choices"))
+    else:
+        content = reply.json()["choices"][0]["message"]["content"]
+    assert content.startswith("The agent run failed:") and "nonexistent-model" in content, \
+        content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_agent_run_out_of_turns_finishes_for_length(mesh: RunningMesh, stream: bool) -> None:
+    """A run stopped by its budget or max_iterations finished "stop", as a whole answer."""
+    body = {"max_iterations": 1, "stream": stream,  # echo's answer is code: run, a turn gone
+            "messages": [{"role": "user", "content": "```python\nprint(1)\n```"}]}
+    reply = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=120, json={
+        **body, "model": "agent/echo/x", "auto_run_code": True, "languages": ["python"]})
+    assert reply.status_code == 200, reply.text
+    if stream:
+        finishes = [json.loads(line[6:])["choices"][0]["finish_reason"]
+                    for line in reply.text.splitlines() if line.startswith("data: {")
+                    and json.loads(line[6:]).get("choices")]
+        finish = [f for f in finishes if f][-1]
+    else:
+        finish = reply.json()["choices"][0]["finish_reason"]
+    assert "STOP_REASON_MAX_ITERATIONS" in reply.text, reply.text[-600:]
+    assert finish == "length", reply.text[-600:]

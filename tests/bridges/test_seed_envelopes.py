@@ -384,3 +384,4 @@ def test_a_run_whose_scores_would_overflow_is_no_500(
     assert reply.status_code == 200, reply.text
     result = reply.json()["results"][0]
     assert result["best_strategy"] == "a" and "brevity" in result["scores"]  # the rubric
+
