@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import platform
 import re
@@ -173,13 +172,16 @@ async def recording(store: RunStore | None, clock: ManifestClock,
     record = RunRecord(store, request)
     if store is not None:
         run_id = clock.manifest.run_id
-        if clock.chosen_run_id and await asyncio.to_thread(store.exists, run_id):
-            # A caller's own run id names a new run; it never replaces a stored one.
-            raise StatusError(grpc.StatusCode.ALREADY_EXISTS,
-                              f"a run with id {run_id!r} is already stored: choose another "
-                              "context.run_id, or leave it empty for a new one",
-                              param="context.run_id")
-        await store.started(clock.manifest, request)
+        if clock.chosen_run_id:
+            # A caller's own run id names a new run; it never replaces a stored one (nor
+            # one started at the same moment: claimed in one statement).
+            if not await store.claim(clock.manifest, request):
+                raise StatusError(grpc.StatusCode.ALREADY_EXISTS,
+                                  f"a run with id {run_id!r} is already stored: choose "
+                                  "another context.run_id, or leave it empty for a new one",
+                                  param="context.run_id")
+        else:
+            await store.started(clock.manifest, request)
     try:
         yield record
     except BaseException:

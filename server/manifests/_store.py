@@ -194,19 +194,35 @@ class RunStore(ABC):
     def put_sync(self, manifest: common_pb2.RunManifest, request: Message, result: Message,
                  events: Sequence[Message] = ()) -> None:
         """Store a run (replaces a run with the same id)."""
+        self._run(self._UPSERT, self._row(manifest, request, result, events))
+
+    @staticmethod
+    def _row(manifest: common_pb2.RunManifest, request: Message, result: Message,
+             events: Sequence[Message]) -> tuple[object, ...]:
+        """A run as the values of `COLUMNS`."""
         recorded = json.dumps([json_format.MessageToDict(e, preserving_proto_field_name=True)
                                for e in events])
-        row = (manifest.run_id, manifest.service, manifest.session_id, manifest.track,
-               manifest.model, manifest.request_id, manifest.start_time.ToJsonString(),
-               manifest.SerializeToString(), request.DESCRIPTOR.full_name,
-               request.SerializeToString(), result.DESCRIPTOR.full_name,
-               result.SerializeToString(), recorded)
-        self._run(self._UPSERT, row)
+        return (manifest.run_id, manifest.service, manifest.session_id, manifest.track,
+                manifest.model, manifest.request_id, manifest.start_time.ToJsonString(),
+                manifest.SerializeToString(), request.DESCRIPTOR.full_name,
+                request.SerializeToString(), result.DESCRIPTOR.full_name,
+                result.SerializeToString(), recorded)
 
     async def put(self, manifest: common_pb2.RunManifest, request: Message, result: Message,
                   events: Sequence[Message] = ()) -> None:
         """`put_sync` on a worker thread."""
         await asyncio.to_thread(self.put_sync, manifest, request, result, events)
+
+    async def claim(self, manifest: common_pb2.RunManifest, request: Message) -> bool:
+        """List a run that has started under an id its caller chose, unless a run of that
+        id is stored already: whether it was listed. One statement, so two runs started at
+        once with one id cannot both take it (a check, then a write, let the second
+        replace the first)."""
+        p = self._PARAM
+        sql = (f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join([p] * len(COLUMNS))})"
+               " ON CONFLICT (run_id) DO NOTHING RETURNING run_id")
+        row = self._row(manifest, request, empty_pb2.Empty(), ())
+        return bool(await asyncio.to_thread(self._run, sql, row))
 
     async def started(self, manifest: common_pb2.RunManifest, request: Message) -> None:
         """List a run that has started and has no result yet (see the module docstring)."""

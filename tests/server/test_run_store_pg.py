@@ -272,6 +272,21 @@ def test_pages_newest_first_with_filters(location: str) -> None:
         store.close()
 
 
+async def test_a_run_id_is_claimed_by_one_run_only(location: str) -> None:
+    """A caller's own run id was checked (`exists`), then stored: two runs started at once
+    with the same id both passed the check, and the second replaced the first. Claiming
+    an id is one statement: of ten claims at once, one wins; a stored id is not claimed."""
+    store = open_run_store(location)
+    try:
+        manifest, request, _, _ = _run("mine", "agent", "s", "t", 1)
+        claims = await asyncio.gather(*(store.claim(manifest, request) for _ in range(10)))
+        assert sorted(claims) == [False] * 9 + [True]
+        assert not await store.claim(manifest, request)
+        assert store.exists("mine") and len(store.list()) == 1
+    finally:
+        store.close()
+
+
 async def test_put_from_the_event_loop(location: str) -> None:
     store = open_run_store(location)  # picks the implementation from the location
     try:
