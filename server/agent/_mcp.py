@@ -51,6 +51,10 @@ class McpConnection:
         self._closing = asyncio.Event()
         self._tools: tuple[McpTool, ...] = ()
         self._errlog: IO[str] | None = None
+        #: The session was lost (the server died, its transport closed).
+        self._lost = False
+        self._restarting = asyncio.Lock()
+        self._next_restart = 0.0
 
     @property
     def name(self) -> str:
@@ -129,12 +133,32 @@ class McpConnection:
         return McpServerError(f"MCP server {self.name!r} ({where}) failed: {text}",
                               server=self.name)
 
+    async def _live(self, tool: str) -> ClientSession:
+        """The session, started again when it was lost: a tool that took its server down
+        left every later call of every run "Connection closed" until the gateway
+        restarted. At most one start per `_RESTART_S`, one at a time."""
+        async with self._restarting:
+            if self._lost and asyncio.get_running_loop().time() >= self._next_restart:
+                self._next_restart = asyncio.get_running_loop().time() + _RESTART_S
+                await self._stop_owner()
+                self._closing = asyncio.Event()
+                try:
+                    await self.start()
+                    self._lost = False
+                except McpServerError as exc:
+                    raise ToolExecutionError(f"MCP server {self.name!r} went away and did "
+                                             f"not come back: {exc}", tool=tool) from exc
+        session = self._session
+        if session is None or self._lost:
+            raise ToolExecutionError(f"MCP server {self.name!r} is not connected (it is "
+                                     f"started again at most every {_RESTART_S:g} s)",
+                                     tool=tool)
+        return session
+
     async def call(self, remote: str, arguments: dict[str, Any], *, timeout_s: float,
                    tool: str) -> ToolOutput:
         """Call a tool; ToolTimeoutError or ToolExecutionError on failure."""
-        session = self._session
-        if session is None:
-            raise ToolExecutionError(f"MCP server {self.name!r} is not connected", tool=tool)
+        session = await self._live(tool)
         try:
             async with asyncio.timeout(timeout_s + 0.5):
                 result = await session.call_tool(remote, arguments, read_timeout_seconds=timeout_s)
@@ -145,14 +169,20 @@ class McpConnection:
             if exc.code == REQUEST_TIMEOUT:
                 raise ToolTimeoutError(f"MCP tool {tool!r} timed out after {timeout_s:g} s",
                                        tool=tool, timeout_s=timeout_s) from exc
+            if exc.code == _CONNECTION_CLOSED:
+                self._lost = True
             raise ToolExecutionError(f"MCP tool {tool!r}: {exc}", tool=tool) from exc
         except Exception as exc:  # transport failures: the server went away
+            self._lost = True
             raise ToolExecutionError(f"MCP server {self.name!r} failed during {tool!r}: "
                                      f"{type(exc).__name__}: {exc}", tool=tool) from exc
         return ToolOutput(_text_of(result), is_error=bool(result.is_error))
 
     async def close(self) -> None:
         """Leave the session and stop the server process. Idempotent."""
+        await self._stop_owner()
+
+    async def _stop_owner(self) -> None:
         self._closing.set()
         owner, self._owner = self._owner, None
         if owner is not None:
@@ -166,6 +196,12 @@ class McpConnection:
         if self._errlog is not None:
             self._errlog.close()
             self._errlog = None
+
+
+#: JSON-RPC's "connection closed" (the SDK's code when the transport went away).
+_CONNECTION_CLOSED = -32000
+#: The least time between two starts of a lost MCP server.
+_RESTART_S = 5.0
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -18,6 +18,14 @@ def add(a: int, b: int) -> int:
 
 
 @app.tool()
+def crash() -> str:
+    """A tool that takes the whole server down."""
+    import os
+
+    os._exit(3)
+
+
+@app.tool()
 def fail(reason: str = "it always fails") -> str:
     """A tool that always fails."""
     raise ToolError(f"fail: {reason}")

@@ -35,7 +35,7 @@ async def test_stdio_tools_are_discovered_and_called() -> None:
     settings = AgentSettings(languages=(), mcp_servers=(demo_server(),))
     async with AgentEngine(settings, model) as engine:
         names = [t["function"]["name"] for t in engine.tools()]
-        assert names == ["demo__add", "demo__fail", "demo__hang"]
+        assert names == ["demo__add", "demo__crash", "demo__fail", "demo__hang"]
         add = next(t for t in engine.tools() if t["function"]["name"] == "demo__add")
         assert add["function"]["parameters"]["required"] == ["a", "b"]
         result = await engine.run_to_end([{"role": "user", "content": "20+22?"}])
@@ -58,6 +58,23 @@ async def test_hanging_tool_times_out_as_an_observation() -> None:
     assert "ToolTimeoutError" in timed_out.output
     # the server still answers after a timed-out call
     assert result.tool_io[1][1].output == "2"
+
+
+async def test_a_server_that_died_is_started_again_for_the_next_call() -> None:
+    """A tool that took its MCP server down left the connection dead for good: every
+    later call of every run was "Connection closed" until the gateway restarted. The next
+    call starts the server again (at most once every few seconds)."""
+    model = ScriptedModel([{"content": "", "tool_calls": [{"name": "demo__crash"}]},
+                           {"content": "", "tool_calls": [
+                               {"name": "demo__add", "arguments": {"a": 2, "b": 3}}]},
+                           {"content": "done"}])
+    settings = AgentSettings(languages=(), mcp_servers=(demo_server(),),
+                             tool_timeout_seconds=10.0)
+    async with AgentEngine(settings, model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "go"}])
+    crashed, added = result.tool_io[0][1], result.tool_io[1][1]
+    assert crashed.is_error, crashed
+    assert not added.is_error and added.output == "5", added
 
 
 async def test_unreachable_http_server_is_skipped_with_an_error() -> None:
