@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO, Any
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
@@ -115,9 +117,13 @@ class McpConnection:
     def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
         if self.config.command is not None:
             self._errlog = open(os.devnull, "w")
-            params = StdioServerParameters(command=self.config.command,
-                                           args=list(self.config.args),
-                                           env=dict(self.config.env) or None)
+            # Behind the line guard (`_mcp_guard.py`): a reply past MAX_LINE_BYTES is an
+            # error of its call, not minutes of the SDK joining it on the event loop.
+            params = StdioServerParameters(
+                command=sys.executable,
+                args=["-I", "-S", "-c", _GUARD.read_text(encoding="utf-8"),
+                      str(MAX_LINE_BYTES), self.config.command, *self.config.args],
+                env=dict(self.config.env) or None)
             return stdio_client(params, errlog=self._errlog)
         assert self.config.url is not None
         return streamable_http_client(self.config.url)
@@ -198,6 +204,10 @@ class McpConnection:
             self._errlog = None
 
 
+#: The longest line (one JSON-RPC message) read from a stdio MCP server, as the longest
+#: reply an HTTP tool server may send.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+_GUARD = Path(__file__).with_name("_mcp_guard.py")
 #: JSON-RPC's "connection closed" (the SDK's code when the transport went away).
 _CONNECTION_CLOSED = -32000
 #: The least time between two starts of a lost MCP server.

@@ -26,6 +26,12 @@ def crash() -> str:
 
 
 @app.tool()
+def flood(mib: int = 20) -> str:
+    """A result of `mib` MiB."""
+    return "x" * (mib << 20)
+
+
+@app.tool()
 def fail(reason: str = "it always fails") -> str:
     """A tool that always fails."""
     raise ToolError(f"fail: {reason}")

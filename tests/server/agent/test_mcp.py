@@ -35,7 +35,7 @@ async def test_stdio_tools_are_discovered_and_called() -> None:
     settings = AgentSettings(languages=(), mcp_servers=(demo_server(),))
     async with AgentEngine(settings, model) as engine:
         names = [t["function"]["name"] for t in engine.tools()]
-        assert names == ["demo__add", "demo__crash", "demo__fail", "demo__hang"]
+        assert names == ["demo__add", "demo__crash", "demo__fail", "demo__flood", "demo__hang"]
         add = next(t for t in engine.tools() if t["function"]["name"] == "demo__add")
         assert add["function"]["parameters"]["required"] == ["a", "b"]
         result = await engine.run_to_end([{"role": "user", "content": "20+22?"}])
@@ -75,6 +75,24 @@ async def test_a_server_that_died_is_started_again_for_the_next_call() -> None:
     crashed, added = result.tool_io[0][1], result.tool_io[1][1]
     assert crashed.is_error, crashed
     assert not added.is_error and added.output == "5", added
+
+
+async def test_a_result_past_the_limit_is_the_tools_error_and_the_server_goes_on() -> None:
+    """The MCP SDK reads a server's stdout line by line, joining a long line chunk by
+    chunk on the event loop: a 30 MB result stalled every caller of the gateway for
+    seconds and the call timed out. A line past 16 MiB is cut off before the mesh reads
+    it: the call is an error naming the limit, and the server answers the next call."""
+    model = ScriptedModel([{"content": "", "tool_calls": [
+        {"name": "demo__flood", "arguments": {"mib": 40}}]},
+        {"content": "", "tool_calls": [{"name": "demo__add", "arguments": {"a": 1, "b": 2}}]},
+        {"content": "done"}])
+    settings = AgentSettings(languages=(), mcp_servers=(demo_server(),),
+                             tool_timeout_seconds=60.0)
+    async with AgentEngine(settings, model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "go"}])
+    flood, added = result.tool_io[0][1], result.tool_io[1][1]
+    assert flood.is_error and "16777216 bytes" in flood.output, flood.output[:300]
+    assert not added.is_error and added.output == "3", added
 
 
 async def test_unreachable_http_server_is_skipped_with_an_error() -> None:
