@@ -21,6 +21,7 @@ from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
 from scillm.keys.v1 import keys_pb2
 from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
+from .completion import resolve_env
 from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .keys import Authenticator, KeyStore, PostgresKeyStore, SQLiteKeyStore
@@ -177,15 +178,15 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
     if settings.config_path is not None:
         data = yaml.safe_load(settings.config_path.read_text()) or {}
         general = data.get("general_settings") or {}
-        configured = str(general.get("master_key") or "")
-        if configured.startswith("os.environ/"):
-            name = configured.removeprefix("os.environ/")
-            configured = os.environ.get(name, "")
-            if not configured and not master:  # read as no key: every caller let in
-                raise ValueError(
-                    f"general_settings.master_key names the environment variable {name}, "
-                    "which is not set (or empty): the mesh would serve every caller without "
-                    "a key; set it, or remove master_key to run without keys")
+        named = str(general.get("master_key") or "")
+        configured = str(resolve_env(named, os.environ) or "")
+        if named != configured and not configured and not master:
+            # An unset os.environ/NAME read as no key: every caller let in.
+            raise ValueError(
+                f"general_settings.master_key names the environment variable "
+                f"{named.removeprefix('os.environ/')}, which is not set (or empty): the mesh "
+                "would serve every caller without a key; set it, or remove master_key to "
+                "run without keys")
         master = master or configured
         for entry in data.get("model_list") or []:
             params = {**(entry.get("model_info") or {}), **(entry.get("litellm_params") or {})}
@@ -207,15 +208,11 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
 def _redis_url(router: dict[str, Any]) -> str:
     """The keys' windows' Redis from `router_settings` (host, port, password, each maybe
     `os.environ/NAME`): the password was left out, and a Redis asking for one refused."""
-    def value(key: str, default: Any = None) -> str:
-        raw = router.get(key, default)
-        text = "" if raw is None else str(raw)
-        if text.startswith("os.environ/"):
-            return os.environ.get(text.removeprefix("os.environ/"), "")
-        return text
-    password = value("redis_password")
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"redis://{auth}{value('redis_host')}:{value('redis_port', 6379)}"
+    host, port, password = (resolve_env(router.get(key, default), os.environ)
+                            for key, default in (("redis_host", None), ("redis_port", 6379),
+                                                 ("redis_password", None)))
+    auth = f":{quote(str(password), safe='')}@" if password else ""
+    return f"redis://{auth}{host or ''}:{port}"
 
 
 def _sandbox_settings() -> Any:

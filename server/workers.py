@@ -91,10 +91,11 @@ def _shared_state_note(settings: Settings) -> str:
             windows = windows or bool((data.get("router_settings") or {}).get("redis_host"))
             cache = CompletionSettings.from_mapping(data).cache
             cache_alone = cache.enabled and cache.backend != "redis"
-    alone = [what for what, shared in (("key rate windows (SCILLM_REDIS_URL or "
-                                        "router_settings.redis_host)", windows),
-                                       ("response cache (litellm_settings.cache_params "
-                                        "type: redis)", not cache_alone)) if not shared]
+    alone = []
+    if not windows:
+        alone.append("key rate windows (SCILLM_REDIS_URL or router_settings.redis_host)")
+    if cache_alone:
+        alone.append("response cache (litellm_settings.cache_params type: redis)")
     if not alone:
         return ""
     return (f"scillm: without Redis for them, each worker keeps its own {' and '.join(alone)}"

@@ -182,15 +182,15 @@ def add_extras(out: dict[str, Any], text: str, param: str | None = None) -> None
     upstream's is left out."""
     if not text:
         return
-    try:
-        extra = json.loads(text)
-    except (ValueError, RecursionError):
-        extra = None
-    if not isinstance(extra, dict):
-        if param is not None:
-            raise InvalidRequestError(f"'{param}' must be the text of a JSON object",
-                                      param=param)
-        return
+    if param is not None:
+        extra = json_from_text(text, param)
+    else:
+        try:
+            extra = json.loads(text)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(extra, dict):
+            return
     for key, value in extra.items():
         out.setdefault(key, value)
 

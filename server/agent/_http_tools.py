@@ -190,13 +190,11 @@ async def _bounded(client: httpx.AsyncClient, method: str, url: str,
 
 
 def _output(response: httpx.Response, tool: str) -> ToolOutput:
-    if 300 <= response.status_code < 400:  # not followed: a redirect is no answer
-        raise ToolExecutionError(f"HTTP tool {tool!r}: {response.status_code}: redirected to "
-                                 f"{response.headers.get('location', '(nowhere)')[:_TAIL]!r}, "
-                                 "which is not followed", tool=tool)
-    if response.status_code >= 400 or response.status_code < 200:
-        raise ToolExecutionError(f"HTTP tool {tool!r}: {response.status_code}: "
-                                 f"{response.text[:_TAIL]}", tool=tool)
+    status = response.status_code
+    if not 200 <= status < 300:  # a redirect is not followed: no answer either
+        said = (f"redirected to {response.headers.get('location', '(nowhere)')[:_TAIL]!r}, "
+                "which is not followed" if 300 <= status < 400 else response.text[:_TAIL])
+        raise ToolExecutionError(f"HTTP tool {tool!r}: {status}: {said}", tool=tool)
     try:
         data = response.json()
     except ValueError:

@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import REQUEST_TIMEOUT, CallToolResult, TextContent
 from mcp_types import Tool as McpToolSpec
 
+from ._http_tools import MAX_REPLY_BYTES
 from ._settings import McpServerConfig
 from ._tools import RemoteTool, ToolOutput
 from .errors import McpServerError, McpUnavailableError, ToolExecutionError, ToolTimeoutError
@@ -204,9 +205,9 @@ class McpConnection:
             self._errlog = None
 
 
-#: The longest line (one JSON-RPC message) read from a stdio MCP server, as the longest
+#: The longest line (one JSON-RPC message) read from a stdio MCP server: the longest
 #: reply an HTTP tool server may send.
-MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_LINE_BYTES = MAX_REPLY_BYTES
 _GUARD = Path(__file__).with_name("_mcp_guard.py")
 #: JSON-RPC's "connection closed" (the SDK's code when the transport went away).
 _CONNECTION_CLOSED = -32000

@@ -14,6 +14,7 @@ from ._settings import (
     DeploymentSettings,
     RouterSettings,
     Secret,
+    resolve_env,
 )
 from ._types import CacheStats, Completed, Routing, StreamChunk, StreamEnd, StreamEvent
 from .errors import (
@@ -52,4 +53,5 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "estimated_usage",
+    "resolve_env",
 ]

@@ -202,7 +202,7 @@ def error_from_response(response: httpx.Response, call: ProviderCall,
     code = _token(error.get("code"))
     text = without_secret(raw, call.deployment)
     retry_after = parse_retry_after(response.headers)
-    message = _error_message(text)
+    message = without_secret(str(error.get("message") or raw[:200]), call.deployment)
     where = f"{call.deployment.id}: HTTP {status}: {message}"
     if status in (401, 403):
         return AuthenticationError(where, status=status)
@@ -234,10 +234,6 @@ def _error_object(text: str) -> dict[str, Any]:
         return {}
     error = data.get("error") if isinstance(data, dict) else None
     return error if isinstance(error, dict) else {}
-
-
-def _error_message(text: str) -> str:
-    return str(_error_object(text).get("message") or text[:200])
 
 
 async def sse_events(response: httpx.Response | AsyncIterable[bytes],

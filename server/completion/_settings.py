@@ -44,6 +44,7 @@ __all__ = [
     "DeploymentSettings",
     "RouterSettings",
     "Secret",
+    "resolve_env",
 ]
 
 STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
@@ -195,7 +196,8 @@ class CompletionSettings:
         return cls(models, _router(rs, ignored), _cache(ls, rs, env, ignored), tuple(ignored))
 
 
-def _resolve(value: Any, env: Mapping[str, str]) -> Any:
+def resolve_env(value: Any, env: Mapping[str, str]) -> Any:
+    """`value`, or for `os.environ/NAME` the variable NAME of `env` (None when unset)."""
     if isinstance(value, str) and value.startswith(_ENV_PREFIX):
         return env.get(value[len(_ENV_PREFIX):])
     return value
@@ -231,11 +233,11 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         raise InvalidRequest(f"model_list[{index}] needs model_name", param="model_list")
     where = f"model_list[{index}].litellm_params"
     params = _mapping(entry.get("litellm_params"), where)
-    model = str(_resolve(params.get("model") or entry["model_name"], env))
+    model = str(resolve_env(params.get("model") or entry["model_name"], env))
     custom = params.get("custom_llm_provider")
     if custom and not model.startswith(f"{custom}/"):
         model = f"{custom}/{model}"
-    api_base = _resolve(params.get("api_base") or params.get("base_url"), env)
+    api_base = resolve_env(params.get("api_base") or params.get("base_url"), env)
     dep = DeploymentSettings(model_name=str(entry["model_name"]), model=model, id="")
     known = _PARAMS | _CODEX_PARAMS if dep.provider == "codex-agent" else _PARAMS
     ignored.extend(f"model_list[{index}].litellm_params.{k}" for k in params if k not in known)
@@ -254,14 +256,14 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         api_base = api_base or env.get(CODEX_AGENT_BASE_ENV)
         if key is None and env.get("CODEX_AGENT_API_KEY"):
             key = Secret(env["CODEX_AGENT_API_KEY"], "CODEX_AGENT_API_KEY")
-        force = _resolve(params.get("force_local", env.get("CODEX_AGENT_FORCE_LOCAL")), env)
+        force = resolve_env(params.get("force_local", env.get("CODEX_AGENT_FORCE_LOCAL")), env)
         if str(force).lower() in ("1", "true", "yes", "on"):
             headers["X-Codex-Force-Local"] = "1"
     info = entry.get("model_info") or {}
     dep_id = str(info.get("id") or f"{dep.model_name}#{index}")
     def number(key: str, kind: type[float] | type[int], minimum: float,
                more: bool = False) -> Any:
-        return _number(_resolve(params.get(key), env), f"{where}.{key}", kind, minimum, more)
+        return _number(resolve_env(params.get(key), env), f"{where}.{key}", kind, minimum, more)
 
     weight = number("weight", float, 0, more=True)
     return DeploymentSettings(
@@ -270,7 +272,7 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         rpm=number("rpm", int, 0), tpm=number("tpm", int, 0),
         weight=1.0 if weight is None else weight,
         timeout_s=number("timeout", float, 0, more=True),
-        headers=tuple((str(k), str(_resolve(v, env))) for k, v in headers.items()),
+        headers=tuple((str(k), str(resolve_env(v, env))) for k, v in headers.items()),
         max_tokens_default=number("max_tokens", int, 1),
         stream_timeout_s=number("stream_timeout", float, 0, more=True),
     )
@@ -375,9 +377,9 @@ def _cache(ls: dict[str, Any], rs: dict[str, Any], env: Mapping[str, str],
     if kind not in ("memory", "redis"):
         raise InvalidRequest(f"unsupported cache type {kind!r}; use local or redis",
                              param="litellm_settings.cache_params.type")
-    host = _resolve(params.get("host") or rs.get("redis_host"), env)
-    port = _resolve(params.get("port") or rs.get("redis_port") or 6379, env)
-    ttl = _resolve(params.get("ttl"), env)
+    host = resolve_env(params.get("host") or rs.get("redis_host"), env)
+    port = resolve_env(params.get("port") or rs.get("redis_port") or 6379, env)
+    ttl = resolve_env(params.get("ttl"), env)
     mode = str(params.get("mode") or "default_on")
     if mode not in ("default_on", "default_off"):
         raise InvalidRequest(f"unsupported cache mode {mode!r}; use default_on or default_off",

@@ -38,7 +38,7 @@ def test_public_api_is_pinned() -> None:
         "CompletionError", "CompletionSettings", "ContextWindowExceeded", "DeploymentSettings",
         "InvalidRequest", "ModelNotFound", "ProviderUnavailable", "RateLimited", "RetryHooks",
         "RouterSettings", "Routing", "Secret", "StreamChunk", "StreamEnd", "StreamEvent",
-        "UpstreamError", "UpstreamTimeout", "estimated_usage"]
+        "UpstreamError", "UpstreamTimeout", "estimated_usage", "resolve_env"]
 
 
 async def test_echo_complete(engine: CompletionEngine) -> None:
