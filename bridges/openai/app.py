@@ -95,6 +95,8 @@ _KEY_HEADERS = frozenset((b"authorization", b"x-api-key", b"api-key"))
 #: The longest Authorization passed on (a key is some 50 bytes; gRPC servers take 8-16 KiB
 #: of metadata in all).
 _MAX_KEY_BYTES = 4096
+#: A chunk's fields that name its stream, which the usage-only chunk repeats.
+_CHUNK_NAMING = ("id", "created", "model", "system_fingerprint", "service_tier")
 
 
 async def _sse(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -338,17 +340,24 @@ class _Shim:
     async def _completion_payloads(first: pb.CompletionStreamResponse,
                                    events: AsyncIterator[pb.CompletionStreamResponse],
                                    include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-        """A completion stream as OpenAI chunks (the usage-only chunk when asked for)."""
+        """A completion stream as OpenAI chunks (the usage-only chunk when asked for, named
+        as the chunks before it: their id, time, model, fingerprint and tier)."""
         try:
             event: pb.CompletionStreamResponse | None = first
+            named: dict[str, Any] | None = None
             while event is not None:
                 if event.HasField("chunk"):
-                    yield openai_wire.chunk_from_proto(event.chunk)
+                    chunk = openai_wire.chunk_from_proto(event.chunk)
+                    named = chunk
+                    yield chunk
                 elif include_usage:
                     end = event.end
-                    yield {"id": end.id, "object": "chat.completion.chunk",
-                           "created": int(time.time()), "model": end.manifest.model,
-                           "choices": [], "usage": openai_wire.usage_from_proto(end.usage),
+                    head = {"id": end.id, "object": "chat.completion.chunk",
+                            "created": int(time.time()), "model": end.manifest.model}
+                    if named is not None:
+                        head.update((k, named[k]) for k in _CHUNK_NAMING if k in named)
+                    yield {**head, "choices": [],
+                           "usage": openai_wire.usage_from_proto(end.usage),
                            "scillm": {"routing": openai_wire.routing_from_proto(end.routing),
                                       "run_id": end.manifest.run_id}}
                 event = await anext(events, None)

@@ -210,16 +210,23 @@ _USAGE = _object({
     "prompt_tokens": {"type": "integer"},
     "completion_tokens": {"type": "integer"},
     "total_tokens": {"type": "integer"},
-    "prompt_tokens_details": _object({"cached_tokens": {"type": "integer"}}),
-    "completion_tokens_details": _object({"reasoning_tokens": {"type": "integer"}}),
-}, ("prompt_tokens", "completion_tokens", "total_tokens"))
+    "prompt_tokens_details": _object({"cached_tokens": {"type": "integer"},
+                                      "audio_tokens": {"type": "integer"}}),
+    "completion_tokens_details": _object({
+        "reasoning_tokens": {"type": "integer"}, "audio_tokens": {"type": "integer"},
+        "accepted_prediction_tokens": {"type": "integer"},
+        "rejected_prediction_tokens": {"type": "integer"}}),
+}, ("prompt_tokens", "completion_tokens", "total_tokens"),
+    description="OpenAI's usage; the provider's other fields (such as a cost) as it sent them")
 
 _TOP_LOGPROB = _object({"token": {"type": "string"}, "logprob": {"type": "number"},
                         "bytes": {"type": "array", "items": {"type": "integer"}}},
                        ("token", "logprob"))
-_LOGPROBS = _nullable(_object({"content": {"type": "array", "items": _object({
+_TOKEN_LOGPROBS = _nullable({"type": "array", "items": _object({
     **_TOP_LOGPROB["properties"],
-    "top_logprobs": {"type": "array", "items": _TOP_LOGPROB}}, ("token", "logprob"))}}))
+    "top_logprobs": {"type": "array", "items": _TOP_LOGPROB}}, ("token", "logprob"))})
+_LOGPROBS = _nullable(_object({"content": _TOKEN_LOGPROBS, "refusal": _TOKEN_LOGPROBS},
+                              ("content", "refusal")))
 
 _FINISH = {"enum": ["stop", "length", "tool_calls", "content_filter", None]}
 

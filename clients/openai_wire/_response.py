@@ -28,12 +28,19 @@ def _fill_usage(out: common_pb2.Usage, usage: Mapping[str, Any] | None) -> None:
     out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
     out.completion_tokens = int(usage.get("completion_tokens") or 0)
     out.total_tokens = int(usage.get("total_tokens") or 0)
-    prompt_details = usage.get("prompt_tokens_details")
-    if prompt_details:
-        out.cached_tokens = int(prompt_details.get("cached_tokens") or 0)
-    completion_details = usage.get("completion_tokens_details")
-    if completion_details:
-        out.reasoning_tokens = int(completion_details.get("reasoning_tokens") or 0)
+    for key, field in _USAGE_DETAILS:
+        details = usage.get(key)
+        if details:
+            setattr(out, field, int(details.get(field) or 0))
+    if not usage.keys() <= _USAGE_KEYS:
+        out.extra_json = extras_text(usage, _USAGE_KEYS, None)
+
+
+#: The usage counts `Usage` types at its top level; the rest travel in its `extra_json`.
+_USAGE_KEYS = frozenset({"prompt_tokens", "completion_tokens", "total_tokens"})
+#: Where OpenAI puts the counts `Usage` types besides those: (object, count).
+_USAGE_DETAILS = (("prompt_tokens_details", "cached_tokens"),
+                  ("completion_tokens_details", "reasoning_tokens"))
 
 
 def usage_from_proto(usage: common_pb2.Usage) -> dict[str, Any]:
@@ -41,34 +48,49 @@ def usage_from_proto(usage: common_pb2.Usage) -> dict[str, Any]:
     out: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens,
                            "completion_tokens": usage.completion_tokens,
                            "total_tokens": usage.total_tokens}
-    if usage.cached_tokens:
-        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
-    if usage.reasoning_tokens:
-        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    if usage.extra_json:
+        add_extras(out, usage.extra_json)
+    for key, field in _USAGE_DETAILS:
+        value = getattr(usage, field)
+        details = out.get(key)
+        if isinstance(details, dict) and (value or field in details):
+            out[key] = {**details, field: value}
+        elif value:
+            out[key] = {field: value}
     return out
 
 
 def _logprobs_to_proto(logprobs: Any) -> pb.Logprobs | None:
-    if not isinstance(logprobs, dict) or not logprobs.get("content"):
+    if not isinstance(logprobs, dict) or not (logprobs.get("content") or logprobs.get("refusal")):
         return None
     out = pb.Logprobs()
-    for tok in logprobs["content"]:
-        entry = out.content.add(token=str(tok.get("token", "")),
+    for tokens, entries in ((logprobs.get("content"), out.content),
+                            (logprobs.get("refusal"), out.refusal)):
+        for tok in tokens or ():
+            entry = entries.add(token=str(tok.get("token", "")),
                                 logprob=float(tok.get("logprob", 0.0)),
                                 bytes=bytes(tok.get("bytes") or []))
-        for top in tok.get("top_logprobs") or []:
-            entry.top_logprobs.add(token=str(top.get("token", "")),
-                                   logprob=float(top.get("logprob", 0.0)),
-                                   bytes=bytes(top.get("bytes") or []))
+            for top in tok.get("top_logprobs") or []:
+                entry.top_logprobs.add(token=str(top.get("token", "")),
+                                       logprob=float(top.get("logprob", 0.0)),
+                                       bytes=bytes(top.get("bytes") or []))
     return out
 
 
+def _tokens_from_proto(tokens: Any) -> list[dict[str, Any]]:
+    return [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
+             "top_logprobs": [{"token": p.token, "logprob": p.logprob, "bytes": list(p.bytes)}
+                              for p in t.top_logprobs]}
+            for t in tokens]
+
+
 def _logprobs_from_proto(logprobs: pb.Logprobs) -> dict[str, Any]:
-    return {"content": [
-        {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
-         "top_logprobs": [{"token": p.token, "logprob": p.logprob, "bytes": list(p.bytes)}
-                          for p in t.top_logprobs]}
-        for t in logprobs.content]}
+    """OpenAI's logprobs object: both lists, the one of a refusal null unless it refused
+    (and that of the content null when only a refusal has tokens)."""
+    refusal = logprobs.refusal
+    return {"content": _tokens_from_proto(logprobs.content)
+            if logprobs.content or not refusal else None,
+            "refusal": _tokens_from_proto(refusal) if refusal else None}
 
 
 _ASSISTANT: Mapping[str, Any] = {"role": "assistant"}

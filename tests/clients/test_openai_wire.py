@@ -186,7 +186,8 @@ def test_response_and_chunk_round_trip() -> None:
         "id": "c1", "object": "chat.completion", "created": 5, "model": "m",
         "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": {"content": [
             {"token": "a", "logprob": -0.5, "bytes": [97],
-             "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}]},
+             "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}],
+            "refusal": None},
             "message": {"role": "assistant", "content": "hi", "refusal": None, "tool_calls": [
                 {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,

@@ -22,7 +22,9 @@ requests
 
 responses and chunks
 - `finish_reason` "function_call" -> "tool_calls", an unknown one -> null;
-- zero usage details, empty logprobs, empty `system_fingerprint` are dropped;
+- usage comes back as it went (its details whole, zeros included); empty logprobs and
+  empty `system_fingerprint` are dropped, and logprobs' `content` is null when only a
+  refusal has tokens (`refusal` null unless one has);
 - a chunk's empty delta strings are dropped; a tool-call delta always has `arguments`.
 
 Invalid input of any shape raises InvalidRequestError, never another exception.
@@ -340,9 +342,10 @@ def test_regression_invalid_requests_that_used_to_crash(body: dict[str, Any],
 
 token = st.fixed_dictionaries({"token": text, "logprob": finite,
                                "bytes": st.lists(st.integers(0, 255), max_size=3)})
-logprobs = st.none() | st.builds(lambda c: {"content": c}, st.lists(st.builds(
-    lambda t, top: {**t, "top_logprobs": top}, token, st.lists(token, max_size=2)),
-    max_size=2))
+token_logprobs = st.lists(st.builds(lambda t, top: {**t, "top_logprobs": top}, token,
+                                    st.lists(token, max_size=2)), max_size=2)
+logprobs = st.none() | st.builds(lambda c, r: {"content": c, "refusal": r}, token_logprobs,
+                                 st.none() | token_logprobs)
 finish = st.sampled_from([*openai_wire.FINISH_REASONS, None, "weird"])
 
 
@@ -375,19 +378,17 @@ def _norm_finish(reason: str | None) -> str | None:
     return {"function_call": "tool_calls", "weird": None}.get(reason or "", reason)
 
 
-def _norm_usage(u: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in u.items()
-            if not isinstance(v, dict) or next(iter(v.values()))}
-
-
 def _norm_logprobs(lp: dict[str, Any] | None) -> dict[str, Any] | None:
-    return lp if lp and lp["content"] else None
+    if not lp or not (lp["content"] or lp["refusal"]):
+        return None
+    return {"content": lp["content"] if lp["content"] or not lp["refusal"] else None,
+            "refusal": lp["refusal"] or None}
 
 
 @PROPS
 @given(response)
 def test_response_round_trip(body: dict[str, Any]) -> None:
-    expected = {**body, "usage": _norm_usage(body["usage"]), "choices": [
+    expected = {**body, "choices": [
         {"index": c["index"], "message": {"refusal": None, **norm_message(c["message"])},
          "finish_reason": _norm_finish(c["finish_reason"]),
          "logprobs": _norm_logprobs(c["logprobs"])} for c in body["choices"]]}
@@ -428,7 +429,7 @@ def test_chunk_round_trip(body: dict[str, Any]) -> None:
         entry = {"index": c["index"], "delta": _norm_delta(c["delta"]),
                  "finish_reason": _norm_finish(c["finish_reason"])}
         if _norm_logprobs(c.get("logprobs")):
-            entry["logprobs"] = c["logprobs"]
+            entry["logprobs"] = _norm_logprobs(c["logprobs"])
         choices.append(entry)
     assert openai_wire.chunk_from_proto(openai_wire.chunk_to_proto(body)) == {
         **body, "choices": choices}

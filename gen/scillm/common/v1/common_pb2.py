@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dscillm/common/v1/common.proto\x12\x10scillm.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\nRunContext\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05track\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x38\n\x06labels\x18\x04 \x03(\x0b\x32(.scillm.common.v1.RunContext.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x15\n\rcached_tokens\x18\x04 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\x03\"\xb3\x04\n\x0bRunManifest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\r\n\x05track\x18\x05 \x01(\t\x12\x0f\n\x07service\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12=\n\x08versions\x18\r \x03(\x0b\x32+.scillm.common.v1.RunManifest.VersionsEntry\x12\x11\n\tisolation\x18\x0e \x01(\t\x12\x39\n\x06labels\x18\x0f \x03(\x0b\x32).scillm.common.v1.RunManifest.LabelsEntry\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dscillm/common/v1/common.proto\x12\x10scillm.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\nRunContext\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05track\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x38\n\x06labels\x18\x04 \x03(\x0b\x32(.scillm.common.v1.RunContext.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x15\n\rcached_tokens\x18\x04 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\x03\x12\x12\n\nextra_json\x18\x06 \x01(\t\"\xb3\x04\n\x0bRunManifest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\r\n\x05track\x18\x05 \x01(\t\x12\x0f\n\x07service\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12=\n\x08versions\x18\r \x03(\x0b\x32+.scillm.common.v1.RunManifest.VersionsEntry\x12\x11\n\tisolation\x18\x0e \x01(\t\x12\x39\n\x06labels\x18\x0f \x03(\x0b\x32).scillm.common.v1.RunManifest.LabelsEntry\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,11 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNCONTEXT_LABELSENTRY']._serialized_start=240
   _globals['_RUNCONTEXT_LABELSENTRY']._serialized_end=285
   _globals['_USAGE']._serialized_start=288
-  _globals['_USAGE']._serialized_end=416
-  _globals['_RUNMANIFEST']._serialized_start=419
-  _globals['_RUNMANIFEST']._serialized_end=982
-  _globals['_RUNMANIFEST_VERSIONSENTRY']._serialized_start=888
-  _globals['_RUNMANIFEST_VERSIONSENTRY']._serialized_end=935
+  _globals['_USAGE']._serialized_end=436
+  _globals['_RUNMANIFEST']._serialized_start=439
+  _globals['_RUNMANIFEST']._serialized_end=1002
+  _globals['_RUNMANIFEST_VERSIONSENTRY']._serialized_start=908
+  _globals['_RUNMANIFEST_VERSIONSENTRY']._serialized_end=955
   _globals['_RUNMANIFEST_LABELSENTRY']._serialized_start=240
   _globals['_RUNMANIFEST_LABELSENTRY']._serialized_end=285
 # @@protoc_insertion_point(module_scope)

@@ -97,6 +97,7 @@ class Usage(_message.Message):
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    EXTRA_JSON_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt."""
     completion_tokens: _builtins.int
@@ -107,6 +108,13 @@ class Usage(_message.Message):
     """Prompt tokens served from a provider-side prompt cache."""
     reasoning_tokens: _builtins.int
     """Tokens spent on hidden reasoning, when the provider reports them."""
+    extra_json: _builtins.str
+    """The usage's fields this message does not type, as the text of one JSON object, passed
+    on as the provider sent them: its `prompt_tokens_details` and
+    `completion_tokens_details` whole (audio and predicted tokens, zeros included) and a
+    provider's own fields (such as a `cost`). The typed counts above win over the same
+    counts in here.
+    """
     def __init__(
         self,
         *,
@@ -115,10 +123,11 @@ class Usage(_message.Message):
         total_tokens: _builtins.int = ...,
         cached_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
+        extra_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "extra_json", b"extra_json", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -924,18 +924,24 @@ class Logprobs(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
         """Per output token."""
+
+    @_builtins.property
+    def refusal(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """Per token of a refusal (OpenAI's `logprobs.refusal`), when the model refused."""
 
     def __init__(
         self,
         *,
         content: _abc.Iterable[Global___TokenLogprob] | None = ...,
+        refusal: _abc.Iterable[Global___TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "refusal", b"refusal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
