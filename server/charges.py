@@ -13,7 +13,9 @@ master key must not charge a key outside it). What runs inside the call uses it:
   the caller by the caller's key and charges its usage to it (`admit_model_call`,
   `charge_model_call`): services reach Completion with the mesh's own key, which pays
   nothing, so before, an agent run spent tokens no key paid for;
-- ListModels shows a key limited to some models those it may call (`caller_models`).
+- ListModels shows a key limited to some models those it may call (`caller_models`);
+- CodeWorld keeps a virtual key's sessions apart from every other caller's
+  (`caller_key_id`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import contextvars
 
 from .keys import Authenticator, Principal
 
-__all__ = ["Caller", "admit_model_call", "caller_models", "charge_model_call", "current",
-           "report_usage_estimate", "usage_estimate_wanted"]
+__all__ = ["Caller", "admit_model_call", "caller_key_id", "caller_models", "charge_model_call",
+           "current", "report_usage_estimate", "usage_estimate_wanted"]
 
 
 class Caller:
@@ -69,6 +71,13 @@ def caller_models() -> tuple[str, ...] | None:
     caller = current.get()
     record = caller.principal.record if caller is not None else None
     return tuple(record.models) if record is not None and record.models else None
+
+
+def caller_key_id() -> str:
+    """The served caller's virtual key's id (the one `CallContext` counts its open streams
+    by: stable, safe to log); empty for the master key or with keys off."""
+    caller = current.get()
+    return caller.principal.key_id if caller is not None else ""
 
 
 async def admit_model_call(model: str) -> None:

@@ -181,7 +181,8 @@ class CodeWorldEngine:
         if request.session_id is not None:
             mean = sum(r.aggregate for r in results) / len(results) if results else 0.0
             try:
-                session = await self._sessions.record(request.session_id, request.track, mean)
+                session = await self._sessions.record(request.session_id, request.track, mean,
+                                                      owner=request.session_owner)
             except SessionStoreError as exc:
                 # The run is done: its results are not lost because its session log failed.
                 log.warning("codeworld: run not recorded in session %r, track %r: %s",

@@ -133,6 +133,9 @@ class RunRequest:
         mcts: search over variants instead of a single pass.
         autogenerate: ask the model for variants first (needs an injected ``complete``).
         session_id, track: keep this run's mean aggregate and report a plateau.
+        session_owner: whose session `session_id` names: a virtual key's id, whose
+            sessions no other caller reads or moves; empty for the unscoped sessions
+            (every caller's with keys off, the master key's with keys on).
         volatile_metrics: metrics ``scorer`` derives from timings; with the rubric's
             ``speed`` they are left out of MCTS rewards and reported apart by replay.
     """
@@ -148,4 +151,5 @@ class RunRequest:
     autogenerate: AutogenSpec | None = None
     session_id: str | None = None
     track: str = "default"
+    session_owner: str = ""
     volatile_metrics: tuple[str, ...] = ()

@@ -15,6 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from scillm.codeworld.v1 import codeworld_pb2 as pb
 from scillm.codeworld.v1 import codeworld_pb2_grpc
 
+from .. import charges
 from ..errors import ErrorTable, StatusError
 from ..interceptors import current_request_id
 from ..manifests import ManifestClock, RunStore, recording
@@ -299,7 +300,11 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
     async def CodeWorldRun(self, request: pb.CodeWorldRunRequest,
                            context: grpc.aio.ServicerContext[Any, Any],
                            ) -> AsyncIterator[pb.CodeWorldRunResponse]:
-        run_request = request_from_proto(request, self._default_model)
+        # A session is its caller's: a virtual key's sessions are stored under its key_id
+        # (the master key's, and every caller's with keys off, unscoped as before). The
+        # caller's summary and manifest keep the session_id it sent.
+        run_request = replace(request_from_proto(request, self._default_model),
+                              session_owner=charges.caller_key_id())
         self._engine.validate(run_request)
         clock = ManifestClock("codeworld", request.context, request_id=current_request_id(),
                               model=run_request.mcts.model if run_request.mcts else "",

@@ -905,7 +905,11 @@ Global___MctsStats: _TypeAlias = MctsStats  # noqa: Y015
 
 @_typing.final
 class SessionInfo(_message.Message):
-    """SessionInfo tracks progress across runs of one session and track."""
+    """SessionInfo tracks progress across runs of one session and track. With keys on, a
+    session is the calling key's own: another virtual key naming the same session_id and
+    track has a history of its own, which neither reads nor moves; the master key's
+    sessions are those recorded with keys off.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -917,7 +921,7 @@ class SessionInfo(_message.Message):
     RUNS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """Session."""
+    """Session, as the caller named it."""
     track: _builtins.str
     """Track."""
     mean_aggregate: _builtins.float
@@ -927,7 +931,7 @@ class SessionInfo(_message.Message):
     plateau: _builtins.bool
     """Gain under the threshold: further runs are unlikely to help."""
     runs: _builtins.int
-    """Runs recorded in the session and track."""
+    """Runs recorded in the session and track (the caller's own, with keys on)."""
     error: _builtins.str
     """Why this run is not in the session: the session store failed (an unreachable Redis,
     a full disk). Empty when it was recorded. The run's results stand either way; `runs`,
