@@ -46,7 +46,8 @@ from typing import Literal
 from .minroot import MinimalRoot
 from .uids import UidRange
 
-__all__ = ["BUBBLEWRAP", "INBOX", "RLIMITS", "Jail", "JailSettings", "mib"]
+__all__ = ["BUBBLEWRAP", "INBOX", "RLIMITS", "Jail", "JailSettings", "jailed_which",
+           "mib"]
 
 BUBBLEWRAP = "bubblewrap"
 RLIMITS = "rlimits"
@@ -54,12 +55,20 @@ RLIMITS = "rlimits"
 INBOX = "/scillm/in"
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 
+
 JailMode = Literal["auto", "bubblewrap", "rlimits"]
 
 
 def mib(megabytes: int) -> int:
     """Bytes in `megabytes` MiB."""
     return megabytes * 1024 * 1024
+
+
+def jailed_which(command: str) -> str | None:
+    """The program a jail runs for `command`: a name without a directory is looked up on
+    the jail's PATH (`_PATH`, in bubblewrap and in the fallback alike), not on the
+    server's, which may hold another build first (a venv's z3, from the z3-solver wheel)."""
+    return shutil.which(command, path=_PATH)
 
 
 @dataclass(frozen=True)

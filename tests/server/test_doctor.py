@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -151,6 +152,20 @@ async def test_tools_on_this_host() -> None:
     assert checks["config"].status is Status.OK
     assert checks["provider:echo/*"].status is Status.OK
     assert checks["mesh"].status is Status.SKIPPED
+
+
+async def test_the_provers_are_the_ones_a_jail_runs(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A jail runs a prover named without a directory from its own PATH (/usr/bin's z3),
+    whatever the server's PATH holds first (a venv's z3, from the z3-solver wheel): the
+    doctor reported the venv's, which the mesh never runs."""
+    impostor = tmp_path / "z3"
+    impostor.write_text("#!/bin/sh\necho 'Z3 version 99.0.0 - not the jail one'\n")
+    impostor.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert shutil.which("z3") == str(impostor)
+    z3 = _by_part(await collect(environ=NO_OTEL))["z3"]
+    assert z3.status is Status.OK and "99.0.0" not in z3.detail, z3
 
 
 def test_strict_expectations_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,6 +394,11 @@ async def test_grpc_health_tells_the_same_story(mesh: RunningMesh) -> None:
             checks[local], checks[entry])
     if checks["bubblewrap"].status is Status.OK and checks["z3"].status is Status.OK:
         assert unmet(list(checks.values()), ["codeworld", "certainly", "completion"]) == []
+    # Lean is optional on the mesh's side too: `doctor --target` called a mesh without it
+    # "not ready: scillm.prove.v1.ProveService/lean4 is MISSING".
+    lean4 = checks["scillm.prove.v1.ProveService/lean4"]
+    assert lean4.optional, lean4
+    assert not [r for r in unmet(list(checks.values()), []) if "lean" in r]
 
 
 async def test_an_absent_mesh_is_failed_quickly() -> None:

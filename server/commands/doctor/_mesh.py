@@ -73,9 +73,13 @@ def _health_check(name: str, status: int, target: str) -> Check:
         return Check(part, Status.SKIPPED, f"{shown}: not served there")
     if sub:
         return Check(part, Status.MISSING, f"{shown}: the server lacks this part",
-                     PART_HINTS.get(sub, "see the server log"))
+                     PART_HINTS.get(sub, "see the server log"), optional=sub in _OPTIONAL)
     return Check(part, Status.FAILED, shown,
                  "starting, shutting down, or its engine is not ready; see the server log")
+
+
+#: The parts a mesh may lack and still be ready (as the local `lean` check is optional).
+_OPTIONAL = frozenset({"lean4"})
 
 
 def _known_entries() -> list[str]:

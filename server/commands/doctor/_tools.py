@@ -7,11 +7,11 @@ import shutil
 from collections.abc import Awaitable
 from dataclasses import replace
 
+from ...jail import jailed_which
 from ._check import Check, Status, installed, one_line, run_command
 
 __all__ = ["PART_HINTS", "tool_checks"]
 
-_HINT_Z3 = "apt-get install z3"
 _HINT_Z3 = "apt-get install z3"
 _HINT_COQ = "apt-get install coq"
 _HINT_LEAN = "install elan/lean4; Lean checks are optional"
@@ -21,10 +21,12 @@ PART_HINTS = {"smt": _HINT_Z3, "coq": _HINT_COQ, "lean4": _HINT_LEAN,
                "bubblewrap": _HINT_BWRAP}
 
 
-async def _version(part: str, exe: str, hint: str) -> Check:
-    path = shutil.which(exe)
+async def _version(part: str, exe: str, hint: str, *, jailed: bool = False) -> Check:
+    """`exe --version`; a `jailed` one (a prover) is the program a jail runs for it."""
+    path = jailed_which(exe) if jailed else shutil.which(exe)
     if path is None:
-        return Check(part, Status.MISSING, f"{exe} not on PATH", hint)
+        where = "the provers' PATH (/usr/local/bin:/usr/bin:/bin)" if jailed else "PATH"
+        return Check(part, Status.MISSING, f"{exe} not on {where}", hint)
     code, out = await run_command([path, "--version"])
     if code != 0:
         return Check(part, Status.FAILED,
@@ -37,7 +39,7 @@ async def _optional(check: Awaitable[Check]) -> Check:
 
 
 async def _z3(exe: str) -> Check:
-    check = await _version("z3", exe, _HINT_Z3)
+    check = await _version("z3", exe, _HINT_Z3, jailed=True)
     module = "z3-solver module present" if installed("z3") else "z3-solver module absent"
     if check.status is Status.OK:
         return replace(check, detail=f"{check.detail}; {module}")
@@ -67,9 +69,9 @@ def tool_checks() -> list[tuple[str, Awaitable[Check]]]:
     prove = ProveSettings()
     return [
         ("z3", _z3(prove.z3_path)),
-        ("coqc", _version("coqc", prove.coqc_path, _HINT_COQ)),
-        ("coqtop", _version("coqtop", prove.coqtop_path, _HINT_COQ)),
-        ("lean", _optional(_version("lean", prove.lean_path, _HINT_LEAN))),
+        ("coqc", _version("coqc", prove.coqc_path, _HINT_COQ, jailed=True)),
+        ("coqtop", _version("coqtop", prove.coqtop_path, _HINT_COQ, jailed=True)),
+        ("lean", _optional(_version("lean", prove.lean_path, _HINT_LEAN, jailed=True))),
         ("bubblewrap", _bubblewrap()),
         ("node", _version("node", "node", _HINT_NODE)),
     ]
