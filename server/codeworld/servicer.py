@@ -179,8 +179,9 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
         if m.autogenerate:
             if not model:
                 raise _invalid("mcts.autogenerate needs the model that writes the variants: "
-                               "set mcts.model (provider.args.generator_model through the "
-                               "HTTP door) or SCILLM_CODEWORLD_MODEL on the server",
+                               "set mcts.model (through the HTTP door: strategy_config."
+                               "autogenerate.generator_model, or provider.args."
+                               "generator_model) or SCILLM_CODEWORLD_MODEL on the server",
                                "mcts.model")
             autogen = AutogenSpec(
                 n=m.num_variants or 3, model=model, seed=m.seed,
