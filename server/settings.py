@@ -105,7 +105,7 @@ class Settings:
     #: Run store (SQLite file).
     store_path: Path = field(default_factory=lambda: Path.home() / ".scillm" / "runs.sqlite3")
     #: Run store in PostgreSQL instead, as `postgresql://user:pass@host:port/db`; when set
-    #: it wins over `store_path` for runs (keys and CodeWorld sessions stay beside
+    #: it wins over `store_path` for runs and keys (CodeWorld sessions stay beside
     #: `store_path`). Needs the `postgres` extra. Never logged (it may hold a password).
     store_url: str = field(default="", repr=False)
     #: Master key; when set, every call needs a key (the master key or a virtual key).
@@ -121,7 +121,7 @@ class Settings:
     #: Where the runs UI links a run's trace: a URL holding `{trace_id}`, for Jaeger
     #: `http://127.0.0.1:16686/trace/{trace_id}`. Empty: the UI shows the id, no link.
     trace_url_template: str = ""
-    #: Log level.
+    #: Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).
     log_level: str = "INFO"
     #: Worker processes serving the same ports (`scillm serve --workers`); with more than
     #: one, this process is their master (see `server/workers.py`).
@@ -179,6 +179,9 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be 0..65535, got {port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
+                             f"not {self.log_level!r}")
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"grpc_server must be one of {', '.join(GRPC_SERVERS)}, "
                              f"not {self.grpc_server!r}")
@@ -258,8 +261,12 @@ class Settings:
         return out
 
 
-#: What a numeric setting's variable must hold, for its error.
-_KINDS = {"int": "an integer", "float": "a number"}
+#: What a setting's variable must hold, for its error.
+_KINDS = {"int": "an integer", "float": "a number",
+          "bool": "a boolean (1, true, yes, on or 0, false, no, off)"}
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+#: The levels `log_level` may name (logging's own).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _parse(name: str, raw: str) -> Any:
@@ -269,7 +276,12 @@ def _parse(name: str, raw: str) -> Any:
     if kind in ("float",):
         return float(raw)
     if kind in ("bool",):
-        return raw.lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        if word not in _TRUE | _FALSE:  # before, `maybe` read as off
+            raise ValueError(raw)
+        return word in _TRUE
+    if name == "log_level":
+        return raw.strip().upper()
     if name == "services":
         names = tuple(s.strip() for s in raw.split(",") if s.strip())
         return () if names == ("none",) else names

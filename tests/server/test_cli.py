@@ -55,6 +55,32 @@ def test_a_setting_out_of_range_is_refused_by_name(variable: str, value: str,
         Settings.from_env(environ={variable: value})
 
 
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("SCILLM_STORE_COMPLETIONS", "maybe", "SCILLM_STORE_COMPLETIONS must be a boolean"),
+    ("SCILLM_HTTP_ENABLED", "enabled", "SCILLM_HTTP_ENABLED must be a boolean"),
+    ("SCILLM_LOG_LEVEL", "verbose", "log_level must be one of DEBUG, INFO"),
+])
+def test_a_setting_that_means_nothing_is_refused_by_name(variable: str, value: str,
+                                                         said: str) -> None:
+    """Before, any text but 1/true/yes/on read as off (`maybe` turned a switch off), and a
+    log level logging did not know was a traceback when `scillm serve` started."""
+    with pytest.raises(ValueError, match=said):
+        Settings.from_env(environ={variable: value})
+
+
+def test_switches_and_the_log_level_read_as_people_write_them() -> None:
+    settings = Settings.from_env(environ={"SCILLM_STORE_COMPLETIONS": "Yes",
+                                          "SCILLM_HTTP_ENABLED": "off",
+                                          "SCILLM_LOG_LEVEL": "debug"})
+    assert (settings.store_completions, settings.http_enabled, settings.log_level) == (
+        True, False, "DEBUG")
+    out = subprocess.run([SCILLM, "serve", "--service", "completion", "--grpc-port", "0",
+                          "--no-http"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SCILLM_LOG_LEVEL": "chatty"}, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "log_level must be one of" in out.stderr, out.stderr
+
+
 def test_settings_travel_to_workers_through_the_environment(tmp_path: Path) -> None:
     config = tmp_path / "models.yaml"
     config.write_text("model_list: [{model_name: a, litellm_params: {model: echo/a}}]\n")
