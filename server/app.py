@@ -78,6 +78,7 @@ class Mesh:
         self._server: grpc.aio.Server | None = None
         self._http: Any = None
         self._http_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None  # bound, until uvicorn serves it
         self._running = _Running()
         self.metrics = Metrics()
         self._tracing = False
@@ -158,6 +159,11 @@ class Mesh:
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
+        # Both ports are taken before anything serves: a port in use stops the start with
+        # its name, not after every service has said SERVING.
+        if settings.http_enabled:
+            self._http_socket = _bind_http(settings)
+            self._running.closers.append(self._close_unserved_socket)
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if settings.tls:
             assert settings.tls_cert is not None and settings.tls_key is not None
@@ -167,9 +173,14 @@ class Mesh:
                 root_certificates=ca, require_client_auth=ca is not None)
             self.grpc_port = server.add_secure_port(address, credentials)
         else:
-            self.grpc_port = server.add_insecure_port(address)
+            try:
+                self.grpc_port = server.add_insecure_port(address)
+            except RuntimeError:  # pygrpc-native's "Failed to bind to address ..."
+                self.grpc_port = 0
         if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC on {settings.grpc_host}:{settings.grpc_port}")
+            raise OSError(f"cannot bind gRPC on {address}: the port is taken or the address "
+                          "is not this host's (choose another: --grpc-port, "
+                          "SCILLM_GRPC_PORT)")
         await server.start()
         self._server = server
         for name, parts in self._running.parts.items():
@@ -232,13 +243,8 @@ class Mesh:
                                    metrics_registry=self.metrics.exposition,
                                    ui=await self._runs_ui(client)), self._tracing)
         self.asgi_app = app
-        sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if settings.reuse_port:  # a worker: the port is shared with the other workers
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((settings.http_host, settings.http_port))
-        sock.listen(2048)
-        sock.setblocking(False)
+        sock, self._http_socket = self._http_socket, None
+        assert sock is not None, "bound in start()"
         self.http_port = sock.getsockname()[1]
         tls: dict[str, Any] = {}
         if settings.tls:
@@ -260,6 +266,12 @@ class Mesh:
                 await self._http_task
                 raise OSError("HTTP shim failed to start")
             await asyncio.sleep(0.01)
+
+    async def _close_unserved_socket(self) -> None:
+        """The HTTP socket of a start that failed before uvicorn took it."""
+        if self._http_socket is not None:
+            self._http_socket.close()
+            self._http_socket = None
 
     async def _runs_ui(self, client: ScillmClient) -> Any:
         """The runs UI over this process's run store (opened for it when no service here
@@ -314,6 +326,25 @@ class Mesh:
 
 #: How long the door has, once the grace ended its calls, to send their answers.
 _ANSWER_S = 1.0
+
+
+def _bind_http(settings: Settings) -> socket.socket:
+    """The HTTP door's listening socket; OSError naming the address and the flag when it
+    cannot be had."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.reuse_port:  # a worker: the port is shared with the other workers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.http_host, settings.http_port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot bind HTTP on {settings.http_host}:{settings.http_port}: "
+                      f"{exc.strerror or exc} (choose another: --http-port, "
+                      "SCILLM_HTTP_PORT)") from None
+    sock.setblocking(False)
+    return sock
 
 
 def _grpc_server(settings: Settings, interceptors: list[grpc.aio.ServerInterceptor],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,23 @@ def test_switches_and_the_log_level_read_as_people_write_them() -> None:
                          env={**os.environ, "SCILLM_LOG_LEVEL": "chatty"}, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "log_level must be one of" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("door", ["http", "grpc"])
+def test_a_port_taken_is_named_before_anything_serves(door: str) -> None:
+    """Before, a taken HTTP port was found after every service had logged SERVING, and
+    said only `[Errno 98] Address already in use`, naming neither the port nor the flag."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"http": "0", "grpc": "0", door: str(port)}
+        out = _run("serve", "--service", "prove", "--grpc-port", ports["grpc"],
+                   "--http-port", ports["http"], timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot bind {door.upper() if door == 'http' else 'gRPC'} on 127.0.0.1:{port}" \
+        in out.stderr and f"--{door}-port" in out.stderr, out.stderr
+    assert "SERVING" not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_settings_travel_to_workers_through_the_environment(tmp_path: Path) -> None:
