@@ -16,7 +16,9 @@ def _content_to_proto(content: Any, param: str) -> list[pb.ContentPart]:
         return []
     if isinstance(content, str):
         return [pb.ContentPart(text=content)]
-    _expect(content, list, param)
+    if not isinstance(content, list):  # "must be of type list" read as if text were wrong
+        raise InvalidRequestError(f"'{param}' must be a string or a list of content parts",
+                                  param=param)
     parts: list[pb.ContentPart] = []
     for i, part in enumerate(content):
         where = f"{param}[{i}]"

@@ -233,6 +233,13 @@ def test_bad_requests_name_the_parameter(body: dict[str, Any], param: str) -> No
     assert info.value.param == param
 
 
+def test_content_of_no_kind_says_what_content_may_be() -> None:
+    """It said "must be of type list", as if a string were not content too."""
+    with pytest.raises(InvalidRequestError, match="must be a string or a list of content"):
+        openai_wire.request_to_proto({"model": "m", "messages": [{"role": "user",
+                                                                   "content": 5}]})
+
+
 _MSG = [{"role": "user", "content": "x"}]
 
 
