@@ -82,8 +82,8 @@ def story(stack: contextlib.ExitStack[Any]) -> None:
         model="certainly/smt", messages=[{"role": "user", "content": "check"}],
         extra_body={"items": [item for item in BATCH if item["backend"] == "smt"]})
     show(reply.choices[0].message.content or "")
-    check(reply.choices[0].message.content == "Certainly: 2 items, 1 proved, 1 failed, "
-                                              "0 unproved", "the door's reply line")
+    check(reply.choices[0].message.content == "Certainly: 2 items, 1 proved, 1 failed "
+                                              "(1 refuted), 0 unproved", "the door's reply line")
 
     step(f"formalize with local/gemma: {REQUIREMENT!r}")
     reply = sdk.chat.completions.create(

@@ -24,6 +24,7 @@ is `options.max_seconds`: each item's time limit.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,6 +82,7 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
             item = {"requirement_text": item}
         if not isinstance(item, Mapping):
             raise InvalidRequestError(f"items[{i}] must be an object", param=f"items[{i}]")
+        _check_something(item, i)
         o = req.items.add(
             item_id=str(item.get("item_id") or item.get("id") or f"item-{i}"),
             requirement_text=str(item.get("requirement_text") or item.get("requirement") or ""),
@@ -130,6 +132,27 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
 _MAX_SECONDS = 86_400
 
 
+#: An item's fields (other keys pass unread, as the seed let them).
+_ITEM_KEYS = ("item_id", "id", "requirement_text", "requirement", "statement", "proof",
+              "preamble", "imports", "backend", "context", "metadata")
+
+
+def _check_something(item: Mapping[str, Any], i: int) -> None:
+    """An item with nothing to check whose keys include one this envelope does not know is
+    a misspelling (`statment`): named, with the field it may mean. Before, the call
+    failed as if no statement had been written."""
+    if any(item.get(k) for k in ("requirement_text", "requirement", "statement", "proof")):
+        return
+    unknown = [str(k) for k in item if k not in _ITEM_KEYS]
+    if unknown:
+        guesses = {k: difflib.get_close_matches(k, _ITEM_KEYS, n=1) for k in unknown}
+        named = ", ".join(f"{k!r}" + (f" (did you mean {g[0]!r}?)" if g else "")
+                          for k, g in guesses.items())
+        raise InvalidRequestError(f"items[{i}] has nothing to check (no statement, proof or "
+                                  f"requirement_text) and fields this envelope does not "
+                                  f"know: {named}", param=f"items[{i}]")
+
+
 def _metadata(value: Any, param: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -140,7 +163,10 @@ def _metadata(value: Any, param: str) -> dict[str, str]:
 
 def summary_text(summary: pb.ProveSummary) -> str:
     """The seed's reply line: proved, failed (checked and rejected), unproved (undecided);
-    proofs that hold only because the assumptions are inconsistent are counted apart."""
+    proofs that hold only because the assumptions are inconsistent, and the failures that
+    are refutations (a counterexample: the statement is false), are counted apart in
+    parentheses, so the seed's words and numbers stay where its readers look for them."""
     vacuous = f" ({summary.vacuous} vacuously)" if summary.vacuous else ""
+    refuted = f" ({summary.refuted} refuted)" if summary.refuted else ""
     return (f"Certainly: {summary.items} items, {summary.proved} proved{vacuous}, "
-            f"{summary.failed + summary.refuted} failed, {summary.unknown} unproved")
+            f"{summary.failed + summary.refuted} failed{refuted}, {summary.unknown} unproved")

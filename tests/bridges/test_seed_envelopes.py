@@ -255,6 +255,31 @@ def test_lean4_requirements_become_requirement_items() -> None:
     assert req.limits.timeout.seconds == 180
 
 
+def test_a_misspelt_item_field_is_named_with_the_one_it_may_mean() -> None:
+    """An item of `statment` failed as "nothing to check: statement, proof and
+    requirement_text are all empty", which does not say what was wrong."""
+    from scillm.bridges.seed.prove import request_from_envelope
+    from scillm.clients import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="'statment' \\(did you mean 'statement'") \
+            as info:
+        request_from_envelope({"model": "certainly/smt", "messages": [],
+                               "items": [{"id": "a", "statment": "(> 1 0)", "tag": "x"}]})
+    assert info.value.param == "items[0]"
+    # Keys the envelope does not read still pass when the item has something to check.
+    req = request_from_envelope({"model": "certainly/smt", "messages": [],
+                                 "items": [{"statement": "(> 1 0)", "tag": "x"}]})
+    assert req.items[0].statement == "(> 1 0)"
+
+
+def test_the_reply_line_counts_refutations_among_the_failures_and_apart() -> None:
+    from scillm.bridges.seed.prove import summary_text
+    from scillm.prove.v1 import prove_pb2 as pv
+
+    line = summary_text(pv.ProveSummary(items=5, proved=3, vacuous=1, failed=1, refuted=1))
+    assert line == "Certainly: 5 items, 3 proved (1 vacuously), 2 failed (1 refuted), 0 unproved"
+
+
 @pytest.mark.parametrize(("args", "wanted"), [
     ({"n_variants": 2}, 2), ({"num_variants": 4}, 4),
     ({"strategy_config": {"n_variants": 5}}, 5), ({}, 3),

@@ -180,7 +180,7 @@ def test_prove_batch_and_run(tmp_path: Path, mesh: RunningMesh) -> None:
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     verdicts = {x["result"]["item_id"]: x["result"]["verdict"] for x in lines if "result" in x}
     assert verdicts == {"t": "VERDICT_PROVED", "f": "VERDICT_REFUTED"}
-    assert "Certainly: 2 items, 1 proved, 1 failed, 0 unproved" in out.stderr
+    assert "Certainly: 2 items, 1 proved, 1 failed (1 refuted), 0 unproved" in out.stderr
     source = tmp_path / "zero.v"
     source.write_text("Theorem z : forall n : nat, 0 + n = n.\nProof. reflexivity. Qed.\n")
     proved = _run("prove", "run", str(source), "--target", mesh.grpc_target)

@@ -164,7 +164,7 @@ def test_certainly_model_through_the_shim(mesh: RunningMesh) -> None:
             {"item_id": "b", "preamble": "(declare-const y Int)", "statement": "(= y 1)"}],
             "options": {"session_id": "s", "track_id": "t", "max_seconds": 10}})
     assert reply.choices[0].message.content == \
-        "Certainly: 2 items, 1 proved, 1 failed, 0 unproved"
+        "Certainly: 2 items, 1 proved, 1 failed (1 refuted), 0 unproved"
     result = (reply.model_extra or {})["scillm"]["result"]
     assert result["manifest"]["track"] == "t"
 
