@@ -228,6 +228,7 @@ class CompletionEngine:
         deadline = self._clock() + rs.retry_budget_s
         queue, seen = [model], {model}
         error: CompletionError | None = None
+        first: CompletionError | None = None  # the model asked for: why it failed
         while queue:
             name = queue.pop(0)
             try:
@@ -251,9 +252,12 @@ class CompletionEngine:
                     routing.fallback_used, routing.fallback_model = True, name
                 return result
             if name == model:  # fallbacks are not nested: no loops, bounded work
+                first = error
                 queue.extend(m for m in more if m not in seen)
                 seen.update(more)
         assert error is not None
+        if first is not None and error is not first:
+            error.after(model, first)
         raise error
 
     async def _with_retries(

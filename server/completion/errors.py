@@ -44,6 +44,12 @@ class CompletionError(Exception):
         super().__init__(message)
         self.message = message
 
+    def after(self, model: str, first: CompletionError) -> None:
+        """Say in this error (a fallback's, the one raised) why `model`, the one asked
+        for, failed first: before, only the last fallback's reason reached the caller."""
+        self.message = f"{self.message} (a fallback; {model!r} failed first: {first.message})"
+        self.args = (self.message,)
+
 
 class InvalidRequest(CompletionError):
     """The request is malformed; `param` names the offending field when known."""

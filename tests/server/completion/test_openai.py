@@ -155,6 +155,23 @@ async def test_fallbacks_without_loops(upstream: Upstream, make_engine: EngineFa
         await engine.complete({"model": "mb", "messages": MSG, "scillm": {"fallbacks": ["ma"]}})
 
 
+async def test_a_failed_fallback_says_why_the_model_asked_for_failed_first(
+        make_engine: EngineFactory) -> None:
+    """With no API keys set, the README's config answered only 'claude needs an API key:
+    set ANTHROPIC_API_KEY', saying nothing of the model the caller asked for."""
+    cfg = {"model_list": [
+        {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o-mini",
+                                                 "api_key": "os.environ/OPENAI_API_KEY"}},
+        {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-sonnet-4-5",
+                                                    "api_key": "os.environ/ANTHROPIC_API_KEY"}}],
+        "router_settings": {"fallbacks": [{"gpt": ["claude"]}], "num_retries": 0}}
+    engine = await make_engine(cfg)
+    with pytest.raises(ProviderUnavailable) as info:
+        await engine.complete({"model": "gpt", "messages": MSG})
+    assert "ANTHROPIC_API_KEY" in str(info.value) and "OPENAI_API_KEY" in str(info.value)
+    assert "'gpt' failed first" in info.value.message, info.value.message
+
+
 async def test_slow_first_byte_times_out(upstream: Upstream, make_engine: EngineFactory) -> None:
     upstream.plan("a", slow(1.0), ok)
     engine = await make_engine(config(upstream, "gpt@a", num_retries=0), real_time=True)
