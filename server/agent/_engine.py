@@ -67,7 +67,7 @@ class AgentEngine:
         for connection, outcome in zip(connections, outcomes, strict=True):
             if isinstance(outcome, McpServerError):
                 self._mcp_errors[connection.name] = str(outcome)
-                log.warning("MCP server %s skipped: %s", connection.name, outcome)
+                log.warning("%s; skipped: its tools are not offered", outcome)
                 failure = failure or outcome
             elif isinstance(outcome, BaseException):
                 failure = failure or outcome

@@ -1,8 +1,10 @@
 """The tool-use loop: one step (a model turn and its tool calls) and a whole run.
 
-A step that ends without tool calls is a final answer, except that it asks for the one
-JSON repair round (a JSON response format the answer fails) or hands over to the
-escalation model (the model gave up). A run also escalates once when its turn or token
+A step runs at most `max_tool_calls_per_turn` of the tool calls its model turn asks for;
+each one past them is answered with an error, not run. A step that ends without tool
+calls is a final answer, except that it asks for the one JSON repair round (a JSON
+response format the answer fails) or hands over to the escalation model (the model gave
+up). A run also escalates once when its turn or token
 budget runs out: the escalation model then gets `escalation_iterations` more turns and
 `max_total_tokens` more tokens; the time budget stays one for the whole run.
 """
@@ -38,7 +40,7 @@ from ._records import (
 )
 from ._settings import Resolved
 from ._tools import Toolbox
-from .errors import ModelError
+from .errors import ModelError, TooManyToolCallsError
 
 __all__ = ["CompleteFn", "LoopContext", "run_events", "step_events"]
 
@@ -129,15 +131,22 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def _repair_note(failed: Sequence[ToolResult]) -> Message:
+def _repair_note(failed: Sequence[ToolResult], not_run: int, cap: int) -> Message:
     """The user's note after failed calls: only the mesh's own words and the calls'
     names and ids, quoted (the model chose them). The errors stay in the tool messages:
-    a tool server's "SYSTEM: ..." quoted here spoke with the user's authority."""
-    lines = [f"- {json.dumps(r.name[:_NAMED])} (call {json.dumps(r.tool_call_id[:_NAMED])})"
-             for r in failed]
-    return {"role": "user", "content": "The following tool call(s) failed:\n" + "\n".join(lines)
-            + "\nRead each error in its tool message above, fix the arguments or the code, and "
-              "call the tool again; or answer without it."}
+    a tool server's "SYSTEM: ..." quoted here spoke with the user's authority. The calls
+    past the turn's cap (`not_run`) are counted, not named: they may be thousands."""
+    parts: list[str] = []
+    if failed:
+        lines = [f"- {json.dumps(r.name[:_NAMED])} (call {json.dumps(r.tool_call_id[:_NAMED])})"
+                 for r in failed]
+        parts.append("The following tool call(s) failed:\n" + "\n".join(lines)
+                     + "\nRead each error in its tool message above, fix the arguments or the "
+                       "code, and call the tool again; or answer without it.")
+    if not_run:
+        parts.append(f"{not_run} tool call(s) after the first {cap} of your last turn were not "
+                     f"run: at most {cap} run in one turn. Call again those still needed.")
+    return {"role": "user", "content": "\n".join(parts)}
 
 
 #: How much of a model-chosen tool name or call id the repair note quotes.
@@ -178,18 +187,28 @@ async def step_events(ctx: LoopContext, history: Sequence[Message], iteration: i
             yield StepResult(tuple(new), (auto,), (result,), False, None, usage,
                              model_seconds=model_seconds, model=model)
             return
-    for call in calls:
+    # A turn runs at most `cap` calls: one asking for thousands had each run in turn. A
+    # call past them is answered with an error, not run, as one past the time budget is:
+    # every tool_call_id keeps its tool message, and the model may ask again.
+    cap = o.max_tool_calls_per_turn
+    for index, call in enumerate(calls):
         yield ToolCallEvent(iteration, call)
-        # The run's time budget holds while tools run too: a turn of calls to a tool that
-        # hangs held the run for a tool timeout each.
-        result = await ctx.toolbox.dispatch(call, _left(deadline))
+        if index < cap:
+            # The run's time budget holds while tools run too: a turn of calls to a tool
+            # that hangs held the run for a tool timeout each.
+            result = await ctx.toolbox.dispatch(call, _left(deadline))
+        else:
+            result = ctx.toolbox.refuse(call, TooManyToolCallsError(
+                f"tool {call.name!r} not run: the turn asked for {len(calls)} tool calls, "
+                f"and at most {cap} run in one turn", tool=call.name))
         results.append(result)
         new.append({"role": "tool", "tool_call_id": call.id, "content": result.output})
         yield ToolResultEvent(iteration, result)
     if calls:
-        failed = [r for r in results if r.is_error]
-        if failed and ctx.options.enable_repair:
-            new.append(_repair_note(failed))
+        failed = [r for r in results[:cap] if r.is_error]
+        not_run = max(0, len(calls) - cap)
+        if (failed or not_run) and ctx.options.enable_repair:
+            new.append(_repair_note(failed, not_run, cap))
         yield StepResult(tuple(new), tuple(calls), tuple(results), False, None, usage,
                          model_seconds=model_seconds, model=model)
         return

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +24,7 @@ from mcp_types import REQUEST_TIMEOUT, CallToolResult, TextContent
 from mcp_types import Tool as McpToolSpec
 
 from ._http_tools import MAX_REPLY_BYTES
+from ._mcp_http import bounded_client
 from ._settings import McpServerConfig
 from ._tools import RemoteTool, ToolOutput
 from .errors import McpServerError, McpUnavailableError, ToolExecutionError, ToolTimeoutError
@@ -78,13 +79,16 @@ class McpConnection:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 specs = await asyncio.shield(ready)
-        except TimeoutError as exc:
+        except BaseException as exc:
+            # No one reads `ready` now: cancelled, it is not failed by `_own` as the
+            # connection closes (asyncio then logged "Future exception was never
+            # retrieved" under the warning that the server was skipped).
+            ready.cancel()
             await self.close()
-            raise McpUnavailableError(
-                f"MCP server {self.name!r} did not answer within {self._connect_timeout_s:g} s",
-                server=self.name) from exc
-        except McpServerError:
-            await self.close()
+            if isinstance(exc, TimeoutError):
+                raise McpUnavailableError(
+                    f"MCP server {self.name!r} did not answer within "
+                    f"{self._connect_timeout_s:g} s", server=self.name) from exc
             raise
         self._tools = tuple(McpTool(self, spec) for spec in specs)
 
@@ -104,7 +108,8 @@ class McpConnection:
                     if not cursor:
                         break
                 self._session = session
-                ready.set_result(specs)
+                if not ready.done():  # else start() gave up waiting
+                    ready.set_result(specs)
                 await self._closing.wait()
         except Exception as exc:  # reported through `ready` or on the next call
             if not ready.done():
@@ -127,7 +132,16 @@ class McpConnection:
                 env=dict(self.config.env) or None)
             return stdio_client(params, errlog=self._errlog)
         assert self.config.url is not None
-        return streamable_http_client(self.config.url)
+        return self._http_streams(self.config.url)
+
+    @contextlib.asynccontextmanager
+    async def _http_streams(self, url: str) -> AsyncIterator[Any]:
+        # Through the reply bound (`_mcp_http.py`): the SDK reads a JSON reply whole, and
+        # fails an SSE event past its own limit (1 MiB) as a lost connection.
+        async with bounded_client(self.name, MAX_LINE_BYTES) as client, \
+                streamable_http_client(url, http_client=client,
+                                       max_sse_event_size=MAX_LINE_BYTES) as streams:
+            yield streams
 
     def _unavailable(self, exc: BaseException) -> McpServerError:
         leaves = _leaves(exc)
@@ -205,8 +219,8 @@ class McpConnection:
             self._errlog = None
 
 
-#: The longest line (one JSON-RPC message) read from a stdio MCP server: the longest
-#: reply an HTTP tool server may send.
+#: The longest line (one JSON-RPC message) read from a stdio MCP server, and the longest
+#: reply read from an HTTP MCP server: the longest reply an HTTP tool server may send.
 MAX_LINE_BYTES = MAX_REPLY_BYTES
 _GUARD = Path(__file__).with_name("_mcp_guard.py")
 #: JSON-RPC's "connection closed" (the SDK's code when the transport went away).

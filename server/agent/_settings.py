@@ -118,6 +118,9 @@ class AgentSettings:
     history_token_budget: int = 16_000
     #: Timeout of one tool call, seconds.
     tool_timeout_seconds: float = 30.0
+    #: Most tool calls run of one model turn; each call past them is answered with an
+    #: error (TooManyToolCallsError), not run.
+    max_tool_calls_per_turn: int = 64
     #: Timeout for starting and listing one MCP server, seconds.
     mcp_connect_timeout_seconds: float = 15.0
     #: MCP servers whose tools may be offered.
@@ -149,7 +152,7 @@ class AgentSettings:
         """Raise AgentConfigError naming the first setting that is out of range."""
         _check_limits(self.max_iterations, self.max_total_seconds, self.max_total_tokens)
         for name in ("history_token_budget", "max_tool_output_chars", "max_history_messages",
-                     "max_history_chars", "escalation_iterations"):
+                     "max_history_chars", "escalation_iterations", "max_tool_calls_per_turn"):
             if getattr(self, name) < 1:
                 raise AgentConfigError(f"{name} must be >= 1", param=name)
         if self.http_tool_retries < 0:
@@ -300,6 +303,7 @@ class Resolved:
     escalation_model: str
     escalation_iterations: int
     give_up_markers: tuple[str, ...]
+    max_tool_calls_per_turn: int
     max_history_messages: int
     max_history_chars: int
     shell_prefixes: tuple[tuple[str, ...], ...]
@@ -384,6 +388,7 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
         escalation_model=pick(c.escalation_model, settings.escalation_model),
         escalation_iterations=pick(c.escalation_iterations, settings.escalation_iterations),
         give_up_markers=settings.give_up_markers,
+        max_tool_calls_per_turn=settings.max_tool_calls_per_turn,
         max_history_messages=pick(c.max_history_messages, settings.max_history_messages),
         max_history_chars=pick(c.max_history_chars, settings.max_history_chars),
         shell_prefixes=shell_prefixes(pick(c.shell_allowlist, settings.shell_allowlist),

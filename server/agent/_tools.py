@@ -134,14 +134,20 @@ class Toolbox:
                                        "is spent", tool=call.name, timeout_s=0.0)
             output = await self._run(call, within)
         except ToolError as exc:
-            output = ToolOutput(f"error ({type(exc).__name__}): {exc}", is_error=True)
+            output = _failure(exc)
+        return self._result(call, output, time.monotonic() - started)
+
+    def refuse(self, call: ToolCall, error: ToolError) -> ToolResult:
+        """The result of a call not run, for `error`: as `dispatch` reports a failure."""
+        return self._result(call, _failure(error), 0.0)
+
+    def _result(self, call: ToolCall, output: ToolOutput, duration_s: float) -> ToolResult:
         text = output.text
         if len(text) > self._max_output_chars:
             cut = len(text) - self._max_output_chars
             text = f"{text[:self._max_output_chars]}\n[... {cut} characters cut]"
-        return ToolResult(call.id, call.name, text, output.is_error,
-                          duration_s=time.monotonic() - started, exit_code=output.exit_code,
-                          stdout=output.stdout, stderr=output.stderr)
+        return ToolResult(call.id, call.name, text, output.is_error, duration_s=duration_s,
+                          exit_code=output.exit_code, stdout=output.stdout, stderr=output.stderr)
 
     async def _run(self, call: ToolCall, within: float | None = None) -> ToolOutput:
         tool = self._tools.get(call.name)
@@ -157,6 +163,10 @@ class Toolbox:
         except TimeoutError as exc:
             raise ToolTimeoutError(f"tool {call.name!r} timed out after {timeout:g} s",
                                    tool=call.name, timeout_s=timeout) from exc
+
+
+def _failure(error: ToolError) -> ToolOutput:
+    return ToolOutput(f"error ({type(error).__name__}): {error}", is_error=True)
 
 
 def parse_arguments(call: ToolCall) -> dict[str, Any]:

@@ -7,7 +7,8 @@
     │   ├── UnknownToolError        the model named a tool that is not offered
     │   ├── ToolArgumentsError      arguments are not a JSON object / fail the tool's checks
     │   ├── ToolTimeoutError        the call took longer than its timeout
-    │   └── ToolExecutionError      the tool ran and failed (sandbox, MCP server)
+    │   ├── ToolExecutionError      the tool ran and failed (sandbox, MCP server)
+    │   └── TooManyToolCallsError   past `max_tool_calls_per_turn` of its turn: not run
     ├── McpServerError          an MCP server could not be started, reached or listed
     │   └── McpUnavailableError     an MCP server is unreachable or has gone away
     ├── HttpToolServerError     an HTTP tool server could not be reached or listed
@@ -30,6 +31,7 @@ __all__ = [
     "McpUnavailableError",
     "ModelError",
     "ReplayError",
+    "TooManyToolCallsError",
     "ToolArgumentsError",
     "ToolError",
     "ToolExecutionError",
@@ -80,6 +82,11 @@ class ToolTimeoutError(ToolError):
 
 class ToolExecutionError(ToolError):
     """The tool ran and failed."""
+
+
+class TooManyToolCallsError(ToolError):
+    """The call came after the first `max_tool_calls_per_turn` of its model turn, and was
+    not run."""
 
 
 class McpServerError(AgentError):

@@ -258,3 +258,47 @@ async def test_leaving_a_run_mid_stream_cancels_it(executor: SubprocessExecutor)
         # the engine (and its MCP session) is still usable afterwards
         step = await engine.step(USER)
         assert step.tool_calls[0].name == "run_python"
+
+
+async def test_a_turn_runs_at_most_max_tool_calls_per_turn(executor: SubprocessExecutor) -> None:
+    """A model turn asking for thousands of tool calls had every one run, one after
+    another, holding the run and the tool servers. The first `max_tool_calls_per_turn`
+    (64 by default) run; each call past them is answered with an error saying so, so that
+    every tool_call_id still has its tool message, and the model may ask again."""
+    calls = [{"id": f"c{i}", "name": "demo__add", "arguments": {"a": i, "b": 1}}
+             for i in range(100)]
+    model = ScriptedModel([{"content": "", "tool_calls": calls}, {"content": "done"}])
+    async with AgentEngine(mcp_settings(model="m"), model, executor) as engine:
+        events = await _run(engine)
+    result = events[-1].result
+    assert result.stop_reason is StopReason.SUCCESS and result.answer == "done"
+    outputs = [r for _, r in result.tool_io]
+    assert [r.output for r in outputs[:64]] == [str(i + 1) for i in range(64)]
+    assert not any(r.is_error for r in outputs[:64])
+    for skipped in outputs[64:]:
+        assert skipped.is_error and "TooManyToolCallsError" in skipped.output, skipped
+        assert "not run" in skipped.output and "at most 64" in skipped.output, skipped
+    # well-formed for the model: each call's id answered once, in order
+    sent = model.requests[1]["messages"]
+    assert [m["tool_call_id"] for m in sent if m["role"] == "tool"] == [c["id"] for c in calls]
+    assert sum(isinstance(e, ToolResultEvent) for e in events) == 100
+    note = sent[-1]["content"]  # one line for the calls not run, not one each
+    assert sent[-1]["role"] == "user" and "36 tool call(s)" in note and "c99" not in note, note
+
+
+async def test_max_tool_calls_per_turn_is_a_setting(executor: SubprocessExecutor) -> None:
+    import pytest
+
+    from scillm.server.agent.errors import AgentConfigError
+
+    with pytest.raises(AgentConfigError) as info:
+        AgentSettings(max_tool_calls_per_turn=0).validate()
+    assert info.value.param == "max_tool_calls_per_turn"
+    calls = [{"id": f"c{i}", "name": "demo__add", "arguments": {"a": i, "b": 1}}
+             for i in range(3)]
+    model = ScriptedModel([{"content": "", "tool_calls": calls}, {"content": "done"}])
+    settings = mcp_settings(model="m", max_tool_calls_per_turn=2, enable_repair=False)
+    async with AgentEngine(settings, model, executor) as engine:
+        result = (await _run(engine))[-1].result
+    assert [r.is_error for _, r in result.tool_io] == [False, False, True]
+    assert "at most 2" in result.tool_io[2][1].output

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,7 +37,8 @@ async def test_stdio_tools_are_discovered_and_called() -> None:
     settings = AgentSettings(languages=(), mcp_servers=(demo_server(),))
     async with AgentEngine(settings, model) as engine:
         names = [t["function"]["name"] for t in engine.tools()]
-        assert names == ["demo__add", "demo__crash", "demo__fail", "demo__flood", "demo__hang"]
+        assert names == ["demo__add", "demo__crash", "demo__endless", "demo__fail",
+                         "demo__flood", "demo__hang"]
         add = next(t for t in engine.tools() if t["function"]["name"] == "demo__add")
         assert add["function"]["parameters"]["required"] == ["a", "b"]
         result = await engine.run_to_end([{"role": "user", "content": "20+22?"}])
@@ -124,11 +127,12 @@ async def test_unconfigured_server_in_run_config_is_a_config_error() -> None:
             e.run([], RunConfig(mcp_servers=("missing",)))
 
 
-@pytest.fixture
-def http_server() -> Iterator[str]:
+@contextlib.contextmanager
+def _serving(*framing: str) -> Iterator[str]:
+    """The test MCP server over streamable HTTP (SSE replies, or JSON with "json")."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE / "mcp_server.py"), "http", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, str(HERE / "mcp_server.py"), "http", str(port),
+                             *framing], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
             try:
@@ -137,13 +141,28 @@ def http_server() -> Iterator[str]:
             except OSError:
                 if proc.poll() is not None:
                     pytest.fail("MCP HTTP test server exited")
-                import time
-
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # not left serving after the test
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    with _serving() as url:
+        yield url
+
+
+@pytest.fixture(params=["sse", "json"])
+def any_http_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The server answering in SSE, then in JSON."""
+    with _serving(*(["json"] if request.param == "json" else [])) as url:
+        yield url
 
 
 async def test_streamable_http_tools(http_server: str) -> None:
@@ -157,3 +176,71 @@ async def test_streamable_http_tools(http_server: str) -> None:
     (_, added), (_, failed) = result.tool_io
     assert added.output == "3" and not added.is_error
     assert failed.is_error and "always fails" in failed.output
+
+
+async def test_an_http_reply_past_the_limit_is_the_tools_error(any_http_server: str) -> None:
+    """The SDK read an HTTP MCP server's JSON reply whole, however long (an endless one
+    until the memory ran out), and failed an SSE event past 1 MiB as a lost connection.
+    A reply is read up to 16 MiB, as from a stdio server: past it the call is an error
+    naming the server and the limit, and the session goes on."""
+    model = ScriptedModel([
+        {"content": "", "tool_calls": [{"name": "web__flood", "arguments": {"mib": 40}}]},
+        {"content": "", "tool_calls": [{"name": "web__endless"}]},
+        {"content": "", "tool_calls": [{"name": "web__flood", "arguments": {"mib": 2}},
+                                       {"name": "web__add", "arguments": {"a": 1, "b": 2}}]},
+        {"content": "done"}])
+    settings = AgentSettings(languages=(), tool_timeout_seconds=20.0,
+                             mcp_servers=(McpServerConfig("web", url=any_http_server),))
+    async with AgentEngine(settings, model) as engine:
+        started = time.monotonic()
+        result = await asyncio.wait_for(engine.run_to_end([{"role": "user", "content": "go"}]),
+                                        120)
+        took = time.monotonic() - started
+    flood, endless, two, added = (r for _, r in result.tool_io)
+    for over in (flood, endless):
+        assert over.is_error and "MCP server 'web'" in over.output, over.output[:300]
+        assert "over 16777216 bytes" in over.output, over.output[:300]
+    assert not two.is_error and two.output.startswith("xxx"), two.output[:300]  # as over stdio
+    assert not added.is_error and added.output == "3", added
+    assert took < 20.0  # the endless reply was cut, not waited out to its timeout
+
+
+_SKIPPING = """
+import gc, logging, sys
+import uvloop
+from scillm.server.agent import AgentEngine, AgentSettings, McpServerConfig, ScriptedModel
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+servers = (
+    McpServerConfig("silent", command=sys.executable, args=("-c", "import time; time.sleep(60)")),
+    McpServerConfig("exits", command=sys.executable, args=("-c", "import sys; sys.exit(3)")),
+    McpServerConfig("gone", url=sys.argv[1]))
+
+async def main():
+    settings = AgentSettings(languages=(), mcp_servers=servers, mcp_connect_timeout_seconds=1.0)
+    async with AgentEngine(settings, ScriptedModel([{"content": "ok"}])) as engine:
+        assert sorted(engine.mcp_errors) == ["exits", "gone", "silent"], engine.mcp_errors
+    gc.collect()
+
+uvloop.run(main())
+gc.collect()
+"""
+
+
+def test_a_server_skipped_at_start_is_logged_once_and_nothing_else() -> None:
+    """A server that did not answer in time was logged as skipped, then asyncio logged
+    "Future exception was never retrieved" with a traceback of "connection cancelled":
+    the start's future, failed when the connection was closed, that no one awaited any
+    more. Each skipped server is one warning line, and nothing else is logged."""
+    url = f"http://127.0.0.1:{_free_port()}/mcp"
+    done = subprocess.run([sys.executable, "-c", _SKIPPING, url], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert "never retrieved" not in done.stderr, done.stderr
+    assert len(lines) == 3, done.stderr
+    for name, why in (("silent", "did not answer within 1 s"),
+                      ("exits", "is unreachable"), ("gone", "is unreachable")):
+        said = [line for line in lines if f"MCP server '{name}'" in line]
+        assert len(said) == 1 and why in said[0] and said[0].startswith("WARNING"), lines
+        assert "its tools are not offered" in said[0], said
