@@ -27,6 +27,17 @@ def _services(names: list[str] | None) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+#: The HTTP clients' loggers: each logs every request at INFO, a line per request on the
+#: hot path (httpx2 is the MCP SDK's, for streamable-HTTP MCP servers).
+_NOISY = ("httpx", "httpcore", "httpx2", "httpcore2")
+
+
+def quiet_http_clients() -> None:
+    """Keep the HTTP clients' per-request lines out of the log (WARNING and above stay)."""
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
@@ -46,9 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every upstream request at INFO: a line per request on the hot path.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    quiet_http_clients()
     if settings.workers > 1:
         from .workers import serve_workers
 

@@ -79,3 +79,24 @@ async def test_a_body_answering_no_request_past_the_limit_fails_its_request() ->
     async with client:
         with pytest.raises(ReplyTooLarge, match="MCP server 'web' sent a reply over 100 bytes"):
             await client.post(URL, json={"jsonrpc": "2.0", "method": "notifications/x"})
+
+
+def test_serve_keeps_the_mcp_clients_request_lines_out_of_the_log() -> None:
+    """`scillm serve` quieted httpx and httpcore but not httpx2, the MCP SDK's client: a
+    streamable-HTTP MCP server cost the log an INFO line per request."""
+    import logging
+
+    from scillm.server.cli import quiet_http_clients
+
+    root = logging.getLogger()
+    level = root.level
+    saved = {n: logging.getLogger(n).level for n in ("httpx", "httpcore", "httpx2", "httpcore2")}
+    try:
+        root.setLevel(logging.INFO)
+        quiet_http_clients()
+        assert not logging.getLogger("httpx2").isEnabledFor(logging.INFO)
+        assert logging.getLogger("httpx2").isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(level)
+        for name, was in saved.items():
+            logging.getLogger(name).setLevel(was)
