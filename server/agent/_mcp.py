@@ -206,7 +206,13 @@ class McpConnection:
     async def _stop_owner(self) -> None:
         self._closing.set()
         owner, self._owner = self._owner, None
-        if owner is not None:
+        if owner is not None and self._session is None and not owner.done():
+            # Still starting (a server that does not answer): `_closing` is not looked at
+            # before the session is up, so waiting for it only added 5 s to every skip.
+            owner.cancel()
+            with contextlib.suppress(BaseException):
+                await owner
+        elif owner is not None:
             try:
                 async with asyncio.timeout(5.0):
                     await asyncio.shield(owner)
