@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..fences import fenced_blocks
 from ._records import Message
 
 __all__ = ["estimate_tokens", "find_code_block", "prune_history"]
@@ -16,7 +16,6 @@ _CHARS_PER_TOKEN = 4
 #: Per-message overhead (role, separators).
 _MESSAGE_OVERHEAD = 4
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
 def _size(message: Message) -> int:
@@ -107,8 +106,8 @@ def prune_history(messages: Sequence[Message], budget: int, *,
 
 def find_code_block(text: str, tags: dict[str, str]) -> tuple[str, str] | None:
     """The first fenced block whose tag maps to a language in `tags`: (language, source)."""
-    for match in _FENCE.finditer(text):
-        language = tags.get(match.group(1).lower())
-        if language is not None and match.group(2).strip():
-            return language, match.group(2)
+    for tag, body in fenced_blocks(text):
+        language = tags.get(tag.lower())
+        if language is not None and body.strip():
+            return language, body
     return None

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from ..fences import fenced_blocks
 from ._smtlib import is_command, line_col, top_level
 from ._types import (
     Attempt,
@@ -34,7 +35,6 @@ from ._types import (
 
 __all__ = ["Complete", "Formalized", "extract_code", "formalize", "split_reply"]
 
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _SMT_GOAL = re.compile(r"^[ \t]*;+[ \t]*goal\b.*$", re.MULTILINE | re.IGNORECASE)
 _DECISIVE = frozenset({Verdict.PROVED, Verdict.REFUTED})
 
@@ -57,8 +57,8 @@ class Formalized:
 
 def extract_code(reply: str) -> str | None:
     """The body of the first fenced code block of `reply`, or None."""
-    m = _FENCE.search(reply)
-    return m.group(2).strip("\n") if m else None
+    block = next(fenced_blocks(reply), None)
+    return block[1].strip("\n") if block is not None else None
 
 
 def split_reply(obligation: Obligation, code: str) -> Obligation:

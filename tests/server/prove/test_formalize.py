@@ -95,6 +95,44 @@ def test_extract_code_takes_first_fenced_block() -> None:
     assert extract_code("no code") is None
 
 
+def test_a_reply_shaped_against_the_fence_pattern_costs_no_more_than_its_length() -> None:
+    """The fence was found by a regex whose header parts overlap (`[\\w+-]*[^\\n]*`): a
+    reply of "```" and 120,000 letters held the event loop, and so the whole mesh, for
+    8 s, a megabyte for about 15 minutes. Both readers of fences (the formalize loop's and
+    the agent's auto-run) are given two megabytes of it in a child process, which has a
+    minute: the regex took hours."""
+    import subprocess
+    import sys
+
+    script = (
+        "from scillm.server.prove import extract_code\n"
+        "from scillm.server.agent._history import find_code_block\n"
+        "for reply in ('```' + 'a' * 2_000_000, '```py' + ' ' * 2_000_000 + 'x'):\n"
+        "    assert extract_code(reply) is None\n"
+        "    assert find_code_block(reply, {'py': 'python'}) is None\n"
+        "reply = '```\\n' + '`' * 2_000_000  # one empty block, then fences without lines\n"
+        "assert extract_code(reply) == ''\n"
+        "assert find_code_block(reply, {'': 'python'}) is None\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_fences_are_read_as_they_were() -> None:
+    from scillm.server.agent._history import find_code_block
+
+    assert extract_code("```smt2 extra words\n(> 1 0)\n```") == "(> 1 0)"
+    assert extract_code("``` \t coq\nA.\n```tail```\nB.\n```") == "A."
+    assert extract_code("```\n\nbody\n\n```") == "body"
+    assert extract_code("```x") is None and extract_code("```x\nno end") is None
+    text = "```text\nnot code\n```\n``` Python3 \nprint(1)\n```"
+    assert find_code_block(text, {"python3": "python"}) == ("python", "print(1)\n")
+    assert find_code_block("```\n```\n```py\nx = 1\n```", {"py": "python"}) == (
+        "python", "x = 1\n")
+    assert find_code_block("```PY\n  \n```\n```py\ny\n```", {"py": "python"}) == (
+        "python", "y\n")
+
+
 def test_an_smt_block_without_the_goal_marker_is_split_before_its_last_term() -> None:
     from scillm.server.prove._formalize import split_reply
 
