@@ -229,6 +229,17 @@ def _request_to_proto(body: Mapping[str, Any]) -> pb.CompletionRequest:
     return req
 
 
+#: What `extra_body` may not carry, and why. `scillm` is the mesh's own routing options:
+#: read from there, its fallbacks passed the key check, which reads `routing` (a key
+#: limited to one model was answered by any model it named); a stream is its own RPC.
+_NOT_EXTRA = {
+    "scillm": "SciLLM's routing options go in `routing`, not in `extra_body.scillm`",
+    "stream": "a stream is the CompletionStream call, not `extra_body.stream`",
+    "stream_options": "usage at a stream's end is CompletionStreamRequest.include_usage, "
+                      "not `extra_body.stream_options`",
+}
+
+
 def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
     """A `CompletionRequest` as an OpenAI request dict (routing options under `scillm`)."""
     body: dict[str, Any] = {"model": req.model,
@@ -289,6 +300,8 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
         body["metadata"] = dict(req.metadata)
     if req.HasField("extra_body"):
         for key, value in struct_to_json(req.extra_body, "extra_body").items():
+            if key in _NOT_EXTRA:
+                raise InvalidRequestError(_NOT_EXTRA[key], param=f"extra_body.{key}")
             body.setdefault(key, value)
     if req.HasField("routing"):
         r = req.routing

@@ -192,6 +192,24 @@ async def test_a_number_out_of_range_is_refused_by_its_field(
     assert info.value.param == param
 
 
+@pytest.mark.parametrize("key", ["scillm", "stream", "stream_options"])
+async def test_the_meshs_own_options_are_not_read_from_extra_body(mesh: RunningMesh,
+                                                                  key: str) -> None:
+    """`extra_body.scillm.fallbacks` reached the engine where the key check reads only
+    `routing.fallbacks`: a key limited to one model made it fail on purpose (a tiny
+    `timeout_s`) and was answered by any model it named. SciLLM's options go in `routing`
+    and a stream is its own RPC; in `extra_body` they are refused, naming the field."""
+    fields = {"scillm": {"fallbacks": ["echo/y"], "timeout_s": 0.001},
+              "stream": True, "stream_options": {"include_usage": True}}
+    async with ScillmClient(mesh.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.completion.create(pb.CompletionRequest(
+                model="echo/x", messages=_HI, extra_body=_struct({key: fields[key]})),
+                timeout=10)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert info.value.param == f"extra_body.{key}", info.value
+
+
 async def test_unknown_model_names_close_ones(mesh: RunningMesh) -> None:
     async with ScillmClient(mesh.grpc_target) as client:
         with pytest.raises(RPCError) as info:
