@@ -150,7 +150,8 @@ class ProveEngine:
 
         done = await formalize(item, instructions=_join(
             self._backends[item.backend].instructions(), options.instructions),
-            options=options, complete=complete, check=check)
+            options=options, complete=complete, check=check,
+            max_source_bytes=self.settings.max_source_bytes)
         out = done.outcome
         result = ItemResult(item.item_id, item.backend, out.verdict, out.source,
                             out.diagnostics, out.counterexample, out.message,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..fences import fenced_blocks
-from ._smtlib import is_command, line_col, top_level
+from ._smtlib import declarations, in_brief, is_command, line_col, top_level
 from ._types import (
     Attempt,
     CheckOutcome,
@@ -89,23 +89,39 @@ def split_reply(obligation: Obligation, code: str) -> Obligation:
 
 
 def _assumes(obligation: Obligation, current: Obligation) -> CheckOutcome | None:
-    """FAILED when the model's smt code asserts something: it declares and defines what
-    the requirement speaks of, and states the goal; an assumption of its own could be the
-    goal itself (`(assert (> x 5))` then `; goal (> x 5)` was PROVED, and not vacuous)."""
+    """FAILED when the model's smt code asserts something, or declares again a name the
+    caller's context declares. It declares and defines what the requirement speaks of,
+    and states the goal: an assumption of its own could be the goal itself (`(assert (> x
+    5))` then `; goal (> x 5)` was PROVED, and not vacuous); and z3 lets a name be declared
+    again at another sort, so `(define-fun x () Real 7.0)` after the caller's `x`, an Int
+    below 3, made `(> x 5.0)` PROVED about another x."""
     if obligation.backend != "smt":
         return None
     added = current.preamble[len(obligation.preamble.strip()):]
+    at = len(current.preamble) - len(added)
     items, _ = top_level(added)
     asserted = [t for t in items if t.head == "assert"]
-    if not asserted:
+    if asserted:
+        line, column = line_col(current.preamble, at + asserted[0].start)
+        return CheckOutcome(Verdict.FAILED, current.preamble, diagnostics=(Diagnostic(
+            "error", "the formalisation may declare and define, not assert: an assumption "
+            "of its own could be the goal itself; state what the requirement assumes as "
+            "part of the goal, (=> assumptions conclusion)", line, column),),
+            message="the formalisation added an assumption")
+    theirs = {name for name, _ in declarations(obligation.preamble)}
+    again = [(name, offset) for name, offset in declarations(added) if name in theirs]
+    if not again:
         return None
-    line, column = line_col(current.preamble, len(current.preamble) - len(added) +
-                            asserted[0].start)
-    return CheckOutcome(Verdict.FAILED, current.preamble, diagnostics=(Diagnostic(
-        "error", "the formalisation may declare and define, not assert: an assumption of "
-        "its own could be the goal itself; state what the requirement assumes as part of "
-        "the goal, (=> assumptions conclusion)", line, column),),
-        message="the formalisation added an assumption")
+    found = []
+    for name, offset in again:
+        line, column = line_col(current.preamble, at + offset)
+        found.append(Diagnostic(
+            "error", f"{name!r} is declared by the requirement's context: the formalisation "
+            "may not declare or define it again (at another sort too: the goal would speak "
+            "of something else); use it as it is", line, column))
+    return CheckOutcome(Verdict.FAILED, current.preamble, diagnostics=tuple(in_brief(found)),
+                        message=f"the formalisation declared {again[0][0]!r} again, which "
+                                "the requirement's context declares")
 
 
 def _first_prompt(obligation: Obligation, instructions: str) -> list[dict[str, str]]:
@@ -117,22 +133,48 @@ def _first_prompt(obligation: Obligation, instructions: str) -> list[dict[str, s
     return [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
 
 
+#: The most lines of the checked source a repair prompt quotes back.
+_FEEDBACK_LINES = 400
+#: The most characters of the source a FAILED attempt keeps when it was too large.
+_KEPT_CHARS = 4096
+
+
 def _feedback(outcome: CheckOutcome) -> str:
+    """What the model is told after a failed round: at most MAX_DIAGNOSTICS problems and
+    `_FEEDBACK_LINES` lines of the source (a reply of 60,000 stray atoms made a repair
+    prompt of 8 MB, which the caller pays for as tokens)."""
     lines = [f"The checker answered {outcome.verdict.value.upper()}: {outcome.message}"]
-    for d in outcome.diagnostics:
+    for d in in_brief(list(outcome.diagnostics)):
         where = f"line {d.line}, column {d.column}: " if d.line is not None else ""
-        lines.append(f"- {d.severity}: {where}{d.message}")
-    numbered = "\n".join(f"{i:4d} | {text}"
-                         for i, text in enumerate(outcome.source.splitlines(), 1))
+        lines.append(f"- {d.severity}: {where}{d.message[:500]}")
+    source = outcome.source.splitlines()
+    numbered = "\n".join(f"{i:4d} | {text[:200]}"
+                         for i, text in enumerate(source[:_FEEDBACK_LINES], 1))
+    if len(source) > _FEEDBACK_LINES:
+        numbered += f"\n     ... ({len(source) - _FEEDBACK_LINES} more lines)"
     lines += ["", "The checked source, with line numbers:", numbered, "",
               "Fix the problem and reply with the whole corrected code block."]
     return "\n".join(lines)
 
 
+def _too_large(current: Obligation, limit: int) -> CheckOutcome | None:
+    """FAILED when the item the model completed is larger than a caller's may be: its
+    code was checked however large (a direct item past the limit is refused)."""
+    size = sum(len(t.encode()) for t in (current.preamble, current.statement, current.proof))
+    if size <= limit:
+        return None
+    kept = (current.preamble + "\n" + current.statement + current.proof)[:_KEPT_CHARS]
+    return CheckOutcome(Verdict.FAILED, kept + "\n... (cut)", message=(
+        f"the formalisation is {size} bytes: at most {limit} are checked (as for an item "
+        "a caller writes); write it shorter"))
+
+
 async def formalize(obligation: Obligation, *, instructions: str, options: FormalizeOptions,
                     complete: Complete,
-                    check: Callable[[Obligation], Awaitable[CheckOutcome]]) -> Formalized:
-    """Run the generate -> check -> repair loop for one item."""
+                    check: Callable[[Obligation], Awaitable[CheckOutcome]],
+                    max_source_bytes: int) -> Formalized:
+    """Run the generate -> check -> repair loop for one item; the model's completed item
+    may be `max_source_bytes` long, as a caller's."""
     messages = _first_prompt(obligation, instructions)
     attempts: list[Attempt] = []
     current = obligation
@@ -158,7 +200,8 @@ async def formalize(obligation: Obligation, *, instructions: str, options: Forma
                                    message="the reply holds no fenced code block")
         else:
             current = split_reply(obligation, code)
-            outcome = _assumes(obligation, current) or await check(current)
+            outcome = (_too_large(current, max_source_bytes) or _assumes(obligation, current)
+                       or await check(current))
         attempts.append(Attempt(
             index=index, source=outcome.source, verdict=outcome.verdict,
             diagnostics=outcome.diagnostics, message=outcome.message,

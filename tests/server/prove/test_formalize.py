@@ -143,3 +143,67 @@ def test_an_smt_block_without_the_goal_marker_is_split_before_its_last_term() ->
     assert split.statement == "(> (+ x 1) x)"
     script = split_reply(item, "(declare-const x Int)\n(assert (not (> x 0)))\n(check-sat)")
     assert script.statement.startswith("(declare-const")  # refused by the checker, with a reason
+
+
+class _Replies:
+    """A model answering with `texts` in turn (the last one again after them)."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = texts
+        self.calls: list[list[dict[str, str]]] = []
+
+    async def __call__(self, messages: list[dict[str, str]], *, model: str,
+                       temperature: float | None) -> tuple[str, dict[str, Any]]:
+        self.calls.append(messages)
+        return self.texts[min(len(self.calls), len(self.texts)) - 1], {}
+
+
+async def _formalized(engine: ProveEngine, item: Obligation, model: _Replies,
+                      attempts: int = 2) -> Any:
+    run = engine.run_batch([item], formalize=FormalizeOptions(model="m",
+                                                              max_attempts=attempts),
+                           complete=model)
+    (result,) = [r async for r in run]
+    return result
+
+
+async def test_a_models_code_is_held_to_the_size_of_a_callers(engine: ProveEngine) -> None:
+    """A direct item past max_source_bytes (256 KiB) is refused; the same text written by
+    the model was checked, and came back PROVED."""
+    big = "```smt2\n(declare-const x Int)\n" + "; padding\n" * 30_000 + "; goal\n(= x x)\n```"
+    model = _Replies(big)
+    result = await _formalized(engine, Obligation("big", "smt", requirement_text="x = x"),
+                               model, attempts=1)
+    assert result.verdict is Verdict.FAILED, result
+    assert "bytes" in result.message and "262144" in result.message, result.message
+    assert len(result.attempts[0].source) < 10_000  # not the whole of it again
+
+
+async def test_a_flood_of_problems_is_reported_in_brief(engine: ProveEngine) -> None:
+    """60,000 stray atoms were 60,000 diagnostics (each located by rescanning the text,
+    6.6 s on the event loop), a 6 MB result and a repair prompt of 8 MB, charged to the
+    caller as tokens."""
+    flood = "```smt2\n" + "a " * 60_000 + "\n; goal\ntrue\n```"
+    model = _Replies(flood, "```smt2\n; goal\ntrue\n```")
+    result = await _formalized(engine, Obligation("flood", "smt", requirement_text="true"),
+                               model)
+    first = result.attempts[0]
+    assert first.verdict is Verdict.FAILED and len(first.diagnostics) <= 21, \
+        len(first.diagnostics)
+    assert "more" in first.diagnostics[-1].message
+    feedback = model.calls[1][-1]["content"]
+    assert len(feedback) < 40_000, len(feedback)
+    assert result.verdict is Verdict.PROVED
+
+
+async def test_the_model_may_not_declare_again_what_the_callers_context_declares(
+        engine: ProveEngine) -> None:
+    """z3 lets a name be declared again at another sort: the caller's `x` (an Int below 3)
+    was shadowed by the model's `(define-fun x () Real 7.0)`, and `(> x 5.0)` came back
+    PROVED, not vacuous, about a different x."""
+    model = _Replies("```smt2\n(define-fun x () Real 7.0)\n; goal\n(> x 5.0)\n```")
+    result = await _formalized(engine, Obligation(
+        "ovl", "smt", requirement_text="x is more than 5",
+        preamble="(declare-const x Int)\n(assert (< x 3))"), model, attempts=1)
+    assert result.verdict is Verdict.FAILED, result
+    assert "'x'" in result.message or any("'x'" in d.message for d in result.diagnostics)
