@@ -4,7 +4,8 @@ Accepted through `/v1/chat/completions` with a `certainly/<backend>` or `lean4/.
 or through `/bridge/complete`:
 
     {"model": "certainly/coq",
-     "messages": [...],                                   # context for the formalizer
+     "messages": [...],                 # the chat; not sent to the formalizer, which gets
+                                        # each item's requirement, preamble and imports
      "items": [{"item_id"?, "requirement_text"?, "statement"?, "proof"?, "preamble"?,
                 "imports"?: [...], "backend"?: "smt" | "coq" | "lean4",
                 "context"?: {...}, "metadata"?: {...}}],
