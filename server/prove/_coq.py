@@ -111,7 +111,8 @@ class CoqBackend:
             line, column = locate(source, composed.statement[1])
             return CheckOutcome(Verdict.FAILED, source, (Diagnostic(
                 "error", problem, line, column),), message=problem)
-        job = prepare(composed, decl.sentence, decl.name_at, decl.name)
+        job = prepare(composed, decl.sentence, decl.name_at, decl.name,
+                      context_end=_context_end(obligation, composed))
         async with self._pool.lease() as worker:
             try:
                 async with asyncio.timeout(limits.timeout_s):
@@ -199,6 +200,15 @@ class CoqBackend:
         return self._pool
 
 
+def _context_end(obligation: Obligation, composed: Composed) -> int | None:
+    """Where a formalized item's trusted context (the imports and the caller's preamble)
+    ends and the model's code begins; None for an item its caller wrote whole."""
+    formalized = obligation.requirement_text.strip() and not obligation.statement.strip()
+    if not formalized or not obligation.preamble.strip():
+        return None
+    return composed.proof[0]
+
+
 def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> CheckOutcome:
     """PROVED, or FAILED with one diagnostic per declaration Coq did not accept."""
     decls = {d.name: d for d in declarations(source)}
@@ -226,6 +236,14 @@ def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> 
                    f"{stated} is not in the environment at the end of the source (stated "
                    "inside a module type or functor, or removed)")
         diagnostics.insert(0, Diagnostic("error", message, line, col, line, col + len(stated)))
+    if judgement.context_ok is False and judgement.stated_ok is True:
+        line, col = locate(source, stated_at)
+        diagnostics.insert(0, Diagnostic("error", (
+            f"{stated} is proved for what the statement means after the formalisation's own "
+            "definitions, not for what it means in the requirement's context (the imports "
+            "and the preamble): the formalisation changes what the context's names mean (a "
+            "name defined again, an Import that shadows it)"), line, col, line,
+            col + len(stated)))
     if judgement.clean_ok is False and judgement.stated_ok is True:
         line, col = locate(source, stated_at)
         diagnostics.insert(0, Diagnostic("error", (

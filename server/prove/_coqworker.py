@@ -109,6 +109,11 @@ class Judgement:
     clean: bool = False
     #: None when not checked; else whether the theorem has the imports-alone type.
     clean_ok: bool | None = None
+    #: Whether the stated sentence reads with the imports and the caller's preamble (a
+    #: formalized item's context, which the model's code comes after).
+    context: bool = False
+    #: None when not checked; else whether the theorem has that reading's type.
+    context_ok: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,9 @@ class CoqJob:
     nonce: str
     #: The imports and the stated sentence alone, as the clean witness (see `prepare`).
     clean: str = ""
+    #: The imports, the caller's preamble and the stated sentence, as the context witness
+    #: (a formalized item's; see `prepare`).
+    context: str = ""
 
     @property
     def module(self) -> str:
@@ -142,6 +150,22 @@ class CoqJob:
         return f"scillm_cleanok_{self.nonce}"
 
     @property
+    def context_module(self) -> str:
+        return f"Scillm_context_{self.nonce}"
+
+    @property
+    def context_file(self) -> str:
+        return f"Context_{self.nonce}.v"
+
+    @property
+    def context_witness(self) -> str:
+        return f"scillm_context_{self.nonce}"
+
+    @property
+    def context_check(self) -> str:
+        return f"scillm_contextok_{self.nonce}"
+
+    @property
     def file(self) -> str:
         return f"Item_{self.nonce}.v"
 
@@ -154,14 +178,20 @@ class CoqJob:
         return f"scillm_loaded_{self.nonce}"
 
 
-def prepare(composed: Composed, stated_at: tuple[int, int], name_at: int, name: str
-            ) -> CoqJob:
+def prepare(composed: Composed, stated_at: tuple[int, int], name_at: int, name: str,
+            context_end: int | None = None) -> CoqJob:
     """The file a worker loads: the witness before the stated sentence, the marker last;
     and the clean witness's file: the imports and the stated sentence alone. The witness
     reads the statement where the item put it, after the preamble; the clean witness as
     it reads in Coq with the imports only, so that a preamble that changes what it means
     (`Notation False := True`, a `Number Notation`, `Open Scope Z_scope`, a name of Coq's
-    defined again) cannot change what is proved without the check seeing it."""
+    defined again) cannot change what is proved without the check seeing it.
+
+    A formalized item (`context_end`: where the caller's preamble ends and the model's code
+    begins) has a third reading, the context witness: the imports and the caller's
+    preamble, then the stated sentence, so that the model's code cannot change what the
+    context's names mean (its own `double` over the caller's, an `Import` that shadows it)
+    without the check seeing it."""
     nonce = secrets.token_hex(8)
     text = composed.text
     start, end = stated_at
@@ -172,7 +202,12 @@ def prepare(composed: Composed, stated_at: tuple[int, int], name_at: int, name: 
     clean = (text[:composed.imports_end] + "".join(required(text, composed.imports_end, start))
              + text[start:name_at] + job.clean_witness + text[name_at + len(name):end]
              + " Proof using. Admitted.\n")
-    return CoqJob(loaded, name, nonce, clean)
+    context = ""
+    if context_end is not None:
+        context = (text[:context_end] + "".join(required(text, context_end, start))
+                   + text[start:name_at] + job.context_witness + text[name_at + len(name):end]
+                   + " Proof using. Admitted.\n")
+    return CoqJob(loaded, name, nonce, clean, context)
 
 
 class CoqWorker:
@@ -274,6 +309,8 @@ class CoqWorker:
         put_item(self._inbox, job.file, job.text)
         if job.clean:
             put_item(self._inbox, job.clean_file, job.clean)
+        if job.context:
+            put_item(self._inbox, job.context_file, job.context)
         judgement, found = await self._load(job)
         clean = judgement.clean
         if not judgement.loaded:
@@ -282,14 +319,19 @@ class CoqWorker:
         witnesses = [n for n in found if n.rsplit(".", 1)[-1] == job.witness]
         names = [n for n in found if n.rsplit(".", 1)[-1] not in (job.witness, job.marker)]
         stated = [(w, f"{w.rsplit('.', 1)[0]}.{job.stated}") for w in witnesses]
+        plain = list(stated)
         if clean:  # the theorem must also have the type its statement has in plain Coq
             stated += [(f"{job.clean_module}.{job.clean_witness}", theorem)
-                       for _, theorem in stated]
+                       for _, theorem in plain]
+        if judgement.context:  # and the type it has in the caller's context
+            stated += [(f"{job.context_module}.{job.context_witness}", theorem)
+                       for _, theorem in plain]
         judgement.stated_found = any(s in names for _, s in stated)
         if stated:
             if await self._all_closed(job, names, stated):
                 judgement.stated_ok = True
                 judgement.clean_ok = True if judgement.clean else None
+                judgement.context_ok = True if judgement.context else None
                 return judgement
             # Not closed somewhere: load the item again (the fast path reset the worker)
             # and ask about each declaration, to say which one and why.
@@ -302,22 +344,30 @@ class CoqWorker:
         """Load the item into its module; whether it loaded whole, and its names. First,
         when the job has one, the clean witness into a module of its own (kept until the
         reset): whether the stated sentence reads with the imports alone."""
-        m, c = job.module, job.clean_module
+        m = job.module
         inbox = self._jail.inbox_path(self._inbox)
         frames: list[str | tuple[str, ...]] = []
-        if job.clean:
-            frames += [(f"Module {c}.", f'Load "{inbox}/{job.clean_file}".'),
-                       ("Abort All.", f"End {c}."),
-                       f"Definition {job.clean_check} := @{c}.{job.clean_witness}."]
+        # The other readings of the stated sentence: (Judgement's field, text, module,
+        # file, witness, the definition that says it read).
+        readings = [r for r in (
+            ("clean", job.clean, job.clean_module, job.clean_file, job.clean_witness,
+             job.clean_check),
+            ("context", job.context, job.context_module, job.context_file,
+             job.context_witness, job.context_check)) if r[1]]
+        for _, _, module, file, witness, check in readings:
+            frames += [(f"Module {module}.", f'Load "{inbox}/{file}".'),
+                       ("Abort All.", f"End {module}."),
+                       f"Definition {check} := @{module}.{witness}."]
         frames += [(f"Module {m}.", f'Load "{inbox}/{job.file}".'),
                    (f"End {m}.", "Set Short Module Printing.", f"Print Module {m}.")]
-        self.loads += 2 if job.clean else 1
-        *cleaned, load, end = await self.ask(frames)
+        self.loads += 1 + len(readings)
+        *read, load, end = await self.ask(frames)
         judgement = Judgement(load_reply=load)
-        if cleaned:
+        for i, (field_name, *_, check) in enumerate(readings):
             # Framed by the nonce: a reply that prints the stated type holds the item's
             # text (a binder named `Error` made it read as a failure).
-            judgement.clean = f"<infomsg>{job.clean_check} is defined</infomsg>" in cleaned[-1]
+            setattr(judgement, field_name,
+                    f"<infomsg>{check} is defined</infomsg>" in read[3 * i + 2])
         # The listing is what follows the frame's last prompt (names are its only text
         # that comes from the item, and no name holds a prompt).
         found = flat_listing(end[end.rfind("</prompt>") + len("</prompt>"):], m)
@@ -359,12 +409,14 @@ class CoqWorker:
             if not is_closed(reply):  # names relative to the item, for messages
                 judgement.open[name.removeprefix(m + ".")] = reply.replace(m + ".", "")
         same = replies[len(names) + 1::2]
-        clean = [w.startswith(f"{job.clean_module}.") for w, _ in stated]
-        plain = [r for r, c in zip(same, clean, strict=True) if not c]
+        kinds = [w.split(".", 1)[0] for w, _ in stated]  # the witness's module
+        plain = [r for r, k in zip(same, kinds, strict=True)
+                 if k not in (job.clean_module, job.context_module)]
         judgement.stated_ok = bool(plain) and all(is_closed(r) for r in plain)
-        if any(clean):
-            judgement.clean_ok = all(is_closed(r) for r, c in zip(same, clean, strict=True)
-                                     if c)
+        for module, attr in ((job.clean_module, "clean_ok"), (job.context_module, "context_ok")):
+            if module in kinds:
+                setattr(judgement, attr, all(is_closed(r) for r, k in
+                                             zip(same, kinds, strict=True) if k == module))
 
     def _cleanup(self) -> tuple[str, ...]:
         return ("Abort All.", f"Reset {self._mark}.", f"Definition {self._mark} := tt.")

@@ -207,3 +207,36 @@ async def test_the_model_may_not_declare_again_what_the_callers_context_declares
         preamble="(declare-const x Int)\n(assert (< x 3))"), model, attempts=1)
     assert result.verdict is Verdict.FAILED, result
     assert "'x'" in result.message or any("'x'" in d.message for d in result.diagnostics)
+
+
+_DOUBLE = "Definition double (n : nat) := n + n + 1."
+
+
+@pytest.mark.parametrize(("shadow", "said"), [
+    ("Module M. Definition double (n : nat) := 2 * n. End M. Import M.", "context"),
+    ("Definition double (n : nat) := 2 * n.", "already exists"),  # Coq's own refusal
+])
+async def test_a_coq_formalisation_may_not_change_what_the_context_means(
+        engine: ProveEngine, shadow: str, said: str) -> None:
+    """The caller's preamble defines `double`; a model that defined its own `double` and
+    proved `double n = 2 * n` of it was PROVED (with only an info note), a theorem that
+    reads word for word as the requirement and means something else. The statement is
+    read a third time, with the imports and the caller's preamble, and the theorem must
+    have that type too."""
+    model = _Replies(f"```coq\n{shadow}\nTheorem double_spec : forall n : nat, "
+                     "double n = 2 * n.\nProof. intro n. unfold double. reflexivity. Qed.\n```")
+    result = await _formalized(engine, Obligation(
+        "shadow", "coq", requirement_text="double n = 2 * n", preamble=_DOUBLE), model,
+        attempts=1)
+    assert result.verdict is Verdict.FAILED, result
+    assert said in result.message, result.message
+
+
+async def test_a_coq_formalisation_that_uses_the_context_as_it_is_is_proved(
+        engine: ProveEngine) -> None:
+    model = _Replies("```coq\nTheorem double_spec : forall n : nat, double n = n + n + 1.\n"
+                     "Proof. reflexivity. Qed.\n```")
+    result = await _formalized(engine, Obligation(
+        "honest", "coq", requirement_text="double n = n + n + 1", preamble=_DOUBLE), model,
+        attempts=1)
+    assert result.verdict is Verdict.PROVED, result
