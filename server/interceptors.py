@@ -264,8 +264,12 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 token = charges.current.set(held)
                 settled = False
                 try:
-                    async with Deadline(self._timeout(context, self._stream_timeout)):
-                        async for item in behavior(request, context):
+                    # Closed here, not left to the loop's finalizer: the servicer's own
+                    # cleanup (a run stored as interrupted) runs before the call ends, and
+                    # so before the mesh's stop closes what it writes to.
+                    async with contextlib.aclosing(behavior(request, context)) as replies, \
+                            Deadline(self._timeout(context, self._stream_timeout)):
+                        async for item in replies:
                             if held is not None and charged:
                                 settled = await self._account(held, request,
                                                               item) or settled
