@@ -17,7 +17,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -241,7 +241,7 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return reply
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]],
+    def _wrap_stream(self, behavior: Callable[..., AsyncGenerator[Any, None]],
                      method: str = "", full: str = "") -> Callable[..., Any]:
         charged = full.startswith(_CHARGED)
 
