@@ -224,13 +224,26 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     # and a call with the master key must not charge the key outside it.
                     held = self._caller(principal)
                     token = charges.current.set(held)
+                deadline: Deadline | None = None
                 try:
                     timeout = self._timeout(context, limit)
                     if timeout is None:
                         reply = await behavior(request, context)
                     else:
-                        async with Deadline(timeout):
+                        async with Deadline(timeout) as deadline:
                             reply = await behavior(request, context)
+                except (asyncio.CancelledError, TimeoutError) as exc:
+                    # The caller left, or a deadline passed, while the call ran: the upstream
+                    # bills the prompt it was sent, answer or not, and such a call was charged
+                    # nothing (a stream left early was charged its estimate). Charged here
+                    # only, so a call that answered (and pays its usage below) pays once;
+                    # what the handler estimated so far (Completion: its prompt, reported
+                    # before the upstream call).
+                    if held is not None and charged and (
+                            isinstance(exc, asyncio.CancelledError) or
+                            (deadline is not None and deadline.expired)):
+                        await self._charge_estimate(held, request)
+                    raise
                 finally:
                     if token is not None:
                         with contextlib.suppress(ValueError):  # exited in another context

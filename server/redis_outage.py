@@ -13,8 +13,11 @@ loading its data); an error Redis answers with (a wrong type at a key, a script 
 is a bug and still raises. `Outage.call` runs one use of Redis under these rules.
 
 `client_options()` are the redis-py options both use: a connection refused or silent for
-a second fails then, with one immediate retry (a pooled connection Redis closed when it
-restarted), rather than after redis-py's default three retries with backoff (~4 s).
+a second fails then, rather than after redis-py's default three retries with backoff. A
+connection Redis closed (a pooled one, from before it restarted) is retried once, at
+once; a command Redis did not answer in time is not: Redis may be stalled rather than
+gone (a pause, a long script, a swapping host), and then the retry held the caller for a
+second timeout, ~4 s in all, while the command it had sent still ran when Redis resumed.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ _T = TypeVar("_T")
 COOL_S = 5.0
 #: redis-py's connect and per-command socket timeouts, seconds.
 CONNECT_TIMEOUT_S = 1.0
-COMMAND_TIMEOUT_S = 2.0
+COMMAND_TIMEOUT_S = 1.0
 
 
 def unreachable() -> tuple[type[BaseException], ...]:
@@ -50,9 +53,11 @@ def client_options() -> dict[str, Any]:
     """Keyword arguments for `redis.asyncio.Redis(...)` and `Redis.from_url(...)`."""
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
-    return {"socket_connect_timeout": CONNECT_TIMEOUT_S,
-            "socket_timeout": COMMAND_TIMEOUT_S, "retry": Retry(NoBackoff(), 1)}
+    # Retried on a closed connection only: not on a timeout (see the module).
+    return {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": COMMAND_TIMEOUT_S,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
 
 
 class Outage:

@@ -24,7 +24,7 @@ from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 from .completion import resolve_env
 from .completion_link import CompletionLink
 from .errors import ErrorTable
-from .keys import Authenticator, KeyStore, PostgresKeyStore, SQLiteKeyStore
+from .keys import Authenticator, KeyStore, PostgresKeyStore, Prices, SQLiteKeyStore
 from .keys._windows import RedisWindows
 from .manifests import RunStore, open_run_store
 from .settings import Settings
@@ -173,7 +173,9 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
     import yaml
 
     master = settings.master_key
-    prices: dict[str, tuple[float, float]] = {}
+    # Every configured name with its prices, in config order: a wildcard's calls are priced
+    # by the pattern serving them, as the router picks it (`Prices`).
+    prices: list[tuple[str, tuple[float, float]]] = []
     data: dict[str, Any] = {}
     if settings.config_path is not None:
         data = yaml.safe_load(settings.config_path.read_text()) or {}
@@ -192,8 +194,7 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
             params = {**(entry.get("model_info") or {}), **(entry.get("litellm_params") or {})}
             cost_in = float(params.get("input_cost_per_token") or 0.0)
             cost_out = float(params.get("output_cost_per_token") or 0.0)
-            if cost_in or cost_out:
-                prices[str(entry.get("model_name"))] = (cost_in, cost_out)
+            prices.append((str(entry.get("model_name")), (cost_in, cost_out)))
     store: KeyStore = (PostgresKeyStore(_store(settings, shared)) if settings.store_url
                        else SQLiteKeyStore(settings.store_path.with_name("keys.sqlite3")))
     redis_url = settings.redis_url
@@ -202,7 +203,7 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
         if router.get("redis_host"):
             redis_url = _redis_url(router)
     windows = RedisWindows(redis_url) if redis_url else None
-    return Authenticator(master or None, store, prices, windows)
+    return Authenticator(master or None, store, Prices(prices), windows)
 
 
 def _redis_url(router: dict[str, Any]) -> str:

@@ -310,10 +310,9 @@ class _Shim:
 
     async def key_info(self, request: Request) -> Response:
         """LiteLLM's `GET /key/info?key=...` (without `key`: the caller's own key)."""
-        key = request.query_params.get("key")
-        if not key:
-            creds = _credentials(request)
-            key = creds[0][1].removeprefix("Bearer ").strip() if creds else ""
+        # Without `key`, an empty one: GetKey reads the caller's own from the metadata, as
+        # every route does (the door stripped only "Bearer ": `bearer sk-...` was a 403).
+        key = request.query_params.get("key") or ""
         try:
             info = await self.client.keys.get(key, metadata=_credentials(request))
         except RPCError as exc:

@@ -154,6 +154,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                               model=request.model)
         started = time.perf_counter()
         body = wire.request_from_proto(request)
+        if usage_estimate_wanted():  # what a caller who leaves now is charged (see _estimate)
+            report_usage_estimate(tokens(prompt_chars(body)), 0)
         done = await self._engine.complete(body)
         response = _read_reply(wire.response_to_proto, done.response, request.model)
         if not (response.usage.prompt_tokens or response.usage.completion_tokens) and \
@@ -189,6 +191,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         # Charged to a virtual key if the stream ends without its usage (see _estimate).
         estimating = usage_estimate_wanted()
         prompt = tokens(prompt_chars(body)) if estimating else 0
+        if estimating:  # a caller who leaves before the first chunk is charged the prompt
+            report_usage_estimate(prompt, 0)
         streamed = 0
         async with contextlib.aclosing(self._engine.stream(body)) as events:
             async for event in events:

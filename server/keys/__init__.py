@@ -2,6 +2,7 @@
 budget and rate limits; the KeyService servicer lives in `servicer`."""
 
 from ._auth import RUNS_READ, Authenticator, Principal, token_from_metadata
+from ._prices import Prices
 from ._store import KeyRecord, KeyStore, PostgresKeyStore, SQLiteKeyStore, hash_key
 from ._windows import MemoryWindows, RedisWindows, Windows
 from .errors import (
@@ -18,6 +19,6 @@ from .errors import (
 
 __all__ = ["RUNS_READ", "Authenticator", "BudgetExceeded", "Forbidden", "KeyError_",
            "KeyRateLimited", "KeyRecord", "KeyStore", "KeyStoreError", "KeyStoreUnavailable",
-           "KeysDisabled", "MemoryWindows", "PostgresKeyStore", "Principal", "RedisWindows",
-           "SQLiteKeyStore", "Unauthenticated", "UnknownKey", "Windows", "hash_key",
-           "token_from_metadata"]
+           "KeysDisabled", "MemoryWindows", "PostgresKeyStore", "Prices", "Principal",
+           "RedisWindows", "SQLiteKeyStore", "Unauthenticated", "UnknownKey", "Windows",
+           "hash_key", "token_from_metadata"]

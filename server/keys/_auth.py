@@ -5,8 +5,11 @@ With one, every RPC but health and reflection needs `authorization: Bearer <key>
 the master key may do anything; a virtual key may call its models while it is unexpired,
 under budget and under its requests and tokens per minute. Token usage is accounted after
 each completion: it moves the tokens-per-minute window and adds cost (per-model prices
-from the configuration) to the key's spend. The windows live in memory, or in Redis when
-configured so that replicas share them.
+from the configuration, found as the router finds the deployment: `Prices`) to the key's
+spend. Budgets and tokens per minute are checked before a call and charged after it, so
+calls a key has in flight at once are all checked against what was charged before any of
+them; requests per minute are counted as they are checked, and hold exactly. The windows
+live in memory, or in Redis when configured so that replicas share them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from ._prices import Price, Prices
 from ._store import KeyRecord, KeyStore, hash_key
 from ._windows import MemoryWindows, Windows
 from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated, UnknownKey
@@ -55,11 +59,11 @@ class Authenticator:
     """Checks callers against the master key and the key store (see the module docstring)."""
 
     def __init__(self, master_key: str | None, store: KeyStore,
-                 prices: Mapping[str, tuple[float, float]] | None = None,
+                 prices: Mapping[str, Price] | Prices | None = None,
                  windows: Windows | None = None) -> None:
         self.master_key = master_key or None
         self.store = store
-        self._prices = dict(prices or {})
+        self._prices = Prices.of(prices)
         self.windows: Windows = windows or MemoryWindows()
 
     @property
@@ -173,7 +177,7 @@ class Authenticator:
             return 0.0
         if record.tpm_limit:
             await self.windows.add(record.key_hash, "tokens", prompt_tokens + completion_tokens)
-        price_in, price_out = self._prices.get(model, (0.0, 0.0))
+        price_in, price_out = self._prices(model)  # a wildcard's model: the pattern's
         cost = prompt_tokens * price_in + completion_tokens * price_out
         if cost:
             await self.store.add_spend(record.key_hash, cost)

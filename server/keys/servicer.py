@@ -23,7 +23,11 @@ from .errors import (
     UnknownKey,
 )
 
-__all__ = ["ERRORS", "KeyServicer", "record_to_proto"]
+__all__ = ["ERRORS", "LAST_EXPIRY_S", "KeyServicer", "record_to_proto"]
+
+#: The latest expiry a Timestamp can carry (9999-12-31T23:59:59Z): a key expiring later
+#: was stored and then could not be described (INTERNAL, its secret never returned).
+LAST_EXPIRY_S = 253_402_300_799
 
 
 ERRORS: ErrorTable = {
@@ -82,6 +86,11 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
                 raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                   "duration must be positive", param="duration")
             expires = time.time() + seconds
+            if expires > LAST_EXPIRY_S:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "duration would expire the key after 9999-12-31T23:59:59Z, "
+                                  "the latest expiry a key can have; leave it unset for a key "
+                                  "that never expires", param="duration")
         secret, record = await self._auth.store.create(
             key_alias=request.key_alias, models=tuple(request.models), expires_at=expires,
             max_budget=request.max_budget, rpm_limit=request.rpm_limit,

@@ -17,6 +17,7 @@ from fakeclock import Clock
 from scillm.server.keys import (
     Authenticator,
     MemoryWindows,
+    Prices,
     Principal,
     SQLiteKeyStore,
     token_from_metadata,
@@ -221,6 +222,33 @@ async def test_a_key_stops_at_its_budget(auth: Authenticator) -> None:
         unlimited.record.key_id)))  # type: ignore[union-attr]
 
 
+def test_a_model_is_priced_as_the_router_serves_it() -> None:
+    """A wildcard's models (`wild/foo`) were looked up by their own names and cost
+    nothing: a name is priced by its plain entry, else by the first pattern matching it,
+    in config order, as the router picks its deployments; an unpriced plain name is not
+    priced by a pattern that matches it too."""
+    prices = Prices([("wild/plain", (0.0, 0.0)), ("wild/*", (1.0, 2.0)),
+                     ("wild/dear*", (9.0, 9.0)), ("exact", (0.5, 0.0)),
+                     ("exact", (0.0, 0.0)), ("*-mini", (0.25, 0.25))])
+    assert prices("wild/foo") == prices("wild/dear-one") == (1.0, 2.0)  # the first pattern
+    assert prices("wild/plain") == (0.0, 0.0)  # served by its own entry: unpriced
+    assert prices("exact") == (0.5, 0.0)  # listed twice: its priced entry
+    assert prices("gpt-mini") == (0.25, 0.25)
+    assert prices("WILD/foo") == prices("other") == (0.0, 0.0)  # as the router: case counts
+    assert Prices.of({"a": (1.0, 1.0)})("a") == (1.0, 1.0) and Prices.of(None)("a") == (0, 0)
+
+
+async def test_a_wildcards_model_is_charged_at_the_patterns_prices(store: SQLiteKeyStore,
+                                                                   clock: Clock) -> None:
+    auth = Authenticator("sk-master", store, Prices([("wild/*", (0.5, 2.0))]),
+                         MemoryWindows(clock))
+    principal = await _principal(auth, max_budget=3.0)
+    assert await auth.account(principal, "wild/foo", 2, 1) == 3.0
+    with pytest.raises(BudgetExceeded):
+        await auth.authorize(Principal(False, await auth.store.find(  # type: ignore[arg-type]
+            principal.record.key_id)), model="wild/foo")  # type: ignore[union-attr]
+
+
 async def test_requests_per_minute(auth: Authenticator, clock: Clock) -> None:
     principal = await _principal(auth, rpm_limit=2)
     await auth.authorize(principal)
@@ -306,3 +334,33 @@ async def test_memory_windows_keep_one_minute_per_key_and_kind(clock: Clock) -> 
     clock.now += 0.5
     assert await windows.total("k", "tokens") == (0, None)
     assert await windows.total("other", "tokens") == (0, None)
+
+
+async def test_memory_windows_keep_a_bucket_a_second_however_busy(clock: Clock) -> None:
+    """What a window holds is bounded by the minute's seconds, not by its requests: it
+    kept an entry per request and summed them all on every request."""
+    windows = MemoryWindows(clock)
+    for _ in range(600):  # 150 s at 4 requests a second
+        clock.now += 0.25
+        await windows.take("k", "requests", 10_000)
+        await windows.add("k", "tokens", 3)
+    assert all(len(buckets) <= WINDOW_S + 1 for buckets in windows._entries.values())
+    # At 1150.0: the buckets of seconds 1091..1149 (4 each) and 1150's first request.
+    assert await windows.total("k", "requests") == (59 * 4 + 1, pytest.approx(1.0))
+    assert await windows.total("k", "tokens") == (3 * (59 * 4 + 1), pytest.approx(1.0))
+
+
+async def test_a_window_counts_by_the_second(clock: Clock) -> None:
+    """A request counts in its second's bucket, which leaves a minute after the second
+    began: a limit of 2 with requests at 1000.2 and 1000.9 is free again at 1060."""
+    windows = MemoryWindows(clock)
+    clock.now = 1000.2
+    assert await windows.take("k", "requests", 2) is None
+    clock.now = 1000.9
+    assert await windows.take("k", "requests", 2) is None
+    assert await windows.take("k", "requests", 2) == pytest.approx(59.1)
+    clock.now = 1059.999
+    assert await windows.take("k", "requests", 2) == pytest.approx(0.001)
+    clock.now = 1060.0
+    assert await windows.take("k", "requests", 2) is None
+    assert await windows.total("k", "requests") == (1, 60.0)

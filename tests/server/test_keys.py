@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from fakeclock import Clock
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient
@@ -26,6 +28,7 @@ from scillm.server.keys import (
     RedisWindows,
     SQLiteKeyStore,
 )
+from scillm.server.keys._windows import WINDOW_S
 from scillm.server.keys.errors import BudgetExceeded, Forbidden, KeyRateLimited
 
 MASTER = "sk-master-test"
@@ -323,6 +326,63 @@ async def test_a_shared_rpm_limit_holds_for_concurrent_requests(tmp_path: Path,
         await auth.windows.close()
 
 
+async def _stored_entries(url: str) -> dict[bytes, int]:
+    """Per rate-window key in the Redis at `url`, the entries it holds."""
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    stored = {}
+    async for name in client.scan_iter("scillm:rate*"):
+        kind = (await client.type(name)).decode()
+        stored[name] = int(await (client.zcard(name) if kind == "zset" else
+                                  client.hlen(name) if kind == "hash" else
+                                  client.exists(name)))
+    await client.aclose()
+    return stored
+
+
+async def test_a_redis_window_holds_a_bucket_a_second_however_busy(redis_port: int) -> None:
+    """A window in Redis holds at most a bucket per second of its minute, whatever the
+    traffic: it held a sorted-set member per request, which its Lua script read and summed
+    on every request (119 ms a request, Redis blocked meanwhile, at 50,000 a minute)."""
+    url = f"redis://127.0.0.1:{redis_port}/2"
+    windows = RedisWindows(url)
+    for _ in range(2000):
+        assert await windows.take("k", "requests", 10_000) is None
+        await windows.add("k", "tokens", 5)
+    assert (await windows.total("k", "requests"))[0] == 2000
+    assert (await windows.total("k", "tokens"))[0] == 10_000
+    assert not windows.outage.down  # counted in Redis
+    await windows.close()
+    stored = await _stored_entries(url)
+    assert len(stored) == 2 and all(n <= WINDOW_S + 1 for n in stored.values()), stored
+
+
+async def test_a_redis_window_counts_as_one_in_memory(redis_port: int) -> None:
+    """Under a moving clock, over 150 s of 4 requests a second against a limit of 200 a
+    minute, a window in Redis answers request for request as the windows of one process,
+    and holds no more than a bucket a second."""
+    clock = Clock(1_700_000_000.0)
+    url = f"redis://127.0.0.1:{redis_port}/3"
+    windows, memory = RedisWindows(url, clock=clock), MemoryWindows(clock)
+    refused = 0
+    for step in range(600):
+        clock.now += 0.25
+        leaves = await windows.take("k", "requests", 200)
+        assert leaves == await memory.take("k", "requests", 200)
+        refused += leaves is not None
+        await windows.add("k", "tokens", 5)
+        await memory.add("k", "tokens", 5)
+        if step % 50 == 0:
+            for kind in ("requests", "tokens"):
+                assert await windows.total("k", kind) == await memory.total("k", kind)
+    assert not windows.outage.down
+    assert 0 < refused < 600 and (await windows.total("k", "requests"))[0] <= 200
+    await windows.close()
+    stored = await _stored_entries(url)
+    assert len(stored) == 2 and all(n <= WINDOW_S + 1 for n in stored.values()), stored
+
+
 async def test_concurrent_streams_per_key_are_limited(tmp_path: Path) -> None:
     running = start_mesh(mesh_settings(tmp_path, services=("completion",), http_enabled=False,
                                        master_key=MASTER, max_streams_per_key=2))
@@ -399,3 +459,133 @@ async def test_a_key_store_that_cannot_write_is_unavailable(tmp_path: Path) -> N
             made += 1
     assert made > 0 and "keys.sqlite3" in str(full.value) and "full" in str(full.value)
     assert isinstance(full.value, Unavailable)  # UNAVAILABLE, as any store that cannot work
+
+
+def _stored_keys(mesh: RunningMesh) -> int:
+    store = mesh.mesh.settings.store_path.with_name("keys.sqlite3")
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT count(*) FROM keys").fetchone()[0])
+
+
+@pytest.mark.parametrize("field", ["max_budget", "rpm_limit", "tpm_limit"])
+@pytest.mark.parametrize("zero", [0, 0.0])
+def test_a_limit_of_zero_is_refused_not_read_as_no_limit(keyed: RunningMesh, field: str,
+                                                         zero: float) -> None:
+    """`{"max_budget": 0}` made a key with no budget at all, where LiteLLM's blocks every
+    call. The proto cannot tell 0 from unset, so the door refuses an explicit 0, naming
+    the field and how to have no limit; null (or leaving it out) is no limit."""
+    before = _stored_keys(keyed)
+    resp = httpx.post(f"{keyed.http_url}/key/generate", json={field: zero}, timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == field and "leave it out" in error["message"], error
+    assert _stored_keys(keyed) == before
+    unlimited = _generate(keyed, **{field: None})
+    assert unlimited[field] is None
+
+
+@pytest.mark.parametrize(("body", "hint"), [
+    ({"max_buget": 0.01, "rpm": 1}, "did you mean 'max_budget'"),
+    ({"rpm_limt": 1}, "did you mean 'rpm_limit'"),
+    ({"modles": ["echo/x"]}, "did you mean 'models'"),
+    ({"frobnicate": True}, ""),
+])
+def test_an_unknown_field_is_refused_naming_it(keyed: RunningMesh, body: dict[str, object],
+                                               hint: str) -> None:
+    """A misspelt limit (`max_buget`, `rpm`) was dropped: the key came back with no limit
+    at all. A field no LiteLLM key has is a 400 naming it, with the closest known one."""
+    before = _stored_keys(keyed)
+    resp = httpx.post(f"{keyed.http_url}/key/generate", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == next(iter(body)), error
+    assert all(f"'{name}'" in error["message"] for name in body), error  # each is named
+    assert hint in error["message"], error
+    assert _stored_keys(keyed) == before
+
+
+@pytest.mark.parametrize("body", [
+    {"soft_budget": 1}, {"budget_limits": [{"budget_duration": "1d", "max_budget": 1}]},
+    {"spend": 5}, {"budget_id": "b"}, {"rpm_limit_type": "guaranteed_throughput"},
+    {"tpm_limit_type": "dynamic"}, {"key_type": "read_only"}, {"model_tpm_limit": {"a": 1}},
+    {"model_rpm_limit": {"a": 1}}, {"object_permission": {"vector_stores": ["v"]}},
+    {"allowed_passthrough_routes": ["/x"]}, {"budget_fallbacks": {"a": ["b"]}},
+    {"auto_rotate": True}, {"router_settings": {"num_retries": 1}},
+])
+def test_litellms_limits_a_key_does_not_have_are_refused(keyed: RunningMesh,
+                                                         body: dict[str, object]) -> None:
+    """LiteLLM's fields that limit a key (a spend to start from, budget windows, limit
+    types, route or object permissions) are refused by name: ignored, they left a key
+    unlimited that the operator meant to limit."""
+    resp = httpx.post(f"{keyed.http_url}/key/generate", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == next(iter(body))
+
+
+def test_litellms_fields_that_set_nothing_or_only_describe_are_accepted(
+        keyed: RunningMesh) -> None:
+    """A LiteLLM client sends its defaults (`spend: 0`, empty lists and objects, false)
+    and descriptive fields; none of them limits a key, and each is accepted."""
+    made = _generate(keyed, team_id="t", user_id="u", agent_id="a", organization_id="o",
+                     project_id="p", tags=["x"], send_invite_email=False, spend=0,
+                     model_max_budget={}, aliases={}, config={}, permissions={},
+                     allowed_cache_controls=[], allowed_routes=[], blocked=False,
+                     auto_rotate=False, key=None, soft_budget=None, guardrails=None)
+    assert made["max_budget"] is None and made["rpm_limit"] is None
+
+
+@pytest.mark.parametrize("duration", ["500000w", 300_000_000_000, "3650000d"])
+def test_an_expiry_past_year_9999_is_refused_before_the_key_is_made(
+        keyed: RunningMesh, duration: object) -> None:
+    """An expiry past what a Timestamp holds (9999-12-31) was a 500 after the key was
+    stored: a key made whose secret nobody was given. Now a 400 naming `duration`, and
+    nothing stored."""
+    before = _stored_keys(keyed)
+    resp = httpx.post(f"{keyed.http_url}/key/generate", json={"duration": duration},
+                      timeout=30, headers={"authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "duration"
+    assert "9999" in resp.json()["error"]["message"]
+    assert _stored_keys(keyed) == before
+    assert _generate(keyed, duration="400000w")["expires"]  # 7,600 years: still a date
+
+
+async def test_an_expiry_past_year_9999_is_refused_over_grpc_too(keyed: RunningMesh) -> None:
+    before = _stored_keys(keyed)
+    request = keys_pb2.GenerateKeyRequest()
+    request.duration.FromSeconds(300_000_000_000)
+    async with ScillmClient(keyed.grpc_target, api_key=MASTER) as client:
+        with pytest.raises(RPCError) as info:
+            await client.keys.generate(request)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == "duration"
+    assert _stored_keys(keyed) == before
+
+
+@pytest.mark.parametrize("field", ["rpm_limit", "tpm_limit"])
+def test_a_rate_limit_near_2_63_is_kept_exactly(keyed: RunningMesh, field: str) -> None:
+    """A limit within 512 of 2**63 went through float() and came out as 2**63, past
+    int64: a 500. Whole numbers stay exact; past int64 is a 400."""
+    for value in (2**63 - 1, 2**63 - 100, 2**53 + 1):
+        assert _generate(keyed, **{field: value})[field] == value
+    for value in (2**63, 2**64 + 1):
+        resp = httpx.post(f"{keyed.http_url}/key/generate", json={field: value}, timeout=30,
+                          headers={"authorization": f"Bearer {MASTER}"})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == field
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+def test_a_key_reads_itself_whatever_the_schemes_case(keyed: RunningMesh,
+                                                      scheme: str) -> None:
+    """`authorization: bearer sk-...` reached every route but /key/info, which stripped
+    only "Bearer " and looked up "bearer sk-...": a 403."""
+    made = _generate(keyed, models=["echo/x"])
+    headers = {"authorization": f"{scheme} {made['key']}"}
+    assert _chat(keyed, f"{made['key']}").status_code == 200
+    info = httpx.get(f"{keyed.http_url}/key/info", headers=headers, timeout=30)
+    assert info.status_code == 200, info.text
+    assert info.json()["info"]["key_id"] == made["key_id"]

@@ -5,8 +5,10 @@ was not recorded. A real redis-server, killed and started again on the same port
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +207,39 @@ async def test_a_codeworld_run_keeps_its_results_when_its_session_log_fails(
     assert (session.session_id, session.track, session.runs, session.plateau) == (
         "s-outage", "t", 0, False)
     assert "redis session store" in session.error and session.mean_aggregate > 0
+
+
+async def test_a_stalled_redis_is_given_one_try_not_two(redis_server: RedisServer) -> None:
+    """A Redis that stops answering without closing its connections (stopped, here): the
+    window's script that timed out was sent again on a new connection, holding the caller
+    for a second timeout, and Redis ran what it had been sent when it resumed. Now a
+    timeout is not retried: the call counts in the process at once, and Redis, resumed,
+    has had one connection from the windows and counts the call once."""
+    import redis.asyncio as redis
+
+    assert redis_server.proc is not None
+    windows = RedisWindows(redis_server.url)
+    inspector = redis.Redis.from_url(redis_server.url)
+    assert await windows.take("key", "requests", 5) is None
+    connections = (await inspector.info("stats"))["total_connections_received"]
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        assert await windows.take("key", "requests", 5) is None  # counted in the process
+        assert windows.outage.down
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    stats = await inspector.info("stats")
+    assert stats["total_connections_received"] == connections  # no second try
+
+    async def counted() -> int:
+        return sum(int(n) for n in (await inspector.hgetall(
+            "scillm:rate-s:requests:key")).values())
+
+    for _ in range(40):  # the one before, then the stalled one Redis runs as it resumes
+        if await counted() >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert await counted() == 2
+    await inspector.aclose()
+    await windows.close()

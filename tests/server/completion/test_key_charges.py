@@ -92,6 +92,11 @@ def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
             for name in ("leave", "silent", "whole", "echo", "odd", "down")]
         + [{"model_name": "backup", "litellm_params": {  # ten times dearer
             "model": "openai/backup", "api_base": f"{upstream.url}/v1", "api_key": "x",
+            "input_cost_per_token": 10 * PRICE_IN, "output_cost_per_token": 10 * PRICE_OUT}}]
+        # A wildcard deployment, priced as the others (ten times dearer): its models are
+        # the callers' names (`wild/whole`), its prices the pattern's.
+        + [{"model_name": "wild/*", "litellm_params": {
+            "model": "openai/*", "api_base": f"{upstream.url}/v1", "api_key": "x",
             "input_cost_per_token": 10 * PRICE_IN, "output_cost_per_token": 10 * PRICE_OUT}}],
         "general_settings": {"master_key": MASTER}}))
     running = start_mesh(mesh_settings(tmp_path, config_path=config,
@@ -349,5 +354,38 @@ async def test_a_fallbacks_answer_is_charged_at_the_fallbacks_prices(
                                                   extra_body=extra)
         assert reply.choices[0].message.content == PROMPT
     await sdk.close()
+    spend = await _spend(keyed, key, at_least=10 * PRICE_OUT)
+    assert spend == 10 * (3 * PRICE_IN + 2 * PRICE_OUT), spend
+
+
+async def test_a_model_a_wildcard_serves_is_charged_at_the_patterns_prices(
+        keyed: RunningMesh) -> None:
+    """The prices were kept by the config's model_name (`wild/*`) and looked up by the
+    name called (`wild/whole`): a key spent nothing on a wildcard's models, and a budget
+    never stopped it. A call is charged at the prices of the pattern serving it."""
+    key = _new_key(keyed, models=["wild/whole"], max_budget=15 * PRICE_OUT)
+    sdk = _sdk(keyed, key)
+    codes = []
+    for _ in range(3):
+        try:
+            await sdk.chat.completions.create(
+                model="wild/whole", messages=[{"role": "user", "content": PROMPT}])
+            codes.append(200)
+        except openai.PermissionDeniedError:
+            codes.append(403)
+    await sdk.close()
+    assert codes == [200, 403, 403]  # the first call spent (3 + 2000) * 10 of 15000
+    assert await _spend(keyed, key) == 10 * (3 * PRICE_IN + 2 * PRICE_OUT)
+
+
+async def test_a_fallback_a_wildcard_serves_is_charged_at_the_patterns_prices(
+        keyed: RunningMesh) -> None:
+    key = _new_key(keyed, models=["down", "wild/backup"])
+    sdk = _sdk(keyed, key)
+    reply = await sdk.chat.completions.create(
+        model="down", messages=[{"role": "user", "content": PROMPT}],
+        extra_body={"scillm": {"fallbacks": ["wild/backup"], "num_retries": 0}})
+    await sdk.close()
+    assert reply.choices[0].message.content == PROMPT
     spend = await _spend(keyed, key, at_least=10 * PRICE_OUT)
     assert spend == 10 * (3 * PRICE_IN + 2 * PRICE_OUT), spend
