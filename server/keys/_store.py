@@ -162,11 +162,19 @@ DO $$ BEGIN
         expires_at  DOUBLE PRECISION,
         max_budget  DOUBLE PRECISION NOT NULL,
         spend       DOUBLE PRECISION NOT NULL,
-        rpm_limit   INTEGER NOT NULL,
-        tpm_limit   INTEGER NOT NULL,
+        rpm_limit   BIGINT NOT NULL,
+        tpm_limit   BIGINT NOT NULL,
         metadata    TEXT NOT NULL,
         created_at  DOUBLE PRECISION NOT NULL
     );
+    -- A table made before held the limits in 32 bits: a key the door accepts (any whole
+    -- number below 2**63) could not be stored.
+    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+               AND table_name = 'scillm_keys' AND column_name = 'rpm_limit'
+               AND data_type = 'integer') THEN
+        ALTER TABLE scillm_keys ALTER COLUMN rpm_limit TYPE BIGINT,
+                                ALTER COLUMN tpm_limit TYPE BIGINT;
+    END IF;
 END $$"""
 
 

@@ -455,6 +455,32 @@ def test_virtual_keys_are_shared_by_every_process_on_one_database(
             m.stop()
 
 
+async def test_a_rate_limit_past_2_31_is_kept_on_postgresql_too(pg_url: str) -> None:
+    """The keys table's limits were INTEGER (32 bits): a key whose tpm_limit the door
+    accepts (any whole number below 2**63) failed to be stored on PostgreSQL. A table made
+    before is widened when a process opens it."""
+    import psycopg
+
+    from scillm.server.keys import PostgresKeyStore
+    from scillm.server.manifests import open_run_store
+    from scillm.server.settings import Settings
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # as an older process made it
+        conn.execute("CREATE TABLE scillm_keys (key_hash TEXT PRIMARY KEY, key_id TEXT NOT "
+                     "NULL UNIQUE, key_alias TEXT NOT NULL, models TEXT NOT NULL, expires_at "
+                     "DOUBLE PRECISION, max_budget DOUBLE PRECISION NOT NULL, spend DOUBLE "
+                     "PRECISION NOT NULL, rpm_limit INTEGER NOT NULL, tpm_limit INTEGER NOT "
+                     "NULL, metadata TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)")
+    runs = open_run_store(Settings(store_url=pg_url))
+    try:
+        store = PostgresKeyStore(runs)
+        _, made = await store.create(tpm_limit=2**40, rpm_limit=2**63 - 1)
+        found = await store.find(made.key_id)
+        assert found is not None and (found.tpm_limit, found.rpm_limit) == (2**40, 2**63 - 1)
+    finally:
+        runs.close()
+
+
 def test_a_run_store_gone_away_is_unavailable_with_its_reason_then_used_again(
         tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     """The store's database stops taking connections while the mesh serves (as a restart
