@@ -417,11 +417,16 @@ OPENAPI: dict[str, Any] = {
                     {"type": "string", "pattern": r"^\s*\d{1,5}(\.\d+)?\s*[smhdw]\s*$",
                      "description": "e.g. 30d, 12h, 15m, 45s"},
                     {**_SECONDS, "description": "seconds"}, {"type": "null"}]},
-                "max_budget": {"type": "number", "minimum": 0},
-                "rpm_limit": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-                "tpm_limit": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                "max_budget": _nullable({"type": "number", "exclusiveMinimum": 0}),
+                "rpm_limit": _nullable({"type": "integer", "minimum": 1,
+                                        "maximum": 2**63 - 1}),
+                "tpm_limit": _nullable({"type": "integer", "minimum": 1,
+                                        "maximum": 2**63 - 1}),
                 "metadata": {"type": "object"},
-            })}}},
+            }, description="null or a field left out: no limit; an explicit 0 is refused "
+                           "(LiteLLM reads it as nothing allowed); other fields are refused "
+                           "by name unless they only describe the key (user_id, team_id, "
+                           "tags, ...) or set nothing")}}},
             "responses": {"200": _json({"allOf": [_ref("KeyInfo"), _object(
                 {"key": {"type": "string"}}, ("key",))]}, "the key (shown once)"),
                 **_errors(*_CALL_ERRORS)},
