@@ -12,7 +12,10 @@ master key must not charge a key outside it). What runs inside the call uses it:
 - `CompletionLink` admits each model call a service (Agent, Prove, CodeWorld) makes for
   the caller by the caller's key and charges its usage to it (`admit_model_call`,
   `charge_model_call`): services reach Completion with the mesh's own key, which pays
-  nothing, so before, an agent run spent tokens no key paid for;
+  nothing, so before, an agent run spent tokens no key paid for. Such a call is admitted
+  only while what the key's completions in flight reserve leaves room, and reserves
+  nothing itself (its end is the service's to see; `CallContext` reserves a completion's
+  estimate and releases it when the completion ends);
 - ListModels shows a key limited to some models those it may call (`caller_models`);
 - CodeWorld keeps a virtual key's sessions apart from every other caller's
   (`caller_key_id`).

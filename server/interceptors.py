@@ -3,7 +3,8 @@
     1. OpenTelemetry (opentelemetry-instrumentation-grpc), only when OTEL_* is configured
     2. CallContext: request id (accepted from `x-request-id` or created, sent back in the
        initial metadata), keys (authorization metadata checked, token usage accounted; a
-       virtual key's caller kept for the call in `charges`),
+       virtual key's caller kept for the call in `charges`; a completion's estimate
+       reserved of its key's budget and tokens per minute until it ends),
        a default deadline for calls that carry none, metrics, and error mapping
        (domain errors -> canonical status codes with google.rpc.Status details; bytes
        that are not the method's request -> INVALID_ARGUMENT)
@@ -27,7 +28,7 @@ from scillm.clients.ids import new_id
 from . import charges
 from .deadline import Deadline
 from .errors import BASE_TABLE, ErrorTable, StatusError, status_for, to_status
-from .keys import Authenticator, Principal, token_from_metadata
+from .keys import Authenticator, Principal, Reservation, token_from_metadata
 from .metrics import Metrics, RpcMetrics
 from .settings import Settings
 
@@ -42,6 +43,14 @@ _GET_KEY = "/scillm.keys.v1.KeyService/GetKey"
 #: RPCs whose usage a key pays: Completion's. The model calls other services make for a
 #: caller are charged one by one (`charges.charge_model_call`), so their replies are not.
 _CHARGED = "/scillm.completion."
+#: RPCs that reserve an estimate of what they use of their key's budget and tokens per
+#: minute while they run (`_estimate`), so that calls in flight together cannot all pass.
+_RESERVING = frozenset(("/scillm.completion.v1.CompletionService/Completion",
+                        "/scillm.completion.v1.CompletionService/CompletionStream"))
+#: The answer a completion that sets no `max_tokens` is expected to write, in tokens.
+DEFAULT_COMPLETION_TOKENS = 1024
+#: `_authorize`'s answer for a call no key checks.
+_NOBODY: tuple[None, None] = (None, None)
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("scillm_request_id",
                                                                   default="")
@@ -104,22 +113,25 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], full_method: str,
-                         request: Any) -> Principal | None:
-        """The caller, checked for this call; None when keys are off or for open RPCs."""
+                         request: Any) -> tuple[Principal | None, Reservation | None]:
+        """The caller, checked for this call (None when keys are off or for open RPCs),
+        and what the call reserves of its key's limits, to release when it ends."""
         if self._auth is None or full_method.startswith(_OPEN_PREFIXES):
-            return None
+            return _NOBODY
         principal = await self._auth.authenticate(
             token_from_metadata(context.invocation_metadata()))
         if full_method == _GET_KEY and type(request) is not _Undecodable and \
                 self._auth.reads_itself(principal, request.key):
-            return principal  # a virtual key reads its own spend and limits
+            return principal, None  # a virtual key reads its own spend and limits
         record = principal.record
-        await self._auth.authorize(
+        reservation = await self._auth.authorize(
             principal, model=model_of(request),
             # The models a caller names to answer if its model fails are models it calls.
             fallbacks=fallbacks_of(request) if record is not None and record.models else (),
-            management=full_method.startswith("/scillm.keys."))
-        return principal
+            management=full_method.startswith("/scillm.keys."),
+            estimate=_estimate(request) if record is not None and full_method in _RESERVING
+            and (record.max_budget or record.tpm_limit) else None)
+        return principal, reservation
 
     @staticmethod
     async def _account(held: charges.Caller, request: Any, reply: Any) -> bool:
@@ -216,8 +228,8 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async with self._served(context, method, request):
                 if type(request) is _Undecodable:
                     raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-                principal = (None if self._auth is None  # keys off: no coroutine to await
-                             else await self._authorize(context, full, request))
+                principal, reservation = (_NOBODY if self._auth is None  # keys off: no
+                                          else await self._authorize(context, full, request))
                 held = token = None
                 if principal is not None:
                     # Always set, None too: an in-process call runs in its caller's context,
@@ -226,31 +238,35 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     token = charges.current.set(held)
                 deadline: Deadline | None = None
                 try:
-                    timeout = self._timeout(context, limit)
-                    if timeout is None:
-                        reply = await behavior(request, context)
-                    else:
-                        async with Deadline(timeout) as deadline:
+                    try:
+                        timeout = self._timeout(context, limit)
+                        if timeout is None:
                             reply = await behavior(request, context)
-                except (asyncio.CancelledError, TimeoutError) as exc:
-                    # The caller left, or a deadline passed, while the call ran: the upstream
-                    # bills the prompt it was sent, answer or not, and such a call was charged
-                    # nothing (a stream left early was charged its estimate). Charged here
-                    # only, so a call that answered (and pays its usage below) pays once;
-                    # what the handler estimated so far (Completion: its prompt, reported
-                    # before the upstream call).
-                    if held is not None and charged and (
-                            isinstance(exc, asyncio.CancelledError) or
-                            (deadline is not None and deadline.expired)):
+                        else:
+                            async with Deadline(timeout) as deadline:
+                                reply = await behavior(request, context)
+                    except (asyncio.CancelledError, TimeoutError) as exc:
+                        # The caller left, or a deadline passed, while the call ran: the
+                        # upstream bills the prompt it was sent, answer or not, and such a
+                        # call was charged nothing (a stream left early was charged its
+                        # estimate). Charged here only, so a call that answered (and pays its
+                        # usage below) pays once; what the handler estimated so far
+                        # (Completion: its prompt, reported before the upstream call).
+                        if held is not None and charged and (
+                                isinstance(exc, asyncio.CancelledError) or
+                                (deadline is not None and deadline.expired)):
+                            await self._charge_estimate(held, request)
+                        raise
+                    finally:
+                        if token is not None:
+                            with contextlib.suppress(ValueError):  # exited in another context
+                                charges.current.reset(token)
+                    if held is not None and charged and \
+                            not await self._account(held, request, reply):
                         await self._charge_estimate(held, request)
-                    raise
-                finally:
-                    if token is not None:
-                        with contextlib.suppress(ValueError):  # exited in another context
-                            charges.current.reset(token)
-                if held is not None and charged and \
-                        not await self._account(held, request, reply):
-                    await self._charge_estimate(held, request)
+                finally:  # however the call ended (answered, failed, left, timed out), and
+                    if reservation is not None:  # once its usage is charged
+                        reservation.release()
             return reply
         return unary
 
@@ -263,10 +279,13 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async with self._served(context, method, request):
                 if type(request) is _Undecodable:
                     raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-                principal = await self._authorize(context, full, request)
+                principal, reservation = (_NOBODY if self._auth is None
+                                          else await self._authorize(context, full, request))
                 key = principal.key_id if principal is not None else ""
                 if key and self._max_streams and \
                         self._open_streams.get(key, 0) >= self._max_streams:
+                    if reservation is not None:
+                        reservation.release()
                     raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                       f"key {key} already has {self._max_streams} streams open",
                                       retry_after_s=1.0)
@@ -291,8 +310,12 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     self._open_streams[key] -= 1
                     with contextlib.suppress(ValueError):  # exited in another context
                         charges.current.reset(token)
-                    if held is not None and charged and not settled:
-                        await self._charge_estimate(held, request)
+                    try:
+                        if held is not None and charged and not settled:
+                            await self._charge_estimate(held, request)
+                    finally:  # however the stream ended, once its usage is charged
+                        if reservation is not None:
+                            reservation.release()
         return stream
 
     def _caller(self, principal: Principal | None) -> charges.Caller | None:
@@ -447,6 +470,21 @@ def fallbacks_of(request: Any) -> tuple[str, ...]:
             value = getattr(value, name)
         names.extend(value)
     return tuple(names)
+
+
+def _estimate(request: Any) -> tuple[int, int]:
+    """What a completion (`_RESERVING`) is expected to use, (prompt, completion) tokens: a
+    token per four bytes of its request (its messages and the rest: more than its prompt's
+    tokens for most text), and its `max_completion_tokens` or `max_tokens` (or
+    `DEFAULT_COMPLETION_TOKENS`) for each of its `n` answers."""
+    inner = request.request if hasattr(request, "request") else request  # a stream's
+    if type(inner) is _Undecodable:
+        return 0, 0
+    answer = (inner.max_completion_tokens if inner.HasField("max_completion_tokens")
+              else inner.max_tokens if inner.HasField("max_tokens")
+              else DEFAULT_COMPLETION_TOKENS)
+    answers = inner.n if inner.HasField("n") and inner.n > 1 else 1
+    return -(-request.ByteSize() // 4), answer * answers
 
 
 def _answered_by(request: Any, reply: Any) -> str:

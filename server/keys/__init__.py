@@ -1,7 +1,7 @@
 """Virtual keys: the master key, generated keys stored hashed, their models, expiry,
 budget and rate limits; the KeyService servicer lives in `servicer`."""
 
-from ._auth import RUNS_READ, Authenticator, Principal, token_from_metadata
+from ._auth import RUNS_READ, Authenticator, Principal, Reservation, token_from_metadata
 from ._prices import Prices
 from ._store import KeyRecord, KeyStore, PostgresKeyStore, SQLiteKeyStore, hash_key
 from ._windows import MemoryWindows, RedisWindows, Windows
@@ -20,5 +20,5 @@ from .errors import (
 __all__ = ["RUNS_READ", "Authenticator", "BudgetExceeded", "Forbidden", "KeyError_",
            "KeyRateLimited", "KeyRecord", "KeyStore", "KeyStoreError", "KeyStoreUnavailable",
            "KeysDisabled", "MemoryWindows", "PostgresKeyStore", "Prices", "Principal",
-           "RedisWindows", "SQLiteKeyStore", "Unauthenticated", "UnknownKey", "Windows",
-           "hash_key", "token_from_metadata"]
+           "RedisWindows", "Reservation", "SQLiteKeyStore", "Unauthenticated", "UnknownKey",
+           "Windows", "hash_key", "token_from_metadata"]

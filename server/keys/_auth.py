@@ -6,9 +6,15 @@ the master key may do anything; a virtual key may call its models while it is un
 under budget and under its requests and tokens per minute. Token usage is accounted after
 each completion: it moves the tokens-per-minute window and adds cost (per-model prices
 from the configuration, found as the router finds the deployment: `Prices`) to the key's
-spend. Budgets and tokens per minute are checked before a call and charged after it, so
-calls a key has in flight at once are all checked against what was charged before any of
-them; requests per minute are counted as they are checked, and hold exactly. The windows
+spend. Budgets and tokens per minute are checked before a call and charged after it; so
+that the calls a key has in flight at once do not all pass on what was charged before any
+of them ended, a completion reserves an estimate of its cost and tokens while it runs
+(`Reservation`, released however it ends) and is admitted only if its reservation fits,
+beside those of the key's other calls in flight, in what is left of the budget and of the
+minute's tokens; a call with none in flight beside it is admitted while the key is under
+its limits, so a call larger than what is left is not refused for ever. Reservations are
+kept in this process: with N processes, a key may have up to N times what is left in
+flight. Requests per minute are counted as they are checked, and hold exactly. The windows
 live in memory, or in Redis when configured so that replicas share them.
 """
 
@@ -24,11 +30,13 @@ from ._store import KeyRecord, KeyStore, hash_key
 from ._windows import MemoryWindows, Windows
 from .errors import BudgetExceeded, Forbidden, KeyRateLimited, Unauthenticated, UnknownKey
 
-__all__ = ["RUNS_READ", "Authenticator", "Principal", "token_from_metadata"]
+__all__ = ["RUNS_READ", "Authenticator", "Principal", "Reservation", "token_from_metadata"]
 
 #: The metadata entry that lets a virtual key read stored runs (the runs UI):
 #: `/key/generate {"metadata": {"runs": "read"}}`.
 RUNS_READ: tuple[str, str] = ("runs", "read")
+#: Seconds a call refused for what the key's calls in flight reserve is told to wait.
+_IN_FLIGHT_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,52 @@ def token_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> s
     return None
 
 
+class _InFlight:
+    """What the calls of one key in flight in this process reserve together."""
+
+    __slots__ = ("calls", "cost", "tokens")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cost = 0.0
+        self.tokens = 0
+
+
+class Reservation:
+    """What one call reserves of its key's budget (`cost`) and tokens per minute
+    (`tokens`) while it runs. `release` it when the call ends, however it ends; releasing
+    it again does nothing."""
+
+    __slots__ = ("_held", "_table", "alone", "cost", "key_hash", "tokens")
+
+    def __init__(self, table: dict[str, _InFlight], key_hash: str, cost: float,
+                 tokens: int) -> None:
+        held = table.get(key_hash)
+        if held is None:
+            held = table[key_hash] = _InFlight()
+        #: Whether the key had no other call in flight (in this process) when it was made.
+        self.alone = held.calls == 0
+        held.calls += 1
+        held.cost += cost
+        held.tokens += tokens
+        self._table, self.key_hash, self.cost, self.tokens = table, key_hash, cost, tokens
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        held = self._table.get(self.key_hash)
+        if held is None:
+            return
+        held.calls -= 1
+        if held.calls <= 0:  # the key's last call: no sum's rounding is left behind
+            del self._table[self.key_hash]
+        else:
+            held.cost -= self.cost
+            held.tokens -= self.tokens
+
+
 class Authenticator:
     """Checks callers against the master key and the key store (see the module docstring)."""
 
@@ -65,6 +119,8 @@ class Authenticator:
         self.store = store
         self._prices = Prices.of(prices)
         self.windows: Windows = windows or MemoryWindows()
+        #: By key hash: what the keys' calls in flight in this process reserve.
+        self._in_flight: dict[str, _InFlight] = {}
 
     @property
     def enabled(self) -> bool:
@@ -94,12 +150,27 @@ class Authenticator:
             return False
         return not key or key == record.key_id or hash_key(key) == record.key_hash
 
+    def in_flight(self, key_hash: str) -> tuple[int, float, int]:
+        """What the calls of a key (by hash) in flight in this process reserve: how many
+        there are, their cost and their tokens."""
+        held = self._in_flight.get(key_hash)
+        return (0, 0.0, 0) if held is None else (held.calls, held.cost, held.tokens)
+
     async def authorize(self, principal: Principal, *, model: str = "",
-                        fallbacks: Sequence[str] = (), management: bool = False) -> None:
+                        fallbacks: Sequence[str] = (), management: bool = False,
+                        estimate: tuple[int, int] | None = None) -> Reservation | None:
         """Raise unless `principal` may make this call (to `model`, or to one of the
-        `fallbacks` it names should `model` fail); counts the request when it may."""
+        `fallbacks` it names should `model` fail); counts the request when it may.
+
+        `estimate` is what a model call is expected to use, (prompt, completion) tokens.
+        Given one, a key with a budget or tokens per minute reserves it (at `model`'s
+        prices) and the call is admitted only if it fits beside the reservations of the
+        key's other calls in flight (or while the key is under its limits when it has
+        none in flight); the caller releases the reservation returned when the call
+        ends. (0, 0) reserves nothing, and is admitted only while the key's calls in
+        flight leave room."""
         if principal.master:
-            return
+            return None
         record = principal.record
         assert record is not None
         if management:
@@ -113,13 +184,57 @@ class Authenticator:
             if record.models and name not in record.models:
                 raise Forbidden(f"key {record.key_id} may not call model {name!r} (named as "
                                 f"a fallback); allowed: {', '.join(record.models)}")
-        if record.max_budget and record.spend >= record.max_budget:
-            raise BudgetExceeded(f"key {record.key_id} has spent {record.spend:.6g} of its "
-                                 f"budget {record.max_budget:.6g}")
+        reservation = None
+        if estimate is not None and (record.max_budget or record.tpm_limit) and any(estimate):
+            price_in, price_out = self._prices(model)
+            prompt, completion = estimate
+            reservation = Reservation(self._in_flight, record.key_hash,
+                                      prompt * price_in + completion * price_out,
+                                      prompt + completion)
+        try:
+            await self._check_limits(record, reservation, estimate is not None)
+        except BaseException:  # refused, or the caller left meanwhile
+            if reservation is not None:
+                reservation.release()
+            raise
+        return reservation
+
+    async def _check_limits(self, record: KeyRecord, reservation: Reservation | None,
+                            in_flight: bool) -> None:
+        """`authorize`'s budget and rate checks; with `in_flight`, the reservations of the
+        key's calls in flight (`reservation`'s among them) count too."""
+        # Alone, a call is admitted while the key is under its limits, however large it is.
+        counted = in_flight and not (reservation is not None and reservation.alone)
+        if record.max_budget:
+            spend = record.spend
+            if counted and reservation is not None:
+                # Read afresh: a call that ended since `record` was read released its
+                # reservation, and its cost is only in the store.
+                fresh = await self.store.find(record.key_id)
+                if fresh is None:
+                    raise Unauthenticated(f"key {record.key_id} was deleted")
+                spend = fresh.spend
+            if spend >= record.max_budget:
+                raise BudgetExceeded(f"key {record.key_id} has spent {spend:.6g} of its "
+                                     f"budget {record.max_budget:.6g}")
+            held = self._in_flight.get(record.key_hash) if counted else None
+            if held is not None and spend + held.cost > record.max_budget:
+                raise KeyRateLimited(
+                    f"key {record.key_id} has spent {spend:.6g} of its budget "
+                    f"{record.max_budget:.6g}, and its {held.calls} calls in flight reserve "
+                    f"{held.cost:.6g} (this one's included): retry when they end",
+                    retry_after_s=_IN_FLIGHT_RETRY_S)
         if record.tpm_limit:
             total, leaves = await self.windows.total(record.key_hash, "tokens")
             if total >= record.tpm_limit:
                 raise _over(record, record.tpm_limit, "tokens", leaves)
+            held = self._in_flight.get(record.key_hash) if counted else None
+            if held is not None and total + held.tokens > record.tpm_limit:
+                raise KeyRateLimited(
+                    f"key {record.key_id} has used {total} of its {record.tpm_limit} tokens "
+                    f"per minute, and its {held.calls} calls in flight reserve {held.tokens} "
+                    f"(this one's included): retry when they end",
+                    retry_after_s=_IN_FLIGHT_RETRY_S)
         if record.rpm_limit:
             # Counted and checked in one step: replicas sharing the window in Redis
             # cannot both let the last request of a minute through.
@@ -145,15 +260,17 @@ class Authenticator:
     async def admit_model_call(self, principal: Principal, model: str) -> None:
         """Raise unless `principal` may have a service call `model` for it now: a model its
         key allows, within its budget and tokens per minute, read afresh (a long run's
-        earlier calls have been charged since the call was authorized). Not counted as a
-        request: the caller's request was counted once, when it came in."""
+        earlier calls have been charged since the call was authorized), beside what the
+        key's calls in flight reserve. It reserves nothing itself (its end is its
+        service's to see). Not counted as a request: the caller's request was counted
+        once, when it came in."""
         if principal.master or principal.record is None:
             return
         fresh = await self.store.find(principal.record.key_id)
         if fresh is None:
             raise Unauthenticated(f"key {principal.record.key_id} was deleted")
         await self.authorize(Principal(master=False, record=replace(fresh, rpm_limit=0)),
-                             model=model)
+                             model=model, estimate=(0, 0))
 
     def authorize_runs(self, principal: Principal) -> None:
         """Raise Forbidden unless `principal` may read stored runs: the master key (or no

@@ -291,6 +291,52 @@ async def test_authenticator_rules_without_a_server(tmp_path: Path) -> None:
         await auth.authorize(Principal(False, await auth.store.find(budgeted.key_id)))
 
 
+async def test_calls_in_flight_reserve_their_estimates_until_released(tmp_path: Path) -> None:
+    """Without a server: a call's estimate is reserved at the model's prices, a call is
+    admitted only if it fits beside the key's other reservations (alone: while the key is
+    under its limits), and a refused call reserves nothing."""
+    auth = Authenticator("m", SQLiteKeyStore(tmp_path / "k.sqlite3"), {"p": (0.5, 1.0)})
+    _, record = await auth.store.create(max_budget=10.0, tpm_limit=100)
+    key = Principal(False, record)
+    alone = await auth.authorize(key, model="p", estimate=(4, 30))  # 32.0: over, but alone
+    assert alone is not None and auth.in_flight(record.key_hash) == (1, 32.0, 34)
+    with pytest.raises(KeyRateLimited) as info:  # 2 + 32 > 10
+        await auth.authorize(key, model="p", estimate=(4, 0))
+    assert "in flight" in str(info.value) and info.value.retry_after_s > 0
+    assert auth.in_flight(record.key_hash) == (1, 32.0, 34)  # the refused one let go
+    with pytest.raises(KeyRateLimited):  # a service's model call counts them too
+        await auth.admit_model_call(key, "p")
+    alone.release()
+    alone.release()  # twice is once
+    assert auth.in_flight(record.key_hash) == (0, 0.0, 0)
+    first = await auth.authorize(key, model="p", estimate=(2, 4))  # 5.0 and 6 tokens
+    second = await auth.authorize(key, model="p", estimate=(2, 4))  # 10.0 fits exactly
+    assert first is not None and second is not None
+    with pytest.raises(KeyRateLimited):
+        await auth.authorize(key, model="p", estimate=(0, 1))
+    await auth.admit_model_call(key, "p")  # reserves nothing: 10.0 of 10 is room enough
+    await auth.account(key, "p", 2, 4)  # the first ends: charged, then released
+    first.release()
+    with pytest.raises(KeyRateLimited):  # spent 5.0 (read afresh) and 5.0 reserved
+        await auth.authorize(key, model="p", estimate=(0, 1))
+    second.release()
+    # Tokens per minute: 6 used; reservations of 90 fit beside them, 95 do not.
+    _, tpm = await auth.store.create(tpm_limit=100)
+    limited = Principal(False, tpm)
+    await auth.account(limited, "p", 6, 0)
+    held = await auth.authorize(limited, model="p", estimate=(0, 45))
+    also = await auth.authorize(limited, model="p", estimate=(0, 45))
+    with pytest.raises(KeyRateLimited):
+        await auth.authorize(limited, model="p", estimate=(0, 5))
+    assert held is not None and also is not None
+    held.release()
+    also.release()
+    # A key with neither limit reserves nothing.
+    _, free = await auth.store.create()
+    assert await auth.authorize(Principal(False, free), model="p", estimate=(9, 9)) is None
+    assert auth.in_flight(tpm.key_hash) == auth.in_flight(free.key_hash) == (0, 0.0, 0)
+
+
 async def test_replicas_share_rate_windows_in_redis(tmp_path: Path, redis_port: int) -> None:
     store = SQLiteKeyStore(tmp_path / "k.sqlite3")
     _, record = await store.create(rpm_limit=3)

@@ -1,0 +1,240 @@
+"""A key's budget and tokens per minute hold for the calls it has in flight together.
+
+A key's `max_budget` and `tpm_limit` were checked when a call came in and charged when it
+ended, so the calls a key had in flight at once were all checked against what it had spent
+before any of them ended: a review's 200 concurrent calls spent 100 times a key's budget.
+Each call of such a key now reserves an estimate of its cost and tokens while it runs (a
+token per four bytes of its request, plus its `max_tokens`), and is admitted only while
+the key's spend (or tokens of the minute), what its calls in flight reserved and its own
+reservation fit in the limit; a call with no other in flight is admitted as before. The
+reservation is released however the call ends (answer, stream end, a caller that left).
+
+Against a real mesh (keys on, priced models) and a loopback upstream that holds every call
+until each of a burst's calls has either reached it or been refused, so that they are all
+in flight together whatever the machine's load: the tests count answers, refusals, spend
+and what is still reserved, never time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from completion_upstream import Upstream, openai_chunks, send_json, sse_event, sse_head
+from meshutil import RunningMesh, mesh_settings, start_mesh
+
+from scillm.server.keys import hash_key
+
+MASTER = "sk-master-reservations"
+#: Prompts are free and each completion token costs 1/8 (exact in binary): an answer of
+#: 4 tokens costs 0.5, a reservation of `max_tokens` 8 is 1.0.
+PRICE_IN, PRICE_OUT = 0.0, 0.125
+#: The usage every answer reports.
+PROMPT_TOKENS, COMPLETION_TOKENS = 10, 4
+BURST = 10
+
+
+class Gate:
+    """What the held upstream shares with a test: the calls that reached it, and the event
+    that lets them all answer."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.open = asyncio.Event()
+        self.hung_up = 0  # calls whose mesh side hung up before the answer
+
+
+async def _held(gate: Gate, req: dict[str, Any], r: asyncio.StreamReader,
+                w: asyncio.StreamWriter) -> bool:
+    """Hold the call until the gate opens (or the mesh hangs up), then answer it with the
+    fixed usage, whole or streamed."""
+    gate.arrived += 1
+    opened = asyncio.ensure_future(gate.open.wait())
+    gone = asyncio.ensure_future(r.read(1))
+    await asyncio.wait((opened, gone), return_when=asyncio.FIRST_COMPLETED)
+    opened.cancel()
+    gone.cancel()
+    # Finished before the connection is read again (a pending read there is an error).
+    await asyncio.gather(opened, gone, return_exceptions=True)
+    if not gate.open.is_set():
+        gate.hung_up += 1
+        return False
+    usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
+             "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
+    if req.get("stream"):
+        sse_head(w)
+        chunks = [json.loads(c) for c in openai_chunks(req, "four words of answer")]
+        chunks[-1]["usage"] = usage
+        for data in [*map(json.dumps, chunks), "[DONE]"]:
+            sse_event(w, data)
+        w.write(b"0\r\n\r\n")
+    else:
+        send_json(w, 200, {
+            "id": "up-1", "object": "chat.completion", "created": 1, "model": req["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "four words of answer"}}],
+            "usage": usage})
+    return True
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def keyed(tmp_path: Path, upstream: Upstream, gate: Gate) -> Iterator[RunningMesh]:
+    async def held(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                   w: asyncio.StreamWriter) -> bool:
+        return await _held(gate, req, r, w)
+
+    upstream.plan("held", held)
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": "held", "litellm_params": {
+            "model": "openai/held", "api_base": f"{upstream.url}/v1", "api_key": "x",
+            "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}],
+        "general_settings": {"master_key": MASTER},
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config,
+                                       services=("completion",)))
+    yield running
+    running.stop()
+
+
+def _new_key(mesh: RunningMesh, **limits: object) -> str:
+    made = httpx.post(f"{mesh.http_url}/key/generate", json=limits, timeout=30,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    assert made.status_code == 200, made.text
+    return str(made.json()["key"])
+
+
+async def _info(mesh: RunningMesh, key: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        info = await client.get(f"{mesh.http_url}/key/info", params={"key": key},
+                                headers={"authorization": f"Bearer {MASTER}"})
+    return dict(info.json()["info"])
+
+
+def _reserved(mesh: RunningMesh, key: str) -> tuple[int, float, int]:
+    """What the key's calls in flight hold now, in the mesh's process: calls, cost, tokens."""
+    return mesh.mesh.auth.in_flight(hash_key(key))
+
+
+def _body(max_tokens: int | None = 8, stream: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "held", "messages": [{"role": "user", "content": "hi"}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def _burst(mesh: RunningMesh, gate: Gate, key: str, body: dict[str, Any],
+                 calls: int = BURST) -> list[int]:
+    """`calls` calls at once on connections of their own; the upstream answers once each
+    has reached it or been refused (all in flight together): their statuses, sorted."""
+    gate.arrived = 0
+    gate.open = asyncio.Event()
+    limits = httpx.Limits(max_connections=calls, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        async def call() -> int:
+            reply = await client.post(f"{mesh.http_url}/v1/chat/completions", json=body,
+                                      headers={"authorization": f"Bearer {key}"})
+            if body.get("stream") and reply.status_code == 200:
+                assert "[DONE]" in reply.text and '"error"' not in reply.text, reply.text
+            return reply.status_code
+
+        tasks = [asyncio.create_task(call()) for _ in range(calls)]
+        safety = time.monotonic() + 60  # a net against a hang, not a measure
+        while True:
+            if sum(t.done() for t in tasks) + gate.arrived >= calls or \
+                    time.monotonic() > safety:
+                break
+            await asyncio.sleep(0.01)
+        gate.open.set()
+        return sorted(await asyncio.gather(*tasks))
+
+
+async def test_a_budget_bounds_the_calls_a_key_has_in_flight(
+        keyed: RunningMesh, gate: Gate) -> None:
+    # Each call reserves 1.0 (8 completion tokens at 1/8) and costs 0.5: the budget of 2.0
+    # covers two calls in flight, whatever they end up costing.
+    key = _new_key(keyed, max_budget=2.0)
+    assert await _burst(keyed, gate, key, _body()) == [200] * 2 + [429] * (BURST - 2)
+    assert (await _info(keyed, key))["spend"] == 2 * 0.5
+    assert _reserved(keyed, key) == (0, 0.0, 0)  # every call's reservation was released
+    # Spent 1.0: one call's reservation fits beside it, a second's does not.
+    assert await _burst(keyed, gate, key, _body()) == [200] + [429] * (BURST - 1)
+    assert (await _info(keyed, key))["spend"] == 1.5
+    # A call alone is admitted while the key is under its budget, and may end past it.
+    assert await _burst(keyed, gate, key, _body(max_tokens=1000), calls=1) == [200]
+    assert (await _info(keyed, key))["spend"] == 2.0
+    assert await _burst(keyed, gate, key, _body(), calls=1) == [403]
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
+async def test_a_call_without_max_tokens_reserves_a_default_answer(
+        keyed: RunningMesh, gate: Gate) -> None:
+    # The review's case: no max_tokens, so each call reserves a default answer (1,024
+    # tokens, 128 here): more than the budget, so one call at a time.
+    key = _new_key(keyed, max_budget=2.0)
+    assert await _burst(keyed, gate, key, _body(max_tokens=None)) == \
+        [200] + [429] * (BURST - 1)
+    assert (await _info(keyed, key))["spend"] == 0.5
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
+async def test_streams_reserve_and_release_as_calls_do(keyed: RunningMesh, gate: Gate) -> None:
+    key = _new_key(keyed, max_budget=2.0)
+    assert await _burst(keyed, gate, key, _body(stream=True)) == \
+        [200] * 2 + [429] * (BURST - 2)
+    assert (await _info(keyed, key))["spend"] == 2 * 0.5
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
+async def test_tokens_per_minute_bound_the_calls_a_key_has_in_flight(
+        keyed: RunningMesh, gate: Gate) -> None:
+    # Each call reserves 300 tokens of answer and its prompt's few (a token per four bytes
+    # of a small request) and uses 14: three fit in 1,000 tokens a minute, four do not.
+    key = _new_key(keyed, tpm_limit=1000)
+    assert await _burst(keyed, gate, key, _body(max_tokens=300)) == \
+        [200] * 3 + [429] * (BURST - 3)
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+    # 42 tokens used this minute: three calls' reservations still fit beside them.
+    assert await _burst(keyed, gate, key, _body(max_tokens=300)) == \
+        [200] * 3 + [429] * (BURST - 3)
+    # 84 used: one call asking for 600 fits, a second does not.
+    assert await _burst(keyed, gate, key, _body(max_tokens=600)) == \
+        [200] + [429] * (BURST - 1)
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
+async def test_a_call_its_caller_gave_up_on_releases_its_reservation(
+        keyed: RunningMesh, gate: Gate) -> None:
+    key = _new_key(keyed, max_budget=2.0, tpm_limit=100_000)
+    gate.arrived = 0
+    gate.open = asyncio.Event()
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        with pytest.raises(httpx.TimeoutException):
+            await client.post(f"{keyed.http_url}/v1/chat/completions", json=_body(),
+                              headers={"authorization": f"Bearer {key}"})
+    # The mesh hangs up on the upstream when it sees the caller gone, then the call ends.
+    safety = time.monotonic() + 30
+    while True:
+        if (gate.hung_up and _reserved(keyed, key) == (0, 0.0, 0)) or \
+                time.monotonic() > safety:
+            break
+        await asyncio.sleep(0.02)
+    assert gate.hung_up == 1
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+    # Nothing of it is held: two calls fit in the budget again.
+    assert await _burst(keyed, gate, key, _body()) == [200] * 2 + [429] * (BURST - 2)
+    assert _reserved(keyed, key) == (0, 0.0, 0)
