@@ -63,4 +63,19 @@ def wrap_asgi(app: Any, tracing: bool) -> Any:
         return app
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    return OpenTelemetryMiddleware(app)
+    return OpenTelemetryMiddleware(app, server_request_hook=_redact_query)
+
+
+def _redact_query(span: Any, scope: dict[str, Any]) -> None:
+    """A request's query values out of its server span: `http.url` carried them whole,
+    and `GET /key/info?key=sk-...` exported a key's secret to the trace collector. The
+    names stay (`?key=REDACTED`)."""
+    query = scope.get("query_string") or b""
+    if not query or not span.is_recording():
+        return
+    raw = query.decode("latin-1")
+    redacted = "&".join(f"{name}=REDACTED" if sep else name
+                        for name, sep, _ in (part.partition("=") for part in raw.split("&")))
+    for name, value in dict(getattr(span, "attributes", None) or {}).items():
+        if isinstance(value, str) and raw in value:
+            span.set_attribute(name, value.replace(raw, redacted))

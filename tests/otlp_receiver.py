@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -30,6 +30,8 @@ class Span:
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes  # b"" for a root
+    #: The span's attributes, every value as text.
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -60,8 +62,10 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             for ss in rs.scope_spans:
                 for s in ss.spans:
                     kind = trace_pb2.Span.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_")
+                    attributes = {a.key: str(getattr(a.value, a.value.WhichOneof("value")))
+                                  for a in s.attributes if a.value.WhichOneof("value")}
                     got.append(Span(service, s.name, kind, s.trace_id, s.span_id,
-                                    s.parent_span_id))
+                                    s.parent_span_id, attributes))
         with self._lock:
             self._spans.extend(got)
         return trace_service_pb2.ExportTraceServiceResponse()

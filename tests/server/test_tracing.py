@@ -88,3 +88,34 @@ def test_one_whole_trace_across_the_shim_and_two_processes(tmp_path: Path) -> No
         chain.append((span.service, span.kind, span.name))
     assert chain[0] == ("agent-a", "CLIENT", "/scillm.completion.v1.CompletionService/Completion")
     assert ("agent-a", "CLIENT", "/scillm.agent.v1.AgentService/AgentRun") in chain
+
+
+def test_a_key_in_a_url_does_not_reach_the_traces(tmp_path: Path) -> None:
+    """The door's server span carried `http.url` whole, and `GET /key/info?key=sk-...` (the
+    README's form) exported a virtual key's secret to the trace collector."""
+    master = "sk-master-traced"
+    with OtlpReceiver() as receiver:
+        proc = ServedProcess("door", [
+            "--service", "completion", "--grpc-port", "0", "--http-port", "0", "--grace", "1"],
+            {**_env(tmp_path, receiver, "door"), "SCILLM_MASTER_KEY": master},
+            tmp_path / "door.log").wait_ready()
+        try:
+            auth = {"authorization": f"Bearer {master}"}
+            made = httpx.post(f"{proc.http_url}/key/generate", json={}, headers=auth,
+                              timeout=30)
+            assert made.status_code == 200, made.text
+            key = made.json()["key"]
+            info = httpx.get(f"{proc.http_url}/key/info", params={"key": key}, headers=auth,
+                             timeout=30)
+            assert info.status_code == 200, info.text
+            spans = receiver.wait_for(lambda spans: any(
+                s.kind == "SERVER" and "/key/info" in s.name for s in spans))
+        finally:
+            proc.stop()
+    served = [s for s in spans if s.kind == "SERVER" and "/key/info" in s.name]
+    assert served, [s.name for s in spans]
+    secret = key.removeprefix("sk-")
+    for span in spans:
+        leaked = {k: v for k, v in span.attributes.items() if secret in v or master in v}
+        assert not leaked, (span.name, leaked)
+    assert any("key=" in v and "REDACTED" in v for s in served for v in s.attributes.values())
