@@ -40,7 +40,7 @@ from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
 
 from .completion_link import CompletionLink
 from .errors import ErrorTable
-from .interceptors import build_interceptors
+from .interceptors import CallContext, build_interceptors
 from .keys.servicer import ERRORS as KEY_ERRORS
 from .keys.servicer import KeyServicer
 from .local_channel import HandlerRegistry, LocalChannel
@@ -79,6 +79,7 @@ class Mesh:
         self._http: Any = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None  # bound, until uvicorn serves it
+        self._calls: CallContext | None = None  # the interceptor every call goes through
         self._running = _Running()
         self.metrics = Metrics()
         self._tracing = False
@@ -133,6 +134,7 @@ class Mesh:
         tables.update(KEY_ERRORS)
         link.api_key = auth.master_key  # services calling Completion act as the mesh
         interceptors = build_interceptors(settings, table, tracing, self.metrics, auth)
+        self._calls = next(i for i in interceptors if isinstance(i, CallContext))
         server = _grpc_server(settings, interceptors, options)
         registry = HandlerRegistry()
         recording = registry.recording(server)
@@ -291,6 +293,27 @@ class Mesh:
         """Graceful shutdown: NOT_SERVING first, then let in-flight calls finish."""
         grace = self.settings.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        # Both doors under one grace: the gRPC server drained only after the HTTP door,
+        # served new calls meanwhile, and a stop took up to twice the grace.
+        await asyncio.gather(self._stop_http(grace), self._stop_grpc(grace))
+        if self._calls is not None:
+            # grpcio's server returns from its stop before the handlers it cancelled have
+            # run their cleanup (a run stored as interrupted); the stores close below.
+            await self._calls.idle(_ANSWER_S)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        for closer in reversed(self._running.closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        for parts in self._running.parts.values():
+            with contextlib.suppress(Exception):
+                await parts.close()
+
+    async def _stop_grpc(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+
+    async def _stop_http(self, grace: float) -> None:
         if self._http is not None and self._http_task is not None:
             # At the grace's end the calls the door still waits on in this process end
             # UNAVAILABLE, so the door answers them as any failure (a 503 body, or an
@@ -307,16 +330,6 @@ class Mesh:
                 await asyncio.wait_for(self._http_task, timeout=grace + _ANSWER_S + 1)
             if ending is not None:
                 ending.cancel()
-        if self._server is not None:
-            await self._server.stop(grace)
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-        for closer in reversed(self._running.closers):
-            with contextlib.suppress(Exception):
-                await closer()
-        for parts in self._running.parts.values():
-            with contextlib.suppress(Exception):
-                await parts.close()
 
     async def wait(self) -> None:
         """Until the gRPC server terminates."""

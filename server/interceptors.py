@@ -109,6 +109,10 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._auth = auth if auth is not None and auth.enabled else None
         self._max_streams = settings.max_streams_per_key
         self._open_streams: dict[str, int] = {}
+        #: Calls inside `_Served` (their handlers' cleanup included), and what `idle`
+        #: waits on when some are.
+        self._running = 0
+        self._idle: asyncio.Event | None = None
         # The wrapped handler by full method name, with the handler it wraps.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -212,6 +216,17 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         message, details = to_status(code, message, told, request_id)
         return code, message, (("grpc-status-details-bin", details),
                                ("x-request-id", request_id))
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait, at most `timeout` seconds, until no call is inside its handler (a stopped
+        server's cancelled handlers still running their cleanup: grpcio's returns from its
+        stop before they end, and a prove run stored as interrupted was then written after
+        the mesh had closed its store). Whether none is."""
+        if self._running:
+            self._idle = self._idle or asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        return not self._running
 
     def _served(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
                 request: Any) -> _Served:
@@ -364,6 +379,7 @@ class _Served:
         # In the trailers, not early headers: headers would commit the call, and gRPC
         # then could not retry it on another replica if this one died.
         self._context.set_trailing_metadata((("x-request-id", request_id),))
+        self._call._running += 1
         return request_id
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -395,6 +411,10 @@ class _Served:
                 _request_id.reset(self._token)
             except ValueError:  # exited in another context (finalizer)
                 pass
+            call._running -= 1
+            if not call._running and call._idle is not None:
+                call._idle.set()
+                call._idle = None
 
 
 #: Where a service's request keeps its model, in the order `model_of` looks.

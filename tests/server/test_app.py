@@ -364,6 +364,38 @@ def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> 
     assert not stopping.is_alive()
 
 
+def test_both_doors_stop_together_under_one_grace(tmp_path: Path) -> None:
+    """A process serving both doors drained the HTTP door for its grace and only then
+    stopped the gRPC server, for a grace of its own: a new gRPC call started during the
+    first grace was served, and a stop took up to twice its grace. Both doors stop at once
+    now: once the stop begins (the door refuses connections), a new gRPC call is refused."""
+    with held_http_stream(tmp_path, 120.0, ["one", "two"]) as held:
+        port = held.running.mesh.http_port
+        stopping = held.stop_in_thread(120.0)
+        deadline = time.monotonic() + 60
+        while True:  # the stop has begun once the door refuses connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "the door still takes connections"
+            time.sleep(0.05)
+
+        async def new_call() -> None:
+            async with ScillmClient(held.running.grpc_target) as client:
+                await client.completion.create(
+                    {"model": "held", "messages": [{"role": "user", "content": "late"}]},
+                    timeout=10)
+
+        with pytest.raises(RPCError) as info:
+            asyncio.run(new_call())
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE, info.value
+        held.upstream.release()
+        assert list(held.lines)[-1] == "data: [DONE]"  # the stream in flight still ends
+    stopping.join(60)
+    assert not stopping.is_alive()
+
+
 def test_an_http_stream_past_the_grace_ends_with_an_error_saying_so(tmp_path: Path) -> None:
     """A stream still held upstream when a (sub-second) grace runs out was cancelled by
     uvicorn: cut without an end, and "Exception in ASGI application" logged. It ends as a
