@@ -49,6 +49,14 @@ _SERVICE_CONFIG = json.dumps({
 })
 
 
+#: How soon a channel tries again to reach a target it lost: after 1 s, then at most
+#: every 5 s. gRPC's default backoff grows to 2 minutes, and a mesh's door answered 503 for
+#: 20-50 s after the service behind it was back (a replica it balances over was left out
+#: as long).
+_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 1000),
+              ("grpc.max_reconnect_backoff_ms", 5000))
+
+
 def channel_target(target: str) -> str:
     """A gRPC target for one address, a comma-separated list, or a `dns:///` name."""
     target = target.strip()
@@ -313,7 +321,8 @@ class ScillmClient:
             raise ValueError(f"unknown service(s) in targets: {unknown}; "
                              f"use {', '.join(SERVICES)}")
         opts = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024), *_RECONNECT,
+                *options]
 
         def dial(address: str) -> grpc.aio.Channel:
             if tls is None:
