@@ -219,22 +219,16 @@ class Authenticator:
                                      f"budget {record.max_budget:.6g}")
             held = self._in_flight.get(record.key_hash) if counted else None
             if held is not None and spend + held.cost > record.max_budget:
-                raise KeyRateLimited(
-                    f"key {record.key_id} has spent {spend:.6g} of its budget "
-                    f"{record.max_budget:.6g}, and its {held.calls} calls in flight reserve "
-                    f"{held.cost:.6g} (this one's included): retry when they end",
-                    retry_after_s=_IN_FLIGHT_RETRY_S)
+                raise _in_flight(record, f"has spent {spend:.6g} of its budget "
+                                 f"{record.max_budget:.6g}", held.calls, f"{held.cost:.6g}")
         if record.tpm_limit:
             total, leaves = await self.windows.total(record.key_hash, "tokens")
             if total >= record.tpm_limit:
                 raise _over(record, record.tpm_limit, "tokens", leaves)
             held = self._in_flight.get(record.key_hash) if counted else None
             if held is not None and total + held.tokens > record.tpm_limit:
-                raise KeyRateLimited(
-                    f"key {record.key_id} has used {total} of its {record.tpm_limit} tokens "
-                    f"per minute, and its {held.calls} calls in flight reserve {held.tokens} "
-                    f"(this one's included): retry when they end",
-                    retry_after_s=_IN_FLIGHT_RETRY_S)
+                raise _in_flight(record, f"has used {total} of its {record.tpm_limit} tokens "
+                                 "per minute", held.calls, str(held.tokens))
         if record.rpm_limit:
             # Counted and checked in one step: replicas sharing the window in Redis
             # cannot both let the last request of a minute through.
@@ -299,6 +293,14 @@ class Authenticator:
         if cost:
             await self.store.add_spend(record.key_hash, cost)
         return cost
+
+
+def _in_flight(record: KeyRecord, used: str, calls: int, reserved: str) -> KeyRateLimited:
+    """429 for a call that fits what a key has used but not what its calls in flight
+    reserve as well (the budget is not spent yet: retry when they end)."""
+    return KeyRateLimited(f"key {record.key_id} {used}, and its {calls} calls in flight "
+                          f"reserve {reserved} (this one's included): retry when they end",
+                          retry_after_s=_IN_FLIGHT_RETRY_S)
 
 
 def _over(record: KeyRecord, limit: int, kind: str, leaves: float | None) -> KeyRateLimited:

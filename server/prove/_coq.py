@@ -236,21 +236,21 @@ def _verdict(source: str, stated: str, stated_at: int, judgement: Judgement) -> 
                    f"{stated} is not in the environment at the end of the source (stated "
                    "inside a module type or functor, or removed)")
         diagnostics.insert(0, Diagnostic("error", message, line, col, line, col + len(stated)))
-    if judgement.context_ok is False and judgement.stated_ok is True:
-        line, col = locate(source, stated_at)
-        diagnostics.insert(0, Diagnostic("error", (
-            f"{stated} is proved for what the statement means after the formalisation's own "
-            "definitions, not for what it means in the requirement's context (the imports "
-            "and the preamble): the formalisation changes what the context's names mean (a "
-            "name defined again, an Import that shadows it)"), line, col, line,
-            col + len(stated)))
-    if judgement.clean_ok is False and judgement.stated_ok is True:
-        line, col = locate(source, stated_at)
-        diagnostics.insert(0, Diagnostic("error", (
-            f"{stated} is proved for what the statement means after the item's own "
-            "definitions, not for what it means in Coq with the imports alone: the preamble "
-            "(or the text before the theorem) changes its meaning (a notation, a scope, a "
-            "name of Coq's defined again)"), line, col, line, col + len(stated)))
+    # A reading of the statement whose type the proved theorem lacks (see `prepare`).
+    for read_ok, after, instead, why in (
+            (judgement.context_ok, "the formalisation's own definitions",
+             "in the requirement's context (the imports and the preamble)",
+             "the formalisation changes what the context's names mean (a name defined "
+             "again, an Import that shadows it)"),
+            (judgement.clean_ok, "the item's own definitions",
+             "in Coq with the imports alone",
+             "the preamble (or the text before the theorem) changes its meaning (a "
+             "notation, a scope, a name of Coq's defined again)")):
+        if read_ok is False and judgement.stated_ok is True:
+            line, col = locate(source, stated_at)
+            diagnostics.insert(0, Diagnostic("error", (
+                f"{stated} is proved for what the statement means after {after}, not for "
+                f"what it means {instead}: {why}"), line, col, line, col + len(stated)))
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.line is None, d.line or 0, d.column or 0))
         return CheckOutcome(Verdict.FAILED, source, tuple(diagnostics),

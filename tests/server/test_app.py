@@ -339,6 +339,18 @@ def held_http_stream(tmp_path: Path, grace: float, words: list[str]
         upstream.stop()
 
 
+def _until_the_door_refuses(port: int) -> None:
+    """Wait until the door at `port` refuses connections: its stop has begun."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except OSError:
+            return
+        assert time.monotonic() < deadline, "the door still takes connections"
+        time.sleep(0.05)
+
+
 def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> None:
     """The OpenAI door's half of the contract: a stream in flight when the stop begins
     runs to `[DONE]` with every word, while the door takes no new connection."""
@@ -346,14 +358,7 @@ def test_graceful_shutdown_finishes_an_http_stream_in_flight(tmp_path: Path) -> 
     with held_http_stream(tmp_path, 120.0, words) as held:
         port = held.running.mesh.http_port
         stopping = held.stop_in_thread(120.0)
-        deadline = time.monotonic() + 60
-        while True:  # the stop has begun once the door refuses connections
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            except OSError:
-                break
-            assert time.monotonic() < deadline, "the door still takes connections"
-            time.sleep(0.05)
+        _until_the_door_refuses(port)
         held.upstream.release()
         events = [held.first, *held.lines]
     assert events[-1] == "data: [DONE]"
@@ -372,14 +377,7 @@ def test_both_doors_stop_together_under_one_grace(tmp_path: Path) -> None:
     with held_http_stream(tmp_path, 120.0, ["one", "two"]) as held:
         port = held.running.mesh.http_port
         stopping = held.stop_in_thread(120.0)
-        deadline = time.monotonic() + 60
-        while True:  # the stop has begun once the door refuses connections
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            except OSError:
-                break
-            assert time.monotonic() < deadline, "the door still takes connections"
-            time.sleep(0.05)
+        _until_the_door_refuses(port)
 
         async def new_call() -> None:
             async with ScillmClient(held.running.grpc_target) as client:

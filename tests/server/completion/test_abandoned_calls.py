@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import openai
 import pytest
 from completion_upstream import Upstream, openai_reply, send_json
+from keyed import key_spend, new_key
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import ScillmClient
@@ -64,34 +63,9 @@ def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
     running.stop()
 
 
-def _new_key(mesh: RunningMesh) -> str:
-    made = httpx.post(f"{mesh.http_url}/key/generate", json={}, timeout=30,
-                      headers={"authorization": f"Bearer {MASTER}"})
-    assert made.status_code == 200, made.text
-    return str(made.json()["key"])
-
-
-async def _spend(mesh: RunningMesh, key: str, *, at_least: float) -> float:
-    """The key's spend, once it is at least `at_least` or after 10 s; then 0.5 s more, for
-    a second charge to show."""
-    deadline = time.monotonic() + 10
-    async with httpx.AsyncClient() as client:
-        while True:
-            info = await client.get(f"{mesh.http_url}/key/info", params={"key": key},
-                                    headers={"authorization": f"Bearer {MASTER}"})
-            spend = float(info.json()["info"]["spend"])
-            if spend >= at_least or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
-        info = await client.get(f"{mesh.http_url}/key/info", params={"key": key},
-                                headers={"authorization": f"Bearer {MASTER}"})
-        return float(info.json()["info"]["spend"])
-
-
 async def test_a_whole_answer_the_caller_gave_up_on_is_charged_its_prompt(
         keyed: RunningMesh, upstream: Upstream) -> None:
-    key = _new_key(keyed)
+    key = new_key(keyed, MASTER)
     sdk = openai.AsyncOpenAI(base_url=f"{keyed.http_url}/v1", api_key=key, max_retries=0,
                              timeout=1.0)
 
@@ -104,12 +78,13 @@ async def test_a_whole_answer_the_caller_gave_up_on_is_charged_its_prompt(
     await sdk.close()
     assert upstream.calls("slow") == CALLS
     expected = CALLS * 1000 * PRICE_IN
-    assert await _spend(keyed, key, at_least=expected) == expected
+    assert await key_spend(keyed, MASTER, key, within=10.0, settle=0.5,
+                           at_least=expected) == expected
 
 
 async def test_a_grpc_call_past_its_deadline_is_charged_its_prompt(
         keyed: RunningMesh, upstream: Upstream) -> None:
-    key = _new_key(keyed)
+    key = new_key(keyed, MASTER)
     async with ScillmClient(keyed.grpc_target, api_key=key) as client:
         with pytest.raises(Exception) as info:
             await client.completion.create(
@@ -117,4 +92,5 @@ async def test_a_grpc_call_past_its_deadline_is_charged_its_prompt(
                 timeout=1.0)
     assert getattr(info.value, "code", None) in (grpc.StatusCode.DEADLINE_EXCEEDED,
                                                  grpc.StatusCode.CANCELLED), info.value
-    assert await _spend(keyed, key, at_least=1000 * PRICE_IN) == 1000 * PRICE_IN
+    assert await key_spend(keyed, MASTER, key, within=10.0, settle=0.5,
+                           at_least=1000 * PRICE_IN) == 1000 * PRICE_IN

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from completion_upstream import (
@@ -31,6 +29,7 @@ from completion_upstream import (
     sse_head,
     status,
 )
+from keyed import key_spend, new_key
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.agent.v1 import agent_pb2
@@ -105,51 +104,30 @@ def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
     running.stop()
 
 
-def _new_key(mesh: RunningMesh, **body: object) -> str:
-    made = httpx.post(f"{mesh.http_url}/key/generate", json=body, timeout=30,
-                      headers={"authorization": f"Bearer {MASTER}"})
-    assert made.status_code == 200, made.text
-    return str(made.json()["key"])
-
-
-async def _spend(mesh: RunningMesh, key: str, *, at_least: float = 0.0) -> float:
-    """The key's spend, once it is at least `at_least` (the mesh charges a stream when it
-    sees the caller gone, a moment after the caller left) or after 20 s."""
-    deadline = time.monotonic() + 20
-    async with httpx.AsyncClient() as client:
-        while True:
-            info = await client.get(f"{mesh.http_url}/key/info", params={"key": key},
-                                    headers={"authorization": f"Bearer {MASTER}"})
-            spend = float(info.json()["info"]["spend"])
-            if spend >= at_least or time.monotonic() > deadline:
-                return spend
-            await asyncio.sleep(0.05)
-
-
 def _sdk(mesh: RunningMesh, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key=key, max_retries=0)
 
 
 async def _whole_answer(mesh: RunningMesh, model: str) -> tuple[str, tuple[int, int]]:
     """A new key asks `model` once: the answer, and the tokens the key was charged."""
-    key = _new_key(mesh)
+    key = new_key(mesh, MASTER)
     sdk = _sdk(mesh, key)
     reply = await sdk.chat.completions.create(
         model=model, messages=[{"role": "user", "content": PROMPT}])
     await sdk.close()
     text = reply.choices[0].message.content or ""
-    return text, _tokens(await _spend(mesh, key, at_least=PRICE_OUT))
+    return text, _tokens(await key_spend(mesh, MASTER, key, at_least=PRICE_OUT))
 
 
 async def _whole_stream(mesh: RunningMesh, model: str) -> tuple[str, tuple[int, int]]:
     """A new key streams `model` to its end: the text, and the tokens the key was charged."""
-    key = _new_key(mesh)
+    key = new_key(mesh, MASTER)
     sdk = _sdk(mesh, key)
     stream = await sdk.chat.completions.create(
         model=model, stream=True, messages=[{"role": "user", "content": PROMPT}])
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     await sdk.close()
-    return text, _tokens(await _spend(mesh, key, at_least=PRICE_OUT))
+    return text, _tokens(await key_spend(mesh, MASTER, key, at_least=PRICE_OUT))
 
 
 def _tokens(spend: float) -> tuple[int, int]:
@@ -160,7 +138,7 @@ def _tokens(spend: float) -> tuple[int, int]:
 
 async def test_leaving_a_stream_before_its_usage_is_charged_an_estimate(
         keyed: RunningMesh) -> None:
-    key = _new_key(keyed)
+    key = new_key(keyed, MASTER)
     sdk = _sdk(keyed, key)
     stream = await sdk.chat.completions.create(
         model="leave", stream=True, messages=[{"role": "user", "content": PROMPT}])
@@ -172,11 +150,11 @@ async def test_leaving_a_stream_before_its_usage_is_charged_an_estimate(
     await stream.close()  # the caller leaves with the whole text and no usage
     await sdk.close()
     assert text == ANSWER
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+    assert _tokens(await key_spend(keyed, MASTER, key, at_least=PRICE_OUT)) == (3, 6)
 
 
 async def test_leaving_a_grpc_stream_before_its_usage_is_charged_too(keyed: RunningMesh) -> None:
-    key = _new_key(keyed)
+    key = new_key(keyed, MASTER)
     async with ScillmClient(keyed.grpc_target, api_key=key) as client:
         stream = client.completion.stream(
             {"model": "leave", "messages": [{"role": "user", "content": PROMPT}]})
@@ -184,7 +162,7 @@ async def test_leaving_a_grpc_stream_before_its_usage_is_charged_too(keyed: Runn
             if event.HasField("chunk") and event.chunk.choices[0].finish_reason:
                 break
         await stream.aclose()
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 6)
+    assert _tokens(await key_spend(keyed, MASTER, key, at_least=PRICE_OUT)) == (3, 6)
 
 
 async def test_a_stream_whose_upstream_reports_no_usage_is_charged_an_estimate(
@@ -193,7 +171,7 @@ async def test_a_stream_whose_upstream_reports_no_usage_is_charged_an_estimate(
 
 
 async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: RunningMesh) -> None:
-    key = _new_key(keyed)
+    key = new_key(keyed, MASTER)
     sdk = _sdk(keyed, key)
     stream = await sdk.chat.completions.create(
         model="whole", stream=True, stream_options={"include_usage": True},
@@ -202,7 +180,7 @@ async def test_a_whole_stream_is_charged_its_usage_and_nothing_more(keyed: Runni
     await sdk.close()
     assert [(u.prompt_tokens, u.completion_tokens) for u in usage] == [(3, 2)]  # upstream's
     await asyncio.sleep(0.5)  # an extra charge would come now, when the stream is closed
-    assert _tokens(await _spend(keyed, key, at_least=2 * PRICE_OUT)) == (3, 2)
+    assert _tokens(await key_spend(keyed, MASTER, key, at_least=2 * PRICE_OUT)) == (3, 2)
 
 
 async def test_an_answer_without_usage_is_charged_an_estimate(keyed: RunningMesh) -> None:
@@ -213,7 +191,7 @@ async def test_an_agent_run_charges_its_model_calls_to_the_callers_key(
         keyed: RunningMesh) -> None:
     """The upstream answers at once (3 prompt and 2 completion tokens): a one-turn run
     through the door costs the caller that; it cost nothing before."""
-    key = _new_key(keyed)
+    key = new_key(keyed, MASTER)
     sdk = _sdk(keyed, key)
     reply = await sdk.chat.completions.create(
         model="agent/whole", messages=[{"role": "user", "content": PROMPT}])
@@ -221,26 +199,26 @@ async def test_an_agent_run_charges_its_model_calls_to_the_callers_key(
     assert reply.choices[0].message.content == PROMPT  # the upstream echoes the prompt
     assert reply.usage is not None  # the door reports what the run's model calls used
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (3, 2)
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 2)
+    assert _tokens(await key_spend(keyed, MASTER, key, at_least=PRICE_OUT)) == (3, 2)
 
 
 async def test_an_agent_step_is_charged_once(keyed: RunningMesh) -> None:
     """AgentStep's reply carries its usage too: the key pays the model call, not both."""
-    key = _new_key(keyed)
+    key = new_key(keyed, MASTER)
     async with ScillmClient(keyed.grpc_target, api_key=key) as client:
         reply = await client.agent.step(agent_pb2.AgentStepRequest(
             messages=[cpb.Message(role=cpb.ROLE_USER, content=[cpb.ContentPart(text=PROMPT)])],
             config=agent_pb2.AgentConfig(model="whole")))
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (3, 2)
     await asyncio.sleep(0.5)
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 2)
+    assert _tokens(await key_spend(keyed, MASTER, key, at_least=PRICE_OUT)) == (3, 2)
 
 
 async def test_an_agent_run_past_the_keys_model_list_is_refused(keyed: RunningMesh) -> None:
     """A key limited to one model may not reach another through the agent's escalation
     model (the outer check reads only `config.model`): each model call a service makes for
     the key is admitted by the key."""
-    key = _new_key(keyed, models=["echo"])
+    key = new_key(keyed, MASTER, models=["echo"])
     request = agent_pb2.AgentRunRequest(  # the upstream echoes it: the model gives up
         messages=[cpb.Message(role=cpb.ROLE_USER, content=[cpb.ContentPart(text="I give up")])],
         config=agent_pb2.AgentConfig(model="echo", escalation_model="whole"))
@@ -249,7 +227,7 @@ async def test_an_agent_run_past_the_keys_model_list_is_refused(keyed: RunningMe
     final = events[-1].final
     assert "may not call model 'whole'" in final.error, final
     # The allowed model's turn was charged; the refused one was never called.
-    assert _tokens(await _spend(keyed, key, at_least=PRICE_OUT)) == (3, 2)
+    assert _tokens(await key_spend(keyed, MASTER, key, at_least=PRICE_OUT)) == (3, 2)
 
 
 def _answer_with_usage(usage: Any) -> Any:
@@ -313,7 +291,7 @@ async def test_a_fallback_the_caller_names_is_a_model_its_key_must_allow(
     """A key limited to `down` named `backup` as its fallback and was answered by it:
     the check read only the requested model. A fallback outside the key's models is a
     403 naming it now, before any upstream call."""
-    key = _new_key(keyed, models=["down"])
+    key = new_key(keyed, MASTER, models=["down"])
     sdk = _sdk(keyed, key)
     with pytest.raises(openai.PermissionDeniedError) as info:
         await sdk.chat.completions.create(
@@ -325,7 +303,7 @@ async def test_a_fallback_the_caller_names_is_a_model_its_key_must_allow(
 
 
 async def test_a_grpc_fallback_outside_the_key_is_refused_too(keyed: RunningMesh) -> None:
-    key = _new_key(keyed, models=["down"])
+    key = new_key(keyed, MASTER, models=["down"])
     request = {"model": "down", "messages": [{"role": "user", "content": PROMPT}],
                "scillm": {"fallbacks": ["down", "backup"]}}
     async with ScillmClient(keyed.grpc_target, api_key=key) as client:
@@ -341,7 +319,7 @@ async def test_a_fallbacks_answer_is_charged_at_the_fallbacks_prices(
         keyed: RunningMesh, stream: bool) -> None:
     """`down` fails, `backup` (ten times dearer) answers: the key pays `backup`'s prices,
     not those of the model it asked for."""
-    key = _new_key(keyed, models=["down", "backup"])
+    key = new_key(keyed, MASTER, models=["down", "backup"])
     sdk = _sdk(keyed, key)
     messages: Any = [{"role": "user", "content": PROMPT}]
     extra = {"scillm": {"fallbacks": ["backup"], "num_retries": 0}}
@@ -354,7 +332,7 @@ async def test_a_fallbacks_answer_is_charged_at_the_fallbacks_prices(
                                                   extra_body=extra)
         assert reply.choices[0].message.content == PROMPT
     await sdk.close()
-    spend = await _spend(keyed, key, at_least=10 * PRICE_OUT)
+    spend = await key_spend(keyed, MASTER, key, at_least=10 * PRICE_OUT)
     assert spend == 10 * (3 * PRICE_IN + 2 * PRICE_OUT), spend
 
 
@@ -363,7 +341,7 @@ async def test_a_model_a_wildcard_serves_is_charged_at_the_patterns_prices(
     """The prices were kept by the config's model_name (`wild/*`) and looked up by the
     name called (`wild/whole`): a key spent nothing on a wildcard's models, and a budget
     never stopped it. A call is charged at the prices of the pattern serving it."""
-    key = _new_key(keyed, models=["wild/whole"], max_budget=15 * PRICE_OUT)
+    key = new_key(keyed, MASTER, models=["wild/whole"], max_budget=15 * PRICE_OUT)
     sdk = _sdk(keyed, key)
     codes = []
     for _ in range(3):
@@ -375,17 +353,17 @@ async def test_a_model_a_wildcard_serves_is_charged_at_the_patterns_prices(
             codes.append(403)
     await sdk.close()
     assert codes == [200, 403, 403]  # the first call spent (3 + 2000) * 10 of 15000
-    assert await _spend(keyed, key) == 10 * (3 * PRICE_IN + 2 * PRICE_OUT)
+    assert await key_spend(keyed, MASTER, key) == 10 * (3 * PRICE_IN + 2 * PRICE_OUT)
 
 
 async def test_a_fallback_a_wildcard_serves_is_charged_at_the_patterns_prices(
         keyed: RunningMesh) -> None:
-    key = _new_key(keyed, models=["down", "wild/backup"])
+    key = new_key(keyed, MASTER, models=["down", "wild/backup"])
     sdk = _sdk(keyed, key)
     reply = await sdk.chat.completions.create(
         model="down", messages=[{"role": "user", "content": PROMPT}],
         extra_body={"scillm": {"fallbacks": ["wild/backup"], "num_retries": 0}})
     await sdk.close()
     assert reply.choices[0].message.content == PROMPT
-    spend = await _spend(keyed, key, at_least=10 * PRICE_OUT)
+    spend = await key_spend(keyed, MASTER, key, at_least=10 * PRICE_OUT)
     assert spend == 10 * (3 * PRICE_IN + 2 * PRICE_OUT), spend

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from completion_upstream import Upstream, openai_chunks, send_json, sse_event, sse_head
+from keyed import new_key
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.server.keys import hash_key
@@ -108,13 +109,6 @@ def keyed(tmp_path: Path, upstream: Upstream, gate: Gate) -> Iterator[RunningMes
     running.stop()
 
 
-def _new_key(mesh: RunningMesh, **limits: object) -> str:
-    made = httpx.post(f"{mesh.http_url}/key/generate", json=limits, timeout=30,
-                      headers={"authorization": f"Bearer {MASTER}"})
-    assert made.status_code == 200, made.text
-    return str(made.json()["key"])
-
-
 async def _info(mesh: RunningMesh, key: str) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30) as client:
         info = await client.get(f"{mesh.http_url}/key/info", params={"key": key},
@@ -167,7 +161,7 @@ async def test_a_budget_bounds_the_calls_a_key_has_in_flight(
         keyed: RunningMesh, gate: Gate) -> None:
     # Each call reserves 1.0 (8 completion tokens at 1/8) and costs 0.5: the budget of 2.0
     # covers two calls in flight, whatever they end up costing.
-    key = _new_key(keyed, max_budget=2.0)
+    key = new_key(keyed, MASTER, max_budget=2.0)
     assert await _burst(keyed, gate, key, _body()) == [200] * 2 + [429] * (BURST - 2)
     assert (await _info(keyed, key))["spend"] == 2 * 0.5
     assert _reserved(keyed, key) == (0, 0.0, 0)  # every call's reservation was released
@@ -185,7 +179,7 @@ async def test_a_call_without_max_tokens_reserves_a_default_answer(
         keyed: RunningMesh, gate: Gate) -> None:
     # The review's case: no max_tokens, so each call reserves a default answer (1,024
     # tokens, 128 here): more than the budget, so one call at a time.
-    key = _new_key(keyed, max_budget=2.0)
+    key = new_key(keyed, MASTER, max_budget=2.0)
     assert await _burst(keyed, gate, key, _body(max_tokens=None)) == \
         [200] + [429] * (BURST - 1)
     assert (await _info(keyed, key))["spend"] == 0.5
@@ -193,7 +187,7 @@ async def test_a_call_without_max_tokens_reserves_a_default_answer(
 
 
 async def test_streams_reserve_and_release_as_calls_do(keyed: RunningMesh, gate: Gate) -> None:
-    key = _new_key(keyed, max_budget=2.0)
+    key = new_key(keyed, MASTER, max_budget=2.0)
     assert await _burst(keyed, gate, key, _body(stream=True)) == \
         [200] * 2 + [429] * (BURST - 2)
     assert (await _info(keyed, key))["spend"] == 2 * 0.5
@@ -204,7 +198,7 @@ async def test_tokens_per_minute_bound_the_calls_a_key_has_in_flight(
         keyed: RunningMesh, gate: Gate) -> None:
     # Each call reserves 300 tokens of answer and its prompt's few (a token per four bytes
     # of a small request) and uses 14: three fit in 1,000 tokens a minute, four do not.
-    key = _new_key(keyed, tpm_limit=1000)
+    key = new_key(keyed, MASTER, tpm_limit=1000)
     assert await _burst(keyed, gate, key, _body(max_tokens=300)) == \
         [200] * 3 + [429] * (BURST - 3)
     assert _reserved(keyed, key) == (0, 0.0, 0)
@@ -219,7 +213,7 @@ async def test_tokens_per_minute_bound_the_calls_a_key_has_in_flight(
 
 async def test_a_call_its_caller_gave_up_on_releases_its_reservation(
         keyed: RunningMesh, gate: Gate) -> None:
-    key = _new_key(keyed, max_budget=2.0, tpm_limit=100_000)
+    key = new_key(keyed, MASTER, max_budget=2.0, tpm_limit=100_000)
     gate.arrived = 0
     gate.open = asyncio.Event()
     async with httpx.AsyncClient(timeout=1.0) as client:
