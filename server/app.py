@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from scillm.clients import ScillmClient, TlsConfig
 from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
 
+from .call_stopper import CallStopper
 from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .interceptors import CallContext, build_interceptors
@@ -80,6 +81,8 @@ class Mesh:
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None  # bound, until uvicorn serves it
         self._calls: CallContext | None = None  # the interceptor every call goes through
+        #: Ends the door's calls to other processes at a stop's grace end (see its module).
+        self._stopper = CallStopper()
         self._running = _Running()
         self.metrics = Metrics()
         self._tracing = False
@@ -238,7 +241,8 @@ class Mesh:
         for door, target in targets.items():
             log.info("HTTP shim: %s calls go to %s", door, target)
         client = self.shim_client = ScillmClient(
-            self.grpc_target, interceptors=client_interceptors(self._tracing) or None,
+            # The stopper outermost: a call's trace interceptor ends its span first.
+            self.grpc_target, interceptors=[self._stopper, *client_interceptors(self._tracing)],
             tls=self.client_tls(), channel=self.local_channel, targets=targets)
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,
@@ -320,16 +324,20 @@ class Mesh:
             # in-band error and [DONE]); uvicorn, which would cancel them into a bare 500
             # and a cut stream, waits a little longer (fractions included: it goes to
             # asyncio.timeout, whatever the hint says).
-            ending = None
-            if self.local_channel is not None:
-                ending = asyncio.get_running_loop().call_later(
-                    grace, self.local_channel.stop_calls, "the server is shutting down")
+            ending = asyncio.get_running_loop().call_later(grace, self._end_door_calls)
             self._http.config.timeout_graceful_shutdown = grace + _ANSWER_S
             self._http.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._http_task, timeout=grace + _ANSWER_S + 1)
-            if ending is not None:
-                ending.cancel()
+            ending.cancel()
+
+    def _end_door_calls(self) -> None:
+        """The door's calls still running at the grace's end: in this process (the
+        in-process channel) and in others (its dialled channels, `CallStopper`)."""
+        why = "the server is shutting down"
+        if self.local_channel is not None:
+            self.local_channel.stop_calls(why)
+        self._stopper.stop_calls(why)
 
     async def wait(self) -> None:
         """Until the gRPC server terminates."""

@@ -440,6 +440,43 @@ def test_a_unary_call_past_the_grace_gets_openais_body(tmp_path: Path,
     assert not [r for r in caplog.records if "Exception in ASGI" in r.getMessage()]
 
 
+def test_a_door_alone_ends_its_unary_calls_past_the_grace_as_failures(tmp_path: Path) -> None:
+    """A door whose services are in another process (`--service none`) had nothing to end
+    its calls at the grace's end: uvicorn cancelled them, and a unary call became a bare
+    "500 Internal Server Error". It ends as a failure does: a 503 with OpenAI's body."""
+    upstream = HeldUpstream().start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
+        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    backend = start_mesh(mesh_settings(tmp_path / "backend", config_path=config,
+                                       services=("completion",), http_enabled=False))
+    door = start_mesh(mesh_settings(tmp_path / "door", services=(), grace_period_s=0.5,
+                                    completion_target=backend.grpc_target))
+    try:
+        upstream.hold()
+        body = {"model": "held",  # a stream is still cut (server/call_stopper.py)
+                "messages": [{"role": "user", "content": "never finished"}]}
+        replies: list[tuple[int, str]] = []
+
+        def call() -> None:
+            with httpx.Client(timeout=60) as client, client.stream(
+                    "POST", f"{door.http_url}/v1/chat/completions", json=body) as reply:
+                replies.append((reply.status_code, reply.read().decode()))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert upstream.arrived(1)
+        door.stop(0.5)
+        caller.join(30)
+    finally:
+        upstream.release()
+        backend.stop()
+        upstream.stop()
+    ((status, text),) = replies
+    assert status == 503, text
+    assert "shutting down" in json.loads(text)["error"]["message"], text
+
+
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
