@@ -8,12 +8,11 @@ injected `random.Random`, so tests are deterministic.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from ..names import MAX_NAME_CHARS
+from ..names import MAX_NAME_CHARS, serving_pattern
 from ._settings import DeploymentSettings, RouterSettings
 from .errors import CompletionError, InvalidRequest, ModelNotFound, RateLimited, UpstreamError
 
@@ -104,19 +103,16 @@ class Router:
         states = self._exact.get(model)
         if states is not None:
             found = Group(model, tuple(states))
-        else:
-            for pattern, wild in self._wild:
-                if fnmatch.fnmatchcase(model, pattern):
-                    prefix = pattern.split("*", 1)[0]
-                    suffix = pattern.rsplit("*", 1)[1]
-                    part = model[len(prefix):len(model) - len(suffix) or None]
-                    if not part or "*" in part:  # the listed pattern itself, or no name
-                        raise InvalidRequest(
-                            f"{model!r} is not a model: {pattern!r} is the pattern of the "
-                            f"models it serves; name one, as "
-                            f"{prefix}<name>{suffix}", param="model")
-                    found = Group(model, tuple(wild), part)
-                    break
+        elif (served := serving_pattern(model, self._wild)) is not None:
+            pattern, wild = served
+            prefix = pattern.split("*", 1)[0]
+            suffix = pattern.rsplit("*", 1)[1]
+            part = model[len(prefix):len(model) - len(suffix) or None]
+            if not part or "*" in part:  # the listed pattern itself, or no name
+                raise InvalidRequest(
+                    f"{model!r} is not a model: {pattern!r} is the pattern of the models "
+                    f"it serves; name one, as {prefix}<name>{suffix}", param="model")
+            found = Group(model, tuple(wild), part)
         if found is None:
             names = self.model_names()
             raise ModelNotFound(model, difflib.get_close_matches(model, names, n=3, cutoff=0.5))

@@ -154,12 +154,13 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                               model=request.model)
         started = time.perf_counter()
         body = wire.request_from_proto(request)
-        if usage_estimate_wanted():  # what a caller who leaves now is charged (see _estimate)
+        estimating = usage_estimate_wanted()  # charged to a virtual key (see _estimate)
+        if estimating:  # what a caller who leaves now is charged
             report_usage_estimate(tokens(prompt_chars(body)), 0)
         done = await self._engine.complete(body)
         response = _read_reply(wire.response_to_proto, done.response, request.model)
-        if not (response.usage.prompt_tokens or response.usage.completion_tokens) and \
-                usage_estimate_wanted():  # an upstream reporting no usage (see _estimate)
+        if estimating and not (response.usage.prompt_tokens or
+                               response.usage.completion_tokens):  # no usage reported
             report_usage_estimate(*estimated_usage(body, done.response))
         elapsed = time.perf_counter() - started
         # What the mesh itself added: all but the upstream calls and the retry sleeps.

@@ -3,15 +3,15 @@
 The config prices a `model_list` entry, named by its `model_name`; a call names a model.
 For a plain name they are the same, but a wildcard entry (`wild/*`) serves names of the
 caller's choosing (`wild/foo`): looked up by the name called, its calls were charged
-nothing and a budget never stopped them. A name is priced as the router serves it
-(`server/completion/_router.py`): a configured plain name first, else the first wildcard
-pattern, in config order, that matches it (`fnmatchcase`).
+nothing and a budget never stopped them. A name is priced as the router serves it: a
+configured plain name first, else the pattern `names.serving_pattern` finds.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping
+
+from ..names import serving_pattern
 
 __all__ = ["Prices"]
 
@@ -46,7 +46,5 @@ class Prices:
         found = self._plain.get(model)
         if found is not None:
             return found
-        for pattern, price in self._wild.items():
-            if fnmatch.fnmatchcase(model, pattern):
-                return price
-        return _FREE
+        served = serving_pattern(model, self._wild.items())
+        return served[1] if served is not None else _FREE

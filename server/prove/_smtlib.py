@@ -292,33 +292,27 @@ def is_builtin(name: str) -> bool:
 
 def _redefinitions(pre: str, items: list[TopLevel]) -> list[Diagnostic]:
     """A diagnostic per name the preamble declares or defines that the solver defines."""
-    found = []
+    return [_diag(pre, at, (f"{name!r} is defined by the solver: the preamble may not "
+                            "declare or define it again (it would change what the goal, or "
+                            "the checker's own negation of it, means)"), at + len(name))
+            for name, at in _declared_by(pre, items) if is_builtin(name)]
+
+
+def _declared_by(text: str, items: list[TopLevel]) -> list[Atom]:
+    """The names `items` (top-level items of `text`) declare or define, with their offsets."""
+    found: list[Atom] = []
     for t in items:
-        if t.head not in PREAMBLE_COMMANDS or t.head == "assert":
-            continue
-        for tree in _read(pre, t.start, t.end):
-            if not isinstance(tree, list):
-                continue
-            for name, at in _declared(tree):
-                if is_builtin(name):
-                    found.append(_diag(pre, at, (
-                        f"{name!r} is defined by the solver: the preamble may not declare or "
-                        "define it again (it would change what the goal, or the checker's "
-                        "own negation of it, means)"), at + len(name)))
+        if t.head in PREAMBLE_COMMANDS and t.head != "assert":
+            for tree in _read(text, t.start, t.end):
+                if isinstance(tree, list):
+                    found += _declared(tree)
     return found
 
 
 def declarations(text: str) -> list[tuple[str, int]]:
     """The names the top-level declarations and definitions of `text` introduce, each
     with its offset (as `_declared` reads them)."""
-    items, _ = top_level(text)
-    found: list[tuple[str, int]] = []
-    for t in items:
-        if t.head in _NAMING or t.head in _RECURSIVE or t.head == "declare-datatypes":
-            for tree in _read(text, t.start, t.end):
-                if isinstance(tree, list):
-                    found += _declared(tree)
-    return found
+    return _declared_by(text, top_level(text)[0])
 
 
 def _diag(text: str, offset: int, message: str, end: int | None = None) -> Diagnostic:

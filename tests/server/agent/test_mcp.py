@@ -192,17 +192,16 @@ async def test_an_http_reply_past_the_limit_is_the_tools_error(any_http_server: 
     settings = AgentSettings(languages=(), tool_timeout_seconds=20.0,
                              mcp_servers=(McpServerConfig("web", url=any_http_server),))
     async with AgentEngine(settings, model) as engine:
-        started = time.monotonic()
         result = await asyncio.wait_for(engine.run_to_end([{"role": "user", "content": "go"}]),
                                         120)
-        took = time.monotonic() - started
     flood, endless, two, added = (r for _, r in result.tool_io)
+    # The endless reply was cut by the bound, not waited out (that would be a timeout's
+    # error, not the limit's).
     for over in (flood, endless):
         assert over.is_error and "MCP server 'web'" in over.output, over.output[:300]
         assert "over 16777216 bytes" in over.output, over.output[:300]
     assert not two.is_error and two.output.startswith("xxx"), two.output[:300]  # as over stdio
     assert not added.is_error and added.output == "3", added
-    assert took < 20.0  # the endless reply was cut, not waited out to its timeout
 
 
 _SKIPPING = """

@@ -1,14 +1,40 @@
-"""A keyed mesh's virtual keys as a test makes and reads them, through its OpenAI door."""
+"""A keyed mesh, and its virtual keys as a test makes and reads them through its OpenAI
+door."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
-from meshutil import RunningMesh
+from meshutil import RunningMesh, mesh_settings, start_mesh
 
-__all__ = ["key_spend", "new_key"]
+__all__ = ["key_spend", "keyed_mesh", "new_key"]
+
+
+@contextlib.contextmanager
+def keyed_mesh(tmp_path: Path, master: str, upstream_url: str, model: str,
+               prices: tuple[float, float]) -> Iterator[RunningMesh]:
+    """A mesh serving Completion with master key `master`, and one model, `model`, from the
+    OpenAI-compatible server at `upstream_url` (its `/v1`), at `prices` (per prompt token,
+    per completion token); the response cache off."""
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": model, "litellm_params": {
+            "model": f"openai/{model}", "api_base": f"{upstream_url}/v1", "api_key": "x",
+            "input_cost_per_token": prices[0], "output_cost_per_token": prices[1]}}],
+        "general_settings": {"master_key": master},
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config,
+                                       services=("completion",)))
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def new_key(mesh: RunningMesh, master: str, **body: object) -> str:

@@ -12,7 +12,6 @@ only after its caller gave up.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import grpc
 import openai
 import pytest
 from completion_upstream import Upstream, openai_reply, send_json
-from keyed import key_spend, new_key
-from meshutil import RunningMesh, mesh_settings, start_mesh
+from keyed import key_spend, keyed_mesh, new_key
+from meshutil import RunningMesh
 
 from scillm.clients import ScillmClient
 
@@ -51,16 +50,8 @@ async def _answer_late(up: Upstream, req: dict[str, Any], r: asyncio.StreamReade
 @pytest.fixture
 def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
     upstream.plan("slow", _answer_late)
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({
-        "model_list": [{"model_name": "slow", "litellm_params": {
-            "model": "openai/slow", "api_base": f"{upstream.url}/v1", "api_key": "x",
-            "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}],
-        "general_settings": {"master_key": MASTER}}))
-    running = start_mesh(mesh_settings(tmp_path, config_path=config,
-                                       services=("completion",)))
-    yield running
-    running.stop()
+    with keyed_mesh(tmp_path, MASTER, upstream.url, "slow", (PRICE_IN, PRICE_OUT)) as running:
+        yield running
 
 
 async def test_a_whole_answer_the_caller_gave_up_on_is_charged_its_prompt(

@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import pytest
 from completion_upstream import Upstream, openai_chunks, send_json, sse_event, sse_head
-from keyed import new_key
-from meshutil import RunningMesh, mesh_settings, start_mesh
+from keyed import keyed_mesh, new_key
+from meshutil import RunningMesh
 
 from scillm.server.keys import hash_key
 
@@ -96,17 +96,8 @@ def keyed(tmp_path: Path, upstream: Upstream, gate: Gate) -> Iterator[RunningMes
         return await _held(gate, req, r, w)
 
     upstream.plan("held", held)
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({
-        "model_list": [{"model_name": "held", "litellm_params": {
-            "model": "openai/held", "api_base": f"{upstream.url}/v1", "api_key": "x",
-            "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}],
-        "general_settings": {"master_key": MASTER},
-        "litellm_settings": {"cache": False}}))
-    running = start_mesh(mesh_settings(tmp_path, config_path=config,
-                                       services=("completion",)))
-    yield running
-    running.stop()
+    with keyed_mesh(tmp_path, MASTER, upstream.url, "held", (PRICE_IN, PRICE_OUT)) as running:
+        yield running
 
 
 async def _info(mesh: RunningMesh, key: str) -> dict[str, Any]:
