@@ -242,7 +242,8 @@ class Mesh:
             log.info("HTTP shim: %s calls go to %s", door, target)
         client = self.shim_client = ScillmClient(
             # The stopper outermost: a call's trace interceptor ends its span first.
-            self.grpc_target, interceptors=[self._stopper, *client_interceptors(self._tracing)],
+            self.grpc_target,
+            interceptors=[*self._stopper.interceptors, *client_interceptors(self._tracing)],
             tls=self.client_tls(), channel=self.local_channel, targets=targets)
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,

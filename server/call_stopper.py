@@ -8,17 +8,19 @@ none`, or any door with tracing on, which dials its own gRPC server) had nothing
 calls: uvicorn cancelled them, a unary call became a bare "500 Internal Server Error" and a
 stream was cut without its end.
 
-`CallStopper` is a client interceptor on the door's channels. It keeps the unary calls in
-flight; `stop_calls(why)` cancels them, and each one's caller gets UNAVAILABLE `why` in
-place of the cancellation (a call the caller's own task cancelled stays a cancellation).
-Streams are not kept yet: grpc.aio did not iterate an interceptor's wrapping generator in
-a first try, so a door alone still cuts a stream past the grace.
+`CallStopper` keeps the calls in flight on the door's channels, unary and server-streaming,
+through its two client interceptors (`interceptors`: one object per kind, as a grpc.aio
+channel files an interceptor under the first kind it is an instance of). `stop_calls(why)`
+cancels them, and each one's caller gets UNAVAILABLE `why` in place of the cancellation (a
+call the caller's own task cancelled stays a cancellation): from awaiting a unary call, or
+from reading a stream (a `grpc.aio.UnaryStreamCall` of our own around grpc's, which
+grpc.aio reads as the call itself).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -26,13 +28,15 @@ import grpc
 __all__ = ["CallStopper"]
 
 
-class CallStopper(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class CallStopper:
     """Keeps a channel's calls in flight so that a stop can end them (see the module)."""
 
     def __init__(self) -> None:
         self._calls: set[Any] = set()
         #: Why the calls were stopped ("" while they run on).
         self.why = ""
+        #: The channel's interceptors that keep its calls: unary, then server-streaming.
+        self.interceptors: tuple[Any, ...] = (_UnaryKeeper(self), _StreamKeeper(self))
 
     def stop_calls(self, why: str) -> int:
         """End every call in flight with UNAVAILABLE `why`; how many."""
@@ -41,18 +45,6 @@ class CallStopper(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         for call in calls:
             call.cancel()
         return len(calls)
-
-    async def intercept_unary_unary(self, continuation: Callable[..., Any],
-                                    client_call_details: Any, request: Any) -> Any:
-        call = await continuation(client_call_details, request)
-        self._calls.add(call)
-        try:
-            await call
-        except asyncio.CancelledError:
-            raise self._stopped() from None
-        finally:
-            self._calls.discard(call)
-        return call
 
     def _stopped(self) -> BaseException:
         """UNAVAILABLE when the stop cancelled the call; else the cancellation, re-raised
@@ -64,3 +56,91 @@ class CallStopper(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
             details=self.why)
         return stopped
+
+
+class _UnaryKeeper(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, stopper: CallStopper) -> None:
+        self._stopper = stopper
+
+    async def intercept_unary_unary(self, continuation: Callable[..., Any],
+                                    client_call_details: Any, request: Any) -> Any:
+        call = await continuation(client_call_details, request)
+        calls = self._stopper._calls
+        calls.add(call)
+        try:
+            await call
+        except asyncio.CancelledError:
+            raise self._stopper._stopped() from None
+        finally:
+            calls.discard(call)
+        return call
+
+
+class _StreamKeeper(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, stopper: CallStopper) -> None:
+        self._stopper = stopper
+
+    async def intercept_unary_stream(self, continuation: Callable[..., Any],
+                                     client_call_details: Any, request: Any) -> Any:
+        call = await continuation(client_call_details, request)
+        calls = self._stopper._calls
+        calls.add(call)
+        call.add_done_callback(lambda _: calls.discard(call))
+        return _StoppableStream(self._stopper, call)
+
+
+class _StoppableStream(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+    """A stream call whose reader gets the stopper's UNAVAILABLE in place of the
+    cancellation a stop caused; everything else is the call's own."""
+
+    def __init__(self, stopper: CallStopper, call: Any) -> None:
+        self._stopper = stopper
+        self._call = call
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._responses()
+
+    async def _responses(self) -> AsyncIterator[Any]:
+        try:
+            async for response in self._call:
+                yield response
+        except asyncio.CancelledError:
+            raise self._stopper._stopped() from None
+
+    async def read(self) -> Any:
+        try:
+            return await self._call.read()
+        except asyncio.CancelledError:
+            raise self._stopper._stopped() from None
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = self._call.time_remaining()
+        return remaining
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def add_done_callback(self, callback: Callable[..., Any]) -> None:
+        self._call.add_done_callback(lambda _: callback(self))
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        code: grpc.StatusCode = await self._call.code()
+        return code
+
+    async def details(self) -> str:
+        return str(await self._call.details())
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()

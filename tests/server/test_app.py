@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -20,7 +21,14 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from held_upstream import HeldUpstream
-from meshutil import RunningMesh, mesh_settings, start_mesh, stop_with_a_stream_in_flight
+from meshutil import (
+    RunningMesh,
+    ServedProcess,
+    mesh_settings,
+    start_mesh,
+    stop_with_a_stream_in_flight,
+)
+from otlp_receiver import OtlpReceiver
 
 from scillm.clients import RPCError, ScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
@@ -440,10 +448,13 @@ def test_a_unary_call_past_the_grace_gets_openais_body(tmp_path: Path,
     assert not [r for r in caplog.records if "Exception in ASGI" in r.getMessage()]
 
 
-def test_a_door_alone_ends_its_unary_calls_past_the_grace_as_failures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_door_alone_ends_its_calls_past_the_grace_as_failures(tmp_path: Path,
+                                                                stream: bool) -> None:
     """A door whose services are in another process (`--service none`) had nothing to end
-    its calls at the grace's end: uvicorn cancelled them, and a unary call became a bare
-    "500 Internal Server Error". It ends as a failure does: a 503 with OpenAI's body."""
+    its calls at the grace's end: uvicorn cancelled them, a unary call became a bare
+    "500 Internal Server Error" and a stream was cut without its end. Each ends as a
+    failure does: a 503 with OpenAI's body, or an in-band error and `[DONE]`."""
     upstream = HeldUpstream().start()
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
@@ -454,7 +465,7 @@ def test_a_door_alone_ends_its_unary_calls_past_the_grace_as_failures(tmp_path: 
                                     completion_target=backend.grpc_target))
     try:
         upstream.hold()
-        body = {"model": "held",  # a stream is still cut (server/call_stopper.py)
+        body = {"model": "held", "stream": stream,
                 "messages": [{"role": "user", "content": "never finished"}]}
         replies: list[tuple[int, str]] = []
 
@@ -468,13 +479,60 @@ def test_a_door_alone_ends_its_unary_calls_past_the_grace_as_failures(tmp_path: 
         assert upstream.arrived(1)
         door.stop(0.5)
         caller.join(30)
+        assert not caller.is_alive()
     finally:
         upstream.release()
         backend.stop()
         upstream.stop()
     ((status, text),) = replies
-    assert status == 503, text
-    assert "shutting down" in json.loads(text)["error"]["message"], text
+    if not stream:
+        assert status == 503, text
+        assert "shutting down" in json.loads(text)["error"]["message"], text
+        return
+    lines = [line for line in text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]", text
+    error = json.loads(lines[-2][6:])["error"]
+    assert "shutting down" in error["message"], error
+    assert error["type"] == "service_unavailable_error", error
+
+
+def test_a_traced_door_ends_a_stream_past_the_grace_as_a_failure(tmp_path: Path) -> None:
+    """With tracing on, the door dials its own gRPC server rather than the in-process
+    channel, so its stream past the grace was cut without its end, as a door alone's was:
+    a real `scillm serve` with an OTLP endpoint, stopped by SIGTERM with `--grace 0.5`."""
+    upstream = HeldUpstream().start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
+        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    with OtlpReceiver() as receiver:
+        served = ServedProcess("traced", [
+            "--service", "completion", "--grpc-port", "0", "--http-port", "0",
+            "--grace", "0.5"], {
+            **os.environ, "SCILLM_CONFIG_PATH": str(config),
+            "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true"}, tmp_path / "traced.log")
+        try:
+            served.wait_ready()
+            upstream.hold()
+            with httpx.Client(timeout=60) as client, client.stream(
+                    "POST", f"{served.http_url}/v1/chat/completions", json={
+                        "model": "held", "stream": True,
+                        "messages": [{"role": "user", "content": "never finished"}]}) as reply:
+                lines = (line for line in reply.iter_lines() if line.startswith("data: "))
+                next(lines)
+                assert upstream.arrived(1)
+                served.proc.terminate()
+                rest = list(lines)
+            assert served.proc.wait(30) == 0, served.log.read_text()[-3000:]
+        finally:
+            served.stop()
+            upstream.release()
+            upstream.stop()
+    assert rest[-1] == "data: [DONE]", rest
+    error = json.loads(rest[-2][6:])["error"]
+    assert "shutting down" in error["message"], error
+    assert error["type"] == "service_unavailable_error", error
 
 
 def test_metrics_port_beside_grpc(tmp_path: Path) -> None:
