@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 
 from scillm.agent.v1 import agent_pb2
 from scillm.clients import ScillmClient
+from scillm.clients.errors import InvalidRequestError
 
 from ..seed import agent as agent_seed
 from ..seed import codeworld as codeworld_seed
@@ -278,6 +279,9 @@ def route(client: ScillmClient, body: Mapping[str, Any], request_id: str,
     model = body.get("model")
     if not isinstance(model, str) or not (model.startswith(_PREFIXES) or model in _BARE):
         return None  # the door's hot path: an ordinary model, in one test
+    if body.get("n") not in (None, 1):  # checked before the run: none would be answered
+        raise InvalidRequestError(f"{model} answers one choice: 'n' must be 1 (or left out)",
+                                  param="n")
     for row in ROUTES:
         if row.matches(model):
             events = row.call(client, body, model, request_id, metadata)

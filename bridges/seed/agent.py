@@ -6,7 +6,8 @@ name:
     {"messages": [...], "model": "<completion model>", "max_iterations": 8,
      "max_total_seconds": 60, "max_total_tokens"?: 20000, "enable_repair": true,
      "use_tools": true, "languages"?: ["python"], "mcp_servers"?: ["name"], "seed"?: 7,
-     "temperature"?: 0, "response_format"?: {...}, "reasoning_effort"?: "low",
+     "temperature"?: 0, "top_p"?: 1, "max_tokens"?: 512 (or "max_completion_tokens"),
+     "response_format"?: {...}, "reasoning_effort"?: "low",
      "auto_run_code"?: false,
      "escalation_model"?: "gpt-4o", "escalation_iterations"?: 3,
      "max_history_messages"?: 50, "max_history_chars"?: 64000,
@@ -44,6 +45,9 @@ __all__ = ["request_from_envelope", "request_from_seed", "seed_reply", "text_fie
 _STOPPED = {pb.STOP_REASON_SUCCESS: "success", pb.STOP_REASON_BUDGET: "budget",
             pb.STOP_REASON_MAX_ITERATIONS: "max_iterations", pb.STOP_REASON_ERROR: "error"}
 _BACKENDS = ("local", "http", "echo")
+#: A completion's fields an agent run passes to each of its model calls.
+_SAMPLING = ("response_format", "seed", "temperature", "top_p", "max_completion_tokens",
+             "max_tokens")
 
 
 def _int(body: Mapping[str, Any], key: str) -> int | None:
@@ -85,8 +89,7 @@ def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
         raise InvalidRequestError("the agent needs a model: 'agent/<model>' or 'model'",
                                   param="model")
     probe = openai_wire.request_to_proto(
-        {"model": model, "messages": messages,
-         **{k: body[k] for k in ("response_format", "seed", "temperature") if k in body}})
+        {"model": model, "messages": messages, **{k: body[k] for k in _SAMPLING if k in body}})
     req = pb.AgentRunRequest(messages=probe.messages)
     c = req.config
     c.model = model
@@ -102,6 +105,16 @@ def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
         c.seed = probe.seed
     if probe.HasField("temperature"):
         c.temperature = probe.temperature
+    if probe.HasField("top_p"):
+        if not 0.0 <= probe.top_p <= 1.0:
+            raise InvalidRequestError("'top_p' must be between 0 and 1", param="top_p")
+        c.top_p = probe.top_p
+    for key in ("max_completion_tokens", "max_tokens"):  # OpenAI's order of preference
+        if probe.HasField(key):
+            if getattr(probe, key) < 1:
+                raise InvalidRequestError(f"'{key}' must be at least 1", param=key)
+            c.max_tokens = getattr(probe, key)
+            break
     return req
 
 

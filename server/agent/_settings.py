@@ -233,6 +233,10 @@ class RunConfig:
     seed: int | None = None
     #: Sampling temperature, passed through.
     temperature: float | None = None
+    #: Nucleus sampling, passed through.
+    top_p: float | None = None
+    #: Each model call's max_tokens (the answer's included), passed through.
+    max_tokens: int | None = None
     escalation_model: str | None = None
     escalation_iterations: int | None = None
     max_history_messages: int | None = None
@@ -300,6 +304,8 @@ class Resolved:
     reasoning_effort: str | None
     seed: int | None
     temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
     escalation_model: str
     escalation_iterations: int
     give_up_markers: tuple[str, ...]
@@ -384,7 +390,7 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
         auto_run_code=pick(c.auto_run_code, settings.auto_run_code),
         languages=tuple(languages), mcp_servers=tuple(servers),
         response_format=c.response_format, reasoning_effort=c.reasoning_effort,
-        seed=c.seed, temperature=c.temperature,
+        seed=c.seed, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
         escalation_model=pick(c.escalation_model, settings.escalation_model),
         escalation_iterations=pick(c.escalation_iterations, settings.escalation_iterations),
         give_up_markers=settings.give_up_markers,
@@ -402,4 +408,8 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
     # call as UNAVAILABLE "the model call failed", though the caller's request was at fault.
     if resolved.temperature is not None and not 0.0 <= resolved.temperature <= 2.0:
         raise AgentConfigError("temperature must be between 0 and 2", param="temperature")
+    if resolved.top_p is not None and not 0.0 <= resolved.top_p <= 1.0:
+        raise AgentConfigError("top_p must be between 0 and 1", param="top_p")
+    if resolved.max_tokens is not None and resolved.max_tokens < 1:
+        raise AgentConfigError("max_tokens must be >= 1", param="max_tokens")
     return resolved

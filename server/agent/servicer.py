@@ -70,6 +70,8 @@ def config_from_proto(config: pb.AgentConfig) -> RunConfig:
         reasoning_effort=config.reasoning_effort or None,
         seed=config.seed if config.HasField("seed") else None,
         temperature=config.temperature if config.HasField("temperature") else None,
+        top_p=config.top_p if config.HasField("top_p") else None,
+        max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
         escalation_model=config.escalation_model or None,
         escalation_iterations=config.escalation_iterations or None,
         max_history_messages=config.max_history_messages or None,

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -371,3 +372,37 @@ def test_an_agent_run_out_of_turns_finishes_for_length(mesh: RunningMesh, stream
         finish = reply.json()["choices"][0]["finish_reason"]
     assert "STOP_REASON_MAX_ITERATIONS" in reply.text, reply.text[-600:]
     assert finish == "length", reply.text[-600:]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_an_agent_run_keeps_to_max_tokens(sdk: openai.OpenAI, field: str) -> None:
+    """`max_tokens` was ignored by `agent/...` models: each model call of the run (its
+    answer included) now gets it, as a completion would (echo's answer: the first words)."""
+    reply = sdk.chat.completions.create(
+        model="agent/echo/x", messages=[{"role": "user", "content": "one two three four"}],
+        **{field: 2}, extra_body={"use_tools": False})  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == "one two"
+
+
+@pytest.mark.parametrize(("model", "extra"), [
+    ("agent/echo/x", {}),
+    ("certainly/smt", {"items": [{"preamble": "(declare-const y Int)", "statement": "(= y y)"}]}),
+])
+def test_a_run_behind_a_model_name_refuses_more_than_one_choice(
+        mesh: RunningMesh, model: str, extra: dict[str, Any]) -> None:
+    """`n: 3` to a run answered one choice, silently: a run has one answer."""
+    reply = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=60, json={
+        "model": model, "n": 3, "messages": [{"role": "user", "content": "hi"}], **extra})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "n" and "one" in error["message"], error
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("top_p", 1.5), ("top_p", -0.1), ("max_tokens", 0), ("max_completion_tokens", -3)])
+def test_an_agent_run_refuses_sampling_out_of_range(mesh: RunningMesh, field: str,
+                                                    value: float) -> None:
+    reply = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=60, json={
+        "model": "agent/echo/x", field: value, "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == field, reply.text

@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from scillm.server.agent import (
     AgentEngine,
     AgentSettings,
@@ -302,3 +304,26 @@ async def test_max_tool_calls_per_turn_is_a_setting(executor: SubprocessExecutor
         result = (await _run(engine))[-1].result
     assert [r.is_error for _, r in result.tool_io] == [False, False, True]
     assert "at most 2" in result.tool_io[2][1].output
+
+
+async def test_sampling_reaches_every_model_call(executor: SubprocessExecutor) -> None:
+    """`top_p` and `max_tokens` were dropped by the agent: each model call carries them."""
+    model = ScriptedModel.from_file(FIXTURES / "add_then_answer.json")
+    async with AgentEngine(mcp_settings(), model, executor) as engine:
+        await _run(engine, RunConfig(top_p=0.25, max_tokens=64))
+    assert len(model.requests) == 3
+    assert all(r["top_p"] == 0.25 and r["max_tokens"] == 64 for r in model.requests)
+
+
+async def test_sampling_out_of_range_is_the_callers_error(executor: SubprocessExecutor) -> None:
+    """Refused before the run, naming the field (a gRPC caller has no door to check it)."""
+    from scillm.server.agent.errors import AgentConfigError
+
+    model = ScriptedModel.from_file(FIXTURES / "add_then_answer.json")
+    async with AgentEngine(mcp_settings(), model, executor) as engine:
+        for config, param in ((RunConfig(top_p=1.5), "top_p"),
+                              (RunConfig(max_tokens=0), "max_tokens")):
+            with pytest.raises(AgentConfigError) as info:
+                await _run(engine, config)
+            assert info.value.param == param
+    assert model.requests == []

@@ -102,6 +102,8 @@ class AgentConfig(_message.Message):
     HTTP_TOOL_SERVERS_FIELD_NUMBER: _builtins.int
     HTTP_TOOL_HEADERS_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Completion model driving the agent."""
     max_iterations: _builtins.int
@@ -138,6 +140,12 @@ class AgentConfig(_message.Message):
     trace: _builtins.bool
     """Write a JSONL trace of the run (one line per model turn and per tool call) beside
     the run store; its path comes back in AgentFinal.trace_path.
+    """
+    top_p: _builtins.float
+    """Nucleus sampling, passed to each model call of the run: 0 to 1."""
+    max_tokens: _builtins.int
+    """The most tokens each model call of the run may generate (its answer included), as
+    a completion's max_tokens: at least 1; unset leaves it to the model.
     """
     @_builtins.property
     def max_total_time(self) -> _duration_pb2.Duration:
@@ -203,25 +211,35 @@ class AgentConfig(_message.Message):
         http_tool_servers: _abc.Iterable[_builtins.str] | None = ...,
         http_tool_headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         trace: _builtins.bool = ...,
+        top_p: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_seed", b"_seed", "_temperature", b"_temperature", "_use_tools", b"_use_tools", "enable_repair", b"enable_repair", "max_total_time", b"max_total_time", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "use_tools", b"use_tools"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "enable_repair", b"enable_repair", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p", "use_tools", b"use_tools"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_seed", b"_seed", "_temperature", b"_temperature", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "escalation_iterations", b"escalation_iterations", "escalation_model", b"escalation_model", "http_tool_headers", b"http_tool_headers", "http_tool_servers", b"http_tool_servers", "languages", b"languages", "max_history_chars", b"max_history_chars", "max_history_messages", b"max_history_messages", "max_iterations", b"max_iterations", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "model", b"model", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "shell_allowlist", b"shell_allowlist", "shell_presets", b"shell_presets", "temperature", b"temperature", "trace", b"trace", "use_tools", b"use_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "escalation_iterations", b"escalation_iterations", "escalation_model", b"escalation_model", "http_tool_headers", b"http_tool_headers", "http_tool_servers", b"http_tool_servers", "languages", b"languages", "max_history_chars", b"max_history_chars", "max_history_messages", b"max_history_messages", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "model", b"model", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "shell_allowlist", b"shell_allowlist", "shell_presets", b"shell_presets", "temperature", b"temperature", "top_p", b"top_p", "trace", b"trace", "use_tools", b"use_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enable_repair: _TypeAlias = _typing.Literal["enable_repair"]  # noqa: Y015
     _WhichOneofArgType__enable_repair: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     _WhichOneofReturnType__use_tools: _TypeAlias = _typing.Literal["use_tools"]  # noqa: Y015
     _WhichOneofArgType__use_tools: _TypeAlias = _typing.Literal["_use_tools", b"_use_tools"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enable_repair) -> _WhichOneofReturnType__enable_repair | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__use_tools) -> _WhichOneofReturnType__use_tools | None: ...
 
