@@ -178,11 +178,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         clock = ManifestClock("agent", request.context, request_id=current_request_id(),
                               model=config.model or "")
         trace = self._trace(request.config.trace, clock.manifest.run_id)
-        # The stream's events are stored with the run (model turns and tool I/O, timed).
-        recorded: list[pb.AgentRunResponse] = []
         async with contextlib.AsyncExitStack() as stack:
             record = await stack.enter_async_context(
                 recording(self._store, clock, _storable(request)))
+            # The stream's events are stored with the run (model turns and tool I/O, timed),
+            # and kept if it ends without its answer.
+            recorded = record.events
             events = await stack.enter_async_context(
                 contextlib.aclosing(self._engine.run(messages, config)))
             if trace is not None:
@@ -210,7 +211,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     final.manifest.CopyFrom(clock.finish(backend="agent"))
                     if trace is not None:
                         final.trace_path = str(trace.path)
-                    await record.put(final.manifest, final, recorded)
+                    await record.put(final.manifest, final)
                     yield pb.AgentRunResponse(final=final)
 
     def _trace(self, wanted: bool, run_id: str) -> JsonlTrace | None:

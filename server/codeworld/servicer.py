@@ -310,12 +310,13 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
         clock = ManifestClock("codeworld", request.context, request_id=current_request_id(),
                               model=run_request.mcts.model if run_request.mcts else "",
                               item_ids=[i.task_id for i in run_request.items])
-        # Stored with the run as the stream's envelopes: each run's result and, for MCTS,
-        # each rollout's reward (the runs UI draws them).
-        recorded: list[pb.CodeWorldRunResponse] = []
         stored_bytes = 0
         async with recording(self._store, clock, request) as record, \
                 contextlib.aclosing(self._engine.run(run_request)) as events:  # type: ignore[type-var]
+            # Stored with the run as the stream's envelopes: each run's result and, for
+            # MCTS, each rollout's reward (the runs UI draws them); kept by a run that ends
+            # without its summary.
+            recorded = record.events
             async for event in events:
                 if isinstance(event, RunResult):
                     response = pb.CodeWorldRunResponse(run=run_to_proto(event))
@@ -341,7 +342,7 @@ class CodeWorldServicer(codeworld_pb2_grpc.CodeWorldServiceServicer):
                     summary = summary_to_proto(event, len(run_request.items))
                     summary.manifest.CopyFrom(clock.finish(backend="sandbox",
                                                            isolation=event.isolation))
-                    await record.put(summary.manifest, summary, recorded)
+                    await record.put(summary.manifest, summary)
                     yield pb.CodeWorldRunResponse(summary=summary)
 
     async def ListLanguages(self, request: pb.ListLanguagesRequest,

@@ -6,7 +6,7 @@ import contextlib
 import platform
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -141,21 +141,23 @@ class RunRecord:
     def __init__(self, store: RunStore | None, request: Message) -> None:
         self._store = store
         self._request = request
+        #: The stream's events so far (what `put` stores beside the result): a run that
+        #: ends without its result (its caller hung up, the server stopped) keeps them.
+        self.events: list[Message] = []
         #: The terminal result was stored.
         self.stored = False
         #: Why the store could not take the terminal result (full, unreachable): raised
         #: when the `recording` block ends, after the servicer has sent the result.
         self.unstored: RunStoreError | None = None
 
-    async def put(self, manifest: common_pb2.RunManifest, result: Message,
-                  events: Sequence[Message] = ()) -> None:
-        """Store the run's terminal result (replacing its running row). A store that
+    async def put(self, manifest: common_pb2.RunManifest, result: Message) -> None:
+        """Store the run's terminal result and `events` (replacing its running row). A store that
         cannot take it does not cost the caller the result: a run whose final write failed
         lost its summary (rankings, verdict counts). The failure is kept (`unstored`) and
         raised when the block ends, so the call still ends with it."""
         if self._store is not None:
             try:
-                await self._store.put(manifest, self._request, result, events)
+                await self._store.put(manifest, self._request, result, self.events)
             except RunStoreError as exc:
                 self.unstored = exc
                 return
@@ -167,8 +169,9 @@ async def recording(store: RunStore | None, clock: ManifestClock,
                     request: Message) -> AsyncIterator[RunRecord]:
     """While the block runs, the store lists the run as running; the block stores the
     terminal result with `RunRecord.put`. A block that ends by an exception before that (an
-    error, a caller who hung up) leaves the run stored as interrupted; one whose terminal
-    result the store could not take ends by that failure."""
+    error, a caller who hung up) leaves the run stored as interrupted, with the events the
+    block put in `RunRecord.events`; one whose terminal result the store could not take
+    ends by that failure."""
     record = RunRecord(store, request)
     if store is not None:
         run_id = clock.manifest.run_id
@@ -187,7 +190,7 @@ async def recording(store: RunStore | None, clock: ManifestClock,
     except BaseException:
         if store is not None and not record.stored:
             # Synchronous: a cancelled task must not wait on a worker thread here.
-            store.put_sync(clock.finish(), request, empty_pb2.Empty())
+            store.put_sync(clock.finish(), request, empty_pb2.Empty(), record.events)
         raise
     if record.unstored is not None:  # the result was sent; the run was not kept
         raise record.unstored

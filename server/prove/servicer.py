@@ -151,8 +151,8 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
         run = self._engine.run_batch(items, defaults=limits, formalize=formalize,
                                      complete=self._link.text_and_usage if formalize else None,
                                      no_cache=request.no_cache)
-        recorded: list[pb.ItemResult] = []
         async with recording(self._store, clock, request) as record:
+            recorded = record.events  # kept by a batch that ends without its summary
             async with run:
                 async for result in run:
                     if self._metrics is not None:
@@ -172,7 +172,7 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
             backends = sorted({o.backend for o in items})
             summary.manifest.CopyFrom(clock.finish(backend=",".join(backends)))
             summary.manifest.versions.update({f"{b}": versions.get(b, "") for b in backends})
-            await record.put(summary.manifest, summary, recorded)
+            await record.put(summary.manifest, summary)
             yield pb.ProveResponse(summary=summary)
 
     async def ListBackends(self, request: pb.ListBackendsRequest,

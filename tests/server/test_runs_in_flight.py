@@ -161,3 +161,48 @@ async def test_a_run_context_the_store_cannot_take_is_refused_by_every_service(
 
 async def _drain(events: object) -> list[object]:
     return [e async for e in events]  # type: ignore[attr-defined]
+
+
+async def test_an_interrupted_agent_run_keeps_its_events(mesh: RunningMesh) -> None:
+    """An agent run whose caller hung up was kept as interrupted with none of its events:
+    the model turns and tool calls it had made (and paid for) were lost. They are kept."""
+    from scillm.agent.v1 import agent_pb2 as apb
+    from scillm.completion.v1 import completion_pb2 as cpb
+
+    session = f"agent-hangup-{uuid.uuid4().hex[:8]}"
+    request = apb.AgentRunRequest(config=apb.AgentConfig(
+        model="echo/x", auto_run_code=True, languages=["python"]))
+    request.messages.add(role=cpb.ROLE_USER, content=[cpb.ContentPart(
+        text="```python\nimport time\ntime.sleep(120)\n```")])
+    request.context.session_id = session
+    store = open_run_store(mesh.mesh.settings)
+    try:
+        async with ScillmClient(mesh.grpc_target) as client:
+            events = client.agent.run(request)
+            seen = [await anext(events), await anext(events)]  # the turn, the tool call
+            assert seen[0].HasField("model_turn") and seen[1].HasField("tool_call"), seen
+            await events.aclose()  # the caller hangs up while the code runs
+        interrupted = await _wait_for(store, session, lambda r: _state(r) == "interrupted")
+        kinds = [next(iter(event)) for event in interrupted.events]
+        assert kinds == ["model_turn", "tool_call"], interrupted.events
+    finally:
+        store.close()
+
+
+async def test_an_interrupted_batch_keeps_the_results_it_had(mesh: RunningMesh) -> None:
+    """A Prove batch whose caller hung up after its first result kept none of them."""
+    session = f"prove-hangup-{uuid.uuid4().hex[:8]}"
+    request = _slow_batch(session, 60)
+    request.items.insert(0, pb.Obligation(item_id="easy", backend=pb.BACKEND_SMT,
+                                          statement="(> 2 1)"))
+    store = open_run_store(mesh.mesh.settings)
+    try:
+        async with ScillmClient(mesh.grpc_target) as client:
+            events = client.prove.prove(request)
+            first = await anext(events)
+            assert first.result.item_id == "easy", first
+            await events.aclose()
+        interrupted = await _wait_for(store, session, lambda r: _state(r) == "interrupted")
+        assert [e.get("item_id") for e in interrupted.events] == ["easy"], interrupted.events
+    finally:
+        store.close()
