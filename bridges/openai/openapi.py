@@ -39,7 +39,8 @@ _ERRORS: dict[str, str] = {
     "403": "The key may not use this model or operation (`permission_error`).",
     "404": "Unknown model (`not_found_error`, code `model_not_found`) or key.",
     "408": "The call's deadline passed (`timeout_error`).",
-    "409": "Conflict (`conflict_error`).",
+    "409": "Conflict (`conflict_error`): e.g. a `key_alias` another key has (code "
+           "`DuplicateKeyAlias`).",
     "413": "The request body exceeds the shim's limit (code `request_too_large`).",
     "415": "The request body is compressed (code `unsupported_content_encoding`).",
     "429": "Rate limit or budget exhausted (`rate_limit_error`); may carry `retry-after`.",
@@ -411,8 +412,13 @@ OPENAPI: dict[str, Any] = {
             "operationId": "generateKey",
             "summary": "A new virtual key (LiteLLM's shape)." + _KEYS_OFF,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _object({
-                "key_alias": {"type": "string"},
-                "models": {"type": "array", "items": {"type": "string"}},
+                "key_alias": _nullable({
+                    "type": "string", "maxLength": 256,
+                    "description": "names one key: an alias another key has is a 409 "
+                                   "(code `DuplicateKeyAlias`, param `key_alias`); null or "
+                                   "empty: no alias, which any number of keys share"}),
+                "models": {"type": "array", "maxItems": 1024,
+                           "items": {"type": "string", "minLength": 1, "maxLength": 256}},
                 "duration": {"anyOf": [
                     {"type": "string", "pattern": r"^\s*\d{1,5}(\.\d+)?\s*[smhdw]\s*$",
                      "description": "e.g. 30d, 12h, 15m, 45s"},
@@ -422,7 +428,10 @@ OPENAPI: dict[str, Any] = {
                                         "maximum": 2**63 - 1}),
                 "tpm_limit": _nullable({"type": "integer", "minimum": 1,
                                         "maximum": 2**63 - 1}),
-                "metadata": {"type": "object"},
+                "metadata": {"type": "object", "maxProperties": 64,
+                             "description": "at most 64 entries and 16 KiB of keys and "
+                                            "values (UTF-8; a value that is not a string "
+                                            "counts as its JSON)"},
             }, description="null or a field left out: no limit; an explicit 0 is refused "
                            "(LiteLLM reads it as nothing allowed); other fields are refused "
                            "by name unless they only describe the key (user_id, team_id, "

@@ -7,6 +7,7 @@ from ._store import KeyRecord, KeyStore, PostgresKeyStore, SQLiteKeyStore, hash_
 from ._windows import MemoryWindows, RedisWindows, Windows
 from .errors import (
     BudgetExceeded,
+    DuplicateKeyAlias,
     Forbidden,
     KeyError_,
     KeyRateLimited,
@@ -17,8 +18,8 @@ from .errors import (
     UnknownKey,
 )
 
-__all__ = ["RUNS_READ", "Authenticator", "BudgetExceeded", "Forbidden", "KeyError_",
-           "KeyRateLimited", "KeyRecord", "KeyStore", "KeyStoreError", "KeyStoreUnavailable",
-           "KeysDisabled", "MemoryWindows", "PostgresKeyStore", "Prices", "Principal",
-           "RedisWindows", "Reservation", "SQLiteKeyStore", "Unauthenticated", "UnknownKey",
-           "Windows", "hash_key", "token_from_metadata"]
+__all__ = ["RUNS_READ", "Authenticator", "BudgetExceeded", "DuplicateKeyAlias", "Forbidden",
+           "KeyError_", "KeyRateLimited", "KeyRecord", "KeyStore", "KeyStoreError",
+           "KeyStoreUnavailable", "KeysDisabled", "MemoryWindows", "PostgresKeyStore", "Prices",
+           "Principal", "RedisWindows", "Reservation", "SQLiteKeyStore", "Unauthenticated",
+           "UnknownKey", "Windows", "hash_key", "token_from_metadata"]

@@ -5,6 +5,17 @@ keeps them in the PostgreSQL database of the run store (`SCILLM_STORE_URL`), so 
 process of a deployment knows every key. Its lookups are cached for a moment
 (`PostgresKeyStore.CACHE_S`): a key deleted in one process stops working in the others
 within that time, and spend made elsewhere shows up as late.
+
+A key alias names one key (LiteLLM's proxy refuses a second key with an alias): an insert
+taking an alias another key has is refused (`DuplicateKeyAlias`), by a unique index on the
+aliases that are set (an empty alias is none, which any number of keys share), so that two
+processes making keys at once cannot both take one. A database from before may hold an
+alias on several keys: it still opens and its keys keep working, a warning names each
+such alias and its keys at every start, and the index is made at the first start after
+each is on one key (delete the others). Until then new keys are refused an alias held all
+the same, by the insert itself: one statement, which SQLite runs alone (processes sharing
+the file included); on PostgreSQL two processes taking one new alias at that very moment
+could both have it, which the index, once made, rules out.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -21,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ..manifests import RunStore, cannot_write
-from .errors import KeyStoreError, KeyStoreUnavailable
+from .errors import DuplicateKeyAlias, KeyStoreError, KeyStoreUnavailable
 
 __all__ = ["KeyRecord", "KeyStore", "PostgresKeyStore", "SQLiteKeyStore", "hash_key"]
+
+log = logging.getLogger("scillm.server")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -40,6 +54,18 @@ CREATE TABLE IF NOT EXISTS keys (
     created_at  REAL NOT NULL
 );
 """
+#: The aliases that are set name one key each (see the module docstring).
+_ALIAS_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS keys_alias ON keys (key_alias) "
+                "WHERE key_alias != ''")
+#: A key, unless its alias is set and another key has it: in one statement, so that no
+#: other insert comes between the check and the row. (`AND key_alias != ''` lets the
+#: check use the partial index.)
+_INSERT = ("INSERT INTO keys SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE ? = '' OR NOT EXISTS "
+           "(SELECT 1 FROM keys WHERE key_alias = ? AND key_alias != '')")
+_HOLDERS = ("SELECT key_id FROM keys WHERE key_alias = ? AND key_alias != '' "
+            "ORDER BY created_at")
+_DUPLICATES = ("SELECT key_alias, group_concat(key_id, ', ') FROM keys WHERE key_alias != '' "
+               "GROUP BY key_alias HAVING count(*) > 1 ORDER BY key_alias")
 
 
 def hash_key(secret: str) -> str:
@@ -85,6 +111,25 @@ def _record(row: tuple[Any, ...]) -> KeyRecord:
                      row[6], row[7], row[8], json.loads(row[9]), row[10])
 
 
+def _taken(alias: str, holders: list[tuple[Any, ...]]) -> DuplicateKeyAlias:
+    """The refusal of `alias`, naming the key(s) that have it (the caller has the master
+    key, which may read every key)."""
+    named = ", ".join(str(row[0]) for row in holders) or "another key"
+    return DuplicateKeyAlias(f"key_alias {alias!r} is taken by key {named}: an alias names "
+                             "one key (as in LiteLLM); choose another, or delete that key "
+                             "first")
+
+
+def _warn_duplicates(where: str, rows: list[tuple[Any, ...]], made: str) -> None:
+    """Name the aliases a store from before holds on several keys, and what to do."""
+    if rows:
+        log.warning("key store %s: key aliases on more than one key, from before aliases "
+                    "were unique: %s. Those keys keep working and no new key takes an alias "
+                    "held, but the database enforces unique aliases only once each is on one "
+                    "key: delete the extra keys (POST /key/delete); %s",
+                    where, "; ".join(f"{alias!r} (keys {ids})" for alias, ids in rows), made)
+
+
 class KeyStore:
     """Where virtual keys live; every method is a coroutine."""
 
@@ -118,13 +163,32 @@ class SQLiteKeyStore(KeyStore):
         except sqlite3.Error as exc:  # said "file is not a database", naming no file
             raise KeyStoreError(f"cannot open the key store at {path}: {exc}") from None
         self._lock = threading.Lock()
+        self._unique_aliases()
+
+    def _unique_aliases(self) -> None:
+        """Make the unique alias index, unless the keys already break it (a store from
+        before): then warn, naming them, and open all the same (see the module docstring)."""
+        try:
+            self._execute(_ALIAS_INDEX, ())
+        except sqlite3.IntegrityError:
+            _warn_duplicates(self._path, self._execute(_DUPLICATES, ()),
+                             "the next start makes the index")
+        except KeyStoreUnavailable as exc:  # read-only, or locked past the timeout
+            log.warning("%s: the unique index on key aliases is not made now; new keys are "
+                        "refused an alias held all the same", exc)
 
     def _execute(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """One statement, committed; a file that cannot be written now (a full disk)
-        is KeyStoreUnavailable (UNAVAILABLE naming it), not an INTERNAL error."""
+        """One statement, committed; its rows."""
+        return self._changing(sql, args)[0]
+
+    def _changing(self, sql: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], int]:
+        """One statement, committed; its rows and how many it changed. A file that cannot
+        be written now (a full disk) is KeyStoreUnavailable (UNAVAILABLE naming it), not an
+        INTERNAL error."""
         try:
             with self._lock, self._db:
-                return self._db.execute(sql, args).fetchall()
+                cursor = self._db.execute(sql, args)
+                return cursor.fetchall(), cursor.rowcount
         except sqlite3.OperationalError as exc:
             if not cannot_write(exc):
                 raise
@@ -133,7 +197,15 @@ class SQLiteKeyStore(KeyStore):
 
     async def create(self, **fields: Any) -> tuple[str, KeyRecord]:
         secret, rec = _new_record(**fields)
-        self._execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(rec))
+        alias = rec.key_alias
+        try:
+            _, inserted = self._changing(_INSERT, (*_row(rec), alias, alias))
+        except sqlite3.IntegrityError as exc:  # the index: a key of this alias came between
+            if not alias or "key_alias" not in str(exc):
+                raise
+            inserted = 0
+        if not inserted:
+            raise _taken(alias, self._execute(_HOLDERS, (alias,)))
         return secret, rec
 
     async def find(self, secret_or_id: str) -> KeyRecord | None:
@@ -175,7 +247,25 @@ DO $$ BEGIN
         ALTER TABLE scillm_keys ALTER COLUMN rpm_limit TYPE BIGINT,
                                 ALTER COLUMN tpm_limit TYPE BIGINT;
     END IF;
+    -- The aliases that are set name one key each. A table from before may hold an alias
+    -- on several keys: then the index is not made (the store warns, naming them).
+    BEGIN
+        CREATE UNIQUE INDEX IF NOT EXISTS scillm_keys_alias ON scillm_keys (key_alias)
+            WHERE key_alias <> '';
+    EXCEPTION WHEN unique_violation THEN
+        NULL;
+    END;
 END $$"""
+#: As `_INSERT` (the casts: a parameter's type is not inferred from the column here).
+_PG_INSERT = ("INSERT INTO scillm_keys SELECT %s, %s, %s, %s, %s::DOUBLE PRECISION, "
+              "%s::DOUBLE PRECISION, %s::DOUBLE PRECISION, %s::BIGINT, %s::BIGINT, %s, "
+              "%s::DOUBLE PRECISION WHERE %s = '' OR NOT EXISTS (SELECT 1 FROM scillm_keys "
+              "WHERE key_alias = %s AND key_alias <> '') RETURNING key_id")
+_PG_HOLDERS = ("SELECT key_id FROM scillm_keys WHERE key_alias = %s AND key_alias <> '' "
+               "ORDER BY created_at")
+_PG_DUPLICATES = ("SELECT key_alias, string_agg(key_id, ', ' ORDER BY created_at) FROM "
+                  "scillm_keys WHERE key_alias <> '' GROUP BY key_alias HAVING count(*) > 1 "
+                  "ORDER BY key_alias")
 
 
 class PostgresKeyStore(KeyStore):
@@ -193,14 +283,30 @@ class PostgresKeyStore(KeyStore):
         #: sha256 of the secret or key_id looked up -> (valid until, record or None)
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
         runs.execute(_PG_SCHEMA)
+        _warn_duplicates(runs.location, runs.execute(_PG_DUPLICATES),
+                         "the next process to start makes the index")
 
     async def _sql(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         return await asyncio.to_thread(self._runs.execute, sql, args)
 
     async def create(self, **fields: Any) -> tuple[str, KeyRecord]:
+        import psycopg  # the run store in PostgreSQL imported it already
+
         secret, rec = _new_record(**fields)
-        await self._sql("INSERT INTO scillm_keys VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                        *_row(rec))
+        alias = rec.key_alias
+        try:
+            inserted = await self._sql(_PG_INSERT, *_row(rec), alias, alias)
+        except psycopg.errors.UniqueViolation as exc:
+            # The index: another process took the alias between the check and the row.
+            if not alias or exc.diag.constraint_name != "scillm_keys_alias":
+                raise
+            inserted = []
+        if not inserted:
+            holders = await self._sql(_PG_HOLDERS, alias)
+            if [row[0] for row in holders] != [rec.key_id]:
+                raise _taken(alias, holders)
+            # Else the row is this call's own: the connection broke after it was stored
+            # and the run store ran the insert again, which found it.
         return secret, rec
 
     async def find(self, secret_or_id: str) -> KeyRecord | None:

@@ -8,15 +8,17 @@
      ├── KeyStoreError        the key store cannot be opened (start-up)
      │   └── KeyStoreUnavailable  it cannot be written now (full disk) -> UNAVAILABLE
      ├── KeysDisabled         no master key configured                -> FAILED_PRECONDITION
-     └── UnknownKey           management call naming no key           -> NOT_FOUND
+     ├── UnknownKey           management call naming no key           -> NOT_FOUND
+     └── DuplicateKeyAlias    another key has the key_alias asked for -> ALREADY_EXISTS (409)
 """
 
 from __future__ import annotations
 
 from ..errors import Unavailable
 
-__all__ = ["BudgetExceeded", "Forbidden", "KeyError_", "KeyRateLimited", "KeyStoreError",
-           "KeyStoreUnavailable", "KeysDisabled", "Unauthenticated", "UnknownKey"]
+__all__ = ["BudgetExceeded", "DuplicateKeyAlias", "Forbidden", "KeyError_", "KeyRateLimited",
+           "KeyStoreError", "KeyStoreUnavailable", "KeysDisabled", "Unauthenticated",
+           "UnknownKey"]
 
 
 class KeyError_(Exception):
@@ -58,3 +60,11 @@ class KeysDisabled(KeyError_):
 
 class UnknownKey(KeyError_):
     """No key matches."""
+
+
+class DuplicateKeyAlias(KeyError_):
+    """Another key already has the alias asked for: an alias names one key (as LiteLLM's
+    proxy requires), so an operator managing keys by alias can tell them apart."""
+
+    #: The field at fault: the error's BadRequest detail, and the door's `param`.
+    param = "key_alias"

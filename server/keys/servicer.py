@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from ..names import MAX_NAME_CHARS
 from ._auth import Authenticator, token_from_metadata
 from ._store import KeyRecord
 from .errors import (
+    DuplicateKeyAlias,
     Forbidden,
     KeyRateLimited,
     KeysDisabled,
@@ -23,11 +25,20 @@ from .errors import (
     UnknownKey,
 )
 
-__all__ = ["ERRORS", "LAST_EXPIRY_S", "KeyServicer", "record_to_proto"]
+__all__ = ["ERRORS", "LAST_EXPIRY_S", "MAX_KEY_MODELS", "MAX_METADATA_BYTES",
+           "MAX_METADATA_ENTRIES", "KeyServicer", "record_to_proto"]
 
 #: The latest expiry a Timestamp can carry (9999-12-31T23:59:59Z): a key expiring later
 #: was stored and then could not be described (INTERNAL, its secret never returned).
 LAST_EXPIRY_S = 253_402_300_799
+#: A key's record is read by every call it authenticates: unbounded, one key could hold
+#: megabytes of metadata or 100,000 model names, loaded and parsed per call. The bounds
+#: are far above what an operator describes a key with (a team, an owner, a few tags) or
+#: lets it call; bytes are those of the metadata's keys and values in UTF-8 (as stored).
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_BYTES = 16 * 1024
+#: Model names a key may list (each at most MAX_NAME_CHARS).
+MAX_KEY_MODELS = 1024
 
 
 ERRORS: ErrorTable = {
@@ -36,6 +47,8 @@ ERRORS: ErrorTable = {
     KeyRateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     KeysDisabled: grpc.StatusCode.FAILED_PRECONDITION,
     UnknownKey: grpc.StatusCode.NOT_FOUND,
+    # As a stored run's id asked for again: the caller chooses another.
+    DuplicateKeyAlias: grpc.StatusCode.ALREADY_EXISTS,
 }
 
 
@@ -49,6 +62,19 @@ def record_to_proto(record: KeyRecord) -> pb.VirtualKey:
     if record.expires_at is not None:
         out.expire_time.FromNanoseconds(int(record.expires_at * 1e9))
     return out
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> None:
+    """INVALID_ARGUMENT naming `metadata` past MAX_METADATA_ENTRIES or MAX_METADATA_BYTES."""
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"metadata may have at most {MAX_METADATA_ENTRIES} entries (it has "
+                          f"{len(metadata)})", param="metadata")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+    if size > MAX_METADATA_BYTES:
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"metadata may hold at most {MAX_METADATA_BYTES} bytes of keys and "
+                          f"values in UTF-8 (it holds {size})", param="metadata")
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
@@ -74,11 +100,16 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
                               f"key_alias must be at most {MAX_NAME_CHARS} characters",
                               param="key_alias")
+        if len(request.models) > MAX_KEY_MODELS:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"models may list at most {MAX_KEY_MODELS} models (it lists "
+                              f"{len(request.models)})", param="models")
         for i, model in enumerate(request.models):
             if not model or len(model) > MAX_NAME_CHARS:
                 raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"models[{i}] must be a model name of 1 to {MAX_NAME_CHARS} "
                                   "characters", param=f"models[{i}]")
+        _check_metadata(request.metadata)
         expires = None
         if request.HasField("duration"):
             seconds = request.duration.ToNanoseconds() / 1e9

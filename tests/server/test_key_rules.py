@@ -6,7 +6,9 @@ pass (docs/mutation.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from scillm.server.keys._store import KeyRecord, hash_key
 from scillm.server.keys._windows import WINDOW_S
 from scillm.server.keys.errors import (
     BudgetExceeded,
+    DuplicateKeyAlias,
     Forbidden,
     KeyRateLimited,
     Unauthenticated,
@@ -113,6 +116,100 @@ def test_an_in_memory_store_makes_no_directory(tmp_path: Path,
     (None, 1e12, False), (100.0, 99.9, False), (100.0, 100.0, True), (100.0, 100.1, True)])
 def test_expiry(expires_at: float | None, now: float, expired: bool) -> None:
     assert KeyRecord("h", "i", expires_at=expires_at).expired(now) is expired
+
+
+async def test_an_alias_names_one_key(store: SQLiteKeyStore) -> None:
+    """The store refuses an alias another key has, naming it and that key; no alias is
+    no alias (many keys have none); a deleted key's alias is free again."""
+    _, first = await store.create(key_alias="team")
+    with pytest.raises(DuplicateKeyAlias) as taken:
+        await store.create(key_alias="team", models=("m",))
+    assert taken.value.param == "key_alias"
+    assert "'team'" in str(taken.value) and first.key_id in str(taken.value)
+    for _ in range(3):
+        assert (await store.create(key_alias=""))[1].key_alias == ""
+    assert (await store.create(key_alias="Team"))[1].key_alias == "Team"  # case counts
+    await store.delete(first.key_hash)
+    assert (await store.create(key_alias="team"))[1].key_alias == "team"
+
+
+async def test_of_many_processes_making_one_alias_at_once_one_wins(tmp_path: Path) -> None:
+    """Stores on one file, as processes sharing it: each create runs in its own thread,
+    and exactly one of those asking for a new alias at once gets it."""
+    path = tmp_path / "keys.sqlite3"
+    stores = [SQLiteKeyStore(path) for _ in range(4)]
+    made = await asyncio.gather(*(asyncio.to_thread(asyncio.run, s.create(key_alias="race"))
+                                  for s in stores for _ in range(4)), return_exceptions=True)
+    assert sum(isinstance(m, tuple) for m in made) == 1, made
+    assert all(isinstance(m, tuple | DuplicateKeyAlias) for m in made), made
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM keys").fetchone() == (1,)
+
+
+#: The keys table as every earlier version made it: no unique alias.
+_OLD_TABLE = ("CREATE TABLE keys (key_hash TEXT PRIMARY KEY, key_id TEXT NOT NULL UNIQUE, "
+              "key_alias TEXT NOT NULL, models TEXT NOT NULL, expires_at REAL, max_budget "
+              "REAL NOT NULL, spend REAL NOT NULL, rpm_limit INTEGER NOT NULL, tpm_limit "
+              "INTEGER NOT NULL, metadata TEXT NOT NULL, created_at REAL NOT NULL)")
+
+
+def _old_store(path: Path, aliases: list[str]) -> list[str]:
+    """A key store made before aliases were unique, with a key per alias; their key_ids."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute(_OLD_TABLE)
+        for i, alias in enumerate(aliases):
+            db.execute("INSERT INTO keys VALUES (?,?,?,'[]',NULL,0,0,0,0,'{}',?)",
+                       (f"hash{i}", f"id{i}", alias, float(i)))
+    return [f"id{i}" for i in range(len(aliases))]
+
+
+async def test_a_store_made_before_with_one_alias_on_two_keys_still_opens(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A database from before may hold an alias on several keys: it opens (its keys keep
+    working), a warning names each such alias and its keys, and no new key takes those
+    or any other alias held. Once each alias is on one key, the next open makes aliases
+    unique in the database."""
+    path = tmp_path / "keys.sqlite3"
+    ids = _old_store(path, ["dup", "dup", "solo", "", "", "dup2", "dup2"])
+    with caplog.at_level(logging.WARNING):
+        store = SQLiteKeyStore(path)
+    said = caplog.text
+    assert str(path) in said and "'dup'" in said and "'dup2'" in said and "'solo'" not in said
+    assert all(key_id in said for key_id in (ids[0], ids[1], ids[5], ids[6]))
+    for key_id in ids:
+        assert await store.find(key_id) is not None
+    for alias in ("dup", "solo", "dup2"):
+        with pytest.raises(DuplicateKeyAlias):
+            await store.create(key_alias=alias)
+    await store.create(key_alias="fresh")
+    with pytest.raises(DuplicateKeyAlias):
+        await store.create(key_alias="fresh")
+    for key_id in (ids[1], ids[6]):  # the operator deletes the extra keys
+        found = await store.find(key_id)
+        assert found is not None
+        await store.delete(found.key_hash)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        SQLiteKeyStore(path)
+    assert caplog.text == ""
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO keys SELECT 'h', 'i', key_alias, models, expires_at, "
+                   "max_budget, spend, rpm_limit, tpm_limit, metadata, created_at FROM keys "
+                   "WHERE key_id = ?", (ids[0],))
+
+
+async def test_a_store_made_before_without_duplicates_gets_unique_aliases(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "keys.sqlite3"
+    _old_store(path, ["a", "b", "", ""])
+    with caplog.at_level(logging.WARNING):
+        store = SQLiteKeyStore(path)
+    assert caplog.text == ""
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO keys VALUES ('h', 'i', 'a', '[]', NULL, 0, 0, 0, 0, '{}', 0)")
+    with pytest.raises(DuplicateKeyAlias):
+        await store.create(key_alias="b")
 
 
 # --------------------------------------------------------------------------- the caller

@@ -635,3 +635,109 @@ def test_a_key_reads_itself_whatever_the_schemes_case(keyed: RunningMesh,
     info = httpx.get(f"{keyed.http_url}/key/info", headers=headers, timeout=30)
     assert info.status_code == 200, info.text
     assert info.json()["info"]["key_id"] == made["key_id"]
+
+
+# ------------------------------------------------------------- aliases and bounded records
+
+
+def _refused(resp: httpx.Response, status: int, param: str) -> dict[str, object]:
+    assert resp.status_code == status, resp.text
+    error = dict(resp.json()["error"])
+    assert error["param"] == param, error
+    return error
+
+
+def test_a_key_alias_names_one_key(keyed: RunningMesh) -> None:
+    """Two keys could have one alias, so an operator managing keys by alias could not tell
+    them apart. As in LiteLLM, an alias another key has is refused (409 naming
+    `key_alias` and the key that has it) and nothing is stored; no alias (absent, null or
+    empty) is no alias, which any number of keys share; a deleted key's alias is free."""
+    master = {"authorization": f"Bearer {MASTER}"}
+    first = _generate(keyed, key_alias="team-unique", models=["echo/x"])
+    before = _stored_keys(keyed)
+    again = httpx.post(f"{keyed.http_url}/key/generate", json={"key_alias": "team-unique"},
+                       timeout=30, headers=master)
+    error = _refused(again, 409, "key_alias")
+    assert error["type"] == "conflict_error" and error["code"] == "DuplicateKeyAlias"
+    assert "'team-unique'" in str(error["message"]) and str(first["key_id"]) in str(
+        error["message"])
+    assert _stored_keys(keyed) == before
+    for body in ({}, {"key_alias": None}, {"key_alias": ""}, {}, {"key_alias": ""}):
+        assert _generate(keyed, **body)["key_alias"] == ""
+    assert _generate(keyed, key_alias="Team-Unique")["key_alias"] == "Team-Unique"  # another
+    httpx.post(f"{keyed.http_url}/key/delete", json={"keys": [first["key"]]}, timeout=30,
+               headers=master).raise_for_status()
+    assert _generate(keyed, key_alias="team-unique")["key_alias"] == "team-unique"
+
+
+async def test_a_key_alias_names_one_key_over_grpc_even_when_asked_at_once(
+        keyed: RunningMesh) -> None:
+    """Over gRPC the taken alias is ALREADY_EXISTS naming `key_alias`, as a stored run id
+    asked for again is; of many generates of one new alias at once exactly one wins."""
+    async with ScillmClient(keyed.grpc_target, api_key=MASTER) as client:
+        made = await asyncio.gather(*(
+            client.keys.generate(keys_pb2.GenerateKeyRequest(key_alias="at-once"))
+            for _ in range(8)), return_exceptions=True)
+    won = [m for m in made if isinstance(m, keys_pb2.GenerateKeyResponse)]
+    lost = [m for m in made if not isinstance(m, keys_pb2.GenerateKeyResponse)]
+    assert len(won) == 1, made
+    for refused in lost:
+        assert isinstance(refused, RPCError), refused
+        assert refused.code == grpc.StatusCode.ALREADY_EXISTS and refused.param == "key_alias"
+        assert won[0].info.key_id in refused.message
+
+
+def test_the_key_store_itself_refuses_a_second_key_with_an_alias(keyed: RunningMesh) -> None:
+    """The alias is unique in the database (a partial unique index), not only checked
+    before an insert: a process that checked, then inserted, could lose a race to another."""
+    made = _generate(keyed, key_alias="in-the-database")
+    store = keyed.mesh.settings.store_path.with_name("keys.sqlite3")
+    with sqlite3.connect(store) as db, pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO keys SELECT 'h', 'i', key_alias, models, expires_at, "
+                   "max_budget, spend, rpm_limit, tpm_limit, metadata, created_at FROM keys "
+                   "WHERE key_id = ?", (made["key_id"],))
+
+
+@pytest.mark.parametrize(("body", "param", "said"), [
+    ({"metadata": {f"k{i}": "v" for i in range(65)}}, "metadata", "64 entries"),
+    ({"metadata": {"notes": "x" * (16 * 1024 - 4)}}, "metadata", "16384 bytes"),
+    ({"metadata": {f"k{i}": "x" * 1000 for i in range(5000)}}, "metadata", "64 entries"),
+    ({"metadata": {"é": "é" * 8192}}, "metadata", "16384 bytes"),  # bytes, not chars
+    ({"models": [f"echo/m{i}" for i in range(1025)]}, "models", "1024 models"),
+])
+def test_a_keys_metadata_and_models_are_bounded(keyed: RunningMesh, body: dict[str, object],
+                                                param: str, said: str) -> None:
+    """A master key could store megabytes of metadata (or 100,000 model names) in one key,
+    which every call authenticated by it then loads: past 64 metadata entries, 16 KiB of
+    metadata or 1024 models a generate is a 400 naming the field, and nothing is stored."""
+    before = _stored_keys(keyed)
+    resp = httpx.post(f"{keyed.http_url}/key/generate", json=body, timeout=60,
+                      headers={"authorization": f"Bearer {MASTER}"})
+    error = _refused(resp, 400, param)
+    assert error["type"] == "invalid_request_error" and said in str(error["message"]), error
+    assert _stored_keys(keyed) == before
+
+
+def test_metadata_and_models_up_to_the_bounds_are_kept(keyed: RunningMesh) -> None:
+    entries = {f"k{i:02}": "v" for i in range(64)}
+    assert _generate(keyed, metadata=entries)["metadata"] == entries
+    full = {"notes": "x" * (16 * 1024 - 5)}  # 5 + 16379 bytes: exactly 16 KiB
+    assert _generate(keyed, metadata=full)["metadata"] == full
+    models = [f"echo/m{i}" for i in range(1024)]
+    assert _generate(keyed, models=models)["models"] == models
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"metadata": {f"k{i}": "v" for i in range(65)}}, "metadata"),
+    ({"metadata": {"k": "v" * (16 * 1024)}}, "metadata"),
+    ({"models": [f"m{i}" for i in range(1025)]}, "models"),
+])
+async def test_a_keys_metadata_and_models_are_bounded_over_grpc_too(
+        keyed: RunningMesh, fields: dict[str, object], param: str) -> None:
+    before = _stored_keys(keyed)
+    async with ScillmClient(keyed.grpc_target, api_key=MASTER) as client:
+        with pytest.raises(RPCError) as info:
+            await client.keys.generate(keys_pb2.GenerateKeyRequest(**fields))  # type: ignore[arg-type]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.param == param
+    assert _stored_keys(keyed) == before

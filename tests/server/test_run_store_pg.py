@@ -481,6 +481,113 @@ async def test_a_rate_limit_past_2_31_is_kept_on_postgresql_too(pg_url: str) -> 
         runs.close()
 
 
+async def test_a_key_alias_names_one_key_on_postgresql_too(pg_url: str) -> None:
+    """Processes sharing one database, each making a key of one new alias at once: one
+    gets it, the others are refused (DuplicateKeyAlias naming the key that has it); the
+    database itself refuses a second key with an alias, and no alias is no alias."""
+    import psycopg
+
+    from scillm.server.keys import DuplicateKeyAlias, PostgresKeyStore
+
+    runs = [open_run_store(pg_url) for _ in range(4)]
+    try:
+        stores = [PostgresKeyStore(r) for r in runs]
+        made = await asyncio.gather(*(s.create(key_alias="race") for s in stores
+                                      for _ in range(4)), return_exceptions=True)
+        won = [m for m in made if isinstance(m, tuple)]
+        assert len(won) == 1, made
+        for refused in made:
+            if not isinstance(refused, tuple):
+                assert isinstance(refused, DuplicateKeyAlias), refused
+                assert refused.param == "key_alias" and won[0][1].key_id in str(refused)
+        for store in stores:
+            await store.create(key_alias="")
+        with psycopg.connect(pg_url) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO scillm_keys SELECT 'h', 'i', key_alias, models, "
+                         "expires_at, max_budget, spend, rpm_limit, tpm_limit, metadata, "
+                         "created_at FROM scillm_keys WHERE key_alias = 'race'")
+    finally:
+        for r in runs:
+            r.close()
+
+
+async def test_a_key_alias_taken_while_a_create_checks_it_is_refused(pg_url: str) -> None:
+    """The race itself, made certain: another process has inserted a key of the alias and
+    not yet committed when a create checks the alias (free, as far as it can see). The
+    create waits on the database's unique index, and once the other commits it is refused
+    (DuplicateKeyAlias naming that key), not stored beside it."""
+    import time
+
+    import psycopg
+
+    from scillm.server.keys import DuplicateKeyAlias, PostgresKeyStore
+
+    runs = open_run_store(pg_url)
+    try:
+        store = PostgresKeyStore(runs)
+        with psycopg.connect(pg_url) as other, psycopg.connect(pg_url, autocommit=True) as spy:
+            other.execute("INSERT INTO scillm_keys VALUES ('h', 'other-id', 'held', '[]', NULL, "
+                          "0, 0, 0, 0, '{}', 0)")  # a transaction, not committed
+            create = asyncio.ensure_future(store.create(key_alias="held"))
+            deadline = time.monotonic() + 30
+            while not spy.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = "
+                                  "'Lock' AND query LIKE 'INSERT INTO scillm_keys%'").fetchall():
+                assert time.monotonic() < deadline and not create.done(), create
+                await asyncio.sleep(0.02)
+            other.commit()
+            with pytest.raises(DuplicateKeyAlias) as refused:
+                await create
+        assert "other-id" in str(refused.value)
+        assert runs.execute("SELECT key_id FROM scillm_keys") == [("other-id",)]
+    finally:
+        runs.close()
+
+
+async def test_a_postgresql_key_table_with_one_alias_on_two_keys_still_opens(
+        pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A table from before may hold an alias on several keys: the store opens, a warning
+    names the alias and its keys, and no new key takes an alias held; once each alias is
+    on one key, the next open makes aliases unique in the database."""
+    import psycopg
+
+    from scillm.server.keys import DuplicateKeyAlias, PostgresKeyStore
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # as an older process made it
+        conn.execute("CREATE TABLE scillm_keys (key_hash TEXT PRIMARY KEY, key_id TEXT NOT "
+                     "NULL UNIQUE, key_alias TEXT NOT NULL, models TEXT NOT NULL, expires_at "
+                     "DOUBLE PRECISION, max_budget DOUBLE PRECISION NOT NULL, spend DOUBLE "
+                     "PRECISION NOT NULL, rpm_limit BIGINT NOT NULL, tpm_limit BIGINT NOT "
+                     "NULL, metadata TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)")
+        for i, alias in enumerate(["dup", "dup", "solo", "", ""]):
+            conn.execute("INSERT INTO scillm_keys VALUES (%s, %s, %s, '[]', NULL, 0, 0, 0, 0, "
+                         "'{}', 0)", (f"hash{i}", f"id{i}", alias))
+    runs = open_run_store(pg_url)
+    try:
+        with caplog.at_level(logging.WARNING):
+            store = PostgresKeyStore(runs)
+        assert "'dup'" in caplog.text and "id0" in caplog.text and "id1" in caplog.text
+        assert "'solo'" not in caplog.text and PASSWORD not in caplog.text
+        assert await store.find("id1") is not None
+        for alias in ("dup", "solo"):
+            with pytest.raises(DuplicateKeyAlias):
+                await store.create(key_alias=alias)
+        await store.create(key_alias="fresh")
+        with pytest.raises(DuplicateKeyAlias):
+            await store.create(key_alias="fresh")
+        extra = await store.find("id1")
+        assert extra is not None
+        await store.delete(extra.key_hash)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            PostgresKeyStore(runs)
+        assert caplog.text == ""
+        with psycopg.connect(pg_url) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO scillm_keys VALUES ('h', 'i', 'dup', '[]', NULL, 0, 0, "
+                         "0, 0, '{}', 0)")
+    finally:
+        runs.close()
+
+
 def test_a_run_store_gone_away_is_unavailable_with_its_reason_then_used_again(
         tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     """The store's database stops taking connections while the mesh serves (as a restart

@@ -59,7 +59,7 @@ class VirtualKey(_message.Message):
     key_id: _builtins.str
     """Stable identifier of the key (a prefix of its hash), safe to log."""
     key_alias: _builtins.str
-    """Human-readable alias."""
+    """Human-readable alias; empty means none. No two keys have the same alias."""
     max_budget: _builtins.float
     """Budget in the configured currency (cost of token usage); 0 means unlimited."""
     spend: _builtins.float
@@ -140,7 +140,9 @@ class GenerateKeyRequest(_message.Message):
     TPM_LIMIT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     key_alias: _builtins.str
-    """Human-readable alias."""
+    """Human-readable alias, at most 256 characters; empty means none. An alias another
+    key has is refused with ALREADY_EXISTS (field `key_alias`).
+    """
     max_budget: _builtins.float
     """Budget; 0 means unlimited."""
     rpm_limit: _builtins.int
@@ -149,7 +151,9 @@ class GenerateKeyRequest(_message.Message):
     """Tokens per minute; 0 means unlimited."""
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Model names the key may call; empty means all."""
+        """Model names the key may call (at most 1024, each of 1 to 256 characters); empty
+        means all.
+        """
 
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
@@ -157,7 +161,7 @@ class GenerateKeyRequest(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Caller metadata."""
+        """Caller metadata: at most 64 entries, and 16 KiB of keys and values in UTF-8."""
 
     def __init__(
         self,
