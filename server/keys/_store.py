@@ -297,6 +297,10 @@ class PostgresKeyStore(KeyStore):
         try:
             inserted = await self._sql(_PG_INSERT, *_row(rec), alias, alias)
         except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "scillm_keys_pkey":
+                # The row's hash is of a new 256-bit secret: it can only be this call's own,
+                # stored before the connection broke and found by the run store's retry.
+                return secret, rec
             # The index: another process took the alias between the check and the row.
             if not alias or exc.diag.constraint_name != "scillm_keys_alias":
                 raise

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -686,3 +687,31 @@ async def test_a_run_its_store_cannot_keep_still_sends_its_summary(tmp_path: Pat
         assert events[-1].summary.rankings[0].entries[0].strategy == "s"
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize("alias", ["", "mine"])
+async def test_a_key_insert_run_again_after_its_commit_returns_the_key(
+        pg_url: str, alias: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run store runs a statement again when its connection broke, which may be after
+    the statement committed. A key's insert run again found its own row: a key without an
+    alias failed INTERNAL, stored but its secret never returned."""
+    from scillm.server.keys import PostgresKeyStore
+
+    runs = open_run_store(pg_url)
+    try:
+        store = PostgresKeyStore(runs)
+        once = runs._run  # type: ignore[attr-defined]
+
+        def again(sql: str, args: Any) -> Any:
+            if sql.startswith("INSERT INTO scillm_keys"):
+                once(sql, args)  # committed; then the connection broke, as far as we knew
+            return once(sql, args)
+
+        monkeypatch.setattr(runs, "_run", again)
+        secret, record = await store.create(
+            key_alias=f"{alias}-{uuid.uuid4().hex}" if alias else "")
+        monkeypatch.undo()
+        found = await store.find(secret)
+        assert found is not None and found.key_id == record.key_id
+    finally:
+        runs.close()
