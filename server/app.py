@@ -212,17 +212,9 @@ class Mesh:
                  f"{settings.http_host}:{self.http_port}" if settings.http_enabled else "off")
 
     def client_tls(self) -> TlsConfig | None:
-        """How this process's own clients (the shim, CompletionLink) dial the mesh: they
-        trust the client CA (mutual TLS) or the certificate chain file, and present the
-        process's certificate when client certificates are required."""
-        s = self.settings
-        if s.tls_cert is None or s.tls_key is None:
-            return None
-        mutual = s.tls_client_ca is not None
-        return TlsConfig(
-            root_certificates=(s.tls_client_ca or s.tls_cert).read_bytes(),
-            private_key=s.tls_key.read_bytes() if mutual else None,
-            certificate_chain=s.tls_cert.read_bytes() if mutual else None)
+        """How this process's own clients (the shim, CompletionLink) dial the mesh
+        (`Settings.client_tls`, which `scillm doctor --target` dials with too)."""
+        return self.settings.client_tls()
 
     @property
     def completion_target(self) -> str:

@@ -318,10 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="List every part (configured providers, z3, coqc, coqtop, lean, "
                     "bubblewrap, node, redis, where traces go (the OTLP endpoint of "
                     "OTEL_EXPORTER_OTLP_ENDPOINT) and whether its TraceService answers, and "
-                    "with --target the mesh's gRPC health entries) as OK, MISSING, FAILED "
-                    "or SKIPPED, with a hint. "
+                    "with --target the mesh's gRPC health entries, those of the processes "
+                    "it sends services' calls to included, each at its target) as OK, "
+                    "MISSING, FAILED or SKIPPED, with a hint. --target is dialed with TLS "
+                    "given the mesh's TLS settings (--tls-cert, --tls-key, --tls-client-ca, "
+                    "or their SCILLM_TLS_* variables). "
                     "Exit 0; with --strict, 1 when an expected part is not OK; 2 on an "
-                    "unknown --expect name.")
+                    "unknown --expect name or unusable TLS settings.")
     add_doctor_arguments(doctor)
     doctor.set_defaults(func=_doctor)
 

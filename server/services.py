@@ -31,7 +31,7 @@ from .settings import Settings
 
 log = logging.getLogger("scillm.server")
 
-__all__ = ["SERVICE_NAMES", "ServiceParts", "build_service", "unserved_handler"]
+__all__ = ["SERVED_AT", "SERVICE_NAMES", "ServiceParts", "build_service", "unserved_handler"]
 
 SERVICE_NAMES: dict[str, str] = {
     "completion": completion_pb2.DESCRIPTOR.services_by_name["CompletionService"].full_name,
@@ -40,6 +40,11 @@ SERVICE_NAMES: dict[str, str] = {
     "agent": agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
 }
 
+
+#: The trailer of an unserved service's UNIMPLEMENTED answer that names the target this
+#: process sends the service's calls to (when it has one): its message says so to a person,
+#: this to a program. `scillm doctor --target` reads it to check what a door fronts.
+SERVED_AT = "scillm-served-at"
 
 _DESCRIPTORS = {
     "completion": completion_pb2.DESCRIPTOR.services_by_name["CompletionService"],
@@ -60,7 +65,7 @@ class _Unserved(grpc.GenericRpcHandler):  # type: ignore[misc]
                  keys_elsewhere: str = "") -> None:
         here = ", ".join(served) or "no service (HTTP shim only)"
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-        refused: list[tuple[Any, str]] = []
+        refused: list[tuple[Any, str, str]] = []
         for name, descriptor in _DESCRIPTORS.items():
             if name in served:
                 continue
@@ -69,21 +74,28 @@ class _Unserved(grpc.GenericRpcHandler):  # type: ignore[misc]
                      f"run it with `scillm serve --service {name}` and point callers at it "
                      f"(SCILLM_{name.upper()}_TARGET, --{name}-target)")
             refused.append((descriptor, f"{descriptor.full_name} is not served by this "
-                                        f"process (it serves {here}); {where}"))
+                                        f"process (it serves {here}); {where}", target))
         if keys_elsewhere:
             keys = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
             refused.append((keys, (
                 f"{keys.full_name}: the keys this process's calls are checked with live "
                 f"with Completion at {keys_elsewhere}: call KeyService there (or share one "
-                "key store between processes with SCILLM_STORE_URL)")))
-        for descriptor, message in refused:
+                "key store between processes with SCILLM_STORE_URL)"), ""))
+        for descriptor, message, target in refused:
+            # A target metadata cannot carry (not printable ASCII) is left to the message.
+            trailer = ((SERVED_AT, target),) if target.isascii() and target.isprintable() \
+                else ()
+
             async def refuse(request: bytes, context: grpc.aio.ServicerContext,
-                             message: str = message) -> None:
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+                             message: str = message,
+                             trailer: tuple[tuple[str, str], ...] = trailer) -> None:
+                await _refuse(context, message, trailer)
 
             async def refuse_stream(request: bytes, context: grpc.aio.ServicerContext,
-                                    message: str = message) -> AsyncIterator[bytes]:
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+                                    message: str = message,
+                                    trailer: tuple[tuple[str, str], ...] = trailer,
+                                    ) -> AsyncIterator[bytes]:
+                await _refuse(context, message, trailer)
                 yield b""  # never reached: a stream handler is an async generator
 
             for method in descriptor.methods:
@@ -95,6 +107,17 @@ class _Unserved(grpc.GenericRpcHandler):  # type: ignore[misc]
     def service(self, handler_call_details: grpc.HandlerCallDetails,
                 ) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, message: str,
+                  trailer: tuple[tuple[str, str], ...]) -> None:
+    """UNIMPLEMENTED with `message`; `trailer` joins the trailers already set (the request
+    id), which an abort's own trailing metadata would replace."""
+    if trailer:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message, trailing_metadata=(
+            *(context.trailing_metadata() or ()), *trailer))
+    else:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
 
 def unserved_handler(served: tuple[str, ...], targets: Mapping[str, str] | None = None,

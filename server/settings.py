@@ -12,7 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: the CLI parser reads this module on every run
+    from scillm.clients import TlsConfig
 
 __all__ = ["DOORS", "GRPC_SERVERS", "MAX_WORKERS", "SERVICES", "Settings"]
 
@@ -241,6 +244,21 @@ class Settings:
     def tls(self) -> bool:
         """Whether the doors use TLS."""
         return self.tls_cert is not None
+
+    def client_tls(self) -> TlsConfig | None:
+        """How a client holding these settings dials the mesh (this process's own clients,
+        and `scillm doctor --target`): it trusts the client CA (mutual TLS) or the
+        certificate chain file, and presents the certificate when client certificates are
+        required. None without TLS."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        from scillm.clients import TlsConfig
+
+        mutual = self.tls_client_ca is not None
+        return TlsConfig(
+            root_certificates=(self.tls_client_ca or self.tls_cert).read_bytes(),
+            private_key=self.tls_key.read_bytes() if mutual else None,
+            certificate_chain=self.tls_cert.read_bytes() if mutual else None)
 
     def environment(self) -> dict[str, str | None]:
         """The `SCILLM_*` variables from which `Settings.from_env()` reads these settings

@@ -19,9 +19,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from meshutil import RunningMesh
+from meshutil import RunningMesh, ServedProcess, mesh_settings, start_mesh
 from otlp_receiver import OtlpReceiver
+from test_tls import make_pki
 
+from scillm.clients import TlsConfig
 from scillm.server.commands.doctor import (
     Check,
     Status,
@@ -399,6 +401,9 @@ async def test_grpc_health_tells_the_same_story(mesh: RunningMesh) -> None:
     lean4 = checks["scillm.prove.v1.ProveService/lean4"]
     assert lean4.optional, lean4
     assert not [r for r in unmet(list(checks.values()), []) if "lean" in r]
+    # A process serving every service itself is read as it was: nothing "at" elsewhere.
+    assert checks["mesh"] == Check("mesh", Status.OK, f"{mesh.grpc_target} SERVING")
+    assert not [c for p, c in checks.items() if p.startswith("scillm.") and " at " in c.detail]
 
 
 async def test_an_absent_mesh_is_failed_quickly() -> None:
@@ -408,6 +413,193 @@ async def test_an_absent_mesh_is_failed_quickly() -> None:
     assert checks["mesh"].status is Status.FAILED and "scillm serve" in checks["mesh"].hint
     assert unmet(list(checks.values()), ["certainly"]) == ["certainly: mesh is FAILED"]
     assert time.monotonic() - started < 5
+
+
+def _served(tmp_path: Path, name: str, *args: str) -> ServedProcess:
+    """`scillm serve ARGS` in a child process with a store of its own, no tracing."""
+    (tmp_path / name).mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SCILLM_"))}
+    env["SCILLM_STORE_PATH"] = str(tmp_path / name / "runs.sqlite3")
+    return ServedProcess(name, ["--grpc-port", "0", "--grace", "1", *args], env,
+                         tmp_path / f"{name}.log")
+
+
+def _from_json(out: str) -> dict[str, Check]:
+    """The checks of a `--json` report, by part."""
+    return _by_part([Check(**{**c, "status": Status(c["status"])})
+                     for c in json.loads(out)["checks"]])
+
+
+PROVE = "scillm.prove.v1.ProveService"
+COMPLETION = "scillm.completion.v1.CompletionService"
+CODEWORLD = "scillm.codeworld.v1.CodeWorldService"
+
+
+async def test_a_door_reports_each_service_it_fronts_at_its_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`doctor --target` at a door (`scillm serve --service none`) read the door's own
+    health, which lists no service: with the Prove process behind it stopped, it said
+    "mesh OK" and ready (--strict: exit 0). Each service the door sends elsewhere is now
+    read at its target, and a target that is down is FAILED, named with its setting."""
+    started: list[ServedProcess] = []
+
+    async def serve(name: str, *args: str) -> ServedProcess:
+        started.append(_served(tmp_path, name, *args))
+        return await asyncio.to_thread(started[-1].wait_ready)
+
+    try:
+        completion = await serve("completion", "--service", "completion", "--no-http")
+        prove = await serve("prove", "--service", "prove", "--no-http",
+                            "--completion-target", completion.grpc_target)
+        door = await serve("door", "--service", "none", "--http-port", "0",
+                           "--completion-target", completion.grpc_target,
+                           "--prove-target", prove.grpc_target)
+        checks = _by_part(await collect(target=door.grpc_target, environ=NO_OTEL))
+        assert checks["mesh"] == Check("mesh", Status.OK, f"{door.grpc_target} SERVING; "
+                                       "serves no service itself (a door)"), checks["mesh"]
+        assert checks[COMPLETION] == Check(COMPLETION, Status.OK,
+                                           f"SERVING at {completion.grpc_target}")
+        assert checks[PROVE] == Check(PROVE, Status.OK, f"SERVING at {prove.grpc_target}")
+        smt = checks[f"{PROVE}/smt"]
+        assert smt.status is Status.OK and smt.detail == f"SERVING at {prove.grpc_target}"
+        assert CODEWORLD not in checks  # neither served there nor sent anywhere
+        assert unmet(list(checks.values()), ["certainly"]) == []
+
+        prove.stop()
+        checks = _by_part(await collect(target=door.grpc_target, environ=NO_OTEL))
+        down = checks[PROVE]
+        assert down.status is Status.FAILED, down
+        assert down.detail == (f"no gRPC health at {prove.grpc_target} (--prove-target of "
+                               f"{door.grpc_target}): UNAVAILABLE (Connection refused)"), down
+        assert down.hint == (f"start it (scillm serve --service prove) or fix --prove-target "
+                             f"of {door.grpc_target} (SCILLM_PROVE_TARGET)")
+        assert f"{PROVE}/smt" not in checks
+        assert checks[COMPLETION].status is Status.OK and checks["mesh"].status is Status.OK
+        assert unmet(list(checks.values()), ["certainly"]) == [
+            f"certainly: {PROVE} is FAILED"]
+        capsys.readouterr()
+        assert await doctor(_args("--target", door.grpc_target, "--strict"),
+                            environ=NO_OTEL) == 1
+        assert f"not ready: {PROVE} is FAILED" in capsys.readouterr().err
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+async def test_a_door_behind_a_master_key_and_a_target_serving_something_else(
+        tmp_path: Path) -> None:
+    """Behind a master key a door tells where its services live only to a caller with a
+    key (`--api-key`): without one doctor says so, not "ready". A target that answers but
+    does not serve the service sent to it is FAILED, naming the setting to fix; a door
+    that serves nothing and sends nothing anywhere is not a ready mesh."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    backend = start_mesh(mesh_settings(tmp_path / "a", services=("completion",),
+                                       http_enabled=False))
+    door = start_mesh(mesh_settings(tmp_path / "b", services=(), master_key=KEY,
+                                    completion_target=backend.grpc_target,
+                                    codeworld_target=backend.grpc_target))
+    empty = start_mesh(mesh_settings(tmp_path / "c", services=()))
+    try:
+        blind = _by_part(await collect(target=door.grpc_target, environ=NO_OTEL))
+        told = _by_part(await collect(target=door.grpc_target, environ=NO_OTEL, api_key=KEY))
+        nothing = _by_part(await collect(target=empty.grpc_target, environ=NO_OTEL))
+    finally:
+        for running in (empty, door, backend):
+            running.stop()
+    assert blind["mesh"].status is Status.FAILED, blind["mesh"]
+    assert "UNAUTHENTICATED" in blind["mesh"].detail and "--api-key" in blind["mesh"].hint
+    assert not [p for p in blind if p.startswith("scillm.")]
+    assert told["mesh"].status is Status.OK, told["mesh"]
+    assert told[COMPLETION] == Check(COMPLETION, Status.OK, f"SERVING at {backend.grpc_target}")
+    wrong = told[CODEWORLD]
+    assert wrong.status is Status.FAILED and "does not serve it" in wrong.detail, wrong
+    assert wrong.hint == (f"fix --codeworld-target of {door.grpc_target} "
+                          "(SCILLM_CODEWORLD_TARGET)")
+    assert nothing["mesh"].status is Status.FAILED, nothing["mesh"]
+    assert "serves no service and sends none elsewhere" in nothing["mesh"].detail
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def test_a_tls_mesh_is_dialed_with_the_mesh_s_tls_settings(
+        tmp_path: Path, pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`doctor --target` dialed plaintext only: a TLS mesh (here a door and the process
+    behind it) was "no gRPC health at ...: UNAVAILABLE" with the hint to start it. It
+    takes `scillm serve`'s TLS settings (flags, or the SCILLM_TLS_* variables) and dials
+    as the mesh's processes dial each other; a plaintext dial of it says what happened."""
+    cert, key = pki / "server-chain.pem", pki / "server.key"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    backend = start_mesh(mesh_settings(tmp_path / "a", services=("completion",),
+                                       http_enabled=False, tls_cert=cert, tls_key=key))
+    door = start_mesh(mesh_settings(tmp_path / "b", services=(), tls_cert=cert, tls_key=key,
+                                    completion_target=backend.grpc_target))
+    try:
+        plain = _by_part(await collect(target=door.grpc_target, timeout_s=2.0,
+                                       environ=NO_OTEL))["mesh"]
+        assert await doctor(_args("--target", door.grpc_target, "--json", "--tls-cert",
+                                  str(cert), "--tls-key", str(key)), environ=NO_OTEL) == 0
+        flags = _from_json(capsys.readouterr().out)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SCILLM_"))}
+        run = await asyncio.to_thread(
+            subprocess.run, [SCILLM, "doctor", "--target", door.grpc_target, "--json"],
+            env={**env, "SCILLM_TLS_CERT": str(cert), "SCILLM_TLS_KEY": str(key)},
+            capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        door.stop()
+        backend.stop()
+    assert plain == Check("mesh", Status.FAILED, f"{door.grpc_target} speaks TLS, and doctor "
+                          "dialed it in plaintext", plain.hint), plain
+    assert "--tls-cert" in plain.hint and "SCILLM_TLS_CERT" in plain.hint
+    assert run.returncode == 0, run.stderr
+    from_env = _from_json(run.stdout)
+    for checks in (flags, from_env):
+        assert checks["mesh"].status is Status.OK, checks["mesh"]
+        assert checks[COMPLETION] == Check(COMPLETION, Status.OK,
+                                           f"SERVING at {backend.grpc_target}")
+    assert "Handshake failed" not in run.stderr
+
+
+async def test_mutual_tls_and_a_dial_of_the_wrong_kind(
+        tmp_path: Path, pki: Path, mesh: RunningMesh,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With mutual TLS doctor presents the mesh's certificate, as its processes do; a
+    handshake refused, and a TLS dial of a plaintext mesh, are said as such."""
+    cert, key, ca = pki / "server-chain.pem", pki / "server.key", pki / "ca.pem"
+    mutual = start_mesh(mesh_settings(tmp_path, services=("completion",), http_enabled=False,
+                                      tls_cert=cert, tls_key=key, tls_client_ca=ca))
+    try:
+        assert await doctor(_args("--target", mutual.grpc_target, "--json", "--tls-cert",
+                                  str(cert), "--tls-key", str(key), "--tls-client-ca",
+                                  str(ca)), environ=NO_OTEL) == 0
+        report = json.loads(capsys.readouterr().out)
+        anonymous = _by_part(await collect(target=mutual.grpc_target, environ=NO_OTEL,
+                                           timeout_s=2.0,
+                                           tls=TlsConfig.from_files(ca=str(ca))))["mesh"]
+    finally:
+        mutual.stop()
+    checks = {c["part"]: c for c in report["checks"]}
+    assert checks["mesh"]["status"] == "OK" and checks[COMPLETION]["status"] == "OK", checks
+    assert anonymous.status is Status.FAILED
+    assert anonymous.detail.startswith(f"{mutual.grpc_target} speaks TLS, but the handshake "
+                                       "failed"), anonymous
+    assert "mutual TLS" in anonymous.hint
+    tls_to_plain = _by_part(await collect(target=mesh.grpc_target, environ=NO_OTEL,
+                                          tls=TlsConfig.from_files(ca=str(ca))))["mesh"]
+    assert tls_to_plain == Check("mesh", Status.FAILED, f"{mesh.grpc_target} speaks "
+                                 "plaintext, and doctor dialed it with TLS", tls_to_plain.hint)
+    assert "SCILLM_TLS_CERT" in tls_to_plain.hint
+    # A certificate without its key is refused as `scillm serve` refuses it.
+    assert await doctor(_args("--target", mesh.grpc_target, "--tls-cert", str(cert)),
+                        environ=NO_OTEL) == 2
+    assert "tls_cert and tls_key go together" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- output
@@ -427,6 +619,8 @@ def test_the_installed_command() -> None:
                               timeout=30, check=False)
     assert help_run.returncode == 0, help_run.stderr
     assert "--expect" in help_run.stdout
+    for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--api-key"):
+        assert flag in help_run.stdout
     out = subprocess.run([SCILLM, "doctor", "--json"], capture_output=True, text=True,
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr

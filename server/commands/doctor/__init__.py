@@ -16,7 +16,9 @@ One module per kind of part:
 - `_mesh`: with a `target`, the mesh's `grpc.health.v1` entries, one per service and per
   service part (`scillm.prove.v1.ProveService/smt`,
   `scillm.codeworld.v1.CodeWorldService/bubblewrap`), so gRPC health can be read beside
-  the local story;
+  the local story; for a service the target sends to another process (a door), that
+  process's entries, "at <target>". Dialed with the mesh's TLS settings when given, and a
+  plaintext dial of a TLS server (or the reverse) is named as such;
 - `_expect`: what `--expect` names need (`unmet`); `_report`: `collect` runs every check
   and `format_table` prints them; `_command`: the CLI (`add_arguments`, `run_doctor`);
   `_check`: `Check`, `Status` and the helpers the checks share.

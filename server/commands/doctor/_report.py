@@ -7,6 +7,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._check import DEFAULT_LIVE_TIMEOUT_S, DEFAULT_TIMEOUT_S, Check, Job, Status, bounded
 from ._mesh import mesh_checks
@@ -15,14 +16,19 @@ from ._providers import live_checks, load_config, provider_checks
 from ._redis import redis_check
 from ._tools import tool_checks
 
+if TYPE_CHECKING:
+    from scillm.clients import TlsConfig
+
 __all__ = ["collect", "format_table"]
 
 
 async def collect(config_path: Path | None = None, *, target: str | None = None,
                   live: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
                   live_timeout_s: float = DEFAULT_LIVE_TIMEOUT_S,
-                  environ: Mapping[str, str] | None = None) -> list[Check]:
-    """Every check, run concurrently, each bounded; in a stable order."""
+                  environ: Mapping[str, str] | None = None, tls: TlsConfig | None = None,
+                  api_key: str | None = None) -> list[Check]:
+    """Every check, run concurrently, each bounded; in a stable order. `tls` and `api_key`:
+    how the mesh at `target` is dialed, and the key its calls carry."""
     env = os.environ if environ is None else environ
     config_check, config = load_config(config_path)
     # The OTLP probe's own deadline comes first, so its row says what happened.
@@ -38,7 +44,7 @@ async def collect(config_path: Path | None = None, *, target: str | None = None,
     if live and config is not None:
         extra.append(live_checks(config, live_timeout_s))
     if target:
-        extra.append(mesh_checks(target, timeout_s))
+        extra.append(mesh_checks(target, timeout_s, tls=tls, api_key=api_key))
     results = await asyncio.gather(asyncio.gather(*(run(j) for j in jobs)), *extra)
     checks = list(results[0])
     for more in results[1:]:
