@@ -21,6 +21,7 @@ from ._client import (
 )
 from ._litellm import acompletion, completion
 from ._models import ModelCatalog, ModelResolution, resolve_model
+from ._probe import speaks_tls
 from .errors import (
     BudgetExceeded,
     InvalidRequestError,
@@ -56,4 +57,5 @@ __all__ = [
     "parallel_acompletions",
     "parallel_as_completed",
     "resolve_model",
+    "speaks_tls",
 ]

@@ -8,10 +8,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from .commands.codex_sidecar import add_arguments as add_sidecar_arguments
 from .commands.doctor import add_arguments as add_doctor_arguments
+from .commands.tls_flags import add_tls_arguments
 from .settings import DOORS, GRPC_SERVERS, MAX_WORKERS, SERVICES, Settings
+
+if TYPE_CHECKING:  # imported where used: the parser is built on every run
+    from scillm.clients import TlsConfig
 
 __all__ = ["main"]
 
@@ -89,8 +94,11 @@ def _codeworld_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"scillm codeworld: cannot read {args.spec}: {exc.strerror}", file=sys.stderr)
         return 2
+    tls = _tls("codeworld", args)
+    if tls is False:
+        return 2
     return _quietly("codeworld", lambda: uvloop.run(
-        run_codeworld(args.spec, raw, args.target, local_mesh, args.api_key)))
+        run_codeworld(args.spec, raw, args.target, local_mesh, args.api_key, tls=tls)))
 
 
 def _prove(args: argparse.Namespace) -> int:
@@ -114,9 +122,24 @@ def _prove(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RecursionError) as exc:
         print(f"scillm prove: {exc}", file=sys.stderr)
         return 2
+    tls = _tls("prove", args)
+    if tls is False:
+        return 2
     return _quietly("prove", lambda: uvloop.run(prove.run_prove(
         envelope, args.target, local_mesh, single=args.action == "run",
-        api_key=args.api_key)))
+        api_key=args.api_key, tls=tls)))
+
+
+def _tls(verb: str, args: argparse.Namespace) -> TlsConfig | Literal[False] | None:
+    """How a client verb dials --target (`commands.tls_flags`); False, said, when its TLS
+    settings cannot be used."""
+    from .commands.tls_flags import client_tls
+
+    try:
+        return client_tls(args)
+    except (ValueError, OSError) as exc:
+        print(f"scillm {verb}: {exc}", file=sys.stderr)
+        return False
 
 
 def _quietly(verb: str, run: Callable[[], int]) -> int:
@@ -158,8 +181,11 @@ def _runs(args: argparse.Namespace) -> int:
         return runs.show_run(path, args.run_id)
     import uvloop
 
+    tls = _tls("runs", args)
+    if tls is False:
+        return 2
     return _quietly("runs", lambda: uvloop.run(
-        runs.replay_run(path, args.run_id, args.target, local_mesh, args.api_key)))
+        runs.replay_run(path, args.run_id, args.target, local_mesh, args.api_key, tls=tls)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     cw_run.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                         help=target_help)
     cw_run.add_argument("--api-key", default=os.environ.get("SCILLM_API_KEY"), help=key_help)
+    add_tls_arguments(cw_run, "--target")
     cw_run.set_defaults(func=_codeworld_run)
 
     prove = sub.add_parser("prove", help="check formal obligations (Certainly)")
@@ -282,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default=os.environ.get("SCILLM_TARGET", "127.0.0.1:50051"),
                        help=target_help)
         p.add_argument("--api-key", default=os.environ.get("SCILLM_API_KEY"), help=key_help)
+        add_tls_arguments(p, "--target")
         p.set_defaults(func=_prove)
 
     runs = sub.add_parser("runs", help="list, show and replay stored runs (manifests)")
@@ -308,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help=target_help)
     runs_replay.add_argument("--api-key", default=os.environ.get("SCILLM_API_KEY"),
                              help=key_help)
+    add_tls_arguments(runs_replay, "--target")
     for p in (runs_list, runs_show, runs_replay):
         p.add_argument("--store", default=os.environ.get("SCILLM_STORE_URL") or None,
                        help=store_help)

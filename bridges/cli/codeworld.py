@@ -14,7 +14,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from scillm.bridges.seed.codeworld import request_from_envelope, summary_text
-from scillm.clients import InvalidRequestError, RPCError
+from scillm.clients import InvalidRequestError, RPCError, TlsConfig
 
 from ._mesh import LocalMesh, mesh_client
 from ._progress import Progress
@@ -28,7 +28,7 @@ def load_spec(spec: Path) -> bytes:
 
 
 async def run_codeworld(spec: Path, raw: bytes, target: str | None, local: LocalMesh,
-                        api_key: str | None = None) -> int:
+                        api_key: str | None = None, *, tls: TlsConfig | None = None) -> int:
     """Exit status: 0 when the run completed, whatever the scores; 1 on errors; 2 when the
     spec cannot be read."""
     try:
@@ -43,7 +43,7 @@ async def run_codeworld(spec: Path, raw: bytes, target: str | None, local: Local
     total = len(request.items) * max(len(request.strategies), 1)
     progress = Progress(total, "runs")
     try:
-        async with mesh_client(target, ("codeworld",), local, api_key) as client:
+        async with mesh_client(target, ("codeworld",), local, api_key, tls) as client:
             async for event in client.codeworld.run(request):
                 kind = str(event.WhichOneof("event"))
                 payload = json_format.MessageToDict(getattr(event, kind),

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from scillm.bridges.seed.prove import request_from_envelope, summary_text
-from scillm.clients import InvalidRequestError, RPCError
+from scillm.clients import InvalidRequestError, RPCError, TlsConfig
 from scillm.prove.v1 import prove_pb2 as pb
 
 from ._mesh import LocalMesh, mesh_client
@@ -71,7 +71,8 @@ def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
 
 
 async def run_prove(envelope: dict[str, Any], target: str | None, local: LocalMesh, *,
-                    single: bool, api_key: str | None = None) -> int:
+                    single: bool, api_key: str | None = None,
+                    tls: TlsConfig | None = None) -> int:
     """Batch: exit 0 when every item was checked, 1 on errors. Single: 0 when proved,
     3 when checked and not proved, 1 on errors. Both: 2 when the input cannot be read."""
     try:
@@ -83,7 +84,7 @@ async def run_prove(envelope: dict[str, Any], target: str | None, local: LocalMe
     errors = 0
     proved = 0
     try:
-        async with mesh_client(target, ("prove",), local, api_key) as client:
+        async with mesh_client(target, ("prove",), local, api_key, tls) as client:
             async for event in client.prove.prove(request):
                 kind = str(event.WhichOneof("event"))
                 body = getattr(event, kind)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from scillm.clients import RPCError
+from scillm.clients import RPCError, TlsConfig
 from scillm.server.manifests import RunStore, RunStoreError, StoredRun, open_run_store, replay
 
 from ._mesh import LocalMesh, mesh_client
@@ -74,13 +74,15 @@ def show_run(location: str | Path, run_id: str) -> int:
 
 
 async def replay_run(location: str | Path, run_id: str, target: str | None,
-                     local: LocalMesh, api_key: str | None = None) -> int:
+                     local: LocalMesh, api_key: str | None = None, *,
+                     tls: TlsConfig | None = None) -> int:
     """Re-execute a stored run; exit 0 when nothing differs, 3 when something does."""
     run = _find(location, run_id)
     if run is None:
         return 1
     try:
-        async with mesh_client(target, (run.manifest.service,), local, api_key) as client:
+        async with mesh_client(target, (run.manifest.service,), local, api_key,
+                               tls) as client:
             result, diffs, volatile = await replay(run, client)
     except ValueError as exc:
         print(f"scillm runs replay: {exc}", file=sys.stderr)

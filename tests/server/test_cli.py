@@ -384,3 +384,38 @@ def test_ctrl_c_of_a_verb_running_its_own_mesh_is_one_line(tmp_path: Path, serve
         while (left := _running(started)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not left, f"still running after the verbs ended: {left}"
+
+
+def test_a_client_verb_dials_a_tls_mesh_with_its_tls_settings(tmp_path: Path) -> None:
+    """`scillm prove` (and the other client verbs) dialed plaintext only: against a TLS
+    mesh it said "no mesh answers; starting one in this process" and ran on a private mesh
+    instead. It takes `scillm serve`'s TLS settings, and without them says the mesh speaks
+    TLS rather than run elsewhere."""
+    from meshutil import mesh_settings, start_mesh
+    from test_tls import make_pki
+
+    pki = make_pki(tmp_path)
+    cert, key = pki / "server-chain.pem", pki / "server.key"
+    mesh = start_mesh(mesh_settings(tmp_path, services=("prove",), http_enabled=False,
+                                    tls_cert=cert, tls_key=key))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SCILLM_"))}
+    verb = [SCILLM, "prove", "run", "(> 2 1)", "--backend", "smt", "--no-cache",
+            "--target", mesh.grpc_target]
+    try:
+        flags = subprocess.run([*verb, "--tls-cert", str(cert), "--tls-key", str(key)],
+                               env=env, capture_output=True, text=True, timeout=120,
+                               check=False)
+        from_env = subprocess.run(verb, env={**env, "SCILLM_TLS_CERT": str(cert),
+                                             "SCILLM_TLS_KEY": str(key)},
+                                  capture_output=True, text=True, timeout=120, check=False)
+        plain = subprocess.run(verb, env=env, capture_output=True, text=True, timeout=120,
+                               check=False)
+    finally:
+        mesh.stop()
+    for run in (flags, from_env):
+        assert run.returncode == 0, run.stderr
+        assert "starting one" not in run.stderr, run.stderr
+        assert json.loads(run.stdout.splitlines()[0])["result"]["verdict"] == "VERDICT_PROVED"
+    assert plain.returncode == 1, plain.stderr
+    assert "speaks TLS" in plain.stderr and "--tls-cert" in plain.stderr, plain.stderr
+    assert "starting one" not in plain.stderr and not plain.stdout, plain.stderr

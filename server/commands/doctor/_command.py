@@ -10,26 +10,19 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..tls_flags import add_tls_arguments, client_tls, env_path
 from ._check import DEFAULT_LIVE_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from ._expect import EXPECTATIONS, missing_optional, unmet
 from ._report import collect, format_table
 
-if TYPE_CHECKING:
-    from scillm.clients import TlsConfig
-
 __all__ = ["add_arguments", "doctor", "run_doctor"]
-
-
-def _env_path(name: str) -> Path | None:
-    return Path(os.environ[name]) if os.environ.get(name) else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `scillm doctor`. The TLS ones are `scillm serve`'s, read from the same
     variables: on a mesh's host doctor dials it as its processes dial each other."""
-    parser.add_argument("--config", type=Path, default=_env_path("SCILLM_CONFIG_PATH"),
+    parser.add_argument("--config", type=Path, default=env_path("SCILLM_CONFIG_PATH"),
                         help="model configuration, LiteLLM proxy YAML (default "
                              "$SCILLM_CONFIG_PATH, else the embedded defaults)")
     parser.add_argument("--target", default=os.environ.get("SCILLM_TARGET"),
@@ -41,15 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="key sent to --target as 'authorization: Bearer' (default "
                              "$SCILLM_API_KEY): behind a master key, asking a door where it "
                              "sends each service's calls needs a key (the master key)")
-    parser.add_argument("--tls-cert", type=Path, default=_env_path("SCILLM_TLS_CERT"),
-                        help="the mesh's PEM certificate chain, as scillm serve's (default "
-                             "$SCILLM_TLS_CERT; with --tls-key): dial --target with TLS, "
-                             "trusting this chain (or --tls-client-ca)")
-    parser.add_argument("--tls-key", type=Path, default=_env_path("SCILLM_TLS_KEY"),
-                        help="PEM private key of --tls-cert (default $SCILLM_TLS_KEY)")
-    parser.add_argument("--tls-client-ca", type=Path, default=_env_path("SCILLM_TLS_CLIENT_CA"),
-                        help="the mesh's client CA, for mutual TLS (default "
-                             "$SCILLM_TLS_CLIENT_CA): trust it, and present --tls-cert")
+    add_tls_arguments(parser, "--target")
     parser.add_argument("--live", action="store_true",
                         help="send a one-token warm-up completion to each configured model")
     parser.add_argument("--strict", action="store_true",
@@ -73,7 +58,7 @@ async def doctor(args: argparse.Namespace, *,
     """
     expect = [n.strip() for n in (getattr(args, "expect", "") or "").split(",") if n.strip()]
     try:
-        tls = _client_tls(args)
+        tls = client_tls(args)
     except (ValueError, OSError) as exc:
         print(f"scillm doctor: {exc}", file=sys.stderr)
         return 2
@@ -98,21 +83,6 @@ async def doctor(args: argparse.Namespace, *,
         print(f"scillm doctor: ready; optional parts missing: {', '.join(optional)}",
               file=sys.stderr)
     return 1 if reasons and getattr(args, "strict", False) else 0
-
-
-def _client_tls(args: argparse.Namespace) -> TlsConfig | None:
-    """How --target is dialed: the TLS flags read as `scillm serve` reads them (checked
-    the same way: ValueError naming the setting), then dialed as the mesh's own clients
-    dial it (`Settings.client_tls`). None: plaintext."""
-    from ...settings import Settings
-
-    cert, key, client_ca = (getattr(args, name, None)
-                            for name in ("tls_cert", "tls_key", "tls_client_ca"))
-    if cert is None and key is None and client_ca is None:
-        return None
-    settings = Settings(tls_cert=cert, tls_key=key, tls_client_ca=client_ca)
-    settings.validate()
-    return settings.client_tls()
 
 
 def run_doctor(args: argparse.Namespace) -> int:

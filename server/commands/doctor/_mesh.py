@@ -21,8 +21,6 @@ reverse) is said as such rather than as a server that is down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -252,11 +250,13 @@ async def _unreachable(part: str, at: str, error: grpc.aio.AioRpcError, tls: Tls
     when the dial failed, a plaintext dial of a TLS server or the reverse is named as such."""
     import grpc
 
+    from scillm.clients import speaks_tls
+
     code = error.code()
     why = _reason(error.details() or "")
     shown = shown or at
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        speaks = await _speaks_tls(at, timeout_s)
+        speaks = await speaks_tls(at, timeout_s)
         if speaks and tls is None:
             return Check(part, Status.FAILED, f"{shown} speaks TLS, and doctor dialed it in "
                          "plaintext", _HINT_PLAINTEXT)
@@ -285,40 +285,3 @@ def _reason(details: str) -> str:
     _, found, rest = text.partition("OPENSSL_internal:")
     text = (rest if found else text).removesuffix(": OK")
     return one_line(text.removeprefix("Failed to connect to remote host: "), width=90)
-
-
-def _first_address(target: str) -> tuple[str, int] | None:
-    """The host and port of `target`'s first address (None for a form not host:port)."""
-    text = target.strip()
-    for scheme in ("dns:///", "ipv4:", "ipv6:"):
-        text = text.removeprefix(scheme)
-    if "://" in text or text.startswith("unix:"):
-        return None
-    host, found, port = text.split(",", 1)[0].strip().rpartition(":")
-    if not found or not port.isdigit():
-        return None
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-async def _speaks_tls(target: str, timeout_s: float) -> bool | None:
-    """Whether the server at `target` (its first address) answers a TLS handshake: True;
-    False when it answers otherwise; None when it does not answer (refused, silent)."""
-    address = _first_address(target)
-    if address is None:
-        return None
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # which protocol it speaks, not who it is
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(*address, ssl=context), timeout_s)
-    except ssl.SSLError as exc:
-        # An alert is a TLS server refusing (a client certificate it wants); any other
-        # failure (WRONG_VERSION_NUMBER, an EOF) is a server that does not speak TLS.
-        return "ALERT" in str(exc.reason or "")
-    except (OSError, TimeoutError):
-        return None
-    writer.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 1.0)
-    return True
