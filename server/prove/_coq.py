@@ -14,12 +14,20 @@ PROVED requires all of (the protocol that asks Coq is in `_coqworker`):
 A failure carries one diagnostic per culprit, placed on its declaration. coqtop reports
 errors of a ``Load`` without a position, so a file that does not load is compiled once
 more by ``coqc`` (in the jail too) to obtain located diagnostics.
+
+What the item prints (``Check``, ``Print``, ``Compute``, ``Pwd``, ``idtac``, ...) is
+output, not a diagnostic, and decides nothing: coqc prints it on its standard output and
+its messages on standard error, and only standard error is read for diagnostics; of
+coqtop's reply to the ``Load`` only Coq's own error (`coq_error`) is read, for "out of
+memory" (and as the message when coqc gives none); and of the kernel check only what
+coqchk prints after a fresh nonce.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -126,10 +134,11 @@ class CoqBackend:
                 return _crashed(source, limits, str(exc))
             if worker.items >= self._settings.coq_worker_items or worker.worn_out:
                 await worker.kill()  # retired: the pool starts a fresh one
-        if any(s in judgement.load_reply for s in OOM):
-            return _crashed(source, limits, judgement.load_reply)
         if not judgement.loaded:
-            return await self._diagnose(source, judgement.load_reply, limits)
+            # Coq's own error only: a proof that printed "Out of memory" was an ERROR.
+            if any(s in judgement.load_error for s in OOM):
+                return _crashed(source, limits, judgement.load_error)
+            return await self._diagnose(source, judgement.load_error, limits)
         outcome = _verdict(source, decl.name, decl.name_at, judgement)
         if outcome.verdict is Verdict.PROVED and self._settings.coq_kernel_check:
             return await self._kernel_check(source, limits) or outcome
@@ -137,14 +146,21 @@ class CoqBackend:
 
     async def _kernel_check(self, source: str, limits: Limits) -> CheckOutcome | None:
         """None when the independent kernel checker `coqchk` accepts the compiled item with
-        nothing of its own assumed; else FAILED with what it said (`coq_kernel_check`)."""
+        nothing of its own assumed; else FAILED with what it said (`coq_kernel_check`).
+
+        Only what follows a fresh nonce, echoed once coqc is done, is read as coqchk's
+        summary: what the item printed (coqc's standard output, dropped) or put in a
+        message (a deprecation note) can print coqchk's shape of an axiom of the item,
+        which made an honest proof FAILED."""
+        nonce = f"scillm-coqchk-{secrets.token_hex(8)}"
         with tempfile.TemporaryDirectory(prefix="scillm-coqchk-",
                                          dir=self._settings.scratch_dir) as tmp:
             inbox = make_inbox("item-", Path(tmp))
             put_item(inbox, "Item.v", source)
             out = "/tmp" if self.jail.isolation == "bubblewrap" else tmp
             script = (f"{shlex.quote(self._settings.coqc_path)} -q -o {out}/Item.vo "
-                      f"{shlex.quote(self.jail.inbox_path(inbox))}/Item.v && cd {out} && "
+                      f"{shlex.quote(self.jail.inbox_path(inbox))}/Item.v >/dev/null && "
+                      f"echo {nonce} && cd {out} && "
                       f"{shlex.quote(self._settings.coqchk_path)} -silent -o -norec Item")
             try:
                 result = await run_once(["/bin/sh", "-c", script], jail=self.jail,
@@ -153,16 +169,22 @@ class CoqBackend:
             except TimeoutError:
                 message = f"coqchk did not finish within {limits.timeout_s:g} s"
                 return CheckOutcome(Verdict.TIMEOUT, source, message=message)
-        assumed = kernel_assumptions(result.output)
-        if result.returncode == 0 and "CONTEXT SUMMARY" in result.output and not assumed:
+        coqc, _, coqchk = result.output.partition(f"{nonce}\n")
+        assumed = kernel_assumptions(coqchk)
+        if result.returncode == 0 and "CONTEXT SUMMARY" in coqchk and not assumed:
             return None
-        said = ", ".join(assumed) if assumed else " ".join(result.output.split())[-300:]
+        said = ", ".join(assumed) if assumed else " ".join((coqchk or coqc).split())[-300:]
         message = f"the kernel checker coqchk rejected the item: {said}"
         return CheckOutcome(Verdict.FAILED, source, (Diagnostic("error", message),),
                             message=message)
 
     async def _diagnose(self, source: str, warm_error: str, limits: Limits) -> CheckOutcome:
-        """FAILED with diagnostics located by a cold `coqc` run of the same source."""
+        """FAILED with diagnostics located by a cold `coqc` run of the same source; else
+        with `warm_error` (`coq_error`: Coq's own error on the warm Load).
+
+        Only coqc's standard error is read: its standard output is what the item printed,
+        which was read as the item's first error ("/tmp nat : Set ..." for `Pwd. Check
+        nat.`), and fed to the model as what to repair."""
         with tempfile.TemporaryDirectory(prefix="scillm-coqc-",
                                          dir=self._settings.scratch_dir) as tmp:
             inbox = make_inbox("item-", Path(tmp))
@@ -173,14 +195,14 @@ class CoqBackend:
                 result = await run_once([self._settings.coqc_path, "-q", "-o", output,
                                          f"{where}/Item.v"], jail=self.jail,
                                         timeout_s=limits.timeout_s, memory_mb=limits.memory_mb,
-                                        inbox=inbox)
-                diagnostics = parse_messages(result.output, source)
+                                        inbox=inbox, stderr_apart=True)
+                diagnostics = parse_messages(result.errors, source)
             except TimeoutError:
                 diagnostics = []
         errors = [d for d in diagnostics if d.severity == "error"]
         if not errors:
-            text = " ".join(TAG.sub("", warm_error).split())
-            message = text.split("Error:", 1)[-1].strip()[:500] if "Error:" in text else (
+            text = " ".join(warm_error.removeprefix("Error:").split())
+            message = text[:500] or (
                 "the file did not load to its end, or left a proof, section or module open")
             errors = [Diagnostic("error", message)]
             diagnostics = [*diagnostics, *errors]

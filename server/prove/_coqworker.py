@@ -50,8 +50,8 @@ from ._coqtext import Composed, required
 from ._process import ProverProcess, make_inbox, put_item
 from ._settings import ProveSettings
 
-__all__ = ["OOM", "TAG", "CoqJob", "CoqWorker", "Judgement", "flat_listing", "is_closed",
-           "prepare"]
+__all__ = ["OOM", "TAG", "CoqJob", "CoqWorker", "Judgement", "coq_error", "flat_listing",
+           "is_closed", "prepare"]
 
 _PROMPT = b"</prompt>"
 #: Descriptors a worker keeps for other than its leaked Loads (see `CoqWorker.loads`).
@@ -85,6 +85,27 @@ def flat_listing(reply: str, module: str) -> list[str] | None:
     return names
 
 
+def coq_error(reply: str, command: str) -> str:
+    """Coq's error on `command`, one of the checker's own commands naming a fresh nonce, in
+    its reply ("Error: ..."), or "" when it has none.
+
+    Coq prints the error that stops a command last, after a header that quotes the
+    command (``> Load "<inbox>/Item_<nonce>.v".`` and a line of carets). Everything the
+    item printed on its way (`Check`, `Print`, `idtac`: untagged, or in ``<infomsg>``)
+    comes before it and cannot forge the header, which names the nonce; a message under
+    the last header that is not an error (a ``<warning>``) is not one. The error ends at
+    the prompt of the frame's next command, if any.
+    """
+    header = f"\n> {command}\n"
+    at = reply.rfind(header)
+    if at < 0:
+        return ""
+    rest = reply[at + len(header):]
+    body = rest[rest.find("\n") + 1:] if "\n" in rest else ""  # past the carets' line
+    body = TAG.sub("", body.split("<prompt>", 1)[0]).strip()  # up to the next command's
+    return body if body.startswith("Error:") else ""
+
+
 def is_closed(reply: str) -> bool:
     """Whether a `Print Assumptions` reply says "closed", and nothing else."""
     return _FETCHING.sub("", reply).strip() == _CLOSED
@@ -96,8 +117,10 @@ class Judgement:
 
     #: The file loaded to its end and its module closed.
     loaded: bool = False
-    #: Reply of the `Load` (and of `End`, when the module did not close).
-    load_reply: str = ""
+    #: Coq's own error that stopped the `Load` (or the `End`, when the module did not
+    #: close), "Error: ...", or "". Not the whole reply: that holds what the item printed
+    #: (a proof that printed "Out of memory" was an ERROR; see `coq_error`).
+    load_error: str = ""
     #: Declarations that are not closed (named relative to the item), with Coq's reply.
     open: dict[str, str] = field(default_factory=dict)
     #: The stated theorem: None when not checked; else whether it has the stated type.
@@ -362,7 +385,7 @@ class CoqWorker:
                    (f"End {m}.", "Set Short Module Printing.", f"Print Module {m}.")]
         self.loads += 1 + len(readings)
         *read, load, end = await self.ask(frames)
-        judgement = Judgement(load_reply=load)
+        judgement = Judgement()
         for i, (field_name, *_, check) in enumerate(readings):
             # Framed by the nonce: a reply that prints the stated type holds the item's
             # text (a binder named `Error` made it read as a failure).
@@ -377,7 +400,8 @@ class CoqWorker:
         closed = f"<infomsg>Module {m} is defined</infomsg>" in end
         judgement.loaded = closed and f"{m}.{job.marker}" in found
         if not judgement.loaded:
-            judgement.load_reply = load if closed else f"{load}\n{end}"
+            judgement.load_error = (coq_error(load, f'Load "{inbox}/{job.file}".')
+                                    or coq_error(end, f"End {m}."))
         return judgement, found
 
     async def _all_closed(self, job: CoqJob, names: list[str],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -133,6 +134,81 @@ def _first_prompt(obligation: Obligation, instructions: str) -> list[dict[str, s
     return [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
 
 
+#: Tab, newline and carriage return: the characters besides the printable ones that a
+#: formalisation may hold (see `_unreadable`).
+_BLANKS = str.maketrans("\t\n\r", "   ")
+#: Every character that may be refused (all but those and printable ASCII), found at C
+#: speed; each is then asked `_refused`.
+_CANDIDATE = re.compile(r"[^\t\n\r\x20-\x7e]")
+
+
+def _readable(text: str) -> bool:
+    """Whether every character of `text` is printable, a tab or a line break; at C speed,
+    so that a text is read character by character only when it is not."""
+    return text.translate(_BLANKS).isprintable()
+
+
+def _refused(c: str) -> bool:
+    return c not in "\t\n\r" and not c.isprintable()
+
+
+def _named(c: str) -> str:
+    """`c` as a diagnostic names it: "a NUL byte (U+0000)", "U+00A0 NO-BREAK SPACE"."""
+    point = f"U+{ord(c):04X}"
+    what = {"Cc": "the control character", "Cs": "a lone surrogate",
+            "Co": "the private-use character", "Cn": "the unassigned code point"}
+    if c == "\x00":
+        return f"a NUL byte ({point})"
+    category = unicodedata.category(c)
+    if category in what:
+        return f"{what[category]} {point}"
+    return f"{point} {unicodedata.name(c, 'an unnamed character')}"
+
+
+def _shown(text: str) -> str:
+    """`text` with each refused character (`_refused`) in view, one character wide so that
+    columns hold: its Control Pictures sign (U+2400...) for C0 controls and DEL, else
+    U+FFFD. Unseen, or breaking a line where the provers do not, they misled the model."""
+    def stand_in(m: re.Match[str]) -> str:
+        c = m.group()
+        if not _refused(c):
+            return c
+        return chr(0x2400 + ord(c)) if ord(c) < 0x20 else "\u2421" if c == "\x7f" else "\ufffd"
+    return text if _readable(text) else _CANDIDATE.sub(stand_in, text)
+
+
+def _unreadable(code: str) -> CheckOutcome | None:
+    """FAILED, with a diagnostic per character that is neither printable nor a tab or a
+    line break, when the model's code holds one; no prover sees it.
+
+    Such are NUL (which a caller's item may not hold either) and the other control
+    characters, lone surrogates, invisible format characters (zero-width ones, a byte
+    order mark, bidirectional overrides), line and paragraph separators, spaces other
+    than U+0020, and private-use and unassigned code points (`str.isprintable`). Outside
+    a comment or a string, Coq's lexer says "Undefined token" and z3 "unexpected
+    character" about any of them, of a character the model cannot see in the listing it
+    is shown; Python's `splitlines` breaks lines where the provers do not (U+000C,
+    U+2028), so the listing's line numbers were not the diagnostics'; a lone surrogate
+    cannot be written for a prover at all. Inside a comment or a string the provers take
+    most of them, but a formalisation has no use for them there either, and refusing them
+    wherever they are keeps one rule for both provers' readers and ours.
+    The diagnostics are located in the code as written, which the outcome quotes.
+    """
+    if _readable(code):
+        return None
+    found = [m.start() for m in _CANDIDATE.finditer(code) if _refused(m.group())]
+    diagnostics = []
+    for i in found:
+        line, column = line_col(code, i)
+        fix = "write a plain space" if unicodedata.category(code[i]) == "Zs" else "remove it"
+        diagnostics.append(Diagnostic(
+            "error", f"{_named(code[i])}, which the provers cannot read and most displays do "
+            f"not show: {fix}", line, column, line, column + 1))
+    return CheckOutcome(Verdict.FAILED, code, diagnostics=tuple(in_brief(diagnostics)),
+                        message=f"the formalisation holds {_named(code[found[0]])} on line "
+                                f"{diagnostics[0].line}, which the provers cannot read")
+
+
 #: The most lines of the checked source a repair prompt quotes back.
 _FEEDBACK_LINES = 400
 #: The most characters of the source a FAILED attempt keeps when it was too large.
@@ -147,7 +223,7 @@ def _feedback(outcome: CheckOutcome) -> str:
     for d in in_brief(list(outcome.diagnostics)):
         where = f"line {d.line}, column {d.column}: " if d.line is not None else ""
         lines.append(f"- {d.severity}: {where}{d.message[:500]}")
-    source = outcome.source.splitlines()
+    source = _shown(outcome.source).splitlines()
     numbered = "\n".join(f"{i:4d} | {text[:200]}"
                          for i, text in enumerate(source[:_FEEDBACK_LINES], 1))
     if len(source) > _FEEDBACK_LINES:
@@ -160,7 +236,9 @@ def _feedback(outcome: CheckOutcome) -> str:
 def _too_large(current: Obligation, limit: int) -> CheckOutcome | None:
     """FAILED when the item the model completed is larger than a caller's may be: its
     code was checked however large (a direct item past the limit is refused)."""
-    size = sum(len(t.encode()) for t in (current.preamble, current.statement, current.proof))
+    # surrogatepass: a lone surrogate is measured here, and refused by `_unreadable`.
+    size = sum(len(t.encode(errors="surrogatepass"))
+               for t in (current.preamble, current.statement, current.proof))
     if size <= limit:
         return None
     kept = (current.preamble + "\n" + current.statement + current.proof)[:_KEPT_CHARS]
@@ -200,8 +278,8 @@ async def formalize(obligation: Obligation, *, instructions: str, options: Forma
                                    message="the reply holds no fenced code block")
         else:
             current = split_reply(obligation, code)
-            outcome = (_too_large(current, max_source_bytes) or _assumes(obligation, current)
-                       or await check(current))
+            outcome = (_too_large(current, max_source_bytes) or _unreadable(code)
+                       or _assumes(obligation, current) or await check(current))
         attempts.append(Attempt(
             index=index, source=outcome.source, verdict=outcome.verdict,
             diagnostics=outcome.diagnostics, message=outcome.message,

@@ -57,7 +57,7 @@ def _innermost(pid: int) -> int:
 
 
 class ProverProcess:
-    """One running prover with piped stdin and merged stdout/stderr."""
+    """One running prover with piped stdin and merged stdout/stderr (or stderr apart)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, jail: Jail, memory_mb: int) -> None:
         self._proc = proc
@@ -66,16 +66,18 @@ class ProverProcess:
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, jail: Jail, memory_mb: int,
-                    inbox: Path | None = None) -> ProverProcess:
+                    inbox: Path | None = None, stderr_apart: bool = False) -> ProverProcess:
         """Start `argv` in `jail`, limited to `memory_mb` MiB of address space.
 
         `inbox` is the host directory the prover reads its items from (read-only inside
         bubblewrap; see `Jail.inbox_path`). Without bubblewrap the prover works in it.
+        With `stderr_apart`, standard error is read apart from standard output (`finish`).
         """
         proc = await asyncio.create_subprocess_exec(
             *jail.command(argv, memory_mb=memory_mb, inbox=inbox),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=jail.env,
+            stderr=asyncio.subprocess.PIPE if stderr_apart else asyncio.subprocess.STDOUT,
+            env=jail.env,
             cwd=inbox if jail.isolation != "bubblewrap" else None,
             start_new_session=True, limit=STREAM_LIMIT)
         return cls(proc, jail, memory_mb)
@@ -127,8 +129,9 @@ class ProverProcess:
         if stdin is not None and not stdin.is_closing():
             with contextlib.suppress(OSError, RuntimeError):
                 stdin.close()
-        out, _ = await self._proc.communicate()
-        return RunResult(self._proc.returncode or 0, out.decode(errors="replace"))
+        out, err = await self._proc.communicate()
+        return RunResult(self._proc.returncode or 0, out.decode(errors="replace"),
+                         (err or b"").decode(errors="replace"))
 
     def kill_now(self) -> None:
         """SIGKILL the prover's process group without waiting."""
@@ -145,19 +148,22 @@ class ProverProcess:
 
 @dataclass(frozen=True)
 class RunResult:
-    """Exit status and merged output of a one-shot prover run."""
+    """Exit status and output of a one-shot prover run: stdout and stderr merged, or (with
+    `run_once(stderr_apart=True)`) stdout alone, stderr in `errors`."""
 
     returncode: int
     output: str
+    errors: str = ""
 
 
 async def run_once(argv: Sequence[str], *, jail: Jail, timeout_s: float, memory_mb: int,
-                   inbox: Path | None = None) -> RunResult:
+                   inbox: Path | None = None, stderr_apart: bool = False) -> RunResult:
     """Run `argv` in `jail` to completion; TimeoutError (prover killed) past `timeout_s`.
 
-    Cancellation kills the prover too.
+    Cancellation kills the prover too. `stderr_apart`: see `RunResult`.
     """
-    proc = await ProverProcess.spawn(argv, jail=jail, memory_mb=memory_mb, inbox=inbox)
+    proc = await ProverProcess.spawn(argv, jail=jail, memory_mb=memory_mb, inbox=inbox,
+                                     stderr_apart=stderr_apart)
     try:
         async with asyncio.timeout(timeout_s):
             return await proc.finish()

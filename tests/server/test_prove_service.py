@@ -341,3 +341,55 @@ def test_a_formalize_model_call_that_fails_says_why(tmp_path: Path,
         assert "nope/x" in result.error and "not configured" in result.error
         assert len(result.attempts) == 1  # no repair loop without a model
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_the_repair_prompt_says_what_failed_not_what_was_printed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Through the service, a scripted upstream and the real provers. A Coq formalisation
+    that printed (Pwd, Check, Print, Compute) and failed had the printed text sent back to
+    the model as the checker's first error; a formalisation holding a NUL byte came back
+    with Coq's "Syntax Error: Lexer: Undefined token" or z3's "unexpected character". The
+    repair prompt names the real error, then the NUL byte and where it is; the caller gets
+    the NUL byte as a located diagnostic (1-based column), for Coq and for z3."""
+    caplog.set_level(logging.INFO, logger="scillm.prove")
+    printed = ("```coq\nPwd.\nCheck nat.\nPrint bool.\nCompute 1 + 1.\n"
+               "Theorem t : 1 + 1 = 3.\nProof. reflexivity. Qed.\n```")
+    coq_nul = "```coq\nTheorem t : 1 + 1 = 2.\nProof. refl\x00exivity. Qed.\n```"
+    smt_nul = "```smt2\n(declare-const x Int)\n; goal\n(> (+ x 1)\x00 x)\n```"
+    upstream = ScriptedUpstream([{"content": text}
+                                 for text in (printed, coq_nul, smt_nul, smt_nul)]).start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "prover", "litellm_params": {
+        "model": "openai/prover", "api_base": upstream.url, "api_key": "x"}}],
+        "litellm_settings": {"cache": False}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, http_enabled=False,
+                                       services=("completion", "prove")))
+    try:
+        async def go(backend: int) -> pb.ItemResult:
+            request = pb.ProveRequest(
+                no_cache=True, formalize=pb.FormalizeOptions(model="prover", max_attempts=2),
+                items=[pb.Obligation(item_id="r1", backend=backend,
+                                     requirement_text="one plus one is two")])
+            async with ScillmClient(running.grpc_target) as client:
+                events = [e async for e in client.prove.prove(request)]
+            return events[0].result
+
+        import asyncio
+
+        coq = asyncio.run(go(pb.BACKEND_COQ))
+        smt = asyncio.run(go(pb.BACKEND_SMT))
+    finally:
+        running.stop()
+        upstream.stop()
+    told = [r["messages"][-1]["content"].split("The checked source")[0]
+            for r in upstream.requests]
+    assert 'FAILED: Unable to unify "3" with "1 + 1".' in told[1], told[1]
+    assert not any(p in told[1] for p in ("/tmp", "nat", "bool")), told[1]
+    assert "NUL byte" in told[3] and "line 3, column 10" in told[3], told[3]
+    for result, (line, column) in ((coq, (2, 12)), (smt, (3, 11))):
+        assert result.verdict == pb.VERDICT_FAILED and not result.error, result
+        (d,) = result.diagnostics
+        assert d.severity == pb.SEVERITY_ERROR and "NUL byte" in d.message, d
+        assert (d.line, d.column) == (line, column), d
+        assert [a.verdict for a in result.attempts] == [pb.VERDICT_FAILED] * 2
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

@@ -200,6 +200,14 @@ COQ: list[Cheat] = [
           "Notation \"x = y\" := (x <> y) : type_scope.", says=CLEAN),
     Cheat("coq-statement-ends-in-a-string", "coq", "Theorem bad : 1 = 2 \"",
           "\" = \"\" -> False. Proof. discriminate. Qed.", says="inside a comment or a string"),
+    # What an item prints is output, never read for a verdict: not Print Assumptions'
+    # "closed", nor Coq's "Out of memory" (which made an admitted proof an ERROR that
+    # named no admitted theorem).
+    Cheat("coq-printed-closed", "coq", "Theorem bad : 1 = 2.",
+          'Proof. idtac "Closed under the global context". Admitted.\n'
+          "Print Assumptions bad.\nCheck I.", says="bad is assumed"),
+    Cheat("coq-printed-out-of-memory", "coq", "Theorem bad : 1 = 2.",
+          'Proof. idtac "Error: Out of memory.". Admitted.', says="bad is assumed"),
 ]
 
 SMT: list[Cheat] = [

@@ -152,3 +152,70 @@ async def test_a_worker_is_retired_before_its_leaked_loads_run_out_of_descriptor
         async with engine.run_batch(items, no_cache=True) as run:
             verdicts = [r.verdict async for r in run]
     assert verdicts == [Verdict.PROVED] * 40
+
+
+#: What an item may print before its theorem and in its proof (idtac's text, `Check`'s
+#: answer, a deprecation note that Coq's warning quotes), shaped as what the checker
+#: reads: Coq's out-of-memory error, coqchk's list of an item's axioms.
+PRINTS = {
+    "out-of-memory": ("", 'idtac "Out of memory". idtac "Error: Out of memory.".'),
+    "kernel-axiom": ("", 'idtac "* Axioms:". idtac "    Item.t : False".'),
+    "check": ("Check nat.\n", "Print bool."),
+    "warning-note": ('#[deprecated(since="1", note="x\n* Axioms:\n    Item.t : False")]\n'
+                     "Notation one := 1.\nDefinition d := one.\n", ""),
+}
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["warm", "coqchk"])
+@pytest.mark.parametrize("prints", list(PRINTS), ids=list(PRINTS))
+async def test_what_a_proof_prints_does_not_change_its_verdict(
+        tmp_path: Path, kernel: bool, prints: str) -> None:
+    """The verdict is the proof's alone. A proof that printed "Out of memory" was an ERROR
+    ("coq ran out of memory or crashed": the whole of the Load's reply, printed output
+    included, was searched for it), and one that printed coqchk's shape of an axiom of
+    the item (or had a warning quote it) was FAILED under `coq_kernel_check`: coqc's
+    output went into the text read as coqchk's summary. The same text printed by a proof
+    that fails does not hide its error."""
+    before, during = PRINTS[prints]
+    settings = ProveSettings(scratch_dir=tmp_path, cache_size=0, coq_kernel_check=kernel)
+    async with ProveEngine(settings) as engine:
+        proved = await engine.check(coq("p", f"{before}Theorem t : True.",
+                                        f"Proof. {during} exact I. Qed."),
+                                    limits=Limits(timeout_s=60))
+        failed = await engine.check(coq("f", f"{before}Theorem t : 1 = 2.",
+                                        f"Proof. {during} reflexivity. Qed."),
+                                    limits=Limits(timeout_s=60))
+    assert (proved.verdict, proved.diagnostics) == (Verdict.PROVED, ()), proved
+    assert failed.verdict is Verdict.FAILED, failed
+    assert failed.message == 'Unable to unify "2" with "1".', failed.message
+
+
+async def test_a_proof_that_runs_out_of_memory_is_still_an_error(engine: ProveEngine) -> None:
+    """Coq's own "Error: Out of memory." on the Load stays an ERROR (not FAILED) now that
+    what the item prints is no longer searched for it."""
+    result = await engine.check(coq(
+        "oom", "Theorem t : True.",
+        "Proof. Eval vm_compute in List.length (List.repeat 0 50000000). exact I. Qed."),
+        limits=Limits(timeout_s=60, memory_mb=400))
+    assert result.verdict is Verdict.ERROR, result
+    assert "out of memory" in result.message and "400 MiB" in result.message, result.message
+
+
+@pytest.mark.parametrize(("proof", "error"), [
+    ('Proof. Pwd. Check nat. Print bool. Compute 1 + 1. idtac "Error: printed".\n'
+     "  reflexivity. Qed.", 'Unable to unify "2" with "1".'),
+    # No located error here: the message was cut out of coqc's whole output, what the
+    # proof printed first ("printed Error: There are pending proofs ...").
+    ('Proof. idtac "Error: printed". Check nat.', "There are pending proofs"),
+])
+async def test_what_a_failed_proof_prints_is_not_a_diagnostic(
+        engine: ProveEngine, proof: str, error: str) -> None:
+    """coqc's printed output (Pwd, Check, Print, Compute, idtac: its standard output) was
+    read with its messages (standard error) as one text: it came back as the item's first
+    error diagnostic, and its message, before the one real error."""
+    result = await engine.check(coq("f", "Theorem t : 1 = 2.", proof))
+    assert result.verdict is Verdict.FAILED, result
+    assert result.message.startswith(error), result.message
+    assert [d.severity for d in result.diagnostics] == ["error"], result.diagnostics
+    for d in result.diagnostics:
+        assert not any(p in d.message for p in ("/tmp", "nat", "bool", "printed")), d

@@ -240,3 +240,86 @@ async def test_a_coq_formalisation_that_uses_the_context_as_it_is_is_proved(
         "honest", "coq", requirement_text="double n = n + n + 1", preamble=_DOUBLE), model,
         attempts=1)
     assert result.verdict is Verdict.PROVED, result
+
+
+_PRINTS = ('Pwd.\nCheck nat.\nPrint bool.\nCompute 1 + 1.\n'
+           'Goal True. idtac "Error: printed, not failed". exact I. Qed.\n')
+
+
+async def test_what_a_coq_formalisation_prints_is_not_fed_back_as_an_error(
+        engine: ProveEngine) -> None:
+    """The repair prompt began "The checker answered FAILED: /tmp nat : Set Inductive bool
+    : Set := ..." (what Pwd, Check, Print, Compute and idtac printed), an error diagnostic
+    before the one real error; the caller got it as the attempt's first error too. The
+    model is told what failed, and a proof that prints is judged on the proof alone."""
+    model = _Replies(f"```coq\n{_PRINTS}Theorem t : 1 + 1 = 3.\nProof. reflexivity. Qed.\n```",
+                     f"```coq\n{_PRINTS}Theorem t : 1 + 1 = 2.\nProof. reflexivity. Qed.\n```")
+    result = await _formalized(engine, Obligation("prints", "coq",
+                                                  requirement_text="1 + 1 = 2"), model)
+    first = result.attempts[0]
+    assert first.verdict is Verdict.FAILED
+    assert first.message == 'Unable to unify "3" with "1 + 1".', first.message
+    assert [(d.message, d.line) for d in first.diagnostics] == [(first.message, 7)]
+    told = model.calls[1][-1]["content"].split("The checked source")[0]
+    assert 'FAILED: Unable to unify "3" with "1 + 1".' in told, told
+    assert not any(p in told for p in ("/tmp", "nat", "bool", "printed")), told
+    assert result.verdict is Verdict.PROVED and result.attempts[1].diagnostics == ()
+
+
+#: A true formalisation per backend, with {} where a character goes.
+_HOLDS = {"coq": "```coq\nTheorem t : 1 + 1 = 2.\nProof. refl{}exivity. Qed.\n```",
+          "smt": "```smt2\n(declare-const x Int)\n; goal\n(> (+ x 1){} x)\n```"}
+#: Where the character sits in the code block: line, 0-based column.
+_AT = {"coq": (2, 11), "smt": (3, 10)}
+
+
+@pytest.mark.parametrize("backend", list(_HOLDS))
+@pytest.mark.parametrize(("char", "named"), [
+    ("\x00", "a NUL byte (U+0000)"),
+    ("\x1b", "the control character U+001B"),
+    ("\x0c", "the control character U+000C"),  # Python's splitlines breaks a line there
+    ("\x85", "the control character U+0085"),
+    ("\u00a0", "U+00A0 NO-BREAK SPACE"),
+    ("\u200b", "U+200B ZERO WIDTH SPACE"),
+    ("\u202e", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    ("\u2028", "U+2028 LINE SEPARATOR"),
+    ("\ud800", "a lone surrogate U+D800"),
+])
+async def test_a_character_the_provers_cannot_read_is_named_to_the_model(
+        engine: ProveEngine, backend: str, char: str, named: str) -> None:
+    """A reply holding a NUL byte (or another control or invisible character) came back
+    FAILED with Coq's "Syntax Error: Lexer: Undefined token" or z3's "unexpected
+    character", about a character the model cannot see in the source it was shown; a
+    lone surrogate raised UnicodeEncodeError out of the loop. The model is told which
+    character, where, in the code it wrote, and can repair it."""
+    model = _Replies(_HOLDS[backend].format(char), _HOLDS[backend].format(""))
+    result = await _formalized(engine, Obligation("c", backend, requirement_text="1 + 1 = 2"),
+                               model)
+    first = result.attempts[0]
+    assert first.verdict is Verdict.FAILED, first
+    assert first.source == model.texts[0].split("\n", 1)[1].rsplit("\n```", 1)[0]
+    (d,) = first.diagnostics
+    assert named in d.message and (d.line, d.column) == _AT[backend], d
+    assert named in first.message and f"line {_AT[backend][0]}" in first.message
+    told = model.calls[1][-1]["content"]
+    assert named in told and "line {}, column {}".format(*_AT[backend]) in told, told
+    listing = told.split("The checked source, with line numbers:\n")[1].split("\n\n")[0]
+    # Shown (so it cannot pass unseen, nor break a line the provers do not break).
+    assert char not in listing, listing
+    assert len(listing.splitlines()) == first.source.count("\n") + 1, listing
+    assert result.verdict is Verdict.PROVED, result
+
+
+@pytest.mark.parametrize("backend", list(_HOLDS))
+async def test_a_nul_byte_left_in_the_last_attempt_is_the_callers_diagnostic(
+        engine: ProveEngine, backend: str) -> None:
+    """With the repair budget spent, the caller gets FAILED and the located diagnostic
+    naming the NUL byte, never a stack trace or a prover's lexer error."""
+    model = _Replies(_HOLDS[backend].format("\x00"))
+    result = await _formalized(engine, Obligation("n", backend, requirement_text="1 + 1 = 2"),
+                               model, attempts=2)
+    assert result.verdict is Verdict.FAILED and len(result.attempts) == 2, result
+    (d,) = result.diagnostics
+    assert d.severity == "error" and "NUL byte" in d.message, d
+    assert (d.line, d.column) == _AT[backend]
+    assert "NUL byte" in result.message
