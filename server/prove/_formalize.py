@@ -221,7 +221,10 @@ def _feedback(outcome: CheckOutcome) -> str:
     prompt of 8 MB, which the caller pays for as tokens)."""
     lines = [f"The checker answered {outcome.verdict.value.upper()}: {outcome.message}"]
     for d in in_brief(list(outcome.diagnostics)):
-        where = f"line {d.line}, column {d.column}: " if d.line is not None else ""
+        # 1-based, as the listing's lines and the API's columns: "column 7" was the
+        # caller's column 8.
+        where = "" if d.line is None else f"line {d.line}: " if d.column is None else \
+            f"line {d.line}, column {d.column + 1}: "
         lines.append(f"- {d.severity}: {where}{d.message[:500]}")
     source = _shown(outcome.source).splitlines()
     numbered = "\n".join(f"{i:4d} | {text[:200]}"

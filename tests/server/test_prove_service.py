@@ -385,7 +385,7 @@ def test_the_repair_prompt_says_what_failed_not_what_was_printed(
             for r in upstream.requests]
     assert 'FAILED: Unable to unify "3" with "1 + 1".' in told[1], told[1]
     assert not any(p in told[1] for p in ("/tmp", "nat", "bool")), told[1]
-    assert "NUL byte" in told[3] and "line 3, column 10" in told[3], told[3]
+    assert "NUL byte" in told[3] and "line 3, column 11" in told[3], told[3]  # as the API
     for result, (line, column) in ((coq, (2, 12)), (smt, (3, 11))):
         assert result.verdict == pb.VERDICT_FAILED and not result.error, result
         (d,) = result.diagnostics

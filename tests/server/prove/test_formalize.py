@@ -54,7 +54,7 @@ async def test_coq_fails_then_repairs_then_proves(engine: ProveEngine) -> None:
     system = model.calls[0][0][0]
     assert system["role"] == "system" and "Coq" in system["content"]
     feedback = model.calls[1][0][-1]["content"]
-    assert "line 3, column 12" in feedback and "lia" in feedback
+    assert "line 3, column 13" in feedback and "lia" in feedback  # 1-based, as the API
     assert model.calls[0][1:] == ("scripted", 0.2)
     summary = run.summary
     assert summary.prompt_tokens == 780 and summary.completion_tokens == 119
@@ -302,7 +302,8 @@ async def test_a_character_the_provers_cannot_read_is_named_to_the_model(
     assert named in d.message and (d.line, d.column) == _AT[backend], d
     assert named in first.message and f"line {_AT[backend][0]}" in first.message
     told = model.calls[1][-1]["content"]
-    assert named in told and "line {}, column {}".format(*_AT[backend]) in told, told
+    line, column = _AT[backend]
+    assert named in told and f"line {line}, column {column + 1}" in told, told
     listing = told.split("The checked source, with line numbers:\n")[1].split("\n\n")[0]
     # Shown (so it cannot pass unseen, nor break a line the provers do not break).
     assert char not in listing, listing
