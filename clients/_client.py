@@ -10,7 +10,9 @@ name; lists and DNS names are balanced with gRPC's `round_robin` policy. A mesh 
 over processes is one client too: `targets={"completion": "dns:///completion:50051"}`
 sends that service's calls to its own target (one channel per distinct target). Failed
 calls raise `RPCError` (with the status code, details and request id); UNAVAILABLE is
-retried by the channel's retry policy for calls that have not started.
+retried by the channel's retry policy for calls that have not started. A call a stopping
+server cut at its grace's end, its handler having run, fails ABORTED (reason
+`ServerShuttingDown`) and is not retried (server/grace_end.py).
 """
 
 from __future__ import annotations

@@ -369,13 +369,16 @@ def _grpc_server(settings: Settings, interceptors: list[grpc.aio.ServerIntercept
     (bench/README.md). It hands other calls (reflection, unknown methods) to a grpc.aio
     server behind it, and has no TLS, so with TLS the server is grpcio's. Its HTTP/2 work
     runs on `settings.grpc_io_threads` threads, and its stop lets every call that finished
-    in the grace reach its caller (native_server.py)."""
+    in the grace reach its caller (native_server.py). On both, a call still running when
+    the grace ends fails ABORTED, which no channel retries (grace_end.py)."""
     if settings.grpc_server == "native" and not settings.tls:
         from .native_server import DrainingServer
 
         return DrainingServer(interceptors=interceptors, options=options,
                               io_threads=settings.grpc_io_threads)
-    return grpc.aio.server(interceptors=interceptors, options=options)
+    from .grace_end import GrpcioServer
+
+    return GrpcioServer(interceptors=interceptors, options=options)
 
 
 class _EmbeddedUvicorn:

@@ -11,7 +11,14 @@ probe lost a stream's tail so.
 within the same grace, until the front has finished every call it started (its own
 per-method counters, `NativeGrpcFront.metrics()`, switched on for that), and only then
 stops as the library does. New calls are refused with UNAVAILABLE from the start of the
-stop, as the library refuses them.
+stop, as the library refuses them; a caller's channel may retry those elsewhere (no handler
+ran for them).
+
+A call whose handler still runs when the grace ends is another matter: the library would
+cancel it and close its connection, and the caller's channel would retry the UNAVAILABLE
+it saw on another replica, running it twice. The stop ends such a call itself, through
+the front, as server/grace_end.py says (ABORTED, "the server is shutting down"), and gives
+the front up to `grace_end.ENDING_S` past the grace to send those ends.
 
 It also runs a method's interceptors once instead of on every call, when they allow it
 (`DrainingServer._resolve_methods`).
@@ -31,6 +38,8 @@ from typing import Any
 
 import grpc
 import pygrpc_native.aio
+
+from . import grace_end
 
 __all__ = ["DrainingServer"]
 
@@ -82,6 +91,8 @@ class DrainingServer(pygrpc_native.aio.Server):
         tasks = [call.task for call in self._calls.values() if call.task is not None]
         if grace and tasks:
             await asyncio.wait(tasks, timeout=grace)
+        if self._end_running_calls():
+            deadline = max(deadline, loop.time()) + grace_end.ENDING_S
         # The front signals nothing when it is drained: its counters are read until it is.
         while self._unfinished() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_POLL_S)
@@ -89,6 +100,23 @@ class DrainingServer(pygrpc_native.aio.Server):
         # before the loop can deliver another call, so none slips in.
         self._stopping = False
         await super().stop(max(0.0, deadline - loop.time()) if grace else grace)
+
+    def _end_running_calls(self) -> int:
+        """End the calls whose handlers still run (the grace is over) as
+        server/grace_end.py says, and cancel their handlers, as a caller leaving cancels
+        them (the upstream calls they wait on end too); how many."""
+        front = self._front
+        assert front is not None
+        ended = 0
+        for call in list(self._calls.values()):
+            if call.task is None or call.task.done():
+                continue
+            front.fail(call.call_id, grace_end.CODE.value[0], grace_end.MESSAGE,
+                       trailing_metadata=grace_end.trailers(call.metadata))
+            # The library sends nothing for a handler cancelled while the server stops.
+            call.task.cancel()
+            ended += 1
+        return ended
 
     def _unfinished(self) -> int:
         """Calls the front has started and not yet finished (sent their status)."""

@@ -61,6 +61,10 @@ def from_exception(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]
             status, type_ = 502, "upstream_error"
         if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and exc.reason == "RequestTooLarge":
             status, type_ = 413, "invalid_request_error"
+        if exc.code == grpc.StatusCode.ABORTED and exc.reason == "ServerShuttingDown":
+            # A service cut the call at its stop's grace end (ABORTED, so that no channel
+            # retries it: server/grace_end.py): the 503 this door gives its own such calls.
+            status, type_ = 503, "service_unavailable_error"
         if exc.retry_after_s is not None:
             headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
         code: str | None = exc.reason or exc.code.name.lower()

@@ -1,0 +1,125 @@
+"""A call still running when its replica's grace ends fails; no channel retries it
+(server/grace_end.py).
+
+Two Completion replicas share one upstream that holds its answers (`held_upstream`), and a
+client balances over both (its service config retries UNAVAILABLE). A completion is held
+upstream while the replica serving it stops with a short grace: its caller must get the
+failure, saying the server is shutting down, and the upstream must have been asked once.
+Before, the server ended the call UNAVAILABLE, the channel retried it on the other
+replica, and the upstream answered it a second time: twice the cost for one request. A
+call the stopping replica refuses before its handler runs is still retried
+(`meshutil.refused_code`, tests/server/test_faults.py).
+
+No timing decides the outcome: the upstream is released only once the stop has returned,
+and then the first call either has failed or, retried, is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from held_upstream import HeldUpstream
+from meshutil import RunningMesh, mesh_settings, start_mesh
+
+from scillm.clients import RPCError, ScillmClient
+
+ECHO = {"model": "echo/x", "messages": [{"role": "user", "content": "one two three"}]}
+HELD = {"model": "held", "messages": [{"role": "user", "content": "only once"}]}
+METHOD = "CompletionService/Completion"
+
+
+@dataclass
+class Replicas:
+    upstream: HeldUpstream
+    meshes: list[RunningMesh]
+    tmp: Path
+
+    @property
+    def target(self) -> str:
+        return ",".join(running.grpc_target for running in self.meshes)
+
+    async def stop_the_one_serving(self) -> None:
+        """Once the upstream holds one call: stop the replica serving it, grace 0.5 s."""
+        assert await asyncio.to_thread(self.upstream.arrived, 1), "the call never arrived"
+        serving = [running for running in self.meshes if _in_flight(running)]
+        assert len(serving) == 1 and self.upstream.requests == 1
+        await asyncio.to_thread(serving[0].stop, 0.5)
+
+
+@pytest.fixture(params=["native", "grpcio"])
+def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
+    """Two Completion replicas on the server the parameter names; model `held` is the
+    test's upstream, which holds its answers."""
+    upstream = HeldUpstream().start()
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [
+        {"model_name": "held", "litellm_params": {
+            "model": "openai/held", "api_base": upstream.url, "api_key": "x"}},
+        {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
+    meshes: list[RunningMesh] = []
+    for name in ("a", "b"):
+        meshes.append(start_mesh(mesh_settings(
+            tmp_path / name, services=("completion",), config_path=config,
+            http_enabled=False, grpc_server=request.param)))
+    upstream.hold()
+    yield Replicas(upstream, meshes, tmp_path)
+    upstream.release()
+    for running in meshes:
+        if running.thread.is_alive():
+            running.stop()
+    upstream.stop()
+
+
+def _in_flight(running: RunningMesh) -> float:
+    return running.mesh.metrics.registry.get_sample_value(
+        "scillm_rpc_in_flight", {"method": METHOD}) or 0.0
+
+
+async def test_a_call_cut_at_the_grace_end_is_not_retried_on_another_replica(
+        replicas: Replicas) -> None:
+    async with ScillmClient(replicas.target) as client:
+        ask = asyncio.ensure_future(client.completion.create(
+            HELD, timeout=60, request_id="cut-once-1"))
+        await replicas.stop_the_one_serving()
+        replicas.upstream.release()
+        with pytest.raises(RPCError) as info:
+            await ask
+        # The other replica serves on.
+        answer = await client.completion.create(ECHO, timeout=20)
+    assert replicas.upstream.requests == 1, "the upstream was asked again for the call"
+    assert info.value.code == grpc.StatusCode.ABORTED, info.value
+    assert "shutting down" in info.value.message
+    assert info.value.reason == "ServerShuttingDown"
+    assert info.value.request_id == "cut-once-1"
+    assert await asyncio.to_thread(replicas.upstream.abandoned, 1), \
+        "the upstream request outlived the call"
+    assert answer.choices[0].message.content[0].text == "one two three"
+
+
+async def test_a_door_answers_a_call_its_service_cut_with_a_503(replicas: Replicas) -> None:
+    """A door whose Completion is in other processes gets the cut call's failure, and
+    answers it as it answers its own calls cut at a grace's end: a 503 with OpenAI's body.
+    """
+    door = start_mesh(mesh_settings(replicas.tmp / "door", services=(),
+                                    completion_target=replicas.target))
+    try:
+        async with httpx.AsyncClient(timeout=60) as http:
+            ask = asyncio.ensure_future(http.post(
+                f"{door.http_url}/v1/chat/completions", json=HELD))
+            await replicas.stop_the_one_serving()
+            replicas.upstream.release()
+            reply = await ask
+    finally:
+        door.stop()
+    assert replicas.upstream.requests == 1, "the upstream was asked again for the call"
+    assert reply.status_code == 503, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "service_unavailable_error", error
+    assert "shutting down" in error["message"], error
