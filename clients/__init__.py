@@ -21,7 +21,6 @@ from ._client import (
 )
 from ._litellm import acompletion, completion
 from ._models import ModelCatalog, ModelResolution, resolve_model
-from ._probe import speaks_tls
 from .errors import (
     BudgetExceeded,
     InvalidRequestError,
@@ -57,5 +56,4 @@ __all__ = [
     "parallel_acompletions",
     "parallel_as_completed",
     "resolve_model",
-    "speaks_tls",
 ]

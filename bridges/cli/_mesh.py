@@ -11,7 +11,8 @@ from contextlib import AbstractAsyncContextManager
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scillm.clients import RPCError, ScillmClient, TlsConfig, speaks_tls
+from scillm.clients import RPCError, ScillmClient, TlsConfig
+from scillm.clients.probe import speaks_tls
 
 __all__ = ["LocalMesh", "mesh_client"]
 

@@ -109,12 +109,13 @@ def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
         if not 0.0 <= probe.top_p <= 1.0:
             raise InvalidRequestError("'top_p' must be between 0 and 1", param="top_p")
         c.top_p = probe.top_p
-    for key in ("max_completion_tokens", "max_tokens"):  # OpenAI's order of preference
-        if probe.HasField(key):
-            if getattr(probe, key) < 1:
-                raise InvalidRequestError(f"'{key}' must be at least 1", param=key)
-            c.max_tokens = getattr(probe, key)
-            break
+    # OpenAI's order of preference
+    limit = "max_completion_tokens" if probe.HasField("max_completion_tokens") else \
+        "max_tokens" if probe.HasField("max_tokens") else None
+    if limit is not None:
+        if getattr(probe, limit) < 1:
+            raise InvalidRequestError(f"'{limit}' must be at least 1", param=limit)
+        c.max_tokens = getattr(probe, limit)
     return req
 
 

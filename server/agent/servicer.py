@@ -191,28 +191,30 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             async for event in events:
                 if trace is not None:
                     await trace.record(event)
-                if isinstance(event, ModelTurnEvent):
-                    turn = pb.ModelTurn(iteration=event.iteration,
-                                        message=wire.message_to_proto(event.message, "message"),
-                                        usage=_usage(event.usage), model=event.model)
-                    turn.duration.FromNanoseconds(int(event.seconds * 1e9))
-                    recorded.append(pb.AgentRunResponse(model_turn=turn))
-                    yield recorded[-1]
-                elif isinstance(event, ToolCallEvent):
-                    recorded.append(pb.AgentRunResponse(tool_call=pb.ToolCallEvent(
-                        iteration=event.iteration, tool_call=_tool_call(event.tool_call))))
-                    yield recorded[-1]
-                elif isinstance(event, ToolResultEvent):
-                    recorded.append(pb.AgentRunResponse(tool_result=pb.ToolResultEvent(
-                        iteration=event.iteration, result=_tool_result(event.result))))
-                    yield recorded[-1]
-                elif isinstance(event, FinalEvent):
+                if isinstance(event, FinalEvent):
                     final = final_to_proto(event.result)
                     final.manifest.CopyFrom(clock.finish(backend="agent"))
                     if trace is not None:
                         final.trace_path = str(trace.path)
                     await record.put(final.manifest, final)
                     yield pb.AgentRunResponse(final=final)
+                    continue
+                if isinstance(event, ModelTurnEvent):
+                    turn = pb.ModelTurn(iteration=event.iteration,
+                                        message=wire.message_to_proto(event.message, "message"),
+                                        usage=_usage(event.usage), model=event.model)
+                    turn.duration.FromNanoseconds(int(event.seconds * 1e9))
+                    response = pb.AgentRunResponse(model_turn=turn)
+                elif isinstance(event, ToolCallEvent):
+                    response = pb.AgentRunResponse(tool_call=pb.ToolCallEvent(
+                        iteration=event.iteration, tool_call=_tool_call(event.tool_call)))
+                elif isinstance(event, ToolResultEvent):
+                    response = pb.AgentRunResponse(tool_result=pb.ToolResultEvent(
+                        iteration=event.iteration, result=_tool_result(event.result)))
+                else:
+                    continue
+                recorded.append(response)
+                yield response
 
     def _trace(self, wanted: bool, run_id: str) -> JsonlTrace | None:
         if not wanted:

@@ -250,7 +250,7 @@ async def _unreachable(part: str, at: str, error: grpc.aio.AioRpcError, tls: Tls
     when the dial failed, a plaintext dial of a TLS server or the reverse is named as such."""
     import grpc
 
-    from scillm.clients import speaks_tls
+    from scillm.clients.probe import speaks_tls
 
     code = error.code()
     why = _reason(error.details() or "")
