@@ -9,8 +9,9 @@ needs it). A target may be one address, a comma-separated list of addresses, or 
 name; lists and DNS names are balanced with gRPC's `round_robin` policy. A mesh split
 over processes is one client too: `targets={"completion": "dns:///completion:50051"}`
 sends that service's calls to its own target (one channel per distinct target). Failed
-calls raise `RPCError` (with the status code, details and request id); UNAVAILABLE is
-retried by the channel's retry policy for calls that have not started. A call a stopping
+calls raise `RPCError` (with the status code, details and request id); a call no server
+answered (UNAVAILABLE without the mesh's status details: a replica stopping or gone) is
+tried again, up to 5 times, and a server's answer is final (`_retry.py`). A call a stopping
 server cut at its grace's end, its handler having run, fails ABORTED (reason
 `ServerShuttingDown`) and is not retried (server/grace_end.py).
 """
@@ -34,6 +35,7 @@ from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
 from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
 from . import openai_wire
+from ._retry import retry_interceptors
 from .errors import RPCError
 from .ids import new_id
 
@@ -41,14 +43,9 @@ __all__ = ["KeyClient", "ScillmClient", "SyncScillmClient", "TlsConfig", "channe
 
 T = TypeVar("T")
 
-_SERVICE_CONFIG = json.dumps({
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": [{}],
-        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-    }],
-})
+#: Round robin over a target's addresses. No retry policy: `_retry.py` retries the calls no
+#: server answered, which gRPC's policy cannot tell from a server's answer.
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 #: How soon a channel tries again to reach a target it lost: after 1 s, then at most
@@ -326,6 +323,9 @@ class ScillmClient:
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024), *_RECONNECT,
                 *options]
 
+        # Innermost: each attempt crosses the caller's interceptors' one call.
+        chain = [*(interceptors or ()), *retry_interceptors()]
+
         def dial(address: str) -> grpc.aio.Channel:
             if tls is None:
                 first = _first_of_list(address)
@@ -333,11 +333,11 @@ class ScillmClient:
                 plain = [*opts, ("grpc.default_authority", first)] if first and not named \
                     else opts
                 return grpc.aio.insecure_channel(address, options=plain,
-                                                 interceptors=interceptors)
+                                                 interceptors=chain)
             credentials = grpc.ssl_channel_credentials(
                 tls.root_certificates, tls.private_key, tls.certificate_chain)
             return grpc.aio.secure_channel(address, credentials, options=opts,
-                                           interceptors=interceptors)
+                                           interceptors=chain)
 
         self.target = channel_target(target)
         self.channel = channel if channel is not None else dial(self.target)

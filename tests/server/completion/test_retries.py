@@ -142,3 +142,36 @@ async def test_a_retry_after_of_no_end_breaks_neither_the_answer_nor_the_error(
         await sdk.close()
     finally:
         running.stop()
+
+
+async def test_an_upstream_failure_is_not_retried_again_by_the_callers_channel(
+        tmp_path: Path, upstream: Upstream) -> None:
+    """The engine retries a failing upstream (`num_retries`) and then answers UNAVAILABLE,
+    which the mesh's channels retry (up to 5 attempts) for calls that failed on a server
+    gone away: each attempt ran the engine's retries again, 5x the upstream calls of one
+    request in an outage. The engine's verdict is final: the upstream is asked
+    1 + num_retries times, through gRPC and through the door."""
+    from scillm.clients import RPCError, ScillmClient
+
+    upstream.plan("down", status(503))
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "down", "litellm_params": {
+        "model": "openai/down", "api_base": f"{upstream.url}/v1", "api_key": "x"}}],
+        "router_settings": {"num_retries": 1, "retry_after": 0}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, services=("completion",)))
+    try:
+        async with ScillmClient(running.grpc_target) as client:
+            try:
+                await client.completion.create({"model": "down", "messages": MSG})
+            except RPCError as exc:
+                failed = exc
+            else:
+                raise AssertionError("the upstream answered 503 every time")
+        assert upstream.calls("down") == 2, (upstream.calls("down"), failed)
+        async with httpx.AsyncClient(timeout=60) as http:
+            reply = await http.post(f"{running.http_url}/v1/chat/completions",
+                                    json={"model": "down", "messages": MSG})
+        assert reply.status_code >= 500, reply.text
+        assert upstream.calls("down") == 4, upstream.calls("down")
+    finally:
+        running.stop()

@@ -1,0 +1,137 @@
+"""The channel's retries (clients/_retry.py), against a real gRPC server scripted to fail:
+a call no server answered is tried again; an answer, the mesh's status details on it, is
+final; a stream is tried again only before its first message."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from scillm.clients import RPCError, ScillmClient
+from scillm.completion.v1 import completion_pb2 as pb
+from scillm.completion.v1 import completion_pb2_grpc
+
+REQUEST = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _answer(code: grpc.StatusCode, message: str) -> tuple[tuple[str, bytes], ...]:
+    """The trailers a mesh handler's failure carries (server/errors.py `to_status`)."""
+    info = error_details_pb2.ErrorInfo(reason="UpstreamError", domain="scillm.dev")
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(info)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+class Scripted(completion_pb2_grpc.CompletionServiceServicer):
+    """Fails the first `fails` calls UNAVAILABLE (as the mesh's handler when `answered`,
+    with its status details; else bare, as a server that never ran the call), then
+    answers. A stream sends one chunk before failing when `midway`."""
+
+    def __init__(self, fails: int, *, answered: bool = False, midway: bool = False) -> None:
+        self.fails = fails
+        self.answered = answered
+        self.midway = midway
+        self.calls = 0
+
+    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        message = "down"
+        if self.answered:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message,
+                                trailing_metadata=_answer(grpc.StatusCode.UNAVAILABLE, message))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+    async def Completion(self, request: pb.CompletionRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:
+        self.calls += 1
+        if self.calls <= self.fails:
+            await self._fail(context)
+        return pb.CompletionResponse(id=f"call-{self.calls}")
+
+    async def CompletionStream(self, request: pb.CompletionStreamRequest,
+                               context: grpc.aio.ServicerContext[Any, Any],
+                               ) -> AsyncIterator[pb.CompletionStreamResponse]:
+        self.calls += 1
+        if self.calls <= self.fails:
+            if self.midway:
+                yield pb.CompletionStreamResponse(chunk=pb.CompletionChunk(id="first"))
+            await self._fail(context)
+        yield pb.CompletionStreamResponse(chunk=pb.CompletionChunk(id=f"call-{self.calls}"))
+
+
+async def _serve(servicer: Scripted) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    completion_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_call_no_server_answered_is_tried_again(stream: bool) -> None:
+    servicer = Scripted(fails=2)
+    server, target = await _serve(servicer)
+    try:
+        async with ScillmClient(target) as client:
+            if stream:
+                ids = [e.chunk.id async for e in client.completion.stream(REQUEST)]
+                assert ids == ["call-3"]
+            else:
+                assert (await client.completion.create(REQUEST)).id == "call-3"
+    finally:
+        await server.stop(None)
+    assert servicer.calls == 3
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_servers_answer_is_final(stream: bool) -> None:
+    """UNAVAILABLE from a mesh handler (its engine's retries spent on the upstream) was
+    tried 5 times by the channel's retry policy, each running the engine again."""
+    servicer = Scripted(fails=5, answered=True)
+    server, target = await _serve(servicer)
+    try:
+        async with ScillmClient(target) as client:
+            with pytest.raises(RPCError) as info:
+                if stream:
+                    [e async for e in client.completion.stream(REQUEST)]
+                else:
+                    await client.completion.create(REQUEST)
+    finally:
+        await server.stop(None)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.reason == "UpstreamError"
+    assert servicer.calls == 1
+
+
+async def test_a_stream_is_not_tried_again_after_its_first_message() -> None:
+    servicer = Scripted(fails=1, midway=True)
+    server, target = await _serve(servicer)
+    seen: list[str] = []
+    try:
+        async with ScillmClient(target) as client:
+            with pytest.raises(RPCError) as info:
+                async for event in client.completion.stream(REQUEST):
+                    seen.append(event.chunk.id)
+    finally:
+        await server.stop(None)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert seen == ["first"] and servicer.calls == 1
+
+
+async def test_attempts_stop_at_five_and_within_the_deadline() -> None:
+    servicer = Scripted(fails=100)
+    server, target = await _serve(servicer)
+    try:
+        async with ScillmClient(target) as client:
+            with pytest.raises(RPCError) as info:
+                await client.completion.create(REQUEST)
+            assert servicer.calls == 5
+            with pytest.raises(RPCError) as late:
+                await client.completion.create(REQUEST, timeout=0.001)
+    finally:
+        await server.stop(None)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert late.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    assert servicer.calls <= 6  # no attempt after the deadline: at most the first
