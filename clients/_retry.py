@@ -24,6 +24,8 @@ from typing import Any
 
 import grpc
 
+from .calls import DelegatingCall
+
 __all__ = ["ATTEMPTS", "retry_interceptors"]
 
 #: The most attempts of one call (the first included).
@@ -77,13 +79,13 @@ class _Attempts:
                                           details.credentials, details.wait_for_ready)
 
 
-class _Retried:
+class _Retried(DelegatingCall):
     """A call made of attempts, each a call of its own: what it says of itself is the
     current attempt's; it is done, and its callbacks run, once the last attempt is over.
     Cancelling it cancels the attempt and any attempt to come."""
 
     def __init__(self, call: Any, again: Callable[[], Any], attempts: _Attempts) -> None:
-        self._call = call
+        super().__init__(call)
         self._again = again
         self._attempts = attempts
         self._cancelled = False
@@ -107,18 +109,14 @@ class _Retried:
             callback(self)
 
     def cancelled(self) -> bool:
-        return self._cancelled or bool(self._call.cancelled())
+        return self._cancelled or super().cancelled()
 
     def done(self) -> bool:
         return self._over
 
-    def time_remaining(self) -> float | None:
-        remaining: float | None = self._call.time_remaining()
-        return remaining
-
     def cancel(self) -> bool:
         self._cancelled = True
-        cancelled = bool(self._call.cancel())
+        cancelled = super().cancel()
         self._finish()
         return cancelled
 
@@ -127,22 +125,6 @@ class _Retried:
             callback(self)
         else:
             self._callbacks.append(callback)
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        code: grpc.StatusCode = await self._call.code()
-        return code
-
-    async def details(self) -> str:
-        return str(await self._call.details())
-
-    async def wait_for_connection(self) -> None:
-        await self._call.wait_for_connection()
 
 
 class _RetriedUnary(_Retried, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]

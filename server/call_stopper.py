@@ -25,6 +25,8 @@ from typing import Any
 
 import grpc
 
+from scillm.clients.calls import DelegatingCall
+
 __all__ = ["CallStopper"]
 
 
@@ -89,13 +91,13 @@ class _StreamKeeper(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc
         return _StoppableStream(self._stopper, call)
 
 
-class _StoppableStream(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+class _StoppableStream(DelegatingCall, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
     """A stream call whose reader gets the stopper's UNAVAILABLE in place of the
     cancellation a stop caused; everything else is the call's own."""
 
     def __init__(self, stopper: CallStopper, call: Any) -> None:
+        super().__init__(call)
         self._stopper = stopper
-        self._call = call
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._responses()
@@ -112,35 +114,3 @@ class _StoppableStream(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
             return await self._call.read()
         except asyncio.CancelledError:
             raise self._stopper._stopped() from None
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def time_remaining(self) -> float | None:
-        remaining: float | None = self._call.time_remaining()
-        return remaining
-
-    def cancel(self) -> bool:
-        return bool(self._call.cancel())
-
-    def add_done_callback(self, callback: Callable[..., Any]) -> None:
-        self._call.add_done_callback(lambda _: callback(self))
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        code: grpc.StatusCode = await self._call.code()
-        return code
-
-    async def details(self) -> str:
-        return str(await self._call.details())
-
-    async def wait_for_connection(self) -> None:
-        await self._call.wait_for_connection()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 from loop_server import stop_serving
@@ -56,6 +57,16 @@ class HeldUpstream:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def config(self, path: Path, *, echo: bool = False) -> Path:
+        """Write a model configuration at `path` whose model `held` is this upstream (and,
+        with `echo`, the built-in `echo/*`); `path`."""
+        models: list[dict[str, Any]] = [{"model_name": "held", "litellm_params": {
+            "model": "openai/held", "api_base": self.url, "api_key": "x"}}]
+        if echo:
+            models.append({"model_name": "echo/*", "litellm_params": {"model": "echo/*"}})
+        path.write_text(json.dumps({"model_list": models}))
+        return path
 
     def start(self) -> HeldUpstream:
         self._thread.start()

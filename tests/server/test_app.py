@@ -291,11 +291,7 @@ def test_graceful_shutdown_finishes_in_flight_stream(tmp_path: Path) -> None:
     """Stop with a stream in flight: health NOT_SERVING, new calls refused, the stream
     finished inside the (generous) grace (see `stop_with_a_stream_in_flight`)."""
     upstream = HeldUpstream().start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [
-        {"model_name": "held", "litellm_params": {
-            "model": "openai/held", "api_base": upstream.url, "api_key": "x"}},
-        {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
+    config = upstream.config(tmp_path / "models.yaml", echo=True)
     running = start_mesh(mesh_settings(tmp_path, http_enabled=False, grace_period_s=120.0,
                                        config_path=config, services=("completion",)))
     try:
@@ -327,9 +323,7 @@ def held_http_stream(tmp_path: Path, grace: float, words: list[str]
     """A `HeldHttpStream` of `words`, on a mesh whose grace is `grace`; the upstream is
     released and stopped on exit."""
     upstream = HeldUpstream().start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
-        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    config = upstream.config(tmp_path / "models.yaml")
     running = start_mesh(mesh_settings(tmp_path, grace_period_s=grace, config_path=config,
                                        services=("completion",)))
     try:
@@ -424,9 +418,7 @@ def test_a_unary_call_past_the_grace_gets_openais_body(tmp_path: Path,
     """A call still waiting upstream when the grace ran out was a plain-text 500
     "Internal Server Error" (uvicorn cancelled it): a 503 with OpenAI's body now."""
     upstream = HeldUpstream().start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
-        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    config = upstream.config(tmp_path / "models.yaml")
     running = start_mesh(mesh_settings(tmp_path, grace_period_s=0.5, config_path=config,
                                        services=("completion",)))
     try:
@@ -456,9 +448,7 @@ def test_a_door_alone_ends_its_calls_past_the_grace_as_failures(tmp_path: Path,
     "500 Internal Server Error" and a stream was cut without its end. Each ends as a
     failure does: a 503 with OpenAI's body, or an in-band error and `[DONE]`."""
     upstream = HeldUpstream().start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
-        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    config = upstream.config(tmp_path / "models.yaml")
     backend = start_mesh(mesh_settings(tmp_path / "backend", config_path=config,
                                        services=("completion",), http_enabled=False))
     door = start_mesh(mesh_settings(tmp_path / "door", services=(), grace_period_s=0.5,
@@ -501,9 +491,7 @@ def test_a_traced_door_ends_a_stream_past_the_grace_as_a_failure(tmp_path: Path)
     channel, so its stream past the grace was cut without its end, as a door alone's was:
     a real `scillm serve` with an OTLP endpoint, stopped by SIGTERM with `--grace 0.5`."""
     upstream = HeldUpstream().start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "held", "litellm_params": {
-        "model": "openai/held", "api_base": upstream.url, "api_key": "x"}}]}))
+    config = upstream.config(tmp_path / "models.yaml")
     with OtlpReceiver() as receiver:
         served = ServedProcess("traced", [
             "--service", "completion", "--grpc-port", "0", "--http-port", "0",

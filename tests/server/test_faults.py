@@ -8,7 +8,6 @@ machine, and no timing decides the outcome."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -56,11 +55,7 @@ def upstream() -> Iterator[HeldUpstream]:
 def replicas(tmp_path: Path, upstream: HeldUpstream,
              ) -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
     """Two Completion replicas whose model `held` is the test's upstream (and `echo/*`)."""
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [
-        {"model_name": "held", "litellm_params": {
-            "model": "openai/held", "api_base": upstream.url, "api_key": "x"}},
-        {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
+    config = upstream.config(tmp_path / "models.yaml", echo=True)
     started = [_replica(tmp_path, config) for _ in range(2)]
     yield started
     for proc, _ in started:

@@ -17,7 +17,6 @@ and then the first call either has failed or, retried, is answered.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +57,7 @@ def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replica
     """Two Completion replicas on the server the parameter names; model `held` is the
     test's upstream, which holds its answers."""
     upstream = HeldUpstream().start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [
-        {"model_name": "held", "litellm_params": {
-            "model": "openai/held", "api_base": upstream.url, "api_key": "x"}},
-        {"model_name": "echo/*", "litellm_params": {"model": "echo/*"}}]}))
+    config = upstream.config(tmp_path / "models.yaml", echo=True)
     meshes: list[RunningMesh] = []
     for name in ("a", "b"):
         meshes.append(start_mesh(mesh_settings(

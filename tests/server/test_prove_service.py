@@ -181,16 +181,23 @@ def test_bridge_complete_and_unknown_backend(mesh: RunningMesh) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
 
 
-def test_formalize_loop_repairs_with_a_scripted_model(tmp_path: Path) -> None:
-    wrong = "```coq\nTheorem add_0 : forall n : nat, n + 0 = n.\nProof. reflexivity. Qed.\n```"
-    right = "```coq\n" + "\n".join(COQ_TRUE) + "\n```"
-    upstream = ScriptedUpstream([{"content": wrong}, {"content": right}]).start()
+def _prover_mesh(tmp_path: Path, replies: list[str]) -> tuple[ScriptedUpstream, RunningMesh]:
+    """A scripted model `prover` answering `replies` in turn, and a mesh (Completion and
+    Prove, no HTTP) whose formalize loop calls it."""
+    upstream = ScriptedUpstream([{"content": text} for text in replies]).start()
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"model_list": [{"model_name": "prover", "litellm_params": {
         "model": "openai/prover", "api_base": upstream.url, "api_key": "x"}}],
         "litellm_settings": {"cache": False}}))
     running = start_mesh(mesh_settings(tmp_path, config_path=config, http_enabled=False,
                                        services=("completion", "prove")))
+    return upstream, running
+
+
+def test_formalize_loop_repairs_with_a_scripted_model(tmp_path: Path) -> None:
+    wrong = "```coq\nTheorem add_0 : forall n : nat, n + 0 = n.\nProof. reflexivity. Qed.\n```"
+    right = "```coq\n" + "\n".join(COQ_TRUE) + "\n```"
+    upstream, running = _prover_mesh(tmp_path, [wrong, right])
     try:
         request = pb.ProveRequest(
             items=[pb.Obligation(item_id="r1", backend=pb.BACKEND_COQ,
@@ -220,12 +227,7 @@ def test_formalize_loop_refuses_a_models_trailing_lemma(tmp_path: Path) -> None:
     gets FAILED on every attempt, and its second prompt says which declaration failed."""
     cheat = ("```coq\nTheorem main : forall n : nat, n * 0 = 1.\nProof. Admitted.\n"
              "Lemma fine : True. Proof. exact I. Qed.\n```")
-    upstream = ScriptedUpstream([{"content": cheat}]).start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "prover", "litellm_params": {
-        "model": "openai/prover", "api_base": upstream.url, "api_key": "x"}}]}))
-    running = start_mesh(mesh_settings(tmp_path, config_path=config, http_enabled=False,
-                                       services=("completion", "prove")))
+    upstream, running = _prover_mesh(tmp_path, [cheat])
     try:
         request = pb.ProveRequest(
             no_cache=True, formalize=pb.FormalizeOptions(model="prover", max_attempts=2),
@@ -356,14 +358,7 @@ def test_the_repair_prompt_says_what_failed_not_what_was_printed(
                "Theorem t : 1 + 1 = 3.\nProof. reflexivity. Qed.\n```")
     coq_nul = "```coq\nTheorem t : 1 + 1 = 2.\nProof. refl\x00exivity. Qed.\n```"
     smt_nul = "```smt2\n(declare-const x Int)\n; goal\n(> (+ x 1)\x00 x)\n```"
-    upstream = ScriptedUpstream([{"content": text}
-                                 for text in (printed, coq_nul, smt_nul, smt_nul)]).start()
-    config = tmp_path / "models.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "prover", "litellm_params": {
-        "model": "openai/prover", "api_base": upstream.url, "api_key": "x"}}],
-        "litellm_settings": {"cache": False}}))
-    running = start_mesh(mesh_settings(tmp_path, config_path=config, http_enabled=False,
-                                       services=("completion", "prove")))
+    upstream, running = _prover_mesh(tmp_path, [printed, coq_nul, smt_nul, smt_nul])
     try:
         async def go(backend: int) -> pb.ItemResult:
             request = pb.ProveRequest(
