@@ -138,7 +138,7 @@ class McpConnection:
     async def _http_streams(self, url: str) -> AsyncIterator[Any]:
         # Through the reply bound (`_mcp_http.py`): the SDK reads a JSON reply whole, and
         # fails an SSE event past its own limit (1 MiB) as a lost connection.
-        async with bounded_client(self.name, MAX_LINE_BYTES) as client, \
+        async with bounded_client(self.name, MAX_LINE_BYTES, url) as client, \
                 streamable_http_client(url, http_client=client,
                                        max_sse_event_size=MAX_LINE_BYTES) as streams:
             yield streams

@@ -9,8 +9,9 @@ request id, naming the server and the limit (as `_mcp_guard.py` does for a stdio
 that call fails and the session goes on. Another body past the limit (the server's GET
 stream aside, whose events the SDK bounds itself) fails its request.
 
-A client with its own transport reads no proxy from the environment (`HTTP_PROXY`, ...),
-as the SDK's default client did: an HTTP MCP server is reached directly.
+A client with its own transport reads no proxy from the environment (`HTTP_PROXY`, ...):
+the transport is given the one the environment names for the server's URL, as the
+provider calls are (`server/egress.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx2
+
+from ..egress import proxy_for
 
 __all__ = ["BoundedTransport", "ReplyTooLarge", "bounded_client"]
 
@@ -34,10 +37,11 @@ class ReplyTooLarge(httpx2.TransportError):
     """A body that answers no JSON-RPC request passed the limit."""
 
 
-def bounded_client(server: str, limit: int) -> httpx2.AsyncClient:
-    """An HTTP client for MCP server `server`, with the SDK's default timeouts."""
+def bounded_client(server: str, limit: int, url: str) -> httpx2.AsyncClient:
+    """An HTTP client for MCP server `server` at `url`, with the SDK's default timeouts."""
+    transport = httpx2.AsyncHTTPTransport(proxy=proxy_for(url))
     return httpx2.AsyncClient(
-        transport=BoundedTransport(server, limit, httpx2.AsyncHTTPTransport()),
+        transport=BoundedTransport(server, limit, transport),
         timeout=_TIMEOUT)
 
 

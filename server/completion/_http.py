@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from ..bounded import decoded_response, read_bounded
+from ..egress import proxy_for
 from ._provider import ProviderCall, without_secret
 from ._retry import parse_retry_after
 from ._settings import DeploymentSettings
@@ -88,8 +89,7 @@ class ClientPool:
     def get(self, base_url: str) -> httpx.AsyncClient:
         client = self._clients.get(base_url)
         if client is None:
-            transport = self._transport or PooledTransport(
-                max_connections=_MAX_CONNECTIONS, keepalive_expiry_s=_KEEPALIVE_EXPIRY_S)
+            transport = self._transport or _transport_for(base_url)
             client = _Client(transport=transport, timeout=httpx.Timeout(60.0),
                              trust_env=False)
             traced = self._transport is None and _trace(client)  # wraps the transport
@@ -130,6 +130,22 @@ class ClientPool:
         self._lean = {}
         for client in clients:
             await client.aclose()
+
+
+def _transport_for(base_url: str) -> httpx.AsyncBaseTransport:
+    """A `PooledTransport`, unless the environment sends `base_url` through an egress
+    proxy (`server/egress.py`): then httpx's own transport through it (a call to such a
+    base takes httpx's road, `ClientPool.lean`)."""
+    proxy = proxy_for(base_url)
+    if proxy is None:
+        return PooledTransport(max_connections=_MAX_CONNECTIONS,
+                               keepalive_expiry_s=_KEEPALIVE_EXPIRY_S)
+    try:
+        return httpx.AsyncHTTPTransport(proxy=proxy, limits=httpx.Limits(
+            max_connections=_MAX_CONNECTIONS, keepalive_expiry=_KEEPALIVE_EXPIRY_S))
+    except (ImportError, ValueError) as exc:  # socks:// without socksio, a bad URL
+        raise ProviderUnavailable(f"the egress proxy for {base_url} ({proxy}) cannot be "
+                                  f"used: {exc}") from None
 
 
 def _trace(client: httpx.AsyncClient) -> bool:

@@ -243,3 +243,30 @@ def test_a_server_skipped_at_start_is_logged_once_and_nothing_else() -> None:
         said = [line for line in lines if f"MCP server '{name}'" in line]
         assert len(said) == 1 and why in said[0] and said[0].startswith("WARNING"), lines
         assert "its tools are not offered" in said[0], said
+
+
+async def test_an_http_server_is_reached_through_the_environments_proxy(
+        http_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MCP client's own transport read no proxy from the environment: behind an egress
+    proxy an HTTP MCP server was unreachable. It goes as the provider calls go
+    (`server/egress.py`)."""
+    from forward_proxy import ForwardProxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    proxy = ForwardProxy().start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        model = ScriptedModel([{"content": "", "tool_calls": [
+            {"name": "web__add", "arguments": {"a": 1, "b": 2}}]}, {"content": "3"}])
+        settings = AgentSettings(languages=(),
+                                 mcp_servers=(McpServerConfig("web", url=http_server),))
+        async with AgentEngine(settings, model) as engine:
+            result = await asyncio.wait_for(
+                engine.run_to_end([{"role": "user", "content": "1+2"}]), 30)
+    finally:
+        proxy.stop()
+    ((_, added),) = result.tool_io
+    assert added.output == "3" and not added.is_error
+    assert http_server in proxy.forwarded, proxy.forwarded
