@@ -626,3 +626,31 @@ def test_the_installed_command() -> None:
     assert out.returncode == 0, out.stderr
     parts = {c["part"] for c in json.loads(out.stdout)["checks"]}
     assert {"z3", "coqc", "lean", "bubblewrap", "otlp", "mesh"} <= parts
+
+
+async def test_a_provider_behind_the_environments_proxy_is_checked_through_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doctor connected to the provider directly, where the mesh's calls go through the
+    egress proxy (`server/egress.py`): behind one it said FAILED of a provider the mesh
+    reaches, and OK of one the proxy cannot."""
+    from forward_proxy import ForwardProxy
+
+    monkeypatch.setenv("DOCTOR_TEST_KEY", KEY)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    proxy = ForwardProxy().start()
+    try:
+        async with _http_server(_openai) as port:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            through = _by_part(await collect(_openai_config(tmp_path, port),
+                                             environ=NO_OTEL))["provider:tiny"]
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+            closed = _by_part(await collect(_openai_config(tmp_path, port),
+                                            environ=NO_OTEL))["provider:tiny"]
+    finally:
+        proxy.stop()
+    assert through.status is Status.OK and "GET /models 200" in through.detail, through
+    assert "egress proxy" in through.detail and proxy.forwarded, through
+    assert closed.status is Status.FAILED and "egress proxy" in closed.detail, closed
+    assert "HTTPS_PROXY" in closed.hint, closed

@@ -81,18 +81,23 @@ async def _deployment(part: str, dep: DeploymentSettings, timeout_s: float) -> C
 
     base = dep.api_base or (ANTHROPIC_BASE if kind == "anthropic" else OPENAI_BASE)
     shown = f"{dep.model} at {public_url(base)}, {_key_detail(dep)}"
-    host, port = host_port(base, 80)
+    from ...egress import proxy_for
+
+    proxy = proxy_for(base)  # the mesh's calls go through it: so do doctor's
+    host, port = host_port(proxy or base, 80)
+    via = f" (through the egress proxy {public_url(proxy)})" if proxy else ""
     why = await connect(host, port)
     if why is not None:
-        return Check(part, Status.FAILED, f"{shown}: cannot connect to {host}:{port}: {why}",
-                     "is the server up? check api_base")
+        return Check(part, Status.FAILED, f"{shown}: cannot connect to {host}:{port}{via}: "
+                     f"{why}", "is the proxy up? check HTTPS_PROXY / HTTP_PROXY" if proxy
+                     else "is the server up? check api_base")
     if kind != "openai":
-        return Check(part, Status.OK, f"{shown}: reachable")
+        return Check(part, Status.OK, f"{shown}: reachable{via}")
     headers = dict(dep.headers)
     if dep.api_key is not None and dep.api_key.value:
         headers["authorization"] = f"Bearer {dep.api_key.value}"
     try:
-        async with httpx.AsyncClient(timeout=timeout_s) as client:
+        async with httpx.AsyncClient(timeout=timeout_s, proxy=proxy, trust_env=False) as client:
             response = await client.get(f"{base}/models", headers=headers)
     except httpx.HTTPError as exc:
         return Check(part, Status.FAILED, f"{shown}: GET /models failed: "
@@ -103,7 +108,7 @@ async def _deployment(part: str, dep: DeploymentSettings, timeout_s: float) -> C
         return Check(part, Status.FAILED, f"{shown}: key rejected ({code})",
                      f"check ${key_env}" if key_env else "set api_key in the config")
     if code == 200:
-        return Check(part, Status.OK, f"{shown}: GET /models 200")
+        return Check(part, Status.OK, f"{shown}: GET /models 200{via}")
     return Check(part, Status.OK, f"{shown}: reachable (GET /models {code})")
 
 
