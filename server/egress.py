@@ -20,6 +20,6 @@ def proxy_for(url: str) -> str | None:
     if not proxy or not parts.hostname:
         return None
     host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    if urllib.request.proxy_bypass_environment(host, proxies):
+    if urllib.request.proxy_bypass(host):  # NO_PROXY (on Linux: the environment only)
         return None
     return proxy
