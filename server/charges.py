@@ -12,10 +12,10 @@ master key must not charge a key outside it). What runs inside the call uses it:
 - `CompletionLink` admits each model call a service (Agent, Prove, CodeWorld) makes for
   the caller by the caller's key and charges its usage to it (`admit_model_call`,
   `charge_model_call`): services reach Completion with the mesh's own key, which pays
-  nothing, so before, an agent run spent tokens no key paid for. Such a call is admitted
-  only while what the key's completions in flight reserve leaves room, and reserves
-  nothing itself (its end is the service's to see; `CallContext` reserves a completion's
-  estimate and releases it when the completion ends);
+  nothing, so before, an agent run spent tokens no key paid for. Such a call reserves its
+  estimate (`completion_estimate`) while it runs, as `CallContext` has a completion
+  reserve its own: ten agent runs at once each had their model call admitted beside
+  what the key's completions reserved, and spent past the budget together;
 - ListModels shows a key limited to some models those it may call (`caller_models`);
 - CodeWorld keeps a virtual key's sessions apart from every other caller's
   (`caller_key_id`).
@@ -25,11 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from typing import Any
 
-from .keys import Authenticator, Principal
+from .keys import Authenticator, Principal, Reservation
 
-__all__ = ["Caller", "admit_model_call", "caller_key_id", "caller_models", "charge_model_call",
-           "current", "report_usage_estimate", "usage_estimate_wanted"]
+__all__ = ["DEFAULT_COMPLETION_TOKENS", "Caller", "admit_model_call", "caller_key_id",
+           "caller_models", "charge_model_call", "completion_estimate", "current",
+           "report_usage_estimate", "usage_estimate_wanted"]
+
+#: The answer a completion that sets no `max_tokens` is expected to write, in tokens.
+DEFAULT_COMPLETION_TOKENS = 1024
+
+
+def completion_estimate(request: Any, size: int | None = None) -> tuple[int, int]:
+    """What a `CompletionRequest` is expected to use, (prompt, completion) tokens: a token
+    per four bytes of it (`size`, else its own; its messages and the rest: more than its
+    prompt's tokens for most text), and its `max_completion_tokens` or `max_tokens` (or
+    `DEFAULT_COMPLETION_TOKENS`) for each of its `n` answers."""
+    answer = (request.max_completion_tokens if request.HasField("max_completion_tokens")
+              else request.max_tokens if request.HasField("max_tokens")
+              else DEFAULT_COMPLETION_TOKENS)
+    answers = request.n if request.HasField("n") and request.n > 1 else 1
+    return -(-(request.ByteSize() if size is None else size) // 4), answer * answers
 
 
 class Caller:
@@ -83,12 +100,16 @@ def caller_key_id() -> str:
     return caller.principal.key_id if caller is not None else ""
 
 
-async def admit_model_call(model: str) -> None:
+async def admit_model_call(model: str, estimate: tuple[int, int] = (0, 0),
+                           ) -> Reservation | None:
     """Raise unless the caller being served may have a service call `model` for it now
-    (see `Authenticator.admit_model_call`); nothing to check for the master key."""
+    (see `Authenticator.admit_model_call`), reserving `estimate` (prompt, completion
+    tokens) of its key's limits: release what is returned when the call ends. Nothing to
+    check for the master key."""
     caller = current.get()
-    if caller is not None:
-        await caller.auth.admit_model_call(caller.principal, model)
+    if caller is None:
+        return None
+    return await caller.auth.admit_model_call(caller.principal, model, estimate)
 
 
 async def charge_model_call(model: str, prompt_tokens: int, completion_tokens: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from scillm.clients import ScillmClient, TlsConfig, openai_wire
 
-from .charges import admit_model_call, charge_model_call
+from .charges import admit_model_call, charge_model_call, completion_estimate
 from .completion import estimated_usage
 
 __all__ = ["CompletionLink"]
@@ -48,15 +48,22 @@ class CompletionLink:
         model's prices): an agent run, a formalize loop and an MCTS search spend the
         caller's tokens, not nobody's."""
         model = str(request.get("model") or "")
-        await admit_model_call(model)
-        reply = await self._get().completion.create(request)
-        answer = openai_wire.response_from_proto(reply)
-        usage = answer.get("usage") or {}
-        prompt, completion = (int(usage.get("prompt_tokens") or 0),
-                              int(usage.get("completion_tokens") or 0))
-        if not (prompt or completion):  # an upstream reporting none: the estimate
-            prompt, completion = estimated_usage(request, answer)
-        await charge_model_call(model, prompt, completion)
+        proto = openai_wire.request_to_proto(request)
+        # Reserved while it runs, as a completion's own (a run's calls in flight together
+        # could not all pass a key's budget); released once it is charged.
+        reservation = await admit_model_call(model, completion_estimate(proto))
+        try:
+            reply = await self._get().completion.create(proto)
+            answer = openai_wire.response_from_proto(reply)
+            usage = answer.get("usage") or {}
+            prompt, completion = (int(usage.get("prompt_tokens") or 0),
+                                  int(usage.get("completion_tokens") or 0))
+            if not (prompt or completion):  # an upstream reporting none: the estimate
+                prompt, completion = estimated_usage(request, answer)
+            await charge_model_call(model, prompt, completion)
+        finally:
+            if reservation is not None:
+                reservation.release()
         return answer
 
     async def text(self, messages: Sequence[Mapping[str, Any]], *, model: str,

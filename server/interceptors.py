@@ -47,8 +47,6 @@ _CHARGED = "/scillm.completion."
 #: minute while they run (`_estimate`), so that calls in flight together cannot all pass.
 _RESERVING = frozenset(("/scillm.completion.v1.CompletionService/Completion",
                         "/scillm.completion.v1.CompletionService/CompletionStream"))
-#: The answer a completion that sets no `max_tokens` is expected to write, in tokens.
-DEFAULT_COMPLETION_TOKENS = 1024
 #: `_authorize`'s answer for a call no key checks.
 _NOBODY: tuple[None, None] = (None, None)
 
@@ -493,18 +491,11 @@ def fallbacks_of(request: Any) -> tuple[str, ...]:
 
 
 def _estimate(request: Any) -> tuple[int, int]:
-    """What a completion (`_RESERVING`) is expected to use, (prompt, completion) tokens: a
-    token per four bytes of its request (its messages and the rest: more than its prompt's
-    tokens for most text), and its `max_completion_tokens` or `max_tokens` (or
-    `DEFAULT_COMPLETION_TOKENS`) for each of its `n` answers."""
+    """`charges.completion_estimate` of a completion (`_RESERVING`), or of a stream's."""
     inner = request.request if hasattr(request, "request") else request  # a stream's
     if type(inner) is _Undecodable:
         return 0, 0
-    answer = (inner.max_completion_tokens if inner.HasField("max_completion_tokens")
-              else inner.max_tokens if inner.HasField("max_tokens")
-              else DEFAULT_COMPLETION_TOKENS)
-    answers = inner.n if inner.HasField("n") and inner.n > 1 else 1
-    return -(-request.ByteSize() // 4), answer * answers
+    return charges.completion_estimate(inner, request.ByteSize())
 
 
 def _answered_by(request: Any, reply: Any) -> str:

@@ -251,20 +251,22 @@ class Authenticator:
             await self.store.delete(record.key_hash)
         return [record.key_id for record in records]
 
-    async def admit_model_call(self, principal: Principal, model: str) -> None:
+    async def admit_model_call(self, principal: Principal, model: str,
+                               estimate: tuple[int, int] = (0, 0)) -> Reservation | None:
         """Raise unless `principal` may have a service call `model` for it now: a model its
         key allows, within its budget and tokens per minute, read afresh (a long run's
         earlier calls have been charged since the call was authorized), beside what the
-        key's calls in flight reserve. It reserves nothing itself (its end is its
-        service's to see). Not counted as a request: the caller's request was counted
-        once, when it came in."""
+        key's calls in flight reserve; it reserves `estimate` as a completion does (see
+        `authorize`), which the service releases when the call ends. Not counted as a
+        request: the caller's request was counted once, when it came in."""
         if principal.master or principal.record is None:
-            return
+            return None
         fresh = await self.store.find(principal.record.key_id)
         if fresh is None:
             raise Unauthenticated(f"key {principal.record.key_id} was deleted")
-        await self.authorize(Principal(master=False, record=replace(fresh, rpm_limit=0)),
-                             model=model, estimate=(0, 0))
+        return await self.authorize(
+            Principal(master=False, record=replace(fresh, rpm_limit=0)), model=model,
+            estimate=estimate)
 
     def authorize_runs(self, principal: Principal) -> None:
         """Raise Forbidden unless `principal` may read stored runs: the master key (or no

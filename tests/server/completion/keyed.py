@@ -18,10 +18,11 @@ __all__ = ["key_spend", "keyed_mesh", "new_key"]
 
 @contextlib.contextmanager
 def keyed_mesh(tmp_path: Path, master: str, upstream_url: str, model: str,
-               prices: tuple[float, float]) -> Iterator[RunningMesh]:
-    """A mesh serving Completion with master key `master`, and one model, `model`, from the
-    OpenAI-compatible server at `upstream_url` (its `/v1`), at `prices` (per prompt token,
-    per completion token); the response cache off."""
+               prices: tuple[float, float], services: tuple[str, ...] = ("completion",),
+               ) -> Iterator[RunningMesh]:
+    """A mesh serving `services` (Completion) with master key `master`, and one model,
+    `model`, from the OpenAI-compatible server at `upstream_url` (its `/v1`), at `prices`
+    (per prompt token, per completion token); the response cache off."""
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({
         "model_list": [{"model_name": model, "litellm_params": {
@@ -29,8 +30,7 @@ def keyed_mesh(tmp_path: Path, master: str, upstream_url: str, model: str,
             "input_cost_per_token": prices[0], "output_cost_per_token": prices[1]}}],
         "general_settings": {"master_key": master},
         "litellm_settings": {"cache": False}}))
-    running = start_mesh(mesh_settings(tmp_path, config_path=config,
-                                       services=("completion",)))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, services=services))
     try:
         yield running
     finally:

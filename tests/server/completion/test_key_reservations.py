@@ -96,7 +96,8 @@ def keyed(tmp_path: Path, upstream: Upstream, gate: Gate) -> Iterator[RunningMes
         return await _held(gate, req, r, w)
 
     upstream.plan("held", held)
-    with keyed_mesh(tmp_path, MASTER, upstream.url, "held", (PRICE_IN, PRICE_OUT)) as running:
+    with keyed_mesh(tmp_path, MASTER, upstream.url, "held", (PRICE_IN, PRICE_OUT),
+                    services=("completion", "agent")) as running:
         yield running
 
 
@@ -222,4 +223,20 @@ async def test_a_call_its_caller_gave_up_on_releases_its_reservation(
     assert _reserved(keyed, key) == (0, 0.0, 0)
     # Nothing of it is held: two calls fit in the budget again.
     assert await _burst(keyed, gate, key, _body()) == [200] * 2 + [429] * (BURST - 2)
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
+async def test_the_model_calls_of_runs_reserve_as_completions_do(
+        keyed: RunningMesh, gate: Gate) -> None:
+    """A service's model call for a caller (an agent run's turn) was admitted beside the
+    key's reservations but reserved nothing itself: ten agent runs at once each had their
+    model call admitted, and spent 2.5 times the key's budget of 2.0. Each reserves its
+    estimate now, as a completion does: two runs' calls fit in flight together."""
+    key = new_key(keyed, MASTER, max_budget=2.0)
+    body = {"model": "agent/held", "max_tokens": 8, "use_tools": False,
+            "messages": [{"role": "user", "content": "hi"}]}
+    statuses = await _burst(keyed, gate, key, body)
+    assert statuses == [200] * BURST  # a run whose model call was refused says so in-band
+    assert gate.arrived == 2, gate.arrived
+    assert (await _info(keyed, key))["spend"] == 2 * 0.5
     assert _reserved(keyed, key) == (0, 0.0, 0)
