@@ -201,7 +201,9 @@ class LeanBackend:
                     return CheckOutcome(Verdict.TIMEOUT, source,
                                         message=f"lean killed after {limits.timeout_s:g} s")
         diagnostics = parse_lean_messages(result.output)
-        if result.returncode < 0 or any("out of memory" in d.message for d in diagnostics):
+        # Lean's own error only: an info message is what the item printed (`#eval`).
+        if result.returncode < 0 or any(d.severity == "error" and "out of memory" in d.message
+                                        for d in diagnostics):
             return CheckOutcome(Verdict.ERROR, source, tuple(diagnostics), message=(
                 f"lean crashed (exit {result.returncode}, memory limit {limits.memory_mb} MiB)"))
         return judge(source, checked, stated.name, result.returncode, diagnostics)

@@ -215,3 +215,18 @@ async def test_an_answer_about_another_name_does_not_count(tmp_path: Path) -> No
     result = await lean_check(tmp_path, world, "theorem t : 1 = 2 :=", "by forge")
     assert result.verdict is Verdict.FAILED
     assert "no single answer" in result.message
+
+
+async def test_what_a_proof_prints_does_not_make_it_an_error(tmp_path: Path) -> None:
+    """An info message saying "out of memory" (what `#eval` or `IO.println` printed) made a
+    proved theorem ERROR, "lean crashed": only Lean's own error counts, as for Coq."""
+    world = {"axioms": {"x": []}, "messages": [["info", 3, "out of memory"]]}
+    for name in ("printed", "crashed"):
+        (tmp_path / name).mkdir()
+    result = await lean_check(tmp_path / "printed", world, "theorem x : True :=", "trivial",
+                              imports=("Mathlib",))
+    assert result.verdict is Verdict.PROVED, result
+    crashed = {"axioms": {"x": []}, "messages": [["error", 3, "(kernel) out of memory"]]}
+    result = await lean_check(tmp_path / "crashed", crashed, "theorem x : True :=", "trivial",
+                              imports=("Mathlib",))
+    assert result.verdict is Verdict.ERROR, result
