@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 
 import httpx2
 
-from ..egress import proxy_for
+from ..egress import proxy_for, unusable
 
 __all__ = ["BoundedTransport", "ReplyTooLarge", "bounded_client"]
 
@@ -39,7 +39,12 @@ class ReplyTooLarge(httpx2.TransportError):
 
 def bounded_client(server: str, limit: int, url: str) -> httpx2.AsyncClient:
     """An HTTP client for MCP server `server` at `url`, with the SDK's default timeouts."""
-    transport = httpx2.AsyncHTTPTransport(proxy=proxy_for(url))
+    proxy = proxy_for(url)
+    try:
+        transport = httpx2.AsyncHTTPTransport(proxy=proxy)
+    except (ImportError, ValueError) as exc:  # socks:// without socksio, a bad URL
+        assert proxy is not None  # a transport without a proxy takes no URL to refuse
+        raise ValueError(unusable(proxy, exc)) from None
     return httpx2.AsyncClient(
         transport=BoundedTransport(server, limit, transport),
         timeout=_TIMEOUT)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from ..bounded import decoded_response, read_bounded
-from ..egress import proxy_for
+from ..egress import proxy_for, unusable
 from ._provider import ProviderCall, without_secret
 from ._retry import parse_retry_after
 from ._settings import DeploymentSettings
@@ -144,8 +144,7 @@ def _transport_for(base_url: str) -> httpx.AsyncBaseTransport:
         return httpx.AsyncHTTPTransport(proxy=proxy, limits=httpx.Limits(
             max_connections=_MAX_CONNECTIONS, keepalive_expiry=_KEEPALIVE_EXPIRY_S))
     except (ImportError, ValueError) as exc:  # socks:// without socksio, a bad URL
-        raise ProviderUnavailable(f"the egress proxy for {base_url} ({proxy}) cannot be "
-                                  f"used: {exc}") from None
+        raise ProviderUnavailable(f"{base_url}: {unusable(proxy, exc)}") from None
 
 
 def _trace(client: httpx.AsyncClient) -> bool:

@@ -82,10 +82,11 @@ async def _deployment(part: str, dep: DeploymentSettings, timeout_s: float) -> C
     base = dep.api_base or (ANTHROPIC_BASE if kind == "anthropic" else OPENAI_BASE)
     shown = f"{dep.model} at {public_url(base)}, {_key_detail(dep)}"
     from ...egress import proxy_for
+    from ...egress import shown as shown_proxy
 
     proxy = proxy_for(base)  # the mesh's calls go through it: so do doctor's
     host, port = host_port(proxy or base, 80)
-    via = f" (through the egress proxy {public_url(proxy)})" if proxy else ""
+    via = f" (through the egress proxy {shown_proxy(proxy)})" if proxy else ""
     why = await connect(host, port)
     if why is not None:
         return Check(part, Status.FAILED, f"{shown}: cannot connect to {host}:{port}{via}: "

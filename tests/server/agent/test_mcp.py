@@ -270,3 +270,20 @@ async def test_an_http_server_is_reached_through_the_environments_proxy(
     ((_, added),) = result.tool_io
     assert added.output == "3" and not added.is_error
     assert http_server in proxy.forwarded, proxy.forwarded
+
+
+async def test_a_proxy_that_cannot_be_used_is_said_without_its_credentials(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An HTTP MCP server behind a proxy httpx refuses (SOCKS without `socksio`) was
+    skipped with httpx's message, which repeats the proxy URL, password included."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5://alice:S3cretPw@127.0.0.1:1080")
+    url = f"http://127.0.0.1:{_free_port()}/mcp"
+    settings = AgentSettings(languages=(), mcp_servers=(McpServerConfig("web", url=url),))
+    async with AgentEngine(settings, ScriptedModel([{"content": "ok"}])) as engine:
+        said = engine.mcp_errors["web"]
+    assert "httpx[socks]" in said and "127.0.0.1:1080" in said, said
+    for text in (said, caplog.text):
+        assert "S3cretPw" not in text and "alice" not in text, text

@@ -33,6 +33,12 @@ def upstream() -> Iterator[ScriptedUpstream]:
     started.stop()
 
 
+def _no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 async def _ask(tmp_path: Path, upstream: ScriptedUpstream) -> tuple[str, str]:
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"model_list": [{"model_name": "up", "litellm_params": {
@@ -58,9 +64,7 @@ async def test_a_deployment_is_reached_through_the_environments_proxy(
         monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
     """The mesh's own HTTP client read no proxy from the environment: behind an egress
     proxy, every provider call failed to connect."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
+    _no_proxy_settings(monkeypatch)
     monkeypatch.setenv(variable, proxy.url)
     assert await _ask(tmp_path, upstream) == ("through", "through")
     assert proxy.forwarded == [f"{upstream.url}/chat/completions"] * 2
@@ -73,3 +77,33 @@ async def test_no_proxy_reaches_a_host_directly(
     monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
     assert await _ask(tmp_path, upstream) == ("through", "through")
     assert proxy.forwarded == []
+
+
+async def test_a_proxy_without_a_scheme_is_an_http_proxy(
+        tmp_path: Path, proxy: ForwardProxy, upstream: ScriptedUpstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`HTTP_PROXY=127.0.0.1:3128`, as httpx, the openai SDK and curl read it: it failed
+    every provider call ("Unknown scheme for proxy URL")."""
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.removeprefix("http://"))
+    assert await _ask(tmp_path, upstream) == ("through", "through")
+    assert len(proxy.forwarded) == 2
+
+
+@pytest.mark.parametrize("value", ["socks5://alice:S3cretPw@127.0.0.1:1080",
+                                   "ftp://alice:S3cretPw@127.0.0.1:21"])
+async def test_a_proxy_that_cannot_be_used_is_said_without_its_credentials(
+        tmp_path: Path, upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch,
+        value: str) -> None:
+    """A proxy httpx refuses (SOCKS without `socksio`, an unknown scheme) was named whole in
+    the error every caller got, its password included."""
+    from scillm.clients import RPCError
+
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.setenv("ALL_PROXY", value)
+    with pytest.raises(RPCError) as info:
+        await _ask(tmp_path, upstream)
+    assert "S3cretPw" not in str(info.value) and "alice" not in str(info.value), info.value
+    assert "127.0.0.1" in info.value.message and "egress proxy" in info.value.message
+    if value.startswith("socks"):
+        assert "httpx[socks]" in info.value.message, info.value
