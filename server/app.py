@@ -233,9 +233,11 @@ class Mesh:
         for door, target in targets.items():
             log.info("HTTP shim: %s calls go to %s", door, target)
         client = self.shim_client = ScillmClient(
-            # The stopper outermost: a call's trace interceptor ends its span first.
+            # The stopper inside the trace interceptor: OpenTelemetry's holds a unary call
+            # until it has ended before passing it out, so a stopper outside it never
+            # kept one (a door alone answered a bare 500 past its grace).
             self.grpc_target,
-            interceptors=[*self._stopper.interceptors, *client_interceptors(self._tracing)],
+            interceptors=[*client_interceptors(self._tracing), *self._stopper.interceptors],
             tls=self.client_tls(), channel=self.local_channel, targets=targets)
         self._running.closers.append(client.close)
         app = wrap_asgi(create_app(client, max_request_bytes=settings.max_request_bytes,

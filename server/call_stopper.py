@@ -14,7 +14,9 @@ channel files an interceptor under the first kind it is an instance of). `stop_c
 cancels them, and each one's caller gets UNAVAILABLE `why` in place of the cancellation (a
 call the caller's own task cancelled stays a cancellation): from awaiting a unary call, or
 from reading a stream (a `grpc.aio.UnaryStreamCall` of our own around grpc's, which
-grpc.aio reads as the call itself).
+grpc.aio reads as the call itself). Its interceptors go inside any that hold a call until
+it ends before passing it out (OpenTelemetry's, with tracing on): a call they hold is
+kept only once it is over.
 """
 
 from __future__ import annotations

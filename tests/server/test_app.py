@@ -486,16 +486,25 @@ def test_a_door_alone_ends_its_calls_past_the_grace_as_failures(tmp_path: Path,
     assert error["type"] == "service_unavailable_error", error
 
 
-def test_a_traced_door_ends_a_stream_past_the_grace_as_a_failure(tmp_path: Path) -> None:
-    """With tracing on, the door dials its own gRPC server rather than the in-process
-    channel, so its stream past the grace was cut without its end, as a door alone's was:
-    a real `scillm serve` with an OTLP endpoint, stopped by SIGTERM with `--grace 0.5`."""
+@pytest.mark.parametrize("alone", [False, True], ids=["with-its-services", "alone"])
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_traced_door_ends_its_calls_past_the_grace_as_failures(
+        tmp_path: Path, stream: bool, alone: bool) -> None:
+    """With tracing on, a door dials its gRPC server (its own, or, alone, its services'
+    process) rather than the in-process channel: its stream past the grace was cut without
+    its end, and, alone, a unary call was a bare 500 (OpenTelemetry's interceptor, outside
+    the stopper's, held the call until it ended, so the stop never saw it). A real `scillm
+    serve` with an OTLP endpoint, stopped by SIGTERM with `--grace 0.5`."""
     upstream = HeldUpstream().start()
     config = upstream.config(tmp_path / "models.yaml")
+    backend = start_mesh(mesh_settings(tmp_path / "backend", config_path=config,
+                                       services=("completion",), http_enabled=False)) \
+        if alone else None
+    layout = ["--service", "none", "--completion-target", backend.grpc_target] \
+        if backend is not None else ["--service", "completion"]
     with OtlpReceiver() as receiver:
         served = ServedProcess("traced", [
-            "--service", "completion", "--grpc-port", "0", "--http-port", "0",
-            "--grace", "0.5"], {
+            *layout, "--grpc-port", "0", "--http-port", "0", "--grace", "0.5"], {
             **os.environ, "SCILLM_CONFIG_PATH": str(config),
             "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3"),
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
@@ -503,22 +512,36 @@ def test_a_traced_door_ends_a_stream_past_the_grace_as_a_failure(tmp_path: Path)
         try:
             served.wait_ready()
             upstream.hold()
-            with httpx.Client(timeout=60) as client, client.stream(
-                    "POST", f"{served.http_url}/v1/chat/completions", json={
-                        "model": "held", "stream": True,
-                        "messages": [{"role": "user", "content": "never finished"}]}) as reply:
-                lines = (line for line in reply.iter_lines() if line.startswith("data: "))
-                next(lines)
-                assert upstream.arrived(1)
-                served.proc.terminate()
-                rest = list(lines)
+            replies: list[tuple[int, str]] = []
+
+            def call() -> None:
+                with httpx.Client(timeout=60) as client, client.stream(
+                        "POST", f"{served.http_url}/v1/chat/completions", json={
+                            "model": "held", "stream": stream, "messages": [
+                                {"role": "user", "content": "never finished"}]}) as reply:
+                    replies.append((reply.status_code, reply.read().decode()))
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            assert upstream.arrived(1)
+            served.proc.terminate()
+            caller.join(30)
+            assert not caller.is_alive()
             assert served.proc.wait(30) == 0, served.log.read_text()[-3000:]
         finally:
             served.stop()
+            if backend is not None:
+                backend.stop()
             upstream.release()
             upstream.stop()
-    assert rest[-1] == "data: [DONE]", rest
-    error = json.loads(rest[-2][6:])["error"]
+    ((status, text),) = replies
+    if stream:
+        rest = [line for line in text.splitlines() if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]", rest
+        error = json.loads(rest[-2][6:])["error"]
+    else:
+        assert status == 503, text
+        error = json.loads(text)["error"]
     assert "shutting down" in error["message"], error
     assert error["type"] == "service_unavailable_error", error
 
