@@ -17,6 +17,7 @@ to the caller as it came.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -56,9 +57,9 @@ class _Attempts:
     def left(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
 
-    async def pause(self) -> bool:
-        """Wait before the next attempt; False when none may be made (all made, or the
-        deadline would pass first)."""
+    async def pause(self, interrupt: asyncio.Event) -> bool:
+        """Wait before the next attempt (or until `interrupt`); False when none may be made
+        (all made, or the deadline would pass first)."""
         if self.made >= ATTEMPTS:
             return False
         pause = random.uniform(0, self._backoff)
@@ -66,7 +67,8 @@ class _Attempts:
         left = self.left()
         if left is not None and left <= pause:
             return False
-        await asyncio.sleep(pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(interrupt.wait(), pause)
         return True
 
     def details(self, details: Any) -> Any:
@@ -88,16 +90,20 @@ class _Retried(DelegatingCall):
         super().__init__(call)
         self._again = again
         self._attempts = attempts
-        self._cancelled = False
+        self._cancelled = asyncio.Event()
         self._over = False
         self._callbacks: list[Callable[..., Any]] = []
 
     async def _retry(self, error: BaseException) -> bool:
         """Whether `error` ends this attempt for another (then made): unanswered, and one
-        may still be made, the call not cancelled."""
-        if self._cancelled or not _unanswered(error) or not await self._attempts.pause() \
-                or self._cancelled:
+        may still be made. A call cancelled meanwhile (its pause included) ends cancelled,
+        as a cancelled grpc.aio call does."""
+        if not self._cancelled.is_set() and not _unanswered(error):
             return False
+        if not self._cancelled.is_set() and not await self._attempts.pause(self._cancelled):
+            return False
+        if self._cancelled.is_set():
+            raise asyncio.CancelledError()
         self._call = await self._again()
         return True
 
@@ -109,16 +115,19 @@ class _Retried(DelegatingCall):
             callback(self)
 
     def cancelled(self) -> bool:
-        return self._cancelled or super().cancelled()
+        return self._cancelled.is_set() or super().cancelled()
 
     def done(self) -> bool:
         return self._over
 
     def cancel(self) -> bool:
-        self._cancelled = True
-        cancelled = super().cancel()
-        self._finish()
-        return cancelled
+        """As a grpc.aio call's: False once it is over; else it ends cancelled, whether an
+        attempt runs or the call waits to try again."""
+        if self._over:
+            return False
+        self._cancelled.set()
+        super().cancel()
+        return True
 
     def add_done_callback(self, callback: Callable[..., Any]) -> None:
         if self._over:
@@ -136,6 +145,29 @@ class _RetriedUnary(_Retried, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         if self._result is None:  # awaited by each interceptor outside, run once
             self._result = asyncio.ensure_future(self._run())
         return self._result.__await__()
+
+    async def _settled(self) -> None:
+        """The attempts run to their end: what the call says of its status is then the
+        last attempt's (OpenTelemetry's client interceptor reads `code()` before anyone
+        awaits the call, and read the first attempt's UNAVAILABLE)."""
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self
+
+    async def code(self) -> grpc.StatusCode:
+        await self._settled()
+        return await super().code()
+
+    async def details(self) -> str:
+        await self._settled()
+        return await super().details()
+
+    async def trailing_metadata(self) -> Any:
+        await self._settled()
+        return await super().trailing_metadata()
+
+    async def debug_error_string(self) -> str:
+        await self._settled()
+        return str(await self._call.debug_error_string())
 
     async def _run(self) -> Any:
         try:

@@ -135,3 +135,48 @@ async def test_attempts_stop_at_five_and_within_the_deadline() -> None:
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert late.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
     assert servicer.calls <= 6  # no attempt after the deadline: at most the first
+
+
+async def test_a_traced_call_retried_to_an_answer_is_traced_as_answered() -> None:
+    """OpenTelemetry's client interceptor (the door's and CompletionLink's, tracing on)
+    reads a call's status before anyone awaits it: it read the first attempt's
+    UNAVAILABLE, and a call retried to an answer was exported as a failed span."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    servicer = Scripted(fails=2)
+    server, target = await _serve(servicer)
+    try:
+        async with ScillmClient(target, interceptors=list(
+                aio_client_interceptors(tracer_provider=provider))) as client:
+            assert (await client.completion.create(REQUEST)).id == "call-3"
+    finally:
+        await server.stop(None)
+    (span,) = exported.get_finished_spans()
+    assert span.status.status_code is not StatusCode.ERROR, span.status
+    assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 0
+
+
+async def test_a_call_cancelled_between_attempts_is_cancelled() -> None:
+    """`cancel()` while the call waited to try again returned False and let the last
+    attempt's UNAVAILABLE through: the stopper's 'shutting down' became 'connections to
+    all backends failing'."""
+    import asyncio
+
+    async with ScillmClient("127.0.0.1:1") as client:  # nothing listens there
+        call = client.completion._stub.Completion(
+            pb.CompletionRequest(model="m"), timeout=30)
+        waiting = asyncio.ensure_future(call)
+        # Most likely between attempts by now (the first refused at once); if not, the
+        # attempt itself is cancelled: either way, a cancelled call.
+        await asyncio.sleep(0.02)
+        assert call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert call.cancelled()
