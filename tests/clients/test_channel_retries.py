@@ -4,76 +4,18 @@ final; a stream is tried again only before its first message."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from scripted_grpc import REQUEST, Scripted, serve
 
 from scillm.clients import RPCError, ScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
-from scillm.completion.v1 import completion_pb2_grpc
-
-REQUEST = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _answer(code: grpc.StatusCode, message: str) -> tuple[tuple[str, bytes], ...]:
-    """The trailers a mesh handler's failure carries (server/errors.py `to_status`)."""
-    info = error_details_pb2.ErrorInfo(reason="UpstreamError", domain="scillm.dev")
-    status = status_pb2.Status(code=code.value[0], message=message)
-    status.details.add().Pack(info)
-    return (("grpc-status-details-bin", status.SerializeToString()),)
-
-
-class Scripted(completion_pb2_grpc.CompletionServiceServicer):
-    """Fails the first `fails` calls UNAVAILABLE (as the mesh's handler when `answered`,
-    with its status details; else bare, as a server that never ran the call), then
-    answers. A stream sends one chunk before failing when `midway`."""
-
-    def __init__(self, fails: int, *, answered: bool = False, midway: bool = False) -> None:
-        self.fails = fails
-        self.answered = answered
-        self.midway = midway
-        self.calls = 0
-
-    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        message = "down"
-        if self.answered:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, message,
-                                trailing_metadata=_answer(grpc.StatusCode.UNAVAILABLE, message))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
-
-    async def Completion(self, request: pb.CompletionRequest,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:
-        self.calls += 1
-        if self.calls <= self.fails:
-            await self._fail(context)
-        return pb.CompletionResponse(id=f"call-{self.calls}")
-
-    async def CompletionStream(self, request: pb.CompletionStreamRequest,
-                               context: grpc.aio.ServicerContext[Any, Any],
-                               ) -> AsyncIterator[pb.CompletionStreamResponse]:
-        self.calls += 1
-        if self.calls <= self.fails:
-            if self.midway:
-                yield pb.CompletionStreamResponse(chunk=pb.CompletionChunk(id="first"))
-            await self._fail(context)
-        yield pb.CompletionStreamResponse(chunk=pb.CompletionChunk(id=f"call-{self.calls}"))
-
-
-async def _serve(servicer: Scripted) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
-    completion_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_a_call_no_server_answered_is_tried_again(stream: bool) -> None:
     servicer = Scripted(fails=2)
-    server, target = await _serve(servicer)
+    server, target = await serve(servicer)
     try:
         async with ScillmClient(target) as client:
             if stream:
@@ -91,7 +33,7 @@ async def test_a_servers_answer_is_final(stream: bool) -> None:
     """UNAVAILABLE from a mesh handler (its engine's retries spent on the upstream) was
     tried 5 times by the channel's retry policy, each running the engine again."""
     servicer = Scripted(fails=5, answered=True)
-    server, target = await _serve(servicer)
+    server, target = await serve(servicer)
     try:
         async with ScillmClient(target) as client:
             with pytest.raises(RPCError) as info:
@@ -107,7 +49,7 @@ async def test_a_servers_answer_is_final(stream: bool) -> None:
 
 async def test_a_stream_is_not_tried_again_after_its_first_message() -> None:
     servicer = Scripted(fails=1, midway=True)
-    server, target = await _serve(servicer)
+    server, target = await serve(servicer)
     seen: list[str] = []
     try:
         async with ScillmClient(target) as client:
@@ -122,7 +64,7 @@ async def test_a_stream_is_not_tried_again_after_its_first_message() -> None:
 
 async def test_attempts_stop_at_five_and_within_the_deadline() -> None:
     servicer = Scripted(fails=100)
-    server, target = await _serve(servicer)
+    server, target = await serve(servicer)
     try:
         async with ScillmClient(target) as client:
             with pytest.raises(RPCError) as info:
@@ -151,7 +93,7 @@ async def test_a_traced_call_retried_to_an_answer_is_traced_as_answered() -> Non
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exported))
     servicer = Scripted(fails=2)
-    server, target = await _serve(servicer)
+    server, target = await serve(servicer)
     try:
         async with ScillmClient(target, interceptors=list(
                 aio_client_interceptors(tracer_provider=provider))) as client:
