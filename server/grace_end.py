@@ -2,8 +2,9 @@
 
 Left to the gRPC servers, such a call ends UNAVAILABLE (grpcio's "Cancelling all calls",
 or pygrpc-native closing the connection), and a caller whose channel retries UNAVAILABLE
-(the mesh's clients do, `clients/_client.py`) tries it again on another replica: a
-completion's upstream was called twice for one request, twice the cost and any side
+(a gRPC retry policy commonly does; the mesh's clients did, before `clients/_retry.py`,
+which retries only an UNAVAILABLE no handler answered) tries it again on another replica:
+a completion's upstream was called twice for one request, twice the cost and any side
 effects twice. A call a stopping server refuses before its handler runs, or one a dying
 replica (SIGKILL) drops, must still be retried; both are UNAVAILABLE, which the servers and
 the transport decide, so the call cut at the grace's end has to differ.
