@@ -10,8 +10,9 @@ replica, and the upstream answered it a second time: twice the cost for one requ
 call the stopping replica refuses before its handler runs is still retried
 (`meshutil.refused_code`, tests/server/test_faults.py).
 
-No timing decides the outcome: the upstream is released only once the stop has returned,
-and then the first call either has failed or, retried, is answered.
+No timing decides the outcome: the upstream is released only once the stop has returned
+and the upstream has seen the cut call's request go, and then the first call either has
+failed or, retried, is answered.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ async def test_a_call_cut_at_the_grace_end_is_not_retried_on_another_replica(
         ask = asyncio.ensure_future(client.completion.create(
             HELD, timeout=60, request_id="cut-once-1"))
         await replicas.stop_the_one_serving()
+        # Before the release: a connection closed after it may be answered first (the
+        # stop ends the call's upstream request, but the upstream sees it a moment later).
+        assert await asyncio.to_thread(replicas.upstream.abandoned, 1), \
+            "the upstream request outlived the call"
         replicas.upstream.release()
         with pytest.raises(RPCError) as info:
             await ask
@@ -93,8 +98,6 @@ async def test_a_call_cut_at_the_grace_end_is_not_retried_on_another_replica(
     assert "shutting down" in info.value.message
     assert info.value.reason == "ServerShuttingDown"
     assert info.value.request_id == "cut-once-1"
-    assert await asyncio.to_thread(replicas.upstream.abandoned, 1), \
-        "the upstream request outlived the call"
     assert answer.choices[0].message.content[0].text == "one two three"
 
 
