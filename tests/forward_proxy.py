@@ -5,33 +5,19 @@ sent on to their host, one connection per request, and kept in `forwarded`."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from urllib.parse import urlsplit
 
-from loop_server import stop_serving
+from loop_server import LoopServer
 
 
-class ForwardProxy:
+class ForwardProxy(LoopServer):
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
+        super().__init__()
         self.forwarded: list[str] = []
-        self.port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ForwardProxy:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        stop_serving(self._loop, self._thread, self._server)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

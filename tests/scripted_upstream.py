@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from loop_server import stop_serving
+from loop_server import LoopServer
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopServer):
     """Serve `replies` (assistant message dicts) one per request, cycling at the end.
 
     A request for which `hold(request)` is true is answered only after `release()`.
@@ -27,31 +26,18 @@ class ScriptedUpstream:
                  hold: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.replies = replies
         self.hold = hold
+        super().__init__()
         self._released = asyncio.Event()
         self.requests: list[dict[str, Any]] = []
         self._index = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> ScriptedUpstream:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
     def release(self) -> None:
         """Answer the held requests, and hold no more."""
         self._loop.call_soon_threadsafe(self._released.set)
-
-    def stop(self) -> None:
-        stop_serving(self._loop, self._thread, self._server)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
