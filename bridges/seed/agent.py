@@ -7,6 +7,7 @@ name:
      "max_total_seconds": 60, "max_total_tokens"?: 20000, "enable_repair": true,
      "use_tools": true, "languages"?: ["python"], "mcp_servers"?: ["name"], "seed"?: 7,
      "temperature"?: 0, "top_p"?: 1, "max_tokens"?: 512 (or "max_completion_tokens"),
+     "stop"?: ["END"], "presence_penalty"?: 0, "frequency_penalty"?: 0,
      "response_format"?: {...}, "reasoning_effort"?: "low",
      "auto_run_code"?: false,
      "escalation_model"?: "gpt-4o", "escalation_iterations"?: 3,
@@ -27,6 +28,10 @@ answered `{ok, final_answer, stopped_reason, messages, metrics: {iterations, tto
 escalated, used_model}}`. `local` offers the sandboxed Python tool and `run_shell` allowing
 `echo`; `http` the tools of the configured HTTP tool server at `tool_http_base_url`;
 `echo` one model turn without tools.
+
+A run offers its own tools and answers no logprobs: a caller's `tools`, `tool_choice`,
+`functions`, `function_call`, `parallel_tool_calls`, `logprobs` or `top_logprobs` is
+refused (400) rather than left unheeded.
 """
 
 from __future__ import annotations
@@ -47,7 +52,13 @@ _STOPPED = {pb.STOP_REASON_SUCCESS: "success", pb.STOP_REASON_BUDGET: "budget",
 _BACKENDS = ("local", "http", "echo")
 #: A completion's fields an agent run passes to each of its model calls.
 _SAMPLING = ("response_format", "seed", "temperature", "top_p", "max_completion_tokens",
-             "max_tokens")
+             "max_tokens", "stop", "presence_penalty", "frequency_penalty")
+#: A completion's fields a run cannot honour (it offers its own tools, answers no
+#: logprobs); given (other than false or empty), they are the caller's error.
+_NOT_TAKEN = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls",
+              "logprobs", "top_logprobs")
+#: The most stop sequences a model call takes (OpenAI's limit).
+_MAX_STOPS = 4
 
 
 def _int(body: Mapping[str, Any], key: str) -> int | None:
@@ -88,6 +99,11 @@ def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
     if not model:
         raise InvalidRequestError("the agent needs a model: 'agent/<model>' or 'model'",
                                   param="model")
+    for key in _NOT_TAKEN:
+        if body.get(key) not in (None, False, []):
+            raise InvalidRequestError(
+                f"an agent run offers its own tools (languages, mcp_servers, "
+                f"http_tool_servers) and answers no logprobs: '{key}' is not taken", param=key)
     probe = openai_wire.request_to_proto(
         {"model": model, "messages": messages, **{k: body[k] for k in _SAMPLING if k in body}})
     req = pb.AgentRunRequest(messages=probe.messages)
@@ -116,6 +132,16 @@ def _base(body: Mapping[str, Any], model: str) -> pb.AgentRunRequest:
         if getattr(probe, limit) < 1:
             raise InvalidRequestError(f"'{limit}' must be at least 1", param=limit)
         c.max_tokens = getattr(probe, limit)
+    if len(probe.stop) > _MAX_STOPS or not all(probe.stop):
+        raise InvalidRequestError(f"'stop' takes at most {_MAX_STOPS} sequences, none empty",
+                                  param="stop")
+    c.stop.extend(probe.stop)
+    for key, given in (("presence_penalty", probe.HasField("presence_penalty")),
+                       ("frequency_penalty", probe.HasField("frequency_penalty"))):
+        if given:
+            if not -2.0 <= getattr(probe, key) <= 2.0:
+                raise InvalidRequestError(f"'{key}' must be between -2 and 2", param=key)
+            setattr(c, key, getattr(probe, key))
     return req
 
 

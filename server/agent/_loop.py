@@ -73,7 +73,10 @@ def build_request(ctx: LoopContext, messages: Sequence[Message],
         request["tool_choice"] = "auto"
     optional = {"response_format": dict(o.response_format) if o.response_format else None,
                 "reasoning_effort": o.reasoning_effort, "seed": o.seed,
-                "temperature": o.temperature, "top_p": o.top_p, "max_tokens": o.max_tokens}
+                "temperature": o.temperature, "top_p": o.top_p, "max_tokens": o.max_tokens,
+                "stop": list(o.stop) if o.stop else None,
+                "presence_penalty": o.presence_penalty,
+                "frequency_penalty": o.frequency_penalty}
     request.update({k: v for k, v in optional.items() if v is not None})
     return request
 

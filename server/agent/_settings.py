@@ -237,6 +237,11 @@ class RunConfig:
     top_p: float | None = None
     #: Each model call's max_tokens (the answer's included), passed through.
     max_tokens: int | None = None
+    #: Stop sequences (at most 4, none empty), passed through.
+    stop: tuple[str, ...] | None = None
+    #: Presence and frequency penalties (-2 to 2), passed through.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     escalation_model: str | None = None
     escalation_iterations: int | None = None
     max_history_messages: int | None = None
@@ -273,6 +278,8 @@ class RunConfig:
 #: run asking for 2^31 turns or 1e9 seconds (with an echo model and auto_run_code, a
 #: self-printing code block) looped until cancelled, holding the shared sandbox workers.
 MAX_ITERATIONS, MAX_TOTAL_SECONDS, MAX_TOTAL_TOKENS = 1_000, 86_400.0, 100_000_000
+#: The most stop sequences a model call takes (OpenAI's limit).
+MAX_STOPS = 4
 
 
 def _check_limits(max_iterations: int, max_total_seconds: float, max_total_tokens: int) -> None:
@@ -306,6 +313,9 @@ class Resolved:
     temperature: float | None
     top_p: float | None
     max_tokens: int | None
+    stop: tuple[str, ...] | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
     escalation_model: str
     escalation_iterations: int
     give_up_markers: tuple[str, ...]
@@ -391,6 +401,8 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
         languages=tuple(languages), mcp_servers=tuple(servers),
         response_format=c.response_format, reasoning_effort=c.reasoning_effort,
         seed=c.seed, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
+        stop=c.stop, presence_penalty=c.presence_penalty,
+        frequency_penalty=c.frequency_penalty,
         escalation_model=pick(c.escalation_model, settings.escalation_model),
         escalation_iterations=pick(c.escalation_iterations, settings.escalation_iterations),
         give_up_markers=settings.give_up_markers,
@@ -412,4 +424,11 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
         raise AgentConfigError("top_p must be between 0 and 1", param="top_p")
     if resolved.max_tokens is not None and resolved.max_tokens < 1:
         raise AgentConfigError("max_tokens must be >= 1", param="max_tokens")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(resolved, name)
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise AgentConfigError(f"{name} must be between -2 and 2", param=name)
+    if resolved.stop is not None and (len(resolved.stop) > MAX_STOPS or not all(resolved.stop)):
+        raise AgentConfigError(f"stop takes at most {MAX_STOPS} sequences, none empty",
+                               param="stop")
     return resolved

@@ -72,6 +72,11 @@ def config_from_proto(config: pb.AgentConfig) -> RunConfig:
         temperature=config.temperature if config.HasField("temperature") else None,
         top_p=config.top_p if config.HasField("top_p") else None,
         max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
+        stop=tuple(config.stop) or None,
+        presence_penalty=(config.presence_penalty if config.HasField("presence_penalty")
+                          else None),
+        frequency_penalty=(config.frequency_penalty if config.HasField("frequency_penalty")
+                           else None),
         escalation_model=config.escalation_model or None,
         escalation_iterations=config.escalation_iterations or None,
         max_history_messages=config.max_history_messages or None,

@@ -406,3 +406,38 @@ def test_an_agent_run_refuses_sampling_out_of_range(mesh: RunningMesh, field: st
         "model": "agent/echo/x", field: value, "messages": [{"role": "user", "content": "hi"}]})
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == field, reply.text
+
+
+def test_an_agent_run_keeps_to_stop(sdk: openai.OpenAI) -> None:
+    """`stop` was dropped by `agent/...` models: each model call of the run now gets it, as
+    a completion would (echo's answer: the text before the stop string)."""
+    reply = sdk.chat.completions.create(
+        model="agent/echo/x", messages=[{"role": "user", "content": "one two three four"}],
+        stop=["three"], extra_body={"use_tools": False})
+    assert reply.choices[0].message.content == "one two"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("presence_penalty", 2.5), ("frequency_penalty", -2.01), ("stop", ["a", "b", "c", "d", "e"]),
+    ("stop", [""]), ("stop", 7)])
+def test_an_agent_run_refuses_penalties_and_stops_out_of_range(
+        mesh: RunningMesh, field: str, value: Any) -> None:
+    reply = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=60, json={
+        "model": "agent/echo/x", field: value, "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == field, reply.text
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("tool_choice", "required"), ("logprobs", True), ("top_logprobs", 2),
+    ("parallel_tool_calls", True), ("function_call", "auto")])
+def test_an_agent_run_refuses_what_it_cannot_honour(mesh: RunningMesh, field: str,
+                                                   value: Any) -> None:
+    """A caller's own `tools`, or `logprobs`, went unheeded without a word: the run offers
+    its own tools and answers no logprobs, so such a request is the caller's error."""
+    reply = httpx.post(f"{mesh.http_url}/v1/chat/completions", timeout=60, json={
+        "model": "agent/echo/x", field: value, "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == field and "agent" in error["message"], error

@@ -327,3 +327,31 @@ async def test_sampling_out_of_range_is_the_callers_error(executor: SubprocessEx
                 await _run(engine, config)
             assert info.value.param == param
     assert model.requests == []
+
+
+async def test_stop_and_penalties_reach_every_model_call(executor: SubprocessExecutor) -> None:
+    """`stop` and the penalties were not part of a run's config: each model call carries
+    them now."""
+    model = ScriptedModel.from_file(FIXTURES / "add_then_answer.json")
+    async with AgentEngine(mcp_settings(), model, executor) as engine:
+        await _run(engine, RunConfig(stop=("END",), presence_penalty=0.5,
+                                     frequency_penalty=-0.5))
+    assert len(model.requests) == 3
+    assert all(r["stop"] == ["END"] and r["presence_penalty"] == 0.5
+               and r["frequency_penalty"] == -0.5 for r in model.requests)
+
+
+async def test_penalties_and_stops_out_of_range_are_the_callers_error(
+        executor: SubprocessExecutor) -> None:
+    from scillm.server.agent.errors import AgentConfigError
+
+    model = ScriptedModel.from_file(FIXTURES / "add_then_answer.json")
+    async with AgentEngine(mcp_settings(), model, executor) as engine:
+        for config, param in ((RunConfig(presence_penalty=2.5), "presence_penalty"),
+                              (RunConfig(frequency_penalty=-3.0), "frequency_penalty"),
+                              (RunConfig(stop=("a", "b", "c", "d", "e")), "stop"),
+                              (RunConfig(stop=("",)), "stop")):
+            with pytest.raises(AgentConfigError) as info:
+                await _run(engine, config)
+            assert info.value.param == param
+    assert model.requests == []

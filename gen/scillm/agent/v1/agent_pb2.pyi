@@ -104,6 +104,9 @@ class AgentConfig(_message.Message):
     TRACE_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Completion model driving the agent."""
     max_iterations: _builtins.int
@@ -147,6 +150,9 @@ class AgentConfig(_message.Message):
     """The most tokens each model call of the run may generate (its answer included), as
     a completion's max_tokens: at least 1; unset leaves it to the model.
     """
+    presence_penalty: _builtins.float
+    """Presence and frequency penalties, passed to each model call of the run: -2 to 2."""
+    frequency_penalty: _builtins.float
     @_builtins.property
     def max_total_time(self) -> _duration_pb2.Duration:
         """Wall-clock budget of the run: at most a day."""
@@ -186,6 +192,10 @@ class AgentConfig(_message.Message):
         not kept in the run store (a replay sends them as "[redacted]").
         """
 
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stop sequences, passed to each model call of the run: at most 4, none empty."""
+
     def __init__(
         self,
         *,
@@ -213,15 +223,22 @@ class AgentConfig(_message.Message):
         trace: _builtins.bool = ...,
         top_p: _builtins.float | None = ...,
         max_tokens: _builtins.int | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        presence_penalty: _builtins.float | None = ...,
+        frequency_penalty: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "enable_repair", b"enable_repair", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p", "use_tools", b"use_tools"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "enable_repair", b"enable_repair", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p", "use_tools", b"use_tools"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "escalation_iterations", b"escalation_iterations", "escalation_model", b"escalation_model", "http_tool_headers", b"http_tool_headers", "http_tool_servers", b"http_tool_servers", "languages", b"languages", "max_history_chars", b"max_history_chars", "max_history_messages", b"max_history_messages", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "model", b"model", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "shell_allowlist", b"shell_allowlist", "shell_presets", b"shell_presets", "temperature", b"temperature", "top_p", b"top_p", "trace", b"trace", "use_tools", b"use_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "escalation_iterations", b"escalation_iterations", "escalation_model", b"escalation_model", "frequency_penalty", b"frequency_penalty", "http_tool_headers", b"http_tool_headers", "http_tool_servers", b"http_tool_servers", "languages", b"languages", "max_history_chars", b"max_history_chars", "max_history_messages", b"max_history_messages", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "model", b"model", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "shell_allowlist", b"shell_allowlist", "shell_presets", b"shell_presets", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p", "trace", b"trace", "use_tools", b"use_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enable_repair: _TypeAlias = _typing.Literal["enable_repair"]  # noqa: Y015
     _WhichOneofArgType__enable_repair: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair"]  # noqa: Y015
+    _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
+    _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
+    _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
@@ -233,7 +250,11 @@ class AgentConfig(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enable_repair) -> _WhichOneofReturnType__enable_repair | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
