@@ -151,8 +151,9 @@ class AgentConfig(_message.Message):
     a completion's max_tokens: at least 1; unset leaves it to the model.
     """
     presence_penalty: _builtins.float
-    """Presence and frequency penalties, passed to each model call of the run: -2 to 2."""
+    """Presence penalty, passed to each model call of the run: -2 to 2."""
     frequency_penalty: _builtins.float
+    """Frequency penalty, passed to each model call of the run: -2 to 2."""
     @_builtins.property
     def max_total_time(self) -> _duration_pb2.Duration:
         """Wall-clock budget of the run: at most a day."""
