@@ -32,6 +32,9 @@ class Span:
     parent_span_id: bytes  # b"" for a root
     #: The span's attributes, every value as text.
     attributes: dict[str, str] = field(default_factory=dict)
+    #: Its status: UNSET, OK or ERROR, and the status's message.
+    status: str = "UNSET"
+    status_message: str = ""
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -64,8 +67,10 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                     kind = trace_pb2.Span.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_")
                     attributes = {a.key: str(getattr(a.value, a.value.WhichOneof("value")))
                                   for a in s.attributes if a.value.WhichOneof("value")}
+                    status = trace_pb2.Status.StatusCode.Name(s.status.code)
                     got.append(Span(service, s.name, kind, s.trace_id, s.span_id,
-                                    s.parent_span_id, attributes))
+                                    s.parent_span_id, attributes,
+                                    status.removeprefix("STATUS_CODE_"), s.status.message))
         with self._lock:
             self._spans.extend(got)
         return trace_service_pb2.ExportTraceServiceResponse()

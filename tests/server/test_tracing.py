@@ -5,10 +5,14 @@ Every door's trace through the five-process layout is checked in tests/test_spli
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 
 import httpx
+import pytest
+from held_upstream import HeldUpstream
 from meshutil import ServedProcess
 from otlp_receiver import OtlpReceiver, Span, broken_links, new_traceparent
 
@@ -119,3 +123,43 @@ def test_a_key_in_a_url_does_not_reach_the_traces(tmp_path: Path) -> None:
         leaked = {k: v for k, v in span.attributes.items() if secret in v or master in v}
         assert not leaked, (span.name, leaked)
     assert any("key=" in v and "REDACTED" in v for s in served for v in s.attributes.values())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_caller_who_hangs_up_ends_the_doors_client_span_cancelled(
+        tmp_path: Path, stream: bool) -> None:
+    """A traced door dials its services over gRPC. Its caller hangs up while the upstream
+    holds the completion: the door's client span of the gRPC call must still be exported,
+    and say the call was cancelled (a stream's said it had succeeded, status code 0)."""
+    upstream = HeldUpstream().start()
+    config = upstream.config(tmp_path / "models.yaml")
+    method = ("/scillm.completion.v1.CompletionService/"
+              + ("CompletionStream" if stream else "Completion"))
+    with OtlpReceiver() as receiver:
+        proc = ServedProcess("door", [
+            "--service", "completion", "--grpc-port", "0", "--http-port", "0", "--grace", "1",
+            "--config", str(config)], _env(tmp_path, receiver, "door"), tmp_path / "door.log")
+        try:
+            proc.wait_ready()
+            upstream.hold()
+            body = json.dumps({"model": "held", "stream": stream, "messages": [
+                {"role": "user", "content": "hang up"}]}).encode()
+            host, port = proc.http_url.removeprefix("http://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=30) as caller:
+                caller.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: door\r\n"
+                               b"content-type: application/json\r\ncontent-length: "
+                               + str(len(body)).encode() + b"\r\n\r\n" + body)
+                assert upstream.arrived(1), "the completion never reached the upstream"
+                if stream:
+                    assert caller.recv(1 << 16).startswith(b"HTTP/1.1 200"), "no stream"
+            # Hung up (closed): the door ends its gRPC call, which ends the upstream's.
+            assert upstream.abandoned(1), "the upstream request outlived the caller"
+            spans = receiver.wait_for(lambda spans: any(
+                s.kind == "CLIENT" and s.name == method for s in spans))
+        finally:
+            proc.stop()
+            upstream.release()
+            upstream.stop()
+    (span,) = [s for s in spans if s.kind == "CLIENT" and s.name == method]
+    assert span.attributes["rpc.grpc.status_code"] == "1", span
+    assert span.status == "ERROR" and "cancel" in span.status_message.lower(), span
