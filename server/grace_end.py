@@ -25,7 +25,10 @@ server is shutting down, and its `ErrorInfo` reason is `ServerShuttingDown`, whi
 door answers as the 503 it gives its own calls cut at a grace's end
 (bridges/openai/errors.py). Both servers end it alike: `DrainingServer` through its front
 (server/native_server.py), and `GrpcioServer` below, grpc.aio's server, through each
-call's context. tests/server/test_grace_end.py stops a replica with a call held upstream.
+call's context; then each cancels the call's handler with the message `CUT`, so that the
+mesh's interceptor counts the call, and tells its server span, with the status its caller
+got (`was_cut`), not as a caller who left. tests/server/test_grace_end.py stops a replica
+with a call held upstream.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from grpc.aio._server import Server as _AioServer
 
 from .errors import to_status
 
-__all__ = ["CODE", "ENDING_S", "MESSAGE", "GrpcioServer", "ServerShuttingDown", "trailers"]
+__all__ = ["CODE", "CUT", "ENDING_S", "MESSAGE", "GrpcioServer", "ServerShuttingDown",
+           "trailers", "was_cut"]
 
 #: The status of a call cut at the grace's end: not UNAVAILABLE, which channels retry.
 CODE = grpc.StatusCode.ABORTED
@@ -51,10 +55,18 @@ MESSAGE = ("the server is shutting down: the call was cut at the end of its grac
 #: How long, past the grace, a server has to send the ends of the calls the stop cut (for
 #: a call that had sent nothing, a trailers-only answer, which flow control does not hold).
 ENDING_S = 0.25
+#: What the handler of a call the stop cut is cancelled with (`asyncio.Task.cancel`'s
+#: message, which its `CancelledError` carries out).
+CUT = "scillm: the call was cut at the end of a stop's grace"
 
 
 class ServerShuttingDown(Exception):
     """What a call cut at a stop's grace end failed with (its `ErrorInfo` reason)."""
+
+
+def was_cut(exc: BaseException) -> bool:
+    """Whether `exc`, ending a handler, is the cancellation of a call the stop cut."""
+    return isinstance(exc, asyncio.CancelledError) and exc.args[:1] == (CUT,)
 
 
 def trailers(invocation_metadata: Iterable[tuple[str, Any]]) -> list[tuple[str, str | bytes]]:
@@ -159,12 +171,16 @@ class _Keeper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         cancels it: the upstream call it waits on ends too); how many."""
         running = list(self._running.items())
         for task, _ in running:
-            task.cancel()
+            task.cancel(CUT)
         await asyncio.gather(*(_end(context) for _, context in running))
         return len(running)
 
 
 async def _end(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    # grpc's own context, not OpenTelemetry's proxy around it: the call's server span may
+    # have ended already (its handler was cancelled first), and it learns the status from
+    # the mesh's interceptor (`was_cut`).
+    context = getattr(context, "__wrapped__", context)
     # abort() sends the status at once and raises AbortError here; a call that already
     # has its status (the handler aborted it) refuses a second one.
     with contextlib.suppress(Exception):

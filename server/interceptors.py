@@ -25,7 +25,7 @@ import grpc
 
 from scillm.clients.ids import new_id
 
-from . import charges
+from . import charges, grace_end
 from .deadline import Deadline
 from .errors import BASE_TABLE, ErrorTable, StatusError, status_for, to_status
 from .keys import Authenticator, Principal, Reservation, token_from_metadata
@@ -387,6 +387,13 @@ class _Served:
             if exc is None:
                 return False
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                if grace_end.was_cut(exc):
+                    # Ended ABORTED by the stop, then cancelled: counted as its caller got
+                    # it, and told to the context, whose server span records it.
+                    self._code = grace_end.CODE
+                    context.set_code(grace_end.CODE)
+                    context.set_details(grace_end.MESSAGE)
+                    return False
                 # gRPC cancels a call whose deadline passed: count it as such.
                 remaining = context.time_remaining()
                 self._code = (grpc.StatusCode.DEADLINE_EXCEEDED

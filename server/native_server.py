@@ -23,15 +23,27 @@ the front up to `grace_end.ENDING_S` past the grace to send those ends.
 It also runs a method's interceptors once instead of on every call, when they allow it
 (`DrainingServer._resolve_methods`).
 
-The server has no public hook for either, so the class leans on 0.5.0's attributes
-(`_front`, `_front_args`, `_calls`, `_stopping`, `_table`, `_interceptors`); pyproject.toml
-pins that release, and tests/server/test_native_drain.py fails if a new one moves them or
-fixes the stop itself differently.
+And it answers a call that fails with trailing metadata the front refuses: a key that
+starts with `grpc-` (gRPC's own; `grpc-status-details-bin` passes) or an invalid key
+(upper case, a space). The front raised, the library sent nothing, and the caller waited
+for its deadline. grpcio's server sends such a call the handler's status (its `grpc-` keys
+passed or dropped), and answers invalid keys INTERNAL "Invalid metadata"; this one sends
+the status without the reserved keys (logged), and INTERNAL for the rest
+(`DrainingServer._fail`). Only a failure pays for it: the check runs once the front has
+refused. (A reply or a stream's end with such trailers still goes unanswered: catching
+that would cost every call; the mesh's handlers set none.)
+
+The server has no public hook for any of these, so the class leans on 0.5.0's attributes
+(`_front`, `_front_args`, `_calls`, `_stopping`, `_table`, `_interceptors`, `_fail`);
+pyproject.toml pins that release, and tests/server/test_native_drain.py and
+test_native_reserved_trailers.py fail if a new one moves them or fixes the stop itself
+differently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +55,12 @@ from . import grace_end
 
 __all__ = ["DrainingServer"]
 
+log = logging.getLogger("scillm.server")
+
 #: How often the drain looks at the front's counters.
 _POLL_S = 0.002
+#: The one `grpc-` trailer the front sends (`DrainingServer._fail`).
+_SENT_GRPC_KEY = "grpc-status-details-bin"
 
 
 class DrainingServer(pygrpc_native.aio.Server):
@@ -114,9 +130,37 @@ class DrainingServer(pygrpc_native.aio.Server):
             front.fail(call.call_id, grace_end.CODE.value[0], grace_end.MESSAGE,
                        trailing_metadata=grace_end.trailers(call.metadata))
             # The library sends nothing for a handler cancelled while the server stops.
-            call.task.cancel()
+            call.task.cancel(grace_end.CUT)
             ended += 1
         return ended
+
+    def _fail(self, call: Any, context: Any, details: str | None) -> None:
+        """The library's, which sends the call's failure, unless the front refuses its
+        trailing metadata: then it goes without the keys reserved to gRPC, or, if the
+        front refuses the rest too, as INTERNAL "Invalid metadata" (see the module)."""
+        try:
+            super()._fail(call, context, details)
+            return
+        except ValueError as exc:
+            refused = exc
+        trailers = list(context.trailing_metadata())
+        reserved = {key for key, _ in trailers
+                    if key.startswith("grpc-") and key != _SENT_GRPC_KEY}
+        if reserved:
+            log.warning("a call of %s failed with trailing metadata keys reserved to gRPC, "
+                        "sent without them: %s", call.method, ", ".join(sorted(reserved)))
+            context.set_trailing_metadata([pair for pair in trailers
+                                           if pair[0] not in reserved])
+            try:
+                super()._fail(call, context, details)
+                return
+            except ValueError as exc:
+                refused = exc
+        log.warning("a call of %s failed with trailing metadata the gRPC front refuses "
+                    "(%s): answered INTERNAL without it", call.method, refused)
+        context.set_trailing_metadata(())
+        context.set_code(grpc.StatusCode.INTERNAL)
+        super()._fail(call, context, "Invalid metadata")
 
     def _unfinished(self) -> int:
         """Calls the front has started and not yet finished (sent their status)."""

@@ -13,11 +13,15 @@ call the stopping replica refuses before its handler runs is still retried
 No timing decides the outcome: the upstream is released only once the stop has returned
 and the upstream has seen the cut call's request go, and then the first call either has
 failed or, retried, is answered.
+
+The replica counts the cut call, and its server span says it ended, with the status its
+caller got (ABORTED), not as a caller who left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +30,8 @@ import grpc
 import httpx
 import pytest
 from held_upstream import HeldUpstream
-from meshutil import RunningMesh, mesh_settings, start_mesh
+from meshutil import RunningMesh, ServedProcess, mesh_settings, start_mesh
+from otlp_receiver import OtlpReceiver
 
 from scillm.clients import RPCError, ScillmClient
 
@@ -45,12 +50,14 @@ class Replicas:
     def target(self) -> str:
         return ",".join(running.grpc_target for running in self.meshes)
 
-    async def stop_the_one_serving(self) -> None:
-        """Once the upstream holds one call: stop the replica serving it, grace 0.5 s."""
+    async def stop_the_one_serving(self) -> RunningMesh:
+        """Once the upstream holds one call: stop the replica serving it, grace 0.5 s; the
+        replica."""
         assert await asyncio.to_thread(self.upstream.arrived, 1), "the call never arrived"
         serving = [running for running in self.meshes if _in_flight(running)]
         assert len(serving) == 1 and self.upstream.requests == 1
         await asyncio.to_thread(serving[0].stop, 0.5)
+        return serving[0]
 
 
 @pytest.fixture(params=["native", "grpcio"])
@@ -78,6 +85,12 @@ def _in_flight(running: RunningMesh) -> float:
         "scillm_rpc_in_flight", {"method": METHOD}) or 0.0
 
 
+def _finished(running: RunningMesh, code: str) -> float:
+    """How many `held` calls the replica counted as finished with `code`."""
+    return running.mesh.metrics.registry.get_sample_value(
+        "scillm_rpc_requests_total", {"method": METHOD, "model": "held", "code": code}) or 0.0
+
+
 async def test_a_call_cut_at_the_grace_end_is_not_retried_on_another_replica(
         replicas: Replicas) -> None:
     async with ScillmClient(replicas.target) as client:
@@ -101,6 +114,22 @@ async def test_a_call_cut_at_the_grace_end_is_not_retried_on_another_replica(
     assert answer.choices[0].message.content[0].text == "one two three"
 
 
+async def test_the_cut_call_is_counted_with_the_status_its_caller_got(
+        replicas: Replicas) -> None:
+    """The replica's metrics counted the cut call CANCELLED (its handler was cancelled),
+    though its caller got ABORTED: a rolling restart read as callers hanging up."""
+    async with ScillmClient(replicas.target) as client:
+        ask = asyncio.ensure_future(client.completion.create(HELD, timeout=60))
+        stopped = await replicas.stop_the_one_serving()
+        replicas.upstream.release()
+        with pytest.raises(RPCError) as info:
+            await ask
+    assert info.value.code == grpc.StatusCode.ABORTED, info.value
+    counted = {code: _finished(stopped, code) for code in ("ABORTED", "CANCELLED", "OK")}
+    assert counted == {"ABORTED": 1, "CANCELLED": 0, "OK": 0}, counted
+    assert _in_flight(stopped) == 0
+
+
 async def test_a_door_answers_a_call_its_service_cut_with_a_503(replicas: Replicas) -> None:
     """A door whose Completion is in other processes gets the cut call's failure, and
     answers it as it answers its own calls cut at a grace's end: a 503 with OpenAI's body.
@@ -121,3 +150,41 @@ async def test_a_door_answers_a_call_its_service_cut_with_a_503(replicas: Replic
     error = reply.json()["error"]
     assert error["type"] == "service_unavailable_error", error
     assert "shutting down" in error["message"], error
+
+
+@pytest.mark.parametrize("server", ["native", "grpcio"])
+async def test_the_cut_calls_server_span_says_aborted(tmp_path: Path, server: str) -> None:
+    """The replica's server span of the cut call said it had succeeded (status code 0: its
+    handler was cancelled, and nothing told the span otherwise; on grpcio's server the
+    stop's abort reached it once it had ended, logging warnings). A traced replica, stopped
+    (SIGTERM) with a call held upstream, exports it with the status its caller got."""
+    upstream = HeldUpstream().start()
+    config = upstream.config(tmp_path / "models.yaml")
+    with OtlpReceiver() as receiver:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+               "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_SERVICE_NAME": "replica",
+               "OTEL_BSP_SCHEDULE_DELAY": "100",
+               "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3")}
+        replica = ServedProcess("replica", [
+            "--service", "completion", "--grpc-port", "0", "--no-http", "--grace", "0.5",
+            "--grpc-server", server, "--config", str(config)], env, tmp_path / "replica.log")
+        try:
+            replica.wait_ready()
+            upstream.hold()
+            async with ScillmClient(replica.grpc_target) as client:
+                ask = asyncio.ensure_future(client.completion.create(HELD, timeout=60))
+                assert await asyncio.to_thread(upstream.arrived, 1), "the call never arrived"
+                await asyncio.to_thread(replica.stop)
+                with pytest.raises(RPCError) as info:
+                    await ask
+            spans = await asyncio.to_thread(receiver.wait_for, lambda spans: any(
+                s.kind == "SERVER" and s.name.endswith(METHOD) for s in spans))
+        finally:
+            replica.stop()
+            upstream.release()
+            upstream.stop()
+    assert info.value.code == grpc.StatusCode.ABORTED, info.value
+    (span,) = [s for s in spans if s.kind == "SERVER" and s.name.endswith(METHOD)]
+    assert span.attributes["rpc.grpc.status_code"] == str(grpc.StatusCode.ABORTED.value[0]), span
+    # Nothing told the span after it ended (grpcio's stop aborted the call through it).
+    assert "ended span" not in replica.log.read_text(errors="replace")
