@@ -240,7 +240,8 @@ class AgentClient:
 
 
 class KeyClient:
-    """KeyService: `generate`, `get`, `delete` (the master key is needed)."""
+    """KeyService: `generate`, `get`, `update`, `list`, `delete` (the master key is
+    needed, but for a virtual key's `get` of itself)."""
 
     def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = keys_pb2_grpc.KeyServiceStub(channel)
@@ -288,6 +289,27 @@ class TlsConfig:
 
     @classmethod
     def from_files(cls, ca: str | None = None, key: str | None = None,
+    async def update(self, request: keys_pb2.UpdateKeyRequest, *,
+                     metadata: Metadata | None = None) -> keys_pb2.VirtualKey:
+        """Change the fields of a key that `request.update_mask` names; the key as changed.
+
+            await client.keys.update(keys_pb2.UpdateKeyRequest(
+                key="sk-...", models=["echo/x"], rpm_limit=60,
+                update_mask={"paths": ["models", "rpm_limit"]}))
+        """
+        reply: keys_pb2.UpdateKeyResponse = await self._call(
+            self._stub.UpdateKey, request, metadata)
+        return reply.info
+
+    async def list(self, *, page: int = 0, page_size: int = 0, key_alias: str = "",
+                   metadata: Metadata | None = None) -> keys_pb2.ListKeysResponse:
+        """One page of keys, oldest first, without their secrets (`page` from 1 and
+        `page_size` up to 100; 0: the first page, of 10 keys), and how many there are."""
+        reply: keys_pb2.ListKeysResponse = await self._call(
+            self._stub.ListKeys, keys_pb2.ListKeysRequest(
+                page=page, page_size=page_size, key_alias=key_alias), metadata)
+        return reply
+
                    cert: str | None = None) -> TlsConfig:
         """Read the PEM files (any may be None)."""
         def read(path: str | None) -> bytes | None:

@@ -11,7 +11,8 @@
     POST /agent/run             the agent envelope (ours, or the seed's agent app's)
     POST /bridge/complete       the {messages, items, provider, options} envelope (the
                                 seed's own fields answered in its shape: seed/envelope.py)
-    POST /key/generate, GET /key/info, POST /key/delete   virtual keys (LiteLLM's shape)
+    POST /key/generate, GET /key/info, POST /key/update,
+    GET  /key/list, POST /key/delete   virtual keys (LiteLLM's shape)
     /ui/...                     the runs UI, when the mesh passes one (scillm.bridges.ui)
 
 The caller's `Authorization: Bearer <key>` (or `x-api-key`) goes to the mesh as gRPC
@@ -320,6 +321,29 @@ class _Shim:
         return JSONResponse({"key": info.key_id, "info": keys_seed.info_json(info)})
 
     async def key_delete(self, request: Request) -> Response:
+    async def key_update(self, request: Request) -> Response:
+        """LiteLLM's `POST /key/update`: `key` and the fields to change."""
+        try:
+            body = await self._json_body(request)
+            info = await self.client.keys.update(keys_seed.update_request(body),
+                                                 metadata=_credentials(request))
+        except _BodyRefused as exc:
+            return exc.response()
+        except (InvalidRequestError, RPCError) as exc:
+            return error_response(exc)
+        return JSONResponse({"key": info.key_id, **keys_seed.info_json(info)})
+
+    async def key_list(self, request: Request) -> Response:
+        """LiteLLM's `GET /key/list?page=&size=&key_alias=&return_full_object=`."""
+        try:
+            query, full = keys_seed.list_request(request.query_params)
+            reply = await self.client.keys.list(
+                page=query.page, page_size=query.page_size, key_alias=query.key_alias,
+                metadata=_credentials(request))
+        except (InvalidRequestError, RPCError) as exc:
+            return error_response(exc)
+        return JSONResponse(keys_seed.list_json(reply, full))
+
         """LiteLLM's `POST /key/delete` with `{"keys": [...]}`."""
         try:
             body = await self._json_body(request)
@@ -500,6 +524,8 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/readyz", shim.readyz, methods=["GET"]),
         *([Mount("/ui", ui)] if ui is not None else []),
     ]
+        Route("/key/update", shim.key_update, methods=["POST"]),
+        Route("/key/list", shim.key_list, methods=["GET"]),
     # An error no endpoint mapped: OpenAI's 500 body (Starlette's error layer sends it,
     # then lets the server log the exception), as the completions door answers one; a path
     # or method the door does not serve: OpenAI's body too, not Starlette's plain text.

@@ -267,6 +267,27 @@ _KEY_INFO = _object({
 _KEYS_OFF = (" Without a configured master key, key management answers 400 "
              "(`invalid_request_error`, code `KeysDisabled`).")
 
+#: A key's fields as /key/generate and /key/update take them.
+_KEY_FIELDS: dict[str, Any] = {
+    "key_alias": _nullable({
+        "type": "string", "maxLength": 256,
+        "description": "names one key: an alias another key has is a 409 (code "
+                       "`DuplicateKeyAlias`, param `key_alias`); null or empty: no alias, "
+                       "which any number of keys share"}),
+    "models": {"type": "array", "maxItems": 1024,
+               "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+    "duration": {"anyOf": [
+        {"type": "string", "pattern": r"^\s*\d{1,5}(\.\d+)?\s*[smhdw]\s*$",
+         "description": "e.g. 30d, 12h, 15m, 45s"},
+        {**_SECONDS, "description": "seconds"}, {"type": "null"}]},
+    "max_budget": _nullable({"type": "number", "exclusiveMinimum": 0}),
+    "rpm_limit": _nullable({"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
+    "tpm_limit": _nullable({"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
+    "metadata": {"type": "object", "maxProperties": 64,
+                 "description": "at most 64 entries and 16 KiB of keys and values (UTF-8; a "
+                                "value that is not a string counts as its JSON)"},
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "SciLLM OpenAI-compatible shim", "version": "1",
@@ -412,26 +433,7 @@ OPENAPI: dict[str, Any] = {
             "operationId": "generateKey",
             "summary": "A new virtual key (LiteLLM's shape)." + _KEYS_OFF,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _object({
-                "key_alias": _nullable({
-                    "type": "string", "maxLength": 256,
-                    "description": "names one key: an alias another key has is a 409 "
-                                   "(code `DuplicateKeyAlias`, param `key_alias`); null or "
-                                   "empty: no alias, which any number of keys share"}),
-                "models": {"type": "array", "maxItems": 1024,
-                           "items": {"type": "string", "minLength": 1, "maxLength": 256}},
-                "duration": {"anyOf": [
-                    {"type": "string", "pattern": r"^\s*\d{1,5}(\.\d+)?\s*[smhdw]\s*$",
-                     "description": "e.g. 30d, 12h, 15m, 45s"},
-                    {**_SECONDS, "description": "seconds"}, {"type": "null"}]},
-                "max_budget": _nullable({"type": "number", "exclusiveMinimum": 0}),
-                "rpm_limit": _nullable({"type": "integer", "minimum": 1,
-                                        "maximum": 2**63 - 1}),
-                "tpm_limit": _nullable({"type": "integer", "minimum": 1,
-                                        "maximum": 2**63 - 1}),
-                "metadata": {"type": "object", "maxProperties": 64,
-                             "description": "at most 64 entries and 16 KiB of keys and "
-                                            "values (UTF-8; a value that is not a string "
-                                            "counts as its JSON)"},
+                **_KEY_FIELDS,
             }, description="null or a field left out: no limit; an explicit 0 is refused "
                            "(LiteLLM reads it as nothing allowed); other fields are refused "
                            "by name unless they only describe the key (user_id, team_id, "
@@ -463,3 +465,52 @@ OPENAPI: dict[str, Any] = {
         }},
     },
 }
+        "/key/update": {"post": {
+            "operationId": "updateKey",
+            "summary": "Change a key: the fields sent change, the others (its spend among "
+                       "them) stay; the next call with the key sees the change (on "
+                       "PostgreSQL, other processes within 2 s)." + _KEYS_OFF,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _object({
+                "key": {"type": "string", "minLength": 1,
+                        "description": "the key to change: its secret or its key_id"},
+                **_KEY_FIELDS,
+                "models": _nullable(_KEY_FIELDS["models"]),
+                "metadata": _nullable({**_KEY_FIELDS["metadata"],
+                                       "description": "replaces the key's whole metadata; "
+                                       + _KEY_FIELDS["metadata"]["description"]}),
+            }, ("key",), description="a field sent as null goes back to none (no alias, "
+                                     "every model, no expiry, no limit, no metadata); "
+                                     "`duration` is counted from now; an explicit 0 limit, "
+                                     "`spend` and the fields /key/generate refuses are a "
+                                     "400, as is a body changing nothing; a key stored with "
+                                     "more metadata or models than a key may now hold is a "
+                                     "400 unless the update sends that field too")}}},
+            "responses": {"200": _json({"allOf": [_ref("KeyInfo"), _object(
+                {"key": {"type": "string", "description": "the key's key_id"}}, ("key",))]},
+                "the key as changed (never its secret)"),
+                **_errors(*_CALL_ERRORS)},
+        }},
+        "/key/list": {"get": {
+            "operationId": "listKeys",
+            "summary": "The keys, a page at a time, oldest first, without their secrets "
+                       "(master key only)." + _KEYS_OFF,
+            "parameters": [
+                {"name": "page", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1,
+                            "default": 1}},
+                {"name": "size", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}},
+                {"name": "key_alias", "in": "query", "required": False,
+                 "schema": {"type": "string"}, "description": "only the key of this alias"},
+                {"name": "return_full_object", "in": "query", "required": False,
+                 "schema": {"type": "boolean", "default": False},
+                 "description": "the keys' descriptions rather than their key_ids"}],
+            "responses": {"200": _json(_object({
+                "keys": {"type": "array", "items": {"anyOf": [{"type": "string"},
+                                                              _ref("KeyInfo")]}},
+                "total_count": {"type": "integer", "minimum": 0},
+                "current_page": {"type": "integer", "minimum": 1},
+                "total_pages": {"type": "integer", "minimum": 0},
+            }, ("keys", "total_count", "current_page", "total_pages")), "a page of keys"),
+                **_errors(*_CALL_ERRORS)},
+        }},

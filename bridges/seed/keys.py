@@ -2,12 +2,17 @@
 
     POST /key/generate {"key_alias", "models": [...], "duration": "30d" | "1h" | seconds,
                         "max_budget", "rpm_limit", "tpm_limit", "metadata": {...}}
+    POST /key/update   {"key": <secret or key_id>, any of generate's fields}: those sent
+                       change (null: back to none), the others stay
+    GET  /key/list     ?page=1&size=10&key_alias=...&return_full_object=true
 
 LiteLLM's fields that would limit or name a key in ways these keys do not implement
 (`budget_duration`, `key`, `max_parallel_requests`, per-model limits, ...) are refused,
 naming them; fields that only describe a key are accepted and not kept; a field LiteLLM
 does not have either (`max_buget`) is refused, naming the closest known one. A limit of 0
 is refused too: the proto cannot tell it from no limit (leave the field out for that).
+An update refuses the same fields, and `spend` whatever its value (LiteLLM's update sets
+the spend: `"spend": 0` would have been taken for a reset that did not happen).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import field_mask_pb2
+
 from scillm.clients.errors import InvalidRequestError
 from scillm.keys.v1 import keys_pb2 as pb
 
-__all__ = ["generate_request", "info_json", "parse_duration"]
+__all__ = ["generate_request", "info_json", "list_json", "list_request", "parse_duration",
+           "update_request"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: The longest Duration a proto can carry (10,000 years).
@@ -128,8 +136,15 @@ def _refuse_unknown(body: Mapping[str, Any]) -> None:
         param=str(unknown[0]))
 
 
-def _refuse_not_honoured(body: Mapping[str, Any]) -> None:
+def _refuse_not_honoured(body: Mapping[str, Any], *, update: bool = False) -> None:
     for field, why in _NOT_HONOURED.items():
+        if field == "spend" and update:
+            # LiteLLM's update sets the spend: 0 is a reset there, not a default.
+            if body.get(field) is not None:
+                raise InvalidRequestError(
+                    "'spend' is not set by an update: a key's spend is what its calls cost "
+                    "(raise its max_budget, or generate a new key, for more)", param=field)
+            continue
         if field in body and not _sets_nothing(field, body[field]):
             raise InvalidRequestError(f"'{field}' is not supported by SciLLM's keys: {why}",
                                       param=field)
@@ -165,10 +180,42 @@ def generate_request(body: Mapping[str, Any]) -> pb.GenerateKeyRequest:
     """A GenerateKeyRequest from LiteLLM's `/key/generate` body."""
     _refuse_unknown(body)
     _refuse_not_honoured(body)
-    models = body.get("models") or []
+    return _key_fields(body)
+
+
+def update_request(body: Mapping[str, Any]) -> pb.UpdateKeyRequest:
+    """An UpdateKeyRequest from LiteLLM's `/key/update` body: the key's fields it sends
+    are named in the update mask (null ones too: back to none), and no others."""
+    key = body.get("key")
+    if not isinstance(key, str) or not key:
+        raise InvalidRequestError("'key' must name the key to change: its secret or its "
+                                  "key_id", param="key")
+    fields = {name: value for name, value in body.items() if name != "key"}
+    _refuse_unknown(fields)
+    _refuse_not_honoured(fields, update=True)
+    named = [name for name in _HONOURED if name in fields]
+    if not named:
+        raise InvalidRequestError(f"nothing to change: send at least one of "
+                                  f"{', '.join(_HONOURED)} beside 'key'")
+    parsed = _key_fields(fields)
+    req = pb.UpdateKeyRequest(
+        key=key, key_alias=parsed.key_alias, models=parsed.models,
+        max_budget=parsed.max_budget, rpm_limit=parsed.rpm_limit, tpm_limit=parsed.tpm_limit,
+        metadata=parsed.metadata, update_mask=field_mask_pb2.FieldMask(paths=named))
+    if parsed.HasField("duration"):
+        req.duration.CopyFrom(parsed.duration)
+    return req
+
+
+def _key_fields(body: Mapping[str, Any]) -> pb.GenerateKeyRequest:
+    """A key's fields from a generate or update body, each checked (absent or null: its
+    default)."""
+    models = body.get("models")
+    models = [] if models is None else models
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise InvalidRequestError("'models' must be an array of model names", param="models")
-    metadata = body.get("metadata") or {}
+    metadata = body.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, Mapping):
         raise InvalidRequestError("'metadata' must be an object", param="metadata")
     alias = body.get("key_alias")
@@ -206,3 +253,46 @@ def info_json(info: pb.VirtualKey) -> dict[str, Any]:
             "rpm_limit": info.rpm_limit or None, "tpm_limit": info.tpm_limit or None,
             "metadata": dict(info.metadata),
             "created_at": info.create_time.ToJsonString()}
+
+
+#: `GET /key/list`'s parameters (LiteLLM's that filter by what these keys do not keep, as
+#: team_id or user_id, are refused: the whole list would have come back as if filtered).
+_LIST_PARAMS = ("page", "size", "key_alias", "return_full_object")
+#: LiteLLM's bounds: its page size is 1 to 100.
+_MAX_LIST_SIZE = 100
+_MAX_INT32 = 2**31 - 1
+
+
+def _whole_param(params: Mapping[str, str], name: str, default: int, top: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    if not re.fullmatch(r"\d{1,12}", value.strip()) or not 1 <= int(value) <= top:
+        raise InvalidRequestError(f"'{name}' must be a whole number from 1 to {top}",
+                                  param=name)
+    return int(value)
+
+
+def list_request(params: Mapping[str, str]) -> tuple[pb.ListKeysRequest, bool]:
+    """A ListKeysRequest from `/key/list`'s query parameters, and whether the keys are
+    wanted in full (`return_full_object`) rather than as their ids."""
+    for name in params:
+        if name not in _LIST_PARAMS:
+            raise InvalidRequestError(
+                f"unknown parameter {name!r}: /key/list takes {', '.join(_LIST_PARAMS)} "
+                "(keys keep no user, team or organization to filter by)", param=name)
+    full = params.get("return_full_object", "false").strip().lower()
+    if full not in ("true", "false"):
+        raise InvalidRequestError("'return_full_object' must be true or false",
+                                  param="return_full_object")
+    return pb.ListKeysRequest(page=_whole_param(params, "page", 1, _MAX_INT32),
+                              page_size=_whole_param(params, "size", 10, _MAX_LIST_SIZE),
+                              key_alias=params.get("key_alias", "")), full == "true"
+
+
+def list_json(reply: pb.ListKeysResponse, full: bool) -> dict[str, Any]:
+    """A page of keys in LiteLLM's shape: their ids (or descriptions), and the counts."""
+    size = reply.page_size or 1
+    return {"keys": [info_json(k) if full else k.key_id for k in reply.keys],
+            "total_count": reply.total_size, "current_page": reply.page,
+            "total_pages": -(-reply.total_size // size)}

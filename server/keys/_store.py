@@ -15,7 +15,14 @@ such alias and its keys at every start, and the index is made at the first start
 each is on one key (delete the others). Until then new keys are refused an alias held all
 the same, by the insert itself: one statement, which SQLite runs alone (processes sharing
 the file included); on PostgreSQL two processes taking one new alias at that very moment
-could both have it, which the index, once made, rules out.
+could both have it, which the index, once made, rules out. An update giving a key an
+alias is checked the same way.
+
+An update writes only the fields it changes (never the spend, which calls ending in other
+processes add to meanwhile). On PostgreSQL it holds at once in the process that made it
+and in the others once their cached lookup of the key expires (`CACHE_S`), as a deletion
+does; SQLite's lookups are not cached, so it holds at once in every process sharing the
+file.
 """
 
 from __future__ import annotations
@@ -66,6 +73,9 @@ _HOLDERS = ("SELECT key_id FROM keys WHERE key_alias = ? AND key_alias != '' "
             "ORDER BY created_at")
 _DUPLICATES = ("SELECT key_alias, group_concat(key_id, ', ') FROM keys WHERE key_alias != '' "
                "GROUP BY key_alias HAVING count(*) > 1 ORDER BY key_alias")
+#: The fields an update may change (`KeyStore.update`), each a column of its own.
+UPDATABLE = frozenset(("key_alias", "models", "expires_at", "max_budget", "rpm_limit",
+                       "tpm_limit", "metadata"))
 
 
 def hash_key(secret: str) -> str:
@@ -111,6 +121,32 @@ def _record(row: tuple[Any, ...]) -> KeyRecord:
                      row[6], row[7], row[8], json.loads(row[9]), row[10])
 
 
+def _changes(changes: dict[str, Any], mark: str) -> tuple[str, list[Any]]:
+    """`SET` assignments of the changed columns (`mark` is the driver's parameter) and
+    their values, as stored."""
+    unknown = set(changes) - UPDATABLE
+    if unknown or not changes:
+        raise ValueError(f"a key update changes some of {sorted(UPDATABLE)}; "
+                         f"got {sorted(changes)}")
+    names = sorted(changes)
+    values = [json.dumps(list(changes[n])) if n == "models" else
+              json.dumps(dict(changes[n])) if n == "metadata" else changes[n] for n in names]
+    return ", ".join(f"{n} = {mark}" for n in names), values
+
+
+def _update_sql(table: str, changes: dict[str, Any], mark: str,
+                ne: str) -> tuple[str, list[Any]]:
+    """One UPDATE of a key (by hash) returning its row; when it sets an alias, only if
+    no other key has it, checked in the same statement (as `_INSERT`)."""
+    assignments, values = _changes(changes, mark)
+    sql = f"UPDATE {table} SET {assignments} WHERE key_hash = {mark}"
+    alias = changes.get("key_alias")
+    if alias:
+        sql += (f" AND NOT EXISTS (SELECT 1 FROM {table} WHERE key_alias = {mark} AND "
+                f"key_alias {ne} '' AND key_hash {ne} {mark})")
+    return sql + " RETURNING *", values
+
+
 def _taken(alias: str, holders: list[tuple[Any, ...]]) -> DuplicateKeyAlias:
     """The refusal of `alias`, naming the key(s) that have it (the caller has the master
     key, which may read every key)."""
@@ -147,6 +183,18 @@ class KeyStore:
 
     async def delete(self, key_hash: str) -> None:
         """Revoke a key."""
+        raise NotImplementedError
+
+    async def update(self, key_hash: str, **changes: Any) -> KeyRecord | None:
+        """Change some fields of a key (those of `UPDATABLE`, as in KeyRecord) and
+        leave the others; the key as changed, None when there is no such key.
+        DuplicateKeyAlias when it would take an alias another key has."""
+        raise NotImplementedError
+
+    async def page(self, *, offset: int, limit: int,
+                   key_alias: str = "") -> tuple[list[KeyRecord], int]:
+        """Up to `limit` keys from the `offset`-th, oldest first, and how many there are
+        in all (only the key of `key_alias` when it is set)."""
         raise NotImplementedError
 
 
@@ -219,6 +267,32 @@ class SQLiteKeyStore(KeyStore):
 
     async def delete(self, key_hash: str) -> None:
         self._execute("DELETE FROM keys WHERE key_hash = ?", (key_hash,))
+
+    async def update(self, key_hash: str, **changes: Any) -> KeyRecord | None:
+        sql, values = _update_sql("keys", changes, "?", "!=")
+        alias = str(changes.get("key_alias") or "")
+        args = (*values, key_hash, *((alias, key_hash) if alias else ()))
+        try:
+            rows = self._execute(sql, args)
+        except sqlite3.IntegrityError as exc:  # the index: a key of this alias came between
+            if not alias or "key_alias" not in str(exc):
+                raise
+            rows = []
+        if rows:
+            return _record(rows[0])
+        holders = [row for row in self._execute(_HOLDERS, (alias,))
+                   if row[0] != key_hash[:16]] if alias else []
+        if holders:
+            raise _taken(alias, holders)
+        return None
+
+    async def page(self, *, offset: int, limit: int,
+                   key_alias: str = "") -> tuple[list[KeyRecord], int]:
+        where, args = ("WHERE key_alias = ?", (key_alias,)) if key_alias else ("", ())
+        rows = self._execute(f"SELECT * FROM keys {where} ORDER BY created_at, key_id "
+                             "LIMIT ? OFFSET ?", (*args, limit, offset))
+        total = self._execute(f"SELECT count(*) FROM keys {where}", args)[0][0]
+        return [_record(row) for row in rows], int(total)
 
 
 # One statement (a DO block is one transaction): processes starting together take turns.
@@ -334,8 +408,43 @@ class PostgresKeyStore(KeyStore):
             if rec is not None and rec.key_hash == key_hash:
                 self._cache[lookup] = (until, replace(rec, spend=rec.spend + amount))
 
-    async def delete(self, key_hash: str) -> None:
-        await self._sql("DELETE FROM scillm_keys WHERE key_hash = %s", key_hash)
+    def _forget(self, key_hash: str) -> None:
+        """Drop this process's cached lookups of a key: its next lookup reads it."""
         for lookup, (_, rec) in list(self._cache.items()):
             if rec is not None and rec.key_hash == key_hash:
                 del self._cache[lookup]
+
+    async def delete(self, key_hash: str) -> None:
+        await self._sql("DELETE FROM scillm_keys WHERE key_hash = %s", key_hash)
+        self._forget(key_hash)
+
+    async def update(self, key_hash: str, **changes: Any) -> KeyRecord | None:
+        import psycopg  # the run store in PostgreSQL imported it already
+
+        sql, values = _update_sql("scillm_keys", changes, "%s", "<>")
+        alias = str(changes.get("key_alias") or "")
+        args = (*values, key_hash, *((alias, key_hash) if alias else ()))
+        try:
+            rows = await self._sql(sql, *args)
+        except psycopg.errors.UniqueViolation as exc:
+            # The index: another process gave a key the alias between the check and the row.
+            if not alias or exc.diag.constraint_name != "scillm_keys_alias":
+                raise
+            rows = []
+        finally:
+            self._forget(key_hash)
+        if rows:
+            return _record(rows[0])
+        holders = [row for row in await self._sql(_PG_HOLDERS, alias)
+                   if row[0] != key_hash[:16]] if alias else []
+        if holders:
+            raise _taken(alias, holders)
+        return None
+
+    async def page(self, *, offset: int, limit: int,
+                   key_alias: str = "") -> tuple[list[KeyRecord], int]:
+        where, args = ("WHERE key_alias = %s", (key_alias,)) if key_alias else ("", ())
+        rows = await self._sql(f"SELECT * FROM scillm_keys {where} ORDER BY created_at, "
+                               "key_id LIMIT %s OFFSET %s", *args, limit, offset)
+        total = (await self._sql(f"SELECT count(*) FROM scillm_keys {where}", *args))[0][0]
+        return [_record(row) for row in rows], int(total)

@@ -31,7 +31,8 @@ SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 OPERATIONS = [("/v1/chat/completions", "POST"), ("/v1/models", "GET"),
-              ("/key/generate", "POST"), ("/key/info", "GET"), ("/key/delete", "POST")]
+              ("/key/generate", "POST"), ("/key/info", "GET"), ("/key/update", "POST"),
+              ("/key/list", "GET"), ("/key/delete", "POST")]
 #: Model names that start runs of other services (sandboxes, provers): not fuzzed here.
 _ROUTED = ("codeworld", "agent/", "certainly", "lean4")
 FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
@@ -94,6 +95,8 @@ def test_shim_survives_fuzzing(mesh: RunningMesh, http: requests.Session, path: 
 
 def test_key_management_is_a_documented_precondition_error(mesh: RunningMesh) -> None:
     for method, path, body in (("POST", "/key/generate", {}), ("GET", "/key/info", None),
+                               ("POST", "/key/update", {"key": "sk-x", "rpm_limit": 1}),
+                               ("GET", "/key/list", None),
                                ("POST", "/key/delete", {"keys": ["sk-x"]})):
         response = requests.request(method, mesh.http_url + path, json=body, timeout=20)
         assert response.status_code == 400, response.text

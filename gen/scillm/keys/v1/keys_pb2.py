@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19scillm/keys/v1/keys.proto\x12\x0escillm.keys.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\nVirtualKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmax_budget\x18\x05 \x01(\x01\x12\r\n\x05spend\x18\x06 \x01(\x01\x12\x11\n\trpm_limit\x18\x07 \x01(\x03\x12\x11\n\ttpm_limit\x18\x08 \x01(\x03\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.scillm.keys.v1.VirtualKey.MetadataEntry\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x02\n\x12GenerateKeyRequest\x12\x11\n\tkey_alias\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_budget\x18\x04 \x01(\x01\x12\x11\n\trpm_limit\x18\x05 \x01(\x03\x12\x11\n\ttpm_limit\x18\x06 \x01(\x03\x12\x42\n\x08metadata\x18\x07 \x03(\x0b\x32\x30.scillm.keys.v1.GenerateKeyRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x13GenerateKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.scillm.keys.v1.VirtualKey\"\x1c\n\rGetKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\":\n\x0eGetKeyResponse\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.scillm.keys.v1.VirtualKey\" \n\x10\x44\x65leteKeyRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\",\n\x11\x44\x65leteKeyResponse\x12\x17\n\x0f\x64\x65leted_key_ids\x18\x01 \x03(\t2\xff\x01\n\nKeyService\x12V\n\x0bGenerateKey\x12\".scillm.keys.v1.GenerateKeyRequest\x1a#.scillm.keys.v1.GenerateKeyResponse\x12G\n\x06GetKey\x12\x1d.scillm.keys.v1.GetKeyRequest\x1a\x1e.scillm.keys.v1.GetKeyResponse\x12P\n\tDeleteKey\x12 .scillm.keys.v1.DeleteKeyRequest\x1a!.scillm.keys.v1.DeleteKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19scillm/keys/v1/keys.proto\x12\x0escillm.keys.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\nVirtualKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmax_budget\x18\x05 \x01(\x01\x12\r\n\x05spend\x18\x06 \x01(\x01\x12\x11\n\trpm_limit\x18\x07 \x01(\x03\x12\x11\n\ttpm_limit\x18\x08 \x01(\x03\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.scillm.keys.v1.VirtualKey.MetadataEntry\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x02\n\x12GenerateKeyRequest\x12\x11\n\tkey_alias\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_budget\x18\x04 \x01(\x01\x12\x11\n\trpm_limit\x18\x05 \x01(\x03\x12\x11\n\ttpm_limit\x18\x06 \x01(\x03\x12\x42\n\x08metadata\x18\x07 \x03(\x0b\x32\x30.scillm.keys.v1.GenerateKeyRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x13GenerateKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.scillm.keys.v1.VirtualKey\"\x1c\n\rGetKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\":\n\x0eGetKeyResponse\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.scillm.keys.v1.VirtualKey\" \n\x10\x44\x65leteKeyRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\",\n\x11\x44\x65leteKeyResponse\x12\x17\n\x0f\x64\x65leted_key_ids\x18\x01 \x03(\t\"\xcd\x02\n\x10UpdateKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_budget\x18\x05 \x01(\x01\x12\x11\n\trpm_limit\x18\x06 \x01(\x03\x12\x11\n\ttpm_limit\x18\x07 \x01(\x03\x12@\n\x08metadata\x18\x08 \x03(\x0b\x32..scillm.keys.v1.UpdateKeyRequest.MetadataEntry\x12/\n\x0bupdate_mask\x18\t \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x11UpdateKeyResponse\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.scillm.keys.v1.VirtualKey\"E\n\x0fListKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x0c\n\x04page\x18\x02 \x01(\x05\x12\x11\n\tkey_alias\x18\x03 \x01(\t\"q\n\x10ListKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.scillm.keys.v1.VirtualKey\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0c\n\x04page\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x32\xa0\x03\n\nKeyService\x12V\n\x0bGenerateKey\x12\".scillm.keys.v1.GenerateKeyRequest\x1a#.scillm.keys.v1.GenerateKeyResponse\x12G\n\x06GetKey\x12\x1d.scillm.keys.v1.GetKeyRequest\x1a\x1e.scillm.keys.v1.GetKeyResponse\x12P\n\tDeleteKey\x12 .scillm.keys.v1.DeleteKeyRequest\x1a!.scillm.keys.v1.DeleteKeyResponse\x12P\n\tUpdateKey\x12 .scillm.keys.v1.UpdateKeyRequest\x1a!.scillm.keys.v1.UpdateKeyResponse\x12M\n\x08ListKeys\x12\x1f.scillm.keys.v1.ListKeysRequest\x1a .scillm.keys.v1.ListKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,24 +38,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VIRTUALKEY_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEKEYREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_GENERATEKEYREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_VIRTUALKEY']._serialized_start=111
-  _globals['_VIRTUALKEY']._serialized_end=454
-  _globals['_VIRTUALKEY_METADATAENTRY']._serialized_start=407
-  _globals['_VIRTUALKEY_METADATAENTRY']._serialized_end=454
-  _globals['_GENERATEKEYREQUEST']._serialized_start=457
-  _globals['_GENERATEKEYREQUEST']._serialized_end=732
-  _globals['_GENERATEKEYREQUEST_METADATAENTRY']._serialized_start=407
-  _globals['_GENERATEKEYREQUEST_METADATAENTRY']._serialized_end=454
-  _globals['_GENERATEKEYRESPONSE']._serialized_start=734
-  _globals['_GENERATEKEYRESPONSE']._serialized_end=810
-  _globals['_GETKEYREQUEST']._serialized_start=812
-  _globals['_GETKEYREQUEST']._serialized_end=840
-  _globals['_GETKEYRESPONSE']._serialized_start=842
-  _globals['_GETKEYRESPONSE']._serialized_end=900
-  _globals['_DELETEKEYREQUEST']._serialized_start=902
-  _globals['_DELETEKEYREQUEST']._serialized_end=934
-  _globals['_DELETEKEYRESPONSE']._serialized_start=936
-  _globals['_DELETEKEYRESPONSE']._serialized_end=980
-  _globals['_KEYSERVICE']._serialized_start=983
-  _globals['_KEYSERVICE']._serialized_end=1238
+  _globals['_UPDATEKEYREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_UPDATEKEYREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_VIRTUALKEY']._serialized_start=145
+  _globals['_VIRTUALKEY']._serialized_end=488
+  _globals['_VIRTUALKEY_METADATAENTRY']._serialized_start=441
+  _globals['_VIRTUALKEY_METADATAENTRY']._serialized_end=488
+  _globals['_GENERATEKEYREQUEST']._serialized_start=491
+  _globals['_GENERATEKEYREQUEST']._serialized_end=766
+  _globals['_GENERATEKEYREQUEST_METADATAENTRY']._serialized_start=441
+  _globals['_GENERATEKEYREQUEST_METADATAENTRY']._serialized_end=488
+  _globals['_GENERATEKEYRESPONSE']._serialized_start=768
+  _globals['_GENERATEKEYRESPONSE']._serialized_end=844
+  _globals['_GETKEYREQUEST']._serialized_start=846
+  _globals['_GETKEYREQUEST']._serialized_end=874
+  _globals['_GETKEYRESPONSE']._serialized_start=876
+  _globals['_GETKEYRESPONSE']._serialized_end=934
+  _globals['_DELETEKEYREQUEST']._serialized_start=936
+  _globals['_DELETEKEYREQUEST']._serialized_end=968
+  _globals['_DELETEKEYRESPONSE']._serialized_start=970
+  _globals['_DELETEKEYRESPONSE']._serialized_end=1014
+  _globals['_UPDATEKEYREQUEST']._serialized_start=1017
+  _globals['_UPDATEKEYREQUEST']._serialized_end=1350
+  _globals['_UPDATEKEYREQUEST_METADATAENTRY']._serialized_start=441
+  _globals['_UPDATEKEYREQUEST_METADATAENTRY']._serialized_end=488
+  _globals['_UPDATEKEYRESPONSE']._serialized_start=1352
+  _globals['_UPDATEKEYRESPONSE']._serialized_end=1413
+  _globals['_LISTKEYSREQUEST']._serialized_start=1415
+  _globals['_LISTKEYSREQUEST']._serialized_end=1484
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1486
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1599
+  _globals['_KEYSERVICE']._serialized_start=1602
+  _globals['_KEYSERVICE']._serialized_end=2018
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ KeyService: virtual API keys with allowed models, expiry, budgets and rate limit
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -303,3 +304,186 @@ class DeleteKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteKeyResponse: _TypeAlias = DeleteKeyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateKeyRequest(_message.Message):
+    """UpdateKeyRequest names a key and the fields to change, with the same bounds as
+    GenerateKeyRequest's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KEY_FIELD_NUMBER: _builtins.int
+    KEY_ALIAS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    MAX_BUDGET_FIELD_NUMBER: _builtins.int
+    RPM_LIMIT_FIELD_NUMBER: _builtins.int
+    TPM_LIMIT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The secret, or the key_id, of the key to change."""
+    key_alias: _builtins.str
+    """New alias, at most 256 characters; empty means none. An alias another key has is
+    refused with ALREADY_EXISTS (field `key_alias`).
+    """
+    max_budget: _builtins.float
+    """New budget; 0 means unlimited. The key's spend stays what it is."""
+    rpm_limit: _builtins.int
+    """New requests per minute; 0 means unlimited."""
+    tpm_limit: _builtins.int
+    """New tokens per minute; 0 means unlimited."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """New model names the key may call (at most 1024, each of 1 to 256 characters); empty
+        means all.
+        """
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """New lifetime, counted from now; unset means the key never expires."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """New caller metadata, replacing the key's whole map: at most 64 entries, and 16 KiB
+        of keys and values in UTF-8.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of this request to apply, by name (key_alias, models, duration,
+        max_budget, rpm_limit, tpm_limit, metadata); at least one. A field named and left
+        at its default clears it (no alias, all models, no expiry, no limit, no metadata).
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        key_alias: _builtins.str = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        max_budget: _builtins.float = ...,
+        rpm_limit: _builtins.int = ...,
+        tpm_limit: _builtins.int = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "key", b"key", "key_alias", b"key_alias", "max_budget", b"max_budget", "metadata", b"metadata", "models", b"models", "rpm_limit", b"rpm_limit", "tpm_limit", b"tpm_limit", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateKeyRequest: _TypeAlias = UpdateKeyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateKeyResponse(_message.Message):
+    """UpdateKeyResponse describes the key as changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def info(self) -> Global___VirtualKey:
+        """The key's description after the change."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___VirtualKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateKeyResponse: _TypeAlias = UpdateKeyResponse  # noqa: Y015
+
+@_typing.final
+class ListKeysRequest(_message.Message):
+    """ListKeysRequest asks for one page of keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    KEY_ALIAS_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Keys per page, 1 to 100; 0 means 10."""
+    page: _builtins.int
+    """The page, counted from 1; 0 means 1. A page past the last is empty."""
+    key_alias: _builtins.str
+    """Only the key of this alias; empty means every key."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page: _builtins.int = ...,
+        key_alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_alias", b"key_alias", "page", b"page", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKeysRequest: _TypeAlias = ListKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListKeysResponse(_message.Message):
+    """ListKeysResponse is one page of keys, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    total_size: _builtins.int
+    """How many keys match in all."""
+    page: _builtins.int
+    """The page answered, counted from 1."""
+    page_size: _builtins.int
+    """Keys per page, as applied."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___VirtualKey]:
+        """The page's keys, without their secrets."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___VirtualKey] | None = ...,
+        total_size: _builtins.int = ...,
+        page: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "page", b"page", "page_size", b"page_size", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKeysResponse: _TypeAlias = ListKeysResponse  # noqa: Y015

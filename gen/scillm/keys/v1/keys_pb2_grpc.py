@@ -52,6 +52,16 @@ class KeyServiceStub:
                 request_serializer=scillm_dot_keys_dot_v1_dot_keys__pb2.DeleteKeyRequest.SerializeToString,
                 response_deserializer=scillm_dot_keys_dot_v1_dot_keys__pb2.DeleteKeyResponse.FromString,
                 _registered_method=True)
+        self.UpdateKey = channel.unary_unary(
+                '/scillm.keys.v1.KeyService/UpdateKey',
+                request_serializer=scillm_dot_keys_dot_v1_dot_keys__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=scillm_dot_keys_dot_v1_dot_keys__pb2.UpdateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/scillm.keys.v1.KeyService/ListKeys',
+                request_serializer=scillm_dot_keys_dot_v1_dot_keys__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=scillm_dot_keys_dot_v1_dot_keys__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
 
 
 class KeyServiceServicer:
@@ -82,6 +92,23 @@ class KeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateKey(self, request, context):
+        """UpdateKey changes the fields of a virtual key named in `update_mask` and leaves its
+        other fields (its spend among them) as they are; the next call authenticated with
+        the key sees the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """ListKeys describes the virtual keys a page at a time, oldest first, without their
+        secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +126,16 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.DeleteKey,
                     request_deserializer=scillm_dot_keys_dot_v1_dot_keys__pb2.DeleteKeyRequest.FromString,
                     response_serializer=scillm_dot_keys_dot_v1_dot_keys__pb2.DeleteKeyResponse.SerializeToString,
+            ),
+            'UpdateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKey,
+                    request_deserializer=scillm_dot_keys_dot_v1_dot_keys__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=scillm_dot_keys_dot_v1_dot_keys__pb2.UpdateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=scillm_dot_keys_dot_v1_dot_keys__pb2.ListKeysRequest.FromString,
+                    response_serializer=scillm_dot_keys_dot_v1_dot_keys__pb2.ListKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +222,60 @@ class KeyService:
             '/scillm.keys.v1.KeyService/DeleteKey',
             scillm_dot_keys_dot_v1_dot_keys__pb2.DeleteKeyRequest.SerializeToString,
             scillm_dot_keys_dot_v1_dot_keys__pb2.DeleteKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scillm.keys.v1.KeyService/UpdateKey',
+            scillm_dot_keys_dot_v1_dot_keys__pb2.UpdateKeyRequest.SerializeToString,
+            scillm_dot_keys_dot_v1_dot_keys__pb2.UpdateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scillm.keys.v1.KeyService/ListKeys',
+            scillm_dot_keys_dot_v1_dot_keys__pb2.ListKeysRequest.SerializeToString,
+            scillm_dot_keys_dot_v1_dot_keys__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

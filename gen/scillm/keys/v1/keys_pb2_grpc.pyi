@@ -44,6 +44,15 @@ class KeyServiceStub:
     """
     DeleteKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.DeleteKeyRequest, _keys_pb2.DeleteKeyResponse]
     """DeleteKey revokes virtual keys."""
+    UpdateKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.UpdateKeyRequest, _keys_pb2.UpdateKeyResponse]
+    """UpdateKey changes the fields of a virtual key named in `update_mask` and leaves its
+    other fields (its spend among them) as they are; the next call authenticated with
+    the key sees the change.
+    """
+    ListKeys: _grpc.UnaryUnaryMultiCallable[_keys_pb2.ListKeysRequest, _keys_pb2.ListKeysResponse]
+    """ListKeys describes the virtual keys a page at a time, oldest first, without their
+    secrets.
+    """
 
 @_typing.type_check_only
 class KeyServiceAsyncStub(KeyServiceStub):
@@ -61,6 +70,15 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """
     DeleteKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.DeleteKeyRequest, _keys_pb2.DeleteKeyResponse]  # type: ignore[assignment]
     """DeleteKey revokes virtual keys."""
+    UpdateKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.UpdateKeyRequest, _keys_pb2.UpdateKeyResponse]  # type: ignore[assignment]
+    """UpdateKey changes the fields of a virtual key named in `update_mask` and leaves its
+    other fields (its spend among them) as they are; the next call authenticated with
+    the key sees the change.
+    """
+    ListKeys: _aio.UnaryUnaryMultiCallable[_keys_pb2.ListKeysRequest, _keys_pb2.ListKeysResponse]  # type: ignore[assignment]
+    """ListKeys describes the virtual keys a page at a time, oldest first, without their
+    secrets.
+    """
 
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """KeyService manages virtual keys. Every RPC needs the master key in the
@@ -93,5 +111,26 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keys_pb2.DeleteKeyResponse, _abc.Awaitable[_keys_pb2.DeleteKeyResponse]]:
         """DeleteKey revokes virtual keys."""
+
+    @_abc_1.abstractmethod
+    def UpdateKey(
+        self,
+        request: _keys_pb2.UpdateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.UpdateKeyResponse, _abc.Awaitable[_keys_pb2.UpdateKeyResponse]]:
+        """UpdateKey changes the fields of a virtual key named in `update_mask` and leaves its
+        other fields (its spend among them) as they are; the next call authenticated with
+        the key sees the change.
+        """
+
+    @_abc_1.abstractmethod
+    def ListKeys(
+        self,
+        request: _keys_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.ListKeysResponse, _abc.Awaitable[_keys_pb2.ListKeysResponse]]:
+        """ListKeys describes the virtual keys a page at a time, oldest first, without their
+        secrets.
+        """
 
 def add_KeyServiceServicer_to_server(servicer: KeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
