@@ -3,6 +3,7 @@
     async with ScillmClient("127.0.0.1:50051") as client:
         reply = await client.completion.create({"model": "echo/x", "messages": [...]})
         async for event in client.completion.stream(request): ...
+        vectors = await client.completion.embed({"model": "echo/embed", "input": ["a", "b"]})
 
 `api_key=` sends `authorization: Bearer <key>` on every call (a mesh with a master key
 needs it). A target may be one address, a comma-separated list of addresses, or a `dns:///`
@@ -88,7 +89,7 @@ def _metadata(request_id: str | None, extra: Metadata | None,
 
 
 class CompletionClient:
-    """CompletionService: `create`, `stream`, `list_models`, `get_model`."""
+    """CompletionService: `create`, `stream`, `embed`, `list_models`, `get_model`."""
 
     def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = completion_pb2_grpc.CompletionServiceStub(channel)
@@ -125,6 +126,20 @@ class CompletionClient:
             raise RPCError.from_aio(err) from None
         finally:
             call.cancel()
+
+    async def embed(self, request: completion_pb2.EmbeddingRequest | Mapping[str, Any], *,
+                    timeout: float | None = 600.0, request_id: str | None = None,
+                    metadata: Metadata | None = None) -> completion_pb2.EmbeddingResponse:
+        """Embeddings: one vector per input. A dict is OpenAI's embeddings request JSON
+        (`{"model": ..., "input": "text" or [...]}`)."""
+        if not isinstance(request, completion_pb2.EmbeddingRequest):
+            request = openai_wire.embedding_request_to_proto(request)
+        try:
+            reply: completion_pb2.EmbeddingResponse = await self._stub.Embedding(
+                request, timeout=timeout, metadata=_metadata(request_id, metadata, self._default))
+            return reply
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
 
     async def list_models(self, *, timeout: float | None = 10.0,
                           metadata: Metadata | None = None) -> list[str]:
@@ -274,21 +289,6 @@ class KeyClient:
             self._stub.DeleteKey, keys_pb2.DeleteKeyRequest(keys=list(keys)), metadata)
         return list(reply.deleted_key_ids)
 
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """TLS for the channel: the CA to trust, and a client certificate for mutual TLS."""
-
-    #: PEM of the CA (or self-signed certificate) the server's certificate chains to;
-    #: None trusts the system's roots.
-    root_certificates: bytes | None = None
-    #: PEM private key of the client certificate (mutual TLS).
-    private_key: bytes | None = None
-    #: PEM client certificate chain (mutual TLS).
-    certificate_chain: bytes | None = None
-
-    @classmethod
-    def from_files(cls, ca: str | None = None, key: str | None = None,
     async def update(self, request: keys_pb2.UpdateKeyRequest, *,
                      metadata: Metadata | None = None) -> keys_pb2.VirtualKey:
         """Change the fields of a key that `request.update_mask` names; the key as changed.
@@ -310,6 +310,21 @@ class TlsConfig:
                 page=page, page_size=page_size, key_alias=key_alias), metadata)
         return reply
 
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS for the channel: the CA to trust, and a client certificate for mutual TLS."""
+
+    #: PEM of the CA (or self-signed certificate) the server's certificate chains to;
+    #: None trusts the system's roots.
+    root_certificates: bytes | None = None
+    #: PEM private key of the client certificate (mutual TLS).
+    private_key: bytes | None = None
+    #: PEM client certificate chain (mutual TLS).
+    certificate_chain: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca: str | None = None, key: str | None = None,
                    cert: str | None = None) -> TlsConfig:
         """Read the PEM files (any may be None)."""
         def read(path: str | None) -> bytes | None:
@@ -444,6 +459,11 @@ class SyncScillmClient:
         async def collect() -> list[completion_pb2.CompletionStreamResponse]:
             return [e async for e in self._client.completion.stream(request, **kwargs)]
         return self._loop.run(collect())
+
+    def embed(self, request: Mapping[str, Any], **kwargs: Any,
+              ) -> completion_pb2.EmbeddingResponse:
+        """Embeddings (see CompletionClient.embed)."""
+        return self._loop.run(self._client.completion.embed(request, **kwargs))
 
     def list_models(self) -> list[str]:
         """Configured model names."""

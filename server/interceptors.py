@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from scillm.clients.ids import new_id
+from scillm.completion.v1 import completion_pb2
 
 from . import charges, grace_end
 from .deadline import Deadline
@@ -46,7 +47,8 @@ _CHARGED = "/scillm.completion."
 #: RPCs that reserve an estimate of what they use of their key's budget and tokens per
 #: minute while they run (`_estimate`), so that calls in flight together cannot all pass.
 _RESERVING = frozenset(("/scillm.completion.v1.CompletionService/Completion",
-                        "/scillm.completion.v1.CompletionService/CompletionStream"))
+                        "/scillm.completion.v1.CompletionService/CompletionStream",
+                        "/scillm.completion.v1.CompletionService/Embedding"))
 #: `_authorize`'s answer for a call no key checks.
 _NOBODY: tuple[None, None] = (None, None)
 
@@ -498,10 +500,13 @@ def fallbacks_of(request: Any) -> tuple[str, ...]:
 
 
 def _estimate(request: Any) -> tuple[int, int]:
-    """`charges.completion_estimate` of a completion (`_RESERVING`), or of a stream's."""
+    """`charges.completion_estimate` of a completion (`_RESERVING`), or of a stream's; an
+    embedding's input (a token per four bytes of its request)."""
     inner = request.request if hasattr(request, "request") else request  # a stream's
     if type(inner) is _Undecodable:
         return 0, 0
+    if type(inner) is completion_pb2.EmbeddingRequest:  # its input, and no answer
+        return -(-inner.ByteSize() // 4), 0
     return charges.completion_estimate(inner, request.ByteSize())
 
 

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP shim: request in, gRPC call, response out.
 
     POST /v1/chat/completions   JSON, or SSE ending in `data: [DONE]` with "stream": true
+    POST /v1/embeddings         OpenAI's embeddings list, floats or base64 (embeddings.py)
     GET  /v1/models             configured model names
     GET  /v1/models/{model}     one model a caller may call (404 model_not_found if none)
     GET  /healthz               the process is up
@@ -52,7 +53,7 @@ from scillm.completion.v1 import completion_pb2 as pb
 
 from ..seed import envelope
 from ..seed import keys as keys_seed
-from . import runs, seed_doors, sse
+from . import embeddings, runs, seed_doors, sse
 from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries, hung_up
 from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
@@ -320,7 +321,6 @@ class _Shim:
             return error_response(exc)
         return JSONResponse({"key": info.key_id, "info": keys_seed.info_json(info)})
 
-    async def key_delete(self, request: Request) -> Response:
     async def key_update(self, request: Request) -> Response:
         """LiteLLM's `POST /key/update`: `key` and the fields to change."""
         try:
@@ -344,6 +344,7 @@ class _Shim:
             return error_response(exc)
         return JSONResponse(keys_seed.list_json(reply, full))
 
+    async def key_delete(self, request: Request) -> Response:
         """LiteLLM's `POST /key/delete` with `{"keys": [...]}`."""
         try:
             body = await self._json_body(request)
@@ -444,6 +445,12 @@ def _gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+def _refused(request: Request, exc: Exception) -> Response:
+    """A body a route's endpoint (embeddings.py) did not read: `_BodyRefused`'s answer."""
+    assert isinstance(exc, _BodyRefused)
+    return exc.response()
+
+
 def _not_served(request: Request, exc: Exception) -> Response:
     """404 and 405 in OpenAI's error body (its own words for an unknown URL)."""
     status = exc.status_code if isinstance(exc, HTTPException) else 404
@@ -509,12 +516,16 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
     completions = functools.partial(shim.chat_completions)  # not a function: ASGI to Starlette
     routes = [
         *(Route(path, completions, methods=["POST"]) for path in COMPLETIONS),
+        *(Route(path, embeddings.endpoint(client, shim._json_body, _credentials),
+                methods=["POST"]) for path in embeddings.PATHS),
         Route("/v1/models", shim.models, methods=["GET"]),
         Route("/v1/models/{model:path}", shim.model, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),
         Route("/agent/run", shim.agent_run, methods=["POST"]),
         Route("/key/generate", shim.key_generate, methods=["POST"]),
         Route("/key/info", shim.key_info, methods=["GET"]),
+        Route("/key/update", shim.key_update, methods=["POST"]),
+        Route("/key/list", shim.key_list, methods=["GET"]),
         Route("/key/delete", shim.key_delete, methods=["POST"]),
         Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
@@ -524,12 +535,11 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/readyz", shim.readyz, methods=["GET"]),
         *([Mount("/ui", ui)] if ui is not None else []),
     ]
-        Route("/key/update", shim.key_update, methods=["POST"]),
-        Route("/key/list", shim.key_list, methods=["GET"]),
     # An error no endpoint mapped: OpenAI's 500 body (Starlette's error layer sends it,
     # then lets the server log the exception), as the completions door answers one; a path
     # or method the door does not serve: OpenAI's body too, not Starlette's plain text.
     starlette = Starlette(routes=routes, exception_handlers={
         Exception: lambda request, exc: error_response(exc),
-        ClientDisconnect: _gone, 404: _not_served, 405: _not_served})
+        ClientDisconnect: _gone, 404: _not_served, 405: _not_served,
+        _BodyRefused: _refused})
     return CompletionsDoor(starlette, completions)

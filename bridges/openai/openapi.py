@@ -288,6 +288,40 @@ _KEY_FIELDS: dict[str, Any] = {
                                 "value that is not a string counts as its JSON)"},
 }
 
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0,
+                                                       "maximum": 2**63 - 1}}
+_EMBEDDING_REQUEST = _object({
+    "model": {"type": "string", "minLength": 1},
+    "input": {"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "minItems": 1, "maxItems": 2048,
+         "items": {"type": "string", "minLength": 1}},
+        _TOKEN_IDS,
+        {"type": "array", "minItems": 1, "maxItems": 2048, "items": _TOKEN_IDS}]},
+    "dimensions": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+    "encoding_format": {"enum": ["float", "base64"]},
+    "user": {"type": "string"},
+    "scillm": _object({"fallbacks": {"type": "array", "items": {"type": "string"}},
+                       "timeout_s": _SECONDS,
+                       "num_retries": {"type": "integer", "minimum": 0, "maximum": 20},
+                       "session_id": {"type": "string"}, "track": {"type": "string"}},
+                      additional=False, description="SciLLM's routing options (embeddings "
+                      "are not cached)"),
+}, ("model", "input"), description="OpenAI's embeddings request; other keys go to the "
+                                   "provider unchanged")
+_EMBEDDING_LIST = _object({
+    "object": {"const": "list"},
+    "data": {"type": "array", "items": _object({
+        "object": {"const": "embedding"}, "index": {"type": "integer"},
+        "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "contentEncoding": "base64"}]},
+    }, ("object", "index", "embedding"))},
+    "model": {"type": "string"},
+    "usage": _object({"prompt_tokens": {"type": "integer"},
+                      "total_tokens": {"type": "integer"}}, ("prompt_tokens", "total_tokens")),
+    "scillm": {**_JSON_OBJECT, "description": "routing record and run id"},
+}, ("object", "data", "model", "usage"))
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "SciLLM OpenAI-compatible shim", "version": "1",
@@ -336,6 +370,16 @@ OPENAPI: dict[str, Any] = {
                                     "text/event-stream": _SSE}},
                 **_errors(*_CALL_ERRORS),
             },
+        }},
+        "/v1/embeddings": {"post": {
+            "operationId": "createEmbedding",
+            "summary": "Embeddings: a vector per input, as numbers or (encoding_format "
+                       "base64) the base64 of little-endian float32 bytes; also at "
+                       "/embeddings",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _EMBEDDING_REQUEST}}},
+            "responses": {"200": _json(_EMBEDDING_LIST, "the embeddings"),
+                          **_errors(*_CALL_ERRORS)},
         }},
         "/v1/models": {"get": {
             "operationId": "listModels",
@@ -452,19 +496,6 @@ OPENAPI: dict[str, Any] = {
                                        "the key"),
                           **_errors(*_CALL_ERRORS)},
         }},
-        "/key/delete": {"post": {
-            "operationId": "deleteKeys",
-            "summary": "Delete keys." + _KEYS_OFF,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _object({
-                "keys": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-            }, ("keys",))}}},
-            "responses": {"200": _json(_object({"deleted_keys": {
-                "type": "array", "items": {"type": "string"}}}, ("deleted_keys",)),
-                "the deleted keys"),
-                **_errors(*_CALL_ERRORS)},
-        }},
-    },
-}
         "/key/update": {"post": {
             "operationId": "updateKey",
             "summary": "Change a key: the fields sent change, the others (its spend among "
@@ -514,3 +545,16 @@ OPENAPI: dict[str, Any] = {
             }, ("keys", "total_count", "current_page", "total_pages")), "a page of keys"),
                 **_errors(*_CALL_ERRORS)},
         }},
+        "/key/delete": {"post": {
+            "operationId": "deleteKeys",
+            "summary": "Delete keys." + _KEYS_OFF,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _object({
+                "keys": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            }, ("keys",))}}},
+            "responses": {"200": _json(_object({"deleted_keys": {
+                "type": "array", "items": {"type": "string"}}}, ("deleted_keys",)),
+                "the deleted keys"),
+                **_errors(*_CALL_ERRORS)},
+        }},
+    },
+}

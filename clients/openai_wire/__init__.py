@@ -1,4 +1,5 @@
-"""Translation between OpenAI's chat-completions JSON and the CompletionService protos.
+"""Translation between OpenAI's chat-completions (and embeddings) JSON and the
+CompletionService protos.
 
 One module for both directions and both doors: the HTTP shim turns OpenAI JSON into a
 `CompletionRequest` and the response back into JSON; the Completion servicer turns the
@@ -11,6 +12,11 @@ Unknown top-level request keys travel in `extra_body` to the provider unchanged.
 
 from __future__ import annotations
 
+from ._embeddings import (
+    embedding_request_from_proto,
+    embedding_request_to_proto,
+    embedding_response_from_proto,
+)
 from ._messages import message_from_proto, message_to_proto
 from ._request import request_from_proto, request_to_proto, stream_flags
 from ._response import (
@@ -37,6 +43,9 @@ __all__ = [
     "ROLES",
     "chunk_from_proto",
     "chunk_to_proto",
+    "embedding_request_from_proto",
+    "embedding_request_to_proto",
+    "embedding_response_from_proto",
     "json_dumps",
     "message_from_proto",
     "message_to_proto",

@@ -304,26 +304,30 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
                 raise InvalidRequestError(_NOT_EXTRA[key], param=f"extra_body.{key}")
             body.setdefault(key, value)
     if req.HasField("routing"):
-        r = req.routing
-        routing: dict[str, Any] = {}
-        if r.fallbacks:
-            routing["fallbacks"] = list(r.fallbacks)
-        if r.HasField("timeout"):
-            routing["timeout_s"] = r.timeout.ToMilliseconds() / 1000
-        if r.HasField("num_retries"):
-            routing["num_retries"] = r.num_retries
-        if r.deterministic:
-            routing["deterministic"] = True
-        if r.HasField("cache"):
-            cache: dict[str, Any] = {"bypass": r.cache.bypass, "no_store": r.cache.no_store}
-            if r.cache.namespace:
-                cache["namespace"] = r.cache.namespace
-            if r.cache.HasField("ttl"):
-                cache["ttl_s"] = r.cache.ttl.ToMilliseconds() / 1000
-            if r.cache.HasField("max_age"):
-                cache["max_age_s"] = r.cache.max_age.ToMilliseconds() / 1000
-            if r.cache.HasField("enabled"):
-                cache["enabled"] = r.cache.enabled
-            routing["cache"] = cache
-        body["scillm"] = routing
+        body["scillm"] = routing_options_from_proto(req.routing)
     return body
+
+
+def routing_options_from_proto(r: pb.RoutingOptions) -> dict[str, Any]:
+    """`RoutingOptions` as the request's `scillm` object."""
+    routing: dict[str, Any] = {}
+    if r.fallbacks:
+        routing["fallbacks"] = list(r.fallbacks)
+    if r.HasField("timeout"):
+        routing["timeout_s"] = r.timeout.ToMilliseconds() / 1000
+    if r.HasField("num_retries"):
+        routing["num_retries"] = r.num_retries
+    if r.deterministic:
+        routing["deterministic"] = True
+    if r.HasField("cache"):
+        cache: dict[str, Any] = {"bypass": r.cache.bypass, "no_store": r.cache.no_store}
+        if r.cache.namespace:
+            cache["namespace"] = r.cache.namespace
+        if r.cache.HasField("ttl"):
+            cache["ttl_s"] = r.cache.ttl.ToMilliseconds() / 1000
+        if r.cache.HasField("max_age"):
+            cache["max_age_s"] = r.cache.max_age.ToMilliseconds() / 1000
+        if r.cache.HasField("enabled"):
+            cache["enabled"] = r.cache.enabled
+        routing["cache"] = cache
+    return routing

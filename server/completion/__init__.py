@@ -2,9 +2,11 @@
 
 Plain typed Python, no gRPC or HTTP server knowledge. Build a `CompletionEngine` from
 `CompletionSettings`, `await engine.start()`, then `complete(request)` or iterate
-`stream(request)`; `await engine.close()` at shutdown. Errors are in `errors`.
+`stream(request)`, or `embed(request)` for embeddings; `await engine.close()` at
+shutdown. Errors are in `errors`.
 """
 
+from ._embeddings import Embedded
 from ._engine import CompletionEngine
 from ._estimate import estimated_usage
 from ._retry import RetryHooks
@@ -39,6 +41,7 @@ __all__ = [
     "CompletionSettings",
     "ContextWindowExceeded",
     "DeploymentSettings",
+    "Embedded",
     "InvalidRequest",
     "ModelNotFound",
     "ProviderUnavailable",

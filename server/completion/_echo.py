@@ -4,6 +4,11 @@ It replies with the text of the last user message. Tokens are whitespace-separat
 words; `max_tokens` truncates (finish_reason "length"), `stop` cuts at the first stop
 string, `n` repeats the choice. Prompt tokens are the words of all messages.
 
+Embeddings (`embed`) are deterministic unit vectors derived from each input's bytes (its
+text, or its token ids): the same input always gets the same vector, another input another
+one. They have `DIMENSIONS` numbers, or the request's `dimensions` (at most
+`MAX_DIMENSIONS`); an input's tokens are its words, or its token ids.
+
 An answer is at most `MAX_TOKENS` words, as a model's is at most its context: the echo is
 in the embedded defaults, and a 1 MiB prompt with `n: 128` was answered with 134 MB
 (the mesh's peak memory grew by 400 MB), or streamed as 4 GB over four minutes.
@@ -11,19 +16,28 @@ in the embedded defaults, and a 1 MiB prompt with `n: 128` was answered with 134
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+import sys
 import time
+from array import array
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from ._provider import ProviderCall, completion_id, text_of
+from .errors import InvalidRequest
 
-__all__ = ["MAX_TOKENS", "EchoProvider"]
+__all__ = ["DIMENSIONS", "MAX_DIMENSIONS", "MAX_TOKENS", "EchoProvider", "echo_vector"]
 
 #: The most words an answer holds (a model's context; the local Gemma's is 4,096 tokens).
 MAX_TOKENS = 4096
 
 _WORD = re.compile(r"\s*\S+")
+#: The length of an echo embedding unless the request asks for another.
+DIMENSIONS = 16
+#: The longest echo embedding (OpenAI's largest model has 3,072 dimensions).
+MAX_DIMENSIONS = 3072
 
 
 class EchoProvider:
@@ -61,8 +75,37 @@ class EchoProvider:
         yield chunk([{"index": i, "delta": {}, "finish_reason": finish} for i in range(n)])
         yield chunk([], usage=usage)
 
+    async def embed(self, call: ProviderCall) -> dict[str, Any]:
+        """OpenAI's embeddings list, a vector per input (see the module docstring)."""
+        body = call.body
+        size = body.get("dimensions") or DIMENSIONS
+        if size > MAX_DIMENSIONS:
+            raise InvalidRequest(f"echo embeddings have at most {MAX_DIMENSIONS} dimensions",
+                                 param="dimensions")
+        inputs = body["input"]
+        tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in inputs)
+        return {"object": "list", "model": f"echo/{call.model}",
+                "data": [{"object": "embedding", "index": i,
+                          "embedding": echo_vector(item, size).tolist()}
+                         for i, item in enumerate(inputs)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
     async def close(self) -> None:
         return None
+
+
+def echo_vector(item: str | list[int], size: int) -> array[float]:
+    """The echo embedding of one input: SHAKE-256 of its bytes as `size` numbers in
+    [-1, 1), scaled to length 1 (as OpenAI's are)."""
+    data = item.encode("utf-8", "surrogatepass") if isinstance(item, str) \
+        else b"ids:" + ",".join(map(str, item)).encode()
+    words = array("I")
+    words.frombytes(hashlib.shake_256(data).digest(4 * size))
+    if sys.byteorder == "big":  # the same vectors on every machine
+        words.byteswap()
+    values = [w / 2147483648.0 - 1.0 for w in words]
+    norm = math.sqrt(math.fsum(v * v for v in values)) or 1.0
+    return array("f", [v / norm for v in values])
 
 
 def _n(body: dict[str, Any]) -> int:

@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 import httpx
 
 from ..deadline import Deadline
-from . import _output, _request
+from . import _embeddings, _output, _request
 from ._cache import MemoryCache, RedisCache, ResponseCache, assemble
+from ._embeddings import Embedded
 from ._provider import Provider, ProviderCall
 from ._retry import RetryHooks, backoff_delay, is_retryable
 from ._router import DeploymentState, Group, Router
@@ -139,6 +140,33 @@ class CompletionEngine:
             await cache.set(key, response, opts.cache_ttl_s)
         return Completed(response, routing, False, valid,
                          cache_lookup=cache is not None and not opts.cache_bypass)
+
+    async def embed(self, request: dict[str, Any]) -> Embedded:
+        """Serve an embeddings request (`_embeddings`): one vector per input, routed with
+        the same retries, fallbacks, timeouts and cooldowns as a completion."""
+        model = _request.check_model(request.get("model"))
+        inputs = _embeddings.check(request)
+        opts = _request.options(request)
+        body = _embeddings.upstream_body(request)
+        routing = Routing(strategy=self._strategy)
+
+        async def embed_once(provider: Provider, call: ProviderCall,
+                             state: DeploymentState) -> Embedded:
+            started, clock = time.perf_counter(), self._clock()
+            try:
+                done = await _embeddings.attempt(provider, call, inputs)
+            finally:
+                routing.upstream_s += time.perf_counter() - started
+            latency = self._clock() - clock
+            self._router.succeeded(state, latency, int((done.usage or {}).get(
+                "total_tokens") or 0))
+            if self._hooks.on_success is not None:
+                self._hooks.on_success(call.deployment.id, latency)
+            return done
+
+        done = await self._with_fallbacks(model, body, opts, routing, embed_once, stream=False)
+        done.routing = routing
+        return done
 
     async def stream(self, request: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         """Serve a streaming request: `StreamChunk`s, then one `StreamEnd`.

@@ -31,10 +31,13 @@ PASSED = frozenset({
     "user", "tools", "tool_choice", "parallel_tool_calls", "response_format", "seed",
     "reasoning_effort", "modalities", "prediction", "audio", "service_tier", "store",
 })
+#: What a caller's request may hand to `litellm.aembedding` (as `PASSED`).
+EMBEDDING_PASSED = frozenset({"input", "dimensions", "user"})
 
 
 class LiteLLMProvider:
-    """Delegates to `litellm.acompletion`; LiteLLM is imported on first use only."""
+    """Delegates to `litellm.acompletion` (`litellm.aembedding` for embeddings); LiteLLM is
+    imported on first use only."""
 
     name = "litellm"
 
@@ -56,9 +59,9 @@ class LiteLLMProvider:
                     f"{EXTRA} extra: pip install '{EXTRA}'") from None
         return self._litellm
 
-    def _kwargs(self, call: ProviderCall) -> dict[str, Any]:
+    def _kwargs(self, call: ProviderCall, passed: frozenset[str] = PASSED) -> dict[str, Any]:
         dep = call.deployment
-        kwargs: dict[str, Any] = {k: v for k, v in call.body.items() if k in PASSED}
+        kwargs: dict[str, Any] = {k: v for k, v in call.body.items() if k in passed}
         kwargs.update(model=dep.model.split("/", 1)[0] + "/" + call.model,
                       timeout=call.timeout_s, num_retries=0)
         if dep.api_base:
@@ -73,6 +76,16 @@ class LiteLLMProvider:
         lib = self._lib(call)
         try:
             response = await lib.acompletion(**self._kwargs(call))
+        except Exception as exc:
+            raise _mapped(exc, call) from exc
+        data: dict[str, Any] = response.model_dump()
+        return data
+
+    async def embed(self, call: ProviderCall) -> dict[str, Any]:
+        """`litellm.aembedding`, its reply as OpenAI's embeddings list."""
+        lib = self._lib(call)
+        try:
+            response = await lib.aembedding(**self._kwargs(call, EMBEDDING_PASSED))
         except Exception as exc:
             raise _mapped(exc, call) from exc
         data: dict[str, Any] = response.model_dump()

@@ -56,13 +56,15 @@ class _Prepared(NamedTuple):
 
 
 class OpenAIProvider:
-    """POSTs `/chat/completions`; streams by SSE with usage requested in the last chunk."""
+    """POSTs `/chat/completions`; streams by SSE with usage requested in the last chunk;
+    embeds with `/embeddings`."""
 
     name = "openai"
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._pool = ClientPool(transport)
         self._prepared: dict[tuple[int, bool], _Prepared] = {}
+        self._embedding_heads: dict[int, _Prepared] = {}
 
     def _prepare(self, dep: DeploymentSettings, client: httpx.AsyncClient, url: httpx.URL,
                  stream: bool) -> _Prepared:
@@ -76,27 +78,7 @@ class OpenAIProvider:
         prepared = self._prepared.get((id(dep), stream))
         if prepared is not None and prepared.deployment is dep and prepared.client is client:
             return prepared
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        key = api_key(dep)
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        headers.update(dep.headers)
-        if stream:
-            headers["accept"] = "text/event-stream"
-        merged = httpx.Headers(client.headers)
-        merged.update(headers)
-        # As `Request._prepare`: Host first (unless set), Content-Length last (unless set).
-        host = [] if "Host" in merged or not url.host else [(b"Host", url.netloc)]
-        add_length = "Content-Length" not in merged and "Transfer-Encoding" not in merged
-        stub = httpx.Request("POST", url, headers=host + merged.raw,
-                             stream=httpx.ByteStream(b""))
-        head: bytes | None = None
-        if add_length:
-            try:
-                head = request_head(stub)
-            except httpx.LocalProtocolError:
-                pass  # httpx's road refuses it, call by call, as the contract says
-        prepared = _Prepared(dep, client, stub, add_length, head)
+        prepared = _head(dep, client, url, stream)
         if len(self._prepared) >= 1024:  # deployments are few; bound it anyway
             self._prepared.clear()
         self._prepared[(id(dep), stream)] = prepared
@@ -110,16 +92,26 @@ class OpenAIProvider:
         url = self._pool.url(f"{base}/chat/completions")
         return base, self._prepare(dep, client, url, stream)
 
+    def _embeddings_for(self, dep: DeploymentSettings) -> tuple[str, _Prepared]:
+        """`_prepared_for` of `{api_base}/embeddings` (its own heads, made once)."""
+        base = dep.api_base or DEFAULT_BASE
+        client = self._pool.get(base)
+        prepared = self._embedding_heads.get(id(dep))
+        if prepared is None or prepared.deployment is not dep or prepared.client is not client:
+            prepared = _head(dep, client, self._pool.url(f"{base}/embeddings"), False)
+            if len(self._embedding_heads) >= 1024:
+                self._embedding_heads.clear()
+            self._embedding_heads[id(dep)] = prepared
+        return base, prepared
+
     @staticmethod
-    def _build(prepared: _Prepared, call: ProviderCall, stream: bool) -> httpx.Request:
-        """httpx's road: the whole request, `prepared` and the call's body."""
-        content = _content(call, stream)
+    def _build(prepared: _Prepared, content: bytes, timeout: float) -> httpx.Request:
+        """httpx's road: the whole request, `prepared` and the body `content`."""
         headers = prepared.stub.headers.raw
         if prepared.add_length:
             headers = [*headers, (b"Content-Length", str(len(content)).encode())]
         # The request `client.build_request(..., content=content, timeout=timeout_s)` makes
         # (the client has no base_url, params or cookies to merge), built for less.
-        timeout = call.timeout_s
         request = httpx.Request(
             "POST", prepared.stub.url, headers=headers, stream=httpx.ByteStream(content),
             extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout,
@@ -130,10 +122,11 @@ class OpenAIProvider:
     async def complete(self, call: ProviderCall) -> dict[str, Any]:
         base, prepared = self._prepared_for(call, stream=False)
         lean = self._pool.lean(base)
+        content = _content(call, stream=False)
         if lean is not None and prepared.head is not None:
-            status, raw = await self._exchange(lean, prepared, call)
+            status, raw = await self._exchange(lean, prepared, call, content)
         else:
-            status, raw = await self._send(base, prepared, call)
+            status, raw = await self._send(base, prepared, call, content)
         try:
             data = _loads(raw)
         except ValueError:
@@ -144,10 +137,26 @@ class OpenAIProvider:
             raise UpstreamError(f"{call.deployment.id}: the reply is not a chat.completion")
         return data
 
+    async def embed(self, call: ProviderCall) -> Any:
+        """POST `{api_base}/embeddings`; the reply's JSON, whatever it is (`_embeddings`
+        reads it)."""
+        base, prepared = self._embeddings_for(call.deployment)
+        lean = self._pool.lean(base)
+        content = _dumps({**call.body, "model": call.model})
+        if lean is not None and prepared.head is not None:
+            status, raw = await self._exchange(lean, prepared, call, content)
+        else:
+            status, raw = await self._send(base, prepared, call, content)
+        try:
+            return _loads(raw)
+        except ValueError:
+            raise UpstreamError(f"{call.deployment.id}: the embeddings reply (HTTP {status}) "
+                                "is not JSON") from None
+
     async def _exchange(self, transport: PooledTransport, prepared: _Prepared,
-                        call: ProviderCall) -> tuple[int, bytes]:
+                        call: ProviderCall, content: bytes) -> tuple[int, bytes]:
         """The lean road: status and decoded body of a successful reply."""
-        payload = _payload(prepared, _content(call, stream=False))
+        payload = _payload(prepared, content)
         try:
             status, headers, raw = await transport.exchange(prepared.stub, payload,
                                                             call.timeout_s)
@@ -162,11 +171,12 @@ class OpenAIProvider:
             raise transport_error(exc, call) from None
         return status, raw
 
-    async def _send(self, base: str, prepared: _Prepared,
-                    call: ProviderCall) -> tuple[int, bytes]:
+    async def _send(self, base: str, prepared: _Prepared, call: ProviderCall,
+                    content: bytes) -> tuple[int, bytes]:
         """httpx's road: status and decoded body of a successful reply."""
         try:
-            response = await self._pool.send(base, self._build(prepared, call, stream=False))
+            response = await self._pool.send(base, self._build(prepared, content,
+                                                               call.timeout_s))
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
         try:
@@ -190,7 +200,8 @@ class OpenAIProvider:
                     source = httpx.Response(status, headers=headers, request=prepared.stub,
                                             stream=body)
             else:
-                source = await self._pool.send(base, self._build(prepared, call, stream=True))
+                source = await self._pool.send(base, self._build(
+                    prepared, _content(call, stream=True), call.timeout_s))
                 status = source.status_code
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None
@@ -230,6 +241,32 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _head(dep: DeploymentSettings, client: httpx.AsyncClient, url: httpx.URL,
+          stream: bool) -> _Prepared:
+    """The headers `client.build_request` would send to `url` but `Content-Length`, made
+    once per deployment (see `OpenAIProvider._prepare`)."""
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    key = api_key(dep)
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    headers.update(dep.headers)
+    if stream:
+        headers["accept"] = "text/event-stream"
+    merged = httpx.Headers(client.headers)
+    merged.update(headers)
+    # As `Request._prepare`: Host first (unless set), Content-Length last (unless set).
+    host = [] if "Host" in merged or not url.host else [(b"Host", url.netloc)]
+    add_length = "Content-Length" not in merged and "Transfer-Encoding" not in merged
+    stub = httpx.Request("POST", url, headers=host + merged.raw, stream=httpx.ByteStream(b""))
+    head: bytes | None = None
+    if add_length:
+        try:
+            head = request_head(stub)
+        except httpx.LocalProtocolError:
+            pass  # httpx's road refuses it, call by call, as the contract says
+    return _Prepared(dep, client, stub, add_length, head)
 
 
 def _content(call: ProviderCall, stream: bool) -> bytes:

@@ -32,7 +32,10 @@ class ProviderCall:
 
 
 class Provider(Protocol):
-    """One kind of upstream. Errors are raised as `CompletionError` subclasses."""
+    """One kind of upstream. Errors are raised as `CompletionError` subclasses.
+
+    A provider that serves embeddings has `async def embed(call) -> dict` too, answering
+    OpenAI's embeddings list (read by `_embeddings`); one without it serves none."""
 
     name: str
 

@@ -1,4 +1,5 @@
-"""CompletionService over gRPC: validate, call the engine, translate, map errors."""
+"""CompletionService over gRPC (completions and embeddings): validate, call the engine,
+translate, map errors."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def _unknown(param: str, value: int) -> StatusError:
 _ROLES = frozenset(pb.Role.values())
 _TOOL_CHOICE_MODES = frozenset(pb.ToolChoiceMode.values())
 _FORMAT_TYPES = frozenset(pb.ResponseFormatType.values())
+_ENCODINGS = frozenset(pb.EmbeddingEncoding.values())
 
 
 def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
@@ -215,6 +217,33 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                     streamed += chunk_chars(event.chunk)
                     report_usage_estimate(prompt, tokens(streamed))
                 yield pb.CompletionStreamResponse(chunk=chunk)
+
+    async def Embedding(self, request: pb.EmbeddingRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.EmbeddingResponse:
+        # The inputs' checks are the engine's (`_embeddings.check`): every door's alike.
+        if not request.model:
+            raise _invalid("model is required", "model")
+        if request.encoding_format not in _ENCODINGS:
+            raise _unknown("encoding_format", request.encoding_format)
+        clock = ManifestClock("completion", request.context, request_id=current_request_id(),
+                              model=request.model)
+        started = time.perf_counter()
+        body = wire.embedding_request_from_proto(request)
+        if usage_estimate_wanted():  # charged if the call ends without the upstream's usage
+            report_usage_estimate(sum(tokens(len(i)) if isinstance(i, str) else len(i)
+                                      for i in body["input"]), 0)
+        done = await self._engine.embed(body)
+        reply = pb.EmbeddingResponse(model=done.model, usage=wire.usage_to_proto(done.usage))
+        for index, vector in enumerate(done.vectors):
+            reply.data.add(index=index, embedding=vector)
+        routing = done.routing
+        _fill_routing(reply.routing, routing, cache_hit=False, overhead_s=(
+            time.perf_counter() - started - routing.upstream_s - routing.total_sleep_s))
+        self._count(request.model, reply.usage, routing, False, False)
+        reply.manifest.CopyFrom(clock.finish(provider=routing.provider))
+        if self._store is not None:  # shielded, as a completion's
+            await asyncio.shield(self._store.put(reply.manifest, request, reply))
+        return reply
 
     async def GetModel(self, request: pb.GetModelRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetModelResponse:

@@ -130,6 +130,8 @@ async def replay(stored: StoredRun, client: ScillmClient
         result = await _terminal(client.prove.prove(request), "summary")
     elif service == "completion" and isinstance(request, completion_pb2.CompletionRequest):
         result = await client.completion.create(request)
+    elif service == "completion" and isinstance(request, completion_pb2.EmbeddingRequest):
+        result = await client.completion.embed(request)
     elif service == "completion":  # a stored stream: replay it as a stream
         result = await _terminal(client.completion.stream(request.request), "end")
     else:

@@ -324,8 +324,8 @@ def test_a_path_or_method_the_door_does_not_serve_answers_in_openais_body(
     """An SDK reaching for an endpoint the door does not serve reads OpenAI's error body
     (its own words for an unknown URL), not Starlette's plain "Not Found"."""
     with pytest.raises(openai.NotFoundError) as info:
-        sdk.embeddings.create(model="echo/x", input="hi")
-    assert info.value.body == {"message": "Invalid URL (POST /v1/embeddings)",
+        sdk.moderations.create(input="hi")
+    assert info.value.body == {"message": "Invalid URL (POST /v1/moderations)",
                                "type": "invalid_request_error", "param": None, "code": None}
     wrong = httpx.get(f"{mesh.http_url}/v1/chat/completions", timeout=30)
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"

@@ -214,6 +214,13 @@ def test_completions_are_stored_and_replayed_when_asked(tmp_path: Path) -> None:
                         "--target", running.grpc_target)
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         assert json.loads(replayed.stdout)["identical"] is True
+        # An embedding run is replayed as one (it was replayed as a stream: a traceback).
+        with SyncScillmClient(running.grpc_target) as client:
+            embedded = client.embed({"model": "echo/embed", "input": ["keep", "me"]})
+        replayed = _run("runs", "replay", embedded.manifest.run_id, "--store", store,
+                        "--target", running.grpc_target)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert json.loads(replayed.stdout)["identical"] is True
     finally:
         running.stop()
 

@@ -153,6 +153,37 @@ async def endless_stream(up: Upstream, req: dict[str, Any], r: asyncio.StreamRea
     return False
 
 
+def embedding_vector(text: str) -> list[float]:
+    """The fake upstream's vector for one input: three numbers read off it."""
+    return [float(len(text)), float(sum(map(ord, text)) % 97), 0.5]
+
+
+def openai_embeddings(req: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's embeddings list for `req`, as api.openai.com writes it (floats); `data` in
+    reverse order (OpenAI's is by `index`, which a client must honour, not the order)."""
+    inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+    data = [{"object": "embedding", "index": i, "embedding": embedding_vector(str(item))}
+            for i, item in enumerate(inputs)]
+    return {"object": "list", "data": data[::-1], "model": req["model"],
+            "usage": {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)}}
+
+
+async def embeddings(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                     w: asyncio.StreamWriter) -> bool:
+    """A well-behaved OpenAI embeddings endpoint."""
+    send_json(w, 200, openai_embeddings(req))
+    return True
+
+
+def embeddings_reply(body: Any) -> Action:
+    """An embeddings endpoint answering `body` (a reply of another shape) with HTTP 200."""
+    async def act(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                  w: asyncio.StreamWriter) -> bool:
+        send_json(w, 200, body)
+        return True
+    return act
+
+
 def anthropic_message(req: dict[str, Any], tool: bool = False) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"type": "text", "text": _text(req)}]
     if tool:

@@ -36,9 +36,9 @@ def test_public_api_is_pinned() -> None:
     assert sorted(completion.__all__) == [
         "AuthenticationError", "CacheSettings", "CacheStats", "Completed", "CompletionEngine",
         "CompletionError", "CompletionSettings", "ContextWindowExceeded", "DeploymentSettings",
-        "InvalidRequest", "ModelNotFound", "ProviderUnavailable", "RateLimited", "RetryHooks",
-        "RouterSettings", "Routing", "Secret", "StreamChunk", "StreamEnd", "StreamEvent",
-        "UpstreamError", "UpstreamTimeout", "estimated_usage", "resolve_env"]
+        "Embedded", "InvalidRequest", "ModelNotFound", "ProviderUnavailable", "RateLimited",
+        "RetryHooks", "RouterSettings", "Routing", "Secret", "StreamChunk", "StreamEnd",
+        "StreamEvent", "UpstreamError", "UpstreamTimeout", "estimated_usage", "resolve_env"]
 
 
 async def test_echo_complete(engine: CompletionEngine) -> None:

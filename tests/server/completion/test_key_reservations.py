@@ -68,7 +68,11 @@ async def _held(gate: Gate, req: dict[str, Any], r: asyncio.StreamReader,
         return False
     usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
              "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
-    if req.get("stream"):
+    if "input" in req:  # an embeddings call
+        send_json(w, 200, {"object": "list", "model": req["model"], "data": [
+            {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}})
+    elif req.get("stream"):
         sse_head(w)
         chunks = [json.loads(c) for c in openai_chunks(req, "four words of answer")]
         chunks[-1]["usage"] = usage
@@ -124,7 +128,7 @@ def _body(max_tokens: int | None = 8, stream: bool = False) -> dict[str, Any]:
 
 
 async def _burst(mesh: RunningMesh, gate: Gate, key: str, body: dict[str, Any],
-                 calls: int = BURST) -> list[int]:
+                 calls: int = BURST, path: str = "/v1/chat/completions") -> list[int]:
     """`calls` calls at once on connections of their own; the upstream answers once each
     has reached it or been refused (all in flight together): their statuses, sorted."""
     gate.arrived = 0
@@ -132,7 +136,7 @@ async def _burst(mesh: RunningMesh, gate: Gate, key: str, body: dict[str, Any],
     limits = httpx.Limits(max_connections=calls, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         async def call() -> int:
-            reply = await client.post(f"{mesh.http_url}/v1/chat/completions", json=body,
+            reply = await client.post(f"{mesh.http_url}{path}", json=body,
                                       headers={"authorization": f"Bearer {key}"})
             if body.get("stream") and reply.status_code == 200:
                 assert "[DONE]" in reply.text and '"error"' not in reply.text, reply.text
@@ -239,4 +243,16 @@ async def test_the_model_calls_of_runs_reserve_as_completions_do(
     assert statuses == [200] * BURST  # a run whose model call was refused says so in-band
     assert gate.arrived == 2, gate.arrived
     assert (await _info(keyed, key))["spend"] == 2 * 0.5
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
+async def test_embeddings_reserve_their_input_as_completions_do(
+        keyed: RunningMesh, gate: Gate) -> None:
+    """Embedding calls were not reserved: a key's calls in flight together all passed its
+    tokens per minute. Each reserves its input's estimate (a token per four bytes: some 300
+    here) and no answer: three fit in 1,000 tokens a minute, four do not."""
+    key = new_key(keyed, MASTER, tpm_limit=1000)
+    body = {"model": "held", "input": "word " * 240}
+    assert await _burst(keyed, gate, key, body, path="/v1/embeddings") == \
+        [200] * 3 + [429] * (BURST - 3)
     assert _reserved(keyed, key) == (0, 0.0, 0)

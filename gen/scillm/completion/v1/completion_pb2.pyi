@@ -148,6 +148,30 @@ FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 4
 """Content was filtered."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _EmbeddingEncoding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EmbeddingEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EmbeddingEncoding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EMBEDDING_ENCODING_UNSPECIFIED: _EmbeddingEncoding.ValueType  # 0
+    """Not set: floats, OpenAI's default."""
+    EMBEDDING_ENCODING_FLOAT: _EmbeddingEncoding.ValueType  # 1
+    """A JSON array of numbers per vector."""
+    EMBEDDING_ENCODING_BASE64: _EmbeddingEncoding.ValueType  # 2
+    """The base64 of the vector's little-endian float32 bytes (the openai SDK's default)."""
+
+class EmbeddingEncoding(_EmbeddingEncoding, metaclass=_EmbeddingEncodingEnumTypeWrapper):
+    """EmbeddingEncoding is how the OpenAI door writes the vectors in its JSON."""
+
+EMBEDDING_ENCODING_UNSPECIFIED: EmbeddingEncoding.ValueType  # 0
+"""Not set: floats, OpenAI's default."""
+EMBEDDING_ENCODING_FLOAT: EmbeddingEncoding.ValueType  # 1
+"""A JSON array of numbers per vector."""
+EMBEDDING_ENCODING_BASE64: EmbeddingEncoding.ValueType  # 2
+"""The base64 of the vector's little-endian float32 bytes (the openai SDK's default)."""
+Global___EmbeddingEncoding: _TypeAlias = EmbeddingEncoding  # noqa: Y015
+
 @_typing.final
 class ImageUrl(_message.Message):
     """ImageUrl is an image given by URL or data URL."""
@@ -1553,3 +1577,197 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class TokenIds(_message.Message):
+    """TokenIds is one input to embed given as token ids (OpenAI's array of integers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The token ids, each at least 0; must not be empty."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenIds: _TypeAlias = TokenIds  # noqa: Y015
+
+@_typing.final
+class EmbeddingInput(_message.Message):
+    """EmbeddingInput is one input to embed: a text or token ids. One request holds inputs of
+    one kind only, as OpenAI's `input` does.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """A text; must not be empty."""
+    @_builtins.property
+    def tokens(self) -> Global___TokenIds:
+        """Token ids."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        tokens: Global___TokenIds | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "tokens"]  # noqa: Y015
+    _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
+
+Global___EmbeddingInput: _TypeAlias = EmbeddingInput  # noqa: Y015
+
+@_typing.final
+class EmbeddingRequest(_message.Message):
+    """EmbeddingRequest is OpenAI's embeddings request plus routing options."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    ENCODING_FORMAT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    EXTRA_BODY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name, for example "echo/embed" or "text-embedding-3-small"."""
+    dimensions: _builtins.int
+    """Length of each vector, for models that can shorten theirs; at least 1 when set."""
+    encoding_format: Global___EmbeddingEncoding.ValueType
+    """How the OpenAI door encodes the vectors. The response always carries floats, and
+    upstreams are always asked for floats.
+    """
+    user: _builtins.str
+    """End-user identifier."""
+    @_builtins.property
+    def input(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbeddingInput]:
+        """The inputs, at most 2048; must not be empty."""
+
+    @_builtins.property
+    def routing(self) -> Global___RoutingOptions:
+        """Fallbacks, timeout and retries (embeddings are not cached: `cache` and
+        `deterministic` are refused).
+        """
+
+    @_builtins.property
+    def context(self) -> _common_pb2.RunContext:
+        """Session and track of the call."""
+
+    @_builtins.property
+    def extra_body(self) -> _struct_pb2.Struct:
+        """Provider-specific fields passed through unchanged (`input_type`, ...)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        input: _abc.Iterable[Global___EmbeddingInput] | None = ...,
+        dimensions: _builtins.int | None = ...,
+        encoding_format: Global___EmbeddingEncoding.ValueType = ...,
+        user: _builtins.str = ...,
+        routing: Global___RoutingOptions | None = ...,
+        context: _common_pb2.RunContext | None = ...,
+        extra_body: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "context", b"context", "dimensions", b"dimensions", "extra_body", b"extra_body", "routing", b"routing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "context", b"context", "dimensions", b"dimensions", "encoding_format", b"encoding_format", "extra_body", b"extra_body", "input", b"input", "model", b"model", "routing", b"routing", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
+
+Global___EmbeddingRequest: _TypeAlias = EmbeddingRequest  # noqa: Y015
+
+@_typing.final
+class EmbeddingVector(_message.Message):
+    """EmbeddingVector is the vector of one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Index of the input it embeds."""
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The vector."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingVector: _TypeAlias = EmbeddingVector  # noqa: Y015
+
+@_typing.final
+class EmbeddingResponse(_message.Message):
+    """EmbeddingResponse is OpenAI's embeddings list plus routing and manifest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model that answered."""
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbeddingVector]:
+        """One vector per input, in the order of the inputs."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """Token usage: prompt_tokens and total_tokens (no completion tokens)."""
+
+    @_builtins.property
+    def routing(self) -> Global___Routing:
+        """How the call was routed."""
+
+    @_builtins.property
+    def manifest(self) -> _common_pb2.RunManifest:
+        """The run manifest."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        data: _abc.Iterable[Global___EmbeddingVector] | None = ...,
+        usage: _common_pb2.Usage | None = ...,
+        routing: Global___Routing | None = ...,
+        manifest: _common_pb2.RunManifest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "routing", b"routing", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "manifest", b"manifest", "model", b"model", "routing", b"routing", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingResponse: _TypeAlias = EmbeddingResponse  # noqa: Y015

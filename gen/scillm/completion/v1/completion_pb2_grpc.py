@@ -55,6 +55,11 @@ class CompletionServiceStub:
                 request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.Embedding = channel.unary_unary(
+                '/scillm.completion.v1.CompletionService/Embedding',
+                request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingRequest.SerializeToString,
+                response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -92,6 +97,15 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embedding(self, request, context):
+        """Embedding returns one vector per input (OpenAI `POST /v1/embeddings`), routed over
+        the same deployments, retries, Retry-After, fallbacks and timeouts as Completion;
+        a deployment whose provider has no embeddings is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +128,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelRequest.FromString,
                     response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelResponse.SerializeToString,
+            ),
+            'Embedding': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embedding,
+                    request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingRequest.FromString,
+                    response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +244,33 @@ class CompletionService:
             '/scillm.completion.v1.CompletionService/GetModel',
             scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelRequest.SerializeToString,
             scillm_dot_completion_dot_v1_dot_completion__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embedding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scillm.completion.v1.CompletionService/Embedding',
+            scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingRequest.SerializeToString,
+            scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingResponse.FromString,
             options,
             channel_credentials,
             insecure,

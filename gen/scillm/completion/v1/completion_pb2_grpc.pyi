@@ -48,6 +48,11 @@ class CompletionServiceStub:
     """GetModel describes one model a caller may call: a configured name, or one a
     wildcard name serves (`echo/x` through `echo/*`); NOT_FOUND otherwise.
     """
+    Embedding: _grpc.UnaryUnaryMultiCallable[_completion_pb2.EmbeddingRequest, _completion_pb2.EmbeddingResponse]
+    """Embedding returns one vector per input (OpenAI `POST /v1/embeddings`), routed over
+    the same deployments, retries, Retry-After, fallbacks and timeouts as Completion;
+    a deployment whose provider has no embeddings is INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -66,6 +71,11 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_completion_pb2.GetModelRequest, _completion_pb2.GetModelResponse]  # type: ignore[assignment]
     """GetModel describes one model a caller may call: a configured name, or one a
     wildcard name serves (`echo/x` through `echo/*`); NOT_FOUND otherwise.
+    """
+    Embedding: _aio.UnaryUnaryMultiCallable[_completion_pb2.EmbeddingRequest, _completion_pb2.EmbeddingResponse]  # type: ignore[assignment]
+    """Embedding returns one vector per input (OpenAI `POST /v1/embeddings`), routed over
+    the same deployments, retries, Retry-After, fallbacks and timeouts as Completion;
+    a deployment whose provider has no embeddings is INVALID_ARGUMENT.
     """
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,6 +116,17 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_completion_pb2.GetModelResponse, _abc.Awaitable[_completion_pb2.GetModelResponse]]:
         """GetModel describes one model a caller may call: a configured name, or one a
         wildcard name serves (`echo/x` through `echo/*`); NOT_FOUND otherwise.
+        """
+
+    @_abc_1.abstractmethod
+    def Embedding(
+        self,
+        request: _completion_pb2.EmbeddingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_pb2.EmbeddingResponse, _abc.Awaitable[_completion_pb2.EmbeddingResponse]]:
+        """Embedding returns one vector per input (OpenAI `POST /v1/embeddings`), routed over
+        the same deployments, retries, Retry-After, fallbacks and timeouts as Completion;
+        a deployment whose provider has no embeddings is INVALID_ARGUMENT.
         """
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

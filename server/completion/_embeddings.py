@@ -1,0 +1,153 @@
+"""Embeddings (OpenAI `POST /embeddings`): the request's checks, one upstream attempt, and
+the reply read into vectors.
+
+The engine routes an embeddings request as it routes a completion (`CompletionEngine.embed`:
+the same deployments, retries, Retry-After, fallbacks, timeouts and cooldowns); this module
+holds what differs. A request is OpenAI's JSON with `input` always a list: of texts, or of
+token-id lists, never both. A provider serves embeddings when it has an `embed` method
+(OpenAI-compatible upstreams, `echo/...`, LiteLLM); a deployment of another (Anthropic, a
+local model, a Codex sidecar) is the caller's error, InvalidRequest, not the upstream's.
+
+A reply is read strictly, as an upstream's reply is untrusted: an object whose `data` holds
+one `embedding` per input (a list of finite numbers, or the base64 of little-endian float32
+bytes) with distinct `index`es, every vector of one length. Anything else is an
+UpstreamError (502 at the door), never a crash nor a short list of vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import sys
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..deadline import Deadline
+from ._provider import Provider, ProviderCall
+from ._types import Routing
+from ._usage import clean_usage
+from .errors import InvalidRequest, UpstreamError, UpstreamTimeout
+
+__all__ = ["MAX_INPUTS", "Embedded", "attempt", "check", "upstream_body"]
+
+#: The most inputs one request may hold (OpenAI's limit).
+MAX_INPUTS = 2048
+#: The request's keys that do not go upstream (`encoding_format`: upstreams are always
+#: asked for floats, which every OpenAI-compatible server writes).
+_NOT_UPSTREAM = frozenset({"model", "scillm", "encoding_format"})
+
+
+@dataclass
+class Embedded:
+    """A served embeddings request: one vector per input, in input order, the model that
+    answered, the upstream's usage (None when it reported none) and the routing."""
+
+    vectors: list[array[float]]
+    model: str
+    usage: dict[str, Any] | None
+    routing: Routing
+
+
+def check(request: Mapping[str, Any]) -> int:
+    """Refuse what OpenAI refuses, naming the field; the number of inputs."""
+    inputs = request.get("input")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest("input must not be empty", param="input")
+    if len(inputs) > MAX_INPUTS:
+        raise InvalidRequest(f"input holds {len(inputs)} items; at most {MAX_INPUTS} are "
+                             "allowed", param="input")
+    texts = isinstance(inputs[0], str)
+    for i, item in enumerate(inputs):
+        if not isinstance(item, str if texts else list):
+            raise InvalidRequest("input must be texts or token-id lists, not both",
+                                 param=f"input[{i}]")
+        if not item:
+            raise InvalidRequest(f"input[{i}] is empty: every input must hold text or "
+                                 "tokens", param=f"input[{i}]")
+        if not texts and not all(type(t) is int and t >= 0 for t in item):
+            raise InvalidRequest(f"input[{i}] must hold token ids (whole numbers, at "
+                                 "least 0)", param=f"input[{i}]")
+    dimensions = request.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise InvalidRequest("dimensions must be a whole number of at least 1",
+                             param="dimensions")
+    options = request.get("scillm")
+    if isinstance(options, Mapping) and (options.get("cache") or options.get("deterministic")):
+        raise InvalidRequest("embeddings are not cached, and are deterministic already: "
+                             "scillm takes fallbacks, timeout_s and num_retries here",
+                             param="scillm")
+    return len(inputs)
+
+
+def upstream_body(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request as sent upstream (a shallow copy; nested values are shared)."""
+    return {k: v for k, v in request.items() if k not in _NOT_UPSTREAM}
+
+
+async def attempt(provider: Provider, call: ProviderCall, inputs: int) -> Embedded:
+    """One upstream call within the call's timeout, its reply read (see the module)."""
+    embed = getattr(provider, "embed", None)
+    if embed is None:
+        raise InvalidRequest(f"model {call.deployment.model_name!r} is served by "
+                             f"{provider.name!r} (deployment {call.deployment.id}), which "
+                             "serves no embeddings", param="model")
+    try:
+        async with Deadline(call.timeout_s):
+            reply = await embed(call)
+    except TimeoutError:
+        raise UpstreamTimeout(f"{call.deployment.id} did not answer within "
+                              f"{call.timeout_s:g}s") from None
+    return read_reply(reply, call, inputs)
+
+
+def read_reply(reply: Any, call: ProviderCall, inputs: int) -> Embedded:
+    """An upstream's embeddings list as `Embedded` (routing left blank)."""
+    where = call.deployment.id
+    data = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(data, list):
+        raise UpstreamError(f"{where}: the reply is not an embeddings list (no `data` array)")
+    if len(data) != inputs:
+        raise UpstreamError(f"{where}: the reply holds {len(data)} embeddings for {inputs} "
+                            "inputs")
+    vectors: list[array[float] | None] = [None] * inputs
+    for i, item in enumerate(data):
+        index = item.get("index", i) if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < inputs or vectors[index] is not None:
+            raise UpstreamError(f"{where}: data[{i}] has no index of its own (an object "
+                                f"with an index from 0 to {inputs - 1}, once each)")
+        vectors[index] = _vector(item.get("embedding"), f"{where}: data[{i}].embedding")
+    done = [v for v in vectors if v is not None]
+    if len({len(v) for v in done}) != 1 or not done[0]:
+        raise UpstreamError(f"{where}: the vectors are empty or of different lengths")
+    model = reply.get("model")
+    return Embedded(done, model if isinstance(model, str) and model else call.model,
+                    clean_usage(reply.get("usage"), where), Routing())
+
+
+def _vector(raw: Any, where: str) -> array[float]:
+    """A vector: finite numbers, or the base64 of little-endian float32 bytes."""
+    if isinstance(raw, str):
+        try:
+            packed = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise UpstreamError(f"{where} is a string that is not base64") from None
+        if len(packed) % 4:
+            raise UpstreamError(f"{where}: {len(packed)} bytes are no float32 vector")
+        out = array("f")
+        out.frombytes(packed)
+        if sys.byteorder == "big":
+            out.byteswap()
+    elif isinstance(raw, list) and all(type(x) is float or type(x) is int for x in raw):
+        try:
+            out = array("f", raw)
+        except OverflowError:  # an integer past a double's range
+            raise UpstreamError(f"{where} holds a number out of range") from None
+    else:
+        raise UpstreamError(f"{where} is neither a list of numbers nor base64")
+    if not math.isfinite(sum(out)):  # a double's sum of float32s is finite unless one is not
+        raise UpstreamError(f"{where} holds a number that is not finite (or past float32's "
+                            "range)")
+    return out

@@ -1,0 +1,238 @@
+"""`POST /v1/embeddings` end to end: the real openai SDK (its default base64 and "float")
+against the OpenAI door of a real mesh, the mesh's gRPC client, and a loopback upstream
+speaking OpenAI's embeddings wire format (a 429 with Retry-After, a 500 and a fallback, a
+reply of the wrong shape), careless and hostile bodies, and a virtual key paying."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+from completion_upstream import (
+    Upstream,
+    embedding_vector,
+    embeddings,
+    embeddings_reply,
+    status,
+)
+from keyed import key_spend, keyed_mesh, new_key
+from meshutil import RunningMesh, mesh_settings, start_mesh
+
+from scillm.clients import RPCError, ScillmClient, SyncScillmClient
+from scillm.completion.v1 import completion_pb2 as pb
+from scillm.server.completion._echo import DIMENSIONS, echo_vector
+from scillm.server.manifests import open_run_store
+
+
+def _sdk(url: str, key: str = "none") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def _echo(text: str, size: int = DIMENSIONS) -> list[float]:
+    return echo_vector(text, size).tolist()
+
+
+async def test_the_default_mesh_serves_echo_embeddings_to_the_openai_sdk(
+        mesh: RunningMesh) -> None:
+    """The embedded defaults (no config, no keys) embed with `echo/...`: the SDK's default
+    (it asks for base64 and decodes it) and "float" give the same, exact vectors."""
+    sdk = _sdk(mesh.http_url)
+    default = await sdk.embeddings.create(model="echo/embed", input=["paper one", "two"])
+    floats = await sdk.embeddings.create(model="echo/embed", input=["paper one", "two"],
+                                         encoding_format="float")
+    one = await sdk.embeddings.create(model="echo/embed", input="paper one", dimensions=5)
+    await sdk.close()
+    for reply in (default, floats):
+        assert [d.embedding for d in reply.data] == [_echo("paper one"), _echo("two")]
+        assert [d.index for d in reply.data] == [0, 1]
+        assert reply.model == "echo/embed" and reply.object == "list"
+        assert (reply.usage.prompt_tokens, reply.usage.total_tokens) == (3, 3)
+    assert one.data[0].embedding == _echo("paper one", 5)
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/embeddings"])
+def test_the_wire_shape_request_id_and_run(mesh: RunningMesh, path: str) -> None:
+    reply = httpx.post(f"{mesh.http_url}{path}", timeout=30,
+                       headers={"x-request-id": "embed-req-1"},
+                       json={"model": "echo/e", "input": [[1, 2, 3]],
+                             "encoding_format": "base64"})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-request-id"] == "embed-req-1"
+    body = reply.json()
+    assert set(body) == {"object", "data", "model", "usage", "scillm"}
+    assert body["object"] == "list" and body["model"] == "echo/e"
+    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+    [item] = body["data"]
+    assert set(item) == {"object", "index", "embedding"} and item["object"] == "embedding"
+    assert isinstance(item["embedding"], str)  # base64 of little-endian float32s
+    assert body["scillm"]["routing"]["provider"] == "echo" and body["scillm"]["run_id"]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "echo/e", "input": ""}, "input[0]"),
+    ({"model": "echo/e", "input": []}, "input"),
+    ({"model": "echo/e", "input": ["a", ""]}, "input[1]"),
+    ({"model": "echo/e", "input": [[]]}, "input[0]"),
+    ({"model": "echo/e", "input": ["a"] * 2049}, "input"),
+    ({"model": "echo/e", "input": ["a", 3]}, "input[1]"),
+    ({"model": "echo/e", "input": [1.5]}, "input[0]"),
+    ({"model": "echo/e", "input": [None]}, "input[0]"),
+    ({"model": "echo/e", "input": [True]}, "input[0]"),
+    ({"model": "echo/e", "input": [[1, -1]]}, "input[0][1]"),
+    ({"model": "echo/e", "input": [[2**64]]}, "input[0][0]"),
+    ({"model": "echo/e", "input": [{"text": "a"}]}, "input[0]"),
+    ({"model": "echo/e", "input": 5}, "input"),
+    ({"model": "echo/e", "input": "\ud800"}, None),  # JSON no UTF-8 can hold
+    ({"model": "echo/e"}, "input"),
+    ({"input": "a"}, "model"),
+    ({"model": "echo/e", "input": "a", "dimensions": 0}, "dimensions"),
+    ({"model": "echo/e", "input": "a", "dimensions": -4}, "dimensions"),
+    ({"model": "echo/e", "input": "a", "dimensions": "8"}, "dimensions"),
+    ({"model": "echo/e", "input": "a", "dimensions": 2.5}, "dimensions"),
+    ({"model": "echo/e", "input": "a", "encoding_format": "hex"}, "encoding_format"),
+    ({"model": "echo/e", "input": "a", "scillm": {"cache": {"bypass": True}}}, "scillm"),
+    ({"model": "echo/e", "input": "a", "caching": True}, "caching"),
+])
+def test_careless_and_hostile_bodies_are_openai_400s(mesh: RunningMesh, body: dict[str, Any],
+                                                     param: str | None) -> None:
+    reply = httpx.post(f"{mesh.http_url}/v1/embeddings", timeout=30,
+                       content=json.dumps(body).encode(),
+                       headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert "Traceback" not in reply.text and reply.headers["x-request-id"]
+
+
+def test_an_unknown_model_and_a_body_that_is_no_object(mesh: RunningMesh) -> None:
+    unknown = httpx.post(f"{mesh.http_url}/v1/embeddings", timeout=30,
+                         json={"model": "no-such-embedder", "input": "a"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+    for raw in (b"[1, 2]", b"{not json"):
+        reply = httpx.post(f"{mesh.http_url}/v1/embeddings", content=raw, timeout=30)
+        assert reply.status_code == 400 and reply.json()["error"]["type"] == \
+            "invalid_request_error"
+
+
+async def test_the_grpc_client_embeds_and_refuses_what_the_contract_does(
+        mesh: RunningMesh) -> None:
+    async with ScillmClient(mesh.grpc_target) as client:
+        reply = await client.completion.embed({"model": "echo/g", "input": ["a b", "c"]})
+        assert [list(d.embedding) for d in reply.data] == [_echo("a b"), _echo("c")]
+        assert reply.usage.prompt_tokens == 3 and reply.manifest.run_id
+        assert reply.routing.provider == "echo" and reply.routing.attempts == 1
+        for bad in (pb.EmbeddingRequest(model="echo/g", input=[pb.EmbeddingInput(text="a")],
+                                        encoding_format=9),  # type: ignore[arg-type]
+                    pb.EmbeddingRequest(model="echo/g", input=[
+                        pb.EmbeddingInput(text="a"), pb.EmbeddingInput(
+                            tokens=pb.TokenIds(ids=[1]))]),
+                    pb.EmbeddingRequest(input=[pb.EmbeddingInput(text="a")])):
+            with pytest.raises(RPCError) as caught:
+                await client.completion.embed(bad)
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with SyncScillmClient(mesh.grpc_target) as sync:
+        assert list(sync.embed({"model": "echo/g", "input": "c"}).data[0].embedding) == \
+            _echo("c")
+
+
+@pytest.fixture
+def door(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
+    """A mesh whose models are at the loopback upstream: `flaky` (429 with Retry-After,
+    then well), `down` (500, falling back to `backup`), `garbage` (a reply that is no
+    embeddings list), and `claude` (Anthropic: no embeddings); a 16 KiB body limit."""
+    upstream.plan("flaky", status(429, {"retry-after": "1"}), embeddings)
+    upstream.plan("down", status(500))
+    upstream.plan("backup", embeddings)
+    upstream.plan("garbage", embeddings_reply({"object": "list", "data": "oops"}))
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": name, "litellm_params": {
+            "model": f"openai/{name}", "api_base": f"{upstream.url}/v1", "api_key": "x"}}
+            for name in ("flaky", "down", "backup", "garbage")] + [
+            {"model_name": "claude", "litellm_params": {
+                "model": "anthropic/claude-x", "api_base": upstream.url, "api_key": "x"}}],
+        "router_settings": {"num_retries": 1, "fallbacks": [{"down": ["backup"]}]}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config, store_completions=True,
+                                       max_request_bytes=16 * 1024))
+    yield running
+    running.stop()
+
+
+async def test_retry_after_fallback_and_a_bad_upstream_through_the_door(
+        door: RunningMesh, upstream: Upstream) -> None:
+    sdk = _sdk(door.http_url)
+    raw = await sdk.embeddings.with_raw_response.create(model="flaky", input=["x", "yz"])
+    flaky = raw.parse()
+    routing = json.loads(raw.http_response.text)["scillm"]["routing"]
+    assert [d.embedding for d in flaky.data] == [embedding_vector("x"), embedding_vector("yz")]
+    assert upstream.calls("flaky") == 2
+    assert routing["attempts"] == 2 and routing["last_retry_after_ms"] == 1000.0
+    assert routing["total_sleep_ms"] >= 1000.0  # the Retry-After was honoured
+
+    fell = await sdk.embeddings.with_raw_response.create(model="down", input="x",
+                                                         encoding_format="float")
+    assert fell.parse().data[0].embedding == embedding_vector("x")
+    routing = json.loads(fell.http_response.text)["scillm"]["routing"]
+    assert (routing["fallback_used"], routing["fallback_model"]) == (True, "backup")
+
+    with pytest.raises(openai.APIStatusError) as bad:
+        await sdk.embeddings.create(model="garbage", input="x")
+    assert bad.value.status_code == 502
+    assert bad.value.body["type"] == "upstream_error"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="serves no embeddings"):
+        await sdk.embeddings.create(model="claude", input="x")
+    # And the mesh serves on, keeping the run as it keeps a completion's.
+    again = await sdk.embeddings.with_raw_response.create(
+        model="backup", input="still", extra_headers={"x-request-id": "embed-req-1"})
+    assert again.parse().data[0].embedding == embedding_vector("still")
+    assert again.headers["x-request-id"] == "embed-req-1"
+    run_id = json.loads(again.http_response.text)["scillm"]["run_id"]
+    stored = open_run_store(door.mesh.settings.store_path).get(run_id)
+    assert stored is not None and stored.manifest.request_id == "embed-req-1"
+    assert (stored.manifest.model, stored.manifest.provider) == ("backup", "openai")
+    assert isinstance(stored.request, pb.EmbeddingRequest)
+    assert isinstance(stored.result, pb.EmbeddingResponse) and stored.result.data
+    await sdk.close()
+
+
+def test_the_doors_size_limit_applies(door: RunningMesh) -> None:
+    reply = httpx.post(f"{door.http_url}/v1/embeddings", timeout=30,
+                       json={"model": "backup", "input": ["x" * 1000] * 20})
+    assert reply.status_code == 413
+    assert reply.json()["error"]["code"] == "request_too_large"
+
+
+MASTER = "sk-master-embeddings"
+
+
+async def test_a_key_pays_for_its_embeddings(tmp_path: Path, upstream: Upstream) -> None:
+    """Charged the upstream's prompt tokens at the model's input price; a key limited to
+    other models may not embed with this one; a key past its budget is refused."""
+    upstream.plan("vec", embeddings)
+    with keyed_mesh(tmp_path, MASTER, upstream.url, "vec", prices=(0.5, 1000.0)) as mesh:
+        key = new_key(mesh, MASTER, max_budget=100.0)
+        sdk = _sdk(mesh.http_url, key)
+        reply = await sdk.embeddings.create(model="vec", input=["a", "b", "c"])
+        assert reply.usage.prompt_tokens == 12
+        assert await key_spend(mesh, MASTER, key, at_least=6.0) == 6.0  # 12 tokens at 0.5
+        await sdk.close()
+        other = _sdk(mesh.http_url, new_key(mesh, MASTER, models=["elsewhere"]))
+        with pytest.raises(openai.PermissionDeniedError):
+            await other.embeddings.create(model="vec", input="a")
+        await other.close()
+        poor = new_key(mesh, MASTER, max_budget=1.0)
+        spender = _sdk(mesh.http_url, poor)
+        await spender.embeddings.create(model="vec", input="a")  # 4 tokens: 2.0 spent
+        assert await key_spend(mesh, MASTER, poor, at_least=2.0) == 2.0
+        with pytest.raises(openai.PermissionDeniedError, match="budget"):
+            await spender.embeddings.create(model="vec", input="a")
+        await spender.close()
+        assert upstream.calls("vec") == 2  # the refused calls reached no upstream
