@@ -45,6 +45,7 @@ from .interceptors import CallContext, build_interceptors
 from .keys.servicer import ERRORS as KEY_ERRORS
 from .keys.servicer import KeyServicer
 from .local_channel import HandlerRegistry, LocalChannel
+from .manifests import RunSweeper, agent_trace_dir
 from .metrics import Metrics
 from .services import ServiceParts, build_authenticator, build_service, unserved_handler
 from .settings import Settings
@@ -188,6 +189,11 @@ class Mesh:
                           "SCILLM_GRPC_PORT)")
         await server.start()
         self._server = server
+        if store is not None:  # retention, and live runs kept active (closers: last first)
+            sweeper = RunSweeper(store, settings.run_retention_days,
+                                 trace_dir=agent_trace_dir(settings.store_path))
+            sweeper.start()
+            self._running.closers.append(sweeper.stop)
         for name, parts in self._running.parts.items():
             ready = await parts.start()
             status = (health_pb2.HealthCheckResponse.SERVING if ready

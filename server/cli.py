@@ -56,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
             **{f"{door}_target": getattr(args, f"{door}_target") for door in DOORS},
             grace_period_s=args.grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca, workers=args.workers,
-            grpc_server=args.grpc_server)
+            grpc_server=args.grpc_server, run_retention_days=args.run_retention_days)
     except ValueError as exc:
         print(f"scillm serve: {exc}", file=sys.stderr)
         return 2
@@ -172,8 +172,14 @@ def _runs(args: argparse.Namespace) -> int:
     from scillm.bridges.cli import runs
 
     from .commands._local import local_mesh
+    from .manifests import agent_trace_dir, is_store_url
 
     path = args.store or Settings.from_env().store_path
+    if args.action == "prune":
+        # The agent traces beside the store: a SQLite store's, else this machine's.
+        beside = Settings.from_env().store_path if is_store_url(path) else Path(path)
+        return runs.prune_runs(path, args.older_than, dry_run=args.dry_run,
+                               trace_dir=agent_trace_dir(beside))
     if args.action == "list":
         return runs.list_runs(path, session=args.session, track=args.track,
                               service=args.service, limit=args.limit)
@@ -186,6 +192,17 @@ def _runs(args: argparse.Namespace) -> int:
         return 2
     return _quietly("runs", lambda: uvloop.run(
         runs.replay_run(path, args.run_id, args.target, local_mesh, args.api_key, tls=tls)))
+
+
+def _days(text: str) -> int:
+    """`--older-than`: a whole number of days, at least 1."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 day, got {days}")
+    return days
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "key and run stores through their files or PostgreSQL, and "
                             "metrics (any worker's /metrics counts all); each keeps its "
                             "own view of the deployments (cooldowns, latencies)")
+    serve.add_argument("--run-retention-days", type=int, metavar="DAYS",
+                       help="delete runs (and their agent traces) inactive for more than DAYS "
+                            "days, at start and hourly; a run still streaming is active. 0 = "
+                            "keep them for ever (the default; env SCILLM_RUN_RETENTION_DAYS)")
     serve.add_argument("--tls-cert", type=Path,
                        help="PEM certificate chain: gRPC and HTTP use TLS (with --tls-key); "
                             "it must name the bind host (127.0.0.1 by default)")
@@ -312,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_tls_arguments(p, "--target")
         p.set_defaults(func=_prove)
 
-    runs = sub.add_parser("runs", help="list, show and replay stored runs (manifests)")
+    runs = sub.add_parser("runs", help="list, show, replay and prune stored runs (manifests)")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     store_help = ("run store: a SQLite file or a postgresql://user:pass@host:port/db URL "
                   "(default $SCILLM_STORE_URL, else $SCILLM_STORE_PATH or "
@@ -337,7 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
     runs_replay.add_argument("--api-key", default=os.environ.get("SCILLM_API_KEY"),
                              help=key_help)
     add_tls_arguments(runs_replay, "--target")
-    for p in (runs_list, runs_show, runs_replay):
+    runs_prune = runs_sub.add_parser(
+        "prune", help="delete the runs inactive for more than DAYS days",
+        description="Delete from the store the runs whose last activity (their end; for a "
+                    "run still streaming, the last time its process said it was active, "
+                    "hourly) is more than DAYS days old, and the agent traces beside the "
+                    "store last written before then; print how many. Serving processes do "
+                    "the same by themselves with SCILLM_RUN_RETENTION_DAYS. Safe while they "
+                    "serve. Exit 0; 1 when there is no store.")
+    runs_prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
+                            help="days since a run's last activity (a whole number, >= 1)")
+    runs_prune.add_argument("--dry-run", action="store_true",
+                            help="count what would be removed; remove nothing")
+    for p in (runs_list, runs_show, runs_replay, runs_prune):
         p.add_argument("--store", default=os.environ.get("SCILLM_STORE_URL") or None,
                        help=store_help)
         p.set_defaults(func=_runs)

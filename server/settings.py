@@ -111,6 +111,10 @@ class Settings:
     #: it wins over `store_path` for runs and keys (CodeWorld sessions stay beside
     #: `store_path`). Needs the `postgres` extra. Never logged (it may hold a password).
     store_url: str = field(default="", repr=False)
+    #: Days a run is kept after its last activity (its end; a run still streaming is
+    #: active): every serving process deletes older runs, and their agent traces, when it
+    #: starts and hourly after. 0 keeps runs for ever.
+    run_retention_days: int = 0
     #: Master key; when set, every call needs a key (the master key or a virtual key).
     #: Also read from the config file's `general_settings.master_key`. Never logged.
     master_key: str = field(default="", repr=False)
@@ -208,6 +212,9 @@ class Settings:
                      "default_stream_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.run_retention_days < 0:
+            raise ValueError(f"run_retention_days must be >= 0 (0 = keep runs for ever), "
+                             f"got {self.run_retention_days}")
         if self.max_streams_per_key < 0:
             raise ValueError(f"max_streams_per_key must be >= 0 (0 = no limit), "
                              f"got {self.max_streams_per_key}")

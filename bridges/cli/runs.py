@@ -1,5 +1,7 @@
-"""`scillm runs list | show ID | replay ID`: the run store (a SQLite file or a postgresql://
-URL), read directly; replay via a mesh."""
+"""`scillm runs list | show ID | replay ID | prune`: the run store (a SQLite file or a
+postgresql:// URL), read directly; replay via a mesh. Prune deletes from the store directly
+too: the store is what it acts on (the serving processes sweep it by the same rule), and
+the mesh has no call for it."""
 
 from __future__ import annotations
 
@@ -12,11 +14,18 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from scillm.clients import RPCError, TlsConfig
-from scillm.server.manifests import RunStore, RunStoreError, StoredRun, open_run_store, replay
+from scillm.server.manifests import (
+    RunStore,
+    RunStoreError,
+    StoredRun,
+    open_run_store,
+    prune,
+    replay,
+)
 
 from ._mesh import LocalMesh, mesh_client
 
-__all__ = ["list_runs", "replay_run", "show_run"]
+__all__ = ["list_runs", "prune_runs", "replay_run", "show_run"]
 
 
 @contextmanager
@@ -95,3 +104,25 @@ async def replay_run(location: str | Path, run_id: str, target: str | None,
                       "identical": not diffs, "differences": diffs,
                       "volatile": volatile}, indent=2))
     return 0 if not diffs else 3
+
+
+def prune_runs(location: str | Path, older_than_days: int, *, dry_run: bool,
+               trace_dir: Path | None) -> int:
+    """Delete (with `dry_run`, count) the runs inactive for more than `older_than_days`
+    days, and the agent traces in `trace_dir` last written before then; one line saying how
+    many."""
+    with _store(location) as store:
+        if store is None:
+            return 1
+        try:
+            pruned = prune(store, older_than_days, dry_run=dry_run, trace_dir=trace_dir)
+        except RunStoreError as exc:
+            print(f"scillm runs prune: {exc}", file=sys.stderr)
+            return 1
+        where = store.location
+    verb = "would remove" if dry_run else "removed"
+    runs = f"{pruned.runs} run{'' if pruned.runs == 1 else 's'}"
+    traces = f"{pruned.traces} agent trace{'' if pruned.traces == 1 else 's'}"
+    print(f"{verb} {runs} and {traces} inactive for more than {older_than_days} "
+          f"day{'' if older_than_days == 1 else 's'} ({where})")
+    return 0

@@ -1,10 +1,11 @@
 """Run manifests: the record every run leaves (run_id, request_id, items, session, track),
-the run store (SQLite by default, PostgreSQL by URL), and replay."""
+the run store (SQLite by default, PostgreSQL by URL), its retention, and replay."""
 
 from ._manifest import ManifestClock, RunRecord, current_trace_id, recording, versions
 from ._open import is_store_url, open_run_store
 from ._postgres import PostgresRunStore
 from ._replay import comparable, differences, replay
+from ._retention import Pruned, RunSweeper, agent_trace_dir, prune
 from ._sqlite import SQLiteRunStore, cannot_write
 from ._store import (
     BadPageToken,
@@ -18,8 +19,9 @@ from ._store import (
     run_state,
 )
 
-__all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "RunPage",
-           "RunQuery", "RunRecord", "RunStore", "RunStoreError", "RunStoreUnavailable",
-           "SQLiteRunStore", "StoredRun", "cannot_write", "comparable", "current_trace_id",
-           "differences", "is_store_url", "open_run_store", "recording", "replay",
+__all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "Pruned",
+           "RunPage", "RunQuery", "RunRecord", "RunStore", "RunStoreError",
+           "RunStoreUnavailable", "RunSweeper", "SQLiteRunStore", "StoredRun",
+           "agent_trace_dir", "cannot_write", "comparable", "current_trace_id",
+           "differences", "is_store_url", "open_run_store", "prune", "recording", "replay",
            "run_state", "versions"]

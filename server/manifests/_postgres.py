@@ -4,6 +4,9 @@ The same table as SQLite's: BYTEA for the serialized protos, TEXT for the events
 (JSONB would refuse the \\u0000 that tool output may hold, and reorder keys); `start_time`
 and `run_id` compare byte by byte (collation "C") so ordering and prefixes match SQLite.
 psycopg 3 (the `postgres` extra) is imported when a store is opened, not before.
+
+Retention's deletes leave dead rows that autovacuum reclaims for the rows stored next, as
+for any table; nothing here vacuums.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ._store import COLUMNS, RunStore, RunStoreError, RunStoreUnavailable
+from ._store import ACTIVE_INDEX, COLUMNS, RunStore, RunStoreError, RunStoreUnavailable
 
 if TYPE_CHECKING:
     import psycopg
@@ -34,9 +37,19 @@ CREATE TABLE IF NOT EXISTS runs (
     request      BYTEA NOT NULL,
     result_type  TEXT NOT NULL,
     result       BYTEA NOT NULL,
-    events       TEXT NOT NULL DEFAULT '[]'
+    events       TEXT NOT NULL DEFAULT '[]',
+    active_time  TEXT COLLATE "C" NOT NULL DEFAULT ''
 )"""
 _INDEX = "CREATE INDEX IF NOT EXISTS runs_session ON runs (session_id, track, start_time)"
+#: `active_time` for a table made before it (instant: a constant default). Checked first:
+#: ALTER TABLE takes the table's exclusive lock even when it has nothing to do.
+_ACTIVE_COLUMN = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema =
+                   current_schema() AND table_name = 'runs' AND column_name = 'active_time')
+    THEN ALTER TABLE runs ADD COLUMN active_time TEXT COLLATE "C" NOT NULL DEFAULT '';
+    END IF;
+END $$"""
 #: Advisory lock key serializing schema creation when several processes start at once.
 _SCHEMA_LOCK = 0x5C1_11A
 #: Seconds to wait for the server when the URL sets no connect_timeout.
@@ -60,6 +73,8 @@ class PostgresRunStore(RunStore):
 
     _PARAM = "%s"
     _ILIKE = "ILIKE"
+    # A row another sweeper (or a run's write) holds is left to it.
+    _LOCK_ROWS = " FOR UPDATE SKIP LOCKED"
     _UPSERT = (f"INSERT INTO runs ({', '.join(COLUMNS)}) "
                f"VALUES ({', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (run_id) DO UPDATE SET "
                + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:]))
@@ -75,6 +90,9 @@ class PostgresRunStore(RunStore):
                     self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     self._conn.execute(_TABLE)
                     self._conn.execute(_INDEX)
+                    self._conn.execute(_ACTIVE_COLUMN)
+                    self._conn.execute(ACTIVE_INDEX)
+                self._upgraded = True
             elif self._conn.execute("SELECT to_regclass('runs')").fetchone() in (None, (None,)):
                 raise RunStoreError(f"no run store at {self.location} (no table `runs`)")
         except BaseException:
@@ -121,6 +139,16 @@ class PostgresRunStore(RunStore):
                             f"the run store at {self.location} is unreachable: "
                             f"{str(err).strip()}") from err
         raise AssertionError("unreachable")
+
+    def _upgrade(self) -> None:
+        """As the opening of a store to create does, for one opened without (`scillm runs
+        prune` on a table an older server made): serialized by the same advisory lock."""
+        self._run("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            self._run(_ACTIVE_COLUMN, ())
+            self._run(ACTIVE_INDEX, ())
+        finally:
+            self._run("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
 
     def close(self) -> None:
         with self._lock:

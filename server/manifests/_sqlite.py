@@ -1,4 +1,11 @@
-"""The run store in a SQLite file: the default, no server needed."""
+"""The run store in a SQLite file: the default, no server needed.
+
+Retention deletes rows in short statements; SQLite keeps the pages they free in the file
+and reuses them for the runs stored next, so a store under retention stops growing rather
+than shrinking (no incremental vacuum: a file made without `auto_vacuum` would need a full
+VACUUM to take it). `sqlite3 runs.sqlite3 VACUUM`, with the servers stopped, gives the
+space back to the file system.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._store import COLUMNS, RunStore, RunStoreError, RunStoreUnavailable
+from ._store import ACTIVE_INDEX, COLUMNS, RunStore, RunStoreError, RunStoreUnavailable
 
 __all__ = ["SQLiteRunStore", "cannot_write"]
 
@@ -33,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     request      BLOB NOT NULL,
     result_type  TEXT NOT NULL,
     result       BLOB NOT NULL,
-    events       TEXT NOT NULL DEFAULT '[]'
+    events       TEXT NOT NULL DEFAULT '[]',
+    active_time  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_session ON runs (session_id, track, start_time);
 """
@@ -62,8 +70,22 @@ class SQLiteRunStore(RunStore):
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
             self._db.executescript(_SCHEMA)
+            if create:
+                self._ensure_upgraded()
         except sqlite3.Error as exc:  # not a database, unreadable, a directory, ...
             raise RunStoreError(f"cannot open the run store at {self.path}: {exc}") from None
+
+    def _has_active_time(self) -> bool:
+        return any(row[1] == "active_time" for row in self._run("PRAGMA table_info(runs)", ()))
+
+    def _upgrade(self) -> None:
+        if not self._has_active_time():
+            try:
+                self._run("ALTER TABLE runs ADD COLUMN active_time TEXT NOT NULL DEFAULT ''", ())
+            except sqlite3.OperationalError:
+                if not self._has_active_time():  # else another process added it first
+                    raise
+        self._run(ACTIVE_INDEX, ())
 
     def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         try:

@@ -24,6 +24,10 @@ result, `google.protobuf.Empty`), so it is listed while it streams, and when it 
 (`put`: the terminal result replaces the row). A run that ends without its result (an
 error, a caller who hung up) keeps the empty result with its end time stamped:
 `run_state` tells "running", "interrupted" and "done" apart.
+
+Retention (`_retention`) removes runs by their last activity, `active_time`: a run's end
+time once it has ended, else its start time, moved forward while it runs by the process
+running it (`touch_live`), so that a run still streaming is never taken for an old one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from google.protobuf import empty_pb2, json_format, symbol_database
@@ -52,7 +57,7 @@ from scillm.prove.v1 import prove_pb2  # noqa: F401
 from ..errors import Unavailable
 
 __all__ = ["BadPageToken", "ListedRun", "RunPage", "RunQuery", "RunStore", "RunStoreError",
-           "RunStoreUnavailable", "StoredRun", "run_state"]
+           "RunStoreUnavailable", "StoredRun", "instant", "run_state"]
 
 
 def run_state(manifest: common_pb2.RunManifest, result: Message) -> str:
@@ -62,10 +67,34 @@ def run_state(manifest: common_pb2.RunManifest, result: Message) -> str:
         return "done"
     return "interrupted" if manifest.HasField("end_time") else "running"
 
-#: Columns of `runs`, in the order of a stored row.
+#: Columns of `runs`, in the order of a stored row. `active_time` came last (a store made
+#: before has it added when opened: `RunStore._upgrade`; its rows hold '' there, and their
+#: start time stands for it).
 COLUMNS: tuple[str, ...] = (
     "run_id", "service", "session_id", "track", "model", "request_id", "start_time",
-    "manifest", "request_type", "request", "result_type", "result", "events")
+    "manifest", "request_type", "request", "result_type", "result", "events", "active_time")
+
+#: The index retention finds inactive runs by (its rows of '' by their start time).
+ACTIVE_INDEX = "CREATE INDEX IF NOT EXISTS runs_active ON runs (active_time, start_time)"
+#: Run ids per statement when the store's live runs are touched.
+_TOUCH_CHUNK = 500
+
+
+#: How `active_time` writes a moment: UTC to the microsecond, always as wide, so that the
+#: text's order is the moments' order.
+_INSTANT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def instant(seconds: float) -> str:
+    """A moment (seconds since the epoch) as `active_time` holds it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime(_INSTANT)
+
+
+def _active_time(manifest: common_pb2.RunManifest) -> str:
+    """A run's last activity as its manifest tells it: its end, else its start."""
+    moment = manifest.end_time if manifest.HasField("end_time") else manifest.start_time
+    at = datetime.fromtimestamp(moment.seconds, UTC) + timedelta(microseconds=moment.nanos // 1000)
+    return at.strftime(_INSTANT)
 
 #: Columns a query may filter on (exact match), in the order of `RunQuery`'s fields.
 FILTERS: tuple[str, ...] = ("service", "session_id", "track", "model")
@@ -174,9 +203,16 @@ class RunStore(ABC):
     _ILIKE: ClassVar[str] = "LIKE"
     #: The statement that stores a row, replacing a run with the same id.
     _UPSERT: ClassVar[str] = ""
+    #: What a retention batch's SELECT ends with to lock its rows (skipping those locked).
+    _LOCK_ROWS: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: Whether `active_time` and its index are known to be there (`_upgrade`).
+        self._upgraded = False
+        #: Runs this process has started and not yet stored the end of, by id: when each
+        #: was last said to be active (seconds since the epoch).
+        self._live: dict[str, float] = {}
 
     @abstractmethod
     def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
@@ -191,10 +227,25 @@ class RunStore(ABC):
     def close(self) -> None:
         """Close the connection."""
 
+    @abstractmethod
+    def _upgrade(self) -> None:
+        """Add `active_time` and its index to a store made before them (idempotent, and
+        safe when several processes open the store at once)."""
+
+    def _ensure_upgraded(self) -> None:
+        if not self._upgraded:
+            self._upgrade()
+            self._upgraded = True
+
     def put_sync(self, manifest: common_pb2.RunManifest, request: Message, result: Message,
                  events: Sequence[Message] = ()) -> None:
-        """Store a run (replaces a run with the same id)."""
-        self._run(self._UPSERT, self._row(manifest, request, result, events))
+        """Store a run (replaces a run with the same id). A run stored again after a
+        retention sweep took its row (see `touch_live`) is stored whole again."""
+        try:
+            self._ensure_upgraded()
+            self._run(self._UPSERT, self._row(manifest, request, result, events))
+        finally:
+            self._live.pop(manifest.run_id, None)
 
     @staticmethod
     def _row(manifest: common_pb2.RunManifest, request: Message, result: Message,
@@ -206,7 +257,7 @@ class RunStore(ABC):
                 manifest.model, manifest.request_id, manifest.start_time.ToJsonString(),
                 manifest.SerializeToString(), request.DESCRIPTOR.full_name,
                 request.SerializeToString(), result.DESCRIPTOR.full_name,
-                result.SerializeToString(), recorded)
+                result.SerializeToString(), recorded, _active_time(manifest))
 
     async def put(self, manifest: common_pb2.RunManifest, request: Message, result: Message,
                   events: Sequence[Message] = ()) -> None:
@@ -222,11 +273,62 @@ class RunStore(ABC):
         sql = (f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join([p] * len(COLUMNS))})"
                " ON CONFLICT (run_id) DO NOTHING RETURNING run_id")
         row = self._row(manifest, request, empty_pb2.Empty(), ())
-        return bool(await asyncio.to_thread(self._run, sql, row))
+        claimed = bool(await asyncio.to_thread(self._claim, sql, row))
+        if claimed:
+            self._live[manifest.run_id] = float(manifest.start_time.seconds)
+        return claimed
+
+    def _claim(self, sql: str, row: Sequence[object]) -> list[tuple[Any, ...]]:
+        self._ensure_upgraded()
+        return self._run(sql, row)
 
     async def started(self, manifest: common_pb2.RunManifest, request: Message) -> None:
         """List a run that has started and has no result yet (see the module docstring)."""
         await asyncio.to_thread(self.put_sync, manifest, request, empty_pb2.Empty())
+        self._live[manifest.run_id] = float(manifest.start_time.seconds)
+
+    def touch_live(self, now: float, stale_after_s: float) -> int:
+        """Say that the runs this process is running are active at `now` (seconds since
+        the epoch): those it last said so of more than `stale_after_s` before. Retention
+        then never takes a run that streams for longer than it keeps runs. Blocking; the
+        number of runs touched."""
+        stale = [run_id for run_id, said in self._live.copy().items()
+                 if said < now - stale_after_s]
+        if not stale:
+            return 0
+        self._ensure_upgraded()
+        for start in range(0, len(stale), _TOUCH_CHUNK):
+            chunk = stale[start:start + _TOUCH_CHUNK]
+            marks = ", ".join([self._PARAM] * len(chunk))
+            self._run(f"UPDATE runs SET active_time = {self._PARAM} WHERE run_id IN ({marks})",
+                      (instant(now), *chunk))
+        for run_id in stale:
+            if run_id in self._live:  # not ended meanwhile
+                self._live[run_id] = now
+        return len(stale)
+
+    def _inactive(self) -> str:
+        """The condition of a run inactive since before a moment (given twice)."""
+        p = self._PARAM
+        return (f"((active_time > '' AND active_time < {p}) "
+                f"OR (active_time = '' AND start_time < {p}))")
+
+    def count_inactive(self, before: str) -> int:
+        """How many runs have been inactive since before `before` (an `instant`)."""
+        self._ensure_upgraded()
+        rows = self._run(f"SELECT count(*) FROM runs WHERE {self._inactive()}", (before, before))
+        return int(rows[0][0])
+
+    def delete_inactive(self, before: str, limit: int) -> int:
+        """Delete at most `limit` runs inactive since before `before` (an `instant`), in
+        one short statement; how many it deleted. Several processes may call it at once:
+        a run one of them deleted is not there for the others to delete (nor to fail on),
+        and a run stored again meanwhile is active, and kept."""
+        self._ensure_upgraded()
+        p = self._PARAM
+        sql = (f"DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs WHERE "
+               f"{self._inactive()} LIMIT {p}{self._LOCK_ROWS}) RETURNING run_id")
+        return len(self._run(sql, (before, before, limit)))
 
     def list(self, *, session_id: str | None = None, track: str | None = None,
              service: str | None = None, limit: int = 50) -> list[common_pb2.RunManifest]:
