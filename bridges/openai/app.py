@@ -13,7 +13,7 @@
     POST /bridge/complete       the {messages, items, provider, options} envelope (the
                                 seed's own fields answered in its shape: seed/envelope.py)
     POST /key/generate, GET /key/info, POST /key/update,
-    GET  /key/list, POST /key/delete   virtual keys (LiteLLM's shape)
+    GET  /key/list, POST /key/delete   virtual keys (LiteLLM's shape: keys.py)
     /ui/...                     the runs UI, when the mesh passes one (scillm.bridges.ui)
 
 The caller's `Authorization: Bearer <key>` (or `x-api-key`) goes to the mesh as gRPC
@@ -52,8 +52,7 @@ from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
 from ..seed import envelope
-from ..seed import keys as keys_seed
-from . import embeddings, runs, seed_doors, sse
+from . import embeddings, keys, runs, seed_doors, sse
 from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries, hung_up
 from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
@@ -298,68 +297,6 @@ class _Shim:
         except (InvalidRequestError, RPCError) as exc:
             return error_response(exc)
 
-    async def key_generate(self, request: Request) -> Response:
-        """LiteLLM's `POST /key/generate`: models, duration, max_budget, rpm/tpm limits."""
-        try:
-            body = await self._json_body(request)
-            reply = await self.client.keys.generate(keys_seed.generate_request(body),
-                                                    metadata=_credentials(request))
-        except _BodyRefused as exc:
-            return exc.response()
-        except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
-        return JSONResponse({"key": reply.key, **keys_seed.info_json(reply.info)})
-
-    async def key_info(self, request: Request) -> Response:
-        """LiteLLM's `GET /key/info?key=...` (without `key`: the caller's own key)."""
-        # Without `key`, an empty one: GetKey reads the caller's own from the metadata, as
-        # every route does (the door stripped only "Bearer ": `bearer sk-...` was a 403).
-        key = request.query_params.get("key") or ""
-        try:
-            info = await self.client.keys.get(key, metadata=_credentials(request))
-        except RPCError as exc:
-            return error_response(exc)
-        return JSONResponse({"key": info.key_id, "info": keys_seed.info_json(info)})
-
-    async def key_update(self, request: Request) -> Response:
-        """LiteLLM's `POST /key/update`: `key` and the fields to change."""
-        try:
-            body = await self._json_body(request)
-            info = await self.client.keys.update(keys_seed.update_request(body),
-                                                 metadata=_credentials(request))
-        except _BodyRefused as exc:
-            return exc.response()
-        except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
-        return JSONResponse({"key": info.key_id, **keys_seed.info_json(info)})
-
-    async def key_list(self, request: Request) -> Response:
-        """LiteLLM's `GET /key/list?page=&size=&key_alias=&return_full_object=`."""
-        try:
-            query, full = keys_seed.list_request(request.query_params)
-            reply = await self.client.keys.list(
-                page=query.page, page_size=query.page_size, key_alias=query.key_alias,
-                metadata=_credentials(request))
-        except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
-        return JSONResponse(keys_seed.list_json(reply, full))
-
-    async def key_delete(self, request: Request) -> Response:
-        """LiteLLM's `POST /key/delete` with `{"keys": [...]}`."""
-        try:
-            body = await self._json_body(request)
-            keys = body.get("keys")
-            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) \
-                    or not keys:
-                raise InvalidRequestError("'keys' must be a non-empty array of strings",
-                                          param="keys")
-            deleted = await self.client.keys.delete(keys, metadata=_credentials(request))
-        except _BodyRefused as exc:
-            return exc.response()
-        except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
-        return JSONResponse({"deleted_keys": deleted})
-
     @staticmethod
     async def _completion_payloads(first: pb.CompletionStreamResponse,
                                    events: AsyncIterator[pb.CompletionStreamResponse],
@@ -522,11 +459,7 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         Route("/v1/models/{model:path}", shim.model, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),
         Route("/agent/run", shim.agent_run, methods=["POST"]),
-        Route("/key/generate", shim.key_generate, methods=["POST"]),
-        Route("/key/info", shim.key_info, methods=["GET"]),
-        Route("/key/update", shim.key_update, methods=["POST"]),
-        Route("/key/list", shim.key_list, methods=["GET"]),
-        Route("/key/delete", shim.key_delete, methods=["POST"]),
+        *keys.routes(client, shim._json_body, _credentials),
         Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
         Route("/ready", shim.ready, methods=["GET"]),
