@@ -257,6 +257,7 @@ def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
     engine = ProveEngine(ProveSettings(
         jail=JailSettings(isolation=settings.prove_isolation),  # type: ignore[arg-type]
         coq_kernel_check=settings.prove_kernel_check, max_limits=most,
+        formalize_max_s=settings.prove_formalize_max_s,
         default_limits=Limits(timeout_s=min(usual.timeout_s, most.timeout_s),
                               memory_mb=min(usual.memory_mb, most.memory_mb))))
 

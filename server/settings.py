@@ -93,6 +93,9 @@ class Settings:
     #: over either, INVALID_ARGUMENT naming the field.
     prove_max_timeout_s: float = 300.0
     prove_max_memory_mb: int = 8192
+    #: The most seconds one item's formalize rounds (generate, check, repair: model calls
+    #: included) take together; then the item is TIMEOUT.
+    prove_formalize_max_s: float = 600.0
     #: Completion model that writes CodeWorld's MCTS variants when a request names none.
     codeworld_model: str = ""
     #: Streams one key may have open at once (virtual keys and the master key alike, when
@@ -199,6 +202,9 @@ class Settings:
             raise ValueError("grace_period_s must be >= 0")
         if not self.prove_max_timeout_s > 0:
             raise ValueError(f"prove_max_timeout_s must be > 0, got {self.prove_max_timeout_s}")
+        if not self.prove_formalize_max_s > 0:
+            raise ValueError("prove_formalize_max_s must be > 0, got "
+                             f"{self.prove_formalize_max_s}")
         if self.prove_max_memory_mb < 64:
             raise ValueError(f"prove_max_memory_mb must be >= 64, got {self.prove_max_memory_mb}")
         if self.prove_isolation not in ("auto", "bubblewrap", "rlimits"):

@@ -18,8 +18,9 @@ more by ``coqc`` (in the jail too) to obtain located diagnostics.
 What the item prints (``Check``, ``Print``, ``Compute``, ``Pwd``, ``idtac``, ...) is
 output, not a diagnostic, and decides nothing: coqc prints it on its standard output and
 its messages on standard error, and only standard error is read for diagnostics; of
-coqtop's reply to the ``Load`` only Coq's own error (`coq_error`) is read, for "out of
-memory" (and as the message when coqc gives none); and of the kernel check only what
+coqtop's reply to the ``Load`` only Coq's own error (`coq_error`) is read, as the message
+when coqc gives none, and for Coq's own "out of memory" report (the whole error, never
+a text an item's error may quote: `out_of_memory`); and of the kernel check only what
 coqchk prints after a fresh nonce.
 """
 
@@ -45,7 +46,7 @@ from ._coqtext import (
     stated_theorem,
     statement_problem,
 )
-from ._coqworker import OOM, TAG, CoqWorker, Judgement, prepare
+from ._coqworker import TAG, CoqWorker, Judgement, out_of_memory, prepare
 from ._pool import WorkerPool
 from ._process import make_inbox, put_item, run_once
 from ._settings import ProveSettings
@@ -108,17 +109,19 @@ class CoqBackend:
         source = composed.text
         switched = checks_switched_off(source)
         if switched is not None:
-            return CheckOutcome(Verdict.FAILED, source, (switched,), message=switched.message)
+            return CheckOutcome(Verdict.FAILED, source, (switched,), message=switched.message,
+                                prover_ran=False)
         decl = stated_theorem(composed)
         if decl is None:
             return CheckOutcome(Verdict.FAILED, source, (Diagnostic(
                 "error", "no Theorem, Lemma, Fact, Remark, Corollary, Proposition, Property "
-                "or Example found in the statement to check"),), message="no theorem found")
+                "or Example found in the statement to check"),), message="no theorem found",
+                prover_ran=False)
         problem = statement_problem(composed, decl)
         if problem is not None:
             line, column = locate(source, composed.statement[1])
             return CheckOutcome(Verdict.FAILED, source, (Diagnostic(
-                "error", problem, line, column),), message=problem)
+                "error", problem, line, column),), message=problem, prover_ran=False)
         job = prepare(composed, decl.sentence, decl.name_at, decl.name,
                       context_end=_context_end(obligation, composed))
         async with self._pool.lease() as worker:
@@ -135,8 +138,8 @@ class CoqBackend:
             if worker.items >= self._settings.coq_worker_items or worker.worn_out:
                 await worker.kill()  # retired: the pool starts a fresh one
         if not judgement.loaded:
-            # Coq's own error only: a proof that printed "Out of memory" was an ERROR.
-            if any(s in judgement.load_error for s in OOM):
+            # Coq's own report of its memory running out, not an error that says so.
+            if out_of_memory(judgement.load_error):
                 return _crashed(source, limits, judgement.load_error)
             return await self._diagnose(source, judgement.load_error, limits)
         outcome = _verdict(source, decl.name, decl.name_at, judgement)

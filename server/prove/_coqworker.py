@@ -51,7 +51,7 @@ from ._process import ProverProcess, make_inbox, put_item
 from ._settings import ProveSettings
 
 __all__ = ["OOM", "TAG", "CoqJob", "CoqWorker", "Judgement", "coq_error", "flat_listing",
-           "is_closed", "prepare"]
+           "is_closed", "out_of_memory", "prepare"]
 
 _PROMPT = b"</prompt>"
 #: Descriptors a worker keeps for other than its leaked Loads (see `CoqWorker.loads`).
@@ -104,6 +104,20 @@ def coq_error(reply: str, command: str) -> str:
     body = rest[rest.find("\n") + 1:] if "\n" in rest else ""  # past the carets' line
     body = TAG.sub("", body.split("<prompt>", 1)[0]).strip()  # up to the next command's
     return body if body.startswith("Error:") else ""
+
+
+def out_of_memory(error: str) -> bool:
+    """Whether `error`, Coq's error on one of the checker's own commands (`coq_error`), is
+    Coq's report that its process ran out of memory, and nothing more: OCaml's
+    `Out_of_memory`, raised when the item's RLIMIT_AS refuses the heap more, which Coq
+    prints as "Error: Out of memory." and nothing else.
+
+    Never a search of the error's text: an error the item raises, or one that quotes it,
+    says more than that (``fail "Out of memory"`` is "Error: Tactic failure: Out of
+    memory.", a theorem about the string "Out of memory" fails to unify it), and it made
+    the item's own FAILED an ERROR, "coq ran out of memory or crashed".
+    """
+    return " ".join(error.split()) == "Error: Out of memory."
 
 
 def is_closed(reply: str) -> bool:

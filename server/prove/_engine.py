@@ -12,8 +12,9 @@ from ..jail import Jail
 from ._backend import Backend
 from ._batch import BatchRun
 from ._cache import CACHEABLE, MemoryCache, VerdictCache, cache_key
+from ._characters import unreadable_controls
 from ._coq import CoqBackend
-from ._formalize import Complete, formalize
+from ._formalize import Complete, Deadline, formalize
 from ._lean import LeanBackend
 from ._settings import ProveSettings
 from ._smt import SmtBackend
@@ -93,13 +94,15 @@ class ProveEngine:
 
     def run_batch(self, items: Sequence[Obligation], *, defaults: Limits | None = None,
                   formalize: FormalizeOptions | None = None,
-                  complete: Complete | None = None, no_cache: bool = False) -> BatchRun:
+                  complete: Complete | None = None, no_cache: bool = False,
+                  deadline: Deadline | None = None) -> BatchRun:
         """Validate `items` now (typed errors), then check them as the run is iterated.
 
         Items without `limits` take `defaults` (else the settings' defaults); items with
         only `requirement_text` are formalised with `formalize` options and `complete`.
         With `no_cache` every item is checked again (fresh verdicts still refresh the
-        cache).
+        cache). No formalisation runs past `deadline` (the call's), nor any longer than
+        the settings' `formalize_max_s`.
         """
         self._require_running()
         limits = defaults or self.settings.default_limits
@@ -108,7 +111,7 @@ class ProveEngine:
 
         async def run(item: Obligation) -> ItemResult:
             return await self._run_item(item, item.limits or limits, formalize, complete,
-                                        no_cache)
+                                        no_cache, deadline)
 
         return BatchRun(items, run, self.settings.max_concurrency)
 
@@ -121,18 +124,22 @@ class ProveEngine:
 
     async def _check_cached(self, item: Obligation, limits: Limits, no_cache: bool
                             ) -> tuple[CheckOutcome, bool]:
+        backend = self._backends[item.backend]
+        refused = unreadable_controls(backend.source_of(item))
+        if refused is not None:  # no prover reads it (see `_characters`)
+            return refused, False
         key = cache_key(item, self._infos[item.backend].version)
         hit = None if no_cache else await self._cache.get(key)
         if hit is not None:
             return hit, True
-        outcome = await self._backends[item.backend].check(item, limits)
+        outcome = await backend.check(item, limits)
         if outcome.verdict in CACHEABLE:
             await self._cache.put(key, outcome)
         return outcome, False
 
     async def _run_item(self, item: Obligation, limits: Limits,
                         options: FormalizeOptions | None, complete: Complete | None,
-                        no_cache: bool) -> ItemResult:
+                        no_cache: bool, deadline: Deadline | None = None) -> ItemResult:
         started = time.monotonic()
         if not item.needs_formalization:
             outcome, cached = await self._check_cached(item, limits, no_cache)
@@ -148,10 +155,13 @@ class ProveEngine:
             hits += cached
             return outcome
 
+        most = self.settings.formalize_max_s
+        bound = Deadline(asyncio.get_running_loop().time() + most, "formalize_max_s", most)
         done = await formalize(item, instructions=_join(
             self._backends[item.backend].instructions(), options.instructions),
             options=options, complete=complete, check=check,
-            max_source_bytes=self.settings.max_source_bytes)
+            max_source_bytes=self.settings.max_source_bytes,
+            deadline=deadline if deadline is not None and deadline.at < bound.at else bound)
         out = done.outcome
         result = ItemResult(item.item_id, item.backend, out.verdict, out.source,
                             out.diagnostics, out.counterexample, out.message,

@@ -4,7 +4,9 @@ An item with only `requirement_text` is sent to the injected `complete` callable
 the backend's instructions. The first fenced code block of the reply is checked; on
 failure the verdict and diagnostics go back to the model, up to `max_attempts`
 rounds. The loop stops at the first decisive verdict (PROVED, or REFUTED: the claim as
-formalised is false). Every round is recorded as an `Attempt`.
+formalised is false). Every round is recorded as an `Attempt`. The rounds together end by
+a deadline (the call's, or the settings' `formalize_max_s`): the model call or the check
+under way then is cut, and the item is TIMEOUT, saying how many rounds finished.
 
 No `response_format` is asked for (unlike CodeWorld's variants): the reply's one structural
 need is a fenced block, which OpenAI's JSON modes cannot express. Wrapping the code in JSON
@@ -16,6 +18,7 @@ a recorded FAILED attempt, and the model is told so in the next round.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import unicodedata
@@ -24,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..fences import fenced_blocks
+from ._characters import named
 from ._smtlib import declarations, in_brief, is_command, line_col, top_level
 from ._types import (
     Attempt,
@@ -34,7 +38,7 @@ from ._types import (
     Verdict,
 )
 
-__all__ = ["Complete", "Formalized", "extract_code", "formalize", "split_reply"]
+__all__ = ["Complete", "Deadline", "Formalized", "extract_code", "formalize", "split_reply"]
 
 _SMT_GOAL = re.compile(r"^[ \t]*;+[ \t]*goal\b.*$", re.MULTILINE | re.IGNORECASE)
 _DECISIVE = frozenset({Verdict.PROVED, Verdict.REFUTED})
@@ -108,7 +112,7 @@ def _assumes(obligation: Obligation, current: Obligation) -> CheckOutcome | None
             "error", "the formalisation may declare and define, not assert: an assumption "
             "of its own could be the goal itself; state what the requirement assumes as "
             "part of the goal, (=> assumptions conclusion)", line, column),),
-            message="the formalisation added an assumption")
+            message="the formalisation added an assumption", prover_ran=False)
     theirs = {name for name, _ in declarations(obligation.preamble)}
     again = [(name, offset) for name, offset in declarations(added) if name in theirs]
     if not again:
@@ -122,7 +126,7 @@ def _assumes(obligation: Obligation, current: Obligation) -> CheckOutcome | None
             "of something else); use it as it is", line, column))
     return CheckOutcome(Verdict.FAILED, current.preamble, diagnostics=tuple(in_brief(found)),
                         message=f"the formalisation declared {again[0][0]!r} again, which "
-                                "the requirement's context declares")
+                                "the requirement's context declares", prover_ran=False)
 
 
 def _first_prompt(obligation: Obligation, instructions: str) -> list[dict[str, str]]:
@@ -150,19 +154,6 @@ def _readable(text: str) -> bool:
 
 def _refused(c: str) -> bool:
     return c not in "\t\n\r" and not c.isprintable()
-
-
-def _named(c: str) -> str:
-    """`c` as a diagnostic names it: "a NUL byte (U+0000)", "U+00A0 NO-BREAK SPACE"."""
-    point = f"U+{ord(c):04X}"
-    what = {"Cc": "the control character", "Cs": "a lone surrogate",
-            "Co": "the private-use character", "Cn": "the unassigned code point"}
-    if c == "\x00":
-        return f"a NUL byte ({point})"
-    category = unicodedata.category(c)
-    if category in what:
-        return f"{what[category]} {point}"
-    return f"{point} {unicodedata.name(c, 'an unnamed character')}"
 
 
 def _shown(text: str) -> str:
@@ -202,11 +193,12 @@ def _unreadable(code: str) -> CheckOutcome | None:
         line, column = line_col(code, i)
         fix = "write a plain space" if unicodedata.category(code[i]) == "Zs" else "remove it"
         diagnostics.append(Diagnostic(
-            "error", f"{_named(code[i])}, which the provers cannot read and most displays do "
+            "error", f"{named(code[i])}, which the provers cannot read and most displays do "
             f"not show: {fix}", line, column, line, column + 1))
     return CheckOutcome(Verdict.FAILED, code, diagnostics=tuple(in_brief(diagnostics)),
-                        message=f"the formalisation holds {_named(code[found[0]])} on line "
-                                f"{diagnostics[0].line}, which the provers cannot read")
+                        message=f"the formalisation holds {named(code[found[0]])} on line "
+                                f"{diagnostics[0].line}, which the provers cannot read",
+                        prover_ran=False)
 
 
 #: The most lines of the checked source a repair prompt quotes back.
@@ -215,10 +207,16 @@ _FEEDBACK_LINES = 400
 _KEPT_CHARS = 4096
 
 
-def _feedback(outcome: CheckOutcome) -> str:
+#: How the repair prompt heads the listing: only a source a prover read is "checked".
+_CHECKED = "The checked source"
+_REFUSED = "The source, refused before any prover read it"
+_NO_CODE = "Your reply, which holds no code block (so nothing was checked)"
+
+
+def _feedback(outcome: CheckOutcome, heading: str) -> str:
     """What the model is told after a failed round: at most MAX_DIAGNOSTICS problems and
     `_FEEDBACK_LINES` lines of the source (a reply of 60,000 stray atoms made a repair
-    prompt of 8 MB, which the caller pays for as tokens)."""
+    prompt of 8 MB, which the caller pays for as tokens), under `heading`."""
     lines = [f"The checker answered {outcome.verdict.value.upper()}: {outcome.message}"]
     for d in in_brief(list(outcome.diagnostics)):
         # 1-based, as the listing's lines and the API's columns: "column 7" was the
@@ -231,7 +229,7 @@ def _feedback(outcome: CheckOutcome) -> str:
                          for i, text in enumerate(source[:_FEEDBACK_LINES], 1))
     if len(source) > _FEEDBACK_LINES:
         numbered += f"\n     ... ({len(source) - _FEEDBACK_LINES} more lines)"
-    lines += ["", "The checked source, with line numbers:", numbered, "",
+    lines += ["", f"{heading}, with line numbers:", numbered, "",
               "Fix the problem and reply with the whole corrected code block."]
     return "\n".join(lines)
 
@@ -247,15 +245,30 @@ def _too_large(current: Obligation, limit: int) -> CheckOutcome | None:
     kept = (current.preamble + "\n" + current.statement + current.proof)[:_KEPT_CHARS]
     return CheckOutcome(Verdict.FAILED, kept + "\n... (cut)", message=(
         f"the formalisation is {size} bytes: at most {limit} are checked (as for an item "
-        "a caller writes); write it shorter"))
+        "a caller writes); write it shorter"), prover_ran=False)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the loop must end (event-loop time, `asyncio.timeout_at`), and what set it:
+    "the call's deadline" or the settings' bound, with its length in seconds."""
+
+    at: float
+    why: str
+    seconds: float
+
+
+def _within(deadline: Deadline | None) -> asyncio.Timeout:
+    return asyncio.timeout_at(None if deadline is None else deadline.at)
 
 
 async def formalize(obligation: Obligation, *, instructions: str, options: FormalizeOptions,
                     complete: Complete,
                     check: Callable[[Obligation], Awaitable[CheckOutcome]],
-                    max_source_bytes: int) -> Formalized:
+                    max_source_bytes: int, deadline: Deadline | None = None) -> Formalized:
     """Run the generate -> check -> repair loop for one item; the model's completed item
-    may be `max_source_bytes` long, as a caller's."""
+    may be `max_source_bytes` long, as a caller's. No model call or check runs past
+    `deadline`: the item then ends TIMEOUT (`_out_of_time`)."""
     messages = _first_prompt(obligation, instructions)
     attempts: list[Attempt] = []
     current = obligation
@@ -263,9 +276,12 @@ async def formalize(obligation: Obligation, *, instructions: str, options: Forma
     for index in range(max(1, options.max_attempts)):
         started = time.monotonic()
         try:
-            reply, usage = await complete(messages, model=options.model,
-                                          temperature=options.temperature)
+            async with _within(deadline) as bound:
+                reply, usage = await complete(messages, model=options.model,
+                                              temperature=options.temperature)
         except Exception as exc:  # the model call is another service's: record, never crash
+            if bound.expired():
+                return _out_of_time(current, attempts, deadline, index, started, "", "model")
             # An unknown model, a key refusing it, an upstream down: the item's ERROR says
             # which, where it was "internal error" with a traceback logged per item.
             outcome = CheckOutcome(Verdict.ERROR, "", message=f"the model call to "
@@ -276,13 +292,26 @@ async def formalize(obligation: Obligation, *, instructions: str, options: Forma
                                     message=outcome.message))
             break
         code = extract_code(reply)
+        heading = _CHECKED
         if code is None:
-            outcome = CheckOutcome(Verdict.FAILED, reply,
+            outcome = CheckOutcome(Verdict.FAILED, reply, prover_ran=False,
                                    message="the reply holds no fenced code block")
+            heading = _NO_CODE
         else:
             current = split_reply(obligation, code)
-            outcome = (_too_large(current, max_source_bytes) or _unreadable(code)
-                       or _assumes(obligation, current) or await check(current))
+            refused = (_too_large(current, max_source_bytes) or _unreadable(code)
+                       or _assumes(obligation, current))
+            if refused is None:
+                try:
+                    async with _within(deadline) as bound:
+                        refused = await check(current)
+                except TimeoutError:
+                    if not bound.expired():
+                        raise
+                    return _out_of_time(current, attempts, deadline, index, started, code,
+                                        "prover", usage)
+            outcome = refused
+            heading = _CHECKED if outcome.prover_ran else _REFUSED
         attempts.append(Attempt(
             index=index, source=outcome.source, verdict=outcome.verdict,
             diagnostics=outcome.diagnostics, message=outcome.message,
@@ -292,5 +321,31 @@ async def formalize(obligation: Obligation, *, instructions: str, options: Forma
         if outcome.verdict in _DECISIVE:
             break
         messages = [*messages, {"role": "assistant", "content": reply},
-                    {"role": "user", "content": _feedback(outcome)}]
+                    {"role": "user", "content": _feedback(outcome, heading)}]
     return Formalized(current, outcome, tuple(attempts))
+
+
+def _out_of_time(current: Obligation, attempts: list[Attempt], deadline: Deadline | None,
+                 index: int, started: float, code: str, waiting: str,
+                 usage: dict[str, Any] | None = None) -> Formalized:
+    """TIMEOUT: `deadline` came while round `index` waited for the `waiting` ("model" or
+    "prover"). The cut round is recorded; the item keeps the last finished round's source
+    and diagnostics, and a diagnostic saying how many rounds finished."""
+    assert deadline is not None
+    what = "the model's reply" if waiting == "model" else "the prover's verdict"
+    message = (f"the formalisation ran out of time after {index} round(s) of "
+               f"generate -> check -> repair ({deadline.why}, {deadline.seconds:g} s, came "
+               f"while round {index + 1} waited for {what})")
+    usage = usage or {}
+    cut = Attempt(index=index, source=code, verdict=Verdict.TIMEOUT, diagnostics=(),
+                  prompt_tokens=int(usage.get("prompt_tokens", 0) or 0),
+                  completion_tokens=int(usage.get("completion_tokens", 0) or 0),
+                  duration_s=time.monotonic() - started, message=message)
+    last = attempts[-1] if attempts else None
+    said = Diagnostic("error", message + (
+        f"; the diagnostics before this one are round {index}'s" if last and
+        last.diagnostics else ""))
+    outcome = CheckOutcome(Verdict.TIMEOUT, last.source if last else code,
+                           (*(last.diagnostics if last else ()), said), message=message,
+                           prover_ran=False)
+    return Formalized(current, outcome, (*attempts, cut))

@@ -19,6 +19,10 @@ theorem, and `#print axioms` of every named declaration. PROVED only when all ho
   change or forge the audit's answers; and no anonymous declaration (an `example` or
   an unnamed `instance`), whose axioms cannot be asked for.
 
+ERROR (the prover, not the item, failed) only from what the lean process reports of
+itself: killed by a signal, or its runtime's out-of-memory panic on standard error
+(`crashed`); never from the text of a message, which can quote the item.
+
 No Lean toolchain can be installed on the machines this was built on: these rules are
 tested against Lean's documented output by a stand-in `lean` (tests/server/prove).
 """
@@ -51,7 +55,7 @@ from ._process import make_inbox, put_item, run_once
 from ._settings import ProveSettings
 from ._types import BackendInfo, CheckOutcome, Diagnostic, Limits, Obligation, Verdict
 
-__all__ = ["LeanBackend", "parse_lean_messages", "verdict_of"]
+__all__ = ["LeanBackend", "crashed", "parse_lean_messages", "verdict_of"]
 
 _SORRY = "declaration uses 'sorry'"
 
@@ -177,7 +181,8 @@ class LeanBackend:
         source = self.source_of(obligation)
         problem = _policy(source)
         if problem is not None:
-            return CheckOutcome(Verdict.FAILED, source, (problem,), message=problem.message)
+            return CheckOutcome(Verdict.FAILED, source, (problem,), message=problem.message,
+                                prover_ran=False)
         decls = declarations(source)
         statement = self._stated_region(obligation, source)
         stated = next((d for d in theorems(decls) if statement[0] <= d.at < statement[1]),
@@ -185,7 +190,7 @@ class LeanBackend:
         if stated is None:
             message = "no theorem (or lemma) with a name found in the statement to check"
             return CheckOutcome(Verdict.FAILED, source, (Diagnostic("error", message),),
-                                message=message)
+                                message=message, prover_ran=False)
         checked = audit(source, stated)
         jail = self._jail_for_lean
         async with self._slots:
@@ -196,14 +201,13 @@ class LeanBackend:
                 try:
                     result = await run_once(
                         self._argv(f"{jail.inbox_path(inbox)}/Item.lean"), jail=jail,
-                        timeout_s=limits.timeout_s, memory_mb=limits.memory_mb, inbox=inbox)
+                        timeout_s=limits.timeout_s, memory_mb=limits.memory_mb, inbox=inbox,
+                        stderr_apart=True)
                 except TimeoutError:
                     return CheckOutcome(Verdict.TIMEOUT, source,
                                         message=f"lean killed after {limits.timeout_s:g} s")
-        diagnostics = parse_lean_messages(result.output)
-        # Lean's own error only: an info message is what the item printed (`#eval`).
-        if result.returncode < 0 or any(d.severity == "error" and "out of memory" in d.message
-                                        for d in diagnostics):
+        diagnostics = parse_lean_messages(f"{result.output}\n{result.errors}")
+        if crashed(result.returncode, result.errors):
             return CheckOutcome(Verdict.ERROR, source, tuple(diagnostics), message=(
                 f"lean crashed (exit {result.returncode}, memory limit {limits.memory_mb} MiB)"))
         return judge(source, checked, stated.name, result.returncode, diagnostics)
@@ -222,6 +226,24 @@ class LeanBackend:
 
     async def close(self) -> None:
         """Nothing to close: each check's process is reaped (or killed) by the check."""
+
+
+#: What Lean's runtime prints on its standard error, and exits 1, when an allocation
+#: fails (`lean_internal_panic_out_of_memory`): under the item's RLIMIT_AS, out of memory.
+_OUT_OF_MEMORY = "INTERNAL PANIC: out of memory"
+
+
+def crashed(returncode: int, errors: str) -> bool:
+    """Whether lean itself failed rather than the item: killed by a signal (`returncode`
+    below 0, or 128 + the signal as bubblewrap's init reports it), or its runtime's
+    out-of-memory panic alone on a line of its standard error (`errors`) with a failing
+    exit. Never a message's text: Lean's messages (standard output) quote the item, so an
+    error about the string "out of memory" made the item's own FAILED an ERROR; and the
+    item can neither write to standard error nor choose lean's exit status, since every
+    command that runs code is refused (`_policy`)."""
+    if returncode < 0 or returncode > 128:
+        return True
+    return returncode != 0 and _OUT_OF_MEMORY in (line.strip() for line in errors.splitlines())
 
 
 def _policy(source: str) -> Diagnostic | None:

@@ -34,6 +34,11 @@ class ProveSettings:
                                                               memory_mb=8192))
     #: Most generate -> check -> repair rounds a request may ask for per item.
     max_formalize_attempts: int = 10
+    #: Most seconds one item's generate -> check -> repair rounds may take together, model
+    #: calls and prover runs included (each prover run is also held to the item's limits);
+    #: past it, or past the call's deadline, the item ends TIMEOUT saying how many rounds
+    #: finished, with the last one's diagnostics.
+    formalize_max_s: float = 600.0
     #: Largest batch accepted, items.
     max_batch_items: int = 10_000
     #: Largest formal text (preamble + imports + statement + proof) accepted, bytes.

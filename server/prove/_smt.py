@@ -272,7 +272,7 @@ class SmtBackend:
         script = pose(obligation.preamble, obligation.statement)
         if script.diagnostics:
             return CheckOutcome(Verdict.FAILED, script.source, script.diagnostics,
-                                message=script.diagnostics[0].message)
+                                message=script.diagnostics[0].message, prover_ran=False)
         for _ in range(2):  # a worker found poisoned is dropped; the item runs on a fresh one
             try:
                 return await self._run(script, limits)

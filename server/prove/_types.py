@@ -104,6 +104,9 @@ class CheckOutcome:
     message: str = ""
     #: PROVED only because the assumptions are inconsistent (see `ItemResult.vacuous`).
     vacuous: bool = False
+    #: Whether a prover read `source`; False when the checker refused it first (a
+    #: character no prover reads, a command the backend refuses, a malformed SMT item).
+    prover_ran: bool = True
 
 
 @dataclass(frozen=True)

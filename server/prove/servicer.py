@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..manifests import ManifestClock, RunStore, recording
 from ..metrics import Metrics
 from . import errors
 from ._engine import ProveEngine
+from ._formalize import Deadline
 from ._types import Diagnostic, FormalizeOptions, ItemResult, Limits, Obligation, Verdict
 
 __all__ = ["BACKENDS", "ERRORS", "ProveServicer", "obligations_from_proto"]
@@ -118,6 +120,22 @@ def result_to_proto(r: ItemResult, version: str, metadata: dict[str, str]) -> pb
     return out
 
 
+#: Of the time a call has left, the share (at most `_MARGIN_S`) kept for sending the
+#: results of a formalisation cut at the call's deadline, and the summary.
+_MARGIN = 0.1
+_MARGIN_S = 2.0
+
+
+def _call_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> Deadline | None:
+    """When the formalize loops must end for their items' results to reach the caller
+    before the call's deadline; None when the call has none."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    at = asyncio.get_running_loop().time() + remaining - min(_MARGIN_S, _MARGIN * remaining)
+    return Deadline(at, "the call's deadline", remaining)
+
+
 class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
     """Thin gRPC edge of the prove engine."""
 
@@ -150,7 +168,8 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
                     for i, o in enumerate(request.items)}
         run = self._engine.run_batch(items, defaults=limits, formalize=formalize,
                                      complete=self._link.text_and_usage if formalize else None,
-                                     no_cache=request.no_cache)
+                                     no_cache=request.no_cache,
+                                     deadline=_call_deadline(context) if formalize else None)
         async with recording(self._store, clock, request) as record:
             recorded = record.events  # kept by a batch that ends without its summary
             async with run:

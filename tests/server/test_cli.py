@@ -45,6 +45,8 @@ def test_serve_rejects_a_bad_worker_count() -> None:
     ("SCILLM_GRACE_PERIOD_S", "nan", "grace_period_s must be a finite"),
     ("SCILLM_HTTP_READ_TIMEOUT_S", "inf", "http_read_timeout_s must be a finite"),
     ("SCILLM_PROVE_MAX_TIMEOUT_S", "inf", "prove_max_timeout_s must be a finite"),
+    ("SCILLM_PROVE_FORMALIZE_MAX_S", "0", "prove_formalize_max_s must be > 0"),
+    ("SCILLM_PROVE_FORMALIZE_MAX_S", "inf", "prove_formalize_max_s must be a finite"),
     ("SCILLM_MAX_STREAMS_PER_KEY", "-1", "max_streams_per_key must be >= 0"),
     ("SCILLM_METRICS_PORT", "99999", "metrics_port must be 0..65535"),
 ])

@@ -3,9 +3,12 @@ the seed envelope, and the formalize loop driven by a scripted model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -181,16 +184,19 @@ def test_bridge_complete_and_unknown_backend(mesh: RunningMesh) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
 
 
-def _prover_mesh(tmp_path: Path, replies: list[str]) -> tuple[ScriptedUpstream, RunningMesh]:
-    """A scripted model `prover` answering `replies` in turn, and a mesh (Completion and
-    Prove, no HTTP) whose formalize loop calls it."""
-    upstream = ScriptedUpstream([{"content": text} for text in replies]).start()
+def _prover_mesh(tmp_path: Path, replies: list[str],
+                 hold: Callable[[dict[str, Any]], bool] | None = None,
+                 **settings: Any) -> tuple[ScriptedUpstream, RunningMesh]:
+    """A scripted model `prover` answering `replies` in turn (a request for which `hold` is
+    true only once released), and a mesh (Completion and Prove, no HTTP) whose formalize
+    loop calls it."""
+    upstream = ScriptedUpstream([{"content": text} for text in replies], hold=hold).start()
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"model_list": [{"model_name": "prover", "litellm_params": {
         "model": "openai/prover", "api_base": upstream.url, "api_key": "x"}}],
         "litellm_settings": {"cache": False}}))
     running = start_mesh(mesh_settings(tmp_path, config_path=config, http_enabled=False,
-                                       services=("completion", "prove")))
+                                       services=("completion", "prove"), **settings))
     return upstream, running
 
 
@@ -387,4 +393,70 @@ def test_the_repair_prompt_says_what_failed_not_what_was_printed(
         assert d.severity == pb.SEVERITY_ERROR and "NUL byte" in d.message, d
         assert (d.line, d.column) == (line, column), d
         assert [a.verdict for a in result.attempts] == [pb.VERDICT_FAILED] * 2
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_a_control_character_is_located_for_the_caller(mesh: RunningMesh) -> None:
+    """Through gRPC: the caller's Coq item holding ESC is FAILED with a diagnostic naming
+    U+001B at its 1-based line and column, not Coq's "Undefined token"."""
+    request = pb.ProveRequest(no_cache=True, items=[pb.Obligation(
+        item_id="esc", backend=pb.BACKEND_COQ, statement="Theorem t : 1 + 1 = 2.",
+        proof="Proof. refl\x1bexivity. Qed.")])
+    async with ScillmClient(mesh.grpc_target) as client:
+        events = [e async for e in client.prove.prove(request)]
+    result = events[0].result
+    assert result.verdict == pb.VERDICT_FAILED, result
+    (d,) = result.diagnostics
+    assert "U+001B" in d.message and (d.line, d.column) == (2, 12), d
+
+
+@pytest.mark.parametrize(("timeout", "settings", "cut_by"), [
+    (20.0, {}, "the call's deadline"),
+    (300.0, {"prove_formalize_max_s": 4.0}, "formalize_max_s, 4 s")])
+def test_a_formalisation_ends_before_the_calls_deadline(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, timeout: float,
+        settings: dict[str, Any], cut_by: str) -> None:
+    """The rounds of a formalisation had no deadline of their own: a model that did not
+    answer the repair held the item until gRPC cut the call at its deadline, and the
+    caller got DEADLINE_EXCEEDED with no result for any item, nor the summary. The loop
+    ends before the call's deadline, or the operator's bound on an item's rounds
+    (SCILLM_PROVE_FORMALIZE_MAX_S): the item is TIMEOUT saying so after 1 round, with
+    that round's diagnostics; the other item's result and the summary still arrive."""
+    caplog.set_level(logging.INFO, logger="scillm.prove")
+    first = "```smt2\n(declare-const x Int)\n; goal\n(> x undeclared)\n```"
+    asked: list[dict[str, Any]] = []
+
+    def hold(request: dict[str, Any]) -> bool:
+        asked.append(request)
+        return len(asked) > 1  # the repair: answered only once released, after the test
+
+    upstream, running = _prover_mesh(tmp_path, [first], hold=hold, **settings)
+    try:
+        request = pb.ProveRequest(
+            no_cache=True, formalize=pb.FormalizeOptions(model="prover", max_attempts=3),
+            items=[pb.Obligation(item_id="direct", backend=pb.BACKEND_SMT,
+                                 preamble="(declare-const x Int)", statement="(> (+ x 1) x)"),
+                   pb.Obligation(item_id="slow", backend=pb.BACKEND_SMT,
+                                 requirement_text="x is positive")])
+
+        async def go() -> list[pb.ProveResponse]:
+            async with ScillmClient(running.grpc_target) as client:
+                return [e async for e in client.prove.prove(request, timeout=timeout)]
+
+        events = asyncio.run(go())
+    finally:
+        upstream.release()
+        running.stop()
+        upstream.stop()
+    assert len(asked) == 2  # the repair was asked for, and never answered in time
+    results = {e.result.item_id: e.result for e in events if e.HasField("result")}
+    assert results["direct"].verdict == pb.VERDICT_PROVED
+    slow = results["slow"]
+    assert slow.verdict == pb.VERDICT_TIMEOUT, slow
+    assert "ran out of time after 1 round(s)" in slow.error, slow.error
+    assert cut_by in slow.error, slow.error
+    assert [a.verdict for a in slow.attempts] == [pb.VERDICT_FAILED, pb.VERDICT_TIMEOUT]
+    assert "undeclared" in slow.diagnostics[0].message, slow.diagnostics
+    assert "ran out of time" in slow.diagnostics[-1].message
+    assert events[-1].HasField("summary") and events[-1].summary.unknown == 1
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

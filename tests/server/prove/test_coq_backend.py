@@ -219,3 +219,44 @@ async def test_what_a_failed_proof_prints_is_not_a_diagnostic(
     assert [d.severity for d in result.diagnostics] == ["error"], result.diagnostics
     for d in result.diagnostics:
         assert not any(p in d.message for p in ("/tmp", "nat", "bool", "printed")), d
+
+
+@pytest.mark.parametrize(("char", "point"), [
+    ("\x01", "U+0001"), ("\x0c", "U+000C"), ("\x1b", "U+001B"), ("\x7f", "U+007F")])
+async def test_a_control_character_in_a_callers_item_is_named_where_it_is(
+        engine: ProveEngine, char: str, point: str) -> None:
+    """A caller's item holding a control character coqc cannot read (every C0 one but tab,
+    LF and CR, and DEL: each checked with the real coqc) came back FAILED with Coq's
+    "Syntax Error: Lexer: Undefined token", of a character most displays do not show. It
+    is FAILED naming the character and its line and column, before Coq runs; in a
+    comment (where Coq reads it, and the item was PROVED) too: one rule wherever it is."""
+    result = await engine.check(coq("c", "Theorem t : 1 + 1 = 2.",
+                                    f"Proof. refl{char}exivity. Qed."))
+    assert result.verdict is Verdict.FAILED, result
+    (d,) = result.diagnostics
+    assert f"control character {point}" in d.message and "Lexer" not in d.message, d
+    assert (d.line, d.column, d.end_line, d.end_column) == (2, 11, 2, 12), d
+    assert result.source.split("\n")[1][11] == char  # (splitlines breaks at U+000C)
+    assert point in result.message and "line 2, column 12" in result.message, result.message
+    commented = await engine.check(coq("m", "Theorem t : 1 + 1 = 2.",
+                                       f"(* a{char}b *)\nProof. reflexivity. Qed."))
+    assert commented.verdict is Verdict.FAILED, commented
+    assert [(d.line, d.column) for d in commented.diagnostics] == [(2, 4)]
+
+
+@pytest.mark.parametrize("proof", [
+    'Proof. fail "Out of memory". Qed.',
+    'Proof. fail "Error: Out of memory.". Qed.',
+    'Proof. idtac "Out of memory". fail "out of memory". Qed.',
+])
+async def test_an_error_that_quotes_out_of_memory_is_the_items_failure(
+        engine: ProveEngine, proof: str) -> None:
+    """Coq's own error on the item's Load was searched for "Out of memory": a tactic that
+    fails with that message (Coq: "Error: Tactic failure: Out of memory.") made the item's
+    FAILED an ERROR, "coq ran out of memory or crashed". Only Coq's own report of its
+    memory running out, "Error: Out of memory." and nothing more, is that ERROR (see
+    test_a_proof_that_runs_out_of_memory_is_still_an_error)."""
+    result = await engine.check(coq("q", "Theorem t : 1 = 2.", proof))
+    assert result.verdict is Verdict.FAILED, result
+    assert result.message.startswith("Tactic failure:"), result.message
+    assert "ran out of memory" not in result.message

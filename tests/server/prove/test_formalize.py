@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,10 @@ import pytest
 from scillm.server.prove import (
     FormalizeOptions,
     FormalizeUnavailable,
+    Limits,
     Obligation,
     ProveEngine,
+    ProveSettings,
     Verdict,
     extract_code,
 )
@@ -304,7 +308,8 @@ async def test_a_character_the_provers_cannot_read_is_named_to_the_model(
     told = model.calls[1][-1]["content"]
     line, column = _AT[backend]
     assert named in told and f"line {line}, column {column + 1}" in told, told
-    listing = told.split("The checked source, with line numbers:\n")[1].split("\n\n")[0]
+    listing = told.split("refused before any prover read it, with line numbers:\n")[1]
+    listing = listing.split("\n\n")[0]
     # Shown (so it cannot pass unseen, nor break a line the provers do not break).
     assert char not in listing, listing
     assert len(listing.splitlines()) == first.source.count("\n") + 1, listing
@@ -324,3 +329,104 @@ async def test_a_nul_byte_left_in_the_last_attempt_is_the_callers_diagnostic(
     assert d.severity == "error" and "NUL byte" in d.message, d
     assert (d.line, d.column) == _AT[backend]
     assert "NUL byte" in result.message
+
+
+@pytest.mark.parametrize(("reply", "heading"), [
+    ("I would write (> x 0).", "Your reply, which holds no code block (so nothing was "
+                               "checked), with line numbers:"),
+    ("```smt2\n(declare-const x Int)\n; goal\n(> x\x01 0)\n```",
+     "The source, refused before any prover read it, with line numbers:"),
+    ("```smt2\n(declare-const x Int)\n(assert (> x 0))\n; goal\n(> x 0)\n```",
+     "The source, refused before any prover read it, with line numbers:"),
+    ("```smt2\n(declare-const x Int)\n(check-sat)\n; goal\n(> x 0)\n```",
+     "The source, refused before any prover read it, with line numbers:"),
+    ("```smt2\n(declare-const x Int)\n; goal\n(> x undeclared)\n```",
+     "The checked source, with line numbers:"),
+], ids=["no-code", "control-character", "assertion", "smt-rule", "checked"])
+async def test_the_repair_prompt_calls_checked_only_what_a_prover_read(
+        engine: ProveEngine, reply: str, heading: str) -> None:
+    """The repair prompt headed every listing "The checked source": a reply without code,
+    code holding a control character, an assertion of the model's own and a command the
+    SMT rule refuses were never read by a prover. Only what z3 read is "checked"."""
+    model = _Replies(reply, "```smt2\n; goal\ntrue\n```")
+    result = await _formalized(engine, Obligation("h", "smt", requirement_text="x > 0"),
+                               model)
+    assert result.attempts[0].verdict is Verdict.FAILED, result
+    told = model.calls[1][-1]["content"]
+    assert heading in told, told
+    assert told.count("with line numbers:") == 1, told
+
+
+class _Stalls:
+    """A model whose first reply is `first` and whose later calls never end (a model
+    slower than any bound); `stalled` is set once one is waiting."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.calls = 0
+        self.stalled = asyncio.Event()
+
+    async def __call__(self, messages: list[dict[str, str]], *, model: str,
+                       temperature: float | None) -> tuple[str, dict[str, Any]]:
+        self.calls += 1
+        if self.calls == 1:
+            return self.first, {"prompt_tokens": 10, "completion_tokens": 5}
+        self.stalled.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_the_formalize_loop_ends_by_its_bound_with_the_last_rounds_diagnostics(
+        tmp_path: Path) -> None:
+    """max_seconds bounds each prover run, not the rounds: a model that never answered a
+    repair held the item, and the whole batch, for ever. The rounds end by the settings'
+    `formalize_max_s`: the item is TIMEOUT, says how many rounds finished, and keeps the
+    last one's source and diagnostics; the cut round is recorded."""
+    model = _Stalls("```smt2\n(declare-const x Int)\n; goal\n(> x undeclared)\n```")
+    settings = ProveSettings(scratch_dir=tmp_path, formalize_max_s=8.0)
+    async with ProveEngine(settings) as engine, asyncio.timeout(90):
+        run = engine.run_batch([Obligation("slow", "smt", requirement_text="x > 0")],
+                               formalize=FormalizeOptions(model="m", max_attempts=3),
+                               complete=model)
+        (result,) = [r async for r in run]
+    assert model.stalled.is_set()
+    assert result.verdict is Verdict.TIMEOUT, result
+    assert "ran out of time after 1 round(s)" in result.message, result.message
+    assert "formalize_max_s, 8 s" in result.message and "model's reply" in result.message
+    first, cut = result.attempts
+    assert first.verdict is Verdict.FAILED and "undeclared" in first.diagnostics[0].message
+    assert (cut.verdict, cut.message) == (Verdict.TIMEOUT, result.message)
+    assert result.source == first.source
+    *kept, said = result.diagnostics
+    assert tuple(kept) == first.diagnostics, result.diagnostics
+    assert said.severity == "error" and "ran out of time" in said.message
+
+
+#: 10^12 steps of negb in constant memory: no check ends in a test's time.
+_SPINS = ("```coq\nFixpoint spin (n : nat) (b : bool) : bool :=\n"
+          "  match n with 0 => b | S m => spin m (negb b) end.\n"
+          + "".join(f"Fixpoint spin{i} (n : nat) (b : bool) : bool :=\n  match n with 0 => b "
+                    f"| S m => spin{i} m (spin{i - 1 if i > 2 else ''} 1000 b) end.\n"
+                    for i in (2, 3, 4))
+          + "Theorem t : spin4 1000 true = true.\nProof. vm_compute. reflexivity. Qed.\n```")
+
+
+async def test_a_check_under_way_is_cut_at_the_bound_and_its_prover_killed(
+        tmp_path: Path, child_pids: Callable[[], set[int]]) -> None:
+    """The bound holds while a prover runs too (each run may take the item's whole time
+    limit): the check is cut, the round recorded as TIMEOUT with the code it checked, and
+    the prover killed."""
+    model = _Replies(_SPINS)
+    settings = ProveSettings(scratch_dir=tmp_path, formalize_max_s=8.0, cache_size=0)
+    async with ProveEngine(settings) as engine, asyncio.timeout(90):
+        run = engine.run_batch([Obligation("spin", "coq", requirement_text="spin4 is true",
+                                           limits=Limits(timeout_s=120))],
+                               formalize=FormalizeOptions(model="m", max_attempts=2),
+                               complete=model)
+        (result,) = [r async for r in run]
+        assert not child_pids()  # the one coqtop started was killed, and not replaced
+    assert result.verdict is Verdict.TIMEOUT, result
+    assert "after 0 round(s)" in result.message and "prover's verdict" in result.message
+    (cut,) = result.attempts
+    assert cut.verdict is Verdict.TIMEOUT and "vm_compute" in cut.source
+    assert len(model.calls) == 1

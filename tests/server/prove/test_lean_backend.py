@@ -33,7 +33,7 @@ from scillm.server.prove._lean import verdict_of
 FIXTURES = Path(__file__).parent / "fixtures"
 
 FAKE_LEAN = r'''
-import json, re, sys
+import json, os, re, sys
 WORLD = json.loads(%r)
 if "--version" in sys.argv:
     print("Lean (version 4.9.0, fake)")
@@ -64,7 +64,12 @@ for number, text in enumerate(lines, 1):
     elif text.startswith("example : ") and not WORLD.get("type_ok", True):
         say("error", number, "type mismatch")
         failed = True
-sys.exit(1 if failed else 0)
+sys.stdout.flush()
+sys.stderr.write(WORLD.get("stderr", ""))
+sys.stderr.flush()
+if WORLD.get("signal"):
+    os.kill(os.getpid(), WORLD["signal"])
+sys.exit(WORLD.get("exit", 1 if failed else 0))
 '''
 
 
@@ -219,14 +224,56 @@ async def test_an_answer_about_another_name_does_not_count(tmp_path: Path) -> No
 
 async def test_what_a_proof_prints_does_not_make_it_an_error(tmp_path: Path) -> None:
     """An info message saying "out of memory" (what `#eval` or `IO.println` printed) made a
-    proved theorem ERROR, "lean crashed": only Lean's own error counts, as for Coq."""
+    proved theorem ERROR, "lean crashed"."""
     world = {"axioms": {"x": []}, "messages": [["info", 3, "out of memory"]]}
-    for name in ("printed", "crashed"):
-        (tmp_path / name).mkdir()
-    result = await lean_check(tmp_path / "printed", world, "theorem x : True :=", "trivial",
+    result = await lean_check(tmp_path, world, "theorem x : True :=", "trivial",
                               imports=("Mathlib",))
     assert result.verdict is Verdict.PROVED, result
-    crashed = {"axioms": {"x": []}, "messages": [["error", 3, "(kernel) out of memory"]]}
-    result = await lean_check(tmp_path / "crashed", crashed, "theorem x : True :=", "trivial",
-                              imports=("Mathlib",))
-    assert result.verdict is Verdict.ERROR, result
+
+
+#: Lean's runtime, when an allocation fails (`lean_internal_panic_out_of_memory`).
+PANIC = "INTERNAL PANIC: out of memory\n"
+
+
+@pytest.mark.parametrize(("world", "verdict"), [
+    # An error message quoting the item ("out of memory" as a string in a type mismatch):
+    # it made the item's own FAILED an ERROR. Lean's messages quote the item; no text of
+    # theirs makes an ERROR.
+    ({"messages": [["error", 2, 'type mismatch\n  "out of memory"\nhas type String']]},
+     Verdict.FAILED),
+    ({"messages": [["error", 2, "(kernel) out of memory"]]}, Verdict.FAILED),
+    # What the lean process reports of itself: its runtime's panic on standard error and
+    # exit 1, or death by a signal (the jail's limits, a crash).
+    ({"stderr": PANIC, "exit": 1}, Verdict.ERROR),
+    ({"signal": 9}, Verdict.ERROR),
+    ({"signal": 6, "stderr": "INTERNAL PANIC: out of memory\n"}, Verdict.ERROR),
+])
+async def test_only_the_lean_process_itself_makes_an_item_an_error(
+        tmp_path: Path, world: dict[str, Any], verdict: Verdict) -> None:
+    result = await lean_check(tmp_path, {"axioms": {"t": []}, **world},
+                              "theorem t : \"out of memory\" = \"x\" :=", "rfl")
+    assert result.verdict is verdict, result
+    assert ("lean crashed" in result.message) == (verdict is Verdict.ERROR), result.message
+
+
+def test_a_crash_is_read_from_the_process_not_from_messages() -> None:
+    from scillm.server.prove._lean import crashed
+
+    assert crashed(-9, "") and crashed(137, "") and crashed(1, "INTERNAL PANIC: out of memory\n")
+    assert not crashed(0, "INTERNAL PANIC: out of memory\n")  # it exits 1
+    assert not crashed(1, "error: out of memory in the string 'INTERNAL PANIC: out of "
+                          "memory'\n")
+    assert not crashed(1, "")
+
+
+async def test_a_control_character_in_a_callers_item_is_named_where_it_is(
+        tmp_path: Path) -> None:
+    """As for Coq and z3: FAILED naming the character and where it is, before lean runs
+    (the stand-in, which reads no token, said PROVED)."""
+    result = await lean_check(tmp_path, {"axioms": {"t": []}}, "theorem t : True :=",
+                              "by\n  triv\x1bial")
+    assert result.verdict is Verdict.FAILED, result
+    (d,) = result.diagnostics
+    assert "the control character U+001B" in d.message, d
+    assert (d.line, d.column) == (3, 6) and result.source.split("\n")[2][6] == "\x1b"
+    assert "line 3, column 7" in result.message, result.message

@@ -135,3 +135,25 @@ async def test_z3_out_of_memory_is_an_error_and_an_item_naming_it_is_not(
         Verdict.ERROR, 'z3 exited (memory limit 80 MiB?): (error "out of memory")\n')
     named = await engine.check(smt("n", "(> |out of memory| 0)", ""))
     assert (named.verdict, named.message) == (Verdict.FAILED, "unknown constant out of memory")
+
+
+async def test_a_control_character_in_a_callers_item_is_named_where_it_is(
+        engine: ProveEngine) -> None:
+    """z3 answered "unexpected character" about each C0 control character but tab, LF
+    and CR, and DEL (each checked with the real z3), of a character most displays do not
+    show, and read on: what it answered about the rest is no verdict. The item is FAILED
+    naming each one and where it is in the checked source, before z3 runs; in a comment
+    (where z3 reads it, and the item was PROVED) too."""
+    result = await engine.check(smt("c", "(> (+ x 1)\x1b x)",
+                                    preamble="(declare-const x Int)\n; page\x0c two\x7f"))
+    assert result.verdict is Verdict.FAILED, result
+    assert [d.message.split(",")[0] for d in result.diagnostics] == [
+        "the control character U+000C", "the control character U+007F",
+        "the control character U+001B"]
+    lines = result.source.split("\n")  # (splitlines breaks at U+000C)
+    for d, char in zip(result.diagnostics, "\x0c\x7f\x1b", strict=True):
+        assert d.line is not None and d.column is not None
+        assert lines[d.line - 1][d.column] == char, (d, lines)
+        assert (d.end_line, d.end_column) == (d.line, d.column + 1)
+    assert result.message == ("the item holds the control character U+000C on line 2, "
+                              "column 7, which the provers cannot read"), result.message
