@@ -20,7 +20,7 @@ from typing import Any
 from scillm.completion.v1 import completion_pb2 as pb
 
 from ..errors import InvalidRequestError
-from ._request import _routing_to_proto, _text, routing_options_from_proto
+from ._request import _NOT_EXTRA, _routing_to_proto, _text, routing_options_from_proto
 from ._values import _expect, _number, struct_from_json, struct_to_json
 
 __all__ = ["ENCODINGS", "embedding_request_from_proto", "embedding_request_to_proto",
@@ -112,6 +112,8 @@ def embedding_request_from_proto(req: pb.EmbeddingRequest) -> dict[str, Any]:
         body["user"] = req.user
     if req.HasField("extra_body"):
         for key, value in struct_to_json(req.extra_body, "extra_body").items():
+            if key == "scillm":  # read from there, its fallbacks passed the key check
+                raise InvalidRequestError(_NOT_EXTRA["scillm"], param="extra_body.scillm")
             body.setdefault(key, value)
     if req.HasField("routing"):  # cache and deterministic too, for the engine to refuse
         body["scillm"] = routing_options_from_proto(req.routing)

@@ -236,3 +236,26 @@ async def test_a_key_pays_for_its_embeddings(tmp_path: Path, upstream: Upstream)
             await spender.embeddings.create(model="vec", input="a")
         await spender.close()
         assert upstream.calls("vec") == 2  # the refused calls reached no upstream
+
+
+async def test_a_key_limited_to_a_model_cannot_fall_back_through_extra_body(
+        tmp_path: Path, upstream: Upstream) -> None:
+    """`extra_body.scillm.fallbacks` reached the engine unchecked (the key check reads
+    `routing`): a key limited to `vec` was answered by `other`. As for chat, `scillm` in
+    `extra_body` is refused, naming it; in `routing` it is checked against the key."""
+    upstream.plan("vec", embeddings)
+    with keyed_mesh(tmp_path, MASTER, upstream.url, "vec", prices=(0.5, 1000.0)) as mesh:
+        key = new_key(mesh, MASTER, models=["vec"])
+        request = pb.EmbeddingRequest(model="vec", input=[pb.EmbeddingInput(text="a")])
+        request.extra_body.update({"scillm": {"fallbacks": ["other"]}})
+        async with ScillmClient(mesh.grpc_target, api_key=key) as client:
+            with pytest.raises(RPCError) as info:
+                await client.completion.embed(request)
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.param == "extra_body.scillm", info.value
+            routed = pb.EmbeddingRequest(model="vec", input=[pb.EmbeddingInput(text="a")])
+            routed.routing.fallbacks.append("other")
+            with pytest.raises(RPCError) as info:
+                await client.completion.embed(routed)
+            assert info.value.code == grpc.StatusCode.PERMISSION_DENIED, info.value
+    assert upstream.calls("vec") == 0
