@@ -279,7 +279,8 @@ _KEY_FIELDS: dict[str, Any] = {
     "duration": {"anyOf": [
         {"type": "string", "pattern": r"^\s*\d{1,5}(\.\d+)?\s*[smhdw]\s*$",
          "description": "e.g. 30d, 12h, 15m, 45s"},
-        {**_SECONDS, "description": "seconds"}, {"type": "null"}]},
+        {**_SECONDS, "description": "seconds"}, {"type": "null"},
+        {"const": "-1", "description": "no expiry, as null (LiteLLM's deprecated form)"}]},
     "max_budget": _nullable({"type": "number", "exclusiveMinimum": 0}),
     "rpm_limit": _nullable({"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
     "tpm_limit": _nullable({"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),

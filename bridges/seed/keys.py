@@ -42,8 +42,9 @@ _LAST_EXPIRY = 253_402_300_799
 
 
 def parse_duration(value: Any) -> float | None:
-    """Seconds from `30d`, `1h`, `15m`, `45s` or a number; None for no expiry."""
-    if value is None or value == "":
+    """Seconds from `30d`, `1h`, `15m`, `45s` or a number; None for no expiry (null, or
+    LiteLLM's deprecated "-1")."""
+    if value is None or value == "" or (isinstance(value, str) and value.strip() == "-1"):
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
@@ -51,8 +52,8 @@ def parse_duration(value: Any) -> float | None:
                                                         value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise InvalidRequestError(f"duration {value!r}: use e.g. 30d, 12h, 15m or seconds",
-                                  param="duration")
+        raise InvalidRequestError(f"duration {value!r}: use e.g. 30d, 12h, 15m or seconds, "
+                                  "or null for no expiry", param="duration")
     if not math.isfinite(seconds) or not 0 < seconds <= _MAX_SECONDS:
         raise InvalidRequestError(f"duration must be positive and at most {_MAX_SECONDS} s",
                                   param="duration")

@@ -138,6 +138,15 @@ def test_null_clears_a_field(keyed: RunningMesh) -> None:
     assert _chat(keyed, key, "echo/anything").status_code == 200  # every model now
 
 
+def test_litellms_minus_one_duration_means_no_expiry(keyed: RunningMesh) -> None:
+    """LiteLLM's (deprecated) `"duration": "-1"` never expires a key, as `null` does: it
+    was a 400, and a LiteLLM caller's update failed."""
+    made = _generate(keyed, duration="1h")
+    resp = _update(keyed, {"key": str(made["key"]), "duration": "-1"})
+    assert resp.status_code == 200, resp.text
+    assert _info(keyed, str(made["key"]))["expires"] is None
+
+
 def test_duration_sets_a_new_expiry_from_now(keyed: RunningMesh) -> None:
     made = _generate(keyed, duration="1h")
     key = str(made["key"])
