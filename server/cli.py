@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from .commands.codex_sidecar import add_arguments as add_sidecar_arguments
 from .commands.doctor import add_arguments as add_doctor_arguments
 from .commands.tls_flags import add_tls_arguments
-from .settings import DOORS, GRPC_SERVERS, MAX_WORKERS, SERVICES, Settings
+from .settings import DOORS, GRPC_SERVERS, MAX_RETENTION_DAYS, MAX_WORKERS, SERVICES, Settings
 
 if TYPE_CHECKING:  # imported where used: the parser is built on every run
     from scillm.clients import TlsConfig
@@ -200,8 +200,9 @@ def _days(text: str) -> int:
         days = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
-    if days < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 day, got {days}")
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at least 1 day and at most "
+                                         f"{MAX_RETENTION_DAYS} (a hundred years), got {days}")
     return days
 
 

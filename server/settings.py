@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: the CLI parser reads this module on every run
     from scillm.clients import TlsConfig
 
-__all__ = ["DOORS", "GRPC_SERVERS", "MAX_WORKERS", "SERVICES", "Settings"]
+__all__ = ["DOORS", "GRPC_SERVERS", "MAX_RETENTION_DAYS", "MAX_WORKERS", "SERVICES", "Settings"]
 
 #: Service names as used by `--service`, in start-up order.
 SERVICES: tuple[str, ...] = ("completion", "prove", "codeworld", "agent")
 
 #: The most worker processes `--workers` starts.
 MAX_WORKERS = 64
+#: The longest run retention (days): a hundred years (a cutoff earlier than any run).
+MAX_RETENTION_DAYS = 36_500
 #: The gRPC servers a process can run (`Settings.grpc_server`).
 GRPC_SERVERS: tuple[str, ...] = ("native", "grpcio")
 #: The most HTTP/2 threads the native gRPC server may be given (`grpc_io_threads`).
@@ -221,6 +223,9 @@ class Settings:
         if self.run_retention_days < 0:
             raise ValueError(f"run_retention_days must be >= 0 (0 = keep runs for ever), "
                              f"got {self.run_retention_days}")
+        if self.run_retention_days > MAX_RETENTION_DAYS:
+            raise ValueError(f"run_retention_days must be at most {MAX_RETENTION_DAYS} (a "
+                             f"hundred years), got {self.run_retention_days}")
         if self.max_streams_per_key < 0:
             raise ValueError(f"max_streams_per_key must be >= 0 (0 = no limit), "
                              f"got {self.max_streams_per_key}")

@@ -140,6 +140,11 @@ class PostgresRunStore(RunStore):
                             f"{str(err).strip()}") from err
         raise AssertionError("unreachable")
 
+    def _has_active_time(self) -> bool:
+        return bool(self._run(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'runs' AND column_name = 'active_time'", ()))
+
     def _upgrade(self) -> None:
         """As the opening of a store to create does, for one opened without (`scillm runs
         prune` on a table an older server made): serialized by the same advisory lock."""

@@ -86,8 +86,9 @@ _INSTANT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def instant(seconds: float) -> str:
-    """A moment (seconds since the epoch) as `active_time` holds it."""
-    return datetime.fromtimestamp(seconds, UTC).strftime(_INSTANT)
+    """A moment (seconds since the epoch) as `active_time` holds it; one before the epoch,
+    as the epoch (no run is older)."""
+    return datetime.fromtimestamp(max(seconds, 0.0), UTC).strftime(_INSTANT)
 
 
 def _active_time(manifest: common_pb2.RunManifest) -> str:
@@ -228,6 +229,10 @@ class RunStore(ABC):
         """Close the connection."""
 
     @abstractmethod
+    def _has_active_time(self) -> bool:
+        """Whether `runs` has the `active_time` column (a store made before has not)."""
+
+    @abstractmethod
     def _upgrade(self) -> None:
         """Add `active_time` and its index to a store made before them (idempotent, and
         safe when several processes open the store at once)."""
@@ -314,9 +319,14 @@ class RunStore(ABC):
                 f"OR (active_time = '' AND start_time < {p}))")
 
     def count_inactive(self, before: str) -> int:
-        """How many runs have been inactive since before `before` (an `instant`)."""
-        self._ensure_upgraded()
-        rows = self._run(f"SELECT count(*) FROM runs WHERE {self._inactive()}", (before, before))
+        """How many runs have been inactive since before `before` (an `instant`). Changes
+        nothing: in a store made before `active_time`, its runs by their start time."""
+        if self._upgraded or self._has_active_time():
+            rows = self._run(f"SELECT count(*) FROM runs WHERE {self._inactive()}",
+                             (before, before))
+        else:
+            rows = self._run(f"SELECT count(*) FROM runs WHERE start_time < {self._PARAM}",
+                             (before,))
         return int(rows[0][0])
 
     def delete_inactive(self, before: str, limit: int) -> int:

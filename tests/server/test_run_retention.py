@@ -36,6 +36,7 @@ from scillm.server.manifests import (
     recording,
     run_state,
 )
+from scillm.server.manifests._store import instant
 from scillm.server.settings import Settings
 
 SCILLM = str(Path(sys.executable).parent / "scillm")
@@ -261,6 +262,9 @@ async def test_a_store_made_before_retention_is_upgraded(location: str) -> None:
         dry = await asyncio.gather(*(asyncio.to_thread(
             prune, r, 30, now=NOW, dry_run=True) for r in readers))
         assert dry == [Pruned(1, 0)] * 2
+        # A dry run changes nothing, the schema included (an ALTER TABLE takes the table's
+        # exclusive lock, an index build blocks an older server's writes).
+        assert not any(r._has_active_time() for r in readers)
         opened = await asyncio.gather(*(asyncio.to_thread(open_run_store, location)
                                         for _ in range(3)))
         for store in opened:
@@ -277,6 +281,7 @@ async def test_a_store_made_before_retention_is_upgraded(location: str) -> None:
 
 @pytest.mark.parametrize(("value", "said"), [
     ("-1", "run_retention_days must be >= 0 (0 = keep runs for ever), got -1"),
+    ("1000000", "run_retention_days must be at most 36500 (a hundred years), got 1000000"),
     ("thirty", "SCILLM_RUN_RETENTION_DAYS must be an integer, not 'thirty'"),
     ("1.5", "SCILLM_RUN_RETENTION_DAYS must be an integer, not '1.5'"),
 ])
@@ -373,3 +378,15 @@ def test_a_serving_mesh_sweeps_its_store(tmp_path: Path) -> None:
             store.close()
     finally:
         running.stop()
+
+
+def test_runs_prune_refuses_an_age_before_any_run(tmp_path: Path) -> None:
+    """`--older-than 99999999999` reached a date before year 1: a traceback."""
+    store = str(tmp_path / "runs.sqlite3")
+    open_run_store(store).close()
+    out = subprocess.run([SCILLM, "runs", "prune", "--store", store, "--older-than",
+                          "99999999999"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 2 and "at most 36500" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert instant(-1e12) == instant(0)  # a cutoff before the epoch: nothing is older
