@@ -26,7 +26,7 @@ from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .keys import Authenticator, KeyStore, PostgresKeyStore, Prices, SQLiteKeyStore
 from .keys._windows import RedisWindows
-from .manifests import RunStore, open_run_store
+from .manifests import RunStore, agent_trace_dir, open_run_store
 from .settings import Settings
 
 log = logging.getLogger("scillm.server")
@@ -336,9 +336,10 @@ def _agent(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
         if own_sandbox:
             await sandbox.close()
 
-    # JSONL run traces (AgentConfig.trace) live beside the run store.
+    # JSONL run traces (AgentConfig.trace) live beside the run store, where retention
+    # sweeps them (`agent_trace_dir`).
     servicer = AgentServicer(engine, _store(settings, shared),
-                             trace_dir=settings.store_path.parent / "agent-traces")
+                             trace_dir=agent_trace_dir(settings.store_path))
     return ServiceParts(
         "agent", SERVICE_NAMES["agent"],
         lambda server: agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server),
