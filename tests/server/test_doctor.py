@@ -652,3 +652,32 @@ async def test_a_provider_behind_the_environments_proxy_is_checked_through_it(
     assert "egress proxy" in through.detail and proxy.forwarded, through
     assert closed.status is Status.FAILED and "egress proxy" in closed.detail, closed
     assert "HTTPS_PROXY" in closed.hint, closed
+
+
+async def test_a_list_target_reports_each_replica(tmp_path: Path) -> None:
+    """A list target was asked through one round-robin channel, which skips a replica that
+    is down: doctor said the mesh was ready with one of two replicas gone. Each replica of
+    a list is now asked on its own, and one that is down is FAILED, named."""
+    started: list[ServedProcess] = []
+    try:
+        for name in ("a", "b"):
+            started.append(_served(tmp_path, name, "--service", "completion", "--no-http"))
+            await asyncio.to_thread(started[-1].wait_ready)
+        a, b = (proc.grpc_target for proc in started)
+        target = f"{a},{b}"
+        checks = _by_part(await collect(target=target, environ=NO_OTEL))
+        assert checks[f"replica {a}"] == Check(f"replica {a}", Status.OK, f"SERVING at {a}")
+        assert checks[f"replica {b}"].status is Status.OK
+        assert unmet(list(checks.values()), ["completion"]) == []
+
+        started[1].stop()
+        checks = _by_part(await collect(target=target, environ=NO_OTEL))
+        down = checks[f"replica {b}"]
+        assert down.status is Status.FAILED and b in down.detail, down
+        assert "UNAVAILABLE" in down.detail and "scillm serve" in down.hint, down
+        assert checks[f"replica {a}"].status is Status.OK
+        assert checks["mesh"].status is Status.OK  # the mesh answers, through replica a
+        assert f"replica {b} is FAILED" in unmet(list(checks.values()), [])
+    finally:
+        for proc in reversed(started):
+            proc.stop()

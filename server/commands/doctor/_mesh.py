@@ -12,6 +12,11 @@ asks that target's health for the service and its parts, on a channel to it as t
 `GET /readyz` does, and reports each entry "at <target>". A process serving everything
 itself is asked nothing more.
 
+A target that is a list of addresses (`a:1,b:2`, replicas) is asked through one
+round-robin channel, as the mesh's callers dial it, which passes over a replica that is
+down; so each replica is also asked for its health on its own, a `replica <address>` row
+each, and one that is down is FAILED, named (a `dns:///` name is asked as one target).
+
 Every target is dialed as the mesh's own processes dial each other (`Settings.client_tls`:
 TLS with the mesh's certificate settings, else plaintext). A dial that fails is followed
 by a TLS handshake of its own, so that a plaintext dial meeting a TLS server (or the
@@ -126,11 +131,33 @@ async def _mesh(target: str, timeout_s: float, tls: TlsConfig | None,
     by_target: dict[str, list[str]] = {}
     for name, at in fronted.items():
         by_target.setdefault(at, []).append(name)
-    for more in await asyncio.gather(*(_fronted(at, names, target, tls, timeout_s)
-                                       for at, names in by_target.items())):
+    for more in await asyncio.gather(
+            *(_fronted(at, names, target, tls, timeout_s) for at, names in by_target.items()),
+            *(_replicas(at, tls, timeout_s) for at in {target, *by_target})):
         checks.extend(more)
     return [_server_check(server, target, door, bool(fronted), refused),
             *sorted(checks, key=lambda c: c.part)]
+
+
+async def _replicas(target: str, tls: TlsConfig | None, timeout_s: float) -> list[Check]:
+    """A `replica <address>` row per address of a list target (none for one address or a
+    `dns:///` name): its server's health, asked on a channel to it alone."""
+    from scillm.clients import ScillmClient
+
+    addresses = [a.strip() for a in target.split(",") if a.strip()]
+    if len(addresses) < 2:
+        return []
+
+    async def one(address: str) -> Check:
+        part = f"replica {address}"
+        async with ScillmClient(address, tls=tls) as client:
+            answer = (await _health(client.channel, [""], timeout_s))[""]
+        if isinstance(answer, int):
+            return _health_check(part, answer, address)
+        return await _unreachable(part, address, answer, tls, timeout_s,
+                                  f"start it (scillm serve) or drop it from {target}")
+
+    return list(await asyncio.gather(*(one(a) for a in dict.fromkeys(addresses))))
 
 
 def _entries(name: str) -> list[str]:
