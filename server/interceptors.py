@@ -396,11 +396,13 @@ class _Served:
                     context.set_code(grace_end.CODE)
                     context.set_details(grace_end.MESSAGE)
                     return False
-                # gRPC cancels a call whose deadline passed: count it as such.
+                # gRPC cancels a call whose deadline passed: count it as such; and tell the
+                # context, whose server span (OpenTelemetry's) records it, or says OK.
                 remaining = context.time_remaining()
                 self._code = (grpc.StatusCode.DEADLINE_EXCEEDED
                               if remaining is not None and remaining <= 0
                               else grpc.StatusCode.CANCELLED)
+                context.set_code(self._code)
                 return False
             if isinstance(exc, grpc.aio.AbortError):
                 self._code = context.code() or grpc.StatusCode.UNKNOWN

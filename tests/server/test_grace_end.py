@@ -188,3 +188,38 @@ async def test_the_cut_calls_server_span_says_aborted(tmp_path: Path, server: st
     assert span.attributes["rpc.grpc.status_code"] == str(grpc.StatusCode.ABORTED.value[0]), span
     # Nothing told the span after it ended (grpcio's stop aborted the call through it).
     assert "ended span" not in replica.log.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("server", ["native", "grpcio"])
+async def test_a_cancelled_calls_server_span_says_cancelled(tmp_path: Path, server: str) -> None:
+    """A call its caller cancelled (a caller hanging up, an SDK's timeout) was exported as
+    a server span that succeeded (status code 0): the handler was cancelled and nothing
+    told the span. It says CANCELLED now, as the mesh's metrics count it."""
+    upstream = HeldUpstream().start()
+    config = upstream.config(tmp_path / "models.yaml")
+    with OtlpReceiver() as receiver:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+               "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_SERVICE_NAME": "replica",
+               "OTEL_BSP_SCHEDULE_DELAY": "100",
+               "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3")}
+        replica = ServedProcess("replica", [
+            "--service", "completion", "--grpc-port", "0", "--no-http",
+            "--grpc-server", server, "--config", str(config)], env, tmp_path / "replica.log")
+        try:
+            replica.wait_ready()
+            upstream.hold()
+            async with ScillmClient(replica.grpc_target) as client:
+                ask = asyncio.ensure_future(client.completion.create(HELD, timeout=60))
+                assert await asyncio.to_thread(upstream.arrived, 1), "the call never arrived"
+                ask.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await ask
+            spans = await asyncio.to_thread(receiver.wait_for, lambda spans: any(
+                s.kind == "SERVER" and s.name.endswith(METHOD) for s in spans))
+        finally:
+            upstream.release()
+            replica.stop()
+            upstream.stop()
+    (span,) = [s for s in spans if s.kind == "SERVER" and s.name.endswith(METHOD)]
+    assert span.attributes["rpc.grpc.status_code"] == \
+        str(grpc.StatusCode.CANCELLED.value[0]), span
