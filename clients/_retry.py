@@ -149,9 +149,16 @@ class _RetriedUnary(_Retried, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     async def _settled(self) -> None:
         """The attempts run to their end: what the call says of its status is then the
         last attempt's (OpenTelemetry's client interceptor reads `code()` before anyone
-        awaits the call, and read the first attempt's UNAVAILABLE)."""
-        with contextlib.suppress(Exception, asyncio.CancelledError):
+        awaits the call, and read the first attempt's UNAVAILABLE). The call's cancellation
+        is its status; the reading task's own is let through."""
+        try:
             await self
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception:  # its status says it
+            pass
 
     async def code(self) -> grpc.StatusCode:
         await self._settled()

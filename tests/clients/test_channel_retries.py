@@ -122,3 +122,20 @@ async def test_a_call_cancelled_between_attempts_is_cancelled() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert call.cancelled()
+
+
+async def test_a_task_cancelled_while_it_reads_the_status_is_cancelled() -> None:
+    """A task asking a retried call's `code()` (OpenTelemetry's interceptor does, inside
+    the caller's task) and cancelled meanwhile went on as if nothing happened, reading
+    CANCELLED: the wrapper swallowed its task's own cancellation."""
+    import asyncio
+
+    async with ScillmClient("127.0.0.1:1") as client:  # nothing listens there: retried
+        call = client.completion._stub.Completion(
+            pb.CompletionRequest(model="m"), timeout=30)
+        reading = asyncio.ensure_future(call.code())
+        await asyncio.sleep(0.02)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        call.cancel()
