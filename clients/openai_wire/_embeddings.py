@@ -120,12 +120,63 @@ def embedding_request_from_proto(req: pb.EmbeddingRequest) -> dict[str, Any]:
     return body
 
 
-def _base64(vector: Any) -> str:
+def _float32_bytes(vector: pb.EmbeddingVector) -> bytes:
+    """`vector.embedding` as little-endian float32 bytes, read off the vector's wire form.
+
+    A protobuf container hands its numbers out one Python float at a time (2048 vectors of
+    3,072 numbers: 0.28 s by `list`, 0.35 s by `array`, on the door's event loop); packed
+    on the wire they are these very bytes (0.01 s with the serialization). Fields other
+    than `embedding` (field 2: packed, or one float at a time) are skipped.
+    """
+    wire = vector.SerializeToString()
+    parts: list[bytes] = []
+    pos, end = 0, len(wire)
+    while pos < end:
+        key, pos = _varint(wire, pos)
+        field, kind = key >> 3, key & 7
+        if kind == 0:  # varint
+            pos = _varint(wire, pos)[1]
+        elif kind == 2:  # length-delimited
+            size, pos = _varint(wire, pos)
+            if field == 2:
+                parts.append(wire[pos:pos + size])
+            pos += size
+        elif kind in (1, 5):  # fixed64, fixed32
+            if field == 2 and kind == 5:
+                parts.append(wire[pos:pos + 4])
+            pos += 8 if kind == 1 else 4
+        else:  # a group: in no message of ours, nor any proto3 one
+            packed = array("f", vector.embedding)
+            if sys.byteorder == "big":
+                packed.byteswap()
+            return packed.tobytes()
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _varint(wire: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` of `wire`, and the position after it."""
+    value = shift = 0
+    while True:
+        byte = wire[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _base64(vector: pb.EmbeddingVector) -> str:
     """A vector as the base64 of its little-endian float32 bytes."""
-    packed = array("f", vector)
+    return base64.b64encode(_float32_bytes(vector)).decode("ascii")
+
+
+def _floats(vector: pb.EmbeddingVector) -> list[float]:
+    """A vector as a list of floats."""
+    packed = array("f")
+    packed.frombytes(_float32_bytes(vector))
     if sys.byteorder == "big":
         packed.byteswap()
-    return base64.b64encode(packed.tobytes()).decode("ascii")
+    return packed.tolist()
 
 
 def embedding_response_from_proto(resp: pb.EmbeddingResponse,
@@ -133,10 +184,10 @@ def embedding_response_from_proto(resp: pb.EmbeddingResponse,
                                   ) -> dict[str, Any]:
     """An `EmbeddingResponse` as OpenAI's embeddings list, its vectors as `encoding`
     says (an EmbeddingEncoding; unset: floats)."""
-    encode = _base64 if encoding == pb.EMBEDDING_ENCODING_BASE64 else list
+    encode = _base64 if encoding == pb.EMBEDDING_ENCODING_BASE64 else _floats
     return {"object": "list",
             "data": [{"object": "embedding", "index": item.index,
-                      "embedding": encode(item.embedding)} for item in resp.data],
+                      "embedding": encode(item)} for item in resp.data],
             "model": resp.model,
             "usage": {"prompt_tokens": resp.usage.prompt_tokens,
                       "total_tokens": resp.usage.total_tokens}}

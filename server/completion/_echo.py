@@ -7,7 +7,11 @@ string, `n` repeats the choice. Prompt tokens are the words of all messages.
 Embeddings (`embed`) are deterministic unit vectors derived from each input's bytes (its
 text, or its token ids): the same input always gets the same vector, another input another
 one. They have `DIMENSIONS` numbers, or the request's `dimensions` (at most
-`MAX_DIMENSIONS`); an input's tokens are its words, or its token ids.
+`MAX_DIMENSIONS`); an input's tokens are its words, or its token ids. A reply holds at most
+`MAX_VALUES` numbers (inputs x dimensions): 2048 inputs of 3,072 numbers took the event
+loop ~1.5 s to make, and seconds more to convert (a 134 MB answer), while /healthz waited.
+More than `_INLINE_VALUES` are made in a worker thread (it gives the loop the GIL between
+vectors), and they are written as OpenAI's base64 (the reader's C path), not as floats.
 
 An answer is at most `MAX_TOKENS` words, as a model's is at most its context: the echo is
 in the embedded defaults, and a 1 MiB prompt with `n: 128` was answered with 134 MB
@@ -16,6 +20,8 @@ in the embedded defaults, and a 1 MiB prompt with `n: 128` was answered with 134
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import math
 import re
@@ -28,7 +34,8 @@ from typing import Any
 from ._provider import ProviderCall, completion_id, text_of
 from .errors import InvalidRequest
 
-__all__ = ["DIMENSIONS", "MAX_DIMENSIONS", "MAX_TOKENS", "EchoProvider", "echo_vector"]
+__all__ = ["DIMENSIONS", "MAX_DIMENSIONS", "MAX_TOKENS", "MAX_VALUES", "EchoProvider",
+           "echo_vector"]
 
 #: The most words an answer holds (a model's context; the local Gemma's is 4,096 tokens).
 MAX_TOKENS = 4096
@@ -38,6 +45,12 @@ _WORD = re.compile(r"\s*\S+")
 DIMENSIONS = 16
 #: The longest echo embedding (OpenAI's largest model has 3,072 dimensions).
 MAX_DIMENSIONS = 3072
+#: The most numbers one echo reply holds, all vectors together (inputs x dimensions):
+#: 4 MiB of float32s, e.g. 2048 inputs of 512 numbers or 341 inputs of 3,072.
+MAX_VALUES = 1024 * 1024
+#: The most numbers an echo reply makes on the event loop (~10 ms); more are made in a
+#: worker thread (at `MAX_VALUES`, ~170 ms inline).
+_INLINE_VALUES = 64 * 1024
 
 
 class EchoProvider:
@@ -83,11 +96,16 @@ class EchoProvider:
             raise InvalidRequest(f"echo embeddings have at most {MAX_DIMENSIONS} dimensions",
                                  param="dimensions")
         inputs = body["input"]
+        if len(inputs) * size > MAX_VALUES:
+            raise InvalidRequest(
+                f"{len(inputs)} inputs of {size} dimensions are {len(inputs) * size:,} "
+                f"numbers; an echo reply holds at most {MAX_VALUES:,} (inputs x dimensions): "
+                "ask for fewer dimensions or inputs",
+                param="dimensions" if body.get("dimensions") else "input")
         tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in inputs)
-        return {"object": "list", "model": f"echo/{call.model}",
-                "data": [{"object": "embedding", "index": i,
-                          "embedding": echo_vector(item, size).tolist()}
-                         for i, item in enumerate(inputs)],
+        data = (await asyncio.to_thread(_vectors, inputs, size)
+                if len(inputs) * size > _INLINE_VALUES else _vectors(inputs, size))
+        return {"object": "list", "model": f"echo/{call.model}", "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     async def close(self) -> None:
@@ -106,6 +124,20 @@ def echo_vector(item: str | list[int], size: int) -> array[float]:
     values = [w / 2147483648.0 - 1.0 for w in words]
     norm = math.sqrt(math.fsum(v * v for v in values)) or 1.0
     return array("f", [v / norm for v in values])
+
+
+def _vectors(inputs: list[str | list[int]], size: int) -> list[dict[str, Any]]:
+    """OpenAI's `data` of the echo embeddings of `inputs`, as base64."""
+    return [{"object": "embedding", "index": i, "embedding": _base64(echo_vector(item, size))}
+            for i, item in enumerate(inputs)]
+
+
+def _base64(vector: array[float]) -> str:
+    """OpenAI's base64 of a vector: its little-endian float32 bytes."""
+    if sys.byteorder == "big":
+        vector = array("f", vector)
+        vector.byteswap()
+    return base64.b64encode(vector.tobytes()).decode("ascii")
 
 
 def _n(body: dict[str, Any]) -> int:

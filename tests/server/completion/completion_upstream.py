@@ -4,7 +4,10 @@ its scripted actions, and an injected clock."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
+from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -158,14 +161,24 @@ def embedding_vector(text: str) -> list[float]:
     return [float(len(text)), float(sum(map(ord, text)) % 97), 0.5]
 
 
-def openai_embeddings(req: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's embeddings list for `req`, as api.openai.com writes it (floats); `data` in
-    reverse order (OpenAI's is by `index`, which a client must honour, not the order)."""
+def openai_embeddings(req: dict[str, Any], *, floats_only: bool = False) -> dict[str, Any]:
+    """OpenAI's embeddings list for `req`, as api.openai.com writes it: floats, or with
+    `encoding_format: "base64"` the base64 of little-endian float32s (unless `floats_only`:
+    a server that knows no base64); `data` in reverse order (OpenAI's is by `index`, which
+    a client must honour, not the order)."""
     inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
-    data = [{"object": "embedding", "index": i, "embedding": embedding_vector(str(item))}
+    encode: Callable[[list[float]], Any] = (
+        _b64_floats if req.get("encoding_format") == "base64" and not floats_only
+        else lambda v: v)
+    data = [{"object": "embedding", "index": i,
+             "embedding": encode(embedding_vector(str(item)))}
             for i, item in enumerate(inputs)]
     return {"object": "list", "data": data[::-1], "model": req["model"],
             "usage": {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)}}
+
+
+def _b64_floats(values: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
 
 
 async def embeddings(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
@@ -173,6 +186,66 @@ async def embeddings(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
     """A well-behaved OpenAI embeddings endpoint."""
     send_json(w, 200, openai_embeddings(req))
     return True
+
+
+async def embeddings_as_floats(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                               w: asyncio.StreamWriter) -> bool:
+    """An OpenAI-compatible embeddings endpoint that ignores `encoding_format` and always
+    answers floats (as some servers do)."""
+    send_json(w, 200, openai_embeddings(req, floats_only=True))
+    return True
+
+
+#: The length of `large_embeddings`' vectors unless asked (text-embedding-3-large's).
+LARGE_DIMENSIONS = 3072
+
+
+def _large_tail(dimensions: int) -> array[float]:
+    """The numbers after the first of every `large_embeddings` vector: float32s in
+    (-0.06, 0.06), as a real model's are."""
+    return array("f", [((k * 7919) % 12001 - 6000) / 100003.0 for k in range(dimensions - 1)])
+
+
+def large_vector_base64(index: int, dimensions: int = LARGE_DIMENSIONS) -> str:
+    """The base64 of `large_embeddings`' vector for input `index`: `index`, then the tail."""
+    return base64.b64encode(struct.pack("<f", index) + _large_tail(dimensions).tobytes()
+                            ).decode()
+
+
+async def large_embeddings(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                           w: asyncio.StreamWriter) -> bool:
+    """OpenAI's embeddings endpoint for big batches: vectors of `dimensions` numbers
+    (LARGE_DIMENSIONS unless asked), written as api.openai.com writes them, base64 when
+    asked, else floats in float32's 9 significant digits (2048 x 3,072 of those are ~85 MB,
+    against ~33 MB of base64). Bodies are built as bytes: a JSON encoder takes seconds."""
+    inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+    size = int(req.get("dimensions") or LARGE_DIMENSIONS)
+    if req.get("encoding_format") == "base64":
+        vectors = [f'"{large_vector_base64(i, size)}"' for i in range(len(inputs))]
+    else:
+        tail = "".join(f",{x:.9g}" for x in _large_tail(size))
+        vectors = [f"[{i}{tail}]" for i in range(len(inputs))]
+    data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{v}}}'
+                    for i, v in enumerate(vectors))
+    n = len(inputs)
+    send_json(w, 200, (f'{{"object":"list","data":[{data}],"model":"{req["model"]}",'
+                       f'"usage":{{"prompt_tokens":{n},"total_tokens":{n}}}}}').encode())
+    return True
+
+
+def zero_embeddings(size: int) -> Action:
+    """An endpoint answering every input a vector of `size` zeros, written as floats
+    (JSON's shortest numbers: the most numbers a reply of some size can hold)."""
+    async def act(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                  w: asyncio.StreamWriter) -> bool:
+        inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+        zeros = b"[" + b"0," * (size - 1) + b"0]"
+        data = b",".join(b'{"object":"embedding","index":%d,"embedding":%s}' % (i, zeros)
+                         for i in range(len(inputs)))
+        send_json(w, 200, b'{"object":"list","data":[%s],"model":"z","usage":'
+                          b'{"prompt_tokens":1,"total_tokens":1}}' % data)
+        return True
+    return act
 
 
 def embeddings_reply(body: Any) -> Action:

@@ -17,13 +17,14 @@ from completion_upstream import (
     Upstream,
     embedding_vector,
     embeddings,
+    embeddings_as_floats,
     embeddings_reply,
     invalid_json,
     status,
 )
 
 from scillm.server.completion import InvalidRequest, ModelNotFound, UpstreamError
-from scillm.server.completion._echo import DIMENSIONS
+from scillm.server.completion._echo import DIMENSIONS, MAX_VALUES, echo_vector
 
 
 def _openai(up: Upstream, *names: str, **router: Any) -> dict[str, Any]:
@@ -48,8 +49,10 @@ async def test_an_openai_upstream_gets_the_real_wire_request_and_its_order_is_ke
     path, headers, body = upstream.requests[-1]
     assert path == "/v1/embeddings"
     assert headers["authorization"] == "Bearer sk-test"
+    # Asked for base64, OpenAI's own (2/5 of the floats' JSON), whatever the caller's own.
     assert body == {"model": "text-embedding-3-small", "input": ["alpha", "be"],
-                    "dimensions": 3, "user": "u1", "input_type": "query"}
+                    "dimensions": 3, "user": "u1", "input_type": "query",
+                    "encoding_format": "base64"}
     # The upstream listed them in reverse: each vector is its input's, by `index`.
     assert [_floats(v) for v in done.vectors] == [embedding_vector("alpha"),
                                                   embedding_vector("be")]
@@ -101,9 +104,22 @@ async def test_an_upstream_answering_base64_is_decoded(upstream: Upstream,
         {"object": "embedding", "index": 0, "embedding": _b64([0.5, -2.0, 1.0])}],
         "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
     engine = await make_engine(_openai(upstream, "e"))
-    done = await engine.embed({"model": "e", "input": ["x"]})
+    done = await engine.embed({"model": "e", "input": ["x"], "encoding_format": "float"})
     assert _floats(done.vectors[0]) == [0.5, -2.0, 1.0]
-    assert "encoding_format" not in upstream.requests[-1][2]  # asked for floats, as always
+    assert upstream.requests[-1][2]["encoding_format"] == "base64"  # the caller's is the door's
+
+
+async def test_an_upstream_ignoring_base64_is_read_from_its_floats(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    """An OpenAI-compatible server that knows no `encoding_format` answers floats: read
+    as well; `dimensions` reaches it as asked."""
+    upstream.plan("e", embeddings_as_floats)
+    engine = await make_engine(_openai(upstream, "e"))
+    done = await engine.embed({"model": "e", "input": ["ab", "c"], "dimensions": 3})
+    assert [_floats(v) for v in done.vectors] == [embedding_vector("ab"),
+                                                  embedding_vector("c")]
+    asked = upstream.requests[-1][2]
+    assert (asked["encoding_format"], asked["dimensions"]) == ("base64", 3)
 
 
 def _list(*items: Any) -> dict[str, Any]:
@@ -231,6 +247,22 @@ async def test_echo_vectors_are_deterministic_unit_vectors_of_their_input(
     assert len(wide.vectors[0]) == 64
     with pytest.raises(InvalidRequest):
         await engine.embed({"model": "echo/e", "input": ["cat"], "dimensions": 100_000})
+
+
+async def test_echo_makes_at_most_max_values_numbers(make_engine: EngineFactory) -> None:
+    """2048 inputs of 3,072 numbers held the event loop for seconds: an echo reply holds
+    at most MAX_VALUES numbers (inputs x dimensions); past it, a 400 naming the field."""
+    engine = await make_engine({"model_list": [{"model_name": "echo/*",
+                                                "litellm_params": {"model": "echo/*"}}]})
+    inputs = [f"paper {i}" for i in range(MAX_VALUES // 1024)]
+    full = await engine.embed({"model": "echo/e", "input": inputs, "dimensions": 1024})
+    assert [v.tobytes() for v in full.vectors] == [echo_vector(i, 1024).tobytes()
+                                                   for i in inputs]
+    for request, param in (({"input": [*inputs, "one more"], "dimensions": 1024}, "dimensions"),
+                           ({"input": ["a"] * 2048, "dimensions": 3072}, "dimensions")):
+        with pytest.raises(InvalidRequest, match=f"at most {MAX_VALUES:,}") as caught:
+            await engine.embed({"model": "echo/e", **request})
+        assert caught.value.param == param
 
 
 async def test_litellm_embeds_through_its_own_road(upstream: Upstream,

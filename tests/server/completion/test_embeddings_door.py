@@ -5,7 +5,10 @@ reply of the wrong shape), careless and hostile bodies, and a virtual key paying
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,18 +18,23 @@ import httpx
 import openai
 import pytest
 from completion_upstream import (
+    LARGE_DIMENSIONS,
     Upstream,
     embedding_vector,
     embeddings,
     embeddings_reply,
+    large_embeddings,
+    large_vector_base64,
     status,
+    zero_embeddings,
 )
 from keyed import key_spend, keyed_mesh, new_key
 from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient, SyncScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
-from scillm.server.completion._echo import DIMENSIONS, echo_vector
+from scillm.server.completion._echo import DIMENSIONS, MAX_VALUES, echo_vector
+from scillm.server.completion._embeddings import MAX_VALUES as MAX_REPLY_VALUES
 from scillm.server.manifests import open_run_store
 
 
@@ -98,6 +106,11 @@ def test_the_wire_shape_request_id_and_run(mesh: RunningMesh, path: str) -> None
     ({"model": "echo/e", "input": "a", "encoding_format": "hex"}, "encoding_format"),
     ({"model": "echo/e", "input": "a", "scillm": {"cache": {"bypass": True}}}, "scillm"),
     ({"model": "echo/e", "input": "a", "caching": True}, "caching"),
+    # Past echo's MAX_VALUES numbers (inputs x dimensions): 2048 x 3,072 held the loop 6 s.
+    ({"model": "echo/e", "input": ["a"] * 2048, "dimensions": 3072,
+      "encoding_format": "base64"}, "dimensions"),
+    ({"model": "echo/e", "input": ["a"] * 1025, "dimensions": 1024,
+      "encoding_format": "base64"}, "dimensions"),
 ])
 def test_careless_and_hostile_bodies_are_openai_400s(mesh: RunningMesh, body: dict[str, Any],
                                                      param: str | None) -> None:
@@ -109,6 +122,24 @@ def test_careless_and_hostile_bodies_are_openai_400s(mesh: RunningMesh, body: di
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
     assert "Traceback" not in reply.text and reply.headers["x-request-id"]
+
+
+def test_echo_serves_up_to_max_values_numbers_exactly(mesh: RunningMesh) -> None:
+    """At the cap (1024 inputs of 1,024 numbers) the echo answers, every vector exact in
+    both encodings; one input more is the 400 naming `dimensions` above."""
+    texts = [f"paper {i}" for i in range(MAX_VALUES // 1024)]
+    for fmt in ("base64", "float"):
+        reply = httpx.post(f"{mesh.http_url}/v1/embeddings", timeout=60, json={
+            "model": "echo/e", "input": texts, "dimensions": 1024, "encoding_format": fmt})
+        assert reply.status_code == 200, reply.text[:300]
+        data = reply.json()["data"]
+        assert [d["index"] for d in data] == list(range(len(texts)))
+        want = [echo_vector(t, 1024) for t in texts]
+        if fmt == "base64":
+            assert [d["embedding"] for d in data] == [
+                base64.b64encode(v.tobytes()).decode() for v in want]
+        else:
+            assert [d["embedding"] for d in data] == [v.tolist() for v in want]
 
 
 def test_an_unknown_model_and_a_body_that_is_no_object(mesh: RunningMesh) -> None:
@@ -259,3 +290,91 @@ async def test_a_key_limited_to_a_model_cannot_fall_back_through_extra_body(
                 await client.completion.embed(routed)
             assert info.value.code == grpc.StatusCode.PERMISSION_DENIED, info.value
     assert upstream.calls("vec") == 0
+
+
+#: Four vectors of 64 MiB of float32s in all, and 4 bytes more: past a gRPC reply's 64 MiB.
+_PAST_GRPC = 4 * (16 * 1024 * 1024 // 4 + 1)
+
+
+@pytest.fixture
+def big(tmp_path: Path, upstream: Upstream) -> Iterator[RunningMesh]:
+    """A mesh (the default body limit, no retries) whose `large` is at an upstream writing
+    big batches as OpenAI does, and `zeros` at one answering more numbers than one gRPC
+    reply of the mesh can carry (as floats: it has no base64)."""
+    upstream.plan("large", large_embeddings)
+    upstream.plan("zeros", zero_embeddings(_PAST_GRPC // 4))
+    config = tmp_path / "models.yaml"
+    config.write_text(json.dumps({
+        "model_list": [{"model_name": name, "litellm_params": {
+            "model": f"openai/{name}", "api_base": f"{upstream.url}/v1", "api_key": "x"}}
+            for name in ("large", "zeros")],
+        "router_settings": {"num_retries": 0}}))
+    running = start_mesh(mesh_settings(tmp_path, config_path=config))
+    yield running
+    running.stop()
+
+
+async def test_openais_largest_batch_is_served_whole(big: RunningMesh,
+                                                     upstream: Upstream) -> None:
+    """2048 inputs of 3,072 numbers (text-embedding-3-large's batch, which OpenAI serves):
+    as floats the upstream's reply is ~85 MB, past the transport's 64 MiB, and was a 502
+    ReplyTooLarge. The mesh asks for base64 (~33 MB) and answers every vector exactly;
+    `dimensions` reaches the upstream as asked."""
+    texts = [f"p{i}" for i in range(2048)]
+    async with httpx.AsyncClient(timeout=120) as client:
+        reply = await client.post(f"{big.http_url}/v1/embeddings", json={
+            "model": "large", "input": texts, "dimensions": LARGE_DIMENSIONS,
+            "encoding_format": "base64"})
+        assert reply.status_code == 200, reply.text[:300]
+        asked = upstream.requests[-1][2]
+        assert (asked["encoding_format"], asked["dimensions"]) == ("base64",
+                                                                   LARGE_DIMENSIONS)
+        data = reply.json()["data"]
+        del reply
+        assert [d["index"] for d in data] == list(range(2048))
+        assert all(d["embedding"] == large_vector_base64(i) for i, d in enumerate(data))
+        del data
+        # Floats at the door too (smaller vectors: 2048 x 3,072 floats are 134 MB of JSON).
+        reply = await client.post(f"{big.http_url}/v1/embeddings", json={
+            "model": "large", "input": texts, "dimensions": 16})
+        assert reply.status_code == 200, reply.text[:300]
+        floats = [d["embedding"] for d in reply.json()["data"]]
+    assert floats == [_unpacked(large_vector_base64(i, 16)) for i in range(2048)]
+
+
+def _unpacked(b64: str) -> list[float]:
+    packed = array("f")
+    packed.frombytes(base64.b64decode(b64))
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tolist()
+
+
+async def test_a_reply_past_what_grpc_carries_is_the_upstreams_502_naming_its_size(
+        big: RunningMesh, upstream: Upstream, tmp_path: Path) -> None:
+    """More numbers than one gRPC reply of the mesh can carry (64 MiB) were read, then
+    the mesh failed to send them: RESOURCE_EXHAUSTED "Sent message larger than max",
+    which a door answers 429 as if the caller were over a quota. It is an upstream's
+    failure (UNAVAILABLE, reason UpstreamError; 502 at a door) naming the size."""
+    total = _PAST_GRPC
+    assert total > MAX_REPLY_VALUES
+    async with ScillmClient(big.grpc_target) as client:
+        with pytest.raises(RPCError) as caught:
+            await client.completion.embed({"model": "zeros", "input": ["a", "b", "c", "d"]})
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE, caught.value
+    assert caught.value.reason == "UpstreamError"
+    assert f"{total:,} numbers" in caught.value.message
+    # A door in its own process (the split layout) reaches the mesh over gRPC too.
+    (tmp_path / "door").mkdir()
+    door = start_mesh(mesh_settings(tmp_path / "door", services=(),
+                                    completion_target=big.grpc_target))
+    try:
+        async with httpx.AsyncClient(timeout=120) as http:
+            reply = await http.post(f"{door.http_url}/v1/embeddings", json={
+                "model": "zeros", "input": ["a", "b", "c", "d"], "encoding_format": "base64"})
+    finally:
+        door.stop()
+    assert reply.status_code == 502, reply.text[:300]
+    error = reply.json()["error"]
+    assert error["type"] == "upstream_error" and f"{total:,} numbers" in error["message"]
+    assert upstream.calls("zeros") == 2
