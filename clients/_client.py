@@ -4,6 +4,7 @@
         reply = await client.completion.create({"model": "echo/x", "messages": [...]})
         async for event in client.completion.stream(request): ...
         vectors = await client.completion.embed({"model": "echo/embed", "input": ["a", "b"]})
+        more = await client.completion.text({"model": "local/gemma3-270m", "prompt": "Once"})
 
 `api_key=` sends `authorization: Bearer <key>` on every call (a mesh with a master key
 needs it). A target may be one address, a comma-separated list of addresses, or a `dns:///`
@@ -89,7 +90,7 @@ def _metadata(request_id: str | None, extra: Metadata | None,
 
 
 class CompletionClient:
-    """CompletionService: `create`, `stream`, `embed`, `list_models`, `get_model`."""
+    """CompletionService: `create`, `stream`, `embed`, `text`, `list_models`, `get_model`."""
 
     def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = completion_pb2_grpc.CompletionServiceStub(channel)
@@ -136,6 +137,21 @@ class CompletionClient:
             request = openai_wire.embedding_request_to_proto(request)
         try:
             reply: completion_pb2.EmbeddingResponse = await self._stub.Embedding(
+                request, timeout=timeout, metadata=_metadata(request_id, metadata, self._default))
+            return reply
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+
+    async def text(self, request: completion_pb2.TextCompletionRequest | Mapping[str, Any], *,
+                   timeout: float | None = 600.0, request_id: str | None = None,
+                   metadata: Metadata | None = None) -> completion_pb2.TextCompletionResponse:
+        """A text completion (OpenAI's legacy `/completions`): a continuation of each
+        prompt, as base models want. A dict is OpenAI's completions request JSON
+        (`{"model": ..., "prompt": "text" or [...], "max_tokens": 16}`)."""
+        if not isinstance(request, completion_pb2.TextCompletionRequest):
+            request = openai_wire.text_request_to_proto(request)
+        try:
+            reply: completion_pb2.TextCompletionResponse = await self._stub.TextCompletion(
                 request, timeout=timeout, metadata=_metadata(request_id, metadata, self._default))
             return reply
         except grpc.aio.AioRpcError as err:
@@ -464,6 +480,11 @@ class SyncScillmClient:
               ) -> completion_pb2.EmbeddingResponse:
         """Embeddings (see CompletionClient.embed)."""
         return self._loop.run(self._client.completion.embed(request, **kwargs))
+
+    def text(self, request: Mapping[str, Any], **kwargs: Any,
+             ) -> completion_pb2.TextCompletionResponse:
+        """A text completion (see CompletionClient.text)."""
+        return self._loop.run(self._client.completion.text(request, **kwargs))
 
     def list_models(self) -> list[str]:
         """Configured model names."""

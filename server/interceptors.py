@@ -48,7 +48,8 @@ _CHARGED = "/scillm.completion."
 #: minute while they run (`_estimate`), so that calls in flight together cannot all pass.
 _RESERVING = frozenset(("/scillm.completion.v1.CompletionService/Completion",
                         "/scillm.completion.v1.CompletionService/CompletionStream",
-                        "/scillm.completion.v1.CompletionService/Embedding"))
+                        "/scillm.completion.v1.CompletionService/Embedding",
+                        "/scillm.completion.v1.CompletionService/TextCompletion"))
 #: `_authorize`'s answer for a call no key checks.
 _NOBODY: tuple[None, None] = (None, None)
 
@@ -503,12 +504,19 @@ def fallbacks_of(request: Any) -> tuple[str, ...]:
 
 def _estimate(request: Any) -> tuple[int, int]:
     """`charges.completion_estimate` of a completion (`_RESERVING`), or of a stream's; an
-    embedding's input (a token per four bytes of its request)."""
+    embedding's input (a token per four bytes of its request); a text completion's prompts
+    (a token per four bytes) and `max_tokens` (OpenAI's 16 unset) for each of its `n`."""
     inner = request.request if hasattr(request, "request") else request  # a stream's
+    if type(inner) is completion_pb2.CompletionRequest:  # chat first: its checks alone
+        return charges.completion_estimate(inner, request.ByteSize())
     if type(inner) is _Undecodable:
         return 0, 0
     if type(inner) is completion_pb2.EmbeddingRequest:  # its input, and no answer
         return -(-inner.ByteSize() // 4), 0
+    if type(inner) is completion_pb2.TextCompletionRequest:  # its prompts; n answers
+        answer = inner.max_tokens if inner.HasField("max_tokens") else 16  # OpenAI's default
+        return (-(-sum(p.ByteSize() for p in inner.prompt) // 4),
+                answer * (inner.n if inner.HasField("n") and inner.n > 1 else 1))
     return charges.completion_estimate(inner, request.ByteSize())
 
 

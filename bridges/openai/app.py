@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   JSON, or SSE ending in `data: [DONE]` with "stream": true
     POST /v1/embeddings         OpenAI's embeddings list, floats or base64 (embeddings.py)
+    POST /v1/completions        OpenAI's legacy text completions (text_completions.py)
     GET  /v1/models             configured model names
     GET  /v1/models/{model}     one model a caller may call (404 model_not_found if none)
     GET  /healthz               the process is up
@@ -52,7 +53,7 @@ from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
 from ..seed import envelope
-from . import embeddings, keys, runs, seed_doors, sse
+from . import embeddings, keys, runs, seed_doors, sse, text_completions
 from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries, hung_up
 from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
@@ -383,7 +384,8 @@ def _gone(request: Request, exc: Exception) -> Response:
 
 
 def _refused(request: Request, exc: Exception) -> Response:
-    """A body a route's endpoint (embeddings.py) did not read: `_BodyRefused`'s answer."""
+    """A body a route's endpoint (embeddings.py, text_completions.py) did not read:
+    `_BodyRefused`'s answer."""
     assert isinstance(exc, _BodyRefused)
     return exc.response()
 
@@ -455,6 +457,8 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         *(Route(path, completions, methods=["POST"]) for path in COMPLETIONS),
         *(Route(path, embeddings.endpoint(client, shim._json_body, _credentials),
                 methods=["POST"]) for path in embeddings.PATHS),
+        *(Route(path, text_completions.endpoint(client, shim._json_body, _credentials),
+                methods=["POST"]) for path in text_completions.PATHS),
         Route("/v1/models", shim.models, methods=["GET"]),
         Route("/v1/models/{model:path}", shim.model, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),

@@ -238,6 +238,45 @@ _EMBEDDING_LIST = obj({
                       "total_tokens": {"type": "integer"}}, ("prompt_tokens", "total_tokens")),
     "scillm": {**JSON_OBJECT, "description": "routing record and run id"},
 }, ("object", "data", "model", "usage"))
+_TEXT_REQUEST = obj({
+    "model": {"type": "string", "minLength": 1},
+    "prompt": {"anyOf": [
+        {"type": "string"},
+        {"type": "array", "minItems": 1, "maxItems": 2048, "items": {"type": "string"}},
+        _TOKEN_IDS,
+        {"type": "array", "minItems": 1, "maxItems": 2048, "items": _TOKEN_IDS}]},
+    "max_tokens": {"type": "integer", "minimum": 0, "maximum": 2147483647,
+                   "description": "16 when unset (OpenAI's default here)"},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "n": {"type": "integer", "minimum": 1, "maximum": 128},
+    "best_of": {"type": "integer", "minimum": 1, "maximum": 20,
+                "description": "at least n; passed to the provider"},
+    "stop": {"anyOf": [{"type": "string"},
+                       {"type": "array", "maxItems": 4, "items": {"type": "string"}}]},
+    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "seed": {"type": "integer"},
+    "logprobs": {"type": "integer", "minimum": 0, "maximum": 5,
+                 "description": "not served yet: any value is a 400 naming it"},
+    "echo": {"type": "boolean"},
+    "suffix": {"type": "string"},
+    "user": {"type": "string"},
+    "stream": {"type": "boolean", "description": "true is a 400 naming it: not served yet"},
+    "scillm": {**_EMBEDDING_REQUEST["properties"]["scillm"],
+               "description": "SciLLM's routing options (text completions are not cached)"},
+}, ("model", "prompt"), description="OpenAI's legacy completions request; other keys go to "
+                                    "the provider unchanged")
+_TEXT_COMPLETION = obj({
+    "id": {"type": "string"}, "object": {"const": "text_completion"},
+    "created": {"type": "integer"}, "model": {"type": "string"},
+    "choices": {"type": "array", "items": obj({
+        "index": {"type": "integer"}, "text": {"type": "string"}, "logprobs": {"type": "null"},
+        "finish_reason": nullable({"type": "string"}),
+    }, ("index", "text", "finish_reason"))},
+    "usage": ref("Usage"),
+    "scillm": {**JSON_OBJECT, "description": "routing record and run id"},
+}, ("id", "object", "created", "model", "choices"))
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -296,6 +335,15 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _EMBEDDING_REQUEST}}},
             "responses": {"200": response(_EMBEDDING_LIST, "the embeddings"),
+                          **errors(*CALL_ERRORS)},
+        }},
+        "/v1/completions": {"post": {
+            "operationId": "createCompletion",
+            "summary": "A text completion (OpenAI's legacy endpoint): a continuation of each "
+                       "prompt, as base models want; also at /completions",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _TEXT_REQUEST}}},
+            "responses": {"200": response(_TEXT_COMPLETION, "the completion"),
                           **errors(*CALL_ERRORS)},
         }},
         "/v1/models": {"get": {

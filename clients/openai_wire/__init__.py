@@ -1,4 +1,4 @@
-"""Translation between OpenAI's chat-completions (and embeddings) JSON and the
+"""Translation between OpenAI's chat-completions (embeddings, text completions) JSON and the
 CompletionService protos.
 
 One module for both directions and both doors: the HTTP shim turns OpenAI JSON into a
@@ -27,6 +27,12 @@ from ._response import (
     routing_from_proto,
     usage_from_proto,
     usage_to_proto,
+)
+from ._text import (
+    text_request_from_proto,
+    text_request_to_proto,
+    text_response_from_proto,
+    text_response_to_proto,
 )
 from ._values import (
     FINISH_REASONS,
@@ -57,6 +63,10 @@ __all__ = [
     "stream_flags",
     "struct_from_json",
     "struct_to_json",
+    "text_request_from_proto",
+    "text_request_to_proto",
+    "text_response_from_proto",
+    "text_response_to_proto",
     "usage_from_proto",
     "usage_to_proto",
 ]

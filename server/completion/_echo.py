@@ -108,6 +108,12 @@ class EchoProvider:
         return {"object": "list", "model": f"echo/{call.model}", "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
+    async def text_complete(self, call: ProviderCall) -> dict[str, Any]:
+        """OpenAI's `text_completion`: the prompt's own words (`_text.echo_reply`)."""
+        from ._text import echo_reply
+
+        return echo_reply(call.body, call.model)
+
     async def close(self) -> None:
         return None
 

@@ -9,12 +9,12 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from ..deadline import Deadline
-from . import _embeddings, _output, _request
+from . import _embeddings, _output, _request, _text
 from ._cache import MemoryCache, RedisCache, ResponseCache, assemble
 from ._embeddings import Embedded
 from ._provider import Provider, ProviderCall
@@ -22,6 +22,7 @@ from ._retry import RetryHooks, backoff_delay, is_retryable
 from ._router import DeploymentState, Group, Router
 from ._settings import CompletionSettings
 from ._shape import reply_fits
+from ._text import TextCompleted
 from ._types import CacheStats, Completed, Routing, StreamChunk, StreamEnd, StreamEvent
 from ._usage import clean_usage
 from .errors import (
@@ -38,6 +39,16 @@ from .errors import (
 __all__ = ["CompletionEngine"]
 
 T = TypeVar("T")
+
+
+class _Served(Protocol):
+    """What `_routed` serves: a result with the upstream's usage and its routing."""
+
+    usage: dict[str, Any] | None
+    routing: Routing
+
+
+S = TypeVar("S", bound=_Served)
 _NO_HOOKS = RetryHooks()
 
 
@@ -146,15 +157,34 @@ class CompletionEngine:
         the same retries, fallbacks, timeouts and cooldowns as a completion."""
         model = _request.check_model(request.get("model"))
         inputs = _embeddings.check(request)
-        opts = _request.options(request)
-        body = _embeddings.upstream_body(request)
+        return await self._routed(
+            model, _embeddings.upstream_body(request), _request.options(request),
+            lambda provider, call: _embeddings.attempt(provider, call, inputs))
+
+    async def text_complete(self, request: dict[str, Any]) -> TextCompleted:
+        """Serve a text completion (`_text`, OpenAI's legacy `/completions`): a
+        continuation per prompt and `n`, routed as `embed` is."""
+        model = _request.check_model(request.get("model"))
+        choices = _text.check(request)
+        return await self._routed(
+            model, _text.upstream_body(request), _request.options(request),
+            lambda provider, call: _text.attempt(provider, call, choices))
+
+    async def _routed(self, model: str, body: dict[str, Any], opts: _request.Options,
+                      attempt: Callable[[Provider, ProviderCall], Awaitable[S]]) -> S:
+        """A call other than chat's (embeddings, text), routed with chat's retries,
+        fallbacks and cooldowns: `attempt` once per try within the call's timeout, its
+        success recorded as a completion's; the result's routing filled in."""
         routing = Routing(strategy=self._strategy)
 
-        async def embed_once(provider: Provider, call: ProviderCall,
-                             state: DeploymentState) -> Embedded:
+        async def once(provider: Provider, call: ProviderCall, state: DeploymentState) -> S:
             started, clock = time.perf_counter(), self._clock()
             try:
-                done = await _embeddings.attempt(provider, call, inputs)
+                async with Deadline(call.timeout_s):
+                    done = await attempt(provider, call)
+            except TimeoutError:
+                raise UpstreamTimeout(f"{call.deployment.id} did not answer within "
+                                      f"{call.timeout_s:g}s") from None
             finally:
                 routing.upstream_s += time.perf_counter() - started
             latency = self._clock() - clock
@@ -164,7 +194,7 @@ class CompletionEngine:
                 self._hooks.on_success(call.deployment.id, latency)
             return done
 
-        done = await self._with_fallbacks(model, body, opts, routing, embed_once, stream=False)
+        done = await self._with_fallbacks(model, body, opts, routing, once, stream=False)
         done.routing = routing
         return done
 

@@ -33,6 +33,11 @@ PASSED = frozenset({
 })
 #: What a caller's request may hand to `litellm.aembedding` (as `PASSED`).
 EMBEDDING_PASSED = frozenset({"input", "dimensions", "user"})
+#: What a caller's request may hand to `litellm.atext_completion` (as `PASSED`).
+TEXT_PASSED = frozenset({
+    "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty",
+    "frequency_penalty", "seed", "echo", "suffix", "user", "best_of", "logit_bias",
+})
 
 
 class LiteLLMProvider:
@@ -83,9 +88,18 @@ class LiteLLMProvider:
 
     async def embed(self, call: ProviderCall) -> dict[str, Any]:
         """`litellm.aembedding`, its reply as OpenAI's embeddings list."""
+        return await self._dumped(call, "aembedding", EMBEDDING_PASSED)
+
+    async def text_complete(self, call: ProviderCall) -> dict[str, Any]:
+        """`litellm.atext_completion`, its reply as OpenAI's `text_completion`."""
+        return await self._dumped(call, "atext_completion", TEXT_PASSED)
+
+    async def _dumped(self, call: ProviderCall, function: str,
+                      passed: frozenset[str]) -> dict[str, Any]:
+        """LiteLLM's `function` with what `passed` lets through; its reply as a dict."""
         lib = self._lib(call)
         try:
-            response = await lib.aembedding(**self._kwargs(call, EMBEDDING_PASSED))
+            response = await getattr(lib, function)(**self._kwargs(call, passed))
         except Exception as exc:
             raise _mapped(exc, call) from exc
         data: dict[str, Any] = response.model_dump()

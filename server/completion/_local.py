@@ -38,6 +38,8 @@ __all__ = ["LocalProvider", "load_gemma"]
 
 EXTRA = "scillm[local]"
 _PASSED = ("max_tokens", "temperature", "top_p", "stop", "seed")
+#: What a text completion passes besides `_PASSED` (llama.cpp's own names).
+_TEXT_PASSED = ("echo", "suffix", "presence_penalty", "frequency_penalty")
 _DONE = object()
 
 
@@ -155,6 +157,37 @@ class LocalProvider:
                 yield item
         finally:
             stop.set()  # the worker stops at its next token
+
+    async def text_complete(self, call: ProviderCall) -> dict[str, Any]:
+        """OpenAI's `text_completion`: llama.cpp's `create_completion` of each prompt as
+        is (no template: a base model's natural call), `n` times each, in the worker."""
+        body = call.body
+        prompts = body["prompt"]
+        if isinstance(prompts, str) or not prompts or type(prompts[0]) is int:
+            prompts = [prompts]
+        kwargs = {k: body[k] for k in (*_PASSED, *_TEXT_PASSED) if body.get(k) is not None}
+        copies = range(int(body.get("n") or 1))
+        stop = threading.Event()
+
+        def run() -> list[Any]:
+            model = self._model(call.model)
+            return [model.create_completion(prompt=prompt, **kwargs, stopping_criteria=(
+                lambda ids, logits: stop.is_set())) for prompt in prompts for _ in copies]
+
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._worker, run)
+        finally:
+            stop.set()
+        usage = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 0)
+        choices = []
+        for i, result in enumerate(results):
+            first = (result.get("choices") or [{}])[0] if isinstance(result, dict) else {}
+            choices.append({"index": i, "text": first.get("text"),
+                            "finish_reason": first.get("finish_reason") or "stop"})
+            for key in usage:
+                usage[key] += int(((result or {}).get("usage") or {}).get(key) or 0)
+        return {"id": completion_id("cmpl"), "object": "text_completion",
+                "model": call.model, "choices": choices, "usage": usage}
 
     async def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)

@@ -244,6 +244,24 @@ class OpenAIProvider:
         finally:
             await source.aclose()
 
+    async def text_complete(self, call: ProviderCall) -> Any:
+        """POST `{api_base}/completions` (OpenAI's legacy text completions); the reply's
+        JSON, whatever it is (`_text` reads it strictly). Its headers are made per call:
+        text completions are not chat's hot path."""
+        dep = call.deployment
+        base = dep.api_base or DEFAULT_BASE
+        prepared = _head(dep, self._pool.get(base), self._pool.url(f"{base}/completions"),
+                         False)
+        lean, content = self._pool.lean(base), _dumps({**call.body, "model": call.model})
+        status, raw = await (self._exchange(lean, prepared, call, content)
+                             if lean is not None and prepared.head is not None
+                             else self._send(base, prepared, call, content))
+        try:
+            return _loads(raw)
+        except ValueError:
+            raise UpstreamError(f"{dep.id}: the text completion reply (HTTP {status}) is not "
+                                "JSON") from None
+
     async def close(self) -> None:
         await self._pool.close()
 

@@ -35,7 +35,9 @@ class Provider(Protocol):
     """One kind of upstream. Errors are raised as `CompletionError` subclasses.
 
     A provider that serves embeddings has `async def embed(call) -> dict` too, answering
-    OpenAI's embeddings list (read by `_embeddings`); one without it serves none."""
+    OpenAI's embeddings list (read by `_embeddings`); one without it serves none. One that
+    serves text completions has `async def text_complete(call) -> dict`, answering OpenAI's
+    `text_completion` (read by `_text`)."""
 
     name: str
 

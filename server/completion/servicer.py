@@ -1,5 +1,5 @@
-"""CompletionService over gRPC (completions and embeddings): validate, call the engine,
-translate, map errors."""
+"""CompletionService over gRPC (completions, embeddings, text completions): validate, call
+the engine, translate, map errors."""
 
 from __future__ import annotations
 
@@ -68,6 +68,15 @@ def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
     except MISSHAPEN as exc:
         raise errors.UpstreamError(f"the upstream's reply for {model!r} does not fit OpenAI's "
                                    f"shape: {exc}") from None
+
+
+def _estimate_prompts(items: list[Any]) -> None:
+    """Report the prompt tokens of an embedding's inputs or a text completion's prompts
+    (texts estimated, token ids counted), charged if the call ends without the upstream's
+    usage."""
+    if usage_estimate_wanted():
+        report_usage_estimate(sum(tokens(len(i)) if isinstance(i, str) else len(i)
+                                  for i in items), 0)
 
 
 def validate_request(req: pb.CompletionRequest) -> None:
@@ -229,21 +238,40 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                               model=request.model)
         started = time.perf_counter()
         body = wire.embedding_request_from_proto(request)
-        if usage_estimate_wanted():  # charged if the call ends without the upstream's usage
-            report_usage_estimate(sum(tokens(len(i)) if isinstance(i, str) else len(i)
-                                      for i in body["input"]), 0)
+        _estimate_prompts(body["input"])
         done = await self._engine.embed(body)
         reply = pb.EmbeddingResponse(model=done.model, usage=wire.usage_to_proto(done.usage))
         for index, vector in enumerate(done.vectors):
             reply.data.add(index=index, embedding=vector)
-        routing = done.routing
+        await self._finish(request, reply, done.routing, clock, started)
+        return reply
+
+    async def TextCompletion(self, request: pb.TextCompletionRequest,
+                             context: grpc.aio.ServicerContext[Any, Any],
+                             ) -> pb.TextCompletionResponse:
+        # The prompts' and numbers' checks are the engine's (`_text.check`).
+        if not request.model:
+            raise _invalid("model is required", "model")
+        clock = ManifestClock("completion", request.context, request_id=current_request_id(),
+                              model=request.model)
+        started = time.perf_counter()
+        body = wire.text_request_from_proto(request)
+        _estimate_prompts(body["prompt"])
+        done = await self._engine.text_complete(body)
+        reply = wire.text_response_to_proto(done)
+        reply.usage.CopyFrom(wire.usage_to_proto(done.usage))
+        await self._finish(request, reply, done.routing, clock, started)
+        return reply
+
+    async def _finish(self, request: Any, reply: Any, routing: Routing, clock: ManifestClock,
+                      started: float) -> None:
+        """A unary reply's routing, metrics, manifest and stored run (embeddings, text)."""
         _fill_routing(reply.routing, routing, cache_hit=False, overhead_s=(
             time.perf_counter() - started - routing.upstream_s - routing.total_sleep_s))
         self._count(request.model, reply.usage, routing, False, False)
         reply.manifest.CopyFrom(clock.finish(provider=routing.provider))
         if self._store is not None:  # shielded, as a completion's
             await asyncio.shield(self._store.put(reply.manifest, request, reply))
-        return reply
 
     async def GetModel(self, request: pb.GetModelRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetModelResponse:

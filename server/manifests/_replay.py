@@ -132,6 +132,8 @@ async def replay(stored: StoredRun, client: ScillmClient
         result = await client.completion.create(request)
     elif service == "completion" and isinstance(request, completion_pb2.EmbeddingRequest):
         result = await client.completion.embed(request)
+    elif service == "completion" and isinstance(request, completion_pb2.TextCompletionRequest):
+        result = await client.completion.text(request)
     elif service == "completion":  # a stored stream: replay it as a stream
         result = await _terminal(client.completion.stream(request.request), "end")
     else:

@@ -30,7 +30,8 @@ from scillm.bridges.openai.openapi import OPENAPI
 SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
-OPERATIONS = [("/v1/chat/completions", "POST"), ("/v1/embeddings", "POST"), ("/v1/models", "GET"),
+OPERATIONS = [("/v1/chat/completions", "POST"), ("/v1/embeddings", "POST"),
+              ("/v1/completions", "POST"), ("/v1/models", "GET"),
               ("/key/generate", "POST"), ("/key/info", "GET"), ("/key/update", "POST"),
               ("/key/list", "GET"), ("/key/delete", "POST")]
 #: Model names that start runs of other services (sandboxes, provers): not fuzzed here.
@@ -41,11 +42,13 @@ FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
 
 
 def _aim(case: schemathesis.Case, use_echo: bool) -> None:
-    """Non-streaming calls only; half of the chat and embedding bodies go to the echo
-    model."""
+    """Non-streaming calls only; half of the chat, embedding and text completion bodies go
+    to the echo model."""
     body = case.body
     if case.path == "/v1/embeddings" and isinstance(body, dict) and use_echo:
         body["model"] = "echo/embed"
+    if case.path == "/v1/completions" and isinstance(body, dict) and use_echo:
+        body["model"] = "echo/base"
     if case.path != "/v1/chat/completions" or not isinstance(body, dict):
         return
     body["stream"] = False

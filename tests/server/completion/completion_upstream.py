@@ -376,6 +376,29 @@ class Upstream:
             self._tasks.discard(task)  # type: ignore[arg-type]
 
 
+def openai_text_completion(req: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `text_completion` for `req` (POST /completions), as api.openai.com writes
+    it: per prompt and `n`, the prompt reversed; `choices` in reverse order (a client must
+    read `index`); 2 prompt tokens a prompt and 3 completion tokens a choice."""
+    prompts = req["prompt"] if isinstance(req["prompt"], list) and req["prompt"] and \
+        not isinstance(req["prompt"][0], int) else [req["prompt"]]
+    n = req.get("n") or 1
+    choices = [{"index": p * n + j, "text": str(prompt)[::-1], "logprobs": None,
+                "finish_reason": "length"} for p, prompt in enumerate(prompts)
+               for j in range(n)]
+    return {"id": "cmpl-up1", "object": "text_completion", "created": 7,
+            "model": req["model"], "choices": choices[::-1], "system_fingerprint": None,
+            "usage": {"prompt_tokens": 2 * len(prompts), "completion_tokens": 3 * len(choices),
+                      "total_tokens": 2 * len(prompts) + 3 * len(choices)}}
+
+
+async def text_completions(up: Upstream, req: dict[str, Any], r: asyncio.StreamReader,
+                           w: asyncio.StreamWriter) -> bool:
+    """A well-behaved OpenAI completions endpoint (`openai_text_completion`)."""
+    send_json(w, 200, openai_text_completion(req))
+    return True
+
+
 class FakeTime:
     """An injected clock and sleep: sleeping advances the clock at once."""
 

@@ -1771,3 +1771,228 @@ class EmbeddingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EmbeddingResponse: _TypeAlias = EmbeddingResponse  # noqa: Y015
+
+@_typing.final
+class TextCompletionRequest(_message.Message):
+    """TextCompletionRequest is OpenAI's legacy completions request plus routing options."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    ECHO_FIELD_NUMBER: _builtins.int
+    SUFFIX_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    EXTRA_BODY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name, for example "echo/base" or "local/gemma3-270m"."""
+    max_tokens: _builtins.int
+    """Maximum generated tokens per choice; OpenAI's default for this endpoint is 16."""
+    temperature: _builtins.float
+    """Sampling temperature."""
+    top_p: _builtins.float
+    """Nucleus sampling mass."""
+    n: _builtins.int
+    """Number of choices per prompt (default 1)."""
+    presence_penalty: _builtins.float
+    """Presence penalty."""
+    frequency_penalty: _builtins.float
+    """Frequency penalty."""
+    seed: _builtins.int
+    """Sampling seed."""
+    logprobs: _builtins.int
+    """Log probabilities of the most likely tokens (0 to 5): not served yet, refused with
+    INVALID_ARGUMENT naming `logprobs`.
+    """
+    echo: _builtins.bool
+    """Return the prompt before its continuation."""
+    suffix: _builtins.str
+    """Text that comes after the completion (insertion), for models that take one."""
+    user: _builtins.str
+    """End-user identifier."""
+    @_builtins.property
+    def prompt(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbeddingInput]:
+        """The prompts, each a text or token ids (OpenAI's `prompt`); must not be empty. A
+        text may be empty.
+        """
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stop sequences (at most 4)."""
+
+    @_builtins.property
+    def routing(self) -> Global___RoutingOptions:
+        """Fallbacks, timeout and retries (text completions are not cached: `cache` and
+        `deterministic` are refused).
+        """
+
+    @_builtins.property
+    def context(self) -> _common_pb2.RunContext:
+        """Session and track of the call."""
+
+    @_builtins.property
+    def extra_body(self) -> _struct_pb2.Struct:
+        """Provider-specific fields passed through unchanged (`best_of`, `logit_bias`, ...)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        prompt: _abc.Iterable[Global___EmbeddingInput] | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        temperature: _builtins.float | None = ...,
+        top_p: _builtins.float | None = ...,
+        n: _builtins.int | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        presence_penalty: _builtins.float | None = ...,
+        frequency_penalty: _builtins.float | None = ...,
+        seed: _builtins.int | None = ...,
+        logprobs: _builtins.int | None = ...,
+        echo: _builtins.bool | None = ...,
+        suffix: _builtins.str | None = ...,
+        user: _builtins.str = ...,
+        routing: Global___RoutingOptions | None = ...,
+        context: _common_pb2.RunContext | None = ...,
+        extra_body: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_echo", b"_echo", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_n", b"_n", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_suffix", b"_suffix", "_temperature", b"_temperature", "_top_p", b"_top_p", "context", b"context", "echo", b"echo", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "n", b"n", "presence_penalty", b"presence_penalty", "routing", b"routing", "seed", b"seed", "suffix", b"suffix", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_echo", b"_echo", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_n", b"_n", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_suffix", b"_suffix", "_temperature", b"_temperature", "_top_p", b"_top_p", "context", b"context", "echo", b"echo", "extra_body", b"extra_body", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "model", b"model", "n", b"n", "presence_penalty", b"presence_penalty", "prompt", b"prompt", "routing", b"routing", "seed", b"seed", "stop", b"stop", "suffix", b"suffix", "temperature", b"temperature", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__echo: _TypeAlias = _typing.Literal["echo"]  # noqa: Y015
+    _WhichOneofArgType__echo: _TypeAlias = _typing.Literal["_echo", b"_echo"]  # noqa: Y015
+    _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
+    _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
+    _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
+    _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
+    _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__suffix: _TypeAlias = _typing.Literal["suffix"]  # noqa: Y015
+    _WhichOneofArgType__suffix: _TypeAlias = _typing.Literal["_suffix", b"_suffix"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__echo) -> _WhichOneofReturnType__echo | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__suffix) -> _WhichOneofReturnType__suffix | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+
+Global___TextCompletionRequest: _TypeAlias = TextCompletionRequest  # noqa: Y015
+
+@_typing.final
+class TextChoice(_message.Message):
+    """TextChoice is one continuation of one prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Index of the choice: prompt index x n + choice number, as OpenAI numbers them."""
+    text: _builtins.str
+    """The generated text (the prompt before it with `echo`)."""
+    finish_reason: Global___FinishReason.ValueType
+    """Why generation stopped."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        text: _builtins.str = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextChoice: _TypeAlias = TextChoice  # noqa: Y015
+
+@_typing.final
+class TextCompletionResponse(_message.Message):
+    """TextCompletionResponse is OpenAI's `text_completion` plus routing and manifest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Completion id."""
+    created: _builtins.int
+    """Creation time, Unix seconds."""
+    model: _builtins.str
+    """Model that answered."""
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextChoice]:
+        """The choices, in index order."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """Token usage."""
+
+    @_builtins.property
+    def routing(self) -> Global___Routing:
+        """How the call was routed."""
+
+    @_builtins.property
+    def manifest(self) -> _common_pb2.RunManifest:
+        """The run manifest."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        created: _builtins.int = ...,
+        model: _builtins.str = ...,
+        choices: _abc.Iterable[Global___TextChoice] | None = ...,
+        usage: _common_pb2.Usage | None = ...,
+        routing: Global___Routing | None = ...,
+        manifest: _common_pb2.RunManifest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "routing", b"routing", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "created", b"created", "id", b"id", "manifest", b"manifest", "model", b"model", "routing", b"routing", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextCompletionResponse: _TypeAlias = TextCompletionResponse  # noqa: Y015

@@ -60,6 +60,11 @@ class CompletionServiceStub:
                 request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingRequest.SerializeToString,
                 response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingResponse.FromString,
                 _registered_method=True)
+        self.TextCompletion = channel.unary_unary(
+                '/scillm.completion.v1.CompletionService/TextCompletion',
+                request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionRequest.SerializeToString,
+                response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -106,6 +111,16 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TextCompletion(self, request, context):
+        """TextCompletion continues a plain text prompt (OpenAI's legacy `POST /v1/completions`,
+        what base models and lm-evaluation-harness speak), routed over the same deployments,
+        retries, Retry-After, fallbacks and timeouts as Completion; a deployment whose
+        provider has no text completions is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +148,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.Embedding,
                     request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingRequest.FromString,
                     response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingResponse.SerializeToString,
+            ),
+            'TextCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.TextCompletion,
+                    request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionRequest.FromString,
+                    response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +291,33 @@ class CompletionService:
             '/scillm.completion.v1.CompletionService/Embedding',
             scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingRequest.SerializeToString,
             scillm_dot_completion_dot_v1_dot_completion__pb2.EmbeddingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TextCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scillm.completion.v1.CompletionService/TextCompletion',
+            scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionRequest.SerializeToString,
+            scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,

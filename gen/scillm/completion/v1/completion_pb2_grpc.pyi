@@ -53,6 +53,12 @@ class CompletionServiceStub:
     the same deployments, retries, Retry-After, fallbacks and timeouts as Completion;
     a deployment whose provider has no embeddings is INVALID_ARGUMENT.
     """
+    TextCompletion: _grpc.UnaryUnaryMultiCallable[_completion_pb2.TextCompletionRequest, _completion_pb2.TextCompletionResponse]
+    """TextCompletion continues a plain text prompt (OpenAI's legacy `POST /v1/completions`,
+    what base models and lm-evaluation-harness speak), routed over the same deployments,
+    retries, Retry-After, fallbacks and timeouts as Completion; a deployment whose
+    provider has no text completions is INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -76,6 +82,12 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     """Embedding returns one vector per input (OpenAI `POST /v1/embeddings`), routed over
     the same deployments, retries, Retry-After, fallbacks and timeouts as Completion;
     a deployment whose provider has no embeddings is INVALID_ARGUMENT.
+    """
+    TextCompletion: _aio.UnaryUnaryMultiCallable[_completion_pb2.TextCompletionRequest, _completion_pb2.TextCompletionResponse]  # type: ignore[assignment]
+    """TextCompletion continues a plain text prompt (OpenAI's legacy `POST /v1/completions`,
+    what base models and lm-evaluation-harness speak), routed over the same deployments,
+    retries, Retry-After, fallbacks and timeouts as Completion; a deployment whose
+    provider has no text completions is INVALID_ARGUMENT.
     """
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,6 +139,18 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Embedding returns one vector per input (OpenAI `POST /v1/embeddings`), routed over
         the same deployments, retries, Retry-After, fallbacks and timeouts as Completion;
         a deployment whose provider has no embeddings is INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def TextCompletion(
+        self,
+        request: _completion_pb2.TextCompletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_pb2.TextCompletionResponse, _abc.Awaitable[_completion_pb2.TextCompletionResponse]]:
+        """TextCompletion continues a plain text prompt (OpenAI's legacy `POST /v1/completions`,
+        what base models and lm-evaluation-harness speak), routed over the same deployments,
+        retries, Retry-After, fallbacks and timeouts as Completion; a deployment whose
+        provider has no text completions is INVALID_ARGUMENT.
         """
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

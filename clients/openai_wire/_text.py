@@ -1,0 +1,149 @@
+"""A text completion (OpenAI's legacy `/completions`), OpenAI JSON <->
+`TextCompletionRequest` / `TextCompletionResponse`.
+
+`prompt` is a string, an array of strings, an array of token ids, or an array of such
+arrays, as OpenAI takes it; the proto holds a list of prompts, each a text or token ids.
+What the proto cannot hold (a number among texts, `true`, a token id past int64, a
+`max_tokens` past int32) is refused here naming the item; what it can hold but OpenAI
+refuses (no prompt, n past best_of, logprobs past 5, ...) is the server's to refuse, for
+every door alike (server/completion/_text.py). Unknown keys (`best_of`, `logit_bias`,
+`stream`) travel in `extra_body`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from scillm.completion.v1 import completion_pb2 as pb
+
+from ..errors import InvalidRequestError
+from ._embeddings import _token_ids
+from ._request import _NOT_EXTRA, _routing_to_proto, _text, routing_options_from_proto
+from ._values import (
+    _FINISH_NAMES,
+    FINISH_REASONS,
+    _expect,
+    _number,
+    struct_from_json,
+    struct_to_json,
+)
+
+__all__ = ["text_request_from_proto", "text_request_to_proto", "text_response_from_proto",
+           "text_response_to_proto"]
+
+#: The optional numbers of the request: JSON key -> Python type (int fields are int32,
+#: `seed` int64).
+_NUMBERS: dict[str, type] = {
+    "max_tokens": int, "temperature": float, "top_p": float, "n": int,
+    "presence_penalty": float, "frequency_penalty": float, "seed": int, "logprobs": int}
+#: The request keys read here; any other goes to `extra_body`, then to the provider.
+_HANDLED = frozenset({*_NUMBERS, "model", "prompt", "stop", "echo", "suffix", "user",
+                      "scillm"})
+
+
+def _prompts(value: Any) -> list[pb.EmbeddingInput]:
+    """OpenAI's `prompt` as the proto's prompts (an empty list stays empty, for the
+    server to refuse)."""
+    if isinstance(value, str):
+        return [pb.EmbeddingInput(text=value)]
+    items = _expect(value, list, "prompt")
+    if items and all(type(i) is int for i in items):  # one prompt, as token ids
+        return [pb.EmbeddingInput(tokens=_token_ids(items, "prompt"))]
+    prompts = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str | list):
+            raise InvalidRequestError(f"'prompt[{i}]' must be a string or an array of token "
+                                      "ids", param=f"prompt[{i}]")
+        prompts.append(pb.EmbeddingInput(text=item) if isinstance(item, str) else
+                       pb.EmbeddingInput(tokens=_token_ids(item, f"prompt[{i}]")))
+    return prompts
+
+
+def text_request_to_proto(body: Mapping[str, Any]) -> pb.TextCompletionRequest:
+    """OpenAI's completions request body as a `TextCompletionRequest`; InvalidRequestError
+    naming the offending parameter."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required and must be a non-empty string",
+                                  param="model")
+    if "prompt" not in body:
+        raise InvalidRequestError("'prompt' is required", param="prompt")
+    try:
+        req = pb.TextCompletionRequest(model=model, prompt=_prompts(body["prompt"]))
+        _fill(req, body)
+    except UnicodeEncodeError:
+        raise InvalidRequestError("the request holds a string that is not valid Unicode (a "
+                                  "lone surrogate)") from None
+    return req
+
+
+def _fill(req: pb.TextCompletionRequest, body: Mapping[str, Any]) -> None:
+    for key, kind in _NUMBERS.items():
+        if body.get(key) is not None:
+            setattr(req, key, _number(body[key], kind, key, bits=64 if key == "seed" else 32))
+    stop = body.get("stop")
+    if stop is not None:
+        req.stop.extend([stop] if isinstance(stop, str) else
+                        [_expect(s, str, "stop") for s in _expect(stop, list, "stop")])
+    if body.get("echo") is not None:
+        req.echo = _expect(body["echo"], bool, "echo")
+    if body.get("suffix") is not None:
+        req.suffix = _expect(body["suffix"], str, "suffix")
+    if body.get("user") is not None:
+        req.user = _expect(body["user"], str, "user")
+    options = body.get("scillm")
+    if options is not None:
+        req.routing.CopyFrom(_routing_to_proto(options))
+        req.context.session_id = _text(options, "session_id", "scillm")
+        req.context.track = _text(options, "track", "scillm")
+    extra = {k: v for k, v in body.items() if k not in _HANDLED}
+    if extra:
+        req.extra_body.CopyFrom(struct_from_json(extra, "extra_body"))
+
+
+def text_request_from_proto(req: pb.TextCompletionRequest) -> dict[str, Any]:
+    """A `TextCompletionRequest` as the engine's request: OpenAI's JSON with `prompt` a
+    list (texts, or token-id lists) and the routing options under `scillm`."""
+    body: dict[str, Any] = {"model": req.model, "prompt": [
+        item.text if item.WhichOneof("input") != "tokens" else list(item.tokens.ids)
+        for item in req.prompt]}
+    for key in (*_NUMBERS, "echo", "suffix"):
+        if req.HasField(key):  # type: ignore[arg-type]
+            body[key] = getattr(req, key)
+    if req.stop:
+        body["stop"] = list(req.stop)
+    if req.user:
+        body["user"] = req.user
+    if req.HasField("extra_body"):
+        for key, value in struct_to_json(req.extra_body, "extra_body").items():
+            if key == "scillm":  # read from `routing`, where the key check reads it
+                raise InvalidRequestError(_NOT_EXTRA["scillm"], param="extra_body.scillm")
+            body.setdefault(key, value)
+    if req.HasField("routing"):  # cache and deterministic too, for the engine to refuse
+        body["scillm"] = routing_options_from_proto(req.routing)
+    return body
+
+
+def text_response_to_proto(reply: Any) -> pb.TextCompletionResponse:
+    """The engine's `TextCompleted` (`id`, `created`, `model`, `choices`) as a response
+    (usage, routing and manifest are the servicer's to fill)."""
+    out = pb.TextCompletionResponse(id=reply.id, created=reply.created, model=reply.model)
+    for choice in reply.choices:
+        out.choices.add(index=choice["index"], text=choice["text"],
+                        finish_reason=FINISH_REASONS[  # type: ignore[arg-type]
+                            choice["finish_reason"]])
+    return out
+
+
+def text_response_from_proto(resp: pb.TextCompletionResponse) -> dict[str, Any]:
+    """A `TextCompletionResponse` as OpenAI's `text_completion` object."""
+    usage = resp.usage
+    return {"id": resp.id, "object": "text_completion", "created": resp.created,
+            "model": resp.model,
+            "choices": [{"index": c.index, "text": c.text, "logprobs": None,
+                         "finish_reason": _FINISH_NAMES.get(c.finish_reason)}
+                        for c in resp.choices],
+            "usage": {"prompt_tokens": usage.prompt_tokens,
+                      "completion_tokens": usage.completion_tokens,
+                      "total_tokens": usage.total_tokens}}

@@ -1,0 +1,215 @@
+"""Text completions (OpenAI's legacy `POST /completions`): the request's checks, one
+upstream attempt, the reply read strictly, and the echo provider's continuation.
+
+The engine routes a text completion as it routes a chat completion
+(`CompletionEngine.text_complete`: the same deployments, retries, Retry-After, fallbacks,
+timeouts and cooldowns); this module holds what differs. A request is OpenAI's JSON with
+`prompt` always a list: of texts, or of token-id lists, never both. Without `max_tokens`
+every provider is asked for OpenAI's default for this endpoint, `DEFAULT_MAX_TOKENS` (16).
+A provider serves text completions when it has a `text_complete` method (OpenAI-compatible
+upstreams, `echo/...`, the local llama.cpp model, LiteLLM); a deployment of another
+(Anthropic, a Codex sidecar) is the caller's error, InvalidRequest.
+
+`logprobs` is not served yet (its legacy shape, with a null first logprob, has no home in
+the contract): any value is refused naming it, as are `stream` (its own call, not built)
+and cached or deterministic routing (text completions are not cached).
+
+A reply is read strictly, as an upstream's is untrusted: an object whose `choices` holds
+one choice per prompt and `n` (distinct `index`es from 0), each with a `text` string and a
+known `finish_reason`, `MAX_TEXT_CHARS` characters in all at most. Anything else is an
+UpstreamError (502 at the door), never a crash nor a short list of choices.
+
+The echo provider (`echo/...`) continues a prompt with the prompt's own words: its words
+(whitespace-separated; a token-id prompt's words are its ids), each after one space, up to
+`max_tokens` words (finish "length") or a stop sequence (finish "stop", the text cut before
+it), words counted as tokens; with `echo` the prompt comes first. `suffix` is ignored. The
+same request always gets the same text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._provider import Provider, ProviderCall, completion_id
+from ._request import _RANGES
+from ._types import Routing
+from ._usage import clean_usage
+from .errors import InvalidRequest, UpstreamError
+
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_CHOICES", "MAX_PROMPTS", "MAX_TEXT_CHARS", "TextCompleted",
+           "attempt", "check", "echo_reply", "upstream_body"]
+
+#: OpenAI's `max_tokens` when the request sets none.
+DEFAULT_MAX_TOKENS = 16
+#: The most prompts one request may hold.
+MAX_PROMPTS = 2048
+#: The most choices one reply may hold (prompts x n).
+MAX_CHOICES = 2048
+#: The most characters of text one reply may hold, all choices together (what one gRPC
+#: reply of the mesh, 64 MiB, carries with room to spare for UTF-8 and the rest).
+MAX_TEXT_CHARS = 16 * 1024 * 1024
+#: The echo provider's longest continuation, in words (a model's context).
+_ECHO_MAX_WORDS = 4096
+#: The keys that do not go upstream.
+_NOT_UPSTREAM = frozenset({"model", "scillm", "prompt"})
+#: A reply's finish reasons this contract names.
+_FINISHES = frozenset({"stop", "length", "content_filter"})
+
+
+@dataclass
+class TextCompleted:
+    """A served text completion: OpenAI's `text_completion` fields, its choices each
+    `{"index", "text", "finish_reason"}` in index order, the upstream's usage (None when it
+    reported none) and the routing."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+    routing: Routing = field(default_factory=Routing)
+
+
+def check(request: Mapping[str, Any]) -> int:
+    """Refuse what OpenAI refuses, naming the field; the number of choices to expect."""
+    prompts = request.get("prompt")
+    if not isinstance(prompts, list) or not prompts:
+        raise InvalidRequest("prompt must not be empty", param="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise InvalidRequest(f"prompt holds {len(prompts)} prompts; at most {MAX_PROMPTS} "
+                             "are allowed", param="prompt")
+    texts = isinstance(prompts[0], str)
+    for i, item in enumerate(prompts):
+        if not isinstance(item, str if texts else list) or not (
+                texts or (item and all(type(t) is int and t >= 0 for t in item))):
+            raise InvalidRequest(f"prompt[{i}] must be a text, or a non-empty list of token "
+                                 "ids, like every other prompt", param=f"prompt[{i}]")
+    n = _whole(request, "n", 1, 128, 1)
+    best_of = _whole(request, "best_of", 1, 20, n)
+    if best_of < n:
+        raise InvalidRequest(f"best_of ({best_of}) must be at least n ({n})", param="best_of")
+    _whole(request, "max_tokens", 0, 2**31 - 1, 0)
+    logprobs = _whole(request, "logprobs", 0, 5, 0)
+    if request.get("logprobs") is not None:
+        raise InvalidRequest(f"logprobs ({logprobs}) is not served by this gateway's text "
+                             "completions yet: leave it out", param="logprobs")
+    for key, low, high in _RANGES:
+        value = request.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not low <= value <= high):
+            raise InvalidRequest(f"{key} must be between {low:g} and {high:g}", param=key)
+    stop = request.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
+        raise InvalidRequest("stop must be a string or a list of at most 4 strings",
+                             param="stop")
+    if request.get("stream") not in (None, False):
+        raise InvalidRequest("text completions do not stream here yet: leave out stream "
+                             "(or set it to false)", param="stream")
+    if request.get("echo") is not None and type(request["echo"]) is not bool:
+        raise InvalidRequest("echo must be true or false", param="echo")
+    if request.get("suffix") is not None and not isinstance(request["suffix"], str):
+        raise InvalidRequest("suffix must be a string", param="suffix")
+    if len(prompts) * n > MAX_CHOICES:
+        raise InvalidRequest(f"{len(prompts)} prompts with n {n} are {len(prompts) * n} "
+                             f"choices; at most {MAX_CHOICES} are allowed", param="n")
+    options = request.get("scillm")
+    if isinstance(options, Mapping) and (options.get("cache") or options.get("deterministic")):
+        raise InvalidRequest("text completions are not cached: scillm takes fallbacks, "
+                             "timeout_s and num_retries here", param="scillm")
+    return len(prompts) * n
+
+
+def _whole(request: Mapping[str, Any], key: str, low: int, high: int, default: int) -> int:
+    """`request[key]`, a whole number from `low` to `high`, or `default` when absent."""
+    value = request.get(key)
+    if value is None:
+        return default
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidRequest(f"{key} must be a whole number from {low} to {high}", param=key)
+    return value
+
+
+def upstream_body(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request as sent upstream: one prompt as itself (a text, or token ids), several
+    as a list; `max_tokens` OpenAI's default when the request sets none."""
+    body = {k: v for k, v in request.items() if k not in _NOT_UPSTREAM}
+    prompts = request["prompt"]
+    body["prompt"] = prompts[0] if len(prompts) == 1 else prompts
+    body.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+    return body
+
+
+async def attempt(provider: Provider, call: ProviderCall, choices: int) -> TextCompleted:
+    """One upstream call (the engine holds it to the call's timeout), its reply read."""
+    serve = getattr(provider, "text_complete", None)
+    if serve is None:
+        raise InvalidRequest(f"model {call.deployment.model_name!r} is served by "
+                             f"{provider.name!r} (deployment {call.deployment.id}), which "
+                             "serves no text completions", param="model")
+    return read_reply(await serve(call), call, choices)
+
+
+def read_reply(reply: Any, call: ProviderCall, expected: int) -> TextCompleted:
+    """An upstream's `text_completion` as `TextCompleted` (see the module docstring)."""
+    where = call.deployment.id
+    raw = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(raw, list):
+        raise UpstreamError(f"{where}: the reply is not a text completion (no `choices` "
+                            "array)")
+    if len(raw) != expected:
+        raise UpstreamError(f"{where}: the reply holds {len(raw)} choices for {expected}")
+    choices: list[dict[str, Any] | None] = [None] * expected
+    chars = 0
+    for i, item in enumerate(raw):
+        index = item.get("index", i) if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < expected or choices[index] is not None:
+            raise UpstreamError(f"{where}: choices[{i}] has no index of its own (an object "
+                                f"with an index from 0 to {expected - 1}, once each)")
+        assert isinstance(item, dict)
+        text, finish = item.get("text"), item.get("finish_reason")
+        if not isinstance(text, str) or finish not in _FINISHES:
+            raise UpstreamError(f"{where}: choices[{i}] needs a text and a finish_reason "
+                                "(stop, length or content_filter)")
+        chars += len(text)
+        choices[index] = {"index": index, "text": text, "finish_reason": finish}
+    if chars > MAX_TEXT_CHARS:
+        raise UpstreamError(f"{where}: the reply holds {chars:,} characters; at most "
+                            f"{MAX_TEXT_CHARS:,} fit in one reply of the mesh")
+    rid, created, model = (reply.get(k) for k in ("id", "created", "model"))
+    return TextCompleted(
+        rid if isinstance(rid, str) and rid else completion_id("cmpl"),
+        created if type(created) is int and created >= 0 else int(time.time()),
+        model if isinstance(model, str) and model else call.model,
+        [c for c in choices if c is not None], clean_usage(reply.get("usage"), where))
+
+
+def echo_reply(body: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """The echo provider's `text_completion` for an upstream body (the module docstring)."""
+    prompts = body["prompt"]
+    if isinstance(prompts, str) or not prompts or type(prompts[0]) is int:
+        prompts = [prompts]
+    n, limit = int(body.get("n") or 1), min(int(body["max_tokens"]), _ECHO_MAX_WORDS)
+    stop = body.get("stop") or ()
+    stops = [stop] if isinstance(stop, str) else [s for s in stop if s]
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for p, prompt in enumerate(prompts):
+        words = prompt.split() if isinstance(prompt, str) else [str(t) for t in prompt]
+        prompt_tokens += len(words)
+        said, finish = words[:limit], "length" if len(words) > limit else "stop"
+        text = "".join(" " + w for w in said)
+        cuts = [i for s in stops if (i := text.find(s)) >= 0]
+        if cuts:
+            text, finish = text[:min(cuts)], "stop"
+        completion_tokens += len(text.split()) * n
+        if body.get("echo"):
+            text = (prompt if isinstance(prompt, str) else " ".join(map(str, prompt))) + text
+        choices += [{"index": p * n + j, "text": text, "finish_reason": finish,
+                     "logprobs": None} for j in range(n)]
+    return {"id": completion_id("cmpl"), "object": "text_completion",
+            "created": int(time.time()), "model": f"echo/{model}", "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
