@@ -20,8 +20,8 @@ from typing import Any
 from scillm.completion.v1 import completion_pb2 as pb
 
 from ..errors import InvalidRequestError
-from ._request import _NOT_EXTRA, _routing_to_proto, _text, routing_options_from_proto
-from ._values import _expect, _number, struct_from_json, struct_to_json
+from ._request import options_from_proto, options_to_proto, required_model
+from ._values import _expect, _number
 
 __all__ = ["ENCODINGS", "embedding_request_from_proto", "embedding_request_to_proto",
            "embedding_response_from_proto"]
@@ -65,10 +65,7 @@ def _inputs(value: Any) -> list[pb.EmbeddingInput]:
 def embedding_request_to_proto(body: Mapping[str, Any]) -> pb.EmbeddingRequest:
     """OpenAI's embeddings request body as an `EmbeddingRequest`; InvalidRequestError
     naming the offending parameter."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required and must be a non-empty string",
-                                  param="model")
+    model = required_model(body)
     if "input" not in body:
         raise InvalidRequestError("'input' is required", param="input")
     for key in ("cache", "caching"):
@@ -89,14 +86,7 @@ def embedding_request_to_proto(body: Mapping[str, Any]) -> pb.EmbeddingRequest:
         req.encoding_format = ENCODINGS[fmt]  # type: ignore[assignment]
     if body.get("user") is not None:
         req.user = _expect(body["user"], str, "user")
-    options = body.get("scillm")
-    if options is not None:
-        req.routing.CopyFrom(_routing_to_proto(options))
-        req.context.session_id = _text(options, "session_id", "scillm")
-        req.context.track = _text(options, "track", "scillm")
-    extra = {k: v for k, v in body.items() if k not in _HANDLED}
-    if extra:
-        req.extra_body.CopyFrom(struct_from_json(extra, "extra_body"))
+    options_to_proto(req, body, _HANDLED)
     return req
 
 
@@ -110,13 +100,7 @@ def embedding_request_from_proto(req: pb.EmbeddingRequest) -> dict[str, Any]:
         body["dimensions"] = req.dimensions
     if req.user:
         body["user"] = req.user
-    if req.HasField("extra_body"):
-        for key, value in struct_to_json(req.extra_body, "extra_body").items():
-            if key == "scillm":  # read from there, its fallbacks passed the key check
-                raise InvalidRequestError(_NOT_EXTRA["scillm"], param="extra_body.scillm")
-            body.setdefault(key, value)
-    if req.HasField("routing"):  # cache and deterministic too, for the engine to refuse
-        body["scillm"] = routing_options_from_proto(req.routing)
+    options_from_proto(req, body)
     return body
 
 

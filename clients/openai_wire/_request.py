@@ -298,14 +298,43 @@ def request_from_proto(req: pb.CompletionRequest) -> dict[str, Any]:
         body["user"] = req.user
     if req.metadata:
         body["metadata"] = dict(req.metadata)
+    options_from_proto(req, body)
+    return body
+
+
+def required_model(body: Mapping[str, Any]) -> str:
+    """A request's `model`; InvalidRequestError unless it is a non-empty string."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required and must be a non-empty string",
+                                  param="model")
+    return model
+
+
+def options_to_proto(req: Any, body: Mapping[str, Any], handled: frozenset[str]) -> None:
+    """A request's `scillm` as `req`'s routing and run context, and its keys not `handled`
+    as `req.extra_body` (an embedding's or a text completion's; chat's are inline)."""
+    options = body.get("scillm")
+    if options is not None:
+        req.routing.CopyFrom(_routing_to_proto(options))
+        req.context.session_id = _text(options, "session_id", "scillm")
+        req.context.track = _text(options, "track", "scillm")
+    extra = {k: v for k, v in body.items() if k not in handled}
+    if extra:
+        req.extra_body.CopyFrom(struct_from_json(extra, "extra_body"))
+
+
+def options_from_proto(req: Any, body: dict[str, Any]) -> None:
+    """`req.extra_body`'s keys into the engine's `body` (those of `_NOT_EXTRA` refused,
+    naming them), then its routing options as `scillm`: a completion's, an embedding's, a
+    text completion's."""
     if req.HasField("extra_body"):
         for key, value in struct_to_json(req.extra_body, "extra_body").items():
             if key in _NOT_EXTRA:
                 raise InvalidRequestError(_NOT_EXTRA[key], param=f"extra_body.{key}")
             body.setdefault(key, value)
-    if req.HasField("routing"):
+    if req.HasField("routing"):  # cache and deterministic too, for the engine to refuse
         body["scillm"] = routing_options_from_proto(req.routing)
-    return body
 
 
 def routing_options_from_proto(r: pb.RoutingOptions) -> dict[str, Any]:

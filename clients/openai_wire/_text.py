@@ -19,14 +19,12 @@ from scillm.completion.v1 import completion_pb2 as pb
 
 from ..errors import InvalidRequestError
 from ._embeddings import _token_ids
-from ._request import _NOT_EXTRA, _routing_to_proto, _text, routing_options_from_proto
+from ._request import options_from_proto, options_to_proto, required_model
 from ._values import (
     _FINISH_NAMES,
     FINISH_REASONS,
     _expect,
     _number,
-    struct_from_json,
-    struct_to_json,
 )
 
 __all__ = ["text_request_from_proto", "text_request_to_proto", "text_response_from_proto",
@@ -37,9 +35,10 @@ __all__ = ["text_request_from_proto", "text_request_to_proto", "text_response_fr
 _NUMBERS: dict[str, type] = {
     "max_tokens": int, "temperature": float, "top_p": float, "n": int,
     "presence_penalty": float, "frequency_penalty": float, "seed": int, "logprobs": int}
-#: The request keys read here; any other goes to `extra_body`, then to the provider.
+#: The request keys read here; any other goes to `extra_body`, then to the provider
+#: (`stream`: refused unless false, and then not passed on).
 _HANDLED = frozenset({*_NUMBERS, "model", "prompt", "stop", "echo", "suffix", "user",
-                      "scillm"})
+                      "scillm", "stream", "stream_options"})
 
 
 def _prompts(value: Any) -> list[pb.EmbeddingInput]:
@@ -63,10 +62,10 @@ def _prompts(value: Any) -> list[pb.EmbeddingInput]:
 def text_request_to_proto(body: Mapping[str, Any]) -> pb.TextCompletionRequest:
     """OpenAI's completions request body as a `TextCompletionRequest`; InvalidRequestError
     naming the offending parameter."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required and must be a non-empty string",
-                                  param="model")
+    model = required_model(body)
+    if body.get("stream") not in (None, False):  # a stream would be its own call
+        raise InvalidRequestError("text completions do not stream here yet: leave out "
+                                  "stream (or set it to false)", param="stream")
     if "prompt" not in body:
         raise InvalidRequestError("'prompt' is required", param="prompt")
     try:
@@ -92,14 +91,7 @@ def _fill(req: pb.TextCompletionRequest, body: Mapping[str, Any]) -> None:
         req.suffix = _expect(body["suffix"], str, "suffix")
     if body.get("user") is not None:
         req.user = _expect(body["user"], str, "user")
-    options = body.get("scillm")
-    if options is not None:
-        req.routing.CopyFrom(_routing_to_proto(options))
-        req.context.session_id = _text(options, "session_id", "scillm")
-        req.context.track = _text(options, "track", "scillm")
-    extra = {k: v for k, v in body.items() if k not in _HANDLED}
-    if extra:
-        req.extra_body.CopyFrom(struct_from_json(extra, "extra_body"))
+    options_to_proto(req, body, _HANDLED)
 
 
 def text_request_from_proto(req: pb.TextCompletionRequest) -> dict[str, Any]:
@@ -115,13 +107,7 @@ def text_request_from_proto(req: pb.TextCompletionRequest) -> dict[str, Any]:
         body["stop"] = list(req.stop)
     if req.user:
         body["user"] = req.user
-    if req.HasField("extra_body"):
-        for key, value in struct_to_json(req.extra_body, "extra_body").items():
-            if key == "scillm":  # read from `routing`, where the key check reads it
-                raise InvalidRequestError(_NOT_EXTRA["scillm"], param="extra_body.scillm")
-            body.setdefault(key, value)
-    if req.HasField("routing"):  # cache and deterministic too, for the engine to refuse
-        body["scillm"] = routing_options_from_proto(req.routing)
+    options_from_proto(req, body)
     return body
 
 

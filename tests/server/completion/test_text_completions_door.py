@@ -142,6 +142,15 @@ async def test_the_grpc_client_completes_text_and_refuses_what_the_contract_does
             with pytest.raises(RPCError) as caught:
                 await client.completion.text(bad)
             assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        # Routing options (which the key check reads in `routing`) and a stream (not served)
+        # are no extra_body's, as for chat: refused, naming the field.
+        for key, value in (("scillm", {"fallbacks": ["elsewhere"]}), ("stream", True)):
+            extra = pb.TextCompletionRequest(model="echo/g", prompt=[pb.EmbeddingInput(text="a")])
+            extra.extra_body.update({key: value})
+            with pytest.raises(RPCError) as caught:
+                await client.completion.text(extra)
+            assert (caught.value.code, caught.value.param) == (
+                grpc.StatusCode.INVALID_ARGUMENT, f"extra_body.{key}"), caught.value
     with SyncScillmClient(mesh.grpc_target) as sync:
         assert sync.text({"model": "echo/g", "prompt": "c"}).choices[0].text == " c"
 
