@@ -152,6 +152,18 @@ async def test_a_door_answers_a_call_its_service_cut_with_a_503(replicas: Replic
     assert "shutting down" in error["message"], error
 
 
+def _traced_replica(tmp_path: Path, receiver: OtlpReceiver, server: str, config: Path,
+                    *args: str) -> ServedProcess:
+    """`scillm serve --service completion` on `server`'s gRPC server, exporting its spans
+    to `receiver` (not yet started)."""
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+           "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_SERVICE_NAME": "replica",
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3")}
+    return ServedProcess("replica", [
+        "--service", "completion", "--grpc-port", "0", "--no-http", "--grpc-server", server,
+        "--config", str(config), *args], env, tmp_path / "replica.log")
+
+
 @pytest.mark.parametrize("server", ["native", "grpcio"])
 async def test_the_cut_calls_server_span_says_aborted(tmp_path: Path, server: str) -> None:
     """The replica's server span of the cut call said it had succeeded (status code 0: its
@@ -161,13 +173,7 @@ async def test_the_cut_calls_server_span_says_aborted(tmp_path: Path, server: st
     upstream = HeldUpstream().start()
     config = upstream.config(tmp_path / "models.yaml")
     with OtlpReceiver() as receiver:
-        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-               "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_SERVICE_NAME": "replica",
-               "OTEL_BSP_SCHEDULE_DELAY": "100",
-               "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3")}
-        replica = ServedProcess("replica", [
-            "--service", "completion", "--grpc-port", "0", "--no-http", "--grace", "0.5",
-            "--grpc-server", server, "--config", str(config)], env, tmp_path / "replica.log")
+        replica = _traced_replica(tmp_path, receiver, server, config, "--grace", "0.5")
         try:
             replica.wait_ready()
             upstream.hold()
@@ -198,13 +204,7 @@ async def test_a_cancelled_calls_server_span_says_cancelled(tmp_path: Path, serv
     upstream = HeldUpstream().start()
     config = upstream.config(tmp_path / "models.yaml")
     with OtlpReceiver() as receiver:
-        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-               "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_SERVICE_NAME": "replica",
-               "OTEL_BSP_SCHEDULE_DELAY": "100",
-               "SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3")}
-        replica = ServedProcess("replica", [
-            "--service", "completion", "--grpc-port", "0", "--no-http",
-            "--grpc-server", server, "--config", str(config)], env, tmp_path / "replica.log")
+        replica = _traced_replica(tmp_path, receiver, server, config)
         try:
             replica.wait_ready()
             upstream.hold()
