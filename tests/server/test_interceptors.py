@@ -21,8 +21,9 @@ from scillm.codeworld.v1 import codeworld_pb2
 from scillm.completion.v1 import completion_pb2 as pb
 from scillm.prove.v1 import prove_pb2
 from scillm.server.errors import StatusError
-from scillm.server.interceptors import CallContext, model_of
+from scillm.server.interceptors import CallContext
 from scillm.server.metrics import MAX_MODEL_LABELS, OTHER_MODEL, Metrics
+from scillm.server.request_facts import model_of
 from scillm.server.settings import Settings
 
 SERVICE = "scillm.completion.v1.CompletionService"

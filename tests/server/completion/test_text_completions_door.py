@@ -21,8 +21,9 @@ from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient, SyncScillmClient
 from scillm.completion.v1 import completion_pb2 as pb
-from scillm.server.interceptors import _RESERVING, _estimate
+from scillm.server.interceptors import _RESERVING
 from scillm.server.manifests import open_run_store, replay
+from scillm.server.request_facts import estimate_of
 
 
 def _sdk(url: str, key: str = "none") -> openai.AsyncOpenAI:
@@ -262,6 +263,6 @@ def test_a_text_completion_reserves_its_prompt_and_answers() -> None:
     assert "/scillm.completion.v1.CompletionService/TextCompletion" in _RESERVING
     request = pb.TextCompletionRequest(model="m", prompt=[pb.EmbeddingInput(text="x" * 38)],
                                        max_tokens=10, n=3)
-    assert _estimate(request) == (10, 30)
-    assert _estimate(pb.TextCompletionRequest(
+    assert estimate_of(request) == (10, 30)
+    assert estimate_of(pb.TextCompletionRequest(
         model="m", prompt=[pb.EmbeddingInput(text="abc")])) == (2, 16)
