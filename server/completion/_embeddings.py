@@ -35,11 +35,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..deadline import Deadline
 from ._provider import Provider, ProviderCall
 from ._types import Routing
 from ._usage import clean_usage
-from .errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from .errors import InvalidRequest, UpstreamError
 
 __all__ = ["MAX_INPUTS", "MAX_VALUES", "Embedded", "attempt", "check", "upstream_body"]
 
@@ -113,18 +112,14 @@ def upstream_body(request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def attempt(provider: Provider, call: ProviderCall, inputs: int) -> Embedded:
-    """One upstream call within the call's timeout, its reply read (see the module)."""
+    """One upstream call (the engine holds it to the call's timeout), its reply read (see
+    the module)."""
     embed = getattr(provider, "embed", None)
     if embed is None:
         raise InvalidRequest(f"model {call.deployment.model_name!r} is served by "
                              f"{provider.name!r} (deployment {call.deployment.id}), which "
                              "serves no embeddings", param="model")
-    try:
-        async with Deadline(call.timeout_s):
-            reply = await embed(call)
-    except TimeoutError:
-        raise UpstreamTimeout(f"{call.deployment.id} did not answer within "
-                              f"{call.timeout_s:g}s") from None
+    reply = await embed(call)
     if _first_size(reply) * inputs > _INLINE_VALUES:
         # 2048 vectors of 3,072 numbers held the loop 128 ms inline; at most 12 ms so.
         return await asyncio.to_thread(read_reply, reply, call, inputs)

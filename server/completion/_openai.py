@@ -64,7 +64,8 @@ class OpenAIProvider:
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._pool = ClientPool(transport)
         self._prepared: dict[tuple[int, bool], _Prepared] = {}
-        self._embedding_heads: dict[int, _Prepared] = {}
+        #: `_prepared` of the other paths (embeddings, text completions), by (deployment, path).
+        self._other_heads: dict[tuple[int, str], _Prepared] = {}
 
     def _prepare(self, dep: DeploymentSettings, client: httpx.AsyncClient, url: httpx.URL,
                  stream: bool) -> _Prepared:
@@ -92,17 +93,34 @@ class OpenAIProvider:
         url = self._pool.url(f"{base}/chat/completions")
         return base, self._prepare(dep, client, url, stream)
 
-    def _embeddings_for(self, dep: DeploymentSettings) -> tuple[str, _Prepared]:
-        """`_prepared_for` of `{api_base}/embeddings` (its own heads, made once)."""
+    def _prepared_at(self, dep: DeploymentSettings, path: str) -> tuple[str, _Prepared]:
+        """`_prepared_for` of `{api_base}{path}` for a call other than chat's (its own
+        heads, made once per deployment and path)."""
         base = dep.api_base or DEFAULT_BASE
         client = self._pool.get(base)
-        prepared = self._embedding_heads.get(id(dep))
+        prepared = self._other_heads.get((id(dep), path))
         if prepared is None or prepared.deployment is not dep or prepared.client is not client:
-            prepared = _head(dep, client, self._pool.url(f"{base}/embeddings"), False)
-            if len(self._embedding_heads) >= 1024:
-                self._embedding_heads.clear()
-            self._embedding_heads[id(dep)] = prepared
+            prepared = _head(dep, client, self._pool.url(f"{base}{path}"), False)
+            if len(self._other_heads) >= 1024:
+                self._other_heads.clear()
+            self._other_heads[(id(dep), path)] = prepared
         return base, prepared
+
+    async def _post_json(self, call: ProviderCall, path: str, body: dict[str, Any],
+                         what: str) -> Any:
+        """POST `body` to `{api_base}{path}` (either road); the reply's JSON, whatever it
+        is (the caller reads it strictly); UpstreamError naming `what` when it is none."""
+        base, prepared = self._prepared_at(call.deployment, path)
+        lean, content = self._pool.lean(base), _dumps(body)
+        if lean is not None and prepared.head is not None:
+            status, raw = await self._exchange(lean, prepared, call, content)
+        else:
+            status, raw = await self._send(base, prepared, call, content)
+        try:
+            return _loads(raw)
+        except ValueError:
+            raise UpstreamError(f"{call.deployment.id}: the {what} reply (HTTP {status}) is "
+                                "not JSON") from None
 
     @staticmethod
     def _build(prepared: _Prepared, content: bytes, timeout: float) -> httpx.Request:
@@ -145,18 +163,8 @@ class OpenAIProvider:
         Base64 (what the openai SDK asks for too) is 2/5 of the floats' JSON: 2048 inputs
         of 3,072 numbers (text-embedding-3-large's batch) are ~33 MB, where the floats'
         ~85 MB passed MAX_REPLY_BYTES and a batch OpenAI serves failed here."""
-        base, prepared = self._embeddings_for(call.deployment)
-        lean = self._pool.lean(base)
-        content = _dumps({**call.body, "model": call.model, "encoding_format": "base64"})
-        if lean is not None and prepared.head is not None:
-            status, raw = await self._exchange(lean, prepared, call, content)
-        else:
-            status, raw = await self._send(base, prepared, call, content)
-        try:
-            return _loads(raw)
-        except ValueError:
-            raise UpstreamError(f"{call.deployment.id}: the embeddings reply (HTTP {status}) "
-                                "is not JSON") from None
+        return await self._post_json(call, "/embeddings", {
+            **call.body, "model": call.model, "encoding_format": "base64"}, "embeddings")
 
     async def _exchange(self, transport: PooledTransport, prepared: _Prepared,
                         call: ProviderCall, content: bytes) -> tuple[int, bytes]:
@@ -246,21 +254,9 @@ class OpenAIProvider:
 
     async def text_complete(self, call: ProviderCall) -> Any:
         """POST `{api_base}/completions` (OpenAI's legacy text completions); the reply's
-        JSON, whatever it is (`_text` reads it strictly). Its headers are made per call:
-        text completions are not chat's hot path."""
-        dep = call.deployment
-        base = dep.api_base or DEFAULT_BASE
-        prepared = _head(dep, self._pool.get(base), self._pool.url(f"{base}/completions"),
-                         False)
-        lean, content = self._pool.lean(base), _dumps({**call.body, "model": call.model})
-        status, raw = await (self._exchange(lean, prepared, call, content)
-                             if lean is not None and prepared.head is not None
-                             else self._send(base, prepared, call, content))
-        try:
-            return _loads(raw)
-        except ValueError:
-            raise UpstreamError(f"{dep.id}: the text completion reply (HTTP {status}) is not "
-                                "JSON") from None
+        JSON, whatever it is (`_text` reads it strictly)."""
+        return await self._post_json(call, "/completions",
+                                     {**call.body, "model": call.model}, "text completion")
 
     async def close(self) -> None:
         await self._pool.close()

@@ -20,10 +20,11 @@ from completion_upstream import (
     embeddings_as_floats,
     embeddings_reply,
     invalid_json,
+    slow,
     status,
 )
 
-from scillm.server.completion import InvalidRequest, ModelNotFound, UpstreamError
+from scillm.server.completion import InvalidRequest, ModelNotFound, UpstreamError, UpstreamTimeout
 from scillm.server.completion._echo import DIMENSIONS, MAX_VALUES, echo_vector
 
 
@@ -281,3 +282,16 @@ async def test_litellm_embeds_through_its_own_road(upstream: Upstream,
     path, _, body = upstream.requests[-1]
     assert path == "/v1/embeddings"
     assert body == {"model": "vec", "input": ["ab", "c"], "dimensions": 3}
+
+
+async def test_an_upstream_slower_than_the_calls_timeout_is_a_timeout(
+        upstream: Upstream, make_engine: EngineFactory) -> None:
+    """Embeddings and text completions are held to the call's timeout, as a chat completion
+    is (the upstream transport's timeouts, and the engine's deadline around each attempt)."""
+    upstream.plan("sleepy", slow(5.0))
+    engine = await make_engine(_openai(upstream, "sleepy", num_retries=0), real_time=True)
+    with pytest.raises(UpstreamTimeout):
+        await engine.embed({"model": "sleepy", "input": ["a"], "scillm": {"timeout_s": 0.2}})
+    with pytest.raises(UpstreamTimeout):
+        await engine.text_complete({"model": "sleepy", "prompt": ["a"],
+                                    "scillm": {"timeout_s": 0.2}})
