@@ -41,10 +41,11 @@ from scillm.keys.v1 import keys_pb2, keys_pb2_grpc
 from .call_stopper import CallStopper
 from .completion_link import CompletionLink
 from .errors import ErrorTable
+from .handler_registry import HandlerRegistry
 from .interceptors import CallContext, build_interceptors
 from .keys.servicer import ERRORS as KEY_ERRORS
 from .keys.servicer import KeyServicer
-from .local_channel import HandlerRegistry, LocalChannel
+from .local_channel import LocalChannel
 from .manifests import RunSweeper, agent_trace_dir
 from .metrics import Metrics
 from .services import ServiceParts, build_authenticator, build_service, unserved_handler

@@ -7,11 +7,12 @@ thread: about 0.4 ms of CPU per completion, more than the completion itself cost
 mesh. `LocalChannel` keeps the contract and skips the transport, as grpc-java's
 InProcessChannel does:
 
-- the handlers registered on the server (recorded by `HandlerRegistry`), found by full
-  method name and resolved through the server's own interceptors, so keys, request ids,
-  default deadlines, metrics and error mapping are the same at both doors (when every
-  interceptor declares `handler_per_method = True`, i.e. answers every call of a method
-  with the same handler and does its per-call work inside it, a method is resolved once);
+- the handlers registered on the server (recorded by `handler_registry.HandlerRegistry`),
+  found by full method name and resolved through the server's own interceptors, so keys,
+  request ids, default deadlines, metrics and error mapping are the same at both doors
+  (when every interceptor declares `handler_per_method = True`, i.e. answers every call
+  of a method with the same handler and does its per-call work inside it, a method is
+  resolved once);
 - value semantics: requests and replies are copied, as serialization would;
 - a status other than OK raises `grpc.aio.AioRpcError` with the code, details and trailing
   metadata (google.rpc.Status, x-request-id) a remote call carries;
@@ -39,60 +40,14 @@ from typing import Any, NamedTuple
 
 import grpc
 
-__all__ = ["HandlerRegistry", "LocalChannel"]
+from .handler_registry import HandlerRegistry
+
+__all__ = ["LocalChannel"]
 
 Metadata = tuple[tuple[str, Any], ...]
 
 #: Messages a stream may run ahead of its consumer (gRPC's flow control, in messages).
 _STREAM_WINDOW = 32
-
-
-class HandlerRegistry:
-    """The method handlers registered on a server, recorded as they are added."""
-
-    def __init__(self) -> None:
-        self._methods: dict[str, grpc.RpcMethodHandler] = {}
-        self._generic: list[grpc.GenericRpcHandler] = []
-
-    def recording(self, server: grpc.aio.Server) -> grpc.aio.Server:
-        """`server`, recording every handler added through it."""
-        return _RecordingServer(server, self)  # type: ignore[return-value]
-
-    def add_generic(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._generic.extend(handlers)
-
-    def add_methods(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        for name, handler in handlers.items():
-            self._methods[f"/{service}/{name}"] = handler
-
-    def lookup(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self._methods.get(details.method)
-        if handler is None:
-            for generic in self._generic:
-                handler = generic.service(details)
-                if handler is not None:
-                    break
-        return handler
-
-
-class _RecordingServer:
-    """A `grpc.aio.Server` proxy that tells a registry what is registered on it."""
-
-    def __init__(self, server: grpc.aio.Server, registry: HandlerRegistry) -> None:
-        self._server = server
-        self._registry = registry
-
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._registry.add_generic(handlers)
-        self._server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service: str,
-                                       handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self._registry.add_methods(service, handlers)
-        self._server.add_registered_method_handlers(service, handlers)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server, name)
 
 
 class _CallDetails(NamedTuple):

@@ -20,8 +20,9 @@ from meshutil import RunningMesh, mesh_settings, start_mesh
 
 from scillm.clients import RPCError, ScillmClient, openai_wire
 from scillm.completion.v1 import completion_pb2 as pb
+from scillm.server.handler_registry import HandlerRegistry
 from scillm.server.interceptors import CallContext
-from scillm.server.local_channel import HandlerRegistry, LocalChannel
+from scillm.server.local_channel import LocalChannel
 from scillm.server.metrics import Metrics
 from scillm.server.settings import Settings
 
