@@ -176,10 +176,14 @@ def _runs(args: argparse.Namespace) -> int:
 
     path = args.store or Settings.from_env().store_path
     if args.action == "prune":
-        # The agent traces beside the store: a SQLite store's, else this machine's.
+        from .codeworld import session_db_path
+
+        # The agent traces and CodeWorld session history beside the store: a SQLite
+        # store's, else this machine's.
         beside = Settings.from_env().store_path if is_store_url(path) else Path(path)
         return runs.prune_runs(path, args.older_than, dry_run=args.dry_run,
-                               trace_dir=agent_trace_dir(beside))
+                               trace_dir=agent_trace_dir(beside),
+                               session_db=session_db_path(beside))
     if args.action == "list":
         return runs.list_runs(path, session=args.session, track=args.track,
                               service=args.service, limit=args.limit)
@@ -364,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete from the store the runs whose last activity (their end; for a "
                     "run still streaming, the last time its process said it was active, "
                     "hourly) is more than DAYS days old, and the agent traces beside the "
-                    "store last written before then; print how many. Serving processes do "
+                    "store last written before then, and the CodeWorld session runs "
+                    "recorded before then in codeworld.sqlite3 beside it; print how many. "
+                    "Serving processes do "
                     "the same by themselves with SCILLM_RUN_RETENTION_DAYS. Safe while they "
                     "serve. Exit 0; 1 when there is no store.")
     runs_prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS",

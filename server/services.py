@@ -280,14 +280,15 @@ def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
 
 def _codeworld(settings: Settings, link: CompletionLink, shared: dict[str, Any],
                ) -> ServiceParts:
-    from .codeworld import CodeWorldEngine, CodeWorldSettings
+    from .codeworld import CodeWorldEngine, CodeWorldSettings, session_db_path
     from .codeworld.servicer import ERRORS, CodeWorldServicer
 
     settings.store_path.parent.mkdir(parents=True, exist_ok=True)
     engine = CodeWorldEngine(
         CodeWorldSettings(sandbox=_sandbox_settings(),
-                          session_db=str(settings.store_path.with_name("codeworld.sqlite3")),
-                          session_redis_url=settings.redis_url),
+                          session_db=str(session_db_path(settings.store_path)),
+                          session_redis_url=settings.redis_url,
+                          session_retention_days=settings.run_retention_days),
         complete=link.text)
     shared["sandbox"] = engine.sandbox
 

@@ -107,10 +107,11 @@ async def replay_run(location: str | Path, run_id: str, target: str | None,
 
 
 def prune_runs(location: str | Path, older_than_days: int, *, dry_run: bool,
-               trace_dir: Path | None) -> int:
+               trace_dir: Path | None, session_db: Path | None = None) -> int:
     """Delete (with `dry_run`, count) the runs inactive for more than `older_than_days`
     days, and the agent traces in `trace_dir` last written before then; one line saying how
-    many."""
+    many. Then the CodeWorld session runs recorded before then in `session_db`, when that
+    file is there: a second line."""
     with _store(location) as store:
         if store is None:
             return 1
@@ -123,6 +124,18 @@ def prune_runs(location: str | Path, older_than_days: int, *, dry_run: bool,
     verb = "would remove" if dry_run else "removed"
     runs = f"{pruned.runs} run{'' if pruned.runs == 1 else 's'}"
     traces = f"{pruned.traces} agent trace{'' if pruned.traces == 1 else 's'}"
-    print(f"{verb} {runs} and {traces} inactive for more than {older_than_days} "
-          f"day{'' if older_than_days == 1 else 's'} ({where})")
+    days = f"{older_than_days} day{'' if older_than_days == 1 else 's'}"
+    print(f"{verb} {runs} and {traces} inactive for more than {days} ({where})")
+    if session_db is None or not session_db.is_file():
+        return 0
+    from scillm.server.codeworld import prune_sessions
+    from scillm.server.codeworld.errors import SessionStoreError
+
+    try:
+        sessions = prune_sessions(session_db, older_than_days, dry_run=dry_run)
+    except SessionStoreError as exc:
+        print(f"scillm runs prune: CodeWorld session history: {exc}", file=sys.stderr)
+        return 1
+    print(f"{verb} {sessions} CodeWorld session run{'' if sessions == 1 else 's'} recorded "
+          f"more than {days} ago ({session_db})")
     return 0

@@ -33,6 +33,7 @@ from ._model import (
     RunRequest,
     Strategy,
 )
+from ._retention import SessionSweeper, prune_sessions, session_db_path
 from ._scoring import Rubric, aggregate
 from ._sessions import SessionStore
 from ._settings import CodeWorldSettings
@@ -65,11 +66,14 @@ __all__ = [
     "SandboxSettings",
     "SessionInfo",
     "SessionStore",
+    "SessionSweeper",
     "Status",
     "Strategy",
     "Summary",
     "Variant",
     "aggregate",
     "parse_variants",
+    "prune_sessions",
     "rank",
+    "session_db_path",
 ]

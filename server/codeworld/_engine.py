@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -11,6 +12,7 @@ from ._events import Event, Generation, MctsStats, Ranked, RunResult, SessionInf
 from ._judge import check_judge, rank
 from ._mcts import Search, check_mcts
 from ._model import RunRequest, Strategy
+from ._retention import SessionSweeper
 from ._runner import Prepared, Runner, prepare
 from ._scoring import TIMING_METRICS, aggregate, check_scorer
 from ._sessions import RedisSessionStore, SessionStore
@@ -33,11 +35,14 @@ class CodeWorldEngine:
         self._complete = complete
         self._sandbox = Sandbox(self._settings.sandbox)
         window, threshold = self._settings.plateau_window, self._settings.plateau_threshold
+        retention = self._settings.session_retention_days
         self._sessions: SessionStore | RedisSessionStore = (
             RedisSessionStore(self._settings.session_redis_url, window=window,
-                              threshold=threshold)
+                              threshold=threshold, retention_days=retention)
             if self._settings.session_redis_url else
-            SessionStore(self._settings.session_db, window=window, threshold=threshold))
+            SessionStore(self._settings.session_db, window=window, threshold=threshold,
+                         retention_days=retention))
+        self._sweeper = SessionSweeper(self._sessions)
 
     @property
     def sandbox(self) -> Sandbox:
@@ -45,12 +50,18 @@ class CodeWorldEngine:
         return self._sandbox
 
     async def start(self) -> None:
-        """Start the sandbox workers and open the session store."""
-        self._sessions.open()
+        """Start the sandbox workers, open the session store and, with a retention, sweep
+        it now and hourly (`_retention`)."""
+        if isinstance(self._sessions, SessionStore):  # a file's first open builds an index
+            await asyncio.to_thread(self._sessions.open)
+        else:
+            self._sessions.open()
+        self._sweeper.start()
         await self._sandbox.start()
 
     async def close(self) -> None:
-        """Stop the workers and close the session store."""
+        """Stop the sweeps and the workers, and close the session store."""
+        await self._sweeper.stop()
         await self._sandbox.close()
         self._sessions.close()
 

@@ -19,6 +19,10 @@ class CodeWorldSettings:
         session_db: SQLite path of session history (``":memory:"`` keeps it in memory).
         plateau_window, plateau_threshold: a plateau is a gain below ``threshold`` over
             the mean of the previous ``window`` runs.
+        session_retention_days: keep session history this many days (the serving
+            process's ``run_retention_days``): SQLite rows recorded before are deleted at
+            start and hourly, Redis lists expire this long after their last run; 0 keeps
+            it for ever (see ``_sessions``).
     """
 
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
@@ -30,3 +34,4 @@ class CodeWorldSettings:
     session_redis_url: str = ""
     plateau_window: int = 5
     plateau_threshold: float = 0.01
+    session_retention_days: int = 0
