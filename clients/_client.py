@@ -5,6 +5,7 @@
         async for event in client.completion.stream(request): ...
         vectors = await client.completion.embed({"model": "echo/embed", "input": ["a", "b"]})
         more = await client.completion.text({"model": "local/gemma3-270m", "prompt": "Once"})
+        async for event in client.completion.text_stream({"model": "echo/x", "prompt": "Once"}): ...
 
 `api_key=` sends `authorization: Bearer <key>` on every call (a mesh with a master key
 needs it). A target may be one address, a comma-separated list of addresses, or a `dns:///`
@@ -90,7 +91,8 @@ def _metadata(request_id: str | None, extra: Metadata | None,
 
 
 class CompletionClient:
-    """CompletionService: `create`, `stream`, `embed`, `text`, `list_models`, `get_model`."""
+    """CompletionService: `create`, `stream`, `embed`, `text`, `text_stream`, `list_models`,
+    `get_model`."""
 
     def __init__(self, channel: grpc.aio.Channel, default: Metadata = ()) -> None:
         self._stub = completion_pb2_grpc.CompletionServiceStub(channel)
@@ -156,6 +158,28 @@ class CompletionClient:
             return reply
         except grpc.aio.AioRpcError as err:
             raise RPCError.from_aio(err) from None
+
+    async def text_stream(self, request: completion_pb2.TextCompletionRequest
+                          | Mapping[str, Any], *, timeout: float | None = 3600.0,
+                          request_id: str | None = None, metadata: Metadata | None = None,
+                          ) -> AsyncIterator[completion_pb2.TextCompletionStreamResponse]:
+        """A streamed text completion: chunks, then one `end` event (usage, routing,
+        manifest). A dict is OpenAI's completions request JSON (its `stream` and
+        `stream_options` are this call's to set, and left out). Closing the iterator
+        cancels the call."""
+        if not isinstance(request, completion_pb2.TextCompletionRequest):
+            request = openai_wire.text_request_to_proto(
+                {k: v for k, v in request.items() if k not in ("stream", "stream_options")})
+        call = self._stub.TextCompletionStream(
+            completion_pb2.TextCompletionStreamRequest(request=request), timeout=timeout,
+            metadata=_metadata(request_id, metadata, self._default))
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as err:
+            raise RPCError.from_aio(err) from None
+        finally:
+            call.cancel()
 
     async def list_models(self, *, timeout: float | None = 10.0,
                           metadata: Metadata | None = None) -> list[str]:
@@ -485,6 +509,13 @@ class SyncScillmClient:
              ) -> completion_pb2.TextCompletionResponse:
         """A text completion (see CompletionClient.text)."""
         return self._loop.run(self._client.completion.text(request, **kwargs))
+
+    def text_stream(self, request: Mapping[str, Any], **kwargs: Any,
+                    ) -> list[completion_pb2.TextCompletionStreamResponse]:
+        """A streamed text completion, collected (see CompletionClient.text_stream)."""
+        async def collect() -> list[completion_pb2.TextCompletionStreamResponse]:
+            return [e async for e in self._client.completion.text_stream(request, **kwargs)]
+        return self._loop.run(collect())
 
     def list_models(self) -> list[str]:
         """Configured model names."""

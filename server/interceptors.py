@@ -49,7 +49,8 @@ _CHARGED = "/scillm.completion."
 _RESERVING = frozenset(("/scillm.completion.v1.CompletionService/Completion",
                         "/scillm.completion.v1.CompletionService/CompletionStream",
                         "/scillm.completion.v1.CompletionService/Embedding",
-                        "/scillm.completion.v1.CompletionService/TextCompletion"))
+                        "/scillm.completion.v1.CompletionService/TextCompletion",
+                        "/scillm.completion.v1.CompletionService/TextCompletionStream"))
 #: `_authorize`'s answer for a call no key checks.
 _NOBODY: tuple[None, None] = (None, None)
 

@@ -2,7 +2,10 @@
 
     POST /v1/chat/completions   JSON, or SSE ending in `data: [DONE]` with "stream": true
     POST /v1/embeddings         OpenAI's embeddings list, floats or base64 (embeddings.py)
-    POST /v1/completions        OpenAI's legacy text completions (text_completions.py)
+    POST /v1/completions        OpenAI's legacy text completions, JSON or SSE
+                                (text_completions.py)
+    POST /v1/responses          OpenAI's Responses API on chat, JSON or typed SSE events
+                                (responses.py; nothing stored)
     GET  /v1/models             configured model names
     GET  /v1/models/{model}     one model a caller may call (404 model_not_found if none)
     GET  /healthz               the process is up
@@ -53,7 +56,7 @@ from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
 from ..seed import envelope
-from . import embeddings, keys, runs, seed_doors, sse, text_completions
+from . import embeddings, keys, responses, runs, seed_doors, sse, text_completions
 from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries, hung_up
 from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
@@ -457,8 +460,10 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         *(Route(path, completions, methods=["POST"]) for path in COMPLETIONS),
         *(Route(path, embeddings.endpoint(client, shim._json_body, _credentials),
                 methods=["POST"]) for path in embeddings.PATHS),
-        *(Route(path, text_completions.endpoint(client, shim._json_body, _credentials),
+        *(Route(path, text_completions.endpoint(client, shim._json_body, _credentials, _sse),
                 methods=["POST"]) for path in text_completions.PATHS),
+        *(Route(path, responses.endpoint(client, shim._json_body, _credentials),
+                methods=["POST"]) for path in responses.PATHS),
         Route("/v1/models", shim.models, methods=["GET"]),
         Route("/v1/models/{model:path}", shim.model, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),

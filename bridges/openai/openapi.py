@@ -10,7 +10,7 @@ fuzzes the live shim against, so it must stay true to the code:
 - every response carries `x-request-id`.
 
 Its building blocks (references, error responses, objects) are `_openapi_parts`, the
-`/key/*` routes `_openapi_keys`.
+`/key/*` routes `_openapi_keys`, `/v1/responses` `_openapi_responses`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ._openapi_parts import (
     ref,
     response,
 )
+from ._openapi_responses import RESPONSE_PATHS, RESPONSE_SCHEMAS
 
 __all__ = ["OPENAPI"]
 
@@ -262,7 +263,10 @@ _TEXT_REQUEST = obj({
     "echo": {"type": "boolean"},
     "suffix": {"type": "string"},
     "user": {"type": "string"},
-    "stream": {"type": "boolean", "description": "true is a 400 naming it: not served yet"},
+    "stream": {"type": "boolean",
+               "description": "true: the completion as SSE, chunk by chunk (see the 200)"},
+    "stream_options": obj({"include_usage": {"type": "boolean"}}, description=(
+        "with stream: include_usage adds a last chunk with no choices and the usage")),
     "scillm": {**_EMBEDDING_REQUEST["properties"]["scillm"],
                "description": "SciLLM's routing options (text completions are not cached)"},
 }, ("model", "prompt"), description="OpenAI's legacy completions request; other keys go to "
@@ -277,6 +281,15 @@ _TEXT_COMPLETION = obj({
     "usage": ref("Usage"),
     "scillm": {**JSON_OBJECT, "description": "routing record and run id"},
 }, ("id", "object", "created", "model", "choices"))
+
+_TEXT_SSE = {"schema": {
+    "type": "string",
+    "description": "With \"stream\": true: `data: <text_completion chunk JSON>` events (the "
+                   "fields above but usage; each choice's text in pieces, finish_reason null "
+                   "until its last), with stream_options.include_usage a last chunk with "
+                   "`\"choices\": []` and the usage, then `data: [DONE]`; an error after the "
+                   "stream started is an in-band `data: {\"error\": ...}` event before "
+                   "`[DONE]`."}}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -310,6 +323,7 @@ OPENAPI: dict[str, Any] = {
             "ChatCompletion": _CHAT_COMPLETION,
             "Usage": _USAGE,
             "KeyInfo": KEY_INFO,
+            **RESPONSE_SCHEMAS,
         },
     },
     "security": [{}, {"bearer": []}, {"apiKey": []}],
@@ -340,11 +354,17 @@ OPENAPI: dict[str, Any] = {
         "/v1/completions": {"post": {
             "operationId": "createCompletion",
             "summary": "A text completion (OpenAI's legacy endpoint): a continuation of each "
-                       "prompt, as base models want; also at /completions",
+                       "prompt, as base models want, as JSON or (\"stream\": true) as SSE; "
+                       "also at /completions",
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _TEXT_REQUEST}}},
-            "responses": {"200": response(_TEXT_COMPLETION, "the completion"),
-                          **errors(*CALL_ERRORS)},
+            "responses": {
+                "200": {"description": "the completion",
+                        "headers": REQUEST_ID_HEADER,
+                        "content": {"application/json": {"schema": _TEXT_COMPLETION},
+                                    "text/event-stream": _TEXT_SSE}},
+                **errors(*CALL_ERRORS),
+            },
         }},
         "/v1/models": {"get": {
             "operationId": "listModels",
@@ -438,6 +458,7 @@ OPENAPI: dict[str, Any] = {
                                     "text/event-stream": _SSE}},
                 **errors(*CALL_ERRORS)},
         }},
+        **RESPONSE_PATHS,
         **KEY_PATHS,
     },
 }

@@ -1,5 +1,5 @@
-"""Translation between OpenAI's chat-completions (embeddings, text completions) JSON and the
-CompletionService protos.
+"""Translation between OpenAI's chat-completions (embeddings, text completions, and the
+Responses API read as chat: _responses.py) JSON and the CompletionService protos.
 
 One module for both directions and both doors: the HTTP shim turns OpenAI JSON into a
 `CompletionRequest` and the response back into JSON; the Completion servicer turns the
@@ -28,6 +28,12 @@ from ._response import (
     usage_from_proto,
     usage_to_proto,
 )
+from ._responses import (
+    ResponsesRequest,
+    ResponseStream,
+    response_from_completion,
+    responses_request,
+)
 from ._text import (
     text_request_from_proto,
     text_request_to_proto,
@@ -47,6 +53,8 @@ __all__ = [
     "FINISH_REASONS",
     "MAX_JSON_DEPTH",
     "ROLES",
+    "ResponseStream",
+    "ResponsesRequest",
     "chunk_from_proto",
     "chunk_to_proto",
     "embedding_request_from_proto",
@@ -57,8 +65,10 @@ __all__ = [
     "message_to_proto",
     "request_from_proto",
     "request_to_proto",
+    "response_from_completion",
     "response_from_proto",
     "response_to_proto",
+    "responses_request",
     "routing_from_proto",
     "stream_flags",
     "struct_from_json",

@@ -64,8 +64,9 @@ def text_request_to_proto(body: Mapping[str, Any]) -> pb.TextCompletionRequest:
     naming the offending parameter."""
     model = required_model(body)
     if body.get("stream") not in (None, False):  # a stream would be its own call
-        raise InvalidRequestError("text completions do not stream here yet: leave out "
-                                  "stream (or set it to false)", param="stream")
+        raise InvalidRequestError("a streamed text completion is its own call "
+                                  "(CompletionClient.text_stream): leave out stream here",
+                                  param="stream")
     if "prompt" not in body:
         raise InvalidRequestError("'prompt' is required", param="prompt")
     try:

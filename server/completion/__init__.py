@@ -2,8 +2,9 @@
 
 Plain typed Python, no gRPC or HTTP server knowledge. Build a `CompletionEngine` from
 `CompletionSettings`, `await engine.start()`, then `complete(request)` or iterate
-`stream(request)`, or `embed(request)` for embeddings; `await engine.close()` at
-shutdown. Errors are in `errors`.
+`stream(request)`, `embed(request)` for embeddings, `text_complete(request)` or iterate
+`text_stream(request)` for text completions; `await engine.close()` at shutdown. Errors are
+in `errors`.
 """
 
 from ._embeddings import Embedded

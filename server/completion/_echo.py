@@ -114,6 +114,13 @@ class EchoProvider:
 
         return echo_reply(call.body, call.model)
 
+    async def text_stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
+        """`text_complete`'s texts streamed word by word (`_text.echo_chunks`)."""
+        from ._text import echo_chunks
+
+        for chunk in echo_chunks(call.body, call.model):
+            yield chunk
+
     async def close(self) -> None:
         return None
 

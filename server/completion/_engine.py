@@ -50,6 +50,14 @@ class _Served(Protocol):
 
 S = TypeVar("S", bound=_Served)
 _NO_HOOKS = RetryHooks()
+#: A text stream's attempt, opened: its reader, first chunk, the rest, its deployment and
+#: the seconds to the first chunk.
+_OpenedText = tuple["_text.StreamReader", dict[str, Any] | None,
+                    AsyncGenerator[Any, None], DeploymentState, float]
+#: What `anext` gives back for a stream that has ended.
+_ENDED: Any = object()
+#: A text completion request's keys that `text_stream` sets itself.
+_STREAM_KEYS = frozenset({"stream", "stream_options"})
 
 
 class CompletionEngine:
@@ -169,6 +177,81 @@ class CompletionEngine:
         return await self._routed(
             model, _text.upstream_body(request), _request.options(request),
             lambda provider, call: _text.attempt(provider, call, choices))
+
+    async def text_stream(self, request: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
+        """Serve a streamed text completion (`_text`): `StreamChunk`s, each OpenAI's
+        `text_completion` chunk read strictly (`_text.StreamReader`), then one `StreamEnd`
+        with the upstream's usage. Routed as `stream` is: retries and fallbacks happen only
+        before the first chunk (a first chunk of the wrong shape is the upstream's failure,
+        tried again); after it an upstream failure is raised from the iterator. Never
+        cached. Closing the iterator closes the upstream request at once.
+
+        `stream` and `stream_options` in `request` are not the caller's to set: this call
+        streams, and asks the upstream for its usage."""
+        request = {k: v for k, v in request.items() if k not in _STREAM_KEYS}
+        model = _request.check_model(request.get("model"))
+        expected = _text.check(request)
+        opts = _request.options(request)
+        body = _text.upstream_body(request)
+        routing = Routing(strategy=self._strategy)
+
+        async def open_stream(provider: Provider, call: ProviderCall, state: DeploymentState,
+                              ) -> _OpenedText:
+            return await self._open_text_stream(provider, call, state, expected)
+
+        opened = await self._with_fallbacks(model, body, opts, routing, open_stream,
+                                            stream=True)
+        reader, chunk, chunks, state, latency = opened
+        settled = False
+        try:
+            async with aclosing(chunks):
+                while True:
+                    if chunk is not None:
+                        yield StreamChunk(chunk)
+                    raw = await anext(chunks, _ENDED)
+                    if raw is _ENDED:
+                        break
+                    chunk = reader.read(raw)
+                reader.end()
+            settled = True
+            self._router.succeeded(state, latency,
+                                   int((reader.usage or {}).get("total_tokens") or 0))
+        except CompletionError as exc:
+            settled = True
+            self._router.failed(state, exc)
+            raise
+        finally:
+            if not settled:  # cancelled by the consumer: neither success nor failure
+                self._router.release(state)
+        yield StreamEnd(reader.usage, routing, False)
+
+    async def _open_text_stream(self, provider: Provider, call: ProviderCall,
+                                state: DeploymentState, expected: int) -> _OpenedText:
+        """One attempt of `text_stream`: the provider's stream, read up to its first chunk
+        with a choice within the call's timeout."""
+        chunks = _text.stream_of(provider, call)
+        reader = _text.StreamReader(call, expected)
+        started = self._clock()
+        first: dict[str, Any] | None = None
+        try:
+            async with Deadline(call.timeout_s):
+                while first is None:
+                    raw = await anext(chunks, _ENDED)
+                    if raw is _ENDED:
+                        reader.end()  # raises: no choice has finished
+                        break
+                    first = reader.read(raw)
+        except TimeoutError:
+            await _aclose(chunks)
+            raise UpstreamTimeout(f"{call.deployment.id} sent nothing within "
+                                  f"{call.timeout_s:g}s") from None
+        except BaseException:
+            await _aclose(chunks)
+            raise
+        latency = self._clock() - started
+        if self._hooks.on_success is not None:
+            self._hooks.on_success(call.deployment.id, latency)
+        return reader, first, chunks, state, latency
 
     async def _routed(self, model: str, body: dict[str, Any], opts: _request.Options,
                       attempt: Callable[[Provider, ProviderCall], Awaitable[S]]) -> S:

@@ -41,8 +41,9 @@ TEXT_PASSED = frozenset({
 
 
 class LiteLLMProvider:
-    """Delegates to `litellm.acompletion` (`litellm.aembedding` for embeddings); LiteLLM is
-    imported on first use only."""
+    """Delegates to `litellm.acompletion` (`litellm.aembedding` for embeddings,
+    `litellm.atext_completion` for text completions, streamed or not); LiteLLM is imported
+    on first use only."""
 
     name = "litellm"
 
@@ -93,6 +94,24 @@ class LiteLLMProvider:
     async def text_complete(self, call: ProviderCall) -> dict[str, Any]:
         """`litellm.atext_completion`, its reply as OpenAI's `text_completion`."""
         return await self._dumped(call, "atext_completion", TEXT_PASSED)
+
+    async def text_stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
+        """`litellm.atext_completion(stream=True)`, its chunks as OpenAI's `text_completion`
+        chunks (a null text, LiteLLM's on a finish, as "")."""
+        lib = self._lib(call)
+        kwargs = self._kwargs(call, TEXT_PASSED)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        try:
+            chunks = await lib.atext_completion(**kwargs)
+            async for chunk in chunks:
+                data: dict[str, Any] = chunk.model_dump()
+                for choice in data.get("choices") or ():
+                    if isinstance(choice, dict) and choice.get("text") is None:
+                        choice["text"] = ""
+                yield data
+        except Exception as exc:
+            raise _mapped(exc, call) from exc
 
     async def _dumped(self, call: ProviderCall, function: str,
                       passed: frozenset[str]) -> dict[str, Any]:

@@ -18,6 +18,9 @@ generates until it stops or the context ends, capped by the deployment's `max_to
 applies. `response_format` `json_object` and `json_schema` are honoured with llama.cpp's
 grammar-constrained decoding, so even a base model returns JSON of the asked shape.
 A stream ends with a usage chunk (llama.cpp's own stream carries none), as OpenAI's does.
+
+Text completions (`text_complete`, and streamed `text_stream`) continue each prompt as is,
+with no joining and no template, `n` times each, one after the other in the worker.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import functools
 import importlib
 import json
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -189,6 +193,63 @@ class LocalProvider:
         return {"id": completion_id("cmpl"), "object": "text_completion",
                 "model": call.model, "choices": choices, "usage": usage}
 
+    async def text_stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
+        """`text_complete` streamed: llama.cpp's stream of each prompt, `n` times each, in
+        the worker, one choice after the other; with `echo` a choice's prompt comes first
+        (llama.cpp's stream leaves it out). The usage last, counted by the tokenizer
+        (llama.cpp's stream carries none)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        body = call.body
+        prompts = body["prompt"]
+        if isinstance(prompts, str) or not prompts or type(prompts[0]) is int:
+            prompts = [prompts]
+        kwargs = {k: body[k] for k in (*_PASSED, *_TEXT_PASSED)
+                  if body.get(k) is not None and k != "echo"}
+        copies = int(body.get("n") or 1)
+        head = {"id": completion_id("cmpl"), "object": "text_completion", "model": call.model}
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def run() -> None:
+            try:
+                model = self._model(call.model)
+                usage = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 0)
+                created = int(time.time())
+                for p, prompt in enumerate(prompts):
+                    for j in range(copies):
+                        index = p * copies + j
+                        if body.get("echo"):
+                            put({**head, "created": created, "choices": [_text_choice(
+                                index, _prompt_text(model, prompt), None)]})
+                        said = []
+                        for piece in model.create_completion(prompt=prompt, stream=True,
+                                                             **kwargs):
+                            if stop.is_set():
+                                return
+                            c = (piece.get("choices") or [{}])[0]
+                            said.append(c.get("text") or "")
+                            created = int(piece.get("created") or created)
+                            put({**head, "created": created, "choices": [_text_choice(
+                                index, said[-1], c.get("finish_reason"))]})
+                        for key, value in _text_usage(model, prompt, "".join(said)).items():
+                            usage[key] += value
+                put({**head, "created": created, "choices": [], "usage": usage})
+                put(_DONE)
+            except BaseException as exc:  # handed to the consumer, not lost in the thread
+                put(exc)
+
+        self._worker.submit(run)
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()  # the worker stops at its next token
+
     async def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._models.clear()
@@ -245,6 +306,27 @@ def stream_usage(model: Any, prompt: str, text: str) -> dict[str, int]:
     completion_tokens = len(model.tokenize(text.encode(), add_bos=False, special=True))
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _text_choice(index: int, text: str, finish: Any) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+def _prompt_text(model: Any, prompt: str | list[int]) -> str:
+    """A prompt as text: itself, or its token ids detokenized."""
+    if isinstance(prompt, str):
+        return prompt
+    return bytes(model.detokenize(prompt)).decode("utf-8", "replace")
+
+
+def _text_usage(model: Any, prompt: str | list[int], text: str) -> dict[str, int]:
+    """`stream_usage` of a text completion's prompt: a text (tokenized as `stream_usage`
+    does), or token ids, counted as they are (llama.cpp adds no BOS to them)."""
+    if isinstance(prompt, str):
+        return stream_usage(model, prompt, text)
+    completion_tokens = len(model.tokenize(text.encode(), add_bos=False, special=True))
+    return {"prompt_tokens": len(prompt), "completion_tokens": completion_tokens,
+            "total_tokens": len(prompt) + completion_tokens}
 
 
 def continuation_prompt(messages: list[dict[str, Any]]) -> str:

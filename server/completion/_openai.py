@@ -57,15 +57,16 @@ class _Prepared(NamedTuple):
 
 class OpenAIProvider:
     """POSTs `/chat/completions`; streams by SSE with usage requested in the last chunk;
-    embeds with `/embeddings`."""
+    embeds with `/embeddings`; completes text with `/completions`, streamed or not."""
 
     name = "openai"
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._pool = ClientPool(transport)
         self._prepared: dict[tuple[int, bool], _Prepared] = {}
-        #: `_prepared` of the other paths (embeddings, text completions), by (deployment, path).
-        self._other_heads: dict[tuple[int, str], _Prepared] = {}
+        #: `_prepared` of the other paths (embeddings, text completions), by (deployment,
+        #: path, stream).
+        self._other_heads: dict[tuple[int, str, bool], _Prepared] = {}
 
     def _prepare(self, dep: DeploymentSettings, client: httpx.AsyncClient, url: httpx.URL,
                  stream: bool) -> _Prepared:
@@ -93,17 +94,18 @@ class OpenAIProvider:
         url = self._pool.url(f"{base}/chat/completions")
         return base, self._prepare(dep, client, url, stream)
 
-    def _prepared_at(self, dep: DeploymentSettings, path: str) -> tuple[str, _Prepared]:
+    def _prepared_at(self, dep: DeploymentSettings, path: str,
+                     stream: bool = False) -> tuple[str, _Prepared]:
         """`_prepared_for` of `{api_base}{path}` for a call other than chat's (its own
-        heads, made once per deployment and path)."""
+        heads, made once per deployment, path and streaming)."""
         base = dep.api_base or DEFAULT_BASE
         client = self._pool.get(base)
-        prepared = self._other_heads.get((id(dep), path))
+        prepared = self._other_heads.get((id(dep), path, stream))
         if prepared is None or prepared.deployment is not dep or prepared.client is not client:
-            prepared = _head(dep, client, self._pool.url(f"{base}{path}"), False)
+            prepared = _head(dep, client, self._pool.url(f"{base}{path}"), stream)
             if len(self._other_heads) >= 1024:
                 self._other_heads.clear()
-            self._other_heads[(id(dep), path)] = prepared
+            self._other_heads[(id(dep), path, stream)] = prepared
         return base, prepared
 
     async def _post_json(self, call: ProviderCall, path: str, body: dict[str, Any],
@@ -200,13 +202,33 @@ class OpenAIProvider:
             raise transport_error(exc, call) from None
         return response.status_code, raw
 
-    async def stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
-        base, prepared = self._prepared_for(call, stream=True)
+    def stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
+        """POST `/chat/completions` with `"stream": true`; its chunks (`_events`)."""
+        return self._events(call, None)
+
+    def text_stream(self, call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
+        """POST `{api_base}/completions` (OpenAI's legacy text completions) with `"stream":
+        true` and usage asked for in the last chunk; its `text_completion` chunks as they
+        come (`_events`; `_text.StreamReader` reads them strictly)."""
+        return self._events(call, "/completions")
+
+    async def _events(self, call: ProviderCall,
+                      path: str | None) -> AsyncGenerator[dict[str, Any], None]:
+        """The SSE chunks of a streamed call to `{api_base}{path}`, or of a chat completion
+        when `path` is None: each an object whose `choices` are objects, an in-band error
+        raised as UpstreamError, and some choice finished before `[DONE]`."""
+        if path is None:
+            base, prepared = self._prepared_for(call, stream=True)
+            content = _content(call, stream=True)
+        else:
+            base, prepared = self._prepared_at(call.deployment, path, stream=True)
+            content = _dumps({**call.body, "model": call.model, "stream": True,
+                              "stream_options": {"include_usage": True}})
         lean = self._pool.lean(base)
         source: httpx.Response | ResponseStream
         try:
             if lean is not None and prepared.head is not None:
-                payload = _payload(prepared, _content(call, stream=True))
+                payload = _payload(prepared, content)
                 status, headers, body = await lean.open(prepared.stub, payload, call.timeout_s)
                 source = body
                 if status >= 400 or _encoded(headers):  # through httpx, as `complete`
@@ -214,7 +236,7 @@ class OpenAIProvider:
                                             stream=body)
             else:
                 source = await self._pool.send(base, self._build(
-                    prepared, _content(call, stream=True), call.timeout_s))
+                    prepared, content, call.timeout_s))
                 status = source.status_code
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from None

@@ -37,7 +37,9 @@ class Provider(Protocol):
     A provider that serves embeddings has `async def embed(call) -> dict` too, answering
     OpenAI's embeddings list (read by `_embeddings`); one without it serves none. One that
     serves text completions has `async def text_complete(call) -> dict`, answering OpenAI's
-    `text_completion` (read by `_text`)."""
+    `text_completion` (read by `_text`), and streams them with `text_stream(call)`, an async
+    generator of OpenAI's `text_completion` chunks (the usage in a last chunk with empty
+    `choices`; read by `_text.StreamReader`; closing it closes the upstream request)."""
 
     name: str
 

@@ -1,35 +1,49 @@
 """Text completions (OpenAI's legacy `POST /completions`): the request's checks, one
-upstream attempt, the reply read strictly, and the echo provider's continuation.
+upstream attempt, the reply (or stream) read strictly, and the echo provider's continuation.
 
 The engine routes a text completion as it routes a chat completion
 (`CompletionEngine.text_complete`: the same deployments, retries, Retry-After, fallbacks,
 timeouts and cooldowns); this module holds what differs. A request is OpenAI's JSON with
 `prompt` always a list: of texts, or of token-id lists, never both. Without `max_tokens`
 every provider is asked for OpenAI's default for this endpoint, `DEFAULT_MAX_TOKENS` (16).
-A provider serves text completions when it has a `text_complete` method (OpenAI-compatible
-upstreams, `echo/...`, the local llama.cpp model, LiteLLM); a deployment of another
-(Anthropic, a Codex sidecar) is the caller's error, InvalidRequest.
+A provider serves text completions when it has a `text_complete` method, and streams them
+when it has a `text_stream` one (OpenAI-compatible upstreams, `echo/...`, the local
+llama.cpp model, LiteLLM: both); a deployment of another (Anthropic, a Codex sidecar) is
+the caller's error, InvalidRequest.
 
 `logprobs` is not served yet (its legacy shape, with a null first logprob, has no home in
-the contract): any value is refused naming it, as are `stream` (its own call, not built)
-and cached or deterministic routing (text completions are not cached).
+the contract): any value is refused naming it, as are `stream` in a request's body (a
+stream is its own call: `CompletionEngine.text_stream`) and cached or deterministic routing
+(text completions are not cached).
 
 A reply is read strictly, as an upstream's is untrusted: an object whose `choices` holds
 one choice per prompt and `n` (distinct `index`es from 0), each with a `text` string and a
 known `finish_reason`, `MAX_TEXT_CHARS` characters in all at most. Anything else is an
 UpstreamError (502 at the door), never a crash nor a short list of choices.
 
+A stream (`CompletionEngine.text_stream`, routed as a chat stream is: retries and fallbacks
+before the first chunk only) comes from a provider's `text_stream`, OpenAI's
+`text_completion` chunks, and is read as strictly, chunk by chunk (`StreamReader`): each
+choice an `index` from 0 to one less than the choices expected, a `text` string and a
+`finish_reason` null or known, no text after its choice finished, `MAX_TEXT_CHARS` in all at
+most; the stream ends with every choice finished. A UTF-16 surrogate pair an upstream cut
+between two chunks is joined (a half alone becomes U+FFFD), as in chat streams. The usage a
+chunk carries (OpenAI's last one, with no choices) is kept for the stream's end.
+
 The echo provider (`echo/...`) continues a prompt with the prompt's own words: its words
 (whitespace-separated; a token-id prompt's words are its ids), each after one space, up to
 `max_tokens` words (finish "length") or a stop sequence (finish "stop", the text cut before
 it), words counted as tokens; with `echo` the prompt comes first. `suffix` is ignored. The
-same request always gets the same text.
+same request always gets the same text, streamed (`echo_chunks`) or not: a stream sends
+each choice's text word by word (with `echo`, word by word from the prompt's first), then
+its finish, then the usage.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +53,9 @@ from ._types import Routing
 from ._usage import clean_usage
 from .errors import InvalidRequest, UpstreamError
 
-__all__ = ["DEFAULT_MAX_TOKENS", "MAX_CHOICES", "MAX_PROMPTS", "MAX_TEXT_CHARS", "TextCompleted",
-           "attempt", "check", "echo_reply", "upstream_body"]
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_CHOICES", "MAX_PROMPTS", "MAX_TEXT_CHARS", "StreamReader",
+           "TextCompleted", "attempt", "check", "echo_chunks", "echo_reply", "stream_of",
+           "upstream_body"]
 
 #: OpenAI's `max_tokens` when the request sets none.
 DEFAULT_MAX_TOKENS = 16
@@ -107,8 +122,9 @@ def check(request: Mapping[str, Any]) -> int:
         raise InvalidRequest("stop must be a string or a list of at most 4 strings",
                              param="stop")
     if request.get("stream") not in (None, False):
-        raise InvalidRequest("text completions do not stream here yet: leave out stream "
-                             "(or set it to false)", param="stream")
+        raise InvalidRequest("a streamed text completion is its own call (gRPC "
+                             "TextCompletionStream; at the OpenAI door, \"stream\": true): "
+                             "leave stream out of this one", param="stream")
     if request.get("echo") is not None and type(request["echo"]) is not bool:
         raise InvalidRequest("echo must be true or false", param="echo")
     if request.get("suffix") is not None and not isinstance(request["suffix"], str):
@@ -147,10 +163,24 @@ async def attempt(provider: Provider, call: ProviderCall, choices: int) -> TextC
     """One upstream call (the engine holds it to the call's timeout), its reply read."""
     serve = getattr(provider, "text_complete", None)
     if serve is None:
-        raise InvalidRequest(f"model {call.deployment.model_name!r} is served by "
-                             f"{provider.name!r} (deployment {call.deployment.id}), which "
-                             "serves no text completions", param="model")
+        raise _not_served(provider, call)
     return read_reply(await serve(call), call, choices)
+
+
+def stream_of(provider: Provider, call: ProviderCall) -> AsyncGenerator[Any, None]:
+    """The provider's stream of `text_completion` chunks for `call` (not started);
+    InvalidRequest when its provider streams no text completions."""
+    serve = getattr(provider, "text_stream", None)
+    if serve is None:
+        raise _not_served(provider, call)
+    stream: AsyncGenerator[Any, None] = serve(call)
+    return stream
+
+
+def _not_served(provider: Provider, call: ProviderCall) -> InvalidRequest:
+    return InvalidRequest(f"model {call.deployment.model_name!r} is served by "
+                          f"{provider.name!r} (deployment {call.deployment.id}), which "
+                          "serves no text completions", param="model")
 
 
 def read_reply(reply: Any, call: ProviderCall, expected: int) -> TextCompleted:
@@ -185,6 +215,114 @@ def read_reply(reply: Any, call: ProviderCall, expected: int) -> TextCompleted:
         created if type(created) is int and created >= 0 else int(time.time()),
         model if isinstance(model, str) and model else call.model,
         [c for c in choices if c is not None], clean_usage(reply.get("usage"), where))
+
+
+class StreamReader:
+    """One attempt's stream of `text_completion` chunks, read strictly (the module
+    docstring): `read` each chunk as it comes, `end` when the stream has ended.
+
+    Every chunk read goes on with the id, time and model of the first (or ones made here
+    when the upstream sent none), and its choices as `{"index", "text", "finish_reason"}`.
+    """
+
+    def __init__(self, call: ProviderCall, expected: int) -> None:
+        self._where = call.deployment.id
+        self._model = call.model
+        self._expected = expected
+        self._finished = [False] * expected
+        self._chars = 0
+        #: The high half of a surrogate pair waiting for its other half, by choice index.
+        self._held: dict[int, str] = {}
+        self._head: dict[str, Any] | None = None
+        #: The upstream's usage, once a chunk has carried one (cleaned: `clean_usage`).
+        self.usage: dict[str, Any] | None = None
+
+    def read(self, raw: Any) -> dict[str, Any] | None:
+        """`raw` as a chunk to pass on, or None when it holds no choice (the usage alone,
+        kept in `usage`); UpstreamError when it is no chunk of this stream."""
+        where = self._where
+        if not isinstance(raw, dict):
+            raise UpstreamError(f"{where}: a chunk of the stream is not an object")
+        if raw.get("usage") is not None:
+            self.usage = clean_usage(raw["usage"], where)
+        items = raw.get("choices")
+        if not items:
+            return None
+        if not isinstance(items, list):
+            raise UpstreamError(f"{where}: a chunk's choices are not a list")
+        if self._head is None:
+            rid, created, model = (raw.get(k) for k in ("id", "created", "model"))
+            self._head = {
+                "id": rid if isinstance(rid, str) and rid else completion_id("cmpl"),
+                "object": "text_completion",
+                "created": created if type(created) is int and created >= 0
+                else int(time.time()),
+                "model": model if isinstance(model, str) and model else self._model}
+        return {**self._head, "choices": [self._choice(i, item) for i, item in enumerate(items)]}
+
+    def _choice(self, i: int, item: Any) -> dict[str, Any]:
+        where, expected = self._where, self._expected
+        index = item.get("index", 0 if expected == 1 else None) if isinstance(item, dict) \
+            else None
+        if type(index) is not int or not 0 <= index < expected:
+            raise UpstreamError(f"{where}: a chunk's choices[{i}] has no index of its own "
+                                f"(an object with an index from 0 to {expected - 1})")
+        assert isinstance(item, dict)
+        text, finish = item.get("text"), item.get("finish_reason")
+        if not isinstance(text, str) or (finish is not None and finish not in _FINISHES):
+            raise UpstreamError(f"{where}: a chunk's choices[{i}] needs a text and a "
+                                "finish_reason null, stop, length or content_filter")
+        if self._finished[index]:
+            raise UpstreamError(f"{where}: choice {index} went on after it finished")
+        self._chars += len(text)
+        if self._chars > MAX_TEXT_CHARS:
+            raise UpstreamError(f"{where}: the stream holds more than {MAX_TEXT_CHARS:,} "
+                                "characters, the most one text completion of the mesh holds")
+        if self._held or _SURROGATE.search(text):
+            text = self._join_halves(index, text)
+        if finish is not None:
+            self._finished[index] = True
+            self._held.pop(index, None)  # a half still waiting goes: nothing follows it
+        return {"index": index, "text": text, "finish_reason": finish}
+
+    def _join_halves(self, index: int, text: str) -> str:
+        """`text` after the half its choice's last text ended with, ending before a high
+        half (kept for the next); a half alone as U+FFFD."""
+        text = self._held.pop(index, "") + text
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            self._held[index] = text[-1]
+            text = text[:-1]
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+    def end(self) -> None:
+        """UpstreamError unless every choice has finished."""
+        if not all(self._finished):
+            missing = self._finished.index(False)
+            raise UpstreamError(f"{self._where}: the stream ended before choice {missing} "
+                                "finished")
+
+
+#: A UTF-16 surrogate: half of a character, which no protobuf string (nor UTF-8) holds.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: A word with the space before it, or the space after the last.
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+
+def echo_chunks(body: Mapping[str, Any], model: str) -> list[dict[str, Any]]:
+    """The echo provider's stream of `text_completion` chunks: `echo_reply`'s texts, each
+    choice word by word, then its finish; the usage last, alone."""
+    reply = echo_reply(body, model)
+    head = {k: reply[k] for k in ("id", "object", "created", "model")}
+    chunks = []
+    for choice in reply["choices"]:
+        index = choice["index"]
+        chunks += [{**head, "choices": [{"index": index, "text": piece, "logprobs": None,
+                                         "finish_reason": None}]}
+                   for piece in _PIECE.findall(choice["text"])]
+        chunks.append({**head, "choices": [{"index": index, "text": "", "logprobs": None,
+                                            "finish_reason": choice["finish_reason"]}]})
+    chunks.append({**head, "choices": [], "usage": reply["usage"]})
+    return chunks
 
 
 def echo_reply(body: Mapping[str, Any], model: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""CompletionService over gRPC (completions, embeddings, text completions): validate, call
-the engine, translate, map errors."""
+"""CompletionService over gRPC (completions, embeddings, text completions, streamed or
+not): validate, call the engine, translate, map errors."""
 
 from __future__ import annotations
 
@@ -70,13 +70,26 @@ def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
                                    f"shape: {exc}") from None
 
 
-def _estimate_prompts(items: list[Any]) -> None:
+def _estimate_prompts(items: list[Any]) -> int:
     """Report the prompt tokens of an embedding's inputs or a text completion's prompts
     (texts estimated, token ids counted), charged if the call ends without the upstream's
-    usage."""
-    if usage_estimate_wanted():
-        report_usage_estimate(sum(tokens(len(i)) if isinstance(i, str) else len(i)
-                                  for i in items), 0)
+    usage; those tokens (0 when no key is charged)."""
+    if not usage_estimate_wanted():
+        return 0
+    prompt = sum(tokens(len(i)) if isinstance(i, str) else len(i) for i in items)
+    report_usage_estimate(prompt, 0)
+    return prompt
+
+
+def _text_chunk_to_proto(chunk: dict[str, Any]) -> pb.TextCompletionChunk:
+    """The engine's text completion chunk (read by `_text.StreamReader`) as a message."""
+    out = pb.TextCompletionChunk(id=chunk["id"], created=chunk["created"], model=chunk["model"])
+    for choice in chunk["choices"]:
+        finish = choice["finish_reason"]
+        out.choices.add(index=choice["index"], text=choice["text"], finish_reason=(
+            wire.FINISH_REASONS[finish] if finish  # type: ignore[arg-type]
+            else pb.FINISH_REASON_UNSPECIFIED))
+    return out
 
 
 def validate_request(req: pb.CompletionRequest) -> None:
@@ -262,6 +275,59 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         reply.usage.CopyFrom(wire.usage_to_proto(done.usage))
         await self._finish(request, reply, done.routing, clock, started)
         return reply
+
+    async def TextCompletionStream(
+        self, request: pb.TextCompletionStreamRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.TextCompletionStreamResponse]:
+        """Chunks as the engine reads them, then the end: usage, routing, manifest. The run
+        is kept as the text completion it made (its request, and each choice's text
+        joined), so that it replays as one (`TextCompletion`) and shows as one."""
+        inner = request.request
+        if not inner.model:
+            raise _invalid("model is required", "model")
+        clock = ManifestClock("completion", inner.context, request_id=current_request_id(),
+                              model=inner.model)
+        body = wire.text_request_from_proto(inner)
+        # Charged to a virtual key if the stream ends without its usage (see _estimate):
+        # the prompts from the start, and what has streamed as it goes.
+        prompt = _estimate_prompts(body["prompt"])
+        estimating = usage_estimate_wanted()
+        streamed = 0
+        texts: dict[int, list[str]] | None = {} if self._store is not None else None
+        finishes: dict[int, int] = {}
+        last = pb.TextCompletionChunk()
+        async with contextlib.aclosing(self._engine.text_stream(body)) as events:
+            async for event in events:
+                if isinstance(event, StreamEnd):
+                    usage = wire.usage_to_proto(event.usage)
+                    self._count(inner.model, usage, event.routing, False, False)
+                    end = pb.CompletionStreamEnd(
+                        id=last.id, usage=usage,
+                        routing=routing_to_proto(event.routing, cache_hit=False,
+                                                 overhead_s=0.0),
+                        manifest=clock.finish(provider=event.routing.provider))
+                    if self._store is not None and texts is not None:
+                        made = pb.TextCompletionResponse(
+                            id=last.id, created=last.created, model=last.model, usage=usage,
+                            routing=end.routing, manifest=end.manifest)
+                        for index in sorted(texts):
+                            made.choices.add(index=index, text="".join(texts[index]),
+                                             finish_reason=finishes.get(index, 0))
+                        await asyncio.shield(self._store.put(end.manifest, inner, made))
+                    yield pb.TextCompletionStreamResponse(end=end)
+                    return
+                chunk = _text_chunk_to_proto(event.chunk)
+                last = chunk
+                if texts is not None:
+                    for choice in chunk.choices:
+                        texts.setdefault(choice.index, []).append(choice.text)
+                        if choice.finish_reason:
+                            finishes[choice.index] = choice.finish_reason
+                if estimating:
+                    streamed += sum(len(choice.text) for choice in chunk.choices)
+                    report_usage_estimate(prompt, tokens(streamed))
+                yield pb.TextCompletionStreamResponse(chunk=chunk)
 
     async def _finish(self, request: Any, reply: Any, routing: Routing, clock: ManifestClock,
                       started: float) -> None:

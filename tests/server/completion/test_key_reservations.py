@@ -72,6 +72,15 @@ async def _held(gate: Gate, req: dict[str, Any], r: asyncio.StreamReader,
         send_json(w, 200, {"object": "list", "model": req["model"], "data": [
             {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}})
+    elif "prompt" in req:  # a text completion, streamed (the only kind asked of it here)
+        sse_head(w)
+        chunk = {"id": "up-1", "object": "text_completion", "created": 1, "model": req["model"],
+                 "choices": [{"index": 0, "text": "four words of answer", "logprobs": None,
+                              "finish_reason": "stop"}]}
+        for data in [json.dumps(chunk), json.dumps({**chunk, "choices": [], "usage": usage}),
+                     "[DONE]"]:
+            sse_event(w, data)
+        w.write(b"0\r\n\r\n")
     elif req.get("stream"):
         sse_head(w)
         chunks = [json.loads(c) for c in openai_chunks(req, "four words of answer")]
@@ -185,6 +194,18 @@ async def test_a_call_without_max_tokens_reserves_a_default_answer(
 async def test_streams_reserve_and_release_as_calls_do(keyed: RunningMesh, gate: Gate) -> None:
     key = new_key(keyed, MASTER, max_budget=2.0)
     assert await _burst(keyed, gate, key, _body(stream=True)) == \
+        [200] * 2 + [429] * (BURST - 2)
+    assert (await _info(keyed, key))["spend"] == 2 * 0.5
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
+async def test_text_streams_reserve_and_release_as_calls_do(
+        keyed: RunningMesh, gate: Gate) -> None:
+    """`/v1/completions` with `"stream": true` (gRPC TextCompletionStream) reserves what a
+    text completion does: two fit in the budget together, the rest are refused."""
+    key = new_key(keyed, MASTER, max_budget=2.0)
+    body = {"model": "held", "prompt": "hi", "max_tokens": 8, "stream": True}
+    assert await _burst(keyed, gate, key, body, path="/v1/completions") == \
         [200] * 2 + [429] * (BURST - 2)
     assert (await _info(keyed, key))["spend"] == 2 * 0.5
     assert _reserved(keyed, key) == (0, 0.0, 0)

@@ -2,7 +2,7 @@
 SDK's `client.completions.create` against the OpenAI door of a real mesh, the mesh's gRPC
 client, and a loopback upstream speaking OpenAI's /completions wire format (a 429 with
 Retry-After, a 500 and a fallback, a reply of the wrong shape), careless and hostile
-bodies, and a virtual key paying."""
+bodies, and a virtual key paying. Streamed ones: test_text_streams_door.py."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_the_wire_shape_request_id_and_run(mesh: RunningMesh, path: str) -> None
     ({"model": "echo/e", "prompt": "a", "top_p": "high"}, "top_p"),
     ({"model": "echo/e", "prompt": "a", "stop": [1]}, "stop"),
     ({"model": "echo/e", "prompt": "a", "echo": 1}, "echo"),
-    ({"model": "echo/e", "prompt": "a", "stream": True}, "stream"),
+    ({"model": "echo/e", "prompt": "a", "stream": "yes"}, "stream"),
     ({"model": "echo/e", "prompt": "a", "scillm": {"cache": {"bypass": True}}}, "scillm"),
 ])
 def test_careless_and_hostile_bodies_are_openai_400s(mesh: RunningMesh, body: dict[str, Any],
@@ -105,11 +105,9 @@ def test_careless_and_hostile_bodies_are_openai_400s(mesh: RunningMesh, body: di
     assert "Traceback" not in reply.text and reply.headers["x-request-id"]
 
 
-async def test_the_sdk_hears_stream_and_logprobs_refused_in_its_own_terms(
-        mesh: RunningMesh) -> None:
+async def test_the_sdk_hears_logprobs_refused_in_its_own_terms(mesh: RunningMesh) -> None:
+    """(`stream` is served: test_text_streams_door.py.)"""
     sdk = _sdk(mesh.http_url)
-    with pytest.raises(openai.BadRequestError, match="stream"):
-        await sdk.completions.create(model="echo/e", prompt="a", stream=True)
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         await sdk.completions.create(model="echo/e", prompt="a", logprobs=1)
     await sdk.close()
@@ -143,8 +141,9 @@ async def test_the_grpc_client_completes_text_and_refuses_what_the_contract_does
             with pytest.raises(RPCError) as caught:
                 await client.completion.text(bad)
             assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        # Routing options (which the key check reads in `routing`) and a stream (not served)
-        # are no extra_body's, as for chat: refused, naming the field.
+        # Routing options (which the key check reads in `routing`) and a stream (its own
+        # call, TextCompletionStream) are no extra_body's, as for chat: refused, naming the
+        # field.
         for key, value in (("scillm", {"fallbacks": ["elsewhere"]}), ("stream", True)):
             extra = pb.TextCompletionRequest(model="echo/g", prompt=[pb.EmbeddingInput(text="a")])
             extra.extra_body.update({key: value})

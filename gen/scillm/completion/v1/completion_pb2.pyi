@@ -1996,3 +1996,129 @@ class TextCompletionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TextCompletionResponse: _TypeAlias = TextCompletionResponse  # noqa: Y015
+
+@_typing.final
+class TextCompletionStreamRequest(_message.Message):
+    """TextCompletionStreamRequest is a TextCompletionRequest answered as a stream. The
+    terminal event always carries the usage the upstream reported (the mesh asks for it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___TextCompletionRequest:
+        """The request."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___TextCompletionRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextCompletionStreamRequest: _TypeAlias = TextCompletionStreamRequest  # noqa: Y015
+
+@_typing.final
+class TextChunkChoice(_message.Message):
+    """TextChunkChoice is one choice's increment in a streamed text completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Index of the choice: prompt index x n + choice number, as OpenAI numbers them."""
+    text: _builtins.str
+    """The text generated since this choice's previous chunk (with `echo`, the prompt
+    comes first).
+    """
+    finish_reason: Global___FinishReason.ValueType
+    """Set on the last chunk of this choice; unspecified before it."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        text: _builtins.str = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextChunkChoice: _TypeAlias = TextChunkChoice  # noqa: Y015
+
+@_typing.final
+class TextCompletionChunk(_message.Message):
+    """TextCompletionChunk is one chunk of a streamed `text_completion`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Completion id, the same for every chunk."""
+    created: _builtins.int
+    """Creation time, Unix seconds."""
+    model: _builtins.str
+    """Model that answers."""
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextChunkChoice]:
+        """Increments, one per choice that advanced."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        created: _builtins.int = ...,
+        model: _builtins.str = ...,
+        choices: _abc.Iterable[Global___TextChunkChoice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "created", b"created", "id", b"id", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextCompletionChunk: _TypeAlias = TextCompletionChunk  # noqa: Y015
+
+@_typing.final
+class TextCompletionStreamResponse(_message.Message):
+    """TextCompletionStreamResponse is one event of a text completion stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunk(self) -> Global___TextCompletionChunk:
+        """Incremental output."""
+
+    @_builtins.property
+    def end(self) -> Global___CompletionStreamEnd:
+        """Terminal event, always last: usage, routing and the manifest."""
+
+    def __init__(
+        self,
+        *,
+        chunk: Global___TextCompletionChunk | None = ...,
+        end: Global___CompletionStreamEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["chunk", "end"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___TextCompletionStreamResponse: _TypeAlias = TextCompletionStreamResponse  # noqa: Y015

@@ -65,6 +65,11 @@ class CompletionServiceStub:
                 request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionRequest.SerializeToString,
                 response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionResponse.FromString,
                 _registered_method=True)
+        self.TextCompletionStream = channel.unary_stream(
+                '/scillm.completion.v1.CompletionService/TextCompletionStream',
+                request_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionStreamRequest.SerializeToString,
+                response_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionStreamResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -121,6 +126,18 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TextCompletionStream(self, request, context):
+        """TextCompletionStream is TextCompletion answered as it is generated (OpenAI's legacy
+        `POST /v1/completions` with `"stream": true`). It streams because tokens arrive
+        incrementally and callers show them as they come: zero or more chunks, then exactly
+        one terminal `end` event carrying usage, routing and the manifest. Retries and
+        fallbacks happen only before the first chunk; a failure after it ends the stream
+        with its status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +170,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.TextCompletion,
                     request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionRequest.FromString,
                     response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionResponse.SerializeToString,
+            ),
+            'TextCompletionStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.TextCompletionStream,
+                    request_deserializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionStreamRequest.FromString,
+                    response_serializer=scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +340,33 @@ class CompletionService:
             '/scillm.completion.v1.CompletionService/TextCompletion',
             scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionRequest.SerializeToString,
             scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TextCompletionStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scillm.completion.v1.CompletionService/TextCompletionStream',
+            scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionStreamRequest.SerializeToString,
+            scillm_dot_completion_dot_v1_dot_completion__pb2.TextCompletionStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,14 @@ class CompletionServiceStub:
     retries, Retry-After, fallbacks and timeouts as Completion; a deployment whose
     provider has no text completions is INVALID_ARGUMENT.
     """
+    TextCompletionStream: _grpc.UnaryStreamMultiCallable[_completion_pb2.TextCompletionStreamRequest, _completion_pb2.TextCompletionStreamResponse]
+    """TextCompletionStream is TextCompletion answered as it is generated (OpenAI's legacy
+    `POST /v1/completions` with `"stream": true`). It streams because tokens arrive
+    incrementally and callers show them as they come: zero or more chunks, then exactly
+    one terminal `end` event carrying usage, routing and the manifest. Retries and
+    fallbacks happen only before the first chunk; a failure after it ends the stream
+    with its status.
+    """
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -88,6 +96,14 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     what base models and lm-evaluation-harness speak), routed over the same deployments,
     retries, Retry-After, fallbacks and timeouts as Completion; a deployment whose
     provider has no text completions is INVALID_ARGUMENT.
+    """
+    TextCompletionStream: _aio.UnaryStreamMultiCallable[_completion_pb2.TextCompletionStreamRequest, _completion_pb2.TextCompletionStreamResponse]  # type: ignore[assignment]
+    """TextCompletionStream is TextCompletion answered as it is generated (OpenAI's legacy
+    `POST /v1/completions` with `"stream": true`). It streams because tokens arrive
+    incrementally and callers show them as they come: zero or more chunks, then exactly
+    one terminal `end` event carrying usage, routing and the manifest. Retries and
+    fallbacks happen only before the first chunk; a failure after it ends the stream
+    with its status.
     """
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -151,6 +167,20 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
         what base models and lm-evaluation-harness speak), routed over the same deployments,
         retries, Retry-After, fallbacks and timeouts as Completion; a deployment whose
         provider has no text completions is INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def TextCompletionStream(
+        self,
+        request: _completion_pb2.TextCompletionStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_completion_pb2.TextCompletionStreamResponse], _abc.AsyncIterator[_completion_pb2.TextCompletionStreamResponse]]:
+        """TextCompletionStream is TextCompletion answered as it is generated (OpenAI's legacy
+        `POST /v1/completions` with `"stream": true`). It streams because tokens arrive
+        incrementally and callers show them as they come: zero or more chunks, then exactly
+        one terminal `end` event carrying usage, routing and the manifest. Retries and
+        fallbacks happen only before the first chunk; a failure after it ends the stream
+        with its status.
         """
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
