@@ -41,10 +41,11 @@ def completion_estimate(request: Any, size: int | None = None) -> tuple[int, int
     """What a `CompletionRequest` is expected to use, (prompt, completion) tokens: a token
     per four bytes of it (`size`, else its own; its messages and the rest: more than its
     prompt's tokens for most text), and its `max_completion_tokens` or `max_tokens` (or
-    `DEFAULT_COMPLETION_TOKENS`) for each of its `n` answers."""
-    answer = (request.max_completion_tokens if request.HasField("max_completion_tokens")
-              else request.max_tokens if request.HasField("max_tokens")
-              else DEFAULT_COMPLETION_TOKENS)
+    `DEFAULT_COMPLETION_TOKENS`) for each of its `n` answers. A negative number (refused
+    later, as invalid) counts as 0: an estimate is never less than nothing."""
+    answer = max(0, request.max_completion_tokens if request.HasField("max_completion_tokens")
+                 else request.max_tokens if request.HasField("max_tokens")
+                 else DEFAULT_COMPLETION_TOKENS)
     answers = request.n if request.HasField("n") and request.n > 1 else 1
     return -(-(request.ByteSize() if size is None else size) // 4), answer * answers
 

@@ -102,7 +102,8 @@ def estimate_of(request: Any) -> tuple[int, int]:
     if type(inner) is completion_pb2.EmbeddingRequest:  # its input, and no answer
         return -(-inner.ByteSize() // 4), 0
     if type(inner) is completion_pb2.TextCompletionRequest:  # its prompts; n answers
-        answer = inner.max_tokens if inner.HasField("max_tokens") else 16  # OpenAI's default
+        answer = max(0, inner.max_tokens if inner.HasField("max_tokens")
+                     else 16)  # OpenAI's default; a negative one is refused later
         return (-(-sum(p.ByteSize() for p in inner.prompt) // 4),
                 answer * (inner.n if inner.HasField("n") and inner.n > 1 else 1))
     return charges.completion_estimate(inner, request.ByteSize())

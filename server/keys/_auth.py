@@ -187,7 +187,9 @@ class Authenticator:
         reservation = None
         if estimate is not None and (record.max_budget or record.tpm_limit) and any(estimate):
             price_in, price_out = self._prices(model)
-            prompt, completion = estimate
+            # Never below nothing: a negative reservation held while its call waits (on
+            # Redis's windows) made room for the key's other calls in flight.
+            prompt, completion = max(0, estimate[0]), max(0, estimate[1])
             reservation = Reservation(self._in_flight, record.key_hash,
                                       prompt * price_in + completion * price_out,
                                       prompt + completion)
