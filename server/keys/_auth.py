@@ -52,9 +52,12 @@ class Principal:
 
 
 def token_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    """The bearer token of `authorization` (or `x-api-key`), if any."""
+    """The bearer token of `authorization` (or `x-api-key`), if any. Only those entries
+    are read: another may be binary (a `-bin` key's bytes need not be UTF-8)."""
     for key, value in metadata or ():
-        text = value.decode() if isinstance(value, bytes) else value
+        if key != "authorization" and key != "x-api-key":
+            continue
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
         if key == "authorization":
             scheme, _, token = text.partition(" ")
             return token.strip() if scheme.lower() == "bearer" else text.strip()
