@@ -126,7 +126,10 @@ def _items(req: pb.CodeWorldRunRequest, body: Mapping[str, Any]) -> None:
     if not isinstance(items, list) or not items:
         raise InvalidRequestError("'items' must be a non-empty array", param="items")
     task = ""
-    for message in body.get("messages") or []:
+    messages = body.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise InvalidRequestError("'messages' must be an array", param="messages")
+    for message in messages or []:
         if isinstance(message, Mapping) and message.get("role") == "user":
             task = str(message.get("content") or "")
             break

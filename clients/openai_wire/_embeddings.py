@@ -80,7 +80,7 @@ def embedding_request_to_proto(body: Mapping[str, Any]) -> pb.EmbeddingRequest:
         req.dimensions = _number(body["dimensions"], int, "dimensions")
     fmt = body.get("encoding_format")
     if fmt is not None:
-        if fmt not in ENCODINGS:
+        if not isinstance(fmt, str) or fmt not in ENCODINGS:  # [] or {}: no key
             raise InvalidRequestError("'encoding_format' must be \"float\" or \"base64\"",
                                       param="encoding_format")
         req.encoding_format = ENCODINGS[fmt]  # type: ignore[assignment]

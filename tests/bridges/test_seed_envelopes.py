@@ -410,3 +410,17 @@ def test_a_run_whose_scores_would_overflow_is_no_500(
     result = reply.json()["results"][0]
     assert result["best_strategy"] == "a" and "brevity" in result["scores"]  # the rubric
 
+
+
+@pytest.mark.parametrize("path", ["/bridge/complete", "/v1/chat/completions"])
+@pytest.mark.parametrize("messages", [5, True, "sum", {"role": "user"}])
+def test_codeworld_messages_that_are_no_array_are_a_400(mesh: Mesh, path: str,
+                                                        messages: object) -> None:
+    """`"messages": 5` (or true) on a CodeWorld run was a 500 with a traceback: the task
+    text was read by iterating whatever `messages` was."""
+    body = {"model": "codeworld", "messages": messages,
+            "items": [{"task_id": "a", "context": {"input": [1], "expected": 1}}],
+            "provider": {"args": {"strategies": [{"name": "sum", "source": SUM}]}}}
+    reply = mesh.post(path, body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == "messages"

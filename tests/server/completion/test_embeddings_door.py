@@ -104,6 +104,9 @@ def test_the_wire_shape_request_id_and_run(mesh: RunningMesh, path: str) -> None
     ({"model": "echo/e", "input": "a", "dimensions": "8"}, "dimensions"),
     ({"model": "echo/e", "input": "a", "dimensions": 2.5}, "dimensions"),
     ({"model": "echo/e", "input": "a", "encoding_format": "hex"}, "encoding_format"),
+    # Unhashable: a 500 with a traceback (the SDK retried it twice).
+    ({"model": "echo/e", "input": "a", "encoding_format": []}, "encoding_format"),
+    ({"model": "echo/e", "input": "a", "encoding_format": {}}, "encoding_format"),
     ({"model": "echo/e", "input": "a", "scillm": {"cache": {"bypass": True}}}, "scillm"),
     ({"model": "echo/e", "input": "a", "caching": True}, "caching"),
     # Past echo's MAX_VALUES numbers (inputs x dimensions): 2048 x 3,072 held the loop 6 s.
