@@ -41,6 +41,10 @@ log = logging.getLogger("scillm.server")
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 #: The one key-management RPC a virtual key may make, for itself (`reads_itself`).
 _GET_KEY = "/scillm.keys.v1.KeyService/GetKey"
+#: The services a key's `models` must name to use them (as the door's model names do), by
+#: their methods' prefix: their runs call no model a key would otherwise be checked for.
+_NAMED_SERVICES = (("/scillm.prove.v1.ProveService/", "certainly"),
+                   ("/scillm.codeworld.v1.CodeWorldService/", "codeworld"))
 #: RPCs whose usage a key pays: Completion's. The model calls other services make for a
 #: caller are charged one by one (`charges.charge_model_call`), so their replies are not.
 _CHARGED = "/scillm.completion."
@@ -130,8 +134,12 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self._auth.reads_itself(principal, request.key):
             return principal, None  # a virtual key reads its own spend and limits
         record = principal.record
+        service = ""
+        if record is not None and record.models:
+            service = next((name for prefix, name in _NAMED_SERVICES
+                            if full_method.startswith(prefix)), "")
         reservation = await self._auth.authorize(
-            principal, model=model_of(request),
+            principal, model=model_of(request), service=service,
             # The models a caller names to answer if its model fails are models it calls.
             fallbacks=fallbacks_of(request) if record is not None and record.models else (),
             management=full_method.startswith("/scillm.keys."),

@@ -159,11 +159,15 @@ class Authenticator:
         held = self._in_flight.get(key_hash)
         return (0, 0.0, 0) if held is None else (held.calls, held.cost, held.tokens)
 
-    async def authorize(self, principal: Principal, *, model: str = "",
+    async def authorize(self, principal: Principal, *, model: str = "", service: str = "",
                         fallbacks: Sequence[str] = (), management: bool = False,
                         estimate: tuple[int, int] | None = None) -> Reservation | None:
         """Raise unless `principal` may make this call (to `model`, or to one of the
         `fallbacks` it names should `model` fail); counts the request when it may.
+
+        `service` ("certainly", "codeworld") is a service whose runs call no model a key
+        is checked for: a key limited to some models may use it only when they name it
+        (the name, or one under it: `codeworld/mcts`).
 
         `estimate` is what a model call is expected to use, (prompt, completion) tokens.
         Given one, a key with a budget or tokens per minute reserves it (at `model`'s
@@ -180,6 +184,11 @@ class Authenticator:
             raise Forbidden("key management needs the master key")
         if record.expired(time.time()):
             raise Forbidden(f"key {record.key_id} has expired")
+        if service and record.models and not any(
+                name == service or name.startswith(service + "/") for name in record.models):
+            raise Forbidden(f"key {record.key_id} may not use {service} (its models name no "
+                            f"{service!r} or {service + '/...'!r}); allowed: "
+                            f"{', '.join(record.models)}")
         if model and record.models and model not in record.models:
             raise Forbidden(f"key {record.key_id} may not call model {model!r}; "
                             f"allowed: {', '.join(record.models)}")
