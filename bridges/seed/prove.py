@@ -8,15 +8,18 @@ or through `/bridge/complete`:
                                         # each item's requirement, preamble and imports
      "items": [{"item_id"?, "requirement_text"?, "statement"?, "proof"?, "preamble"?,
                 "imports"?: [...], "backend"?: "smt" | "coq" | "lean4",
+                "smt_solver"?: "z3" | "cvc5" | "both",
                 "context"?: {...}, "metadata"?: {...}}],
      "options": {"session_id", "track_id", "max_seconds", "model", "max_attempts",
-                 "no_cache"},
+                 "no_cache", "smt_solver"},
      # the seed's legacy fields
      "lean4_requirements"?: [{"requirement_text", "context"?, "metadata"?} | "text"],
      "lean4_flags"?: ["--deterministic", "--no-llm"],
      "max_seconds"?: 180}
 
 `no_cache: true` checks every item again instead of answering from the verdict cache.
+`smt_solver` (an item's, else the options') picks the SMT solver of smt items: "z3" (the
+default), "cvc5", or "both" (a cross-check: PROVED only when both prove it).
 `lean4_requirements` are items of requirement text (`requirement` is accepted for
 `requirement_text`); `--deterministic` formalizes at temperature 0, `--no-llm` refuses to
 formalize (an item without a statement is then an error). `max_seconds` at the top level
@@ -33,10 +36,11 @@ from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 from scillm.prove.v1 import prove_pb2 as pb
 
-__all__ = ["BACKENDS", "LEAN4_FLAGS", "request_from_envelope", "summary_text"]
+__all__ = ["BACKENDS", "LEAN4_FLAGS", "SMT_SOLVERS", "request_from_envelope", "summary_text"]
 
 BACKENDS = {"smt": pb.BACKEND_SMT, "z3": pb.BACKEND_SMT, "coq": pb.BACKEND_COQ,
             "lean4": pb.BACKEND_LEAN4, "lean": pb.BACKEND_LEAN4}
+SMT_SOLVERS = {"z3": pb.SMT_SOLVER_Z3, "cvc5": pb.SMT_SOLVER_CVC5, "both": pb.SMT_SOLVER_BOTH}
 #: The seed's Lean CLI flags that mean something here.
 LEAN4_FLAGS = ("--deterministic", "--no-llm")
 
@@ -60,6 +64,15 @@ def _backend(name: Any, param: str) -> int:
         raise InvalidRequestError(f"unknown backend {name!r}; choose from smt, coq, lean4",
                                   param=param)
     return BACKENDS[name.lower()]
+
+
+def _smt_solver(name: Any, param: str) -> int:
+    if name in (None, ""):
+        return pb.SMT_SOLVER_UNSPECIFIED
+    if not isinstance(name, str) or name.lower() not in SMT_SOLVERS:
+        raise InvalidRequestError(f"unknown smt_solver {name!r}; choose from z3, cvc5, both",
+                                  param=param)
+    return SMT_SOLVERS[name.lower()]
 
 
 def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
@@ -91,6 +104,8 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
             preamble=str(item.get("preamble") or ""),
             imports=[str(x) for x in item.get("imports") or []],
             backend=_backend(item.get("backend"), f"items[{i}].backend"),  # type: ignore[arg-type]
+            smt_solver=_smt_solver(item.get("smt_solver"),  # type: ignore[arg-type]
+                                   f"items[{i}].smt_solver"),
             metadata=_metadata(item.get("metadata"), f"items[{i}].metadata"))
         if isinstance(item.get("context"), Mapping):
             o.context.CopyFrom(openai_wire.struct_from_json(item["context"],
@@ -124,6 +139,8 @@ def request_from_envelope(body: Mapping[str, Any]) -> pb.ProveRequest:
         raise InvalidRequestError("'options.no_cache' must be true or false",
                                   param="options.no_cache")
     req.no_cache = no_cache
+    req.default_smt_solver = _smt_solver(options.get("smt_solver"),  # type: ignore[assignment]
+                                         "options.smt_solver")
     req.context.session_id = str(options.get("session_id") or "")
     req.context.track = str(options.get("track_id") or options.get("track") or "")
     return req
@@ -135,7 +152,7 @@ _MAX_SECONDS = 86_400
 
 #: An item's fields (other keys pass unread, as the seed let them).
 _ITEM_KEYS = ("item_id", "id", "requirement_text", "requirement", "statement", "proof",
-              "preamble", "imports", "backend", "context", "metadata")
+              "preamble", "imports", "backend", "smt_solver", "context", "metadata")
 
 
 def _check_something(item: Mapping[str, Any], i: int) -> None:

@@ -1,4 +1,4 @@
-"""Prove: check formal obligations with Z3, Coq and Lean 4, in warm worker pools.
+"""Prove: check formal obligations with Z3 (and cvc5), Coq and Lean 4, in warm worker pools.
 
 Domain code only: nothing here knows gRPC or HTTP. The servicer builds one engine::
 
@@ -19,7 +19,9 @@ item); prover outcomes are verdicts (`Verdict`), never exceptions. Backends:
 * `smt` – Z3 (`z3 -in`, warm): a preamble of declarations, definitions and assertions and
   one goal term (see `_smtlib`); unsat of the negated goal proves it, sat gives a
   counterexample model; a proof that holds only because the preamble is inconsistent is
-  marked `vacuous`.
+  marked `vacuous`. An item's `smt_solver` may pick cvc5 instead (`_cvc5`, warm too, same
+  protocol, see `_solver`), or both: a cross-check, PROVED only when both prove it
+  (`_crosscheck`); each solver's own verdict is in `ItemResult.solvers`.
 * `coq` – Coq (`coqtop`, warm; `coqc` to locate errors): PROVED only when the file loads
   whole, every declaration is closed under the global context, and the stated theorem has
   the stated type (see `_coq`, `_coqworker`).
@@ -50,6 +52,7 @@ from ._types import (
     ItemResult,
     Limits,
     Obligation,
+    SolverVerdict,
     Verdict,
 )
 from .errors import (
@@ -60,6 +63,7 @@ from .errors import (
     InvalidBatch,
     InvalidObligation,
     ProveError,
+    SolverUnavailable,
     SourceTooLarge,
 )
 
@@ -86,6 +90,8 @@ __all__ = [
     "ProveEngine",
     "ProveError",
     "ProveSettings",
+    "SolverUnavailable",
+    "SolverVerdict",
     "SourceTooLarge",
     "Verdict",
     "VerdictCache",

@@ -1,5 +1,5 @@
 """Verdict cache: sha256 of (checker rules, backend, version, imports, preamble, statement,
-proof).
+proof, SMT solver choice).
 
 The engine stores only verdicts the prover decided on its own (`CACHEABLE`: PROVED,
 REFUTED, FAILED); UNKNOWN, TIMEOUT and ERROR depend on limits and load, so they are
@@ -27,10 +27,11 @@ CACHEABLE = frozenset({Verdict.PROVED, Verdict.REFUTED, Verdict.FAILED})
 
 
 def cache_key(obligation: Obligation, backend_version: str) -> str:
-    """Hex sha256 identifying what the prover would check, and with which prover."""
+    """Hex sha256 identifying what the prover would check, and with which prover (for an
+    smt item, which solver choice: z3's verdict is never served to a cross-check)."""
     ob = obligation
     payload = json.dumps([RULES, ob.backend, backend_version, list(ob.imports), ob.preamble,
-                          ob.statement, ob.proof], ensure_ascii=False)
+                          ob.statement, ob.proof, ob.smt_solver], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -14,6 +14,7 @@ from ._batch import BatchRun
 from ._cache import CACHEABLE, MemoryCache, VerdictCache, cache_key
 from ._characters import unreadable_controls
 from ._coq import CoqBackend
+from ._crosscheck import DEFAULT_SOLVER, solvers_of
 from ._formalize import Complete, Deadline, formalize
 from ._lean import LeanBackend
 from ._settings import ProveSettings
@@ -108,6 +109,9 @@ class ProveEngine:
         limits = defaults or self.settings.default_limits
         validate_batch(items, settings=self.settings, backends=self._infos, defaults=limits,
                        formalize=formalize, can_complete=complete is not None)
+        # An smt item that names no solver is z3's (its result and cache key say so).
+        items = [replace(o, smt_solver=DEFAULT_SOLVER)
+                 if o.backend == "smt" and not o.smt_solver else o for o in items]
 
         async def run(item: Obligation) -> ItemResult:
             return await self._run_item(item, item.limits or limits, formalize, complete,
@@ -128,7 +132,7 @@ class ProveEngine:
         refused = unreadable_controls(backend.source_of(item))
         if refused is not None:  # no prover reads it (see `_characters`)
             return refused, False
-        key = cache_key(item, self._infos[item.backend].version)
+        key = cache_key(item, self._version(item))
         hit = None if no_cache else await self._cache.get(key)
         if hit is not None:
             return hit, True
@@ -136,6 +140,15 @@ class ProveEngine:
         if outcome.verdict in CACHEABLE:
             await self._cache.put(key, outcome)
         return outcome, False
+
+    def _version(self, item: Obligation) -> str:
+        """The version of what checks `item`: its backend's, or the solvers' its
+        `smt_solver` picks ("<z3's> + <cvc5's>" for both)."""
+        info = self._infos[item.backend]
+        if not info.solvers:
+            return info.version
+        versions = {s.name: s.version for s in info.solvers}
+        return " + ".join(versions.get(n, "") for n in solvers_of(item.smt_solver))
 
     async def _run_item(self, item: Obligation, limits: Limits,
                         options: FormalizeOptions | None, complete: Complete | None,
@@ -145,7 +158,8 @@ class ProveEngine:
             outcome, cached = await self._check_cached(item, limits, no_cache)
             return ItemResult(item.item_id, item.backend, outcome.verdict, outcome.source,
                               outcome.diagnostics, outcome.counterexample, outcome.message,
-                              time.monotonic() - started, cached, vacuous=outcome.vacuous)
+                              time.monotonic() - started, cached, vacuous=outcome.vacuous,
+                              smt_solver=item.smt_solver, solvers=outcome.solvers)
         assert options is not None and complete is not None  # validated
         hits = 0
 
@@ -166,7 +180,8 @@ class ProveEngine:
         result = ItemResult(item.item_id, item.backend, out.verdict, out.source,
                             out.diagnostics, out.counterexample, out.message,
                             time.monotonic() - started, False, done.attempts,
-                            vacuous=out.vacuous)
+                            vacuous=out.vacuous, smt_solver=item.smt_solver,
+                            solvers=out.solvers)
         return replace(result, cached=hits == len(done.attempts) and hits > 0)
 
 

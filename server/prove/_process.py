@@ -101,11 +101,14 @@ class ProverProcess:
             self._memory_mb = memory_mb
 
     async def send(self, text: str) -> None:
-        """Write `text` to the prover's stdin."""
+        """Write `text` to the prover's stdin. A prover that exits before it has read it
+        all (cvc5 stops at the first error in what it reads) is not an error here: the
+        read that follows ends (EOFError) with what the prover printed before it left."""
         stdin = self._proc.stdin
         assert stdin is not None
-        stdin.write(text.encode())
-        await stdin.drain()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            stdin.write(text.encode())
+            await stdin.drain()
 
     async def read_until(self, marker: bytes) -> str:
         """Output up to and including `marker`; EOFError when the prover exits first."""

@@ -15,7 +15,8 @@ __all__ = ["ProveSettings"]
 class ProveSettings:
     """Everything a `ProveEngine` needs to know before it starts."""
 
-    #: Warm `z3 -in` processes kept by the smt backend.
+    #: Warm processes the smt backend keeps per solver: `z3 -in` (prewarmed with
+    #: `prewarm`), and cvc5 (started when an item first asks for it).
     smt_pool_size: int = 2
     #: Warm `coqtop` processes kept by the coq backend.
     coq_pool_size: int = 2
@@ -47,6 +48,10 @@ class ProveSettings:
     cache_size: int = 10_000
     #: z3 executable.
     z3_path: str = "z3"
+    #: cvc5 executable: the smt backend's second solver, for items whose `smt_solver` is
+    #: "cvc5" or "both" (Debian 12: `apt-get install cvc5`); without it such items are
+    #: refused (`BackendUnavailable`) and z3 items run as ever.
+    cvc5_path: str = "cvc5"
     #: coqtop executable (warm workers) and coqc (diagnostics of failed items).
     coqtop_path: str = "coqtop"
     coqc_path: str = "coqc"

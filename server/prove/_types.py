@@ -16,6 +16,7 @@ __all__ = [
     "ItemResult",
     "Limits",
     "Obligation",
+    "SolverVerdict",
     "Verdict",
 ]
 
@@ -86,11 +87,28 @@ class Obligation:
     imports: tuple[str, ...] = ()
     #: Per-item limits; None takes the batch defaults.
     limits: Limits | None = None
+    #: The SMT solver of an `smt` item: "z3", "cvc5" or "both" (a cross-check, see
+    #: `_crosscheck`); "" is z3. Only `smt` items may set it.
+    smt_solver: str = ""
 
     @property
     def needs_formalization(self) -> bool:
         """True when there is no formal text, only a requirement."""
         return not self.statement.strip() and not self.proof.strip()
+
+
+@dataclass(frozen=True)
+class SolverVerdict:
+    """What one SMT solver concluded about an item (`CheckOutcome.solvers`)."""
+
+    #: "z3" or "cvc5".
+    solver: str
+    verdict: Verdict
+    #: The solver's version, as its `--version` says it.
+    version: str = ""
+    message: str = ""
+    #: Its model, when REFUTED.
+    counterexample: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +125,9 @@ class CheckOutcome:
     #: Whether a prover read `source`; False when the checker refused it first (a
     #: character no prover reads, a command the backend refuses, a malformed SMT item).
     prover_ran: bool = True
+    #: An `smt` item a solver read: each solver's own verdict, from which `verdict` was
+    #: decided (two with the "both" cross-check).
+    solvers: tuple[SolverVerdict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,10 @@ class ItemResult:
     #: PROVED only because the assumptions (an SMT preamble) are inconsistent: the goal
     #: follows from anything. Such a result also carries a "vacuous:" warning diagnostic.
     vacuous: bool = False
+    #: An `smt` item: the solver choice that checked it ("z3", "cvc5", "both").
+    smt_solver: str = ""
+    #: An `smt` item a solver read: each solver's own verdict (`CheckOutcome.solvers`).
+    solvers: tuple[SolverVerdict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,9 @@ class BackendInfo:
     available: bool
     version: str = ""
     reason: str = ""
+    #: The `smt` backend: each solver it can run ("z3", "cvc5"), as a BackendInfo of its
+    #: own; the backend is available when z3 is.
+    solvers: tuple[BackendInfo, ...] = ()
 
 
 @dataclass(frozen=True)

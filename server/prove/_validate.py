@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from ._crosscheck import DEFAULT_SOLVER, SOLVER_CHOICES, solvers_of
 from ._settings import ProveSettings
 from ._types import BackendInfo, FormalizeOptions, Limits, Obligation
 from .errors import (
@@ -13,6 +14,7 @@ from .errors import (
     FormalizeUnavailable,
     InvalidBatch,
     InvalidObligation,
+    SolverUnavailable,
     SourceTooLarge,
 )
 
@@ -56,6 +58,30 @@ def _limits_problem(limits: Limits, most: Limits,
     return None
 
 
+def _check_ready(ob: Obligation, item_id: str, info: BackendInfo) -> None:
+    """Raise unless every prover `ob` needs can run: its backend, or for an smt item the
+    solvers its `smt_solver` picks (z3 missing is the backend missing, as ever)."""
+    if ob.smt_solver and ob.backend != "smt":
+        raise InvalidObligation(item_id, f"smt_solver {ob.smt_solver!r} is for smt items; "
+                                f"this item's backend is {ob.backend!r}", param="smt_solver")
+    if ob.smt_solver and ob.smt_solver not in SOLVER_CHOICES:
+        raise InvalidObligation(item_id, f"unknown smt_solver {ob.smt_solver!r}; choose from "
+                                f"{', '.join(SOLVER_CHOICES)}", param="smt_solver")
+    if not info.solvers:
+        if not info.available:
+            raise BackendUnavailable(ob.backend, info.reason, item_id=item_id)
+        return
+    solvers = {s.name: s for s in info.solvers}
+    for name in solvers_of(ob.smt_solver):
+        solver = solvers.get(name)
+        if solver is not None and solver.available:
+            continue
+        reason = solver.reason if solver is not None else f"{name} is not one of its solvers"
+        if name == DEFAULT_SOLVER:
+            raise BackendUnavailable(ob.backend, reason, item_id=item_id)
+        raise SolverUnavailable(name, reason, item_id=item_id)
+
+
 def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
                    backends: Mapping[str, BackendInfo], defaults: Limits,
                    formalize: FormalizeOptions | None, can_complete: bool) -> None:
@@ -88,8 +114,7 @@ def validate_batch(items: Sequence[Obligation], *, settings: ProveSettings,
         if info is None:
             raise InvalidObligation(item_id, f"unknown backend {ob.backend!r}; known: "
                                     f"{', '.join(sorted(backends))}", param="backend")
-        if not info.available:
-            raise BackendUnavailable(ob.backend, info.reason, item_id=item_id)
+        _check_ready(ob, item_id, info)
         fields = {"requirement_text": ob.requirement_text, "statement": ob.statement,
                   "proof": ob.proof, "preamble": ob.preamble, **{
                       f"imports[{i}]": name for i, name in enumerate(ob.imports)}}

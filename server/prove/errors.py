@@ -11,7 +11,10 @@ One hierarchy; servicers map each class to a canonical status code::
     ├── InvalidBatch(param)              the batch as a whole is malformed (empty)
     │   └── BatchTooLarge(size, limit)   more items than max_batch_items
     ├── BackendUnavailable(backend, reason)
-    │                                    the backend cannot run here (no `lean` on PATH)
+    │   │                                the backend cannot run here (no `lean` on PATH)
+    │   └── SolverUnavailable(solver, reason)
+    │                                    the SMT solver an smt item asks for (`cvc5`)
+    │                                    cannot run here
     ├── FormalizeUnavailable(item_id)    an item needs formalisation but no model
     │                                    (`complete`) or options were given
     └── EngineClosed                     the engine was used before start() or after close()
@@ -30,6 +33,7 @@ __all__ = [
     "InvalidBatch",
     "InvalidObligation",
     "ProveError",
+    "SolverUnavailable",
     "SourceTooLarge",
 ]
 
@@ -88,6 +92,22 @@ class BackendUnavailable(ProveError):
         self.backend = backend
         self.reason = reason
         self.item_id = item_id
+
+
+class SolverUnavailable(BackendUnavailable):
+    """SMT solver `solver`, which an smt item's `smt_solver` asks for, cannot run here, for
+    `reason`; the smt backend itself (z3) may well run. `param` is "smt_solver"."""
+
+    def __init__(self, solver: str, reason: str, *, item_id: str | None = None) -> None:
+        where = f"item {item_id!r}: " if item_id is not None else ""
+        ProveError.__init__(self, f"{where}SMT solver {solver!r} is unavailable: {reason} "
+                            f"(install it on the server, e.g. apt-get install {solver}, or "
+                            "ask for smt_solver z3)")
+        self.backend = "smt"
+        self.reason = reason
+        self.item_id = item_id
+        self.solver = solver
+        self.param = "smt_solver"
 
 
 class FormalizeUnavailable(ProveError):

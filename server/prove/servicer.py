@@ -17,11 +17,12 @@ from ..interceptors import current_request_id
 from ..manifests import ManifestClock, RunStore, recording
 from ..metrics import Metrics
 from . import errors
+from ._crosscheck import solvers_of
 from ._engine import ProveEngine
 from ._formalize import Deadline
 from ._types import Diagnostic, FormalizeOptions, ItemResult, Limits, Obligation, Verdict
 
-__all__ = ["BACKENDS", "ERRORS", "ProveServicer", "obligations_from_proto"]
+__all__ = ["BACKENDS", "ERRORS", "SMT_SOLVERS", "ProveServicer", "obligations_from_proto"]
 
 ERRORS: ErrorTable = {
     errors.BatchTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -38,6 +39,10 @@ ERRORS: ErrorTable = {
 BACKENDS: dict[int, str] = {pb.BACKEND_SMT: "smt", pb.BACKEND_COQ: "coq",
                             pb.BACKEND_LEAN4: "lean4"}
 _BACKEND_ENUM: dict[str, Any] = {v: k for k, v in BACKENDS.items()}
+#: SmtSolver enum <-> the engine's `Obligation.smt_solver` (and each solver's name).
+SMT_SOLVERS: dict[int, str] = {pb.SMT_SOLVER_Z3: "z3", pb.SMT_SOLVER_CVC5: "cvc5",
+                               pb.SMT_SOLVER_BOTH: "both"}
+_SOLVER_ENUM: dict[str, Any] = {v: k for k, v in SMT_SOLVERS.items()}
 _VERDICTS = {Verdict.PROVED: pb.VERDICT_PROVED, Verdict.REFUTED: pb.VERDICT_REFUTED,
              Verdict.FAILED: pb.VERDICT_FAILED, Verdict.UNKNOWN: pb.VERDICT_UNKNOWN,
              Verdict.TIMEOUT: pb.VERDICT_TIMEOUT, Verdict.ERROR: pb.VERDICT_ERROR}
@@ -62,6 +67,10 @@ def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
                           f"unknown default_backend {req.default_backend}",
                           param="default_backend")
     default = BACKENDS.get(req.default_backend, default_backend)
+    if req.default_smt_solver not in (pb.SMT_SOLVER_UNSPECIFIED, *SMT_SOLVERS):
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown default_smt_solver {req.default_smt_solver}",
+                          param="default_smt_solver")
     limits = None
     if req.limits.HasField("timeout") or req.limits.memory_bytes:
         base = usual or Limits()
@@ -81,10 +90,18 @@ def obligations_from_proto(req: pb.ProveRequest, default_backend: str,
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
                               f"items[{i}] ({o.item_id or 'no id'}): unknown backend {o.backend}",
                               param=f"items[{i}].backend")
+        if o.smt_solver not in (pb.SMT_SOLVER_UNSPECIFIED, *SMT_SOLVERS):
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"items[{i}] ({o.item_id or 'no id'}): unknown smt_solver "
+                              f"{o.smt_solver}", param=f"items[{i}].smt_solver")
+        backend = BACKENDS.get(o.backend, default)
+        # The request's solver is for its smt items; an item's own is checked by the engine.
+        solver = SMT_SOLVERS.get(o.smt_solver) or (
+            SMT_SOLVERS.get(req.default_smt_solver, "") if backend == "smt" else "")
         items.append(Obligation(
-            item_id=o.item_id or f"item-{i}", backend=BACKENDS.get(o.backend, default),
+            item_id=o.item_id or f"item-{i}", backend=backend,
             requirement_text=o.requirement_text, statement=o.statement, proof=o.proof,
-            preamble=o.preamble, imports=tuple(o.imports)))
+            preamble=o.preamble, imports=tuple(o.imports), smt_solver=solver))
     return items, limits
 
 
@@ -99,13 +116,20 @@ def _diagnostic(d: Diagnostic) -> pb.Diagnostic:
 
 
 def result_to_proto(r: ItemResult, version: str, metadata: dict[str, str]) -> pb.ItemResult:
-    """One item's result as an `ItemResult` message."""
+    """One item's result as an `ItemResult` message; an smt item's `backend_version` is
+    its solvers' (`version` otherwise)."""
+    if r.solvers:
+        version = " + ".join(s.version for s in r.solvers)
     out = pb.ItemResult(item_id=r.item_id, backend=_BACKEND_ENUM.get(r.backend, 0),
                         verdict=_VERDICTS[r.verdict],
                         diagnostics=[_diagnostic(d) for d in r.diagnostics],
                         counterexample=r.counterexample or "", source=r.source,
                         cached=r.cached, backend_version=version, metadata=metadata,
-                        vacuous=r.vacuous,
+                        vacuous=r.vacuous, smt_solver=_SOLVER_ENUM.get(r.smt_solver, 0),
+                        solver_verdicts=[pb.SolverVerdict(
+                            solver=_SOLVER_ENUM.get(s.solver, 0), verdict=_VERDICTS[s.verdict],
+                            version=s.version, message=s.message,
+                            counterexample=s.counterexample or "") for s in r.solvers],
                         error=r.message if r.verdict in (Verdict.ERROR, Verdict.TIMEOUT,
                                                          Verdict.UNKNOWN) else "")
     out.duration.FromNanoseconds(int(r.duration_s * 1e9))
@@ -191,8 +215,15 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
             backends = sorted({o.backend for o in items})
             summary.manifest.CopyFrom(clock.finish(backend=",".join(backends)))
             summary.manifest.versions.update({f"{b}": versions.get(b, "") for b in backends})
+            summary.manifest.versions.update(self._solver_versions(items))
             await record.put(summary.manifest, summary)
             yield pb.ProveResponse(summary=summary)
+
+    def _solver_versions(self, items: list[Obligation]) -> dict[str, str]:
+        """"smt:<solver>" -> version, for each SMT solver the batch's items use."""
+        used = {n for o in items if o.backend == "smt" for n in solvers_of(o.smt_solver)}
+        return {f"smt:{s.name}": s.version for b in self._engine.backends()
+                if b.name == "smt" for s in b.solvers if s.name in used}
 
     async def ListBackends(self, request: pb.ListBackendsRequest,
                            context: grpc.aio.ServicerContext[Any, Any],
@@ -200,5 +231,8 @@ class ProveServicer(prove_pb2_grpc.ProveServiceServicer):
         return pb.ListBackendsResponse(backends=[
             pb.BackendInfo(backend=_BACKEND_ENUM.get(b.name, 0), available=b.available,
                            version=b.version, reason=b.reason,
-                           isolation=self._engine.isolation)
+                           isolation=self._engine.isolation,
+                           solvers=[pb.SolverInfo(solver=_SOLVER_ENUM.get(s.name, 0),
+                                                  available=s.available, version=s.version,
+                                                  reason=s.reason) for s in b.solvers])
             for b in self._engine.backends()])

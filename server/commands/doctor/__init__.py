@@ -4,8 +4,8 @@ Each part is one `Check` (part, status, detail, hint) with status OK, MISSING (n
 installed), FAILED (installed or configured, but not working) or SKIPPED (not asked for).
 One module per kind of part:
 
-- `_tools`: `z3`, `coqc`, `coqtop`, `lean`, `bubblewrap` (version *and* a namespace probe),
-  `node`;
+- `_tools`: `z3`, `cvc5` (optional), `coqc`, `coqtop`, `lean`, `bubblewrap` (version *and* a
+  namespace probe), `node`;
 - `_redis`: `redis` (when the model config sets a Redis cache), a PING;
 - `_otlp`: `otlp`, where traces go (the OTLP endpoint of OTEL_EXPORTER_OTLP_ENDPOINT) and
   whether it answers: a real gRPC call to its TraceService with a short deadline;

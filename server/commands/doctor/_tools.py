@@ -1,5 +1,5 @@
-"""Local tools: `z3`, `coqc`, `coqtop`, `lean`, `bubblewrap` (its version *and* a namespace
-probe), `node`."""
+"""Local tools: `z3`, `cvc5` (optional: the smt backend's second solver), `coqc`, `coqtop`,
+`lean`, `bubblewrap` (its version *and* a namespace probe), `node`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from ._check import Check, Status, installed, one_line, run_command
 __all__ = ["PART_HINTS", "tool_checks"]
 
 _HINT_Z3 = "apt-get install z3"
+_HINT_CVC5 = ("apt-get install cvc5; optional: only smt items that ask for cvc5 (smt_solver "
+              "cvc5 or both) need it")
 _HINT_COQ = "apt-get install coq"
 _HINT_LEAN = "install elan/lean4; Lean checks are optional"
 _HINT_BWRAP = "apt-get install bubblewrap; CodeWorld falls back to rlimits (weaker isolation)"
@@ -69,6 +71,7 @@ def tool_checks() -> list[tuple[str, Awaitable[Check]]]:
     prove = ProveSettings()
     return [
         ("z3", _z3(prove.z3_path)),
+        ("cvc5", _optional(_version("cvc5", prove.cvc5_path, _HINT_CVC5, jailed=True))),
         ("coqc", _version("coqc", prove.coqc_path, _HINT_COQ, jailed=True)),
         ("coqtop", _version("coqtop", prove.coqtop_path, _HINT_COQ, jailed=True)),
         ("lean", _optional(_version("lean", prove.lean_path, _HINT_LEAN, jailed=True))),

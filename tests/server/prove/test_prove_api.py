@@ -11,7 +11,8 @@ def test_public_names() -> None:
         "BatchSummary", "BatchTooLarge", "CheckOutcome", "Complete", "Diagnostic",
         "EngineClosed", "FormalizeOptions", "FormalizeUnavailable", "InvalidBatch",
         "InvalidObligation", "ItemResult", "Limits", "MemoryCache", "Obligation",
-        "ProveEngine", "ProveError", "ProveSettings", "SourceTooLarge", "Verdict",
+        "ProveEngine", "ProveError", "ProveSettings", "SolverUnavailable", "SolverVerdict",
+        "SourceTooLarge", "Verdict",
         "VerdictCache", "cache_key", "extract_code", "parse_lean_messages",
     ]
     for name in prove.__all__:
@@ -24,3 +25,4 @@ def test_error_hierarchy() -> None:
         assert issubclass(getattr(prove, name), prove.ProveError)
     assert issubclass(prove.SourceTooLarge, prove.InvalidObligation)
     assert issubclass(prove.BatchTooLarge, prove.InvalidBatch)
+    assert issubclass(prove.SolverUnavailable, prove.BackendUnavailable)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from scillm.server.prove import Diagnostic
-from scillm.server.prove._smt import _end_of
 from scillm.server.prove._smtlib import (
     TopLevel,
     _head,
@@ -20,6 +19,7 @@ from scillm.server.prove._smtlib import (
     pose,
     top_level,
 )
+from scillm.server.prove._solver import end_of as _end_of
 
 NOT_IN_PREAMBLE = "is not allowed in the preamble: it holds declarations, definitions and " \
     "assertions only"

@@ -31,7 +31,7 @@ class _BackendEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Backend.Value
     BACKEND_UNSPECIFIED: _Backend.ValueType  # 0
     """Not set: the request's default, else the first ready backend by priority (smt, coq, lean4)."""
     BACKEND_SMT: _Backend.ValueType  # 1
-    """Z3 on SMT-LIB2."""
+    """An SMT solver on SMT-LIB2: Z3, cvc5 or both (see `SmtSolver`)."""
     BACKEND_COQ: _Backend.ValueType  # 2
     """Coq (coqc / coqtop)."""
     BACKEND_LEAN4: _Backend.ValueType  # 3
@@ -43,12 +43,56 @@ class Backend(_Backend, metaclass=_BackendEnumTypeWrapper):
 BACKEND_UNSPECIFIED: Backend.ValueType  # 0
 """Not set: the request's default, else the first ready backend by priority (smt, coq, lean4)."""
 BACKEND_SMT: Backend.ValueType  # 1
-"""Z3 on SMT-LIB2."""
+"""An SMT solver on SMT-LIB2: Z3, cvc5 or both (see `SmtSolver`)."""
 BACKEND_COQ: Backend.ValueType  # 2
 """Coq (coqc / coqtop)."""
 BACKEND_LEAN4: Backend.ValueType  # 3
 """Lean 4."""
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
+
+class _SmtSolver:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SmtSolverEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SmtSolver.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SMT_SOLVER_UNSPECIFIED: _SmtSolver.ValueType  # 0
+    """Not set: the request's `default_smt_solver`, else Z3."""
+    SMT_SOLVER_Z3: _SmtSolver.ValueType  # 1
+    """Z3 alone (the default)."""
+    SMT_SOLVER_CVC5: _SmtSolver.ValueType  # 2
+    """cvc5 alone."""
+    SMT_SOLVER_BOTH: _SmtSolver.ValueType  # 3
+    """Z3 and cvc5, each on its own, as a cross-check: PROVED only when both prove the goal,
+    REFUTED only when both refute it with a model (`counterexample` is Z3's; each model is
+    in `solver_verdicts`). When one proves and the other refutes,
+    the item is VERDICT_ERROR with an error diagnostic starting with "solvers disagree:"
+    naming each solver's answer; otherwise the less decided of the two verdicts stands
+    (FAILED, then ERROR, TIMEOUT, UNKNOWN). `ItemResult.solver_verdicts` holds each
+    solver's own verdict.
+    """
+
+class SmtSolver(_SmtSolver, metaclass=_SmtSolverEnumTypeWrapper):
+    """SmtSolver is the SMT solver (or solvers) that checks an obligation of BACKEND_SMT. Every
+    solver reads the same posed script, under the same jail, limits and input rules.
+    """
+
+SMT_SOLVER_UNSPECIFIED: SmtSolver.ValueType  # 0
+"""Not set: the request's `default_smt_solver`, else Z3."""
+SMT_SOLVER_Z3: SmtSolver.ValueType  # 1
+"""Z3 alone (the default)."""
+SMT_SOLVER_CVC5: SmtSolver.ValueType  # 2
+"""cvc5 alone."""
+SMT_SOLVER_BOTH: SmtSolver.ValueType  # 3
+"""Z3 and cvc5, each on its own, as a cross-check: PROVED only when both prove the goal,
+REFUTED only when both refute it with a model (`counterexample` is Z3's; each model is
+in `solver_verdicts`). When one proves and the other refutes,
+the item is VERDICT_ERROR with an error diagnostic starting with "solvers disagree:"
+naming each solver's answer; otherwise the less decided of the two verdicts stands
+(FAILED, then ERROR, TIMEOUT, UNKNOWN). `ItemResult.solver_verdicts` holds each
+solver's own verdict.
+"""
+Global___SmtSolver: _TypeAlias = SmtSolver  # noqa: Y015
 
 class _Verdict:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -63,8 +107,9 @@ class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.Value
     Coq: every declaration of the checked source is closed under the global context
     (no axiom, parameter, admitted proof or obligation, no switched-off guard, positivity
     or universe check) and the stated theorem has the stated type at the end. SMT: the
-    negated goal is unsat under the preamble (see `vacuous`). Lean 4: no error, no sorry,
-    and every declaration's axioms are among propext, Classical.choice and Quot.sound.
+    negated goal is unsat under the preamble for every solver asked (see `vacuous` and
+    `SmtSolver`). Lean 4: no error, no sorry, and every declaration's axioms are among
+    propext, Classical.choice and Quot.sound.
     """
     VERDICT_REFUTED: _Verdict.ValueType  # 2
     """The statement is false; a counterexample is given where the backend has one."""
@@ -87,8 +132,9 @@ VERDICT_PROVED: Verdict.ValueType  # 1
 Coq: every declaration of the checked source is closed under the global context
 (no axiom, parameter, admitted proof or obligation, no switched-off guard, positivity
 or universe check) and the stated theorem has the stated type at the end. SMT: the
-negated goal is unsat under the preamble (see `vacuous`). Lean 4: no error, no sorry,
-and every declaration's axioms are among propext, Classical.choice and Quot.sound.
+negated goal is unsat under the preamble for every solver asked (see `vacuous` and
+`SmtSolver`). Lean 4: no error, no sorry, and every declaration's axioms are among
+propext, Classical.choice and Quot.sound.
 """
 VERDICT_REFUTED: Verdict.ValueType  # 2
 """The statement is false; a counterexample is given where the backend has one."""
@@ -207,6 +253,7 @@ class Obligation(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    SMT_SOLVER_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """Caller's identifier of the item; generated when empty."""
     requirement_text: _builtins.str
@@ -224,6 +271,10 @@ class Obligation(_message.Message):
     """
     backend: Global___Backend.ValueType
     """Backend; the request default when unspecified."""
+    smt_solver: Global___SmtSolver.ValueType
+    """SMT solver of a BACKEND_SMT item; the request's `default_smt_solver` when unspecified.
+    Set on an item of another backend, the batch is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def imports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Imports or `Require` lines."""
@@ -248,10 +299,11 @@ class Obligation(_message.Message):
         backend: Global___Backend.ValueType = ...,
         context: _struct_pb2.Struct | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        smt_solver: Global___SmtSolver.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "context", b"context", "imports", b"imports", "item_id", b"item_id", "metadata", b"metadata", "preamble", b"preamble", "proof", b"proof", "requirement_text", b"requirement_text", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "context", b"context", "imports", b"imports", "item_id", b"item_id", "metadata", b"metadata", "preamble", b"preamble", "proof", b"proof", "requirement_text", b"requirement_text", "smt_solver", b"smt_solver", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,11 +381,16 @@ class ProveRequest(_message.Message):
     FORMALIZE_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     NO_CACHE_FIELD_NUMBER: _builtins.int
+    DEFAULT_SMT_SOLVER_FIELD_NUMBER: _builtins.int
     default_backend: Global___Backend.ValueType
     """Backend for items that name none."""
     no_cache: _builtins.bool
     """Check every item again instead of answering from the verdict cache (fresh verdicts
     still refresh the cache).
+    """
+    default_smt_solver: Global___SmtSolver.ValueType
+    """SMT solver for BACKEND_SMT items that name none (Z3 when unspecified). An item whose
+    solver is not installed on the server makes the batch FAILED_PRECONDITION.
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Obligation]:
@@ -360,10 +417,11 @@ class ProveRequest(_message.Message):
         formalize: Global___FormalizeOptions | None = ...,
         context: _common_pb2.RunContext | None = ...,
         no_cache: _builtins.bool = ...,
+        default_smt_solver: Global___SmtSolver.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "formalize", b"formalize", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "default_backend", b"default_backend", "formalize", b"formalize", "items", b"items", "limits", b"limits", "no_cache", b"no_cache"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "default_backend", b"default_backend", "default_smt_solver", b"default_smt_solver", "formalize", b"formalize", "items", b"items", "limits", b"limits", "no_cache", b"no_cache"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -456,6 +514,8 @@ class ItemResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     VACUOUS_FIELD_NUMBER: _builtins.int
+    SMT_SOLVER_FIELD_NUMBER: _builtins.int
+    SOLVER_VERDICTS_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """The item's identifier."""
     backend: Global___Backend.ValueType
@@ -479,6 +539,8 @@ class ItemResult(_message.Message):
     the preamble. When consistency could not be decided, a SEVERITY_INFO diagnostic says so
     and this stays false.
     """
+    smt_solver: Global___SmtSolver.ValueType
+    """The SMT solver (or solvers) that checked a BACKEND_SMT item; unspecified otherwise."""
     @_builtins.property
     def diagnostics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Diagnostic]:
         """Prover diagnostics."""
@@ -494,6 +556,12 @@ class ItemResult(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller metadata, echoed."""
+
+    @_builtins.property
+    def solver_verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SolverVerdict]:
+        """A BACKEND_SMT item: each solver's own verdict (one entry, or two with
+        SMT_SOLVER_BOTH), from which `verdict` is decided.
+        """
 
     def __init__(
         self,
@@ -511,14 +579,54 @@ class ItemResult(_message.Message):
         error: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         vacuous: _builtins.bool = ...,
+        smt_solver: Global___SmtSolver.ValueType = ...,
+        solver_verdicts: _abc.Iterable[Global___SolverVerdict] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "backend", b"backend", "backend_version", b"backend_version", "cached", b"cached", "counterexample", b"counterexample", "diagnostics", b"diagnostics", "duration", b"duration", "error", b"error", "item_id", b"item_id", "metadata", b"metadata", "source", b"source", "vacuous", b"vacuous", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "backend", b"backend", "backend_version", b"backend_version", "cached", b"cached", "counterexample", b"counterexample", "diagnostics", b"diagnostics", "duration", b"duration", "error", b"error", "item_id", b"item_id", "metadata", b"metadata", "smt_solver", b"smt_solver", "solver_verdicts", b"solver_verdicts", "source", b"source", "vacuous", b"vacuous", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ItemResult: _TypeAlias = ItemResult  # noqa: Y015
+
+@_typing.final
+class SolverVerdict(_message.Message):
+    """SolverVerdict is what one SMT solver concluded about an item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOLVER_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    COUNTEREXAMPLE_FIELD_NUMBER: _builtins.int
+    solver: Global___SmtSolver.ValueType
+    """The solver (SMT_SOLVER_Z3 or SMT_SOLVER_CVC5)."""
+    verdict: Global___Verdict.ValueType
+    """Its verdict."""
+    version: _builtins.str
+    """Its version."""
+    message: _builtins.str
+    """One line for humans ("negated goal is unsat", "cvc5 answered unknown ...")."""
+    counterexample: _builtins.str
+    """Its model, with VERDICT_REFUTED."""
+    def __init__(
+        self,
+        *,
+        solver: Global___SmtSolver.ValueType = ...,
+        verdict: Global___Verdict.ValueType = ...,
+        version: _builtins.str = ...,
+        message: _builtins.str = ...,
+        counterexample: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counterexample", b"counterexample", "message", b"message", "solver", b"solver", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SolverVerdict: _TypeAlias = SolverVerdict  # noqa: Y015
 
 @_typing.final
 class ProveSummary(_message.Message):
@@ -634,6 +742,7 @@ class BackendInfo(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    SOLVERS_FIELD_NUMBER: _builtins.int
     backend: Global___Backend.ValueType
     """The backend."""
     available: _builtins.bool
@@ -647,6 +756,12 @@ class BackendInfo(_message.Message):
     private writable /tmp, own pid namespace, an unprivileged uid, rlimits) or "rlimits"
     (weaker: resource limits only).
     """
+    @_builtins.property
+    def solvers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SolverInfo]:
+        """BACKEND_SMT: each SMT solver it can run (Z3, cvc5) and whether it is ready; the
+        backend itself is available when Z3 is.
+        """
+
     def __init__(
         self,
         *,
@@ -655,14 +770,49 @@ class BackendInfo(_message.Message):
         version: _builtins.str = ...,
         reason: _builtins.str = ...,
         isolation: _builtins.str = ...,
+        solvers: _abc.Iterable[Global___SolverInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "backend", b"backend", "isolation", b"isolation", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "backend", b"backend", "isolation", b"isolation", "reason", b"reason", "solvers", b"solvers", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BackendInfo: _TypeAlias = BackendInfo  # noqa: Y015
+
+@_typing.final
+class SolverInfo(_message.Message):
+    """SolverInfo describes one SMT solver of BACKEND_SMT."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOLVER_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    solver: Global___SmtSolver.ValueType
+    """The solver."""
+    available: _builtins.bool
+    """Whether it can check obligations now."""
+    version: _builtins.str
+    """Its version."""
+    reason: _builtins.str
+    """Why it is not available."""
+    def __init__(
+        self,
+        *,
+        solver: Global___SmtSolver.ValueType = ...,
+        available: _builtins.bool = ...,
+        version: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "reason", b"reason", "solver", b"solver", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SolverInfo: _TypeAlias = SolverInfo  # noqa: Y015
 
 @_typing.final
 class ListBackendsResponse(_message.Message):

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ProveServiceStub:
-    """ProveService checks batches of obligations with Z3, Coq or Lean 4; requirements
+    """ProveService checks batches of obligations with Z3 (and cvc5), Coq or Lean 4; requirements
     given only in natural language go through an LLM generate -> check -> repair loop.
     """
 
@@ -49,7 +49,7 @@ class ProveServiceStub:
 
 
 class ProveServiceServicer:
-    """ProveService checks batches of obligations with Z3, Coq or Lean 4; requirements
+    """ProveService checks batches of obligations with Z3 (and cvc5), Coq or Lean 4; requirements
     given only in natural language go through an LLM generate -> check -> repair loop.
     """
 
@@ -91,7 +91,7 @@ def add_ProveServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ProveService:
-    """ProveService checks batches of obligations with Z3, Coq or Lean 4; requirements
+    """ProveService checks batches of obligations with Z3 (and cvc5), Coq or Lean 4; requirements
     given only in natural language go through an LLM generate -> check -> repair loop.
     """
 

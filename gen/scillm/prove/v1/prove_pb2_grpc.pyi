@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ProveServiceStub:
-    """ProveService checks batches of obligations with Z3, Coq or Lean 4; requirements
+    """ProveService checks batches of obligations with Z3 (and cvc5), Coq or Lean 4; requirements
     given only in natural language go through an LLM generate -> check -> repair loop.
     """
 
@@ -45,7 +45,7 @@ class ProveServiceStub:
 
 @_typing.type_check_only
 class ProveServiceAsyncStub(ProveServiceStub):
-    """ProveService checks batches of obligations with Z3, Coq or Lean 4; requirements
+    """ProveService checks batches of obligations with Z3 (and cvc5), Coq or Lean 4; requirements
     given only in natural language go through an LLM generate -> check -> repair loop.
     """
 
@@ -59,7 +59,7 @@ class ProveServiceAsyncStub(ProveServiceStub):
     """ListBackends reports every prover backend and whether it is ready."""
 
 class ProveServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ProveService checks batches of obligations with Z3, Coq or Lean 4; requirements
+    """ProveService checks batches of obligations with Z3 (and cvc5), Coq or Lean 4; requirements
     given only in natural language go through an LLM generate -> check -> repair loop.
     """
 
