@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any
 
+from ..codeworld.sandbox import utf8_safe
 from ._code import PROFILES
 from ._escalation import escalation_note, gave_up
 from ._history import estimate_tokens, find_code_block, prune_history
@@ -90,6 +91,8 @@ def _assistant(response: Mapping[str, Any], iteration: int) -> tuple[Message, li
     except (KeyError, IndexError, TypeError) as exc:
         raise ModelError(f"the model's reply is not a chat.completion: {exc!r}") from exc
     content = raw.get("content")
+    if isinstance(content, str):  # a model server's JSON "\ud800" is a lone surrogate
+        content = utf8_safe(content)
     calls: list[ToolCall] = []
     wire: list[dict[str, Any]] = []
     for index, raw_item in enumerate(raw.get("tool_calls") or ()):
@@ -100,8 +103,9 @@ def _assistant(response: Mapping[str, Any], iteration: int) -> tuple[Message, li
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments, sort_keys=True)
         call_id = item.get("id")
-        call = ToolCall(id=str(call_id or f"call_{iteration}_{index}"),
-                        name=str(function.get("name") or ""), arguments=arguments)
+        call = ToolCall(id=utf8_safe(str(call_id or f"call_{iteration}_{index}")),
+                        name=utf8_safe(str(function.get("name") or "")),
+                        arguments=utf8_safe(arguments))
         calls.append(call)
         wire.append({"id": call.id, "type": "function",
                      "function": {"name": call.name, "arguments": call.arguments}})
@@ -311,7 +315,7 @@ async def run_events(ctx: LoopContext, messages: Sequence[Message]
             stop = StopReason.BUDGET
             break
         except ModelError as exc:
-            stop, error = StopReason.ERROR, str(exc)
+            stop, error = StopReason.ERROR, utf8_safe(str(exc))
             break
         assert step is not None
         step_seconds.append(time.monotonic() - step_started)

@@ -20,8 +20,10 @@ __all__ = [
 ]
 
 #: Commands a bash code tool may run. Shell keywords and builtins like `cd` are not listed.
-#: The list is a policy in front of the sandbox, which is the boundary: awk (`system()`) and
-#: sed (its `e` command) can run any other command, as an allowed `bash -c` would.
+#: The list is a policy in front of the sandbox, which is the boundary: awk (`system()`),
+#: sed (its `e` command) and sort (`--compress-program=sh`) can run any other command, as an
+#: allowed `bash -c` would. (Refusing such options word by word would not close this: the
+#: script's own variables, `o=--compress-program=sh; sort $o`, are expanded after the check.)
 DEFAULT_BASH_ALLOWLIST: tuple[str, ...] = (
     "awk", "basename", "bc", "cat", "cut", "dirname", "echo", "expr", "false", "grep",
     "head", "ls", "printf", "pwd", "sed", "seq", "sort", "tail", "test", "tr", "true",
@@ -337,11 +339,12 @@ def _http_servers(settings: AgentSettings, wanted: tuple[str, ...] | None) -> tu
     out = [entry if entry in names else by_url.get(entry.rstrip("/"), "") for entry in wanted]
     bad = [entry for entry, name in zip(wanted, out, strict=True) if not name]
     if bad:
+        # Named, never with their URLs: the operator's internal addresses are not for
+        # every caller (a configured server's URL is still accepted for its name).
         raise AgentConfigError(
             f"HTTP tool server(s) {bad} are not configured (configured: "
-            f"{', '.join(f'{s.name} at {s.url}' for s in settings.http_tool_servers) or 'none'});"
-            " add them under http_tool_servers in the model configuration",
-            param="http_tool_servers")
+            f"{', '.join(repr(name) for name in names) or 'none'}); add them under "
+            "http_tool_servers in the model configuration", param="http_tool_servers")
     return tuple(dict.fromkeys(out))
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ..codeworld.sandbox import utf8_safe
 from ._records import ToolCall, ToolResult
 from .errors import (
     ToolArgumentsError,
@@ -75,7 +76,7 @@ class RemoteTool:
                  parameters: object) -> None:
         self.remote_name = remote_name
         self._name = qualified_name(server, remote_name)
-        self._description = description or remote_name
+        self._description = utf8_safe(description or remote_name)
         self._parameters: dict[str, Any] = dict(parameters) if isinstance(
             parameters, Mapping) else {"type": "object"}
 
@@ -142,12 +143,18 @@ class Toolbox:
         return self._result(call, _failure(error), 0.0)
 
     def _result(self, call: ToolCall, output: ToolOutput, duration_s: float) -> ToolResult:
+        # Every tool's answer passes here (MCP, HTTP, shell, code, failures): a lone
+        # surrogate (a JSON "\ud800" from a tool server) failed the run's stream, and the
+        # next model call's UTF-8 body; it goes on as its escape.
         text = output.text
         if len(text) > self._max_output_chars:
             cut = len(text) - self._max_output_chars
             text = f"{text[:self._max_output_chars]}\n[... {cut} characters cut]"
-        return ToolResult(call.id, call.name, text, output.is_error, duration_s=duration_s,
-                          exit_code=output.exit_code, stdout=output.stdout, stderr=output.stderr)
+        stdout, stderr = output.stdout, output.stderr
+        return ToolResult(call.id, call.name, utf8_safe(text), output.is_error,
+                          duration_s=duration_s, exit_code=output.exit_code,
+                          stdout=None if stdout is None else utf8_safe(stdout),
+                          stderr=None if stderr is None else utf8_safe(stderr))
 
     async def _run(self, call: ToolCall, within: float | None = None) -> ToolOutput:
         tool = self._tools.get(call.name)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from ._events import Generation
 from ._model import Item, Strategy
 from .errors import GenerationFailed
-from .sandbox import parse_python
+from .sandbox import parse_python, utf8_safe
 
 _MAX_TEXT = 200_000
 
@@ -95,7 +95,8 @@ def parse_variants(text: str, *, n: int, language: str) -> tuple[list[Variant], 
             rejected.append(f"variant {index}: {problem}")
             continue
         assert isinstance(entry, dict)
-        found.append(Variant(entry["id"], entry["title"], entry["rationale"], entry["code"]))
+        # The answer's JSON escapes make lone surrogates: the id names runs and rankings.
+        found.append(Variant(*(utf8_safe(entry[key]) for key in _FIELDS)))
     if not found:
         raise GenerationFailed("no valid variant: " + "; ".join(rejected))
     return found, rejected
@@ -107,7 +108,7 @@ def _problem(entry: object, language: str, seen: set[str]) -> str:
     for key in _FIELDS:
         if not isinstance(entry.get(key), str):
             return f"{key} is not a string"
-    if not entry["id"].strip() or entry["id"] in seen:
+    if not entry["id"].strip() or utf8_safe(entry["id"]) in seen:
         return f"id {entry['id']!r} is empty or repeated"
     if not entry["code"].strip():
         return "code is empty"
@@ -147,11 +148,12 @@ async def generate(
                                   response_format=variants_format(n))
         if not isinstance(response, str) or len(response) > _MAX_TEXT:
             raise GenerationFailed("answer is not text or too long")
+        response = utf8_safe(response)
         variants, rejected = parse_variants(response, n=n, language=language)
     except Exception as exc:  # the model call is foreign code: record, never crash
-        text = response if isinstance(response, str) else ""
+        text = utf8_safe(response) if isinstance(response, str) else ""
         return [], Generation(model, n, temperature, prompt_hash, sha256(text),
-                              error=f"{type(exc).__name__}: {exc}")
+                              error=utf8_safe(f"{type(exc).__name__}: {exc}"))
     strategies = [Strategy(name=f"{prefix}{v.id}", source=v.code, language=language)
                   for v in variants]
     return strategies, Generation(model, n, temperature, prompt_hash, sha256(response),

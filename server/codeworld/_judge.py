@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from ._events import Ranked
 from ._model import JudgeSpec
-from ._scoring import aggregate
+from ._scoring import metric_weight
 from .errors import InvalidRequest
 
 #: The largest weight of a metric. Weights are relative (renormalised over the metrics a
@@ -40,11 +40,17 @@ def rank(entries: Sequence[tuple[str, Mapping[str, float]]], spec: JudgeSpec) ->
     lacks counts 0). Weighted mode sorts by score; lexicographic mode by the metrics in
     ``spec.order`` (missing: worst), then score. Ties break by strategy name.
     """
+    # Each entry's score is `aggregate` over the union of metric names, its missing ones 0:
+    # weights summed once over the union, then each entry's own metrics (in the union's
+    # order, so the sums are those of the whole union's) - time in the metrics the entries
+    # have, where filling every entry with the union's names took entries x union.
     names = sorted({m for _, metrics in entries for m in metrics})
+    weight_of = {m: metric_weight(m, spec.weights) for m in names}
+    weight_sum = sum(weight_of.values())
     scored = []
     for strategy, metrics in entries:
-        full = {m: metrics.get(m, 0.0) for m in names}
-        score = aggregate(full, spec.weights)
+        score = 0.0 if weight_sum <= 0 else sum(
+            weight_of[m] / weight_sum * metrics[m] for m in sorted(metrics))
         if spec.mode == "lexicographic":
             key = tuple(-metrics.get(m, float("-inf")) for m in spec.order)
         else:

@@ -198,12 +198,14 @@ def request_from_proto(req: pb.CodeWorldRunRequest, default_model: str = "") -> 
 
 def _value(value: Any) -> struct_pb2.Value:
     """`value` as a Value; its repr when it is no JSON value. ParseDict takes NaN and
-    infinities, which no record can serialise: they are refused here as well."""
+    infinities, which no record can serialise: they are refused here as well. An int past
+    any float (`10**400`) is an OverflowError, a lone surrogate (`"\\ud800"`) a
+    UnicodeEncodeError (a ValueError): each run's own, never the whole stream's."""
     out = struct_pb2.Value()
     try:
         json.dumps(value, allow_nan=False)
         json_format.ParseDict(value, out)
-    except (json_format.ParseError, TypeError, ValueError, RecursionError):
+    except (json_format.ParseError, TypeError, ValueError, OverflowError, RecursionError):
         out.string_value = repr(value)
     return out
 

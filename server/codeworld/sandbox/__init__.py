@@ -67,6 +67,7 @@ from ._parse import UnreadableSource, check_readable, parse_python
 from ._policy import check_policy
 from ._sandbox import Sandbox
 from ._settings import IsolationMode, SandboxSettings
+from ._text import utf8_safe
 from ._toolchains import COMPILED, Toolchain
 
 __all__ = [
@@ -88,4 +89,5 @@ __all__ = [
     "check_readable",
     "describe_failure",
     "parse_python",
+    "utf8_safe",
 ]

@@ -19,6 +19,7 @@ from ._launch import Launcher, locate, make_launcher
 from ._limits import Limits
 from ._policy import check_policy
 from ._settings import SandboxSettings
+from ._text import utf8_safe
 from ._toolchains import COMPILED, Toolchain, find_toolchain
 from ._worker import Worker
 
@@ -317,9 +318,11 @@ class Sandbox:
             wall=wall,
             cpu=float(response.get("cpu", 0.0)),
             peak_memory=int(response.get("peak_memory", 0)),
-            reason=str(response.get("reason", "")),
-            error_type=str(error.get("type", "")),
-            error_message=str(error.get("message", "")),
+            # What the code's process reported (its own reason, exception type and
+            # message): JSON, whose escapes make lone surrogates.
+            reason=utf8_safe(str(response.get("reason", ""))),
+            error_type=utf8_safe(str(error.get("type", ""))),
+            error_message=utf8_safe(str(error.get("message", ""))),
             exit_code=int(response.get("exit_code", 0)),
             isolation=self.isolation,
             overhead=max(0.0, elapsed - wall),

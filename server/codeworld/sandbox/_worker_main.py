@@ -542,11 +542,20 @@ def _collect(pidfd: int, pipes: dict[int, bytearray], cap: dict[int, int],
         os.close(pidfd)
 
 
-def _execute(req: dict[str, Any], cfg: dict[str, Any], seq: int,
-             zygote: _Zygote) -> dict[str, Any]:
+#: The directory of the run in progress, under the worker's own tmp (one run at a time).
+#: Its name is the same for every run: `run-<n>` told a run how many runs of other
+#: callers its worker had made, and code reading its cwd sees the same path each time.
+_RUN_DIR = "run"
+
+
+def _run_dir(cfg: dict[str, Any]) -> str:
+    return os.path.join(str(cfg["tmp"]), _RUN_DIR)
+
+
+def _execute(req: dict[str, Any], cfg: dict[str, Any], zygote: _Zygote) -> dict[str, Any]:
     limits: dict[str, Any] = req["limits"]
     uid: int | None = cfg.get("uid")
-    run_dir = os.path.join(str(cfg["tmp"]), f"run-{seq}")
+    run_dir = _run_dir(cfg)
     os.mkdir(run_dir, 0o700)
     with open(os.path.join(run_dir, ".stdin"), "w", encoding="utf-8") as f:
         f.write(str(req.get("stdin") or ""))
@@ -695,17 +704,17 @@ def main() -> None:
     _sweep(cfg.get("uid"), None)  # clear leftovers of a predecessor
     zygote = _Zygote(cfg)  # before any request is read
     _send({"ready": True, "pid": os.getpid(), "uid": cfg.get("uid")})
-    seq = 0
     for line in sys.stdin.buffer:
-        seq += 1
         req: dict[str, Any] = {}
         retire = False
         try:
             req = json.loads(line)
-            resp = _execute(req, cfg, seq, zygote)
+            resp = _execute(req, cfg, zygote)
             retire = bool(resp.pop("_retire", False))
         except Exception as exc:
-            retire = isinstance(exc, _ZygoteGone)
+            # A run that failed half-way may have left its directory, which the next
+            # run's is: removed, or the worker is replaced.
+            retire = isinstance(exc, _ZygoteGone) or not _remove(_run_dir(cfg))
             resp = {"id": req.get("id"), "status": "error", "reason": "worker",
                     "error": {"type": type(exc).__name__, "message": str(exc)}}
         _send(resp)
