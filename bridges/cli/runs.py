@@ -21,6 +21,7 @@ from scillm.server.manifests import (
     open_run_store,
     prune,
     replay,
+    run_state,
 )
 
 from ._mesh import LocalMesh, mesh_client
@@ -69,14 +70,16 @@ def _find(location: str | Path, run_id: str) -> StoredRun | None:
 
 
 def show_run(location: str | Path, run_id: str) -> int:
-    """The manifest, request and result as one JSON document."""
+    """The run's state ("done", "running", "interrupted", "failed": `run_state`), manifest,
+    request and result (a failed call's: its `google.rpc.Status`) as one JSON document."""
     run = _find(location, run_id)
     if run is None:
         return 1
-    shown: dict[str, object] = {
+    shown: dict[str, object] = {"state": run_state(run.manifest, run.result)}
+    shown.update({
         name: json_format.MessageToDict(m, preserving_proto_field_name=True)
         for name, m in (("manifest", run.manifest), ("request", run.request),
-                        ("result", run.result))}
+                        ("result", run.result))})
     shown["events"] = list(run.events)
     print(json.dumps(shown, indent=2))
     return 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
 
 from scillm.agent.v1 import agent_pb2
 from scillm.codeworld.v1 import codeworld_pb2
@@ -82,8 +83,27 @@ _AGENT = {agent_pb2.STOP_REASON_SUCCESS: ("answered", "ok"),
           agent_pb2.STOP_REASON_ERROR: ("error", "bad")}
 
 
+#: How much of a failed call's error its outcome shows (the run's JSON has all of it).
+_ERROR_CHARS = 200
+
+
+def _failed(status: status_pb2.Status) -> Outcome:
+    """A stored call that failed: its status code and error, as its caller was sent them."""
+    try:
+        code = str(code_pb2.Code.Name(status.code))
+    except ValueError:
+        code = str(status.code)
+    message = status.message
+    if len(message) > _ERROR_CHARS:
+        message = message[:_ERROR_CHARS - 1] + "…"
+    return Outcome(f"failed · {code}: {message}" if message else f"failed · {code}", "bad")
+
+
 def outcome(result: Message, manifest: common_pb2.RunManifest | None = None) -> Outcome:
-    """A run's outcome from its terminal result (a run still streaming has none yet)."""
+    """A run's outcome from its terminal result (a run still streaming has none yet; one
+    that ended without one was interrupted; a stored call that failed keeps its error)."""
+    if isinstance(result, status_pb2.Status):
+        return _failed(result)
     if manifest is not None and (state := run_state(manifest, result)) != "done":
         return Outcome(state, "partial" if state == "running" else "bad")
     if isinstance(result, prove_pb2.ProveSummary):
@@ -100,6 +120,10 @@ def outcome(result: Message, manifest: common_pb2.RunManifest | None = None) -> 
         return Outcome(f"{result.usage.total_tokens} tokens · {', '.join(reasons)}", tone)
     if isinstance(result, completion_pb2.CompletionStreamEnd):
         return Outcome(f"{result.usage.total_tokens} tokens · streamed", "ok")
+    if isinstance(result, completion_pb2.TextCompletionResponse):
+        return Outcome(f"{result.usage.total_tokens} tokens · text", "ok")
+    if isinstance(result, completion_pb2.EmbeddingResponse):
+        return Outcome(f"{len(result.data)} vectors", "ok")
     return Outcome(type(result).__name__, "partial")
 
 

@@ -1,24 +1,35 @@
 """CompletionService over gRPC (completions, embeddings, text completions, streamed or
-not): validate, call the engine, translate, map errors."""
+not): validate, call the engine, translate, map errors.
+
+With a run store (`SCILLM_STORE_COMPLETIONS`), every routed call is kept: its reply when
+it has one; else, as an Agent run is, the call that failed with the error its caller was
+sent (a `google.rpc.Status`: the run reads `failed`), and the call whose caller left
+(cancelled) as `interrupted`, with what a stream had made so far as its event. Without a
+store, none of this costs a call anything.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+from google.rpc import status_pb2
 
 from scillm.clients import openai_wire as wire
 from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc
 
 from ..charges import caller_models, report_usage_estimate, usage_estimate_wanted
-from ..errors import ErrorTable, StatusError
+from ..errors import BASE_TABLE, ErrorTable, StatusError, status_for
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock, RunStore
+from ..manifests import ManifestClock, RunStore, RunStoreError, claim_run
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
 from ._estimate import chunk_chars, estimated_usage, prompt_chars, tokens
@@ -27,6 +38,8 @@ from ._shape import MISSHAPEN
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
 
 R = TypeVar("R")
+
+log = logging.getLogger("scillm.server")
 
 ERRORS: ErrorTable = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -42,6 +55,9 @@ ERRORS: ErrorTable = {
 }
 
 _MAX_N = 128
+
+#: How a stored call's error reads (as the error-mapping interceptor sends it).
+_TABLE: ErrorTable = {**BASE_TABLE, **ERRORS}
 
 
 def _invalid(message: str, param: str) -> StatusError:
@@ -68,6 +84,80 @@ def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
     except MISSHAPEN as exc:
         raise errors.UpstreamError(f"the upstream's reply for {model!r} does not fit OpenAI's "
                                    f"shape: {exc}") from None
+
+
+def _failure(exc: BaseException) -> Message:
+    """What a stored call that ended without its reply keeps as its result: for an error,
+    the code and message its caller was sent, as a `google.rpc.Status` (an unexpected
+    error's text is not kept, as it is not sent: the log has it); for a caller who left
+    (cancelled), nothing (`Empty`), so the run reads `interrupted`."""
+    if not isinstance(exc, Exception):  # CancelledError, GeneratorExit
+        return empty_pb2.Empty()
+    if isinstance(exc, TimeoutError):
+        code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the call ran past its deadline"
+    elif (known := status_for(exc, _TABLE)) is not None:
+        code, message = known, str(exc) or type(exc).__name__
+    else:
+        code, message = grpc.StatusCode.INTERNAL, "internal error (logged with its request id)"
+    status: Message = status_pb2.Status(code=code.value[0], message=message)
+    return status
+
+
+class _SoFar:
+    """What a stream has made so far, kept only with a store: each choice's text pieces
+    and finish reason, and the last chunk (its id, time and model)."""
+
+    __slots__ = ("finishes", "last", "texts")
+
+    def __init__(self) -> None:
+        self.texts: dict[int, list[str]] = {}
+        self.finishes: dict[int, int] = {}
+        self.last: pb.CompletionChunk | pb.TextCompletionChunk | None = None
+
+    def add_chat(self, chunk: pb.CompletionChunk) -> None:
+        self.last = chunk
+        for choice in chunk.choices:
+            self._add(choice.index, choice.delta.content, choice.finish_reason)
+
+    def add_text(self, chunk: pb.TextCompletionChunk) -> None:
+        self.last = chunk
+        for choice in chunk.choices:
+            self._add(choice.index, choice.text, choice.finish_reason)
+
+    def _add(self, index: int, text: str, finish: int) -> None:
+        self.texts.setdefault(index, []).append(text)
+        if finish:
+            self.finishes[index] = finish
+
+    def chat(self) -> pb.CompletionResponse | None:
+        """A chat stream's completion as made so far (None before its first chunk)."""
+        if self.last is None:
+            return None
+        made = pb.CompletionResponse(id=self.last.id, created=self.last.created,
+                                     model=self.last.model)
+        for index in sorted(self.texts):
+            made.choices.add(index=index, finish_reason=self.finishes.get(index, 0),
+                             message=pb.Message(role=pb.ROLE_ASSISTANT, content=[
+                                 pb.ContentPart(text="".join(self.texts[index]))]))
+        return made
+
+    def text(self) -> pb.TextCompletionResponse | None:
+        """A text stream's completion as made so far (None before its first chunk)."""
+        if self.last is None:
+            return None
+        made = pb.TextCompletionResponse(id=self.last.id, created=self.last.created,
+                                         model=self.last.model)
+        for index in sorted(self.texts):
+            made.choices.add(index=index, text="".join(self.texts[index]),
+                             finish_reason=self.finishes.get(index, 0))
+        return made
+
+
+def _retrieved(write: asyncio.Future[None]) -> None:
+    """Done callback of a record's write that its handler may not have waited for: its
+    failure is read (logged by `_keep_unfinished` when it waited), never left unread."""
+    if not write.cancelled():
+        write.exception()
 
 
 def _estimate_prompts(items: list[Any]) -> int:
@@ -181,25 +271,34 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         estimating = usage_estimate_wanted()  # charged to a virtual key (see _estimate)
         if estimating:  # what a caller who leaves now is charged
             report_usage_estimate(tokens(prompt_chars(body)), 0)
-        done = await self._engine.complete(body)
-        response = _read_reply(wire.response_to_proto, done.response, request.model)
-        if estimating and not (response.usage.prompt_tokens or
-                               response.usage.completion_tokens):  # no usage reported
-            report_usage_estimate(*estimated_usage(body, done.response))
-        elapsed = time.perf_counter() - started
-        # What the mesh itself added: all but the upstream calls and the retry sleeps.
-        overhead = elapsed - done.routing.upstream_s - done.routing.total_sleep_s
-        _fill_routing(response.routing, done.routing, cache_hit=done.cache_hit,
-                      overhead_s=overhead)
-        if done.json_valid is not None:
-            response.json_valid = done.json_valid
-        self._count(request.model, response.usage, done.routing, done.cache_hit,
-                    done.cache_lookup)
-        response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
-        if self._store is not None:
-            # Shielded: a caller leaving now must not lose the run's record.
-            await asyncio.shield(self._store.put(response.manifest, request, response))
-        return response
+        if self._store is not None and clock.chosen_run_id:
+            await claim_run(self._store, clock, request)
+        kept = False  # the reply's record was written (or is being: shielded)
+        try:
+            done = await self._engine.complete(body)
+            response = _read_reply(wire.response_to_proto, done.response, request.model)
+            if estimating and not (response.usage.prompt_tokens or
+                                   response.usage.completion_tokens):  # no usage reported
+                report_usage_estimate(*estimated_usage(body, done.response))
+            elapsed = time.perf_counter() - started
+            # What the mesh itself added: all but the upstream calls and the retry sleeps.
+            overhead = elapsed - done.routing.upstream_s - done.routing.total_sleep_s
+            _fill_routing(response.routing, done.routing, cache_hit=done.cache_hit,
+                          overhead_s=overhead)
+            if done.json_valid is not None:
+                response.json_valid = done.json_valid
+            self._count(request.model, response.usage, done.routing, done.cache_hit,
+                        done.cache_lookup)
+            response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
+            if self._store is not None:
+                kept = True
+                # Shielded: a caller leaving now must not lose the run's record.
+                await asyncio.shield(self._store.put(response.manifest, request, response))
+            return response
+        except BaseException as exc:
+            if self._store is not None and not kept:
+                await self._keep_unfinished(clock, request, exc)
+            raise
 
     async def CompletionStream(
         self, request: pb.CompletionStreamRequest, context: grpc.aio.ServicerContext[Any, Any],
@@ -219,26 +318,40 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         if estimating:  # a caller who leaves before the first chunk is charged the prompt
             report_usage_estimate(prompt, 0)
         streamed = 0
-        async with contextlib.aclosing(self._engine.stream(body)) as events:
-            async for event in events:
-                if isinstance(event, StreamEnd):
-                    self._count(inner.model, wire.usage_to_proto(event.usage), event.routing,
-                                event.cache_hit, event.cache_lookup)
-                    end = pb.CompletionStreamEnd(
-                        id=last_id, usage=wire.usage_to_proto(event.usage),
-                        routing=routing_to_proto(event.routing, cache_hit=event.cache_hit,
-                                                 overhead_s=0.0),
-                        manifest=clock.finish(provider=event.routing.provider))
-                    if self._store is not None:
-                        await asyncio.shield(self._store.put(end.manifest, request, end))
-                    yield pb.CompletionStreamResponse(end=end)
-                    return
-                chunk = _read_reply(wire.chunk_to_proto, event.chunk, inner.model)
-                last_id = chunk.id
-                if estimating:
-                    streamed += chunk_chars(event.chunk)
-                    report_usage_estimate(prompt, tokens(streamed))
-                yield pb.CompletionStreamResponse(chunk=chunk)
+        so_far: _SoFar | None = None  # with a store: kept if the stream ends without its end
+        if self._store is not None:
+            so_far = _SoFar()
+            if clock.chosen_run_id:
+                await claim_run(self._store, clock, request)
+        kept = False
+        try:
+            async with contextlib.aclosing(self._engine.stream(body)) as events:
+                async for event in events:
+                    if isinstance(event, StreamEnd):
+                        self._count(inner.model, wire.usage_to_proto(event.usage),
+                                    event.routing, event.cache_hit, event.cache_lookup)
+                        end = pb.CompletionStreamEnd(
+                            id=last_id, usage=wire.usage_to_proto(event.usage),
+                            routing=routing_to_proto(event.routing, cache_hit=event.cache_hit,
+                                                     overhead_s=0.0),
+                            manifest=clock.finish(provider=event.routing.provider))
+                        if self._store is not None:
+                            kept = True
+                            await asyncio.shield(self._store.put(end.manifest, request, end))
+                        yield pb.CompletionStreamResponse(end=end)
+                        return
+                    chunk = _read_reply(wire.chunk_to_proto, event.chunk, inner.model)
+                    last_id = chunk.id
+                    if so_far is not None:
+                        so_far.add_chat(chunk)
+                    if estimating:
+                        streamed += chunk_chars(event.chunk)
+                        report_usage_estimate(prompt, tokens(streamed))
+                    yield pb.CompletionStreamResponse(chunk=chunk)
+        except BaseException as exc:
+            if so_far is not None and not kept:
+                await self._keep_unfinished(clock, request, exc, so_far.chat())
+            raise
 
     async def Embedding(self, request: pb.EmbeddingRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.EmbeddingResponse:
@@ -252,10 +365,18 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         started = time.perf_counter()
         body = wire.embedding_request_from_proto(request)
         _estimate_prompts(body["input"])
-        done = await self._engine.embed(body)
-        reply = pb.EmbeddingResponse(model=done.model, usage=wire.usage_to_proto(done.usage))
-        for index, vector in enumerate(done.vectors):
-            reply.data.add(index=index, embedding=vector)
+        if self._store is not None and clock.chosen_run_id:
+            await claim_run(self._store, clock, request)
+        try:
+            done = await self._engine.embed(body)
+            reply = pb.EmbeddingResponse(model=done.model,
+                                         usage=wire.usage_to_proto(done.usage))
+            for index, vector in enumerate(done.vectors):
+                reply.data.add(index=index, embedding=vector)
+        except BaseException as exc:
+            if self._store is not None:
+                await self._keep_unfinished(clock, request, exc)
+            raise
         await self._finish(request, reply, done.routing, clock, started)
         return reply
 
@@ -270,9 +391,16 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         started = time.perf_counter()
         body = wire.text_request_from_proto(request)
         _estimate_prompts(body["prompt"])
-        done = await self._engine.text_complete(body)
-        reply = wire.text_response_to_proto(done)
-        reply.usage.CopyFrom(wire.usage_to_proto(done.usage))
+        if self._store is not None and clock.chosen_run_id:
+            await claim_run(self._store, clock, request)
+        try:
+            done = await self._engine.text_complete(body)
+            reply = wire.text_response_to_proto(done)
+            reply.usage.CopyFrom(wire.usage_to_proto(done.usage))
+        except BaseException as exc:
+            if self._store is not None:
+                await self._keep_unfinished(clock, request, exc)
+            raise
         await self._finish(request, reply, done.routing, clock, started)
         return reply
 
@@ -294,40 +422,69 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         prompt = _estimate_prompts(body["prompt"])
         estimating = usage_estimate_wanted()
         streamed = 0
-        texts: dict[int, list[str]] | None = {} if self._store is not None else None
-        finishes: dict[int, int] = {}
         last = pb.TextCompletionChunk()
-        async with contextlib.aclosing(self._engine.text_stream(body)) as events:
-            async for event in events:
-                if isinstance(event, StreamEnd):
-                    usage = wire.usage_to_proto(event.usage)
-                    self._count(inner.model, usage, event.routing, False, False)
-                    end = pb.CompletionStreamEnd(
-                        id=last.id, usage=usage,
-                        routing=routing_to_proto(event.routing, cache_hit=False,
-                                                 overhead_s=0.0),
-                        manifest=clock.finish(provider=event.routing.provider))
-                    if self._store is not None and texts is not None:
-                        made = pb.TextCompletionResponse(
-                            id=last.id, created=last.created, model=last.model, usage=usage,
-                            routing=end.routing, manifest=end.manifest)
-                        for index in sorted(texts):
-                            made.choices.add(index=index, text="".join(texts[index]),
-                                             finish_reason=finishes.get(index, 0))
-                        await asyncio.shield(self._store.put(end.manifest, inner, made))
-                    yield pb.TextCompletionStreamResponse(end=end)
-                    return
-                chunk = _text_chunk_to_proto(event.chunk)
-                last = chunk
-                if texts is not None:
-                    for choice in chunk.choices:
-                        texts.setdefault(choice.index, []).append(choice.text)
-                        if choice.finish_reason:
-                            finishes[choice.index] = choice.finish_reason
-                if estimating:
-                    streamed += sum(len(choice.text) for choice in chunk.choices)
-                    report_usage_estimate(prompt, tokens(streamed))
-                yield pb.TextCompletionStreamResponse(chunk=chunk)
+        so_far: _SoFar | None = None  # with a store: the completion it is kept as
+        if self._store is not None:
+            so_far = _SoFar()
+            if clock.chosen_run_id:
+                await claim_run(self._store, clock, inner)
+        kept = False
+        try:
+            async with contextlib.aclosing(self._engine.text_stream(body)) as events:
+                async for event in events:
+                    if isinstance(event, StreamEnd):
+                        usage = wire.usage_to_proto(event.usage)
+                        self._count(inner.model, usage, event.routing, False, False)
+                        end = pb.CompletionStreamEnd(
+                            id=last.id, usage=usage,
+                            routing=routing_to_proto(event.routing, cache_hit=False,
+                                                     overhead_s=0.0),
+                            manifest=clock.finish(provider=event.routing.provider))
+                        if self._store is not None and so_far is not None:
+                            made = so_far.text()
+                            if made is None:  # no chunk came
+                                made = pb.TextCompletionResponse()
+                            made.usage.CopyFrom(usage)
+                            made.routing.CopyFrom(end.routing)
+                            made.manifest.CopyFrom(end.manifest)
+                            kept = True
+                            await asyncio.shield(self._store.put(end.manifest, inner, made))
+                        yield pb.TextCompletionStreamResponse(end=end)
+                        return
+                    chunk = _text_chunk_to_proto(event.chunk)
+                    last = chunk
+                    if so_far is not None:
+                        so_far.add_text(chunk)
+                    if estimating:
+                        streamed += sum(len(choice.text) for choice in chunk.choices)
+                        report_usage_estimate(prompt, tokens(streamed))
+                    yield pb.TextCompletionStreamResponse(chunk=chunk)
+        except BaseException as exc:
+            if so_far is not None and not kept:
+                await self._keep_unfinished(clock, inner, exc, so_far.text())
+            raise
+
+    async def _keep_unfinished(self, clock: ManifestClock, request: Message,
+                               exc: BaseException, made: Message | None = None) -> None:
+        """Store a call that ended without its reply (see the module docstring): failed
+        with `exc`, or interrupted (cancelled), with what a stream had `made` so far as its
+        event. The write is shielded and awaited here, inside the handler (a stopping
+        server waits for its handlers, so the store is still open), and takes one
+        worker-thread write; cancelled again meanwhile, the handler ends at once and the
+        write goes on. A store that cannot take it is logged: the caller is sent the
+        call's own error, not the store's."""
+        assert self._store is not None
+        events = () if made is None else (made,)
+        write = asyncio.ensure_future(
+            self._store.put(clock.finish(), request, _failure(exc), events))
+        write.add_done_callback(_retrieved)
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            pass  # the call's own exception is raised by the caller of this
+        except RunStoreError as error:
+            log.warning("run %s (%s) could not be stored: %s", clock.manifest.run_id,
+                        "failed" if isinstance(exc, Exception) else "interrupted", error)
 
     async def _finish(self, request: Any, reply: Any, routing: Routing, clock: ManifestClock,
                       started: float) -> None:

@@ -1,7 +1,14 @@
 """Run manifests: the record every run leaves (run_id, request_id, items, session, track),
 the run store (SQLite by default, PostgreSQL by URL), its retention, and replay."""
 
-from ._manifest import ManifestClock, RunRecord, current_trace_id, recording, versions
+from ._manifest import (
+    ManifestClock,
+    RunRecord,
+    claim_run,
+    current_trace_id,
+    recording,
+    versions,
+)
 from ._open import is_store_url, open_run_store
 from ._postgres import PostgresRunStore
 from ._replay import comparable, differences, replay
@@ -22,6 +29,6 @@ from ._store import (
 __all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "Pruned",
            "RunPage", "RunQuery", "RunRecord", "RunStore", "RunStoreError",
            "RunStoreUnavailable", "RunSweeper", "SQLiteRunStore", "StoredRun",
-           "agent_trace_dir", "cannot_write", "comparable", "current_trace_id",
+           "agent_trace_dir", "cannot_write", "claim_run", "comparable", "current_trace_id",
            "differences", "is_store_url", "open_run_store", "prune", "recording", "replay",
            "run_state", "versions"]

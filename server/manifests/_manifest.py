@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import platform
 import re
@@ -24,8 +25,8 @@ from ._store import RunStoreError
 if TYPE_CHECKING:
     from ._store import RunStore
 
-__all__ = ["ManifestClock", "RunRecord", "check_context", "current_trace_id", "recording",
-           "versions"]
+__all__ = ["ManifestClock", "RunRecord", "check_context", "claim_run", "current_trace_id",
+           "recording", "versions"]
 
 #: A caller-chosen run id: a plain token, since it names store rows and files (an agent
 #: run's trace is `<trace dir>/<run id>.jsonl`). Before, "../../x" wrote outside the dir.
@@ -164,6 +165,24 @@ class RunRecord:
         self.stored = True
 
 
+async def claim_run(store: RunStore, clock: ManifestClock, request: Message) -> None:
+    """List a run started under its caller's own run id (`RunStore.claim`), or raise
+    StatusError (ALREADY_EXISTS): a caller's run id names a new run; it never replaces a
+    stored one (nor one started at the same moment: claimed in one statement), nor begins
+    a stored run's id (it would take over the lookups by that prefix)."""
+    if await store.claim(clock.manifest, request):
+        return
+    run_id = clock.manifest.run_id
+    if await asyncio.to_thread(store.exists, run_id):
+        said = f"a run with id {run_id!r} is already stored"
+    else:
+        said = (f"{run_id!r} begins the id of a stored run (a lookup by it would be "
+                "ambiguous)")
+    raise StatusError(grpc.StatusCode.ALREADY_EXISTS,
+                      f"{said}: choose another context.run_id, or leave it empty for a new "
+                      "one", param="context.run_id")
+
+
 @contextlib.asynccontextmanager
 async def recording(store: RunStore | None, clock: ManifestClock,
                     request: Message) -> AsyncIterator[RunRecord]:
@@ -174,15 +193,8 @@ async def recording(store: RunStore | None, clock: ManifestClock,
     ends by that failure."""
     record = RunRecord(store, request)
     if store is not None:
-        run_id = clock.manifest.run_id
         if clock.chosen_run_id:
-            # A caller's own run id names a new run; it never replaces a stored one (nor
-            # one started at the same moment: claimed in one statement).
-            if not await store.claim(clock.manifest, request):
-                raise StatusError(grpc.StatusCode.ALREADY_EXISTS,
-                                  f"a run with id {run_id!r} is already stored: choose "
-                                  "another context.run_id, or leave it empty for a new one",
-                                  param="context.run_id")
+            await claim_run(store, clock, request)
         else:
             await store.started(clock.manifest, request)
     try:

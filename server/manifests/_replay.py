@@ -111,8 +111,13 @@ async def replay(stored: StoredRun, client: ScillmClient
                  ) -> tuple[Message, list[str], list[str]]:
     """Re-execute `stored` through `client`: the new result, the differences, and the
     differences in volatile outcomes (reported, not counted; see the module docstring).
-    ValueError for a run with no result to compare with (still running, or interrupted)."""
+    ValueError for a run with no result to compare with (still running, interrupted, or
+    a stored call that failed)."""
     state = run_state(stored.manifest, stored.result)
+    if state == "failed":  # a stored call's error (google.rpc.Status)
+        error = getattr(stored.result, "message", "")
+        raise ValueError(f"run {stored.manifest.run_id} failed ({error}): it has no result "
+                         "to compare a replay with; send its request again to retry it")
     if state != "done":
         raise ValueError(f"run {stored.manifest.run_id} is {state}: it has no result to "
                          "compare a replay with")

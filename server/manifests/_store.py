@@ -22,8 +22,9 @@ Writes go through a worker thread so the event loop never waits on the database.
 A run is stored twice: when it starts (`started`: its manifest and request, and an empty
 result, `google.protobuf.Empty`), so it is listed while it streams, and when it ends
 (`put`: the terminal result replaces the row). A run that ends without its result (an
-error, a caller who hung up) keeps the empty result with its end time stamped:
-`run_state` tells "running", "interrupted" and "done" apart.
+error, a caller who hung up) keeps the empty result with its end time stamped; a stored
+completion that failed keeps the error its caller was sent (`google.rpc.Status`):
+`run_state` tells "running", "interrupted", "failed" and "done" apart.
 
 Retention (`_retention`) removes runs by their last activity, `active_time`: a run's end
 time once it has ended, else its start time, moved forward while it runs by the process
@@ -46,6 +47,7 @@ from typing import Any, ClassVar
 
 from google.protobuf import empty_pb2, json_format, symbol_database
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 
 # The request and result types of every service, registered for _decode.
 from scillm.agent.v1 import agent_pb2  # noqa: F401
@@ -61,8 +63,11 @@ __all__ = ["BadPageToken", "ListedRun", "RunPage", "RunQuery", "RunStore", "RunS
 
 
 def run_state(manifest: common_pb2.RunManifest, result: Message) -> str:
-    """"running" (started, no result yet), "interrupted" (ended without a result) or
-    "done"."""
+    """"running" (started, no result yet), "interrupted" (ended without a result: its
+    caller left, or an error ended a streamed run), "failed" (ended by an error, kept as
+    the `google.rpc.Status` its caller was sent: a stored completion's) or "done"."""
+    if isinstance(result, status_pb2.Status):
+        return "failed"
     if not isinstance(result, empty_pb2.Empty):
         return "done"
     return "interrupted" if manifest.HasField("end_time") else "running"
@@ -270,14 +275,30 @@ class RunStore(ABC):
         await asyncio.to_thread(self.put_sync, manifest, request, result, events)
 
     async def claim(self, manifest: common_pb2.RunManifest, request: Message) -> bool:
-        """List a run that has started under an id its caller chose, unless a run of that
-        id is stored already: whether it was listed. One statement, so two runs started at
-        once with one id cannot both take it (a check, then a write, let the second
-        replace the first)."""
+        """List a run that has started under an id its caller chose, unless that id is
+        already the start (in any ASCII case) of a stored run's id, that run's own
+        included: whether it was listed. One statement, so two runs started at once with
+        one id cannot both take it (a check, then a write, let the second replace the
+        first).
+
+        Why a prefix is refused too: `get` takes an exact id before a prefix, so a caller
+        who named their run after the first characters of another key's run (the 8 that
+        `scillm runs list` users type) took over every lookup by those characters: the UI
+        and `scillm runs show` gave the caller's run for the other one. Refusing such an id
+        here keeps `get` simple and every exact id reachable (reporting an exact id that is
+        also a prefix as ambiguous would have made runs `a` beside `af6c...`, or `exp-1`
+        beside `exp-10`, unreachable again, and let anyone hide a run by naming theirs
+        after its id plus a letter). What is left: an id chosen before a run whose id
+        extends it stays the exact match for those characters (`exp-1`, then `exp-10`);
+        a generated id (128 random bits) extends a given chosen one by chance alone, about
+        once in 2**32 for 8 characters. Two claims at the same moment of ids one of which
+        begins the other can both be listed (the primary key still refuses equal ids)."""
         p = self._PARAM
-        sql = (f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join([p] * len(COLUMNS))})"
-               " ON CONFLICT (run_id) DO NOTHING RETURNING run_id")
-        row = self._row(manifest, request, empty_pb2.Empty(), ())
+        sql = (f"INSERT INTO runs ({', '.join(COLUMNS)}) SELECT {', '.join([p] * len(COLUMNS))}"
+               f" WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id {self._ILIKE} {p}"
+               " ESCAPE '\\') ON CONFLICT (run_id) DO NOTHING RETURNING run_id")
+        row = (*self._row(manifest, request, empty_pb2.Empty(), ()),
+               _like_prefix(manifest.run_id))
         claimed = bool(await asyncio.to_thread(self._claim, sql, row))
         if claimed:
             self._live[manifest.run_id] = float(manifest.start_time.seconds)
@@ -401,7 +422,9 @@ class RunStore(ABC):
     def get(self, run_id: str) -> StoredRun | None:
         """The run with this id, else the one it is a unique prefix of (in any ASCII
         case), or None. The exact id comes first: a run named `a` beside a run `af6c...`
-        was unreachable as ambiguous."""
+        was unreachable as ambiguous. So that an exact id cannot take over the lookups by
+        a prefix of another run's id, `claim` refuses a caller's id that begins a stored
+        one (generated ids are all 32 hex digits: none begins another)."""
         p = self._PARAM
         columns = "SELECT manifest, request_type, request, result_type, result, events FROM runs"
         rows = self._run(f"{columns} WHERE run_id = {p}", (run_id,))
