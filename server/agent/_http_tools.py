@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,8 @@ from ..retry_after import retry_after_s as retry_after_seconds
 from ._settings import HttpToolServerConfig
 from ._tools import RemoteTool, ToolOutput
 from .errors import HttpToolServerError, ToolExecutionError, ToolTimeoutError
+
+log = logging.getLogger("scillm.server")
 
 __all__ = ["HttpTool", "HttpToolServer", "retry_after_seconds"]
 
@@ -87,12 +90,14 @@ class HttpToolServer:
         try:
             return await self._list_tools(headers)
         except HttpToolServerError as exc:
-            if not self._secrets:
-                raise
-            raise HttpToolServerError(self._redact(str(exc)), server=self.name) from None
+            # The operator reads where the server is in the log; the caller (and the model)
+            # learn its name, not an internal address.
+            log.warning("HTTP tool server %r at %s: %s", self.name, self.config.url, exc)
+            said = self._redact(str(exc)).replace(self.config.url.rstrip("/"), self.name)
+            raise HttpToolServerError(said, server=self.name) from None
 
     async def _list_tools(self, headers: Mapping[str, str]) -> list[HttpTool]:
-        where = f"HTTP tool server {self.name!r} ({self.config.url})"
+        where = f"HTTP tool server {self.name!r}"
         try:
             response = await _bounded(self._http(), "GET",
                                       f"{self.config.url.rstrip('/')}/tools",

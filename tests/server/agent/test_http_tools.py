@@ -108,6 +108,8 @@ async def test_an_unreachable_tool_server_fails_the_run_clearly() -> None:
         with pytest.raises(HttpToolServerError) as info:
             await engine.run_to_end([{"role": "user", "content": "go"}])
         assert info.value.server == "lab" and "unreachable" in str(info.value)
+        # The caller learns the server's name, not the operator's internal address.
+        assert str(port) not in str(info.value), str(info.value)
         with pytest.raises(AgentConfigError):
             engine.run([], RunConfig(http_tool_servers=("other",)))
         # without tools, the server is not needed
