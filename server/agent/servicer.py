@@ -12,6 +12,7 @@ import grpc
 from scillm.agent.v1 import agent_pb2 as pb
 from scillm.agent.v1 import agent_pb2_grpc
 from scillm.clients import openai_wire as wire
+from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as cpb
 
 from ..errors import ErrorTable, StatusError
@@ -43,6 +44,26 @@ ERRORS: ErrorTable = {
     errors.CodeExecutorUnavailableError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AgentError: grpc.StatusCode.INTERNAL,
 }
+
+#: A model call's failures that are the caller's mistake, not an outage: a step (whose
+#: model call is its whole work) answers with the call's own code, not UNAVAILABLE.
+_CALLERS_CODES = frozenset((grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            grpc.StatusCode.OUT_OF_RANGE))
+
+
+def _callers_mistake(exc: errors.ModelError) -> StatusError | None:
+    """The caller's mistake a failed model call was (see `_CALLERS_CODES`), if it was one."""
+    cause = exc.__cause__
+    if isinstance(cause, InvalidRequestError):  # refused before the call (no model)
+        return StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), param=cause.param)
+    if isinstance(cause, RPCError) and cause.code in _CALLERS_CODES:
+        return StatusError(cause.code, str(exc), param=cause.param,
+                           retry_after_s=cause.retry_after_s)
+    return None
+
 
 _STOP = {StopReason.SUCCESS: pb.STOP_REASON_SUCCESS, StopReason.BUDGET: pb.STOP_REASON_BUDGET,
          StopReason.MAX_ITERATIONS: pb.STOP_REASON_MAX_ITERATIONS,
@@ -164,7 +185,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def AgentStep(self, request: pb.AgentStepRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.AgentStepResponse:
         messages = _messages(request.messages)
-        step = await self._engine.step(messages, config_from_proto(request.config))
+        try:
+            step = await self._engine.step(messages, config_from_proto(request.config))
+        except errors.ModelError as exc:
+            mistake = _callers_mistake(exc)
+            if mistake is None:
+                raise
+            raise mistake from exc
         response = pb.AgentStepResponse(
             new_messages=[wire.message_to_proto(m, "new_messages") for m in step.new_messages],
             tool_calls=[_tool_call(c) for c in step.tool_calls],

@@ -268,3 +268,19 @@ async def test_http_tools_are_called_and_a_429_waits_its_retry_after(mesh: Mesh)
         with pytest.raises(RPCError) as info:
             [e async for e in client.agent.run(_request(http_tool_servers=["nope"]))]
     assert "not configured" in info.value.message
+
+
+@pytest.mark.parametrize(("model", "code"), [
+    ("", grpc.StatusCode.INVALID_ARGUMENT),
+    ("no-such-model", grpc.StatusCode.NOT_FOUND)])
+async def test_a_step_whose_model_call_is_the_callers_mistake_says_so(
+        mesh: Mesh, model: str, code: grpc.StatusCode) -> None:
+    """A step's model call is the step's whole work: a model the caller left out or named
+    wrongly was UNAVAILABLE (an outage, to be retried); it is the model call's own code."""
+    run = _request()
+    run.config.model = model
+    step = agent_pb2.AgentStepRequest(messages=run.messages, config=run.config)
+    async with ScillmClient(mesh.running.grpc_target) as client:
+        with pytest.raises(RPCError) as info:
+            await client.agent.step(step)
+    assert info.value.code == code, info.value
