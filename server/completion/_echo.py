@@ -2,7 +2,8 @@
 
 It replies with the text of the last user message. Tokens are whitespace-separated
 words; `max_tokens` truncates (finish_reason "length"), `stop` cuts at the first stop
-string, `n` repeats the choice. Prompt tokens are the words of all messages.
+string, `n` repeats the choice. Prompt tokens are the words of all messages; completion tokens
+the words of every choice (OpenAI counts each of the n answers).
 
 Embeddings (`embed`) are deterministic unit vectors derived from each input's bytes (its
 text, or its token ids): the same input always gets the same vector, another input another
@@ -179,6 +180,7 @@ def _reply(call: ProviderCall) -> tuple[list[str], str, dict[str, int]]:
     if len(pieces) > limit:
         pieces = pieces[:limit]
         finish = "length"
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
-             "total_tokens": prompt_tokens + len(pieces)}
+    answered = len(pieces) * _n(body)  # every answer's tokens, as OpenAI counts n of them
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": answered,
+             "total_tokens": prompt_tokens + answered}
     return pieces, finish, usage

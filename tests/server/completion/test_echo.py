@@ -58,6 +58,11 @@ async def test_echo_max_tokens_stop_and_n(engine: CompletionEngine) -> None:
                                   "max_completion_tokens": 2, "n": 3})
     assert [c["message"]["content"] for c in done.response["choices"]] == ["one two"] * 3
     assert {c["finish_reason"] for c in done.response["choices"]} == {"length"}
+    # OpenAI counts every answer's tokens: a priced echo deployment charges all n of them
+    assert done.response["usage"]["completion_tokens"] == 2 * 3
+    events = [e async for e in engine.stream({"model": "echo/a", "n": 3,
+                                              "messages": msg("one two three four")})]
+    assert isinstance(events[-1], StreamEnd) and events[-1].usage["completion_tokens"] == 4 * 3
     done = await engine.complete({"model": "echo/a", "messages": msg("one two. three"),
                                   "stop": ["."]})
     assert done.response["choices"][0]["message"]["content"] == "one two"
