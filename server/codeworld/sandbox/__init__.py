@@ -36,6 +36,17 @@ How it contains code
   namespace (bubblewrap) reaps the rest when the worker is replaced.
 * The wall-clock limit is enforced by the worker (pidfd + select) and kills the whole
   process group; the host adds ``grace`` and replaces a worker that overruns it.
+* **The run as a whole** (``_usage.py``): while a run runs, the worker samples it every
+  10 ms and once more when its first process exits: the resident anonymous and shared
+  memory of all its processes (its uid's, else its session's and descendants'), and the
+  bytes and inodes its directory added to the worker's private tmpfs. Past
+  ``Limits.total_memory`` (twice ``memory`` by default: RLIMIT_AS bounds each process,
+  not their sum), ``Limits.disk`` or ``Limits.files`` the whole run is killed and
+  reported KILLED with that limit as its reason; ``peak_memory`` is the whole run's.
+  ``SandboxSettings.tmp_size`` bounds a worker's tmpfs (hence any run's bytes) hard.
+  memfds, whose pages no process's resident set shows, are refused (seccomp). cgroups
+  would count exactly, but are not used: a container's ``/sys/fs/cgroup`` is often
+  read-only, and placing a run in one needs the cgroup file system inside the sandbox.
 * **Fallback** without bubblewrap: the same worker under rlimits, with ``unshare --net``
   when permitted (``"rlimits+unshare"``) or without (``"rlimits"``); the file system is
   then only protected by the unprivileged uid (root only), and the environment is still

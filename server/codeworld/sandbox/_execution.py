@@ -17,7 +17,8 @@ class Status(enum.StrEnum):
     ERROR: the code raised, exited non-zero, lacked its entry point or returned a value
         that is not JSON.
     TIMEOUT: the wall-clock or CPU limit was reached; the whole run was killed.
-    KILLED: a resource limit (memory, file size, processes) or a signal ended the run.
+    KILLED: a resource limit (memory, total memory, file size, disk, files, processes)
+        or a signal ended the run.
     """
 
     OK = "ok"
@@ -64,10 +65,14 @@ class Execution:
         truncated: whether stdout or stderr was cut.
         wall: seconds from fork to exit, measured inside the sandbox.
         cpu: user + system CPU seconds of the run.
-        peak_memory: peak resident set size in bytes (ru_maxrss).
+        peak_memory: peak memory of the run in bytes: the larger of its first process's
+            peak resident set (ru_maxrss, exact) and the peak, sampled while it ran, of
+            what all its processes held together (what ``Limits.total_memory`` bounds;
+            see ``_usage.py``).
         reason: a short machine-readable cause when not OK (``"wall_time"``,
-            ``"cpu_time"``, ``"memory"``, ``"file_size"``, ``"exception"``,
-            ``"exit 1"``, ``"signal SIGSEGV"``, ``"entry_missing"``, ...).
+            ``"cpu_time"``, ``"memory"``, ``"total_memory"``, ``"file_size"``,
+            ``"disk"``, ``"files"``, ``"exception"``, ``"exit 1"``, ``"signal SIGSEGV"``,
+            ``"entry_missing"``, ...); the limit's name when one stopped the run.
         error_type, error_message: the exception raised by the code, if any.
         exit_code: the process exit code, or ``-signal`` when killed by a signal.
         isolation: the isolation level the run had (see ``Sandbox.isolation``).

@@ -18,6 +18,8 @@ BUBBLEWRAP = "bubblewrap"
 RLIMITS_UNSHARE = "rlimits+unshare"
 RLIMITS = "rlimits"
 _WORKER_SOURCE = Path(__file__).with_name("_worker_main.py")
+#: The run meter the worker loads from its text (the sandbox sees no file of ours).
+_USAGE_SOURCE = Path(__file__).with_name("_usage.py")
 _SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -39,8 +41,11 @@ class Launcher:
     def command(self, slot: int, tmp: str) -> list[str]:
         """The argv of worker ``slot`` whose private temporary directory is ``tmp``."""
         uid = None if self.base_uid is None else self.base_uid + slot
-        cfg = json.dumps({"uid": uid, "node": self.node, "tmp": tmp})
-        return self.wrap([self.python, "-I", "-S", "-B", "-c", _WORKER_SOURCE.read_text(), cfg])
+        # Under bubblewrap the worker's /tmp is its own tmpfs: what it gains is the run's.
+        cfg = json.dumps({"uid": uid, "node": self.node, "tmp": tmp,
+                          "private_tmp": self.isolation == BUBBLEWRAP})
+        return self.wrap([self.python, "-I", "-S", "-B", "-c", _WORKER_SOURCE.read_text(), cfg,
+                          _USAGE_SOURCE.read_text()])
 
     def wrap(self, inner: list[str]) -> list[str]:
         """``inner`` prefixed with the isolation wrapper of this level."""

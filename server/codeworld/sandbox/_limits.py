@@ -27,6 +27,16 @@ class Limits:
         open_files: open descriptors (RLIMIT_NOFILE), 8–4096.
         output: bytes kept of stdout and of stderr each; the rest is drained (0–16 MiB).
         result_size: bytes the JSON result may take (1 KiB–64 MiB).
+        total_memory: bytes of memory every process of the run may hold together
+            (32 MiB–16 GiB); ``None`` means twice ``memory``. RLIMIT_AS bounds each
+            process only: the worker samples the whole run while it runs and kills it
+            past this (reason ``"total_memory"``); see ``_usage.py`` for what is counted.
+        disk: bytes the run may add to its directory (0–16 GiB); past it the run is
+            killed (reason ``"disk"``). Under bubblewrap only (the worker's private
+            tmpfs, whose ``SandboxSettings.tmp_size`` bounds it as well, hard).
+        files: files, directories and links the run may make in its directory
+            (16–1,000,000); past it the run is killed (reason ``"files"``). Under
+            bubblewrap only, like ``disk``.
     """
 
     wall_time: float = 5.0
@@ -37,6 +47,9 @@ class Limits:
     open_files: int = 64
     output: int = 64 * 1024
     result_size: int = 4 * _MIB
+    total_memory: int | None = None
+    disk: int = 128 * _MIB
+    files: int = 10_000
 
     def __post_init__(self) -> None:
         _check("wall_time", self.wall_time, 0.05, 120.0)
@@ -48,16 +61,26 @@ class Limits:
         _check("open_files", self.open_files, 8, 4096)
         _check("output", self.output, 0, 16 * _MIB)
         _check("result_size", self.result_size, 1024, 64 * _MIB)
+        if self.total_memory is not None:
+            _check("total_memory", self.total_memory, 32 * _MIB, 16384 * _MIB)
+        _check("disk", self.disk, 0, 16384 * _MIB)
+        _check("files", self.files, 16, 1_000_000)
 
     @property
     def effective_cpu_time(self) -> int:
         """Whole seconds of CPU handed to RLIMIT_CPU."""
         return math.ceil(self.cpu_time if self.cpu_time is not None else self.wall_time)
 
+    @property
+    def effective_total_memory(self) -> int:
+        """Bytes the run's processes may hold together."""
+        return self.total_memory if self.total_memory is not None else 2 * self.memory
+
     def to_wire(self) -> dict[str, float | int]:
         """The limits as sent to a worker."""
         wire: dict[str, float | int] = {k: v for k, v in asdict(self).items() if v is not None}
         wire["cpu_time"] = self.effective_cpu_time
+        wire["total_memory"] = self.effective_total_memory
         return wire
 
 

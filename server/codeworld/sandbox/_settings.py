@@ -38,7 +38,8 @@ class SandboxSettings:
             which makes RLIMIT_NPROC effective and isolates runs from the worker; ``base``
             is the first range from ``base_uid`` (in steps of 256) that no other sandbox
             on the host holds (a lock file per range), so sandboxes never share uids.
-        tmp_size: bytes of the private ``/tmp`` tmpfs of each worker.
+        tmp_size: bytes of the private ``/tmp`` tmpfs of each worker (bubblewrap), where
+            its runs write: the hard bound of every run's ``Limits.disk``.
         grace: seconds the host waits past ``wall_time`` before it declares a worker
             dead, kills it and starts a new one.
         start_timeout: seconds a worker may take to report ready.
@@ -46,8 +47,8 @@ class SandboxSettings:
             language whose toolchain is found on the host.
         typescript_path: the ``typescript`` npm package directory; ``None`` looks in
             ``.tools/node_modules`` beside the virtualenv, then the global node_modules.
-        compile_limits: limits of one compile (compilers need far more memory, processes
-            and time than the programs they build).
+        compile_limits: limits of one compile (compilers need far more memory, processes,
+            files and time than the programs they build).
         compile_cache_dir: where compiled artifacts are kept (content-addressed); ``None``
             makes a private directory under /var/tmp, removed when the sandbox closes.
         compile_cache_entries: artifacts kept; the least recently used go first.
@@ -70,6 +71,7 @@ class SandboxSettings:
     typescript_path: str | None = None
     compile_limits: Limits = field(default_factory=lambda: Limits(
         wall_time=60.0, cpu_time=60.0, memory=4 * _GIB, processes=256,
-        file_size=256 << 20, open_files=1024, output=256 << 10))
+        file_size=256 << 20, open_files=1024, output=256 << 10, disk=1 * _GIB,
+        files=100_000))
     compile_cache_dir: str | None = None
     compile_cache_entries: int = 512

@@ -23,11 +23,14 @@ zygote forks a child that reads the request and deletes it, then
 A compile is a program run whose ``outputs`` (files or directories of the run directory)
 are sent back, base64-encoded, when it exits 0; the host keeps them in its compile cache.
 
-The server enforces the wall-clock limit, caps output, and after every run kills every
-process left with the run's uid (``kill(-1, SIGKILL)`` from a helper holding that uid,
-atomic with respect to fork), so nothing outlives its run, and removes the System V IPC
-objects (shared memory, queues, semaphores) the run made: the worker's IPC namespace
-outlives a run, and a segment kept the memory it pinned and handed data to the next run.
+The server enforces the wall-clock limit, caps output, measures the run as a whole while
+it runs (``_usage.py``, handed over as text: the memory of all its processes, the bytes
+and files of its directory) and kills it past ``total_memory``, ``disk`` or ``files``.
+After every run it kills every process left with the run's uid (``kill(-1, SIGKILL)``
+from a helper holding that uid, atomic with respect to fork), so nothing outlives its
+run, and removes the System V IPC objects (shared memory, queues, semaphores) the run
+made: the worker's IPC namespace outlives a run, and a segment kept the memory it pinned
+and handed data to the next run.
 A run directory that cannot be removed (a tree too deep for `shutil.rmtree`) is removed with
 `rm -rf`; when even that fails the server exits after answering, so the host starts a fresh
 worker instead of leaving a full /tmp to every later run.
@@ -62,8 +65,12 @@ import string  # noqa: F401
 import sys
 import time
 import traceback
+import types
 import typing  # noqa: F401
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._usage import RunMeter
 
 _RESULT_FD = 3
 _CHUNK = 65536
@@ -152,19 +159,23 @@ def _set_limits(limits: dict[str, Any], language: str, drop_uid: bool) -> None:
 #: System calls a run may not make, by machine: kernel keys (a uid's keyring outlives
 #: every process of the uid, even the server, and carried one tenant's data to the next),
 #: POSIX message queues (the worker's IPC namespace outlives its runs), new namespaces (a
-#: user namespace hands its maker every capability inside it), io_uring, perf, bpf and
-#: userfaultfd (kernel surface no strategy needs). Numbers from the kernel's syscall tables.
+#: user namespace hands its maker every capability inside it), memfds (their pages are in
+#: no process's resident set and on no file system: 64 descriptors of 16 MiB each held
+#: 1 GiB past every memory limit), io_uring, perf, bpf and userfaultfd (kernel surface no
+#: strategy needs). Numbers from the kernel's syscall tables.
 _DENIED = {
     "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250, "mq_open": 240,
                "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
                "mq_notify": 244, "mq_getsetattr": 245, "unshare": 272, "setns": 308,
                "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-               "perf_event_open": 298, "bpf": 321, "userfaultfd": 323},
+               "perf_event_open": 298, "bpf": 321, "userfaultfd": 323,
+               "memfd_create": 319, "memfd_secret": 447},
     "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219, "mq_open": 180,
                 "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183,
                 "mq_notify": 184, "mq_getsetattr": 185, "unshare": 97, "setns": 268,
                 "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-                "perf_event_open": 241, "bpf": 280, "userfaultfd": 282},
+                "perf_event_open": 241, "bpf": 280, "userfaultfd": 282,
+                "memfd_create": 279, "memfd_secret": 447},
 }
 #: Per machine: its AUDIT_ARCH, clone's and clone3's numbers.
 _ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}
@@ -418,7 +429,8 @@ class _Zygote:
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if os.fork() == 0:
+        self.pid = os.fork()
+        if self.pid == 0:
             self._sock.close()
             try:
                 _zygote(theirs, cfg)
@@ -506,22 +518,31 @@ def _reap() -> None:
 
 
 def _collect(pidfd: int, pipes: dict[int, bytearray], cap: dict[int, int],
-             deadline: float) -> tuple[bool, bool]:
-    """Read the pipes until the child (``pidfd``, closed here) exits or the deadline passes.
+             deadline: float, meter: RunMeter) -> tuple[str | None, bool]:
+    """Read the pipes until the child (``pidfd``, closed here) exits, the deadline passes
+    or ``meter`` finds the run past a limit; measured once more when the child exits,
+    while what it forked still holds what it holds.
 
-    Returns (timed_out, truncated).
+    Returns (the limit that stopped the run, ``"wall_time"`` or the meter's, or ``None``;
+    truncated).
     """
     open_fds = set(pipes)
     truncated = False
     exited = False
     try:
         while True:
-            wait = 0.0 if exited else deadline - time.monotonic()
-            if wait < 0:
-                return True, truncated
+            now = time.monotonic()
+            if not exited:
+                if now > deadline:
+                    return "wall_time", truncated
+                if now >= meter.next_at and (over := meter.sample()):
+                    return over, truncated
+            wait = 0.0 if exited else max(0.0, min(deadline, meter.next_at) - now)
             ready, _, _ = select.select([pidfd, *open_fds], [], [], wait)
-            if pidfd in ready:
+            if pidfd in ready and not exited:
                 exited = True
+                if over := meter.sample():
+                    return over, truncated
             got = False
             for fd in ready:
                 if fd == pidfd:
@@ -537,7 +558,7 @@ def _collect(pidfd: int, pipes: dict[int, bytearray], cap: dict[int, int],
                 if len(chunk) > max(room, 0):
                     truncated = True
             if exited and (not got or not open_fds):
-                return False, truncated
+                return None, truncated
     finally:
         os.close(pidfd)
 
@@ -552,7 +573,8 @@ def _run_dir(cfg: dict[str, Any]) -> str:
     return os.path.join(str(cfg["tmp"]), _RUN_DIR)
 
 
-def _execute(req: dict[str, Any], cfg: dict[str, Any], zygote: _Zygote) -> dict[str, Any]:
+def _execute(req: dict[str, Any], cfg: dict[str, Any], zygote: _Zygote,
+             usage: types.ModuleType) -> dict[str, Any]:
     limits: dict[str, Any] = req["limits"]
     uid: int | None = cfg.get("uid")
     run_dir = _run_dir(cfg)
@@ -568,24 +590,31 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], zygote: _Zygote) -> dict[
         f.write(json.dumps(req).encode())
     if uid is not None:
         os.chown(run_dir, uid, uid)
+    meter: RunMeter = usage.RunMeter(limits, uid=uid, skip=frozenset({zygote.pid}),
+                                     tmp=str(cfg["tmp"]) if cfg.get("private_tmp") else None)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
     start = time.monotonic()
     pid, pidfd = zygote.spawn(run_dir, [out_w, err_w, res_w])
+    meter.begin(pid)
     for fd in (out_w, err_w, res_w):
         os.close(fd)
     pipes = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
     output = int(limits["output"])
     cap = {out_r: output, err_r: output, res_r: int(limits["result_size"]) + 1}
-    timed_out, truncated = _collect(pidfd, pipes, cap, start + float(limits["wall_time"]))
+    stopped, truncated = _collect(pidfd, pipes, cap, start + float(limits["wall_time"]),
+                                  meter)
     _sweep(uid, pid)
     status, cpu, peak = zygote.waited()
     wall = time.monotonic() - start
     for fd in pipes:
         os.close(fd)
-    outcome = _classify(timed_out, status, bytes(pipes[res_r]), limits,
-                        program=bool(req.get("argv")))
+    if stopped is not None and stopped != "wall_time":
+        outcome = meter.outcome(stopped)
+    else:
+        outcome = _classify(stopped == "wall_time", status, bytes(pipes[res_r]), limits,
+                            program=bool(req.get("argv")))
     if req.get("outputs") and outcome["status"] == "ok":
         try:
             outcome["artifact"] = _artifact(run_dir, [str(p) for p in req["outputs"]])
@@ -602,7 +631,8 @@ def _execute(req: dict[str, Any], cfg: dict[str, Any], zygote: _Zygote) -> dict[
         "truncated": truncated or cut_out or cut_err,
         "wall": wall,
         "cpu": cpu,
-        "peak_memory": peak,
+        # The first process's own peak (the kernel's, exact), or the whole run's sampled.
+        "peak_memory": max(peak, meter.peak),
         "exit_code": os.waitstatus_to_exitcode(status),
     }
     resp.update(outcome)
@@ -699,8 +729,17 @@ def _deeper(value: Any, limit: int) -> bool:
     return True
 
 
+def _module(name: str, source: str) -> types.ModuleType:
+    """The module ``name`` made from ``source`` (the sandbox sees none of our files); not
+    importable by a run."""
+    module = types.ModuleType(name)
+    exec(compile(source, name, "exec"), module.__dict__)
+    return module
+
+
 def main() -> None:
     cfg: dict[str, Any] = json.loads(sys.argv[1])
+    usage = _module("_usage", sys.argv[2])
     _sweep(cfg.get("uid"), None)  # clear leftovers of a predecessor
     zygote = _Zygote(cfg)  # before any request is read
     _send({"ready": True, "pid": os.getpid(), "uid": cfg.get("uid")})
@@ -709,7 +748,7 @@ def main() -> None:
         retire = False
         try:
             req = json.loads(line)
-            resp = _execute(req, cfg, zygote)
+            resp = _execute(req, cfg, zygote, usage)
             retire = bool(resp.pop("_retire", False))
         except Exception as exc:
             # A run that failed half-way may have left its directory, which the next
