@@ -93,7 +93,8 @@ def estimate_of(request: Any) -> tuple[int, int]:
     """What a call reserves of its key while it runs, (prompt, completion) tokens:
     `charges.completion_estimate` of a completion, or of a stream's; an embedding's input (a
     token per four bytes of its request); a text completion's prompts (a token per four
-    bytes) and `max_tokens` (OpenAI's 16 unset) for each of its `n`."""
+    bytes) and `max_tokens` (OpenAI's 16 unset) for each of its `n`, or of its `best_of`
+    when that is more (the upstream makes and bills them all)."""
     inner = request.request if hasattr(request, "request") else request  # a stream's
     if type(inner) is completion_pb2.CompletionRequest:  # chat first: its checks alone
         return charges.completion_estimate(inner, request.ByteSize())
@@ -105,8 +106,21 @@ def estimate_of(request: Any) -> tuple[int, int]:
         answer = max(0, inner.max_tokens if inner.HasField("max_tokens")
                      else 16)  # OpenAI's default; a negative one is refused later
         return (-(-sum(p.ByteSize() for p in inner.prompt) // 4),
-                answer * (inner.n if inner.HasField("n") and inner.n > 1 else 1))
+                answer * max(inner.n if inner.HasField("n") else 1, _best_of(inner)))
     return charges.completion_estimate(inner, request.ByteSize())
+
+
+def _best_of(request: Any) -> int:
+    """A text completion's `best_of` (in its `extra_body`): the answers the upstream makes
+    and bills, of which it returns `n` (OpenAI bills every one). At most 20, the most the
+    server accepts (more is refused later, as invalid); 1 when unset or not a number."""
+    if not request.HasField("extra_body"):
+        return 1
+    value = request.extra_body.fields.get("best_of")
+    if value is None or value.WhichOneof("kind") != "number_value":
+        return 1
+    number = value.number_value
+    return int(min(max(number, 1), 20)) if number == number else 1  # NaN: refused later
 
 
 def charged_model(request: Any, reply: Any) -> str:

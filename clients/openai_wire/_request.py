@@ -237,6 +237,14 @@ _NOT_EXTRA = {
     "stream": "a stream is the CompletionStream call, not `extra_body.stream`",
     "stream_options": "usage at a stream's end is CompletionStreamRequest.include_usage, "
                       "not `extra_body.stream_options`",
+    # How many answers, and how long: what a key's reservation is counted from, read from
+    # the typed fields only (n in extra_body reached the upstream as n answers while the
+    # key reserved one).
+    "n": "the number of answers is the request's own `n`, not `extra_body.n`",
+    "max_tokens": "an answer's length is the request's own `max_tokens`, not "
+                  "`extra_body.max_tokens`",
+    "max_completion_tokens": "an answer's length is the request's own "
+                             "`max_completion_tokens`, not `extra_body.max_completion_tokens`",
 }
 
 

@@ -200,15 +200,20 @@ async def test_a_number_out_of_range_is_refused_by_its_field(
     assert info.value.param == param
 
 
-@pytest.mark.parametrize("key", ["scillm", "stream", "stream_options"])
+@pytest.mark.parametrize("key", ["scillm", "stream", "stream_options", "n", "max_tokens",
+                                 "max_completion_tokens"])
 async def test_the_meshs_own_options_are_not_read_from_extra_body(mesh: RunningMesh,
                                                                   key: str) -> None:
     """`extra_body.scillm.fallbacks` reached the engine where the key check reads only
     `routing.fallbacks`: a key limited to one model made it fail on purpose (a tiny
     `timeout_s`) and was answered by any model it named. SciLLM's options go in `routing`
-    and a stream is its own RPC; in `extra_body` they are refused, naming the field."""
+    and a stream is its own RPC; the answers' number and length have fields of their own
+    (a key reserves by them); in `extra_body` they are refused, naming the field."""
     fields = {"scillm": {"fallbacks": ["echo/y"], "timeout_s": 0.001},
-              "stream": True, "stream_options": {"include_usage": True}}
+              "stream": True, "stream_options": {"include_usage": True},
+              # what a key's reservation counts, from the typed fields: n = 7 in extra_body
+              # went upstream while the key reserved one answer
+              "n": 7, "max_tokens": 100_000, "max_completion_tokens": 100_000}
     async with ScillmClient(mesh.grpc_target) as client:
         with pytest.raises(RPCError) as info:
             await client.completion.create(pb.CompletionRequest(

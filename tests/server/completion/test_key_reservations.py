@@ -211,6 +211,19 @@ async def test_text_streams_reserve_and_release_as_calls_do(
     assert _reserved(keyed, key) == (0, 0.0, 0)
 
 
+async def test_a_text_completions_best_of_reserves_every_answer_it_bills(
+        keyed: RunningMesh, gate: Gate) -> None:
+    """`best_of` (OpenAI's legacy completions, in the request's `extra_body`) makes the
+    upstream write and bill that many answers of which it returns `n`: a review's key of
+    budget 1.0 spent 18 with `best_of` 20, each call having reserved one answer. With
+    `best_of` 2 each call reserves 2.0, the whole budget: one at a time."""
+    key = new_key(keyed, MASTER, max_budget=2.0)
+    body = {"model": "held", "prompt": "hi", "max_tokens": 8, "stream": True, "best_of": 2}
+    assert await _burst(keyed, gate, key, body, path="/v1/completions") == \
+        [200] + [429] * (BURST - 1)
+    assert _reserved(keyed, key) == (0, 0.0, 0)
+
+
 async def test_tokens_per_minute_bound_the_calls_a_key_has_in_flight(
         keyed: RunningMesh, gate: Gate) -> None:
     # Each call reserves 300 tokens of answer and its prompt's few (a token per four bytes
