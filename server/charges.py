@@ -16,6 +16,11 @@ master key must not charge a key outside it). What runs inside the call uses it:
   estimate (`completion_estimate`) while it runs, as `CallContext` has a completion
   reserve its own: ten agent runs at once each had their model call admitted beside
   what the key's completions reserved, and spent past the budget together;
+- the response cache says when it answers the call (`report_cache_hit`): a cache hit
+  costs nothing upstream, and its key is charged nothing for it, as LiteLLM's proxy
+  charges a cache hit nothing: neither the usage its reply reports (the interceptor also
+  reads the reply's `routing.cache_hit`) nor an estimate (a caller who leaves a replayed
+  stream before its end, which says it was a cache hit), nor tokens of its minute;
 - ListModels shows a key limited to some models those it may call (`caller_models`);
 - CodeWorld keeps a virtual key's sessions apart from every other caller's
   (`caller_key_id`).
@@ -31,7 +36,7 @@ from .keys import Authenticator, Principal, Reservation
 
 __all__ = ["DEFAULT_COMPLETION_TOKENS", "Caller", "admit_model_call", "caller_key_id",
            "caller_models", "charge_model_call", "completion_estimate", "current",
-           "report_usage_estimate", "usage_estimate_wanted"]
+           "report_cache_hit", "report_usage_estimate", "usage_estimate_wanted"]
 
 #: The answer a completion that sets no `max_tokens` is expected to write, in tokens.
 DEFAULT_COMPLETION_TOKENS = 1024
@@ -55,12 +60,14 @@ class Caller:
     what its handler estimates the call has used so far, and what the model calls a service
     makes on its behalf are admitted by and charged to."""
 
-    __slots__ = ("auth", "completion_tokens", "principal", "prompt_tokens")
+    __slots__ = ("auth", "cache_hit", "completion_tokens", "principal", "prompt_tokens")
 
     def __init__(self, auth: Authenticator, principal: Principal) -> None:
         self.auth = auth
         self.principal = principal
         self.prompt_tokens = self.completion_tokens = 0
+        #: The call is answered from the response cache: it is charged nothing.
+        self.cache_hit = False
 
 
 #: The call being served's Caller (set and reset by `CallContext`).
@@ -84,6 +91,14 @@ def report_usage_estimate(prompt_tokens: int, completion_tokens: int) -> None:
     if caller is not None:
         caller.prompt_tokens = prompt_tokens
         caller.completion_tokens = completion_tokens
+
+
+def report_cache_hit() -> None:
+    """The call being served is answered from the response cache (see the module
+    docstring): its key is charged nothing for it, however it ends."""
+    caller = current.get()
+    if caller is not None:
+        caller.cache_hit = True
 
 
 def caller_models() -> tuple[str, ...] | None:

@@ -55,12 +55,13 @@ class CompletionLink:
         try:
             reply = await self._get().completion.create(proto)
             answer = openai_wire.response_from_proto(reply)
-            usage = answer.get("usage") or {}
-            prompt, completion = (int(usage.get("prompt_tokens") or 0),
-                                  int(usage.get("completion_tokens") or 0))
-            if not (prompt or completion):  # an upstream reporting none: the estimate
-                prompt, completion = estimated_usage(request, answer)
-            await charge_model_call(model, prompt, completion)
+            if not reply.routing.cache_hit:  # a cache hit cost nothing upstream: free
+                usage = answer.get("usage") or {}
+                prompt, completion = (int(usage.get("prompt_tokens") or 0),
+                                      int(usage.get("completion_tokens") or 0))
+                if not (prompt or completion):  # an upstream reporting none: the estimate
+                    prompt, completion = estimated_usage(request, answer)
+                await charge_model_call(model, prompt, completion)
         finally:
             if reservation is not None:
                 reservation.release()

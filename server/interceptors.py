@@ -2,9 +2,10 @@
 
     1. OpenTelemetry (opentelemetry-instrumentation-grpc), only when OTEL_* is configured
     2. CallContext: request id (accepted from `x-request-id` or created, sent back in the
-       initial metadata), keys (authorization metadata checked, token usage accounted; a
-       virtual key's caller kept for the call in `charges`; a completion's estimate
-       reserved of its key's budget and tokens per minute until it ends),
+       initial metadata), keys (authorization metadata checked, token usage accounted,
+       but for a reply from the response cache, which costs nothing; a virtual key's
+       caller kept for the call in `charges`; a completion's estimate reserved of its
+       key's budget and tokens per minute until it ends),
        a default deadline for calls that carry none, metrics, and error mapping
        (domain errors -> canonical status codes with google.rpc.Status details; bytes
        that are not the method's request -> INVALID_ARGUMENT)
@@ -149,11 +150,18 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     @staticmethod
     async def _account(held: charges.Caller, request: Any, reply: Any) -> bool:
-        """Charge `reply`'s usage to the caller's (virtual) key; whether it carried any."""
+        """Charge `reply`'s usage to the caller's (virtual) key; whether it carried any.
+        A reply from the response cache is charged nothing: it cost nothing upstream (the
+        cache said so, `charges.report_cache_hit`, and the reply says so too)."""
         usage = getattr(reply, "usage", None)
+        routing = None
         if usage is None and getattr(reply, "end", None) is not None and reply.HasField("end"):
-            usage = reply.end.usage
+            usage, routing = reply.end.usage, reply.end.routing
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            if routing is None:
+                routing = getattr(reply, "routing", None)
+            if held.cache_hit or (routing is not None and routing.cache_hit):
+                return True
             # Shielded: tokens spent upstream are counted even if the caller leaves now.
             await asyncio.shield(held.auth.account(held.principal, charged_model(request, reply),
                                                    usage.prompt_tokens,
@@ -350,8 +358,9 @@ class CallContext(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return charges.Caller(self._auth, principal)
 
     async def _charge_estimate(self, held: charges.Caller, request: Any) -> None:
-        """A call that ended without its usage (see `report_usage_estimate`)."""
-        if not (held.prompt_tokens or held.completion_tokens):
+        """A call that ended without its usage (see `report_usage_estimate`); nothing for
+        one answered from the response cache (`charges.report_cache_hit`)."""
+        if held.cache_hit or not (held.prompt_tokens or held.completion_tokens):
             return
         log.info("call of key %s ended without a usage: charged the estimate of %d prompt "
                  "and %d completion tokens", held.principal.key_id, held.prompt_tokens,

@@ -21,7 +21,7 @@ from scillm.completion.v1 import completion_pb2, completion_pb2_grpc
 from scillm.keys.v1 import keys_pb2
 from scillm.prove.v1 import prove_pb2, prove_pb2_grpc
 
-from .completion import resolve_env
+from .completion import model_prices, resolve_env
 from .completion_link import CompletionLink
 from .errors import ErrorTable
 from .keys import Authenticator, KeyStore, PostgresKeyStore, Prices, SQLiteKeyStore
@@ -213,11 +213,7 @@ def build_authenticator(settings: Settings, shared: dict[str, Any]) -> Authentic
                 "would serve every caller without a key; set it, or remove master_key to "
                 "run without keys")
         master = master or configured
-        for entry in data.get("model_list") or []:
-            params = {**(entry.get("model_info") or {}), **(entry.get("litellm_params") or {})}
-            cost_in = float(params.get("input_cost_per_token") or 0.0)
-            cost_out = float(params.get("output_cost_per_token") or 0.0)
-            prices.append((str(entry.get("model_name")), (cost_in, cost_out)))
+        prices = model_prices(data)  # checked: a negative or non-finite price is refused
     store: KeyStore = (PostgresKeyStore(_store(settings, shared)) if settings.store_url
                        else SQLiteKeyStore(settings.store_path.with_name("keys.sqlite3")))
     redis_url = settings.redis_url

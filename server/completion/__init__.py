@@ -17,6 +17,7 @@ from ._settings import (
     DeploymentSettings,
     RouterSettings,
     Secret,
+    model_prices,
     resolve_env,
 )
 from ._types import CacheStats, Completed, Routing, StreamChunk, StreamEnd, StreamEvent
@@ -57,5 +58,6 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "estimated_usage",
+    "model_prices",
     "resolve_env",
 ]

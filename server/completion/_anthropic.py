@@ -3,6 +3,10 @@
 System messages become `system`; assistant `tool_calls` become `tool_use` blocks and
 `tool` messages `tool_result` blocks; stop reasons map to finish reasons; streaming
 events (message_start, content_block_*, message_delta, message_stop) become chunks.
+
+A reply's lone UTF-16 surrogates (JSON's `"\\ud800"`) are read as U+FFFD (`_http.load_json`);
+in a stream, a pair cut between two events is joined: in a tool call's JSON here
+(`_mended_event`), in the text by the engine (`_engine._join_halves`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ import httpx
 
 from ._http import (
     ClientPool,
+    Halves,
     api_key,
     error_from_response,
+    load_json,
+    mended,
+    parse_json,
     read_reply,
     sse_events,
     transport_error,
@@ -71,8 +79,8 @@ class AnthropicProvider:
         if response.status_code >= 400:
             raise error_from_response(response, call, _CONTEXT_MARKERS)
         try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
+            data = load_json(raw)
+        except ValueError:
             raise UpstreamError(f"{call.deployment.id}: invalid JSON in the reply") from None
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise UpstreamError(f"{call.deployment.id}: the reply is not an Anthropic message")
@@ -91,13 +99,20 @@ class AnthropicProvider:
             if response.status_code >= 400:
                 raise error_from_response(await read_reply(response), call, _CONTEXT_MARKERS)
             state = _StreamState()
+            halves: Halves[int] = Halves()  # of tool_use blocks' JSON, by block index
             async for event, data in sse_events(response):
                 try:
-                    payload = json.loads(data)
-                except (ValueError, RecursionError):
+                    payload, unsure = parse_json(data)
+                except ValueError:
                     raise UpstreamError(f"{call.deployment.id}: malformed SSE data") from None
                 if not isinstance(payload, dict):
                     raise UpstreamError(f"{call.deployment.id}: SSE data is not an object")
+                if unsure or halves.held:  # a lone surrogate maybe, or a half waiting
+                    try:
+                        payload = _mended_event(payload, halves)
+                    except RecursionError:
+                        raise UpstreamError(f"{call.deployment.id}: SSE data nested too "
+                                            "deeply") from None
                 kind = event or str(payload.get("type", ""))
                 if kind == "error":
                     err = payload.get("error") or {}
@@ -107,6 +122,9 @@ class AnthropicProvider:
                         status=status)
                 try:
                     chunks = state.feed(kind, payload)
+                    if halves.held and kind in ("content_block_stop", "message_delta"):
+                        # A block's JSON ended with a half alone: U+FFFD, before the end.
+                        chunks = _ended_halves(state, halves, kind, payload) + chunks
                 except _MISSHAPEN as exc:
                     raise _misshapen(call, exc) from None
                 for chunk in chunks:
@@ -308,3 +326,37 @@ class _StreamState:
             usage = _usage(self.usage)
             return [] if usage is None else [{**self.base, "choices": [], "usage": usage}]
         return []  # ping, content_block_stop, thinking deltas
+
+
+def _mended_event(payload: dict[str, Any], halves: Halves[int]) -> dict[str, Any]:
+    """A stream event with each lone surrogate as U+FFFD (`_http.mended`), but for the
+    texts of its `delta` or `content_block` (they become content, whose halves the engine
+    joins: `_engine._join_halves`) and the JSON of a tool_use block's `input_json_delta`,
+    joined here across events by block index (`halves`; `_ended_halves`)."""
+    index = payload.get("index", 0)
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key not in ("delta", "content_block") or not isinstance(value, dict):
+            out[mended(key)] = mended(value)
+            continue
+        part: dict[str, Any] = {}
+        for name, item in value.items():
+            if name == "text" and isinstance(item, str):
+                part[name] = item
+            elif name == "partial_json" and isinstance(item, str) and type(index) is int:
+                part[name] = halves.join(index, item)
+            else:
+                part[mended(name)] = mended(item)
+        out[key] = part
+    return out
+
+
+def _ended_halves(state: _StreamState, halves: Halves[int], kind: str,
+                  payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunks of the halves still waiting when their block stopped (`kind`
+    content_block_stop: that block's) or the message finished (message_delta: every
+    block's): U+FFFD each, as the tool call's last arguments."""
+    index = payload.get("index", 0)
+    ended = [at for at in halves.held if kind == "message_delta" or at == index]
+    return [chunk for at in ended for chunk in state.feed("content_block_delta", {
+        "index": at, "delta": {"type": "input_json_delta", "partial_json": halves.end(at)}})]

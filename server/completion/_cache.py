@@ -10,6 +10,9 @@ for a caller's `max_age`.
 
 A Redis that stops answering is a miss, not a failure (`redis_outage.Outage`): the request
 goes upstream and nothing is stored, and Redis is tried again every few seconds.
+
+A hit is told to the call's charges (`charges.report_cache_hit`): an answer from the cache
+costs nothing upstream, and a virtual key is charged nothing for it, as in LiteLLM.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, TypeGuard
 
+from ..charges import report_cache_hit
 from ..redis_outage import Outage, client_options, unreachable
 from ._settings import CacheSettings
 from ._types import CacheStats
@@ -158,6 +162,7 @@ class ResponseCache:
             self.misses += 1
             return None
         self.hits += 1
+        report_cache_hit()  # charged nothing to the caller's key
         return entry[1]
 
     async def set(self, key: str, value: dict[str, Any], ttl_s: float | None) -> None:

@@ -1,13 +1,25 @@
-"""Shared HTTP plumbing of the HTTP providers: pooled clients, SSE, error mapping."""
+"""Shared HTTP plumbing of the HTTP providers: pooled clients, SSE, error mapping, and
+replies read as JSON with their lone surrogates mended.
+
+A reply's JSON may hold a lone UTF-16 surrogate: `"\\ud800"` is a valid escape, and
+`json` reads it as half of a character, which no protobuf string (nor UTF-8) holds, so
+Completion answered such a reply UNAVAILABLE. Each half alone is read as U+FFFD, as a
+UTF-8 decoder with errors="replace" reads what it cannot decode (`load_json`, `mended`);
+a pair an upstream cut between two chunks of a stream is joined (`Halves`). orjson refuses
+every lone half (and any byte that is not UTF-8), so only JSON it leaves to `json` is
+looked at: a reply orjson reads costs nothing more.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Hashable
+from typing import Any, Generic, TypeVar
 
 import httpx
+import orjson
 
 from ..bounded import decoded_response, read_bounded
 from ..egress import proxy_for, unusable
@@ -26,9 +38,8 @@ from .errors import (
     UpstreamTimeout,
 )
 
-__all__ = ["ClientPool", "api_key", "error_from_response", "read_body", "read_reply",
-           "sse_events",
-           "transport_error"]
+__all__ = ["ClientPool", "Halves", "api_key", "error_from_response", "load_json", "mended",
+           "parse_json", "read_body", "read_reply", "sse_events", "transport_error"]
 
 # Enough connections for thousands of concurrent streams per base URL (each holds one
 # open; past it a stream waits for one to be free).
@@ -336,3 +347,79 @@ async def _body_chunks(response: httpx.Response | AsyncIterable[bytes],
     assert isinstance(stream, httpx.AsyncByteStream)
     async for chunk in stream:
         yield chunk
+
+
+#: A UTF-16 surrogate: half of a character, which no protobuf string (nor UTF-8) holds.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What a half alone is read as: the replacement character, as UTF-8's errors="replace".
+_REPLACEMENT = "\ufffd"
+
+
+def parse_json(raw: bytes | str) -> tuple[Any, bool]:
+    """`json.loads(raw)`, by orjson when it can (NaN, huge integers, ... fall back to
+    json), and whether its texts may hold a lone surrogate: orjson refuses those, so only
+    what `json` read may (see the module docstring). ValueError when `raw` is no JSON."""
+    try:
+        return orjson.loads(raw), False
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(raw), True
+        except RecursionError:  # orjson refused it for its depth too: a ValueError as it
+            raise ValueError("JSON nested too deeply to read") from None
+
+
+def load_json(raw: bytes | str) -> Any:
+    """`parse_json(raw)`'s value, each lone surrogate in it as U+FFFD (`mended`): a whole
+    reply, in which no pair can be cut."""
+    value, unsure = parse_json(raw)
+    if not unsure:
+        return value
+    try:
+        return mended(value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+def mended(value: Any) -> Any:
+    """`value` (JSON as `json` reads it) with each lone surrogate of its texts, keys
+    included, as U+FFFD, and each pair as its character."""
+    if isinstance(value, str):
+        return value if value.isascii() or not _SURROGATE.search(value) else _mend(value)
+    if isinstance(value, dict):
+        return {mended(k): mended(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mended(v) for v in value]
+    return value
+
+
+def _mend(text: str) -> str:
+    """`text` with each surrogate pair as its character, each half alone as U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+class Halves(Generic[_K]):
+    """The high halves of surrogate pairs a stream cut, each waiting for its other half
+    in the next text of the same place (a key of the reader's: a tool call's arguments, a
+    content block's JSON)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: dict[_K, str] = {}
+
+    def join(self, key: _K, text: str) -> str:
+        """`text` after the half `key`'s last text ended with, up to a high half it ends
+        with (kept for `key`'s next text); a half alone as U+FFFD."""
+        text = self.held.pop(key, "") + text
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            self.held[key] = text[-1]
+            text = text[:-1]
+        return text if text.isascii() or not _SURROGATE.search(text) else _mend(text)
+
+    def end(self, key: _K) -> str:
+        """U+FFFD when a half of `key` was waiting (its text has ended without its other
+        half), else ""."""
+        return _REPLACEMENT if self.held.pop(key, None) is not None else ""

@@ -9,6 +9,11 @@ upstream leg table). A reply with an error status or a Content-Encoding is wrapp
 httpx response (for `error_from_response` and httpx's decoders). Transports of another
 kind (tests' fakes) and traced clients take httpx's road; both roads answer alike
 (tests/server/completion/test_openai_roads.py).
+
+A reply's lone UTF-16 surrogates (JSON's `"\\ud800"`) are read as U+FFFD (`_http.load_json`);
+in a stream, a pair cut between two chunks is joined: in a tool call's arguments here
+(`_mended_chunk`), in the texts by their readers (`_engine._join_halves`,
+`_text.StreamReader`).
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import orjson
 from ._connection import ResponseStream, request_head
 from ._http import (
     ClientPool,
+    Halves,
     api_key,
     error_from_response,
+    load_json,
+    mended,
+    parse_json,
     read_body,
     read_reply,
     sse_events,
@@ -119,7 +128,7 @@ class OpenAIProvider:
         else:
             status, raw = await self._send(base, prepared, call, content)
         try:
-            return _loads(raw)
+            return load_json(raw)
         except ValueError:
             raise UpstreamError(f"{call.deployment.id}: the {what} reply (HTTP {status}) is "
                                 "not JSON") from None
@@ -148,7 +157,7 @@ class OpenAIProvider:
         else:
             status, raw = await self._send(base, prepared, call, content)
         try:
-            data = _loads(raw)
+            data = load_json(raw)
         except ValueError:
             raise UpstreamError(f"{call.deployment.id}: invalid JSON in the reply "
                                 f"(HTTP {status})", body=raw[:2000].decode(
@@ -245,16 +254,23 @@ class OpenAIProvider:
                 assert isinstance(source, httpx.Response)
                 raise error_from_response(await read_reply(source), call)
             finished = False
+            halves: _CallHalves = Halves()
             async for _, data in sse_events(source):
                 if data == "[DONE]":
                     return
                 try:
-                    chunk = _loads(data)
+                    chunk, unsure = parse_json(data)
                 except ValueError:
                     raise UpstreamError(f"{call.deployment.id}: malformed SSE data: "
                                         f"{data[:100]!r}") from None
                 if not isinstance(chunk, dict):
                     raise UpstreamError(f"{call.deployment.id}: SSE data is not an object")
+                if unsure or halves.held:  # a lone surrogate maybe, or a half waiting
+                    try:
+                        chunk = _mended_chunk(chunk, halves, path is not None)
+                    except RecursionError:
+                        raise UpstreamError(f"{call.deployment.id}: SSE data nested too "
+                                            "deeply") from None
                 if "error" in chunk:
                     err = chunk["error"] if isinstance(chunk["error"], dict) else {}
                     raise UpstreamError(without_secret(
@@ -344,12 +360,76 @@ def _dumps(body: dict[str, Any]) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _loads(raw: bytes | str) -> Any:
-    """`json.loads`, by orjson when it can (NaN, huge integers, ... fall back to json)."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(raw)
-        except RecursionError:  # orjson refused it for its depth too: a ValueError as it
-            raise ValueError("JSON nested too deeply to read") from None
+#: A chat chunk's delta texts, passed on as they come: the engine joins their halves
+#: (`_engine._join_halves`), as `_text.StreamReader` joins a text completion's `text`.
+_JOINED_BY_READERS = frozenset(("content", "refusal", "reasoning_content"))
+#: The halves waiting in a stream's tool calls' arguments, by (choice index, call index).
+_CallHalves = Halves[tuple[int, int]]
+
+
+def _mended_chunk(chunk: dict[str, Any], halves: _CallHalves,
+                  text: bool) -> dict[str, Any]:
+    """A streamed chunk (a chat chunk, or with `text` a text completion's) with each lone
+    surrogate as U+FFFD (`_http.mended`), but for the texts its reader joins: each tool
+    call's arguments joined here across chunks (`halves`: a half still waiting when its
+    choice finishes comes as U+FFFD in the finishing chunk)."""
+    out: dict[str, Any] = {}
+    for key, value in chunk.items():
+        if key == "choices" and isinstance(value, list):
+            out[key] = [_mended_choice(choice, halves, text) for choice in value]
+        else:
+            out[mended(key)] = mended(value)
+    return out
+
+
+def _mended_choice(choice: Any, halves: _CallHalves, text: bool) -> Any:
+    if not isinstance(choice, dict):
+        return mended(choice)
+    index = choice.get("index")
+    where = index if type(index) is int else None  # a key of `halves`, when one
+    out: dict[str, Any] = {}
+    for key, value in choice.items():
+        if text and key == "text" and isinstance(value, str):
+            out[key] = value  # `_text.StreamReader` joins it
+        elif key == "delta" and isinstance(value, dict):
+            delta: dict[str, Any] = {}
+            for name, part in value.items():
+                if name in _JOINED_BY_READERS and isinstance(part, str):
+                    delta[name] = part  # the engine joins it
+                elif name == "tool_calls":
+                    delta[name] = _mended_calls(part, where, halves)
+                else:
+                    delta[mended(name)] = mended(part)
+            out[key] = delta
+        else:
+            out[mended(key)] = mended(value)
+    if choice.get("finish_reason") and halves.held:  # its calls' last halves, alone
+        ended = [{"index": call, "function": {"arguments": halves.end((at, call))}}
+                 for (at, call) in list(halves.held) if at == where]
+        if ended:
+            finishing = out.get("delta")
+            if not isinstance(finishing, dict):
+                finishing = out["delta"] = {}
+            calls = finishing.get("tool_calls")
+            finishing["tool_calls"] = (calls if isinstance(calls, list) else []) + ended
+    return out
+
+
+def _mended_calls(calls: Any, where: int | None, halves: _CallHalves) -> Any:
+    """A delta's tool calls, each one's arguments joined across chunks by (choice index,
+    call index); the rest mended."""
+    if not isinstance(calls, list):
+        return mended(calls)
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(fn, dict) and isinstance(fn.get("arguments"), str)
+                and where is not None and type(call.get("index")) is int):
+            out.append(mended(call))
+            continue
+        made = {mended(k): mended(v) for k, v in call.items() if k != "function"}
+        function = {mended(k): mended(v) for k, v in fn.items() if k != "arguments"}
+        function["arguments"] = halves.join((where, call["index"]), fn["arguments"])
+        made["function"] = function
+        out.append(made)
+    return out

@@ -18,7 +18,10 @@ The response cache is off unless `litellm_settings.cache` is true, as in LiteLLM
 `cache_params.mode: default_off` it is used only by requests that opt in.
 
 `os.environ/NAME` strings are resolved at load; API keys are held in `Secret`, which
-never shows its value in repr or logs. Keys nothing in the mesh reads are kept in
+never shows its value in repr or logs. Per-token prices (`input_cost_per_token`,
+`output_cost_per_token`, in `litellm_params` or `model_info`: what a virtual key pays) are
+each a finite number of at least 0, checked at load naming the model and the field
+(`model_prices`). Keys nothing in the mesh reads are kept in
 `ignored_keys`, which the mesh names when it starts (a typo was silently nothing).
 """
 
@@ -44,6 +47,7 @@ __all__ = [
     "DeploymentSettings",
     "RouterSettings",
     "Secret",
+    "model_prices",
     "resolve_env",
 ]
 
@@ -259,7 +263,8 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         force = resolve_env(params.get("force_local", env.get("CODEX_AGENT_FORCE_LOCAL")), env)
         if str(force).lower() in ("1", "true", "yes", "on"):
             headers["X-Codex-Force-Local"] = "1"
-    info = entry.get("model_info") or {}
+    info = _mapping(entry.get("model_info") or None, f"model_list[{index}].model_info")
+    _prices(entry, index, env)
     dep_id = str(info.get("id") or f"{dep.model_name}#{index}")
     def number(key: str, kind: type[float] | type[int], minimum: float,
                more: bool = False) -> Any:
@@ -276,6 +281,46 @@ def _deployment(entry: Any, index: int, env: Mapping[str, str],
         max_tokens_default=number("max_tokens", int, 1),
         stream_timeout_s=number("stream_timeout", float, 0, more=True),
     )
+
+
+#: The per-token prices of a `model_list` entry: (prompt, completion).
+_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
+
+
+def model_prices(data: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                 ) -> list[tuple[str, tuple[float, float]]]:
+    """Every `model_list` entry's `model_name` with its per-token prices, (prompt,
+    completion), in config order: its `litellm_params`' over its `model_info`'s, 0 when
+    it sets none. InvalidRequest, naming the model and the field, for a price that is not
+    a finite number of at least 0 (a negative one paid keys back for their calls)."""
+    env = os.environ if environ is None else environ
+    entries = data.get("model_list") or ()
+    if not isinstance(entries, list | tuple):
+        raise InvalidRequest(f"model_list must be a list of models, not "
+                             f"{type(entries).__name__}", param="model_list")
+    return [(str(entry.get("model_name")), _prices(entry, index, env))
+            for index, entry in enumerate(entries) if isinstance(entry, Mapping)]
+
+
+def _prices(entry: Mapping[str, Any], index: int,
+            env: Mapping[str, str]) -> tuple[float, float]:
+    """`model_prices` of one entry (the `index`th)."""
+    found = [0.0, 0.0]
+    for section in ("model_info", "litellm_params"):  # litellm_params' win, as they did
+        values = _mapping(entry.get(section) or None, f"model_list[{index}].{section}")
+        for i, key in enumerate(_PRICE_KEYS):
+            where = f"model_list[{index}].{section}.{key}"
+            value = values.get(key)
+            try:
+                price = _number(resolve_env(value, env), where, float, 0)
+            except InvalidRequest:
+                raise InvalidRequest(
+                    f"{where} (model {str(entry.get('model_name'))!r}) must be a number at "
+                    f"least 0, not {value!r}: a price per token is 0 (free) or more",
+                    param=where) from None
+            if price is not None:
+                found[i] = price
+    return found[0], found[1]
 
 
 def _port(value: Any) -> int:

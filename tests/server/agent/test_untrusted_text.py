@@ -129,13 +129,15 @@ async def test_an_mcp_tools_lone_surrogate_fails_no_run(mesh: Mesh) -> None:
     assert events[-1].final.answer == "done"
 
 
-async def test_a_models_lone_surrogate_fails_no_run(mesh: Mesh) -> None:
-    """Through the mesh the completion service refuses such a reply: the run ends with
-    its final event saying so, not INTERNAL."""
+async def test_a_models_lone_surrogate_reaches_the_caller_as_u_fffd(mesh: Mesh) -> None:
+    """Through the mesh the completion service reads a model's lone surrogate as U+FFFD
+    (as a UTF-8 decoder with errors="replace" would): the run ends with its answer, not
+    INTERNAL nor an error."""
     mesh.script({"content": "the answer \ud800 is 42"})
     events = await _run(mesh, _request())
     final = events[-1].final
-    assert final.stop_reason == agent_pb2.STOP_REASON_ERROR and final.error.encode()
+    assert final.stop_reason != agent_pb2.STOP_REASON_ERROR, final
+    assert final.answer == "the answer \ufffd is 42", final
 
 
 async def test_an_injected_models_lone_surrogate_is_escaped() -> None:
