@@ -27,7 +27,8 @@ ERROR_STATUSES: dict[str, str] = {
     "400": "Invalid request (`invalid_request_error`): a malformed body or field (`param` "
            "names it), or a failed precondition such as key management while no master "
            "key is configured (`code` `KeysDisabled`).",
-    "401": "Missing or unknown key (`authentication_error`).",
+    "401": "Missing or unknown key (`authentication_error`), answered before anything of "
+           "the request's body or query is checked.",
     "403": "The key may not use this model or operation (`permission_error`).",
     "404": "Unknown model (`not_found_error`, code `model_not_found`) or key.",
     "408": "The call's deadline passed (`timeout_error`).",

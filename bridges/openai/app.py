@@ -21,7 +21,9 @@
     /ui/...                     the runs UI, when the mesh passes one (scillm.bridges.ui)
 
 The caller's `Authorization: Bearer <key>` (or `x-api-key`) goes to the mesh as gRPC
-metadata, so both doors enforce the same keys.
+metadata, so both doors enforce the same keys; and the key comes before the body on every
+route, as in a gRPC call: a request the door refuses itself (its size, encoding, JSON or a
+field) is answered 401 when the mesh does not take its key (`_key_first.py`).
 
 Model names `codeworld/...`, `agent/<model>`, `certainly/...` and `lean4/...` reach the
 other services (the table is `runs.ROUTES`). Each service's calls use the client's channel
@@ -58,6 +60,7 @@ from scillm.completion.v1 import completion_pb2 as pb
 from ..seed import envelope
 from . import embeddings, keys, responses, runs, seed_doors, sse, text_completions
 from ._asgi import COMPLETIONS, CompletionsDoor, grpc_carries, hung_up
+from ._key_first import KeyFirst
 from .errors import error_body, error_response, from_exception
 from .openapi import OPENAPI
 
@@ -163,6 +166,7 @@ class _Shim:
     def __init__(self, client: ScillmClient, max_request_bytes: int) -> None:
         self.client = client
         self.max_request_bytes = max_request_bytes
+        self.key_first = KeyFirst(client)
         self._health = {service: health_pb2_grpc.HealthStub(client.channels[service])
                         for service in _SERVICES}
 
@@ -212,11 +216,11 @@ class _Shim:
         are sent as they are)."""
         started = time.perf_counter()
         request_id: str = scope["state"]["request_id"]
+        creds = _scope_credentials(scope["headers"])
         response: Response | sse.EventStream
         try:
             body = await self._read_json(scope, receive)
             stream, include_usage = openai_wire.stream_flags(body)
-            creds = _scope_credentials(scope["headers"])
             routed = runs.route(self.client, body, request_id, creds)
             if routed is not None:
                 response = await self._routed(routed, stream, include_usage)
@@ -228,9 +232,9 @@ class _Shim:
                 await _send_completion(send, resp, started)
                 return
         except _BodyRefused as exc:
-            response = exc.response()
+            response = await self.key_first.refusal(creds, exc.response())
         except (InvalidRequestError, RPCError) as exc:
-            response = error_response(exc)
+            response = await self.key_first.error(creds, exc)
         except StopAsyncIteration:
             response = error_response(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
         await response(scope, receive, send)
@@ -265,14 +269,15 @@ class _Shim:
     async def agent_run(self, request: Request) -> Response:
         """`POST /agent/run`: ours or the seed's agent envelope, answered in kind."""
         request_id: str = request.scope["state"]["request_id"]
+        creds = _credentials(request)
         try:
             body = await self._json_body(request)
             reply = await seed_doors.agent_run(self.client, body, request.headers, request_id,
-                                               _credentials(request))
+                                               creds)
         except _BodyRefused as exc:
-            return exc.response()
+            return await self.key_first.refusal(creds, exc.response())
         except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
+            return await self.key_first.error(creds, exc)
         return JSONResponse(reply)
 
     async def bridge_complete(self, request: Request) -> Response | sse.EventStream:
@@ -283,23 +288,24 @@ class _Shim:
         request gets the seed's reply (see seed/envelope.py), others a chat.completion.
         """
         request_id: str = request.scope["state"]["request_id"]
+        creds = _credentials(request)
         try:
             body = await self._json_body(request)
             if envelope.is_seed_bridge(body, request.headers):
                 return JSONResponse(await seed_doors.bridge_complete(
-                    self.client, body, request_id, _credentials(request)))
+                    self.client, body, request_id, creds))
             body["model"] = envelope.service_model(body)
             stream, include_usage = openai_wire.stream_flags(body)
-            run = runs.route(self.client, body, request_id, _credentials(request))
+            run = runs.route(self.client, body, request_id, creds)
             if run is None:
                 raise InvalidRequestError(
                     "/bridge/complete serves codeworld/..., certainly/..., lean4/... and "
                     "agent/... models", param="model")
             return await self._routed(run, stream, include_usage)
         except _BodyRefused as exc:
-            return exc.response()
+            return await self.key_first.refusal(creds, exc.response())
         except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
+            return await self.key_first.error(creds, exc)
 
     @staticmethod
     async def _completion_payloads(first: pb.CompletionStreamResponse,
@@ -328,6 +334,12 @@ class _Shim:
                 event = await anext(events, None)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
+
+    async def refused(self, request: Request, exc: Exception) -> Response:
+        """A body a route's endpoint (embeddings.py, text_completions.py, ...) did not
+        read: `_BodyRefused`'s answer, after the caller's key (`_key_first.py`)."""
+        assert isinstance(exc, _BodyRefused)
+        return await self.key_first.refusal(_credentials(request), exc.response())
 
     async def models(self, request: Request) -> Response:
         try:
@@ -384,13 +396,6 @@ def _gone(request: Request, exc: Exception) -> Response:
     """A caller who hung up inside its body: noted (`hung_up`); the answer goes nowhere."""
     hung_up(request.scope)
     return Response(status_code=400)
-
-
-def _refused(request: Request, exc: Exception) -> Response:
-    """A body a route's endpoint (embeddings.py, text_completions.py) did not read:
-    `_BodyRefused`'s answer."""
-    assert isinstance(exc, _BodyRefused)
-    return exc.response()
 
 
 def _not_served(request: Request, exc: Exception) -> Response:
@@ -456,19 +461,21 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     completions = functools.partial(shim.chat_completions)  # not a function: ASGI to Starlette
+    refuse = shim.key_first.error
     routes = [
         *(Route(path, completions, methods=["POST"]) for path in COMPLETIONS),
-        *(Route(path, embeddings.endpoint(client, shim._json_body, _credentials),
+        *(Route(path, embeddings.endpoint(client, shim._json_body, _credentials, refuse),
                 methods=["POST"]) for path in embeddings.PATHS),
-        *(Route(path, text_completions.endpoint(client, shim._json_body, _credentials, _sse),
+        *(Route(path, text_completions.endpoint(client, shim._json_body, _credentials, _sse,
+                                                refuse),
                 methods=["POST"]) for path in text_completions.PATHS),
-        *(Route(path, responses.endpoint(client, shim._json_body, _credentials),
+        *(Route(path, responses.endpoint(client, shim._json_body, _credentials, refuse),
                 methods=["POST"]) for path in responses.PATHS),
         Route("/v1/models", shim.models, methods=["GET"]),
         Route("/v1/models/{model:path}", shim.model, methods=["GET"]),
         Route("/models", shim.models, methods=["GET"]),
         Route("/agent/run", shim.agent_run, methods=["POST"]),
-        *keys.routes(client, shim._json_body, _credentials),
+        *keys.routes(client, shim._json_body, _credentials, refuse),
         Route("/bridge/complete", shim.bridge_complete, methods=["POST"]),
         Route("/healthz", shim.healthz, methods=["GET"]),
         Route("/ready", shim.ready, methods=["GET"]),
@@ -483,5 +490,5 @@ def create_app(client: ScillmClient, *, max_request_bytes: int = 8 * 1024 * 1024
     starlette = Starlette(routes=routes, exception_handlers={
         Exception: lambda request, exc: error_response(exc),
         ClientDisconnect: _gone, 404: _not_served, 405: _not_served,
-        _BodyRefused: _refused})
+        _BodyRefused: shim.refused})
     return CompletionsDoor(starlette, completions)

@@ -8,9 +8,10 @@
 `encoding_format: "base64"` (the openai SDK's default) answers each vector as the base64 of
 its little-endian float32 bytes, "float" (or none) as numbers. The body is read as the
 chat door reads its own (size limit, no compression); errors are OpenAI's body with the
-status of the one table (errors.py): a malformed request 400, an unknown model 404
-`model_not_found`, an upstream's failure 502. The caller's key goes on as gRPC metadata,
-so the call is authenticated, rate-limited and charged as a completion is.
+status of the one table (errors.py): a malformed request 400 (401 first when the mesh
+does not take the caller's key: _key_first.py), an unknown model 404 `model_not_found`, an
+upstream's failure 502. The caller's key goes on as gRPC metadata, so the call is
+authenticated, rate-limited and charged as a completion is.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from scillm.clients import ScillmClient, openai_wire
 from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
-from .errors import error_response
+from ._key_first import Refuse
 
 __all__ = ["PATHS", "endpoint"]
 
@@ -43,11 +44,11 @@ ReadJson = Callable[[Request], Awaitable[dict[str, Any]]]
 Credentials = Callable[[Request], Sequence[tuple[str, str]]]
 
 
-def endpoint(client: ScillmClient, read_json: ReadJson,
-             credentials: Credentials) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(client: ScillmClient, read_json: ReadJson, credentials: Credentials,
+             refuse: Refuse) -> Callable[[Request], Awaitable[Response]]:
     """The route's endpoint: `read_json` reads a request's body as the shim does (a body
     it refuses raises the shim's own exception, which its handler answers), `credentials`
-    are the caller's key as metadata."""
+    are the caller's key as metadata, `refuse` answers a failed request (the key first)."""
 
     async def embeddings(request: Request) -> Response:
         try:
@@ -57,7 +58,7 @@ def endpoint(client: ScillmClient, read_json: ReadJson,
                 proto, request_id=request.scope["state"]["request_id"],
                 metadata=credentials(request))
         except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
+            return await refuse(credentials(request), exc)
         if sum(len(item.embedding) for item in reply.data) > _INLINE_VALUES:
             content = await asyncio.to_thread(_body, reply, proto.encoding_format)
         else:

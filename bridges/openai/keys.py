@@ -8,9 +8,10 @@
 
 The bodies are read as the door reads its own (a body it refuses raises the door's own
 exception, which its handler answers); the request and reply shapes are seed/keys.py's;
-errors are OpenAI's body with the status of the one table (errors.py). The caller's key
-goes on as gRPC metadata: the keys service wants the master key, but for a key reading
-itself.
+errors are OpenAI's body with the status of the one table (errors.py), a body or query
+the door refuses itself answered after the caller's key (401 first: _key_first.py). The
+caller's key goes on as gRPC metadata: the keys service wants the master key, but for a
+key reading itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from scillm.clients import ScillmClient
 from scillm.clients.errors import InvalidRequestError, RPCError
 
 from ..seed import keys as keys_seed
-from .errors import error_response
+from ._key_first import Refuse
 
 __all__ = ["routes"]
 
@@ -35,9 +36,11 @@ Credentials = Callable[[Request], Sequence[tuple[str, str]]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def routes(client: ScillmClient, read_json: ReadJson, credentials: Credentials) -> list[Route]:
+def routes(client: ScillmClient, read_json: ReadJson, credentials: Credentials,
+           refuse: Refuse) -> list[Route]:
     """The `/key/*` routes over `client.keys`; `read_json` reads a body as the door does,
-    `credentials` are the caller's key as metadata."""
+    `credentials` are the caller's key as metadata, `refuse` answers a failed request (the
+    key first)."""
     keys = client.keys
 
     def answered(handle: Callable[[Request], Awaitable[dict[str, Any]]]) -> Endpoint:
@@ -45,7 +48,7 @@ def routes(client: ScillmClient, read_json: ReadJson, credentials: Credentials) 
             try:
                 return JSONResponse(await handle(request))
             except (InvalidRequestError, RPCError) as exc:
-                return error_response(exc)
+                return await refuse(credentials(request), exc)
         endpoint.__doc__ = handle.__doc__
         return endpoint
 

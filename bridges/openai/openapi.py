@@ -259,7 +259,9 @@ _TEXT_REQUEST = obj({
     "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
     "seed": {"type": "integer"},
     "logprobs": {"type": "integer", "minimum": 0, "maximum": 5,
-                 "description": "not served yet: any value is a 400 naming it"},
+                 "description": "log probabilities of the chosen tokens and of this many "
+                                "most likely ones at each position, in each choice's "
+                                "`logprobs` (null from a provider that gives none)"},
     "echo": {"type": "boolean"},
     "suffix": {"type": "string"},
     "user": {"type": "string"},
@@ -271,11 +273,21 @@ _TEXT_REQUEST = obj({
                "description": "SciLLM's routing options (text completions are not cached)"},
 }, ("model", "prompt"), description="OpenAI's legacy completions request; other keys go to "
                                     "the provider unchanged")
+#: OpenAI's legacy `logprobs` of a text choice: four lists of one entry per token (null
+#: where there is none: the first token of a prompt returned with `echo`).
+_TEXT_LOGPROBS = obj({
+    "text_offset": nullable({"type": "array", "items": nullable({"type": "integer"})}),
+    "token_logprobs": {"type": "array", "items": nullable({"type": "number"})},
+    "tokens": {"type": "array", "items": {"type": "string"}},
+    "top_logprobs": nullable({"type": "array", "items": nullable(
+        {"type": "object", "additionalProperties": {"type": "number"}})}),
+}, ("text_offset", "token_logprobs", "tokens", "top_logprobs"))
 _TEXT_COMPLETION = obj({
     "id": {"type": "string"}, "object": {"const": "text_completion"},
     "created": {"type": "integer"}, "model": {"type": "string"},
     "choices": {"type": "array", "items": obj({
-        "index": {"type": "integer"}, "text": {"type": "string"}, "logprobs": {"type": "null"},
+        "index": {"type": "integer"}, "text": {"type": "string"},
+        "logprobs": nullable(_TEXT_LOGPROBS),
         "finish_reason": nullable({"type": "string"}),
     }, ("index", "text", "finish_reason"))},
     "usage": ref("Usage"),

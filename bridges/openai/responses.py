@@ -18,7 +18,8 @@ Nothing is stored: `store` is accepted and the response is not kept (the mesh's 
 manifest is, as for any completion), so `previous_response_id` and `conversation` are a
 400 saying to send the conversation in `input`. The body is read as the chat door reads
 its own; errors are OpenAI's body with the status of the one table (errors.py): a field
-this door does not serve 400 naming it, an unknown model 404 `model_not_found`. Once a
+this door does not serve 400 naming it (401 first when the mesh does not take the caller's
+key: _key_first.py), an unknown model 404 `model_not_found`. Once a
 stream has started, an error goes in-band as an `error` event (carrying OpenAI's error
 object, which the openai SDK raises) followed by response.failed. The caller's key goes
 on as gRPC metadata, as chat's does; a caller who hangs up cancels the call.
@@ -39,6 +40,7 @@ from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
 from . import runs, sse
+from ._key_first import Refuse
 from .errors import error_response, from_exception
 
 __all__ = ["PATHS", "endpoint"]
@@ -50,11 +52,11 @@ ReadJson = Callable[[Request], Awaitable[dict[str, Any]]]
 Credentials = Callable[[Request], Sequence[tuple[str, str]]]
 
 
-def endpoint(client: ScillmClient, read_json: ReadJson,
-             credentials: Credentials) -> Callable[[Request], Awaitable[Any]]:
+def endpoint(client: ScillmClient, read_json: ReadJson, credentials: Credentials,
+             refuse: Refuse) -> Callable[[Request], Awaitable[Any]]:
     """The route's endpoint: `read_json` reads a body as the shim does (one it refuses
     raises the shim's own exception, which its handler answers); `credentials` are the
-    caller's key as metadata."""
+    caller's key as metadata; `refuse` answers a failed request (the key first)."""
 
     async def responses(request: Request) -> Response | sse.EventStream:
         request_id: str = request.scope["state"]["request_id"]
@@ -70,7 +72,7 @@ def endpoint(client: ScillmClient, read_json: ReadJson,
             reply = await client.completion.create(asked.completion, request_id=request_id,
                                                    metadata=creds)
         except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
+            return await refuse(credentials(request), exc)
         except StopAsyncIteration:
             return error_response(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
         out = openai_wire.response_from_completion(reply, asked.echo, _scillm(reply))

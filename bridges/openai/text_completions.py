@@ -5,6 +5,12 @@ request in, one `CompletionService.TextCompletion` call, OpenAI's `text_completi
      "choices": [{"index": i, "text": ..., "logprobs": null, "finish_reason": ...}],
      "usage": {...}, "scillm": {"routing": ..., "run_id": ...}}
 
+With `logprobs` (0 to 5) each choice's `logprobs` is OpenAI's legacy object, as the
+upstream gave it: `{"text_offset": [...], "token_logprobs": [...], "tokens": [...],
+"top_logprobs": [{token: logprob, ...}, ...]}` (in a stream, each chunk's are those of its
+text); a provider that gives none (`echo/...`, the local model) leaves it null, as chat
+completions do.
+
 With `"stream": true` it is one `TextCompletionStream` call answered as OpenAI streams it:
 Server-Sent Events, each a chunk of that shape without `usage` (a piece of each choice's
 text; `finish_reason` null until the choice's last chunk), then `data: [DONE]`. With
@@ -14,8 +20,9 @@ the usage (and `scillm`'s routing and run id), as OpenAI's does.
 This is what base models (the embedded Gemma 3 270M is one), lm-evaluation-harness's
 `local-completions` and vLLM/llama.cpp clients speak. The body is read as the chat door
 reads its own (size limit, no compression); errors are OpenAI's body with the status of
-the one table (errors.py): a malformed request 400 (`logprobs` included: not served yet),
-an unknown model 404 `model_not_found`, an upstream's failure 502. A stream's errors before
+the one table (errors.py): a malformed request 400 (401 first when the mesh does not take
+the caller's key: _key_first.py), an unknown model 404 `model_not_found`, an upstream's
+failure 502. A stream's errors before
 its first chunk are such answers too; once it has started, an error goes in-band as
 OpenAI's error body, then `[DONE]`, and a caller who hangs up cancels the call (and its
 upstream request). The caller's key goes on as gRPC metadata, so the call is
@@ -38,6 +45,7 @@ from scillm.clients.errors import InvalidRequestError, RPCError
 from scillm.completion.v1 import completion_pb2 as pb
 
 from . import sse
+from ._key_first import Refuse
 from .errors import error_response
 
 __all__ = ["PATHS", "endpoint"]
@@ -45,21 +53,18 @@ __all__ = ["PATHS", "endpoint"]
 #: OpenAI's path, and LiteLLM's without the version.
 PATHS = ("/v1/completions", "/completions")
 
-#: The contract's finish reasons as OpenAI names them (unspecified: null).
-_FINISH_NAMES = {number: name for name, number in openai_wire.FINISH_REASONS.items()
-                 if name != "function_call"}
-
 Payloads = AsyncIterator[dict[str, Any]]
 
 
 def endpoint(client: ScillmClient, read_json: Callable[[Request], Awaitable[dict[str, Any]]],
              credentials: Callable[[Request], Sequence[tuple[str, str]]],
-             events: Callable[[Payloads], AsyncIterator[bytes]],
+             events: Callable[[Payloads], AsyncIterator[bytes]], refuse: Refuse,
              ) -> Callable[[Request], Awaitable[Response | sse.EventStream]]:
     """The route's endpoint: `read_json` reads a body as the shim does (one it refuses
     raises the shim's own exception, which its handler answers); `credentials` are the
     caller's key as metadata; `events` is the shim's SSE writer (a `data:` event per
-    payload, an error in-band, `[DONE]` last)."""
+    payload, an error in-band, `[DONE]` last); `refuse` answers a failed request (the key
+    first)."""
 
     async def text_completions(request: Request) -> Response | sse.EventStream:
         request_id: str = request.scope["state"]["request_id"]
@@ -77,7 +82,7 @@ def endpoint(client: ScillmClient, read_json: Callable[[Request], Awaitable[dict
                 openai_wire.text_request_to_proto(body), request_id=request_id,
                 metadata=credentials(request))
         except (InvalidRequestError, RPCError) as exc:
-            return error_response(exc)
+            return await refuse(credentials(request), exc)
         except StopAsyncIteration:
             return error_response(RPCError(grpc.StatusCode.INTERNAL, "empty stream"))
         out = openai_wire.text_response_from_proto(reply)
@@ -98,7 +103,7 @@ async def _payloads(first: pb.TextCompletionStreamResponse,
         named: dict[str, Any] | None = None
         while event is not None:
             if event.HasField("chunk"):
-                named = _chunk(event.chunk)
+                named = openai_wire.text_chunk_from_proto(event.chunk)
                 yield named
             elif include_usage:
                 end = event.end
@@ -111,12 +116,3 @@ async def _payloads(first: pb.TextCompletionStreamResponse,
             event = await anext(rest, None)
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-
-
-def _chunk(chunk: pb.TextCompletionChunk) -> dict[str, Any]:
-    """A `TextCompletionChunk` as OpenAI's streamed `text_completion` chunk."""
-    return {"id": chunk.id, "object": "text_completion", "created": chunk.created,
-            "model": chunk.model,
-            "choices": [{"text": c.text, "index": c.index, "logprobs": None,
-                         "finish_reason": _FINISH_NAMES.get(c.finish_reason)}
-                        for c in chunk.choices]}

@@ -35,6 +35,8 @@ from ._responses import (
     responses_request,
 )
 from ._text import (
+    text_chunk_from_proto,
+    text_chunk_to_proto,
     text_request_from_proto,
     text_request_to_proto,
     text_response_from_proto,
@@ -73,6 +75,8 @@ __all__ = [
     "stream_flags",
     "struct_from_json",
     "struct_to_json",
+    "text_chunk_from_proto",
+    "text_chunk_to_proto",
     "text_request_from_proto",
     "text_request_to_proto",
     "text_response_from_proto",

@@ -36,7 +36,7 @@ EMBEDDING_PASSED = frozenset({"input", "dimensions", "user"})
 #: What a caller's request may hand to `litellm.atext_completion` (as `PASSED`).
 TEXT_PASSED = frozenset({
     "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty",
-    "frequency_penalty", "seed", "echo", "suffix", "user", "best_of", "logit_bias",
+    "frequency_penalty", "seed", "echo", "suffix", "user", "best_of", "logit_bias", "logprobs",
 })
 
 

@@ -11,36 +11,46 @@ when it has a `text_stream` one (OpenAI-compatible upstreams, `echo/...`, the lo
 llama.cpp model, LiteLLM: both); a deployment of another (Anthropic, a Codex sidecar) is
 the caller's error, InvalidRequest.
 
-`logprobs` is not served yet (its legacy shape, with a null first logprob, has no home in
-the contract): any value is refused naming it, as are `stream` in a request's body (a
-stream is its own call: `CompletionEngine.text_stream`) and cached or deterministic routing
-(text completions are not cached).
+`logprobs` (0 to 5) goes upstream as the caller set it, and each choice's `logprobs` comes
+back in OpenAI's legacy shape (`_logprobs`). A provider that gives none answers without
+them (null), as its chat completions do: `echo/...`, and the local model (llama.cpp gives
+logprobs only to a model loaded with the logits of every position, which it does not
+load). `stream` in a request's body is refused (a stream is its own call:
+`CompletionEngine.text_stream`), as are cached or deterministic routing (text completions
+are not cached).
 
 A reply is read strictly, as an upstream's is untrusted: an object whose `choices` holds
-one choice per prompt and `n` (distinct `index`es from 0), each with a `text` string and a
-known `finish_reason`, `MAX_TEXT_CHARS` characters in all at most. Anything else is an
-UpstreamError (502 at the door), never a crash nor a short list of choices.
+one choice per prompt and `n` (distinct `index`es from 0), each with a `text` string, a
+known `finish_reason` and a `logprobs` null (or absent) or of OpenAI's legacy shape: an
+object of four lists of one length, `tokens` (texts), `token_logprobs` (numbers or null),
+`top_logprobs` (null, or objects of token to number, or null) and `text_offset` (null, or
+whole numbers), `MAX_TEXT_CHARS` characters in all at most (a token's and its
+alternatives' texts counted, and `_NUMBER_CHARS` for each number). Anything else is an
+UpstreamError (502 at the door), never a crash nor a short list of choices. A token with
+half a UTF-16 surrogate pair (which no protobuf string holds) has U+FFFD in its place.
 
 A stream (`CompletionEngine.text_stream`, routed as a chat stream is: retries and fallbacks
 before the first chunk only) comes from a provider's `text_stream`, OpenAI's
 `text_completion` chunks, and is read as strictly, chunk by chunk (`StreamReader`): each
-choice an `index` from 0 to one less than the choices expected, a `text` string and a
-`finish_reason` null or known, no text after its choice finished, `MAX_TEXT_CHARS` in all at
-most; the stream ends with every choice finished. A UTF-16 surrogate pair an upstream cut
-between two chunks is joined (a half alone becomes U+FFFD), as in chat streams. The usage a
-chunk carries (OpenAI's last one, with no choices) is kept for the stream's end.
+choice an `index` from 0 to one less than the choices expected, a `text` string, a
+`finish_reason` null or known and a `logprobs` as a reply's (those of the chunk's text), no
+text after its choice finished, `MAX_TEXT_CHARS` in all at most; the stream ends with every
+choice finished. A UTF-16 surrogate pair an upstream cut between two chunks is joined (a
+half alone becomes U+FFFD), as in chat streams. The usage a chunk carries (OpenAI's last
+one, with no choices) is kept for the stream's end.
 
 The echo provider (`echo/...`) continues a prompt with the prompt's own words: its words
 (whitespace-separated; a token-id prompt's words are its ids), each after one space, up to
 `max_tokens` words (finish "length") or a stop sequence (finish "stop", the text cut before
-it), words counted as tokens; with `echo` the prompt comes first. `suffix` is ignored. The
-same request always gets the same text, streamed (`echo_chunks`) or not: a stream sends
-each choice's text word by word (with `echo`, word by word from the prompt's first), then
-its finish, then the usage.
+it), words counted as tokens; with `echo` the prompt comes first. `suffix` is ignored, and
+`logprobs` answered with none (null). The same request always gets the same text, streamed
+(`echo_chunks`) or not: a stream sends each choice's text word by word (with `echo`, word
+by word from the prompt's first), then its finish, then the usage.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -72,13 +82,19 @@ _ECHO_MAX_WORDS = 4096
 _NOT_UPSTREAM = frozenset({"model", "scillm", "prompt"})
 #: A reply's finish reasons this contract names.
 _FINISHES = frozenset({"stop", "length", "content_filter"})
+#: What a number of a choice's `logprobs` counts for against `MAX_TEXT_CHARS` (a double and
+#: its tag in the reply, with room to spare).
+_NUMBER_CHARS = 16
+#: The largest `text_offset` one reply can hold (the contract's int32).
+_MAX_OFFSET = 2**31 - 1
 
 
 @dataclass
 class TextCompleted:
     """A served text completion: OpenAI's `text_completion` fields, its choices each
-    `{"index", "text", "finish_reason"}` in index order, the upstream's usage (None when it
-    reported none) and the routing."""
+    `{"index", "text", "finish_reason", "logprobs"}` in index order (`logprobs` None, or as
+    `_logprobs` reads them), the upstream's usage (None when it reported none) and the
+    routing."""
 
     id: str
     created: int
@@ -107,10 +123,7 @@ def check(request: Mapping[str, Any]) -> int:
     if best_of < n:
         raise InvalidRequest(f"best_of ({best_of}) must be at least n ({n})", param="best_of")
     _whole(request, "max_tokens", 0, 2**31 - 1, 0)
-    logprobs = _whole(request, "logprobs", 0, 5, 0)
-    if request.get("logprobs") is not None:
-        raise InvalidRequest(f"logprobs ({logprobs}) is not served by this gateway's text "
-                             "completions yet: leave it out", param="logprobs")
+    _whole(request, "logprobs", 0, 5, 0)
     for key, low, high in _RANGES:
         value = request.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
@@ -204,8 +217,10 @@ def read_reply(reply: Any, call: ProviderCall, expected: int) -> TextCompleted:
         if not isinstance(text, str) or finish not in _FINISHES:
             raise UpstreamError(f"{where}: choices[{i}] needs a text and a finish_reason "
                                 "(stop, length or content_filter)")
-        chars += len(text)
-        choices[index] = {"index": index, "text": text, "finish_reason": finish}
+        logprobs, size = _logprobs(item.get("logprobs"), where, f"choices[{i}]")
+        chars += len(text) + size
+        choices[index] = {"index": index, "text": text, "finish_reason": finish,
+                          "logprobs": logprobs}
     if chars > MAX_TEXT_CHARS:
         raise UpstreamError(f"{where}: the reply holds {chars:,} characters; at most "
                             f"{MAX_TEXT_CHARS:,} fit in one reply of the mesh")
@@ -222,7 +237,8 @@ class StreamReader:
     docstring): `read` each chunk as it comes, `end` when the stream has ended.
 
     Every chunk read goes on with the id, time and model of the first (or ones made here
-    when the upstream sent none), and its choices as `{"index", "text", "finish_reason"}`.
+    when the upstream sent none), and its choices as
+    `{"index", "text", "finish_reason", "logprobs"}` (as `TextCompleted`'s).
     """
 
     def __init__(self, call: ProviderCall, expected: int) -> None:
@@ -274,7 +290,8 @@ class StreamReader:
                                 "finish_reason null, stop, length or content_filter")
         if self._finished[index]:
             raise UpstreamError(f"{where}: choice {index} went on after it finished")
-        self._chars += len(text)
+        logprobs, size = _logprobs(item.get("logprobs"), where, f"a chunk's choices[{i}]")
+        self._chars += len(text) + size
         if self._chars > MAX_TEXT_CHARS:
             raise UpstreamError(f"{where}: the stream holds more than {MAX_TEXT_CHARS:,} "
                                 "characters, the most one text completion of the mesh holds")
@@ -283,7 +300,7 @@ class StreamReader:
         if finish is not None:
             self._finished[index] = True
             self._held.pop(index, None)  # a half still waiting goes: nothing follows it
-        return {"index": index, "text": text, "finish_reason": finish}
+        return {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
 
     def _join_halves(self, index: int, text: str) -> str:
         """`text` after the half its choice's last text ended with, ending before a high
@@ -304,6 +321,60 @@ class StreamReader:
 
 #: A UTF-16 surrogate: half of a character, which no protobuf string (nor UTF-8) holds.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _logprobs(raw: Any, where: str, at: str) -> tuple[dict[str, Any] | None, int]:
+    """A choice's `logprobs` read strictly (the module docstring), and what it counts for
+    against `MAX_TEXT_CHARS`: None for null (or none); else OpenAI's legacy object,
+    `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, its numbers floats (the
+    last two lists None when the upstream gave none). UpstreamError otherwise."""
+    if raw is None:
+        return None, 0
+    tokens = raw.get("tokens") if isinstance(raw, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise UpstreamError(f"{where}: {at}.logprobs is not OpenAI's logprobs object (a "
+                            "`tokens` array of texts, and its token_logprobs, top_logprobs "
+                            "and text_offset)")
+    assert isinstance(raw, dict)
+    count = len(tokens)
+    values, top, offsets = (raw.get(k) for k in ("token_logprobs", "top_logprobs",
+                                                  "text_offset"))
+    if not isinstance(values, list) or len(values) != count or not all(
+            v is None or _is_number(v) for v in values):
+        raise UpstreamError(f"{where}: {at}.logprobs.token_logprobs must hold a number (or "
+                            f"null) for each of its {count} tokens")
+    if top is not None and (not isinstance(top, list) or len(top) != count or not all(
+            t is None or (isinstance(t, dict) and all(
+                isinstance(k, str) and _is_number(v) for k, v in t.items())) for t in top)):
+        raise UpstreamError(f"{where}: {at}.logprobs.top_logprobs must hold an object of "
+                            f"token to number (or null) for each of its {count} tokens")
+    if offsets is not None and (not isinstance(offsets, list) or len(offsets) != count or not all(
+            type(o) is int and 0 <= o <= _MAX_OFFSET for o in offsets)):
+        raise UpstreamError(f"{where}: {at}.logprobs.text_offset must hold a whole number "
+                            f"from 0 for each of its {count} tokens")
+    size = sum(map(len, tokens)) + _NUMBER_CHARS * count * 2
+    alternatives = None
+    if top is not None:
+        alternatives = [None if t is None else {_whole_text(k): float(v) for k, v in t.items()}
+                        for t in top]
+        size += sum(len(k) + _NUMBER_CHARS for t in top if t for k in t)
+    return {"tokens": [_whole_text(t) for t in tokens],
+            "token_logprobs": [None if v is None else float(v) for v in values],
+            "top_logprobs": alternatives, "text_offset": offsets}, size
+
+
+def _is_number(value: Any) -> bool:
+    """Whether `value` is a finite JSON number a double holds (not true or false)."""
+    if type(value) is int:
+        return abs(value) <= 2**53
+    return type(value) is float and math.isfinite(value)
+
+
+def _whole_text(text: str) -> str:
+    """`text` with U+FFFD in place of each half of a surrogate pair it holds alone."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 #: A word with the space before it, or the space after the last.
 _PIECE = re.compile(r"\s*\S+|\s+")
 

@@ -159,7 +159,8 @@ async def test_a_provider_without_text_completions_is_the_callers_error(
     ({"prompt": ["a"], "max_tokens": -1}, "max_tokens"),
     ({"prompt": ["a"], "max_tokens": 2.5}, "max_tokens"),
     ({"prompt": ["a"], "logprobs": 6}, "logprobs"),
-    ({"prompt": ["a"], "logprobs": 1}, "logprobs"),  # not served: refused, never dropped
+    ({"prompt": ["a"], "logprobs": -1}, "logprobs"),
+    ({"prompt": ["a"], "logprobs": True}, "logprobs"),
     ({"prompt": ["a"], "temperature": 2.5}, "temperature"),
     ({"prompt": ["a"], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"prompt": ["a"], "stop": 3}, "stop"),

@@ -85,7 +85,7 @@ def test_the_wire_shape_request_id_and_run(mesh: RunningMesh, path: str) -> None
     ({"model": "echo/e", "prompt": "a", "max_tokens": -1}, "max_tokens"),
     ({"model": "echo/e", "prompt": "a", "max_tokens": 2**40}, "max_tokens"),
     ({"model": "echo/e", "prompt": "a", "logprobs": 6}, "logprobs"),
-    ({"model": "echo/e", "prompt": "a", "logprobs": 2}, "logprobs"),
+    ({"model": "echo/e", "prompt": "a", "logprobs": -1}, "logprobs"),
     ({"model": "echo/e", "prompt": "a", "temperature": 3}, "temperature"),
     ({"model": "echo/e", "prompt": "a", "top_p": "high"}, "top_p"),
     ({"model": "echo/e", "prompt": "a", "stop": [1]}, "stop"),
@@ -105,11 +105,12 @@ def test_careless_and_hostile_bodies_are_openai_400s(mesh: RunningMesh, body: di
     assert "Traceback" not in reply.text and reply.headers["x-request-id"]
 
 
-async def test_the_sdk_hears_logprobs_refused_in_its_own_terms(mesh: RunningMesh) -> None:
-    """(`stream` is served: test_text_streams_door.py.)"""
+async def test_the_sdk_hears_logprobs_past_5_refused_in_its_own_terms(
+        mesh: RunningMesh) -> None:
+    """(`logprobs` 0 to 5 is served: test_text_logprobs_door.py.)"""
     sdk = _sdk(mesh.http_url)
     with pytest.raises(openai.BadRequestError, match="logprobs"):
-        await sdk.completions.create(model="echo/e", prompt="a", logprobs=1)
+        await sdk.completions.create(model="echo/e", prompt="a", logprobs=6)
     await sdk.close()
 
 

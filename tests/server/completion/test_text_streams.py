@@ -182,7 +182,7 @@ async def test_what_cannot_stream_is_the_callers_error(
     assert caught.value.param == "model"
     with pytest.raises(ModelNotFound):
         await _collect(engine, {"model": "nope", "prompt": ["x"]})
-    for bad, param in (({"prompt": []}, "prompt"), ({"prompt": ["a"], "logprobs": 1},
+    for bad, param in (({"prompt": []}, "prompt"), ({"prompt": ["a"], "logprobs": 6},
                                                      "logprobs")):
         with pytest.raises(InvalidRequest) as refused:
             await _collect(engine, {"model": "echo/t", **bad})

@@ -147,7 +147,7 @@ async def test_the_wire_shape_request_id_and_the_end(door: RunningMesh) -> None:
      "stream_options"),
     ({"model": "echo/e", "prompt": "a", "stream": True,
       "stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage"),
-    ({"model": "echo/e", "prompt": "a", "stream": True, "logprobs": 1}, 400, "logprobs"),
+    ({"model": "echo/e", "prompt": "a", "stream": True, "logprobs": 6}, 400, "logprobs"),
     ({"model": "echo/e", "prompt": [], "stream": True}, 400, "prompt"),
     ({"model": "echo/e", "prompt": "a", "stream": True, "n": 0}, 400, "n"),
     ({"model": "claude", "prompt": "a", "stream": True}, 400, "model"),

@@ -1812,8 +1812,10 @@ class TextCompletionRequest(_message.Message):
     seed: _builtins.int
     """Sampling seed."""
     logprobs: _builtins.int
-    """Log probabilities of the most likely tokens (0 to 5): not served yet, refused with
-    INVALID_ARGUMENT naming `logprobs`.
+    """Log probabilities of the chosen tokens and of the `logprobs` most likely ones at
+    each position (0 to 5), asked of the upstream; each choice's come in its `logprobs`.
+    A provider that gives none (`echo/...`, the local model) answers without them, as
+    chat completions do.
     """
     echo: _builtins.bool
     """Return the prompt before its continuation."""
@@ -1922,26 +1924,144 @@ class TextChoice(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the choice: prompt index x n + choice number, as OpenAI numbers them."""
     text: _builtins.str
     """The generated text (the prompt before it with `echo`)."""
     finish_reason: Global___FinishReason.ValueType
     """Why generation stopped."""
+    @_builtins.property
+    def logprobs(self) -> Global___TextLogprobs:
+        """Log probabilities of the choice's tokens, when the request asked for them (its
+        `logprobs`) and the provider gave them; unset otherwise (OpenAI's null).
+        """
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         text: _builtins.str = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
+        logprobs: Global___TextLogprobs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TextChoice: _TypeAlias = TextChoice  # noqa: Y015
+
+@_typing.final
+class TextLogprobs(_message.Message):
+    """TextLogprobs are the log probabilities of a text choice's tokens: OpenAI's legacy
+    `logprobs` object, whose four lists (`tokens`, `token_logprobs`, `top_logprobs`,
+    `text_offset`) hold one entry per token, here one message per token.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_ABSENT_FIELD_NUMBER: _builtins.int
+    TEXT_OFFSET_ABSENT_FIELD_NUMBER: _builtins.int
+    top_logprobs_absent: _builtins.bool
+    """True when the upstream gave no `top_logprobs` list at all (OpenAI's null in place of
+    the list); every token's `top_logprobs` is then unset.
+    """
+    text_offset_absent: _builtins.bool
+    """True when the upstream gave no `text_offset` list (null in place of the list);
+    every token's `text_offset` is then 0.
+    """
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextTokenLogprob]:
+        """The tokens, in order."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___TextTokenLogprob] | None = ...,
+        top_logprobs_absent: _builtins.bool = ...,
+        text_offset_absent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text_offset_absent", b"text_offset_absent", "tokens", b"tokens", "top_logprobs_absent", b"top_logprobs_absent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextLogprobs: _TypeAlias = TextLogprobs  # noqa: Y015
+
+@_typing.final
+class TextTokenLogprob(_message.Message):
+    """TextTokenLogprob is one token of a text choice and its log probabilities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    TEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token's text (OpenAI's `tokens`)."""
+    logprob: _builtins.float
+    """Its log probability (OpenAI's `token_logprobs`); unset where OpenAI's is null: the
+    first token of a prompt returned with `echo`, which nothing came before.
+    """
+    text_offset: _builtins.int
+    """Its offset, in characters, in the prompt and completion together (OpenAI's
+    `text_offset`).
+    """
+    @_builtins.property
+    def top_logprobs(self) -> Global___TextTopLogprobs:
+        """The most likely tokens at its position (OpenAI's `top_logprobs`, an object of token
+        to log probability); unset where OpenAI's is null (the first token of a prompt
+        returned with `echo`).
+        """
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        logprob: _builtins.float | None = ...,
+        top_logprobs: Global___TextTopLogprobs | None = ...,
+        text_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_logprob", b"_logprob", "logprob", b"logprob", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_logprob", b"_logprob", "logprob", b"logprob", "text_offset", b"text_offset", "token", b"token", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__logprob: _TypeAlias = _typing.Literal["logprob"]  # noqa: Y015
+    _WhichOneofArgType__logprob: _TypeAlias = _typing.Literal["_logprob", b"_logprob"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprob) -> _WhichOneofReturnType__logprob | None: ...
+
+Global___TextTokenLogprob: _TypeAlias = TextTokenLogprob  # noqa: Y015
+
+@_typing.final
+class TextTopLogprobs(_message.Message):
+    """TextTopLogprobs are the most likely tokens at one position of a text choice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALTERNATIVES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alternatives(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopLogprob]:
+        """Each token and its log probability, in the order the upstream gave them (`bytes`
+        unset: OpenAI's legacy shape has none).
+        """
+
+    def __init__(
+        self,
+        *,
+        alternatives: _abc.Iterable[Global___TopLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextTopLogprobs: _TypeAlias = TextTopLogprobs  # noqa: Y015
 
 @_typing.final
 class TextCompletionResponse(_message.Message):
@@ -2032,6 +2152,7 @@ class TextChunkChoice(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the choice: prompt index x n + choice number, as OpenAI numbers them."""
     text: _builtins.str
@@ -2040,16 +2161,23 @@ class TextChunkChoice(_message.Message):
     """
     finish_reason: Global___FinishReason.ValueType
     """Set on the last chunk of this choice; unspecified before it."""
+    @_builtins.property
+    def logprobs(self) -> Global___TextLogprobs:
+        """Log probabilities of the tokens of this increment, when asked for and given (their
+        `text_offset`s go on from the increments before).
+        """
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         text: _builtins.str = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
+        logprobs: Global___TextLogprobs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
