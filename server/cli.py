@@ -343,7 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_help = ("run store: a SQLite file or a postgresql://user:pass@host:port/db URL "
                   "(default $SCILLM_STORE_URL, else $SCILLM_STORE_PATH or "
                   "~/.scillm/runs.sqlite3)")
-    runs_list = runs_sub.add_parser("list", help="stored runs, newest first")
+    runs_list = runs_sub.add_parser(
+        "list", help="stored runs, newest first, each with its state",
+        description="Stored runs, newest first, one line each: run id, start time, service, "
+                    "state (done, running, interrupted or failed: ended with its result; "
+                    "still running; ended without it, as when its caller left; ended by an "
+                    "error, kept with the error), session, track, items and model.")
     runs_list.add_argument("--session", help="only this session")
     runs_list.add_argument("--track", help="only this track")
     runs_list.add_argument("--service", choices=SERVICES, help="only this service")

@@ -7,6 +7,11 @@ machine for rescheduling and looks the loop up twice; each use cost about 3.3 µ
 task is cancelled and, when that cancellation is the only one pending, the block raises
 `TimeoutError` from the `CancelledError`; a cancellation from anyone else goes through.
 `None` sets no timer.
+
+The cancellation carries the `Deadline` that made it (`Task.cancel`'s message, which its
+`CancelledError` carries out): code that runs between the block and the cancelled await (a
+servicer keeping its run: `manifests.failure`) tells a deadline that passed, DEADLINE_EXCEEDED,
+from a caller who left, who cancels with no message.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class Deadline:
         self._handle = None
         self._expired = True
         assert self._task is not None
-        self._task.cancel()
+        self._task.cancel(self)  # see the module docstring
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:

@@ -48,13 +48,14 @@ def _store(location: str | Path) -> Iterator[RunStore | None]:
 
 def list_runs(location: str | Path, *, session: str | None, track: str | None,
               service: str | None, limit: int) -> int:
-    """One line per run, newest first."""
+    """One line per run, newest first: its id, start time, service, state ("done",
+    "running", "interrupted" or "failed": `run_state`), session, track, items and model."""
     with _store(location) as store:
         if store is None:
             return 1
-        manifests = store.list(session_id=session, track=track, service=service, limit=limit)
-    for m in manifests:
-        print(f"{m.run_id}  {m.start_time.ToJsonString()}  {m.service:<9}  "
+        listed = store.states(session_id=session, track=track, service=service, limit=limit)
+    for m, state in listed:
+        print(f"{m.run_id}  {m.start_time.ToJsonString()}  {m.service:<9}  {state:<11}  "
               f"session={m.session_id or '-'}  track={m.track or '-'}  "
               f"items={len(m.item_ids)}  model={m.model or '-'}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
@@ -11,17 +11,28 @@ from scillm.completion.v1 import completion_pb2 as cp
 
 from ._views import enum_name
 
-__all__ = ["CompletionView", "completion_view"]
+__all__ = ["ChoiceView", "CompletionView", "completion_view"]
+
+
+@dataclass(frozen=True)
+class ChoiceView:
+    """One choice as its page shows it: why it stopped, its text, and the tools it called
+    (name, arguments), for a chat completion's (a stream's too: kept as the completion
+    it made)."""
+
+    reason: str
+    text: str
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class CompletionView:
-    """The request's messages and the response's choices, as (role, text) and (finish
-    reason, text): a text completion's prompts and continuations, or embeddings' inputs
-    and vector sizes (no reason), in the same places."""
+    """The request's messages, as (role, text), and the response's choices: a text
+    completion's prompts and continuations, or embeddings' inputs and vector sizes (no
+    reason), in the same places."""
 
     messages: list[tuple[str, str]]
-    choices: list[tuple[str, str]]
+    choices: list[ChoiceView]
     usage: common_pb2.Usage | None
 
 
@@ -38,22 +49,26 @@ def _input(item: cp.EmbeddingInput) -> str:
 
 def completion_view(request: Message, result: Message) -> CompletionView:
     """The page's content for a run of Completion's calls: a chat completion (unary or
-    streamed), a text completion (its prompts, and each continuation) or embeddings (its
-    inputs, and each vector's size)."""
+    streamed: its messages, and each choice's answer and tool calls), a text completion
+    (its prompts, and each continuation) or embeddings (its inputs, and each vector's
+    size). A chat stream kept before streams were kept as what they made holds no
+    answer: its choices are none."""
     inner = getattr(request, "request", request)  # a stream's request wraps the call's
     usage = getattr(result, "usage", None)
     if isinstance(inner, cp.TextCompletionRequest):
         return CompletionView(
             [("prompt", _input(p)) for p in inner.prompt],
-            [(enum_name(cp.FinishReason, c.finish_reason), c.text)
+            [ChoiceView(enum_name(cp.FinishReason, c.finish_reason), c.text)
              for c in getattr(result, "choices", [])], usage)
     if isinstance(inner, cp.EmbeddingRequest):
         return CompletionView(
             [("input", _input(p)) for p in inner.input],
-            [("", f"{len(v.embedding)} numbers") for v in getattr(result, "data", [])],
-            usage)
+            [ChoiceView("", f"{len(v.embedding)} numbers")
+             for v in getattr(result, "data", [])], usage)
     messages = [(enum_name(cp.Role, m.role), _text(m))
                 for m in getattr(inner, "messages", [])]
-    choices = [(enum_name(cp.FinishReason, c.finish_reason), _text(c.message))
+    choices = [ChoiceView(enum_name(cp.FinishReason, c.finish_reason), _text(c.message),
+                          [(t.function.name, t.function.arguments)
+                           for t in c.message.tool_calls])
                for c in getattr(result, "choices", [])]
     return CompletionView(messages, choices, usage)

@@ -1,35 +1,35 @@
 """CompletionService over gRPC (completions, embeddings, text completions, streamed or
 not): validate, call the engine, translate, map errors.
 
-With a run store (`SCILLM_STORE_COMPLETIONS`), every routed call is kept: its reply when
-it has one; else, as an Agent run is, the call that failed with the error its caller was
-sent (a `google.rpc.Status`: the run reads `failed`), and the call whose caller left
-(cancelled) as `interrupted`, with what a stream had made so far as its event. Without a
-store, none of this costs a call anything.
+With a run store (`SCILLM_STORE_COMPLETIONS`), every routed call is kept, through the
+run record every service keeps its runs with (`manifests.start_record`), written once,
+when the call ends (a caller's own run id is claimed as it starts): its reply when it has
+one, a stream's as the completion it made (each choice's text, tool calls and finish
+reason, with the end's usage and routing); else, as an Agent run is, the call that failed
+with the error its caller was sent (a `google.rpc.Status`: the run reads `failed`; the
+server's own deadline is DEADLINE_EXCEEDED), and the call whose caller left (cancelled) as
+`interrupted`, with what a stream had made so far as its event. Without a store, none of
+this costs a call anything: each handler tests once whether there is a store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import empty_pb2
 from google.protobuf.message import Message
-from google.rpc import status_pb2
 
 from scillm.clients import openai_wire as wire
 from scillm.completion.v1 import completion_pb2 as pb
 from scillm.completion.v1 import completion_pb2_grpc
 
 from ..charges import caller_models, report_usage_estimate, usage_estimate_wanted
-from ..errors import BASE_TABLE, ErrorTable, StatusError, status_for
+from ..errors import BASE_TABLE, ErrorTable, StatusError
 from ..interceptors import current_request_id
-from ..manifests import ManifestClock, RunStore, RunStoreError, claim_run
+from ..manifests import ManifestClock, RunRecord, RunStore, StreamSoFar, start_record
 from ..metrics import Metrics
 from . import CompletionEngine, Routing, StreamEnd, errors
 from ._estimate import chunk_chars, estimated_usage, prompt_chars, tokens
@@ -38,8 +38,6 @@ from ._shape import MISSHAPEN
 __all__ = ["ERRORS", "CompletionServicer", "validate_request"]
 
 R = TypeVar("R")
-
-log = logging.getLogger("scillm.server")
 
 ERRORS: ErrorTable = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -86,80 +84,6 @@ def _read_reply(convert: Callable[[Any], R], reply: Any, model: str) -> R:
                                    f"shape: {exc}") from None
 
 
-def _failure(exc: BaseException) -> Message:
-    """What a stored call that ended without its reply keeps as its result: for an error,
-    the code and message its caller was sent, as a `google.rpc.Status` (an unexpected
-    error's text is not kept, as it is not sent: the log has it); for a caller who left
-    (cancelled), nothing (`Empty`), so the run reads `interrupted`."""
-    if not isinstance(exc, Exception):  # CancelledError, GeneratorExit
-        return empty_pb2.Empty()
-    if isinstance(exc, TimeoutError):
-        code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the call ran past its deadline"
-    elif (known := status_for(exc, _TABLE)) is not None:
-        code, message = known, str(exc) or type(exc).__name__
-    else:
-        code, message = grpc.StatusCode.INTERNAL, "internal error (logged with its request id)"
-    status: Message = status_pb2.Status(code=code.value[0], message=message)
-    return status
-
-
-class _SoFar:
-    """What a stream has made so far, kept only with a store: each choice's text pieces
-    and finish reason, and the last chunk (its id, time and model)."""
-
-    __slots__ = ("finishes", "last", "texts")
-
-    def __init__(self) -> None:
-        self.texts: dict[int, list[str]] = {}
-        self.finishes: dict[int, int] = {}
-        self.last: pb.CompletionChunk | pb.TextCompletionChunk | None = None
-
-    def add_chat(self, chunk: pb.CompletionChunk) -> None:
-        self.last = chunk
-        for choice in chunk.choices:
-            self._add(choice.index, choice.delta.content, choice.finish_reason)
-
-    def add_text(self, chunk: pb.TextCompletionChunk) -> None:
-        self.last = chunk
-        for choice in chunk.choices:
-            self._add(choice.index, choice.text, choice.finish_reason)
-
-    def _add(self, index: int, text: str, finish: int) -> None:
-        self.texts.setdefault(index, []).append(text)
-        if finish:
-            self.finishes[index] = finish
-
-    def chat(self) -> pb.CompletionResponse | None:
-        """A chat stream's completion as made so far (None before its first chunk)."""
-        if self.last is None:
-            return None
-        made = pb.CompletionResponse(id=self.last.id, created=self.last.created,
-                                     model=self.last.model)
-        for index in sorted(self.texts):
-            made.choices.add(index=index, finish_reason=self.finishes.get(index, 0),
-                             message=pb.Message(role=pb.ROLE_ASSISTANT, content=[
-                                 pb.ContentPart(text="".join(self.texts[index]))]))
-        return made
-
-    def text(self) -> pb.TextCompletionResponse | None:
-        """A text stream's completion as made so far (None before its first chunk)."""
-        if self.last is None:
-            return None
-        made = pb.TextCompletionResponse(id=self.last.id, created=self.last.created,
-                                         model=self.last.model)
-        for index in sorted(self.texts):
-            made.choices.add(index=index, text="".join(self.texts[index]),
-                             finish_reason=self.finishes.get(index, 0))
-        return made
-
-
-def _retrieved(write: asyncio.Future[None]) -> None:
-    """Done callback of a record's write that its handler may not have waited for: its
-    failure is read (logged by `_keep_unfinished` when it waited), never left unread."""
-    if not write.cancelled():
-        write.exception()
-
-
 def _estimate_prompts(items: list[Any]) -> int:
     """Report the prompt tokens of an embedding's inputs or a text completion's prompts
     (texts estimated, token ids counted), charged if the call ends without the upstream's
@@ -169,17 +93,6 @@ def _estimate_prompts(items: list[Any]) -> int:
     prompt = sum(tokens(len(i)) if isinstance(i, str) else len(i) for i in items)
     report_usage_estimate(prompt, 0)
     return prompt
-
-
-def _text_chunk_to_proto(chunk: dict[str, Any]) -> pb.TextCompletionChunk:
-    """The engine's text completion chunk (read by `_text.StreamReader`) as a message."""
-    out = pb.TextCompletionChunk(id=chunk["id"], created=chunk["created"], model=chunk["model"])
-    for choice in chunk["choices"]:
-        finish = choice["finish_reason"]
-        out.choices.add(index=choice["index"], text=choice["text"], finish_reason=(
-            wire.FINISH_REASONS[finish] if finish  # type: ignore[arg-type]
-            else pb.FINISH_REASON_UNSPECIFIED))
-    return out
 
 
 def validate_request(req: pb.CompletionRequest) -> None:
@@ -261,6 +174,12 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         if stats is not None and stats.attempts > 1:
             m.child(m.retries, model).inc(stats.attempts - 1)
 
+    async def _record(self, clock: ManifestClock, request: Message) -> RunRecord:
+        """A call's record (with a store only): written when the call ends, a caller's
+        own run id claimed now (ALREADY_EXISTS when taken); an error kept as its caller
+        is sent it."""
+        return await start_record(self._store, clock, request, listed=False, errors=_TABLE)
+
     async def Completion(self, request: pb.CompletionRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompletionResponse:
         validate_request(request)
@@ -271,9 +190,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         estimating = usage_estimate_wanted()  # charged to a virtual key (see _estimate)
         if estimating:  # what a caller who leaves now is charged
             report_usage_estimate(tokens(prompt_chars(body)), 0)
-        if self._store is not None and clock.chosen_run_id:
-            await claim_run(self._store, clock, request)
-        kept = False  # the reply's record was written (or is being: shielded)
+        record = None if self._store is None else await self._record(clock, request)
         try:
             done = await self._engine.complete(body)
             response = _read_reply(wire.response_to_proto, done.response, request.model)
@@ -290,19 +207,20 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
             self._count(request.model, response.usage, done.routing, done.cache_hit,
                         done.cache_lookup)
             response.manifest.CopyFrom(clock.finish(provider=done.routing.provider))
-            if self._store is not None:
-                kept = True
-                # Shielded: a caller leaving now must not lose the run's record.
-                await asyncio.shield(self._store.put(response.manifest, request, response))
+            if record is not None:
+                await record.keep(response.manifest, response)
             return response
         except BaseException as exc:
-            if self._store is not None and not kept:
-                await self._keep_unfinished(clock, request, exc)
+            if record is not None:
+                await record.unfinished(exc)
             raise
 
     async def CompletionStream(
         self, request: pb.CompletionStreamRequest, context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.CompletionStreamResponse]:
+        """Chunks as the engine reads them, then the end: usage, routing, manifest. The run
+        is kept as the chat completion it made (its request, and each choice's text and
+        tool calls joined), so that it shows as one; it replays as the stream it was."""
         inner = request.request
         validate_request(inner)
         clock = ManifestClock("completion", inner.context, request_id=current_request_id(),
@@ -318,12 +236,13 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         if estimating:  # a caller who leaves before the first chunk is charged the prompt
             report_usage_estimate(prompt, 0)
         streamed = 0
-        so_far: _SoFar | None = None  # with a store: kept if the stream ends without its end
+        # With a store: the run, and the completion it is kept as.
+        record: RunRecord | None = None
+        so_far: StreamSoFar | None = None
         if self._store is not None:
-            so_far = _SoFar()
-            if clock.chosen_run_id:
-                await claim_run(self._store, clock, request)
-        kept = False
+            record = await self._record(clock, request)
+            so_far = StreamSoFar()
+            record.made = so_far.chat_so_far
         try:
             async with contextlib.aclosing(self._engine.stream(body)) as events:
                 async for event in events:
@@ -335,9 +254,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                             routing=routing_to_proto(event.routing, cache_hit=event.cache_hit,
                                                      overhead_s=0.0),
                             manifest=clock.finish(provider=event.routing.provider))
-                        if self._store is not None:
-                            kept = True
-                            await asyncio.shield(self._store.put(end.manifest, request, end))
+                        if record is not None and so_far is not None:
+                            await record.keep(end.manifest, so_far.chat(end))
                         yield pb.CompletionStreamResponse(end=end)
                         return
                     chunk = _read_reply(wire.chunk_to_proto, event.chunk, inner.model)
@@ -349,8 +267,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                         report_usage_estimate(prompt, tokens(streamed))
                     yield pb.CompletionStreamResponse(chunk=chunk)
         except BaseException as exc:
-            if so_far is not None and not kept:
-                await self._keep_unfinished(clock, request, exc, so_far.chat())
+            if record is not None:
+                await record.unfinished(exc)
             raise
 
     async def Embedding(self, request: pb.EmbeddingRequest,
@@ -365,20 +283,19 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         started = time.perf_counter()
         body = wire.embedding_request_from_proto(request)
         _estimate_prompts(body["input"])
-        if self._store is not None and clock.chosen_run_id:
-            await claim_run(self._store, clock, request)
+        record = None if self._store is None else await self._record(clock, request)
         try:
             done = await self._engine.embed(body)
             reply = pb.EmbeddingResponse(model=done.model,
                                          usage=wire.usage_to_proto(done.usage))
             for index, vector in enumerate(done.vectors):
                 reply.data.add(index=index, embedding=vector)
+            await self._finish(request, reply, done.routing, clock, started, record)
+            return reply
         except BaseException as exc:
-            if self._store is not None:
-                await self._keep_unfinished(clock, request, exc)
+            if record is not None:
+                await record.unfinished(exc)
             raise
-        await self._finish(request, reply, done.routing, clock, started)
-        return reply
 
     async def TextCompletion(self, request: pb.TextCompletionRequest,
                              context: grpc.aio.ServicerContext[Any, Any],
@@ -391,18 +308,17 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         started = time.perf_counter()
         body = wire.text_request_from_proto(request)
         _estimate_prompts(body["prompt"])
-        if self._store is not None and clock.chosen_run_id:
-            await claim_run(self._store, clock, request)
+        record = None if self._store is None else await self._record(clock, request)
         try:
             done = await self._engine.text_complete(body)
             reply = wire.text_response_to_proto(done)
             reply.usage.CopyFrom(wire.usage_to_proto(done.usage))
+            await self._finish(request, reply, done.routing, clock, started, record)
+            return reply
         except BaseException as exc:
-            if self._store is not None:
-                await self._keep_unfinished(clock, request, exc)
+            if record is not None:
+                await record.unfinished(exc)
             raise
-        await self._finish(request, reply, done.routing, clock, started)
-        return reply
 
     async def TextCompletionStream(
         self, request: pb.TextCompletionStreamRequest,
@@ -423,12 +339,13 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
         estimating = usage_estimate_wanted()
         streamed = 0
         last = pb.TextCompletionChunk()
-        so_far: _SoFar | None = None  # with a store: the completion it is kept as
+        # With a store: the run, and the completion it is kept as.
+        record: RunRecord | None = None
+        so_far: StreamSoFar | None = None
         if self._store is not None:
-            so_far = _SoFar()
-            if clock.chosen_run_id:
-                await claim_run(self._store, clock, inner)
-        kept = False
+            record = await self._record(clock, inner)
+            so_far = StreamSoFar()
+            record.made = so_far.text_so_far
         try:
             async with contextlib.aclosing(self._engine.text_stream(body)) as events:
                 async for event in events:
@@ -440,18 +357,11 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                             routing=routing_to_proto(event.routing, cache_hit=False,
                                                      overhead_s=0.0),
                             manifest=clock.finish(provider=event.routing.provider))
-                        if self._store is not None and so_far is not None:
-                            made = so_far.text()
-                            if made is None:  # no chunk came
-                                made = pb.TextCompletionResponse()
-                            made.usage.CopyFrom(usage)
-                            made.routing.CopyFrom(end.routing)
-                            made.manifest.CopyFrom(end.manifest)
-                            kept = True
-                            await asyncio.shield(self._store.put(end.manifest, inner, made))
+                        if record is not None and so_far is not None:
+                            await record.keep(end.manifest, so_far.text(end))
                         yield pb.TextCompletionStreamResponse(end=end)
                         return
-                    chunk = _text_chunk_to_proto(event.chunk)
+                    chunk = wire.text_chunk_to_proto(event.chunk)
                     last = chunk
                     if so_far is not None:
                         so_far.add_text(chunk)
@@ -460,41 +370,19 @@ class CompletionServicer(completion_pb2_grpc.CompletionServiceServicer):
                         report_usage_estimate(prompt, tokens(streamed))
                     yield pb.TextCompletionStreamResponse(chunk=chunk)
         except BaseException as exc:
-            if so_far is not None and not kept:
-                await self._keep_unfinished(clock, inner, exc, so_far.text())
+            if record is not None:
+                await record.unfinished(exc)
             raise
 
-    async def _keep_unfinished(self, clock: ManifestClock, request: Message,
-                               exc: BaseException, made: Message | None = None) -> None:
-        """Store a call that ended without its reply (see the module docstring): failed
-        with `exc`, or interrupted (cancelled), with what a stream had `made` so far as its
-        event. The write is shielded and awaited here, inside the handler (a stopping
-        server waits for its handlers, so the store is still open), and takes one
-        worker-thread write; cancelled again meanwhile, the handler ends at once and the
-        write goes on. A store that cannot take it is logged: the caller is sent the
-        call's own error, not the store's."""
-        assert self._store is not None
-        events = () if made is None else (made,)
-        write = asyncio.ensure_future(
-            self._store.put(clock.finish(), request, _failure(exc), events))
-        write.add_done_callback(_retrieved)
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            pass  # the call's own exception is raised by the caller of this
-        except RunStoreError as error:
-            log.warning("run %s (%s) could not be stored: %s", clock.manifest.run_id,
-                        "failed" if isinstance(exc, Exception) else "interrupted", error)
-
     async def _finish(self, request: Any, reply: Any, routing: Routing, clock: ManifestClock,
-                      started: float) -> None:
-        """A unary reply's routing, metrics, manifest and stored run (embeddings, text)."""
+                      started: float, record: RunRecord | None) -> None:
+        """A unary reply's routing, metrics, manifest and kept run (embeddings, text)."""
         _fill_routing(reply.routing, routing, cache_hit=False, overhead_s=(
             time.perf_counter() - started - routing.upstream_s - routing.total_sleep_s))
         self._count(request.model, reply.usage, routing, False, False)
         reply.manifest.CopyFrom(clock.finish(provider=routing.provider))
-        if self._store is not None:  # shielded, as a completion's
-            await asyncio.shield(self._store.put(reply.manifest, request, reply))
+        if record is not None:
+            await record.keep(reply.manifest, reply)
 
     async def GetModel(self, request: pb.GetModelRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetModelResponse:

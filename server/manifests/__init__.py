@@ -1,12 +1,16 @@
 """Run manifests: the record every run leaves (run_id, request_id, items, session, track),
-the run store (SQLite by default, PostgreSQL by URL), its retention, and replay."""
+kept while it runs (`recording`), the run store (SQLite by default, PostgreSQL by URL),
+its retention, and replay."""
 
+from ._made import StreamSoFar
 from ._manifest import (
     ManifestClock,
     RunRecord,
     claim_run,
     current_trace_id,
+    failure,
     recording,
+    start_record,
     versions,
 )
 from ._open import is_store_url, open_run_store
@@ -24,11 +28,12 @@ from ._store import (
     RunStoreUnavailable,
     StoredRun,
     run_state,
+    state_of,
 )
 
 __all__ = ["BadPageToken", "ListedRun", "ManifestClock", "PostgresRunStore", "Pruned",
            "RunPage", "RunQuery", "RunRecord", "RunStore", "RunStoreError",
-           "RunStoreUnavailable", "RunSweeper", "SQLiteRunStore", "StoredRun",
+           "RunStoreUnavailable", "RunSweeper", "SQLiteRunStore", "StoredRun", "StreamSoFar",
            "agent_trace_dir", "cannot_write", "claim_run", "comparable", "current_trace_id",
-           "differences", "is_store_url", "open_run_store", "prune", "recording", "replay",
-           "run_state", "versions"]
+           "differences", "failure", "is_store_url", "open_run_store", "prune", "recording",
+           "replay", "run_state", "start_record", "state_of", "versions"]

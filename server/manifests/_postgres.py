@@ -11,6 +11,7 @@ for any table; nothing here vacuums.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,8 @@ DO $$ BEGIN
 END $$"""
 #: Advisory lock key serializing schema creation when several processes start at once.
 _SCHEMA_LOCK = 0x5C1_11A
+#: Advisory lock key that claims of run ids take turns behind (`PostgresRunStore._claim`).
+_CLAIM_LOCK = 0x5C1_11B
 #: Seconds to wait for the server when the URL sets no connect_timeout.
 _CONNECT_TIMEOUT = 10
 
@@ -114,6 +117,22 @@ class PostgresRunStore(RunStore):
                                 f"{str(err).strip()}") from err
 
     def _run(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        return self._statements(((sql, args),))
+
+    def _claim(self, sql: str, row: Sequence[object]) -> list[tuple[Any, ...]]:
+        """The claim's statement in a transaction that first takes `_CLAIM_LOCK`, held
+        until it commits: claims take turns. A statement reads what was committed when it
+        started, so two claims at once each missed the other's row (`Exp-1` and `exp-1`
+        were both listed); taken in turn, each sees every claim before it. Only claims take
+        the lock: other writes (a run's start and end, retention) never wait on it."""
+        self._ensure_upgraded()
+        return self._statements((("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,)),
+                                 (sql, row)))
+
+    def _statements(self, statements: Sequence[tuple[str, Sequence[object]]],
+                    ) -> list[tuple[Any, ...]]:
+        """Run statements in order, in one transaction when there are several; the last
+        one's rows, if it returns any."""
         import psycopg
 
         with self._lock:
@@ -124,12 +143,15 @@ class PostgresRunStore(RunStore):
                     except RunStoreError as err:  # it was open: the server went away
                         raise RunStoreUnavailable(str(err)) from err
                 try:
-                    with self._conn.cursor() as cur:
-                        cur.execute(sql, args)
+                    with (self._conn.transaction() if len(statements) > 1
+                          else contextlib.nullcontext()), self._conn.cursor() as cur:
+                        for sql, args in statements:
+                            cur.execute(sql, args)
                         return cur.fetchall() if cur.description else []
                 except psycopg.OperationalError as err:
-                    # Every statement here is idempotent (an upsert, a select), so one retry
-                    # on a fresh connection is safe when the old one broke (server restart,
+                    # Every statement here may run twice (an upsert, a select; a claim
+                    # whose first try committed is refused, as taken), so one retry on a
+                    # fresh connection is safe when the old one broke (server restart,
                     # idle timeout); any other failure is raised.
                     if not self._conn.broken:
                         raise

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from scillm.clients import ScillmClient
 from scillm.completion.v1 import completion_pb2
 
+from ._made import StreamSoFar
 from ._store import StoredRun, run_state
 
 __all__ = ["comparable", "differences", "replay", "split"]
@@ -107,6 +108,22 @@ async def _terminal(events: Any, field: str) -> Message:
     return last
 
 
+async def _chat_made(events: Any) -> completion_pb2.CompletionResponse:
+    """The chat completion a replayed stream made (joined as its run was when it was
+    kept: `StreamSoFar`)."""
+    so_far = StreamSoFar()
+    end: completion_pb2.CompletionStreamEnd | None = None
+    async for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "chunk":
+            so_far.add_chat(event.chunk)
+        elif kind == "end":
+            end = event.end
+    if end is None:
+        raise RuntimeError("the replayed stream ended without its end")
+    return so_far.chat(end)
+
+
 async def replay(stored: StoredRun, client: ScillmClient
                  ) -> tuple[Message, list[str], list[str]]:
     """Re-execute `stored` through `client`: the new result, the differences, and the
@@ -124,7 +141,11 @@ async def replay(stored: StoredRun, client: ScillmClient
     service = stored.manifest.service
     request: Any = type(stored.request)()
     request.CopyFrom(stored.request)
-    if service in ("codeworld", "agent", "prove"):
+    # Outside the run's context: a replay is a new run, not one more of its session, nor
+    # one under its caller's own run id (taken: ALREADY_EXISTS).
+    if isinstance(request, completion_pb2.CompletionStreamRequest):
+        request.request.ClearField("context")
+    elif service in ("codeworld", "agent", "prove", "completion"):
         request.ClearField("context")
     result: Message
     if service == "codeworld":
@@ -139,10 +160,20 @@ async def replay(stored: StoredRun, client: ScillmClient
         result = await client.completion.embed(request)
     elif service == "completion" and isinstance(request, completion_pb2.TextCompletionRequest):
         result = await client.completion.text(request)
-    elif service == "completion":  # a stored stream: replay it as a stream
-        result = await _terminal(client.completion.stream(request.request), "end")
+    elif service == "completion" and isinstance(request,
+                                                completion_pb2.CompletionStreamRequest):
+        # A chat stream replays as a stream, as it was asked. Kept as the completion it
+        # made, it is compared as the one the replay makes; kept as its end (before), as
+        # that end.
+        events = client.completion.stream(request.request,
+                                          include_usage=request.include_usage)
+        if isinstance(stored.result, completion_pb2.CompletionResponse):
+            result = await _chat_made(events)
+        else:
+            result = await _terminal(events, "end")
     else:
-        raise ValueError(f"cannot replay a run of service {service!r}")
+        raise ValueError(f"cannot replay a run of service {service!r} "
+                         f"({stored.request.DESCRIPTOR.full_name})")
     before, before_volatile = split(stored.result)
     after, after_volatile = split(result)
     return (result, differences(before, after),

@@ -59,16 +59,28 @@ from scillm.prove.v1 import prove_pb2  # noqa: F401
 from ..errors import Unavailable
 
 __all__ = ["BadPageToken", "ListedRun", "RunPage", "RunQuery", "RunStore", "RunStoreError",
-           "RunStoreUnavailable", "StoredRun", "instant", "run_state"]
+           "RunStoreUnavailable", "StoredRun", "instant", "run_state", "state_of"]
+
+
+#: The result types of a run without its result (`state_of`): the error its caller was
+#: sent, or nothing (running, or interrupted once it has an end time).
+_FAILED = status_pb2.Status.DESCRIPTOR.full_name
+_NO_RESULT = empty_pb2.Empty.DESCRIPTOR.full_name
 
 
 def run_state(manifest: common_pb2.RunManifest, result: Message) -> str:
     """"running" (started, no result yet), "interrupted" (ended without a result: its
-    caller left, or an error ended a streamed run), "failed" (ended by an error, kept as
-    the `google.rpc.Status` its caller was sent: a stored completion's) or "done"."""
-    if isinstance(result, status_pb2.Status):
+    caller left, or an error ended a run its service keeps no errors of), "failed" (ended
+    by an error or the server's deadline, kept as the `google.rpc.Status` its caller was
+    sent: a stored completion's) or "done"."""
+    return state_of(manifest, result.DESCRIPTOR.full_name)
+
+
+def state_of(manifest: common_pb2.RunManifest, result_type: str) -> str:
+    """`run_state` from the full name of the result's type (all a listing needs)."""
+    if result_type == _FAILED:
         return "failed"
-    if not isinstance(result, empty_pb2.Empty):
+    if result_type != _NO_RESULT:
         return "done"
     return "interrupted" if manifest.HasField("end_time") else "running"
 
@@ -291,8 +303,13 @@ class RunStore(ABC):
         after its id plus a letter). What is left: an id chosen before a run whose id
         extends it stays the exact match for those characters (`exp-1`, then `exp-10`);
         a generated id (128 random bits) extends a given chosen one by chance alone, about
-        once in 2**32 for 8 characters. Two claims at the same moment of ids one of which
-        begins the other can both be listed (the primary key still refuses equal ids)."""
+        once in 2**32 for 8 characters.
+
+        Claims made at the same moment take turns, so each sees the ones before it (two
+        claims of `Exp-1` and `exp-1`, each beginning the other, were both listed): in
+        SQLite the statement takes the write lock before it reads; PostgreSQL's, which
+        reads what was committed when it started, runs in a transaction behind a lock that
+        only claims take (`PostgresRunStore._claim`)."""
         p = self._PARAM
         sql = (f"INSERT INTO runs ({', '.join(COLUMNS)}) SELECT {', '.join([p] * len(COLUMNS))}"
                f" WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id {self._ILIKE} {p}"
@@ -305,6 +322,7 @@ class RunStore(ABC):
         return claimed
 
     def _claim(self, sql: str, row: Sequence[object]) -> list[tuple[Any, ...]]:
+        """Run a claim's statement (blocking): the rows it inserted."""
         self._ensure_upgraded()
         return self._run(sql, row)
 
@@ -365,13 +383,30 @@ class RunStore(ABC):
              service: str | None = None, limit: int = 50) -> list[common_pb2.RunManifest]:
         """Manifests, newest first, filtered by session, track and service (a negative
         limit: all of them)."""
+        rows = self._listed("manifest", session_id, track, service, limit)
+        return [common_pb2.RunManifest.FromString(bytes(r[0])) for r in rows]
+
+    def states(self, *, session_id: str | None = None, track: str | None = None,
+               service: str | None = None, limit: int = 50,
+               ) -> builtins.list[tuple[common_pb2.RunManifest, str]]:
+        """`list`, each manifest with its run's state (`run_state`: read off the type of
+        its result, not the result)."""
+        rows = self._listed("manifest, result_type", session_id, track, service, limit)
+        listed = []
+        for manifest, result_type in rows:
+            m = common_pb2.RunManifest.FromString(bytes(manifest))
+            listed.append((m, state_of(m, str(result_type))))
+        return listed
+
+    def _listed(self, columns: str, session_id: str | None, track: str | None,
+                service: str | None, limit: int) -> builtins.list[tuple[Any, ...]]:
         query = RunQuery(service=service or "", session_id=session_id or "",
                          track=track or "")
-        sql, args = self._select("manifest", query)
+        sql, args = self._select(columns, query)
         if limit >= 0:
             sql += f" LIMIT {self._PARAM}"
             args.append(limit)
-        return [common_pb2.RunManifest.FromString(bytes(r[0])) for r in self._run(sql, args)]
+        return self._run(sql, args)
 
     def page(self, query: RunQuery) -> RunPage:
         """One page of runs matching `query`, newest first, with their results (not their
