@@ -18,7 +18,13 @@ from ._records import AgentEvent, FinalEvent, Message, RunResult, StepResult
 from ._settings import AgentSettings, RunConfig, resolve
 from ._shell import CommandExecutor, ShellTool
 from ._tools import Tool, Toolbox
-from .errors import AgentConfigError, CodeExecutorUnavailableError, McpServerError
+from .errors import (
+    AgentConfigError,
+    CodeExecutorUnavailableError,
+    HttpToolServerError,
+    McpServerError,
+    McpUnavailableError,
+)
 
 __all__ = ["AgentEngine"]
 
@@ -32,8 +38,14 @@ class AgentEngine:
     `start()` validates the settings and connects the MCP servers (an unreachable one
     raises McpUnavailableError when `mcp_required`, else it is skipped and listed in
     `mcp_errors`); `close()` disconnects them. HTTP tool servers are listed when a run or
-    step starts (HttpToolServerError when one cannot be). `step()` and `run()` may be
-    called concurrently; each takes a `RunConfig` narrowing the settings.
+    step starts. `step()` and `run()` may be called concurrently; each takes a `RunConfig`
+    narrowing the settings.
+
+    A tool server that does not answer (an MCP server skipped at start, an HTTP tool
+    server that cannot be listed) is skipped by a run offering every configured server:
+    it is logged, with where the server is, and noted in `RunResult.skipped_servers`; the
+    run goes on without its tools. A run that named it fails: McpUnavailableError or
+    HttpToolServerError, naming the server, never where it is.
     """
 
     def __init__(self, settings: AgentSettings, complete: CompleteFn,
@@ -67,7 +79,9 @@ class AgentEngine:
         for connection, outcome in zip(connections, outcomes, strict=True):
             if isinstance(outcome, McpServerError):
                 self._mcp_errors[connection.name] = str(outcome)
-                log.warning("%s; skipped: its tools are not offered", outcome)
+                # Where it is goes to the log only: the error (for callers) names it.
+                log.warning("%s (at %s); skipped: its tools are not offered", outcome,
+                            connection.where)
                 failure = failure or outcome
             elif isinstance(outcome, BaseException):
                 failure = failure or outcome
@@ -114,6 +128,7 @@ class AgentEngine:
             raise AgentConfigError("the engine is not started; call start() first")
         options = resolve(self.settings, config)
         tools: list[Tool] = []
+        skipped: dict[str, str] = {}
         if options.use_tools or options.auto_run_code:
             wanted_code = [lang for lang in options.languages if lang in self._code_tools]
             if config is not None and config.languages and self._executor is None:
@@ -124,6 +139,11 @@ class AgentEngine:
                 connection = self._connections.get(name)
                 if connection is not None:
                     tools.extend(connection.tools)
+                    continue
+                why = self._mcp_errors.get(name) or f"MCP server {name!r} is not connected"
+                if options.mcp_servers_named:
+                    raise McpUnavailableError(why, server=name)
+                skipped[name] = why
             if options.shell_prefixes:
                 if isinstance(self._executor, CommandExecutor):
                     tools.append(ShellTool(self._executor, options.shell_prefixes))
@@ -131,7 +151,8 @@ class AgentEngine:
                     raise CodeExecutorUnavailableError("the shell tool needs a sandbox")
         toolbox = Toolbox(tools, timeout_s=self.settings.tool_timeout_seconds,
                           max_output_chars=self.settings.max_tool_output_chars)
-        return LoopContext(self._complete, toolbox, options, self.settings.history_token_budget)
+        return LoopContext(self._complete, toolbox, options, self.settings.history_token_budget,
+                           skipped)
 
     async def step(self, messages: Sequence[Message], config: RunConfig | None = None, *,
                    iteration: int | None = None) -> StepResult:
@@ -167,15 +188,35 @@ class AgentEngine:
                 yield event
 
     async def _with_http_tools(self, ctx: LoopContext) -> LoopContext:
-        """`ctx` with the tools of its HTTP tool servers, listed now."""
+        """`ctx` with the tools of its HTTP tool servers, listed now: one that cannot be is
+        skipped, unless the run named it (then its HttpToolServerError is raised)."""
         o = ctx.options
         servers = [self._http_servers[n] for n in o.http_tool_servers
                    if n in self._http_servers] if o.use_tools else []
         if not servers:
             return ctx
-        listed = await asyncio.gather(*(s.list_tools(o.http_tool_headers) for s in servers))
-        return dataclasses.replace(ctx, toolbox=ctx.toolbox.extended(
-            tool for tools in listed for tool in tools))
+        listed = await asyncio.gather(*(s.list_tools(o.http_tool_headers) for s in servers),
+                                      return_exceptions=True)
+        tools: list[Tool] = []
+        skipped = dict(ctx.skipped)
+        failure: HttpToolServerError | None = None
+        for server, outcome in zip(servers, listed, strict=True):
+            if isinstance(outcome, HttpToolServerError):
+                # Where it is goes to the log only: the error (for callers) names it.
+                log.warning("%s (at %s)%s", outcome, server.config.url,
+                            "" if o.http_tool_servers_named
+                            else "; skipped: its tools are not offered to this run")
+                if o.http_tool_servers_named:
+                    failure = failure or outcome
+                else:
+                    skipped[server.name] = str(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                tools.extend(outcome)
+        if failure is not None:
+            raise failure
+        return dataclasses.replace(ctx, toolbox=ctx.toolbox.extended(tools), skipped=skipped)
 
     async def run_to_end(self, messages: Sequence[Message],
                          config: RunConfig | None = None) -> RunResult:

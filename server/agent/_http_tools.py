@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,8 +29,6 @@ from ..retry_after import retry_after_s as retry_after_seconds
 from ._settings import HttpToolServerConfig
 from ._tools import RemoteTool, ToolOutput
 from .errors import HttpToolServerError, ToolExecutionError, ToolTimeoutError
-
-log = logging.getLogger("scillm.server")
 
 __all__ = ["HttpTool", "HttpToolServer", "retry_after_seconds"]
 
@@ -86,15 +84,23 @@ class HttpToolServer:
         return self._client
 
     async def list_tools(self, headers: Mapping[str, str]) -> list[HttpTool]:
-        """`GET /tools`; HttpToolServerError when it cannot be reached or read."""
+        """`GET /tools`; HttpToolServerError when it cannot be reached or read, naming the
+        server, not its address (the caller logs where it is: `config.url`)."""
         try:
             return await self._list_tools(headers)
         except HttpToolServerError as exc:
-            # The operator reads where the server is in the log; the caller (and the model)
-            # learn its name, not an internal address.
-            log.warning("HTTP tool server %r at %s: %s", self.name, self.config.url, exc)
-            said = self._redact(str(exc)).replace(self.config.url.rstrip("/"), self.name)
-            raise HttpToolServerError(said, server=self.name) from None
+            # The caller (and the model) learn its name, not an internal address.
+            raise HttpToolServerError(self._said(str(exc)), server=self.name) from None
+
+    def _said(self, text: str) -> str:
+        """`text` as the caller and the model may read it: the operator's credentials
+        blanked, the server's URL (or its host and port) named by the server's name."""
+        url = self.config.url.rstrip("/")
+        text = self._redact(text)
+        for where in (url, urlsplit(url).netloc):
+            if where:
+                text = text.replace(where, self.name)
+        return text
 
     async def _list_tools(self, headers: Mapping[str, str]) -> list[HttpTool]:
         where = f"HTTP tool server {self.name!r}"
@@ -132,9 +138,10 @@ class HttpToolServer:
             out = await self._invoke(remote, arguments, timeout_s=timeout_s, tool=tool,
                                      headers=headers)
         except ToolExecutionError as exc:
-            if not self._secrets:
+            said = self._said(str(exc))
+            if said == str(exc):
                 raise
-            raise ToolExecutionError(self._redact(str(exc)), tool=tool) from None
+            raise ToolExecutionError(said, tool=tool) from None
         if not self._secrets:
             return out
         redact = self._redact

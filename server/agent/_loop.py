@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..codeworld.sandbox import utf8_safe
@@ -56,6 +56,8 @@ class LoopContext:
     toolbox: Toolbox
     options: Resolved
     history_token_budget: int
+    #: Tool servers skipped as they did not answer: name -> why (kept in the RunResult).
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
 
 class OutOfTime(Exception):
@@ -287,6 +289,7 @@ async def run_events(ctx: LoopContext, messages: Sequence[Message]
     step_seconds: list[float] = []
     tool_io: list[tuple[ToolCall, ToolResult]] = []
     stop, answer, error, json_valid = StopReason.MAX_ITERATIONS, "", None, None
+    failure: ModelError | None = None
     allowance = _Allowance(o.model, o.max_iterations)
     used_model = o.model
     while True:
@@ -315,7 +318,7 @@ async def run_events(ctx: LoopContext, messages: Sequence[Message]
             stop = StopReason.BUDGET
             break
         except ModelError as exc:
-            stop, error = StopReason.ERROR, utf8_safe(str(exc))
+            stop, error, failure = StopReason.ERROR, utf8_safe(str(exc)), exc
             break
         assert step is not None
         step_seconds.append(time.monotonic() - step_started)
@@ -339,4 +342,5 @@ async def run_events(ctx: LoopContext, messages: Sequence[Message]
                       escalated=allowance.escalated, escalation_reason=allowance.reason,
                       used_model=used_model, json_repairs=repairs)
     yield FinalEvent(RunResult(answer, stop, metrics, tuple(transcript), tuple(tool_io),
-                               error, json_valid, initial_count=len(messages)))
+                               error, json_valid, initial_count=len(messages),
+                               skipped_servers=dict(ctx.skipped), failure=failure))

@@ -1,5 +1,8 @@
 """MCP tools: connections to configured MCP servers (stdio or streamable HTTP).
 
+What a server's failure says reaches the caller and the model: it names the server, never
+where it is (its URL, its command), which only the log is told (`McpConnection.where`).
+
 Each connection is owned by one background task that enters the SDK's context managers
 (`stdio_client` / `streamable_http_client`, then `ClientSession`) and leaves them on
 `close()`: the SDK's anyio scopes must be left by the task that entered them, and the
@@ -11,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -30,6 +35,8 @@ from ._tools import RemoteTool, ToolOutput
 from .errors import McpServerError, McpUnavailableError, ToolExecutionError, ToolTimeoutError
 
 __all__ = ["McpConnection", "McpTool"]
+
+log = logging.getLogger("scillm.server")
 
 class McpTool(RemoteTool):
     """One tool of an MCP server, offered as `<server>__<tool>`."""
@@ -63,6 +70,24 @@ class McpConnection:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def where(self) -> str:
+        """Where the server is (its URL, or its command without the arguments, which may
+        carry a token): for the log only."""
+        return self.config.url or self.config.command or ""
+
+    def said(self, text: str) -> str:
+        """`text` as the caller and the model may read it: the server's URL (or its
+        host and port) and its command's path are named by the server's name."""
+        if self.config.url is not None:
+            url = self.config.url.rstrip("/")
+            for where in (url, urlsplit(url).netloc):
+                if where:
+                    text = text.replace(where, self.name)
+        elif self.config.command is not None and os.sep in self.config.command:
+            text = text.replace(self.config.command, self.name)
+        return text
 
     @property
     def tools(self) -> tuple[McpTool, ...]:
@@ -145,14 +170,13 @@ class McpConnection:
 
     def _unavailable(self, exc: BaseException) -> McpServerError:
         leaves = _leaves(exc)
-        text = "; ".join(f"{type(e).__name__}: {e}" for e in leaves) or type(exc).__name__
-        where = self.config.command or self.config.url
+        text = self.said("; ".join(f"{type(e).__name__}: {e}" for e in leaves)
+                         or type(exc).__name__)
         if any(isinstance(e, OSError | ConnectionError) or "Connect" in type(e).__name__
                or isinstance(e, MCPError) for e in leaves):
-            return McpUnavailableError(f"MCP server {self.name!r} ({where}) is unreachable: "
-                                       f"{text}", server=self.name)
-        return McpServerError(f"MCP server {self.name!r} ({where}) failed: {text}",
-                              server=self.name)
+            return McpUnavailableError(f"MCP server {self.name!r} is unreachable: {text}",
+                                       server=self.name)
+        return McpServerError(f"MCP server {self.name!r} failed: {text}", server=self.name)
 
     async def _live(self, tool: str) -> ClientSession:
         """The session, started again when it was lost: a tool that took its server down
@@ -167,6 +191,8 @@ class McpConnection:
                     await self.start()
                     self._lost = False
                 except McpServerError as exc:
+                    log.warning("MCP server %r at %s went away and did not come back: %s",
+                                self.name, self.where, exc)
                     raise ToolExecutionError(f"MCP server {self.name!r} went away and did "
                                              f"not come back: {exc}", tool=tool) from exc
         session = self._session
@@ -192,11 +218,15 @@ class McpConnection:
                                        tool=tool, timeout_s=timeout_s) from exc
             if exc.code == _CONNECTION_CLOSED:
                 self._lost = True
-            raise ToolExecutionError(f"MCP tool {tool!r}: {exc}", tool=tool) from exc
+            raise ToolExecutionError(f"MCP tool {tool!r}: {self.said(str(exc))}",
+                                     tool=tool) from exc
         except Exception as exc:  # transport failures: the server went away
             self._lost = True
+            log.warning("MCP server %r at %s failed during %r: %s: %s", self.name, self.where,
+                        tool, type(exc).__name__, exc)
             raise ToolExecutionError(f"MCP server {self.name!r} failed during {tool!r}: "
-                                     f"{type(exc).__name__}: {exc}", tool=tool) from exc
+                                     f"{type(exc).__name__}: {self.said(str(exc))}",
+                                     tool=tool) from exc
         return ToolOutput(_text_of(result), is_error=bool(result.is_error))
 
     async def close(self) -> None:

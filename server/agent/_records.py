@@ -148,6 +148,12 @@ class RunResult:
     json_valid: bool | None = None
     #: Number of initial messages at the head of `transcript`.
     initial_count: int = 0
+    #: Tool servers (MCP, HTTP) the run would have offered but skipped, as they did not
+    #: answer: server name -> why (which names the server, not where it is).
+    skipped_servers: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: With stop reason `error`: the model call's failure that ended the run, its cause
+    #: chained (a servicer reads the caller's mistakes from it).
+    failure: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,9 @@ class RunConfig:
     auto_run_code: bool | None = None
     #: Subset of the engine's languages to offer; None offers all.
     languages: tuple[str, ...] | None = None
-    #: Names of configured MCP servers whose tools are offered; None offers all.
+    #: Names of configured MCP servers whose tools are offered; None offers all (those
+    #: that do not answer are skipped), () none. A named server that is not connected
+    #: fails the run (McpUnavailableError).
     mcp_servers: tuple[str, ...] | None = None
     #: OpenAI `response_format`, passed through (`{"type": "json_object"}` validates JSON).
     response_format: Mapping[str, Any] | None = None
@@ -252,7 +254,9 @@ class RunConfig:
     shell_allowlist: tuple[str, ...] | None = None
     #: Replaces the engine's shell presets for this run.
     shell_presets: tuple[str, ...] | None = None
-    #: Names of configured HTTP tool servers whose tools are offered; None offers all.
+    #: Names of configured HTTP tool servers whose tools are offered; None offers all
+    #: (those that do not answer are skipped), () none. A named server that cannot be
+    #: listed fails the run (HttpToolServerError).
     http_tool_servers: tuple[str, ...] | None = None
     #: Headers added to this run's HTTP tool calls.
     http_tool_headers: Mapping[str, str] | None = None
@@ -327,6 +331,11 @@ class Resolved:
     shell_prefixes: tuple[tuple[str, ...], ...]
     http_tool_servers: tuple[str, ...]
     http_tool_headers: Mapping[str, str]
+    #: The run named its MCP servers, or its HTTP tool servers (else it offers every
+    #: configured one): a named server that does not answer fails the run; another is
+    #: skipped, and the run goes on without its tools.
+    mcp_servers_named: bool = False
+    http_tool_servers_named: bool = False
 
 
 def _http_servers(settings: AgentSettings, wanted: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -414,7 +423,9 @@ def resolve(settings: AgentSettings, config: RunConfig | None) -> Resolved:
         max_history_chars=pick(c.max_history_chars, settings.max_history_chars),
         shell_prefixes=shell_prefixes(pick(c.shell_allowlist, settings.shell_allowlist),
                                       pick(c.shell_presets, settings.shell_presets)),
-        http_tool_servers=tuple(http), http_tool_headers=_tool_headers(c.http_tool_headers))
+        http_tool_servers=tuple(http), http_tool_headers=_tool_headers(c.http_tool_headers),
+        mcp_servers_named=c.mcp_servers is not None,
+        http_tool_servers_named=c.http_tool_servers is not None)
     _check_limits(resolved.max_iterations, resolved.max_total_seconds, resolved.max_total_tokens)
     for name in ("escalation_iterations", "max_history_messages", "max_history_chars"):
         if getattr(resolved, name) < 1:

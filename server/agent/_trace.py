@@ -6,10 +6,12 @@
      "tool_call_id", "arguments_raw", "arguments", "t_ms", "model", "ok", "rc", "result",
      "stdout", "stderr", "error", "auto"}
     {"type": "run", "run_id", "ok", "final_answer_preview", "stopped_reason", "error",
-     "metrics": {"iterations", "ttotal_ms", "escalated", "used_model", "tool_calls"}}
+     "metrics": {"iterations", "ttotal_ms", "escalated", "used_model", "tool_calls"},
+     "skipped_tool_servers"?: {name: why}}
 
 The tool-invocation fields are the seed mini-agent's (`call_index` counts within the
-iteration); the last line is its stored envelope with `final_answer_preview`.
+iteration); the last line is its stored envelope with `final_answer_preview`, and, when
+the run skipped tool servers that did not answer (`RunResult.skipped_servers`), which.
 """
 
 from __future__ import annotations
@@ -81,13 +83,16 @@ def trace_lines(event: AgentEvent, run_id: str, state: TraceState) -> list[dict[
                  "auto": bool(call.auto) if call is not None else False}]
     assert isinstance(event, FinalEvent)
     result, m = event.result, event.result.metrics
-    return [{"type": "run", "run_id": run_id, "ok": result.stop_reason.value != "error",
-             "final_answer_preview": result.answer[:_PREVIEW],
-             "stopped_reason": result.stop_reason.value, "error": result.error,
-             "metrics": {"iterations": m.iterations,
-                         "ttotal_ms": round(m.total_seconds * 1000, 3),
-                         "escalated": m.escalated, "used_model": m.used_model,
-                         "tool_calls": m.tool_calls}}]
+    line: dict[str, Any] = {
+        "type": "run", "run_id": run_id, "ok": result.stop_reason.value != "error",
+        "final_answer_preview": result.answer[:_PREVIEW],
+        "stopped_reason": result.stop_reason.value, "error": result.error,
+        "metrics": {"iterations": m.iterations, "ttotal_ms": round(m.total_seconds * 1000, 3),
+                    "escalated": m.escalated, "used_model": m.used_model,
+                    "tool_calls": m.tool_calls}}
+    if result.skipped_servers:
+        line["skipped_tool_servers"] = dict(result.skipped_servers)
+    return [line]
 
 
 class JsonlTrace:

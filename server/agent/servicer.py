@@ -46,7 +46,8 @@ ERRORS: ErrorTable = {
 }
 
 #: A model call's failures that are the caller's mistake, not an outage: a step (whose
-#: model call is its whole work) answers with the call's own code, not UNAVAILABLE.
+#: model call is its whole work) answers with the call's own code, not UNAVAILABLE; so
+#: does a run whose first model call failed so, before it streamed anything.
 _CALLERS_CODES = frozenset((grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -54,14 +55,24 @@ _CALLERS_CODES = frozenset((grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NO
                             grpc.StatusCode.OUT_OF_RANGE))
 
 
-def _callers_mistake(exc: errors.ModelError) -> StatusError | None:
-    """The caller's mistake a failed model call was (see `_CALLERS_CODES`), if it was one."""
+class ModelNotFound(StatusError):
+    """The run's model is not configured: NOT_FOUND with the Completion service's own
+    reason (an error's `ErrorInfo.reason` is its class name), which the OpenAI door
+    answers as a plain unknown model, 404 `model_not_found`."""
+
+
+def _callers_mistake(exc: BaseException | None) -> StatusError | None:
+    """The caller's mistake a failed model call (a ModelError) was (see `_CALLERS_CODES`),
+    if it was one: its code and the call's own words ("model 'x' is not configured")."""
+    if not isinstance(exc, errors.ModelError):
+        return None
     cause = exc.__cause__
     if isinstance(cause, InvalidRequestError):  # refused before the call (no model)
-        return StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), param=cause.param)
+        return StatusError(grpc.StatusCode.INVALID_ARGUMENT, cause.message, param=cause.param)
     if isinstance(cause, RPCError) and cause.code in _CALLERS_CODES:
-        return StatusError(cause.code, str(exc), param=cause.param,
-                           retry_after_s=cause.retry_after_s)
+        kind = ModelNotFound if cause.reason == ModelNotFound.__name__ else StatusError
+        return kind(cause.code, cause.message, param=cause.param,
+                    retry_after_s=cause.retry_after_s)
     return None
 
 
@@ -71,7 +82,9 @@ _STOP = {StopReason.SUCCESS: pb.STOP_REASON_SUCCESS, StopReason.BUDGET: pb.STOP_
 
 
 def config_from_proto(config: pb.AgentConfig) -> RunConfig:
-    """The loop's per-run options; zero values mean the engine's defaults."""
+    """The loop's per-run options; zero values mean the engine's defaults. (A repeated
+    field has no presence in proto3: an empty `mcp_servers` or `http_tool_servers` reads
+    as left out, every configured server, not as none.)"""
     response_format = None
     if config.response_format.type:
         probe = cpb.CompletionRequest(model="x", response_format=config.response_format)
@@ -221,6 +234,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if trace is not None:
                 stack.push_async_callback(trace.close)
             async for event in events:
+                if isinstance(event, FinalEvent) and not recorded:
+                    # Its first model call failed, nothing streamed yet: a caller's mistake
+                    # (an unknown model) is the call's status, as a step's, not a "run"
+                    # that failed. (Once a turn has streamed, the run's end says it.)
+                    mistake = _callers_mistake(event.result.failure)
+                    if mistake is not None:
+                        raise mistake from event.result.failure
                 if trace is not None:
                     await trace.record(event)
                 if isinstance(event, FinalEvent):

@@ -99,23 +99,66 @@ async def test_a_retry_after_past_the_timeout_is_not_waited_for(
     assert len(tools.invokes("busy")) == 1
 
 
-async def test_an_unreachable_tool_server_fails_the_run_clearly() -> None:
+async def test_an_unreachable_tool_server_fails_the_run_clearly_that_named_it(
+        caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     model = ScriptedModel([{"content": "x"}])
     async with AgentEngine(_settings(f"http://127.0.0.1:{port}"), model) as engine:
         with pytest.raises(HttpToolServerError) as info:
-            await engine.run_to_end([{"role": "user", "content": "go"}])
+            await engine.run_to_end([{"role": "user", "content": "go"}],
+                                    RunConfig(http_tool_servers=("lab",)))
         assert info.value.server == "lab" and "unreachable" in str(info.value)
-        # The caller learns the server's name, not the operator's internal address.
+        # The caller learns the server's name, not the operator's internal address,
+        # which the log has.
         assert str(port) not in str(info.value), str(info.value)
+        assert f"127.0.0.1:{port}" in caplog.text and "skipped" not in caplog.text
         with pytest.raises(AgentConfigError):
             engine.run([], RunConfig(http_tool_servers=("other",)))
         # without tools, the server is not needed
         result = await engine.run_to_end([{"role": "user", "content": "go"}],
                                           RunConfig(use_tools=False))
-    assert result.answer == "x"
+    assert result.answer == "x" and result.skipped_servers == {}
+
+
+async def test_an_unreachable_tool_server_is_skipped_by_a_run_that_did_not_name_it(
+        tools: HttpToolServer, caplog: pytest.LogCaptureFixture) -> None:
+    """One tool server down failed every tool-using run (503 "HTTP tool server 'lab' is
+    unreachable"), though no run asked for it by name: a run offering every configured
+    server skips it, logged with its address and noted in the result by name; the
+    others' tools are offered."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = _settings(tools.url, http_tool_servers=(
+        HttpToolServerConfig("down", f"http://127.0.0.1:{port}"),
+        HttpToolServerConfig("lab", tools.url)))
+    model = ScriptedModel([{"content": "", "tool_calls": [
+        {"id": "a", "name": "lab__add", "arguments": {"a": 2, "b": 40}}]}, {"content": "42"}])
+    async with AgentEngine(settings, model) as engine:
+        result = await engine.run_to_end([{"role": "user", "content": "2+40"}])
+    assert result.stop_reason is StopReason.SUCCESS and result.answer == "42"
+    assert result.tool_io[0][1].output == "42"
+    offered = {t["function"]["name"] for t in model.requests[0]["tools"]}
+    assert "lab__add" in offered and not any(n.startswith("down__") for n in offered)
+    assert list(result.skipped_servers) == ["down"]
+    assert "unreachable" in result.skipped_servers["down"]
+    assert str(port) not in repr(result.skipped_servers)
+    (line,) = [r for r in caplog.records if "'down'" in r.getMessage()]
+    assert line.levelname == "WARNING" and f"127.0.0.1:{port}" in line.getMessage()
+    assert "skipped" in line.getMessage()
+
+
+async def test_an_empty_list_of_tool_servers_offers_none(tools: HttpToolServer) -> None:
+    """`http_tool_servers=()` is no server: none is listed (None offers all)."""
+    model = ScriptedModel([{"content": "x"}])
+    async with AgentEngine(_settings(tools.url), model) as engine:
+        await engine.run_to_end([{"role": "user", "content": "go"}],
+                                RunConfig(http_tool_servers=()))
+        assert tools.requests == [] and "tools" not in model.requests[0]
+        await engine.run_to_end([{"role": "user", "content": "go"}], RunConfig())
+    assert [r[2] for r in tools.requests] == ["/tools"]
 
 
 async def test_a_reply_far_too_large_is_the_tools_error_not_the_memorys(
@@ -209,7 +252,12 @@ async def test_the_operators_credential_never_reaches_the_model_or_the_caller() 
             "lab", denying.url, headers={"x-api-key": _SECRET}),))
         async with AgentEngine(settings, ScriptedModel([{"content": "x"}])) as engine:
             with pytest.raises(HttpToolServerError) as info:
-                await engine.run_to_end([{"role": "user", "content": "hi"}], RunConfig())
+                await engine.run_to_end([{"role": "user", "content": "hi"}],
+                                        RunConfig(http_tool_servers=("lab",)))
+            # Not named, it is skipped, and what it said is noted, redacted.
+            skipping = await engine.run_to_end([{"role": "user", "content": "hi"}])
+        assert "401" in skipping.skipped_servers["lab"]
+        assert _SECRET not in skipping.skipped_servers["lab"]
         assert "401" in str(info.value) and "[redacted]" in str(info.value)
         assert _SECRET not in str(info.value)
     finally:
