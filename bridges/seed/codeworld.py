@@ -12,7 +12,8 @@ Accepted (through `/v1/chat/completions` with a `codeworld/...` model, or `/brid
                            "score_source"? | "scoring"?: {lang: "py", code, entry?},
                            "volatile_metrics"?: [metric],
                            "judge"?: true | {mode, weights, order}, "judge_mode"?: "lex",
-                           "limits"?: {timeout_s, memory_bytes, concurrency, strict},
+                           "limits"?: {timeout_s, memory_bytes, total_memory_bytes,
+                                      max_disk_bytes, max_files, concurrency, strict},
                            "strategy"?: "mcts",
                            "strategy_config"?: {rollouts, depth, uct_c | exploration_constant,
                                                 seed, autogenerate: bool | {enabled, n,
@@ -44,7 +45,7 @@ from scillm.clients import openai_wire
 from scillm.clients.errors import InvalidRequestError
 from scillm.codeworld.v1 import codeworld_pb2 as pb
 
-from ._fields import INT64, duration, flag, number, seconds, whole
+from ._fields import INT32, INT64, duration, flag, number, seconds, whole
 
 __all__ = ["RUBRIC", "call_timeout", "request_from_envelope", "summary_text"]
 
@@ -192,6 +193,10 @@ def _limits(req: pb.CodeWorldRunRequest, args: Mapping[str, Any]) -> None:
     if "memory_bytes" in limits:
         req.limits.memory_bytes = whole(limits["memory_bytes"],
                                         "provider.args.limits.memory_bytes", high=INT64)
+    for name in ("total_memory_bytes", "max_disk_bytes", "max_files"):
+        if name in limits:
+            setattr(req.limits, name, whole(limits[name], f"provider.args.limits.{name}",
+                                            high=INT32 if name == "max_files" else INT64))
     if "concurrency" in limits:
         req.limits.concurrency = whole(limits["concurrency"], "provider.args.limits.concurrency")
     req.limits.strict = flag(limits, "strict", param="provider.args.limits.strict")

@@ -72,6 +72,12 @@ def _limits(limits: pb.Limits) -> tuple[Limits | None, int | None]:
         values["open_files"] = limits.max_open_files
     if limits.max_output_bytes:
         values["output"] = limits.max_output_bytes
+    if limits.total_memory_bytes:
+        values["total_memory"] = limits.total_memory_bytes
+    if limits.max_disk_bytes:
+        values["disk"] = limits.max_disk_bytes
+    if limits.max_files:
+        values["files"] = limits.max_files
     try:
         built = Limits(**values) if values else None
     except ValueError as exc:

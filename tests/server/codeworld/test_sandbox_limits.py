@@ -11,10 +11,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import grpc
 import pytest
 from meshutil import RunningMesh
 
 from scillm.clients import ScillmClient
+from scillm.clients.errors import RPCError
 from scillm.codeworld.v1 import codeworld_pb2 as cw
 from scillm.server.codeworld.errors import InvalidLimits
 from scillm.server.codeworld.sandbox import (
@@ -221,6 +223,48 @@ async def test_the_mesh_stops_hostile_strategies_and_serves_on(mesh: RunningMesh
         again.strategies.add(name="three", source="def main():\n    print(3)\n")
         after = [e async for e in client.codeworld.run(again)]
         assert next(e.run for e in after if e.HasField("run")).status == cw.RUN_STATUS_OK
+
+
+async def test_a_caller_sets_the_whole_runs_limits_over_grpc(mesh: RunningMesh) -> None:
+    """`Limits.total_memory_bytes`, `max_disk_bytes` and `max_files` reach the sandbox: the
+    hog's children fit in a total the caller raised past twice `memory_bytes`, a bomb
+    stops at the caller's file count, and a writer at the caller's bytes; a value outside
+    the sandbox's range is INVALID_ARGUMENT naming the limits."""
+    hog = HOLD.replace("def hold", "def _hold") + \
+        "def main():\n    _hold(4, 96)\n    print(3)\n"
+    bomb = ("def main():\n"
+            "    for i in range(1000):\n"
+            "        open(f'f{i}', 'w').close()\n"
+            "    print(3)\n")
+    writer = ("def main():\n"
+              "    with open('big', 'wb') as f:\n"
+              "        f.write(b'x' * (24 << 20))\n"
+              "    print(3)\n")
+    req = cw.CodeWorldRunRequest(mode=cw.SEARCH_MODE_ALL)
+    req.items.add(task_id="t").context.update({"input": 1, "expected": 3})
+    req.limits.memory_bytes = 160 * _MIB
+    req.limits.total_memory_bytes = 1024 * _MIB
+    req.limits.max_files = 100
+    req.limits.max_disk_bytes = 8 * _MIB
+    req.limits.timeout.FromSeconds(30)
+    for name, source in (("hog", hog), ("bomb", bomb), ("writer", writer)):
+        req.strategies.add(name=name, source=source)
+    async with ScillmClient(mesh.grpc_target) as client:
+        events = [e async for e in client.codeworld.run(req)]
+        runs = {e.run.strategy: e.run for e in events if e.HasField("run")}
+        assert runs["hog"].status == cw.RUN_STATUS_OK, runs["hog"]
+        assert runs["hog"].timings.peak_memory_bytes > 320 * _MIB
+        assert runs["bomb"].status == cw.RUN_STATUS_KILLED, runs["bomb"]
+        assert runs["bomb"].error.startswith("files"), runs["bomb"].error
+        assert runs["writer"].status == cw.RUN_STATUS_KILLED, runs["writer"]
+        assert runs["writer"].error.startswith("disk"), runs["writer"].error
+        bad = cw.CodeWorldRunRequest(mode=cw.SEARCH_MODE_ALL)
+        bad.CopyFrom(req)
+        bad.limits.max_files = 3
+        with pytest.raises(RPCError) as info:
+            [e async for e in client.codeworld.run(bad)]
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "files" in info.value.message, info.value
 
 
 #: A process tree in its own session: a child in the session and one that left it

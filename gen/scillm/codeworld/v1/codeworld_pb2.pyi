@@ -243,6 +243,9 @@ class Limits(_message.Message):
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    TOTAL_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_DISK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_FILES_FIELD_NUMBER: _builtins.int
     memory_bytes: _builtins.int
     """Address-space limit, bytes."""
     max_file_bytes: _builtins.int
@@ -255,6 +258,18 @@ class Limits(_message.Message):
     """Executions running at once."""
     strict: _builtins.bool
     """Apply the strict AST policy (no os/subprocess/socket imports, no eval/exec)."""
+    total_memory_bytes: _builtins.int
+    """Memory every process of one execution may hold together, bytes (32 MiB to 16 GiB);
+    0: twice memory_bytes. Past it the execution is killed, reason "total_memory".
+    """
+    max_disk_bytes: _builtins.int
+    """Bytes one execution may add to its working directory (0: 128 MiB, up to 16 GiB);
+    past it the execution is killed, reason "disk".
+    """
+    max_files: _builtins.int
+    """Files, directories and links one execution may make in its working directory (0:
+    10,000; 16 to 1,000,000); past it the execution is killed, reason "files".
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Wall-clock limit; the process group is killed past it."""
@@ -274,10 +289,13 @@ class Limits(_message.Message):
         max_output_bytes: _builtins.int = ...,
         concurrency: _builtins.int = ...,
         strict: _builtins.bool = ...,
+        total_memory_bytes: _builtins.int = ...,
+        max_disk_bytes: _builtins.int = ...,
+        max_files: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "cpu_time", b"cpu_time", "max_file_bytes", b"max_file_bytes", "max_open_files", b"max_open_files", "max_output_bytes", b"max_output_bytes", "memory_bytes", b"memory_bytes", "strict", b"strict", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "cpu_time", b"cpu_time", "max_disk_bytes", b"max_disk_bytes", "max_file_bytes", b"max_file_bytes", "max_files", b"max_files", "max_open_files", b"max_open_files", "max_output_bytes", b"max_output_bytes", "memory_bytes", b"memory_bytes", "strict", b"strict", "timeout", b"timeout", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -501,7 +519,9 @@ class Timings(_message.Message):
     CPU_FIELD_NUMBER: _builtins.int
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     peak_memory_bytes: _builtins.int
-    """Peak resident memory, bytes."""
+    """Peak resident memory of the execution's processes together, bytes (sampled; a page
+    forked processes share counts once per process).
+    """
     @_builtins.property
     def wall(self) -> _duration_pb2.Duration:
         """Wall-clock time."""
