@@ -113,12 +113,13 @@ def _prove(args: argparse.Namespace) -> int:
             envelope = prove.batch_envelope(args.file.read_text(encoding="utf-8-sig"),
                                             backend=args.backend,
                                             model=args.model, max_seconds=args.max_seconds,
-                                            no_cache=args.no_cache)
+                                            no_cache=args.no_cache,
+                                            smt_solver=args.smt_solver)
         else:
             envelope = prove.run_envelope(args.statement, backend=args.backend,
                                           proof=args.proof, preamble=args.preamble,
                                           model=args.model, max_seconds=args.max_seconds,
-                                          no_cache=args.no_cache)
+                                          no_cache=args.no_cache, smt_solver=args.smt_solver)
     except (OSError, ValueError, RecursionError) as exc:
         print(f"scillm prove: {exc}", file=sys.stderr)
         return 2
@@ -317,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "item.")
     batch.add_argument("file", type=Path, metavar="FILE.jsonl",
                        help='items: {"item_id", "backend", "statement", "proof", "preamble", '
-                            '"requirement_text"}')
+                            '"requirement_text", "smt_solver"}')
     one = prove_sub.add_parser(
         "run", help='check one statement, or a .v / .smt2 / .lean file',
         description="Exit 0 when proved, 3 when checked and not proved, 1 on errors, 2 when "
@@ -325,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("statement", help="an SMT-LIB2 goal, a Coq theorem, or a file path")
     one.add_argument("--proof", default="", help="the proof (Coq/Lean), with a statement")
     one.add_argument("--preamble", default="", help="declarations placed before it")
+    solvers = ("z3", "cvc5", "both")
+    both = "both: a cross-check, PROVED only when both prove it"
+    one.add_argument("--smt-solver", choices=solvers,
+                     help=f"the SMT solver that checks it: z3, cvc5, or {both}; implies "
+                          "--backend smt (default: the server's, z3)")
+    batch.add_argument("--smt-solver", choices=solvers,
+                       help="the SMT solver of the smt items that name none (an item's "
+                            f"smt_solver wins): z3, cvc5, or {both} (default: the "
+                            "server's, z3)")
     for p in (batch, one):
         p.add_argument("--backend", choices=("smt", "coq", "lean4"),
                        help="prover (default: per item, else the first ready one)")

@@ -268,9 +268,10 @@ def _prove(settings: Settings, link: CompletionLink, shared: dict[str, Any]) -> 
         "prove", SERVICE_NAMES["prove"],
         lambda server: prove_pb2_grpc.add_ProveServiceServicer_to_server(servicer, server),
         ERRORS, start, engine.close,
-        # One entry per prover backend; `<service>/bubblewrap` NOT_SERVING says provers run
-        # with weaker isolation (rlimits only).
-        parts_ready=lambda: {**{b.name: b.available for b in engine.backends()},
+        # One entry per prover backend, and one per SMT solver beside z3 (`/cvc5`);
+        # `<service>/bubblewrap` NOT_SERVING says provers run with weaker isolation
+        # (rlimits only).
+        parts_ready=lambda: {**engine.readiness(),
                              "bubblewrap": engine.isolation == "bubblewrap"})
 
 

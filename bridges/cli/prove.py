@@ -1,8 +1,10 @@
 """`scillm prove batch FILE.jsonl` and `scillm prove run "<statement or file>"`.
 
 A batch file holds one item per line in the seed's form (see scillm.bridges.seed.prove):
-`{"item_id", "backend", "statement", "proof", "preamble", "requirement_text", ...}`.
-Results are printed as JSON lines as they finish, then the summary.
+`{"item_id", "backend", "statement", "proof", "preamble", "requirement_text",
+"smt_solver", ...}`. Results are printed as JSON lines as they finish, then the summary.
+`--smt-solver` picks the SMT solver (z3, cvc5, both): `run`'s one item's, `batch`'s for
+the smt items that name none; left out, the server's default (z3).
 """
 
 from __future__ import annotations
@@ -26,14 +28,18 @@ __all__ = ["SUFFIX_BACKENDS", "batch_envelope", "run_envelope", "run_prove"]
 SUFFIX_BACKENDS = {".smt2": "smt", ".smt": "smt", ".v": "coq", ".lean": "lean4"}
 
 
-def _options(model: str | None, max_seconds: float | None, no_cache: bool) -> dict[str, Any]:
-    found = {"model": model, "max_seconds": max_seconds, "no_cache": no_cache}
+def _options(model: str | None, max_seconds: float | None, no_cache: bool,
+             smt_solver: str | None = None) -> dict[str, Any]:
+    found = {"model": model, "max_seconds": max_seconds, "no_cache": no_cache,
+             "smt_solver": smt_solver}
     return {k: v for k, v in found.items() if v}
 
 
 def batch_envelope(raw: str, *, backend: str | None, model: str | None,
-                   max_seconds: float | None, no_cache: bool = False) -> dict[str, Any]:
-    """The envelope of a JSONL batch; ValueError names the bad line."""
+                   max_seconds: float | None, no_cache: bool = False,
+                   smt_solver: str | None = None) -> dict[str, Any]:
+    """The envelope of a JSONL batch; ValueError names the bad line. `smt_solver` is for
+    the smt items that name none (`options.smt_solver`); unset, the server's (z3)."""
     items = []
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
@@ -45,13 +51,15 @@ def batch_envelope(raw: str, *, backend: str | None, model: str | None,
     if not items:  # else the envelope's own words ('items' must be a non-empty array)
         raise ValueError("no items: every line is empty (one JSON item per line)")
     return {"model": f"certainly/{backend or ''}".rstrip("/"), "items": items,
-            "options": _options(model, max_seconds, no_cache)}
+            "options": _options(model, max_seconds, no_cache, smt_solver)}
 
 
 def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
                  model: str | None, max_seconds: float | None,
-                 no_cache: bool = False) -> dict[str, Any]:
-    """The envelope of one statement, or of a source file (backend from its suffix)."""
+                 no_cache: bool = False, smt_solver: str | None = None) -> dict[str, Any]:
+    """The envelope of one statement, or of a source file (backend from its suffix).
+    `smt_solver` is the item's, and makes it an smt item (ValueError for another
+    backend); unset, the server's (z3)."""
     path = Path(target)
     if not path.is_file() and (path.suffix in SUFFIX_BACKENDS or path.is_dir()):
         # A file name that is no file was checked as a statement (FAILED, exit 3).
@@ -65,6 +73,12 @@ def run_envelope(target: str, *, backend: str | None, proof: str, preamble: str,
     else:
         item["statement"] = target
         item["proof"] = proof
+    if smt_solver:
+        if backend not in (None, "smt"):
+            raise ValueError(f"--smt-solver is for the smt backend; this item's backend is "
+                             f"{backend}")
+        backend = "smt"
+        item["smt_solver"] = smt_solver
     item["preamble"] = preamble
     return {"model": f"certainly/{backend or ''}".rstrip("/"), "items": [item],
             "options": _options(model, max_seconds, no_cache)}

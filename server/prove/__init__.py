@@ -5,6 +5,7 @@ Domain code only: nothing here knows gRPC or HTTP. The servicer builds one engin
     engine = ProveEngine(ProveSettings(coq_pool_size=2))
     await engine.start()                      # probes backends, optional prewarm
     engine.backends()                         # [BackendInfo(name, available, version, reason)]
+    engine.readiness()                        # {"smt": True, ..., "cvc5": True}: health parts
     run = engine.run_batch(items, defaults=Limits(timeout_s=10, memory_mb=2048),
                            formalize=FormalizeOptions(model="m"), complete=complete)
     async with run:                           # leaving the block kills unfinished provers

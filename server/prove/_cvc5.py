@@ -28,6 +28,16 @@ Where its replies differ from z3's:
   pool starts a new worker for the next one. An exit on `(error "std::bad_alloc")` (out of
   memory), or with no error printed, is ERROR, as for z3.
 
+cvc5 prints its warnings on its standard error, read with its output: while it reads a
+command, `<stdin>:L.C: warning: <message>` (L counted from 0, as in errors; C is where its
+reader stands, just past what it warns of: `Attribute ':bar' not supported (ignoring this
+and all following uses)`, once per process and attribute; `symbol `a' bound multiple times
+by let; ...`), which becomes a warning diagnostic located as errors are; and while it
+builds the model `(get-model)` prints, before the model, `The model was computed to have
+strings of length 100000. Based on the current value of option --strings-model-max-len,
+we only allow strings up to length 65536` (a string longer than 2^16 in the model), which
+is a warning diagnostic too, never part of the counterexample (`SolverWorker._model`).
+
 Only the first line of cvc5's first error is ever passed on (and only the first line of
 what it printed before an exit that is ERROR): cvc5 1.0.3 quotes the line it read after
 its message, and when an unknown `|quoted symbol|` holds a line break it quotes from past
@@ -42,10 +52,12 @@ import re
 from ._solver import Reply, SolverWorker
 from ._types import Diagnostic
 
-__all__ = ["Cvc5Worker", "cvc5_error"]
+__all__ = ["Cvc5Worker", "cvc5_error", "cvc5_warning"]
 
 _ERROR = re.compile(r'^\(error "(?:Parse Error: )?(?:<stdin>:(\d+)\.(\d+): )?(.*)"\)$',
                     re.DOTALL)
+#: A warning cvc5's reader prints: `<stdin>:L.C: warning: message`.
+_WARNING = re.compile(r"^<stdin>:(\d+)\.(\d+): (?:warning: )?(.*)$")
 #: The most characters of cvc5's own words a message quotes.
 _MOST = 300
 #: What cvc5 says when it runs out of memory inside a command (not the item's fault).
@@ -70,6 +82,9 @@ class Cvc5Worker(SolverWorker):
 
     def _error(self, text: str, to_source: dict[int, int]) -> Diagnostic:
         return cvc5_error(text, to_source)
+
+    def _warning(self, line: str, to_source: dict[int, int]) -> Diagnostic:
+        return cvc5_warning(line, to_source)
 
     def _exit_errors(self, output: str, to_source: dict[int, int]) -> list[Diagnostic]:
         # cvc5 stops at its first error: anything after it is not cvc5 speaking of the item.
@@ -99,6 +114,22 @@ def cvc5_error(text: str, to_source: dict[int, int]) -> Diagnostic:
     if line is None:
         return Diagnostic("error", message)
     return Diagnostic("error", message, line, column, line, column + 1)
+
+
+def cvc5_warning(line: str, to_source: dict[int, int]) -> Diagnostic:
+    """A line cvc5 printed that is no answer and no error, as a warning diagnostic: its
+    reader's `<stdin>:L.C: warning: message` located in the obligation's source when
+    stream line L (counted from 0) is one of its lines (C, counted from 0, is where the
+    reader stood), without cvc5's stream position; any other line as it is."""
+    m = _WARNING.match(line)
+    if m is None:
+        return Diagnostic("warning", line.strip()[:_MOST])
+    message = m.group(3).strip()[:_MOST]
+    where = to_source.get(int(m.group(1)) + 1)
+    if where is None:
+        return Diagnostic("warning", message)
+    column = int(m.group(2))
+    return Diagnostic("warning", message, where, column, where, column + 1)
 
 
 def _first_line(text: str) -> str:

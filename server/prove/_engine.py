@@ -85,6 +85,18 @@ class ProveEngine:
         self._require_running()
         return [self._infos[name] for name in self._backends]
 
+    def readiness(self) -> dict[str, bool]:
+        """Whether each part can check obligations, named as the service's health entries
+        (`<service>/<part>`) name them: each backend ("smt" is z3's readiness, the default
+        solver's), then each other SMT solver on its own ("cvc5": items asking for cvc5,
+        or both, need it; z3 items do not)."""
+        self._require_running()
+        ready = {name: self._infos[name].available for name in self._backends}
+        for info in self._infos.values():
+            ready.update({s.name: s.available for s in info.solvers
+                          if s.name != DEFAULT_SOLVER})
+        return ready
+
     def backend(self, name: str) -> Backend:
         """The backend called `name` (KeyError when unknown)."""
         return self._backends[name]

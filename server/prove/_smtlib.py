@@ -18,7 +18,10 @@ itself: `false` was PROVED. So does a recursive definition (`define-fun-rec`,
 well founded, and z3 unfolds it on ground terms only, so an ill-founded one
 (`(define-fun-rec k () Int (+ k 1))`) proved `(= k 7)` and `(= k 8)` while the preamble
 alone looked consistent, and in incremental use z3 does not reliably find the
-contradiction even with the goal's terms present. The checked
+contradiction even with the goal's terms present. So does a `(! term :named name)` whose
+name the solver defines, in the preamble or the goal: z3 binds the name to the term over
+the built-in, and `(assert (! (= 1 1) :named false))` made the goal `false` PROVED (cvc5
+refuses such a name itself). The checked
 script is the preamble, then `(assert (not <goal>))` and `(check-sat)`: `unsat` proves
 the goal, `sat` refutes it (the model is the counterexample), `unknown` is UNKNOWN.
 The backend then checks the preamble alone (`_smt`), to tell a vacuous proof apart.
@@ -27,13 +30,19 @@ The parser is a real S-expression reader that reads text the way z3 does: `;` co
 run to the end of the line, strings (`""` escapes a quote; a backslash escapes nothing)
 and `|quoted symbols|` may hold any character, parentheses and newlines included, so a goal
 cannot close the `assert` around it early. A backslash inside a quoted symbol is refused:
-SMT-LIB forbids it and z3 reads it as an escape of the closing bar.
+SMT-LIB forbids it and z3 reads it as an escape of the closing bar. So is a carriage
+return inside a comment with more than blanks after it on its line: cvc5 (1.0.3, its
+lexer's `';' (~('\\n' | '\\r'))*`) ends a comment at a carriage return, z3 at the line feed
+only, so the rest of that line was a comment to z3 and to this reader, and commands to
+cvc5: `(and false ;\\r)))(push 1)(assert (not (and\\n true)` reads as the false goal
+`(and false true)`, and cvc5 proved it. A `\\r\\n` line break reads alike everywhere.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -59,6 +68,12 @@ _COMMANDS = PREAMBLE_COMMANDS | frozenset({
     "declare-var", "rule", "query", "apply", "display", "include",
 })
 _SYMBOL_END = frozenset("();\"|")
+#: Why a comment with text after a carriage return on its line is refused (see the module).
+_CR_IN_COMMENT = (
+    "a carriage return inside a ';' comment, with text after it on the same line: cvc5 "
+    "ends the comment at the carriage return, z3 (and this checker) at the line feed, so "
+    "that text would be commands to one solver and a comment to the other; end lines "
+    "with \\n or \\r\\n")
 #: Names z3 4.8 defines itself (functions, constants, sorts and binders of the core,
 #: arithmetic, array, bit-vector, string, sequence, floating-point, set and
 #: pseudo-Boolean theories): a preamble may not declare or define them again.
@@ -153,7 +168,11 @@ def top_level(text: str) -> tuple[list[TopLevel], Diagnostic | None]:
         c = text[i]
         if c == ";":
             nl = text.find("\n", i)
-            i = n if nl < 0 else nl
+            end = n if nl < 0 else nl
+            cr = text.find("\r", i, end)
+            if cr >= 0 and text[cr:end].strip(" \t\r"):
+                return items, _diag(text, cr, _CR_IN_COMMENT)
+            i = end
             continue
         if c in "\"|":
             close = _quoted_end(text, i)
@@ -298,6 +317,30 @@ def _redefinitions(pre: str, items: list[TopLevel]) -> list[Diagnostic]:
             for name, at in _declared_by(pre, items) if is_builtin(name)]
 
 
+def _named(text: str, items: list[TopLevel]) -> list[Atom]:
+    """The names `(! term :named name)` gives in `items` (top-level items of `text`), with
+    their offsets: z3 binds each to its term, over a built-in of that name."""
+    found: list[Atom] = []
+    todo: list[Tree] = [tree for t in items for tree in _read(text, t.start, t.end)]
+    while todo:  # no recursion: a term may be nested deeper than Python's stack
+        tree = todo.pop()
+        if isinstance(tree, list):
+            found += [b for a, b in itertools.pairwise(tree)
+                      if isinstance(a, tuple) and a[0] == ":named" and isinstance(b, tuple)]
+            todo.extend(tree)
+    return sorted(found, key=lambda atom: atom[1])
+
+
+def _named_builtins(text: str, items: list[TopLevel]) -> list[Diagnostic]:
+    """A diagnostic per `:named` name in `items` that the solver defines (`false`, ...)."""
+    return [_diag(text, at, (
+        f"(! ... :named {name}) gives the term a name the solver defines: z3 would take "
+        f"{name!r} to mean the named term wherever it is written (`(assert (! (= 1 1) "
+        f":named false))` made the goal `false` PROVED); {name!r} is defined by the solver, "
+        "choose another name"), at + len(name) + (2 if text[at] == "|" else 0))
+        for name, at in _named(text, items) if is_builtin(name)]
+
+
 def _declared_by(text: str, items: list[TopLevel]) -> list[Atom]:
     """The names `items` (top-level items of `text`) declare or define, with their offsets."""
     found: list[Atom] = []
@@ -359,7 +402,7 @@ def pose(preamble: str, statement: str) -> SmtScript:
                 f"{what} is not allowed in the preamble: it holds declarations, definitions "
                 "and assertions only"), t.end))
     if problem is None:
-        problems += _redefinitions(pre, items)
+        problems += _redefinitions(pre, items) + _named_builtins(pre, items)
     problems = in_brief(problems)
     lead = "(assert (not "
     goal, problem = top_level(stmt)
@@ -378,6 +421,8 @@ def pose(preamble: str, statement: str) -> SmtScript:
         t = goal[1]
         stated.append(_diag(stmt, t.start, "the statement must be one goal term; this is a "
                             "second one", t.end))
+    else:
+        stated += in_brief(_named_builtins(stmt, goal))
     # The goal's own span: comments around it stay out, so none can swallow the `))`.
     term = stmt if stated else stmt[goal[0].start:goal[0].end]
     query = f"{lead}{term}))\n(check-sat)\n"

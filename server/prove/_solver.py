@@ -8,15 +8,18 @@ A `SolverWorker` checks a posed script (`_smtlib`) in scopes of its own::
 preamble alone: `unsat` there means the assumptions are inconsistent and the proof is
 *vacuous* (PROVED, `vacuous`, and a warning diagnostic starting with "vacuous:"); an
 answer of `unknown`, or no answer within the item's time limit, adds an info diagnostic
-instead. `sat` on the goal refutes it with the solver's model; `unknown` is UNKNOWN. The
+instead. `sat` on the goal refutes it with the solver's model (the model alone: what else
+the solver prints then is a warning diagnostic, `_model`); `unknown` is UNKNOWN. The
 outer scopes are popped before the next item, and the solver must then show that it holds
 no assertion at any level (`_clean`), so nothing leaks between items.
 
 Replies are read between sentinels (`(echo "<nonce>")`, a fresh nonce each time), and must
 be exactly one answer (`sat`, `unsat` or `unknown`) or the solver's own errors: nothing of
-the item's text is printed by the solver except inside an error, and an error makes the
-item FAILED. Solvers number lines over their whole input stream, so each worker counts the
-lines it sent to locate errors in the obligation's own source.
+the item's text is printed by the solver except inside an error or a warning, and an error
+makes the item FAILED. Any other line is a warning the solver printed (cvc5's, on its
+standard error, are read with its output), kept as a warning diagnostic. Solvers number
+lines over their whole input stream, so each worker counts the lines it sent to locate
+errors (and cvc5's warnings) in the obligation's own source.
 
 What differs between solvers (how they start, print a sentinel, word an error, or stop
 after one) is said by a subclass: `Z3Worker` (`_smt`), `Cvc5Worker` (`_cvc5`).
@@ -172,6 +175,25 @@ class SolverWorker:
     def _reply(self, lines: list[str], to_source: dict[int, int]) -> Reply:
         return Reply(lines, to_source, self._error)
 
+    def _warning(self, line: str, to_source: dict[int, int]) -> Diagnostic:
+        """A line the solver printed that is no answer and no error, as a warning."""
+        return Diagnostic("warning", line)
+
+    def _model(self, lines: list[str]) -> tuple[str, tuple[Diagnostic, ...]]:
+        """The model in the reply to `(get-model)`, and the solver's other lines there as
+        warnings. The model is `(`, a line per symbol, `)` (both solvers); what came before
+        its `(` is not the model: cvc5 prints its warnings (on its standard error, read
+        with its output) while it builds the model, before it prints it (`_cvc5`). A reply
+        without a `(` line is kept whole, as the solver said it."""
+        start = next((i for i, line in enumerate(lines) if line == "("), None)
+        if start is None:
+            return "\n".join(lines), ()
+        closes = [i for i in range(start + 1, len(lines)) if lines[i] == ")"]
+        end = closes[-1] if closes else len(lines) - 1
+        said = [*lines[:start], *lines[end + 1:]]
+        return ("\n".join(lines[start:end + 1]),
+                tuple(self._warning(line, {}) for line in said if line.strip()))
+
     async def run(self, script: SmtScript, limits: Limits) -> CheckOutcome:
         """Check a posed script within `limits`; TimeoutError past the limit on the goal,
         EOFError when the solver dies (but for an exit on the item's own error: FAILED)."""
@@ -209,15 +231,16 @@ class SolverWorker:
             return CheckOutcome(Verdict.FAILED, source, tuple(reply.errors),
                                 message=reply.errors[0].message)
         answer = reply.answer()
-        warnings = tuple(Diagnostic("warning", ln) for ln in reply.other)
+        warnings = tuple(self._warning(ln, to_source) for ln in reply.other)
         if answer is None:
             return CheckOutcome(Verdict.ERROR, source, warnings, message=(
                 f"{self.solver} did not give one answer: "
                 f"{' | '.join(reply.answers + reply.other)[:300]}"))
         if answer == "sat":
             async with asyncio.timeout_at(deadline):
-                model = "\n".join(await self._ask("(get-model)\n"))
-            return CheckOutcome(Verdict.REFUTED, source, warnings, counterexample=model,
+                model, said = self._model(await self._ask("(get-model)\n"))
+            return CheckOutcome(Verdict.REFUTED, source, (*warnings, *said),
+                                counterexample=model,
                                 message="negated goal is sat: counterexample found")
         if answer == "unknown":
             async with asyncio.timeout_at(deadline):

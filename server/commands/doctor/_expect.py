@@ -15,6 +15,7 @@ EXPECTATIONS: dict[str, str] = {
     "codeworld": "bubblewrap OK (isolation with namespaces, not the rlimits fallback)",
     "agent": "completion and codeworld (its code tools run in the sandbox)",
     "smt": "z3 OK",
+    "cvc5": "cvc5 OK (smt items with smt_solver cvc5 or both)",
     "coq": "coqc and coqtop OK",
     "lean4": "lean OK",
     "redis": "redis configured and answering PING",
@@ -31,6 +32,7 @@ _HEALTH = {
                   "scillm.codeworld.v1.CodeWorldService/bubblewrap"),
     "agent": ("scillm.agent.v1.AgentService",),
     "smt": ("scillm.prove.v1.ProveService", "scillm.prove.v1.ProveService/smt"),
+    "cvc5": ("scillm.prove.v1.ProveService", "scillm.prove.v1.ProveService/cvc5"),
     "coq": ("scillm.prove.v1.ProveService", "scillm.prove.v1.ProveService/coq"),
     "lean4": ("scillm.prove.v1.ProveService", "scillm.prove.v1.ProveService/lean4"),
 }

@@ -40,14 +40,16 @@ if TYPE_CHECKING:  # imported where used, so building the CLI parser stays cheap
 
 __all__ = ["mesh_checks"]
 
-#: The health entries of each service's parts that doctor reads.
-_PARTS = {"prove": ("smt", "coq", "lean4"), "codeworld": ("bubblewrap",)}
+#: The health entries of each service's parts that doctor reads; one a server does not
+#: list (`cvc5` on a server older than that entry) is left out of the report.
+_PARTS = {"prove": ("smt", "coq", "lean4", "cvc5"), "codeworld": ("bubblewrap",)}
 #: Per service, the method doctor calls to learn where a process sends the service's
 #: calls: unary, and asked only of a process whose health lacks the service.
 _WHERE = {"completion": "ListModels", "prove": "ListBackends",
           "codeworld": "ListLanguages", "agent": "AgentStep"}
-#: The parts a mesh may lack and still be ready (as the local `lean` check is optional).
-_OPTIONAL = frozenset({"lean4"})
+#: The parts a mesh may lack and still be ready (as the local `lean` and `cvc5` checks
+#: are optional).
+_OPTIONAL = frozenset({"lean4", "cvc5"})
 
 _HINT_START = "start it (scillm serve) or fix --target"
 _HINT_PLAINTEXT = ("dial it with the mesh's TLS settings: --tls-cert and --tls-key "

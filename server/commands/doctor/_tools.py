@@ -19,8 +19,8 @@ _HINT_COQ = "apt-get install coq"
 _HINT_LEAN = "install elan/lean4; Lean checks are optional"
 _HINT_BWRAP = "apt-get install bubblewrap; CodeWorld falls back to rlimits (weaker isolation)"
 _HINT_NODE = "apt-get install nodejs (JavaScript strategies only)"
-PART_HINTS = {"smt": _HINT_Z3, "coq": _HINT_COQ, "lean4": _HINT_LEAN,
-               "bubblewrap": _HINT_BWRAP}
+PART_HINTS = {"smt": _HINT_Z3, "coq": _HINT_COQ, "lean4": _HINT_LEAN, "cvc5": _HINT_CVC5,
+              "bubblewrap": _HINT_BWRAP}
 
 
 async def _version(part: str, exe: str, hint: str, *, jailed: bool = False) -> Check:

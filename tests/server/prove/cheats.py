@@ -288,6 +288,16 @@ SMT: list[Cheat] = [
           says="'ite' is defined"),
     Cheat("smt-datatype-constructor-false", "smt", "(not false)",
           preamble="(declare-datatypes () ((D false)))", says="'false' is defined"),
+    # z3 binds a `:named` name to its term over a built-in: `false` meant `(= 1 1)`.
+    Cheat("smt-named-term-called-false", "smt", "false",
+          preamble="(assert (! (= 1 1) :named false))", says="'false' is defined"),
+    Cheat("smt-named-term-called-false-in-the-goal", "smt",
+          "(=> (! (= 1 1) :named false) false)", says="'false' is defined"),
+    # cvc5 ends a comment at a carriage return, z3 and the checker at the line feed: cvc5
+    # read `(assert (not (and false)))`, then a scope of the item's own asserting false.
+    Cheat("smt-carriage-return-ends-a-comment-for-cvc5", "smt",
+          "(and false ;\r)))(push 1)(assert (not (and\n true)",
+          preamble="(declare-const x Int)", says="carriage return"),
 ]
 
 ALL: list[Cheat] = COQ + SMT
