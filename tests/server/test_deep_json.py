@@ -26,11 +26,10 @@ def test_a_json_mode_answer_nested_too_deeply_asks_for_a_repair() -> None:
 def test_an_upstream_body_nested_too_deeply_reads_as_not_json() -> None:
     """The OpenAI provider's reader (orjson, then json for NaN and big integers) and the
     error-body reader: a ValueError, as for any body that is not JSON."""
-    from scillm.server.completion._http import _error_object
-    from scillm.server.completion._openai import _loads
+    from scillm.server.completion._http import _error_object, load_json
 
     with pytest.raises(ValueError, match="nested too deeply"):
-        _loads("[NaN, " + DEEP + "]")
+        load_json("[NaN, " + DEEP + "]")
     assert _error_object(DEEP) == {}
 
 

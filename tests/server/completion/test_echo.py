@@ -38,7 +38,8 @@ def test_public_api_is_pinned() -> None:
         "CompletionError", "CompletionSettings", "ContextWindowExceeded", "DeploymentSettings",
         "Embedded", "InvalidRequest", "ModelNotFound", "ProviderUnavailable", "RateLimited",
         "RetryHooks", "RouterSettings", "Routing", "Secret", "StreamChunk", "StreamEnd",
-        "StreamEvent", "UpstreamError", "UpstreamTimeout", "estimated_usage", "resolve_env"]
+        "StreamEvent", "UpstreamError", "UpstreamTimeout", "estimated_usage", "model_prices",
+        "resolve_env"]
 
 
 async def test_echo_complete(engine: CompletionEngine) -> None:
