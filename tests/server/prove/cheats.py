@@ -293,6 +293,15 @@ SMT: list[Cheat] = [
           preamble="(assert (! (= 1 1) :named false))", says="'false' is defined"),
     Cheat("smt-named-term-called-false-in-the-goal", "smt",
           "(=> (! (= 1 1) :named false) false)", says="'false' is defined"),
+    # z3's own constants and functions past SMT-LIB's: a review's `pi` named 3.0, defined
+    # as 3.0, and a declared `sin` were each PROVED (z3 reads `pi` as pi otherwise).
+    Cheat("smt-named-term-called-pi", "smt", "(= pi 3.0)",
+          preamble="(assert (= (! 3.0 :named pi) 3.0))", says="'pi' is defined"),
+    Cheat("smt-defined-euler", "smt", "(= euler 3.0)",
+          preamble="(define-fun euler () Real 3.0)", says="'euler' is defined"),
+    Cheat("smt-declared-sin", "smt", "(= (sin 0.0) 1.0)",
+          preamble="(declare-fun sin (Real) Real)\n(assert (= (sin 0.0) 1.0))",
+          says="'sin' is defined"),
     # cvc5 ends a comment at a carriage return, z3 and the checker at the line feed: cvc5
     # read `(assert (not (and false)))`, then a scope of the item's own asserting false.
     Cheat("smt-carriage-return-ends-a-comment-for-cvc5", "smt",

@@ -98,3 +98,34 @@ async def test_a_named_term_of_its_own_name_still_proves(engine: ProveEngine,
     result = await _check(engine, "(=> (! (> x 1) :named big) (> x 0))",
                           "(declare-const x Int)\n(assert (! (>= x 0) :named nonneg))", solver)
     assert result.verdict is Verdict.PROVED and not result.vacuous, result
+
+
+#: Names z3 defines past SMT-LIB's core that the checker once let a preamble take (a
+#: review's `pi`, `euler`, `sin`...), and one it does not define.
+_Z3_OWN = ("pi euler sin cos tan asin acos atan sinh cosh tanh asinh acosh atanh root-obj "
+           "^0 /0 div0 rem0 mod0 setminus bit2bool bvsdiv0 bvudiv0 bvsrem0 bvurem0 bvsmod0 "
+           "linear-order partial-order piecewise-linear-order tree-order "
+           "transitive-closure as-array const map default complement").split()
+
+
+def _z3_defines(name: str) -> bool:
+    """Whether the real z3 knows `name` as a constant or a function of one or two
+    arguments (anything but `unknown constant` is its own)."""
+    import shutil
+    import subprocess
+    z3 = shutil.which("z3")
+    assert z3 is not None
+    for use in (name, f"({name} 0.0)", f"({name} 1 1)"):
+        said = subprocess.run([z3, "-in"], input=f"(assert (= {use} {use}))\n",
+                              capture_output=True, text=True, timeout=30).stdout
+        if "unknown constant" not in said:
+            return True
+    return False
+
+
+def test_every_name_z3_defines_is_refused_as_the_solvers() -> None:
+    from scillm.server.prove._smtlib import is_builtin
+
+    assert [n for n in _Z3_OWN if not _z3_defines(n)] == []  # the list is z3's own
+    assert [n for n in _Z3_OWN if not is_builtin(n)] == []
+    assert not _z3_defines("not_a_z3_name") and not is_builtin("not_a_z3_name")
