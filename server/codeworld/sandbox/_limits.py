@@ -88,4 +88,9 @@ def _check(name: str, value: float, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise InvalidLimits(f"{name} must be a number, got {value!r}")
     if not low <= value <= high:
-        raise InvalidLimits(f"{name}={value!r} is outside [{low:g}, {high:g}]")
+        raise InvalidLimits(f"{name}={value!r} is outside [{_bound(low)}, {_bound(high)}]")
+
+
+def _bound(value: float) -> str:
+    """A range's end as written: whole numbers whole (bytes read 33554432, not 3.35544e+07)."""
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:g}"

@@ -7,9 +7,13 @@ worker makes a `RunMeter` per run and calls `RunMeter.sample` while the run runs
 sampling takes at most a fifth of the worker's time), and once more when the run's first
 process exits, before anything it left is killed.
 
-Memory: the sum, over every process of the run, of its resident anonymous and
-shared-memory pages (``RssAnon`` + ``RssShmem`` of ``/proc/<pid>/status``), plus the
-resident pages of System V segments no process has attached. The run's processes are
+Memory: the sum, over every process of the run, of its resident private anonymous pages
+(``RssAnon`` of ``/proc/<pid>/status``), plus the resident pages of the run's System V
+segments, attached or not. (Not ``RssShmem``: a forked child maps none of the shared pages
+it inherits, so once the parent unmapped its view, 800 MiB held by four children were in
+no process's resident set. Shared anonymous mappings, which only ``/proc/<pid>/maps``
+shows and the worker may not read for another uid, are refused by the seccomp filter, as
+memfds are; a shared mapping of a file is the run's disk.) The run's processes are
 those of its private uid (when the host is root), else those of its session and their
 descendants. Pages of files mapped from the read-only root (binaries, libraries) are
 the page cache's, not the run's, and are left out; so is the kernel's own memory (page
@@ -116,7 +120,7 @@ class RunMeter:
             except (OSError, ValueError):
                 continue  # gone, or unreadable
             pid = int(name)
-            held = (status.get(b"RssAnon", 0) + status.get(b"RssShmem", 0)) * _KIB
+            held = status.get(b"RssAnon", 0) * _KIB  # private; shared memory apart
             if self._uid is not None:
                 if status.get(b"Uid") == self._uid:
                     mine.add(pid)
@@ -134,8 +138,8 @@ class RunMeter:
         return sum(by_pid[p][2] for p in mine) + self._segments(mine)
 
     def _segments(self, mine: set[int]) -> int:
-        """Resident bytes of the run's System V segments that no process has attached
-        (attached ones are in their processes' ``RssShmem``)."""
+        """Resident bytes of the run's System V segments, attached or not (a child that
+        inherits an attachment maps none of its pages: its ``RssShmem`` reads 0)."""
         try:
             with open("/proc/sysvipc/shm", "rb") as f:
                 rows = f.read().split(b"\n")
@@ -149,7 +153,7 @@ class RunMeter:
         total = 0
         for row in rows[1:]:
             cells = row.split()
-            if len(cells) != len(head) or cells[at[b"nattch"]] != b"0":
+            if len(cells) != len(head):
                 continue
             try:
                 owner = int(cells[at[b"cuid"]]) == self._uid if self._uid is not None \
@@ -177,7 +181,7 @@ def _fields(status: bytes) -> dict[bytes, int]:
     found: dict[bytes, int] = {}
     for line in status.split(b"\n"):
         key, _, value = line.partition(b":")
-        if key in (b"Uid", b"PPid", b"NSsid", b"RssAnon", b"RssShmem"):
+        if key in (b"Uid", b"PPid", b"NSsid", b"RssAnon"):
             first = value.split()
             if first:
                 found[key] = int(first[0])

@@ -179,15 +179,24 @@ _DENIED = {
 }
 #: Per machine: its AUDIT_ARCH, clone's and clone3's numbers.
 _ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}
+#: Per machine: mmap's number. Shared anonymous memory (MAP_SHARED | MAP_ANONYMOUS) is
+#: refused as memfds are: a forked child maps none of the pages it inherits, so once the
+#: parent unmapped its view they were in no process's memory (four children held 800 MiB
+#: past a total of 256), and the worker may not read another uid's memory maps. Shared
+#: memory goes through a file (counted as the run's disk) or System V (counted).
+_MMAP = {"x86_64": 9, "aarch64": 222}
+#: MAP_SHARED (also in MAP_SHARED_VALIDATE) and MAP_ANONYMOUS.
+_SHARED_ANONYMOUS = 0x01 | 0x20
 #: clone's flags that make namespaces (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
 #: NEWNET).
 _NAMESPACES = 0x7E020000
 
 
 def _filter(machine: str) -> bytes:
-    """A classic-BPF seccomp program: the `_DENIED` calls answer EPERM, clone with
-    namespace flags EPERM, clone3 ENOSYS (a filter cannot read its flags, and the C
-    library falls back to clone), another ABI (x32, i386) ENOSYS; the rest is allowed."""
+    """A classic-BPF seccomp program: the `_DENIED` calls answer EPERM, so do clone with
+    namespace flags and mmap of shared anonymous memory (`_MMAP`); clone3 ENOSYS (a
+    filter cannot read its flags, and the C library falls back to clone), another ABI
+    (x32, i386) ENOSYS; the rest is allowed."""
     arch, clone, clone3 = _ARCH[machine]
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
     code: list[tuple[int, Any, Any, int]] = [  # (op, jump if true, if false, k)
@@ -197,6 +206,10 @@ def _filter(machine: str) -> bytes:
         (0x20, 0, 0, 0),  # ld nr
         (0x35, "eperm", 0, 0x40000000),  # jge: x32's calls
         *((0x15, "eperm", 0, nr) for nr in _DENIED[machine].values()),
+        (0x15, 0, 3, _MMAP[machine]),  # jeq mmap, else on to clone3
+        (0x20, 0, 0, 40),  # ld args[3] (its low half): mmap's flags
+        (0x54, 0, 0, _SHARED_ANONYMOUS),  # and
+        (0x15, "eperm", "allow", _SHARED_ANONYMOUS),
         (0x15, "enosys", 0, clone3),
         (0x15, 0, "allow", clone),
         (0x20, 0, 0, 16),  # ld args[0] (its low half): clone's flags

@@ -332,3 +332,64 @@ def test_without_a_private_uid_the_run_is_its_session_and_descendants(
     tight.begin(run)
     assert tight.sample() == "total_memory"
     assert tight.outcome("total_memory")["reason"] == "total_memory"
+
+
+#: Shared memory a parent maps, touches, hands to a sleeping child and unmaps, four times:
+#: the child's page table holds none of it, the parent's no longer does.
+SHARED_ANON = ("import mmap, os, time\n"
+               "def main():\n"
+               "    for _ in range(4):\n"
+               "        m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_SHARED)\n"
+               "        for off in range(0, 64 << 20, 4096):\n"
+               "            m[off] = 1\n"
+               "        if os.fork() == 0:\n"
+               "            time.sleep(5)\n"
+               "            os._exit(0)\n"
+               "        m.close()\n"
+               "    time.sleep(1)\n")
+SYSV = ("import ctypes, os, time\n"
+        "def main():\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    libc.shmat.restype = ctypes.c_void_p\n"
+        "    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]\n"
+        "    libc.shmdt.argtypes = [ctypes.c_void_p]\n"
+        "    for _ in range(4):\n"
+        "        sid = libc.shmget(0, 64 << 20, 0o1600)\n"
+        "        addr = libc.shmat(sid, None, 0)\n"
+        "        ctypes.memset(addr, 1, 64 << 20)\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(5)\n"
+        "            os._exit(0)\n"
+        "        libc.shmdt(ctypes.c_void_p(addr))\n"
+        "    time.sleep(1)\n")
+
+
+async def test_system_v_memory_handed_to_children_counts(single: Sandbox) -> None:
+    """A review's 800 MiB held this way against a total of 256 MiB ran OK: the pages were
+    in no process's resident set, and a segment still attached was not counted. 256 MiB
+    here against 160 MiB is stopped."""
+    ran = await single.run("python", SYSV, entry="main", args=[], limits=Limits(
+        wall_time=20.0, memory=256 * _MIB, total_memory=160 * _MIB, processes=16))
+    assert (ran.status, ran.reason) == (Status.KILLED, "total_memory"), ran
+    await _still_works(single)
+
+
+async def test_shared_anonymous_memory_cannot_hide_from_the_limits(single: Sandbox) -> None:
+    """The same with `mmap(MAP_SHARED | MAP_ANONYMOUS)` held 800 MiB: the worker may not
+    read another uid's memory maps to count it, so a run cannot make such a mapping (as
+    it cannot make a memfd); a private one, and a shared one of a file, still work."""
+    ran = await single.run("python", SHARED_ANON, entry="main", args=[], limits=Limits(
+        wall_time=20.0, memory=256 * _MIB, total_memory=160 * _MIB, processes=16))
+    assert (ran.status, ran.error_type) == (Status.ERROR, "PermissionError"), ran
+    fine = ("import mmap\n"
+            "def main():\n"
+            "    private = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE)\n"
+            "    private[0] = 1\n"
+            "    with open('f', 'wb+') as f:\n"
+            "        f.truncate(1 << 20)\n"
+            "        shared = mmap.mmap(f.fileno(), 1 << 20)\n"
+            "        shared[0] = 2\n"
+            "    return private[0] + shared[0]\n")
+    ran = await single.run("python", fine, entry="main", args=[])
+    assert (ran.status, ran.result) == (Status.OK, 3), ran
+    await _still_works(single)
