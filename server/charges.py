@@ -34,8 +34,8 @@ from typing import Any
 
 from .keys import Authenticator, Principal, Reservation
 
-__all__ = ["DEFAULT_COMPLETION_TOKENS", "Caller", "admit_model_call", "caller_key_id",
-           "caller_models", "charge_model_call", "completion_estimate", "current",
+__all__ = ["DEFAULT_COMPLETION_TOKENS", "Caller", "admit_model_call", "best_of",
+           "caller_key_id", "caller_models", "charge_model_call", "completion_estimate", "current",
            "report_cache_hit", "report_usage_estimate", "usage_estimate_wanted"]
 
 #: The answer a completion that sets no `max_tokens` is expected to write, in tokens.
@@ -46,13 +46,28 @@ def completion_estimate(request: Any, size: int | None = None) -> tuple[int, int
     """What a `CompletionRequest` is expected to use, (prompt, completion) tokens: a token
     per four bytes of it (`size`, else its own; its messages and the rest: more than its
     prompt's tokens for most text), and its `max_completion_tokens` or `max_tokens` (or
-    `DEFAULT_COMPLETION_TOKENS`) for each of its `n` answers. A negative number (refused
+    `DEFAULT_COMPLETION_TOKENS`) for each of its `n` answers, or of its `best_of` (an
+    upstream's own field, in `extra_body`) when that is more. A negative number (refused
     later, as invalid) counts as 0: an estimate is never less than nothing."""
     answer = max(0, request.max_completion_tokens if request.HasField("max_completion_tokens")
                  else request.max_tokens if request.HasField("max_tokens")
                  else DEFAULT_COMPLETION_TOKENS)
-    answers = request.n if request.HasField("n") and request.n > 1 else 1
+    answers = max(request.n if request.HasField("n") else 1, best_of(request))
     return -(-(request.ByteSize() if size is None else size) // 4), answer * answers
+
+
+def best_of(request: Any) -> int:
+    """A request's `best_of` (in its `extra_body`): the answers an upstream that takes it
+    makes and bills, of which it returns `n` (OpenAI's text completions; vLLM's chat). At
+    most 20, the most text completions accept (more is refused later, as invalid); 1
+    when unset or not a number."""
+    if not request.HasField("extra_body"):
+        return 1
+    value = request.extra_body.fields.get("best_of")
+    if value is None or value.WhichOneof("kind") != "number_value":
+        return 1
+    number = value.number_value
+    return int(min(max(number, 1), 20)) if number == number else 1  # NaN: refused later
 
 
 class Caller:

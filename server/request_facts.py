@@ -106,21 +106,8 @@ def estimate_of(request: Any) -> tuple[int, int]:
         answer = max(0, inner.max_tokens if inner.HasField("max_tokens")
                      else 16)  # OpenAI's default; a negative one is refused later
         return (-(-sum(p.ByteSize() for p in inner.prompt) // 4),
-                answer * max(inner.n if inner.HasField("n") else 1, _best_of(inner)))
+                answer * max(inner.n if inner.HasField("n") else 1, charges.best_of(inner)))
     return charges.completion_estimate(inner, request.ByteSize())
-
-
-def _best_of(request: Any) -> int:
-    """A text completion's `best_of` (in its `extra_body`): the answers the upstream makes
-    and bills, of which it returns `n` (OpenAI bills every one). At most 20, the most the
-    server accepts (more is refused later, as invalid); 1 when unset or not a number."""
-    if not request.HasField("extra_body"):
-        return 1
-    value = request.extra_body.fields.get("best_of")
-    if value is None or value.WhichOneof("kind") != "number_value":
-        return 1
-    number = value.number_value
-    return int(min(max(number, 1), 20)) if number == number else 1  # NaN: refused later
 
 
 def charged_model(request: Any, reply: Any) -> str:

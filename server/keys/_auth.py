@@ -37,6 +37,9 @@ __all__ = ["RUNS_READ", "Authenticator", "Principal", "Reservation", "token_from
 RUNS_READ: tuple[str, str] = ("runs", "read")
 #: Seconds a call refused for what the key's calls in flight reserve is told to wait.
 _IN_FLIGHT_RETRY_S = 1.0
+#: The names a key's models may give a service by, as the door routes them (`lean4/...`
+#: reaches Prove as `certainly/...` does); a service not listed goes by its own name.
+_SERVICE_NAMES = {"certainly": ("certainly", "lean4")}
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class Authenticator:
 
         `service` ("certainly", "codeworld") is a service whose runs call no model a key
         is checked for: a key limited to some models may use it only when they name it
-        (the name, or one under it: `codeworld/mcts`).
+        (the name, or one under it: `codeworld/mcts`; Prove's `lean4` names too).
 
         `estimate` is what a model call is expected to use, (prompt, completion) tokens.
         Given one, a key with a budget or tokens per minute reserves it (at `model`'s
@@ -185,10 +188,12 @@ class Authenticator:
         if record.expired(time.time()):
             raise Forbidden(f"key {record.key_id} has expired")
         if service and record.models and not any(
-                name == service or name.startswith(service + "/") for name in record.models):
+                name == alias or name.startswith(alias + "/") for name in record.models
+                for alias in _SERVICE_NAMES.get(service, (service,))):
+            named = " or ".join(f"{a!r}, {a + '/...'!r}"
+                                for a in _SERVICE_NAMES.get(service, (service,)))
             raise Forbidden(f"key {record.key_id} may not use {service} (its models name no "
-                            f"{service!r} or {service + '/...'!r}); allowed: "
-                            f"{', '.join(record.models)}")
+                            f"{named}); allowed: {', '.join(record.models)}")
         if model and record.models and model not in record.models:
             raise Forbidden(f"key {record.key_id} may not call model {model!r}; "
                             f"allowed: {', '.join(record.models)}")

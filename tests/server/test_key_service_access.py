@@ -99,7 +99,10 @@ async def _first(stream: Any) -> None:
 
 
 @pytest.mark.parametrize("models", [["cheap", "codeworld", "certainly"],
-                                    ["codeworld/mcts", "certainly/smt"]])
+                                    ["codeworld/mcts", "certainly/smt"],
+                                    # the door's other name for Prove: a key naming it was
+                                    # refused Prove ("may not use certainly")
+                                    ["codeworld", "lean4/mathlib"]])
 def test_a_key_whose_models_name_the_services_may_run_them(mesh: RunningMesh,
                                                            models: list[str]) -> None:
     key = _key(mesh, models=models)

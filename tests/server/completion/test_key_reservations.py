@@ -222,6 +222,12 @@ async def test_a_text_completions_best_of_reserves_every_answer_it_bills(
     assert await _burst(keyed, gate, key, body, path="/v1/completions") == \
         [200] + [429] * (BURST - 1)
     assert _reserved(keyed, key) == (0, 0.0, 0)
+    # A chat completion's too (an upstream's own field, as vLLM's chat takes it); without
+    # best_of two such calls fit (the first test).
+    key = new_key(keyed, MASTER, max_budget=2.0)
+    assert await _burst(keyed, gate, key, {**_body(), "best_of": 2}) == \
+        [200] + [429] * (BURST - 1)
+    assert _reserved(keyed, key) == (0, 0.0, 0)
 
 
 async def test_tokens_per_minute_bound_the_calls_a_key_has_in_flight(
