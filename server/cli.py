@@ -68,7 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         try:
             return serve_workers(settings)
-        except OSError as exc:
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:  # start-up failure (a port, the config): no traceback
+            logging.getLogger("scillm.server").debug("start-up failed", exc_info=exc)
             print(f"scillm serve: cannot start: {exc}", file=sys.stderr)
             return 1
     try:

@@ -52,13 +52,14 @@ def test_prices_of_0_or_more_are_read_as_they_were() -> None:
     assert not settings.ignored_keys
 
 
-@pytest.mark.parametrize("service", ["completion", "agent"])
+@pytest.mark.parametrize("service", ["completion", "agent", "--workers"])
 def test_scillm_serve_refuses_a_negative_price_and_says_which(tmp_path: Path,
                                                               service: str) -> None:
     """The real `scillm serve` with such a config stops at once (exit 1), with a message
     naming the model and the field, and no traceback: with Completion in the process, and
     without it (the keys read the prices themselves: an agent-only process charged its
-    runs' model calls at a negative price)."""
+    runs' model calls at a negative price); and with `--workers`, whose master read the
+    config first and showed a traceback."""
     config = tmp_path / "models.yaml"
     config.write_text(
         "model_list:\n"
@@ -70,7 +71,9 @@ def test_scillm_serve_refuses_a_negative_price_and_says_which(tmp_path: Path,
     env.update({"SCILLM_STORE_PATH": str(tmp_path / "runs.sqlite3"), "SCILLM_GRPC_PORT": "0",
                 "SCILLM_HTTP_PORT": "0"})
     done = subprocess.run([sys.executable, "-m", "scillm.server.cli", "serve", "--config",
-                           str(config), "--service", service], env=env,
+                           str(config),
+                           *(["--workers", "2"] if service == "--workers" else
+                             ["--service", service])], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, (done.stdout, done.stderr[-2000:])
     assert ("model_list[0].litellm_params.output_cost_per_token (model 'cheap') must be a "
