@@ -129,8 +129,9 @@ def responses_request(body: Mapping[str, Any]) -> ResponsesRequest:
             fmt = _format_echo(chat["response_format"])
         if text.get("verbosity") is not None:
             chat["verbosity"] = _expect(text["verbosity"], str, "text.verbosity")
+    given = body.get("tools")  # `{}`, "" or false were read as no tools
     tools = [_tool(tool, i) for i, tool in
-             enumerate(_expect(body.get("tools") or [], list, "tools"))]
+             enumerate(_expect([] if given is None else given, list, "tools"))]
     if tools:
         chat["tools"] = tools
     choice = body.get("tool_choice")
@@ -175,20 +176,25 @@ def _refuse(body: Mapping[str, Any]) -> None:
         raise InvalidRequestError("'background': true is not supported: responses are not "
                                   "stored here to be polled; call without it (or stream)",
                                   param="background")
-    if body.get("n") not in (None, 1):
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):  # `true` == 1 passed
         raise InvalidRequestError("a response has one output: 'n' must be 1 (or left out)",
                                   param="n")
     truncation = body.get("truncation")
     if truncation not in (None, "disabled"):
         raise InvalidRequestError(f"'truncation': {truncation!r} is not supported: the input "
                                   "is sent whole ('disabled')", param="truncation")
-    if body.get("top_logprobs") not in (None, 0):
+    top = body.get("top_logprobs")
+    if top is not None and (type(top) is not int or top != 0):  # `false` == 0 passed
         raise InvalidRequestError("'top_logprobs' is not supported", param="top_logprobs")
     for key in ("include", "stream_options", "store", "max_tool_calls"):
         value = body.get(key)  # read, nothing to do: no hosted tool or store here
         if value is not None:
             _expect(value, {"include": list, "stream_options": dict, "store": bool,
                             "max_tool_calls": int}[key], key)
+            if key == "max_tool_calls" and value < 1:
+                raise InvalidRequestError("'max_tool_calls' must be a whole number of at "
+                                          "least 1", param=key)
 
 
 def _input_messages(given: Any) -> list[dict[str, Any]]:
@@ -540,8 +546,10 @@ class ResponseStream:
     def end(self, usage: common_pb2.Usage,
             extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """The done events, then response.completed (or response.incomplete) carrying
-        `usage` and the `extra` fields (the mesh's `scillm`)."""
-        events = self._close_items()
+        `usage` and the `extra` fields (the mesh's `scillm`). An empty answer still has
+        its message with an empty output_text, as the unary reply holds it."""
+        events = [] if self.output else self._part("output_text")[2]
+        events += self._close_items()
         status = "incomplete" if self._finish in _INCOMPLETE else "completed"
         self.done = True
         events.append(self._event(f"response.{status}", response=self.response(

@@ -297,6 +297,21 @@ def test_sdk_streams_the_echo(sdk: openai.OpenAI) -> None:
     assert events[0].response.id == done.response.id and events[0].response.output == []
 
 
+def test_an_empty_answer_has_the_same_output_streamed_or_not(sdk: openai.OpenAI) -> None:
+    """echo answers an empty input with nothing: the unary reply held a message with an
+    empty output_text, the stream's response.completed an empty output and no item."""
+    whole = sdk.responses.create(model="echo/x", input="")
+    events = list(sdk.responses.create(model="echo/x", input="", stream=True))
+    done = events[-1]
+    assert done.type == "response.completed"
+    assert [item.model_dump(exclude={"id"}) for item in done.response.output] == \
+        [item.model_dump(exclude={"id"}) for item in whole.output]
+    assert [item.type for item in whole.output] == ["message"]
+    assert [e.type for e in events if e.type.startswith("response.output_item")] == \
+        ["response.output_item.added", "response.output_item.done"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
 def test_stream_helper_gives_the_final_response(sdk: openai.OpenAI) -> None:
     with sdk.responses.stream(model="echo/x", input="alpha beta") as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
@@ -357,6 +372,14 @@ def test_the_async_sdk_streams_too(mesh: RunningMesh) -> None:
     ({"temperature": 9}, "temperature"),
     ({"model": "agent/echo/x"}, "model"),
     ({"model": ""}, "model"),
+    # wrong types read as their Python truth: `{}` as no tools, true as n 1, false as 0
+    ({"tools": {}}, "tools"),
+    ({"tools": ""}, "tools"),
+    ({"tools": False}, "tools"),
+    ({"n": True}, "n"),
+    ({"top_logprobs": False}, "top_logprobs"),
+    ({"max_tool_calls": -1}, "max_tool_calls"),
+    ({"max_tool_calls": 0}, "max_tool_calls"),
 ])
 def test_what_is_not_served_is_a_400_naming_the_field(mesh: RunningMesh, extra: dict[str, Any],
                                                       param: str) -> None:
