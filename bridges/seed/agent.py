@@ -153,6 +153,7 @@ def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunReq
     c.auto_run_code = flag(body, "auto_run_code")
     c.languages.extend(_strings(body, "languages"))
     c.mcp_servers.extend(_strings(body, "mcp_servers"))
+    c.mcp_servers_given = body.get("mcp_servers") is not None  # [] offers none
     if body.get("reasoning_effort"):
         c.reasoning_effort = str(body["reasoning_effort"])
     c.escalation_model = text_field(body, "escalation_model")
@@ -162,6 +163,7 @@ def request_from_envelope(body: Mapping[str, Any], model: str) -> pb.AgentRunReq
     c.shell_allowlist.extend(_strings(body, "shell_allowlist"))
     c.shell_presets.extend(_strings(body, "shell_presets"))
     c.http_tool_servers.extend(_strings(body, "http_tool_servers"))
+    c.http_tool_servers_given = body.get("http_tool_servers") is not None  # [] offers none
     c.http_tool_headers.update(_headers(body, "http_tool_headers"))
     c.trace = flag(body, "trace")
     scillm = body.get("scillm") or {}

@@ -84,7 +84,8 @@ _STOP = {StopReason.SUCCESS: pb.STOP_REASON_SUCCESS, StopReason.BUDGET: pb.STOP_
 def config_from_proto(config: pb.AgentConfig) -> RunConfig:
     """The loop's per-run options; zero values mean the engine's defaults. (A repeated
     field has no presence in proto3: an empty `mcp_servers` or `http_tool_servers` reads
-    as left out, every configured server, not as none.)"""
+    as left out, every configured server, unless its `..._given` says it was given: then
+    none.)"""
     response_format = None
     if config.response_format.type:
         probe = cpb.CompletionRequest(model="x", response_format=config.response_format)
@@ -99,7 +100,8 @@ def config_from_proto(config: pb.AgentConfig) -> RunConfig:
         use_tools=config.use_tools if config.HasField("use_tools") else None,
         auto_run_code=config.auto_run_code or None,
         languages=tuple(config.languages) or None,
-        mcp_servers=tuple(config.mcp_servers) or None,
+        mcp_servers=(tuple(config.mcp_servers)
+                     if config.mcp_servers or config.mcp_servers_given else None),
         response_format=response_format,
         reasoning_effort=config.reasoning_effort or None,
         seed=config.seed if config.HasField("seed") else None,
@@ -117,7 +119,9 @@ def config_from_proto(config: pb.AgentConfig) -> RunConfig:
         max_history_chars=config.max_history_chars or None,
         shell_allowlist=tuple(config.shell_allowlist) or None,
         shell_presets=tuple(config.shell_presets) or None,
-        http_tool_servers=tuple(config.http_tool_servers) or None,
+        http_tool_servers=(tuple(config.http_tool_servers)
+                           if config.http_tool_servers or config.http_tool_servers_given
+                           else None),
         http_tool_headers=dict(config.http_tool_headers) or None)
 
 

@@ -107,6 +107,8 @@ class AgentConfig(_message.Message):
     STOP_FIELD_NUMBER: _builtins.int
     PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    MCP_SERVERS_GIVEN_FIELD_NUMBER: _builtins.int
+    HTTP_TOOL_SERVERS_GIVEN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Completion model driving the agent."""
     max_iterations: _builtins.int
@@ -154,6 +156,12 @@ class AgentConfig(_message.Message):
     """Presence penalty, passed to each model call of the run: -2 to 2."""
     frequency_penalty: _builtins.float
     """Frequency penalty, passed to each model call of the run: -2 to 2."""
+    mcp_servers_given: _builtins.bool
+    """Whether `mcp_servers` was given: then an empty list offers no MCP server (a repeated
+    field has no presence; unset, an empty list offers every configured one).
+    """
+    http_tool_servers_given: _builtins.bool
+    """Whether `http_tool_servers` was given, as `mcp_servers_given`."""
     @_builtins.property
     def max_total_time(self) -> _duration_pb2.Duration:
         """Wall-clock budget of the run: at most a day."""
@@ -164,7 +172,9 @@ class AgentConfig(_message.Message):
 
     @_builtins.property
     def mcp_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of configured MCP servers whose tools are offered."""
+        """Names of configured MCP servers whose tools are offered; empty offers all, unless
+        `mcp_servers_given`.
+        """
 
     @_builtins.property
     def response_format(self) -> _completion_pb2.ResponseFormat:
@@ -184,7 +194,7 @@ class AgentConfig(_message.Message):
     @_builtins.property
     def http_tool_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Configured HTTP tool servers (`GET /tools`, `POST /invoke`) whose tools are
-        offered, by name or by base URL; empty offers all.
+        offered, by name or by base URL; empty offers all, unless `http_tool_servers_given`.
         """
 
     @_builtins.property
@@ -227,10 +237,12 @@ class AgentConfig(_message.Message):
         stop: _abc.Iterable[_builtins.str] | None = ...,
         presence_penalty: _builtins.float | None = ...,
         frequency_penalty: _builtins.float | None = ...,
+        mcp_servers_given: _builtins.bool = ...,
+        http_tool_servers_given: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "enable_repair", b"enable_repair", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p", "use_tools", b"use_tools"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "escalation_iterations", b"escalation_iterations", "escalation_model", b"escalation_model", "frequency_penalty", b"frequency_penalty", "http_tool_headers", b"http_tool_headers", "http_tool_servers", b"http_tool_servers", "languages", b"languages", "max_history_chars", b"max_history_chars", "max_history_messages", b"max_history_messages", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "model", b"model", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "shell_allowlist", b"shell_allowlist", "shell_presets", b"shell_presets", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p", "trace", b"trace", "use_tools", b"use_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair", "_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "_use_tools", b"_use_tools", "auto_run_code", b"auto_run_code", "enable_repair", b"enable_repair", "escalation_iterations", b"escalation_iterations", "escalation_model", b"escalation_model", "frequency_penalty", b"frequency_penalty", "http_tool_headers", b"http_tool_headers", "http_tool_servers", b"http_tool_servers", "http_tool_servers_given", b"http_tool_servers_given", "languages", b"languages", "max_history_chars", b"max_history_chars", "max_history_messages", b"max_history_messages", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "max_total_time", b"max_total_time", "max_total_tokens", b"max_total_tokens", "mcp_servers", b"mcp_servers", "mcp_servers_given", b"mcp_servers_given", "model", b"model", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "shell_allowlist", b"shell_allowlist", "shell_presets", b"shell_presets", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p", "trace", b"trace", "use_tools", b"use_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enable_repair: _TypeAlias = _typing.Literal["enable_repair"]  # noqa: Y015
     _WhichOneofArgType__enable_repair: _TypeAlias = _typing.Literal["_enable_repair", b"_enable_repair"]  # noqa: Y015
