@@ -191,6 +191,10 @@ class CompletionEngine:
         request = {k: v for k, v in request.items() if k not in _STREAM_KEYS}
         model = _request.check_model(request.get("model"))
         expected = _text.check(request)
+        if request.get("best_of") not in (None, 1):  # as OpenAI: candidates are not streamed
+            raise InvalidRequest("best_of cannot be used with a stream: the upstream picks "
+                                 "the best of its candidates once they are all written",
+                                 param="best_of")
         opts = _request.options(request)
         body = _text.upstream_body(request)
         routing = Routing(strategy=self._strategy)

@@ -72,11 +72,14 @@ async def _held(gate: Gate, req: dict[str, Any], r: asyncio.StreamReader,
         send_json(w, 200, {"object": "list", "model": req["model"], "data": [
             {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}})
-    elif "prompt" in req:  # a text completion, streamed (the only kind asked of it here)
-        sse_head(w)
+    elif "prompt" in req:  # a text completion, whole or streamed
         chunk = {"id": "up-1", "object": "text_completion", "created": 1, "model": req["model"],
                  "choices": [{"index": 0, "text": "four words of answer", "logprobs": None,
                               "finish_reason": "stop"}]}
+        if not req.get("stream"):
+            send_json(w, 200, {**chunk, "usage": usage})
+            return True
+        sse_head(w)
         for data in [json.dumps(chunk), json.dumps({**chunk, "choices": [], "usage": usage}),
                      "[DONE]"]:
             sse_event(w, data)
@@ -218,9 +221,13 @@ async def test_a_text_completions_best_of_reserves_every_answer_it_bills(
     budget 1.0 spent 18 with `best_of` 20, each call having reserved one answer. With
     `best_of` 2 each call reserves 2.0, the whole budget: one at a time."""
     key = new_key(keyed, MASTER, max_budget=2.0)
-    body = {"model": "held", "prompt": "hi", "max_tokens": 8, "stream": True, "best_of": 2}
+    body = {"model": "held", "prompt": "hi", "max_tokens": 8, "best_of": 2}
     assert await _burst(keyed, gate, key, body, path="/v1/completions") == \
         [200] + [429] * (BURST - 1)
+    # As OpenAI: a stream cannot pick the best of its candidates (a 400, reserving nothing).
+    streamed = await _burst(keyed, gate, key, {**body, "stream": True}, calls=1,
+                            path="/v1/completions")
+    assert streamed == [400]
     assert _reserved(keyed, key) == (0, 0.0, 0)
     # A chat completion's too (an upstream's own field, as vLLM's chat takes it); without
     # best_of two such calls fit (the first test).
