@@ -56,6 +56,13 @@ def _invalid(message: str, param: str) -> StatusError:
     return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
 
 
+#: The whole-number `Limits` fields, and the sandbox `Limits` names they set.
+_SANDBOX_LIMITS = (("memory_bytes", "memory"), ("max_file_bytes", "file_size"),
+                   ("max_open_files", "open_files"), ("max_output_bytes", "output"),
+                   ("total_memory_bytes", "total_memory"), ("max_disk_bytes", "disk"),
+                   ("max_files", "files"))
+
+
 def _limits(limits: pb.Limits) -> tuple[Limits | None, int | None]:
     if not limits.ByteSize():
         return None, None
@@ -64,20 +71,8 @@ def _limits(limits: pb.Limits) -> tuple[Limits | None, int | None]:
         values["wall_time"] = _seconds(limits.timeout)
     if limits.HasField("cpu_time"):
         values["cpu_time"] = _seconds(limits.cpu_time)
-    if limits.memory_bytes:
-        values["memory"] = limits.memory_bytes
-    if limits.max_file_bytes:
-        values["file_size"] = limits.max_file_bytes
-    if limits.max_open_files:
-        values["open_files"] = limits.max_open_files
-    if limits.max_output_bytes:
-        values["output"] = limits.max_output_bytes
-    if limits.total_memory_bytes:
-        values["total_memory"] = limits.total_memory_bytes
-    if limits.max_disk_bytes:
-        values["disk"] = limits.max_disk_bytes
-    if limits.max_files:
-        values["files"] = limits.max_files
+    values.update((name, getattr(limits, field)) for field, name in _SANDBOX_LIMITS
+                  if getattr(limits, field))  # 0: the sandbox's default
     try:
         built = Limits(**values) if values else None
     except ValueError as exc:

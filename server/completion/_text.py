@@ -57,6 +57,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._http import mended
 from ._provider import Provider, ProviderCall, completion_id
 from ._request import _RANGES
 from ._types import Routing
@@ -355,10 +356,10 @@ def _logprobs(raw: Any, where: str, at: str) -> tuple[dict[str, Any] | None, int
     size = sum(map(len, tokens)) + _NUMBER_CHARS * count * 2
     alternatives = None
     if top is not None:
-        alternatives = [None if t is None else {_whole_text(k): float(v) for k, v in t.items()}
+        alternatives = [None if t is None else {mended(k): float(v) for k, v in t.items()}
                         for t in top]
         size += sum(len(k) + _NUMBER_CHARS for t in top if t for k in t)
-    return {"tokens": [_whole_text(t) for t in tokens],
+    return {"tokens": [mended(t) for t in tokens],
             "token_logprobs": [None if v is None else float(v) for v in values],
             "top_logprobs": alternatives, "text_offset": offsets}, size
 
@@ -370,11 +371,6 @@ def _is_number(value: Any) -> bool:
     return type(value) is float and math.isfinite(value)
 
 
-def _whole_text(text: str) -> str:
-    """`text` with U+FFFD in place of each half of a surrogate pair it holds alone."""
-    if _SURROGATE.search(text) is None:
-        return text
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 #: A word with the space before it, or the space after the last.
 _PIECE = re.compile(r"\s*\S+|\s+")
 
